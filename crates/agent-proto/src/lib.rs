@@ -1,0 +1,490 @@
+//! The host <-> guest protocol spoken between the shim (host) and `hyper-agent` (guest PID 1)
+//! over one virtio-serial port (named `agent`), exposed on the host as a unix socket.
+//!
+//! # Framing
+//!
+//! The byte stream carries frames. Each frame is a 9-byte header followed by a payload:
+//!
+//! ```text
+//! +--------+----------------+----------------+-----------------+
+//! | kind u8| stream u32 BE  |   len u32 BE   | len bytes ...   |
+//! +--------+----------------+----------------+-----------------+
+//! ```
+//!
+//! `len` is at most [`MAX_PAYLOAD`] (1 MiB); a larger value is a protocol error and the
+//! connection should be dropped. Kinds ([`Kind`]):
+//!
+//! | kind | name          | direction     | payload                                  |
+//! |------|---------------|---------------|------------------------------------------|
+//! | 0    | control       | both          | one JSON [`HostMsg`] / [`GuestMsg`]      |
+//! | 1    | stdin         | host -> guest | raw bytes for the process's stdin        |
+//! | 2    | stdout        | guest -> host | raw bytes (TTY output is stdout)         |
+//! | 3    | stderr        | guest -> host | raw bytes                                |
+//! | 4    | stdin EOF     | host -> guest | empty; the agent closes the stdin pipe   |
+//! | 5    | window update | both          | u32 BE: credit in bytes for that stream  |
+//!
+//! Control frames use stream 0 and carry the stream they are about inside the JSON.
+//!
+//! # Streams
+//!
+//! Stream 0 is the main container process (started by [`HostMsg::Start`]); stream N > 0 is an
+//! exec session whose id the host allocates in [`HostMsg::Exec`]. Stream ids are not reused
+//! within one VM's life.
+//!
+//! # Flow control
+//!
+//! Simple per-stream credit, in each direction, like HTTP/2 but without a connection window:
+//!
+//! * Output (guest -> host): for each stream the agent may send at most [`INITIAL_WINDOW`]
+//!   (256 KiB) bytes of stdout+stderr payload (the two kinds share one window) before it has
+//!   received more credit. The host, as it consumes (writes to the log / a client) output, sends
+//!   `WindowUpdate(stream, n)` frames granting `n` more bytes. While the agent has no credit it
+//!   stops reading the process's pipes, so the process blocks on write, as it would with a pipe.
+//! * Input (host -> guest): symmetric. The host may send [`INITIAL_WINDOW`] bytes of stdin per
+//!   stream; the agent grants more with `WindowUpdate` as it writes stdin to the process. A host
+//!   that ignores stdin credit still works, the agent then buffers in memory.
+//! * Window updates for an unknown or finished stream are ignored.
+//!
+//! # Ordering and life cycle
+//!
+//! 1. The agent boots, loads its modules, opens the port and sends [`GuestMsg::Ready`]. It
+//!    touches no disk and no network until `Start` (VM templates). A host that (re)connects sends
+//!    [`HostMsg::Hello`] and the agent answers with another `Ready`, so a host never depends on
+//!    having seen the first one (e.g. after a template restore).
+//! 2. `Start` -> `Started{stream:0,pid}` or `StartFailed{stream:0,..}`.
+//! 3. Output frames for a stream, then exactly one `Exited` for it. The agent sends `Exited` only
+//!    after all of the stream's output has been sent, so `Exited` is the end of the stream.
+//! 4. `Shutdown`: the agent syncs and powers off the VM (the connection then closes).
+//!
+//! Exit codes are the process's code, or 128+N when killed by signal N (Docker's convention);
+//! `StartFailed` uses 127 for "executable not found" and 126 for "not executable".
+//! Unknown JSON fields are ignored so either side may add optional fields; a breaking change
+//! bumps [`PROTOCOL_VERSION`].
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Protocol version carried in `Hello` and `Ready`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Header size in bytes.
+pub const HEADER_LEN: usize = 9;
+/// Largest payload a frame may carry.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Initial flow-control window per stream and direction, in bytes.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+/// Name of the virtio-serial port the agent opens in the guest.
+pub const PORT_NAME: &str = "agent";
+/// Stream id of the container's main process.
+pub const MAIN_STREAM: u32 = 0;
+
+/// Exit code for "executable not found" (like Docker).
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code for "found but cannot be executed" (like Docker).
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+
+/// Frame kind (first header byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Control = 0,
+    Stdin = 1,
+    Stdout = 2,
+    Stderr = 3,
+    StdinEof = 4,
+    WindowUpdate = 5,
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = ProtoError;
+    fn try_from(v: u8) -> Result<Self, ProtoError> {
+        Ok(match v {
+            0 => Kind::Control,
+            1 => Kind::Stdin,
+            2 => Kind::Stdout,
+            3 => Kind::Stderr,
+            4 => Kind::StdinEof,
+            5 => Kind::WindowUpdate,
+            other => return Err(ProtoError::UnknownKind(other)),
+        })
+    }
+}
+
+/// Protocol errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame payload of {0} bytes exceeds the {MAX_PAYLOAD} byte limit")]
+    TooLarge(usize),
+    #[error("window update payload must be 4 bytes, got {0}")]
+    BadWindowUpdate(usize),
+    #[error("expected a control frame, got {0:?}")]
+    NotControl(Kind),
+    #[error("bad control message")]
+    Json(#[source] serde_json::Error),
+}
+
+impl From<ProtoError> for io::Error {
+    fn from(e: ProtoError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// One frame of the byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, stream: u32, payload: Vec<u8>) -> Frame {
+        Frame { kind, stream, payload }
+    }
+
+    /// A control frame carrying a host message.
+    pub fn host(msg: &HostMsg) -> Frame {
+        Frame::new(Kind::Control, 0, serde_json::to_vec(msg).expect("HostMsg serializes"))
+    }
+
+    /// A control frame carrying a guest message.
+    pub fn guest(msg: &GuestMsg) -> Frame {
+        Frame::new(Kind::Control, 0, serde_json::to_vec(msg).expect("GuestMsg serializes"))
+    }
+
+    pub fn stdin(stream: u32, data: Vec<u8>) -> Frame {
+        Frame::new(Kind::Stdin, stream, data)
+    }
+    pub fn stdout(stream: u32, data: Vec<u8>) -> Frame {
+        Frame::new(Kind::Stdout, stream, data)
+    }
+    pub fn stderr(stream: u32, data: Vec<u8>) -> Frame {
+        Frame::new(Kind::Stderr, stream, data)
+    }
+    pub fn stdin_eof(stream: u32) -> Frame {
+        Frame::new(Kind::StdinEof, stream, Vec::new())
+    }
+    pub fn window_update(stream: u32, credit: u32) -> Frame {
+        Frame::new(Kind::WindowUpdate, stream, credit.to_be_bytes().to_vec())
+    }
+
+    /// The credit carried by a window-update frame.
+    pub fn window_credit(&self) -> Result<u32, ProtoError> {
+        let b: [u8; 4] = self
+            .payload
+            .as_slice()
+            .try_into()
+            .map_err(|_| ProtoError::BadWindowUpdate(self.payload.len()))?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    /// Parse a control frame sent by the host.
+    pub fn host_msg(&self) -> Result<HostMsg, ProtoError> {
+        if self.kind != Kind::Control {
+            return Err(ProtoError::NotControl(self.kind));
+        }
+        serde_json::from_slice(&self.payload).map_err(ProtoError::Json)
+    }
+
+    /// Parse a control frame sent by the guest.
+    pub fn guest_msg(&self) -> Result<GuestMsg, ProtoError> {
+        if self.kind != Kind::Control {
+            return Err(ProtoError::NotControl(self.kind));
+        }
+        serde_json::from_slice(&self.payload).map_err(ProtoError::Json)
+    }
+
+    /// The 9-byte header of this frame.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        encode_header(self.kind, self.stream, self.payload.len() as u32)
+    }
+
+    /// Header and payload in one buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        v.extend_from_slice(&self.header());
+        v.extend_from_slice(&self.payload);
+        v
+    }
+
+    /// Decode one frame from the front of `buf`. `Ok(None)` means more bytes are needed;
+    /// otherwise returns the frame and how many bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let hdr: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().expect("length checked");
+        let (kind, stream, len) = decode_header(&hdr)?;
+        let total = HEADER_LEN + len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        Ok(Some((Frame::new(kind, stream, buf[HEADER_LEN..total].to_vec()), total)))
+    }
+}
+
+/// Encode a header.
+pub fn encode_header(kind: Kind, stream: u32, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = kind as u8;
+    h[1..5].copy_from_slice(&stream.to_be_bytes());
+    h[5..9].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// Decode and validate a header: (kind, stream, payload length).
+pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<(Kind, u32, usize), ProtoError> {
+    let kind = Kind::try_from(h[0])?;
+    let stream = u32::from_be_bytes(h[1..5].try_into().expect("4 bytes"));
+    let len = u32::from_be_bytes(h[5..9].try_into().expect("4 bytes")) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(ProtoError::TooLarge(len));
+    }
+    Ok((kind, stream, len))
+}
+
+/// Read one frame. A clean EOF before the first header byte gives `ErrorKind::UnexpectedEof`,
+/// as does a truncated frame; bad headers give `ErrorKind::InvalidData`.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<Frame> {
+    let mut hdr = [0u8; HEADER_LEN];
+    r.read_exact(&mut hdr).await?;
+    let (kind, stream, len) = decode_header(&hdr)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Frame { kind, stream, payload })
+}
+
+/// Write one frame (header and payload) and flush.
+pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, f: &Frame) -> io::Result<()> {
+    if f.payload.len() > MAX_PAYLOAD {
+        return Err(ProtoError::TooLarge(f.payload.len()).into());
+    }
+    w.write_all(&f.encode()).await?;
+    w.flush().await
+}
+
+/// How to run one process (main or exec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the env's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries, the whole environment.
+    pub env: Vec<String>,
+    /// Working directory inside the container ("" = "/").
+    pub cwd: String,
+    /// "", "name", "uid", "uid:gid", "name:group" (resolved against the image's /etc files).
+    pub user: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub tty_width: u16,
+    pub tty_height: u16,
+}
+
+/// Host -> guest control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMsg {
+    /// Sent on (re)connect; the agent answers with `Ready`.
+    Hello { version: u32 },
+    /// Mount the root disk, set the hostname and start the main process (stream 0).
+    Start {
+        process: ProcessSpec,
+        hostname: String,
+        /// The guest device of the root disk, normally "/dev/vda".
+        root_device: String,
+    },
+    /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
+    Exec { stream: u32, process: ProcessSpec },
+    /// Send `signal` to the process of `stream`.
+    Signal { stream: u32, signal: i32 },
+    /// Resize the TTY of `stream`.
+    Resize { stream: u32, width: u16, height: u16 },
+    /// List the container's processes.
+    Top {
+        req_id: u64,
+        #[serde(default)]
+        ps_args: String,
+    },
+    /// Resource usage.
+    Stats { req_id: u64 },
+    /// sync() and power off the VM.
+    Shutdown,
+}
+
+/// Guest -> host control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMsg {
+    /// The agent has loaded its modules and opened the port (also the reply to `Hello`).
+    Ready { version: u32, kernel_release: String },
+    /// The process of `stream` is running (guest-global pid).
+    Started { stream: u32, pid: i32 },
+    /// The process of `stream` could not be started; no `Exited` follows.
+    StartFailed { stream: u32, error: String, exit_code: i32 },
+    /// The process of `stream` has exited and all its output has been sent.
+    Exited {
+        stream: u32,
+        exit_code: i32,
+        #[serde(default)]
+        oom_killed: bool,
+    },
+    TopReply {
+        req_id: u64,
+        titles: Vec<String>,
+        processes: Vec<Vec<String>>,
+    },
+    StatsReply {
+        req_id: u64,
+        memory_usage: u64,
+        memory_limit: u64,
+        cpu_total_ns: u64,
+        system_cpu_ns: u64,
+        online_cpus: u32,
+        pids: u64,
+    },
+    /// A request failed (`req_id` 0 when the error belongs to no request, e.g. a failed Start
+    /// mount is reported as `StartFailed` instead).
+    Error { req_id: u64, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ProcessSpec {
+        ProcessSpec {
+            args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "1000:1000".into(),
+            tty: true,
+            open_stdin: true,
+            tty_width: 80,
+            tty_height: 24,
+        }
+    }
+
+    #[test]
+    fn header_layout() {
+        let f = Frame::stdout(0x01020304, b"abc".to_vec());
+        assert_eq!(f.encode(), vec![2, 1, 2, 3, 4, 0, 0, 0, 3, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn control_round_trips() {
+        let host = [
+            HostMsg::Hello { version: PROTOCOL_VERSION },
+            HostMsg::Start { process: spec(), hostname: "abc".into(), root_device: "/dev/vda".into() },
+            HostMsg::Exec { stream: 3, process: spec() },
+            HostMsg::Signal { stream: 0, signal: 15 },
+            HostMsg::Resize { stream: 2, width: 100, height: 40 },
+            HostMsg::Top { req_id: 7, ps_args: "-ef".into() },
+            HostMsg::Stats { req_id: 8 },
+            HostMsg::Shutdown,
+        ];
+        for (i, m) in host.iter().enumerate() {
+            let bytes = Frame::host(m).encode();
+            let (f, used) = Frame::decode(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len(), "test[{i}]");
+            assert_eq!(&f.host_msg().unwrap(), m, "test[{i}]");
+        }
+        let guest = [
+            GuestMsg::Ready { version: 1, kernel_release: "6.1".into() },
+            GuestMsg::Started { stream: 0, pid: 42 },
+            GuestMsg::StartFailed { stream: 1, error: "nope".into(), exit_code: 127 },
+            GuestMsg::Exited { stream: 0, exit_code: 137, oom_killed: true },
+            GuestMsg::TopReply { req_id: 1, titles: vec!["PID".into()], processes: vec![vec!["1".into()]] },
+            GuestMsg::StatsReply {
+                req_id: 2,
+                memory_usage: 1,
+                memory_limit: 2,
+                cpu_total_ns: 3,
+                system_cpu_ns: 4,
+                online_cpus: 1,
+                pids: 5,
+            },
+            GuestMsg::Error { req_id: 3, message: "x".into() },
+        ];
+        for (i, m) in guest.iter().enumerate() {
+            let bytes = Frame::guest(m).encode();
+            let (f, _) = Frame::decode(&bytes).unwrap().unwrap();
+            assert_eq!(&f.guest_msg().unwrap(), m, "test[{i}]");
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let v: serde_json::Value = serde_json::from_slice(&Frame::host(&HostMsg::Shutdown).payload).unwrap();
+        assert_eq!(v["type"], "shutdown");
+        // Missing optional fields default; unknown fields are ignored.
+        let m: HostMsg =
+            serde_json::from_str(r#"{"type":"exec","stream":1,"process":{"args":["ls"]},"extra":1}"#).unwrap();
+        match m {
+            HostMsg::Exec { stream: 1, process } => assert_eq!(process.args, vec!["ls"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_update() {
+        let f = Frame::window_update(5, 4096);
+        assert_eq!(f.window_credit().unwrap(), 4096);
+        assert!(Frame::new(Kind::WindowUpdate, 5, vec![1, 2]).window_credit().is_err());
+    }
+
+    #[test]
+    fn decode_incremental_and_bad_input() {
+        let bytes = Frame::stderr(1, vec![9; 10]).encode();
+        for n in 0..bytes.len() {
+            assert!(Frame::decode(&bytes[..n]).unwrap().is_none(), "truncated at {n}");
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 6;
+        assert!(matches!(Frame::decode(&bad), Err(ProtoError::UnknownKind(6))));
+        let big = encode_header(Kind::Stdout, 0, MAX_PAYLOAD as u32 + 1);
+        assert!(matches!(Frame::decode(&big), Err(ProtoError::TooLarge(_))));
+        let max = encode_header(Kind::Stdout, 0, MAX_PAYLOAD as u32);
+        assert!(Frame::decode(&max).unwrap().is_none());
+        assert!(Frame::stdout(0, vec![]).host_msg().is_err());
+        assert!(Frame::new(Kind::Control, 0, b"{".to_vec()).guest_msg().is_err());
+    }
+
+    #[tokio::test]
+    async fn async_round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let frames = vec![
+            Frame::host(&HostMsg::Stats { req_id: 1 }),
+            Frame::stdin(1, vec![7; 1000]),
+            Frame::stdin_eof(1),
+        ];
+        let f2 = frames.clone();
+        let w = tokio::spawn(async move {
+            for f in &f2 {
+                write_frame(&mut a, f).await.unwrap();
+            }
+        });
+        for f in &frames {
+            assert_eq!(&read_frame(&mut b).await.unwrap(), f);
+        }
+        w.await.unwrap();
+        // The writer is gone: EOF.
+        assert_eq!(read_frame(&mut b).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn async_bad_input() {
+        let mut big: &[u8] = &encode_header(Kind::Stdout, 0, u32::MAX);
+        assert_eq!(read_frame(&mut big).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let mut truncated: &[u8] = &Frame::stdout(0, vec![1; 8]).encode()[..12];
+        assert_eq!(read_frame(&mut truncated).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let mut short_hdr: &[u8] = &[2, 0, 0];
+        assert_eq!(read_frame(&mut short_hdr).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let oversized = Frame::stdout(0, vec![0; MAX_PAYLOAD + 1]);
+        let mut sink = Vec::new();
+        assert!(write_frame(&mut sink, &oversized).await.is_err());
+    }
+}
