@@ -1,0 +1,103 @@
+//! Hypervisor driver for Hyper's microVMs.
+//!
+//! One VM per container. The hypervisor sits behind the small [`Hypervisor`] trait so Cloud
+//! Hypervisor or Firecracker can be added later; today [`Qemu`] drives
+//! `qemu-system-x86_64 -M microvm`.
+//!
+//! The device layout is fixed per size (DESIGN decision 8, VM templates): the agent's
+//! virtio-serial port first, then the root disk, then (later) the NIC. A template snapshot taken
+//! with this layout can be restored behind another container's disk and tap.
+//!
+//! [`initramfs::build_initramfs`] builds the guest's initramfs (agent as `/init` plus the virtio
+//! modules).
+
+mod accel;
+pub mod initramfs;
+mod qemu;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub use accel::{host_tsc_khz, Accel, ParseAccelError};
+pub use initramfs::{build_initramfs, InitramfsError, VIRTIO_MODULES};
+pub use qemu::Qemu;
+
+/// File names inside a VM's directory, shared with the shim.
+pub const AGENT_SOCK: &str = "agent.sock";
+/// Serial console of the guest, written by the hypervisor.
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// Name of the virtio-serial port the agent opens in the guest
+/// (`/sys/class/virtio-ports/vportNpM/name`).
+pub const AGENT_PORT_NAME: &str = "agent";
+
+/// Everything needed to boot one microVM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Hypervisor binary (e.g. `/usr/bin/qemu-system-x86_64`).
+    pub binary: PathBuf,
+    pub accel: Accel,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to the base kernel command line.
+    pub kernel_cmdline_extra: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// qcow2 overlay of the image's ext4 disk.
+    pub root_disk: PathBuf,
+    /// The VM's directory: agent socket and console log go here, and the hypervisor is
+    /// chrooted into it.
+    pub dir: PathBuf,
+    /// Unprivileged user the hypervisor switches to once everything is open. `None` keeps root
+    /// (tests only).
+    pub run_as: Option<String>,
+    /// Host TSC frequency in kHz, passed as `tsc_early_khz` under TCG only. `None`: read it from
+    /// the host when building the command line.
+    pub tsc_khz: Option<u64>,
+    /// The NIC slot. Reserved: networking comes later (a tap fd opened in the tenant namespace,
+    /// `-netdev tap,fd=N -device virtio-net-device,mac=..`). Must stay `None` for now.
+    pub nic: Option<NicConfig>,
+}
+
+/// Extension point for the VM's single NIC (DESIGN decision 6). Not wired yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicConfig {
+    /// Tap file descriptor inherited by the hypervisor.
+    pub tap_fd: i32,
+    pub mac: String,
+}
+
+impl VmConfig {
+    pub fn agent_sock(&self) -> PathBuf {
+        self.dir.join(AGENT_SOCK)
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join(CONSOLE_LOG)
+    }
+}
+
+/// Errors building a hypervisor invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    #[error("cannot read the host TSC frequency from /proc/cpuinfo (needed under TCG)")]
+    NoTscFrequency,
+}
+
+/// A hypervisor that can boot a [`VmConfig`].
+///
+/// It only builds the process; the caller (the shim) spawns, supervises and kills it, because
+/// the caller owns the process's lifetime (parent-death signal, reaping).
+pub trait Hypervisor {
+    /// Short name for logs ("qemu").
+    fn name(&self) -> &'static str;
+    /// The full argument vector, without the binary.
+    fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError>;
+    /// A ready-to-spawn command (binary + args; stdio left to the caller).
+    fn command(&self, cfg: &VmConfig) -> Result<Command, VmError> {
+        let mut cmd = Command::new(&cfg.binary);
+        cmd.args(self.args(cfg)?);
+        Ok(cmd)
+    }
+}

@@ -1,0 +1,215 @@
+//! QEMU `microvm` command line.
+//!
+//! Layout (fixed per size, so a template snapshot fits every container of that size):
+//! 1. serial console (ISA ttyS0) to `DIR/console.log`;
+//! 2. `virtio-serial-device` with one `virtserialport` named `agent` on a unix-socket chardev
+//!    `DIR/agent.sock` (server, no wait): the host-guest channel;
+//! 3. root disk: qcow2 overlay as `virtio-blk-device`;
+//! 4. NIC slot: reserved (see [`crate::NicConfig`]).
+//!
+//! Confinement: everything is opened while QEMU is still root; then QEMU chroots into `DIR`,
+//! switches to the `run_as` user and runs under seccomp (`-sandbox`), so a compromised QEMU can
+//! reach only its own directory.
+
+use crate::{Accel, Hypervisor, VmConfig, VmError};
+
+/// Kernel command line every guest gets. `tsc_early_khz` is added under TCG only.
+pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check \
+cryptomgr.notests pci=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp i8042.dumbkbd";
+
+/// seccomp policy: no obsolete syscalls, no set*id after start-up, no spawning helpers, no
+/// scheduler/affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// QEMU microvm.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Qemu;
+
+impl Qemu {
+    /// The full kernel command line for `cfg`.
+    pub fn cmdline(cfg: &VmConfig) -> Result<String, VmError> {
+        let mut line = BASE_CMDLINE.to_string();
+        if cfg.accel == Accel::Tcg {
+            let khz = match cfg.tsc_khz {
+                Some(k) => k,
+                None => crate::host_tsc_khz().ok_or(VmError::NoTscFrequency)?,
+            };
+            line.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        let extra = cfg.kernel_cmdline_extra.trim();
+        if !extra.is_empty() {
+            line.push(' ');
+            line.push_str(extra);
+        }
+        Ok(line)
+    }
+}
+
+fn check(cfg: &VmConfig) -> Result<(), VmError> {
+    if cfg.vcpus == 0 {
+        return Err(VmError::InvalidConfig("vcpus must be at least 1".into()));
+    }
+    if cfg.memory_mib < 64 {
+        return Err(VmError::InvalidConfig("memory_mib must be at least 64".into()));
+    }
+    for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd), ("root disk", &cfg.root_disk), ("dir", &cfg.dir)] {
+        let s = p.to_string_lossy();
+        if !p.is_absolute() {
+            return Err(VmError::InvalidConfig(format!("{what} path {s:?} must be absolute")));
+        }
+        // QEMU splits option values on ','; we do not escape, we refuse.
+        if s.contains(',') {
+            return Err(VmError::InvalidConfig(format!("{what} path {s:?} contains a comma")));
+        }
+    }
+    let sock = cfg.agent_sock();
+    if sock.as_os_str().len() >= 108 {
+        return Err(VmError::InvalidConfig(format!(
+            "agent socket path {} is too long for a unix socket (max 107 bytes)",
+            sock.display()
+        )));
+    }
+    if cfg.nic.is_some() {
+        return Err(VmError::InvalidConfig("networking is not supported yet".into()));
+    }
+    Ok(())
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError> {
+        check(cfg)?;
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        let dir = cfg.dir.to_string_lossy().into_owned();
+        let console = cfg.console_log().to_string_lossy().into_owned();
+        let agent = cfg.agent_sock().to_string_lossy().into_owned();
+        let root = cfg.root_disk.to_string_lossy().into_owned();
+
+        push(&["-M", "microvm,rtc=on"]);
+        match cfg.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg"]),
+        }
+        push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        push(&["-smp", &cfg.vcpus.to_string(), "-m", &format!("{}M", cfg.memory_mib)]);
+        push(&["-kernel", &cfg.kernel.to_string_lossy(), "-initrd", &cfg.initrd.to_string_lossy()]);
+        push(&["-append", &Qemu::cmdline(cfg)?]);
+        // 1. console
+        push(&["-chardev", &format!("file,id=console,path={console}"), "-serial", "chardev:console"]);
+        // 2. agent port
+        push(&["-chardev", &format!("socket,id=agent,path={agent},server=on,wait=off")]);
+        push(&["-device", "virtio-serial-device,id=vser0,max_ports=2"]);
+        push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=agent,name={}", crate::AGENT_PORT_NAME)]);
+        // 3. root disk
+        push(&["-drive", &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap")]);
+        push(&["-device", "virtio-blk-device,drive=root"]);
+        // 4. NIC slot: reserved (check() refuses a NIC until networking lands). It will be
+        //    `-netdev tap,id=net0,fd=N -device virtio-net-device,netdev=net0,mac=..` here, after
+        //    the root disk, for every size, so templates keep the same virtio-mmio slots.
+        // Confinement.
+        push(&["-sandbox", SANDBOX]);
+        if let Some(user) = &cfg.run_as {
+            push(&["-runas", user]);
+        }
+        push(&["-chroot", &dir]);
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn cfg(accel: Accel) -> VmConfig {
+        VmConfig {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            accel,
+            kernel: "/d/kernel/vmlinuz".into(),
+            initrd: "/d/kernel/initramfs-x.img".into(),
+            kernel_cmdline_extra: "hyper.debug=1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            root_disk: "/d/c/abc/root.qcow2".into(),
+            dir: PathBuf::from("/d/c/abc"),
+            run_as: Some("hyper-vm".into()),
+            tsc_khz: Some(2_596_150),
+            nic: None,
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn tcg_gets_tsc_khz() {
+        let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
+        assert_eq!(value_of(&args, "-accel"), ["tcg"]);
+        let append = value_of(&args, "-append")[0];
+        assert!(append.starts_with(BASE_CMDLINE), "{append}");
+        assert!(append.contains(" tsc_early_khz=2596150"), "{append}");
+        assert!(append.ends_with(" hyper.debug=1"), "{append}");
+        assert!(!args.iter().any(|a| a == "-cpu"));
+    }
+
+    #[test]
+    fn kvm_has_no_tsc_khz() {
+        let args = Qemu.args(&cfg(Accel::Kvm)).unwrap();
+        assert_eq!(value_of(&args, "-accel"), ["kvm"]);
+        assert_eq!(value_of(&args, "-cpu"), ["host"]);
+        assert!(!value_of(&args, "-append")[0].contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn sandbox_runas_chroot() {
+        let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
+        assert_eq!(
+            value_of(&args, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
+        assert_eq!(value_of(&args, "-runas"), ["hyper-vm"]);
+        assert_eq!(value_of(&args, "-chroot"), ["/d/c/abc"]);
+        let mut c = cfg(Accel::Tcg);
+        c.run_as = None;
+        assert!(value_of(&Qemu.args(&c).unwrap(), "-runas").is_empty());
+    }
+
+    #[test]
+    fn machine_and_devices() {
+        let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
+        assert_eq!(value_of(&args, "-M"), ["microvm,rtc=on"]);
+        for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+            assert!(args.iter().any(|a| a == f), "{f}");
+        }
+        assert_eq!(value_of(&args, "-smp"), ["2"]);
+        assert_eq!(value_of(&args, "-m"), ["512M"]);
+        let chardevs = value_of(&args, "-chardev");
+        assert!(chardevs.contains(&"file,id=console,path=/d/c/abc/console.log"));
+        assert!(chardevs.contains(&"socket,id=agent,path=/d/c/abc/agent.sock,server=on,wait=off"));
+        let devices = value_of(&args, "-device");
+        assert_eq!(devices[0], "virtio-serial-device,id=vser0,max_ports=2");
+        assert!(devices[1].contains("name=agent"));
+        assert_eq!(devices[2], "virtio-blk-device,drive=root");
+        assert!(value_of(&args, "-drive")[0].contains("format=qcow2,if=none"));
+        assert!(!args.iter().any(|a| a.contains("acpi=off")));
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        let mut c = cfg(Accel::Tcg);
+        c.root_disk = "/d/a,b.qcow2".into();
+        assert!(Qemu.args(&c).is_err());
+        let mut c = cfg(Accel::Tcg);
+        c.dir = PathBuf::from(format!("/{}", "x".repeat(100)));
+        assert!(Qemu.args(&c).is_err());
+        let mut c = cfg(Accel::Tcg);
+        c.vcpus = 0;
+        assert!(Qemu.args(&c).is_err());
+    }
+}
