@@ -17,9 +17,15 @@ use crate::{Accel, Hypervisor, VmConfig, VmError};
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check \
 cryptomgr.notests pci=off 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp i8042.dumbkbd";
 
-/// seccomp policy: no obsolete syscalls, no set*id after start-up, no spawning helpers, no
-/// scheduler/affinity changes.
+/// seccomp policy: no obsolete syscalls, no set*id, no spawning helpers, no scheduler/affinity
+/// changes. Used when QEMU stays root (no `run_as`).
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// seccomp policy with `-runas`. QEMU 7.2 installs the seccomp filter *before* it switches user,
+/// so `elevateprivileges=deny` kills it with SIGSYS on its own setgid/setuid (verified here).
+/// Leaving set*id allowed costs nothing real: after `-runas` every uid/gid (real, effective,
+/// saved) is the unprivileged user's, so no set*id call can regain root.
+pub const SANDBOX_RUNAS: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
 
 /// QEMU microvm.
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,9 +117,9 @@ impl Hypervisor for Qemu {
         //    `-netdev tap,id=net0,fd=N -device virtio-net-device,netdev=net0,mac=..` here, after
         //    the root disk, for every size, so templates keep the same virtio-mmio slots.
         // Confinement.
-        push(&["-sandbox", SANDBOX]);
-        if let Some(user) = &cfg.run_as {
-            push(&["-runas", user]);
+        match &cfg.run_as {
+            Some(user) => push(&["-sandbox", SANDBOX_RUNAS, "-runas", user]),
+            None => push(&["-sandbox", SANDBOX]),
         }
         push(&["-chroot", &dir]);
         Ok(a)
@@ -169,15 +175,17 @@ mod tests {
     #[test]
     fn sandbox_runas_chroot() {
         let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
-        assert_eq!(
-            value_of(&args, "-sandbox"),
-            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
-        );
+        assert_eq!(value_of(&args, "-sandbox"), ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]);
         assert_eq!(value_of(&args, "-runas"), ["hyper-vm"]);
         assert_eq!(value_of(&args, "-chroot"), ["/d/c/abc"]);
         let mut c = cfg(Accel::Tcg);
         c.run_as = None;
-        assert!(value_of(&Qemu.args(&c).unwrap(), "-runas").is_empty());
+        let args = Qemu.args(&c).unwrap();
+        assert!(value_of(&args, "-runas").is_empty());
+        assert_eq!(
+            value_of(&args, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]
