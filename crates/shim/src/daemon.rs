@@ -1,0 +1,862 @@
+//! The shim process: daemonize, boot the VM, wait for the agent, serve `shim.sock`, record the
+//! exit, power off, clean up.
+//!
+//! Runs on a current-thread tokio runtime on the main thread. That matters: QEMU is spawned with
+//! `PR_SET_PDEATHSIG`, which fires when the *thread* that forked it exits, so the forking thread
+//! must live as long as the shim.
+//!
+//! Shared state is one small `Mutex<Inner>` touched only in short, non-async sections; exit of the
+//! main process is broadcast through a `watch` channel.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::{Frame, GuestMsg, HostMsg, Kind, MAIN_STREAM, PROTOCOL_VERSION};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{SecondsFormat, Utc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use vm::{Accel, Hypervisor, Qemu, VmConfig};
+
+use crate::log::{LogWriter, Stream};
+use crate::{mux_header, paths, Request, Response, Spec, State, Status, EXIT_FRAME};
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// Entry point of `hyper-shim --dir DIR`. Forks: the launching process waits for "ready" (exit 0)
+/// or an error (printed, exit 1); the daemon continues in a new session.
+pub fn main(dir: &Path) -> Result<()> {
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("container dir {}", dir.display()))?;
+    let spec = Spec::load(&dir).context("reading spec.json")?;
+    let (rfd, wfd) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: single-threaded here (no runtime started yet), so fork is sound.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(wfd);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rfd).read_to_string(&mut msg);
+            if msg == "ready" {
+                std::process::exit(0);
+            }
+            if msg.is_empty() {
+                msg = format!("hyper-shim exited during start-up (see {}/shim.log)", dir.display());
+            }
+            eprintln!("hyper-shim: {}", msg.trim_end());
+            std::process::exit(1);
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(rfd);
+            let _ = nix::unistd::setsid();
+            redirect_stdio(&dir);
+            let ready = std::fs::File::from(wfd);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = rt.block_on(run(dir, spec, ready));
+            std::process::exit(code);
+        }
+    }
+}
+
+fn redirect_stdio(dir: &Path) {
+    let null = std::fs::OpenOptions::new().read(true).open("/dev/null");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(paths::SHIM_LOG));
+    // SAFETY: dup2 on fds we own; 0/1/2 are replaced atomically.
+    unsafe {
+        if let Ok(n) = &null {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(n), 0);
+        }
+        if let Ok(l) = &log {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(l), 1);
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(l), 2);
+        }
+    }
+}
+
+macro_rules! slog {
+    ($($t:tt)*) => { eprintln!("{} {}", now(), format!($($t)*)) };
+}
+
+/// Output of the main process to attachers.
+#[derive(Clone, Debug)]
+enum Out {
+    Data(u8, Arc<Vec<u8>>),
+    End,
+}
+
+/// Events for one exec session.
+enum ExecEvent {
+    Data(u8, Vec<u8>),
+    Exited(i32),
+}
+
+#[derive(Default)]
+struct Inner {
+    state: State,
+    /// Waiting for Started/StartFailed of a stream.
+    starting: HashMap<u32, oneshot::Sender<GuestMsg>>,
+    /// Top/Stats replies by req_id.
+    replies: HashMap<u64, oneshot::Sender<GuestMsg>>,
+    execs: HashMap<u32, mpsc::UnboundedSender<ExecEvent>>,
+    exec_ids: HashMap<String, u32>,
+    next_stream: u32,
+    next_req: u64,
+    stdin_held: bool,
+    finishing: bool,
+}
+
+struct Shim {
+    dir: PathBuf,
+    spec: Spec,
+    inner: Mutex<Inner>,
+    to_agent: mpsc::UnboundedSender<Frame>,
+    out: broadcast::Sender<Out>,
+    /// Some(state) once the main process (or the VM) is gone.
+    exited: watch::Sender<Option<State>>,
+    qemu_pid: u32,
+    qemu_gone: watch::Receiver<Option<String>>,
+    log: Mutex<LogWriter>,
+}
+
+impl Shim {
+    fn save(&self, st: &State) {
+        if let Err(e) = st.save(&self.dir) {
+            slog!("writing state.json: {e}");
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) -> State {
+        let st = {
+            let mut inner = self.inner.lock().unwrap();
+            f(&mut inner.state);
+            inner.state.clone()
+        };
+        self.save(&st);
+        st
+    }
+
+    fn state(&self) -> State {
+        self.inner.lock().unwrap().state.clone()
+    }
+
+    fn send(&self, f: Frame) {
+        let _ = self.to_agent.send(f);
+    }
+
+    /// Record the end of the main process once (first caller wins).
+    fn finish(&self, exit_code: i32, oom: bool, error: String) {
+        let st = {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.finishing {
+                return;
+            }
+            inner.finishing = true;
+            let s = &mut inner.state;
+            s.status = Status::Exited;
+            s.finished_at = Some(now());
+            s.exit_code = Some(exit_code);
+            s.oom_killed = oom;
+            if !error.is_empty() {
+                s.error = error;
+            }
+            s.clone()
+        };
+        let _ = self.log.lock().unwrap().flush();
+        self.save(&st);
+        slog!("main process exited: code {exit_code} oom {oom} {}", st.error);
+        let _ = self.out.send(Out::End);
+        self.exited.send_replace(Some(st));
+    }
+
+    fn qemu_alive(&self) -> bool {
+        self.qemu_gone.borrow().is_none()
+    }
+
+    fn kill_qemu(&self) {
+        if self.qemu_alive() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.qemu_pid as i32), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+async fn run(dir: PathBuf, spec: Spec, mut ready: std::fs::File) -> i32 {
+    match boot_and_serve(dir.clone(), spec, &mut ready).await {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            slog!("failed: {msg}");
+            let _ = ready.write_all(msg.as_bytes());
+            let _ = std::fs::remove_file(dir.join(paths::SHIM_SOCK));
+            let _ = std::fs::remove_file(dir.join(paths::AGENT_SOCK));
+            let _ = std::fs::remove_file(dir.join(paths::SHIM_PID));
+            1
+        }
+    }
+}
+
+fn console_tail(dir: &Path, n: usize) -> String {
+    let text = std::fs::read(dir.join(paths::CONSOLE_LOG)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> Result<()> {
+    let shim_pid = std::process::id();
+    std::fs::write(dir.join(paths::SHIM_PID), format!("{shim_pid}\n"))?;
+    for f in [paths::SHIM_SOCK, paths::AGENT_SOCK] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let mut state = State { status: Status::Booting, shim_pid, ..Default::default() };
+    state.save(&dir)?;
+
+    let accel = Accel::resolve(Some(&spec.accel)).map_err(|e| anyhow!(e))?;
+    let cfg = VmConfig {
+        binary: spec.qemu.clone(),
+        accel,
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        kernel_cmdline_extra: spec.kernel_cmdline_extra.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        root_disk: spec.root_disk.clone(),
+        dir: dir.clone(),
+        run_as: (!spec.run_as.is_empty()).then(|| spec.run_as.clone()),
+        tsc_khz: None,
+        nic: None,
+    };
+    let mut cmd = Qemu.command(&cfg)?;
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() as u32 != shim_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd).spawn().context("starting QEMU")?;
+    let qemu_pid = child.id().unwrap_or(0);
+    state.qemu_pid = Some(qemu_pid);
+    state.save(&dir)?;
+    slog!("qemu pid {qemu_pid} accel {accel}");
+
+    // QEMU's stderr: keep the last lines for error messages.
+    let qemu_err = Arc::new(Mutex::new(Vec::<String>::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let qemu_err = qemu_err.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = err.read_to_end(&mut buf).await;
+            let text = String::from_utf8_lossy(&buf);
+            let mut v = qemu_err.lock().unwrap();
+            v.extend(text.lines().map(str::to_string));
+        });
+    }
+    let (gone_tx, gone_rx) = watch::channel(None::<String>);
+    tokio::spawn(async move {
+        let st = child.wait().await;
+        let desc = match st {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        gone_tx.send_replace(Some(desc));
+    });
+
+    let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
+    let agent = match tokio::time::timeout(boot, connect_agent(&dir, gone_rx.clone())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => Err(e).map_err(|e| boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()))?,
+        Err(_) => Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, format!("guest agent not ready after {}s", boot.as_secs())))?,
+    };
+    let _ = &agent;
+    let (mut rd, mut wr) = agent.into_split();
+    // Wait for Ready (answer to our Hello or the boot-time one).
+    let wait_ready = async {
+        agent_proto::write_frame(&mut wr, &Frame::host(&HostMsg::Hello { version: PROTOCOL_VERSION })).await?;
+        loop {
+            let f = agent_proto::read_frame(&mut rd).await?;
+            if let Ok(GuestMsg::Ready { version, kernel_release }) = f.guest_msg() {
+                return Ok::<_, std::io::Error>((version, kernel_release));
+            }
+        }
+    };
+    let mut gone = gone_rx.clone();
+    let res = tokio::select! {
+        r = tokio::time::timeout(boot, wait_ready) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("agent connection failed: {e}")),
+            Err(_) => Err(format!("guest agent not ready after {}s", boot.as_secs())),
+        },
+        _ = gone.wait_for(|g| g.is_some()) => Err("QEMU exited during boot".to_string()),
+    };
+    let (version, kernel) = res.map_err(|e| boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e))?;
+    slog!("agent ready: protocol {version}, kernel {kernel}");
+
+    let log = LogWriter::open(dir.join(paths::CTR_LOG), spec.log_max_bytes, spec.log_max_files)?;
+    let (to_agent, mut agent_rx) = mpsc::unbounded_channel::<Frame>();
+    tokio::spawn(async move {
+        while let Some(f) = agent_rx.recv().await {
+            if let Err(e) = agent_proto::write_frame(&mut wr, &f).await {
+                slog!("writing to agent: {e}");
+                break;
+            }
+        }
+    });
+    state.status = Status::Ready;
+    let (out, _) = broadcast::channel(1024);
+    let (exited, _) = watch::channel(None);
+    let shim = Arc::new(Shim {
+        dir: dir.clone(),
+        spec,
+        inner: Mutex::new(Inner { state, next_stream: 1, next_req: 1, ..Default::default() }),
+        to_agent,
+        out,
+        exited,
+        qemu_pid,
+        qemu_gone: gone_rx.clone(),
+        log: Mutex::new(log),
+    });
+    shim.save(&shim.state());
+
+    let listener = UnixListener::bind(dir.join(paths::SHIM_SOCK)).context("binding shim.sock")?;
+    let _ = ready.write_all(b"ready");
+    // Close the pipe so the launcher exits.
+    // SAFETY: replacing our handle with /dev/null closes the original pipe fd exactly once.
+    *ready = std::fs::File::open("/dev/null")?;
+
+    tokio::spawn(agent_reader(shim.clone(), rd));
+    // QEMU died under us?
+    {
+        let shim = shim.clone();
+        let mut gone = gone_rx.clone();
+        tokio::spawn(async move {
+            let _ = gone.wait_for(|g| g.is_some()).await;
+            let desc = gone.borrow().clone().unwrap_or_default();
+            shim.finish(137, false, format!("the VM exited unexpectedly (qemu: {desc})"));
+        });
+    }
+    // SIGTERM to the shim = shutdown.
+    {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                s.recv().await;
+                slog!("SIGTERM: shutting down");
+                shim.kill_qemu();
+                shim.finish(137, false, "the shim was terminated".into());
+            }
+        });
+    }
+    let active = Arc::new(tokio::sync::Semaphore::new(0));
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let shim = shim.clone();
+        let conns = conns.clone();
+        let _ = active;
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((s, _)) => {
+                        let shim = shim.clone();
+                        let conns = conns.clone();
+                        conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::spawn(async move {
+                            if let Err(e) = handle(shim, s).await {
+                                slog!("connection: {e:#}");
+                            }
+                            conns.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
+                    Err(e) => {
+                        slog!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    // Wait for the end of the main process, then power off and clean up.
+    let mut ex = shim.exited.subscribe();
+    let _ = ex.wait_for(|s| s.is_some()).await;
+    shim.send(Frame::host(&HostMsg::Shutdown));
+    let mut gone = gone_rx.clone();
+    if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await.is_err() {
+        slog!("VM did not power off in 5s: killing QEMU");
+        shim.kill_qemu();
+        let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
+    }
+    // Let handlers that wait for the exit (wait/stop/attach) write their replies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while conns.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for f in [paths::SHIM_SOCK, paths::AGENT_SOCK, paths::SHIM_PID] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    slog!("shim exiting");
+    Ok(())
+}
+
+async fn connect_agent(dir: &Path, gone: watch::Receiver<Option<String>>) -> Result<UnixStream> {
+    let path = dir.join(paths::AGENT_SOCK);
+    loop {
+        if gone.borrow().is_some() {
+            bail!("QEMU exited during boot");
+        }
+        match UnixStream::connect(&path).await {
+            Ok(s) => return Ok(s),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Kill QEMU and build the boot failure message with the console tail.
+fn boot_error(
+    dir: &Path,
+    qemu_err: &Mutex<Vec<String>>,
+    qemu_pid: u32,
+    gone: &watch::Receiver<Option<String>>,
+    what: String,
+) -> anyhow::Error {
+    if gone.borrow().is_none() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu_pid as i32), nix::sys::signal::SIGKILL);
+    }
+    // Give the stderr reader a moment.
+    std::thread::sleep(Duration::from_millis(100));
+    let errs = qemu_err.lock().unwrap().join("\n");
+    let mut st = State::load(dir).unwrap_or_default();
+    st.status = Status::Exited;
+    st.error = what.clone();
+    st.finished_at = Some(now());
+    let _ = st.save(dir);
+    let mut msg = what;
+    if !errs.is_empty() {
+        msg.push_str(&format!("\nQEMU said:\n{errs}"));
+    }
+    msg.push_str(&format!("\nlast lines of the guest console:\n{}", console_tail(dir, 20)));
+    anyhow!(msg)
+}
+
+async fn agent_reader(shim: Arc<Shim>, mut rd: tokio::net::unix::OwnedReadHalf) {
+    loop {
+        let f = match agent_proto::read_frame(&mut rd).await {
+            Ok(f) => f,
+            Err(e) => {
+                slog!("agent connection closed: {e}");
+                // Running execs end with the VM.
+                let execs: Vec<_> = shim.inner.lock().unwrap().execs.drain().collect();
+                for (_, tx) in execs {
+                    let _ = tx.send(ExecEvent::Exited(137));
+                }
+                return;
+            }
+        };
+        match f.kind {
+            Kind::Stdout | Kind::Stderr => {
+                let n = f.payload.len() as u32;
+                let (code, ls) = if f.kind == Kind::Stdout { (1u8, Stream::Stdout) } else { (2u8, Stream::Stderr) };
+                if f.stream == MAIN_STREAM {
+                    if let Err(e) = shim.log.lock().unwrap().write(ls, &f.payload) {
+                        slog!("ctr.log: {e}");
+                    }
+                    let _ = shim.out.send(Out::Data(code, Arc::new(f.payload)));
+                    shim.send(Frame::window_update(MAIN_STREAM, n));
+                } else {
+                    let tx = shim.inner.lock().unwrap().execs.get(&f.stream).cloned();
+                    match tx {
+                        Some(tx) => {
+                            let _ = tx.send(ExecEvent::Data(code, f.payload));
+                        }
+                        None => shim.send(Frame::window_update(f.stream, n)),
+                    }
+                }
+            }
+            Kind::Control => match f.guest_msg() {
+                Ok(msg) => on_control(&shim, msg),
+                Err(e) => slog!("bad control frame: {e}"),
+            },
+            _ => {}
+        }
+    }
+}
+
+fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
+    match msg {
+        GuestMsg::Started { stream, .. } | GuestMsg::StartFailed { stream, .. } => {
+            let tx = shim.inner.lock().unwrap().starting.remove(&stream);
+            if let Some(tx) = tx {
+                let _ = tx.send(msg);
+            }
+        }
+        GuestMsg::Exited { stream, exit_code, oom_killed } => {
+            if stream == MAIN_STREAM {
+                shim.finish(exit_code, oom_killed, String::new());
+            } else {
+                let tx = {
+                    let mut inner = shim.inner.lock().unwrap();
+                    inner.exec_ids.retain(|_, s| *s != stream);
+                    inner.execs.remove(&stream)
+                };
+                if let Some(tx) = tx {
+                    let _ = tx.send(ExecEvent::Exited(exit_code));
+                }
+            }
+        }
+        GuestMsg::TopReply { req_id, .. } | GuestMsg::StatsReply { req_id, .. } | GuestMsg::Error { req_id, .. } => {
+            let tx = shim.inner.lock().unwrap().replies.remove(&req_id);
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(msg);
+                }
+                None => slog!("agent: {msg:?}"),
+            }
+        }
+        GuestMsg::Ready { .. } => {}
+    }
+}
+
+async fn reply(s: &mut UnixStream, r: &Response) -> Result<()> {
+    let mut line = serde_json::to_vec(r)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    Ok(())
+}
+
+async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
+    let line = crate::client::read_line(&mut s).await?;
+    let req: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => return reply(&mut s, &Response::err(format!("bad request: {e}"))).await,
+    };
+    match req {
+        Request::State => reply(&mut s, &Response::with_state(shim.state())).await,
+        Request::Start => {
+            let r = start(&shim).await;
+            reply(&mut s, &r).await
+        }
+        Request::Wait => {
+            let st = wait_exit(&shim).await;
+            reply(&mut s, &Response::with_state(st)).await
+        }
+        Request::Stop { signal, timeout_secs } => {
+            let st = stop(&shim, signal, timeout_secs).await;
+            reply(&mut s, &Response::with_state(st)).await
+        }
+        Request::Shutdown => {
+            shim.kill_qemu();
+            shim.finish(137, false, "the VM was shut down".into());
+            reply(&mut s, &Response::with_state(shim.state())).await
+        }
+        Request::Signal { signal, exec_id } => {
+            let r = match stream_of(&shim, exec_id.as_deref()) {
+                Ok(stream) => {
+                    shim.send(Frame::host(&HostMsg::Signal { stream, signal }));
+                    Response::ok()
+                }
+                Err(e) => Response::err(e),
+            };
+            reply(&mut s, &r).await
+        }
+        Request::Resize { width, height, exec_id } => {
+            let r = match stream_of(&shim, exec_id.as_deref()) {
+                Ok(stream) => {
+                    shim.send(Frame::host(&HostMsg::Resize { stream, width, height }));
+                    Response::ok()
+                }
+                Err(e) => Response::err(e),
+            };
+            reply(&mut s, &r).await
+        }
+        Request::Top { ps_args } => {
+            let r = match ask(&shim, |req_id| HostMsg::Top { req_id, ps_args }).await {
+                Ok(GuestMsg::TopReply { titles, processes, .. }) => {
+                    Response { ok: true, titles: Some(titles), processes: Some(processes), ..Default::default() }
+                }
+                Ok(GuestMsg::Error { message, .. }) => Response::err(message),
+                Ok(other) => Response::err(format!("unexpected reply {other:?}")),
+                Err(e) => Response::err(e),
+            };
+            reply(&mut s, &r).await
+        }
+        Request::Stats => {
+            let r = match ask(&shim, |req_id| HostMsg::Stats { req_id }).await {
+                Ok(GuestMsg::StatsReply { memory_usage, memory_limit, cpu_total_ns, system_cpu_ns, online_cpus, pids, .. }) => {
+                    Response {
+                        ok: true,
+                        stats: Some(crate::Stats { memory_usage, memory_limit, cpu_total_ns, system_cpu_ns, online_cpus, pids }),
+                        ..Default::default()
+                    }
+                }
+                Ok(GuestMsg::Error { message, .. }) => Response::err(message),
+                Ok(other) => Response::err(format!("unexpected reply {other:?}")),
+                Err(e) => Response::err(e),
+            };
+            reply(&mut s, &r).await
+        }
+        Request::Attach { stdin, stdout, stderr } => attach(shim, s, stdin, stdout, stderr).await,
+        Request::Exec { exec_id, args, env, cwd, user, tty, stdin, tty_width, tty_height } => {
+            let process = agent_proto::ProcessSpec { args, env, cwd, user, tty, open_stdin: stdin, tty_width, tty_height };
+            exec(shim, s, exec_id, process, stdin).await
+        }
+    }
+}
+
+fn stream_of(shim: &Shim, exec_id: Option<&str>) -> Result<u32, String> {
+    match exec_id {
+        None | Some("") => {
+            if shim.state().status != Status::Running {
+                return Err("container is not running".into());
+            }
+            Ok(MAIN_STREAM)
+        }
+        Some(id) => shim.inner.lock().unwrap().exec_ids.get(id).copied().ok_or_else(|| format!("no such exec: {id}")),
+    }
+}
+
+async fn ask(shim: &Shim, msg: impl FnOnce(u64) -> HostMsg) -> Result<GuestMsg, String> {
+    let (tx, rx) = oneshot::channel();
+    let req_id = {
+        let mut inner = shim.inner.lock().unwrap();
+        if inner.state.status != Status::Running {
+            return Err("container is not running".into());
+        }
+        let id = inner.next_req;
+        inner.next_req += 1;
+        inner.replies.insert(id, tx);
+        id
+    };
+    shim.send(Frame::host(&msg(req_id)));
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(m)) => Ok(m),
+        _ => {
+            shim.inner.lock().unwrap().replies.remove(&req_id);
+            Err("the guest agent did not answer".into())
+        }
+    }
+}
+
+async fn start(shim: &Arc<Shim>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut inner = shim.inner.lock().unwrap();
+        if inner.state.status != Status::Ready {
+            return Response::err(format!("cannot start: container is {:?}", inner.state.status).to_lowercase());
+        }
+        inner.starting.insert(MAIN_STREAM, tx);
+    }
+    shim.send(Frame::host(&HostMsg::Start {
+        process: shim.spec.process.to_agent(),
+        hostname: shim.spec.hostname.clone(),
+        root_device: "/dev/vda".into(),
+    }));
+    let mut ex = shim.exited.subscribe();
+    let msg = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
+            Ok(Ok(m)) => m,
+            _ => return Response::err("the guest agent did not start the process"),
+        },
+        _ = ex.wait_for(|s| s.is_some()) => return Response::err("the VM exited while starting"),
+    };
+    match msg {
+        GuestMsg::Started { pid, .. } => {
+            let st = shim.update(|s| {
+                s.status = Status::Running;
+                s.started_at = Some(now());
+            });
+            slog!("main process started, guest pid {pid}");
+            Response { ok: true, pid: Some(pid), state: Some(st), ..Default::default() }
+        }
+        GuestMsg::StartFailed { error, exit_code, .. } => {
+            shim.update(|s| s.started_at = Some(now()));
+            shim.finish(exit_code, false, error.clone());
+            Response { ok: false, error: Some(error), state: Some(shim.state()), ..Default::default() }
+        }
+        other => Response::err(format!("unexpected reply {other:?}")),
+    }
+}
+
+async fn wait_exit(shim: &Shim) -> State {
+    let mut ex = shim.exited.subscribe();
+    let r = ex.wait_for(|s| s.is_some()).await.map(|s| s.clone());
+    match r {
+        Ok(Some(st)) => st,
+        _ => shim.state(),
+    }
+}
+
+async fn stop(shim: &Arc<Shim>, signal: i32, timeout_secs: u64) -> State {
+    let status = shim.state().status;
+    match status {
+        Status::Exited => return shim.state(),
+        Status::Running => {}
+        _ => {
+            // Never started: nothing to signal, power the VM off.
+            shim.finish(137, false, String::new());
+            return wait_exit(shim).await;
+        }
+    }
+    let mut ex = shim.exited.subscribe();
+    shim.send(Frame::host(&HostMsg::Signal { stream: MAIN_STREAM, signal }));
+    let t = Duration::from_secs(timeout_secs);
+    if tokio::time::timeout(t, ex.wait_for(|s| s.is_some())).await.is_err() {
+        slog!("stop: no exit after {timeout_secs}s, SIGKILL");
+        shim.send(Frame::host(&HostMsg::Signal { stream: MAIN_STREAM, signal: 9 }));
+        if tokio::time::timeout(Duration::from_secs(10), ex.wait_for(|s| s.is_some())).await.is_err() {
+            slog!("stop: agent did not report the exit, killing the VM");
+            shim.kill_qemu();
+            shim.finish(137, false, "the VM was killed after the stop timeout".into());
+        }
+    }
+    wait_exit(shim).await
+}
+
+async fn attach(shim: Arc<Shim>, s: UnixStream, want_stdin: bool, want_out: bool, want_err: bool) -> Result<()> {
+    let mut rx = shim.out.subscribe();
+    let exited = shim.exited.borrow().is_some();
+    let holds_stdin = want_stdin && shim.spec.process.open_stdin && {
+        let mut inner = shim.inner.lock().unwrap();
+        let free = !inner.stdin_held;
+        inner.stdin_held = true;
+        free
+    };
+    let (mut r, mut w) = s.into_split();
+    let mut line = serde_json::to_vec(&Response::ok())?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    if exited {
+        return Ok(());
+    }
+    let stdin_task = holds_stdin.then(|| {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => shim.send(Frame::stdin(MAIN_STREAM, buf[..n].to_vec())),
+                }
+            }
+            // Half-close of the attach that holds stdin = stdin EOF (internals.md).
+            shim.send(Frame::stdin_eof(MAIN_STREAM));
+            shim.inner.lock().unwrap().stdin_held = false;
+        })
+    });
+    loop {
+        match rx.recv().await {
+            Ok(Out::Data(code, data)) => {
+                if (code == 1 && !want_out) || (code == 2 && !want_err) {
+                    continue;
+                }
+                if w.write_all(&mux_header(code, data.len())).await.is_err() || w.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Out::End) | Err(broadcast::error::RecvError::Closed) => break,
+            Err(broadcast::error::RecvError::Lagged(n)) => slog!("attach: slow client skipped {n} chunks"),
+        }
+    }
+    let _ = w.shutdown().await;
+    if let Some(t) = stdin_task {
+        t.abort();
+        shim.inner.lock().unwrap().stdin_held = false;
+    }
+    Ok(())
+}
+
+async fn exec(shim: Arc<Shim>, mut s: UnixStream, exec_id: String, process: agent_proto::ProcessSpec, want_stdin: bool) -> Result<()> {
+    let (etx, mut erx) = mpsc::unbounded_channel();
+    let (stx, srx) = oneshot::channel();
+    let stream = {
+        let mut inner = shim.inner.lock().unwrap();
+        if inner.state.status != Status::Running {
+            Err("container is not running".to_string())
+        } else if inner.exec_ids.contains_key(&exec_id) {
+            Err(format!("exec {exec_id} is already running"))
+        } else {
+            let id = inner.next_stream;
+            inner.next_stream += 1;
+            inner.execs.insert(id, etx);
+            inner.exec_ids.insert(exec_id.clone(), id);
+            inner.starting.insert(id, stx);
+            Ok(id)
+        }
+    };
+    let stream = match stream {
+        Ok(id) => id,
+        Err(e) => return reply(&mut s, &Response::err(e)).await,
+    };
+    shim.send(Frame::host(&HostMsg::Exec { stream, process }));
+    let started = tokio::time::timeout(Duration::from_secs(30), srx).await;
+    let (pid, failed) = match started {
+        Ok(Ok(GuestMsg::Started { pid, .. })) => (pid, None),
+        Ok(Ok(GuestMsg::StartFailed { error, exit_code, .. })) => (0, Some((error, exit_code))),
+        _ => (0, Some(("the guest agent did not start the exec".to_string(), 126))),
+    };
+    let mut line = serde_json::to_vec(&Response { ok: true, pid: Some(pid), ..Default::default() })?;
+    line.push(b'\n');
+    let (mut r, mut w) = s.into_split();
+    w.write_all(&line).await?;
+    if let Some((error, code)) = failed {
+        {
+            let mut inner = shim.inner.lock().unwrap();
+            inner.execs.remove(&stream);
+            inner.exec_ids.remove(&exec_id);
+        }
+        let msg = format!("{error}\n");
+        w.write_all(&mux_header(2, msg.len())).await?;
+        w.write_all(msg.as_bytes()).await?;
+        let body = serde_json::to_vec(&serde_json::json!({ "exit_code": code }))?;
+        w.write_all(&mux_header(EXIT_FRAME, body.len())).await?;
+        w.write_all(&body).await?;
+        return Ok(());
+    }
+    let stdin_task = want_stdin.then(|| {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => shim.send(Frame::stdin(stream, buf[..n].to_vec())),
+                }
+            }
+            shim.send(Frame::stdin_eof(stream));
+        })
+    });
+    let mut client_gone = false;
+    while let Some(ev) = erx.recv().await {
+        match ev {
+            ExecEvent::Data(code, data) => {
+                if !client_gone
+                    && (w.write_all(&mux_header(code, data.len())).await.is_err() || w.write_all(&data).await.is_err())
+                {
+                    client_gone = true;
+                }
+                shim.send(Frame::window_update(stream, data.len() as u32));
+            }
+            ExecEvent::Exited(code) => {
+                if !client_gone {
+                    let body = serde_json::to_vec(&serde_json::json!({ "exit_code": code }))?;
+                    let _ = w.write_all(&mux_header(EXIT_FRAME, body.len())).await;
+                    let _ = w.write_all(&body).await;
+                }
+                break;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    Ok(())
+}
+

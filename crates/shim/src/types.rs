@@ -1,0 +1,300 @@
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `DIR/spec.json`, written by hyperd before launching the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub id: String,
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    /// "kvm", "tcg" or "auto"/"" (detect).
+    #[serde(default)]
+    pub accel: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    #[serde(default)]
+    pub kernel_cmdline_extra: String,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    #[serde(default = "default_mem")]
+    pub memory_mib: u64,
+    pub root_disk: PathBuf,
+    /// Unprivileged user QEMU runs as; "" keeps root (tests).
+    #[serde(default)]
+    pub run_as: String,
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_secs: u64,
+    #[serde(default = "default_log_max")]
+    pub log_max_bytes: u64,
+    #[serde(default = "default_log_files")]
+    pub log_max_files: u32,
+    #[serde(default)]
+    pub hostname: String,
+    pub process: ProcessSpec,
+}
+
+fn default_qemu() -> PathBuf {
+    "/usr/bin/qemu-system-x86_64".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_mem() -> u64 {
+    512
+}
+fn default_boot_timeout() -> u64 {
+    60
+}
+fn default_log_max() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_log_files() -> u32 {
+    3
+}
+
+/// The container's main process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    pub tty_width: u16,
+    pub tty_height: u16,
+}
+
+impl ProcessSpec {
+    pub fn to_agent(&self) -> agent_proto::ProcessSpec {
+        agent_proto::ProcessSpec {
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            user: self.user.clone(),
+            tty: self.tty,
+            open_stdin: self.open_stdin,
+            tty_width: self.tty_width,
+            tty_height: self.tty_height,
+        }
+    }
+}
+
+impl Spec {
+    pub fn load(dir: &Path) -> io::Result<Spec> {
+        let path = dir.join(crate::paths::SPEC);
+        let data = std::fs::read(&path)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Booting,
+    Ready,
+    Running,
+    Exited,
+}
+
+/// `DIR/state.json`, written atomically by the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct State {
+    pub status: Status,
+    pub shim_pid: u32,
+    pub qemu_pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub error: String,
+}
+
+impl State {
+    pub fn load(dir: &Path) -> io::Result<State> {
+        let data = std::fs::read(dir.join(crate::paths::STATE))?;
+        serde_json::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Write to a temp file, fsync, rename over `state.json`.
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join(".state.json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("state serializes"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(crate::paths::STATE))
+    }
+}
+
+/// One JSON line on `shim.sock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Start,
+    Attach {
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        stdout: bool,
+        #[serde(default)]
+        stderr: bool,
+    },
+    Exec {
+        exec_id: String,
+        args: Vec<String>,
+        #[serde(default)]
+        env: Vec<String>,
+        #[serde(default)]
+        cwd: String,
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        tty: bool,
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        tty_width: u16,
+        #[serde(default)]
+        tty_height: u16,
+    },
+    Signal {
+        signal: i32,
+        #[serde(default)]
+        exec_id: Option<String>,
+    },
+    Resize {
+        width: u16,
+        height: u16,
+        #[serde(default)]
+        exec_id: Option<String>,
+    },
+    Stop {
+        #[serde(default = "sigterm")]
+        signal: i32,
+        #[serde(default = "ten")]
+        timeout_secs: u64,
+    },
+    Wait,
+    State,
+    Top {
+        #[serde(default)]
+        ps_args: String,
+    },
+    Stats,
+    Shutdown,
+}
+
+fn sigterm() -> i32 {
+    15
+}
+fn ten() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub cpu_total_ns: u64,
+    pub system_cpu_ns: u64,
+    pub online_cpus: u32,
+    pub pids: u64,
+}
+
+/// The reply line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub titles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response { ok: true, ..Default::default() }
+    }
+    pub fn err(msg: impl Into<String>) -> Response {
+        Response { ok: false, error: Some(msg.into()), ..Default::default() }
+    }
+    pub fn with_state(state: State) -> Response {
+        Response { ok: true, state: Some(state), ..Default::default() }
+    }
+}
+
+/// Stream byte of the last frame of an exec session (body: `{"exit_code":N}`).
+pub const EXIT_FRAME: u8 = 255;
+
+/// Docker's multiplexed stream header: `[stream,0,0,0,len u32 BE]`.
+pub fn mux_header(stream: u8, len: usize) -> [u8; 8] {
+    let l = (len as u32).to_be_bytes();
+    [stream, 0, 0, 0, l[0], l[1], l[2], l[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let cases = [
+            (r#"{"op":"start"}"#, Request::Start),
+            (r#"{"op":"stop","signal":15,"timeout_secs":10}"#, Request::Stop { signal: 15, timeout_secs: 10 }),
+            (r#"{"op":"stop"}"#, Request::Stop { signal: 15, timeout_secs: 10 }),
+            (r#"{"op":"signal","signal":9,"exec_id":null}"#, Request::Signal { signal: 9, exec_id: None }),
+            (
+                r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false}"#,
+                Request::Attach { stdin: true, stdout: true, stderr: false },
+            ),
+            (r#"{"op":"top","ps_args":""}"#, Request::Top { ps_args: String::new() }),
+        ];
+        for (i, (json, want)) in cases.into_iter().enumerate() {
+            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), want, "test[{i}]");
+        }
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let s = r#"{ "id": "ab", "qemu": "/usr/bin/qemu-system-x86_64", "accel": "tcg",
+  "kernel": "/d/kernel/vmlinuz", "initrd": "/d/kernel/initramfs-k.img",
+  "kernel_cmdline_extra": "", "vcpus": 1, "memory_mib": 512,
+  "root_disk": "/d/c/ab/root.qcow2", "run_as": "hyper-vm",
+  "boot_timeout_secs": 60, "log_max_bytes": 10485760, "log_max_files": 3,
+  "hostname": "abc123",
+  "process": { "args": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "user": "root",
+               "tty": false, "open_stdin": false, "stdin_once": false,
+               "tty_width": 0, "tty_height": 0 } }"#;
+        let spec: Spec = serde_json::from_str(s).unwrap();
+        assert_eq!(spec.process.args, ["sh"]);
+        assert_eq!(spec.log_max_files, 3);
+    }
+
+    #[test]
+    fn response_shape() {
+        let r = serde_json::to_string(&Response::ok()).unwrap();
+        assert_eq!(r, r#"{"ok":true}"#);
+        let r = serde_json::to_string(&Response::err("x")).unwrap();
+        assert_eq!(r, r#"{"ok":false,"error":"x"}"#);
+        let st = serde_json::to_value(State::default()).unwrap();
+        assert_eq!(st["status"], "booting");
+        assert!(st["exit_code"].is_null());
+    }
+}
