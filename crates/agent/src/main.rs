@@ -1,0 +1,291 @@
+//! hyper-agent: PID 1 inside every Hyper microVM.
+//!
+//! Boot: mount the API filesystems, load the virtio modules, unshare a PID namespace for the
+//! container (while still single-threaded), open the `agent` virtio-serial port and send
+//! `Ready`. Then wait: no disk and no network is touched until `Start` (VM templates, DESIGN
+//! decision 8). The protocol is in the `agent-proto` crate.
+
+mod init;
+mod lookup;
+mod port;
+mod process;
+mod rootfs;
+mod session;
+mod top;
+mod user;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::{Frame, GuestMsg, HostMsg, Kind, ProcessSpec, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+
+use crate::init::log;
+use crate::process::Target;
+use crate::session::{Credit, Fd};
+
+/// What the control loop keeps per stream.
+struct Handle {
+    pid: Option<i32>,
+    stdin_tx: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    credit: Arc<Credit>,
+    master: Option<Arc<Fd>>,
+}
+
+/// Reports from session tasks to the control loop.
+enum Event {
+    Started { stream: u32, pid: i32, master: Option<Arc<Fd>> },
+    Gone { stream: u32 },
+}
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        init::init_pid1();
+    }
+    // The container's PID namespace: every later child lands in it, the first one (the main
+    // process) as its init. Must happen before any thread exists.
+    if pid1 || std::env::var_os("HYPER_AGENT_NEWPID").is_some() {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            log!("unshare(CLONE_NEWPID): {e}");
+        }
+    }
+    let port_name = std::env::var("HYPER_AGENT_PORT").unwrap_or_else(|_| agent_proto::PORT_NAME.to_string());
+    let port = port::open_port(&port_name);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(run(port));
+    init::power_off();
+}
+
+fn ready() -> Frame {
+    Frame::guest(&GuestMsg::Ready { version: PROTOCOL_VERSION, kernel_release: init::kernel_release() })
+}
+
+async fn run(port: std::fs::File) {
+    let (mut frames, out) = port::start(port);
+    let _ = out.send(ready());
+    log!("ready");
+    tokio::spawn(reaper());
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let mut streams: HashMap<u32, Handle> = HashMap::new();
+    let mut main_pid: Option<i32> = None;
+    let mut started = false;
+    loop {
+        tokio::select! {
+            f = frames.recv() => {
+                let Some(f) = f else { return };
+                match f.kind {
+                    Kind::Control => match f.host_msg() {
+                        Ok(HostMsg::Shutdown) => {
+                            log!("shutdown requested");
+                            // Let the writer drain what is queued, briefly.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            return;
+                        }
+                        Ok(m) => handle(m, &out, &ev_tx, &mut streams, main_pid, &mut started),
+                        Err(e) => {
+                            log!("bad control message: {e}");
+                            let _ = out.send(Frame::guest(&GuestMsg::Error { req_id: 0, message: e.to_string() }));
+                        }
+                    },
+                    Kind::Stdin => {
+                        if let Some(h) = streams.get(&f.stream) {
+                            let _ = h.stdin_tx.send(Some(f.payload));
+                        }
+                    }
+                    Kind::StdinEof => {
+                        if let Some(h) = streams.get(&f.stream) {
+                            let _ = h.stdin_tx.send(None);
+                        }
+                    }
+                    Kind::WindowUpdate => {
+                        if let (Some(h), Ok(n)) = (streams.get(&f.stream), f.window_credit()) {
+                            h.credit.grant(n);
+                        }
+                    }
+                    Kind::Stdout | Kind::Stderr => log!("unexpected output frame from host"),
+                }
+            }
+            Some(ev) = ev_rx.recv() => match ev {
+                Event::Started { stream, pid, master } => {
+                    if stream == agent_proto::MAIN_STREAM {
+                        main_pid = Some(pid);
+                    }
+                    if let Some(h) = streams.get_mut(&stream) {
+                        h.pid = Some(pid);
+                        h.master = master;
+                    }
+                }
+                Event::Gone { stream } => {
+                    streams.remove(&stream);
+                }
+            }
+        }
+    }
+}
+
+fn handle(
+    m: HostMsg,
+    out: &mpsc::UnboundedSender<Frame>,
+    ev: &mpsc::UnboundedSender<Event>,
+    streams: &mut HashMap<u32, Handle>,
+    main_pid: Option<i32>,
+    started: &mut bool,
+) {
+    let reply = |g: GuestMsg| {
+        let _ = out.send(Frame::guest(&g));
+    };
+    match m {
+        HostMsg::Hello { version } => {
+            if version != PROTOCOL_VERSION {
+                log!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
+            }
+            let _ = out.send(ready());
+        }
+        HostMsg::Start { process, hostname, root_device } => {
+            if *started {
+                reply(GuestMsg::StartFailed { stream: 0, error: "already started".into(), exit_code: 126 });
+                return;
+            }
+            *started = true;
+            start_stream(0, process, Some((root_device, hostname)), Target::Main, out, ev, streams);
+        }
+        HostMsg::Exec { stream, process } => {
+            let Some(main_pid) = main_pid.filter(|_| streams.contains_key(&0)) else {
+                reply(GuestMsg::StartFailed { stream, error: "container is not running".into(), exit_code: 126 });
+                return;
+            };
+            if stream == 0 || streams.contains_key(&stream) {
+                reply(GuestMsg::StartFailed { stream, error: format!("stream {stream} in use"), exit_code: 126 });
+                return;
+            }
+            start_stream(stream, process, None, Target::Exec { main_pid }, out, ev, streams);
+        }
+        HostMsg::Signal { stream, signal } => {
+            let Some(pid) = streams.get(&stream).and_then(|h| h.pid) else { return };
+            // SAFETY: kill with a pid we started and an integer signal.
+            if unsafe { libc::kill(pid, signal) } != 0 {
+                log!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+            }
+        }
+        HostMsg::Resize { stream, width, height } => {
+            if let Some(m) = streams.get(&stream).and_then(|h| h.master.as_ref()) {
+                session::resize(m, width, height);
+            }
+        }
+        HostMsg::Top { req_id, ps_args: _ } => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let g = match main_pid {
+                    Some(pid) => {
+                        let (titles, processes) = top::top(pid);
+                        GuestMsg::TopReply { req_id, titles, processes }
+                    }
+                    None => GuestMsg::Error { req_id, message: "container is not running".into() },
+                };
+                let _ = out.send(Frame::guest(&g));
+            });
+        }
+        HostMsg::Stats { req_id } => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let s = top::stats(main_pid);
+                let _ = out.send(Frame::guest(&GuestMsg::StatsReply {
+                    req_id,
+                    memory_usage: s.memory_usage,
+                    memory_limit: s.memory_limit,
+                    cpu_total_ns: s.cpu_total_ns,
+                    system_cpu_ns: s.system_cpu_ns,
+                    online_cpus: s.online_cpus,
+                    pids: s.pids,
+                }));
+            });
+        }
+        HostMsg::Shutdown => unreachable!("handled by the loop"),
+    }
+}
+
+fn start_stream(
+    stream: u32,
+    spec: ProcessSpec,
+    rootfs: Option<(String, String)>,
+    target: Target,
+    out: &mpsc::UnboundedSender<Frame>,
+    ev: &mpsc::UnboundedSender<Event>,
+    streams: &mut HashMap<u32, Handle>,
+) {
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let credit = Credit::new();
+    streams.insert(stream, Handle { pid: None, stdin_tx, credit: credit.clone(), master: None });
+    let (out, ev) = (out.clone(), ev.clone());
+    tokio::spawn(async move {
+        let oom_before = process::oom_kills();
+        let res = tokio::task::spawn_blocking(move || {
+            if let Some((dev, host)) = rootfs {
+                rootfs::prepare(&dev, &host).map_err(|e| process::SpawnError {
+                    message: error_chain(&e),
+                    exit_code: 126,
+                })?;
+            }
+            process::spawn(&spec, target)
+        })
+        .await;
+        let sp = match res {
+            Ok(Ok(sp)) => sp,
+            Ok(Err(e)) => {
+                log!("stream {stream}: start failed: {e}");
+                let _ = out.send(Frame::guest(&GuestMsg::StartFailed { stream, error: e.message, exit_code: e.exit_code }));
+                let _ = ev.send(Event::Gone { stream });
+                return;
+            }
+            Err(e) => {
+                let _ = out.send(Frame::guest(&GuestMsg::StartFailed { stream, error: e.to_string(), exit_code: 126 }));
+                let _ = ev.send(Event::Gone { stream });
+                return;
+            }
+        };
+        let pid = sp.pid;
+        let exit = process::register(pid);
+        let mut sp = sp;
+        let master = sp.master.take().and_then(|m| Fd::new(m).ok()).map(Arc::new);
+        let _ = ev.send(Event::Started { stream, pid, master: master.clone() });
+        let _ = out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
+        log!("stream {stream}: started pid {pid}");
+        session::run(stream, sp, master, exit, stdin_rx, credit, out, oom_before).await;
+        log!("stream {stream}: exited");
+        let _ = ev.send(Event::Gone { stream });
+    });
+}
+
+/// "error: cause: cause" for an error and its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Reap children on SIGCHLD (and on a slow tick, in case a reap was skipped during a spawn).
+async fn reaper() {
+    let mut sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        match sig.as_mut() {
+            Some(s) => {
+                tokio::select! {
+                    _ = s.recv() => {}
+                    _ = tick.tick() => {}
+                }
+            }
+            None => {
+                tick.tick().await;
+            }
+        }
+        process::reap();
+    }
+}

@@ -1,0 +1,105 @@
+//! Preparing the container's root filesystem when `Start` arrives (never before: VM templates
+//! boot without a disk of their own): mount the ext4 root disk, grow it to the device, set the
+//! hostname and the files that carry it.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::init::log;
+
+/// Where the container's root disk is mounted in the agent's namespace.
+pub const ROOTFS: &str = "/run/rootfs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("root device {0} did not appear")]
+    NoDevice(String),
+    #[error("mount {0} on {ROOTFS}")]
+    Mount(String, #[source] nix::Error),
+}
+
+// EXT4_IOC_RESIZE_FS = _IOW('f', 16, __u64); BLKGETSIZE64 = _IOR(0x12, 114, size_t).
+nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
+nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
+
+pub fn prepare(device: &str, hostname: &str) -> Result<(), RootfsError> {
+    let device = if device.is_empty() { "/dev/vda" } else { device };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(device).exists() {
+        if Instant::now() > deadline {
+            return Err(RootfsError::NoDevice(device.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::create_dir_all(ROOTFS);
+    mount(Some(device), ROOTFS, Some("ext4"), MsFlags::empty(), None::<&str>)
+        .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    if let Err(e) = grow(device) {
+        log!("growing {device}: {e} (carrying on)");
+    }
+    if !hostname.is_empty() {
+        if let Err(e) = nix::unistd::sethostname(hostname) {
+            log!("sethostname: {e}");
+        }
+        let root = Path::new(ROOTFS);
+        let _ = std::fs::create_dir_all(root.join("etc"));
+        let _ = std::fs::write(root.join("etc/hostname"), format!("{hostname}\n"));
+        let hosts = root.join("etc/hosts");
+        let current = std::fs::read_to_string(&hosts).unwrap_or_default();
+        let _ = std::fs::write(&hosts, hosts_file(&current, hostname));
+    }
+    Ok(())
+}
+
+/// /etc/hosts content: the image's (or a default localhost block), plus a line for the hostname
+/// if none names it.
+pub fn hosts_file(current: &str, hostname: &str) -> String {
+    let mut out = if current.trim().is_empty() {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
+    } else {
+        current.to_string()
+    };
+    let named = out
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .any(|l| l.split_whitespace().skip(1).any(|n| n == hostname));
+    if !named {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    out
+}
+
+/// Grow the mounted ext4 filesystem to fill its device (online resize).
+fn grow(device: &str) -> std::io::Result<()> {
+    let dev = std::fs::File::open(device)?;
+    let mut bytes: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
+    unsafe { blk_getsize64(dev.as_raw_fd(), &mut bytes) }?;
+    let st = nix::sys::statvfs::statvfs(ROOTFS)?;
+    let bsize = st.block_size().max(1024);
+    let blocks: u64 = bytes / bsize;
+    let dir = std::fs::File::open(ROOTFS)?;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 through the pointer.
+    unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }?;
+    log!("root filesystem {device}: {blocks} blocks of {bsize}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let d = hosts_file("", "abc");
+        assert!(d.contains("localhost") && d.ends_with("127.0.1.1\tabc\n"));
+        assert_eq!(hosts_file("1.2.3.4 abc\n", "abc"), "1.2.3.4 abc\n");
+        assert_eq!(hosts_file("# abc\n127.0.0.1 localhost", "abc"), "# abc\n127.0.0.1 localhost\n127.0.1.1\tabc\n");
+    }
+}
