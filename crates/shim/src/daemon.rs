@@ -273,10 +273,12 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
     let agent = match tokio::time::timeout(boot, connect_agent(&dir, gone_rx.clone())).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => Err(e).map_err(|e| boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()))?,
-        Err(_) => Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, format!("guest agent not ready after {}s", boot.as_secs())))?,
+        Ok(Err(e)) => return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()).await),
+        Err(_) => {
+            let what = format!("guest agent not ready after {}s", boot.as_secs());
+            return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, what).await);
+        }
     };
-    let _ = &agent;
     let (mut rd, mut wr) = agent.into_split();
     // Wait for Ready (answer to our Hello or the boot-time one).
     let wait_ready = async {
@@ -297,7 +299,10 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
         },
         _ = gone.wait_for(|g| g.is_some()) => Err("QEMU exited during boot".to_string()),
     };
-    let (version, kernel) = res.map_err(|e| boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e))?;
+    let (version, kernel) = match res {
+        Ok(v) => v,
+        Err(e) => return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e).await),
+    };
     slog!("agent ready: protocol {version}, kernel {kernel}");
 
     let log = LogWriter::open(dir.join(paths::CTR_LOG), spec.log_max_bytes, spec.log_max_files)?;
@@ -420,7 +425,7 @@ async fn connect_agent(dir: &Path, gone: watch::Receiver<Option<String>>) -> Res
 }
 
 /// Kill QEMU and build the boot failure message with the console tail.
-fn boot_error(
+async fn boot_error(
     dir: &Path,
     qemu_err: &Mutex<Vec<String>>,
     qemu_pid: u32,
@@ -430,8 +435,10 @@ fn boot_error(
     if gone.borrow().is_none() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu_pid as i32), nix::sys::signal::SIGKILL);
     }
-    // Give the stderr reader a moment.
-    std::thread::sleep(Duration::from_millis(100));
+    // QEMU reaped (so no process is left when the launcher reports) and its stderr read.
+    let mut g = gone.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(5), g.wait_for(|x| x.is_some())).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let errs = qemu_err.lock().unwrap().join("\n");
     let mut st = State::load(dir).unwrap_or_default();
     st.status = Status::Exited;

@@ -1,0 +1,268 @@
+//! End-to-end: boot real microVMs through the `hyper-shim` binary.
+//!
+//! Skipped (with a printed reason) unless `HYPER_TEST_KERNEL_DIR` is set. It may point at
+//! hyperd's `DATA/kernel` (`vmlinuz`, `modules/`) or at an unpacked Debian kernel package
+//! (`boot/vmlinuz-*`, `lib/modules/`). The agent is `HYPER_TEST_AGENT`, or is built here
+//! (static, `--target x86_64-unknown-linux-gnu`). Waits scale with `HYPER_TEST_TIMEOUT_SCALE`.
+//! VMs boot one at a time (2-core CI machines).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use shim::{Request, ShimClient, State, Status};
+use tokio::io::AsyncReadExt;
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn scale() -> f64 {
+    std::env::var("HYPER_TEST_TIMEOUT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+}
+
+fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs_f64(secs as f64 * scale())
+}
+
+fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
+    if kdir.join("vmlinuz").exists() {
+        return (kdir.join("vmlinuz"), kdir.join("modules"));
+    }
+    let boot = std::fs::read_dir(kdir.join("boot")).expect("KERNEL_DIR/boot");
+    let k = boot
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz"))
+        .expect("a vmlinuz in KERNEL_DIR/boot");
+    (k, kdir.join("lib/modules"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn agent_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("HYPER_TEST_AGENT") {
+        return p.into();
+    }
+    let root = workspace_root();
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-p", "agent", "--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(&root)
+        .status()
+        .expect("cargo build agent");
+    assert!(st.success(), "building the agent failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    target.join("x86_64-unknown-linux-gnu/debug/hyper-agent")
+}
+
+struct Fixture {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    base_img: PathBuf,
+    work: PathBuf,
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Shared per test binary: initramfs and a busybox root disk.
+fn fixture() -> Option<&'static Fixture> {
+    static F: std::sync::OnceLock<Option<Fixture>> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let Ok(kdir) = std::env::var("HYPER_TEST_KERNEL_DIR") else {
+            return None;
+        };
+        let (kernel, modules) = kernel_and_modules(Path::new(&kdir));
+        let work = PathBuf::from(format!("/tmp/hs-{}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        let initrd = work.join("initrd.img");
+        vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
+        let rootfs = work.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
+        for app in ["sh", "echo", "cat", "sleep", "true", "false", "ps", "ls"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        let base_img = work.join("base.ext4");
+        sh(Command::new("mkfs.ext4").args(["-q", "-b", "4096", "-d"]).arg(&rootfs).arg(&base_img).arg("64M"));
+        Some(Fixture { kernel, initrd, base_img, work })
+    })
+    .as_ref()
+}
+
+struct Vm {
+    dir: PathBuf,
+}
+
+impl Vm {
+    fn new(f: &Fixture, name: &str, args: &[&str]) -> Vm {
+        let dir = f.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("root.qcow2");
+        sh(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(&f.base_img)
+            .args(["-F", "raw"])
+            .arg(&root)
+            .arg("1G"));
+        let run_as = if Command::new("id").arg("hyper-vm").output().map(|o| o.status.success()).unwrap_or(false) {
+            "hyper-vm"
+        } else {
+            ""
+        };
+        let spec = serde_json::json!({
+            "id": format!("{name:0<64}"), "accel": std::env::var("HYPER_TEST_ACCEL").unwrap_or_default(),
+            "kernel": f.kernel, "initrd": f.initrd, "root_disk": root, "run_as": run_as,
+            "vcpus": 1, "memory_mib": 256, "boot_timeout_secs": (60.0 * scale()) as u64,
+            "log_max_bytes": 1048576, "log_max_files": 2, "hostname": name,
+            "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/", "user": "root" }
+        });
+        std::fs::write(dir.join("spec.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim")).arg("--dir").arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hyper-shim failed: {}\nshim.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+        );
+        Vm { dir }
+    }
+
+    fn client(&self) -> ShimClient {
+        ShimClient::connect(&self.dir).expect("shim.sock")
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// Wait for the shim to go away, then check nothing of this VM is left running.
+    fn assert_gone(&self) {
+        let end = deadline(20);
+        while self.dir.join("shim.sock").exists() || qemu_running(&self.dir) {
+            assert!(Instant::now() < end, "shim or QEMU still there\nconsole:\n{}", self.console());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!self.dir.join("agent.sock").exists());
+    }
+
+    fn state(&self) -> State {
+        State::load(&self.dir).unwrap()
+    }
+}
+
+/// Is a QEMU whose command line mentions `dir` alive (not a zombie)?
+fn qemu_running(dir: &Path) -> bool {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+        let p = e.path();
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false);
+        !zombie && String::from_utf8_lossy(&cmd).contains("qemu") && String::from_utf8_lossy(&cmd).contains(&needle)
+    })
+}
+
+macro_rules! need_vm {
+    () => {{
+        let Some(f) = fixture() else {
+            eprintln!("SKIPPED: set HYPER_TEST_KERNEL_DIR (and optionally HYPER_TEST_AGENT) to boot real VMs");
+            return;
+        };
+        (f, ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+    }};
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn echo_hi() {
+    let (f, _g) = need_vm!();
+    let vm = Vm::new(f, "echo", &["echo", "hi"]);
+    assert_eq!(vm.state().status, Status::Ready);
+    rt().block_on(async {
+        let c = vm.client();
+        // Attach before start, like `docker run` does.
+        let (resp, mut att) =
+            c.stream(&Request::Attach { stdin: false, stdout: true, stderr: true }).await.unwrap();
+        assert!(resp.ok, "{resp:?}");
+        let resp = c.request(&Request::Start).await.unwrap();
+        assert!(resp.ok, "{resp:?}\n{}", vm.console());
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), att.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, [&[1u8, 0, 0, 0, 0, 0, 0, 3][..], b"hi\n"].concat());
+    });
+    vm.assert_gone();
+    let st = vm.state();
+    assert_eq!(st.status, Status::Exited);
+    assert_eq!(st.exit_code, Some(0), "{st:?}");
+    assert!(st.started_at.is_some() && st.finished_at.is_some());
+    let log = std::fs::read_to_string(vm.dir.join("ctr.log")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().expect("a log line")).unwrap();
+    assert_eq!(first["log"], "hi\n");
+    assert_eq!(first["stream"], "stdout");
+}
+
+#[test]
+fn exec_then_stop() {
+    let (f, _g) = need_vm!();
+    let vm = Vm::new(f, "stop", &["sleep", "1000"]);
+    rt().block_on(async {
+        let c = vm.client();
+        assert!(c.request(&Request::Start).await.unwrap().ok, "{}", vm.console());
+        let (resp, mut s) = c
+            .stream(&Request::Exec {
+                exec_id: "e1".into(),
+                args: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: String::new(),
+                user: String::new(),
+                tty: false,
+                stdin: false,
+                tty_width: 0,
+                tty_height: 0,
+            })
+            .await
+            .unwrap();
+        assert!(resp.ok, "{resp:?}");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
+        assert!(got.ends_with(br#"{"exit_code":3}"#), "{text:?}");
+        let resp = c.request(&Request::Stop { signal: 15, timeout_secs: 5 }).await.unwrap();
+        let st = resp.state.expect("state in stop reply");
+        assert_eq!(st.status, Status::Exited);
+        assert_eq!(st.exit_code, Some(143), "{st:?}");
+    });
+    vm.assert_gone();
+    assert_eq!(vm.state().exit_code, Some(143));
+}
+
+#[test]
+fn qemu_killed_from_outside_is_137() {
+    let (f, _g) = need_vm!();
+    let vm = Vm::new(f, "kill", &["sleep", "1000"]);
+    rt().block_on(async {
+        let c = vm.client();
+        assert!(c.request(&Request::Start).await.unwrap().ok);
+        let pid = vm.state().qemu_pid.unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL).unwrap();
+    });
+    vm.assert_gone();
+    let st = vm.state();
+    assert_eq!(st.exit_code, Some(137), "{st:?}");
+    assert!(st.error.contains("exited unexpectedly"), "{st:?}");
+}
