@@ -377,12 +377,28 @@ mod tests {
     #[test]
     fn control_round_trips() {
         let host = [
-            HostMsg::Hello { version: PROTOCOL_VERSION },
-            HostMsg::Start { process: spec(), hostname: "abc".into(), root_device: "/dev/vda".into() },
-            HostMsg::Exec { stream: 3, process: spec() },
+            HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            HostMsg::Start {
+                process: spec(),
+                hostname: "abc".into(),
+                root_device: "/dev/vda".into(),
+            },
+            HostMsg::Exec {
+                stream: 3,
+                process: spec(),
+            },
             HostMsg::Signal { stream: 0, signal: 15 },
-            HostMsg::Resize { stream: 2, width: 100, height: 40 },
-            HostMsg::Top { req_id: 7, ps_args: "-ef".into() },
+            HostMsg::Resize {
+                stream: 2,
+                width: 100,
+                height: 40,
+            },
+            HostMsg::Top {
+                req_id: 7,
+                ps_args: "-ef".into(),
+            },
             HostMsg::Stats { req_id: 8 },
             HostMsg::Shutdown,
         ];
@@ -393,11 +409,26 @@ mod tests {
             assert_eq!(&f.host_msg().unwrap(), m, "test[{i}]");
         }
         let guest = [
-            GuestMsg::Ready { version: 1, kernel_release: "6.1".into() },
+            GuestMsg::Ready {
+                version: 1,
+                kernel_release: "6.1".into(),
+            },
             GuestMsg::Started { stream: 0, pid: 42 },
-            GuestMsg::StartFailed { stream: 1, error: "nope".into(), exit_code: 127 },
-            GuestMsg::Exited { stream: 0, exit_code: 137, oom_killed: true },
-            GuestMsg::TopReply { req_id: 1, titles: vec!["PID".into()], processes: vec![vec!["1".into()]] },
+            GuestMsg::StartFailed {
+                stream: 1,
+                error: "nope".into(),
+                exit_code: 127,
+            },
+            GuestMsg::Exited {
+                stream: 0,
+                exit_code: 137,
+                oom_killed: true,
+            },
+            GuestMsg::TopReply {
+                req_id: 1,
+                titles: vec!["PID".into()],
+                processes: vec![vec!["1".into()]],
+            },
             GuestMsg::StatsReply {
                 req_id: 2,
                 memory_usage: 1,
@@ -407,7 +438,10 @@ mod tests {
                 online_cpus: 1,
                 pids: 5,
             },
-            GuestMsg::Error { req_id: 3, message: "x".into() },
+            GuestMsg::Error {
+                req_id: 3,
+                message: "x".into(),
+            },
         ];
         for (i, m) in guest.iter().enumerate() {
             let bytes = Frame::guest(m).encode();
@@ -472,17 +506,29 @@ mod tests {
         }
         w.await.unwrap();
         // The writer is gone: EOF.
-        assert_eq!(read_frame(&mut b).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_frame(&mut b).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     #[tokio::test]
     async fn async_bad_input() {
         let mut big: &[u8] = &encode_header(Kind::Stdout, 0, u32::MAX);
-        assert_eq!(read_frame(&mut big).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            read_frame(&mut big).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         let mut truncated: &[u8] = &Frame::stdout(0, vec![1; 8]).encode()[..12];
-        assert_eq!(read_frame(&mut truncated).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_frame(&mut truncated).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
         let mut short_hdr: &[u8] = &[2, 0, 0];
-        assert_eq!(read_frame(&mut short_hdr).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            read_frame(&mut short_hdr).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
         let oversized = Frame::stdout(0, vec![0; MAX_PAYLOAD + 1]);
         let mut sink = Vec::new();
         assert!(write_frame(&mut sink, &oversized).await.is_err());

@@ -86,7 +86,13 @@ pub fn init_pid1() {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     );
-    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"));
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
     mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"));
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
@@ -101,7 +107,10 @@ pub fn init_pid1() {
 /// Load every module in `dir` in [`module_load_order`] with finit_module; EEXIST is fine.
 pub fn load_modules(dir: &Path) {
     let found: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(e) => {
             log!("no modules in {}: {e}", dir.display());
             return;
@@ -155,13 +164,28 @@ mod tests {
 
     #[test]
     fn module_order() {
-        let found: Vec<String> = ["virtio_net.ko", "extra.ko", "virtio.ko", "virtio_ring.ko", "README", "failover.ko", "a.ko"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let found: Vec<String> = [
+            "virtio_net.ko",
+            "extra.ko",
+            "virtio.ko",
+            "virtio_ring.ko",
+            "README",
+            "failover.ko",
+            "a.ko",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
             module_load_order(&found),
-            vec!["virtio_ring.ko", "virtio.ko", "failover.ko", "virtio_net.ko", "a.ko", "extra.ko"]
+            vec![
+                "virtio_ring.ko",
+                "virtio.ko",
+                "failover.ko",
+                "virtio_net.ko",
+                "a.ko",
+                "extra.ko"
+            ]
         );
         let all: Vec<String> = MODULE_ORDER.iter().rev().map(|m| format!("{m}.ko")).collect();
         let want: Vec<String> = MODULE_ORDER.iter().map(|m| format!("{m}.ko")).collect();

@@ -55,7 +55,11 @@ pub fn find_executable(
             vec![prog.to_string()]
         } else {
             let cwd = if cwd.is_empty() { "/" } else { cwd };
-            vec![format!("{}/{}", cwd.trim_end_matches('/'), prog.trim_start_matches("./"))]
+            vec![format!(
+                "{}/{}",
+                cwd.trim_end_matches('/'),
+                prog.trim_start_matches("./")
+            )]
         }
     } else {
         path.split(':')
@@ -82,8 +86,12 @@ pub fn find_executable(
 /// Check `path` inside the directory tree `root`, resolving symlinks (absolute ones too) within
 /// `root` with openat2(RESOLVE_IN_ROOT).
 pub fn check_in_root(root: &Path, path: &str) -> Access {
-    let Ok(rootdir) = std::fs::File::open(root) else { return Access::Missing };
-    let Ok(cpath) = std::ffi::CString::new(path.trim_start_matches('/')) else { return Access::Missing };
+    let Ok(rootdir) = std::fs::File::open(root) else {
+        return Access::Missing;
+    };
+    let Ok(cpath) = std::ffi::CString::new(path.trim_start_matches('/')) else {
+        return Access::Missing;
+    };
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
     let how: [u64; 3] = [(libc::O_PATH | libc::O_CLOEXEC) as u64, 0, libc::RESOLVE_IN_ROOT];
     // SAFETY: valid dirfd, NUL-terminated path, a properly sized open_how struct.
@@ -101,7 +109,9 @@ pub fn check_in_root(root: &Path, path: &str) -> Access {
     }
     // SAFETY: openat2 returned a new fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else { return Access::Missing };
+    let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
+        return Access::Missing;
+    };
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0 {
         Access::Executable
     } else {
@@ -130,14 +140,28 @@ mod tests {
             ("./run", DEFAULT_PATH, "/app", Ok("/app/run")),
             ("run", "/app/", "/", Ok("/app/run")),
             ("nope", DEFAULT_PATH, "/", Err(LookupError::NotFound("nope".into()))),
-            ("/etc/passwd", DEFAULT_PATH, "/", Err(LookupError::NotExecutable("/etc/passwd".into()))),
+            (
+                "/etc/passwd",
+                DEFAULT_PATH,
+                "/",
+                Err(LookupError::NotExecutable("/etc/passwd".into())),
+            ),
             ("data", "/bin", "/", Err(LookupError::NotExecutable("data".into()))),
-            ("/bin", DEFAULT_PATH, "/", Err(LookupError::NotExecutable("/bin".into()))),
+            (
+                "/bin",
+                DEFAULT_PATH,
+                "/",
+                Err(LookupError::NotExecutable("/bin".into())),
+            ),
             ("", DEFAULT_PATH, "/", Err(LookupError::Empty)),
             ("sh", "relative:also", "/", Err(LookupError::NotFound("sh".into()))),
         ];
         for (i, (prog, path, cwd, want)) in cases.into_iter().enumerate() {
-            assert_eq!(find_executable(prog, path, cwd, fs), want.map(str::to_string), "test[{i}] {prog}");
+            assert_eq!(
+                find_executable(prog, path, cwd, fs),
+                want.map(str::to_string),
+                "test[{i}] {prog}"
+            );
         }
         assert_eq!(LookupError::NotFound("x".into()).exit_code(), 127);
         assert_eq!(LookupError::NotExecutable("x".into()).exit_code(), 126);

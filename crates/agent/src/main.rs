@@ -31,12 +31,20 @@ struct Handle {
     stdin_tx: mpsc::UnboundedSender<Option<Vec<u8>>>,
     credit: Arc<Credit>,
     master: Option<Arc<Fd>>,
+    /// A resize that arrived before the TTY existed.
+    pending_size: Option<(u16, u16)>,
 }
 
 /// Reports from session tasks to the control loop.
 enum Event {
-    Started { stream: u32, pid: i32, master: Option<Arc<Fd>> },
-    Gone { stream: u32 },
+    Started {
+        stream: u32,
+        pid: i32,
+        master: Option<Arc<Fd>>,
+    },
+    Gone {
+        stream: u32,
+    },
 }
 
 fn main() {
@@ -44,22 +52,21 @@ fn main() {
     if pid1 {
         init::init_pid1();
     }
-    // The container's PID namespace: every later child lands in it, the first one (the main
-    // process) as its init. Must happen before any thread exists.
-    if pid1 || std::env::var_os("HYPER_AGENT_NEWPID").is_some() {
-        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
-            log!("unshare(CLONE_NEWPID): {e}");
-        }
-    }
     let port_name = std::env::var("HYPER_AGENT_PORT").unwrap_or_else(|_| agent_proto::PORT_NAME.to_string());
     let port = port::open_port(&port_name);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(run(port));
     init::power_off();
 }
 
 fn ready() -> Frame {
-    Frame::guest(&GuestMsg::Ready { version: PROTOCOL_VERSION, kernel_release: init::kernel_release() })
+    Frame::guest(&GuestMsg::Ready {
+        version: PROTOCOL_VERSION,
+        kernel_release: init::kernel_release(),
+    })
 }
 
 async fn run(port: std::fs::File) {
@@ -114,6 +121,9 @@ async fn run(port: std::fs::File) {
                     }
                     if let Some(h) = streams.get_mut(&stream) {
                         h.pid = Some(pid);
+                        if let (Some(m), Some((w, hgt))) = (master.as_ref(), h.pending_size.take()) {
+                            session::resize(m, w, hgt);
+                        }
                         h.master = master;
                     }
                 }
@@ -143,35 +153,64 @@ fn handle(
             }
             let _ = out.send(ready());
         }
-        HostMsg::Start { process, hostname, root_device } => {
+        HostMsg::Start {
+            process,
+            hostname,
+            root_device,
+        } => {
             if *started {
-                reply(GuestMsg::StartFailed { stream: 0, error: "already started".into(), exit_code: 126 });
+                reply(GuestMsg::StartFailed {
+                    stream: 0,
+                    error: "already started".into(),
+                    exit_code: 126,
+                });
                 return;
             }
             *started = true;
-            start_stream(0, process, Some((root_device, hostname)), Target::Main, out, ev, streams);
+            start_stream(
+                0,
+                process,
+                Some((root_device, hostname)),
+                Target::Main,
+                out,
+                ev,
+                streams,
+            );
         }
         HostMsg::Exec { stream, process } => {
             let Some(main_pid) = main_pid.filter(|_| streams.contains_key(&0)) else {
-                reply(GuestMsg::StartFailed { stream, error: "container is not running".into(), exit_code: 126 });
+                reply(GuestMsg::StartFailed {
+                    stream,
+                    error: "container is not running".into(),
+                    exit_code: 126,
+                });
                 return;
             };
             if stream == 0 || streams.contains_key(&stream) {
-                reply(GuestMsg::StartFailed { stream, error: format!("stream {stream} in use"), exit_code: 126 });
+                reply(GuestMsg::StartFailed {
+                    stream,
+                    error: format!("stream {stream} in use"),
+                    exit_code: 126,
+                });
                 return;
             }
             start_stream(stream, process, None, Target::Exec { main_pid }, out, ev, streams);
         }
         HostMsg::Signal { stream, signal } => {
-            let Some(pid) = streams.get(&stream).and_then(|h| h.pid) else { return };
+            let Some(pid) = streams.get(&stream).and_then(|h| h.pid) else {
+                return;
+            };
             // SAFETY: kill with a pid we started and an integer signal.
             if unsafe { libc::kill(pid, signal) } != 0 {
                 log!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
             }
         }
         HostMsg::Resize { stream, width, height } => {
-            if let Some(m) = streams.get(&stream).and_then(|h| h.master.as_ref()) {
-                session::resize(m, width, height);
+            if let Some(h) = streams.get_mut(&stream) {
+                match h.master.as_ref() {
+                    Some(m) => session::resize(m, width, height),
+                    None => h.pending_size = Some((width, height)),
+                }
             }
         }
         HostMsg::Top { req_id, ps_args: _ } => {
@@ -180,9 +219,16 @@ fn handle(
                 let g = match main_pid {
                     Some(pid) => {
                         let (titles, processes) = top::top(pid);
-                        GuestMsg::TopReply { req_id, titles, processes }
+                        GuestMsg::TopReply {
+                            req_id,
+                            titles,
+                            processes,
+                        }
                     }
-                    None => GuestMsg::Error { req_id, message: "container is not running".into() },
+                    None => GuestMsg::Error {
+                        req_id,
+                        message: "container is not running".into(),
+                    },
                 };
                 let _ = out.send(Frame::guest(&g));
             });
@@ -217,7 +263,16 @@ fn start_stream(
 ) {
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
     let credit = Credit::new();
-    streams.insert(stream, Handle { pid: None, stdin_tx, credit: credit.clone(), master: None });
+    streams.insert(
+        stream,
+        Handle {
+            pid: None,
+            stdin_tx,
+            credit: credit.clone(),
+            master: None,
+            pending_size: None,
+        },
+    );
     let (out, ev) = (out.clone(), ev.clone());
     tokio::spawn(async move {
         let oom_before = process::oom_kills();
@@ -235,12 +290,20 @@ fn start_stream(
             Ok(Ok(sp)) => sp,
             Ok(Err(e)) => {
                 log!("stream {stream}: start failed: {e}");
-                let _ = out.send(Frame::guest(&GuestMsg::StartFailed { stream, error: e.message, exit_code: e.exit_code }));
+                let _ = out.send(Frame::guest(&GuestMsg::StartFailed {
+                    stream,
+                    error: e.message,
+                    exit_code: e.exit_code,
+                }));
                 let _ = ev.send(Event::Gone { stream });
                 return;
             }
             Err(e) => {
-                let _ = out.send(Frame::guest(&GuestMsg::StartFailed { stream, error: e.to_string(), exit_code: 126 }));
+                let _ = out.send(Frame::guest(&GuestMsg::StartFailed {
+                    stream,
+                    error: e.to_string(),
+                    exit_code: 126,
+                }));
                 let _ = ev.send(Event::Gone { stream });
                 return;
             }
@@ -249,7 +312,11 @@ fn start_stream(
         let exit = process::register(pid);
         let mut sp = sp;
         let master = sp.master.take().and_then(|m| Fd::new(m).ok()).map(Arc::new);
-        let _ = ev.send(Event::Started { stream, pid, master: master.clone() });
+        let _ = ev.send(Event::Started {
+            stream,
+            pid,
+            master: master.clone(),
+        });
         let _ = out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
         log!("stream {stream}: started pid {pid}");
         session::run(stream, sp, master, exit, stdin_rx, credit, out, oom_before).await;

@@ -1,8 +1,12 @@
 //! Starting container processes and collecting their exit status.
 //!
-//! Namespaces: the agent unshares CLONE_NEWPID at startup (still single-threaded), so every child
-//! it forks lands in one new PID namespace whose init is the first child: the container's main
-//! process. It cannot see or signal the agent. The main process also gets its own mount
+//! Namespaces: the main process is the init of a new PID namespace, so it cannot see or signal
+//! the agent. The agent cannot simply unshare(CLONE_NEWPID) for itself at startup, because a
+//! process whose pid_for_children differs from its own PID namespace can no longer create
+//! threads (clone(CLONE_THREAD) gives EINVAL) and the agent needs threads. Instead the thread
+//! that forks switches its own (per-thread) pid_for_children just around the fork: unshare for
+//! the main process, setns into the main process's PID namespace for an exec, and setns back to
+//! the agent's namespace right after. The main process also gets its own mount
 //! namespace in which the root disk becomes `/` (switch_root style, MS_MOVE + chroot, because
 //! pivot_root does not work from an initramfs root). Exec sessions join that mount namespace
 //! with setns and chroot into the main process's root.
@@ -119,7 +123,10 @@ pub struct SpawnError {
 
 impl SpawnError {
     fn new(message: impl Into<String>, exit_code: i32) -> SpawnError {
-        SpawnError { message: message.into(), exit_code }
+        SpawnError {
+            message: message.into(),
+            exit_code,
+        }
     }
 }
 
@@ -185,8 +192,16 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
     let prog = spec.args.first().map(String::as_str).unwrap_or("");
     let ident = user::resolve_in_root(&root, &spec.user).map_err(|e| SpawnError::new(e.to_string(), 126))?;
     let env = build_env(&spec.env, &ident.home, spec.tty);
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(lookup::DEFAULT_PATH);
-    let cwd = if spec.cwd.is_empty() { "/".to_string() } else { spec.cwd.clone() };
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(lookup::DEFAULT_PATH);
+    let cwd = if spec.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        spec.cwd.clone()
+    };
     if matches!(target, Target::Main) {
         // Docker creates a missing working directory.
         let _ = std::fs::create_dir_all(root.join(cwd.trim_start_matches('/')));
@@ -194,12 +209,27 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             let _ = std::fs::create_dir_all(root.join(d));
         }
     }
+    if matches!(target, Target::Exec { .. }) && !root.join(cwd.trim_start_matches('/')).is_dir() {
+        return Err(SpawnError::new(
+            format!("chdir to cwd (\"{cwd}\"): no such directory"),
+            126,
+        ));
+    }
     let exe = lookup::find_executable(prog, path_var, &cwd, |p| lookup::check_in_root(&root, p))?;
 
     let mut cmd = Command::new(&exe);
-    cmd.arg0(prog).args(&spec.args[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.arg0(prog)
+        .args(&spec.args[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
 
-    let mut out = Spawned { pid: 0, stdin: None, stdout: None, stderr: None, master: None };
+    let mut out = Spawned {
+        pid: 0,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        master: None,
+    };
     if spec.tty {
         let ws = nix::pty::Winsize {
             ws_row: if spec.tty_height == 0 { 24 } else { spec.tty_height },
@@ -209,8 +239,13 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
         };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| SpawnError::new(format!("openpty: {e}"), 126))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| SpawnError::new(format!("dup: {e}"), 126));
-        let _ = nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-        cmd.stdin(Stdio::from(dup(&pty.slave)?)).stdout(Stdio::from(dup(&pty.slave)?)).stderr(Stdio::from(pty.slave));
+        let _ = nix::fcntl::fcntl(
+            pty.master.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        cmd.stdin(Stdio::from(dup(&pty.slave)?))
+            .stdout(Stdio::from(dup(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
         out.master = Some(pty.master);
     } else {
         if spec.open_stdin {
@@ -247,7 +282,10 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             match raw_exec_fds {
                 None => enter_new_root()?,
                 Some((mnt, rootfd)) => {
-                    nix::sched::setns(std::os::fd::BorrowedFd::borrow_raw(mnt), nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    nix::sched::setns(
+                        std::os::fd::BorrowedFd::borrow_raw(mnt),
+                        nix::sched::CloneFlags::CLONE_NEWNS,
+                    )?;
                     nix::unistd::fchdir(rootfd)?;
                     nix::unistd::chroot(".")?;
                 }
@@ -255,9 +293,31 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             child_common(tty, &ident2, &cwd_c)
         });
     }
+    let own_pidns = open_rdonly(Path::new("/proc/thread-self/ns/pid"))?;
+    let target_pidns = match target {
+        Target::Main => None,
+        Target::Exec { main_pid } => Some(open_rdonly(Path::new(&format!("/proc/{main_pid}/ns/pid")))?),
+    };
     let child = {
+        use nix::sched::{setns, unshare, CloneFlags};
         let _g = SPAWN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        cmd.spawn()
+        let entered = match &target_pidns {
+            None => unshare(CloneFlags::CLONE_NEWPID),
+            Some(fd) => setns(fd, CloneFlags::CLONE_NEWPID),
+        };
+        if let Err(e) = entered {
+            return Err(SpawnError::new(
+                format!("entering the container's PID namespace: {e}"),
+                126,
+            ));
+        }
+        let child = cmd.spawn();
+        if let Err(e) = setns(&own_pidns, CloneFlags::CLONE_NEWPID) {
+            // This thread would now fork into the container: never let it spawn again.
+            crate::init::log!("restoring PID namespace: {e}");
+            std::process::abort();
+        }
+        child
     };
     drop(cmd);
     drop(exec_fds);
@@ -268,7 +328,10 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
         }
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(0);
-            Err(SpawnError::new(format!("exec {prog}: {e}"), exec_errno_exit_code(errno)))
+            Err(SpawnError::new(
+                format!("exec {prog}: {e}"),
+                exec_errno_exit_code(errno),
+            ))
         }
     }
 }
@@ -279,24 +342,78 @@ fn enter_new_root() -> std::io::Result<()> {
     use nix::sched::{unshare, CloneFlags};
     use nix::sys::stat::{makedev, mknod, umask, Mode, SFlag};
     unshare(CloneFlags::CLONE_NEWNS)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
-    mount(Some(ROOTFS), ROOTFS, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some(ROOTFS),
+        ROOTFS,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     let p = |s: &str| format!("{ROOTFS}{s}");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), p("/proc").as_str(), Some("proc"), nosuid, None::<&str>)?;
-    mount(Some("sysfs"), p("/sys").as_str(), Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>)?;
-    mount(Some("tmpfs"), p("/dev").as_str(), Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=65536k"))?;
+    mount(
+        Some("sysfs"),
+        p("/sys").as_str(),
+        Some("sysfs"),
+        nosuid | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )?;
+    mount(
+        Some("tmpfs"),
+        p("/dev").as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
     let old = umask(Mode::empty());
-    for (name, maj, min) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        let _ = mknod(p(&format!("/dev/{name}")).as_str(), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(maj, min));
+    for (name, maj, min) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let _ = mknod(
+            p(&format!("/dev/{name}")).as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(maj, min),
+        );
     }
     let _ = std::fs::create_dir(p("/dev/pts"));
     let _ = std::fs::create_dir(p("/dev/shm"));
     let _ = std::fs::create_dir(p("/dev/mqueue"));
     umask(old);
-    mount(Some("/dev/pts"), p("/dev/pts").as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-    let _ = mount(Some("shm"), p("/dev/shm").as_str(), Some("tmpfs"), nosuid, Some("mode=1777,size=65536k"));
-    let _ = mount(Some("mqueue"), p("/dev/mqueue").as_str(), Some("mqueue"), nosuid, None::<&str>);
+    mount(
+        Some("/dev/pts"),
+        p("/dev/pts").as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let _ = mount(
+        Some("shm"),
+        p("/dev/shm").as_str(),
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    );
+    let _ = mount(
+        Some("mqueue"),
+        p("/dev/mqueue").as_str(),
+        Some("mqueue"),
+        nosuid,
+        None::<&str>,
+    );
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/fd", "/proc/self/fd"),
@@ -352,7 +469,9 @@ pub fn oom_kills() -> u64 {
 }
 
 pub fn parse_vmstat_oom(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -404,7 +523,8 @@ mod tests {
         // Exit recorded before registration is delivered on register.
         {
             let mut g = CHILDREN.lock().unwrap();
-            g.get_or_insert_with(HashMap::new).insert(999_999, ChildState::Exited(7));
+            g.get_or_insert_with(HashMap::new)
+                .insert(999_999, ChildState::Exited(7));
         }
         let mut rx = register(999_999);
         assert_eq!(rx.try_recv().unwrap(), 7);

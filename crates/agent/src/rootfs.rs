@@ -100,6 +100,9 @@ mod tests {
         let d = hosts_file("", "abc");
         assert!(d.contains("localhost") && d.ends_with("127.0.1.1\tabc\n"));
         assert_eq!(hosts_file("1.2.3.4 abc\n", "abc"), "1.2.3.4 abc\n");
-        assert_eq!(hosts_file("# abc\n127.0.0.1 localhost", "abc"), "# abc\n127.0.0.1 localhost\n127.0.1.1\tabc\n");
+        assert_eq!(
+            hosts_file("# abc\n127.0.0.1 localhost", "abc"),
+            "# abc\n127.0.0.1 localhost\n127.0.1.1\tabc\n"
+        );
     }
 }

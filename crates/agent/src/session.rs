@@ -24,7 +24,10 @@ pub struct Credit {
 
 impl Credit {
     pub fn new() -> Arc<Credit> {
-        Arc::new(Credit { avail: Mutex::new(agent_proto::INITIAL_WINDOW as i64), notify: Notify::new() })
+        Arc::new(Credit {
+            avail: Mutex::new(agent_proto::INITIAL_WINDOW as i64),
+            notify: Notify::new(),
+        })
     }
 
     pub fn grant(&self, n: u32) {
@@ -87,7 +90,12 @@ impl Fd {
 
 /// Set a pty's window size.
 pub fn resize(master: &Fd, width: u16, height: u16) {
-    let ws = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize struct.
     if unsafe { libc::ioctl(master.raw(), libc::TIOCSWINSZ, &ws) } != 0 {
         log!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
@@ -152,12 +160,24 @@ pub async fn run(
     let mut readers = Vec::new();
     let mut stdin_task = None;
     if let Some(m) = master {
-        readers.push(tokio::spawn(pump_output(m.clone(), Kind::Stdout, stream, credit.clone(), out.clone())));
+        readers.push(tokio::spawn(pump_output(
+            m.clone(),
+            Kind::Stdout,
+            stream,
+            credit.clone(),
+            out.clone(),
+        )));
         stdin_task = Some(tokio::spawn(pump_stdin(m, stream, stdin_rx, out.clone())));
     } else {
         for (fd, kind) in [(sp.stdout, Kind::Stdout), (sp.stderr, Kind::Stderr)] {
             if let Some(fd) = fd.and_then(|f| Fd::new(f).ok()) {
-                readers.push(tokio::spawn(pump_output(Arc::new(fd), kind, stream, credit.clone(), out.clone())));
+                readers.push(tokio::spawn(pump_output(
+                    Arc::new(fd),
+                    kind,
+                    stream,
+                    credit.clone(),
+                    out.clone(),
+                )));
             }
         }
         if let Some(fd) = sp.stdin.and_then(|f| Fd::new(f).ok()) {
@@ -176,5 +196,9 @@ pub async fn run(
         t.abort();
     }
     let oom_killed = crate::process::oom_kills() > oom_before;
-    let _ = out.send(Frame::guest(&GuestMsg::Exited { stream, exit_code, oom_killed }));
+    let _ = out.send(Frame::guest(&GuestMsg::Exited {
+        stream,
+        exit_code,
+        oom_killed,
+    }));
 }

@@ -66,13 +66,19 @@ fn pid_ns(pid: &str) -> Option<std::path::PathBuf> {
 fn btime() -> u64 {
     std::fs::read_to_string("/proc/stat")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok()))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
 /// PIDs (guest-global) of the container: processes in `main_pid`'s PID namespace.
 pub fn container_pids(main_pid: i32) -> Vec<String> {
-    let Some(ns) = pid_ns(&main_pid.to_string()) else { return Vec::new() };
+    let Some(ns) = pid_ns(&main_pid.to_string()) else {
+        return Vec::new();
+    };
     let mut pids: Vec<(i32, String)> = std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
@@ -94,18 +100,30 @@ pub fn top(main_pid: i32) -> (Vec<String>, Vec<Vec<String>>) {
     let boot = btime();
     let mut rows = Vec::new();
     for pid in container_pids(main_pid) {
-        let Some(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|t| parse_stat(&t)) else {
+        let Some(st) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        else {
             continue;
         };
         let uid: u32 = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
             .unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = if cmdline.is_empty() {
             format!("[{}]", st.comm)
         } else {
-            cmdline.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+            cmdline
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         rows.push(vec![
             names.get(&uid).cloned().unwrap_or_else(|| uid.to_string()),
@@ -136,7 +154,9 @@ pub fn parse_meminfo(text: &str) -> (u64, u64) {
 
 /// CPU nanoseconds from the "cpu" line of /proc/stat: (busy, total).
 pub fn parse_cpu(text: &str) -> (u64, u64) {
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
@@ -160,7 +180,14 @@ pub fn stats(main_pid: Option<i32>) -> Stats {
     // SAFETY: sysconf has no side effects.
     let online_cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u32;
     let pids = main_pid.map(|p| container_pids(p).len() as u64).unwrap_or(0);
-    Stats { memory_usage, memory_limit, cpu_total_ns, system_cpu_ns, online_cpus, pids }
+    Stats {
+        memory_usage,
+        memory_limit,
+        cpu_total_ns,
+        system_cpu_ns,
+        online_cpus,
+        pids,
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +198,17 @@ mod tests {
     fn stat_parsing() {
         let t = "42 (my (odd) cmd) S 1 42 42 34816 42 4194560 100 0 0 0 150 50 0 0 20 0 1 0 12345 1000 10 18446744073709551615";
         let s = parse_stat(t).unwrap();
-        assert_eq!(s, ProcStat { comm: "my (odd) cmd".into(), ppid: 1, tty_nr: 34816, utime: 150, stime: 50, starttime: 12345 });
+        assert_eq!(
+            s,
+            ProcStat {
+                comm: "my (odd) cmd".into(),
+                ppid: 1,
+                tty_nr: 34816,
+                utime: 150,
+                stime: 50,
+                starttime: 12345
+            }
+        );
         assert_eq!(tty_name(34816), "pts/0");
         assert_eq!(tty_name(0), "?");
         assert_eq!(tty_name((4 << 8) | 64), "ttyS0");
@@ -187,7 +224,10 @@ mod tests {
 
     #[test]
     fn meminfo_and_cpu() {
-        assert_eq!(parse_meminfo("MemTotal:  1000 kB\nMemFree: 10 kB\nMemAvailable:  600 kB\n"), (400 * 1024, 1000 * 1024));
+        assert_eq!(
+            parse_meminfo("MemTotal:  1000 kB\nMemFree: 10 kB\nMemAvailable:  600 kB\n"),
+            (400 * 1024, 1000 * 1024)
+        );
         let (busy, total) = parse_cpu("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 2 3\n");
         assert_eq!((busy, total), (15 * 10_000_000, 100 * 10_000_000));
         assert_eq!(parse_cpu(""), (0, 0));

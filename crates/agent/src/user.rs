@@ -88,21 +88,35 @@ pub fn resolve(user: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Res
     };
     let u = if u.is_empty() { "0" } else { u };
     let entry = match u.parse::<u32>() {
-        Ok(uid) => passwd.iter().find(|p| p.uid == uid).cloned().map(Ok).unwrap_or(Ok(PasswdEntry {
-            name: String::new(),
-            uid,
-            gid: 0,
-            home: "/".into(),
-        }))?,
-        Err(_) => passwd.iter().find(|p| p.name == u).cloned().ok_or_else(|| UserError::NoUser(u.to_string()))?,
+        Ok(uid) => passwd
+            .iter()
+            .find(|p| p.uid == uid)
+            .cloned()
+            .map(Ok)
+            .unwrap_or(Ok(PasswdEntry {
+                name: String::new(),
+                uid,
+                gid: 0,
+                home: "/".into(),
+            }))?,
+        Err(_) => passwd
+            .iter()
+            .find(|p| p.name == u)
+            .cloned()
+            .ok_or_else(|| UserError::NoUser(u.to_string()))?,
     };
     let (gid, explicit_group) = match g.filter(|g| !g.is_empty()) {
         None => (entry.gid, false),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => (gid, true),
-            Err(_) => {
-                (groups.iter().find(|e| e.name == g).ok_or_else(|| UserError::NoGroup(g.to_string()))?.gid, true)
-            }
+            Err(_) => (
+                groups
+                    .iter()
+                    .find(|e| e.name == g)
+                    .ok_or_else(|| UserError::NoGroup(g.to_string()))?
+                    .gid,
+                true,
+            ),
         },
     };
     // Supplementary groups: the user's memberships, only when no explicit group was given (as runc).
@@ -114,8 +128,17 @@ pub fn resolve(user: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Res
             }
         }
     }
-    let home = if entry.home.is_empty() { "/".to_string() } else { entry.home };
-    Ok(Identity { uid: entry.uid, gid, groups: sup, home })
+    let home = if entry.home.is_empty() {
+        "/".to_string()
+    } else {
+        entry.home
+    };
+    Ok(Identity {
+        uid: entry.uid,
+        gid,
+        groups: sup,
+        home,
+    })
 }
 
 /// Resolve `user` against `<root>/etc/passwd` and `<root>/etc/group` (missing files are empty).
@@ -139,7 +162,12 @@ mod tests {
         let p = parse_passwd(PASSWD);
         let g = parse_group(GROUP);
         assert_eq!(p.len(), 4);
-        let id = |uid, gid, groups: &[u32], home: &str| Identity { uid, gid, groups: groups.to_vec(), home: home.into() };
+        let id = |uid, gid, groups: &[u32], home: &str| Identity {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+            home: home.into(),
+        };
         let cases: Vec<(&str, Result<Identity, UserError>)> = vec![
             ("", Ok(id(0, 0, &[0], "/root"))),
             ("root", Ok(id(0, 0, &[0], "/root"))),
