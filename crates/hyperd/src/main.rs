@@ -1,0 +1,199 @@
+//! `hyperd`: the daemon. Wiring only: flags, checks of the host, then the api and node roles
+//! on the embedded store.
+
+mod setup;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hyperd",
+    version,
+    about = "Hyper daemon: Docker's API, one microVM per container"
+)]
+struct Cli {
+    /// Where hyperd keeps its state (short: unix sockets live below it).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/hyper",
+        env = "HYPERD_DATA_ROOT"
+    )]
+    data_root: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Listen addresses, dockerd style: unix:///path or tcp://host:port (repeatable).
+    #[arg(short = 'H', long = "host")]
+    hosts: Vec<String>,
+    /// kvm, tcg or auto (KVM when the CPU has vmx/svm and /dev/kvm works).
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    /// Guest kernel; default DATA/kernel/vmlinuz, put there by scripts/setup.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The guest agent binary (static); default: next to hyperd, then /usr/local/lib/hyper.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Appended to the guest kernel command line.
+    #[arg(long, default_value = "")]
+    kernel_cmdline_extra: String,
+    /// Seconds a guest has to come up before its start fails.
+    #[arg(long, default_value_t = 60)]
+    boot_timeout: u64,
+    /// The user QEMU runs as (created if missing).
+    #[arg(long, default_value = "hyper-vm")]
+    vm_user: String,
+    /// Where the default tenant's keys are written on first start (default ~/.hyper/config.json).
+    #[arg(long, env = "HYPER_CONFIG")]
+    client_config_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage tenants (accounts).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (or add a key to one) and print its access and secret key.
+    Create { name: String },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYPERD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Tenant {
+                command: TenantCommand::Create { name },
+            }) => tenant_create(&cli.data_root, &name),
+            None => run(cli.data_root, cli.daemon).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("hyperd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn open_store(data_root: &std::path::Path) -> anyhow::Result<Arc<dyn store::Store>> {
+    std::fs::create_dir_all(data_root)
+        .with_context(|| format!("create {}", data_root.display()))?;
+    let store = store::RedbStore::open(&data_root.join("store.redb"))
+        .context("open the state store (is another hyperd running on this data root?)")?;
+    Ok(Arc::new(store))
+}
+
+fn tenant_create(data_root: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let accounts = server::Accounts::new(open_store(data_root)?);
+    let (access, secret) = accounts.create_tenant(name)?;
+    println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
+    Ok(())
+}
+
+async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    let host = setup::check_host(&data_root, &args)?;
+    let store = open_store(&data_root)?;
+    let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
+    let accounts = server::Accounts::new(store.clone());
+
+    let hosts = if args.hosts.is_empty() {
+        vec![
+            "unix:///var/run/hyper.sock".to_string(),
+            "tcp://127.0.0.1:6443".to_string(),
+        ]
+    } else {
+        args.hosts.clone()
+    };
+    setup::default_tenant(&accounts, &hosts, args.client_config_dir.clone())?;
+
+    let runtime = node::Runtime::new(
+        node::RuntimeConfig {
+            data_root: data_root.clone(),
+            qemu: host.qemu,
+            accel: host.accel.as_str().to_string(),
+            kernel: host.kernel,
+            initrd: host.initrd,
+            kernel_cmdline_extra: args.kernel_cmdline_extra.clone(),
+            shim_binary: host.shim,
+            run_as: args.vm_user.clone(),
+            boot_timeout_secs: args.boot_timeout,
+            log_max_bytes: 10 << 20,
+            log_max_files: 3,
+        },
+        store.clone(),
+        node::images::Images::new(store.clone(), images),
+    );
+    runtime
+        .recover()
+        .await
+        .context("recover containers from the store")?;
+
+    let state = server::AppState {
+        runtime,
+        accounts,
+        node_id: setup::node_id(&data_root)?,
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    let app = server::router(state);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    let mut sockets = Vec::new();
+    for addr in &hosts {
+        let listener = server::Listener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))?;
+        if let server::Listener::Unix(_, path) = &listener {
+            sockets.push(path.clone());
+        }
+        tracing::info!("API listening on {addr}");
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            app.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    tracing::info!(accel = host.accel.as_str(), "hyperd ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // VMs are owned by their supervisors and keep running; only the API goes away.
+    tracing::info!("shutting down; containers keep running");
+    let _ = shutdown_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

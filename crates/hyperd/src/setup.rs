@@ -1,0 +1,201 @@
+//! What hyperd checks and prepares before it serves: QEMU, the guest kernel, the initramfs
+//! with the agent, the VM user, the default tenant.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::DaemonArgs;
+
+pub struct Host {
+    pub qemu: PathBuf,
+    pub accel: vm::Accel,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub shim: PathBuf,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Our own binaries sit next to hyperd (cargo's target dir, or /usr/local/bin), or in
+/// /usr/local/lib/hyper.
+fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join(name),
+        PathBuf::from("/usr/local/lib/hyper").join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
+    if data_root.as_os_str().len() > 60 {
+        bail!(
+            "--data-root {} is too long: unix sockets live below it; use a path under 60 bytes",
+            data_root.display()
+        );
+    }
+    let qemu = which(&args.qemu).with_context(|| {
+        format!(
+            "{} not found: install QEMU (apt-get install qemu-system-x86), or pass --qemu",
+            args.qemu
+        )
+    })?;
+    which("qemu-img").context("qemu-img not found: install it (apt-get install qemu-utils)")?;
+    which("mkfs.ext4").context("mkfs.ext4 not found: install it (apt-get install e2fsprogs)")?;
+    let accel = vm::Accel::resolve(Some(args.accel.as_str()).filter(|a| *a != "auto"))
+        .map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
+
+    let kernel_dir = data_root.join("kernel");
+    let kernel = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| kernel_dir.join("vmlinuz"));
+    if !kernel.is_file() {
+        bail!(
+            "no guest kernel at {}: run scripts/setup (it fetches Debian's linux-image-cloud-amd64), or pass --kernel",
+            kernel.display()
+        );
+    }
+    let modules = kernel_dir.join("modules");
+    if !modules.is_dir() {
+        bail!(
+            "no guest kernel modules in {}: run scripts/setup",
+            modules.display()
+        );
+    }
+    let agent = args.agent.clone().or_else(|| sibling("hyper-agent")).context(
+        "hyper-agent not found next to hyperd or in /usr/local/lib/hyper: run scripts/setup, or pass --agent",
+    )?;
+    let shim =
+        sibling("hyper-shim").context("hyper-shim not found next to hyperd: run scripts/setup")?;
+    let initrd = initramfs(&kernel, &agent, &modules, &kernel_dir)?;
+    ensure_user(&args.vm_user)?;
+    std::fs::create_dir_all(data_root.join("c"))?;
+    let tmp = data_root.join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    Ok(Host {
+        qemu,
+        accel,
+        kernel,
+        initrd,
+        shim,
+    })
+}
+
+/// The initramfs is keyed on the kernel, the agent and the modules, so a change of any of them
+/// builds a new one and a stale one is never used.
+fn initramfs(
+    kernel: &Path,
+    agent: &Path,
+    modules: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let mut hash = Sha256::new();
+    hash.update(std::fs::read(kernel)?);
+    hash.update(std::fs::read(agent).with_context(|| format!("read {}", agent.display()))?);
+    let mut names: Vec<_> = std::fs::read_dir(modules)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    for m in names {
+        hash.update(std::fs::read(&m)?);
+    }
+    let key = &hex::encode(hash.finalize())[..16];
+    let out = out_dir.join(format!("initramfs-{key}.img"));
+    if !out.is_file() {
+        vm::build_initramfs(agent, modules, &out).context("build the guest initramfs")?;
+        tracing::info!("built {}", out.display());
+    }
+    Ok(out)
+}
+
+fn ensure_user(name: &str) -> anyhow::Result<()> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    if passwd.lines().any(|l| l.split(':').next() == Some(name)) {
+        return Ok(());
+    }
+    let status = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .status()
+        .context("run useradd")?;
+    if !status.success() {
+        bail!("could not create the user {name} that QEMU runs as");
+    }
+    Ok(())
+}
+
+pub fn node_id(data_root: &Path) -> anyhow::Result<String> {
+    let path = data_root.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let bytes: [u8; 16] = std::array::from_fn(|_| rand_byte());
+    let id = hex::encode(bytes);
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    // SAFETY: getrandom writes at most one byte into a valid one-byte buffer.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 1, 0) };
+    b[0]
+}
+
+/// First start: the default tenant, with its keys written where the `hyper` CLI reads them.
+pub fn default_tenant(
+    accounts: &server::Accounts,
+    hosts: &[String],
+    config_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if accounts.tenant_exists(server::accounts::DEFAULT_TENANT)? {
+        return Ok(());
+    }
+    let (access, secret) = accounts.create_tenant(server::accounts::DEFAULT_TENANT)?;
+    let Some(endpoint) = hosts.iter().find(|h| h.starts_with("tcp://")) else {
+        return Ok(());
+    };
+    let dir = config_dir
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".hyper")))
+        .context("no HOME to write the client config to")?;
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !config["clouds"].is_object() {
+        config["clouds"] = serde_json::json!({});
+    }
+    config["clouds"][endpoint] =
+        serde_json::json!({"accesskey": access, "secretkey": secret, "region": "us-west-1"});
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(
+        "created the default tenant; its keys are in {}",
+        path.display()
+    );
+    Ok(())
+}

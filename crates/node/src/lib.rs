@@ -1,0 +1,57 @@
+//! The node role: runs a tenant's containers on this host, one microVM each, through the per-VM
+//! supervisor (`hyper-shim`), and keeps their records in the store.
+
+pub mod images;
+pub mod logs;
+pub mod model;
+mod runtime;
+pub mod shim_link;
+pub mod sizes;
+pub mod validate;
+
+pub use runtime::{ExecConfig, ExecInfo, Runtime, RuntimeConfig, WaitCondition};
+
+/// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 400
+    #[error("{0}")]
+    Invalid(String),
+    /// 409
+    #[error("{0}")]
+    Conflict(String),
+    /// 501: asked for something hyper does not do (yet)
+    #[error("{0}")]
+    Unsupported(String),
+    /// 304 in Docker's API: already in the asked state
+    #[error("{0}")]
+    NotModified(String),
+    #[error("{0}")]
+    Shim(String),
+    #[error("the VM supervisor is not reachable")]
+    ShimGone(#[source] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+    #[error("store")]
+    Store(#[from] store::StoreError),
+    #[error("image")]
+    Image(#[from] image::ImageError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -1,0 +1,155 @@
+//! The records hyperd keeps per container, in the store, shaped after Docker's so the API layer
+//! can answer `inspect` without translation tables.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Docker's container `Config` (the fields we act on; the rest is refused or ignored by the API
+/// layer before it gets here).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerConfig {
+    pub hostname: String,
+    pub domainname: String,
+    pub user: String,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub env: Vec<String>,
+    #[serde(deserialize_with = "string_or_list")]
+    pub cmd: Vec<String>,
+    #[serde(deserialize_with = "string_or_list")]
+    pub entrypoint: Vec<String>,
+    pub image: String,
+    pub working_dir: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    pub name: String,
+    pub maximum_retry_count: i64,
+}
+
+/// The part of Docker's `HostConfig` that hyperd honours.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HostConfig {
+    pub auto_remove: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub restart_policy: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Created,
+    Running,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Restarting => "restarting",
+            Status::Removing => "removing",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub status: Status,
+    pub exit_code: i64,
+    pub error: String,
+    pub oom_killed: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Set when the user stopped it: `unless-stopped` and `always` then leave it alone.
+    pub stopped_by_user: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Container {
+    pub id: String,
+    pub tenant: String,
+    /// Without Docker's leading slash.
+    pub name: String,
+    pub created: DateTime<Utc>,
+    /// The image as the user named it.
+    pub image: String,
+    pub image_id: String,
+    /// The resolved command: entrypoint + cmd after merging with the image.
+    pub path: String,
+    pub args: Vec<String>,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    /// Instance type, `s4` unless a label asked otherwise.
+    pub size: String,
+    pub state: State,
+    pub restart_count: u64,
+}
+
+impl Container {
+    pub fn short_id(&self) -> &str {
+        &self.id[..12]
+    }
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+}
+
+fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Docker accepts `"Cmd": "echo hi"` as well as a list; a string is run through a shell.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Either::One(s)) => vec!["/bin/sh".into(), "-c".into(), s],
+        Some(Either::Many(v)) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_accepts_docker_shapes() {
+        let c: ContainerConfig = serde_json::from_str(
+            r#"{"Cmd":"echo hi","Entrypoint":null,"Env":null,"Labels":{"a":"b"},"Tty":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cmd, ["/bin/sh", "-c", "echo hi"]);
+        assert!(c.entrypoint.is_empty() && c.env.is_empty() && c.tty);
+        assert_eq!(c.labels["a"], "b");
+    }
+}

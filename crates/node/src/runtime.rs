@@ -1,0 +1,1154 @@
+//! The container lifecycle on this node: create, start, stop, kill, remove, attach, exec,
+//! and the monitor that turns a VM's exit into the container's state.
+//!
+//! Each container has one `Entry`: its record (mirrored to the store), a lock that serialises
+//! lifecycle operations on it, and a watch channel that counts its exits, which `wait` and
+//! `stop` block on. Records are the truth across restarts; the supervisors' `state.json`
+//! files are the truth about what a VM did while hyperd was away.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use store::{Compare, Op, Store, Txn};
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+use tokio::sync::{oneshot, watch};
+
+use crate::images::Images;
+use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
+use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
+use crate::{sizes, validate, Result, RuntimeError};
+
+/// A restart policy applies only to a container that ran at least this long (Hyper's rule).
+const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub data_root: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_cmdline_extra: String,
+    pub shim_binary: PathBuf,
+    pub run_as: String,
+    pub boot_timeout_secs: u64,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Lifecycle {
+    exits: u64,
+    removed: bool,
+}
+
+type AttachSlot = (Value, oneshot::Sender<Result<BufReader<UnixStream>>>);
+
+struct Entry {
+    record: Mutex<Container>,
+    ops: tokio::sync::Mutex<()>,
+    lifecycle: watch::Sender<Lifecycle>,
+    /// Attach requests that came before the VM existed (`docker run` attaches, then starts).
+    pending_attaches: Mutex<Vec<AttachSlot>>,
+}
+
+impl Entry {
+    fn new(c: Container) -> Arc<Self> {
+        Arc::new(Self {
+            record: Mutex::new(c),
+            ops: tokio::sync::Mutex::new(()),
+            lifecycle: watch::channel(Lifecycle::default()).0,
+            pending_attaches: Mutex::new(Vec::new()),
+        })
+    }
+    fn snapshot(&self) -> Container {
+        self.record.lock().expect("poisoned").clone()
+    }
+}
+
+/// What `docker exec` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExecConfig {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: String,
+    pub working_dir: String,
+    pub tty: bool,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecInfo {
+    pub id: String,
+    pub container_id: String,
+    pub tenant: String,
+    pub config: ExecConfig,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub pid: i64,
+}
+
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    store: Arc<dyn Store>,
+    pub images: Images,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    execs: Mutex<HashMap<String, ExecInfo>>,
+}
+
+fn container_key(tenant: &str, id: &str) -> String {
+    format!("/containers/{tenant}/{id}")
+}
+fn name_key(tenant: &str, name: &str) -> String {
+    format!("/names/{tenant}/{name}")
+}
+fn random_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+fn internal<E: std::fmt::Display>(e: E) -> RuntimeError {
+    RuntimeError::Internal(e.to_string())
+}
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            store,
+            images,
+            entries: Mutex::default(),
+            execs: Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// Where a container's files live: `DATA/c/<id12>`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_root.join("c").join(&id[..12])
+    }
+
+    fn save(&self, c: &Container) -> Result<()> {
+        self.store.put(
+            &container_key(&c.tenant, &c.id),
+            serde_json::to_vec(c).expect("json"),
+        )?;
+        Ok(())
+    }
+
+    fn update(&self, entry: &Entry, change: impl FnOnce(&mut Container)) -> Result<Container> {
+        let snapshot = {
+            let mut c = entry.record.lock().expect("poisoned");
+            change(&mut c);
+            c.clone()
+        };
+        self.save(&snapshot)?;
+        Ok(snapshot)
+    }
+
+    fn entry(&self, tenant: &str, reference: &str) -> Result<Arc<Entry>> {
+        let not_found = || RuntimeError::NotFound(format!("No such container: {reference}"));
+        let bare = reference.strip_prefix('/').unwrap_or(reference);
+        let entries = self.entries.lock().expect("poisoned");
+        if let Some(kv) = self.store.get(&name_key(tenant, bare))? {
+            let id = String::from_utf8_lossy(&kv.value).to_string();
+            if let Some(e) = entries.get(&id) {
+                return Ok(e.clone());
+            }
+        }
+        if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let matches: Vec<_> = entries
+            .iter()
+            .filter(|(id, e)| {
+                id.starts_with(reference) && e.record.lock().expect("poisoned").tenant == tenant
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(not_found()),
+            _ => Err(RuntimeError::Invalid(format!(
+                "multiple IDs found with provided prefix: {reference}"
+            ))),
+        }
+    }
+
+    pub fn get(&self, tenant: &str, reference: &str) -> Result<Container> {
+        Ok(self.entry(tenant, reference)?.snapshot())
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<Container> {
+        let mut out: Vec<Container> = self
+            .entries
+            .lock()
+            .expect("poisoned")
+            .values()
+            .map(|e| e.snapshot())
+            .filter(|c| c.tenant == tenant)
+            .collect();
+        out.sort_by(|a, b| b.created.cmp(&a.created));
+        out
+    }
+
+    pub fn image_in_use(&self, tenant: &str, image_id: &str) -> bool {
+        self.list(tenant).iter().any(|c| c.image_id == image_id)
+    }
+
+    // ---- create ----
+
+    pub async fn create(
+        &self,
+        tenant: &str,
+        name: Option<&str>,
+        mut config: ContainerConfig,
+        host_config: HostConfig,
+    ) -> Result<Container> {
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => validate::container_name(n)?,
+            None => validate::random_name(),
+        };
+        validate::env(&config.env)?;
+        let size = config
+            .labels
+            .get(sizes::SIZE_LABEL)
+            .cloned()
+            .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
+        sizes::lookup(&size)?;
+        check_restart_policy(&host_config)?;
+        if host_config.auto_remove && !matches!(host_config.restart_policy.name.as_str(), "" | "no")
+        {
+            return Err(RuntimeError::Invalid(
+                "conflicting options: cannot specify both --restart and --rm".into(),
+            ));
+        }
+        if let Some(sig) = &config.stop_signal {
+            validate::signal(sig)?;
+        }
+
+        let view = self.images.resolve(tenant, &config.image)?;
+        let image_config = view
+            .info
+            .config
+            .get("config")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let (path, args) = command(&config, &image_config)?;
+        merge_image_defaults(&mut config, &image_config);
+
+        let id = random_id();
+        if config.hostname.is_empty() {
+            config.hostname = id[..12].to_string();
+        }
+        let container = Container {
+            id: id.clone(),
+            tenant: tenant.into(),
+            name: name.clone(),
+            created: Utc::now(),
+            image: config.image.clone(),
+            image_id: view.info.id.clone(),
+            path,
+            args,
+            config,
+            host_config,
+            size,
+            state: State::default(),
+            restart_count: 0,
+        };
+        let claimed = self.store.txn(
+            Txn::new()
+                .when(Compare::Absent(name_key(tenant, &name)))
+                .then(Op::Put(name_key(tenant, &name), id.as_bytes().to_vec()))
+                .then(Op::Put(
+                    container_key(tenant, &id),
+                    serde_json::to_vec(&container).expect("json"),
+                )),
+        )?;
+        if !claimed.succeeded {
+            let holder = self
+                .store
+                .get(&name_key(tenant, &name))?
+                .map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+            return Err(RuntimeError::Conflict(format!(
+                "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                holder.unwrap_or_default()
+            )));
+        }
+        if let Err(e) = self.prepare_root_disk(&container).await {
+            let _ = self.store.txn(
+                Txn::new()
+                    .then(Op::Delete(name_key(tenant, &name)))
+                    .then(Op::Delete(container_key(tenant, &id))),
+            );
+            let _ = std::fs::remove_dir_all(self.dir(&id));
+            return Err(e);
+        }
+        self.entries
+            .lock()
+            .expect("poisoned")
+            .insert(id, Entry::new(container.clone()));
+        Ok(container)
+    }
+
+    /// The image's ext4 disk (built once per image) under a thin qcow2 overlay: 10 GB sparse,
+    /// the writable root the container keeps across stop and start.
+    async fn prepare_root_disk(&self, c: &Container) -> Result<()> {
+        let dir = self.dir(&c.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        let content = self.images.content().clone();
+        let image_id = c.image_id.clone();
+        let disk = tokio::task::spawn_blocking(move || content.ensure_disk(&image_id))
+            .await
+            .map_err(internal)??;
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&disk)
+            .arg(dir.join("root.qcow2"))
+            .arg("10G")
+            .output()
+            .await
+            .map_err(RuntimeError::io("run qemu-img (install qemu-utils)"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Internal(format!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- start ----
+
+    pub async fn start(self: &Arc<Self>, tenant: &str, reference: &str) -> Result<Container> {
+        let entry = self.entry(tenant, reference)?;
+        let _op = entry.ops.lock().await;
+        self.start_locked(&entry).await
+    }
+
+    async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
+        let c = entry.snapshot();
+        if c.is_running() {
+            return Err(RuntimeError::NotModified(format!(
+                "container {} is already started",
+                c.name
+            )));
+        }
+        let dir = self.dir(&c.id);
+        for stale in [
+            "state.json",
+            "shim.sock",
+            "agent.sock",
+            "shim.pid",
+            "launch.err",
+        ] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let size = sizes::lookup(&c.size)?;
+        let spec = ShimSpec {
+            id: c.id.clone(),
+            qemu: self.cfg.qemu.clone(),
+            accel: self.cfg.accel.clone(),
+            kernel: self.cfg.kernel.clone(),
+            initrd: self.cfg.initrd.clone(),
+            kernel_cmdline_extra: self.cfg.kernel_cmdline_extra.clone(),
+            vcpus: size.vcpus,
+            memory_mib: size.vm_memory_mib(),
+            root_disk: dir.join("root.qcow2"),
+            run_as: self.cfg.run_as.clone(),
+            boot_timeout_secs: self.cfg.boot_timeout_secs,
+            log_max_bytes: self.cfg.log_max_bytes,
+            log_max_files: self.cfg.log_max_files,
+            hostname: c.config.hostname.clone(),
+            process: process_spec(&c),
+        };
+        std::fs::write(
+            dir.join("spec.json"),
+            serde_json::to_vec_pretty(&spec).expect("json"),
+        )
+        .map_err(RuntimeError::io("write spec.json"))?;
+
+        if let Err(e) = self.launch_shim(&dir).await {
+            self.record_start_failure(entry, &e.to_string(), 128);
+            self.fail_pending_attaches(entry, &e.to_string());
+            return Err(e);
+        }
+        self.connect_pending_attaches(entry, &dir).await;
+        if let Err(e) = shim_link::request(&dir, json!({"op": "start"})).await {
+            let code = shim_link::read_state(&dir)
+                .and_then(|s| s.exit_code)
+                .map_or(128, i64::from);
+            let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
+            self.record_start_failure(entry, &e.to_string(), code);
+            return Err(e);
+        }
+        let started_at = shim_link::read_state(&dir)
+            .and_then(|s| shim_link::parse_time(&s.started_at))
+            .unwrap_or_else(Utc::now);
+        let c = self.update(entry, |c| {
+            c.state = State {
+                status: Status::Running,
+                started_at: Some(started_at),
+                ..State::default()
+            };
+        })?;
+        self.spawn_monitor(entry.clone());
+        Ok(c)
+    }
+
+    async fn launch_shim(&self, dir: &Path) -> Result<()> {
+        // The shim daemonizes: its stderr goes to a file so no pipe outlives the launcher.
+        let err_path = dir.join("launch.err");
+        let err_file =
+            std::fs::File::create(&err_path).map_err(RuntimeError::io("create launch.err"))?;
+        let status = tokio::process::Command::new(&self.cfg.shim_binary)
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err_file)
+            .status()
+            .await
+            .map_err(RuntimeError::io(format!(
+                "run {}",
+                self.cfg.shim_binary.display()
+            )))?;
+        let message = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Shim(format!(
+                "the VM did not start: {}",
+                message.trim()
+            )))
+        }
+    }
+
+    fn record_start_failure(&self, entry: &Entry, error: &str, exit_code: i64) {
+        let result = self.update(entry, |c| {
+            c.state.status = if c.state.started_at.is_some() {
+                Status::Exited
+            } else {
+                Status::Created
+            };
+            c.state.error = error.to_string();
+            c.state.exit_code = exit_code;
+        });
+        if let Err(e) = result {
+            tracing::warn!("recording a failed start: {e}");
+        }
+        entry.lifecycle.send_modify(|l| l.exits += 1);
+    }
+
+    async fn connect_pending_attaches(&self, entry: &Entry, dir: &Path) {
+        let pending = std::mem::take(&mut *entry.pending_attaches.lock().expect("poisoned"));
+        for (request, reply) in pending {
+            let stream = shim_link::call(dir, request).await.map(|(_, s)| s);
+            let _ = reply.send(stream);
+        }
+    }
+
+    fn fail_pending_attaches(&self, entry: &Entry, error: &str) {
+        let pending = std::mem::take(&mut *entry.pending_attaches.lock().expect("poisoned"));
+        for (_, reply) in pending {
+            let _ = reply.send(Err(RuntimeError::Shim(error.to_string())));
+        }
+    }
+
+    // ---- the monitor ----
+
+    fn spawn_monitor(self: &Arc<Self>, entry: Arc<Entry>) {
+        let rt = self.clone();
+        tokio::spawn(async move { rt.monitor(entry).await });
+    }
+
+    /// Waits for the VM's main process to exit, records it, then applies --rm or the restart
+    /// policy. Runs once per start, and again for every running container after a restart.
+    async fn monitor(self: Arc<Self>, entry: Arc<Entry>) {
+        let id = entry.snapshot().id;
+        let dir = self.dir(&id);
+        let waited = shim_link::request(&dir, json!({"op": "wait"})).await;
+        let mut state = shim_link::read_state(&dir).unwrap_or_default();
+        if state.status != ShimStatus::Exited {
+            if let Ok(reply) = &waited {
+                if let Ok(s) = serde_json::from_value(reply["state"].clone()) {
+                    state = s;
+                }
+            }
+        }
+        if state.status != ShimStatus::Exited {
+            // The supervisor died without recording an exit: the VM went with it.
+            state.exit_code = Some(137);
+            state.error = "the VM supervisor died; the VM was killed".into();
+        }
+        let finished_at = shim_link::parse_time(&state.finished_at).unwrap_or_else(Utc::now);
+        let c = match self.update(&entry, |c| {
+            c.state.status = Status::Exited;
+            c.state.exit_code = state.exit_code.map_or(137, i64::from);
+            c.state.finished_at = Some(finished_at);
+            c.state.oom_killed = state.oom_killed;
+            c.state.error = state.error.clone();
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("recording the exit of {id}: {e}");
+                return;
+            }
+        };
+        entry.lifecycle.send_modify(|l| l.exits += 1);
+        tracing::info!(container = %id, exit_code = c.state.exit_code, "container exited");
+
+        if c.host_config.auto_remove {
+            if let Err(e) = self.remove(&c.tenant, &c.id, true).await {
+                tracing::warn!("auto-removing {id}: {e}");
+            }
+            return;
+        }
+        if should_restart(&c) {
+            let delay = Duration::from_millis(100 * 2u64.pow(c.restart_count.min(10) as u32))
+                .min(Duration::from_secs(60));
+            tokio::time::sleep(delay).await;
+            let _op = entry.ops.lock().await;
+            let current = entry.snapshot();
+            if current.state.status != Status::Exited
+                || current.state.stopped_by_user
+                || entry.lifecycle.borrow().removed
+            {
+                return;
+            }
+            let _ = self.update(&entry, |c| c.restart_count += 1);
+            if let Err(e) = self.start_locked(&entry).await {
+                tracing::warn!("restarting {id}: {e}");
+            }
+        }
+    }
+
+    /// After hyperd starts: loads every record, re-attaches to the VMs that kept running, and
+    /// records what happened to the ones that exited while hyperd was away.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let mut known = std::collections::HashSet::new();
+        for kv in self.store.range("/containers/")? {
+            let c: Container = serde_json::from_slice(&kv.value).map_err(internal)?;
+            known.insert(c.id[..12].to_string());
+            let running = c.is_running();
+            let entry = Entry::new(c.clone());
+            self.entries
+                .lock()
+                .expect("poisoned")
+                .insert(c.id.clone(), entry.clone());
+            if running {
+                // The monitor reads state.json if the shim is gone, so it covers both cases.
+                self.spawn_monitor(entry);
+            }
+        }
+        // Directories no record claims are leftovers of a crash during create or rm.
+        if let Ok(dirs) = std::fs::read_dir(self.cfg.data_root.join("c")) {
+            for dir in dirs.flatten() {
+                let name = dir.file_name().to_string_lossy().to_string();
+                if !known.contains(&name) {
+                    let _ = shim_link::request(&dir.path(), json!({"op": "shutdown"})).await;
+                    let _ = std::fs::remove_dir_all(dir.path());
+                    tracing::info!("removed leftover container directory {name}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- stop, kill, restart, remove ----
+
+    pub async fn stop(
+        &self,
+        tenant: &str,
+        reference: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        let _op = entry.ops.lock().await;
+        self.stop_locked(&entry, timeout, signal).await
+    }
+
+    async fn stop_locked(
+        &self,
+        entry: &Entry,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
+        let c = entry.snapshot();
+        if !c.is_running() {
+            return Err(RuntimeError::NotModified(format!(
+                "container {} is already stopped",
+                c.name
+            )));
+        }
+        let signal = validate::signal(
+            signal
+                .or(c.config.stop_signal.as_deref())
+                .unwrap_or("SIGTERM"),
+        )?;
+        let timeout = timeout.or(c.config.stop_timeout).unwrap_or(10).max(0);
+        self.update(entry, |c| c.state.stopped_by_user = true)?;
+        let mut lifecycle = entry.lifecycle.subscribe();
+        let seen = lifecycle.borrow().exits;
+        let dir = self.dir(&c.id);
+        let stop = shim_link::request(
+            &dir,
+            json!({"op": "stop", "signal": signal, "timeout_secs": timeout}),
+        );
+        if let Err(e) = stop.await {
+            if !matches!(e, RuntimeError::ShimGone(_)) {
+                return Err(e);
+            }
+        }
+        let exited = lifecycle.wait_for(|l| l.exits > seen);
+        tokio::time::timeout(Duration::from_secs(30), exited)
+            .await
+            .map_err(|_| RuntimeError::Internal(format!("container {} did not stop", c.name)))?
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn kill(&self, tenant: &str, reference: &str, signal: Option<&str>) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        let signal = validate::signal(signal.unwrap_or("SIGKILL"))?;
+        let c = entry.snapshot();
+        if !c.is_running() {
+            return Err(RuntimeError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        if signal == libc::SIGKILL {
+            self.update(&entry, |c| c.state.stopped_by_user = true)?;
+        }
+        shim_link::request(&self.dir(&c.id), json!({"op": "signal", "signal": signal})).await?;
+        Ok(())
+    }
+
+    pub async fn restart(
+        self: &Arc<Self>,
+        tenant: &str,
+        reference: &str,
+        timeout: Option<i64>,
+    ) -> Result<Container> {
+        let entry = self.entry(tenant, reference)?;
+        let _op = entry.ops.lock().await;
+        match self.stop_locked(&entry, timeout, None).await {
+            Ok(()) | Err(RuntimeError::NotModified(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start_locked(&entry).await
+    }
+
+    pub async fn remove(&self, tenant: &str, reference: &str, force: bool) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        let _op = entry.ops.lock().await;
+        let c = entry.snapshot();
+        if entry.lifecycle.borrow().removed {
+            return Ok(());
+        }
+        if c.is_running() {
+            if !force {
+                return Err(RuntimeError::Conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )));
+            }
+            let mut lifecycle = entry.lifecycle.subscribe();
+            let seen = lifecycle.borrow().exits;
+            let _ = self.update(&entry, |c| c.state.stopped_by_user = true);
+            let _ = shim_link::request(&self.dir(&c.id), json!({"op": "shutdown"})).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                lifecycle.wait_for(|l| l.exits > seen),
+            )
+            .await;
+        }
+        self.store.txn(
+            Txn::new()
+                .when(Compare::Value(
+                    name_key(tenant, &c.name),
+                    c.id.as_bytes().to_vec(),
+                ))
+                .then(Op::Delete(name_key(tenant, &c.name)))
+                .then(Op::Delete(container_key(tenant, &c.id)))
+                .otherwise(Op::Delete(container_key(tenant, &c.id))),
+        )?;
+        let dir = self.dir(&c.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
+        self.entries.lock().expect("poisoned").remove(&c.id);
+        self.execs
+            .lock()
+            .expect("poisoned")
+            .retain(|_, e| e.container_id != c.id);
+        entry.lifecycle.send_modify(|l| l.removed = true);
+        Ok(())
+    }
+
+    pub async fn rename(&self, tenant: &str, reference: &str, new_name: &str) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        let new_name = validate::container_name(new_name)?;
+        let c = entry.snapshot();
+        if c.name == new_name {
+            return Err(RuntimeError::Invalid(format!(
+                "Renaming a container with the same name as its current name"
+            )));
+        }
+        let mut renamed = c.clone();
+        renamed.name = new_name.clone();
+        let done = self.store.txn(
+            Txn::new()
+                .when(Compare::Absent(name_key(tenant, &new_name)))
+                .then(Op::Put(
+                    name_key(tenant, &new_name),
+                    c.id.as_bytes().to_vec(),
+                ))
+                .then(Op::Delete(name_key(tenant, &c.name)))
+                .then(Op::Put(
+                    container_key(tenant, &c.id),
+                    serde_json::to_vec(&renamed).expect("json"),
+                )),
+        )?;
+        if !done.succeeded {
+            return Err(RuntimeError::Conflict(format!(
+                "Error when allocating new name: Conflict. The container name \"/{new_name}\" is already in use"
+            )));
+        }
+        entry.record.lock().expect("poisoned").name = new_name;
+        Ok(())
+    }
+
+    /// `docker update`: the restart policy, and Hyper's protection label.
+    pub fn update_config(
+        &self,
+        tenant: &str,
+        reference: &str,
+        restart: Option<crate::model::RestartPolicy>,
+    ) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        if let Some(policy) = restart {
+            let mut hc = entry.snapshot().host_config;
+            hc.restart_policy = policy;
+            check_restart_policy(&hc)?;
+            if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
+                return Err(RuntimeError::Invalid("Restart policy cannot be updated because AutoRemove is enabled for the container".into()));
+            }
+            self.update(&entry, |c| c.host_config = hc)?;
+        }
+        Ok(())
+    }
+
+    /// Registers a waiter now and returns the future that completes when `condition` holds,
+    /// so a caller can answer before the container is even started.
+    pub fn wait(
+        &self,
+        tenant: &str,
+        reference: &str,
+        condition: WaitCondition,
+    ) -> Result<impl std::future::Future<Output = Container> + Send + 'static> {
+        let entry = self.entry(tenant, reference)?;
+        let mut lifecycle = entry.lifecycle.subscribe();
+        let seen = lifecycle.borrow().exits;
+        let running = entry.snapshot().is_running();
+        Ok(async move {
+            let _ = lifecycle
+                .wait_for(|l| match condition {
+                    WaitCondition::NotRunning => !running || l.exits > seen || l.removed,
+                    WaitCondition::NextExit => l.exits > seen || l.removed,
+                    WaitCondition::Removed => l.removed,
+                })
+                .await;
+            entry.snapshot()
+        })
+    }
+
+    // ---- streams ----
+
+    /// Connects to the main process's stdio. Before the VM exists the request waits for `start`.
+    pub async fn attach(
+        &self,
+        tenant: &str,
+        reference: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<BufReader<UnixStream>> {
+        let entry = self.entry(tenant, reference)?;
+        let c = entry.snapshot();
+        let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
+        if c.is_running() {
+            return Ok(shim_link::call(&self.dir(&c.id), request).await?.1);
+        }
+        let (tx, rx) = oneshot::channel();
+        entry
+            .pending_attaches
+            .lock()
+            .expect("poisoned")
+            .push((request, tx));
+        rx.await
+            .map_err(|_| RuntimeError::Conflict(format!("container {} was removed", c.name)))?
+    }
+
+    pub fn exec_create(&self, tenant: &str, reference: &str, config: ExecConfig) -> Result<String> {
+        let c = self.get(tenant, reference)?;
+        if !c.is_running() {
+            return Err(RuntimeError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        if config.cmd.is_empty() {
+            return Err(RuntimeError::Invalid("No exec command specified".into()));
+        }
+        validate::env(&config.env)?;
+        let id = random_id();
+        let info = ExecInfo {
+            id: id.clone(),
+            container_id: c.id,
+            tenant: tenant.into(),
+            config,
+            running: false,
+            exit_code: None,
+            pid: 0,
+        };
+        self.execs
+            .lock()
+            .expect("poisoned")
+            .insert(id.clone(), info);
+        Ok(id)
+    }
+
+    pub fn exec_inspect(&self, tenant: &str, id: &str) -> Result<ExecInfo> {
+        self.execs
+            .lock()
+            .expect("poisoned")
+            .get(id)
+            .filter(|e| e.tenant == tenant)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("No such exec instance: {id}")))
+    }
+
+    /// Starts an exec session; the stream carries its output frames, the last of which (stream
+    /// byte 255) holds the exit code, to be passed to `exec_finished`.
+    pub async fn exec_start(
+        &self,
+        tenant: &str,
+        id: &str,
+        tty: Option<bool>,
+    ) -> Result<BufReader<UnixStream>> {
+        let info = self.exec_inspect(tenant, id)?;
+        if info.running || info.exit_code.is_some() {
+            return Err(RuntimeError::Conflict(format!(
+                "exec {id} has already been started"
+            )));
+        }
+        let c = self.get(tenant, &info.container_id)?;
+        if !c.is_running() {
+            return Err(RuntimeError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        let cfg = &info.config;
+        let mut env = c.config.env.clone();
+        merge_env(&mut env, &cfg.env);
+        let tty = tty.unwrap_or(cfg.tty);
+        let request = json!({
+            "op": "exec", "exec_id": id, "args": cfg.cmd, "env": env,
+            "cwd": if cfg.working_dir.is_empty() { effective_workdir(&c) } else { cfg.working_dir.clone() },
+            "user": if cfg.user.is_empty() { c.config.user.clone() } else { cfg.user.clone() },
+            "tty": tty, "stdin": cfg.attach_stdin, "tty_width": 0, "tty_height": 0,
+        });
+        let (reply, stream) = shim_link::call(&self.dir(&c.id), request).await?;
+        if let Some(e) = self.execs.lock().expect("poisoned").get_mut(id) {
+            e.running = true;
+            e.pid = reply["pid"].as_i64().unwrap_or(0);
+        }
+        Ok(stream)
+    }
+
+    pub fn exec_finished(&self, id: &str, exit_code: i64) {
+        if let Some(e) = self.execs.lock().expect("poisoned").get_mut(id) {
+            e.running = false;
+            e.exit_code = Some(exit_code);
+        }
+    }
+
+    pub async fn resize(
+        &self,
+        tenant: &str,
+        reference: &str,
+        exec_id: Option<&str>,
+        width: u16,
+        height: u16,
+    ) -> Result<()> {
+        let c = match exec_id {
+            Some(id) => {
+                let info = self.exec_inspect(tenant, id)?;
+                self.get(tenant, &info.container_id)?
+            }
+            None => self.get(tenant, reference)?,
+        };
+        if !c.is_running() {
+            return Err(RuntimeError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        shim_link::request(
+            &self.dir(&c.id),
+            json!({"op": "resize", "width": width, "height": height, "exec_id": exec_id}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ask the running VM: `top` and `stats` go to the guest agent.
+    pub async fn query(&self, tenant: &str, reference: &str, request: Value) -> Result<Value> {
+        let c = self.get(tenant, reference)?;
+        if !c.is_running() {
+            return Err(RuntimeError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        shim_link::request(&self.dir(&c.id), request).await
+    }
+}
+
+fn check_restart_policy(hc: &HostConfig) -> Result<()> {
+    let p = &hc.restart_policy;
+    match p.name.as_str() {
+        "" | "no" | "always" | "unless-stopped" if p.maximum_retry_count == 0 => Ok(()),
+        "on-failure" if p.maximum_retry_count >= 0 => Ok(()),
+        "on-failure" => Err(RuntimeError::Invalid("invalid restart policy: maximum retry count cannot be negative".into())),
+        "" | "no" | "always" | "unless-stopped" => Err(RuntimeError::Invalid(format!(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+        ))),
+        other => Err(RuntimeError::Invalid(format!("invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure' or 'unless-stopped'"))),
+    }
+}
+
+/// Whether the restart policy brings a container back after this exit.
+fn should_restart(c: &Container) -> bool {
+    let ran = match (c.state.started_at, c.state.finished_at) {
+        (Some(s), Some(f)) => f - s,
+        _ => chrono::TimeDelta::zero(),
+    };
+    if ran < RESTART_MIN_RUN || c.state.stopped_by_user {
+        return false;
+    }
+    let p = &c.host_config.restart_policy;
+    match p.name.as_str() {
+        "always" | "unless-stopped" => true,
+        "on-failure" => {
+            c.state.exit_code != 0
+                && (p.maximum_retry_count == 0 || (c.restart_count as i64) < p.maximum_retry_count)
+        }
+        _ => false,
+    }
+}
+
+/// Docker's rule: the request's entrypoint replaces the image's and then drops the image's cmd.
+fn command(config: &ContainerConfig, image: &Value) -> Result<(String, Vec<String>)> {
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (entrypoint, cmd) = if !config.entrypoint.is_empty() {
+        (config.entrypoint.clone(), config.cmd.clone())
+    } else if !config.cmd.is_empty() {
+        (list(&image["Entrypoint"]), config.cmd.clone())
+    } else {
+        (list(&image["Entrypoint"]), list(&image["Cmd"]))
+    };
+    let mut all = entrypoint.into_iter().chain(cmd);
+    let path = all
+        .next()
+        .ok_or_else(|| RuntimeError::Invalid("No command specified".into()))?;
+    Ok((path, all.collect()))
+}
+
+/// Fills what the request left empty from the image's config, as Docker does at create.
+fn merge_image_defaults(config: &mut ContainerConfig, image: &Value) {
+    let text = |key: &str| image[key].as_str().unwrap_or_default().to_string();
+    let mut env: Vec<String> = image["Env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    merge_env(&mut env, &config.env);
+    config.env = env;
+    if config.working_dir.is_empty() {
+        config.working_dir = text("WorkingDir");
+    }
+    if config.user.is_empty() {
+        config.user = text("User");
+    }
+    if config.stop_signal.is_none() && !text("StopSignal").is_empty() {
+        config.stop_signal = Some(text("StopSignal"));
+    }
+    if let Some(labels) = image["Labels"].as_object() {
+        for (k, v) in labels {
+            config
+                .labels
+                .entry(k.clone())
+                .or_insert_with(|| v.as_str().unwrap_or_default().to_string());
+        }
+    }
+}
+
+/// Later entries override earlier ones with the same key; `KEY` without `=` removes it.
+fn merge_env(base: &mut Vec<String>, overrides: &[String]) {
+    for var in overrides {
+        let key = var.split('=').next().unwrap_or_default();
+        base.retain(|e| e.split('=').next() != Some(key));
+        if var.contains('=') {
+            base.push(var.clone());
+        }
+    }
+}
+
+fn effective_workdir(c: &Container) -> String {
+    if c.config.working_dir.is_empty() {
+        "/".into()
+    } else {
+        c.config.working_dir.clone()
+    }
+}
+
+fn process_spec(c: &Container) -> ProcessSpec {
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOSTNAME={}", c.config.hostname),
+    ];
+    if c.config.tty {
+        env.push("TERM=xterm".into());
+    }
+    merge_env(&mut env, &c.config.env);
+    ProcessSpec {
+        args: std::iter::once(c.path.clone())
+            .chain(c.args.iter().cloned())
+            .collect(),
+        env,
+        cwd: effective_workdir(c),
+        user: c.config.user.clone(),
+        tty: c.config.tty,
+        open_stdin: c.config.open_stdin,
+        stdin_once: c.config.stdin_once,
+        tty_width: 0,
+        tty_height: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_merging_follows_docker() {
+        let image = json!({"Entrypoint": ["/entry"], "Cmd": ["default"]});
+        let cfg = |ep: &[&str], cmd: &[&str]| ContainerConfig {
+            entrypoint: ep.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let cases = [
+            (cfg(&[], &[]), ("/entry", vec!["default"])),
+            (cfg(&[], &["x"]), ("/entry", vec!["x"])),
+            (cfg(&["sh"], &[]), ("sh", vec![])),
+            (cfg(&["sh"], &["-c", "true"]), ("sh", vec!["-c", "true"])),
+        ];
+        for (i, (config, (path, args))) in cases.iter().enumerate() {
+            let (p, a) = command(config, &image).unwrap();
+            assert_eq!(
+                (p.as_str(), a),
+                (
+                    *path,
+                    args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+                ),
+                "test[{i}]"
+            );
+        }
+        assert!(command(&cfg(&[], &[]), &json!({})).is_err());
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let mut env = vec!["PATH=/bin".to_string(), "A=1".to_string()];
+        merge_env(&mut env, &["A=2".into(), "B=3".into(), "PATH".into()]);
+        assert_eq!(env, ["A=2", "B=3"]);
+    }
+
+    #[test]
+    fn restart_policy_needs_ten_seconds_of_run() {
+        let mut c = Container {
+            id: "0".repeat(64),
+            tenant: "t".into(),
+            name: "n".into(),
+            created: Utc::now(),
+            image: "i".into(),
+            image_id: "x".into(),
+            path: "p".into(),
+            args: vec![],
+            config: Default::default(),
+            host_config: HostConfig {
+                restart_policy: crate::model::RestartPolicy {
+                    name: "always".into(),
+                    maximum_retry_count: 0,
+                },
+                ..Default::default()
+            },
+            size: "s4".into(),
+            state: State::default(),
+            restart_count: 0,
+        };
+        let now = Utc::now();
+        c.state.started_at = Some(now - chrono::TimeDelta::seconds(3));
+        c.state.finished_at = Some(now);
+        assert!(!should_restart(&c), "short run");
+        c.state.started_at = Some(now - chrono::TimeDelta::seconds(30));
+        assert!(should_restart(&c));
+        c.state.stopped_by_user = true;
+        assert!(!should_restart(&c), "stopped by the user");
+        c.state.stopped_by_user = false;
+        c.host_config.restart_policy = crate::model::RestartPolicy {
+            name: "on-failure".into(),
+            maximum_retry_count: 2,
+        };
+        c.state.exit_code = 0;
+        assert!(!should_restart(&c));
+        c.state.exit_code = 1;
+        c.restart_count = 2;
+        assert!(!should_restart(&c), "retries used up");
+    }
+}

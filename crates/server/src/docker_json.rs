@@ -1,0 +1,177 @@
+//! Our records in Docker's JSON shapes (docker-engine-api-v1.44.yaml): inspect, list items.
+
+use chrono::{DateTime, Utc};
+use node::model::{Container, Status};
+use serde_json::{json, Value};
+
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+pub fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_else(|| ZERO_TIME.into())
+}
+
+/// "Up 3 seconds", "Exited (0) 2 minutes ago", "Created": the STATUS column of `docker ps`.
+pub fn status_text(c: &Container, now: DateTime<Utc>) -> String {
+    match c.state.status {
+        Status::Running => format!(
+            "Up {}",
+            human_duration(now - c.state.started_at.unwrap_or(now))
+        ),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            c.state.exit_code,
+            human_duration(now - c.state.finished_at.unwrap_or(now))
+        ),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            c.state.exit_code,
+            human_duration(now - c.state.finished_at.unwrap_or(now))
+        ),
+        Status::Created => "Created".into(),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+/// Docker's go-units HumanDuration.
+pub fn human_duration(d: chrono::TimeDelta) -> String {
+    let secs = d.num_seconds().max(0);
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s / 60 == 1 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if (s as f64 / 3600.0).round() == 1.0 => "About an hour".into(),
+        s if s < 48 * 3600 => format!("{} hours", (s as f64 / 3600.0).round() as i64),
+        s if s < 7 * 24 * 3600 * 2 => format!("{} days", s / 86400),
+        s if s < 30 * 24 * 3600 * 3 => format!("{} weeks", s / (7 * 86400)),
+        s if s < 365 * 24 * 3600 * 2 => format!("{} months", s / (30 * 86400)),
+        s => format!("{} years", s / (365 * 86400)),
+    }
+}
+
+fn command_line(c: &Container) -> String {
+    std::iter::once(c.path.as_str())
+        .chain(c.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
+    json!({
+        "Id": c.id,
+        "Names": [format!("/{}", c.name)],
+        "Image": c.image,
+        "ImageID": c.image_id,
+        "Command": command_line(c),
+        "Created": c.created.timestamp(),
+        "Ports": [],
+        "Labels": c.config.labels,
+        "State": c.state.status.as_str(),
+        "Status": status_text(c, now),
+        "HostConfig": {"NetworkMode": "default"},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    })
+}
+
+pub fn inspect(c: &Container, log_path: &str) -> Value {
+    let s = &c.state;
+    let running = c.is_running();
+    json!({
+        "Id": c.id,
+        "Created": time(Some(c.created)),
+        "Path": c.path,
+        "Args": c.args,
+        "State": {
+            "Status": s.status.as_str(),
+            "Running": running,
+            "Paused": false,
+            "Restarting": s.status == Status::Restarting,
+            "OOMKilled": s.oom_killed,
+            "Dead": s.status == Status::Dead,
+            "Pid": 0,
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": time(s.started_at),
+            "FinishedAt": time(s.finished_at),
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": log_path,
+        "Name": format!("/{}", c.name),
+        "RestartCount": c.restart_count,
+        "Driver": "qcow2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": {
+            "AutoRemove": c.host_config.auto_remove,
+            "RestartPolicy": c.host_config.restart_policy,
+            "NetworkMode": "default",
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "Runtime": "hyper",
+            "Binds": null,
+            "PortBindings": {},
+            "Privileged": false,
+        },
+        "GraphDriver": {"Name": "qcow2", "Data": null},
+        "Mounts": [],
+        "Config": {
+            "Hostname": c.config.hostname,
+            "Domainname": c.config.domainname,
+            "User": c.config.user,
+            "AttachStdin": c.config.attach_stdin,
+            "AttachStdout": c.config.attach_stdout,
+            "AttachStderr": c.config.attach_stderr,
+            "Tty": c.config.tty,
+            "OpenStdin": c.config.open_stdin,
+            "StdinOnce": c.config.stdin_once,
+            "Env": c.config.env,
+            "Cmd": if c.config.cmd.is_empty() { Value::Null } else { json!(c.config.cmd) },
+            "Entrypoint": if c.config.entrypoint.is_empty() { Value::Null } else { json!(c.config.entrypoint) },
+            "Image": c.image,
+            "WorkingDir": c.config.working_dir,
+            "Labels": c.config.labels,
+            "StopSignal": c.config.stop_signal,
+            "StopTimeout": c.config.stop_timeout,
+        },
+        "NetworkSettings": {
+            "Bridge": "", "SandboxID": "", "Ports": {}, "SandboxKey": "",
+            "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": "", "Networks": {},
+        },
+        "HyperSize": c.size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_docker() {
+        let cases = [
+            (0, "Less than a second"),
+            (1, "1 second"),
+            (42, "42 seconds"),
+            (61, "About a minute"),
+            (600, "10 minutes"),
+            (3700, "About an hour"),
+            (3 * 3600, "3 hours"),
+            (3 * 86400, "3 days"),
+        ];
+        for (i, (secs, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                human_duration(chrono::TimeDelta::seconds(*secs)),
+                *want,
+                "test[{i}]"
+            );
+        }
+    }
+}

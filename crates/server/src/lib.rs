@@ -1,0 +1,72 @@
+//! The api role: Docker's Engine API (and Hyper's extensions) over HTTP, for one tenant per
+//! request.
+
+pub mod accounts;
+mod docker_json;
+pub mod error;
+mod routes;
+mod streams;
+pub mod transport;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use accounts::Accounts;
+pub use transport::{serve, Listener};
+
+/// The Engine API version we speak (docker-engine-api-v1.44.yaml).
+pub const API_VERSION: &str = "1.44";
+/// The oldest version clients may ask for; Hyper's own CLI uses 1.23.
+pub const MIN_API_VERSION: &str = "1.12";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Arc<node::Runtime>,
+    pub accounts: Accounts,
+    pub node_id: String,
+    pub node_name: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::{containers as c, exec, images, system};
+    let api = Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/containers/create", post(c::create))
+        .route("/containers/json", get(c::list))
+        .route("/containers/{id}/json", get(c::inspect))
+        .route("/containers/{id}/start", post(c::start))
+        .route("/containers/{id}/stop", post(c::stop))
+        .route("/containers/{id}/restart", post(c::restart))
+        .route("/containers/{id}/kill", post(c::kill))
+        .route("/containers/{id}/rename", post(c::rename))
+        .route("/containers/{id}/update", post(c::update))
+        .route("/containers/{id}/wait", post(c::wait))
+        .route("/containers/{id}/logs", get(c::logs))
+        .route("/containers/{id}/attach", post(c::attach))
+        .route("/containers/{id}/resize", post(c::resize))
+        .route("/containers/{id}/top", get(c::top))
+        .route("/containers/{id}/stats", get(c::stats))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/containers/{id}", axum::routing::delete(c::remove))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/resize", post(exec::resize))
+        .route("/exec/{id}/json", get(exec::inspect))
+        .route("/images/json", get(images::list))
+        .route("/images/load", post(images::load))
+        .route("/images/create", post(images::create))
+        .route(
+            "/images/{*rest}",
+            get(images::by_name)
+                .post(images::by_name)
+                .delete(images::by_name),
+        );
+    api.layer(axum::middleware::from_fn_with_state(
+        state.accounts.clone(),
+        transport::authenticate,
+    ))
+    .with_state(state)
+}

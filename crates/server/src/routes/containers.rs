@@ -1,0 +1,668 @@
+//! `/containers/...`: create, list, inspect, lifecycle, logs, attach, top, stats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use node::logs::LogReader;
+use node::model::{Container, ContainerConfig, HostConfig, RestartPolicy};
+use node::WaitCondition;
+use serde_json::{json, Value};
+
+use super::{flag, int, Params};
+use crate::docker_json;
+use crate::error::{ApiError, ApiResult};
+use crate::streams;
+use crate::transport::TenantId;
+use crate::AppState;
+
+/// Refuses what a user can ask for but hyper does not do, naming the option: nothing is
+/// silently ignored.
+fn refuse_unsupported(body: &Value) -> ApiResult<()> {
+    let hc = &body["HostConfig"];
+    let non_empty = |v: &Value| match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    };
+    let refused: [(&str, &str); 22] = [
+        (
+            "Binds",
+            "host bind mounts (-v HOST:CONTAINER): a VM cannot reach the host's files",
+        ),
+        ("Mounts", "mounts (--mount)"),
+        (
+            "Privileged",
+            "--privileged: every container is already root in its own VM",
+        ),
+        ("Devices", "host devices (--device)"),
+        ("PortBindings", "published ports (-p) are not supported yet"),
+        (
+            "PublishAllPorts",
+            "published ports (-P) are not supported yet",
+        ),
+        ("Links", "links (--link) are not supported yet"),
+        ("CapAdd", "--cap-add"),
+        ("CapDrop", "--cap-drop"),
+        ("VolumesFrom", "--volumes-from"),
+        ("Dns", "--dns is not supported yet"),
+        ("DnsSearch", "--dns-search is not supported yet"),
+        ("DnsOptions", "--dns-option is not supported yet"),
+        ("ExtraHosts", "--add-host is not supported yet"),
+        ("Memory", "--memory: choose a size with --size instead"),
+        ("NanoCpus", "--cpus: choose a size with --size instead"),
+        (
+            "CpuShares",
+            "--cpu-shares: choose a size with --size instead",
+        ),
+        ("CpusetCpus", "--cpuset-cpus"),
+        ("SecurityOpt", "--security-opt"),
+        ("Sysctls", "--sysctl"),
+        ("Tmpfs", "--tmpfs"),
+        ("Init", "--init"),
+    ];
+    for (field, what) in refused {
+        if non_empty(&hc[field]) {
+            return Err(ApiError::not_implemented(format!(
+                "hyper does not support {what} (HostConfig.{field})"
+            )));
+        }
+    }
+    let network = hc["NetworkMode"].as_str().unwrap_or("");
+    if !matches!(network, "" | "default" | "bridge") {
+        return Err(ApiError::not_implemented(format!(
+            "hyper does not support --network {network}: each tenant has one network"
+        )));
+    }
+    for mode in [
+        "PidMode",
+        "IpcMode",
+        "UTSMode",
+        "UsernsMode",
+        "CgroupnsMode",
+    ] {
+        let value = hc[mode].as_str().unwrap_or("");
+        if !matches!(value, "" | "private" | "shareable") {
+            return Err(ApiError::not_implemented(format!(
+                "hyper does not support {mode}={value}"
+            )));
+        }
+    }
+    let log_type = hc["LogConfig"]["Type"].as_str().unwrap_or("");
+    if !matches!(log_type, "" | "json-file") {
+        return Err(ApiError::not_implemented(format!(
+            "hyper does not support the log driver {log_type:?}"
+        )));
+    }
+    if non_empty(&body["Volumes"]) {
+        return Err(ApiError::not_implemented(
+            "volumes (-v /path) are not supported yet",
+        ));
+    }
+    if body["Healthcheck"]["Test"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
+    {
+        return Err(ApiError::not_implemented(
+            "health checks (--health-cmd) are not supported yet",
+        ));
+    }
+    if let Some(labels) = body["Labels"].as_object() {
+        if let Some(sg) = labels.keys().find(|k| k.starts_with("sh_hyper_sg_")) {
+            return Err(ApiError::not_implemented(format!(
+                "security groups ({sg}) are not supported yet"
+            )));
+        }
+    }
+    if let Some(endpoints) = body["NetworkingConfig"]["EndpointsConfig"].as_object() {
+        if let Some(name) = endpoints
+            .keys()
+            .find(|k| !matches!(k.as_str(), "default" | "bridge"))
+        {
+            return Err(ApiError::not_implemented(format!(
+                "hyper does not support the network {name:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let raw: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    refuse_unsupported(&raw)?;
+    let config: ContainerConfig = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+    if config.image.is_empty() {
+        return Err(ApiError::bad_request("no image given"));
+    }
+    let host_config: HostConfig =
+        serde_json::from_value(raw["HostConfig"].clone()).unwrap_or_default();
+    let c = app
+        .runtime
+        .create(
+            &tenant,
+            q.get("name").map(String::as_str),
+            config,
+            host_config,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Id": c.id, "Warnings": []})),
+    ))
+}
+
+/// Docker's `filters` query: `{"status":["running"],"name":["web"],...}`.
+fn matches_filters(c: &Container, filters: &serde_json::Map<String, Value>) -> ApiResult<bool> {
+    for (key, values) in filters {
+        let values: Vec<String> = match values {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            Value::Object(o) => o.keys().cloned().collect(),
+            _ => vec![],
+        };
+        let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
+        let ok = match key.as_str() {
+            "status" => any(&|v| v == c.state.status.as_str()),
+            "name" => any(&|v| c.name.contains(v.trim_start_matches('/'))),
+            "id" => any(&|v| c.id.starts_with(v)),
+            "ancestor" => any(&|v| {
+                c.image == v
+                    || c.image_id.contains(v)
+                    || node::images::normalize(v) == node::images::normalize(&c.image)
+            }),
+            "exited" => any(&|v| {
+                c.state.status == node::model::Status::Exited && v.parse() == Ok(c.state.exit_code)
+            }),
+            "label" => values.iter().all(|v| match v.split_once('=') {
+                Some((k, val)) => c.config.labels.get(k).map(String::as_str) == Some(val),
+                None => c.config.labels.contains_key(v),
+            }),
+            other => return Err(ApiError::bad_request(format!("invalid filter '{other}'"))),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+) -> ApiResult<Json<Value>> {
+    let filters: serde_json::Map<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => serde_json::from_str(f)
+            .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
+        None => Default::default(),
+    };
+    let all = flag(&q, "all", false);
+    let limit = int(&q, "limit")?.filter(|l| *l > 0);
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for c in app.runtime.list(&tenant) {
+        if (!all && limit.is_none() && !c.is_running() && !filters.contains_key("status"))
+            || !matches_filters(&c, &filters)?
+        {
+            continue;
+        }
+        out.push(docker_json::list_item(&c, now));
+        if limit.is_some_and(|l| out.len() as i64 >= l) {
+            break;
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+pub async fn inspect(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let c = app.runtime.get(&tenant, &id)?;
+    let log = app.runtime.dir(&c.id).join("ctr.log");
+    Ok(Json(docker_json::inspect(&c, &log.display().to_string())))
+}
+
+pub async fn start(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.runtime.start(&tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn stop(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    app.runtime
+        .stop(
+            &tenant,
+            &id,
+            int(&q, "t")?,
+            q.get("signal")
+                .map(String::as_str)
+                .filter(|s| !s.is_empty()),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn restart(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    app.runtime.restart(&tenant, &id, int(&q, "t")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn kill(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    app.runtime
+        .kill(
+            &tenant,
+            &id,
+            q.get("signal")
+                .map(String::as_str)
+                .filter(|s| !s.is_empty()),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn rename(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    let name = q
+        .get("name")
+        .ok_or_else(|| ApiError::bad_request("missing the new name (?name=)"))?;
+    app.runtime.rename(&tenant, &id, name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn update(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let raw: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let mut unsupported: Vec<&String> = Vec::new();
+    if let Some(fields) = raw.as_object() {
+        for (k, v) in fields {
+            let zero = matches!(v, Value::Null)
+                || v.as_i64() == Some(0)
+                || v.as_array().is_some_and(|a| a.is_empty())
+                || v.as_str() == Some("");
+            if k != "RestartPolicy" && !zero {
+                unsupported.push(k);
+            }
+        }
+    }
+    if let Some(field) = unsupported.first() {
+        return Err(ApiError::not_implemented(format!(
+            "hyper cannot update {field} of a container; choose a --size at create"
+        )));
+    }
+    let policy: Option<RestartPolicy> = match &raw["RestartPolicy"] {
+        Value::Null => None,
+        v => Some(
+            serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid RestartPolicy: {e}")))?,
+        ),
+    };
+    app.runtime.update_config(&tenant, &id, policy)?;
+    Ok(Json(json!({"Warnings": []})))
+}
+
+/// Answers at once with the headers (the Docker CLI waits for them before it starts the
+/// container) and sends the body when the condition is met.
+pub async fn wait(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<Response> {
+    let condition = match q
+        .get("condition")
+        .map(String::as_str)
+        .unwrap_or("not-running")
+    {
+        "" | "not-running" => WaitCondition::NotRunning,
+        "next-exit" => WaitCondition::NextExit,
+        "removed" => WaitCondition::Removed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid condition: {other:?}"
+            )))
+        }
+    };
+    let waiting = app.runtime.wait(&tenant, &id, condition)?;
+    let body = futures_util::stream::once(async move {
+        let c = waiting.await;
+        let error = if c.state.error.is_empty() {
+            Value::Null
+        } else {
+            json!({"Message": c.state.error})
+        };
+        Ok::<_, std::convert::Infallible>(Bytes::from(
+            json!({"StatusCode": c.state.exit_code, "Error": error}).to_string() + "\n",
+        ))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+pub async fn remove(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    if flag(&q, "link", false) {
+        return Err(ApiError::not_implemented("links are not supported yet"));
+    }
+    app.runtime
+        .remove(&tenant, &id, flag(&q, "force", false))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_time(v: &str) -> ApiResult<Option<DateTime<Utc>>> {
+    if v.is_empty() || v == "0" {
+        return Ok(None);
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        let nanos = (secs.fract() * 1e9) as u32;
+        return Ok(DateTime::from_timestamp(secs.trunc() as i64, nanos));
+    }
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|_| ApiError::bad_request(format!("invalid time value: {v:?}")))
+}
+
+pub async fn logs(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<Response> {
+    let c = app.runtime.get(&tenant, &id)?;
+    let (stdout, stderr) = (flag(&q, "stdout", false), flag(&q, "stderr", false));
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
+    }
+    let follow = flag(&q, "follow", false);
+    let timestamps = flag(&q, "timestamps", false);
+    let since = parse_time(q.get("since").map(String::as_str).unwrap_or(""))?;
+    let until = parse_time(q.get("until").map(String::as_str).unwrap_or(""))?;
+    let tail: Option<usize> = match q.get("tail").map(String::as_str) {
+        None | Some("") | Some("all") => None,
+        Some(n) => Some(
+            n.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid tail value {n:?}")))?,
+        ),
+    };
+    let tty = c.config.tty;
+    let dir = app.runtime.dir(&c.id);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let runtime = app.runtime.clone();
+    tokio::spawn(async move {
+        let wanted = |l: &node::logs::LogLine| {
+            ((l.stream == 1 && stdout) || (l.stream == 2 && stderr))
+                && since.is_none_or(|s| l.time > s)
+                && until.is_none_or(|u| l.time <= u)
+        };
+        let render = |l: &node::logs::LogLine| {
+            let mut payload = Vec::new();
+            if timestamps {
+                payload.extend_from_slice(docker_json::time(Some(l.time)).as_bytes());
+                payload.push(b' ');
+            }
+            payload.extend_from_slice(&l.text);
+            Bytes::from(if tty {
+                payload
+            } else {
+                streams::frame(l.stream, &payload)
+            })
+        };
+        let mut reader = LogReader::new(&dir);
+        let mut lines: Vec<_> = reader
+            .read_all()
+            .into_iter()
+            .filter(|l| wanted(l))
+            .collect();
+        if let Some(n) = tail {
+            lines = lines.split_off(lines.len().saturating_sub(n));
+        }
+        for l in &lines {
+            if tx.send(Ok(render(l))).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            let running = runtime
+                .get(&tenant, &id)
+                .map(|c| c.is_running())
+                .unwrap_or(false);
+            for l in reader.read_new().into_iter().filter(|l| wanted(l)) {
+                if tx.send(Ok(render(&l))).await.is_err() {
+                    return;
+                }
+            }
+            if !running || until.is_some_and(|u| Utc::now() > u) {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let content_type = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub async fn attach(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let c = app.runtime.get(&tenant, &id)?;
+    let (stdin, stdout, stderr) = (
+        flag(&q, "stdin", false),
+        flag(&q, "stdout", false),
+        flag(&q, "stderr", false),
+    );
+    if !flag(&q, "stream", false) && !flag(&q, "logs", false) {
+        return Err(ApiError::bad_request("attach needs stream=1 or logs=1"));
+    }
+    let (response, upgrade) = streams::hijack(&mut req)?;
+    let runtime: Arc<node::Runtime> = app.runtime.clone();
+    tokio::spawn(async move {
+        let shim = runtime.attach(&tenant, &id, stdin, stdout, stderr).await;
+        let Ok(upgraded) = upgrade.await else { return };
+        match shim {
+            Ok(shim) => {
+                streams::pump(upgraded, shim, c.config.tty, stdin).await;
+            }
+            Err(e) => {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let msg = format!("Error: {e}\n");
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut io,
+                    &streams::frame(2, msg.as_bytes()),
+                )
+                .await;
+            }
+        }
+    });
+    Ok(response)
+}
+
+pub async fn resize(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    let (h, w) = (int(&q, "h")?.unwrap_or(0), int(&q, "w")?.unwrap_or(0));
+    app.runtime
+        .resize(
+            &tenant,
+            &id,
+            None,
+            w.clamp(0, u16::MAX as i64) as u16,
+            h.clamp(0, u16::MAX as i64) as u16,
+        )
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn top(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<Json<Value>> {
+    let ps_args = q.get("ps_args").cloned().unwrap_or_default();
+    let reply = app
+        .runtime
+        .query(&tenant, &id, json!({"op": "top", "ps_args": ps_args}))
+        .await?;
+    Ok(Json(
+        json!({"Titles": reply["titles"], "Processes": reply["processes"]}),
+    ))
+}
+
+fn stats_json(c: &Container, now: DateTime<Utc>, cur: &Value, pre: &Value) -> Value {
+    let cpu = |s: &Value| {
+        json!({
+            "cpu_usage": {"total_usage": s["cpu_total_ns"].as_u64().unwrap_or(0), "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+            "system_cpu_usage": s["system_cpu_ns"].as_u64().unwrap_or(0),
+            "online_cpus": s["online_cpus"].as_u64().unwrap_or(0),
+            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+        })
+    };
+    json!({
+        "read": docker_json::time(Some(now)),
+        "preread": docker_json::time(None),
+        "name": format!("/{}", c.name),
+        "id": c.id,
+        "pids_stats": {"current": cur["pids"].as_u64().unwrap_or(0)},
+        "num_procs": 0,
+        "cpu_stats": cpu(cur),
+        "precpu_stats": cpu(pre),
+        "memory_stats": {"usage": cur["memory_usage"].as_u64().unwrap_or(0), "limit": cur["memory_limit"].as_u64().unwrap_or(0), "stats": {}},
+        "blkio_stats": {},
+        "networks": {},
+    })
+}
+
+pub async fn stats(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    Query(q): Query<Params>,
+) -> ApiResult<Response> {
+    let c = app.runtime.get(&tenant, &id)?;
+    let stream = flag(&q, "stream", true);
+    let one_shot = flag(&q, "one-shot", false);
+    let sample = |rt: Arc<node::Runtime>, tenant: String, id: String| async move {
+        rt.query(&tenant, &id, json!({"op": "stats"}))
+            .await
+            .map(|r| r["stats"].clone())
+    };
+    let first = if c.is_running() {
+        sample(app.runtime.clone(), tenant.clone(), id.clone()).await?
+    } else {
+        json!({})
+    };
+    if !stream {
+        let (pre, cur) = if one_shot || !c.is_running() {
+            (json!({}), first)
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let second = sample(app.runtime.clone(), tenant, id)
+                .await
+                .unwrap_or_else(|_| first.clone());
+            (first, second)
+        };
+        return Ok(Json(stats_json(&c, Utc::now(), &cur, &pre)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let runtime = app.runtime.clone();
+    tokio::spawn(async move {
+        let mut pre = json!({});
+        let mut cur = first;
+        loop {
+            let line = stats_json(&c, Utc::now(), &cur, &pre).to_string() + "\n";
+            if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pre = cur;
+            cur = match sample(runtime.clone(), tenant.clone(), id.clone()).await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(tokio_stream_from(rx)),
+    )
+        .into_response())
+}

@@ -1,0 +1,110 @@
+//! `/_ping`, `/version`, `/info`: what clients use to find out who they talk to.
+
+use axum::extract::State;
+use axum::http::header::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use crate::error::ApiResult;
+use crate::transport::TenantId;
+use crate::{AppState, API_VERSION, MIN_API_VERSION};
+
+fn version_headers() -> [(HeaderName, HeaderValue); 4] {
+    [
+        (
+            HeaderName::from_static("api-version"),
+            HeaderValue::from_static(API_VERSION),
+        ),
+        (
+            HeaderName::from_static("docker-experimental"),
+            HeaderValue::from_static("false"),
+        ),
+        (
+            HeaderName::from_static("ostype"),
+            HeaderValue::from_static("linux"),
+        ),
+        (
+            HeaderName::from_static("cache-control"),
+            HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+        ),
+    ]
+}
+
+pub async fn ping() -> Response {
+    (version_headers(), "OK").into_response()
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub async fn version(State(app): State<AppState>) -> Response {
+    let v = env!("CARGO_PKG_VERSION");
+    let body = json!({
+        "Platform": {"Name": "Hyper"},
+        "Components": [{"Name": "Engine", "Version": v, "Details": {
+            "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux", "Arch": "amd64",
+            "Accelerator": app.runtime.config().accel,
+        }}],
+        "Version": v,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": "amd64",
+        "KernelVersion": host_kernel(),
+        "BuildTime": "",
+    });
+    (version_headers(), Json(body)).into_response()
+}
+
+pub async fn info(
+    State(app): State<AppState>,
+    axum::extract::Extension(TenantId(tenant)): Extension<TenantId>,
+) -> ApiResult<Json<Value>> {
+    let containers = app.runtime.list(&tenant);
+    let running = containers.iter().filter(|c| c.is_running()).count();
+    let images = app.runtime.images.list(&tenant)?.len();
+    let mem_total: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let cfg = app.runtime.config();
+    Ok(Json(json!({
+        "ID": app.node_id,
+        "Name": app.node_name,
+        "Containers": containers.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": containers.len() - running,
+        "Images": images,
+        "Driver": "qcow2",
+        "DriverStatus": [["Backing Filesystem", "ext4"]],
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "none",
+        "KernelVersion": host_kernel(),
+        "OperatingSystem": "Hyper (one microVM per container)",
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "MemTotal": mem_total * 1024,
+        "DockerRootDir": cfg.data_root,
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "Runtimes": {"hyper": {"path": cfg.qemu}},
+        "DefaultRuntime": "hyper",
+        "Isolation": "",
+        "SecurityOptions": ["name=microvm"],
+        "Tenant": tenant,
+        "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": cfg.kernel, "Initrd": cfg.initrd},
+        "Warnings": [],
+    })))
+}

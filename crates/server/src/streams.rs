@@ -1,0 +1,134 @@
+//! Hijacked connections (attach, exec start) and Docker's stream framing.
+//!
+//! Without a TTY, Docker multiplexes stdout and stderr on one connection: each chunk has an
+//! 8-byte header `[stream, 0, 0, 0, len u32 BE]`. With a TTY the stream is raw. The VM
+//! supervisor always sends framed output (and one last frame, stream 255, with an exec's exit
+//! code); here it is passed on framed or unframed as the client expects.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use http::{header, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::ApiError;
+
+/// The stream byte of the supervisor's last exec frame, which carries `{"exit_code": N}`.
+const EXIT_FRAME: u8 = 255;
+
+pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&[stream, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Answers `101 UPGRADED` and hands back the future of the raw connection.
+pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
+    let wants_upgrade = req.headers().get(header::UPGRADE).is_some();
+    if !wants_upgrade {
+        return Err(ApiError::bad_request(
+            "this endpoint needs a hijacked connection: send Connection: Upgrade, Upgrade: tcp",
+        ));
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
+        .body(Body::empty())
+        .expect("valid response");
+    Ok((response, on_upgrade))
+}
+
+/// Copies client input to the supervisor and its frames back to the client until the process
+/// is done. Returns the exit code when the supervisor sent one (exec).
+pub async fn pump(
+    upgraded: hyper::upgrade::Upgraded,
+    shim: BufReader<UnixStream>,
+    tty: bool,
+    stdin: bool,
+) -> Option<i64> {
+    let client = TokioIo::new(upgraded);
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
+    let input = async move {
+        if stdin {
+            let _ = tokio::io::copy(&mut client_rd, &mut shim_wr).await;
+        } else {
+            // Drain and ignore; a client closing its side must not end the output.
+            let mut sink = [0u8; 1024];
+            while matches!(client_rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        // End of the client's input is end of the process's stdin.
+        let _ = shim_wr.shutdown().await;
+        std::future::pending::<()>().await;
+    };
+    let output = forward_frames(&mut shim_rd, &mut client_wr, tty);
+    let code = tokio::select! {
+        code = output => code,
+        _ = input => None,
+    };
+    let _ = client_wr.shutdown().await;
+    code
+}
+
+async fn forward_frames(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    tty: bool,
+) -> Option<i64> {
+    let mut header = [0u8; 8];
+    loop {
+        if from.read_exact(&mut header).await.is_err() {
+            return None;
+        }
+        let len = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let mut payload = vec![0u8; len];
+        if from.read_exact(&mut payload).await.is_err() {
+            return None;
+        }
+        if header[0] == EXIT_FRAME {
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+            return v["exit_code"].as_i64();
+        }
+        let written = if tty {
+            to.write_all(&payload).await
+        } else {
+            to.write_all(&frame(header[0], &payload)).await
+        };
+        if written.is_err() || to.flush().await.is_err() {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_pass_through_or_unwrap_and_exit_code_ends() {
+        let mut input = frame(1, b"out");
+        input.extend(frame(2, b"err"));
+        input.extend(frame(EXIT_FRAME, br#"{"exit_code":3}"#));
+        let mut framed = Vec::new();
+        assert_eq!(
+            forward_frames(&mut input.as_slice(), &mut framed, false).await,
+            Some(3)
+        );
+        let mut want = frame(1, b"out");
+        want.extend(frame(2, b"err"));
+        assert_eq!(framed, want);
+        let mut raw = Vec::new();
+        assert_eq!(
+            forward_frames(&mut input.as_slice(), &mut raw, true).await,
+            Some(3)
+        );
+        assert_eq!(raw, b"outerr");
+    }
+}

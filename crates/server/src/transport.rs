@@ -1,0 +1,202 @@
+//! Listening sockets and the per-request plumbing in front of the router: Docker's `/v1.xx`
+//! prefix, who the peer is, and HYPER-HMAC-SHA256 for TCP peers.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::accounts::{Accounts, DEFAULT_TENANT};
+use crate::error::ApiError;
+
+/// How the request reached us. The unix socket is root-only, like docker.sock, and acts as the
+/// default tenant; TCP peers prove who they are with a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Unix,
+    Tcp,
+}
+
+/// The tenant a request acts for.
+#[derive(Debug, Clone)]
+pub struct TenantId(pub String);
+
+/// The URI as the client sent it, before the version prefix was taken off (signatures cover it).
+#[derive(Debug, Clone)]
+pub struct SentUri(pub Uri);
+
+pub enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// `unix:///path` or `tcp://host:port` (dockerd's `-H` forms).
+    pub async fn bind(addr: &str) -> anyhow::Result<Self> {
+        if let Some(path) = addr.strip_prefix("unix://") {
+            let path = PathBuf::from(path);
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let listener = UnixListener::bind(&path)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Listener::Unix(listener, path))
+        } else if let Some(hostport) = addr.strip_prefix("tcp://") {
+            Ok(Listener::Tcp(TcpListener::bind(hostport).await?))
+        } else {
+            anyhow::bail!(
+                "unsupported listen address {addr:?}: use unix:///path or tcp://host:port"
+            )
+        }
+    }
+}
+
+/// `/v1.44/containers/json` -> `/containers/json`, as dockerd accepts any version prefix.
+fn strip_version(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    let rest = path.strip_prefix("/v")?;
+    let end = rest.find('/')?;
+    let version = &rest[..end];
+    if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let mut new = rest[end..].to_string();
+    if let Some(q) = uri.query() {
+        new.push('?');
+        new.push_str(q);
+    }
+    new.parse().ok()
+}
+
+/// Serves one listener until `shutdown` flips. Each connection gets HTTP/1.1 with upgrades
+/// (the hijacked streams of attach and exec).
+pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (io, peer): (Box<dyn Io>, Peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = accept(&listener) => match accepted {
+                Ok(pair) => pair,
+                Err(e) => { tracing::warn!("accept: {e}"); continue; }
+            },
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move {
+                    let mut req = req.map(Body::new);
+                    let sent = req.uri().clone();
+                    if let Some(stripped) = strip_version(&sent) {
+                        *req.uri_mut() = stripped;
+                    }
+                    req.extensions_mut().insert(SentUri(sent));
+                    req.extensions_mut().insert(peer);
+                    Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {}))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Box<dyn Io>, Peer)> {
+    Ok(match listener {
+        Listener::Unix(l, _) => (Box::new(l.accept().await?.0), Peer::Unix),
+        Listener::Tcp(l) => {
+            let (s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            (Box::new(s), Peer::Tcp)
+        }
+    })
+}
+
+/// Largest signed body we buffer to check its hash (image archives are the big ones).
+const MAX_SIGNED_BODY: usize = 4 << 30;
+
+/// Decides the tenant: the default one on the unix socket, the key's owner on TCP.
+pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
+    if peer == Peer::Unix {
+        let mut req = req;
+        req.extensions_mut().insert(TenantId(DEFAULT_TENANT.into()));
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_request(format!("reading request body: {e}")).into_response()
+        }
+    };
+    let sent = parts
+        .extensions
+        .get::<SentUri>()
+        .map(|s| s.0.clone())
+        .unwrap_or_else(|| parts.uri.clone());
+    let verdict = auth::verify(
+        &parts.method,
+        &sent,
+        &parts.headers,
+        &body,
+        chrono::Utc::now(),
+        |ak| accounts.key(ak).map(|k| k.secret),
+    );
+    match verdict {
+        Ok(access) => {
+            let Some(key) = accounts.key(&access) else {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "unknown access key")
+                    .into_response();
+            };
+            parts.extensions.insert(TenantId(key.tenant));
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+        Err(e) => {
+            tracing::info!("refused a request to {}: {e}", parts.uri.path());
+            ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefix_is_removed() {
+        let cases = [
+            (
+                "/v1.44/containers/json?all=1",
+                Some("/containers/json?all=1"),
+            ),
+            ("/v1.23/info", Some("/info")),
+            ("/containers/json", None),
+            ("/volumes/x", None),
+            ("/vx/info", None),
+        ];
+        for (i, (input, want)) in cases.iter().enumerate() {
+            let got = strip_version(&input.parse().unwrap()).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), *want, "test[{i}]");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The embedded backend: one redb file. Values are stored with their revisions prefixed
+//! (create, mod: 16 bytes little-endian) so a single table serves get, range and compare.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+use crate::{Compare, Event, KeyValue, Op, Result, Store, StoreError, Txn, TxnResult, Watch};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+pub struct RedbStore {
+    db: Database,
+    events: broadcast::Sender<Event>,
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode(create: u64, modrev: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modrev.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode(key: &str, raw: &[u8]) -> KeyValue {
+    let create = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+    let modrev = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    KeyValue {
+        key: key.to_string(),
+        value: raw[16..].to_vec(),
+        create_revision: create,
+        mod_revision: modrev,
+    }
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        let write = db.begin_write().map_err(backend)?;
+        {
+            write.open_table(KV).map_err(backend)?;
+            write.open_table(META).map_err(backend)?;
+        }
+        write.commit().map_err(backend)?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self { db, events })
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let read = self.db.begin_read().map_err(backend)?;
+        let table = read.open_table(KV).map_err(backend)?;
+        let value = table.get(key).map_err(backend)?;
+        Ok(value.map(|v| decode(key, v.value())))
+    }
+
+    fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let read = self.db.begin_read().map_err(backend)?;
+        let table = read.open_table(KV).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(decode(k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let write = self.db.begin_write().map_err(backend)?;
+        let mut events = Vec::new();
+        let (succeeded, revision) = {
+            let mut table = write.open_table(KV).map_err(backend)?;
+            let mut meta = write.open_table(META).map_err(backend)?;
+            let current = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut succeeded = true;
+            for compare in &txn.compares {
+                let holds = match compare {
+                    Compare::Absent(key) => table.get(key.as_str()).map_err(backend)?.is_none(),
+                    Compare::ModRevision(key, rev) => table
+                        .get(key.as_str())
+                        .map_err(backend)?
+                        .is_some_and(|v| decode(key, v.value()).mod_revision == *rev),
+                    Compare::Value(key, want) => table
+                        .get(key.as_str())
+                        .map_err(backend)?
+                        .is_some_and(|v| &v.value()[16..] == want.as_slice()),
+                };
+                if !holds {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let ops = if succeeded {
+                &txn.success
+            } else {
+                &txn.failure
+            };
+            let revision = if ops.is_empty() { current } else { current + 1 };
+            for op in ops {
+                match op {
+                    Op::Put(key, value) => {
+                        let create = table
+                            .get(key.as_str())
+                            .map_err(backend)?
+                            .map(|v| decode(key, v.value()).create_revision)
+                            .unwrap_or(revision);
+                        table
+                            .insert(key.as_str(), encode(create, revision, value).as_slice())
+                            .map_err(backend)?;
+                        events.push(Event::Put(KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision: create,
+                            mod_revision: revision,
+                        }));
+                    }
+                    Op::Delete(key) => {
+                        if table.remove(key.as_str()).map_err(backend)?.is_some() {
+                            events.push(Event::Delete {
+                                key: key.clone(),
+                                revision,
+                            });
+                        }
+                    }
+                    Op::DeletePrefix(prefix) => {
+                        let keys: Vec<String> = table
+                            .range(prefix.as_str()..)
+                            .map_err(backend)?
+                            .map_while(|e| e.ok().map(|(k, _)| k.value().to_string()))
+                            .take_while(|k| k.starts_with(prefix.as_str()))
+                            .collect();
+                        for key in keys {
+                            table.remove(key.as_str()).map_err(backend)?;
+                            events.push(Event::Delete { key, revision });
+                        }
+                    }
+                }
+            }
+            if revision != current {
+                meta.insert(REVISION, revision).map_err(backend)?;
+            }
+            (succeeded, revision)
+        };
+        write.commit().map_err(backend)?;
+        for event in events {
+            // Nobody listening is fine.
+            let _ = self.events.send(event);
+        }
+        Ok(TxnResult {
+            succeeded,
+            revision,
+        })
+    }
+
+    fn revision(&self) -> Result<u64> {
+        let read = self.db.begin_read().map_err(backend)?;
+        let meta = read.open_table(META).map_err(backend)?;
+        Ok(meta
+            .get(REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn watch(&self, prefix: &str) -> Watch {
+        Watch {
+            prefix: prefix.to_string(),
+            rx: self.events.subscribe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn put_get_range_and_revisions() {
+        let (_d, s) = store();
+        let r1 = s.put("/a/1", b"x".to_vec()).unwrap();
+        let r2 = s.put("/a/2", b"y".to_vec()).unwrap();
+        s.put("/b/1", b"z".to_vec()).unwrap();
+        assert_eq!((r1, r2), (1, 2));
+        let kv = s.get("/a/1").unwrap().unwrap();
+        assert_eq!(kv.value, b"x");
+        let keys: Vec<_> = s.range("/a/").unwrap().into_iter().map(|k| k.key).collect();
+        assert_eq!(keys, ["/a/1", "/a/2"]);
+        s.put("/a/1", b"x2".to_vec()).unwrap();
+        let kv = s.get("/a/1").unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision), (1, 4));
+    }
+
+    #[test]
+    fn txn_compare_and_swap() {
+        let (_d, s) = store();
+        let create = |v: &[u8]| {
+            s.txn(
+                Txn::new()
+                    .when(Compare::Absent("/n".into()))
+                    .then(Op::Put("/n".into(), v.to_vec())),
+            )
+            .unwrap()
+        };
+        assert!(create(b"first").succeeded);
+        assert!(!create(b"second").succeeded);
+        assert_eq!(s.get("/n").unwrap().unwrap().value, b"first");
+        let rev = s.get("/n").unwrap().unwrap().mod_revision;
+        let stale = s
+            .txn(
+                Txn::new()
+                    .when(Compare::ModRevision("/n".into(), rev + 5))
+                    .then(Op::Delete("/n".into())),
+            )
+            .unwrap();
+        assert!(!stale.succeeded);
+        let fresh = s
+            .txn(
+                Txn::new()
+                    .when(Compare::ModRevision("/n".into(), rev))
+                    .then(Op::Delete("/n".into())),
+            )
+            .unwrap();
+        assert!(fresh.succeeded);
+        assert!(s.get("/n").unwrap().is_none());
+    }
+
+    #[test]
+    fn delete_prefix_and_reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.put("/t/1", vec![1]).unwrap();
+            s.put("/t/2", vec![2]).unwrap();
+            s.put("/u/1", vec![3]).unwrap();
+            s.txn(Txn::new().then(Op::DeletePrefix("/t/".into())))
+                .unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert!(s.range("/t/").unwrap().is_empty());
+        assert_eq!(s.range("/u/").unwrap().len(), 1);
+        assert_eq!(s.revision().unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn watch_sees_changes_under_prefix_only() {
+        let (_d, s) = store();
+        let mut w = s.watch("/w/");
+        s.put("/x/1", vec![0]).unwrap();
+        s.put("/w/1", vec![1]).unwrap();
+        s.delete("/w/1").unwrap();
+        match w.next().await.unwrap() {
+            Event::Put(kv) => assert_eq!(kv.key, "/w/1"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            w.next().await.unwrap(),
+            Event::Delete {
+                key: "/w/1".into(),
+                revision: 3
+            }
+        );
+    }
+}
