@@ -416,3 +416,30 @@ fn busybox_script_archive_loads() {
         .unwrap();
     assert!(ls.success());
 }
+
+#[test]
+fn zstd_layer() {
+    let dir = TestDir::new("zstd");
+    let layers = two_layers();
+    let plain = dir.0.join("l.tar");
+    fs::write(&plain, &layers[1]).unwrap();
+    let st = std::process::Command::new("zstd")
+        .args(["-q", "-f"])
+        .arg(&plain)
+        .status();
+    if !st.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: zstd CLI not available");
+        return;
+    }
+    let blobs = vec![
+        layers[0].clone(),
+        fs::read(dir.0.join("l.tar.zst")).unwrap(),
+    ];
+    let store = ImageStore::open(dir.0.join("store")).unwrap();
+    let info = store
+        .load_archive(oci_layout(&layers, &blobs, "z:1").as_slice())
+        .unwrap();
+    assert_eq!(info[0].layers[1], digest(&layers[1]));
+    unpack_image(&store, &info[0], &dir.0.join("tree"));
+    check_tree(&dir.0.join("tree"));
+}
