@@ -1,0 +1,101 @@
+//! One module per command group; each exposes its clap arguments and an async `run`-style
+//! function returning the process exit code.
+
+pub mod config;
+pub mod containers;
+pub mod exec;
+pub mod images;
+pub mod run;
+pub mod system;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use crate::config::{ConfigFile, Env};
+use crate::transport::Client;
+use crate::CliError;
+
+/// What every command may need: the environment, the config file, the chosen endpoint and a
+/// client for it (built on first use, so `hyper config` works with a bad endpoint).
+pub struct Ctx {
+    pub env: Env,
+    pub file: ConfigFile,
+    pub endpoint: String,
+    pub region: Option<String>,
+    client: OnceLock<Arc<Client>>,
+}
+
+impl Ctx {
+    pub fn new(env: Env, file: ConfigFile, endpoint: String, region: Option<String>) -> Self {
+        Self { env, file, endpoint, region, client: OnceLock::new() }
+    }
+
+    pub fn config_dir(&self) -> Result<PathBuf, CliError> {
+        Ok(self.env.config_dir()?)
+    }
+
+    pub fn client(&self) -> Result<Arc<Client>, CliError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let creds = crate::config::credentials(&self.endpoint, self.region.as_deref(), &self.env, &self.file);
+        let c = Arc::new(Client::new(&self.endpoint, creds)?);
+        Ok(self.client.get_or_init(|| c).clone())
+    }
+}
+
+/// Runs `f` for each name, printing what it returns on success and the error otherwise, as
+/// docker's multi-container commands do; exit status 1 if any failed.
+pub async fn for_each<F, Fut>(names: &[String], mut f: F) -> Result<i32, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, CliError>>,
+{
+    let mut status = 0;
+    for name in names {
+        match f(name.clone()).await {
+            Ok(Some(line)) => println!("{line}"),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("{}", crate::error_chain(&e));
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Prints rows through a `--format` template: with the `table` prefix (or for the default
+/// formats) a header row rendered from `header` and aligned columns, otherwise one line per row.
+pub fn print_rows(
+    template: &str,
+    header: &serde_json::Value,
+    rows: &[serde_json::Value],
+) -> Result<(), CliError> {
+    let t = crate::format::Template::parse(template)?;
+    if t.table {
+        let mut tw = crate::table::TabWriter::new();
+        tw.line(&t.render(header)?);
+        for r in rows {
+            tw.line(&t.render(r)?);
+        }
+        tw.flush()?;
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for r in rows {
+            writeln!(out, "{}", t.render(r)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// JSON the way `docker inspect` prints it: 4-space indentation.
+pub fn pretty_json(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    v.serialize(&mut ser).expect("JSON value serializes");
+    String::from_utf8(buf).expect("JSON is UTF-8")
+}
