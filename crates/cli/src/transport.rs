@@ -385,6 +385,12 @@ mod tests {
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert_eq!(r.headers()["host"], "127.0.0.1:6443");
         assert!(r.headers()["authorization"].to_str().unwrap().starts_with("HYPER-HMAC-SHA256 Credential=ak/"));
+        // The server's verifier accepts what we send, query and body included.
+        let req = ApiRequest::post("/containers/create").query("name", "a b").json(&serde_json::json!({"Image": "busybox"}));
+        let body = req.body.clone();
+        let r = c.build(req).unwrap();
+        let who = auth::verify(r.method(), r.uri(), r.headers(), &body, chrono::Utc::now(), |ak| (ak == "ak").then(|| "sk".to_owned()));
+        assert!(who.is_ok(), "{who:?}");
         let c = Client::new("unix:///x.sock", Some(creds)).unwrap();
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert!(!r.headers().contains_key("authorization"));

@@ -182,7 +182,7 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> Result<i32, CliError> {
     }
     let client = ctx.client()?;
     let body = json!({"username": username, "password": password, "serveraddress": server});
-    match client.json::<Value>(ApiRequest::post("/auth").json(&body)).await {
+    match client.call(ApiRequest::post("/auth").json(&body)).await {
         Ok(_) => {}
         // A daemon without /auth cannot check the password: keep it, pull will tell.
         Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(404 | 501)) => {
