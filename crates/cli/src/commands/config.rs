@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::Ctx;
 use crate::commands::system::prompt_secret;
-use crate::config::{CloudConfig, ConfigFile, FILE_NAME};
+use crate::config::{ConfigFile, FILE_NAME};
 use crate::CliError;
 
 #[derive(Args, Debug)]
@@ -25,7 +25,7 @@ pub struct ConfigArgs {
 
 /// Applies the flags to `file` for `endpoint`, keeping what is not given.
 pub fn apply(file: &mut ConfigFile, endpoint: &str, ak: Option<String>, sk: Option<String>, region: Option<String>) {
-    let entry = file.clouds.entry(endpoint.to_owned()).or_insert_with(CloudConfig::default);
+    let entry = file.clouds.entry(endpoint.to_owned()).or_default();
     if let Some(ak) = ak {
         entry.accesskey = ak;
     }
