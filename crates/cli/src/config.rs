@@ -80,6 +80,7 @@ pub struct Env {
     pub region: Option<String>,
     pub config_dir: Option<String>,
     pub home: Option<String>,
+    pub api_version: Option<String>,
 }
 
 impl Env {
@@ -92,6 +93,7 @@ impl Env {
             region: get("HYPER_DEFAULT_REGION"),
             config_dir: get("HYPER_CONFIG"),
             home: get("HOME"),
+            api_version: get("HYPER_API_VERSION"),
         }
     }
 

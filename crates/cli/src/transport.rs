@@ -222,7 +222,12 @@ impl ApiRequest {
 
     /// `/v1.44/path?k=v`, escaped.
     pub fn path_and_query(&self) -> String {
-        let mut s = format!("{API_PREFIX}{}", utf8_percent_encode(&self.path, PATH));
+        self.path_and_query_with(API_PREFIX)
+    }
+
+    /// The same below another version prefix (`/v1.23`).
+    pub fn path_and_query_with(&self, prefix: &str) -> String {
+        let mut s = format!("{prefix}{}", utf8_percent_encode(&self.path, PATH));
         for (i, (k, v)) in self.query.iter().enumerate() {
             s.push(if i == 0 { '?' } else { '&' });
             s.extend(utf8_percent_encode(k, QUERY));
@@ -239,13 +244,20 @@ pub struct Client {
     display: String,
     connector: Arc<dyn Connector>,
     creds: Option<auth::Credentials>,
+    prefix: String,
 }
 
 impl Client {
     pub fn new(endpoint_str: &str, creds: Option<auth::Credentials>) -> Result<Self, ApiError> {
         let endpoint = Endpoint::parse(endpoint_str)?;
         let connector = endpoint.connector();
-        Ok(Self { endpoint, display: endpoint_str.to_owned(), connector, creds })
+        Ok(Self { endpoint, display: endpoint_str.to_owned(), connector, creds, prefix: API_PREFIX.to_owned() })
+    }
+
+    /// Talks API version `version` (`1.23`) instead of the default (`HYPER_API_VERSION`).
+    pub fn with_api_version(mut self, version: &str) -> Self {
+        self.prefix = format!("/v{}", version.trim_start_matches('v'));
+        self
     }
 
     pub fn endpoint(&self) -> &str {
@@ -253,7 +265,7 @@ impl Client {
     }
 
     fn build(&self, req: ApiRequest) -> Result<Request<Full<Bytes>>, ApiError> {
-        let uri: Uri = req.path_and_query().parse().map_err(http::Error::from)?;
+        let uri: Uri = req.path_and_query_with(&self.prefix).parse().map_err(http::Error::from)?;
         let mut headers = req.headers;
         headers.insert(HOST, HeaderValue::from_str(&self.endpoint.host_header()).map_err(http::Error::from)?);
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -391,7 +403,8 @@ mod tests {
         let r = c.build(req).unwrap();
         let who = auth::verify(r.method(), r.uri(), r.headers(), &body, chrono::Utc::now(), |ak| (ak == "ak").then(|| "sk".to_owned()));
         assert!(who.is_ok(), "{who:?}");
-        let c = Client::new("unix:///x.sock", Some(creds)).unwrap();
+        let c = Client::new("unix:///x.sock", Some(creds)).unwrap().with_api_version("1.23");
+        assert_eq!(c.build(ApiRequest::get("/info")).unwrap().uri(), "/v1.23/info");
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert!(!r.headers().contains_key("authorization"));
     }

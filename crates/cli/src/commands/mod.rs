@@ -39,7 +39,11 @@ impl Ctx {
             return Ok(c.clone());
         }
         let creds = crate::config::credentials(&self.endpoint, self.region.as_deref(), &self.env, &self.file);
-        let c = Arc::new(Client::new(&self.endpoint, creds)?);
+        let mut c = Client::new(&self.endpoint, creds)?;
+        if let Some(v) = &self.env.api_version {
+            c = c.with_api_version(v);
+        }
+        let c = Arc::new(c);
         Ok(self.client.get_or_init(|| c).clone())
     }
 }

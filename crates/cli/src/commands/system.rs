@@ -98,12 +98,22 @@ pub async fn info(ctx: &Ctx, a: InfoArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// Docker names architectures as Go does.
+fn go_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
 fn client_version() -> Value {
     json!({
         "Version": env!("CARGO_PKG_VERSION"),
         "ApiVersion": API_PREFIX.trim_start_matches("/v"),
         "Os": std::env::consts::OS,
-        "Arch": std::env::consts::ARCH,
+        "Arch": go_arch(std::env::consts::ARCH),
     })
 }
 
