@@ -1,5 +1,18 @@
 //! The `hyper` CLI: Docker's commands and flags against a Hyper cloud. `main` parses the
 //! command line, loads the configuration, runs one command and returns the exit status.
+//!
+//! Layout: `transport` (connectors, signing, hijack), `stream` (demux, stdin pump, raw tty),
+//! `format` (Go-template subset), `table` (tabwriter, human units), `config` (file + env),
+//! `commands/*` (one file per command group).
+//!
+//! Choices worth knowing:
+//! - Exit codes follow docker: 125 when `run`/`create` is refused (message `hyper: ...`),
+//!   126/127 for start failures that say "permission denied" / "executable file not found",
+//!   otherwise the container's code; 1 for other errors; clap usage errors exit 125.
+//! - `tcp://host` without a port means port 6443 (`transport::DEFAULT_TCP_PORT`).
+//! - `update --protection/--sg-add/--sg-rm` send Hyper fields next to Docker's in the update
+//!   body: `"Protection": bool`, `"SecurityGroups": {"Add": [..], "Remove": [..]}`.
+//! - `load` sends the tar with `?file=true` (Hyper's marker; Docker servers ignore it).
 
 pub mod commands;
 pub mod config;
