@@ -35,7 +35,8 @@ fn now() -> String {
 pub fn main(dir: &Path) -> Result<()> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("container dir {}", dir.display()))?;
     let spec = Spec::load(&dir).context("reading spec.json")?;
-    let (rfd, wfd) = nix::unistd::pipe().context("pipe")?;
+    // O_CLOEXEC: QEMU must not inherit the write end, or the launcher never sees EOF.
+    let (rfd, wfd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // SAFETY: single-threaded here (no runtime started yet), so fork is sound.
     match unsafe { nix::unistd::fork() }.context("fork")? {
         nix::unistd::ForkResult::Parent { .. } => {
@@ -55,6 +56,7 @@ pub fn main(dir: &Path) -> Result<()> {
             drop(rfd);
             let _ = nix::unistd::setsid();
             redirect_stdio(&dir);
+            close_inherited_fds(std::os::fd::AsRawFd::as_raw_fd(&wfd));
             let ready = std::fs::File::from(wfd);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = rt.block_on(run(dir, spec, ready));
@@ -74,6 +76,22 @@ fn redirect_stdio(dir: &Path) {
         if let Ok(l) = &log {
             libc::dup2(std::os::fd::AsRawFd::as_raw_fd(l), 1);
             libc::dup2(std::os::fd::AsRawFd::as_raw_fd(l), 2);
+        }
+    }
+}
+
+/// Close every descriptor but 0-2 and `keep`: whatever the launcher inherited (a caller's
+/// pipes, a jobserver) must not be held open by a long-lived daemon or leak into QEMU.
+fn close_inherited_fds(keep: i32) {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd > 2 && fd != keep {
+            // SAFETY: single-threaded, before any Rust object owns these descriptors (the
+            // read_dir handle is already closed; closing an already-closed fd is harmless).
+            unsafe { libc::close(fd) };
         }
     }
 }
