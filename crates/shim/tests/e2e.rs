@@ -4,7 +4,9 @@
 //! hyperd's `DATA/kernel` (`vmlinuz`, `modules/`) or at an unpacked Debian kernel package
 //! (`boot/vmlinuz-*`, `lib/modules/`). The agent is `HYPER_TEST_AGENT`, or is built here
 //! (static, `--target x86_64-unknown-linux-gnu`). Waits scale with `HYPER_TEST_TIMEOUT_SCALE`.
-//! VMs boot one at a time (2-core CI machines).
+//! VMs boot one at a time (2-core CI machines). `HYPER_TEST_EXEC_DELAY_MS` delays the exec after
+//! start (diagnoses the agent race where an exec right after `Started` gets "container is not
+//! running").
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,6 +163,17 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    /// A failed test must not leave a VM behind: SIGTERM makes the shim kill QEMU and exit.
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("shim.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+            }
+        }
+    }
+}
+
 /// Is a QEMU whose command line mentions `dir` alive (not a zombie)?
 fn qemu_running(dir: &Path) -> bool {
     let needle = dir.to_string_lossy().into_owned();
@@ -218,10 +231,15 @@ fn echo_hi() {
 #[test]
 fn exec_then_stop() {
     let (f, _g) = need_vm!();
-    let vm = Vm::new(f, "stop", &["sleep", "1000"]);
+    // The main process is PID 1 of the container's PID namespace, so (as in Docker) SIGTERM
+    // reaches it only through a handler: trap it and exit 7.
+    let vm = Vm::new(f, "stop", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 1; done"]);
     rt().block_on(async {
         let c = vm.client();
         assert!(c.request(&Request::Start).await.unwrap().ok, "{}", vm.console());
+        if let Ok(ms) = std::env::var("HYPER_TEST_EXEC_DELAY_MS") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
         let (resp, mut s) = c
             .stream(&Request::Exec {
                 exec_id: "e1".into(),
@@ -242,13 +260,13 @@ fn exec_then_stop() {
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
         assert!(got.ends_with(br#"{"exit_code":3}"#), "{text:?}");
-        let resp = c.request(&Request::Stop { signal: 15, timeout_secs: 5 }).await.unwrap();
+        let resp = c.request(&Request::Stop { signal: 15, timeout_secs: 20 }).await.unwrap();
         let st = resp.state.expect("state in stop reply");
         assert_eq!(st.status, Status::Exited);
-        assert_eq!(st.exit_code, Some(143), "{st:?}");
+        assert_eq!(st.exit_code, Some(7), "{st:?}");
     });
     vm.assert_gone();
-    assert_eq!(vm.state().exit_code, Some(143));
+    assert_eq!(vm.state().exit_code, Some(7));
 }
 
 #[test]
