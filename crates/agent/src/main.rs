@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::{Frame, GuestMsg, HostMsg, Kind, ProcessSpec, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::init::log;
 use crate::process::Target;
@@ -37,10 +37,13 @@ struct Handle {
 
 /// Reports from session tasks to the control loop.
 enum Event {
+    /// A process is running. The loop records it, sends `Started`, then answers on `recorded`
+    /// so the session's output and `Exited` always follow `Started` on the wire.
     Started {
         stream: u32,
         pid: i32,
         master: Option<Arc<Fd>>,
+        recorded: oneshot::Sender<()>,
     },
     Gone {
         stream: u32,
@@ -115,7 +118,7 @@ async fn run(port: std::fs::File) {
                 }
             }
             Some(ev) = ev_rx.recv() => match ev {
-                Event::Started { stream, pid, master } => {
+                Event::Started { stream, pid, master, recorded } => {
                     if stream == agent_proto::MAIN_STREAM {
                         main_pid = Some(pid);
                     }
@@ -126,6 +129,8 @@ async fn run(port: std::fs::File) {
                         }
                         h.master = master;
                     }
+                    let _ = out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
+                    let _ = recorded.send(());
                 }
                 Event::Gone { stream } => {
                     streams.remove(&stream);
@@ -312,12 +317,16 @@ fn start_stream(
         let exit = process::register(pid);
         let mut sp = sp;
         let master = sp.master.take().and_then(|m| Fd::new(m).ok()).map(Arc::new);
+        // The control loop records the pid (and TTY) and only then sends `Started`, so a host
+        // that acts on `Started` (an exec, a resize, a signal) always finds the stream running.
+        let (recorded, was_recorded) = oneshot::channel();
         let _ = ev.send(Event::Started {
             stream,
             pid,
             master: master.clone(),
+            recorded,
         });
-        let _ = out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
+        let _ = was_recorded.await;
         log!("stream {stream}: started pid {pid}");
         session::run(stream, sp, master, exit, stdin_rx, credit, out, oom_before).await;
         log!("stream {stream}: exited");
