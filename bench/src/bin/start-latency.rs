@@ -533,6 +533,27 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
     Ok(r)
 }
 
+/// QEMU processes on this host that this bench did not start (another hyperd, other VMs): they
+/// compete for the same cores and make every figure of this run noisier.
+fn foreign_qemus(env: &Env) -> usize {
+    let ours = format!("{}/", env.data.display());
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("qemu-system") || c.contains("/qemu-system") && !c.contains(&ours)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|e| !fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&ours)).unwrap_or(true))
+        .count()
+}
+
 /// Wait until no QEMU of a container of ours is left (hyperd answers `--rm` while the shim is
 /// still powering the VM off) and return when the last one went. Keeps runs from overlapping.
 fn settle(env: &Env) -> f64 {
@@ -826,6 +847,8 @@ fn run(args: &Args) -> Result<()> {
         run_ok(env.hyper().arg("load").arg("-i").arg(t), "hyper load")?;
     }
     let mut flag_check = String::new();
+    let mut hyper_initrd = None;
+    let mut foreign = foreign_qemus(&env);
     let mut floor_v = Vec::new();
     type Steps = Vec<Option<f64>>;
     let mut per_image: Vec<(&str, Steps, Vec<Steps>)> = Vec::new();
@@ -841,8 +864,10 @@ fn run(args: &Args) -> Result<()> {
                 if i == 0 {
                     if let (Some(a), Some(d)) = (&first.qemu_args, &first.dir) {
                         flag_check = compare_flags(a, d, &f);
+                        hyper_initrd = a.windows(2).find(|w| w[0] == "-initrd").map(|w| PathBuf::from(&w[1]));
                     }
                 }
+                foreign = foreign.max(foreign_qemus(&env));
                 floor_v.push(floor_steps(&f));
             }
             warm.push(hyper_steps(&hyper_run(&env, image, true)?));
@@ -858,6 +883,7 @@ fn run(args: &Args) -> Result<()> {
     progress("headline");
     for i in 0..n {
         progress(&format!(" {}", i + 1));
+        foreign = foreign.max(foreign_qemus(&env));
         let f = floor_run(&env, "", true)?;
         floor_t.push(f.t_end - f.t0);
         floor_boot_t.push(f.console.seen("reboot: Power down").map_or(f64::NAN, |p| p - f.t0));
@@ -899,6 +925,15 @@ fn run(args: &Args) -> Result<()> {
     println!("\n== start-latency: {n} runs per path ==");
     println!("host: {cpu}, {} cpus; accel {}; {}; guest kernel {}", std::thread::available_parallelism().map_or(0, |x| x.get()), env.accel, qemu_v.lines().next().unwrap_or("?"), kernel.trim());
     println!("VM: {} vCPU, {} MiB (default size {}); {}", env.vcpus, env.memory_mib, node::sizes::DEFAULT_SIZE, flag_check);
+    let size = |p: Option<&Path>| p.and_then(|p| fs::metadata(p).ok()).map_or("?".into(), |m| format!("{:.1} MB", m.len() as f64 / 1e6));
+    println!(
+        "initramfs: hyper's (agent + modules) {}, the floor's (static poweroff init + the same modules) {}",
+        size(hyper_initrd.as_deref()),
+        size(Some(&env.floor_initrd))
+    );
+    if foreign > 0 {
+        println!("WARNING: up to {foreign} QEMU processes this bench did not start were running during the measurement: all figures are contended (2 cores).");
+    }
     println!();
     println!("-- headline (default guest command line), seconds --");
     let fm = median(&floor_t).unwrap_or(f64::NAN);
