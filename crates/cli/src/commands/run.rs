@@ -510,7 +510,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
         io_task.abort();
         drop(raw);
         if o.rm {
-            let _ = status.await;
+            // The daemon should remove an AutoRemove container whose start failed (docker's
+            // does, and its CLI waits for that); remove it ourselves too so that a daemon
+            // which does not cannot leave us waiting forever.
+            let del = ApiRequest::delete(format!("/containers/{id}")).flag("force", true);
+            let _ = client.call(del).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), status).await;
         }
         return Err(start_failed(e));
     }

@@ -1,0 +1,806 @@
+//! End-to-end tests for Hyper: the real `hyperd`, `hyper-shim`, QEMU/TCG microVMs and the guest
+//! agent, driven through the `hyper` CLI, the stock `docker` CLI and `curl`, asserting what a
+//! user sees.
+//!
+//! Run: `scripts/build && cargo test -p e2e` (add a substring to run only some tests:
+//! `cargo test -p e2e -- restart`; `--list` lists them). Nothing is built here: the binaries come
+//! from `target/debug` (`hyper`, `hyperd`, `hyper-shim`) and
+//! `target/x86_64-unknown-linux-gnu/debug/hyper-agent`.
+//!
+//! Environment:
+//! - `HYPER_TEST_KERNEL_DIR`: guest kernel cache (`vmlinuz`, `modules/`, `version`), default
+//!   `/var/cache/hyper-test/kernel`; fetched there once with `scripts/fetch-kernel` if missing.
+//! - `HYPER_TEST_TIMEOUT_SCALE`: multiplies every deadline (default 1) for slow machines.
+//! - `HYPER_TEST_THREADS`: tests run at once (default 2: under TCG a boot costs a core for ~3 s,
+//!   and each test boots its VMs one after the other, so at most two VMs boot at once).
+//! - `HYPER_TEST_KEEP=1`: keep the data roots (`/tmp/hy-*`) after the run for a post-mortem.
+//! - `DOCKER` (default `/usr/local/bin/docker`), the stock Docker CLI.
+//!
+//! Shape: one test binary with its own `main` (see `Cargo.toml`): [`run_tests`] starts no daemon
+//! itself; [`main_daemon`] starts the shared hyperd on first use (a `OnceLock`), tests that must
+//! kill or misconfigure a daemon start their own with [`Daemon::start`]. Every daemon is
+//! registered, so at the end [`run_tests`] removes every container, stops each daemon and checks
+//! that no QEMU, shim or `DATA/c/*` directory is left. A failing test prints the daemons' logs and
+//! the guest consoles.
+
+pub mod pty;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+pub fn scale() -> f64 {
+    std::env::var("HYPER_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// `secs` scaled by `HYPER_TEST_TIMEOUT_SCALE`.
+pub fn secs(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs * scale())
+}
+
+/// Polls `f` until it returns `Some`, every 100 ms, for at most `timeout` (already scaled by the
+/// caller through [`secs`]); panics with `what` and the last observation otherwise.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + timeout;
+    let mut last;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths and binaries
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn binary(rel: &str) -> PathBuf {
+    let p = target_dir().join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+pub fn hyper_bin() -> PathBuf {
+    binary("debug/hyper")
+}
+pub fn hyperd_bin() -> PathBuf {
+    binary("debug/hyperd")
+}
+pub fn agent_bin() -> PathBuf {
+    binary("x86_64-unknown-linux-gnu/debug/hyper-agent")
+}
+pub fn docker_bin() -> PathBuf {
+    std::env::var_os("DOCKER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/local/bin/docker".into())
+}
+
+/// A short unique path under /tmp (unix sockets live below it: < 108 bytes).
+pub fn short_tmp(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    PathBuf::from(format!(
+        "/tmp/hy-{}{}-{}",
+        std::process::id(),
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// The guest kernel, fetched once into the cache dir.
+pub fn kernel_dir() -> &'static Path {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        let dir = std::env::var_os("HYPER_TEST_KERNEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/cache/hyper-test/kernel".into());
+        if !dir.join("vmlinuz").is_file() || !dir.join("version").is_file() {
+            eprintln!("e2e: fetching the guest kernel into {}", dir.display());
+            let st = Command::new(workspace_root().join("scripts/fetch-kernel"))
+                .arg(&dir)
+                .status()
+                .expect("run scripts/fetch-kernel");
+            assert!(st.success(), "scripts/fetch-kernel {} failed", dir.display());
+        }
+        dir
+    })
+}
+
+/// The kernel release the guests must report: `linux-image-6.1.0-56-cloud-amd64 6.1.192-2` in
+/// `version` gives `6.1.0-56-cloud-amd64`.
+pub fn guest_kernel_release() -> String {
+    let v = std::fs::read_to_string(kernel_dir().join("version")).expect("kernel version file");
+    let pkg = v.split_whitespace().next().expect("package in version file");
+    pkg.strip_prefix("linux-image-")
+        .unwrap_or_else(|| panic!("unexpected kernel package {pkg:?}"))
+        .to_string()
+}
+
+/// The busybox image archive, built once per run.
+pub fn busybox_tar() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| {
+        let out = PathBuf::from(format!("/tmp/hy-{}-busybox.tar", std::process::id()));
+        let st = Command::new(workspace_root().join("scripts/make-busybox-image"))
+            .arg(&out)
+            .arg("busybox:latest")
+            .stderr(Stdio::null())
+            .status()
+            .expect("run scripts/make-busybox-image");
+        assert!(st.success(), "scripts/make-busybox-image failed");
+        out
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running commands
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub cmd: String,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Out {
+    /// Panics unless the command exited 0.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: {self}");
+        self
+    }
+    /// Panics unless the exit code is `code`.
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "unexpected exit code: {self}");
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+    pub fn out(&self) -> String {
+        self.stdout.trim().to_string()
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited {} after {:.1}s\n--- stdout\n{}--- stderr\n{}---",
+            self.cmd,
+            self.code,
+            self.took.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A command to run with a deadline; the child is killed when the deadline passes.
+pub struct Cmd {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    text: String,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Self {
+        let mut cmd = Command::new(program.as_ref());
+        cmd.args(args);
+        let name = Path::new(program.as_ref())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Cmd {
+            cmd,
+            stdin: None,
+            timeout: secs(60.0),
+            text: format!("{name} {}", args.join(" ")),
+        }
+    }
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+    pub fn stdin(mut self, data: &[u8]) -> Self {
+        self.stdin = Some(data.to_vec());
+        self
+    }
+    /// Unscaled seconds; scaled here.
+    pub fn timeout(mut self, s: f64) -> Self {
+        self.timeout = secs(s);
+        self
+    }
+    pub fn run(mut self) -> Out {
+        let start = Instant::now();
+        self.cmd
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn `{}`: {e}", self.text));
+        if let Some(data) = self.stdin.take() {
+            let mut w = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&data);
+            });
+        }
+        let out_t = reader(child.stdout.take().unwrap());
+        let err_t = reader(child.stderr.take().unwrap());
+        let end = start + self.timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = out_t.join().unwrap_or_default();
+                let stderr = err_t.join().unwrap_or_default();
+                panic!(
+                    "`{}` did not finish within {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}---",
+                    self.text, self.timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Out {
+            cmd: self.text,
+            code,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
+            took: start.elapsed(),
+        }
+    }
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// hyperd
+
+/// How to start a hyperd.
+#[derive(Default, Clone)]
+pub struct DaemonOpts {
+    pub kernel_cmdline_extra: Option<String>,
+    pub boot_timeout: Option<u64>,
+}
+
+/// A hyperd this test binary started, on its own data root, listening on a unix socket and a
+/// loopback TCP port, with the default tenant's keys in `client_dir/config.json`.
+pub struct Daemon {
+    pub data: PathBuf,
+    pub sock: PathBuf,
+    pub tcp_port: u16,
+    pub client_dir: PathBuf,
+    pub log: PathBuf,
+    opts: DaemonOpts,
+    child: Mutex<Option<Child>>,
+}
+
+fn registry() -> &'static Mutex<Vec<Arc<Daemon>>> {
+    static R: OnceLock<Mutex<Vec<Arc<Daemon>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Daemon {
+    /// Makes a fresh data root (kernel linked from the cache), starts hyperd, waits for its API
+    /// and loads the busybox image.
+    pub fn start(tag: &str, opts: DaemonOpts) -> Arc<Daemon> {
+        let data = short_tmp(tag);
+        let kdir = kernel_dir();
+        // A directory of links, not a link to the cache: hyperd writes the initramfs next to
+        // the kernel, and daemons starting at once must not race on one file.
+        let k = data.join("kernel");
+        std::fs::create_dir_all(&k).unwrap();
+        for f in ["vmlinuz", "modules", "version"] {
+            std::os::unix::fs::symlink(kdir.join(f).canonicalize().unwrap(), k.join(f)).unwrap();
+        }
+        std::fs::write(data.join("owner.pid"), std::process::id().to_string()).unwrap();
+        let d = Arc::new(Daemon {
+            sock: data.join("api.sock"),
+            tcp_port: free_port(),
+            client_dir: data.join("client"),
+            log: data.join("hyperd.log"),
+            data,
+            opts,
+            child: Mutex::new(None),
+        });
+        registry().lock().unwrap().push(d.clone());
+        d.spawn();
+        d.wait_ready();
+        d.hyper(&["load", "-i", busybox_tar().to_str().unwrap()])
+            .timeout(120.0)
+            .run()
+            .ok();
+        d
+    }
+
+    pub fn unix_host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+    pub fn tcp_host(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.tcp_port)
+    }
+
+    fn spawn(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(hyperd_bin());
+        cmd.arg("--data-root")
+            .arg(&self.data)
+            .arg("-H")
+            .arg(self.unix_host())
+            .arg("-H")
+            .arg(self.tcp_host())
+            .arg("--agent")
+            .arg(agent_bin())
+            .arg("--client-config-dir")
+            .arg(&self.client_dir)
+            .env("HYPERD_LOG", "info");
+        if let Some(x) = &self.opts.kernel_cmdline_extra {
+            cmd.arg("--kernel-cmdline-extra").arg(x);
+        }
+        if let Some(t) = self.opts.boot_timeout {
+            cmd.arg("--boot-timeout").arg(t.to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn hyperd");
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    /// Waits until `hyper version` answers on the unix socket.
+    pub fn wait_ready(&self) {
+        wait_for(
+            &format!("hyperd on {} to answer", self.data.display()),
+            secs(60.0),
+            || {
+                if let Some(c) = self.child.lock().unwrap().as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        panic!("hyperd exited ({st}) while starting:\n{}", self.log_tail(40));
+                    }
+                }
+                let o = self.hyper(&["version"]).timeout(10.0).run();
+                if o.code == 0 {
+                    Ok(())
+                } else {
+                    Err(o.stderr)
+                }
+            },
+        );
+    }
+
+    /// `kill -9` hyperd (containers must carry on under their shims).
+    pub fn kill9(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts hyperd again on the same data root.
+    pub fn restart(&self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// SIGTERM and wait (falls back to SIGKILL).
+    fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            // SAFETY: plain kill(2) on a child we spawned and have not reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + secs(10.0);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    /// `hyper -H unix://... ARGS` with an empty config dir (the unix socket needs no keys).
+    pub fn hyper(&self, args: &[&str]) -> Cmd {
+        let host = self.unix_host();
+        let mut a = vec!["-H", host.as_str()];
+        a.extend_from_slice(args);
+        Cmd::new(hyper_bin(), &a)
+            .env("HYPER_CONFIG", self.data.join("noconfig"))
+            .env_remove_hyper()
+    }
+
+    /// `hyper -H tcp://... ARGS` signing with the keys in `config_dir`.
+    pub fn hyper_tcp(&self, config_dir: &Path, args: &[&str]) -> Cmd {
+        let host = self.tcp_host();
+        let mut a = vec!["-H", host.as_str()];
+        a.extend_from_slice(args);
+        Cmd::new(hyper_bin(), &a)
+            .env("HYPER_CONFIG", config_dir)
+            .env_remove_hyper()
+    }
+
+    /// The stock docker CLI against the unix socket.
+    pub fn docker(&self, args: &[&str]) -> Cmd {
+        Cmd::new(docker_bin(), args)
+            .env("DOCKER_HOST", self.unix_host())
+            .env("DOCKER_CONFIG", self.data.join("docker-config"))
+            .env("DOCKER_CLI_HINTS", "false")
+    }
+
+    /// Container directory `DATA/c/<id12>`.
+    pub fn cdir(&self, id: &str) -> PathBuf {
+        self.data.join("c").join(&id[..12.min(id.len())])
+    }
+
+    /// Full ID of a container (by name or ID), via inspect.
+    pub fn id_of(&self, name: &str) -> String {
+        let v = self.inspect(name);
+        v["Id"].as_str().expect("Id").to_string()
+    }
+
+    /// `hyper inspect NAME` as JSON (the first element).
+    pub fn inspect(&self, name: &str) -> Value {
+        let o = self.hyper(&["inspect", name]).run().ok();
+        let v = o.json();
+        v.get(0).cloned().unwrap_or_else(|| panic!("empty inspect: {o}"))
+    }
+
+    /// Waits until the container's State.Status is `status`.
+    pub fn wait_status(&self, name: &str, status: &str, timeout: f64) -> Value {
+        wait_for(&format!("{name} to be {status}"), secs(timeout), || {
+            let o = self.hyper(&["inspect", name]).run();
+            if o.code != 0 {
+                return Err(o.to_string());
+            }
+            let v = o.json()[0].clone();
+            if v["State"]["Status"] == status {
+                Ok(v)
+            } else {
+                Err(v["State"].to_string())
+            }
+        })
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
+    /// hyperd's log and every guest console on this data root.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!(
+            "===== hyperd {} (log {})\n{}",
+            self.data.display(),
+            self.log.display(),
+            self.log_tail(60)
+        );
+        if let Ok(rd) = std::fs::read_dir(self.data.join("c")) {
+            for e in rd.flatten() {
+                let p = e.path().join("console.log");
+                s += &format!("===== console {}\n{}", p.display(), tail(&p, 25));
+                let st = e.path().join("state.json");
+                if let Ok(t) = std::fs::read_to_string(&st) {
+                    s += &format!("===== {}\n{t}\n", st.display());
+                }
+            }
+        }
+        s
+    }
+
+    /// Removes every container, stops hyperd, returns what was left behind.
+    fn teardown(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        if self.pid().is_some() {
+            let o = self.hyper(&["ps", "-aq", "--no-trunc"]).run();
+            for id in o.stdout.split_whitespace() {
+                let r = self.hyper(&["rm", "-f", id]).timeout(60.0).run();
+                if r.code != 0 {
+                    leaks.push(format!("rm -f {id} failed: {r}"));
+                }
+            }
+            self.stop();
+        }
+        leaks.extend(leftovers(&self.data));
+        leaks
+    }
+}
+
+trait EnvRemove {
+    fn env_remove_hyper(self) -> Self;
+}
+impl EnvRemove for Cmd {
+    fn env_remove_hyper(mut self) -> Self {
+        for k in ["HYPER_HOST", "HYPER_ACCESS", "HYPER_SECRET", "HYPER_REGION"] {
+            self.cmd.env_remove(k);
+        }
+        self
+    }
+}
+
+pub fn tail(p: &Path, n: usize) -> String {
+    let t = std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read: {e})\n"));
+    let lines: Vec<&str> = t.lines().collect();
+    let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+    s.push('\n');
+    s
+}
+
+/// Processes whose command line mentions `needle` (QEMU and shims name files under the data
+/// root), as "pid cmdline".
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push(format!("{name} {}", cmd.trim()));
+        }
+    }
+    out
+}
+
+/// QEMU or shim processes of `data`, and container directories under `DATA/c`.
+pub fn leftovers(data: &Path) -> Vec<String> {
+    let root = format!("{}/", data.display());
+    let mut l: Vec<String> = processes_mentioning(&root)
+        .into_iter()
+        .filter(|p| p.contains("qemu-system") || p.contains("hyper-shim") || p.contains("hyperd"))
+        .map(|p| format!("process left: {p}"))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(data.join("c")) {
+        for e in rd.flatten() {
+            l.push(format!("container dir left: {}", e.path().display()));
+        }
+    }
+    l
+}
+
+/// QEMU/shim processes of one container (its directory is in their command lines).
+pub fn container_processes(d: &Daemon, id: &str) -> Vec<String> {
+    processes_mentioning(&format!("{}", d.cdir(id).display()))
+        .into_iter()
+        .filter(|p| p.contains("qemu-system") || p.contains("hyper-shim"))
+        .collect()
+}
+
+/// Data roots of earlier runs whose test process is gone: kill their processes, remove them.
+fn reap_stale_roots() {
+    for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("hy-") {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(e.path().join("owner.pid")) else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{}", owner.trim())).exists();
+        if alive {
+            continue;
+        }
+        let root = format!("{}/", e.path().display());
+        for p in processes_mentioning(&root) {
+            if let Some(pid) = p.split_whitespace().next().and_then(|s| s.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a pid read from /proc; worst case it is already gone.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        eprintln!("e2e: removed a stale data root {}", e.path().display());
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+/// The hyperd shared by the tests that neither kill nor reconfigure it.
+pub fn main_daemon() -> &'static Daemon {
+    static D: OnceLock<Arc<Daemon>> = OnceLock::new();
+    D.get_or_init(|| Daemon::start("m", DaemonOpts::default()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runner
+
+pub type TestFn = fn();
+
+/// Runs `tests` (name, fn) on `HYPER_TEST_THREADS` threads, prints each duration, then tears
+/// every daemon down and checks for leaks. Returns the process exit code.
+pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let exact = args.iter().any(|a| a == "--exact");
+    let mut filters = Vec::new();
+    let mut it = args.iter();
+    let mut threads: usize = std::env::var("HYPER_TEST_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--list" => {
+                for (n, _) in tests {
+                    println!("{n}: test");
+                }
+                return 0;
+            }
+            "--test-threads" => {
+                threads = it.next().and_then(|s| s.parse().ok()).unwrap_or(threads);
+            }
+            s if s.starts_with("--test-threads=") => {
+                threads = s["--test-threads=".len()..].parse().unwrap_or(threads);
+            }
+            s if s.starts_with('-') => {} // --nocapture, -q, ... : nothing to do
+            s => filters.push(s.to_string()),
+        }
+    }
+    let selected: Vec<(&'static str, TestFn)> = tests
+        .iter()
+        .copied()
+        .filter(|(n, _)| {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| if exact { n == f } else { n.contains(f.as_str()) })
+        })
+        .collect();
+    if selected.is_empty() {
+        println!("e2e: no test matches {filters:?}");
+        return 0;
+    }
+    reap_stale_roots();
+    let started = Instant::now();
+    println!(
+        "running {} end-to-end tests on {} threads",
+        selected.len(),
+        threads.max(1)
+    );
+    let queue = Arc::new(Mutex::new(selected.into_iter()));
+    let results: Arc<Mutex<Vec<(&'static str, bool, Duration)>>> = Arc::default();
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let queue = queue.clone();
+            let results = results.clone();
+            std::thread::spawn(move || loop {
+                let Some((name, f)) = queue.lock().unwrap().next() else {
+                    break;
+                };
+                let t = Instant::now();
+                println!("test {name} ... started");
+                let ok = std::panic::catch_unwind(f).is_ok();
+                let took = t.elapsed();
+                if !ok {
+                    let mut diag = String::new();
+                    for d in registry().lock().unwrap().iter() {
+                        diag += &d.diagnostics();
+                    }
+                    println!("---- {name} failed; diagnostics:\n{diag}");
+                }
+                println!(
+                    "test {name} ... {} ({:.1}s)",
+                    if ok { "ok" } else { "FAILED" },
+                    took.as_secs_f64()
+                );
+                results.lock().unwrap().push((name, ok, took));
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+
+    // Teardown and the leak check, as the last "test".
+    let t = Instant::now();
+    let mut leaks = Vec::new();
+    let daemons: Vec<Arc<Daemon>> = registry().lock().unwrap().drain(..).collect();
+    for d in &daemons {
+        let l = d.teardown();
+        if !l.is_empty() {
+            println!("{}", d.diagnostics());
+        }
+        leaks.extend(l);
+    }
+    let keep = std::env::var("HYPER_TEST_KEEP").is_ok_and(|v| v == "1");
+    if !keep {
+        for d in &daemons {
+            let _ = std::fs::remove_dir_all(&d.data);
+        }
+        let _ = std::fs::remove_file(format!("/tmp/hy-{}-busybox.tar", std::process::id()));
+    }
+    for l in &leaks {
+        println!("LEAK: {l}");
+    }
+    let mut results = results.lock().unwrap().clone();
+    results.push(("zz_no_leftovers", leaks.is_empty(), t.elapsed()));
+    println!("test zz_no_leftovers ... {}", if leaks.is_empty() { "ok" } else { "FAILED" });
+
+    println!("\nsummary ({:.1}s in all):", started.elapsed().as_secs_f64());
+    let mut failed = 0;
+    for (n, ok, took) in &results {
+        println!(
+            "  {:<28} {:>6.1}s  {}",
+            n,
+            took.as_secs_f64(),
+            if *ok { "ok" } else { "FAILED" }
+        );
+        failed += usize::from(!ok);
+    }
+    println!(
+        "test result: {}. {} passed; {} failed",
+        if failed == 0 { "ok" } else { "FAILED" },
+        results.len() - failed,
+        failed
+    );
+    i32::from(failed > 0)
+}

@@ -1,0 +1,604 @@
+//! The end-to-end suite; see the `e2e` crate docs for how it runs and the environment it reads.
+//! Each test is one area run as sequential sub-cases (VMs booted one after the other inside a
+//! test; two tests at a time).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use e2e::*;
+
+fn main() {
+    let tests: &[(&'static str, TestFn)] = &[
+        // Longest first, so the two threads stay busy.
+        ("restart_safety", restart_safety),
+        ("container_lifecycle", container_lifecycle),
+        ("docker_cli", docker_cli),
+        ("stop_and_signals", stop_and_signals),
+        ("run_exit_codes", run_exit_codes),
+        ("run_guest_isolation", run_guest_isolation),
+        ("logs_and_wait", logs_and_wait),
+        ("stdin_pipe", stdin_pipe),
+        ("boot_failure", boot_failure),
+        ("refusals", refusals),
+        ("tcp_auth_and_tenants", tcp_auth_and_tenants),
+    ];
+    std::process::exit(run_tests(tests));
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lines of `hyper logs` output (stdout).
+fn log_lines(d: &Daemon, name: &str) -> Vec<String> {
+    d.hyper(&["logs", name])
+        .run()
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_log_contains(d: &Daemon, name: &str, needle: &str, timeout: f64) {
+    wait_for(&format!("{needle:?} in the logs of {name}"), secs(timeout), || {
+        let o = d.hyper(&["logs", name]).run();
+        if o.stdout.contains(needle) || o.stderr.contains(needle) {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
+    });
+}
+
+fn assert_gone(d: &Daemon, id: &str) {
+    wait_for(
+        &format!("the VM and directory of {} to go", &id[..12]),
+        secs(15.0),
+        || {
+            let p = container_processes(d, id);
+            let dir = d.cdir(id);
+            if p.is_empty() && !dir.exists() {
+                Ok(())
+            } else {
+                Err(format!("processes {p:?}, dir exists: {}", dir.exists()))
+            }
+        },
+    );
+}
+
+fn time(v: &serde_json::Value) -> DateTime<Utc> {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("bad time {s:?}: {e}"))
+        .with_timezone(&Utc)
+}
+
+// -------------------------------------------------------------------------------------------
+
+/// `hyper run --rm busybox uname -r` shows the guest kernel; the guest sees neither the host's
+/// processes nor its files.
+fn run_guest_isolation() {
+    let d = main_daemon();
+    let o = d.hyper(&["run", "--rm", "busybox", "uname", "-r"]).run().ok();
+    let host = Command::new("uname").arg("-r").output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
+    assert_eq!(o.out(), guest_kernel_release(), "{o}");
+    assert_ne!(o.out(), host, "the guest reports the host's kernel");
+
+    let marker = short_tmp("mark");
+    std::fs::write(&marker, "host secret").unwrap();
+    let script = format!(
+        "ps; echo ---; cat {m} 2>&1 || true; echo ---; cat /proc/1/cmdline | tr '\\0' ' '",
+        m = marker.display()
+    );
+    let o = d.hyper(&["run", "--rm", "busybox", "sh", "-c", &script]).run();
+    std::fs::remove_file(&marker).unwrap();
+    let o = o.ok();
+    let parts: Vec<&str> = o.stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{o}");
+    let procs: Vec<&str> = parts[0].lines().skip(1).collect();
+    assert!(
+        procs.len() <= 3,
+        "the guest sees more than its own processes: {o}"
+    );
+    for p in &procs {
+        assert!(
+            p.contains("sh") || p.contains("ps"),
+            "unexpected process in the guest: {p:?}\n{o}"
+        );
+    }
+    for host_only in ["hyperd", "qemu", "hyper-agent", "cargo", "hyper-shim"] {
+        assert!(!parts[0].contains(host_only), "guest sees {host_only}: {o}");
+    }
+    assert!(
+        parts[1].contains("No such file") && !parts[1].contains("host secret"),
+        "the guest reads a host file: {o}"
+    );
+    assert!(parts[2].starts_with("sh -c"), "PID 1 is not the container's process: {o}");
+}
+
+/// run -d, ps, inspect, exec, exec -it on a terminal, rename, restart, stop, start, rm -f.
+fn container_lifecycle() {
+    let d = main_daemon();
+    let o = d
+        .hyper(&["run", "-d", "--name", "web", "busybox", "httpd", "-f", "-p", "8080"])
+        .run()
+        .ok();
+    let id = o.out();
+    assert!(is_id(&id), "run -d prints the ID: {o}");
+
+    let o = d.hyper(&["ps"]).run().ok();
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.ends_with(" web") || l.contains(" web "))
+        .unwrap_or_else(|| panic!("web not in ps: {o}"));
+    assert!(line.starts_with(&id[..12]) && line.contains("Up"), "{o}");
+
+    let v = d.inspect("web");
+    assert_eq!(v["Id"], id.as_str());
+    assert_eq!(v["Name"], "/web");
+    assert_eq!(v["State"]["Running"], true, "{v}");
+    assert_eq!(v["State"]["Status"], "running");
+    assert_eq!(v["Config"]["Cmd"], serde_json::json!(["httpd", "-f", "-p", "8080"]));
+    let started1 = v["State"]["StartedAt"].clone();
+
+    let o = d.hyper(&["exec", "web", "ps"]).run().ok();
+    assert!(o.stdout.contains("httpd -f -p 8080"), "{o}");
+    assert!(!o.stdout.contains("agent"), "exec ps shows the agent: {o}");
+
+    let o = d.hyper(&["exec", "web", "sh", "-c", "echo out; echo err >&2; exit 4"]).run();
+    assert_eq!((o.code, o.out(), o.stderr.trim()), (4, "out".into(), "err"), "{o}");
+
+    // An interactive shell through a real terminal.
+    let mut cmd = Command::new(hyper_bin());
+    cmd.args(["-H", &d.unix_host(), "exec", "-it", "web", "sh"])
+        .env("HYPER_CONFIG", d.data.join("noconfig"))
+        .env("TERM", "xterm");
+    let t = e2e::pty::run_on_pty(cmd, "#", "echo $((6*7)); exit\r", secs(60.0));
+    assert_eq!(t.code, 0, "exec -it exit code; terminal:\n{}", t.output);
+    assert!(
+        t.output.lines().any(|l| l.trim() == "42"),
+        "no 42 on the terminal:\n{:?}",
+        t.output
+    );
+
+    d.hyper(&["rename", "web", "web2"]).run().ok();
+    assert_eq!(d.inspect("web2")["Name"], "/web2");
+    let o = d.hyper(&["inspect", "web"]).run().code(1);
+    assert!(o.stderr.contains("No such container"), "{o}");
+
+    d.hyper(&["restart", "-t", "1", "web2"]).timeout(90.0).run().ok();
+    let v = d.wait_status("web2", "running", 30.0);
+    assert_ne!(v["State"]["StartedAt"], started1, "restart did not start it again");
+
+    // httpd is PID 1 of its namespace and has no SIGTERM handler: stop must SIGKILL it.
+    let t0 = Instant::now();
+    d.hyper(&["stop", "-t", "1", "web2"]).timeout(60.0).run().ok();
+    assert!(t0.elapsed() >= Duration::from_millis(900), "stop did not wait for -t 1");
+    let v = d.inspect("web2");
+    assert_eq!(v["State"]["Status"], "exited", "{v}");
+    assert_eq!(v["State"]["ExitCode"], 137, "{v}");
+    assert!(container_processes(d, &id).is_empty(), "a stopped container keeps its VM");
+    let o = d.hyper(&["ps"]).run().ok();
+    assert!(!o.stdout.contains("web2"), "stopped container in ps: {o}");
+    let o = d.hyper(&["ps", "-a"]).run().ok();
+    assert!(o.stdout.contains("Exited (137)"), "{o}");
+
+    d.hyper(&["start", "web2"]).timeout(90.0).run().ok();
+    d.wait_status("web2", "running", 30.0);
+    let o = d.hyper(&["exec", "web2", "ps"]).run().ok();
+    assert!(o.stdout.contains("httpd"), "{o}");
+
+    d.hyper(&["rm", "-f", "web2"]).timeout(60.0).run().ok();
+    let o = d.hyper(&["ps", "-a"]).run().ok();
+    assert!(!o.stdout.contains("web2"), "{o}");
+    assert_gone(d, &id);
+}
+
+/// `logs` and `logs -f` (which ends when the container exits), stdout and stderr kept apart,
+/// `wait` prints the exit code.
+fn logs_and_wait() {
+    let d = main_daemon();
+    d.hyper(&[
+        "run", "-d", "--name", "printer", "busybox", "sh", "-c",
+        "for i in 1 2 3 4 5; do echo line$i; sleep 0.5; done; echo oops >&2; exit 5",
+    ])
+    .run()
+    .ok();
+    let t0 = Instant::now();
+    let o = d.hyper(&["logs", "-f", "printer"]).timeout(60.0).run().ok();
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        ["line1", "line2", "line3", "line4", "line5"],
+        "{o}"
+    );
+    assert_eq!(o.stderr.trim(), "oops", "{o}");
+    let v = d.inspect("printer");
+    assert_eq!(v["State"]["Status"], "exited", "logs -f returned at {:?} while {v}", t0.elapsed());
+    let o = d.hyper(&["wait", "printer"]).run().ok();
+    assert_eq!(o.out(), "5", "{o}");
+    assert_eq!(log_lines(d, "printer").len(), 5);
+    let o = d.hyper(&["logs", "--tail", "2", "printer"]).run().ok();
+    assert_eq!(o.stdout, "line4\nline5\n", "{o}");
+    let id = d.id_of("printer");
+    d.hyper(&["rm", "printer"]).run().ok();
+    assert_gone(d, &id);
+}
+
+/// `echo hi | hyper run -i --rm busybox cat`.
+fn stdin_pipe() {
+    let d = main_daemon();
+    let o = d
+        .hyper(&["run", "-i", "--rm", "busybox", "cat"])
+        .stdin(b"hi\n")
+        .run()
+        .ok();
+    assert_eq!(o.stdout, "hi\n", "{o}");
+    let o = d
+        .hyper(&["run", "-i", "--rm", "busybox", "wc", "-c"])
+        .stdin(&vec![b'x'; 300_000])
+        .timeout(120.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "300000", "{o}");
+}
+
+/// kill -s USR1 reaches a trapping shell; stop sends SIGTERM (143 from the trap) and falls back
+/// to SIGKILL after -t (137 for busybox sleep, which as PID 1 ignores SIGTERM); wait prints it.
+fn stop_and_signals() {
+    let d = main_daemon();
+    d.hyper(&[
+        "run", "-d", "--name", "trapper", "busybox", "sh", "-c",
+        "trap 'echo got-usr1' USR1; trap 'echo got-term; exit 143' TERM; echo ready; while :; do sleep 0.2; done",
+    ])
+    .run()
+    .ok();
+    wait_log_contains(d, "trapper", "ready", 30.0);
+    d.hyper(&["kill", "-s", "USR1", "trapper"]).run().ok();
+    wait_log_contains(d, "trapper", "got-usr1", 10.0);
+    assert_eq!(d.inspect("trapper")["State"]["Running"], true);
+    let t0 = Instant::now();
+    let o = d.hyper(&["stop", "-t", "5", "trapper"]).run().ok();
+    assert_eq!(o.out(), "trapper", "{o}");
+    assert!(t0.elapsed() < secs(4.0), "stop waited for the timeout: the trap did not run");
+    let v = d.inspect("trapper");
+    assert_eq!(v["State"]["ExitCode"], 143, "{v}");
+    assert!(log_lines(d, "trapper").contains(&"got-term".to_string()));
+    assert_eq!(d.hyper(&["wait", "trapper"]).run().ok().out(), "143");
+
+    d.hyper(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "1000"])
+        .run()
+        .ok();
+    let t0 = Instant::now();
+    d.hyper(&["stop", "-t", "1", "sleeper"]).timeout(60.0).run().ok();
+    assert!(t0.elapsed() >= Duration::from_millis(900), "stop did not wait 1 s");
+    let v = d.inspect("sleeper");
+    assert_eq!(v["State"]["ExitCode"], 137, "{v}");
+    assert_eq!(d.hyper(&["wait", "sleeper"]).run().ok().out(), "137");
+
+    // kill (SIGKILL by default) of a running container.
+    d.hyper(&["start", "sleeper"]).timeout(90.0).run().ok();
+    d.hyper(&["kill", "sleeper"]).run().ok();
+    let v = d.wait_status("sleeper", "exited", 30.0);
+    assert_eq!(v["State"]["ExitCode"], 137, "{v}");
+
+    let ids = [d.id_of("trapper"), d.id_of("sleeper")];
+    d.hyper(&["rm", "trapper", "sleeper"]).run().ok();
+    for id in ids {
+        assert_gone(d, &id);
+    }
+}
+
+/// Docker's exit codes for `run`.
+fn run_exit_codes() {
+    let d = main_daemon();
+    d.hyper(&["run", "--rm", "busybox", "sh", "-c", "exit 3"]).run().code(3);
+    let o = d.hyper(&["run", "--rm", "busybox", "nosuch"]).timeout(90.0).run().code(127);
+    assert!(o.stderr.contains("nosuch"), "{o}");
+    let o = d.hyper(&["run", "--rm", "busybox", "/etc/passwd"]).timeout(90.0).run().code(126);
+    assert!(o.stderr.to_lowercase().contains("permission denied"), "{o}");
+    let o = d.hyper(&["run", "--name", "bad name!", "busybox", "true"]).run().code(125);
+    assert!(o.stderr.contains("name"), "{o}");
+    d.hyper(&["run", "--rm", "-v", "/tmp:/c", "busybox", "true"]).run().code(125);
+    // --rm containers whose start failed are gone.
+    let o = d.hyper(&["ps", "-a", "--no-trunc"]).run().ok();
+    for c in ["nosuch", "/etc/passwd", "bad name"] {
+        assert!(!o.stdout.contains(c), "{c} left behind: {o}");
+    }
+}
+
+/// What a VM cannot do is refused with a message naming the option; Docker's errors for unknown
+/// containers and names in use.
+fn refusals() {
+    let d = main_daemon();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-v", "/etc:/hostetc"], "bind"),
+        (&["--privileged"], "privileged"),
+        (&["--network", "host"], "network"),
+        (&["--device", "/dev/kvm"], "device"),
+    ];
+    for (i, (flags, word)) in cases.iter().enumerate() {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox", "true"]);
+        let o = d.hyper(&args).run();
+        assert_eq!(o.code, 125, "test[{i}]: {o}");
+        assert!(o.stderr.to_lowercase().contains(word), "test[{i}]: message does not name {word}: {o}");
+        // The stock docker CLI gets the same refusal.
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox", "true"]);
+        let o = d.docker(&args).run();
+        assert_eq!(o.code, 125, "test[{i}] docker: {o}");
+        assert!(o.stderr.to_lowercase().contains(word), "test[{i}] docker: {o}");
+    }
+    for (i, cmd) in [
+        &["inspect", "nosuchctr"][..],
+        &["stop", "nosuchctr"],
+        &["rm", "nosuchctr"],
+        &["logs", "nosuchctr"],
+        &["exec", "nosuchctr", "true"],
+        &["kill", "nosuchctr"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let o = d.hyper(cmd).run();
+        assert_eq!(o.code, 1, "test[{i}]: {o}");
+        assert!(o.stderr.contains("No such container"), "test[{i}]: {o}");
+    }
+
+    let o = d.hyper(&["create", "--name", "dup", "busybox", "true"]).run().ok();
+    let id = o.out();
+    let o = d.hyper(&["create", "--name", "dup", "busybox", "true"]).run().code(125);
+    assert!(o.stderr.contains("already in use") && o.stderr.contains("Conflict"), "{o}");
+    let o = Cmd::new(
+        "curl",
+        &[
+            "-s", "-w", "\n%{http_code}", "--unix-socket", d.sock.to_str().unwrap(),
+            "-H", "Content-Type: application/json", "-d", r#"{"Image":"busybox"}"#,
+            "http://hyper/v1.44/containers/create?name=dup",
+        ],
+    )
+    .run()
+    .ok();
+    let (body, status) = o.stdout.rsplit_once('\n').unwrap();
+    assert_eq!(status, "409", "{o}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON error body");
+    assert!(v["message"].as_str().unwrap_or("").contains("already in use"), "{o}");
+    d.hyper(&["rm", "dup"]).run().ok();
+    assert_gone(d, &id);
+}
+
+/// The stock docker CLI against the unix socket.
+fn docker_cli() {
+    let d = main_daemon();
+    let o = d.docker(&["run", "--rm", "busybox", "echo", "hi"]).timeout(90.0).run().ok();
+    assert_eq!(o.stdout, "hi\n", "{o}");
+
+    let o = d
+        .docker(&["run", "-d", "--name", "dk", "busybox", "sh", "-c", "echo hello-docker; sleep 1000"])
+        .timeout(90.0)
+        .run()
+        .ok();
+    let id = o.out();
+    assert!(is_id(&id), "{o}");
+    let o = d.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]).run().ok();
+    assert!(o.stdout.lines().any(|l| l.starts_with("dk Up")), "{o}");
+    let o = d.docker(&["inspect", "dk"]).run().ok();
+    let v = o.json()[0].clone();
+    assert_eq!((v["Id"].as_str(), v["Name"].as_str()), (Some(id.as_str()), Some("/dk")));
+    assert_eq!(v["State"]["Running"], true);
+    let o = d.docker(&["exec", "dk", "echo", "in-exec"]).run().ok();
+    assert_eq!(o.stdout, "in-exec\n", "{o}");
+    let o = d.docker(&["exec", "dk", "sh", "-c", "exit 9"]).run();
+    assert_eq!(o.code, 9, "{o}");
+    wait_for("hello-docker in docker logs", secs(10.0), || {
+        let o = d.docker(&["logs", "dk"]).run();
+        if o.stdout == "hello-docker\n" { Ok(()) } else { Err(o.to_string()) }
+    });
+    let o = d.docker(&["inspect", "-f", "{{.State.Status}} {{.Name}}", "dk"]).run().ok();
+    assert_eq!(o.out(), "running /dk");
+    d.docker(&["rm", "-f", "dk"]).timeout(60.0).run().ok();
+    let o = d.docker(&["ps", "-a"]).run().ok();
+    assert!(!o.stdout.contains("dk"), "{o}");
+    assert_gone(d, &id);
+
+    // docker run --rm of a missing executable: 127, and the daemon removes the container
+    // (the docker CLI waits for that removal).
+    let o = d.docker(&["run", "--rm", "busybox", "nosuch"]).timeout(90.0).run();
+    assert_eq!(o.code, 127, "{o}");
+    let o = d.docker(&["ps", "-a", "--no-trunc"]).run().ok();
+    assert!(!o.stdout.contains("nosuch"), "{o}");
+}
+
+// -------------------------------------------------------------------------------------------
+
+/// Unsigned and badly signed TCP requests get 401; the CLI signs with the keys written at first
+/// start; a second tenant sees nothing of the first.
+fn tcp_auth_and_tenants() {
+    let dd = Daemon::start("t", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let url = format!("http://127.0.0.1:{}/v1.44/containers/json", d.tcp_port);
+    let curl = |extra: &[&str]| {
+        let mut a = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(extra);
+        a.push(&url);
+        Cmd::new("curl", &a).run().ok().stdout
+    };
+    assert_eq!(curl(&[]), "401", "unsigned request");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.client_dir.join("config.json")).expect("config.json written at first start"))
+            .unwrap();
+    let cloud = &cfg["clouds"][d.tcp_host().as_str()];
+    let ak = cloud["accesskey"].as_str().expect("accesskey").to_string();
+    let date = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let auth = format!(
+        "Authorization: HYPER-HMAC-SHA256 Credential={ak}/{}/us-west-1/hyper/hyper_request, SignedHeaders=content-type;host;x-hyper-content-sha256;x-hyper-date, Signature={}",
+        &date[..8],
+        "0".repeat(64)
+    );
+    let status = curl(&[
+        "-H", &auth,
+        "-H", &format!("X-Hyper-Date: {date}"),
+        "-H", "X-Hyper-Content-Sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "-H", "Content-Type: application/json",
+    ]);
+    assert_eq!(status, "401", "badly signed request");
+
+    let o = d.hyper(&["create", "--name", "mine", "busybox", "true"]).run().ok();
+    let id = o.out();
+    let o = d.hyper_tcp(&d.client_dir, &["ps", "-a"]).run().ok();
+    assert!(o.stdout.contains("mine"), "default tenant over TCP: {o}");
+    d.hyper_tcp(&d.client_dir, &["inspect", &id]).run().ok();
+
+    // A second tenant. Creating one should not need the daemon stopped.
+    let mut bug = None;
+    let mut o = Cmd::new(hyperd_bin(), &["--data-root", d.data.to_str().unwrap(), "tenant", "create", "t2"]).run();
+    if o.code != 0 {
+        bug = Some(format!("`hyperd tenant create` fails while hyperd runs: {o}"));
+        d.kill9();
+        o = Cmd::new(hyperd_bin(), &["--data-root", d.data.to_str().unwrap(), "tenant", "create", "t2"]).run().ok();
+        d.restart();
+    }
+    let field = |k: &str| {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {k} in {o}"))
+    };
+    let (ak2, sk2) = (field("access key:"), field("secret key:"));
+    let dir2 = d.data.join("t2cfg");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let cfg2 = serde_json::json!({"clouds": {d.tcp_host(): {"accesskey": ak2, "secretkey": sk2, "region": "us-west-1"}}});
+    std::fs::write(dir2.join("config.json"), cfg2.to_string()).unwrap();
+    let o = d.hyper_tcp(&dir2, &["ps", "-a"]).run().ok();
+    assert!(!o.stdout.contains("mine") && !o.stdout.contains(&id[..12]), "tenant t2 sees the default tenant's container: {o}");
+    let o = d.hyper_tcp(&dir2, &["inspect", &id]).run();
+    assert_eq!(o.code, 1, "{o}");
+    assert!(o.stderr.contains("No such container"), "{o}");
+    let o = Cmd::new("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", &format!("http://127.0.0.1:{}/containers/{id}", d.tcp_port)]).run().ok();
+    assert_eq!(o.stdout, "401");
+    let o = d.hyper_tcp(&dir2, &["rm", "-f", &id]).run();
+    assert_eq!(o.code, 1, "t2 removed the default tenant's container: {o}");
+    let o = d.hyper_tcp(&dir2, &["create", "--name", "mine", "busybox", "true"]).run();
+    assert_eq!(o.code, 0, "names are per tenant: {o}");
+    let o = d.hyper(&["ps", "-a", "--no-trunc"]).run().ok();
+    assert!(o.stdout.contains(&id), "{o}");
+    d.hyper_tcp(&d.client_dir, &["rm", "mine"]).run().ok();
+    if let Some(b) = bug {
+        panic!("{b}");
+    }
+}
+
+/// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks
+/// everything up.
+fn restart_safety() {
+    let dd = Daemon::start("r", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let counter = d
+        .hyper(&[
+            "run", "-d", "--name", "counter", "busybox", "sh", "-c",
+            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done",
+        ])
+        .run()
+        .ok()
+        .out();
+    let seven = d
+        .hyper(&["run", "-d", "--name", "seven", "busybox", "sh", "-c", "sleep 3; exit 7"])
+        .run()
+        .ok()
+        .out();
+    d.kill9();
+    let killed_at = Utc::now();
+    let log = d.cdir(&counter).join("ctr.log");
+    let lines_at_kill = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+
+    // The second container exits while no hyperd runs: its shim records the exit and goes.
+    wait_for("seven to exit under its shim", secs(30.0), || {
+        let st = std::fs::read_to_string(d.cdir(&seven).join("state.json")).unwrap_or_default();
+        let p = container_processes(d, &seven);
+        if st.contains("\"exited\"") && p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("state {st}, processes {p:?}"))
+        }
+    });
+    // The counter keeps counting meanwhile.
+    wait_for("counter to keep logging without hyperd", secs(20.0), || {
+        let n = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+        if n >= lines_at_kill + 10 { Ok(()) } else { Err(format!("{n} lines, {lines_at_kill} at kill")) }
+    });
+    let back_at = Utc::now();
+    d.restart();
+
+    let v = d.inspect("seven");
+    assert_eq!(v["State"]["Status"], "exited", "{v}");
+    assert_eq!(v["State"]["ExitCode"], 7, "{v}");
+    let fin = time(&v["State"]["FinishedAt"]);
+    assert!(fin < back_at, "FinishedAt {fin} is not before hyperd came back ({back_at})");
+    assert!(fin > killed_at - chrono::Duration::seconds(1), "FinishedAt {fin} before the kill {killed_at}?");
+    let o = d.hyper(&["ps", "-a"]).run().ok();
+    assert!(o.stdout.lines().any(|l| l.contains("seven") && l.contains("Exited (7)")), "{o}");
+
+    let v = d.inspect("counter");
+    assert_eq!(v["State"]["Running"], true, "{v}");
+    let before = log_lines(d, "counter").len();
+    wait_for("counter logs to grow after the restart", secs(10.0), || {
+        let n = log_lines(d, "counter").len();
+        if n > before + 3 { Ok(()) } else { Err(format!("{n} lines")) }
+    });
+    let nums: Vec<u64> = log_lines(d, "counter")
+        .iter()
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        .collect();
+    assert_eq!(nums[0], 0);
+    for w in nums.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap in the counter's logs around {}", w[0]);
+    }
+    assert!(nums.len() > lines_at_kill + 10);
+    // Streams still work on a container adopted after the restart.
+    let o = d.hyper(&["exec", "counter", "echo", "adopted"]).run().ok();
+    assert_eq!(o.out(), "adopted");
+
+    d.hyper(&["rm", "-f", "counter", "seven"]).timeout(60.0).run().ok();
+    assert_gone(d, &counter);
+    assert_gone(d, &seven);
+}
+
+/// A guest kernel that panics: `run` fails within the boot timeout with the console's last
+/// lines, exit 125, and leaves no VM.
+fn boot_failure() {
+    let dd = Daemon::start(
+        "b",
+        DaemonOpts {
+            kernel_cmdline_extra: Some("rdinit=/nonexistent init=/nonexistent panic=1".into()),
+            boot_timeout: Some(20),
+        },
+    );
+    let d: &Daemon = &dd;
+    let t0 = Instant::now();
+    let o = d.hyper(&["run", "--name", "broken", "busybox", "true"]).timeout(120.0).run().code(125);
+    let took = t0.elapsed();
+    assert!(took < secs(20.0) + Duration::from_secs(10), "took {took:?} for a boot timeout of 20 s");
+    assert!(
+        o.stderr.contains("Kernel panic") || o.stderr.contains("VFS") || o.stderr.contains("nonexistent"),
+        "the error does not carry the guest console: {o}"
+    );
+    let id = d.id_of("broken");
+    assert!(container_processes(d, &id).is_empty(), "VM left after a failed boot");
+    for f in ["shim.sock", "agent.sock"] {
+        assert!(!d.cdir(&id).join(f).exists(), "{f} left after a failed boot");
+    }
+    d.hyper(&["rm", "-f", "broken"]).run().ok();
+    assert_gone(d, &id);
+
+    let o = d.hyper(&["run", "--rm", "busybox", "true"]).timeout(120.0).run().code(125);
+    let o2 = d.hyper(&["ps", "-aq"]).run().ok();
+    assert_eq!(o2.out(), "", "run --rm with a failed boot leaves a container: {o}");
+    let c = std::fs::read_dir(d.data.join("c")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(c, 0, "container dirs left after failed boots");
+}
