@@ -136,6 +136,9 @@ struct Shim {
     out: broadcast::Sender<Out>,
     /// Some(state) once the main process (or the VM) is gone.
     exited: watch::Sender<Option<State>>,
+    /// True once the main process runs: stdin that arrives earlier (`docker run -i` attaches
+    /// before it starts) waits for it instead of reaching an agent with no process yet.
+    started: watch::Sender<bool>,
     qemu_pid: u32,
     qemu_gone: watch::Receiver<Option<String>>,
     log: Mutex<LogWriter>,
@@ -343,6 +346,7 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
         to_agent,
         out,
         exited,
+        started: watch::channel(false).0,
         qemu_pid,
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
@@ -698,6 +702,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
                 s.started_at = Some(now());
             });
             slog!("main process started, guest pid {pid}");
+            shim.started.send_replace(true);
             Response { ok: true, pid: Some(pid), state: Some(st), ..Default::default() }
         }
         GuestMsg::StartFailed { error, exit_code, .. } => {
@@ -763,6 +768,11 @@ async fn attach(shim: Arc<Shim>, s: UnixStream, want_stdin: bool, want_out: bool
     let stdin_task = holds_stdin.then(|| {
         let shim = shim.clone();
         tokio::spawn(async move {
+            let (mut started, mut exited) = (shim.started.subscribe(), shim.exited.subscribe());
+            tokio::select! {
+                _ = started.wait_for(|s| *s) => {}
+                _ = exited.wait_for(|s| s.is_some()) => return,
+            }
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match r.read(&mut buf).await {
