@@ -694,6 +694,7 @@ impl Runtime {
                 .otherwise(Op::Delete(container_key(tenant, &c.id))),
         )?;
         let dir = self.dir(&c.id);
+        wait_for_supervisor_exit(&dir).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}", dir.display());
         }
@@ -934,6 +935,25 @@ impl Runtime {
             )));
         }
         shim_link::request(&self.dir(&c.id), request).await
+    }
+}
+
+/// The supervisor powers the VM off after it reports the exit; removing the directory before
+/// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
+async fn wait_for_supervisor_exit(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = || unsafe { libc::kill(pid, 0) } == 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive() {
+        tracing::warn!("the VM supervisor {pid} did not exit; killing it (its VM dies with it)");
+        // SAFETY: plain kill(2) of the supervisor's pid, which QEMU follows (PDEATHSIG).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
