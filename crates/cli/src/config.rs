@@ -101,7 +101,10 @@ impl Env {
         if let Some(dir) = &self.config_dir {
             return Ok(PathBuf::from(dir));
         }
-        self.home.as_ref().map(|h| Path::new(h).join(".hyper")).ok_or(ConfigError::NoHome)
+        self.home
+            .as_ref()
+            .map(|h| Path::new(h).join(".hyper"))
+            .ok_or(ConfigError::NoHome)
     }
 }
 
@@ -111,7 +114,9 @@ impl ConfigFile {
         let path = dir.join(FILE_NAME);
         match fs::read(&path) {
             Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Self::default()),
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse { path, source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse { path, source })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read { path, source }),
         }
@@ -120,8 +125,15 @@ impl ConfigFile {
     /// Writes `dir/config.json` with mode 0600 (the directory 0700), replacing it atomically.
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
         let path = dir.join(FILE_NAME);
-        let werr = |source| ConfigError::Write { path: path.clone(), source };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(werr)?;
+        let werr = |source| ConfigError::Write {
+            path: path.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(werr)?;
         let tmp = dir.join(format!(".{FILE_NAME}.tmp{}", std::process::id()));
         let mut data = serde_json::to_vec_pretty(self).expect("config serializes");
         data.push(b'\n');
@@ -148,7 +160,10 @@ impl ConfigFile {
     pub fn cloud(&self, endpoint: &str) -> Option<&CloudConfig> {
         self.clouds.get(endpoint).or_else(|| {
             let want = strip_scheme(endpoint);
-            self.clouds.iter().find(|(k, _)| strip_scheme(k) == want).map(|(_, v)| v)
+            self.clouds
+                .iter()
+                .find(|(k, _)| strip_scheme(k) == want)
+                .map(|(_, v)| v)
         })
     }
 }
@@ -184,7 +199,11 @@ pub fn credentials(
         .or_else(|| env.region.clone())
         .or_else(|| nonempty(cloud.region))
         .unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    Some(auth::Credentials { access_key, secret_key, region })
+    Some(auth::Credentials {
+        access_key,
+        secret_key,
+        region,
+    })
 }
 
 #[cfg(test)]
@@ -195,7 +214,11 @@ mod tests {
         let mut f = ConfigFile::default();
         f.clouds.insert(
             endpoint.into(),
-            CloudConfig { accesskey: ak.into(), secretkey: sk.into(), region: region.into() },
+            CloudConfig {
+                accesskey: ak.into(),
+                secretkey: sk.into(),
+                region: region.into(),
+            },
         );
         f
     }
@@ -203,11 +226,20 @@ mod tests {
     #[test]
     fn endpoint_precedence() {
         let file = file_with("tcp://10.0.0.1:6443", "a", "s", "");
-        let env = Env { host: Some("tcp://env:1".into()), ..Env::default() };
+        let env = Env {
+            host: Some("tcp://env:1".into()),
+            ..Env::default()
+        };
         assert_eq!(select_endpoint(Some("unix:///x"), &env, &file), "unix:///x");
         assert_eq!(select_endpoint(None, &env, &file), "tcp://env:1");
-        assert_eq!(select_endpoint(None, &Env::default(), &file), "tcp://10.0.0.1:6443");
-        assert_eq!(select_endpoint(None, &Env::default(), &ConfigFile::default()), DEFAULT_HOST);
+        assert_eq!(
+            select_endpoint(None, &Env::default(), &file),
+            "tcp://10.0.0.1:6443"
+        );
+        assert_eq!(
+            select_endpoint(None, &Env::default(), &ConfigFile::default()),
+            DEFAULT_HOST
+        );
     }
 
     #[test]
@@ -215,7 +247,14 @@ mod tests {
         let file = file_with("tcp://127.0.0.1:6443", "fa", "fs", "eu-1");
         let ep = "tcp://127.0.0.1:6443";
         let c = credentials(ep, None, &Env::default(), &file).unwrap();
-        assert_eq!((c.access_key.as_str(), c.secret_key.as_str(), c.region.as_str()), ("fa", "fs", "eu-1"));
+        assert_eq!(
+            (
+                c.access_key.as_str(),
+                c.secret_key.as_str(),
+                c.region.as_str()
+            ),
+            ("fa", "fs", "eu-1")
+        );
 
         let env = Env {
             access: Some("ea".into()),
@@ -224,7 +263,14 @@ mod tests {
             ..Env::default()
         };
         let c = credentials(ep, None, &env, &file).unwrap();
-        assert_eq!((c.access_key.as_str(), c.secret_key.as_str(), c.region.as_str()), ("ea", "es", "er"));
+        assert_eq!(
+            (
+                c.access_key.as_str(),
+                c.secret_key.as_str(),
+                c.region.as_str()
+            ),
+            ("ea", "es", "er")
+        );
         let c = credentials(ep, Some("flag"), &env, &file).unwrap();
         assert_eq!(c.region, "flag");
 
@@ -241,7 +287,12 @@ mod tests {
         let sub = dir.path().join("cfg");
         assert_eq!(ConfigFile::load(&sub).unwrap(), ConfigFile::default());
         let mut f = file_with("tcp://127.0.0.1:6443", "ak", "sk", "us-west-1");
-        f.auths.insert("reg.io".into(), RegistryAuth { auth: "dTpw".into() });
+        f.auths.insert(
+            "reg.io".into(),
+            RegistryAuth {
+                auth: "dTpw".into(),
+            },
+        );
         f.other.insert("psFormat".into(), serde_json::json!("x"));
         f.save(&sub).unwrap();
         let meta = fs::metadata(sub.join(FILE_NAME)).unwrap();
@@ -256,6 +307,9 @@ mod tests {
     fn bad_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), "{nope").unwrap();
-        assert!(matches!(ConfigFile::load(dir.path()), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            ConfigFile::load(dir.path()),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -188,11 +188,16 @@ fn parse_pipeline(src: &str) -> Result<Vec<Command>, FormatError> {
         let (first, args) = part.split_first().ok_or(FormatError::Empty)?;
         if first.starts_with('.') || first.starts_with('"') || first.parse::<i64>().is_ok() {
             if !args.is_empty() {
-                return Err(FormatError::Invalid(format!("can't give argument to non-function {first}")));
+                return Err(FormatError::Invalid(format!(
+                    "can't give argument to non-function {first}"
+                )));
             }
             cmds.push(Command::Operand(parse_operand(first)?));
         } else if FUNCTIONS.contains(&first.as_str()) {
-            let args = args.iter().map(|a| parse_operand(a)).collect::<Result<_, _>>()?;
+            let args = args
+                .iter()
+                .map(|a| parse_operand(a))
+                .collect::<Result<_, _>>()?;
             cmds.push(Command::Call(first.clone(), args));
         } else {
             return Err(FormatError::UnknownFunction(first.clone()));
@@ -244,14 +249,21 @@ fn eval_command(cmd: &Command, data: &Value, piped: Option<Value>) -> Result<Val
             };
             Value::String(items.join(&s(sep)))
         }
-        ("split", [v, sep]) => {
-            Value::Array(s(v).split(&s(sep)).map(|p| Value::String(p.into())).collect())
-        }
+        ("split", [v, sep]) => Value::Array(
+            s(v).split(&s(sep))
+                .map(|p| Value::String(p.into()))
+                .collect(),
+        ),
         ("index", [v, key]) => match (v, key) {
-            (Value::Array(a), Value::Number(n)) => {
-                n.as_u64().and_then(|i| a.get(i as usize)).cloned().unwrap_or(Value::Null)
-            }
-            (Value::Object(m), k) => m.get(&s(k)).cloned().unwrap_or(Value::String(String::new())),
+            (Value::Array(a), Value::Number(n)) => n
+                .as_u64()
+                .and_then(|i| a.get(i as usize))
+                .cloned()
+                .unwrap_or(Value::Null),
+            (Value::Object(m), k) => m
+                .get(&s(k))
+                .cloned()
+                .unwrap_or(Value::String(String::new())),
             _ => Value::Null,
         },
         ("len", [v]) => Value::from(match v {
@@ -268,9 +280,10 @@ fn eval_command(cmd: &Command, data: &Value, piped: Option<Value>) -> Result<Val
             let r = r.as_u64().unwrap_or(0) as usize;
             Value::String(format!("{}{}{}", " ".repeat(l), s(v), " ".repeat(r)))
         }
-        ("println", vs) => {
-            Value::String(format!("{}\n", vs.iter().map(display).collect::<Vec<_>>().join(" ")))
-        }
+        ("println", vs) => Value::String(format!(
+            "{}\n",
+            vs.iter().map(display).collect::<Vec<_>>().join(" ")
+        )),
         (
             "upper" | "lower" | "title" | "join" | "split" | "index" | "len" | "truncate" | "pad",
             _,
@@ -303,7 +316,10 @@ pub fn display(v: &Value) -> String {
         Value::Array(a) => format!("[{}]", a.iter().map(display).collect::<Vec<_>>().join(" ")),
         Value::Object(m) => format!(
             "map[{}]",
-            m.iter().map(|(k, v)| format!("{k}:{}", display(v))).collect::<Vec<_>>().join(" ")
+            m.iter()
+                .map(|(k, v)| format!("{k}:{}", display(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
     }
 }
@@ -356,14 +372,23 @@ mod tests {
     fn table_prefix() {
         let t = Template::parse("table {{.ID}}\t{{.Names}}").unwrap();
         assert!(t.table);
-        assert_eq!(t.render(&json!({"ID": "ID", "Names": "NAMES"})).unwrap(), "ID\tNAMES");
+        assert_eq!(
+            t.render(&json!({"ID": "ID", "Names": "NAMES"})).unwrap(),
+            "ID\tNAMES"
+        );
         assert!(!Template::parse("tables {{.ID}}").unwrap().table);
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(Template::parse("{{.ID"), Err(FormatError::Unclosed(_))));
-        assert!(matches!(Template::parse("{{nope .ID}}"), Err(FormatError::UnknownFunction(_))));
+        assert!(matches!(
+            Template::parse("{{.ID"),
+            Err(FormatError::Unclosed(_))
+        ));
+        assert!(matches!(
+            Template::parse("{{nope .ID}}"),
+            Err(FormatError::UnknownFunction(_))
+        ));
         assert!(matches!(Template::parse("{{}}"), Err(FormatError::Empty)));
     }
 }

@@ -74,7 +74,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "hyper", version, about = "A container cloud with the Docker API: every container in its own microVM")]
+#[command(
+    name = "hyper",
+    version,
+    about = "A container cloud with the Docker API: every container in its own microVM"
+)]
 pub struct Cli {
     /// Daemon endpoint (unix:///path or tcp://host:port); default $HYPER_HOST, the config file, or unix:///var/run/hyper.sock
     #[arg(short = 'H', long = "host", global = true)]
@@ -207,7 +211,11 @@ pub fn main() -> i32 {
     let endpoint = config::select_endpoint(cli.host.as_deref(), &env, &file);
     let ctx = Ctx::new(env, file, endpoint, cli.region);
     let is_run = matches!(cli.cmd, Cmd::Run(_) | Cmd::Create(_));
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hyper: cannot start the async runtime: {e}");

@@ -79,7 +79,12 @@ pub struct OutputSink<'a, O, E> {
 
 impl<'a, O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> OutputSink<'a, O, E> {
     pub fn new(tty: bool, out: &'a mut O, err: &'a mut E) -> Self {
-        Self { tty, demux: Demuxer::default(), out, err }
+        Self {
+            tty,
+            demux: Demuxer::default(),
+            out,
+            err,
+        }
     }
 
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StreamError> {
@@ -100,7 +105,9 @@ impl<'a, O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> OutputSink<'a, O, E> {
                     self.err.flush().await?;
                 }
                 SYSTEMERR => {
-                    return Err(StreamError::Daemon(String::from_utf8_lossy(&payload).trim().to_owned()))
+                    return Err(StreamError::Daemon(
+                        String::from_utf8_lossy(&payload).trim().to_owned(),
+                    ))
                 }
                 other => return Err(StreamError::BadStream(other)),
             }
@@ -111,10 +118,21 @@ impl<'a, O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> OutputSink<'a, O, E> {
 
 /// Copies the container's output to our stdout/stderr until the daemon closes it.
 pub async fn copy_output<R: AsyncRead + Unpin>(mut r: R, tty: bool) -> Result<(), StreamError> {
-    copy_output_to(&mut r, tty, &mut tokio::io::stdout(), &mut tokio::io::stderr()).await
+    copy_output_to(
+        &mut r,
+        tty,
+        &mut tokio::io::stdout(),
+        &mut tokio::io::stderr(),
+    )
+    .await
 }
 
-pub async fn copy_output_to<R, O, E>(r: &mut R, tty: bool, out: &mut O, err: &mut E) -> Result<(), StreamError>
+pub async fn copy_output_to<R, O, E>(
+    r: &mut R,
+    tty: bool,
+    out: &mut O,
+    err: &mut E,
+) -> Result<(), StreamError>
 where
     R: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
@@ -198,7 +216,12 @@ impl Drop for RawTerminal {
 
 /// The terminal's (height, width), from stdout.
 pub fn terminal_size() -> Option<(u16, u16)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`.
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
@@ -209,7 +232,11 @@ pub fn terminal_size() -> Option<(u16, u16)> {
 pub fn monitor_tty_size(client: Arc<Client>, resize_path: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let resize = |(h, w): (u16, u16)| {
-            client.call(ApiRequest::post(resize_path.clone()).query("h", h).query("w", w))
+            client.call(
+                ApiRequest::post(resize_path.clone())
+                    .query("h", h)
+                    .query("w", w),
+            )
         };
         if let Some(size) = terminal_size() {
             for attempt in 0..5u64 {
@@ -219,7 +246,8 @@ pub fn monitor_tty_size(client: Arc<Client>, resize_path: String) -> tokio::task
                 tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
             }
         }
-        let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        let Ok(mut winch) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         else {
             return;
         };
@@ -272,15 +300,25 @@ mod tests {
         let mut data = frame(STDOUT, b"out");
         data.extend(frame(STDERR, b"err"));
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        copy_output_to(&mut data.as_slice(), false, &mut out, &mut err).await.unwrap();
+        copy_output_to(&mut data.as_slice(), false, &mut out, &mut err)
+            .await
+            .unwrap();
         assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        copy_output_to(&mut &b"raw tty"[..], true, &mut out, &mut err).await.unwrap();
+        copy_output_to(&mut &b"raw tty"[..], true, &mut out, &mut err)
+            .await
+            .unwrap();
         assert_eq!(out, b"raw tty");
 
         let data = frame(SYSTEMERR, b"boom");
-        let r = copy_output_to(&mut data.as_slice(), false, &mut Vec::new(), &mut Vec::new()).await;
+        let r = copy_output_to(
+            &mut data.as_slice(),
+            false,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .await;
         assert!(matches!(r, Err(StreamError::Daemon(m)) if m == "boom"));
     }
 }

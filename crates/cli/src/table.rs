@@ -195,7 +195,11 @@ mod tests {
             (800 * 86400, "2 years"),
         ];
         for (i, (secs, want)) in cases.iter().enumerate() {
-            assert_eq!(human_duration(chrono::Duration::seconds(*secs)), *want, "test[{i}]");
+            assert_eq!(
+                human_duration(chrono::Duration::seconds(*secs)),
+                *want,
+                "test[{i}]"
+            );
         }
     }
 
@@ -219,7 +223,10 @@ mod tests {
     #[test]
     fn ids_and_ellipsis() {
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
-        assert_eq!(ellipsis("sleep 1000000000000000000", 20), "sleep 1000000000000…");
+        assert_eq!(
+            ellipsis("sleep 1000000000000000000", 20),
+            "sleep 1000000000000…"
+        );
         assert_eq!(ellipsis("sh", 20), "sh");
     }
 }

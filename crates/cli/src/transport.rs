@@ -23,7 +23,11 @@ pub const API_PREFIX: &str = "/v1.44";
 const USER_AGENT_VALUE: &str = concat!("Hyper-Client/", env!("CARGO_PKG_VERSION"), " (linux)");
 
 /// Query values: everything but unreserved characters is escaped (spaces as `%20`).
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 /// Path segments keep `/` and `:` (image references) readable.
 const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'?').add(b'#').add(b'%').add(b'"');
 
@@ -104,7 +108,10 @@ impl Endpoint {
             }
             _ => (rest, DEFAULT_TCP_PORT),
         };
-        Ok(Self::Tcp { host: host.to_owned(), port })
+        Ok(Self::Tcp {
+            host: host.to_owned(),
+            port,
+        })
     }
 
     /// The `Host` header: `host:port` for TCP (signed), a fixed name for a socket.
@@ -120,7 +127,10 @@ impl Endpoint {
         match self {
             Self::Unix(path) => Arc::new(UnixConnector(path.clone())),
             Self::Tcp { host, port } => {
-                let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
                 Arc::new(TcpConnector { host, port: *port })
             }
         }
@@ -177,7 +187,13 @@ pub struct ApiRequest {
 
 impl ApiRequest {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
-        Self { method, path: path.into(), query: Vec::new(), body: Bytes::new(), headers: HeaderMap::new() }
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: Bytes::new(),
+            headers: HeaderMap::new(),
+        }
     }
     pub fn get(path: impl Into<String>) -> Self {
         Self::new(Method::GET, path)
@@ -212,7 +228,8 @@ impl ApiRequest {
     }
     pub fn body(mut self, body: Bytes, content_type: &'static str) -> Self {
         self.body = body;
-        self.headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         self
     }
     pub fn header(mut self, name: &'static str, value: HeaderValue) -> Self {
@@ -251,7 +268,13 @@ impl Client {
     pub fn new(endpoint_str: &str, creds: Option<auth::Credentials>) -> Result<Self, ApiError> {
         let endpoint = Endpoint::parse(endpoint_str)?;
         let connector = endpoint.connector();
-        Ok(Self { endpoint, display: endpoint_str.to_owned(), connector, creds, prefix: API_PREFIX.to_owned() })
+        Ok(Self {
+            endpoint,
+            display: endpoint_str.to_owned(),
+            connector,
+            creds,
+            prefix: API_PREFIX.to_owned(),
+        })
     }
 
     /// Talks API version `version` (`1.23`) instead of the default (`HYPER_API_VERSION`).
@@ -265,16 +288,29 @@ impl Client {
     }
 
     fn build(&self, req: ApiRequest) -> Result<Request<Full<Bytes>>, ApiError> {
-        let uri: Uri = req.path_and_query_with(&self.prefix).parse().map_err(http::Error::from)?;
+        let uri: Uri = req
+            .path_and_query_with(&self.prefix)
+            .parse()
+            .map_err(http::Error::from)?;
         let mut headers = req.headers;
-        headers.insert(HOST, HeaderValue::from_str(&self.endpoint.host_header()).map_err(http::Error::from)?);
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(&self.endpoint.host_header()).map_err(http::Error::from)?,
+        );
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         // Unix sockets are local and trusted; everything over the network is signed.
         if let (Endpoint::Tcp { .. }, Some(creds)) = (&self.endpoint, &self.creds) {
-            auth::sign(creds, &req.method, &uri, &mut headers, &req.body, chrono::Utc::now());
+            auth::sign(
+                creds,
+                &req.method,
+                &uri,
+                &mut headers,
+                &req.body,
+                chrono::Utc::now(),
+            );
         }
         let mut builder = Request::builder().method(req.method).uri(uri);
         if let Some(h) = builder.headers_mut() {
@@ -286,10 +322,14 @@ impl Client {
     /// Sends a request on a fresh connection and returns the response whatever its status.
     pub async fn send_raw(&self, req: ApiRequest) -> Result<Response<Incoming>, ApiError> {
         let request = self.build(req)?;
-        let io = self.connector.connect().await.map_err(|source| ApiError::Connect {
-            endpoint: self.display.clone(),
-            source,
-        })?;
+        let io = self
+            .connector
+            .connect()
+            .await
+            .map_err(|source| ApiError::Connect {
+                endpoint: self.display.clone(),
+                source,
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
@@ -339,7 +379,10 @@ async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, ApiError>
         return Ok(resp);
     }
     let body = resp.into_body().collect().await?.to_bytes();
-    Err(ApiError::Daemon { status, message: error_message(status, &body) })
+    Err(ApiError::Daemon {
+        status,
+        message: error_message(status, &body),
+    })
 }
 
 pub fn error_message(status: StatusCode, body: &[u8]) -> String {
@@ -352,7 +395,10 @@ pub fn error_message(status: StatusCode, body: &[u8]) -> String {
         Err(_) => {
             let text = String::from_utf8_lossy(body).trim().to_owned();
             if text.is_empty() {
-                status.canonical_reason().unwrap_or("unknown error").to_owned()
+                status
+                    .canonical_reason()
+                    .unwrap_or("unknown error")
+                    .to_owned()
             } else {
                 text
             }
@@ -367,51 +413,116 @@ mod tests {
     #[test]
     fn endpoints() {
         let cases: [(&str, Option<Endpoint>); 8] = [
-            ("unix:///var/run/hyper.sock", Some(Endpoint::Unix("/var/run/hyper.sock".into()))),
+            (
+                "unix:///var/run/hyper.sock",
+                Some(Endpoint::Unix("/var/run/hyper.sock".into())),
+            ),
             ("/tmp/h.sock", Some(Endpoint::Unix("/tmp/h.sock".into()))),
-            ("tcp://127.0.0.1:6443", Some(Endpoint::Tcp { host: "127.0.0.1".into(), port: 6443 })),
-            ("http://example.com:80/", Some(Endpoint::Tcp { host: "example.com".into(), port: 80 })),
-            ("tcp://h", Some(Endpoint::Tcp { host: "h".into(), port: DEFAULT_TCP_PORT })),
-            ("tcp://[::1]:9", Some(Endpoint::Tcp { host: "[::1]".into(), port: 9 })),
+            (
+                "tcp://127.0.0.1:6443",
+                Some(Endpoint::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 6443,
+                }),
+            ),
+            (
+                "http://example.com:80/",
+                Some(Endpoint::Tcp {
+                    host: "example.com".into(),
+                    port: 80,
+                }),
+            ),
+            (
+                "tcp://h",
+                Some(Endpoint::Tcp {
+                    host: "h".into(),
+                    port: DEFAULT_TCP_PORT,
+                }),
+            ),
+            (
+                "tcp://[::1]:9",
+                Some(Endpoint::Tcp {
+                    host: "[::1]".into(),
+                    port: 9,
+                }),
+            ),
             ("unix://relative", None),
             ("tcp://h:notaport", None),
         ];
         for (i, (s, want)) in cases.into_iter().enumerate() {
             assert_eq!(Endpoint::parse(s).ok(), want, "test[{i}] {s}");
         }
-        assert!(matches!(Endpoint::parse("https://h:1"), Err(ApiError::TlsUnsupported(_))));
+        assert!(matches!(
+            Endpoint::parse("https://h:1"),
+            Err(ApiError::TlsUnsupported(_))
+        ));
         assert_eq!(Endpoint::parse("tcp://h:1").unwrap().host_header(), "h:1");
     }
 
     #[test]
     fn path_and_query_escaping() {
-        let r = ApiRequest::get("/containers/json").query("filters", r#"{"a b":1}"#).flag("all", true);
-        assert_eq!(r.path_and_query(), "/v1.44/containers/json?filters=%7B%22a%20b%22%3A1%7D&all=1");
-        assert_eq!(ApiRequest::get("/images/reg.io:5000/a/b:1/json").path_and_query(), "/v1.44/images/reg.io:5000/a/b:1/json");
+        let r = ApiRequest::get("/containers/json")
+            .query("filters", r#"{"a b":1}"#)
+            .flag("all", true);
+        assert_eq!(
+            r.path_and_query(),
+            "/v1.44/containers/json?filters=%7B%22a%20b%22%3A1%7D&all=1"
+        );
+        assert_eq!(
+            ApiRequest::get("/images/reg.io:5000/a/b:1/json").path_and_query(),
+            "/v1.44/images/reg.io:5000/a/b:1/json"
+        );
     }
 
     #[test]
     fn signs_tcp_requests_only() {
-        let creds = auth::Credentials { access_key: "ak".into(), secret_key: "sk".into(), region: "r".into() };
+        let creds = auth::Credentials {
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+            region: "r".into(),
+        };
         let c = Client::new("tcp://127.0.0.1:6443", Some(creds.clone())).unwrap();
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert_eq!(r.headers()["host"], "127.0.0.1:6443");
-        assert!(r.headers()["authorization"].to_str().unwrap().starts_with("HYPER-HMAC-SHA256 Credential=ak/"));
+        assert!(r.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("HYPER-HMAC-SHA256 Credential=ak/"));
         // The server's verifier accepts what we send, query and body included.
-        let req = ApiRequest::post("/containers/create").query("name", "a b").json(&serde_json::json!({"Image": "busybox"}));
+        let req = ApiRequest::post("/containers/create")
+            .query("name", "a b")
+            .json(&serde_json::json!({"Image": "busybox"}));
         let body = req.body.clone();
         let r = c.build(req).unwrap();
-        let who = auth::verify(r.method(), r.uri(), r.headers(), &body, chrono::Utc::now(), |ak| (ak == "ak").then(|| "sk".to_owned()));
+        let who = auth::verify(
+            r.method(),
+            r.uri(),
+            r.headers(),
+            &body,
+            chrono::Utc::now(),
+            |ak| (ak == "ak").then(|| "sk".to_owned()),
+        );
         assert!(who.is_ok(), "{who:?}");
-        let c = Client::new("unix:///x.sock", Some(creds)).unwrap().with_api_version("1.23");
-        assert_eq!(c.build(ApiRequest::get("/info")).unwrap().uri(), "/v1.23/info");
+        let c = Client::new("unix:///x.sock", Some(creds))
+            .unwrap()
+            .with_api_version("1.23");
+        assert_eq!(
+            c.build(ApiRequest::get("/info")).unwrap().uri(),
+            "/v1.23/info"
+        );
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert!(!r.headers().contains_key("authorization"));
     }
 
     #[test]
     fn daemon_messages() {
-        assert_eq!(error_message(StatusCode::NOT_FOUND, br#"{"message":"No such container: x"}"#), "No such container: x");
+        assert_eq!(
+            error_message(
+                StatusCode::NOT_FOUND,
+                br#"{"message":"No such container: x"}"#
+            ),
+            "No such container: x"
+        );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
         assert_eq!(error_message(StatusCode::BAD_REQUEST, b"plain\n"), "plain");
     }

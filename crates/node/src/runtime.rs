@@ -339,8 +339,20 @@ impl Runtime {
 
     pub async fn start(self: &Arc<Self>, tenant: &str, reference: &str) -> Result<Container> {
         let entry = self.entry(tenant, reference)?;
-        let _op = entry.ops.lock().await;
-        self.start_locked(&entry).await
+        let started = {
+            let _op = entry.ops.lock().await;
+            self.start_locked(&entry).await
+        };
+        if let Err(e) = &started {
+            let c = entry.snapshot();
+            // `--rm` covers a container that never ran, as Docker's does.
+            if c.host_config.auto_remove && !matches!(e, RuntimeError::NotModified(_)) {
+                if let Err(e) = self.remove(tenant, &c.id, true).await {
+                    tracing::warn!("auto-removing {} after its failed start: {e}", c.id);
+                }
+            }
+        }
+        started
     }
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
@@ -941,7 +953,10 @@ impl Runtime {
 /// The supervisor powers the VM off after it reports the exit; removing the directory before
 /// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
 async fn wait_for_supervisor_exit(dir: &Path) {
-    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
         return;
     };
     // SAFETY: kill with signal 0 only checks that the process exists.

@@ -24,7 +24,13 @@ pub struct ConfigArgs {
 }
 
 /// Applies the flags to `file` for `endpoint`, keeping what is not given.
-pub fn apply(file: &mut ConfigFile, endpoint: &str, ak: Option<String>, sk: Option<String>, region: Option<String>) {
+pub fn apply(
+    file: &mut ConfigFile,
+    endpoint: &str,
+    ak: Option<String>,
+    sk: Option<String>,
+    region: Option<String>,
+) {
     let entry = file.clouds.entry(endpoint.to_owned()).or_default();
     if let Some(ak) = ak {
         entry.accesskey = ak;
@@ -43,18 +49,22 @@ pub async fn config(ctx: &Ctx, a: ConfigArgs) -> Result<i32, CliError> {
     let dir = ctx.config_dir()?;
     let mut file = ConfigFile::load(&dir)?;
     let existing = file.clouds.get(&endpoint).cloned().unwrap_or_default();
-    let ask = |given: Option<String>, have: &str, label: &str| -> Result<Option<String>, CliError> {
-        match given {
-            Some(v) => Ok(Some(v)),
-            None if have.is_empty() => Ok(Some(prompt_secret(label)?)),
-            None => Ok(None),
-        }
-    };
+    let ask =
+        |given: Option<String>, have: &str, label: &str| -> Result<Option<String>, CliError> {
+            match given {
+                Some(v) => Ok(Some(v)),
+                None if have.is_empty() => Ok(Some(prompt_secret(label)?)),
+                None => Ok(None),
+            }
+        };
     let ak = ask(a.accesskey, &existing.accesskey, "Enter Access Key: ")?;
     let sk = ask(a.secretkey, &existing.secretkey, "Enter Secret Key: ")?;
     apply(&mut file, &endpoint, ak, sk, a.default_region);
     file.save(&dir)?;
-    eprintln!("WARNING: Your login credentials have been saved in {}", dir.join(FILE_NAME).display());
+    eprintln!(
+        "WARNING: Your login credentials have been saved in {}",
+        dir.join(FILE_NAME).display()
+    );
     Ok(0)
 }
 
@@ -65,9 +75,22 @@ mod tests {
     #[test]
     fn apply_keeps_unset_fields() {
         let mut f = ConfigFile::default();
-        apply(&mut f, "tcp://h:1", Some("a".into()), Some("s".into()), Some("r".into()));
+        apply(
+            &mut f,
+            "tcp://h:1",
+            Some("a".into()),
+            Some("s".into()),
+            Some("r".into()),
+        );
         apply(&mut f, "tcp://h:1", Some("a2".into()), None, None);
         let c = &f.clouds["tcp://h:1"];
-        assert_eq!((c.accesskey.as_str(), c.secretkey.as_str(), c.region.as_str()), ("a2", "s", "r"));
+        assert_eq!(
+            (
+                c.accesskey.as_str(),
+                c.secretkey.as_str(),
+                c.region.as_str()
+            ),
+            ("a2", "s", "r")
+        );
     }
 }

@@ -211,14 +211,18 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<i32, CliError> {
         return for_each(&a.containers, |name| {
             let client = client.clone();
             async move {
-                client.call(ApiRequest::post(cpath(&name, "/start"))).await?;
+                client
+                    .call(ApiRequest::post(cpath(&name, "/start")))
+                    .await?;
                 Ok(Some(name))
             }
         })
         .await;
     }
     if a.containers.len() > 1 {
-        return Err(CliError::Msg("you cannot start and attach multiple containers at once".into()));
+        return Err(CliError::Msg(
+            "you cannot start and attach multiple containers at once".into(),
+        ));
     }
     let name = &a.containers[0];
     let info = inspect_container(&client, name).await?;
@@ -230,7 +234,11 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<i32, CliError> {
         .flag("stdout", true)
         .flag("stderr", true);
     let conn = client.hijack(req).await?;
-    let raw = if tty && stdin { RawTerminal::enable()? } else { None };
+    let raw = if tty && stdin {
+        RawTerminal::enable()?
+    } else {
+        None
+    };
     let io = tokio::spawn(stream::pump(conn, tty, stdin));
     let status = wait_exit(&client, name, "next-exit").await;
     if let Err(e) = client.call(ApiRequest::post(cpath(name, "/start"))).await {
@@ -284,7 +292,9 @@ pub async fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     for_each(&a.containers, |name| {
         let client = client.clone();
-        let req = ApiRequest::delete(cpath(&name, "")).flag("force", a.force).flag("v", a.volumes);
+        let req = ApiRequest::delete(cpath(&name, ""))
+            .flag("force", a.force)
+            .flag("v", a.volumes);
         async move {
             client.call(req).await?;
             Ok(Some(name))
@@ -300,12 +310,16 @@ pub fn filters_json(filters: &[String]) -> Result<Option<String>, CliError> {
     }
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| CliError::Msg(format!("bad format of filter (expected name=value): {f}")))?;
-        map.entry(k.trim().to_lowercase()).or_default().push(v.to_owned());
+        let (k, v) = f.split_once('=').ok_or_else(|| {
+            CliError::Msg(format!("bad format of filter (expected name=value): {f}"))
+        })?;
+        map.entry(k.trim().to_lowercase())
+            .or_default()
+            .push(v.to_owned());
     }
-    Ok(Some(serde_json::to_string(&map).expect("filters serialize")))
+    Ok(Some(
+        serde_json::to_string(&map).expect("filters serialize"),
+    ))
 }
 
 fn join_host_port(ip: &str, port: i64) -> String {
@@ -347,7 +361,11 @@ pub fn ps_row(c: &Value, trunc: bool, now: DateTime<Utc>) -> Value {
         image = short_id(&image);
     }
     let command = c["Command"].as_str().unwrap_or("");
-    let command = if trunc { ellipsis(command, 20) } else { command.to_owned() };
+    let command = if trunc {
+        ellipsis(command, 20)
+    } else {
+        command.to_owned()
+    };
     let names: Vec<&str> = c["Names"]
         .as_array()
         .into_iter()
@@ -363,15 +381,30 @@ pub fn ps_row(c: &Value, trunc: bool, now: DateTime<Utc>) -> Value {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
-    let networks: Vec<&String> = c["NetworkSettings"]["Networks"].as_object().into_iter().flat_map(|m| m.keys()).collect();
+    let networks: Vec<&String> = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .collect();
     let mounts: Vec<String> = c["Mounts"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|m| m["Name"].as_str().filter(|n| !n.is_empty()).or(m["Source"].as_str()).unwrap_or("").to_owned())
+        .map(|m| {
+            m["Name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .or(m["Source"].as_str())
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
     let size = match (c["SizeRw"].as_i64(), c["SizeRootFs"].as_i64()) {
-        (Some(rw), Some(root)) => format!("{} (virtual {})", human_size(rw as f64), human_size(root as f64)),
+        (Some(rw), Some(root)) => format!(
+            "{} (virtual {})",
+            human_size(rw as f64),
+            human_size(root as f64)
+        ),
         (Some(rw), None) => human_size(rw as f64),
         _ => String::new(),
     };
@@ -404,7 +437,11 @@ pub fn ps_header() -> Value {
 
 pub async fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
-    let limit = if a.latest { Some(1) } else { a.last.filter(|&n| n > 0) };
+    let limit = if a.latest {
+        Some(1)
+    } else {
+        a.last.filter(|&n| n > 0)
+    };
     let req = ApiRequest::get("/containers/json")
         .flag("all", a.all || limit.is_some())
         .query_opt("limit", limit)
@@ -431,7 +468,9 @@ pub async fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32, CliError> {
     let template = a.format.as_deref().map(Template::parse).transpose()?;
     let kind = a.kind.as_deref().unwrap_or("");
     if !matches!(kind, "" | "container" | "image") {
-        return Err(CliError::Msg(format!("\"{kind}\" is not a valid value for --type")));
+        return Err(CliError::Msg(format!(
+            "\"{kind}\" is not a valid value for --type"
+        )));
     }
     let mut found = Vec::new();
     let mut errors = Vec::new();
@@ -446,7 +485,10 @@ pub async fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32, CliError> {
             }
         }
         if result.is_none() && kind != "container" {
-            match client.json::<Value>(ApiRequest::get(format!("/images/{name}/json"))).await {
+            match client
+                .json::<Value>(ApiRequest::get(format!("/images/{name}/json")))
+                .await
+            {
                 Ok(v) => result = Some(v),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
@@ -490,7 +532,10 @@ pub fn parse_time_arg(s: &str, now: DateTime<Utc>) -> String {
         return t.timestamp().to_string();
     }
     if let Ok(t) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return t.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp().to_string()).unwrap_or_default();
+        return t
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp().to_string())
+            .unwrap_or_default();
     }
     s.to_owned()
 }
@@ -546,7 +591,9 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     let info = inspect_container(&client, &a.container).await?;
     if !info["State"]["Running"].as_bool().unwrap_or(false) {
-        return Err(CliError::Msg("You cannot attach to a stopped container, start it first".into()));
+        return Err(CliError::Msg(
+            "You cannot attach to a stopped container, start it first".into(),
+        ));
     }
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
@@ -556,7 +603,11 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> Result<i32, CliError> {
         .flag("stdout", true)
         .flag("stderr", true);
     let conn = client.hijack(req).await?;
-    let raw = if tty && stdin { RawTerminal::enable()? } else { None };
+    let raw = if tty && stdin {
+        RawTerminal::enable()?
+    } else {
+        None
+    };
     let resize = (tty && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| stream::monitor_tty_size(client.clone(), cpath(&a.container, "/resize")));
     let result = stream::pump(conn, tty, stdin).await;
@@ -588,9 +639,13 @@ pub async fn wait(ctx: &Ctx, a: NamesArgs) -> Result<i32, CliError> {
 pub async fn rename(ctx: &Ctx, a: RenameArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     if a.new_name.trim().is_empty() {
-        return Err(CliError::Msg("Error: neither old nor new names may be empty".into()));
+        return Err(CliError::Msg(
+            "Error: neither old nor new names may be empty".into(),
+        ));
     }
-    client.call(ApiRequest::post(cpath(&a.container, "/rename")).query("name", &a.new_name)).await?;
+    client
+        .call(ApiRequest::post(cpath(&a.container, "/rename")).query("name", &a.new_name))
+        .await?;
     Ok(0)
 }
 
@@ -600,19 +655,31 @@ pub fn update_body(a: &UpdateArgs) -> Result<Value, CliError> {
     let mut body = serde_json::Map::new();
     if let Some(r) = &a.restart {
         let (name, count) = match r.split_once(':') {
-            Some((n, c)) => (n, c.parse::<i64>().map_err(|_| CliError::Msg(format!("invalid restart policy format: {r}")))?),
+            Some((n, c)) => (
+                n,
+                c.parse::<i64>()
+                    .map_err(|_| CliError::Msg(format!("invalid restart policy format: {r}")))?,
+            ),
             None => (r.as_str(), 0),
         };
-        body.insert("RestartPolicy".into(), json!({"Name": name, "MaximumRetryCount": count}));
+        body.insert(
+            "RestartPolicy".into(),
+            json!({"Name": name, "MaximumRetryCount": count}),
+        );
     }
     if let Some(p) = a.protection {
         body.insert("Protection".into(), json!(p));
     }
     if !a.sg_add.is_empty() || !a.sg_rm.is_empty() {
-        body.insert("SecurityGroups".into(), json!({"Add": a.sg_add, "Remove": a.sg_rm}));
+        body.insert(
+            "SecurityGroups".into(),
+            json!({"Add": a.sg_add, "Remove": a.sg_rm}),
+        );
     }
     if body.is_empty() {
-        return Err(CliError::Msg("you must provide one or more flags when using this command".into()));
+        return Err(CliError::Msg(
+            "you must provide one or more flags when using this command".into(),
+        ));
     }
     Ok(Value::Object(body))
 }
@@ -625,7 +692,12 @@ pub async fn update(ctx: &Ctx, a: UpdateArgs) -> Result<i32, CliError> {
         let req = ApiRequest::post(cpath(&name, "/update")).json(&body);
         async move {
             let v: Value = client.json(req).await?;
-            for w in v["Warnings"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for w in v["Warnings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 eprintln!("WARNING: {w}");
             }
             Ok(Some(name))
@@ -636,11 +708,20 @@ pub async fn update(ctx: &Ctx, a: UpdateArgs) -> Result<i32, CliError> {
 
 pub async fn top(ctx: &Ctx, a: TopArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
-    let req = ApiRequest::get(cpath(&a.container, "/top"))
-        .query_opt("ps_args", (!a.ps_args.is_empty()).then(|| a.ps_args.join(" ")));
+    let req = ApiRequest::get(cpath(&a.container, "/top")).query_opt(
+        "ps_args",
+        (!a.ps_args.is_empty()).then(|| a.ps_args.join(" ")),
+    );
     let v: Value = client.json(req).await?;
     let mut tw = TabWriter::new();
-    let cells = |row: &Value| row.as_array().into_iter().flatten().map(display).collect::<Vec<_>>().join("\t");
+    let cells = |row: &Value| {
+        row.as_array()
+            .into_iter()
+            .flatten()
+            .map(display)
+            .collect::<Vec<_>>()
+            .join("\t")
+    };
     tw.line(&cells(&v["Titles"]));
     for p in v["Processes"].as_array().into_iter().flatten() {
         tw.line(&cells(p));
@@ -659,20 +740,43 @@ pub fn stats_row(id: &str, name: &str, s: &Value) -> Vec<String> {
     let ncpu = cpu["online_cpus"]
         .as_f64()
         .filter(|&n| n > 0.0)
-        .unwrap_or_else(|| cpu["cpu_usage"]["percpu_usage"].as_array().map_or(1.0, |a| a.len().max(1) as f64));
-    let cpu_pct = if cpu_delta > 0.0 && sys_delta > 0.0 { cpu_delta / sys_delta * ncpu * 100.0 } else { 0.0 };
+        .unwrap_or_else(|| {
+            cpu["cpu_usage"]["percpu_usage"]
+                .as_array()
+                .map_or(1.0, |a| a.len().max(1) as f64)
+        });
+    let cpu_pct = if cpu_delta > 0.0 && sys_delta > 0.0 {
+        cpu_delta / sys_delta * ncpu * 100.0
+    } else {
+        0.0
+    };
     let mem = &s["memory_stats"];
-    let cache = mem["stats"]["inactive_file"].as_f64().or(mem["stats"]["total_inactive_file"].as_f64()).unwrap_or(0.0);
+    let cache = mem["stats"]["inactive_file"]
+        .as_f64()
+        .or(mem["stats"]["total_inactive_file"].as_f64())
+        .unwrap_or(0.0);
     let used = (f(&mem["usage"]) - cache).max(0.0);
     let limit = f(&mem["limit"]);
-    let mem_pct = if limit > 0.0 { used / limit * 100.0 } else { 0.0 };
+    let mem_pct = if limit > 0.0 {
+        used / limit * 100.0
+    } else {
+        0.0
+    };
     let (mut rx, mut tx) = (0.0, 0.0);
-    for n in s["networks"].as_object().into_iter().flat_map(|m| m.values()) {
+    for n in s["networks"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         rx += f(&n["rx_bytes"]);
         tx += f(&n["tx_bytes"]);
     }
     let (mut rd, mut wr) = (0.0, 0.0);
-    for e in s["blkio_stats"]["io_service_bytes_recursive"].as_array().into_iter().flatten() {
+    for e in s["blkio_stats"]["io_service_bytes_recursive"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         match e["op"].as_str().map(str::to_lowercase).as_deref() {
             Some("read") => rd += f(&e["value"]),
             Some("write") => wr += f(&e["value"]),
@@ -698,8 +802,12 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
         let names: Vec<String> = if explicit {
             a.containers.clone()
         } else {
-            let list: Vec<Value> = client.json(ApiRequest::get("/containers/json").flag("all", a.all)).await?;
-            list.iter().filter_map(|c| c["Id"].as_str().map(str::to_owned)).collect()
+            let list: Vec<Value> = client
+                .json(ApiRequest::get("/containers/json").flag("all", a.all))
+                .await?;
+            list.iter()
+                .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+                .collect()
         };
         let mut tw = TabWriter::new();
         tw.line("CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tNET I/O\tBLOCK I/O\tPIDS");
@@ -709,7 +817,11 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
             match client.json::<Value>(req).await {
                 Ok(s) => {
                     let id = s["id"].as_str().unwrap_or(name);
-                    let id = if a.no_trunc { id.to_owned() } else { short_id(id) };
+                    let id = if a.no_trunc {
+                        id.to_owned()
+                    } else {
+                        short_id(id)
+                    };
                     tw.line(&stats_row(&id, s["name"].as_str().unwrap_or(""), &s).join("\t"));
                 }
                 Err(e) if explicit => {
@@ -732,22 +844,44 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
 pub async fn port(ctx: &Ctx, a: PortArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     let info = inspect_container(&client, &a.container).await?;
-    let ports = info["NetworkSettings"]["Ports"].as_object().cloned().unwrap_or_default();
-    let want = a.port.as_ref().map(|p| if p.contains('/') { p.clone() } else { format!("{p}/tcp") });
+    let ports = info["NetworkSettings"]["Ports"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let want = a.port.as_ref().map(|p| {
+        if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{p}/tcp")
+        }
+    });
     let mut lines = Vec::new();
     for (key, bindings) in &ports {
         if want.as_ref().is_some_and(|w| w != key) {
             continue;
         }
         for b in bindings.as_array().into_iter().flatten() {
-            let ip = b["HostIp"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0");
-            let hp: i64 = b["HostPort"].as_str().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let ip = b["HostIp"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("0.0.0.0");
+            let hp: i64 = b["HostPort"]
+                .as_str()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
             let addr = join_host_port(ip, hp);
-            lines.push(if want.is_some() { addr } else { format!("{key} -> {addr}") });
+            lines.push(if want.is_some() {
+                addr
+            } else {
+                format!("{key} -> {addr}")
+            });
         }
     }
     if let (Some(w), true) = (&a.port, lines.is_empty()) {
-        return Err(CliError::Msg(format!("Error: No public port '{w}' published for {}", a.container)));
+        return Err(CliError::Msg(format!(
+            "Error: No public port '{w}' published for {}",
+            a.container
+        )));
     }
     for l in lines {
         println!("{l}");
@@ -758,14 +892,25 @@ pub async fn port(ctx: &Ctx, a: PortArgs) -> Result<i32, CliError> {
 /// "Up 3 seconds" style status from an inspect `State` (the list API gives `Status` ready-made).
 pub fn state_status(state: &Value, now: DateTime<Utc>) -> String {
     let since = |k: &str| {
-        state[k].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| human_duration(now - t.with_timezone(&Utc)))
+        state[k]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| human_duration(now - t.with_timezone(&Utc)))
     };
     if state["Running"].as_bool().unwrap_or(false) {
         return format!("Up {}", since("StartedAt").unwrap_or_default());
     }
     match since("FinishedAt") {
-        Some(d) if !state["FinishedAt"].as_str().unwrap_or("").starts_with("0001") => {
-            format!("Exited ({}) {d} ago", state["ExitCode"].as_i64().unwrap_or(0))
+        Some(d)
+            if !state["FinishedAt"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("0001") =>
+        {
+            format!(
+                "Exited ({}) {d} ago",
+                state["ExitCode"].as_i64().unwrap_or(0)
+            )
         }
         _ => "Created".into(),
     }
@@ -790,7 +935,10 @@ mod tests {
         assert_eq!(r["Names"], "web");
         assert_eq!(r["Command"], "\"nginx -g 'daemon of…\"");
         assert_eq!(r["RunningFor"], "3 minutes ago");
-        assert_eq!(r["Ports"], "0.0.0.0:8080->80/tcp, 443/tcp, [::]:8080->80/tcp");
+        assert_eq!(
+            r["Ports"],
+            "0.0.0.0:8080->80/tcp, 443/tcp, [::]:8080->80/tcp"
+        );
         assert_eq!(r["Labels"], "a=b");
         let full = ps_row(&c, false, now);
         assert_eq!(full["ID"], "0123456789abcdef0123");
@@ -805,8 +953,16 @@ mod tests {
 
     #[test]
     fn filters() {
-        let f = filters_json(&["status=exited".into(), "label=a=b".into(), "status=created".into()]).unwrap();
-        assert_eq!(f.as_deref(), Some(r#"{"label":["a=b"],"status":["exited","created"]}"#));
+        let f = filters_json(&[
+            "status=exited".into(),
+            "label=a=b".into(),
+            "status=created".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            f.as_deref(),
+            Some(r#"{"label":["a=b"],"status":["exited","created"]}"#)
+        );
         assert!(filters_json(&["nope".into()]).is_err());
         assert_eq!(filters_json(&[]).unwrap(), None);
     }
@@ -814,7 +970,13 @@ mod tests {
     #[test]
     fn time_args() {
         let now = Utc.timestamp_opt(10_000, 0).unwrap();
-        let cases = [("10m", "9400"), ("1h30m", "4600"), ("1.5s", "9998"), ("1970-01-01T00:00:10Z", "10"), ("1234", "1234")];
+        let cases = [
+            ("10m", "9400"),
+            ("1h30m", "4600"),
+            ("1.5s", "9998"),
+            ("1970-01-01T00:00:10Z", "10"),
+            ("1234", "1234"),
+        ];
         for (i, (s, want)) in cases.iter().enumerate() {
             assert_eq!(parse_time_arg(s, now), *want, "test[{i}]");
         }
@@ -822,13 +984,25 @@ mod tests {
 
     #[test]
     fn update_bodies() {
-        let a = UpdateArgs { restart: Some("on-failure:2".into()), protection: Some(true), sg_add: vec!["web".into()], sg_rm: vec![], containers: vec!["c".into()] };
+        let a = UpdateArgs {
+            restart: Some("on-failure:2".into()),
+            protection: Some(true),
+            sg_add: vec!["web".into()],
+            sg_rm: vec![],
+            containers: vec!["c".into()],
+        };
         assert_eq!(
             update_body(&a).unwrap(),
             json!({"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}, "Protection": true,
                    "SecurityGroups": {"Add": ["web"], "Remove": []}})
         );
-        let empty = UpdateArgs { restart: None, protection: None, sg_add: vec![], sg_rm: vec![], containers: vec![] };
+        let empty = UpdateArgs {
+            restart: None,
+            protection: None,
+            sg_add: vec![],
+            sg_rm: vec![],
+            containers: vec![],
+        };
         assert!(update_body(&empty).is_err());
     }
 
@@ -842,12 +1016,26 @@ mod tests {
             "pids_stats": {"current": 3},
         });
         let r = stats_row("abc", "/web", &s);
-        assert_eq!(r, ["abc", "web", "20.00%", "1MiB / 8MiB", "12.50%", "1kB / 2kB", "0B / 0B", "3"]);
+        assert_eq!(
+            r,
+            [
+                "abc",
+                "web",
+                "20.00%",
+                "1MiB / 8MiB",
+                "12.50%",
+                "1kB / 2kB",
+                "0B / 0B",
+                "3"
+            ]
+        );
     }
 
     #[test]
     fn status_from_state() {
-        let now = DateTime::parse_from_rfc3339("2024-01-01T00:02:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2024-01-01T00:02:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let st = json!({"Running": false, "ExitCode": 3, "FinishedAt": "2024-01-01T00:00:00Z"});
         assert_eq!(state_status(&st, now), "Exited (3) 2 minutes ago");
         let st = json!({"Running": true, "StartedAt": "2024-01-01T00:01:57Z"});

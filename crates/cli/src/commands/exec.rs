@@ -32,7 +32,12 @@ pub struct ExecArgs {
     #[arg(long)]
     pub privileged: bool,
     pub container: String,
-    #[arg(required = true, value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        required = true,
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -70,11 +75,19 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, CliError> {
         .to_owned();
     let start = ApiRequest::post(format!("/exec/{id}/start"));
     if a.detach {
-        client.call(start.json(&json!({"Detach": true, "Tty": a.tty}))).await?;
+        client
+            .call(start.json(&json!({"Detach": true, "Tty": a.tty})))
+            .await?;
         return Ok(0);
     }
-    let conn = client.hijack(start.json(&json!({"Detach": false, "Tty": a.tty}))).await?;
-    let raw = if a.tty && a.interactive { RawTerminal::enable()? } else { None };
+    let conn = client
+        .hijack(start.json(&json!({"Detach": false, "Tty": a.tty})))
+        .await?;
+    let raw = if a.tty && a.interactive {
+        RawTerminal::enable()?
+    } else {
+        None
+    };
     let resize = (a.tty && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| stream::monitor_tty_size(client.clone(), format!("/exec/{id}/resize")));
     let result = stream::pump(conn, a.tty, a.interactive).await;
@@ -83,7 +96,9 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, CliError> {
         r.abort();
     }
     result?;
-    let info: Value = client.json(ApiRequest::get(format!("/exec/{id}/json"))).await?;
+    let info: Value = client
+        .json(ApiRequest::get(format!("/exec/{id}/json")))
+        .await?;
     Ok(info["ExitCode"].as_i64().map_or(0, |c| c as i32))
 }
 
@@ -101,7 +116,10 @@ mod tests {
 
     #[test]
     fn body_from_flags() {
-        let t = T::try_parse_from(["exec", "-it", "-e", "A=1", "-w", "/w", "-u", "app", "c1", "sh", "-c", "ls -l"]).unwrap();
+        let t = T::try_parse_from([
+            "exec", "-it", "-e", "A=1", "-w", "/w", "-u", "app", "c1", "sh", "-c", "ls -l",
+        ])
+        .unwrap();
         assert_eq!(t.a.container, "c1");
         assert_eq!(
             exec_body(&t.a),
@@ -110,6 +128,9 @@ mod tests {
         );
         let t = T::try_parse_from(["exec", "-d", "-i", "c1", "true"]).unwrap();
         let b = exec_body(&t.a);
-        assert_eq!((b["AttachStdin"].clone(), b["AttachStdout"].clone()), (json!(false), json!(false)));
+        assert_eq!(
+            (b["AttachStdin"].clone(), b["AttachStdout"].clone()),
+            (json!(false), json!(false))
+        );
     }
 }

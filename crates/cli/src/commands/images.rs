@@ -132,13 +132,22 @@ pub fn pull_params(image: &str) -> (String, String) {
         return (name.to_owned(), digest.to_owned());
     }
     let (name, tag) = split_tag(image);
-    (name.to_owned(), if tag.is_empty() { "latest".into() } else { tag.to_owned() })
+    (
+        name.to_owned(),
+        if tag.is_empty() {
+            "latest".into()
+        } else {
+            tag.to_owned()
+        },
+    )
 }
 
 /// The registry a reference lives in, as `hyper login` keys it.
 pub fn registry_of(image: &str) -> String {
     match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_owned(),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_owned()
+        }
         _ => DOCKER_HUB.to_owned(),
     }
 }
@@ -152,7 +161,9 @@ pub fn encode_registry_auth(user: &str, password: &str, server: &str) -> String 
 pub fn registry_auth_header(ctx: &Ctx, image: &str) -> Option<HeaderValue> {
     let server = registry_of(image);
     let entry = ctx.file.auths.get(&server)?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(&entry.auth).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&entry.auth)
+        .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
     HeaderValue::from_str(&encode_registry_auth(user, password, &server)).ok()
@@ -178,7 +189,11 @@ pub fn progress_line(v: &Value) -> Result<Option<String>, String> {
 }
 
 /// Reads a JSON-lines progress response, printing each line unless `quiet`.
-async fn follow_progress(resp: hyper::Response<hyper::body::Incoming>, to_stderr: bool, quiet: bool) -> Result<(), CliError> {
+async fn follow_progress(
+    resp: hyper::Response<hyper::body::Incoming>,
+    to_stderr: bool,
+    quiet: bool,
+) -> Result<(), CliError> {
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let handle = |line: &[u8]| -> Result<(), CliError> {
@@ -215,13 +230,26 @@ async fn follow_progress(resp: hyper::Response<hyper::body::Incoming>, to_stderr
 }
 
 /// `POST /images/create`, following the progress stream to the end.
-pub async fn pull_image(client: &Client, image: &str, auth: Option<HeaderValue>, to_stderr: bool) -> Result<(), CliError> {
+pub async fn pull_image(
+    client: &Client,
+    image: &str,
+    auth: Option<HeaderValue>,
+    to_stderr: bool,
+) -> Result<(), CliError> {
     pull_image_quiet(client, image, auth, to_stderr, false).await
 }
 
-async fn pull_image_quiet(client: &Client, image: &str, auth: Option<HeaderValue>, to_stderr: bool, quiet: bool) -> Result<(), CliError> {
+async fn pull_image_quiet(
+    client: &Client,
+    image: &str,
+    auth: Option<HeaderValue>,
+    to_stderr: bool,
+    quiet: bool,
+) -> Result<(), CliError> {
     let (name, tag) = pull_params(image);
-    let mut req = ApiRequest::post("/images/create").query("fromImage", name).query("tag", tag);
+    let mut req = ApiRequest::post("/images/create")
+        .query("fromImage", name)
+        .query("tag", tag);
     if let Some(a) = auth {
         req = req.header("x-registry-auth", a);
     }
@@ -299,7 +327,10 @@ pub async fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32, CliError> {
         .query_opt("filters", filters_json(&filters)?);
     let list: Vec<Value> = client.json(req).await?;
     let now = Utc::now();
-    let mut rows: Vec<Value> = list.iter().flat_map(|i| image_rows(i, !a.no_trunc, now)).collect();
+    let mut rows: Vec<Value> = list
+        .iter()
+        .flat_map(|i| image_rows(i, !a.no_trunc, now))
+        .collect();
     let template = if a.quiet {
         let mut seen = std::collections::HashSet::new();
         rows.retain(|r| seen.insert(r["ID"].to_string()));
@@ -321,7 +352,10 @@ pub async fn image_inspect(ctx: &Ctx, a: ImageInspectArgs) -> Result<i32, CliErr
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &a.images {
-        match client.json::<Value>(ApiRequest::get(format!("/images/{name}/json"))).await {
+        match client
+            .json::<Value>(ApiRequest::get(format!("/images/{name}/json")))
+            .await
+        {
             Ok(v) => found.push(v),
             Err(e) if e.is_not_found() => errors.push(format!("Error: No such image: {name}")),
             Err(e) => return Err(e.into()),
@@ -338,7 +372,9 @@ pub async fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     for_each(&a.images, |name| {
         let client = client.clone();
-        let req = ApiRequest::delete(format!("/images/{name}")).flag("force", a.force).flag("noprune", a.no_prune);
+        let req = ApiRequest::delete(format!("/images/{name}"))
+            .flag("force", a.force)
+            .flag("noprune", a.no_prune);
         async move {
             let items: Vec<Value> = client.json(req).await?;
             let lines: Vec<String> = items
@@ -367,10 +403,13 @@ pub async fn tag(ctx: &Ctx, a: TagArgs) -> Result<i32, CliError> {
 
 pub async fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32, CliError> {
     let data = match &a.input {
-        Some(path) => std::fs::read(path).map_err(|e| CliError::Msg(format!("open {}: {e}", path.display())))?,
+        Some(path) => std::fs::read(path)
+            .map_err(|e| CliError::Msg(format!("open {}: {e}", path.display())))?,
         None => {
             if std::io::stdin().is_terminal() {
-                return Err(CliError::Msg("requested load from stdin, but stdin is empty".into()));
+                return Err(CliError::Msg(
+                    "requested load from stdin, but stdin is empty".into(),
+                ));
             }
             let mut v = Vec::new();
             std::io::stdin().read_to_end(&mut v)?;
@@ -408,19 +447,39 @@ mod tests {
     #[test]
     fn registry_auth_encoding() {
         let enc = encode_registry_auth("u", "p", "reg.io");
-        let dec = base64::engine::general_purpose::URL_SAFE.decode(enc).unwrap();
+        let dec = base64::engine::general_purpose::URL_SAFE
+            .decode(enc)
+            .unwrap();
         let v: Value = serde_json::from_slice(&dec).unwrap();
-        assert_eq!(v, json!({"username": "u", "password": "p", "serveraddress": "reg.io"}));
+        assert_eq!(
+            v,
+            json!({"username": "u", "password": "p", "serveraddress": "reg.io"})
+        );
     }
 
     #[test]
     fn progress_lines() {
         let cases = [
-            (json!({"status": "Pulling from library/busybox", "id": "latest"}), Ok(Some("latest: Pulling from library/busybox".to_owned()))),
-            (json!({"status": "Downloading", "progressDetail": {"current": 1, "total": 2}, "progress": "[=> ]", "id": "a"}), Ok(None)),
-            (json!({"status": "Digest: sha256:abc"}), Ok(Some("Digest: sha256:abc".to_owned()))),
-            (json!({"stream": "Loaded image: busybox:latest\n"}), Ok(Some("Loaded image: busybox:latest".to_owned()))),
-            (json!({"errorDetail": {"message": "not found"}, "error": "not found"}), Err("not found".to_owned())),
+            (
+                json!({"status": "Pulling from library/busybox", "id": "latest"}),
+                Ok(Some("latest: Pulling from library/busybox".to_owned())),
+            ),
+            (
+                json!({"status": "Downloading", "progressDetail": {"current": 1, "total": 2}, "progress": "[=> ]", "id": "a"}),
+                Ok(None),
+            ),
+            (
+                json!({"status": "Digest: sha256:abc"}),
+                Ok(Some("Digest: sha256:abc".to_owned())),
+            ),
+            (
+                json!({"stream": "Loaded image: busybox:latest\n"}),
+                Ok(Some("Loaded image: busybox:latest".to_owned())),
+            ),
+            (
+                json!({"errorDetail": {"message": "not found"}, "error": "not found"}),
+                Err("not found".to_owned()),
+            ),
         ];
         for (i, (v, want)) in cases.into_iter().enumerate() {
             assert_eq!(progress_line(&v), want, "test[{i}]");
@@ -434,9 +493,18 @@ mod tests {
                          "RepoTags": ["busybox:latest", "busybox:1"], "RepoDigests": ["busybox@sha256:ff"]});
         let rows = image_rows(&img, true, now);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], json!({"Repository": "busybox", "Tag": "latest", "Digest": "sha256:ff", "ID": "0123456789ab",
-                                   "CreatedSince": "2 hours ago", "CreatedAt": "1970-01-02 01:46:40 +0000 UTC", "Size": "4.26MB"}));
+        assert_eq!(
+            rows[0],
+            json!({"Repository": "busybox", "Tag": "latest", "Digest": "sha256:ff", "ID": "0123456789ab",
+                                   "CreatedSince": "2 hours ago", "CreatedAt": "1970-01-02 01:46:40 +0000 UTC", "Size": "4.26MB"})
+        );
         let dangling = image_rows(&json!({"Id": "sha256:aa", "RepoTags": null}), true, now);
-        assert_eq!((dangling[0]["Repository"].as_str(), dangling[0]["Tag"].as_str()), (Some("<none>"), Some("<none>")));
+        assert_eq!(
+            (
+                dangling[0]["Repository"].as_str(),
+                dangling[0]["Tag"].as_str()
+            ),
+            (Some("<none>"), Some("<none>"))
+        );
     }
 }

@@ -27,7 +27,13 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(env: Env, file: ConfigFile, endpoint: String, region: Option<String>) -> Self {
-        Self { env, file, endpoint, region, client: OnceLock::new() }
+        Self {
+            env,
+            file,
+            endpoint,
+            region,
+            client: OnceLock::new(),
+        }
     }
 
     pub fn config_dir(&self) -> Result<PathBuf, CliError> {
@@ -38,7 +44,12 @@ impl Ctx {
         if let Some(c) = self.client.get() {
             return Ok(c.clone());
         }
-        let creds = crate::config::credentials(&self.endpoint, self.region.as_deref(), &self.env, &self.file);
+        let creds = crate::config::credentials(
+            &self.endpoint,
+            self.region.as_deref(),
+            &self.env,
+            &self.file,
+        );
         let mut c = Client::new(&self.endpoint, creds)?;
         if let Some(v) = &self.env.api_version {
             c = c.with_api_version(v);

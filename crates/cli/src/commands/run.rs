@@ -103,7 +103,11 @@ pub struct ContainerOptions {
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// Command and arguments
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -178,17 +182,34 @@ fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
         _ => return Err(format!("invalid publish opts format {spec:?}")),
     };
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
-    let (c0, c1) = parse_range(container).map_err(|_| format!("invalid containerPort: {container}"))?;
-    let host_range = if host.is_empty() { None } else { Some(parse_range(host).map_err(|_| format!("invalid hostPort: {host}"))?) };
+    let (c0, c1) =
+        parse_range(container).map_err(|_| format!("invalid containerPort: {container}"))?;
+    let host_range = if host.is_empty() {
+        None
+    } else {
+        Some(parse_range(host).map_err(|_| format!("invalid hostPort: {host}"))?)
+    };
     let mut out = Vec::new();
     for (i, cport) in (c0..=c1).enumerate() {
-        let host_port = match host_range {
-            None => String::new(),
-            Some((h0, h1)) if h1 - h0 == c1 - c0 => (h0 + i as u16).to_string(),
-            Some((h0, h1)) if c0 == c1 => if h0 == h1 { h0.to_string() } else { format!("{h0}-{h1}") },
-            Some(_) => return Err(format!("invalid ranges specified for container and host Ports: {container} and {host}")),
-        };
-        out.push((format!("{cport}/{proto}"), json!({"HostIp": ip, "HostPort": host_port})));
+        let host_port =
+            match host_range {
+                None => String::new(),
+                Some((h0, h1)) if h1 - h0 == c1 - c0 => (h0 + i as u16).to_string(),
+                Some((h0, h1)) if c0 == c1 => {
+                    if h0 == h1 {
+                        h0.to_string()
+                    } else {
+                        format!("{h0}-{h1}")
+                    }
+                }
+                Some(_) => return Err(format!(
+                    "invalid ranges specified for container and host Ports: {container} and {host}"
+                )),
+            };
+        out.push((
+            format!("{cport}/{proto}"),
+            json!({"HostIp": ip, "HostPort": host_port}),
+        ));
     }
     Ok(out)
 }
@@ -196,13 +217,21 @@ fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
 /// `--restart` to a RestartPolicy.
 fn parse_restart(s: &str) -> Result<Value, String> {
     let (name, count) = match s.split_once(':') {
-        Some((n, c)) => (n, c.parse::<i64>().map_err(|_| format!("invalid restart policy format: {s}"))?),
+        Some((n, c)) => (
+            n,
+            c.parse::<i64>()
+                .map_err(|_| format!("invalid restart policy format: {s}"))?,
+        ),
         None => (s, 0),
     };
     match name {
-        "" | "no" | "always" | "unless-stopped" if count == 0 => Ok(json!({"Name": if name.is_empty() { "no" } else { name }, "MaximumRetryCount": 0})),
+        "" | "no" | "always" | "unless-stopped" if count == 0 => {
+            Ok(json!({"Name": if name.is_empty() { "no" } else { name }, "MaximumRetryCount": 0}))
+        }
         "on-failure" => Ok(json!({"Name": name, "MaximumRetryCount": count})),
-        "no" | "always" | "unless-stopped" => Err(format!("maximum retry count cannot be used with restart policy '{name}'")),
+        "no" | "always" | "unless-stopped" => Err(format!(
+            "maximum retry count cannot be used with restart policy '{name}'"
+        )),
         _ => Err(format!("invalid restart policy '{name}'")),
     }
 }
@@ -279,9 +308,19 @@ pub fn create_body(
     let links: Vec<String> = o
         .links
         .iter()
-        .map(|l| if l.contains(':') { l.clone() } else { format!("{l}:{l}") })
+        .map(|l| {
+            if l.contains(':') {
+                l.clone()
+            } else {
+                format!("{l}:{l}")
+            }
+        })
         .collect();
-    let devices = o.devices.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
+    let devices = o
+        .devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let restart = o.restart.as_deref().map(parse_restart).transpose()?;
     if o.rm && restart.as_ref().is_some_and(|r| r["Name"] != "no") {
         return Err("Conflicting options: --restart and --rm".into());
@@ -366,8 +405,15 @@ pub fn with_default_tag(image: &str) -> String {
 }
 
 /// Creates the container, pulling the image first if the daemon does not have it.
-async fn create_container(ctx: &Ctx, client: &Client, o: &ContainerOptions, body: &Value) -> Result<String, CliError> {
-    let req = ApiRequest::post("/containers/create").query_opt("name", o.name.as_ref()).json(body);
+async fn create_container(
+    ctx: &Ctx,
+    client: &Client,
+    o: &ContainerOptions,
+    body: &Value,
+) -> Result<String, CliError> {
+    let req = ApiRequest::post("/containers/create")
+        .query_opt("name", o.name.as_ref())
+        .json(body);
     let resp: Result<Value, ApiError> = client.json(req.clone()).await;
     let resp = match resp {
         Err(e) if e.is_not_found() => {
@@ -384,11 +430,17 @@ async fn create_container(ctx: &Ctx, client: &Client, o: &ContainerOptions, body
             eprintln!("WARNING: {w}");
         }
     }
-    resp["Id"].as_str().map(str::to_owned).ok_or_else(|| CliError::Msg("the daemon returned no container ID".into()))
+    resp["Id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CliError::Msg("the daemon returned no container ID".into()))
 }
 
 fn refused(e: CliError) -> CliError {
-    CliError::Run { code: 125, source: Box::new(e) }
+    CliError::Run {
+        code: 125,
+        source: Box::new(e),
+    }
 }
 
 fn build_body(o: &ContainerOptions, attach: bool) -> Result<Value, CliError> {
@@ -398,7 +450,9 @@ fn build_body(o: &ContainerOptions, attach: bool) -> Result<Value, CliError> {
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32, CliError> {
     let body = build_body(&args.opts, false)?;
     let client = ctx.client().map_err(refused)?;
-    let id = create_container(ctx, &client, &args.opts, &body).await.map_err(refused)?;
+    let id = create_container(ctx, &client, &args.opts, &body)
+        .await
+        .map_err(refused)?;
     println!("{id}");
     Ok(0)
 }
@@ -419,8 +473,14 @@ pub fn start_error_code(message: &str) -> i32 {
 
 /// Sends `POST /containers/{id}/wait` and returns a task yielding the exit status (125 when
 /// waiting failed, as docker does). The request is registered before returning.
-pub async fn wait_exit(client: &Arc<Client>, id: &str, condition: &str) -> tokio::task::JoinHandle<i32> {
-    let resp = client.send(ApiRequest::post(format!("/containers/{id}/wait")).query("condition", condition)).await;
+pub async fn wait_exit(
+    client: &Arc<Client>,
+    id: &str,
+    condition: &str,
+) -> tokio::task::JoinHandle<i32> {
+    let resp = client
+        .send(ApiRequest::post(format!("/containers/{id}/wait")).query("condition", condition))
+        .await;
     tokio::spawn(async move {
         let resp = match resp {
             Ok(r) => r,
@@ -484,10 +544,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
     let attach = !args.detach;
     let body = build_body(o, attach)?;
     let client = ctx.client().map_err(refused)?;
-    let id = create_container(ctx, &client, o, &body).await.map_err(refused)?;
+    let id = create_container(ctx, &client, o, &body)
+        .await
+        .map_err(refused)?;
 
     if args.detach {
-        if let Err(e) = client.call(ApiRequest::post(format!("/containers/{id}/start"))).await {
+        if let Err(e) = client
+            .call(ApiRequest::post(format!("/containers/{id}/start")))
+            .await
+        {
             return Err(start_failed(e));
         }
         println!("{id}");
@@ -499,14 +564,24 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
         .flag("stdin", o.interactive)
         .flag("stdout", true)
         .flag("stderr", true);
-    let conn = client.hijack(attach_req).await.map_err(|e| refused(e.into()))?;
-    let raw = if o.tty && o.interactive { RawTerminal::enable()? } else { None };
+    let conn = client
+        .hijack(attach_req)
+        .await
+        .map_err(|e| refused(e.into()))?;
+    let raw = if o.tty && o.interactive {
+        RawTerminal::enable()?
+    } else {
+        None
+    };
     let io_task = tokio::spawn(stream::pump(conn, o.tty, o.interactive));
 
     let condition = if o.rm { "removed" } else { "next-exit" };
     let status = wait_exit(&client, &id, condition).await;
 
-    if let Err(e) = client.call(ApiRequest::post(format!("/containers/{id}/start"))).await {
+    if let Err(e) = client
+        .call(ApiRequest::post(format!("/containers/{id}/start")))
+        .await
+    {
         io_task.abort();
         drop(raw);
         if o.rm {
@@ -542,7 +617,10 @@ fn start_failed(e: ApiError) -> CliError {
         ApiError::Daemon { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    CliError::Run { code: start_error_code(&msg), source: Box::new(e.into()) }
+    CliError::Run {
+        code: start_error_code(&msg),
+        source: Box::new(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -559,12 +637,17 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> RunArgs {
-        T::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap().run
+        T::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap()
+            .run
     }
 
     fn body(args: &[&str]) -> Value {
         let r = parse(args);
-        create_body(&r.opts, !r.detach, &|k| (k == "HOME").then(|| "/root".to_owned())).unwrap()
+        create_body(&r.opts, !r.detach, &|k| {
+            (k == "HOME").then(|| "/root".to_owned())
+        })
+        .unwrap()
     }
 
     #[test]
@@ -578,60 +661,150 @@ mod tests {
         assert!(r.sig_proxy);
         assert!(!parse(&["--sig-proxy=false", "busybox"]).sig_proxy);
         let r = parse(&["--protection", "--rm=false", "-d=true", "busybox", "sh"]);
-        assert_eq!((r.opts.protection, r.opts.rm, r.detach), (Some(true), false, true));
+        assert_eq!(
+            (r.opts.protection, r.opts.rm, r.detach),
+            (Some(true), false, true)
+        );
         assert_eq!(r.opts.command, ["sh"]);
     }
 
     #[test]
     fn hyper_flags_become_labels() {
-        let b = body(&["--size", "m1", "--protection", "--sg", "web", "--sg", "db", "--noauto-volume", "-l", "a=b", "-l", "c", "busybox"]);
+        let b = body(&[
+            "--size",
+            "m1",
+            "--protection",
+            "--sg",
+            "web",
+            "--sg",
+            "db",
+            "--noauto-volume",
+            "-l",
+            "a=b",
+            "-l",
+            "c",
+            "busybox",
+        ]);
         assert_eq!(
             b["Labels"],
             json!({"a": "b", "c": "", "sh_hyper_instancetype": "m1", "sh_hyper_container_protection": "true",
                    "sh_hyper_sg_web": "yes", "sh_hyper_sg_db": "yes", "sh_hyper_noauto_volume": "true"})
         );
-        assert_eq!(body(&["--protection=false", "busybox"])["Labels"]["sh_hyper_container_protection"], "false");
+        assert_eq!(
+            body(&["--protection=false", "busybox"])["Labels"]["sh_hyper_container_protection"],
+            "false"
+        );
     }
 
     #[test]
     fn every_host_flag_is_sent() {
         let b = body(&[
-            "-p", "8080:80", "-p", "127.0.0.1::53/udp", "-v", "/data", "-v", "vol:/srv", "--link", "db", "--link", "x:y",
-            "--privileged", "--network", "host", "--device", "/dev/kvm", "--restart", "on-failure:3", "--rm=false",
+            "-p",
+            "8080:80",
+            "-p",
+            "127.0.0.1::53/udp",
+            "-v",
+            "/data",
+            "-v",
+            "vol:/srv",
+            "--link",
+            "db",
+            "--link",
+            "x:y",
+            "--privileged",
+            "--network",
+            "host",
+            "--device",
+            "/dev/kvm",
+            "--restart",
+            "on-failure:3",
+            "--rm=false",
             "busybox",
         ]);
         let h = &b["HostConfig"];
-        assert_eq!(h["PortBindings"]["80/tcp"], json!([{"HostIp": "", "HostPort": "8080"}]));
-        assert_eq!(h["PortBindings"]["53/udp"], json!([{"HostIp": "127.0.0.1", "HostPort": ""}]));
+        assert_eq!(
+            h["PortBindings"]["80/tcp"],
+            json!([{"HostIp": "", "HostPort": "8080"}])
+        );
+        assert_eq!(
+            h["PortBindings"]["53/udp"],
+            json!([{"HostIp": "127.0.0.1", "HostPort": ""}])
+        );
         assert_eq!(b["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
         assert_eq!(h["Binds"], json!(["vol:/srv"]));
         assert_eq!(b["Volumes"], json!({"/data": {}}));
         assert_eq!(h["Links"], json!(["db:db", "x:y"]));
         assert_eq!(h["Privileged"], true);
         assert_eq!(h["NetworkMode"], "host");
-        assert_eq!(h["Devices"], json!([{"PathOnHost": "/dev/kvm", "PathInContainer": "/dev/kvm", "CgroupPermissions": "rwm"}]));
-        assert_eq!(h["RestartPolicy"], json!({"Name": "on-failure", "MaximumRetryCount": 3}));
+        assert_eq!(
+            h["Devices"],
+            json!([{"PathOnHost": "/dev/kvm", "PathInContainer": "/dev/kvm", "CgroupPermissions": "rwm"}])
+        );
+        assert_eq!(
+            h["RestartPolicy"],
+            json!({"Name": "on-failure", "MaximumRetryCount": 3})
+        );
     }
 
     #[test]
     fn config_fields() {
-        let b = body(&["-it", "--rm", "-e", "A=1", "-e", "HOME", "-e", "NOPE", "-w", "/w", "-u", "1000", "--entrypoint", "sh",
-                       "--stop-signal", "SIGINT", "--stop-timeout", "5", "busybox", "-c", "echo hi"]);
+        let b = body(&[
+            "-it",
+            "--rm",
+            "-e",
+            "A=1",
+            "-e",
+            "HOME",
+            "-e",
+            "NOPE",
+            "-w",
+            "/w",
+            "-u",
+            "1000",
+            "--entrypoint",
+            "sh",
+            "--stop-signal",
+            "SIGINT",
+            "--stop-timeout",
+            "5",
+            "busybox",
+            "-c",
+            "echo hi",
+        ]);
         assert_eq!(b["Env"], json!(["A=1", "HOME=/root", "NOPE"]));
         assert_eq!(b["Entrypoint"], json!(["sh"]));
         assert_eq!(b["Cmd"], json!(["-c", "echo hi"]));
-        assert_eq!((b["Tty"].clone(), b["OpenStdin"].clone(), b["AttachStdin"].clone(), b["StdinOnce"].clone()), (json!(true), json!(true), json!(true), json!(true)));
+        assert_eq!(
+            (
+                b["Tty"].clone(),
+                b["OpenStdin"].clone(),
+                b["AttachStdin"].clone(),
+                b["StdinOnce"].clone()
+            ),
+            (json!(true), json!(true), json!(true), json!(true))
+        );
         assert_eq!(b["HostConfig"]["AutoRemove"], true);
-        assert_eq!((b["WorkingDir"].as_str(), b["User"].as_str()), (Some("/w"), Some("1000")));
-        assert_eq!((b["StopSignal"].as_str(), b["StopTimeout"].as_i64()), (Some("SIGINT"), Some(5)));
-        assert_eq!(body(&["--entrypoint", "", "busybox"])["Entrypoint"], json!([""]));
+        assert_eq!(
+            (b["WorkingDir"].as_str(), b["User"].as_str()),
+            (Some("/w"), Some("1000"))
+        );
+        assert_eq!(
+            (b["StopSignal"].as_str(), b["StopTimeout"].as_i64()),
+            (Some("SIGINT"), Some(5))
+        );
+        assert_eq!(
+            body(&["--entrypoint", "", "busybox"])["Entrypoint"],
+            json!([""])
+        );
         assert_eq!(body(&["-d", "-i", "busybox"])["AttachStdin"], false);
     }
 
     #[test]
     fn bad_flags_are_refused_locally() {
         let r = parse(&["--rm", "--restart", "always", "busybox"]);
-        assert!(create_body(&r.opts, true, &|_| None).unwrap_err().contains("Conflicting options"));
+        assert!(create_body(&r.opts, true, &|_| None)
+            .unwrap_err()
+            .contains("Conflicting options"));
         for (i, p) in ["80:8o", "1:2:3:4/xyz", "9-8:1"].iter().enumerate() {
             let r = parse(&["-p", p, "busybox"]);
             assert!(create_body(&r.opts, true, &|_| None).is_err(), "test[{i}]");
@@ -641,12 +814,24 @@ mod tests {
     #[test]
     fn port_ranges_and_env_file() {
         let got = parse_publish("8000-8001:80-81").unwrap();
-        assert_eq!(got[1], ("81/tcp".to_owned(), json!({"HostIp": "", "HostPort": "8001"})));
-        assert_eq!(parse_env_file("# c\n\nA=1\n  B\n", &|_| Some("2".into())), ["A=1", "B=2"]);
+        assert_eq!(
+            got[1],
+            (
+                "81/tcp".to_owned(),
+                json!({"HostIp": "", "HostPort": "8001"})
+            )
+        );
+        assert_eq!(
+            parse_env_file("# c\n\nA=1\n  B\n", &|_| Some("2".into())),
+            ["A=1", "B=2"]
+        );
         assert_eq!(with_default_tag("busybox"), "busybox:latest");
         assert_eq!(with_default_tag("reg:5000/a/b"), "reg:5000/a/b:latest");
         assert_eq!(with_default_tag("a/b:1"), "a/b:1");
-        assert_eq!(start_error_code("exec: \"nope\": executable file not found in $PATH"), 127);
+        assert_eq!(
+            start_error_code("exec: \"nope\": executable file not found in $PATH"),
+            127
+        );
         assert_eq!(start_error_code("permission denied"), 126);
         assert_eq!(start_error_code("boom"), 125);
     }

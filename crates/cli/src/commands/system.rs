@@ -80,7 +80,11 @@ pub fn render_info(v: &Value) -> String {
     if let Some(m) = v["MemTotal"].as_f64() {
         line("Total Memory", bytes_size(m));
     }
-    for (label, key) in [("Name", "Name"), ("ID", "ID"), ("Docker Root Dir", "DockerRootDir")] {
+    for (label, key) in [
+        ("Name", "Name"),
+        ("ID", "ID"),
+        ("Docker Root Dir", "DockerRootDir"),
+    ] {
         if !v[key].is_null() {
             line(label, field(v, key));
         }
@@ -128,12 +132,24 @@ pub async fn version(ctx: &Ctx, a: VersionArgs) -> Result<i32, CliError> {
         println!("Client:");
         println!(" Version:           {}", field(c, "Version"));
         println!(" API version:       {}", field(c, "ApiVersion"));
-        println!(" OS/Arch:           {}/{}", field(c, "Os"), field(c, "Arch"));
+        println!(
+            " OS/Arch:           {}/{}",
+            field(c, "Os"),
+            field(c, "Arch")
+        );
         if let Ok(s) = &server {
             println!("\nServer:");
             println!(" Version:           {}", field(s, "Version"));
-            println!(" API version:       {} (minimum version {})", field(s, "ApiVersion"), field(s, "MinAPIVersion"));
-            println!(" OS/Arch:           {}/{}", field(s, "Os"), field(s, "Arch"));
+            println!(
+                " API version:       {} (minimum version {})",
+                field(s, "ApiVersion"),
+                field(s, "MinAPIVersion")
+            );
+            println!(
+                " OS/Arch:           {}/{}",
+                field(s, "Os"),
+                field(s, "Arch")
+            );
             if !s["KernelVersion"].is_null() {
                 println!(" Kernel Version:    {}", field(s, "KernelVersion"));
             }
@@ -175,7 +191,11 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> Result<i32, CliError> {
         None => prompt("Username: ")?,
     };
     let password = match (a.password, a.password_stdin) {
-        (Some(_), true) => return Err(CliError::Msg("--password and --password-stdin are mutually exclusive".into())),
+        (Some(_), true) => {
+            return Err(CliError::Msg(
+                "--password and --password-stdin are mutually exclusive".into(),
+            ))
+        }
         (Some(p), false) => {
             eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
             p
@@ -188,7 +208,9 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> Result<i32, CliError> {
         (None, false) => prompt_secret("Password: ")?,
     };
     if username.is_empty() || password.is_empty() {
-        return Err(CliError::Msg("Error: Username and password are required".into()));
+        return Err(CliError::Msg(
+            "Error: Username and password are required".into(),
+        ));
     }
     let client = ctx.client()?;
     let body = json!({"username": username, "password": password, "serveraddress": server});
@@ -196,7 +218,10 @@ pub async fn login(ctx: &Ctx, a: LoginArgs) -> Result<i32, CliError> {
         Ok(_) => {}
         // A daemon without /auth cannot check the password: keep it, pull will tell.
         Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(404 | 501)) => {
-            eprintln!("WARNING: the daemon could not verify these credentials ({})", crate::error_chain(&e));
+            eprintln!(
+                "WARNING: the daemon could not verify these credentials ({})",
+                crate::error_chain(&e)
+            );
         }
         Err(e) => return Err(e.into()),
     }

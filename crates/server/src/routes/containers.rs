@@ -371,14 +371,9 @@ pub async fn wait(
     let waiting = app.runtime.wait(&tenant, &id, condition)?;
     let body = futures_util::stream::once(async move {
         let c = waiting.await;
-        let error = if c.state.error.is_empty() {
-            Value::Null
-        } else {
-            json!({"Message": c.state.error})
-        };
-        Ok::<_, std::convert::Infallible>(Bytes::from(
-            json!({"StatusCode": c.state.exit_code, "Error": error}).to_string() + "\n",
-        ))
+        // `Error` is for a wait that failed; why a start failed is the start request's answer.
+        let status = json!({"StatusCode": c.state.exit_code, "Error": null});
+        Ok::<_, std::convert::Infallible>(Bytes::from(status.to_string() + "\n"))
     });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -534,19 +529,10 @@ pub async fn attach(
     tokio::spawn(async move {
         let shim = runtime.attach(&tenant, &id, stdin, stdout, stderr).await;
         let Ok(upgraded) = upgrade.await else { return };
-        match shim {
-            Ok(shim) => {
-                streams::pump(upgraded, shim, c.config.tty, stdin).await;
-            }
-            Err(e) => {
-                let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                let msg = format!("Error: {e}\n");
-                let _ = tokio::io::AsyncWriteExt::write_all(
-                    &mut io,
-                    &streams::frame(2, msg.as_bytes()),
-                )
-                .await;
-            }
+        // When the container failed to start, the start request reports why; the attached
+        // stream just ends.
+        if let Ok(shim) = shim {
+            streams::pump(upgraded, shim, c.config.tty, stdin).await;
         }
     });
     Ok(response)
