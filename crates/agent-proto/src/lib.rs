@@ -142,17 +142,29 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(kind: Kind, stream: u32, payload: Vec<u8>) -> Frame {
-        Frame { kind, stream, payload }
+        Frame {
+            kind,
+            stream,
+            payload,
+        }
     }
 
     /// A control frame carrying a host message.
     pub fn host(msg: &HostMsg) -> Frame {
-        Frame::new(Kind::Control, 0, serde_json::to_vec(msg).expect("HostMsg serializes"))
+        Frame::new(
+            Kind::Control,
+            0,
+            serde_json::to_vec(msg).expect("HostMsg serializes"),
+        )
     }
 
     /// A control frame carrying a guest message.
     pub fn guest(msg: &GuestMsg) -> Frame {
-        Frame::new(Kind::Control, 0, serde_json::to_vec(msg).expect("GuestMsg serializes"))
+        Frame::new(
+            Kind::Control,
+            0,
+            serde_json::to_vec(msg).expect("GuestMsg serializes"),
+        )
     }
 
     pub fn stdin(stream: u32, data: Vec<u8>) -> Frame {
@@ -222,7 +234,10 @@ impl Frame {
         if buf.len() < total {
             return Ok(None);
         }
-        Ok(Some((Frame::new(kind, stream, buf[HEADER_LEN..total].to_vec()), total)))
+        Ok(Some((
+            Frame::new(kind, stream, buf[HEADER_LEN..total].to_vec()),
+            total,
+        )))
     }
 }
 
@@ -254,7 +269,11 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<
     let (kind, stream, len) = decode_header(&hdr)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
-    Ok(Frame { kind, stream, payload })
+    Ok(Frame {
+        kind,
+        stream,
+        payload,
+    })
 }
 
 /// Write one frame (header and payload) and flush.
@@ -302,7 +321,11 @@ pub enum HostMsg {
     /// Send `signal` to the process of `stream`.
     Signal { stream: u32, signal: i32 },
     /// Resize the TTY of `stream`.
-    Resize { stream: u32, width: u16, height: u16 },
+    Resize {
+        stream: u32,
+        width: u16,
+        height: u16,
+    },
     /// List the container's processes.
     Top {
         req_id: u64,
@@ -320,11 +343,18 @@ pub enum HostMsg {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GuestMsg {
     /// The agent has loaded its modules and opened the port (also the reply to `Hello`).
-    Ready { version: u32, kernel_release: String },
+    Ready {
+        version: u32,
+        kernel_release: String,
+    },
     /// The process of `stream` is running (guest-global pid).
     Started { stream: u32, pid: i32 },
     /// The process of `stream` could not be started; no `Exited` follows.
-    StartFailed { stream: u32, error: String, exit_code: i32 },
+    StartFailed {
+        stream: u32,
+        error: String,
+        exit_code: i32,
+    },
     /// The process of `stream` has exited and all its output has been sent.
     Exited {
         stream: u32,
@@ -371,7 +401,10 @@ mod tests {
     #[test]
     fn header_layout() {
         let f = Frame::stdout(0x01020304, b"abc".to_vec());
-        assert_eq!(f.encode(), vec![2, 1, 2, 3, 4, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(
+            f.encode(),
+            vec![2, 1, 2, 3, 4, 0, 0, 0, 3, b'a', b'b', b'c']
+        );
     }
 
     #[test]
@@ -389,7 +422,10 @@ mod tests {
                 stream: 3,
                 process: spec(),
             },
-            HostMsg::Signal { stream: 0, signal: 15 },
+            HostMsg::Signal {
+                stream: 0,
+                signal: 15,
+            },
             HostMsg::Resize {
                 stream: 2,
                 width: 100,
@@ -452,11 +488,14 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let v: serde_json::Value = serde_json::from_slice(&Frame::host(&HostMsg::Shutdown).payload).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&Frame::host(&HostMsg::Shutdown).payload).unwrap();
         assert_eq!(v["type"], "shutdown");
         // Missing optional fields default; unknown fields are ignored.
-        let m: HostMsg =
-            serde_json::from_str(r#"{"type":"exec","stream":1,"process":{"args":["ls"]},"extra":1}"#).unwrap();
+        let m: HostMsg = serde_json::from_str(
+            r#"{"type":"exec","stream":1,"process":{"args":["ls"]},"extra":1}"#,
+        )
+        .unwrap();
         match m {
             HostMsg::Exec { stream: 1, process } => assert_eq!(process.args, vec!["ls"]),
             other => panic!("{other:?}"),
@@ -467,24 +506,34 @@ mod tests {
     fn window_update() {
         let f = Frame::window_update(5, 4096);
         assert_eq!(f.window_credit().unwrap(), 4096);
-        assert!(Frame::new(Kind::WindowUpdate, 5, vec![1, 2]).window_credit().is_err());
+        assert!(Frame::new(Kind::WindowUpdate, 5, vec![1, 2])
+            .window_credit()
+            .is_err());
     }
 
     #[test]
     fn decode_incremental_and_bad_input() {
         let bytes = Frame::stderr(1, vec![9; 10]).encode();
         for n in 0..bytes.len() {
-            assert!(Frame::decode(&bytes[..n]).unwrap().is_none(), "truncated at {n}");
+            assert!(
+                Frame::decode(&bytes[..n]).unwrap().is_none(),
+                "truncated at {n}"
+            );
         }
         let mut bad = bytes.clone();
         bad[0] = 6;
-        assert!(matches!(Frame::decode(&bad), Err(ProtoError::UnknownKind(6))));
+        assert!(matches!(
+            Frame::decode(&bad),
+            Err(ProtoError::UnknownKind(6))
+        ));
         let big = encode_header(Kind::Stdout, 0, MAX_PAYLOAD as u32 + 1);
         assert!(matches!(Frame::decode(&big), Err(ProtoError::TooLarge(_))));
         let max = encode_header(Kind::Stdout, 0, MAX_PAYLOAD as u32);
         assert!(Frame::decode(&max).unwrap().is_none());
         assert!(Frame::stdout(0, vec![]).host_msg().is_err());
-        assert!(Frame::new(Kind::Control, 0, b"{".to_vec()).guest_msg().is_err());
+        assert!(Frame::new(Kind::Control, 0, b"{".to_vec())
+            .guest_msg()
+            .is_err());
     }
 
     #[tokio::test]

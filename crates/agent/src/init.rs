@@ -3,6 +3,19 @@
 //!
 //! The Debian cloud kernel builds virtio as modules and the initramfs carries them as plain .ko
 //! files without modules.dep, so the order is fixed here: dependencies first.
+//!
+//! # Leaving the initramfs (switch_root)
+//!
+//! The kernel unpacks the initramfs into `rootfs`, the first mount of the first mount namespace.
+//! rootfs can never be unmounted or moved, so pivot_root(2) refuses to run while it is the
+//! current root (EINVAL): a container started from there could only be entered with MS_MOVE +
+//! chroot, and a root process in it could walk back out of a chroot into the agent's files.
+//! So before anything else (single-threaded, no tokio yet) PID 1 does what `switch_root` does:
+//! load the modules from the initramfs, mount a small tmpfs, delete everything else on rootfs
+//! (this also frees its memory; the running binary stays mapped), move the tmpfs over `/` and
+//! chroot into it. From then on the agent's root is a real mount with a parent, so each
+//! container's mount namespace can pivot_root(2) onto its disk and detach the agent's tree
+//! entirely (see `process`). What is left on rootfs is one empty directory.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -64,7 +77,11 @@ fn fix_console_fds() {
     for fd in 0..3 {
         // SAFETY: F_GETFD on a small integer has no side effects.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/console")
+            {
                 // SAFETY: dup2 onto a closed descriptor number; f stays valid for the call.
                 unsafe { libc::dup2(f.as_raw_fd(), fd) };
             }
@@ -72,10 +89,116 @@ fn fix_console_fds() {
     }
 }
 
-/// The PID-1 setup: filesystems, console, modules, subreaper.
+static LEFT_ROOTFS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Did [`leave_rootfs`] succeed at boot?
+pub fn left_rootfs() -> bool {
+    LEFT_ROOTFS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where the agent's own tmpfs is mounted before it is moved over `/`.
+const NEW_ROOT: &str = "/.agent-root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchRootError {
+    #[error("/ is not the initramfs (filesystem type {0:#x})")]
+    NotRootfs(i64),
+    #[error("{0}")]
+    Sys(&'static str, #[source] nix::Error),
+}
+
+fn sys<T>(what: &'static str, r: nix::Result<T>) -> Result<T, SwitchRootError> {
+    r.map_err(|e| SwitchRootError::Sys(what, e))
+}
+
+/// Remove everything below `dir` that is on device `dev`, not crossing into other mounts and
+/// not touching `keep` (a name directly below `dir`).
+fn remove_tree(dir: &Path, dev: u64, keep: Option<&str>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if keep.is_some_and(|k| e.file_name() == k) {
+            continue;
+        }
+        let p = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != dev {
+            continue;
+        }
+        if md.is_dir() {
+            remove_tree(&p, dev, None);
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Move PID 1 off the initramfs onto a tmpfs of its own (see the module docs). Must run before
+/// any thread exists and before anything is mounted below `/`.
+pub fn leave_rootfs() -> Result<(), SwitchRootError> {
+    use std::os::unix::fs::MetadataExt;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let st = sys("statfs /", nix::sys::statfs::statfs("/"))?;
+    let ftype = st.filesystem_type().0 as i64;
+    if ftype != RAMFS_MAGIC && ftype != TMPFS_MAGIC {
+        return Err(SwitchRootError::NotRootfs(ftype));
+    }
+    let root_dev = std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
+    let _ = std::fs::create_dir(NEW_ROOT);
+    sys(
+        "mount tmpfs for the agent's root",
+        mount(
+            Some("tmpfs"),
+            NEW_ROOT,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=1m"),
+        ),
+    )?;
+    remove_tree(
+        Path::new("/"),
+        root_dev,
+        Some(NEW_ROOT.trim_start_matches('/')),
+    );
+    sys("chdir to the agent's root", nix::unistd::chdir(NEW_ROOT))?;
+    sys(
+        "move the agent's root over /",
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>),
+    )?;
+    sys("chroot", nix::unistd::chroot("."))?;
+    sys("chdir /", nix::unistd::chdir("/"))?;
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        let _ = std::fs::create_dir(Path::new("/").join(d));
+    }
+    LEFT_ROOTFS.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The PID-1 setup: console, modules, leaving the initramfs, filesystems, subreaper.
 pub fn init_pid1() {
+    fix_console_fds();
+    load_modules(Path::new(MODULE_DIR));
+    match leave_rootfs() {
+        Ok(()) => log!("left the initramfs: the agent's root is its own tmpfs"),
+        Err(e) => log!(
+            "leaving the initramfs: {}; containers will not start",
+            crate::error_chain(&e)
+        ),
+    }
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"));
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
     fix_console_fds();
     mount_fs("proc", "/proc", "proc", nosuid, None);
     mount_fs("sysfs", "/sys", "sysfs", nosuid, None);
@@ -97,10 +220,12 @@ pub fn init_pid1() {
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
-    load_modules(Path::new(MODULE_DIR));
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        log!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
+        log!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -187,7 +312,11 @@ mod tests {
                 "extra.ko"
             ]
         );
-        let all: Vec<String> = MODULE_ORDER.iter().rev().map(|m| format!("{m}.ko")).collect();
+        let all: Vec<String> = MODULE_ORDER
+            .iter()
+            .rev()
+            .map(|m| format!("{m}.ko"))
+            .collect();
         let want: Vec<String> = MODULE_ORDER.iter().map(|m| format!("{m}.ko")).collect();
         assert_eq!(module_load_order(&all), want);
     }

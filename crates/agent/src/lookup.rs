@@ -93,7 +93,11 @@ pub fn check_in_root(root: &Path, path: &str) -> Access {
         return Access::Missing;
     };
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
-    let how: [u64; 3] = [(libc::O_PATH | libc::O_CLOEXEC) as u64, 0, libc::RESOLVE_IN_ROOT];
+    let how: [u64; 3] = [
+        (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        0,
+        libc::RESOLVE_IN_ROOT,
+    ];
     // SAFETY: valid dirfd, NUL-terminated path, a properly sized open_how struct.
     let fd = unsafe {
         libc::syscall(
@@ -139,14 +143,24 @@ mod tests {
             ("/bin/sh", "", "/", Ok("/bin/sh")),
             ("./run", DEFAULT_PATH, "/app", Ok("/app/run")),
             ("run", "/app/", "/", Ok("/app/run")),
-            ("nope", DEFAULT_PATH, "/", Err(LookupError::NotFound("nope".into()))),
+            (
+                "nope",
+                DEFAULT_PATH,
+                "/",
+                Err(LookupError::NotFound("nope".into())),
+            ),
             (
                 "/etc/passwd",
                 DEFAULT_PATH,
                 "/",
                 Err(LookupError::NotExecutable("/etc/passwd".into())),
             ),
-            ("data", "/bin", "/", Err(LookupError::NotExecutable("data".into()))),
+            (
+                "data",
+                "/bin",
+                "/",
+                Err(LookupError::NotExecutable("data".into())),
+            ),
             (
                 "/bin",
                 DEFAULT_PATH,
@@ -154,7 +168,12 @@ mod tests {
                 Err(LookupError::NotExecutable("/bin".into())),
             ),
             ("", DEFAULT_PATH, "/", Err(LookupError::Empty)),
-            ("sh", "relative:also", "/", Err(LookupError::NotFound("sh".into()))),
+            (
+                "sh",
+                "relative:also",
+                "/",
+                Err(LookupError::NotFound("sh".into())),
+            ),
         ];
         for (i, (prog, path, cwd, want)) in cases.into_iter().enumerate() {
             assert_eq!(
@@ -174,7 +193,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::fs::write(dir.join("bin/busybox"), b"x").unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/bin/busybox", dir.join("bin/sh")).unwrap();
         std::os::unix::fs::symlink("/nonexistent", dir.join("bin/dangling")).unwrap();
         std::fs::write(dir.join("bin/text"), b"x").unwrap();

@@ -55,7 +55,8 @@ fn main() {
     if pid1 {
         init::init_pid1();
     }
-    let port_name = std::env::var("HYPER_AGENT_PORT").unwrap_or_else(|_| agent_proto::PORT_NAME.to_string());
+    let port_name =
+        std::env::var("HYPER_AGENT_PORT").unwrap_or_else(|_| agent_proto::PORT_NAME.to_string());
     let port = port::open_port(&port_name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -199,7 +200,15 @@ fn handle(
                 });
                 return;
             }
-            start_stream(stream, process, None, Target::Exec { main_pid }, out, ev, streams);
+            start_stream(
+                stream,
+                process,
+                None,
+                Target::Exec { main_pid },
+                out,
+                ev,
+                streams,
+            );
         }
         HostMsg::Signal { stream, signal } => {
             let Some(pid) = streams.get(&stream).and_then(|h| h.pid) else {
@@ -210,7 +219,11 @@ fn handle(
                 log!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
             }
         }
-        HostMsg::Resize { stream, width, height } => {
+        HostMsg::Resize {
+            stream,
+            width,
+            height,
+        } => {
             if let Some(h) = streams.get_mut(&stream) {
                 match h.master.as_ref() {
                     Some(m) => session::resize(m, width, height),

@@ -45,7 +45,9 @@ pub fn open_port(name: &str) -> std::fs::File {
 
 /// Start the reader and writer threads on `port`. Frames read go to the returned receiver;
 /// frames sent on the returned sender are written in order.
-pub fn start(port: std::fs::File) -> (mpsc::UnboundedReceiver<Frame>, mpsc::UnboundedSender<Frame>) {
+pub fn start(
+    port: std::fs::File,
+) -> (mpsc::UnboundedReceiver<Frame>, mpsc::UnboundedSender<Frame>) {
     // SAFETY: dup of a valid fd; the result is owned by the new File.
     let wfd = unsafe { libc::dup(port.as_raw_fd()) };
     assert!(wfd >= 0, "dup port fd");

@@ -7,9 +7,10 @@
 //! that forks switches its own (per-thread) pid_for_children just around the fork: unshare for
 //! the main process, setns into the main process's PID namespace for an exec, and setns back to
 //! the agent's namespace right after. The main process also gets its own mount
-//! namespace in which the root disk becomes `/` (switch_root style, MS_MOVE + chroot, because
-//! pivot_root does not work from an initramfs root). Exec sessions join that mount namespace
-//! with setns and chroot into the main process's root.
+//! namespace in which the root disk becomes `/` with pivot_root(2), and the agent's whole tree
+//! is then detached from that namespace (possible because PID 1 moved off the initramfs at boot,
+//! `init::leave_rootfs`). Exec sessions join that mount namespace with setns and chroot into
+//! the main process's root.
 //!
 //! Reaping: one reaper calls waitpid(-1) for everything (the agent is PID 1 and a subreaper);
 //! callers register for the pids they started. The reaper never runs while a spawn is in
@@ -69,7 +70,9 @@ pub fn register(pid: i32) -> oneshot::Receiver<i32> {
 
 /// Reap every exited child without blocking.
 pub fn reap() {
-    let Ok(_spawn) = SPAWN_LOCK.try_lock() else { return };
+    let Ok(_spawn) = SPAWN_LOCK.try_lock() else {
+        return;
+    };
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
@@ -180,17 +183,25 @@ fn open_rdonly(p: &Path) -> Result<OwnedFd, SpawnError> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::new(format!("pipe: {e}"), 126))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::new(format!("pipe: {e}"), 126))
 }
 
 /// Start `spec`. Blocking (forks and waits for the exec): call from a blocking thread.
 pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> {
+    if matches!(target, Target::Main) && std::process::id() == 1 && !crate::init::left_rootfs() {
+        return Err(SpawnError::new(
+            "the agent could not leave the initramfs at boot (see the VM console), so the container's root cannot be isolated",
+            126,
+        ));
+    }
     let root: PathBuf = match target {
         Target::Main => PathBuf::from(ROOTFS),
         Target::Exec { main_pid } => PathBuf::from(format!("/proc/{main_pid}/root")),
     };
     let prog = spec.args.first().map(String::as_str).unwrap_or("");
-    let ident = user::resolve_in_root(&root, &spec.user).map_err(|e| SpawnError::new(e.to_string(), 126))?;
+    let ident = user::resolve_in_root(&root, &spec.user)
+        .map_err(|e| SpawnError::new(e.to_string(), 126))?;
     let env = build_env(&spec.env, &ident.home, spec.tty);
     let path_var = env
         .iter()
@@ -232,13 +243,25 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
     };
     if spec.tty {
         let ws = nix::pty::Winsize {
-            ws_row: if spec.tty_height == 0 { 24 } else { spec.tty_height },
-            ws_col: if spec.tty_width == 0 { 80 } else { spec.tty_width },
+            ws_row: if spec.tty_height == 0 {
+                24
+            } else {
+                spec.tty_height
+            },
+            ws_col: if spec.tty_width == 0 {
+                80
+            } else {
+                spec.tty_width
+            },
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| SpawnError::new(format!("openpty: {e}"), 126))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| SpawnError::new(format!("dup: {e}"), 126));
+        let pty = nix::pty::openpty(Some(&ws), None)
+            .map_err(|e| SpawnError::new(format!("openpty: {e}"), 126))?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| SpawnError::new(format!("dup: {e}"), 126))
+        };
         let _ = nix::fcntl::fcntl(
             pty.master.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -274,7 +297,9 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             open_rdonly(Path::new(&format!("/proc/{main_pid}/root")))?,
         )),
     };
-    let raw_exec_fds: Option<(RawFd, RawFd)> = exec_fds.as_ref().map(|(a, b)| (a.as_raw_fd(), b.as_raw_fd()));
+    let raw_exec_fds: Option<(RawFd, RawFd)> = exec_fds
+        .as_ref()
+        .map(|(a, b)| (a.as_raw_fd(), b.as_raw_fd()));
     // SAFETY: the closure runs in the forked child before exec; it only makes syscalls (and the
     // small allocations of nix path conversion, safe after glibc's fork).
     unsafe {
@@ -296,7 +321,9 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
     let own_pidns = open_rdonly(Path::new("/proc/thread-self/ns/pid"))?;
     let target_pidns = match target {
         Target::Main => None,
-        Target::Exec { main_pid } => Some(open_rdonly(Path::new(&format!("/proc/{main_pid}/ns/pid")))?),
+        Target::Exec { main_pid } => {
+            Some(open_rdonly(Path::new(&format!("/proc/{main_pid}/ns/pid")))?)
+        }
     };
     let child = {
         use nix::sched::{setns, unshare, CloneFlags};
@@ -339,8 +366,10 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
 /// In the main process's child: own mount namespace, root disk as `/` with proc, sys and a
 /// minimal /dev.
 fn enter_new_root() -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
     use nix::sched::{unshare, CloneFlags};
     use nix::sys::stat::{makedev, mknod, umask, Mode, SFlag};
+    use std::os::fd::FromRawFd;
     unshare(CloneFlags::CLONE_NEWNS)?;
     mount(
         None::<&str>,
@@ -358,7 +387,13 @@ fn enter_new_root() -> std::io::Result<()> {
     )?;
     let p = |s: &str| format!("{ROOTFS}{s}");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), p("/proc").as_str(), Some("proc"), nosuid, None::<&str>)?;
+    mount(
+        Some("proc"),
+        p("/proc").as_str(),
+        Some("proc"),
+        nosuid,
+        None::<&str>,
+    )?;
     mount(
         Some("sysfs"),
         p("/sys").as_str(),
@@ -424,9 +459,22 @@ fn enter_new_root() -> std::io::Result<()> {
     ] {
         let _ = std::os::unix::fs::symlink(target, p(link));
     }
+    // pivot_root(".", ".") (as runc does): the disk becomes the namespace's root and the
+    // agent's root is stacked on top of it at "/"; detaching that leaves nothing of the agent's
+    // tree (its /, /dev, /proc, /run ...) in this namespace. Works because the agent left the
+    // initramfs at boot (init::leave_rootfs): pivot_root refuses to move rootfs.
+    let old_root = nix::fcntl::open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: old_root was just opened and is owned here.
+    let old_root = unsafe { OwnedFd::from_raw_fd(old_root) };
     nix::unistd::chdir(ROOTFS)?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
-    nix::unistd::chroot(".")?;
+    nix::unistd::pivot_root(".", ".")?;
+    nix::unistd::fchdir(old_root.as_raw_fd())?;
+    drop(old_root);
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
     nix::unistd::chdir("/")?;
     Ok(())
 }
@@ -440,7 +488,11 @@ fn child_common(tty: bool, ident: &user::Identity, cwd: &CString) -> std::io::Re
             return Err(std::io::Error::last_os_error());
         }
     }
-    let groups: Vec<nix::unistd::Gid> = ident.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> = ident
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     nix::unistd::setgroups(&groups)?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(ident.gid))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(ident.uid))?;
@@ -486,8 +538,14 @@ mod tests {
         let cases = [
             (WaitStatus::Exited(p, 0), Some((5, 0))),
             (WaitStatus::Exited(p, 3), Some((5, 3))),
-            (WaitStatus::Signaled(p, Signal::SIGKILL, false), Some((5, 137))),
-            (WaitStatus::Signaled(p, Signal::SIGTERM, true), Some((5, 143))),
+            (
+                WaitStatus::Signaled(p, Signal::SIGKILL, false),
+                Some((5, 137)),
+            ),
+            (
+                WaitStatus::Signaled(p, Signal::SIGTERM, true),
+                Some((5, 143)),
+            ),
             (WaitStatus::Stopped(p, Signal::SIGSTOP), None),
             (WaitStatus::StillAlive, None),
         ];
@@ -501,7 +559,11 @@ mod tests {
 
     #[test]
     fn env_defaults() {
-        let env = build_env(&["A=1".into(), "A=2".into(), "B".into(), "=x".into()], "/root", true);
+        let env = build_env(
+            &["A=1".into(), "A=2".into(), "B".into(), "=x".into()],
+            "/root",
+            true,
+        );
         let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         assert_eq!(get("A").as_deref(), Some("2"));
         assert_eq!(get("B").as_deref(), Some(""));
@@ -509,7 +571,10 @@ mod tests {
         assert_eq!(get("HOME").as_deref(), Some("/root"));
         assert_eq!(get("TERM").as_deref(), Some("xterm"));
         let env = build_env(&["PATH=/x".into(), "HOME=/h".into()], "/root", false);
-        assert_eq!(env, vec![("PATH".into(), "/x".into()), ("HOME".into(), "/h".into())]);
+        assert_eq!(
+            env,
+            vec![("PATH".into(), "/x".into()), ("HOME".into(), "/h".into())]
+        );
     }
 
     #[test]

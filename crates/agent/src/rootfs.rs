@@ -26,7 +26,11 @@ nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
 
 pub fn prepare(device: &str, hostname: &str) -> Result<(), RootfsError> {
-    let device = if device.is_empty() { "/dev/vda" } else { device };
+    let device = if device.is_empty() {
+        "/dev/vda"
+    } else {
+        device
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(device).exists() {
         if Instant::now() > deadline {
@@ -35,8 +39,14 @@ pub fn prepare(device: &str, hostname: &str) -> Result<(), RootfsError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::create_dir_all(ROOTFS);
-    mount(Some(device), ROOTFS, Some("ext4"), MsFlags::empty(), None::<&str>)
-        .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    mount(
+        Some(device),
+        ROOTFS,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
     if let Err(e) = grow(device) {
         log!("growing {device}: {e} (carrying on)");
     }

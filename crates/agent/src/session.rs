@@ -66,7 +66,8 @@ impl Fd {
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
         // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open and unchanged while registered.
-        let afd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let afd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Fd(afd))
     }
 
@@ -77,7 +78,9 @@ impl Fd {
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut g = self.0.writable().await?;
-            match g.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+            match g
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
@@ -102,13 +105,23 @@ pub fn resize(master: &Fd, width: u16, height: u16) {
     }
 }
 
-async fn pump_output(fd: Arc<Fd>, kind: Kind, stream: u32, credit: Arc<Credit>, out: mpsc::UnboundedSender<Frame>) {
+async fn pump_output(
+    fd: Arc<Fd>,
+    kind: Kind,
+    stream: u32,
+    credit: Arc<Credit>,
+    out: mpsc::UnboundedSender<Frame>,
+) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         // Wait for data first, then for credit, so stdout and stderr never starve each other.
-        let Ok(mut g) = fd.0.readable().await else { return };
+        let Ok(mut g) = fd.0.readable().await else {
+            return;
+        };
         let n = credit.take(CHUNK).await;
-        let got = match g.try_io(|f| nix::unistd::read(f.as_raw_fd(), &mut buf[..n]).map_err(std::io::Error::from)) {
+        let got = match g.try_io(|f| {
+            nix::unistd::read(f.as_raw_fd(), &mut buf[..n]).map_err(std::io::Error::from)
+        }) {
             Ok(Ok(got)) => got,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
                 credit.refund(n);
@@ -124,7 +137,10 @@ async fn pump_output(fd: Arc<Fd>, kind: Kind, stream: u32, credit: Arc<Credit>, 
         if got == 0 {
             return; // EOF
         }
-        if out.send(Frame::new(kind, stream, buf[..got].to_vec())).is_err() {
+        if out
+            .send(Frame::new(kind, stream, buf[..got].to_vec()))
+            .is_err()
+        {
             return;
         }
     }
@@ -181,14 +197,22 @@ pub async fn run(
             }
         }
         if let Some(fd) = sp.stdin.and_then(|f| Fd::new(f).ok()) {
-            stdin_task = Some(tokio::spawn(pump_stdin(Arc::new(fd), stream, stdin_rx, out.clone())));
+            stdin_task = Some(tokio::spawn(pump_stdin(
+                Arc::new(fd),
+                stream,
+                stdin_rx,
+                out.clone(),
+            )));
         }
     }
     let exit_code = exit.await.unwrap_or(137);
     // Output still in flight (or held open by a background process) gets a short grace period.
     for r in readers {
         let abort = r.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), r).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), r)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }

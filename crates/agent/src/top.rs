@@ -50,7 +50,12 @@ pub fn tty_name(tty_nr: u32) -> String {
 
 /// "HH:MM:SS" for a number of seconds (days wrap into hours, like ps).
 pub fn hms(secs: u64) -> String {
-    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// "HH:MM" (UTC) of an epoch time.
@@ -95,7 +100,8 @@ pub fn container_pids(main_pid: i32) -> Vec<String> {
 /// Rows for `top` (ps -ef style).
 pub fn top(main_pid: i32) -> (Vec<String>, Vec<Vec<String>>) {
     let root = std::path::PathBuf::from(format!("/proc/{main_pid}/root"));
-    let passwd = user::parse_passwd(&std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default());
+    let passwd =
+        user::parse_passwd(&std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default());
     let names: HashMap<u32, String> = passwd.into_iter().map(|p| (p.uid, p.name)).collect();
     let boot = btime();
     let mut rows = Vec::new();
@@ -157,7 +163,11 @@ pub fn parse_cpu(text: &str) -> (u64, u64) {
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
         return (0, 0);
     };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
@@ -175,11 +185,15 @@ pub struct Stats {
 }
 
 pub fn stats(main_pid: Option<i32>) -> Stats {
-    let (memory_usage, memory_limit) = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
-    let (cpu_total_ns, system_cpu_ns) = parse_cpu(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
+    let (memory_usage, memory_limit) =
+        parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    let (cpu_total_ns, system_cpu_ns) =
+        parse_cpu(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
     // SAFETY: sysconf has no side effects.
     let online_cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u32;
-    let pids = main_pid.map(|p| container_pids(p).len() as u64).unwrap_or(0);
+    let pids = main_pid
+        .map(|p| container_pids(p).len() as u64)
+        .unwrap_or(0);
     Stats {
         memory_usage,
         memory_limit,

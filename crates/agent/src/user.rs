@@ -71,7 +71,12 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
                 gid: f[2].parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })
@@ -80,7 +85,11 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
 
 /// Resolve `user` against parsed passwd/group entries, the way Docker (runc's libcontainer/user)
 /// does: numeric ids need no entry; names must exist.
-pub fn resolve(user: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Result<Identity, UserError> {
+pub fn resolve(
+    user: &str,
+    passwd: &[PasswdEntry],
+    groups: &[GroupEntry],
+) -> Result<Identity, UserError> {
     let user = user.trim();
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
