@@ -12,7 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Wall-clock seconds since the epoch. Wall clock (not `Instant`) because the shim's logs and
 /// `state.json` carry wall-clock timestamps that we put on the same axis.
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// RFC 3339 timestamp (as the shim writes them) to epoch seconds.
@@ -29,11 +32,18 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 pub fn min(xs: &[f64]) -> Option<f64> {
-    xs.iter().copied().filter(|x| x.is_finite()).min_by(|a, b| a.total_cmp(b))
+    xs.iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .min_by(|a, b| a.total_cmp(b))
 }
 
 /// The guest-clock timestamp of a kernel console line, `[    1.234567] text`.
@@ -55,7 +65,12 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), offset: 0, partial: Vec::new(), lines: Vec::new() }
+        Self {
+            path: path.into(),
+            offset: 0,
+            partial: Vec::new(),
+            lines: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -65,7 +80,9 @@ impl Tail {
     /// Read what was appended since the last call. A missing file is not an error (not yet
     /// created, or already removed).
     pub fn poll(&mut self, at: f64) {
-        let Ok(mut f) = File::open(&self.path) else { return };
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
         let Ok(meta) = f.metadata() else { return };
         if meta.len() <= self.offset {
             return;
@@ -81,26 +98,38 @@ impl Tail {
         self.partial.extend_from_slice(&buf);
         while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
             self.lines.push((at, text));
         }
     }
 
     /// Host time of the first line containing `needle`.
     pub fn seen(&self, needle: &str) -> Option<f64> {
-        self.lines.iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t)
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 
     /// The first line containing `needle`.
     pub fn line(&self, needle: &str) -> Option<&str> {
-        self.lines.iter().find(|(_, l)| l.contains(needle)).map(|(_, l)| l.as_str())
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.as_str())
     }
 
     /// Host time at which the guest's kernel clock read zero: every timestamped line is written
     /// at or after its timestamp, so the smallest (seen - stamp) is the tightest estimate. Good
     /// only when the guest clock runs at host speed (TSC-based under TCG with `tsc_early_khz`).
     pub fn guest_zero(&self) -> Option<f64> {
-        min(&self.lines.iter().filter_map(|(t, l)| Some(t - kernel_time(l)?)).collect::<Vec<_>>())
+        min(&self
+            .lines
+            .iter()
+            .filter_map(|(t, l)| Some(t - kernel_time(l)?))
+            .collect::<Vec<_>>())
     }
 
     /// Guest-clock time of the first line containing `needle`.
@@ -123,7 +152,10 @@ mod tests {
 
     #[test]
     fn kernel_timestamps() {
-        assert_eq!(kernel_time("[    1.234567] Run /init as init process"), Some(1.234567));
+        assert_eq!(
+            kernel_time("[    1.234567] Run /init as init process"),
+            Some(1.234567)
+        );
         assert_eq!(kernel_time("hyper-agent: ready"), None);
     }
 

@@ -23,7 +23,10 @@ use sha2::{Digest, Sha256};
 use vm::{Accel, Hypervisor, Qemu, VmConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "start-latency", about = "Start latency of `hyper run --rm busybox true` against a QEMU floor")]
+#[command(
+    name = "start-latency",
+    about = "Start latency of `hyper run --rm busybox true` against a QEMU floor"
+)]
 struct Args {
     /// Timed runs per path (the medians are over these; each image's first, disk-building run
     /// is reported on its own).
@@ -83,7 +86,9 @@ fn started<R>(f: impl FnOnce(&mut Started) -> R) -> R {
 }
 
 fn is_qemu(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains("qemu")).unwrap_or(false)
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
+        .unwrap_or(false)
 }
 
 fn kill(pid: u32, sig: i32) {
@@ -104,7 +109,9 @@ fn stop_child(child: &mut Child, secs: u64) {
 }
 
 fn cleanup() {
-    let Some(mut s) = STARTED.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+    let Some(mut s) = STARTED.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
     if let Some(pid) = s.floor_qemu.take() {
         if is_qemu(pid) {
             kill(pid, libc::SIGKILL);
@@ -113,7 +120,10 @@ fn cleanup() {
     if let Some(data) = &s.data {
         // Containers left by a failed run: through the API first, then by hand.
         if s.hyperd.is_some() && !s.hyper_cli.is_empty() {
-            let ids = Command::new(&s.hyper_cli[0]).args(&s.hyper_cli[1..]).args(["ps", "-aq"]).output();
+            let ids = Command::new(&s.hyper_cli[0])
+                .args(&s.hyper_cli[1..])
+                .args(["ps", "-aq"])
+                .output();
             if let Ok(out) = ids {
                 for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                     let _ = Command::new(&s.hyper_cli[0])
@@ -136,7 +146,10 @@ fn cleanup() {
                         }
                     }
                 }
-                if let Some(p) = fs::read_to_string(d.join("shim.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                if let Some(p) = fs::read_to_string(d.join("shim.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                {
                     let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
                     if String::from_utf8_lossy(&cmd).contains("hyper-shim") {
                         kill(p, libc::SIGKILL);
@@ -149,7 +162,12 @@ fn cleanup() {
         stop_child(&mut h, 10);
     }
     for (docker, image) in s.docker_images.drain(..) {
-        let _ = Command::new(&docker[0]).args(&docker[1..]).args(["rmi", "-f", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new(&docker[0])
+            .args(&docker[1..])
+            .args(["rmi", "-f", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     if let Some(mut d) = s.dockerd.take() {
         stop_child(&mut d, 20);
@@ -190,15 +208,27 @@ fn install_signal_thread() {
 // Small process helpers.
 
 fn run_ok(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("run {what}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 fn poll_until(what: &str, secs: u64, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -245,7 +275,10 @@ impl Env {
     }
 
     fn start_hyperd(&self, extra: &str) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.data.join("hyperd.log"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("hyperd.log"))?;
         let child = Command::new(&self.hyperd_bin)
             .arg("--data-root")
             .arg(&self.data)
@@ -263,12 +296,23 @@ impl Env {
             .context("start hyperd")?;
         started(|s| s.hyperd = Some(child));
         poll_until("hyperd to answer", 120, || {
-            let alive = started(|s| s.hyperd.as_mut().map(|h| matches!(h.try_wait(), Ok(None))).unwrap_or(false));
+            let alive = started(|s| {
+                s.hyperd
+                    .as_mut()
+                    .map(|h| matches!(h.try_wait(), Ok(None)))
+                    .unwrap_or(false)
+            });
             if !alive {
                 let log = fs::read_to_string(self.data.join("hyperd.log")).unwrap_or_default();
                 bail!("hyperd exited:\n{log}");
             }
-            Ok(self.hyper().arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
+            Ok(self
+                .hyper()
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success())
         })
     }
 
@@ -280,22 +324,37 @@ impl Env {
 }
 
 fn setup(args: &Args) -> Result<Env> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("repo root")?.to_path_buf();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("repo root")?
+        .to_path_buf();
     if !args.no_build {
         eprintln!("building (scripts/build)...");
-        run_ok(Command::new(repo.join("scripts/build")).current_dir(&repo), "scripts/build")?;
+        run_ok(
+            Command::new(repo.join("scripts/build")).current_dir(&repo),
+            "scripts/build",
+        )?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
     let hyperd_bin = target.join("debug/hyperd");
     let hyper_bin = target.join("debug/hyper");
     let agent_bin = target.join("x86_64-unknown-linux-gnu/debug/hyper-agent");
-    for b in [&hyperd_bin, &hyper_bin, &target.join("debug/hyper-shim"), &agent_bin] {
+    for b in [
+        &hyperd_bin,
+        &hyper_bin,
+        &target.join("debug/hyper-shim"),
+        &agent_bin,
+    ] {
         if !b.is_file() {
             bail!("{} missing: run scripts/build", b.display());
         }
     }
-    let qemu = which("qemu-system-x86_64").context("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")?;
-    let accel = Accel::resolve(Some(args.accel.as_str())).map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
+    let qemu = which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")?;
+    let accel =
+        Accel::resolve(Some(args.accel.as_str())).map_err(|e| anyhow::anyhow!("--accel: {e}"))?;
 
     // Short data root: unix sockets live below it.
     let data = PathBuf::from(format!("/tmp/hb{}", std::process::id()));
@@ -306,17 +365,28 @@ fn setup(args: &Args) -> Result<Env> {
         s.keep = args.keep;
     });
     let sock = format!("unix://{}/api.sock", data.display());
-    started(|s| s.hyper_cli = vec![hyper_bin.to_string_lossy().into_owned(), "-H".into(), sock.clone()]);
+    started(|s| {
+        s.hyper_cli = vec![
+            hyper_bin.to_string_lossy().into_owned(),
+            "-H".into(),
+            sock.clone(),
+        ]
+    });
 
     // Guest kernel: DATA/kernel/{vmlinuz,modules} link to a shared copy; hyperd writes its
     // initramfs next to them, in our data root.
     let kdir = match &args.kernel_dir {
         Some(d) => d.clone(),
-        None if Path::new("/var/lib/hyper/kernel/vmlinuz").is_file() => "/var/lib/hyper/kernel".into(),
+        None if Path::new("/var/lib/hyper/kernel/vmlinuz").is_file() => {
+            "/var/lib/hyper/kernel".into()
+        }
         None => {
             let d = PathBuf::from("/var/tmp/hyper-bench-kernel");
             eprintln!("guest kernel: scripts/fetch-kernel {}", d.display());
-            run_ok(Command::new(repo.join("scripts/fetch-kernel")).arg(&d), "scripts/fetch-kernel")?;
+            run_ok(
+                Command::new(repo.join("scripts/fetch-kernel")).arg(&d),
+                "scripts/fetch-kernel",
+            )?;
             d
         }
     };
@@ -333,11 +403,19 @@ fn setup(args: &Args) -> Result<Env> {
     let src = data.join("floor-init.c");
     fs::write(&src, FLOOR_INIT_C)?;
     let init = data.join("floor-init");
-    run_ok(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&init).arg(&src), "gcc -static (floor init)")?;
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&init)
+            .arg(&src),
+        "gcc -static (floor init)",
+    )?;
     let floor_initrd = data.join("floor-initramfs.img");
-    vm::build_initramfs(&init, &data.join("kernel/modules"), &floor_initrd).context("build the floor initramfs")?;
+    vm::build_initramfs(&init, &data.join("kernel/modules"), &floor_initrd)
+        .context("build the floor initramfs")?;
 
-    let size = node::sizes::lookup(node::sizes::DEFAULT_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let size =
+        node::sizes::lookup(node::sizes::DEFAULT_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Env {
         repo,
         data,
@@ -361,23 +439,43 @@ fn setup(args: &Args) -> Result<Env> {
 fn make_big_image(small: &Path, out: &Path, tag: &str, mb: usize, work: &Path) -> Result<()> {
     let x = work.join("x");
     fs::create_dir_all(&x)?;
-    run_ok(Command::new("tar").arg("-xf").arg(small).arg("-C").arg(&x), "tar -x")?;
+    run_ok(
+        Command::new("tar").arg("-xf").arg(small).arg("-C").arg(&x),
+        "tar -x",
+    )?;
     let manifest: serde_json::Value = serde_json::from_slice(&fs::read(x.join("manifest.json"))?)?;
-    let old_cfg = manifest[0]["Config"].as_str().context("manifest Config")?.to_string();
-    let mut layers: Vec<String> =
-        manifest[0]["Layers"].as_array().context("manifest Layers")?.iter().filter_map(|l| l.as_str().map(String::from)).collect();
+    let old_cfg = manifest[0]["Config"]
+        .as_str()
+        .context("manifest Config")?
+        .to_string();
+    let mut layers: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .context("manifest Layers")?
+        .iter()
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect();
 
     let root = work.join("root");
     fs::create_dir_all(&root)?;
     {
         let mut f = fs::File::create(root.join("big.bin"))?;
         let mut rnd = fs::File::open("/dev/urandom")?;
-        std::io::copy(&mut std::io::Read::take(&mut rnd, (mb as u64) << 20), &mut f)?;
+        std::io::copy(
+            &mut std::io::Read::take(&mut rnd, (mb as u64) << 20),
+            &mut f,
+        )?;
     }
     let layer = work.join("layer.tar");
     run_ok(
         Command::new("tar")
-            .args(["--format=gnu", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+            .args([
+                "--format=gnu",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-C",
+            ])
             .arg(&root)
             .arg("-cf")
             .arg(&layer)
@@ -388,11 +486,17 @@ fn make_big_image(small: &Path, out: &Path, tag: &str, mb: usize, work: &Path) -
     fs::create_dir_all(x.join(&lid))?;
     fs::rename(&layer, x.join(&lid).join("layer.tar"))?;
     fs::write(x.join(&lid).join("VERSION"), "1.0")?;
-    fs::write(x.join(&lid).join("json"), format!(r#"{{"id":"{lid}","os":"linux"}}"#))?;
+    fs::write(
+        x.join(&lid).join("json"),
+        format!(r#"{{"id":"{lid}","os":"linux"}}"#),
+    )?;
     layers.push(format!("{lid}/layer.tar"));
 
     let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(x.join(&old_cfg))?)?;
-    cfg["rootfs"]["diff_ids"].as_array_mut().context("diff_ids")?.push(format!("sha256:{lid}").into());
+    cfg["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .context("diff_ids")?
+        .push(format!("sha256:{lid}").into());
     if let Some(h) = cfg["history"].as_array_mut() {
         h.push(serde_json::json!({"created": "1970-01-01T00:00:00Z", "created_by": "start-latency: random file layer"}));
     }
@@ -403,11 +507,24 @@ fn make_big_image(small: &Path, out: &Path, tag: &str, mb: usize, work: &Path) -
     let (repo, tagname) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
     fs::write(
         x.join("manifest.json"),
-        serde_json::to_vec(&serde_json::json!([{"Config": format!("{cfg_id}.json"), "RepoTags": [tag], "Layers": layers}]))?,
+        serde_json::to_vec(
+            &serde_json::json!([{"Config": format!("{cfg_id}.json"), "RepoTags": [tag], "Layers": layers}]),
+        )?,
     )?;
-    fs::write(x.join("repositories"), serde_json::to_vec(&serde_json::json!({repo: {tagname: lid}}))?)?;
+    fs::write(
+        x.join("repositories"),
+        serde_json::to_vec(&serde_json::json!({repo: {tagname: lid}}))?,
+    )?;
     let names: Vec<OsString> = fs::read_dir(&x)?.flatten().map(|e| e.file_name()).collect();
-    run_ok(Command::new("tar").arg("-C").arg(&x).arg("-cf").arg(out).args(&names), "tar -c (image)")?;
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&x)
+            .arg("-cf")
+            .arg(out)
+            .args(&names),
+        "tar -c (image)",
+    )?;
     fs::remove_dir_all(work)?;
     Ok(())
 }
@@ -442,10 +559,16 @@ struct HyperRun {
 
 fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
     let cdir = env.data.join("c");
-    let before: HashSet<OsString> = fs::read_dir(&cdir)?.flatten().map(|e| e.file_name()).collect();
+    let before: HashSet<OsString> = fs::read_dir(&cdir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     let mut r = HyperRun::default();
     let mut cmd = env.hyper();
-    cmd.args(["run", "--rm", image, "true"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["run", "--rm", image, "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     r.t0 = now();
     let mut child = cmd.spawn().context("run hyper")?;
     if !watch {
@@ -453,7 +576,11 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
         r.t_end = now();
         r.t_settled = settle(env);
         if !out.status.success() {
-            bail!("hyper run --rm {image} true: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "hyper run --rm {image} true: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         return Ok(r);
     }
@@ -463,7 +590,10 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
         let exited = child.try_wait()?.is_some();
         let t = now();
         if r.dir.is_none() {
-            if let Some(e) = fs::read_dir(&cdir)?.flatten().find(|e| !before.contains(&e.file_name())) {
+            if let Some(e) = fs::read_dir(&cdir)?
+                .flatten()
+                .find(|e| !before.contains(&e.file_name()))
+            {
                 let d = e.path();
                 r.t_dir = Some(t);
                 shim = Some(Tail::new(d.join("shim.log")));
@@ -487,13 +617,20 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
                     if let Ok(b) = fs::read(d.join("state.json")) {
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
                             state_seen = true;
-                            r.started = r.started.or_else(|| parse_rfc3339(v["started_at"].as_str()?));
-                            r.finished = r.finished.or_else(|| parse_rfc3339(v["finished_at"].as_str()?));
+                            r.started = r
+                                .started
+                                .or_else(|| parse_rfc3339(v["started_at"].as_str()?));
+                            r.finished = r
+                                .finished
+                                .or_else(|| parse_rfc3339(v["finished_at"].as_str()?));
                             if r.qemu_args.is_none() {
                                 if let Some(pid) = v["qemu_pid"].as_u64() {
                                     if let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) {
-                                        let a: Vec<String> =
-                                            c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+                                        let a: Vec<String> = c
+                                            .split(|&b| b == 0)
+                                            .filter(|s| !s.is_empty())
+                                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                                            .collect();
                                         if a.first().is_some_and(|x| x.contains("qemu")) {
                                             r.qemu_args = Some(a[1..].to_vec());
                                         }
@@ -514,7 +651,16 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
     r.t_end = now();
     r.t_settled = settle(env);
     if !out.status.success() {
-        let console = r.console.as_ref().map(|c| c.lines.iter().rev().take(20).rev().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n"));
+        let console = r.console.as_ref().map(|c| {
+            c.lines
+                .iter()
+                .rev()
+                .take(20)
+                .rev()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
         bail!(
             "hyper run --rm {image} true: {}: {}\nguest console (last lines):\n{}",
             out.status,
@@ -523,7 +669,10 @@ fn hyper_run(env: &Env, image: &str, watch: bool) -> Result<HyperRun> {
         );
     }
     if let Some(s) = &shim {
-        let stamp = |needle: &str| s.line(needle).and_then(|l| parse_rfc3339(l.split_whitespace().next()?));
+        let stamp = |needle: &str| {
+            s.line(needle)
+                .and_then(|l| parse_rfc3339(l.split_whitespace().next()?))
+        };
         r.t_qemu = stamp("qemu pid");
         r.t_ready = stamp("agent ready");
     }
@@ -541,7 +690,12 @@ fn foreign_qemus(env: &Env) -> usize {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| {
             fs::read(e.path().join("cmdline"))
                 .map(|c| {
@@ -550,7 +704,11 @@ fn foreign_qemus(env: &Env) -> usize {
                 })
                 .unwrap_or(false)
         })
-        .filter(|e| !fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&ours)).unwrap_or(true))
+        .filter(|e| {
+            !fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&ours))
+                .unwrap_or(true)
+        })
         .count()
 }
 
@@ -560,13 +718,22 @@ fn settle(env: &Env) -> f64 {
     let mark = format!("{}/c/", env.data.display());
     let deadline = now() + 30.0;
     loop {
-        let busy = fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
-                && fs::read(e.path().join("cmdline")).map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu") && c.contains(&mark)
-                }).unwrap_or(false)
-        });
+        let busy = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    && fs::read(e.path().join("cmdline"))
+                        .map(|c| {
+                            let c = String::from_utf8_lossy(&c);
+                            c.contains("qemu") && c.contains(&mark)
+                        })
+                        .unwrap_or(false)
+            });
         if !busy || now() > deadline {
             return now();
         }
@@ -607,13 +774,22 @@ fn floor_run(env: &Env, extra: &str, watch: bool) -> Result<FloorRun> {
     fs::create_dir_all(&dir)?;
     if !dir.join("root.qcow2").exists() {
         // Same device set as a container: an (empty) qcow2 root disk.
-        run_ok(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(dir.join("root.qcow2")).arg("10G"), "qemu-img create")?;
+        run_ok(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(dir.join("root.qcow2"))
+                .arg("10G"),
+            "qemu-img create",
+        )?;
     }
     let _ = fs::remove_file(dir.join("console.log"));
     let cfg = floor_cfg(env, extra, &dir);
     let args = Qemu.args(&cfg)?;
     let mut cmd = Qemu.command(&cfg)?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(env.data.join("floor-qemu.err"))?).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(env.data.join("floor-qemu.err"))?)
+        .process_group(0);
     let mut console = Tail::new(dir.join("console.log"));
     let t0 = now();
     let mut child = cmd.spawn().context("start the floor QEMU")?;
@@ -640,22 +816,46 @@ fn floor_run(env: &Env, extra: &str, watch: bool) -> Result<FloorRun> {
     console.poll(t_end);
     if !status.success() || console.seen("reboot: Power down").is_none() {
         let err = fs::read_to_string(env.data.join("floor-qemu.err")).unwrap_or_default();
-        let tail: Vec<&str> = console.lines.iter().rev().take(20).rev().map(|(_, l)| l.as_str()).collect();
-        bail!("floor VM did not power off cleanly ({status}): {err}\nconsole:\n{}", tail.join("\n"));
+        let tail: Vec<&str> = console
+            .lines
+            .iter()
+            .rev()
+            .take(20)
+            .rev()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        bail!(
+            "floor VM did not power off cleanly ({status}): {err}\nconsole:\n{}",
+            tail.join("\n")
+        );
     }
-    Ok(FloorRun { t0, t_end, console, args, dir })
+    Ok(FloorRun {
+        t0,
+        t_end,
+        console,
+        args,
+        dir,
+    })
 }
 
 /// Compare the floor's QEMU arguments with the ones hyper's shim used (paths aside).
 fn compare_flags(hyper: &[String], hyper_dir: &Path, floor: &FloorRun) -> String {
-    let initrd = |a: &[String]| a.windows(2).find(|w| w[0] == "-initrd").map(|w| w[1].clone()).unwrap_or_default();
+    let initrd = |a: &[String]| {
+        a.windows(2)
+            .find(|w| w[0] == "-initrd")
+            .map(|w| w[1].clone())
+            .unwrap_or_default()
+    };
     let norm = |a: &[String], dir: &Path| -> Vec<String> {
         let (d, i) = (dir.to_string_lossy().into_owned(), initrd(a));
-        a.iter().map(|x| x.replace(&i, "INITRD").replace(&d, "DIR")).collect()
+        a.iter()
+            .map(|x| x.replace(&i, "INITRD").replace(&d, "DIR"))
+            .collect()
     };
     let (h, f) = (norm(hyper, hyper_dir), norm(&floor.args, &floor.dir));
     if h == f {
-        return "the floor's QEMU arguments equal hyper's (paths of the VM dir and initrd aside)".into();
+        return "the floor's QEMU arguments equal hyper's (paths of the VM dir and initrd aside)"
+            .into();
     }
     let only_h: Vec<&String> = h.iter().filter(|x| !f.contains(x)).collect();
     let only_f: Vec<&String> = f.iter().filter(|x| !h.contains(x)).collect();
@@ -688,7 +888,9 @@ fn hyper_steps(r: &HyperRun) -> Vec<Option<f64>> {
     let init_host = k0.zip(g_init).map(|(a, b)| a + b);
     let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     vec![
-        d(Some(r.t0), r.t_dir).zip(d(r.t_qcow, r.t_spec)).map(|(a, b)| a + b),
+        d(Some(r.t0), r.t_dir)
+            .zip(d(r.t_qcow, r.t_spec))
+            .map(|(a, b)| a + b),
         d(r.t_dir, r.t_qcow),
         d(r.t_spec, r.t_qemu),
         d(r.t_qemu, k0),
@@ -716,7 +918,9 @@ fn floor_steps(f: &FloorRun) -> Vec<Option<f64>> {
         None,
         None,
         None,
-        init_host.zip(f.console.seen("reboot: Power down")).map(|(i, p)| p - i),
+        init_host
+            .zip(f.console.seen("reboot: Power down"))
+            .map(|(i, p)| p - i),
         f.console.seen("reboot: Power down").map(|p| f.t_end - p),
         Some(f.t_end - f.t0),
         None,
@@ -748,10 +952,19 @@ struct Docker {
 }
 
 fn docker_setup(env: &Env) -> Result<Docker, String> {
-    let Some(docker) = which("docker") else { return Err("no docker CLI".into()) };
+    let Some(docker) = which("docker") else {
+        return Err("no docker CLI".into());
+    };
     let docker = docker.to_string_lossy().into_owned();
     let ping = |cli: &[String]| {
-        Command::new(&cli[0]).args(&cli[1..]).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+        Command::new(&cli[0])
+            .args(&cli[1..])
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     };
     let mut cli = vec![docker.clone()];
     let mut extra_run = Vec::new();
@@ -765,7 +978,13 @@ fn docker_setup(env: &Env) -> Result<Docker, String> {
         let sock = format!("unix://{}/docker.sock", d.display());
         let log = fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?;
         let child = Command::new(dockerd)
-            .args(["--host", &sock, "--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args([
+                "--host",
+                &sock,
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+            ])
             .arg("--data-root")
             .arg(d.join("root"))
             .arg("--exec-root")
@@ -782,16 +1001,43 @@ fn docker_setup(env: &Env) -> Result<Docker, String> {
         cli = vec![docker, "-H".into(), sock];
         extra_run = vec!["--network".into(), "none".into()];
         poll_until("dockerd to answer", 60, || Ok(ping(&cli))).map_err(|e| {
-            format!("{e}: {}", fs::read_to_string(d.join("dockerd.log")).unwrap_or_default().lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+            format!(
+                "{e}: {}",
+                fs::read_to_string(d.join("dockerd.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
         })?;
     }
     // Load the very same busybox, under a tag of our own so an engine's images are left alone.
     let image = "hyper-bench-busybox:latest".to_string();
     let tar = env.data.join("busybox-docker.tar");
-    run_ok(Command::new(env.repo.join("scripts/make-busybox-image")).arg(&tar).arg(&image), "make-busybox-image").map_err(|e| e.to_string())?;
-    run_ok(Command::new(&cli[0]).args(&cli[1..]).arg("load").arg("-i").arg(&tar), "docker load").map_err(|e| e.to_string())?;
+    run_ok(
+        Command::new(env.repo.join("scripts/make-busybox-image"))
+            .arg(&tar)
+            .arg(&image),
+        "make-busybox-image",
+    )
+    .map_err(|e| e.to_string())?;
+    run_ok(
+        Command::new(&cli[0])
+            .args(&cli[1..])
+            .arg("load")
+            .arg("-i")
+            .arg(&tar),
+        "docker load",
+    )
+    .map_err(|e| e.to_string())?;
     started(|s| s.docker_images.push((cli.clone(), image.clone())));
-    Ok(Docker { cli, image, extra_run })
+    Ok(Docker {
+        cli,
+        image,
+        extra_run,
+    })
 }
 
 fn docker_run(d: &Docker) -> Result<f64> {
@@ -805,7 +1051,11 @@ fn docker_run(d: &Docker) -> Result<f64> {
         .output()?;
     let t = now() - t0;
     if !out.status.success() {
-        bail!("docker run: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "docker run: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(t)
 }
@@ -835,11 +1085,25 @@ fn run(args: &Args) -> Result<()> {
     let n = args.runs;
     let env = setup(args)?;
 
-    eprintln!("images: busybox, busybox-big (+{} MB random layer)", args.big_mb);
+    eprintln!(
+        "images: busybox, busybox-big (+{} MB random layer)",
+        args.big_mb
+    );
     let small_tar = env.data.join("busybox.tar");
-    run_ok(Command::new(env.repo.join("scripts/make-busybox-image")).arg(&small_tar).arg("busybox:latest"), "make-busybox-image")?;
+    run_ok(
+        Command::new(env.repo.join("scripts/make-busybox-image"))
+            .arg(&small_tar)
+            .arg("busybox:latest"),
+        "make-busybox-image",
+    )?;
     let big_tar = env.data.join("big.tar");
-    make_big_image(&small_tar, &big_tar, "busybox-big:latest", args.big_mb, &env.data.join("bigwork"))?;
+    make_big_image(
+        &small_tar,
+        &big_tar,
+        "busybox-big:latest",
+        args.big_mb,
+        &env.data.join("bigwork"),
+    )?;
 
     // Pass 1: breakdown, with the kernel's messages on the console.
     env.start_hyperd(VERBOSE_CMDLINE)?;
@@ -853,7 +1117,9 @@ fn run(args: &Args) -> Result<()> {
     type Steps = Vec<Option<f64>>;
     let mut per_image: Vec<(&str, Steps, Vec<Steps>)> = Vec::new();
     for image in ["busybox", "busybox-big"] {
-        progress(&format!("breakdown {image}: first run (builds the image's disk)"));
+        progress(&format!(
+            "breakdown {image}: first run (builds the image's disk)"
+        ));
         let first = hyper_run(&env, image, true)?;
         let first_steps = hyper_steps(&first);
         let mut warm = Vec::new();
@@ -864,7 +1130,10 @@ fn run(args: &Args) -> Result<()> {
                 if i == 0 {
                     if let (Some(a), Some(d)) = (&first.qemu_args, &first.dir) {
                         flag_check = compare_flags(a, d, &f);
-                        hyper_initrd = a.windows(2).find(|w| w[0] == "-initrd").map(|w| PathBuf::from(&w[1]));
+                        hyper_initrd = a
+                            .windows(2)
+                            .find(|w| w[0] == "-initrd")
+                            .map(|w| PathBuf::from(&w[1]));
                     }
                 }
                 foreign = foreign.max(foreign_qemus(&env));
@@ -879,14 +1148,19 @@ fn run(args: &Args) -> Result<()> {
 
     // Pass 2: the headline, on the default kernel command line, floor and hyper interleaved.
     env.start_hyperd("")?;
-    let (mut floor_t, mut floor_boot_t, mut hyper_t, mut hyper_settled_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut floor_t, mut floor_boot_t, mut hyper_t, mut hyper_settled_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     progress("headline");
     for i in 0..n {
         progress(&format!(" {}", i + 1));
         foreign = foreign.max(foreign_qemus(&env));
         let f = floor_run(&env, "", true)?;
         floor_t.push(f.t_end - f.t0);
-        floor_boot_t.push(f.console.seen("reboot: Power down").map_or(f64::NAN, |p| p - f.t0));
+        floor_boot_t.push(
+            f.console
+                .seen("reboot: Power down")
+                .map_or(f64::NAN, |p| p - f.t0),
+        );
         let h = hyper_run(&env, "busybox", false)?;
         hyper_t.push(h.t_end - h.t0);
         hyper_settled_t.push(h.t_settled - h.t0);
@@ -915,7 +1189,8 @@ fn run(args: &Args) -> Result<()> {
 
     // ---- report ----
     let kernel = fs::read_to_string(env.data.join("kernel/version")).unwrap_or_default();
-    let qemu_v = run_ok(Command::new(&env.qemu).arg("--version"), "qemu --version").unwrap_or_default();
+    let qemu_v =
+        run_ok(Command::new(&env.qemu).arg("--version"), "qemu --version").unwrap_or_default();
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -923,9 +1198,24 @@ fn run(args: &Args) -> Result<()> {
         .and_then(|l| l.split_once(':').map(|x| x.1.trim().to_string()))
         .unwrap_or_default();
     println!("\n== start-latency: {n} runs per path ==");
-    println!("host: {cpu}, {} cpus; accel {}; {}; guest kernel {}", std::thread::available_parallelism().map_or(0, |x| x.get()), env.accel, qemu_v.lines().next().unwrap_or("?"), kernel.trim());
-    println!("VM: {} vCPU, {} MiB (default size {}); {}", env.vcpus, env.memory_mib, node::sizes::DEFAULT_SIZE, flag_check);
-    let size = |p: Option<&Path>| p.and_then(|p| fs::metadata(p).ok()).map_or("?".into(), |m| format!("{:.1} MB", m.len() as f64 / 1e6));
+    println!(
+        "host: {cpu}, {} cpus; accel {}; {}; guest kernel {}",
+        std::thread::available_parallelism().map_or(0, |x| x.get()),
+        env.accel,
+        qemu_v.lines().next().unwrap_or("?"),
+        kernel.trim()
+    );
+    println!(
+        "VM: {} vCPU, {} MiB (default size {}); {}",
+        env.vcpus,
+        env.memory_mib,
+        node::sizes::DEFAULT_SIZE,
+        flag_check
+    );
+    let size = |p: Option<&Path>| {
+        p.and_then(|p| fs::metadata(p).ok())
+            .map_or("?".into(), |m| format!("{:.1} MB", m.len() as f64 / 1e6))
+    };
     println!(
         "initramfs: hyper's (agent + modules) {}, the floor's (static poweroff init + the same modules) {}",
         size(hyper_initrd.as_deref()),
@@ -937,15 +1227,30 @@ fn run(args: &Args) -> Result<()> {
     println!();
     println!("-- headline (default guest command line), seconds --");
     let fm = median(&floor_t).unwrap_or(f64::NAN);
-    println!("{:<52} {:>8} {:>8} {:>9}", "path", "median", "min", "÷ floor");
+    println!(
+        "{:<52} {:>8} {:>8} {:>9}",
+        "path", "median", "min", "÷ floor"
+    );
     let row = |name: &str, xs: &[f64]| {
         let m = median(xs).unwrap_or(f64::NAN);
-        println!("{:<52} {} {} {:>9.2}", name, fmt(Some(m)), fmt(min(xs)), m / fm);
+        println!(
+            "{:<52} {} {} {:>9.2}",
+            name,
+            fmt(Some(m)),
+            fmt(min(xs)),
+            m / fm
+        );
     };
     row("floor: QEMU, same kernel+flags, /init powers off", &floor_t);
-    row("  floor's boot alone: spawn to 'reboot: Power down'", &floor_boot_t);
+    row(
+        "  floor's boot alone: spawn to 'reboot: Power down'",
+        &floor_boot_t,
+    );
     row("hyper run --rm busybox true", &hyper_t);
-    row("  the same, until its VM's QEMU has exited", &hyper_settled_t);
+    row(
+        "  the same, until its VM's QEMU has exited",
+        &hyper_settled_t,
+    );
     if docker_t.is_empty() {
         println!("{:<52} {docker_note}", "docker run --rm busybox true");
     } else {

@@ -19,7 +19,10 @@ impl ShimClient {
     pub fn connect(dir: &Path) -> io::Result<ShimClient> {
         let sock = dir.join(crate::paths::SHIM_SOCK);
         if !sock.exists() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no shim socket at {}", sock.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no shim socket at {}", sock.display()),
+            ));
         }
         Ok(ShimClient { sock })
     }
@@ -39,8 +42,8 @@ impl ShimClient {
         line.push(b'\n');
         s.write_all(&line).await?;
         let reply = read_line(&mut s).await?;
-        let resp: Response =
-            serde_json::from_slice(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let resp: Response = serde_json::from_slice(&reply)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok((resp, s))
     }
 }
@@ -51,7 +54,10 @@ pub(crate) async fn read_line(s: &mut UnixStream) -> io::Result<Vec<u8>> {
     let mut b = [0u8; 1];
     loop {
         if s.read(&mut b).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before end of line"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before end of line",
+            ));
         }
         if b[0] == b'\n' {
             return Ok(out);

@@ -33,7 +33,8 @@ fn now() -> String {
 /// Entry point of `hyper-shim --dir DIR`. Forks: the launching process waits for "ready" (exit 0)
 /// or an error (printed, exit 1); the daemon continues in a new session.
 pub fn main(dir: &Path) -> Result<()> {
-    let dir = std::fs::canonicalize(dir).with_context(|| format!("container dir {}", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("container dir {}", dir.display()))?;
     let spec = Spec::load(&dir).context("reading spec.json")?;
     // O_CLOEXEC: QEMU must not inherit the write end, or the launcher never sees EOF.
     let (rfd, wfd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
@@ -47,7 +48,10 @@ pub fn main(dir: &Path) -> Result<()> {
                 std::process::exit(0);
             }
             if msg.is_empty() {
-                msg = format!("hyper-shim exited during start-up (see {}/shim.log)", dir.display());
+                msg = format!(
+                    "hyper-shim exited during start-up (see {}/shim.log)",
+                    dir.display()
+                );
             }
             eprintln!("hyper-shim: {}", msg.trim_end());
             std::process::exit(1);
@@ -58,7 +62,9 @@ pub fn main(dir: &Path) -> Result<()> {
             redirect_stdio(&dir);
             close_inherited_fds(std::os::fd::AsRawFd::as_raw_fd(&wfd));
             let ready = std::fs::File::from(wfd);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let code = rt.block_on(run(dir, spec, ready));
             std::process::exit(code);
         }
@@ -67,7 +73,10 @@ pub fn main(dir: &Path) -> Result<()> {
 
 fn redirect_stdio(dir: &Path) {
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(paths::SHIM_LOG));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(paths::SHIM_LOG));
     // SAFETY: dup2 on fds we own; 0/1/2 are replaced atomically.
     unsafe {
         if let Ok(n) = &null {
@@ -84,7 +93,9 @@ fn redirect_stdio(dir: &Path) {
 /// pipes, a jobserver) must not be held open by a long-lived daemon or leak into QEMU.
 fn close_inherited_fds(keep: i32) {
     let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
         Err(_) => return,
     };
     for fd in fds {
@@ -189,7 +200,10 @@ impl Shim {
         };
         let _ = self.log.lock().unwrap().flush();
         self.save(&st);
-        slog!("main process exited: code {exit_code} oom {oom} {}", st.error);
+        slog!(
+            "main process exited: code {exit_code} oom {oom} {}",
+            st.error
+        );
         let _ = self.out.send(Out::End);
         self.exited.send_replace(Some(st));
     }
@@ -200,7 +214,10 @@ impl Shim {
 
     fn kill_qemu(&self) {
         if self.qemu_alive() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.qemu_pid as i32), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.qemu_pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
         }
     }
 }
@@ -233,7 +250,11 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     for f in [paths::SHIM_SOCK, paths::AGENT_SOCK] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let mut state = State { status: Status::Booting, shim_pid, ..Default::default() };
+    let mut state = State {
+        status: Status::Booting,
+        shim_pid,
+        ..Default::default()
+    };
     state.save(&dir)?;
 
     let accel = Accel::resolve(Some(&spec.accel)).map_err(|e| anyhow!(e))?;
@@ -252,7 +273,9 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
         nic: None,
     };
     let mut cmd = Qemu.command(&cfg)?;
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -263,7 +286,9 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
             Ok(())
         });
     }
-    let mut child = tokio::process::Command::from(cmd).spawn().context("starting QEMU")?;
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .context("starting QEMU")?;
     let qemu_pid = child.id().unwrap_or(0);
     state.qemu_pid = Some(qemu_pid);
     state.save(&dir)?;
@@ -294,7 +319,9 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
     let agent = match tokio::time::timeout(boot, connect_agent(&dir, gone_rx.clone())).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()).await),
+        Ok(Err(e)) => {
+            return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()).await)
+        }
         Err(_) => {
             let what = format!("guest agent not ready after {}s", boot.as_secs());
             return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, what).await);
@@ -303,10 +330,20 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let (mut rd, mut wr) = agent.into_split();
     // Wait for Ready (answer to our Hello or the boot-time one).
     let wait_ready = async {
-        agent_proto::write_frame(&mut wr, &Frame::host(&HostMsg::Hello { version: PROTOCOL_VERSION })).await?;
+        agent_proto::write_frame(
+            &mut wr,
+            &Frame::host(&HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+            }),
+        )
+        .await?;
         loop {
             let f = agent_proto::read_frame(&mut rd).await?;
-            if let Ok(GuestMsg::Ready { version, kernel_release }) = f.guest_msg() {
+            if let Ok(GuestMsg::Ready {
+                version,
+                kernel_release,
+            }) = f.guest_msg()
+            {
                 return Ok::<_, std::io::Error>((version, kernel_release));
             }
         }
@@ -326,7 +363,11 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     };
     slog!("agent ready: protocol {version}, kernel {kernel}");
 
-    let log = LogWriter::open(dir.join(paths::CTR_LOG), spec.log_max_bytes, spec.log_max_files)?;
+    let log = LogWriter::open(
+        dir.join(paths::CTR_LOG),
+        spec.log_max_bytes,
+        spec.log_max_files,
+    )?;
     let (to_agent, mut agent_rx) = mpsc::unbounded_channel::<Frame>();
     tokio::spawn(async move {
         while let Some(f) = agent_rx.recv().await {
@@ -342,7 +383,12 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let shim = Arc::new(Shim {
         dir: dir.clone(),
         spec,
-        inner: Mutex::new(Inner { state, next_stream: 1, next_req: 1, ..Default::default() }),
+        inner: Mutex::new(Inner {
+            state,
+            next_stream: 1,
+            next_req: 1,
+            ..Default::default()
+        }),
         to_agent,
         out,
         exited,
@@ -367,14 +413,20 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
         tokio::spawn(async move {
             let _ = gone.wait_for(|g| g.is_some()).await;
             let desc = gone.borrow().clone().unwrap_or_default();
-            shim.finish(137, false, format!("the VM exited unexpectedly (qemu: {desc})"));
+            shim.finish(
+                137,
+                false,
+                format!("the VM exited unexpectedly (qemu: {desc})"),
+            );
         });
     }
     // SIGTERM to the shim = shutdown.
     {
         let shim = shim.clone();
         tokio::spawn(async move {
-            if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 s.recv().await;
                 slog!("SIGTERM: shutting down");
                 shim.kill_qemu();
@@ -416,14 +468,19 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let _ = ex.wait_for(|s| s.is_some()).await;
     shim.send(Frame::host(&HostMsg::Shutdown));
     let mut gone = gone_rx.clone();
-    if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some()))
+        .await
+        .is_err()
+    {
         slog!("VM did not power off in 5s: killing QEMU");
         shim.kill_qemu();
         let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
     }
     // Let handlers that wait for the exit (wait/stop/attach) write their replies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while conns.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    while conns.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for f in [paths::SHIM_SOCK, paths::AGENT_SOCK, paths::SHIM_PID] {
@@ -455,7 +512,10 @@ async fn boot_error(
     what: String,
 ) -> anyhow::Error {
     if gone.borrow().is_none() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu_pid as i32), nix::sys::signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu_pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
     }
     // QEMU reaped (so no process is left when the launcher reports) and its stderr read.
     let mut g = gone.clone();
@@ -471,7 +531,10 @@ async fn boot_error(
     if !errs.is_empty() {
         msg.push_str(&format!("\nQEMU said:\n{errs}"));
     }
-    msg.push_str(&format!("\nlast lines of the guest console:\n{}", console_tail(dir, 20)));
+    msg.push_str(&format!(
+        "\nlast lines of the guest console:\n{}",
+        console_tail(dir, 20)
+    ));
     anyhow!(msg)
 }
 
@@ -492,7 +555,11 @@ async fn agent_reader(shim: Arc<Shim>, mut rd: tokio::net::unix::OwnedReadHalf) 
         match f.kind {
             Kind::Stdout | Kind::Stderr => {
                 let n = f.payload.len() as u32;
-                let (code, ls) = if f.kind == Kind::Stdout { (1u8, Stream::Stdout) } else { (2u8, Stream::Stderr) };
+                let (code, ls) = if f.kind == Kind::Stdout {
+                    (1u8, Stream::Stdout)
+                } else {
+                    (2u8, Stream::Stderr)
+                };
                 if f.stream == MAIN_STREAM {
                     if let Err(e) = shim.log.lock().unwrap().write(ls, &f.payload) {
                         slog!("ctr.log: {e}");
@@ -526,7 +593,11 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
                 let _ = tx.send(msg);
             }
         }
-        GuestMsg::Exited { stream, exit_code, oom_killed } => {
+        GuestMsg::Exited {
+            stream,
+            exit_code,
+            oom_killed,
+        } => {
             if stream == MAIN_STREAM {
                 shim.finish(exit_code, oom_killed, String::new());
             } else {
@@ -540,7 +611,9 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
                 }
             }
         }
-        GuestMsg::TopReply { req_id, .. } | GuestMsg::StatsReply { req_id, .. } | GuestMsg::Error { req_id, .. } => {
+        GuestMsg::TopReply { req_id, .. }
+        | GuestMsg::StatsReply { req_id, .. }
+        | GuestMsg::Error { req_id, .. } => {
             let tx = shim.inner.lock().unwrap().replies.remove(&req_id);
             match tx {
                 Some(tx) => {
@@ -576,7 +649,10 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             let st = wait_exit(&shim).await;
             reply(&mut s, &Response::with_state(st)).await
         }
-        Request::Stop { signal, timeout_secs } => {
+        Request::Stop {
+            signal,
+            timeout_secs,
+        } => {
             let st = stop(&shim, signal, timeout_secs).await;
             reply(&mut s, &Response::with_state(st)).await
         }
@@ -595,10 +671,18 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             };
             reply(&mut s, &r).await
         }
-        Request::Resize { width, height, exec_id } => {
+        Request::Resize {
+            width,
+            height,
+            exec_id,
+        } => {
             let r = match stream_of(&shim, exec_id.as_deref()) {
                 Ok(stream) => {
-                    shim.send(Frame::host(&HostMsg::Resize { stream, width, height }));
+                    shim.send(Frame::host(&HostMsg::Resize {
+                        stream,
+                        width,
+                        height,
+                    }));
                     Response::ok()
                 }
                 Err(e) => Response::err(e),
@@ -607,9 +691,14 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
         }
         Request::Top { ps_args } => {
             let r = match ask(&shim, |req_id| HostMsg::Top { req_id, ps_args }).await {
-                Ok(GuestMsg::TopReply { titles, processes, .. }) => {
-                    Response { ok: true, titles: Some(titles), processes: Some(processes), ..Default::default() }
-                }
+                Ok(GuestMsg::TopReply {
+                    titles, processes, ..
+                }) => Response {
+                    ok: true,
+                    titles: Some(titles),
+                    processes: Some(processes),
+                    ..Default::default()
+                },
                 Ok(GuestMsg::Error { message, .. }) => Response::err(message),
                 Ok(other) => Response::err(format!("unexpected reply {other:?}")),
                 Err(e) => Response::err(e),
@@ -618,22 +707,58 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
         }
         Request::Stats => {
             let r = match ask(&shim, |req_id| HostMsg::Stats { req_id }).await {
-                Ok(GuestMsg::StatsReply { memory_usage, memory_limit, cpu_total_ns, system_cpu_ns, online_cpus, pids, .. }) => {
-                    Response {
-                        ok: true,
-                        stats: Some(crate::Stats { memory_usage, memory_limit, cpu_total_ns, system_cpu_ns, online_cpus, pids }),
-                        ..Default::default()
-                    }
-                }
+                Ok(GuestMsg::StatsReply {
+                    memory_usage,
+                    memory_limit,
+                    cpu_total_ns,
+                    system_cpu_ns,
+                    online_cpus,
+                    pids,
+                    ..
+                }) => Response {
+                    ok: true,
+                    stats: Some(crate::Stats {
+                        memory_usage,
+                        memory_limit,
+                        cpu_total_ns,
+                        system_cpu_ns,
+                        online_cpus,
+                        pids,
+                    }),
+                    ..Default::default()
+                },
                 Ok(GuestMsg::Error { message, .. }) => Response::err(message),
                 Ok(other) => Response::err(format!("unexpected reply {other:?}")),
                 Err(e) => Response::err(e),
             };
             reply(&mut s, &r).await
         }
-        Request::Attach { stdin, stdout, stderr } => attach(shim, s, stdin, stdout, stderr).await,
-        Request::Exec { exec_id, args, env, cwd, user, tty, stdin, tty_width, tty_height } => {
-            let process = agent_proto::ProcessSpec { args, env, cwd, user, tty, open_stdin: stdin, tty_width, tty_height };
+        Request::Attach {
+            stdin,
+            stdout,
+            stderr,
+        } => attach(shim, s, stdin, stdout, stderr).await,
+        Request::Exec {
+            exec_id,
+            args,
+            env,
+            cwd,
+            user,
+            tty,
+            stdin,
+            tty_width,
+            tty_height,
+        } => {
+            let process = agent_proto::ProcessSpec {
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+                open_stdin: stdin,
+                tty_width,
+                tty_height,
+            };
             exec(shim, s, exec_id, process, stdin).await
         }
     }
@@ -647,7 +772,14 @@ fn stream_of(shim: &Shim, exec_id: Option<&str>) -> Result<u32, String> {
             }
             Ok(MAIN_STREAM)
         }
-        Some(id) => shim.inner.lock().unwrap().exec_ids.get(id).copied().ok_or_else(|| format!("no such exec: {id}")),
+        Some(id) => shim
+            .inner
+            .lock()
+            .unwrap()
+            .exec_ids
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("no such exec: {id}")),
     }
 }
 
@@ -678,7 +810,9 @@ async fn start(shim: &Arc<Shim>) -> Response {
     {
         let mut inner = shim.inner.lock().unwrap();
         if inner.state.status != Status::Ready {
-            return Response::err(format!("cannot start: container is {:?}", inner.state.status).to_lowercase());
+            return Response::err(
+                format!("cannot start: container is {:?}", inner.state.status).to_lowercase(),
+            );
         }
         inner.starting.insert(MAIN_STREAM, tx);
     }
@@ -703,12 +837,24 @@ async fn start(shim: &Arc<Shim>) -> Response {
             });
             slog!("main process started, guest pid {pid}");
             shim.started.send_replace(true);
-            Response { ok: true, pid: Some(pid), state: Some(st), ..Default::default() }
+            Response {
+                ok: true,
+                pid: Some(pid),
+                state: Some(st),
+                ..Default::default()
+            }
         }
-        GuestMsg::StartFailed { error, exit_code, .. } => {
+        GuestMsg::StartFailed {
+            error, exit_code, ..
+        } => {
             shim.update(|s| s.started_at = Some(now()));
             shim.finish(exit_code, false, error.clone());
-            Response { ok: false, error: Some(error), state: Some(shim.state()), ..Default::default() }
+            Response {
+                ok: false,
+                error: Some(error),
+                state: Some(shim.state()),
+                ..Default::default()
+            }
         }
         other => Response::err(format!("unexpected reply {other:?}")),
     }
@@ -735,21 +881,43 @@ async fn stop(shim: &Arc<Shim>, signal: i32, timeout_secs: u64) -> State {
         }
     }
     let mut ex = shim.exited.subscribe();
-    shim.send(Frame::host(&HostMsg::Signal { stream: MAIN_STREAM, signal }));
+    shim.send(Frame::host(&HostMsg::Signal {
+        stream: MAIN_STREAM,
+        signal,
+    }));
     let t = Duration::from_secs(timeout_secs);
-    if tokio::time::timeout(t, ex.wait_for(|s| s.is_some())).await.is_err() {
+    if tokio::time::timeout(t, ex.wait_for(|s| s.is_some()))
+        .await
+        .is_err()
+    {
         slog!("stop: no exit after {timeout_secs}s, SIGKILL");
-        shim.send(Frame::host(&HostMsg::Signal { stream: MAIN_STREAM, signal: 9 }));
-        if tokio::time::timeout(Duration::from_secs(10), ex.wait_for(|s| s.is_some())).await.is_err() {
+        shim.send(Frame::host(&HostMsg::Signal {
+            stream: MAIN_STREAM,
+            signal: 9,
+        }));
+        if tokio::time::timeout(Duration::from_secs(10), ex.wait_for(|s| s.is_some()))
+            .await
+            .is_err()
+        {
             slog!("stop: agent did not report the exit, killing the VM");
             shim.kill_qemu();
-            shim.finish(137, false, "the VM was killed after the stop timeout".into());
+            shim.finish(
+                137,
+                false,
+                "the VM was killed after the stop timeout".into(),
+            );
         }
     }
     wait_exit(shim).await
 }
 
-async fn attach(shim: Arc<Shim>, s: UnixStream, want_stdin: bool, want_out: bool, want_err: bool) -> Result<()> {
+async fn attach(
+    shim: Arc<Shim>,
+    s: UnixStream,
+    want_stdin: bool,
+    want_out: bool,
+    want_err: bool,
+) -> Result<()> {
     let mut rx = shim.out.subscribe();
     let exited = shim.exited.borrow().is_some();
     let holds_stdin = want_stdin && shim.spec.process.open_stdin && {
@@ -791,12 +959,16 @@ async fn attach(shim: Arc<Shim>, s: UnixStream, want_stdin: bool, want_out: bool
                 if (code == 1 && !want_out) || (code == 2 && !want_err) {
                     continue;
                 }
-                if w.write_all(&mux_header(code, data.len())).await.is_err() || w.write_all(&data).await.is_err() {
+                if w.write_all(&mux_header(code, data.len())).await.is_err()
+                    || w.write_all(&data).await.is_err()
+                {
                     break;
                 }
             }
             Ok(Out::End) | Err(broadcast::error::RecvError::Closed) => break,
-            Err(broadcast::error::RecvError::Lagged(n)) => slog!("attach: slow client skipped {n} chunks"),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                slog!("attach: slow client skipped {n} chunks")
+            }
         }
     }
     let _ = w.shutdown().await;
@@ -807,7 +979,13 @@ async fn attach(shim: Arc<Shim>, s: UnixStream, want_stdin: bool, want_out: bool
     Ok(())
 }
 
-async fn exec(shim: Arc<Shim>, mut s: UnixStream, exec_id: String, process: agent_proto::ProcessSpec, want_stdin: bool) -> Result<()> {
+async fn exec(
+    shim: Arc<Shim>,
+    mut s: UnixStream,
+    exec_id: String,
+    process: agent_proto::ProcessSpec,
+    want_stdin: bool,
+) -> Result<()> {
     let (etx, mut erx) = mpsc::unbounded_channel();
     let (stx, srx) = oneshot::channel();
     let stream = {
@@ -833,10 +1011,19 @@ async fn exec(shim: Arc<Shim>, mut s: UnixStream, exec_id: String, process: agen
     let started = tokio::time::timeout(Duration::from_secs(30), srx).await;
     let (pid, failed) = match started {
         Ok(Ok(GuestMsg::Started { pid, .. })) => (pid, None),
-        Ok(Ok(GuestMsg::StartFailed { error, exit_code, .. })) => (0, Some((error, exit_code))),
-        _ => (0, Some(("the guest agent did not start the exec".to_string(), 126))),
+        Ok(Ok(GuestMsg::StartFailed {
+            error, exit_code, ..
+        })) => (0, Some((error, exit_code))),
+        _ => (
+            0,
+            Some(("the guest agent did not start the exec".to_string(), 126)),
+        ),
     };
-    let mut line = serde_json::to_vec(&Response { ok: true, pid: Some(pid), ..Default::default() })?;
+    let mut line = serde_json::to_vec(&Response {
+        ok: true,
+        pid: Some(pid),
+        ..Default::default()
+    })?;
     line.push(b'\n');
     let (mut r, mut w) = s.into_split();
     w.write_all(&line).await?;
@@ -872,7 +1059,8 @@ async fn exec(shim: Arc<Shim>, mut s: UnixStream, exec_id: String, process: agen
         match ev {
             ExecEvent::Data(code, data) => {
                 if !client_gone
-                    && (w.write_all(&mux_header(code, data.len())).await.is_err() || w.write_all(&data).await.is_err())
+                    && (w.write_all(&mux_header(code, data.len())).await.is_err()
+                        || w.write_all(&data).await.is_err())
                 {
                     client_gone = true;
                 }
@@ -894,4 +1082,3 @@ async fn exec(shim: Arc<Shim>, mut s: UnixStream, exec_id: String, process: agen
     }
     Ok(())
 }
-

@@ -46,7 +46,14 @@ impl LogWriter {
     pub fn open(path: PathBuf, max_bytes: u64, max_files: u32) -> io::Result<LogWriter> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(LogWriter { path, max_bytes, max_files: max_files.max(1), file, size, pending: [Vec::new(), Vec::new()] })
+        Ok(LogWriter {
+            path,
+            max_bytes,
+            max_files: max_files.max(1),
+            file,
+            size,
+            pending: [Vec::new(), Vec::new()],
+        })
     }
 
     pub fn write(&mut self, stream: Stream, mut data: &[u8]) -> io::Result<()> {
@@ -78,7 +85,11 @@ impl LogWriter {
 
     fn entry(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
         let text = String::from_utf8_lossy(bytes);
-        let e = Entry { log: &text, stream: stream.name(), time: Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true) };
+        let e = Entry {
+            log: &text,
+            stream: stream.name(),
+            time: Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
+        };
         let mut line = serde_json::to_vec(&e).expect("entry serializes");
         line.push(b'\n');
         if self.max_bytes > 0 && self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
@@ -102,9 +113,16 @@ impl LogWriter {
             for i in (0..self.max_files - 1).rev() {
                 let _ = std::fs::rename(name(i), name(i + 1));
             }
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
         } else {
-            self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
         }
         self.size = 0;
         Ok(())
@@ -126,7 +144,10 @@ mod tests {
         w.write(Stream::Stdout, b"lo\nwor").unwrap();
         w.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["log"], "oops\n");
         assert_eq!(lines[0]["stream"], "stderr");
         assert_eq!(lines[1]["log"], "hello\n");

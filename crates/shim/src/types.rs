@@ -88,8 +88,12 @@ impl Spec {
     pub fn load(dir: &Path) -> io::Result<Spec> {
         let path = dir.join(crate::paths::SPEC);
         let data = std::fs::read(&path)?;
-        serde_json::from_slice(&data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+        serde_json::from_slice(&data).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
     }
 }
 
@@ -230,13 +234,24 @@ pub struct Response {
 
 impl Response {
     pub fn ok() -> Response {
-        Response { ok: true, ..Default::default() }
+        Response {
+            ok: true,
+            ..Default::default()
+        }
     }
     pub fn err(msg: impl Into<String>) -> Response {
-        Response { ok: false, error: Some(msg.into()), ..Default::default() }
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
     }
     pub fn with_state(state: State) -> Response {
-        Response { ok: true, state: Some(state), ..Default::default() }
+        Response {
+            ok: true,
+            state: Some(state),
+            ..Default::default()
+        }
     }
 }
 
@@ -257,17 +272,48 @@ mod tests {
     fn request_wire_format() {
         let cases = [
             (r#"{"op":"start"}"#, Request::Start),
-            (r#"{"op":"stop","signal":15,"timeout_secs":10}"#, Request::Stop { signal: 15, timeout_secs: 10 }),
-            (r#"{"op":"stop"}"#, Request::Stop { signal: 15, timeout_secs: 10 }),
-            (r#"{"op":"signal","signal":9,"exec_id":null}"#, Request::Signal { signal: 9, exec_id: None }),
+            (
+                r#"{"op":"stop","signal":15,"timeout_secs":10}"#,
+                Request::Stop {
+                    signal: 15,
+                    timeout_secs: 10,
+                },
+            ),
+            (
+                r#"{"op":"stop"}"#,
+                Request::Stop {
+                    signal: 15,
+                    timeout_secs: 10,
+                },
+            ),
+            (
+                r#"{"op":"signal","signal":9,"exec_id":null}"#,
+                Request::Signal {
+                    signal: 9,
+                    exec_id: None,
+                },
+            ),
             (
                 r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false}"#,
-                Request::Attach { stdin: true, stdout: true, stderr: false },
+                Request::Attach {
+                    stdin: true,
+                    stdout: true,
+                    stderr: false,
+                },
             ),
-            (r#"{"op":"top","ps_args":""}"#, Request::Top { ps_args: String::new() }),
+            (
+                r#"{"op":"top","ps_args":""}"#,
+                Request::Top {
+                    ps_args: String::new(),
+                },
+            ),
         ];
         for (i, (json, want)) in cases.into_iter().enumerate() {
-            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), want, "test[{i}]");
+            assert_eq!(
+                serde_json::from_str::<Request>(json).unwrap(),
+                want,
+                "test[{i}]"
+            );
         }
     }
 

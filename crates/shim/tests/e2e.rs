@@ -19,7 +19,10 @@ use tokio::io::AsyncReadExt;
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn scale() -> f64 {
-    std::env::var("HYPER_TEST_TIMEOUT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+    std::env::var("HYPER_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn deadline(secs: u64) -> Instant {
@@ -34,13 +37,23 @@ fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
     let k = boot
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz")
+        })
         .expect("a vmlinuz in KERNEL_DIR/boot");
     (k, kdir.join("lib/modules"))
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn agent_binary() -> PathBuf {
@@ -49,13 +62,21 @@ fn agent_binary() -> PathBuf {
     }
     let root = workspace_root();
     let st = Command::new(env!("CARGO"))
-        .args(["build", "-p", "agent", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "-p",
+            "agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(&root)
         .status()
         .expect("cargo build agent");
     assert!(st.success(), "building the agent failed");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("target"));
     target.join("x86_64-unknown-linux-gnu/debug/hyper-agent")
 }
 
@@ -68,7 +89,11 @@ struct Fixture {
 
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Shared per test binary: initramfs and a busybox root disk.
@@ -88,15 +113,25 @@ fn fixture() -> Option<&'static Fixture> {
         for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("busybox-static installed");
         for app in ["sh", "echo", "cat", "sleep", "true", "false", "ps", "ls"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
         }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
         let base_img = work.join("base.ext4");
-        sh(Command::new("mkfs.ext4").args(["-q", "-b", "4096", "-d"]).arg(&rootfs).arg(&base_img).arg("64M"));
-        Some(Fixture { kernel, initrd, base_img, work })
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-b", "4096", "-d"])
+            .arg(&rootfs)
+            .arg(&base_img)
+            .arg("64M"));
+        Some(Fixture {
+            kernel,
+            initrd,
+            base_img,
+            work,
+        })
     })
     .as_ref()
 }
@@ -117,7 +152,12 @@ impl Vm {
             .args(["-F", "raw"])
             .arg(&root)
             .arg("1G"));
-        let run_as = if Command::new("id").arg("hyper-vm").output().map(|o| o.status.success()).unwrap_or(false) {
+        let run_as = if Command::new("id")
+            .arg("hyper-vm")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
             "hyper-vm"
         } else {
             ""
@@ -129,8 +169,16 @@ impl Vm {
             "log_max_bytes": 1048576, "log_max_files": 2, "hostname": name,
             "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/", "user": "root" }
         });
-        std::fs::write(dir.join("spec.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim")).arg("--dir").arg(&dir).output().unwrap();
+        std::fs::write(
+            dir.join("spec.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim"))
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "hyper-shim failed: {}\nshim.log:\n{}",
@@ -152,7 +200,11 @@ impl Vm {
     fn assert_gone(&self) {
         let end = deadline(20);
         while self.dir.join("shim.sock").exists() || qemu_running(&self.dir) {
-            assert!(Instant::now() < end, "shim or QEMU still there\nconsole:\n{}", self.console());
+            assert!(
+                Instant::now() < end,
+                "shim or QEMU still there\nconsole:\n{}",
+                self.console()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!self.dir.join("agent.sock").exists());
@@ -168,7 +220,10 @@ impl Drop for Vm {
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("shim.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGTERM,
+                );
             }
         }
     }
@@ -177,13 +232,22 @@ impl Drop for Vm {
 /// Is a QEMU whose command line mentions `dir` alive (not a zombie)?
 fn qemu_running(dir: &Path) -> bool {
     let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
-        let p = e.path();
-        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false);
-        !zombie && String::from_utf8_lossy(&cmd).contains("qemu") && String::from_utf8_lossy(&cmd).contains(&needle)
-    })
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            let p = e.path();
+            let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+                .unwrap_or(false);
+            !zombie
+                && String::from_utf8_lossy(&cmd).contains("qemu")
+                && String::from_utf8_lossy(&cmd).contains(&needle)
+        })
 }
 
 macro_rules! need_vm {
@@ -197,7 +261,10 @@ macro_rules! need_vm {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -208,13 +275,22 @@ fn echo_hi() {
     rt().block_on(async {
         let c = vm.client();
         // Attach before start, like `docker run` does.
-        let (resp, mut att) =
-            c.stream(&Request::Attach { stdin: false, stdout: true, stderr: true }).await.unwrap();
+        let (resp, mut att) = c
+            .stream(&Request::Attach {
+                stdin: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .unwrap();
         assert!(resp.ok, "{resp:?}");
         let resp = c.request(&Request::Start).await.unwrap();
         assert!(resp.ok, "{resp:?}\n{}", vm.console());
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), att.read_to_end(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), att.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, [&[1u8, 0, 0, 0, 0, 0, 0, 3][..], b"hi\n"].concat());
     });
     vm.assert_gone();
@@ -223,7 +299,8 @@ fn echo_hi() {
     assert_eq!(st.exit_code, Some(0), "{st:?}");
     assert!(st.started_at.is_some() && st.finished_at.is_some());
     let log = std::fs::read_to_string(vm.dir.join("ctr.log")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(log.lines().next().expect("a log line")).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a log line")).unwrap();
     assert_eq!(first["log"], "hi\n");
     assert_eq!(first["stream"], "stdout");
 }
@@ -233,17 +310,33 @@ fn exec_then_stop() {
     let (f, _g) = need_vm!();
     // The main process is PID 1 of the container's PID namespace, so (as in Docker) SIGTERM
     // reaches it only through a handler: trap it and exit 7.
-    let vm = Vm::new(f, "stop", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 1; done"]);
+    let vm = Vm::new(
+        f,
+        "stop",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 1; done",
+        ],
+    );
     rt().block_on(async {
         let c = vm.client();
-        assert!(c.request(&Request::Start).await.unwrap().ok, "{}", vm.console());
+        assert!(
+            c.request(&Request::Start).await.unwrap().ok,
+            "{}",
+            vm.console()
+        );
         if let Ok(ms) = std::env::var("HYPER_TEST_EXEC_DELAY_MS") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
         let (resp, mut s) = c
             .stream(&Request::Exec {
                 exec_id: "e1".into(),
-                args: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo out; echo err >&2; exit 3".into(),
+                ],
                 env: vec!["PATH=/bin".into()],
                 cwd: String::new(),
                 user: String::new(),
@@ -256,11 +349,20 @@ fn exec_then_stop() {
             .unwrap();
         assert!(resp.ok, "{resp:?}");
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
         assert!(got.ends_with(br#"{"exit_code":3}"#), "{text:?}");
-        let resp = c.request(&Request::Stop { signal: 15, timeout_secs: 20 }).await.unwrap();
+        let resp = c
+            .request(&Request::Stop {
+                signal: 15,
+                timeout_secs: 20,
+            })
+            .await
+            .unwrap();
         let st = resp.state.expect("state in stop reply");
         assert_eq!(st.status, Status::Exited);
         assert_eq!(st.exit_code, Some(7), "{st:?}");
@@ -277,7 +379,11 @@ fn qemu_killed_from_outside_is_137() {
         let c = vm.client();
         assert!(c.request(&Request::Start).await.unwrap().ok);
         let pid = vm.state().qemu_pid.unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
     });
     vm.assert_gone();
     let st = vm.state();

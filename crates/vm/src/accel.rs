@@ -16,7 +16,11 @@ impl Accel {
     /// Detect the best accelerator for this host.
     pub fn detect() -> Accel {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let kvm_opens = OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let kvm_opens = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
         Self::choose(&cpuinfo, kvm_opens)
     }
 

@@ -44,19 +44,33 @@ pub enum InitramfsError {
 /// Build the initramfs at `out` (written to a temp file and renamed over, so a concurrent reader
 /// never sees half a file). `modules_dir` is searched recursively for `<name>.ko`, so both the
 /// flat `DATA/kernel/modules/` and an unpacked `lib/modules/<ver>/kernel/` tree work.
-pub fn build_initramfs(agent_binary: &Path, modules_dir: &Path, out: &Path) -> Result<(), InitramfsError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| InitramfsError::Read { path: p.to_path_buf(), source });
+pub fn build_initramfs(
+    agent_binary: &Path,
+    modules_dir: &Path,
+    out: &Path,
+) -> Result<(), InitramfsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| InitramfsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let agent = read(agent_binary)?;
     let mut modules = Vec::new();
     for name in VIRTIO_MODULES {
         let file = format!("{name}.ko");
-        let path = find_file(modules_dir, &file)
-            .ok_or_else(|| InitramfsError::MissingModule { name: name.to_string(), dir: modules_dir.to_path_buf() })?;
+        let path = find_file(modules_dir, &file).ok_or_else(|| InitramfsError::MissingModule {
+            name: name.to_string(),
+            dir: modules_dir.to_path_buf(),
+        })?;
         modules.push((file, read(&path)?));
     }
 
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let werr = |source| InitramfsError::Write { path: out.to_path_buf(), source };
+    let werr = |source| InitramfsError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
     let result = (|| -> io::Result<()> {
         let f = BufWriter::new(File::create(&tmp)?);
         let mut gz = GzEncoder::new(f, Compression::default());
@@ -88,9 +102,16 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     if direct.is_file() {
         return Some(direct);
     }
-    let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     entries.sort();
-    entries.into_iter().filter(|p| p.is_dir()).find_map(|p| find_file(&p, name))
+    entries
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .find_map(|p| find_file(&p, name))
 }
 
 /// Minimal newc ("070701") cpio writer.
@@ -109,7 +130,15 @@ impl<W: Write> Newc<W> {
         let ino = self.ino;
         self.ino += 1;
         let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-        self.header(ino, mode, nlink, data.len() as u32, rdev >> 8, rdev & 0xff, name)?;
+        self.header(
+            ino,
+            mode,
+            nlink,
+            data.len() as u32,
+            rdev >> 8,
+            rdev & 0xff,
+            name,
+        )?;
         self.w.write_all(data)?;
         self.pad(data.len())
     }
@@ -119,7 +148,16 @@ impl<W: Write> Newc<W> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn header(&mut self, ino: u32, mode: u32, nlink: u32, size: u32, rmaj: u32, rmin: u32, name: &str) -> io::Result<()> {
+    fn header(
+        &mut self,
+        ino: u32,
+        mode: u32,
+        nlink: u32,
+        size: u32,
+        rmaj: u32,
+        rmin: u32,
+        name: &str,
+    ) -> io::Result<()> {
         let namesize = name.len() + 1;
         let h = format!(
             "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{size:08x}{:08x}{:08x}{rmaj:08x}{rmin:08x}{namesize:08x}{:08x}",
@@ -166,7 +204,9 @@ mod tests {
         let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert_eq!(ba, bb);
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&ba[..]).read_to_end(&mut raw).unwrap();
+        flate2::read::GzDecoder::new(&ba[..])
+            .read_to_end(&mut raw)
+            .unwrap();
         let text = String::from_utf8_lossy(&raw);
         assert!(raw.starts_with(b"070701"));
         assert!(text.contains("init\0"));
@@ -175,7 +215,10 @@ mod tests {
         // modules in load order
         let pos: Vec<usize> = VIRTIO_MODULES
             .iter()
-            .map(|m| text.find(&format!("lib/modules/{m}.ko\0")).unwrap_or_else(|| panic!("{m}")))
+            .map(|m| {
+                text.find(&format!("lib/modules/{m}.ko\0"))
+                    .unwrap_or_else(|| panic!("{m}"))
+            })
             .collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]));
         std::fs::remove_dir_all(&dir).unwrap();

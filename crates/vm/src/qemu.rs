@@ -56,16 +56,27 @@ fn check(cfg: &VmConfig) -> Result<(), VmError> {
         return Err(VmError::InvalidConfig("vcpus must be at least 1".into()));
     }
     if cfg.memory_mib < 64 {
-        return Err(VmError::InvalidConfig("memory_mib must be at least 64".into()));
+        return Err(VmError::InvalidConfig(
+            "memory_mib must be at least 64".into(),
+        ));
     }
-    for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd), ("root disk", &cfg.root_disk), ("dir", &cfg.dir)] {
+    for (what, p) in [
+        ("kernel", &cfg.kernel),
+        ("initrd", &cfg.initrd),
+        ("root disk", &cfg.root_disk),
+        ("dir", &cfg.dir),
+    ] {
         let s = p.to_string_lossy();
         if !p.is_absolute() {
-            return Err(VmError::InvalidConfig(format!("{what} path {s:?} must be absolute")));
+            return Err(VmError::InvalidConfig(format!(
+                "{what} path {s:?} must be absolute"
+            )));
         }
         // QEMU splits option values on ','; we do not escape, we refuse.
         if s.contains(',') {
-            return Err(VmError::InvalidConfig(format!("{what} path {s:?} contains a comma")));
+            return Err(VmError::InvalidConfig(format!(
+                "{what} path {s:?} contains a comma"
+            )));
         }
     }
     let sock = cfg.agent_sock();
@@ -76,7 +87,9 @@ fn check(cfg: &VmConfig) -> Result<(), VmError> {
         )));
     }
     if cfg.nic.is_some() {
-        return Err(VmError::InvalidConfig("networking is not supported yet".into()));
+        return Err(VmError::InvalidConfig(
+            "networking is not supported yet".into(),
+        ));
     }
     Ok(())
 }
@@ -101,17 +114,44 @@ impl Hypervisor for Qemu {
             Accel::Tcg => push(&["-accel", "tcg"]),
         }
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        push(&["-smp", &cfg.vcpus.to_string(), "-m", &format!("{}M", cfg.memory_mib)]);
-        push(&["-kernel", &cfg.kernel.to_string_lossy(), "-initrd", &cfg.initrd.to_string_lossy()]);
+        push(&[
+            "-smp",
+            &cfg.vcpus.to_string(),
+            "-m",
+            &format!("{}M", cfg.memory_mib),
+        ]);
+        push(&[
+            "-kernel",
+            &cfg.kernel.to_string_lossy(),
+            "-initrd",
+            &cfg.initrd.to_string_lossy(),
+        ]);
         push(&["-append", &Qemu::cmdline(cfg)?]);
         // 1. console
-        push(&["-chardev", &format!("file,id=console,path={console}"), "-serial", "chardev:console"]);
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={console}"),
+            "-serial",
+            "chardev:console",
+        ]);
         // 2. agent port
-        push(&["-chardev", &format!("socket,id=agent,path={agent},server=on,wait=off")]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=agent,path={agent},server=on,wait=off"),
+        ]);
         push(&["-device", "virtio-serial-device,id=vser0,max_ports=2"]);
-        push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=agent,name={}", crate::AGENT_PORT_NAME)]);
+        push(&[
+            "-device",
+            &format!(
+                "virtserialport,bus=vser0.0,chardev=agent,name={}",
+                crate::AGENT_PORT_NAME
+            ),
+        ]);
         // 3. root disk
-        push(&["-drive", &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap")]);
+        push(&[
+            "-drive",
+            &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"),
+        ]);
         push(&["-device", "virtio-blk-device,drive=root"]);
         // 4. NIC slot: reserved (check() refuses a NIC until networking lands). It will be
         //    `-netdev tap,id=net0,fd=N -device virtio-net-device,netdev=net0,mac=..` here, after
@@ -150,7 +190,10 @@ mod tests {
     }
 
     fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -175,7 +218,10 @@ mod tests {
     #[test]
     fn sandbox_runas_chroot() {
         let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
-        assert_eq!(value_of(&args, "-sandbox"), ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]);
+        assert_eq!(
+            value_of(&args, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+        );
         assert_eq!(value_of(&args, "-runas"), ["hyper-vm"]);
         assert_eq!(value_of(&args, "-chroot"), ["/d/c/abc"]);
         let mut c = cfg(Accel::Tcg);
