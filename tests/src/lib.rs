@@ -71,7 +71,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
 // Paths and binaries
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -129,7 +132,11 @@ pub fn kernel_dir() -> &'static Path {
                 .arg(&dir)
                 .status()
                 .expect("run scripts/fetch-kernel");
-            assert!(st.success(), "scripts/fetch-kernel {} failed", dir.display());
+            assert!(
+                st.success(),
+                "scripts/fetch-kernel {} failed",
+                dir.display()
+            );
         }
         dir
     })
@@ -139,7 +146,10 @@ pub fn kernel_dir() -> &'static Path {
 /// `version` gives `6.1.0-56-cloud-amd64`.
 pub fn guest_kernel_release() -> String {
     let v = std::fs::read_to_string(kernel_dir().join("version")).expect("kernel version file");
-    let pkg = v.split_whitespace().next().expect("package in version file");
+    let pkg = v
+        .split_whitespace()
+        .next()
+        .expect("package in version file");
     pkg.strip_prefix("linux-image-")
         .unwrap_or_else(|| panic!("unexpected kernel package {pkg:?}"))
         .to_string()
@@ -327,6 +337,20 @@ pub struct Daemon {
     child: Mutex<Option<Child>>,
 }
 
+thread_local! {
+    /// Daemons the test running on this thread used: their logs are printed when it fails.
+    static USED: std::cell::RefCell<Vec<Arc<Daemon>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn note_used(d: &Arc<Daemon>) {
+    USED.with(|u| {
+        let mut u = u.borrow_mut();
+        if !u.iter().any(|x| Arc::ptr_eq(x, d)) {
+            u.push(d.clone());
+        }
+    });
+}
+
 fn registry() -> &'static Mutex<Vec<Arc<Daemon>>> {
     static R: OnceLock<Mutex<Vec<Arc<Daemon>>>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(Vec::new()))
@@ -363,6 +387,7 @@ impl Daemon {
             child: Mutex::new(None),
         });
         registry().lock().unwrap().push(d.clone());
+        note_used(&d);
         d.spawn();
         d.wait_ready();
         d.hyper(&["load", "-i", busybox_tar().to_str().unwrap()])
@@ -418,7 +443,10 @@ impl Daemon {
             || {
                 if let Some(c) = self.child.lock().unwrap().as_mut() {
                     if let Ok(Some(st)) = c.try_wait() {
-                        panic!("hyperd exited ({st}) while starting:\n{}", self.log_tail(40));
+                        panic!(
+                            "hyperd exited ({st}) while starting:\n{}",
+                            self.log_tail(40)
+                        );
                     }
                 }
                 let o = self.hyper(&["version"]).timeout(10.0).run();
@@ -510,7 +538,9 @@ impl Daemon {
     pub fn inspect(&self, name: &str) -> Value {
         let o = self.hyper(&["inspect", name]).run().ok();
         let v = o.json();
-        v.get(0).cloned().unwrap_or_else(|| panic!("empty inspect: {o}"))
+        v.get(0)
+            .cloned()
+            .unwrap_or_else(|| panic!("empty inspect: {o}"))
     }
 
     /// Waits until the container's State.Status is `status`.
@@ -655,7 +685,11 @@ fn reap_stale_roots() {
         }
         let root = format!("{}/", e.path().display());
         for p in processes_mentioning(&root) {
-            if let Some(pid) = p.split_whitespace().next().and_then(|s| s.parse::<i32>().ok()) {
+            if let Some(pid) = p
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<i32>().ok())
+            {
                 // SAFETY: kill(2) on a pid read from /proc; worst case it is already gone.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -668,7 +702,9 @@ fn reap_stale_roots() {
 /// The hyperd shared by the tests that neither kill nor reconfigure it.
 pub fn main_daemon() -> &'static Daemon {
     static D: OnceLock<Arc<Daemon>> = OnceLock::new();
-    D.get_or_init(|| Daemon::start("m", DaemonOpts::default()))
+    let d = D.get_or_init(|| Daemon::start("m", DaemonOpts::default()));
+    note_used(d);
+    d
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,9 +746,13 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
         .copied()
         .filter(|(n, _)| {
             filters.is_empty()
-                || filters
-                    .iter()
-                    .any(|f| if exact { n == f } else { n.contains(f.as_str()) })
+                || filters.iter().any(|f| {
+                    if exact {
+                        n == f
+                    } else {
+                        n.contains(f.as_str())
+                    }
+                })
         })
         .collect();
     if selected.is_empty() {
@@ -738,13 +778,16 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
                 };
                 let t = Instant::now();
                 println!("test {name} ... started");
+                USED.with(|u| u.borrow_mut().clear());
                 let ok = std::panic::catch_unwind(f).is_ok();
                 let took = t.elapsed();
                 if !ok {
                     let mut diag = String::new();
-                    for d in registry().lock().unwrap().iter() {
-                        diag += &d.diagnostics();
-                    }
+                    USED.with(|u| {
+                        for d in u.borrow().iter() {
+                            diag += &d.diagnostics();
+                        }
+                    });
                     println!("---- {name} failed; diagnostics:\n{diag}");
                 }
                 println!(
@@ -783,9 +826,15 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
     }
     let mut results = results.lock().unwrap().clone();
     results.push(("zz_no_leftovers", leaks.is_empty(), t.elapsed()));
-    println!("test zz_no_leftovers ... {}", if leaks.is_empty() { "ok" } else { "FAILED" });
+    println!(
+        "test zz_no_leftovers ... {}",
+        if leaks.is_empty() { "ok" } else { "FAILED" }
+    );
 
-    println!("\nsummary ({:.1}s in all):", started.elapsed().as_secs_f64());
+    println!(
+        "\nsummary ({:.1}s in all):",
+        started.elapsed().as_secs_f64()
+    );
     let mut failed = 0;
     for (n, ok, took) in &results {
         println!(
