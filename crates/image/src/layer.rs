@@ -104,3 +104,21 @@ pub(crate) fn ingest(src: &Path, dest: &Path, label: &str) -> Result<Ingested> {
         size,
     })
 }
+
+/// Bytes of file content in a stored (uncompressed) layer tar, skipping over the contents.
+pub(crate) fn content_size(path: &Path) -> Result<u64> {
+    let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let mut archive = tar::Archive::new(BufReader::new(f));
+    let bad = |e: io::Error| ImageError::BadLayer {
+        layer: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut size = 0;
+    for entry in archive.entries_with_seek().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        if entry.header().entry_type().is_file() {
+            size += entry.header().size().unwrap_or(0);
+        }
+    }
+    Ok(size)
+}

@@ -1,6 +1,7 @@
 //! The content store for container images on one node.
 //!
-//! Images arrive as archives ([`ImageStore::load_archive`]): the tarball `docker save` writes
+//! Images arrive from registries ([`pull::Puller`]) or as archives
+//! ([`ImageStore::load_archive`]): the tarball `docker save` writes
 //! (old and new forms) or an OCI image layout tar; layers plain, gzip or zstd. Every blob named by
 //! a digest is checked, and every layer's uncompressed digest must match the config's
 //! `rootfs.diff_ids`. Each container VM boots from an ext4 disk built once per image
@@ -21,6 +22,7 @@ mod archive;
 mod disk;
 mod error;
 mod layer;
+pub mod pull;
 mod unpack;
 
 #[cfg(test)]
@@ -257,6 +259,56 @@ impl ImageStore {
             out.push(info);
         }
         Ok(out)
+    }
+
+    /// Records an image whose layers are all in the store (a pull's last step); tags merge
+    /// with those the image already had.
+    pub(crate) fn add_pulled(
+        &self,
+        config_blob: &[u8],
+        diff_ids: &[String],
+        repo_tags: Vec<String>,
+    ) -> Result<ImageInfo> {
+        let config: serde_json::Value =
+            serde_json::from_slice(config_blob).map_err(|source| ImageError::Json {
+                context: "image config".into(),
+                source,
+            })?;
+        let id = archive::sha256_digest(config_blob);
+        let mut size = 0;
+        for d in diff_ids {
+            size += layer::content_size(&self.layer_path(d))?;
+        }
+        let created = config
+            .get("created")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
+        let mut info = ImageInfo {
+            id,
+            repo_tags,
+            config,
+            size,
+            layers: diff_ids.to_vec(),
+            created,
+        };
+        let _guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        for d in diff_ids {
+            if !self.layer_path(d).exists() {
+                return Err(ImageError::BadArchive(format!("layer {d} went missing")));
+            }
+        }
+        let hex = full_hex(&info.id).expect("computed digest").to_string();
+        if let Ok(old) = self.read_info(&hex) {
+            for t in old.repo_tags {
+                if !info.repo_tags.contains(&t) {
+                    info.repo_tags.push(t);
+                }
+            }
+        }
+        let json = serde_json::to_vec_pretty(&info).expect("ImageInfo serializes");
+        self.write_atomic(&self.image_path(&hex), &json)?;
+        tracing::info!(id = %info.id, tags = ?info.repo_tags, "pulled image");
+        Ok(info)
     }
 
     fn read_info(&self, hex: &str) -> Result<ImageInfo> {

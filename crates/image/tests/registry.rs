@@ -1,0 +1,644 @@
+//! Pulls from a real registry: Debian's `docker-registry` on 127.0.0.1, started once for this
+//! test binary (two processes on one storage directory: an open one the tests push to, and one
+//! behind htpasswd basic auth serving the same repositories as private ones). The images are
+//! built here, blob by blob, and pushed through the registry's own API.
+//!
+//! Needs `docker-registry` and `htpasswd` (apache2-utils): `scripts/deps` installs them.
+//! Run: `cargo test -p image --test registry`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use image::pull::{parse_reference, Credentials, Progress, PullError, Puller};
+use image::{ImageInfo, ImageStore};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::{Client, Reference};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "s3cret";
+
+struct Registry {
+    /// `127.0.0.1:PORT` of the open registry.
+    open: String,
+    /// `127.0.0.1:PORT` of the one behind basic auth (same storage).
+    private: String,
+    storage: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn deadline() -> Duration {
+    let scale: f64 = std::env::var("HYPER_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(10.0 * scale)
+}
+
+/// Starts `docker-registry serve CONFIG` from a thread that lives as long as the test process,
+/// with PDEATHSIG so the registry dies with it.
+fn spawn_registry(config: &Path, log: &Path, addr: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let config = config.to_path_buf();
+    let log = log.to_path_buf();
+    let log_path = log.clone();
+    std::thread::spawn(move || {
+        let out = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tx.send(Ok(())).unwrap();
+                let _ = child.wait();
+            }
+            Err(e) => tx.send(Err(e)).unwrap(),
+        }
+    });
+    rx.recv().unwrap().unwrap_or_else(|e| {
+        panic!("cannot run docker-registry ({e}): install it with scripts/deps")
+    });
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if start.elapsed() > deadline() {
+            panic!(
+                "docker-registry did not listen on {addr}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hyreg")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", USER, PASSWORD])
+            .output()
+            .expect("htpasswd (apache2-utils): install it with scripts/deps");
+        assert!(out.status.success());
+        std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
+        let (open, private) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        for (name, addr, auth) in [("open", &open, false), ("private", &private, true)] {
+            let mut cfg = format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                storage.display()
+            );
+            if auth {
+                cfg += &format!(
+                    "auth:\n  htpasswd:\n    realm: hyper-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                );
+            }
+            let path = dir.join(format!("{name}.yml"));
+            std::fs::write(&path, cfg).unwrap();
+            spawn_registry(&path, &dir.join(format!("{name}.log")), addr);
+        }
+        Registry {
+            open,
+            private,
+            storage,
+        }
+    })
+}
+
+// ---- building and pushing images ----
+
+fn digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A layer tar; names are written raw so tests can make ones the tar crate would refuse.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Layer {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+    fn entry(&mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) -> &mut Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.entry(tar::EntryType::Regular, name, "", data)
+    }
+    fn dir(&mut self, name: &str) -> &mut Self {
+        self.entry(tar::EntryType::Directory, name, "", b"")
+    }
+    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(tar::EntryType::Symlink, name, target, b"")
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
+            .into_inner()
+            .unwrap()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Oci,
+    Docker,
+}
+
+fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    })
+}
+
+/// Pushes an image (each layer as given: plain, gzip...) as `repo:tag` (or untagged when
+/// `tag` is None) and returns (manifest digest, manifest bytes, image ID).
+async fn push(
+    repo: &str,
+    tag: Option<&str>,
+    layers: &[(Vec<u8>, Vec<u8>)],
+    kind: Kind,
+    arch: &str,
+) -> (String, Vec<u8>, String) {
+    let reg = registry();
+    let c = client();
+    let any = Reference::with_tag(reg.open.clone(), repo.into(), "x".into());
+    let diff_ids: Vec<String> = layers.iter().map(|(tar, _)| digest(tar)).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": "test"}],
+    }))
+    .unwrap();
+    let (m_type, c_type, l_type) = match kind {
+        Kind::Oci => (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        Kind::Docker => (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
+    };
+    c.push_blob(&any, config.clone(), &digest(&config))
+        .await
+        .unwrap();
+    let mut descs = Vec::new();
+    for (_, blob) in layers {
+        c.push_blob(&any, blob.clone(), &digest(blob))
+            .await
+            .unwrap();
+        descs.push(json!({"mediaType": l_type, "digest": digest(blob), "size": blob.len()}));
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": m_type,
+        "config": {"mediaType": c_type, "digest": digest(&config), "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let mdigest = digest(&manifest);
+    let target = match tag {
+        Some(t) => Reference::with_tag(reg.open.clone(), repo.into(), t.into()),
+        None => Reference::with_digest(reg.open.clone(), repo.into(), mdigest.clone()),
+    };
+    c.push_manifest_raw(
+        &target,
+        manifest.clone(),
+        http::HeaderValue::from_static(m_type),
+    )
+    .await
+    .unwrap();
+    (mdigest, manifest, digest(&config))
+}
+
+/// A one-layer image whose file `/id` says `content`, gzip-compressed.
+fn simple_layer(content: &str) -> (Vec<u8>, Vec<u8>) {
+    let tar = Layer::new().file("id", content.as_bytes()).finish();
+    let gz = gzip(&tar);
+    (tar, gz)
+}
+
+// ---- pulling ----
+
+struct Node {
+    _dir: tempfile::TempDir,
+    puller: Puller,
+}
+
+fn node() -> Node {
+    let dir = tempfile::Builder::new()
+        .prefix("hyimg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let store = Arc::new(ImageStore::open(dir.path().join("images")).unwrap());
+    Node {
+        puller: Puller::new(store),
+        _dir: dir,
+    }
+}
+
+async fn pull_with(
+    n: &Node,
+    image: &str,
+    creds: Option<&Credentials>,
+) -> Result<(ImageInfo, Vec<Progress>), PullError> {
+    let resolved = n
+        .puller
+        .resolve(parse_reference(image, None)?, creds)
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let info = n
+        .puller
+        .fetch(&resolved, vec![image.to_string()], &tx)
+        .await;
+    drop(tx);
+    let mut events = Vec::new();
+    while let Some(p) = rx.recv().await {
+        events.push(p);
+    }
+    Ok((info?, events))
+}
+
+async fn pull(n: &Node, image: &str) -> Result<(ImageInfo, Vec<Progress>), PullError> {
+    pull_with(n, image, None).await
+}
+
+/// `debugfs -R "cat PATH"` on the image's disk: the file's content, or None if absent.
+fn disk_file(n: &Node, id: &str, path: &str) -> Option<String> {
+    debugfs(n, id, &format!("cat {path}"))
+}
+
+fn debugfs(n: &Node, id: &str, request: &str) -> Option<String> {
+    let disk = n.puller.store().ensure_disk(id).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("not found") {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn statuses(events: &[Progress]) -> Vec<String> {
+    events
+        .iter()
+        .map(|p| format!("{}: {}", p.id.clone().unwrap_or_default(), p.status))
+        .collect()
+}
+
+#[tokio::test]
+async fn single_layer_oci_then_up_to_date() {
+    let reg = registry();
+    let (tar, gz) = simple_layer("single");
+    let (_, _, id) = push(
+        "t/single",
+        Some("v1"),
+        &[(tar, gz.clone())],
+        Kind::Oci,
+        "amd64",
+    )
+    .await;
+    let n = node();
+    let image = format!("{}/t/single:v1", reg.open);
+    let (info, events) = pull(&n, &image).await.unwrap();
+    assert_eq!(info.id, id);
+    let s = statuses(&events);
+    let short = &digest(&gz)[7..19];
+    assert_eq!(s[0], "v1: Pulling from t/single");
+    for want in [
+        "Pulling fs layer",
+        "Downloading",
+        "Verifying Checksum",
+        "Download complete",
+        "Pull complete",
+    ] {
+        assert!(
+            s.contains(&format!("{short}: {want}")),
+            "{want} missing in {s:?}"
+        );
+    }
+    let dl = events.iter().find(|p| p.status == "Downloading").unwrap();
+    assert_eq!(dl.total, Some(gz.len() as u64));
+    assert_eq!(disk_file(&n, &info.id, "/id").as_deref(), Some("single"));
+
+    // Again: present, nothing fetched.
+    let r = n
+        .puller
+        .resolve(parse_reference(&image, None).unwrap(), None)
+        .await
+        .unwrap();
+    assert!(r.present);
+}
+
+#[tokio::test]
+async fn multi_layer_docker_manifest_with_whiteouts_and_plain_layer() {
+    let reg = registry();
+    let l1 = Layer::new()
+        .dir("etc")
+        .file("etc/a", b"a1")
+        .file("etc/gone", b"x")
+        .dir("data")
+        .file("data/old", b"old")
+        .symlink("etc/link", "a")
+        .finish();
+    let l2 = Layer::new()
+        .file("etc/a", b"a2")
+        .file("etc/.wh.gone", b"")
+        .dir("data")
+        .file("data/.wh..wh..opq", b"")
+        .file("data/new", b"new")
+        .finish();
+    // The second layer travels uncompressed.
+    let layers = [(l1.clone(), gzip(&l1)), (l2.clone(), l2.clone())];
+    let (mdigest, _, id) = push("t/multi", Some("latest"), &layers, Kind::Docker, "amd64").await;
+    let n = node();
+    let (info, _) = pull(&n, &format!("{}/t/multi", reg.open)).await.unwrap();
+    assert_eq!(info.id, id);
+    assert_eq!(info.layers, vec![digest(&l1), digest(&l2)]);
+    assert_eq!(disk_file(&n, &id, "/etc/a").as_deref(), Some("a2"));
+    assert_eq!(disk_file(&n, &id, "/etc/gone"), None);
+    assert_eq!(disk_file(&n, &id, "/data/old"), None);
+    assert_eq!(disk_file(&n, &id, "/data/new").as_deref(), Some("new"));
+    let link = debugfs(&n, &id, "stat /etc/link").unwrap();
+    assert!(link.contains("Fast link dest: \"a\""), "{link}");
+
+    // A digest pin resolves to the same image.
+    let (pinned, _) = pull(&n, &format!("{}/t/multi@{mdigest}", reg.open))
+        .await
+        .unwrap();
+    assert_eq!(pinned.id, id);
+}
+
+#[tokio::test]
+async fn index_picks_linux_amd64() {
+    let reg = registry();
+    let (ta, ga) = simple_layer("amd64");
+    let (tb, gb) = simple_layer("arm64");
+    let (da, ma, ida) = push("t/multiarch", None, &[(ta, ga)], Kind::Oci, "amd64").await;
+    let (db, mb, _) = push("t/multiarch", None, &[(tb, gb)], Kind::Oci, "arm64").await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": db, "size": mb.len(),
+             "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": da, "size": ma.len(),
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    }))
+    .unwrap();
+    client()
+        .push_manifest_raw(
+            &Reference::with_tag(reg.open.clone(), "t/multiarch".into(), "latest".into()),
+            index.clone(),
+            http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        )
+        .await
+        .unwrap();
+    let n = node();
+    let image = format!("{}/t/multiarch", reg.open);
+    let r = n
+        .puller
+        .resolve(parse_reference(&image, None).unwrap(), None)
+        .await
+        .unwrap();
+    // The digest reported is the index's, as docker reports it.
+    assert_eq!(r.manifest_digest, digest(&index));
+    let (info, _) = pull(&n, &image).await.unwrap();
+    assert_eq!(info.id, ida);
+    assert_eq!(disk_file(&n, &ida, "/id").as_deref(), Some("amd64"));
+}
+
+#[tokio::test]
+async fn private_repo_needs_the_right_credentials() {
+    let reg = registry();
+    let (tar, gz) = simple_layer("private");
+    let (_, _, id) = push("t/private", Some("v1"), &[(tar, gz)], Kind::Oci, "amd64").await;
+    let image = format!("{}/t/private:v1", reg.private);
+    let n = node();
+    let anon = pull(&n, &image).await.unwrap_err();
+    assert!(matches!(anon, PullError::Unauthorized(_)), "{anon:?}");
+    let wrong = Credentials {
+        username: USER.into(),
+        password: "nope".into(),
+    };
+    let e = pull_with(&n, &image, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized(_)), "{e:?}");
+    assert!(
+        n.puller.store().list().is_empty(),
+        "nothing cached on refusal"
+    );
+    let right = Credentials {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    };
+    let (info, _) = pull_with(&n, &image, Some(&right)).await.unwrap();
+    assert_eq!(info.id, id);
+    assert_eq!(disk_file(&n, &id, "/id").as_deref(), Some("private"));
+    // The image being in the store does not let another caller in without credentials.
+    let again = pull(&n, &image).await.unwrap_err();
+    assert!(matches!(again, PullError::Unauthorized(_)), "{again:?}");
+}
+
+#[tokio::test]
+async fn unknown_tag_and_repo_are_not_found() {
+    let reg = registry();
+    let (tar, gz) = simple_layer("known");
+    push("t/known", Some("v1"), &[(tar, gz)], Kind::Oci, "amd64").await;
+    let n = node();
+    for (i, image) in [
+        format!("{}/t/known:nope", reg.open),
+        format!("{}/t/never-pushed:v1", reg.open),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = pull(&n, image).await.unwrap_err();
+        match e {
+            PullError::NotFound(m) => assert!(m.contains("unknown"), "test[{i}]: {m}"),
+            other => panic!("test[{i}]: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tampered_blob_is_refused_and_nothing_stored() {
+    let reg = registry();
+    let (tar, gz) = simple_layer("tampered-original");
+    push(
+        "t/tampered",
+        Some("v1"),
+        &[(tar, gz.clone())],
+        Kind::Oci,
+        "amd64",
+    )
+    .await;
+    // Swap the blob's bytes in the registry's storage (same length).
+    let hex = &digest(&gz)[7..];
+    let data = reg.storage.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 9;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let n = node();
+    let e = pull(&n, &format!("{}/t/tampered:v1", reg.open))
+        .await
+        .unwrap_err();
+    let msg = format!("{e}");
+    assert!(msg.contains("digest") || msg.contains("Digest"), "{msg}");
+    assert!(n.puller.store().list().is_empty());
+    let layers = std::fs::read_dir(n.puller.store().root().join("layers"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 0, "no layer stored");
+    let tmp = std::fs::read_dir(n.puller.store().root().join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "no temp file left");
+}
+
+#[tokio::test]
+async fn path_escape_is_refused() {
+    let reg = registry();
+    for (i, name) in ["../escape", "a/../../escape"].iter().enumerate() {
+        let tar = Layer::new().file("ok", b"ok").file(name, b"evil").finish();
+        let repo = format!("t/escape{i}");
+        push(
+            &repo,
+            Some("v1"),
+            &[(tar.clone(), gzip(&tar))],
+            Kind::Oci,
+            "amd64",
+        )
+        .await;
+        let n = node();
+        let e = pull(&n, &format!("{}/{repo}:v1", reg.open))
+            .await
+            .unwrap_err();
+        assert!(format!("{e}").contains("escapes"), "test[{i}]: {e}");
+        assert!(n.puller.store().list().is_empty(), "test[{i}]");
+        assert!(!n.puller.store().root().join("escape").exists());
+        assert!(!Path::new("/tmp/escape").exists());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_pulls_fetch_a_shared_layer_once() {
+    let reg = registry();
+    let base = Layer::new().file("base", &vec![7u8; 3 << 20]).finish();
+    let base_gz = (base.clone(), gzip(&base));
+    let (ta, ga) = simple_layer("top-a");
+    let (tb, gb) = simple_layer("top-b");
+    push(
+        "t/share-a",
+        Some("v1"),
+        &[base_gz.clone(), (ta, ga)],
+        Kind::Oci,
+        "amd64",
+    )
+    .await;
+    push(
+        "t/share-b",
+        Some("v1"),
+        &[base_gz.clone(), (tb, gb)],
+        Kind::Docker,
+        "amd64",
+    )
+    .await;
+    let n = node();
+    let (ia, ib) = (
+        format!("{}/t/share-a:v1", reg.open),
+        format!("{}/t/share-b:v1", reg.open),
+    );
+    let (a, b) = tokio::join!(pull(&n, &ia), pull(&n, &ib));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let short = &digest(&base_gz.1)[7..19];
+    let verified =
+        a.1.iter()
+            .chain(&b.1)
+            .filter(|p| p.id.as_deref() == Some(short) && p.status == "Verifying Checksum")
+            .count();
+    assert_eq!(
+        verified, 1,
+        "the shared layer was downloaded {verified} times"
+    );
+    assert_eq!(disk_file(&n, &b.0.id, "/id").as_deref(), Some("top-b"));
+    // A third image with the layer: "Already exists".
+    let (tc, gc) = simple_layer("top-c");
+    push(
+        "t/share-c",
+        Some("v1"),
+        &[base_gz, (tc, gc)],
+        Kind::Oci,
+        "amd64",
+    )
+    .await;
+    let (_, events) = pull(&n, &format!("{}/t/share-c:v1", reg.open))
+        .await
+        .unwrap();
+    assert!(statuses(&events).contains(&format!("{short}: Already exists")));
+}
