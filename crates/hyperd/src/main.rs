@@ -58,6 +58,9 @@ struct DaemonArgs {
     /// Where the default tenant's keys are written on first start (default ~/.hyper/config.json).
     #[arg(long, env = "HYPER_CONFIG")]
     client_config_dir: Option<PathBuf>,
+    /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -145,7 +148,11 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_files: 3,
         },
         store.clone(),
-        node::images::Images::new(store.clone(), images),
+        {
+            let images = node::images::Images::new(store.clone(), images);
+            images.set_insecure_registries(args.insecure_registries.clone());
+            images
+        },
     );
     runtime
         .recover()

@@ -412,11 +412,15 @@ impl Puller {
                 }
             } else {
                 send(Progress::layer(&id, "Pulling fs layer"));
-                todo.push((desc, diff_id));
+                todo.push((desc.clone(), diff_id.clone()));
             }
         }
         futures_util::stream::iter(todo)
-            .map(|(desc, diff_id)| self.fetch_layer(r, desc, diff_id, progress))
+            // Owned items: borrowed ones make this future not `Send` for a spawned task
+            // (rust-lang/rust#102211).
+            .map(|(desc, diff_id): (Descriptor, String)| async move {
+                self.fetch_layer(r, &desc, &diff_id, progress).await
+            })
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect::<Vec<()>>()
             .await?;

@@ -1,7 +1,13 @@
 //! A tenant's view of images: which images it has and under which tags. The bytes live once
 //! per node in the image crate's content store; tenancy lives here, in the store.
 //!
-//! Keys: `/images/<tenant>/<image id>` -> `TenantImage`, `/tags/<tenant>/<name:tag>` -> image id.
+//! Keys: `/images/<tenant>/<image id>` -> `TenantImage`, `/tags/<tenant>/<name:tag>` -> image id
+//! (a pulled digest reference `name@sha256:..` is a key there too, so it resolves).
+//!
+//! Pulls: the bytes are shared by every tenant of the node, but a tenant only gets an image by
+//! pulling it itself, and every pull asks the registry for the manifest with that tenant's own
+//! credentials, so a private image one tenant pulled is not usable by another until the registry
+//! has accepted the other's credentials.
 
 use std::sync::Arc;
 
@@ -16,6 +22,9 @@ pub struct TenantImage {
     pub id: String,
     pub tags: Vec<String>,
     pub added: DateTime<Utc>,
+    /// `name@sha256:<manifest digest>` of each pull (Docker's RepoDigests).
+    #[serde(default)]
+    pub digests: Vec<String>,
 }
 
 /// An image as the API shows it: the tenant's tags plus the stored content.
@@ -53,6 +62,7 @@ pub fn normalize(reference: &str) -> String {
 pub struct Images {
     store: Arc<dyn Store>,
     content: Arc<image::ImageStore>,
+    puller: image::pull::Puller,
 }
 
 fn image_key(tenant: &str, id: &str) -> String {
@@ -64,7 +74,68 @@ fn tag_key(tenant: &str, tag: &str) -> String {
 
 impl Images {
     pub fn new(store: Arc<dyn Store>, content: Arc<image::ImageStore>) -> Self {
-        Self { store, content }
+        let puller = image::pull::Puller::new(content.clone());
+        Self {
+            store,
+            content,
+            puller,
+        }
+    }
+
+    /// The registry client side; [`Images::pull`] records what it fetched for a tenant.
+    pub fn puller(&self) -> &image::pull::Puller {
+        &self.puller
+    }
+
+    /// Registries (`host:port`) pulled from over plain HTTP, besides loopback ones.
+    pub fn set_insecure_registries(&self, registries: Vec<String>) {
+        self.puller.set_insecure(registries);
+    }
+
+    /// Fetches what `resolved` lacks, records the image for `tenant` under the pulled tag (or
+    /// digest), and returns Docker's closing status line ("Downloaded newer image for ...").
+    pub async fn pull(
+        &self,
+        tenant: &str,
+        resolved: &image::pull::Resolved,
+        progress: &tokio::sync::mpsc::UnboundedSender<image::pull::Progress>,
+    ) -> std::result::Result<String, PullFailure> {
+        let tag = resolved
+            .tag
+            .as_ref()
+            .map(|t| normalize(&format!("{}:{}", resolved.name, t)));
+        let digest_ref = normalize(&format!("{}@{}", resolved.name, resolved.manifest_digest));
+        let had = match &tag {
+            Some(t) => self.store.get(&tag_key(tenant, t))?,
+            None => self.store.get(&tag_key(tenant, &digest_ref))?,
+        }
+        .is_some_and(|kv| kv.value == resolved.image_id.as_bytes());
+        let info = self
+            .puller
+            .fetch(resolved, tag.iter().cloned().collect(), progress)
+            .await?;
+        let tags: Vec<String> = tag.iter().cloned().collect();
+        self.add(tenant, &info.id, &tags)?;
+        let mut record = self.record(tenant, &info.id)?.ok_or_else(|| {
+            RuntimeError::Internal(format!("image {} vanished while recording it", info.id))
+        })?;
+        if !record.digests.contains(&digest_ref) {
+            record.digests.push(digest_ref.clone());
+        }
+        self.store.txn(
+            Txn::new()
+                .then(Op::Put(
+                    tag_key(tenant, &digest_ref),
+                    info.id.as_bytes().to_vec(),
+                ))
+                .then(Self::put_ops(&record, tenant)),
+        )?;
+        let shown = tag.unwrap_or(digest_ref);
+        Ok(if had && resolved.present {
+            format!("Status: Image is up to date for {shown}")
+        } else {
+            format!("Status: Downloaded newer image for {shown}")
+        })
     }
 
     pub fn content(&self) -> &Arc<image::ImageStore> {
@@ -117,6 +188,7 @@ impl Images {
             id: id.into(),
             tags: vec![],
             added: Utc::now(),
+            digests: vec![],
         });
         for tag in tags {
             if let Some(old) = self.store.get(&tag_key(tenant, tag))? {
@@ -231,6 +303,10 @@ impl Images {
             txn = txn.then(Op::Delete(tag_key(tenant, tag)));
             report.push(("Untagged".into(), tag.clone()));
         }
+        for d in &record.digests {
+            txn = txn.then(Op::Delete(tag_key(tenant, d)));
+            report.push(("Untagged".into(), d.clone()));
+        }
         self.store.txn(txn)?;
         report.push(("Deleted".into(), record.id.clone()));
         // The content goes when no tenant holds the image any more.
@@ -247,6 +323,21 @@ impl Images {
             }
         }
         Ok(report)
+    }
+}
+
+/// Why [`Images::pull`] failed: the registry or the content store, or our own store.
+#[derive(Debug, thiserror::Error)]
+pub enum PullFailure {
+    #[error(transparent)]
+    Pull(#[from] image::pull::PullError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl From<store::StoreError> for PullFailure {
+    fn from(e: store::StoreError) -> Self {
+        PullFailure::Runtime(e.into())
     }
 }
 

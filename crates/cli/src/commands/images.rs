@@ -188,7 +188,81 @@ pub fn progress_line(v: &Value) -> Result<Option<String>, String> {
     }))
 }
 
-/// Reads a JSON-lines progress response, printing each line unless `quiet`.
+/// Per-layer progress bars for a pull on a terminal, the way `docker pull` draws them: one
+/// line per layer (`id: status [bar] current/total`), image-wide lines printed above.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    layers: std::collections::HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Bars {
+    fn new(to_stderr: bool) -> Bars {
+        let target = if to_stderr {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::stdout()
+        };
+        Bars {
+            multi: indicatif::MultiProgress::with_draw_target(target),
+            layers: Default::default(),
+        }
+    }
+
+    fn update(&mut self, v: &Value) {
+        let status = v["status"].as_str().unwrap_or("");
+        let id = v["id"].as_str().unwrap_or("");
+        let is_layer = !id.is_empty() && !status.starts_with("Pulling from");
+        if !is_layer {
+            let text = if id.is_empty() {
+                status.to_owned()
+            } else {
+                format!("{id}: {status}")
+            };
+            let _ = self.multi.println(text);
+            return;
+        }
+        let multi = &self.multi;
+        let bar = self.layers.entry(id.to_owned()).or_insert_with(|| {
+            let b = multi.add(indicatif::ProgressBar::new(0));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix}: {msg}")
+                    .expect("static template"),
+            );
+            b.set_prefix(id.to_owned());
+            b
+        });
+        let detail = &v["progressDetail"];
+        match (detail["current"].as_u64(), detail["total"].as_u64()) {
+            (Some(current), Some(total)) if total > 0 => {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix}: {msg:<11} [{bar:40}] {bytes}/{total_bytes}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                bar.set_length(total);
+                bar.set_position(current);
+            }
+            _ => {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{prefix}: {msg}")
+                        .expect("static template"),
+                );
+            }
+        }
+        bar.set_message(status.to_owned());
+    }
+
+    fn finish(&self) {
+        for b in self.layers.values() {
+            b.abandon();
+        }
+    }
+}
+
+/// Reads a JSON-lines progress response: progress bars on a terminal, docker's plain lines
+/// otherwise, nothing but errors when `quiet`.
 async fn follow_progress(
     resp: hyper::Response<hyper::body::Incoming>,
     to_stderr: bool,
@@ -196,37 +270,54 @@ async fn follow_progress(
 ) -> Result<(), CliError> {
     let mut body = resp.into_body();
     let mut buf = Vec::new();
-    let handle = |line: &[u8]| -> Result<(), CliError> {
+    let tty = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let mut bars = (tty && !quiet).then(|| Bars::new(to_stderr));
+    let mut handle = |line: &[u8]| -> Result<(), CliError> {
         let line = String::from_utf8_lossy(line);
         let line = line.trim();
         if line.is_empty() {
             return Ok(());
         }
         let v: Value = serde_json::from_str(line).unwrap_or_else(|_| json!({"stream": line}));
-        match progress_line(&v) {
-            Err(e) => Err(CliError::Msg(e)),
-            Ok(Some(text)) if !quiet => {
-                if to_stderr {
-                    eprintln!("{text}");
-                } else {
-                    println!("{text}");
-                }
-                Ok(())
-            }
-            Ok(_) => Ok(()),
+        let text = progress_line(&v).map_err(CliError::Msg)?;
+        if quiet {
+            return Ok(());
         }
+        if let Some(bars) = bars.as_mut().filter(|_| v.get("status").is_some()) {
+            bars.update(&v);
+            return Ok(());
+        }
+        if let Some(text) = text {
+            if to_stderr {
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
+            }
+        }
+        Ok(())
     };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(crate::transport::ApiError::from)?;
-        if let Some(data) = frame.data_ref() {
-            buf.extend_from_slice(data);
-            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                handle(&line)?;
+    let result = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(crate::transport::ApiError::from)?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+                while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    handle(&line)?;
+                }
             }
         }
+        handle(&buf)
     }
-    handle(&buf)
+    .await;
+    if let Some(b) = &bars {
+        b.finish();
+    }
+    result
 }
 
 /// `POST /images/create`, following the progress stream to the end.

@@ -32,7 +32,7 @@ fn summary(v: &ImageView) -> Value {
         "Id": v.info.id,
         "ParentId": "",
         "RepoTags": v.tenant.tags,
-        "RepoDigests": [],
+        "RepoDigests": v.tenant.digests,
         "Created": created_unix(v),
         "Size": v.info.size,
         "SharedSize": -1,
@@ -47,7 +47,7 @@ fn inspect_json(v: &ImageView) -> Value {
     json!({
         "Id": v.info.id,
         "RepoTags": v.tenant.tags,
-        "RepoDigests": [],
+        "RepoDigests": v.tenant.digests,
         "Parent": "",
         "Comment": cfg["comment"].as_str().unwrap_or(""),
         "Created": v.info.created.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
@@ -211,9 +211,139 @@ pub async fn load(
         .into_response())
 }
 
-pub async fn create(Query(q): Query<Params>) -> ApiResult<Response> {
-    let image = q.get("fromImage").cloned().unwrap_or_default();
-    Err(ApiError::not_implemented(format!(
-        "pulling from a registry ({image}) is not supported yet: load the image with `hyper load -i FILE`"
-    )))
+/// `POST /images/create?fromImage=NAME&tag=TAG`: pulls from the registry with the caller's
+/// `X-Registry-Auth` credentials and streams Docker's JSON progress messages. Before streaming,
+/// an unknown repository or tag is a 404 with the registry's reason and refused credentials a
+/// 401; later failures arrive in the stream as `{"errorDetail":{"message":..},"error":..}`.
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::not_implemented(
+            "importing a root filesystem (fromSrc) is not supported: use `hyper load -i FILE`",
+        ));
+    }
+    let image = q
+        .get("fromImage")
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::bad_request("fromImage is required"))?;
+    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
+        if !matches!(p.as_str(), "linux/amd64" | "amd64" | "linux") {
+            return Err(ApiError::bad_request(format!(
+                "platform {p} is not supported: hyper runs linux/amd64"
+            )));
+        }
+    }
+    let reference = image::pull::parse_reference(image, q.get("tag").map(String::as_str))
+        .map_err(pull_error)?;
+    let creds = headers
+        .get("x-registry-auth")
+        .and_then(|h| h.to_str().ok())
+        .and_then(image::pull::decode_registry_auth);
+    let resolved = app
+        .runtime
+        .images
+        .puller()
+        .resolve(reference, creds.as_ref())
+        .await
+        .map_err(pull_error)?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<image::pull::Progress>();
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let forward = line_tx.clone();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let mut v = json!({"status": p.status});
+            if let Some(id) = p.id {
+                v["id"] = json!(id);
+            }
+            if let Some(current) = p.current {
+                v["progressDetail"] = json!({"current": current, "total": p.total});
+                v["progress"] = json!(progress_bar(current, p.total));
+            } else {
+                v["progressDetail"] = json!({});
+            }
+            let _ = forward.send(v);
+        }
+    });
+    tokio::spawn(async move {
+        let images = &app.runtime.images;
+        let result = images.pull(&tenant, &resolved, &tx).await;
+        drop(tx);
+        match result {
+            Ok(status) => {
+                let _ = line_tx
+                    .send(json!({"status": format!("Digest: {}", resolved.manifest_digest)}));
+                let _ = line_tx.send(json!({"status": status}));
+            }
+            Err(e) => {
+                let msg = server_error_chain(&e);
+                tracing::warn!(image = %resolved.name, "pull failed: {msg}");
+                let _ = line_tx.send(json!({"errorDetail": {"message": msg}, "error": msg}));
+            }
+        }
+    });
+    // Progress lines go out in order; the closing lines wait for the progress forwarder to
+    // drain (both senders must be gone before the stream ends).
+    let stream = futures_util::stream::unfold(line_rx, |mut rx| async move {
+        let v = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(v.to_string() + "\r\n")),
+            rx,
+        ))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn server_error_chain(e: &dyn std::error::Error) -> String {
+    crate::error::error_chain(e)
+}
+
+/// Docker's text progress bar, for clients that print `progress`.
+fn progress_bar(current: u64, total: Option<u64>) -> String {
+    let human = |b: u64| {
+        let b = b as f64;
+        if b >= 1e9 {
+            format!("{:.2}GB", b / 1e9)
+        } else if b >= 1e6 {
+            format!("{:.2}MB", b / 1e6)
+        } else if b >= 1e3 {
+            format!("{:.2}kB", b / 1e3)
+        } else {
+            format!("{b}B")
+        }
+    };
+    match total.filter(|t| *t > 0) {
+        Some(t) => {
+            let filled = ((current.min(t) * 50) / t) as usize;
+            let bar = if filled >= 50 {
+                "=".repeat(50)
+            } else {
+                format!("{}>{}", "=".repeat(filled), " ".repeat(49 - filled))
+            };
+            format!("[{bar}] {}/{}", human(current), human(t))
+        }
+        None => human(current),
+    }
+}
+
+/// Where a failed pull lands on the wire: the caller's mistakes are 400/401/404.
+fn pull_error(e: image::pull::PullError) -> ApiError {
+    use image::pull::PullError as P;
+    let status = match &e {
+        P::InvalidReference(_) => StatusCode::BAD_REQUEST,
+        P::NotFound(_) => StatusCode::NOT_FOUND,
+        P::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        P::Unsupported(_) => StatusCode::BAD_REQUEST,
+        P::Registry { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        P::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, crate::error::error_chain(&e))
 }
