@@ -1,6 +1,7 @@
 //! `hyperd`: the daemon. Wiring only: flags, checks of the host, then the api and node roles
 //! on the embedded store.
 
+mod admin_client;
 mod setup;
 
 use std::path::PathBuf;
@@ -65,8 +66,12 @@ struct DaemonArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Manage tenants (accounts).
+    /// Manage tenants (accounts): through the running daemon's unix socket when it is up,
+    /// on the store directly when it is not.
     Tenant {
+        /// The running daemon's unix socket.
+        #[arg(long, default_value = "/var/run/hyper.sock")]
+        socket: PathBuf,
         #[command(subcommand)]
         command: TenantCommand,
     },
@@ -76,6 +81,16 @@ enum Command {
 enum TenantCommand {
     /// Create a tenant (or add a key to one) and print its access and secret key.
     Create { name: String },
+    /// Show or change a tenant's quotas (Hyper's defaults: 10 containers, 2 FIPs, 5 services).
+    Quota {
+        name: String,
+        #[arg(long)]
+        containers: Option<u64>,
+        #[arg(long)]
+        fips: Option<u64>,
+        #[arg(long)]
+        services: Option<u64>,
+    },
 }
 
 fn main() {
@@ -91,8 +106,19 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Tenant {
+                socket,
                 command: TenantCommand::Create { name },
-            }) => tenant_create(&cli.data_root, &name),
+            }) => tenant_create(&cli.data_root, &socket, &name).await,
+            Some(Command::Tenant {
+                socket,
+                command:
+                    TenantCommand::Quota {
+                        name,
+                        containers,
+                        fips,
+                        services,
+                    },
+            }) => tenant_quota(&cli.data_root, &socket, &name, containers, fips, services).await,
             None => run(cli.data_root, cli.daemon).await,
         }
     });
@@ -110,10 +136,54 @@ fn open_store(data_root: &std::path::Path) -> anyhow::Result<Arc<dyn store::Stor
     Ok(Arc::new(store))
 }
 
-fn tenant_create(data_root: &std::path::Path, name: &str) -> anyhow::Result<()> {
-    let accounts = server::Accounts::new(open_store(data_root)?);
-    let (access, secret) = accounts.create_tenant(name)?;
+async fn tenant_create(
+    data_root: &std::path::Path,
+    socket: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let path = format!("/admin/tenants/{name}");
+    let (access, secret) = match admin_client::post(socket, &path, serde_json::json!({})).await? {
+        Some(reply) => (
+            reply["AccessKey"].as_str().unwrap_or_default().to_string(),
+            reply["SecretKey"].as_str().unwrap_or_default().to_string(),
+        ),
+        None => server::Accounts::new(open_store(data_root)?).create_tenant(name)?,
+    };
     println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
+    Ok(())
+}
+
+async fn tenant_quota(
+    data_root: &std::path::Path,
+    socket: &std::path::Path,
+    name: &str,
+    containers: Option<u64>,
+    fips: Option<u64>,
+    services: Option<u64>,
+) -> anyhow::Result<()> {
+    let change = serde_json::json!({"containers": containers, "fips": fips, "services": services});
+    let quotas: node::quota::Quotas =
+        match admin_client::post(socket, &format!("/admin/tenants/{name}/quota"), change).await? {
+            Some(reply) => serde_json::from_value(reply)?,
+            None => {
+                let store = open_store(data_root)?;
+                if !server::Accounts::new(store.clone()).tenant_exists(name)? {
+                    anyhow::bail!(
+                        "no tenant {name:?}: create it with `hyperd tenant create {name}`"
+                    );
+                }
+                let mut quotas = node::quota::load(store.as_ref(), name)?;
+                quotas.containers = containers.unwrap_or(quotas.containers);
+                quotas.fips = fips.unwrap_or(quotas.fips);
+                quotas.services = services.unwrap_or(quotas.services);
+                store.put(&node::quota::quotas_key(name), serde_json::to_vec(&quotas)?)?;
+                quotas
+            }
+        };
+    println!(
+        "tenant {name}: {} containers, {} floating IPs, {} services",
+        quotas.containers, quotas.fips, quotas.services
+    );
     Ok(())
 }
 

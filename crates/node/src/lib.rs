@@ -3,7 +3,9 @@
 
 pub mod images;
 pub mod logs;
+pub mod metering;
 pub mod model;
+pub mod quota;
 mod runtime;
 pub mod shim_link;
 pub mod sizes;
@@ -23,6 +25,9 @@ pub enum RuntimeError {
     /// 409
     #[error("{0}")]
     Conflict(String),
+    /// 403: over a quota
+    #[error("{0}")]
+    Quota(String),
     /// 501: asked for something hyper does not do (yet)
     #[error("{0}")]
     Unsupported(String),

@@ -19,7 +19,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::images::Images;
+use crate::metering::{Meter, Segment};
 use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
+use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::{sizes, validate, Result, RuntimeError};
 
@@ -106,6 +108,7 @@ pub struct Runtime {
     cfg: RuntimeConfig,
     store: Arc<dyn Store>,
     pub images: Images,
+    pub meter: Meter,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
 }
@@ -126,13 +129,19 @@ fn internal<E: std::fmt::Display>(e: E) -> RuntimeError {
 
 impl Runtime {
     pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
+        let meter = Meter::new(store.clone());
         Arc::new(Self {
             cfg,
             store,
             images,
+            meter,
             entries: Mutex::default(),
             execs: Mutex::default(),
         })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -272,31 +281,9 @@ impl Runtime {
             state: State::default(),
             restart_count: 0,
         };
-        let claimed = self.store.txn(
-            Txn::new()
-                .when(Compare::Absent(name_key(tenant, &name)))
-                .then(Op::Put(name_key(tenant, &name), id.as_bytes().to_vec()))
-                .then(Op::Put(
-                    container_key(tenant, &id),
-                    serde_json::to_vec(&container).expect("json"),
-                )),
-        )?;
-        if !claimed.succeeded {
-            let holder = self
-                .store
-                .get(&name_key(tenant, &name))?
-                .map(|kv| String::from_utf8_lossy(&kv.value).to_string());
-            return Err(RuntimeError::Conflict(format!(
-                "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                holder.unwrap_or_default()
-            )));
-        }
+        self.claim_name_within_quota(&container)?;
         if let Err(e) = self.prepare_root_disk(&container).await {
-            let _ = self.store.txn(
-                Txn::new()
-                    .then(Op::Delete(name_key(tenant, &name)))
-                    .then(Op::Delete(container_key(tenant, &id))),
-            );
+            let _ = self.release_records(&container);
             let _ = std::fs::remove_dir_all(self.dir(&id));
             return Err(e);
         }
@@ -305,6 +292,67 @@ impl Runtime {
             .expect("poisoned")
             .insert(id, Entry::new(container.clone()));
         Ok(container)
+    }
+
+    /// Records the container and its name, and counts it against the tenant's quota, all in
+    /// one transaction; retried when another create changed the count meanwhile.
+    fn claim_name_within_quota(&self, c: &Container) -> Result<()> {
+        let limit = quota::load(self.store.as_ref(), &c.tenant)?.containers;
+        loop {
+            let counter = Counter::read(self.store.as_ref(), &c.tenant, "containers")?;
+            if counter.value() >= limit {
+                return Err(quota::exceeded("containers", limit));
+            }
+            let claimed = self.store.txn(
+                Txn::new()
+                    .when(counter.unchanged())
+                    .when(Compare::Absent(name_key(&c.tenant, &c.name)))
+                    .then(counter.set(counter.value() + 1))
+                    .then(Op::Put(
+                        name_key(&c.tenant, &c.name),
+                        c.id.as_bytes().to_vec(),
+                    ))
+                    .then(Op::Put(
+                        container_key(&c.tenant, &c.id),
+                        serde_json::to_vec(c).expect("json"),
+                    )),
+            )?;
+            if claimed.succeeded {
+                return Ok(());
+            }
+            if let Some(holder) = self.store.get(&name_key(&c.tenant, &c.name))? {
+                return Err(RuntimeError::Conflict(format!(
+                    "Conflict. The container name \"/{}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    c.name,
+                    String::from_utf8_lossy(&holder.value)
+                )));
+            }
+        }
+    }
+
+    /// Deletes the container's records and gives its quota back, in one transaction.
+    fn release_records(&self, c: &Container) -> Result<()> {
+        loop {
+            let counter = Counter::read(self.store.as_ref(), &c.tenant, "containers")?;
+            let mut txn = Txn::new()
+                .when(counter.unchanged())
+                .then(counter.set(counter.value().saturating_sub(1)))
+                .then(Op::Delete(container_key(&c.tenant, &c.id)));
+            let name = name_key(&c.tenant, &c.name);
+            // The name may belong to another container by now (a rename raced with us).
+            if self
+                .store
+                .get(&name)?
+                .is_some_and(|kv| kv.value == c.id.as_bytes())
+            {
+                txn = txn
+                    .when(Compare::Value(name.clone(), c.id.as_bytes().to_vec()))
+                    .then(Op::Delete(name));
+            }
+            if self.store.txn(txn)?.succeeded {
+                return Ok(());
+            }
+        }
     }
 
     /// The image's ext4 disk (built once per image) under a thin qcow2 overlay: 10 GB sparse,
@@ -421,6 +469,16 @@ impl Runtime {
                 ..State::default()
             };
         })?;
+        let segment = Segment {
+            container: c.id.clone(),
+            name: c.name.clone(),
+            size: c.size.clone(),
+            start: started_at,
+            end: None,
+        };
+        if let Err(e) = self.meter.open_segment(&c.tenant, &segment) {
+            tracing::error!("metering the start of {}: {e}", c.id);
+        }
         self.spawn_monitor(entry.clone());
         Ok(c)
     }
@@ -525,6 +583,9 @@ impl Runtime {
                 return;
             }
         };
+        if let Err(e) = self.meter.close_segment(&c.tenant, &c.id, finished_at) {
+            tracing::error!("metering the exit of {id}: {e}");
+        }
         entry.lifecycle.send_modify(|l| l.exits += 1);
         tracing::info!(container = %id, exit_code = c.state.exit_code, "container exited");
 
@@ -695,16 +756,7 @@ impl Runtime {
             )
             .await;
         }
-        self.store.txn(
-            Txn::new()
-                .when(Compare::Value(
-                    name_key(tenant, &c.name),
-                    c.id.as_bytes().to_vec(),
-                ))
-                .then(Op::Delete(name_key(tenant, &c.name)))
-                .then(Op::Delete(container_key(tenant, &c.id)))
-                .otherwise(Op::Delete(container_key(tenant, &c.id))),
-        )?;
+        self.release_records(&c)?;
         let dir = self.dir(&c.id);
         wait_for_supervisor_exit(&dir).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -30,11 +30,14 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{containers as c, exec, images, system};
+    use routes::{admin, containers as c, exec, images, system, usage};
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/usage", get(usage::usage))
+        .route("/admin/tenants/{name}", post(admin::create_tenant))
+        .route("/admin/tenants/{name}/quota", post(admin::set_quota))
         .route("/containers/create", post(c::create))
         .route("/containers/json", get(c::list))
         .route("/containers/{id}/json", get(c::inspect))

@@ -397,19 +397,6 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn parse_time(v: &str) -> ApiResult<Option<DateTime<Utc>>> {
-    if v.is_empty() || v == "0" {
-        return Ok(None);
-    }
-    if let Ok(secs) = v.parse::<f64>() {
-        let nanos = (secs.fract() * 1e9) as u32;
-        return Ok(DateTime::from_timestamp(secs.trunc() as i64, nanos));
-    }
-    DateTime::parse_from_rfc3339(v)
-        .map(|t| Some(t.with_timezone(&Utc)))
-        .map_err(|_| ApiError::bad_request(format!("invalid time value: {v:?}")))
-}
-
 pub async fn logs(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
@@ -425,8 +412,8 @@ pub async fn logs(
     }
     let follow = flag(&q, "follow", false);
     let timestamps = flag(&q, "timestamps", false);
-    let since = parse_time(q.get("since").map(String::as_str).unwrap_or(""))?;
-    let until = parse_time(q.get("until").map(String::as_str).unwrap_or(""))?;
+    let since = super::time_param(&q, "since")?;
+    let until = super::time_param(&q, "until")?;
     let tail: Option<usize> = match q.get("tail").map(String::as_str) {
         None | Some("") | Some("all") => None,
         Some(n) => Some(

@@ -1,11 +1,15 @@
 //! The HTTP API, one file per group of Docker endpoints.
 
+pub mod admin;
 pub mod containers;
 pub mod exec;
 pub mod images;
 pub mod system;
+pub mod usage;
 
 use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 
 use crate::error::ApiError;
 
@@ -46,4 +50,19 @@ pub fn filter_values(filters: Option<&String>, key: &str) -> Result<Option<Vec<S
         serde_json::Value::Object(o) => Some(o.keys().cloned().collect()),
         _ => None,
     })
+}
+
+/// A time in a query: Unix seconds (fractions allowed) or RFC 3339; absent, empty or 0 is none.
+pub fn time_param(q: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let v = q.get(name).map(String::as_str).unwrap_or("");
+    if v.is_empty() || v == "0" {
+        return Ok(None);
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        let nanos = (secs.fract() * 1e9) as u32;
+        return Ok(DateTime::from_timestamp(secs.trunc() as i64, nanos));
+    }
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|_| ApiError::bad_request(format!("invalid time for {name}: {v:?}")))
 }

@@ -1,0 +1,213 @@
+//! Per-second metering of container runs and the charges that follow from Hyper's price table.
+//!
+//! Every run segment (start to exit, with its size) leaves a record in the store:
+//! `/usage/<tenant>/<container id>/<start nanos>`. A segment still open is billed up to now.
+//! Money is exact: integer nano-dollars (s1 costs 400 per second), never floating point.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use store::Store;
+
+use crate::{Result, RuntimeError};
+
+/// Each run, start or restart is billed at least this long (Hyper's rule).
+pub const MINIMUM_BILLED_SECONDS: i64 = 10;
+
+/// Nano-dollars per second for each size (reference/hyper-extensions.md).
+pub const PRICES: [(&str, u64); 10] = [
+    ("s1", 400),
+    ("s2", 600),
+    ("s3", 1_000),
+    ("s4", 2_000),
+    ("m1", 4_000),
+    ("m2", 8_000),
+    ("m3", 15_000),
+    ("l1", 30_000),
+    ("l2", 60_000),
+    ("l3", 120_000),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub container: String,
+    pub name: String,
+    pub size: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// What one container cost within a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Charge {
+    pub resource: String,
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    pub size: String,
+    pub seconds: i64,
+    /// Nano-dollars.
+    pub cost: u64,
+}
+
+fn key(tenant: &str, container: &str, start: DateTime<Utc>) -> String {
+    format!(
+        "/usage/{tenant}/{container}/{:020}",
+        start.timestamp_nanos_opt().unwrap_or(0)
+    )
+}
+
+pub fn price(size: &str) -> u64 {
+    PRICES
+        .iter()
+        .find(|(s, _)| *s == size)
+        .map_or(0, |(_, p)| *p)
+}
+
+/// Seconds billed for one segment: whole seconds rounded up, at least the minimum.
+pub fn billed_seconds(start: DateTime<Utc>, end: DateTime<Utc>) -> i64 {
+    let nanos = (end - start).num_nanoseconds().unwrap_or(i64::MAX).max(0);
+    let seconds = (nanos + 999_999_999) / 1_000_000_000;
+    seconds.max(MINIMUM_BILLED_SECONDS)
+}
+
+pub struct Meter {
+    store: Arc<dyn Store>,
+}
+
+impl Meter {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn open_segment(&self, tenant: &str, seg: &Segment) -> Result<()> {
+        self.store.put(
+            &key(tenant, &seg.container, seg.start),
+            serde_json::to_vec(seg).expect("json"),
+        )?;
+        Ok(())
+    }
+
+    /// Closes the container's open segment (if any) at `end`.
+    pub fn close_segment(&self, tenant: &str, container: &str, end: DateTime<Utc>) -> Result<()> {
+        for kv in self.store.range(&format!("/usage/{tenant}/{container}/"))? {
+            let mut seg: Segment = serde_json::from_slice(&kv.value)
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            if seg.end.is_none() {
+                seg.end = Some(end.max(seg.start));
+                self.store
+                    .put(&kv.key, serde_json::to_vec(&seg).expect("json"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges per container for segments that started in `[since, until)`; open segments are
+    /// billed up to `now`.
+    pub fn usage(
+        &self,
+        tenant: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Charge>> {
+        let mut charges: Vec<Charge> = Vec::new();
+        for kv in self.store.range(&format!("/usage/{tenant}/"))? {
+            let seg: Segment = serde_json::from_slice(&kv.value)
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+            if since.is_some_and(|s| seg.start < s) || until.is_some_and(|u| seg.start >= u) {
+                continue;
+            }
+            let seconds = billed_seconds(seg.start, seg.end.unwrap_or(now));
+            let cost = seconds as u64 * price(&seg.size);
+            match charges
+                .iter_mut()
+                .find(|c| c.resource == seg.container && c.size == seg.size)
+            {
+                Some(c) => {
+                    c.seconds += seconds;
+                    c.cost += cost;
+                    c.name = seg.name.clone();
+                }
+                None => charges.push(Charge {
+                    resource: seg.container.clone(),
+                    name: seg.name.clone(),
+                    kind: "container",
+                    size: seg.size.clone(),
+                    seconds,
+                    cost,
+                }),
+            }
+        }
+        Ok(charges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn seconds_round_up_with_a_minimum() {
+        let t0 = Utc::now();
+        let cases = [
+            (0, 10),
+            (3_000, 10),
+            (10_000, 10),
+            (10_001, 11),
+            (61_500, 62),
+        ];
+        for (i, (millis, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                billed_seconds(t0, t0 + TimeDelta::milliseconds(*millis)),
+                *want,
+                "test[{i}]"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_sums_segments_and_bills_open_ones_to_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(store::RedbStore::open(&dir.path().join("db")).unwrap());
+        let meter = Meter::new(store);
+        let t0 = DateTime::parse_from_rfc3339("2026-11-22T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let seg = |start: i64, end: Option<i64>, size: &str| Segment {
+            container: "c1".into(),
+            name: "web".into(),
+            size: size.into(),
+            start: t0 + TimeDelta::seconds(start),
+            end: end.map(|e| t0 + TimeDelta::seconds(e)),
+        };
+        meter.open_segment("t", &seg(0, None, "s1")).unwrap();
+        meter
+            .close_segment("t", "c1", t0 + TimeDelta::seconds(3))
+            .unwrap(); // 3 s -> 10
+        meter.open_segment("t", &seg(100, Some(125), "s1")).unwrap(); // 25 s
+        meter.open_segment("t", &seg(200, None, "s1")).unwrap(); // open: to now = 260 -> 60 s
+        meter
+            .open_segment("other", &seg(0, Some(1000), "l3"))
+            .unwrap();
+        let usage = meter
+            .usage("t", None, None, t0 + TimeDelta::seconds(260))
+            .unwrap();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].seconds, 10 + 25 + 60);
+        assert_eq!(usage[0].cost, 95 * 400);
+        let windowed = meter
+            .usage(
+                "t",
+                Some(t0 + TimeDelta::seconds(50)),
+                Some(t0 + TimeDelta::seconds(150)),
+                t0,
+            )
+            .unwrap();
+        assert_eq!(windowed[0].seconds, 25);
+    }
+}

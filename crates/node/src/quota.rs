@@ -1,0 +1,79 @@
+//! Per-tenant quotas, enforced atomically in the store: a counter per resource kind, changed
+//! only by a compare-and-swap in the same transaction that creates or removes the resource, so
+//! 20 concurrent creates against a quota of 10 leave exactly 10.
+
+use serde::{Deserialize, Serialize};
+use store::{Compare, KeyValue, Op, Store};
+
+use crate::{Result, RuntimeError};
+
+/// Hyper's defaults per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Quotas {
+    pub containers: u64,
+    pub fips: u64,
+    pub services: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            containers: 10,
+            fips: 2,
+            services: 5,
+        }
+    }
+}
+
+pub fn quotas_key(tenant: &str) -> String {
+    format!("/quotas/{tenant}")
+}
+
+pub fn load(store: &dyn Store, tenant: &str) -> Result<Quotas> {
+    Ok(match store.get(&quotas_key(tenant))? {
+        Some(kv) => {
+            serde_json::from_slice(&kv.value).map_err(|e| RuntimeError::Internal(e.to_string()))?
+        }
+        None => Quotas::default(),
+    })
+}
+
+/// A counted resource kind and its current count.
+pub struct Counter {
+    key: String,
+    current: Option<KeyValue>,
+}
+
+impl Counter {
+    pub fn read(store: &dyn Store, tenant: &str, kind: &str) -> Result<Self> {
+        let key = format!("/counts/{tenant}/{kind}");
+        let current = store.get(&key)?;
+        Ok(Self { key, current })
+    }
+
+    pub fn value(&self) -> u64 {
+        self.current
+            .as_ref()
+            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The transaction's guard: the counter is still what we read.
+    pub fn unchanged(&self) -> Compare {
+        match &self.current {
+            Some(kv) => Compare::ModRevision(self.key.clone(), kv.mod_revision),
+            None => Compare::Absent(self.key.clone()),
+        }
+    }
+
+    pub fn set(&self, value: u64) -> Op {
+        Op::Put(self.key.clone(), value.to_string().into_bytes())
+    }
+}
+
+pub fn exceeded(kind: &str, limit: u64) -> RuntimeError {
+    RuntimeError::Quota(format!(
+        "quota exceeded: at most {limit} {kind} per account; remove some, or ask the operator to raise the quota"
+    ))
+}
