@@ -687,6 +687,13 @@ fn tcp_auth_and_tenants() {
     assert_eq!(o.stdout, "401");
     let o = d.hyper_tcp(&dir2, &["rm", "-f", &id]).run();
     assert_eq!(o.code, 1, "t2 removed the default tenant's container: {o}");
+    // Images belong to tenants too: t2 has none until it loads one.
+    let o = d.hyper_tcp(&dir2, &["images", "-q"]).run().ok();
+    assert_eq!(o.out(), "", "t2 sees the default tenant's images: {o}");
+    d.hyper_tcp(&dir2, &["load", "-i", busybox_tar().to_str().unwrap()])
+        .timeout(60.0)
+        .run()
+        .ok();
     let o = d
         .hyper_tcp(&dir2, &["create", "--name", "mine", "busybox", "true"])
         .run();
@@ -694,6 +701,7 @@ fn tcp_auth_and_tenants() {
     let o = d.hyper(&["ps", "-a", "--no-trunc"]).run().ok();
     assert!(o.stdout.contains(&id), "{o}");
     d.hyper_tcp(&d.client_dir, &["rm", "mine"]).run().ok();
+    d.hyper_tcp(&dir2, &["rm", "mine"]).run().ok();
     if let Some(b) = bug {
         panic!("{b}");
     }

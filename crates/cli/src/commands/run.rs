@@ -191,21 +191,22 @@ fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
     };
     let mut out = Vec::new();
     for (i, cport) in (c0..=c1).enumerate() {
-        let host_port =
-            match host_range {
-                None => String::new(),
-                Some((h0, h1)) if h1 - h0 == c1 - c0 => (h0 + i as u16).to_string(),
-                Some((h0, h1)) if c0 == c1 => {
-                    if h0 == h1 {
-                        h0.to_string()
-                    } else {
-                        format!("{h0}-{h1}")
-                    }
+        let host_port = match host_range {
+            None => String::new(),
+            Some((h0, h1)) if h1 - h0 == c1 - c0 => (h0 + i as u16).to_string(),
+            Some((h0, h1)) if c0 == c1 => {
+                if h0 == h1 {
+                    h0.to_string()
+                } else {
+                    format!("{h0}-{h1}")
                 }
-                Some(_) => return Err(format!(
+            }
+            Some(_) => {
+                return Err(format!(
                     "invalid ranges specified for container and host Ports: {container} and {host}"
-                )),
-            };
+                ))
+            }
+        };
         out.push((
             format!("{cport}/{proto}"),
             json!({"HostIp": ip, "HostPort": host_port}),
