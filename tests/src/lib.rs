@@ -712,6 +712,9 @@ pub fn main_daemon() -> &'static Daemon {
 
 pub type TestFn = fn();
 
+/// Name, passed, duration.
+type TestResult = (&'static str, bool, Duration);
+
 /// Runs `tests` (name, fn) on `HYPER_TEST_THREADS` threads, prints each duration, then tears
 /// every daemon down and checks for leaks. Returns the process exit code.
 pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
@@ -767,7 +770,7 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
         threads.max(1)
     );
     let queue = Arc::new(Mutex::new(selected.into_iter()));
-    let results: Arc<Mutex<Vec<(&'static str, bool, Duration)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<TestResult>>> = Arc::default();
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
             let queue = queue.clone();
