@@ -569,14 +569,26 @@ fn docker_cli() {
 
 // -------------------------------------------------------------------------------------------
 
-/// Unsigned and badly signed TCP requests get 401; the CLI signs with the keys written at first
-/// start; a second tenant sees nothing of the first.
+/// TCP is TLS by default. Unsigned and badly signed requests get 401; the CLI signs with the
+/// keys written at first start (and checks the server against the CA written with them); a
+/// second tenant sees nothing of the first; a revoked key stops working; a token and a client
+/// certificate let clients in that cannot sign (docker-py, the stock Docker CLI).
 fn tcp_auth_and_tenants() {
     let dd = Daemon::start("t", DaemonOpts::default());
     let d: &Daemon = &dd;
-    let url = format!("http://127.0.0.1:{}/v1.44/containers/json", d.tcp_port);
+    let ca = d.data.join("tls").join("ca.pem");
+    let ca_arg = ca.to_str().unwrap().to_string();
+    let url = format!("https://127.0.0.1:{}/v1.44/containers/json", d.tcp_port);
     let curl = |extra: &[&str]| {
-        let mut a = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        let mut a = vec![
+            "-s",
+            "--cacert",
+            ca_arg.as_str(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
         a.extend_from_slice(extra);
         a.push(&url);
         Cmd::new("curl", &a).run().ok().stdout
@@ -588,6 +600,11 @@ fn tcp_auth_and_tenants() {
     )
     .unwrap();
     let cloud = &cfg["clouds"][d.tcp_host().as_str()];
+    assert_eq!(
+        cloud["tlscacert"].as_str(),
+        Some(ca_arg.as_str()),
+        "the CA is recorded for the CLI"
+    );
     let ak = cloud["accesskey"].as_str().expect("accesskey").to_string();
     let date = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let auth = format!(
@@ -616,38 +633,19 @@ fn tcp_auth_and_tenants() {
     assert!(o.stdout.contains("mine"), "default tenant over TCP: {o}");
     d.hyper_tcp(&d.client_dir, &["inspect", &id]).run().ok();
 
-    // A second tenant. Creating one should not need the daemon stopped.
-    let mut bug = None;
-    let mut o = Cmd::new(
-        hyperd_bin(),
-        &[
+    // A second tenant, created while the daemon runs.
+    let admin = |args: &[&str]| {
+        let mut a = vec![
             "--data-root",
             d.data.to_str().unwrap(),
             "tenant",
-            "create",
-            "t2",
-        ],
-    )
-    .run();
-    if o.code != 0 {
-        bug = Some(format!(
-            "`hyperd tenant create` fails while hyperd runs: {o}"
-        ));
-        d.kill9();
-        o = Cmd::new(
-            hyperd_bin(),
-            &[
-                "--data-root",
-                d.data.to_str().unwrap(),
-                "tenant",
-                "create",
-                "t2",
-            ],
-        )
-        .run()
-        .ok();
-        d.restart();
-    }
+            "--socket",
+            d.sock.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        Cmd::new(hyperd_bin(), &a).run().ok()
+    };
+    let o = admin(&["create", "t2"]);
     let field = |k: &str| {
         o.stdout
             .lines()
@@ -677,9 +675,11 @@ fn tcp_auth_and_tenants() {
             "/dev/null",
             "-w",
             "%{http_code}",
+            "--cacert",
+            &ca_arg,
             "-X",
             "DELETE",
-            &format!("http://127.0.0.1:{}/containers/{id}", d.tcp_port),
+            &format!("https://127.0.0.1:{}/containers/{id}", d.tcp_port),
         ],
     )
     .run()
@@ -702,9 +702,44 @@ fn tcp_auth_and_tenants() {
     assert!(o.stdout.contains(&id), "{o}");
     d.hyper_tcp(&d.client_dir, &["rm", "mine"]).run().ok();
     d.hyper_tcp(&dir2, &["rm", "mine"]).run().ok();
-    if let Some(b) = bug {
-        panic!("{b}");
-    }
+
+    // A token, for clients that cannot sign: t2's token sees t2's world only.
+    let token = admin(&["token", "t2"]).out();
+    let with_token = |token: &str| {
+        let header = format!("X-Hyper-Token: {token}");
+        curl(&["-H", &header])
+    };
+    assert_eq!(with_token(&token), "200");
+    assert_eq!(with_token("hyt_forged"), "401");
+
+    // The stock Docker CLI over TLS with a client certificate of t2.
+    let certs = d.data.join("t2certs");
+    admin(&["cert", "t2", "--out", certs.to_str().unwrap()]);
+    let tls_docker = |args: &[&str]| {
+        let host = d.tcp_host();
+        let mut a = vec!["--tlsverify", "-H", host.as_str()];
+        a.extend_from_slice(args);
+        Cmd::new(docker_bin(), &a)
+            .env("DOCKER_CERT_PATH", &certs)
+            .run()
+    };
+    let o = tls_docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(o.code, 0, "docker --tlsverify with t2's certificate: {o}");
+    assert!(
+        !o.stdout.contains(&id[..12]) && !o.stdout.contains("mine"),
+        "{o}"
+    );
+    let o = tls_docker(&["inspect", &id]);
+    assert_ne!(
+        o.code, 0,
+        "t2 inspected the default tenant's container over TLS: {o}"
+    );
+
+    // Revoked keys stop working at once.
+    admin(&["revoke", &ak2]);
+    let o = d.hyper_tcp(&dir2, &["ps"]).run();
+    assert_ne!(o.code, 0, "a revoked key still works: {o}");
+    assert!(o.stderr.contains("unknown access key"), "{o}");
 }
 
 /// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks

@@ -51,6 +51,10 @@ pub struct CloudConfig {
     pub secretkey: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub region: String,
+    /// The CA that signed the daemon's TLS certificate (written by hyperd for its default
+    /// tenant); when set the CLI checks the server against it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tlscacert: String,
 }
 
 /// A registry login, as docker stores it: `auth` is base64 of `user:password`.
@@ -218,6 +222,7 @@ mod tests {
                 accesskey: ak.into(),
                 secretkey: sk.into(),
                 region: region.into(),
+                tlscacert: String::new(),
             },
         );
         f

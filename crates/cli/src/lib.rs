@@ -19,6 +19,7 @@ pub mod config;
 pub mod format;
 pub mod stream;
 pub mod table;
+mod tls;
 pub mod transport;
 
 use clap::{Parser, Subcommand};

@@ -35,8 +35,8 @@ const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'?').add(b'#').add(b'%').add(b'
 pub enum ApiError {
     #[error("invalid endpoint {0:?}: use unix:///path or tcp://host:port")]
     Endpoint(String),
-    #[error("TLS endpoints ({0}) are not supported yet")]
-    TlsUnsupported(String),
+    #[error("cannot set up TLS")]
+    Tls(#[source] io::Error),
     #[error("Cannot connect to the Hyper daemon at {endpoint}. Is the daemon running?")]
     Connect {
         endpoint: String,
@@ -72,7 +72,12 @@ impl ApiError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
-    Tcp { host: String, port: u16 },
+    /// `tls`: `tcp://` and `https://` speak TLS (as Hyper's CLI always did), `http://` does not.
+    Tcp {
+        host: String,
+        port: u16,
+        tls: bool,
+    },
 }
 
 /// Port assumed for `tcp://host` without one (the port `hyperd` listens on by default).
@@ -90,12 +95,11 @@ impl Endpoint {
         if s.starts_with('/') {
             return Ok(Self::Unix(PathBuf::from(s)));
         }
-        if s.starts_with("https://") {
-            return Err(ApiError::TlsUnsupported(s.to_owned()));
-        }
+        let tls = !s.starts_with("http://");
         let rest = s
             .strip_prefix("tcp://")
             .or_else(|| s.strip_prefix("http://"))
+            .or_else(|| s.strip_prefix("https://"))
             .unwrap_or(s)
             .trim_end_matches('/');
         if rest.is_empty() || rest.contains('/') || rest.contains("://") {
@@ -111,6 +115,7 @@ impl Endpoint {
         Ok(Self::Tcp {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 
@@ -118,22 +123,29 @@ impl Endpoint {
     pub fn host_header(&self) -> String {
         match self {
             Self::Unix(_) => "localhost".to_owned(),
-            Self::Tcp { host, port } => format!("{host}:{port}"),
+            Self::Tcp { host, port, .. } => format!("{host}:{port}"),
         }
     }
 
-    /// The connector for this endpoint (TLS will wrap the TCP one).
-    pub fn connector(&self) -> Arc<dyn Connector> {
-        match self {
+    /// The connector for this endpoint; TLS wraps the TCP one, checking the server against
+    /// `ca` when given.
+    pub fn connector(&self, ca: Option<&std::path::Path>) -> Result<Arc<dyn Connector>, ApiError> {
+        Ok(match self {
             Self::Unix(path) => Arc::new(UnixConnector(path.clone())),
-            Self::Tcp { host, port } => {
+            Self::Tcp { host, port, tls } => {
                 let host = host
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned();
-                Arc::new(TcpConnector { host, port: *port })
+                let tcp = TcpConnector { host, port: *port };
+                if *tls {
+                    let config = crate::tls::client_config(ca).map_err(ApiError::Tls)?;
+                    Arc::new(crate::tls::TlsConnector { tcp, config })
+                } else {
+                    Arc::new(tcp)
+                }
             }
-        }
+        })
     }
 }
 
@@ -165,13 +177,17 @@ pub struct TcpConnector {
     pub port: u16,
 }
 
+impl TcpConnector {
+    pub async fn connect_tcp(&self) -> io::Result<tokio::net::TcpStream> {
+        let s = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
 impl Connector for TcpConnector {
     fn connect(&self) -> ConnectFuture<'_> {
-        Box::pin(async move {
-            let s = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
-            s.set_nodelay(true)?;
-            Ok(Box::new(s) as BoxIo)
-        })
+        Box::pin(async move { Ok(Box::new(self.connect_tcp().await?) as BoxIo) })
     }
 }
 
@@ -265,9 +281,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(endpoint_str: &str, creds: Option<auth::Credentials>) -> Result<Self, ApiError> {
+    /// `tls_ca`: the CA to check a TLS endpoint's certificate against (none: not checked).
+    pub fn new(
+        endpoint_str: &str,
+        creds: Option<auth::Credentials>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self, ApiError> {
         let endpoint = Endpoint::parse(endpoint_str)?;
-        let connector = endpoint.connector();
+        let connector = endpoint.connector(tls_ca)?;
         Ok(Self {
             endpoint,
             display: endpoint_str.to_owned(),
@@ -423,6 +444,7 @@ mod tests {
                 Some(Endpoint::Tcp {
                     host: "127.0.0.1".into(),
                     port: 6443,
+                    tls: true,
                 }),
             ),
             (
@@ -430,6 +452,7 @@ mod tests {
                 Some(Endpoint::Tcp {
                     host: "example.com".into(),
                     port: 80,
+                    tls: false,
                 }),
             ),
             (
@@ -437,6 +460,7 @@ mod tests {
                 Some(Endpoint::Tcp {
                     host: "h".into(),
                     port: DEFAULT_TCP_PORT,
+                    tls: true,
                 }),
             ),
             (
@@ -444,6 +468,7 @@ mod tests {
                 Some(Endpoint::Tcp {
                     host: "[::1]".into(),
                     port: 9,
+                    tls: true,
                 }),
             ),
             ("unix://relative", None),
@@ -454,7 +479,7 @@ mod tests {
         }
         assert!(matches!(
             Endpoint::parse("https://h:1"),
-            Err(ApiError::TlsUnsupported(_))
+            Ok(Endpoint::Tcp { tls: true, .. })
         ));
         assert_eq!(Endpoint::parse("tcp://h:1").unwrap().host_header(), "h:1");
     }
@@ -481,7 +506,7 @@ mod tests {
             secret_key: "sk".into(),
             region: "r".into(),
         };
-        let c = Client::new("tcp://127.0.0.1:6443", Some(creds.clone())).unwrap();
+        let c = Client::new("tcp://127.0.0.1:6443", Some(creds.clone()), None).unwrap();
         let r = c.build(ApiRequest::get("/containers/json")).unwrap();
         assert_eq!(r.headers()["host"], "127.0.0.1:6443");
         assert!(r.headers()["authorization"]
@@ -503,7 +528,7 @@ mod tests {
             |ak| (ak == "ak").then(|| "sk".to_owned()),
         );
         assert!(who.is_ok(), "{who:?}");
-        let c = Client::new("unix:///x.sock", Some(creds))
+        let c = Client::new("unix:///x.sock", Some(creds), None)
             .unwrap()
             .with_api_version("1.23");
         assert_eq!(

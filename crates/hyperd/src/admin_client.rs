@@ -14,13 +14,40 @@ pub async fn post(
     path: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<Option<serde_json::Value>> {
+    call(socket, hyper::Method::POST, path, body).await
+}
+
+/// For operations that need the daemon (it holds the CA): an error when it is not running.
+pub async fn require(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    call(socket, method, path, serde_json::json!({}))
+        .await?
+        .with_context(|| {
+            format!(
+                "hyperd is not running (nothing answers on {})",
+                socket.display()
+            )
+        })
+}
+
+async fn call(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let request = hyper::Request::post(path)
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "hyperd")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))?;

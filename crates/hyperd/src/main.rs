@@ -56,6 +56,9 @@ struct DaemonArgs {
     /// The user QEMU runs as (created if missing).
     #[arg(long, default_value = "hyper-vm")]
     vm_user: String,
+    /// Serve TCP as plain HTTP instead of TLS; only allowed on loopback addresses.
+    #[arg(long)]
+    insecure_http: bool,
     /// Where the default tenant's keys are written on first start (default ~/.hyper/config.json).
     #[arg(long, env = "HYPER_CONFIG")]
     client_config_dir: Option<PathBuf>,
@@ -81,6 +84,21 @@ enum Command {
 enum TenantCommand {
     /// Create a tenant (or add a key to one) and print its access and secret key.
     Create { name: String },
+    /// Issue a client certificate for the stock Docker CLI (`docker --tlsverify`): writes
+    /// ca.pem, cert.pem and key.pem into DIR (use it as DOCKER_CERT_PATH).
+    Cert {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders).
+    Token { name: String },
+    /// List a tenant's access keys.
+    Keys { name: String },
+    /// Revoke an access key; it stops working at once.
+    Revoke { access_key: String },
+    /// Issue a new key pair for the tenant and revoke all its others.
+    Rotate { name: String },
     /// Show or change a tenant's quotas (Hyper's defaults: 10 containers, 2 FIPs, 5 services).
     Quota {
         name: String,
@@ -119,6 +137,7 @@ fn main() {
                         services,
                     },
             }) => tenant_quota(&cli.data_root, &socket, &name, containers, fips, services).await,
+            Some(Command::Tenant { socket, command }) => tenant_admin(&socket, command).await,
             None => run(cli.data_root, cli.daemon).await,
         }
     });
@@ -126,6 +145,18 @@ fn main() {
         eprintln!("hyperd: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .trim_start_matches("tcp://")
+        .rsplit_once(':')
+        .map_or("", |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn open_store(data_root: &std::path::Path) -> anyhow::Result<Arc<dyn store::Store>> {
@@ -150,6 +181,92 @@ async fn tenant_create(
         None => server::Accounts::new(open_store(data_root)?).create_tenant(name)?,
     };
     println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
+    Ok(())
+}
+
+/// The tenant operations that need the running daemon.
+async fn tenant_admin(socket: &std::path::Path, command: TenantCommand) -> anyhow::Result<()> {
+    use hyper::Method;
+    match command {
+        TenantCommand::Cert { name, out } => {
+            let reply =
+                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}/cert"))
+                    .await?;
+            std::fs::create_dir_all(&out)?;
+            for (file, field) in [("ca.pem", "CA"), ("cert.pem", "Cert"), ("key.pem", "Key")] {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(out.join(file))?;
+                std::io::Write::write_all(
+                    &mut f,
+                    reply[field].as_str().unwrap_or_default().as_bytes(),
+                )?;
+            }
+            println!(
+                "wrote ca.pem, cert.pem and key.pem for tenant {name} to {}",
+                out.display()
+            );
+            println!(
+                "use: DOCKER_CERT_PATH={} docker --tlsverify -H tcp://HOST:PORT ...",
+                out.display()
+            );
+        }
+        TenantCommand::Token { name } => {
+            let reply = admin_client::require(
+                socket,
+                Method::POST,
+                &format!("/admin/tenants/{name}/token"),
+            )
+            .await?;
+            println!("{}", reply["Token"].as_str().unwrap_or_default());
+        }
+        TenantCommand::Keys { name } => {
+            let reply =
+                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
+                    .await?;
+            for key in reply["AccessKeys"].as_array().into_iter().flatten() {
+                println!("{}", key.as_str().unwrap_or_default());
+            }
+        }
+        TenantCommand::Revoke { access_key } => {
+            admin_client::require(
+                socket,
+                Method::POST,
+                &format!("/admin/keys/{access_key}/revoke"),
+            )
+            .await?;
+            println!("revoked {access_key}");
+        }
+        TenantCommand::Rotate { name } => {
+            let old =
+                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
+                    .await?;
+            let new =
+                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}"))
+                    .await?;
+            for key in old["AccessKeys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str())
+            {
+                admin_client::require(socket, Method::POST, &format!("/admin/keys/{key}/revoke"))
+                    .await?;
+            }
+            println!(
+                "tenant:     {name}\naccess key: {}\nsecret key: {}",
+                new["AccessKey"].as_str().unwrap_or_default(),
+                new["SecretKey"].as_str().unwrap_or_default()
+            );
+        }
+        TenantCommand::Create { .. } | TenantCommand::Quota { .. } => {
+            unreachable!("handled with an offline fallback")
+        }
+    }
     Ok(())
 }
 
@@ -201,7 +318,6 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     } else {
         args.hosts.clone()
     };
-    setup::default_tenant(&accounts, &hosts, args.client_config_dir.clone())?;
 
     let runtime = node::Runtime::new(
         node::RuntimeConfig {
@@ -229,9 +345,29 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .await
         .context("recover containers from the store")?;
 
+    let tls = if args.insecure_http {
+        if let Some(addr) = hosts
+            .iter()
+            .find(|h| h.starts_with("tcp://") && !is_loopback(h))
+        {
+            anyhow::bail!("--insecure-http serves loopback only; {addr} is not a loopback address");
+        }
+        None
+    } else {
+        Some(Arc::new(
+            server::tls::Authority::load_or_create(&data_root.join("tls")).context("set up TLS")?,
+        ))
+    };
+    let tls_config = match &tls {
+        Some(authority) => Some(authority.server_config()?),
+        None => None,
+    };
+    let ca = tls.as_ref().map(|_| data_root.join("tls").join("ca.pem"));
+    setup::default_tenant(&accounts, &hosts, args.client_config_dir.clone(), ca)?;
     let state = server::AppState {
         runtime,
         accounts,
+        tls,
         node_id: setup::node_id(&data_root)?,
         node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
@@ -243,7 +379,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     let mut sockets = Vec::new();
     for addr in &hosts {
-        let listener = server::Listener::bind(addr)
+        let listener = server::Listener::bind(addr, tls_config.clone())
             .await
             .with_context(|| format!("listen on {addr}"))?;
         if let server::Listener::Unix(_, path) = &listener {

@@ -164,10 +164,13 @@ fn rand_byte() -> u8 {
 }
 
 /// First start: the default tenant, with its keys written where the `hyper` CLI reads them.
+/// `ca`: the CA behind the TCP API's TLS, recorded so the CLI checks the server; `None` when
+/// TCP is plain HTTP, and then the endpoint is written as `http://` so the CLI speaks it.
 pub fn default_tenant(
     accounts: &server::Accounts,
     hosts: &[String],
     config_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     if accounts.tenant_exists(server::accounts::DEFAULT_TENANT)? {
         return Ok(());
@@ -188,8 +191,16 @@ pub fn default_tenant(
     if !config["clouds"].is_object() {
         config["clouds"] = serde_json::json!({});
     }
-    config["clouds"][endpoint] =
+    let mut cloud =
         serde_json::json!({"accesskey": access, "secretkey": secret, "region": "us-west-1"});
+    let endpoint = match &ca {
+        Some(ca) => {
+            cloud["tlscacert"] = serde_json::json!(ca);
+            endpoint.clone()
+        }
+        None => endpoint.replacen("tcp://", "http://", 1),
+    };
+    config["clouds"][endpoint] = cloud;
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;

@@ -58,12 +58,19 @@ struct Lifecycle {
 
 type AttachSlot = (Value, oneshot::Sender<Result<BufReader<UnixStream>>>);
 
+/// Decides, under one lock, whether an attach goes straight to the VM or waits for `start`
+/// (`docker run` attaches first, then starts), so none falls between the two.
+#[derive(Default)]
+struct AttachGate {
+    vm_up: bool,
+    pending: Vec<AttachSlot>,
+}
+
 struct Entry {
     record: Mutex<Container>,
     ops: tokio::sync::Mutex<()>,
     lifecycle: watch::Sender<Lifecycle>,
-    /// Attach requests that came before the VM existed (`docker run` attaches, then starts).
-    pending_attaches: Mutex<Vec<AttachSlot>>,
+    attach_gate: Mutex<AttachGate>,
 }
 
 impl Entry {
@@ -72,7 +79,7 @@ impl Entry {
             record: Mutex::new(c),
             ops: tokio::sync::Mutex::new(()),
             lifecycle: watch::channel(Lifecycle::default()).0,
-            pending_attaches: Mutex::new(Vec::new()),
+            attach_gate: Mutex::new(AttachGate::default()),
         })
     }
     fn snapshot(&self) -> Container {
@@ -438,6 +445,7 @@ impl Runtime {
             log_max_files: self.cfg.log_max_files,
             hostname: c.config.hostname.clone(),
             process: process_spec(&c),
+            template_dir: None,
         };
         std::fs::write(
             dir.join("spec.json"),
@@ -457,6 +465,7 @@ impl Runtime {
                 .map_or(128, i64::from);
             let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
             self.record_start_failure(entry, &e.to_string(), code);
+            self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
         }
         let started_at = shim_link::read_state(&dir)
@@ -529,7 +538,11 @@ impl Runtime {
     }
 
     async fn connect_pending_attaches(&self, entry: &Entry, dir: &Path) {
-        let pending = std::mem::take(&mut *entry.pending_attaches.lock().expect("poisoned"));
+        let pending = {
+            let mut gate = entry.attach_gate.lock().expect("poisoned");
+            gate.vm_up = true;
+            std::mem::take(&mut gate.pending)
+        };
         for (request, reply) in pending {
             let stream = shim_link::call(dir, request).await.map(|(_, s)| s);
             let _ = reply.send(stream);
@@ -537,7 +550,11 @@ impl Runtime {
     }
 
     fn fail_pending_attaches(&self, entry: &Entry, error: &str) {
-        let pending = std::mem::take(&mut *entry.pending_attaches.lock().expect("poisoned"));
+        let pending = {
+            let mut gate = entry.attach_gate.lock().expect("poisoned");
+            gate.vm_up = false;
+            std::mem::take(&mut gate.pending)
+        };
         for (_, reply) in pending {
             let _ = reply.send(Err(RuntimeError::Shim(error.to_string())));
         }
@@ -556,6 +573,11 @@ impl Runtime {
         let id = entry.snapshot().id;
         let dir = self.dir(&id);
         let waited = shim_link::request(&dir, json!({"op": "wait"})).await;
+        // New attaches wait for the next start from now on.
+        entry.attach_gate.lock().expect("poisoned").vm_up = false;
+        // The exit counts once the VM is gone too: a `start` right after `stop` must not find
+        // the old QEMU still holding the disk.
+        wait_for_supervisor_exit(&dir).await;
         let mut state = shim_link::read_state(&dir).unwrap_or_default();
         if state.status != ShimStatus::Exited {
             if let Ok(reply) = &waited {
@@ -628,6 +650,7 @@ impl Runtime {
                 .expect("poisoned")
                 .insert(c.id.clone(), entry.clone());
             if running {
+                entry.attach_gate.lock().expect("poisoned").vm_up = true;
                 // The monitor reads state.json if the shim is gone, so it covers both cases.
                 self.spawn_monitor(entry);
             }
@@ -850,29 +873,38 @@ impl Runtime {
 
     // ---- streams ----
 
-    /// Connects to the main process's stdio. Before the VM exists the request waits for `start`.
-    pub async fn attach(
-        &self,
+    /// Connects to the main process's stdio. The request is placed at once (before the VM
+    /// exists it waits for `start`), so a caller may answer its client before awaiting it.
+    pub fn attach(
+        self: &Arc<Self>,
         tenant: &str,
         reference: &str,
         stdin: bool,
         stdout: bool,
         stderr: bool,
-    ) -> Result<BufReader<UnixStream>> {
+    ) -> Result<impl std::future::Future<Output = Result<BufReader<UnixStream>>> + Send + 'static>
+    {
         let entry = self.entry(tenant, reference)?;
         let c = entry.snapshot();
         let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
-        if c.is_running() {
-            return Ok(shim_link::call(&self.dir(&c.id), request).await?.1);
-        }
         let (tx, rx) = oneshot::channel();
-        entry
-            .pending_attaches
-            .lock()
-            .expect("poisoned")
-            .push((request, tx));
-        rx.await
-            .map_err(|_| RuntimeError::Conflict(format!("container {} was removed", c.name)))?
+        let direct = {
+            let mut gate = entry.attach_gate.lock().expect("poisoned");
+            if gate.vm_up {
+                Some((request, tx))
+            } else {
+                gate.pending.push((request, tx));
+                None
+            }
+        };
+        let dir = self.dir(&c.id);
+        Ok(async move {
+            if let Some((request, tx)) = direct {
+                let _ = tx.send(shim_link::call(&dir, request).await.map(|(_, s)| s));
+            }
+            rx.await
+                .map_err(|_| RuntimeError::Conflict(format!("container {} was removed", c.name)))?
+        })
     }
 
     pub fn exec_create(&self, tenant: &str, reference: &str, config: ExecConfig) -> Result<String> {

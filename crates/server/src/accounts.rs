@@ -93,4 +93,63 @@ impl Accounts {
         let kv = self.store.get(&format!("/keys/{access}")).ok()??;
         serde_json::from_slice(&kv.value).ok()
     }
+
+    /// Every key of the tenant (access keys only; secrets never leave the store).
+    pub fn keys_of(&self, tenant: &str) -> Result<Vec<String>, AccountError> {
+        Ok(self
+            .store
+            .range("/keys/")?
+            .into_iter()
+            .filter_map(|kv| {
+                let key: Key = serde_json::from_slice(&kv.value).ok()?;
+                (key.tenant == tenant).then(|| kv.key.trim_start_matches("/keys/").to_string())
+            })
+            .collect())
+    }
+
+    /// Revokes an access key at once; returns whether it existed.
+    pub fn revoke_key(&self, access: &str) -> Result<bool, AccountError> {
+        let existed = self.store.get(&format!("/keys/{access}"))?.is_some();
+        self.store.delete(&format!("/keys/{access}"))?;
+        Ok(existed)
+    }
+
+    /// Remembers a client certificate (by fingerprint) as the tenant's.
+    pub fn record_cert(&self, tenant: &str, fingerprint: &str) -> Result<(), AccountError> {
+        self.store
+            .put(&format!("/certs/{fingerprint}"), tenant.as_bytes().to_vec())?;
+        Ok(())
+    }
+
+    pub fn tenant_of_cert(&self, fingerprint: &str) -> Option<String> {
+        let kv = self.store.get(&format!("/certs/{fingerprint}")).ok()??;
+        Some(String::from_utf8_lossy(&kv.value).to_string())
+    }
+
+    /// A bearer token for clients that cannot sign. Only its hash is stored: unlike an HMAC
+    /// secret, a token is only ever compared.
+    pub fn create_token(&self, tenant: &str) -> Result<String, AccountError> {
+        let token = format!(
+            "hyt_{}",
+            Alphanumeric.sample_string(&mut rand::thread_rng(), 40)
+        );
+        self.store.put(
+            &format!("/tokens/{}", token_hash(&token)),
+            tenant.as_bytes().to_vec(),
+        )?;
+        Ok(token)
+    }
+
+    pub fn tenant_of_token(&self, token: &str) -> Option<String> {
+        let kv = self
+            .store
+            .get(&format!("/tokens/{}", token_hash(token)))
+            .ok()??;
+        Some(String::from_utf8_lossy(&kv.value).to_string())
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }

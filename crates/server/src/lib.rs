@@ -6,6 +6,7 @@ mod docker_json;
 pub mod error;
 mod routes;
 mod streams;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub const MIN_API_VERSION: &str = "1.12";
 pub struct AppState {
     pub runtime: Arc<node::Runtime>,
     pub accounts: Accounts,
+    /// The CA behind the TCP API's TLS, which also issues tenants' client certificates.
+    pub tls: Option<Arc<tls::Authority>>,
     pub node_id: String,
     pub node_name: String,
 }
@@ -38,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .route("/usage", get(usage::usage))
         .route("/admin/tenants/{name}", post(admin::create_tenant))
         .route("/admin/tenants/{name}/quota", post(admin::set_quota))
+        .route("/admin/tenants/{name}/cert", post(admin::issue_cert))
+        .route("/admin/tenants/{name}/token", post(admin::issue_token))
+        .route("/admin/tenants/{name}/keys", get(admin::list_keys))
+        .route("/admin/keys/{access}/revoke", post(admin::revoke_key))
         .route("/containers/create", post(c::create))
         .route("/containers/json", get(c::list))
         .route("/containers/{id}/json", get(c::inspect))

@@ -30,6 +30,10 @@ pub enum Peer {
 #[derive(Debug, Clone)]
 pub struct TenantId(pub String);
 
+/// SHA-256 of the client certificate a TLS peer presented, verified against our CA.
+#[derive(Debug, Clone)]
+pub struct PeerCert(pub String);
+
 /// The URI as the client sent it, before the version prefix was taken off (signatures cover it).
 #[derive(Debug, Clone)]
 pub struct SentUri(pub Uri);
@@ -37,11 +41,16 @@ pub struct SentUri(pub Uri);
 pub enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
+    Tls(TcpListener, tokio_rustls::TlsAcceptor),
 }
 
 impl Listener {
-    /// `unix:///path` or `tcp://host:port` (dockerd's `-H` forms).
-    pub async fn bind(addr: &str) -> anyhow::Result<Self> {
+    /// `unix:///path` or `tcp://host:port` (dockerd's `-H` forms). TCP speaks TLS when
+    /// `tls` is given.
+    pub async fn bind(
+        addr: &str,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         if let Some(path) = addr.strip_prefix("unix://") {
             let path = PathBuf::from(path);
             if path.exists() {
@@ -55,7 +64,11 @@ impl Listener {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             Ok(Listener::Unix(listener, path))
         } else if let Some(hostport) = addr.strip_prefix("tcp://") {
-            Ok(Listener::Tcp(TcpListener::bind(hostport).await?))
+            let listener = TcpListener::bind(hostport).await?;
+            Ok(match tls {
+                Some(config) => Listener::Tls(listener, tokio_rustls::TlsAcceptor::from(config)),
+                None => Listener::Tcp(listener),
+            })
         } else {
             anyhow::bail!(
                 "unsupported listen address {addr:?}: use unix:///path or tcp://host:port"
@@ -85,7 +98,7 @@ fn strip_version(uri: &Uri) -> Option<Uri> {
 /// (the hijacked streams of attach and exec).
 pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (io, peer): (Box<dyn Io>, Peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.changed() => return,
             accepted = accept(&listener) => match accepted {
                 Ok(pair) => pair,
@@ -93,9 +106,43 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
             },
         };
         let app = app.clone();
+        let tls = match &listener {
+            Listener::Tls(_, acceptor) => Some(acceptor.clone()),
+            _ => None,
+        };
         tokio::spawn(async move {
+            let (io, peer) = accepted;
+            let (io, cert): (Box<dyn Io>, Option<PeerCert>) = match tls {
+                None => (io, None),
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(io),
+                    );
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|leaf| PeerCert(crate::tls::fingerprint(leaf)));
+                            (Box::new(stream), cert)
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let app = app.clone();
+                let cert = cert.clone();
                 async move {
                     let mut req = req.map(Body::new);
                     let sent = req.uri().clone();
@@ -104,6 +151,9 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
                     }
                     req.extensions_mut().insert(SentUri(sent));
                     req.extensions_mut().insert(peer);
+                    if let Some(cert) = cert {
+                        req.extensions_mut().insert(cert);
+                    }
                     Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {}))
                 }
             });
@@ -123,7 +173,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 async fn accept(listener: &Listener) -> std::io::Result<(Box<dyn Io>, Peer)> {
     Ok(match listener {
         Listener::Unix(l, _) => (Box::new(l.accept().await?.0), Peer::Unix),
-        Listener::Tcp(l) => {
+        Listener::Tcp(l) | Listener::Tls(l, _) => {
             let (s, _) = l.accept().await?;
             s.set_nodelay(true)?;
             (Box::new(s), Peer::Tcp)
@@ -141,6 +191,25 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
         let mut req = req;
         req.extensions_mut().insert(TenantId(DEFAULT_TENANT.into()));
         return next.run(req).await;
+    }
+    // The stock Docker CLI and docker-py cannot sign: a client certificate of our CA, or a
+    // tenant token in X-Hyper-Token (set through the Docker client's HttpHeaders), let them in.
+    let by_cert = req
+        .extensions()
+        .get::<PeerCert>()
+        .and_then(|c| accounts.tenant_of_cert(&c.0));
+    let by_token = req
+        .headers()
+        .get("x-hyper-token")
+        .and_then(|t| t.to_str().ok())
+        .and_then(|t| accounts.tenant_of_token(t));
+    if let Some(tenant) = by_cert.or(by_token) {
+        let mut req = req;
+        req.extensions_mut().insert(TenantId(tenant));
+        return next.run(req).await;
+    }
+    if req.headers().contains_key("x-hyper-token") {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unknown or revoked token").into_response();
     }
     let (mut parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {

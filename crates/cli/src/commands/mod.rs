@@ -50,7 +50,13 @@ impl Ctx {
             &self.env,
             &self.file,
         );
-        let mut c = Client::new(&self.endpoint, creds)?;
+        let ca = std::env::var_os("HYPER_TLSCACERT")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let cloud = self.file.cloud(&self.endpoint)?;
+                (!cloud.tlscacert.is_empty()).then(|| PathBuf::from(&cloud.tlscacert))
+            });
+        let mut c = Client::new(&self.endpoint, creds, ca.as_deref())?;
         if let Some(v) = &self.env.api_version {
             c = c.with_api_version(v);
         }

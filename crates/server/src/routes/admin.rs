@@ -23,10 +23,7 @@ pub async fn create_tenant(
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     operator_only(peer)?;
-    let (access, secret) = app.accounts.create_tenant(&name).map_err(|e| match e {
-        crate::accounts::AccountError::InvalidName(_) => ApiError::bad_request(e.to_string()),
-        crate::accounts::AccountError::Store(s) => ApiError::from(s),
-    })?;
+    let (access, secret) = app.accounts.create_tenant(&name).map_err(account_error)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"Tenant": name, "AccessKey": access, "SecretKey": secret})),
@@ -68,4 +65,90 @@ pub async fn set_quota(
         serde_json::to_vec(&quotas).expect("json"),
     )?;
     Ok(Json(quotas))
+}
+
+/// A client certificate for the stock Docker CLI (`docker --tlsverify`): CA, cert and key PEMs.
+pub async fn issue_cert(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    operator_only(peer)?;
+    known_tenant(&app, &name)?;
+    let authority = app.tls.as_ref().ok_or_else(|| {
+        ApiError::bad_request(
+            "hyperd serves plain HTTP (--insecure-http): no certificates to issue",
+        )
+    })?;
+    let (cert, key, fingerprint) = authority
+        .issue_client_cert(&name)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    app.accounts
+        .record_cert(&name, &fingerprint)
+        .map_err(account_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"Tenant": name, "CA": authority.ca_pem(), "Cert": cert, "Key": key, "Fingerprint": fingerprint}),
+        ),
+    ))
+}
+
+/// A bearer token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders).
+pub async fn issue_token(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    operator_only(peer)?;
+    known_tenant(&app, &name)?;
+    let token = app.accounts.create_token(&name).map_err(account_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Tenant": name, "Token": token})),
+    ))
+}
+
+pub async fn list_keys(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    operator_only(peer)?;
+    known_tenant(&app, &name)?;
+    Ok(Json(
+        json!({"Tenant": name, "AccessKeys": app.accounts.keys_of(&name).map_err(account_error)?}),
+    ))
+}
+
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(access): Path<String>,
+) -> ApiResult<StatusCode> {
+    operator_only(peer)?;
+    match app.accounts.revoke_key(&access).map_err(account_error)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no access key {access}"),
+        )),
+    }
+}
+
+fn known_tenant(app: &AppState, name: &str) -> ApiResult<()> {
+    match app.accounts.tenant_exists(name).map_err(account_error)? {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no tenant {name:?}"),
+        )),
+    }
+}
+
+fn account_error(e: crate::accounts::AccountError) -> ApiError {
+    match e {
+        crate::accounts::AccountError::InvalidName(_) => ApiError::bad_request(e.to_string()),
+        crate::accounts::AccountError::Store(s) => ApiError::from(s),
+    }
 }

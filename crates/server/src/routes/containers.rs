@@ -511,10 +511,11 @@ pub async fn attach(
     if !flag(&q, "stream", false) && !flag(&q, "logs", false) {
         return Err(ApiError::bad_request("attach needs stream=1 or logs=1"));
     }
+    // Placed before the 101 goes out: the client starts the container right after it.
+    let shim = app.runtime.attach(&tenant, &id, stdin, stdout, stderr)?;
     let (response, upgrade) = streams::hijack(&mut req)?;
-    let runtime: Arc<node::Runtime> = app.runtime.clone();
     tokio::spawn(async move {
-        let shim = runtime.attach(&tenant, &id, stdin, stdout, stderr).await;
+        let shim = shim.await;
         let Ok(upgraded) = upgrade.await else { return };
         // When the container failed to start, the start request reports why; the attached
         // stream just ends.

@@ -1,0 +1,189 @@
+//! TLS for the TCP API (rustls with the ring provider). hyperd keeps a small CA under
+//! `DATA/tls/`, made at first start: it signs the server's certificate and, per tenant, the
+//! client certificates the stock Docker CLI presents with `--tlsverify` (clients that sign
+//! their requests, like Hyper's CLI, need no certificate: one is asked for, not required).
+//! A client certificate is known by the SHA-256 of its DER, recorded with its tenant in the
+//! store, so revoking one is deleting a key.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+
+const CA_NAME: &str = "Hyper tenant CA";
+
+pub struct Authority {
+    dir: PathBuf,
+    ca_key: KeyPair,
+    ca_cert: rcgen::Certificate,
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2044, 1, 1);
+    params
+}
+
+fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, data.as_bytes())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// SHA-256 of a certificate's DER, the name a client certificate is known by.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+impl Authority {
+    /// Loads `DATA/tls`, making the CA and the server certificate the first time.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key_path = dir.join("ca-key.pem");
+        let ca_key = match std::fs::read_to_string(&key_path) {
+            Ok(pem) => KeyPair::from_pem(&pem).context("read the CA key")?,
+            Err(_) => {
+                let key = KeyPair::generate()?;
+                write_private(&key_path, &key.serialize_pem())?;
+                key
+            }
+        };
+        // The same subject and key each time: certificates it signed before still verify
+        // against ca.pem.
+        let ca_cert = ca_params().self_signed(&ca_key)?;
+        if !dir.join("ca.pem").exists() {
+            std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+        }
+        let authority = Self {
+            dir: dir.to_path_buf(),
+            ca_key,
+            ca_cert,
+        };
+        if !dir.join("server.pem").exists() {
+            authority.make_server_cert()?;
+        }
+        Ok(authority)
+    }
+
+    fn make_server_cert(&self) -> anyhow::Result<()> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let mut names = vec!["localhost".to_string()];
+        if !host.is_empty() {
+            names.push(host);
+        }
+        let mut params = CertificateParams::new(names)?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse()?));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("::1".parse()?));
+        params.distinguished_name.push(DnType::CommonName, "hyperd");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        write_private(&self.dir.join("server-key.pem"), &key.serialize_pem())?;
+        std::fs::write(self.dir.join("server.pem"), cert.pem())?;
+        Ok(())
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca_cert.pem()
+    }
+
+    /// A client certificate for `tenant`: (cert PEM, key PEM, fingerprint).
+    pub fn issue_client_cert(&self, tenant: &str) -> anyhow::Result<(String, String, String)> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, tenant);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        Ok((cert.pem(), key.serialize_pem(), fingerprint(cert.der())))
+    }
+
+    /// The server side: our certificate, and client certificates of our CA asked for but not
+    /// required.
+    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> =
+            pem_certs(&std::fs::read_to_string(self.dir.join("server.pem"))?)?;
+        let key_pem = std::fs::read_to_string(self.dir.join("server-key.pem"))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn pem_certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parse certificate PEM")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloaded_authority_signs_certificates_the_first_one_trusts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Authority::load_or_create(dir.path()).unwrap();
+        let ca_pem = first.ca_pem();
+        drop(first);
+        let again = Authority::load_or_create(dir.path()).unwrap();
+        let (cert, _key, fp) = again.issue_client_cert("t1").unwrap();
+        assert_eq!(fp.len(), 64);
+        // The client certificate verifies against the CA written at first start.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_certs(&ca_pem).unwrap().remove(0)).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let leaf = pem_certs(&cert).unwrap().remove(0);
+        verifier
+            .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
+        assert!(again.server_config().is_ok());
+    }
+}
