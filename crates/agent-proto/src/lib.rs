@@ -309,12 +309,26 @@ pub struct ProcessSpec {
 pub enum HostMsg {
     /// Sent on (re)connect; the agent answers with `Ready`.
     Hello { version: u32 },
-    /// Mount the root disk, set the hostname and start the main process (stream 0).
+    /// Renew the guest's identity, mount the root disk, set the hostname and start the main
+    /// process (stream 0). A guest restored from a VM template shares its clock and random
+    /// state with every sibling until this message: the agent applies `realtime_ns` and
+    /// `entropy` before anything else.
     Start {
         process: ProcessSpec,
         hostname: String,
         /// The guest device of the root disk, normally "/dev/vda".
         root_device: String,
+        /// Host randomness the agent credits to the kernel's pool and reseeds the CRNG from
+        /// (RNDADDENTROPY + RNDRESEEDCRNG). Empty: leave the pool alone.
+        #[serde(default)]
+        entropy: Vec<u8>,
+        /// The host's CLOCK_REALTIME when it sent `Start`, in ns since the epoch (0: leave the
+        /// guest clock alone).
+        #[serde(default)]
+        realtime_ns: u64,
+        /// 32 hex digits written to the image's `/etc/machine-id` when the image has that file.
+        #[serde(default)]
+        machine_id: String,
     },
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
@@ -417,6 +431,9 @@ mod tests {
                 process: spec(),
                 hostname: "abc".into(),
                 root_device: "/dev/vda".into(),
+                entropy: vec![1, 2, 255],
+                realtime_ns: 1_700_000_000_000_000_000,
+                machine_id: "0123456789abcdef0123456789abcdef".into(),
             },
             HostMsg::Exec {
                 stream: 3,
@@ -498,6 +515,24 @@ mod tests {
         .unwrap();
         match m {
             HostMsg::Exec { stream: 1, process } => assert_eq!(process.args, vec!["ls"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_from_an_older_host() {
+        // A host that predates identity renewal omits the new fields.
+        let m: HostMsg = serde_json::from_str(
+            r#"{"type":"start","process":{"args":["sh"]},"hostname":"h","root_device":""}"#,
+        )
+        .unwrap();
+        match m {
+            HostMsg::Start {
+                entropy,
+                realtime_ns,
+                machine_id,
+                ..
+            } => assert!(entropy.is_empty() && realtime_ns == 0 && machine_id.is_empty()),
             other => panic!("{other:?}"),
         }
     }

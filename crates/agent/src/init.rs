@@ -229,7 +229,40 @@ pub fn init_pid1() {
     }
 }
 
+/// Modules loaded only when `Start` arrives, not at boot. virtio_blk is one: a guest restored
+/// from a VM template must not have probed the template's placeholder disk (its capacity and the
+/// first blocks read by the partition scan would be cached and stale), so the block driver binds
+/// to the virtio-mmio slot only once the container's own disk sits behind it. Cold boots do the
+/// same, so both paths run one code path.
+pub const DEFERRED_MODULES: &[&str] = &["virtio_blk"];
+
+/// Open descriptors of the deferred modules: the initramfs is emptied at boot (switch_root),
+/// the open file keeps each module's bytes.
+static DEFERRED: std::sync::Mutex<Vec<(String, std::fs::File)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Load the deferred modules (once; later calls find nothing left to load).
+pub fn load_deferred_modules() {
+    let mods: Vec<_> = DEFERRED.lock().unwrap().drain(..).collect();
+    for (name, f) in mods {
+        finit_module(&name, &f);
+    }
+}
+
+fn finit_module(name: &str, f: &std::fs::File) {
+    let params = c"";
+    // SAFETY: finit_module with a valid fd and a NUL-terminated empty parameter string.
+    let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            log!("finit_module {name}: {e}");
+        }
+    }
+}
+
 /// Load every module in `dir` in [`module_load_order`] with finit_module; EEXIST is fine.
+/// [`DEFERRED_MODULES`] are opened and kept for [`load_deferred_modules`].
 pub fn load_modules(dir: &Path) {
     let found: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
@@ -250,15 +283,11 @@ pub fn load_modules(dir: &Path) {
                 continue;
             }
         };
-        let params = c"";
-        // SAFETY: finit_module with a valid fd and a NUL-terminated empty parameter string.
-        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                log!("finit_module {name}: {e}");
-            }
+        if DEFERRED_MODULES.contains(&name.trim_end_matches(".ko")) {
+            DEFERRED.lock().unwrap().push((name, f));
+            continue;
         }
+        finit_module(&name, &f);
     }
 }
 

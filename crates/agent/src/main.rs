@@ -5,6 +5,7 @@
 //! `Ready`. Then wait: no disk and no network is touched until `Start` (VM templates, DESIGN
 //! decision 8). The protocol is in the `agent-proto` crate.
 
+mod identity;
 mod init;
 mod lookup;
 mod port;
@@ -163,6 +164,9 @@ fn handle(
             process,
             hostname,
             root_device,
+            entropy,
+            realtime_ns,
+            machine_id,
         } => {
             if *started {
                 reply(GuestMsg::StartFailed {
@@ -173,10 +177,17 @@ fn handle(
                 return;
             }
             *started = true;
+            // Identity first, before any disk or process: the clock and the random pool.
+            identity::set_clock(realtime_ns);
+            identity::reseed(&entropy);
             start_stream(
                 0,
                 process,
-                Some((root_device, hostname)),
+                Some(rootfs::Target {
+                    device: root_device,
+                    hostname,
+                    machine_id,
+                }),
                 Target::Main,
                 out,
                 ev,
@@ -273,7 +284,7 @@ fn handle(
 fn start_stream(
     stream: u32,
     spec: ProcessSpec,
-    rootfs: Option<(String, String)>,
+    rootfs: Option<rootfs::Target>,
     target: Target,
     out: &mpsc::UnboundedSender<Frame>,
     ev: &mpsc::UnboundedSender<Event>,
@@ -295,8 +306,8 @@ fn start_stream(
     tokio::spawn(async move {
         let oom_before = process::oom_kills();
         let res = tokio::task::spawn_blocking(move || {
-            if let Some((dev, host)) = rootfs {
-                rootfs::prepare(&dev, &host).map_err(|e| process::SpawnError {
+            if let Some(target) = rootfs {
+                rootfs::prepare(&target).map_err(|e| process::SpawnError {
                     message: error_chain(&e),
                     exit_code: 126,
                 })?;

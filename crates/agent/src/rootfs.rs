@@ -25,12 +25,23 @@ pub enum RootfsError {
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
 
-pub fn prepare(device: &str, hostname: &str) -> Result<(), RootfsError> {
-    let device = if device.is_empty() {
+/// What `Start` says about the container's root.
+pub struct Target {
+    pub device: String,
+    pub hostname: String,
+    pub machine_id: String,
+}
+
+pub fn prepare(t: &Target) -> Result<(), RootfsError> {
+    let device = if t.device.is_empty() {
         "/dev/vda"
     } else {
-        device
+        t.device.as_str()
     };
+    let hostname = t.hostname.as_str();
+    // The block driver binds only now, to the disk that is this container's (see
+    // `init::DEFERRED_MODULES`).
+    crate::init::load_deferred_modules();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(device).exists() {
         if Instant::now() > deadline {
@@ -49,6 +60,10 @@ pub fn prepare(device: &str, hostname: &str) -> Result<(), RootfsError> {
     .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
     if let Err(e) = grow(device) {
         log!("growing {device}: {e} (carrying on)");
+    }
+    let mid = Path::new(ROOTFS).join("etc/machine-id");
+    if !t.machine_id.is_empty() && mid.is_file() {
+        let _ = std::fs::write(&mid, format!("{}\n", t.machine_id));
     }
     if !hostname.is_empty() {
         if let Err(e) = nix::unistd::sethostname(hostname) {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use chrono::{SecondsFormat, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use vm::{Accel, Hypervisor, Qemu, VmConfig};
+use vm::{Boot, Hypervisor, Qemu, VmConfig};
 
 use crate::log::{LogWriter, Stream};
 use crate::{mux_header, paths, Request, Response, Spec, State, Status, EXIT_FRAME};
@@ -257,110 +258,41 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     };
     state.save(&dir)?;
 
-    let accel = Accel::resolve(Some(&spec.accel)).map_err(|e| anyhow!(e))?;
-    let cfg = VmConfig {
-        binary: spec.qemu.clone(),
-        accel,
-        kernel: spec.kernel.clone(),
-        initrd: spec.initrd.clone(),
-        kernel_cmdline_extra: spec.kernel_cmdline_extra.clone(),
-        vcpus: spec.vcpus,
-        memory_mib: spec.memory_mib,
-        root_disk: spec.root_disk.clone(),
-        dir: dir.clone(),
-        run_as: (!spec.run_as.is_empty()).then(|| spec.run_as.clone()),
-        tsc_khz: None,
-        nic: None,
-    };
-    let mut cmd = Qemu.command(&cfg)?;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() as u32 != shim_pid {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    let cfg = crate::template::vm_config(&spec, &dir, &spec.root_disk)?;
+    let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
+    // From a template when asked and possible; cold otherwise (also when the restore fails).
+    let mut up = None;
+    if let Some(templates) = spec.template_dir.clone() {
+        match restore_from_template(&spec, &cfg, &templates, shim_pid).await {
+            Ok(u) => up = Some(u),
+            Err(e) => slog!("not restoring from a template: {e:#}; booting cold"),
+        }
     }
-    let mut child = tokio::process::Command::from(cmd)
-        .spawn()
-        .context("starting QEMU")?;
-    let qemu_pid = child.id().unwrap_or(0);
+    let up = match up {
+        Some(u) => u,
+        None => {
+            for f in [paths::AGENT_SOCK, vm::QMP_SOCK] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            match bring_up(&cfg, &Boot::Cold, None, shim_pid, boot).await {
+                Ok(u) => u,
+                Err(f) => {
+                    return Err(boot_error(&dir, &f.qemu_err, f.qemu_pid, &f.gone, f.what).await)
+                }
+            }
+        }
+    };
+    let Up {
+        qemu_pid,
+        gone: gone_rx,
+        rd,
+        mut wr,
+        version,
+        kernel,
+        ..
+    } = up;
     state.qemu_pid = Some(qemu_pid);
     state.save(&dir)?;
-    slog!("qemu pid {qemu_pid} accel {accel}");
-
-    // QEMU's stderr: keep the last lines for error messages.
-    let qemu_err = Arc::new(Mutex::new(Vec::<String>::new()));
-    if let Some(mut err) = child.stderr.take() {
-        let qemu_err = qemu_err.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = err.read_to_end(&mut buf).await;
-            let text = String::from_utf8_lossy(&buf);
-            let mut v = qemu_err.lock().unwrap();
-            v.extend(text.lines().map(str::to_string));
-        });
-    }
-    let (gone_tx, gone_rx) = watch::channel(None::<String>);
-    tokio::spawn(async move {
-        let st = child.wait().await;
-        let desc = match st {
-            Ok(s) => s.to_string(),
-            Err(e) => format!("wait failed: {e}"),
-        };
-        gone_tx.send_replace(Some(desc));
-    });
-
-    let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
-    let agent = match tokio::time::timeout(boot, connect_agent(&dir, gone_rx.clone())).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e.to_string()).await)
-        }
-        Err(_) => {
-            let what = format!("guest agent not ready after {}s", boot.as_secs());
-            return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, what).await);
-        }
-    };
-    let (mut rd, mut wr) = agent.into_split();
-    // Wait for Ready (answer to our Hello or the boot-time one).
-    let wait_ready = async {
-        agent_proto::write_frame(
-            &mut wr,
-            &Frame::host(&HostMsg::Hello {
-                version: PROTOCOL_VERSION,
-            }),
-        )
-        .await?;
-        loop {
-            let f = agent_proto::read_frame(&mut rd).await?;
-            if let Ok(GuestMsg::Ready {
-                version,
-                kernel_release,
-            }) = f.guest_msg()
-            {
-                return Ok::<_, std::io::Error>((version, kernel_release));
-            }
-        }
-    };
-    let mut gone = gone_rx.clone();
-    let res = tokio::select! {
-        r = tokio::time::timeout(boot, wait_ready) => match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("agent connection failed: {e}")),
-            Err(_) => Err(format!("guest agent not ready after {}s", boot.as_secs())),
-        },
-        _ = gone.wait_for(|g| g.is_some()) => Err("QEMU exited during boot".to_string()),
-    };
-    let (version, kernel) = match res {
-        Ok(v) => v,
-        Err(e) => return Err(boot_error(&dir, &qemu_err, qemu_pid, &gone_rx, e).await),
-    };
     slog!("agent ready: protocol {version}, kernel {kernel}");
 
     let log = LogWriter::open(
@@ -488,6 +420,240 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     }
     slog!("shim exiting");
     Ok(())
+}
+
+/// A VM whose agent has answered `Ready`.
+struct Up {
+    qemu_pid: u32,
+    gone: watch::Receiver<Option<String>>,
+    rd: tokio::net::unix::OwnedReadHalf,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    version: u32,
+    kernel: String,
+}
+
+/// A VM that did not come up (QEMU may still need killing: see `boot_error`).
+struct BootFailure {
+    what: String,
+    qemu_pid: u32,
+    qemu_err: Arc<Mutex<Vec<String>>>,
+    gone: watch::Receiver<Option<String>>,
+}
+
+impl BootFailure {
+    /// Kill QEMU and wait until it is reaped.
+    async fn kill(&self) {
+        if self.gone.borrow().is_none() && self.qemu_pid != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.qemu_pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+        let mut g = self.gone.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), g.wait_for(|x| x.is_some())).await;
+    }
+}
+
+/// Find or build the template for `spec` and restore this VM from it.
+async fn restore_from_template(
+    spec: &Spec,
+    cfg: &VmConfig,
+    templates: &Path,
+    shim_pid: u32,
+) -> Result<Up> {
+    let t0 = std::time::Instant::now();
+    let (s2, dir2) = (spec.clone(), templates.to_path_buf());
+    let t = tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
+        .await
+        .map_err(|e| anyhow!("template task: {e}"))??;
+    slog!(
+        "template {} (built {}) found in {:.3}s",
+        t.meta.key,
+        t.meta.created_at,
+        t0.elapsed().as_secs_f64()
+    );
+    // A restored guest is up in well under a second; a restore that has not answered after
+    // 15 s (scaled by the boot timeout for slow hosts) will not, and a cold boot still can.
+    let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
+    // The root disk twice, read-only and read-write, for QEMU's fd set (see `Boot::Restore`).
+    // Opened with O_CLOEXEC; `bring_up` lets exactly these two through to QEMU.
+    let ro = std::fs::File::open(&spec.root_disk).context("opening the root disk")?;
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&spec.root_disk)
+        .context("opening the root disk")?;
+    let fds = [ro.as_raw_fd(), rw.as_raw_fd()];
+    let boot = Boot::Restore {
+        ram: t.ram(),
+        root_fds: Some(fds),
+    };
+    let res = bring_up(cfg, &boot, Some(&t), shim_pid, limit).await;
+    drop((ro, rw));
+    match res {
+        Ok(u) => {
+            slog!(
+                "restored from template {} in {:.3}s",
+                t.meta.key,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(u)
+        }
+        Err(f) => {
+            f.kill().await;
+            let errs = f.qemu_err.lock().unwrap().join("; ");
+            if errs.is_empty() {
+                bail!("restoring template {}: {}", t.meta.key, f.what)
+            }
+            bail!("restoring template {}: {} (QEMU said: {errs})", t.meta.key, f.what)
+        }
+    }
+}
+
+/// Spawn QEMU for `boot`, restore `template` into it when given, connect to the agent and wait
+/// for its `Ready` (the answer to our `Hello`, or the boot-time one).
+async fn bring_up(
+    cfg: &VmConfig,
+    boot: &Boot,
+    template: Option<&crate::template::Template>,
+    shim_pid: u32,
+    timeout: Duration,
+) -> Result<Up, BootFailure> {
+    let early = |what: String| BootFailure {
+        what,
+        qemu_pid: 0,
+        qemu_err: Arc::new(Mutex::new(Vec::new())),
+        gone: watch::channel(Some(String::new())).1,
+    };
+    let mut cmd = Qemu
+        .command_for(cfg, boot)
+        .map_err(|e| early(e.to_string()))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let inherit: Vec<i32> = match boot {
+        Boot::Restore {
+            root_fds: Some(fds),
+            ..
+        } => fds.to_vec(),
+        _ => Vec::new(),
+    };
+    // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() as u32 != shim_pid {
+                libc::_exit(1);
+            }
+            for &fd in &inherit {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(|e| early(format!("starting QEMU: {e}")))?;
+    let qemu_pid = child.id().unwrap_or(0);
+    let how = match boot {
+        Boot::Cold => "cold boot",
+        Boot::Restore { .. } => "restore",
+        Boot::TemplateSave { .. } => "template",
+    };
+    slog!("qemu pid {qemu_pid} accel {} ({how})", cfg.accel);
+
+    // QEMU's stderr: keep the last lines for error messages.
+    let qemu_err = Arc::new(Mutex::new(Vec::<String>::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let qemu_err = qemu_err.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = err.read_to_end(&mut buf).await;
+            let text = String::from_utf8_lossy(&buf);
+            let mut v = qemu_err.lock().unwrap();
+            v.extend(text.lines().map(str::to_string));
+        });
+    }
+    let (gone_tx, gone_rx) = watch::channel(None::<String>);
+    tokio::spawn(async move {
+        let st = child.wait().await;
+        let desc = match st {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        gone_tx.send_replace(Some(desc));
+    });
+    let fail = |what: String| BootFailure {
+        what,
+        qemu_pid,
+        qemu_err: qemu_err.clone(),
+        gone: gone_rx.clone(),
+    };
+
+    if let Some(t) = template {
+        let (t, sock) = (t.clone(), cfg.qmp_sock());
+        let r = tokio::task::spawn_blocking(move || {
+            crate::template::restore(&t, &sock, Duration::from_secs(10))
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(fail(format!("{e:#}"))),
+            Err(e) => return Err(fail(format!("restore task: {e}"))),
+        }
+    }
+
+    let agent = match tokio::time::timeout(timeout, connect_agent(&cfg.dir, gone_rx.clone())).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(fail(e.to_string())),
+        Err(_) => {
+            return Err(fail(format!(
+                "guest agent not ready after {}s",
+                timeout.as_secs()
+            )))
+        }
+    };
+    let (mut rd, mut wr) = agent.into_split();
+    let wait_ready = async {
+        agent_proto::write_frame(
+            &mut wr,
+            &Frame::host(&HostMsg::Hello {
+                version: PROTOCOL_VERSION,
+            }),
+        )
+        .await?;
+        loop {
+            let f = agent_proto::read_frame(&mut rd).await?;
+            if let Ok(GuestMsg::Ready {
+                version,
+                kernel_release,
+            }) = f.guest_msg()
+            {
+                return Ok::<_, std::io::Error>((version, kernel_release));
+            }
+        }
+    };
+    let mut gone = gone_rx.clone();
+    let res = tokio::select! {
+        r = tokio::time::timeout(timeout, wait_ready) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("agent connection failed: {e}")),
+            Err(_) => Err(format!("guest agent not ready after {}s", timeout.as_secs())),
+        },
+        _ = gone.wait_for(|g| g.is_some()) => Err("QEMU exited during boot".to_string()),
+    };
+    match res {
+        Ok((version, kernel)) => Ok(Up {
+            qemu_pid,
+            gone: gone_rx,
+            rd,
+            wr,
+            version,
+            kernel,
+        }),
+        Err(e) => Err(fail(e)),
+    }
 }
 
 async fn connect_agent(dir: &Path, gone: watch::Receiver<Option<String>>) -> Result<UnixStream> {
@@ -820,6 +986,12 @@ async fn start(shim: &Arc<Shim>) -> Response {
         process: shim.spec.process.to_agent(),
         hostname: shim.spec.hostname.clone(),
         root_device: "/dev/vda".into(),
+        entropy: host_random(64),
+        realtime_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        machine_id: hex::encode(host_random(16)),
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {
@@ -858,6 +1030,27 @@ async fn start(shim: &Arc<Shim>) -> Response {
         }
         other => Response::err(format!("unexpected reply {other:?}")),
     }
+}
+
+/// `n` bytes from the host's CSPRNG (getrandom(2)).
+fn host_random(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: getrandom writes at most `n - filled` bytes into the rest of `buf`.
+        let r = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                n - filled,
+                0,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        filled += r as usize;
+    }
+    buf
 }
 
 async fn wait_exit(shim: &Shim) -> State {

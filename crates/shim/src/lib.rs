@@ -11,6 +11,7 @@
 pub mod client;
 pub mod daemon;
 pub mod log;
+pub mod template;
 mod types;
 
 pub use client::ShimClient;

@@ -33,6 +33,11 @@ pub struct Spec {
     #[serde(default)]
     pub hostname: String,
     pub process: ProcessSpec,
+    /// Where VM templates live (`DATA/templates`). Set: restore this VM from the template for
+    /// its (QEMU, kernel, initramfs, command line, size), building the template first when there
+    /// is none; boot cold when that fails (the reason goes to shim.log). Unset: boot cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_dir: Option<PathBuf>,
 }
 
 fn default_qemu() -> PathBuf {

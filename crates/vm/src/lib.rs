@@ -14,6 +14,7 @@
 mod accel;
 pub mod initramfs;
 mod qemu;
+pub mod qmp;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,11 +22,14 @@ use std::process::Command;
 pub use accel::{host_tsc_khz, Accel, ParseAccelError};
 pub use initramfs::{build_initramfs, InitramfsError, VIRTIO_MODULES};
 pub use qemu::Qemu;
+pub use qmp::{Qmp, QmpError};
 
 /// File names inside a VM's directory, shared with the shim.
 pub const AGENT_SOCK: &str = "agent.sock";
 /// Serial console of the guest, written by the hypervisor.
 pub const CONSOLE_LOG: &str = "console.log";
+/// QMP control socket (template boots only).
+pub const QMP_SOCK: &str = "qmp.sock";
 
 /// Name of the virtio-serial port the agent opens in the guest
 /// (`/sys/class/virtio-ports/vportNpM/name`).
@@ -74,6 +78,31 @@ impl VmConfig {
     pub fn console_log(&self) -> PathBuf {
         self.dir.join(CONSOLE_LOG)
     }
+    pub fn qmp_sock(&self) -> PathBuf {
+        self.dir.join(QMP_SOCK)
+    }
+}
+
+/// How a VM comes up. The device layout is the same in all three, which is what lets a
+/// template's device state be loaded behind another container's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Boot the kernel (anonymous RAM).
+    Cold,
+    /// Boot the kernel with guest RAM in `ram`, mapped shared so the file holds the guest's
+    /// memory when it is snapshotted; a QMP socket drives the snapshot.
+    TemplateSave { ram: PathBuf },
+    /// Do not boot: wait (`-incoming defer`) for a template's device state over QMP, with guest
+    /// RAM mapped privately (copy-on-write) from the template's `ram`.
+    ///
+    /// `root_fds` are two inherited descriptors of the root disk, opened read-only and
+    /// read-write, given to QEMU as an fd set (`/dev/fdset/1`). An incoming VM opens its disks
+    /// inactive (read-only) and reopens them read-write when the migration completes; by then
+    /// QEMU is chrooted and cannot reopen a path, so it picks the descriptor from the set.
+    Restore {
+        ram: PathBuf,
+        root_fds: Option<[i32; 2]>,
+    },
 }
 
 /// Errors building a hypervisor invocation.
@@ -94,10 +123,27 @@ pub trait Hypervisor {
     fn name(&self) -> &'static str;
     /// The full argument vector, without the binary.
     fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError>;
+    /// The argument vector for `boot`. Hypervisors without templates support only
+    /// [`Boot::Cold`].
+    fn args_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Vec<String>, VmError> {
+        match boot {
+            Boot::Cold => self.args(cfg),
+            _ => Err(VmError::InvalidConfig(format!(
+                "{} cannot boot from templates",
+                self.name()
+            ))),
+        }
+    }
     /// A ready-to-spawn command (binary + args; stdio left to the caller).
     fn command(&self, cfg: &VmConfig) -> Result<Command, VmError> {
         let mut cmd = Command::new(&cfg.binary);
         cmd.args(self.args(cfg)?);
+        Ok(cmd)
+    }
+    /// [`Hypervisor::command`] for `boot`.
+    fn command_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Command, VmError> {
+        let mut cmd = Command::new(&cfg.binary);
+        cmd.args(self.args_for(cfg, boot)?);
         Ok(cmd)
     }
 }

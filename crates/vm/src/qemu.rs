@@ -11,7 +11,9 @@
 //! switches to the `run_as` user and runs under seccomp (`-sandbox`), so a compromised QEMU can
 //! reach only its own directory.
 
-use crate::{Accel, Hypervisor, VmConfig, VmError};
+use std::path::Path;
+
+use crate::{Accel, Boot, Hypervisor, VmConfig, VmError};
 
 /// Kernel command line every guest gets. `tsc_early_khz` is added under TCG only.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check \
@@ -51,6 +53,22 @@ impl Qemu {
     }
 }
 
+fn check_path(what: &str, p: &Path) -> Result<(), VmError> {
+    let s = p.to_string_lossy();
+    if !p.is_absolute() {
+        return Err(VmError::InvalidConfig(format!(
+            "{what} path {s:?} must be absolute"
+        )));
+    }
+    // QEMU splits option values on ','; we do not escape, we refuse.
+    if s.contains(',') {
+        return Err(VmError::InvalidConfig(format!(
+            "{what} path {s:?} contains a comma"
+        )));
+    }
+    Ok(())
+}
+
 fn check(cfg: &VmConfig) -> Result<(), VmError> {
     if cfg.vcpus == 0 {
         return Err(VmError::InvalidConfig("vcpus must be at least 1".into()));
@@ -66,18 +84,7 @@ fn check(cfg: &VmConfig) -> Result<(), VmError> {
         ("root disk", &cfg.root_disk),
         ("dir", &cfg.dir),
     ] {
-        let s = p.to_string_lossy();
-        if !p.is_absolute() {
-            return Err(VmError::InvalidConfig(format!(
-                "{what} path {s:?} must be absolute"
-            )));
-        }
-        // QEMU splits option values on ','; we do not escape, we refuse.
-        if s.contains(',') {
-            return Err(VmError::InvalidConfig(format!(
-                "{what} path {s:?} contains a comma"
-            )));
-        }
+        check_path(what, p)?;
     }
     let sock = cfg.agent_sock();
     if sock.as_os_str().len() >= 108 {
@@ -100,7 +107,14 @@ impl Hypervisor for Qemu {
     }
 
     fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError> {
+        self.args_for(cfg, &Boot::Cold)
+    }
+
+    fn args_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Vec<String>, VmError> {
         check(cfg)?;
+        if let Boot::TemplateSave { ram } | Boot::Restore { ram, .. } = boot {
+            check_path("template RAM file", ram)?;
+        }
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         let dir = cfg.dir.to_string_lossy().into_owned();
@@ -108,7 +122,28 @@ impl Hypervisor for Qemu {
         let agent = cfg.agent_sock().to_string_lossy().into_owned();
         let root = cfg.root_disk.to_string_lossy().into_owned();
 
-        push(&["-M", "microvm,rtc=on"]);
+        // Template boots put guest RAM in a file: shared (written through) while the template is
+        // made, private copy-on-write when a container restores it. Everything else stays the
+        // same, so the device slots match.
+        match boot {
+            Boot::Cold => push(&["-M", "microvm,rtc=on"]),
+            Boot::TemplateSave { ram } | Boot::Restore { ram, .. } => {
+                let share = if matches!(boot, Boot::TemplateSave { .. }) {
+                    "on"
+                } else {
+                    "off"
+                };
+                push(&["-M", "microvm,rtc=on,memory-backend=ram"]);
+                push(&[
+                    "-object",
+                    &format!(
+                        "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+                        cfg.memory_mib,
+                        ram.display()
+                    ),
+                ]);
+            }
+        }
         match cfg.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => push(&["-accel", "tcg"]),
@@ -147,15 +182,44 @@ impl Hypervisor for Qemu {
                 crate::AGENT_PORT_NAME
             ),
         ]);
-        // 3. root disk
-        push(&[
-            "-drive",
-            &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"),
-        ]);
+        // 3. root disk. The template VM's slot holds a null device: its guest never loads the
+        //    block driver (that happens at Start), and a file there would have to be reopened
+        //    read-only when migration inactivates it, which a chrooted QEMU cannot do.
+        if matches!(boot, Boot::TemplateSave { .. }) {
+            push(&["-drive", "id=root,driver=null-co,read-zeroes=on,size=1G,if=none"]);
+        } else if let Boot::Restore {
+            root_fds: Some([ro, rw]),
+            ..
+        } = boot
+        {
+            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
+            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
+            push(&[
+                "-drive",
+                "id=root,file=/dev/fdset/1,format=qcow2,if=none,cache=writeback,discard=unmap",
+            ]);
+        } else {
+            push(&[
+                "-drive",
+                &format!(
+                    "id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"
+                ),
+            ]);
+        }
         push(&["-device", "virtio-blk-device,drive=root"]);
         // 4. NIC slot: reserved (check() refuses a NIC until networking lands). It will be
         //    `-netdev tap,id=net0,fd=N -device virtio-net-device,netdev=net0,mac=..` here, after
         //    the root disk, for every size, so templates keep the same virtio-mmio slots.
+        // Control socket and incoming migration for template boots.
+        if !matches!(boot, Boot::Cold) {
+            push(&[
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
+            ]);
+        }
+        if matches!(boot, Boot::Restore { .. }) {
+            push(&["-incoming", "defer"]);
+        }
         // Confinement.
         match &cfg.run_as {
             Some(user) => push(&["-sandbox", SANDBOX_RUNAS, "-runas", user]),
@@ -252,6 +316,65 @@ mod tests {
         assert_eq!(devices[2], "virtio-blk-device,drive=root");
         assert!(value_of(&args, "-drive")[0].contains("format=qcow2,if=none"));
         assert!(!args.iter().any(|a| a.contains("acpi=off")));
+    }
+
+    #[test]
+    fn template_boots_share_or_restore_ram() {
+        let c = cfg(Accel::Tcg);
+        let cold = Qemu.args(&c).unwrap();
+        let save = Qemu
+            .args_for(
+                &c,
+                &Boot::TemplateSave {
+                    ram: "/d/templates/k/ram".into(),
+                },
+            )
+            .unwrap();
+        let restore = Qemu
+            .args_for(
+                &c,
+                &Boot::Restore {
+                    ram: "/d/templates/k/ram".into(),
+                    root_fds: Some([7, 8]),
+                },
+            )
+            .unwrap();
+        assert!(!cold.iter().any(|a| a == "-qmp" || a == "-incoming"));
+        assert_eq!(
+            value_of(&save, "-object"),
+            ["memory-backend-file,id=ram,size=512M,mem-path=/d/templates/k/ram,share=on"]
+        );
+        assert_eq!(
+            value_of(&restore, "-object"),
+            ["memory-backend-file,id=ram,size=512M,mem-path=/d/templates/k/ram,share=off"]
+        );
+        for a in [&save, &restore] {
+            assert_eq!(value_of(a, "-M"), ["microvm,rtc=on,memory-backend=ram"]);
+            assert_eq!(
+                value_of(a, "-qmp"),
+                ["unix:/d/c/abc/qmp.sock,server=on,wait=off"]
+            );
+            // Same devices, in the same order, as a cold boot.
+            assert_eq!(value_of(a, "-device"), value_of(&cold, "-device"));
+            assert_eq!(value_of(a, "-append"), value_of(&cold, "-append"));
+        }
+        assert_eq!(value_of(&restore, "-incoming"), ["defer"]);
+        assert_eq!(
+            value_of(&restore, "-add-fd"),
+            ["fd=7,set=1,opaque=root-ro", "fd=8,set=1,opaque=root-rw"]
+        );
+        assert!(value_of(&restore, "-drive")[0].starts_with("id=root,file=/dev/fdset/1,"));
+        assert!(value_of(&save, "-drive")[0].contains("driver=null-co"));
+        assert!(value_of(&save, "-incoming").is_empty());
+        assert!(Qemu
+            .args_for(
+                &c,
+                &Boot::Restore {
+                    ram: "/d/a,b".into(),
+                    root_fds: None,
+                }
+            )
+            .is_err());
     }
 
     #[test]

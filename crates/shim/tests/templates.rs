@@ -1,0 +1,333 @@
+//! End-to-end: VM templates through the `hyper-shim` binary, on real microVMs.
+//!
+//! Same switches as `e2e.rs`: skipped (with a printed reason) unless `HYPER_TEST_KERNEL_DIR` is
+//! set; `HYPER_TEST_AGENT`, `HYPER_TEST_ACCEL`, `HYPER_TEST_TIMEOUT_SCALE`. One VM at a time.
+//!
+//! - Two containers restored from one template differ in everything that must not be shared
+//!   (hostname, /dev/urandom stream, boot id, clock set from the host), and each sees its own
+//!   root disk (content and size) and env.
+//! - A template whose inputs changed (kernel command line here; kernel, initramfs and QEMU are
+//!   content-hashed into the key, see the unit tests) is rebuilt, never used, and the stale one
+//!   removed.
+//! - A template that fails to restore falls back to a cold boot, and the container still runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use shim::{Request, ShimClient, Spec};
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn scale() -> f64 {
+    std::env::var("HYPER_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
+    if kdir.join("vmlinuz").exists() {
+        return (kdir.join("vmlinuz"), kdir.join("modules"));
+    }
+    let boot = std::fs::read_dir(kdir.join("boot")).expect("KERNEL_DIR/boot");
+    let k = boot
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz"))
+        .expect("a vmlinuz in KERNEL_DIR/boot");
+    (k, kdir.join("lib/modules"))
+}
+
+fn agent_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("HYPER_TEST_AGENT") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-p", "agent", "--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(&root)
+        .status()
+        .expect("cargo build agent");
+    assert!(st.success(), "building the agent failed");
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("target"))
+        .join("x86_64-unknown-linux-gnu/debug/hyper-agent")
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Fixture {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    work: PathBuf,
+    run_as: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn fixture() -> Option<Fixture> {
+    let kdir = std::env::var("HYPER_TEST_KERNEL_DIR").ok()?;
+    let (kernel, modules) = kernel_and_modules(Path::new(&kdir));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let work = PathBuf::from(format!("/tmp/ht-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let initrd = work.join("initrd.img");
+    vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
+    let run_as = if Command::new("id")
+        .arg("hyper-vm")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        "hyper-vm"
+    } else {
+        ""
+    };
+    Some(Fixture {
+        kernel,
+        initrd,
+        work,
+        run_as: run_as.into(),
+    })
+}
+
+/// An ext4 image with busybox and `/marker` holding `marker`.
+fn base_disk(f: &Fixture, marker: &str) -> PathBuf {
+    let rootfs = f.work.join(format!("rootfs-{marker}"));
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
+    for app in [
+        "sh", "echo", "cat", "head", "od", "tr", "date", "hostname", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(rootfs.join("etc/machine-id"), "").unwrap();
+    std::fs::write(rootfs.join("marker"), marker).unwrap();
+    let img = f.work.join(format!("base-{marker}.ext4"));
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-b", "4096", "-d"])
+        .arg(&rootfs)
+        .arg(&img)
+        .arg("32M"));
+    img
+}
+
+fn spec(f: &Fixture, name: &str, root_disk: &Path, env: &str, script: &str) -> Spec {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("{name:0<64}"), "accel": std::env::var("HYPER_TEST_ACCEL").unwrap_or_default(),
+        "kernel": f.kernel, "initrd": f.initrd, "root_disk": root_disk, "run_as": f.run_as,
+        "vcpus": 1, "memory_mib": 256, "boot_timeout_secs": (60.0 * scale()) as u64,
+        "log_max_bytes": 1048576, "log_max_files": 2, "hostname": name,
+        "template_dir": f.work.join("templates"),
+        "process": { "args": ["sh", "-c", script], "env": ["PATH=/bin", env], "cwd": "/", "user": "root" }
+    }))
+    .unwrap()
+}
+
+struct Run {
+    dir: PathBuf,
+    output: String,
+    shim_log: String,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("shim.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+/// Start a container with `spec` (disk: a 1 GiB overlay of `base`), run it to its end, and
+/// return its output.
+fn run(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> Run {
+    let dir = f.work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = dir.join("root.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(base)
+        .args(["-F", "raw"])
+        .arg(&root)
+        .arg("1G"));
+    spec.root_disk = root;
+    std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim"))
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let shim_log = || std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "hyper-shim failed: {}\nshim.log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        shim_log()
+    );
+    let mut r = Run {
+        dir: dir.clone(),
+        output: String::new(),
+        shim_log: String::new(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = ShimClient::connect(&dir).unwrap();
+        let resp = c.request(&Request::Start).await.unwrap();
+        assert!(resp.ok, "{resp:?}\n{}", shim_log());
+        let resp = tokio::time::timeout(
+            Duration::from_secs_f64(60.0 * scale()),
+            c.request(&Request::Wait),
+        )
+        .await
+        .expect("the container did not exit")
+        .unwrap();
+        assert_eq!(resp.state.unwrap().exit_code, Some(0), "{}", shim_log());
+    });
+    let end = Instant::now() + Duration::from_secs_f64(20.0 * scale());
+    while dir.join("shim.sock").exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for line in std::fs::read_to_string(dir.join("ctr.log")).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        r.output.push_str(v["log"].as_str().unwrap());
+    }
+    r.shim_log = shim_log();
+    r
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+/// `key=value` lines of a container's output.
+fn fields(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+const PROBE: &str = "echo host=$(hostname); \
+echo random=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
+echo boot_id=$(cat /proc/sys/kernel/random/boot_id); \
+echo env=$WHO; echo marker=$(cat /marker); echo sectors=$(cat /sys/block/vda/size); \
+echo machine_id=$(cat /etc/machine-id); echo now=$(date +%s)";
+
+macro_rules! need_vm {
+    () => {{
+        let Some(f) = fixture() else {
+            eprintln!("SKIPPED: set HYPER_TEST_KERNEL_DIR (and optionally HYPER_TEST_AGENT) to boot real VMs");
+            return;
+        };
+        (f, ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+    }};
+}
+
+#[test]
+fn two_containers_from_one_template_differ() {
+    let (f, _g) = need_vm!();
+    let (disk_a, disk_b) = (base_disk(&f, "disk-a"), base_disk(&f, "disk-b"));
+    let sa = spec(&f, "alpha", &disk_a, "WHO=a", PROBE);
+    let sb = spec(&f, "bravo", &disk_b, "WHO=b", PROBE);
+    // Ahead of time, as hyperd does; both containers share one template (same size).
+    let t = shim::template::ensure(&sa, &f.work.join("templates"), true).unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    assert!(t.ram().is_file() && t.state().is_file());
+    // Let the template's clock fall behind the host's: the restore must set it.
+    std::thread::sleep(Duration::from_secs(3));
+    let a = run(&f, "alpha", &disk_a, sa);
+    let b = run(&f, "bravo", &disk_b, sb);
+    for r in [&a, &b] {
+        assert!(
+            r.shim_log.contains(&format!("restored from template {}", t.meta.key)),
+            "not restored:\n{}",
+            r.shim_log
+        );
+    }
+    let (fa, fb) = (fields(&a.output), fields(&b.output));
+    eprintln!("alpha: {fa:?}\nbravo: {fb:?}");
+    assert_eq!(fa["host"], "alpha");
+    assert_eq!(fb["host"], "bravo");
+    assert_eq!((fa["env"].as_str(), fb["env"].as_str()), ("a", "b"));
+    assert_eq!((fa["marker"].as_str(), fb["marker"].as_str()), ("disk-a", "disk-b"));
+    // The block device is the container's 1 GiB overlay, not the template's placeholder.
+    assert_eq!((fa["sectors"].as_str(), fb["sectors"].as_str()), ("2097152", "2097152"));
+    assert_eq!(fa["random"].len(), 64);
+    assert_ne!(fa["random"], fb["random"], "same /dev/urandom stream");
+    assert_ne!(fa["boot_id"], fb["boot_id"], "same boot id");
+    assert_eq!(fa["machine_id"].len(), 32);
+    assert_ne!(fa["machine_id"], fb["machine_id"]);
+    let host_now = chrono::Utc::now().timestamp();
+    for (n, x) in [("alpha", &fa), ("bravo", &fb)] {
+        let guest: i64 = x["now"].parse().unwrap();
+        assert!(
+            (host_now - guest).abs() <= 30 && guest >= host_now - 30,
+            "{n}: guest clock {guest}, host {host_now}"
+        );
+    }
+}
+
+#[test]
+fn stale_template_is_rebuilt_and_broken_one_falls_back() {
+    let (f, _g) = need_vm!();
+    let disk = base_disk(&f, "disk-s");
+    let templates = f.work.join("templates");
+    let s1 = spec(&f, "old", &disk, "WHO=s", "echo marker=$(cat /marker)");
+    let t1 = shim::template::ensure(&s1, &templates, true).unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    // Another kernel command line: the old template must not be used; a new one is built by
+    // the start itself, and the old one removed.
+    let mut s2 = s1.clone();
+    s2.kernel_cmdline_extra = "hyper.test=stale".into();
+    assert!(shim::template::find(&s2, &templates).unwrap().is_none());
+    let r = run(&f, "new", &disk, s2.clone());
+    let t2 = shim::template::find(&s2, &templates)
+        .unwrap()
+        .expect("rebuilt");
+    assert_ne!(t1.meta.key, t2.meta.key);
+    assert!(r.shim_log.contains(&format!("restored from template {}", t2.meta.key)), "{}", r.shim_log);
+    assert!(!t1.dir.exists(), "the stale template is still there");
+    assert_eq!(fields(&r.output)["marker"], "disk-s");
+
+    // A template that cannot be restored (its device state truncated): cold boot, and the
+    // container runs all the same.
+    std::fs::write(t2.state(), b"QEVM").unwrap();
+    let r = run(&f, "fallback", &disk, s2);
+    assert!(r.shim_log.contains("booting cold"), "{}", r.shim_log);
+    assert!(r.shim_log.contains("(cold boot)"), "{}", r.shim_log);
+    assert_eq!(fields(&r.output)["marker"], "disk-s");
+}
