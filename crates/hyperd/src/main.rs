@@ -62,6 +62,13 @@ struct DaemonArgs {
     /// Where the default tenant's keys are written on first start (default ~/.hyper/config.json).
     #[arg(long, env = "HYPER_CONFIG")]
     client_config_dir: Option<PathBuf>,
+    /// Start containers by restoring a VM template (on: sub-second starts) or boot each one
+    /// cold (off). A template that cannot be made or restored falls back to a cold boot.
+    #[arg(long, default_value = "on", env = "HYPERD_TEMPLATES", value_parser = ["on", "off"])]
+    templates: String,
+    /// Where VM templates are kept (default DATA/templates).
+    #[arg(long)]
+    template_dir: Option<PathBuf>,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -147,6 +154,28 @@ fn main() {
     }
 }
 
+/// The sealing key lives beside the store, never in it.
+fn accounts(
+    data_root: &std::path::Path,
+    store: Arc<dyn store::Store>,
+) -> anyhow::Result<server::Accounts> {
+    let sealer = server::seal::Sealer::load_or_create(&data_root.join("seal.key"))?;
+    Ok(server::Accounts::new(store, Arc::new(sealer)))
+}
+
+/// The shim spec a container of the default size boots with (sans disk and process): what
+/// its VM template is keyed on.
+fn default_size_spec(host: &setup::Host, args: &DaemonArgs) -> serde_json::Value {
+    let size = node::sizes::lookup(node::sizes::DEFAULT_SIZE).expect("the default size exists");
+    serde_json::json!({
+        "id": "template", "qemu": host.qemu, "accel": host.accel.as_str(),
+        "kernel": host.kernel, "initrd": host.initrd,
+        "kernel_cmdline_extra": args.kernel_cmdline_extra, "vcpus": size.vcpus,
+        "memory_mib": size.vm_memory_mib(), "root_disk": "/dev/null", "run_as": args.vm_user,
+        "boot_timeout_secs": args.boot_timeout, "process": {},
+    })
+}
+
 fn is_loopback(addr: &str) -> bool {
     let host = addr
         .trim_start_matches("tcp://")
@@ -178,7 +207,7 @@ async fn tenant_create(
             reply["AccessKey"].as_str().unwrap_or_default().to_string(),
             reply["SecretKey"].as_str().unwrap_or_default().to_string(),
         ),
-        None => server::Accounts::new(open_store(data_root)?).create_tenant(name)?,
+        None => accounts(data_root, open_store(data_root)?)?.create_tenant(name)?,
     };
     println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
     Ok(())
@@ -284,7 +313,7 @@ async fn tenant_quota(
             Some(reply) => serde_json::from_value(reply)?,
             None => {
                 let store = open_store(data_root)?;
-                if !server::Accounts::new(store.clone()).tenant_exists(name)? {
+                if !accounts(data_root, store.clone())?.tenant_exists(name)? {
                     anyhow::bail!(
                         "no tenant {name:?}: create it with `hyperd tenant create {name}`"
                     );
@@ -308,7 +337,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let host = setup::check_host(&data_root, &args)?;
     let store = open_store(&data_root)?;
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
-    let accounts = server::Accounts::new(store.clone());
+    let accounts = accounts(&data_root, store.clone())?;
 
     let hosts = if args.hosts.is_empty() {
         vec![
@@ -319,6 +348,12 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         args.hosts.clone()
     };
 
+    let template_dir = (args.templates == "on").then(|| {
+        args.template_dir
+            .clone()
+            .unwrap_or_else(|| data_root.join("templates"))
+    });
+    let template_spec = default_size_spec(&host, &args);
     let runtime = node::Runtime::new(
         node::RuntimeConfig {
             data_root: data_root.clone(),
@@ -332,6 +367,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             boot_timeout_secs: args.boot_timeout,
             log_max_bytes: 10 << 20,
             log_max_files: 3,
+            template_dir: template_dir.clone(),
         },
         store.clone(),
         {
@@ -393,6 +429,10 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         )));
     }
     tracing::info!(accel = host.accel.as_str(), "hyperd ready");
+    // The default size's template, built ahead of time so the first `run` restores too.
+    let template_builder = template_dir
+        .as_ref()
+        .map(|dir| tokio::spawn(setup::build_template(template_spec.clone(), dir.clone())));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -401,6 +441,11 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     // VMs are owned by their supervisors and keep running; only the API goes away.
     tracing::info!("shutting down; containers keep running");
+    if let Some(t) = template_builder {
+        // Dropping the builder's child kills it (and its template VM with it).
+        t.abort();
+        let _ = t.await;
+    }
     let _ = shutdown_tx.send(true);
     for s in servers {
         let _ = s.await;

@@ -210,3 +210,41 @@ pub fn default_tenant(
     );
     Ok(())
 }
+
+/// Build the VM template for `spec` (a shim spec without `template_dir`) under `dir` ahead of
+/// time, through `hyper-shim --build-template` (the shim owns templates; hyperd only asks).
+/// Never fails hyperd: a container whose template is missing builds it or boots cold.
+pub async fn build_template(mut spec: serde_json::Value, dir: PathBuf) {
+    let t0 = std::time::Instant::now();
+    let Some(shim) = sibling("hyper-shim") else {
+        return;
+    };
+    spec["template_dir"] = serde_json::json!(dir);
+    let path = dir.join(".ahead.json");
+    let res = async {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+        let out = tokio::process::Command::new(&shim)
+            .arg("--build-template")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        if !out.status.success() {
+            anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+    .await;
+    match res {
+        Ok(t) => tracing::info!(
+            "VM template ready: {t} ({:.1}s)",
+            t0.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::warn!(
+            "VM template not built ahead of time ({e:#}); containers build it on first start \
+             or boot cold"
+        ),
+    }
+}

@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     pub boot_timeout_secs: u64,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// VM templates (issue 7): `Some(DATA/templates)` starts containers by restoring a template
+    /// (the shim builds one when missing and boots cold when it cannot restore); `None` always
+    /// boots cold.
+    pub template_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,7 +449,7 @@ impl Runtime {
             log_max_files: self.cfg.log_max_files,
             hostname: c.config.hostname.clone(),
             process: process_spec(&c),
-            template_dir: None,
+            template_dir: self.cfg.template_dir.clone(),
         };
         std::fs::write(
             dir.join("spec.json"),

@@ -1,6 +1,7 @@
 //! Tenants and their API keys, kept in the store.
 //!
-//! Keys: `/tenants/<name>` -> `Tenant`, `/keys/<access key>` -> `Key`.
+//! Keys: `/tenants/<name>` -> `Tenant`, `/keys/<access key>` -> `Key` (its secret sealed, see
+//! `seal`), `/certs/<fingerprint>` and `/tokens/<sha256>` -> tenant.
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use chrono::{DateTime, Utc};
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use store::{Compare, Op, Store, Txn};
+
+use crate::seal::Sealer;
 
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -20,7 +23,8 @@ pub struct Tenant {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Key {
     pub tenant: String,
-    pub secret: String,
+    /// The HMAC secret, sealed with the key outside the store.
+    pub sealed_secret: String,
     pub created: DateTime<Utc>,
 }
 
@@ -35,11 +39,24 @@ pub enum AccountError {
 #[derive(Clone)]
 pub struct Accounts {
     store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
 }
 
 impl Accounts {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>) -> Self {
+        Self { store, sealer }
+    }
+
+    /// The secret of an access key, for checking a signature.
+    pub fn secret(&self, access: &str) -> Option<String> {
+        let key = self.key(access)?;
+        match self.sealer.open(&key.sealed_secret) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                tracing::error!("access key {access}: {e}");
+                None
+            }
+        }
     }
 
     /// Creates the tenant if needed and issues a new key pair for it.
@@ -62,7 +79,7 @@ impl Accounts {
         };
         let key = Key {
             tenant: name.into(),
-            secret: secret.clone(),
+            sealed_secret: self.sealer.seal(&secret),
             created: Utc::now(),
         };
         let tenant_key = format!("/tenants/{name}");

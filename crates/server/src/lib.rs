@@ -5,6 +5,7 @@ pub mod accounts;
 mod docker_json;
 pub mod error;
 mod routes;
+pub mod seal;
 mod streams;
 pub mod tls;
 pub mod transport;

@@ -229,7 +229,7 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
         &parts.headers,
         &body,
         chrono::Utc::now(),
-        |ak| accounts.key(ak).map(|k| k.secret),
+        |ak| accounts.secret(ak),
     );
     match verdict {
         Ok(access) => {

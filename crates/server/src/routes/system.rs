@@ -79,6 +79,39 @@ pub async fn info(
         })
         .unwrap_or(0);
     let cfg = app.runtime.config();
+    // VM templates: in use or not, how many are ready (a complete one has meta.json, written
+    // last) and the age of the newest.
+    let templates = match &cfg.template_dir {
+        None => "off (every container boots cold)".to_string(),
+        Some(dir) => {
+            let ages: Vec<u64> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    e.ok()?
+                        .path()
+                        .join("meta.json")
+                        .metadata()
+                        .ok()?
+                        .modified()
+                        .ok()
+                })
+                .filter_map(|t| t.elapsed().ok().map(|d| d.as_secs()))
+                .collect();
+            match ages.iter().min() {
+                None => "on (none built yet: the first start builds one)".to_string(),
+                Some(age) => {
+                    let age = match age {
+                        s if *s < 120 => format!("{s}s"),
+                        s if *s < 7200 => format!("{}m", s / 60),
+                        s if *s < 172_800 => format!("{}h", s / 3600),
+                        s => format!("{}d", s / 86400),
+                    };
+                    format!("on ({} ready, newest built {age} ago)", ages.len())
+                }
+            }
+        }
+    };
     Ok(Json(json!({
         "ID": app.node_id,
         "Name": app.node_name,
@@ -105,6 +138,7 @@ pub async fn info(
         "SecurityOptions": ["name=microvm"],
         "Tenant": tenant,
         "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": cfg.kernel, "Initrd": cfg.initrd},
+        "Templates": templates,
         "Warnings": [],
     })))
 }
