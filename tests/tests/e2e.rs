@@ -22,6 +22,8 @@ fn main() {
         ("boot_failure", boot_failure),
         ("refusals", refusals),
         ("tcp_auth_and_tenants", tcp_auth_and_tenants),
+        ("quota_and_usage", quota_and_usage),
+        ("docker_py_with_token", docker_py_with_token),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -921,4 +923,183 @@ fn boot_failure() {
         .map(|r| r.count())
         .unwrap_or(0);
     assert_eq!(c, 0, "container dirs left after failed boots");
+}
+
+// -------------------------------------------------------------------------------------------
+
+/// Quotas hold under concurrency; usage bills each run segment max(10, ceil(seconds)) at the
+/// size's price, exactly from the times the supervisor recorded, even across a kill -9 of hyperd.
+fn quota_and_usage() {
+    let dd = Daemon::start("q", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    // 20 concurrent creates against the default quota of 10 leave exactly 10.
+    let results: Vec<Out> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| d.hyper(&["create", "busybox", "true"]).run()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = results.iter().filter(|o| o.code == 0).count();
+    assert_eq!(created, 10, "20 concurrent creates against a quota of 10");
+    let refused = results
+        .iter()
+        .find(|o| o.code != 0)
+        .expect("some were refused");
+    assert!(
+        refused.stderr.contains("quota exceeded") && refused.stderr.contains("10 containers"),
+        "{refused}"
+    );
+    let ids = d.hyper(&["ps", "-aq", "--no-trunc"]).run().ok().out();
+    assert_eq!(ids.lines().count(), 10);
+    for id in ids.lines() {
+        d.hyper(&["rm", id]).run().ok();
+    }
+
+    // A short run bills the 10-second minimum: s1 costs 400 nano-dollars a second.
+    d.hyper(&[
+        "run", "--rm", "--size", "s1", "--name", "short", "busybox", "true",
+    ])
+    .run()
+    .ok();
+    // A longer run exits while hyperd is down; its supervisor's times are what gets billed.
+    let long = d
+        .hyper(&[
+            "run", "-d", "--size", "s2", "--name", "long", "busybox", "sleep", "11",
+        ])
+        .run()
+        .ok()
+        .out();
+    d.kill9();
+    wait_for("long to exit under its shim", secs(40.0), || {
+        let st = std::fs::read_to_string(d.cdir(&long).join("state.json")).unwrap_or_default();
+        if st.contains("\"exited\"") {
+            Ok(())
+        } else {
+            Err(st)
+        }
+    });
+    d.restart();
+    let state = &d.wait_status("long", "exited", 30.0)["State"];
+    let time = |k: &str| chrono::DateTime::parse_from_rfc3339(state[k].as_str().unwrap()).unwrap();
+    let ran = time("FinishedAt") - time("StartedAt");
+    let want_long = ((ran.num_nanoseconds().unwrap() + 999_999_999) / 1_000_000_000).max(10);
+
+    let usage = d.hyper(&["usage", "-f", "{{json .}}"]).run().ok().json();
+    let by_name = |name: &str| {
+        usage["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Name"] == name)
+            .unwrap_or_else(|| panic!("no usage for {name}: {usage}"))
+            .clone()
+    };
+    let short = by_name("short");
+    assert_eq!(
+        (short["Seconds"].as_i64(), short["Cost"].as_u64()),
+        (Some(10), Some(4_000)),
+        "{short}"
+    );
+    let long_usage = by_name("long");
+    assert_eq!(
+        long_usage["Seconds"].as_i64(),
+        Some(want_long),
+        "{long_usage} vs ran {ran}"
+    );
+    assert_eq!(
+        long_usage["Cost"].as_u64(),
+        Some(want_long as u64 * 600),
+        "{long_usage}"
+    );
+    assert_eq!(
+        usage["TotalCost"].as_u64(),
+        Some(4_000 + want_long as u64 * 600),
+        "{usage}"
+    );
+    let table = d.hyper(&["usage"]).run().ok().stdout;
+    assert!(table.contains("TOTAL") && table.contains("long"), "{table}");
+    d.hyper(&["rm", "long"]).run().ok();
+}
+
+/// docker-py cannot sign: it gets in over TLS with a tenant token sent through the Docker
+/// client's configurable HTTP headers, and sees that tenant's containers only.
+fn docker_py_with_token() {
+    let dd = Daemon::start("p", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let admin = |args: &[&str]| {
+        let mut a = vec![
+            "--data-root",
+            d.data.to_str().unwrap(),
+            "tenant",
+            "--socket",
+            d.sock.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        Cmd::new(hyperd_bin(), &a).run().ok()
+    };
+    // The default tenant's container must stay invisible to t2.
+    d.hyper(&["create", "--name", "pyhidden", "busybox", "true"])
+        .run()
+        .ok();
+    let keys = admin(&["create", "t2"]);
+    let field = |k: &str| {
+        keys.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let dir2 = d.data.join("t2cfg");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let cloud = serde_json::json!({"accesskey": field("access key:"), "secretkey": field("secret key:"), "region": "us-west-1"});
+    std::fs::write(
+        dir2.join("config.json"),
+        serde_json::json!({"clouds": {d.tcp_host(): cloud}}).to_string(),
+    )
+    .unwrap();
+    d.hyper_tcp(&dir2, &["load", "-i", busybox_tar().to_str().unwrap()])
+        .timeout(60.0)
+        .run()
+        .ok();
+    let id = d
+        .hyper_tcp(&dir2, &["create", "--name", "pyvisible", "busybox", "true"])
+        .run()
+        .ok()
+        .out();
+    let token = admin(&["token", "t2"]).out();
+    let other = d;
+    let docker_config = other.data.join("dockercfg");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    std::fs::write(
+        docker_config.join("config.json"),
+        serde_json::json!({"HttpHeaders": {"X-Hyper-Token": token}}).to_string(),
+    )
+    .unwrap();
+    let script = r#"
+import sys, docker
+from docker.tls import TLSConfig
+c = docker.DockerClient(base_url=sys.argv[1], tls=TLSConfig(ca_cert=sys.argv[2], verify=True), version="auto")
+print(" ".join(sorted(x.name for x in c.containers.list(all=True))))
+print(c.containers.get(sys.argv[3]).attrs["Name"])
+try:
+    c.containers.get("pyhidden")
+    print("VISIBLE")
+except docker.errors.NotFound:
+    print("notfound")
+"#;
+    let url = format!("https://127.0.0.1:{}", other.tcp_port);
+    let ca = other.data.join("tls").join("ca.pem");
+    let o = Cmd::new("python3", &["-c", script, &url, ca.to_str().unwrap(), &id])
+        .env("DOCKER_CONFIG", &docker_config)
+        // requests lets these override the client's own CA; point them at ours.
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .env("CURL_CA_BUNDLE", &ca)
+        .run();
+    assert_eq!(
+        o.code, 0,
+        "docker-py with a token (is the docker package installed? scripts/deps installs it): {o}"
+    );
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines, ["pyvisible", "/pyvisible", "notfound"], "{o}");
+    d.hyper_tcp(&dir2, &["rm", "pyvisible"]).run().ok();
+    d.hyper(&["rm", "pyhidden"]).run().ok();
 }

@@ -24,7 +24,7 @@ pub mod transport;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config as config_cmd, containers, exec, images, run, system, Ctx};
+use crate::commands::{config as config_cmd, containers, exec, images, run, system, usage, Ctx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -155,6 +155,8 @@ pub enum Cmd {
     Logout(system::LogoutArgs),
     /// Configure access keys for a Hyper cloud endpoint
     Config(config_cmd::ConfigArgs),
+    /// Show what the account ran and what it costs
+    Usage(usage::UsageArgs),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -188,6 +190,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Login(a) => system::login(ctx, a).await,
         Cmd::Logout(a) => system::logout(ctx, a).await,
         Cmd::Config(a) => config_cmd::config(ctx, a).await,
+        Cmd::Usage(a) => usage::usage(ctx, a).await,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod images;
 pub mod run;
 pub mod system;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
