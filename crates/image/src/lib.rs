@@ -21,7 +21,9 @@
 mod archive;
 mod disk;
 mod error;
+pub mod fetch;
 mod layer;
+pub mod login;
 pub mod pull;
 mod unpack;
 

@@ -86,6 +86,13 @@ pub enum PullError {
         #[source]
         source: OciDistributionError,
     },
+    /// A plain HTTP exchange (login, token server) failed.
+    #[error("{context}")]
+    Http {
+        context: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// A blob failed a check, or the store failed.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -176,7 +183,7 @@ pub struct Puller {
 }
 
 /// rustls needs a process-wide crypto provider: ring (aws-lc-rs is a large C build).
-fn tls_provider() {
+pub(crate) fn tls_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -230,7 +237,7 @@ impl Puller {
         *self.insecure.write().unwrap_or_else(|e| e.into_inner()) = registries;
     }
 
-    fn is_insecure(&self, registry: &str) -> bool {
+    pub(crate) fn is_insecure(&self, registry: &str) -> bool {
         is_loopback(registry)
             || self
                 .insecure
@@ -756,6 +763,9 @@ mod tests {
                 "test[{i}]"
             );
         }
-        assert!(parse_reference("UPPER/case", None).is_err());
+        // Docker's rule too: an upper-case first component is a registry host (so
+        // `UPPER/case` parses), an upper-case repository path is refused.
+        assert!(parse_reference("me/UPPER", None).is_err());
+        assert!(parse_reference("reg:5000/Upper/case", None).is_err());
     }
 }

@@ -1,9 +1,16 @@
 //! Pulls from a real registry: Debian's `docker-registry` on 127.0.0.1, started once for this
-//! test binary (two processes on one storage directory: an open one the tests push to, and one
-//! behind htpasswd basic auth serving the same repositories as private ones). The images are
-//! built here, blob by blob, and pushed through the registry's own API.
+//! test binary (three processes on one storage directory: an open one the tests push to, one
+//! behind htpasswd basic auth and one behind a token server, both serving the same repositories
+//! as private ones). The images are built here, blob by blob, and pushed through the registry's
+//! own API.
 //!
-//! Needs `docker-registry` and `htpasswd` (apache2-utils): `scripts/deps` installs them.
+//! The token server is this test's own ([`TokenServer`], std::net on 127.0.0.1): it answers the
+//! realm of the registry's `Bearer` challenge with a JWT (ES256, signed with ring) whose `x5c`
+//! header carries a self-signed certificate that the registry trusts through its
+//! `auth.token.rootcertbundle`, so the registry really verifies what it is given.
+//!
+//! Needs `docker-registry`, `htpasswd` (apache2-utils) and `openssl`: `scripts/deps` installs
+//! the first two; openssl makes the token keys.
 //! Run: `cargo test -p image --test registry`.
 
 use std::io::Write;
@@ -29,7 +36,238 @@ struct Registry {
     open: String,
     /// `127.0.0.1:PORT` of the one behind basic auth (same storage).
     private: String,
+    /// `127.0.0.1:PORT` of the one behind the token server (same storage).
+    token: String,
+    tokens: Arc<TokenServer>,
     storage: PathBuf,
+}
+
+const TOKEN_SERVICE: &str = "hyper-test-registry";
+const TOKEN_ISSUER: &str = "hyper-test-issuer";
+/// A user the token server answers with a token signed by a key the registry does not trust.
+const FORGER: &str = "mallory";
+
+/// One request the token server saw.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    /// The decoded query parameters (`service`, `scope`, `account`).
+    query: Vec<(String, String)>,
+    /// The user of the `Authorization: Basic` header, if any.
+    user: Option<String>,
+    /// The HTTP status answered.
+    status: u16,
+}
+
+/// The test's token server: grants `pull` on what the scope asks to [`USER`] with [`PASSWORD`],
+/// nothing to anonymous callers (as Docker Hub does for a private repository: the registry then
+/// refuses), a forged token to [`FORGER`], and 401 to wrong passwords.
+struct TokenServer {
+    addr: String,
+    /// PKCS#8 of the trusted key and DER of its certificate; the same for the untrusted one.
+    trusted: (Vec<u8>, Vec<u8>),
+    untrusted: (Vec<u8>, Vec<u8>),
+    seen: std::sync::Mutex<Vec<TokenRequest>>,
+}
+
+/// A P-256 key (PKCS#8 DER) and its self-signed certificate (DER, and the PEM's path).
+fn make_key(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>, PathBuf) {
+    let (key, pem, der) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.der")),
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is needed for the token server's keys");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (k, p, d) = (
+        key.to_str().unwrap(),
+        pem.to_str().unwrap(),
+        der.to_str().unwrap(),
+    );
+    // ring makes the key (it reads only its own PKCS#8 form), openssl the certificate.
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    std::fs::write(&key, pkcs8.as_ref()).unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        k,
+        "-keyform",
+        "DER",
+        "-out",
+        p,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    run(&["x509", "-in", p, "-outform", "DER", "-out", d]);
+    (
+        std::fs::read(&key).unwrap(),
+        std::fs::read(&der).unwrap(),
+        pem,
+    )
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// An ES256 JWT as docker-registry's token auth wants it.
+fn sign_token(key: &(Vec<u8>, Vec<u8>), subject: &str, access: serde_json::Value) -> String {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.0, &rng).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({"typ": "JWT", "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(&key.1)]});
+    let claims = json!({"iss": TOKEN_ISSUER, "sub": subject, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{subject}"),
+        "access": access});
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let sig = pair.sign(&rng, signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", b64url(sig.as_ref()))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?');
+                out.push(v);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> (Arc<TokenServer>, PathBuf) {
+        let (tk, tc, bundle) = make_key(dir, "trusted");
+        let (uk, uc, _) = make_key(dir, "untrusted");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = Arc::new(TokenServer {
+            addr: listener.local_addr().unwrap().to_string(),
+            trusted: (tk, tc),
+            untrusted: (uk, uc),
+            seen: Default::default(),
+        });
+        let s = server.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = s.serve(conn);
+            }
+        });
+        (server, bundle)
+    }
+
+    fn serve(&self, mut conn: std::net::TcpStream) -> std::io::Result<()> {
+        use std::io::Read;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte)? == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let target = head.split_whitespace().nth(1).unwrap_or("");
+        let query: Vec<(String, String)> = target
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect();
+        let basic = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if !k.eq_ignore_ascii_case("authorization") {
+                return None;
+            }
+            use base64::Engine;
+            let b = v.trim().strip_prefix("Basic ")?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+            let (u, p) = String::from_utf8(raw)
+                .ok()?
+                .split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))?;
+            Some((u, p))
+        });
+        // pull (only) on every repository the scopes name.
+        let access: Vec<serde_json::Value> = query
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|scope| {
+                let mut parts = scope.splitn(3, ':');
+                let (kind, name) = (parts.next()?, parts.next()?);
+                (kind == "repository")
+                    .then(|| json!({"type": "repository", "name": name, "actions": ["pull"]}))
+            })
+            .collect();
+        let (status, body) = match &basic {
+            Some((u, p)) if u == USER && p == PASSWORD => (
+                200,
+                json!({"token": sign_token(&self.trusted, u, json!(access))}),
+            ),
+            Some((u, _)) if u == FORGER => (
+                200,
+                json!({"token": sign_token(&self.untrusted, u, json!(access))}),
+            ),
+            Some(_) => (401, json!({"details": "incorrect username or password"})),
+            None => (
+                200,
+                json!({"access_token": sign_token(&self.trusted, "", json!([]))}),
+            ),
+        };
+        self.seen.lock().unwrap().push(TokenRequest {
+            query,
+            user: basic.map(|(u, _)| u),
+            status,
+        });
+        let body = body.to_string();
+        let reason = if status == 200 { "OK" } else { "Unauthorized" };
+        write!(
+            conn,
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        conn.flush()
+    }
+
+    fn requests(&self) -> Vec<TokenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 fn free_port() -> u16 {
@@ -111,19 +349,31 @@ fn registry() -> &'static Registry {
             .expect("htpasswd (apache2-utils): install it with scripts/deps");
         assert!(out.status.success());
         std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
-        let (open, private) = (
+        let (open, private, token) = (
+            format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
-        for (name, addr, auth) in [("open", &open, false), ("private", &private, true)] {
+        let (tokens, bundle) = TokenServer::start(&dir);
+        for (name, addr, auth) in [
+            ("open", &open, ""),
+            ("private", &private, "basic"),
+            ("token", &token, "token"),
+        ] {
             let mut cfg = format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
                 storage.display()
             );
-            if auth {
+            if auth == "basic" {
                 cfg += &format!(
                     "auth:\n  htpasswd:\n    realm: hyper-test\n    path: {}\n",
                     dir.join("htpasswd").display()
+                );
+            } else if auth == "token" {
+                cfg += &format!(
+                    "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    tokens.addr,
+                    bundle.display()
                 );
             }
             let path = dir.join(format!("{name}.yml"));
@@ -133,6 +383,8 @@ fn registry() -> &'static Registry {
         Registry {
             open,
             private,
+            token,
+            tokens,
             storage,
         }
     })
@@ -641,4 +893,110 @@ async fn concurrent_pulls_fetch_a_shared_layer_once() {
         .await
         .unwrap();
     assert!(statuses(&events).contains(&format!("{short}: Already exists")));
+}
+
+#[tokio::test]
+async fn token_auth_private_repo() {
+    let reg = registry();
+    let (tar, gz) = simple_layer("behind-a-token");
+    let (_, _, id) = push("t/tok", Some("v1"), &[(tar, gz)], Kind::Docker, "amd64").await;
+    let image = format!("{}/t/tok:v1", reg.token);
+    let n = node();
+    let creds = |user: &str, password: &str| Credentials {
+        username: user.into(),
+        password: password.into(),
+    };
+    let before = reg.tokens.requests().len();
+
+    // Anonymous: the token server grants nothing, the registry refuses.
+    let anon = pull(&n, &image).await.unwrap_err();
+    assert!(matches!(anon, PullError::Unauthorized(_)), "{anon:?}");
+    // Wrong password: the token server refuses.
+    let wrong = pull_with(&n, &image, Some(&creds(USER, "nope")))
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, PullError::Unauthorized(_)), "{wrong:?}");
+    // A token the registry cannot verify (signed by a key outside its bundle).
+    let forged = pull_with(&n, &image, Some(&creds(FORGER, "x")))
+        .await
+        .unwrap_err();
+    assert!(matches!(forged, PullError::Unauthorized(_)), "{forged:?}");
+    assert!(
+        n.puller.store().list().is_empty(),
+        "nothing cached on refusal"
+    );
+
+    let (info, _) = pull_with(&n, &image, Some(&creds(USER, PASSWORD)))
+        .await
+        .unwrap();
+    assert_eq!(info.id, id);
+    assert_eq!(disk_file(&n, &id, "/id").as_deref(), Some("behind-a-token"));
+
+    // What the token server was asked: the challenge's service and the pull scope, with the
+    // user's basic credentials when there are some.
+    let seen: Vec<TokenRequest> = reg.tokens.requests()[before..]
+        .iter()
+        .filter(|r| {
+            r.query
+                .iter()
+                .any(|(k, v)| k == "scope" && v == "repository:t/tok:pull")
+        })
+        .cloned()
+        .collect();
+    let users: Vec<(Option<&str>, u16)> =
+        seen.iter().map(|r| (r.user.as_deref(), r.status)).collect();
+    for want in [
+        (None, 200),
+        (Some(USER), 401),
+        (Some(FORGER), 200),
+        (Some(USER), 200),
+    ] {
+        assert!(users.contains(&want), "{want:?} not in {users:?}");
+    }
+    assert!(seen.iter().all(|r| r
+        .query
+        .iter()
+        .any(|(k, v)| k == "service" && v == TOKEN_SERVICE)));
+}
+
+#[tokio::test]
+async fn login_checks_credentials() {
+    let reg = registry();
+    let n = node();
+    let creds = |user: &str, password: &str| Credentials {
+        username: user.into(),
+        password: password.into(),
+    };
+    let cases = [
+        // (server, credentials, accepted)
+        (reg.token.clone(), creds(USER, PASSWORD), true),
+        (reg.token.clone(), creds(USER, "nope"), false),
+        (reg.token.clone(), creds(FORGER, "x"), false),
+        (
+            format!("http://{}/", reg.token),
+            creds(USER, PASSWORD),
+            true,
+        ),
+        (reg.private.clone(), creds(USER, PASSWORD), true),
+        (reg.private.clone(), creds(USER, "nope"), false),
+        (reg.private.clone(), creds("bob", PASSWORD), false),
+        // A registry without auth takes anything, as with docker login.
+        (reg.open.clone(), creds("anyone", "x"), true),
+    ];
+    for (i, (server, c, ok)) in cases.iter().enumerate() {
+        let got = n.puller.login(server, c).await;
+        match (got, ok) {
+            (Ok(()), true) => {}
+            (Err(PullError::Unauthorized(_)), false) => {}
+            (got, _) => panic!("test[{i}] {server} {c:?}: {got:?}"),
+        }
+    }
+    // Nothing listening: not an authorization failure.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let e = n
+        .puller
+        .login(&dead, &creds(USER, PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Http { .. }), "{e:?}");
 }
