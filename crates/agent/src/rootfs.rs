@@ -39,9 +39,11 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         t.device.as_str()
     };
     let hostname = t.hostname.as_str();
+    let t0 = Instant::now();
     // The block driver binds only now, to the disk that is this container's (see
     // `init::DEFERRED_MODULES`).
     crate::init::load_deferred_modules();
+    let t_driver = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(device).exists() {
         if Instant::now() > deadline {
@@ -58,9 +60,11 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         None::<&str>,
     )
     .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    let t_mount = t0.elapsed();
     if let Err(e) = grow(device) {
         log!("growing {device}: {e} (carrying on)");
     }
+    let t_grow = t0.elapsed();
     let mid = Path::new(ROOTFS).join("etc/machine-id");
     if !t.machine_id.is_empty() && mid.is_file() {
         let _ = std::fs::write(&mid, format!("{}\n", t.machine_id));
@@ -76,6 +80,13 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         let current = std::fs::read_to_string(&hosts).unwrap_or_default();
         let _ = std::fs::write(&hosts, hosts_file(&current, hostname));
     }
+    log!(
+        "root ready in {} ms: driver {} ms, device+mount {} ms, grow {} ms",
+        t0.elapsed().as_millis(),
+        t_driver.as_millis(),
+        (t_mount - t_driver).as_millis(),
+        (t_grow - t_mount).as_millis()
+    );
     Ok(())
 }
 

@@ -72,6 +72,18 @@ pub struct Meta {
     pub initrd_sha256: String,
     /// Seconds from spawning the template VM to its state being on disk.
     pub build_secs: f64,
+    /// The RAM file's ctime (`sec.nsec`) once the template was complete. Every restored QEMU
+    /// holds the file open read-write (QEMU 7.2 cannot map a read-only file privately), so a
+    /// QEMU taken over by its guest could write to it. ctime cannot be set from userspace and
+    /// moves on any write: a template whose RAM file's ctime differs is treated as tampered
+    /// with, never restored, and rebuilt.
+    #[serde(default)]
+    pub ram_ctime: String,
+}
+
+fn ctime_of(p: &Path) -> Option<String> {
+    let md = std::fs::metadata(p).ok()?;
+    Some(format!("{}.{:09}", md.ctime(), md.ctime_nsec()))
 }
 
 /// A complete template ready to restore.
@@ -187,6 +199,7 @@ pub fn identify(spec: &Spec, templates: &Path) -> Result<Meta> {
         initrd: spec.initrd.clone(),
         initrd_sha256,
         build_secs: 0.0,
+        ram_ctime: String::new(),
     })
 }
 
@@ -199,7 +212,17 @@ pub fn find(spec: &Spec, templates: &Path) -> Result<Option<Template>> {
 
 fn load(dir: &Path) -> Option<Template> {
     let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
-    if !dir.join(RAM).is_file() || !dir.join(STATE).is_file() {
+    if !dir.join(STATE).is_file() {
+        return None;
+    }
+    let ctime = ctime_of(&dir.join(RAM))?;
+    if ctime != meta.ram_ctime {
+        eprintln!(
+            "template {}: its RAM file changed after it was built (ctime {ctime}, recorded {}); \
+             not using it",
+            dir.display(),
+            meta.ram_ctime
+        );
         return None;
     }
     Some(Template {
@@ -363,6 +386,10 @@ fn build(spec: &Spec, templates: &Path, mut meta: Meta) -> Result<Template> {
         return Err(e.context("building the VM template"));
     }
     meta.created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    // Read-only from here on (for whatever opens it by path; QEMU as root ignores modes).
+    let ram = dir.join(RAM);
+    let _ = std::fs::set_permissions(&ram, std::os::unix::fs::PermissionsExt::from_mode(0o444));
+    meta.ram_ctime = ctime_of(&ram).context("stat the template's RAM file")?;
     meta.build_secs = t0.elapsed().as_secs_f64();
     let mut f = File::create(dir.join(META))?;
     f.write_all(&serde_json::to_vec_pretty(&meta)?)?;

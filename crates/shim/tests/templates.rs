@@ -9,6 +9,7 @@
 //! - A template whose inputs changed (kernel command line here; kernel, initramfs and QEMU are
 //!   content-hashed into the key, see the unit tests) is rebuilt, never used, and the stale one
 //!   removed.
+//! - A template whose RAM file was written to after it was built is not used.
 //! - A template that fails to restore falls back to a cold boot, and the container still runs.
 
 use std::path::{Path, PathBuf};
@@ -309,6 +310,17 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     let templates = f.work.join("templates");
     let s1 = spec(&f, "old", &disk, "WHO=s", "echo marker=$(cat /marker)");
     let t1 = shim::template::ensure(&s1, &templates, true).unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    // A template whose RAM file was written after it was built is never restored.
+    assert!(shim::template::find(&s1, &templates).unwrap().is_some());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(t1.ram()).unwrap();
+        f.write_all_at(&[0], 0).unwrap();
+    }
+    assert!(
+        shim::template::find(&s1, &templates).unwrap().is_none(),
+        "a tampered template was found"
+    );
     // Another kernel command line: the old template must not be used; a new one is built by
     // the start itself, and the old one removed.
     let mut s2 = s1.clone();
