@@ -141,8 +141,10 @@ pub enum Cmd {
     Rmi(images::RmiArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(images::TagArgs),
-    /// Load an image from a tar archive or STDIN
+    /// Load an image from a tar archive, a URL or STDIN
     Load(images::LoadArgs),
+    /// Show the history of an image
+    History(images::HistoryArgs),
     /// Download an image from a registry
     Pull(images::PullArgs),
     /// Display system-wide information
@@ -184,6 +186,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Rmi(a) => images::rmi(ctx, a).await,
         Cmd::Tag(a) => images::tag(ctx, a).await,
         Cmd::Load(a) => images::load(ctx, a).await,
+        Cmd::History(a) => images::history(ctx, a).await,
         Cmd::Pull(a) => images::pull(ctx, a).await,
         Cmd::Info(a) => system::info(ctx, a).await,
         Cmd::Version(a) => system::version(ctx, a).await,

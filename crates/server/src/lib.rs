@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
         .route("/exec/{id}/json", get(exec::inspect))
+        .route("/auth", post(images::auth))
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/create", post(images::create))

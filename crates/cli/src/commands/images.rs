@@ -73,12 +73,30 @@ pub struct TagArgs {
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
-    /// Read from tar archive file, instead of STDIN
+    /// Read from tar archive file or an http(s):// URL (fetched by the daemon), instead of STDIN
     #[arg(short = 'i', long)]
-    pub input: Option<std::path::PathBuf>,
+    pub input: Option<String>,
     /// Suppress the load output
     #[arg(short = 'q', long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Only show image IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Print sizes and dates in human readable format (`--human=false` for raw values; `-H` is
+    /// the daemon host here)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub human: bool,
+    /// Format output using a Go template
+    #[arg(long)]
+    pub format: Option<String>,
+    pub image: String,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +122,8 @@ pub enum ImageCmd {
     Load(LoadArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
+    /// Show the history of an image
+    History(HistoryArgs),
 }
 
 pub async fn image_cmd(ctx: &Ctx, c: ImageCmd) -> Result<i32, CliError> {
@@ -114,6 +134,7 @@ pub async fn image_cmd(ctx: &Ctx, c: ImageCmd) -> Result<i32, CliError> {
         ImageCmd::Pull(a) => pull(ctx, a).await,
         ImageCmd::Load(a) => load(ctx, a).await,
         ImageCmd::Tag(a) => tag(ctx, a).await,
+        ImageCmd::History(a) => history(ctx, a).await,
     }
 }
 
@@ -492,10 +513,24 @@ pub async fn tag(ctx: &Ctx, a: TagArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
+/// Whether `hyper load -i` names a URL for the daemon to fetch rather than a local file.
+pub fn is_url(input: &str) -> bool {
+    input.starts_with("http://") || input.starts_with("https://")
+}
+
 pub async fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32, CliError> {
+    if let Some(url) = a.input.as_deref().filter(|i| is_url(i)) {
+        // Hyper's form: the daemon downloads the archive.
+        let client = ctx.client()?;
+        let req = ApiRequest::post("/images/load").json(&json!({"fromSrc": url, "quiet": a.quiet}));
+        let resp = client.send(req).await?;
+        follow_progress(resp, false, false).await?;
+        return Ok(0);
+    }
     let data = match &a.input {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| CliError::Msg(format!("open {}: {e}", path.display())))?,
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CliError::Msg(format!("open {path}: {e}")))?
+        }
         None => {
             if std::io::stdin().is_terminal() {
                 return Err(CliError::Msg(
@@ -515,6 +550,59 @@ pub async fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32, CliError> {
         .body(Bytes::from(data), "application/x-tar");
     let resp = client.send(req).await?;
     follow_progress(resp, false, false).await?;
+    Ok(0)
+}
+
+/// One `docker history` row per entry of `GET /images/{name}/history`.
+pub fn history_rows(
+    entries: &[Value],
+    trunc: bool,
+    human: bool,
+    now: chrono::DateTime<Utc>,
+) -> Vec<Value> {
+    entries
+        .iter()
+        .map(|e| {
+            let id = e["Id"].as_str().unwrap_or("<missing>");
+            let id = if trunc && id != "<missing>" { short_id(id) } else { id.to_owned() };
+            let created = e["Created"].as_i64().unwrap_or(0);
+            let created_by = e["CreatedBy"].as_str().unwrap_or("");
+            let created_by = if trunc && created_by.chars().count() > 45 {
+                format!("{}…", created_by.chars().take(44).collect::<String>())
+            } else {
+                created_by.to_owned()
+            };
+            let size = e["Size"].as_f64().unwrap_or(0.0);
+            json!({
+                "ID": id,
+                "CreatedSince": if human { ago(created, now) } else {
+                    Utc.timestamp_opt(created, 0).single().map(|t| t.to_rfc3339()).unwrap_or_default()
+                },
+                "CreatedAt": Utc.timestamp_opt(created, 0).single().map(|t| t.to_rfc3339()).unwrap_or_default(),
+                "CreatedBy": created_by,
+                "Size": if human { human_size(size) } else { format!("{size}") },
+                "Comment": e["Comment"].as_str().unwrap_or(""),
+            })
+        })
+        .collect()
+}
+
+pub async fn history(ctx: &Ctx, a: HistoryArgs) -> Result<i32, CliError> {
+    let client = ctx.client()?;
+    let entries: Vec<Value> = client
+        .json(ApiRequest::get(format!("/images/{}/history", a.image)))
+        .await?;
+    let rows = history_rows(&entries, !a.no_trunc, a.human, Utc::now());
+    let template = if a.quiet {
+        "{{.ID}}".to_owned()
+    } else if let Some(f) = &a.format {
+        f.clone()
+    } else {
+        "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}".into()
+    };
+    let header = json!({"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                        "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"});
+    print_rows(&template, &header, &rows)?;
     Ok(0)
 }
 

@@ -158,40 +158,60 @@ pub async fn by_name(
     }
 }
 
-/// `POST /images/load`: a `docker save` or OCI archive as the body.
+/// Largest archive `POST /images/load {"fromSrc": URL}` downloads.
+const MAX_REMOTE_ARCHIVE: u64 = 16 << 30;
+
+/// `POST /images/load`: a `docker save` or OCI archive as the body, or Hyper's
+/// `{"fromSrc": "http(s)://...", "quiet": bool}` naming one to download (the first byte tells:
+/// a tar never starts with `{`).
 pub async fn load(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
     Query(q): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
+    let spool_err = |e| ApiError::from(node::RuntimeError::io("spool the archive")(e));
     let spool = tempfile::NamedTempFile::new_in(app.runtime.config().data_root.join("tmp"))
-        .map_err(|e| ApiError::from(node::RuntimeError::io("spool the archive")(e)))?;
-    let mut file = spool
-        .reopen()
-        .map_err(|e| ApiError::from(node::RuntimeError::io("spool the archive")(e)))?;
+        .map_err(spool_err)?;
+    let mut file = spool.reopen().map_err(spool_err)?;
     let mut stream = body.into_data_stream();
-    let mut first: Option<Bytes> = None;
+    let mut json_body: Option<Vec<u8>> = None;
+    let mut first = true;
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("reading the archive: {e}")))?;
-        if first.is_none() {
-            first = Some(chunk.clone());
+        if first && !chunk.is_empty() {
+            first = false;
+            if chunk.first() == Some(&b'{') {
+                json_body = Some(Vec::new());
+            }
         }
-        file.write_all(&chunk)
-            .map_err(|e| ApiError::from(node::RuntimeError::io("spool the archive")(e)))?;
+        match json_body.as_mut() {
+            Some(j) if j.len() + chunk.len() > 64 << 10 => {
+                return Err(ApiError::bad_request("load request body too large"))
+            }
+            Some(j) => j.extend_from_slice(&chunk),
+            None => file.write_all(&chunk).map_err(spool_err)?,
+        }
     }
-    if first.as_ref().is_some_and(|b| b.first() == Some(&b'{')) {
-        return Err(ApiError::not_implemented(
-            "loading from a URL (fromSrc) is not supported yet: send the archive as the body",
-        ));
+    let mut quiet = flag(&q, "quiet", false);
+    if let Some(raw) = json_body {
+        let req: Value = serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::bad_request(format!("invalid load request: {e}")))?;
+        let url = req["fromSrc"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ApiError::bad_request("a JSON load request needs fromSrc (a URL)"))?;
+        quiet |= req["quiet"].as_bool().unwrap_or(false);
+        image::fetch::download(url, spool.path(), MAX_REMOTE_ARCHIVE)
+            .await
+            .map_err(fetch_error)?;
     }
     let lines = app
         .runtime
         .images
         .load(&tenant, spool.path().to_path_buf())
         .await?;
-    let quiet = flag(&q, "quiet", false);
     let body: String = lines
         .iter()
         .map(|l| {
@@ -209,6 +229,49 @@ pub async fn load(
         body,
     )
         .into_response())
+}
+
+/// A failed download of a `fromSrc` archive: the URL is the caller's (400), our disk is ours.
+fn fetch_error(e: image::fetch::FetchError) -> ApiError {
+    use image::fetch::FetchError as F;
+    let status = match &e {
+        F::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        F::InvalidUrl { .. }
+        | F::Status { .. }
+        | F::TooLarge { .. }
+        | F::Truncated { .. }
+        | F::Http { .. } => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, crate::error::error_chain(&e))
+}
+
+/// `POST /auth` (`docker login`): checks `{"username","password","serveraddress"}` against the
+/// registry (see `image::login`) and answers Docker's `{"Status":"Login Succeeded"}`, or 401.
+/// Nothing is stored here: the client keeps the credentials and sends them with each pull.
+pub async fn auth(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid auth request: {e}")))?;
+    let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let server = match field("serveraddress") {
+        s if s.is_empty() => "https://index.docker.io/v1/".to_string(),
+        s => s,
+    };
+    let creds = image::pull::Credentials {
+        username: field("username"),
+        password: field("password"),
+    };
+    if creds.username.is_empty() || creds.password.is_empty() {
+        return Err(ApiError::bad_request("username and password are required"));
+    }
+    app.runtime
+        .images
+        .puller()
+        .login(&server, &creds)
+        .await
+        .map_err(pull_error)?;
+    Ok(Json(
+        json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+    ))
 }
 
 /// `POST /images/create?fromImage=NAME&tag=TAG`: pulls from the registry with the caller's
@@ -342,7 +405,7 @@ fn pull_error(e: image::pull::PullError) -> ApiError {
         P::NotFound(_) => StatusCode::NOT_FOUND,
         P::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         P::Unsupported(_) => StatusCode::BAD_REQUEST,
-        P::Registry { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        P::Registry { .. } | P::Http { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         P::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, crate::error::error_chain(&e))
