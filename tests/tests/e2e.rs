@@ -737,6 +737,52 @@ fn tcp_auth_and_tenants() {
         "t2 inspected the default tenant's container over TLS: {o}"
     );
 
+    // A client certificate of another CA gets a 401 that says so.
+    let foreign = d.data.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let (fcert, fkey) = (foreign.join("cert.pem"), foreign.join("key.pem"));
+    Cmd::new(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=t2",
+            "-keyout",
+            fkey.to_str().unwrap(),
+            "-out",
+            fcert.to_str().unwrap(),
+        ],
+    )
+    .run()
+    .ok();
+    let o = Cmd::new(
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            &ca_arg,
+            "--cert",
+            fcert.to_str().unwrap(),
+            "--key",
+            fkey.to_str().unwrap(),
+            &url,
+        ],
+    )
+    .run()
+    .ok();
+    assert!(
+        o.stdout.contains("not issued by this cloud's CA"),
+        "foreign client certificate: {o}"
+    );
+
     // Revoked keys stop working at once.
     admin(&["revoke", &ak2]);
     let o = d.hyper_tcp(&dir2, &["ps"]).run();

@@ -395,7 +395,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         ))
     };
     let tls_config = match &tls {
-        Some(authority) => Some(authority.server_config()?),
+        Some(authority) => Some(authority.server_setup()?),
         None => None,
     };
     let ca = tls.as_ref().map(|_| data_root.join("tls").join("ca.pem"));

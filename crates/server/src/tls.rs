@@ -13,7 +13,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use sha2::{Digest, Sha256};
 
 const CA_NAME: &str = "Hyper tenant CA";
@@ -126,18 +128,16 @@ impl Authority {
         Ok((cert.pem(), key.serialize_pem(), fingerprint(cert.der())))
     }
 
-    /// The server side: our certificate, and client certificates of our CA asked for but not
-    /// required.
-    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    /// The server side: our certificate; client certificates are asked for but not required.
+    pub fn server_setup(&self) -> anyhow::Result<TlsSetup> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> =
             pem_certs(&std::fs::read_to_string(self.dir.join("server.pem"))?)?;
-        let key_pem = std::fs::read_to_string(self.dir.join("server-key.pem"))?;
-        let key = KeyPair::from_pem(&key_pem)?;
+        let key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("server-key.pem"))?)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_cert.der().clone())?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let ours = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
         )
@@ -145,10 +145,77 @@ impl Authority {
         .build()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(CheckedLater(ours.clone())))
             .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(TlsSetup {
+            config: Arc::new(config),
+            client_verifier: ours,
+        })
+    }
+}
+
+/// What the TCP listener needs: the rustls config, and the check of a client certificate
+/// against our CA, run after the handshake so a foreign certificate gets a 401 that says why
+/// instead of a bare handshake failure.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub config: Arc<rustls::ServerConfig>,
+    pub client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl TlsSetup {
+    /// `Ok(fingerprint)` for a certificate of our CA, `Err(reason)` otherwise.
+    pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<String, String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        self.client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| fingerprint(leaf))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Accepts any client certificate during the handshake (the client still proves it holds the
+/// key: signatures are checked); the chain is judged per request by [`TlsSetup::check_client`].
+#[derive(Debug)]
+struct CheckedLater(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for CheckedLater {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -184,6 +251,16 @@ mod tests {
         verifier
             .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
             .unwrap();
-        assert!(again.server_config().is_ok());
+        let setup = again.server_setup().unwrap();
+        assert_eq!(setup.check_client(&[leaf.clone()]), Ok(fp));
+        let foreign = tempfile::tempdir().unwrap();
+        let (other, _, _) = Authority::load_or_create(foreign.path())
+            .unwrap()
+            .issue_client_cert("t1")
+            .unwrap();
+        assert!(
+            setup.check_client(&pem_certs(&other).unwrap()).is_err(),
+            "a certificate of another CA"
+        );
     }
 }

@@ -30,9 +30,10 @@ pub enum Peer {
 #[derive(Debug, Clone)]
 pub struct TenantId(pub String);
 
-/// SHA-256 of the client certificate a TLS peer presented, verified against our CA.
+/// The client certificate a TLS peer presented: the SHA-256 of one our CA issued, or why it
+/// was not accepted.
 #[derive(Debug, Clone)]
-pub struct PeerCert(pub String);
+pub struct PeerCert(pub Result<String, String>);
 
 /// The URI as the client sent it, before the version prefix was taken off (signatures cover it).
 #[derive(Debug, Clone)]
@@ -41,16 +42,13 @@ pub struct SentUri(pub Uri);
 pub enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
-    Tls(TcpListener, tokio_rustls::TlsAcceptor),
+    Tls(TcpListener, crate::tls::TlsSetup),
 }
 
 impl Listener {
     /// `unix:///path` or `tcp://host:port` (dockerd's `-H` forms). TCP speaks TLS when
     /// `tls` is given.
-    pub async fn bind(
-        addr: &str,
-        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    ) -> anyhow::Result<Self> {
+    pub async fn bind(addr: &str, tls: Option<crate::tls::TlsSetup>) -> anyhow::Result<Self> {
         if let Some(path) = addr.strip_prefix("unix://") {
             let path = PathBuf::from(path);
             if path.exists() {
@@ -66,7 +64,7 @@ impl Listener {
         } else if let Some(hostport) = addr.strip_prefix("tcp://") {
             let listener = TcpListener::bind(hostport).await?;
             Ok(match tls {
-                Some(config) => Listener::Tls(listener, tokio_rustls::TlsAcceptor::from(config)),
+                Some(setup) => Listener::Tls(listener, setup),
                 None => Listener::Tcp(listener),
             })
         } else {
@@ -107,14 +105,15 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
         };
         let app = app.clone();
         let tls = match &listener {
-            Listener::Tls(_, acceptor) => Some(acceptor.clone()),
+            Listener::Tls(_, setup) => Some(setup.clone()),
             _ => None,
         };
         tokio::spawn(async move {
             let (io, peer) = accepted;
             let (io, cert): (Box<dyn Io>, Option<PeerCert>) = match tls {
                 None => (io, None),
-                Some(acceptor) => {
+                Some(setup) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(setup.config.clone());
                     let handshake = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
                         acceptor.accept(io),
@@ -125,8 +124,7 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
                                 .get_ref()
                                 .1
                                 .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|leaf| PeerCert(crate::tls::fingerprint(leaf)));
+                                .map(|chain| PeerCert(setup.check_client(chain)));
                             (Box::new(stream), cert)
                         }
                         Ok(Err(e)) => {
@@ -194,10 +192,21 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
     }
     // The stock Docker CLI and docker-py cannot sign: a client certificate of our CA, or a
     // tenant token in X-Hyper-Token (set through the Docker client's HttpHeaders), let them in.
-    let by_cert = req
-        .extensions()
-        .get::<PeerCert>()
-        .and_then(|c| accounts.tenant_of_cert(&c.0));
+    let by_cert = match req.extensions().get::<PeerCert>() {
+        Some(PeerCert(Err(why))) => {
+            let message =
+                format!("client certificate refused: not issued by this cloud's CA ({why})");
+            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        }
+        Some(PeerCert(Ok(fingerprint))) => match accounts.tenant_of_cert(fingerprint) {
+            Some(tenant) => Some(tenant),
+            None => {
+                let message = "client certificate refused: unknown or revoked";
+                return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            }
+        },
+        None => None,
+    };
     let by_token = req
         .headers()
         .get("x-hyper-token")
