@@ -224,13 +224,17 @@ pub async fn build_template(mut spec: serde_json::Value, dir: PathBuf) {
     let res = async {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
-        let out = tokio::process::Command::new(&shim)
+        let child = tokio::process::Command::new(&shim)
             .arg("--build-template")
             .arg(&path)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await?;
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // If hyperd stops first, SIGTERM (not SIGKILL) lets the builder kill its template VM.
+        let term = TermOnDrop(child.id());
+        let out = child.wait_with_output().await?;
+        std::mem::forget(term);
         if !out.status.success() {
             anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -246,5 +250,17 @@ pub async fn build_template(mut spec: serde_json::Value, dir: PathBuf) {
             "VM template not built ahead of time ({e:#}); containers build it on first start \
              or boot cold"
         ),
+    }
+}
+
+/// Sends SIGTERM to a child process when dropped (the task awaiting it was aborted).
+struct TermOnDrop(Option<u32>);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill with a pid of our own child (not yet reaped: its wait was abandoned).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
     }
 }

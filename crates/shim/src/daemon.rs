@@ -462,6 +462,9 @@ async fn restore_from_template(
     shim_pid: u32,
 ) -> Result<Up> {
     let t0 = std::time::Instant::now();
+    // Until the serving loop's own SIGTERM handling is up, a terminated shim must not leave a
+    // template VM behind.
+    crate::template::kill_build_vm_on_signals();
     let (s2, dir2) = (spec.clone(), templates.to_path_buf());
     let t = tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
         .await

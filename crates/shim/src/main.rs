@@ -40,6 +40,7 @@ fn build_template(spec_path: &std::path::Path) -> anyhow::Result<()> {
         .template_dir
         .clone()
         .context("the spec has no template_dir")?;
+    shim::template::kill_build_vm_on_signals();
     let t = shim::template::ensure(&spec, &dir, true)?;
     println!("{}", t.dir.display());
     Ok(())

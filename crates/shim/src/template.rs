@@ -307,8 +307,37 @@ fn prune(templates: &Path, keep: &Template) {
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        BUILD_QEMU.store(0, std::sync::atomic::Ordering::SeqCst);
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The template VM being built, for [`kill_build_vm_on_signals`]. QEMU's parent-death signal
+/// does not survive its `-runas` (the kernel clears it when credentials change), so a builder
+/// that is terminated must kill its VM itself.
+static BUILD_QEMU: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn kill_build_vm(sig: libc::c_int) {
+    let pid = BUILD_QEMU.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: kill, signal and raise are async-signal-safe.
+    unsafe {
+        if pid > 0 {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP: kill the template VM being built (if any), then die of the
+/// signal as before. For processes that build templates before they install other handlers.
+pub fn kill_build_vm_on_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: installing a handler that only makes async-signal-safe calls.
+        unsafe {
+            libc::signal(sig, kill_build_vm as *const () as libc::sighandler_t);
+        }
     }
 }
 
@@ -351,6 +380,7 @@ fn build(spec: &Spec, templates: &Path, mut meta: Meta) -> Result<Template> {
             });
         }
         let mut vm = Guard(cmd.spawn().context("starting QEMU for the template")?);
+        BUILD_QEMU.store(vm.0.id() as i32, std::sync::atomic::Ordering::SeqCst);
         let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
         wait_agent_idle(&cfg.agent_sock(), boot, &mut vm.0).map_err(|e| {
             let console = std::fs::read_to_string(cfg.console_log()).unwrap_or_default();
