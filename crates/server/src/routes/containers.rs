@@ -532,15 +532,9 @@ pub async fn resize(
     Path(id): Path<String>,
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
-    let (h, w) = (int(&q, "h")?.unwrap_or(0), int(&q, "w")?.unwrap_or(0));
+    let (width, height) = super::terminal_size(&q)?;
     app.runtime
-        .resize(
-            &tenant,
-            &id,
-            None,
-            w.clamp(0, u16::MAX as i64) as u16,
-            h.clamp(0, u16::MAX as i64) as u16,
-        )
+        .resize(&tenant, &id, None, width, height)
         .await?;
     Ok(StatusCode::OK)
 }

@@ -9,7 +9,7 @@ use node::ExecConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{int, Params};
+use super::Params;
 use crate::error::{ApiError, ApiResult};
 use crate::streams;
 use crate::transport::TenantId;
@@ -159,15 +159,9 @@ pub async fn resize(
     Path(id): Path<String>,
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
-    let (h, w) = (int(&q, "h")?.unwrap_or(0), int(&q, "w")?.unwrap_or(0));
+    let (width, height) = super::terminal_size(&q)?;
     app.runtime
-        .resize(
-            &tenant,
-            "",
-            Some(&id),
-            w.clamp(0, u16::MAX as i64) as u16,
-            h.clamp(0, u16::MAX as i64) as u16,
-        )
+        .resize(&tenant, "", Some(&id), width, height)
         .await?;
     Ok(StatusCode::OK)
 }

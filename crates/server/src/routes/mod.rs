@@ -66,3 +66,9 @@ pub fn time_param(q: &Params, name: &str) -> Result<Option<DateTime<Utc>>, ApiEr
         .map(|t| Some(t.with_timezone(&Utc)))
         .map_err(|_| ApiError::bad_request(format!("invalid time for {name}: {v:?}")))
 }
+
+/// `?h=&w=` of a resize request, clamped to what a terminal can be.
+pub fn terminal_size(q: &Params) -> Result<(u16, u16), ApiError> {
+    let clamp = |v: Option<i64>| v.unwrap_or(0).clamp(0, i64::from(u16::MAX)) as u16;
+    Ok((clamp(int(q, "w")?), clamp(int(q, "h")?)))
+}
