@@ -401,6 +401,10 @@ fn registry_pull_login_tenants() {
         o.code, 0,
         "t2 ran A's private image without credentials: {o}"
     );
+    assert!(
+        o.stderr.to_lowercase().contains("unauthorized") || o.stderr.contains("denied"),
+        "{o}"
+    );
     let id = hyper(&a, &["image", "inspect", "-f", "{{.Id}}", &image])
         .ok()
         .out();
@@ -469,4 +473,17 @@ fn registry_pull_login_tenants() {
 
     hyper(&a, &["logout", &reg.private]).ok();
     assert!(auths(&a)[&reg.private].is_null());
+
+    // The stock docker CLI's login goes through the same POST /auth.
+    let o = d
+        .docker(&["login", "-u", USER, "--password-stdin", &reg.private])
+        .stdin(format!("{PASSWORD}\n").as_bytes())
+        .run()
+        .ok();
+    assert!(o.stdout.contains("Login Succeeded"), "{o}");
+    let o = d
+        .docker(&["login", "-u", USER, "--password-stdin", &reg.private])
+        .stdin(b"wrong\n")
+        .run();
+    assert_ne!(o.code, 0, "{o}");
 }
