@@ -182,8 +182,9 @@ pub struct Puller {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// rustls needs a process-wide crypto provider: ring (aws-lc-rs is a large C build).
-pub(crate) fn tls_provider() {
+/// rustls needs a process-wide crypto provider: ring (aws-lc-rs is a large C build). Called
+/// before any client is built; public for programs that build their own oci-client.
+pub fn tls_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
