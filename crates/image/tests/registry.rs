@@ -333,14 +333,32 @@ fn spawn_registry(config: &Path, log: &Path, addr: &str) {
     }
 }
 
+/// The registry's directory outlives this process (libtest has no after-all hook): remove those
+/// of earlier runs whose process is gone (their registries died with it, by PDEATHSIG).
+fn reap_stale_dirs() {
+    for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("hyreg") {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(e.path().join("owner.pid")) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{}", owner.trim())).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(|| {
+        reap_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix("hyreg")
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let out = Command::new("htpasswd")
