@@ -666,6 +666,30 @@ mod tests {
     }
 
     #[test]
+    fn history_table_rows() {
+        let now = Utc.timestamp_opt(100_000, 0).unwrap();
+        let long = "/bin/sh -c #(nop) ADD file:0123456789abcdef0123456789abcdef in / ";
+        let entries = [
+            json!({"Id": "<missing>", "Created": 100_000 - 3600, "CreatedBy": long, "Size": 1_500_000, "Comment": ""}),
+            json!({"Id": "sha256:0123456789abcdef", "Created": 100_000 - 60, "CreatedBy": "RUN x", "Size": 0}),
+        ];
+        let rows = history_rows(&entries, true, true, now);
+        assert_eq!(rows[0]["ID"], "<missing>", "test[0]");
+        assert_eq!(rows[0]["CreatedSince"], "About an hour ago", "test[0]");
+        assert_eq!(
+            rows[0]["CreatedBy"].as_str().unwrap().chars().count(),
+            45,
+            "test[0]"
+        );
+        assert_eq!(rows[0]["Size"], "1.5MB", "test[0]");
+        assert_eq!(rows[1]["ID"], "0123456789ab", "test[1]");
+        let raw = history_rows(&entries, false, false, now);
+        assert_eq!(raw[0]["CreatedBy"], long, "test[2]");
+        assert_eq!(raw[0]["Size"], "1500000", "test[2]");
+        assert!(is_url("https://x/a.tar") && is_url("http://127.0.0.1:1/a") && !is_url("a.tar"));
+    }
+
+    #[test]
     fn image_table_rows() {
         let now = Utc.timestamp_opt(100_000, 0).unwrap();
         let img = json!({"Id": "sha256:0123456789abcdef", "Created": 100_000 - 7200, "Size": 4_261_000,
