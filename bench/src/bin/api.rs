@@ -166,13 +166,15 @@ fn ps_latency() -> anyhow::Result<()> {
     std::os::unix::fs::symlink(&kernel, data.join("kernel"))?;
     fill_store(&data.join("store.redb"))?;
     let sock = data.join("api.sock");
-    let child = Command::new(root.join("target/debug/hyperd"))
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let child = Command::new(target.join("debug/hyperd"))
         .arg("--data-root")
         .arg(&data)
         .arg("-H")
         .arg(format!("unix://{}", sock.display()))
         .arg("--agent")
-        .arg(root.join("target/x86_64-unknown-linux-gnu/debug/hyper-agent"))
+        .arg(target.join("x86_64-unknown-linux-gnu/debug/hyper-agent"))
         .arg("--client-config-dir")
         .arg(data.join("client"))
         .stdout(Stdio::null())
