@@ -1031,22 +1031,21 @@ fn quota_and_usage() {
     let want_long = ((ran.num_nanoseconds().unwrap() + 999_999_999) / 1_000_000_000).max(10);
 
     let usage = d.hyper(&["usage", "-f", "{{json .}}"]).run().ok().json();
-    let by_name = |name: &str| {
-        usage["Resources"]
-            .as_array()
-            .unwrap()
+    let resources = usage["Resources"].as_array().unwrap();
+    let find = |name: &str, kind: &str| {
+        resources
             .iter()
-            .find(|r| r["Name"] == name)
-            .unwrap_or_else(|| panic!("no usage for {name}: {usage}"))
+            .find(|r| r["Name"] == name && r["Type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} usage for {name}: {usage}"))
             .clone()
     };
-    let short = by_name("short");
+    let short = find("short", "container");
     assert_eq!(
         (short["Seconds"].as_i64(), short["Cost"].as_u64()),
         (Some(10), Some(4_000)),
         "{short}"
     );
-    let long_usage = by_name("long");
+    let long_usage = find("long", "container");
     assert_eq!(
         long_usage["Seconds"].as_i64(),
         Some(want_long),
@@ -1057,11 +1056,20 @@ fn quota_and_usage() {
         Some(want_long as u64 * 600),
         "{long_usage}"
     );
-    assert_eq!(
-        usage["TotalCost"].as_u64(),
-        Some(4_000 + want_long as u64 * 600),
-        "{usage}"
+    // Storage: the root disk (10 GB) and the image are billed per GB-month, by the second.
+    let disk = find("long", "rootfs");
+    let (disk_seconds, disk_cost) = (
+        disk["Seconds"].as_u64().unwrap(),
+        disk["Cost"].as_u64().unwrap(),
     );
+    assert_eq!(
+        disk_cost,
+        (disk_seconds * 10_000_000_000).div_ceil(25_920_000),
+        "{disk}"
+    );
+    find("busybox:latest", "image");
+    let sum: u64 = resources.iter().map(|r| r["Cost"].as_u64().unwrap()).sum();
+    assert_eq!(usage["TotalCost"].as_u64(), Some(sum), "{usage}");
     let table = d.hyper(&["usage"]).run().ok().stdout;
     assert!(table.contains("TOTAL") && table.contains("long"), "{table}");
     d.hyper(&["rm", "long"]).run().ok();

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use store::{Op, Store, Txn};
 
+use crate::metering::{Kind, Meter, Segment};
 use crate::{Result, RuntimeError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,7 +185,19 @@ impl Images {
     /// Gives the tenant an image and points tags at it, taking each tag from any image that had it.
     pub fn add(&self, tenant: &str, id: &str, tags: &[String]) -> Result<()> {
         let mut txn = Txn::new();
-        let mut record = self.record(tenant, id)?.unwrap_or(TenantImage {
+        let existing = self.record(tenant, id)?;
+        if existing.is_none() {
+            // The tenant pays for the image's storage from now until it removes the image.
+            let (size, name) = (
+                self.content.get(id).map_or(0, |i| i.size),
+                tags.first().map_or(id, String::as_str),
+            );
+            let segment = Segment::storage(Kind::Image, id, name, size, Utc::now());
+            if let Err(e) = Meter::new(self.store.clone()).open_segment(tenant, &segment) {
+                tracing::error!("metering image {id}: {e}");
+            }
+        }
+        let mut record = existing.unwrap_or(TenantImage {
             id: id.into(),
             tags: vec![],
             added: Utc::now(),
@@ -308,6 +321,10 @@ impl Images {
             report.push(("Untagged".into(), d.clone()));
         }
         self.store.txn(txn)?;
+        if let Err(e) = Meter::new(self.store.clone()).close_segment(tenant, &record.id, Utc::now())
+        {
+            tracing::error!("metering the removal of image {}: {e}", record.id);
+        }
         report.push(("Deleted".into(), record.id.clone()));
         // The content goes when no tenant holds the image any more.
         let still_held = self

@@ -1,8 +1,11 @@
-//! Per-second metering of container runs and the charges that follow from Hyper's price table.
+//! Per-second metering and the charges that follow from Hyper's price table.
 //!
-//! Every run segment (start to exit, with its size) leaves a record in the store:
-//! `/usage/<tenant>/<container id>/<start nanos>`. A segment still open is billed up to now.
-//! Money is exact: integer nano-dollars (s1 costs 400 per second), never floating point.
+//! Every segment of use leaves a record in the store, `/usage/<tenant>/<resource>/<start
+//! nanos>`: a container's run (start to exit, with its size), a container's root disk (create to
+//! remove), an image the tenant holds (load or pull to rmi). A segment still open is billed up
+//! to now. Money is exact: integer nano-dollars (s1 costs 400 per second), never floating point;
+//! storage, whose per-second rate is a fraction of a nano-dollar, is summed exactly as bytes x
+//! seconds and rounded up once per segment.
 
 use std::sync::Arc;
 
@@ -14,6 +17,13 @@ use crate::{Result, RuntimeError};
 
 /// Each run, start or restart is billed at least this long (Hyper's rule).
 pub const MINIMUM_BILLED_SECONDS: i64 = 10;
+
+/// Storage costs 0.1 $ per GB-month (10^8 nano-dollars), a month being 30 days here: one
+/// nano-dollar buys 10^9 x 2 592 000 / 10^8 = 25 920 000 byte-seconds.
+pub const BYTE_SECONDS_PER_NANODOLLAR: u128 = 25_920_000;
+
+/// A container's writable root is billed at its provisioned size (the sparse 10 GB overlay).
+pub const ROOT_DISK_BYTES: u64 = 10_000_000_000;
 
 /// Nano-dollars per second for each size (reference/hyper-extensions.md).
 pub const PRICES: [(&str, u64); 10] = [
@@ -29,13 +39,99 @@ pub const PRICES: [(&str, u64); 10] = [
     ("l3", 120_000),
 ];
 
+/// What a segment bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A container's run, at its size's price per second.
+    Container,
+    /// A container's root disk, per GB-month.
+    Rootfs,
+    /// An image the tenant holds, per GB-month.
+    Image,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Rootfs => "rootfs",
+            Kind::Image => "image",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Segment {
+    /// The container's or the image's ID.
     pub container: String,
     pub name: String,
+    /// Instance size of a container run; empty for storage.
     pub size: String,
+    #[serde(default = "container_kind")]
+    pub kind: Kind,
+    /// Bytes of storage; 0 for a run.
+    #[serde(default)]
+    pub bytes: u64,
     pub start: DateTime<Utc>,
     pub end: Option<DateTime<Utc>>,
+}
+
+fn container_kind() -> Kind {
+    Kind::Container
+}
+
+impl Segment {
+    pub fn run(container: &str, name: &str, size: &str, start: DateTime<Utc>) -> Self {
+        let (container, name, size) = (container.into(), name.into(), size.into());
+        Self {
+            container,
+            name,
+            size,
+            kind: Kind::Container,
+            bytes: 0,
+            start,
+            end: None,
+        }
+    }
+
+    pub fn storage(
+        kind: Kind,
+        resource: &str,
+        name: &str,
+        bytes: u64,
+        start: DateTime<Utc>,
+    ) -> Self {
+        let (container, name) = (resource.into(), name.into());
+        Self {
+            container,
+            name,
+            size: String::new(),
+            kind,
+            bytes,
+            start,
+            end: None,
+        }
+    }
+
+    /// (seconds billed, nano-dollars) up to its end, or `now` while open.
+    fn charge(&self, now: DateTime<Utc>) -> (i64, u64) {
+        let end = self.end.unwrap_or(now);
+        match self.kind {
+            Kind::Container => {
+                let seconds = billed_seconds(self.start, end);
+                (seconds, seconds as u64 * price(&self.size))
+            }
+            Kind::Rootfs | Kind::Image => {
+                let seconds = (end - self.start).num_seconds().max(0);
+                let byte_seconds = u128::from(self.bytes) * seconds as u128;
+                (
+                    seconds,
+                    byte_seconds.div_ceil(BYTE_SECONDS_PER_NANODOLLAR) as u64,
+                )
+            }
+        }
+    }
 }
 
 /// What one container cost within a window.
@@ -120,11 +216,11 @@ impl Meter {
             if since.is_some_and(|s| seg.start < s) || until.is_some_and(|u| seg.start >= u) {
                 continue;
             }
-            let seconds = billed_seconds(seg.start, seg.end.unwrap_or(now));
-            let cost = seconds as u64 * price(&seg.size);
+            let (seconds, cost) = seg.charge(now);
+            let kind = seg.kind.as_str();
             match charges
                 .iter_mut()
-                .find(|c| c.resource == seg.container && c.size == seg.size)
+                .find(|c| c.resource == seg.container && c.size == seg.size && c.kind == kind)
             {
                 Some(c) => {
                     c.seconds += seconds;
@@ -134,7 +230,7 @@ impl Meter {
                 None => charges.push(Charge {
                     resource: seg.container.clone(),
                     name: seg.name.clone(),
-                    kind: "container",
+                    kind,
                     size: seg.size.clone(),
                     seconds,
                     cost,
@@ -179,11 +275,8 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let seg = |start: i64, end: Option<i64>, size: &str| Segment {
-            container: "c1".into(),
-            name: "web".into(),
-            size: size.into(),
-            start: t0 + TimeDelta::seconds(start),
             end: end.map(|e| t0 + TimeDelta::seconds(e)),
+            ..Segment::run("c1", "web", size, t0 + TimeDelta::seconds(start))
         };
         meter.open_segment("t", &seg(0, None, "s1")).unwrap();
         meter
@@ -209,5 +302,24 @@ mod tests {
             )
             .unwrap();
         assert_eq!(windowed[0].seconds, 25);
+    }
+
+    #[test]
+    fn storage_is_billed_per_gb_month_exactly() {
+        let t0 = Utc::now();
+        let closed = |kind, bytes, seconds| Segment {
+            end: Some(t0 + TimeDelta::seconds(seconds)),
+            ..Segment::storage(kind, "r", "n", bytes, t0)
+        };
+        // 1 GB for 30 days is 0.1 $ = 10^8 nano-dollars.
+        assert_eq!(
+            closed(Kind::Image, 1_000_000_000, 30 * 86_400).charge(t0),
+            (30 * 86_400, 100_000_000)
+        );
+        // A 10 GB root disk for one second costs 385.8 nano-dollars: 386, rounded up once.
+        assert_eq!(
+            closed(Kind::Rootfs, ROOT_DISK_BYTES, 1).charge(t0),
+            (1, 386)
+        );
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
 use crate::images::Images;
-use crate::metering::{Meter, Segment};
+use crate::metering::{Kind, Meter, Segment, ROOT_DISK_BYTES};
 use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
 use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
@@ -301,6 +301,16 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(self.dir(&id));
             return Err(e);
         }
+        let disk = Segment::storage(
+            Kind::Rootfs,
+            &id,
+            &container.name,
+            ROOT_DISK_BYTES,
+            container.created,
+        );
+        if let Err(e) = self.meter.open_segment(tenant, &disk) {
+            tracing::error!("metering the root disk of {id}: {e}");
+        }
         self.entries
             .lock()
             .expect("poisoned")
@@ -485,13 +495,7 @@ impl Runtime {
                 ..State::default()
             };
         })?;
-        let segment = Segment {
-            container: c.id.clone(),
-            name: c.name.clone(),
-            size: c.size.clone(),
-            start: started_at,
-            end: None,
-        };
+        let segment = Segment::run(&c.id, &c.name, &c.size, started_at);
         if let Err(e) = self.meter.open_segment(&c.tenant, &segment) {
             tracing::error!("metering the start of {}: {e}", c.id);
         }
@@ -787,6 +791,9 @@ impl Runtime {
             .await;
         }
         self.release_records(&c)?;
+        if let Err(e) = self.meter.close_segment(tenant, &c.id, Utc::now()) {
+            tracing::error!("metering the removal of {}: {e}", c.id);
+        }
         let dir = self.dir(&c.id);
         wait_for_supervisor_exit(&dir).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
