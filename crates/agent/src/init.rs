@@ -238,8 +238,7 @@ pub const DEFERRED_MODULES: &[&str] = &["virtio_blk"];
 
 /// Open descriptors of the deferred modules: the initramfs is emptied at boot (switch_root),
 /// the open file keeps each module's bytes.
-static DEFERRED: std::sync::Mutex<Vec<(String, std::fs::File)>> =
-    std::sync::Mutex::new(Vec::new());
+static DEFERRED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
 
 /// Load the deferred modules (once; later calls find nothing left to load).
 pub fn load_deferred_modules() {

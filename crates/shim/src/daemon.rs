@@ -508,7 +508,11 @@ async fn restore_from_template(
             if errs.is_empty() {
                 bail!("restoring template {}: {}", t.meta.key, f.what)
             }
-            bail!("restoring template {}: {} (QEMU said: {errs})", t.meta.key, f.what)
+            bail!(
+                "restoring template {}: {} (QEMU said: {errs})",
+                t.meta.key,
+                f.what
+            )
         }
     }
 }
@@ -985,6 +989,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         }
         inner.starting.insert(MAIN_STREAM, tx);
     }
+    slog!("start requested");
     shim.send(Frame::host(&HostMsg::Start {
         process: shim.spec.process.to_agent(),
         hostname: shim.spec.hostname.clone(),
@@ -1041,13 +1046,7 @@ fn host_random(n: usize) -> Vec<u8> {
     let mut filled = 0;
     while filled < n {
         // SAFETY: getrandom writes at most `n - filled` bytes into the rest of `buf`.
-        let r = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                n - filled,
-                0,
-            )
-        };
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
         if r <= 0 {
             break;
         }

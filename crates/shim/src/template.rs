@@ -262,8 +262,8 @@ pub fn ensure(spec: &Spec, templates: &Path, wait: bool) -> Result<Template, Ens
     if let Some(t) = load(&dir) {
         return Ok(t);
     }
-    let lock = File::create(templates.join(format!("{}.lock", want.key)))
-        .context("template lock file")?;
+    let lock =
+        File::create(templates.join(format!("{}.lock", want.key))).context("template lock file")?;
     let mut flags = libc::LOCK_EX;
     if !wait {
         flags |= libc::LOCK_NB;
@@ -288,7 +288,20 @@ pub fn ensure(spec: &Spec, templates: &Path, wait: bool) -> Result<Template, Ens
 /// Remove templates of the same size made from other inputs: nothing will ask for them again.
 /// VMs restored from them keep their mappings (the RAM file's inode lives on until unmapped).
 fn prune(templates: &Path, keep: &Template) {
-    for t in list(templates) {
+    // Every template directory with a description, usable or not (a tampered one included).
+    let all = std::fs::read_dir(templates)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta: Meta =
+                serde_json::from_slice(&std::fs::read(e.path().join(META)).ok()?).ok()?;
+            Some(Template {
+                dir: e.path(),
+                meta,
+            })
+        });
+    for t in all {
         if t.meta.key != keep.meta.key
             && t.meta.vcpus == keep.meta.vcpus
             && t.meta.memory_mib == keep.meta.memory_mib

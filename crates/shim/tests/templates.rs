@@ -36,7 +36,12 @@ fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
     let k = boot
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz")
+        })
         .expect("a vmlinuz in KERNEL_DIR/boot");
     (k, kdir.join("lib/modules"))
 }
@@ -47,7 +52,13 @@ fn agent_binary() -> PathBuf {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let st = Command::new(env!("CARGO"))
-        .args(["build", "-p", "agent", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "-p",
+            "agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(&root)
         .status()
@@ -218,7 +229,10 @@ fn run(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> Run {
     while dir.join("shim.sock").exists() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for line in std::fs::read_to_string(dir.join("ctr.log")).unwrap().lines() {
+    for line in std::fs::read_to_string(dir.join("ctr.log"))
+        .unwrap()
+        .lines()
+    {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         r.output.push_str(v["log"].as_str().unwrap());
     }
@@ -267,7 +281,8 @@ fn two_containers_from_one_template_differ() {
     let sa = spec(&f, "alpha", &disk_a, "WHO=a", PROBE);
     let sb = spec(&f, "bravo", &disk_b, "WHO=b", PROBE);
     // Ahead of time, as hyperd does; both containers share one template (same size).
-    let t = shim::template::ensure(&sa, &f.work.join("templates"), true).unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let t = shim::template::ensure(&sa, &f.work.join("templates"), true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
     assert!(t.ram().is_file() && t.state().is_file());
     // Let the template's clock fall behind the host's: the restore must set it.
     std::thread::sleep(Duration::from_secs(3));
@@ -275,7 +290,8 @@ fn two_containers_from_one_template_differ() {
     let b = run(&f, "bravo", &disk_b, sb);
     for r in [&a, &b] {
         assert!(
-            r.shim_log.contains(&format!("restored from template {}", t.meta.key)),
+            r.shim_log
+                .contains(&format!("restored from template {}", t.meta.key)),
             "not restored:\n{}",
             r.shim_log
         );
@@ -285,9 +301,15 @@ fn two_containers_from_one_template_differ() {
     assert_eq!(fa["host"], "alpha");
     assert_eq!(fb["host"], "bravo");
     assert_eq!((fa["env"].as_str(), fb["env"].as_str()), ("a", "b"));
-    assert_eq!((fa["marker"].as_str(), fb["marker"].as_str()), ("disk-a", "disk-b"));
+    assert_eq!(
+        (fa["marker"].as_str(), fb["marker"].as_str()),
+        ("disk-a", "disk-b")
+    );
     // The block device is the container's 1 GiB overlay, not the template's placeholder.
-    assert_eq!((fa["sectors"].as_str(), fb["sectors"].as_str()), ("2097152", "2097152"));
+    assert_eq!(
+        (fa["sectors"].as_str(), fb["sectors"].as_str()),
+        ("2097152", "2097152")
+    );
     assert_eq!(fa["random"].len(), 64);
     assert_ne!(fa["random"], fb["random"], "same /dev/urandom stream");
     assert_ne!(fa["boot_id"], fb["boot_id"], "same boot id");
@@ -309,12 +331,16 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     let disk = base_disk(&f, "disk-s");
     let templates = f.work.join("templates");
     let s1 = spec(&f, "old", &disk, "WHO=s", "echo marker=$(cat /marker)");
-    let t1 = shim::template::ensure(&s1, &templates, true).unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let t1 = shim::template::ensure(&s1, &templates, true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
     // A template whose RAM file was written after it was built is never restored.
     assert!(shim::template::find(&s1, &templates).unwrap().is_some());
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(t1.ram()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t1.ram())
+            .unwrap();
         f.write_all_at(&[0], 0).unwrap();
     }
     assert!(
@@ -331,7 +357,12 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
         .unwrap()
         .expect("rebuilt");
     assert_ne!(t1.meta.key, t2.meta.key);
-    assert!(r.shim_log.contains(&format!("restored from template {}", t2.meta.key)), "{}", r.shim_log);
+    assert!(
+        r.shim_log
+            .contains(&format!("restored from template {}", t2.meta.key)),
+        "{}",
+        r.shim_log
+    );
     assert!(!t1.dir.exists(), "the stale template is still there");
     assert_eq!(fields(&r.output)["marker"], "disk-s");
 

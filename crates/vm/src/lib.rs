@@ -8,6 +8,13 @@
 //! virtio-serial port first, then the root disk, then (later) the NIC. A template snapshot taken
 //! with this layout can be restored behind another container's disk and tap.
 //!
+//! [`Boot`] says how a VM comes up: cold, as a template being made (RAM in a shared file, QMP
+//! socket), or restored from a template (`-incoming defer`, RAM mapped private from the
+//! template's file, root disk through an fd set). [`Qmp`] is the small QMP client that drives
+//! snapshot and restore, handing QEMU file descriptors with `getfd` (`fd:` migration: QEMU is
+//! sandboxed against spawning and chrooted, so neither `exec:` nor paths work). The templates
+//! themselves (keys, building, restoring) live in the shim (`shim::template`).
+//!
 //! [`initramfs::build_initramfs`] builds the guest's initramfs (agent as `/init` plus the virtio
 //! modules).
 

@@ -186,7 +186,10 @@ impl Hypervisor for Qemu {
         //    block driver (that happens at Start), and a file there would have to be reopened
         //    read-only when migration inactivates it, which a chrooted QEMU cannot do.
         if matches!(boot, Boot::TemplateSave { .. }) {
-            push(&["-drive", "id=root,driver=null-co,read-zeroes=on,size=1G,if=none"]);
+            push(&[
+                "-drive",
+                "id=root,driver=null-co,read-zeroes=on,size=1G,if=none",
+            ]);
         } else if let Boot::Restore {
             root_fds: Some([ro, rw]),
             ..
@@ -201,9 +204,7 @@ impl Hypervisor for Qemu {
         } else {
             push(&[
                 "-drive",
-                &format!(
-                    "id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"
-                ),
+                &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"),
             ]);
         }
         push(&["-device", "virtio-blk-device,drive=root"]);
