@@ -24,6 +24,7 @@ fn main() {
         ("tcp_auth_and_tenants", tcp_auth_and_tenants),
         ("quota_and_usage", quota_and_usage),
         ("docker_py_with_token", docker_py_with_token),
+        ("supervisor_killed", supervisor_killed),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1156,4 +1157,33 @@ except docker.errors.NotFound:
     assert_eq!(lines, ["pyvisible", "/pyvisible", "notfound"], "{o}");
     d.hyper_tcp(&dir2, &["rm", "pyvisible"]).run().ok();
     d.hyper(&["rm", "pyhidden"]).run().ok();
+}
+
+/// A VM supervisor killed with SIGKILL: the container is recorded as killed (137) and its VM
+/// does not outlive it.
+fn supervisor_killed() {
+    let d = main_daemon();
+    let id = d
+        .hyper(&["run", "-d", "--name", "orphan", "busybox", "sleep", "1000"])
+        .run()
+        .ok()
+        .out();
+    let pid: i32 = std::fs::read_to_string(d.cdir(&id).join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: plain kill(2) of the container's supervisor, whose pid it recorded.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let state = &d.wait_status("orphan", "exited", 30.0)["State"];
+    assert_eq!(state["ExitCode"], 137, "{state}");
+    wait_for("the orphaned VM to be killed", secs(20.0), || {
+        let p = container_processes(d, &id);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+    d.hyper(&["rm", "orphan"]).run().ok();
 }

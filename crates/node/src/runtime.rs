@@ -1055,6 +1055,7 @@ async fn wait_for_supervisor_exit(dir: &Path) {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
     else {
+        kill_orphaned_vm(dir);
         return;
     };
     // SAFETY: kill with signal 0 only checks that the process exists.
@@ -1063,11 +1064,35 @@ async fn wait_for_supervisor_exit(dir: &Path) {
     while alive() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if alive() {
-        tracing::warn!("the VM supervisor {pid} did not exit; killing it (its VM dies with it)");
-        // SAFETY: plain kill(2) of the supervisor's pid, which QEMU follows (PDEATHSIG).
+    if alive() && runs_in(pid, dir) {
+        tracing::warn!("the VM supervisor {pid} did not exit; killing it and its VM");
+        // SAFETY: plain kill(2) of a process we checked is this container's supervisor.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    kill_orphaned_vm(dir);
+}
+
+/// QEMU outlives a supervisor killed with SIGKILL: its parent-death signal is cleared when it
+/// drops to the unprivileged user. Find it by the pid the supervisor recorded, and kill it.
+fn kill_orphaned_vm(dir: &Path) {
+    let Some(pid) = shim_link::read_state(dir).and_then(|s| s.qemu_pid) else {
+        return;
+    };
+    let pid = pid as i32;
+    if runs_in(pid, dir) {
+        tracing::warn!("killing the VM {pid} its supervisor left behind");
+        // SAFETY: plain kill(2) of a process whose command line names this container's directory.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Whether `pid` is a live process whose command line names `dir` (guards against pid reuse).
+fn runs_in(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = dir.as_os_str().as_encoded_bytes();
+    !cmdline.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
 fn check_restart_policy(hc: &HostConfig) -> Result<()> {
