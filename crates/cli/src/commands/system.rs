@@ -84,6 +84,8 @@ pub fn render_info(v: &Value) -> String {
         ("Name", "Name"),
         ("ID", "ID"),
         ("Docker Root Dir", "DockerRootDir"),
+        ("Tenant", "Tenant"),
+        ("Templates", "Templates"),
     ] {
         if !v[key].is_null() {
             line(label, field(v, key));
