@@ -46,7 +46,7 @@ pub fn reseed(seed: &[u8]) {
     info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
     info.extend_from_slice(seed);
     // Keep the buffer u32-aligned in length, as the kernel reads whole words.
-    while info.len() % 4 != 0 {
+    while !info.len().is_multiple_of(4) {
         info.push(0);
     }
     // SAFETY: RNDADDENTROPY reads a rand_pool_info header and buf_size bytes from the pointer;

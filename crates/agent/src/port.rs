@@ -32,10 +32,10 @@ pub fn open_port(name: &str) -> std::fs::File {
         if let Some(p) = find_port(name) {
             match std::fs::OpenOptions::new().read(true).write(true).open(&p) {
                 Ok(f) => return f,
-                Err(e) if tries % 50 == 0 => log!("open {}: {e}", p.display()),
+                Err(e) if tries.is_multiple_of(50) => log!("open {}: {e}", p.display()),
                 Err(_) => {}
             }
-        } else if tries % 50 == 0 && tries > 0 {
+        } else if tries.is_multiple_of(50) && tries > 0 {
             log!("waiting for virtio-serial port {name:?}");
         }
         tries += 1;

@@ -227,7 +227,7 @@ impl Runtime {
                 (c.tenant == tenant).then(|| c.clone())
             })
             .collect();
-        out.sort_by(|a, b| b.created.cmp(&a.created));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created));
         out
     }
 
@@ -813,9 +813,9 @@ impl Runtime {
         let new_name = validate::container_name(new_name)?;
         let c = entry.snapshot();
         if c.name == new_name {
-            return Err(RuntimeError::Invalid(format!(
-                "Renaming a container with the same name as its current name"
-            )));
+            return Err(RuntimeError::Invalid(
+                "Renaming a container with the same name as its current name".to_string(),
+            ));
         }
         let mut renamed = c.clone();
         renamed.name = new_name.clone();
@@ -1101,9 +1101,7 @@ fn check_restart_policy(hc: &HostConfig) -> Result<()> {
         "" | "no" | "always" | "unless-stopped" if p.maximum_retry_count == 0 => Ok(()),
         "on-failure" if p.maximum_retry_count >= 0 => Ok(()),
         "on-failure" => Err(RuntimeError::Invalid("invalid restart policy: maximum retry count cannot be negative".into())),
-        "" | "no" | "always" | "unless-stopped" => Err(RuntimeError::Invalid(format!(
-            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-        ))),
+        "" | "no" | "always" | "unless-stopped" => Err(RuntimeError::Invalid("invalid restart policy: maximum retry count can only be used with 'on-failure'".to_string())),
         other => Err(RuntimeError::Invalid(format!("invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure' or 'unless-stopped'"))),
     }
 }

@@ -252,7 +252,7 @@ mod tests {
             .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
             .unwrap();
         let setup = again.server_setup().unwrap();
-        assert_eq!(setup.check_client(&[leaf.clone()]), Ok(fp));
+        assert_eq!(setup.check_client(std::slice::from_ref(&leaf)), Ok(fp));
         let foreign = tempfile::tempdir().unwrap();
         let (other, _, _) = Authority::load_or_create(foreign.path())
             .unwrap()
