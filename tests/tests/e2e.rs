@@ -25,6 +25,7 @@ fn main() {
         ("quota_and_usage", quota_and_usage),
         ("docker_py_with_token", docker_py_with_token),
         ("supervisor_killed", supervisor_killed),
+        ("termination_protection", termination_protection),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1186,4 +1187,47 @@ fn supervisor_killed() {
         }
     });
     d.hyper(&["rm", "orphan"]).run().ok();
+}
+
+/// `--protection=true`: stop, kill, restart and rm (forced too) are refused, through hyper and
+/// the Docker CLI, until `hyper update --protection=false` lifts it.
+fn termination_protection() {
+    let d = main_daemon();
+    let id = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--protection=true",
+            "--name",
+            "guarded",
+            "busybox",
+            "sleep",
+            "1000",
+        ])
+        .run()
+        .ok()
+        .out();
+    let labels = &d.inspect("guarded")["Config"]["Labels"];
+    assert_eq!(labels["sh_hyper_container_protection"], "true", "{labels}");
+    for args in [
+        vec!["stop", "-t", "1", "guarded"],
+        vec!["kill", "guarded"],
+        vec!["restart", "guarded"],
+        vec!["rm", "-f", "guarded"],
+    ] {
+        let o = d.hyper(&args).run();
+        assert_ne!(o.code, 0, "{args:?} of a protected container: {o}");
+        assert!(o.stderr.contains("protected"), "{o}");
+    }
+    let o = d.docker(&["rm", "-f", "guarded"]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("protected"),
+        "docker rm -f: {o}"
+    );
+    assert_eq!(d.inspect("guarded")["State"]["Running"], true);
+    d.hyper(&["update", "--protection=false", "guarded"])
+        .run()
+        .ok();
+    d.hyper(&["rm", "-f", "guarded"]).run().ok();
+    assert_gone(d, &id);
 }

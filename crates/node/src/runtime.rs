@@ -249,6 +249,13 @@ impl Runtime {
             None => validate::random_name(),
         };
         validate::env(&config.env)?;
+        if let Some(v) = config.labels.get(PROTECTION_LABEL) {
+            if !matches!(v.as_str(), "true" | "false") {
+                return Err(RuntimeError::Invalid(format!(
+                    "invalid {PROTECTION_LABEL}={v:?}: use true or false"
+                )));
+            }
+        }
         let size = config
             .labels
             .get(sizes::SIZE_LABEL)
@@ -419,7 +426,7 @@ impl Runtime {
             let c = entry.snapshot();
             // `--rm` covers a container that never ran, as Docker's does.
             if c.host_config.auto_remove && !matches!(e, RuntimeError::NotModified(_)) {
-                if let Err(e) = self.remove(tenant, &c.id, true).await {
+                if let Err(e) = self.remove_any(tenant, &c.id, true).await {
                     tracing::warn!("auto-removing {} after its failed start: {e}", c.id);
                 }
             }
@@ -623,7 +630,7 @@ impl Runtime {
         tracing::info!(container = %id, exit_code = c.state.exit_code, "container exited");
 
         if c.host_config.auto_remove {
-            if let Err(e) = self.remove(&c.tenant, &c.id, true).await {
+            if let Err(e) = self.remove_any(&c.tenant, &c.id, true).await {
                 tracing::warn!("auto-removing {id}: {e}");
             }
             return;
@@ -690,6 +697,7 @@ impl Runtime {
         signal: Option<&str>,
     ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
+        unprotected(&entry.snapshot())?;
         let _op = entry.ops.lock().await;
         self.stop_locked(&entry, timeout, signal).await
     }
@@ -738,6 +746,7 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         let signal = validate::signal(signal.unwrap_or("SIGKILL"))?;
         let c = entry.snapshot();
+        unprotected(&c)?;
         if !c.is_running() {
             return Err(RuntimeError::Conflict(format!(
                 "Container {} is not running",
@@ -758,6 +767,7 @@ impl Runtime {
         timeout: Option<i64>,
     ) -> Result<Container> {
         let entry = self.entry(tenant, reference)?;
+        unprotected(&entry.snapshot())?;
         let _op = entry.ops.lock().await;
         match self.stop_locked(&entry, timeout, None).await {
             Ok(()) | Err(RuntimeError::NotModified(_)) => {}
@@ -766,7 +776,15 @@ impl Runtime {
         self.start_locked(&entry).await
     }
 
+    /// `rm` as the user asks it: refused while the container is protected.
     pub async fn remove(&self, tenant: &str, reference: &str, force: bool) -> Result<()> {
+        unprotected(&self.get(tenant, reference)?)?;
+        self.remove_any(tenant, reference, force).await
+    }
+
+    /// Removal after the container is done with (`--rm`, a failed start): protection guards
+    /// against users, not against the container's own end.
+    async fn remove_any(&self, tenant: &str, reference: &str, force: bool) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
         let _op = entry.ops.lock().await;
         let c = entry.snapshot();
@@ -847,8 +865,16 @@ impl Runtime {
         tenant: &str,
         reference: &str,
         restart: Option<crate::model::RestartPolicy>,
+        protection: Option<bool>,
     ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
+        if let Some(on) = protection {
+            self.update(&entry, |c| {
+                c.config
+                    .labels
+                    .insert(PROTECTION_LABEL.into(), on.to_string());
+            })?;
+        }
         if let Some(policy) = restart {
             let mut hc = entry.snapshot().host_config;
             hc.restart_policy = policy;
@@ -1093,6 +1119,20 @@ fn runs_in(pid: i32, dir: &Path) -> bool {
     };
     let needle = dir.as_os_str().as_encoded_bytes();
     !cmdline.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Hyper's termination protection: while this label is `true`, stop, kill, restart and rm are
+/// refused.
+pub const PROTECTION_LABEL: &str = "sh_hyper_container_protection";
+
+fn unprotected(c: &Container) -> Result<()> {
+    match c.config.labels.get(PROTECTION_LABEL).map(String::as_str) {
+        Some("true") => Err(RuntimeError::Conflict(format!(
+            "container {} is protected from termination: lift it first with `hyper update --protection=false {}`",
+            c.name, c.name
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_restart_policy(hc: &HostConfig) -> Result<()> {

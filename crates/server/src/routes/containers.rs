@@ -325,7 +325,7 @@ pub async fn update(
                 || v.as_i64() == Some(0)
                 || v.as_array().is_some_and(|a| a.is_empty())
                 || v.as_str() == Some("");
-            if k != "RestartPolicy" && !zero {
+            if !matches!(k.as_str(), "RestartPolicy" | "Protection") && !zero {
                 unsupported.push(k);
             }
         }
@@ -342,7 +342,15 @@ pub async fn update(
                 .map_err(|e| ApiError::bad_request(format!("invalid RestartPolicy: {e}")))?,
         ),
     };
-    app.runtime.update_config(&tenant, &id, policy)?;
+    let protection = match &raw["Protection"] {
+        Value::Null => None,
+        v => Some(
+            v.as_bool()
+                .ok_or_else(|| ApiError::bad_request("Protection must be true or false"))?,
+        ),
+    };
+    app.runtime
+        .update_config(&tenant, &id, policy, protection)?;
     Ok(Json(json!({"Warnings": []})))
 }
 
