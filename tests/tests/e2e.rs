@@ -26,6 +26,7 @@ fn main() {
         ("docker_py_with_token", docker_py_with_token),
         ("supervisor_killed", supervisor_killed),
         ("termination_protection", termination_protection),
+        ("events_stream", events_stream),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1230,4 +1231,71 @@ fn termination_protection() {
         .ok();
     d.hyper(&["rm", "-f", "guarded"]).run().ok();
     assert_gone(d, &id);
+}
+
+/// `docker events` replays the tenant's events from observed state: a process that exits by
+/// itself is a `die`, with its exit code; filters pick the container.
+fn events_stream() {
+    let d = main_daemon();
+    let since = Utc::now().timestamp().to_string();
+    d.hyper(&["run", "--name", "evt", "busybox", "sh", "-c", "exit 3"])
+        .run()
+        .code(3);
+    d.hyper(&["rename", "evt", "evt2"]).run().ok();
+    d.hyper(&["rm", "evt2"]).run().ok();
+    let until = (Utc::now().timestamp() + 1).to_string();
+    let o = d
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "container=evt2",
+            "--format",
+            "{{.Action}}",
+        ])
+        .run()
+        .ok();
+    let actions: Vec<&str> = o.stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        actions,
+        ["rename", "destroy"],
+        "events of evt2 by name: {o}"
+    );
+    let o = d
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+        ])
+        .run()
+        .ok();
+    assert!(
+        o.stdout.lines().any(|l| l.trim() == "evt 3"),
+        "the die event with its exit code: {o}"
+    );
+    let o = d
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--format",
+            "{{.Action}}",
+        ])
+        .run()
+        .ok();
+    let all: Vec<&str> = o.stdout.lines().collect();
+    for want in ["create", "start", "die", "rename", "destroy"] {
+        assert!(all.contains(&want), "{want} missing from {all:?}");
+    }
 }

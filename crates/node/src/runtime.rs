@@ -18,6 +18,7 @@ use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
+use crate::events::{Event, EventBus};
 use crate::images::Images;
 use crate::metering::{Kind, Meter, Segment, ROOT_DISK_BYTES};
 use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
@@ -120,6 +121,7 @@ pub struct Runtime {
     store: Arc<dyn Store>,
     pub images: Images,
     pub meter: Meter,
+    pub events: EventBus,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
 }
@@ -146,6 +148,7 @@ impl Runtime {
             store,
             images,
             meter,
+            events: EventBus::new(1000),
             entries: Mutex::default(),
             execs: Mutex::default(),
         })
@@ -322,6 +325,8 @@ impl Runtime {
             .lock()
             .expect("poisoned")
             .insert(id, Entry::new(container.clone()));
+        self.events
+            .emit(tenant, Event::container(&container, "create", &[]));
         Ok(container)
     }
 
@@ -507,6 +512,8 @@ impl Runtime {
             tracing::error!("metering the start of {}: {e}", c.id);
         }
         self.spawn_monitor(entry.clone());
+        self.events
+            .emit(&c.tenant, Event::container(&c, "start", &[]));
         Ok(c)
     }
 
@@ -628,6 +635,14 @@ impl Runtime {
         }
         entry.lifecycle.send_modify(|l| l.exits += 1);
         tracing::info!(container = %id, exit_code = c.state.exit_code, "container exited");
+        self.events.emit(
+            &c.tenant,
+            Event::container(&c, "die", &[("exitCode", c.state.exit_code.to_string())]),
+        );
+        if c.state.oom_killed {
+            self.events
+                .emit(&c.tenant, Event::container(&c, "oom", &[]));
+        }
 
         if c.host_config.auto_remove {
             if let Err(e) = self.remove_any(&c.tenant, &c.id, true).await {
@@ -699,7 +714,10 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         unprotected(&entry.snapshot())?;
         let _op = entry.ops.lock().await;
-        self.stop_locked(&entry, timeout, signal).await
+        self.stop_locked(&entry, timeout, signal).await?;
+        self.events
+            .emit(tenant, Event::container(&entry.snapshot(), "stop", &[]));
+        Ok(())
     }
 
     async fn stop_locked(
@@ -757,6 +775,10 @@ impl Runtime {
             self.update(&entry, |c| c.state.stopped_by_user = true)?;
         }
         shim_link::request(&self.dir(&c.id), json!({"op": "signal", "signal": signal})).await?;
+        self.events.emit(
+            tenant,
+            Event::container(&c, "kill", &[("signal", signal.to_string())]),
+        );
         Ok(())
     }
 
@@ -823,6 +845,8 @@ impl Runtime {
             .expect("poisoned")
             .retain(|_, e| e.container_id != c.id);
         entry.lifecycle.send_modify(|l| l.removed = true);
+        self.events
+            .emit(tenant, Event::container(&c, "destroy", &[]));
         Ok(())
     }
 
@@ -856,6 +880,11 @@ impl Runtime {
             )));
         }
         entry.record.lock().expect("poisoned").name = new_name;
+        let renamed = entry.snapshot();
+        self.events.emit(
+            tenant,
+            Event::container(&renamed, "rename", &[("oldName", format!("/{}", c.name))]),
+        );
         Ok(())
     }
 
@@ -962,17 +991,22 @@ impl Runtime {
         let id = random_id();
         let info = ExecInfo {
             id: id.clone(),
-            container_id: c.id,
+            container_id: c.id.clone(),
             tenant: tenant.into(),
             config,
             running: false,
             exit_code: None,
             pid: 0,
         };
+        let action = format!("exec_create: {}", info.config.cmd.join(" "));
         self.execs
             .lock()
             .expect("poisoned")
             .insert(id.clone(), info);
+        self.events.emit(
+            tenant,
+            Event::container(&c, &action, &[("execID", id.clone())]),
+        );
         Ok(id)
     }
 

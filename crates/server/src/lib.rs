@@ -34,12 +34,13 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, containers as c, exec, images, system, usage};
+    use routes::{admin, containers as c, events, exec, images, system, usage};
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
         .route("/usage", get(usage::usage))
+        .route("/events", get(events::events))
         .route("/admin/tenants/{name}", post(admin::create_tenant))
         .route("/admin/tenants/{name}/quota", post(admin::set_quota))
         .route("/admin/tenants/{name}/cert", post(admin::issue_cert))

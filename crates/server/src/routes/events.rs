@@ -1,0 +1,112 @@
+//! `GET /events`: Docker's event stream for the tenant, with `since` (replayed from the retained
+//! window), `until`, and filters by container, image, event, label and type.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use chrono::Utc;
+use node::events::Event;
+
+use super::{filter_values, time_param, Params};
+use crate::error::ApiResult;
+use crate::transport::TenantId;
+use crate::AppState;
+
+/// Docker's event filters; every given key must match, any of its values.
+#[derive(Default)]
+struct Filters {
+    container: Option<Vec<String>>,
+    image: Option<Vec<String>>,
+    event: Option<Vec<String>>,
+    label: Option<Vec<String>>,
+    kind: Option<Vec<String>>,
+}
+
+impl Filters {
+    fn parse(q: &Params) -> ApiResult<Self> {
+        let raw = q.get("filters");
+        Ok(Self {
+            container: filter_values(raw, "container")?,
+            image: filter_values(raw, "image")?,
+            event: filter_values(raw, "event")?,
+            label: filter_values(raw, "label")?,
+            kind: filter_values(raw, "type")?,
+        })
+    }
+
+    fn matches(&self, e: &Event) -> bool {
+        let attr = |k: &str| e.actor.attributes.get(k).map(String::as_str).unwrap_or("");
+        let any = |values: &Option<Vec<String>>, f: &dyn Fn(&str) -> bool| {
+            values.as_ref().is_none_or(|v| v.iter().any(|x| f(x)))
+        };
+        any(&self.container, &|v| e.actor.id.starts_with(v) || attr("name") == v.trim_start_matches('/'))
+            && any(&self.image, &|v| e.from == v || node::images::normalize(v) == node::images::normalize(&e.from))
+            // `exec_create: ls` is the `exec_create` event.
+            && any(&self.event, &|v| e.action == v || e.action.split(':').next() == Some(v))
+            && self.label.as_ref().is_none_or(|labels| {
+                labels.iter().all(|l| match l.split_once('=') {
+                    Some((k, v)) => attr(k) == v,
+                    None => e.actor.attributes.contains_key(l),
+                })
+            })
+            && any(&self.kind, &|v| e.kind == v)
+    }
+}
+
+pub async fn events(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+) -> ApiResult<Response> {
+    let since = time_param(&q, "since")?;
+    let until = time_param(&q, "until")?;
+    let filters = Filters::parse(&q)?;
+    let (kept, mut live) = app.runtime.events.subscribe(&tenant);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let line = |e: &Event| Bytes::from(serde_json::to_string(e).expect("json") + "\n");
+    tokio::spawn(async move {
+        let in_window = |e: &Event| {
+            since.is_none_or(|s| e.time_nano >= s.timestamp_nanos_opt().unwrap_or(0))
+                && until.is_none_or(|u| e.time_nano <= u.timestamp_nanos_opt().unwrap_or(i64::MAX))
+        };
+        if since.is_some() {
+            for e in kept.iter().filter(|e| in_window(e) && filters.matches(e)) {
+                if tx.send(Ok(line(e))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if until.is_some_and(|u| u <= Utc::now()) {
+            return;
+        }
+        loop {
+            let wait = until.map_or(Duration::from_secs(3600), |u| {
+                (u - Utc::now()).to_std().unwrap_or_default()
+            });
+            tokio::select! {
+                got = live.recv() => match got {
+                    Ok((owner, e)) if owner == tenant && filters.matches(&e) => {
+                        if tx.send(Ok(line(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep(wait) => if until.is_some() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
