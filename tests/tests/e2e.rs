@@ -1282,6 +1282,33 @@ fn events_stream() {
         o.stdout.lines().any(|l| l.trim() == "evt 3"),
         "the die event with its exit code: {o}"
     );
+    // Hyper's websocket stream, with Hyper's filter syntax: only start events of one container.
+    let sock = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+    sock.set_read_timeout(Some(secs(60.0))).unwrap();
+    let filters = r#"{"container":{"wsevt":true},"event":{"start":true}}"#;
+    let escaped: String = filters
+        .chars()
+        .map(|c| match c {
+            '"' | '{' | '}' | ':' | ',' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    let url = format!("ws://hyperd/v1.23/events/ws?filters={escaped}");
+    let (mut ws, _) = tungstenite::client(url.as_str(), sock).expect("websocket handshake");
+    d.hyper(&["run", "--name", "wsevt", "busybox", "true"])
+        .run()
+        .ok();
+    d.hyper(&["run", "--rm", "busybox", "true"]).run().ok();
+    let message = ws.read().expect("an event over the websocket");
+    let event: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    let got = (
+        event["Action"].as_str(),
+        event["Actor"]["Attributes"]["name"].as_str(),
+    );
+    assert_eq!(got, (Some("start"), Some("wsevt")), "{event}");
+    assert_eq!(event["Type"], "container");
+    d.hyper(&["rm", "wsevt"]).run().ok();
+    let _ = ws.close(None);
     let o = d
         .docker(&[
             "events",

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/info", get(system::info))
         .route("/usage", get(usage::usage))
         .route("/events", get(events::events))
+        .route("/events/ws", get(events::events_ws))
         .route("/admin/tenants/{name}", post(admin::create_tenant))
         .route("/admin/tenants/{name}/quota", post(admin::set_quota))
         .route("/admin/tenants/{name}/cert", post(admin::issue_cert))

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -56,25 +57,29 @@ impl Filters {
     }
 }
 
-pub async fn events(
-    State(app): State<AppState>,
-    Extension(TenantId(tenant)): Extension<TenantId>,
-    Query(q): Query<Params>,
-) -> ApiResult<Response> {
-    let since = time_param(&q, "since")?;
-    let until = time_param(&q, "until")?;
-    let filters = Filters::parse(&q)?;
+/// The tenant's events as asked: replayed from `since`, then live until `until` or until the
+/// receiver goes away.
+fn feed(
+    app: &AppState,
+    tenant: String,
+    q: &Params,
+) -> ApiResult<tokio::sync::mpsc::Receiver<Event>> {
+    let since = time_param(q, "since")?;
+    let until = time_param(q, "until")?;
+    let filters = Filters::parse(q)?;
     let (kept, mut live) = app.runtime.events.subscribe(&tenant);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let line = |e: &Event| Bytes::from(serde_json::to_string(e).expect("json") + "\n");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let in_window = |e: &Event| {
             since.is_none_or(|s| e.time_nano >= s.timestamp_nanos_opt().unwrap_or(0))
                 && until.is_none_or(|u| e.time_nano <= u.timestamp_nanos_opt().unwrap_or(i64::MAX))
         };
         if since.is_some() {
-            for e in kept.iter().filter(|e| in_window(e) && filters.matches(e)) {
-                if tx.send(Ok(line(e))).await.is_err() {
+            for e in kept
+                .into_iter()
+                .filter(|e| in_window(e) && filters.matches(e))
+            {
+                if tx.send(e).await.is_err() {
                     return;
                 }
             }
@@ -89,7 +94,7 @@ pub async fn events(
             tokio::select! {
                 got = live.recv() => match got {
                     Ok((owner, e)) if owner == tenant && filters.matches(&e) => {
-                        if tx.send(Ok(line(&e))).await.is_err() {
+                        if tx.send(e).await.is_err() {
                             return;
                         }
                     }
@@ -101,12 +106,58 @@ pub async fn events(
             }
         }
     });
+    Ok(rx)
+}
+
+/// Docker's `GET /events`: one JSON object a line.
+pub async fn events(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+) -> ApiResult<Response> {
+    let rx = feed(&app, tenant, &q)?;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+        let e = rx.recv().await?;
+        let line = Bytes::from(serde_json::to_string(&e).expect("json") + "\n");
+        Some((Ok::<_, std::io::Error>(line), rx))
     });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Hyper's `GET /events/ws`: the same events as websocket text messages; the handshake is
+/// signed like any request, and the filters use Hyper's object form
+/// (`{"container":{"ID":true},"event":{"start":true}}`), which `filters` also reads.
+pub async fn events_ws(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let mut rx = feed(&app, tenant, &q)?;
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(e) => {
+                        let text = serde_json::to_string(&e).expect("json");
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }))
 }
