@@ -1265,6 +1265,25 @@ fn events_stream() {
         "events of evt2 by name: {o}"
     );
     let o = d
+        .hyper(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "container=evt2",
+            "--format",
+            "{{.Action}}",
+        ])
+        .run()
+        .ok();
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        ["rename", "destroy"],
+        "hyper events: {o}"
+    );
+    let o = d
         .docker(&[
             "events",
             "--since",

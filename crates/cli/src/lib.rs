@@ -24,7 +24,9 @@ pub mod transport;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config as config_cmd, containers, exec, images, run, system, usage, Ctx};
+use crate::commands::{
+    config as config_cmd, containers, events, exec, images, run, system, usage, Ctx,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -159,6 +161,8 @@ pub enum Cmd {
     Config(config_cmd::ConfigArgs),
     /// Show what the account ran and what it costs
     Usage(usage::UsageArgs),
+    /// Get real time events from the server
+    Events(events::EventsArgs),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -194,6 +198,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Logout(a) => system::logout(ctx, a).await,
         Cmd::Config(a) => config_cmd::config(ctx, a).await,
         Cmd::Usage(a) => usage::usage(ctx, a).await,
+        Cmd::Events(a) => events::events(ctx, a).await,
     }
 }
 

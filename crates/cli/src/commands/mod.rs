@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod events;
 pub mod exec;
 pub mod images;
 pub mod run;
