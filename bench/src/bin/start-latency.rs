@@ -1,7 +1,10 @@
 //! `start-latency`: how long `hyper run --rm busybox true` takes, beside the floor measured in the
 //! same run (QEMU booting the same kernel, with the same flags, and an initramfs whose init powers
 //! off at once), with a breakdown by step and a second, 100 MB larger image to show which steps
-//! grow with the image. Prints ratios; it is a benchmark, not a test. See bench/README.md.
+//! grow with the image. Then the start restored from a VM template (hyperd --templates on) beside
+//! the cold boot and dockerd, P containers started and removed at once beside dockerd, and the
+//! host memory (RSS, PSS) per idle VM. Prints ratios; it is a benchmark, not a test. See
+//! bench/README.md.
 //!
 //! Everything it starts (hyperd on a temp data root, the floor VMs, containers, dockerd if it
 //! started one) is ended on exit, on error and on SIGINT/SIGTERM/SIGHUP.
@@ -51,6 +54,14 @@ struct Args {
     /// Keep the temp data root (logs, console output) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Timed `hyper run --rm busybox true` runs restored from a VM template (and as many
+    /// `docker run --rm` runs beside them).
+    #[arg(long, default_value_t = 10)]
+    template_runs: usize,
+    /// Containers started at once with `run -d busybox sleep 600`, then removed at once with
+    /// `rm -f`, for hyper (templates) and docker; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    parallel: usize,
 }
 
 /// Appended to the guest kernel command line in the breakdown pass: the kernel's own messages
@@ -75,6 +86,7 @@ struct Started {
     data: Option<PathBuf>,
     hyper_cli: Vec<String>,
     docker_images: Vec<(Vec<String>, String)>,
+    docker_containers: Vec<(Vec<String>, String)>,
     keep: bool,
 }
 
@@ -160,6 +172,14 @@ fn cleanup() {
     }
     if let Some(mut h) = s.hyperd.take() {
         stop_child(&mut h, 10);
+    }
+    for (docker, id) in s.docker_containers.drain(..) {
+        let _ = Command::new(&docker[0])
+            .args(&docker[1..])
+            .args(["rm", "-f", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     for (docker, image) in s.docker_images.drain(..) {
         let _ = Command::new(&docker[0])
@@ -274,7 +294,9 @@ impl Env {
         c
     }
 
-    fn start_hyperd(&self, extra: &str) -> Result<()> {
+    /// Start hyperd on the data root; `templates` is its `--templates` (always passed, so an
+    /// HYPERD_TEMPLATES in the environment cannot change what a pass measures).
+    fn start_hyperd(&self, extra: &str, templates: &str) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,6 +310,8 @@ impl Env {
             .arg("--client-config-dir")
             .arg(self.data.join("client"))
             .args(["--accel", &self.accel_arg, "--kernel-cmdline-extra", extra])
+            .args(["--templates", templates])
+            .env_remove("HYPERD_TEMPLATES")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1061,6 +1085,256 @@ fn docker_run(d: &Docker) -> Result<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Templates: runs restored from a VM template, many containers at once, memory per VM.
+
+/// Wait until the hyperd started last reports its ahead-of-time template (built or not); `from`
+/// is hyperd.log's length before that start. Returns the log line.
+fn wait_template(env: &Env, from: usize) -> String {
+    let deadline = now() + 300.0;
+    while now() < deadline {
+        let log = fs::read(env.data.join("hyperd.log")).unwrap_or_default();
+        let tail = String::from_utf8_lossy(log.get(from..).unwrap_or_default()).into_owned();
+        if let Some(l) = tail
+            .lines()
+            .find(|l| l.contains("VM template ready") || l.contains("VM template not built"))
+        {
+            // Without the log's colours and its timestamp/level/target prefix.
+            let mut plain = String::new();
+            let mut esc = false;
+            for c in l.chars() {
+                match (esc, c) {
+                    (_, '\x1b') => esc = true,
+                    (true, 'm') => esc = false,
+                    (true, _) => {}
+                    (false, c) => plain.push(c),
+                }
+            }
+            return plain
+                .split_once("VM template")
+                .map_or(plain.trim().to_string(), |(_, r)| format!("VM template{r}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    "no template report from hyperd within 300 s".into()
+}
+
+/// How the shim brought the VM up, from its `qemu pid N accel A (how)` line.
+fn boot_kind(shim_log: &str) -> Option<String> {
+    let l = shim_log.lines().find(|l| l.contains("qemu pid"))?;
+    let how = l.rsplit_once('(')?.1.trim_end_matches(')');
+    Some(how.to_string())
+}
+
+/// One `hyper run --rm IMAGE true`, watched lightly (every 5 ms: the new container dir and its
+/// shim.log) to learn whether the VM was restored or booted cold. Returns (CLI wall time, time
+/// until its QEMU exited, boot kind).
+fn hyper_run_kind(env: &Env, image: &str) -> Result<(f64, f64, Option<String>)> {
+    let cdir = env.data.join("c");
+    let before: HashSet<OsString> = fs::read_dir(&cdir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let t0 = now();
+    let mut child = env
+        .hyper()
+        .args(["run", "--rm", image, "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run hyper")?;
+    let mut dir: Option<PathBuf> = None;
+    let mut kind = None;
+    while child.try_wait()?.is_none() {
+        if dir.is_none() {
+            dir = fs::read_dir(&cdir)?
+                .flatten()
+                .find(|e| !before.contains(&e.file_name()))
+                .map(|e| e.path());
+        }
+        if let (Some(d), None) = (&dir, &kind) {
+            kind = boot_kind(&fs::read_to_string(d.join("shim.log")).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output()?;
+    let t_end = now();
+    let settled = settle(env);
+    if !out.status.success() {
+        bail!(
+            "hyper run --rm {image} true: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((t_end - t0, settled - t0, kind))
+}
+
+/// Run all the commands at once; the time until the last one returned, and each one's stdout.
+/// `each` sees every successful output as soon as it is known (for the clean-up registry).
+fn all_at_once(
+    cmds: Vec<Command>,
+    what: &str,
+    mut each: impl FnMut(&str),
+) -> Result<(f64, Vec<String>)> {
+    let t0 = now();
+    let mut children = Vec::new();
+    for mut c in cmds {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push(c.spawn().with_context(|| format!("spawn {what}")));
+    }
+    let mut outs = Vec::new();
+    let mut errs = Vec::new();
+    for c in children {
+        match c.and_then(|c| Ok(c.wait_with_output()?)) {
+            Ok(o) if o.status.success() => {
+                let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                each(&s);
+                outs.push(s);
+            }
+            Ok(o) => errs.push(format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => errs.push(format!("{e:#}")),
+        }
+    }
+    let t = now() - t0;
+    if !errs.is_empty() {
+        let n = errs.len();
+        errs.dedup();
+        bail!(
+            "{what}: {n} of {} failed: {}",
+            n + outs.len(),
+            errs.join(" | ")
+        );
+    }
+    Ok((t, outs))
+}
+
+/// Remove every container of the running hyperd (after a failed parallel pass).
+fn hyper_rm_all(env: &Env) {
+    let ids = env.hyper().args(["ps", "-aq"]).output();
+    let ids = ids.map_or(String::new(), |o| {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = env
+            .hyper()
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    settle(env);
+}
+
+/// (Rss, Pss) in KiB from /proc/<pid>/smaps_rollup.
+fn rollup(pid: u32) -> Option<(f64, f64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+#[derive(Default)]
+struct Parallel {
+    start: f64,
+    rm: f64,
+    /// hyper: from the start of the rm until every QEMU of ours had exited.
+    rm_settled: Option<f64>,
+    /// hyper: boot kinds of the started VMs ("restore", "cold boot").
+    kinds: Vec<String>,
+    /// hyper: per VM (QEMU Rss, QEMU Pss, shim Rss, shim Pss) in KiB.
+    mem: Vec<(f64, f64, f64, f64)>,
+}
+
+fn hyper_parallel(env: &Env, n: usize) -> Result<Parallel> {
+    let cmds = (0..n)
+        .map(|_| {
+            let mut c = env.hyper();
+            c.args(["run", "-d", "busybox", "sleep", "600"]);
+            c
+        })
+        .collect();
+    let (start, ids) = all_at_once(cmds, "hyper run -d", |_| {})?;
+    // Idle: let the guests settle after their start before reading memory.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut p = Parallel {
+        start,
+        ..Default::default()
+    };
+    for id in &ids {
+        let d = env.data.join("c").join(id.get(..12).unwrap_or(id));
+        p.kinds.push(
+            boot_kind(&fs::read_to_string(d.join("shim.log")).unwrap_or_default())
+                .unwrap_or_else(|| "?".into()),
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&fs::read(d.join("state.json")).unwrap_or_default())
+                .unwrap_or_default();
+        let q = st["qemu_pid"].as_u64().map(|x| x as u32);
+        let shim = fs::read_to_string(d.join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some((qr, qp)) = q.filter(|&q| is_qemu(q)).and_then(rollup) {
+            let (sr, sp) = shim.and_then(rollup).unwrap_or((f64::NAN, f64::NAN));
+            p.mem.push((qr, qp, sr, sp));
+        }
+    }
+    let cmds = ids
+        .iter()
+        .map(|id| {
+            let mut c = env.hyper();
+            c.args(["rm", "-f", id]);
+            c
+        })
+        .collect();
+    let t0 = now();
+    let (rm, _) = all_at_once(cmds, "hyper rm -f", |_| {})?;
+    p.rm = rm;
+    p.rm_settled = Some(settle(env) - t0);
+    Ok(p)
+}
+
+fn docker_parallel(d: &Docker, n: usize) -> Result<Parallel> {
+    let docker = |args: &[&str]| {
+        let mut c = Command::new(&d.cli[0]);
+        c.args(&d.cli[1..]).args(args);
+        c
+    };
+    let cmds = (0..n)
+        .map(|_| {
+            let mut c = docker(&["run", "-d"]);
+            c.args(&d.extra_run).args([&d.image, "sleep", "600"]);
+            c
+        })
+        .collect();
+    let (start, ids) = all_at_once(cmds, "docker run -d", |id| {
+        started(|s| s.docker_containers.push((d.cli.clone(), id.to_string())))
+    })?;
+    let cmds = ids.iter().map(|id| docker(&["rm", "-f", id])).collect();
+    let (rm, _) = all_at_once(cmds, "docker rm -f", |_| {})?;
+    started(|s| s.docker_containers.retain(|(_, id)| !ids.contains(id)));
+    Ok(Parallel {
+        start,
+        rm,
+        ..Default::default()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn progress(msg: &str) {
     eprint!("{msg}");
@@ -1106,7 +1380,7 @@ fn run(args: &Args) -> Result<()> {
     )?;
 
     // Pass 1: breakdown, with the kernel's messages on the console.
-    env.start_hyperd(VERBOSE_CMDLINE)?;
+    env.start_hyperd(VERBOSE_CMDLINE, "off")?;
     for t in [&small_tar, &big_tar] {
         run_ok(env.hyper().arg("load").arg("-i").arg(t), "hyper load")?;
     }
@@ -1147,7 +1421,7 @@ fn run(args: &Args) -> Result<()> {
     env.stop_hyperd();
 
     // Pass 2: the headline, on the default kernel command line, floor and hyper interleaved.
-    env.start_hyperd("")?;
+    env.start_hyperd("", "off")?;
     let (mut floor_t, mut floor_boot_t, mut hyper_t, mut hyper_settled_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     progress("headline");
@@ -1168,24 +1442,96 @@ fn run(args: &Args) -> Result<()> {
     eprintln!();
     env.stop_hyperd();
 
+    // docker: set up now, so its runs interleave with the template runs below.
     let mut docker_t = Vec::new();
-    let docker_note = if args.no_docker {
-        "skipped (--no-docker)".to_string()
+    let (docker, mut docker_note) = if args.no_docker {
+        (None, "skipped (--no-docker)".to_string())
     } else {
         match docker_setup(&env) {
             Ok(d) => {
-                progress("docker");
-                let _ = docker_run(&d); // warm-up: first container of an engine pays its own set-up
-                for i in 0..n {
-                    progress(&format!(" {}", i + 1));
-                    docker_t.push(docker_run(&d)?);
-                }
+                progress("docker warm-up");
+                // The first container of an engine pays its own set-up.
+                let note = match docker_run(&d) {
+                    Ok(_) => format!("{} run --rm {} true", d.cli.join(" "), d.image),
+                    Err(e) => format!("warm-up failed: {e:#}"),
+                };
                 eprintln!();
-                format!("{} run --rm {} true", d.cli.join(" "), d.image)
+                (Some(d), note)
             }
-            Err(e) => format!("skipped: {e}"),
+            Err(e) => (None, format!("skipped: {e}")),
         }
     };
+    if !docker_note.contains(" run --rm ") {
+        eprintln!("docker: {docker_note}");
+    }
+    let mut docker = docker.filter(|_| docker_note.contains(" run --rm "));
+
+    // Pass 3: hyperd with templates on; template runs interleaved with docker runs.
+    let log_len = fs::metadata(env.data.join("hyperd.log")).map_or(0, |m| m.len() as usize);
+    env.start_hyperd("", "on")?;
+    if args.parallel > 0 {
+        // The default tenant may hold 10 containers; the parallel pass needs more.
+        let q = (args.parallel + 5).to_string();
+        run_ok(
+            Command::new(&env.hyperd_bin)
+                .arg("--data-root")
+                .arg(&env.data)
+                .arg("tenant")
+                .arg("--socket")
+                .arg(env.data.join("api.sock"))
+                .args(["quota", "default", "--containers", &q]),
+            "hyperd tenant quota default --containers",
+        )?;
+    }
+    progress("templates: waiting for hyperd's template");
+    let template_note = wait_template(&env, log_len);
+    eprintln!(": {template_note}");
+    // Warm-up: the first restore maps the template's files for the first time.
+    let _ = hyper_run_kind(&env, "busybox")?;
+    let (mut tmpl_t, mut tmpl_settled_t, mut tmpl_kinds) = (Vec::new(), Vec::new(), Vec::new());
+    progress("template runs");
+    for i in 0..args.template_runs {
+        progress(&format!(" {}", i + 1));
+        let (t, st, kind) = hyper_run_kind(&env, "busybox")?;
+        tmpl_t.push(t);
+        tmpl_settled_t.push(st);
+        tmpl_kinds.push(kind.unwrap_or_else(|| "?".into()));
+        if let Some(d) = &docker {
+            match docker_run(d) {
+                Ok(t) => docker_t.push(t),
+                Err(e) => {
+                    docker_note = format!("failed during the runs: {e:#}");
+                    docker_t.clear();
+                    docker = None;
+                }
+            }
+        }
+    }
+    eprintln!();
+    let mut hyper_par = None;
+    let mut docker_par = None;
+    let mut par_note = String::new();
+    if args.parallel > 0 {
+        progress(&format!("{} at once: hyper", args.parallel));
+        match hyper_parallel(&env, args.parallel) {
+            Ok(p) => hyper_par = Some(p),
+            Err(e) => {
+                par_note += &format!("hyper: {e:#}. ");
+                hyper_rm_all(&env);
+            }
+        }
+    }
+    env.stop_hyperd();
+    if args.parallel > 0 {
+        if let Some(d) = &docker {
+            progress(", docker");
+            match docker_parallel(d, args.parallel) {
+                Ok(p) => docker_par = Some(p),
+                Err(e) => par_note += &format!("docker: {e:#}. "),
+            }
+        }
+        eprintln!();
+    }
 
     // ---- report ----
     let kernel = fs::read_to_string(env.data.join("kernel/version")).unwrap_or_default();
@@ -1269,6 +1615,145 @@ fn run(args: &Args) -> Result<()> {
         hm - fb,
         (hm - fb) / fb * 100.0
     );
+
+    println!();
+    let tn = args.template_runs;
+    println!("-- start from a VM template (hyperd --templates on) beside the cold boot and docker, seconds --");
+    println!("template: {template_note}");
+    let restored = tmpl_kinds.iter().filter(|k| *k == "restore").count();
+    println!(
+        "template runs restored: {restored} of {tn} (boot kinds seen: {})",
+        tmpl_kinds.join(", ")
+    );
+    let dm = median(&docker_t).unwrap_or(f64::NAN);
+    let tm = median(&tmpl_t).unwrap_or(f64::NAN);
+    println!(
+        "{:<52} {:>8} {:>8} {:>5} {:>9} {:>9}",
+        "path", "median", "min", "runs", "÷ docker", "÷ cold"
+    );
+    let row3 = |name: &str, xs: &[f64]| {
+        let m = median(xs).unwrap_or(f64::NAN);
+        println!(
+            "{:<52} {} {} {:>5} {:>9.2} {:>9.2}",
+            name,
+            fmt(Some(m)),
+            fmt(min(xs)),
+            xs.len(),
+            m / dm,
+            m / hm
+        );
+    };
+    row3("hyper run --rm busybox true, from template", &tmpl_t);
+    row3(
+        "  the same, until its VM's QEMU has exited",
+        &tmpl_settled_t,
+    );
+    row3(
+        "hyper run --rm busybox true, cold boot (headline)",
+        &hyper_t,
+    );
+    if docker_t.is_empty() {
+        println!("{:<52} {docker_note}", "docker run --rm busybox true");
+    } else {
+        row3("docker run --rm busybox true", &docker_t);
+        println!("  (docker: {docker_note}; runs interleaved with the template runs)");
+    }
+    println!(
+        "template start ÷ docker = {:.2} (aim: at or below 1); template ÷ cold boot = {:.2}; template ÷ floor = {:.2}",
+        tm / dm,
+        tm / hm,
+        tm / fm
+    );
+
+    if args.parallel > 0 {
+        let np = args.parallel;
+        println!();
+        println!("-- {np} containers at once: `run -d busybox sleep 600` x{np}, then `rm -f` x{np} (each its own CLI, all spawned together), seconds --");
+        println!(
+            "{:<52} {:>8} {:>8} {:>14}",
+            "", "hyper", "docker", "hyper ÷ docker"
+        );
+        let h = hyper_par.as_ref();
+        let d = docker_par.as_ref();
+        let r = |name: &str, a: Option<f64>, b: Option<f64>| {
+            println!(
+                "{:<52} {} {} {:>14}",
+                name,
+                fmt(a),
+                fmt(b),
+                a.zip(b)
+                    .map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
+            );
+        };
+        r(
+            &format!("{np} x run -d, until the last CLI returned"),
+            h.map(|p| p.start),
+            d.map(|p| p.start),
+        );
+        r(
+            &format!("{np} x rm -f, until the last CLI returned"),
+            h.map(|p| p.rm),
+            d.map(|p| p.rm),
+        );
+        r(
+            "  hyper: until the last QEMU had exited",
+            h.and_then(|p| p.rm_settled),
+            None,
+        );
+        if let Some(p) = h {
+            println!(
+                "  per container: hyper {:.2} s start, docker {}",
+                p.start / np as f64,
+                d.map_or("-".into(), |d| format!("{:.2} s", d.start / np as f64))
+            );
+            let restored = p.kinds.iter().filter(|k| *k == "restore").count();
+            println!(
+                "  hyper VMs restored from the template: {restored} of {}",
+                p.kinds.len()
+            );
+        }
+        if docker_par.is_none() && !par_note.contains("docker:") {
+            println!("  docker: {docker_note}");
+        }
+        if !par_note.is_empty() {
+            println!("  failed: {par_note}");
+        }
+        if let Some(p) = h.filter(|p| !p.mem.is_empty()) {
+            let col = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<f64> {
+                p.mem.iter().map(f).map(|k| k / 1024.0).collect()
+            };
+            let (qr, qp, sr, sp) = (col(|m| m.0), col(|m| m.1), col(|m| m.2), col(|m| m.3));
+            let mx = |xs: &[f64]| xs.iter().copied().fold(f64::NAN, f64::max);
+            println!();
+            println!(
+                "-- host memory per idle busybox VM: /proc/<pid>/smaps_rollup of the {} running VMs, MiB (VM: {} MiB guest RAM) --",
+                p.mem.len(),
+                env.memory_mib
+            );
+            println!(
+                "{:<40} {:>8} {:>8} {:>8} {:>12}",
+                "", "median", "min", "max", "median ÷ 64"
+            );
+            let mrow = |name: &str, xs: &[f64]| {
+                let m = median(xs).unwrap_or(f64::NAN);
+                println!(
+                    "{:<40} {} {} {} {:>12.2}",
+                    name,
+                    fmt(Some(m)),
+                    fmt(min(xs)),
+                    fmt(Some(mx(xs))),
+                    m / 64.0
+                );
+            };
+            mrow("QEMU RSS", &qr);
+            mrow("QEMU PSS (shared pages split)", &qp);
+            mrow("hyper-shim RSS", &sr);
+            mrow("hyper-shim PSS", &sp);
+            let per: Vec<f64> = qp.iter().zip(&sp).map(|(a, b)| a + b).collect();
+            mrow("QEMU + shim PSS", &per);
+            println!("  aim: under 64 MiB per idle VM; PSS charges each VM its share of pages it shares (the template's RAM file, QEMU's code)");
+        }
+    }
 
     println!();
     println!("-- breakdown (guest command line + \"{VERBOSE_CMDLINE}\"), seconds, medians of {n} warm runs --");
