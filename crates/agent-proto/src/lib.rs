@@ -393,6 +393,9 @@ pub enum GuestMsg {
     /// A request failed (`req_id` 0 when the error belongs to no request, e.g. a failed Start
     /// mount is reported as `StartFailed` instead).
     Error { req_id: u64, message: String },
+    /// The answer to `Shutdown`: every disk is synced, so the host may stop the VM at once
+    /// instead of waiting for the guest's own power-off.
+    Synced,
 }
 
 #[cfg(test)]

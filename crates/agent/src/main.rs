@@ -91,6 +91,8 @@ async fn run(port: std::fs::File) {
                     Kind::Control => match f.host_msg() {
                         Ok(HostMsg::Shutdown) => {
                             log!("shutdown requested");
+                            let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
+                            let _ = out.send(Frame::guest(&GuestMsg::Synced));
                             // Let the writer drain what is queued, briefly.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             return;

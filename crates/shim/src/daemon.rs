@@ -151,6 +151,8 @@ struct Shim {
     /// True once the main process runs: stdin that arrives earlier (`docker run -i` attaches
     /// before it starts) waits for it instead of reaching an agent with no process yet.
     started: watch::Sender<bool>,
+    /// True once the agent has synced its disks after `Shutdown`: QEMU can go at once.
+    synced: watch::Sender<bool>,
     qemu_pid: u32,
     qemu_gone: watch::Receiver<Option<String>>,
     log: Mutex<LogWriter>,
@@ -325,6 +327,7 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
         out,
         exited,
         started: watch::channel(false).0,
+        synced: watch::channel(false).0,
         qemu_pid,
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
@@ -400,12 +403,26 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     let _ = ex.wait_for(|s| s.is_some()).await;
     shim.send(Frame::host(&HostMsg::Shutdown));
     let mut gone = gone_rx.clone();
-    if tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some()))
+    let mut synced = shim.synced.subscribe();
+    // The agent syncs its disks and says so; a guest's own power-off takes a second or more
+    // under TCG, so QEMU is stopped as soon as nothing is left to write.
+    let synced_or_gone = async {
+        tokio::select! {
+            _ = synced.wait_for(|s| *s) => {}
+            _ = gone.wait_for(|g| g.is_some()) => {}
+        }
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(5), synced_or_gone)
         .await
-        .is_err()
-    {
-        slog!("VM did not power off in 5s: killing QEMU");
+        .is_ok();
+    if gone_rx.borrow().is_none() {
+        if answered {
+            slog!("guest synced: stopping QEMU");
+        } else {
+            slog!("VM did not sync or power off in 5s: killing QEMU");
+        }
         shim.kill_qemu();
+        let mut gone = gone_rx.clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
     }
     // Let handlers that wait for the exit (wait/stop/attach) write their replies.
@@ -796,6 +813,9 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
             }
         }
         GuestMsg::Ready { .. } => {}
+        GuestMsg::Synced => {
+            shim.synced.send_replace(true);
+        }
     }
 }
 
