@@ -13,71 +13,15 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
 use shim::{Request, ShimClient, State, Status};
 use tokio::io::AsyncReadExt;
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn scale() -> f64 {
-    std::env::var("HYPER_TEST_TIMEOUT_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
-
 fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs_f64(secs as f64 * scale())
-}
-
-fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
-    if kdir.join("vmlinuz").exists() {
-        return (kdir.join("vmlinuz"), kdir.join("modules"));
-    }
-    let boot = std::fs::read_dir(kdir.join("boot")).expect("KERNEL_DIR/boot");
-    let k = boot
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz")
-        })
-        .expect("a vmlinuz in KERNEL_DIR/boot");
-    (k, kdir.join("lib/modules"))
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn agent_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("HYPER_TEST_AGENT") {
-        return p.into();
-    }
-    let root = workspace_root();
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "agent",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .current_dir(&root)
-        .status()
-        .expect("cargo build agent");
-    assert!(st.success(), "building the agent failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("target"));
-    target.join("x86_64-unknown-linux-gnu/debug/hyper-agent")
 }
 
 struct Fixture {
@@ -85,15 +29,6 @@ struct Fixture {
     initrd: PathBuf,
     base_img: PathBuf,
     work: PathBuf,
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Shared per test binary: initramfs and a busybox root disk.
