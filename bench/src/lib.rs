@@ -183,3 +183,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in every thread and runs `cleanup` from a dedicated one
+/// when one arrives, then exits with 128 + the signal. Call it first in `main`, before any
+/// other thread exists. (Children get an empty signal mask back: std resets it before exec.)
+pub fn on_termination_signal(cleanup: fn()) {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling (main)
+    // thread before any other thread exists, so every thread inherits the mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigwait on the set blocked in every thread above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("\nsignal {sig}: cleaning up");
+        cleanup();
+        std::process::exit(128 + sig);
+    });
+}

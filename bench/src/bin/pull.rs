@@ -99,29 +99,6 @@ fn cleanup() {
     }
 }
 
-/// Blocks the termination signals in every thread and cleans up from a dedicated one.
-fn install_signal_thread() {
-    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling (main) thread
-    // before any other thread exists, so every thread inherits the mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: sigwait on a set of signals blocked in every thread.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        eprintln!("\nsignal {sig}: cleaning up");
-        cleanup();
-        std::process::exit(128 + sig);
-    });
-}
-
 // ---- the image ----
 
 /// xorshift64*: fast, incompressible enough for gzip, no dependency.
@@ -408,7 +385,7 @@ async fn run(args: &Args) -> Result<()> {
 
 fn main() {
     let args = Args::parse();
-    install_signal_thread();
+    bench::on_termination_signal(cleanup);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -201,29 +201,6 @@ fn cleanup() {
     }
 }
 
-/// Block the termination signals in every thread and clean up from a dedicated one. (Children
-/// get an empty signal mask back: std resets it before exec.)
-fn install_signal_thread() {
-    // SAFETY: plain sigset manipulation on a local, then pthread_sigmask; before any other thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: sigwait on the set blocked above.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        eprintln!("\nsignal {sig}: cleaning up");
-        cleanup();
-        std::process::exit(130);
-    });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Small process helpers.
 
@@ -1343,7 +1320,7 @@ fn progress(msg: &str) {
 
 fn main() {
     let args = Args::parse();
-    install_signal_thread();
+    bench::on_termination_signal(cleanup);
     let result = run(&args);
     cleanup();
     if let Err(e) = result {
