@@ -141,8 +141,7 @@ pub async fn create(
     Query(q): Query<Params>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let raw: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let raw: Value = super::json_body(&body, "JSON body")?;
     refuse_unsupported(&raw)?;
     let config: ContainerConfig = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
@@ -316,8 +315,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let raw: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let raw: Value = super::json_body(&body, "JSON body")?;
     let mut unsupported: Vec<&String> = Vec::new();
     if let Some(fields) = raw.as_object() {
         for (k, v) in fields {

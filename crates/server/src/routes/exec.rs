@@ -35,8 +35,7 @@ pub async fn create(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let req: ExecCreate = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid exec config: {e}")))?;
+    let req: ExecCreate = super::json_body(&body, "exec config")?;
     if req.privileged {
         return Err(ApiError::not_implemented(
             "hyper does not support privileged exec",
@@ -79,8 +78,7 @@ pub async fn start(
     let start: ExecStart = if body.is_empty() {
         ExecStart::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid exec start: {e}")))?
+        super::json_body(&body, "exec start")?
     };
     let info = app.runtime.exec_inspect(&tenant, &id)?;
     let tty = start.tty.unwrap_or(info.config.tty);

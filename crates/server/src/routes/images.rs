@@ -249,8 +249,7 @@ fn fetch_error(e: image::fetch::FetchError) -> ApiError {
 /// registry (see `image::login`) and answers Docker's `{"Status":"Login Succeeded"}`, or 401.
 /// Nothing is stored here: the client keeps the credentials and sends them with each pull.
 pub async fn auth(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid auth request: {e}")))?;
+    let v: Value = super::json_body(&body, "auth request")?;
     let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let server = match field("serveraddress") {
         s if s.is_empty() => "https://index.docker.io/v1/".to_string(),

@@ -73,3 +73,8 @@ pub fn terminal_size(q: &Params) -> Result<(u16, u16), ApiError> {
     let clamp = |v: Option<i64>| v.unwrap_or(0).clamp(0, i64::from(u16::MAX)) as u16;
     Ok((clamp(int(q, "w")?), clamp(int(q, "h")?)))
 }
+
+/// A request body as JSON, or a 400 saying which body and why (`invalid exec config: ...`).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
+}
