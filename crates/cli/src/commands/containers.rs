@@ -259,46 +259,47 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<i32, CliError> {
     Ok(code)
 }
 
-/// `stop` and `restart`, which take the same flags.
-pub async fn stop(ctx: &Ctx, a: StopArgs, action: &'static str) -> Result<i32, CliError> {
+/// Sends one request per container, printing each name that succeeded (docker's way for
+/// stop, kill and rm).
+async fn call_each(
+    ctx: &Ctx,
+    containers: &[String],
+    request: impl Fn(&str) -> ApiRequest,
+) -> Result<i32, CliError> {
     let client = ctx.client()?;
-    for_each(&a.containers, |name| {
+    for_each(containers, |name| {
         let client = client.clone();
-        let req = ApiRequest::post(cpath(&name, &format!("/{action}")))
-            .query_opt("t", a.time)
-            .query_opt("signal", a.signal.as_ref());
+        let req = request(&name);
         async move {
             client.call(req).await?;
             Ok(Some(name))
         }
+    })
+    .await
+}
+
+/// `stop` and `restart`, which take the same flags.
+pub async fn stop(ctx: &Ctx, a: StopArgs, action: &'static str) -> Result<i32, CliError> {
+    call_each(ctx, &a.containers, |name| {
+        ApiRequest::post(cpath(name, &format!("/{action}")))
+            .query_opt("t", a.time)
+            .query_opt("signal", a.signal.as_ref())
     })
     .await
 }
 
 pub async fn kill(ctx: &Ctx, a: KillArgs) -> Result<i32, CliError> {
-    let client = ctx.client()?;
-    for_each(&a.containers, |name| {
-        let client = client.clone();
-        let req = ApiRequest::post(cpath(&name, "/kill")).query_opt("signal", a.signal.as_ref());
-        async move {
-            client.call(req).await?;
-            Ok(Some(name))
-        }
+    call_each(ctx, &a.containers, |name| {
+        ApiRequest::post(cpath(name, "/kill")).query_opt("signal", a.signal.as_ref())
     })
     .await
 }
 
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32, CliError> {
-    let client = ctx.client()?;
-    for_each(&a.containers, |name| {
-        let client = client.clone();
-        let req = ApiRequest::delete(cpath(&name, ""))
+    call_each(ctx, &a.containers, |name| {
+        ApiRequest::delete(cpath(name, ""))
             .flag("force", a.force)
-            .flag("v", a.volumes);
-        async move {
-            client.call(req).await?;
-            Ok(Some(name))
-        }
+            .flag("v", a.volumes)
     })
     .await
 }
