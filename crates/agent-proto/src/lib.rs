@@ -303,7 +303,28 @@ pub struct ProcessSpec {
     pub tty_height: u16,
 }
 
+/// The container's network, applied by the agent at `Start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetConfig {
+    /// MAC for `eth0`, `xx:xx:xx:xx:xx:xx` (also handed to the device's receive filter).
+    pub mac: String,
+    /// IPv4 address with prefix length, e.g. "172.16.0.5/16".
+    pub ip: String,
+    /// Default gateway ("" = no default route).
+    pub gateway: String,
+    /// MTU of `eth0` (0 = leave the driver's).
+    pub mtu: u32,
+    /// The whole `/etc/resolv.conf` ("" = leave the image's).
+    pub resolv_conf: String,
+    /// Extra `/etc/hosts` lines (links, `--add-host`), e.g. "172.16.0.6\tdb alias".
+    pub hosts: Vec<String>,
+}
+
 /// Host -> guest control messages.
+// `Start` is much larger than the rest; messages are built one at a time, so boxing would buy
+// nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMsg {
@@ -329,6 +350,11 @@ pub enum HostMsg {
         /// 32 hex digits written to the image's `/etc/machine-id` when the image has that file.
         #[serde(default)]
         machine_id: String,
+        /// The container's network on the VM's one NIC (`eth0`). `None`: no network (Docker's
+        /// `--network none`), only `lo` comes up. Applied at `Start`, never before: a guest
+        /// restored from a template has the template's MAC until then.
+        #[serde(default)]
+        network: Option<NetConfig>,
     },
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
@@ -437,6 +463,14 @@ mod tests {
                 entropy: vec![1, 2, 255],
                 realtime_ns: 1_700_000_000_000_000_000,
                 machine_id: "0123456789abcdef0123456789abcdef".into(),
+                network: Some(NetConfig {
+                    mac: "02:42:ac:10:00:05".into(),
+                    ip: "172.16.0.5/16".into(),
+                    gateway: "172.16.0.1".into(),
+                    mtu: 1450,
+                    resolv_conf: "nameserver 172.16.0.1\n".into(),
+                    hosts: vec!["172.16.0.6\tdb".into()],
+                }),
             },
             HostMsg::Exec {
                 stream: 3,
@@ -534,10 +568,30 @@ mod tests {
                 entropy,
                 realtime_ns,
                 machine_id,
+                network,
                 ..
-            } => assert!(entropy.is_empty() && realtime_ns == 0 && machine_id.is_empty()),
+            } => assert!(
+                entropy.is_empty() && realtime_ns == 0 && machine_id.is_empty() && network.is_none()
+            ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn net_config_defaults() {
+        let n: NetConfig = serde_json::from_str(r#"{"ip":"10.0.0.2/24"}"#).unwrap();
+        assert_eq!(
+            n,
+            NetConfig {
+                ip: "10.0.0.2/24".into(),
+                ..Default::default()
+            }
+        );
+        let m: HostMsg = serde_json::from_str(
+            r#"{"type":"start","process":{},"hostname":"h","root_device":"","network":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, HostMsg::Start { network: None, .. }));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! Boot: mount the API filesystems, load the virtio modules, unshare a PID namespace for the
 //! container (while still single-threaded), open the `agent` virtio-serial port and send
 //! `Ready`. Then wait: no disk and no network is touched until `Start` (VM templates, DESIGN
-//! decision 8). The protocol is in the `agent-proto` crate.
+//! decision 8). `Start` brings up the network (`network`), then the root disk (`rootfs`), then
+//! the process. The protocol is in the `agent-proto` crate.
 
+mod etc;
 mod identity;
 mod init;
 mod lookup;
+mod network;
 mod port;
 mod process;
 mod rootfs;
@@ -169,6 +172,7 @@ fn handle(
             entropy,
             realtime_ns,
             machine_id,
+            network,
         } => {
             if *started {
                 reply(GuestMsg::StartFailed {
@@ -189,6 +193,7 @@ fn handle(
                     device: root_device,
                     hostname,
                     machine_id,
+                    network,
                 }),
                 Target::Main,
                 out,
@@ -309,10 +314,12 @@ fn start_stream(
         let oom_before = process::oom_kills();
         let res = tokio::task::spawn_blocking(move || {
             if let Some(target) = rootfs {
-                rootfs::prepare(&target).map_err(|e| process::SpawnError {
-                    message: error_chain(&e),
+                let failed = |e: &dyn std::error::Error| process::SpawnError {
+                    message: error_chain(e),
                     exit_code: 126,
-                })?;
+                };
+                network::setup(target.network.as_ref()).map_err(|e| failed(&e))?;
+                rootfs::prepare(&target).map_err(|e| failed(&e))?;
             }
             process::spawn(&spec, target)
         })

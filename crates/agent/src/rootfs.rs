@@ -1,6 +1,6 @@
 //! Preparing the container's root filesystem when `Start` arrives (never before: VM templates
 //! boot without a disk of their own): mount the ext4 root disk, grow it to the device, set the
-//! hostname and the files that carry it.
+//! hostname and the files that carry it and the network (`/etc/hosts`, `/etc/resolv.conf`).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
 
+use agent_proto::NetConfig;
+
+use crate::etc;
 use crate::init::log;
 
 /// Where the container's root disk is mounted in the agent's namespace.
@@ -30,6 +33,8 @@ pub struct Target {
     pub device: String,
     pub hostname: String,
     pub machine_id: String,
+    /// For `/etc/hosts` and `/etc/resolv.conf` (the interfaces are `network`'s job).
+    pub network: Option<NetConfig>,
 }
 
 pub fn prepare(t: &Target) -> Result<(), RootfsError> {
@@ -69,17 +74,14 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     if !t.machine_id.is_empty() && mid.is_file() {
         let _ = std::fs::write(&mid, format!("{}\n", t.machine_id));
     }
+    let root = Path::new(ROOTFS);
     if !hostname.is_empty() {
         if let Err(e) = nix::unistd::sethostname(hostname) {
             log!("sethostname: {e}");
         }
-        let root = Path::new(ROOTFS);
-        let _ = std::fs::create_dir_all(root.join("etc"));
-        let _ = std::fs::write(root.join("etc/hostname"), format!("{hostname}\n"));
-        let hosts = root.join("etc/hosts");
-        let current = std::fs::read_to_string(&hosts).unwrap_or_default();
-        let _ = std::fs::write(&hosts, hosts_file(&current, hostname));
+        let _ = etc::write(&root.join("etc/hostname"), &format!("{hostname}\n"));
     }
+    write_network_files(root, hostname, t.network.as_ref());
     log!(
         "root ready in {} ms: driver {} ms, device+mount {} ms, grow {} ms",
         t0.elapsed().as_millis(),
@@ -90,25 +92,28 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// /etc/hosts content: the image's (or a default localhost block), plus a line for the hostname
-/// if none names it.
-pub fn hosts_file(current: &str, hostname: &str) -> String {
-    let mut out = if current.trim().is_empty() {
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
-    } else {
-        current.to_string()
-    };
-    let named = out
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .any(|l| l.split_whitespace().skip(1).any(|n| n == hostname));
-    if !named {
-        if !out.ends_with('\n') {
-            out.push('\n');
+/// `/etc/hosts` and `/etc/resolv.conf` for the container's network (`None`: no network, the
+/// image's hosts file with the hostname added).
+fn write_network_files(root: &Path, hostname: &str, net: Option<&NetConfig>) {
+    let hosts = root.join("etc/hosts");
+    // A bad address has already failed the network set-up.
+    let ip = net.and_then(|n| crate::network::parse_cidr(&n.ip).ok());
+    let content = match (net, ip) {
+        (Some(n), Some((ip, _))) => etc::networked_hosts_file(hostname, ip, &n.hosts),
+        _ if hostname.is_empty() => return,
+        _ => {
+            let current = std::fs::read_to_string(&hosts).unwrap_or_default();
+            etc::hosts_file(&current, hostname)
         }
-        out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    };
+    if let Err(e) = etc::write(&hosts, &content) {
+        log!("writing /etc/hosts: {e}");
     }
-    out
+    if let Some(resolv) = net.map(|n| n.resolv_conf.as_str()).filter(|r| !r.is_empty()) {
+        if let Err(e) = etc::write(&root.join("etc/resolv.conf"), resolv) {
+            log!("writing /etc/resolv.conf: {e}");
+        }
+    }
 }
 
 /// Grow the mounted ext4 filesystem to fill its device (online resize).
@@ -125,20 +130,4 @@ fn grow(device: &str) -> std::io::Result<()> {
     unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }?;
     log!("root filesystem {device}: {blocks} blocks of {bsize}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts() {
-        let d = hosts_file("", "abc");
-        assert!(d.contains("localhost") && d.ends_with("127.0.1.1\tabc\n"));
-        assert_eq!(hosts_file("1.2.3.4 abc\n", "abc"), "1.2.3.4 abc\n");
-        assert_eq!(
-            hosts_file("# abc\n127.0.0.1 localhost", "abc"),
-            "# abc\n127.0.0.1 localhost\n127.0.1.1\tabc\n"
-        );
-    }
 }

@@ -5,8 +5,8 @@
 //! `qemu-system-x86_64 -M microvm`.
 //!
 //! The device layout is fixed per size (DESIGN decision 8, VM templates): the agent's
-//! virtio-serial port first, then the root disk, then (later) the NIC. A template snapshot taken
-//! with this layout can be restored behind another container's disk and tap.
+//! virtio-serial port first, then the root disk, then the NIC. A template snapshot taken with
+//! this layout can be restored behind another container's disk and tap.
 //!
 //! [`Boot`] says how a VM comes up: cold, as a template being made (RAM in a shared file, QMP
 //! socket), or restored from a template (`-incoming defer`, RAM mapped private from the
@@ -65,16 +65,19 @@ pub struct VmConfig {
     /// Host TSC frequency in kHz, passed as `tsc_early_khz` under TCG only. `None`: read it from
     /// the host when building the command line.
     pub tsc_khz: Option<u64>,
-    /// The NIC slot. Reserved: networking comes later (a tap fd opened in the tenant namespace,
-    /// `-netdev tap,fd=N -device virtio-net-device,mac=..`). Must stay `None` for now.
+    /// The VM's one NIC. Every container VM has one (the shim always gives it, so templates
+    /// fit); `None` leaves the slot out and is for measurements only (a bare boot floor).
     pub nic: Option<NicConfig>,
 }
 
-/// Extension point for the VM's single NIC (DESIGN decision 6). Not wired yet.
+/// The VM's single NIC (DESIGN decision 6): a virtio-net device on a tap opened by the caller
+/// (in the tenant's network namespace) and inherited by the hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicConfig {
-    /// Tap file descriptor inherited by the hypervisor.
+    /// Tap descriptor, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`. The caller makes sure
+    /// the hypervisor inherits it (clears close-on-exec in the child).
     pub tap_fd: i32,
+    /// The guest's MAC, `xx:xx:xx:xx:xx:xx`.
     pub mac: String,
 }
 
