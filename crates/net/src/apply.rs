@@ -1,0 +1,66 @@
+//! Putting rendered rules and FIP routes into the kernel.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use crate::conntrack;
+use crate::error::NetError;
+use crate::exec::{command_in_netns, run};
+use crate::iproute::{ip, ip_ignoring_absent, routes_with_proto};
+use crate::model::{NodeNet, TenantNetns};
+use crate::ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};
+
+/// Route protocol number tagging our FIP routes in the node netns (`ip route show proto 213`),
+/// so stale ones can be found. Unassigned in /etc/iproute2/rt_protos.
+pub const FIP_ROUTE_PROTO: u8 = 213;
+
+/// Replaces the tenant netns' tables, then forgets the tracked connections of `flush_conntrack_for`
+/// (the endpoints whose security groups, ports or FIP changed) so the change reaches them at once.
+pub fn apply_tenant_rules(t: &TenantNetns, flush_conntrack_for: &[Ipv4Addr]) -> Result<(), NetError> {
+    t.validate()?;
+    nft(Some(&t.netns_path), &format!("apply rules of tenant netns {}", t.name), &render_tenant_rules(t))?;
+    conntrack::forget(&t.netns_path, flush_conntrack_for)
+}
+
+/// Replaces the node's table (caller's netns) and makes the FIP routes exactly those of `tenants`.
+pub fn apply_node_rules(node: &NodeNet, tenants: &[&TenantNetns]) -> Result<(), NetError> {
+    for t in tenants {
+        t.validate()?;
+    }
+    nft(None, "apply node rules", &render_node_rules(node, tenants))?;
+    sync_fip_routes(tenants)
+}
+
+/// Removes the node's table and every FIP route.
+pub fn remove_node_rules() -> Result<(), NetError> {
+    nft(None, "remove node rules", &render_node_removal())?;
+    sync_fip_routes(&[])
+}
+
+fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(), NetError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"]);
+    let cmd = match netns {
+        Some(path) => command_in_netns(path, &mut cmd)?,
+        None => &mut cmd,
+    };
+    run(what, cmd, Some(ruleset)).map(drop)
+}
+
+fn sync_fip_routes(tenants: &[&TenantNetns]) -> Result<(), NetError> {
+    let wanted = fip_routes(tenants);
+    let keep: HashSet<String> = wanted.iter().map(|(fip, ..)| fip.to_string()).collect();
+    let proto = FIP_ROUTE_PROTO.to_string();
+    for stale in routes_with_proto(None, FIP_ROUTE_PROTO)? {
+        if !keep.contains(stale.dst.trim_end_matches("/32")) {
+            ip_ignoring_absent(None, "remove stale FIP route", &["route", "del", &stale.dst, "proto", &proto])?;
+        }
+    }
+    for (fip, peer, host_if) in wanted {
+        let (dst, via) = (format!("{fip}/32"), peer.to_string());
+        ip(None, "FIP route", &["route", "replace", &dst, "via", &via, "dev", host_if, "proto", &proto])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! What the node's tenant networking should look like. The integrator builds these from its
+//! store; everything else in the crate makes the kernel match them.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::error::NetError;
+
+/// Name of the tenant side of every transit link (one per tenant netns, so it never clashes).
+pub const TENANT_UPLINK: &str = "up0";
+/// Every node-side transit link starts with this; the node's rules match them as `hv-*`.
+pub const TRANSIT_PREFIX: &str = "hv-";
+/// Linux interface names are at most 15 bytes.
+const IFNAMSIZ_MAX: usize = 15;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNet {
+    /// Pool of transit /31s, one per tenant netns on this node (e.g. 100.127.0.0/16).
+    pub transit_cidr: Ipv4Net,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantNetns {
+    /// Short, `[a-z0-9-]`; only used for messages and by the integrator for `host_if`.
+    pub name: String,
+    /// Where the namespace is bind-mounted (e.g. `/var/lib/hyper/netns/<name>`).
+    pub netns_path: PathBuf,
+    pub transit: Transit,
+    pub bridges: Vec<Bridge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transit {
+    /// Node-side veth name, `hv-...`, at most 15 bytes.
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub peer_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub ifname: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// MTU of tenant bridges unless told otherwise: leaves room for the VXLAN overlay.
+pub const DEFAULT_MTU: u32 = 1450;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `tap<12 hex>`, created by the VM side inside the tenant netns.
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub ports: Vec<PortMapping>,
+    pub fip: Option<Ipv4Addr>,
+    /// Flattened rules of all the endpoint's groups; `None` = no group = open.
+    pub security_groups: Option<Vec<Rule>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub proto: Proto,
+    /// Publish only on this node address; `None` = every local address (and 127.0.0.1).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    Any,
+    Cidr(Ipv4Net),
+    /// Members of a remote group, resolved by the integrator. Empty = matches nothing.
+    Ips(Vec<Ipv4Addr>),
+}
+
+/// One security-group rule (Neutron semantics). Ports only apply to tcp/udp; a single bound
+/// means that one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub direction: Direction,
+    /// `None` = any protocol.
+    pub protocol: Option<RuleProto>,
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    pub remote: Remote,
+}
+
+/// The transit link of the tenant netns with this index: the index-th /31 of the pool, node
+/// side on the even address, named `hv-<index>`.
+pub fn transit_for(node: &NodeNet, index: u32) -> Result<Transit, NetError> {
+    let pairs = 1u64 << (32 - node.transit_cidr.prefix_len()).saturating_sub(1);
+    if node.transit_cidr.prefix_len() > 31 || u64::from(index) >= pairs {
+        return Err(NetError::Invalid(format!(
+            "transit index {index} does not fit in {} ({pairs} links)",
+            node.transit_cidr
+        )));
+    }
+    let base = u32::from(node.transit_cidr.network()) + 2 * index;
+    Ok(Transit {
+        host_if: format!("{TRANSIT_PREFIX}{index}"),
+        host_ip: Ipv4Addr::from(base),
+        peer_ip: Ipv4Addr::from(base + 1),
+    })
+}
+
+/// Interface names go into `ip` arguments and nft strings: keep them to what Linux and nft
+/// accept unquoted-safely.
+pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
+    let ok = !name.is_empty()
+        && name.len() <= IFNAMSIZ_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::Invalid(format!("bad interface name {name:?}")))
+    }
+}
+
+impl TenantNetns {
+    /// Names and addresses the kernel and nft will be given; checked before touching anything.
+    pub(crate) fn validate(&self) -> Result<(), NetError> {
+        check_ifname(&self.transit.host_if)?;
+        if !self.transit.host_if.starts_with(TRANSIT_PREFIX) {
+            return Err(NetError::Invalid(format!(
+                "transit link {:?} must start with {TRANSIT_PREFIX:?}",
+                self.transit.host_if
+            )));
+        }
+        for bridge in &self.bridges {
+            check_ifname(&bridge.ifname)?;
+            if bridge.ifname == TENANT_UPLINK || bridge.ifname == "lo" {
+                return Err(NetError::Invalid(format!("reserved bridge name {:?}", bridge.ifname)));
+            }
+            if !bridge.subnet.contains(&bridge.gateway) {
+                return Err(NetError::Invalid(format!(
+                    "gateway {} outside {} on {}",
+                    bridge.gateway, bridge.subnet, bridge.ifname
+                )));
+            }
+            for endpoint in &bridge.endpoints {
+                check_ifname(&endpoint.tap)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.bridges.iter().flat_map(|b| b.endpoints.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transit_links_are_consecutive_slash_31s() {
+        let node = NodeNet { transit_cidr: "100.127.0.0/16".parse().unwrap() };
+        let t = transit_for(&node, 3).unwrap();
+        assert_eq!(t.host_if, "hv-3");
+        assert_eq!(t.host_ip, Ipv4Addr::new(100, 127, 0, 6));
+        assert_eq!(t.peer_ip, Ipv4Addr::new(100, 127, 0, 7));
+        assert!(transit_for(&node, 32767).is_ok());
+        assert!(transit_for(&node, 32768).is_err());
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("tap0123456789ab").is_ok());
+        assert!(check_ifname("tap0123456789abc").is_err());
+        assert!(check_ifname("br0\"; flush").is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! nftables rulesets as text, rendered by pure functions from the model. Each rendering replaces
+//! our tables in one transaction (`add`, `delete`, then the full table), so there is never a
+//! moment without rules and other tables of the namespace are never touched.
+//!
+//! Text rather than the JSON API: the rules read like the nft documentation, the tests compare
+//! them line by line, and `nft -f -` reports errors against these very lines.
+
+use std::fmt::{Display, Write};
+use std::net::Ipv4Addr;
+
+use crate::model::{
+    Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns, TENANT_UPLINK, TRANSIT_PREFIX,
+};
+
+/// The two tables of a tenant netns: `inet hyper` (filter, NAT, security groups) and
+/// `bridge hyper` (anti-spoofing on the taps).
+pub fn render_tenant_rules(t: &TenantNetns) -> String {
+    let mut out = String::new();
+    replace_table(&mut out, "inet", &tenant_inet_body(t));
+    replace_table(&mut out, "bridge", &tenant_bridge_body(t));
+    out
+}
+
+/// The `inet hyper` table of the node's own netns: published ports, NAT out, isolation.
+pub fn render_node_rules(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
+    let mut out = String::new();
+    replace_table(&mut out, "inet", &node_body(node, tenants));
+    out
+}
+
+/// Deletes the node's table; fine if it is not there.
+pub fn render_node_removal() -> String {
+    "add table inet hyper\ndelete table inet hyper\n".to_string()
+}
+
+fn replace_table(out: &mut String, family: &str, body: &str) {
+    writeln!(out, "add table {family} hyper\ndelete table {family} hyper\ntable {family} hyper {{\n{body}}}").unwrap();
+}
+
+/// `{ a, b }` for several, `a` for one (nft rejects neither, but one reads better).
+fn set_of<T: Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    match items.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", items.join(", ")),
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn proto_name(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
+    writeln!(out, "\tchain {name} {{").unwrap();
+    if let Some(hook) = hook {
+        writeln!(out, "\t\t{hook}").unwrap();
+    }
+    for rule in rules {
+        writeln!(out, "\t\t{rule}").unwrap();
+    }
+    writeln!(out, "\t}}").unwrap();
+}
+
+fn egress_chain(tap: &str) -> String {
+    format!("eg-{tap}")
+}
+
+fn ingress_chain(tap: &str) -> String {
+    format!("in-{tap}")
+}
+
+fn tenant_inet_body(t: &TenantNetns) -> String {
+    let mut out = String::new();
+    let guarded: Vec<(&Endpoint, &Vec<Rule>)> =
+        t.endpoints().filter_map(|e| e.security_groups.as_ref().map(|rules| (e, rules))).collect();
+    for (map, chain_of) in [("sg_egress", egress_chain as fn(&str) -> String), ("sg_ingress", ingress_chain)] {
+        writeln!(out, "\tmap {map} {{\n\t\ttype ipv4_addr : verdict").unwrap();
+        if !guarded.is_empty() {
+            let elements = guarded.iter().map(|(e, _)| format!("{} : jump {}", e.ip, chain_of(&e.tap)));
+            writeln!(out, "\t\telements = {{ {} }}", elements.collect::<Vec<_>>().join(", ")).unwrap();
+        }
+        writeln!(out, "\t}}").unwrap();
+    }
+    chain(&mut out, "input", Some("type filter hook input priority filter; policy drop;"), &tenant_input(t));
+    chain(&mut out, "forward", Some("type filter hook forward priority filter; policy accept;"), &tenant_forward(t));
+    for (endpoint, rules) in &guarded {
+        chain(&mut out, &egress_chain(&endpoint.tap), None, &security_group_chain(rules, Direction::Egress));
+        chain(&mut out, &ingress_chain(&endpoint.tap), None, &security_group_chain(rules, Direction::Ingress));
+    }
+    chain(&mut out, "prerouting", Some("type nat hook prerouting priority dstnat; policy accept;"), &tenant_dnat(t));
+    chain(&mut out, "postrouting", Some("type nat hook postrouting priority srcnat; policy accept;"), &tenant_snat(t));
+    out
+}
+
+/// The tenant netns itself only answers DNS and ping on its gateways.
+fn tenant_input(t: &TenantNetns) -> Vec<String> {
+    let mut rules = vec!["iifname \"lo\" accept".to_string(), "ct state established,related accept".to_string()];
+    if !t.bridges.is_empty() {
+        let bridges = set_of(t.bridges.iter().map(|b| quoted(&b.ifname)));
+        let gateways = set_of(t.bridges.iter().map(|b| b.gateway));
+        for service in ["udp dport 53", "tcp dport 53", "icmp type echo-request"] {
+            rules.push(format!("iifname {bridges} ip daddr {gateways} {service} accept"));
+        }
+    }
+    rules
+}
+
+fn tenant_forward(t: &TenantNetns) -> Vec<String> {
+    let up = quoted(TENANT_UPLINK);
+    let mut rules = vec![
+        "ct state established,related accept".to_string(),
+        "ct state invalid drop".to_string(),
+        // Nothing is routed back out where it came from (e.g. a FIP's unpublished port).
+        format!("iifname {up} oifname {up} drop"),
+        // From outside, only what a published port or FIP DNATed in.
+        format!("iifname {up} ct status & dnat != dnat drop"),
+    ];
+    // User networks of a tenant are isolated from each other.
+    for bridge in &t.bridges {
+        let others: Vec<String> = t.bridges.iter().filter(|o| o.ifname != bridge.ifname).map(|o| quoted(&o.ifname)).collect();
+        if !others.is_empty() {
+            rules.push(format!("iifname {} oifname {} drop", quoted(&bridge.ifname), set_of(others)));
+        }
+    }
+    rules.push("ip saddr vmap @sg_egress".to_string());
+    rules.push("ip daddr vmap @sg_ingress".to_string());
+    rules
+}
+
+/// Chain of one guarded endpoint for one direction: each allowing rule returns to `forward`,
+/// anything else is dropped (Neutron: no rule in a direction = nothing passes that way).
+fn security_group_chain(rules: &[Rule], direction: Direction) -> Vec<String> {
+    let mut lines: Vec<String> = rules.iter().filter(|r| r.direction == direction).filter_map(security_group_rule).collect();
+    lines.push("drop".to_string());
+    lines
+}
+
+/// One allowing rule, or `None` when it can match nothing (a remote group without members).
+fn security_group_rule(rule: &Rule) -> Option<String> {
+    // The remote end is the destination going out, the source coming in.
+    let remote_field = match rule.direction {
+        Direction::Egress => "ip daddr",
+        Direction::Ingress => "ip saddr",
+    };
+    let mut parts = Vec::new();
+    match &rule.remote {
+        Remote::Any => {}
+        Remote::Cidr(net) if net.prefix_len() == 0 => {}
+        Remote::Cidr(net) => parts.push(format!("{remote_field} {net}")),
+        Remote::Ips(ips) if ips.is_empty() => return None,
+        Remote::Ips(ips) => parts.push(format!("{remote_field} {}", set_of(ips))),
+    }
+    let l4 = match rule.protocol {
+        None => None,
+        Some(RuleProto::Icmp) => {
+            parts.push("meta l4proto icmp".to_string());
+            None
+        }
+        Some(RuleProto::Tcp) => Some("tcp"),
+        Some(RuleProto::Udp) => Some("udp"),
+    };
+    if let Some(l4) = l4 {
+        match (rule.port_min, rule.port_max) {
+            (Some(lo), Some(hi)) if lo < hi => parts.push(format!("{l4} dport {lo}-{hi}")),
+            (Some(port), _) | (None, Some(port)) => parts.push(format!("{l4} dport {port}")),
+            (None, None) => parts.push(format!("meta l4proto {l4}")),
+        }
+    }
+    parts.push("return".to_string());
+    Some(parts.join(" "))
+}
+
+/// Published ports arrive on the uplink already DNATed by the node to the peer address with the
+/// host port; FIPs arrive with the FIP, and only their published ports answer.
+fn tenant_dnat(t: &TenantNetns) -> Vec<String> {
+    let mut rules = Vec::new();
+    for endpoint in t.endpoints() {
+        for port in &endpoint.ports {
+            let (proto, to) = (proto_name(port.proto), format!("{}:{}", endpoint.ip, port.container_port));
+            rules.push(format!("iifname {} {proto} dport {} dnat ip to {to}", quoted(TENANT_UPLINK), port.host_port));
+            if let Some(fip) = endpoint.fip {
+                rules.push(format!("ip daddr {fip} {proto} dport {} dnat ip to {to}", port.host_port));
+            }
+        }
+    }
+    rules
+}
+
+/// FIP holders leave with their FIP; everyone else with the transit peer address.
+fn tenant_snat(t: &TenantNetns) -> Vec<String> {
+    let up = quoted(TENANT_UPLINK);
+    let mut rules: Vec<String> = t
+        .endpoints()
+        .filter_map(|e| e.fip.map(|fip| format!("oifname {up} ip saddr {} snat ip to {fip}", e.ip)))
+        .collect();
+    if !t.bridges.is_empty() {
+        rules.push(format!("oifname {up} ip saddr {} masquerade", set_of(t.bridges.iter().map(|b| b.subnet))));
+    }
+    rules
+}
+
+fn tenant_bridge_body(t: &TenantNetns) -> String {
+    let mut out = String::new();
+    let endpoints: Vec<&Endpoint> = t.endpoints().collect();
+    let mut prerouting = Vec::new();
+    if !endpoints.is_empty() {
+        let dispatch = endpoints.iter().map(|e| format!("{} : jump {}", quoted(&e.tap), spoof_chain(&e.tap)));
+        prerouting.push(format!("iifname vmap {{ {} }}", dispatch.collect::<Vec<_>>().join(", ")));
+    }
+    // A tap the model does not know yet sends nothing until its endpoint is in the rules.
+    prerouting.push("iifname \"tap*\" drop".to_string());
+    chain(&mut out, "prerouting", Some("type filter hook prerouting priority filter; policy accept;"), &prerouting);
+    for endpoint in endpoints {
+        let (mac, ip) = (mac_text(&endpoint.mac), endpoint.ip);
+        let rules = [
+            format!("ether saddr != {mac} drop"),
+            format!("ether type arp arp saddr ether != {mac} drop"),
+            format!("ether type arp arp saddr ip != {ip} drop"),
+            format!("ether type ip ip saddr != {ip} drop"),
+            // IPv6, VLAN tags and anything else that could slip past the IPv4 checks.
+            "ether type != { ip, arp } drop".to_string(),
+            "accept".to_string(),
+        ];
+        chain(&mut out, &spoof_chain(&endpoint.tap), None, &rules);
+    }
+    out
+}
+
+fn spoof_chain(tap: &str) -> String {
+    format!("sp-{tap}")
+}
+
+fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
+    let transit = quoted(&format!("{TRANSIT_PREFIX}*"));
+    let mut publish = Vec::new();
+    for t in tenants {
+        for port in t.endpoints().flat_map(|e| &e.ports) {
+            let to = format!("{}:{}", t.transit.peer_ip, port.host_port);
+            let on = match port.host_ip {
+                Some(host_ip) => format!("ip daddr {host_ip}"),
+                None => "fib daddr type local".to_string(),
+            };
+            publish.push(format!("{on} {} dport {} dnat ip to {to}", proto_name(port.proto), port.host_port));
+        }
+    }
+    let postrouting = [
+        // Clients on the node's 127.0.0.1 cannot be answered at that address from a tenant.
+        format!("oifname {transit} ip saddr 127.0.0.0/8 masquerade"),
+        format!("ip saddr {} oifname != {transit} masquerade", node.transit_cidr),
+    ];
+    let mut out = String::new();
+    chain(&mut out, "prerouting", Some("type nat hook prerouting priority dstnat; policy accept;"), &publish);
+    chain(&mut out, "output", Some("type nat hook output priority dstnat; policy accept;"), &publish);
+    chain(&mut out, "postrouting", Some("type nat hook postrouting priority srcnat; policy accept;"), &postrouting);
+    // Tenants never reach each other through the node, nor the node itself.
+    let forward = [format!("iifname {transit} oifname {transit} drop")];
+    chain(&mut out, "forward", Some("type filter hook forward priority filter; policy accept;"), &forward);
+    let input = [format!("iifname {transit} ct state established,related accept"), format!("iifname {transit} drop")];
+    chain(&mut out, "input", Some("type filter hook input priority filter; policy accept;"), &input);
+    out
+}
+
+/// FIP routes the node must have: (FIP, tenant peer address, node-side transit link).
+pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
+    tenants
+        .iter()
+        .flat_map(|t| t.endpoints().filter_map(|e| e.fip.map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))))
+        .collect()
+}
