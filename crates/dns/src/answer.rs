@@ -1,0 +1,147 @@
+//! Answers built from a network's own records, without any IO.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Edns, Message, Metadata, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
+use hickory_proto::rr::{RData, Record, RecordType};
+
+use crate::records::Records;
+
+/// Containers come and go: resolvers should not hold on to an address for long.
+pub const TTL_SECONDS: u32 = 10;
+/// The EDNS payload size we advertise and honour at most (the DNS flag day 2020 value).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// The records answering `query` if the network knows its name (possibly none, e.g. AAAA for a
+/// name with only IPv4 addresses: NOERROR/NODATA so resolvers don't wait on upstream).
+/// `None` means the name is not ours and the query goes upstream.
+pub fn local_answers(records: &Records, query: &Query) -> Option<Vec<Record>> {
+    let name = query.name();
+    if let Some(addresses) = records.addresses(name) {
+        let wanted = |address: &IpAddr| match (query.query_type(), address) {
+            (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
+            (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(*v6))),
+            _ => None,
+        };
+        return Some(
+            addresses
+                .iter()
+                .filter_map(wanted)
+                .map(|data| Record::from_rdata(name.clone(), TTL_SECONDS, data))
+                .collect(),
+        );
+    }
+    if query.query_type() == RecordType::PTR {
+        let names = records.names_for(name)?;
+        return Some(
+            names
+                .iter()
+                .map(|target| {
+                    Record::from_rdata(name.clone(), TTL_SECONDS, RData::PTR(PTR(target.clone())))
+                })
+                .collect(),
+        );
+    }
+    None
+}
+
+/// A response to `request` carrying its question, with `answers` and the given code.
+pub fn response(request: &Message, code: ResponseCode, answers: Vec<Record>) -> Message {
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata = Metadata::response_from_request(&request.metadata);
+    response.metadata.recursion_available = true;
+    response.metadata.authoritative = code == ResponseCode::NoError;
+    response.metadata.response_code = code;
+    response.add_queries(request.queries.iter().cloned());
+    response.add_answers(answers);
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        response.set_edns(edns);
+    }
+    response
+}
+
+/// The largest UDP response the client said it takes.
+pub fn udp_limit(request: &Message) -> usize {
+    usize::from(request.max_payload().min(MAX_UDP_PAYLOAD))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hickory_proto::rr::Name;
+
+    use super::*;
+
+    fn records() -> Records {
+        let mut configured = BTreeMap::new();
+        configured.insert("web".to_string(), vec!["172.16.0.2".parse().unwrap()]);
+        configured.insert("v6".to_string(), vec!["fd00::2".parse().unwrap()]);
+        Records::new(&configured)
+    }
+
+    fn query(name: &str, kind: RecordType) -> Query {
+        Query::query(Name::from_ascii(name).unwrap(), kind)
+    }
+
+    #[test]
+    fn a_for_a_known_name() {
+        let answers = local_answers(&records(), &query("web.", RecordType::A)).unwrap();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].data, RData::A(A("172.16.0.2".parse().unwrap())));
+        assert_eq!(answers[0].ttl, TTL_SECONDS);
+    }
+
+    #[test]
+    fn no_data_for_other_types_of_a_known_name() {
+        assert_eq!(
+            local_answers(&records(), &query("web.", RecordType::AAAA)),
+            Some(vec![])
+        );
+        assert_eq!(
+            local_answers(&records(), &query("web.", RecordType::MX)),
+            Some(vec![])
+        );
+        assert_eq!(
+            local_answers(&records(), &query("v6.", RecordType::A)),
+            Some(vec![])
+        );
+        assert_eq!(
+            local_answers(&records(), &query("v6.", RecordType::AAAA))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn ptr_for_a_record_address() {
+        let answers = local_answers(
+            &records(),
+            &query("2.0.16.172.in-addr.arpa.", RecordType::PTR),
+        )
+        .unwrap();
+        assert_eq!(
+            answers[0].data,
+            RData::PTR(PTR(Name::from_ascii("web.").unwrap()))
+        );
+    }
+
+    #[test]
+    fn unknown_names_and_addresses_are_not_ours() {
+        assert_eq!(
+            local_answers(&records(), &query("example.com.", RecordType::A)),
+            None
+        );
+        assert_eq!(
+            local_answers(
+                &records(),
+                &query("9.0.16.172.in-addr.arpa.", RecordType::PTR)
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! `--daemon`: leave the spawning hyperd behind, telling it once the listeners are up.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::Context;
+use nix::unistd::{dup2, fork, pipe, setsid, ForkResult};
+
+/// Held by the daemon until it serves; sending it lets the waiting parent exit 0.
+pub struct ReadyNotice(OwnedFd);
+
+impl ReadyNotice {
+    pub fn send(self) -> std::io::Result<()> {
+        File::from(self.0).write_all(&[1])
+    }
+}
+
+/// Forks. The parent never returns: it exits 0 once the child sends its `ReadyNotice`, or 1 if
+/// the child dies first (the reason is in the child's log). The child starts a new session (no
+/// signal aimed at hyperd's process group or terminal reaches it), moves to `/`, points stdin
+/// and stdout at /dev/null, and carries on. Must be called while the process has one thread.
+pub fn daemonize() -> anyhow::Result<ReadyNotice> {
+    let (ready_reader, ready_writer) = pipe().context("pipe")?;
+    // SAFETY: no other thread exists yet (the tokio runtime is built after this), so the child
+    // is a consistent copy of the whole process.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Parent { .. } => {
+            drop(ready_writer);
+            let mut byte = [0u8];
+            let ready = matches!(File::from(ready_reader).read(&mut byte), Ok(1));
+            std::process::exit(if ready { 0 } else { 1 });
+        }
+        ForkResult::Child => {
+            drop(ready_reader);
+            setsid().context("setsid")?;
+            std::env::set_current_dir("/").context("chdir /")?;
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            dup2(null.as_raw_fd(), 0).context("stdin to /dev/null")?;
+            dup2(null.as_raw_fd(), 1).context("stdout to /dev/null")?;
+            Ok(ReadyNotice(ready_writer))
+        }
+    }
+}
+
+/// `--log`: stderr (tracing's output, and any panic message) goes to `path`, appended.
+pub fn send_stderr_to(path: &std::path::Path) -> anyhow::Result<()> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open log {}", path.display()))?;
+    dup2(log.as_raw_fd(), 2).context("stderr to the log")?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! What a listener answers from: its network's records and the shared upstream servers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::{Config, NetworkConfig};
+use crate::records::Records;
+
+pub struct Network {
+    pub records: Records,
+    pub upstream: Arc<[SocketAddr]>,
+}
+
+impl Network {
+    pub fn new(config: &NetworkConfig, upstream: Arc<[SocketAddr]>) -> Self {
+        Self {
+            records: Records::new(&config.records),
+            upstream,
+        }
+    }
+
+    /// One `Network` per configured listen address.
+    pub fn all_from(config: &Config) -> Vec<(std::net::IpAddr, Network)> {
+        let upstream: Arc<[SocketAddr]> = config.upstream.clone().into();
+        config
+            .networks
+            .iter()
+            .map(|network| (network.listen, Network::new(network, upstream.clone())))
+            .collect()
+    }
+}
