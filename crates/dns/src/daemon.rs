@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::Context;
+use nix::sys::wait::waitpid;
 use nix::unistd::{dup2, fork, pipe, setsid, ForkResult};
 
 /// Held by the daemon until it serves; sending it lets the waiting parent exit 0.
@@ -16,8 +17,8 @@ impl ReadyNotice {
     }
 }
 
-/// Forks. The parent never returns: it exits 0 once the child sends its `ReadyNotice`, or 1 if
-/// the child dies first (the reason is in the child's log). The child starts a new session (no
+/// Forks. The parent never returns: it exits 0 once the child sends its `ReadyNotice`, or 1
+/// after the child has died without sending it (the reason is in the child's log). The child starts a new session (no
 /// signal aimed at hyperd's process group or terminal reaches it), moves to `/`, points stdin
 /// and stdout at /dev/null, and carries on. Must be called while the process has one thread.
 pub fn daemonize() -> anyhow::Result<ReadyNotice> {
@@ -25,11 +26,15 @@ pub fn daemonize() -> anyhow::Result<ReadyNotice> {
     // SAFETY: no other thread exists yet (the tokio runtime is built after this), so the child
     // is a consistent copy of the whole process.
     match unsafe { fork() }.context("fork")? {
-        ForkResult::Parent { .. } => {
+        ForkResult::Parent { child } => {
             drop(ready_writer);
             let mut byte = [0u8];
-            let ready = matches!(File::from(ready_reader).read(&mut byte), Ok(1));
-            std::process::exit(if ready { 0 } else { 1 });
+            if matches!(File::from(ready_reader).read(&mut byte), Ok(1)) {
+                std::process::exit(0);
+            }
+            // The child is failing: let it finish logging why, and reap it, before we report.
+            let _ = waitpid(child, None);
+            std::process::exit(1);
         }
         ForkResult::Child => {
             drop(ready_reader);
