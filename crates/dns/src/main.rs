@@ -54,6 +54,7 @@ mod network;
 mod pidfile;
 mod records;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -113,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(cli.log.is_none())
+        .with_ansi(cli.log.is_none() && std::io::stderr().is_terminal())
         .init();
     let ready = cli.daemon.then(daemon::daemonize).transpose()?;
     tokio::runtime::Builder::new_current_thread()

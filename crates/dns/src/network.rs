@@ -1,6 +1,6 @@
 //! What a listener answers from: its network's records and the shared upstream servers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::config::{Config, NetworkConfig};
@@ -20,7 +20,7 @@ impl Network {
     }
 
     /// One `Network` per configured listen address.
-    pub fn all_from(config: &Config) -> Vec<(std::net::IpAddr, Network)> {
+    pub fn all_from(config: &Config) -> Vec<(IpAddr, Network)> {
         let upstream: Arc<[SocketAddr]> = config.upstream.clone().into();
         config
             .networks
