@@ -571,7 +571,10 @@ mod tests {
                 network,
                 ..
             } => assert!(
-                entropy.is_empty() && realtime_ns == 0 && machine_id.is_empty() && network.is_none()
+                entropy.is_empty()
+                    && realtime_ns == 0
+                    && machine_id.is_empty()
+                    && network.is_none()
             ),
             other => panic!("{other:?}"),
         }

@@ -125,7 +125,12 @@ pub fn setup(net: Option<&NetConfig>) -> Result<(), NetError> {
     ioctl(fd, libc::SIOCSIFADDR, &mut r, "setting the address of eth0")?;
     let mut r = ifreq(NIC);
     r.ifr_ifru.ifru_netmask = sockaddr_in(netmask(prefix));
-    ioctl(fd, libc::SIOCSIFNETMASK, &mut r, "setting the netmask of eth0")?;
+    ioctl(
+        fd,
+        libc::SIOCSIFNETMASK,
+        &mut r,
+        "setting the netmask of eth0",
+    )?;
     set_up(NIC, fd)?;
     if let Some(gw) = gateway {
         default_route(fd, gw)?;
@@ -179,10 +184,20 @@ fn default_route(fd: RawFd, gw: Ipv4Addr) -> Result<(), NetError> {
 
 fn set_up(name: &str, fd: RawFd) -> Result<(), NetError> {
     let mut r = ifreq(name);
-    ioctl(fd, libc::SIOCGIFFLAGS, &mut r, &format!("reading the flags of {name}"))?;
+    ioctl(
+        fd,
+        libc::SIOCGIFFLAGS,
+        &mut r,
+        &format!("reading the flags of {name}"),
+    )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member.
     unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(fd, libc::SIOCSIFFLAGS, &mut r, &format!("bringing {name} up"))
+    ioctl(
+        fd,
+        libc::SIOCSIFFLAGS,
+        &mut r,
+        &format!("bringing {name} up"),
+    )
 }
 
 fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
@@ -241,7 +256,13 @@ mod tests {
             parse_cidr("172.16.0.5/16").unwrap(),
             (Ipv4Addr::new(172, 16, 0, 5), 16)
         );
-        for bad in ["172.16.0.5", "172.16.0.5/33", "x/8", "172.16.0.5/", "::1/64"] {
+        for bad in [
+            "172.16.0.5",
+            "172.16.0.5/33",
+            "x/8",
+            "172.16.0.5/",
+            "::1/64",
+        ] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
         assert_eq!(netmask(16), Ipv4Addr::new(255, 255, 0, 0));
@@ -252,7 +273,10 @@ mod tests {
 
     #[test]
     fn mac() {
-        assert_eq!(parse_mac("02:ab:0c:00:00:ff").unwrap(), [2, 0xab, 0xc, 0, 0, 0xff]);
+        assert_eq!(
+            parse_mac("02:ab:0c:00:00:ff").unwrap(),
+            [2, 0xab, 0xc, 0, 0, 0xff]
+        );
         assert!(parse_mac("02:ab:0c:00:00").is_err());
         assert!(parse_mac("02:ab:0c:00:00:ff:1").is_err());
     }
@@ -262,7 +286,10 @@ mod tests {
         let sa = sockaddr_in(Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
         // Port (2 bytes), then the address in network order.
-        assert_eq!(&sa.sa_data[2..6], &[10, 1, 2, 3].map(|b: u8| b as libc::c_char));
+        assert_eq!(
+            &sa.sa_data[2..6],
+            &[10, 1, 2, 3].map(|b: u8| b as libc::c_char)
+        );
         assert_eq!(std::mem::size_of::<RtEntry>(), 120);
     }
 }

@@ -109,7 +109,10 @@ fn write_network_files(root: &Path, hostname: &str, net: Option<&NetConfig>) {
     if let Err(e) = etc::write(&hosts, &content) {
         log!("writing /etc/hosts: {e}");
     }
-    if let Some(resolv) = net.map(|n| n.resolv_conf.as_str()).filter(|r| !r.is_empty()) {
+    if let Some(resolv) = net
+        .map(|n| n.resolv_conf.as_str())
+        .filter(|r| !r.is_empty())
+    {
         if let Err(e) = etc::write(&root.join("etc/resolv.conf"), resolv) {
             log!("writing /etc/resolv.conf: {e}");
         }

@@ -131,10 +131,9 @@ pub fn create(ns: Netns<'_>, spec: &TapSpec<'_>) -> Result<Tap, TapError> {
         }
     }
     let ns_file = match ns {
-        Netns::At(p) => Some(File::open(p).map_err(sys(format!(
-            "opening network namespace {}",
-            p.display()
-        )))?),
+        Netns::At(p) => {
+            Some(File::open(p).map_err(sys(format!("opening network namespace {}", p.display())))?)
+        }
         Netns::Private => None,
     };
     std::thread::scope(|s| {
@@ -274,7 +273,13 @@ mod tests {
             parse_mac("02:aB:00:ff:10:01"),
             Some([2, 0xab, 0, 0xff, 0x10, 1])
         );
-        for bad in ["", "02:ab:00:ff:10", "02:ab:00:ff:10:01:02", "2:ab:00:ff:10:01", "zz:ab:00:ff:10:01"] {
+        for bad in [
+            "",
+            "02:ab:00:ff:10",
+            "02:ab:00:ff:10:01:02",
+            "2:ab:00:ff:10:01",
+            "zz:ab:00:ff:10:01",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
         assert_eq!(host_side_mac([2, 1, 2, 3, 4, 5]), [0xfe, 1, 2, 3, 4, 5]);
@@ -319,7 +324,8 @@ mod tests {
         .unwrap();
         // The tap is in its own namespace, not ours.
         assert!(!Path::new("/sys/class/net/tapx").exists());
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", tap.raw_fd())).unwrap();
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", tap.raw_fd())).unwrap();
         assert!(fdinfo.contains("iff:\ttapx"), "{fdinfo}");
         drop(tap);
     }

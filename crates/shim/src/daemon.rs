@@ -260,7 +260,10 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     };
     state.save(&dir)?;
 
-    let cfg = crate::template::vm_config(&spec, &dir, &spec.root_disk)?;
+    // The tap, kept open until the VM is up: a failed restore falls back to a cold boot on the
+    // same tap.
+    let nic = crate::nic::Nic::for_container(&spec)?;
+    let cfg = crate::template::vm_config(&spec, &dir, &spec.root_disk, Some(nic.config()))?;
     let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
     // From a template when asked and possible; cold otherwise (also when the restore fails).
     let mut up = None;
@@ -284,6 +287,8 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
             }
         }
     };
+    // QEMU holds the tap now; the VM's end is the tap's end.
+    drop(nic);
     let Up {
         qemu_pid,
         gone: gone_rx,
@@ -555,13 +560,14 @@ async fn bring_up(
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let inherit: Vec<i32> = match boot {
+    let mut inherit: Vec<i32> = match boot {
         Boot::Restore {
             root_fds: Some(fds),
             ..
         } => fds.to_vec(),
         _ => Vec::new(),
     };
+    inherit.extend(cfg.nic.as_ref().map(|n| n.tap_fd));
     // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, _exit) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -1020,6 +1026,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
         machine_id: hex::encode(host_random(16)),
+        network: shim.spec.network.as_ref().map(|n| n.to_agent()),
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {

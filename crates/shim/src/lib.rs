@@ -11,6 +11,7 @@
 pub mod client;
 pub mod daemon;
 pub mod log;
+pub mod nic;
 pub mod template;
 mod types;
 

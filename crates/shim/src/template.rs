@@ -43,8 +43,8 @@ use vm::{Accel, Boot, Hypervisor, Qemu, Qmp, VmConfig};
 
 use crate::Spec;
 
-/// Bumped whenever the device layout or the template format changes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever the device layout or the template format changes (2: the NIC).
+pub const LAYOUT_VERSION: u32 = 2;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.
@@ -103,8 +103,13 @@ impl Template {
 }
 
 /// The VM configuration every VM of `spec` boots with (cold, template or restored), apart from
-/// the directory and the root disk.
-pub fn vm_config(spec: &Spec, dir: &Path, root_disk: &Path) -> Result<VmConfig> {
+/// the directory, the root disk and the NIC's tap.
+pub fn vm_config(
+    spec: &Spec,
+    dir: &Path,
+    root_disk: &Path,
+    nic: Option<vm::NicConfig>,
+) -> Result<VmConfig> {
     let accel = Accel::resolve(Some(&spec.accel)).map_err(|e| anyhow!(e))?;
     Ok(VmConfig {
         binary: spec.qemu.clone(),
@@ -118,7 +123,7 @@ pub fn vm_config(spec: &Spec, dir: &Path, root_disk: &Path) -> Result<VmConfig> 
         dir: dir.to_path_buf(),
         run_as: (!spec.run_as.is_empty()).then(|| spec.run_as.clone()),
         tsc_khz: None,
-        nic: None,
+        nic,
     })
 }
 
@@ -163,7 +168,7 @@ fn content_hash(cache: &Path, path: &Path) -> Result<String> {
 
 /// The template's identity for `spec`: (key, meta without timings).
 pub fn identify(spec: &Spec, templates: &Path) -> Result<Meta> {
-    let cfg = vm_config(spec, templates, Path::new("/x"))?;
+    let cfg = vm_config(spec, templates, Path::new("/x"), None)?;
     let cmdline = Qemu::cmdline(&cfg)?;
     let cache = templates.join(".hashes");
     let qemu_sha256 = content_hash(&cache, &spec.qemu)?;
@@ -380,19 +385,27 @@ fn build(spec: &Spec, templates: &Path, mut meta: Meta) -> Result<Template> {
         }
         let ram = dir.join(RAM);
         File::create(&ram)?.set_len(spec.memory_mib << 20)?;
-        let cfg = vm_config(spec, &dir, &disk)?;
+        // The same NIC as every container's (tap, vnet_hdr), so the device state fits their
+        // taps; in a namespace of its own, so the template guest reaches nothing.
+        let nic = crate::nic::Nic::for_template()?;
+        let cfg = vm_config(spec, &dir, &disk, Some(nic.config()))?;
+        let tap_fd = nic.config().tap_fd;
         let mut cmd = Qemu.command_for(&cfg, &Boot::TemplateSave { ram: ram.clone() })?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(dir.join("qemu.err"))?);
-        // SAFETY: prctl only between fork and exec.
+        // SAFETY: prctl and fcntl only between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                libc::fcntl(tap_fd, libc::F_SETFD, 0);
                 Ok(())
             });
         }
-        let mut vm = Guard(cmd.spawn().context("starting QEMU for the template")?);
+        let spawned = cmd.spawn();
+        // QEMU holds the tap now; with it goes the tap and its namespace.
+        drop(nic);
+        let mut vm = Guard(spawned.context("starting QEMU for the template")?);
         BUILD_QEMU.store(vm.0.id() as i32, std::sync::atomic::Ordering::SeqCst);
         let boot = Duration::from_secs(spec.boot_timeout_secs.max(1));
         wait_agent_idle(&cfg.agent_sock(), boot, &mut vm.0).map_err(|e| {

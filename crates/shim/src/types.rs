@@ -38,6 +38,48 @@ pub struct Spec {
     /// is none; boot cold when that fails (the reason goes to shim.log). Unset: boot cold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_dir: Option<PathBuf>,
+    /// The container's network. `None` is Docker's `--network none`: the VM still has its NIC
+    /// (the device layout is fixed, so templates fit), on a tap in a private namespace of the
+    /// shim's own where nothing is reachable, and the guest brings up only `lo`.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+}
+
+/// Where the VM's NIC plugs in and what the guest configures on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The tenant's network namespace (bind-mount path; created by hyperd).
+    pub netns: PathBuf,
+    /// Bridge in that namespace the tap is enslaved to, e.g. "br0".
+    pub bridge: String,
+    /// Tap name, "tap" + 12 hex (at most 15 bytes).
+    pub tap: String,
+    /// The guest's MAC, "02:xx:xx:xx:xx:xx".
+    pub mac: String,
+    /// The guest's address with prefix length, e.g. "172.16.0.5/16".
+    pub ip: String,
+    /// Default gateway, e.g. "172.16.0.1".
+    pub gateway: String,
+    pub mtu: u32,
+    /// Full content of the container's /etc/resolv.conf ("" = leave the image's).
+    #[serde(default)]
+    pub resolv_conf: String,
+    /// Extra /etc/hosts lines (links, --add-host), e.g. "172.16.0.6\tdb alias".
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+impl NetworkSpec {
+    pub fn to_agent(&self) -> agent_proto::NetConfig {
+        agent_proto::NetConfig {
+            mac: self.mac.clone(),
+            ip: self.ip.clone(),
+            gateway: self.gateway.clone(),
+            mtu: self.mtu,
+            resolv_conf: self.resolv_conf.clone(),
+            hosts: self.hosts.clone(),
+        }
+    }
 }
 
 fn default_qemu() -> PathBuf {
@@ -336,6 +378,23 @@ mod tests {
         let spec: Spec = serde_json::from_str(s).unwrap();
         assert_eq!(spec.process.args, ["sh"]);
         assert_eq!(spec.log_max_files, 3);
+        assert_eq!(spec.network, None, "no network field: --network none");
+    }
+
+    #[test]
+    fn network_spec() {
+        let n: NetworkSpec = serde_json::from_str(
+            r#"{"netns":"/run/netns/t1","bridge":"br0","tap":"tap0123456789ab",
+                "mac":"02:42:ac:10:00:05","ip":"172.16.0.5/16","gateway":"172.16.0.1",
+                "mtu":1450}"#,
+        )
+        .unwrap();
+        assert!(n.resolv_conf.is_empty() && n.hosts.is_empty());
+        let a = n.to_agent();
+        assert_eq!(
+            (a.mac.as_str(), a.ip.as_str(), a.gateway.as_str(), a.mtu),
+            ("02:42:ac:10:00:05", "172.16.0.5/16", "172.16.0.1", 1450)
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub struct VmConfig {
 /// (in the tenant's network namespace) and inherited by the hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicConfig {
-    /// Tap descriptor, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`. The caller makes sure
+    /// Tap descriptor, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (QEMU takes the
+    /// virtio-net header setting from the descriptor). The caller makes sure
     /// the hypervisor inherits it (clears close-on-exec in the child).
     pub tap_fd: i32,
     /// The guest's MAC, `xx:xx:xx:xx:xx:xx`.
