@@ -8,16 +8,16 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::statfs::statfs;
+use nix::sys::statfs::{statfs, FsType};
 
 use crate::error::NetError;
 
 /// `f_type` of nsfs, the filesystem of /proc/*/ns/* and of their bind mounts.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 
 /// Whether `path` is a mounted network namespace (rather than missing or a leftover empty file).
 pub(crate) fn is_netns(path: &Path) -> bool {
-    statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == NSFS_MAGIC)
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Creates a new, empty network namespace bound at `path`, unless one is already there.

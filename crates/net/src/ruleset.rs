@@ -261,7 +261,7 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
     ];
     let mut out = String::new();
     chain(&mut out, "prerouting", Some("type nat hook prerouting priority dstnat; policy accept;"), &publish);
-    chain(&mut out, "output", Some("type nat hook output priority dstnat; policy accept;"), &publish);
+    chain(&mut out, "output", Some("type nat hook output priority -100; policy accept;"), &publish);
     chain(&mut out, "postrouting", Some("type nat hook postrouting priority srcnat; policy accept;"), &postrouting);
     // Tenants never reach each other through the node, nor the node itself.
     let forward = [format!("iifname {transit} oifname {transit} drop")];
@@ -277,4 +277,181 @@ pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4
         .iter()
         .flat_map(|t| t.endpoints().filter_map(|e| e.fip.map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Bridge, PortMapping, Transit};
+
+    fn endpoint(tap: &str, last: u8, fip: Option<Ipv4Addr>, security_groups: Option<Vec<Rule>>) -> Endpoint {
+        Endpoint {
+            tap: tap.into(),
+            mac: [0x02, 0, 0, 0, 0, last],
+            ip: Ipv4Addr::new(172, 16, 0, last),
+            ports: vec![PortMapping { proto: Proto::Tcp, host_ip: None, host_port: 8080, container_port: 80 }],
+            fip,
+            security_groups,
+        }
+    }
+
+    fn tenant() -> TenantNetns {
+        let web_only = vec![
+            Rule { direction: Direction::Ingress, protocol: Some(RuleProto::Tcp), port_min: Some(80), port_max: Some(80), remote: Remote::Any },
+            Rule { direction: Direction::Egress, protocol: Some(RuleProto::Udp), port_min: Some(1000), port_max: Some(2000), remote: Remote::Cidr("10.0.0.0/8".parse().unwrap()) },
+            Rule { direction: Direction::Ingress, protocol: None, port_min: None, port_max: None, remote: Remote::Ips(vec![Ipv4Addr::new(172, 16, 0, 3), Ipv4Addr::new(172, 16, 0, 4)]) },
+            Rule { direction: Direction::Ingress, protocol: Some(RuleProto::Icmp), port_min: None, port_max: None, remote: Remote::Ips(vec![]) },
+        ];
+        TenantNetns {
+            name: "t1".into(),
+            netns_path: "/var/lib/hyper/netns/t1".into(),
+            transit: Transit { host_if: "hv-0".into(), host_ip: Ipv4Addr::new(100, 127, 0, 0), peer_ip: Ipv4Addr::new(100, 127, 0, 1) },
+            bridges: vec![
+                Bridge {
+                    ifname: "br0".into(),
+                    subnet: "172.16.0.0/16".parse().unwrap(),
+                    gateway: Ipv4Addr::new(172, 16, 0, 1),
+                    mtu: 1450,
+                    endpoints: vec![
+                        endpoint("tapaaaaaaaaaaaa", 2, Some(Ipv4Addr::new(198, 51, 100, 7)), Some(web_only)),
+                        endpoint("tapbbbbbbbbbbbb", 3, None, None),
+                    ],
+                },
+                Bridge { ifname: "br1".into(), subnet: "10.9.0.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 9, 0, 1), mtu: 1450, endpoints: vec![] },
+            ],
+        }
+    }
+
+    fn lines_of_chain(text: &str, name: &str) -> Vec<String> {
+        let start = text.find(&format!("\tchain {name} {{")).unwrap_or_else(|| panic!("no chain {name} in\n{text}"));
+        text[start..].lines().skip(1).map(str::trim).take_while(|l| *l != "}").map(String::from).collect()
+    }
+
+    #[test]
+    fn tenant_tables_are_replaced_in_one_transaction() {
+        let text = render_tenant_rules(&tenant());
+        let heads: Vec<&str> = text.lines().filter(|l| !l.starts_with('\t')).collect();
+        assert_eq!(
+            heads,
+            ["add table inet hyper", "delete table inet hyper", "table inet hyper {", "}",
+             "add table bridge hyper", "delete table bridge hyper", "table bridge hyper {", "}"]
+        );
+    }
+
+    #[test]
+    fn tenant_input_only_answers_dns_and_ping_on_gateways() {
+        let input = lines_of_chain(&render_tenant_rules(&tenant()), "input");
+        assert_eq!(input, [
+            "type filter hook input priority filter; policy drop;",
+            "iifname \"lo\" accept",
+            "ct state established,related accept",
+            "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } udp dport 53 accept",
+            "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } tcp dport 53 accept",
+            "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } icmp type echo-request accept",
+        ]);
+    }
+
+    #[test]
+    fn tenant_forward_isolates_networks_then_dispatches_security_groups() {
+        let text = render_tenant_rules(&tenant());
+        assert_eq!(lines_of_chain(&text, "forward"), [
+            "type filter hook forward priority filter; policy accept;",
+            "ct state established,related accept",
+            "ct state invalid drop",
+            "iifname \"up0\" oifname \"up0\" drop",
+            "iifname \"up0\" ct status & dnat != dnat drop",
+            "iifname \"br0\" oifname \"br1\" drop",
+            "iifname \"br1\" oifname \"br0\" drop",
+            "ip saddr vmap @sg_egress",
+            "ip daddr vmap @sg_ingress",
+        ]);
+        // Only the endpoint with groups is dispatched; the open one falls through to accept.
+        assert!(text.contains("elements = { 172.16.0.2 : jump eg-tapaaaaaaaaaaaa }"));
+        assert!(text.contains("elements = { 172.16.0.2 : jump in-tapaaaaaaaaaaaa }"));
+        assert!(!text.contains("tapbbbbbbbbbbbb :"));
+    }
+
+    #[test]
+    fn security_group_rules_allow_by_returning_and_drop_the_rest() {
+        let text = render_tenant_rules(&tenant());
+        assert_eq!(lines_of_chain(&text, "in-tapaaaaaaaaaaaa"), [
+            "tcp dport 80 return",
+            "ip saddr { 172.16.0.3, 172.16.0.4 } return",
+            // The icmp rule's remote group is empty: it matches nothing and is left out.
+            "drop",
+        ]);
+        assert_eq!(lines_of_chain(&text, "eg-tapaaaaaaaaaaaa"), ["ip daddr 10.0.0.0/8 udp dport 1000-2000 return", "drop"]);
+    }
+
+    #[test]
+    fn groups_without_egress_rules_mean_no_outbound() {
+        let rules = vec![Rule { direction: Direction::Ingress, protocol: None, port_min: None, port_max: None, remote: Remote::Any }];
+        assert_eq!(security_group_chain(&rules, Direction::Egress), ["drop"]);
+        assert_eq!(security_group_chain(&rules, Direction::Ingress), ["return", "drop"]);
+    }
+
+    #[test]
+    fn tenant_nat_publishes_ports_and_fips() {
+        let text = render_tenant_rules(&tenant());
+        assert_eq!(lines_of_chain(&text, "prerouting")[1..], [
+            "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.2:80",
+            "ip daddr 198.51.100.7 tcp dport 8080 dnat ip to 172.16.0.2:80",
+            "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.3:80",
+        ]);
+        assert_eq!(lines_of_chain(&text, "postrouting")[1..], [
+            "oifname \"up0\" ip saddr 172.16.0.2 snat ip to 198.51.100.7",
+            "oifname \"up0\" ip saddr { 172.16.0.0/16, 10.9.0.0/24 } masquerade",
+        ]);
+    }
+
+    fn bridge_table(text: &str) -> &str {
+        &text[text.find("table bridge hyper {").expect("bridge table")..]
+    }
+
+    #[test]
+    fn taps_may_only_send_as_their_endpoint() {
+        let rendered = render_tenant_rules(&tenant());
+        let text = bridge_table(&rendered);
+        assert_eq!(lines_of_chain(text, "prerouting").last().unwrap(), "iifname \"tap*\" drop");
+        assert!(text.contains("iifname vmap { \"tapaaaaaaaaaaaa\" : jump sp-tapaaaaaaaaaaaa, \"tapbbbbbbbbbbbb\" : jump sp-tapbbbbbbbbbbbb }"));
+        assert_eq!(lines_of_chain(text, "sp-tapbbbbbbbbbbbb"), [
+            "ether saddr != 02:00:00:00:00:03 drop",
+            "ether type arp arp saddr ether != 02:00:00:00:00:03 drop",
+            "ether type arp arp saddr ip != 172.16.0.3 drop",
+            "ether type ip ip saddr != 172.16.0.3 drop",
+            "ether type != { ip, arp } drop",
+            "accept",
+        ]);
+    }
+
+    #[test]
+    fn node_publishes_ports_and_keeps_tenants_apart() {
+        let mut t = tenant();
+        t.bridges[0].endpoints[1].ports[0] = PortMapping { proto: Proto::Udp, host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)), host_port: 5353, container_port: 53 };
+        let node = NodeNet { transit_cidr: "100.127.0.0/16".parse().unwrap() };
+        let text = render_node_rules(&node, &[&t]);
+        let publish = [
+            "fib daddr type local tcp dport 8080 dnat ip to 100.127.0.1:8080",
+            "ip daddr 192.0.2.1 udp dport 5353 dnat ip to 100.127.0.1:5353",
+        ];
+        assert_eq!(lines_of_chain(&text, "prerouting")[1..], publish);
+        assert_eq!(lines_of_chain(&text, "output")[1..], publish);
+        assert_eq!(lines_of_chain(&text, "postrouting")[1..], [
+            "oifname \"hv-*\" ip saddr 127.0.0.0/8 masquerade",
+            "ip saddr 100.127.0.0/16 oifname != \"hv-*\" masquerade",
+        ]);
+        assert_eq!(lines_of_chain(&text, "forward")[1..], ["iifname \"hv-*\" oifname \"hv-*\" drop"]);
+        assert_eq!(lines_of_chain(&text, "input")[1..], ["iifname \"hv-*\" ct state established,related accept", "iifname \"hv-*\" drop"]);
+        assert_eq!(fip_routes(&[&t]), [(Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(100, 127, 0, 1), "hv-0")]);
+    }
+
+    #[test]
+    fn empty_tenant_renders_valid_shapes() {
+        let mut t = tenant();
+        t.bridges.clear();
+        let text = render_tenant_rules(&t);
+        assert!(!text.contains("elements"));
+        assert!(!text.contains("{  }"));
+        assert_eq!(lines_of_chain(bridge_table(&text), "prerouting"), ["type filter hook prerouting priority filter; policy accept;", "iifname \"tap*\" drop"]);
+    }
 }
