@@ -80,11 +80,12 @@ impl Tap {
     }
 }
 
-/// The MAC for the host end of a VM's tap: the guest's with the first byte set to `0xfe`.
-/// A Linux bridge without a MAC of its own takes the lowest of its ports' MACs; a port whose
-/// MAC starts with 0xfe never is the lowest next to `02:..` guests, so taps coming and going do
-/// not change the bridge's (the gateway's) MAC under the guests' ARP caches. libvirt does the
-/// same.
+/// The MAC for the host end of a VM's tap: the guest's with the first byte set to `0xfe`
+/// (as libvirt does), so it never equals the guest's and sorts above every `02:..` address.
+/// A Linux bridge whose address was never set takes the lowest MAC among its ports, and changes
+/// it as ports come and go; high tap MACs keep any other port's lower. Only an address set on the
+/// bridge itself (`ip link set BR address ..`) stays fixed whatever the ports, which is what
+/// keeps the gateway's MAC stable in the guests' ARP caches.
 pub fn host_side_mac(guest: [u8; 6]) -> [u8; 6] {
     let mut m = guest;
     m[0] = 0xfe;
