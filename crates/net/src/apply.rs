@@ -18,9 +18,16 @@ pub const FIP_ROUTE_PROTO: u8 = 213;
 
 /// Replaces the tenant netns' tables, then forgets the tracked connections of `flush_conntrack_for`
 /// (the endpoints whose security groups, ports or FIP changed) so the change reaches them at once.
-pub fn apply_tenant_rules(t: &TenantNetns, flush_conntrack_for: &[Ipv4Addr]) -> Result<(), NetError> {
+pub fn apply_tenant_rules(
+    t: &TenantNetns,
+    flush_conntrack_for: &[Ipv4Addr],
+) -> Result<(), NetError> {
     t.validate()?;
-    nft(Some(&t.netns_path), &format!("apply rules of tenant netns {}", t.name), &render_tenant_rules(t))?;
+    nft(
+        Some(&t.netns_path),
+        &format!("apply rules of tenant netns {}", t.name),
+        &render_tenant_rules(t),
+    )?;
     conntrack::forget(&t.netns_path, flush_conntrack_for)
 }
 
@@ -55,12 +62,22 @@ fn sync_fip_routes(tenants: &[&TenantNetns]) -> Result<(), NetError> {
     let proto = FIP_ROUTE_PROTO.to_string();
     for stale in routes_with_proto(None, FIP_ROUTE_PROTO)? {
         if !keep.contains(stale.dst.trim_end_matches("/32")) {
-            ip_ignoring_absent(None, "remove stale FIP route", &["route", "del", &stale.dst, "proto", &proto])?;
+            ip_ignoring_absent(
+                None,
+                "remove stale FIP route",
+                &["route", "del", &stale.dst, "proto", &proto],
+            )?;
         }
     }
     for (fip, peer, host_if) in wanted {
         let (dst, via) = (format!("{fip}/32"), peer.to_string());
-        ip(None, "FIP route", &["route", "replace", &dst, "via", &via, "dev", host_if, "proto", &proto])?;
+        ip(
+            None,
+            "FIP route",
+            &[
+                "route", "replace", &dst, "via", &via, "dev", host_if, "proto", &proto,
+            ],
+        )?;
     }
     Ok(())
 }

@@ -19,7 +19,11 @@ pub(crate) fn forget(netns: &Path, ips: &[Ipv4Addr]) -> Result<(), NetError> {
         for filter in ["--orig-src", "--orig-dst", "--reply-src", "--reply-dst"] {
             let mut cmd = Command::new("conntrack");
             cmd.args(["-D", "-f", "ipv4", filter, &ip]);
-            match run(&format!("delete connections of {ip}"), command_in_netns(netns, &mut cmd)?, None) {
+            match run(
+                &format!("delete connections of {ip}"),
+                command_in_netns(netns, &mut cmd)?,
+                None,
+            ) {
                 // conntrack exits 1 when nothing matched.
                 Err(NetError::Command { stderr, .. }) if stderr.contains("0 flow entries") => {}
                 other => other.map(drop)?,

@@ -6,11 +6,23 @@ use std::path::PathBuf;
 pub enum NetError {
     /// `ip`, `nft` or `conntrack` exited non-zero.
     #[error("{what}: `{command}` failed ({status}): {stderr}")]
-    Command { what: String, command: String, status: String, stderr: String },
+    Command {
+        what: String,
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{what} ({path}): {source}")]
-    Namespace { what: &'static str, path: PathBuf, source: nix::Error },
+    Namespace {
+        what: &'static str,
+        path: PathBuf,
+        source: nix::Error,
+    },
     #[error("invalid network model: {0}")]
     Invalid(String),
     #[error("unexpected output of `{command}`: {detail}")]
@@ -19,6 +31,9 @@ pub enum NetError {
 
 impl NetError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        NetError::Io { what: what.into(), source }
+        NetError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

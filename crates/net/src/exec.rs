@@ -13,13 +13,17 @@ use nix::sched::{setns, CloneFlags};
 use crate::error::NetError;
 
 fn open_netns(path: &Path) -> Result<File, NetError> {
-    File::open(path).map_err(|e| NetError::io(format!("open network namespace {}", path.display()), e))
+    File::open(path)
+        .map_err(|e| NetError::io(format!("open network namespace {}", path.display()), e))
 }
 
 /// Makes `cmd` start inside the namespace at `path`. The caller spawns it (e.g. the DNS daemon).
-pub fn command_in_netns<'a>(path: &Path, cmd: &'a mut Command) -> Result<&'a mut Command, NetError> {
+pub fn command_in_netns<'a>(
+    path: &Path,
+    cmd: &'a mut Command,
+) -> Result<&'a mut Command, NetError> {
     let netns = open_netns(path)?; // close-on-exec: the program never sees it
-    // SAFETY: the closure only calls setns(2), which is async-signal-safe, between fork and exec.
+                                   // SAFETY: the closure only calls setns(2), which is async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
@@ -39,11 +43,18 @@ pub fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R,
     let netns = open_netns(path)?;
     std::thread::scope(|scope| {
         let worker = scope.spawn(move || {
-            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|source| NetError::Namespace { what: "enter network namespace", path: path.into(), source })?;
+            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                NetError::Namespace {
+                    what: "enter network namespace",
+                    path: path.into(),
+                    source,
+                }
+            })?;
             Ok(f())
         });
-        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -52,7 +63,11 @@ pub fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R,
 pub(crate) fn run(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<String, NetError> {
     let command = describe(cmd);
     let spawn_error = |e| NetError::io(format!("run `{command}`"), e);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_error)?;
     if let Some(input) = stdin {

@@ -20,11 +20,19 @@ pub(crate) fn ip(netns: Option<&Path>, what: &str, args: &[&str]) -> Result<Stri
 
 /// Like [`ip`] but a missing device (or route, or address) is not an error: used where the goal
 /// is that something is gone.
-pub(crate) fn ip_ignoring_absent(netns: Option<&Path>, what: &str, args: &[&str]) -> Result<(), NetError> {
+pub(crate) fn ip_ignoring_absent(
+    netns: Option<&Path>,
+    what: &str,
+    args: &[&str],
+) -> Result<(), NetError> {
     match ip(netns, what, args) {
         Err(NetError::Command { stderr, .. })
-            if stderr.contains("Cannot find device") || stderr.contains("No such process")
-                || stderr.contains("does not exist") => Ok(()),
+            if stderr.contains("Cannot find device")
+                || stderr.contains("No such process")
+                || stderr.contains("does not exist") =>
+        {
+            Ok(())
+        }
         other => other.map(drop),
     }
 }
@@ -32,7 +40,10 @@ pub(crate) fn ip_ignoring_absent(netns: Option<&Path>, what: &str, args: &[&str]
 fn parse_json<T: for<'de> Deserialize<'de>>(command: &str, text: &str) -> Result<T, NetError> {
     // `ip -j` prints nothing at all (not `[]`) for some empty listings.
     let text = if text.trim().is_empty() { "[]" } else { text };
-    serde_json::from_str(text).map_err(|e| NetError::Parse { command: command.into(), detail: e.to_string() })
+    serde_json::from_str(text).map_err(|e| NetError::Parse {
+        command: command.into(),
+        detail: e.to_string(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -45,7 +56,10 @@ pub(crate) fn link_names(netns: Option<&Path>, filter: &[&str]) -> Result<Vec<St
     let mut args = vec!["-j", "link", "show"];
     args.extend_from_slice(filter);
     let out = ip(netns, "list links", &args)?;
-    Ok(parse_json::<Vec<Link>>("ip -j link show", &out)?.into_iter().map(|l| l.ifname).collect())
+    Ok(parse_json::<Vec<Link>>("ip -j link show", &out)?
+        .into_iter()
+        .map(|l| l.ifname)
+        .collect())
 }
 
 pub(crate) fn link_exists(netns: Option<&Path>, ifname: &str) -> Result<bool, NetError> {
@@ -70,8 +84,16 @@ struct Addr {
 }
 
 /// Makes `ifname` carry exactly the IPv4 address `want` (CIDR form, e.g. `10.0.0.1/24`).
-pub(crate) fn sync_ipv4_addr(netns: Option<&Path>, ifname: &str, want: &str) -> Result<(), NetError> {
-    let out = ip(netns, "list addresses", &["-j", "-4", "addr", "show", "dev", ifname])?;
+pub(crate) fn sync_ipv4_addr(
+    netns: Option<&Path>,
+    ifname: &str,
+    want: &str,
+) -> Result<(), NetError> {
+    let out = ip(
+        netns,
+        "list addresses",
+        &["-j", "-4", "addr", "show", "dev", ifname],
+    )?;
     let links: Vec<AddrInfo> = parse_json("ip -j addr show", &out)?;
     let present: Vec<String> = links
         .iter()
@@ -80,10 +102,18 @@ pub(crate) fn sync_ipv4_addr(netns: Option<&Path>, ifname: &str, want: &str) -> 
         .map(|a| format!("{}/{}", a.local, a.prefixlen))
         .collect();
     for stale in present.iter().filter(|a| a.as_str() != want) {
-        ip(netns, &format!("remove stale address from {ifname}"), &["addr", "del", stale, "dev", ifname])?;
+        ip(
+            netns,
+            &format!("remove stale address from {ifname}"),
+            &["addr", "del", stale, "dev", ifname],
+        )?;
     }
     if !present.iter().any(|a| a == want) {
-        ip(netns, &format!("address {ifname}"), &["addr", "add", want, "dev", ifname])?;
+        ip(
+            netns,
+            &format!("address {ifname}"),
+            &["addr", "add", want, "dev", ifname],
+        )?;
     }
     Ok(())
 }
@@ -96,6 +126,10 @@ pub(crate) struct Route {
 /// Routes of the main table with the given protocol number (ours are tagged).
 pub(crate) fn routes_with_proto(netns: Option<&Path>, proto: u8) -> Result<Vec<Route>, NetError> {
     let proto = proto.to_string();
-    let out = ip(netns, "list routes", &["-j", "-4", "route", "show", "proto", &proto])?;
+    let out = ip(
+        netns,
+        "list routes",
+        &["-j", "-4", "route", "show", "proto", &proto],
+    )?;
     parse_json("ip -j route show", &out)
 }

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::error::NetError;
+use crate::exec::in_netns;
 use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addr};
 use crate::model::{Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
-use crate::exec::in_netns;
 use crate::sysctl;
 
 /// Makes the tenant netns match `t`: namespace, `lo`, sysctls, transit link with its default
@@ -25,7 +25,11 @@ pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
 
 /// Removes the transit link and the namespace file. Tolerates any part being gone already.
 pub fn destroy_netns(t: &TenantNetns) -> Result<(), NetError> {
-    ip_ignoring_absent(None, "remove transit link", &["link", "del", &t.transit.host_if])?;
+    ip_ignoring_absent(
+        None,
+        "remove transit link",
+        &["link", "del", &t.transit.host_if],
+    )?;
     remove_netns(&t.netns_path)
 }
 
@@ -43,23 +47,60 @@ fn tenant_sysctls() -> Result<(), NetError> {
 
 fn ensure_transit(ns: &Path, transit: &Transit) -> Result<(), NetError> {
     let host_if = transit.host_if.as_str();
-    // Both ends exist together or not at all, unless the namespace was recreated under a live
-    // node end: then start over.
+    // A veth pair lives or dies whole, but an end can pair with something else: the namespace
+    // was recreated under a live node end, or the transit index changed. Then start over
+    // (deleting either end takes its old peer with it).
     if !(link_exists(None, host_if)? && link_exists(Some(ns), TENANT_UPLINK)?) {
         ip_ignoring_absent(None, "remove stale transit link", &["link", "del", host_if])?;
+        ip_ignoring_absent(
+            Some(ns),
+            "remove stale uplink",
+            &["link", "del", TENANT_UPLINK],
+        )?;
         let ns_arg = ns.to_string_lossy();
         ip(
             None,
             "create transit link",
-            &["link", "add", host_if, "type", "veth", "peer", "name", TENANT_UPLINK, "netns", &ns_arg],
+            &[
+                "link",
+                "add",
+                host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                TENANT_UPLINK,
+                "netns",
+                &ns_arg,
+            ],
         )?;
     }
     sync_ipv4_addr(None, host_if, &format!("{}/31", transit.host_ip))?;
-    ip(None, "bring up transit link", &["link", "set", host_if, "up"])?;
+    ip(
+        None,
+        "bring up transit link",
+        &["link", "set", host_if, "up"],
+    )?;
     sync_ipv4_addr(Some(ns), TENANT_UPLINK, &format!("{}/31", transit.peer_ip))?;
-    ip(Some(ns), "bring up uplink", &["link", "set", TENANT_UPLINK, "up"])?;
+    ip(
+        Some(ns),
+        "bring up uplink",
+        &["link", "set", TENANT_UPLINK, "up"],
+    )?;
     let gateway = transit.host_ip.to_string();
-    ip(Some(ns), "default route", &["route", "replace", "default", "via", &gateway, "dev", TENANT_UPLINK])?;
+    ip(
+        Some(ns),
+        "default route",
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gateway,
+            "dev",
+            TENANT_UPLINK,
+        ],
+    )?;
     sysctl::set("net/ipv4/ip_forward", "1")?;
     // Published ports reached via 127.0.0.1 are DNATed out of this link with that source.
     sysctl::set(&format!("net/ipv4/conf/{host_if}/route_localnet"), "1")
@@ -76,11 +117,27 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
         if !link_exists(Some(ns), name)? {
             // No STP and no forward delay: ports forward at once. nf_call_iptables forces the
             // inet hooks for this bridge whatever the sysctl says.
-            let args = ["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", "nf_call_iptables", "1"];
+            let args = [
+                "link",
+                "add",
+                name,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "nf_call_iptables",
+                "1",
+            ];
             ip(Some(ns), "create bridge", &args)?;
         }
         let mtu = bridge.mtu.to_string();
-        ip(Some(ns), "set bridge mtu", &["link", "set", name, "mtu", &mtu])?;
+        ip(
+            Some(ns),
+            "set bridge mtu",
+            &["link", "set", name, "mtu", &mtu],
+        )?;
         let gateway = format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len());
         sync_ipv4_addr(Some(ns), name, &gateway)?;
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;

@@ -134,7 +134,9 @@ pub fn transit_for(node: &NodeNet, index: u32) -> Result<Transit, NetError> {
 pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
     let ok = !name.is_empty()
         && name.len() <= IFNAMSIZ_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -155,7 +157,10 @@ impl TenantNetns {
         for bridge in &self.bridges {
             check_ifname(&bridge.ifname)?;
             if bridge.ifname == TENANT_UPLINK || bridge.ifname == "lo" {
-                return Err(NetError::Invalid(format!("reserved bridge name {:?}", bridge.ifname)));
+                return Err(NetError::Invalid(format!(
+                    "reserved bridge name {:?}",
+                    bridge.ifname
+                )));
             }
             if !bridge.subnet.contains(&bridge.gateway) {
                 return Err(NetError::Invalid(format!(
@@ -181,7 +186,9 @@ mod tests {
 
     #[test]
     fn transit_links_are_consecutive_slash_31s() {
-        let node = NodeNet { transit_cidr: "100.127.0.0/16".parse().unwrap() };
+        let node = NodeNet {
+            transit_cidr: "100.127.0.0/16".parse().unwrap(),
+        };
         let t = transit_for(&node, 3).unwrap();
         assert_eq!(t.host_if, "hv-3");
         assert_eq!(t.host_ip, Ipv4Addr::new(100, 127, 0, 6));

@@ -26,7 +26,8 @@ pub fn create_netns(path: &Path) -> Result<(), NetError> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| NetError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| NetError::io(format!("create {}", dir.display()), e))?;
     }
     OpenOptions::new()
         .write(true)
@@ -38,10 +39,22 @@ pub fn create_netns(path: &Path) -> Result<(), NetError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let fail = |what| move |source| NetError::Namespace { what, path: path.into(), source };
+                let fail = |what| {
+                    move |source| NetError::Namespace {
+                        what,
+                        path: path.into(),
+                        source,
+                    }
+                };
                 unshare(CloneFlags::CLONE_NEWNET).map_err(fail("unshare network namespace"))?;
-                mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(fail("bind-mount network namespace"))
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(fail("bind-mount network namespace"))
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -53,10 +66,18 @@ pub fn create_netns(path: &Path) -> Result<(), NetError> {
 pub fn remove_netns(path: &Path) -> Result<(), NetError> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(source) => return Err(NetError::Namespace { what: "unmount network namespace", path: path.into(), source }),
+        Err(source) => {
+            return Err(NetError::Namespace {
+                what: "unmount network namespace",
+                path: path.into(),
+                source,
+            })
+        }
     }
     match fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(NetError::io(format!("remove {}", path.display()), e)),
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(NetError::io(format!("remove {}", path.display()), e))
+        }
         _ => Ok(()),
     }
 }

@@ -9,7 +9,8 @@ use std::fmt::{Display, Write};
 use std::net::Ipv4Addr;
 
 use crate::model::{
-    Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns, TENANT_UPLINK, TRANSIT_PREFIX,
+    Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns, TENANT_UPLINK,
+    TRANSIT_PREFIX,
 };
 
 /// The two tables of a tenant netns: `inet hyper` (filter, NAT, security groups) and
@@ -34,7 +35,11 @@ pub fn render_node_removal() -> String {
 }
 
 fn replace_table(out: &mut String, family: &str, body: &str) {
-    writeln!(out, "add table {family} hyper\ndelete table {family} hyper\ntable {family} hyper {{\n{body}}}").unwrap();
+    writeln!(
+        out,
+        "add table {family} hyper\ndelete table {family} hyper\ntable {family} hyper {{\n{body}}}"
+    )
+    .unwrap();
 }
 
 /// `{ a, b }` for several, `a` for one (nft rejects neither, but one reads better).
@@ -58,7 +63,10 @@ fn proto_name(proto: Proto) -> &'static str {
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
@@ -82,35 +90,82 @@ fn ingress_chain(tap: &str) -> String {
 
 fn tenant_inet_body(t: &TenantNetns) -> String {
     let mut out = String::new();
-    let guarded: Vec<(&Endpoint, &Vec<Rule>)> =
-        t.endpoints().filter_map(|e| e.security_groups.as_ref().map(|rules| (e, rules))).collect();
-    for (map, chain_of) in [("sg_egress", egress_chain as fn(&str) -> String), ("sg_ingress", ingress_chain)] {
+    let guarded: Vec<(&Endpoint, &Vec<Rule>)> = t
+        .endpoints()
+        .filter_map(|e| e.security_groups.as_ref().map(|rules| (e, rules)))
+        .collect();
+    for (map, chain_of) in [
+        ("sg_egress", egress_chain as fn(&str) -> String),
+        ("sg_ingress", ingress_chain),
+    ] {
         writeln!(out, "\tmap {map} {{\n\t\ttype ipv4_addr : verdict").unwrap();
         if !guarded.is_empty() {
-            let elements = guarded.iter().map(|(e, _)| format!("{} : jump {}", e.ip, chain_of(&e.tap)));
-            writeln!(out, "\t\telements = {{ {} }}", elements.collect::<Vec<_>>().join(", ")).unwrap();
+            let elements = guarded
+                .iter()
+                .map(|(e, _)| format!("{} : jump {}", e.ip, chain_of(&e.tap)));
+            writeln!(
+                out,
+                "\t\telements = {{ {} }}",
+                elements.collect::<Vec<_>>().join(", ")
+            )
+            .unwrap();
         }
         writeln!(out, "\t}}").unwrap();
     }
-    chain(&mut out, "input", Some("type filter hook input priority filter; policy drop;"), &tenant_input(t));
-    chain(&mut out, "forward", Some("type filter hook forward priority filter; policy accept;"), &tenant_forward(t));
+    chain(
+        &mut out,
+        "input",
+        Some("type filter hook input priority filter; policy drop;"),
+        &tenant_input(t),
+    );
+    chain(
+        &mut out,
+        "forward",
+        Some("type filter hook forward priority filter; policy accept;"),
+        &tenant_forward(t),
+    );
     for (endpoint, rules) in &guarded {
-        chain(&mut out, &egress_chain(&endpoint.tap), None, &security_group_chain(rules, Direction::Egress));
-        chain(&mut out, &ingress_chain(&endpoint.tap), None, &security_group_chain(rules, Direction::Ingress));
+        chain(
+            &mut out,
+            &egress_chain(&endpoint.tap),
+            None,
+            &security_group_chain(rules, Direction::Egress),
+        );
+        chain(
+            &mut out,
+            &ingress_chain(&endpoint.tap),
+            None,
+            &security_group_chain(rules, Direction::Ingress),
+        );
     }
-    chain(&mut out, "prerouting", Some("type nat hook prerouting priority dstnat; policy accept;"), &tenant_dnat(t));
-    chain(&mut out, "postrouting", Some("type nat hook postrouting priority srcnat; policy accept;"), &tenant_snat(t));
+    chain(
+        &mut out,
+        "prerouting",
+        Some("type nat hook prerouting priority dstnat; policy accept;"),
+        &tenant_dnat(t),
+    );
+    chain(
+        &mut out,
+        "postrouting",
+        Some("type nat hook postrouting priority srcnat; policy accept;"),
+        &tenant_snat(t),
+    );
     out
 }
 
 /// The tenant netns itself only answers DNS and ping on its gateways.
 fn tenant_input(t: &TenantNetns) -> Vec<String> {
-    let mut rules = vec!["iifname \"lo\" accept".to_string(), "ct state established,related accept".to_string()];
+    let mut rules = vec![
+        "iifname \"lo\" accept".to_string(),
+        "ct state established,related accept".to_string(),
+    ];
     if !t.bridges.is_empty() {
         let bridges = set_of(t.bridges.iter().map(|b| quoted(&b.ifname)));
         let gateways = set_of(t.bridges.iter().map(|b| b.gateway));
         for service in ["udp dport 53", "tcp dport 53", "icmp type echo-request"] {
-            rules.push(format!("iifname {bridges} ip daddr {gateways} {service} accept"));
+            rules.push(format!(
+                "iifname {bridges} ip daddr {gateways} {service} accept"
+            ));
         }
     }
     rules
@@ -128,9 +183,18 @@ fn tenant_forward(t: &TenantNetns) -> Vec<String> {
     ];
     // User networks of a tenant are isolated from each other.
     for bridge in &t.bridges {
-        let others: Vec<String> = t.bridges.iter().filter(|o| o.ifname != bridge.ifname).map(|o| quoted(&o.ifname)).collect();
+        let others: Vec<String> = t
+            .bridges
+            .iter()
+            .filter(|o| o.ifname != bridge.ifname)
+            .map(|o| quoted(&o.ifname))
+            .collect();
         if !others.is_empty() {
-            rules.push(format!("iifname {} oifname {} drop", quoted(&bridge.ifname), set_of(others)));
+            rules.push(format!(
+                "iifname {} oifname {} drop",
+                quoted(&bridge.ifname),
+                set_of(others)
+            ));
         }
     }
     rules.push("ip saddr vmap @sg_egress".to_string());
@@ -141,7 +205,11 @@ fn tenant_forward(t: &TenantNetns) -> Vec<String> {
 /// Chain of one guarded endpoint for one direction: each allowing rule returns to `forward`,
 /// anything else is dropped (Neutron: no rule in a direction = nothing passes that way).
 fn security_group_chain(rules: &[Rule], direction: Direction) -> Vec<String> {
-    let mut lines: Vec<String> = rules.iter().filter(|r| r.direction == direction).filter_map(security_group_rule).collect();
+    let mut lines: Vec<String> = rules
+        .iter()
+        .filter(|r| r.direction == direction)
+        .filter_map(security_group_rule)
+        .collect();
     lines.push("drop".to_string());
     lines
 }
@@ -187,10 +255,20 @@ fn tenant_dnat(t: &TenantNetns) -> Vec<String> {
     let mut rules = Vec::new();
     for endpoint in t.endpoints() {
         for port in &endpoint.ports {
-            let (proto, to) = (proto_name(port.proto), format!("{}:{}", endpoint.ip, port.container_port));
-            rules.push(format!("iifname {} {proto} dport {} dnat ip to {to}", quoted(TENANT_UPLINK), port.host_port));
+            let (proto, to) = (
+                proto_name(port.proto),
+                format!("{}:{}", endpoint.ip, port.container_port),
+            );
+            rules.push(format!(
+                "iifname {} {proto} dport {} dnat ip to {to}",
+                quoted(TENANT_UPLINK),
+                port.host_port
+            ));
             if let Some(fip) = endpoint.fip {
-                rules.push(format!("ip daddr {fip} {proto} dport {} dnat ip to {to}", port.host_port));
+                rules.push(format!(
+                    "ip daddr {fip} {proto} dport {} dnat ip to {to}",
+                    port.host_port
+                ));
             }
         }
     }
@@ -202,10 +280,16 @@ fn tenant_snat(t: &TenantNetns) -> Vec<String> {
     let up = quoted(TENANT_UPLINK);
     let mut rules: Vec<String> = t
         .endpoints()
-        .filter_map(|e| e.fip.map(|fip| format!("oifname {up} ip saddr {} snat ip to {fip}", e.ip)))
+        .filter_map(|e| {
+            e.fip
+                .map(|fip| format!("oifname {up} ip saddr {} snat ip to {fip}", e.ip))
+        })
         .collect();
     if !t.bridges.is_empty() {
-        rules.push(format!("oifname {up} ip saddr {} masquerade", set_of(t.bridges.iter().map(|b| b.subnet))));
+        rules.push(format!(
+            "oifname {up} ip saddr {} masquerade",
+            set_of(t.bridges.iter().map(|b| b.subnet))
+        ));
     }
     rules
 }
@@ -215,12 +299,22 @@ fn tenant_bridge_body(t: &TenantNetns) -> String {
     let endpoints: Vec<&Endpoint> = t.endpoints().collect();
     let mut prerouting = Vec::new();
     if !endpoints.is_empty() {
-        let dispatch = endpoints.iter().map(|e| format!("{} : jump {}", quoted(&e.tap), spoof_chain(&e.tap)));
-        prerouting.push(format!("iifname vmap {{ {} }}", dispatch.collect::<Vec<_>>().join(", ")));
+        let dispatch = endpoints
+            .iter()
+            .map(|e| format!("{} : jump {}", quoted(&e.tap), spoof_chain(&e.tap)));
+        prerouting.push(format!(
+            "iifname vmap {{ {} }}",
+            dispatch.collect::<Vec<_>>().join(", ")
+        ));
     }
     // A tap the model does not know yet sends nothing until its endpoint is in the rules.
     prerouting.push("iifname \"tap*\" drop".to_string());
-    chain(&mut out, "prerouting", Some("type filter hook prerouting priority filter; policy accept;"), &prerouting);
+    chain(
+        &mut out,
+        "prerouting",
+        Some("type filter hook prerouting priority filter; policy accept;"),
+        &prerouting,
+    );
     for endpoint in endpoints {
         let (mac, ip) = (mac_text(&endpoint.mac), endpoint.ip);
         let rules = [
@@ -251,23 +345,58 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
                 Some(host_ip) => format!("ip daddr {host_ip}"),
                 None => "fib daddr type local".to_string(),
             };
-            publish.push(format!("{on} {} dport {} dnat ip to {to}", proto_name(port.proto), port.host_port));
+            publish.push(format!(
+                "{on} {} dport {} dnat ip to {to}",
+                proto_name(port.proto),
+                port.host_port
+            ));
         }
     }
     let postrouting = [
         // Clients on the node's 127.0.0.1 cannot be answered at that address from a tenant.
         format!("oifname {transit} ip saddr 127.0.0.0/8 masquerade"),
-        format!("ip saddr {} oifname != {transit} masquerade", node.transit_cidr),
+        format!(
+            "ip saddr {} oifname != {transit} masquerade",
+            node.transit_cidr
+        ),
     ];
     let mut out = String::new();
-    chain(&mut out, "prerouting", Some("type nat hook prerouting priority dstnat; policy accept;"), &publish);
-    chain(&mut out, "output", Some("type nat hook output priority -100; policy accept;"), &publish);
-    chain(&mut out, "postrouting", Some("type nat hook postrouting priority srcnat; policy accept;"), &postrouting);
+    chain(
+        &mut out,
+        "prerouting",
+        Some("type nat hook prerouting priority dstnat; policy accept;"),
+        &publish,
+    );
+    chain(
+        &mut out,
+        "output",
+        Some("type nat hook output priority -100; policy accept;"),
+        &publish,
+    );
+    chain(
+        &mut out,
+        "postrouting",
+        Some("type nat hook postrouting priority srcnat; policy accept;"),
+        &postrouting,
+    );
     // Tenants never reach each other through the node, nor the node itself.
     let forward = [format!("iifname {transit} oifname {transit} drop")];
-    chain(&mut out, "forward", Some("type filter hook forward priority filter; policy accept;"), &forward);
-    let input = [format!("iifname {transit} ct state established,related accept"), format!("iifname {transit} drop")];
-    chain(&mut out, "input", Some("type filter hook input priority filter; policy accept;"), &input);
+    chain(
+        &mut out,
+        "forward",
+        Some("type filter hook forward priority filter; policy accept;"),
+        &forward,
+    );
+    let input = [
+        format!("iifname {transit} ct state established,related accept"),
+        format!("iifname {transit} drop"),
+    ];
+    chain(
+        &mut out,
+        "input",
+        Some("type filter hook input priority filter; policy accept;"),
+        &input,
+    );
     out
 }
 
@@ -275,7 +404,12 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
 pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
     tenants
         .iter()
-        .flat_map(|t| t.endpoints().filter_map(|e| e.fip.map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))))
+        .flat_map(|t| {
+            t.endpoints().filter_map(|e| {
+                e.fip
+                    .map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))
+            })
+        })
         .collect()
 }
 
@@ -284,12 +418,22 @@ mod tests {
     use super::*;
     use crate::model::{Bridge, PortMapping, Transit};
 
-    fn endpoint(tap: &str, last: u8, fip: Option<Ipv4Addr>, security_groups: Option<Vec<Rule>>) -> Endpoint {
+    fn endpoint(
+        tap: &str,
+        last: u8,
+        fip: Option<Ipv4Addr>,
+        security_groups: Option<Vec<Rule>>,
+    ) -> Endpoint {
         Endpoint {
             tap: tap.into(),
             mac: [0x02, 0, 0, 0, 0, last],
             ip: Ipv4Addr::new(172, 16, 0, last),
-            ports: vec![PortMapping { proto: Proto::Tcp, host_ip: None, host_port: 8080, container_port: 80 }],
+            ports: vec![PortMapping {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+            }],
             fip,
             security_groups,
         }
@@ -297,15 +441,46 @@ mod tests {
 
     fn tenant() -> TenantNetns {
         let web_only = vec![
-            Rule { direction: Direction::Ingress, protocol: Some(RuleProto::Tcp), port_min: Some(80), port_max: Some(80), remote: Remote::Any },
-            Rule { direction: Direction::Egress, protocol: Some(RuleProto::Udp), port_min: Some(1000), port_max: Some(2000), remote: Remote::Cidr("10.0.0.0/8".parse().unwrap()) },
-            Rule { direction: Direction::Ingress, protocol: None, port_min: None, port_max: None, remote: Remote::Ips(vec![Ipv4Addr::new(172, 16, 0, 3), Ipv4Addr::new(172, 16, 0, 4)]) },
-            Rule { direction: Direction::Ingress, protocol: Some(RuleProto::Icmp), port_min: None, port_max: None, remote: Remote::Ips(vec![]) },
+            Rule {
+                direction: Direction::Ingress,
+                protocol: Some(RuleProto::Tcp),
+                port_min: Some(80),
+                port_max: Some(80),
+                remote: Remote::Any,
+            },
+            Rule {
+                direction: Direction::Egress,
+                protocol: Some(RuleProto::Udp),
+                port_min: Some(1000),
+                port_max: Some(2000),
+                remote: Remote::Cidr("10.0.0.0/8".parse().unwrap()),
+            },
+            Rule {
+                direction: Direction::Ingress,
+                protocol: None,
+                port_min: None,
+                port_max: None,
+                remote: Remote::Ips(vec![
+                    Ipv4Addr::new(172, 16, 0, 3),
+                    Ipv4Addr::new(172, 16, 0, 4),
+                ]),
+            },
+            Rule {
+                direction: Direction::Ingress,
+                protocol: Some(RuleProto::Icmp),
+                port_min: None,
+                port_max: None,
+                remote: Remote::Ips(vec![]),
+            },
         ];
         TenantNetns {
             name: "t1".into(),
             netns_path: "/var/lib/hyper/netns/t1".into(),
-            transit: Transit { host_if: "hv-0".into(), host_ip: Ipv4Addr::new(100, 127, 0, 0), peer_ip: Ipv4Addr::new(100, 127, 0, 1) },
+            transit: Transit {
+                host_if: "hv-0".into(),
+                host_ip: Ipv4Addr::new(100, 127, 0, 0),
+                peer_ip: Ipv4Addr::new(100, 127, 0, 1),
+            },
             bridges: vec![
                 Bridge {
                     ifname: "br0".into(),
@@ -313,18 +488,37 @@ mod tests {
                     gateway: Ipv4Addr::new(172, 16, 0, 1),
                     mtu: 1450,
                     endpoints: vec![
-                        endpoint("tapaaaaaaaaaaaa", 2, Some(Ipv4Addr::new(198, 51, 100, 7)), Some(web_only)),
+                        endpoint(
+                            "tapaaaaaaaaaaaa",
+                            2,
+                            Some(Ipv4Addr::new(198, 51, 100, 7)),
+                            Some(web_only),
+                        ),
                         endpoint("tapbbbbbbbbbbbb", 3, None, None),
                     ],
                 },
-                Bridge { ifname: "br1".into(), subnet: "10.9.0.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 9, 0, 1), mtu: 1450, endpoints: vec![] },
+                Bridge {
+                    ifname: "br1".into(),
+                    subnet: "10.9.0.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(10, 9, 0, 1),
+                    mtu: 1450,
+                    endpoints: vec![],
+                },
             ],
         }
     }
 
     fn lines_of_chain(text: &str, name: &str) -> Vec<String> {
-        let start = text.find(&format!("\tchain {name} {{")).unwrap_or_else(|| panic!("no chain {name} in\n{text}"));
-        text[start..].lines().skip(1).map(str::trim).take_while(|l| *l != "}").map(String::from).collect()
+        let start = text
+            .find(&format!("\tchain {name} {{"))
+            .unwrap_or_else(|| panic!("no chain {name} in\n{text}"));
+        text[start..]
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .take_while(|l| *l != "}")
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -333,8 +527,16 @@ mod tests {
         let heads: Vec<&str> = text.lines().filter(|l| !l.starts_with('\t')).collect();
         assert_eq!(
             heads,
-            ["add table inet hyper", "delete table inet hyper", "table inet hyper {", "}",
-             "add table bridge hyper", "delete table bridge hyper", "table bridge hyper {", "}"]
+            [
+                "add table inet hyper",
+                "delete table inet hyper",
+                "table inet hyper {",
+                "}",
+                "add table bridge hyper",
+                "delete table bridge hyper",
+                "table bridge hyper {",
+                "}"
+            ]
         );
     }
 
@@ -354,17 +556,20 @@ mod tests {
     #[test]
     fn tenant_forward_isolates_networks_then_dispatches_security_groups() {
         let text = render_tenant_rules(&tenant());
-        assert_eq!(lines_of_chain(&text, "forward"), [
-            "type filter hook forward priority filter; policy accept;",
-            "ct state established,related accept",
-            "ct state invalid drop",
-            "iifname \"up0\" oifname \"up0\" drop",
-            "iifname \"up0\" ct status & dnat != dnat drop",
-            "iifname \"br0\" oifname \"br1\" drop",
-            "iifname \"br1\" oifname \"br0\" drop",
-            "ip saddr vmap @sg_egress",
-            "ip daddr vmap @sg_ingress",
-        ]);
+        assert_eq!(
+            lines_of_chain(&text, "forward"),
+            [
+                "type filter hook forward priority filter; policy accept;",
+                "ct state established,related accept",
+                "ct state invalid drop",
+                "iifname \"up0\" oifname \"up0\" drop",
+                "iifname \"up0\" ct status & dnat != dnat drop",
+                "iifname \"br0\" oifname \"br1\" drop",
+                "iifname \"br1\" oifname \"br0\" drop",
+                "ip saddr vmap @sg_egress",
+                "ip daddr vmap @sg_ingress",
+            ]
+        );
         // Only the endpoint with groups is dispatched; the open one falls through to accept.
         assert!(text.contains("elements = { 172.16.0.2 : jump eg-tapaaaaaaaaaaaa }"));
         assert!(text.contains("elements = { 172.16.0.2 : jump in-tapaaaaaaaaaaaa }"));
@@ -374,34 +579,55 @@ mod tests {
     #[test]
     fn security_group_rules_allow_by_returning_and_drop_the_rest() {
         let text = render_tenant_rules(&tenant());
-        assert_eq!(lines_of_chain(&text, "in-tapaaaaaaaaaaaa"), [
-            "tcp dport 80 return",
-            "ip saddr { 172.16.0.3, 172.16.0.4 } return",
-            // The icmp rule's remote group is empty: it matches nothing and is left out.
-            "drop",
-        ]);
-        assert_eq!(lines_of_chain(&text, "eg-tapaaaaaaaaaaaa"), ["ip daddr 10.0.0.0/8 udp dport 1000-2000 return", "drop"]);
+        assert_eq!(
+            lines_of_chain(&text, "in-tapaaaaaaaaaaaa"),
+            [
+                "tcp dport 80 return",
+                "ip saddr { 172.16.0.3, 172.16.0.4 } return",
+                // The icmp rule's remote group is empty: it matches nothing and is left out.
+                "drop",
+            ]
+        );
+        assert_eq!(
+            lines_of_chain(&text, "eg-tapaaaaaaaaaaaa"),
+            ["ip daddr 10.0.0.0/8 udp dport 1000-2000 return", "drop"]
+        );
     }
 
     #[test]
     fn groups_without_egress_rules_mean_no_outbound() {
-        let rules = vec![Rule { direction: Direction::Ingress, protocol: None, port_min: None, port_max: None, remote: Remote::Any }];
+        let rules = vec![Rule {
+            direction: Direction::Ingress,
+            protocol: None,
+            port_min: None,
+            port_max: None,
+            remote: Remote::Any,
+        }];
         assert_eq!(security_group_chain(&rules, Direction::Egress), ["drop"]);
-        assert_eq!(security_group_chain(&rules, Direction::Ingress), ["return", "drop"]);
+        assert_eq!(
+            security_group_chain(&rules, Direction::Ingress),
+            ["return", "drop"]
+        );
     }
 
     #[test]
     fn tenant_nat_publishes_ports_and_fips() {
         let text = render_tenant_rules(&tenant());
-        assert_eq!(lines_of_chain(&text, "prerouting")[1..], [
-            "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.2:80",
-            "ip daddr 198.51.100.7 tcp dport 8080 dnat ip to 172.16.0.2:80",
-            "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.3:80",
-        ]);
-        assert_eq!(lines_of_chain(&text, "postrouting")[1..], [
-            "oifname \"up0\" ip saddr 172.16.0.2 snat ip to 198.51.100.7",
-            "oifname \"up0\" ip saddr { 172.16.0.0/16, 10.9.0.0/24 } masquerade",
-        ]);
+        assert_eq!(
+            lines_of_chain(&text, "prerouting")[1..],
+            [
+                "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.2:80",
+                "ip daddr 198.51.100.7 tcp dport 8080 dnat ip to 172.16.0.2:80",
+                "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.3:80",
+            ]
+        );
+        assert_eq!(
+            lines_of_chain(&text, "postrouting")[1..],
+            [
+                "oifname \"up0\" ip saddr 172.16.0.2 snat ip to 198.51.100.7",
+                "oifname \"up0\" ip saddr { 172.16.0.0/16, 10.9.0.0/24 } masquerade",
+            ]
+        );
     }
 
     fn bridge_table(text: &str) -> &str {
@@ -412,23 +638,36 @@ mod tests {
     fn taps_may_only_send_as_their_endpoint() {
         let rendered = render_tenant_rules(&tenant());
         let text = bridge_table(&rendered);
-        assert_eq!(lines_of_chain(text, "prerouting").last().unwrap(), "iifname \"tap*\" drop");
+        assert_eq!(
+            lines_of_chain(text, "prerouting").last().unwrap(),
+            "iifname \"tap*\" drop"
+        );
         assert!(text.contains("iifname vmap { \"tapaaaaaaaaaaaa\" : jump sp-tapaaaaaaaaaaaa, \"tapbbbbbbbbbbbb\" : jump sp-tapbbbbbbbbbbbb }"));
-        assert_eq!(lines_of_chain(text, "sp-tapbbbbbbbbbbbb"), [
-            "ether saddr != 02:00:00:00:00:03 drop",
-            "ether type arp arp saddr ether != 02:00:00:00:00:03 drop",
-            "ether type arp arp saddr ip != 172.16.0.3 drop",
-            "ether type ip ip saddr != 172.16.0.3 drop",
-            "ether type != { ip, arp } drop",
-            "accept",
-        ]);
+        assert_eq!(
+            lines_of_chain(text, "sp-tapbbbbbbbbbbbb"),
+            [
+                "ether saddr != 02:00:00:00:00:03 drop",
+                "ether type arp arp saddr ether != 02:00:00:00:00:03 drop",
+                "ether type arp arp saddr ip != 172.16.0.3 drop",
+                "ether type ip ip saddr != 172.16.0.3 drop",
+                "ether type != { ip, arp } drop",
+                "accept",
+            ]
+        );
     }
 
     #[test]
     fn node_publishes_ports_and_keeps_tenants_apart() {
         let mut t = tenant();
-        t.bridges[0].endpoints[1].ports[0] = PortMapping { proto: Proto::Udp, host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)), host_port: 5353, container_port: 53 };
-        let node = NodeNet { transit_cidr: "100.127.0.0/16".parse().unwrap() };
+        t.bridges[0].endpoints[1].ports[0] = PortMapping {
+            proto: Proto::Udp,
+            host_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            host_port: 5353,
+            container_port: 53,
+        };
+        let node = NodeNet {
+            transit_cidr: "100.127.0.0/16".parse().unwrap(),
+        };
         let text = render_node_rules(&node, &[&t]);
         let publish = [
             "fib daddr type local tcp dport 8080 dnat ip to 100.127.0.1:8080",
@@ -436,13 +675,32 @@ mod tests {
         ];
         assert_eq!(lines_of_chain(&text, "prerouting")[1..], publish);
         assert_eq!(lines_of_chain(&text, "output")[1..], publish);
-        assert_eq!(lines_of_chain(&text, "postrouting")[1..], [
-            "oifname \"hv-*\" ip saddr 127.0.0.0/8 masquerade",
-            "ip saddr 100.127.0.0/16 oifname != \"hv-*\" masquerade",
-        ]);
-        assert_eq!(lines_of_chain(&text, "forward")[1..], ["iifname \"hv-*\" oifname \"hv-*\" drop"]);
-        assert_eq!(lines_of_chain(&text, "input")[1..], ["iifname \"hv-*\" ct state established,related accept", "iifname \"hv-*\" drop"]);
-        assert_eq!(fip_routes(&[&t]), [(Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(100, 127, 0, 1), "hv-0")]);
+        assert_eq!(
+            lines_of_chain(&text, "postrouting")[1..],
+            [
+                "oifname \"hv-*\" ip saddr 127.0.0.0/8 masquerade",
+                "ip saddr 100.127.0.0/16 oifname != \"hv-*\" masquerade",
+            ]
+        );
+        assert_eq!(
+            lines_of_chain(&text, "forward")[1..],
+            ["iifname \"hv-*\" oifname \"hv-*\" drop"]
+        );
+        assert_eq!(
+            lines_of_chain(&text, "input")[1..],
+            [
+                "iifname \"hv-*\" ct state established,related accept",
+                "iifname \"hv-*\" drop"
+            ]
+        );
+        assert_eq!(
+            fip_routes(&[&t]),
+            [(
+                Ipv4Addr::new(198, 51, 100, 7),
+                Ipv4Addr::new(100, 127, 0, 1),
+                "hv-0"
+            )]
+        );
     }
 
     #[test]
@@ -452,6 +710,12 @@ mod tests {
         let text = render_tenant_rules(&t);
         assert!(!text.contains("elements"));
         assert!(!text.contains("{  }"));
-        assert_eq!(lines_of_chain(bridge_table(&text), "prerouting"), ["type filter hook prerouting priority filter; policy accept;", "iifname \"tap*\" drop"]);
+        assert_eq!(
+            lines_of_chain(bridge_table(&text), "prerouting"),
+            [
+                "type filter hook prerouting priority filter; policy accept;",
+                "iifname \"tap*\" drop"
+            ]
+        );
     }
 }

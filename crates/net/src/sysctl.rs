@@ -8,7 +8,8 @@ use crate::error::NetError;
 /// Sets `/proc/sys/<key>` (key with slashes, e.g. `net/ipv4/ip_forward`).
 pub(crate) fn set(key: &str, value: &str) -> Result<(), NetError> {
     let path = format!("/proc/sys/{key}");
-    let current = fs::read_to_string(&path).map_err(|e| NetError::io(format!("read sysctl {key}"), e))?;
+    let current =
+        fs::read_to_string(&path).map_err(|e| NetError::io(format!("read sysctl {key}"), e))?;
     if current.trim() == value {
         return Ok(());
     }

@@ -6,8 +6,8 @@ mod support;
 use std::net::Ipv4Addr;
 
 use net::{
-    apply_node_rules, apply_tenant_rules, destroy_netns, ensure_netns, remove_node_rules, Direction, Remote, Rule,
-    RuleProto, TenantNetns,
+    apply_node_rules, apply_tenant_rules, destroy_netns, ensure_netns, remove_node_rules,
+    Direction, Remote, Rule, RuleProto, TenantNetns,
 };
 use support::*;
 
@@ -33,7 +33,13 @@ fn teardown(sandbox: &Sandbox, tenants: &[&TenantNetns]) {
 }
 
 fn tcp_rule(direction: Direction, port: u16, remote: Remote) -> Rule {
-    Rule { direction, protocol: Some(RuleProto::Tcp), port_min: Some(port), port_max: Some(port), remote }
+    Rule {
+        direction,
+        protocol: Some(RuleProto::Tcp),
+        port_min: Some(port),
+        port_max: Some(port),
+        remote,
+    }
 }
 
 #[test]
@@ -42,7 +48,15 @@ fn bridge_neighbours_gateway_node_and_published_ports() {
     let mut web = endpoint(1, "172.16.0.2");
     web.ports.push(tcp(8080, 80));
     let other = endpoint(2, "172.16.0.3");
-    let t = sandbox.tenant("a", 0, vec![bridge("br0", "172.16.0.0/16", vec![web.clone(), other.clone()])]);
+    let t = sandbox.tenant(
+        "a",
+        0,
+        vec![bridge(
+            "br0",
+            "172.16.0.0/16",
+            vec![web.clone(), other.clone()],
+        )],
+    );
     sync(&sandbox, &[&t]);
     let br = &t.bridges[0];
     let g_web = sandbox.attach_guest(&t, br, &web);
@@ -58,7 +72,10 @@ fn bridge_neighbours_gateway_node_and_published_ports() {
 
     // Neighbours on a bridge.
     assert!(pings(&g_other, web.ip));
-    assert_eq!(connect(&g_other, web.ip, 80).unwrap().greeting, "hello 172.16.0.3");
+    assert_eq!(
+        connect(&g_other, web.ip, 80).unwrap().greeting,
+        "hello 172.16.0.3"
+    );
     // The gateway answers ping and DNS, nothing else.
     assert!(pings(&g_web, br.gateway));
     assert!(connect(&g_web, br.gateway, 53).is_some());
@@ -69,16 +86,29 @@ fn bridge_neighbours_gateway_node_and_published_ports() {
     assert!(connect(&g_web, t.transit.host_ip, 7000).is_none());
     assert!(!pings(&g_web, NODE_IP));
     // A published port, from outside, from the node's address on the node, and from 127.0.0.1.
-    assert_eq!(connect(&sandbox.client, NODE_IP, 8080).unwrap().greeting, "hello 192.0.2.2");
-    assert!(connect(&sandbox.node, NODE_IP, 8080).unwrap().echoes("via node address"));
-    assert!(connect(&sandbox.node, LOCALHOST, 8080).unwrap().echoes("via localhost"));
+    assert_eq!(
+        connect(&sandbox.client, NODE_IP, 8080).unwrap().greeting,
+        "hello 192.0.2.2"
+    );
+    assert!(connect(&sandbox.node, NODE_IP, 8080)
+        .unwrap()
+        .echoes("via node address"));
+    assert!(connect(&sandbox.node, LOCALHOST, 8080)
+        .unwrap()
+        .echoes("via localhost"));
     assert!(connect(&sandbox.client, NODE_IP, 80).is_none());
     // Outbound leaves through the node, masqueraded to the node's address.
-    assert_eq!(connect(&g_other, CLIENT_IP, 9000).unwrap().greeting, "hello 192.0.2.1");
+    assert_eq!(
+        connect(&g_other, CLIENT_IP, 9000).unwrap().greeting,
+        "hello 192.0.2.1"
+    );
 
     // Everything again changes nothing.
     sync(&sandbox, &[&t]);
-    assert_eq!(connect(&sandbox.client, NODE_IP, 8080).unwrap().greeting, "hello 192.0.2.2");
+    assert_eq!(
+        connect(&sandbox.client, NODE_IP, 8080).unwrap().greeting,
+        "hello 192.0.2.2"
+    );
     assert!(pings(&g_other, web.ip));
     teardown(&sandbox, &[&t]);
 }
@@ -91,17 +121,36 @@ fn tenants_cannot_reach_each_other() {
     b_ep.ports.push(tcp(8080, 80));
     b_ep.fip = Some("198.51.100.9".parse().unwrap());
     let c_ep = endpoint(3, "10.1.0.2");
-    let a = sandbox.tenant("a", 0, vec![bridge("br0", "172.16.0.0/16", vec![a_ep.clone()])]);
-    let b = sandbox.tenant("b", 1, vec![bridge("br0", "172.16.0.0/16", vec![b_ep.clone()])]);
-    let c = sandbox.tenant("c", 2, vec![bridge("br0", "10.1.0.0/24", vec![c_ep.clone()])]);
+    let a = sandbox.tenant(
+        "a",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![a_ep.clone()])],
+    );
+    let b = sandbox.tenant(
+        "b",
+        1,
+        vec![bridge("br0", "172.16.0.0/16", vec![b_ep.clone()])],
+    );
+    let c = sandbox.tenant(
+        "c",
+        2,
+        vec![bridge("br0", "10.1.0.0/24", vec![c_ep.clone()])],
+    );
     sync(&sandbox, &[&a, &b, &c]);
     let g_a = sandbox.attach_guest(&a, &a.bridges[0], &a_ep);
     let g_b = sandbox.attach_guest(&b, &b.bridges[0], &b_ep);
     let g_c = sandbox.attach_guest(&c, &c.bridges[0], &c_ep);
-    let _servers = [Server::start(&g_a, 80), Server::start(&g_b, 80), Server::start(&g_c, 80)];
+    let _servers = [
+        Server::start(&g_a, 80),
+        Server::start(&g_b, 80),
+        Server::start(&g_c, 80),
+    ];
     // Even a node that routes to tenant c's subnet must not carry a's traffic there.
     let c_peer = c.transit.peer_ip.to_string();
-    ip(&sandbox.node, &["route", "add", "10.1.0.0/24", "via", &c_peer]);
+    ip(
+        &sandbox.node,
+        &["route", "add", "10.1.0.0/24", "via", &c_peer],
+    );
 
     // Same subnet, other tenant: not there at all.
     assert!(!pings(&g_a, b_ep.ip));
@@ -128,16 +177,39 @@ fn floating_ip_in_and_out_and_released() {
     holder.ports.push(tcp(8080, 80));
     holder.fip = Some(fip);
     let plain = endpoint(2, "172.16.0.3");
-    let mut t = sandbox.tenant("a", 0, vec![bridge("br0", "172.16.0.0/16", vec![holder.clone(), plain.clone()])]);
+    let mut t = sandbox.tenant(
+        "a",
+        0,
+        vec![bridge(
+            "br0",
+            "172.16.0.0/16",
+            vec![holder.clone(), plain.clone()],
+        )],
+    );
     sync(&sandbox, &[&t]);
     let g_holder = sandbox.attach_guest(&t, &t.bridges[0], &holder);
     let g_plain = sandbox.attach_guest(&t, &t.bridges[0], &plain);
-    let _servers = [Server::start(&g_holder, 80), Server::start(&sandbox.client, 9000)];
+    let _servers = [
+        Server::start(&g_holder, 80),
+        Server::start(&sandbox.client, 9000),
+    ];
 
-    assert_eq!(connect(&sandbox.client, fip, 8080).unwrap().greeting, "hello 192.0.2.2");
-    assert!(connect(&sandbox.client, fip, 80).is_none(), "unpublished ports stay closed on a FIP");
-    assert_eq!(connect(&g_holder, CLIENT_IP, 9000).unwrap().greeting, "hello 198.51.100.7");
-    assert_eq!(connect(&g_plain, CLIENT_IP, 9000).unwrap().greeting, "hello 192.0.2.1");
+    assert_eq!(
+        connect(&sandbox.client, fip, 8080).unwrap().greeting,
+        "hello 192.0.2.2"
+    );
+    assert!(
+        connect(&sandbox.client, fip, 80).is_none(),
+        "unpublished ports stay closed on a FIP"
+    );
+    assert_eq!(
+        connect(&g_holder, CLIENT_IP, 9000).unwrap().greeting,
+        "hello 198.51.100.7"
+    );
+    assert_eq!(
+        connect(&g_plain, CLIENT_IP, 9000).unwrap().greeting,
+        "hello 192.0.2.1"
+    );
 
     // Release the FIP: the model changes, rules and routes follow.
     t.bridges[0].endpoints[0].fip = None;
@@ -146,8 +218,17 @@ fn floating_ip_in_and_out_and_released() {
         apply_node_rules(&sandbox.net, &[&t]).unwrap();
     });
     assert!(connect(&sandbox.client, fip, 8080).is_none());
-    assert_eq!(ip(&sandbox.node, &["route", "show", "proto", &net::FIP_ROUTE_PROTO.to_string()]), "");
-    assert_eq!(connect(&g_holder, CLIENT_IP, 9000).unwrap().greeting, "hello 192.0.2.1");
+    assert_eq!(
+        ip(
+            &sandbox.node,
+            &["route", "show", "proto", &net::FIP_ROUTE_PROTO.to_string()]
+        ),
+        ""
+    );
+    assert_eq!(
+        connect(&g_holder, CLIENT_IP, 9000).unwrap().greeting,
+        "hello 192.0.2.1"
+    );
     teardown(&sandbox, &[&t]);
 }
 
@@ -159,7 +240,15 @@ fn security_groups_apply_to_new_and_established_connections() {
     guarded.security_groups = Some(vec![tcp_rule(Direction::Ingress, 80, Remote::Any)]);
     let peer = endpoint(2, "172.16.0.3");
     let stranger = endpoint(3, "172.16.0.4");
-    let mut t = sandbox.tenant("a", 0, vec![bridge("br0", "172.16.0.0/16", vec![guarded.clone(), peer.clone(), stranger.clone()])]);
+    let mut t = sandbox.tenant(
+        "a",
+        0,
+        vec![bridge(
+            "br0",
+            "172.16.0.0/16",
+            vec![guarded.clone(), peer.clone(), stranger.clone()],
+        )],
+    );
     sync(&sandbox, &[&t]);
     let g_guarded = sandbox.attach_guest(&t, &t.bridges[0], &guarded);
     let g_peer = sandbox.attach_guest(&t, &t.bridges[0], &peer);
@@ -186,8 +275,21 @@ fn security_groups_apply_to_new_and_established_connections() {
     // Widening the group keeps established connections and lets new ones in, nothing recreated.
     let mut on_80 = connect(&g_peer, guarded.ip, 80).unwrap();
     assert!(on_80.echoes("before"));
-    let any_egress = Rule { direction: Direction::Egress, protocol: None, port_min: None, port_max: None, remote: Remote::Any };
-    set_rules(&mut t, vec![tcp_rule(Direction::Ingress, 80, Remote::Any), tcp_rule(Direction::Ingress, 81, Remote::Any), any_egress]);
+    let any_egress = Rule {
+        direction: Direction::Egress,
+        protocol: None,
+        port_min: None,
+        port_max: None,
+        remote: Remote::Any,
+    };
+    set_rules(
+        &mut t,
+        vec![
+            tcp_rule(Direction::Ingress, 80, Remote::Any),
+            tcp_rule(Direction::Ingress, 81, Remote::Any),
+            any_egress,
+        ],
+    );
     assert!(on_80.echoes("still allowed"));
     let mut on_81 = connect(&g_peer, guarded.ip, 81).expect("81 allowed now");
     assert!(connect(&g_guarded, peer.ip, 80).is_some());
@@ -199,7 +301,10 @@ fn security_groups_apply_to_new_and_established_connections() {
     assert!(connect(&g_peer, guarded.ip, 80).is_none());
 
     // A remote restricted to some members' IPs.
-    set_rules(&mut t, vec![tcp_rule(Direction::Ingress, 80, Remote::Ips(vec![peer.ip]))]);
+    set_rules(
+        &mut t,
+        vec![tcp_rule(Direction::Ingress, 80, Remote::Ips(vec![peer.ip]))],
+    );
     assert!(connect(&g_peer, guarded.ip, 80).is_some());
     assert!(connect(&g_stranger, guarded.ip, 80).is_none());
     teardown(&sandbox, &[&t]);
@@ -210,7 +315,15 @@ fn spoofed_and_unknown_senders_are_dropped() {
     let mut sandbox = Sandbox::new("spoof");
     let liar = endpoint(1, "172.16.0.2");
     let victim = endpoint(2, "172.16.0.3");
-    let t = sandbox.tenant("a", 0, vec![bridge("br0", "172.16.0.0/16", vec![liar.clone(), victim.clone()])]);
+    let t = sandbox.tenant(
+        "a",
+        0,
+        vec![bridge(
+            "br0",
+            "172.16.0.0/16",
+            vec![liar.clone(), victim.clone()],
+        )],
+    );
     sync(&sandbox, &[&t]);
     let g_liar = sandbox.attach_guest(&t, &t.bridges[0], &liar);
     let g_victim = sandbox.attach_guest(&t, &t.bridges[0], &victim);
@@ -218,14 +331,36 @@ fn spoofed_and_unknown_senders_are_dropped() {
 
     // Another source address, with neighbours known both ways so only the IPv4 check can stop it.
     let fake: Ipv4Addr = "172.16.0.99".parse().unwrap();
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    ip(&g_liar, &["addr", "add", &format!("{fake}/16"), "dev", "eth0"]);
-    ip(&g_victim, &["neigh", "replace", &fake.to_string(), "lladdr", &mac(liar.mac), "dev", "eth0"]);
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    ip(
+        &g_liar,
+        &["addr", "add", &format!("{fake}/16"), "dev", "eth0"],
+    );
+    ip(
+        &g_victim,
+        &[
+            "neigh",
+            "replace",
+            &fake.to_string(),
+            "lladdr",
+            &mac(liar.mac),
+            "dev",
+            "eth0",
+        ],
+    );
     assert!(!pings_from(&g_liar, fake, victim.ip));
     assert!(pings_from(&g_liar, liar.ip, victim.ip));
 
     // Another MAC address.
-    ip(&g_liar, &["link", "set", "eth0", "address", "02:66:66:66:66:66"]);
+    ip(
+        &g_liar,
+        &["link", "set", "eth0", "address", "02:66:66:66:66:66"],
+    );
     ip(&g_liar, &["neigh", "flush", "dev", "eth0"]);
     assert!(!pings(&g_liar, victim.ip));
 

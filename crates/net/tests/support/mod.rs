@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use net::{
-    create_netns, in_netns, remove_netns, run_in_netns, Bridge, Endpoint, NodeNet, PortMapping, Proto, TenantNetns,
+    create_netns, in_netns, remove_netns, run_in_netns, Bridge, Endpoint, NodeNet, PortMapping,
+    Proto, TenantNetns,
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -35,13 +36,18 @@ impl Sandbox {
     pub fn new(tag: &str) -> Sandbox {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/tmp/hyper-nettest-{}-{tag}-{n}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/tmp/hyper-nettest-{}-{tag}-{n}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let sandbox = Sandbox {
             node: dir.join("node"),
             client: dir.join("client"),
             dir,
-            net: NodeNet { transit_cidr: "100.127.0.0/16".parse().unwrap() },
+            net: NodeNet {
+                transit_cidr: "100.127.0.0/16".parse().unwrap(),
+            },
             extra: Vec::new(),
         };
         create_netns(&sandbox.node).unwrap();
@@ -49,12 +55,26 @@ impl Sandbox {
         ip(&sandbox.node, &["link", "set", "lo", "up"]);
         ip(&sandbox.client, &["link", "set", "lo", "up"]);
         let client = sandbox.client.to_string_lossy().into_owned();
-        ip(&sandbox.node, &["link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &client]);
-        ip(&sandbox.node, &["addr", "add", &format!("{NODE_IP}/24"), "dev", "out0"]);
+        ip(
+            &sandbox.node,
+            &[
+                "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &client,
+            ],
+        );
+        ip(
+            &sandbox.node,
+            &["addr", "add", &format!("{NODE_IP}/24"), "dev", "out0"],
+        );
         ip(&sandbox.node, &["link", "set", "out0", "up"]);
-        ip(&sandbox.client, &["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        ip(
+            &sandbox.client,
+            &["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"],
+        );
         ip(&sandbox.client, &["link", "set", "eth0", "up"]);
-        ip(&sandbox.client, &["route", "add", FIP_POOL, "via", &NODE_IP.to_string()]);
+        ip(
+            &sandbox.client,
+            &["route", "add", FIP_POOL, "via", &NODE_IP.to_string()],
+        );
         sandbox
     }
 
@@ -74,20 +94,79 @@ impl Sandbox {
     }
 
     /// Plugs a stand-in guest for `endpoint` into `bridge` of the (already ensured) tenant netns.
-    pub fn attach_guest(&mut self, tenant: &TenantNetns, bridge: &Bridge, endpoint: &Endpoint) -> PathBuf {
-        let guest = self.dir.join(format!("guest-{}-{}", tenant.name, endpoint.tap));
+    pub fn attach_guest(
+        &mut self,
+        tenant: &TenantNetns,
+        bridge: &Bridge,
+        endpoint: &Endpoint,
+    ) -> PathBuf {
+        let guest = self
+            .dir
+            .join(format!("guest-{}-{}", tenant.name, endpoint.tap));
         create_netns(&guest).unwrap();
         self.extra.push(guest.clone());
         let tns = &tenant.netns_path;
         let guest_arg = guest.to_string_lossy().into_owned();
         let mtu = bridge.mtu.to_string();
-        ip(tns, &["link", "add", &endpoint.tap, "type", "veth", "peer", "name", "eth0", "netns", &guest_arg]);
-        ip(tns, &["link", "set", &endpoint.tap, "master", &bridge.ifname, "mtu", &mtu, "up"]);
-        let mac = endpoint.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        ip(
+            tns,
+            &[
+                "link",
+                "add",
+                &endpoint.tap,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &guest_arg,
+            ],
+        );
+        ip(
+            tns,
+            &[
+                "link",
+                "set",
+                &endpoint.tap,
+                "master",
+                &bridge.ifname,
+                "mtu",
+                &mtu,
+                "up",
+            ],
+        );
+        let mac = endpoint
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
         ip(&guest, &["link", "set", "lo", "up"]);
-        ip(&guest, &["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"]);
-        ip(&guest, &["addr", "add", &format!("{}/{}", endpoint.ip, bridge.subnet.prefix_len()), "dev", "eth0"]);
-        ip(&guest, &["route", "add", "default", "via", &bridge.gateway.to_string()]);
+        ip(
+            &guest,
+            &["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"],
+        );
+        ip(
+            &guest,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{}", endpoint.ip, bridge.subnet.prefix_len()),
+                "dev",
+                "eth0",
+            ],
+        );
+        ip(
+            &guest,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &bridge.gateway.to_string(),
+            ],
+        );
         guest
     }
 }
@@ -112,7 +191,13 @@ pub fn ip(netns: &Path, args: &[&str]) -> String {
 pub fn bridge(ifname: &str, subnet: &str, endpoints: Vec<Endpoint>) -> Bridge {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
     let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
-    Bridge { ifname: ifname.into(), subnet, gateway, mtu: net::DEFAULT_MTU, endpoints }
+    Bridge {
+        ifname: ifname.into(),
+        subnet,
+        gateway,
+        mtu: net::DEFAULT_MTU,
+        endpoints,
+    }
 }
 
 pub fn endpoint(n: u8, ip: &str) -> Endpoint {
@@ -127,18 +212,31 @@ pub fn endpoint(n: u8, ip: &str) -> Endpoint {
 }
 
 pub fn tcp(host_port: u16, container_port: u16) -> PortMapping {
-    PortMapping { proto: Proto::Tcp, host_ip: None, host_port, container_port }
+    PortMapping {
+        proto: Proto::Tcp,
+        host_ip: None,
+        host_port,
+        container_port,
+    }
 }
 
 pub fn pings(netns: &Path, target: Ipv4Addr) -> bool {
     let target = target.to_string();
-    run_in_netns(netns, Command::new("busybox").args(["ping", "-c", "1", "-W", "1", &target])).is_ok()
+    run_in_netns(
+        netns,
+        Command::new("busybox").args(["ping", "-c", "1", "-W", "1", &target]),
+    )
+    .is_ok()
 }
 
 /// Pings with a source address of our choosing (which the guest need not own honestly).
 pub fn pings_from(netns: &Path, source: Ipv4Addr, target: Ipv4Addr) -> bool {
     let (source, target) = (source.to_string(), target.to_string());
-    run_in_netns(netns, Command::new("busybox").args(["ping", "-c", "1", "-W", "1", "-I", &source, &target])).is_ok()
+    run_in_netns(
+        netns,
+        Command::new("busybox").args(["ping", "-c", "1", "-W", "1", "-I", &source, &target]),
+    )
+    .is_ok()
 }
 
 /// A TCP server in a netns: greets each connection with `hello <peer address>` and echoes lines.
@@ -149,7 +247,9 @@ pub struct Server {
 
 impl Server {
     pub fn start(netns: &Path, port: u16) -> Server {
-        let listener = in_netns(netns, || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+        let listener = in_netns(netns, || TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -166,13 +266,18 @@ impl Server {
             }
             handlers.into_iter().for_each(|h| h.join().unwrap());
         });
-        Server { stop, thread: Some(thread) }
+        Server {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
 fn serve(stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) {
     stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     if writeln!(writer, "hello {}", peer.ip()).is_err() {
         return;
@@ -209,12 +314,21 @@ pub struct Conn {
 /// Connects from `netns`; `None` if nothing answers within a second.
 pub fn connect(netns: &Path, to: Ipv4Addr, port: u16) -> Option<Conn> {
     let target = SocketAddr::V4(SocketAddrV4::new(to, port));
-    let stream = in_netns(netns, || TcpStream::connect_timeout(&target, Duration::from_secs(1))).unwrap().ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let stream = in_netns(netns, || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(1))
+    })
+    .unwrap()
+    .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let mut reader = BufReader::new(stream);
     let mut greeting = String::new();
     reader.read_line(&mut greeting).ok()?;
-    Some(Conn { greeting: greeting.trim().to_string(), reader })
+    Some(Conn {
+        greeting: greeting.trim().to_string(),
+        reader,
+    })
 }
 
 impl Conn {
