@@ -87,6 +87,7 @@ fn record(tenant: &str, n: usize) -> Container {
             ..State::default()
         },
         restart_count: 0,
+        endpoint: None,
     }
 }
 

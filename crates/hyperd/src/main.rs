@@ -72,6 +72,18 @@ struct DaemonArgs {
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The subnet of every tenant's default network (tenants may share it: each has its own L2).
+    #[arg(long, default_value = "172.16.0.0/16")]
+    default_subnet: ipnet::Ipv4Net,
+    /// MTU of tenant networks (1450 leaves room for the fleet's VXLAN overlay).
+    #[arg(long, default_value_t = 1450)]
+    mtu: u32,
+    /// Addresses for the /31 links between the node and each tenant's namespace.
+    #[arg(long, default_value = "100.127.0.0/16")]
+    transit_cidr: ipnet::Ipv4Net,
+    /// Floating IP pool, a CIDR routed to this node (repeatable); none by default.
+    #[arg(long = "fip-pool")]
+    fip_pools: Vec<ipnet::Ipv4Net>,
 }
 
 #[derive(Subcommand)]
@@ -368,6 +380,14 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             template_dir: template_dir.clone(),
+            net: node::network::NetConfig {
+                state_dir: data_root.join("net"),
+                default_subnet: args.default_subnet.trunc(),
+                mtu: args.mtu,
+                transit_cidr: args.transit_cidr.trunc(),
+                fip_pool: args.fip_pools.clone(),
+                dns_binary: host.dns,
+            },
         },
         store.clone(),
         {

@@ -14,6 +14,8 @@ pub struct Host {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub shim: PathBuf,
+    /// The per-tenant DNS server.
+    pub dns: PathBuf,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -81,6 +83,7 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
     )?;
     let shim =
         sibling("hyper-shim").context("hyper-shim not found next to hyperd: run scripts/setup")?;
+    let dns = sibling("hyper-dns").context("hyper-dns not found next to hyperd: run scripts/setup")?;
     let initrd = initramfs(&kernel, &agent, &modules, &kernel_dir)?;
     ensure_user(&args.vm_user)?;
     std::fs::create_dir_all(data_root.join("c"))?;
@@ -93,6 +96,7 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
         kernel,
         initrd,
         shim,
+        dns,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod images;
 pub mod logs;
 pub mod metering;
 pub mod model;
+pub mod network;
 pub mod quota;
 mod runtime;
 pub mod shim_link;

@@ -32,6 +32,9 @@ pub struct ContainerConfig {
     pub stop_signal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<i64>,
+    /// `{"80/tcp": {}}`: ports the image or `--expose` declares (what `-P` publishes).
+    #[serde(deserialize_with = "null_as_default")]
+    pub exposed_ports: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -48,6 +51,59 @@ pub struct HostConfig {
     pub auto_remove: bool,
     #[serde(deserialize_with = "null_as_default")]
     pub restart_policy: RestartPolicy,
+    /// "", "default", "bridge" (the tenant's default network), "none", or a user network.
+    pub network_mode: String,
+    /// `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}` as `-p` sends it.
+    #[serde(deserialize_with = "null_as_default")]
+    pub port_bindings: std::collections::BTreeMap<String, Option<Vec<PortBinding>>>,
+    pub publish_all_ports: bool,
+    /// `name:alias` (the Docker CLI sends `/name:/me/alias`; both are accepted).
+    #[serde(deserialize_with = "null_as_default")]
+    pub links: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns_search: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns_options: Vec<String>,
+    /// `host:ip` lines for /etc/hosts (`--add-host`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub extra_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// A port published on the node: `host_ip:host_port` (node) -> `container_port` (container).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// "tcp" or "udp".
+    pub proto: String,
+    /// `None`: every address of the node.
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+/// A container's place in its tenant's network, decided at create and kept for its life (the
+/// IP survives stop and start).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub network_id: String,
+    pub network_name: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub mac: String,
+    /// Extra names the container answers to on its network (compose's service names).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -106,6 +162,9 @@ pub struct Container {
     pub size: String,
     pub state: State,
     pub restart_count: u64,
+    /// `None`: `--network none` (or a record from before networking).
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
 }
 
 impl Container {

@@ -22,6 +22,7 @@ use crate::events::{Event, EventBus};
 use crate::images::Images;
 use crate::metering::{Kind, Meter, Segment, ROOT_DISK_BYTES};
 use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
+use crate::network::{NetConfig, Networks};
 use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::{sizes, validate, Result, RuntimeError};
@@ -46,6 +47,7 @@ pub struct RuntimeConfig {
     /// (the shim builds one when missing and boots cold when it cannot restore); `None` always
     /// boots cold.
     pub template_dir: Option<PathBuf>,
+    pub net: NetConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +124,7 @@ pub struct Runtime {
     pub images: Images,
     pub meter: Meter,
     pub events: EventBus,
+    pub networks: Arc<Networks>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
 }
@@ -132,7 +135,7 @@ fn container_key(tenant: &str, id: &str) -> String {
 fn name_key(tenant: &str, name: &str) -> String {
     format!("/names/{tenant}/{name}")
 }
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
 }
@@ -143,8 +146,10 @@ fn internal<E: std::fmt::Display>(e: E) -> RuntimeError {
 impl Runtime {
     pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
         let meter = Meter::new(store.clone());
+        let networks = Arc::new(Networks::new(store.clone(), cfg.net.clone()));
         Arc::new(Self {
             cfg,
+            networks,
             store,
             images,
             meter,
@@ -156,6 +161,17 @@ impl Runtime {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Runs a network operation (it spawns `ip`/`nft` and waits) off the async threads.
+    pub async fn with_networks<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Networks) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let networks = self.networks.clone();
+        tokio::task::spawn_blocking(move || f(&networks))
+            .await
+            .map_err(internal)?
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -246,6 +262,7 @@ impl Runtime {
         name: Option<&str>,
         mut config: ContainerConfig,
         host_config: HostConfig,
+        aliases: Vec<String>,
     ) -> Result<Container> {
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => validate::container_name(n)?,
@@ -290,7 +307,7 @@ impl Runtime {
         if config.hostname.is_empty() {
             config.hostname = id[..12].to_string();
         }
-        let container = Container {
+        let mut container = Container {
             id: id.clone(),
             tenant: tenant.into(),
             name: name.clone(),
@@ -304,9 +321,37 @@ impl Runtime {
             size,
             state: State::default(),
             restart_count: 0,
+            endpoint: None,
         };
+        self.networks.check_groups(&container)?;
         self.claim_name_within_quota(&container)?;
+        let planned = {
+            let c = container.clone();
+            self.with_networks(move |n| {
+                let ep = n.plan_endpoint(&c, aliases)?;
+                let c = Container { endpoint: ep.clone(), ..c };
+                if let Err(e) = n.check_links(&c) {
+                    n.release_endpoint(&c)?;
+                    return Err(e);
+                }
+                Ok(ep)
+            })
+            .await
+        };
+        match planned {
+            Ok(ep) => container.endpoint = ep,
+            Err(e) => {
+                let _ = self.release_records(&container);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.save(&container) {
+            let _ = self.networks.release_endpoint(&container);
+            let _ = self.release_records(&container);
+            return Err(e);
+        }
         if let Err(e) = self.prepare_root_disk(&container).await {
+            let _ = self.networks.release_endpoint(&container);
             let _ = self.release_records(&container);
             let _ = std::fs::remove_dir_all(self.dir(&id));
             return Err(e);
@@ -458,6 +503,13 @@ impl Runtime {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let size = sizes::lookup(&c.size)?;
+        let (network, link_env) = {
+            let c = c.clone();
+            self.with_networks(move |n| Ok((n.start_spec(&c)?, n.link_env(&c)?)))
+                .await?
+        };
+        let mut process = process_spec(&c);
+        merge_env(&mut process.env, &link_env);
         let spec = ShimSpec {
             id: c.id.clone(),
             qemu: self.cfg.qemu.clone(),
@@ -473,8 +525,9 @@ impl Runtime {
             log_max_bytes: self.cfg.log_max_bytes,
             log_max_files: self.cfg.log_max_files,
             hostname: c.config.hostname.clone(),
-            process: process_spec(&c),
+            process,
             template_dir: self.cfg.template_dir.clone(),
+            network,
         };
         std::fs::write(
             dir.join("spec.json"),
@@ -699,6 +752,9 @@ impl Runtime {
                 }
             }
         }
+        if let Err(e) = self.with_networks(|n| n.recover()).await {
+            tracing::error!("rebuilding networks: {e}");
+        }
         Ok(())
     }
 
@@ -831,6 +887,16 @@ impl Runtime {
             .await;
         }
         self.release_records(&c)?;
+        let gone = c.clone();
+        let released = self
+            .with_networks(move |n| {
+                n.release_endpoint(&gone)?;
+                n.sync_tenant(&gone.tenant, &[])
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::error!("releasing the network of {}: {e}", c.id);
+        }
         if let Err(e) = self.meter.close_segment(tenant, &c.id, Utc::now()) {
             tracing::error!("metering the removal of {}: {e}", c.id);
         }
@@ -914,6 +980,52 @@ impl Runtime {
             self.update(&entry, |c| c.host_config = hc)?;
         }
         Ok(())
+    }
+
+    /// `hyper update --sg-add/--sg-rm`: changes the container's groups and applies them at
+    /// once, to its open connections too.
+    pub async fn update_security_groups(
+        &self,
+        tenant: &str,
+        reference: &str,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<()> {
+        let entry = self.entry(tenant, reference)?;
+        let before = entry.snapshot();
+        if before.endpoint.is_none() && !add.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {} has no network (--network none)",
+                before.name
+            )));
+        }
+        for g in &add {
+            crate::network::sg::get(self.store.as_ref(), tenant, g)?;
+        }
+        for g in &remove {
+            if !crate::network::sg::groups_of(&before).contains(g) {
+                return Err(RuntimeError::Invalid(format!(
+                    "container {} is not in security group {g}",
+                    before.name
+                )));
+            }
+        }
+        let c = self.update(&entry, |c| {
+            for g in &remove {
+                c.config
+                    .labels
+                    .remove(&format!("{}{g}", crate::network::sg::LABEL_PREFIX));
+            }
+            for g in &add {
+                c.config
+                    .labels
+                    .insert(format!("{}{g}", crate::network::sg::LABEL_PREFIX), "yes".into());
+            }
+        })?;
+        let flush: Vec<_> = c.endpoint.iter().map(|e| e.ip).collect();
+        let tenant = tenant.to_string();
+        self.with_networks(move |n| n.sync_tenant(&tenant, &flush))
+            .await
     }
 
     /// Registers a waiter now and returns the future that completes when `condition` holds,
@@ -1361,6 +1473,7 @@ mod tests {
             size: "s4".into(),
             state: State::default(),
             restart_count: 0,
+            endpoint: None,
         };
         let now = Utc::now();
         c.state.started_at = Some(now - chrono::TimeDelta::seconds(3));

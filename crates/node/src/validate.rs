@@ -19,6 +19,22 @@ pub fn container_name(name: &str) -> Result<String, RuntimeError> {
     }
 }
 
+/// Docker's network name rule: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
+pub fn network_name(name: &str) -> Result<(), RuntimeError> {
+    let mut chars = name.chars();
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )))
+    }
+}
+
 /// `KEY=value` or `KEY` (Docker then drops it); the key must be non-empty.
 pub fn env(vars: &[String]) -> Result<(), RuntimeError> {
     for var in vars {

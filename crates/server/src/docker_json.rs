@@ -67,12 +67,12 @@ pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
         "ImageID": c.image_id,
         "Command": command_line(c),
         "Created": c.created.timestamp(),
-        "Ports": [],
+        "Ports": list_ports(c),
         "Labels": c.config.labels,
         "State": c.state.status.as_str(),
         "Status": status_text(c, now),
-        "HostConfig": {"NetworkMode": "default"},
-        "NetworkSettings": {"Networks": {}},
+        "HostConfig": {"NetworkMode": network_mode(c)},
+        "NetworkSettings": {"Networks": networks(c)},
         "Mounts": [],
     })
 }
@@ -114,11 +114,17 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
         "HostConfig": {
             "AutoRemove": c.host_config.auto_remove,
             "RestartPolicy": c.host_config.restart_policy,
-            "NetworkMode": "default",
+            "NetworkMode": network_mode(c),
             "LogConfig": {"Type": "json-file", "Config": {}},
             "Runtime": "hyper",
             "Binds": null,
-            "PortBindings": {},
+            "PortBindings": c.host_config.port_bindings,
+            "PublishAllPorts": c.host_config.publish_all_ports,
+            "Links": c.host_config.links,
+            "Dns": c.host_config.dns,
+            "DnsSearch": c.host_config.dns_search,
+            "DnsOptions": c.host_config.dns_options,
+            "ExtraHosts": c.host_config.extra_hosts,
             "Privileged": false,
         },
         "GraphDriver": {"Name": "qcow2", "Data": null},
@@ -141,13 +147,104 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "Labels": c.config.labels,
             "StopSignal": c.config.stop_signal,
             "StopTimeout": c.config.stop_timeout,
+            "ExposedPorts": c.config.exposed_ports,
         },
-        "NetworkSettings": {
-            "Bridge": "", "SandboxID": "", "Ports": {}, "SandboxKey": "",
-            "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": "", "Networks": {},
-        },
+        "NetworkSettings": network_settings(c),
         "HyperSize": c.size,
     })
+}
+
+fn network_mode(c: &Container) -> String {
+    match (&c.endpoint, c.host_config.network_mode.as_str()) {
+        (None, _) => "none".into(),
+        (Some(_), "") => "default".into(),
+        (Some(_), m) => m.into(),
+    }
+}
+
+/// `NetworkSettings.Networks`: the container's one network, keyed by its name.
+fn networks(c: &Container) -> Value {
+    let Some(ep) = &c.endpoint else {
+        return json!({"none": {"NetworkID": "", "IPAddress": "", "MacAddress": ""}});
+    };
+    let mut aliases = ep.aliases.clone();
+    aliases.push(c.short_id().to_string());
+    json!({ ep.network_name.clone(): {
+        "IPAMConfig": null,
+        "Links": if c.host_config.links.is_empty() { Value::Null } else { json!(c.host_config.links) },
+        "Aliases": aliases,
+        "MacAddress": ep.mac,
+        "NetworkID": ep.network_id,
+        "EndpointID": c.id,
+        "Gateway": ep.gateway.to_string(),
+        "IPAddress": ep.ip.to_string(),
+        "IPPrefixLen": ep.prefix_len,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": [c.name.clone(), c.short_id().to_string()],
+    }})
+}
+
+/// Docker's `NetworkSettings.Ports`: every exposed or published port, with its bindings
+/// (`null` when only exposed).
+fn ports(c: &Container) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in c.config.exposed_ports.keys() {
+        let key = if key.contains('/') { key.clone() } else { format!("{key}/tcp") };
+        out.insert(key, Value::Null);
+    }
+    for p in c.endpoint.iter().flat_map(|e| &e.ports) {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let host_ip = p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());
+        let binding = json!({"HostIp": host_ip, "HostPort": p.host_port.to_string()});
+        match out.get_mut(&key) {
+            Some(Value::Array(a)) => a.push(binding),
+            _ => {
+                out.insert(key, json!([binding]));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn network_settings(c: &Container) -> Value {
+    let ep = c.endpoint.as_ref();
+    json!({
+        "Bridge": "", "SandboxID": "", "SandboxKey": "",
+        "HairpinMode": false,
+        "Ports": ports(c),
+        "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
+        "IPPrefixLen": ep.map(|e| e.prefix_len).unwrap_or(0),
+        "Gateway": ep.map(|e| e.gateway.to_string()).unwrap_or_default(),
+        "MacAddress": ep.map(|e| e.mac.clone()).unwrap_or_default(),
+        "Networks": networks(c),
+    })
+}
+
+/// `Ports` of `GET /containers/json` (what `docker ps` prints).
+fn list_ports(c: &Container) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    for p in c.endpoint.iter().flat_map(|e| &e.ports) {
+        out.push(json!({
+            "IP": p.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string()),
+            "PrivatePort": p.container_port,
+            "PublicPort": p.host_port,
+            "Type": p.proto,
+        }));
+    }
+    for key in c.config.exposed_ports.keys() {
+        let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+        let published = c
+            .endpoint
+            .iter()
+            .flat_map(|e| &e.ports)
+            .any(|p| p.container_port.to_string() == port && p.proto == proto);
+        if !published {
+            out.push(json!({"PrivatePort": port.parse::<u16>().unwrap_or(0), "Type": proto}));
+        }
+    }
+    Value::Array(out)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, containers as c, events, exec, images, system, usage};
+    use routes::{admin, containers as c, events, exec, fips, images, networks, sg, system, usage};
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -48,6 +48,28 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/tenants/{name}/token", post(admin::issue_token))
         .route("/admin/tenants/{name}/keys", get(admin::list_keys))
         .route("/admin/keys/{access}/revoke", post(admin::revoke_key))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
+        .route("/fips", get(fips::list))
+        .route("/fips/allocate", post(fips::allocate))
+        .route("/fips/release", post(fips::release))
+        .route("/fips/attach", post(fips::attach))
+        .route("/fips/detach", post(fips::detach))
+        .route("/fips/name", post(fips::name))
+        .route("/sg", get(sg::list))
+        .route(
+            "/sg/{name}",
+            get(sg::inspect)
+                .post(sg::create)
+                .put(sg::update)
+                .delete(sg::remove),
+        )
         .route("/containers/create", post(c::create))
         .route("/containers/json", get(c::list))
         .route("/containers/{id}/json", get(c::inspect))

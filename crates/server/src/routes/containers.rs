@@ -33,7 +33,7 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
     };
-    let refused: [(&str, &str); 22] = [
+    let refused: [(&str, &str); 15] = [
         (
             "Binds",
             "host bind mounts (-v HOST:CONTAINER): a VM cannot reach the host's files",
@@ -44,19 +44,9 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
             "--privileged: every container is already root in its own VM",
         ),
         ("Devices", "host devices (--device)"),
-        ("PortBindings", "published ports (-p) are not supported yet"),
-        (
-            "PublishAllPorts",
-            "published ports (-P) are not supported yet",
-        ),
-        ("Links", "links (--link) are not supported yet"),
         ("CapAdd", "--cap-add"),
         ("CapDrop", "--cap-drop"),
         ("VolumesFrom", "--volumes-from"),
-        ("Dns", "--dns is not supported yet"),
-        ("DnsSearch", "--dns-search is not supported yet"),
-        ("DnsOptions", "--dns-option is not supported yet"),
-        ("ExtraHosts", "--add-host is not supported yet"),
         ("Memory", "--memory: choose a size with --size instead"),
         ("NanoCpus", "--cpus: choose a size with --size instead"),
         (
@@ -75,12 +65,6 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
                 "hyper does not support {what} (HostConfig.{field})"
             )));
         }
-    }
-    let network = hc["NetworkMode"].as_str().unwrap_or("");
-    if !matches!(network, "" | "default" | "bridge") {
-        return Err(ApiError::not_implemented(format!(
-            "hyper does not support --network {network}: each tenant has one network"
-        )));
     }
     for mode in [
         "PidMode",
@@ -115,24 +99,31 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
             "health checks (--health-cmd) are not supported yet",
         ));
     }
-    if let Some(labels) = body["Labels"].as_object() {
-        if let Some(sg) = labels.keys().find(|k| k.starts_with("sh_hyper_sg_")) {
-            return Err(ApiError::not_implemented(format!(
-                "security groups ({sg}) are not supported yet"
-            )));
-        }
-    }
-    if let Some(endpoints) = body["NetworkingConfig"]["EndpointsConfig"].as_object() {
-        if let Some(name) = endpoints
-            .keys()
-            .find(|k| !matches!(k.as_str(), "default" | "bridge"))
-        {
-            return Err(ApiError::not_implemented(format!(
-                "hyper does not support the network {name:?}"
-            )));
-        }
-    }
     Ok(())
+}
+
+/// `NetworkingConfig.EndpointsConfig` (what compose sends): the network to join, when
+/// `NetworkMode` does not name it already, and the container's aliases on it. One network per
+/// container: each VM has one network interface.
+fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>> {
+    let Some(endpoints) = body["NetworkingConfig"]["EndpointsConfig"].as_object() else {
+        return Ok(Vec::new());
+    };
+    if endpoints.len() > 1 {
+        return Err(ApiError::not_implemented(
+            "hyper connects a container to one network: each VM has one network interface",
+        ));
+    }
+    let Some((name, config)) = endpoints.iter().next() else {
+        return Ok(Vec::new());
+    };
+    if matches!(hc.network_mode.as_str(), "" | "default") {
+        hc.network_mode = name.clone();
+    }
+    Ok(config["Aliases"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default())
 }
 
 pub async fn create(
@@ -148,8 +139,12 @@ pub async fn create(
     if config.image.is_empty() {
         return Err(ApiError::bad_request("no image given"));
     }
-    let host_config: HostConfig =
-        serde_json::from_value(raw["HostConfig"].clone()).unwrap_or_default();
+    let mut host_config: HostConfig = match &raw["HostConfig"] {
+        Value::Null => HostConfig::default(),
+        hc => serde_json::from_value(hc.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?,
+    };
+    let aliases = endpoint_request(&raw, &mut host_config)?;
     let c = app
         .runtime
         .create(
@@ -157,6 +152,7 @@ pub async fn create(
             q.get("name").map(String::as_str),
             config,
             host_config,
+            aliases,
         )
         .await?;
     Ok((
@@ -323,7 +319,7 @@ pub async fn update(
                 || v.as_i64() == Some(0)
                 || v.as_array().is_some_and(|a| a.is_empty())
                 || v.as_str() == Some("");
-            if !matches!(k.as_str(), "RestartPolicy" | "Protection") && !zero {
+            if !matches!(k.as_str(), "RestartPolicy" | "Protection" | "SecurityGroups") && !zero {
                 unsupported.push(k);
             }
         }
@@ -347,8 +343,20 @@ pub async fn update(
                 .ok_or_else(|| ApiError::bad_request("Protection must be true or false"))?,
         ),
     };
+    let groups = |field: &str| -> Vec<String> {
+        raw["SecurityGroups"][field]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let (sg_add, sg_rm) = (groups("Add"), groups("Remove"));
     app.runtime
         .update_config(&tenant, &id, policy, protection)?;
+    if !sg_add.is_empty() || !sg_rm.is_empty() {
+        app.runtime
+            .update_security_groups(&tenant, &id, sg_add, sg_rm)
+            .await?;
+    }
     Ok(Json(json!({"Warnings": []})))
 }
 

@@ -4,7 +4,10 @@ pub mod admin;
 pub mod containers;
 pub mod events;
 pub mod exec;
+pub mod fips;
 pub mod images;
+pub mod networks;
+pub mod sg;
 pub mod system;
 pub mod usage;
 

@@ -1,0 +1,646 @@
+//! Tenant networks on this node (issue 4): the records (networks, addresses, host ports,
+//! floating IPs, security groups) and their realisation in the kernel through the `net` crate.
+//!
+//! The store is the truth; the kernel state (namespaces, bridges, nftables, routes) and the
+//! DNS server's records are derived from it by [`Networks::sync_tenant`], which is idempotent
+//! and runs after every change and at hyperd's start. Nothing on the data path lives in
+//! hyperd's process: the rules and links stay in the kernel, the taps with their VMs, and each
+//! tenant's DNS server is a process of its own, so traffic keeps flowing while hyperd restarts.
+
+mod dns;
+pub mod fips;
+mod guest_files;
+pub mod ipam;
+mod ports;
+pub mod records;
+pub mod sg;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use ipnet::Ipv4Net;
+use store::Store;
+
+use crate::model::{Container, Endpoint, PublishedPort};
+use crate::shim_link::NetworkSpec;
+use crate::{Result, RuntimeError};
+pub use records::{NetworkRecord, DEFAULT_NETWORK};
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// `DATA/net`: one directory per tenant namespace (its mount point, DNS config and pid).
+    pub state_dir: PathBuf,
+    /// The subnet of every tenant's default network.
+    pub default_subnet: Ipv4Net,
+    pub mtu: u32,
+    /// Where the /31 links between the node and the tenant namespaces come from.
+    pub transit_cidr: Ipv4Net,
+    /// Floating IP pool (empty: none).
+    pub fip_pool: Vec<Ipv4Net>,
+    pub dns_binary: PathBuf,
+}
+
+pub struct Networks {
+    store: Arc<dyn Store>,
+    cfg: NetConfig,
+    node: net::NodeNet,
+    fip_pool: Vec<Ipv4Addr>,
+    /// Serialises syncs: each rebuilds a tenant's whole ruleset from the store.
+    sync: Mutex<()>,
+}
+
+fn tap_name(container_id: &str) -> String {
+    format!("tap{}", &container_id[..12])
+}
+
+fn net_err(e: net::NetError) -> RuntimeError {
+    RuntimeError::Internal(format!("networking: {e}"))
+}
+
+/// Is `mode` the tenant's default network?
+fn is_default(mode: &str) -> bool {
+    matches!(mode, "" | "default" | DEFAULT_NETWORK)
+}
+
+impl Networks {
+    pub fn new(store: Arc<dyn Store>, cfg: NetConfig) -> Self {
+        let fip_pool = fips::pool_addresses(&cfg.fip_pool);
+        let node = net::NodeNet {
+            transit_cidr: cfg.transit_cidr,
+        };
+        Self {
+            store,
+            cfg,
+            node,
+            fip_pool,
+            sync: Mutex::new(()),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Ranges a tenant's subnets must stay clear of.
+    fn reserved(&self) -> Vec<Ipv4Net> {
+        let mut r = vec![self.cfg.transit_cidr];
+        r.extend(self.cfg.fip_pool.iter().copied());
+        r
+    }
+
+    // ---- networks (Docker's /networks) ----
+
+    /// The tenant's default network, made on first use.
+    pub fn default_network(&self, tenant: &str) -> Result<NetworkRecord> {
+        match records::find_network(self.store(), tenant, DEFAULT_NETWORK) {
+            Err(RuntimeError::NotFound(_)) => {}
+            other => return other,
+        }
+        let subnet = self.cfg.default_subnet;
+        match self.create_network(tenant, DEFAULT_NETWORK, Some(subnet), Default::default()) {
+            Err(RuntimeError::Conflict(_)) => records::find_network(self.store(), tenant, DEFAULT_NETWORK),
+            other => other,
+        }
+    }
+
+    pub fn create_network(
+        &self,
+        tenant: &str,
+        name: &str,
+        subnet: Option<Ipv4Net>,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<NetworkRecord> {
+        crate::validate::network_name(name)?;
+        if name != DEFAULT_NETWORK && is_default(name) || name == "none" || name == "host" {
+            return Err(RuntimeError::Invalid(format!(
+                "{name} is a pre-defined network and cannot be created"
+            )));
+        }
+        if name != DEFAULT_NETWORK {
+            // Make sure the default network takes its subnet first.
+            self.default_network(tenant)?;
+        }
+        let subnet = match subnet {
+            Some(s) => s,
+            None => {
+                let mut taken: Vec<Ipv4Net> = records::list_networks(self.store(), tenant)?
+                    .iter()
+                    .map(|n| n.subnet)
+                    .collect();
+                taken.extend(self.reserved());
+                ipam::auto_subnet(&taken).ok_or_else(|| {
+                    RuntimeError::Conflict("no free subnet left for a new network; give --subnet".into())
+                })?
+            }
+        };
+        let record = NetworkRecord {
+            id: crate::runtime::random_id(),
+            tenant: tenant.into(),
+            name: name.into(),
+            subnet,
+            gateway: ipam::gateway_of(subnet),
+            bridge: String::new(),
+            created: Utc::now(),
+            labels,
+        };
+        records::create_network(self.store(), record, &self.reserved())
+    }
+
+    pub fn list_networks(&self, tenant: &str) -> Result<Vec<NetworkRecord>> {
+        self.default_network(tenant)?;
+        records::list_networks(self.store(), tenant)
+    }
+
+    pub fn find_network(&self, tenant: &str, reference: &str) -> Result<NetworkRecord> {
+        if is_default(reference) {
+            return self.default_network(tenant);
+        }
+        records::find_network(self.store(), tenant, reference)
+    }
+
+    pub fn remove_network(&self, tenant: &str, reference: &str) -> Result<()> {
+        let n = self.find_network(tenant, reference)?;
+        if n.name == DEFAULT_NETWORK {
+            return Err(RuntimeError::Invalid(format!(
+                "{DEFAULT_NETWORK} is a pre-defined network and cannot be removed"
+            )));
+        }
+        records::delete_network(self.store(), &n)?;
+        self.sync_tenant(tenant, &[])
+    }
+
+    // ---- endpoints ----
+
+    /// Claims the container's address and host ports at create. `None` for `--network none`.
+    pub fn plan_endpoint(&self, c: &Container, aliases: Vec<String>) -> Result<Option<Endpoint>> {
+        let mode = c.host_config.network_mode.as_str();
+        if mode == "none" {
+            if !c.host_config.port_bindings.is_empty() || c.host_config.publish_all_ports {
+                return Err(RuntimeError::Invalid(
+                    "conflicting options: port publishing and the container type network mode".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if mode == "host" || mode.starts_with("container:") {
+            return Err(RuntimeError::Unsupported(format!(
+                "hyper does not support --network {mode}: every container has its own VM and network interface"
+            )));
+        }
+        guest_files::validate(&c.host_config)?;
+        let requests = ports::requests(&c.config, &c.host_config).map_err(RuntimeError::Invalid)?;
+        let network = self.find_network(&c.tenant, mode)?;
+        self.claim(c, &network, aliases, &requests)
+    }
+
+    fn claim(
+        &self,
+        c: &Container,
+        network: &NetworkRecord,
+        aliases: Vec<String>,
+        requests: &[ports::PortRequest],
+    ) -> Result<Option<Endpoint>> {
+        let ip = records::claim_ip(self.store(), network, &c.id)?;
+        let owner = format!("{}/{}", c.tenant, c.id);
+        let mut published: Vec<PublishedPort> = Vec::new();
+        let undo = |published: &[PublishedPort]| {
+            for p in published {
+                let _ = records::release_host_port(self.store(), &p.proto, p.host_port, &owner);
+            }
+            let _ = records::release_ip(self.store(), &c.tenant, &network.id, ip);
+        };
+        for r in requests {
+            let port = match r.host_port {
+                Some(p) => {
+                    if !records::claim_host_port(self.store(), &r.proto, r.host_ip, p, &owner)? {
+                        undo(&published);
+                        let host = r.host_ip.map_or("0.0.0.0".to_string(), |i| i.to_string());
+                        return Err(RuntimeError::Conflict(format!(
+                            "Bind for {host}:{p} failed: port is already allocated"
+                        )));
+                    }
+                    p
+                }
+                None => match self.claim_random_port(&r.proto, r.host_ip, &owner)? {
+                    Some(p) => p,
+                    None => {
+                        undo(&published);
+                        return Err(RuntimeError::Conflict(
+                            "no free host port left to publish on".into(),
+                        ));
+                    }
+                },
+            };
+            published.push(PublishedPort {
+                proto: r.proto.clone(),
+                host_ip: r.host_ip,
+                host_port: port,
+                container_port: r.container_port,
+            });
+        }
+        Ok(Some(Endpoint {
+            network_id: network.id.clone(),
+            network_name: network.name.clone(),
+            ip,
+            prefix_len: network.subnet.prefix_len(),
+            gateway: network.gateway,
+            mac: ipam::mac_for(ip),
+            aliases,
+            ports: published,
+        }))
+    }
+
+    fn claim_random_port(&self, proto: &str, host_ip: Option<Ipv4Addr>, owner: &str) -> Result<Option<u16>> {
+        let span = u32::from(ports::EPHEMERAL.end() - ports::EPHEMERAL.start()) + 1;
+        let start = rand::random::<u32>() % span;
+        for i in 0..span {
+            let port = *ports::EPHEMERAL.start() + ((start + i) % span) as u16;
+            if records::claim_host_port(self.store(), proto, host_ip, port, owner)? {
+                return Ok(Some(port));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives back what [`Networks::plan_endpoint`] claimed and the container's floating IP
+    /// (`rm` detaches it). The kernel side follows with the next sync.
+    pub fn release_endpoint(&self, c: &Container) -> Result<()> {
+        let owner = format!("{}/{}", c.tenant, c.id);
+        if let Some(ep) = &c.endpoint {
+            for p in &ep.ports {
+                records::release_host_port(self.store(), &p.proto, p.host_port, &owner)?;
+            }
+            records::release_ip(self.store(), &c.tenant, &ep.network_id, ep.ip)?;
+        }
+        if fips::of_container(self.store(), &c.id)?.is_some() {
+            fips::detach(self.store(), &c.id, &c.name)?;
+        }
+        Ok(())
+    }
+
+    /// Everything the VM side needs to plug the container in, after making sure its tenant's
+    /// namespace, bridge, rules and DNS are in place.
+    pub fn start_spec(&self, c: &Container) -> Result<Option<NetworkSpec>> {
+        let Some(ep) = &c.endpoint else {
+            return Ok(None);
+        };
+        self.sync_tenant(&c.tenant, &[])?;
+        let network = records::find_network(self.store(), &c.tenant, &ep.network_id)?;
+        let containers = self.containers(&c.tenant)?;
+        let mut links = Vec::new();
+        for l in &c.host_config.links {
+            let (target, alias) = guest_files::parse_link(l);
+            if let Some(t) = containers.iter().find(|t| t.name == target || t.id == target) {
+                links.push((t.clone(), alias));
+            }
+        }
+        Ok(Some(NetworkSpec {
+            netns: self.netns_path(&c.tenant)?,
+            bridge: network.bridge.clone(),
+            tap: tap_name(&c.id),
+            mac: ep.mac.clone(),
+            ip: format!("{}/{}", ep.ip, ep.prefix_len),
+            gateway: ep.gateway.to_string(),
+            mtu: self.cfg.mtu,
+            resolv_conf: guest_files::resolv_conf(ep.gateway, &c.host_config),
+            hosts: guest_files::hosts_lines(&links, &c.host_config),
+        }))
+    }
+
+    /// Docker's link variables for the container's `--link`s (resolved at start).
+    pub fn link_env(&self, c: &Container) -> Result<Vec<String>> {
+        let mut env = Vec::new();
+        if c.host_config.links.is_empty() {
+            return Ok(env);
+        }
+        let containers = self.containers(&c.tenant)?;
+        for l in &c.host_config.links {
+            let (target, alias) = guest_files::parse_link(l);
+            if let Some(t) = containers.iter().find(|t| t.name == target || t.id == target) {
+                env.extend(guest_files::link_env(&c.name, t, &alias));
+            }
+        }
+        Ok(env)
+    }
+
+    /// Checks `--link` targets at create: each must be a container of the tenant on the same
+    /// network.
+    pub fn check_links(&self, c: &Container) -> Result<()> {
+        if c.host_config.links.is_empty() {
+            return Ok(());
+        }
+        let Some(ep) = &c.endpoint else {
+            return Err(RuntimeError::Invalid(
+                "conflicting options: --link needs a network (not --network none)".into(),
+            ));
+        };
+        let containers = self.containers(&c.tenant)?;
+        for l in &c.host_config.links {
+            let (target, _) = guest_files::parse_link(l);
+            let t = containers
+                .iter()
+                .find(|t| t.name == target || t.id == target)
+                .ok_or_else(|| {
+                    RuntimeError::NotFound(format!("could not get container for {target}"))
+                })?;
+            if t.endpoint.as_ref().map(|e| &e.network_id) != Some(&ep.network_id) {
+                return Err(RuntimeError::Invalid(format!(
+                    "cannot link to {target}: it is not on network {}",
+                    ep.network_name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- floating IPs ----
+
+    pub fn fip_allocate(&self, tenant: &str, count: u64) -> Result<Vec<Ipv4Addr>> {
+        fips::allocate(self.store(), &self.fip_pool, tenant, count)
+    }
+
+    pub fn fip_list(&self, tenant: &str) -> Result<Vec<fips::FipRecord>> {
+        fips::list(self.store(), tenant)
+    }
+
+    pub fn fip_release(&self, tenant: &str, ip: &str) -> Result<()> {
+        let r = fips::release(self.store(), tenant, ip)?;
+        self.after_fip_change(tenant, &r.container)
+    }
+
+    pub fn fip_attach(&self, c: &Container, ip: &str) -> Result<()> {
+        if c.endpoint.is_none() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {} has no network (--network none)",
+                c.name
+            )));
+        }
+        fips::attach(self.store(), &c.tenant, ip, &c.id, &c.name)?;
+        self.after_fip_change(&c.tenant, &c.id)
+    }
+
+    pub fn fip_detach(&self, c: &Container) -> Result<Ipv4Addr> {
+        let ip = fips::detach(self.store(), &c.id, &c.name)?;
+        self.after_fip_change(&c.tenant, &c.id)?;
+        Ok(ip)
+    }
+
+    pub fn fip_rename(&self, tenant: &str, ip: &str, name: &str) -> Result<()> {
+        fips::rename(self.store(), tenant, ip, name)
+    }
+
+    pub fn fip_of(&self, container: &str) -> Result<Option<Ipv4Addr>> {
+        Ok(fips::of_container(self.store(), container)?.map(|r| r.ip))
+    }
+
+    /// Re-applies the rules and forgets the container's tracked connections, so a detached or
+    /// released address stops carrying even the connections it had.
+    fn after_fip_change(&self, tenant: &str, container: &str) -> Result<()> {
+        let flush: Vec<Ipv4Addr> = self
+            .containers(tenant)?
+            .iter()
+            .filter(|c| c.id == container)
+            .filter_map(|c| c.endpoint.as_ref().map(|e| e.ip))
+            .collect();
+        self.sync_tenant(tenant, &flush)
+    }
+
+    // ---- security groups ----
+
+    pub fn sg_members(&self, tenant: &str, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .containers(tenant)?
+            .into_iter()
+            .filter(|c| sg::groups_of(c).iter().any(|g| g == name))
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Re-applies a tenant's rules after a group changed, cutting its members' tracked
+    /// connections so the new rules judge them too.
+    pub fn sg_changed(&self, tenant: &str, name: &str) -> Result<()> {
+        let flush: Vec<Ipv4Addr> = self
+            .containers(tenant)?
+            .iter()
+            .filter(|c| sg::groups_of(c).iter().any(|g| g == name))
+            .filter_map(|c| c.endpoint.as_ref().map(|e| e.ip))
+            .collect();
+        self.sync_tenant(tenant, &flush)
+    }
+
+    /// Every group named in the container's labels must exist.
+    pub fn check_groups(&self, c: &Container) -> Result<()> {
+        for g in sg::groups_of(c) {
+            sg::get(self.store(), &c.tenant, &g)?;
+        }
+        Ok(())
+    }
+
+    pub fn store_handle(&self) -> &dyn Store {
+        self.store()
+    }
+
+    // ---- the kernel side ----
+
+    fn containers(&self, tenant: &str) -> Result<Vec<Container>> {
+        self.store()
+            .range(&format!("/containers/{tenant}/"))?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| RuntimeError::Internal(format!("bad container record: {e}")))
+            })
+            .collect()
+    }
+
+    fn tenant_dir(&self, index: u32) -> PathBuf {
+        self.cfg.state_dir.join(format!("t{index}"))
+    }
+
+    fn netns_path(&self, tenant: &str) -> Result<PathBuf> {
+        let index = records::transit_index(self.store(), tenant, self.transit_slots())?;
+        Ok(self.tenant_dir(index).join("netns"))
+    }
+
+    /// How many /31 links the transit range holds.
+    fn transit_slots(&self) -> u32 {
+        ((1u64 << (32 - u32::from(self.cfg.transit_cidr.prefix_len()))) / 2) as u32
+    }
+
+    /// The tenant's namespace as the `net` crate realises it, from the store.
+    fn tenant_model(&self, tenant: &str, index: u32) -> Result<net::TenantNetns> {
+        let containers = self.containers(tenant)?;
+        let networks = records::list_networks(self.store(), tenant)?;
+        let attached = fips::list(self.store(), tenant)?;
+        let groups = sg::list(self.store(), tenant)?;
+        let mut bridges = Vec::new();
+        for n in &networks {
+            let endpoints = containers
+                .iter()
+                .filter_map(|c| Some((c, c.endpoint.as_ref()?)))
+                .filter(|(_, ep)| ep.network_id == n.id)
+                .map(|(c, ep)| net::Endpoint {
+                    tap: tap_name(&c.id),
+                    mac: parse_mac(&ep.mac),
+                    ip: ep.ip,
+                    ports: ep
+                        .ports
+                        .iter()
+                        .map(|p| net::PortMapping {
+                            proto: if p.proto == "udp" { net::Proto::Udp } else { net::Proto::Tcp },
+                            host_ip: p.host_ip,
+                            host_port: p.host_port,
+                            container_port: p.container_port,
+                        })
+                        .collect(),
+                    fip: attached.iter().find(|f| f.container == c.id).map(|f| f.ip),
+                    security_groups: security_rules(c, &groups, &containers),
+                })
+                .collect();
+            bridges.push(net::Bridge {
+                ifname: n.bridge.clone(),
+                subnet: n.subnet,
+                gateway: n.gateway,
+                mtu: self.cfg.mtu,
+                endpoints,
+            });
+        }
+        Ok(net::TenantNetns {
+            name: format!("t{index}"),
+            netns_path: self.tenant_dir(index).join("netns"),
+            transit: net::transit_for(&self.node, index).map_err(net_err)?,
+            bridges,
+        })
+    }
+
+    /// Makes the kernel match the store for `tenant` (and the node's shared rules), or tears
+    /// the tenant's namespace down when none of its containers has a network any more.
+    pub fn sync_tenant(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
+        let _guard = self.sync.lock().expect("poisoned");
+        self.sync_tenant_locked(tenant, flush)?;
+        self.sync_node_locked()
+    }
+
+    fn sync_tenant_locked(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
+        let containers = self.containers(tenant)?;
+        let in_use = containers.iter().any(|c| c.endpoint.is_some());
+        let has_transit = records::tenants_with_transit(self.store())?
+            .iter()
+            .any(|(t, _)| t == tenant);
+        if !in_use && !has_transit {
+            return Ok(());
+        }
+        let index = records::transit_index(self.store(), tenant, self.transit_slots())?;
+        let model = self.tenant_model(tenant, index)?;
+        let dir = self.tenant_dir(index);
+        if !in_use {
+            dns::stop(&dir);
+            net::destroy_netns(&model).map_err(net_err)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            return records::release_transit(self.store(), tenant, index);
+        }
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        net::ensure_netns(&model).map_err(net_err)?;
+        net::apply_tenant_rules(&model, flush).map_err(net_err)?;
+        let networks = records::list_networks(self.store(), tenant)?;
+        let zones: Vec<dns::Zone> = networks
+            .iter()
+            .map(|n| dns::Zone::of_network(n, &containers))
+            .collect();
+        dns::sync(&self.cfg.dns_binary, &dir, &model.netns_path, &zones)
+    }
+
+    fn sync_node_locked(&self) -> Result<()> {
+        let mut models = Vec::new();
+        for (tenant, index) in records::tenants_with_transit(self.store())? {
+            models.push(self.tenant_model(&tenant, index)?);
+        }
+        if models.is_empty() {
+            return net::remove_node_rules().map_err(net_err);
+        }
+        let refs: Vec<&net::TenantNetns> = models.iter().collect();
+        net::apply_node_rules(&self.node, &refs).map_err(net_err)
+    }
+
+    /// At hyperd's start: rebuild every tenant's namespace, rules and DNS from the store
+    /// (a no-op for what survived; a repair for what did not).
+    pub fn recover(&self) -> Result<()> {
+        let tenants: Vec<String> = self
+            .store()
+            .range("/containers/")?
+            .iter()
+            .filter_map(|kv| kv.key.split('/').nth(2).map(String::from))
+            .chain(records::tenants_with_transit(self.store())?.into_iter().map(|(t, _)| t))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _guard = self.sync.lock().expect("poisoned");
+        for t in tenants {
+            if let Err(e) = self.sync_tenant_locked(&t, &[]) {
+                tracing::error!("rebuilding the network of tenant {t}: {e}");
+            }
+        }
+        self.sync_node_locked()
+    }
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (i, part) in s.split(':').take(6).enumerate() {
+        mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    mac
+}
+
+/// The flattened rules of the container's groups, remote groups resolved to their members'
+/// addresses; `None` when it is in no group (open).
+fn security_rules(
+    c: &Container,
+    groups: &[sg::SecurityGroup],
+    containers: &[Container],
+) -> Option<Vec<net::Rule>> {
+    let names = sg::groups_of(c);
+    if names.is_empty() {
+        return None;
+    }
+    let mut rules = Vec::new();
+    for g in groups.iter().filter(|g| names.contains(&g.name)) {
+        for r in &g.rules {
+            let remote = if let Some(p) = &r.remote_ip_prefix {
+                match p.parse() {
+                    Ok(net) => net::Remote::Cidr(net),
+                    Err(_) => continue,
+                }
+            } else if let Some(group) = &r.remote_group_name {
+                net::Remote::Ips(
+                    containers
+                        .iter()
+                        .filter(|m| sg::groups_of(m).contains(group))
+                        .filter_map(|m| m.endpoint.as_ref().map(|e| e.ip))
+                        .collect(),
+                )
+            } else {
+                net::Remote::Any
+            };
+            rules.push(net::Rule {
+                direction: if r.direction == "egress" {
+                    net::Direction::Egress
+                } else {
+                    net::Direction::Ingress
+                },
+                protocol: match r.protocol.as_str() {
+                    "tcp" => Some(net::RuleProto::Tcp),
+                    "udp" => Some(net::RuleProto::Udp),
+                    "icmp" => Some(net::RuleProto::Icmp),
+                    _ => None,
+                },
+                port_min: r.port_range_min,
+                port_max: r.port_range_max,
+                remote,
+            });
+        }
+    }
+    Some(rules)
+}

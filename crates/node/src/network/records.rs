@@ -1,0 +1,292 @@
+//! The network records in the store and the transactions that claim addresses and ports.
+//!
+//! Keys:
+//! - `/networks/{tenant}/{id}`: a tenant network ([`NetworkRecord`]); `/netnames/{tenant}/{name}`
+//!   -> id.
+//! - `/ipam/{tenant}/{network}/{ip}` -> container id: one key per used address.
+//! - `/hostports/{proto}/{port}` -> `{tenant}/{container}`: host ports are unique per node.
+//! - `/transit/{tenant}` -> index, `/transit-index/{index}` -> tenant: the tenant's link to
+//!   the node (its /31 in the transit range).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use store::{Compare, Op, Store, Txn};
+
+use super::ipam;
+use crate::quota::Counter;
+use crate::{Result, RuntimeError};
+
+/// The network every tenant has, named as Docker names its default one.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// The bridge's name inside the tenant's namespace (`br0` for the default network).
+    pub bridge: String,
+    pub created: DateTime<Utc>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn network_key(tenant: &str, id: &str) -> String {
+    format!("/networks/{tenant}/{id}")
+}
+fn netname_key(tenant: &str, name: &str) -> String {
+    format!("/netnames/{tenant}/{name}")
+}
+fn ipam_prefix(tenant: &str, network: &str) -> String {
+    format!("/ipam/{tenant}/{network}/")
+}
+fn hostport_key(proto: &str, port: u16) -> String {
+    format!("/hostports/{proto}/{port}")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| RuntimeError::Internal(format!("bad record: {e}")))
+}
+
+pub fn list_networks(store: &dyn Store, tenant: &str) -> Result<Vec<NetworkRecord>> {
+    store
+        .range(&format!("/networks/{tenant}/"))?
+        .iter()
+        .map(|kv| decode(&kv.value))
+        .collect()
+}
+
+/// A network by name, full id or unique id prefix.
+pub fn find_network(store: &dyn Store, tenant: &str, reference: &str) -> Result<NetworkRecord> {
+    if let Some(kv) = store.get(&netname_key(tenant, reference))? {
+        let id = String::from_utf8_lossy(&kv.value).into_owned();
+        if let Some(kv) = store.get(&network_key(tenant, &id))? {
+            return decode(&kv.value);
+        }
+    }
+    let matches: Vec<NetworkRecord> = list_networks(store, tenant)?
+        .into_iter()
+        .filter(|n| !reference.is_empty() && n.id.starts_with(reference))
+        .collect();
+    match matches.len() {
+        1 => Ok(matches.into_iter().next().expect("one")),
+        0 => Err(RuntimeError::NotFound(format!(
+            "network {reference} not found"
+        ))),
+        _ => Err(RuntimeError::Invalid(format!(
+            "network {reference} is ambiguous ({} matches)",
+            matches.len()
+        ))),
+    }
+}
+
+/// Records a network, its name unique in the tenant and its subnet overlapping none of the
+/// tenant's others nor `reserved` (the node's transit and floating IP ranges).
+pub fn create_network(
+    store: &dyn Store,
+    mut record: NetworkRecord,
+    reserved: &[Ipv4Net],
+) -> Result<NetworkRecord> {
+    for r in reserved {
+        if ipam::overlaps(*r, record.subnet) {
+            return Err(RuntimeError::Invalid(format!(
+                "subnet {} overlaps {r}, which this node reserves for its own links; choose another",
+                record.subnet
+            )));
+        }
+    }
+    loop {
+        // The count of the tenant's networks guards the transaction: a concurrent create
+        // changes it, and this one retries against the new set.
+        let guard = Counter::read(store, &record.tenant, "networks")?;
+        let existing = list_networks(store, &record.tenant)?;
+        if let Some(other) = existing
+            .iter()
+            .find(|n| ipam::overlaps(n.subnet, record.subnet))
+        {
+            return Err(RuntimeError::Conflict(format!(
+                "subnet {} overlaps {} of network {}",
+                record.subnet, other.subnet, other.name
+            )));
+        }
+        let used: BTreeSet<&str> = existing.iter().map(|n| n.bridge.as_str()).collect();
+        record.bridge = (0..)
+            .map(|i| format!("br{i}"))
+            .find(|b| !used.contains(b.as_str()))
+            .expect("a free bridge name");
+        let txn = Txn::new()
+            .when(guard.unchanged())
+            .when(Compare::Absent(netname_key(&record.tenant, &record.name)))
+            .then(guard.set(guard.value() + 1))
+            .then(Op::Put(
+                netname_key(&record.tenant, &record.name),
+                record.id.clone().into_bytes(),
+            ))
+            .then(Op::Put(
+                network_key(&record.tenant, &record.id),
+                serde_json::to_vec(&record).expect("json"),
+            ));
+        if store.txn(txn)?.succeeded {
+            return Ok(record);
+        }
+        if store.get(&netname_key(&record.tenant, &record.name))?.is_some() {
+            return Err(RuntimeError::Conflict(format!(
+                "network with name {} already exists",
+                record.name
+            )));
+        }
+    }
+}
+
+pub fn delete_network(store: &dyn Store, n: &NetworkRecord) -> Result<()> {
+    if !store.range(&ipam_prefix(&n.tenant, &n.id))?.is_empty() {
+        return Err(RuntimeError::Conflict(format!(
+            "error while removing network: network {} id {} has active endpoints",
+            n.name, n.id
+        )));
+    }
+    loop {
+        let guard = Counter::read(store, &n.tenant, "networks")?;
+        let r = store.txn(
+            Txn::new()
+                .when(guard.unchanged())
+                .then(guard.set(guard.value().saturating_sub(1)))
+                .then(Op::Delete(network_key(&n.tenant, &n.id)))
+                .then(Op::Delete(netname_key(&n.tenant, &n.name))),
+        )?;
+        if r.succeeded {
+            return Ok(());
+        }
+    }
+}
+
+/// Claims the lowest free address of `n` for `container`.
+pub fn claim_ip(store: &dyn Store, n: &NetworkRecord, container: &str) -> Result<Ipv4Addr> {
+    loop {
+        let used: BTreeSet<Ipv4Addr> = store
+            .range(&ipam_prefix(&n.tenant, &n.id))?
+            .iter()
+            .filter_map(|kv| kv.key.rsplit('/').next()?.parse().ok())
+            .collect();
+        let ip = ipam::next_free(n.subnet, n.gateway, &used).ok_or_else(|| {
+            RuntimeError::Conflict(format!(
+                "no free address left in network {} ({})",
+                n.name, n.subnet
+            ))
+        })?;
+        let key = format!("{}{ip}", ipam_prefix(&n.tenant, &n.id));
+        let claimed = store.txn(
+            Txn::new()
+                .when(Compare::Absent(key.clone()))
+                .then(Op::Put(key, container.as_bytes().to_vec())),
+        )?;
+        if claimed.succeeded {
+            return Ok(ip);
+        }
+    }
+}
+
+pub fn release_ip(store: &dyn Store, tenant: &str, network: &str, ip: Ipv4Addr) -> Result<()> {
+    store.delete(&format!("{}{ip}", ipam_prefix(tenant, network)))?;
+    Ok(())
+}
+
+/// Claims `proto/port` on the node for `owner` (`tenant/container`). A port held by another
+/// container, or bound by a process of the node, is refused as Docker words it.
+pub fn claim_host_port(
+    store: &dyn Store,
+    proto: &str,
+    host_ip: Option<Ipv4Addr>,
+    port: u16,
+    owner: &str,
+) -> Result<bool> {
+    if !port_free_on_node(proto, host_ip, port) {
+        return Ok(false);
+    }
+    let key = hostport_key(proto, port);
+    let r = store.txn(
+        Txn::new()
+            .when(Compare::Absent(key.clone()))
+            .then(Op::Put(key, owner.as_bytes().to_vec())),
+    )?;
+    Ok(r.succeeded)
+}
+
+pub fn release_host_port(store: &dyn Store, proto: &str, port: u16, owner: &str) -> Result<()> {
+    let key = hostport_key(proto, port);
+    store.txn(
+        Txn::new()
+            .when(Compare::Value(key.clone(), owner.as_bytes().to_vec()))
+            .then(Op::Delete(key)),
+    )?;
+    Ok(())
+}
+
+/// Whether a process of the node already listens on the port (its traffic would never reach
+/// the container).
+fn port_free_on_node(proto: &str, host_ip: Option<Ipv4Addr>, port: u16) -> bool {
+    let addr = (host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+    match proto {
+        "udp" => std::net::UdpSocket::bind(addr).is_ok(),
+        _ => std::net::TcpListener::bind(addr).is_ok(),
+    }
+}
+
+/// The tenant's transit index, claimed on first use.
+pub fn transit_index(store: &dyn Store, tenant: &str, max: u32) -> Result<u32> {
+    let key = format!("/transit/{tenant}");
+    loop {
+        if let Some(kv) = store.get(&key)? {
+            return String::from_utf8_lossy(&kv.value)
+                .parse()
+                .map_err(|e| RuntimeError::Internal(format!("bad transit index: {e}")));
+        }
+        let used: BTreeSet<u32> = store
+            .range("/transit-index/")?
+            .iter()
+            .filter_map(|kv| kv.key.rsplit('/').next()?.parse().ok())
+            .collect();
+        let index = (0..max).find(|i| !used.contains(i)).ok_or_else(|| {
+            RuntimeError::Internal("the node's transit range is exhausted".into())
+        })?;
+        let ikey = format!("/transit-index/{index}");
+        let r = store.txn(
+            Txn::new()
+                .when(Compare::Absent(key.clone()))
+                .when(Compare::Absent(ikey.clone()))
+                .then(Op::Put(key.clone(), index.to_string().into_bytes()))
+                .then(Op::Put(ikey, tenant.as_bytes().to_vec())),
+        )?;
+        if r.succeeded {
+            return Ok(index);
+        }
+    }
+}
+
+/// Tenants holding a transit index (their namespaces exist or should).
+pub fn tenants_with_transit(store: &dyn Store) -> Result<Vec<(String, u32)>> {
+    Ok(store
+        .range("/transit/")?
+        .iter()
+        .filter_map(|kv| {
+            let tenant = kv.key.strip_prefix("/transit/")?.to_string();
+            let index = String::from_utf8_lossy(&kv.value).parse().ok()?;
+            Some((tenant, index))
+        })
+        .collect())
+}
+
+pub fn release_transit(store: &dyn Store, tenant: &str, index: u32) -> Result<()> {
+    store.txn(
+        Txn::new()
+            .then(Op::Delete(format!("/transit/{tenant}")))
+            .then(Op::Delete(format!("/transit-index/{index}"))),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `/networks`: Docker's network API over the tenant's networks (enough for `docker network`
+//! and for compose's project network). Each container has one network, chosen at create.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use node::network::NetworkRecord;
+use serde_json::{json, Value};
+
+use super::{filter_values, Params};
+use crate::error::{ApiError, ApiResult};
+use crate::transport::TenantId;
+use crate::AppState;
+
+fn network_json(n: &NetworkRecord, containers: &[node::model::Container]) -> Value {
+    let members: serde_json::Map<String, Value> = containers
+        .iter()
+        .filter_map(|c| Some((c, c.endpoint.as_ref()?)))
+        .filter(|(_, ep)| ep.network_id == n.id)
+        .map(|(c, ep)| {
+            (
+                c.id.clone(),
+                json!({
+                    "Name": c.name,
+                    "EndpointID": c.id,
+                    "MacAddress": ep.mac,
+                    "IPv4Address": format!("{}/{}", ep.ip, ep.prefix_len),
+                    "IPv6Address": "",
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "Scope": "local",
+        "Driver": "bridge",
+        "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": [
+            {"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()}
+        ]},
+        "Internal": false,
+        "Attachable": false,
+        "Ingress": false,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": false,
+        "Containers": members,
+        "Options": {"com.docker.network.driver.mtu": "1450"},
+        "Labels": n.labels,
+    })
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+) -> ApiResult<Json<Value>> {
+    let names = filter_values(q.get("filters"), "name")?;
+    let ids = filter_values(q.get("filters"), "id")?;
+    let t = tenant.clone();
+    let networks = app.runtime.with_networks(move |n| n.list_networks(&t)).await?;
+    let containers = app.runtime.list(&tenant);
+    Ok(Json(Value::Array(
+        networks
+            .iter()
+            .filter(|n| names.as_ref().is_none_or(|v| v.iter().any(|x| n.name.contains(x.as_str()))))
+            .filter(|n| ids.as_ref().is_none_or(|v| v.iter().any(|x| n.id.starts_with(x.as_str()))))
+            .map(|n| network_json(n, &containers))
+            .collect(),
+    )))
+}
+
+pub async fn inspect(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let t = tenant.clone();
+    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    Ok(Json(network_json(&n, &app.runtime.list(&tenant))))
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let raw: Value = super::json_body(&body, "network config")?;
+    let name = raw["Name"].as_str().unwrap_or("").to_string();
+    if name.is_empty() {
+        return Err(ApiError::bad_request("the network needs a name"));
+    }
+    let driver = raw["Driver"].as_str().unwrap_or("");
+    if !matches!(driver, "" | "bridge") {
+        return Err(ApiError::not_implemented(format!(
+            "hyper does not support the network driver {driver:?}; tenant networks are bridges"
+        )));
+    }
+    if raw["EnableIPv6"].as_bool() == Some(true) {
+        return Err(ApiError::not_implemented("hyper networks are IPv4 only"));
+    }
+    let configs = raw["IPAM"]["Config"].as_array().cloned().unwrap_or_default();
+    if configs.len() > 1 {
+        return Err(ApiError::not_implemented("a network has one subnet"));
+    }
+    let subnet = match configs.first().and_then(|c| c["Subnet"].as_str()) {
+        Some(s) => Some(node::network::ipam::parse_subnet(s).map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    if let Some(gw) = configs.first().and_then(|c| c["Gateway"].as_str()) {
+        let expected = subnet.map(node::network::ipam::gateway_of);
+        if expected.map(|e| e.to_string()) != Some(gw.to_string()) {
+            return Err(ApiError::bad_request(format!(
+                "gateway {gw} is not supported: a network's gateway is the first address of its subnet, given with --subnet"
+            )));
+        }
+    }
+    let labels = serde_json::from_value(raw["Labels"].clone()).unwrap_or_default();
+    let n = app
+        .runtime
+        .with_networks(move |n| n.create_network(&tenant, &name, subnet, labels))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"Id": n.id, "Warning": ""}))))
+}
+
+pub async fn remove(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.runtime
+        .with_networks(move |n| n.remove_network(&tenant, &id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A container's network is fixed at create (one VM, one interface): connecting it to the
+/// network it is on is a no-op, anything else is refused with what to do instead.
+pub async fn connect(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let raw: Value = super::json_body(&body, "connect request")?;
+    let container = raw["Container"].as_str().unwrap_or("").to_string();
+    let c = app.runtime.get(&tenant, &container)?;
+    let t = tenant.clone();
+    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    match &c.endpoint {
+        Some(ep) if ep.network_id == n.id => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("endpoint with name {} already exists in network {}", c.name, n.name),
+        )),
+        _ => Err(ApiError::not_implemented(format!(
+            "hyper containers have one network interface, chosen at create: recreate {} with --network {}",
+            c.name, n.name
+        ))),
+    }
+}
+
+pub async fn disconnect(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let raw: Value = super::json_body(&body, "disconnect request")?;
+    let container = raw["Container"].as_str().unwrap_or("").to_string();
+    let c = app.runtime.get(&tenant, &container)?;
+    let t = tenant.clone();
+    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    match &c.endpoint {
+        Some(ep) if ep.network_id == n.id => Err(ApiError::not_implemented(format!(
+            "hyper containers keep their network interface for life: remove {} instead",
+            c.name
+        ))),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("container {} is not connected to network {}", c.name, n.name),
+        )),
+    }
+}
