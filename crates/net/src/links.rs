@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::NetError;
 use crate::exec::in_netns;
 use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addr};
-use crate::model::{Bridge, TenantNetns, Transit, TENANT_UPLINK};
+use crate::model::{gateway_mac, mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
 use crate::sysctl;
 
@@ -132,12 +132,14 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
             ];
             ip(Some(ns), "create bridge", &args)?;
         }
-        let mtu = bridge.mtu.to_string();
-        ip(
-            Some(ns),
-            "set bridge mtu",
-            &["link", "set", name, "mtu", &mtu],
-        )?;
+        let (mtu, mac) = (
+            bridge.mtu.to_string(),
+            mac_text(&gateway_mac(bridge.gateway)),
+        );
+        // A set address stays put; an unset one follows the lowest port MAC as taps come and go,
+        // and the guests' ARP entries for the gateway would go stale.
+        let args = ["link", "set", name, "mtu", &mtu, "address", &mac];
+        ip(Some(ns), "set bridge mtu and address", &args)?;
         let gateway = format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len());
         sync_ipv4_addr(Some(ns), name, &gateway)?;
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;

@@ -129,6 +129,20 @@ pub fn transit_for(node: &NodeNet, index: u32) -> Result<Transit, NetError> {
     })
 }
 
+/// The MAC of a bridge (so of its gateway address): locally administered, `0a:48:` then the
+/// gateway's IPv4 address, the same on every node, never changing with the ports.
+pub fn gateway_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x0a, 0x48, a, b, c, d]
+}
+
+pub(crate) fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Interface names go into `ip` arguments and nft strings: keep them to what Linux and nft
 /// accept unquoted-safely.
 pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {

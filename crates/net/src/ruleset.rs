@@ -9,8 +9,8 @@ use std::fmt::{Display, Write};
 use std::net::Ipv4Addr;
 
 use crate::model::{
-    Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns, TENANT_UPLINK,
-    TRANSIT_PREFIX,
+    mac_text, Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns,
+    TENANT_UPLINK, TRANSIT_PREFIX,
 };
 
 /// The two tables of a tenant netns: `inet hyper` (filter, NAT, security groups) and
@@ -60,13 +60,6 @@ fn proto_name(proto: Proto) -> &'static str {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
     }
-}
-
-fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {

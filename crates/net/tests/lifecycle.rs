@@ -43,7 +43,11 @@ fn rebuilds_follow_the_model_and_teardown_is_complete() {
     });
     assert!(bridges_in(&t).contains("br0"));
     assert!(ip(&t.netns_path, &["-4", "addr", "show", "dev", "br0"]).contains("172.16.0.1/16"));
-    assert!(ip(&t.netns_path, &["link", "show", "br0"]).contains("mtu 1450"));
+    let br0 = ip(&t.netns_path, &["link", "show", "br0"]);
+    assert!(
+        br0.contains("mtu 1450") && br0.contains("link/ether 0a:48:ac:10:00:01"),
+        "{br0}"
+    );
     assert!(ip(&t.netns_path, &["route", "show", "default"]).contains("via 100.127.0.10 dev up0"));
     assert!(ip(&sandbox.node, &["-4", "addr", "show", "dev", "hv-5"]).contains("100.127.0.10/31"));
     assert_eq!(
