@@ -159,6 +159,33 @@ pub fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
+/// Docker's `sortorder.NaturalLess`: runs of digits compare as numbers, so "9000/tcp" sorts
+/// before "10000/tcp".
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (a, b);
+    loop {
+        let (Some(ca), Some(cb)) = (a.chars().next(), b.chars().next()) else {
+            return a.len().cmp(&b.len());
+        };
+        if ca.is_ascii_digit() && cb.is_ascii_digit() {
+            let na = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
+            let nb = b.find(|c: char| !c.is_ascii_digit()).unwrap_or(b.len());
+            let (da, db) = (a[..na].trim_start_matches('0'), b[..nb].trim_start_matches('0'));
+            let ord = da.len().cmp(&db.len()).then_with(|| da.cmp(db));
+            if ord != Ordering::Equal {
+                return ord;
+            }
+            (a, b) = (&a[na..], &b[nb..]);
+        } else {
+            if ca != cb {
+                return ca.cmp(&cb);
+            }
+            (a, b) = (&a[ca.len_utf8()..], &b[cb.len_utf8()..]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +245,16 @@ mod tests {
         }
         assert_eq!(bytes_size(1024.0 * 1024.0 * 1.5), "1.5MiB");
         assert_eq!(bytes_size(2087354368.0), "1.944GiB");
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["9000/tcp", "10000/tcp", "80/udp", "80/tcp", "net10", "net9", "a"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            ["80/tcp", "80/udp", "9000/tcp", "10000/tcp", "a", "net9", "net10"]
+        );
     }
 
     #[test]

@@ -217,6 +217,9 @@ impl ApiRequest {
     pub fn post(path: impl Into<String>) -> Self {
         Self::new(Method::POST, path)
     }
+    pub fn put(path: impl Into<String>) -> Self {
+        Self::new(Method::PUT, path)
+    }
     pub fn delete(path: impl Into<String>) -> Self {
         Self::new(Method::DELETE, path)
     }

@@ -12,7 +12,9 @@ use super::{for_each, pretty_json, print_rows, Ctx};
 use crate::commands::run::wait_exit;
 use crate::format::{display, Template};
 use crate::stream::{self, RawTerminal};
-use crate::table::{ago, bytes_size, ellipsis, human_duration, human_size, short_id, TabWriter};
+use crate::table::{
+    ago, bytes_size, ellipsis, human_duration, human_size, natural_cmp, short_id, TabWriter,
+};
 use crate::transport::{ApiRequest, Client};
 use crate::CliError;
 
@@ -323,7 +325,7 @@ pub fn filters_json(filters: &[String]) -> Result<Option<String>, CliError> {
     ))
 }
 
-fn join_host_port(ip: &str, port: i64) -> String {
+fn join_host_port(ip: &str, port: impl std::fmt::Display) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
@@ -845,49 +847,53 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
 pub async fn port(ctx: &Ctx, a: PortArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     let info = inspect_container(&client, &a.container).await?;
-    let ports = info["NetworkSettings"]["Ports"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let want = a.port.as_ref().map(|p| {
-        if p.contains('/') {
-            p.clone()
-        } else {
-            format!("{p}/tcp")
-        }
-    });
-    let mut lines = Vec::new();
-    for (key, bindings) in &ports {
-        if want.as_ref().is_some_and(|w| w != key) {
-            continue;
-        }
-        for b in bindings.as_array().into_iter().flatten() {
-            let ip = b["HostIp"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("0.0.0.0");
-            let hp: i64 = b["HostPort"]
-                .as_str()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            let addr = join_host_port(ip, hp);
-            lines.push(if want.is_some() {
-                addr
-            } else {
-                format!("{key} -> {addr}")
-            });
-        }
-    }
-    if let (Some(w), true) = (&a.port, lines.is_empty()) {
-        return Err(CliError::Msg(format!(
-            "Error: No public port '{w}' published for {}",
-            a.container
-        )));
-    }
+    let lines = port_lines(
+        &info["NetworkSettings"]["Ports"],
+        &a.container,
+        a.port.as_deref(),
+    )
+    .map_err(CliError::Msg)?;
     for l in lines {
         println!("{l}");
     }
     Ok(0)
+}
+
+/// `docker port`'s output from inspect's `NetworkSettings.Ports`: every mapping as
+/// `80/tcp -> 0.0.0.0:32768`, or for one PRIVATE_PORT[/PROTO] just its addresses; naturally
+/// sorted. A port that is not in the map, or exposed but not published, is docker's error.
+pub fn port_lines(ports: &Value, container: &str, want: Option<&str>) -> Result<Vec<String>, String> {
+    let frontend = |b: &Value| {
+        // Docker's daemon always fills HostIp; print its wildcard when a server leaves it empty.
+        let ip = b["HostIp"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0");
+        join_host_port(ip, b["HostPort"].as_str().unwrap_or(""))
+    };
+    let bindings = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let mut lines: Vec<String> = match want {
+        Some(spec) => {
+            let (num, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+            if num.parse::<u16>().is_err() {
+                return Err(format!("Error: invalid port ({num})"));
+            }
+            match ports.get(format!("{num}/{proto}")).filter(|v| !v.is_null()) {
+                Some(list) => bindings(list).iter().map(frontend).collect(),
+                None => return Err(format!("Error: No public port '{spec}' published for {container}")),
+            }
+        }
+        None => ports
+            .as_object()
+            .into_iter()
+            .flatten()
+            .flat_map(|(key, list)| {
+                bindings(list)
+                    .iter()
+                    .map(|b| format!("{key} -> {}", frontend(b)))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    };
+    lines.sort_by(|a, b| natural_cmp(a, b));
+    Ok(lines)
 }
 
 /// "Up 3 seconds" style status from an inspect `State` (the list API gives `Status` ready-made).
@@ -1030,6 +1036,39 @@ mod tests {
                 "3"
             ]
         );
+    }
+
+    #[test]
+    fn port_output_like_docker() {
+        let ports = json!({
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32768"}, {"HostIp": "::", "HostPort": "32768"}],
+            "10000/tcp": [{"HostIp": "", "HostPort": "40000"}],
+            "9000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9000"}],
+            "443/tcp": null,
+        });
+        assert_eq!(
+            port_lines(&ports, "web", None).unwrap(),
+            [
+                "80/tcp -> 0.0.0.0:32768",
+                "80/tcp -> [::]:32768",
+                "9000/tcp -> 0.0.0.0:9000",
+                "10000/tcp -> 0.0.0.0:40000"
+            ]
+        );
+        assert_eq!(
+            port_lines(&ports, "web", Some("80")).unwrap(),
+            ["0.0.0.0:32768", "[::]:32768"]
+        );
+        assert_eq!(port_lines(&ports, "web", Some("9000/tcp")).unwrap(), ["0.0.0.0:9000"]);
+        for (spec, want) in [
+            ("81/tcp", "Error: No public port '81/tcp' published for web"),
+            ("443", "Error: No public port '443' published for web"),
+            ("80/udp", "Error: No public port '80/udp' published for web"),
+            ("http", "Error: invalid port (http)"),
+        ] {
+            assert_eq!(port_lines(&ports, "web", Some(spec)).unwrap_err(), want);
+        }
+        assert!(port_lines(&Value::Null, "web", None).unwrap().is_empty());
     }
 
     #[test]

@@ -90,9 +90,21 @@ pub struct ContainerOptions {
     /// Give extended privileges to this container
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub privileged: bool,
-    /// Connect a container to a network
+    /// Connect a container to a network (none, bridge or a network's name)
     #[arg(long = "network", alias = "net")]
     pub network: Option<String>,
+    /// Set custom DNS servers
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// Set custom DNS search domains
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// Set DNS options
+    #[arg(long = "dns-option", alias = "dns-opt")]
+    pub dns_options: Vec<String>,
+    /// Add a custom host-to-IP mapping (host:ip)
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
     /// Add a host device to the container
     #[arg(long = "device")]
     pub devices: Vec<String>,
@@ -130,7 +142,7 @@ pub struct CreateArgs {
 }
 
 /// Docker's `-e VAR` without a value takes it from our environment when set.
-fn env_entry(e: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn env_entry(e: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     if e.contains('=') {
         return e.to_owned();
     }
@@ -140,12 +152,62 @@ fn env_entry(e: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     }
 }
 
-fn parse_env_file(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+pub(crate) fn parse_env_file(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     text.lines()
         .map(str::trim_start)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| env_entry(l, lookup))
         .collect()
+}
+
+/// `-e` and `--env-file` flags to `Env`: the files first, then the flags, as docker does.
+pub(crate) fn env_list(
+    env: &[String],
+    env_files: &[PathBuf],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for f in env_files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("open {}: {e}", f.display()))?;
+        out.extend(parse_env_file(&text, lookup));
+    }
+    out.extend(env.iter().map(|e| env_entry(e, lookup)));
+    Ok(out)
+}
+
+/// `-l key=value` flags to a `Labels` map (`-l key` is an empty value).
+pub(crate) fn label_map(labels: &[String]) -> Map<String, Value> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_owned(), Value::String(v.to_owned()))
+        })
+        .collect()
+}
+
+/// `--dns`: an IP address, as docker checks.
+fn parse_dns(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| format!("invalid argument {s:?} for \"--dns\" flag: IP address is not correctly formatted: {s}"))
+}
+
+/// `--add-host host:ip` (or `host=ip`, `host:[v6]`) to the API's `host:ip`; `host-gateway` passes.
+fn parse_extra_host(s: &str) -> Result<String, String> {
+    let bad = || format!("invalid argument {s:?} for \"--add-host\" flag: bad format for add-host: {s:?}");
+    let (host, ip) = s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(bad)?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    if ip != "host-gateway" && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "invalid argument {s:?} for \"--add-host\" flag: invalid IP address in add-host: {ip:?}"
+        ));
+    }
+    Ok(format!("{host}:{ip}"))
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -255,18 +317,8 @@ pub fn create_body(
     attach: bool,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Value, String> {
-    let mut env = Vec::new();
-    for f in &o.env_file {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("open {}: {e}", f.display()))?;
-        env.extend(parse_env_file(&text, lookup));
-    }
-    env.extend(o.env.iter().map(|e| env_entry(e, lookup)));
-
-    let mut labels = Map::new();
-    for l in &o.labels {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        labels.insert(k.to_owned(), Value::String(v.to_owned()));
-    }
+    let env = env_list(&o.env, &o.env_file, lookup)?;
+    let mut labels = label_map(&o.labels);
     if let Some(size) = &o.size {
         labels.insert("sh_hyper_instancetype".into(), json!(size));
     }
@@ -322,6 +374,16 @@ pub fn create_body(
         .iter()
         .map(|d| parse_device(d))
         .collect::<Result<Vec<_>, _>>()?;
+    let dns = o
+        .dns
+        .iter()
+        .map(|d| parse_dns(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let extra_hosts = o
+        .add_hosts
+        .iter()
+        .map(|h| parse_extra_host(h))
+        .collect::<Result<Vec<_>, _>>()?;
     let restart = o.restart.as_deref().map(parse_restart).transpose()?;
     if o.rm && restart.as_ref().is_some_and(|r| r["Name"] != "no") {
         return Err("Conflicting options: --restart and --rm".into());
@@ -347,6 +409,16 @@ pub fn create_body(
     }
     if let Some(n) = &o.network {
         h.insert("NetworkMode".into(), json!(n));
+    }
+    for (key, list) in [
+        ("Dns", dns),
+        ("DnsSearch", o.dns_search.clone()),
+        ("DnsOptions", o.dns_options.clone()),
+        ("ExtraHosts", extra_hosts),
+    ] {
+        if !list.is_empty() {
+            h.insert(key.into(), json!(list));
+        }
     }
     if let Some(r) = restart {
         h.insert("RestartPolicy".into(), r);
@@ -745,6 +817,54 @@ mod tests {
             h["RestartPolicy"],
             json!({"Name": "on-failure", "MaximumRetryCount": 3})
         );
+    }
+
+    #[test]
+    fn dns_and_extra_hosts() {
+        let b = body(&[
+            "--net",
+            "mynet",
+            "--dns",
+            "8.8.8.8",
+            "--dns",
+            "2001:4860:4860::8888",
+            "--dns-search",
+            "example.com",
+            "--dns-option",
+            "ndots:2",
+            "--dns-opt",
+            "timeout:1",
+            "--add-host",
+            "db:10.0.0.5",
+            "--add-host",
+            "v6=[::1]",
+            "--add-host",
+            "gw:host-gateway",
+            "busybox",
+        ]);
+        let h = &b["HostConfig"];
+        assert_eq!(h["NetworkMode"], "mynet");
+        assert_eq!(h["Dns"], json!(["8.8.8.8", "2001:4860:4860::8888"]));
+        assert_eq!(h["DnsSearch"], json!(["example.com"]));
+        assert_eq!(h["DnsOptions"], json!(["ndots:2", "timeout:1"]));
+        assert_eq!(
+            h["ExtraHosts"],
+            json!(["db:10.0.0.5", "v6:::1", "gw:host-gateway"])
+        );
+        let plain = body(&["busybox"]);
+        for key in ["Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "NetworkMode"] {
+            assert!(plain["HostConfig"].get(key).is_none(), "{key}");
+        }
+        for (flag, value, want) in [
+            ("--dns", "8.8.8", "IP address is not correctly formatted"),
+            ("--add-host", "nohost", "bad format for add-host"),
+            ("--add-host", ":1.2.3.4", "bad format for add-host"),
+            ("--add-host", "db:notanip", "invalid IP address in add-host"),
+        ] {
+            let r = parse(&[flag, value, "busybox"]);
+            let err = create_body(&r.opts, true, &|_| None).unwrap_err();
+            assert!(err.contains(want), "{flag} {value}: {err}");
+        }
     }
 
     #[test]
