@@ -316,6 +316,68 @@ fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Network namespaces the tests make
+
+/// A named network namespace (`ip netns add`), deleted when dropped (also when a test panics).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("hy-{tag}-{}", std::process::id());
+        Cmd::new("ip", &["netns", "add", &name]).run().ok();
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        Cmd::new("ip", &a).run().ok();
+    }
+
+    /// Runs `f` on a thread inside the namespace (namespaces are per thread).
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in netns")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// One HTTP/1.0 GET with short timeouts: the body on a 200, or why not.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, secs(3.0)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(secs(5.0))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("unexpected response: {resp:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // hyperd
 
 /// How to start a hyperd.
@@ -323,6 +385,8 @@ fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> 
 pub struct DaemonOpts {
     pub kernel_cmdline_extra: Option<String>,
     pub boot_timeout: Option<u64>,
+    /// More hyperd flags (e.g. `--fip-pool CIDR`).
+    pub extra_args: Vec<String>,
 }
 
 /// A hyperd this test binary started, on its own data root, listening on a unix socket and a
@@ -428,6 +492,7 @@ impl Daemon {
         if let Some(t) = self.opts.boot_timeout {
             cmd.arg("--boot-timeout").arg(t.to_string());
         }
+        cmd.args(&self.opts.extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -513,6 +578,41 @@ impl Daemon {
         Cmd::new(hyper_bin(), &a)
             .env("HYPER_CONFIG", config_dir)
             .env_remove_hyper()
+    }
+
+    /// `hyperd tenant --socket SOCK ARGS` against this daemon; must succeed.
+    pub fn tenant_admin(&self, args: &[&str]) -> Out {
+        let mut a = vec![
+            "--data-root",
+            self.data.to_str().unwrap(),
+            "tenant",
+            "--socket",
+            self.sock.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        Cmd::new(hyperd_bin(), &a).run().ok()
+    }
+
+    /// Creates tenant `name` through the running daemon and writes its keys to a client config
+    /// directory for [`Daemon::hyper_tcp`]; returns the directory and the access key.
+    pub fn new_tenant(&self, name: &str) -> (PathBuf, String) {
+        let o = self.tenant_admin(&["create", name]);
+        let field = |k: &str| {
+            o.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {k} in {o}"))
+        };
+        let access = field("access key:");
+        let dir = self.data.join(format!("{name}cfg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = serde_json::json!({"clouds": {self.tcp_host(): {
+            "accesskey": access,
+            "secretkey": field("secret key:"),
+            "region": "us-west-1",
+        }}});
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        (dir, access)
     }
 
     /// The stock docker CLI against the unix socket.
@@ -650,12 +750,28 @@ pub fn leftovers(data: &Path) -> Vec<String> {
     let root = format!("{}/", data.display());
     let mut l: Vec<String> = processes_mentioning(&root)
         .into_iter()
-        .filter(|p| p.contains("qemu-system") || p.contains("hyper-shim") || p.contains("hyperd"))
+        .filter(|p| {
+            ["qemu-system", "hyper-shim", "hyperd", "hyper-dns", "hyper-lb"]
+                .iter()
+                .any(|b| p.contains(b))
+        })
         .map(|p| format!("process left: {p}"))
         .collect();
     if let Ok(rd) = std::fs::read_dir(data.join("c")) {
         for e in rd.flatten() {
             l.push(format!("container dir left: {}", e.path().display()));
+        }
+    }
+    // Tenant namespaces are bind mounts under DATA/net/tN: none may outlive the containers.
+    if let Ok(rd) = std::fs::read_dir(data.join("net")) {
+        for e in rd.flatten() {
+            l.push(format!("tenant network left: {}", e.path().display()));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for m in mounts.lines().filter_map(|line| line.split(' ').nth(4)) {
+        if m.starts_with(&root) {
+            l.push(format!("mount left: {m}"));
         }
     }
     l
@@ -667,6 +783,20 @@ pub fn container_processes(d: &Daemon, id: &str) -> Vec<String> {
         .into_iter()
         .filter(|p| p.contains("qemu-system") || p.contains("hyper-shim"))
         .collect()
+}
+
+/// Moves this test process (still single-threaded) into a network namespace of its own with
+/// only `lo` up: every hyperd, VM, bridge, nftables rule and client the tests start lives there,
+/// and nothing they do can reach the machine's real networks. The namespace goes away with the
+/// process.
+fn enter_private_network_namespace() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): the end-to-end tests run as root");
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("run ip");
+    assert!(st.success(), "ip link set lo up failed");
 }
 
 /// Data roots of earlier runs whose test process is gone: kill their processes, remove them.
@@ -763,6 +893,7 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
         return 0;
     }
     reap_stale_roots();
+    enter_private_network_namespace();
     let started = Instant::now();
     println!(
         "running {} end-to-end tests on {} threads",

@@ -639,29 +639,8 @@ fn tcp_auth_and_tenants() {
     d.hyper_tcp(&d.client_dir, &["inspect", &id]).run().ok();
 
     // A second tenant, created while the daemon runs.
-    let admin = |args: &[&str]| {
-        let mut a = vec![
-            "--data-root",
-            d.data.to_str().unwrap(),
-            "tenant",
-            "--socket",
-            d.sock.to_str().unwrap(),
-        ];
-        a.extend_from_slice(args);
-        Cmd::new(hyperd_bin(), &a).run().ok()
-    };
-    let o = admin(&["create", "t2"]);
-    let field = |k: &str| {
-        o.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {k} in {o}"))
-    };
-    let (ak2, sk2) = (field("access key:"), field("secret key:"));
-    let dir2 = d.data.join("t2cfg");
-    std::fs::create_dir_all(&dir2).unwrap();
-    let cfg2 = serde_json::json!({"clouds": {d.tcp_host(): {"accesskey": ak2, "secretkey": sk2, "region": "us-west-1"}}});
-    std::fs::write(dir2.join("config.json"), cfg2.to_string()).unwrap();
+    let admin = |args: &[&str]| d.tenant_admin(args);
+    let (dir2, ak2) = d.new_tenant("t2");
     let o = d.hyper_tcp(&dir2, &["ps", "-a"]).run().ok();
     assert!(
         !o.stdout.contains("mine") && !o.stdout.contains(&id[..12]),
@@ -923,6 +902,7 @@ fn boot_failure() {
         DaemonOpts {
             kernel_cmdline_extra: Some("rdinit=/nonexistent init=/nonexistent panic=1".into()),
             boot_timeout: Some(20),
+            ..DaemonOpts::default()
         },
     );
     let d: &Daemon = &dd;
@@ -1083,17 +1063,7 @@ fn quota_and_usage() {
 fn docker_py_with_token() {
     let dd = Daemon::start("p", DaemonOpts::default());
     let d: &Daemon = &dd;
-    let admin = |args: &[&str]| {
-        let mut a = vec![
-            "--data-root",
-            d.data.to_str().unwrap(),
-            "tenant",
-            "--socket",
-            d.sock.to_str().unwrap(),
-        ];
-        a.extend_from_slice(args);
-        Cmd::new(hyperd_bin(), &a).run().ok()
-    };
+    let admin = |args: &[&str]| d.tenant_admin(args);
     // The default tenant's container must stay invisible to t2.
     d.hyper(&["create", "--name", "pyhidden", "busybox", "true"])
         .run()
