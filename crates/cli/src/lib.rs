@@ -13,6 +13,9 @@
 //! - `update --protection/--sg-add/--sg-rm` send Hyper fields next to Docker's in the update
 //!   body: `"Protection": bool`, `"SecurityGroups": {"Add": [..], "Remove": [..]}`.
 //! - `load` sends the tar with `?file=true` (Hyper's marker; Docker servers ignore it).
+//! - `sg create/update` send the user's YAML file unchanged (`Content-Type: application/yaml`)
+//!   after checking it locally; `service create` sends only the fields whose flags were given
+//!   (plus Name, Image, Replicas, ServicePort), leaving the defaults to the server.
 
 pub mod commands;
 pub mod config;
@@ -25,7 +28,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, events, exec, images, run, system, usage, Ctx,
+    config as config_cmd, containers, events, exec, fip, images, network, run, service, sg, system,
+    usage, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,18 @@ pub enum Cmd {
     Usage(usage::UsageArgs),
     /// Get real time events from the server
     Events(events::EventsArgs),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// Manage floating IPs
+    #[command(subcommand)]
+    Fip(fip::FipCmd),
+    /// Manage security groups
+    #[command(subcommand)]
+    Sg(sg::SgCmd),
+    /// Manage services (load-balanced groups of containers)
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -199,6 +215,10 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Config(a) => config_cmd::config(ctx, a).await,
         Cmd::Usage(a) => usage::usage(ctx, a).await,
         Cmd::Events(a) => events::events(ctx, a).await,
+        Cmd::Network(c) => network::network_cmd(ctx, c).await,
+        Cmd::Fip(c) => fip::fip_cmd(ctx, c).await,
+        Cmd::Sg(c) => sg::sg_cmd(ctx, c).await,
+        Cmd::Service(c) => service::service_cmd(ctx, c).await,
     }
 }
 

@@ -171,7 +171,10 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         if ca.is_ascii_digit() && cb.is_ascii_digit() {
             let na = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
             let nb = b.find(|c: char| !c.is_ascii_digit()).unwrap_or(b.len());
-            let (da, db) = (a[..na].trim_start_matches('0'), b[..nb].trim_start_matches('0'));
+            let (da, db) = (
+                a[..na].trim_start_matches('0'),
+                b[..nb].trim_start_matches('0'),
+            );
             let ord = da.len().cmp(&db.len()).then_with(|| da.cmp(db));
             if ord != Ordering::Equal {
                 return ord;
@@ -249,11 +252,27 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        let mut v = vec!["9000/tcp", "10000/tcp", "80/udp", "80/tcp", "net10", "net9", "a"];
+        let mut v = vec![
+            "9000/tcp",
+            "10000/tcp",
+            "80/udp",
+            "80/tcp",
+            "net10",
+            "net9",
+            "a",
+        ];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(
             v,
-            ["80/tcp", "80/udp", "9000/tcp", "10000/tcp", "a", "net9", "net10"]
+            [
+                "80/tcp",
+                "80/udp",
+                "9000/tcp",
+                "10000/tcp",
+                "a",
+                "net9",
+                "net10"
+            ]
         );
     }
 

@@ -862,10 +862,17 @@ pub async fn port(ctx: &Ctx, a: PortArgs) -> Result<i32, CliError> {
 /// `docker port`'s output from inspect's `NetworkSettings.Ports`: every mapping as
 /// `80/tcp -> 0.0.0.0:32768`, or for one PRIVATE_PORT[/PROTO] just its addresses; naturally
 /// sorted. A port that is not in the map, or exposed but not published, is docker's error.
-pub fn port_lines(ports: &Value, container: &str, want: Option<&str>) -> Result<Vec<String>, String> {
+pub fn port_lines(
+    ports: &Value,
+    container: &str,
+    want: Option<&str>,
+) -> Result<Vec<String>, String> {
     let frontend = |b: &Value| {
         // Docker's daemon always fills HostIp; print its wildcard when a server leaves it empty.
-        let ip = b["HostIp"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0");
+        let ip = b["HostIp"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("0.0.0.0");
         join_host_port(ip, b["HostPort"].as_str().unwrap_or(""))
     };
     let bindings = |v: &Value| v.as_array().cloned().unwrap_or_default();
@@ -877,7 +884,11 @@ pub fn port_lines(ports: &Value, container: &str, want: Option<&str>) -> Result<
             }
             match ports.get(format!("{num}/{proto}")).filter(|v| !v.is_null()) {
                 Some(list) => bindings(list).iter().map(frontend).collect(),
-                None => return Err(format!("Error: No public port '{spec}' published for {container}")),
+                None => {
+                    return Err(format!(
+                        "Error: No public port '{spec}' published for {container}"
+                    ))
+                }
             }
         }
         None => ports
@@ -1059,7 +1070,10 @@ mod tests {
             port_lines(&ports, "web", Some("80")).unwrap(),
             ["0.0.0.0:32768", "[::]:32768"]
         );
-        assert_eq!(port_lines(&ports, "web", Some("9000/tcp")).unwrap(), ["0.0.0.0:9000"]);
+        assert_eq!(
+            port_lines(&ports, "web", Some("9000/tcp")).unwrap(),
+            ["0.0.0.0:9000"]
+        );
         for (spec, want) in [
             ("81/tcp", "Error: No public port '81/tcp' published for web"),
             ("443", "Error: No public port '443' published for web"),

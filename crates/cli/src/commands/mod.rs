@@ -5,8 +5,12 @@ pub mod config;
 pub mod containers;
 pub mod events;
 pub mod exec;
+pub mod fip;
 pub mod images;
+pub mod network;
 pub mod run;
+pub mod service;
+pub mod sg;
 pub mod system;
 pub mod usage;
 

@@ -196,8 +196,13 @@ fn parse_dns(s: &str) -> Result<String, String> {
 
 /// `--add-host host:ip` (or `host=ip`, `host:[v6]`) to the API's `host:ip`; `host-gateway` passes.
 fn parse_extra_host(s: &str) -> Result<String, String> {
-    let bad = || format!("invalid argument {s:?} for \"--add-host\" flag: bad format for add-host: {s:?}");
-    let (host, ip) = s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(bad)?;
+    let bad = || {
+        format!("invalid argument {s:?} for \"--add-host\" flag: bad format for add-host: {s:?}")
+    };
+    let (host, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(bad)?;
     if host.is_empty() {
         return Err(bad());
     }
@@ -852,7 +857,13 @@ mod tests {
             json!(["db:10.0.0.5", "v6:::1", "gw:host-gateway"])
         );
         let plain = body(&["busybox"]);
-        for key in ["Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "NetworkMode"] {
+        for key in [
+            "Dns",
+            "DnsSearch",
+            "DnsOptions",
+            "ExtraHosts",
+            "NetworkMode",
+        ] {
             assert!(plain["HostConfig"].get(key).is_none(), "{key}");
         }
         for (flag, value, want) in [
