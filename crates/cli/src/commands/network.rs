@@ -1,13 +1,12 @@
 //! `network ls|create|rm|inspect|connect|disconnect|prune` over Docker's `/networks` API.
 
-use std::io::Write;
-
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::{for_each, print_rows, Ctx};
 use crate::commands::containers::{filters_json, print_inspect};
 use crate::commands::run::label_map;
+use crate::commands::system::prompt;
 use crate::format::Template;
 use crate::table::{natural_cmp, short_id};
 use crate::transport::ApiRequest;
@@ -269,12 +268,9 @@ async fn prune(ctx: &Ctx, a: NetworkPruneArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Docker's y/N prompt on stderr; anything but y/yes is no.
+/// Docker's y/N question; anything but y/yes is no.
 fn confirm(question: &str) -> Result<bool, CliError> {
-    eprint!("{question}");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    let answer = prompt(question)?;
     Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
 }
 

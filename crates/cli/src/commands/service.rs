@@ -319,18 +319,14 @@ pub async fn service_cmd(ctx: &Ctx, c: ServiceCmd) -> Result<i32, CliError> {
         ServiceCmd::Inspect(a) => inspect(ctx, a).await,
         ServiceCmd::Scale(a) => {
             // Every specifier is checked before any service changes.
-            let specs = a
-                .specs
-                .iter()
-                .map(|s| parse_scale(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CliError::Msg)?;
+            for spec in &a.specs {
+                parse_scale(spec).map_err(CliError::Msg)?;
+            }
             let client = ctx.client()?;
-            let names: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
-            for_each(&names, |name| {
+            for_each(&a.specs, |spec| {
                 let client = client.clone();
-                let replicas = specs.iter().find(|(n, _)| *n == name).map_or(0, |s| s.1);
                 async move {
+                    let (name, replicas) = parse_scale(&spec).map_err(CliError::Msg)?;
                     client
                         .call(update_request(&name, json!({"Replicas": replicas})))
                         .await?;

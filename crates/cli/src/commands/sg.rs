@@ -73,7 +73,7 @@ struct SgFile {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)] // read only to check its type
+    #[allow(dead_code)] // parsed only to check that it is a string
     description: Option<String>,
     #[serde(default)]
     rules: Vec<SgRule>,
@@ -81,7 +81,6 @@ struct SgFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // the port and remote fields are read only to check their types
 struct SgRule {
     direction: String,
     #[serde(default)]
@@ -103,7 +102,8 @@ const RULE_FIELDS: [&str; 6] = [
 ];
 
 /// Checks a rules file for group `name`: it parses (the error says where when it does not),
-/// names no other group, and every rule has a known direction and protocol.
+/// names no other group, and every rule has a known direction and protocol, an ordered port
+/// range and at most one remote.
 pub fn check_file(text: &str, name: &str) -> Result<(), String> {
     let f: SgFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     if let Some(n) = f.name.as_deref().filter(|n| !n.is_empty() && *n != name) {
@@ -123,6 +123,13 @@ pub fn check_file(text: &str, name: &str) -> Result<(), String> {
             return Err(format!(
                 "rules[{i}].protocol: {proto:?} must be tcp, udp, icmp or \"\" (any)"
             ));
+        }
+        if let (Some(min), Some(max)) = (r.port_range_min, r.port_range_max) {
+            if min > max {
+                return Err(format!(
+                    "rules[{i}]: port_range_min {min} is above port_range_max {max}"
+                ));
+            }
         }
         if r.remote_ip_prefix.is_some() && r.remote_group_name.is_some() {
             return Err(format!(
@@ -305,6 +312,11 @@ rules:
                 "not both",
             ),
             ("rules:\n  - protocol: tcp\n", "x", "missing field `direction`"),
+            (
+                "rules:\n  - direction: ingress\n    protocol: tcp\n    port_range_min: 90\n    port_range_max: 80\n",
+                "x",
+                "rules[0]: port_range_min 90 is above port_range_max 80",
+            ),
         ];
         for (i, (text, name, want)) in cases.iter().enumerate() {
             let err = check_file(text, name).unwrap_err();

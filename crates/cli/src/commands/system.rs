@@ -161,7 +161,7 @@ pub async fn version(ctx: &Ctx, a: VersionArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn prompt(label: &str) -> Result<String, CliError> {
+pub(crate) fn prompt(label: &str) -> Result<String, CliError> {
     eprint!("{label}");
     std::io::stderr().flush()?;
     let mut s = String::new();
