@@ -365,12 +365,15 @@ impl Drop for Netns {
 pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&sa, secs(3.0)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(secs(5.0))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(secs(5.0)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     match resp.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
             Ok(body.to_string())
         }
         _ => Err(format!("unexpected response: {resp:?}")),
@@ -751,9 +754,15 @@ pub fn leftovers(data: &Path) -> Vec<String> {
     let mut l: Vec<String> = processes_mentioning(&root)
         .into_iter()
         .filter(|p| {
-            ["qemu-system", "hyper-shim", "hyperd", "hyper-dns", "hyper-lb"]
-                .iter()
-                .any(|b| p.contains(b))
+            [
+                "qemu-system",
+                "hyper-shim",
+                "hyperd",
+                "hyper-dns",
+                "hyper-lb",
+            ]
+            .iter()
+            .any(|b| p.contains(b))
         })
         .map(|p| format!("process left: {p}"))
         .collect();

@@ -329,7 +329,10 @@ impl Runtime {
             let c = container.clone();
             self.with_networks(move |n| {
                 let ep = n.plan_endpoint(&c, aliases)?;
-                let c = Container { endpoint: ep.clone(), ..c };
+                let c = Container {
+                    endpoint: ep.clone(),
+                    ..c
+                };
                 if let Err(e) = n.check_links(&c) {
                     n.release_endpoint(&c)?;
                     return Err(e);
@@ -1017,9 +1020,10 @@ impl Runtime {
                     .remove(&format!("{}{g}", crate::network::sg::LABEL_PREFIX));
             }
             for g in &add {
-                c.config
-                    .labels
-                    .insert(format!("{}{g}", crate::network::sg::LABEL_PREFIX), "yes".into());
+                c.config.labels.insert(
+                    format!("{}{g}", crate::network::sg::LABEL_PREFIX),
+                    "yes".into(),
+                );
             }
         })?;
         let flush: Vec<_> = c.endpoint.iter().map(|e| e.ip).collect();

@@ -9,7 +9,9 @@ use tokio::net::UnixStream;
 
 use crate::RuntimeError;
 
-pub use shim::{NetworkSpec, ProcessSpec, Spec as ShimSpec, State as ShimState, Status as ShimStatus};
+pub use shim::{
+    NetworkSpec, ProcessSpec, Spec as ShimSpec, State as ShimState, Status as ShimStatus,
+};
 
 pub fn read_state(dir: &Path) -> Option<ShimState> {
     ShimState::load(dir).ok()

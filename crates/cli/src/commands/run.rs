@@ -93,6 +93,9 @@ pub struct ContainerOptions {
     /// Connect a container to a network (none, bridge or a network's name)
     #[arg(long = "network", alias = "net")]
     pub network: Option<String>,
+    /// Add a network-scoped alias for the container
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_aliases: Vec<String>,
     /// Set custom DNS servers
     #[arg(long = "dns")]
     pub dns: Vec<String>,
@@ -462,6 +465,14 @@ pub fn create_body(
     }
     if !volumes.is_empty() {
         b.insert("Volumes".into(), Value::Object(volumes));
+    }
+    if !o.network_aliases.is_empty() {
+        // Docker sends aliases in the endpoint config of the network the container joins.
+        let net = o.network.clone().unwrap_or_else(|| "bridge".into());
+        b.insert(
+            "NetworkingConfig".into(),
+            json!({"EndpointsConfig": {net: {"Aliases": o.network_aliases}}}),
+        );
     }
     if let Some(s) = &o.stop_signal {
         b.insert("StopSignal".into(), json!(s));

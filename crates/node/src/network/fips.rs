@@ -66,7 +66,8 @@ pub fn attached(store: &dyn Store) -> Result<Vec<FipRecord>> {
 }
 
 fn owned(store: &dyn Store, tenant: &str, ip: &str) -> Result<(FipRecord, u64)> {
-    let not_found = || RuntimeError::NotFound(format!("floating IP {ip} not found in your account"));
+    let not_found =
+        || RuntimeError::NotFound(format!("floating IP {ip} not found in your account"));
     let addr: Ipv4Addr = ip.parse().map_err(|_| {
         RuntimeError::Invalid(format!("invalid floating IP {ip:?}: use an IPv4 address"))
     })?;
@@ -97,7 +98,9 @@ pub fn allocate(
     count: u64,
 ) -> Result<Vec<Ipv4Addr>> {
     if count == 0 {
-        return Err(RuntimeError::Invalid("allocate at least one floating IP".into()));
+        return Err(RuntimeError::Invalid(
+            "allocate at least one floating IP".into(),
+        ));
     }
     if pool.is_empty() {
         return Err(RuntimeError::Unsupported(
@@ -166,7 +169,13 @@ pub fn release(store: &dyn Store, tenant: &str, ip: &str) -> Result<FipRecord> {
 }
 
 /// Attaches `ip` to `container`: one FIP per container, one container per FIP.
-pub fn attach(store: &dyn Store, tenant: &str, ip: &str, container: &str, name: &str) -> Result<()> {
+pub fn attach(
+    store: &dyn Store,
+    tenant: &str,
+    ip: &str,
+    container: &str,
+    name: &str,
+) -> Result<()> {
     loop {
         let (mut r, rev) = owned(store, tenant, ip)?;
         if r.container == container {

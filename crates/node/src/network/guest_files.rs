@@ -26,7 +26,9 @@ pub fn resolv_conf(gateway: Ipv4Addr, hc: &HostConfig) -> String {
 pub fn validate(hc: &HostConfig) -> Result<()> {
     for s in &hc.dns {
         s.parse::<std::net::IpAddr>().map_err(|_| {
-            RuntimeError::Invalid(format!("invalid --dns {s:?}: give a DNS server's IP address"))
+            RuntimeError::Invalid(format!(
+                "invalid --dns {s:?}: give a DNS server's IP address"
+            ))
         })?;
     }
     for h in &hc.extra_hosts {
@@ -41,7 +43,9 @@ fn parse_extra_host(h: &str) -> Result<(String, String)> {
         .split_once(['=', ':'])
         .ok_or_else(|| RuntimeError::Invalid(format!("invalid --add-host {h:?}: use host:ip")))?;
     ip.parse::<std::net::IpAddr>().map_err(|_| {
-        RuntimeError::Invalid(format!("invalid --add-host {h:?}: {ip:?} is not an IP address"))
+        RuntimeError::Invalid(format!(
+            "invalid --add-host {h:?}: {ip:?} is not an IP address"
+        ))
     })?;
     if host.is_empty() {
         return Err(RuntimeError::Invalid(format!(
@@ -85,7 +89,13 @@ pub fn hosts_lines(links: &[(Container, String)], hc: &HostConfig) -> Vec<String
 pub fn link_env(me: &str, target: &Container, alias: &str) -> Vec<String> {
     let prefix: String = alias
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut out = vec![format!("{prefix}_NAME=/{me}/{alias}")];
     let Some(ep) = &target.endpoint else {
@@ -109,7 +119,9 @@ pub fn link_env(me: &str, target: &Container, alias: &str) -> Vec<String> {
         out.push(format!("{p}_PROTO={proto}"));
     }
     for e in &target.config.env {
-        let Some((k, v)) = e.split_once('=') else { continue };
+        let Some((k, v)) = e.split_once('=') else {
+            continue;
+        };
         if !matches!(k, "PATH" | "HOME" | "HOSTNAME") {
             out.push(format!("{prefix}_ENV_{k}={v}"));
         }

@@ -69,7 +69,9 @@ mod tests {
     #[test]
     fn subnets_are_checked() {
         assert!(parse_subnet("10.1.0.0/24").is_ok());
-        assert!(parse_subnet("10.1.0.5/24").unwrap_err().contains("10.1.0.0/24"));
+        assert!(parse_subnet("10.1.0.5/24")
+            .unwrap_err()
+            .contains("10.1.0.0/24"));
         assert!(parse_subnet("10.1.0.0/30").is_err());
         assert!(parse_subnet("banana").unwrap_err().contains("CIDR"));
     }
@@ -80,9 +82,15 @@ mod tests {
         let gw = gateway_of(net);
         assert_eq!(gw, Ipv4Addr::new(172, 16, 0, 1));
         let mut used = BTreeSet::new();
-        assert_eq!(next_free(net, gw, &used), Some(Ipv4Addr::new(172, 16, 0, 2)));
+        assert_eq!(
+            next_free(net, gw, &used),
+            Some(Ipv4Addr::new(172, 16, 0, 2))
+        );
         used.insert(Ipv4Addr::new(172, 16, 0, 2));
-        assert_eq!(next_free(net, gw, &used), Some(Ipv4Addr::new(172, 16, 0, 3)));
+        assert_eq!(
+            next_free(net, gw, &used),
+            Some(Ipv4Addr::new(172, 16, 0, 3))
+        );
         let tiny: Ipv4Net = "10.0.0.0/30".parse().unwrap();
         let used: BTreeSet<_> = [Ipv4Addr::new(10, 0, 0, 2)].into();
         assert_eq!(next_free(tiny, gateway_of(tiny), &used), None);

@@ -100,7 +100,9 @@ impl Networks {
         }
         let subnet = self.cfg.default_subnet;
         match self.create_network(tenant, DEFAULT_NETWORK, Some(subnet), Default::default()) {
-            Err(RuntimeError::Conflict(_)) => records::find_network(self.store(), tenant, DEFAULT_NETWORK),
+            Err(RuntimeError::Conflict(_)) => {
+                records::find_network(self.store(), tenant, DEFAULT_NETWORK)
+            }
             other => other,
         }
     }
@@ -131,7 +133,9 @@ impl Networks {
                     .collect();
                 taken.extend(self.reserved());
                 ipam::auto_subnet(&taken).ok_or_else(|| {
-                    RuntimeError::Conflict("no free subnet left for a new network; give --subnet".into())
+                    RuntimeError::Conflict(
+                        "no free subnet left for a new network; give --subnet".into(),
+                    )
                 })?
             }
         };
@@ -179,7 +183,8 @@ impl Networks {
         if mode == "none" {
             if !c.host_config.port_bindings.is_empty() || c.host_config.publish_all_ports {
                 return Err(RuntimeError::Invalid(
-                    "conflicting options: port publishing and the container type network mode".into(),
+                    "conflicting options: port publishing and the container type network mode"
+                        .into(),
                 ));
             }
             return Ok(None);
@@ -191,7 +196,10 @@ impl Networks {
         }
         guest_files::validate(&c.host_config)?;
         let requests = ports::requests(&c.config, &c.host_config).map_err(RuntimeError::Invalid)?;
-        let network = self.find_network(&c.tenant, mode)?;
+        let network = self.find_network(&c.tenant, mode).map_err(|e| match e {
+            RuntimeError::NotFound(m) => RuntimeError::Invalid(m),
+            e => e,
+        })?;
         self.claim(c, &network, aliases, &requests)
     }
 
@@ -252,7 +260,12 @@ impl Networks {
         }))
     }
 
-    fn claim_random_port(&self, proto: &str, host_ip: Option<Ipv4Addr>, owner: &str) -> Result<Option<u16>> {
+    fn claim_random_port(
+        &self,
+        proto: &str,
+        host_ip: Option<Ipv4Addr>,
+        owner: &str,
+    ) -> Result<Option<u16>> {
         let span = u32::from(ports::EPHEMERAL.end() - ports::EPHEMERAL.start()) + 1;
         let start = rand::random::<u32>() % span;
         for i in 0..span {
@@ -292,7 +305,10 @@ impl Networks {
         let mut links = Vec::new();
         for l in &c.host_config.links {
             let (target, alias) = guest_files::parse_link(l);
-            if let Some(t) = containers.iter().find(|t| t.name == target || t.id == target) {
+            if let Some(t) = containers
+                .iter()
+                .find(|t| t.name == target || t.id == target)
+            {
                 links.push((t.clone(), alias));
             }
         }
@@ -318,7 +334,10 @@ impl Networks {
         let containers = self.containers(&c.tenant)?;
         for l in &c.host_config.links {
             let (target, alias) = guest_files::parse_link(l);
-            if let Some(t) = containers.iter().find(|t| t.name == target || t.id == target) {
+            if let Some(t) = containers
+                .iter()
+                .find(|t| t.name == target || t.id == target)
+            {
                 env.extend(guest_files::link_env(&c.name, t, &alias));
             }
         }
@@ -343,7 +362,9 @@ impl Networks {
                 .iter()
                 .find(|t| t.name == target || t.id == target)
                 .ok_or_else(|| {
-                    RuntimeError::NotFound(format!("could not get container for {target}"))
+                    RuntimeError::Invalid(format!(
+                        "could not get container for {target}: no such container"
+                    ))
                 })?;
             if t.endpoint.as_ref().map(|e| &e.network_id) != Some(&ep.network_id) {
                 return Err(RuntimeError::Invalid(format!(
@@ -431,9 +452,15 @@ impl Networks {
     }
 
     /// Every group named in the container's labels must exist.
+    /// (A 400, not a 404: on create, clients read a 404 as "no such image" and pull.)
     pub fn check_groups(&self, c: &Container) -> Result<()> {
         for g in sg::groups_of(c) {
-            sg::get(self.store(), &c.tenant, &g)?;
+            sg::get(self.store(), &c.tenant, &g).map_err(|e| match e {
+                RuntimeError::NotFound(m) => {
+                    RuntimeError::Invalid(format!("{m}: create it with hyper sg create"))
+                }
+                e => e,
+            })?;
         }
         Ok(())
     }
@@ -489,7 +516,11 @@ impl Networks {
                         .ports
                         .iter()
                         .map(|p| net::PortMapping {
-                            proto: if p.proto == "udp" { net::Proto::Udp } else { net::Proto::Tcp },
+                            proto: if p.proto == "udp" {
+                                net::Proto::Udp
+                            } else {
+                                net::Proto::Tcp
+                            },
                             host_ip: p.host_ip,
                             host_port: p.host_port,
                             container_port: p.container_port,
@@ -541,7 +572,8 @@ impl Networks {
             let _ = std::fs::remove_dir_all(&dir);
             return records::release_transit(self.store(), tenant, index);
         }
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
         net::ensure_netns(&model).map_err(net_err)?;
         net::apply_tenant_rules(&model, flush).map_err(net_err)?;
         let networks = records::list_networks(self.store(), tenant)?;
@@ -572,7 +604,11 @@ impl Networks {
             .range("/containers/")?
             .iter()
             .filter_map(|kv| kv.key.split('/').nth(2).map(String::from))
-            .chain(records::tenants_with_transit(self.store())?.into_iter().map(|(t, _)| t))
+            .chain(
+                records::tenants_with_transit(self.store())?
+                    .into_iter()
+                    .map(|(t, _)| t),
+            )
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();

@@ -131,9 +131,15 @@ mod tests {
     #[test]
     fn bindings_and_publish_all() {
         let mut config = ContainerConfig::default();
-        config.exposed_ports.insert("80/tcp".into(), serde_json::json!({}));
-        config.exposed_ports.insert("53/udp".into(), serde_json::json!({}));
-        let h = hc(r#"{"PortBindings":{"80/tcp":[{"HostIp":"127.0.0.1","HostPort":"8080"}]},"PublishAllPorts":true}"#);
+        config
+            .exposed_ports
+            .insert("80/tcp".into(), serde_json::json!({}));
+        config
+            .exposed_ports
+            .insert("53/udp".into(), serde_json::json!({}));
+        let h = hc(
+            r#"{"PortBindings":{"80/tcp":[{"HostIp":"127.0.0.1","HostPort":"8080"}]},"PublishAllPorts":true}"#,
+        );
         let r = requests(&config, &h).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].host_port, Some(8080));

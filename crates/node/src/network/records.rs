@@ -135,7 +135,10 @@ pub fn create_network(
         if store.txn(txn)?.succeeded {
             return Ok(record);
         }
-        if store.get(&netname_key(&record.tenant, &record.name))?.is_some() {
+        if store
+            .get(&netname_key(&record.tenant, &record.name))?
+            .is_some()
+        {
             return Err(RuntimeError::Conflict(format!(
                 "network with name {} already exists",
                 record.name

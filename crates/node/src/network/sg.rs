@@ -67,7 +67,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// Parses a rules file: YAML (JSON is YAML too), checked rule by rule.
 pub fn parse(body: &[u8], name: &str) -> Result<SecurityGroup> {
-    let mut g: SecurityGroup = serde_yaml::from_slice(body).map_err(|e| {
+    let mut g: SecurityGroup = serde_yaml_ng::from_slice(body).map_err(|e| {
         RuntimeError::Invalid(format!("the security group file does not parse: {e}"))
     })?;
     if !g.name.is_empty() && g.name != name {
@@ -129,9 +129,9 @@ fn check_rule(r: &mut SgRule) -> std::result::Result<(), String> {
 }
 
 pub fn get(store: &dyn Store, tenant: &str, name: &str) -> Result<SecurityGroup> {
-    let kv = store.get(&key(tenant, name))?.ok_or_else(|| {
-        RuntimeError::NotFound(format!("security group {name} not found"))
-    })?;
+    let kv = store
+        .get(&key(tenant, name))?
+        .ok_or_else(|| RuntimeError::NotFound(format!("security group {name} not found")))?;
     serde_json::from_slice(&kv.value)
         .map_err(|e| RuntimeError::Internal(format!("bad security group record: {e}")))
 }
