@@ -12,6 +12,7 @@ fn main() {
         ("floating_ips", floating_ips),
         ("security_groups", security_groups),
         ("tenant_isolation", tenant_isolation),
+        ("data_path_outlives_hyperd", data_path_outlives_hyperd),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -447,4 +448,42 @@ fn tenant_isolation() {
         .run()
         .ok();
     d.hyper_tcp(&b, &["network", "rm", "bnet"]).run().ok();
+}
+
+/// Names, container-to-container traffic and published ports keep working while hyperd is
+/// down (nothing on the data path lives in its process), and a restarted hyperd rebuilds the
+/// same state from its store.
+fn data_path_outlives_hyperd() {
+    let dd = Daemon::start("r", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let db = web(d, &["--name", "db", "-p", "18090:80"]);
+    let prober = d
+        .hyper(&[
+            "run", "-d", "--name", "prober", "busybox", "sh", "-c",
+            "while true; do wget -qO- http://db/hostname || echo FAIL; sleep 0.5; done",
+        ])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .out();
+    wait_for("the prober to reach db", secs(30.0), || {
+        let o = d.hyper(&["logs", "prober"]).run().ok();
+        if o.stdout.contains(&db) { Ok(()) } else { Err(o.stdout) }
+    });
+    d.kill9();
+    let dns = processes_mentioning(&format!("{}/net/", d.data.display()));
+    assert!(dns.iter().any(|p| p.contains("hyper-dns")), "the tenant DNS died with hyperd: {dns:?}");
+    for _ in 0..4 {
+        assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
+        std::thread::sleep(secs(1.0));
+    }
+    d.restart();
+    let o = d.hyper(&["logs", "prober"]).run().ok();
+    assert!(!o.stdout.contains("FAIL"), "the prober failed while hyperd was away: {o}");
+    assert!(o.stdout.matches(db.as_str()).count() >= 6, "{o}");
+    // Rebuilt, not duplicated: new containers join the same network and names.
+    let o = sh(d, &[], "wget -qO- http://db/hostname").ok();
+    assert_eq!(o.out(), db);
+    assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
+    d.hyper(&["rm", "-f", "db", &prober]).timeout(60.0).run().ok();
 }
