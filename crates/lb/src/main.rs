@@ -1,0 +1,190 @@
+//! `hyper-lb`: the load balancer of one tenant's services.
+//!
+//! # Running
+//! ```text
+//! hyper-lb --config PATH --pidfile PATH [--status PATH] [--log PATH] [--daemon]
+//! ```
+//! hyperd starts one per tenant network namespace, from inside it, and puts each service's
+//! stable IP on the tenant's bridge. The balancer must keep serving while hyperd is stopped or
+//! restarting, so hyperd runs it with `--daemon`: the process forks, the child starts a new
+//! session, moves to `/`, sends stdin/stdout to /dev/null, binds its listeners and writes the
+//! pidfile; only then does the parent exit, 0 (serving) or 1 (failed; the reason is in the
+//! log). Without `--daemon` it stays in the foreground (tests, debugging). `--log` appends
+//! stderr (logs and panics) to a file. `RUST_LOG` sets the level (default info).
+//!
+//! # Config
+//! A JSON file hyperd replaces atomically (see `config.rs` for every field and default):
+//! ```json
+//! { "services": [ { "name": "web", "listen": "172.16.255.10:80",
+//!     "protocol": "tcp" | "http" | "https" | "httpsTerm",
+//!     "algorithm": "roundrobin" | "leastconn" | "source", "session_affinity": false,
+//!     "tls_cert": "/path/web.pem",
+//!     "health": { "interval_secs": 3, "fall": 3, "rise": 2, "http_path": "/" },
+//!     "backends": [ { "id": "3f2a9c1b7e4d", "addr": "172.16.0.5:8080" } ] } ] }
+//! ```
+//! `SIGHUP` re-reads it and applies it without dropping a connection: a service kept on the
+//! same address keeps its socket and takes the new settings; a removed service (or one moved
+//! to another address) stops accepting, its connections finish and kept-alive HTTP clients
+//! are closed after their current request; backends removed from a service get nothing new
+//! while their connections and requests finish; new backends are checked at once and used
+//! from their first passed check. A service that cannot listen yet (address not assigned) or
+//! whose certificate does not load is logged and retried on the next reload; a config that
+//! cannot be read is logged and the previous one kept. `SIGTERM`/`SIGINT` stop at once.
+//!
+//! # Status
+//! `--status` is rewritten atomically whenever a backend's health changes, after each reload
+//! and at least every (shortest) health check interval:
+//! `{"services": {"web": {"backends": {"3f2a9c1b7e4d":
+//!   {"healthy": true, "active": 2, "since": "2024-05-01T12:00:00Z"}}}}}`.
+//! `since` is the last health change (or when the backend was added); `active` counts
+//! connections (tcp, https) or requests in flight (http, httpsTerm).
+//!
+//! # Threads
+//! A two-worker tokio runtime: enough to keep proxying while a TLS handshake computes, few
+//! enough for one process per tenant.
+
+mod backend;
+mod config;
+mod daemon;
+mod health;
+mod listener;
+mod pidfile;
+mod pool;
+mod proxy_body;
+mod proxy_http;
+mod proxy_tcp;
+mod service;
+mod services;
+mod status;
+mod tls;
+mod upstream;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::daemon::Ready;
+use crate::pidfile::Pidfile;
+use crate::services::Services;
+
+#[derive(Parser)]
+#[command(
+    name = "hyper-lb",
+    version,
+    about = "Per-tenant service load balancer for Hyper"
+)]
+struct Cli {
+    /// The JSON config hyperd writes; re-read on SIGHUP.
+    #[arg(long)]
+    config: PathBuf,
+    /// Where to write this process's pid once it serves.
+    #[arg(long)]
+    pidfile: PathBuf,
+    /// Where to keep the JSON health status of every backend.
+    #[arg(long)]
+    status: Option<PathBuf>,
+    /// Append logs (and panics) to this file instead of stderr.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Fork into a new session; the parent exits once the balancer is serving.
+    #[arg(long)]
+    daemon: bool,
+}
+
+struct Paths {
+    config: PathBuf,
+    pidfile: PathBuf,
+    status: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hyper-lb: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Absolute before a daemon moves to `/`.
+    let absolute =
+        |path: &Path| std::path::absolute(path).with_context(|| format!("{}", path.display()));
+    let paths = Paths {
+        config: absolute(&cli.config)?,
+        pidfile: absolute(&cli.pidfile)?,
+        status: cli.status.as_deref().map(absolute).transpose()?,
+    };
+    if let Some(log) = &cli.log {
+        daemon::log_to(log)?;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(cli.log.is_none() && std::io::stderr().is_terminal())
+        .init();
+    let ready = cli.daemon.then(daemon::daemonize).transpose()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(serve(&paths, ready))
+}
+
+async fn serve(paths: &Paths, ready: Option<Ready>) -> anyhow::Result<()> {
+    let config = Config::load(&paths.config)?;
+    // Handlers first: SIGHUP's default action would kill us once hyperd thinks we are up.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    let mut services = Services::default();
+    services.apply(&config).await;
+    write_status(paths, &services);
+    let _pidfile = Pidfile::write(&paths.pidfile)
+        .with_context(|| format!("write {}", paths.pidfile.display()))?;
+    if let Some(ready) = ready {
+        ready.send().context("tell the parent we are ready")?;
+    }
+    tracing::info!(pid = std::process::id(), "serving");
+
+    let health_changed = services.health_changed.clone();
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                match Config::load(&paths.config) {
+                    Ok(config) => {
+                        services.apply(&config).await;
+                        tracing::info!("config reloaded");
+                    }
+                    Err(err) => tracing::error!("reload failed, keeping the previous config: {err:#}"),
+                }
+                write_status(paths, &services);
+            }
+            _ = health_changed.notified() => write_status(paths, &services),
+            _ = tokio::time::sleep(services.status_interval()) => write_status(paths, &services),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+fn write_status(paths: &Paths, services: &Services) {
+    if let Some(path) = &paths.status {
+        if let Err(err) = status::write(path, &status::render(services)) {
+            tracing::error!(path = %path.display(), %err, "cannot write the status");
+        }
+    }
+}
