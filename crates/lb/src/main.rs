@@ -35,7 +35,7 @@
 //! `--status` is rewritten atomically whenever a backend's health changes, after each reload
 //! and at least every (shortest) health check interval:
 //! `{"services": {"web": {"backends": {"3f2a9c1b7e4d":
-//!   {"healthy": true, "active": 2, "since": "2024-05-01T12:00:00Z"}}}}}`.
+//!   {"healthy": true, "active": 2, "since": "2024-05-01T12:00:00.000Z"}}}}}`.
 //! `since` is the last health change (or when the backend was added); `active` counts
 //! connections (tcp, https) or requests in flight (http, httpsTerm).
 //!
@@ -153,10 +153,11 @@ async fn serve(paths: &Paths, ready: Option<Ready>) -> anyhow::Result<()> {
     write_status(paths, &services);
     let _pidfile = Pidfile::write(&paths.pidfile)
         .with_context(|| format!("write {}", paths.pidfile.display()))?;
+    // Logged first, so the log says so by the time hyperd sees the parent exit.
+    tracing::info!(pid = std::process::id(), "serving");
     if let Some(ready) = ready {
         ready.send().context("tell the parent we are ready")?;
     }
-    tracing::info!(pid = std::process::id(), "serving");
 
     let health_changed = services.health_changed.clone();
     loop {

@@ -20,7 +20,7 @@ pub fn render(services: &Services) -> Value {
                 json!({
                     "healthy": snapshot.healthy,
                     "active": snapshot.active,
-                    "since": snapshot.since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    "since": snapshot.since.to_rfc3339_opts(SecondsFormat::Millis, true),
                 }),
             );
         }
