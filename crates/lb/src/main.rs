@@ -27,9 +27,11 @@
 //! to another address) stops accepting, its connections finish and kept-alive HTTP clients
 //! are closed after their current request; backends removed from a service get nothing new
 //! while their connections and requests finish; new backends are checked at once and used
-//! from their first passed check. A service that cannot listen yet (address not assigned) or
-//! whose certificate does not load is logged and retried on the next reload; a config that
-//! cannot be read is logged and the previous one kept. `SIGTERM`/`SIGINT` stop at once.
+//! from their first passed check. A new service that cannot listen yet (address not
+//! assigned) or whose certificate does not load is logged and retried on the next reload; a
+//! running service whose new certificate does not load keeps its previous settings (its
+//! backends are still updated); a config that cannot be read is logged and the previous one
+//! kept. `SIGTERM`/`SIGINT` stop at once.
 //!
 //! # Status
 //! `--status` is rewritten atomically whenever a backend's health changes, after each reload

@@ -48,13 +48,18 @@ impl Service {
         Ok(service)
     }
 
-    /// Applies a reloaded config. A certificate that no longer loads keeps the previous one.
+    /// Applies a reloaded config. If its certificate does not load, the previous settings
+    /// (protocol and certificate included) stay in force; the backends are updated anyway.
     pub fn update(self: &Arc<Self>, config: &ServiceConfig) {
-        let tls = load_tls(config).unwrap_or_else(|err| {
-            tracing::error!(service = %self.name, "{err:#}; keeping the previous certificate");
-            self.settings().tls.clone()
-        });
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings(config, tls));
+        match load_tls(config) {
+            Ok(tls) => {
+                *self.settings.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(settings(config, tls))
+            }
+            Err(err) => {
+                tracing::error!(service = %self.name, "{err:#}; keeping the previous settings")
+            }
+        }
         self.set_backends(config);
     }
 

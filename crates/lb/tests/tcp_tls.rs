@@ -128,7 +128,7 @@ async fn https_term_terminates_tls_and_forwards_plain_http() {
     lb.reload(&config);
     wait_until(
         "the reload",
-        || lb.log().contains("keeping the previous certificate"),
+        || lb.log().contains("keeping the previous settings"),
         &lb,
     )
     .await;
