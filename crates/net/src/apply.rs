@@ -17,7 +17,8 @@ use crate::ruleset::{fip_routes, render_node_removal, render_node_rules, render_
 pub const FIP_ROUTE_PROTO: u8 = 213;
 
 /// Replaces the tenant netns' tables, then forgets the tracked connections of `flush_conntrack_for`
-/// (the endpoints whose security groups, ports or FIP changed) so the change reaches them at once.
+/// (the endpoints whose security groups, ports or FIP changed, and the detached FIP of a service,
+/// which ends only the flows that came through it) so the change reaches them at once.
 pub fn apply_tenant_rules(
     t: &TenantNetns,
     flush_conntrack_for: &[Ipv4Addr],

@@ -83,11 +83,11 @@ struct Addr {
     prefixlen: u8,
 }
 
-/// Makes `ifname` carry exactly the IPv4 address `want` (CIDR form, e.g. `10.0.0.1/24`).
-pub(crate) fn sync_ipv4_addr(
+/// Makes `ifname` carry exactly the IPv4 addresses `want` (CIDR form, e.g. `10.0.0.1/24`).
+pub(crate) fn sync_ipv4_addrs(
     netns: Option<&Path>,
     ifname: &str,
-    want: &str,
+    want: &[String],
 ) -> Result<(), NetError> {
     let out = ip(
         netns,
@@ -101,18 +101,18 @@ pub(crate) fn sync_ipv4_addr(
         .filter(|a| a.family == "inet")
         .map(|a| format!("{}/{}", a.local, a.prefixlen))
         .collect();
-    for stale in present.iter().filter(|a| a.as_str() != want) {
+    for stale in present.iter().filter(|a| !want.contains(a)) {
         ip(
             netns,
             &format!("remove stale address from {ifname}"),
             &["addr", "del", stale, "dev", ifname],
         )?;
     }
-    if !present.iter().any(|a| a == want) {
+    for missing in want.iter().filter(|a| !present.contains(a)) {
         ip(
             netns,
             &format!("address {ifname}"),
-            &["addr", "add", want, "dev", ifname],
+            &["addr", "add", missing, "dev", ifname],
         )?;
     }
     Ok(())

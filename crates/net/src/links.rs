@@ -5,13 +5,14 @@ use std::path::Path;
 
 use crate::error::NetError;
 use crate::exec::in_netns;
-use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addr};
+use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addrs};
 use crate::model::{gateway_mac, mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
 use crate::sysctl;
 
 /// Makes the tenant netns match `t`: namespace, `lo`, sysctls, transit link with its default
-/// route, and exactly the bridges of `t` (others are deleted). Taps are not touched beyond that.
+/// route, and exactly the bridges of `t` (others are deleted) with their gateway and service
+/// addresses. Taps are not touched beyond that.
 /// Runs in the caller's namespace as the node's.
 pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
     t.validate()?;
@@ -75,13 +76,17 @@ fn ensure_transit(ns: &Path, transit: &Transit) -> Result<(), NetError> {
             ],
         )?;
     }
-    sync_ipv4_addr(None, host_if, &format!("{}/31", transit.host_ip))?;
+    sync_ipv4_addrs(None, host_if, &[format!("{}/31", transit.host_ip)])?;
     ip(
         None,
         "bring up transit link",
         &["link", "set", host_if, "up"],
     )?;
-    sync_ipv4_addr(Some(ns), TENANT_UPLINK, &format!("{}/31", transit.peer_ip))?;
+    sync_ipv4_addrs(
+        Some(ns),
+        TENANT_UPLINK,
+        &[format!("{}/31", transit.peer_ip)],
+    )?;
     ip(
         Some(ns),
         "bring up uplink",
@@ -140,8 +145,11 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
         // and the guests' ARP entries for the gateway would go stale.
         let args = ["link", "set", name, "mtu", &mtu, "address", &mac];
         ip(Some(ns), "set bridge mtu and address", &args)?;
-        let gateway = format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len());
-        sync_ipv4_addr(Some(ns), name, &gateway)?;
+        // Service VIPs are /32s of the bridge (no subnet route of their own): the netns answers
+        // ARP for them and the balancer binds them. Removed services lose theirs here.
+        let mut addrs = vec![format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len())];
+        addrs.extend(bridge.services.iter().map(|s| format!("{}/32", s.ip)));
+        sync_ipv4_addrs(Some(ns), name, &addrs)?;
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;
     }
     Ok(())

@@ -46,6 +46,8 @@ pub struct Bridge {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub endpoints: Vec<Endpoint>,
+    /// Load-balanced services with their address on this network.
+    pub services: Vec<ServiceVip>,
 }
 
 /// MTU of tenant bridges unless told otherwise: leaves room for the VXLAN overlay.
@@ -61,6 +63,17 @@ pub struct Endpoint {
     pub fip: Option<Ipv4Addr>,
     /// Flattened rules of all the endpoint's groups; `None` = no group = open.
     pub security_groups: Option<Vec<Rule>>,
+}
+
+/// A service's stable address on a bridge: an address of the bridge itself (/32), so the tenant
+/// netns answers ARP for it and the balancer (`hyper-lb`, run by the integrator inside the tenant
+/// netns) can bind it. Only `ports` are open on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceVip {
+    pub ip: Ipv4Addr,
+    pub ports: Vec<(Proto, u16)>,
+    /// Forwards `fip:port` from outside to `ip:port` for each of `ports`.
+    pub fip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +198,24 @@ impl TenantNetns {
             for endpoint in &bridge.endpoints {
                 check_ifname(&endpoint.tap)?;
             }
+            for service in &bridge.services {
+                if !bridge.subnet.contains(&service.ip) || service.ip == bridge.gateway {
+                    return Err(NetError::Invalid(format!(
+                        "service address {} must be in {} and not its gateway, on {}",
+                        service.ip, bridge.subnet, bridge.ifname
+                    )));
+                }
+            }
         }
         Ok(())
     }
 
     pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.bridges.iter().flat_map(|b| b.endpoints.iter())
+    }
+
+    pub(crate) fn services(&self) -> impl Iterator<Item = &ServiceVip> {
+        self.bridges.iter().flat_map(|b| b.services.iter())
     }
 }
 
@@ -209,6 +234,36 @@ mod tests {
         assert_eq!(t.peer_ip, Ipv4Addr::new(100, 127, 0, 7));
         assert!(transit_for(&node, 32767).is_ok());
         assert!(transit_for(&node, 32768).is_err());
+    }
+
+    #[test]
+    fn service_addresses_must_be_in_their_network_and_not_its_gateway() {
+        let mut t = TenantNetns {
+            name: "t".into(),
+            netns_path: "/nowhere".into(),
+            transit: Transit {
+                host_if: "hv-0".into(),
+                host_ip: Ipv4Addr::new(100, 127, 0, 0),
+                peer_ip: Ipv4Addr::new(100, 127, 0, 1),
+            },
+            bridges: vec![Bridge {
+                ifname: "br0".into(),
+                subnet: "172.16.0.0/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(172, 16, 0, 1),
+                mtu: DEFAULT_MTU,
+                endpoints: vec![],
+                services: vec![ServiceVip {
+                    ip: Ipv4Addr::new(172, 16, 0, 10),
+                    ports: vec![(Proto::Tcp, 80)],
+                    fip: None,
+                }],
+            }],
+        };
+        assert!(t.validate().is_ok());
+        for bad in [Ipv4Addr::new(172, 16, 0, 1), Ipv4Addr::new(172, 16, 1, 10)] {
+            t.bridges[0].services[0].ip = bad;
+            assert!(t.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

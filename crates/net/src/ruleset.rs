@@ -9,8 +9,8 @@ use std::fmt::{Display, Write};
 use std::net::Ipv4Addr;
 
 use crate::model::{
-    mac_text, Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, TenantNetns,
-    TENANT_UPLINK, TRANSIT_PREFIX,
+    mac_text, Direction, Endpoint, NodeNet, Proto, Remote, Rule, RuleProto, ServiceVip,
+    TenantNetns, TENANT_UPLINK, TRANSIT_PREFIX,
 };
 
 /// The two tables of a tenant netns: `inet hyper` (filter, NAT, security groups) and
@@ -60,6 +60,22 @@ fn proto_name(proto: Proto) -> &'static str {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
     }
+}
+
+/// `tcp dport { .. }` then `udp dport { .. }` for the protocols a service has ports of.
+fn service_dports(service: &ServiceVip) -> Vec<String> {
+    [Proto::Tcp, Proto::Udp]
+        .into_iter()
+        .filter_map(|proto| {
+            let ports: Vec<u16> = service
+                .ports
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, port)| *port)
+                .collect();
+            (!ports.is_empty()).then(|| format!("{} dport {}", proto_name(proto), set_of(ports)))
+        })
+        .collect()
 }
 
 fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
@@ -146,7 +162,12 @@ fn tenant_inet_body(t: &TenantNetns) -> String {
     out
 }
 
-/// The tenant netns itself only answers DNS and ping on its gateways.
+/// The tenant netns itself only answers DNS and ping on its gateways, and the ports of service
+/// VIPs (the balancer listens there) from their own bridge and, DNATed from a service FIP, from
+/// the uplink. Local delivery never crosses the forward chain, so security groups do not apply
+/// to a guest reaching a VIP, as for DNS on the gateway; the balancer's connections to backends
+/// are local output too, from the netns' own address on the bridge, and the backends' groups do
+/// not filter them either.
 fn tenant_input(t: &TenantNetns) -> Vec<String> {
     let mut rules = vec![
         "iifname \"lo\" accept".to_string(),
@@ -159,6 +180,24 @@ fn tenant_input(t: &TenantNetns) -> Vec<String> {
             rules.push(format!(
                 "iifname {bridges} ip daddr {gateways} {service} accept"
             ));
+        }
+    }
+    for bridge in &t.bridges {
+        for service in &bridge.services {
+            for dports in service_dports(service) {
+                rules.push(format!(
+                    "iifname {} ip daddr {} {dports} accept",
+                    quoted(&bridge.ifname),
+                    service.ip
+                ));
+                if service.fip.is_some() {
+                    rules.push(format!(
+                        "iifname {} ip daddr {} {dports} ct status dnat accept",
+                        quoted(TENANT_UPLINK),
+                        service.ip
+                    ));
+                }
+            }
         }
     }
     rules
@@ -243,9 +282,18 @@ fn security_group_rule(rule: &Rule) -> Option<String> {
 }
 
 /// Published ports arrive on the uplink already DNATed by the node to the peer address with the
-/// host port; FIPs arrive with the FIP, and only their published ports answer.
+/// host port; FIPs arrive with the FIP, and only their published ports answer. A service FIP
+/// goes to its VIP (local delivery to the balancer) on the same port; those rules come first, as
+/// a service port may equal some endpoint's published host port, whose rule matches any address.
 fn tenant_dnat(t: &TenantNetns) -> Vec<String> {
     let mut rules = Vec::new();
+    for service in t.services() {
+        if let Some(fip) = service.fip {
+            for dports in service_dports(service) {
+                rules.push(format!("ip daddr {fip} {dports} dnat ip to {}", service.ip));
+            }
+        }
+    }
     for endpoint in t.endpoints() {
         for port in &endpoint.ports {
             let (proto, to) = (
@@ -393,15 +441,15 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
     out
 }
 
-/// FIP routes the node must have: (FIP, tenant peer address, node-side transit link).
+/// FIP routes the node must have, endpoints' and services' alike: (FIP, tenant peer address,
+/// node-side transit link).
 pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
     tenants
         .iter()
         .flat_map(|t| {
-            t.endpoints().filter_map(|e| {
-                e.fip
-                    .map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))
-            })
+            let fips = t.endpoints().filter_map(|e| e.fip);
+            let fips = fips.chain(t.services().filter_map(|s| s.fip));
+            fips.map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))
         })
         .collect()
 }
@@ -409,7 +457,7 @@ pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Bridge, PortMapping, Transit};
+    use crate::model::{Bridge, PortMapping, ServiceVip, Transit};
 
     fn endpoint(
         tap: &str,
@@ -489,6 +537,11 @@ mod tests {
                         ),
                         endpoint("tapbbbbbbbbbbbb", 3, None, None),
                     ],
+                    services: vec![ServiceVip {
+                        ip: Ipv4Addr::new(172, 16, 0, 10),
+                        ports: vec![(Proto::Tcp, 80), (Proto::Udp, 53), (Proto::Tcp, 443)],
+                        fip: Some(Ipv4Addr::new(198, 51, 100, 8)),
+                    }],
                 },
                 Bridge {
                     ifname: "br1".into(),
@@ -496,6 +549,11 @@ mod tests {
                     gateway: Ipv4Addr::new(10, 9, 0, 1),
                     mtu: 1450,
                     endpoints: vec![],
+                    services: vec![ServiceVip {
+                        ip: Ipv4Addr::new(10, 9, 0, 10),
+                        ports: vec![(Proto::Tcp, 8000)],
+                        fip: None,
+                    }],
                 },
             ],
         }
@@ -534,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_input_only_answers_dns_and_ping_on_gateways() {
+    fn tenant_input_only_answers_dns_and_ping_on_gateways_and_service_ports_on_vips() {
         let input = lines_of_chain(&render_tenant_rules(&tenant()), "input");
         assert_eq!(input, [
             "type filter hook input priority filter; policy drop;",
@@ -543,6 +601,12 @@ mod tests {
             "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } udp dport 53 accept",
             "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } tcp dport 53 accept",
             "iifname { \"br0\", \"br1\" } ip daddr { 172.16.0.1, 10.9.0.1 } icmp type echo-request accept",
+            // A VIP from its own bridge only, and from outside only as DNATed from its FIP.
+            "iifname \"br0\" ip daddr 172.16.0.10 tcp dport { 80, 443 } accept",
+            "iifname \"up0\" ip daddr 172.16.0.10 tcp dport { 80, 443 } ct status dnat accept",
+            "iifname \"br0\" ip daddr 172.16.0.10 udp dport 53 accept",
+            "iifname \"up0\" ip daddr 172.16.0.10 udp dport 53 ct status dnat accept",
+            "iifname \"br1\" ip daddr 10.9.0.10 tcp dport 8000 accept",
         ]);
     }
 
@@ -604,11 +668,13 @@ mod tests {
     }
 
     #[test]
-    fn tenant_nat_publishes_ports_and_fips() {
+    fn tenant_nat_publishes_ports_and_fips_service_fips_first() {
         let text = render_tenant_rules(&tenant());
         assert_eq!(
             lines_of_chain(&text, "prerouting")[1..],
             [
+                "ip daddr 198.51.100.8 tcp dport { 80, 443 } dnat ip to 172.16.0.10",
+                "ip daddr 198.51.100.8 udp dport 53 dnat ip to 172.16.0.10",
                 "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.2:80",
                 "ip daddr 198.51.100.7 tcp dport 8080 dnat ip to 172.16.0.2:80",
                 "iifname \"up0\" tcp dport 8080 dnat ip to 172.16.0.3:80",
@@ -686,13 +752,13 @@ mod tests {
                 "iifname \"hv-*\" drop"
             ]
         );
+        let (peer, host_if) = (Ipv4Addr::new(100, 127, 0, 1), "hv-0");
         assert_eq!(
             fip_routes(&[&t]),
-            [(
-                Ipv4Addr::new(198, 51, 100, 7),
-                Ipv4Addr::new(100, 127, 0, 1),
-                "hv-0"
-            )]
+            [
+                (Ipv4Addr::new(198, 51, 100, 7), peer, host_if),
+                (Ipv4Addr::new(198, 51, 100, 8), peer, host_if),
+            ]
         );
     }
 

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use net::{
     apply_node_rules, apply_tenant_rules, destroy_netns, ensure_netns, remove_node_rules,
-    Direction, Remote, Rule, RuleProto, TenantNetns,
+    Direction, Proto, Remote, Rule, RuleProto, ServiceVip, TenantNetns,
 };
 use support::*;
 
@@ -229,6 +229,84 @@ fn floating_ip_in_and_out_and_released() {
         connect(&g_holder, CLIENT_IP, 9000).unwrap().greeting,
         "hello 192.0.2.1"
     );
+    teardown(&sandbox, &[&t]);
+}
+
+#[test]
+fn service_vip_on_its_bridge_and_through_a_fip() {
+    let mut sandbox = Sandbox::new("vip");
+    let (vip, fip): (Ipv4Addr, Ipv4Addr) = (
+        "172.16.0.10".parse().unwrap(),
+        "198.51.100.20".parse().unwrap(),
+    );
+    // Publishes host port 80, the service's port, with nothing listening behind it: the FIP's
+    // port 80 must still reach the balancer. Its groups have no egress rule at all.
+    let mut guest = endpoint(1, "172.16.0.2");
+    guest.ports.push(tcp(80, 80));
+    guest.security_groups = Some(Vec::new());
+    let elsewhere = endpoint(2, "10.2.0.2");
+    let mut t = sandbox.tenant(
+        "a",
+        0,
+        vec![
+            bridge("br0", "172.16.0.0/16", vec![guest.clone()]),
+            bridge("br1", "10.2.0.0/24", vec![elsewhere.clone()]),
+        ],
+    );
+    t.bridges[0].services.push(ServiceVip {
+        ip: vip,
+        ports: vec![(Proto::Tcp, 80)],
+        fip: Some(fip),
+    });
+    sync(&sandbox, &[&t]);
+    sync(&sandbox, &[&t]);
+    let g_guest = sandbox.attach_guest(&t, &t.bridges[0], &guest);
+    let g_elsewhere = sandbox.attach_guest(&t, &t.bridges[1], &elsewhere);
+    // The balancer's stand-ins, bound to the VIP inside the tenant netns.
+    let _servers = [
+        Server::start_on(&t.netns_path, vip, 80),
+        Server::start_on(&t.netns_path, vip, 7001),
+    ];
+
+    // On its bridge, service ports only; not from the tenant's other network.
+    assert_eq!(
+        connect(&g_guest, vip, 80).unwrap().greeting,
+        "hello 172.16.0.2"
+    );
+    assert!(connect(&g_guest, vip, 7001).is_none());
+    assert!(connect(&g_elsewhere, vip, 80).is_none());
+    // From outside through the FIP, the client's own address seen; again service ports only.
+    let mut via_fip = connect(&sandbox.client, fip, 80).unwrap();
+    assert_eq!(via_fip.greeting, "hello 192.0.2.2");
+    assert!(via_fip.echoes("through the fip"));
+    assert!(connect(&sandbox.client, fip, 7001).is_none());
+    assert!(connect(&sandbox.client, vip, 80).is_none());
+
+    // The FIP is detached: rules and routes follow.
+    t.bridges[0].services[0].fip = None;
+    sandbox.on_node(|| {
+        apply_tenant_rules(&t, &[fip]).unwrap();
+        apply_node_rules(&sandbox.net, &[&t]).unwrap();
+    });
+    assert!(connect(&sandbox.client, fip, 80).is_none());
+    assert_eq!(
+        ip(
+            &sandbox.node,
+            &["route", "show", "proto", &net::FIP_ROUTE_PROTO.to_string()]
+        ),
+        ""
+    );
+    assert!(connect(&g_guest, vip, 80).is_some());
+
+    // The service goes: so does its address, and the gateway stays.
+    t.bridges[0].services.clear();
+    sync(&sandbox, &[&t]);
+    let addrs = ip(&t.netns_path, &["-4", "-br", "addr", "show", "dev", "br0"]);
+    assert!(
+        !addrs.contains("172.16.0.10") && addrs.contains("172.16.0.1/16"),
+        "{addrs}"
+    );
+    assert!(connect(&g_guest, vip, 80).is_none());
     teardown(&sandbox, &[&t]);
 }
 

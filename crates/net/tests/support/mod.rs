@@ -197,6 +197,7 @@ pub fn bridge(ifname: &str, subnet: &str, endpoints: Vec<Endpoint>) -> Bridge {
         gateway,
         mtu: net::DEFAULT_MTU,
         endpoints,
+        services: Vec::new(),
     }
 }
 
@@ -247,7 +248,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(netns: &Path, port: u16) -> Server {
-        let listener = in_netns(netns, || TcpListener::bind(("0.0.0.0", port)))
+        Server::start_on(netns, Ipv4Addr::UNSPECIFIED, port)
+    }
+
+    /// Listening on one address only (e.g. a service VIP, as the balancer does).
+    pub fn start_on(netns: &Path, ip: Ipv4Addr, port: u16) -> Server {
+        let listener = in_netns(netns, || TcpListener::bind((ip, port)))
             .unwrap()
             .unwrap();
         listener.set_nonblocking(true).unwrap();
