@@ -543,7 +543,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait (falls back to SIGKILL).
-    fn stop(&self) {
+    pub fn stop(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {
             // SAFETY: plain kill(2) on a child we spawned and have not reaped yet.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -691,6 +691,14 @@ impl Daemon {
     fn teardown(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         if self.pid().is_some() {
+            // Services first: their reconciler would replace removed replicas.
+            let o = self.hyper(&["service", "ls", "-q"]).run();
+            for name in o.stdout.split_whitespace() {
+                let r = self.hyper(&["service", "rm", name]).timeout(120.0).run();
+                if r.code != 0 {
+                    leaks.push(format!("service rm {name} failed: {r}"));
+                }
+            }
             let o = self.hyper(&["ps", "-aq", "--no-trunc"]).run();
             for id in o.stdout.split_whitespace() {
                 let r = self.hyper(&["rm", "-f", id]).timeout(60.0).run();
@@ -798,7 +806,7 @@ pub fn container_processes(d: &Daemon, id: &str) -> Vec<String> {
 /// only `lo` up: every hyperd, VM, bridge, nftables rule and client the tests start lives there,
 /// and nothing they do can reach the machine's real networks. The namespace goes away with the
 /// process.
-fn enter_private_network_namespace() {
+pub fn enter_private_network_namespace() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unshare(CLONE_NEWNET): the end-to-end tests run as root");
     let st = Command::new("ip")

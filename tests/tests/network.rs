@@ -459,7 +459,13 @@ fn data_path_outlives_hyperd() {
     let db = web(d, &["--name", "db", "-p", "18090:80"]);
     let prober = d
         .hyper(&[
-            "run", "-d", "--name", "prober", "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "--name",
+            "prober",
+            "busybox",
+            "sh",
+            "-c",
             "while true; do wget -qO- http://db/hostname || echo FAIL; sleep 0.5; done",
         ])
         .timeout(120.0)
@@ -468,22 +474,35 @@ fn data_path_outlives_hyperd() {
         .out();
     wait_for("the prober to reach db", secs(30.0), || {
         let o = d.hyper(&["logs", "prober"]).run().ok();
-        if o.stdout.contains(&db) { Ok(()) } else { Err(o.stdout) }
+        if o.stdout.contains(&db) {
+            Ok(())
+        } else {
+            Err(o.stdout)
+        }
     });
     d.kill9();
     let dns = processes_mentioning(&format!("{}/net/", d.data.display()));
-    assert!(dns.iter().any(|p| p.contains("hyper-dns")), "the tenant DNS died with hyperd: {dns:?}");
+    assert!(
+        dns.iter().any(|p| p.contains("hyper-dns")),
+        "the tenant DNS died with hyperd: {dns:?}"
+    );
     for _ in 0..4 {
         assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
         std::thread::sleep(secs(1.0));
     }
     d.restart();
     let o = d.hyper(&["logs", "prober"]).run().ok();
-    assert!(!o.stdout.contains("FAIL"), "the prober failed while hyperd was away: {o}");
+    assert!(
+        !o.stdout.contains("FAIL"),
+        "the prober failed while hyperd was away: {o}"
+    );
     assert!(o.stdout.matches(db.as_str()).count() >= 6, "{o}");
     // Rebuilt, not duplicated: new containers join the same network and names.
     let o = sh(d, &[], "wget -qO- http://db/hostname").ok();
     assert_eq!(o.out(), db);
     assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
-    d.hyper(&["rm", "-f", "db", &prober]).timeout(60.0).run().ok();
+    d.hyper(&["rm", "-f", "db", &prober])
+        .timeout(60.0)
+        .run()
+        .ok();
 }

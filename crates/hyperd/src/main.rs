@@ -387,6 +387,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
                 transit_cidr: args.transit_cidr.trunc(),
                 fip_pool: args.fip_pools.clone(),
                 dns_binary: host.dns,
+                lb_binary: host.lb,
             },
         },
         store.clone(),
@@ -400,6 +401,8 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .recover()
         .await
         .context("recover containers from the store")?;
+    // Services: keep every one at its replica count, from the store.
+    tokio::spawn(node::services::reconcile_forever(runtime.clone()));
 
     let tls = if args.insecure_http {
         if let Some(addr) = hosts

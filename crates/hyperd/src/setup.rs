@@ -16,6 +16,8 @@ pub struct Host {
     pub shim: PathBuf,
     /// The per-tenant DNS server.
     pub dns: PathBuf,
+    /// The per-tenant service load balancer.
+    pub lb: PathBuf,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -83,7 +85,9 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
     )?;
     let shim =
         sibling("hyper-shim").context("hyper-shim not found next to hyperd: run scripts/setup")?;
-    let dns = sibling("hyper-dns").context("hyper-dns not found next to hyperd: run scripts/setup")?;
+    let dns =
+        sibling("hyper-dns").context("hyper-dns not found next to hyperd: run scripts/setup")?;
+    let lb = sibling("hyper-lb").context("hyper-lb not found next to hyperd: run scripts/setup")?;
     let initrd = initramfs(&kernel, &agent, &modules, &kernel_dir)?;
     ensure_user(&args.vm_user)?;
     std::fs::create_dir_all(data_root.join("c"))?;
@@ -97,6 +101,7 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
         initrd,
         shim,
         dns,
+        lb,
     })
 }
 

@@ -67,6 +67,33 @@ impl Event {
     }
 }
 
+impl Event {
+    /// A service event (scale, heal, update, create, remove): the service's name is its id.
+    pub fn service(name: &str, image: &str, action: &str, extra: &[(&str, String)]) -> Self {
+        let mut attributes: BTreeMap<String, String> = BTreeMap::new();
+        attributes.insert("name".into(), name.into());
+        attributes.insert("image".into(), image.into());
+        for (k, v) in extra {
+            attributes.insert((*k).into(), v.clone());
+        }
+        let now = Utc::now();
+        Self {
+            kind: "service".into(),
+            action: action.into(),
+            actor: Actor {
+                id: name.into(),
+                attributes,
+            },
+            scope: "local".into(),
+            status: action.into(),
+            id: name.into(),
+            from: image.into(),
+            time: now.timestamp(),
+            time_nano: now.timestamp_nanos_opt().unwrap_or(0),
+        }
+    }
+}
+
 pub struct EventBus {
     live: broadcast::Sender<(String, Event)>,
     history: Mutex<HashMap<String, VecDeque<Event>>>,

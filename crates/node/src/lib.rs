@@ -9,6 +9,7 @@ pub mod model;
 pub mod network;
 pub mod quota;
 mod runtime;
+pub mod services;
 pub mod shim_link;
 pub mod sizes;
 pub mod validate;

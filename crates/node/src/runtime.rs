@@ -1275,6 +1275,11 @@ fn runs_in(pid: i32, dir: &Path) -> bool {
 /// refused.
 pub const PROTECTION_LABEL: &str = "sh_hyper_container_protection";
 
+/// Whether termination protection is on for `c`.
+pub(crate) fn is_protected(c: &Container) -> bool {
+    c.config.labels.get(PROTECTION_LABEL).map(String::as_str) == Some("true")
+}
+
 fn unprotected(c: &Container) -> Result<()> {
     match c.config.labels.get(PROTECTION_LABEL).map(String::as_str) {
         Some("true") => Err(RuntimeError::Conflict(format!(

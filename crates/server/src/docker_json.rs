@@ -191,7 +191,11 @@ fn networks(c: &Container) -> Value {
 fn ports(c: &Container) -> Value {
     let mut out = serde_json::Map::new();
     for key in c.config.exposed_ports.keys() {
-        let key = if key.contains('/') { key.clone() } else { format!("{key}/tcp") };
+        let key = if key.contains('/') {
+            key.clone()
+        } else {
+            format!("{key}/tcp")
+        };
         out.insert(key, Value::Null);
     }
     for p in c.endpoint.iter().flat_map(|e| &e.ports) {

@@ -34,7 +34,9 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, containers as c, events, exec, fips, images, networks, sg, system, usage};
+    use routes::{
+        admin, containers as c, events, exec, fips, images, networks, services, sg, system, usage,
+    };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -62,6 +64,13 @@ pub fn router(state: AppState) -> Router {
         .route("/fips/attach", post(fips::attach))
         .route("/fips/detach", post(fips::detach))
         .route("/fips/name", post(fips::name))
+        .route("/services", get(services::list))
+        .route("/services/create", post(services::create))
+        .route(
+            "/services/{name}",
+            get(services::inspect).delete(services::remove),
+        )
+        .route("/services/{name}/update", post(services::update))
         .route("/sg", get(sg::list))
         .route(
             "/sg/{name}",

@@ -234,3 +234,51 @@ pub fn of_container(store: &dyn Store, container: &str) -> Result<Option<FipReco
         .map(|(r, _)| r)
         .find(|r| r.container == container))
 }
+
+/// Attaches `ip` to a service (its balancer's address): one FIP per service.
+pub fn attach_service(store: &dyn Store, tenant: &str, ip: &str, service: &str) -> Result<()> {
+    loop {
+        let (mut r, rev) = owned(store, tenant, ip)?;
+        if r.service == service {
+            return Ok(());
+        }
+        if !r.container.is_empty() || !r.service.is_empty() {
+            return Err(RuntimeError::Conflict(format!(
+                "floating IP {ip} is already attached; detach it first"
+            )));
+        }
+        if let Some(other) = list(store, tenant)?
+            .into_iter()
+            .find(|f| f.service == service)
+        {
+            return Err(RuntimeError::Conflict(format!(
+                "service {service} already has floating IP {}",
+                other.ip
+            )));
+        }
+        r.service = service.into();
+        if put_if_unchanged(store, &r, rev)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Detaches the service's FIP, if it has one.
+pub fn detach_service(store: &dyn Store, tenant: &str, service: &str) -> Result<Option<Ipv4Addr>> {
+    loop {
+        let Some(mut r) = list(store, tenant)?
+            .into_iter()
+            .find(|f| f.service == service)
+        else {
+            return Ok(None);
+        };
+        let rev = store
+            .get(&key(r.ip))?
+            .map(|kv| kv.mod_revision)
+            .unwrap_or_default();
+        r.service.clear();
+        if put_if_unchanged(store, &r, rev)? {
+            return Ok(Some(r.ip));
+        }
+    }
+}

@@ -7,10 +7,12 @@
 //! hyperd's process: the rules and links stay in the kernel, the taps with their VMs, and each
 //! tenant's DNS server is a process of its own, so traffic keeps flowing while hyperd restarts.
 
+mod daemon;
 mod dns;
 pub mod fips;
 mod guest_files;
 pub mod ipam;
+pub mod lb;
 mod ports;
 pub mod records;
 pub mod sg;
@@ -24,6 +26,7 @@ use ipnet::Ipv4Net;
 use store::Store;
 
 use crate::model::{Container, Endpoint, PublishedPort};
+use crate::services::{ServiceRecord, SERVICE_LABEL};
 use crate::shim_link::NetworkSpec;
 use crate::{Result, RuntimeError};
 pub use records::{NetworkRecord, DEFAULT_NETWORK};
@@ -40,6 +43,8 @@ pub struct NetConfig {
     /// Floating IP pool (empty: none).
     pub fip_pool: Vec<Ipv4Net>,
     pub dns_binary: PathBuf,
+    /// The per-tenant service load balancer.
+    pub lb_binary: PathBuf,
 }
 
 pub struct Networks {
@@ -482,6 +487,54 @@ impl Networks {
             .collect()
     }
 
+    fn services(&self, tenant: &str) -> Result<Vec<ServiceRecord>> {
+        self.store()
+            .range(&format!("/services/{tenant}/"))?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| RuntimeError::Internal(format!("bad service record: {e}")))
+            })
+            .collect()
+    }
+
+    /// A stable address for a service in the tenant's default network.
+    pub fn claim_service_ip(
+        &self,
+        tenant: &str,
+        service: &str,
+    ) -> Result<(NetworkRecord, Ipv4Addr)> {
+        let network = self.default_network(tenant)?;
+        let ip = records::claim_ip(self.store(), &network, &format!("service:{service}"))?;
+        Ok((network, ip))
+    }
+
+    pub fn release_service_ip(&self, tenant: &str, network: &str, ip: Ipv4Addr) -> Result<()> {
+        records::release_ip(self.store(), tenant, network, ip)
+    }
+
+    /// The tenant balancer's last health report.
+    pub fn lb_status(&self, tenant: &str) -> Result<lb::Status> {
+        let Some((_, index)) = records::tenants_with_transit(self.store())?
+            .into_iter()
+            .find(|(t, _)| t == tenant)
+        else {
+            return Ok(lb::Status::default());
+        };
+        Ok(lb::status(&self.cfg.lb_binary, &self.tenant_dir(index)))
+    }
+
+    pub fn fip_attach_service(&self, tenant: &str, ip: &str, service: &str) -> Result<()> {
+        fips::attach_service(self.store(), tenant, ip, service)?;
+        self.sync_tenant(tenant, &[])
+    }
+
+    pub fn fip_detach_service(&self, tenant: &str, service: &str) -> Result<Option<Ipv4Addr>> {
+        let ip = fips::detach_service(self.store(), tenant, service)?;
+        self.sync_tenant(tenant, &[])?;
+        Ok(ip)
+    }
+
     fn tenant_dir(&self, index: u32) -> PathBuf {
         self.cfg.state_dir.join(format!("t{index}"))
     }
@@ -502,6 +555,7 @@ impl Networks {
         let networks = records::list_networks(self.store(), tenant)?;
         let attached = fips::list(self.store(), tenant)?;
         let groups = sg::list(self.store(), tenant)?;
+        let services = self.services(tenant)?;
         let mut bridges = Vec::new();
         for n in &networks {
             let endpoints = containers
@@ -530,12 +584,25 @@ impl Networks {
                     security_groups: security_rules(c, &groups, &containers),
                 })
                 .collect();
+            let vips = services
+                .iter()
+                .filter(|s| s.network_id == n.id)
+                .map(|s| net::ServiceVip {
+                    ip: s.ip,
+                    ports: vec![(net::Proto::Tcp, s.spec.service_port)],
+                    fip: attached
+                        .iter()
+                        .find(|f| f.service == s.spec.name)
+                        .map(|f| f.ip),
+                })
+                .collect();
             bridges.push(net::Bridge {
                 ifname: n.bridge.clone(),
                 subnet: n.subnet,
                 gateway: n.gateway,
                 mtu: self.cfg.mtu,
                 endpoints,
+                services: vips,
             });
         }
         Ok(net::TenantNetns {
@@ -556,7 +623,8 @@ impl Networks {
 
     fn sync_tenant_locked(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
         let containers = self.containers(tenant)?;
-        let in_use = containers.iter().any(|c| c.endpoint.is_some());
+        let services = self.services(tenant)?;
+        let in_use = containers.iter().any(|c| c.endpoint.is_some()) || !services.is_empty();
         let has_transit = records::tenants_with_transit(self.store())?
             .iter()
             .any(|(t, _)| t == tenant);
@@ -567,7 +635,8 @@ impl Networks {
         let model = self.tenant_model(tenant, index)?;
         let dir = self.tenant_dir(index);
         if !in_use {
-            dns::stop(&dir);
+            dns::daemon(&self.cfg.dns_binary, &dir).stop();
+            lb::daemon(&self.cfg.lb_binary, &dir).stop();
             net::destroy_netns(&model).map_err(net_err)?;
             let _ = std::fs::remove_dir_all(&dir);
             return records::release_transit(self.store(), tenant, index);
@@ -579,9 +648,30 @@ impl Networks {
         let networks = records::list_networks(self.store(), tenant)?;
         let zones: Vec<dns::Zone> = networks
             .iter()
-            .map(|n| dns::Zone::of_network(n, &containers))
+            .map(|n| dns::Zone::of_network(n, &containers, &services))
             .collect();
-        dns::sync(&self.cfg.dns_binary, &dir, &model.netns_path, &zones)
+        dns::sync(&self.cfg.dns_binary, &dir, &model.netns_path, &zones)?;
+        let balanced: Vec<(ServiceRecord, Vec<lb::Backend>)> = services
+            .into_iter()
+            .map(|svc| {
+                let backends = containers
+                    .iter()
+                    .filter(|c| {
+                        c.config.labels.get(SERVICE_LABEL) == Some(&svc.spec.name)
+                            && c.is_running()
+                            && !svc.draining.contains(&c.id)
+                    })
+                    .filter_map(|c| {
+                        Some(lb::Backend {
+                            id: c.short_id().to_string(),
+                            addr: (c.endpoint.as_ref()?.ip, svc.spec.container_port),
+                        })
+                    })
+                    .collect();
+                (svc, backends)
+            })
+            .collect();
+        lb::sync(&self.cfg.lb_binary, &dir, &model.netns_path, &balanced)
     }
 
     fn sync_node_locked(&self) -> Result<()> {

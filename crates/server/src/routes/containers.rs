@@ -122,7 +122,11 @@ fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>>
     }
     Ok(config["Aliases"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -319,7 +323,11 @@ pub async fn update(
                 || v.as_i64() == Some(0)
                 || v.as_array().is_some_and(|a| a.is_empty())
                 || v.as_str() == Some("");
-            if !matches!(k.as_str(), "RestartPolicy" | "Protection" | "SecurityGroups") && !zero {
+            if !matches!(
+                k.as_str(),
+                "RestartPolicy" | "Protection" | "SecurityGroups"
+            ) && !zero
+            {
                 unsupported.push(k);
             }
         }
@@ -346,7 +354,11 @@ pub async fn update(
     let groups = |field: &str| -> Vec<String> {
         raw["SecurityGroups"][field]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (sg_add, sg_rm) = (groups("Add"), groups("Remove"));

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod fips;
 pub mod images;
 pub mod networks;
+pub mod services;
 pub mod sg;
 pub mod system;
 pub mod usage;

@@ -60,13 +60,23 @@ pub async fn list(
     let names = filter_values(q.get("filters"), "name")?;
     let ids = filter_values(q.get("filters"), "id")?;
     let t = tenant.clone();
-    let networks = app.runtime.with_networks(move |n| n.list_networks(&t)).await?;
+    let networks = app
+        .runtime
+        .with_networks(move |n| n.list_networks(&t))
+        .await?;
     let containers = app.runtime.list(&tenant);
     Ok(Json(Value::Array(
         networks
             .iter()
-            .filter(|n| names.as_ref().is_none_or(|v| v.iter().any(|x| n.name.contains(x.as_str()))))
-            .filter(|n| ids.as_ref().is_none_or(|v| v.iter().any(|x| n.id.starts_with(x.as_str()))))
+            .filter(|n| {
+                names
+                    .as_ref()
+                    .is_none_or(|v| v.iter().any(|x| n.name.contains(x.as_str())))
+            })
+            .filter(|n| {
+                ids.as_ref()
+                    .is_none_or(|v| v.iter().any(|x| n.id.starts_with(x.as_str())))
+            })
             .map(|n| network_json(n, &containers))
             .collect(),
     )))
@@ -78,7 +88,10 @@ pub async fn inspect(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let t = tenant.clone();
-    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    let n = app
+        .runtime
+        .with_networks(move |n| n.find_network(&t, &id))
+        .await?;
     Ok(Json(network_json(&n, &app.runtime.list(&tenant))))
 }
 
@@ -101,7 +114,10 @@ pub async fn create(
     if raw["EnableIPv6"].as_bool() == Some(true) {
         return Err(ApiError::not_implemented("hyper networks are IPv4 only"));
     }
-    let configs = raw["IPAM"]["Config"].as_array().cloned().unwrap_or_default();
+    let configs = raw["IPAM"]["Config"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if configs.len() > 1 {
         return Err(ApiError::not_implemented("a network has one subnet"));
     }
@@ -122,7 +138,10 @@ pub async fn create(
         .runtime
         .with_networks(move |n| n.create_network(&tenant, &name, subnet, labels))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"Id": n.id, "Warning": ""}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Id": n.id, "Warning": ""})),
+    ))
 }
 
 pub async fn remove(
@@ -148,7 +167,10 @@ pub async fn connect(
     let container = raw["Container"].as_str().unwrap_or("").to_string();
     let c = app.runtime.get(&tenant, &container)?;
     let t = tenant.clone();
-    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    let n = app
+        .runtime
+        .with_networks(move |n| n.find_network(&t, &id))
+        .await?;
     match &c.endpoint {
         Some(ep) if ep.network_id == n.id => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -171,7 +193,10 @@ pub async fn disconnect(
     let container = raw["Container"].as_str().unwrap_or("").to_string();
     let c = app.runtime.get(&tenant, &container)?;
     let t = tenant.clone();
-    let n = app.runtime.with_networks(move |n| n.find_network(&t, &id)).await?;
+    let n = app
+        .runtime
+        .with_networks(move |n| n.find_network(&t, &id))
+        .await?;
     match &c.endpoint {
         Some(ep) if ep.network_id == n.id => Err(ApiError::not_implemented(format!(
             "hyper containers keep their network interface for life: remove {} instead",
@@ -179,7 +204,10 @@ pub async fn disconnect(
         ))),
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("container {} is not connected to network {}", c.name, n.name),
+            format!(
+                "container {} is not connected to network {}",
+                c.name, n.name
+            ),
         )),
     }
 }

@@ -1,0 +1,368 @@
+//! Services end to end (issue 6): replicas behind the tenant's balancer, healed when their VM
+//! is killed or their health checks fail, scaled, rolled to a new image while a client that
+//! never retries keeps getting answers, and TLS terminated with the service's certificate.
+
+use std::collections::BTreeMap;
+
+use e2e::*;
+use serde_json::Value;
+
+fn main() {
+    let tests: &[(&'static str, TestFn)] = &[
+        (
+            "http_service_heals_scales_and_rolls",
+            http_service_heals_scales_and_rolls,
+        ),
+        (
+            "https_termination_through_a_fip",
+            https_termination_through_a_fip,
+        ),
+    ];
+    std::process::exit(run_tests(tests));
+}
+
+const FIP_POOL: &str = "198.51.100.8/29";
+
+fn daemon() -> &'static Daemon {
+    static D: std::sync::OnceLock<std::sync::Arc<Daemon>> = std::sync::OnceLock::new();
+    D.get_or_init(|| {
+        Daemon::start(
+            "s",
+            DaemonOpts {
+                extra_args: vec!["--fip-pool".into(), FIP_POOL.into()],
+                ..DaemonOpts::default()
+            },
+        )
+    })
+}
+
+/// Each replica serves its own hostname (its short id) over HTTP on port 80.
+const SERVE: &str = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
+
+fn inspect_service(d: &Daemon, name: &str) -> Value {
+    d.hyper(&["service", "inspect", name]).run().ok().json()[0].clone()
+}
+
+/// Running replicas (names) of the service.
+fn running_replicas(d: &Daemon, name: &str) -> Vec<String> {
+    inspect_service(d, name)["Containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["State"] == "running")
+        .map(|c| c["Name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until the service is `running` with `n` replicas.
+fn wait_settled(d: &Daemon, name: &str, n: usize) {
+    wait_for(&format!("{name} to run {n} replicas"), secs(180.0), || {
+        let v = inspect_service(d, name);
+        let running = running_replicas(d, name).len();
+        if v["Status"] == "running"
+            && running == n
+            && v["Containers"].as_array().unwrap().len() == n
+        {
+            Ok(())
+        } else {
+            Err(format!("{} {running}: {}", v["Status"], v["Message"]))
+        }
+    });
+}
+
+/// The client's verdicts so far: OK and FAIL counts.
+fn client_counts(d: &Daemon) -> BTreeMap<String, usize> {
+    let o = d.hyper(&["logs", "client"]).run().ok();
+    let mut m = BTreeMap::new();
+    for l in o.stdout.lines() {
+        *m.entry(l.split_whitespace().next().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
+fn http_service_heals_scales_and_rolls() {
+    let d = daemon();
+    d.hyper(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--service-port",
+        "80",
+        "--protocol",
+        "http",
+        "--health-check-interval",
+        "1",
+        "--health-check-fall",
+        "2",
+        "--health-check-rise",
+        "1",
+        "busybox",
+        "sh",
+        "-c",
+        SERVE,
+    ])
+    .run()
+    .ok();
+    wait_settled(d, "web", 3);
+    let v = inspect_service(d, "web");
+    assert!(v["IP"].as_str().unwrap().starts_with("172.16."), "{v}");
+
+    // Requests by the service's name spread over the three replicas.
+    let o = d
+        .hyper(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9; do wget -qO- http://web/; done",
+        ])
+        .timeout(120.0)
+        .run()
+        .ok();
+    let seen: std::collections::BTreeSet<&str> = o.stdout.lines().collect();
+    assert_eq!(
+        seen.len(),
+        3,
+        "requests did not spread over 3 replicas: {o}"
+    );
+
+    // A client that never retries, for the rest of the test.
+    d.hyper(&[
+        "run", "-d", "--name", "client", "busybox", "sh", "-c",
+        "while true; do if wget -qO- http://web/ >/dev/null 2>&1; then echo OK; else echo FAIL; fi; sleep 0.2; done",
+    ])
+    .timeout(120.0)
+    .run()
+    .ok();
+
+    // A replica's VM killed from outside hyperd: replaced.
+    let victim = running_replicas(d, "web")[0].clone();
+    let id = d.id_of(&victim);
+    for p in container_processes(d, &id)
+        .iter()
+        .filter(|p| p.contains("qemu-system"))
+    {
+        let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
+        // SAFETY: kill(2) on a QEMU of this test's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_for("the killed replica to be replaced", secs(120.0), || {
+        let r = running_replicas(d, "web");
+        if r.len() == 3 && !r.contains(&victim) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    wait_settled(d, "web", 3);
+
+    // A replica failing its health checks stops getting requests, then is replaced.
+    let sick = running_replicas(d, "web")[0].clone();
+    d.hyper(&["exec", &sick, "rm", "/w/index.html"]).run().ok();
+    wait_for("the unhealthy replica to be replaced", secs(120.0), || {
+        let r = running_replicas(d, "web");
+        if !r.contains(&sick) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    wait_settled(d, "web", 3);
+    let before = client_counts(d);
+
+    // Scale 3 -> 5 -> 1, then a rolling update to another image, the client running.
+    d.hyper(&["service", "scale", "web=5"]).run().ok();
+    wait_settled(d, "web", 5);
+    d.hyper(&["service", "scale", "web=1"]).run().ok();
+    wait_settled(d, "web", 1);
+    d.hyper(&["service", "scale", "web=2"]).run().ok();
+    wait_settled(d, "web", 2);
+    d.hyper(&["tag", "busybox", "busybox:v2"]).run().ok();
+    d.hyper(&["service", "rolling-update", "--image", "busybox:v2", "web"])
+        .run()
+        .ok();
+    wait_for("the rolling update", secs(180.0), || {
+        let v = inspect_service(d, "web");
+        let all_new = v["Containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["Generation"] == "2");
+        if all_new && v["Status"] == "running" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    let after = client_counts(d);
+    let fails = after.get("FAIL").copied().unwrap_or(0) - before.get("FAIL").copied().unwrap_or(0);
+    let oks = after.get("OK").copied().unwrap_or(0) - before.get("OK").copied().unwrap_or(0);
+    assert_eq!(
+        fails, 0,
+        "requests failed during scaling and the rolling update: {after:?}"
+    );
+    assert!(
+        oks > 20,
+        "the client made too few requests to tell: {after:?}"
+    );
+
+    // Service events came from the reconciler.
+    let o = d
+        .hyper(&[
+            "events",
+            "--since",
+            "1",
+            "--until",
+            &chrono::Utc::now().timestamp().to_string(),
+            "--filter",
+            "type=service",
+        ])
+        .run()
+        .ok();
+    for action in ["create", "heal", "scale", "update"] {
+        assert!(o.stdout.contains(action), "no {action} event: {o}");
+    }
+
+    // Gone with its replicas.
+    d.hyper(&["service", "rm", "web"]).timeout(120.0).run().ok();
+    let o = d.hyper(&["ps", "-a", "--format", "{{.Names}}"]).run().ok();
+    assert!(!o.stdout.contains("web-"), "{o}");
+    d.hyper(&["rm", "-f", "client"]).timeout(60.0).run().ok();
+}
+
+fn https_termination_through_a_fip() {
+    let d = daemon();
+    let dir = short_tmp("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    Cmd::new(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=shop.test",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .run()
+    .ok();
+    let pem = dir.join("both.pem");
+    let both = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&pem, both).unwrap();
+    d.hyper(&[
+        "service",
+        "create",
+        "--name",
+        "shop",
+        "--replicas",
+        "1",
+        "--service-port",
+        "443",
+        "--container-port",
+        "80",
+        "--protocol",
+        "httpsTerm",
+        "--ssl-cert",
+        pem.to_str().unwrap(),
+        "--health-check-interval",
+        "1",
+        "busybox",
+        "sh",
+        "-c",
+        SERVE,
+    ])
+    .run()
+    .ok();
+    wait_settled(d, "shop", 1);
+    let replica = running_replicas(d, "shop")[0].clone();
+    let short = d.id_of(&replica)[..12].to_string();
+
+    let inet = Netns::new("sinet");
+    Cmd::new(
+        "ip",
+        &[
+            "link",
+            "add",
+            "hy-sinet0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &inet.name,
+        ],
+    )
+    .run()
+    .ok();
+    Cmd::new("ip", &["addr", "add", "203.0.113.1/24", "dev", "hy-sinet0"])
+        .run()
+        .ok();
+    Cmd::new("ip", &["link", "set", "hy-sinet0", "up"])
+        .run()
+        .ok();
+    inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
+    inet.ip(&["link", "set", "eth0", "up"]);
+    inet.ip(&["route", "add", FIP_POOL, "via", "203.0.113.1"]);
+    let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
+    d.hyper(&["service", "attach-fip", "--fip", &fip, "shop"])
+        .run()
+        .ok();
+    assert_eq!(inspect_service(d, "shop")["FIP"], fip.as_str());
+
+    // From the internet: TLS with the service's certificate, answered by the replica.
+    let curl = |extra: &[&str]| {
+        let mut a = vec![
+            "netns",
+            "exec",
+            &inet.name,
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+        ];
+        a.extend_from_slice(extra);
+        Cmd::new("ip", &a).run()
+    };
+    let url = format!("https://shop.test/");
+    let resolve = format!("shop.test:443:{fip}");
+    let o = wait_for("the service's FIP to answer over TLS", secs(60.0), || {
+        let o = curl(&[
+            "--cacert",
+            cert.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+        ]);
+        if o.code == 0 {
+            Ok(o)
+        } else {
+            Err(o.to_string())
+        }
+    });
+    assert_eq!(o.out(), short, "{o}");
+    d.hyper(&["service", "detach-fip", "shop"]).run().ok();
+    let o = curl(&["-k", "--resolve", &resolve, &url]);
+    assert_ne!(o.code, 0, "a detached FIP still forwards: {o}");
+    d.hyper(&["fip", "release", &fip]).run().ok();
+    d.hyper(&["service", "rm", "shop"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    Cmd::new("ip", &["link", "del", "hy-sinet0"]).run();
+    let _ = std::fs::remove_dir_all(dir);
+}
