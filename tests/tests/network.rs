@@ -127,6 +127,10 @@ fn names_links_and_ports() {
     assert_ne!(o.code, 0, "{o}");
 
     // A user network (what compose makes): aliases resolve inside it, not from outside it.
+    let o = d.hyper(&["network", "create", "--subnet", "172.16.5.0/24", "clash"]).run();
+    assert!(o.code != 0 && o.stderr.contains("overlaps"), "{o}");
+    let o = d.hyper(&["network", "create", "--subnet", "10.5.0.7/24", "sloppy"]).run();
+    assert!(o.code != 0 && o.stderr.contains("10.5.0.0/24"), "{o}");
     d.docker(&["network", "create", "proj"]).run().ok();
     let api = web(
         d,

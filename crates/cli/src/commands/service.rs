@@ -73,6 +73,9 @@ pub struct ServiceCreateArgs {
     /// Passed checks before a container is put back
     #[arg(long = "health-check-rise")]
     pub health_check_rise: Option<u32>,
+    /// Path of the HTTP health check (http and httpsTerm; default /)
+    #[arg(long = "health-check-path")]
+    pub health_check_path: Option<String>,
     /// Container size (s1..s4, m1..m3, l1..l3)
     #[arg(long)]
     pub size: Option<String>,
@@ -207,6 +210,7 @@ pub fn create_body(
         ),
         ("HealthCheckFall", a.health_check_fall.map(Value::from)),
         ("HealthCheckRise", a.health_check_rise.map(Value::from)),
+        ("HealthCheckPath", a.health_check_path.as_deref().map(Value::from)),
         ("ContainerSize", a.size.as_deref().map(Value::from)),
         // Docker's --entrypoint is one word; an empty one clears the image's.
         ("Entrypoint", a.entrypoint.as_deref().map(|e| json!([e]))),
