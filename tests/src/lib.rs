@@ -332,6 +332,25 @@ impl Netns {
         ns
     }
 
+    /// A namespace standing for the internet: linked to this process's namespace (the node's)
+    /// by a veth (`host_if` on the node at 203.0.113.1, `eth0` here at 203.0.113.2, TEST-NET-3)
+    /// and routing `fip_pool` through the node. The node-side link goes with the namespace.
+    pub fn internet(tag: &str, host_if: &str, fip_pool: &str) -> Netns {
+        let ns = Netns::new(tag);
+        let link = [
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ];
+        Cmd::new("ip", &link).run().ok();
+        Cmd::new("ip", &["addr", "add", "203.0.113.1/24", "dev", host_if])
+            .run()
+            .ok();
+        Cmd::new("ip", &["link", "set", host_if, "up"]).run().ok();
+        ns.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", fip_pool, "via", "203.0.113.1"]);
+        ns
+    }
+
     /// `ip -n NAME ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
         let mut a = vec!["-n", self.name.as_str()];

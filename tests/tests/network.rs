@@ -127,9 +127,13 @@ fn names_links_and_ports() {
     assert_ne!(o.code, 0, "{o}");
 
     // A user network (what compose makes): aliases resolve inside it, not from outside it.
-    let o = d.hyper(&["network", "create", "--subnet", "172.16.5.0/24", "clash"]).run();
+    let o = d
+        .hyper(&["network", "create", "--subnet", "172.16.5.0/24", "clash"])
+        .run();
     assert!(o.code != 0 && o.stderr.contains("overlaps"), "{o}");
-    let o = d.hyper(&["network", "create", "--subnet", "10.5.0.7/24", "sloppy"]).run();
+    let o = d
+        .hyper(&["network", "create", "--subnet", "10.5.0.7/24", "sloppy"])
+        .run();
     assert!(o.code != 0 && o.stderr.contains("10.5.0.0/24"), "{o}");
     d.docker(&["network", "create", "proj"]).run().ok();
     let api = web(
@@ -176,35 +180,11 @@ fn names_links_and_ports() {
     d.hyper(&["rm", "pub2"]).run().ok();
 }
 
-/// The client namespace ("the internet"): linked to the node by a veth, with a route to the
-/// floating IP pool through the node.
-fn internet() -> Netns {
-    let ns = Netns::new("inet");
-    Cmd::new(
-        "ip",
-        &[
-            "link", "add", "hy-inet0", "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ],
-    )
-    .run()
-    .ok();
-    Cmd::new("ip", &["addr", "add", "203.0.113.1/24", "dev", "hy-inet0"])
-        .run()
-        .ok();
-    Cmd::new("ip", &["link", "set", "hy-inet0", "up"])
-        .run()
-        .ok();
-    ns.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&["route", "add", FIP_POOL, "via", "203.0.113.1"]);
-    ns
-}
-
 /// A floating IP forwards the container's published ports from the internet, carries its
 /// outbound traffic, and forwards nothing once detached or released.
 fn floating_ips() {
     let d = daemon();
-    let inet = internet();
+    let inet = Netns::internet("inet", "hy-inet0", FIP_POOL);
     let w = web(d, &["--name", "fweb", "-p", "8081:80"]);
     let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
     assert!(fip.starts_with("198.51.100."), "{fip}");
@@ -268,7 +248,6 @@ fn floating_ips() {
         "a released FIP still forwards"
     );
     d.hyper(&["rm", "-f", "fweb"]).timeout(60.0).run().ok();
-    Cmd::new("ip", &["link", "del", "hy-inet0"]).run();
 }
 
 /// Rules allow and deny what they say, a live update applies without a restart, a group in

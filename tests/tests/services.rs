@@ -169,20 +169,34 @@ fn http_service_heals_scales_and_rolls() {
     let id = d.id_of(&victim);
     assert_service_events(d, &["create", "heal"]);
     d.kill9();
-    for p in container_processes(d, &id).iter().filter(|p| p.contains("qemu-system")) {
+    for p in container_processes(d, &id)
+        .iter()
+        .filter(|p| p.contains("qemu-system"))
+    {
         let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
         // SAFETY: kill(2) on a QEMU of this test's daemon.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     std::thread::sleep(secs(5.0));
     d.restart();
-    wait_for("the replica killed while hyperd was down to be replaced", secs(120.0), || {
-        let r = running_replicas(d, "web");
-        if r.len() == 3 && !r.contains(&victim) { Ok(()) } else { Err(format!("{r:?}")) }
-    });
+    wait_for(
+        "the replica killed while hyperd was down to be replaced",
+        secs(120.0),
+        || {
+            let r = running_replicas(d, "web");
+            if r.len() == 3 && !r.contains(&victim) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
     wait_settled(d, "web", 3);
     let fails = client_counts(d).get("FAIL").copied().unwrap_or(0);
-    assert_eq!(fails, 0, "requests failed around hyperd's restart or a dead replica");
+    assert_eq!(
+        fails, 0,
+        "requests failed around hyperd's restart or a dead replica"
+    );
 
     // Replicas protected through the service: a scale-down that would remove one is refused.
     // (Labels reach every new replica; here the running ones are marked directly.)
@@ -258,11 +272,22 @@ fn http_service_heals_scales_and_rolls() {
 fn assert_service_events(d: &Daemon, actions: &[&str]) {
     let until = chrono::Utc::now().timestamp().to_string();
     let o = d
-        .hyper(&["events", "--since", "1", "--until", &until, "--filter", "type=service"])
+        .hyper(&[
+            "events",
+            "--since",
+            "1",
+            "--until",
+            &until,
+            "--filter",
+            "type=service",
+        ])
         .run()
         .ok();
     for action in actions {
-        assert!(o.stdout.contains(&format!("service {action} web")), "no {action} event: {o}");
+        assert!(
+            o.stdout.contains(&format!("service {action} web")),
+            "no {action} event: {o}"
+        );
     }
 }
 
@@ -322,33 +347,7 @@ fn https_termination_through_a_fip() {
     let replica = running_replicas(d, "shop")[0].clone();
     let short = d.id_of(&replica)[..12].to_string();
 
-    let inet = Netns::new("sinet");
-    Cmd::new(
-        "ip",
-        &[
-            "link",
-            "add",
-            "hy-sinet0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &inet.name,
-        ],
-    )
-    .run()
-    .ok();
-    Cmd::new("ip", &["addr", "add", "203.0.113.1/24", "dev", "hy-sinet0"])
-        .run()
-        .ok();
-    Cmd::new("ip", &["link", "set", "hy-sinet0", "up"])
-        .run()
-        .ok();
-    inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
-    inet.ip(&["link", "set", "eth0", "up"]);
-    inet.ip(&["route", "add", FIP_POOL, "via", "203.0.113.1"]);
+    let inet = Netns::internet("sinet", "hy-sinet0", FIP_POOL);
     let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
     d.hyper(&["service", "attach-fip", "--fip", &fip, "shop"])
         .run()
@@ -394,6 +393,5 @@ fn https_termination_through_a_fip() {
         .timeout(120.0)
         .run()
         .ok();
-    Cmd::new("ip", &["link", "del", "hy-sinet0"]).run();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -431,6 +431,12 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
     let old: Vec<&Container> = live.iter().filter(|c| !is_current(c)).collect();
     let all_healthy = live.iter().all(|c| healthy(c));
 
+    let image = r.spec.image.clone();
+    let announce = |action: &str| {
+        let replicas = [("replicas", want.to_string())];
+        rt.events
+            .emit(&tenant, Event::service(&name, &image, action, &replicas));
+    };
     let (status_text, message) = if !old.is_empty() {
         // Rolling update: one extra replica of the new generation at a time; once every new
         // one is healthy, an old one is drained.
@@ -449,15 +455,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
             }
         } else if all_healthy {
             start_replica(rt, &r).await?;
-            rt.events.emit(
-                &tenant,
-                Event::service(
-                    &name,
-                    &r.spec.image,
-                    "update",
-                    &[("replicas", want.to_string())],
-                ),
-            );
+            announce("update");
             (
                 "updating",
                 format!(
@@ -473,15 +471,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
         }
     } else if current.len() < want {
         start_replica(rt, &r).await?;
-        rt.events.emit(
-            &tenant,
-            Event::service(
-                &name,
-                &r.spec.image,
-                "scale",
-                &[("replicas", want.to_string())],
-            ),
-        );
+        announce("scale");
         (
             "updating",
             format!("starting a replica ({} of {want})", current.len() + 1),
@@ -491,15 +481,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
         match live.iter().rev().find(|c| !crate::runtime::is_protected(c)) {
             Some(c) => {
                 drain(rt, &mut r, c).await?;
-                rt.events.emit(
-                    &tenant,
-                    Event::service(
-                        &name,
-                        &r.spec.image,
-                        "scale",
-                        &[("replicas", want.to_string())],
-                    ),
-                );
+                announce("scale");
                 (
                     "updating",
                     format!("removing a replica ({} to {want})", live.len()),
