@@ -13,6 +13,7 @@ fn main() {
         ("security_groups", security_groups),
         ("tenant_isolation", tenant_isolation),
         ("data_path_outlives_hyperd", data_path_outlives_hyperd),
+        ("compose_project", compose_project),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -488,4 +489,39 @@ fn data_path_outlives_hyperd() {
         .timeout(60.0)
         .run()
         .ok();
+}
+
+/// docker-compose (Debian's, v1) brings a two-service project up on hyperd: it creates the
+/// project network, the services find each other by service name, ports are published, and
+/// `down` removes containers and network.
+fn compose_project() {
+    let d = daemon();
+    let dir = short_tmp("cmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "version: \"3\"\nservices:\n  db:\n    image: busybox\n    command: httpd -f -p 80 -h /etc\n  web:\n    image: busybox\n    command: sh -c \"until wget -qO- http://db/hostname; do sleep 1; done; sleep 1000\"\n    ports:\n      - \"18089:80\"\n    depends_on: [db]\n",
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let mut a = vec!["--project-directory", dir.to_str().unwrap(), "-p", "shop"];
+        a.extend_from_slice(args);
+        Cmd::new("docker-compose", &a)
+            .env("DOCKER_HOST", d.unix_host())
+            .timeout(180.0)
+            .run()
+    };
+    compose(&["-f", dir.join("docker-compose.yml").to_str().unwrap(), "up", "-d"]).ok();
+    let o = d.docker(&["network", "ls", "--format", "{{.Name}}"]).run().ok();
+    assert!(o.stdout.contains("shop_default"), "{o}");
+    let db = d.id_of("shop_db_1")[..12].to_string();
+    wait_for("web to reach db by its service name", secs(60.0), || {
+        let o = d.hyper(&["logs", "shop_web_1"]).run().ok();
+        if o.stdout.contains(&db) { Ok(()) } else { Err(o.to_string()) }
+    });
+    assert_eq!(d.hyper(&["port", "shop_web_1", "80"]).run().ok().out(), "0.0.0.0:18089");
+    compose(&["-f", dir.join("docker-compose.yml").to_str().unwrap(), "down"]).ok();
+    let o = d.docker(&["network", "ls", "--format", "{{.Name}}"]).run().ok();
+    assert!(!o.stdout.contains("shop_default"), "{o}");
+    let _ = std::fs::remove_dir_all(dir);
 }
