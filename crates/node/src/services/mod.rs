@@ -385,7 +385,15 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
                 "failed its health checks"
             };
             tracing::info!("service {name}: replacing replica {} ({why})", c.name);
-            rt.remove(&tenant, &c.id, true).await?;
+            if let Err(e) = rt.remove(&tenant, &c.id, true).await {
+                // A protected replica stays for its owner to look at; a dead one no longer
+                // counts, so its replacement starts anyway.
+                tracing::warn!("service {name}: keeping replica {}: {e}", c.name);
+                if !dead {
+                    live.push(c);
+                }
+                continue;
+            }
             rt.events.emit(
                 &tenant,
                 Event::service(
