@@ -332,19 +332,28 @@ impl Netns {
         ns
     }
 
-    /// A namespace standing for the internet: linked to this process's namespace (the node's)
-    /// by a veth (`host_if` on the node at 203.0.113.1, `eth0` here at 203.0.113.2, TEST-NET-3)
-    /// and routing `fip_pool` through the node. The node-side link goes with the namespace.
-    pub fn internet(tag: &str, host_if: &str, fip_pool: &str) -> Netns {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Removes the namespace (idempotent).
+    pub fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// A namespace standing for the internet: linked to `node` by a veth (`host_if` on the
+    /// node at 203.0.113.1, `eth0` here at 203.0.113.2, TEST-NET-3) and routing `fip_pool`
+    /// through the node. The node-side link goes with the namespace.
+    pub fn internet(tag: &str, node: &Netns, host_if: &str, fip_pool: &str) -> Netns {
         let ns = Netns::new(tag);
-        let link = [
+        node.ip(&[
             "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ];
-        Cmd::new("ip", &link).run().ok();
-        Cmd::new("ip", &["addr", "add", "203.0.113.1/24", "dev", host_if])
-            .run()
-            .ok();
-        Cmd::new("ip", &["link", "set", host_if, "up"]).run().ok();
+        ]);
+        node.ip(&["addr", "add", "203.0.113.1/24", "dev", host_if]);
+        node.ip(&["link", "set", host_if, "up"]);
         ns.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["route", "add", fip_pool, "via", "203.0.113.1"]);
@@ -360,7 +369,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace (namespaces are per thread).
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        let file = std::fs::File::open(self.path()).expect("open netns");
         std::thread::scope(|s| {
             s.spawn(|| {
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -374,9 +383,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        self.delete();
     }
 }
 
@@ -419,6 +426,10 @@ pub struct Daemon {
     pub tcp_port: u16,
     pub client_dir: PathBuf,
     pub log: PathBuf,
+    /// The node's network namespace for this daemon (`--node-netns`): several daemons share
+    /// this process's namespace for their APIs, each has its own transit links, node rules,
+    /// FIP routes and published ports. Clients of published ports and FIPs connect from here.
+    pub node: Netns,
     opts: DaemonOpts,
     child: Mutex<Option<Child>>,
 }
@@ -463,7 +474,13 @@ impl Daemon {
             std::os::unix::fs::symlink(kdir.join(f).canonicalize().unwrap(), k.join(f)).unwrap();
         }
         std::fs::write(data.join("owner.pid"), std::process::id().to_string()).unwrap();
+        let node_tag = data
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("hy-", "node");
         let d = Arc::new(Daemon {
+            node: Netns::new(&node_tag),
             sock: data.join("api.sock"),
             tcp_port: free_port(),
             client_dir: data.join("client"),
@@ -507,6 +524,8 @@ impl Daemon {
             .arg(agent_bin())
             .arg("--client-config-dir")
             .arg(&self.client_dir)
+            .arg("--node-netns")
+            .arg(self.node.path())
             .env("HYPERD_LOG", "info");
         if let Some(x) = &self.opts.kernel_cmdline_extra {
             cmd.arg("--kernel-cmdline-extra").arg(x);
@@ -727,6 +746,7 @@ impl Daemon {
             }
             self.stop();
         }
+        self.node.delete();
         leaks.extend(leftovers(&self.data));
         leaks
     }

@@ -109,7 +109,7 @@ fn names_links_and_ports() {
     let o = d.hyper(&["port", "pub", "80"]).run().ok();
     assert_eq!(o.out(), "0.0.0.0:18080");
     let body = wait_for("the published port to answer", secs(30.0), || {
-        http_get("127.0.0.1:18080", "/hostname")
+        d.node.run(|| http_get("127.0.0.1:18080", "/hostname"))
     });
     assert_eq!(body.trim(), w);
     let o = d.hyper(&["port", "pub"]).run().ok();
@@ -185,7 +185,7 @@ fn names_links_and_ports() {
 /// outbound traffic, and forwards nothing once detached or released.
 fn floating_ips() {
     let d = daemon();
-    let inet = Netns::internet("inet", "hy-inet0", FIP_POOL);
+    let inet = Netns::internet("inet", &d.node, "hy-inet0", FIP_POOL);
     let w = web(d, &["--name", "fweb", "-p", "8081:80"]);
     let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
     assert!(fip.starts_with("198.51.100."), "{fip}");
@@ -413,7 +413,9 @@ fn tenant_isolation() {
     assert!(o.stdout.contains("done"), "{o}");
     // Nor can a container reach the node itself: a service listening on all the node's
     // addresses (its transit ends included) stays out of reach.
-    let node_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let node_service = d
+        .node
+        .run(|| std::net::TcpListener::bind("0.0.0.0:0").unwrap());
     let port = node_service.local_addr().unwrap().port();
     let o = sh(
         d,
@@ -471,7 +473,8 @@ fn data_path_outlives_hyperd() {
         "the tenant DNS died with hyperd: {dns:?}"
     );
     for _ in 0..4 {
-        assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
+        let body = d.node.run(|| http_get("127.0.0.1:18090", "/hostname"));
+        assert_eq!(body.unwrap().trim(), db);
         std::thread::sleep(secs(1.0));
     }
     d.restart();
@@ -484,7 +487,8 @@ fn data_path_outlives_hyperd() {
     // Rebuilt, not duplicated: new containers join the same network and names.
     let o = sh(d, &[], "wget -qO- http://db/hostname").ok();
     assert_eq!(o.out(), db);
-    assert_eq!(http_get("127.0.0.1:18090", "/hostname").unwrap().trim(), db);
+    let body = d.node.run(|| http_get("127.0.0.1:18090", "/hostname"));
+    assert_eq!(body.unwrap().trim(), db);
     d.hyper(&["rm", "-f", "db", &prober])
         .timeout(60.0)
         .run()
@@ -511,17 +515,41 @@ fn compose_project() {
             .timeout(180.0)
             .run()
     };
-    compose(&["-f", dir.join("docker-compose.yml").to_str().unwrap(), "up", "-d"]).ok();
-    let o = d.docker(&["network", "ls", "--format", "{{.Name}}"]).run().ok();
+    compose(&[
+        "-f",
+        dir.join("docker-compose.yml").to_str().unwrap(),
+        "up",
+        "-d",
+    ])
+    .ok();
+    let o = d
+        .docker(&["network", "ls", "--format", "{{.Name}}"])
+        .run()
+        .ok();
     assert!(o.stdout.contains("shop_default"), "{o}");
     let db = d.id_of("shop_db_1")[..12].to_string();
     wait_for("web to reach db by its service name", secs(60.0), || {
         let o = d.hyper(&["logs", "shop_web_1"]).run().ok();
-        if o.stdout.contains(&db) { Ok(()) } else { Err(o.to_string()) }
+        if o.stdout.contains(&db) {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
     });
-    assert_eq!(d.hyper(&["port", "shop_web_1", "80"]).run().ok().out(), "0.0.0.0:18089");
-    compose(&["-f", dir.join("docker-compose.yml").to_str().unwrap(), "down"]).ok();
-    let o = d.docker(&["network", "ls", "--format", "{{.Name}}"]).run().ok();
+    assert_eq!(
+        d.hyper(&["port", "shop_web_1", "80"]).run().ok().out(),
+        "0.0.0.0:18089"
+    );
+    compose(&[
+        "-f",
+        dir.join("docker-compose.yml").to_str().unwrap(),
+        "down",
+    ])
+    .ok();
+    let o = d
+        .docker(&["network", "ls", "--format", "{{.Name}}"])
+        .run()
+        .ok();
     assert!(!o.stdout.contains("shop_default"), "{o}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -347,7 +347,7 @@ fn https_termination_through_a_fip() {
     let replica = running_replicas(d, "shop")[0].clone();
     let short = d.id_of(&replica)[..12].to_string();
 
-    let inet = Netns::internet("sinet", "hy-sinet0", FIP_POOL);
+    let inet = Netns::internet("sinet", &d.node, "hy-sinet0", FIP_POOL);
     let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
     d.hyper(&["service", "attach-fip", "--fip", &fip, "shop"])
         .run()

@@ -84,6 +84,10 @@ struct DaemonArgs {
     /// Floating IP pool, a CIDR routed to this node (repeatable); none by default.
     #[arg(long = "fip-pool")]
     fip_pools: Vec<ipnet::Ipv4Net>,
+    /// A network namespace (e.g. /run/netns/NAME) holding the node's side of tenant networks:
+    /// transit links, node rules, floating IP routes, published ports. Default: hyperd's own.
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -388,6 +392,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
                 fip_pool: args.fip_pools.clone(),
                 dns_binary: host.dns,
                 lb_binary: host.lb,
+                node_netns: args.node_netns.clone(),
             },
         },
         store.clone(),

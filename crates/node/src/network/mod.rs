@@ -45,6 +45,9 @@ pub struct NetConfig {
     pub dns_binary: PathBuf,
     /// The per-tenant service load balancer.
     pub lb_binary: PathBuf,
+    /// The node's side of tenant networking (transit links, node rules, FIP routes, published
+    /// ports) lives in this network namespace; `None`: the one hyperd runs in.
+    pub node_netns: Option<PathBuf>,
 }
 
 pub struct Networks {
@@ -205,7 +208,8 @@ impl Networks {
             RuntimeError::NotFound(m) => RuntimeError::Invalid(m),
             e => e,
         })?;
-        self.claim(c, &network, aliases, &requests)
+        // Host ports are checked against what listens in the node's namespace.
+        self.in_node(|| self.claim(c, &network, aliases, &requests))
     }
 
     fn claim(
@@ -617,8 +621,18 @@ impl Networks {
     /// the tenant's namespace down when none of its containers has a network any more.
     pub fn sync_tenant(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
         let _guard = self.sync.lock().expect("poisoned");
-        self.sync_tenant_locked(tenant, flush)?;
-        self.sync_node_locked()
+        self.in_node(|| {
+            self.sync_tenant_locked(tenant, flush)?;
+            self.sync_node_locked()
+        })
+    }
+
+    /// Runs `f` in the node's network namespace (see [`NetConfig::node_netns`]).
+    fn in_node<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        match &self.cfg.node_netns {
+            None => f(),
+            Some(path) => net::in_netns(path, f).map_err(net_err)?,
+        }
     }
 
     fn sync_tenant_locked(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
@@ -703,12 +717,14 @@ impl Networks {
             .into_iter()
             .collect();
         let _guard = self.sync.lock().expect("poisoned");
-        for t in tenants {
-            if let Err(e) = self.sync_tenant_locked(&t, &[]) {
-                tracing::error!("rebuilding the network of tenant {t}: {e}");
+        self.in_node(|| {
+            for t in &tenants {
+                if let Err(e) = self.sync_tenant_locked(t, &[]) {
+                    tracing::error!("rebuilding the network of tenant {t}: {e}");
+                }
             }
-        }
-        self.sync_node_locked()
+            self.sync_node_locked()
+        })
     }
 }
 
