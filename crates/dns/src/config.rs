@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Deserialize;
 
 /// Port assumed for an upstream written as a bare address.
@@ -31,10 +31,7 @@ pub struct NetworkConfig {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let config: Self =
-            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let config: Self = daemon_kit::json_file::read(path)?;
         config.check()?;
         Ok(config)
     }

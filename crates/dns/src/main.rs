@@ -45,27 +45,22 @@
 
 mod answer;
 mod config;
-mod daemon;
 mod forward;
 mod handler;
 mod listener;
 mod listeners;
 mod network;
-mod pidfile;
 mod records;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
+use daemon_kit::{ReadyNotice, Signal, Signals};
 
 use crate::config::Config;
-use crate::daemon::ReadyNotice;
 use crate::listeners::Listeners;
-use crate::pidfile::Pidfile;
 
 #[derive(Parser)]
 #[command(
@@ -92,31 +87,15 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("hyper-dns: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon_kit::exit_code("hyper-dns", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Absolute before a daemon moves to `/`, so a reload still finds the config.
     let config = std::path::absolute(&cli.config).context("config path")?;
     let pidfile = std::path::absolute(&cli.pidfile).context("pidfile path")?;
-    if let Some(log) = &cli.log {
-        daemon::send_stderr_to(log)?;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(cli.log.is_none() && std::io::stderr().is_terminal())
-        .init();
-    let ready = cli.daemon.then(daemon::daemonize).transpose()?;
+    daemon_kit::logging::init(cli.log.as_deref())?;
+    let ready = cli.daemon.then(daemon_kit::daemonize).transpose()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,31 +110,18 @@ async fn serve(
     ready: Option<ReadyNotice>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    // Handlers first: SIGHUP's default action would kill us once hyperd thinks we are up.
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-
+    let mut signals = Signals::install()?;
     let mut listeners = Listeners::new(port);
     listeners.apply(&config).await;
-    let _pidfile =
-        Pidfile::write(pidfile).with_context(|| format!("write {}", pidfile.display()))?;
-    if let Some(ready) = ready {
-        ready.send().context("tell the parent we are ready")?;
-    }
-    tracing::info!(pid = std::process::id(), "serving");
+    let _pidfile = daemon_kit::serving(pidfile, ready)?;
 
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => match Config::load(config_path) {
-                Ok(config) => {
-                    listeners.apply(&config).await;
-                    tracing::info!("config reloaded");
-                }
-                Err(err) => tracing::error!("reload failed, keeping the previous config: {err:#}"),
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+    while let Signal::Reload = signals.next().await {
+        match Config::load(config_path) {
+            Ok(config) => {
+                listeners.apply(&config).await;
+                tracing::info!("config reloaded");
+            }
+            Err(err) => tracing::error!("reload failed, keeping the previous config: {err:#}"),
         }
     }
     tracing::info!("stopping");

@@ -104,10 +104,7 @@ pub struct BackendConfig {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let config: Self =
-            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let config: Self = daemon_kit::json_file::read(path)?;
         config.check()?;
         Ok(config)
     }

@@ -47,10 +47,8 @@
 
 mod backend;
 mod config;
-mod daemon;
 mod health;
 mod listener;
-mod pidfile;
 mod pool;
 mod proxy_body;
 mod proxy_http;
@@ -61,17 +59,14 @@ mod status;
 mod tls;
 mod upstream;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
+use daemon_kit::{ReadyNotice, Signal, Signals};
 
 use crate::config::Config;
-use crate::daemon::Ready;
-use crate::pidfile::Pidfile;
 use crate::services::Services;
 
 #[derive(Parser)]
@@ -105,13 +100,7 @@ struct Paths {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("hyper-lb: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon_kit::exit_code("hyper-lb", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,18 +112,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pidfile: absolute(&cli.pidfile)?,
         status: cli.status.as_deref().map(absolute).transpose()?,
     };
-    if let Some(log) = &cli.log {
-        daemon::log_to(log)?;
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(cli.log.is_none() && std::io::stderr().is_terminal())
-        .init();
-    let ready = cli.daemon.then(daemon::daemonize).transpose()?;
+    daemon_kit::logging::init(cli.log.as_deref())?;
+    let ready = cli.daemon.then(daemon_kit::daemonize).transpose()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -143,28 +122,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .block_on(serve(&paths, ready))
 }
 
-async fn serve(paths: &Paths, ready: Option<Ready>) -> anyhow::Result<()> {
+async fn serve(paths: &Paths, ready: Option<ReadyNotice>) -> anyhow::Result<()> {
     let config = Config::load(&paths.config)?;
-    // Handlers first: SIGHUP's default action would kill us once hyperd thinks we are up.
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-
+    let mut signals = Signals::install()?;
     let mut services = Services::default();
     services.apply(&config).await;
     write_status(paths, &services);
-    let _pidfile = Pidfile::write(&paths.pidfile)
-        .with_context(|| format!("write {}", paths.pidfile.display()))?;
-    // Logged first, so the log says so by the time hyperd sees the parent exit.
-    tracing::info!(pid = std::process::id(), "serving");
-    if let Some(ready) = ready {
-        ready.send().context("tell the parent we are ready")?;
-    }
+    let _pidfile = daemon_kit::serving(&paths.pidfile, ready)?;
 
     let health_changed = services.health_changed.clone();
     loop {
         tokio::select! {
-            _ = hangup.recv() => {
+            signal = signals.next() => {
+                let Signal::Reload = signal else { break };
                 match Config::load(&paths.config) {
                     Ok(config) => {
                         services.apply(&config).await;
@@ -176,8 +146,6 @@ async fn serve(paths: &Paths, ready: Option<Ready>) -> anyhow::Result<()> {
             }
             _ = health_changed.notified() => write_status(paths, &services),
             _ = tokio::time::sleep(services.status_interval()) => write_status(paths, &services),
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
         }
     }
     tracing::info!("stopping");

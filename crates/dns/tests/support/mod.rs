@@ -2,155 +2,68 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
+use daemon_test_kit::Daemon;
+pub use daemon_test_kit::Scratch;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A scratch directory for one server's config, pidfile and log, removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hyper-dns-test-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `hyper-dns`, killed on drop (also when the test panics).
+/// A running `hyper-dns` (config, pidfile and log in its scratch directory), killed on drop
+/// (also when the test panics).
 pub struct Server {
-    pub scratch: Scratch,
+    daemon: Daemon,
     pub port: u16,
-    child: Option<Child>,
-    /// For `--daemon`, where the child is not ours to wait on.
-    daemon_pid: Option<Pid>,
 }
 
 impl Server {
     /// Starts in the foreground and returns once it has bound its listeners (pidfile written).
     pub fn start(config: &serde_json::Value, port: u16) -> Self {
-        let scratch = Scratch::new();
-        write_config(&scratch.path("config.json"), config);
-        let child = Command::new(env!("CARGO_BIN_EXE_hyper-dns"))
-            .args(flags(&scratch, port))
-            .spawn()
-            .unwrap();
         let server = Self {
-            scratch,
+            daemon: Daemon::spawn(BINARY, Scratch::new(), config, &port_flag(port)),
             port,
-            child: Some(child),
-            daemon_pid: None,
         };
-        server.wait_for_pidfile();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !server.is_serving() {
+            assert!(
+                Instant::now() < deadline,
+                "hyper-dns did not start; log:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         server
     }
 
     /// Starts with `--daemon` and returns once the launching process has exited.
     pub fn start_daemon(config: &serde_json::Value, port: u16) -> Self {
-        let scratch = Scratch::new();
-        write_config(&scratch.path("config.json"), config);
-        let status = Command::new(env!("CARGO_BIN_EXE_hyper-dns"))
-            .args(flags(&scratch, port))
-            .arg("--daemon")
-            .status()
-            .unwrap();
+        let (status, daemon) = Daemon::launch(BINARY, Scratch::new(), config, &port_flag(port));
         assert!(status.success(), "hyper-dns --daemon exited with {status}");
-        let mut server = Self {
-            scratch,
-            port,
-            child: None,
-            daemon_pid: None,
-        };
-        server.daemon_pid = Some(server.pid());
-        server
-    }
-
-    pub fn pid(&self) -> Pid {
-        let text = std::fs::read_to_string(self.scratch.path("pid")).unwrap();
-        Pid::from_raw(text.trim().parse().unwrap())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.scratch.path("log")).unwrap_or_default()
-    }
-
-    /// Replaces the config the way hyperd does (temp + rename) and sends SIGHUP.
-    pub fn reload(&self, config: &serde_json::Value) {
-        write_config(&self.scratch.path("config.json"), config);
-        kill(self.pid(), Signal::SIGHUP).unwrap();
+        Self { daemon, port }
     }
 
     pub fn at(&self, address: &str) -> SocketAddr {
         SocketAddr::new(address.parse().unwrap(), self.port)
     }
+}
 
-    fn wait_for_pidfile(&self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while !self.scratch.path("pid").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "hyper-dns did not start; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+/// The pidfile, log, scratch directory and reload of the process.
+impl Deref for Server {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.daemon
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = self.daemon_pid {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-    }
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_hyper-dns");
 
-fn flags(scratch: &Scratch, port: u16) -> Vec<String> {
-    let path = |name| scratch.path(name).display().to_string();
-    vec![
-        "--config".into(),
-        path("config.json"),
-        "--pidfile".into(),
-        path("pid"),
-        "--log".into(),
-        path("log"),
-        "--port".into(),
-        port.to_string(),
-    ]
-}
-
-fn write_config(path: &Path, config: &serde_json::Value) {
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, config.to_string()).unwrap();
-    std::fs::rename(&temp, path).unwrap();
+fn port_flag(port: u16) -> [String; 2] {
+    ["--port".into(), port.to_string()]
 }
 
 /// A port the kernel just handed out on loopback, free for UDP and TCP at the time of asking.

@@ -4,21 +4,21 @@
 #![allow(dead_code)] // each test file uses its own part of the kit
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::ops::Deref;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use daemon_test_kit::Daemon;
+pub use daemon_test_kit::Scratch;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -26,85 +26,26 @@ use tokio::task::JoinSet;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A scratch directory for one balancer's files, removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hyper-lb-test-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `hyper-lb`, killed on drop.
-pub struct Lb {
-    pub scratch: Scratch,
-    child: Option<Child>,
-    daemon_pid: Option<Pid>,
-}
+/// A running `hyper-lb` (config, pidfile, log and `--status` file in its scratch directory),
+/// killed on drop.
+pub struct Lb(Daemon);
 
 impl Lb {
     /// Foreground; returns once the pidfile is written (listeners bound).
     pub async fn start(config: &Value) -> Self {
         let scratch = Scratch::new();
-        write_json(&scratch.path("config.json"), config);
-        let child = Command::new(env!("CARGO_BIN_EXE_hyper-lb"))
-            .args(flags(&scratch))
-            .spawn()
-            .unwrap();
-        let lb = Self {
-            scratch,
-            child: Some(child),
-            daemon_pid: None,
-        };
-        let pidfile = lb.scratch.path("pid");
-        wait_until("the pidfile", || pidfile.exists(), &lb).await;
+        let status_args = status_flag(&scratch);
+        let lb = Self(Daemon::spawn(BINARY, scratch, config, &status_args));
+        wait_until("the pidfile", || lb.is_serving(), &lb).await;
         lb
     }
 
     /// `--daemon`; returns the launcher's exit status, and the balancer if it succeeded.
     pub fn start_daemon(config: &Value) -> (std::process::ExitStatus, Self) {
         let scratch = Scratch::new();
-        write_json(&scratch.path("config.json"), config);
-        let status = Command::new(env!("CARGO_BIN_EXE_hyper-lb"))
-            .args(flags(&scratch))
-            .arg("--daemon")
-            .status()
-            .unwrap();
-        let mut lb = Self {
-            scratch,
-            child: None,
-            daemon_pid: None,
-        };
-        if status.success() {
-            lb.daemon_pid = Some(lb.pid());
-        }
-        (status, lb)
-    }
-
-    pub fn pid(&self) -> Pid {
-        let text = std::fs::read_to_string(self.scratch.path("pid")).unwrap();
-        Pid::from_raw(text.trim().parse().unwrap())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.scratch.path("log")).unwrap_or_default()
+        let status_args = status_flag(&scratch);
+        let (status, daemon) = Daemon::launch(BINARY, scratch, config, &status_args);
+        (status, Self(daemon))
     }
 
     pub fn status(&self) -> Value {
@@ -116,12 +57,6 @@ impl Lb {
 
     pub fn backend_status(&self, service: &str, id: &str) -> Value {
         self.status()["services"][service]["backends"][id].clone()
-    }
-
-    /// Replaces the config the way hyperd does (temp + rename) and sends SIGHUP.
-    pub fn reload(&self, config: &Value) {
-        write_json(&self.scratch.path("config.json"), config);
-        kill(self.pid(), Signal::SIGHUP).unwrap();
     }
 
     /// Waits until the status file says each of `ids` in `service` is healthy (or not).
@@ -138,15 +73,12 @@ impl Lb {
     }
 }
 
-impl Drop for Lb {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = self.daemon_pid {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+/// The pidfile, log, scratch directory and reload of the process.
+impl Deref for Lb {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.0
     }
 }
 
@@ -163,24 +95,11 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool, lb: &Lb) {
     }
 }
 
-fn flags(scratch: &Scratch) -> Vec<String> {
-    let path = |name| scratch.path(name).display().to_string();
-    vec![
-        "--config".into(),
-        path("config.json"),
-        "--pidfile".into(),
-        path("pid"),
-        "--status".into(),
-        path("status.json"),
-        "--log".into(),
-        path("log"),
-    ]
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_hyper-lb");
 
-pub fn write_json(path: &Path, value: &Value) {
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, value.to_string()).unwrap();
-    std::fs::rename(&temp, path).unwrap();
+fn status_flag(scratch: &Scratch) -> [String; 2] {
+    let path = scratch.path("status.json").display().to_string();
+    ["--status".into(), path]
 }
 
 /// A free port on 127.0.0.1 for the balancer to listen on.
