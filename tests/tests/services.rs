@@ -368,7 +368,7 @@ fn https_termination_through_a_fip() {
         a.extend_from_slice(extra);
         Cmd::new("ip", &a).run()
     };
-    let url = format!("https://shop.test/");
+    let url = "https://shop.test/".to_string();
     let resolve = format!("shop.test:443:{fip}");
     let o = wait_for("the service's FIP to answer over TLS", secs(60.0), || {
         let o = curl(&[

@@ -437,7 +437,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
     let want = r.spec.replicas as usize;
     let current: Vec<&Container> = live.iter().filter(|c| is_current(c)).collect();
     let old: Vec<&Container> = live.iter().filter(|c| !is_current(c)).collect();
-    let all_healthy = live.iter().all(|c| healthy(c));
+    let all_healthy = live.iter().all(&healthy);
 
     let image = r.spec.image.clone();
     let announce = |action: &str| {
