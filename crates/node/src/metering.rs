@@ -49,6 +49,19 @@ pub enum Kind {
     Rootfs,
     /// An image the tenant holds, per GB-month.
     Image,
+    /// A floating IP the tenant holds: [`FIP_MONTHLY`] for every calendar month it is held in,
+    /// a started month counting whole.
+    Fip,
+}
+
+/// What a floating IP costs per calendar month, in nano-dollars (1 $).
+pub const FIP_MONTHLY: u64 = 1_000_000_000;
+
+/// Calendar months `[start, end]` touches (both ends included).
+fn months_touched(start: DateTime<Utc>, end: DateTime<Utc>) -> u64 {
+    use chrono::Datelike;
+    let index = |t: DateTime<Utc>| i64::from(t.year()) * 12 + i64::from(t.month0());
+    (index(end) - index(start) + 1).max(1) as u64
 }
 
 impl Kind {
@@ -57,6 +70,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Rootfs => "rootfs",
             Kind::Image => "image",
+            Kind::Fip => "fip",
         }
     }
 }
@@ -114,6 +128,11 @@ impl Segment {
         }
     }
 
+    /// A floating IP held from `start`.
+    pub fn fip(ip: &str, start: DateTime<Utc>) -> Self {
+        Self::storage(Kind::Fip, ip, ip, 0, start)
+    }
+
     /// (seconds billed, nano-dollars) up to its end, or `now` while open.
     fn charge(&self, now: DateTime<Utc>) -> (i64, u64) {
         let end = self.end.unwrap_or(now);
@@ -122,6 +141,10 @@ impl Segment {
                 let seconds = billed_seconds(self.start, end);
                 (seconds, seconds as u64 * price(&self.size))
             }
+            Kind::Fip => (
+                (end - self.start).num_seconds().max(0),
+                months_touched(self.start, end) * FIP_MONTHLY,
+            ),
             Kind::Rootfs | Kind::Image => {
                 let seconds = (end - self.start).num_seconds().max(0);
                 let byte_seconds = u128::from(self.bytes) * seconds as u128;
@@ -302,6 +325,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(windowed[0].seconds, 25);
+    }
+
+    #[test]
+    fn floating_ips_cost_a_dollar_per_started_calendar_month() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let held = |from: &str, to: &str| Segment {
+            end: Some(at(to)),
+            ..Segment::fip("198.51.100.1", at(from))
+        };
+        // A minute in November is November.
+        assert_eq!(
+            held("2026-11-22T10:00:00Z", "2026-11-22T10:01:00Z")
+                .charge(at("2026-12-01T00:00:00Z"))
+                .1,
+            FIP_MONTHLY
+        );
+        // The last second of November and the first of December: two months.
+        assert_eq!(
+            held("2026-11-30T23:59:59Z", "2026-12-01T00:00:01Z")
+                .charge(at("2026-12-01T00:00:01Z"))
+                .1,
+            2 * FIP_MONTHLY
+        );
+        // Across a new year.
+        assert_eq!(
+            held("2026-12-15T00:00:00Z", "2027-02-01T00:00:00Z")
+                .charge(at("2027-02-01T00:00:00Z"))
+                .1,
+            3 * FIP_MONTHLY
+        );
     }
 
     #[test]

@@ -985,6 +985,32 @@ impl Runtime {
         Ok(())
     }
 
+    /// Allocates floating IPs and starts billing each (a started calendar month costs whole).
+    pub async fn fip_allocate(&self, tenant: &str, count: u64) -> Result<Vec<std::net::Ipv4Addr>> {
+        let t = tenant.to_string();
+        let ips = self
+            .with_networks(move |n| n.fip_allocate(&t, count))
+            .await?;
+        for ip in &ips {
+            let seg = Segment::fip(&ip.to_string(), Utc::now());
+            if let Err(e) = self.meter.open_segment(tenant, &seg) {
+                tracing::error!("metering floating IP {ip}: {e}");
+            }
+        }
+        Ok(ips)
+    }
+
+    /// Releases a floating IP (detaching it first) and stops billing it.
+    pub async fn fip_release(&self, tenant: &str, ip: &str) -> Result<()> {
+        let (t, addr) = (tenant.to_string(), ip.to_string());
+        self.with_networks(move |n| n.fip_release(&t, &addr))
+            .await?;
+        if let Err(e) = self.meter.close_segment(tenant, ip, Utc::now()) {
+            tracing::error!("metering the release of floating IP {ip}: {e}");
+        }
+        Ok(())
+    }
+
     /// `hyper update --sg-add/--sg-rm`: changes the container's groups and applies them at
     /// once, to its open connections too.
     pub async fn update_security_groups(

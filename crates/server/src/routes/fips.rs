@@ -28,10 +28,7 @@ pub async fn allocate(
             .parse()
             .map_err(|_| ApiError::bad_request(format!("invalid count {v:?}: give a number")))?,
     };
-    let ips = app
-        .runtime
-        .with_networks(move |n| n.fip_allocate(&tenant, count))
-        .await?;
+    let ips = app.runtime.fip_allocate(&tenant, count).await?;
     Ok((StatusCode::CREATED, Json(json!(ips))))
 }
 
@@ -40,10 +37,7 @@ pub async fn release(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
-    let ip = param(&q, "ip")?.to_string();
-    app.runtime
-        .with_networks(move |n| n.fip_release(&tenant, &ip))
-        .await?;
+    app.runtime.fip_release(&tenant, param(&q, "ip")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
