@@ -270,7 +270,8 @@ fn http_service_heals_scales_and_rolls() {
 }
 
 fn assert_service_events(d: &Daemon, actions: &[&str]) {
-    let until = chrono::Utc::now().timestamp().to_string();
+    // `until` is whole seconds: one second ahead keeps this second's events in.
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
     let o = d
         .hyper(&[
             "events",
