@@ -184,27 +184,299 @@ mod tests {
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in every thread and runs `cleanup` from a dedicated one
-/// when one arrives, then exits with 128 + the signal. Call it first in `main`, before any
-/// other thread exists. (Children get an empty signal mask back: std resets it before exec.)
-pub fn on_termination_signal(cleanup: fn()) {
-    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling (main)
-    // thread before any other thread exists, so every thread inherits the mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// The write end of the pipe [`on_termination_signal`]'s handler writes the signal number to.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn note_signal(sig: libc::c_int) {
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; one byte to a pipe we own.
+    unsafe {
+        libc::write(
+            SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed),
+            std::ptr::addr_of!(b).cast(),
+            1,
+        )
     };
+}
+
+/// Catches SIGINT, SIGTERM and SIGHUP (a handler that writes to a pipe) and runs `cleanup` on a
+/// dedicated thread when one arrives, then exits with 128 + the signal.
+///
+/// The signals are caught, not blocked: a blocked signal stays blocked in every child (std's
+/// `Command` keeps the parent's signal mask across exec), so hyperd and the hyper-lb and
+/// hyper-dns it starts could then neither reload on SIGHUP nor stop on SIGTERM. A caught
+/// signal's handler is reset to the default by exec.
+pub fn on_termination_signal(cleanup: fn()) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a local array; sigaction with a handler that only calls write(2).
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0, "pipe2");
+        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
     std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: sigwait on the set blocked in every thread above.
-        unsafe { libc::sigwait(&set, &mut sig) };
+        let mut b = [0u8; 1];
+        loop {
+            // SAFETY: read(2) into a local buffer from the pipe's read end, which we own.
+            let n = unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        let sig = i32::from(b[0]);
         eprintln!("\nsignal {sig}: cleaning up");
         cleanup();
         std::process::exit(128 + sig);
     });
+}
+
+/// Clean-up for the benchmarks that run hyperd through the end-to-end harness (`net`,
+/// `services`): one registry of what they started, undone by [`e2e_cleanup::run`] on a normal
+/// exit, when a panic unwinds through a [`e2e_cleanup::Guard`], and on SIGINT/SIGTERM/SIGHUP
+/// (through [`on_termination_signal`]).
+pub mod e2e_cleanup {
+    use std::path::PathBuf;
+    use std::process::Child;
+    use std::sync::{Arc, Mutex};
+
+    use e2e::{Daemon, Netns};
+
+    #[derive(Default)]
+    struct Started {
+        daemons: Vec<Arc<Daemon>>,
+        children: Vec<Child>,
+        netns: Vec<Netns>,
+        dirs: Vec<PathBuf>,
+    }
+
+    static STARTED: Mutex<Option<Started>> = Mutex::new(None);
+
+    fn with<R>(f: impl FnOnce(&mut Started) -> R) -> R {
+        let mut g = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.get_or_insert_with(Started::default))
+    }
+
+    /// Installs the signal handler; call first in `main`. Returns the guard that cleans up when
+    /// dropped (at the end of `main`, or while a panic unwinds).
+    #[must_use]
+    pub fn install() -> Guard {
+        crate::on_termination_signal(run);
+        Guard
+    }
+
+    pub struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("panicked: cleaning up");
+            }
+            run();
+        }
+    }
+
+    /// A hyperd whose containers and services are removed, then stopped, at clean-up.
+    pub fn daemon(d: Arc<Daemon>) -> Arc<Daemon> {
+        with(|s| s.daemons.push(d.clone()));
+        d
+    }
+
+    /// A helper process killed (SIGKILL) and reaped at clean-up; returns its pid.
+    pub fn child(c: Child) -> u32 {
+        let pid = c.id();
+        with(|s| s.children.push(c));
+        pid
+    }
+
+    /// A namespace deleted at clean-up (its `Drop` runs then); returns its name.
+    pub fn netns(n: Netns) -> String {
+        let name = n.name.clone();
+        with(|s| s.netns.push(n));
+        name
+    }
+
+    /// A file or directory removed at clean-up.
+    pub fn path(p: PathBuf) -> PathBuf {
+        with(|s| s.dirs.push(p.clone()));
+        p
+    }
+
+    /// Runs `f`, turning a panic (a command's deadline, a failed command) into a message: the
+    /// clean-up carries on with the next step.
+    fn attempt(what: &str, f: impl FnOnce()) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            eprintln!("clean-up: {what} failed; carrying on");
+        }
+    }
+
+    /// Undoes everything registered, then sweeps anything left under this process's e2e data
+    /// roots (`/tmp/hy-<pid>*`: a hyperd whose start panicked before it was registered, QEMUs
+    /// and shims whose removal failed, tenant namespace mounts). Idempotent.
+    pub fn run() {
+        let s = with(std::mem::take);
+        for d in &s.daemons {
+            if d.pid().is_none() {
+                continue;
+            }
+            // Services first: their reconciler would replace removed replicas.
+            attempt("service rm", || {
+                let o = d.hyper(&["service", "ls", "-q"]).timeout(30.0).run();
+                for name in o.stdout.split_whitespace() {
+                    attempt("service rm", || {
+                        d.hyper(&["service", "rm", name]).timeout(120.0).run();
+                    });
+                }
+            });
+            attempt("rm -f", || {
+                let o = d.hyper(&["ps", "-aq", "--no-trunc"]).timeout(30.0).run();
+                for id in o.stdout.split_whitespace() {
+                    attempt("rm -f", || {
+                        d.hyper(&["rm", "-f", id]).timeout(60.0).run();
+                    });
+                }
+            });
+            attempt("stopping hyperd", || d.stop());
+            let left = e2e::leftovers(&d.data);
+            if !left.is_empty() {
+                eprintln!(
+                    "clean-up: left after removing every container and stopping hyperd on {} \
+                     (removed below):\n  {}\n--- hyperd.log (tail)\n{}",
+                    d.data.display(),
+                    left.join("\n  "),
+                    d.log_tail(25)
+                );
+            }
+        }
+        for mut c in s.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_children();
+        drop(s.netns);
+        sweep();
+        for p in &s.dirs {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        }
+        sweep_netns();
+        if std::env::var("HYPER_TEST_KEEP").is_ok_and(|v| v == "1") {
+            for d in &s.daemons {
+                eprintln!("clean-up: kept {} (HYPER_TEST_KEEP=1)", d.data.display());
+            }
+            return;
+        }
+        for d in &s.daemons {
+            let _ = std::fs::remove_dir_all(&d.data);
+        }
+        sweep_dirs();
+    }
+
+    /// This process's e2e paths: data roots `/tmp/hy-<pid><tag>-N` (the benchmarks' tags start
+    /// with `b`) and the busybox image `/tmp/hy-<pid>-busybox.tar`; never another pid's.
+    fn ours(p: &str) -> bool {
+        let pid = std::process::id();
+        p.contains(&format!("/tmp/hy-{pid}b")) || p.contains(&format!("/tmp/hy-{pid}-"))
+    }
+
+    /// Kills this process's remaining children: after a signal, a command the main thread was
+    /// running (e.g. the load generator) would otherwise outlive us.
+    fn kill_children() {
+        let me = std::process::id().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1));
+            if ppid == Some(me.as_str()) {
+                // SAFETY: kill(2) on a child of ours; waitpid reaps it.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+        }
+    }
+
+    /// Kills what is left of this process's data roots and unmounts their mounts.
+    fn sweep() {
+        for p in e2e::processes_mentioning(&format!("/tmp/hy-{}", std::process::id())) {
+            let is_ours = [
+                "qemu-system",
+                "hyper-shim",
+                "hyperd",
+                "hyper-dns",
+                "hyper-lb",
+            ]
+            .iter()
+            .any(|b| p.contains(b));
+            let Some(pid) = p
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if is_ours && ours(&p) {
+                eprintln!("clean-up: killing a leftover: {p}");
+                // SAFETY: kill(2) on a process of our own data root, read from /proc.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut left: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| ours(m))
+            .collect();
+        left.reverse();
+        for m in left {
+            eprintln!("clean-up: unmounting a leftover: {m}");
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+    }
+
+    /// Namespaces made by e2e's `Netns` for this process (`hy-<tag>-<pid>`), e.g. a daemon's
+    /// node namespace.
+    fn sweep_netns() {
+        let suffix = format!("-{}", std::process::id());
+        let Ok(o) = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with("hy-") && name.ends_with(&suffix) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", name])
+                    .status();
+            }
+        }
+    }
+
+    fn sweep_dirs() {
+        for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            let p = e.path();
+            if ours(&p.to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+    }
 }
