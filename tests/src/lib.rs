@@ -880,6 +880,13 @@ fn reap_stale_roots() {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        // Tenant namespaces are bind mounts below the root: unmount them first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&root) {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         eprintln!("e2e: removed a stale data root {}", e.path().display());
         let _ = std::fs::remove_dir_all(e.path());
     }
