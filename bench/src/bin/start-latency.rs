@@ -1320,6 +1320,9 @@ fn progress(msg: &str) {
 
 fn main() {
     let args = Args::parse();
+    // hyperd makes tenant namespaces, transit links and nftables rules for every container:
+    // all of it stays inside a network namespace of this process's own.
+    e2e::enter_private_network_namespace();
     bench::on_termination_signal(cleanup);
     let result = run(&args);
     cleanup();

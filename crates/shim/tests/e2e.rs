@@ -44,23 +44,12 @@ fn fixture() -> Option<&'static Fixture> {
         let initrd = work.join("initrd.img");
         vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
         let rootfs = work.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("busybox-static installed");
-        for app in ["sh", "echo", "cat", "sleep", "true", "false", "ps", "ls"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
-        }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        busybox_rootfs(
+            &rootfs,
+            &["sh", "echo", "cat", "sleep", "true", "false", "ps", "ls"],
+        );
         let base_img = work.join("base.ext4");
-        sh(Command::new("mkfs.ext4")
-            .args(["-q", "-b", "4096", "-d"])
-            .arg(&rootfs)
-            .arg(&base_img)
-            .arg("64M"));
+        ext4_image(&rootfs, &base_img, "64M");
         Some(Fixture {
             kernel,
             initrd,
@@ -87,16 +76,7 @@ impl Vm {
             .args(["-F", "raw"])
             .arg(&root)
             .arg("1G"));
-        let run_as = if Command::new("id")
-            .arg("hyper-vm")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-        {
-            "hyper-vm"
-        } else {
-            ""
-        };
+        let run_as = qemu_user();
         let spec = serde_json::json!({
             "id": format!("{name:0<64}"), "accel": std::env::var("HYPER_TEST_ACCEL").unwrap_or_default(),
             "kernel": f.kernel, "initrd": f.initrd, "root_disk": root, "run_as": run_as,

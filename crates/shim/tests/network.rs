@@ -47,36 +47,21 @@ fn fixture() -> Option<&'static Fixture> {
         let initrd = work.join("initrd.img");
         vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
         let rootfs = work.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        for d in ["proc", "sys", "dev", "tmp", "etc", "root", "run"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("busybox-static installed");
-        for app in ["sh", "echo", "cat", "sleep", "ip", "ping", "true"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
-        }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        busybox_rootfs(
+            &rootfs,
+            &["sh", "echo", "cat", "sleep", "ip", "ping", "true"],
+        );
         std::fs::write(rootfs.join("etc/hosts"), "10.9.9.9\timage-entry\n").unwrap();
         std::os::unix::fs::symlink("/run/image-resolv.conf", rootfs.join("etc/resolv.conf"))
             .unwrap();
         let base_img = work.join("base.ext4");
-        sh(Command::new("mkfs.ext4")
-            .args(["-q", "-b", "4096", "-d"])
-            .arg(&rootfs)
-            .arg(&base_img)
-            .arg("32M"));
-        let run_as = Command::new("id")
-            .arg("hyper-vm")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        ext4_image(&rootfs, &base_img, "32M");
         Some(Fixture {
             kernel,
             initrd,
             base_img,
             work,
-            run_as: if run_as { "hyper-vm" } else { "" }.into(),
+            run_as: qemu_user(),
         })
     })
     .as_ref()

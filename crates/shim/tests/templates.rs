@@ -45,47 +45,27 @@ fn fixture() -> Option<Fixture> {
     std::fs::create_dir_all(&work).unwrap();
     let initrd = work.join("initrd.img");
     vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
-    let run_as = if Command::new("id")
-        .arg("hyper-vm")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-    {
-        "hyper-vm"
-    } else {
-        ""
-    };
     Some(Fixture {
         kernel,
         initrd,
         work,
-        run_as: run_as.into(),
+        run_as: qemu_user(),
     })
 }
 
 /// An ext4 image with busybox and `/marker` holding `marker`.
 fn base_disk(f: &Fixture, marker: &str) -> PathBuf {
     let rootfs = f.work.join(format!("rootfs-{marker}"));
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
-    for app in [
-        "sh", "echo", "cat", "head", "od", "tr", "date", "hostname", "true",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+    busybox_rootfs(
+        &rootfs,
+        &[
+            "sh", "echo", "cat", "head", "od", "tr", "date", "hostname", "true",
+        ],
+    );
     std::fs::write(rootfs.join("etc/machine-id"), "").unwrap();
     std::fs::write(rootfs.join("marker"), marker).unwrap();
     let img = f.work.join(format!("base-{marker}.ext4"));
-    sh(Command::new("mkfs.ext4")
-        .args(["-q", "-b", "4096", "-d"])
-        .arg(&rootfs)
-        .arg(&img)
-        .arg("32M"));
+    ext4_image(&rootfs, &img, "32M");
     img
 }
 

@@ -71,3 +71,38 @@ pub fn workspace_root() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// A minimal root filesystem at `dir`: busybox with `applets` linked in /bin, the usual
+/// directories, root in /etc/passwd and /etc/group. Callers add their own files, then
+/// [`ext4_image`] it.
+pub fn busybox_rootfs(dir: &Path, applets: &[&str]) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "etc", "root", "run"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static installed");
+    for app in applets {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(app)).unwrap();
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+}
+
+/// `mkfs.ext4 -d ROOTFS OUT SIZE`, as hyperd builds an image's disk.
+pub fn ext4_image(rootfs: &Path, out: &Path, size: &str) {
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-b", "4096", "-d"])
+        .arg(rootfs)
+        .arg(out)
+        .arg(size));
+}
+
+/// The unprivileged user QEMU runs as when the machine has it (scripts/setup makes it), else
+/// root ("").
+pub fn qemu_user() -> String {
+    let exists = Command::new("id")
+        .arg("hyper-vm")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if exists { "hyper-vm" } else { "" }.into()
+}
