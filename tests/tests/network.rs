@@ -97,9 +97,29 @@ fn names_links_and_ports() {
     );
 
     // --network none: only loopback, nothing published.
-    let o = sh(d, &["--network", "none"], "ip -o -4 addr; ping -c1 -W2 172.16.0.1 >/dev/null 2>&1 && echo reached; true").ok();
-    assert!(o.stdout.contains("127.0.0.1") && !o.stdout.contains("172.16.") && !o.stdout.contains("reached"), "{o}");
-    let o = d.hyper(&["create", "--network", "none", "-p", "80:80", "busybox", "true"]).run();
+    let o = sh(
+        d,
+        &["--network", "none"],
+        "ip -o -4 addr; ping -c1 -W2 172.16.0.1 >/dev/null 2>&1 && echo reached; true",
+    )
+    .ok();
+    assert!(
+        o.stdout.contains("127.0.0.1")
+            && !o.stdout.contains("172.16.")
+            && !o.stdout.contains("reached"),
+        "{o}"
+    );
+    let o = d
+        .hyper(&[
+            "create",
+            "--network",
+            "none",
+            "-p",
+            "80:80",
+            "busybox",
+            "true",
+        ])
+        .run();
     assert_ne!(o.code, 0, "{o}");
 
     // The IP is the container's for life.

@@ -210,7 +210,10 @@ pub fn create_body(
         ),
         ("HealthCheckFall", a.health_check_fall.map(Value::from)),
         ("HealthCheckRise", a.health_check_rise.map(Value::from)),
-        ("HealthCheckPath", a.health_check_path.as_deref().map(Value::from)),
+        (
+            "HealthCheckPath",
+            a.health_check_path.as_deref().map(Value::from),
+        ),
         ("ContainerSize", a.size.as_deref().map(Value::from)),
         // Docker's --entrypoint is one word; an empty one clears the image's.
         ("Entrypoint", a.entrypoint.as_deref().map(|e| json!([e]))),
