@@ -56,15 +56,6 @@ pub fn list(store: &dyn Store, tenant: &str) -> Result<Vec<FipRecord>> {
         .collect())
 }
 
-/// Every attached FIP of the node (for the node's routes).
-pub fn attached(store: &dyn Store) -> Result<Vec<FipRecord>> {
-    Ok(all(store)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .filter(|r| !r.container.is_empty())
-        .collect())
-}
-
 fn owned(store: &dyn Store, tenant: &str, ip: &str) -> Result<(FipRecord, u64)> {
     let not_found =
         || RuntimeError::NotFound(format!("floating IP {ip} not found in your account"));
@@ -168,56 +159,6 @@ pub fn release(store: &dyn Store, tenant: &str, ip: &str) -> Result<FipRecord> {
     }
 }
 
-/// Attaches `ip` to `container`: one FIP per container, one container per FIP.
-pub fn attach(
-    store: &dyn Store,
-    tenant: &str,
-    ip: &str,
-    container: &str,
-    name: &str,
-) -> Result<()> {
-    loop {
-        let (mut r, rev) = owned(store, tenant, ip)?;
-        if r.container == container {
-            return Ok(());
-        }
-        if !r.container.is_empty() || !r.service.is_empty() {
-            return Err(RuntimeError::Conflict(format!(
-                "floating IP {ip} is already attached; detach it first"
-            )));
-        }
-        if let Some(other) = of_container(store, container)? {
-            return Err(RuntimeError::Conflict(format!(
-                "container {name} already has floating IP {}; a container holds one",
-                other.ip
-            )));
-        }
-        r.container = container.into();
-        if put_if_unchanged(store, &r, rev)? {
-            return Ok(());
-        }
-    }
-}
-
-/// Detaches the FIP of `container`, returning it.
-pub fn detach(store: &dyn Store, container: &str, name: &str) -> Result<Ipv4Addr> {
-    loop {
-        let Some(mut r) = of_container(store, container)? else {
-            return Err(RuntimeError::NotFound(format!(
-                "container {name} has no floating IP"
-            )));
-        };
-        let rev = store
-            .get(&key(r.ip))?
-            .map(|kv| kv.mod_revision)
-            .unwrap_or_default();
-        r.container.clear();
-        if put_if_unchanged(store, &r, rev)? {
-            return Ok(r.ip);
-        }
-    }
-}
-
 pub fn rename(store: &dyn Store, tenant: &str, ip: &str, name: &str) -> Result<()> {
     loop {
         let (mut r, rev) = owned(store, tenant, ip)?;
@@ -228,18 +169,57 @@ pub fn rename(store: &dyn Store, tenant: &str, ip: &str, name: &str) -> Result<(
     }
 }
 
-pub fn of_container(store: &dyn Store, container: &str) -> Result<Option<FipRecord>> {
-    Ok(all(store)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .find(|r| r.container == container))
+/// What a floating IP is attached to: one FIP per holder, one holder per FIP.
+#[derive(Debug, Clone, Copy)]
+pub enum Holder<'a> {
+    Container { id: &'a str, name: &'a str },
+    Service(&'a str),
 }
 
-/// Attaches `ip` to a service (its balancer's address): one FIP per service.
-pub fn attach_service(store: &dyn Store, tenant: &str, ip: &str, service: &str) -> Result<()> {
+impl Holder<'_> {
+    fn slot(self, r: &mut FipRecord) -> &mut String {
+        match self {
+            Holder::Container { .. } => &mut r.container,
+            Holder::Service(_) => &mut r.service,
+        }
+    }
+
+    fn holds(self, r: &FipRecord) -> bool {
+        match self {
+            Holder::Container { id, .. } => r.container == id,
+            Holder::Service(name) => r.service == name,
+        }
+    }
+
+    fn key(self) -> String {
+        match self {
+            Holder::Container { id, .. } => id.to_string(),
+            Holder::Service(name) => name.to_string(),
+        }
+    }
+
+    fn already_has(self, ip: Ipv4Addr) -> String {
+        match self {
+            Holder::Container { name, .. } => {
+                format!("container {name} already has floating IP {ip}; a container holds one")
+            }
+            Holder::Service(name) => format!("service {name} already has floating IP {ip}"),
+        }
+    }
+}
+
+/// The tenant's FIP attached to `holder`, with its record's revision.
+fn held_by(store: &dyn Store, tenant: &str, holder: Holder) -> Result<Option<(FipRecord, u64)>> {
+    Ok(all(store)?
+        .into_iter()
+        .find(|(r, _)| r.tenant == tenant && holder.holds(r)))
+}
+
+/// Attaches `ip` to `holder`.
+pub fn attach(store: &dyn Store, tenant: &str, ip: &str, holder: Holder) -> Result<()> {
     loop {
         let (mut r, rev) = owned(store, tenant, ip)?;
-        if r.service == service {
+        if holder.holds(&r) {
             return Ok(());
         }
         if !r.container.is_empty() || !r.service.is_empty() {
@@ -247,36 +227,23 @@ pub fn attach_service(store: &dyn Store, tenant: &str, ip: &str, service: &str) 
                 "floating IP {ip} is already attached; detach it first"
             )));
         }
-        if let Some(other) = list(store, tenant)?
-            .into_iter()
-            .find(|f| f.service == service)
-        {
-            return Err(RuntimeError::Conflict(format!(
-                "service {service} already has floating IP {}",
-                other.ip
-            )));
+        if let Some((other, _)) = held_by(store, tenant, holder)? {
+            return Err(RuntimeError::Conflict(holder.already_has(other.ip)));
         }
-        r.service = service.into();
+        *holder.slot(&mut r) = holder.key();
         if put_if_unchanged(store, &r, rev)? {
             return Ok(());
         }
     }
 }
 
-/// Detaches the service's FIP, if it has one.
-pub fn detach_service(store: &dyn Store, tenant: &str, service: &str) -> Result<Option<Ipv4Addr>> {
+/// Detaches the FIP of `holder`, returning it (`None`: it had none).
+pub fn detach(store: &dyn Store, tenant: &str, holder: Holder) -> Result<Option<Ipv4Addr>> {
     loop {
-        let Some(mut r) = list(store, tenant)?
-            .into_iter()
-            .find(|f| f.service == service)
-        else {
+        let Some((mut r, rev)) = held_by(store, tenant, holder)? else {
             return Ok(None);
         };
-        let rev = store
-            .get(&key(r.ip))?
-            .map(|kv| kv.mod_revision)
-            .unwrap_or_default();
-        r.service.clear();
+        holder.slot(&mut r).clear();
         if put_if_unchanged(store, &r, rev)? {
             return Ok(Some(r.ip));
         }

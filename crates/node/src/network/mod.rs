@@ -296,9 +296,7 @@ impl Networks {
             }
             records::release_ip(self.store(), &c.tenant, &ep.network_id, ep.ip)?;
         }
-        if fips::of_container(self.store(), &c.id)?.is_some() {
-            fips::detach(self.store(), &c.id, &c.name)?;
-        }
+        fips::detach(self.store(), &c.tenant, container_holder(c))?;
         Ok(())
     }
 
@@ -407,22 +405,20 @@ impl Networks {
                 c.name
             )));
         }
-        fips::attach(self.store(), &c.tenant, ip, &c.id, &c.name)?;
+        fips::attach(self.store(), &c.tenant, ip, container_holder(c))?;
         self.after_fip_change(&c.tenant, &c.id)
     }
 
     pub fn fip_detach(&self, c: &Container) -> Result<Ipv4Addr> {
-        let ip = fips::detach(self.store(), &c.id, &c.name)?;
+        let ip = fips::detach(self.store(), &c.tenant, container_holder(c))?.ok_or_else(|| {
+            RuntimeError::NotFound(format!("container {} has no floating IP", c.name))
+        })?;
         self.after_fip_change(&c.tenant, &c.id)?;
         Ok(ip)
     }
 
     pub fn fip_rename(&self, tenant: &str, ip: &str, name: &str) -> Result<()> {
         fips::rename(self.store(), tenant, ip, name)
-    }
-
-    pub fn fip_of(&self, container: &str) -> Result<Option<Ipv4Addr>> {
-        Ok(fips::of_container(self.store(), container)?.map(|r| r.ip))
     }
 
     /// Re-applies the rules and forgets the container's tracked connections, so a detached or
@@ -519,24 +515,28 @@ impl Networks {
 
     /// The tenant balancer's last health report.
     pub fn lb_status(&self, tenant: &str) -> Result<lb::Status> {
-        let Some((_, index)) = records::tenants_with_transit(self.store())?
-            .into_iter()
-            .find(|(t, _)| t == tenant)
-        else {
+        let Some(index) = self.existing_transit(tenant)? else {
             return Ok(lb::Status::default());
         };
         Ok(lb::status(&self.cfg.lb_binary, &self.tenant_dir(index)))
     }
 
     pub fn fip_attach_service(&self, tenant: &str, ip: &str, service: &str) -> Result<()> {
-        fips::attach_service(self.store(), tenant, ip, service)?;
+        fips::attach(self.store(), tenant, ip, fips::Holder::Service(service))?;
         self.sync_tenant(tenant, &[])
     }
 
     pub fn fip_detach_service(&self, tenant: &str, service: &str) -> Result<Option<Ipv4Addr>> {
-        let ip = fips::detach_service(self.store(), tenant, service)?;
+        let ip = fips::detach(self.store(), tenant, fips::Holder::Service(service))?;
         self.sync_tenant(tenant, &[])?;
         Ok(ip)
+    }
+
+    /// The tenant's transit index, when its namespace exists (or should).
+    fn existing_transit(&self, tenant: &str) -> Result<Option<u32>> {
+        Ok(records::tenants_with_transit(self.store())?
+            .into_iter()
+            .find_map(|(t, index)| (t == tenant).then_some(index)))
     }
 
     fn tenant_dir(&self, index: u32) -> PathBuf {
@@ -639,13 +639,11 @@ impl Networks {
         let containers = self.containers(tenant)?;
         let services = self.services(tenant)?;
         let in_use = containers.iter().any(|c| c.endpoint.is_some()) || !services.is_empty();
-        let has_transit = records::tenants_with_transit(self.store())?
-            .iter()
-            .any(|(t, _)| t == tenant);
-        if !in_use && !has_transit {
-            return Ok(());
-        }
-        let index = records::transit_index(self.store(), tenant, self.transit_slots())?;
+        let index = match self.existing_transit(tenant)? {
+            Some(index) => index,
+            None if !in_use => return Ok(()),
+            None => records::transit_index(self.store(), tenant, self.transit_slots())?,
+        };
         let model = self.tenant_model(tenant, index)?;
         let dir = self.tenant_dir(index);
         if !in_use {
@@ -725,6 +723,13 @@ impl Networks {
             }
             self.sync_node_locked()
         })
+    }
+}
+
+fn container_holder(c: &Container) -> fips::Holder<'_> {
+    fips::Holder::Container {
+        id: &c.id,
+        name: &c.name,
     }
 }
 
