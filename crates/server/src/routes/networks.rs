@@ -155,32 +155,51 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The container a connect or disconnect request names, the network it names, and whether the
+/// container is on that network.
+async fn membership(
+    app: &AppState,
+    tenant: &str,
+    network: String,
+    body: &[u8],
+    what: &str,
+) -> ApiResult<(node::model::Container, NetworkRecord, bool)> {
+    let raw: Value = super::json_body(body, what)?;
+    let c = app
+        .runtime
+        .get(tenant, raw["Container"].as_str().unwrap_or(""))?;
+    let t = tenant.to_string();
+    let n = app
+        .runtime
+        .with_networks(move |n| n.find_network(&t, &network))
+        .await?;
+    let on_it = c.endpoint.as_ref().is_some_and(|ep| ep.network_id == n.id);
+    Ok((c, n, on_it))
+}
+
 /// A container's network is fixed at create (one VM, one interface): connecting it to the
-/// network it is on is a no-op, anything else is refused with what to do instead.
+/// network it is on is refused as Docker refuses a duplicate endpoint, anything else with what
+/// to do instead.
 pub async fn connect(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let raw: Value = super::json_body(&body, "connect request")?;
-    let container = raw["Container"].as_str().unwrap_or("").to_string();
-    let c = app.runtime.get(&tenant, &container)?;
-    let t = tenant.clone();
-    let n = app
-        .runtime
-        .with_networks(move |n| n.find_network(&t, &id))
-        .await?;
-    match &c.endpoint {
-        Some(ep) if ep.network_id == n.id => Err(ApiError::new(
+    let (c, n, on_it) = membership(&app, &tenant, id, &body, "connect request").await?;
+    if on_it {
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("endpoint with name {} already exists in network {}", c.name, n.name),
-        )),
-        _ => Err(ApiError::not_implemented(format!(
-            "hyper containers have one network interface, chosen at create: recreate {} with --network {}",
-            c.name, n.name
-        ))),
+            format!(
+                "endpoint with name {} already exists in network {}",
+                c.name, n.name
+            ),
+        ));
     }
+    Err(ApiError::not_implemented(format!(
+        "hyper containers have one network interface, chosen at create: recreate {} with --network {}",
+        c.name, n.name
+    )))
 }
 
 pub async fn disconnect(
@@ -189,25 +208,18 @@ pub async fn disconnect(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let raw: Value = super::json_body(&body, "disconnect request")?;
-    let container = raw["Container"].as_str().unwrap_or("").to_string();
-    let c = app.runtime.get(&tenant, &container)?;
-    let t = tenant.clone();
-    let n = app
-        .runtime
-        .with_networks(move |n| n.find_network(&t, &id))
-        .await?;
-    match &c.endpoint {
-        Some(ep) if ep.network_id == n.id => Err(ApiError::not_implemented(format!(
+    let (c, n, on_it) = membership(&app, &tenant, id, &body, "disconnect request").await?;
+    if on_it {
+        return Err(ApiError::not_implemented(format!(
             "hyper containers keep their network interface for life: remove {} instead",
             c.name
-        ))),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "container {} is not connected to network {}",
-                c.name, n.name
-            ),
-        )),
+        )));
     }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "container {} is not connected to network {}",
+            c.name, n.name
+        ),
+    ))
 }
