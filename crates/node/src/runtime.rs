@@ -1260,8 +1260,7 @@ async fn wait_for_supervisor_exit(dir: &Path) {
         kill_orphaned_vm(dir);
         return;
     };
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = || unsafe { libc::kill(pid, 0) } == 0;
+    let alive = || process_running(pid);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while alive() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1272,6 +1271,20 @@ async fn wait_for_supervisor_exit(dir: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     kill_orphaned_vm(dir);
+}
+
+/// Whether `pid` exists and has not exited. A daemonized supervisor is re-parented to init, and
+/// an init that reaps lazily leaves it a zombie for a second or more after it is done: a zombie
+/// counts as exited (it holds no VM, no disk and no socket).
+fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain any byte.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
+    }
 }
 
 /// QEMU outlives a supervisor killed with SIGKILL: its parent-death signal is cleared when it
@@ -1450,6 +1463,25 @@ fn process_spec(c: &Container) -> ProcessSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_running() {
+        let mut child = std::process::Command::new("sleep").arg("0").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: once it has exited it stays a zombie until `wait`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!process_running(pid), "an exited, unreaped child counts as exited");
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "it is still a zombie"
+        );
+        child.wait().unwrap();
+        assert!(process_running(std::process::id() as i32));
+        assert!(!process_running(i32::MAX));
+    }
 
     #[test]
     fn command_merging_follows_docker() {
