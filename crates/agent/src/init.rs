@@ -37,12 +37,25 @@ pub const MODULE_ORDER: &[&str] = &[
 /// Where the initramfs keeps the modules.
 pub const MODULE_DIR: &str = "/lib/modules";
 
+/// One line on the console, stamped with the guest's monotonic clock (seconds, like printk's),
+/// so the steps of a start can be timed from the console.
 macro_rules! log {
     ($($arg:tt)*) => {{
-        eprintln!("hyper-agent: {}", format_args!($($arg)*));
+        eprintln!("hyper-agent: [{:.3}] {}", $crate::init::uptime(), format_args!($($arg)*));
     }};
 }
 pub(crate) use log;
+
+/// CLOCK_MONOTONIC in seconds.
+pub fn uptime() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
 
 /// Order the .ko files found in the module dir: the known ones in [`MODULE_ORDER`], then any
 /// others by name (so the initramfs can carry extra modules without an agent change).
@@ -229,25 +242,6 @@ pub fn init_pid1() {
     }
 }
 
-/// Modules loaded only when `Start` arrives, not at boot. virtio_blk is one: a guest restored
-/// from a VM template must not have probed the template's placeholder disk (its capacity and the
-/// first blocks read by the partition scan would be cached and stale), so the block driver binds
-/// to the virtio-mmio slot only once the container's own disk sits behind it. Cold boots do the
-/// same, so both paths run one code path.
-pub const DEFERRED_MODULES: &[&str] = &["virtio_blk"];
-
-/// Open descriptors of the deferred modules: the initramfs is emptied at boot (switch_root),
-/// the open file keeps each module's bytes.
-static DEFERRED: std::sync::Mutex<Vec<(String, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
-
-/// Load the deferred modules (once; later calls find nothing left to load).
-pub fn load_deferred_modules() {
-    let mods: Vec<_> = DEFERRED.lock().unwrap().drain(..).collect();
-    for (name, f) in mods {
-        finit_module(&name, &f);
-    }
-}
-
 fn finit_module(name: &str, f: &std::fs::File) {
     let params = c"";
     // SAFETY: finit_module with a valid fd and a NUL-terminated empty parameter string.
@@ -261,7 +255,6 @@ fn finit_module(name: &str, f: &std::fs::File) {
 }
 
 /// Load every module in `dir` in [`module_load_order`] with finit_module; EEXIST is fine.
-/// [`DEFERRED_MODULES`] are opened and kept for [`load_deferred_modules`].
 pub fn load_modules(dir: &Path) {
     let found: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
@@ -282,10 +275,6 @@ pub fn load_modules(dir: &Path) {
                 continue;
             }
         };
-        if DEFERRED_MODULES.contains(&name.trim_end_matches(".ko")) {
-            DEFERRED.lock().unwrap().push((name, f));
-            continue;
-        }
         finit_module(&name, &f);
     }
 }

@@ -313,6 +313,7 @@ fn start_stream(
     tokio::spawn(async move {
         let oom_before = process::oom_kills();
         let res = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
             if let Some(target) = rootfs {
                 let failed = |e: &dyn std::error::Error| process::SpawnError {
                     message: error_chain(e),
@@ -321,7 +322,14 @@ fn start_stream(
                 network::setup(target.network.as_ref()).map_err(|e| failed(&e))?;
                 rootfs::prepare(&target).map_err(|e| failed(&e))?;
             }
-            process::spawn(&spec, target)
+            let t1 = t0.elapsed();
+            let r = process::spawn(&spec, target);
+            log!(
+                "stream {stream}: set-up {} ms, spawn {} ms",
+                t1.as_millis(),
+                (t0.elapsed() - t1).as_millis()
+            );
+            r
         })
         .await;
         let sp = match res {

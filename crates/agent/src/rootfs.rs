@@ -1,6 +1,8 @@
-//! Preparing the container's root filesystem when `Start` arrives (never before: VM templates
-//! boot without a disk of their own): mount the ext4 root disk, grow it to the device, set the
-//! hostname and the files that carry it and the network (`/etc/hosts`, `/etc/resolv.conf`).
+//! Preparing the container's root filesystem when `Start` arrives (never before: a VM restored
+//! from a template has the container's disk behind the slot only from then on): drop what the
+//! block layer cached of the device, mount the ext4 root disk, grow it to the device if it is
+//! smaller, set the hostname and the files that carry it and the network (`/etc/hosts`,
+//! `/etc/resolv.conf`).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -22,11 +24,15 @@ pub enum RootfsError {
     NoDevice(String),
     #[error("mount {0} on {ROOTFS}")]
     Mount(String, #[source] nix::Error),
+    #[error("dropping the cached blocks of {0}")]
+    Flush(String, #[source] std::io::Error),
 }
 
 // EXT4_IOC_RESIZE_FS = _IOW('f', 16, __u64); BLKGETSIZE64 = _IOR(0x12, 114, size_t).
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
+// BLKFLSBUF = _IO(0x12, 97): write back and drop the device's buffer cache.
+nix::ioctl_none!(blk_flsbuf, 0x12, 97);
 
 /// What `Start` says about the container's root.
 pub struct Target {
@@ -45,10 +51,6 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     };
     let hostname = t.hostname.as_str();
     let t0 = Instant::now();
-    // The block driver binds only now, to the disk that is this container's (see
-    // `init::DEFERRED_MODULES`).
-    crate::init::load_deferred_modules();
-    let t_driver = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(device).exists() {
         if Instant::now() > deadline {
@@ -56,6 +58,11 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A guest restored from a template probed the template's placeholder (zeros, same size)
+    // at boot: whatever the partition scan read of it is still cached and must not be taken for
+    // the container's blocks.
+    forget_cached_blocks(device).map_err(|e| RootfsError::Flush(device.to_string(), e))?;
+    let t_driver = t0.elapsed();
     let _ = std::fs::create_dir_all(ROOTFS);
     mount(
         Some(device),
@@ -83,7 +90,7 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     }
     write_network_files(root, hostname, t.network.as_ref());
     log!(
-        "root ready in {} ms: driver {} ms, device+mount {} ms, grow {} ms",
+        "root ready in {} ms: device {} ms, mount {} ms, grow {} ms",
         t0.elapsed().as_millis(),
         t_driver.as_millis(),
         (t_mount - t_driver).as_millis(),
@@ -119,18 +126,59 @@ fn write_network_files(root: &Path, hostname: &str, net: Option<&NetConfig>) {
     }
 }
 
-/// Grow the mounted ext4 filesystem to fill its device (online resize).
+fn forget_cached_blocks(device: &str) -> std::io::Result<()> {
+    let dev = std::fs::File::open(device)?;
+    // SAFETY: BLKFLSBUF takes no argument.
+    unsafe { blk_flsbuf(dev.as_raw_fd()) }?;
+    Ok(())
+}
+
+/// Grow the mounted ext4 filesystem to fill its device (online resize), unless it already does
+/// (images' disks are built at the root disk's size; older ones may be smaller).
 fn grow(device: &str) -> std::io::Result<()> {
     let dev = std::fs::File::open(device)?;
     let mut bytes: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
     unsafe { blk_getsize64(dev.as_raw_fd(), &mut bytes) }?;
-    let st = nix::sys::statvfs::statvfs(ROOTFS)?;
-    let bsize = st.block_size().max(1024);
+    let mut sb = [0u8; 1024];
+    std::os::unix::fs::FileExt::read_exact_at(&dev, &mut sb, 1024)?;
+    let (current, bsize) = ext4_blocks(&sb);
     let blocks: u64 = bytes / bsize;
+    if blocks <= current {
+        return Ok(());
+    }
     let dir = std::fs::File::open(ROOTFS)?;
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 through the pointer.
     unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }?;
-    log!("root filesystem {device}: {blocks} blocks of {bsize}");
+    log!("root filesystem {device}: grown from {current} to {blocks} blocks of {bsize}");
     Ok(())
+}
+
+/// Block count and block size from an ext4 superblock (the 1024 bytes at offset 1024).
+fn ext4_blocks(sb: &[u8; 1024]) -> (u64, u64) {
+    let u32_at = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().expect("4 bytes"));
+    const INCOMPAT_64BIT: u32 = 0x80;
+    let hi = if u32_at(0x60) & INCOMPAT_64BIT != 0 {
+        u64::from(u32_at(0x150))
+    } else {
+        0
+    };
+    let bsize = 1024u64 << u32_at(0x18).min(6);
+    (hi << 32 | u64::from(u32_at(0x4)), bsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_block_count() {
+        let mut sb = [0u8; 1024];
+        sb[0x4..0x8].copy_from_slice(&2_621_440u32.to_le_bytes());
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(ext4_blocks(&sb), (2_621_440, 4096));
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ext4_blocks(&sb), ((1 << 32) + 2_621_440, 4096));
+    }
 }

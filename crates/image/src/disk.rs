@@ -40,23 +40,30 @@ pub(crate) fn usage(root: &Path) -> Result<TreeUsage> {
     Ok(u)
 }
 
-/// Disk size for a tree: content * 1.3 + 64 MiB, rounded up to a MiB.
+/// The size of every container's root disk (the qcow2 overlay's virtual size, 10 GiB).
+pub const ROOT_DISK_SIZE: u64 = 10 << 30;
+
+/// Disk size for a tree: the root disk's size, or content * 1.3 + 64 MiB (rounded up to a MiB)
+/// for a tree too big for it. A filesystem that already fills the overlay needs no online grow
+/// when a container starts, and a sparse file costs only what is written.
 pub(crate) fn disk_size(content: u64) -> u64 {
-    (content + content * 3 / 10 + 64 * MIB).div_ceil(MIB) * MIB
+    ((content + content * 3 / 10 + 64 * MIB).div_ceil(MIB) * MIB).max(ROOT_DISK_SIZE)
 }
 
 /// Makes an ext4 filesystem at `disk` (which must not exist) holding the tree at `tree`.
 pub(crate) fn mkfs(tree: &Path, disk: &Path) -> Result<()> {
     let u = usage(tree)?;
     let size = disk_size(u.bytes);
-    // Room for the container to create files too.
-    let inodes = (u.inodes * 2).max(16384);
+    // Room for the container to create files too: ext4's usual one inode per 16 KiB, or
+    // twice the tree's if it has more.
+    let inodes = (u.inodes * 2).max(size / 16384);
     let f = fs::File::create_new(disk).ctx(|| format!("creating {}", disk.display()))?;
     f.set_len(size)
         .ctx(|| format!("sizing {}", disk.display()))?;
     drop(f);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-N", &inodes.to_string(), "-d"])
+        .args(["-q", "-F", "-b", "4096", "-J", "size=32"])
+        .args(["-N", &inodes.to_string(), "-d"])
         .arg(tree)
         .args(["-L", "hyper-root"])
         .arg(disk)
@@ -86,8 +93,8 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(disk_size(0), 64 * MIB);
-        assert_eq!(disk_size(10 * MIB), 77 * MIB);
-        assert_eq!(disk_size(1), 65 * MIB);
+        assert_eq!(disk_size(0), ROOT_DISK_SIZE);
+        assert_eq!(disk_size(10 * MIB), ROOT_DISK_SIZE);
+        assert_eq!(disk_size(10 << 30), (13 << 30) + 64 * MIB);
     }
 }

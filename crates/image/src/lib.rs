@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use disk::ROOT_DISK_SIZE;
 use error::IoContext;
 pub use error::{ImageError, Result};
 

@@ -28,6 +28,9 @@ use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::{sizes, validate, Result, RuntimeError};
 
 /// A restart policy applies only to a container that ran at least this long (Hyper's rule).
+// An image's ext4 fills the root disk slot, so a container's start needs no online grow.
+const _: () = assert!(image::ROOT_DISK_SIZE == vm::ROOT_DISK_BYTES);
+
 const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 #[derive(Debug, Clone)]
@@ -454,7 +457,7 @@ impl Runtime {
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&disk)
             .arg(dir.join("root.qcow2"))
-            .arg("10G")
+            .arg(vm::ROOT_DISK_BYTES.to_string())
             .output()
             .await
             .map_err(RuntimeError::io("run qemu-img (install qemu-utils)"))?;
@@ -1466,14 +1469,20 @@ mod tests {
 
     #[test]
     fn a_zombie_is_not_running() {
-        let mut child = std::process::Command::new("sleep").arg("0").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         // Not reaped yet: once it has exited it stays a zombie until `wait`.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while process_running(pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(!process_running(pid), "an exited, unreaped child counts as exited");
+        assert!(
+            !process_running(pid),
+            "an exited, unreaped child counts as exited"
+        );
         assert!(
             std::fs::metadata(format!("/proc/{pid}")).is_ok(),
             "it is still a zombie"

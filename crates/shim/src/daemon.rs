@@ -502,7 +502,8 @@ async fn restore_from_template(
     let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
     // The root disk twice, read-only and read-write, for QEMU's fd set (see `Boot::Restore`).
     // Opened with O_CLOEXEC; `bring_up` lets exactly these two through to QEMU.
-    let ro = std::fs::File::open(&spec.root_disk).context("opening the root disk")?;
+    let mut ro = std::fs::File::open(&spec.root_disk).context("opening the root disk")?;
+    crate::template::check_root_disk(&mut ro)?;
     let rw = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

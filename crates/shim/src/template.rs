@@ -43,16 +43,17 @@ use vm::{Accel, Boot, Hypervisor, Qemu, Qmp, VmConfig};
 
 use crate::Spec;
 
-/// Bumped whenever the device layout or the template format changes (2: the NIC).
-pub const LAYOUT_VERSION: u32 = 2;
+/// Bumped whenever the device layout or the template format changes (2: the NIC; 3: the block
+/// driver probes a placeholder of the root disk's size at boot).
+pub const LAYOUT_VERSION: u32 = 3;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.
 pub const STATE: &str = "state";
 /// Description of a template, written last (its presence marks a complete template).
 pub const META: &str = "meta.json";
-/// The template VM's placeholder root disk (never read by the guest: the block driver loads only
-/// at `Start`).
+/// The path the template VM's configuration names for its root disk; its slot holds a null
+/// device of [`vm::ROOT_DISK_BYTES`] instead.
 const DISK: &str = "disk.qcow2";
 
 /// `TEMPLATES/<key>/meta.json`.
@@ -365,24 +366,8 @@ fn build(spec: &Spec, templates: &Path, mut meta: Meta) -> Result<Template> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = (|| -> Result<()> {
+        // Never opened: the template's root slot holds a null device (see `vm::Qemu`).
         let disk = dir.join(DISK);
-        let qemu_img = spec.qemu.with_file_name("qemu-img");
-        let out = std::process::Command::new(if qemu_img.exists() {
-            qemu_img.as_path()
-        } else {
-            Path::new("qemu-img")
-        })
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("1G")
-        .output()
-        .context("running qemu-img")?;
-        if !out.status.success() {
-            bail!(
-                "qemu-img create: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
         let ram = dir.join(RAM);
         File::create(&ram)?.set_len(spec.memory_mib << 20)?;
         // The same NIC as every container's (tap, vnet_hdr), so the device state fits their
@@ -529,6 +514,26 @@ fn wait_agent_idle(sock: &Path, timeout: Duration, vm: &mut Child) -> Result<()>
     drop(s);
     // The agent's reader notices the hang-up within its 50 ms poll.
     std::thread::sleep(Duration::from_millis(150));
+    Ok(())
+}
+
+/// Whether a container's root disk fits the template's slot: its guest probed a disk of
+/// [`vm::ROOT_DISK_BYTES`] when the template was made and keeps that capacity, so an overlay of
+/// another virtual size must boot cold.
+pub fn check_root_disk(disk: &mut File) -> Result<()> {
+    let mut header = [0u8; 32];
+    disk.read_exact(&mut header)
+        .context("reading the root disk's qcow2 header")?;
+    if &header[..4] != b"QFI\xfb" {
+        bail!("the root disk is not a qcow2 image");
+    }
+    let size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
+    if size != vm::ROOT_DISK_BYTES {
+        bail!(
+            "the root disk's size ({size} bytes) is not the template's ({} bytes)",
+            vm::ROOT_DISK_BYTES
+        );
+    }
     Ok(())
 }
 

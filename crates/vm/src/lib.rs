@@ -94,6 +94,11 @@ impl VmConfig {
     }
 }
 
+/// Capacity of the root disk slot: every container's overlay has this virtual size, and so has
+/// a template's placeholder, so a guest restored from a template has probed a disk of the very
+/// size it will find behind the slot (the guest's block driver binds at boot).
+pub const ROOT_DISK_BYTES: u64 = 10 << 30;
+
 /// How a VM comes up. The device layout is the same in all three, which is what lets a
 /// template's device state be loaded behind another container's disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -200,13 +200,17 @@ impl Hypervisor for Qemu {
                 crate::AGENT_PORT_NAME
             ),
         ]);
-        // 3. root disk. The template VM's slot holds a null device: its guest never loads the
-        //    block driver (that happens at Start), and a file there would have to be reopened
-        //    read-only when migration inactivates it, which a chrooted QEMU cannot do.
+        // 3. root disk. The template VM's slot holds a null device of the root disk's size that
+        //    reads zeros: its guest probes it at boot (no partitions) and drops whatever it read
+        //    when a container's Start comes (see the agent's rootfs). A file there would have to
+        //    be reopened read-only when migration inactivates it, which a chrooted QEMU cannot do.
         if matches!(boot, Boot::TemplateSave { .. }) {
             push(&[
                 "-drive",
-                "id=root,driver=null-co,read-zeroes=on,size=1G,if=none",
+                &format!(
+                    "id=root,driver=null-co,read-zeroes=on,size={},if=none",
+                    crate::ROOT_DISK_BYTES
+                ),
             ]);
         } else if let Boot::Restore {
             root_fds: Some([ro, rw]),
