@@ -376,12 +376,23 @@ pub enum HostMsg {
     Stats { req_id: u64 },
     /// sync() and power off the VM.
     Shutdown,
+    /// To a standby VM, before any container has it: walk the path of a `Start` once on the
+    /// standby's scratch disk (identity, `lo`, mount, spawn `process` in its own namespaces,
+    /// wait for it, unmount), leaving nothing behind, so that the guest code a real `Start`
+    /// runs is warm (under TCG a first run of any code costs its translation). Answered with
+    /// `Rehearsed`.
+    Rehearse {
+        process: ProcessSpec,
+        root_device: String,
+    },
 }
 
 /// Guest -> host control messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GuestMsg {
+    /// A `Rehearse` is over: `error` is empty when every step worked.
+    Rehearsed { millis: u64, error: String },
     /// The agent has loaded its modules and opened the port (also the reply to `Hello`).
     Ready {
         version: u32,

@@ -13,6 +13,7 @@ mod lookup;
 mod network;
 mod port;
 mod process;
+mod rehearse;
 mod rootfs;
 mod session;
 mod top;
@@ -282,6 +283,33 @@ fn handle(
                     online_cpus: s.online_cpus,
                     pids: s.pids,
                 }));
+            });
+        }
+        HostMsg::Rehearse {
+            process,
+            root_device,
+        } => {
+            if *started {
+                reply(GuestMsg::Rehearsed {
+                    millis: 0,
+                    error: "a container has started here".into(),
+                });
+                return;
+            }
+            // Through a blocking thread, as `Start` goes.
+            let out = out.clone();
+            tokio::spawn(async move {
+                let r = tokio::task::spawn_blocking(move || rehearse::run(&process, &root_device))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                let msg = match r {
+                    Ok(millis) => GuestMsg::Rehearsed {
+                        millis,
+                        error: String::new(),
+                    },
+                    Err(error) => GuestMsg::Rehearsed { millis: 0, error },
+                };
+                let _ = out.send(Frame::guest(&msg));
             });
         }
         HostMsg::Shutdown => unreachable!("handled by the loop"),

@@ -69,6 +69,10 @@ struct DaemonArgs {
     /// Where VM templates are kept (default DATA/templates).
     #[arg(long)]
     template_dir: Option<PathBuf>,
+    /// VMs of the default size kept restored from the template ahead of time, so a start only
+    /// hands one its disk and NIC (0: restore at each start). Needs templates on.
+    #[arg(long, default_value_t = 2, env = "HYPERD_STANDBY_VMS")]
+    standby_vms: usize,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -384,6 +388,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             template_dir: template_dir.clone(),
+            standby_vms: args.standby_vms,
             net: node::network::NetConfig {
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),
@@ -406,6 +411,8 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .recover()
         .await
         .context("recover containers from the store")?;
+    // Standbys of an earlier hyperd may come from other inputs: new ones follow the template.
+    runtime.drain_standby().await;
     // Services: keep every one at its replica count, from the store.
     tokio::spawn(node::services::reconcile_forever(runtime.clone()));
 
@@ -438,6 +445,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             .trim()
             .to_string(),
     };
+    let state_runtime = state.runtime.clone();
     let app = server::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -458,9 +466,13 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     tracing::info!(accel = host.accel.as_str(), "hyperd ready");
     // The default size's template, built ahead of time so the first `run` restores too.
-    let template_builder = template_dir
-        .as_ref()
-        .map(|dir| tokio::spawn(setup::build_template(template_spec.clone(), dir.clone())));
+    let template_builder = template_dir.as_ref().map(|dir| {
+        let (spec, dir, runtime) = (template_spec.clone(), dir.clone(), state_runtime.clone());
+        tokio::spawn(async move {
+            setup::build_template(spec, dir).await;
+            runtime.fill_standby();
+        })
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -478,6 +490,8 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     for s in servers {
         let _ = s.await;
     }
+    // Standby VMs belong to no container: they go with hyperd.
+    state_runtime.drain_standby().await;
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }

@@ -49,6 +49,8 @@ pub enum TapError {
     BadName(String),
     #[error("a private network namespace has no bridge to enslave tap {0} to")]
     BridgeInPrivateNetns(String),
+    #[error("{0}")]
+    Move(String),
     #[error("{what}")]
     Sys {
         what: String,
@@ -148,6 +150,74 @@ pub fn create(ns: Netns<'_>, spec: &TapSpec<'_>) -> Result<Tap, TapError> {
     })
 }
 
+/// A tap in a private namespace of its own that can later move into another namespace (a
+/// standby VM's NIC, moved into the tenant's namespace when a container claims the VM). The
+/// namespace's descriptor is kept to reach the tap there.
+#[derive(Debug)]
+pub struct PrivateTap {
+    pub tap: Tap,
+    netns: File,
+}
+
+/// Like [`create`] in [`Netns::Private`], keeping the namespace reachable.
+pub fn create_private(spec: &TapSpec<'_>) -> Result<PrivateTap, TapError> {
+    check_name(spec.name)?;
+    if spec.bridge.is_some() {
+        return Err(TapError::BridgeInPrivateNetns(spec.name.to_string()));
+    }
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            enter(None)?;
+            let tap = open_configured(spec)?;
+            let netns = File::open("/proc/thread-self/ns/net")
+                .map_err(sys("opening the private network namespace"))?;
+            Ok(PrivateTap { tap, netns })
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+impl PrivateTap {
+    /// Move the tap into the namespace at `ns`, renamed to `spec.name`, and set it up there as
+    /// [`create`] does (MTU, MAC, bridge, up). The descriptor (and so the hypervisor's) stays
+    /// the same: the device moves, not the file.
+    pub fn move_to(self, ns: &Path, spec: &TapSpec<'_>) -> Result<Tap, TapError> {
+        check_name(spec.name)?;
+        if let Some(b) = spec.bridge {
+            check_name(b)?;
+        }
+        let target =
+            File::open(ns).map_err(sys(format!("opening network namespace {}", ns.display())))?;
+        let old = self.tap.name.clone();
+        // `ip` in the private namespace; it opens the target namespace by path.
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["link", "set", "dev", &old, "netns"])
+            .arg(ns)
+            .args(["name", spec.name]);
+        let private = format!("/proc/self/fd/{}", self.netns.as_raw_fd());
+        let moved = crate::exec::command_in_netns(Path::new(&private), &mut cmd)
+            .and_then(|cmd| crate::exec::run(&format!("moving tap {old}"), cmd, None));
+        if let Err(e) = moved {
+            return Err(TapError::Move(e.to_string()));
+        }
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                enter(Some(&target))?;
+                configure(spec)
+            });
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        Ok(Tap {
+            name: spec.name.to_string(),
+            fd: self.tap.fd,
+        })
+    }
+}
+
 /// Move the calling thread into `ns`, or into a new namespace when `None`.
 fn enter(ns: Option<&File>) -> Result<(), TapError> {
     use nix::sched::CloneFlags;
@@ -203,6 +273,16 @@ fn open_configured(spec: &TapSpec<'_>) -> Result<Tap, TapError> {
     ioctl(tun.as_raw_fd(), libc::TUNSETIFF as _, &mut r, || {
         format!("creating tap {name} (TUNSETIFF)")
     })?;
+    configure(spec)?;
+    Ok(Tap {
+        name: name.to_string(),
+        fd: tun.into(),
+    })
+}
+
+/// Set up the existing tap `spec.name` in the calling thread's namespace.
+fn configure(spec: &TapSpec<'_>) -> Result<(), TapError> {
+    let name = spec.name;
     let ctl = control_socket()?;
     let ctl = ctl.as_raw_fd();
     if let Some(mac) = spec.host_mac {
@@ -244,10 +324,6 @@ fn open_configured(spec: &TapSpec<'_>) -> Result<Tap, TapError> {
     unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     ioctl(ctl, libc::SIOCSIFFLAGS, &mut r, || {
         format!("bringing tap {name} up")
-    })?;
-    Ok(Tap {
-        name: name.to_string(),
-        fd: tun.into(),
     })
 }
 

@@ -12,6 +12,7 @@ mod runtime;
 pub mod services;
 pub mod shim_link;
 pub mod sizes;
+pub mod standby;
 pub mod validate;
 
 pub use runtime::{ExecConfig, ExecInfo, Runtime, RuntimeConfig, WaitCondition};

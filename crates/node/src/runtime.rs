@@ -25,6 +25,7 @@ use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
 use crate::network::{NetConfig, Networks};
 use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
+use crate::standby::StandbyPool;
 use crate::{sizes, validate, Result, RuntimeError};
 
 /// A restart policy applies only to a container that ran at least this long (Hyper's rule).
@@ -50,6 +51,8 @@ pub struct RuntimeConfig {
     /// (the shim builds one when missing and boots cold when it cannot restore); `None` always
     /// boots cold.
     pub template_dir: Option<PathBuf>,
+    /// Standby VMs of the default size to keep restored ahead of time (with templates only).
+    pub standby_vms: usize,
     pub net: NetConfig,
 }
 
@@ -128,6 +131,7 @@ pub struct Runtime {
     pub meter: Meter,
     pub events: EventBus,
     pub networks: Arc<Networks>,
+    pub standby: Option<Arc<StandbyPool>>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
 }
@@ -150,9 +154,19 @@ impl Runtime {
     pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
         let meter = Meter::new(store.clone());
         let networks = Arc::new(Networks::new(store.clone(), cfg.net.clone()));
+        let standby = (cfg.template_dir.is_some() && cfg.standby_vms > 0).then(|| {
+            let size = sizes::lookup(sizes::DEFAULT_SIZE).expect("the default size exists");
+            Arc::new(StandbyPool::new(
+                &cfg.data_root,
+                cfg.shim_binary.clone(),
+                vm_spec(&cfg, size),
+                cfg.standby_vms,
+            ))
+        });
         Arc::new(Self {
             cfg,
             networks,
+            standby,
             store,
             images,
             meter,
@@ -160,6 +174,21 @@ impl Runtime {
             entries: Mutex::default(),
             execs: Mutex::default(),
         })
+    }
+
+    /// Refill the standby pool in the background (a no-op without one).
+    pub fn fill_standby(&self) {
+        if let Some(pool) = &self.standby {
+            pool.fill();
+        }
+    }
+
+    /// Stop every standby VM (at hyperd's start and stop: they belong to no container).
+    pub async fn drain_standby(&self) {
+        if let Some(pool) = &self.standby {
+            pool.forget();
+        }
+        crate::standby::drain(&self.cfg.data_root).await;
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -518,22 +547,11 @@ impl Runtime {
         merge_env(&mut process.env, &link_env);
         let spec = ShimSpec {
             id: c.id.clone(),
-            qemu: self.cfg.qemu.clone(),
-            accel: self.cfg.accel.clone(),
-            kernel: self.cfg.kernel.clone(),
-            initrd: self.cfg.initrd.clone(),
-            kernel_cmdline_extra: self.cfg.kernel_cmdline_extra.clone(),
-            vcpus: size.vcpus,
-            memory_mib: size.vm_memory_mib(),
             root_disk: dir.join("root.qcow2"),
-            run_as: self.cfg.run_as.clone(),
-            boot_timeout_secs: self.cfg.boot_timeout_secs,
-            log_max_bytes: self.cfg.log_max_bytes,
-            log_max_files: self.cfg.log_max_files,
             hostname: c.config.hostname.clone(),
             process,
-            template_dir: self.cfg.template_dir.clone(),
             network,
+            ..vm_spec(&self.cfg, size)
         };
         std::fs::write(
             dir.join("spec.json"),
@@ -541,7 +559,7 @@ impl Runtime {
         )
         .map_err(RuntimeError::io("write spec.json"))?;
 
-        if let Err(e) = self.launch_shim(&dir).await {
+        if let Err(e) = self.bring_up_vm(&spec, &dir).await {
             self.record_start_failure(entry, &e.to_string(), 128);
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
@@ -574,6 +592,26 @@ impl Runtime {
         self.events
             .emit(&c.tenant, Event::container(&c, "start", &[]));
         Ok(c)
+    }
+
+    /// A supervisor and its VM for the container in `dir`: a standby claimed when one fits,
+    /// else a new one (restored from the template or booted cold).
+    async fn bring_up_vm(&self, spec: &ShimSpec, dir: &Path) -> Result<()> {
+        let Some(pool) = &self.standby else {
+            return self.launch_shim(dir).await;
+        };
+        let up = {
+            let _starting = pool.starting();
+            match pool.take(spec) {
+                Some(standby) => match pool.claim(&standby, dir).await {
+                    Ok(()) => Ok(()),
+                    Err(_) => self.launch_shim(dir).await,
+                },
+                None => self.launch_shim(dir).await,
+            }
+        };
+        pool.fill();
+        up
     }
 
     async fn launch_shim(&self, dir: &Path) -> Result<()> {
@@ -1255,7 +1293,7 @@ impl Runtime {
 
 /// The supervisor powers the VM off after it reports the exit; removing the directory before
 /// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
-async fn wait_for_supervisor_exit(dir: &Path) {
+pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
     let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
@@ -1274,6 +1312,30 @@ async fn wait_for_supervisor_exit(dir: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     kill_orphaned_vm(dir);
+}
+
+/// The VM part of a container's supervisor spec for `size` (no disk, process or network).
+fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
+    ShimSpec {
+        id: String::new(),
+        qemu: cfg.qemu.clone(),
+        accel: cfg.accel.clone(),
+        kernel: cfg.kernel.clone(),
+        initrd: cfg.initrd.clone(),
+        kernel_cmdline_extra: cfg.kernel_cmdline_extra.clone(),
+        vcpus: size.vcpus,
+        memory_mib: size.vm_memory_mib(),
+        root_disk: PathBuf::new(),
+        run_as: cfg.run_as.clone(),
+        boot_timeout_secs: cfg.boot_timeout_secs,
+        log_max_bytes: cfg.log_max_bytes,
+        log_max_files: cfg.log_max_files,
+        hostname: String::new(),
+        process: ProcessSpec::default(),
+        template_dir: cfg.template_dir.clone(),
+        network: None,
+        standby: false,
+    }
 }
 
 /// Whether `pid` exists and has not exited. A daemonized supervisor is re-parented to init, and
@@ -1304,13 +1366,22 @@ fn kill_orphaned_vm(dir: &Path) {
     }
 }
 
-/// Whether `pid` is a live process whose command line names `dir` (guards against pid reuse).
+/// Whether `pid` is a live process of the container in `dir` (guards against pid reuse): its
+/// command line names `dir`, or its root (QEMU's chroot) or working directory (the
+/// supervisor's) is `dir`. A VM that started as a standby names its standby directory on its
+/// command line, but its root and cwd moved with that directory to `dir`.
 fn runs_in(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let needle = dir.as_os_str().as_encoded_bytes();
-    !cmdline.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+    if cmdline.is_empty() {
+        return false;
+    }
+    cmdline.windows(needle.len()).any(|w| w == needle)
+        || ["root", "cwd"]
+            .iter()
+            .any(|link| std::fs::read_link(format!("/proc/{pid}/{link}")).is_ok_and(|p| p == dir))
 }
 
 /// Hyper's termination protection: while this label is `true`, stop, kill, restart and rm are

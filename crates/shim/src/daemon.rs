@@ -60,6 +60,9 @@ pub fn main(dir: &Path) -> Result<()> {
         nix::unistd::ForkResult::Child => {
             drop(rfd);
             let _ = nix::unistd::setsid();
+            // Where this supervisor works, for whoever looks at /proc/PID/cwd: it follows the
+            // directory when a standby's is moved over a container's.
+            let _ = std::env::set_current_dir(&dir);
             redirect_stdio(&dir);
             close_inherited_fds(std::os::fd::AsRawFd::as_raw_fd(&wfd));
             let ready = std::fs::File::from(wfd);
@@ -253,12 +256,15 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     for f in [paths::SHIM_SOCK, paths::AGENT_SOCK] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let mut state = State {
+    let state = State {
         status: Status::Booting,
         shim_pid,
         ..Default::default()
     };
     state.save(&dir)?;
+    if spec.standby {
+        return standby(dir, spec, state, ready).await;
+    }
 
     // The tap, kept open until the VM is up: a failed restore falls back to a cold boot on the
     // same tap.
@@ -289,6 +295,236 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     };
     // QEMU holds the tap now; the VM's end is the tap's end.
     drop(nic);
+    let listener = UnixListener::bind(dir.join(paths::SHIM_SOCK)).context("binding shim.sock")?;
+    serve(dir, spec, state, up, listener, ready).await
+}
+
+/// A standby VM (see `crate::standby`): restore it, tell the launcher it is up, then wait for a
+/// container to claim it, and serve that container.
+async fn standby(
+    standby_dir: PathBuf,
+    spec: Spec,
+    mut state: State,
+    ready: &mut std::fs::File,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let templates = spec
+        .template_dir
+        .clone()
+        .context("a standby VM needs a template_dir")?;
+    crate::template::kill_build_vm_on_signals();
+    let (s2, dir2) = (spec.clone(), templates.clone());
+    let t = tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
+        .await
+        .map_err(|e| anyhow!("template task: {e}"))??;
+    let nic = crate::nic::StandbyNic::new()?;
+    let scratch = crate::standby::scratch_disk(&spec, &templates, &standby_dir)?;
+    let cfg = crate::template::vm_config(&spec, &standby_dir, &scratch, Some(nic.config()))?;
+    let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
+    // The scratch disk twice for QEMU's fd set, as a container restore passes its root disk.
+    let ro = std::fs::File::open(&scratch).context("opening the scratch disk")?;
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&scratch)
+        .context("opening the scratch disk")?;
+    let boot = Boot::Standby {
+        ram: t.ram(),
+        root_fds: [ro.as_raw_fd(), rw.as_raw_fd()],
+    };
+    let up = bring_up(&cfg, &boot, Some(&t), std::process::id(), limit).await;
+    drop((ro, rw));
+    let mut up = match up {
+        Ok(u) => u,
+        Err(f) => {
+            f.kill().await;
+            bail!(
+                "restoring template {} for a standby VM: {}",
+                t.meta.key,
+                f.what
+            );
+        }
+    };
+    let restored = t0.elapsed().as_secs_f64();
+    match rehearse(&mut up).await {
+        Ok(ms) => slog!(
+            "standby: restored from template {} in {restored:.3}s, rehearsed a start in {ms} ms; waiting for a container",
+            t.meta.key
+        ),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(up.qemu_pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+            bail!("the standby VM's rehearsal failed: {e:#}");
+        }
+    }
+    state.qemu_pid = Some(up.qemu_pid);
+    state.save(&standby_dir)?;
+    let listener =
+        UnixListener::bind(standby_dir.join(paths::SHIM_SOCK)).context("binding shim.sock")?;
+    let _ = ready.write_all(b"ready");
+    *ready = std::fs::File::open("/dev/null")?;
+
+    let kill = |up: &Up| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(up.qemu_pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut gone = up.gone.clone();
+    let mut nic = Some(nic);
+    let (dir, spec) = loop {
+        let mut s = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    slog!("accept: {e}");
+                    continue;
+                }
+            },
+            _ = gone.wait_for(|g| g.is_some()) => {
+                slog!("standby: the VM exited");
+                return Ok(());
+            }
+            _ = term.recv() => {
+                slog!("standby: SIGTERM");
+                kill(&up);
+                return Ok(());
+            }
+        };
+        let line = match crate::client::read_line(&mut s).await {
+            Ok(l) => l,
+            Err(_) => continue,
+        };
+        match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::Claim { dir }) => {
+                let (from, nic) = (standby_dir.clone(), nic.take());
+                let key = t.meta.key.clone();
+                let claimed = tokio::task::spawn_blocking(move || claim(&from, &dir, &key, nic))
+                    .await
+                    .map_err(|e| anyhow!("claim task: {e}"))
+                    .and_then(|r| r);
+                match claimed {
+                    Ok(c) => {
+                        reply(&mut s, &Response::ok()).await?;
+                        break c;
+                    }
+                    Err(e) => {
+                        // Half claimed (a disk attached, a tap moved) is no standby any more.
+                        let msg = format!("{e:#}");
+                        slog!("standby: claim failed: {msg}");
+                        kill(&up);
+                        let _ = reply(&mut s, &Response::err(msg.clone())).await;
+                        bail!("claim failed: {msg}");
+                    }
+                }
+            }
+            Ok(Request::State) => {
+                let _ = reply(&mut s, &Response::with_state(state.clone())).await;
+            }
+            Ok(Request::Shutdown) => {
+                kill(&up);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some()))
+                        .await;
+                let _ = reply(&mut s, &Response::ok()).await;
+                return Ok(());
+            }
+            Ok(_) => {
+                let _ = reply(
+                    &mut s,
+                    &Response::err("a standby VM serves no container yet"),
+                )
+                .await;
+            }
+            Err(e) => {
+                let _ = reply(&mut s, &Response::err(format!("bad request: {e}"))).await;
+            }
+        }
+    };
+    slog!(
+        "standby: claimed by container {} ({})",
+        spec.id,
+        dir.display()
+    );
+    std::fs::write(
+        dir.join(paths::SHIM_PID),
+        format!("{}\n", std::process::id()),
+    )?;
+    serve(dir, spec, state, up, listener, ready).await
+}
+
+/// Have the standby's agent rehearse a start on the scratch disk (see `HostMsg::Rehearse`).
+async fn rehearse(up: &mut Up) -> Result<u64> {
+    let process = agent_proto::ProcessSpec {
+        args: vec![crate::standby::SCRATCH_PROGRAM.to_string()],
+        env: vec!["PATH=/bin".to_string()],
+        cwd: "/".to_string(),
+        user: "root".to_string(),
+        ..Default::default()
+    };
+    agent_proto::write_frame(
+        &mut up.wr,
+        &Frame::host(&HostMsg::Rehearse {
+            process,
+            root_device: "/dev/vda".into(),
+        }),
+    )
+    .await?;
+    let answer = async {
+        loop {
+            let f = agent_proto::read_frame(&mut up.rd).await?;
+            if let Ok(GuestMsg::Rehearsed { millis, error }) = f.guest_msg() {
+                return Ok::<_, std::io::Error>((millis, error));
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), answer).await {
+        Ok(Ok((millis, error))) if error.is_empty() => Ok(millis),
+        Ok(Ok((_, error))) => bail!("{error}"),
+        Ok(Err(e)) => bail!("agent connection: {e}"),
+        Err(_) => bail!("no answer in 30s"),
+    }
+}
+
+/// Give this standby VM to the container in `container_dir`: its disk, its NIC, then the
+/// directory. Anything that fails leaves the container's directory as it was.
+fn claim(
+    standby_dir: &Path,
+    container_dir: &Path,
+    template_key: &str,
+    nic: Option<crate::nic::StandbyNic>,
+) -> Result<(PathBuf, Spec)> {
+    let dir = std::fs::canonicalize(container_dir)
+        .with_context(|| format!("container dir {}", container_dir.display()))?;
+    let spec = Spec::load(&dir).context("reading spec.json")?;
+    let templates = spec
+        .template_dir
+        .clone()
+        .context("the container's spec has no template_dir")?;
+    let want = crate::template::identify(&spec, &templates)?.key;
+    if want != template_key {
+        bail!("the container needs template {want}, this standby VM has {template_key}");
+    }
+    crate::standby::attach_root_disk(&standby_dir.join(vm::QMP_SOCK), &spec.root_disk)?;
+    nic.context("the standby's NIC was already given away")?
+        .claim(&spec)?;
+    crate::standby::move_into(standby_dir, &dir)?;
+    Ok((dir, spec))
+}
+
+/// Serve the container of `spec` in the VM `up` until its main process has exited and the VM
+/// is gone.
+async fn serve(
+    dir: PathBuf,
+    spec: Spec,
+    mut state: State,
+    up: Up,
+    listener: UnixListener,
+    ready: &mut std::fs::File,
+) -> Result<()> {
     let Up {
         qemu_pid,
         gone: gone_rx,
@@ -339,7 +575,6 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     });
     shim.save(&shim.state());
 
-    let listener = UnixListener::bind(dir.join(paths::SHIM_SOCK)).context("binding shim.sock")?;
     let _ = ready.write_all(b"ready");
     // Close the pipe so the launcher exits.
     // SAFETY: replacing our handle with /dev/null closes the original pipe fd exactly once.
@@ -565,7 +800,8 @@ async fn bring_up(
         Boot::Restore {
             root_fds: Some(fds),
             ..
-        } => fds.to_vec(),
+        }
+        | Boot::Standby { root_fds: fds, .. } => fds.to_vec(),
         _ => Vec::new(),
     };
     inherit.extend(cfg.nic.as_ref().map(|n| n.tap_fd));
@@ -589,6 +825,7 @@ async fn bring_up(
     let how = match boot {
         Boot::Cold => "cold boot",
         Boot::Restore { .. } => "restore",
+        Boot::Standby { .. } => "standby",
         Boot::TemplateSave { .. } => "template",
     };
     slog!("qemu pid {qemu_pid} accel {} ({how})", cfg.accel);
@@ -819,7 +1056,7 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
                 None => slog!("agent: {msg:?}"),
             }
         }
-        GuestMsg::Ready { .. } => {}
+        GuestMsg::Ready { .. } | GuestMsg::Rehearsed { .. } => {}
         GuestMsg::Synced => {
             shim.synced.send_replace(true);
         }
@@ -841,6 +1078,13 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
     };
     match req {
         Request::State => reply(&mut s, &Response::with_state(shim.state())).await,
+        Request::Claim { .. } => {
+            reply(
+                &mut s,
+                &Response::err("this VM already belongs to a container"),
+            )
+            .await
+        }
         Request::Start => {
             let r = start(&shim).await;
             reply(&mut s, &r).await

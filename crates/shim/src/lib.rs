@@ -12,6 +12,7 @@ pub mod client;
 pub mod daemon;
 pub mod log;
 pub mod nic;
+pub mod standby;
 pub mod template;
 mod types;
 

@@ -7,7 +7,7 @@
 //! and backend (so template snapshots fit every container), nothing reachable.
 
 use anyhow::{anyhow, Context, Result};
-use net::tap::{self, Netns, Tap, TapSpec};
+use net::tap::{self, Netns, PrivateTap, Tap, TapSpec};
 use sha2::{Digest, Sha256};
 
 use crate::Spec;
@@ -69,6 +69,59 @@ impl Nic {
             tap_fd: self.tap.raw_fd(),
             mac: self.mac.clone(),
         }
+    }
+}
+
+/// A standby VM's NIC: the template's, in a private namespace, until a container claims the VM;
+/// then the tap moves into the container's tenant namespace and onto its bridge (a container
+/// without a network keeps it private). The guest's MAC is the container's from `Start` on.
+#[derive(Debug)]
+pub struct StandbyNic(PrivateTap);
+
+impl StandbyNic {
+    pub fn new() -> Result<StandbyNic> {
+        tap::create_private(&TapSpec {
+            name: PRIVATE_TAP,
+            mtu: PRIVATE_MTU,
+            bridge: None,
+            host_mac: None,
+        })
+        .map(StandbyNic)
+        .context("creating a tap in a private network namespace")
+    }
+
+    pub fn config(&self) -> vm::NicConfig {
+        vm::NicConfig {
+            tap_fd: self.0.tap.raw_fd(),
+            mac: TEMPLATE_MAC.to_string(),
+        }
+    }
+
+    /// Give the NIC to the container of `spec`. QEMU keeps its descriptor; ours closes.
+    pub fn claim(self, spec: &Spec) -> Result<()> {
+        let Some(n) = &spec.network else {
+            return Ok(());
+        };
+        let guest = tap::parse_mac(&n.mac).ok_or_else(|| anyhow!("bad MAC {:?}", n.mac))?;
+        self.0
+            .move_to(
+                &n.netns,
+                &TapSpec {
+                    name: &n.tap,
+                    mtu: n.mtu,
+                    bridge: Some(&n.bridge),
+                    host_mac: Some(tap::host_side_mac(guest)),
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "moving the standby VM's tap to {} on {} in {}",
+                    n.tap,
+                    n.bridge,
+                    n.netns.display()
+                )
+            })?;
+        Ok(())
     }
 }
 

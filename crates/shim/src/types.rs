@@ -43,6 +43,11 @@ pub struct Spec {
     /// shim's own where nothing is reachable, and the guest brings up only `lo`.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    /// A standby VM (see `shim::standby`): restore it from the template behind a placeholder
+    /// disk and a private tap, then wait on `shim.sock` for a container to claim it. `id`,
+    /// `process`, `hostname` and `root_disk` are not used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// Where the VM's NIC plugs in and what the guest configures on it.
@@ -190,6 +195,12 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// To a standby VM's shim: become the supervisor of the container whose directory (with its
+    /// `spec.json` and `root.qcow2`) is `dir`. On success the standby's directory has replaced
+    /// `dir` (its files moved in), and this socket is `dir/shim.sock`.
+    Claim {
+        dir: PathBuf,
+    },
     Start,
     Attach {
         #[serde(default)]

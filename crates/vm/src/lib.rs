@@ -119,7 +119,18 @@ pub enum Boot {
         ram: PathBuf,
         root_fds: Option<[i32; 2]>,
     },
+    /// Restore like [`Boot::Restore`] into a VM that belongs to no container yet (a standby):
+    /// its root slot holds the standby's scratch disk (a qcow2 overlay, given as `root_fds`
+    /// like `Restore`'s) as [`STANDBY_PLACEHOLDER_NODE`], under a raw node named
+    /// [`ROOT_NODE`] whose `file` child is swapped for the container's disk
+    /// (`blockdev-reopen`) when a container claims the VM.
+    Standby { ram: PathBuf, root_fds: [i32; 2] },
 }
+
+/// Block node the root slot's device reads through in a [`Boot::Standby`] VM.
+pub const ROOT_NODE: &str = "root";
+/// The scratch disk under [`ROOT_NODE`] until a container claims the VM.
+pub const STANDBY_PLACEHOLDER_NODE: &str = "placeholder";
 
 /// Errors building a hypervisor invocation.
 #[derive(Debug, thiserror::Error)]

@@ -130,7 +130,9 @@ impl Hypervisor for Qemu {
 
     fn args_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Vec<String>, VmError> {
         check(cfg)?;
-        if let Boot::TemplateSave { ram } | Boot::Restore { ram, .. } = boot {
+        if let Boot::TemplateSave { ram } | Boot::Restore { ram, .. } | Boot::Standby { ram, .. } =
+            boot
+        {
             check_path("template RAM file", ram)?;
         }
         let mut a: Vec<String> = Vec::new();
@@ -145,7 +147,7 @@ impl Hypervisor for Qemu {
         // same, so the device slots match.
         match boot {
             Boot::Cold => push(&["-M", "microvm,rtc=on"]),
-            Boot::TemplateSave { ram } | Boot::Restore { ram, .. } => {
+            Boot::TemplateSave { ram } | Boot::Restore { ram, .. } | Boot::Standby { ram, .. } => {
                 let share = if matches!(boot, Boot::TemplateSave { .. }) {
                     "on"
                 } else {
@@ -212,6 +214,25 @@ impl Hypervisor for Qemu {
                     crate::ROOT_DISK_BYTES
                 ),
             ]);
+        } else if let Boot::Standby {
+            root_fds: [ro, rw], ..
+        } = boot
+        {
+            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
+            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
+            push(&[
+                "-blockdev",
+                &format!(
+                    "driver=qcow2,node-name={},file.driver=file,file.filename=/dev/fdset/1,discard=unmap",
+                    crate::STANDBY_PLACEHOLDER_NODE,
+                ),
+                "-blockdev",
+                &format!(
+                    "driver=raw,node-name={},file={}",
+                    crate::ROOT_NODE,
+                    crate::STANDBY_PLACEHOLDER_NODE
+                ),
+            ]);
         } else if let Boot::Restore {
             root_fds: Some([ro, rw]),
             ..
@@ -250,7 +271,7 @@ impl Hypervisor for Qemu {
                 &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
             ]);
         }
-        if matches!(boot, Boot::Restore { .. }) {
+        if matches!(boot, Boot::Restore { .. } | Boot::Standby { .. }) {
             push(&["-incoming", "defer"]);
         }
         // Confinement.
@@ -411,6 +432,26 @@ mod tests {
         );
         assert!(value_of(&restore, "-drive")[0].starts_with("id=root,file=/dev/fdset/1,"));
         assert!(value_of(&save, "-drive")[0].contains("driver=null-co"));
+        let standby = Qemu
+            .args_for(
+                &c,
+                &Boot::Standby {
+                    ram: "/d/templates/k/ram".into(),
+                    root_fds: [7, 8],
+                },
+            )
+            .unwrap();
+        assert_eq!(value_of(&standby, "-device"), value_of(&cold, "-device"));
+        assert_eq!(value_of(&standby, "-object"), value_of(&restore, "-object"));
+        assert_eq!(value_of(&standby, "-incoming"), ["defer"]);
+        assert!(value_of(&standby, "-drive").is_empty());
+        assert_eq!(
+            value_of(&standby, "-blockdev"),
+            [
+                "driver=qcow2,node-name=placeholder,file.driver=file,file.filename=/dev/fdset/1,discard=unmap",
+                "driver=raw,node-name=root,file=placeholder"
+            ]
+        );
         assert!(value_of(&save, "-incoming").is_empty());
         assert!(Qemu
             .args_for(

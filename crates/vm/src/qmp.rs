@@ -125,11 +125,20 @@ impl Qmp {
 
     /// `getfd`: give QEMU a duplicate of `fd` under `name` (sent with `SCM_RIGHTS`).
     pub fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        self.execute_with_fd("getfd", json!({ "fdname": name }), fd)
+            .map(|_| ())
+    }
+
+    /// `command` with a duplicate of `fd` attached (`SCM_RIGHTS`), for `getfd` and `add-fd`.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let msg = serde_json::to_vec(&json!({
-            "execute": "getfd", "arguments": { "fdname": name }
-        }))
-        .expect("json");
+        let msg = serde_json::to_vec(&json!({ "execute": command, "arguments": arguments }))
+            .expect("json");
         let mut line = msg;
         line.push(b'\n');
         let fds = [fd.as_raw_fd()];
@@ -147,7 +156,7 @@ impl Qmp {
             // The descriptor travelled with the first byte; the rest is plain data.
             self.stream.write_all(&line[sent..])?;
         }
-        self.read_reply("getfd").map(|_| ())
+        self.read_reply(command)
     }
 
     /// Poll `query-migrate` until the migration is `completed` (Ok) or `failed`/`cancelled`

@@ -1,0 +1,181 @@
+//! Standby VMs (issue 7): a few VMs of the default size restored from the template ahead of
+//! time, each under its own supervisor in `DATA/standby/<n>/`, so that a container's start is a
+//! claim (the supervisor puts the container's disk and tap behind the VM's slots and takes over
+//! its directory, see `shim::standby`) instead of a QEMU spawn and a restore. A standby has run
+//! nothing but its agent and belongs to no tenant; each is claimed once.
+//!
+//! The pool refills in the background once no start is in flight (on a small host a refill
+//! competes with the start it would speed up), and is emptied when hyperd starts (standbys of an
+//! earlier hyperd may come from other inputs) and when it stops (they are not containers).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use shim::Spec as ShimSpec;
+
+use crate::shim_link;
+
+pub struct StandbyPool {
+    dir: PathBuf,
+    shim_binary: PathBuf,
+    /// What every standby boots with (the default size's spec, `standby` set).
+    spec: ShimSpec,
+    target: usize,
+    ready: Mutex<VecDeque<PathBuf>>,
+    filling: AtomicBool,
+    next: AtomicU64,
+    /// Starts in flight: the pool refills only when this is zero.
+    starting: AtomicUsize,
+}
+
+/// Counts a start as in flight while it lives.
+pub struct Starting<'a>(&'a StandbyPool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StandbyPool {
+    /// `spec`: the default size's shim spec with its `template_dir`; `target`: how many to keep.
+    pub fn new(data_root: &Path, shim_binary: PathBuf, mut spec: ShimSpec, target: usize) -> Self {
+        spec.standby = true;
+        spec.network = None;
+        spec.hostname.clear();
+        Self {
+            dir: data_root.join("standby"),
+            shim_binary,
+            spec,
+            target,
+            ready: Mutex::default(),
+            filling: AtomicBool::new(false),
+            next: AtomicU64::new(0),
+            starting: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many standbys are ready now.
+    pub fn ready_count(&self) -> usize {
+        self.ready.lock().expect("poisoned").len()
+    }
+
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// Marks a start in flight until the guard is dropped.
+    pub fn starting(&self) -> Starting<'_> {
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        Starting(self)
+    }
+
+    /// A ready standby for a container whose VM is `spec`, taken out of the pool. Only the
+    /// size is compared here; the supervisor checks the whole template key when claimed.
+    pub fn take(&self, spec: &ShimSpec) -> Option<PathBuf> {
+        if spec.vcpus != self.spec.vcpus
+            || spec.memory_mib != self.spec.memory_mib
+            || spec.template_dir != self.spec.template_dir
+        {
+            return None;
+        }
+        self.ready.lock().expect("poisoned").pop_front()
+    }
+
+    /// Hand the standby in `standby` to the container in `container_dir`. On error the standby
+    /// is gone (killed, its directory removed) and the container's directory is as it was.
+    pub async fn claim(&self, standby: &Path, container_dir: &Path) -> crate::Result<()> {
+        let claimed =
+            shim_link::request(standby, json!({"op": "claim", "dir": container_dir})).await;
+        if let Err(e) = &claimed {
+            tracing::warn!("claiming standby VM {}: {e}", standby.display());
+            discard(standby).await;
+        }
+        claimed.map(|_| ())
+    }
+
+    /// Start refilling the pool in the background (no-op while a refill runs).
+    pub fn fill(self: &Arc<Self>) {
+        if self.target == 0 || self.filling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            while pool.ready_count() < pool.target {
+                // Let starts in flight finish first.
+                while pool.starting.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if let Err(e) = pool.launch_one().await {
+                    tracing::warn!("no standby VM: {e}");
+                    break;
+                }
+            }
+            pool.filling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn launch_one(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let dir = self.dir.join(n.to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let mut spec = self.spec.clone();
+        spec.id = format!("standby-{n}");
+        spec.root_disk = dir.join("placeholder");
+        std::fs::write(
+            dir.join(shim::paths::SPEC),
+            serde_json::to_vec_pretty(&spec)?,
+        )?;
+        let out = tokio::process::Command::new(&self.shim_binary)
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .with_context(|| format!("run {}", self.shim_binary.display()))?;
+        if !out.status.success() {
+            discard(&dir).await;
+            anyhow::bail!(
+                "the standby VM did not come up: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.ready.lock().expect("poisoned").push_back(dir);
+        Ok(())
+    }
+
+    /// Forget the ready standbys (before [`drain`] stops them).
+    pub fn forget(&self) {
+        self.ready.lock().expect("poisoned").clear();
+    }
+}
+
+/// Stop every standby under `data_root`, ready or left by an earlier hyperd (also one that ran
+/// with other settings), and remove their directories.
+pub async fn drain(data_root: &Path) {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(data_root.join("standby"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for dir in dirs {
+        discard(&dir).await;
+    }
+}
+
+/// Stop the standby in `dir` (if its supervisor still runs) and remove the directory.
+async fn discard(dir: &Path) {
+    if dir.join(shim::paths::SHIM_SOCK).exists() {
+        let _ = shim_link::request(dir, json!({"op": "shutdown"})).await;
+    }
+    crate::runtime::wait_for_supervisor_exit(dir).await;
+    let _ = std::fs::remove_dir_all(dir);
+}

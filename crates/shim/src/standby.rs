@@ -1,0 +1,291 @@
+//! Standby VMs: restored from the template ahead of time, before any container asks, so that a
+//! start skips QEMU's spawn and the restore. A standby belongs to no container and has run
+//! nothing but its agent: its root slot holds a placeholder that reads zeros
+//! ([`vm::Boot::Standby`]) and its tap sits in a private namespace. A container claims it
+//! (`Request::Claim`): the shim puts the container's disk behind the slot (`blockdev-reopen` of
+//! the raw node over the placeholder), moves the tap into the tenant's namespace and onto its
+//! bridge, and moves its directory over the container's, so that QEMU's chroot, the sockets and
+//! the logs end up where every other part expects a container's. From then on it is that
+//! container's supervisor like any other; nothing is ever claimed twice.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use vm::Qmp;
+
+use crate::{paths, Spec};
+
+/// The scratch root every standby rehearses on (see [`scratch_disk`]), in the templates' dir.
+const SCRATCH_BASE: &str = "scratch-root.ext4";
+/// The program a standby's rehearsal runs: [`exit_zero_elf`].
+pub const SCRATCH_PROGRAM: &str = "/bin/true";
+
+/// A standby's scratch disk in `dir`: a qcow2 overlay (written by the rehearsal, gone with the
+/// standby) over a shared, read-only ext4 of the root disk's size holding a tiny root with
+/// [`SCRATCH_PROGRAM`] (built once under `templates`).
+pub fn scratch_disk(spec: &Spec, templates: &Path, dir: &Path) -> Result<PathBuf> {
+    let base = templates.join(SCRATCH_BASE);
+    if !base.exists() {
+        build_scratch_base(&base)?;
+    }
+    let overlay = dir.join("scratch.qcow2");
+    let qemu_img = spec.qemu.with_file_name("qemu-img");
+    let out = std::process::Command::new(if qemu_img.exists() {
+        qemu_img.as_path()
+    } else {
+        Path::new("qemu-img")
+    })
+    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    .arg(&base)
+    .arg(&overlay)
+    .arg(vm::ROOT_DISK_BYTES.to_string())
+    .output()
+    .context("running qemu-img")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img create: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(overlay)
+}
+
+fn build_scratch_base(base: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = base.with_extension(format!("tmp{}", std::process::id()));
+    let tree = tmp.with_extension("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(tree.join(d))?;
+    }
+    let prog = tree.join(SCRATCH_PROGRAM.trim_start_matches('/'));
+    std::fs::write(&prog, exit_zero_elf())?;
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/true\n")?;
+    std::fs::write(tree.join("etc/group"), "root:x:0:\n")?;
+    std::fs::write(tree.join("etc/hosts"), "127.0.0.1\tlocalhost\n")?;
+    File::create(&tmp)?.set_len(vm::ROOT_DISK_BYTES)?;
+    let out = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-J",
+            "size=32",
+            "-L",
+            "hyper-scratch",
+            "-d",
+        ])
+        .arg(&tree)
+        .arg(&tmp)
+        .arg(format!("{}k", vm::ROOT_DISK_BYTES / 1024))
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .output()
+        .context("running mkfs.ext4");
+    let _ = std::fs::remove_dir_all(&tree);
+    let out = out?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "mkfs.ext4 for the standby scratch root: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::rename(&tmp, base).context("publishing the scratch root")
+}
+
+/// A complete static x86-64 Linux program that exits 0: an ELF header, one loadable segment,
+/// and `xor edi, edi; mov eax, 60 (exit); syscall`. The scratch root needs nothing more.
+pub fn exit_zero_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const CODE: [u8; 9] = [0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
+    let total = (64 + 56 + CODE.len()) as u64;
+    let mut e = Vec::with_capacity(total as usize);
+    e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&(BASE + 120).to_le_bytes()); // entry: the code after the headers
+    e.extend_from_slice(&64u64.to_le_bytes()); // program headers right after this one
+    e.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    e.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 0, 0, 0] {
+        e.extend_from_slice(&half.to_le_bytes());
+    }
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&0u64.to_le_bytes());
+    e.extend_from_slice(&BASE.to_le_bytes());
+    e.extend_from_slice(&BASE.to_le_bytes());
+    e.extend_from_slice(&total.to_le_bytes());
+    e.extend_from_slice(&total.to_le_bytes());
+    e.extend_from_slice(&0x1000u64.to_le_bytes());
+    e.extend_from_slice(&CODE);
+    e
+}
+
+/// QEMU fd sets for the claimed disk: the overlay (read-write) and its base (read-only).
+const OVERLAY_FDSET: u32 = 2;
+const BASE_FDSET: u32 = 3;
+
+/// Put the container's root disk (a qcow2 overlay over a raw image disk) behind the standby's
+/// root slot. QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors.
+pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
+    let mut overlay = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root_disk)
+        .with_context(|| format!("opening {}", root_disk.display()))?;
+    crate::template::check_root_disk(&mut overlay)?;
+    let base = qcow2_backing(&mut overlay)?
+        .map(|p| File::open(&p).with_context(|| format!("opening {}", p.display())))
+        .transpose()?;
+    let mut qmp = Qmp::connect(qmp_sock, Duration::from_secs(5))?;
+    qmp.execute_with_fd(
+        "add-fd",
+        json!({ "fdset-id": OVERLAY_FDSET }),
+        overlay.as_fd(),
+    )?;
+    let mut disk = json!({
+        "driver": "qcow2", "node-name": "disk", "discard": "unmap",
+        "file": { "driver": "file", "filename": format!("/dev/fdset/{OVERLAY_FDSET}"),
+                  "discard": "unmap" },
+    });
+    if let Some(base) = &base {
+        qmp.execute_with_fd("add-fd", json!({ "fdset-id": BASE_FDSET }), base.as_fd())?;
+        // hyperd makes every overlay with a raw base (`qemu-img create -F raw`).
+        disk["backing"] = json!({
+            "driver": "raw", "node-name": "base", "read-only": true,
+            "file": { "driver": "file", "filename": format!("/dev/fdset/{BASE_FDSET}"),
+                      "read-only": true },
+        });
+    }
+    qmp.execute("blockdev-add", disk)?;
+    qmp.execute(
+        "blockdev-reopen",
+        json!({ "options": [{ "driver": "raw", "node-name": vm::ROOT_NODE, "file": "disk" }] }),
+    )?;
+    qmp.execute(
+        "blockdev-del",
+        json!({ "node-name": vm::STANDBY_PLACEHOLDER_NODE }),
+    )?;
+    Ok(())
+}
+
+/// The backing file named in a qcow2 header, if any.
+fn qcow2_backing(disk: &mut File) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 20];
+    disk.read_exact_at(&mut header, 0)
+        .context("reading the qcow2 header")?;
+    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    if len > 4096 {
+        bail!("the qcow2 header names a backing file of {len} bytes");
+    }
+    let mut name = vec![0u8; len];
+    disk.read_exact_at(&mut name, offset)
+        .context("reading the qcow2 backing file name")?;
+    let name = String::from_utf8(name).context("the qcow2 backing file name is not UTF-8")?;
+    Ok(Some(PathBuf::from(name)))
+}
+
+/// Move the container's files into the standby's directory, then the standby's directory over
+/// the container's (empty by then), so everything the VM holds (QEMU's chroot, the agent's and
+/// QEMU's sockets, the console, shim.sock, the shim's log) is the container's. The container's
+/// earlier `console.log` and `shim.log` (from a previous run) give way to this VM's.
+pub fn move_into(standby: &Path, container: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(container).with_context(|| format!("reading {}", container.display()))?;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let from = e.path();
+        let to = standby.join(&name);
+        if name == paths::CONSOLE_LOG || name == paths::SHIM_LOG || to.exists() {
+            std::fs::remove_file(&from).with_context(|| format!("removing {}", from.display()))?;
+        } else {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+    }
+    std::fs::rename(standby, container).with_context(|| {
+        format!(
+            "moving the standby VM's {} to {}",
+            standby.display(),
+            container.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_program_runs_and_exits_zero() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::env::temp_dir().join(format!("standby-true-{}", std::process::id()));
+        std::fs::write(&p, exit_zero_elf()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = std::process::Command::new(&p).status().unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(st.code(), Some(0));
+    }
+
+    #[test]
+    fn backing_file_from_header() {
+        let dir = std::env::temp_dir().join(format!("standby-qcow2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut header = vec![0u8; 200];
+        header[..4].copy_from_slice(b"QFI\xfb");
+        let name = b"/d/images/disks/abc.ext4";
+        header[8..16].copy_from_slice(&104u64.to_be_bytes());
+        header[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        header[104..104 + name.len()].copy_from_slice(name);
+        let p = dir.join("o.qcow2");
+        std::fs::write(&p, &header).unwrap();
+        let got = qcow2_backing(&mut File::open(&p).unwrap()).unwrap();
+        assert_eq!(got, Some(PathBuf::from("/d/images/disks/abc.ext4")));
+        header[8..20].fill(0);
+        std::fs::write(&p, &header).unwrap();
+        assert_eq!(qcow2_backing(&mut File::open(&p).unwrap()).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_move_and_the_standby_takes_the_containers_place() {
+        let root = std::env::temp_dir().join(format!("standby-move-{}", std::process::id()));
+        let (s, c) = (root.join("standby"), root.join("c"));
+        std::fs::create_dir_all(&s).unwrap();
+        std::fs::create_dir_all(&c).unwrap();
+        for (d, f, text) in [
+            (&s, "console.log", "standby console"),
+            (&s, "shim.log", "standby log"),
+            (&c, "console.log", "old console"),
+            (&c, "shim.log", "old log"),
+            (&c, "spec.json", "{}"),
+            (&c, "root.qcow2", "disk"),
+            (&c, "ctr.log", "earlier output"),
+        ] {
+            std::fs::write(d.join(f), text).unwrap();
+        }
+        move_into(&s, &c).unwrap();
+        assert!(!s.exists());
+        let read = |f: &str| std::fs::read_to_string(c.join(f)).unwrap();
+        assert_eq!(read("console.log"), "standby console");
+        assert_eq!(read("shim.log"), "standby log");
+        assert_eq!(read("spec.json"), "{}");
+        assert_eq!(read("root.qcow2"), "disk");
+        assert_eq!(read("ctr.log"), "earlier output");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
