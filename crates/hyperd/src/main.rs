@@ -415,6 +415,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     runtime.drain_standby().await;
     // Services: keep every one at its replica count, from the store.
     tokio::spawn(node::services::reconcile_forever(runtime.clone()));
+    tokio::spawn(runtime.clone().reap_idle_networks_forever());
 
     let tls = if args.insecure_http {
         if let Some(addr) = hosts
@@ -490,8 +491,10 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     for s in servers {
         let _ = s.await;
     }
-    // Standby VMs belong to no container: they go with hyperd.
+    // Standby VMs belong to no container, and idle tenant namespaces carry no traffic: they
+    // go with hyperd.
     state_runtime.drain_standby().await;
+    state_runtime.reap_all_idle_networks().await;
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }

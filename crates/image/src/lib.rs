@@ -145,6 +145,12 @@ impl ImageStore {
         self.root.join("images").join(format!("{hex}.json"))
     }
 
+    /// Where a user of this store may keep an empty overlay of the image's disk (a qcow2 over
+    /// it) to copy for each container: `disks/<hex>.overlay.qcow2`, removed with the image.
+    pub fn overlay_template(&self, id: &str) -> Result<PathBuf> {
+        Ok(overlay_template_of(&self.disk_path(&self.resolve(id)?)))
+    }
+
     fn disk_path(&self, hex: &str) -> PathBuf {
         self.root.join("disks").join(format!("{hex}.ext4"))
     }
@@ -400,9 +406,11 @@ impl ImageStore {
             Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
         }
         let disk = self.disk_path(&hex);
-        if let Err(e) = fs::remove_file(&disk) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(e).ctx(|| format!("removing {}", disk.display()));
+        for file in [overlay_template_of(&disk), disk] {
+            if let Err(e) = fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(e).ctx(|| format!("removing {}", file.display()));
+                }
             }
         }
         let used: HashSet<PathBuf> = self
@@ -466,4 +474,8 @@ impl ImageStore {
         tracing::info!(id = %info.id, disk = %disk.display(), "built root disk");
         Ok(disk)
     }
+}
+
+fn overlay_template_of(disk: &Path) -> PathBuf {
+    disk.with_extension("overlay.qcow2")
 }

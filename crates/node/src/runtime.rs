@@ -176,6 +176,24 @@ impl Runtime {
         })
     }
 
+    /// Take down tenant namespaces that stayed unused for `network::LINGER`, forever.
+    pub async fn reap_idle_networks_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            if let Err(e) = self.with_networks(|n| n.reap_idle(false)).await {
+                tracing::warn!("taking down idle tenant networks: {e}");
+            }
+        }
+    }
+
+    /// As hyperd stops: take down every tenant namespace nothing uses (nothing is lost: no
+    /// container is on it; the next start builds it again).
+    pub async fn reap_all_idle_networks(&self) {
+        if let Err(e) = self.with_networks(|n| n.reap_idle(true)).await {
+            tracing::warn!("taking down idle tenant networks: {e}");
+        }
+    }
+
     /// Refill the standby pool in the background (a no-op without one).
     pub fn fill_standby(&self) {
         if let Some(pool) = &self.standby {
@@ -479,23 +497,28 @@ impl Runtime {
             .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
         let content = self.images.content().clone();
         let image_id = c.image_id.clone();
-        let disk = tokio::task::spawn_blocking(move || content.ensure_disk(&image_id))
-            .await
-            .map_err(internal)??;
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&disk)
-            .arg(dir.join("root.qcow2"))
-            .arg(vm::ROOT_DISK_BYTES.to_string())
-            .output()
-            .await
-            .map_err(RuntimeError::io("run qemu-img (install qemu-utils)"))?;
-        if !out.status.success() {
-            return Err(RuntimeError::Internal(format!(
-                "qemu-img create failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        let (disk, template) = tokio::task::spawn_blocking(move || {
+            Ok::<_, image::ImageError>((
+                content.ensure_disk(&image_id)?,
+                content.overlay_template(&image_id)?,
+            ))
+        })
+        .await
+        .map_err(internal)??;
+        // Every container of an image starts from the same empty overlay: made once with
+        // qemu-img, then copied (a few hundred KiB; a copy costs less than spawning qemu-img).
+        if !template.exists() {
+            let tmp = template.with_extension(format!("tmp{}", random_id()));
+            let made = create_overlay(&disk, &tmp).await;
+            if let Err(e) = made.and_then(|()| {
+                std::fs::rename(&tmp, &template).map_err(RuntimeError::io("publish the overlay"))
+            }) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
+        std::fs::copy(&template, dir.join("root.qcow2"))
+            .map_err(RuntimeError::io("copy the root disk's overlay"))?;
         Ok(())
     }
 
@@ -520,6 +543,8 @@ impl Runtime {
     }
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
+        // No standby refill while this start is in flight (see `standby::QUIET`).
+        let _starting = self.standby.as_ref().map(|pool| pool.starting());
         let c = entry.snapshot();
         if c.is_running() {
             return Err(RuntimeError::NotModified(format!(
@@ -600,15 +625,12 @@ impl Runtime {
         let Some(pool) = &self.standby else {
             return self.launch_shim(dir).await;
         };
-        let up = {
-            let _starting = pool.starting();
-            match pool.take(spec) {
-                Some(standby) => match pool.claim(&standby, dir).await {
-                    Ok(()) => Ok(()),
-                    Err(_) => self.launch_shim(dir).await,
-                },
-                None => self.launch_shim(dir).await,
-            }
+        let up = match pool.take(spec) {
+            Some(standby) => match pool.claim(&standby, dir).await {
+                Ok(()) => Ok(()),
+                Err(_) => self.launch_shim(dir).await,
+            },
+            None => self.launch_shim(dir).await,
         };
         pool.fill();
         up
@@ -1312,6 +1334,25 @@ pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     kill_orphaned_vm(dir);
+}
+
+/// An empty qcow2 overlay at `overlay` over the raw image disk `disk`, of the root slot's size.
+async fn create_overlay(disk: &Path, overlay: &Path) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(disk)
+        .arg(overlay)
+        .arg(vm::ROOT_DISK_BYTES.to_string())
+        .output()
+        .await
+        .map_err(RuntimeError::io("run qemu-img (install qemu-utils)"))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Internal(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The VM part of a container's supervisor spec for `size` (no disk, process or network).

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shim::Spec as ShimSpec;
@@ -28,15 +28,23 @@ pub struct StandbyPool {
     ready: Mutex<VecDeque<PathBuf>>,
     filling: AtomicBool,
     next: AtomicU64,
-    /// Starts in flight: the pool refills only when this is zero.
+    /// Starts in flight: the pool refills only when this has been zero for [`QUIET`].
     starting: AtomicUsize,
+    /// When the last start ended.
+    last_start: Mutex<Instant>,
 }
+
+/// How long no start must have been in flight before the pool refills: a refill (a restore and
+/// a rehearsal, a few hundred ms of CPU under TCG) would otherwise slow the container that
+/// just started, and the next start of a quick succession.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Counts a start as in flight while it lives.
 pub struct Starting<'a>(&'a StandbyPool);
 
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
+        *self.0.last_start.lock().expect("poisoned") = Instant::now();
         self.0.starting.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -56,6 +64,7 @@ impl StandbyPool {
             filling: AtomicBool::new(false),
             next: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
+            last_start: Mutex::new(Instant::now()),
         }
     }
 
@@ -106,8 +115,10 @@ impl StandbyPool {
         let pool = self.clone();
         tokio::spawn(async move {
             while pool.ready_count() < pool.target {
-                // Let starts in flight finish first.
-                while pool.starting.load(Ordering::SeqCst) > 0 {
+                // Let starts in flight finish first, and the machine settle.
+                while pool.starting.load(Ordering::SeqCst) > 0
+                    || pool.last_start.lock().expect("poisoned").elapsed() < QUIET
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 if let Err(e) = pool.launch_one().await {

@@ -400,6 +400,7 @@ async fn standby(
         };
         match serde_json::from_slice::<Request>(&line) {
             Ok(Request::Claim { dir }) => {
+                let claim_started = std::time::Instant::now();
                 let (from, nic) = (standby_dir.clone(), nic.take());
                 let key = t.meta.key.clone();
                 let claimed = tokio::task::spawn_blocking(move || claim(&from, &dir, &key, nic))
@@ -408,6 +409,10 @@ async fn standby(
                     .and_then(|r| r);
                 match claimed {
                     Ok(c) => {
+                        slog!(
+                            "standby: claimed in {} ms",
+                            claim_started.elapsed().as_millis()
+                        );
                         reply(&mut s, &Response::ok()).await?;
                         break c;
                     }
@@ -449,10 +454,6 @@ async fn standby(
         spec.id,
         dir.display()
     );
-    std::fs::write(
-        dir.join(paths::SHIM_PID),
-        format!("{}\n", std::process::id()),
-    )?;
     serve(dir, spec, state, up, listener, ready).await
 }
 

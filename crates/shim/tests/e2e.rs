@@ -70,12 +70,7 @@ impl Vm {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let root = dir.join("root.qcow2");
-        sh(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-b"])
-            .arg(&f.base_img)
-            .args(["-F", "raw"])
-            .arg(&root)
-            .arg("1G"));
+        common::overlay(&f.base_img, &root);
         let run_as = qemu_user();
         let spec = serde_json::json!({
             "id": format!("{name:0<64}"), "accel": std::env::var("HYPER_TEST_ACCEL").unwrap_or_default(),

@@ -255,12 +255,7 @@ fn start(f: &Fixture, scratch: &Scratch, name: &str, mut spec: Spec) -> Vm {
     let dir = scratch.0.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let root = dir.join("root.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-b"])
-        .arg(&f.base_img)
-        .args(["-F", "raw"])
-        .arg(&root)
-        .arg("1G"));
+    common::overlay(&f.base_img, &root);
     spec.root_disk = root;
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     let vm = Vm { dir: dir.clone() };

@@ -100,19 +100,14 @@ impl Drop for Run {
     }
 }
 
-/// Start a container with `spec` (disk: a 1 GiB overlay of `base`), run it to its end, and
+/// Start a container with `spec` (disk: an overlay of `base`), run it to its end, and
 /// return its output.
 fn run(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> Run {
     let dir = f.work.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let root = dir.join("root.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-b"])
-        .arg(base)
-        .args(["-F", "raw"])
-        .arg(&root)
-        .arg("1G"));
+    common::overlay(base, &root);
     spec.root_disk = root;
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim"))

@@ -17,9 +17,11 @@ mod ports;
 pub mod records;
 pub mod sg;
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
@@ -56,8 +58,48 @@ pub struct Networks {
     node: net::NodeNet,
     fip_pool: Vec<Ipv4Addr>,
     /// Serialises syncs: each rebuilds a tenant's whole ruleset from the store.
-    sync: Mutex<()>,
+    sync: Mutex<SyncState>,
 }
+
+/// What the syncs of this hyperd have put in place. The store stays the truth: hyperd applies
+/// everything at start (this is empty then), and a sync skips only a step whose input is the
+/// very one it applied last (each `ip` or `nft` run costs a process, and a start or a removal
+/// ran a dozen of them).
+#[derive(Default)]
+struct SyncState {
+    /// Tenants whose namespace is up with nothing in it, and since when (see [`LINGER`]).
+    idle: HashMap<String, Instant>,
+    /// Per tenant: the namespace's links as last ensured ([`links_of`]).
+    links: HashMap<String, String>,
+    /// Per tenant: the ruleset last loaded into its namespace.
+    tenant_rules: HashMap<String, String>,
+    /// The node's ruleset and FIP routes as last applied.
+    node: Option<String>,
+}
+
+impl SyncState {
+    fn forget(&mut self, tenant: &str) {
+        self.idle.remove(tenant);
+        self.links.remove(tenant);
+        self.tenant_rules.remove(tenant);
+    }
+}
+
+/// What `net::ensure_netns` builds for `t`: the namespace, its transit link and its bridges
+/// (not what is plugged into them).
+fn links_of(t: &net::TenantNetns) -> String {
+    let bridges: Vec<_> = t
+        .bridges
+        .iter()
+        .map(|b| (&b.ifname, b.subnet, b.gateway, b.mtu))
+        .collect();
+    format!("{:?} {:?} {bridges:?}", t.netns_path, t.transit)
+}
+
+/// How long a tenant's namespace stays up once nothing uses it: short-lived containers in a
+/// row (`run --rm`) then find it ready instead of building it (links, rules, DNS) and tearing
+/// it down each time. [`Networks::reap_idle`] takes down the ones idle for longer.
+pub const LINGER: Duration = Duration::from_secs(300);
 
 fn tap_name(container_id: &str) -> String {
     format!("tap{}", &container_id[..12])
@@ -83,7 +125,7 @@ impl Networks {
             cfg,
             node,
             fip_pool,
-            sync: Mutex::new(()),
+            sync: Mutex::new(SyncState::default()),
         }
     }
 
@@ -620,10 +662,33 @@ impl Networks {
     /// Makes the kernel match the store for `tenant` (and the node's shared rules), or tears
     /// the tenant's namespace down when none of its containers has a network any more.
     pub fn sync_tenant(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
-        let _guard = self.sync.lock().expect("poisoned");
+        let mut guard = self.sync.lock().expect("poisoned");
+        let state: &mut SyncState = &mut guard;
         self.in_node(|| {
-            self.sync_tenant_locked(tenant, flush)?;
-            self.sync_node_locked()
+            self.sync_tenant_locked(tenant, flush, state, false)?;
+            self.sync_node_locked(state)
+        })
+    }
+
+    /// Take down the namespaces of tenants idle for [`LINGER`] (every idle one with `all`, as
+    /// hyperd stops: an idle namespace carries no traffic).
+    pub fn reap_idle(&self, all: bool) -> Result<()> {
+        let mut guard = self.sync.lock().expect("poisoned");
+        let state: &mut SyncState = &mut guard;
+        let due: Vec<String> = state
+            .idle
+            .iter()
+            .filter(|(_, since)| all || since.elapsed() >= LINGER)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.in_node(|| {
+            for tenant in &due {
+                self.sync_tenant_locked(tenant, &[], state, true)?;
+            }
+            self.sync_node_locked(state)
         })
     }
 
@@ -635,7 +700,14 @@ impl Networks {
         }
     }
 
-    fn sync_tenant_locked(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
+    /// `reap`: take this tenant's namespace down now if nothing uses it (else it lingers).
+    fn sync_tenant_locked(
+        &self,
+        tenant: &str,
+        flush: &[Ipv4Addr],
+        state: &mut SyncState,
+        reap: bool,
+    ) -> Result<()> {
         let containers = self.containers(tenant)?;
         let services = self.services(tenant)?;
         let in_use = containers.iter().any(|c| c.endpoint.is_some()) || !services.is_empty();
@@ -646,7 +718,16 @@ impl Networks {
         };
         let model = self.tenant_model(tenant, index)?;
         let dir = self.tenant_dir(index);
-        if !in_use {
+        if in_use {
+            state.idle.remove(tenant);
+        } else if !reap {
+            state
+                .idle
+                .entry(tenant.to_string())
+                .or_insert_with(Instant::now);
+        }
+        if !in_use && reap {
+            state.forget(tenant);
             dns::daemon(&self.cfg.dns_binary, &dir).stop();
             lb::daemon(&self.cfg.lb_binary, &dir).stop();
             net::destroy_netns(&model).map_err(net_err)?;
@@ -655,8 +736,18 @@ impl Networks {
         }
         std::fs::create_dir_all(&dir)
             .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
-        net::ensure_netns(&model).map_err(net_err)?;
-        net::apply_tenant_rules(&model, flush).map_err(net_err)?;
+        let links = links_of(&model);
+        if state.links.get(tenant) != Some(&links) || !model.netns_path.exists() {
+            state.links.remove(tenant);
+            net::ensure_netns(&model).map_err(net_err)?;
+            state.links.insert(tenant.to_string(), links);
+        }
+        let rules = net::render_tenant_rules(&model);
+        if state.tenant_rules.get(tenant) != Some(&rules) || !flush.is_empty() {
+            state.tenant_rules.remove(tenant);
+            net::apply_tenant_rules(&model, flush).map_err(net_err)?;
+            state.tenant_rules.insert(tenant.to_string(), rules);
+        }
         let networks = records::list_networks(self.store(), tenant)?;
         let zones: Vec<dns::Zone> = networks
             .iter()
@@ -686,16 +777,25 @@ impl Networks {
         lb::sync(&self.cfg.lb_binary, &dir, &model.netns_path, &balanced)
     }
 
-    fn sync_node_locked(&self) -> Result<()> {
+    fn sync_node_locked(&self, state: &mut SyncState) -> Result<()> {
         let mut models = Vec::new();
         for (tenant, index) in records::tenants_with_transit(self.store())? {
             models.push(self.tenant_model(&tenant, index)?);
         }
-        if models.is_empty() {
-            return net::remove_node_rules().map_err(net_err);
+        // The node's rules and routes follow from the tenants' models alone.
+        let input = format!("{models:?}");
+        if state.node.as_ref() == Some(&input) {
+            return Ok(());
         }
-        let refs: Vec<&net::TenantNetns> = models.iter().collect();
-        net::apply_node_rules(&self.node, &refs).map_err(net_err)
+        state.node = None;
+        if models.is_empty() {
+            net::remove_node_rules().map_err(net_err)?;
+        } else {
+            let refs: Vec<&net::TenantNetns> = models.iter().collect();
+            net::apply_node_rules(&self.node, &refs).map_err(net_err)?;
+        }
+        state.node = Some(input);
+        Ok(())
     }
 
     /// At hyperd's start: rebuild every tenant's namespace, rules and DNS from the store
@@ -714,14 +814,15 @@ impl Networks {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let _guard = self.sync.lock().expect("poisoned");
+        let mut guard = self.sync.lock().expect("poisoned");
+        let state: &mut SyncState = &mut guard;
         self.in_node(|| {
             for t in &tenants {
-                if let Err(e) = self.sync_tenant_locked(t, &[]) {
+                if let Err(e) = self.sync_tenant_locked(t, &[], state, false) {
                     tracing::error!("rebuilding the network of tenant {t}: {e}");
                 }
             }
-            self.sync_node_locked()
+            self.sync_node_locked(state)
         })
     }
 }

@@ -106,3 +106,14 @@ pub fn qemu_user() -> String {
         .is_ok_and(|o| o.status.success());
     if exists { "hyper-vm" } else { "" }.into()
 }
+
+/// A container's root disk at `root`: a qcow2 overlay of the raw `base`, of the root slot's
+/// size (as hyperd makes them, so a template restore fits).
+pub fn overlay(base: &Path, root: &Path) {
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(base)
+        .args(["-F", "raw"])
+        .arg(root)
+        .arg(vm::ROOT_DISK_BYTES.to_string()));
+}
