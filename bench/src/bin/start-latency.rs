@@ -731,7 +731,12 @@ fn settle(env: &Env) -> f64 {
                     && fs::read(e.path().join("cmdline"))
                         .map(|c| {
                             let c = String::from_utf8_lossy(&c);
-                            c.contains("qemu") && c.contains(&mark)
+                            // A claimed standby's QEMU names its standby dir; its chroot moved
+                            // with that dir into DATA/c/.
+                            c.contains("qemu")
+                                && (c.contains(&mark)
+                                    || fs::read_link(e.path().join("root"))
+                                        .is_ok_and(|r| r.to_string_lossy().starts_with(&mark)))
                         })
                         .unwrap_or(false)
             });
@@ -1096,6 +1101,35 @@ fn wait_template(env: &Env, from: usize) -> String {
 }
 
 /// How the shim brought the VM up, from its `qemu pid N accel A (how)` line.
+/// Until hyperd's standby pool is full again (at most 20 s), so that no refill (a restore and a
+/// rehearsal in the background) runs during the next timed run, ours or docker's.
+fn wait_standby_full(env: &Env) {
+    let deadline = now() + 20.0;
+    while now() < deadline {
+        let o = env
+            .hyper()
+            .args(["info", "--format", "{{.StandbyVMs}}"])
+            .output();
+        let text = o
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let full = text == "off"
+            || text
+                .strip_suffix(" ready")
+                .and_then(|t| t.split_once(" of "))
+                .is_some_and(|(a, b)| a == b);
+        if full {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A VM restored from the template: claimed from the standby pool, or restored at its start.
+fn from_template(kind: &str) -> bool {
+    matches!(kind, "restore" | "standby")
+}
+
 fn boot_kind(shim_log: &str) -> Option<String> {
     let l = shim_log.lines().find(|l| l.contains("qemu pid"))?;
     let how = l.rsplit_once('(')?.1.trim_end_matches(')');
@@ -1467,15 +1501,18 @@ fn run(args: &Args) -> Result<()> {
     let template_note = wait_template(&env, log_len);
     eprintln!(": {template_note}");
     // Warm-up: the first restore maps the template's files for the first time.
+    wait_standby_full(&env);
     let _ = hyper_run_kind(&env, "busybox")?;
     let (mut tmpl_t, mut tmpl_settled_t, mut tmpl_kinds) = (Vec::new(), Vec::new(), Vec::new());
     progress("template runs");
     for i in 0..args.template_runs {
         progress(&format!(" {}", i + 1));
+        wait_standby_full(&env);
         let (t, st, kind) = hyper_run_kind(&env, "busybox")?;
         tmpl_t.push(t);
         tmpl_settled_t.push(st);
         tmpl_kinds.push(kind.unwrap_or_else(|| "?".into()));
+        wait_standby_full(&env);
         if let Some(d) = &docker {
             match docker_run(d) {
                 Ok(t) => docker_t.push(t),
@@ -1493,6 +1530,7 @@ fn run(args: &Args) -> Result<()> {
     let mut par_note = String::new();
     if args.parallel > 0 {
         progress(&format!("{} at once: hyper", args.parallel));
+        wait_standby_full(&env);
         match hyper_parallel(&env, args.parallel) {
             Ok(p) => hyper_par = Some(p),
             Err(e) => {
@@ -1600,9 +1638,10 @@ fn run(args: &Args) -> Result<()> {
     let tn = args.template_runs;
     println!("-- start from a VM template (hyperd --templates on) beside the cold boot and docker, seconds --");
     println!("template: {template_note}");
-    let restored = tmpl_kinds.iter().filter(|k| *k == "restore").count();
+    let restored = tmpl_kinds.iter().filter(|k| from_template(k)).count();
+    let standby = tmpl_kinds.iter().filter(|k| *k == "standby").count();
     println!(
-        "template runs restored: {restored} of {tn} (boot kinds seen: {})",
+        "template runs restored: {restored} of {tn}, {standby} of them claimed from the standby pool (boot kinds seen: {})",
         tmpl_kinds.join(", ")
     );
     let dm = median(&docker_t).unwrap_or(f64::NAN);
@@ -1686,9 +1725,10 @@ fn run(args: &Args) -> Result<()> {
                 p.start / np as f64,
                 d.map_or("-".into(), |d| format!("{:.2} s", d.start / np as f64))
             );
-            let restored = p.kinds.iter().filter(|k| *k == "restore").count();
+            let restored = p.kinds.iter().filter(|k| from_template(k)).count();
+            let standby = p.kinds.iter().filter(|k| *k == "standby").count();
             println!(
-                "  hyper VMs restored from the template: {restored} of {}",
+                "  hyper VMs restored from the template: {restored} of {}, {standby} of them claimed from the standby pool",
                 p.kinds.len()
             );
         }

@@ -100,9 +100,8 @@ impl Drop for Run {
     }
 }
 
-/// Start a container with `spec` (disk: an overlay of `base`), run it to its end, and
-/// return its output.
-fn run(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> Run {
+/// A container directory `name` as hyperd makes one: an overlay of `base` and `spec.json`.
+fn container_dir(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> PathBuf {
     let dir = f.work.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -110,18 +109,72 @@ fn run(f: &Fixture, name: &str, base: &Path, mut spec: Spec) -> Run {
     common::overlay(base, &root);
     spec.root_disk = root;
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    dir
+}
+
+/// `hyper-shim --dir DIR`, which must come up.
+fn launch(dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_hyper-shim"))
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .unwrap();
-    let shim_log = || std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
     assert!(
         out.status.success(),
         "hyper-shim failed: {}\nshim.log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        shim_log()
+        std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
     );
+}
+
+/// Start a container with `spec` (disk: an overlay of `base`), run it to its end, and
+/// return its output.
+fn run(f: &Fixture, name: &str, base: &Path, spec: Spec) -> Run {
+    let dir = container_dir(f, name, base, spec);
+    launch(&dir);
+    finish(dir)
+}
+
+/// A standby VM for containers of `like`'s size, up and waiting in `name`.
+fn standby(f: &Fixture, name: &str, like: &Spec) -> PathBuf {
+    let dir = f.work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = like.clone();
+    spec.standby = true;
+    spec.id = name.to_string();
+    spec.root_disk = dir.join("placeholder");
+    std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    launch(&dir);
+    dir
+}
+
+/// Ask the standby in `standby` to take the container in `dir`.
+fn claim(standby: &Path, dir: &Path) -> shim::Response {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        ShimClient::connect(standby)
+            .unwrap()
+            .request(&Request::Claim { dir: dir.into() })
+            .await
+            .unwrap()
+    })
+}
+
+/// Like [`run`], the VM claimed from the standby in `standby`.
+fn run_claimed(f: &Fixture, name: &str, base: &Path, spec: Spec, standby: &Path) -> Run {
+    let dir = container_dir(f, name, base, spec);
+    let resp = claim(standby, &dir);
+    assert!(resp.ok, "claim: {resp:?}");
+    finish(dir)
+}
+
+/// Start the container in `dir` (its supervisor is up), wait for its end, collect its output.
+fn finish(dir: PathBuf) -> Run {
+    let shim_log = || std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
     let mut r = Run {
         dir: dir.clone(),
         output: String::new(),
@@ -215,6 +268,12 @@ fn two_containers_from_one_template_differ() {
             r.shim_log
         );
     }
+    assert_distinct(&a, &b);
+}
+
+/// What two containers `alpha` (WHO=a on disk-a) and `bravo` (WHO=b on disk-b) from one
+/// template must show: their own hostname, env and disk, and no identity shared.
+fn assert_distinct(a: &Run, b: &Run) {
     let (fa, fb) = (fields(&a.output), fields(&b.output));
     eprintln!("alpha: {fa:?}\nbravo: {fb:?}");
     assert_eq!(fa["host"], "alpha");
@@ -224,10 +283,11 @@ fn two_containers_from_one_template_differ() {
         (fa["marker"].as_str(), fb["marker"].as_str()),
         ("disk-a", "disk-b")
     );
-    // The block device is the container's 1 GiB overlay, not the template's placeholder.
+    // The block device is the container's overlay, of the root slot's size.
+    let sectors = (vm::ROOT_DISK_BYTES / 512).to_string();
     assert_eq!(
         (fa["sectors"].as_str(), fb["sectors"].as_str()),
-        ("2097152", "2097152")
+        (sectors.as_str(), sectors.as_str())
     );
     assert_eq!(fa["random"].len(), 64);
     assert_ne!(fa["random"], fb["random"], "same /dev/urandom stream");
@@ -242,6 +302,49 @@ fn two_containers_from_one_template_differ() {
             "{n}: guest clock {guest}, host {host_now}"
         );
     }
+}
+
+#[test]
+fn containers_claim_standby_vms_and_still_differ() {
+    let (f, _g) = need_vm!();
+    let (disk_a, disk_b) = (base_disk(&f, "disk-a"), base_disk(&f, "disk-b"));
+    let sa = spec(&f, "alpha", &disk_a, "WHO=a", PROBE);
+    let sb = spec(&f, "bravo", &disk_b, "WHO=b", PROBE);
+    let t = shim::template::ensure(&sa, &f.work.join("templates"), true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let (s1, s2) = (standby(&f, "standby-1", &sa), standby(&f, "standby-2", &sa));
+    for s in [&s1, &s2] {
+        let log = std::fs::read_to_string(s.join("shim.log")).unwrap();
+        assert!(
+            log.contains(&format!("restored from template {}", t.meta.key))
+                && log.contains("rehearsed a start"),
+            "{log}"
+        );
+    }
+    // A standby is for containers of its template only; a refused claim leaves the
+    // container's directory as it was.
+    let mut bigger = sa.clone();
+    bigger.memory_mib += 64;
+    let other = container_dir(&f, "other", &disk_a, bigger);
+    let resp = claim(&s2, &other);
+    assert!(!resp.ok, "{resp:?}");
+    assert!(resp.error.unwrap_or_default().contains("template"));
+    assert!(other.join("spec.json").is_file() && other.join("root.qcow2").is_file());
+    let s3 = standby(&f, "standby-3", &sa);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let a = run_claimed(&f, "alpha", &disk_a, sa, &s1);
+    let b = run_claimed(&f, "bravo", &disk_b, sb, &s3);
+    for (r, s) in [(&a, &s1), (&b, &s3)] {
+        assert!(!s.exists(), "the standby's directory is still there");
+        assert!(
+            r.shim_log.contains("standby: claimed by container"),
+            "{}",
+            r.shim_log
+        );
+        assert!(r.shim_log.contains("(standby)"), "{}", r.shim_log);
+    }
+    assert_distinct(&a, &b);
 }
 
 #[test]

@@ -86,6 +86,7 @@ pub fn render_info(v: &Value) -> String {
         ("Docker Root Dir", "DockerRootDir"),
         ("Tenant", "Tenant"),
         ("Templates", "Templates"),
+        ("Standby VMs", "StandbyVMs"),
     ] {
         if !v[key].is_null() {
             line(label, field(v, key));

@@ -139,6 +139,10 @@ pub async fn info(
         "Tenant": tenant,
         "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": cfg.kernel, "Initrd": cfg.initrd},
         "Templates": templates,
+        "StandbyVMs": app.runtime.standby.as_ref().map_or_else(
+            || "off".to_string(),
+            |pool| format!("{} of {} ready", pool.ready_count(), pool.target()),
+        ),
         "Warnings": [],
     })))
 }
