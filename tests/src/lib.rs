@@ -775,7 +775,9 @@ pub fn tail(p: &Path, n: usize) -> String {
 }
 
 /// Processes whose command line mentions `needle` (QEMU and shims name files under the data
-/// root), as "pid cmdline".
+/// root), or whose root or working directory is under it (a VM that started as a standby names
+/// its standby directory, but its chroot and its supervisor's cwd moved into the container's),
+/// as "pid cmdline".
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let me = std::process::id().to_string();
     let mut out = Vec::new();
@@ -788,7 +790,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains(needle) {
+        let lives_in = |link: &str| {
+            std::fs::read_link(e.path().join(link))
+                .is_ok_and(|p| format!("{}/", p.display()).starts_with(needle))
+        };
+        if !cmd.is_empty() && (cmd.contains(needle) || lives_in("root") || lives_in("cwd")) {
             out.push(format!("{name} {}", cmd.trim()));
         }
     }

@@ -27,6 +27,7 @@ fn main() {
         ("supervisor_killed", supervisor_killed),
         ("termination_protection", termination_protection),
         ("events_stream", events_stream),
+        ("standby_vms", standby_vms),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1314,4 +1315,48 @@ fn events_stream() {
     for want in ["create", "start", "die", "rename", "destroy"] {
         assert!(all.contains(&want), "{want} missing from {all:?}");
     }
+}
+
+/// With templates on, hyperd keeps standby VMs (`hyper info`), and a start claims one: the
+/// container runs in a VM that was restored before it was asked for. Cold-boot runs of the suite
+/// (`HYPERD_TEMPLATES=off`) have none.
+fn standby_vms() {
+    let d = main_daemon();
+    let standby = || {
+        d.hyper(&["info", "--format", "{{.StandbyVMs}}"])
+            .run()
+            .ok()
+            .out()
+    };
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        assert_eq!(standby(), "off");
+        return;
+    }
+    // Another test may claim the standby first: then try again.
+    for attempt in 1..=3 {
+        wait_for("a full standby pool", secs(120.0), || {
+            let s = standby();
+            match s.strip_suffix(" ready").and_then(|s| s.split_once(" of ")) {
+                Some((ready, target)) if ready == target && ready != "0" => Ok(()),
+                _ => Err(s),
+            }
+        });
+        let id = d
+            .hyper(&["run", "-d", "busybox", "sh", "-c", "echo up; sleep 600"])
+            .run()
+            .ok()
+            .out();
+        wait_log_contains(&d, &id, "up", 60.0);
+        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
+        d.hyper(&["rm", "-f", &id]).run().ok();
+        if log.contains("standby: claimed by container") {
+            assert!(
+                log.contains("(standby)") && log.contains("rehearsed a start"),
+                "{log}"
+            );
+            return;
+        }
+        eprintln!("standby_vms: attempt {attempt} did not get a standby:\n{log}");
+    }
+    panic!("no start claimed a standby VM in three attempts");
 }

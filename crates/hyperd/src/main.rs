@@ -493,7 +493,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     // Standby VMs belong to no container, and idle tenant namespaces carry no traffic: they
     // go with hyperd.
-    state_runtime.drain_standby().await;
+    state_runtime.close_standby().await;
     state_runtime.reap_all_idle_networks().await;
     for path in sockets {
         let _ = std::fs::remove_file(path);

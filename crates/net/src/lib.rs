@@ -21,4 +21,4 @@ pub use exec::{command_in_netns, in_netns, run_in_netns};
 pub use links::{destroy_netns, ensure_netns};
 pub use model::*;
 pub use netns::{create_netns, remove_netns};
-pub use ruleset::{render_node_removal, render_node_rules, render_tenant_rules};
+pub use ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};

@@ -443,7 +443,7 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
 
 /// FIP routes the node must have, endpoints' and services' alike: (FIP, tenant peer address,
 /// node-side transit link).
-pub(crate) fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
+pub fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
     tenants
         .iter()
         .flat_map(|t| {

@@ -201,10 +201,16 @@ impl Runtime {
         }
     }
 
-    /// Stop every standby VM (at hyperd's start and stop: they belong to no container).
+    /// Stop every standby VM left by an earlier hyperd (they may come from other inputs).
     pub async fn drain_standby(&self) {
+        crate::standby::drain(&self.cfg.data_root).await;
+    }
+
+    /// As hyperd stops: launch no more standby VMs and stop every one (they belong to no
+    /// container).
+    pub async fn close_standby(&self) {
         if let Some(pool) = &self.standby {
-            pool.forget();
+            pool.close().await;
         }
         crate::standby::drain(&self.cfg.data_root).await;
     }
@@ -1405,6 +1411,22 @@ fn kill_orphaned_vm(dir: &Path) {
         // SAFETY: plain kill(2) of a process whose command line names this container's directory.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// SIGKILL every live process of `dir` (see [`runs_in`]); how many were found.
+pub(crate) fn kill_processes_in(dir: &Path) -> usize {
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&pid| process_running(pid) && runs_in(pid, dir))
+        .collect();
+    for &pid in &pids {
+        // SAFETY: plain kill(2) of a process whose command line, root or cwd is `dir`.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    pids.len()
 }
 
 /// Whether `pid` is a live process of the container in `dir` (guards against pid reuse): its

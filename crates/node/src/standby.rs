@@ -32,6 +32,8 @@ pub struct StandbyPool {
     starting: AtomicUsize,
     /// When the last start ended.
     last_start: Mutex<Instant>,
+    /// Set as hyperd stops: no more standbys are launched.
+    closed: AtomicBool,
 }
 
 /// How long no start must have been in flight before the pool refills: a refill (a restore and
@@ -65,6 +67,7 @@ impl StandbyPool {
             next: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
             last_start: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -114,12 +117,13 @@ impl StandbyPool {
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            while pool.ready_count() < pool.target {
+            while pool.ready_count() < pool.target && !pool.closed.load(Ordering::SeqCst) {
                 // Let starts in flight finish first, and the machine settle.
-                while pool.starting.load(Ordering::SeqCst) > 0
+                if pool.starting.load(Ordering::SeqCst) > 0
                     || pool.last_start.lock().expect("poisoned").elapsed() < QUIET
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
                 if let Err(e) = pool.launch_one().await {
                     tracing::warn!("no standby VM: {e}");
@@ -162,8 +166,13 @@ impl StandbyPool {
         Ok(())
     }
 
-    /// Forget the ready standbys (before [`drain`] stops them).
-    pub fn forget(&self) {
+    /// Launch no more standbys, wait for a launch in progress, and forget the ready ones
+    /// (before [`drain`] stops them).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.filling.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.ready.lock().expect("poisoned").clear();
     }
 }
@@ -182,11 +191,19 @@ pub async fn drain(data_root: &Path) {
     }
 }
 
-/// Stop the standby in `dir` (if its supervisor still runs) and remove the directory.
+/// Stop the standby in `dir` and remove the directory. A standby holds nothing of anyone's:
+/// one that does not answer (still booting, or left by a crashed hyperd) is killed.
 async fn discard(dir: &Path) {
     if dir.join(shim::paths::SHIM_SOCK).exists() {
-        let _ = shim_link::request(dir, json!({"op": "shutdown"})).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            shim_link::request(dir, json!({"op": "shutdown"})),
+        )
+        .await;
     }
-    crate::runtime::wait_for_supervisor_exit(dir).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::runtime::kill_processes_in(dir) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

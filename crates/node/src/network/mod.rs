@@ -782,8 +782,14 @@ impl Networks {
         for (tenant, index) in records::tenants_with_transit(self.store())? {
             models.push(self.tenant_model(&tenant, index)?);
         }
-        // The node's rules and routes follow from the tenants' models alone.
-        let input = format!("{models:?}");
+        // What the node gets: its ruleset and the FIP routes (most container changes leave
+        // both as they were).
+        let refs: Vec<&net::TenantNetns> = models.iter().collect();
+        let input = format!(
+            "{}\n{:?}",
+            net::render_node_rules(&self.node, &refs),
+            net::fip_routes(&refs)
+        );
         if state.node.as_ref() == Some(&input) {
             return Ok(());
         }
@@ -791,7 +797,6 @@ impl Networks {
         if models.is_empty() {
             net::remove_node_rules().map_err(net_err)?;
         } else {
-            let refs: Vec<&net::TenantNetns> = models.iter().collect();
             net::apply_node_rules(&self.node, &refs).map_err(net_err)?;
         }
         state.node = Some(input);
