@@ -183,6 +183,10 @@ fn default_route(fd: RawFd, gw: Ipv4Addr) -> Result<(), NetError> {
 }
 
 fn set_up(name: &str, fd: RawFd) -> Result<(), NetError> {
+    set_flag_up(name, fd, true)
+}
+
+fn set_flag_up(name: &str, fd: RawFd, up: bool) -> Result<(), NetError> {
     let mut r = ifreq(name);
     ioctl(
         fd,
@@ -191,12 +195,34 @@ fn set_up(name: &str, fd: RawFd) -> Result<(), NetError> {
         &format!("reading the flags of {name}"),
     )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member.
-    unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    unsafe {
+        if up {
+            r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        } else {
+            r.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        }
+    }
     ioctl(
         fd,
         libc::SIOCSIFFLAGS,
         &mut r,
-        &format!("bringing {name} up"),
+        &format!("bringing {name} {}", if up { "up" } else { "down" }),
+    )
+}
+
+/// Undo [`setup`] of `eth0` (for a rehearsal): down, which drops its routes, and no address
+/// (setting 0.0.0.0 removes the address). The MAC and MTU are set again at every `Start`.
+pub fn reset_nic() -> Result<(), NetError> {
+    let ctl = control_socket()?;
+    let fd = ctl.as_raw_fd();
+    set_flag_up(NIC, fd, false)?;
+    let mut r = ifreq(NIC);
+    r.ifr_ifru.ifru_addr = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    ioctl(
+        fd,
+        libc::SIOCSIFADDR,
+        &mut r,
+        "removing the address of eth0",
     )
 }
 

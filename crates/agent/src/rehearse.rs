@@ -7,16 +7,30 @@
 
 use std::time::Instant;
 
-use agent_proto::ProcessSpec;
+use agent_proto::{NetConfig, ProcessSpec};
 
 use crate::process::{self, Target};
 use crate::{network, rootfs};
+
+/// The MAC eth0 has in a template (QEMU's NIC of every template VM): set again, not changed.
+const SCRATCH_MAC: &str = "02:00:00:00:00:01";
 
 /// Run the rehearsal; the time it took, or what failed.
 pub fn run(spec: &ProcessSpec, device: &str) -> Result<u64, String> {
     let t0 = Instant::now();
     let _ = process::oom_kills();
-    network::setup(None).map_err(|e| format!("network: {e}"))?;
+    // eth0 as a container's, with a link-local address (its tap is in a namespace of its own
+    // until the VM is claimed), then as it was.
+    let scratch_net = NetConfig {
+        mac: SCRATCH_MAC.into(),
+        ip: "169.254.0.2/16".into(),
+        gateway: "169.254.0.1".into(),
+        mtu: 1500,
+        resolv_conf: String::new(),
+        hosts: Vec::new(),
+    };
+    network::setup(Some(&scratch_net)).map_err(|e| format!("network: {e}"))?;
+    network::reset_nic().map_err(|e| format!("network: {e}"))?;
     rootfs::prepare(&rootfs::Target {
         device: device.to_string(),
         hostname: String::new(),

@@ -1330,9 +1330,17 @@ pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
         return;
     };
     let alive = || process_running(pid);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while alive() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let limit = Duration::from_secs(10);
+    if alive() {
+        let exited = match process_exit(pid) {
+            Some(exit) => tokio::time::timeout(limit, exit).await.is_ok(),
+            None => false,
+        };
+        // Without a pidfd (old kernels, or the pid is gone already): poll.
+        let deadline = tokio::time::Instant::now() + limit;
+        while !exited && alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     if alive() && runs_in(pid, dir) {
         tracing::warn!("the VM supervisor {pid} did not exit; killing it and its VM");
@@ -1340,6 +1348,24 @@ pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     kill_orphaned_vm(dir);
+}
+
+/// Resolves when process `pid` exits (a pidfd turns readable then, zombie or not), or `None`
+/// when no pidfd can be had for it.
+fn process_exit(pid: i32) -> Option<impl std::future::Future<Output = ()>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same until it is dropped.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?;
+    Some(async move {
+        let _ = fd.readable().await;
+    })
 }
 
 /// An empty qcow2 overlay at `overlay` over the raw image disk `disk`, of the root slot's size.
@@ -1600,6 +1626,20 @@ fn process_spec(c: &Container) -> ProcessSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_exit_of_a_process_is_seen_without_polling() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let exit = process_exit(child.id() as i32).expect("a pidfd");
+        tokio::time::timeout(Duration::from_secs(10), exit)
+            .await
+            .expect("the exit was not seen");
+        assert!(!process_running(child.id() as i32));
+        child.wait().unwrap();
+    }
 
     #[test]
     fn a_zombie_is_not_running() {

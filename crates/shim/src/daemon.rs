@@ -610,24 +610,24 @@ async fn serve(
             }
         });
     }
-    let active = Arc::new(tokio::sync::Semaphore::new(0));
-    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Connections being served.
+    let (conns, mut conns_rx) = watch::channel(0usize);
+    let conns = Arc::new(conns);
     {
         let shim = shim.clone();
         let conns = conns.clone();
-        let _ = active;
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((s, _)) => {
                         let shim = shim.clone();
                         let conns = conns.clone();
-                        conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        conns.send_modify(|n| *n += 1);
                         tokio::spawn(async move {
                             if let Err(e) = handle(shim, s).await {
                                 slog!("connection: {e:#}");
                             }
-                            conns.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            conns.send_modify(|n| *n -= 1);
                         });
                     }
                     Err(e) => {
@@ -667,12 +667,7 @@ async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
     }
     // Let handlers that wait for the exit (wait/stop/attach) write their replies.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while conns.load(std::sync::atomic::Ordering::SeqCst) > 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), conns_rx.wait_for(|n| *n == 0)).await;
     for f in [paths::SHIM_SOCK, paths::AGENT_SOCK, paths::SHIM_PID] {
         let _ = std::fs::remove_file(dir.join(f));
     }

@@ -33,24 +33,8 @@ impl Nic {
         let Some(n) = &spec.network else {
             return private(mac_for_id(&spec.id));
         };
-        let guest = tap::parse_mac(&n.mac).ok_or_else(|| anyhow!("bad MAC {:?}", n.mac))?;
-        let t = tap::create(
-            Netns::At(&n.netns),
-            &TapSpec {
-                name: &n.tap,
-                mtu: n.mtu,
-                bridge: Some(&n.bridge),
-                host_mac: Some(tap::host_side_mac(guest)),
-            },
-        )
-        .with_context(|| {
-            format!(
-                "creating tap {} on {} in {}",
-                n.tap,
-                n.bridge,
-                n.netns.display()
-            )
-        })?;
+        let t = tap::create(Netns::At(&n.netns), &tenant_tap(n)?)
+            .with_context(|| format!("creating tap {}", where_in_tenant(n)))?;
         Ok(Nic {
             tap: t,
             mac: n.mac.clone(),
@@ -102,27 +86,26 @@ impl StandbyNic {
         let Some(n) = &spec.network else {
             return Ok(());
         };
-        let guest = tap::parse_mac(&n.mac).ok_or_else(|| anyhow!("bad MAC {:?}", n.mac))?;
         self.0
-            .move_to(
-                &n.netns,
-                &TapSpec {
-                    name: &n.tap,
-                    mtu: n.mtu,
-                    bridge: Some(&n.bridge),
-                    host_mac: Some(tap::host_side_mac(guest)),
-                },
-            )
-            .with_context(|| {
-                format!(
-                    "moving the standby VM's tap to {} on {} in {}",
-                    n.tap,
-                    n.bridge,
-                    n.netns.display()
-                )
-            })?;
+            .move_to(&n.netns, &tenant_tap(n)?)
+            .with_context(|| format!("moving the standby VM's tap to {}", where_in_tenant(n)))?;
         Ok(())
     }
+}
+
+/// The container's tap in its tenant's namespace, on its network's bridge.
+fn tenant_tap(n: &crate::NetworkSpec) -> Result<TapSpec<'_>> {
+    let guest = tap::parse_mac(&n.mac).ok_or_else(|| anyhow!("bad MAC {:?}", n.mac))?;
+    Ok(TapSpec {
+        name: &n.tap,
+        mtu: n.mtu,
+        bridge: Some(&n.bridge),
+        host_mac: Some(tap::host_side_mac(guest)),
+    })
+}
+
+fn where_in_tenant(n: &crate::NetworkSpec) -> String {
+    format!("{} on {} in {}", n.tap, n.bridge, n.netns.display())
 }
 
 fn private(mac: String) -> Result<Nic> {

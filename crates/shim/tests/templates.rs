@@ -246,15 +246,36 @@ macro_rules! need_vm {
     }};
 }
 
+/// The containers `alpha` (WHO=a on disk-a) and `bravo` (WHO=b on disk-b) running [`PROBE`],
+/// and their template, built ahead of time as hyperd does (one for both: the same size).
+struct Probes {
+    disk_a: PathBuf,
+    disk_b: PathBuf,
+    alpha: Spec,
+    bravo: Spec,
+    template: shim::template::Template,
+}
+
+fn probes(f: &Fixture) -> Probes {
+    let (disk_a, disk_b) = (base_disk(f, "disk-a"), base_disk(f, "disk-b"));
+    let alpha = spec(f, "alpha", &disk_a, "WHO=a", PROBE);
+    let bravo = spec(f, "bravo", &disk_b, "WHO=b", PROBE);
+    let template = shim::template::ensure(&alpha, &f.work.join("templates"), true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    Probes {
+        disk_a,
+        disk_b,
+        alpha,
+        bravo,
+        template,
+    }
+}
+
 #[test]
 fn two_containers_from_one_template_differ() {
     let (f, _g) = need_vm!();
-    let (disk_a, disk_b) = (base_disk(&f, "disk-a"), base_disk(&f, "disk-b"));
-    let sa = spec(&f, "alpha", &disk_a, "WHO=a", PROBE);
-    let sb = spec(&f, "bravo", &disk_b, "WHO=b", PROBE);
-    // Ahead of time, as hyperd does; both containers share one template (same size).
-    let t = shim::template::ensure(&sa, &f.work.join("templates"), true)
-        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let p = probes(&f);
+    let (disk_a, disk_b, sa, sb, t) = (p.disk_a, p.disk_b, p.alpha, p.bravo, p.template);
     assert!(t.ram().is_file() && t.state().is_file());
     // Let the template's clock fall behind the host's: the restore must set it.
     std::thread::sleep(Duration::from_secs(3));
@@ -307,11 +328,8 @@ fn assert_distinct(a: &Run, b: &Run) {
 #[test]
 fn containers_claim_standby_vms_and_still_differ() {
     let (f, _g) = need_vm!();
-    let (disk_a, disk_b) = (base_disk(&f, "disk-a"), base_disk(&f, "disk-b"));
-    let sa = spec(&f, "alpha", &disk_a, "WHO=a", PROBE);
-    let sb = spec(&f, "bravo", &disk_b, "WHO=b", PROBE);
-    let t = shim::template::ensure(&sa, &f.work.join("templates"), true)
-        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let p = probes(&f);
+    let (disk_a, disk_b, sa, sb, t) = (p.disk_a, p.disk_b, p.alpha, p.bravo, p.template);
     let (s1, s2) = (standby(&f, "standby-1", &sa), standby(&f, "standby-2", &sa));
     for s in [&s1, &s2] {
         let log = std::fs::read_to_string(s.join("shim.log")).unwrap();
