@@ -1346,7 +1346,7 @@ fn standby_vms() {
             .run()
             .ok()
             .out();
-        wait_log_contains(&d, &id, "up", 60.0);
+        wait_log_contains(d, &id, "up", 60.0);
         let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
         d.hyper(&["rm", "-f", &id]).run().ok();
         if log.contains("standby: claimed by container") {
