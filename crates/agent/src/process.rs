@@ -68,14 +68,15 @@ pub fn register(pid: i32) -> oneshot::Receiver<i32> {
     rx
 }
 
-/// Reap every exited child without blocking.
-pub fn reap() {
+/// Reap every exited child without blocking. False when a spawn holds the lock (reaping now
+/// could take the status of a child that spawn is waiting for): try again later.
+pub fn reap() -> bool {
     let Ok(_spawn) = SPAWN_LOCK.try_lock() else {
-        return;
+        return false;
     };
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(WaitStatus::StillAlive) | Err(_) => return true,
             Ok(st) => {
                 if let Some((pid, code)) = exit_code(st) {
                     let mut g = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());

@@ -59,10 +59,10 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A guest restored from a template probed the template's placeholder (zeros, same size)
-    // at boot: whatever the partition scan read of it is still cached and must not be taken for
-    // the container's blocks.
+    // at boot, and a standby rehearsed on its scratch disk: whatever the block layer read of
+    // those is still cached and must not be taken for the container's blocks.
     forget_cached_blocks(device).map_err(|e| RootfsError::Flush(device.to_string(), e))?;
-    let t_driver = t0.elapsed();
+    let t_device = t0.elapsed();
     let _ = std::fs::create_dir_all(ROOTFS);
     mount(
         Some(device),
@@ -92,8 +92,8 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     log!(
         "root ready in {} ms: device {} ms, mount {} ms, grow {} ms",
         t0.elapsed().as_millis(),
-        t_driver.as_millis(),
-        (t_mount - t_driver).as_millis(),
+        t_device.as_millis(),
+        (t_mount - t_device).as_millis(),
         (t_grow - t_mount).as_millis()
     );
     Ok(())
