@@ -68,6 +68,9 @@ struct Args {
 /// (with their guest-clock timestamps) reach the console, which costs some serial output.
 const VERBOSE_CMDLINE: &str = "printk.time=1 loglevel=7";
 
+/// hyperd's own default for `--standby-vms`.
+const DEFAULT_STANDBY_VMS: usize = 2;
+
 const FLOOR_INIT_C: &str = r#"
 #include <sys/reboot.h>
 #include <unistd.h>
@@ -274,6 +277,16 @@ impl Env {
     /// Start hyperd on the data root; `templates` is its `--templates` (always passed, so an
     /// HYPERD_TEMPLATES in the environment cannot change what a pass measures).
     fn start_hyperd(&self, extra: &str, templates: &str) -> Result<()> {
+        self.start_hyperd_with_standbys(extra, templates, DEFAULT_STANDBY_VMS)
+    }
+
+    /// [`Env::start_hyperd`] keeping `standby_vms` standby VMs.
+    fn start_hyperd_with_standbys(
+        &self,
+        extra: &str,
+        templates: &str,
+        standby_vms: usize,
+    ) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,7 +301,9 @@ impl Env {
             .arg(self.data.join("client"))
             .args(["--accel", &self.accel_arg, "--kernel-cmdline-extra", extra])
             .args(["--templates", templates])
+            .args(["--standby-vms", &standby_vms.to_string()])
             .env_remove("HYPERD_TEMPLATES")
+            .env_remove("HYPERD_STANDBY_VMS")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1101,10 +1116,10 @@ fn wait_template(env: &Env, from: usize) -> String {
 }
 
 /// How the shim brought the VM up, from its `qemu pid N accel A (how)` line.
-/// Until hyperd's standby pool is full again (at most 20 s), so that no refill (a restore and a
-/// rehearsal in the background) runs during the next timed run, ours or docker's.
-fn wait_standby_full(env: &Env) {
-    let deadline = now() + 20.0;
+/// Until hyperd's standby pool is full again (at most 2 s a standby), so that no refill (a
+/// restore and a rehearsal in the background) runs during the next timed run, ours or docker's.
+fn wait_standby_full(env: &Env, pool: usize) {
+    let deadline = now() + 5.0 + 2.0 * pool as f64;
     while now() < deadline {
         let o = env
             .hyper()
@@ -1501,18 +1516,18 @@ fn run(args: &Args) -> Result<()> {
     let template_note = wait_template(&env, log_len);
     eprintln!(": {template_note}");
     // Warm-up: the first restore maps the template's files for the first time.
-    wait_standby_full(&env);
+    wait_standby_full(&env, DEFAULT_STANDBY_VMS);
     let _ = hyper_run_kind(&env, "busybox")?;
     let (mut tmpl_t, mut tmpl_settled_t, mut tmpl_kinds) = (Vec::new(), Vec::new(), Vec::new());
     progress("template runs");
     for i in 0..args.template_runs {
         progress(&format!(" {}", i + 1));
-        wait_standby_full(&env);
+        wait_standby_full(&env, DEFAULT_STANDBY_VMS);
         let (t, st, kind) = hyper_run_kind(&env, "busybox")?;
         tmpl_t.push(t);
         tmpl_settled_t.push(st);
         tmpl_kinds.push(kind.unwrap_or_else(|| "?".into()));
-        wait_standby_full(&env);
+        wait_standby_full(&env, DEFAULT_STANDBY_VMS);
         if let Some(d) = &docker {
             match docker_run(d) {
                 Ok(t) => docker_t.push(t),
@@ -1526,15 +1541,28 @@ fn run(args: &Args) -> Result<()> {
     }
     eprintln!();
     let mut hyper_par = None;
+    let mut hyper_par_pool = None;
     let mut docker_par = None;
     let mut par_note = String::new();
     if args.parallel > 0 {
         progress(&format!("{} at once: hyper", args.parallel));
-        wait_standby_full(&env);
+        wait_standby_full(&env, DEFAULT_STANDBY_VMS);
         match hyper_parallel(&env, args.parallel) {
             Ok(p) => hyper_par = Some(p),
             Err(e) => {
                 par_note += &format!("hyper: {e:#}. ");
+                hyper_rm_all(&env);
+            }
+        }
+        // Again with a pool sized for the burst: every start a claim.
+        progress(", hyper with a pool of the same size");
+        env.stop_hyperd();
+        env.start_hyperd_with_standbys("", "on", args.parallel)?;
+        wait_standby_full(&env, args.parallel);
+        match hyper_parallel(&env, args.parallel) {
+            Ok(p) => hyper_par_pool = Some(p),
+            Err(e) => {
+                par_note += &format!("hyper with a pool of {}: {e:#}. ", args.parallel);
                 hyper_rm_all(&env);
             }
         }
@@ -1719,6 +1747,19 @@ fn run(args: &Args) -> Result<()> {
             h.and_then(|p| p.rm_settled),
             None,
         );
+        let hp = hyper_par_pool.as_ref();
+        r(
+            &format!("{np} x run -d, hyperd --standby-vms {np}"),
+            hp.map(|p| p.start),
+            d.map(|p| p.start),
+        );
+        if let Some(p) = hp {
+            let standby = p.kinds.iter().filter(|k| *k == "standby").count();
+            println!(
+                "  (a standby pool sized for the burst: {standby} of {} starts were claims; the rows above use hyperd's default pool of {DEFAULT_STANDBY_VMS})",
+                p.kinds.len()
+            );
+        }
         if let Some(p) = h {
             println!(
                 "  per container: hyper {:.2} s start, docker {}",
