@@ -1334,10 +1334,10 @@ fn standby_vms() {
     }
     // Another test may claim the standby first: then try again.
     for attempt in 1..=3 {
-        wait_for("a full standby pool", secs(120.0), || {
+        wait_for("a standby VM ready", secs(120.0), || {
             let s = standby();
             match s.strip_suffix(" ready").and_then(|s| s.split_once(" of ")) {
-                Some((ready, target)) if ready == target && ready != "0" => Ok(()),
+                Some((ready, _)) if ready != "0" => Ok(()),
                 _ => Err(s),
             }
         });
