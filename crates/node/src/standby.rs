@@ -106,6 +106,8 @@ impl StandbyPool {
         if let Err(e) = &claimed {
             tracing::warn!("claiming standby VM {}: {e}", standby.display());
             discard(standby).await;
+            // A supervisor that died after moving in leaves its VM in the container's directory.
+            stop_processes_in(container_dir).await;
         }
         claimed.map(|_| ())
     }
@@ -201,9 +203,14 @@ async fn discard(dir: &Path) {
         )
         .await;
     }
+    stop_processes_in(dir).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGKILL every process of `dir` until none is left (at most 5 s).
+async fn stop_processes_in(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while crate::runtime::kill_processes_in(dir) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

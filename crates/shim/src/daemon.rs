@@ -345,6 +345,12 @@ async fn standby(
             );
         }
     };
+    let kill = |up: &Up| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(up.qemu_pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
+    };
     let restored = t0.elapsed().as_secs_f64();
     match rehearse(&mut up).await {
         Ok(ms) => slog!(
@@ -352,10 +358,7 @@ async fn standby(
             t.meta.key
         ),
         Err(e) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(up.qemu_pid as i32),
-                nix::sys::signal::SIGKILL,
-            );
+            kill(&up);
             bail!("the standby VM's rehearsal failed: {e:#}");
         }
     }
@@ -366,12 +369,6 @@ async fn standby(
     let _ = ready.write_all(b"ready");
     *ready = std::fs::File::open("/dev/null")?;
 
-    let kill = |up: &Up| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(up.qemu_pid as i32),
-            nix::sys::signal::SIGKILL,
-        );
-    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut gone = up.gone.clone();
     let mut nic = Some(nic);
@@ -413,7 +410,8 @@ async fn standby(
                             "standby: claimed in {} ms",
                             claim_started.elapsed().as_millis()
                         );
-                        reply(&mut s, &Response::ok()).await?;
+                        // The VM is the container's now, whether or not the asker still listens.
+                        let _ = reply(&mut s, &Response::ok()).await;
                         break c;
                     }
                     Err(e) => {
