@@ -46,13 +46,16 @@ pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade)
 }
 
 /// Copies client input to the supervisor and its frames back to the client until the process
-/// is done. Returns the exit code when the supervisor sent one (exec).
+/// is done. `on_end` gets the exit code when the supervisor sent one (exec) *before* the
+/// client's stream is closed: a client that asks for the exit code as soon as the stream ends
+/// (`docker exec` inspects the exec then) must find it recorded.
 pub async fn pump(
     upgraded: hyper::upgrade::Upgraded,
     shim: BufReader<UnixStream>,
     tty: bool,
     stdin: bool,
-) -> Option<i64> {
+    on_end: impl FnOnce(Option<i64>),
+) {
     let client = TokioIo::new(upgraded);
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
@@ -73,8 +76,8 @@ pub async fn pump(
         code = output => code,
         _ = input => None,
     };
+    on_end(code);
     let _ = client_wr.shutdown().await;
-    code
 }
 
 async fn forward_frames(

@@ -546,7 +546,7 @@ pub async fn attach(
         // When the container failed to start, the start request reports why; the attached
         // stream just ends.
         if let Ok(shim) = shim {
-            streams::pump(upgraded, shim, c.config.tty, stdin).await;
+            streams::pump(upgraded, shim, c.config.tty, stdin, |_| {}).await;
         }
     });
     Ok(response)

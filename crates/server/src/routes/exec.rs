@@ -104,8 +104,10 @@ pub async fn start(
     let runtime = app.runtime.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let code = streams::pump(upgraded, shim, tty, info.config.attach_stdin).await;
-        runtime.exec_finished(&id, code.unwrap_or(-1));
+        streams::pump(upgraded, shim, tty, info.config.attach_stdin, |code| {
+            runtime.exec_finished(&id, code.unwrap_or(-1))
+        })
+        .await;
     });
     Ok(response)
 }
