@@ -139,15 +139,7 @@ pub fn create(ns: Netns<'_>, spec: &TapSpec<'_>) -> Result<Tap, TapError> {
         }
         Netns::Private => None,
     };
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            enter(ns_file.as_ref())?;
-            open_configured(spec)
-        });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    on_thread_in(ns_file.as_ref(), || open_configured(spec))
 }
 
 /// A tap in a private namespace of its own that can later move into another namespace (a
@@ -165,17 +157,11 @@ pub fn create_private(spec: &TapSpec<'_>) -> Result<PrivateTap, TapError> {
     if spec.bridge.is_some() {
         return Err(TapError::BridgeInPrivateNetns(spec.name.to_string()));
     }
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            enter(None)?;
-            let tap = open_configured(spec)?;
-            let netns = File::open("/proc/thread-self/ns/net")
-                .map_err(sys("opening the private network namespace"))?;
-            Ok(PrivateTap { tap, netns })
-        });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    on_thread_in(None, || {
+        let tap = open_configured(spec)?;
+        let netns = File::open("/proc/thread-self/ns/net")
+            .map_err(sys("opening the private network namespace"))?;
+        Ok(PrivateTap { tap, netns })
     })
 }
 
@@ -202,20 +188,29 @@ impl PrivateTap {
         if let Err(e) = moved {
             return Err(TapError::Move(e.to_string()));
         }
-        std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                enter(Some(&target))?;
-                configure(spec)
-            });
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })?;
+        on_thread_in(Some(&target), || configure(spec))?;
         Ok(Tap {
             name: spec.name.to_string(),
             fd: self.tap.fd,
         })
     }
+}
+
+/// Runs `f` on a short-lived thread of our own in `ns` (a new namespace when `None`): the
+/// caller's thread stays where it was.
+fn on_thread_in<R: Send>(
+    ns: Option<&File>,
+    f: impl FnOnce() -> Result<R, TapError> + Send,
+) -> Result<R, TapError> {
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            enter(ns)?;
+            f()
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Move the calling thread into `ns`, or into a new namespace when `None`.

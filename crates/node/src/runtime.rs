@@ -28,10 +28,10 @@ use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::standby::StandbyPool;
 use crate::{sizes, validate, Result, RuntimeError};
 
-/// A restart policy applies only to a container that ran at least this long (Hyper's rule).
 // An image's ext4 fills the root disk slot, so a container's start needs no online grow.
 const _: () = assert!(image::ROOT_DISK_SIZE == vm::ROOT_DISK_BYTES);
 
+/// A restart policy applies only to a container that ran at least this long (Hyper's rule).
 const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 #[derive(Debug, Clone)]
@@ -631,44 +631,21 @@ impl Runtime {
         let Some(pool) = &self.standby else {
             return self.launch_shim(dir).await;
         };
-        let up = match pool.take(spec) {
-            Some(standby) => match pool.claim(&standby, dir).await {
-                Ok(()) => Ok(()),
-                Err(_) => self.launch_shim(dir).await,
-            },
-            None => self.launch_shim(dir).await,
+        let claimed = match pool.take(spec) {
+            Some(standby) => pool.claim(&standby, dir).await.is_ok(),
+            None => false,
+        };
+        let up = if claimed {
+            Ok(())
+        } else {
+            self.launch_shim(dir).await
         };
         pool.fill();
         up
     }
 
     async fn launch_shim(&self, dir: &Path) -> Result<()> {
-        // The shim daemonizes: its stderr goes to a file so no pipe outlives the launcher.
-        let err_path = dir.join("launch.err");
-        let err_file =
-            std::fs::File::create(&err_path).map_err(RuntimeError::io("create launch.err"))?;
-        let status = tokio::process::Command::new(&self.cfg.shim_binary)
-            .arg("--dir")
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(err_file)
-            .status()
-            .await
-            .map_err(RuntimeError::io(format!(
-                "run {}",
-                self.cfg.shim_binary.display()
-            )))?;
-        let message = std::fs::read_to_string(&err_path).unwrap_or_default();
-        let _ = std::fs::remove_file(&err_path);
-        if status.success() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Shim(format!(
-                "the VM did not start: {}",
-                message.trim()
-            )))
-        }
+        launch_supervisor(&self.cfg.shim_binary, dir).await
     }
 
     fn record_start_failure(&self, entry: &Entry, error: &str, exit_code: i64) {
@@ -1321,7 +1298,7 @@ impl Runtime {
 
 /// The supervisor powers the VM off after it reports the exit; removing the directory before
 /// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
-pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
+async fn wait_for_supervisor_exit(dir: &Path) {
     let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
@@ -1348,6 +1325,33 @@ pub(crate) async fn wait_for_supervisor_exit(dir: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     kill_orphaned_vm(dir);
+}
+
+/// `hyper-shim --dir DIR`: returns once the VM of `dir`'s spec is up under its supervisor.
+pub(crate) async fn launch_supervisor(shim_binary: &Path, dir: &Path) -> Result<()> {
+    // The shim daemonizes: its stderr goes to a file so no pipe outlives the launcher.
+    let err_path = dir.join("launch.err");
+    let err_file =
+        std::fs::File::create(&err_path).map_err(RuntimeError::io("create launch.err"))?;
+    let status = tokio::process::Command::new(shim_binary)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err_file)
+        .status()
+        .await
+        .map_err(RuntimeError::io(format!("run {}", shim_binary.display())))?;
+    let message = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Shim(format!(
+            "the VM did not start: {}",
+            message.trim()
+        )))
+    }
 }
 
 /// Resolves when process `pid` exits (a pidfd turns readable then, zombie or not), or `None`

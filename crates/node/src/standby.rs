@@ -148,21 +148,9 @@ impl StandbyPool {
             dir.join(shim::paths::SPEC),
             serde_json::to_vec_pretty(&spec)?,
         )?;
-        let out = tokio::process::Command::new(&self.shim_binary)
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .await
-            .with_context(|| format!("run {}", self.shim_binary.display()))?;
-        if !out.status.success() {
+        if let Err(e) = crate::runtime::launch_supervisor(&self.shim_binary, &dir).await {
             discard(&dir).await;
-            anyhow::bail!(
-                "the standby VM did not come up: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            anyhow::bail!("a standby VM: {e}");
         }
         self.ready.lock().expect("poisoned").push_back(dir);
         Ok(())

@@ -312,39 +312,18 @@ async fn standby(
         .template_dir
         .clone()
         .context("a standby VM needs a template_dir")?;
-    crate::template::kill_build_vm_on_signals();
-    let (s2, dir2) = (spec.clone(), templates.clone());
-    let t = tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
-        .await
-        .map_err(|e| anyhow!("template task: {e}"))??;
+    let t = find_template(&spec, &templates).await?;
     let nic = crate::nic::StandbyNic::new()?;
     let scratch = crate::standby::scratch_disk(&spec, &templates, &standby_dir)?;
     let cfg = crate::template::vm_config(&spec, &standby_dir, &scratch, Some(nic.config()))?;
-    let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
-    // The scratch disk twice for QEMU's fd set, as a container restore passes its root disk.
-    let ro = std::fs::File::open(&scratch).context("opening the scratch disk")?;
-    let rw = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&scratch)
-        .context("opening the scratch disk")?;
+    let (ro, rw) = open_for_fdset(&scratch, "the scratch disk")?;
     let boot = Boot::Standby {
         ram: t.ram(),
         root_fds: [ro.as_raw_fd(), rw.as_raw_fd()],
     };
-    let up = bring_up(&cfg, &boot, Some(&t), std::process::id(), limit).await;
+    let up = restore(&spec, &cfg, &boot, &t, std::process::id()).await;
     drop((ro, rw));
-    let mut up = match up {
-        Ok(u) => u,
-        Err(f) => {
-            f.kill().await;
-            bail!(
-                "restoring template {} for a standby VM: {}",
-                t.meta.key,
-                f.what
-            );
-        }
-    };
+    let mut up = up.context("a standby VM")?;
     let kill = |up: &Up| {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(up.qemu_pid as i32),
@@ -713,47 +692,69 @@ async fn restore_from_template(
     shim_pid: u32,
 ) -> Result<Up> {
     let t0 = std::time::Instant::now();
-    // Until the serving loop's own SIGTERM handling is up, a terminated shim must not leave a
-    // template VM behind.
-    crate::template::kill_build_vm_on_signals();
-    let (s2, dir2) = (spec.clone(), templates.to_path_buf());
-    let t = tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
-        .await
-        .map_err(|e| anyhow!("template task: {e}"))??;
+    let t = find_template(spec, templates).await?;
     slog!(
         "template {} (built {}) found in {:.3}s",
         t.meta.key,
         t.meta.created_at,
         t0.elapsed().as_secs_f64()
     );
-    // A restored guest is up in well under a second; a restore that has not answered after
-    // 15 s (scaled by the boot timeout for slow hosts) will not, and a cold boot still can.
-    let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
-    // The root disk twice, read-only and read-write, for QEMU's fd set (see `Boot::Restore`).
-    // Opened with O_CLOEXEC; `bring_up` lets exactly these two through to QEMU.
-    let mut ro = std::fs::File::open(&spec.root_disk).context("opening the root disk")?;
+    let (mut ro, rw) = open_for_fdset(&spec.root_disk, "the root disk")?;
     crate::template::check_root_disk(&mut ro)?;
+    let boot = Boot::Restore {
+        ram: t.ram(),
+        root_fds: Some([ro.as_raw_fd(), rw.as_raw_fd()]),
+    };
+    let up = restore(spec, cfg, &boot, &t, shim_pid).await;
+    drop((ro, rw));
+    let up = up?;
+    slog!(
+        "restored from template {} in {:.3}s",
+        t.meta.key,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(up)
+}
+
+/// The template for `spec`, built first when there is none (never waiting for another
+/// builder: see `template::ensure`).
+async fn find_template(spec: &Spec, templates: &Path) -> Result<crate::template::Template> {
+    // Until the serving loop's own SIGTERM handling is up, a terminated shim must not leave a
+    // template VM behind.
+    crate::template::kill_build_vm_on_signals();
+    let (s2, dir2) = (spec.clone(), templates.to_path_buf());
+    tokio::task::spawn_blocking(move || crate::template::ensure(&s2, &dir2, false))
+        .await
+        .map_err(|e| anyhow!("template task: {e}"))?
+        .map_err(Into::into)
+}
+
+/// `path` opened twice, read-only and read-write, for QEMU's fd set (see `Boot::Restore`).
+/// Opened with O_CLOEXEC; `bring_up` lets exactly these two through to QEMU.
+fn open_for_fdset(path: &Path, what: &str) -> Result<(std::fs::File, std::fs::File)> {
+    let ro = std::fs::File::open(path).with_context(|| format!("opening {what}"))?;
     let rw = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&spec.root_disk)
-        .context("opening the root disk")?;
-    let fds = [ro.as_raw_fd(), rw.as_raw_fd()];
-    let boot = Boot::Restore {
-        ram: t.ram(),
-        root_fds: Some(fds),
-    };
-    let res = bring_up(cfg, &boot, Some(&t), shim_pid, limit).await;
-    drop((ro, rw));
-    match res {
-        Ok(u) => {
-            slog!(
-                "restored from template {} in {:.3}s",
-                t.meta.key,
-                t0.elapsed().as_secs_f64()
-            );
-            Ok(u)
-        }
+        .open(path)
+        .with_context(|| format!("opening {what}"))?;
+    Ok((ro, rw))
+}
+
+/// Spawn QEMU for `boot` and restore template `t` into it; when that fails, QEMU is killed and
+/// the error says what it said.
+async fn restore(
+    spec: &Spec,
+    cfg: &VmConfig,
+    boot: &Boot,
+    t: &crate::template::Template,
+    shim_pid: u32,
+) -> Result<Up> {
+    // A restored guest is up in well under a second; a restore that has not answered after
+    // 15 s (scaled by the boot timeout for slow hosts) will not, and a cold boot still can.
+    let limit = Duration::from_secs((spec.boot_timeout_secs / 4).clamp(5, 15));
+    match bring_up(cfg, boot, Some(t), shim_pid, limit).await {
+        Ok(u) => Ok(u),
         Err(f) => {
             f.kill().await;
             let errs = f.qemu_err.lock().unwrap().join("; ");

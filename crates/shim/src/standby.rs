@@ -1,9 +1,10 @@
 //! Standby VMs: restored from the template ahead of time, before any container asks, so that a
 //! start skips QEMU's spawn and the restore. A standby belongs to no container and has run
-//! nothing but its agent: its root slot holds a placeholder that reads zeros
-//! ([`vm::Boot::Standby`]) and its tap sits in a private namespace. A container claims it
-//! (`Request::Claim`): the shim puts the container's disk behind the slot (`blockdev-reopen` of
-//! the raw node over the placeholder), moves the tap into the tenant's namespace and onto its
+//! nothing but its agent and a rehearsal of a start (`HostMsg::Rehearse`) on its own scratch
+//! disk ([`scratch_disk`], behind the root slot: [`vm::Boot::Standby`]); its tap sits in a
+//! private namespace. A container claims it (`Request::Claim`): the shim puts the container's
+//! disk behind the slot (`blockdev-reopen` of the raw node over the scratch disk), moves the tap
+//! into the tenant's namespace and onto its
 //! bridge, and moves its directory over the container's, so that QEMU's chroot, the sockets and
 //! the logs end up where every other part expects a container's. From then on it is that
 //! container's supervisor like any other; nothing is ever claimed twice.

@@ -209,6 +209,18 @@ impl Hypervisor for Qemu {
         //    reads zeros: its guest probes it at boot (no partitions) and drops whatever it read
         //    when a container's Start comes (see the agent's rootfs). A file there would have to
         //    be reopened read-only when migration inactivates it, which a chrooted QEMU cannot do.
+        //    A disk given as descriptors goes into fd set 1 (see `Boot::Restore`).
+        if let Boot::Restore {
+            root_fds: Some([ro, rw]),
+            ..
+        }
+        | Boot::Standby {
+            root_fds: [ro, rw], ..
+        } = boot
+        {
+            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
+            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
+        }
         if matches!(boot, Boot::TemplateSave { .. }) {
             push(&[
                 "-drive",
@@ -217,12 +229,7 @@ impl Hypervisor for Qemu {
                     crate::ROOT_DISK_BYTES
                 ),
             ]);
-        } else if let Boot::Standby {
-            root_fds: [ro, rw], ..
-        } = boot
-        {
-            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
-            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
+        } else if matches!(boot, Boot::Standby { .. }) {
             push(&[
                 "-blockdev",
                 &format!(
@@ -236,13 +243,13 @@ impl Hypervisor for Qemu {
                     crate::STANDBY_PLACEHOLDER_NODE
                 ),
             ]);
-        } else if let Boot::Restore {
-            root_fds: Some([ro, rw]),
-            ..
-        } = boot
-        {
-            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
-            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
+        } else if matches!(
+            boot,
+            Boot::Restore {
+                root_fds: Some(_),
+                ..
+            }
+        ) {
             push(&[
                 "-drive",
                 "id=root,file=/dev/fdset/1,format=qcow2,if=none,cache=writeback,discard=unmap",
