@@ -45,8 +45,8 @@ use crate::Spec;
 
 /// Bumped whenever the device layout, the VM's CPU model or the template format changes (2: the
 /// NIC; 3: the block driver probes a placeholder of the root disk's size at boot; 4: ARAT under
-/// TCG).
-pub const LAYOUT_VERSION: u32 = 4;
+/// TCG; 5: no option ROM, restores without a kernel).
+pub const LAYOUT_VERSION: u32 = 5;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.

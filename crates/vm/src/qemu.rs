@@ -145,15 +145,17 @@ impl Hypervisor for Qemu {
         // Template boots put guest RAM in a file: shared (written through) while the template is
         // made, private copy-on-write when a container restores it. Everything else stays the
         // same, so the device slots match.
+        // No option ROMs: qboot boots the kernel from fw_cfg by itself, and a restore, which
+        // boots nothing, must present the same RAM blocks as its template (an option ROM is one).
         match boot {
-            Boot::Cold => push(&["-M", "microvm,rtc=on"]),
+            Boot::Cold => push(&["-M", "microvm,rtc=on,x-option-roms=off"]),
             Boot::TemplateSave { ram } | Boot::Restore { ram, .. } | Boot::Standby { ram, .. } => {
                 let share = if matches!(boot, Boot::TemplateSave { .. }) {
                     "on"
                 } else {
                     "off"
                 };
-                push(&["-M", "microvm,rtc=on,memory-backend=ram"]);
+                push(&["-M", "microvm,rtc=on,x-option-roms=off,memory-backend=ram"]);
                 push(&[
                     "-object",
                     &format!(
@@ -178,13 +180,18 @@ impl Hypervisor for Qemu {
             "-m",
             &format!("{}M", cfg.memory_mib),
         ]);
-        push(&[
-            "-kernel",
-            &cfg.kernel.to_string_lossy(),
-            "-initrd",
-            &cfg.initrd.to_string_lossy(),
-        ]);
-        push(&["-append", &Qemu::cmdline(cfg)?]);
+        // A restored guest has booted already. QEMU keeps a kernel and initramfs it is given in
+        // its own memory for fw_cfg for the VM's whole life (17 MiB a VM here), so restores get
+        // neither.
+        if matches!(boot, Boot::Cold | Boot::TemplateSave { .. }) {
+            push(&[
+                "-kernel",
+                &cfg.kernel.to_string_lossy(),
+                "-initrd",
+                &cfg.initrd.to_string_lossy(),
+            ]);
+            push(&["-append", &Qemu::cmdline(cfg)?]);
+        }
         // 1. console
         push(&[
             "-chardev",
@@ -369,7 +376,7 @@ mod tests {
     #[test]
     fn machine_and_devices() {
         let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
-        assert_eq!(value_of(&args, "-M"), ["microvm,rtc=on"]);
+        assert_eq!(value_of(&args, "-M"), ["microvm,rtc=on,x-option-roms=off"]);
         for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
             assert!(args.iter().any(|a| a == f), "{f}");
         }
@@ -426,14 +433,22 @@ mod tests {
             ["memory-backend-file,id=ram,size=512M,mem-path=/d/templates/k/ram,share=off"]
         );
         for a in [&save, &restore] {
-            assert_eq!(value_of(a, "-M"), ["microvm,rtc=on,memory-backend=ram"]);
+            assert_eq!(
+                value_of(a, "-M"),
+                ["microvm,rtc=on,x-option-roms=off,memory-backend=ram"]
+            );
             assert_eq!(
                 value_of(a, "-qmp"),
                 ["unix:/d/c/abc/qmp.sock,server=on,wait=off"]
             );
             // Same devices, in the same order, as a cold boot.
             assert_eq!(value_of(a, "-device"), value_of(&cold, "-device"));
-            assert_eq!(value_of(a, "-append"), value_of(&cold, "-append"));
+        }
+        // The template boots the kernel; a restore has no kernel to keep in memory.
+        assert_eq!(value_of(&save, "-append"), value_of(&cold, "-append"));
+        assert_eq!(value_of(&save, "-kernel"), ["/d/kernel/vmlinuz"]);
+        for flag in ["-kernel", "-initrd", "-append"] {
+            assert!(value_of(&restore, flag).is_empty(), "{flag}");
         }
         assert_eq!(value_of(&restore, "-incoming"), ["defer"]);
         assert_eq!(
@@ -454,6 +469,7 @@ mod tests {
         assert_eq!(value_of(&standby, "-device"), value_of(&cold, "-device"));
         assert_eq!(value_of(&standby, "-object"), value_of(&restore, "-object"));
         assert_eq!(value_of(&standby, "-incoming"), ["defer"]);
+        assert!(value_of(&standby, "-kernel").is_empty());
         assert!(value_of(&standby, "-drive").is_empty());
         assert_eq!(
             value_of(&standby, "-blockdev"),
