@@ -45,6 +45,9 @@ pub fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
+/// The most standby VMs a test's hyperd keeps after a burst (`--standby-vms-max`).
+pub const STANDBY_VMS_MAX: usize = 3;
+
 /// `secs` scaled by `HYPER_TEST_TIMEOUT_SCALE`.
 pub fn secs(secs: f64) -> Duration {
     Duration::from_secs_f64(secs * scale())
@@ -526,7 +529,10 @@ impl Daemon {
             .arg(&self.client_dir)
             .arg("--node-netns")
             .arg(self.node.path())
-            .env("HYPERD_LOG", "info");
+            .env("HYPERD_LOG", "info")
+            // The tests' hyperds share two cores: a burst in one test would grow the pool to
+            // what fits the host's memory, and its refills would slow every other test.
+            .env("HYPERD_STANDBY_VMS_MAX", STANDBY_VMS_MAX.to_string());
         if let Some(x) = &self.opts.kernel_cmdline_extra {
             cmd.arg("--kernel-cmdline-extra").arg(x);
         }

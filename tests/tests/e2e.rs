@@ -1318,27 +1318,54 @@ fn events_stream() {
 }
 
 /// With templates on, hyperd keeps standby VMs (`hyper info`), and a start claims one: the
-/// container runs in a VM that was restored before it was asked for. Cold-boot runs of the suite
+/// container runs in a VM that was restored before it was asked for. A burst of starts grows the
+/// pool to the burst's size (up to its ceiling), and it fills to that. Cold-boot runs of the suite
 /// (`HYPERD_TEMPLATES=off`) have none.
 fn standby_vms() {
     let d = main_daemon();
-    let standby = || {
-        d.hyper(&["info", "--format", "{{.StandbyVMs}}"])
+    let info = |field: &str| {
+        d.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])
             .run()
             .ok()
             .out()
     };
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
-        assert_eq!(standby(), "off");
+        assert_eq!(info("StandbyVMs"), "off");
         return;
     }
-    // Another test may claim the standby first: then try again.
+    claim_a_standby(d, &info);
+
+    // Three starts at once: the pool's target becomes three (other tests' starts can only add
+    // to a burst, and three is the tests' ceiling), and it refills to three once they are done.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..STANDBY_VMS_MAX)
+            .map(|_| s.spawn(|| d.hyper(&["run", "-d", "busybox", "sleep", "600"]).run()))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap().ok().out())
+            .collect()
+    });
+    assert_eq!(info("StandbyVMsTarget"), STANDBY_VMS_MAX.to_string());
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    d.hyper(&rm).run().ok();
+    wait_for(
+        "the standby pool refilled to the burst",
+        secs(180.0),
+        || match info("StandbyVMsReady") {
+            n if n == STANDBY_VMS_MAX.to_string() => Ok(()),
+            n => Err(format!("{n} ready: {}", info("StandbyVMs"))),
+        },
+    );
+}
+
+/// A start claims a ready standby. Another test may claim it first: then try again.
+fn claim_a_standby(d: &Daemon, info: &dyn Fn(&str) -> String) {
     for attempt in 1..=3 {
         wait_for("a standby VM ready", secs(120.0), || {
-            let s = standby();
-            match s.strip_suffix(" ready").and_then(|s| s.split_once(" of ")) {
-                Some((ready, _)) if ready != "0" => Ok(()),
-                _ => Err(s),
+            match info("StandbyVMsReady") {
+                n if n != "0" => Ok(()),
+                _ => Err(info("StandbyVMs")),
             }
         });
         let id = d

@@ -73,6 +73,11 @@ struct DaemonArgs {
     /// hands one its disk and NIC (0: restore at each start). Needs templates on.
     #[arg(long, default_value_t = 2, env = "HYPERD_STANDBY_VMS")]
     standby_vms: usize,
+    /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst
+    /// of the last 15 minutes (starts within 10 s of each other), up to this. Default: as many
+    /// as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
+    #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
+    standby_vms_max: Option<usize>,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -389,6 +394,9 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_files: 3,
             template_dir: template_dir.clone(),
             standby_vms: args.standby_vms,
+            standby_vms_max: args
+                .standby_vms_max
+                .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes())),
             net: node::network::NetConfig {
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),
@@ -471,7 +479,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         let (spec, dir, runtime) = (template_spec.clone(), dir.clone(), state_runtime.clone());
         tokio::spawn(async move {
             setup::build_template(spec, dir).await;
-            runtime.fill_standby();
+            runtime.keep_standby();
         })
     });
 

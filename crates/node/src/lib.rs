@@ -2,6 +2,7 @@
 //! supervisor (`hyper-shim`), and keeps their records in the store.
 
 pub mod events;
+pub mod host;
 pub mod images;
 pub mod logs;
 pub mod metering;

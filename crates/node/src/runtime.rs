@@ -51,8 +51,10 @@ pub struct RuntimeConfig {
     /// (the shim builds one when missing and boots cold when it cannot restore); `None` always
     /// boots cold.
     pub template_dir: Option<PathBuf>,
-    /// Standby VMs of the default size to keep restored ahead of time (with templates only).
+    /// Standby VMs of the default size to keep restored ahead of time (with templates only):
+    /// at least `standby_vms`, up to `standby_vms_max` after a burst of starts.
     pub standby_vms: usize,
+    pub standby_vms_max: usize,
     pub net: NetConfig,
 }
 
@@ -161,6 +163,7 @@ impl Runtime {
                 cfg.shim_binary.clone(),
                 vm_spec(&cfg, size),
                 cfg.standby_vms,
+                cfg.standby_vms_max,
             ))
         });
         Arc::new(Self {
@@ -194,10 +197,12 @@ impl Runtime {
         }
     }
 
-    /// Refill the standby pool in the background (a no-op without one).
-    pub fn fill_standby(&self) {
+    /// Fill the standby pool in the background and keep it at its target until hyperd stops
+    /// (a no-op without one).
+    pub fn keep_standby(&self) {
         if let Some(pool) = &self.standby {
             pool.fill();
+            tokio::spawn(pool.clone().keep());
         }
     }
 

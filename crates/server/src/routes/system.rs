@@ -70,15 +70,12 @@ pub async fn info(
     let containers = app.runtime.list(&tenant);
     let running = containers.iter().filter(|c| c.is_running()).count();
     let images = app.runtime.images.list(&tenant)?.len();
-    let mem_total: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
     let cfg = app.runtime.config();
+    let standby = app
+        .runtime
+        .standby
+        .as_ref()
+        .map(|pool| (pool.ready_count(), pool.target(), pool.ceiling()));
     // VM templates: in use or not, how many are ready (a complete one has meta.json, written
     // last) and the age of the newest.
     let templates = match &cfg.template_dir {
@@ -129,7 +126,7 @@ pub async fn info(
         "OSType": "linux",
         "Architecture": std::env::consts::ARCH,
         "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "MemTotal": mem_total * 1024,
+        "MemTotal": node::host::memory_bytes(),
         "DockerRootDir": cfg.data_root,
         "ServerVersion": env!("CARGO_PKG_VERSION"),
         "Runtimes": {"hyper": {"path": cfg.qemu}},
@@ -139,10 +136,14 @@ pub async fn info(
         "Tenant": tenant,
         "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": cfg.kernel, "Initrd": cfg.initrd},
         "Templates": templates,
-        "StandbyVMs": app.runtime.standby.as_ref().map_or_else(
+        "StandbyVMs": standby.map_or_else(
             || "off".to_string(),
-            |pool| format!("{} of {} ready", pool.ready_count(), pool.target()),
+            |(ready, target, ceiling)| {
+                format!("{ready} of {target} ready (grows to {ceiling} for bursts of starts)")
+            },
         ),
+        "StandbyVMsReady": standby.map(|s| s.0),
+        "StandbyVMsTarget": standby.map(|s| s.1),
         "Warnings": [],
     })))
 }

@@ -4,9 +4,14 @@
 //! its directory, see `shim::standby`) instead of a QEMU spawn and a restore. A standby has run
 //! nothing but its agent and belongs to no tenant; each is claimed once.
 //!
-//! The pool refills in the background once no start is in flight (on a small host a refill
-//! competes with the start it would speed up), and is emptied when hyperd starts (standbys of an
-//! earlier hyperd may come from other inputs) and when it stops (they are not containers).
+//! The pool keeps at least its floor (`--standby-vms`) and grows, up to its ceiling, to the
+//! largest burst of starts seen lately ([`demand`]); once that burst is forgotten, the surplus
+//! is stopped. It refills in the background once no start is in flight (on a small host a
+//! refill competes with the start it would speed up), and is emptied when hyperd starts
+//! (standbys of an earlier hyperd may come from other inputs) and when it stops (they are not
+//! containers).
+
+mod demand;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -18,13 +23,19 @@ use serde_json::json;
 use shim::Spec as ShimSpec;
 
 use crate::shim_link;
+use demand::Demand;
 
 pub struct StandbyPool {
     dir: PathBuf,
     shim_binary: PathBuf,
     /// What every standby boots with (the default size's spec, `standby` set).
     spec: ShimSpec,
-    target: usize,
+    /// Standbys kept however quiet the node is.
+    floor: usize,
+    /// The most the pool grows to for bursts.
+    ceiling: usize,
+    /// Starts that fit the pool, for its size.
+    demand: Mutex<Demand>,
     ready: Mutex<VecDeque<PathBuf>>,
     filling: AtomicBool,
     next: AtomicU64,
@@ -41,6 +52,9 @@ pub struct StandbyPool {
 /// just started, and the next start of a quick succession.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// How often the pool is brought to its target when no start asks.
+const UPKEEP: Duration = Duration::from_secs(30);
+
 /// Counts a start as in flight while it lives.
 pub struct Starting<'a>(&'a StandbyPool);
 
@@ -52,8 +66,15 @@ impl Drop for Starting<'_> {
 }
 
 impl StandbyPool {
-    /// `spec`: the default size's shim spec with its `template_dir`; `target`: how many to keep.
-    pub fn new(data_root: &Path, shim_binary: PathBuf, mut spec: ShimSpec, target: usize) -> Self {
+    /// `spec`: the default size's shim spec with its `template_dir`; `floor` and `ceiling`: the
+    /// fewest standbys kept and the most (for bursts).
+    pub fn new(
+        data_root: &Path,
+        shim_binary: PathBuf,
+        mut spec: ShimSpec,
+        floor: usize,
+        ceiling: usize,
+    ) -> Self {
         spec.standby = true;
         spec.network = None;
         spec.hostname.clear();
@@ -61,7 +82,9 @@ impl StandbyPool {
             dir: data_root.join("standby"),
             shim_binary,
             spec,
-            target,
+            floor,
+            ceiling: ceiling.max(floor),
+            demand: Mutex::default(),
             ready: Mutex::default(),
             filling: AtomicBool::new(false),
             next: AtomicU64::new(0),
@@ -76,8 +99,15 @@ impl StandbyPool {
         self.ready.lock().expect("poisoned").len()
     }
 
+    /// How many standbys the pool keeps now: the largest recent burst, within floor and ceiling.
     pub fn target(&self) -> usize {
-        self.target
+        let peak = self.demand.lock().expect("poisoned").peak(Instant::now());
+        peak.clamp(self.floor, self.ceiling)
+    }
+
+    /// The most standbys the pool grows to.
+    pub fn ceiling(&self) -> usize {
+        self.ceiling
     }
 
     /// Marks a start in flight until the guard is dropped.
@@ -95,6 +125,7 @@ impl StandbyPool {
         {
             return None;
         }
+        self.demand.lock().expect("poisoned").record(Instant::now());
         self.ready.lock().expect("poisoned").pop_front()
     }
 
@@ -114,12 +145,12 @@ impl StandbyPool {
 
     /// Start refilling the pool in the background (no-op while a refill runs).
     pub fn fill(self: &Arc<Self>) {
-        if self.target == 0 || self.filling.swap(true, Ordering::SeqCst) {
+        if self.floor == 0 || self.filling.swap(true, Ordering::SeqCst) {
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            while pool.ready_count() < pool.target && !pool.closed.load(Ordering::SeqCst) {
+            while pool.ready_count() < pool.target() && !pool.closed.load(Ordering::SeqCst) {
                 // Let starts in flight finish first, and the machine settle.
                 if pool.starting.load(Ordering::SeqCst) > 0
                     || pool.last_start.lock().expect("poisoned").elapsed() < QUIET
@@ -156,6 +187,24 @@ impl StandbyPool {
         Ok(())
     }
 
+    /// Every [`UPKEEP`] until the pool closes: stop the standbys a forgotten burst left beyond
+    /// the target, and refill (after a failed launch, say).
+    pub async fn keep(self: Arc<Self>) {
+        while !self.closed.load(Ordering::SeqCst) {
+            tokio::time::sleep(UPKEEP).await;
+            let target = self.target();
+            let surplus: Vec<PathBuf> = {
+                let mut ready = self.ready.lock().expect("poisoned");
+                let keep = ready.len().min(target);
+                ready.drain(keep..).collect()
+            };
+            for dir in surplus {
+                discard(&dir).await;
+            }
+            self.fill();
+        }
+    }
+
     /// Launch no more standbys, wait for a launch in progress, and forget the ready ones
     /// (before [`drain`] stops them).
     pub async fn close(&self) {
@@ -165,6 +214,15 @@ impl StandbyPool {
         }
         self.ready.lock().expect("poisoned").clear();
     }
+}
+
+/// What a standby is reckoned to cost the host (QEMU and its supervisor, idle).
+const STANDBY_FOOTPRINT: u64 = 64 << 20;
+
+/// The default ceiling on a host of `memory` bytes: standbys may take up to a sixteenth of it
+/// (24 on a 24 GiB host), at least 2 and at most 64.
+pub fn default_ceiling(memory: u64) -> usize {
+    ((memory / 16 / STANDBY_FOOTPRINT) as usize).clamp(2, 64)
 }
 
 /// Stop every standby under `data_root`, ready or left by an earlier hyperd (also one that ran
@@ -200,5 +258,15 @@ async fn stop_processes_in(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while crate::runtime::kill_processes_in(dir) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_ceiling_is_a_sixteenth_of_the_host() {
+        assert_eq!(super::default_ceiling(24 << 30), 24);
+        assert_eq!(super::default_ceiling(1 << 30), 2);
+        assert_eq!(super::default_ceiling(1 << 40), 64);
     }
 }
