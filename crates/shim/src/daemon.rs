@@ -699,8 +699,8 @@ async fn restore_from_template(
         t.meta.created_at,
         t0.elapsed().as_secs_f64()
     );
-    let (mut ro, rw) = open_for_fdset(&spec.root_disk, "the root disk")?;
-    crate::template::check_root_disk(&mut ro)?;
+    let (ro, rw) = open_for_fdset(&spec.root_disk, "the root disk")?;
+    crate::template::check_root_disk(&ro)?;
     let boot = Boot::Restore {
         ram: t.ram(),
         root_fds: Some([ro.as_raw_fd(), rw.as_raw_fd()]),

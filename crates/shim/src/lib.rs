@@ -12,6 +12,7 @@ pub mod client;
 pub mod daemon;
 pub mod log;
 pub mod nic;
+mod qcow2;
 pub mod standby;
 pub mod template;
 mod types;

@@ -137,13 +137,13 @@ const BASE_FDSET: u32 = 3;
 /// Put the container's root disk (a qcow2 overlay over a raw image disk) behind the standby's
 /// root slot. QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors.
 pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
-    let mut overlay = OpenOptions::new()
+    let overlay = OpenOptions::new()
         .read(true)
         .write(true)
         .open(root_disk)
         .with_context(|| format!("opening {}", root_disk.display()))?;
-    crate::template::check_root_disk(&mut overlay)?;
-    let base = qcow2_backing(&mut overlay)?
+    let base = crate::template::check_root_disk(&overlay)?
+        .backing_file(&overlay)?
         .map(|p| File::open(&p).with_context(|| format!("opening {}", p.display())))
         .transpose()?;
     let mut qmp = Qmp::connect(qmp_sock, Duration::from_secs(5))?;
@@ -176,27 +176,6 @@ pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
         json!({ "node-name": vm::STANDBY_PLACEHOLDER_NODE }),
     )?;
     Ok(())
-}
-
-/// The backing file named in a qcow2 header, if any.
-fn qcow2_backing(disk: &mut File) -> Result<Option<PathBuf>> {
-    use std::os::unix::fs::FileExt;
-    let mut header = [0u8; 20];
-    disk.read_exact_at(&mut header, 0)
-        .context("reading the qcow2 header")?;
-    let offset = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-    let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
-    if offset == 0 || len == 0 {
-        return Ok(None);
-    }
-    if len > 4096 {
-        bail!("the qcow2 header names a backing file of {len} bytes");
-    }
-    let mut name = vec![0u8; len];
-    disk.read_exact_at(&mut name, offset)
-        .context("reading the qcow2 backing file name")?;
-    let name = String::from_utf8(name).context("the qcow2 backing file name is not UTF-8")?;
-    Ok(Some(PathBuf::from(name)))
 }
 
 /// Move the container's files into the standby's directory, then the standby's directory over
@@ -240,26 +219,6 @@ mod tests {
         let st = std::process::Command::new(&p).status().unwrap();
         std::fs::remove_file(&p).unwrap();
         assert_eq!(st.code(), Some(0));
-    }
-
-    #[test]
-    fn backing_file_from_header() {
-        let dir = std::env::temp_dir().join(format!("standby-qcow2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut header = vec![0u8; 200];
-        header[..4].copy_from_slice(b"QFI\xfb");
-        let name = b"/d/images/disks/abc.ext4";
-        header[8..16].copy_from_slice(&104u64.to_be_bytes());
-        header[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        header[104..104 + name.len()].copy_from_slice(name);
-        let p = dir.join("o.qcow2");
-        std::fs::write(&p, &header).unwrap();
-        let got = qcow2_backing(&mut File::open(&p).unwrap()).unwrap();
-        assert_eq!(got, Some(PathBuf::from("/d/images/disks/abc.ext4")));
-        header[8..20].fill(0);
-        std::fs::write(&p, &header).unwrap();
-        assert_eq!(qcow2_backing(&mut File::open(&p).unwrap()).unwrap(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

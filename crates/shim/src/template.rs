@@ -521,21 +521,16 @@ fn wait_agent_idle(sock: &Path, timeout: Duration, vm: &mut Child) -> Result<()>
 /// Whether a container's root disk fits the template's slot: its guest probed a disk of
 /// [`vm::ROOT_DISK_BYTES`] when the template was made and keeps that capacity, so an overlay of
 /// another virtual size must boot cold.
-pub fn check_root_disk(disk: &mut File) -> Result<()> {
-    let mut header = [0u8; 32];
-    disk.read_exact(&mut header)
-        .context("reading the root disk's qcow2 header")?;
-    if &header[..4] != b"QFI\xfb" {
-        bail!("the root disk is not a qcow2 image");
-    }
-    let size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
-    if size != vm::ROOT_DISK_BYTES {
+pub fn check_root_disk(disk: &File) -> Result<crate::qcow2::Header> {
+    let header = crate::qcow2::Header::read(disk).context("the root disk")?;
+    if header.size != vm::ROOT_DISK_BYTES {
         bail!(
-            "the root disk's size ({size} bytes) is not the template's ({} bytes)",
+            "the root disk's size ({} bytes) is not the template's ({} bytes)",
+            header.size,
             vm::ROOT_DISK_BYTES
         );
     }
-    Ok(())
+    Ok(header)
 }
 
 /// Restore `t` into the QEMU that was started with [`Boot::Restore`] in `dir`: load the device
