@@ -26,18 +26,22 @@ pub fn run(spec: &ProcessSpec, device: &str) -> Result<u64, String> {
         ip: "169.254.0.2/16".into(),
         gateway: "169.254.0.1".into(),
         mtu: 1500,
-        resolv_conf: String::new(),
+        resolv_conf: "nameserver 169.254.0.1\n".into(),
         hosts: Vec::new(),
     };
     network::setup(Some(&scratch_net)).map_err(|e| format!("network: {e}"))?;
     network::reset_nic().map_err(|e| format!("network: {e}"))?;
-    rootfs::prepare(&rootfs::Target {
+    // The root as a container's, /etc files written and all; the hostname is the VM's again
+    // afterwards.
+    let hostname = nix::unistd::gethostname().map_err(|e| format!("gethostname: {e}"))?;
+    let prepared = rootfs::prepare(&rootfs::Target {
         device: device.to_string(),
-        hostname: String::new(),
-        machine_id: String::new(),
-        network: None,
-    })
-    .map_err(|e| format!("root: {e}"))?;
+        hostname: "scratch".into(),
+        machine_id: "0".repeat(32),
+        network: Some(scratch_net),
+    });
+    let _ = nix::unistd::sethostname(&hostname);
+    prepared.map_err(|e| format!("root: {e}"))?;
     let result = spawn_and_wait(spec);
     if let Err(e) = nix::mount::umount(rootfs::ROOTFS) {
         return Err(format!("unmounting the scratch root: {e}"));

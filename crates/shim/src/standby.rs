@@ -21,8 +21,10 @@ use vm::Qmp;
 use crate::{paths, Spec};
 
 /// The scratch root every standby rehearses on (see [`scratch_disk`]), in the templates' dir.
-const SCRATCH_BASE: &str = "scratch-root.ext4";
-/// The program a standby's rehearsal runs: [`exit_zero_elf`].
+const SCRATCH_BASE: &str = "scratch-root-2.ext4";
+/// Scratch roots of earlier versions, removed when the current one is built.
+const OLD_SCRATCH_BASES: &[&str] = &["scratch-root.ext4"];
+/// The program a standby's rehearsal runs: [`scratch_program`].
 pub const SCRATCH_PROGRAM: &str = "/bin/true";
 
 /// A standby's scratch disk in `dir`: a qcow2 overlay (written by the rehearsal, gone with the
@@ -32,6 +34,9 @@ pub fn scratch_disk(spec: &Spec, templates: &Path, dir: &Path) -> Result<PathBuf
     let base = templates.join(SCRATCH_BASE);
     if !base.exists() {
         build_scratch_base(&base)?;
+        for old in OLD_SCRATCH_BASES {
+            let _ = std::fs::remove_file(templates.join(old));
+        }
     }
     let overlay = dir.join("scratch.qcow2");
     let qemu_img = spec.qemu.with_file_name("qemu-img");
@@ -64,11 +69,19 @@ fn build_scratch_base(base: &Path) -> Result<()> {
         std::fs::create_dir_all(tree.join(d))?;
     }
     let prog = tree.join(SCRATCH_PROGRAM.trim_start_matches('/'));
-    std::fs::write(&prog, exit_zero_elf())?;
+    std::fs::write(&prog, scratch_program())?;
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/true\n")?;
     std::fs::write(tree.join("etc/group"), "root:x:0:\n")?;
-    std::fs::write(tree.join("etc/hosts"), "127.0.0.1\tlocalhost\n")?;
+    // What a start writes into a container's /etc, so the rehearsal writes it too.
+    for (f, text) in [
+        ("etc/hosts", "127.0.0.1\tlocalhost\n"),
+        ("etc/hostname", "scratch\n"),
+        ("etc/resolv.conf", ""),
+        ("etc/machine-id", ""),
+    ] {
+        std::fs::write(tree.join(f), text)?;
+    }
     File::create(&tmp)?.set_len(vm::ROOT_DISK_BYTES)?;
     let out = std::process::Command::new("mkfs.ext4")
         .args([
@@ -100,18 +113,33 @@ fn build_scratch_base(base: &Path) -> Result<()> {
     std::fs::rename(&tmp, base).context("publishing the scratch root")
 }
 
-/// A complete static x86-64 Linux program that exits 0: an ELF header, one loadable segment,
-/// and `xor edi, edi; mov eax, 60 (exit); syscall`. The scratch root needs nothing more.
-pub fn exit_zero_elf() -> Vec<u8> {
-    const BASE: u64 = 0x40_0000;
-    const CODE: [u8; 9] = [0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
-    let total = (64 + 56 + CODE.len()) as u64;
+/// Pages of [`scratch_program`]: a program of a real one's size, so that the rehearsal's exec
+/// faults its pages in from the disk (readahead, the page cache) as a container's first exec
+/// does.
+const SCRATCH_PROGRAM_PAGES: u32 = 128;
+
+/// A complete static x86-64 Linux program that reads one byte of each page of itself, then
+/// exits 0: an ELF header, one loadable segment of [`SCRATCH_PROGRAM_PAGES`] pages (the code,
+/// then zeros), and
+/// `mov esi, BASE; mov ecx, PAGES; 1: mov al, [rsi]; add rsi, 4096; dec ecx; jnz 1b;
+/// xor edi, edi; mov eax, 60 (exit); syscall`.
+pub fn scratch_program() -> Vec<u8> {
+    const BASE: u32 = 0x40_0000;
+    const HEADERS: usize = 64 + 56;
+    let mut code = vec![0xbe];
+    code.extend_from_slice(&BASE.to_le_bytes());
+    code.push(0xb9);
+    code.extend_from_slice(&SCRATCH_PROGRAM_PAGES.to_le_bytes());
+    code.extend_from_slice(&[0x8a, 0x06, 0x48, 0x81, 0xc6, 0x00, 0x10, 0x00, 0x00]);
+    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xf3]);
+    code.extend_from_slice(&[0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05]);
+    let total = u64::from(SCRATCH_PROGRAM_PAGES) * 4096;
     let mut e = Vec::with_capacity(total as usize);
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
     e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&(BASE + 120).to_le_bytes()); // entry: the code after the headers
+    e.extend_from_slice(&(u64::from(BASE) + HEADERS as u64).to_le_bytes()); // entry: the code
     e.extend_from_slice(&64u64.to_le_bytes()); // program headers right after this one
     e.extend_from_slice(&0u64.to_le_bytes()); // no section headers
     e.extend_from_slice(&0u32.to_le_bytes());
@@ -121,12 +149,13 @@ pub fn exit_zero_elf() -> Vec<u8> {
     e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
     e.extend_from_slice(&5u32.to_le_bytes()); // R+X
     e.extend_from_slice(&0u64.to_le_bytes());
-    e.extend_from_slice(&BASE.to_le_bytes());
-    e.extend_from_slice(&BASE.to_le_bytes());
+    e.extend_from_slice(&u64::from(BASE).to_le_bytes());
+    e.extend_from_slice(&u64::from(BASE).to_le_bytes());
     e.extend_from_slice(&total.to_le_bytes());
     e.extend_from_slice(&total.to_le_bytes());
     e.extend_from_slice(&0x1000u64.to_le_bytes());
-    e.extend_from_slice(&CODE);
+    e.extend_from_slice(&code);
+    e.resize(total as usize, 0);
     e
 }
 
@@ -211,10 +240,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scratch_program_runs_and_exits_zero() {
+    fn the_scratch_program_reads_its_pages_and_exits_zero() {
         use std::os::unix::fs::PermissionsExt;
         let p = std::env::temp_dir().join(format!("standby-true-{}", std::process::id()));
-        std::fs::write(&p, exit_zero_elf()).unwrap();
+        std::fs::write(&p, scratch_program()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         let st = std::process::Command::new(&p).status().unwrap();
         std::fs::remove_file(&p).unwrap();
