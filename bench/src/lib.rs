@@ -1,5 +1,5 @@
-//! Helpers shared by Hyper's benchmarks: wall-clock time, order statistics, and a file tail
-//! that stamps every line with the host time it first appeared.
+//! Helpers shared by Hyper's benchmarks: wall-clock time, order statistics, a file tail that
+//! stamps every line with the host time it first appeared, and installing a peer's package.
 //!
 //! Benchmarks here print ratios against a floor measured in the same run (DESIGN, "Testing on
 //! these machines"); they never pass or fail on an absolute time.
@@ -479,4 +479,26 @@ pub mod e2e_cleanup {
             }
         }
     }
+}
+
+/// Installs Debian's `package` with apt-get unless `probe` (a command and its arguments) runs:
+/// the peers a benchmark measures against are not the project's dependencies.
+pub fn ensure_package(probe: &[&str], package: &str) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let runs = Command::new(probe[0])
+        .args(&probe[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if runs {
+        return Ok(());
+    }
+    eprintln!("{} is missing: apt-get install -y {package}", probe[0]);
+    let st = Command::new("apt-get")
+        .args(["install", "-y", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    anyhow::ensure!(st.success(), "apt-get install {package} failed");
+    Ok(())
 }

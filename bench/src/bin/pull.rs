@@ -236,20 +236,6 @@ fn start_registry(dir: &Path) -> Result<String> {
     Ok(addr)
 }
 
-fn ensure_skopeo() -> Result<()> {
-    if Command::new("skopeo").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("skopeo is missing: apt-get install -y skopeo");
-    let st = Command::new("apt-get")
-        .args(["install", "-y", "skopeo"])
-        .status()?;
-    if !st.success() {
-        bail!("apt-get install skopeo failed");
-    }
-    Ok(())
-}
-
 // ---- the measured paths ----
 
 /// One hyper pull into an empty store; returns (seconds, the store, the image ID).
@@ -291,7 +277,7 @@ async fn run(args: &Args) -> Result<()> {
     if args.runs == 0 || args.layers == 0 || args.layer_mb == 0 {
         bail!("--runs, --layers and --layer-mb must be at least 1");
     }
-    ensure_skopeo()?;
+    bench::ensure_package(&["skopeo", "--version"], "skopeo")?;
     let dir = PathBuf::from(format!("/tmp/hbp{}", std::process::id()));
     std::fs::create_dir_all(dir.join("storage"))?;
     {

@@ -983,6 +983,9 @@ fn docker_setup(env: &Env) -> Result<Docker, String> {
     let mut cli = vec![docker.clone()];
     let mut extra_run = Vec::new();
     if !(Path::new("/var/run/docker.sock").exists() && ping(&cli)) {
+        if let Err(e) = bench::ensure_package(&["dockerd", "--version"], "docker.io") {
+            return Err(format!("{e:#}"));
+        }
         let Some(dockerd) = which("dockerd") else {
             return Err("dockerd is not installed (Debian's docker.io) and no engine answers at /var/run/docker.sock".into());
         };
