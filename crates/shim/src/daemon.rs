@@ -351,8 +351,26 @@ async fn standby(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut gone = up.gone.clone();
     let mut nic = Some(nic);
+    let mut pause_at = Some(tokio::time::Instant::now() + crate::standby::SETTLE);
     let (dir, spec) = loop {
+        let pause = async move {
+            match pause_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let mut s = tokio::select! {
+            _ = pause => {
+                pause_at = None;
+                let qmp = standby_dir.join(vm::QMP_SOCK);
+                match tokio::task::spawn_blocking(move || crate::standby::set_running(&qmp, false)).await {
+                    Ok(Ok(())) => slog!("standby: paused"),
+                    // A standby that runs on is still a standby: it only costs more.
+                    Ok(Err(e)) => slog!("standby: pausing: {e:#}"),
+                    Err(e) => slog!("standby: pausing: {e}"),
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -486,9 +504,11 @@ fn claim(
     if want != template_key {
         bail!("the container needs template {want}, this standby VM has {template_key}");
     }
-    crate::standby::attach_root_disk(&standby_dir.join(vm::QMP_SOCK), &spec.root_disk)?;
+    let qmp = standby_dir.join(vm::QMP_SOCK);
+    crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
     nic.context("the standby's NIC was already given away")?
         .claim(&spec)?;
+    crate::standby::set_running(&qmp, true).context("resuming the standby")?;
     crate::standby::move_into(standby_dir, &dir)?;
     Ok((dir, spec))
 }

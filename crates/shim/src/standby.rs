@@ -159,6 +159,19 @@ pub fn scratch_program() -> Vec<u8> {
     e
 }
 
+/// How long a standby runs after its rehearsal before it is paused: the guest finishes what
+/// the rehearsal left in the background (its journal commit, the namespaces' teardown).
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Pause (`stop`) or resume (`cont`) the standby's guest. A standby waits paused: an idle guest
+/// under TCG still spends ~0.5% of a core on its timers, for every standby kept; a paused one
+/// spends nothing, and its translated code stays.
+pub fn set_running(qmp_sock: &Path, running: bool) -> Result<()> {
+    let mut qmp = Qmp::connect(qmp_sock, Duration::from_secs(5))?;
+    qmp.execute(if running { "cont" } else { "stop" }, json!({}))?;
+    Ok(())
+}
+
 /// QEMU fd sets for the claimed disk: the overlay (read-write) and its base (read-only).
 const OVERLAY_FDSET: u32 = 2;
 const BASE_FDSET: u32 = 3;

@@ -350,7 +350,20 @@ fn containers_claim_standby_vms_and_still_differ() {
     assert!(other.join("spec.json").is_file() && other.join("root.qcow2").is_file());
     let s3 = standby(&f, "standby-3", &sa);
 
-    std::thread::sleep(Duration::from_secs(2));
+    // Waiting standbys are paused; a claim resumes the VM.
+    for s in [&s1, &s3] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(s.join("shim.log"))
+            .unwrap()
+            .contains("standby: paused")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a standby was not paused"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let a = run_claimed(&f, "alpha", &disk_a, sa, &s1);
     let b = run_claimed(&f, "bravo", &disk_b, sb, &s3);
     for (r, s) in [(&a, &s1), (&b, &s3)] {
