@@ -52,8 +52,8 @@ fn sh(d: &Daemon, extra: &[&str], script: &str) -> Out {
 }
 
 /// Containers reach each other by name and by link alias, get Docker's link variables, their
-/// hosts and resolv.conf as asked, keep their IP across stop/start; a published port answers on
-/// the node; names are scoped per network.
+/// hosts and resolv.conf as asked, no IPv6 on eth0, keep their IP across stop/start; a published
+/// port answers on the node; names are scoped per network.
 fn names_links_and_ports() {
     let d = daemon();
     let db = web(d, &["--name", "db", "--expose", "80"]);
@@ -74,9 +74,11 @@ fn names_links_and_ports() {
     let o = sh(
         d,
         &["--name", "client1", "--link", "db:data", "--hostname", "h1", "--add-host", "extra.example:10.1.2.3", "--dns", "10.9.9.9"],
-        "wget -qO- http://db/hostname; wget -qO- http://data/hostname; echo \"$DATA_NAME $DATA_PORT_80_TCP_ADDR\"; hostname; grep extra.example /etc/hosts; cat /etc/resolv.conf",
+        "wget -qO- http://db/hostname; wget -qO- http://data/hostname; echo \"$DATA_NAME $DATA_PORT_80_TCP_ADDR\"; hostname; grep extra.example /etc/hosts; cat /etc/resolv.conf; echo eth0-ipv6=$(ip -o -6 addr show dev eth0 | wc -l)",
     )
     .ok();
+    // The tenant network is IPv4: eth0 has no IPv6 address, not even a link-local one.
+    assert!(o.stdout.contains("eth0-ipv6=0"), "{o}");
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines[0], db, "by name: {o}");
     assert_eq!(lines[1], db, "by link alias: {o}");
