@@ -3,7 +3,6 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use crate::error::{ImageError, IoContext, Result};
 
@@ -40,14 +39,11 @@ pub(crate) fn usage(root: &Path) -> Result<TreeUsage> {
     Ok(u)
 }
 
-/// The size of every container's root disk (the qcow2 overlay's virtual size, 10 GiB).
-pub const ROOT_DISK_SIZE: u64 = 10 << 30;
-
 /// Disk size for a tree: the root disk's size, or content * 1.3 + 64 MiB (rounded up to a MiB)
 /// for a tree too big for it. A filesystem that already fills the overlay needs no online grow
 /// when a container starts, and a sparse file costs only what is written.
 pub(crate) fn disk_size(content: u64) -> u64 {
-    ((content + content * 3 / 10 + 64 * MIB).div_ceil(MIB) * MIB).max(ROOT_DISK_SIZE)
+    ((content + content * 3 / 10 + 64 * MIB).div_ceil(MIB) * MIB).max(vm::ROOT_DISK_BYTES)
 }
 
 /// Makes an ext4 filesystem at `disk` (which must not exist) holding the tree at `tree`.
@@ -57,34 +53,12 @@ pub(crate) fn mkfs(tree: &Path, disk: &Path) -> Result<()> {
     // Room for the container to create files too: ext4's usual one inode per 16 KiB, or
     // twice the tree's if it has more.
     let inodes = (u.inodes * 2).max(size / 16384);
-    let f = fs::File::create_new(disk).ctx(|| format!("creating {}", disk.display()))?;
-    f.set_len(size)
-        .ctx(|| format!("sizing {}", disk.display()))?;
-    drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-J", "size=32"])
-        .args(["-N", &inodes.to_string(), "-d"])
-        .arg(tree)
-        .args(["-L", "hyper-root"])
-        .arg(disk)
-        .arg(format!("{}k", size / 1024))
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .output()
-        .map_err(|e| ImageError::Mkfs {
+    vm::ext4::make_from_tree(tree, disk, size, "hyper-root", Some(inodes)).map_err(|reason| {
+        ImageError::Mkfs {
             disk: disk.into(),
-            reason: format!("running mkfs.ext4: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(ImageError::Mkfs {
-            disk: disk.into(),
-            reason: format!(
-                "mkfs.ext4 exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
+            reason,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -93,8 +67,8 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(disk_size(0), ROOT_DISK_SIZE);
-        assert_eq!(disk_size(10 * MIB), ROOT_DISK_SIZE);
+        assert_eq!(disk_size(0), vm::ROOT_DISK_BYTES);
+        assert_eq!(disk_size(10 * MIB), vm::ROOT_DISK_BYTES);
         assert_eq!(disk_size(10 << 30), (13 << 30) + 64 * MIB);
     }
 }

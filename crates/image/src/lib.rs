@@ -41,7 +41,6 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use disk::ROOT_DISK_SIZE;
 use error::IoContext;
 pub use error::{ImageError, Result};
 

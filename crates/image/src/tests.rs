@@ -348,7 +348,7 @@ fn ensure_disk_builds_ext4_once() {
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "hyper-root");
     // The root disk's size, sparse: only what mkfs wrote takes space.
     let md = fs::metadata(&disk).unwrap();
-    assert_eq!(md.len(), crate::ROOT_DISK_SIZE);
+    assert_eq!(md.len(), vm::ROOT_DISK_BYTES);
     assert!(
         std::os::unix::fs::MetadataExt::blocks(&md) * 512 < 100 << 20,
         "{} bytes allocated",

@@ -28,9 +28,6 @@ use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::standby::StandbyPool;
 use crate::{sizes, validate, Result, RuntimeError};
 
-// An image's ext4 fills the root disk slot, so a container's start needs no online grow.
-const _: () = assert!(image::ROOT_DISK_SIZE == vm::ROOT_DISK_BYTES);
-
 /// A restart policy applies only to a container that ran at least this long (Hyper's rule).
 const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 

@@ -82,33 +82,12 @@ fn build_scratch_base(base: &Path) -> Result<()> {
     ] {
         std::fs::write(tree.join(f), text)?;
     }
-    File::create(&tmp)?.set_len(vm::ROOT_DISK_BYTES)?;
-    let out = std::process::Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-J",
-            "size=32",
-            "-L",
-            "hyper-scratch",
-            "-d",
-        ])
-        .arg(&tree)
-        .arg(&tmp)
-        .arg(format!("{}k", vm::ROOT_DISK_BYTES / 1024))
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .output()
-        .context("running mkfs.ext4");
+    let _ = std::fs::remove_file(&tmp);
+    let made = vm::ext4::make_from_tree(&tree, &tmp, vm::ROOT_DISK_BYTES, "hyper-scratch", None);
     let _ = std::fs::remove_dir_all(&tree);
-    let out = out?;
-    if !out.status.success() {
+    if let Err(e) = made {
         let _ = std::fs::remove_file(&tmp);
-        bail!(
-            "mkfs.ext4 for the standby scratch root: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("the standby scratch root: {e}");
     }
     std::fs::rename(&tmp, base).context("publishing the scratch root")
 }

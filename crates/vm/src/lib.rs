@@ -19,6 +19,7 @@
 //! modules).
 
 mod accel;
+pub mod ext4;
 pub mod initramfs;
 mod qemu;
 pub mod qmp;
