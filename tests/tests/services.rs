@@ -247,16 +247,27 @@ fn http_service_heals_scales_and_rolls() {
             Err(v.to_string())
         }
     });
-    let after = client_counts(d);
-    let fails = after.get("FAIL").copied().unwrap_or(0) - before.get("FAIL").copied().unwrap_or(0);
-    let oks = after.get("OK").copied().unwrap_or(0) - before.get("OK").copied().unwrap_or(0);
-    assert_eq!(
-        fails, 0,
-        "requests failed during scaling and the rolling update: {after:?}"
+    // Enough requests to tell: the phase may be over before the client made many (starts are
+    // quick), so count on until it has, still without a failure.
+    let since = |after: &BTreeMap<String, usize>, k: &str| {
+        after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
+    };
+    let after = wait_for(
+        "20 client requests since the scaling began",
+        secs(120.0),
+        || {
+            let after = client_counts(d);
+            if since(&after, "OK") > 20 || since(&after, "FAIL") > 0 {
+                Ok(after)
+            } else {
+                Err(format!("{after:?}"))
+            }
+        },
     );
-    assert!(
-        oks > 20,
-        "the client made too few requests to tell: {after:?}"
+    assert_eq!(
+        since(&after, "FAIL"),
+        0,
+        "requests failed during scaling and the rolling update: {after:?}"
     );
 
     // Service events came from the reconciler (since hyperd's restart: the window is in memory).
