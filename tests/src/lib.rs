@@ -46,7 +46,7 @@ pub fn scale() -> f64 {
 }
 
 /// The most standby VMs a test's hyperd keeps after a burst (`--standby-vms-max`).
-pub const STANDBY_VMS_MAX: usize = 3;
+const STANDBY_VMS_MAX: usize = 3;
 
 /// `secs` scaled by `HYPER_TEST_TIMEOUT_SCALE`.
 pub fn secs(secs: f64) -> Duration {

@@ -28,6 +28,7 @@ fn main() {
         ("termination_protection", termination_protection),
         ("events_stream", events_stream),
         ("standby_vms", standby_vms),
+        ("standby_pool_follows_bursts", standby_pool_follows_bursts),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1318,45 +1319,85 @@ fn events_stream() {
 }
 
 /// With templates on, hyperd keeps standby VMs (`hyper info`), and a start claims one: the
-/// container runs in a VM that was restored before it was asked for. A burst of starts grows the
-/// pool to the burst's size (up to its ceiling), and it fills to that. Cold-boot runs of the suite
+/// container runs in a VM that was restored before it was asked for. Cold-boot runs of the suite
 /// (`HYPERD_TEMPLATES=off`) have none.
 fn standby_vms() {
     let d = main_daemon();
-    let info = |field: &str| {
-        d.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])
-            .run()
-            .ok()
-            .out()
-    };
+    let info = |field: &str| info_field(d, field);
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
         assert_eq!(info("StandbyVMs"), "off");
         return;
     }
     claim_a_standby(d, &info);
+}
 
-    // Three starts at once: the pool's target becomes three (other tests' starts can only add
-    // to a burst, and three is the tests' ceiling), and it refills to three once they are done.
+/// A burst of starts grows the standby pool to the burst's size (up to `--standby-vms-max`), it
+/// refills to that, and once the burst is forgotten (`--standby-vms-hold`) the surplus is
+/// stopped. Its own daemon: other tests' starts would make bursts of their own.
+fn standby_pool_follows_bursts() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let args = [
+        "--standby-vms",
+        "1",
+        "--standby-vms-max",
+        "2",
+        "--standby-vms-hold",
+        "20",
+    ];
+    let dd = Daemon::start(
+        "sp",
+        DaemonOpts {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    let info = |field: &str| info_field(d, field);
+    let pool_is = |ready: usize, target: usize| {
+        let (r, t) = (info("StandbyVMsReady"), info("StandbyVMsTarget"));
+        let dirs = std::fs::read_dir(d.data.join("standby")).map_or(0, |e| e.count());
+        if r == ready.to_string() && t == target.to_string() && dirs == ready {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}; {dirs} standby directories",
+                info("StandbyVMs")
+            ))
+        }
+    };
+    wait_for("the pool's floor of one standby", secs(120.0), || {
+        pool_is(1, 1)
+    });
+
     let ids: Vec<String> = std::thread::scope(|s| {
-        let runs: Vec<_> = (0..STANDBY_VMS_MAX)
+        let runs: Vec<_> = (0..2)
             .map(|_| s.spawn(|| d.hyper(&["run", "-d", "busybox", "sleep", "600"]).run()))
             .collect();
         runs.into_iter()
             .map(|r| r.join().unwrap().ok().out())
             .collect()
     });
-    assert_eq!(info("StandbyVMsTarget"), STANDBY_VMS_MAX.to_string());
+    assert_eq!(info("StandbyVMsTarget"), "2", "{}", info("StandbyVMs"));
     let mut rm = vec!["rm", "-f"];
     rm.extend(ids.iter().map(String::as_str));
     d.hyper(&rm).run().ok();
+    wait_for("the pool refilled to the burst", secs(120.0), || {
+        pool_is(2, 2)
+    });
     wait_for(
-        "the standby pool refilled to the burst",
-        secs(180.0),
-        || match info("StandbyVMsReady") {
-            n if n == STANDBY_VMS_MAX.to_string() => Ok(()),
-            n => Err(format!("{n} ready: {}", info("StandbyVMs"))),
-        },
+        "the surplus stopped once the burst is forgotten",
+        secs(60.0),
+        || pool_is(1, 1),
     );
+}
+
+fn info_field(d: &Daemon, field: &str) -> String {
+    d.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])
+        .run()
+        .ok()
+        .out()
 }
 
 /// A start claims a ready standby. Another test may claim it first: then try again.

@@ -74,10 +74,13 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 2, env = "HYPERD_STANDBY_VMS")]
     standby_vms: usize,
     /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst
-    /// of the last 15 minutes (starts within 10 s of each other), up to this. Default: as many
+    /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this. Default: as many
     /// as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
     #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
     standby_vms_max: Option<usize>,
+    /// How long, in seconds, the standby pool stays sized for a burst of starts.
+    #[arg(long, default_value_t = node::standby::DEFAULT_HOLD.as_secs(), env = "HYPERD_STANDBY_VMS_HOLD")]
+    standby_vms_hold: u64,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -393,10 +396,13 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             template_dir: template_dir.clone(),
-            standby_vms: args.standby_vms,
-            standby_vms_max: args
-                .standby_vms_max
-                .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes())),
+            standby: node::standby::Sizing {
+                floor: args.standby_vms,
+                ceiling: args
+                    .standby_vms_max
+                    .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes())),
+                hold: std::time::Duration::from_secs(args.standby_vms_hold),
+            },
             net: node::network::NetConfig {
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),

@@ -48,10 +48,9 @@ pub struct RuntimeConfig {
     /// (the shim builds one when missing and boots cold when it cannot restore); `None` always
     /// boots cold.
     pub template_dir: Option<PathBuf>,
-    /// Standby VMs of the default size to keep restored ahead of time (with templates only):
-    /// at least `standby_vms`, up to `standby_vms_max` after a burst of starts.
-    pub standby_vms: usize,
-    pub standby_vms_max: usize,
+    /// Standby VMs of the default size to keep restored ahead of time (with templates only; a
+    /// floor of 0: none).
+    pub standby: crate::standby::Sizing,
     pub net: NetConfig,
 }
 
@@ -153,14 +152,13 @@ impl Runtime {
     pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
         let meter = Meter::new(store.clone());
         let networks = Arc::new(Networks::new(store.clone(), cfg.net.clone()));
-        let standby = (cfg.template_dir.is_some() && cfg.standby_vms > 0).then(|| {
+        let standby = (cfg.template_dir.is_some() && cfg.standby.floor > 0).then(|| {
             let size = sizes::lookup(sizes::DEFAULT_SIZE).expect("the default size exists");
             Arc::new(StandbyPool::new(
                 &cfg.data_root,
                 cfg.shim_binary.clone(),
                 vm_spec(&cfg, size),
-                cfg.standby_vms,
-                cfg.standby_vms_max,
+                &cfg.standby,
             ))
         });
         Arc::new(Self {

@@ -7,19 +7,30 @@ use std::time::{Duration, Instant};
 
 /// Starts at most this far apart count as one burst.
 pub const BURST: Duration = Duration::from_secs(10);
-/// How long a burst is remembered: the pool stays sized for it this long after it.
-pub const MEMORY: Duration = Duration::from_secs(15 * 60);
+/// How long a burst is remembered by default: the pool stays sized for it this long after it.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Demand {
+    /// How long a burst is remembered.
+    hold: Duration,
     /// Starts within the last [`BURST`].
     recent: VecDeque<Instant>,
     /// (when, starts in the [`BURST`] up to then), counts strictly decreasing from front to
-    /// back: the front is the largest burst within [`MEMORY`] (a sliding-window maximum).
+    /// back: the front is the largest burst within `hold` (a sliding-window maximum).
     peaks: VecDeque<(Instant, usize)>,
 }
 
 impl Demand {
+    /// Remembering each burst for `hold`.
+    pub fn new(hold: Duration) -> Self {
+        Self {
+            hold,
+            recent: VecDeque::new(),
+            peaks: VecDeque::new(),
+        }
+    }
+
     /// A start at `now`.
     pub fn record(&mut self, now: Instant) {
         while self
@@ -37,12 +48,12 @@ impl Demand {
         self.peaks.push_back((now, starts));
     }
 
-    /// The most starts seen within one [`BURST`] during the [`MEMORY`] before `now`.
+    /// The most starts seen within one [`BURST`] during the `hold` before `now`.
     pub fn peak(&mut self, now: Instant) -> usize {
         while self
             .peaks
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= MEMORY)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= self.hold)
         {
             self.peaks.pop_front();
         }
@@ -61,14 +72,14 @@ mod tests {
     #[test]
     fn a_burst_is_the_starts_within_its_window() {
         let t0 = Instant::now();
-        let mut d = Demand::default();
+        let mut d = Demand::new(DEFAULT_HOLD);
         assert_eq!(d.peak(t0), 0);
         for i in 0..20 {
             d.record(t0 + Duration::from_millis(100 * i));
         }
         assert_eq!(d.peak(t0 + secs(3)), 20);
         // Starts one a minute never make a burst of more than one.
-        let mut slow = Demand::default();
+        let mut slow = Demand::new(DEFAULT_HOLD);
         for i in 0..10 {
             slow.record(t0 + secs(60 * i));
         }
@@ -78,7 +89,7 @@ mod tests {
     #[test]
     fn the_largest_burst_is_remembered_then_forgotten() {
         let t0 = Instant::now();
-        let mut d = Demand::default();
+        let mut d = Demand::new(DEFAULT_HOLD);
         for i in 0..8 {
             d.record(t0 + Duration::from_millis(10 * i));
         }
@@ -88,20 +99,20 @@ mod tests {
         }
         assert_eq!(d.peak(t0 + secs(120)), 8);
         // Once the large one is forgotten, the smaller one (still remembered) is the peak.
-        assert_eq!(d.peak(t0 + MEMORY + secs(1)), 3);
-        assert_eq!(d.peak(t0 + secs(60) + MEMORY + secs(1)), 0);
+        assert_eq!(d.peak(t0 + DEFAULT_HOLD + secs(1)), 3);
+        assert_eq!(d.peak(t0 + secs(60) + DEFAULT_HOLD + secs(1)), 0);
     }
 
     #[test]
     fn a_larger_burst_replaces_a_smaller_one() {
         let t0 = Instant::now();
-        let mut d = Demand::default();
+        let mut d = Demand::new(DEFAULT_HOLD);
         d.record(t0);
         d.record(t0 + secs(1));
         for i in 0..5 {
             d.record(t0 + secs(30) + Duration::from_millis(i));
         }
         assert_eq!(d.peak(t0 + secs(31)), 5);
-        assert_eq!(d.peak(t0 + secs(30) + MEMORY - secs(1)), 5);
+        assert_eq!(d.peak(t0 + secs(30) + DEFAULT_HOLD - secs(1)), 5);
     }
 }

@@ -13,6 +13,8 @@
 
 mod demand;
 
+pub use demand::DEFAULT_HOLD;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +38,8 @@ pub struct StandbyPool {
     ceiling: usize,
     /// Starts that fit the pool, for its size.
     demand: Mutex<Demand>,
+    /// How often the pool is brought to its target when no start asks.
+    upkeep: Duration,
     ready: Mutex<VecDeque<PathBuf>>,
     filling: AtomicBool,
     next: AtomicU64,
@@ -52,8 +56,19 @@ pub struct StandbyPool {
 /// just started, and the next start of a quick succession.
 const QUIET: Duration = Duration::from_millis(500);
 
-/// How often the pool is brought to its target when no start asks.
+/// How often, at most, the pool is brought to its target when no start asks.
 const UPKEEP: Duration = Duration::from_secs(30);
+
+/// How many standbys a pool keeps.
+#[derive(Debug, Clone)]
+pub struct Sizing {
+    /// Kept however quiet the node is (`--standby-vms`).
+    pub floor: usize,
+    /// The most it grows to for a burst (`--standby-vms-max`).
+    pub ceiling: usize,
+    /// How long it stays sized for a burst (`--standby-vms-hold`).
+    pub hold: Duration,
+}
 
 /// Counts a start as in flight while it lives.
 pub struct Starting<'a>(&'a StandbyPool);
@@ -66,14 +81,12 @@ impl Drop for Starting<'_> {
 }
 
 impl StandbyPool {
-    /// `spec`: the default size's shim spec with its `template_dir`; `floor` and `ceiling`: the
-    /// fewest standbys kept and the most (for bursts).
+    /// `spec`: the default size's shim spec with its `template_dir`; `sizing`: how many to keep.
     pub fn new(
         data_root: &Path,
         shim_binary: PathBuf,
         mut spec: ShimSpec,
-        floor: usize,
-        ceiling: usize,
+        sizing: &Sizing,
     ) -> Self {
         spec.standby = true;
         spec.network = None;
@@ -82,9 +95,10 @@ impl StandbyPool {
             dir: data_root.join("standby"),
             shim_binary,
             spec,
-            floor,
-            ceiling: ceiling.max(floor),
-            demand: Mutex::default(),
+            floor: sizing.floor,
+            ceiling: sizing.ceiling.max(sizing.floor),
+            demand: Mutex::new(Demand::new(sizing.hold)),
+            upkeep: UPKEEP.min(sizing.hold / 4).max(Duration::from_secs(1)),
             ready: Mutex::default(),
             filling: AtomicBool::new(false),
             next: AtomicU64::new(0),
@@ -187,11 +201,11 @@ impl StandbyPool {
         Ok(())
     }
 
-    /// Every [`UPKEEP`] until the pool closes: stop the standbys a forgotten burst left beyond
+    /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the standbys a forgotten burst left beyond
     /// the target, and refill (after a failed launch, say).
     pub async fn keep(self: Arc<Self>) {
         while !self.closed.load(Ordering::SeqCst) {
-            tokio::time::sleep(UPKEEP).await;
+            tokio::time::sleep(self.upkeep).await;
             let target = self.target();
             let surplus: Vec<PathBuf> = {
                 let mut ready = self.ready.lock().expect("poisoned");
