@@ -74,8 +74,8 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 2, env = "HYPERD_STANDBY_VMS")]
     standby_vms: usize,
     /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst
-    /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this. Default: as many
-    /// as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
+    /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this.
+    /// Default: as many as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
     #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
     standby_vms_max: Option<usize>,
     /// How long, in seconds, the standby pool stays sized for a burst of starts.

@@ -44,9 +44,8 @@ pub struct Spec {
     #[serde(default)]
     pub network: Option<NetworkSpec>,
     /// A standby VM (see `shim::standby`): restore it from the template behind a scratch disk
-    /// and a private tap, rehearse a start, then wait on `shim.sock` for a container to claim
-    /// it. `id`,
-    /// `process`, `hostname` and `root_disk` are not used.
+    /// and a private tap, rehearse a start, then wait (paused) on `shim.sock` for a container to
+    /// claim it. `id`, `process`, `hostname` and `root_disk` are not used.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
 }

@@ -159,7 +159,7 @@ impl StandbyPool {
 
     /// Start refilling the pool in the background (no-op while a refill runs).
     pub fn fill(self: &Arc<Self>) {
-        if self.floor == 0 || self.filling.swap(true, Ordering::SeqCst) {
+        if self.filling.swap(true, Ordering::SeqCst) {
             return;
         }
         let pool = self.clone();
@@ -201,8 +201,9 @@ impl StandbyPool {
         Ok(())
     }
 
-    /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the standbys a forgotten burst left beyond
-    /// the target, and refill (after a failed launch, say).
+    /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the
+    /// standbys a forgotten burst left beyond the target, and refill (after a failed launch,
+    /// say).
     pub async fn keep(self: Arc<Self>) {
         while !self.closed.load(Ordering::SeqCst) {
             tokio::time::sleep(self.upkeep).await;
