@@ -115,7 +115,9 @@ fn initramfs(
 ) -> anyhow::Result<PathBuf> {
     let mut hash = Sha256::new();
     hash.update(std::fs::read(kernel)?);
-    hash.update(std::fs::read(agent).with_context(|| format!("read {}", agent.display()))?);
+    let agent_bytes = std::fs::read(agent).with_context(|| format!("read {}", agent.display()))?;
+    vm::check_agent(agent, &agent_bytes)?;
+    hash.update(&agent_bytes);
     let mut names: Vec<_> = std::fs::read_dir(modules)?
         .flatten()
         .map(|e| e.path())

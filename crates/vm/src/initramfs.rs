@@ -31,6 +31,11 @@ pub enum InitramfsError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{path} is not a static executable (it needs a dynamic loader, which the guest has none of): \
+         build the agent with scripts/build (static, --target x86_64-unknown-linux-gnu) or pass that one with --agent"
+    )]
+    AgentNotStatic { path: PathBuf },
     #[error("module {name}.ko not found under {dir}")]
     MissingModule { name: String, dir: PathBuf },
     #[error("writing {path}")]
@@ -56,6 +61,7 @@ pub fn build_initramfs(
         })
     };
     let agent = read(agent_binary)?;
+    check_agent(agent_binary, &agent)?;
     let mut modules = Vec::new();
     for name in VIRTIO_MODULES {
         let file = format!("{name}.ko");
@@ -95,6 +101,48 @@ pub fn build_initramfs(
         return Err(werr(e));
     }
     std::fs::rename(&tmp, out).map_err(werr)
+}
+
+/// Refuses an agent binary (`bytes`, read from `path`) that cannot run as the guest's `/init`.
+pub fn check_agent(path: &Path, bytes: &[u8]) -> Result<(), InitramfsError> {
+    if is_static_elf(bytes) {
+        Ok(())
+    } else {
+        Err(InitramfsError::AgentNotStatic {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Whether `elf` is a 64-bit little-endian ELF without a `PT_INTERP` program header: the agent
+/// runs as the guest's `/init`, where no dynamic loader exists, and a dynamic one fails there
+/// only as a kernel panic ("No working init found").
+fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB.
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let at = phoff as usize + i * phentsize;
+        u32_at(at).is_some_and(|kind| kind != PT_INTERP)
+    })
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -183,7 +231,7 @@ mod tests {
 
     fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
         let agent = dir.join("agent");
-        std::fs::write(&agent, b"\x7fELF fake agent").unwrap();
+        std::fs::write(&agent, elf_with_program_headers(&[1])).unwrap();
         let mods = dir.join("mods/kernel/drivers");
         std::fs::create_dir_all(&mods).unwrap();
         for m in VIRTIO_MODULES {
@@ -210,7 +258,9 @@ mod tests {
         let text = String::from_utf8_lossy(&raw);
         assert!(raw.starts_with(b"070701"));
         assert!(text.contains("init\0"));
-        assert!(text.contains("\x7fELF fake agent"));
+        assert!(raw
+            .windows(64)
+            .any(|w| w == &elf_with_program_headers(&[1])[..64]));
         assert!(text.contains("TRAILER!!!"));
         // modules in load order
         let pos: Vec<usize> = VIRTIO_MODULES
@@ -221,6 +271,41 @@ mod tests {
             })
             .collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An ELF64 header followed by program headers of the given types (no segments behind them).
+    fn elf_with_program_headers(types: &[u32]) -> Vec<u8> {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for kind in types {
+            let mut ph = [0u8; 56];
+            ph[..4].copy_from_slice(&kind.to_le_bytes());
+            elf.extend_from_slice(&ph);
+        }
+        elf
+    }
+
+    #[test]
+    fn a_dynamic_or_foreign_agent_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vm-initrd-dyn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (agent, mods) = fixture(&dir);
+        for bad in [
+            elf_with_program_headers(&[6, 3, 1]),
+            b"#!/bin/sh\n".to_vec(),
+        ] {
+            std::fs::write(&agent, bad).unwrap();
+            let err = build_initramfs(&agent, &mods, &dir.join("x.img")).unwrap_err();
+            assert!(
+                matches!(err, InitramfsError::AgentNotStatic { .. }),
+                "{err}"
+            );
+        }
+        assert!(!dir.join("x.img").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

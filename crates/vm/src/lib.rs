@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub use accel::{host_tsc_khz, Accel, ParseAccelError};
-pub use initramfs::{build_initramfs, InitramfsError, VIRTIO_MODULES};
+pub use initramfs::{build_initramfs, check_agent, InitramfsError, VIRTIO_MODULES};
 pub use qemu::Qemu;
 pub use qmp::{Qmp, QmpError};
 
