@@ -45,6 +45,10 @@ pub fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
+/// The standby VMs a test's hyperd keeps however quiet it is (`--standby-vms`; hyperd's own
+/// default under TCG is its ceiling, sized for one hyperd on the host, not for several).
+const STANDBY_VMS: usize = 2;
+
 /// The most standby VMs a test's hyperd keeps after a burst (`--standby-vms-max`).
 const STANDBY_VMS_MAX: usize = 3;
 
@@ -419,6 +423,9 @@ pub struct DaemonOpts {
     pub boot_timeout: Option<u64>,
     /// More hyperd flags (e.g. `--fip-pool CIDR`).
     pub extra_args: Vec<String>,
+    /// Variables of the kit's environment for hyperd (such as `HYPERD_STANDBY_VMS`) left out,
+    /// so that hyperd's own default applies.
+    pub env_remove: Vec<&'static str>,
 }
 
 /// A hyperd this test binary started, on its own data root, listening on a unix socket and a
@@ -532,6 +539,7 @@ impl Daemon {
             .env("HYPERD_LOG", "info")
             // The tests' hyperds share two cores: a burst in one test would grow the pool to
             // what fits the host's memory, and its refills would slow every other test.
+            .env("HYPERD_STANDBY_VMS", STANDBY_VMS.to_string())
             .env("HYPERD_STANDBY_VMS_MAX", STANDBY_VMS_MAX.to_string());
         if let Some(x) = &self.opts.kernel_cmdline_extra {
             cmd.arg("--kernel-cmdline-extra").arg(x);
@@ -540,6 +548,9 @@ impl Daemon {
             cmd.arg("--boot-timeout").arg(t.to_string());
         }
         cmd.args(&self.opts.extra_args);
+        for var in &self.opts.env_remove {
+            cmd.env_remove(var);
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

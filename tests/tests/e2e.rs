@@ -29,6 +29,7 @@ fn main() {
         ("events_stream", events_stream),
         ("standby_vms", standby_vms),
         ("standby_pool_follows_bursts", standby_pool_follows_bursts),
+        ("standby_floor_default", standby_floor_default),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1391,6 +1392,39 @@ fn standby_pool_follows_bursts() {
         secs(60.0),
         || pool_is(1, 1),
     );
+}
+
+/// Without `--standby-vms`, a hyperd under TCG keeps its ceiling of standbys ready (there a
+/// fresh restore's start costs ~2.5 times a claim), one with KVM two.
+fn standby_floor_default() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let dd = Daemon::start(
+        "sf",
+        DaemonOpts {
+            extra_args: vec!["--standby-vms-max".into(), "3".into()],
+            env_remove: vec!["HYPERD_STANDBY_VMS"],
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    let (want, text) = match info_field(d, "Hypervisor.Accelerator").as_str() {
+        "tcg" => ("3", "3 of 3 ready"),
+        _ => ("2", "2 of 2 ready (grows to 3 for bursts of starts)"),
+    };
+    wait_for(
+        "the default floor of standbys ready",
+        secs(120.0),
+        || match (
+            info_field(d, "StandbyVMsReady"),
+            info_field(d, "StandbyVMsTarget"),
+        ) {
+            (r, t) if r == want && t == want => Ok(()),
+            _ => Err(info_field(d, "StandbyVMs")),
+        },
+    );
+    assert_eq!(info_field(d, "StandbyVMs"), text);
 }
 
 fn info_field(d: &Daemon, field: &str) -> String {

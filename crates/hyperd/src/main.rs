@@ -70,9 +70,11 @@ struct DaemonArgs {
     #[arg(long)]
     template_dir: Option<PathBuf>,
     /// VMs of the default size kept restored from the template ahead of time, so a start only
-    /// hands one its disk and NIC (0: restore at each start). Needs templates on.
-    #[arg(long, default_value_t = 2, env = "HYPERD_STANDBY_VMS")]
-    standby_vms: usize,
+    /// hands one its disk and NIC (0: restore at each start). Needs templates on. Default: under
+    /// TCG as many as `--standby-vms-max` (there a VM's first start costs its QEMU the
+    /// translation of the guest's whole start path, ~2.5 times a claim), with KVM 2.
+    #[arg(long, env = "HYPERD_STANDBY_VMS")]
+    standby_vms: Option<usize>,
     /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst
     /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this.
     /// Default: as many as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
@@ -189,6 +191,20 @@ fn accounts(
 ) -> anyhow::Result<server::Accounts> {
     let sealer = server::seal::Sealer::load_or_create(&data_root.join("seal.key"))?;
     Ok(server::Accounts::new(store, Arc::new(sealer)))
+}
+
+/// The standby pool's sizing from the flags, with the defaults for this host and accelerator.
+fn standby_sizing(args: &DaemonArgs, accel: vm::Accel) -> node::standby::Sizing {
+    let ceiling = args
+        .standby_vms_max
+        .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes()));
+    node::standby::Sizing {
+        floor: args
+            .standby_vms
+            .unwrap_or_else(|| node::standby::default_floor(accel == vm::Accel::Kvm, ceiling)),
+        ceiling,
+        hold: std::time::Duration::from_secs(args.standby_vms_hold),
+    }
 }
 
 /// The shim spec a container of the default size boots with (sans disk and process): what
@@ -396,13 +412,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             template_dir: template_dir.clone(),
-            standby: node::standby::Sizing {
-                floor: args.standby_vms,
-                ceiling: args
-                    .standby_vms_max
-                    .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes())),
-                hold: std::time::Duration::from_secs(args.standby_vms_hold),
-            },
+            standby: standby_sizing(&args, host.accel),
             net: node::network::NetConfig {
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),

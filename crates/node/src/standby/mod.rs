@@ -240,6 +240,19 @@ pub fn default_ceiling(memory: u64) -> usize {
     ((memory / 16 / STANDBY_FOOTPRINT) as usize).clamp(2, 64)
 }
 
+/// The default floor: with hardware virtualisation a VM restored at its start is quick, and a
+/// couple kept ready cover the next starts while bursts grow the pool. Under TCG a fresh QEMU
+/// translates the guest's whole start path (mount, namespaces, exec: ~2.5 times the CPU of a
+/// claim, whose standby did that in its rehearsal), so a burst of fresh restores is
+/// CPU-bound: the pool keeps its ceiling ready (paused, they cost memory and no CPU).
+pub fn default_floor(hardware_accelerated: bool, ceiling: usize) -> usize {
+    if hardware_accelerated {
+        2.min(ceiling)
+    } else {
+        ceiling
+    }
+}
+
 /// Stop every standby under `data_root`, ready or left by an earlier hyperd (also one that ran
 /// with other settings), and remove their directories.
 pub async fn drain(data_root: &Path) {
@@ -283,5 +296,12 @@ mod tests {
         assert_eq!(super::default_ceiling(24 << 30), 24);
         assert_eq!(super::default_ceiling(1 << 30), 2);
         assert_eq!(super::default_ceiling(1 << 40), 64);
+    }
+
+    #[test]
+    fn the_default_floor_is_the_ceiling_only_under_tcg() {
+        assert_eq!(super::default_floor(false, 24), 24);
+        assert_eq!(super::default_floor(true, 24), 2);
+        assert_eq!(super::default_floor(true, 1), 1);
     }
 }

@@ -139,7 +139,11 @@ pub async fn info(
         "StandbyVMs": standby.map_or_else(
             || "off".to_string(),
             |(ready, target, ceiling)| {
-                format!("{ready} of {target} ready (grows to {ceiling} for bursts of starts)")
+                if target < ceiling {
+                    format!("{ready} of {target} ready (grows to {ceiling} for bursts of starts)")
+                } else {
+                    format!("{ready} of {target} ready")
+                }
             },
         ),
         "StandbyVMsReady": standby.map(|s| s.0),
