@@ -68,9 +68,6 @@ struct Args {
 /// (with their guest-clock timestamps) reach the console, which costs some serial output.
 const VERBOSE_CMDLINE: &str = "printk.time=1 loglevel=7";
 
-/// hyperd's own default for `--standby-vms`.
-const DEFAULT_STANDBY_VMS: usize = 2;
-
 const FLOOR_INIT_C: &str = r#"
 #include <sys/reboot.h>
 #include <unistd.h>
@@ -276,8 +273,8 @@ impl Env {
 
     /// Start hyperd on the data root; `templates` is its `--templates` (always passed, so an
     /// HYPERD_TEMPLATES in the environment cannot change what a pass measures).
-    /// hyperd's standby pool is its default (`DEFAULT_STANDBY_VMS`, growing with bursts up to
-    /// its default ceiling).
+    /// hyperd's standby pool is its default (under TCG its ceiling, with KVM 2 growing with
+    /// bursts up to the ceiling).
     fn start_hyperd(&self, extra: &str, templates: &str) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -293,7 +290,6 @@ impl Env {
             .arg(self.data.join("client"))
             .args(["--accel", &self.accel_arg, "--kernel-cmdline-extra", extra])
             .args(["--templates", templates])
-            .args(["--standby-vms", &DEFAULT_STANDBY_VMS.to_string()])
             .env_remove("HYPERD_TEMPLATES")
             .env_remove("HYPERD_STANDBY_VMS")
             .env_remove("HYPERD_STANDBY_VMS_MAX")
@@ -1120,25 +1116,31 @@ fn wait_template(env: &Env, from: usize) -> String {
 /// How the shim brought the VM up, from its `qemu pid N accel A (how)` line.
 /// Until hyperd's standby pool is full again (at most 2 s a standby), so that no refill (a
 /// restore and a rehearsal in the background) runs during the next timed run, ours or docker's.
-fn wait_standby_full(env: &Env, pool: usize) {
-    let deadline = now() + 5.0 + 2.0 * pool as f64;
-    while now() < deadline {
+/// Returns how many standbys are ready (0 with the pool off).
+fn wait_standby_full(env: &Env) -> usize {
+    let pool = || -> Option<(usize, usize)> {
         let o = env
             .hyper()
             .args([
                 "info",
                 "--format",
-                "{{.StandbyVMs}} {{.StandbyVMsReady}} {{.StandbyVMsTarget}}",
+                "{{.StandbyVMsReady}} {{.StandbyVMsTarget}}",
             ])
-            .output();
-        let text = o
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let full = words.first() == Some(&"off")
-            || (words.len() >= 2 && words[words.len() - 2] == words[words.len() - 1]);
-        if full {
-            return;
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let mut words = text.split_whitespace().map(|w| w.parse::<usize>().ok());
+        Some((words.next()??, words.next()??))
+    };
+    let mut deadline = None;
+    loop {
+        // No numbers: the pool is off.
+        let Some((ready, target)) = pool() else {
+            return 0;
+        };
+        let deadline = *deadline.get_or_insert(now() + 5.0 + 2.0 * target as f64);
+        if ready >= target || now() > deadline {
+            return ready;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1522,9 +1524,9 @@ fn run(args: &Args) -> Result<()> {
     // Warm-up: the first restore maps the template's files for the first time.
     // Only hyper's starts drain the pool: waiting after each keeps every timed run clear of a
     // refill.
-    wait_standby_full(&env, DEFAULT_STANDBY_VMS);
+    wait_standby_full(&env);
     let _ = hyper_run_kind(&env, "busybox")?;
-    wait_standby_full(&env, DEFAULT_STANDBY_VMS);
+    wait_standby_full(&env);
     let (mut tmpl_t, mut tmpl_settled_t, mut tmpl_kinds) = (Vec::new(), Vec::new(), Vec::new());
     progress("template runs");
     for i in 0..args.template_runs {
@@ -1533,7 +1535,7 @@ fn run(args: &Args) -> Result<()> {
         tmpl_t.push(t);
         tmpl_settled_t.push(st);
         tmpl_kinds.push(kind.unwrap_or_else(|| "?".into()));
-        wait_standby_full(&env, DEFAULT_STANDBY_VMS);
+        wait_standby_full(&env);
         if let Some(d) = &docker {
             match docker_run(d) {
                 Ok(t) => docker_t.push(t),
@@ -1550,9 +1552,11 @@ fn run(args: &Args) -> Result<()> {
     let mut hyper_par_pool = None;
     let mut docker_par = None;
     let mut par_note = String::new();
+    // Standbys ready as each burst began.
+    let (mut pool_first, mut pool_again) = (0, 0);
     if args.parallel > 0 {
         progress(&format!("{} at once: hyper", args.parallel));
-        wait_standby_full(&env, DEFAULT_STANDBY_VMS);
+        pool_first = wait_standby_full(&env);
         match hyper_parallel(&env, args.parallel) {
             Ok(p) => hyper_par = Some(p),
             Err(e) => {
@@ -1560,9 +1564,10 @@ fn run(args: &Args) -> Result<()> {
                 hyper_rm_all(&env);
             }
         }
-        // Again on the same hyperd: the burst grew its pool to the burst's size.
-        progress(", hyper again once its pool grew to the burst");
-        wait_standby_full(&env, args.parallel);
+        // Again on the same hyperd, once its pool refilled (a burst grows a pool below its
+        // ceiling to the burst's size).
+        progress(", hyper again once its pool refilled");
+        pool_again = wait_standby_full(&env);
         match hyper_parallel(&env, args.parallel) {
             Ok(p) => hyper_par_pool = Some(p),
             Err(e) => {
@@ -1753,14 +1758,14 @@ fn run(args: &Args) -> Result<()> {
         );
         let hp = hyper_par_pool.as_ref();
         r(
-            &format!("{np} x run -d again, the pool grown to the burst"),
+            &format!("{np} x run -d again, once the pool refilled"),
             hp.map(|p| p.start),
             d.map(|p| p.start),
         );
         if let Some(p) = hp {
             let standby = p.kinds.iter().filter(|k| *k == "standby").count();
             println!(
-                "  (the first burst grew hyperd's pool from {DEFAULT_STANDBY_VMS} to the burst's size: {standby} of {} starts of the second were claims)",
+                "  (hyperd's pool had {pool_again} standbys ready: {standby} of {} starts of this burst were claims)",
                 p.kinds.len()
             );
         }
@@ -1773,7 +1778,7 @@ fn run(args: &Args) -> Result<()> {
             let restored = p.kinds.iter().filter(|k| from_template(k)).count();
             let standby = p.kinds.iter().filter(|k| *k == "standby").count();
             println!(
-                "  hyper VMs restored from the template: {restored} of {}, {standby} of them claimed from the standby pool",
+                "  hyper VMs restored from the template: {restored} of {}, {standby} of them claimed from the standby pool ({pool_first} ready as the burst began)",
                 p.kinds.len()
             );
         }

@@ -329,7 +329,16 @@ pub struct NetConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMsg {
     /// Sent on (re)connect; the agent answers with `Ready`.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+        /// Host randomness the agent credits to the kernel's pool (as `Start`'s). The template
+        /// builder sends some, so that the kernel's CRNG is ready in the template: otherwise
+        /// every VM restored from it would turn it ready at its `Start` (a static key: kernel
+        /// text patched, which under TCG throws away translated code). Each `Start` still
+        /// reseeds with its own.
+        #[serde(default)]
+        entropy: Vec<u8>,
+    },
     /// Renew the guest's identity, mount the root disk, set the hostname and start the main
     /// process (stream 0). A guest restored from a VM template shares its clock and random
     /// state with every sibling until this message: the agent applies `realtime_ns` and
@@ -384,6 +393,11 @@ pub enum HostMsg {
     Rehearse {
         process: ProcessSpec,
         root_device: String,
+        /// As `Start`'s: applied the same way, so that path is warm too.
+        #[serde(default)]
+        entropy: Vec<u8>,
+        #[serde(default)]
+        realtime_ns: u64,
     },
 }
 
@@ -466,6 +480,7 @@ mod tests {
         let host = [
             HostMsg::Hello {
                 version: PROTOCOL_VERSION,
+                entropy: vec![1, 2, 3],
             },
             HostMsg::Start {
                 process: spec(),

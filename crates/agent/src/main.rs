@@ -164,10 +164,11 @@ fn handle(
         let _ = out.send(Frame::guest(&g));
     };
     match m {
-        HostMsg::Hello { version } => {
+        HostMsg::Hello { version, entropy } => {
             if version != PROTOCOL_VERSION {
                 log!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
             }
+            identity::reseed(&entropy);
             let _ = out.send(ready());
         }
         HostMsg::Start {
@@ -292,6 +293,8 @@ fn handle(
         HostMsg::Rehearse {
             process,
             root_device,
+            entropy,
+            realtime_ns,
         } => {
             if *started {
                 reply(GuestMsg::Rehearsed {
@@ -300,6 +303,8 @@ fn handle(
                 });
                 return;
             }
+            identity::set_clock(realtime_ns);
+            identity::reseed(&entropy);
             // Through a blocking thread, as `Start` goes.
             let out = out.clone();
             tokio::spawn(async move {

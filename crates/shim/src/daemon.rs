@@ -466,6 +466,8 @@ async fn rehearse(up: &mut Up) -> Result<u64> {
         &Frame::host(&HostMsg::Rehearse {
             process,
             root_device: "/dev/vda".into(),
+            entropy: crate::identity::host_random(64),
+            realtime_ns: crate::identity::realtime_ns(),
         }),
     )
     .await?;
@@ -903,6 +905,7 @@ async fn bring_up(
             &mut wr,
             &Frame::host(&HostMsg::Hello {
                 version: PROTOCOL_VERSION,
+                entropy: Vec::new(),
             }),
         )
         .await?;
@@ -1280,12 +1283,9 @@ async fn start(shim: &Arc<Shim>) -> Response {
         process: shim.spec.process.to_agent(),
         hostname: shim.spec.hostname.clone(),
         root_device: "/dev/vda".into(),
-        entropy: host_random(64),
-        realtime_ns: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-        machine_id: hex::encode(host_random(16)),
+        entropy: crate::identity::host_random(64),
+        realtime_ns: crate::identity::realtime_ns(),
+        machine_id: hex::encode(crate::identity::host_random(16)),
         network: shim.spec.network.as_ref().map(|n| n.to_agent()),
     }));
     let mut ex = shim.exited.subscribe();
@@ -1328,20 +1328,6 @@ async fn start(shim: &Arc<Shim>) -> Response {
 }
 
 /// `n` bytes from the host's CSPRNG (getrandom(2)).
-fn host_random(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom writes at most `n - filled` bytes into the rest of `buf`.
-        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if r <= 0 {
-            break;
-        }
-        filled += r as usize;
-    }
-    buf
-}
-
 async fn wait_exit(shim: &Shim) -> State {
     let mut ex = shim.exited.subscribe();
     let r = ex.wait_for(|s| s.is_some()).await.map(|s| s.clone());

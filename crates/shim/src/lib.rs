@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod daemon;
+mod identity;
 pub mod log;
 pub mod nic;
 mod qcow2;

@@ -21,9 +21,9 @@ use vm::Qmp;
 use crate::{paths, Spec};
 
 /// The scratch root every standby rehearses on (see [`scratch_disk`]), in the templates' dir.
-const SCRATCH_BASE: &str = "scratch-root-2.ext4";
+const SCRATCH_BASE: &str = "scratch-root-3.ext4";
 /// Scratch roots of earlier versions, removed when the current one is built.
-const OLD_SCRATCH_BASES: &[&str] = &["scratch-root.ext4"];
+const OLD_SCRATCH_BASES: &[&str] = &["scratch-root.ext4", "scratch-root-2.ext4"];
 /// The program a standby's rehearsal runs: [`scratch_program`].
 pub const SCRATCH_PROGRAM: &str = "/bin/true";
 
@@ -65,7 +65,10 @@ fn build_scratch_base(base: &Path) -> Result<()> {
     let tmp = base.with_extension(format!("tmp{}", std::process::id()));
     let tree = tmp.with_extension("tree");
     let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+    // Only what the program needs: a start creates what an image lacks (`/proc`, `/sys`,
+    // `/dev`, `/etc/hostname`, `hosts`, `resolv.conf`: images seldom have the last three), so
+    // the rehearsal creates them too and the kernel's create paths are warm.
+    for d in ["bin", "etc"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
     let prog = tree.join(SCRATCH_PROGRAM.trim_start_matches('/'));
@@ -73,15 +76,8 @@ fn build_scratch_base(base: &Path) -> Result<()> {
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/true\n")?;
     std::fs::write(tree.join("etc/group"), "root:x:0:\n")?;
-    // What a start writes into a container's /etc, so the rehearsal writes it too.
-    for (f, text) in [
-        ("etc/hosts", "127.0.0.1\tlocalhost\n"),
-        ("etc/hostname", "scratch\n"),
-        ("etc/resolv.conf", ""),
-        ("etc/machine-id", ""),
-    ] {
-        std::fs::write(tree.join(f), text)?;
-    }
+    // Written at a start only where the image has one.
+    std::fs::write(tree.join("etc/machine-id"), "")?;
     let _ = std::fs::remove_file(&tmp);
     let made = vm::ext4::make_from_tree(&tree, &tmp, vm::ROOT_DISK_BYTES, "hyper-scratch", None);
     let _ = std::fs::remove_dir_all(&tree);

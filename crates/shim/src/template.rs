@@ -465,6 +465,7 @@ fn wait_agent_idle(sock: &Path, timeout: Duration, vm: &mut Child) -> Result<()>
     s.write_all(
         &Frame::host(&HostMsg::Hello {
             version: PROTOCOL_VERSION,
+            entropy: crate::identity::host_random(64),
         })
         .encode(),
     )?;
