@@ -305,12 +305,9 @@ fn handle(
             }
             identity::set_clock(realtime_ns);
             identity::reseed(&entropy);
-            // Through a blocking thread, as `Start` goes.
             let out = out.clone();
             tokio::spawn(async move {
-                let r = tokio::task::spawn_blocking(move || rehearse::run(&process, &root_device))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                let r = rehearse::run(process, root_device).await;
                 let msg = match r {
                     Ok(millis) => GuestMsg::Rehearsed {
                         millis,

@@ -7,18 +7,40 @@
 
 use std::time::Instant;
 
-use agent_proto::{NetConfig, ProcessSpec};
+use agent_proto::{GuestMsg, NetConfig, ProcessSpec};
+use tokio::sync::mpsc;
 
 use crate::process::{self, Target};
+use crate::session::{self, Credit};
 use crate::{network, rootfs};
 
 /// The MAC eth0 has in a template (QEMU's NIC of every template VM): set again, not changed.
 const SCRATCH_MAC: &str = "02:00:00:00:00:01";
 
+/// The stream number the rehearsal's process gets: never a container's (those count up from 0
+/// on the host's side), and its frames never leave the guest.
+const REHEARSAL_STREAM: u32 = u32::MAX;
+
 /// Run the rehearsal; the time it took, or what failed.
-pub fn run(spec: &ProcessSpec, device: &str) -> Result<u64, String> {
+pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
     let t0 = Instant::now();
-    let _ = process::oom_kills();
+    let oom_before = process::oom_kills();
+    let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(&spec, &device))
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = match spawned {
+        Ok(spawned) => relay_until_exit(spawned, oom_before).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = nix::mount::umount(rootfs::ROOTFS) {
+        return Err(format!("unmounting the scratch root: {e}"));
+    }
+    result?;
+    Ok(t0.elapsed().as_millis() as u64)
+}
+
+/// Network, root and spawn, as a `Start` does them.
+fn prepare_and_spawn(spec: &ProcessSpec, device: &str) -> Result<process::Spawned, String> {
     // eth0 as a container's, with a link-local address (its tap is in a namespace of its own
     // until the VM is claimed), then as it was.
     let scratch_net = NetConfig {
@@ -42,23 +64,35 @@ pub fn run(spec: &ProcessSpec, device: &str) -> Result<u64, String> {
     });
     let _ = nix::unistd::sethostname(&hostname);
     prepared.map_err(|e| format!("root: {e}"))?;
-    let result = spawn_and_wait(spec);
-    if let Err(e) = nix::mount::umount(rootfs::ROOTFS) {
-        return Err(format!("unmounting the scratch root: {e}"));
-    }
-    result?;
-    Ok(t0.elapsed().as_millis() as u64)
+    process::spawn(spec, Target::Main).map_err(|e| format!("spawn: {e}"))
 }
 
-fn spawn_and_wait(spec: &ProcessSpec) -> Result<(), String> {
-    let spawned = process::spawn(spec, Target::Main).map_err(|e| format!("spawn: {e}"))?;
+/// The process's session as a container's (its output pumped, its exit awaited), into a sink
+/// instead of the host; its exit code must be 0.
+async fn relay_until_exit(spawned: process::Spawned, oom_before: u64) -> Result<(), String> {
     let exited = process::register(spawned.pid);
-    let code = exited
-        .blocking_recv()
-        .map_err(|_| "the scratch process was never reaped".to_string())?;
-    drop(spawned);
-    if code != 0 {
-        return Err(format!("the scratch process exited with {code}"));
+    let (sink, mut frames) = mpsc::unbounded_channel();
+    let (_stdin, stdin_rx) = mpsc::unbounded_channel();
+    session::run(
+        REHEARSAL_STREAM,
+        spawned,
+        None,
+        exited,
+        stdin_rx,
+        Credit::new(),
+        sink,
+        oom_before,
+    )
+    .await;
+    let mut exit_code = None;
+    while let Ok(frame) = frames.try_recv() {
+        if let Ok(GuestMsg::Exited { exit_code: c, .. }) = frame.guest_msg() {
+            exit_code = Some(c);
+        }
     }
-    Ok(())
+    match exit_code {
+        Some(0) => Ok(()),
+        Some(c) => Err(format!("the scratch process exited with {c}")),
+        None => Err("the scratch process was never reaped".into()),
+    }
 }

@@ -93,21 +93,39 @@ fn build_scratch_base(base: &Path) -> Result<()> {
 /// does.
 const SCRATCH_PROGRAM_PAGES: u32 = 128;
 
-/// A complete static x86-64 Linux program that reads one byte of each page of itself, then
-/// exits 0: an ELF header, one loadable segment of [`SCRATCH_PROGRAM_PAGES`] pages (the code,
-/// then zeros), and
+/// What [`scratch_program`] writes to its stdout, so that the rehearsal relays output as a
+/// start does.
+pub const SCRATCH_OUTPUT: &[u8] = b"ok\n";
+
+/// A complete static x86-64 Linux program that reads one byte of each page of itself, writes
+/// [`SCRATCH_OUTPUT`] to stdout and exits 0: an ELF header, one loadable segment of
+/// [`SCRATCH_PROGRAM_PAGES`] pages (the code, the text, then zeros), and
 /// `mov esi, BASE; mov ecx, PAGES; 1: mov al, [rsi]; add rsi, 4096; dec ecx; jnz 1b;
+/// mov edi, 1; mov esi, TEXT; mov edx, LEN; mov eax, 1 (write); syscall;
 /// xor edi, edi; mov eax, 60 (exit); syscall`.
 pub fn scratch_program() -> Vec<u8> {
     const BASE: u32 = 0x40_0000;
     const HEADERS: usize = 64 + 56;
-    let mut code = vec![0xbe];
-    code.extend_from_slice(&BASE.to_le_bytes());
-    code.push(0xb9);
-    code.extend_from_slice(&SCRATCH_PROGRAM_PAGES.to_le_bytes());
+    /// Bytes of code before the text.
+    const CODE: usize = 5 + 5 + 9 + 4 + 22 + 9;
+    let text_at = BASE + (HEADERS + CODE) as u32;
+    let mov = |opcode: u8, imm: u32| {
+        let mut m = vec![opcode];
+        m.extend_from_slice(&imm.to_le_bytes());
+        m
+    };
+    let mut code = mov(0xbe, BASE);
+    code.extend(mov(0xb9, SCRATCH_PROGRAM_PAGES));
     code.extend_from_slice(&[0x8a, 0x06, 0x48, 0x81, 0xc6, 0x00, 0x10, 0x00, 0x00]);
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xf3]);
+    code.extend(mov(0xbf, 1));
+    code.extend(mov(0xbe, text_at));
+    code.extend(mov(0xba, SCRATCH_OUTPUT.len() as u32));
+    code.extend(mov(0xb8, 1));
+    code.extend_from_slice(&[0x0f, 0x05]);
     code.extend_from_slice(&[0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05]);
+    debug_assert_eq!(code.len(), CODE);
+    code.extend_from_slice(SCRATCH_OUTPUT);
     let total = u64::from(SCRATCH_PROGRAM_PAGES) * 4096;
     let mut e = Vec::with_capacity(total as usize);
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
@@ -228,14 +246,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scratch_program_reads_its_pages_and_exits_zero() {
+    fn the_scratch_program_reads_its_pages_writes_and_exits_zero() {
         use std::os::unix::fs::PermissionsExt;
         let p = std::env::temp_dir().join(format!("standby-true-{}", std::process::id()));
         std::fs::write(&p, scratch_program()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let st = std::process::Command::new(&p).status().unwrap();
+        let out = std::process::Command::new(&p).output().unwrap();
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(st.code(), Some(0));
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(out.stdout, SCRATCH_OUTPUT);
     }
 
     #[test]
