@@ -27,11 +27,8 @@ pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
     let oom_before = process::oom_kills();
     let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(&spec, &device))
         .await
-        .map_err(|e| e.to_string())?;
-    let result = match spawned {
-        Ok(spawned) => relay_until_exit(spawned, oom_before).await,
-        Err(e) => Err(e),
-    };
+        .map_err(|e| e.to_string())??;
+    let result = relay_until_exit(spawned, oom_before).await;
     if let Err(e) = nix::mount::umount(rootfs::ROOTFS) {
         return Err(format!("unmounting the scratch root: {e}"));
     }
