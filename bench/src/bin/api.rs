@@ -178,6 +178,8 @@ fn ps_latency() -> anyhow::Result<()> {
         .arg(target.join("x86_64-unknown-linux-gnu/debug/hyper-agent"))
         .arg("--client-config-dir")
         .arg(data.join("client"))
+        // No standby VMs: filling a pool would take the CPU the API's timings need.
+        .args(["--standby-vms", "0"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(data.join("hyperd.log"))?)
         .spawn()
