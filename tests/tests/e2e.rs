@@ -1395,7 +1395,7 @@ fn standby_pool_follows_bursts() {
 }
 
 /// Without `--standby-vms`, a hyperd under TCG keeps its ceiling of standbys ready (there a
-/// fresh restore's start costs ~2.5 times a claim), one with KVM two.
+/// fresh restore's start costs several times a claim), one with KVM two.
 fn standby_floor_default() {
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
         return;

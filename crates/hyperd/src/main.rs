@@ -72,7 +72,7 @@ struct DaemonArgs {
     /// VMs of the default size kept restored from the template ahead of time, so a start only
     /// hands one its disk and NIC (0: restore at each start). Needs templates on. Default: under
     /// TCG as many as `--standby-vms-max` (there a VM's first start costs its QEMU the
-    /// translation of the guest's whole start path, ~2.5 times a claim), with KVM 2.
+    /// translation of the guest's whole start path, several times a claim), with KVM 2.
     #[arg(long, env = "HYPERD_STANDBY_VMS")]
     standby_vms: Option<usize>,
     /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst

@@ -242,7 +242,7 @@ pub fn default_ceiling(memory: u64) -> usize {
 
 /// The default floor: with hardware virtualisation a VM restored at its start is quick, and a
 /// couple kept ready cover the next starts while bursts grow the pool. Under TCG a fresh QEMU
-/// translates the guest's whole start path (mount, namespaces, exec: ~2.5 times the CPU of a
+/// translates the guest's whole start path (mount, namespaces, exec: ~4 times the CPU of a
 /// claim, whose standby did that in its rehearsal), so a burst of fresh restores is
 /// CPU-bound: the pool keeps its ceiling ready (paused, they cost memory and no CPU).
 pub fn default_floor(hardware_accelerated: bool, ceiling: usize) -> usize {
