@@ -1356,18 +1356,7 @@ fn standby_pool_follows_bursts() {
     );
     let d: &Daemon = &dd;
     let info = |field: &str| info_field(d, field);
-    let pool_is = |ready: usize, target: usize| {
-        let (r, t) = (info("StandbyVMsReady"), info("StandbyVMsTarget"));
-        let dirs = std::fs::read_dir(d.data.join("standby")).map_or(0, |e| e.count());
-        if r == ready.to_string() && t == target.to_string() && dirs == ready {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}; {dirs} standby directories",
-                info("StandbyVMs")
-            ))
-        }
-    };
+    let pool_is = |ready: usize, target: usize| standby_pool_is(d, ready, target);
     wait_for("the pool's floor of one standby", secs(120.0), || {
         pool_is(1, 1)
     });
@@ -1410,21 +1399,30 @@ fn standby_floor_default() {
     );
     let d: &Daemon = &dd;
     let (want, text) = match info_field(d, "Hypervisor.Accelerator").as_str() {
-        "tcg" => ("3", "3 of 3 ready"),
-        _ => ("2", "2 of 2 ready (grows to 3 for bursts of starts)"),
+        "tcg" => (3, "3 of 3 ready"),
+        _ => (2, "2 of 2 ready (grows to 3 for bursts of starts)"),
     };
-    wait_for(
-        "the default floor of standbys ready",
-        secs(120.0),
-        || match (
-            info_field(d, "StandbyVMsReady"),
-            info_field(d, "StandbyVMsTarget"),
-        ) {
-            (r, t) if r == want && t == want => Ok(()),
-            _ => Err(info_field(d, "StandbyVMs")),
-        },
-    );
+    wait_for("the default floor of standbys ready", secs(120.0), || {
+        standby_pool_is(d, want, want)
+    });
     assert_eq!(info_field(d, "StandbyVMs"), text);
+}
+
+/// Whether `d`'s pool has `ready` standbys (in `hyper info` and as directories) of `target`.
+fn standby_pool_is(d: &Daemon, ready: usize, target: usize) -> Result<(), String> {
+    let (r, t) = (
+        info_field(d, "StandbyVMsReady"),
+        info_field(d, "StandbyVMsTarget"),
+    );
+    let dirs = std::fs::read_dir(d.data.join("standby")).map_or(0, |e| e.count());
+    if r == ready.to_string() && t == target.to_string() && dirs == ready {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}; {dirs} standby directories",
+            info_field(d, "StandbyVMs")
+        ))
+    }
 }
 
 fn info_field(d: &Daemon, field: &str) -> String {

@@ -387,9 +387,9 @@ pub enum HostMsg {
     Shutdown,
     /// To a standby VM, before any container has it: walk the path of a `Start` once on the
     /// standby's scratch disk (identity, network, mount, spawn `process` in its own namespaces,
-    /// relay its output and wait for it, unmount), leaving nothing behind, so that the guest code a real `Start`
-    /// runs is warm (under TCG a first run of any code costs its translation). Answered with
-    /// `Rehearsed`.
+    /// relay its output and wait for it, unmount), leaving nothing behind, so that the guest
+    /// code a real `Start` runs is warm (under TCG a first run of any code costs its
+    /// translation). Answered with `Rehearsed`.
     Rehearse {
         process: ProcessSpec,
         root_device: String,

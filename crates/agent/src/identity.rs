@@ -12,8 +12,14 @@ use crate::init::log;
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
+/// What `Start` (and a rehearsal of it) brings: the host's clock, then its randomness.
+pub fn renew(realtime_ns: u64, entropy: &[u8]) {
+    set_clock(realtime_ns);
+    reseed(entropy);
+}
+
 /// Set CLOCK_REALTIME to `ns` since the epoch (0: leave it).
-pub fn set_clock(ns: u64) {
+fn set_clock(ns: u64) {
     if ns == 0 {
         return;
     }

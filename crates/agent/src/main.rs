@@ -190,8 +190,7 @@ fn handle(
             }
             *started = true;
             // Identity first, before any disk or process: the clock and the random pool.
-            identity::set_clock(realtime_ns);
-            identity::reseed(&entropy);
+            identity::renew(realtime_ns, &entropy);
             start_stream(
                 0,
                 process,
@@ -303,8 +302,7 @@ fn handle(
                 });
                 return;
             }
-            identity::set_clock(realtime_ns);
-            identity::reseed(&entropy);
+            identity::renew(realtime_ns, &entropy);
             let out = out.clone();
             tokio::spawn(async move {
                 let r = rehearse::run(process, root_device).await;

@@ -1327,7 +1327,6 @@ async fn start(shim: &Arc<Shim>) -> Response {
     }
 }
 
-/// `n` bytes from the host's CSPRNG (getrandom(2)).
 async fn wait_exit(shim: &Shim) -> State {
     let mut ex = shim.exited.subscribe();
     let r = ex.wait_for(|s| s.is_some()).await.map(|s| s.clone());
