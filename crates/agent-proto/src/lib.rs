@@ -321,6 +321,40 @@ pub struct NetConfig {
     pub hosts: Vec<String>,
 }
 
+/// A volume the agent mounts into the container at `Start`: a further virtio-blk disk of the
+/// VM holding an ext4 file system (made by the host). The host validates `target`; the agent
+/// still resolves it inside the container's root and refuses anything that leaves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VolumeMount {
+    /// The volume slot (0..[`VOLUME_SLOTS`]): the disk whose virtio-blk serial is
+    /// [`volume_serial`]`(slot)`. Device names (`/dev/vdb`...) depend on probe order; the
+    /// serial does not.
+    pub slot: u8,
+    /// Absolute path in the container, e.g. "/data".
+    pub target: String,
+    pub read_only: bool,
+    /// Copy what the image has at `target` into the volume when the volume is empty (Docker's
+    /// semantics for a new volume mounted over an image directory).
+    pub copy_up: bool,
+    /// The volume's size: a guest restored from a template probed the slot's placeholder at
+    /// boot and learns the real capacity from a config-change interrupt, so the agent waits
+    /// until the device reports this size before it mounts.
+    pub size_bytes: u64,
+}
+
+/// How long the agent keeps file systems frozen without a `Thaw` (a host that died mid-snapshot
+/// must not leave the container's writes blocked for ever).
+pub const FREEZE_MAX_SECS: u64 = 30;
+
+/// Volume slots in every VM's fixed device layout (Hyper's limit of volumes per container).
+pub const VOLUME_SLOTS: u8 = 4;
+
+/// The virtio-blk serial of volume slot `slot`.
+pub fn volume_serial(slot: u8) -> String {
+    format!("hyper-vol{slot}")
+}
+
 /// Host -> guest control messages.
 // `Start` is much larger than the rest; messages are built one at a time, so boxing would buy
 // nothing but indirection.
@@ -364,6 +398,9 @@ pub enum HostMsg {
         /// restored from a template has the template's MAC until then.
         #[serde(default)]
         network: Option<NetConfig>,
+        /// Volumes mounted after the root, in this order.
+        #[serde(default)]
+        volumes: Vec<VolumeMount>,
     },
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
@@ -385,6 +422,12 @@ pub enum HostMsg {
     Stats { req_id: u64 },
     /// sync() and power off the VM.
     Shutdown,
+    /// Freeze (FIFREEZE) the file systems mounted at these container paths, so that the host
+    /// can copy their disks consistently; answered with `Done` (or `Error`). A freeze the host
+    /// does not end with `Thaw` is ended by the agent after [`FREEZE_MAX_SECS`].
+    Freeze { req_id: u64, targets: Vec<String> },
+    /// Thaw (FITHAW) what `Freeze` froze; answered with `Done` (or `Error`).
+    Thaw { req_id: u64, targets: Vec<String> },
     /// To a standby VM, before any container has it: walk the path of a `Start` once on the
     /// standby's scratch disk (identity, network, mount, spawn `process` in its own namespaces,
     /// relay its output and wait for it, unmount), leaving nothing behind, so that the guest
@@ -444,6 +487,8 @@ pub enum GuestMsg {
     /// A request failed (`req_id` 0 when the error belongs to no request, e.g. a failed Start
     /// mount is reported as `StartFailed` instead).
     Error { req_id: u64, message: String },
+    /// A request with nothing to report but success (`Freeze`, `Thaw`).
+    Done { req_id: u64 },
     /// The answer to `Shutdown`: every disk is synced, so the host may stop the VM at once
     /// instead of waiting for the guest's own power-off.
     Synced,

@@ -3,8 +3,8 @@
 //! Boot: mount the API filesystems, load the virtio modules, unshare a PID namespace for the
 //! container (while still single-threaded), open the `agent` virtio-serial port and send
 //! `Ready`. Then wait: no disk and no network is touched until `Start` (VM templates, DESIGN
-//! decision 8). `Start` brings up the network (`network`), then the root disk (`rootfs`), then
-//! the process. The protocol is in the `agent-proto` crate.
+//! decision 8). `Start` brings up the network (`network`), then the root disk (`rootfs`) and the
+//! volumes (`volumes`), then the process. The protocol is in the `agent-proto` crate.
 
 mod etc;
 mod identity;
@@ -18,17 +18,20 @@ mod rootfs;
 mod session;
 mod top;
 mod user;
+mod volumes;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::{Frame, GuestMsg, HostMsg, Kind, ProcessSpec, PROTOCOL_VERSION};
+use agent_proto::{Frame, GuestMsg, HostMsg, Kind, ProcessSpec, VolumeMount, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::init::log;
 use crate::process::Target;
 use crate::session::{Credit, Fd};
+use crate::volumes::Freezer;
 
 /// What the control loop keeps per stream.
 struct Handle {
@@ -87,6 +90,7 @@ async fn run(port: std::fs::File) {
     let _ = out.send(ready());
     log!("ready");
     tokio::spawn(reaper());
+    let freezer = Freezer::start();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut streams: HashMap<u32, Handle> = HashMap::new();
     let mut main_pid: Option<i32> = None;
@@ -94,18 +98,23 @@ async fn run(port: std::fs::File) {
     loop {
         tokio::select! {
             f = frames.recv() => {
-                let Some(f) = f else { return };
+                let Some(f) = f else {
+                    freezer.thaw_all().await;
+                    return;
+                };
                 match f.kind {
                     Kind::Control => match f.host_msg() {
                         Ok(HostMsg::Shutdown) => {
                             log!("shutdown requested");
+                            // A frozen volume would hold back the writes the sync is for.
+                            freezer.thaw_all().await;
                             let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
                             let _ = out.send(Frame::guest(&GuestMsg::Synced));
                             // Let the writer drain what is queued, briefly.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             return;
                         }
-                        Ok(m) => handle(m, &out, &ev_tx, &mut streams, main_pid, &mut started),
+                        Ok(m) => handle(m, &out, &ev_tx, &mut streams, main_pid, &mut started, &freezer),
                         Err(e) => {
                             log!("bad control message: {e}");
                             let _ = out.send(Frame::guest(&GuestMsg::Error { req_id: 0, message: e.to_string() }));
@@ -159,6 +168,7 @@ fn handle(
     streams: &mut HashMap<u32, Handle>,
     main_pid: Option<i32>,
     started: &mut bool,
+    freezer: &Freezer,
 ) {
     let reply = |g: GuestMsg| {
         let _ = out.send(Frame::guest(&g));
@@ -179,6 +189,7 @@ fn handle(
             realtime_ns,
             machine_id,
             network,
+            volumes,
         } => {
             if *started {
                 reply(GuestMsg::StartFailed {
@@ -194,11 +205,15 @@ fn handle(
             start_stream(
                 0,
                 process,
-                Some(rootfs::Target {
-                    device: root_device,
-                    hostname,
-                    machine_id,
-                    network,
+                Some(Setup {
+                    root: rootfs::Target {
+                        device: root_device,
+                        hostname,
+                        machine_id,
+                        network,
+                    },
+                    volumes,
+                    freezer: freezer.clone(),
                 }),
                 Target::Main,
                 out,
@@ -316,14 +331,65 @@ fn handle(
                 let _ = out.send(Frame::guest(&msg));
             });
         }
+        HostMsg::Freeze { req_id, targets } => {
+            let (out, freezer) = (out.clone(), freezer.clone());
+            tokio::spawn(async move {
+                let _ = out.send(Frame::guest(&done_or_error(
+                    req_id,
+                    freezer.freeze(targets).await,
+                )));
+            });
+        }
+        HostMsg::Thaw { req_id, targets } => {
+            let (out, freezer) = (out.clone(), freezer.clone());
+            tokio::spawn(async move {
+                let _ = out.send(Frame::guest(&done_or_error(
+                    req_id,
+                    freezer.thaw(targets).await,
+                )));
+            });
+        }
         HostMsg::Shutdown => unreachable!("handled by the loop"),
     }
+}
+
+/// `Done`, or `Error` with the whole chain.
+fn done_or_error<E: std::error::Error>(req_id: u64, r: Result<(), E>) -> GuestMsg {
+    match r {
+        Ok(()) => GuestMsg::Done { req_id },
+        Err(e) => GuestMsg::Error {
+            req_id,
+            message: error_chain(&e),
+        },
+    }
+}
+
+/// What a `Start` prepares before its process.
+struct Setup {
+    root: rootfs::Target,
+    volumes: Vec<VolumeMount>,
+    /// Takes the volumes over once they are mounted (for `Freeze` and `Thaw`).
+    freezer: Freezer,
+}
+
+/// The network, the root disk, then the volumes on it. Blocking.
+fn set_up(s: &Setup) -> Result<(), process::SpawnError> {
+    let failed = |e: &dyn std::error::Error| process::SpawnError {
+        message: error_chain(e),
+        exit_code: 126,
+    };
+    network::setup(s.root.network.as_ref()).map_err(|e| failed(&e))?;
+    rootfs::prepare(&s.root).map_err(|e| failed(&e))?;
+    let mounted =
+        volumes::mount_all(Path::new(rootfs::ROOTFS), &s.volumes).map_err(|e| failed(&e))?;
+    s.freezer.adopt(mounted);
+    Ok(())
 }
 
 fn start_stream(
     stream: u32,
     spec: ProcessSpec,
-    rootfs: Option<rootfs::Target>,
+    setup: Option<Setup>,
     target: Target,
     out: &mpsc::UnboundedSender<Frame>,
     ev: &mpsc::UnboundedSender<Event>,
@@ -346,13 +412,8 @@ fn start_stream(
         let oom_before = process::oom_kills();
         let res = tokio::task::spawn_blocking(move || {
             let t0 = std::time::Instant::now();
-            if let Some(target) = rootfs {
-                let failed = |e: &dyn std::error::Error| process::SpawnError {
-                    message: error_chain(e),
-                    exit_code: 126,
-                };
-                network::setup(target.network.as_ref()).map_err(|e| failed(&e))?;
-                rootfs::prepare(&target).map_err(|e| failed(&e))?;
+            if let Some(setup) = setup {
+                set_up(&setup)?;
             }
             let t1 = t0.elapsed();
             let r = process::spawn(&spec, target);

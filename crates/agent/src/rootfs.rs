@@ -61,7 +61,8 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     // A guest restored from a template probed the template's placeholder (zeros, same size)
     // at boot, and a standby rehearsed on its scratch disk: whatever the block layer read of
     // those is still cached and must not be taken for the container's blocks.
-    forget_cached_blocks(device).map_err(|e| RootfsError::Flush(device.to_string(), e))?;
+    forget_cached_blocks(Path::new(device))
+        .map_err(|e| RootfsError::Flush(device.to_string(), e))?;
     let t_device = t0.elapsed();
     let _ = std::fs::create_dir_all(ROOTFS);
     mount(
@@ -73,7 +74,7 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     )
     .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
     let t_mount = t0.elapsed();
-    if let Err(e) = grow(device) {
+    if let Err(e) = grow(device, Path::new(ROOTFS)) {
         log!("growing {device}: {e} (carrying on)");
     }
     let t_grow = t0.elapsed();
@@ -126,16 +127,19 @@ fn write_network_files(root: &Path, hostname: &str, net: Option<&NetConfig>) {
     }
 }
 
-fn forget_cached_blocks(device: &str) -> std::io::Result<()> {
+/// Write back and drop what the block layer cached of `device`: blocks read from whatever was
+/// behind the slot before (a template's placeholder, a standby's scratch disk).
+pub fn forget_cached_blocks(device: &Path) -> std::io::Result<()> {
     let dev = std::fs::File::open(device)?;
     // SAFETY: BLKFLSBUF takes no argument.
     unsafe { blk_flsbuf(dev.as_raw_fd()) }?;
     Ok(())
 }
 
-/// Grow the mounted ext4 filesystem to fill its device (online resize), unless it already does
-/// (images' disks are built at the root disk's size; older ones may be smaller).
-fn grow(device: &str) -> std::io::Result<()> {
+/// Grows the ext4 file system on `device`, mounted at `mount_point`, to the device's size
+/// when it is smaller (a root disk made for a smaller image, a volume made from a smaller
+/// snapshot). Online: ext4 grows while mounted.
+pub fn grow(device: &str, mount_point: &Path) -> std::io::Result<()> {
     let dev = std::fs::File::open(device)?;
     let mut bytes: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
@@ -147,10 +151,10 @@ fn grow(device: &str) -> std::io::Result<()> {
     if blocks <= current {
         return Ok(());
     }
-    let dir = std::fs::File::open(ROOTFS)?;
+    let dir = std::fs::File::open(mount_point)?;
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 through the pointer.
     unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }?;
-    log!("root filesystem {device}: grown from {current} to {blocks} blocks of {bsize}");
+    log!("{device}: file system grown from {current} to {blocks} blocks of {bsize}");
     Ok(())
 }
 

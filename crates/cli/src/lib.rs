@@ -16,6 +16,10 @@
 //! - `sg create/update` send the user's YAML file unchanged (`Content-Type: application/yaml`)
 //!   after checking it locally; `service create` sends only the fields whose flags were given
 //!   (plus Name, Image, Replicas, ServicePort), leaving the defaults to the server.
+//! - `run -v SRC:/path` with a local path (absolute, or `./`/`../` when it exists here) or a
+//!   git/http(s) URL does what Hyper's client did: a new volume labelled `autoremove=true`,
+//!   filled through `/volumes/initialize` (local sources uploaded as a tar) and
+//!   `/volumes/uploadfinish`, then bound as `<volume>:/path`; deleted if the create fails.
 
 pub mod commands;
 pub mod config;
@@ -28,8 +32,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, events, exec, fip, images, network, run, service, sg, system,
-    usage, Ctx,
+    config as config_cmd, containers, events, exec, fip, images, network, run, service, sg,
+    snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +183,12 @@ pub enum Cmd {
     /// Manage services (load-balanced groups of containers)
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
+    /// Manage volume snapshots
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -219,6 +229,8 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Fip(c) => fip::fip_cmd(ctx, c).await,
         Cmd::Sg(c) => sg::sg_cmd(ctx, c).await,
         Cmd::Service(c) => service::service_cmd(ctx, c).await,
+        Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
+        Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
     }
 }
 

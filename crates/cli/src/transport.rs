@@ -199,6 +199,8 @@ pub struct ApiRequest {
     pub query: Vec<(String, String)>,
     pub body: Bytes,
     pub headers: HeaderMap,
+    /// Whether the version prefix goes in front of `path` (not for URLs the daemon hands out).
+    pub versioned: bool,
 }
 
 impl ApiRequest {
@@ -209,6 +211,7 @@ impl ApiRequest {
             query: Vec::new(),
             body: Bytes::new(),
             headers: HeaderMap::new(),
+            versioned: true,
         }
     }
     pub fn get(path: impl Into<String>) -> Self {
@@ -255,6 +258,11 @@ impl ApiRequest {
         self.headers.insert(HeaderName::from_static(name), value);
         self
     }
+    /// `path` is a whole path the daemon gave us (an upload URL's), sent without our prefix.
+    pub fn unversioned(mut self) -> Self {
+        self.versioned = false;
+        self
+    }
 
     /// `/v1.44/path?k=v`, escaped.
     pub fn path_and_query(&self) -> String {
@@ -263,6 +271,7 @@ impl ApiRequest {
 
     /// The same below another version prefix (`/v1.23`).
     pub fn path_and_query_with(&self, prefix: &str) -> String {
+        let prefix = if self.versioned { prefix } else { "" };
         let mut s = format!("{prefix}{}", utf8_percent_encode(&self.path, PATH));
         for (i, (k, v)) in self.query.iter().enumerate() {
             s.push(if i == 0 { '?' } else { '&' });
@@ -499,6 +508,13 @@ mod tests {
         assert_eq!(
             ApiRequest::get("/images/reg.io:5000/a/b:1/json").path_and_query(),
             "/v1.44/images/reg.io:5000/a/b:1/json"
+        );
+        assert_eq!(
+            ApiRequest::post("/v1.44/volumes/upload/v1")
+                .unversioned()
+                .query("cookie", "c")
+                .path_and_query(),
+            "/v1.44/volumes/upload/v1?cookie=c"
         );
     }
 

@@ -86,6 +86,21 @@ struct DaemonArgs {
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The backend behind the volume driver `hyper` (what Hyper's client sends) and volumes
+    /// created without a driver: `local` (a sparse file per volume under the data root).
+    #[arg(long, default_value = "local", env = "HYPERD_VOLUME_DRIVER")]
+    volume_driver: String,
+    /// The smallest volume a tenant may create, in GB.
+    #[arg(long, default_value_t = 10)]
+    volume_size_min: u64,
+    /// The largest volume a tenant may create, in GB.
+    #[arg(long, default_value_t = 50)]
+    volume_size_max: u64,
+    /// Addresses (CIDR, repeatable) that volume sources given by tenants (git and tarball
+    /// URLs) may be fetched from beside public ones; loopback and private ranges are refused
+    /// unless listed here.
+    #[arg(long = "allow-fetch")]
+    allow_fetch: Vec<ipnet::IpNet>,
     /// The subnet of every tenant's default network (tenants may share it: each has its own L2).
     #[arg(long, default_value = "172.16.0.0/16")]
     default_subnet: ipnet::Ipv4Net,
@@ -343,6 +358,36 @@ async fn tenant_admin(socket: &std::path::Path, command: TenantCommand) -> anyho
     Ok(())
 }
 
+/// The volume backends this node offers and the operator's volume settings.
+fn volumes(
+    data_root: &std::path::Path,
+    args: &DaemonArgs,
+    store: std::sync::Arc<dyn store::Store>,
+) -> anyhow::Result<node::volumes::Volumes> {
+    use node::volumes::{Backend, Local, SizeRange, Volumes};
+    if args.volume_size_min == 0 || args.volume_size_min > args.volume_size_max {
+        anyhow::bail!(
+            "--volume-size-min {} and --volume-size-max {}: give 0 < min <= max",
+            args.volume_size_min,
+            args.volume_size_max
+        );
+    }
+    let local: std::sync::Arc<dyn Backend> =
+        std::sync::Arc::new(Local::new(data_root).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let sizes = SizeRange {
+        min: args.volume_size_min,
+        max: args.volume_size_max,
+    };
+    let uploads = node::volumes::init::Uploads::new(data_root);
+    let policy = image::policy::AddressPolicy::new(args.allow_fetch.clone());
+    let volumes = Volumes::new(store, vec![local], &args.volume_driver, sizes, uploads, policy)
+        .map_err(|e| anyhow::anyhow!("--volume-driver: {e}"))?;
+    volumes
+        .remove_orphans()
+        .context("removing volume blocks left by a crash")?;
+    Ok(volumes)
+}
+
 async fn tenant_quota(
     data_root: &std::path::Path,
     socket: &std::path::Path,
@@ -430,6 +475,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             images.set_insecure_registries(args.insecure_registries.clone());
             images
         },
+        volumes(&data_root, &args, store.clone())?,
     );
     runtime
         .recover()

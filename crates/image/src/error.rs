@@ -36,6 +36,10 @@ pub enum ImageError {
     /// A layer entry would land outside the image root.
     #[error("path escapes the root: {0}")]
     PathEscape(String),
+    /// An entry's parent in the tree is a symlink or a file, and this archive may not replace
+    /// it (see `unpack::Parents::Refuse`).
+    #[error("{0}: a parent is a symlink or a file, not a directory (entries are never written through links)")]
+    NotADirectory(String),
     /// A layer holds something that cannot be unpacked.
     #[error("bad layer {layer}: {reason}")]
     BadLayer { layer: String, reason: String },

@@ -17,6 +17,10 @@
 //! Everything is written under `tmp/` and renamed into place, so a crash never leaves a half
 //! layer, image or disk. All calls block: async callers use `spawn_blocking`. Tags here are only
 //! what the archive said; tenancy and tag ownership live in hyperd's store.
+//!
+//! Beside images, [`source`] turns a volume's source (a git repository, a tarball URL, a
+//! tenant's tar) into a directory tree with the same safe unpacking, and [`policy`] decides which
+//! addresses a tenant-supplied URL may reach.
 
 mod archive;
 mod disk;
@@ -24,7 +28,9 @@ mod error;
 pub mod fetch;
 mod layer;
 pub mod login;
+pub mod policy;
 pub mod pull;
+pub mod source;
 mod unpack;
 
 #[cfg(test)]

@@ -78,6 +78,11 @@ impl Layer {
         self.raw(h, name, None, b"")
     }
 
+    pub fn fifo(&mut self, name: &str) -> &mut Self {
+        let h = Self::header(tar::EntryType::Fifo, 0o644, 0, 0, 0);
+        self.raw(h, name, None, b"")
+    }
+
     pub fn finish(&mut self) -> Vec<u8> {
         let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
         b.into_inner().unwrap()

@@ -1,4 +1,5 @@
-//! Unpacking layers into a directory tree, the way overlayfs would stack them.
+//! Unpacking layers into a directory tree, the way overlayfs would stack them; the entry
+//! writer ([`Unpacker`]) is shared with tenant uploads for volumes (`source::unpack_upload`).
 //!
 //! Each layer is a tar of changes against the layers below it (OCI image spec, "layer"):
 //! - `dir/.wh.name` deletes `dir/name` from the lower layers;
@@ -11,7 +12,8 @@
 //! - an entry name with `..` or an absolute path is refused ([`ImageError::PathEscape`]);
 //! - no symlink is ever followed: every parent of an entry is checked with `lstat` to be a real
 //!   directory, and one that is not (say `lib -> usr/lib` from a lower layer) is replaced by a
-//!   directory, which is what overlayfs shows when an upper layer has that directory; files are
+//!   directory, which is what overlayfs shows when an upper layer has that directory (a volume
+//!   upload has no layers: there it is an error, see [`Parents`]); files are
 //!   created with `O_NOFOLLOW|O_EXCL`, owners set with `lchown`, times with `AT_SYMLINK_NOFOLLOW`;
 //!   a symlink's target is stored as is and only ever resolved inside the guest;
 //! - a hard link must name an existing non-directory inside the root, reached without symlinks;
@@ -22,7 +24,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -60,26 +62,46 @@ fn io_err(path: &Path, what: &str) -> impl FnOnce() -> String {
     move || s
 }
 
-/// Walks `rel`'s parents under `root` without following symlinks. With `create`, missing
-/// parents are made and non-directories replaced by directories; without, returns `None` as
-/// soon as a parent is not a real directory.
-fn parent_dir(root: &Path, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
+/// What [`parent_dir`] does with a parent that is missing or not a real directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parents {
+    /// Only look: `None` as soon as a parent is missing or not a real directory.
+    Lookup,
+    /// Make missing parents and replace non-directories by directories: overlayfs shows an
+    /// upper layer's directory over a lower layer's symlink or file.
+    Replace,
+    /// Make missing parents; a parent that is not a real directory is an error
+    /// ([`ImageError::NotADirectory`]). A tenant's tar that writes `link/file` after
+    /// `link -> /etc` is hostile or broken, and what GNU tar does with it (follow the link) is
+    /// exactly what must not happen on the host.
+    Refuse,
+}
+
+/// Walks `rel`'s parents under `root` without following symlinks, dealing with missing and
+/// non-directory parents as `parents` says. `None` only in [`Parents::Lookup`].
+pub(crate) fn parent_dir(root: &Path, rel: &Path, parents: Parents) -> Result<Option<PathBuf>> {
     let mut cur = root.to_path_buf();
-    if let Some(parent) = rel.parent() {
-        for c in parent.components() {
-            cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) if create => {
-                    tracing::debug!(path = %cur.display(), "replacing a non-directory parent");
-                    fs::remove_file(&cur).ctx(io_err(&cur, "removing"))?;
-                    mkdir(&cur)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && create => mkdir(&cur)?,
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).ctx(io_err(&cur, "inspecting")),
+    let Some(parent) = rel.parent() else {
+        return Ok(Some(cur));
+    };
+    for c in parent.components() {
+        cur.push(c);
+        match (fs::symlink_metadata(&cur), parents) {
+            (Ok(m), _) if m.is_dir() => {}
+            (Ok(_), Parents::Replace) => {
+                tracing::debug!(path = %cur.display(), "replacing a non-directory parent");
+                fs::remove_file(&cur).ctx(io_err(&cur, "removing"))?;
+                mkdir(&cur)?;
             }
+            (Ok(_), Parents::Refuse) => {
+                return Err(ImageError::NotADirectory(rel.display().to_string()))
+            }
+            (Err(e), Parents::Replace | Parents::Refuse) if e.kind() == io::ErrorKind::NotFound => {
+                mkdir(&cur)?
+            }
+            (Ok(_), Parents::Lookup) => return Ok(None),
+            (Err(e), Parents::Lookup) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            (Err(e), _) => return Err(e).ctx(io_err(&cur, "inspecting")),
         }
     }
     Ok(Some(cur))
@@ -135,23 +157,169 @@ fn set_owner_mode(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).ctx(io_err(path, "chmod"))
 }
 
-/// Unpacks layer tars (uncompressed, bottom first) into `root`, which must exist.
-pub(crate) fn unpack_layers(layers: &[(PathBuf, String)], root: &Path) -> Result<()> {
-    let mut dir_times: HashMap<PathBuf, u64> = HashMap::new();
-    for (tar_path, label) in layers {
-        apply_whiteouts(tar_path, root, label, &mut dir_times)?;
-        unpack_entries(tar_path, root, label, &mut dir_times)?;
-    }
-    // Directory times last: creating children changes them. Deepest first.
-    let mut dirs: Vec<_> = dir_times.into_iter().collect();
-    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (rel, mtime) in dirs {
-        let path = root.join(&rel);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            set_mtime(&path, mtime)?;
+/// What one archive entry makes, its metadata already read from the headers by the caller.
+pub(crate) struct Node<'a> {
+    /// Normalised by [`entry_path`]; empty for the root itself.
+    pub rel: &'a Path,
+    pub kind: NodeKind,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub mtime: u64,
+}
+
+/// The kinds of entry [`Unpacker::create`] makes.
+pub(crate) enum NodeKind {
+    Dir,
+    /// A regular file: its content is the data reader given to [`Unpacker::create`].
+    File,
+    /// A symlink and its target, stored as is: it is only ever resolved inside the guest.
+    Symlink(PathBuf),
+    /// A hard link to an earlier entry, named by its normalised path under the root.
+    HardLink(PathBuf),
+    Fifo,
+}
+
+/// Creates archive entries under a root (see the module doc for the rules) and sets the
+/// directories' times once everything is in.
+pub(crate) struct Unpacker<'a> {
+    root: &'a Path,
+    parents: Parents,
+    /// Directory modification times by relative path, applied by [`Unpacker::finish`]
+    /// (creating children changes them).
+    dir_times: HashMap<PathBuf, u64>,
+}
+
+impl<'a> Unpacker<'a> {
+    /// `parents` is [`Parents::Replace`] or [`Parents::Refuse`]: how to treat a parent that is
+    /// not a real directory. `root` must exist.
+    pub(crate) fn new(root: &'a Path, parents: Parents) -> Unpacker<'a> {
+        Unpacker {
+            root,
+            parents,
+            dir_times: HashMap::new(),
         }
     }
-    Ok(())
+
+    /// Creates `node`, replacing whatever was at its path (never what a symlink there points
+    /// to); a file's content is read from `data`. `label` names the archive in errors.
+    pub(crate) fn create(&mut self, node: &Node, data: &mut dyn Read, label: &str) -> Result<()> {
+        let Some(name) = node.rel.file_name() else {
+            // The root directory itself: take its metadata.
+            if matches!(node.kind, NodeKind::Dir) {
+                set_owner_mode(self.root, node.uid, node.gid, node.mode)?;
+                self.dir_times.insert(PathBuf::new(), node.mtime);
+            }
+            return Ok(());
+        };
+        let path = parent_dir(self.root, node.rel, self.parents)?
+            .ok_or_else(|| ImageError::NotADirectory(node.rel.display().to_string()))?
+            .join(name);
+        match &node.kind {
+            NodeKind::Dir => {
+                if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    remove_any(&path)?;
+                    fs::create_dir(&path).ctx(io_err(&path, "creating directory"))?;
+                }
+                set_owner_mode(&path, node.uid, node.gid, node.mode)?;
+                self.dir_times.insert(node.rel.to_path_buf(), node.mtime);
+            }
+            NodeKind::File => {
+                write_file(&path, data, label)?;
+                set_owner_mode(&path, node.uid, node.gid, node.mode)?;
+                set_mtime(&path, node.mtime)?;
+            }
+            NodeKind::Symlink(target) => {
+                remove_any(&path)?;
+                std::os::unix::fs::symlink(target, &path)
+                    .ctx(io_err(&path, "creating symlink"))?;
+                std::os::unix::fs::lchown(&path, Some(node.uid), Some(node.gid))
+                    .ctx(io_err(&path, "chown"))?;
+                set_mtime(&path, node.mtime)?;
+            }
+            NodeKind::HardLink(target) => self.hard_link(node.rel, &path, target, label)?,
+            NodeKind::Fifo => {
+                remove_any(&path)?;
+                let c = cpath(&path)?;
+                // SAFETY: `c` is a valid NUL-terminated path alive for the call.
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                    return Err(io::Error::last_os_error()).ctx(io_err(&path, "creating fifo"));
+                }
+                set_owner_mode(&path, node.uid, node.gid, node.mode)?;
+                set_mtime(&path, node.mtime)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A hard link at `path` (entry `rel`) to the earlier entry `target`, which must be a
+    /// non-directory reached from the root without symlinks.
+    fn hard_link(&self, rel: &Path, path: &Path, target: &Path, label: &str) -> Result<()> {
+        if target == rel {
+            return Ok(());
+        }
+        let target_path = parent_dir(self.root, target, Parents::Lookup)?
+            .zip(target.file_name())
+            .map(|(p, n)| p.join(n))
+            .filter(|t| fs::symlink_metadata(t).is_ok_and(|m| !m.is_dir()))
+            .ok_or_else(|| {
+                bad(
+                    label,
+                    format!(
+                        "hard link {} -> {}: target missing",
+                        rel.display(),
+                        target.display()
+                    ),
+                )
+            })?;
+        remove_any(path)?;
+        // link(2) does not follow a symlink target: the link is to the symlink itself.
+        fs::hard_link(&target_path, path).ctx(io_err(path, "creating hard link"))
+    }
+
+    /// Drops the recorded times of `rel` and everything under it (a whiteout removed them).
+    fn forget_times_under(&mut self, rel: &Path) {
+        self.dir_times.retain(|p, _| !p.starts_with(rel));
+    }
+
+    /// Sets the recorded directory times, deepest first (setting a child's time touches
+    /// nothing above it, but creating it did).
+    pub(crate) fn finish(self) -> Result<()> {
+        let mut dirs: Vec<_> = self.dir_times.into_iter().collect();
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, mtime) in dirs {
+            let path = self.root.join(&rel);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                set_mtime(&path, mtime)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a new regular file at `path` from `data`: whatever was there goes first, and the file
+/// is created with `O_EXCL|O_NOFOLLOW`, so a symlink raced into place is never written through.
+fn write_file(path: &Path, data: &mut dyn Read, label: &str) -> Result<()> {
+    remove_any(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ctx(io_err(path, "creating"))?;
+    io::copy(data, &mut f).map_err(|e| bad(label, e))?;
+    f.flush().ctx(io_err(path, "writing"))
+}
+
+/// Unpacks layer tars (uncompressed, bottom first) into `root`, which must exist.
+pub(crate) fn unpack_layers(layers: &[(PathBuf, String)], root: &Path) -> Result<()> {
+    let mut unpacker = Unpacker::new(root, Parents::Replace);
+    for (tar_path, label) in layers {
+        apply_whiteouts(tar_path, &mut unpacker, label)?;
+        unpack_entries(tar_path, &mut unpacker, label)?;
+    }
+    unpacker.finish()
 }
 
 fn open_tar(path: &Path) -> Result<tar::Archive<io::BufReader<File>>> {
@@ -166,23 +334,22 @@ fn bad(label: &str, e: impl std::fmt::Display) -> ImageError {
     }
 }
 
-fn apply_whiteouts(
-    tar_path: &Path,
-    root: &Path,
-    label: &str,
-    dir_times: &mut HashMap<PathBuf, u64>,
-) -> Result<()> {
+fn is_whiteout(rel: &Path) -> bool {
+    rel.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(WHITEOUT_PREFIX))
+}
+
+fn apply_whiteouts(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Result<()> {
     let mut archive = open_tar(tar_path)?;
     for entry in archive.entries().map_err(|e| bad(label, e))? {
         let entry = entry.map_err(|e| bad(label, e))?;
         let rel = entry_path(&entry.path().map_err(|e| bad(label, e))?)?;
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if !name.starts_with(WHITEOUT_PREFIX) {
+        if !is_whiteout(&rel) {
             continue;
         }
-        let Some(parent) = parent_dir(root, &rel, false)? else {
+        let name = rel.file_name().and_then(|n| n.to_str()).expect("a whiteout");
+        let Some(parent) = parent_dir(unpacker.root, &rel, Parents::Lookup)? else {
             continue;
         };
         if name == OPAQUE {
@@ -201,133 +368,67 @@ fn apply_whiteouts(
                 return Err(bad(label, format!("bad whiteout {}", rel.display())));
             }
             remove_any(&parent.join(victim))?;
-            dir_times.retain(|p, _| !p.starts_with(rel.with_file_name(victim)));
+            unpacker.forget_times_under(&rel.with_file_name(victim));
         }
     }
     Ok(())
 }
 
-fn unpack_entries(
-    tar_path: &Path,
-    root: &Path,
+/// What a layer entry makes; `None` for what layers may hold but a root disk does not need
+/// (device nodes: the guest's /dev is devtmpfs), logged.
+fn layer_node_kind<R: Read>(
+    entry: &tar::Entry<R>,
+    rel: &Path,
     label: &str,
-    dir_times: &mut HashMap<PathBuf, u64>,
-) -> Result<()> {
+) -> Result<Option<NodeKind>> {
+    let link = || -> Result<PathBuf> {
+        let target = entry.link_name().map_err(|e| bad(label, e))?;
+        target
+            .map(|t| t.into_owned())
+            .ok_or_else(|| bad(label, format!("link {} has no target", rel.display())))
+    };
+    Ok(Some(match entry.header().entry_type() {
+        tar::EntryType::Directory => NodeKind::Dir,
+        tar::EntryType::Regular | tar::EntryType::Continuous => NodeKind::File,
+        tar::EntryType::Symlink => NodeKind::Symlink(link()?),
+        tar::EntryType::Link => NodeKind::HardLink(entry_path(&link()?)?),
+        tar::EntryType::Fifo => NodeKind::Fifo,
+        tar::EntryType::Char | tar::EntryType::Block => {
+            tracing::warn!(layer = label, path = %rel.display(), "skipping device node");
+            return Ok(None);
+        }
+        other => {
+            tracing::warn!(layer = label, path = %rel.display(), kind = ?other, "skipping unsupported entry");
+            return Ok(None);
+        }
+    }))
+}
+
+fn unpack_entries(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Result<()> {
     let mut archive = open_tar(tar_path)?;
     for entry in archive.entries().map_err(|e| bad(label, e))? {
         let mut entry = entry.map_err(|e| bad(label, e))?;
         let rel = entry_path(&entry.path().map_err(|e| bad(label, e))?)?;
-        let is_whiteout = rel
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(WHITEOUT_PREFIX));
-        if is_whiteout {
+        if is_whiteout(&rel) {
             continue;
         }
         let h = entry.header();
-        let kind = h.entry_type();
         let uid = u32::try_from(h.uid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
         let gid = u32::try_from(h.gid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
         let mode = h.mode().map_err(|e| bad(label, e))?;
         let mtime = h.mtime().unwrap_or(0);
-
-        if rel.as_os_str().is_empty() {
-            // The root directory itself: take its metadata.
-            if kind.is_dir() {
-                set_owner_mode(root, uid, gid, mode)?;
-                dir_times.insert(rel, mtime);
-            }
+        let Some(kind) = layer_node_kind(&entry, &rel, label)? else {
             continue;
-        }
-        let parent = parent_dir(root, &rel, true)?.expect("created");
-        let path = parent.join(rel.file_name().expect("non-empty path has a name"));
-        let existing = fs::symlink_metadata(&path).ok();
-
-        match kind {
-            tar::EntryType::Directory => {
-                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    remove_any(&path)?;
-                    fs::create_dir(&path).ctx(io_err(&path, "creating directory"))?;
-                }
-                set_owner_mode(&path, uid, gid, mode)?;
-                dir_times.insert(rel, mtime);
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_any(&path)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .ctx(io_err(&path, "creating"))?;
-                io::copy(&mut entry, &mut f).map_err(|e| bad(label, e))?;
-                f.flush().ctx(io_err(&path, "writing"))?;
-                drop(f);
-                set_owner_mode(&path, uid, gid, mode)?;
-                set_mtime(&path, mtime)?;
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| bad(label, e))?
-                    .ok_or_else(|| {
-                        bad(label, format!("symlink {} has no target", rel.display()))
-                    })?;
-                remove_any(&path)?;
-                std::os::unix::fs::symlink(&target, &path)
-                    .ctx(io_err(&path, "creating symlink"))?;
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                    .ctx(io_err(&path, "chown"))?;
-                set_mtime(&path, mtime)?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| bad(label, e))?
-                    .ok_or_else(|| {
-                        bad(label, format!("hard link {} has no target", rel.display()))
-                    })?;
-                let target_rel = entry_path(&target)?;
-                if target_rel == rel {
-                    continue;
-                }
-                let target_parent = parent_dir(root, &target_rel, false)?;
-                let target_path = target_parent
-                    .zip(target_rel.file_name())
-                    .map(|(p, n)| p.join(n))
-                    .filter(|t| fs::symlink_metadata(t).is_ok_and(|m| !m.is_dir()))
-                    .ok_or_else(|| {
-                        bad(
-                            label,
-                            format!(
-                                "hard link {} -> {}: target missing",
-                                rel.display(),
-                                target_rel.display()
-                            ),
-                        )
-                    })?;
-                remove_any(&path)?;
-                // link(2) does not follow a symlink target: the link is to the symlink itself.
-                fs::hard_link(&target_path, &path).ctx(io_err(&path, "creating hard link"))?;
-            }
-            tar::EntryType::Fifo => {
-                remove_any(&path)?;
-                let c = cpath(&path)?;
-                // SAFETY: `c` is a valid NUL-terminated path alive for the call.
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(io::Error::last_os_error()).ctx(io_err(&path, "creating fifo"));
-                }
-                set_owner_mode(&path, uid, gid, mode)?;
-                set_mtime(&path, mtime)?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                tracing::warn!(layer = label, path = %rel.display(), "skipping device node");
-            }
-            other => {
-                tracing::warn!(layer = label, path = %rel.display(), kind = ?other, "skipping unsupported entry");
-            }
-        }
+        };
+        let node = Node {
+            rel: &rel,
+            kind,
+            uid,
+            gid,
+            mode,
+            mtime,
+        };
+        unpacker.create(&node, &mut entry, label)?;
     }
     Ok(())
 }

@@ -92,6 +92,27 @@ impl Event {
             time_nano: now.timestamp_nanos_opt().unwrap_or(0),
         }
     }
+
+    /// A volume event (`create`, `destroy`), as Docker's: the volume's name is its id.
+    pub fn volume(name: &str, driver: &str, action: &str) -> Self {
+        let mut attributes: BTreeMap<String, String> = BTreeMap::new();
+        attributes.insert("driver".into(), driver.into());
+        let now = Utc::now();
+        Self {
+            kind: "volume".into(),
+            action: action.into(),
+            actor: Actor {
+                id: name.into(),
+                attributes,
+            },
+            scope: "local".into(),
+            status: action.into(),
+            id: name.into(),
+            from: String::new(),
+            time: now.timestamp(),
+            time_nano: now.timestamp_nanos_opt().unwrap_or(0),
+        }
+    }
 }
 
 pub struct EventBus {

@@ -15,8 +15,9 @@ pub mod shim_link;
 pub mod sizes;
 pub mod standby;
 pub mod validate;
+pub mod volumes;
 
-pub use runtime::{ExecConfig, ExecInfo, Runtime, RuntimeConfig, WaitCondition};
+pub use runtime::{ExecConfig, ExecInfo, InitAnswer, Runtime, RuntimeConfig, WaitCondition};
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
 #[derive(Debug, thiserror::Error)]

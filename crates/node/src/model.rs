@@ -35,6 +35,9 @@ pub struct ContainerConfig {
     /// `{"80/tcp": {}}`: ports the image or `--expose` declares (what `-P` publishes).
     #[serde(deserialize_with = "null_as_default")]
     pub exposed_ports: std::collections::BTreeMap<String, serde_json::Value>,
+    /// `{"/data": {}}`: anonymous volumes (`-v /data`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub volumes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -69,6 +72,15 @@ pub struct HostConfig {
     /// `host:ip` lines for /etc/hosts (`--add-host`).
     #[serde(deserialize_with = "null_as_default")]
     pub extra_hosts: Vec<String>,
+    /// `NAME:/path[:ro]` (`-v`): volumes, never host paths.
+    #[serde(deserialize_with = "null_as_default")]
+    pub binds: Vec<String>,
+    /// `--mount type=volume,...`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub mounts: Vec<crate::volumes::request::MountSpec>,
+    /// `--volumes-from CTR[:ro|rw]`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub volumes_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -165,6 +177,9 @@ pub struct Container {
     /// `None`: `--network none` (or a record from before networking).
     #[serde(default)]
     pub endpoint: Option<Endpoint>,
+    /// Its volumes, in slot order (decided at create).
+    #[serde(default)]
+    pub mounts: Vec<crate::volumes::Mount>,
 }
 
 impl Container {

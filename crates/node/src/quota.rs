@@ -14,6 +14,10 @@ pub struct Quotas {
     pub containers: u64,
     pub fips: u64,
     pub services: u64,
+    pub volumes: u64,
+    /// GB of volumes, all together.
+    pub volume_gb: u64,
+    pub snapshots: u64,
 }
 
 impl Default for Quotas {
@@ -22,6 +26,9 @@ impl Default for Quotas {
             containers: 10,
             fips: 2,
             services: 5,
+            volumes: 40,
+            volume_gb: 1000,
+            snapshots: 40,
         }
     }
 }

@@ -26,10 +26,16 @@ use crate::network::{NetConfig, Networks};
 use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::standby::StandbyPool;
+use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
 /// A restart policy applies only to a container that ran at least this long (Hyper's rule).
 const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+mod volume_init;
+mod volume_ops;
+
+pub use volume_init::InitAnswer;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -130,6 +136,7 @@ pub struct Runtime {
     pub events: EventBus,
     pub networks: Arc<Networks>,
     pub standby: Option<Arc<StandbyPool>>,
+    pub volumes: Arc<Volumes>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
 }
@@ -149,7 +156,12 @@ fn internal<E: std::fmt::Display>(e: E) -> RuntimeError {
 }
 
 impl Runtime {
-    pub fn new(cfg: RuntimeConfig, store: Arc<dyn Store>, images: Images) -> Arc<Self> {
+    pub fn new(
+        cfg: RuntimeConfig,
+        store: Arc<dyn Store>,
+        images: Images,
+        volumes: Volumes,
+    ) -> Arc<Self> {
         let meter = Meter::new(store.clone());
         let networks = Arc::new(Networks::new(store.clone(), cfg.net.clone()));
         let standby = (cfg.template_dir.is_some() && cfg.standby.floor > 0).then(|| {
@@ -165,6 +177,7 @@ impl Runtime {
             cfg,
             networks,
             standby,
+            volumes: Arc::new(volumes),
             store,
             images,
             meter,
@@ -359,6 +372,9 @@ impl Runtime {
         let (path, args) = command(&config, &image_config)?;
         merge_image_defaults(&mut config, &image_config);
 
+        let (mounts, new_volumes) = self
+            .plan_mounts(tenant, &config, &host_config, &image_config)
+            .await?;
         let id = random_id();
         if config.hostname.is_empty() {
             config.hostname = id[..12].to_string();
@@ -378,9 +394,16 @@ impl Runtime {
             state: State::default(),
             restart_count: 0,
             endpoint: None,
+            mounts,
         };
-        self.networks.check_groups(&container)?;
-        self.claim_name_within_quota(&container)?;
+        let recorded = self
+            .networks
+            .check_groups(&container)
+            .and_then(|()| self.claim_name_within_quota(&container));
+        if let Err(e) = recorded {
+            self.remove_volumes_quietly(&new_volumes);
+            return Err(e);
+        }
         let planned = {
             let c = container.clone();
             self.with_networks(move |n| {
@@ -401,17 +424,20 @@ impl Runtime {
             Ok(ep) => container.endpoint = ep,
             Err(e) => {
                 let _ = self.release_records(&container);
+                self.remove_volumes_quietly(&new_volumes);
                 return Err(e);
             }
         }
         if let Err(e) = self.save(&container) {
             let _ = self.networks.release_endpoint(&container);
             let _ = self.release_records(&container);
+            self.remove_volumes_quietly(&new_volumes);
             return Err(e);
         }
         if let Err(e) = self.prepare_root_disk(&container).await {
             let _ = self.networks.release_endpoint(&container);
             let _ = self.release_records(&container);
+            self.remove_volumes_quietly(&new_volumes);
             let _ = std::fs::remove_dir_all(self.dir(&id));
             return Err(e);
         }
@@ -540,7 +566,7 @@ impl Runtime {
             let c = entry.snapshot();
             // `--rm` covers a container that never ran, as Docker's does.
             if c.host_config.auto_remove && !matches!(e, RuntimeError::NotModified(_)) {
-                if let Err(e) = self.remove_any(tenant, &c.id, true).await {
+                if let Err(e) = self.remove_any(tenant, &c.id, true, true).await {
                     tracing::warn!("auto-removing {} after its failed start: {e}", c.id);
                 }
             }
@@ -576,21 +602,26 @@ impl Runtime {
         };
         let mut process = process_spec(&c);
         merge_env(&mut process.env, &link_env);
+        let volumes = self.hold_volumes(&c)?;
         let spec = ShimSpec {
             id: c.id.clone(),
             root_disk: dir.join("root.qcow2"),
             hostname: c.config.hostname.clone(),
             process,
             network,
+            volumes,
             ..vm_spec(&self.cfg, size)
         };
-        std::fs::write(
+        if let Err(e) = std::fs::write(
             dir.join("spec.json"),
             serde_json::to_vec_pretty(&spec).expect("json"),
-        )
-        .map_err(RuntimeError::io("write spec.json"))?;
+        ) {
+            self.release_volumes(&c);
+            return Err(RuntimeError::io("write spec.json")(e));
+        }
 
         if let Err(e) = self.bring_up_vm(&spec, &dir).await {
+            self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), 128);
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
@@ -601,6 +632,8 @@ impl Runtime {
                 .and_then(|s| s.exit_code)
                 .map_or(128, i64::from);
             let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
+            wait_for_supervisor_exit(&dir).await;
+            self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), code);
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
@@ -705,6 +738,7 @@ impl Runtime {
         // The exit counts once the VM is gone too: a `start` right after `stop` must not find
         // the old QEMU still holding the disk.
         wait_for_supervisor_exit(&dir).await;
+        self.release_volumes(&entry.snapshot());
         let mut state = shim_link::read_state(&dir).unwrap_or_default();
         if state.status != ShimStatus::Exited {
             if let Ok(reply) = &waited {
@@ -747,7 +781,7 @@ impl Runtime {
         }
 
         if c.host_config.auto_remove {
-            if let Err(e) = self.remove_any(&c.tenant, &c.id, true).await {
+            if let Err(e) = self.remove_any(&c.tenant, &c.id, true, true).await {
                 tracing::warn!("auto-removing {id}: {e}");
             }
             return;
@@ -785,6 +819,7 @@ impl Runtime {
                 .expect("poisoned")
                 .insert(c.id.clone(), entry.clone());
             if running {
+                self.rehold_volumes(&entry);
                 entry.attach_gate.lock().expect("poisoned").vm_up = true;
                 // The monitor reads state.json if the shim is gone, so it covers both cases.
                 self.spawn_monitor(entry);
@@ -904,14 +939,27 @@ impl Runtime {
     }
 
     /// `rm` as the user asks it: refused while the container is protected.
-    pub async fn remove(&self, tenant: &str, reference: &str, force: bool) -> Result<()> {
+    /// `volumes`: also its anonymous volumes (`rm -v`).
+    pub async fn remove(
+        &self,
+        tenant: &str,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<()> {
         unprotected(&self.get(tenant, reference)?)?;
-        self.remove_any(tenant, reference, force).await
+        self.remove_any(tenant, reference, force, volumes).await
     }
 
     /// Removal after the container is done with (`--rm`, a failed start): protection guards
     /// against users, not against the container's own end.
-    async fn remove_any(&self, tenant: &str, reference: &str, force: bool) -> Result<()> {
+    async fn remove_any(
+        &self,
+        tenant: &str,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
         let _op = entry.ops.lock().await;
         let c = entry.snapshot();
@@ -960,6 +1008,8 @@ impl Runtime {
             .expect("poisoned")
             .retain(|_, e| e.container_id != c.id);
         entry.lifecycle.send_modify(|l| l.removed = true);
+        self.release_volumes(&c);
+        self.remove_container_volumes(&c, volumes).await;
         self.events
             .emit(tenant, Event::container(&c, "destroy", &[]));
         Ok(())
@@ -1412,6 +1462,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
         template_dir: cfg.template_dir.clone(),
         network: None,
         standby: false,
+        volumes: Vec::new(),
     }
 }
 
@@ -1728,6 +1779,7 @@ mod tests {
             state: State::default(),
             restart_count: 0,
             endpoint: None,
+            mounts: Vec::new(),
         };
         let now = Utc::now();
         c.state.started_at = Some(now - chrono::TimeDelta::seconds(3));

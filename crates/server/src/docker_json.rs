@@ -73,12 +73,22 @@ pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
         "Status": status_text(c, now),
         "HostConfig": {"NetworkMode": network_mode(c)},
         "NetworkSettings": {"Networks": networks(c)},
-        "Mounts": [],
+        "Mounts": mounts(c),
     })
 }
 
 pub fn inspect(c: &Container, log_path: &str) -> Value {
     let s = &c.state;
+    // Docker says null for what was not asked.
+    let or_null = |v: Value| match &v {
+        Value::Array(a) if a.is_empty() => Value::Null,
+        Value::Object(o) if o.is_empty() => Value::Null,
+        _ => v,
+    };
+    let binds = or_null(json!(c.host_config.binds));
+    let host_mounts = or_null(json!(c.host_config.mounts));
+    let volumes_from = or_null(json!(c.host_config.volumes_from));
+    let anonymous = or_null(json!(c.config.volumes));
     let running = c.is_running();
     json!({
         "Id": c.id,
@@ -117,7 +127,9 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "NetworkMode": network_mode(c),
             "LogConfig": {"Type": "json-file", "Config": {}},
             "Runtime": "hyper",
-            "Binds": null,
+            "Binds": binds,
+            "Mounts": host_mounts,
+            "VolumesFrom": volumes_from,
             "PortBindings": c.host_config.port_bindings,
             "PublishAllPorts": c.host_config.publish_all_ports,
             "Links": c.host_config.links,
@@ -128,7 +140,7 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "Privileged": false,
         },
         "GraphDriver": {"Name": "qcow2", "Data": null},
-        "Mounts": [],
+        "Mounts": mounts(c),
         "Config": {
             "Hostname": c.config.hostname,
             "Domainname": c.config.domainname,
@@ -148,10 +160,31 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "StopSignal": c.config.stop_signal,
             "StopTimeout": c.config.stop_timeout,
             "ExposedPorts": c.config.exposed_ports,
+            "Volumes": anonymous,
         },
         "NetworkSettings": network_settings(c),
         "HyperSize": c.size,
     })
+}
+
+/// Docker's `MountPoint`s: every mount is a volume (a disk of the container's VM), so
+/// `Source` is empty: no host path holds it.
+fn mounts(c: &Container) -> Value {
+    c.mounts
+        .iter()
+        .map(|m| {
+            json!({
+                "Type": "volume",
+                "Name": m.volume,
+                "Source": "",
+                "Destination": m.destination,
+                "Driver": "hyper",
+                "Mode": if m.read_only { "ro" } else { "" },
+                "RW": !m.read_only,
+                "Propagation": "",
+            })
+        })
+        .collect()
 }
 
 fn network_mode(c: &Container) -> String {

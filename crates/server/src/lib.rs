@@ -35,7 +35,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, events, exec, fips, images, networks, services, sg, system, usage,
+        admin, containers as c, events, exec, fips, images, networks, services, sg, snapshots,
+        system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -79,6 +80,21 @@ pub fn router(state: AppState) -> Router {
                 .put(sg::update)
                 .delete(sg::remove),
         )
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route("/volumes/initialize", post(volume_init::initialize))
+        .route("/volumes/uploadfinish", axum::routing::put(volume_init::finish))
+        .route(
+            "/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
+        .route("/snapshots", get(snapshots::list))
+        .route("/snapshots/create", post(snapshots::create))
+        .route(
+            "/snapshots/{id}",
+            get(snapshots::inspect).delete(snapshots::remove),
+        )
         .route("/containers/create", post(c::create))
         .route("/containers/json", get(c::list))
         .route("/containers/{id}/json", get(c::inspect))
@@ -109,9 +125,15 @@ pub fn router(state: AppState) -> Router {
                 .post(images::by_name)
                 .delete(images::by_name),
         );
+    // Hyper's client posts a volume's upload unsigned: the session's cookie authenticates it.
+    let uploads = Router::new().route(
+        "/volumes/upload/{session}/{volume}",
+        post(volume_init::upload),
+    );
     api.layer(axum::middleware::from_fn_with_state(
         state.accounts.clone(),
         transport::authenticate,
     ))
+    .merge(uploads)
     .with_state(state)
 }

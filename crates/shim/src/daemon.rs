@@ -265,6 +265,7 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
     if spec.standby {
         return standby(dir, spec, state, ready).await;
     }
+    crate::volumes::check(&spec)?;
 
     // The tap, kept open until the VM is up: a failed restore falls back to a cold boot on the
     // same tap.
@@ -285,7 +286,10 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
             for f in [paths::AGENT_SOCK, vm::QMP_SOCK] {
                 let _ = std::fs::remove_file(dir.join(f));
             }
-            match bring_up(&cfg, &Boot::Cold, None, shim_pid, boot).await {
+            let cold = Boot::Cold {
+                volumes: crate::volumes::cold(&spec),
+            };
+            match bring_up(&cfg, &cold, None, shim_pid, boot).await {
                 Ok(u) => u,
                 Err(f) => {
                     return Err(boot_error(&dir, &f.qemu_err, f.qemu_pid, &f.gone, f.what).await)
@@ -506,8 +510,10 @@ fn claim(
     if want != template_key {
         bail!("the container needs template {want}, this standby VM has {template_key}");
     }
+    crate::volumes::check(&spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);
     crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
+    crate::volumes::attach(&qmp, &spec)?;
     nic.context("the standby's NIC was already given away")?
         .claim(&spec)?;
     crate::standby::set_running(&qmp, true).context("resuming the standby")?;
@@ -723,12 +729,14 @@ async fn restore_from_template(
     );
     let (ro, rw) = open_for_fdset(&spec.root_disk, "the root disk")?;
     crate::template::check_root_disk(&ro)?;
+    let (volumes, volume_files) = crate::volumes::for_restore(spec)?;
     let boot = Boot::Restore {
         ram: t.ram(),
         root_fds: Some([ro.as_raw_fd(), rw.as_raw_fd()]),
+        volumes,
     };
     let up = restore(spec, cfg, &boot, &t, shim_pid).await;
-    drop((ro, rw));
+    drop((ro, rw, volume_files));
     let up = up?;
     slog!(
         "restored from template {} in {:.3}s",
@@ -753,7 +761,7 @@ async fn find_template(spec: &Spec, templates: &Path) -> Result<crate::template:
 
 /// `path` opened twice, read-only and read-write, for QEMU's fd set (see `Boot::Restore`).
 /// Opened with O_CLOEXEC; `bring_up` lets exactly these two through to QEMU.
-fn open_for_fdset(path: &Path, what: &str) -> Result<(std::fs::File, std::fs::File)> {
+pub(crate) fn open_for_fdset(path: &Path, what: &str) -> Result<(std::fs::File, std::fs::File)> {
     let ro = std::fs::File::open(path).with_context(|| format!("opening {what}"))?;
     let rw = std::fs::OpenOptions::new()
         .read(true)
@@ -821,6 +829,9 @@ async fn bring_up(
         | Boot::Standby { root_fds: fds, .. } => fds.to_vec(),
         _ => Vec::new(),
     };
+    for v in boot.volumes().iter().flatten() {
+        inherit.extend_from_slice(v.backing.fds());
+    }
     inherit.extend(cfg.nic.as_ref().map(|n| n.tap_fd));
     // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl, _exit) between fork and exec.
     unsafe {
@@ -840,7 +851,7 @@ async fn bring_up(
         .map_err(|e| early(format!("starting QEMU: {e}")))?;
     let qemu_pid = child.id().unwrap_or(0);
     let how = match boot {
-        Boot::Cold => "cold boot",
+        Boot::Cold { .. } => "cold boot",
         Boot::Restore { .. } => "restore",
         Boot::Standby { .. } => "standby",
         Boot::TemplateSave { .. } => "template",
@@ -876,9 +887,9 @@ async fn bring_up(
     };
 
     if let Some(t) = template {
-        let (t, sock) = (t.clone(), cfg.qmp_sock());
+        let (t, sock, volumes) = (t.clone(), cfg.qmp_sock(), boot.volumes().clone());
         let r = tokio::task::spawn_blocking(move || {
-            crate::template::restore(&t, &sock, Duration::from_secs(10))
+            crate::template::restore(&t, &sock, &volumes, Duration::from_secs(10))
         })
         .await;
         match r {
@@ -1065,6 +1076,7 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
         }
         GuestMsg::TopReply { req_id, .. }
         | GuestMsg::StatsReply { req_id, .. }
+        | GuestMsg::Done { req_id }
         | GuestMsg::Error { req_id, .. } => {
             let tx = shim.inner.lock().unwrap().replies.remove(&req_id);
             match tx {
@@ -1166,6 +1178,14 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                 Err(e) => Response::err(e),
             };
             reply(&mut s, &r).await
+        }
+        Request::Freeze { targets } => {
+            let r = ask(&shim, |req_id| HostMsg::Freeze { req_id, targets }).await;
+            reply(&mut s, &crate::volumes::done(r)).await
+        }
+        Request::Thaw { targets } => {
+            let r = ask(&shim, |req_id| HostMsg::Thaw { req_id, targets }).await;
+            reply(&mut s, &crate::volumes::done(r)).await
         }
         Request::Stats => {
             let r = match ask(&shim, |req_id| HostMsg::Stats { req_id }).await {
@@ -1287,6 +1307,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         realtime_ns: crate::identity::realtime_ns(),
         machine_id: hex::encode(crate::identity::host_random(16)),
         network: shim.spec.network.as_ref().map(|n| n.to_agent()),
+        volumes: crate::volumes::mounts(&shim.spec),
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {

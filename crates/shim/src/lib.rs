@@ -17,6 +17,7 @@ mod qcow2;
 pub mod standby;
 pub mod template;
 mod types;
+mod volumes;
 
 pub use client::ShimClient;
 pub use types::*;

@@ -3,11 +3,12 @@
 //! nothing but its agent and a rehearsal of a start (`HostMsg::Rehearse`) on its own scratch
 //! disk ([`scratch_disk`], behind the root slot: [`vm::Boot::Standby`]); its tap sits in a
 //! private namespace. A container claims it (`Request::Claim`): the shim puts the container's
-//! disk behind the slot (`blockdev-reopen` of the raw node over the scratch disk), moves the tap
-//! into the tenant's namespace and onto its bridge, resumes the VM (a waiting standby is
-//! paused), and moves its directory over the container's, so that QEMU's chroot, the sockets
-//! and the logs end up where every other part expects a container's. From then on it is that
-//! container's supervisor like any other; nothing is ever claimed twice.
+//! disk behind the slot (`blockdev-reopen` of the raw node over the scratch disk) and its
+//! volumes behind their slots (`crate::volumes::attach`), moves the tap into the tenant's
+//! namespace and onto its bridge, resumes the VM (a waiting standby is paused), and moves its
+//! directory over the container's, so that QEMU's chroot, the sockets and the logs end up where
+//! every other part expects a container's. From then on it is that container's supervisor like
+//! any other; nothing is ever claimed twice.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;

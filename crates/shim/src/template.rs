@@ -45,8 +45,8 @@ use crate::Spec;
 
 /// Bumped whenever the device layout, the VM's CPU model or the template format changes (2: the
 /// NIC; 3: the block driver probes a placeholder of the root disk's size at boot; 4: ARAT under
-/// TCG; 5: no option ROM, restores without a kernel).
-pub const LAYOUT_VERSION: u32 = 5;
+/// TCG; 5: no option ROM, restores without a kernel; 6: the volume slots).
+pub const LAYOUT_VERSION: u32 = 6;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.
@@ -535,8 +535,14 @@ pub fn check_root_disk(disk: &File) -> Result<crate::qcow2::Header> {
 }
 
 /// Restore `t` into the QEMU that was started with [`Boot::Restore`] in `dir`: load the device
-/// state through an fd and let the guest run. Blocking (QMP round trips, a few ms each).
-pub fn restore(t: &Template, qmp_sock: &Path, timeout: Duration) -> Result<()> {
+/// state through an fd, let the guest run, and tell it the sizes of the `volumes` behind its
+/// slots (it probed the template's placeholders). Blocking (QMP round trips, a few ms each).
+pub fn restore(
+    t: &Template,
+    qmp_sock: &Path,
+    volumes: &vm::Volumes,
+    timeout: Duration,
+) -> Result<()> {
     let state = File::open(t.state()).context("opening the template's state")?;
     let mut qmp = Qmp::connect(qmp_sock, timeout)?;
     qmp.execute(
@@ -549,6 +555,7 @@ pub fn restore(t: &Template, qmp_sock: &Path, timeout: Duration) -> Result<()> {
     if qmp.status()? != "running" {
         qmp.execute("cont", json!({}))?;
     }
+    vm::volume::announce_sizes(&mut qmp, volumes).context("announcing the volumes' sizes")?;
     // QEMU keeps the state fd it was given; closing it is its business (and closing ours here).
     let _ = qmp.execute("closefd", json!({"fdname": "state"}));
     Ok(())

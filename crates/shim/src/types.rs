@@ -45,9 +45,32 @@ pub struct Spec {
     pub network: Option<NetworkSpec>,
     /// A standby VM (see `shim::standby`): restore it from the template behind a scratch disk
     /// and a private tap, rehearse a start, then wait (paused) on `shim.sock` for a container to
-    /// claim it. `id`, `process`, `hostname` and `root_disk` are not used.
+    /// claim it. `id`, `process`, `hostname`, `root_disk` and `volumes` are not used (a claim
+    /// attaches the container's volumes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
+    /// Volumes, each in its own slot of the device layout (at most
+    /// [`agent_proto::VOLUME_SLOTS`], slots distinct); the slots not listed hold an empty
+    /// placeholder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// One volume of the container: where its disk is and how the agent mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub disk: VolumeDisk,
+    /// What the agent is told (slot, target, read-only, copy-up, size).
+    pub mount: agent_proto::VolumeMount,
+}
+
+/// Where a volume's blocks are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "driver", rename_all = "snake_case")]
+pub enum VolumeDisk {
+    /// A raw file holding ext4 (sparse; discard frees its blocks), opened by the shim and
+    /// handed to QEMU as a descriptor.
+    Local { path: PathBuf },
 }
 
 /// Where the VM's NIC plugs in and what the guest configures on it.
@@ -253,6 +276,14 @@ pub enum Request {
     },
     Stats,
     Shutdown,
+    /// Freeze the file systems of these volume targets in the guest (see `HostMsg::Freeze`).
+    Freeze {
+        targets: Vec<String>,
+    },
+    /// Thaw what `Freeze` froze.
+    Thaw {
+        targets: Vec<String>,
+    },
 }
 
 fn sigterm() -> i32 {

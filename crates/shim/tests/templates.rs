@@ -11,6 +11,9 @@
 //!   removed.
 //! - A template whose RAM file was written to after it was built is not used.
 //! - A template that fails to restore falls back to a cold boot, and the container still runs.
+//! - A volume (an ext4 file) is the container's in a cold boot, a restore and a claimed standby:
+//!   the guest sees it in its slot (serial) with its own size, the container reads what the host
+//!   wrote and what earlier runs wrote; its file systems freeze and thaw on request.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +62,7 @@ fn base_disk(f: &Fixture, marker: &str) -> PathBuf {
     busybox_rootfs(
         &rootfs,
         &[
-            "sh", "echo", "cat", "head", "od", "tr", "date", "hostname", "true",
+            "sh", "echo", "cat", "head", "od", "tr", "date", "hostname", "true", "sleep",
         ],
     );
     std::fs::write(rootfs.join("etc/machine-id"), "").unwrap();
@@ -149,19 +152,39 @@ fn standby(f: &Fixture, name: &str, like: &Spec) -> PathBuf {
     dir
 }
 
-/// Ask the standby in `standby` to take the container in `dir`.
-fn claim(standby: &Path, dir: &Path) -> shim::Response {
+/// Wait until the standby in `dir` has paused its VM, as a waiting standby does.
+fn wait_paused(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.join("shim.log"))
+        .unwrap()
+        .contains("standby: paused")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a standby was not paused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request to the supervisor in `dir`.
+fn ask(dir: &Path, req: Request) -> shim::Response {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        ShimClient::connect(standby)
+        ShimClient::connect(dir)
             .unwrap()
-            .request(&Request::Claim { dir: dir.into() })
+            .request(&req)
             .await
             .unwrap()
     })
+}
+
+/// Ask the standby in `standby` to take the container in `dir`.
+fn claim(standby: &Path, dir: &Path) -> shim::Response {
+    ask(standby, Request::Claim { dir: dir.into() })
 }
 
 /// Like [`run`], the VM claimed from the standby in `standby`.
@@ -197,19 +220,29 @@ fn finish(dir: PathBuf) -> Run {
         .unwrap();
         assert_eq!(resp.state.unwrap().exit_code, Some(0), "{}", shim_log());
     });
+    wait_shim_gone(&dir);
+    r.output = ctr_output(&dir);
+    r.shim_log = shim_log();
+    r
+}
+
+/// Wait (a while) until the supervisor in `dir` has exited.
+fn wait_shim_gone(dir: &Path) {
     let end = Instant::now() + Duration::from_secs_f64(20.0 * scale());
     while dir.join("shim.sock").exists() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for line in std::fs::read_to_string(dir.join("ctr.log"))
-        .unwrap()
-        .lines()
-    {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        r.output.push_str(v["log"].as_str().unwrap());
-    }
-    r.shim_log = shim_log();
-    r
+}
+
+/// The container's output so far (`ctr.log`).
+fn ctr_output(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("ctr.log")).unwrap_or_default();
+    log.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["log"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -352,17 +385,7 @@ fn containers_claim_standby_vms_and_still_differ() {
 
     // Waiting standbys are paused; a claim resumes the VM.
     for s in [&s1, &s3] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(s.join("shim.log"))
-            .unwrap()
-            .contains("standby: paused")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a standby was not paused"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_paused(s);
     }
     let a = run_claimed(&f, "alpha", &disk_a, sa, &s1);
     let b = run_claimed(&f, "bravo", &disk_b, sb, &s3);
@@ -426,4 +449,171 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     assert!(r.shim_log.contains("booting cold"), "{}", r.shim_log);
     assert!(r.shim_log.contains("(cold boot)"), "{}", r.shim_log);
     assert_eq!(fields(&r.output)["marker"], "disk-s");
+}
+
+/// The probe of a container with a volume at /data: every virtio disk (name, serial, sectors,
+/// the most one discard may free), the host's file on the volume, and the runs so far (this
+/// one appended as `$RUN`).
+const VOLUME_PROBE: &str =
+    "for d in /sys/block/vd*; do echo \"dev=${d##*/} $(cat $d/serial) $(cat $d/size) $(cat $d/queue/discard_max_bytes)\"; done; \
+echo data=$(cat /data/hello); echo $RUN >> /data/runs; echo runs=$(cat /data/runs | tr '\\n' ' ')";
+
+/// Volume slot and size of the test volume (slot 1, so that neither the device name nor slot 0
+/// lines up by chance).
+const VOL_SLOT: u8 = 1;
+const VOL_BYTES: u64 = 64 << 20;
+
+/// A 64 MiB ext4 volume holding `/hello`, as hyperd's local backend makes one.
+fn volume_disk(f: &Fixture) -> PathBuf {
+    let tree = f.work.join("volume-tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("hello"), "from the host").unwrap();
+    let img = f.work.join("volume.img");
+    ext4_image(&tree, &img, "64M");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), VOL_BYTES);
+    img
+}
+
+fn with_volume(mut s: Spec, img: &Path, run: &str) -> Spec {
+    s.process.env.push(format!("RUN={run}"));
+    s.volumes = vec![shim::VolumeSpec {
+        disk: shim::VolumeDisk::Local { path: img.into() },
+        mount: agent_proto::VolumeMount {
+            slot: VOL_SLOT,
+            target: "/data".into(),
+            size_bytes: VOL_BYTES,
+            ..Default::default()
+        },
+    }];
+    s
+}
+
+/// What [`VOLUME_PROBE`] must show after the runs `runs`.
+fn assert_volume_seen(output: &str, runs: &str) {
+    eprintln!("{output}");
+    let disks: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("dev="))
+        .collect();
+    // The root disk (no serial), then every slot with its serial: the volume with its own
+    // size, the empty ones with the placeholder's.
+    assert_eq!(disks.len(), 1 + vm::VOLUME_SLOTS, "{output}");
+    for slot in 0..vm::VOLUME_SLOTS {
+        let sectors = if slot == usize::from(VOL_SLOT) {
+            VOL_BYTES / 512
+        } else {
+            vm::volume::EMPTY_SLOT_BYTES / 512
+        };
+        let want = format!(" {} {sectors} ", vm::volume_serial(slot));
+        let disk = disks.iter().find(|d| d.contains(&want));
+        let disk = disk.unwrap_or_else(|| panic!("no disk{want}:\n{output}"));
+        // The guest may discard (`discard=unmap` passes it on: the file's blocks are freed).
+        assert_ne!(disk.rsplit(' ').next(), Some("0"), "{disk}");
+    }
+    let f = fields(output);
+    assert_eq!(f["data"], "from the host", "{output}");
+    assert_eq!(f["runs"], runs, "{output}");
+}
+
+/// A cold-booted container with the volume: the probe, then `Freeze`/`Thaw` of its volume while
+/// it runs (and not before), then a stop.
+fn cold_with_volume(f: &Fixture, disk: &Path, img: &Path) {
+    let mut s = with_volume(
+        spec(
+            f,
+            "cold",
+            disk,
+            "WHO=c",
+            &format!("{VOLUME_PROBE}; echo probed; exec sleep 600"),
+        ),
+        img,
+        "cold",
+    );
+    s.template_dir = None;
+    let dir = container_dir(f, "cold", disk, s);
+    launch(&dir);
+    let shim_log = || std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+    let freeze = || Request::Freeze {
+        targets: vec!["/data".into()],
+    };
+    let r = ask(&dir, freeze());
+    assert!(!r.ok && r.error.unwrap().contains("not running"));
+    assert!(ask(&dir, Request::Start).ok, "{}", shim_log());
+    let output = || ctr_output(&dir);
+    let end = Instant::now() + Duration::from_secs_f64(60.0 * scale());
+    while !output().contains("probed") {
+        assert!(
+            Instant::now() < end,
+            "no probe output:\n{}\n{}",
+            output(),
+            shim_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_volume_seen(&output(), "cold");
+    let r = ask(&dir, freeze());
+    assert!(r.ok, "freeze: {r:?}");
+    let r = ask(
+        &dir,
+        Request::Thaw {
+            targets: vec!["/data".into()],
+        },
+    );
+    assert!(r.ok, "thaw: {r:?}");
+    let r = ask(
+        &dir,
+        Request::Freeze {
+            targets: vec!["/nowhere".into()],
+        },
+    );
+    assert!(!r.ok, "froze a path that is no volume: {r:?}");
+    let r = ask(
+        &dir,
+        Request::Stop {
+            signal: 9,
+            timeout_secs: 10,
+        },
+    );
+    assert_eq!(r.state.unwrap().status, shim::Status::Exited);
+    assert!(shim_log().contains("(cold boot)"), "{}", shim_log());
+    wait_shim_gone(&dir);
+}
+
+#[test]
+fn a_volume_in_cold_restored_and_claimed_vms() {
+    let (f, _g) = need_vm!();
+    let disk = base_disk(&f, "disk-v");
+    let img = volume_disk(&f);
+    cold_with_volume(&f, &disk, &img);
+
+    // Restored from the template: the guest probed the slot's placeholder when the template was
+    // made and must learn the volume's size.
+    let s = with_volume(
+        spec(&f, "restored", &disk, "WHO=r", VOLUME_PROBE),
+        &img,
+        "restored",
+    );
+    let r = run(&f, "restored", &disk, s.clone());
+    assert!(
+        r.shim_log.contains("restored from template"),
+        "{}",
+        r.shim_log
+    );
+    assert_volume_seen(&r.output, "cold restored");
+
+    // Claimed from a standby: the volume is attached to a paused VM.
+    let sb = standby(&f, "standby-v", &s);
+    wait_paused(&sb);
+    let s = with_volume(
+        spec(&f, "claimed", &disk, "WHO=s", VOLUME_PROBE),
+        &img,
+        "claimed",
+    );
+    let r = run_claimed(&f, "claimed", &disk, s, &sb);
+    assert!(
+        r.shim_log.contains("standby: claimed by container"),
+        "{}",
+        r.shim_log
+    );
+    assert_volume_seen(&r.output, "cold restored claimed");
 }

@@ -5,8 +5,9 @@
 //! `qemu-system-x86_64 -M microvm`.
 //!
 //! The device layout is fixed per size (DESIGN decision 8, VM templates): the agent's
-//! virtio-serial port first, then the root disk, then the NIC. A template snapshot taken with
-//! this layout can be restored behind another container's disk and tap.
+//! virtio-serial port first, then the root disk, then [`VOLUME_SLOTS`] volume slots (see
+//! [`volume`]), then the NIC. A template snapshot taken with this layout can be restored behind
+//! another container's disks and tap.
 //!
 //! [`Boot`] says how a VM comes up: cold, as a template being made (RAM in a shared file, QMP
 //! socket), or restored from a template (`-incoming defer`, RAM mapped private from the
@@ -23,6 +24,7 @@ pub mod ext4;
 pub mod initramfs;
 mod qemu;
 pub mod qmp;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,6 +33,7 @@ pub use accel::{host_tsc_khz, Accel, ParseAccelError};
 pub use initramfs::{build_initramfs, check_agent, InitramfsError, VIRTIO_MODULES};
 pub use qemu::Qemu;
 pub use qmp::{Qmp, QmpError};
+pub use volume::{volume_serial, Volume, VolumeBacking, Volumes, VOLUME_SLOTS};
 
 /// File names inside a VM's directory, shared with the shim.
 pub const AGENT_SOCK: &str = "agent.sock";
@@ -100,14 +103,15 @@ impl VmConfig {
 /// size it will find behind the slot (the guest's block driver binds at boot).
 pub const ROOT_DISK_BYTES: u64 = 10 << 30;
 
-/// How a VM comes up. The device layout is the same in all three, which is what lets a
-/// template's device state be loaded behind another container's disk.
+/// How a VM comes up. The device layout is the same in all of them, which is what lets a
+/// template's device state be loaded behind another container's disks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
-    /// Boot the kernel (anonymous RAM).
-    Cold,
+    /// Boot the kernel (anonymous RAM), with `volumes` behind the volume slots (by path).
+    Cold { volumes: Volumes },
     /// Boot the kernel with guest RAM in `ram`, mapped shared so the file holds the guest's
-    /// memory when it is snapshotted; a QMP socket drives the snapshot.
+    /// memory when it is snapshotted; a QMP socket drives the snapshot. Every volume slot holds
+    /// the placeholder.
     TemplateSave { ram: PathBuf },
     /// Do not boot: wait (`-incoming defer`) for a template's device state over QMP, with guest
     /// RAM mapped privately (copy-on-write) from the template's `ram`.
@@ -115,17 +119,39 @@ pub enum Boot {
     /// `root_fds` are two inherited descriptors of the root disk, opened read-only and
     /// read-write, given to QEMU as an fd set (`/dev/fdset/1`). An incoming VM opens its disks
     /// inactive (read-only) and reopens them read-write when the migration completes; by then
-    /// QEMU is chrooted and cannot reopen a path, so it picks the descriptor from the set.
+    /// QEMU is chrooted and cannot reopen a path, so it picks the descriptor from the set. The
+    /// `volumes` are given the same way ([`VolumeBacking::FdSet`]); the guest still has the
+    /// placeholders' capacity until [`volume::announce_sizes`].
     Restore {
         ram: PathBuf,
         root_fds: Option<[i32; 2]>,
+        volumes: Volumes,
     },
     /// Restore like [`Boot::Restore`] into a VM that belongs to no container yet (a standby):
     /// its root slot holds the standby's scratch disk (a qcow2 overlay, given as `root_fds`
     /// like `Restore`'s) as [`STANDBY_PLACEHOLDER_NODE`], under a raw node named
     /// [`ROOT_NODE`] whose `file` child is swapped for the container's disk
-    /// (`blockdev-reopen`) when a container claims the VM.
+    /// (`blockdev-reopen`) when a container claims the VM. Its volume slots hold the
+    /// placeholder until then ([`volume::attach`]).
     Standby { ram: PathBuf, root_fds: [i32; 2] },
+}
+
+impl Boot {
+    /// A cold boot with every volume slot empty.
+    pub fn cold() -> Boot {
+        Boot::Cold {
+            volumes: Volumes::default(),
+        }
+    }
+
+    /// What the volume slots hold (all empty for a template or a standby).
+    pub fn volumes(&self) -> &Volumes {
+        static EMPTY: Volumes = [None, None, None, None];
+        match self {
+            Boot::Cold { volumes } | Boot::Restore { volumes, .. } => volumes,
+            Boot::TemplateSave { .. } | Boot::Standby { .. } => &EMPTY,
+        }
+    }
 }
 
 /// Block node the root slot's device reads through in a [`Boot::Standby`] VM.
@@ -149,15 +175,15 @@ pub enum VmError {
 pub trait Hypervisor {
     /// Short name for logs ("qemu").
     fn name(&self) -> &'static str;
-    /// The full argument vector, without the binary.
+    /// The full argument vector of a cold boot with empty volume slots, without the binary.
     fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError>;
-    /// The argument vector for `boot`. Hypervisors without templates support only
-    /// [`Boot::Cold`].
+    /// The argument vector for `boot`. Hypervisors without templates and volumes support only
+    /// a [`Boot::cold`] boot.
     fn args_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Vec<String>, VmError> {
         match boot {
-            Boot::Cold => self.args(cfg),
+            Boot::Cold { volumes } if volumes.iter().all(Option::is_none) => self.args(cfg),
             _ => Err(VmError::InvalidConfig(format!(
-                "{} cannot boot from templates",
+                "{} supports neither templates nor volumes",
                 self.name()
             ))),
         }

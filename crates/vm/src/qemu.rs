@@ -5,7 +5,9 @@
 //! 2. `virtio-serial-device` with one `virtserialport` named `agent` on a unix-socket chardev
 //!    `DIR/agent.sock` (server, no wait): the host-guest channel;
 //! 3. root disk: qcow2 overlay as `virtio-blk-device`;
-//! 4. NIC: `virtio-net-device` on an inherited tap fd with virtio-net headers (see
+//! 4. [`crate::VOLUME_SLOTS`] volume slots, each a `virtio-blk-device` with its serial (see
+//!    [`crate::volume`]);
+//! 5. NIC: `virtio-net-device` on an inherited tap fd with virtio-net headers (see
 //!    [`crate::NicConfig`]).
 //!
 //! Confinement: everything is opened while QEMU is still root; then QEMU chroots into `DIR`,
@@ -125,7 +127,7 @@ impl Hypervisor for Qemu {
     }
 
     fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError> {
-        self.args_for(cfg, &Boot::Cold)
+        self.args_for(cfg, &Boot::cold())
     }
 
     fn args_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Vec<String>, VmError> {
@@ -135,6 +137,7 @@ impl Hypervisor for Qemu {
         {
             check_path("template RAM file", ram)?;
         }
+        let volumes = crate::volume::args(boot.volumes())?;
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         let dir = cfg.dir.to_string_lossy().into_owned();
@@ -148,7 +151,7 @@ impl Hypervisor for Qemu {
         // No option ROMs: qboot boots the kernel from fw_cfg by itself, and a restore, which
         // boots nothing, must present the same RAM blocks as its template (an option ROM is one).
         match boot {
-            Boot::Cold => push(&["-M", "microvm,rtc=on,x-option-roms=off"]),
+            Boot::Cold { .. } => push(&["-M", "microvm,rtc=on,x-option-roms=off"]),
             Boot::TemplateSave { ram } | Boot::Restore { ram, .. } | Boot::Standby { ram, .. } => {
                 let share = if matches!(boot, Boot::TemplateSave { .. }) {
                     "on"
@@ -183,7 +186,7 @@ impl Hypervisor for Qemu {
         // A restored guest has booted already. QEMU keeps a kernel and initramfs it is given in
         // its own memory for fw_cfg for the VM's whole life (17 MiB a VM here), so restores get
         // neither.
-        if matches!(boot, Boot::Cold | Boot::TemplateSave { .. }) {
+        if matches!(boot, Boot::Cold { .. } | Boot::TemplateSave { .. }) {
             push(&[
                 "-kernel",
                 &cfg.kernel.to_string_lossy(),
@@ -268,7 +271,9 @@ impl Hypervisor for Qemu {
             ]);
         }
         push(&["-device", "virtio-blk-device,drive=root"]);
-        // 4. NIC, after the root disk for every size, so templates keep the same virtio-mmio
+        // 4. volume slots, in every boot (a template's and a standby's are all placeholders).
+        push(&volumes.iter().map(String::as_str).collect::<Vec<_>>());
+        // 5. NIC, after the volume slots for every size, so templates keep the same virtio-mmio
         //    slots. The tap has IFF_VNET_HDR (throughput; and a template's virtio-net state, with
         //    its negotiated offloads, loads only behind the same kind of backend). QEMU 7.2 reads
         //    that flag from the fd and refuses `vnet_hdr=` beside `fd=`. No vhost:
@@ -282,7 +287,7 @@ impl Hypervisor for Qemu {
             ]);
         }
         // Control socket and incoming migration for template boots.
-        if !matches!(boot, Boot::Cold) {
+        if !matches!(boot, Boot::Cold { .. }) {
             push(&[
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
@@ -390,15 +395,23 @@ mod tests {
         assert!(devices[1].contains("name=agent"));
         assert_eq!(devices[2], "virtio-blk-device,drive=root");
         assert!(value_of(&args, "-drive")[0].contains("format=qcow2,if=none"));
-        // The NIC comes right after the root disk, on the inherited tap fd.
+        // The volume slots come right after the root disk, each with its serial.
+        for slot in 0..crate::VOLUME_SLOTS {
+            assert_eq!(
+                devices[3 + slot],
+                format!("virtio-blk-device,drive=vol{slot},serial=hyper-vol{slot},write-cache=on")
+            );
+        }
+        // The NIC comes right after the volume slots, on the inherited tap fd.
         assert_eq!(
-            devices[3],
+            devices[7],
             "virtio-net-device,netdev=net0,mac=02:42:ac:10:00:05"
         );
-        assert_eq!(devices.len(), 4);
+        assert_eq!(devices.len(), 8);
         assert_eq!(value_of(&args, "-netdev"), ["tap,id=net0,fd=9"]);
         let pos = |x: &str| args.iter().position(|a| a == x).unwrap();
-        assert!(pos("virtio-blk-device,drive=root") < pos("tap,id=net0,fd=9"));
+        assert!(pos("virtio-blk-device,drive=root") < pos(devices[3]));
+        assert!(pos(devices[6]) < pos("tap,id=net0,fd=9"));
         assert!(!args.iter().any(|a| a.contains("acpi=off")));
     }
 
@@ -420,6 +433,7 @@ mod tests {
                 &Boot::Restore {
                     ram: "/d/templates/k/ram".into(),
                     root_fds: Some([7, 8]),
+                    volumes: Default::default(),
                 },
             )
             .unwrap();
@@ -472,7 +486,7 @@ mod tests {
         assert!(value_of(&standby, "-kernel").is_empty());
         assert!(value_of(&standby, "-drive").is_empty());
         assert_eq!(
-            value_of(&standby, "-blockdev"),
+            value_of(&standby, "-blockdev")[..2],
             [
                 "driver=qcow2,node-name=placeholder,file.driver=file,file.filename=/dev/fdset/1,discard=unmap",
                 "driver=raw,node-name=root,file=placeholder"
@@ -485,9 +499,97 @@ mod tests {
                 &Boot::Restore {
                     ram: "/d/a,b".into(),
                     root_fds: None,
+                    volumes: Default::default(),
                 }
             )
             .is_err());
+    }
+
+    /// The slots' nodes (`-blockdev` JSON) of an argument vector, by slot.
+    fn slot_nodes(args: &[String]) -> Vec<serde_json::Value> {
+        value_of(args, "-blockdev")
+            .into_iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .collect()
+    }
+
+    #[test]
+    fn volumes_in_every_boot() {
+        let c = cfg(Accel::Tcg);
+        let ram = PathBuf::from("/d/templates/k/ram");
+        let mut by_path = crate::Volumes::default();
+        by_path[1] = Some(crate::Volume {
+            backing: crate::VolumeBacking::File("/d/volumes/v1.img".into()),
+            size: 64 << 20,
+        });
+        let cold = Qemu.args_for(&c, &Boot::Cold { volumes: by_path }).unwrap();
+        let mut by_fd = crate::Volumes::default();
+        by_fd[0] = Some(crate::Volume {
+            backing: crate::VolumeBacking::FdSet(vec![11, 12]),
+            size: 64 << 20,
+        });
+        let restore = Qemu
+            .args_for(
+                &c,
+                &Boot::Restore {
+                    ram: ram.clone(),
+                    root_fds: Some([7, 8]),
+                    volumes: by_fd,
+                },
+            )
+            .unwrap();
+        let save = Qemu
+            .args_for(&c, &Boot::TemplateSave { ram: ram.clone() })
+            .unwrap();
+        let standby = Qemu
+            .args_for(
+                &c,
+                &Boot::Standby {
+                    ram,
+                    root_fds: [7, 8],
+                },
+            )
+            .unwrap();
+        // Whatever is behind the slots, the devices are the same, in the same order.
+        let empty = Qemu.args(&c).unwrap();
+        for a in [&cold, &restore, &save, &standby] {
+            assert_eq!(value_of(a, "-device"), value_of(&empty, "-device"));
+            let nodes = slot_nodes(a);
+            assert_eq!(nodes.len(), crate::VOLUME_SLOTS);
+            for (slot, n) in nodes.iter().enumerate() {
+                assert_eq!(n["node-name"], format!("vol{slot}"));
+                assert_eq!(
+                    (&n["driver"], &n["discard"]),
+                    (&"raw".into(), &"unmap".into())
+                );
+            }
+        }
+        let file = |a: &[String], slot: usize| slot_nodes(a)[slot]["file"].clone();
+        assert_eq!(file(&cold, 1)["filename"], "/d/volumes/v1.img");
+        assert_eq!(file(&restore, 0)["filename"], "/dev/fdset/10");
+        assert_eq!(
+            value_of(&restore, "-add-fd"),
+            [
+                "fd=7,set=1,opaque=root-ro",
+                "fd=8,set=1,opaque=root-rw",
+                "fd=11,set=10,opaque=vol0-0",
+                "fd=12,set=10,opaque=vol0-1"
+            ]
+        );
+        for (a, used) in [(&cold, 1), (&restore, 0)] {
+            for slot in (0..crate::VOLUME_SLOTS).filter(|&s| s != used) {
+                assert_eq!(file(a, slot)["driver"], "null-co");
+            }
+        }
+        for a in [&save, &standby] {
+            for slot in 0..crate::VOLUME_SLOTS {
+                assert_eq!(
+                    file(a, slot),
+                    serde_json::json!({"driver": "null-co", "node-name": format!("vol{slot}-empty"),
+                                       "size": crate::volume::EMPTY_SLOT_BYTES, "read-zeroes": true})
+                );
+            }
+        }
     }
 
     #[test]
@@ -521,6 +623,6 @@ mod tests {
         c.nic = None;
         let args = Qemu.args(&c).unwrap();
         assert!(value_of(&args, "-netdev").is_empty());
-        assert_eq!(value_of(&args, "-device").len(), 3);
+        assert_eq!(value_of(&args, "-device").len(), 7);
     }
 }

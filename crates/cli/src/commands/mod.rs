@@ -7,12 +7,16 @@ pub mod events;
 pub mod exec;
 pub mod fip;
 pub mod images;
+pub mod mounts;
 pub mod network;
 pub mod run;
 pub mod service;
 pub mod sg;
+pub mod snapshot;
 pub mod system;
 pub mod usage;
+pub mod volume;
+pub mod volume_init;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -115,6 +119,35 @@ pub fn print_rows(
         }
     }
     Ok(())
+}
+
+/// `inspect` for one kind of object, as docker does it: the objects found as one JSON array
+/// (or each through the template), then the error of each name that was not; exit status 1 if
+/// any failed.
+pub async fn inspect_each(
+    ctx: &Ctx,
+    format: Option<&str>,
+    names: &[String],
+    path: impl Fn(&str) -> String,
+) -> Result<i32, CliError> {
+    let client = ctx.client()?;
+    let template = format.map(crate::format::Template::parse).transpose()?;
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match client
+            .json::<serde_json::Value>(crate::transport::ApiRequest::get(path(name)))
+            .await
+        {
+            Ok(v) => found.push(v),
+            Err(e) => errors.push(crate::error_chain(&e)),
+        }
+    }
+    containers::print_inspect(&found, template.as_ref())?;
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    Ok(i32::from(!errors.is_empty()))
 }
 
 /// JSON the way `docker inspect` prints it: 4-space indentation.

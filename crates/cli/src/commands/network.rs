@@ -3,11 +3,10 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::{for_each, print_rows, Ctx};
-use crate::commands::containers::{filters_json, print_inspect};
+use super::{for_each, inspect_each, print_rows, Ctx};
+use crate::commands::containers::filters_json;
 use crate::commands::run::label_map;
-use crate::commands::system::prompt;
-use crate::format::Template;
+use crate::commands::system::confirm;
 use crate::table::{natural_cmp, short_id};
 use crate::transport::ApiRequest;
 use crate::CliError;
@@ -228,26 +227,11 @@ async fn rm(ctx: &Ctx, a: NetworkNamesArgs) -> Result<i32, CliError> {
     .await
 }
 
-/// Like docker: the networks found as one JSON array, then an error line per missing one.
 async fn inspect(ctx: &Ctx, a: NetworkInspectArgs) -> Result<i32, CliError> {
-    let client = ctx.client()?;
-    let template = a.format.as_deref().map(Template::parse).transpose()?;
-    let mut found = Vec::new();
-    let mut errors = Vec::new();
-    for name in &a.networks {
-        match client
-            .json::<Value>(ApiRequest::get(format!("/networks/{name}")))
-            .await
-        {
-            Ok(v) => found.push(v),
-            Err(e) => errors.push(crate::error_chain(&e)),
-        }
-    }
-    print_inspect(&found, template.as_ref())?;
-    for e in &errors {
-        eprintln!("{e}");
-    }
-    Ok(i32::from(!errors.is_empty()))
+    inspect_each(ctx, a.format.as_deref(), &a.networks, |n| {
+        format!("/networks/{n}")
+    })
+    .await
 }
 
 async fn prune(ctx: &Ctx, a: NetworkPruneArgs) -> Result<i32, CliError> {
@@ -268,17 +252,12 @@ async fn prune(ctx: &Ctx, a: NetworkPruneArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Docker's y/N question; anything but y/yes is no.
-fn confirm(question: &str) -> Result<bool, CliError> {
-    let answer = prompt(question)?;
-    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::format::Template;
     use crate::table::TabWriter;
 
     #[derive(Parser)]

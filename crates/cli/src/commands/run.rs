@@ -11,6 +11,8 @@ use serde_json::{json, Map, Value};
 
 use super::Ctx;
 use crate::commands::images::{pull_image, registry_auth_header};
+use crate::commands::mounts::{bind_sources, parse_mount, volume_flags};
+use crate::commands::volume_init::remove_volumes;
 use crate::stream::{self, RawTerminal};
 use crate::transport::{ApiError, ApiRequest, Client};
 use crate::CliError;
@@ -81,9 +83,15 @@ pub struct ContainerOptions {
     /// Expose a port or a range of ports
     #[arg(long)]
     pub expose: Vec<String>,
-    /// Bind mount a volume
+    /// Bind mount a volume (NAME:/path[:ro]), or copy a local path or URL into a new one (SRC:/path)
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
+    /// Attach a filesystem mount to the container (type=volume,source=NAME,target=/path[,readonly])
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
+    /// Mount volumes from the specified container(s) (CONTAINER[:ro|rw])
+    #[arg(long = "volumes-from")]
+    pub volumes_from: Vec<String>,
     /// Add link to another container
     #[arg(long = "link")]
     pub links: Vec<String>,
@@ -357,15 +365,12 @@ pub fn create_body(
         }
     }
 
-    let mut binds = Vec::new();
-    let mut volumes = Map::new();
-    for v in &o.volumes {
-        if v.contains(':') {
-            binds.push(json!(v));
-        } else {
-            volumes.insert(v.clone(), json!({}));
-        }
-    }
+    let (binds, volumes) = volume_flags(&o.volumes, &std::env::current_dir().unwrap_or_default())?;
+    let mounts = o
+        .mounts
+        .iter()
+        .map(|m| parse_mount(m))
+        .collect::<Result<Vec<_>, _>>()?;
     let links: Vec<String> = o
         .links
         .iter()
@@ -405,6 +410,12 @@ pub fn create_body(
     let h = host.as_object_mut().expect("object");
     if !binds.is_empty() {
         h.insert("Binds".into(), json!(binds));
+    }
+    if !mounts.is_empty() {
+        h.insert("Mounts".into(), json!(mounts));
+    }
+    if !o.volumes_from.is_empty() {
+        h.insert("VolumesFrom".into(), json!(o.volumes_from));
     }
     if !bindings.is_empty() {
         h.insert("PortBindings".into(), Value::Object(bindings));
@@ -493,8 +504,24 @@ pub fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// Creates the container, pulling the image first if the daemon does not have it.
+/// Creates the container, first filling the volumes that `-v SRC:/path` asks for (deleted
+/// again if the container is not created).
 async fn create_container(
+    ctx: &Ctx,
+    client: &Client,
+    o: &ContainerOptions,
+    mut body: Value,
+) -> Result<String, CliError> {
+    let made = bind_sources(client, &mut body).await?;
+    let result = create_or_pull(ctx, client, o, &body).await;
+    if result.is_err() {
+        remove_volumes(client, &made).await;
+    }
+    result
+}
+
+/// `POST /containers/create`, pulling the image first if the daemon does not have it.
+async fn create_or_pull(
     ctx: &Ctx,
     client: &Client,
     o: &ContainerOptions,
@@ -539,7 +566,7 @@ fn build_body(o: &ContainerOptions, attach: bool) -> Result<Value, CliError> {
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32, CliError> {
     let body = build_body(&args.opts, false)?;
     let client = ctx.client().map_err(refused)?;
-    let id = create_container(ctx, &client, &args.opts, &body)
+    let id = create_container(ctx, &client, &args.opts, body)
         .await
         .map_err(refused)?;
     println!("{id}");
@@ -633,7 +660,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
     let attach = !args.detach;
     let body = build_body(o, attach)?;
     let client = ctx.client().map_err(refused)?;
-    let id = create_container(ctx, &client, o, &body)
+    let id = create_container(ctx, &client, o, body)
         .await
         .map_err(refused)?;
 
@@ -796,6 +823,12 @@ mod tests {
             "/data",
             "-v",
             "vol:/srv",
+            "-v",
+            "/host/dir:/h:ro",
+            "--mount",
+            "type=volume,source=data,target=/m,readonly",
+            "--volumes-from",
+            "db:ro",
             "--link",
             "db",
             "--link",
@@ -820,7 +853,12 @@ mod tests {
             json!([{"HostIp": "127.0.0.1", "HostPort": ""}])
         );
         assert_eq!(b["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
-        assert_eq!(h["Binds"], json!(["vol:/srv"]));
+        assert_eq!(h["Binds"], json!(["vol:/srv", "/host/dir:/h:ro"]));
+        assert_eq!(
+            h["Mounts"],
+            json!([{"Type": "volume", "Source": "data", "Target": "/m", "ReadOnly": true}])
+        );
+        assert_eq!(h["VolumesFrom"], json!(["db:ro"]));
         assert_eq!(b["Volumes"], json!({"/data": {}}));
         assert_eq!(h["Links"], json!(["db:db", "x:y"]));
         assert_eq!(h["Privileged"], true);
@@ -950,6 +988,13 @@ mod tests {
             .contains("Conflicting options"));
         for (i, p) in ["80:8o", "1:2:3:4/xyz", "9-8:1"].iter().enumerate() {
             let r = parse(&["-p", p, "busybox"]);
+            assert!(create_body(&r.opts, true, &|_| None).is_err(), "test[{i}]");
+        }
+        for (i, (flag, value)) in [("-v", "https://h/r.git"), ("--mount", "source=v")]
+            .iter()
+            .enumerate()
+        {
+            let r = parse(&[flag, value, "busybox"]);
             assert!(create_body(&r.opts, true, &|_| None).is_err(), "test[{i}]");
         }
     }

@@ -170,6 +170,12 @@ pub(crate) fn prompt(label: &str) -> Result<String, CliError> {
     Ok(s.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// Docker's y/N question; anything but y/yes is no.
+pub(crate) fn confirm(question: &str) -> Result<bool, CliError> {
+    let answer = prompt(question)?;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
+}
+
 /// Reads a line with echo off when stdin is a terminal.
 pub fn prompt_secret(label: &str) -> Result<String, CliError> {
     use nix::sys::termios::{self, LocalFlags, SetArg};

@@ -252,7 +252,7 @@ pub async fn remove(rt: &Arc<Runtime>, tenant: &str, name: &str, keep: bool) -> 
     .await?;
     if !keep {
         for c in members {
-            rt.remove(tenant, &c.id, true).await?;
+            rt.remove(tenant, &c.id, true, true).await?;
         }
     }
     rt.events
@@ -385,7 +385,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
                 "failed its health checks"
             };
             tracing::info!("service {name}: replacing replica {} ({why})", c.name);
-            if let Err(e) = rt.remove(&tenant, &c.id, true).await {
+            if let Err(e) = rt.remove(&tenant, &c.id, true, true).await {
                 // A protected replica stays for its owner to look at; a dead one no longer
                 // counts, so its replacement starts anyway.
                 tracing::warn!("service {name}: keeping replica {}: {e}", c.name);
@@ -419,7 +419,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
         let since = c.as_ref().and_then(|c| c.state.started_at).unwrap_or(now);
         if idle || now - since > chrono::TimeDelta::hours(24) {
             if c.is_some() {
-                rt.remove(&tenant, &id, true).await?;
+                rt.remove(&tenant, &id, true, true).await?;
             }
             modify(rt, &tenant, &name, |r| {
                 r.draining.retain(|d| d != &id);

@@ -33,12 +33,7 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
     };
-    let refused: [(&str, &str); 15] = [
-        (
-            "Binds",
-            "host bind mounts (-v HOST:CONTAINER): a VM cannot reach the host's files",
-        ),
-        ("Mounts", "mounts (--mount)"),
+    let refused: [(&str, &str); 12] = [
         (
             "Privileged",
             "--privileged: every container is already root in its own VM",
@@ -46,7 +41,6 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         ("Devices", "host devices (--device)"),
         ("CapAdd", "--cap-add"),
         ("CapDrop", "--cap-drop"),
-        ("VolumesFrom", "--volumes-from"),
         ("Memory", "--memory: choose a size with --size instead"),
         ("NanoCpus", "--cpus: choose a size with --size instead"),
         (
@@ -85,11 +79,6 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         return Err(ApiError::not_implemented(format!(
             "hyper does not support the log driver {log_type:?}"
         )));
-    }
-    if non_empty(&body["Volumes"]) {
-        return Err(ApiError::not_implemented(
-            "volumes (-v /path) are not supported yet",
-        ));
     }
     if body["Healthcheck"]["Test"]
         .as_array()
@@ -418,7 +407,7 @@ pub async fn remove(
         return Err(ApiError::not_implemented("links are not supported yet"));
     }
     app.runtime
-        .remove(&tenant, &id, flag(&q, "force", false))
+        .remove(&tenant, &id, flag(&q, "force", false), flag(&q, "v", false))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,8 +9,11 @@ pub mod images;
 pub mod networks;
 pub mod services;
 pub mod sg;
+pub mod snapshots;
 pub mod system;
 pub mod usage;
+pub mod volume_init;
+pub mod volumes;
 
 use std::collections::HashMap;
 

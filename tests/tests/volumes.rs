@@ -1,0 +1,450 @@
+//! Volumes end to end (issue 14): data that outlives containers and hyperd, snapshots, the
+//! Docker and Hyper volume APIs and CLIs, docker-compose with a named volume, and the refusals.
+//! Real VMs: a volume is a further disk of the container's VM, mounted by the guest agent.
+
+use std::sync::{Arc, OnceLock};
+
+use e2e::*;
+
+fn main() {
+    let tests: &[(&'static str, TestFn)] = &[
+        ("volumes_outlive_hyperd", volumes_outlive_hyperd),
+        ("data_outlives_containers", data_outlives_containers),
+        ("snapshots", snapshots),
+        ("compose_named_volume", compose_named_volume),
+        ("volume_api_and_refusals", volume_api_and_refusals),
+        ("tenants_and_usage", tenants_and_usage),
+    ];
+    std::process::exit(run_tests(tests));
+}
+
+fn daemon() -> &'static Daemon {
+    static D: OnceLock<Arc<Daemon>> = OnceLock::new();
+    D.get_or_init(|| Daemon::start("v", DaemonOpts::default()))
+}
+
+/// `hyper run --rm -v SPEC busybox sh -c SCRIPT`, its stdout.
+fn run_with(d: &Daemon, volume: &str, script: &str) -> String {
+    d.hyper(&["run", "--rm", "-v", volume, "busybox", "sh", "-c", script])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .stdout
+}
+
+/// The data root's file of a `local` volume.
+fn volume_file(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let id = volume_id(d, name);
+    d.data.join("volumes/local").join(format!("{id}.img"))
+}
+
+/// A volume's backend id is not in the API; the store is not readable from here either, so
+/// the test finds the one file that appeared when the volume was created.
+fn volume_id(d: &Daemon, name: &str) -> String {
+    let ids = std::fs::read_to_string(d.data.join(format!("vol-{name}.id")));
+    ids.unwrap_or_else(|_| panic!("volume {name} was not made by create_volume"))
+}
+
+/// `hyper volume create --name NAME`, remembering which file under the data root is its.
+fn create_volume(d: &Daemon, name: &str, extra: &[&str]) {
+    let dir = d.data.join("volumes/local");
+    let before: Vec<_> = std::fs::read_dir(&dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let mut args = vec!["volume", "create", "--name", name];
+    args.extend_from_slice(extra);
+    assert_eq!(d.hyper(&args).run().ok().out(), name);
+    let new: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !before.contains(n))
+        .map(|n| n.to_string_lossy().trim_end_matches(".img").to_string())
+        .collect();
+    assert_eq!(new.len(), 1, "one new volume file: {new:?}");
+    std::fs::write(d.data.join(format!("vol-{name}.id")), &new[0]).unwrap();
+}
+
+/// Data written in one container is read in the next; the image's files are copied into an
+/// empty volume mounted over them; `:ro` is read-only; a volume is one running container's at
+/// a time; anonymous volumes go with `rm -v`; and a start with a volume claims a standby VM.
+fn data_outlives_containers() {
+    let d = daemon();
+    // Named on first use, as Docker does.
+    let out = run_with(d, "notes:/data", "echo kept > /data/f; sync; cat /data/f");
+    assert_eq!(out.trim(), "kept");
+    assert_eq!(run_with(d, "notes:/data", "cat /data/f").trim(), "kept");
+    let ls = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    assert!(ls.lines().any(|l| l == "notes"), "{ls}");
+
+    // An empty volume over an image directory gets its files; an emptied one stays empty.
+    let out = run_with(d, "etccopy:/etc", "cat /etc/passwd | head -1; ls /etc | wc -l");
+    assert!(out.starts_with("root:"), "{out}");
+    let out = run_with(d, "etccopy:/etc", "rm -rf /etc/*; echo mine > /etc/only; sync");
+    assert_eq!(out, "");
+    assert_eq!(run_with(d, "etccopy:/etc", "ls /etc").trim(), "lost+found\nonly");
+    // nocopy: not copied.
+    let out = run_with(d, "nocopy:/etc:nocopy", "ls /etc");
+    assert_eq!(out.trim(), "lost+found");
+
+    // Read-only.
+    let o = d
+        .hyper(&["run", "--rm", "-v", "notes:/data:ro", "busybox", "sh", "-c", "echo x > /data/g"])
+        .run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("Read-only file system"), "{o}");
+
+    // One running container at a time; the volume can't be removed while it is used.
+    let holder = d
+        .hyper(&["run", "-d", "--name", "holder", "-v", "notes:/data", "busybox", "sleep", "600"])
+        .run()
+        .ok()
+        .out();
+    let o = d
+        .hyper(&["run", "--rm", "-v", "notes:/data", "busybox", "true"])
+        .run();
+    assert_eq!(o.code, 125, "{o}");
+    assert!(o.stderr.contains("in use by container") && o.stderr.contains(&holder[..12]), "{o}");
+    let o = d.hyper(&["volume", "rm", "notes"]).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("in use"), "{o}");
+    let inspect = d.inspect("holder");
+    assert_eq!(inspect["Mounts"][0]["Name"], "notes", "{inspect}");
+    assert_eq!(inspect["Mounts"][0]["Destination"], "/data");
+    // --volumes-from a running container is refused the same way.
+    let o = d
+        .hyper(&["create", "--volumes-from", "holder", "busybox", "true"])
+        .run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("in use"), "{o}");
+    // The start with a volume claimed a standby VM: volumes keep the fast path.
+    let log = std::fs::read_to_string(d.cdir(&holder).join("shim.log")).unwrap();
+    assert!(log.contains("standby: claimed by container"), "{log}");
+    d.hyper(&["rm", "-f", "holder"]).run().ok();
+    // Stopped, it frees the volume for --volumes-from.
+    d.hyper(&["run", "--name", "src", "-v", "notes:/data", "busybox", "true"]).run().ok();
+    let out = d
+        .hyper(&["run", "--rm", "--volumes-from", "src:ro", "busybox", "cat", "/data/f"])
+        .run()
+        .ok()
+        .stdout;
+    assert_eq!(out.trim(), "kept");
+    d.hyper(&["rm", "src"]).run().ok();
+
+    // Anonymous volumes: `-v /path` makes one, `rm -v` removes it; --rm too.
+    let anon = d
+        .hyper(&["run", "-d", "-v", "/scratch", "busybox", "sh", "-c", "echo a > /scratch/a"])
+        .run()
+        .ok()
+        .out();
+    d.wait_status(&anon, "exited", 60.0);
+    let name = d.inspect(&anon)["Mounts"][0]["Name"].as_str().unwrap().to_string();
+    assert_eq!(name.len(), 64, "{name}");
+    assert!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.contains(&name));
+    d.hyper(&["rm", "-v", &anon]).run().ok();
+    assert!(!d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.contains(&name));
+    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    run_with(d, "/tmpvol", "true");
+    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout, before);
+
+    for v in ["notes", "etccopy", "nocopy"] {
+        d.hyper(&["volume", "rm", v]).run().ok();
+    }
+}
+
+/// Written and synced data survives a `kill -9` of hyperd, and the loss of every process of
+/// the node (hyperd, shims, QEMUs); a container running through the first keeps its volume.
+fn volumes_outlive_hyperd() {
+    let dd = Daemon::start("vk", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let id = d
+        .hyper(&[
+            "run", "-d", "-v", "db:/db", "busybox", "sh", "-c",
+            "echo one > /db/a; sync; echo written; sleep 600",
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for("the write", secs(60.0), || {
+        let o = d.hyper(&["logs", &id]).run();
+        if o.stdout.contains("written") { Ok(()) } else { Err(o.to_string()) }
+    });
+    d.restart();
+    // Still held by the running container after hyperd came back.
+    let o = d.hyper(&["run", "--rm", "-v", "db:/db", "busybox", "true"]).run();
+    assert!(o.stderr.contains("in use"), "{o}");
+    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"]).run().ok();
+    // Every process of the node goes at once.
+    d.kill9();
+    for p in container_processes(d, &id) {
+        let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
+        // SAFETY: kill(2) of a process of this test's own VM.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_for("the VM to die", secs(20.0), || {
+        let p = container_processes(d, &id);
+        if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
+    });
+    d.restart();
+    d.wait_status(&id, "exited", 60.0);
+    assert_eq!(run_with(d, "db:/db", "cat /db/a").trim(), "one\ntwo");
+    d.hyper(&["rm", "-f", &id]).run().ok();
+    d.hyper(&["volume", "rm", "db"]).run().ok();
+    d.stop();
+}
+
+/// A snapshot keeps the content it had; a volume from it has that content; a snapshot of a
+/// volume in use needs --force, and taken under a writer gives a clean file system holding a
+/// prefix of the writer's records.
+fn snapshots() {
+    let d = daemon();
+    create_volume(d, "snapsrc", &["--size", "10"]);
+    run_with(d, "snapsrc:/d", "echo before > /d/f; sync");
+    let snap = d
+        .hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "s1"])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(snap, "s1");
+    run_with(d, "snapsrc:/d", "echo after > /d/f; sync");
+    let ls = d.hyper(&["snapshot", "ls"]).run().ok().stdout;
+    assert!(ls.contains("s1") && ls.contains("snapsrc"), "{ls}");
+    let info = d.hyper(&["snapshot", "inspect", "s1"]).run().ok().json();
+    assert_eq!(info[0]["Volume"], "snapsrc", "{info}");
+    assert_eq!(info[0]["Size"], 10, "{info}");
+    d.hyper(&["volume", "create", "--name", "fromsnap", "--snapshot", "s1"]).run().ok();
+    let v = d.hyper(&["volume", "inspect", "fromsnap"]).run().ok().json();
+    assert_eq!(v[0]["Options"]["snapshot"], "s1", "{v}");
+    assert_eq!(run_with(d, "fromsnap:/d", "cat /d/f").trim(), "before");
+    assert_eq!(run_with(d, "snapsrc:/d", "cat /d/f").trim(), "after");
+    // A bigger volume from it: the file system grows to the disk.
+    d.hyper(&["volume", "create", "--name", "bigger", "--snapshot", "s1", "--size", "20"])
+        .run()
+        .ok();
+    let out = run_with(d, "bigger:/d", "cat /d/f; df -k /d | tail -1");
+    assert!(out.starts_with("before"), "{out}");
+    let blocks: u64 = out.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(blocks > 15 * 1024 * 1024, "{out}");
+    let o = d
+        .hyper(&["volume", "create", "--name", "smaller", "--snapshot", "s1", "--size", "5"])
+        .run();
+    assert_ne!(o.code, 0, "{o}");
+
+    // Under a writer: refused without --force, consistent with it.
+    let w = d
+        .hyper(&[
+            "run", "-d", "-v", "snapsrc:/d", "busybox", "sh", "-c",
+            "i=0; while :; do echo rec$i >> /d/log; i=$((i+1)); done",
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for("the writer to write", secs(60.0), || {
+        let o = d.hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"]).run();
+        match o.stdout.trim().parse::<u64>() {
+            Ok(n) if n > 100 => Ok(()),
+            _ => Err(o.to_string()),
+        }
+    });
+    let o = d.hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "live"]).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("in use") && o.stderr.contains("--force"), "{o}");
+    d.hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "live", "--force"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    // The writer carried on after the thaw.
+    let n1: u64 = d.hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"]).run().ok().out().parse().unwrap();
+    std::thread::sleep(secs(1.0));
+    let n2: u64 = d.hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"]).run().ok().out().parse().unwrap();
+    assert!(n2 > n1, "the writer stopped after the snapshot: {n1} then {n2}");
+    d.hyper(&["rm", "-f", &w]).run().ok();
+    let live = d.hyper(&["snapshot", "inspect", "live"]).run().ok().json();
+    let file = d
+        .data
+        .join("volumes/snapshots")
+        .join(format!("{}.img", live[0]["ID"].as_str().unwrap()));
+    let fsck = Cmd::new("e2fsck", &["-fn", file.to_str().unwrap()]).run();
+    assert_eq!(fsck.code, 0, "e2fsck of the snapshot: {fsck}");
+    d.hyper(&["volume", "create", "--name", "fromlive", "--snapshot", "live"]).run().ok();
+    let log = run_with(d, "fromlive:/d", "cat /d/log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() > 100, "{} records", lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        // Every record whole and in order: a prefix of what the writer wrote (the last one may
+        // be cut only if the fs kept a partial write, which a frozen fs does not).
+        assert_eq!(*l, format!("rec{i}"), "record {i} of {}", lines.len());
+    }
+
+    for s in ["s1", "live"] {
+        d.hyper(&["snapshot", "rm", s]).run().ok();
+    }
+    assert!(!d.hyper(&["snapshot", "ls", "-q"]).run().ok().stdout.contains("live"));
+    assert!(!file.exists(), "the snapshot's blocks went with it");
+    for v in ["snapsrc", "fromsnap", "bigger", "fromlive"] {
+        d.hyper(&["volume", "rm", v]).run().ok();
+    }
+}
+
+/// docker-compose (Debian's v1) with a named volume: the data is there after `down` and `up`;
+/// `down -v` removes the volume.
+fn compose_named_volume() {
+    let d = daemon();
+    let dir = short_tmp("cv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        "version: \"3\"\nservices:\n  app:\n    image: busybox\n    command: sh -c \"date >> /data/boots; sync; sleep 1000\"\n    volumes:\n      - webdata:/data\nvolumes:\n  webdata: {}\n",
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let mut a = vec!["--project-directory", dir.to_str().unwrap(), "-p", "vp", "-f", file.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Cmd::new("docker-compose", &a)
+            .env("DOCKER_HOST", d.unix_host())
+            .timeout(180.0)
+            .run()
+    };
+    compose(&["up", "-d"]).ok();
+    let boots = |n: usize| {
+        wait_for(&format!("{n} boots in the volume"), secs(60.0), || {
+            let o = d.hyper(&["exec", "vp_app_1", "cat", "/data/boots"]).run();
+            if o.stdout.lines().count() == n { Ok(()) } else { Err(o.to_string()) }
+        })
+    };
+    boots(1);
+    compose(&["down"]).ok();
+    assert!(d.docker(&["volume", "ls", "-q"]).run().ok().stdout.contains("vp_webdata"));
+    compose(&["up", "-d"]).ok();
+    boots(2);
+    compose(&["down", "-v"]).ok();
+    assert!(!d.docker(&["volume", "ls", "-q"]).run().ok().stdout.contains("vp_webdata"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The Docker CLI's volume commands, Hyper's table, and bad input with its status.
+fn volume_api_and_refusals() {
+    let d = daemon();
+    // The stock Docker CLI.
+    assert_eq!(d.docker(&["volume", "create", "dk"]).run().ok().out(), "dk");
+    assert_eq!(
+        d.docker(&["volume", "create", "--label", "tier=db", "dk2"]).run().ok().out(),
+        "dk2"
+    );
+    let ls = d
+        .docker(&["volume", "ls", "--filter", "label=tier=db", "--format", "{{.Name}} {{.Driver}}"])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(ls, "dk2 local");
+    let v = d.docker(&["volume", "inspect", "dk"]).run().ok().json();
+    assert_eq!(v[0]["Name"], "dk");
+    assert_eq!(v[0]["Driver"], "local");
+    // Idempotent create.
+    assert_eq!(d.docker(&["volume", "create", "dk"]).run().ok().out(), "dk");
+    // Dangling: no container uses them.
+    let dangling = d.docker(&["volume", "ls", "-q", "--filter", "dangling=true"]).run().ok().stdout;
+    assert!(dangling.contains("dk") && dangling.contains("dk2"), "{dangling}");
+    assert_eq!(d.docker(&["volume", "rm", "dk", "dk2"]).run().ok().stdout.lines().count(), 2);
+    let o = d.docker(&["volume", "inspect", "dk"]).run();
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("No such volume: dk"), "{o}");
+
+    // Hyper's CLI: size, table with SIZE and CONTAINER.
+    create_volume(d, "sized", &["--size", "20"]);
+    let table = d.hyper(&["volume", "ls"]).run().ok().stdout;
+    let row = table.lines().find(|l| l.contains("sized")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("20 GB"), "{table}");
+    assert_eq!(
+        std::fs::metadata(volume_file(d, "sized")).unwrap().len(),
+        20 << 30,
+        "a 20 GB sparse file"
+    );
+
+    // Refusals, each with its reason.
+    let refused: &[(&[&str], &str)] = &[
+        (&["volume", "create", "-d", "nfs", "x1"], "the drivers are: hyper, local"),
+        (&["volume", "create", "--size", "51", "x2"], "out of range: 10 to 50 GB"),
+        (&["volume", "create", "--size", "9", "x3"], "out of range"),
+        (&["volume", "create", "--size", "ten", "x4"], "invalid volume size"),
+        (&["volume", "create", "-o", "type=nfs", "x5"], "unknown volume option"),
+        (&["volume", "create", "--snapshot", "nope", "x6"], "No such snapshot: nope"),
+        (&["volume", "create", "/bad"], "invalid volume name"),
+        (
+            &["run", "--rm", "-v", "a1:/a", "-v", "a2:/b", "-v", "a3:/c", "-v", "a4:/d", "-v", "a5:/e", "busybox", "true"],
+            "at most 4 volumes",
+        ),
+        (&["run", "--rm", "-v", "a1:/a", "-v", "a2:/a", "busybox", "true"], "Duplicate mount point"),
+        (&["run", "--rm", "-v", "a1:/", "busybox", "true"], "cannot replace the container's root"),
+    ];
+    for (i, (args, why)) in refused.iter().enumerate() {
+        let o = d.hyper(args).run();
+        assert_ne!(o.code, 0, "test[{i}] {args:?}: {o}");
+        assert!(o.stderr.contains(why), "test[{i}] {args:?}: {o}");
+    }
+    // The stock CLI sends a host path as a bind: refused (hyper's CLI uploads it instead).
+    let o = d.docker(&["run", "--rm", "-v", "/etc:/host", "busybox", "true"]).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("host bind mounts are not supported"), "{o}");
+    // Nothing was left by the refused creates and runs.
+    let left = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    for n in ["x1", "x2", "a1", "a2"] {
+        assert!(!left.lines().any(|l| l == n), "{n} left behind: {left}");
+    }
+    // The HTTP statuses.
+    let status = |method: &str, path: &str, body: &str| {
+        Cmd::new(
+            "curl",
+            &[
+                "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket",
+                d.sock.to_str().unwrap(), "-X", method, "-H", "Content-Type: application/json",
+                "-d", body, &format!("http://hyper/v1.44{path}"),
+            ],
+        )
+        .run()
+        .ok()
+        .stdout
+    };
+    assert_eq!(status("POST", "/volumes/create", r#"{"Name":"x","Driver":"nfs"}"#), "400");
+    assert_eq!(status("POST", "/volumes/create", r#"{"Name":"x","DriverOpts":{"size":"100"}}"#), "400");
+    assert_eq!(status("GET", "/volumes/nosuch", ""), "404");
+    assert_eq!(status("DELETE", "/volumes/nosuch", ""), "404");
+    assert_eq!(status("GET", "/snapshots/nosuch", ""), "404");
+    d.hyper(&["volume", "rm", "sized"]).run().ok();
+}
+
+/// Another tenant sees none of a tenant's volumes or snapshots; volumes and snapshots are
+/// billed on `hyper usage`.
+fn tenants_and_usage() {
+    let d = daemon();
+    let (bob, _) = d.new_tenant("bobv");
+    create_volume(d, "private", &[]);
+    d.hyper(&["snapshot", "create", "-v", "private", "--name", "psnap"]).run().ok();
+    let bob_ls = d.hyper_tcp(&bob, &["volume", "ls", "-q"]).run().ok().stdout;
+    assert!(!bob_ls.contains("private"), "{bob_ls}");
+    for args in [
+        &["volume", "inspect", "private"][..],
+        &["volume", "rm", "private"],
+        &["snapshot", "inspect", "psnap"],
+        &["snapshot", "rm", "psnap"],
+        &["volume", "create", "--name", "mine", "--snapshot", "psnap"],
+        &["run", "--rm", "-v", "private:/p", "busybox", "true"],
+    ] {
+        let o = d.hyper_tcp(&bob, args).run();
+        if args[0] == "run" {
+            // Bob gets a volume of his own by that name, never Alice's.
+            o.ok();
+            continue;
+        }
+        assert_ne!(o.code, 0, "{args:?}: {o}");
+        assert!(o.stderr.contains("No such"), "{args:?}: {o}");
+    }
+    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.matches("private").count(), 1);
+    let usage = d.hyper(&["usage"]).run().ok().stdout;
+    assert!(usage.contains("volume") && usage.contains("private"), "{usage}");
+    assert!(usage.contains("snapshot") && usage.contains("psnap"), "{usage}");
+    d.hyper(&["snapshot", "rm", "psnap"]).run().ok();
+    d.hyper(&["volume", "rm", "private"]).run().ok();
+    d.hyper_tcp(&bob, &["volume", "rm", "private"]).run().ok();
+}
