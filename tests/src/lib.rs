@@ -673,6 +673,14 @@ impl Daemon {
         (dir, access)
     }
 
+    /// One field of `hyper info` (`StandbyVMsReady`...).
+    pub fn info_field(&self, field: &str) -> String {
+        self.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])
+            .run()
+            .ok()
+            .out()
+    }
+
     /// The stock docker CLI against the unix socket.
     pub fn docker(&self, args: &[&str]) -> Cmd {
         Cmd::new(docker_bin(), args)

@@ -1324,7 +1324,7 @@ fn events_stream() {
 /// (`HYPERD_TEMPLATES=off`) have none.
 fn standby_vms() {
     let d = main_daemon();
-    let info = |field: &str| info_field(d, field);
+    let info = |field: &str| d.info_field(field);
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
         assert_eq!(info("StandbyVMs"), "off");
         return;
@@ -1355,7 +1355,7 @@ fn standby_pool_follows_bursts() {
         },
     );
     let d: &Daemon = &dd;
-    let info = |field: &str| info_field(d, field);
+    let info = |field: &str| d.info_field(field);
     let pool_is = |ready: usize, target: usize| standby_pool_is(d, ready, target);
     wait_for("the pool's floor of one standby", secs(120.0), || {
         pool_is(1, 1)
@@ -1398,21 +1398,21 @@ fn standby_floor_default() {
         },
     );
     let d: &Daemon = &dd;
-    let (want, text) = match info_field(d, "Hypervisor.Accelerator").as_str() {
+    let (want, text) = match d.info_field("Hypervisor.Accelerator").as_str() {
         "tcg" => (3, "3 of 3 ready"),
         _ => (2, "2 of 2 ready (grows to 3 for bursts of starts)"),
     };
     wait_for("the default floor of standbys ready", secs(120.0), || {
         standby_pool_is(d, want, want)
     });
-    assert_eq!(info_field(d, "StandbyVMs"), text);
+    assert_eq!(d.info_field("StandbyVMs"), text);
 }
 
 /// Whether `d`'s pool has `ready` standbys (in `hyper info` and as directories) of `target`.
 fn standby_pool_is(d: &Daemon, ready: usize, target: usize) -> Result<(), String> {
     let (r, t) = (
-        info_field(d, "StandbyVMsReady"),
-        info_field(d, "StandbyVMsTarget"),
+        d.info_field("StandbyVMsReady"),
+        d.info_field("StandbyVMsTarget"),
     );
     let dirs = std::fs::read_dir(d.data.join("standby")).map_or(0, |e| e.count());
     if r == ready.to_string() && t == target.to_string() && dirs == ready {
@@ -1420,16 +1420,9 @@ fn standby_pool_is(d: &Daemon, ready: usize, target: usize) -> Result<(), String
     } else {
         Err(format!(
             "{}; {dirs} standby directories",
-            info_field(d, "StandbyVMs")
+            d.info_field("StandbyVMs")
         ))
     }
-}
-
-fn info_field(d: &Daemon, field: &str) -> String {
-    d.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])
-        .run()
-        .ok()
-        .out()
 }
 
 /// A start claims a ready standby. Another test may claim it first: then try again.

@@ -111,8 +111,9 @@ impl VolumeBacking {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
     pub backing: VolumeBacking,
-    /// The disk's size in bytes, which the guest must see. QEMU never changes it (see
-    /// [`announce_sizes`]).
+    /// The disk's size in bytes, which the guest must see. It must be the disk's own:
+    /// announcing it is a `block_resize` (see [`announce_sizes`]), a no-op on the disk only
+    /// when the size is the disk's.
     pub size: u64,
 }
 

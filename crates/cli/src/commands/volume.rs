@@ -1,6 +1,7 @@
-//! `volume create|ls|inspect|rm|prune|init` over the `/volumes` API. Hyper's volumes carry
-//! their size (GB) and the container they are attached to as the labels `size` and
-//! `container`, which `ls` shows as columns.
+//! `volume create|ls|inspect|rm|prune|init` over the `/volumes` API. hyperd reports a
+//! volume's size and the container it is attached to in its `Status` (`Size`, `Container`);
+//! Hyper.sh carried them as the labels `size` and `container`, read when `Status` lacks them.
+//! `ls` shows them as columns.
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -198,7 +199,12 @@ pub fn ls_row(v: &Value) -> Value {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
-    let size = label("size");
+    let status = |k: &str| v["Status"][k].as_str().map(str::to_owned);
+    let size = status("Size").unwrap_or_else(|| match label("size") {
+        s if s.is_empty() => s,
+        s => format!("{s} GB"),
+    });
+    let container = status("Container").unwrap_or_else(|| label("container"));
     json!({
         "Name": s("Name"),
         "Driver": s("Driver"),
@@ -206,8 +212,8 @@ pub fn ls_row(v: &Value) -> Value {
         "Mountpoint": s("Mountpoint"),
         "CreatedAt": s("CreatedAt"),
         "Labels": labels.join(","),
-        "Size": if size.is_empty() { size } else { format!("{size} GB") },
-        "Container": short_id(&label("container")),
+        "Size": size,
+        "Container": short_id(&container),
     })
 }
 

@@ -130,6 +130,9 @@ fn append_tree(b: &mut tar::Builder<Vec<u8>>, dir: &Path, rel: &Path) -> io::Res
 /// The whole flow for `sources`. Upload failures do not stop it (the session is always
 /// finished, as Hyper's client does); they are the error when the finish itself succeeds.
 pub async fn init_volumes(client: &Client, sources: &[InitSource]) -> Result<(), CliError> {
+    if sources.is_empty() {
+        return Ok(());
+    }
     let resp: Value = client.json(initialize_request(sources)).await?;
     let session = resp["Session"].as_str().unwrap_or("");
     if session.is_empty() {

@@ -40,7 +40,7 @@ pub fn volume_json(v: &Volume, holder: Option<&str>, hyper_labels: bool) -> Valu
         "Driver": v.driver,
         "Mountpoint": "",
         "CreatedAt": v.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "Status": {"Size": format!("{} GB", v.size_gb)},
+        "Status": {"Size": format!("{} GB", v.size_gb), "Container": holder.unwrap_or("")},
         "Labels": labels,
         "Scope": "local",
         "Options": v.options,
