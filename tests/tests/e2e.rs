@@ -397,7 +397,7 @@ fn run_exit_codes() {
         .run()
         .code(125);
     assert!(o.stderr.contains("name"), "{o}");
-    d.hyper(&["run", "--rm", "-v", "/tmp:/c", "busybox", "true"])
+    d.hyper(&["run", "--rm", "--mount", "type=bind,src=/tmp,dst=/c", "busybox", "true"])
         .run()
         .code(125);
     // --rm containers whose start failed are gone.
@@ -412,7 +412,8 @@ fn run_exit_codes() {
 fn refusals() {
     let d = main_daemon();
     let cases: &[(&[&str], &str)] = &[
-        (&["-v", "/etc:/hostetc"], "bind"),
+        // `hyper run -v /etc:/x` uploads the directory into a new volume; a bind is refused.
+        (&["--mount", "type=bind,src=/etc,dst=/hostetc"], "bind"),
         (&["--privileged"], "privileged"),
         (&["--network", "host"], "network"),
         (&["--device", "/dev/kvm"], "device"),

@@ -2,6 +2,7 @@
 //! Docker and Hyper volume APIs and CLIs, docker-compose with a named volume, and the refusals.
 //! Real VMs: a volume is a further disk of the container's VM, mounted by the guest agent.
 
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, OnceLock};
 
 use e2e::*;
@@ -14,13 +15,24 @@ fn main() {
         ("compose_named_volume", compose_named_volume),
         ("volume_api_and_refusals", volume_api_and_refusals),
         ("tenants_and_usage", tenants_and_usage),
+        ("volumes_from_sources", volumes_from_sources),
     ];
     std::process::exit(run_tests(tests));
 }
 
 fn daemon() -> &'static Daemon {
     static D: OnceLock<Arc<Daemon>> = OnceLock::new();
-    D.get_or_init(|| Daemon::start("v", DaemonOpts::default()))
+    D.get_or_init(|| {
+        Daemon::start(
+            "v",
+            DaemonOpts {
+                // The git server of `volumes_from_sources` listens on loopback, which tenant
+                // input may reach only when the operator allows it.
+                extra_args: vec!["--allow-fetch".into(), "127.0.0.1/32".into()],
+                ..DaemonOpts::default()
+            },
+        )
+    })
 }
 
 /// `hyper run --rm -v SPEC busybox sh -c SCRIPT`, its stdout.
@@ -445,4 +457,188 @@ fn tenants_and_usage() {
     d.hyper(&["snapshot", "rm", "psnap"]).run().ok();
     d.hyper(&["volume", "rm", "private"]).run().ok();
     d.hyper_tcp(&bob, &["volume", "rm", "private"]).run().ok();
+}
+
+/// A git repository served by `git daemon` on a loopback port, killed on drop.
+struct GitServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl GitServer {
+    fn start() -> GitServer {
+        let dir = short_tmp("git");
+        let repo = dir.join("site.git");
+        std::fs::create_dir_all(&repo).unwrap();
+        let git = |args: &[&str]| {
+            Cmd::new("git", &[&["-C", repo.to_str().unwrap()][..], args].concat())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", dir.to_str().unwrap())
+                .run()
+                .ok()
+        };
+        git(&["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("README"), "from git\n").unwrap();
+        std::fs::create_dir_all(repo.join("src")).unwrap();
+        std::fs::write(repo.join("src/main.c"), "int main(){}\n").unwrap();
+        git(&["add", "."]);
+        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Its own process group: `git daemon` runs `git-daemon` as a child, which a kill of
+        // `git` alone would leave behind.
+        let child = std::process::Command::new("git")
+            .process_group(0)
+            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", dir.display()))
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        wait_for("git daemon to listen", secs(20.0), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+        });
+        GitServer { child, port, dir }
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group this server leads.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Volumes filled at creation: from a local directory the CLI uploads (`run -v DIR:/p`, whose
+/// volume goes with its container; `volume init`), from a git repository on loopback (allowed
+/// by the operator's `--allow-fetch`); and what is refused: a git URL that fails, an address the
+/// operator did not allow, a source bigger than the volume, a volume in use.
+fn volumes_from_sources() {
+    let d = daemon();
+    let site = short_tmp("site");
+    std::fs::create_dir_all(site.join("img")).unwrap();
+    std::fs::write(site.join("index.html"), "hello site\n").unwrap();
+    std::fs::write(site.join("img/logo.txt"), "logo\n").unwrap();
+    std::os::unix::fs::symlink("index.html", site.join("home.html")).unwrap();
+    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    let spec = format!("{}:/www", site.display());
+    let out = run_with(d, &spec, "cat /www/index.html /www/img/logo.txt; readlink /www/home.html");
+    assert_eq!(out, "hello site\nlogo\nindex.html\n");
+    assert_eq!(
+        d.hyper(&["volume", "ls", "-q"]).run().ok().stdout,
+        before,
+        "the uploaded volume went with its --rm container"
+    );
+
+    // `volume init` into a volume of one's own, from a directory and from git.
+    create_volume(d, "www", &[]);
+    d.hyper(&["volume", "init", &format!("{}:www", site.display())]).timeout(120.0).run().ok();
+    assert_eq!(run_with(d, "www:/w", "cat /w/index.html"), "hello site\n");
+    let git = GitServer::start();
+    create_volume(d, "code", &[]);
+    d.hyper(&["volume", "init", &format!("{}:code", git.url("site.git"))])
+        .timeout(180.0)
+        .run()
+        .ok();
+    let out = run_with(d, "code:/src", "cat /src/README /src/src/main.c; ls -a /src");
+    assert!(out.starts_with("from git\nint main(){}\n"), "{out}");
+    assert!(!out.contains(".git"), "the clone's .git stays out of the volume: {out}");
+
+    // Refused, and the volume keeps its content.
+    let refused: &[(String, &str)] = &[
+        (format!("{}:code", git.url("nosuch.git")), "nosuch"),
+        ("git://192.0.2.1/x.git:code".to_string(), "--allow-fetch"),
+        ("ftp://127.0.0.1/x:code".to_string(), ""),
+    ];
+    for (i, (arg, why)) in refused.iter().enumerate() {
+        let o = d.hyper(&["volume", "init", arg]).timeout(120.0).run();
+        assert_ne!(o.code, 0, "test[{i}] {arg}: {o}");
+        assert!(o.stderr.contains(why), "test[{i}] {arg}: {o}");
+    }
+    assert!(run_with(d, "code:/src", "cat /src/README").starts_with("from git"));
+    // A volume in use is not re-initialised under its container.
+    let holder = d
+        .hyper(&["run", "-d", "-v", "www:/w", "busybox", "sleep", "600"])
+        .run()
+        .ok()
+        .out();
+    let o = d.hyper(&["volume", "init", &format!("{}:www", site.display())]).run();
+    assert!(o.stderr.contains("in use"), "{o}");
+    d.hyper(&["rm", "-f", &holder]).run().ok();
+
+    // A source bigger than the volume: a tar whose entry claims 11 GB, posted straight to
+    // the upload session (hyperd must not trust a tenant's sizes).
+    let init = Cmd::new(
+        "curl",
+        &[
+            "-s", "--unix-socket", d.sock.to_str().unwrap(), "-X", "POST",
+            "-H", "Content-Type: application/json",
+            "-d", r#"{"Reload":false,"Volume":[{"Name":"www","Source":"/from/client"}]}"#,
+            "http://hyper/v1.23/volumes/initialize",
+        ],
+    )
+    .run()
+    .ok()
+    .json();
+    let session = init["Session"].as_str().unwrap().to_string();
+    let url = init["Uploaders"]["www"].as_str().unwrap().to_string();
+    let path = &url[url.find("/volumes/").unwrap()..];
+    let tar = site.join("big.tar");
+    std::fs::write(&tar, huge_tar_header(11 << 30)).unwrap();
+    let up = Cmd::new(
+        "curl",
+        &[
+            "-s", "--unix-socket", d.sock.to_str().unwrap(), "-X", "POST",
+            "-H", "Content-Type: application/x-tar", "--data-binary",
+            &format!("@{}", tar.display()),
+            &format!("http://hyper{path}?cookie={}", init["Cookie"].as_str().unwrap()),
+        ],
+    )
+    .run()
+    .ok();
+    assert_eq!(up.stdout, "", "{up}");
+    let finish = Cmd::new(
+        "curl",
+        &[
+            "-s", "-w", "%{http_code}", "--unix-socket", d.sock.to_str().unwrap(), "-X", "PUT",
+            &format!("http://hyper/v1.23/volumes/uploadfinish?session={session}"),
+        ],
+    )
+    .run()
+    .ok();
+    assert!(finish.stdout.ends_with("400"), "{finish}");
+    assert!(finish.stdout.contains("more than the volume"), "{finish}");
+    assert_eq!(run_with(d, "www:/w", "cat /w/index.html"), "hello site\n");
+
+    for v in ["www", "code"] {
+        d.hyper(&["volume", "rm", v]).run().ok();
+    }
+    let _ = std::fs::remove_dir_all(&site);
+}
+
+/// A ustar header for one regular file of `size` bytes, and no content: what a hostile client
+/// can send in 512 bytes.
+fn huge_tar_header(size: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..8].copy_from_slice(b"big.bin\0");
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    // Past 8 GiB the size field is GNU's base-256: a high bit, then the size big-endian.
+    h[124] = 0x80;
+    h[128..136].copy_from_slice(&size.to_be_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
 }

@@ -87,9 +87,23 @@ struct DaemonArgs {
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
     /// The backend behind the volume driver `hyper` (what Hyper's client sends) and volumes
-    /// created without a driver: `local` (a sparse file per volume under the data root).
+    /// created without a driver: `local` (a sparse file per volume under the data root) or
+    /// `rbd` (Ceph RBD, with --ceph-conf).
     #[arg(long, default_value = "local", env = "HYPERD_VOLUME_DRIVER")]
     volume_driver: String,
+    /// A Ceph cluster for `rbd` volumes (replicated by Ceph): its ceph.conf. Without it only
+    /// `local` volumes exist.
+    #[arg(long)]
+    ceph_conf: Option<std::path::PathBuf>,
+    /// The RBD pool volumes and snapshots are made in.
+    #[arg(long, default_value = "rbd")]
+    ceph_pool: String,
+    /// The Ceph user hyperd and QEMU act as (`client.NAME`, caps `profile rbd pool=POOL`).
+    #[arg(long, default_value = "hyper")]
+    ceph_user: String,
+    /// That user's keyring (default: `ceph.client.NAME.keyring` beside the ceph.conf).
+    #[arg(long)]
+    ceph_keyring: Option<std::path::PathBuf>,
     /// The smallest volume a tenant may create, in GB.
     #[arg(long, default_value_t = 10)]
     volume_size_min: u64,
@@ -374,13 +388,28 @@ fn volumes(
     }
     let local: std::sync::Arc<dyn Backend> =
         std::sync::Arc::new(Local::new(data_root).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let mut backends = vec![local];
+    if let Some(conf) = &args.ceph_conf {
+        let keyring = args.ceph_keyring.clone().unwrap_or_else(|| {
+            conf.with_file_name(format!("ceph.client.{}.keyring", args.ceph_user))
+        });
+        let cfg = node::volumes::rbd::RbdConfig {
+            conf: conf.clone(),
+            pool: args.ceph_pool.clone(),
+            user: args.ceph_user.clone(),
+            keyring,
+        };
+        let rbd = node::volumes::rbd::Rbd::new(cfg, data_root)
+            .map_err(|e| anyhow::anyhow!("--ceph-conf: {e}"))?;
+        backends.push(std::sync::Arc::new(rbd));
+    }
     let sizes = SizeRange {
         min: args.volume_size_min,
         max: args.volume_size_max,
     };
     let uploads = node::volumes::init::Uploads::new(data_root);
     let policy = image::policy::AddressPolicy::new(args.allow_fetch.clone());
-    let volumes = Volumes::new(store, vec![local], &args.volume_driver, sizes, uploads, policy)
+    let volumes = Volumes::new(store, backends, &args.volume_driver, sizes, uploads, policy)
         .map_err(|e| anyhow::anyhow!("--volume-driver: {e}"))?;
     volumes
         .remove_orphans()

@@ -26,9 +26,17 @@ pub const ALLOW_FLAG: &str = "--allow-fetch";
 /// IPv4 ranges refused by default, with the name a refusal gives. First match wins (the
 /// broadcast address sits inside 240/4).
 const REFUSED_V4: &[(Ipv4Addr, u8, &str)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\", unspecified"),
+    (
+        Ipv4Addr::new(0, 0, 0, 0),
+        8,
+        "\"this network\", unspecified",
+    ),
     (Ipv4Addr::new(10, 0, 0, 0), 8, "private"),
-    (Ipv4Addr::new(100, 64, 0, 0), 10, "shared address space (CGNAT)"),
+    (
+        Ipv4Addr::new(100, 64, 0, 0),
+        10,
+        "shared address space (CGNAT)",
+    ),
     (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
     (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
     (Ipv4Addr::new(172, 16, 0, 0), 12, "private"),
@@ -47,9 +55,21 @@ const REFUSED_V4: &[(Ipv4Addr, u8, &str)] = &[
 /// IPv6 ranges refused by default inside 2000::/3 (everything outside it is refused as not
 /// global unicast, after IPv4-mapped and NAT64 addresses are judged by their IPv4 address).
 const REFUSED_V6: &[(Ipv6Addr, u8, &str)] = &[
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32, "documentation"),
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20, "documentation"),
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23, "IETF protocol assignments"),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        "IETF protocol assignments",
+    ),
     (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, "6to4"),
 ];
 
@@ -142,7 +162,9 @@ fn special_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => REFUSED_V4
             .iter()
-            .find(|(net, len, _)| prefix_match(u32::from(v4).into(), u32::from(*net).into(), *len, 32))
+            .find(|(net, len, _)| {
+                prefix_match(u32::from(v4).into(), u32::from(*net).into(), *len, 32)
+            })
             .map(|(_, _, name)| *name),
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
@@ -221,7 +243,9 @@ fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
         match i32::from((*sa).sa_family) {
             libc::AF_INET => {
                 let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
             }
             libc::AF_INET6 => {
                 let sin6 = &*(sa as *const libc::sockaddr_in6);

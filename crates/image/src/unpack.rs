@@ -231,8 +231,7 @@ impl<'a> Unpacker<'a> {
             }
             NodeKind::Symlink(target) => {
                 remove_any(&path)?;
-                std::os::unix::fs::symlink(target, &path)
-                    .ctx(io_err(&path, "creating symlink"))?;
+                std::os::unix::fs::symlink(target, &path).ctx(io_err(&path, "creating symlink"))?;
                 std::os::unix::fs::lchown(&path, Some(node.uid), Some(node.gid))
                     .ctx(io_err(&path, "chown"))?;
                 set_mtime(&path, node.mtime)?;
@@ -348,7 +347,10 @@ fn apply_whiteouts(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Res
         if !is_whiteout(&rel) {
             continue;
         }
-        let name = rel.file_name().and_then(|n| n.to_str()).expect("a whiteout");
+        let name = rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a whiteout");
         let Some(parent) = parent_dir(unpacker.root, &rel, Parents::Lookup)? else {
             continue;
         };

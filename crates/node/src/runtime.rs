@@ -612,10 +612,7 @@ impl Runtime {
             volumes,
             ..vm_spec(&self.cfg, size)
         };
-        if let Err(e) = std::fs::write(
-            dir.join("spec.json"),
-            serde_json::to_vec_pretty(&spec).expect("json"),
-        ) {
+        if let Err(e) = write_private(&dir.join("spec.json"), &serde_json::to_vec_pretty(&spec).expect("json")) {
             self.release_volumes(&c);
             return Err(RuntimeError::io("write spec.json")(e));
         }
@@ -1439,6 +1436,22 @@ async fn create_overlay(disk: &Path, overlay: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Writes `data` to `path` readable by root alone: a spec may hold a volume's Ceph key, and
+/// the directory is the chroot of a QEMU that runs unprivileged.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An older spec may have been made with wider permissions.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(data)
 }
 
 /// The VM part of a container's supervisor spec for `size` (no disk, process or network).

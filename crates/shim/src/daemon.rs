@@ -286,10 +286,12 @@ async fn boot_and_serve(dir: PathBuf, spec: Spec, ready: &mut std::fs::File) -> 
             for f in [paths::AGENT_SOCK, vm::QMP_SOCK] {
                 let _ = std::fs::remove_file(dir.join(f));
             }
-            let cold = Boot::Cold {
-                volumes: crate::volumes::cold(&spec),
-            };
-            match bring_up(&cfg, &cold, None, shim_pid, boot).await {
+            let (volumes, held) = crate::volumes::cold(&spec, &dir)?;
+            let cold = Boot::Cold { volumes };
+            let up = bring_up(&cfg, &cold, None, shim_pid, boot).await;
+            // QEMU is up (it has read the volumes' keys) or gone.
+            drop(held);
+            match up {
                 Ok(u) => u,
                 Err(f) => {
                     return Err(boot_error(&dir, &f.qemu_err, f.qemu_pid, &f.gone, f.what).await)
@@ -319,6 +321,10 @@ async fn standby(
     let t = find_template(&spec, &templates).await?;
     let nic = crate::nic::StandbyNic::new()?;
     let scratch = crate::standby::scratch_disk(&spec, &templates, &standby_dir)?;
+    // Before QEMU starts: a claim's rbd volumes are opened after it has chrooted.
+    if let Err(e) = vm::volume::stage_rbd_module(&standby_dir) {
+        slog!("standby: no rbd module for this VM ({e}): it cannot take rbd volumes");
+    }
     let cfg = crate::template::vm_config(&spec, &standby_dir, &scratch, Some(nic.config()))?;
     let (ro, rw) = open_for_fdset(&scratch, "the scratch disk")?;
     let boot = Boot::Standby {
@@ -511,9 +517,10 @@ fn claim(
         bail!("the container needs template {want}, this standby VM has {template_key}");
     }
     crate::volumes::check(&spec)?;
+    crate::volumes::check_claimable(standby_dir, &spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);
     crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
-    crate::volumes::attach(&qmp, &spec)?;
+    crate::volumes::attach(standby_dir, &spec)?;
     nic.context("the standby's NIC was already given away")?
         .claim(&spec)?;
     crate::standby::set_running(&qmp, true).context("resuming the standby")?;
@@ -729,7 +736,7 @@ async fn restore_from_template(
     );
     let (ro, rw) = open_for_fdset(&spec.root_disk, "the root disk")?;
     crate::template::check_root_disk(&ro)?;
-    let (volumes, volume_files) = crate::volumes::for_restore(spec)?;
+    let (volumes, volume_files) = crate::volumes::for_restore(spec, &cfg.dir)?;
     let boot = Boot::Restore {
         ram: t.ram(),
         root_fds: Some([ro.as_raw_fd(), rw.as_raw_fd()]),

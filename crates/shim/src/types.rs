@@ -71,6 +71,17 @@ pub enum VolumeDisk {
     /// A raw file holding ext4 (sparse; discard frees its blocks), opened by the shim and
     /// handed to QEMU as a descriptor.
     Local { path: PathBuf },
+    /// A Ceph RBD image QEMU opens itself with its `rbd` driver (from `qemu-block-extra`),
+    /// as the Ceph user `user` whose key is `key` (base64, handed to QEMU as a secret object,
+    /// never on its command line), reaching the cluster at `monitors` (`host:port`, msgr2). No
+    /// `ceph.conf` is read: QEMU is chrooted.
+    Rbd {
+        pool: String,
+        image: String,
+        user: String,
+        key: String,
+        monitors: Vec<String>,
+    },
 }
 
 /// Where the VM's NIC plugs in and what the guest configures on it.

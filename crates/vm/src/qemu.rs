@@ -13,8 +13,19 @@
 //! Confinement: everything is opened while QEMU is still root; then QEMU chroots into `DIR`,
 //! switches to the `run_as` user and runs under seccomp (`-sandbox`), so a compromised QEMU can
 //! reach only its own directory.
+//!
+//! Environment ([`Qemu::command_for`]): QEMU runs in `DIR` (its working directory before the
+//! chroot is the one after), with `CEPH_CONF=/dev/null`, so that librados in QEMU (RBD volumes)
+//! reads no `ceph.conf` in any boot: everything it needs is in the block node's options, and a
+//! host's `/etc/ceph/ceph.conf` (its log files, admin sockets, options) would otherwise apply
+//! to the QEMUs that open their images before they chroot and not to those that open them after.
+//! librados takes the path from `CEPH_CONF`; QEMU ignores a failure to read it when it names no
+//! `conf` itself, and after the chroot `/dev/null` does not exist: no configuration either way.
+//! A standby's QEMU may preload the rbd module's libraries (see
+//! [`crate::volume::stage_rbd_module`]).
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::{Accel, Boot, Hypervisor, VmConfig, VmError};
 
@@ -124,6 +135,22 @@ fn is_mac(s: &str) -> bool {
 impl Hypervisor for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    fn command(&self, cfg: &VmConfig) -> Result<Command, VmError> {
+        self.command_for(cfg, &Boot::cold())
+    }
+
+    fn command_for(&self, cfg: &VmConfig, boot: &Boot) -> Result<Command, VmError> {
+        let mut cmd = Command::new(&cfg.binary);
+        cmd.args(self.args_for(cfg, boot)?);
+        cmd.current_dir(&cfg.dir);
+        cmd.env("CEPH_CONF", "/dev/null");
+        if matches!(boot, Boot::Standby { .. }) && crate::volume::rbd_module_staged(&cfg.dir) {
+            cmd.env("LD_PRELOAD", crate::volume::RBD_PRELOAD);
+            cmd.env("QEMU_MODULE_DIR", crate::volume::MODULE_DIR);
+        }
+        Ok(cmd)
     }
 
     fn args(&self, cfg: &VmConfig) -> Result<Vec<String>, VmError> {
@@ -590,6 +617,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn qemu_runs_in_its_directory_without_ceph_conf_and_standbys_preload_rbd() {
+        let dir = std::env::temp_dir().join(format!("vm-qemu-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = cfg(Accel::Tcg);
+        c.dir = dir.clone();
+        let env = |cmd: &Command, k: &str| {
+            cmd.get_envs()
+                .find(|(n, _)| *n == k)
+                .and_then(|(_, v)| v)
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        let standby = Boot::Standby {
+            ram: "/d/templates/k/ram".into(),
+            root_fds: [7, 8],
+        };
+        for boot in [Boot::cold(), standby.clone()] {
+            let cmd = Qemu.command_for(&c, &boot).unwrap();
+            assert_eq!(cmd.get_current_dir(), Some(dir.as_path()));
+            assert_eq!(env(&cmd, "CEPH_CONF").as_deref(), Some("/dev/null"));
+            // Nothing preloaded without the module in the VM's directory.
+            assert_eq!(env(&cmd, "LD_PRELOAD"), None);
+        }
+        std::fs::create_dir_all(dir.join(crate::volume::MODULE_DIR)).unwrap();
+        std::fs::write(dir.join(crate::volume::MODULE_DIR).join("block-rbd.so"), "").unwrap();
+        let cmd = Qemu.command_for(&c, &standby).unwrap();
+        assert_eq!(
+            env(&cmd, "LD_PRELOAD").as_deref(),
+            Some("librbd.so.1:librados.so.2")
+        );
+        assert_eq!(env(&cmd, "QEMU_MODULE_DIR").as_deref(), Some("qemu-modules"));
+        // Only a standby attaches volumes after it has chrooted.
+        let cold = Qemu.command_for(&c, &Boot::cold()).unwrap();
+        assert_eq!(env(&cold, "LD_PRELOAD"), None);
+        assert_eq!(Qemu.command(&c).unwrap().get_current_dir(), Some(dir.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

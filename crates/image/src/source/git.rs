@@ -110,7 +110,7 @@ fn pinned_url(url: &Url, target: &Target) -> Result<Url, SourceError> {
 }
 
 /// The `-c` settings of a clone of `url`; see the module doc for why each.
-fn config(url: &Url, target: &Target) -> Vec<String> {
+pub(super) fn config(url: &Url, target: &Target) -> Vec<String> {
     let mut c = vec![
         "protocol.allow=never".to_string(),
         format!("protocol.{}.allow=always", url.scheme()),
@@ -140,7 +140,7 @@ fn config(url: &Url, target: &Target) -> Vec<String> {
 }
 
 /// The whole `git clone` command, environment included.
-fn command(
+pub(super) fn command(
     url: &Url,
     target: &Target,
     branch: Option<&str>,
@@ -149,7 +149,10 @@ fn command(
 ) -> Result<Command, SourceError> {
     let mut cmd = Command::new("git");
     cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
         .env("HOME", home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -197,7 +200,7 @@ impl Drop for Group {
 }
 
 /// Runs the clone to its end, its size watched and its time bounded.
-async fn run(
+pub(super) async fn run(
     mut cmd: Command,
     tree: &Path,
     limit: u64,

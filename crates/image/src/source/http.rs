@@ -17,7 +17,7 @@ use super::{resolve_checked, SourceError, Target};
 use crate::policy::AddressPolicy;
 
 /// Redirects followed at most (curl's and browsers' limits are higher; a source needs few).
-pub(super) const MAX_REDIRECTS: usize = 5;
+const MAX_REDIRECTS: usize = 5;
 
 /// Downloads `url` into `dest` (created), following up to [`MAX_REDIRECTS`] redirects, and
 /// returns the bytes written. More than `limit` bytes fail, announced or not.
@@ -57,7 +57,7 @@ async fn get(url: &Url, policy: &AddressPolicy) -> Result<Response, SourceError>
 /// A client that connects only to `target`'s checked addresses: no redirects, no proxy (which
 /// would connect elsewhere on our behalf), and a resolver that fails every lookup the pin does
 /// not answer.
-fn pinned_client(target: &Target) -> reqwest::Result<reqwest::Client> {
+pub(super) fn pinned_client(target: &Target) -> reqwest::Result<reqwest::Client> {
     crate::pull::tls_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -123,7 +123,9 @@ async fn save(resp: Response, host: &str, dest: &Path, limit: u64) -> Result<u64
         return Err(too_large(w));
     }
     let io = |what: &str| SourceError::io(format!("{what} {}", dest.display()));
-    let mut file = tokio::fs::File::create(dest).await.map_err(io("creating"))?;
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .map_err(io("creating"))?;
     let mut got = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {

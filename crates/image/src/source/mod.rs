@@ -68,13 +68,10 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    /// The host resolves to (or is) an address the policy refuses.
-    #[error("cannot fetch from {host}")]
-    Refused {
-        host: String,
-        #[source]
-        source: Refused,
-    },
+    /// The host resolves to (or is) an address the policy refuses. The refusal is part of the
+    /// message, not a cause: it is the one thing the tenant must see, however errors are printed.
+    #[error("cannot fetch from {host}: {refused}")]
+    Refused { host: String, refused: Refused },
     /// Connecting, TLS, or the transfer failed (the source has no URL in it: it may hold
     /// credentials).
     #[error("downloading from {host} failed")]
@@ -105,13 +102,12 @@ pub enum SourceError {
         size: u64,
         limit: u64,
     },
-    /// The content is not a tar archive (nor a gzip or zstd compressed one).
+    /// The content is not a tar archive (nor a gzip or zstd compressed one). No cause is kept:
+    /// the tar reader's would quote the bytes that answered.
     #[error("the source is not a tar archive (plain, gzip or zstd), or is empty")]
-    NotTar {
-        #[source]
-        source: io::Error,
-    },
-    /// A tar archive that cannot be read or holds something invalid.
+    NotTar,
+    /// A tar archive that cannot be read or holds something invalid (`reason` quotes nothing
+    /// of the archive but its entry names).
     #[error("invalid tar archive: {reason}")]
     BadArchive { reason: String },
     /// An entry names a path outside the tree (`..`, absolute).
@@ -121,7 +117,9 @@ pub enum SourceError {
     #[error("archive entry {path}: a parent is a symlink or a file, not a directory (entries are never written through links)")]
     ParentNotDir { path: String },
     /// An entry of a kind a volume source may not hold.
-    #[error("archive entry {path} is {kind}; volume sources hold files, directories and links only")]
+    #[error(
+        "archive entry {path} is {kind}; volume sources hold files, directories and links only"
+    )]
     Unsupported { path: String, kind: String },
     /// git clone failed; `message` is git's own error, trimmed.
     #[error("git clone failed: {message}")]
@@ -228,9 +226,9 @@ async fn resolve_checked(url: &Url, policy: &AddressPolicy) -> Result<Target, So
     for a in &addrs {
         policy
             .check(a.ip())
-            .map_err(|source| SourceError::Refused {
+            .map_err(|refused| SourceError::Refused {
                 host: host.clone(),
-                source,
+                refused,
             })?;
     }
     Ok(Target {
@@ -248,7 +246,10 @@ async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, SourceError> {
         source,
     };
     let mut addrs: Vec<SocketAddr> = Vec::new();
-    for a in tokio::net::lookup_host((host, port)).await.map_err(resolve)? {
+    for a in tokio::net::lookup_host((host, port))
+        .await
+        .map_err(resolve)?
+    {
         if !addrs.contains(&a) {
             addrs.push(a);
         }

@@ -128,6 +128,9 @@ fn upload_reads_long_names_and_pax_records() {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_size(4);
     // A GNU long name (the name is over 100 bytes).
     b.append_data(&mut h.clone(), &long, &b"long"[..]).unwrap();
@@ -389,11 +392,21 @@ fn answer(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
 }
 
 fn redirect(to: String) -> Vec<u8> {
-    answer("302 Found", &[("Location", to), ("Content-Length", "0".into())], b"")
+    answer(
+        "302 Found",
+        &[("Location", to), ("Content-Length", "0".into())],
+        b"",
+    )
 }
 
 fn routes(path: &str, me: SocketAddr) -> Vec<u8> {
-    let sized = |body: &[u8]| answer("200 OK", &[("Content-Length", body.len().to_string())], body);
+    let sized = |body: &[u8]| {
+        answer(
+            "200 OK",
+            &[("Content-Length", body.len().to_string())],
+            body,
+        )
+    };
     match path {
         "/site.tar.gz" => sized(&gzip(&directory_tar())),
         "/hop" => redirect("/site.tar.gz".into()),
@@ -432,7 +445,10 @@ async fn fetches_a_tarball_directly_and_through_redirects() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().all(|n| !n.contains("download")), "test[{i}]: {names:?}");
+        assert!(
+            names.iter().all(|n| !n.contains("download")),
+            "test[{i}]: {names:?}"
+        );
     }
 }
 
@@ -448,7 +464,7 @@ async fn fetch_failures_say_what_to_fix_and_nothing_of_the_answer() {
             server.url("/site.tar.gz"),
             &default,
             1 << 20,
-            format!("cannot fetch from 127.0.0.1: refused: address 127.0.0.1 (loopback) is not allowed for volume sources; the operator can allow it with --allow-fetch 127.0.0.1/32"),
+            "cannot fetch from 127.0.0.1: refused: address 127.0.0.1 (loopback) is not allowed for volume sources; the operator can allow it with --allow-fetch 127.0.0.1/32".into(),
         ),
         (
             format!("http://localhost:{port}/site.tar.gz"),
@@ -501,10 +517,16 @@ async fn fetch_failures_say_what_to_fix_and_nothing_of_the_answer() {
     ];
     for (i, (url, policy, limit, want)) in cases.iter().enumerate() {
         let w = Work::new("fetch-bad");
-        let err = fetch_into(url, &w.tree(), *limit, policy).await.unwrap_err();
+        let err = fetch_into(url, &w.tree(), *limit, policy)
+            .await
+            .unwrap_err();
         let msg = chain(&err);
         assert!(msg.contains(want.as_str()), "test[{i}]: {msg}");
         assert!(!msg.contains("SECRET"), "test[{i}]: {msg}");
+        // A refusal reads whole without its causes too (`format!("{e}")`).
+        if want.contains("refused") {
+            assert!(err.to_string().contains(want.as_str()), "test[{i}]: {err}");
+        }
     }
 }
 
@@ -551,10 +573,16 @@ impl GitDaemon {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("git")
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+        // git-daemon itself, not `git daemon`: the `git` wrapper runs it as a child and would
+        // leave it behind when killed.
+        let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+        let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let daemon = GitDaemon { child, port };
@@ -590,12 +618,18 @@ async fn clones_a_git_repository_without_its_history() {
         .await
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
     let t = w.tree();
-    assert_eq!(fs::read_to_string(t.join("README")).unwrap(), "hello from git\n");
+    assert_eq!(
+        fs::read_to_string(t.join("README")).unwrap(),
+        "hello from git\n"
+    );
     assert_eq!(fs::read(t.join("src/lib.txt")).unwrap().len(), 3000);
     assert!(!t.join(".git").exists());
     assert!(!t.join("OTHER").exists());
     assert_eq!(size, tree_size(&t).unwrap());
-    let left: Vec<_> = fs::read_dir(&w.dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&w.dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left.len(), 2, "git's HOME was not removed: {left:?}");
 
     let w = Work::new("git-branch");
@@ -678,10 +712,15 @@ async fn git_failures_are_refused_or_explained() {
     ];
     for (i, (url, policy, limit, want)) in cases.iter().enumerate() {
         let w = Work::new("git-bad");
-        let err = fetch_into(url, &w.tree(), *limit, policy).await.unwrap_err();
+        let err = fetch_into(url, &w.tree(), *limit, policy)
+            .await
+            .unwrap_err();
         let msg = chain(&err);
         assert!(msg.contains(want), "test[{i}]: {msg}");
-        assert!(!msg.contains("SECRET") && !msg.contains("HTTP"), "test[{i}]: {msg}");
+        assert!(
+            !msg.contains("SECRET") && !msg.contains("HTTP"),
+            "test[{i}]: {msg}"
+        );
     }
 }
 
@@ -710,4 +749,78 @@ fn git_stderr_is_trimmed_for_the_tenant() {
     let long = format!("fatal: {}", "é".repeat(500));
     let got = git::tenant_message(&long, &[]);
     assert_eq!(got.chars().count(), 203, "{got}");
+}
+
+/// A name no resolver knows, pinned to `addr`: what `resolve_checked` makes of a host name.
+fn pinned(addr: SocketAddr) -> Target {
+    Target {
+        host: "pinned.invalid".into(),
+        port: addr.port(),
+        addrs: vec![addr],
+        literal: false,
+    }
+}
+
+#[tokio::test]
+async fn http_clients_connect_only_where_pinned() {
+    let server = Server::start(routes);
+    let client = http::pinned_client(&pinned(server.addr)).unwrap();
+    let url = format!("http://pinned.invalid:{}/site.tar.gz", server.addr.port());
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Any other name fails instead of being looked up.
+    let other = format!("http://localhost:{}/site.tar.gz", server.addr.port());
+    let err = client.get(&other).send().await.unwrap_err();
+    assert!(
+        chain(&err).contains("localhost was not resolved and checked first"),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[tokio::test]
+async fn git_over_http_connects_only_where_pinned() {
+    let server = Server::start(routes);
+    let w = Work::new("git-pin");
+    let home = w.dir.0.join("home");
+    fs::create_dir(&home).unwrap();
+    let url: Url = format!("http://pinned.invalid:{}/repo.git", server.addr.port())
+        .parse()
+        .unwrap();
+    let target = pinned(server.addr);
+    let cmd = git::command(&url, &target, None, &w.tree(), &home).unwrap();
+    let err = git::run(cmd, &w.tree(), 1 << 20, &[]).await.unwrap_err();
+    // The test server answers 404 to git's first request: the name reached it through the pin.
+    let msg = chain(&err);
+    assert!(
+        msg.contains("repository") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert!(!msg.contains("resolve"), "{msg}");
+}
+
+#[test]
+fn git_settings_allow_one_scheme_and_pin_names() {
+    let target = Target {
+        host: "example.com".into(),
+        port: 443,
+        addrs: vec![
+            "93.184.215.14:443".parse().unwrap(),
+            "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"
+                .parse()
+                .unwrap(),
+        ],
+        literal: false,
+    };
+    let url: Url = "https://example.com/r.git".parse().unwrap();
+    let c = git::config(&url, &target);
+    for want in [
+        "protocol.allow=never",
+        "protocol.https.allow=always",
+        "http.followRedirects=false",
+        "http.curloptResolve=example.com:443:93.184.215.14,[2606:2800:21f:cb07:6820:80da:af6b:8b2c]",
+    ] {
+        assert!(c.iter().any(|s| s == want), "{want} missing from {c:?}");
+    }
+    assert!(!c.iter().any(|s| s.starts_with("protocol.git.")), "{c:?}");
 }

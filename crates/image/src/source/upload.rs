@@ -40,23 +40,20 @@ const HEADER: u64 = 512;
 pub fn unpack_upload(tar: &Path, tree: &Path, limit_bytes: u64) -> Result<u64, SourceError> {
     let reader = crate::layer::open_decompressed(tar)?;
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|source| SourceError::NotTar { source })?
-        .raw(true);
+    let entries = archive.entries().map_err(not_tar)?.raw(true);
     let mut unpacker = Unpacker::new(tree, Parents::Refuse);
     let mut budget = Budget {
         used: 0,
         limit: limit_bytes,
     };
     let mut pending = Pending::default();
-    let mut seen = false;
+    let mut seen = 0usize;
     for entry in entries {
         let mut entry = entry.map_err(|e| match seen {
-            false => SourceError::NotTar { source: e },
-            true => bad(e),
+            0 => not_tar(e),
+            n => unreadable(n, e),
         })?;
-        seen = true;
+        seen += 1;
         budget.charge(HEADER)?;
         if pending.absorb(&mut entry, &mut budget)? {
             continue;
@@ -65,9 +62,8 @@ pub fn unpack_upload(tar: &Path, tree: &Path, limit_bytes: u64) -> Result<u64, S
         budget.charge(ENTRY_OVERHEAD.saturating_add(entry.size()))?;
         write_entry(&mut unpacker, &mut entry, said)?;
     }
-    if !seen {
-        let empty = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no entries");
-        return Err(SourceError::NotTar { source: empty });
+    if seen == 0 {
+        return Err(SourceError::NotTar);
     }
     if pending != Pending::default() {
         return Err(bad("the archive ends with a long name or pax header"));
@@ -80,6 +76,28 @@ fn bad(reason: impl ToString) -> SourceError {
     SourceError::BadArchive {
         reason: reason.to_string(),
     }
+}
+
+/// The tar reader's errors quote the bytes they choke on, which may be anything that answered
+/// a URL: they go to the log, the tenant gets a fixed text.
+fn not_tar(e: std::io::Error) -> SourceError {
+    tracing::debug!(error = %e, "not a tar archive");
+    SourceError::NotTar
+}
+
+fn unreadable(entries_read: usize, e: std::io::Error) -> SourceError {
+    tracing::debug!(error = %e, entries_read, "unreadable tar entry");
+    bad(format!(
+        "the entry after the first {entries_read} cannot be read"
+    ))
+}
+
+/// A header field that does not parse; the field's bytes are not quoted (see [`not_tar`]).
+fn bad_field(rel: &Path, field: &str) -> SourceError {
+    bad(format!(
+        "{}: the {field} field does not parse",
+        rel.display()
+    ))
 }
 
 /// Bytes charged against the volume's size so far.
@@ -121,8 +139,8 @@ impl Pending {
     /// of its own (false). Global pax headers are skipped: nothing here uses their defaults.
     fn absorb(&mut self, entry: &mut RawEntry, budget: &mut Budget) -> Result<bool, SourceError> {
         match entry.header().entry_type() {
-            tar::EntryType::GNULongName => self.path = Some(read_extension(entry, budget)?),
-            tar::EntryType::GNULongLink => self.link = Some(read_extension(entry, budget)?),
+            tar::EntryType::GNULongName => self.path = Some(read_long_name(entry, budget)?),
+            tar::EntryType::GNULongLink => self.link = Some(read_long_name(entry, budget)?),
             tar::EntryType::XHeader => self.pax(&read_extension(entry, budget)?)?,
             tar::EntryType::XGlobalHeader => budget.charge(entry.size())?,
             _ => return Ok(false),
@@ -173,6 +191,15 @@ fn read_extension(entry: &mut RawEntry, budget: &mut Budget) -> Result<Vec<u8>, 
     Ok(data)
 }
 
+/// A GNU long name or link name, without the NULs that end it.
+fn read_long_name(entry: &mut RawEntry, budget: &mut Budget) -> Result<Vec<u8>, SourceError> {
+    let mut name = read_extension(entry, budget)?;
+    while name.last() == Some(&0) {
+        name.pop();
+    }
+    Ok(name)
+}
+
 /// A path from header bytes (no NUL: the kernel would cut it there).
 fn bytes_path(bytes: &[u8]) -> Result<PathBuf, SourceError> {
     if bytes.contains(&0) {
@@ -202,17 +229,20 @@ fn write_entry(
     let id = |v: u64| u32::try_from(v).map_err(|_| bad(format!("{}: owner {v}", rel.display())));
     let uid = id(match said.uid {
         Some(u) => u,
-        None => h.uid().map_err(bad)?,
+        None => h.uid().map_err(|_| bad_field(&rel, "uid"))?,
     })?;
     let gid = id(match said.gid {
         Some(g) => g,
-        None => h.gid().map_err(bad)?,
+        None => h.gid().map_err(|_| bad_field(&rel, "gid"))?,
     })?;
-    let mode = h.mode().map_err(bad)?;
+    let mode = h.mode().map_err(|_| bad_field(&rel, "mode"))?;
     let mtime = said.mtime.unwrap_or_else(|| h.mtime().unwrap_or(0));
     let link = match said.link {
         Some(l) => Some(bytes_path(&l)?),
-        None => entry.link_name_bytes().map(|l| bytes_path(&l)).transpose()?,
+        None => entry
+            .link_name_bytes()
+            .map(|l| bytes_path(&l))
+            .transpose()?,
     };
     let kind = node_kind(entry.header().entry_type(), &rel, link, said.sparse)?;
     let node = Node {
@@ -249,6 +279,11 @@ fn node_kind(
         tar::EntryType::Char => return Err(refuse("a character device")),
         tar::EntryType::Block => return Err(refuse("a block device")),
         tar::EntryType::Fifo => return Err(refuse("a fifo")),
-        other => return Err(refuse(&format!("a tar entry of type {:?}", other.as_byte() as char))),
+        other => {
+            return Err(refuse(&format!(
+                "a tar entry of type {:?}",
+                other.as_byte() as char
+            )))
+        }
     })
 }

@@ -18,6 +18,18 @@ pub struct InitAnswer {
     pub uploads: Vec<(String, String)>,
 }
 
+/// An error and its causes, `outer: inner`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Holder name of a volume being initialised (shown where a container id would be).
 const INITIALISING: &str = "initialising";
 
@@ -47,7 +59,7 @@ impl Runtime {
                         image::source::fetch_into(&source, &tree, limit, &policy)
                             .await
                             .map(|_| ())
-                            .map_err(|e| format!("{e}"))
+                            .map_err(|e| chain(&e))
                     }
                 })
                 .await?;
@@ -98,7 +110,7 @@ impl Runtime {
                             .await
                             .map_err(|e| e.to_string())?
                             .map(|_| ())
-                            .map_err(|e| format!("{e}"))
+                            .map_err(|e| chain(&e))
                         }
                     })
                     .await
@@ -141,7 +153,7 @@ impl Runtime {
     {
         std::fs::create_dir_all(tree).map_err(RuntimeError::io("creating the source tree"))?;
         fill(tree).await.map_err(|e| {
-            RuntimeError::Invalid(format!("initialising volume {} : {e}", v.name))
+            RuntimeError::Invalid(format!("initialising volume {}: {e}", v.name))
         })?;
         let size = image::source::tree_size(tree).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         // ext4's own metadata (inode tables, journal) takes a few percent of the disk.

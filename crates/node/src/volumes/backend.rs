@@ -84,7 +84,7 @@ impl Local {
 }
 
 /// An ext4 file system of `bytes` in a new sparse file at `disk`, holding `tree` or nothing.
-fn make_ext4(disk: &Path, bytes: u64, tree: Option<&Path>) -> BackendResult<()> {
+pub(super) fn make_ext4(disk: &Path, bytes: u64, tree: Option<&Path>) -> BackendResult<()> {
     if let Some(tree) = tree {
         return vm::ext4::make_from_tree(tree, disk, bytes, "hyper-volume", None).map_err(BackendError);
     }

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod init;
 pub mod model;
+pub mod rbd;
 pub mod request;
 
 use std::collections::{BTreeMap, HashMap};
