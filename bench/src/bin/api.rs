@@ -88,6 +88,7 @@ fn record(tenant: &str, n: usize) -> Container {
         },
         restart_count: 0,
         endpoint: None,
+        mounts: Vec::new(),
     }
 }
 

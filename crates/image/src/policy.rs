@@ -9,9 +9,10 @@
 //!
 //! The default allows public unicast addresses only: everything in IANA's special-purpose
 //! registries that is not globally reachable is refused, and so is every address of this
-//! node's own interfaces (DESIGN, Decided 12: the node's own addresses and loopback are never
-//! reachable from tenant input). The operator widens it with CIDRs (`--allow-fetch`), for a
-//! registry or git server on a private network, or on loopback in tests.
+//! node's own interfaces, public ones included (DESIGN, Decided 12: the node's own addresses and
+//! loopback are never reachable from tenant input). The operator widens it with CIDRs
+//! (`--allow-fetch`), for a registry or git server on a private network, or on loopback in
+//! tests; what the operator allows is allowed, whatever it covers.
 
 use std::fmt;
 use std::io;
@@ -111,7 +112,8 @@ pub struct AddressPolicy {
 
 impl AddressPolicy {
     /// The default policy widened by `allowed` (an address inside any of them is allowed,
-    /// whatever range it is in).
+    /// whatever range it is in, the node's own addresses included: allow the one server, a
+    /// /32 or /128, rather than a range the node sits in).
     pub fn new(allowed: Vec<IpNet>) -> AddressPolicy {
         AddressPolicy { allowed }
     }

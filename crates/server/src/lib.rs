@@ -35,13 +35,14 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, events, exec, fips, images, networks, services, sg, snapshots,
+        admin, containers as c, df, events, exec, fips, images, networks, services, sg, snapshots,
         system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/system/df", get(df::df))
         .route("/usage", get(usage::usage))
         .route("/events", get(events::events))
         .route("/events/ws", get(events::events_ws))

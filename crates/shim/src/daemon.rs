@@ -674,6 +674,20 @@ async fn serve(
         } else {
             slog!("VM did not sync or power off in 5s: killing QEMU");
         }
+        // A VM with RBD volumes is stopped with SIGTERM first: QEMU then exits cleanly, closing
+        // its disks, and librbd releases each image's exclusive lock and watch. After a SIGKILL
+        // they stay until the watch times out on the OSDs (30 s), and the next VM that opens
+        // the image waits that long to write (a restore's `block_resize` waits for the lock).
+        // The guest has synced: nothing of the container's is left in librbd's cache either way.
+        if crate::volumes::has_rbd(&shim.spec) && shim.qemu_alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(shim.qemu_pid as i32),
+                nix::sys::signal::SIGTERM,
+            );
+            let mut gone = gone_rx.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
+        }
         shim.kill_qemu();
         let mut gone = gone_rx.clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;

@@ -218,14 +218,17 @@ impl Drop for Held {
     }
 }
 
+/// Whether any volume of `spec` is an RBD image.
+pub fn has_rbd(spec: &Spec) -> bool {
+    spec.volumes
+        .iter()
+        .any(|v| matches!(v.disk, VolumeDisk::Rbd { .. }))
+}
+
 /// Refuse, before anything of a standby VM in `dir` is given away (and before [`attach`]), a
 /// claim whose RBD volumes it could not open: its QEMU needs the rbd module staged (`vm::volume::stage_rbd_module`).
 pub fn check_claimable(dir: &Path, spec: &Spec) -> Result<()> {
-    let rbd = spec
-        .volumes
-        .iter()
-        .any(|v| matches!(v.disk, VolumeDisk::Rbd { .. }));
-    if rbd && !vm::volume::rbd_module_staged(dir) {
+    if has_rbd(spec) && !vm::volume::rbd_module_staged(dir) {
         bail!("this standby VM cannot open rbd volumes (QEMU's rbd module, from qemu-block-extra, was not there when it started)");
     }
     Ok(())

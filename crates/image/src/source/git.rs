@@ -222,9 +222,9 @@ pub(super) async fn run(
     group.0 = None;
     let stderr = stderr.await.unwrap_or_default();
     if !status.success() {
-        return Err(SourceError::Git {
-            message: tenant_message(&stderr, secrets),
-        });
+        let message = tenant_message(&stderr, secrets)
+            .unwrap_or_else(|| format!("git ended ({status}) without saying why"));
+        return Err(SourceError::Git { message });
     }
     Ok(())
 }
@@ -263,8 +263,9 @@ async fn read_kept(mut r: impl AsyncRead + Unpin) -> String {
 
 /// What of git's stderr a tenant sees: its `fatal:` and `error:` lines (not `remote:` lines or
 /// progress), each cut short; a protocol error loses what git quotes of the answer (the first
-/// bytes of whatever listens on that port), and `secrets` are masked.
-pub(super) fn tenant_message(stderr: &str, secrets: &[String]) -> String {
+/// bytes of whatever listens on that port), and `secrets` are masked. `None` if git said
+/// nothing of the kind.
+pub(super) fn tenant_message(stderr: &str, secrets: &[String]) -> Option<String> {
     let lines: Vec<String> = stderr
         .lines()
         .map(str::trim)
@@ -279,11 +280,7 @@ pub(super) fn tenant_message(stderr: &str, secrets: &[String]) -> String {
         })
         .take(MESSAGE_LINES)
         .collect();
-    if lines.is_empty() {
-        "git gave no reason".to_string()
-    } else {
-        lines.join("; ")
-    }
+    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 /// `s` cut to at most `max` characters, marked when cut.

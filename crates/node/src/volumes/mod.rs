@@ -230,7 +230,8 @@ impl Volumes {
             labels: req.labels,
             options: req.options,
             created: Utc::now(),
-            anonymous: req.anonymous,
+            // Docker's rule: a volume created without a name is anonymous (`prune` takes it).
+            anonymous: req.anonymous || req.name.is_empty(),
         };
         let made = match &from {
             Some(s) => backend.create_from_snapshot(&volume.id, &s.id, volume.bytes()),

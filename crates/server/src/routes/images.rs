@@ -27,7 +27,7 @@ fn created_unix(v: &ImageView) -> i64 {
         .unwrap_or(0)
 }
 
-fn summary(v: &ImageView) -> Value {
+pub(crate) fn summary(v: &ImageView) -> Value {
     json!({
         "Id": v.info.id,
         "ParentId": "",

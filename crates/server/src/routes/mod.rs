@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod containers;
+pub mod df;
 pub mod events;
 pub mod exec;
 pub mod fips;
