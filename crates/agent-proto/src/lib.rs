@@ -542,6 +542,21 @@ mod tests {
                     resolv_conf: "nameserver 172.16.0.1\n".into(),
                     hosts: vec!["172.16.0.6\tdb".into()],
                 }),
+                volumes: vec![VolumeMount {
+                    slot: 2,
+                    target: "/data".into(),
+                    read_only: true,
+                    copy_up: false,
+                    size_bytes: 10 << 30,
+                }],
+            },
+            HostMsg::Freeze {
+                req_id: 9,
+                targets: vec!["/data".into()],
+            },
+            HostMsg::Thaw {
+                req_id: 10,
+                targets: vec!["/data".into()],
             },
             HostMsg::Exec {
                 stream: 3,
@@ -570,6 +585,7 @@ mod tests {
             assert_eq!(&f.host_msg().unwrap(), m, "test[{i}]");
         }
         let guest = [
+            GuestMsg::Done { req_id: 9 },
             GuestMsg::Ready {
                 version: 1,
                 kernel_release: "6.1".into(),

@@ -23,9 +23,13 @@ fn hyper_client(sent: &SentUri) -> bool {
     let Some(version) = path.strip_prefix("/v").and_then(|p| p.split('/').next()) else {
         return false;
     };
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) <= (1, 23)
+    let Some((major, minor)) = version.split_once('.') else {
+        return false;
+    };
+    match (major.parse::<u32>(), minor.parse::<u32>()) {
+        (Ok(major), Ok(minor)) => (major, minor) <= (1, 23),
+        _ => false,
+    }
 }
 
 /// Docker's `Volume` object.
