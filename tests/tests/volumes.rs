@@ -450,6 +450,15 @@ fn tenants_and_usage() {
     }
     // Bob's own volume of that name is his, not Alice's.
     create_volume_as(d, &bob, "private");
+    // Quotas: counted in the same transaction as the record.
+    let q = d.tenant_admin(&["quota", "bobv", "--volumes", "2", "--volume-gb", "25"]);
+    assert!(q.stdout.contains("2 volumes, 25 GB of volumes"), "{q}");
+    let o = d.hyper_tcp(&bob, &["volume", "create", "--name", "big", "--size", "20"]).run();
+    assert!(o.code != 0 && o.stderr.contains("quota exceeded") && o.stderr.contains("GB of volumes"), "{o}");
+    create_volume_as(d, &bob, "second");
+    let o = d.hyper_tcp(&bob, &["volume", "create", "--name", "third"]).run();
+    assert!(o.code != 0 && o.stderr.contains("at most 2 volumes"), "{o}");
+    d.hyper_tcp(&bob, &["volume", "rm", "second"]).run().ok();
     assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.matches("private").count(), 1);
     let usage = d.hyper(&["usage"]).run().ok().stdout;
     assert!(usage.contains("volume") && usage.contains("private"), "{usage}");

@@ -165,7 +165,8 @@ enum TenantCommand {
     Revoke { access_key: String },
     /// Issue a new key pair for the tenant and revoke all its others.
     Rotate { name: String },
-    /// Show or change a tenant's quotas (Hyper's defaults: 10 containers, 2 FIPs, 5 services).
+    /// Show or change a tenant's quotas (defaults: 10 containers, 2 FIPs, 5 services, 40
+    /// volumes, 1000 GB of volumes, 40 snapshots).
     Quota {
         name: String,
         #[arg(long)]
@@ -174,6 +175,13 @@ enum TenantCommand {
         fips: Option<u64>,
         #[arg(long)]
         services: Option<u64>,
+        #[arg(long)]
+        volumes: Option<u64>,
+        /// GB of volumes, all together.
+        #[arg(long)]
+        volume_gb: Option<u64>,
+        #[arg(long)]
+        snapshots: Option<u64>,
     },
 }
 
@@ -201,8 +209,21 @@ fn main() {
                         containers,
                         fips,
                         services,
+                        volumes,
+                        volume_gb,
+                        snapshots,
                     },
-            }) => tenant_quota(&cli.data_root, &socket, &name, containers, fips, services).await,
+            }) => {
+                let change = node::quota::QuotaChange {
+                    containers,
+                    fips,
+                    services,
+                    volumes,
+                    volume_gb,
+                    snapshots,
+                };
+                tenant_quota(&cli.data_root, &socket, &name, change).await
+            }
             Some(Command::Tenant { socket, command }) => tenant_admin(&socket, command).await,
             None => run(cli.data_root, cli.daemon).await,
         }
@@ -421,13 +442,11 @@ async fn tenant_quota(
     data_root: &std::path::Path,
     socket: &std::path::Path,
     name: &str,
-    containers: Option<u64>,
-    fips: Option<u64>,
-    services: Option<u64>,
+    change: node::quota::QuotaChange,
 ) -> anyhow::Result<()> {
-    let change = serde_json::json!({"containers": containers, "fips": fips, "services": services});
+    let body = serde_json::to_value(change)?;
     let quotas: node::quota::Quotas =
-        match admin_client::post(socket, &format!("/admin/tenants/{name}/quota"), change).await? {
+        match admin_client::post(socket, &format!("/admin/tenants/{name}/quota"), body).await? {
             Some(reply) => serde_json::from_value(reply)?,
             None => {
                 let store = open_store(data_root)?;
@@ -437,17 +456,12 @@ async fn tenant_quota(
                     );
                 }
                 let mut quotas = node::quota::load(store.as_ref(), name)?;
-                quotas.containers = containers.unwrap_or(quotas.containers);
-                quotas.fips = fips.unwrap_or(quotas.fips);
-                quotas.services = services.unwrap_or(quotas.services);
+                change.apply(&mut quotas);
                 store.put(&node::quota::quotas_key(name), serde_json::to_vec(&quotas)?)?;
                 quotas
             }
         };
-    println!(
-        "tenant {name}: {} containers, {} floating IPs, {} services",
-        quotas.containers, quotas.fips, quotas.services
-    );
+    println!("tenant {name}: {quotas}");
     Ok(())
 }
 

@@ -33,6 +33,41 @@ impl Default for Quotas {
     }
 }
 
+/// An operator's change of some quotas (`hyperd tenant quota`): the fields given replace the
+/// current ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaChange {
+    pub containers: Option<u64>,
+    pub fips: Option<u64>,
+    pub services: Option<u64>,
+    pub volumes: Option<u64>,
+    pub volume_gb: Option<u64>,
+    pub snapshots: Option<u64>,
+}
+
+impl QuotaChange {
+    pub fn apply(&self, q: &mut Quotas) {
+        let set = |field: &mut u64, v: Option<u64>| *field = v.unwrap_or(*field);
+        set(&mut q.containers, self.containers);
+        set(&mut q.fips, self.fips);
+        set(&mut q.services, self.services);
+        set(&mut q.volumes, self.volumes);
+        set(&mut q.volume_gb, self.volume_gb);
+        set(&mut q.snapshots, self.snapshots);
+    }
+}
+
+impl std::fmt::Display for Quotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} containers, {} floating IPs, {} services, {} volumes, {} GB of volumes, {} snapshots",
+            self.containers, self.fips, self.services, self.volumes, self.volume_gb, self.snapshots
+        )
+    }
+}
+
 pub fn quotas_key(tenant: &str) -> String {
     format!("/quotas/{tenant}")
 }

@@ -47,19 +47,11 @@ pub async fn set_quota(
             format!("no tenant {name:?}"),
         ));
     }
+    let change: node::quota::QuotaChange = serde_json::from_value(change)
+        .map_err(|e| ApiError::bad_request(format!("invalid quota change: {e}")))?;
     let store = app.runtime.store();
     let mut quotas = node::quota::load(store.as_ref(), &name)?;
-    let field = |key: &str, current: u64| -> ApiResult<u64> {
-        match &change[key] {
-            Value::Null => Ok(current),
-            v => v.as_u64().ok_or_else(|| {
-                ApiError::bad_request(format!("{key} must be a non-negative integer"))
-            }),
-        }
-    };
-    quotas.containers = field("containers", quotas.containers)?;
-    quotas.fips = field("fips", quotas.fips)?;
-    quotas.services = field("services", quotas.services)?;
+    change.apply(&mut quotas);
     store.put(
         &node::quota::quotas_key(&name),
         serde_json::to_vec(&quotas).expect("json"),
