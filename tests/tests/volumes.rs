@@ -79,6 +79,26 @@ fn data_outlives_containers() {
     let out = run_with(d, "nocopy:/etc:nocopy", "ls /etc");
     assert_eq!(out.trim(), "lost+found");
 
+    // --mount, read-only; and Hyper's label that turns anonymous volumes off.
+    let out = d
+        .hyper(&[
+            "run", "--rm", "--mount", "type=volume,source=notes,target=/m,readonly",
+            "busybox", "sh", "-c", "cat /m/f; touch /m/x 2>&1 | grep -c Read-only",
+        ])
+        .run()
+        .ok()
+        .stdout;
+    assert_eq!(out, "kept\n1\n");
+    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    let id = d
+        .hyper(&["create", "-v", "/nothing", "--label", "sh_hyper_noauto_volume=true", "busybox", "true"])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(d.inspect(&id)["Mounts"], serde_json::json!([]));
+    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout, before);
+    d.hyper(&["rm", &id]).run().ok();
+
     // Read-only.
     let o = d
         .hyper(&["run", "--rm", "-v", "notes:/data:ro", "busybox", "sh", "-c", "echo x > /data/g"])
