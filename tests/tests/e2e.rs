@@ -397,9 +397,16 @@ fn run_exit_codes() {
         .run()
         .code(125);
     assert!(o.stderr.contains("name"), "{o}");
-    d.hyper(&["run", "--rm", "--mount", "type=bind,src=/tmp,dst=/c", "busybox", "true"])
-        .run()
-        .code(125);
+    d.hyper(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=bind,src=/tmp,dst=/c",
+        "busybox",
+        "true",
+    ])
+    .run()
+    .code(125);
     // --rm containers whose start failed are gone.
     let o = d.hyper(&["ps", "-a", "--no-trunc"]).run().ok();
     for c in ["nosuch", "/etc/passwd", "bad name"] {

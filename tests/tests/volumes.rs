@@ -52,7 +52,10 @@ fn create_volume(d: &Daemon, name: &str, extra: &[&str]) {
 }
 
 fn create_volume_as(d: &Daemon, tenant: &std::path::Path, name: &str) {
-    let o = d.hyper_tcp(tenant, &["volume", "create", "--name", name]).run().ok();
+    let o = d
+        .hyper_tcp(tenant, &["volume", "create", "--name", name])
+        .run()
+        .ok();
     assert_eq!(o.out(), name);
 }
 
@@ -70,9 +73,17 @@ fn data_outlives_containers() {
 
     // An empty volume over an image directory gets its files once: what the container leaves
     // there (here, after removing everything, lost+found included) is what the next one sees.
-    let out = run_with(d, "etccopy:/etc", "cat /etc/passwd | head -1; ls /etc | wc -l");
+    let out = run_with(
+        d,
+        "etccopy:/etc",
+        "cat /etc/passwd | head -1; ls /etc | wc -l",
+    );
     assert!(out.starts_with("root:"), "{out}");
-    let out = run_with(d, "etccopy:/etc", "rm -rf /etc/*; echo mine > /etc/only; sync");
+    let out = run_with(
+        d,
+        "etccopy:/etc",
+        "rm -rf /etc/*; echo mine > /etc/only; sync",
+    );
     assert_eq!(out, "");
     assert_eq!(run_with(d, "etccopy:/etc", "ls /etc").trim(), "only");
     // nocopy: not copied.
@@ -82,8 +93,14 @@ fn data_outlives_containers() {
     // --mount, read-only; and Hyper's label that turns anonymous volumes off.
     let out = d
         .hyper(&[
-            "run", "--rm", "--mount", "type=volume,source=notes,target=/m,readonly",
-            "busybox", "sh", "-c", "cat /m/f; touch /m/x 2>&1 | grep -c Read-only",
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,source=notes,target=/m,readonly",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /m/f; touch /m/x 2>&1 | grep -c Read-only",
         ])
         .run()
         .ok()
@@ -91,7 +108,15 @@ fn data_outlives_containers() {
     assert_eq!(out, "kept\n1\n");
     let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
     let id = d
-        .hyper(&["create", "-v", "/nothing", "--label", "sh_hyper_noauto_volume=true", "busybox", "true"])
+        .hyper(&[
+            "create",
+            "-v",
+            "/nothing",
+            "--label",
+            "sh_hyper_noauto_volume=true",
+            "busybox",
+            "true",
+        ])
         .run()
         .ok()
         .out();
@@ -101,7 +126,16 @@ fn data_outlives_containers() {
 
     // Read-only.
     let o = d
-        .hyper(&["run", "--rm", "-v", "notes:/data:ro", "busybox", "sh", "-c", "echo x > /data/g"])
+        .hyper(&[
+            "run",
+            "--rm",
+            "-v",
+            "notes:/data:ro",
+            "busybox",
+            "sh",
+            "-c",
+            "echo x > /data/g",
+        ])
         .run();
     assert_ne!(o.code, 0, "{o}");
     assert!(o.stderr.contains("Read-only file system"), "{o}");
@@ -112,7 +146,10 @@ fn data_outlives_containers() {
         .hyper(&["run", "--rm", "-v", "notes:/data", "busybox", "true"])
         .run();
     assert_eq!(o.code, 125, "{o}");
-    assert!(o.stderr.contains("in use by container") && o.stderr.contains(&holder[..12]), "{o}");
+    assert!(
+        o.stderr.contains("in use by container") && o.stderr.contains(&holder[..12]),
+        "{o}"
+    );
     let o = d.hyper(&["volume", "rm", "notes"]).run();
     assert_ne!(o.code, 0, "{o}");
     assert!(o.stderr.contains("in use"), "{o}");
@@ -120,7 +157,10 @@ fn data_outlives_containers() {
     assert_eq!(inspect["Mounts"][0]["Name"], "notes", "{inspect}");
     assert_eq!(inspect["Mounts"][0]["Destination"], "/data");
     let ls = d.hyper(&["volume", "ls"]).run().ok().stdout;
-    let row = ls.lines().find(|l| l.contains("notes")).unwrap_or_else(|| panic!("{ls}"));
+    let row = ls
+        .lines()
+        .find(|l| l.contains("notes"))
+        .unwrap_or_else(|| panic!("{ls}"));
     assert!(row.contains(&holder[..12]) && row.contains("10 GB"), "{ls}");
     // --volumes-from a running container is refused the same way.
     let o = d
@@ -130,9 +170,27 @@ fn data_outlives_containers() {
     assert!(o.stderr.contains("in use"), "{o}");
     d.hyper(&["rm", "-f", "holder"]).run().ok();
     // Stopped, it frees the volume for --volumes-from.
-    d.hyper(&["run", "--name", "src", "-v", "notes:/data", "busybox", "true"]).run().ok();
+    d.hyper(&[
+        "run",
+        "--name",
+        "src",
+        "-v",
+        "notes:/data",
+        "busybox",
+        "true",
+    ])
+    .run()
+    .ok();
     let out = d
-        .hyper(&["run", "--rm", "--volumes-from", "src:ro", "busybox", "cat", "/data/f"])
+        .hyper(&[
+            "run",
+            "--rm",
+            "--volumes-from",
+            "src:ro",
+            "busybox",
+            "cat",
+            "/data/f",
+        ])
         .run()
         .ok()
         .stdout;
@@ -141,16 +199,38 @@ fn data_outlives_containers() {
 
     // Anonymous volumes: `-v /path` makes one, `rm -v` removes it; --rm too.
     let anon = d
-        .hyper(&["run", "-d", "-v", "/scratch", "busybox", "sh", "-c", "echo a > /scratch/a"])
+        .hyper(&[
+            "run",
+            "-d",
+            "-v",
+            "/scratch",
+            "busybox",
+            "sh",
+            "-c",
+            "echo a > /scratch/a",
+        ])
         .run()
         .ok()
         .out();
     d.wait_status(&anon, "exited", 60.0);
-    let name = d.inspect(&anon)["Mounts"][0]["Name"].as_str().unwrap().to_string();
+    let name = d.inspect(&anon)["Mounts"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(name.len(), 64, "{name}");
-    assert!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.contains(&name));
+    assert!(d
+        .hyper(&["volume", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains(&name));
     d.hyper(&["rm", "-v", &anon]).run().ok();
-    assert!(!d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.contains(&name));
+    assert!(!d
+        .hyper(&["volume", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains(&name));
     let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
     run_with(d, "/tmpvol", "true");
     assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout, before);
@@ -167,13 +247,25 @@ fn start_holder_on_a_standby(d: &Daemon) -> String {
     let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
     for attempt in 1..=3 {
         if !cold {
-            wait_for("a standby VM ready", secs(120.0), || match d.info_field("StandbyVMsReady") {
-                n if n != "0" => Ok(()),
-                _ => Err(d.info_field("StandbyVMs")),
+            wait_for("a standby VM ready", secs(120.0), || {
+                match d.info_field("StandbyVMsReady") {
+                    n if n != "0" => Ok(()),
+                    _ => Err(d.info_field("StandbyVMs")),
+                }
             });
         }
         let id = d
-            .hyper(&["run", "-d", "--name", "holder", "-v", "notes:/data", "busybox", "sleep", "600"])
+            .hyper(&[
+                "run",
+                "-d",
+                "--name",
+                "holder",
+                "-v",
+                "notes:/data",
+                "busybox",
+                "sleep",
+                "600",
+            ])
             .run()
             .ok()
             .out();
@@ -194,7 +286,13 @@ fn volumes_outlive_hyperd() {
     let d: &Daemon = &dd;
     let id = d
         .hyper(&[
-            "run", "-d", "-v", "db:/db", "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "-v",
+            "db:/db",
+            "busybox",
+            "sh",
+            "-c",
             "echo one > /db/a; sync; echo written; sleep 600",
         ])
         .run()
@@ -202,13 +300,21 @@ fn volumes_outlive_hyperd() {
         .out();
     wait_for("the write", secs(60.0), || {
         let o = d.hyper(&["logs", &id]).run();
-        if o.stdout.contains("written") { Ok(()) } else { Err(o.to_string()) }
+        if o.stdout.contains("written") {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
     });
     d.restart();
     // Still held by the running container after hyperd came back.
-    let o = d.hyper(&["run", "--rm", "-v", "db:/db", "busybox", "true"]).run();
+    let o = d
+        .hyper(&["run", "--rm", "-v", "db:/db", "busybox", "true"])
+        .run();
     assert!(o.stderr.contains("in use"), "{o}");
-    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"]).run().ok();
+    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"])
+        .run()
+        .ok();
     // Every process of the node goes at once.
     d.kill9();
     for p in container_processes(d, &id) {
@@ -218,7 +324,11 @@ fn volumes_outlive_hyperd() {
     }
     wait_for("the VM to die", secs(20.0), || {
         let p = container_processes(d, &id);
-        if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
     });
     d.restart();
     d.wait_status(&id, "exited", 60.0);
@@ -247,28 +357,66 @@ fn snapshots() {
     let info = d.hyper(&["snapshot", "inspect", "s1"]).run().ok().json();
     assert_eq!(info[0]["Volume"], "snapsrc", "{info}");
     assert_eq!(info[0]["Size"], 10, "{info}");
-    d.hyper(&["volume", "create", "--name", "fromsnap", "--snapshot", "s1"]).run().ok();
-    let v = d.hyper(&["volume", "inspect", "fromsnap"]).run().ok().json();
+    d.hyper(&["volume", "create", "--name", "fromsnap", "--snapshot", "s1"])
+        .run()
+        .ok();
+    let v = d
+        .hyper(&["volume", "inspect", "fromsnap"])
+        .run()
+        .ok()
+        .json();
     assert_eq!(v[0]["Options"]["snapshot"], "s1", "{v}");
     assert_eq!(run_with(d, "fromsnap:/d", "cat /d/f").trim(), "before");
     assert_eq!(run_with(d, "snapsrc:/d", "cat /d/f").trim(), "after");
     // A bigger volume from it: the file system grows to the disk.
-    d.hyper(&["volume", "create", "--name", "bigger", "--snapshot", "s1", "--size", "20"])
-        .run()
-        .ok();
+    d.hyper(&[
+        "volume",
+        "create",
+        "--name",
+        "bigger",
+        "--snapshot",
+        "s1",
+        "--size",
+        "20",
+    ])
+    .run()
+    .ok();
     let out = run_with(d, "bigger:/d", "cat /d/f; df -k /d | tail -1");
     assert!(out.starts_with("before"), "{out}");
-    let blocks: u64 = out.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let blocks: u64 = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(blocks > 15 * 1024 * 1024, "{out}");
     let o = d
-        .hyper(&["volume", "create", "--name", "smaller", "--snapshot", "s1", "--size", "5"])
+        .hyper(&[
+            "volume",
+            "create",
+            "--name",
+            "smaller",
+            "--snapshot",
+            "s1",
+            "--size",
+            "5",
+        ])
         .run();
     assert_ne!(o.code, 0, "{o}");
 
     // Under a writer: refused without --force, consistent with it.
     let w = d
         .hyper(&[
-            "run", "-d", "-v", "snapsrc:/d", "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "-v",
+            "snapsrc:/d",
+            "busybox",
+            "sh",
+            "-c",
             "i=0; while :; do echo rec$i >> /d/log; i=$((i+1)); done",
         ])
         .run()
@@ -281,18 +429,40 @@ fn snapshots() {
             _ => Err(o.to_string()),
         }
     });
-    let o = d.hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "live"]).run();
+    let o = d
+        .hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "live"])
+        .run();
     assert_ne!(o.code, 0, "{o}");
-    assert!(o.stderr.contains("in use") && o.stderr.contains("--force"), "{o}");
-    d.hyper(&["snapshot", "create", "-v", "snapsrc", "--name", "live", "--force"])
-        .timeout(120.0)
-        .run()
-        .ok();
+    assert!(
+        o.stderr.contains("in use") && o.stderr.contains("--force"),
+        "{o}"
+    );
+    d.hyper(&[
+        "snapshot", "create", "-v", "snapsrc", "--name", "live", "--force",
+    ])
+    .timeout(120.0)
+    .run()
+    .ok();
     // The writer carried on after the thaw.
-    let n1: u64 = d.hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"]).run().ok().out().parse().unwrap();
+    let n1: u64 = d
+        .hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"])
+        .run()
+        .ok()
+        .out()
+        .parse()
+        .unwrap();
     std::thread::sleep(secs(1.0));
-    let n2: u64 = d.hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"]).run().ok().out().parse().unwrap();
-    assert!(n2 > n1, "the writer stopped after the snapshot: {n1} then {n2}");
+    let n2: u64 = d
+        .hyper(&["exec", &w, "sh", "-c", "wc -l < /d/log"])
+        .run()
+        .ok()
+        .out()
+        .parse()
+        .unwrap();
+    assert!(
+        n2 > n1,
+        "the writer stopped after the snapshot: {n1} then {n2}"
+    );
     d.hyper(&["rm", "-f", &w]).run().ok();
     let live = d.hyper(&["snapshot", "inspect", "live"]).run().ok().json();
     let file = d
@@ -301,7 +471,16 @@ fn snapshots() {
         .join(format!("{}.img", live[0]["ID"].as_str().unwrap()));
     let fsck = Cmd::new("e2fsck", &["-fn", file.to_str().unwrap()]).run();
     assert_eq!(fsck.code, 0, "e2fsck of the snapshot: {fsck}");
-    d.hyper(&["volume", "create", "--name", "fromlive", "--snapshot", "live"]).run().ok();
+    d.hyper(&[
+        "volume",
+        "create",
+        "--name",
+        "fromlive",
+        "--snapshot",
+        "live",
+    ])
+    .run()
+    .ok();
     let log = run_with(d, "fromlive:/d", "cat /d/log");
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() > 100, "{} records", lines.len());
@@ -314,7 +493,12 @@ fn snapshots() {
     for s in ["s1", "live"] {
         d.hyper(&["snapshot", "rm", s]).run().ok();
     }
-    assert!(!d.hyper(&["snapshot", "ls", "-q"]).run().ok().stdout.contains("live"));
+    assert!(!d
+        .hyper(&["snapshot", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains("live"));
     assert!(!file.exists(), "the snapshot's blocks went with it");
     for v in ["snapsrc", "fromsnap", "bigger", "fromlive"] {
         d.hyper(&["volume", "rm", v]).run().ok();
@@ -334,7 +518,14 @@ fn compose_named_volume() {
     )
     .unwrap();
     let compose = |args: &[&str]| {
-        let mut a = vec!["--project-directory", dir.to_str().unwrap(), "-p", "vp", "-f", file.to_str().unwrap()];
+        let mut a = vec![
+            "--project-directory",
+            dir.to_str().unwrap(),
+            "-p",
+            "vp",
+            "-f",
+            file.to_str().unwrap(),
+        ];
         a.extend_from_slice(args);
         Cmd::new("docker-compose", &a)
             .env("DOCKER_HOST", d.unix_host())
@@ -345,16 +536,30 @@ fn compose_named_volume() {
     let boots = |n: usize| {
         wait_for(&format!("{n} boots in the volume"), secs(60.0), || {
             let o = d.hyper(&["exec", "vp_app_1", "cat", "/data/boots"]).run();
-            if o.stdout.lines().count() == n { Ok(()) } else { Err(o.to_string()) }
+            if o.stdout.lines().count() == n {
+                Ok(())
+            } else {
+                Err(o.to_string())
+            }
         })
     };
     boots(1);
     compose(&["down"]).ok();
-    assert!(d.docker(&["volume", "ls", "-q"]).run().ok().stdout.contains("vp_webdata"));
+    assert!(d
+        .docker(&["volume", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains("vp_webdata"));
     compose(&["up", "-d"]).ok();
     boots(2);
     compose(&["down", "-v"]).ok();
-    assert!(!d.docker(&["volume", "ls", "-q"]).run().ok().stdout.contains("vp_webdata"));
+    assert!(!d
+        .docker(&["volume", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains("vp_webdata"));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -364,11 +569,21 @@ fn volume_api_and_refusals() {
     // The stock Docker CLI.
     assert_eq!(d.docker(&["volume", "create", "dk"]).run().ok().out(), "dk");
     assert_eq!(
-        d.docker(&["volume", "create", "--label", "tier=db", "dk2"]).run().ok().out(),
+        d.docker(&["volume", "create", "--label", "tier=db", "dk2"])
+            .run()
+            .ok()
+            .out(),
         "dk2"
     );
     let ls = d
-        .docker(&["volume", "ls", "--filter", "label=tier=db", "--format", "{{.Name}} {{.Driver}}"])
+        .docker(&[
+            "volume",
+            "ls",
+            "--filter",
+            "label=tier=db",
+            "--format",
+            "{{.Name}} {{.Driver}}",
+        ])
         .run()
         .ok()
         .out();
@@ -379,9 +594,24 @@ fn volume_api_and_refusals() {
     // Idempotent create.
     assert_eq!(d.docker(&["volume", "create", "dk"]).run().ok().out(), "dk");
     // Dangling: no container uses them.
-    let dangling = d.docker(&["volume", "ls", "-q", "--filter", "dangling=true"]).run().ok().stdout;
-    assert!(dangling.contains("dk") && dangling.contains("dk2"), "{dangling}");
-    assert_eq!(d.docker(&["volume", "rm", "dk", "dk2"]).run().ok().stdout.lines().count(), 2);
+    let dangling = d
+        .docker(&["volume", "ls", "-q", "--filter", "dangling=true"])
+        .run()
+        .ok()
+        .stdout;
+    assert!(
+        dangling.contains("dk") && dangling.contains("dk2"),
+        "{dangling}"
+    );
+    assert_eq!(
+        d.docker(&["volume", "rm", "dk", "dk2"])
+            .run()
+            .ok()
+            .stdout
+            .lines()
+            .count(),
+        2
+    );
     let o = d.docker(&["volume", "inspect", "dk"]).run();
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("No such volume: dk"), "{o}");
@@ -389,7 +619,10 @@ fn volume_api_and_refusals() {
     // Hyper's CLI: size, table with SIZE and CONTAINER.
     create_volume(d, "sized", &["--size", "20"]);
     let table = d.hyper(&["volume", "ls"]).run().ok().stdout;
-    let row = table.lines().find(|l| l.contains("sized")).unwrap_or_else(|| panic!("{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.contains("sized"))
+        .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("20 GB"), "{table}");
     // The container sees a file system of 20 GB.
     let df = run_with(d, "sized:/s", "df -k /s | tail -1");
@@ -398,19 +631,45 @@ fn volume_api_and_refusals() {
 
     // Refusals, each with its reason.
     let refused: &[(&[&str], &str)] = &[
-        (&["volume", "create", "-d", "nfs", "x1"], "the drivers are: hyper, local"),
-        (&["volume", "create", "--size", "51", "x2"], "out of range: 10 to 50 GB"),
+        (
+            &["volume", "create", "-d", "nfs", "x1"],
+            "the drivers are: hyper, local",
+        ),
+        (
+            &["volume", "create", "--size", "51", "x2"],
+            "out of range: 10 to 50 GB",
+        ),
         (&["volume", "create", "--size", "9", "x3"], "out of range"),
-        (&["volume", "create", "--size", "ten", "x4"], "invalid volume size"),
-        (&["volume", "create", "-o", "type=nfs", "x5"], "unknown volume option"),
-        (&["volume", "create", "--snapshot", "nope", "x6"], "No such snapshot: nope"),
+        (
+            &["volume", "create", "--size", "ten", "x4"],
+            "invalid volume size",
+        ),
+        (
+            &["volume", "create", "-o", "type=nfs", "x5"],
+            "unknown volume option",
+        ),
+        (
+            &["volume", "create", "--snapshot", "nope", "x6"],
+            "No such snapshot: nope",
+        ),
         (&["volume", "create", "/bad"], "invalid volume name"),
         (
-            &["run", "--rm", "-v", "a1:/a", "-v", "a2:/b", "-v", "a3:/c", "-v", "a4:/d", "-v", "a5:/e", "busybox", "true"],
+            &[
+                "run", "--rm", "-v", "a1:/a", "-v", "a2:/b", "-v", "a3:/c", "-v", "a4:/d", "-v",
+                "a5:/e", "busybox", "true",
+            ],
             "at most 4 volumes",
         ),
-        (&["run", "--rm", "-v", "a1:/a", "-v", "a2:/a", "busybox", "true"], "Duplicate mount point"),
-        (&["run", "--rm", "-v", "a1:/", "busybox", "true"], "cannot replace the container's root"),
+        (
+            &[
+                "run", "--rm", "-v", "a1:/a", "-v", "a2:/a", "busybox", "true",
+            ],
+            "Duplicate mount point",
+        ),
+        (
+            &["run", "--rm", "-v", "a1:/", "busybox", "true"],
+            "cannot replace the container's root",
+        ),
     ];
     for (i, (args, why)) in refused.iter().enumerate() {
         let o = d.hyper(args).run();
@@ -418,9 +677,14 @@ fn volume_api_and_refusals() {
         assert!(o.stderr.contains(why), "test[{i}] {args:?}: {o}");
     }
     // The stock CLI sends a host path as a bind: refused (hyper's CLI uploads it instead).
-    let o = d.docker(&["run", "--rm", "-v", "/etc:/host", "busybox", "true"]).run();
+    let o = d
+        .docker(&["run", "--rm", "-v", "/etc:/host", "busybox", "true"])
+        .run();
     assert_ne!(o.code, 0, "{o}");
-    assert!(o.stderr.contains("host bind mounts are not supported"), "{o}");
+    assert!(
+        o.stderr.contains("host bind mounts are not supported"),
+        "{o}"
+    );
     // Nothing was left by the refused creates and runs.
     let left = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
     for n in ["x1", "x2", "a1", "a2"] {
@@ -431,17 +695,38 @@ fn volume_api_and_refusals() {
         Cmd::new(
             "curl",
             &[
-                "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket",
-                d.sock.to_str().unwrap(), "-X", method, "-H", "Content-Type: application/json",
-                "-d", body, &format!("http://hyper/v1.44{path}"),
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+                d.sock.to_str().unwrap(),
+                "-X",
+                method,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+                &format!("http://hyper/v1.44{path}"),
             ],
         )
         .run()
         .ok()
         .stdout
     };
-    assert_eq!(status("POST", "/volumes/create", r#"{"Name":"x","Driver":"nfs"}"#), "400");
-    assert_eq!(status("POST", "/volumes/create", r#"{"Name":"x","DriverOpts":{"size":"100"}}"#), "400");
+    assert_eq!(
+        status("POST", "/volumes/create", r#"{"Name":"x","Driver":"nfs"}"#),
+        "400"
+    );
+    assert_eq!(
+        status(
+            "POST",
+            "/volumes/create",
+            r#"{"Name":"x","DriverOpts":{"size":"100"}}"#
+        ),
+        "400"
+    );
     assert_eq!(status("GET", "/volumes/nosuch", ""), "404");
     assert_eq!(status("DELETE", "/volumes/nosuch", ""), "404");
     assert_eq!(status("GET", "/snapshots/nosuch", ""), "404");
@@ -454,7 +739,9 @@ fn tenants_and_usage() {
     let d = daemon();
     let (bob, _) = d.new_tenant("bobv");
     create_volume(d, "private", &[]);
-    d.hyper(&["snapshot", "create", "-v", "private", "--name", "psnap"]).run().ok();
+    d.hyper(&["snapshot", "create", "-v", "private", "--name", "psnap"])
+        .run()
+        .ok();
     let bob_ls = d.hyper_tcp(&bob, &["volume", "ls", "-q"]).run().ok().stdout;
     assert!(!bob_ls.contains("private"), "{bob_ls}");
     for args in [
@@ -473,16 +760,37 @@ fn tenants_and_usage() {
     // Quotas: counted in the same transaction as the record.
     let q = d.tenant_admin(&["quota", "bobv", "--volumes", "2", "--volume-gb", "25"]);
     assert!(q.stdout.contains("2 volumes, 25 GB of volumes"), "{q}");
-    let o = d.hyper_tcp(&bob, &["volume", "create", "--name", "big", "--size", "20"]).run();
-    assert!(o.code != 0 && o.stderr.contains("quota exceeded") && o.stderr.contains("GB of volumes"), "{o}");
+    let o = d
+        .hyper_tcp(&bob, &["volume", "create", "--name", "big", "--size", "20"])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("quota exceeded") && o.stderr.contains("GB of volumes"),
+        "{o}"
+    );
     create_volume_as(d, &bob, "second");
-    let o = d.hyper_tcp(&bob, &["volume", "create", "--name", "third"]).run();
+    let o = d
+        .hyper_tcp(&bob, &["volume", "create", "--name", "third"])
+        .run();
     assert!(o.code != 0 && o.stderr.contains("at most 2 volumes"), "{o}");
     d.hyper_tcp(&bob, &["volume", "rm", "second"]).run().ok();
-    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout.matches("private").count(), 1);
+    assert_eq!(
+        d.hyper(&["volume", "ls", "-q"])
+            .run()
+            .ok()
+            .stdout
+            .matches("private")
+            .count(),
+        1
+    );
     let usage = d.hyper(&["usage"]).run().ok().stdout;
-    assert!(usage.contains("volume") && usage.contains("private"), "{usage}");
-    assert!(usage.contains("snapshot") && usage.contains("psnap"), "{usage}");
+    assert!(
+        usage.contains("volume") && usage.contains("private"),
+        "{usage}"
+    );
+    assert!(
+        usage.contains("snapshot") && usage.contains("psnap"),
+        "{usage}"
+    );
     d.hyper(&["snapshot", "rm", "psnap"]).run().ok();
     d.hyper(&["volume", "rm", "private"]).run().ok();
     d.hyper_tcp(&bob, &["volume", "rm", "private"]).run().ok();
@@ -512,13 +820,30 @@ impl GitServer {
         std::fs::create_dir_all(repo.join("src")).unwrap();
         std::fs::write(repo.join("src/main.c"), "int main(){}\n").unwrap();
         git(&["add", "."]);
-        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "one",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         // Its own process group: `git daemon` runs `git-daemon` as a child, which a kill of
         // `git` alone would leave behind.
         let child = std::process::Command::new("git")
             .process_group(0)
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", dir.display()))
             .arg(&dir)
@@ -557,7 +882,11 @@ fn volumes_from_sources() {
     std::os::unix::fs::symlink("index.html", site.join("home.html")).unwrap();
     let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
     let spec = format!("{}:/www", site.display());
-    let out = run_with(d, &spec, "cat /www/index.html /www/img/logo.txt; readlink /www/home.html");
+    let out = run_with(
+        d,
+        &spec,
+        "cat /www/index.html /www/img/logo.txt; readlink /www/home.html",
+    );
     assert_eq!(out, "hello site\nlogo\nindex.html\n");
     assert_eq!(
         d.hyper(&["volume", "ls", "-q"]).run().ok().stdout,
@@ -567,7 +896,10 @@ fn volumes_from_sources() {
 
     // `volume init` into a volume of one's own, from a directory and from git.
     create_volume(d, "www", &[]);
-    d.hyper(&["volume", "init", &format!("{}:www", site.display())]).timeout(120.0).run().ok();
+    d.hyper(&["volume", "init", &format!("{}:www", site.display())])
+        .timeout(120.0)
+        .run()
+        .ok();
     assert_eq!(run_with(d, "www:/w", "cat /w/index.html"), "hello site\n");
     let git = GitServer::start();
     create_volume(d, "code", &[]);
@@ -575,9 +907,16 @@ fn volumes_from_sources() {
         .timeout(180.0)
         .run()
         .ok();
-    let out = run_with(d, "code:/src", "cat /src/README /src/src/main.c; ls -a /src");
+    let out = run_with(
+        d,
+        "code:/src",
+        "cat /src/README /src/src/main.c; ls -a /src",
+    );
     assert!(out.starts_with("from git\nint main(){}\n"), "{out}");
-    assert!(!out.contains(".git"), "the clone's .git stays out of the volume: {out}");
+    assert!(
+        !out.contains(".git"),
+        "the clone's .git stays out of the volume: {out}"
+    );
 
     // Refused, and the volume keeps its content.
     let refused: &[(String, &str)] = &[
@@ -597,7 +936,9 @@ fn volumes_from_sources() {
         .run()
         .ok()
         .out();
-    let o = d.hyper(&["volume", "init", &format!("{}:www", site.display())]).run();
+    let o = d
+        .hyper(&["volume", "init", &format!("{}:www", site.display())])
+        .run();
     assert!(o.stderr.contains("in use"), "{o}");
     d.hyper(&["rm", "-f", &holder]).run().ok();
 
@@ -606,9 +947,15 @@ fn volumes_from_sources() {
     let init = Cmd::new(
         "curl",
         &[
-            "-s", "--unix-socket", d.sock.to_str().unwrap(), "-X", "POST",
-            "-H", "Content-Type: application/json",
-            "-d", r#"{"Reload":false,"Volume":[{"Name":"www","Source":"/from/client"}]}"#,
+            "-s",
+            "--unix-socket",
+            d.sock.to_str().unwrap(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"Reload":false,"Volume":[{"Name":"www","Source":"/from/client"}]}"#,
             "http://hyper/v1.23/volumes/initialize",
         ],
     )
@@ -623,10 +970,19 @@ fn volumes_from_sources() {
     let up = Cmd::new(
         "curl",
         &[
-            "-s", "--unix-socket", d.sock.to_str().unwrap(), "-X", "POST",
-            "-H", "Content-Type: application/x-tar", "--data-binary",
+            "-s",
+            "--unix-socket",
+            d.sock.to_str().unwrap(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/x-tar",
+            "--data-binary",
             &format!("@{}", tar.display()),
-            &format!("http://hyper{path}?cookie={}", init["Cookie"].as_str().unwrap()),
+            &format!(
+                "http://hyper{path}?cookie={}",
+                init["Cookie"].as_str().unwrap()
+            ),
         ],
     )
     .run()
@@ -635,7 +991,13 @@ fn volumes_from_sources() {
     let finish = Cmd::new(
         "curl",
         &[
-            "-s", "-w", "%{http_code}", "--unix-socket", d.sock.to_str().unwrap(), "-X", "PUT",
+            "-s",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+            d.sock.to_str().unwrap(),
+            "-X",
+            "PUT",
             &format!("http://hyper/v1.23/volumes/uploadfinish?session={session}"),
         ],
     )

@@ -612,7 +612,10 @@ impl Runtime {
             volumes,
             ..vm_spec(&self.cfg, size)
         };
-        if let Err(e) = write_private(&dir.join("spec.json"), &serde_json::to_vec_pretty(&spec).expect("json")) {
+        if let Err(e) = write_private(
+            &dir.join("spec.json"),
+            &serde_json::to_vec_pretty(&spec).expect("json"),
+        ) {
             self.release_volumes(&c);
             return Err(RuntimeError::io("write spec.json")(e));
         }

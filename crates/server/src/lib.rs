@@ -85,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/create", post(volumes::create))
         .route("/volumes/prune", post(volumes::prune))
         .route("/volumes/initialize", post(volume_init::initialize))
-        .route("/volumes/uploadfinish", axum::routing::put(volume_init::finish))
+        .route(
+            "/volumes/uploadfinish",
+            axum::routing::put(volume_init::finish),
+        )
         .route(
             "/volumes/{name}",
             get(volumes::inspect).delete(volumes::remove),

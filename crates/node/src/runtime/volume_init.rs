@@ -45,7 +45,9 @@ impl Runtime {
         for (name, source) in items {
             let v = self.volumes.get(tenant, name)?;
             if source.is_empty() {
-                return Err(RuntimeError::Invalid(format!("no source given for volume {name}")));
+                return Err(RuntimeError::Invalid(format!(
+                    "no source given for volume {name}"
+                )));
             }
             if let Some(holder) = self.volumes.holder(tenant, name) {
                 return Err(crate::volumes::in_use(name, &holder));
@@ -93,7 +95,8 @@ impl Runtime {
     /// `PUT /volumes/uploadfinish`: each uploaded tar becomes its volume's content. A volume
     /// whose upload never came keeps what it had; the first failure is the answer.
     pub async fn finish_uploads(&self, tenant: &str, session: &str) -> Result<()> {
-        let (dir, volumes) = self.volumes.uploads.finish(tenant, session)?;
+        let crate::volumes::init::Finished { dir, volumes } =
+            self.volumes.uploads.finish(tenant, session)?;
         let mut result = Ok(());
         for (name, tar) in volumes {
             let Some(tar) = tar.filter(|t| t.exists()) else {
@@ -131,7 +134,8 @@ impl Runtime {
         F: FnOnce(&Path) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<(), String>>,
     {
-        self.volumes.hold(&v.tenant, INITIALISING, std::slice::from_ref(&v.name))?;
+        self.volumes
+            .hold(&v.tenant, INITIALISING, std::slice::from_ref(&v.name))?;
         let scratch = self.volumes.uploads.scratch();
         let done = match scratch {
             Ok(dir) => {
@@ -152,10 +156,11 @@ impl Runtime {
         Fut: std::future::Future<Output = std::result::Result<(), String>>,
     {
         std::fs::create_dir_all(tree).map_err(RuntimeError::io("creating the source tree"))?;
-        fill(tree).await.map_err(|e| {
-            RuntimeError::Invalid(format!("initialising volume {}: {e}", v.name))
-        })?;
-        let size = image::source::tree_size(tree).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        fill(tree)
+            .await
+            .map_err(|e| RuntimeError::Invalid(format!("initialising volume {}: {e}", v.name)))?;
+        let size =
+            image::source::tree_size(tree).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         // ext4's own metadata (inode tables, journal) takes a few percent of the disk.
         if size > v.bytes() / 100 * 90 {
             return Err(RuntimeError::Invalid(format!(
@@ -167,9 +172,10 @@ impl Runtime {
         }
         let (volumes, vv, t) = (self.volumes.clone(), v.clone(), tree.clone());
         tokio::task::spawn_blocking(move || {
-            volumes.backend(&vv)?.replace(&vv.id, vv.bytes(), &t).map_err(|e| {
-                RuntimeError::Internal(format!("building volume {}: {e}", vv.name))
-            })
+            volumes
+                .backend(&vv)?
+                .replace(&vv.id, vv.bytes(), &t)
+                .map_err(|e| RuntimeError::Internal(format!("building volume {}: {e}", vv.name)))
         })
         .await
         .map_err(super::internal)?

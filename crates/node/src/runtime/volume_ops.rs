@@ -238,7 +238,10 @@ impl Runtime {
             let Ok(v) = self.volumes.get(&c.tenant, &m.volume) else {
                 continue;
             };
-            let goes = v.labels.get(crate::volumes::AUTOREMOVE_LABEL).is_some_and(|l| l == "true")
+            let goes = v
+                .labels
+                .get(crate::volumes::AUTOREMOVE_LABEL)
+                .is_some_and(|l| l == "true")
                 || (anonymous_too && v.anonymous);
             if !goes || !self.volume_users(&c.tenant, &v.name).is_empty() {
                 continue;

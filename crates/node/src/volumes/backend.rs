@@ -86,7 +86,8 @@ impl Local {
 /// An ext4 file system of `bytes` in a new sparse file at `disk`, holding `tree` or nothing.
 pub(super) fn make_ext4(disk: &Path, bytes: u64, tree: Option<&Path>) -> BackendResult<()> {
     if let Some(tree) = tree {
-        return vm::ext4::make_from_tree(tree, disk, bytes, "hyper-volume", None).map_err(BackendError);
+        return vm::ext4::make_from_tree(tree, disk, bytes, "hyper-volume", None)
+            .map_err(BackendError);
     }
     let empty = disk.with_extension("empty");
     let _ = std::fs::remove_dir_all(&empty);
@@ -125,8 +126,8 @@ fn remove_file(path: &Path) -> BackendResult<()> {
 }
 
 fn ids_in(dir: &Path) -> BackendResult<Vec<String>> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| BackendError(format!("reading {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| BackendError(format!("reading {}: {e}", dir.display())))?;
     Ok(entries
         .flatten()
         .filter_map(|e| {

@@ -24,6 +24,14 @@ struct Session {
     opened: Instant,
 }
 
+/// An ended upload session.
+pub struct Finished {
+    /// Its files, for the caller to remove once the volumes are built.
+    pub dir: PathBuf,
+    /// Each volume with the tar uploaded for it (`None`: the client never uploaded it).
+    pub volumes: Vec<(String, Option<PathBuf>)>,
+}
+
 /// Open upload sessions and their files under `DATA/volumes/uploads`.
 pub struct Uploads {
     dir: PathBuf,
@@ -49,7 +57,8 @@ impl Uploads {
     /// A scratch directory for one build (a fetched or unpacked tree), removed by the caller.
     pub fn scratch(&self) -> Result<PathBuf> {
         let p = self.dir.join(format!("build-{}", token()));
-        std::fs::create_dir_all(&p).map_err(crate::RuntimeError::io(format!("creating {}", p.display())))?;
+        std::fs::create_dir_all(&p)
+            .map_err(crate::RuntimeError::io(format!("creating {}", p.display())))?;
         Ok(p)
     }
 
@@ -79,40 +88,48 @@ impl Uploads {
         (id, cookie)
     }
 
-    /// Where the tar for `volume` in `session` goes, once the cookie (or the signed caller's
-    /// tenant) proves the uploader owns the session. Returns the session's tenant.
+    /// Where the tar for `volume` in `session` goes, once the cookie proves the uploader owns
+    /// the session. Returns the session's tenant.
     pub fn upload_target(
         &self,
         session: &str,
         volume: &str,
         cookie: Option<&str>,
-        tenant: Option<&str>,
     ) -> Result<(String, PathBuf)> {
         let mut sessions = self.sessions.lock().expect("poisoned");
         let s = sessions
             .get_mut(session)
-            .filter(|s| cookie.is_some_and(|c| c == s.cookie) || tenant.is_some_and(|t| t == s.tenant))
+            .filter(|s| cookie.is_some_and(|c| c == s.cookie))
             .ok_or_else(|| RuntimeError::NotFound(format!("No such upload session: {session}")))?;
         let slot = s.volumes.get_mut(volume).ok_or_else(|| {
-            RuntimeError::Invalid(format!("volume {volume} is not part of upload session {session}"))
+            RuntimeError::Invalid(format!(
+                "volume {volume} is not part of upload session {session}"
+            ))
         })?;
         let dir = self.dir.join(session);
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
         let path = dir.join(format!("{}.tar", hex::encode(volume)));
         *slot = Some(path.clone());
         Ok((s.tenant.clone(), path))
     }
 
-    /// Ends `session` of `tenant`: each volume with the tar uploaded for it (`None`: the
-    /// client never uploaded it).
-    pub fn finish(&self, tenant: &str, session: &str) -> Result<(PathBuf, Vec<(String, Option<PathBuf>)>)> {
+    /// Ends `session` of `tenant`.
+    pub fn finish(&self, tenant: &str, session: &str) -> Result<Finished> {
         let mut sessions = self.sessions.lock().expect("poisoned");
         match sessions.get(session) {
             Some(s) if s.tenant == tenant => {}
-            _ => return Err(RuntimeError::NotFound(format!("No such upload session: {session}"))),
+            _ => {
+                return Err(RuntimeError::NotFound(format!(
+                    "No such upload session: {session}"
+                )))
+            }
         }
         let s = sessions.remove(session).expect("present");
-        Ok((self.dir.join(session), s.volumes.into_iter().collect()))
+        Ok(Finished {
+            dir: self.dir.join(session),
+            volumes: s.volumes.into_iter().collect(),
+        })
     }
 }
 
@@ -132,15 +149,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let u = Uploads::new(dir.path());
         let (id, cookie) = u.open("alice", &["site".into()]);
-        assert!(u.upload_target(&id, "site", Some("wrong"), None).is_err());
-        assert!(u.upload_target(&id, "site", None, Some("bob")).is_err());
-        assert!(u.upload_target(&id, "other", Some(&cookie), None).is_err());
-        let (tenant, path) = u.upload_target(&id, "site", Some(&cookie), None).unwrap();
+        assert!(u.upload_target(&id, "site", Some("wrong")).is_err());
+        assert!(u.upload_target(&id, "site", None).is_err());
+        assert!(u.upload_target(&id, "other", Some(&cookie)).is_err());
+        let (tenant, path) = u.upload_target(&id, "site", Some(&cookie)).unwrap();
         assert_eq!(tenant, "alice");
         assert!(path.starts_with(dir.path()));
         assert!(u.finish("bob", &id).is_err());
-        let (_, vols) = u.finish("alice", &id).unwrap();
-        assert_eq!(vols, vec![("site".to_string(), Some(path))]);
+        let done = u.finish("alice", &id).unwrap();
+        assert_eq!(done.volumes, vec![("site".to_string(), Some(path))]);
         assert!(u.finish("alice", &id).is_err(), "a session ends once");
         assert!(is_url("https://h/r.git") && !is_url("/home/u/site"));
     }

@@ -118,12 +118,15 @@ impl Volumes {
             "" | "hyper" => self.default_driver,
             d => d,
         };
-        self.backends.iter().find(|b| b.name() == name).ok_or_else(|| {
-            RuntimeError::Invalid(format!(
-                "volume driver {driver:?} is not available here; the drivers are: {}",
-                self.drivers()
-            ))
-        })
+        self.backends
+            .iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!(
+                    "volume driver {driver:?} is not available here; the drivers are: {}",
+                    self.drivers()
+                ))
+            })
     }
 
     pub fn backend(&self, v: &Volume) -> Result<&Arc<dyn Backend>> {
@@ -148,9 +151,16 @@ impl Volumes {
     }
 
     /// The size a create asks for, checked against the operator's range.
-    fn requested_size(&self, opts: &BTreeMap<String, String>, from: Option<&Snapshot>) -> Result<u64> {
+    fn requested_size(
+        &self,
+        opts: &BTreeMap<String, String>,
+        from: Option<&Snapshot>,
+    ) -> Result<u64> {
         let raw = opts.get("size").map(|s| s.trim()).unwrap_or("");
-        let raw = raw.strip_suffix("GB").or_else(|| raw.strip_suffix('G')).unwrap_or(raw);
+        let raw = raw
+            .strip_suffix("GB")
+            .or_else(|| raw.strip_suffix('G'))
+            .unwrap_or(raw);
         let size = match (raw, from) {
             ("", Some(s)) => return Ok(s.size_gb),
             ("", None) => self.sizes.min,
@@ -182,7 +192,12 @@ impl Volumes {
     /// tenant's counts in one transaction; the blocks go again if the record cannot be made.
     /// An existing volume of that name is returned as it is (Docker's create is idempotent).
     /// `tree`: content to put in it.
-    pub fn create(&self, tenant: &str, req: CreateRequest, tree: Option<&Path>) -> Result<(Volume, bool)> {
+    pub fn create(
+        &self,
+        tenant: &str,
+        req: CreateRequest,
+        tree: Option<&Path>,
+    ) -> Result<(Volume, bool)> {
         let name = if req.name.is_empty() {
             crate::runtime::random_id()
         } else {
@@ -250,7 +265,13 @@ impl Volumes {
                 return Err(e);
             }
         }
-        let seg = Segment::storage(Kind::Volume, &volume.id, &volume.name, volume.size_gb * model::BILLED_GB, volume.created);
+        let seg = Segment::storage(
+            Kind::Volume,
+            &volume.id,
+            &volume.name,
+            volume.size_gb * model::BILLED_GB,
+            volume.created,
+        );
         if let Err(e) = self.meter.open_segment(tenant, &seg) {
             tracing::error!("metering volume {}: {e}", volume.name);
         }
@@ -383,7 +404,9 @@ impl Volumes {
         };
         match self.store.get(&snapshot_key(tenant, &id))? {
             Some(kv) => serde_json::from_slice(&kv.value).map_err(internal),
-            None => Err(RuntimeError::NotFound(format!("No such snapshot: {reference}"))),
+            None => Err(RuntimeError::NotFound(format!(
+                "No such snapshot: {reference}"
+            ))),
         }
     }
 
@@ -399,7 +422,11 @@ impl Volumes {
     /// is attached to no VM, or its guest file system is frozen for the call.
     pub fn take_snapshot(&self, v: &Volume, name: &str) -> Result<Snapshot> {
         let id = crate::runtime::random_id();
-        let name = if name.is_empty() { id[..12].to_string() } else { name.to_string() };
+        let name = if name.is_empty() {
+            id[..12].to_string()
+        } else {
+            name.to_string()
+        };
         request::check_name(&name)
             .map_err(|_| RuntimeError::Invalid(format!("invalid snapshot name {name:?}: names are 2 or more of [a-zA-Z0-9_.-], starting with a letter or digit")))?;
         let snap = Snapshot {
@@ -445,7 +472,13 @@ impl Volumes {
                 snap.name
             )));
         }
-        let seg = Segment::storage(Kind::Snapshot, &snap.id, &snap.name, snap.size_gb * model::BILLED_GB, snap.created);
+        let seg = Segment::storage(
+            Kind::Snapshot,
+            &snap.id,
+            &snap.name,
+            snap.size_gb * model::BILLED_GB,
+            snap.created,
+        );
         if let Err(e) = self.meter.open_segment(&snap.tenant, &seg) {
             tracing::error!("metering snapshot {}: {e}", snap.name);
         }

@@ -42,7 +42,11 @@ impl Volume {
 
     /// Goes with the container that uses it.
     pub fn goes_with_container(&self) -> bool {
-        self.anonymous || self.labels.get(AUTOREMOVE_LABEL).is_some_and(|v| v == "true")
+        self.anonymous
+            || self
+                .labels
+                .get(AUTOREMOVE_LABEL)
+                .is_some_and(|v| v == "true")
     }
 }
 

@@ -45,12 +45,19 @@ impl Rbd {
         let conf = std::fs::read_to_string(&cfg.conf)
             .map_err(|e| BackendError(format!("reading {}: {e}", cfg.conf.display())))?;
         let monitors = monitors_of(&conf).ok_or_else(|| {
-            BackendError(format!("{} names no monitor (`mon host`)", cfg.conf.display()))
+            BackendError(format!(
+                "{} names no monitor (`mon host`)",
+                cfg.conf.display()
+            ))
         })?;
         let keyring = std::fs::read_to_string(&cfg.keyring)
             .map_err(|e| BackendError(format!("reading {}: {e}", cfg.keyring.display())))?;
         let key = key_of(&keyring, &cfg.user).ok_or_else(|| {
-            BackendError(format!("{} has no key for client.{}", cfg.keyring.display(), cfg.user))
+            BackendError(format!(
+                "{} has no key for client.{}",
+                cfg.keyring.display(),
+                cfg.user
+            ))
         })?;
         let scratch = data_root.join("volumes/rbd-tmp");
         let _ = std::fs::remove_dir_all(&scratch);
@@ -92,7 +99,9 @@ impl Rbd {
             self.cfg.keyring.display()
         );
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-q", "-f", "raw", "-O", "raw"]).arg(file).arg(target);
+        cmd.args(["convert", "-q", "-f", "raw", "-O", "raw"])
+            .arg(file)
+            .arg(target);
         run(cmd, "qemu-img convert").map(|_| ())
     }
 
@@ -100,7 +109,8 @@ impl Rbd {
     fn make(&self, image: &str, bytes: u64, tree: Option<&Path>) -> BackendResult<()> {
         let file = self.scratch.join(format!("{image}.img"));
         let _ = std::fs::remove_file(&file);
-        let made = super::backend::make_ext4(&file, bytes, tree).and_then(|()| self.import(&file, image));
+        let made =
+            super::backend::make_ext4(&file, bytes, tree).and_then(|()| self.import(&file, image));
         let _ = std::fs::remove_file(&file);
         made
     }
@@ -165,7 +175,11 @@ fn monitors_of(conf: &str) -> Option<Vec<String>> {
             _ => entry.to_string(),
         };
         let addr = addr.split('/').next().unwrap_or("").to_string();
-        let with_port = if addr.contains(':') { addr } else { format!("{addr}:3300") };
+        let with_port = if addr.contains(':') {
+            addr
+        } else {
+            format!("{addr}:3300")
+        };
         if !out.contains(&with_port) {
             out.push(with_port);
         }
@@ -206,12 +220,18 @@ impl Backend for Rbd {
         let _ = self.remove_image(&new);
         self.make(&new, bytes, Some(tree))?;
         self.remove_image(&image)?;
-        self.rbd(&["rename", &self.spec(&new), &self.spec(&image)]).map(|_| ())
+        self.rbd(&["rename", &self.spec(&new), &self.spec(&image)])
+            .map(|_| ())
     }
 
     fn create_from_snapshot(&self, id: &str, snapshot: &str, bytes: u64) -> BackendResult<()> {
         let image = self.spec(&format!("{VOLUME_PREFIX}{id}"));
-        self.rbd(&["cp", "--no-progress", &self.spec(&format!("{SNAPSHOT_PREFIX}{snapshot}")), &image])?;
+        self.rbd(&[
+            "cp",
+            "--no-progress",
+            &self.spec(&format!("{SNAPSHOT_PREFIX}{snapshot}")),
+            &image,
+        ])?;
         let size = format!("{}M", bytes >> 20);
         if let Err(e) = self.rbd(&["resize", "--no-progress", "--size", &size, &image]) {
             let _ = self.rbd(&["rm", "--no-progress", &image]);
@@ -224,7 +244,12 @@ impl Backend for Rbd {
         let volume = self.spec(&format!("{VOLUME_PREFIX}{id}"));
         let instant = format!("{volume}@{SNAPSHOT_PREFIX}{snapshot}");
         self.rbd(&["snap", "create", "--no-progress", &instant])?;
-        let copied = self.rbd(&["cp", "--no-progress", &instant, &self.spec(&format!("{SNAPSHOT_PREFIX}{snapshot}"))]);
+        let copied = self.rbd(&[
+            "cp",
+            "--no-progress",
+            &instant,
+            &self.spec(&format!("{SNAPSHOT_PREFIX}{snapshot}")),
+        ]);
         let dropped = self.rbd(&["snap", "rm", "--no-progress", &instant]);
         copied?;
         dropped.map(|_| ())
@@ -249,7 +274,12 @@ impl Backend for Rbd {
     }
 
     fn used_bytes(&self, id: &str) -> u64 {
-        let out = self.rbd(&["du", "--format", "json", &self.spec(&format!("{VOLUME_PREFIX}{id}"))]);
+        let out = self.rbd(&[
+            "du",
+            "--format",
+            "json",
+            &self.spec(&format!("{VOLUME_PREFIX}{id}")),
+        ]);
         out.ok()
             .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
             .and_then(|v| v["total_used_size"].as_u64())
@@ -258,8 +288,8 @@ impl Backend for Rbd {
 
     fn list(&self) -> BackendResult<(Vec<String>, Vec<String>)> {
         let out = self.rbd(&["ls", "--format", "json", &self.cfg.pool])?;
-        let names: Vec<String> = serde_json::from_str(&out)
-            .map_err(|e| BackendError(format!("rbd ls: {e}")))?;
+        let names: Vec<String> =
+            serde_json::from_str(&out).map_err(|e| BackendError(format!("rbd ls: {e}")))?;
         let ids = |prefix: &str| -> Vec<String> {
             names
                 .iter()
@@ -279,9 +309,18 @@ mod tests {
     #[test]
     fn monitors_from_the_forms_of_mon_host() {
         let cases = [
-            ("mon host = [v2:192.0.2.2:3300,v1:192.0.2.2:6789]", vec!["192.0.2.2:3300"]),
-            ("mon_host = 10.0.0.1, 10.0.0.2:3301", vec!["10.0.0.1:3300", "10.0.0.2:3301"]),
-            ("[global]\n\tmon host = [v2:1.2.3.4:3300/0,v1:1.2.3.4:6789/0] [v2:1.2.3.5:3300]\n", vec!["1.2.3.4:3300", "1.2.3.5:3300"]),
+            (
+                "mon host = [v2:192.0.2.2:3300,v1:192.0.2.2:6789]",
+                vec!["192.0.2.2:3300"],
+            ),
+            (
+                "mon_host = 10.0.0.1, 10.0.0.2:3301",
+                vec!["10.0.0.1:3300", "10.0.0.2:3301"],
+            ),
+            (
+                "[global]\n\tmon host = [v2:1.2.3.4:3300/0,v1:1.2.3.4:6789/0] [v2:1.2.3.5:3300]\n",
+                vec!["1.2.3.4:3300", "1.2.3.5:3300"],
+            ),
         ];
         for (i, (conf, want)) in cases.iter().enumerate() {
             assert_eq!(monitors_of(conf).unwrap(), *want, "test[{i}]");

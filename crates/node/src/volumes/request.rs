@@ -84,7 +84,10 @@ pub fn check_destination(path: &str) -> Result<String> {
             "invalid mount path {path:?}: it must be absolute"
         )));
     }
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     if parts.contains(&"..") {
         return Err(RuntimeError::Invalid(format!(
             "invalid mount path {path:?}: '..' is not allowed"
@@ -170,7 +173,8 @@ pub fn parse_mount(m: &MountSpec) -> Result<Wanted> {
     let opts = m.volume_options.clone().unwrap_or_default();
     if opts.labels.as_ref().is_some_and(|l| !l.is_empty()) {
         return Err(RuntimeError::Unsupported(
-            "--mount volume-label is not supported: label the volume with `volume create --label`".into(),
+            "--mount volume-label is not supported: label the volume with `volume create --label`"
+                .into(),
         ));
     }
     let driver = opts.driver_config.unwrap_or_default();
@@ -262,7 +266,13 @@ mod tests {
         let ok = [
             ("data:/srv", "data", "/srv", false, false),
             ("data:/srv/:ro", "data", "/srv", true, false),
-            ("my.vol-1:/a//b/./c:rw,nocopy", "my.vol-1", "/a/b/c", false, true),
+            (
+                "my.vol-1:/a//b/./c:rw,nocopy",
+                "my.vol-1",
+                "/a/b/c",
+                false,
+                true,
+            ),
         ];
         for (i, (bind, name, dest, ro, nocopy)) in ok.iter().enumerate() {
             let w = parse_bind(bind).unwrap_or_else(|e| panic!("test[{i}] {bind}: {e}"));
@@ -300,19 +310,46 @@ mod tests {
                 ..Default::default()
             }),
         }];
-        let w = collect(&binds, &mounts, vec![], &["/logs".into()], &["/data".into(), "/img".into()], false)
-            .unwrap();
+        let w = collect(
+            &binds,
+            &mounts,
+            vec![],
+            &["/logs".into()],
+            &["/data".into(), "/img".into()],
+            false,
+        )
+        .unwrap();
         let dests: Vec<&str> = w.iter().map(|w| w.destination.as_str()).collect();
         assert_eq!(dests, ["/data", "/cache", "/logs", "/img"]);
         assert_eq!(w[0].name.as_deref(), Some("a1"));
         assert!(w[1].name.is_none() && w[1].read_only && w[1].no_copy);
         // noauto: only what was named.
-        let w = collect(&binds, &[], vec![], &["/logs".into()], &["/img".into()], true).unwrap();
+        let w = collect(
+            &binds,
+            &[],
+            vec![],
+            &["/logs".into()],
+            &["/img".into()],
+            true,
+        )
+        .unwrap();
         assert_eq!(w.len(), 1);
-        let dup = collect(&["a1:/d".into(), "a2:/d/".into()], &[], vec![], &[], &[], false);
-        assert!(dup.unwrap_err().to_string().contains("Duplicate mount point: /d"));
+        let dup = collect(
+            &["a1:/d".into(), "a2:/d/".into()],
+            &[],
+            vec![],
+            &[],
+            &[],
+            false,
+        );
+        assert!(dup
+            .unwrap_err()
+            .to_string()
+            .contains("Duplicate mount point: /d"));
         let five: Vec<String> = (0..5).map(|i| format!("v{i}:/m{i}")).collect();
-        let e = collect(&five, &[], vec![], &[], &[], false).unwrap_err().to_string();
+        let e = collect(&five, &[], vec![], &[], &[], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 4 volumes"), "{e}");
         let bind = MountSpec {
             kind: "bind".into(),
@@ -329,7 +366,10 @@ mod tests {
     #[test]
     fn volumes_from() {
         assert_eq!(parse_volumes_from("db").unwrap(), ("db".into(), None));
-        assert_eq!(parse_volumes_from("db:ro").unwrap(), ("db".into(), Some(true)));
+        assert_eq!(
+            parse_volumes_from("db:ro").unwrap(),
+            ("db".into(), Some(true))
+        );
         assert!(parse_volumes_from("db:xx").is_err());
     }
 }

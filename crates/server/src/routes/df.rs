@@ -32,7 +32,10 @@ pub async fn df(
         .iter()
         .map(|v| {
             let mut s = summary(v);
-            let users = containers.iter().filter(|c| c.image_id == v.info.id).count();
+            let users = containers
+                .iter()
+                .filter(|c| c.image_id == v.info.id)
+                .count();
             s["Containers"] = json!(users);
             s
         })

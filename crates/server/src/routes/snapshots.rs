@@ -39,7 +39,11 @@ pub async fn list(
         .volumes
         .snapshots(&tenant)?
         .iter()
-        .filter(|s| names.as_ref().is_none_or(|n| n.iter().any(|n| s.name.contains(n.as_str()))))
+        .filter(|s| {
+            names
+                .as_ref()
+                .is_none_or(|n| n.iter().any(|n| s.name.contains(n.as_str())))
+        })
         .filter(|s| volumes.as_ref().is_none_or(|v| v.contains(&s.volume)))
         .map(snapshot_json)
         .collect();
@@ -72,11 +76,20 @@ pub async fn create(
         .cloned()
         .unwrap_or(body.volume);
     if volume.is_empty() {
-        return Err(ApiError::bad_request("missing volume: say which volume to snapshot"));
+        return Err(ApiError::bad_request(
+            "missing volume: say which volume to snapshot",
+        ));
     }
-    let name = q.get("name").filter(|v| !v.is_empty()).cloned().unwrap_or(body.name);
+    let name = q
+        .get("name")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or(body.name);
     let force = flag(&q, "force", false) || body.force;
-    let s = app.runtime.create_snapshot(&tenant, &volume, &name, force).await?;
+    let s = app
+        .runtime
+        .create_snapshot(&tenant, &volume, &name, force)
+        .await?;
     Ok((StatusCode::CREATED, Json(snapshot_json(&s))))
 }
 
@@ -85,7 +98,9 @@ pub async fn inspect(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Path(reference): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(snapshot_json(&app.runtime.volumes.snapshot(&tenant, &reference)?)))
+    Ok(Json(snapshot_json(
+        &app.runtime.volumes.snapshot(&tenant, &reference)?,
+    )))
 }
 
 pub async fn remove(

@@ -51,7 +51,11 @@ pub async fn initialize(
     if body.volume.is_empty() {
         return Err(ApiError::bad_request("no volume to initialise"));
     }
-    let items: Vec<(String, String)> = body.volume.into_iter().map(|v| (v.name, v.source)).collect();
+    let items: Vec<(String, String)> = body
+        .volume
+        .into_iter()
+        .map(|v| (v.name, v.source))
+        .collect();
     let answer = app.runtime.initialize_volumes(&tenant, &items).await?;
     // Hyper's client posts to the URL as given: make it absolute, on the host it asked.
     let host = headers
@@ -83,11 +87,14 @@ pub async fn upload(
         .runtime
         .volumes
         .uploads
-        .upload_target(&session, &volume, cookie, None)?;
+        .upload_target(&session, &volume, cookie)?;
     let limit = app.runtime.volumes.get(&tenant, &volume)?.bytes();
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the upload: {e}")))?;
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the upload: {e}"),
+        )
+    })?;
     let mut stream = body.into_data_stream();
     let mut written: u64 = 0;
     while let Some(chunk) = stream.next().await {
@@ -101,13 +108,19 @@ pub async fn upload(
                 limit >> 30
             )));
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the upload: {e}")))?;
+        file.write_all(&chunk).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the upload: {e}"),
+            )
+        })?;
     }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the upload: {e}")))?;
+    file.flush().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the upload: {e}"),
+        )
+    })?;
     Ok(StatusCode::OK)
 }
 

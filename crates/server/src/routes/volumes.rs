@@ -74,10 +74,10 @@ pub async fn list(
     if let Some(raw) = f.filter(|f| !f.is_empty()) {
         let parsed: Value = serde_json::from_str(raw)
             .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?;
-        if let Some(unknown) = parsed
-            .as_object()
-            .and_then(|o| o.keys().find(|k| !matches!(k.as_str(), "name" | "label" | "dangling" | "driver")))
-        {
+        if let Some(unknown) = parsed.as_object().and_then(|o| {
+            o.keys()
+                .find(|k| !matches!(k.as_str(), "name" | "label" | "dangling" | "driver"))
+        }) {
             return Err(ApiError::bad_request(format!(
                 "invalid filter '{unknown}': the volume filters are name, label, dangling and driver"
             )));
@@ -89,12 +89,20 @@ pub async fn list(
     let dangling = match filter_values(f, "dangling")?.as_deref() {
         None | Some([]) => None,
         Some([v]) => Some(matches!(v.as_str(), "true" | "1")),
-        Some(_) => return Err(ApiError::bad_request("give one value for the dangling filter")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "give one value for the dangling filter",
+            ))
+        }
     };
     let mut out = Vec::new();
     for v in app.runtime.volumes.list(&tenant)? {
-        if names.as_ref().is_some_and(|n| !n.iter().any(|n| v.name.contains(n.as_str())))
-            || drivers.as_ref().is_some_and(|d| !d.iter().any(|d| *d == v.driver || d == "hyper"))
+        if names
+            .as_ref()
+            .is_some_and(|n| !n.iter().any(|n| v.name.contains(n.as_str())))
+            || drivers
+                .as_ref()
+                .is_some_and(|d| !d.iter().any(|d| *d == v.driver || d == "hyper"))
             || !has_labels(&v, &labels)
             || dangling.is_some_and(|d| d != app.runtime.volume_users(&tenant, &v.name).is_empty())
         {
@@ -116,7 +124,9 @@ struct CreateBody {
     labels: BTreeMap<String, String>,
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
     Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -180,7 +190,9 @@ pub async fn prune(
             !has_labels(v, &labels) || (!not_labels.is_empty() && has_labels(v, &not_labels))
         })
         .await?;
-    Ok(Json(json!({"VolumesDeleted": removed, "SpaceReclaimed": freed})))
+    Ok(Json(
+        json!({"VolumesDeleted": removed, "SpaceReclaimed": freed}),
+    ))
 }
 
 #[cfg(test)]
