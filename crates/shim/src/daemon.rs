@@ -218,13 +218,34 @@ impl Shim {
         self.qemu_gone.borrow().is_none()
     }
 
+    /// Stop QEMU now, without the guest. Inside the runtime (a VM with RBD volumes is given a
+    /// few seconds to exit).
+    ///
+    /// A VM with RBD volumes gets SIGTERM first: QEMU then exits cleanly, flushing and closing
+    /// its disks, and librbd releases each image's exclusive lock and watch. After a SIGKILL
+    /// they stay until the watch times out on the OSDs (30 s), and the next VM that opens the
+    /// image waits that long to write (a restore's `block_resize` waits for the lock). A QEMU
+    /// that does not exit in 5 s (a cluster out of reach: librbd's close waits for its cache's
+    /// writes) is killed.
     fn kill_qemu(&self) {
-        if self.qemu_alive() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.qemu_pid as i32),
-                nix::sys::signal::SIGKILL,
-            );
+        if !self.qemu_alive() {
+            return;
         }
+        let pid = nix::unistd::Pid::from_raw(self.qemu_pid as i32);
+        if !crate::volumes::has_rbd(&self.spec) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            return;
+        }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let mut gone = self.qemu_gone.clone();
+        tokio::spawn(async move {
+            let exited =
+                tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
+            // Not reaped yet, so the pid is still QEMU's.
+            if exited.is_err() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            }
+        });
     }
 }
 
@@ -673,20 +694,6 @@ async fn serve(
             slog!("guest synced: stopping QEMU");
         } else {
             slog!("VM did not sync or power off in 5s: killing QEMU");
-        }
-        // A VM with RBD volumes is stopped with SIGTERM first: QEMU then exits cleanly, closing
-        // its disks, and librbd releases each image's exclusive lock and watch. After a SIGKILL
-        // they stay until the watch times out on the OSDs (30 s), and the next VM that opens
-        // the image waits that long to write (a restore's `block_resize` waits for the lock).
-        // The guest has synced: nothing of the container's is left in librbd's cache either way.
-        if crate::volumes::has_rbd(&shim.spec) && shim.qemu_alive() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(shim.qemu_pid as i32),
-                nix::sys::signal::SIGTERM,
-            );
-            let mut gone = gone_rx.clone();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
         }
         shim.kill_qemu();
         let mut gone = gone_rx.clone();

@@ -485,12 +485,21 @@ mod tests {
             let VolumeBacking::Rbd(r) = &v.backing else {
                 panic!("{boot}: {:?}", v.backing)
             };
-            assert_eq!((r.pool.as_str(), r.image.as_str(), r.user.as_str()), ("rbd", "vol-1", "hyper"));
+            assert_eq!(
+                (r.pool.as_str(), r.image.as_str(), r.user.as_str()),
+                ("rbd", "vol-1", "hyper")
+            );
             assert_eq!(
                 r.monitors,
                 [
-                    vm::Monitor { host: "192.0.2.2".into(), port: 3300 },
-                    vm::Monitor { host: "2001:db8::2".into(), port: 3300 }
+                    vm::Monitor {
+                        host: "192.0.2.2".into(),
+                        port: 3300
+                    },
+                    vm::Monitor {
+                        host: "2001:db8::2".into(),
+                        port: 3300
+                    }
                 ]
             );
             assert_eq!(r.key, RbdKey::File(key.clone()));
@@ -503,7 +512,9 @@ mod tests {
             assert!(!key.exists(), "{boot}: the key file outlived the boot");
         }
         let inline = rbd(&spec.volumes[0].disk, RbdKey::Inline(KEY.into())).unwrap();
-        let VolumeBacking::Rbd(r) = &inline else { panic!() };
+        let VolumeBacking::Rbd(r) = &inline else {
+            panic!()
+        };
         assert_eq!(r.key, RbdKey::Inline(KEY.into()));
         assert!(!format!("{inline:?}").contains(KEY));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -630,6 +630,13 @@ fn volume_in_every_boot(f: &Fixture, disk: &Path, img: &shim::VolumeDisk) -> [Pa
         r.shim_log
     );
     assert_volume_seen(&r.output, "cold restored claimed");
+    for r in [&restored, &claimed] {
+        for l in r.shim_log.lines() {
+            if l.contains("restored from template") || l.contains("claimed in") {
+                eprintln!("{l}");
+            }
+        }
+    }
     [cold, restored.dir.clone(), claimed.dir.clone()]
 }
 
@@ -682,7 +689,11 @@ struct RbdImage<'a> {
 
 impl Drop for RbdImage<'_> {
     fn drop(&mut self) {
-        let _ = self.ceph.rbd().args(["rm", "--no-progress", &self.name]).output();
+        let _ = self
+            .ceph
+            .rbd()
+            .args(["rm", "--no-progress", &self.name])
+            .output();
     }
 }
 
@@ -711,7 +722,11 @@ fn an_rbd_volume_in_cold_restored_and_claimed_vms() {
         .arg(format!("rbd/{}", image.name))
         .output()
         .unwrap();
-    assert!(out.status.success(), "rbd import: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rbd import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let img = shim::VolumeDisk::Rbd {
         pool: "rbd".into(),
         image: image.name.clone(),
@@ -724,7 +739,11 @@ fn an_rbd_volume_in_cold_restored_and_claimed_vms() {
         // The key went to QEMU and not beyond: no file left, nothing on a command line.
         assert!(!d.join("vol1.key").exists(), "{}", d.display());
         let log = std::fs::read_to_string(d.join("shim.log")).unwrap_or_default();
-        assert!(!log.contains(&ceph.key), "the key is in {}/shim.log", d.display());
+        assert!(
+            !log.contains(&ceph.key),
+            "the key is in {}/shim.log",
+            d.display()
+        );
     }
     // Every QEMU closed the image (clean exits release librbd's lock and watch).
     let out = ceph.rbd().args(["status", &image.name]).output().unwrap();

@@ -33,7 +33,9 @@ pub use accel::{host_tsc_khz, Accel, ParseAccelError};
 pub use initramfs::{build_initramfs, check_agent, InitramfsError, VIRTIO_MODULES};
 pub use qemu::Qemu;
 pub use qmp::{Qmp, QmpError};
-pub use volume::{volume_serial, Monitor, Rbd, RbdKey, Volume, VolumeBacking, Volumes, VOLUME_SLOTS};
+pub use volume::{
+    volume_serial, Monitor, Rbd, RbdKey, Volume, VolumeBacking, Volumes, VOLUME_SLOTS,
+};
 
 /// File names inside a VM's directory, shared with the shim.
 pub const AGENT_SOCK: &str = "agent.sock";

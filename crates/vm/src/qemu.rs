@@ -649,11 +649,17 @@ mod tests {
             env(&cmd, "LD_PRELOAD").as_deref(),
             Some("librbd.so.1:librados.so.2")
         );
-        assert_eq!(env(&cmd, "QEMU_MODULE_DIR").as_deref(), Some("qemu-modules"));
+        assert_eq!(
+            env(&cmd, "QEMU_MODULE_DIR").as_deref(),
+            Some("qemu-modules")
+        );
         // Only a standby attaches volumes after it has chrooted.
         let cold = Qemu.command_for(&c, &Boot::cold()).unwrap();
         assert_eq!(env(&cold, "LD_PRELOAD"), None);
-        assert_eq!(Qemu.command(&c).unwrap().get_current_dir(), Some(dir.as_path()));
+        assert_eq!(
+            Qemu.command(&c).unwrap().get_current_dir(),
+            Some(dir.as_path())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
