@@ -241,9 +241,9 @@ pub fn on_termination_signal(cleanup: fn()) {
 }
 
 /// Clean-up for the benchmarks that run hyperd through the end-to-end harness (`net`,
-/// `services`): one registry of what they started, undone by [`e2e_cleanup::run`] on a normal
-/// exit, when a panic unwinds through a [`e2e_cleanup::Guard`], and on SIGINT/SIGTERM/SIGHUP
-/// (through [`on_termination_signal`]).
+/// `services`, `volumes`): one registry of what they started, undone by [`e2e_cleanup::run`] on
+/// a normal exit, when a panic unwinds through a [`e2e_cleanup::Guard`], and on
+/// SIGINT/SIGTERM/SIGHUP (through [`on_termination_signal`]).
 pub mod e2e_cleanup {
     use std::path::PathBuf;
     use std::process::Child;

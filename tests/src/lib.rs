@@ -936,6 +936,70 @@ pub fn main_daemon() -> &'static Daemon {
 
 pub type TestFn = fn();
 
+fn teardown_hooks() -> &'static Mutex<Vec<Box<dyn FnOnce() + Send>>> {
+    static H: OnceLock<Mutex<Vec<Box<dyn FnOnce() + Send>>>> = OnceLock::new();
+    H.get_or_init(Mutex::default)
+}
+
+/// Runs `f` when the tests are over, after every daemon has been stopped.
+pub fn at_teardown(f: impl FnOnce() + Send + 'static) {
+    teardown_hooks().lock().unwrap().push(Box::new(f));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ceph
+
+/// A real Ceph cluster (`scripts/ceph-cluster`: 1 mon, 1 mgr, 3 OSDs in a namespace of their
+/// own, linked to this process's by a veth), started once per test binary on first use and
+/// stopped at teardown.
+pub struct Ceph {
+    pub dir: PathBuf,
+}
+
+impl Ceph {
+    pub fn get() -> &'static Ceph {
+        static C: OnceLock<Ceph> = OnceLock::new();
+        C.get_or_init(|| {
+            let dir = short_tmp("ceph");
+            let script = workspace_root().join("scripts/ceph-cluster");
+            Cmd::new(&script, &["start", dir.to_str().unwrap()])
+                .timeout(300.0)
+                .run()
+                .ok();
+            let stop_dir = dir.clone();
+            at_teardown(move || {
+                Cmd::new(&script, &["stop", stop_dir.to_str().unwrap()])
+                    .timeout(120.0)
+                    .run()
+                    .ok();
+            });
+            Ceph { dir }
+        })
+    }
+
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("ceph.conf")
+    }
+
+    /// `scripts/ceph-cluster CMD DIR ARGS`, which must succeed.
+    pub fn script(&self, cmd: &str, args: &[&str]) -> Out {
+        let mut a = vec![cmd, self.dir.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Cmd::new(workspace_root().join("scripts/ceph-cluster"), &a)
+            .timeout(180.0)
+            .run()
+            .ok()
+    }
+
+    /// `rbd ARGS` as the cluster's admin.
+    pub fn rbd(&self, args: &[&str]) -> Out {
+        let conf = self.conf();
+        let mut a = vec!["-c", conf.to_str().unwrap(), "--id", "admin"];
+        a.extend_from_slice(args);
+        Cmd::new("rbd", &a).timeout(120.0).run()
+    }
+}
+
 /// Name, passed, duration.
 type TestResult = (&'static str, bool, Duration);
 
@@ -1034,6 +1098,7 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
     // Teardown and the leak check, as the last "test".
     let t = Instant::now();
     let mut leaks = Vec::new();
+    let hooks: Vec<Box<dyn FnOnce() + Send>> = teardown_hooks().lock().unwrap().drain(..).collect();
     let daemons: Vec<Arc<Daemon>> = registry().lock().unwrap().drain(..).collect();
     for d in &daemons {
         let l = d.teardown();
@@ -1041,6 +1106,10 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
             println!("{}", d.diagnostics());
         }
         leaks.extend(l);
+    }
+    // After the daemons: what they used (a Ceph cluster) goes last.
+    for hook in hooks {
+        hook();
     }
     let keep = std::env::var("HYPER_TEST_KEEP").is_ok_and(|v| v == "1");
     if !keep {

@@ -9,6 +9,7 @@ use e2e::*;
 
 fn main() {
     let tests: &[(&'static str, TestFn)] = &[
+        ("rbd_volumes", rbd_volumes),
         ("volumes_outlive_hyperd", volumes_outlive_hyperd),
         ("data_outlives_containers", data_outlives_containers),
         ("snapshots", snapshots),
@@ -283,16 +284,16 @@ fn start_holder_on_a_standby(d: &Daemon) -> String {
 /// the node (hyperd, shims, QEMUs); a container running through the first keeps its volume.
 fn volumes_outlive_hyperd() {
     let dd = Daemon::start("vk", DaemonOpts::default());
-    let d: &Daemon = &dd;
+    survives_hyperd_and_node_loss(&dd, "db");
+    dd.stop();
+}
+
+/// The body of [`volumes_outlive_hyperd`] for volume `volume` of `d`'s default driver.
+fn survives_hyperd_and_node_loss(d: &Daemon, volume: &str) {
+    let spec = format!("{volume}:/db");
     let id = d
         .hyper(&[
-            "run",
-            "-d",
-            "-v",
-            "db:/db",
-            "busybox",
-            "sh",
-            "-c",
+            "run", "-d", "-v", &spec, "busybox", "sh", "-c",
             "echo one > /db/a; sync; echo written; sleep 600",
         ])
         .run()
@@ -300,21 +301,13 @@ fn volumes_outlive_hyperd() {
         .out();
     wait_for("the write", secs(60.0), || {
         let o = d.hyper(&["logs", &id]).run();
-        if o.stdout.contains("written") {
-            Ok(())
-        } else {
-            Err(o.to_string())
-        }
+        if o.stdout.contains("written") { Ok(()) } else { Err(o.to_string()) }
     });
     d.restart();
     // Still held by the running container after hyperd came back.
-    let o = d
-        .hyper(&["run", "--rm", "-v", "db:/db", "busybox", "true"])
-        .run();
+    let o = d.hyper(&["run", "--rm", "-v", &spec, "busybox", "true"]).run();
     assert!(o.stderr.contains("in use"), "{o}");
-    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"])
-        .run()
-        .ok();
+    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"]).run().ok();
     // Every process of the node goes at once.
     d.kill9();
     for p in container_processes(d, &id) {
@@ -324,17 +317,108 @@ fn volumes_outlive_hyperd() {
     }
     wait_for("the VM to die", secs(20.0), || {
         let p = container_processes(d, &id);
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{p:?}"))
-        }
+        if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
     });
     d.restart();
     d.wait_status(&id, "exited", 60.0);
-    assert_eq!(run_with(d, "db:/db", "cat /db/a").trim(), "one\ntwo");
+    assert_eq!(run_with(d, &spec, "cat /db/a").trim(), "one\ntwo");
     d.hyper(&["rm", "-f", &id]).run().ok();
-    d.hyper(&["volume", "rm", "db"]).run().ok();
+    d.hyper(&["volume", "rm", volume]).run().ok();
+}
+
+/// Ceph RBD volumes (a real cluster: 1 mon, 1 mgr, 3 OSDs): data outlives containers, hyperd
+/// and the node's processes; snapshots and volumes from them; a start claims a standby VM; and
+/// writes with fsync go on while an OSD is killed, every block intact once it is back.
+fn rbd_volumes() {
+    let ceph = Ceph::get();
+    let dd = Daemon::start(
+        "vr",
+        DaemonOpts {
+            extra_args: vec![
+                "--ceph-conf".into(),
+                ceph.conf().to_string_lossy().into_owned(),
+                "--volume-driver".into(),
+                "rbd".into(),
+            ],
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    // The default driver is rbd; `local` stays selectable.
+    assert_eq!(run_with(d, "rb:/d", "echo hi > /d/f; sync; cat /d/f"), "hi\n");
+    let v = d.hyper(&["volume", "inspect", "rb"]).run().ok().json();
+    assert_eq!(v[0]["Driver"], "rbd", "{v}");
+    let images = ceph.rbd(&["ls", "rbd"]).ok().stdout;
+    assert_eq!(images.lines().filter(|l| l.starts_with("vol-")).count(), 1, "{images}");
+    assert_eq!(run_with(d, "rb:/d", "cat /d/f"), "hi\n");
+    d.hyper(&["volume", "create", "--name", "loc", "-d", "local"]).run().ok();
+    assert_eq!(d.hyper(&["volume", "inspect", "loc"]).run().ok().json()[0]["Driver"], "local");
+
+    // Snapshots are RBD's, and a volume from one is an image of its own.
+    d.hyper(&["snapshot", "create", "-v", "rb", "--name", "rs"]).run().ok();
+    run_with(d, "rb:/d", "echo changed > /d/f; sync");
+    d.hyper(&["volume", "create", "--name", "rb2", "--snapshot", "rs"]).run().ok();
+    assert_eq!(run_with(d, "rb2:/d", "cat /d/f"), "hi\n");
+    d.hyper(&["snapshot", "rm", "rs"]).run().ok();
+    assert_eq!(run_with(d, "rb2:/d", "cat /d/f"), "hi\n", "a volume outlives its snapshot");
+
+    // A start with an rbd volume claims a standby VM.
+    let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
+    if !cold {
+        wait_for("a standby VM ready", secs(120.0), || match d.info_field("StandbyVMsReady") {
+            n if n != "0" => Ok(()),
+            _ => Err(d.info_field("StandbyVMs")),
+        });
+        let id = d
+            .hyper(&["run", "-d", "-v", "rb2:/d", "busybox", "sleep", "600"])
+            .run()
+            .ok()
+            .out();
+        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
+        assert!(log.contains("standby: claimed by container"), "{log}");
+        d.hyper(&["rm", "-f", &id]).run().ok();
+    }
+
+    // An OSD dies under writes that fsync: they go on (size 3, min_size 2), and every block
+    // checks out once it is back.
+    let writer = d
+        .hyper(&[
+            "run", "-d", "-v", "rb:/d", "busybox", "sh", "-c",
+            "rm -f /d/blk* /d/sums; i=0; while [ $i -lt 400 ]; do \
+             dd if=/dev/urandom of=/d/blk$i bs=64k count=1 conv=fsync 2>/dev/null; \
+             md5sum /d/blk$i >> /d/sums; sync; i=$((i+1)); done; echo done",
+        ])
+        .run()
+        .ok()
+        .out();
+    let written = |d: &Daemon| -> usize {
+        let o = d.hyper(&["exec", &writer, "sh", "-c", "wc -l < /d/sums"]).run();
+        o.stdout.trim().parse().unwrap_or(0)
+    };
+    wait_for("the writer to start", secs(60.0), || {
+        if written(d) > 5 { Ok(()) } else { Err("not yet".into()) }
+    });
+    ceph.script("kill-osd", &["1"]);
+    let at_kill = written(d);
+    wait_for("writes to go on with an OSD down", secs(60.0), || {
+        let n = written(d);
+        if n >= at_kill + 20 { Ok(()) } else { Err(format!("{n} blocks, {at_kill} at the kill")) }
+    });
+    ceph.script("start-osd", &["1"]);
+    wait_for("the writer to finish", secs(300.0), || {
+        let o = d.hyper(&["logs", &writer]).run();
+        if o.stdout.contains("done") { Ok(()) } else { Err(format!("{} blocks", written(d))) }
+    });
+    d.hyper(&["rm", "-f", &writer]).run().ok();
+    let check = run_with(d, "rb:/d", "cd /; md5sum -c /d/sums | grep -vc ': OK$'; wc -l < /d/sums");
+    assert_eq!(check, "0\n400\n", "every block checks out");
+
+    survives_hyperd_and_node_loss(d, "rbdb");
+    for v in ["rb", "rb2", "loc"] {
+        d.hyper(&["volume", "rm", v]).run().ok();
+    }
+    let images = ceph.rbd(&["ls", "rbd"]).ok().stdout;
+    assert_eq!(images.trim(), "", "every image went with its volume: {images}");
     d.stop();
 }
 
