@@ -681,6 +681,26 @@ impl Daemon {
             .out()
     }
 
+    /// `curl` of `METHOD path` on the unix socket (`path` with its version prefix, e.g.
+    /// `/v1.44/volumes`), `extra` curl arguments before the URL; stdout is the body, then a
+    /// line with the HTTP status.
+    pub fn api(&self, method: &str, path: &str, extra: &[&str]) -> Out {
+        let sock = self.sock.to_string_lossy().into_owned();
+        let url = format!("http://hyper{path}");
+        let mut a = vec![
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            &sock,
+            "-X",
+            method,
+        ];
+        a.extend_from_slice(extra);
+        a.push(&url);
+        Cmd::new("curl", &a).run().ok()
+    }
+
     /// The stock docker CLI against the unix socket.
     pub fn docker(&self, args: &[&str]) -> Cmd {
         Cmd::new(docker_bin(), args)

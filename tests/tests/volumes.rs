@@ -107,7 +107,6 @@ fn data_outlives_containers() {
         .ok()
         .stdout;
     assert_eq!(out, "kept\n1\n");
-    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
     let id = d
         .hyper(&[
             "create",
@@ -122,7 +121,6 @@ fn data_outlives_containers() {
         .ok()
         .out();
     assert_eq!(d.inspect(&id)["Mounts"], serde_json::json!([]));
-    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout, before);
     d.hyper(&["rm", &id]).run().ok();
 
     // Read-only.
@@ -232,9 +230,29 @@ fn data_outlives_containers() {
         .ok()
         .stdout
         .contains(&name));
-    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
-    run_with(d, "/tmpvol", "true");
-    assert_eq!(d.hyper(&["volume", "ls", "-q"]).run().ok().stdout, before);
+    let gone = d
+        .hyper(&[
+            "run", "-d", "--rm", "-v", "/tmpvol", "busybox", "sleep", "2",
+        ])
+        .run()
+        .ok()
+        .out();
+    let name = d.inspect(&gone)["Mounts"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(
+        "the --rm container and its anonymous volume to go",
+        secs(60.0),
+        || {
+            let ls = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+            if ls.contains(&name) {
+                Err(ls)
+            } else {
+                Ok(())
+            }
+        },
+    );
 
     for v in ["notes", "etccopy", "nocopy"] {
         d.hyper(&["volume", "rm", v]).run().ok();
@@ -293,7 +311,13 @@ fn survives_hyperd_and_node_loss(d: &Daemon, volume: &str) {
     let spec = format!("{volume}:/db");
     let id = d
         .hyper(&[
-            "run", "-d", "-v", &spec, "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "-v",
+            &spec,
+            "busybox",
+            "sh",
+            "-c",
             "echo one > /db/a; sync; echo written; sleep 600",
         ])
         .run()
@@ -301,13 +325,21 @@ fn survives_hyperd_and_node_loss(d: &Daemon, volume: &str) {
         .out();
     wait_for("the write", secs(60.0), || {
         let o = d.hyper(&["logs", &id]).run();
-        if o.stdout.contains("written") { Ok(()) } else { Err(o.to_string()) }
+        if o.stdout.contains("written") {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
     });
     d.restart();
     // Still held by the running container after hyperd came back.
-    let o = d.hyper(&["run", "--rm", "-v", &spec, "busybox", "true"]).run();
+    let o = d
+        .hyper(&["run", "--rm", "-v", &spec, "busybox", "true"])
+        .run();
     assert!(o.stderr.contains("in use"), "{o}");
-    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"]).run().ok();
+    d.hyper(&["exec", &id, "sh", "-c", "echo two >> /db/a; sync"])
+        .run()
+        .ok();
     // Every process of the node goes at once.
     d.kill9();
     for p in container_processes(d, &id) {
@@ -317,7 +349,11 @@ fn survives_hyperd_and_node_loss(d: &Daemon, volume: &str) {
     }
     wait_for("the VM to die", secs(20.0), || {
         let p = container_processes(d, &id);
-        if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
     });
     d.restart();
     d.wait_status(&id, "exited", 60.0);
@@ -345,29 +381,51 @@ fn rbd_volumes() {
     );
     let d: &Daemon = &dd;
     // The default driver is rbd; `local` stays selectable.
-    assert_eq!(run_with(d, "rb:/d", "echo hi > /d/f; sync; cat /d/f"), "hi\n");
+    assert_eq!(
+        run_with(d, "rb:/d", "echo hi > /d/f; sync; cat /d/f"),
+        "hi\n"
+    );
     let v = d.hyper(&["volume", "inspect", "rb"]).run().ok().json();
     assert_eq!(v[0]["Driver"], "rbd", "{v}");
     let images = ceph.rbd(&["ls", "rbd"]).ok().stdout;
-    assert_eq!(images.lines().filter(|l| l.starts_with("vol-")).count(), 1, "{images}");
+    assert_eq!(
+        images.lines().filter(|l| l.starts_with("vol-")).count(),
+        1,
+        "{images}"
+    );
     assert_eq!(run_with(d, "rb:/d", "cat /d/f"), "hi\n");
-    d.hyper(&["volume", "create", "--name", "loc", "-d", "local"]).run().ok();
-    assert_eq!(d.hyper(&["volume", "inspect", "loc"]).run().ok().json()[0]["Driver"], "local");
+    d.hyper(&["volume", "create", "--name", "loc", "-d", "local"])
+        .run()
+        .ok();
+    assert_eq!(
+        d.hyper(&["volume", "inspect", "loc"]).run().ok().json()[0]["Driver"],
+        "local"
+    );
 
     // Snapshots are RBD's, and a volume from one is an image of its own.
-    d.hyper(&["snapshot", "create", "-v", "rb", "--name", "rs"]).run().ok();
+    d.hyper(&["snapshot", "create", "-v", "rb", "--name", "rs"])
+        .run()
+        .ok();
     run_with(d, "rb:/d", "echo changed > /d/f; sync");
-    d.hyper(&["volume", "create", "--name", "rb2", "--snapshot", "rs"]).run().ok();
+    d.hyper(&["volume", "create", "--name", "rb2", "--snapshot", "rs"])
+        .run()
+        .ok();
     assert_eq!(run_with(d, "rb2:/d", "cat /d/f"), "hi\n");
     d.hyper(&["snapshot", "rm", "rs"]).run().ok();
-    assert_eq!(run_with(d, "rb2:/d", "cat /d/f"), "hi\n", "a volume outlives its snapshot");
+    assert_eq!(
+        run_with(d, "rb2:/d", "cat /d/f"),
+        "hi\n",
+        "a volume outlives its snapshot"
+    );
 
     // A start with an rbd volume claims a standby VM.
     let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
     if !cold {
-        wait_for("a standby VM ready", secs(120.0), || match d.info_field("StandbyVMsReady") {
-            n if n != "0" => Ok(()),
-            _ => Err(d.info_field("StandbyVMs")),
+        wait_for("a standby VM ready", secs(120.0), || {
+            match d.info_field("StandbyVMsReady") {
+                n if n != "0" => Ok(()),
+                _ => Err(d.info_field("StandbyVMs")),
+            }
         });
         let id = d
             .hyper(&["run", "-d", "-v", "rb2:/d", "busybox", "sleep", "600"])
@@ -383,7 +441,13 @@ fn rbd_volumes() {
     // checks out once it is back.
     let writer = d
         .hyper(&[
-            "run", "-d", "-v", "rb:/d", "busybox", "sh", "-c",
+            "run",
+            "-d",
+            "-v",
+            "rb:/d",
+            "busybox",
+            "sh",
+            "-c",
             "rm -f /d/blk* /d/sums; i=0; while [ $i -lt 400 ]; do \
              dd if=/dev/urandom of=/d/blk$i bs=64k count=1 conv=fsync 2>/dev/null; \
              md5sum /d/blk$i >> /d/sums; sync; i=$((i+1)); done; echo done",
@@ -392,25 +456,43 @@ fn rbd_volumes() {
         .ok()
         .out();
     let written = |d: &Daemon| -> usize {
-        let o = d.hyper(&["exec", &writer, "sh", "-c", "wc -l < /d/sums"]).run();
+        let o = d
+            .hyper(&["exec", &writer, "sh", "-c", "wc -l < /d/sums"])
+            .run();
         o.stdout.trim().parse().unwrap_or(0)
     };
     wait_for("the writer to start", secs(60.0), || {
-        if written(d) > 5 { Ok(()) } else { Err("not yet".into()) }
+        if written(d) > 5 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     ceph.script("kill-osd", &["1"]);
     let at_kill = written(d);
     wait_for("writes to go on with an OSD down", secs(60.0), || {
         let n = written(d);
-        if n >= at_kill + 20 { Ok(()) } else { Err(format!("{n} blocks, {at_kill} at the kill")) }
+        if n >= at_kill + 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} blocks, {at_kill} at the kill"))
+        }
     });
     ceph.script("start-osd", &["1"]);
     wait_for("the writer to finish", secs(300.0), || {
         let o = d.hyper(&["logs", &writer]).run();
-        if o.stdout.contains("done") { Ok(()) } else { Err(format!("{} blocks", written(d))) }
+        if o.stdout.contains("done") {
+            Ok(())
+        } else {
+            Err(format!("{} blocks", written(d)))
+        }
     });
     d.hyper(&["rm", "-f", &writer]).run().ok();
-    let check = run_with(d, "rb:/d", "cd /; md5sum -c /d/sums | grep -vc ': OK$'; wc -l < /d/sums");
+    let check = run_with(
+        d,
+        "rb:/d",
+        "cd /; md5sum -c /d/sums | grep -vc ': OK$'; wc -l < /d/sums",
+    );
     assert_eq!(check, "0\n400\n", "every block checks out");
 
     survives_hyperd_and_node_loss(d, "rbdb");
@@ -418,7 +500,11 @@ fn rbd_volumes() {
         d.hyper(&["volume", "rm", v]).run().ok();
     }
     let images = ceph.rbd(&["ls", "rbd"]).ok().stdout;
-    assert_eq!(images.trim(), "", "every image went with its volume: {images}");
+    assert_eq!(
+        images.trim(),
+        "",
+        "every image went with its volume: {images}"
+    );
     d.stop();
 }
 
@@ -776,28 +862,10 @@ fn volume_api_and_refusals() {
     }
     // The HTTP statuses.
     let status = |method: &str, path: &str, body: &str| {
-        Cmd::new(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--unix-socket",
-                d.sock.to_str().unwrap(),
-                "-X",
-                method,
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                &format!("http://hyper/v1.44{path}"),
-            ],
-        )
-        .run()
-        .ok()
-        .stdout
+        let json = ["-H", "Content-Type: application/json", "-d", body];
+        let extra: &[&str] = if body.is_empty() { &[] } else { &json };
+        let o = d.api(method, &format!("/v1.44{path}"), extra);
+        o.stdout.rsplit('\n').next().unwrap_or("").to_string()
     };
     assert_eq!(
         status("POST", "/volumes/create", r#"{"Name":"x","Driver":"nfs"}"#),
@@ -964,7 +1032,13 @@ fn volumes_from_sources() {
     std::fs::write(site.join("index.html"), "hello site\n").unwrap();
     std::fs::write(site.join("img/logo.txt"), "logo\n").unwrap();
     std::os::unix::fs::symlink("index.html", site.join("home.html")).unwrap();
-    let before = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    // Volumes made for a container's source carry `autoremove=true`: none is left after.
+    let autoremove = || {
+        d.hyper(&["volume", "ls", "-q", "--filter", "label=autoremove=true"])
+            .run()
+            .ok()
+            .stdout
+    };
     let spec = format!("{}:/www", site.display());
     let out = run_with(
         d,
@@ -973,8 +1047,8 @@ fn volumes_from_sources() {
     );
     assert_eq!(out, "hello site\nlogo\nindex.html\n");
     assert_eq!(
-        d.hyper(&["volume", "ls", "-q"]).run().ok().stdout,
-        before,
+        autoremove(),
+        "",
         "the uploaded volume went with its --rm container"
     );
 
@@ -1028,65 +1102,41 @@ fn volumes_from_sources() {
 
     // A source bigger than the volume: a tar whose entry claims 11 GB, posted straight to
     // the upload session (hyperd must not trust a tenant's sizes).
-    let init = Cmd::new(
-        "curl",
+    let init = d.api(
+        "POST",
+        "/v1.23/volumes/initialize",
         &[
-            "-s",
-            "--unix-socket",
-            d.sock.to_str().unwrap(),
-            "-X",
-            "POST",
             "-H",
             "Content-Type: application/json",
             "-d",
             r#"{"Reload":false,"Volume":[{"Name":"www","Source":"/from/client"}]}"#,
-            "http://hyper/v1.23/volumes/initialize",
         ],
-    )
-    .run()
-    .ok()
-    .json();
+    );
+    let init: serde_json::Value =
+        serde_json::from_str(init.stdout.lines().next().unwrap()).unwrap();
     let session = init["Session"].as_str().unwrap().to_string();
     let url = init["Uploaders"]["www"].as_str().unwrap().to_string();
     let path = &url[url.find("/volumes/").unwrap()..];
     let tar = site.join("big.tar");
     std::fs::write(&tar, huge_tar_header(11 << 30)).unwrap();
-    let up = Cmd::new(
-        "curl",
+    let cookie = init["Cookie"].as_str().unwrap();
+    let data = format!("@{}", tar.display());
+    let up = d.api(
+        "POST",
+        &format!("{path}?cookie={cookie}"),
         &[
-            "-s",
-            "--unix-socket",
-            d.sock.to_str().unwrap(),
-            "-X",
-            "POST",
             "-H",
             "Content-Type: application/x-tar",
             "--data-binary",
-            &format!("@{}", tar.display()),
-            &format!(
-                "http://hyper{path}?cookie={}",
-                init["Cookie"].as_str().unwrap()
-            ),
+            &data,
         ],
-    )
-    .run()
-    .ok();
-    assert_eq!(up.stdout, "", "{up}");
-    let finish = Cmd::new(
-        "curl",
-        &[
-            "-s",
-            "-w",
-            "%{http_code}",
-            "--unix-socket",
-            d.sock.to_str().unwrap(),
-            "-X",
-            "PUT",
-            &format!("http://hyper/v1.23/volumes/uploadfinish?session={session}"),
-        ],
-    )
-    .run()
-    .ok();
+    );
+    assert_eq!(up.stdout, "\n200", "{up}");
+    let finish = d.api(
+        "PUT",
+        &format!("/v1.23/volumes/uploadfinish?session={session}"),
+        &[],
+    );
     assert!(finish.stdout.ends_with("400"), "{finish}");
     assert!(finish.stdout.contains("more than the volume"), "{finish}");
     assert_eq!(run_with(d, "www:/w", "cat /w/index.html"), "hello site\n");

@@ -76,30 +76,26 @@ impl Event {
         for (k, v) in extra {
             attributes.insert((*k).into(), v.clone());
         }
-        let now = Utc::now();
-        Self {
-            kind: "service".into(),
-            action: action.into(),
-            actor: Actor {
-                id: name.into(),
-                attributes,
-            },
-            scope: "local".into(),
-            status: action.into(),
-            id: name.into(),
-            from: image.into(),
-            time: now.timestamp(),
-            time_nano: now.timestamp_nanos_opt().unwrap_or(0),
-        }
+        Self::named("service", name, image, action, attributes)
     }
 
     /// A volume event (`create`, `destroy`), as Docker's: the volume's name is its id.
     pub fn volume(name: &str, driver: &str, action: &str) -> Self {
-        let mut attributes: BTreeMap<String, String> = BTreeMap::new();
-        attributes.insert("driver".into(), driver.into());
+        let attributes = BTreeMap::from([("driver".to_string(), driver.to_string())]);
+        Self::named("volume", name, "", action, attributes)
+    }
+
+    /// An event of an object known by its name.
+    fn named(
+        kind: &str,
+        name: &str,
+        from: &str,
+        action: &str,
+        attributes: BTreeMap<String, String>,
+    ) -> Self {
         let now = Utc::now();
         Self {
-            kind: "volume".into(),
+            kind: kind.into(),
             action: action.into(),
             actor: Actor {
                 id: name.into(),
@@ -108,7 +104,7 @@ impl Event {
             scope: "local".into(),
             status: action.into(),
             id: name.into(),
-            from: String::new(),
+            from: from.into(),
             time: now.timestamp(),
             time_nano: now.timestamp_nanos_opt().unwrap_or(0),
         }

@@ -66,3 +66,15 @@ impl RuntimeError {
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// The whole chain of causes, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -18,18 +18,6 @@ pub struct InitAnswer {
     pub uploads: Vec<(String, String)>,
 }
 
-/// An error and its causes, `outer: inner`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Holder name of a volume being initialised (shown where a container id would be).
 const INITIALISING: &str = "initialising";
 
@@ -61,7 +49,7 @@ impl Runtime {
                         image::source::fetch_into(&source, &tree, limit, &policy)
                             .await
                             .map(|_| ())
-                            .map_err(|e| chain(&e))
+                            .map_err(|e| crate::error_chain(&e))
                     }
                 })
                 .await?;
@@ -113,7 +101,7 @@ impl Runtime {
                             .await
                             .map_err(|e| e.to_string())?
                             .map(|_| ())
-                            .map_err(|e| chain(&e))
+                            .map_err(|e| crate::error_chain(&e))
                         }
                     })
                     .await

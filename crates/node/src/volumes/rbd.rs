@@ -277,7 +277,8 @@ impl Backend for Rbd {
                 return Ok(());
             }
             let size = format!("{}M", bytes >> 20);
-            self.rbd(&["resize", "--no-progress", "--size", &size, &image]).map(|_| ())
+            self.rbd(&["resize", "--no-progress", "--size", &size, &image])
+                .map(|_| ())
         });
         if grown.is_err() {
             let _ = self.rbd(&["rm", "--no-progress", &image]);
