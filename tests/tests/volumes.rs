@@ -254,6 +254,55 @@ fn data_outlives_containers() {
         },
     );
 
+    // An image's VOLUMEs are anonymous volumes (none with Hyper's noauto label).
+    let tar = short_tmp("imgvol").with_extension("tar");
+    Cmd::new(
+        workspace_root().join("scripts/make-busybox-image"),
+        &[tar.to_str().unwrap(), "busybox-vol:1"],
+    )
+    .env("IMAGE_VOLUMES", "/data")
+    .run()
+    .ok();
+    d.hyper(&["load", "-i", tar.to_str().unwrap()]).run().ok();
+    let _ = std::fs::remove_file(&tar);
+    let id = d
+        .hyper(&[
+            "run",
+            "-d",
+            "busybox-vol:1",
+            "sh",
+            "-c",
+            "echo x > /data/y; sync",
+        ])
+        .run()
+        .ok()
+        .out();
+    d.wait_status(&id, "exited", 60.0);
+    let m = &d.inspect(&id)["Mounts"];
+    assert_eq!(m[0]["Destination"], "/data", "{m}");
+    let name = m[0]["Name"].as_str().unwrap().to_string();
+    d.hyper(&["rm", "-v", &id]).run().ok();
+    assert!(!d
+        .hyper(&["volume", "ls", "-q"])
+        .run()
+        .ok()
+        .stdout
+        .contains(&name));
+    let id = d
+        .hyper(&[
+            "create",
+            "--label",
+            "sh_hyper_noauto_volume=true",
+            "busybox-vol:1",
+            "true",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(d.inspect(&id)["Mounts"], serde_json::json!([]));
+    d.hyper(&["rm", &id]).run().ok();
+    d.hyper(&["rmi", "busybox-vol:1"]).run().ok();
+
     for v in ["notes", "etccopy", "nocopy"] {
         d.hyper(&["volume", "rm", v]).run().ok();
     }
@@ -1074,6 +1123,15 @@ fn volumes_from_sources() {
     assert!(
         !out.contains(".git"),
         "the clone's .git stays out of the volume: {out}"
+    );
+
+    // `run -v URL:/path`: a volume of its own, gone with the --rm container.
+    let spec = format!("{}:/src", git.url("site.git"));
+    assert_eq!(run_with(d, &spec, "cat /src/README"), "from git\n");
+    assert_eq!(
+        autoremove(),
+        "",
+        "the cloned volume went with its --rm container"
     );
 
     // Refused, and the volume keeps its content.
