@@ -956,8 +956,11 @@ pub fn main_daemon() -> &'static Daemon {
 
 pub type TestFn = fn();
 
-fn teardown_hooks() -> &'static Mutex<Vec<Box<dyn FnOnce() + Send>>> {
-    static H: OnceLock<Mutex<Vec<Box<dyn FnOnce() + Send>>>> = OnceLock::new();
+/// Work left for the end of the run.
+type TeardownHook = Box<dyn FnOnce() + Send>;
+
+fn teardown_hooks() -> &'static Mutex<Vec<TeardownHook>> {
+    static H: OnceLock<Mutex<Vec<TeardownHook>>> = OnceLock::new();
     H.get_or_init(Mutex::default)
 }
 
@@ -1118,7 +1121,7 @@ pub fn run_tests(tests: &[(&'static str, TestFn)]) -> i32 {
     // Teardown and the leak check, as the last "test".
     let t = Instant::now();
     let mut leaks = Vec::new();
-    let hooks: Vec<Box<dyn FnOnce() + Send>> = teardown_hooks().lock().unwrap().drain(..).collect();
+    let hooks: Vec<TeardownHook> = teardown_hooks().lock().unwrap().drain(..).collect();
     let daemons: Vec<Arc<Daemon>> = registry().lock().unwrap().drain(..).collect();
     for d in &daemons {
         let l = d.teardown();
