@@ -254,6 +254,35 @@ fn data_outlives_containers() {
         },
     );
 
+    // Discard reaches the host: what the guest deletes and trims, the volume's file gives back.
+    let used = |d: &Daemon| -> u64 {
+        let o = d.api("GET", "/v1.44/system/df", &[]);
+        let df: serde_json::Value = serde_json::from_str(o.stdout.lines().next().unwrap()).unwrap();
+        df["Volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["Name"] == "notes")
+            .map(|v| v["UsageData"]["Size"].as_u64().unwrap())
+            .unwrap()
+    };
+    let base = used(d);
+    run_with(
+        d,
+        "notes:/d",
+        "dd if=/dev/urandom of=/d/big bs=1M count=64 2>/dev/null; sync",
+    );
+    let full = used(d);
+    assert!(full > base + (60 << 20), "64 MiB written: {base} -> {full}");
+    run_with(d, "notes:/d", "rm /d/big; sync; fstrim /d");
+    let trimmed = used(d);
+    assert!(
+        trimmed < base + (8 << 20),
+        "trimmed: {base} -> {full} -> {trimmed}"
+    );
+    let df = d.docker(&["system", "df"]).run().ok().stdout;
+    assert!(df.contains("Local Volumes"), "{df}");
+
     // An image's VOLUMEs are anonymous volumes (none with Hyper's noauto label).
     let tar = short_tmp("imgvol").with_extension("tar");
     Cmd::new(
