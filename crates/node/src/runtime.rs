@@ -914,11 +914,22 @@ impl Runtime {
         if signal == libc::SIGKILL {
             self.update(&entry, |c| c.state.stopped_by_user = true)?;
         }
+        let mut lifecycle = entry.lifecycle.subscribe();
+        let seen = lifecycle.borrow().exits;
         shim_link::request(&self.dir(&c.id), json!({"op": "signal", "signal": signal})).await?;
         self.events.emit(
             tenant,
             Event::container(&c, "kill", &[("signal", signal.to_string())]),
         );
+        // Docker's kill with SIGKILL returns once the container has stopped, so an `inspect` or
+        // `rm` right after it finds it exited; other signals return at once.
+        if signal == libc::SIGKILL {
+            let exited = lifecycle.wait_for(|l| l.exits > seen);
+            tokio::time::timeout(Duration::from_secs(30), exited)
+                .await
+                .map_err(|_| RuntimeError::Internal(format!("container {} did not stop", c.name)))?
+                .map_err(internal)?;
+        }
         Ok(())
     }
 

@@ -35,8 +35,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, df, events, exec, fips, images, networks, services, sg, snapshots,
-        system, usage, volume_init, volumes,
+        admin, containers as c, df, events, exec, fips, images, networks, prune, services, sg,
+        snapshots, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -99,6 +99,9 @@ pub fn router(state: AppState) -> Router {
             "/snapshots/{id}",
             get(snapshots::inspect).delete(snapshots::remove),
         )
+        .route("/containers/prune", post(prune::containers))
+        .route("/networks/prune", post(prune::networks))
+        .route("/build/prune", post(prune::build_cache))
         .route("/containers/create", post(c::create))
         .route("/containers/json", get(c::list))
         .route("/containers/{id}/json", get(c::inspect))

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod fips;
 pub mod images;
 pub mod networks;
+pub mod prune;
 pub mod services;
 pub mod sg;
 pub mod snapshots;
