@@ -8,6 +8,8 @@ fn main() {
     let tests: &[(&'static str, TestFn)] = &[
         ("kill_returns_once_stopped", kill_returns_once_stopped),
         ("prune_endpoints", prune_endpoints),
+        ("sizes_from_resource_flags", sizes_from_resource_flags),
+        ("unserved_routes_answer", unserved_routes_answer),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -145,4 +147,98 @@ fn prune_endpoints() {
         d.hyper(&["rm", "-f", id]).run().ok();
     }
     d.hyper(&["network", "rm", "used-net"]).run().ok();
+}
+
+/// Docker's `--memory` and `--cpus` choose the smallest size that holds them (inspect shows
+/// it, the guest has its memory); beyond the largest size, or beside `--size`, a 400.
+fn sizes_from_resource_flags() {
+    let d = daemon();
+    for (i, (flags, size)) in [
+        (&["-m", "1g"][..], "m1"),
+        (&["--cpus", "2"], "m2"),
+        (&["-m", "3g", "--cpus", "3"], "l1"),
+        (&["-m", "100m"], "s2"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut args = vec!["create"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox", "true"]);
+        let id = d.docker(&args).run().ok().out();
+        let c = d.inspect(&id);
+        assert_eq!(c["HyperSize"], *size, "test[{i}] {flags:?}");
+        assert_eq!(
+            c["Config"]["Labels"]["sh_hyper_instancetype"], *size,
+            "test[{i}]"
+        );
+        d.hyper(&["rm", &id]).run().ok();
+    }
+    let mem = d
+        .docker(&[
+            "run",
+            "--rm",
+            "-m",
+            "1g",
+            "busybox",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ])
+        .run()
+        .ok()
+        .stdout;
+    let kb: u64 = mem.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kb > 900 * 1024 && kb < 1100 * 1024, "{mem}");
+    let o = d.docker(&["create", "-m", "64g", "busybox", "true"]).run();
+    assert!(o.code != 0 && o.stderr.contains("the largest, l3"), "{o}");
+    let o = d
+        .docker(&[
+            "create",
+            "-m",
+            "1g",
+            "--label",
+            "sh_hyper_instancetype=s1",
+            "busybox",
+            "true",
+        ])
+        .run();
+    assert!(o.code != 0 && o.stderr.contains("not both"), "{o}");
+}
+
+/// Paths hyper does not serve get Docker's JSON error and status after their body is read:
+/// swarm's 503 (as a Docker engine outside a swarm), plugins' 501, anything else 404.
+fn unserved_routes_answer() {
+    let d = daemon();
+    // A body of 1 MiB: it must be read before the answer, or curl sees a reset.
+    let file = short_tmp("body");
+    std::fs::write(&file, "x".repeat(1 << 20)).unwrap();
+    let body = format!("@{}", file.display());
+    for (i, (method, path, status, words)) in [
+        ("POST", "/v1.44/swarm/init", "503", "not a swarm manager"),
+        ("GET", "/v1.44/nodes", "503", "not a swarm manager"),
+        ("GET", "/v1.44/plugins", "501", "plugins"),
+        ("POST", "/v1.44/no/such/thing", "404", "page not found"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let o = d.api(
+            method,
+            path,
+            &["-H", "Content-Type: application/json", "-d", &body],
+        );
+        let (json, code) = o.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, *status, "test[{i}] {path}: {o}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert!(
+            v["message"].as_str().unwrap().contains(words),
+            "test[{i}]: {v}"
+        );
+    }
+    let o = d.docker(&["node", "ls"]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("not a swarm manager"),
+        "{o}"
+    );
 }

@@ -71,6 +71,31 @@ pub const SIZES: [Size; 10] = [
 /// comes out close to the size the user pays for.
 pub const KERNEL_RESERVE_MIB: u64 = 40;
 
+/// The smallest size that holds `memory_bytes` of memory and `nano_cpus` billionths of a CPU
+/// (Docker's `--memory` and `--cpus`; 0 asks nothing of that resource): what a Docker client's
+/// resource flags buy here. Beyond the largest size: a 400 naming it.
+pub fn smallest_holding(memory_bytes: u64, nano_cpus: u64) -> Result<Size, RuntimeError> {
+    let mut by_price = SIZES;
+    by_price.sort_by_key(|s| (crate::metering::price(s.name), s.memory_mib, s.vcpus));
+    by_price
+        .iter()
+        .copied()
+        .find(|s| {
+            s.memory_mib << 20 >= memory_bytes && u64::from(s.vcpus) * 1_000_000_000 >= nano_cpus
+        })
+        .ok_or_else(|| {
+            let largest = SIZES[SIZES.len() - 1];
+            RuntimeError::Invalid(format!(
+                "no size holds {} MiB of memory and {} CPUs: the largest, {}, has {} MiB and {} CPUs",
+                memory_bytes.div_ceil(1 << 20),
+                nano_cpus as f64 / 1e9,
+                largest.name,
+                largest.memory_mib,
+                largest.vcpus
+            ))
+        })
+}
+
 pub fn lookup(name: &str) -> Result<Size, RuntimeError> {
     SIZES
         .iter()
@@ -94,6 +119,33 @@ impl Size {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn resource_flags_choose_the_smallest_size_that_holds_them() {
+        let cases = [
+            (0, 0, "s1"),
+            (100 << 20, 0, "s2"),
+            (512 << 20, 0, "s4"),
+            (513 << 20, 0, "m1"),
+            (0, 1_500_000_000, "m2"),
+            (3 << 30, 2_000_000_000, "m3"),
+            (4 << 30, 3_000_000_000, "l1"),
+            (16 << 30, 8_000_000_000, "l3"),
+        ];
+        for (i, (mem, cpus, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                smallest_holding(*mem, *cpus).unwrap().name,
+                *want,
+                "test[{i}]"
+            );
+        }
+        let e = smallest_holding(17 << 30, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("the largest, l3, has 16384 MiB and 8 CPUs"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn lookup_sizes() {
         assert_eq!(super::lookup("m2").unwrap().vcpus, 2);

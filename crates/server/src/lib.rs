@@ -35,8 +35,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, df, events, exec, fips, images, networks, prune, services, sg,
-        snapshots, system, usage, volume_init, volumes,
+        admin, containers as c, df, events, exec, fallback, fips, images, networks, prune,
+        services, sg, snapshots, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -131,7 +131,8 @@ pub fn router(state: AppState) -> Router {
             get(images::by_name)
                 .post(images::by_name)
                 .delete(images::by_name),
-        );
+        )
+        .fallback(fallback::not_served);
     // Hyper's client posts a volume's upload unsigned: the session's cookie authenticates it.
     let uploads = Router::new().route(
         "/volumes/upload/{session}/{volume}",

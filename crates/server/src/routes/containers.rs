@@ -33,7 +33,7 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
     };
-    let refused: [(&str, &str); 12] = [
+    let refused: [(&str, &str); 10] = [
         (
             "Privileged",
             "--privileged: every container is already root in its own VM",
@@ -41,8 +41,6 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         ("Devices", "host devices (--device)"),
         ("CapAdd", "--cap-add"),
         ("CapDrop", "--cap-drop"),
-        ("Memory", "--memory: choose a size with --size instead"),
-        ("NanoCpus", "--cpus: choose a size with --size instead"),
         (
             "CpuShares",
             "--cpu-shares: choose a size with --size instead",
@@ -88,6 +86,27 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
             "health checks (--health-cmd) are not supported yet",
         ));
     }
+    Ok(())
+}
+
+/// Docker's `--memory` and `--cpus` (compose's `mem_limit`, `cpus`) choose the smallest Hyper
+/// size that holds them, recorded as the size label (inspect shows it). Beside an explicit
+/// size they would be ambiguous: refused.
+fn size_from_resources(hc: &Value, config: &mut ContainerConfig) -> ApiResult<()> {
+    let memory = hc["Memory"].as_u64().unwrap_or(0);
+    let nano_cpus = hc["NanoCpus"].as_u64().unwrap_or(0);
+    if memory == 0 && nano_cpus == 0 {
+        return Ok(());
+    }
+    if config.labels.contains_key(node::sizes::SIZE_LABEL) {
+        return Err(ApiError::bad_request(
+            "give either a size (--size) or --memory/--cpus, not both",
+        ));
+    }
+    let size = node::sizes::smallest_holding(memory, nano_cpus)?;
+    config
+        .labels
+        .insert(node::sizes::SIZE_LABEL.into(), size.name.into());
     Ok(())
 }
 
@@ -138,6 +157,8 @@ pub async fn create(
             .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?,
     };
     let aliases = endpoint_request(&raw, &mut host_config)?;
+    let mut config = config;
+    size_from_resources(&raw["HostConfig"], &mut config)?;
     let c = app
         .runtime
         .create(

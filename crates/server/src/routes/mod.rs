@@ -5,6 +5,7 @@ pub mod containers;
 pub mod df;
 pub mod events;
 pub mod exec;
+pub mod fallback;
 pub mod fips;
 pub mod images;
 pub mod networks;
