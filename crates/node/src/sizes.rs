@@ -119,6 +119,7 @@ impl Size {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn resource_flags_choose_the_smallest_size_that_holds_them() {
