@@ -30,6 +30,15 @@ fn main() {
         ("standby_vms", standby_vms),
         ("standby_pool_follows_bursts", standby_pool_follows_bursts),
         ("standby_floor_default", standby_floor_default),
+        (
+            "root_disk_gives_back_trimmed_blocks",
+            root_disk_gives_back_trimmed_blocks,
+        ),
+        ("nul_bytes_refused_at_create", nul_bytes_refused_at_create),
+        (
+            "image_hard_link_refused_at_load",
+            image_hard_link_refused_at_load,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1460,4 +1469,219 @@ fn claim_a_standby(d: &Daemon, info: &dyn Fn(&str) -> String) {
         eprintln!("standby_vms: attempt {attempt} did not get a standby:\n{log}");
     }
     panic!("no start claimed a standby VM in three attempts");
+}
+
+const MIB: u64 = 1 << 20;
+
+/// What a container deletes and trims (`fstrim /`) gives the host its blocks back, on the
+/// default start path (a claimed standby under templates, a cold boot under
+/// `HYPERD_TEMPLATES=off`): ~100 MiB written and synced grow the container's overlay
+/// (`DATA/c/<id12>/root.qcow2`) by as much, and the trim frees them. Each boot on its own:
+/// the shim's VM tests (`crates/shim/tests/root_disk.rs`).
+fn root_disk_gives_back_trimmed_blocks() {
+    use std::os::unix::fs::MetadataExt;
+    let d = main_daemon();
+    let (id, boot) = start_on_the_default_path(d);
+    let overlay = d.cdir(&id).join("root.qcow2");
+    let allocated = || std::fs::metadata(&overlay).unwrap().blocks() * 512;
+    let exec = |script: &str| {
+        d.hyper(&["exec", &id, "sh", "-c", script])
+            .timeout(120.0)
+            .run()
+            .ok()
+    };
+    let before = allocated();
+    exec("dd if=/dev/zero of=/fill bs=1M count=100 2>/dev/null && sync");
+    let full = allocated();
+    exec("rm /fill && sync && fstrim /");
+    let after = allocated();
+    d.hyper(&["rm", "-f", &id]).run().ok();
+    let seen = format!(
+        "{boot}: overlay {} MiB before, {} MiB full, {} MiB after rm and fstrim",
+        before / MIB,
+        full / MIB,
+        after / MIB
+    );
+    eprintln!("{seen}");
+    assert!(
+        full >= before + 90 * MIB,
+        "the writes did not reach the overlay: {seen}"
+    );
+    assert!(after + 90 * MIB <= full, "the trim freed nothing: {seen}");
+}
+
+/// Starts `busybox sleep 600` as a start goes by default: on a claimed standby VM under
+/// templates (once one is ready; again when another test took it first), cold under
+/// `HYPERD_TEMPLATES=off`. Its ID and how its VM came up.
+fn start_on_the_default_path(d: &Daemon) -> (String, String) {
+    let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
+    for attempt in 1..=3 {
+        if !cold {
+            wait_for("a standby VM ready", secs(120.0), || {
+                match d.info_field("StandbyVMsReady") {
+                    n if n != "0" => Ok(()),
+                    _ => Err(d.info_field("StandbyVMs")),
+                }
+            });
+        }
+        let id = d
+            .hyper(&["run", "-d", "busybox", "sleep", "600"])
+            .timeout(120.0)
+            .run()
+            .ok()
+            .out();
+        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap_or_default();
+        let claimed = log.contains("standby: claimed by container");
+        if cold || claimed {
+            let how = if claimed {
+                "claimed standby"
+            } else {
+                "cold boot"
+            };
+            return (id, how.to_string());
+        }
+        eprintln!("attempt {attempt} did not get a standby:\n{log}");
+        d.hyper(&["rm", "-f", &id]).run().ok();
+    }
+    panic!("no start claimed a standby VM in three attempts");
+}
+
+/// A NUL byte in what becomes the container's process (its environment, command, working
+/// directory, user) is refused at create with a 400 naming where it is, and nothing is
+/// created; it used to be accepted and fail at every start.
+fn nul_bytes_refused_at_create() {
+    let d = main_daemon();
+    let cases = [
+        (
+            r#""Cmd":["true"],"Env":["GOOD=1","BAD_VAR=a\u0000b"]"#,
+            "invalid environment variable BAD_VAR: it contains a NUL byte",
+        ),
+        (r#""Cmd":["sh","-c","echo a\u0000b"]"#, "argument 2"),
+        (
+            r#""Cmd":["true"],"WorkingDir":"/tmp\u0000x""#,
+            "invalid working directory",
+        ),
+        (r#""Cmd":["true"],"User":"root\u0000""#, "invalid user"),
+    ];
+    for (i, (fields, named)) in cases.iter().enumerate() {
+        let name = format!("nul{i}");
+        let body = format!(r#"{{"Image":"busybox",{fields}}}"#);
+        let o = d.api(
+            "POST",
+            &format!("/v1.44/containers/create?name={name}"),
+            &["-H", "Content-Type: application/json", "-d", &body],
+        );
+        let (json, status) = o.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(status, "400", "test[{i}]: {o}");
+        let message = serde_json::from_str::<serde_json::Value>(json).unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.contains(named) && message.contains("NUL"),
+            "test[{i}]: {message}"
+        );
+        let o = d
+            .hyper(&["ps", "-aq", "--filter", &format!("name={name}")])
+            .run()
+            .ok();
+        assert!(o.out().is_empty(), "test[{i}]: created anyway: {o}");
+    }
+}
+
+/// One tar member (ustar): a header, then `data` padded to the block.
+fn tar_member(name: &str, kind: u8, link: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    let mut put = |at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, name.as_bytes());
+    for (at, len, value) in [
+        (100, 8, 0o644),
+        (108, 8, 0),
+        (116, 8, 0),
+        (124, 12, data.len() as u64),
+        (136, 12, 0),
+    ] {
+        put(at, format!("{value:0w$o}\0", w = len - 1).as_bytes());
+    }
+    put(148, b"        ");
+    put(156, &[kind]);
+    put(157, link.as_bytes());
+    put(257, b"ustar\0");
+    put(263, b"00");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// An image whose layer holds a hard link out of the root is refused by `hyper load`, saying
+/// so, and nothing of it is left in the image store; it used to load and fail at `run`.
+fn image_hard_link_refused_at_load() {
+    let d = main_daemon();
+    let work = short_tmp("hl");
+    let tree = work.join("archive");
+    std::fs::create_dir_all(tree.join("l0")).unwrap();
+    let mut layer = tar_member("etc/motd", b'0', "", b"hi\n");
+    layer.extend(tar_member("h", b'1', "../../../etc/shadow", b""));
+    layer.extend([0u8; 1024]);
+    std::fs::write(tree.join("l0/layer.tar"), &layer).unwrap();
+    let sum = Cmd::new("sha256sum", &[tree.join("l0/layer.tar").to_str().unwrap()])
+        .run()
+        .ok();
+    let diff_id = sum.stdout.split_whitespace().next().unwrap().to_string();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+    });
+    std::fs::write(tree.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": ["hardlink:evil"],
+                                       "Layers": ["l0/layer.tar"]}]);
+    std::fs::write(tree.join("manifest.json"), manifest.to_string()).unwrap();
+    let archive = work.join("evil.tar");
+    Cmd::new(
+        "tar",
+        &[
+            "-C",
+            tree.to_str().unwrap(),
+            "-cf",
+            archive.to_str().unwrap(),
+            ".",
+        ],
+    )
+    .run()
+    .ok();
+
+    let o = d.hyper(&["load", "-i", archive.to_str().unwrap()]).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(
+        o.stderr
+            .contains("../../../etc/shadow (the target of hard link h)")
+            && o.stderr.contains("escapes the root"),
+        "{o}"
+    );
+    let images = d.hyper(&["images", "-a"]).run().ok();
+    assert!(!images.stdout.contains("hardlink"), "{images}");
+    let store = d.data.join("images");
+    assert!(
+        !store.join("layers").join(format!("{diff_id}.tar")).exists(),
+        "the layer was stored"
+    );
+    // Other tests' loads pass through the work directory too: it must empty.
+    wait_for(
+        "the image store's work directory to empty",
+        secs(30.0),
+        || {
+            let tmp: Vec<_> = std::fs::read_dir(store.join("tmp"))
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if tmp.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{tmp:?}"))
+            }
+        },
+    );
+    std::fs::remove_dir_all(&work).unwrap();
 }

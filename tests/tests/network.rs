@@ -14,6 +14,7 @@ fn main() {
         ("tenant_isolation", tenant_isolation),
         ("data_path_outlives_hyperd", data_path_outlives_hyperd),
         ("compose_project", compose_project),
+        ("unknown_names_are_nxdomain", unknown_names_are_nxdomain),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -580,4 +581,22 @@ fn compose_project() {
         .ok();
     assert!(!o.stdout.contains("shop_default"), "{o}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A name the tenant's DNS does not have, of the tenant's own kind (one label, where container
+/// and service names live), gets NXDOMAIN at once from the tenant's DNS instead of going to
+/// the node's resolvers (unreachable from these tests' namespace: the client used to time out).
+fn unknown_names_are_nxdomain() {
+    let d = daemon();
+    let o = d
+        .hyper(&["run", "--rm", "busybox", "nslookup", "nosuchname"])
+        .timeout(120.0)
+        .run();
+    let all = format!("{}{}", o.stdout, o.stderr);
+    assert!(
+        all.contains("server can't find nosuchname") && all.contains("NXDOMAIN"),
+        "{o}"
+    );
+    assert!(!all.contains("timed out"), "{o}");
+    assert_eq!(o.code, 1, "{o}");
 }

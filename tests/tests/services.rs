@@ -17,6 +17,10 @@ fn main() {
             "https_termination_through_a_fip",
             https_termination_through_a_fip,
         ),
+        (
+            "service_on_a_removed_containers_address",
+            service_on_a_removed_containers_address,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -406,4 +410,103 @@ fn https_termination_through_a_fip() {
         .run()
         .ok();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A service created right after a container was removed takes the container's address for its
+/// VIP while the tenant's namespace is up all along: the VIP goes on the bridge, the balancer
+/// binds it and the service comes up (it used to wait for its replicas forever, the balancer
+/// failing with "Cannot assign requested address"). Removed, the service takes its VIP off the
+/// bridge, and the next container on that address is reached. Its own tenant, so that the
+/// namespace and its addresses are this test's alone.
+fn service_on_a_removed_containers_address() {
+    let d = daemon();
+    let (cfg, _) = d.new_tenant("vipreuse");
+    let h = |args: &[&str]| d.hyper_tcp(&cfg, args).timeout(120.0).run();
+    h(&["load", "-i", busybox_tar().to_str().unwrap()]).ok();
+    let ip_of = |name: &str| {
+        h(&["inspect", name]).ok().json()[0]["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let id = h(&["run", "-d", "busybox", "sleep", "600"]).ok().out();
+    let ip = ip_of(&id);
+    h(&["rm", "-f", &id]).ok();
+
+    h(&[
+        "service",
+        "create",
+        "--name",
+        "reuse",
+        "--replicas",
+        "1",
+        "--service-port",
+        "80",
+        "--protocol",
+        "http",
+        "--health-check-interval",
+        "1",
+        "--health-check-fall",
+        "2",
+        "--health-check-rise",
+        "1",
+        "busybox",
+        "sh",
+        "-c",
+        SERVE,
+    ])
+    .ok();
+    let inspect = || h(&["service", "inspect", "reuse"]).ok().json()[0].clone();
+    assert_eq!(
+        inspect()["IP"],
+        ip.as_str(),
+        "the VIP is not the removed container's address"
+    );
+    wait_for("the service to come up", secs(180.0), || {
+        let v = inspect();
+        if v["Status"] == "running" {
+            Ok(())
+        } else {
+            Err(format!("{} {}", v["Status"], v["Message"]))
+        }
+    });
+    let hostname = |name: &str| {
+        h(&["inspect", name]).ok().json()[0]["Config"]["Hostname"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let replica = inspect()["Containers"][0]["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = h(&["run", "--rm", "busybox", "wget", "-qO-", "http://reuse/"]).ok();
+    assert_eq!(
+        o.out(),
+        hostname(&replica),
+        "the service did not answer: {o}"
+    );
+
+    // The VIP goes with the service: a container on that address again is reached there.
+    h(&["service", "rm", "reuse"]).ok();
+    h(&[
+        "run", "-d", "--name", "back", "busybox", "httpd", "-f", "-p", "80", "-h", "/etc",
+    ])
+    .ok();
+    assert_eq!(
+        ip_of("back"),
+        ip,
+        "the address was not given to the next container"
+    );
+    let o = h(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{ip}/hostname"),
+    ])
+    .ok();
+    assert_eq!(o.out(), hostname("back"), "{o}");
+    h(&["rm", "-f", "back"]).ok();
 }

@@ -46,12 +46,38 @@ pub fn local_answers(records: &Records, query: &Query) -> Option<Vec<Record>> {
     None
 }
 
+/// Whether `query` is about a name of the tenant's own, which only this server can know: a name
+/// of a single label (`web`, `nosuchname`), where containers', services' and aliases' names
+/// live, and what a resolver asks last, bare, after its search domains. One the network does
+/// not have gets an authoritative NXDOMAIN at once instead of a trip upstream, where nobody
+/// holds it either (no records may sit on a bare top-level domain but its zone's apex), and
+/// where an unreachable upstream would keep the client waiting until it gives up. The apex's
+/// own types (SOA, NS, and the DNSSEC records a validating resolver asks of a top-level domain)
+/// still go upstream, as do all names of more than one label.
+pub fn is_tenant_name(query: &Query) -> bool {
+    query.name().num_labels() == 1
+        && !matches!(
+            query.query_type(),
+            RecordType::SOA
+                | RecordType::NS
+                | RecordType::DS
+                | RecordType::DNSKEY
+                | RecordType::RRSIG
+                | RecordType::NSEC
+                | RecordType::NSEC3
+                | RecordType::NSEC3PARAM
+                | RecordType::CDS
+                | RecordType::CDNSKEY
+        )
+}
+
 /// A response to `request` carrying its question, with `answers` and the given code.
 pub fn response(request: &Message, code: ResponseCode, answers: Vec<Record>) -> Message {
     let mut response = Message::response(request.metadata.id, request.metadata.op_code);
     response.metadata = Metadata::response_from_request(&request.metadata);
     response.metadata.recursion_available = true;
-    response.metadata.authoritative = code == ResponseCode::NoError;
+    response.metadata.authoritative =
+        matches!(code, ResponseCode::NoError | ResponseCode::NXDomain);
     response.metadata.response_code = code;
     response.add_queries(request.queries.iter().cloned());
     response.add_answers(answers);
@@ -128,6 +154,26 @@ mod tests {
             answers[0].data,
             RData::PTR(PTR(Name::from_ascii("web.").unwrap()))
         );
+    }
+
+    #[test]
+    fn single_labels_are_the_tenants_and_the_rest_goes_upstream() {
+        let cases = [
+            ("nosuchname.", RecordType::A, true),
+            ("NoSuchName", RecordType::AAAA, true),
+            ("web.", RecordType::MX, true),
+            ("com.", RecordType::NS, false),
+            ("com.", RecordType::SOA, false),
+            ("com.", RecordType::DS, false),
+            ("com.", RecordType::DNSKEY, false),
+            (".", RecordType::NS, false),
+            ("example.com.", RecordType::A, false),
+            ("web.svc.", RecordType::A, false),
+            ("9.0.16.172.in-addr.arpa.", RecordType::PTR, false),
+        ];
+        for (i, (name, kind, ours)) in cases.into_iter().enumerate() {
+            assert_eq!(is_tenant_name(&query(name, kind)), ours, "test[{i}] {name}");
+        }
     }
 
     #[test]

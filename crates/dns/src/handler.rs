@@ -1,8 +1,9 @@
-//! One query in, one response out: local answers, relayed answers, or an error code.
+//! One query in, one response out: local answers, relayed answers, or an error code (NXDOMAIN
+//! for the tenant's own names it does not have, see `answer::is_tenant_name`).
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 
-use crate::answer::{local_answers, response, udp_limit};
+use crate::answer::{is_tenant_name, local_answers, response, udp_limit};
 use crate::forward::forward;
 use crate::network::Network;
 
@@ -27,6 +28,7 @@ pub async fn respond(
     } else if let Some(query) = request.queries.first() {
         match local_answers(&network.records, query) {
             Some(answers) => response(&request, ResponseCode::NoError, answers),
+            None if is_tenant_name(query) => response(&request, ResponseCode::NXDomain, vec![]),
             None => {
                 if let Some(relayed) = forward(request_bytes, &network.upstream).await {
                     return Some(relayed);

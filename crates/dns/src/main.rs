@@ -33,6 +33,9 @@
 //!   record addresses), every address, rotated on each query; other types get NOERROR with no
 //!   answer, so resolvers don't wait on upstream for AAAA; TTL 10 s since containers come and go;
 //! - PTR for a record address: every name holding it;
+//! - a name of a single label it does not have (the tenant's own names: where containers and
+//!   services live): NXDOMAIN at once, authoritative, but for the types a top-level domain has
+//!   at its apex (SOA, NS, DNSSEC records), which go upstream;
 //! - anything else is forwarded verbatim over UDP to each upstream in turn (2 s each) and the
 //!   reply relayed verbatim; with no upstream, or none answering, SERVFAIL (Docker's behaviour).
 //!

@@ -35,15 +35,16 @@ fn each_network_answers_its_own_names_only() {
         addresses(&ask_udp(b, "db.", RecordType::A)),
         [ip("10.2.0.3")]
     );
-    // No upstream configured: a name of the other network is unknown here, so SERVFAIL.
-    assert_eq!(
-        ask_udp(b, "web.", RecordType::A).metadata.response_code,
-        ResponseCode::ServFail
-    );
-    assert_eq!(
-        ask_udp(a, "db.", RecordType::A).metadata.response_code,
-        ResponseCode::ServFail
-    );
+    // A name of the other network is not this one's: NXDOMAIN, at once.
+    for (i, (at, name)) in [(b, "web."), (a, "db.")].into_iter().enumerate() {
+        let reply = ask_udp(at, name, RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "test[{i}]"
+        );
+        assert!(reply.metadata.authoritative, "test[{i}]");
+    }
 }
 
 #[test]
@@ -112,7 +113,8 @@ fn unknown_names_are_forwarded_upstream_and_the_reply_relayed() {
     let port = free_port();
     // The "upstream": a second hyper-dns on another loopback address.
     let upstream = Server::start(
-        &json!({ "networks": [ { "listen": "127.0.0.55", "records": { "outside.example": ["192.0.2.7"] } } ] }),
+        &json!({ "networks": [ { "listen": "127.0.0.55",
+                                 "records": { "outside.example": ["192.0.2.7"], "bare": ["192.0.2.8"] } } ] }),
         port,
     );
     let server = Server::start(
@@ -138,6 +140,22 @@ fn unknown_names_are_forwarded_upstream_and_the_reply_relayed() {
     // The upstream's own SERVFAIL (it has no upstream) comes back as is.
     let unknown = ask_udp(a, "nowhere.example.", RecordType::A);
     assert_eq!(unknown.metadata.response_code, ResponseCode::ServFail);
+    // A name of a single label it does not have is the tenant's: NXDOMAIN here, over UDP and
+    // TCP, never asked upstream (which would know `bare`); a top-level domain's apex still is.
+    for reply in [
+        ask_udp(a, "bare.", RecordType::A),
+        ask_tcp(a, "nosuchname.", RecordType::AAAA),
+    ] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        assert!(reply.answers.is_empty());
+    }
+    assert_eq!(
+        ask_udp(a, "example.", RecordType::NS)
+            .metadata
+            .response_code,
+        ResponseCode::ServFail,
+        "the apex of a top-level domain was not asked upstream"
+    );
 }
 
 #[test]
@@ -180,7 +198,7 @@ fn sighup_applies_a_new_config_without_restarting() {
     );
     assert_eq!(
         ask_udp(a, "web.", RecordType::A).metadata.response_code,
-        ResponseCode::ServFail
+        ResponseCode::NXDomain
     );
     assert_eq!(
         addresses(&ask_tcp(c, "cache.", RecordType::A)),

@@ -1,4 +1,5 @@
-//! Layer blobs: decompression, digests, and the checks done once when a layer is loaded.
+//! Layer blobs: decompression, digests, and the checks done once when a layer is loaded (those of
+//! each entry here; those that depend on the layers below with the image, `unpack::check_layers`).
 //!
 //! A layer is stored uncompressed, named by its diff ID (the sha256 of the uncompressed tar),
 //! which is what the image config's `rootfs.diff_ids` lists; so a layer shared by several images
@@ -11,7 +12,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ImageError, IoContext, Result};
-use crate::unpack::entry_path;
+use crate::unpack::read_entry;
 
 /// Opens a layer blob, decompressing gzip or zstd by their magic numbers.
 pub(crate) fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
@@ -65,8 +66,9 @@ pub(crate) struct Ingested {
     pub size: u64,
 }
 
-/// Decompresses the blob at `src` into `dest`, checking that every entry stays inside the
-/// root, and returns its diff ID and unpacked size.
+/// Decompresses the blob at `src` into `dest`, checking every entry as unpacking will
+/// (`unpack::read_entry`: names and hard link targets inside the root, whiteouts, owners), and
+/// returns its diff ID and unpacked size.
 pub(crate) fn ingest(src: &Path, dest: &Path, label: &str) -> Result<Ingested> {
     let out = File::create(dest).ctx(|| format!("creating {}", dest.display()))?;
     let tee = Tee {
@@ -82,8 +84,7 @@ pub(crate) fn ingest(src: &Path, dest: &Path, label: &str) -> Result<Ingested> {
     };
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let entry = entry.map_err(|e| bad(e.to_string()))?;
-        let path = entry.path().map_err(|e| bad(e.to_string()))?;
-        entry_path(&path)?;
+        read_entry(&entry, label)?;
         if entry.header().entry_type().is_file() {
             size += entry.header().size().unwrap_or(0);
         }

@@ -288,6 +288,110 @@ fn unpack_never_follows_symlinks() {
     assert!(!root.join("h").exists());
 }
 
+/// Layer stacks with hard links, and whether they unpack: a load refuses exactly those that
+/// would not (and says why), and stores nothing of them.
+#[test]
+fn hard_links_that_would_not_unpack_are_refused_at_load() {
+    let dir = TestDir::new("hardlinks");
+    let store = ImageStore::open(dir.0.join("store")).unwrap();
+    let file = |name: &str| Layer::new().file(name, b"x", 0o644, 0, 0).finish();
+    let cases: Vec<(Vec<Vec<u8>>, Option<&str>)> = vec![
+        // Within a layer, and to a lower layer's file: fine.
+        (
+            vec![Layer::new()
+                .file("a", b"x", 0o644, 0, 0)
+                .hardlink("b", "a")
+                .finish()],
+            None,
+        ),
+        (
+            vec![file("a"), Layer::new().hardlink("b", "a").finish()],
+            None,
+        ),
+        // Out of the root.
+        (
+            vec![Layer::new().hardlink("h", "../../../etc/passwd").finish()],
+            Some("path escapes the root: ../../../etc/passwd (the target of hard link h)"),
+        ),
+        (
+            vec![Layer::new().hardlink("h", "/etc/passwd").finish()],
+            Some("path escapes the root: /etc/passwd (the target of hard link h)"),
+        ),
+        // To nothing, a directory, through a symlink, to what a whiteout removed.
+        (
+            vec![Layer::new().hardlink("h", "nosuch").finish()],
+            Some("hard link h -> nosuch: target missing"),
+        ),
+        (
+            vec![Layer::new().dir("d/", 0o755).hardlink("h", "d").finish()],
+            Some("hard link h -> d: target missing"),
+        ),
+        (
+            vec![
+                Layer::new().symlink("d", "/etc").finish(),
+                Layer::new().hardlink("h", "d/passwd").finish(),
+            ],
+            Some("hard link h -> d/passwd: target missing"),
+        ),
+        (
+            vec![
+                file("a"),
+                Layer::new()
+                    .file(".wh.a", b"", 0o644, 0, 0)
+                    .hardlink("b", "a")
+                    .finish(),
+            ],
+            Some("hard link b -> a: target missing"),
+        ),
+        (
+            vec![
+                file("d/a"),
+                Layer::new()
+                    .file("d/.wh..wh..opq", b"", 0o644, 0, 0)
+                    .hardlink("b", "d/a")
+                    .finish(),
+            ],
+            Some("hard link b -> d/a: target missing"),
+        ),
+    ];
+    for (i, (layers, refused)) in cases.iter().enumerate() {
+        // What the unpacker does with the same layers.
+        let root = dir.0.join(format!("root{i}"));
+        fs::create_dir_all(&root).unwrap();
+        let files: Vec<(std::path::PathBuf, String)> = layers
+            .iter()
+            .enumerate()
+            .map(|(n, l)| {
+                let p = dir.0.join(format!("case{i}-{n}.tar"));
+                fs::write(&p, l).unwrap();
+                (p, format!("l{n}"))
+            })
+            .collect();
+        let unpacked = unpack::unpack_layers(&files, &root);
+        assert_eq!(
+            unpacked.is_ok(),
+            refused.is_none(),
+            "test[{i}]: {unpacked:?}"
+        );
+
+        let loaded = store.load_archive(docker_save(layers, layers, "h:1").as_slice());
+        match (refused, loaded) {
+            (None, Ok(images)) => store.remove(&images[0].id).unwrap(),
+            (Some(why), Err(e)) => assert!(e.to_string().contains(why), "test[{i}]: {e}"),
+            (want, got) => panic!("test[{i}]: wanted {want:?}, got {got:?}"),
+        }
+    }
+    assert!(store.list().is_empty());
+    assert_eq!(fs::read_dir(dir.0.join("store/layers")).unwrap().count(), 0);
+    assert!(
+        fs::read_dir(dir.0.join("store/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "tmp cleaned"
+    );
+}
+
 fn debugfs(disk: &Path, cmd: &str) -> String {
     let out = std::process::Command::new("debugfs")
         .args(["-R", cmd])

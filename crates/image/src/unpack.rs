@@ -333,94 +333,150 @@ fn bad(label: &str, e: impl std::fmt::Display) -> ImageError {
     }
 }
 
-fn is_whiteout(rel: &Path) -> bool {
-    rel.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(WHITEOUT_PREFIX))
+/// One layer entry as read from its headers, with everything checked that the entry alone can
+/// fail: its path and a hard link's target stay inside the root ([`entry_path`]), a whiteout
+/// names something, a link has a target, owner and mode are numbers. Unpacking and loading a
+/// layer ([`crate::layer::ingest`]) read entries through this one function, so a layer that
+/// would fail to unpack at its image's first start is refused when it arrives.
+pub(crate) struct LayerEntry {
+    /// Normalised by [`entry_path`]; empty for the root itself.
+    pub rel: PathBuf,
+    pub what: EntryKind,
 }
 
-fn apply_whiteouts(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Result<()> {
-    let mut archive = open_tar(tar_path)?;
-    for entry in archive.entries().map_err(|e| bad(label, e))? {
-        let entry = entry.map_err(|e| bad(label, e))?;
-        let rel = entry_path(&entry.path().map_err(|e| bad(label, e))?)?;
-        if !is_whiteout(&rel) {
-            continue;
-        }
-        let name = rel
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("a whiteout");
-        let Some(parent) = parent_dir(unpacker.root, &rel, Parents::Lookup)? else {
-            continue;
-        };
-        if name == OPAQUE {
-            let rd = match fs::read_dir(&parent) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).ctx(io_err(&parent, "reading")),
-            };
-            for child in rd {
-                let child = child.ctx(io_err(&parent, "reading"))?;
-                remove_any(&child.path())?;
-            }
+/// What a [`LayerEntry`] does.
+pub(crate) enum EntryKind {
+    /// `dir/.wh..wh..opq`: everything the lower layers had in `dir` is hidden.
+    Opaque,
+    /// `dir/.wh.NAME`: `dir/NAME` is deleted from the lower layers.
+    Whiteout(String),
+    /// Something to create.
+    Node {
+        kind: NodeKind,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        mtime: u64,
+    },
+    /// What layers may hold but a root disk does not need (device nodes: the guest's /dev is
+    /// devtmpfs), or what it cannot hold; logged when unpacked.
+    Skipped(tar::EntryType),
+}
+
+pub(crate) fn read_entry<R: Read>(entry: &tar::Entry<R>, label: &str) -> Result<LayerEntry> {
+    let rel = entry_path(&entry.path().map_err(|e| bad(label, e))?)?;
+    if let Some(name) = rel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.starts_with(WHITEOUT_PREFIX))
+    {
+        let what = if name == OPAQUE {
+            EntryKind::Opaque
         } else {
             let victim = &name[WHITEOUT_PREFIX.len()..];
             if victim.is_empty() || victim == "." || victim == ".." {
                 return Err(bad(label, format!("bad whiteout {}", rel.display())));
             }
-            remove_any(&parent.join(victim))?;
-            unpacker.forget_times_under(&rel.with_file_name(victim));
-        }
+            EntryKind::Whiteout(victim.to_string())
+        };
+        return Ok(LayerEntry { rel, what });
     }
-    Ok(())
-}
-
-/// What a layer entry makes; `None` for what layers may hold but a root disk does not need
-/// (device nodes: the guest's /dev is devtmpfs), logged.
-fn layer_node_kind<R: Read>(
-    entry: &tar::Entry<R>,
-    rel: &Path,
-    label: &str,
-) -> Result<Option<NodeKind>> {
     let link = || -> Result<PathBuf> {
         let target = entry.link_name().map_err(|e| bad(label, e))?;
         target
             .map(|t| t.into_owned())
             .ok_or_else(|| bad(label, format!("link {} has no target", rel.display())))
     };
-    Ok(Some(match entry.header().entry_type() {
+    let kind = match entry.header().entry_type() {
         tar::EntryType::Directory => NodeKind::Dir,
         tar::EntryType::Regular | tar::EntryType::Continuous => NodeKind::File,
         tar::EntryType::Symlink => NodeKind::Symlink(link()?),
-        tar::EntryType::Link => NodeKind::HardLink(entry_path(&link()?)?),
+        tar::EntryType::Link => {
+            let target = link()?;
+            NodeKind::HardLink(entry_path(&target).map_err(|_| {
+                ImageError::PathEscape(format!(
+                    "{} (the target of hard link {})",
+                    target.display(),
+                    rel.display()
+                ))
+            })?)
+        }
         tar::EntryType::Fifo => NodeKind::Fifo,
-        tar::EntryType::Char | tar::EntryType::Block => {
-            tracing::warn!(layer = label, path = %rel.display(), "skipping device node");
-            return Ok(None);
-        }
         other => {
-            tracing::warn!(layer = label, path = %rel.display(), kind = ?other, "skipping unsupported entry");
-            return Ok(None);
+            return Ok(LayerEntry {
+                rel,
+                what: EntryKind::Skipped(other),
+            })
         }
-    }))
+    };
+    let h = entry.header();
+    let uid = u32::try_from(h.uid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
+    let gid = u32::try_from(h.gid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
+    let mode = h.mode().map_err(|e| bad(label, e))?;
+    let mtime = h.mtime().unwrap_or(0);
+    Ok(LayerEntry {
+        rel,
+        what: EntryKind::Node {
+            kind,
+            uid,
+            gid,
+            mode,
+            mtime,
+        },
+    })
+}
+
+fn apply_whiteouts(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Result<()> {
+    let mut archive = open_tar(tar_path)?;
+    for entry in archive.entries().map_err(|e| bad(label, e))? {
+        let entry = entry.map_err(|e| bad(label, e))?;
+        let LayerEntry { rel, what } = read_entry(&entry, label)?;
+        if !matches!(what, EntryKind::Opaque | EntryKind::Whiteout(_)) {
+            continue;
+        }
+        let Some(parent) = parent_dir(unpacker.root, &rel, Parents::Lookup)? else {
+            continue;
+        };
+        if let EntryKind::Whiteout(victim) = what {
+            remove_any(&parent.join(&victim))?;
+            unpacker.forget_times_under(&rel.with_file_name(victim));
+            continue;
+        }
+        let rd = match fs::read_dir(&parent) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).ctx(io_err(&parent, "reading")),
+        };
+        for child in rd {
+            let child = child.ctx(io_err(&parent, "reading"))?;
+            remove_any(&child.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn unpack_entries(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Result<()> {
     let mut archive = open_tar(tar_path)?;
     for entry in archive.entries().map_err(|e| bad(label, e))? {
         let mut entry = entry.map_err(|e| bad(label, e))?;
-        let rel = entry_path(&entry.path().map_err(|e| bad(label, e))?)?;
-        if is_whiteout(&rel) {
-            continue;
-        }
-        let h = entry.header();
-        let uid = u32::try_from(h.uid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
-        let gid = u32::try_from(h.gid().map_err(|e| bad(label, e))?).map_err(|e| bad(label, e))?;
-        let mode = h.mode().map_err(|e| bad(label, e))?;
-        let mtime = h.mtime().unwrap_or(0);
-        let Some(kind) = layer_node_kind(&entry, &rel, label)? else {
-            continue;
+        let LayerEntry { rel, what } = read_entry(&entry, label)?;
+        let (kind, uid, gid, mode, mtime) = match what {
+            EntryKind::Node {
+                kind,
+                uid,
+                gid,
+                mode,
+                mtime,
+            } => (kind, uid, gid, mode, mtime),
+            EntryKind::Skipped(tar::EntryType::Char | tar::EntryType::Block) => {
+                tracing::warn!(layer = label, path = %rel.display(), "skipping device node");
+                continue;
+            }
+            EntryKind::Skipped(other) => {
+                tracing::warn!(layer = label, path = %rel.display(), kind = ?other, "skipping unsupported entry");
+                continue;
+            }
+            EntryKind::Opaque | EntryKind::Whiteout(_) => continue,
         };
         let node = Node {
             rel: &rel,
@@ -433,4 +489,131 @@ fn unpack_entries(tar_path: &Path, unpacker: &mut Unpacker, label: &str) -> Resu
         unpacker.create(&node, &mut entry, label)?;
     }
     Ok(())
+}
+
+/// Refuses layers (uncompressed tars, bottom first) that [`unpack_layers`] would fail on: what
+/// each entry alone can fail ([`read_entry`]) and what depends on the layers below, a hard link
+/// whose target is not there (missing, a directory, or reached through a symlink or a file).
+/// Works on names only, as the unpacker would see them, writing nothing: an image is checked
+/// this way when it is loaded, before anything of it is stored.
+pub(crate) fn check_layers(layers: &[(PathBuf, String)]) -> Result<()> {
+    let mut tree = Shadow::default();
+    for (tar_path, label) in layers {
+        let entries = |f: &mut dyn FnMut(LayerEntry) -> Result<()>| -> Result<()> {
+            let mut archive = open_tar(tar_path)?;
+            for entry in archive.entries_with_seek().map_err(|e| bad(label, e))? {
+                f(read_entry(&entry.map_err(|e| bad(label, e))?, label)?)?;
+            }
+            Ok(())
+        };
+        entries(&mut |e| {
+            match e.what {
+                EntryKind::Opaque => tree.hide_under(e.rel.parent().unwrap_or(Path::new(""))),
+                EntryKind::Whiteout(victim) => tree.remove(&e.rel.with_file_name(victim)),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        entries(&mut |e| {
+            let EntryKind::Node { kind, .. } = e.what else {
+                return Ok(());
+            };
+            tree.create(&e.rel, &kind)
+                .map_err(|reason| bad(label, reason))
+        })?;
+    }
+    Ok(())
+}
+
+/// The tree layers make, by names: whether each path is a real directory or something else,
+/// following [`Unpacker`]'s rules with [`Parents::Replace`].
+#[derive(Default)]
+struct Shadow {
+    /// Every path present, relative to the root; `true` for a directory.
+    dirs: std::collections::BTreeMap<PathBuf, bool>,
+}
+
+impl Shadow {
+    /// `path` and everything under it, gone (`remove_any`).
+    fn remove(&mut self, path: &Path) {
+        let under: Vec<PathBuf> = self
+            .dirs
+            .range(path.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in under {
+            self.dirs.remove(&p);
+        }
+    }
+
+    /// Everything under `dir` gone, `dir` kept (an opaque whiteout), if `dir` is reached
+    /// through real directories ([`Parents::Lookup`]).
+    fn hide_under(&mut self, dir: &Path) {
+        if !self.reached(dir) {
+            return;
+        }
+        let children: Vec<PathBuf> = self
+            .dirs
+            .range(dir.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(dir))
+            .filter(|(p, _)| p.as_path() != dir)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in children {
+            self.dirs.remove(&p);
+        }
+    }
+
+    /// Whether `path` is the root or a real directory reached through real directories.
+    fn reached(&self, path: &Path) -> bool {
+        let mut cur = PathBuf::new();
+        for c in path.components() {
+            cur.push(c);
+            if self.dirs.get(&cur) != Some(&true) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What [`Unpacker::create`] does to the tree; `Err` with the reason it would fail.
+    fn create(&mut self, rel: &Path, kind: &NodeKind) -> std::result::Result<(), String> {
+        if rel.as_os_str().is_empty() {
+            return Ok(());
+        }
+        // Parents: made, or a non-directory replaced by one.
+        let mut cur = PathBuf::new();
+        for c in rel.parent().into_iter().flat_map(Path::components) {
+            cur.push(c);
+            self.dirs.insert(cur.clone(), true);
+        }
+        match kind {
+            NodeKind::Dir => {
+                if self.dirs.get(rel) != Some(&true) {
+                    self.remove(rel);
+                    self.dirs.insert(rel.to_path_buf(), true);
+                }
+            }
+            NodeKind::HardLink(target) if target == rel => {}
+            NodeKind::HardLink(target) => {
+                let there = target.parent().is_some_and(|p| self.reached(p))
+                    && self.dirs.get(target) == Some(&false);
+                if !there {
+                    return Err(format!(
+                        "hard link {} -> {}: target missing",
+                        rel.display(),
+                        target.display()
+                    ));
+                }
+                self.remove(rel);
+                self.dirs.insert(rel.to_path_buf(), false);
+            }
+            NodeKind::File | NodeKind::Symlink(_) | NodeKind::Fifo => {
+                self.remove(rel);
+                self.dirs.insert(rel.to_path_buf(), false);
+            }
+        }
+        Ok(())
+    }
 }

@@ -18,7 +18,7 @@ pub mod tap;
 pub use apply::{apply_node_rules, apply_tenant_rules, remove_node_rules, FIP_ROUTE_PROTO};
 pub use error::NetError;
 pub use exec::{command_in_netns, in_netns, run_in_netns};
-pub use links::{destroy_netns, ensure_netns};
+pub use links::{destroy_netns, ensure_netns, netns_inputs};
 pub use model::*;
 pub use netns::{create_netns, remove_netns};
 pub use ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};

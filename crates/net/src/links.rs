@@ -24,6 +24,18 @@ pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
     sync_bridges(ns, &t.bridges)
 }
 
+/// What [`ensure_netns`] builds the namespace from: `t` without what is plugged into its
+/// bridges (the endpoints: taps come and go with every start, and it leaves them alone). A
+/// caller may skip `ensure_netns` while this stays the same, and miss nothing: the bridges'
+/// service addresses are in it, and so is whatever the model gains, unless taken out here.
+pub fn netns_inputs(t: &TenantNetns) -> TenantNetns {
+    let mut inputs = t.clone();
+    for bridge in &mut inputs.bridges {
+        bridge.endpoints.clear();
+    }
+    inputs
+}
+
 /// Removes the transit link and the namespace file. Tolerates any part being gone already.
 pub fn destroy_netns(t: &TenantNetns) -> Result<(), NetError> {
     ip_ignoring_absent(
@@ -153,4 +165,60 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Endpoint, ServiceVip};
+
+    fn tenant() -> TenantNetns {
+        TenantNetns {
+            name: "t0".into(),
+            netns_path: "/nowhere/netns".into(),
+            transit: Transit {
+                host_if: "hv-0".into(),
+                host_ip: Ipv4Addr::new(100, 127, 0, 0),
+                peer_ip: Ipv4Addr::new(100, 127, 0, 1),
+            },
+            bridges: vec![Bridge {
+                ifname: "br0".into(),
+                subnet: "172.16.0.0/16".parse().unwrap(),
+                gateway: Ipv4Addr::new(172, 16, 0, 1),
+                mtu: crate::model::DEFAULT_MTU,
+                endpoints: vec![],
+                services: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_service_address_is_an_input_of_the_namespace_and_a_tap_is_not() {
+        let before = tenant();
+        let mut with_tap = before.clone();
+        with_tap.bridges[0].endpoints.push(Endpoint {
+            tap: "tap0123456789ab".into(),
+            mac: [2, 0x42, 172, 16, 0, 2],
+            ip: Ipv4Addr::new(172, 16, 0, 2),
+            ports: vec![],
+            fip: None,
+            security_groups: None,
+        });
+        assert_eq!(netns_inputs(&with_tap), netns_inputs(&before));
+        // A service taking the address the container had (or any other) is a change the
+        // namespace must see: the VIP goes on the bridge.
+        let mut with_service = with_tap.clone();
+        with_service.bridges[0].endpoints.clear();
+        with_service.bridges[0].services.push(ServiceVip {
+            ip: Ipv4Addr::new(172, 16, 0, 2),
+            ports: vec![(crate::model::Proto::Tcp, 80)],
+            fip: None,
+        });
+        assert_ne!(netns_inputs(&with_service), netns_inputs(&before));
+        let mut moved = with_service.clone();
+        moved.bridges[0].services[0].ip = Ipv4Addr::new(172, 16, 0, 3);
+        assert_ne!(netns_inputs(&moved), netns_inputs(&with_service));
+    }
 }

@@ -371,6 +371,19 @@ impl Runtime {
             .unwrap_or(Value::Null);
         let (path, args) = command(&config, &image_config)?;
         merge_image_defaults(&mut config, &image_config);
+        let argv: Vec<String> = std::iter::once(path.clone())
+            .chain(args.iter().cloned())
+            .collect();
+        validate::process(
+            &argv,
+            &config.env,
+            &config.working_dir,
+            &config.user,
+            &[
+                ("hostname", &config.hostname),
+                ("domain name", &config.domainname),
+            ],
+        )?;
 
         let (mounts, new_volumes) = self
             .plan_mounts(tenant, &config, &host_config, &image_config)
@@ -1236,7 +1249,13 @@ impl Runtime {
         if config.cmd.is_empty() {
             return Err(RuntimeError::Invalid("No exec command specified".into()));
         }
-        validate::env(&config.env)?;
+        validate::process(
+            &config.cmd,
+            &config.env,
+            &config.working_dir,
+            &config.user,
+            &[],
+        )?;
         let id = random_id();
         let info = ExecInfo {
             id: id.clone(),

@@ -35,13 +35,53 @@ pub fn network_name(name: &str) -> Result<(), RuntimeError> {
     }
 }
 
-/// `KEY=value` or `KEY` (Docker then drops it); the key must be non-empty.
+/// `KEY=value` or `KEY` (Docker then drops it); the key must be non-empty, and neither key nor
+/// value may hold a NUL byte (see [`process`]).
 pub fn env(vars: &[String]) -> Result<(), RuntimeError> {
     for var in vars {
-        let key = var.split('=').next().unwrap_or("");
-        if key.is_empty() || key.contains(char::is_whitespace) || key.contains('\0') {
+        let (key, value) = var.split_once('=').unwrap_or((var, ""));
+        if key.is_empty() || key.contains(char::is_whitespace) {
             return Err(RuntimeError::Invalid(format!(
-                "invalid environment variable: {var}"
+                "invalid environment variable: {}",
+                var.escape_debug()
+            )));
+        }
+        if key.contains('\0') || value.contains('\0') {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid environment variable {}: it contains a NUL byte",
+                key.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What becomes the container's process in the guest (its command, environment, working
+/// directory, user, host and domain names) crosses to the agent as C strings, which end at a
+/// NUL byte: one inside would be accepted here and fail every start. Refused at create (and at
+/// exec create, [`exec`]), naming where it is.
+pub fn process(
+    command: &[String],
+    env_vars: &[String],
+    working_dir: &str,
+    user: &str,
+    names: &[(&str, &str)],
+) -> Result<(), RuntimeError> {
+    env(env_vars)?;
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(RuntimeError::Invalid(format!(
+            "invalid command: argument {i} ({}) contains a NUL byte",
+            command[i].escape_debug()
+        )));
+    }
+    for (what, value) in [("working directory", working_dir), ("user", user)]
+        .into_iter()
+        .chain(names.iter().copied())
+    {
+        if value.contains('\0') {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid {what} {}: it contains a NUL byte",
+                value.escape_debug()
             )));
         }
     }
@@ -140,8 +180,46 @@ mod tests {
 
     #[test]
     fn env_rules() {
-        assert!(env(&["A=1".into(), "B".into(), "C=".into()]).is_ok());
+        assert!(env(&["A=1".into(), "B".into(), "C=".into(), "D=a=b".into()]).is_ok());
         assert!(env(&["=x".into()]).is_err());
         assert!(env(&["A B=1".into()]).is_err());
+        let cases = [
+            ("GOOD=1\0", "GOOD"),
+            ("BAD=a\0b", "BAD"),
+            ("NUL\0KEY=x", "NUL\\0KEY"),
+            ("ONLY\0", "ONLY\\0"),
+        ];
+        for (i, (var, named)) in cases.iter().enumerate() {
+            let err = env(&["OK=1".into(), var.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("invalid environment variable {named}: it contains a NUL byte"),
+                "test[{i}]"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_bytes_in_what_reaches_the_guest() {
+        let ok = |cmd: &[&str], wd: &str, user: &str, host: &str| {
+            let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            process(&cmd, &["A=1".into()], wd, user, &[("hostname", host)])
+        };
+        assert!(ok(&["sh", "-c", "true"], "/", "root", "web").is_ok());
+        let cases = [
+            (ok(&["sh", "-c", "a\0b"], "/", "", ""), "argument 2"),
+            (ok(&["sh"], "/tmp\0x", "", ""), "working directory"),
+            (ok(&["sh"], "", "root\0", ""), "user"),
+            (ok(&["sh"], "", "", "we\0b"), "hostname"),
+        ];
+        for (i, (got, word)) in cases.into_iter().enumerate() {
+            let err = got.unwrap_err().to_string();
+            assert!(
+                err.contains(word) && err.contains("NUL"),
+                "test[{i}]: {err}"
+            );
+        }
     }
 }

@@ -171,7 +171,8 @@ const OVERLAY_FDSET: u32 = 2;
 const BASE_FDSET: u32 = 3;
 
 /// Put the container's root disk (a qcow2 overlay over a raw image disk) behind the standby's
-/// root slot. QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors.
+/// root slot (`vm::root::attach`, which opens every node with the guest's discards passed on).
+/// QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors.
 pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
     let overlay = OpenOptions::new()
         .read(true)
@@ -188,28 +189,14 @@ pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
         json!({ "fdset-id": OVERLAY_FDSET }),
         overlay.as_fd(),
     )?;
-    let mut disk = json!({
-        "driver": "qcow2", "node-name": "disk", "discard": "unmap",
-        "file": { "driver": "file", "filename": format!("/dev/fdset/{OVERLAY_FDSET}"),
-                  "discard": "unmap" },
-    });
     if let Some(base) = &base {
         qmp.execute_with_fd("add-fd", json!({ "fdset-id": BASE_FDSET }), base.as_fd())?;
-        // hyperd makes every overlay with a raw base (`qemu-img create -F raw`).
-        disk["backing"] = json!({
-            "driver": "raw", "node-name": "base", "read-only": true,
-            "file": { "driver": "file", "filename": format!("/dev/fdset/{BASE_FDSET}"),
-                      "read-only": true },
-        });
     }
-    qmp.execute("blockdev-add", disk)?;
-    qmp.execute(
-        "blockdev-reopen",
-        json!({ "options": [{ "driver": "raw", "node-name": vm::ROOT_NODE, "file": "disk" }] }),
-    )?;
-    qmp.execute(
-        "blockdev-del",
-        json!({ "node-name": vm::STANDBY_PLACEHOLDER_NODE }),
+    let fdset = |n: u32| format!("/dev/fdset/{n}");
+    vm::root::attach(
+        &mut qmp,
+        &fdset(OVERLAY_FDSET),
+        base.is_some().then(|| fdset(BASE_FDSET)).as_deref(),
     )?;
     Ok(())
 }

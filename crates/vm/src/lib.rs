@@ -11,7 +11,8 @@
 //!
 //! [`Boot`] says how a VM comes up: cold, as a template being made (RAM in a shared file, QMP
 //! socket), or restored from a template (`-incoming defer`, RAM mapped private from the
-//! template's file, root disk through an fd set). [`Qmp`] is the small QMP client that drives
+//! template's file, root disk through an fd set); [`root`] says what is behind the root slot in
+//! each. [`Qmp`] is the small QMP client that drives
 //! snapshot and restore, handing QEMU file descriptors with `getfd` (`fd:` migration: QEMU is
 //! sandboxed against spawning and chrooted, so neither `exec:` nor paths work). The templates
 //! themselves (keys, building, restoring) live in the shim (`shim::template`).
@@ -24,6 +25,7 @@ pub mod ext4;
 pub mod initramfs;
 mod qemu;
 pub mod qmp;
+pub mod root;
 pub mod volume;
 
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ pub use accel::{host_tsc_khz, Accel, ParseAccelError};
 pub use initramfs::{build_initramfs, check_agent, InitramfsError, VIRTIO_MODULES};
 pub use qemu::Qemu;
 pub use qmp::{Qmp, QmpError};
+pub use root::{ROOT_NODE, STANDBY_PLACEHOLDER_NODE};
 pub use volume::{
     volume_serial, Monitor, Rbd, RbdKey, Volume, VolumeBacking, Volumes, VOLUME_SLOTS,
 };
@@ -155,11 +158,6 @@ impl Boot {
         }
     }
 }
-
-/// Block node the root slot's device reads through in a [`Boot::Standby`] VM.
-pub const ROOT_NODE: &str = "root";
-/// The scratch disk under [`ROOT_NODE`] until a container claims the VM.
-pub const STANDBY_PLACEHOLDER_NODE: &str = "placeholder";
 
 /// Errors building a hypervisor invocation.
 #[derive(Debug, thiserror::Error)]

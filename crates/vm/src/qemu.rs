@@ -242,62 +242,13 @@ impl Hypervisor for Qemu {
                 crate::AGENT_PORT_NAME
             ),
         ]);
-        // 3. root disk. The template VM's slot holds a null device of the root disk's size that
-        //    reads zeros: its guest probes it at boot (no partitions) and drops whatever it read
-        //    when a container's Start comes (see the agent's rootfs). A file there would have to
-        //    be reopened read-only when migration inactivates it, which a chrooted QEMU cannot do.
-        //    A disk given as descriptors goes into fd set 1 (see `Boot::Restore`).
-        if let Boot::Restore {
-            root_fds: Some([ro, rw]),
-            ..
-        }
-        | Boot::Standby {
-            root_fds: [ro, rw], ..
-        } = boot
-        {
-            push(&["-add-fd", &format!("fd={ro},set=1,opaque=root-ro")]);
-            push(&["-add-fd", &format!("fd={rw},set=1,opaque=root-rw")]);
-        }
-        if matches!(boot, Boot::TemplateSave { .. }) {
-            push(&[
-                "-drive",
-                &format!(
-                    "id=root,driver=null-co,read-zeroes=on,size={},if=none",
-                    crate::ROOT_DISK_BYTES
-                ),
-            ]);
-        } else if matches!(boot, Boot::Standby { .. }) {
-            push(&[
-                "-blockdev",
-                &format!(
-                    "driver=qcow2,node-name={},file.driver=file,file.filename=/dev/fdset/1,discard=unmap",
-                    crate::STANDBY_PLACEHOLDER_NODE,
-                ),
-                "-blockdev",
-                &format!(
-                    "driver=raw,node-name={},file={}",
-                    crate::ROOT_NODE,
-                    crate::STANDBY_PLACEHOLDER_NODE
-                ),
-            ]);
-        } else if matches!(
-            boot,
-            Boot::Restore {
-                root_fds: Some(_),
-                ..
-            }
-        ) {
-            push(&[
-                "-drive",
-                "id=root,file=/dev/fdset/1,format=qcow2,if=none,cache=writeback,discard=unmap",
-            ]);
-        } else {
-            push(&[
-                "-drive",
-                &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"),
-            ]);
-        }
-        push(&["-device", "virtio-blk-device,drive=root"]);
+        // 3. root disk (see `crate::root`).
+        push(
+            &crate::root::args(boot, &root)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
         // 4. volume slots, in every boot (a template's and a standby's are all placeholders).
         push(&volumes.iter().map(String::as_str).collect::<Vec<_>>());
         // 5. NIC, after the volume slots for every size, so templates keep the same virtio-mmio
@@ -512,13 +463,21 @@ mod tests {
         assert_eq!(value_of(&standby, "-incoming"), ["defer"]);
         assert!(value_of(&standby, "-kernel").is_empty());
         assert!(value_of(&standby, "-drive").is_empty());
+        // The scratch overlay under the root slot's raw node (see `crate::root`), then the
+        // volume slots.
+        let nodes: Vec<serde_json::Value> = value_of(&standby, "-blockdev")
+            .into_iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
         assert_eq!(
-            value_of(&standby, "-blockdev")[..2],
-            [
-                "driver=qcow2,node-name=placeholder,file.driver=file,file.filename=/dev/fdset/1,discard=unmap",
-                "driver=raw,node-name=root,file=placeholder"
-            ]
+            (&nodes[0]["node-name"], &nodes[0]["file"]["filename"]),
+            (&"placeholder".into(), &"/dev/fdset/1".into())
         );
+        assert_eq!(
+            (&nodes[1]["node-name"], &nodes[1]["file"]),
+            (&"root".into(), &"placeholder".into())
+        );
+        assert_eq!(value_of(&standby, "-add-fd"), value_of(&restore, "-add-fd"));
         assert!(value_of(&save, "-incoming").is_empty());
         assert!(Qemu
             .args_for(
@@ -537,6 +496,11 @@ mod tests {
         value_of(args, "-blockdev")
             .into_iter()
             .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .filter(|n| {
+                n["node-name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("vol"))
+            })
             .collect()
     }
 
@@ -615,6 +579,49 @@ mod tests {
                     serde_json::json!({"driver": "null-co", "node-name": format!("vol{slot}-empty"),
                                        "size": crate::volume::EMPTY_SLOT_BYTES, "read-zeroes": true})
                 );
+            }
+        }
+    }
+
+    /// The class of `crate::root`'s rule, on whole command lines: every block node a guest
+    /// writes through, root disk and volumes, in every boot, passes discards on.
+    #[test]
+    fn every_writable_block_node_passes_discards_on() {
+        let c = cfg(Accel::Tcg);
+        let ram = PathBuf::from("/d/templates/k/ram");
+        let mut by_path = crate::Volumes::default();
+        by_path[1] = Some(crate::Volume {
+            backing: crate::VolumeBacking::File("/d/volumes/v1.img".into()),
+            size: 64 << 20,
+        });
+        let mut by_fd = crate::Volumes::default();
+        by_fd[0] = Some(crate::Volume {
+            backing: crate::VolumeBacking::FdSet(vec![11, 12]),
+            size: 64 << 20,
+        });
+        let boots = [
+            Boot::Cold { volumes: by_path },
+            Boot::Restore {
+                ram: ram.clone(),
+                root_fds: Some([7, 8]),
+                volumes: by_fd,
+            },
+            Boot::Standby {
+                ram,
+                root_fds: [7, 8],
+            },
+        ];
+        for (i, boot) in boots.iter().enumerate() {
+            let args = Qemu.args_for(&c, boot).unwrap();
+            let nodes: Vec<(String, String)> = args
+                .windows(2)
+                .filter(|w| w[0] == "-blockdev" || w[0] == "-drive")
+                .flat_map(|w| crate::root::tests::discards(&w[1]))
+                .collect();
+            // The root disk's nodes and those of the volumes behind their slots.
+            assert!(nodes.len() >= 3, "test[{i}]: {nodes:?}");
+            for (node, discard) in nodes {
+                assert_eq!(discard, "unmap", "test[{i}]: node {node}");
             }
         }
     }

@@ -69,8 +69,8 @@ pub struct Networks {
 struct SyncState {
     /// Tenants whose namespace is up with nothing in it, and since when (see [`LINGER`]).
     idle: HashMap<String, Instant>,
-    /// Per tenant: the namespace's links as last ensured ([`links_of`]).
-    links: HashMap<String, String>,
+    /// Per tenant: what its namespace was last built from (`net::netns_inputs`).
+    links: HashMap<String, net::TenantNetns>,
     /// Per tenant: the ruleset last loaded into its namespace.
     tenant_rules: HashMap<String, String>,
     /// The node's ruleset and FIP routes as last applied.
@@ -83,17 +83,6 @@ impl SyncState {
         self.links.remove(tenant);
         self.tenant_rules.remove(tenant);
     }
-}
-
-/// What `net::ensure_netns` builds for `t`: the namespace, its transit link and its bridges
-/// (not what is plugged into them).
-fn links_of(t: &net::TenantNetns) -> String {
-    let bridges: Vec<_> = t
-        .bridges
-        .iter()
-        .map(|b| (&b.ifname, b.subnet, b.gateway, b.mtu))
-        .collect();
-    format!("{:?} {:?} {bridges:?}", t.netns_path, t.transit)
 }
 
 /// How long a tenant's namespace stays up once nothing uses it: short-lived containers in a
@@ -736,7 +725,10 @@ impl Networks {
         }
         std::fs::create_dir_all(&dir)
             .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
-        let links = links_of(&model);
+        // The namespace, its links, bridges and service addresses: built again whenever any of
+        // what they are built from changed (a service created or removed changes the bridge's
+        // addresses, with no link added or removed).
+        let links = net::netns_inputs(&model);
         if state.links.get(tenant) != Some(&links) || !model.netns_path.exists() {
             state.links.remove(tenant);
             net::ensure_netns(&model).map_err(net_err)?;

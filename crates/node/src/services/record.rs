@@ -161,6 +161,9 @@ pub fn validate(spec: &mut ServiceSpec) -> Result<()> {
     if !spec.health_check_path.starts_with('/') {
         return bad("HealthCheckPath must start with /".into());
     }
+    // What the replicas' creates would refuse, refused once here rather than at every one.
+    let command: Vec<String> = spec.entrypoint.iter().chain(&spec.cmd).cloned().collect();
+    crate::validate::process(&command, &spec.env, &spec.working_dir, "", &[])?;
     if !spec.volumes.is_empty() {
         return Err(RuntimeError::Unsupported(
             "volumes on services are not supported yet".into(),
@@ -190,6 +193,8 @@ mod tests {
             r#"{"Name":"web","Image":"busybox","ServicePort":80,"Protocol":"udp"}"#,
             r#"{"Name":"web","Image":"busybox","ServicePort":80,"Protocol":"httpsTerm"}"#,
             r#"{"Name":"w","Image":"busybox","ServicePort":80}"#,
+            r#"{"Name":"web","Image":"busybox","ServicePort":80,"Env":["A=\u0000"]}"#,
+            r#"{"Name":"web","Image":"busybox","ServicePort":80,"Cmd":["a\u0000"]}"#,
         ] {
             let mut s: ServiceSpec = serde_json::from_str(bad).unwrap();
             assert!(validate(&mut s).is_err(), "{bad}");

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod boots;
+
 pub fn scale() -> f64 {
     std::env::var("HYPER_TEST_TIMEOUT_SCALE")
         .ok()
