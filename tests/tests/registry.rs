@@ -7,7 +7,14 @@
 //! of the private image; `hyper images --digests`; `hyper history`; `hyper run` sees both layers
 //! (whiteout applied); `hyper rmi` refused while a container uses the image, allowed with `-f`;
 //! tenant t2 cannot use tenant A's private image until its own login and pull succeed;
-//! `hyper load -i http://127.0.0.1:...` (POST /images/load {"fromSrc"}).
+//! `hyper load -i http://127.0.0.1:...` (POST /images/load {"fromSrc"}). The tenants reach
+//! the loopback registry because the operator allows it (`--allow-fetch 127.0.0.1/32`).
+//!
+//! `tenant_input_reaches_only_allowed_addresses`: a tenant over TCP cannot make hyperd connect
+//! where the policy refuses (127.0.0.2, ::1, link-local; directly or through a redirect) with a
+//! pull, a login or an archive URL, is told so with the flag that would allow it, and never
+//! sees what answered on a port (a server there answers with a secret); failures of allowed
+//! hosts are worded generically. The operator's unix socket is not limited.
 //!
 //! Run: `scripts/build && cargo test -p e2e --test registry`. Needs docker-registry, htpasswd,
 //! curl, sha256sum, gzip, tar and a static /usr/bin/busybox (busybox-static).
@@ -25,9 +32,29 @@ const PASSWORD: &str = "s3cret";
 const REPO: &str = "priv/app";
 
 fn main() {
-    let tests: &[(&'static str, TestFn)] =
-        &[("registry_pull_login_tenants", registry_pull_login_tenants)];
+    let tests: &[(&'static str, TestFn)] = &[
+        ("registry_pull_login_tenants", registry_pull_login_tenants),
+        (
+            "tenant_input_reaches_only_allowed_addresses",
+            tenant_input_reaches_only_allowed_addresses,
+        ),
+    ];
     std::process::exit(run_tests(tests));
+}
+
+/// The daemon both tests share. Tenants reach loopback registries and servers only because
+/// the operator allows 127.0.0.1 (and nothing else of loopback).
+fn daemon() -> &'static Daemon {
+    static D: std::sync::OnceLock<std::sync::Arc<Daemon>> = std::sync::OnceLock::new();
+    D.get_or_init(|| {
+        Daemon::start(
+            "r",
+            DaemonOpts {
+                extra_args: vec!["--allow-fetch".into(), "127.0.0.1/32".into()],
+                ..DaemonOpts::default()
+            },
+        )
+    })
 }
 
 /// The registry processes; killed when dropped.
@@ -316,7 +343,7 @@ fn auths(dir: &Path) -> Value {
 fn registry_pull_login_tenants() {
     let reg = start_registry();
     let digest = push_image(&reg);
-    let d = Daemon::start("r", DaemonOpts::default());
+    let d = daemon();
     let image = format!("{}/{REPO}:v1", reg.private);
     let a = d.client_dir.clone();
     let hyper = |dir: &Path, args: &[&str]| d.hyper_tcp(dir, args).timeout(120.0).run();
@@ -393,7 +420,7 @@ fn registry_pull_login_tenants() {
     hyper(&a, &["image", "inspect", &image]).ok();
 
     // Tenant t2: nothing of A's, and the private image only after its own login and pull.
-    let b = second_tenant(&d, "t2");
+    let b = second_tenant(d, "t2");
     let o = hyper(&b, &["images", "-q"]).ok();
     assert_eq!(o.out(), "", "t2 sees A's images: {o}");
     let o = hyper(&b, &["run", "--rm", &image, "true"]);
@@ -486,4 +513,174 @@ fn registry_pull_login_tenants() {
         .stdin(b"wrong\n")
         .run();
     assert_ne!(o.code, 0, "{o}");
+}
+
+/// What the servers of the next test answer: it must never reach a tenant.
+const SECRET: &str = "SECRET-BANNER-5d1e";
+
+/// A server on `ip` that answers every connection with an HTTP 500 whose headers and body hold
+/// [`SECRET`]; or, for paths starting `/to/`, a redirect to `http://` + the rest. Returns its
+/// port and the number of connections it accepted.
+fn secret_server(ip: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let path = String::from_utf8_lossy(&head)
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let _ = match path.strip_prefix("/to/") {
+                Some(to) => write!(
+                    conn,
+                    "HTTP/1.1 302 Found\r\nLocation: http://{to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+                None => {
+                    let body =
+                        format!(r#"{{"errors":[{{"code":"{SECRET}","message":"{SECRET}"}}]}}"#);
+                    write!(
+                        conn,
+                        "HTTP/1.1 500 Internal Server Error\r\nServer: {SECRET}\r\nWWW-Authenticate: Bearer realm=\"http://{SECRET}/\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+            };
+        }
+    });
+    (port, hits)
+}
+
+fn tenant_input_reaches_only_allowed_addresses() {
+    let d = daemon();
+    let (t, _) = d.new_tenant("t3");
+    let hyper = |args: &[&str]| d.hyper_tcp(&t, args).timeout(60.0).run();
+    let (inside, inside_hits) = secret_server("127.0.0.2");
+    let (allowed, _) = secret_server("127.0.0.1");
+    let hits = || inside_hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Refused, and told how the operator could allow it: a pull, a login, an archive URL, and
+    // an allowed server redirecting there. Nothing connects.
+    let refusal = "refused: address 127.0.0.2 (loopback) is not allowed; the operator can allow it with --allow-fetch 127.0.0.2/32";
+    let cases: Vec<Vec<String>> = vec![
+        vec!["pull".into(), format!("127.0.0.2:{inside}/x")],
+        vec!["pull".into(), format!("127.0.0.2:{inside}/x:v1")],
+        vec![
+            "login".into(),
+            "-u".into(),
+            "u".into(),
+            "-p".into(),
+            "p".into(),
+            format!("127.0.0.2:{inside}"),
+        ],
+        vec![
+            "login".into(),
+            "-u".into(),
+            "u".into(),
+            "-p".into(),
+            "p".into(),
+            format!("http://127.0.0.2:{inside}/v2/"),
+        ],
+        vec![
+            "load".into(),
+            "-i".into(),
+            format!("http://127.0.0.2:{inside}/x.tar"),
+        ],
+        vec![
+            "load".into(),
+            "-i".into(),
+            format!("http://127.0.0.1:{allowed}/to/127.0.0.2:{inside}/x.tar"),
+        ],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = hyper(&args);
+        assert_ne!(o.code, 0, "test[{i}]: {o}");
+        assert!(o.stderr.contains(refusal), "test[{i}]: {o}");
+        assert!(
+            !o.stderr.contains(SECRET) && !o.stdout.contains(SECRET),
+            "test[{i}]: {o}"
+        );
+    }
+    assert_eq!(
+        hits(),
+        0,
+        "a tenant made hyperd connect to a refused address"
+    );
+    // Other loopback, link-local and unspecified addresses, IPv6 too.
+    for (i, (target, range)) in [
+        (format!("127.2:{inside}/x"), "(loopback)"),
+        ("169.254.169.254/x".to_string(), "(link-local)"),
+        (format!("0.0.0.0:{inside}/x"), "unspecified"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let o = hyper(&["pull", target]);
+        assert!(
+            o.code != 0 && o.stderr.contains("refused: address") && o.stderr.contains(range),
+            "test[{i}]: {o}"
+        );
+    }
+    let o = hyper(&["load", "-i", &format!("http://[::1]:{inside}/x.tar")]);
+    assert!(o.stderr.contains("refused: address ::1 (loopback)"), "{o}");
+
+    // An allowed address: the failure is worded without anything the server sent.
+    for (i, (args, want)) in [
+        (
+            vec!["pull".to_string(), format!("127.0.0.1:{allowed}/x")],
+            "500",
+        ),
+        (
+            vec![
+                "login".into(),
+                "-u".into(),
+                "u".into(),
+                "-p".into(),
+                "p".into(),
+                format!("127.0.0.1:{allowed}"),
+            ],
+            "not a registry",
+        ),
+        (
+            vec![
+                "load".into(),
+                "-i".into(),
+                format!("http://127.0.0.1:{allowed}/x.tar"),
+            ],
+            "answered 500",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = hyper(&args);
+        assert_ne!(o.code, 0, "test[{i}]: {o}");
+        assert!(o.stderr.contains(want), "test[{i}]: {o}");
+        assert!(!o.stderr.contains("refused: address"), "test[{i}]: {o}");
+        assert!(
+            !o.stderr.contains(SECRET) && !o.stdout.contains(SECRET),
+            "test[{i}]: {o}"
+        );
+    }
+
+    // The operator's unix socket is not limited: it reaches the server (and still is told
+    // nothing of what answered).
+    let o = d
+        .hyper(&["pull", &format!("127.0.0.2:{inside}/x")])
+        .timeout(60.0)
+        .run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(!o.stderr.contains("refused: address"), "{o}");
+    assert!(!o.stderr.contains(SECRET), "{o}");
+    assert!(hits() > 0, "the operator's pull did not reach the server");
 }

@@ -243,7 +243,13 @@ async fn hyper_pull(dir: &Path, image: &str) -> Result<(f64, Arc<ImageStore>, St
     let store = Arc::new(ImageStore::open(dir.to_path_buf())?);
     let puller = Puller::new(store.clone());
     let t = Instant::now();
-    let resolved = puller.resolve(parse_reference(image, None)?, None).await?;
+    let resolved = puller
+        .resolve(
+            parse_reference(image, None)?,
+            None,
+            &image::fetch::Reach::Operator,
+        )
+        .await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let info = puller

@@ -84,6 +84,7 @@ struct DaemonArgs {
     #[arg(long, default_value_t = node::standby::DEFAULT_HOLD.as_secs(), env = "HYPERD_STANDBY_VMS_HOLD")]
     standby_vms_hold: u64,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
+    /// Plain HTTP only: tenants still reach it only if --allow-fetch allows its address.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
     /// The backend behind the volume driver `hyper` (what Hyper's client sends) and volumes
@@ -110,9 +111,10 @@ struct DaemonArgs {
     /// The largest volume a tenant may create, in GB.
     #[arg(long, default_value_t = 50)]
     volume_size_max: u64,
-    /// Addresses (CIDR, repeatable) that volume sources given by tenants (git and tarball
-    /// URLs) may be fetched from beside public ones; loopback and private ranges are refused
-    /// unless listed here.
+    /// Addresses (CIDR, repeatable) that tenants' volume sources (git and tarball URLs),
+    /// registry pulls and logins, and image archive URLs may reach beside public ones; loopback,
+    /// link-local, private ranges and this node's own addresses are refused unless listed here.
+    /// Pulls, logins and archive loads the operator asks for on the unix socket are not limited.
     #[arg(long = "allow-fetch")]
     allow_fetch: Vec<ipnet::IpNet>,
     /// The subnet of every tenant's default network (tenants may share it: each has its own L2).
@@ -516,6 +518,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         {
             let images = node::images::Images::new(store.clone(), images);
             images.set_insecure_registries(args.insecure_registries.clone());
+            images.set_tenant_policy(image::policy::AddressPolicy::new(args.allow_fetch.clone()));
             images
         },
         volumes(&data_root, &args, store.clone())?,

@@ -235,6 +235,9 @@ impl ImageStore {
                 size += got.size;
                 layers.push((dest, diff_id.clone()));
             }
+            // What would fail to unpack at the image's first start (a hard link to nothing)
+            // is refused now, with nothing of the archive stored.
+            unpack::check_layers(&layers)?;
             let created = config
                 .get("created")
                 .and_then(|c| c.as_str())

@@ -1,4 +1,5 @@
-//! Checking registry credentials the way `docker login` does, for `POST /auth`.
+//! Checking registry credentials the way `docker login` does, for `POST /auth`, and the token
+//! servers of registries (shared with pulls).
 //!
 //! The registry's base endpoint `GET /v2/` says how it wants to be authenticated:
 //! - `200`: no authentication at all; any credentials "succeed" (Docker says the same).
@@ -10,14 +11,21 @@
 //!   `{"token"}` or `{"access_token"}`) and then accepted by `GET /v2/`.
 //!
 //! Anything refused on the way is [`PullError::Unauthorized`]; an unreachable registry or token
-//! server is [`PullError::Http`]. Plain HTTP follows the puller's rule (loopback or insecure).
+//! server is [`PullError::Http`], an address the caller may not reach [`PullError::Refused`]
+//! (the realm comes from the registry's answer, so it is checked like the registry itself: every
+//! request goes through [`Http`], see [`fetch`](crate::fetch)). Plain HTTP follows the puller's
+//! rule (loopback or insecure). Messages quote nothing the servers sent but status codes.
 
 use std::collections::HashMap;
 
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::StatusCode;
 
+use crate::fetch::{read_capped, Http, NetError, Reach};
 use crate::pull::{Credentials, PullError, Puller};
+
+/// Largest token server answer read.
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
 
 /// Docker Hub as `docker login` names it, and the host that serves its registry API.
 const DOCKER_HUB_NAMES: &[&str] = &[
@@ -101,19 +109,91 @@ pub fn registry_host(server: &str) -> String {
     }
 }
 
-fn http_error(context: String) -> impl FnOnce(reqwest::Error) -> PullError {
-    move |source| PullError::Http { context, source }
-}
-
 fn refused(host: &str, why: &str) -> PullError {
     PullError::Unauthorized(format!(
         "login to {host} refused: {why} (unauthorized: incorrect username or password)"
     ))
 }
 
+/// A failed exchange as a [`PullError`], `context` saying which.
+pub(crate) fn net_error(context: &str) -> impl Fn(NetError) -> PullError + '_ {
+    move |e| match e {
+        NetError::Blocked(b) => PullError::Refused(format!("{context}: {b}")),
+        NetError::Failed(reason) => PullError::Http(format!("{context}: {reason}")),
+    }
+}
+
+/// Asks the token server of a Bearer `challenge` from `registry` for a token with `scope`
+/// (none: a login's check), sending `creds` if there are some. The token server refusing
+/// (401, 403) is [`PullError::Unauthorized`] with the status as its message.
+pub(crate) async fn fetch_token(
+    http: &Http,
+    registry: &str,
+    challenge: &Challenge,
+    scope: Option<&str>,
+    creds: Option<&Credentials>,
+) -> Result<String, PullError> {
+    let realm = challenge
+        .params
+        .get("realm")
+        .filter(|r| r.starts_with("https://") || r.starts_with("http://"))
+        .ok_or_else(|| {
+            PullError::Unsupported(format!(
+                "{registry}: bearer challenge without an HTTP realm"
+            ))
+        })?;
+    let context = format!("reaching the token server of {registry}");
+    let net = net_error(&context);
+    let mut query = Vec::new();
+    if let Some(c) = creds {
+        query.push(("account", c.username.as_str()));
+    }
+    if let Some(s) = challenge.params.get("service") {
+        query.push(("service", s));
+    }
+    if let Some(s) = scope {
+        query.push(("scope", s));
+    }
+    let mut req = http.get(realm).map_err(&net)?.query(&query);
+    if let Some(c) = creds {
+        req = req.basic_auth(&c.username, Some(&c.password));
+    }
+    let resp = Http::send(req).await.map_err(&net)?;
+    let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(PullError::Unauthorized(format!(
+            "the token server answered {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(PullError::Registry(format!(
+            "the token server of {registry} answered {status}"
+        )));
+    }
+    let no_token =
+        || PullError::Unsupported(format!("the token server of {registry} sent no token"));
+    let body = read_capped(resp, MAX_TOKEN_ANSWER)
+        .await
+        .map_err(&net)?
+        .ok_or_else(no_token)?;
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|_| no_token())?;
+    body["token"]
+        .as_str()
+        .or(body["access_token"].as_str())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .ok_or_else(no_token)
+}
+
 impl Puller {
-    /// Checks `creds` against the registry named by `server` (see the module docs).
-    pub async fn login(&self, server: &str, creds: &Credentials) -> Result<(), PullError> {
+    /// Checks `creds` against the registry named by `server` (see the module docs), connecting
+    /// only where `reach` allows.
+    pub async fn login(
+        &self,
+        server: &str,
+        creds: &Credentials,
+        reach: &Reach,
+    ) -> Result<(), PullError> {
         let host = registry_host(server);
         if host.is_empty() {
             return Err(PullError::InvalidReference(format!(
@@ -126,13 +206,12 @@ impl Puller {
             "https"
         };
         let base = format!("{scheme}://{host}/v2/");
-        let client =
-            crate::fetch::http_client().map_err(http_error("building the HTTP client".into()))?;
-        let ping = client
-            .get(&base)
-            .send()
+        let context = format!("reaching the registry at {base}");
+        let net = net_error(&context);
+        let http = Http::new(reach).map_err(&net)?;
+        let ping = Http::send(http.get(&base).map_err(&net)?)
             .await
-            .map_err(http_error(format!("reaching the registry at {base}")))?;
+            .map_err(&net)?;
         let status = ping.status();
         if status.is_success() {
             return Ok(());
@@ -152,24 +231,26 @@ impl Puller {
             })?;
         let token = match challenge.scheme.as_str() {
             "basic" => None,
-            "bearer" => Some(self.token(&client, &host, &challenge, creds).await?),
-            other => {
+            "bearer" => match fetch_token(&http, &host, &challenge, None, Some(creds)).await {
+                Ok(t) => Some(t),
+                Err(PullError::Unauthorized(why)) => return Err(refused(&host, &why)),
+                Err(e) => return Err(e),
+            },
+            // The scheme's name is left out: it is text the server chose.
+            _ => {
                 return Err(PullError::Unsupported(format!(
-                    "{host} asks for {other} authentication, which hyper does not speak"
+                    "{host} asks for an authentication scheme hyper does not speak (only Basic and Bearer)"
                 )))
             }
         };
         let check = match &token {
-            Some(t) => client.get(&base).bearer_auth(t),
-            None => client
+            Some(t) => http.get(&base).map_err(&net)?.bearer_auth(t),
+            None => http
                 .get(&base)
+                .map_err(&net)?
                 .basic_auth(&creds.username, Some(&creds.password)),
         };
-        let status = check
-            .send()
-            .await
-            .map_err(http_error(format!("reaching the registry at {base}")))?
-            .status();
+        let status = Http::send(check).await.map_err(&net)?.status();
         match status {
             s if s.is_success() => Ok(()),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -177,56 +258,6 @@ impl Puller {
             }
             s => Err(PullError::Unsupported(format!("{base} answered {s}"))),
         }
-    }
-
-    /// Asks the token server of a Bearer challenge for a token without scope.
-    async fn token(
-        &self,
-        client: &reqwest::Client,
-        host: &str,
-        challenge: &Challenge,
-        creds: &Credentials,
-    ) -> Result<String, PullError> {
-        let realm = challenge
-            .params
-            .get("realm")
-            .filter(|r| r.starts_with("https://") || r.starts_with("http://"))
-            .ok_or_else(|| {
-                PullError::Unsupported(format!("{host}: bearer challenge without an HTTP realm"))
-            })?;
-        let mut query = vec![("account", creds.username.as_str())];
-        if let Some(s) = challenge.params.get("service") {
-            query.push(("service", s));
-        }
-        let resp = client
-            .get(realm)
-            .query(&query)
-            .basic_auth(&creds.username, Some(&creds.password))
-            .send()
-            .await
-            .map_err(http_error(format!("reaching the token server at {realm}")))?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(refused(
-                host,
-                &format!("the token server answered {status}"),
-            ));
-        }
-        if !status.is_success() {
-            return Err(PullError::Unsupported(format!(
-                "token server {realm} answered {status}"
-            )));
-        }
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(http_error(format!("reading the token from {realm}")))?;
-        body["token"]
-            .as_str()
-            .or(body["access_token"].as_str())
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| PullError::Unsupported(format!("token server {realm} sent no token")))
     }
 }
 

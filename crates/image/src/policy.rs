@@ -1,11 +1,12 @@
 //! Which network addresses a tenant-supplied URL may make the node connect to.
 //!
-//! hyperd fetches volume sources (and may fetch other things) from URLs a tenant names, from the
-//! node itself: outside every tenant network, beside the node's own services, its metadata
-//! endpoints and the operator's private networks. Left open, a URL is a way in to all of them
-//! (server-side request forgery). So every address a URL's host resolves to, after each
-//! redirect, is checked here before anything connects, and the connection is then pinned to the
-//! checked address (see `source`), so a second DNS answer cannot swap another in.
+//! hyperd fetches volume sources, image archives and registry pulls and logins from URLs and
+//! registries a tenant names, from the node itself: outside every tenant network, beside the
+//! node's own services, its metadata endpoints and the operator's private networks. Left open,
+//! a URL is a way in to all of them (server-side request forgery). So every address a URL's
+//! host resolves to, after each redirect, is checked here before anything connects, and the
+//! connection is then pinned to the checked address (see `source` and `fetch`), so a second DNS
+//! answer cannot swap another in.
 //!
 //! The default allows public unicast addresses only: everything in IANA's special-purpose
 //! registries that is not globally reachable is refused, and so is every address of this
@@ -88,17 +89,28 @@ impl Refused {
     pub fn allow_cidr(&self) -> IpNet {
         IpNet::from(canonical(self.addr))
     }
-}
 
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "refused: address {} ({}) is not allowed for volume sources; the operator can allow it with {ALLOW_FLAG} {}",
+    /// The refusal without naming what the address was for (a registry, a token server, an
+    /// archive's URL, a redirect's target): "refused: address 127.0.0.1 (loopback) is not
+    /// allowed; the operator can allow it with --allow-fetch 127.0.0.1/32".
+    pub fn plain(&self) -> String {
+        self.worded("")
+    }
+
+    fn worded(&self, purpose: &str) -> String {
+        format!(
+            "refused: address {} ({}) is not allowed{purpose}; the operator can allow it with {ALLOW_FLAG} {}",
             self.addr,
             self.range,
             self.allow_cidr()
         )
+    }
+}
+
+/// The refusal as volume sources word it (see [`Refused::plain`] for everything else).
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.worded(" for volume sources"))
     }
 }
 
@@ -366,6 +378,8 @@ mod tests {
         for (i, (addr, want)) in cases.iter().enumerate() {
             let err = AddressPolicy::default().check(ip(addr)).unwrap_err();
             assert_eq!(err.to_string(), *want, "test[{i}]");
+            let plain = want.replace(" for volume sources", "");
+            assert_eq!(err.plain(), plain, "test[{i}]");
         }
     }
 

@@ -3,9 +3,10 @@
 //! A pull has two steps, so an API can answer with a status code before it starts streaming:
 //! - [`Puller::resolve`] parses the reference the way Docker does (`busybox` is
 //!   `docker.io/library/busybox:latest`), authenticates (anonymous, basic, or the bearer-token
-//!   flow a `WWW-Authenticate: Bearer realm=..,service=..` challenge asks for: oci-client does
-//!   that), fetches the manifest (an OCI or Docker v2 schema 2 manifest, or an index / manifest
-//!   list from which linux/amd64 is picked) and the config blob, each checked against its digest.
+//!   flow a `WWW-Authenticate: Bearer realm=..,service=..` challenge of `GET /v2/` asks for,
+//!   with the pull scope of the repository; a token that expires mid-pull is asked for again),
+//!   fetches the manifest (an OCI or Docker v2 schema 2 manifest, or an index / manifest list
+//!   from which linux/amd64 is picked) and the config blob, each checked against its digest.
 //!   Unknown repository or tag and wrong credentials are told apart here.
 //! - [`Puller::fetch`] downloads the layers the store lacks (three at a time), reporting
 //!   progress as it goes. Every blob goes to a temp file while being hashed; only a blob whose
@@ -15,21 +16,30 @@
 //!   so a retry resumes from them. Pulls of images sharing a layer fetch it once: a per-layer
 //!   lock makes the second wait for the first and then find the layer stored.
 //!
+//! Every request (registry, token server, the storage a blob GET redirects to) goes through the
+//! [`Reach`] of the caller (see [`fetch`](crate::fetch)): for a tenant, only to addresses the
+//! operator's policy allows, checked after resolution and at each redirect. That is why the
+//! protocol is spoken here over that one client rather than through oci-client, whose HTTP
+//! client takes no resolver or redirect policy from outside (its `Reference` parsing is kept).
+//! Errors quote nothing a registry sent but status codes and the distribution spec's error
+//! codes.
+//!
 //! Plain HTTP is used only for registries on loopback or listed as insecure
 //! ([`Puller::set_insecure`]); everything else is HTTPS (rustls with the ring provider).
+//! Insecure means plain HTTP, nothing more: it does not exempt an address from the policy.
 //!
-//! The puller knows nothing of tenants: the caller records which tenant pulled what. Each pull
-//! uses its own client, so one caller's credentials or tokens never serve another's pull.
+//! The puller knows nothing of tenants: the caller records which tenant pulled what, and says
+//! whom each pull is for. Each pull uses its own client, so one caller's credentials or tokens
+//! never serve another's pull.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Once, RwLock};
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
+use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -37,13 +47,15 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::archive::check_digest;
 use crate::error::{ImageError, IoContext};
+use crate::fetch::{read_capped, Http, NetError, Reach};
+use crate::login::{fetch_token, net_error, parse_challenge, Challenge};
 use crate::{full_hex, layer, ImageInfo, ImageStore};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPT: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+const ACCEPT_MEDIA_TYPES: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// Largest manifest or config blob accepted.
 const MAX_JSON_BLOB: usize = 16 << 20;
@@ -65,12 +77,14 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Why a pull failed. The first three are the caller's to fix (400, 404, 401).
+/// Why a pull failed. The first three are the caller's to fix (400, 404, 401); so is
+/// [`PullError::Refused`] (403). No variant carries text a registry or token server sent
+/// beyond status codes and the distribution spec's error codes.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("invalid reference format: {0}")]
     InvalidReference(String),
-    /// Unknown repository or tag; the message carries the registry's reason.
+    /// Unknown repository or tag.
     #[error("{0}")]
     NotFound(String),
     /// The registry refused the credentials (or their absence).
@@ -79,20 +93,17 @@ pub enum PullError {
     /// The registry answered something we cannot use (schema 1, no linux/amd64...).
     #[error("{0}")]
     Unsupported(String),
-    /// The registry could not be reached or failed.
-    #[error("{context}")]
-    Registry {
-        context: String,
-        #[source]
-        source: OciDistributionError,
-    },
-    /// A plain HTTP exchange (login, token server) failed.
-    #[error("{context}")]
-    Http {
-        context: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The registry, its token server or a redirect led to an address the caller may not
+    /// reach: "... cannot connect to HOST: refused: address A (range) is not allowed; the
+    /// operator can allow it with --allow-fetch CIDR".
+    #[error("{0}")]
+    Refused(String),
+    /// The registry answered with a failure.
+    #[error("{0}")]
+    Registry(String),
+    /// The registry or token server could not be reached, or the exchange broke off.
+    #[error("{0}")]
+    Http(String),
     /// A blob failed a check, or the store failed.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -157,7 +168,7 @@ struct ManifestDoc {
 
 /// An image whose manifest and config were fetched and checked; [`Puller::fetch`] gets the rest.
 pub struct Resolved {
-    client: Client,
+    session: Session,
     reference: Reference,
     layers: Vec<Descriptor>,
     diff_ids: Vec<String>,
@@ -248,42 +259,27 @@ impl Puller {
                 .any(|r| r == registry)
     }
 
-    fn client_for(&self, registry: &str) -> Client {
-        tls_provider();
-        let protocol = if self.is_insecure(registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        Client::new(ClientConfig {
-            protocol,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(300)),
-            ..Default::default()
-        })
-    }
-
-    /// Fetches and checks the manifest and config of `reference` with `creds`.
+    /// Fetches and checks the manifest and config of `reference` with `creds`, connecting only
+    /// where `reach` allows.
     pub async fn resolve(
         &self,
         reference: Reference,
         creds: Option<&Credentials>,
+        reach: &Reach,
     ) -> Result<Resolved, PullError> {
-        let registry = reference.resolve_registry().to_string();
-        let client = self.client_for(&registry);
-        let auth = match creds {
-            Some(c) if !c.username.is_empty() => {
-                RegistryAuth::Basic(c.username.clone(), c.password.clone())
-            }
-            _ => RegistryAuth::Anonymous,
-        };
         let name = format!("{}/{}", reference.registry(), reference.repository());
         let shown = reference.whole();
+        let session = Session::open(self, &reference, creds, reach, &shown).await?;
 
-        let (raw, manifest_digest) = client
-            .pull_manifest_raw(&reference, &auth, ACCEPT)
-            .await
-            .map_err(|e| classify(e, &shown, "manifest"))?;
+        let top = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let (raw, manifest_digest) = session.manifest(&top, &shown).await?;
+        if let Some(d) = reference.digest() {
+            check_digest(&raw, d, "manifest")?;
+        }
         let mut doc = parse_manifest(&raw, &manifest_digest)?;
         let mut depth = 0;
         while let Some(list) = doc.manifests.take() {
@@ -306,15 +302,12 @@ impl Puller {
                         "no matching manifest for linux/amd64 in the manifest list entries of {shown}"
                     ))
                 })?;
-            let by_digest = Reference::with_digest(
-                reference.registry().to_string(),
-                reference.repository().to_string(),
-                pick.digest.clone(),
-            );
-            let (raw, digest) = client
-                .pull_manifest_raw(&by_digest, &auth, ACCEPT)
-                .await
-                .map_err(|e| classify(e, &shown, "manifest"))?;
+            if full_hex(&pick.digest).is_none() {
+                return Err(PullError::Unsupported(format!(
+                    "{shown}: the index names a manifest by a digest that is not sha256"
+                )));
+            }
+            let (raw, digest) = session.manifest(&pick.digest, &shown).await?;
             check_digest(&raw, &pick.digest, "manifest")?;
             doc = parse_manifest(&raw, &digest)?;
         }
@@ -332,23 +325,28 @@ impl Puller {
                 "{shown}: the manifest has no config or no layers"
             )));
         };
-        if config_desc.size < 0 || config_desc.size as usize > MAX_JSON_BLOB {
+        if config_desc.size < 0
+            || config_desc.size as usize > MAX_JSON_BLOB
+            || full_hex(&config_desc.digest).is_none()
+        {
             return Err(PullError::Unsupported(format!(
-                "{shown}: config blob of {} bytes",
+                "{shown}: a config blob of {} bytes, or whose digest is not sha256",
                 config_desc.size
             )));
         }
-        let mut config = Vec::new();
-        client
-            .pull_blob(&reference, config_desc.digest.as_str(), &mut config)
+        let resp = session.blob(&config_desc.digest, &shown, "config").await?;
+        let config = read_capped(resp, MAX_JSON_BLOB)
             .await
-            .map_err(|e| classify(e, &shown, "config"))?;
-        check_digest(&config, &config_desc.digest, "config")?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&config).map_err(|source| ImageError::Json {
-                context: format!("config {}", config_desc.digest),
-                source,
+            .map_err(net_error(&format!("fetching the config of {shown}")))?
+            .ok_or_else(|| {
+                PullError::Unsupported(format!(
+                    "{shown}: the config blob is larger than {MAX_JSON_BLOB} bytes"
+                ))
             })?;
+        check_digest(&config, &config_desc.digest, "config")?;
+        // The parser's own message may quote the blob: left out.
+        let value: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|_| PullError::Unsupported(format!("{shown}: the config blob is not JSON")))?;
         let diff_ids: Vec<String> = value
             .pointer("/rootfs/diff_ids")
             .and_then(|v| v.as_array())
@@ -369,8 +367,7 @@ impl Puller {
         for l in &layers {
             if full_hex(&l.digest).is_none() {
                 return Err(PullError::Unsupported(format!(
-                    "{shown}: unsupported layer digest {}",
-                    l.digest
+                    "{shown}: the manifest names a layer by a digest that is not sha256"
                 )));
             }
         }
@@ -378,7 +375,7 @@ impl Puller {
         let present = self.store.get(&image_id).is_ok()
             && diff_ids.iter().all(|d| self.store.layer_path(d).exists());
         Ok(Resolved {
-            client,
+            session,
             tag: reference
                 .tag()
                 .map(str::to_string)
@@ -489,16 +486,13 @@ impl Puller {
             return Ok(());
         }
         let shown = r.reference.whole();
-        let mut blob = r
-            .client
-            .pull_blob_stream(&r.reference, desc.digest.as_str())
-            .await
-            .map_err(|e| classify(e, &shown, "layer"))?;
+        let resp = r.session.blob(&desc.digest, &shown, "layer").await?;
         let total = if desc.size > 0 {
             Some(desc.size as u64)
         } else {
-            blob.content_length
+            resp.content_length()
         };
+        let mut stream = resp.bytes_stream();
         let tmp = self.store.temp("blob");
         let mut file = tokio::fs::File::create(tmp.path())
             .await
@@ -506,10 +500,10 @@ impl Puller {
         let mut hash = Sha256::new();
         let mut got = 0u64;
         let mut reported = 0u64;
-        while let Some(chunk) = blob.stream.next().await {
+        while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ImageError::BadLayer {
                 layer: desc.digest.clone(),
-                reason: format!("download failed after {got} bytes: {e}"),
+                reason: format!("download failed after {got} bytes: {}", NetError::of(&e)),
             })?;
             hash.update(&chunk);
             file.write_all(&chunk)
@@ -606,71 +600,279 @@ fn parse_manifest(raw: &[u8], digest: &str) -> Result<ManifestDoc, PullError> {
             raw.len()
         )));
     }
-    serde_json::from_slice(raw).map_err(|source| {
-        ImageError::Json {
-            context: format!("manifest {digest}"),
-            source,
-        }
-        .into()
+    // The parser's own message may quote the manifest (an unexpected value): left out.
+    serde_json::from_slice(raw).map_err(|_| {
+        PullError::Unsupported(format!(
+            "manifest {digest} is not an image manifest or index (JSON)"
+        ))
     })
 }
 
-/// Sorts a registry failure into not found, unauthorized, or a plain failure.
-fn classify(e: OciDistributionError, shown: &str, what: &str) -> PullError {
-    match &e {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let reason = envelope
-                .errors
-                .iter()
-                .map(|x| format!("{}: {}", code_name(&x.code), x.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let unauthorized = envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
-            let not_found = envelope.errors.iter().any(|x| {
-                matches!(
-                    x.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            });
-            if unauthorized {
-                PullError::Unauthorized(format!("pull access denied for {shown}: {reason}"))
-            } else if not_found && what == "manifest" {
-                PullError::NotFound(format!("manifest for {shown} not found: {reason}"))
-            } else {
-                PullError::Registry {
-                    context: format!("fetching the {what} of {shown}: {reason}"),
-                    source: e,
-                }
+/// The error codes of the distribution spec (and Docker's registry): the only part of an
+/// error answer shown, lower case with spaces ("manifest unknown").
+const ERROR_CODES: &[&str] = &[
+    "BLOB_UNKNOWN",
+    "BLOB_UPLOAD_INVALID",
+    "BLOB_UPLOAD_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN",
+    "MANIFEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "MANIFEST_UNVERIFIED",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "TAG_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+];
+
+/// Largest error answer read for its codes.
+const MAX_ERROR_ANSWER: usize = 64 << 10;
+
+/// The known error codes of an error answer's `{"errors": [{"code": ..}]}`.
+fn error_codes(body: &[u8]) -> Vec<&'static str> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        errors: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+    }
+    let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in env.errors {
+        if let Some(c) = ERROR_CODES.iter().find(|c| c.eq_ignore_ascii_case(&e.code)) {
+            if !out.contains(c) {
+                out.push(*c);
             }
         }
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => PullError::Unauthorized(format!(
-            "pull access denied for {shown}: unauthorized: authentication required or wrong credentials"
-        )),
-        OciDistributionError::ImageManifestNotFoundError(m) => {
-            PullError::NotFound(format!("manifest for {shown} not found: {m}"))
-        }
-        OciDistributionError::ServerError { code: 404, .. } if what == "manifest" => {
-            PullError::NotFound(format!("manifest for {shown} not found"))
-        }
-        _ => PullError::Registry {
-            context: format!("fetching the {what} of {shown}"),
-            source: e,
-        },
+    }
+    out
+}
+
+fn code_words(code: &str) -> String {
+    code.to_ascii_lowercase().replace('_', " ")
+}
+
+/// Sorts a registry's failure answer to a request for the `what` ("manifest", "config",
+/// "layer") of `shown` into not found, unauthorized, or a plain failure.
+async fn answered(resp: reqwest::Response, shown: &str, what: &str) -> PullError {
+    let status = resp.status();
+    let body = read_capped(resp, MAX_ERROR_ANSWER)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let codes = error_codes(&body);
+    let detail = if codes.is_empty() {
+        format!("the registry answered {status}")
+    } else {
+        codes
+            .iter()
+            .map(|c| code_words(c))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let unauthorized = status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || codes
+            .iter()
+            .any(|c| matches!(*c, "UNAUTHORIZED" | "DENIED"));
+    let not_found = status == StatusCode::NOT_FOUND
+        || codes
+            .iter()
+            .any(|c| matches!(*c, "MANIFEST_UNKNOWN" | "NAME_UNKNOWN"));
+    if unauthorized {
+        PullError::Unauthorized(format!("pull access denied for {shown}: {detail}"))
+    } else if not_found && what == "manifest" {
+        PullError::NotFound(format!("manifest for {shown} not found: {detail}"))
+    } else {
+        PullError::Registry(format!("fetching the {what} of {shown}: {detail}"))
     }
 }
 
-fn code_name(c: &OciErrorCode) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(|s| s.to_ascii_lowercase().replace('_', " ")))
-        .unwrap_or_else(|| format!("{c:?}"))
+/// How requests to the registry are authorized.
+#[derive(Clone)]
+enum Auth {
+    None,
+    Basic(Credentials),
+    Bearer(String),
+}
+
+/// One repository of one registry as one caller reaches it: the caller's HTTP client, the
+/// registry's base URL and the authorization it asked for.
+struct Session {
+    http: Http,
+    /// `http(s)://host[:port]/v2/`.
+    base: String,
+    /// `host[:port]` of the registry's API.
+    registry: String,
+    repository: String,
+    creds: Option<Credentials>,
+    /// The Bearer challenge, kept to ask for a new token when one expires mid-pull.
+    challenge: Option<Challenge>,
+    auth: RwLock<Auth>,
+}
+
+impl Session {
+    /// Pings the registry (`GET /v2/`) and authorizes as its challenge asks.
+    async fn open(
+        puller: &Puller,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+        reach: &Reach,
+        shown: &str,
+    ) -> Result<Session, PullError> {
+        let registry = reference.resolve_registry().to_string();
+        let scheme = if puller.is_insecure(&registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let base = format!("{scheme}://{registry}/v2/");
+        let context = format!("pulling {shown}: reaching the registry {registry}");
+        let net = net_error(&context);
+        let http = Http::new(reach).map_err(&net)?;
+        let ping = Http::send(http.get(&base).map_err(&net)?)
+            .await
+            .map_err(&net)?;
+        let creds = creds.filter(|c| !c.username.is_empty()).cloned();
+        let challenge = (ping.status() == StatusCode::UNAUTHORIZED)
+            .then(|| {
+                ping.headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(parse_challenge)
+            })
+            .flatten();
+        drop(ping);
+        let mut session = Session {
+            http,
+            base,
+            registry,
+            repository: reference.repository().to_string(),
+            creds,
+            challenge: None,
+            auth: RwLock::new(Auth::None),
+        };
+        // Anything but 401 (200, or a failure): go on without authorization; the manifest's
+        // answer tells.
+        let auth = match challenge {
+            Some(c) if c.scheme == "bearer" => {
+                session.challenge = Some(c);
+                Auth::Bearer(session.token(shown).await?)
+            }
+            _ => match &session.creds {
+                Some(c) => Auth::Basic(c.clone()),
+                None => Auth::None,
+            },
+        };
+        *session.auth.write().unwrap_or_else(|e| e.into_inner()) = auth;
+        Ok(session)
+    }
+
+    /// A token for pulling from the repository, from the token server of the challenge.
+    async fn token(&self, shown: &str) -> Result<String, PullError> {
+        let challenge = self.challenge.as_ref().expect("a bearer challenge");
+        let scope = format!("repository:{}:pull", self.repository);
+        fetch_token(
+            &self.http,
+            &self.registry,
+            challenge,
+            Some(&scope),
+            self.creds.as_ref(),
+        )
+        .await
+        .map_err(|e| match e {
+            PullError::Unauthorized(why) => {
+                PullError::Unauthorized(format!("pull access denied for {shown}: {why}"))
+            }
+            other => other,
+        })
+    }
+
+    /// GETs `path` below the repository with the session's authorization; a 401 to a bearer
+    /// token asks for a new token (it may have expired) and tries once more.
+    async fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        shown: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, PullError> {
+        let url = format!("{}{}/{path}", self.base, self.repository);
+        let context = format!("fetching the {what} of {shown}");
+        let net = net_error(&context);
+        let mut retried = false;
+        loop {
+            let mut req = self.http.get(&url).map_err(&net)?;
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            let auth = self.auth.read().unwrap_or_else(|e| e.into_inner()).clone();
+            req = match &auth {
+                Auth::None => req,
+                Auth::Basic(c) => req.basic_auth(&c.username, Some(&c.password)),
+                Auth::Bearer(t) => req.bearer_auth(t),
+            };
+            let resp = Http::send(req).await.map_err(&net)?;
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && matches!(auth, Auth::Bearer(_))
+                && !retried
+            {
+                retried = true;
+                let token = self.token(shown).await?;
+                *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Auth::Bearer(token);
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// The manifest `reference` (a tag or digest) names, and its digest.
+    async fn manifest(&self, reference: &str, shown: &str) -> Result<(Vec<u8>, String), PullError> {
+        let accept = ACCEPT_MEDIA_TYPES.join(", ");
+        let path = format!("manifests/{reference}");
+        let resp = self.get(&path, Some(&accept), shown, "manifest").await?;
+        if !resp.status().is_success() {
+            return Err(answered(resp, shown, "manifest").await);
+        }
+        let raw = read_capped(resp, MAX_JSON_BLOB)
+            .await
+            .map_err(net_error(&format!("fetching the manifest of {shown}")))?
+            .ok_or_else(|| {
+                PullError::Unsupported(format!(
+                    "{shown}: the manifest is larger than {MAX_JSON_BLOB} bytes"
+                ))
+            })?;
+        let digest = crate::archive::sha256_digest(&raw);
+        Ok((raw, digest))
+    }
+
+    /// The successful answer to a GET of the blob `digest` (redirects followed, each hop
+    /// checked as the first).
+    async fn blob(
+        &self,
+        digest: &str,
+        shown: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, PullError> {
+        let resp = self
+            .get(&format!("blobs/{digest}"), None, shown, what)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(answered(resp, shown, what).await);
+        }
+        Ok(resp)
+    }
 }
 
 impl ImageStore {
@@ -698,6 +900,244 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AddressPolicy;
+    use crate::test_utils::{self, http_response, FakeServer, TestDir};
+
+    /// What the tests' servers answer: text that must never reach an error message.
+    const SECRET: &str = "SECRET-BANNER-91c2";
+
+    fn tenant(allowed: &[&str]) -> Reach {
+        Reach::Tenant(AddressPolicy::new(
+            allowed.iter().map(|c| c.parse().unwrap()).collect(),
+        ))
+    }
+
+    fn puller(dir: &TestDir) -> Puller {
+        Puller::new(Arc::new(ImageStore::open(dir.0.join("images")).unwrap()))
+    }
+
+    async fn resolve(p: &Puller, image: &str, reach: &Reach) -> Result<Resolved, PullError> {
+        p.resolve(parse_reference(image, None).unwrap(), None, reach)
+            .await
+    }
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            out = format!("{out}: {s}");
+            next = s.source();
+        }
+        out
+    }
+
+    /// A registry on 127.0.0.1 whose `x:v1` has a config blob served by a redirect to
+    /// `storage` (another address), and whose token realm, if `realm` is given, is there.
+    fn registry(storage: String, realm: Option<String>, config: Vec<u8>) -> FakeServer {
+        let layer = test_utils::digest(b"layer");
+        let cfg_digest = test_utils::digest(&config);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": cfg_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer, "size": 5}],
+        })
+        .to_string();
+        FakeServer::start("127.0.0.1", move |path| match (path, &realm) {
+            ("/v2/", Some(realm)) => http_response(
+                "401 Unauthorized",
+                &[(
+                    "WWW-Authenticate",
+                    &format!("Bearer realm=\"{realm}\",service=\"fake\""),
+                )],
+                b"",
+            ),
+            ("/v2/", None) => http_response("200 OK", &[], b"{}"),
+            ("/v2/x/manifests/v1", _) => http_response(
+                "200 OK",
+                &[("Content-Type", OCI_MANIFEST)],
+                manifest.as_bytes(),
+            ),
+            (p, _) if p.starts_with("/v2/x/blobs/") => http_response(
+                "307 Temporary Redirect",
+                &[("Location", &format!("{storage}/blob"))],
+                b"",
+            ),
+            _ => http_response("404 Not Found", &[], b""),
+        })
+    }
+
+    fn config_blob() -> Vec<u8> {
+        test_utils::config(&[b"layer".to_vec()])
+    }
+
+    #[tokio::test]
+    async fn token_realms_and_blob_redirects_are_checked() {
+        let dir = TestDir::new("pull-guard");
+        let p = puller(&dir);
+        let config = config_blob();
+        let served = config.clone();
+        let inside = FakeServer::start("127.0.0.2", move |path| match path {
+            "/blob" => http_response("200 OK", &[], &served),
+            _ => http_response("200 OK", &[], br#"{"token":"t"}"#),
+        });
+        let reach = tenant(&["127.0.0.1/32"]);
+
+        // The realm of the registry's challenge names a refused address.
+        let reg = registry(
+            inside.url(),
+            Some(format!("{}/token", inside.url())),
+            config.clone(),
+        );
+        let image = format!("{}/x:v1", reg.addr);
+        let e = resolve(&p, &image, &reach).await.err().expect("refused");
+        assert!(matches!(e, PullError::Refused(_)), "{e:?}");
+        let want = "cannot connect to 127.0.0.2: refused: address 127.0.0.2 (loopback) is not allowed; the operator can allow it with --allow-fetch 127.0.0.2/32";
+        assert!(e.to_string().contains(want), "{e}");
+        let e = p
+            .login(
+                &reg.addr.to_string(),
+                &Credentials {
+                    username: "u".into(),
+                    password: "p".into(),
+                },
+                &reach,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, PullError::Refused(_)) && e.to_string().contains(want),
+            "{e:?}"
+        );
+
+        // A blob GET redirected to a refused address.
+        let reg = registry(inside.url(), None, config.clone());
+        let image = format!("{}/x:v1", reg.addr);
+        let e = resolve(&p, &image, &reach).await.err().expect("refused");
+        assert!(
+            matches!(e, PullError::Refused(_)) && e.to_string().contains(want),
+            "{e:?}"
+        );
+        assert_eq!(inside.hits(), 0, "a refused address was connected to");
+
+        // The registry itself refused, however it is named.
+        let before = reg.hits();
+        for image in [
+            format!("{}/x:v1", reg.addr),
+            format!("localhost:{}/x:v1", reg.addr.port()),
+        ] {
+            let e = resolve(&p, &image, &tenant(&[]))
+                .await
+                .err()
+                .expect("refused");
+            assert!(matches!(e, PullError::Refused(_)), "{image}: {e:?}");
+            assert!(e.to_string().contains("(loopback) is not allowed"), "{e}");
+        }
+        assert_eq!(reg.hits(), before, "a refused registry was connected to");
+
+        // The operator follows the redirect; so does a tenant allowed both addresses.
+        let r = resolve(&p, &image, &Reach::Operator).await.unwrap();
+        assert_eq!(r.image_id, test_utils::digest(&config));
+        let both = tenant(&["127.0.0.1/32", "127.0.0.2/32"]);
+        resolve(&p, &image, &both).await.unwrap();
+        assert_eq!(inside.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn registry_failures_quote_nothing_that_answered() {
+        let dir = TestDir::new("pull-secret");
+        let p = puller(&dir);
+        let reach = tenant(&["127.0.0.1/32"]);
+        let envelope = serde_json::json!({"errors": [
+            {"code": "MANIFEST_UNKNOWN", "message": SECRET, "detail": SECRET},
+            {"code": SECRET, "message": SECRET}]})
+        .to_string();
+        let reg = FakeServer::start("127.0.0.1", move |path| match path {
+            "/v2/" => http_response("200 OK", &[], b"{}"),
+            "/v2/typed/manifests/latest" => http_response(
+                "200 OK",
+                &[("Content-Type", OCI_MANIFEST)],
+                format!(r#"{{"schemaVersion":"{SECRET}","layers":[{{"digest":"{SECRET}"}}]}}"#)
+                    .as_bytes(),
+            ),
+            "/v2/gone/manifests/latest" => http_response(
+                "404 Not Found",
+                &[("Content-Type", "application/json")],
+                envelope.as_bytes(),
+            ),
+            _ => http_response(
+                "500 Internal Server Error",
+                &[("Server", SECRET)],
+                SECRET.as_bytes(),
+            ),
+        });
+        let broken = FakeServer::start("127.0.0.1", |_| {
+            http_response(
+                "500 Internal Server Error",
+                &[("Server", SECRET)],
+                SECRET.as_bytes(),
+            )
+        });
+        let banner = FakeServer::start("127.0.0.1", |_| {
+            format!("SSH-2.0-{SECRET}\r\n").into_bytes()
+        });
+        let auth = FakeServer::start("127.0.0.1", |_| {
+            http_response(
+                "401 Unauthorized",
+                &[("WWW-Authenticate", &format!("{SECRET} realm=x"))],
+                SECRET.as_bytes(),
+            )
+        });
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        // (pull or login, server, what the message must say)
+        let cases = [
+            ("pull", format!("{}/gone", reg.addr), "manifest unknown"),
+            (
+                "pull",
+                format!("{}/typed", reg.addr),
+                "is not an image manifest",
+            ),
+            (
+                "pull",
+                format!("{}/x:v1", reg.addr),
+                "the registry answered 500 Internal Server Error",
+            ),
+            (
+                "pull",
+                format!("{}/x:v1", banner.addr),
+                "the exchange failed",
+            ),
+            (
+                "pull",
+                format!("{}/x:v1", broken.addr),
+                "the registry answered 500 Internal Server Error",
+            ),
+            (
+                "login",
+                broken.addr.to_string(),
+                "answered 500 Internal Server Error: not a registry",
+            ),
+            ("login", banner.addr.to_string(), "the exchange failed"),
+            (
+                "login",
+                auth.addr.to_string(),
+                "an authentication scheme hyper does not speak",
+            ),
+        ];
+        for (i, (what, server, want)) in cases.iter().enumerate() {
+            let e = match *what {
+                "pull" => resolve(&p, server, &reach).await.err().expect("a failure"),
+                _ => p.login(server, &creds, &reach).await.unwrap_err(),
+            };
+            let msg = chain(&e);
+            assert!(msg.contains(want), "test[{i}]: {msg}");
+            assert!(!msg.contains(SECRET), "test[{i}]: {msg}");
+        }
+    }
 
     #[test]
     fn registry_auth_header() {

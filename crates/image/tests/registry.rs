@@ -21,6 +21,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use image::fetch::Reach;
+use image::policy::AddressPolicy;
 use image::pull::{parse_reference, Credentials, Progress, PullError, Puller};
 use image::{ImageInfo, ImageStore};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -548,6 +550,12 @@ fn simple_layer(content: &str) -> (Vec<u8>, Vec<u8>) {
 
 // ---- pulling ----
 
+/// Pulls here go the way a tenant's do, through the address policy, with the loopback
+/// registries allowed as an operator would allow them (`--allow-fetch 127.0.0.1/32`).
+fn tenant() -> Reach {
+    Reach::Tenant(AddressPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]))
+}
+
 struct Node {
     _dir: tempfile::TempDir,
     puller: Puller,
@@ -572,7 +580,7 @@ async fn pull_with(
 ) -> Result<(ImageInfo, Vec<Progress>), PullError> {
     let resolved = n
         .puller
-        .resolve(parse_reference(image, None)?, creds)
+        .resolve(parse_reference(image, None)?, creds, &tenant())
         .await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let info = n
@@ -656,7 +664,7 @@ async fn single_layer_oci_then_up_to_date() {
     // Again: present, nothing fetched.
     let r = n
         .puller
-        .resolve(parse_reference(&image, None).unwrap(), None)
+        .resolve(parse_reference(&image, None).unwrap(), None, &tenant())
         .await
         .unwrap();
     assert!(r.present);
@@ -730,7 +738,7 @@ async fn index_picks_linux_amd64() {
     let image = format!("{}/t/multiarch", reg.open);
     let r = n
         .puller
-        .resolve(parse_reference(&image, None).unwrap(), None)
+        .resolve(parse_reference(&image, None).unwrap(), None, &tenant())
         .await
         .unwrap();
     // The digest reported is the index's, as docker reports it.
@@ -1002,7 +1010,7 @@ async fn login_checks_credentials() {
         (reg.open.clone(), creds("anyone", "x"), true),
     ];
     for (i, (server, c, ok)) in cases.iter().enumerate() {
-        let got = n.puller.login(server, c).await;
+        let got = n.puller.login(server, c, &tenant()).await;
         match (got, ok) {
             (Ok(()), true) => {}
             (Err(PullError::Unauthorized(_)), false) => {}
@@ -1013,8 +1021,35 @@ async fn login_checks_credentials() {
     let dead = format!("127.0.0.1:{}", free_port());
     let e = n
         .puller
-        .login(&dead, &creds(USER, PASSWORD))
+        .login(&dead, &creds(USER, PASSWORD), &tenant())
         .await
         .unwrap_err();
     assert!(matches!(e, PullError::Http { .. }), "{e:?}");
+
+    // Without the operator's allowance a tenant reaches none of it; the operator does.
+    let nowhere = Reach::Tenant(AddressPolicy::default());
+    let e = n
+        .puller
+        .login(&reg.private, &creds(USER, PASSWORD), &nowhere)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Refused(_)), "{e:?}");
+    let e = n
+        .puller
+        .resolve(
+            parse_reference(&format!("{}/t/any:v1", reg.open), None).unwrap(),
+            None,
+            &nowhere,
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("refused: address 127.0.0.1 (loopback) is not allowed; the operator can allow it with --allow-fetch 127.0.0.1/32"),
+        "{e}"
+    );
+    n.puller
+        .login(&reg.private, &creds(USER, PASSWORD), &Reach::Operator)
+        .await
+        .unwrap();
 }

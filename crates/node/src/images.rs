@@ -64,6 +64,9 @@ pub struct Images {
     store: Arc<dyn Store>,
     content: Arc<image::ImageStore>,
     puller: image::pull::Puller,
+    /// Where pulls, logins and archive downloads may connect for a tenant (the operator's
+    /// `--allow-fetch` over the default of public addresses only).
+    tenant_policy: std::sync::RwLock<image::policy::AddressPolicy>,
 }
 
 fn image_key(tenant: &str, id: &str) -> String {
@@ -80,6 +83,7 @@ impl Images {
             store,
             content,
             puller,
+            tenant_policy: Default::default(),
         }
     }
 
@@ -88,9 +92,29 @@ impl Images {
         &self.puller
     }
 
-    /// Registries (`host:port`) pulled from over plain HTTP, besides loopback ones.
+    /// Registries (`host:port`) pulled from over plain HTTP, besides loopback ones. Plain HTTP
+    /// only: an insecure registry is not exempt from the tenant policy.
     pub fn set_insecure_registries(&self, registries: Vec<String>) {
         self.puller.set_insecure(registries);
+    }
+
+    /// The addresses tenants' pulls, logins and archive downloads may reach (default: public
+    /// unicast only).
+    pub fn set_tenant_policy(&self, policy: image::policy::AddressPolicy) {
+        *self
+            .tenant_policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Where hyperd may connect for a tenant's pull, login or download.
+    pub fn tenant_reach(&self) -> image::fetch::Reach {
+        image::fetch::Reach::Tenant(
+            self.tenant_policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 
     /// Fetches what `resolved` lacks, records the image for `tenant` under the pulled tag (or

@@ -15,8 +15,26 @@ use serde_json::{json, Value};
 
 use super::{flag, Params};
 use crate::error::{ApiError, ApiResult};
-use crate::transport::TenantId;
+use crate::transport::{Peer, TenantId};
 use crate::AppState;
+
+/// Where hyperd may connect on behalf of this request: registries of a pull or login, their
+/// token servers and blob storage, and the URL of an archive to load (DESIGN, Decided 12).
+///
+/// The decision: a request over TCP comes from a tenant (signed, or with a tenant's
+/// certificate or token), so it gets the tenant policy: public addresses plus the operator's
+/// `--allow-fetch`, never loopback, link-local, private ranges or the node's own addresses
+/// otherwise, checked after resolution and at every redirect. A request on the unix socket
+/// comes from the operator (root on the node, like docker.sock; it acts as the default
+/// tenant), who could connect anywhere anyway: it keeps reaching loopback registries as
+/// before (setup scripts, the e2e harness). `--insecure-registry` only means plain HTTP; it
+/// exempts nothing from the policy.
+fn reach(app: &AppState, peer: Peer) -> image::fetch::Reach {
+    match peer {
+        Peer::Unix => image::fetch::Reach::Operator,
+        Peer::Tcp => app.runtime.images.tenant_reach(),
+    }
+}
 
 fn created_unix(v: &ImageView) -> i64 {
     v.info
@@ -167,6 +185,7 @@ const MAX_REMOTE_ARCHIVE: u64 = 16 << 30;
 pub async fn load(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
+    Extension(peer): Extension<Peer>,
     Query(q): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -203,7 +222,7 @@ pub async fn load(
             .filter(|u| !u.is_empty())
             .ok_or_else(|| ApiError::bad_request("a JSON load request needs fromSrc (a URL)"))?;
         quiet |= req["quiet"].as_bool().unwrap_or(false);
-        image::fetch::download(url, spool.path(), MAX_REMOTE_ARCHIVE)
+        image::fetch::download(url, spool.path(), MAX_REMOTE_ARCHIVE, &reach(&app, peer))
             .await
             .map_err(fetch_error)?;
     }
@@ -236,10 +255,12 @@ fn fetch_error(e: image::fetch::FetchError) -> ApiError {
     use image::fetch::FetchError as F;
     let status = match &e {
         F::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        F::Refused { .. } => StatusCode::FORBIDDEN,
         F::InvalidUrl { .. }
         | F::Status { .. }
         | F::TooLarge { .. }
         | F::Truncated { .. }
+        | F::NotTar { .. }
         | F::Http { .. } => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, crate::error::error_chain(&e))
@@ -248,7 +269,11 @@ fn fetch_error(e: image::fetch::FetchError) -> ApiError {
 /// `POST /auth` (`docker login`): checks `{"username","password","serveraddress"}` against the
 /// registry (see `image::login`) and answers Docker's `{"Status":"Login Succeeded"}`, or 401.
 /// Nothing is stored here: the client keeps the credentials and sends them with each pull.
-pub async fn auth(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn auth(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let v: Value = super::json_body(&body, "auth request")?;
     let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let server = match field("serveraddress") {
@@ -265,7 +290,7 @@ pub async fn auth(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Va
     app.runtime
         .images
         .puller()
-        .login(&server, &creds)
+        .login(&server, &creds, &reach(&app, peer))
         .await
         .map_err(pull_error)?;
     Ok(Json(
@@ -280,6 +305,7 @@ pub async fn auth(State(app): State<AppState>, body: Bytes) -> ApiResult<Json<Va
 pub async fn create(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
+    Extension(peer): Extension<Peer>,
     Query(q): Query<Params>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
@@ -309,7 +335,7 @@ pub async fn create(
         .runtime
         .images
         .puller()
-        .resolve(reference, creds.as_ref())
+        .resolve(reference, creds.as_ref(), &reach(&app, peer))
         .await
         .map_err(pull_error)?;
 
@@ -404,7 +430,8 @@ fn pull_error(e: image::pull::PullError) -> ApiError {
         P::NotFound(_) => StatusCode::NOT_FOUND,
         P::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         P::Unsupported(_) => StatusCode::BAD_REQUEST,
-        P::Registry { .. } | P::Http { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        P::Refused(_) => StatusCode::FORBIDDEN,
+        P::Registry(_) | P::Http(_) => StatusCode::INTERNAL_SERVER_ERROR,
         P::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, crate::error::error_chain(&e))
