@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `len` is at most [`MAX_PAYLOAD`] (1 MiB); a larger value is a protocol error and the
-//! connection should be dropped. Kinds ([`Kind`]):
+//! connection should be dropped. A reader checks `len` before it allocates anything for the
+//! payload. Kinds ([`Kind`]):
 //!
 //! | kind | name          | direction     | payload                                  |
 //! |------|---------------|---------------|------------------------------------------|
@@ -56,10 +57,19 @@
 //!    after all of the stream's output has been sent, so `Exited` is the end of the stream.
 //! 4. `Shutdown`: the agent syncs and powers off the VM (the connection then closes).
 //!
-//! Exit codes are the process's code, or 128+N when killed by signal N (Docker's convention);
-//! `StartFailed` uses 127 for "executable not found" and 126 for "not executable".
+//! Exit codes are the process's code, or 128+N when killed by signal N (Docker's convention), so
+//! always within [`EXIT_CODES`]; `StartFailed` uses 127 for "executable not found" and 126 for
+//! "not executable".
 //! Unknown JSON fields are ignored so either side may add optional fields; a breaking change
 //! bumps [`PROTOCOL_VERSION`].
+//!
+//! # The guest is not trusted
+//!
+//! The guest kernel and everything in it belong to the tenant (DESIGN decision 12), so the host
+//! reads this stream as hostile input: [`read_frame_or_skip`] checks the length before it
+//! allocates and skips frames of kinds it does not know; the host accepts `Started` and
+//! `Exited` only for streams it opened, output only within the credit it granted, and replies
+//! only for requests it has outstanding (see the shim's `daemon::guest`).
 
 use std::io;
 
@@ -78,6 +88,9 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 pub const PORT_NAME: &str = "agent";
 /// Stream id of the container's main process.
 pub const MAIN_STREAM: u32 = 0;
+
+/// The exit codes a process can have: 0..=255 (128+N for signal N is within it).
+pub const EXIT_CODES: std::ops::RangeInclusive<i32> = 0..=255;
 
 /// Exit code for "executable not found" (like Docker).
 pub const EXIT_NOT_FOUND: i32 = 127;
@@ -252,13 +265,19 @@ pub fn encode_header(kind: Kind, stream: u32, len: u32) -> [u8; HEADER_LEN] {
 
 /// Decode and validate a header: (kind, stream, payload length).
 pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<(Kind, u32, usize), ProtoError> {
-    let kind = Kind::try_from(h[0])?;
+    let (kind, stream, len) = decode_raw_header(h)?;
+    Ok((Kind::try_from(kind)?, stream, len))
+}
+
+/// Decode a header whose kind may be unknown: (kind byte, stream, payload length). Only the
+/// length is checked (at most [`MAX_PAYLOAD`]), so a reader can skip a frame it does not know.
+pub fn decode_raw_header(h: &[u8; HEADER_LEN]) -> Result<(u8, u32, usize), ProtoError> {
     let stream = u32::from_be_bytes(h[1..5].try_into().expect("4 bytes"));
     let len = u32::from_be_bytes(h[5..9].try_into().expect("4 bytes")) as usize;
     if len > MAX_PAYLOAD {
         return Err(ProtoError::TooLarge(len));
     }
-    Ok((kind, stream, len))
+    Ok((h[0], stream, len))
 }
 
 /// Read one frame. A clean EOF before the first header byte gives `ErrorKind::UnexpectedEof`,
@@ -274,6 +293,46 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<
         stream,
         payload,
     })
+}
+
+/// What [`read_frame_or_skip`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Frame(Frame),
+    /// A frame of a kind this side does not know: its payload was read and thrown away
+    /// without being stored.
+    Skipped {
+        kind: u8,
+        stream: u32,
+        len: usize,
+    },
+}
+
+/// Read one frame from a peer that is not trusted: the length is checked before anything is
+/// allocated (a larger one is `ErrorKind::InvalidData`, after which the stream cannot be
+/// resynchronised), and a frame of an unknown kind is skipped through a small fixed buffer.
+/// EOF and truncation are `ErrorKind::UnexpectedEof`, as for [`read_frame`].
+pub async fn read_frame_or_skip<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<Incoming> {
+    let mut hdr = [0u8; HEADER_LEN];
+    r.read_exact(&mut hdr).await?;
+    let (kind, stream, len) = decode_raw_header(&hdr)?;
+    let Ok(kind) = Kind::try_from(kind) else {
+        let mut left = len;
+        let mut scratch = [0u8; 4096];
+        while left > 0 {
+            let n = left.min(scratch.len());
+            r.read_exact(&mut scratch[..n]).await?;
+            left -= n;
+        }
+        return Ok(Incoming::Skipped { kind, stream, len });
+    };
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Incoming::Frame(Frame {
+        kind,
+        stream,
+        payload,
+    }))
 }
 
 /// Write one frame (header and payload) and flush.
@@ -763,5 +822,46 @@ mod tests {
         let oversized = Frame::stdout(0, vec![0; MAX_PAYLOAD + 1]);
         let mut sink = Vec::new();
         assert!(write_frame(&mut sink, &oversized).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn untrusted_reader() {
+        // An unknown kind is skipped (payload consumed, nothing kept); the next frame is read.
+        let mut bytes = encode_header_raw(200, 7, 10_000).to_vec();
+        bytes.extend(vec![0xAB; 10_000]);
+        bytes.extend(Frame::stdout(1, b"ok".to_vec()).encode());
+        let mut r: &[u8] = &bytes;
+        assert_eq!(
+            read_frame_or_skip(&mut r).await.unwrap(),
+            Incoming::Skipped {
+                kind: 200,
+                stream: 7,
+                len: 10_000
+            }
+        );
+        assert_eq!(
+            read_frame_or_skip(&mut r).await.unwrap(),
+            Incoming::Frame(Frame::stdout(1, b"ok".to_vec()))
+        );
+        // A length over the limit fails before any payload is read, for any kind.
+        for (i, kind) in [2u8, 200].into_iter().enumerate() {
+            let hdr = encode_header_raw(kind, 0, u32::MAX);
+            let mut r: &[u8] = &hdr;
+            let e = read_frame_or_skip(&mut r).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "test[{i}]");
+        }
+        // A truncated unknown frame is EOF, not a frame.
+        let hdr = encode_header_raw(99, 0, 100);
+        let mut r: &[u8] = &[&hdr[..], &[0u8; 10][..]].concat();
+        assert_eq!(
+            read_frame_or_skip(&mut r).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
+    fn encode_header_raw(kind: u8, stream: u32, len: u32) -> [u8; HEADER_LEN] {
+        let mut h = encode_header(Kind::Control, stream, len);
+        h[0] = kind;
+        h
     }
 }

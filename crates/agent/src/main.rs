@@ -462,7 +462,11 @@ fn start_stream(
         });
         let _ = was_recorded.await;
         log!("stream {stream}: started pid {pid}");
-        session::run(stream, sp, master, exit, stdin_rx, credit, out, oom_before).await;
+        let exit = session::Exit {
+            code: exit,
+            oom_before,
+        };
+        session::run(stream, sp, master, exit, stdin_rx, credit, out).await;
         log!("stream {stream}: exited");
         let _ = ev.send(Event::Gone { stream });
     });

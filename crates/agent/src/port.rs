@@ -2,9 +2,13 @@
 //! EBUSY), read() returns EOF whenever no host is connected, and write() blocks until one is. So
 //! one fd, served by two plain threads: a reader that polls through disconnects and a writer
 //! that may block; both talk to the async side over channels.
+//!
+//! Both descriptors of the port are close-on-exec (std opens with O_CLOEXEC, `try_clone` dups
+//! with F_DUPFD_CLOEXEC): a container process must never hold the host channel. `process`
+//! also marks every inherited descriptor above 2 close-on-exec before it execs anything, so a
+//! descriptor opened without the flag cannot leak either.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,7 +29,7 @@ pub fn find_port(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Wait (forever, logging now and then) for the port to appear and open it.
+/// Wait (forever, logging now and then) for the port to appear and open it (close-on-exec).
 pub fn open_port(name: &str) -> std::fs::File {
     let mut tries = 0u64;
     loop {
@@ -48,11 +52,9 @@ pub fn open_port(name: &str) -> std::fs::File {
 pub fn start(
     port: std::fs::File,
 ) -> (mpsc::UnboundedReceiver<Frame>, mpsc::UnboundedSender<Frame>) {
-    // SAFETY: dup of a valid fd; the result is owned by the new File.
-    let wfd = unsafe { libc::dup(port.as_raw_fd()) };
-    assert!(wfd >= 0, "dup port fd");
-    // SAFETY: wfd is a fresh descriptor we own.
-    let mut wport = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(wfd) });
+    // F_DUPFD_CLOEXEC: a plain dup(2) would give a descriptor every container process
+    // inherits (the hole of issue 17).
+    let mut wport = port.try_clone().expect("dup port fd");
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     std::thread::Builder::new()

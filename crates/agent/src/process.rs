@@ -12,6 +12,12 @@
 //! `init::leave_rootfs`). Exec sessions join that mount namespace with setns and chroot into
 //! the main process's root.
 //!
+//! Descriptors: a container process starts with its three stdio descriptors and nothing else.
+//! The agent opens everything close-on-exec, and the child marks whatever is left above 2
+//! close-on-exec right before exec (`seal_inherited_fds`), so neither a descriptor opened
+//! without the flag nor one another thread opened during the fork reaches the container. The
+//! container's fresh `/dev` (`enter_new_root`) holds no node of the host channel either.
+//!
 //! Reaping: one reaper calls waitpid(-1) for everything (the agent is PID 1 and a subreaper);
 //! callers register for the pids they started. The reaper never runs while a spawn is in
 //! progress, because std's spawn waits for a child whose exec failed itself.
@@ -263,10 +269,15 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             fd.try_clone()
                 .map_err(|e| SpawnError::new(format!("dup: {e}"), 126))
         };
-        let _ = nix::fcntl::fcntl(
-            pty.master.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
+        // openpty(3) opens both ends without O_CLOEXEC: mark them at once (the slave reaches
+        // the child only through its stdio; a spawn racing on another thread is covered by
+        // `seal_inherited_fds`).
+        for fd in [&pty.master, &pty.slave] {
+            let _ = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
         cmd.stdin(Stdio::from(dup(&pty.slave)?))
             .stdout(Stdio::from(dup(&pty.slave)?))
             .stderr(Stdio::from(pty.slave));
@@ -316,7 +327,8 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
                     nix::unistd::chroot(".")?;
                 }
             }
-            child_common(tty, &ident2, &cwd_c)
+            child_common(tty, &ident2, &cwd_c)?;
+            seal_inherited_fds()
         });
     }
     let own_pidns = open_rdonly(Path::new("/proc/thread-self/ns/pid"))?;
@@ -477,6 +489,41 @@ fn enter_new_root() -> std::io::Result<()> {
     drop(old_root);
     nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
     nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+/// In every child, last thing before exec: every descriptor above 2 becomes close-on-exec, so
+/// the process starts with its stdio and nothing else of the agent's (the virtio-serial port to
+/// the host, other sessions' pipes and ptys, namespace and volume descriptors), whatever flags
+/// they were opened with or whichever thread opened them while this one forked. Marked rather
+/// than closed: std reports a failed exec through its own close-on-exec pipe.
+fn seal_inherited_fds() -> std::io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: every descriptor up to the limit, one by one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let max = lim.rlim_cur.min(1 << 20) as i32;
+    for fd in 3..max {
+        // SAFETY: F_SETFD on any integer; a closed one gives EBADF, which is ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     Ok(())
 }
 

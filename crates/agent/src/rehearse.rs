@@ -70,15 +70,18 @@ async fn relay_until_exit(spawned: process::Spawned, oom_before: u64) -> Result<
     let exited = process::register(spawned.pid);
     let (sink, mut frames) = mpsc::unbounded_channel();
     let (_stdin, stdin_rx) = mpsc::unbounded_channel();
+    let exit = session::Exit {
+        code: exited,
+        oom_before,
+    };
     session::run(
         REHEARSAL_STREAM,
         spawned,
         None,
-        exited,
+        exit,
         stdin_rx,
         Credit::new(),
         sink,
-        oom_before,
     )
     .await;
     let mut exit_code = None;

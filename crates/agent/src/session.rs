@@ -162,16 +162,23 @@ async fn pump_stdin(
     // Dropping `fd` (the last reference for a pipe) closes the process's stdin.
 }
 
+/// How a session learns its process's end.
+pub struct Exit {
+    /// The exit code, from the reaper.
+    pub code: oneshot::Receiver<i32>,
+    /// The kernel's OOM-kill count before the process started (`process::oom_kills`).
+    pub oom_before: u64,
+}
+
 /// Bridge `sp`'s stdio until the process exits and its output is drained, then send `Exited`.
 pub async fn run(
     stream: u32,
     sp: Spawned,
     master: Option<Arc<Fd>>,
-    exit: oneshot::Receiver<i32>,
+    exit: Exit,
     stdin_rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
     credit: Arc<Credit>,
     out: mpsc::UnboundedSender<Frame>,
-    oom_before: u64,
 ) {
     let mut readers = Vec::new();
     let mut stdin_task = None;
@@ -205,7 +212,7 @@ pub async fn run(
             )));
         }
     }
-    let exit_code = exit.await.unwrap_or(137);
+    let exit_code = exit.code.await.unwrap_or(137);
     // Output still in flight (or held open by a background process) gets a short grace period.
     for r in readers {
         let abort = r.abort_handle();
@@ -219,7 +226,7 @@ pub async fn run(
     if let Some(t) = stdin_task {
         t.abort();
     }
-    let oom_killed = crate::process::oom_kills() > oom_before;
+    let oom_killed = crate::process::oom_kills() > exit.oom_before;
     let _ = out.send(Frame::guest(&GuestMsg::Exited {
         stream,
         exit_code,

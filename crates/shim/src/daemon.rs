@@ -7,6 +7,9 @@
 //!
 //! Shared state is one small `Mutex<Inner>` touched only in short, non-async sections; exit of the
 //! main process is broadcast through a `watch` channel.
+//!
+//! Everything the guest sends is hostile input (the guest kernel is the tenant's): `guest` reads
+//! and checks it before anything here acts on it.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_proto::{Frame, GuestMsg, HostMsg, Kind, MAIN_STREAM, PROTOCOL_VERSION};
+use agent_proto::{Frame, GuestMsg, HostMsg, MAIN_STREAM, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{SecondsFormat, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +27,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vm::{Boot, Hypervisor, Qemu, VmConfig};
 
-use crate::log::{LogWriter, Stream};
+use crate::log::LogWriter;
 use crate::{mux_header, paths, Request, Response, Spec, State, Status, EXIT_FRAME};
 
 fn now() -> String {
@@ -115,6 +118,16 @@ macro_rules! slog {
     ($($t:tt)*) => { eprintln!("{} {}", now(), format!($($t)*)) };
 }
 
+/// A line about guest misbehaviour in shim.log, rate-limited per VM (`guest::RateLimit`).
+/// Whatever the guest chose goes through `guest::excerpt` first.
+macro_rules! guest_log {
+    ($shim:expr, $($t:tt)*) => { $shim.guest_misbehaves(format_args!($($t)*)) };
+}
+
+mod guest;
+
+use guest::{excerpt, Expect, MainStream, Window};
+
 /// Output of the main process to attachers.
 #[derive(Clone, Debug)]
 enum Out {
@@ -128,15 +141,35 @@ enum ExecEvent {
     Exited(i32),
 }
 
+/// An exec session the shim opened (stream > 0).
+struct ExecStream {
+    tx: mpsc::UnboundedSender<ExecEvent>,
+    /// The guest has said `Started` for it (only then may output and `Exited` come).
+    running: bool,
+    /// Output credit the guest has left: the session's client drains it.
+    window: Window,
+}
+
 #[derive(Default)]
 struct Inner {
     state: State,
     /// Waiting for Started/StartFailed of a stream.
     starting: HashMap<u32, oneshot::Sender<GuestMsg>>,
-    /// Top/Stats replies by req_id.
-    replies: HashMap<u64, oneshot::Sender<GuestMsg>>,
-    execs: HashMap<u32, mpsc::UnboundedSender<ExecEvent>>,
+    /// Requests the guest owes a reply, by req_id, with the kind of reply each takes.
+    replies: HashMap<u64, (Expect, oneshot::Sender<GuestMsg>)>,
+    execs: HashMap<u32, ExecStream>,
     exec_ids: HashMap<String, u32>,
+    /// The main process, as far as the guest has reported it within the protocol.
+    main: MainStream,
+    /// Output credit the guest has left on the main stream.
+    main_window: Window,
+    /// Credit granted but not yet written to the guest, by stream (coalesced: a guest that
+    /// does not read its port costs one integer per stream, not one frame per grant).
+    pending_credit: HashMap<u32, u32>,
+    /// `Shutdown` was sent: only now is a `Synced` an answer.
+    shutdown_sent: bool,
+    /// The agent connection is closed, or was given up on a protocol violation.
+    agent_gone: bool,
     next_stream: u32,
     next_req: u64,
     stdin_held: bool,
@@ -147,7 +180,15 @@ struct Shim {
     dir: PathBuf,
     spec: Spec,
     inner: Mutex<Inner>,
-    to_agent: mpsc::UnboundedSender<Frame>,
+    /// Control frames to the agent (bounded: see `send`).
+    ctl: mpsc::Sender<Frame>,
+    /// Stdin frames to the agent (bounded: stdin waits, so a guest that does not read holds up
+    /// its client rather than the shim's memory).
+    data: mpsc::Sender<Frame>,
+    /// `pending_credit` has something to write.
+    credit: tokio::sync::Notify,
+    /// Lines about guest misbehaviour, rate-limited per VM.
+    guest_log: Mutex<guest::RateLimit>,
     out: broadcast::Sender<Out>,
     /// Some(state) once the main process (or the VM) is gone.
     exited: watch::Sender<Option<State>>,
@@ -182,8 +223,42 @@ impl Shim {
         self.inner.lock().unwrap().state.clone()
     }
 
+    /// Queue a control frame for the agent. A full queue means the guest has stopped reading
+    /// its port: the frame is dropped rather than held.
     fn send(&self, f: Frame) {
-        let _ = self.to_agent.send(f);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.ctl.try_send(f) {
+            guest_log!(
+                self,
+                "the guest is not reading its port: dropped a control frame"
+            );
+        }
+    }
+
+    /// Queue a stdin frame for the agent, waiting while the queue is full. False once the
+    /// connection is gone.
+    async fn send_data(&self, f: Frame) -> bool {
+        self.data.send(f).await.is_ok()
+    }
+
+    /// Give the guest `n` more bytes of output credit on `stream` (an open one), coalesced
+    /// with any grant not yet written.
+    fn grant(&self, stream: u32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if stream == MAIN_STREAM {
+                inner.main_window.grant(n);
+            } else if let Some(e) = inner.execs.get_mut(&stream) {
+                e.window.grant(n);
+            } else {
+                return;
+            }
+            let p = inner.pending_credit.entry(stream).or_default();
+            *p = p.saturating_add(n);
+        }
+        self.credit.notify_one();
     }
 
     /// Record the end of the main process once (first caller wins).
@@ -194,6 +269,7 @@ impl Shim {
                 return;
             }
             inner.finishing = true;
+            inner.main = MainStream::Done;
             let s = &mut inner.state;
             s.status = Status::Exited;
             s.finished_at = Some(now());
@@ -208,7 +284,7 @@ impl Shim {
         self.save(&st);
         slog!(
             "main process exited: code {exit_code} oom {oom} {}",
-            st.error
+            excerpt(&st.error)
         );
         let _ = self.out.send(Out::End);
         self.exited.send_replace(Some(st));
@@ -563,31 +639,27 @@ async fn serve(
         qemu_pid,
         gone: gone_rx,
         rd,
-        mut wr,
+        wr,
         version,
         kernel,
         ..
     } = up;
     state.qemu_pid = Some(qemu_pid);
     state.save(&dir)?;
-    slog!("agent ready: protocol {version}, kernel {kernel}");
+    slog!(
+        "agent ready: protocol {version}, kernel {}",
+        excerpt(&kernel)
+    );
 
     let log = LogWriter::open(
         dir.join(paths::CTR_LOG),
         spec.log_max_bytes,
         spec.log_max_files,
     )?;
-    let (to_agent, mut agent_rx) = mpsc::unbounded_channel::<Frame>();
-    tokio::spawn(async move {
-        while let Some(f) = agent_rx.recv().await {
-            if let Err(e) = agent_proto::write_frame(&mut wr, &f).await {
-                slog!("writing to agent: {e}");
-                break;
-            }
-        }
-    });
+    let (ctl, ctl_rx) = mpsc::channel::<Frame>(guest::CONTROL_QUEUE);
+    let (data, data_rx) = mpsc::channel::<Frame>(guest::DATA_QUEUE);
     state.status = Status::Ready;
-    let (out, _) = broadcast::channel(1024);
+    let (out, _) = broadcast::channel(guest::OUT_QUEUE);
     let (exited, _) = watch::channel(None);
     let shim = Arc::new(Shim {
         dir: dir.clone(),
@@ -598,7 +670,10 @@ async fn serve(
             next_req: 1,
             ..Default::default()
         }),
-        to_agent,
+        ctl,
+        data,
+        credit: tokio::sync::Notify::new(),
+        guest_log: Mutex::new(guest::RateLimit::per_minute(guest::LOG_LINES_PER_MINUTE)),
         out,
         exited,
         started: watch::channel(false).0,
@@ -614,7 +689,8 @@ async fn serve(
     // SAFETY: replacing our handle with /dev/null closes the original pipe fd exactly once.
     *ready = std::fs::File::open("/dev/null")?;
 
-    tokio::spawn(agent_reader(shim.clone(), rd));
+    tokio::spawn(guest::writer(shim.clone(), wr, ctl_rx, data_rx));
+    tokio::spawn(guest::reader(shim.clone(), rd));
     // QEMU died under us?
     {
         let shim = shim.clone();
@@ -675,6 +751,7 @@ async fn serve(
     // Wait for the end of the main process, then power off and clean up.
     let mut ex = shim.exited.subscribe();
     let _ = ex.wait_for(|s| s.is_some()).await;
+    shim.inner.lock().unwrap().shutdown_sent = true;
     shim.send(Frame::host(&HostMsg::Shutdown));
     let mut gone = gone_rx.clone();
     let mut synced = shim.synced.subscribe();
@@ -948,8 +1025,15 @@ async fn bring_up(
             }),
         )
         .await?;
+        // Whatever else comes first is skipped unparsed (see `guest`).
         loop {
-            let f = agent_proto::read_frame(&mut rd).await?;
+            let agent_proto::Incoming::Frame(f) = agent_proto::read_frame_or_skip(&mut rd).await?
+            else {
+                continue;
+            };
+            if !guest::is_ready(&f) {
+                continue;
+            }
             if let Ok(GuestMsg::Ready {
                 version,
                 kernel_release,
@@ -1029,98 +1113,6 @@ async fn boot_error(
     anyhow!(msg)
 }
 
-async fn agent_reader(shim: Arc<Shim>, mut rd: tokio::net::unix::OwnedReadHalf) {
-    loop {
-        let f = match agent_proto::read_frame(&mut rd).await {
-            Ok(f) => f,
-            Err(e) => {
-                slog!("agent connection closed: {e}");
-                // Running execs end with the VM.
-                let execs: Vec<_> = shim.inner.lock().unwrap().execs.drain().collect();
-                for (_, tx) in execs {
-                    let _ = tx.send(ExecEvent::Exited(137));
-                }
-                return;
-            }
-        };
-        match f.kind {
-            Kind::Stdout | Kind::Stderr => {
-                let n = f.payload.len() as u32;
-                let (code, ls) = if f.kind == Kind::Stdout {
-                    (1u8, Stream::Stdout)
-                } else {
-                    (2u8, Stream::Stderr)
-                };
-                if f.stream == MAIN_STREAM {
-                    if let Err(e) = shim.log.lock().unwrap().write(ls, &f.payload) {
-                        slog!("ctr.log: {e}");
-                    }
-                    let _ = shim.out.send(Out::Data(code, Arc::new(f.payload)));
-                    shim.send(Frame::window_update(MAIN_STREAM, n));
-                } else {
-                    let tx = shim.inner.lock().unwrap().execs.get(&f.stream).cloned();
-                    match tx {
-                        Some(tx) => {
-                            let _ = tx.send(ExecEvent::Data(code, f.payload));
-                        }
-                        None => shim.send(Frame::window_update(f.stream, n)),
-                    }
-                }
-            }
-            Kind::Control => match f.guest_msg() {
-                Ok(msg) => on_control(&shim, msg),
-                Err(e) => slog!("bad control frame: {e}"),
-            },
-            _ => {}
-        }
-    }
-}
-
-fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
-    match msg {
-        GuestMsg::Started { stream, .. } | GuestMsg::StartFailed { stream, .. } => {
-            let tx = shim.inner.lock().unwrap().starting.remove(&stream);
-            if let Some(tx) = tx {
-                let _ = tx.send(msg);
-            }
-        }
-        GuestMsg::Exited {
-            stream,
-            exit_code,
-            oom_killed,
-        } => {
-            if stream == MAIN_STREAM {
-                shim.finish(exit_code, oom_killed, String::new());
-            } else {
-                let tx = {
-                    let mut inner = shim.inner.lock().unwrap();
-                    inner.exec_ids.retain(|_, s| *s != stream);
-                    inner.execs.remove(&stream)
-                };
-                if let Some(tx) = tx {
-                    let _ = tx.send(ExecEvent::Exited(exit_code));
-                }
-            }
-        }
-        GuestMsg::TopReply { req_id, .. }
-        | GuestMsg::StatsReply { req_id, .. }
-        | GuestMsg::Done { req_id }
-        | GuestMsg::Error { req_id, .. } => {
-            let tx = shim.inner.lock().unwrap().replies.remove(&req_id);
-            match tx {
-                Some(tx) => {
-                    let _ = tx.send(msg);
-                }
-                None => slog!("agent: {msg:?}"),
-            }
-        }
-        GuestMsg::Ready { .. } | GuestMsg::Rehearsed { .. } => {}
-        GuestMsg::Synced => {
-            shim.synced.send_replace(true);
-        }
-    }
-}
-
 async fn reply(s: &mut UnixStream, r: &Response) -> Result<()> {
     let mut line = serde_json::to_vec(r)?;
     line.push(b'\n');
@@ -1192,7 +1184,12 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             reply(&mut s, &r).await
         }
         Request::Top { ps_args } => {
-            let r = match ask(&shim, |req_id| HostMsg::Top { req_id, ps_args }).await {
+            let r = match ask(&shim, Expect::Top, |req_id| HostMsg::Top {
+                req_id,
+                ps_args,
+            })
+            .await
+            {
                 Ok(GuestMsg::TopReply {
                     titles, processes, ..
                 }) => Response {
@@ -1202,21 +1199,31 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                     ..Default::default()
                 },
                 Ok(GuestMsg::Error { message, .. }) => Response::err(message),
-                Ok(other) => Response::err(format!("unexpected reply {other:?}")),
+                Ok(_) => Response::err("unexpected reply from the guest agent"),
                 Err(e) => Response::err(e),
             };
             reply(&mut s, &r).await
         }
         Request::Freeze { targets } => {
-            let r = ask(&shim, |req_id| HostMsg::Freeze { req_id, targets }).await;
+            let r = ask(&shim, Expect::Done, |req_id| HostMsg::Freeze {
+                req_id,
+                targets,
+            })
+            .await;
             reply(&mut s, &crate::volumes::done(r)).await
         }
         Request::Thaw { targets } => {
-            let r = ask(&shim, |req_id| HostMsg::Thaw { req_id, targets }).await;
+            let r = ask(&shim, Expect::Done, |req_id| HostMsg::Thaw {
+                req_id,
+                targets,
+            })
+            .await;
             reply(&mut s, &crate::volumes::done(r)).await
         }
         Request::Stats => {
-            let r = match ask(&shim, |req_id| HostMsg::Stats { req_id }).await {
+            // Display only (`docker stats`): nothing the guest reports here is billed. Metering
+            // uses the shim's own clock (`started_at`, `finished_at` in state.json).
+            let r = match ask(&shim, Expect::Stats, |req_id| HostMsg::Stats { req_id }).await {
                 Ok(GuestMsg::StatsReply {
                     memory_usage,
                     memory_limit,
@@ -1238,7 +1245,7 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                     ..Default::default()
                 },
                 Ok(GuestMsg::Error { message, .. }) => Response::err(message),
-                Ok(other) => Response::err(format!("unexpected reply {other:?}")),
+                Ok(_) => Response::err("unexpected reply from the guest agent"),
                 Err(e) => Response::err(e),
             };
             reply(&mut s, &r).await
@@ -1293,16 +1300,24 @@ fn stream_of(shim: &Shim, exec_id: Option<&str>) -> Result<u32, String> {
     }
 }
 
-async fn ask(shim: &Shim, msg: impl FnOnce(u64) -> HostMsg) -> Result<GuestMsg, String> {
+/// Send the request `msg` builds and wait for the guest's reply of kind `expect` (or `Error`).
+async fn ask(
+    shim: &Shim,
+    expect: Expect,
+    msg: impl FnOnce(u64) -> HostMsg,
+) -> Result<GuestMsg, String> {
     let (tx, rx) = oneshot::channel();
     let req_id = {
         let mut inner = shim.inner.lock().unwrap();
         if inner.state.status != Status::Running {
             return Err("container is not running".into());
         }
+        if inner.agent_gone {
+            return Err("the guest agent connection is gone".into());
+        }
         let id = inner.next_req;
         inner.next_req += 1;
-        inner.replies.insert(id, tx);
+        inner.replies.insert(id, (expect, tx));
         id
     };
     shim.send(Frame::host(&msg(req_id)));
@@ -1319,11 +1334,15 @@ async fn start(shim: &Arc<Shim>) -> Response {
     let (tx, rx) = oneshot::channel();
     {
         let mut inner = shim.inner.lock().unwrap();
-        if inner.state.status != Status::Ready {
+        if inner.state.status != Status::Ready || inner.main != MainStream::Idle {
             return Response::err(
                 format!("cannot start: container is {:?}", inner.state.status).to_lowercase(),
             );
         }
+        if inner.agent_gone {
+            return Response::err("cannot start: the guest agent connection is gone");
+        }
+        inner.main = MainStream::Starting;
         inner.starting.insert(MAIN_STREAM, tx);
     }
     slog!("start requested");
@@ -1341,22 +1360,22 @@ async fn start(shim: &Arc<Shim>) -> Response {
     let msg = tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
             Ok(Ok(m)) => m,
-            _ => return Response::err("the guest agent did not start the process"),
+            _ => {
+                shim.inner.lock().unwrap().starting.remove(&MAIN_STREAM);
+                return Response::err("the guest agent did not start the process");
+            }
         },
         _ = ex.wait_for(|s| s.is_some()) => return Response::err("the VM exited while starting"),
     };
     match msg {
         GuestMsg::Started { pid, .. } => {
-            let st = shim.update(|s| {
-                s.status = Status::Running;
-                s.started_at = Some(now());
-            });
+            // Recorded (Running, started_at) by the reader as it accepted `Started`, before it
+            // read anything after it: an `Exited` right behind cannot be overtaken.
             slog!("main process started, guest pid {pid}");
-            shim.started.send_replace(true);
             Response {
                 ok: true,
                 pid: Some(pid),
-                state: Some(st),
+                state: Some(shim.state()),
                 ..Default::default()
             }
         }
@@ -1372,7 +1391,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
                 ..Default::default()
             }
         }
-        other => Response::err(format!("unexpected reply {other:?}")),
+        _ => Response::err("unexpected reply from the guest agent"),
     }
 }
 
@@ -1461,11 +1480,19 @@ async fn attach(
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => shim.send(Frame::stdin(MAIN_STREAM, buf[..n].to_vec())),
+                    Ok(n) => {
+                        if !shim
+                            .send_data(Frame::stdin(MAIN_STREAM, buf[..n].to_vec()))
+                            .await
+                        {
+                            break;
+                        }
+                    }
                 }
             }
-            // Half-close of the attach that holds stdin = stdin EOF (internals.md).
-            shim.send(Frame::stdin_eof(MAIN_STREAM));
+            // Half-close of the attach that holds stdin = stdin EOF (internals.md), after the
+            // data (same queue).
+            shim.send_data(Frame::stdin_eof(MAIN_STREAM)).await;
             shim.inner.lock().unwrap().stdin_held = false;
         })
     });
@@ -1482,8 +1509,9 @@ async fn attach(
                 }
             }
             Ok(Out::End) | Err(broadcast::error::RecvError::Closed) => break,
+            // As often as the guest's output outruns a client: rate-limited with the rest.
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                slog!("attach: slow client skipped {n} chunks")
+                guest_log!(shim, "attach: a slow client skipped {n} chunks of output")
             }
         }
     }
@@ -1508,12 +1536,21 @@ async fn exec(
         let mut inner = shim.inner.lock().unwrap();
         if inner.state.status != Status::Running {
             Err("container is not running".to_string())
+        } else if inner.agent_gone {
+            Err("the guest agent connection is gone".to_string())
         } else if inner.exec_ids.contains_key(&exec_id) {
             Err(format!("exec {exec_id} is already running"))
         } else {
             let id = inner.next_stream;
             inner.next_stream += 1;
-            inner.execs.insert(id, etx);
+            inner.execs.insert(
+                id,
+                ExecStream {
+                    tx: etx,
+                    running: false,
+                    window: Window::default(),
+                },
+            );
             inner.exec_ids.insert(exec_id.clone(), id);
             inner.starting.insert(id, stx);
             Ok(id)
@@ -1548,6 +1585,7 @@ async fn exec(
             let mut inner = shim.inner.lock().unwrap();
             inner.execs.remove(&stream);
             inner.exec_ids.remove(&exec_id);
+            inner.starting.remove(&stream);
         }
         let msg = format!("{error}\n");
         w.write_all(&mux_header(2, msg.len())).await?;
@@ -1564,10 +1602,17 @@ async fn exec(
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => shim.send(Frame::stdin(stream, buf[..n].to_vec())),
+                    Ok(n) => {
+                        if !shim
+                            .send_data(Frame::stdin(stream, buf[..n].to_vec()))
+                            .await
+                        {
+                            break;
+                        }
+                    }
                 }
             }
-            shim.send(Frame::stdin_eof(stream));
+            shim.send_data(Frame::stdin_eof(stream)).await;
         })
     });
     let mut client_gone = false;
@@ -1580,7 +1625,7 @@ async fn exec(
                 {
                     client_gone = true;
                 }
-                shim.send(Frame::window_update(stream, data.len() as u32));
+                shim.grant(stream, data.len() as u32);
             }
             ExecEvent::Exited(code) => {
                 if !client_gone {
