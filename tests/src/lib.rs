@@ -701,6 +701,33 @@ impl Daemon {
         Cmd::new("curl", &a).run().ok()
     }
 
+    /// `hyper run -d ARGS` as a start goes by default: under templates on a claimed standby VM
+    /// (once one is ready; when another test took it first, the container is removed and run
+    /// again, three times at most), cold under `HYPERD_TEMPLATES=off`. Its ID and its shim.log.
+    pub fn run_on_the_default_path(&self, args: &[&str]) -> (String, String) {
+        let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
+        for attempt in 1..=3 {
+            if !cold {
+                wait_for("a standby VM ready", secs(120.0), || {
+                    match self.info_field("StandbyVMsReady") {
+                        n if n != "0" => Ok(()),
+                        _ => Err(self.info_field("StandbyVMs")),
+                    }
+                });
+            }
+            let mut a = vec!["run", "-d"];
+            a.extend_from_slice(args);
+            let id = self.hyper(&a).timeout(120.0).run().ok().out();
+            let log = std::fs::read_to_string(self.cdir(&id).join("shim.log")).unwrap_or_default();
+            if cold || log.contains(STANDBY_CLAIMED) {
+                return (id, log);
+            }
+            eprintln!("attempt {attempt} did not get a standby:\n{log}");
+            self.hyper(&["rm", "-f", &id]).run().ok();
+        }
+        panic!("no start claimed a standby VM in three attempts");
+    }
+
     /// The stock docker CLI against the unix socket.
     pub fn docker(&self, args: &[&str]) -> Cmd {
         Cmd::new(docker_bin(), args)
@@ -955,6 +982,9 @@ pub fn main_daemon() -> &'static Daemon {
 // Runner
 
 pub type TestFn = fn();
+
+/// What a shim's log says when its VM was a claimed standby.
+pub const STANDBY_CLAIMED: &str = "standby: claimed by container";
 
 /// Work left for the end of the run.
 type TeardownHook = Box<dyn FnOnce() + Send>;

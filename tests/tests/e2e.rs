@@ -1341,12 +1341,11 @@ fn events_stream() {
 /// (`HYPERD_TEMPLATES=off`) have none.
 fn standby_vms() {
     let d = main_daemon();
-    let info = |field: &str| d.info_field(field);
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
-        assert_eq!(info("StandbyVMs"), "off");
+        assert_eq!(d.info_field("StandbyVMs"), "off");
         return;
     }
-    claim_a_standby(d, &info);
+    claim_a_standby(d);
 }
 
 /// A burst of starts grows the standby pool to the burst's size (up to `--standby-vms-max`), it
@@ -1442,33 +1441,17 @@ fn standby_pool_is(d: &Daemon, ready: usize, target: usize) -> Result<(), String
     }
 }
 
-/// A start claims a ready standby. Another test may claim it first: then try again.
-fn claim_a_standby(d: &Daemon, info: &dyn Fn(&str) -> String) {
-    for attempt in 1..=3 {
-        wait_for("a standby VM ready", secs(120.0), || {
-            match info("StandbyVMsReady") {
-                n if n != "0" => Ok(()),
-                _ => Err(info("StandbyVMs")),
-            }
-        });
-        let id = d
-            .hyper(&["run", "-d", "busybox", "sh", "-c", "echo up; sleep 600"])
-            .run()
-            .ok()
-            .out();
-        wait_log_contains(d, &id, "up", 60.0);
-        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
-        d.hyper(&["rm", "-f", &id]).run().ok();
-        if log.contains("standby: claimed by container") {
-            assert!(
-                log.contains("(standby)") && log.contains("rehearsed a start"),
-                "{log}"
-            );
-            return;
-        }
-        eprintln!("standby_vms: attempt {attempt} did not get a standby:\n{log}");
-    }
-    panic!("no start claimed a standby VM in three attempts");
+/// A start claims a ready standby, which has rehearsed a start.
+fn claim_a_standby(d: &Daemon) {
+    let (id, log) = d.run_on_the_default_path(&["busybox", "sh", "-c", "echo up; sleep 600"]);
+    wait_log_contains(d, &id, "up", 60.0);
+    d.hyper(&["rm", "-f", &id]).run().ok();
+    assert!(
+        log.contains(STANDBY_CLAIMED)
+            && log.contains("(standby)")
+            && log.contains("rehearsed a start"),
+        "{log}"
+    );
 }
 
 const MIB: u64 = 1 << 20;
@@ -1510,40 +1493,16 @@ fn root_disk_gives_back_trimmed_blocks() {
     assert!(after + 90 * MIB <= full, "the trim freed nothing: {seen}");
 }
 
-/// Starts `busybox sleep 600` as a start goes by default: on a claimed standby VM under
-/// templates (once one is ready; again when another test took it first), cold under
-/// `HYPERD_TEMPLATES=off`. Its ID and how its VM came up.
+/// Starts `busybox sleep 600` as a start goes by default (see
+/// `Daemon::run_on_the_default_path`): its ID and how its VM came up.
 fn start_on_the_default_path(d: &Daemon) -> (String, String) {
-    let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
-    for attempt in 1..=3 {
-        if !cold {
-            wait_for("a standby VM ready", secs(120.0), || {
-                match d.info_field("StandbyVMsReady") {
-                    n if n != "0" => Ok(()),
-                    _ => Err(d.info_field("StandbyVMs")),
-                }
-            });
-        }
-        let id = d
-            .hyper(&["run", "-d", "busybox", "sleep", "600"])
-            .timeout(120.0)
-            .run()
-            .ok()
-            .out();
-        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap_or_default();
-        let claimed = log.contains("standby: claimed by container");
-        if cold || claimed {
-            let how = if claimed {
-                "claimed standby"
-            } else {
-                "cold boot"
-            };
-            return (id, how.to_string());
-        }
-        eprintln!("attempt {attempt} did not get a standby:\n{log}");
-        d.hyper(&["rm", "-f", &id]).run().ok();
-    }
-    panic!("no start claimed a standby VM in three attempts");
+    let (id, log) = d.run_on_the_default_path(&["busybox", "sleep", "600"]);
+    let how = if log.contains(STANDBY_CLAIMED) {
+        "claimed standby"
+    } else {
+        "cold boot"
+    };
+    (id, how.to_string())
 }
 
 /// A NUL byte in what becomes the container's process (its environment, command, working
