@@ -45,6 +45,11 @@ fn run_with(d: &Daemon, volume: &str, script: &str) -> String {
         .stdout
 }
 
+/// The names `hyper volume ls -q` lists.
+fn volume_names(d: &Daemon) -> String {
+    d.hyper(&["volume", "ls", "-q"]).run().ok().stdout
+}
+
 /// `hyper volume create --name NAME EXTRA...`.
 fn create_volume(d: &Daemon, name: &str, extra: &[&str]) {
     let mut args = vec!["volume", "create", "--name", name];
@@ -69,7 +74,7 @@ fn data_outlives_containers() {
     let out = run_with(d, "notes:/data", "echo kept > /data/f; sync; cat /data/f");
     assert_eq!(out.trim(), "kept");
     assert_eq!(run_with(d, "notes:/data", "cat /data/f").trim(), "kept");
-    let ls = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    let ls = volume_names(d);
     assert!(ls.lines().any(|l| l == "notes"), "{ls}");
 
     // An empty volume over an image directory gets its files once: what the container leaves
@@ -217,19 +222,9 @@ fn data_outlives_containers() {
         .unwrap()
         .to_string();
     assert_eq!(name.len(), 64, "{name}");
-    assert!(d
-        .hyper(&["volume", "ls", "-q"])
-        .run()
-        .ok()
-        .stdout
-        .contains(&name));
+    assert!(volume_names(d).contains(&name));
     d.hyper(&["rm", "-v", &anon]).run().ok();
-    assert!(!d
-        .hyper(&["volume", "ls", "-q"])
-        .run()
-        .ok()
-        .stdout
-        .contains(&name));
+    assert!(!volume_names(d).contains(&name));
     let gone = d
         .hyper(&[
             "run", "-d", "--rm", "-v", "/tmpvol", "busybox", "sleep", "2",
@@ -245,7 +240,7 @@ fn data_outlives_containers() {
         "the --rm container and its anonymous volume to go",
         secs(60.0),
         || {
-            let ls = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+            let ls = volume_names(d);
             if ls.contains(&name) {
                 Err(ls)
             } else {
@@ -311,12 +306,7 @@ fn data_outlives_containers() {
     assert_eq!(m[0]["Destination"], "/data", "{m}");
     let name = m[0]["Name"].as_str().unwrap().to_string();
     d.hyper(&["rm", "-v", &id]).run().ok();
-    assert!(!d
-        .hyper(&["volume", "ls", "-q"])
-        .run()
-        .ok()
-        .stdout
-        .contains(&name));
+    assert!(!volume_names(d).contains(&name));
     let id = d
         .hyper(&[
             "create",
@@ -338,42 +328,18 @@ fn data_outlives_containers() {
 }
 
 /// Starts `holder` with volume `notes` on a standby VM (under templates), asserting that it
-/// claimed one: volumes keep starts on the fast path. Another test may take the ready standby
-/// first: then try again.
+/// claimed one: volumes keep starts on the fast path.
 fn start_holder_on_a_standby(d: &Daemon) -> String {
-    let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
-    for attempt in 1..=3 {
-        if !cold {
-            wait_for("a standby VM ready", secs(120.0), || {
-                match d.info_field("StandbyVMsReady") {
-                    n if n != "0" => Ok(()),
-                    _ => Err(d.info_field("StandbyVMs")),
-                }
-            });
-        }
-        let id = d
-            .hyper(&[
-                "run",
-                "-d",
-                "--name",
-                "holder",
-                "-v",
-                "notes:/data",
-                "busybox",
-                "sleep",
-                "600",
-            ])
-            .run()
-            .ok()
-            .out();
-        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
-        if cold || log.contains("standby: claimed by container") {
-            return id;
-        }
-        eprintln!("attempt {attempt} did not get a standby:\n{log}");
-        d.hyper(&["rm", "-f", &id]).run().ok();
-    }
-    panic!("no start with a volume claimed a standby VM in three attempts");
+    let args = [
+        "--name",
+        "holder",
+        "-v",
+        "notes:/data",
+        "busybox",
+        "sleep",
+        "600",
+    ];
+    d.run_on_the_default_path(&args).0
 }
 
 /// Written and synced data survives a `kill -9` of hyperd, and the loss of every process of
@@ -465,6 +431,41 @@ fn rbd_volumes() {
     );
     let v = d.hyper(&["volume", "inspect", "rb"]).run().ok().json();
     assert_eq!(v[0]["Driver"], "rbd", "{v}");
+    // Docker's --volume-driver picks the driver of the volumes a create makes.
+    let id = d
+        .docker(&[
+            "create",
+            "--volume-driver",
+            "local",
+            "-v",
+            "bydriver:/d",
+            "busybox",
+            "true",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(
+        d.hyper(&["volume", "inspect", "bydriver"])
+            .run()
+            .ok()
+            .json()[0]["Driver"],
+        "local"
+    );
+    d.hyper(&["rm", "-v", &id]).run().ok();
+    d.hyper(&["volume", "rm", "bydriver"]).run().ok();
+    let o = d
+        .docker(&[
+            "create",
+            "--volume-driver",
+            "nfs",
+            "-v",
+            "nfsvol:/d",
+            "busybox",
+            "true",
+        ])
+        .run();
+    assert!(o.code != 0 && o.stderr.contains("the drivers are"), "{o}");
     let images = ceph.rbd(&["ls", "rbd"]).ok().stdout;
     assert_eq!(
         images.lines().filter(|l| l.starts_with("vol-")).count(),
@@ -497,21 +498,9 @@ fn rbd_volumes() {
     );
 
     // A start with an rbd volume claims a standby VM.
-    let cold = std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off");
-    if !cold {
-        wait_for("a standby VM ready", secs(120.0), || {
-            match d.info_field("StandbyVMsReady") {
-                n if n != "0" => Ok(()),
-                _ => Err(d.info_field("StandbyVMs")),
-            }
-        });
-        let id = d
-            .hyper(&["run", "-d", "-v", "rb2:/d", "busybox", "sleep", "600"])
-            .run()
-            .ok()
-            .out();
-        let log = std::fs::read_to_string(d.cdir(&id).join("shim.log")).unwrap();
-        assert!(log.contains("standby: claimed by container"), "{log}");
+    if std::env::var("HYPERD_TEMPLATES").as_deref() != Ok("off") {
+        let (id, log) = d.run_on_the_default_path(&["-v", "rb2:/d", "busybox", "sleep", "600"]);
+        assert!(log.contains(STANDBY_CLAIMED), "{log}");
         d.hyper(&["rm", "-f", &id]).run().ok();
     }
 
@@ -934,7 +923,7 @@ fn volume_api_and_refusals() {
         "{o}"
     );
     // Nothing was left by the refused creates and runs.
-    let left = d.hyper(&["volume", "ls", "-q"]).run().ok().stdout;
+    let left = volume_names(d);
     for n in ["x1", "x2", "a1", "a2"] {
         assert!(!left.lines().any(|l| l == n), "{n} left behind: {left}");
     }

@@ -78,6 +78,9 @@ pub struct HostConfig {
     /// `--mount type=volume,...`.
     #[serde(deserialize_with = "null_as_default")]
     pub mounts: Vec<crate::volumes::request::MountSpec>,
+    /// `--volume-driver`: the driver of the volumes this create makes (named ones made on
+    /// first use, anonymous ones) when `--mount` names none.
+    pub volume_driver: String,
     /// `--volumes-from CTR[:ro|rw]`.
     #[serde(deserialize_with = "null_as_default")]
     pub volumes_from: Vec<String>,

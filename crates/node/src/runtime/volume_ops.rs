@@ -51,7 +51,10 @@ impl Runtime {
         )?;
         let mut mounts = Vec::new();
         let mut made = Vec::new();
-        for w in wanted {
+        for mut w in wanted {
+            if w.driver.is_empty() {
+                w.driver = host_config.volume_driver.clone();
+            }
             match self.volume_for(tenant, &w).await {
                 Ok((volume, new)) => {
                     mounts.push(Mount {
