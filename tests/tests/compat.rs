@@ -10,6 +10,15 @@ fn main() {
         ("prune_endpoints", prune_endpoints),
         ("sizes_from_resource_flags", sizes_from_resource_flags),
         ("unserved_routes_answer", unserved_routes_answer),
+        ("restart_policies", restart_policies),
+        (
+            "restart_policy_backoff_and_stop",
+            restart_policy_backoff_and_stop,
+        ),
+        (
+            "restart_policies_across_hyperd_restarts",
+            restart_policies_across_hyperd_restarts,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -240,5 +249,207 @@ fn unserved_routes_answer() {
     assert!(
         o.code != 0 && o.stderr.contains("not a swarm manager"),
         "{o}"
+    );
+}
+
+/// `State.Status` and `RestartCount` of a container, through the Docker CLI.
+fn status_and_count(d: &Daemon, id: &str) -> (String, u64) {
+    let out = d
+        .docker(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", id])
+        .run()
+        .ok()
+        .out();
+    let (status, count) = out.split_once(' ').unwrap();
+    (status.to_string(), count.parse().unwrap())
+}
+
+/// `on-failure:N` restarts a failing container N times and then leaves it exited; a start by
+/// the user resets the count (each run appends to a file of the container's own disk, which
+/// outlives its restarts). An `always` container that exits at once is being restarted when
+/// `docker wait` returns, so `rm` is refused as Docker refuses it (docker-py's test).
+fn restart_policies() {
+    let d = daemon();
+    let script =
+        "echo run; echo run >> /runs; [ $(wc -l < /runs) -ge 5 ] && exec sleep 600; exit 3";
+    let id = d
+        .docker(&[
+            "run",
+            "-d",
+            "--restart",
+            "on-failure:2",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for(
+        "on-failure:2 to give up",
+        secs(120.0),
+        || match status_and_count(d, &id) {
+            (s, 2) if s == "exited" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let v = d.inspect(&id);
+    assert_eq!(v["State"]["ExitCode"], 3, "{v}");
+    assert_eq!(
+        v["HostConfig"]["RestartPolicy"]["MaximumRetryCount"], 2,
+        "{v}"
+    );
+    // Three runs, the first and two restarts, in one log.
+    let runs = d.docker(&["logs", &id]).run().ok().out();
+    assert_eq!(runs.lines().count(), 3, "{runs}");
+    // A start by the user resets the count: run 4 fails and is retried, run 5 stays up.
+    d.docker(&["start", &id]).run().ok();
+    wait_for(
+        "the fifth run to stay up",
+        secs(120.0),
+        || match status_and_count(d, &id) {
+            (s, 1) if s == "running" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    d.docker(&["rm", "-f", &id]).run().ok();
+
+    // docker-py's test_create_with_restart_policy.
+    let id = d
+        .docker(&["run", "-d", "--restart", "always", "busybox", "sleep", "2"])
+        .run()
+        .ok()
+        .out();
+    d.docker(&["wait", &id]).timeout(60.0).run().ok();
+    let o = d.docker(&["rm", &id]).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(
+        o.stderr
+            .to_lowercase()
+            .contains("stop the container before"),
+        "{o}"
+    );
+    d.docker(&["rm", "-f", &id]).run().ok();
+}
+
+/// A container that keeps failing is restarted with a growing back-off, shown as
+/// `restarting` (`Restarting (1) ...` in ps) between runs; exec then gets Docker's 409, and a
+/// stop ends the restarts for good.
+fn restart_policy_backoff_and_stop() {
+    let d = daemon();
+    let id = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "busybox",
+            "sh",
+            "-c",
+            "exit 1",
+        ])
+        .run()
+        .ok()
+        .out();
+    // The back-off doubles from 100 ms: after a few quick exits the waits outlast a boot.
+    let seen =
+        wait_for(
+            "the container to wait for a restart",
+            secs(180.0),
+            || match status_and_count(d, &id) {
+                (s, n) if s == "restarting" && n >= 3 => Ok(n),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    let ps = d
+        .docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("id={id}"),
+            "--format",
+            "{{.Status}}",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert!(
+        ps.starts_with("Restarting (1)") || ps.starts_with("Up"),
+        "{ps}"
+    );
+    let o = d.docker(&["exec", &id, "true"]).run();
+    assert_ne!(o.code, 0, "{o}");
+    d.docker(&["stop", &id]).run().ok();
+    let (status, count) = status_and_count(d, &id);
+    assert_eq!(status, "exited");
+    assert!(count >= seen, "{count} < {seen}");
+    // Longer than the back-off reached so far (it doubles from 100 ms per restart): a
+    // cancelled restart would have come back by now.
+    std::thread::sleep(std::time::Duration::from_millis(100 << count.min(7)) * 2);
+    assert_eq!(status_and_count(d, &id), ("exited".to_string(), count));
+    d.hyper(&["rm", &id]).run().ok();
+}
+
+/// Across a kill -9 of hyperd: a VM that died meanwhile comes back by its policy once hyperd
+/// returns (`RestartCount` 1), and a container the user stopped stays stopped.
+fn restart_policies_across_hyperd_restarts() {
+    let dd = Daemon::start("rp", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let always = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .run()
+        .ok()
+        .out();
+    let stopped = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--restart",
+            "unless-stopped",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .run()
+        .ok()
+        .out();
+    d.hyper(&["stop", "-t", "0", &stopped]).run().ok();
+    d.kill9();
+    for p in container_processes(d, &always) {
+        if p.contains("qemu-system") {
+            let pid = p.split(' ').next().unwrap();
+            Cmd::new("kill", &["-9", pid]).run().ok();
+        }
+    }
+    wait_for("the VM and its supervisor to go", secs(30.0), || {
+        let p = container_processes(d, &always);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+    d.restart();
+    wait_for(
+        "the always container to be back",
+        secs(120.0),
+        || match status_and_count(d, &always) {
+            (s, 1) if s == "running" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    d.hyper(&["exec", &always, "true"]).run().ok();
+    assert_eq!(
+        status_and_count(d, &stopped),
+        ("exited".to_string(), 0),
+        "a stop by the user sticks"
     );
 }

@@ -29,9 +29,7 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
-/// A restart policy applies only to a container that ran at least this long (Hyper's rule).
-const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
-
+mod restart;
 mod volume_init;
 mod volume_ops;
 
@@ -88,6 +86,8 @@ struct Entry {
     ops: tokio::sync::Mutex<()>,
     lifecycle: watch::Sender<Lifecycle>,
     attach_gate: Mutex<AttachGate>,
+    /// The last back-off of its restart policy (zero until it restarts).
+    restart_backoff: Mutex<Duration>,
 }
 
 impl Entry {
@@ -97,6 +97,7 @@ impl Entry {
             ops: tokio::sync::Mutex::new(()),
             lifecycle: watch::channel(Lifecycle::default()).0,
             attach_gate: Mutex::new(AttachGate::default()),
+            restart_backoff: Mutex::new(Duration::ZERO),
         })
     }
     fn snapshot(&self) -> Container {
@@ -351,13 +352,7 @@ impl Runtime {
             .cloned()
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
         sizes::lookup(&size)?;
-        check_restart_policy(&host_config)?;
-        if host_config.auto_remove && !matches!(host_config.restart_policy.name.as_str(), "" | "no")
-        {
-            return Err(RuntimeError::Invalid(
-                "conflicting options: cannot specify both --restart and --rm".into(),
-            ));
-        }
+        restart::check_policy(&host_config)?;
         if let Some(sig) = &config.stop_signal {
             validate::signal(sig)?;
         }
@@ -573,6 +568,14 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         let started = {
             let _op = entry.ops.lock().await;
+            let c = entry.snapshot();
+            if c.is_running() {
+                return Err(RuntimeError::NotModified(format!(
+                    "container {} is already started",
+                    c.name
+                )));
+            }
+            self.reset_restart_policy(&entry)?;
             self.start_locked(&entry).await
         };
         if let Err(e) = &started {
@@ -591,7 +594,7 @@ impl Runtime {
         // No standby refill while this start is in flight (see `standby::QUIET`).
         let _starting = self.standby.as_ref().map(|pool| pool.starting());
         let c = entry.snapshot();
-        if c.is_running() {
+        if c.state.status == Status::Running {
             return Err(RuntimeError::NotModified(format!(
                 "container {} is already started",
                 c.name
@@ -772,6 +775,9 @@ impl Runtime {
             c.state.finished_at = Some(finished_at);
             c.state.oom_killed = state.oom_killed;
             c.state.error = state.error.clone();
+            if restart::wanted(c) {
+                c.state.status = Status::Restarting;
+            }
         }) {
             Ok(c) => c,
             Err(e) => {
@@ -799,22 +805,12 @@ impl Runtime {
             }
             return;
         }
-        if should_restart(&c) {
-            let delay = Duration::from_millis(100 * 2u64.pow(c.restart_count.min(10) as u32))
-                .min(Duration::from_secs(60));
-            tokio::time::sleep(delay).await;
-            let _op = entry.ops.lock().await;
-            let current = entry.snapshot();
-            if current.state.status != Status::Exited
-                || current.state.stopped_by_user
-                || entry.lifecycle.borrow().removed
-            {
-                return;
-            }
-            let _ = self.update(&entry, |c| c.restart_count += 1);
-            if let Err(e) = self.start_locked(&entry).await {
-                tracing::warn!("restarting {id}: {e}");
-            }
+        if c.state.status == Status::Restarting {
+            let ran = c
+                .state
+                .started_at
+                .map_or(chrono::TimeDelta::zero(), |s| finished_at - s);
+            self.restart_after_backoff(entry, ran).await;
         }
     }
 
@@ -822,20 +818,24 @@ impl Runtime {
     /// records what happened to the ones that exited while hyperd was away.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let mut known = std::collections::HashSet::new();
+        let mut running = Vec::new();
+        let mut restarting = Vec::new();
         for kv in self.store.range("/containers/")? {
             let c: Container = serde_json::from_slice(&kv.value).map_err(internal)?;
             known.insert(c.id[..12].to_string());
-            let running = c.is_running();
             let entry = Entry::new(c.clone());
             self.entries
                 .lock()
                 .expect("poisoned")
                 .insert(c.id.clone(), entry.clone());
-            if running {
-                self.rehold_volumes(&entry);
-                entry.attach_gate.lock().expect("poisoned").vm_up = true;
-                // The monitor reads state.json if the shim is gone, so it covers both cases.
-                self.spawn_monitor(entry);
+            match c.state.status {
+                Status::Running => {
+                    self.rehold_volumes(&entry);
+                    entry.attach_gate.lock().expect("poisoned").vm_up = true;
+                    running.push(entry);
+                }
+                Status::Restarting => restarting.push(entry),
+                _ => {}
             }
         }
         // Directories no record claims are leftovers of a crash during create or rm.
@@ -851,6 +851,17 @@ impl Runtime {
         }
         if let Err(e) = self.with_networks(|n| n.recover()).await {
             tracing::error!("rebuilding networks: {e}");
+        }
+        // Only now, with the networks back, may an exit lead to a restart by policy.
+        for entry in running {
+            // The monitor reads state.json if the shim is gone, so it covers both cases.
+            self.spawn_monitor(entry);
+        }
+        for entry in restarting {
+            tokio::spawn(
+                self.clone()
+                    .restart_after_backoff(entry, chrono::TimeDelta::zero()),
+            );
         }
         Ok(())
     }
@@ -885,6 +896,10 @@ impl Runtime {
                 "container {} is already stopped",
                 c.name
             )));
+        }
+        if c.state.status == Status::Restarting {
+            self.cancel_restart(entry)?;
+            return Ok(());
         }
         let signal = validate::signal(
             signal
@@ -924,6 +939,18 @@ impl Runtime {
                 c.id
             )));
         }
+        if c.state.status == Status::Restarting {
+            // Nothing runs: the kill ends the wait for the restart, as Docker's does.
+            let _op = entry.ops.lock().await;
+            if entry.snapshot().state.status == Status::Restarting {
+                let c = self.cancel_restart(&entry)?;
+                self.events.emit(
+                    tenant,
+                    Event::container(&c, "kill", &[("signal", signal.to_string())]),
+                );
+                return Ok(());
+            }
+        }
         if signal == libc::SIGKILL {
             self.update(&entry, |c| c.state.stopped_by_user = true)?;
         }
@@ -959,6 +986,7 @@ impl Runtime {
             Ok(()) | Err(RuntimeError::NotModified(_)) => {}
             Err(e) => return Err(e),
         }
+        self.reset_restart_policy(&entry)?;
         self.start_locked(&entry).await
     }
 
@@ -993,10 +1021,15 @@ impl Runtime {
         if c.is_running() {
             if !force {
                 return Err(RuntimeError::Conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    "You cannot remove a {} container {}. Stop the container before attempting removal or force remove",
+                    c.state.status.as_str(),
                     c.id
                 )));
             }
+        }
+        if c.state.status == Status::Restarting {
+            self.cancel_restart(&entry)?;
+        } else if c.is_running() {
             let mut lifecycle = entry.lifecycle.subscribe();
             let seen = lifecycle.borrow().exits;
             let _ = self.update(&entry, |c| c.state.stopped_by_user = true);
@@ -1096,10 +1129,10 @@ impl Runtime {
         if let Some(policy) = restart {
             let mut hc = entry.snapshot().host_config;
             hc.restart_policy = policy;
-            check_restart_policy(&hc)?;
             if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
                 return Err(RuntimeError::Invalid("Restart policy cannot be updated because AutoRemove is enabled for the container".into()));
             }
+            restart::check_policy(&hc)?;
             self.update(&entry, |c| c.host_config = hc)?;
         }
         Ok(())
@@ -1240,12 +1273,7 @@ impl Runtime {
 
     pub fn exec_create(&self, tenant: &str, reference: &str, config: ExecConfig) -> Result<String> {
         let c = self.get(tenant, reference)?;
-        if !c.is_running() {
-            return Err(RuntimeError::Conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
-        }
+        require_running(&c)?;
         if config.cmd.is_empty() {
             return Err(RuntimeError::Invalid("No exec command specified".into()));
         }
@@ -1303,12 +1331,7 @@ impl Runtime {
             )));
         }
         let c = self.get(tenant, &info.container_id)?;
-        if !c.is_running() {
-            return Err(RuntimeError::Conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
-        }
+        require_running(&c)?;
         let cfg = &info.config;
         let mut env = c.config.env.clone();
         merge_env(&mut env, &cfg.env);
@@ -1349,12 +1372,7 @@ impl Runtime {
             }
             None => self.get(tenant, reference)?,
         };
-        if !c.is_running() {
-            return Err(RuntimeError::Conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
-        }
+        require_running(&c)?;
         shim_link::request(
             &self.dir(&c.id),
             json!({"op": "resize", "width": width, "height": height, "exec_id": exec_id}),
@@ -1366,12 +1384,7 @@ impl Runtime {
     /// Ask the running VM: `top` and `stats` go to the guest agent.
     pub async fn query(&self, tenant: &str, reference: &str, request: Value) -> Result<Value> {
         let c = self.get(tenant, reference)?;
-        if !c.is_running() {
-            return Err(RuntimeError::Conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
-        }
+        require_running(&c)?;
         shim_link::request(&self.dir(&c.id), request).await
     }
 }
@@ -1593,34 +1606,18 @@ fn unprotected(c: &Container) -> Result<()> {
     }
 }
 
-fn check_restart_policy(hc: &HostConfig) -> Result<()> {
-    let p = &hc.restart_policy;
-    match p.name.as_str() {
-        "" | "no" | "always" | "unless-stopped" if p.maximum_retry_count == 0 => Ok(()),
-        "on-failure" if p.maximum_retry_count >= 0 => Ok(()),
-        "on-failure" => Err(RuntimeError::Invalid("invalid restart policy: maximum retry count cannot be negative".into())),
-        "" | "no" | "always" | "unless-stopped" => Err(RuntimeError::Invalid("invalid restart policy: maximum retry count can only be used with 'on-failure'".to_string())),
-        other => Err(RuntimeError::Invalid(format!("invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure' or 'unless-stopped'"))),
-    }
-}
-
-/// Whether the restart policy brings a container back after this exit.
-fn should_restart(c: &Container) -> bool {
-    let ran = match (c.state.started_at, c.state.finished_at) {
-        (Some(s), Some(f)) => f - s,
-        _ => chrono::TimeDelta::zero(),
-    };
-    if ran < RESTART_MIN_RUN || c.state.stopped_by_user {
-        return false;
-    }
-    let p = &c.host_config.restart_policy;
-    match p.name.as_str() {
-        "always" | "unless-stopped" => true,
-        "on-failure" => {
-            c.state.exit_code != 0
-                && (p.maximum_retry_count == 0 || (c.restart_count as i64) < p.maximum_retry_count)
-        }
-        _ => false,
+/// What talks to the VM (exec, resize, top, stats) needs it up, with Docker's 409s otherwise.
+fn require_running(c: &Container) -> Result<()> {
+    match c.state.status {
+        Status::Running => Ok(()),
+        Status::Restarting => Err(RuntimeError::Conflict(format!(
+            "Container {} is restarting, wait until the container is running",
+            c.id
+        ))),
+        _ => Err(RuntimeError::Conflict(format!(
+            "Container {} is not running",
+            c.id
+        ))),
     }
 }
 
@@ -1800,50 +1797,5 @@ mod tests {
         let mut env = vec!["PATH=/bin".to_string(), "A=1".to_string()];
         merge_env(&mut env, &["A=2".into(), "B=3".into(), "PATH".into()]);
         assert_eq!(env, ["A=2", "B=3"]);
-    }
-
-    #[test]
-    fn restart_policy_needs_ten_seconds_of_run() {
-        let mut c = Container {
-            id: "0".repeat(64),
-            tenant: "t".into(),
-            name: "n".into(),
-            created: Utc::now(),
-            image: "i".into(),
-            image_id: "x".into(),
-            path: "p".into(),
-            args: vec![],
-            config: Default::default(),
-            host_config: HostConfig {
-                restart_policy: crate::model::RestartPolicy {
-                    name: "always".into(),
-                    maximum_retry_count: 0,
-                },
-                ..Default::default()
-            },
-            size: "s4".into(),
-            state: State::default(),
-            restart_count: 0,
-            endpoint: None,
-            mounts: Vec::new(),
-        };
-        let now = Utc::now();
-        c.state.started_at = Some(now - chrono::TimeDelta::seconds(3));
-        c.state.finished_at = Some(now);
-        assert!(!should_restart(&c), "short run");
-        c.state.started_at = Some(now - chrono::TimeDelta::seconds(30));
-        assert!(should_restart(&c));
-        c.state.stopped_by_user = true;
-        assert!(!should_restart(&c), "stopped by the user");
-        c.state.stopped_by_user = false;
-        c.host_config.restart_policy = crate::model::RestartPolicy {
-            name: "on-failure".into(),
-            maximum_retry_count: 2,
-        };
-        c.state.exit_code = 0;
-        assert!(!should_restart(&c));
-        c.state.exit_code = 1;
-        c.restart_count = 2;
-        assert!(!should_restart(&c), "retries used up");
     }
 }
