@@ -1018,14 +1018,12 @@ impl Runtime {
         if entry.lifecycle.borrow().removed {
             return Ok(());
         }
-        if c.is_running() {
-            if !force {
-                return Err(RuntimeError::Conflict(format!(
-                    "You cannot remove a {} container {}. Stop the container before attempting removal or force remove",
-                    c.state.status.as_str(),
-                    c.id
-                )));
-            }
+        if c.is_running() && !force {
+            return Err(RuntimeError::Conflict(format!(
+                "You cannot remove a {} container {}. Stop the container before attempting removal or force remove",
+                c.state.status.as_str(),
+                c.id
+            )));
         }
         if c.state.status == Status::Restarting {
             self.cancel_restart(&entry)?;
