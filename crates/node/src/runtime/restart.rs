@@ -77,27 +77,41 @@ pub(super) fn check_policy(hc: &HostConfig) -> Result<()> {
 
 impl Runtime {
     /// Waits out the back-off after an exit that left `entry` restarting, then starts it again
-    /// unless, meanwhile, it was stopped, started, removed or hyperd began to shut down.
+    /// unless, meanwhile, it was stopped, started or removed. A restart that fails (no room for
+    /// its VM, say) counts as another exit: the policy decides again after a longer wait.
     pub(super) async fn restart_after_backoff(self: Arc<Self>, entry: Arc<Entry>, ran: TimeDelta) {
-        let delay = {
-            let mut backoff = entry.restart_backoff.lock().expect("poisoned");
-            *backoff = next_delay(*backoff, ran);
-            *backoff
-        };
-        let exits = entry.lifecycle.borrow().exits;
-        tokio::time::sleep(delay).await;
-        let _op = entry.ops.lock().await;
-        let c = entry.snapshot();
-        let lifecycle = *entry.lifecycle.borrow();
-        if c.state.status != Status::Restarting || lifecycle.exits != exits || lifecycle.removed {
-            return;
-        }
-        if self.update(&entry, |c| c.restart_count += 1).is_err() {
-            return;
-        }
-        if let Err(e) = self.start_locked(&entry).await {
-            // Docker's rule: a restart that fails leaves the container stopped.
+        let mut ran = ran;
+        loop {
+            let delay = {
+                let mut backoff = entry.restart_backoff.lock().expect("poisoned");
+                *backoff = next_delay(*backoff, ran);
+                *backoff
+            };
+            let exits = entry.lifecycle.borrow().exits;
+            tokio::time::sleep(delay).await;
+            let _op = entry.ops.lock().await;
+            let c = entry.snapshot();
+            let lifecycle = *entry.lifecycle.borrow();
+            if c.state.status != Status::Restarting || lifecycle.exits != exits || lifecycle.removed
+            {
+                return;
+            }
+            if self.update(&entry, |c| c.restart_count += 1).is_err() {
+                return;
+            }
+            let Err(e) = self.start_locked(&entry).await else {
+                return;
+            };
             tracing::warn!(container = %c.id, "restart by policy failed: {e}");
+            let again = self.update(&entry, |c| {
+                if wanted(c) {
+                    c.state.status = Status::Restarting;
+                }
+            });
+            if !again.is_ok_and(|c| c.state.status == Status::Restarting) {
+                return;
+            }
+            ran = TimeDelta::zero();
         }
     }
 
