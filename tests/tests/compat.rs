@@ -19,6 +19,8 @@ fn main() {
             "restart_policies_across_hyperd_restarts",
             restart_policies_across_hyperd_restarts,
         ),
+        ("health_checks", health_checks),
+        ("compose_waits_for_healthy", compose_waits_for_healthy),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -452,4 +454,219 @@ fn restart_policies_across_hyperd_restarts() {
         ("exited".to_string(), 0),
         "a stop by the user sticks"
     );
+}
+
+fn health_status(d: &Daemon, id: &str) -> String {
+    d.docker(&["inspect", "-f", "{{.State.Health.Status}}", id])
+        .run()
+        .ok()
+        .out()
+}
+
+/// The container's events between `since` (Unix seconds) and now, as `docker events` shows them.
+fn actions_since(d: &Daemon, id: &str, since: i64) -> Vec<String> {
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    d.docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={id}"),
+        "--format",
+        "{{.Action}}",
+    ])
+    .run()
+    .ok()
+    .out()
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
+/// `--health-cmd` and friends: `starting`, then `unhealthy` after the retries, `healthy` once
+/// the probe passes, shown in inspect (with the probes' output), in `ps` and as events; the
+/// probe runs inside the VM. Bad settings get Docker's 400s.
+fn health_checks() {
+    let d = daemon();
+    let since = chrono::Utc::now().timestamp() - 1;
+    let id = d
+        .docker(&[
+            "run",
+            "-d",
+            "--health-cmd",
+            "cat /ready",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .run()
+        .ok()
+        .out();
+    let v = d.inspect(&id);
+    assert_eq!(
+        v["Config"]["Healthcheck"]["Test"],
+        serde_json::json!(["CMD-SHELL", "cat /ready"]),
+        "{v}"
+    );
+    wait_for("unhealthy", secs(60.0), || {
+        match health_status(d, &id).as_str() {
+            "unhealthy" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let v = d.inspect(&id);
+    let health = &v["State"]["Health"];
+    assert!(health["FailingStreak"].as_u64().unwrap() >= 2, "{v}");
+    let last = health["Log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ExitCode"], 1, "{last}");
+    assert!(
+        last["Output"].as_str().unwrap().contains("/ready"),
+        "{last}"
+    );
+    d.docker(&["exec", &id, "sh", "-c", "echo ok > /ready"])
+        .run()
+        .ok();
+    wait_for("healthy", secs(60.0), || {
+        match health_status(d, &id).as_str() {
+            "healthy" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let ps = d
+        .docker(&[
+            "ps",
+            "--filter",
+            &format!("id={id}"),
+            "--format",
+            "{{.Status}}",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert!(ps.ends_with("(healthy)"), "{ps}");
+    let actions = actions_since(d, &id, since);
+    let unhealthy = actions.iter().position(|a| a == "health_status: unhealthy");
+    let healthy = actions.iter().position(|a| a == "health_status: healthy");
+    assert!(
+        matches!((unhealthy, healthy), (Some(u), Some(h)) if u < h),
+        "{actions:?}"
+    );
+    d.docker(&["rm", "-f", &id]).run().ok();
+
+    // docker-py's start period: failures inside it do not count, the third probe passes.
+    let id = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--health-cmd",
+            "echo x >> /n; test $(wc -l < /n) -ge 3",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--health-start-period",
+            "1m",
+            "--health-start-interval",
+            "1s",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for(
+        "healthy after the start period's failures",
+        secs(60.0),
+        || match health_status(d, &id).as_str() {
+            "healthy" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+    assert!(!actions_since(d, &id, since).contains(&"health_status: unhealthy".to_string()));
+    d.hyper(&["rm", "-f", &id]).run().ok();
+
+    for (flags, words) in [
+        (
+            &["--health-cmd", "true", "--health-interval", "10ms"][..],
+            "cannot be less than 1s",
+        ),
+        (
+            &["--health-cmd", "true", "--no-healthcheck"][..],
+            "conflicts",
+        ),
+    ] {
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox", "true"]);
+        let o = d.hyper(&args).run();
+        assert!(o.code != 0 && o.stderr.contains(words), "{o}");
+    }
+}
+
+/// docker-compose's `depends_on: condition: service_healthy` starts the dependent service only
+/// once the other's health check passed.
+fn compose_waits_for_healthy() {
+    let d = daemon();
+    let dir = short_tmp("ch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        r#"version: "2.4"
+services:
+  db:
+    image: busybox
+    command: sh -c "sleep 3; touch /ready; exec sleep 600"
+    healthcheck:
+      test: ["CMD", "test", "-e", "/ready"]
+      interval: 1s
+      retries: 60
+  web:
+    image: busybox
+    command: sleep 600
+    depends_on:
+      db:
+        condition: service_healthy
+"#,
+    )
+    .unwrap();
+    let since = chrono::Utc::now().timestamp() - 1;
+    let compose = |args: &[&str]| {
+        let mut a = vec!["-p", "hp", "-f", file.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Cmd::new("docker-compose", &a)
+            .env("DOCKER_HOST", d.unix_host())
+            .timeout(180.0)
+            .run()
+    };
+    compose(&["up", "-d"]).ok();
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    let events = d
+        .docker(&[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until,
+            "--format",
+            "{{.Actor.Attributes.name}} {{.Action}}",
+        ])
+        .run()
+        .ok()
+        .out();
+    let at = |line: &str| events.lines().position(|l| l == line);
+    let (healthy, web) = (at("hp_db_1 health_status: healthy"), at("hp_web_1 start"));
+    assert!(
+        matches!((healthy, web), (Some(h), Some(w)) if h < w),
+        "{events}"
+    );
+    compose(&["down"]).ok();
+    let _ = std::fs::remove_dir_all(dir);
 }

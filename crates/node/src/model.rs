@@ -38,6 +38,47 @@ pub struct ContainerConfig {
     /// `{"/data": {}}`: anonymous volumes (`-v /data`).
     #[serde(deserialize_with = "null_as_default")]
     pub volumes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The request's, merged with the image's `HEALTHCHECK` at create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// Docker's `Healthcheck`: `Test` is `["CMD", args...]`, `["CMD-SHELL", line]`, `["NONE"]`
+/// or empty (the image's); durations in nanoseconds, zero meaning the default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    #[serde(deserialize_with = "null_as_default")]
+    pub test: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub interval: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub timeout: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub start_period: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub start_interval: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub retries: i64,
+}
+
+/// `State.Health` as Docker shows it: `starting`, `healthy` or `unhealthy`, the failures in a
+/// row, and the last probes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Health {
+    pub status: String,
+    pub failing_streak: u64,
+    pub log: Vec<HealthProbe>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthProbe {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub exit_code: i64,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -156,6 +197,9 @@ pub struct State {
     pub finished_at: Option<DateTime<Utc>>,
     /// Set when the user stopped it: `unless-stopped` and `always` then leave it alone.
     pub stopped_by_user: bool,
+    /// While it runs with a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -29,6 +29,7 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
+mod health;
 mod restart;
 mod volume_init;
 mod volume_ops;
@@ -366,6 +367,9 @@ impl Runtime {
             .unwrap_or(Value::Null);
         let (path, args) = command(&config, &image_config)?;
         merge_image_defaults(&mut config, &image_config);
+        if let Some(check) = &config.healthcheck {
+            health::validate(check)?;
+        }
         let argv: Vec<String> = std::iter::once(path.clone())
             .chain(args.iter().cloned())
             .collect();
@@ -661,6 +665,7 @@ impl Runtime {
             c.state = State {
                 status: Status::Running,
                 started_at: Some(started_at),
+                health: health::initial(c),
                 ..State::default()
             };
         })?;
@@ -669,6 +674,7 @@ impl Runtime {
             tracing::error!("metering the start of {}: {e}", c.id);
         }
         self.spawn_monitor(entry.clone());
+        self.spawn_health_checks(entry);
         self.events
             .emit(&c.tenant, Event::container(&c, "start", &[]));
         Ok(c)
@@ -855,7 +861,8 @@ impl Runtime {
         // Only now, with the networks back, may an exit lead to a restart by policy.
         for entry in running {
             // The monitor reads state.json if the shim is gone, so it covers both cases.
-            self.spawn_monitor(entry);
+            self.spawn_monitor(entry.clone());
+            self.spawn_health_checks(&entry);
         }
         for entry in restarting {
             tokio::spawn(
@@ -1663,6 +1670,7 @@ fn merge_image_defaults(config: &mut ContainerConfig, image: &Value) {
     if config.user.is_empty() {
         config.user = text("User");
     }
+    config.healthcheck = health::merge(config.healthcheck.take(), image);
     if config.stop_signal.is_none() && !text("StopSignal").is_empty() {
         config.stop_signal = Some(text("StopSignal"));
     }

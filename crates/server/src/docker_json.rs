@@ -15,8 +15,13 @@ pub fn time(t: Option<DateTime<Utc>>) -> String {
 pub fn status_text(c: &Container, now: DateTime<Utc>) -> String {
     match c.state.status {
         Status::Running => format!(
-            "Up {}",
-            human_duration(now - c.state.started_at.unwrap_or(now))
+            "Up {}{}",
+            human_duration(now - c.state.started_at.unwrap_or(now)),
+            match c.state.health.as_ref().map(|h| h.status.as_str()) {
+                None => String::new(),
+                Some("starting") => " (health: starting)".into(),
+                Some(status) => format!(" ({status})"),
+            }
         ),
         Status::Restarting => format!(
             "Restarting ({}) {} ago",
@@ -90,24 +95,28 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
     let volumes_from = or_null(json!(c.host_config.volumes_from));
     let anonymous = or_null(json!(c.config.volumes));
     let running = c.is_running();
-    json!({
+    let mut state = json!({
+        "Status": s.status.as_str(),
+        "Running": running,
+        "Paused": false,
+        "Restarting": s.status == Status::Restarting,
+        "OOMKilled": s.oom_killed,
+        "Dead": s.status == Status::Dead,
+        "Pid": 0,
+        "ExitCode": s.exit_code,
+        "Error": s.error,
+        "StartedAt": time(s.started_at),
+        "FinishedAt": time(s.finished_at),
+    });
+    if let Some(health) = &s.health {
+        state["Health"] = json!(health);
+    }
+    let mut inspect = json!({
         "Id": c.id,
         "Created": time(Some(c.created)),
         "Path": c.path,
         "Args": c.args,
-        "State": {
-            "Status": s.status.as_str(),
-            "Running": running,
-            "Paused": false,
-            "Restarting": s.status == Status::Restarting,
-            "OOMKilled": s.oom_killed,
-            "Dead": s.status == Status::Dead,
-            "Pid": 0,
-            "ExitCode": s.exit_code,
-            "Error": s.error,
-            "StartedAt": time(s.started_at),
-            "FinishedAt": time(s.finished_at),
-        },
+        "State": state,
         "Image": c.image_id,
         "ResolvConfPath": "",
         "HostnamePath": "",
@@ -164,7 +173,11 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
         },
         "NetworkSettings": network_settings(c),
         "HyperSize": c.size,
-    })
+    });
+    if let Some(check) = &c.config.healthcheck {
+        inspect["Config"]["Healthcheck"] = json!(check);
+    }
+    inspect
 }
 
 /// Docker's `MountPoint`s: every mount is a volume (a disk of the container's VM), so

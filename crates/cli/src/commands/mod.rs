@@ -5,6 +5,7 @@ pub mod config;
 pub mod containers;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod fip;
 pub mod images;
 pub mod mounts;

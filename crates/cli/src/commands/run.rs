@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
 use super::Ctx;
+use crate::commands::health::HealthFlags;
 use crate::commands::images::{pull_image, registry_auth_header};
 use crate::commands::mounts::{bind_sources, parse_mount, volume_flags};
 use crate::commands::volume_init::remove_volumes;
@@ -119,6 +120,8 @@ pub struct ContainerOptions {
     /// Add a host device to the container
     #[arg(long = "device")]
     pub devices: Vec<String>,
+    #[command(flatten)]
+    pub health: HealthFlags,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -490,6 +493,9 @@ pub fn create_body(
     }
     if let Some(t) = o.stop_timeout {
         b.insert("StopTimeout".into(), json!(t));
+    }
+    if let Some(check) = o.health.healthcheck()? {
+        b.insert("Healthcheck".into(), check);
     }
     Ok(body)
 }

@@ -78,14 +78,6 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
             "hyper does not support the log driver {log_type:?}"
         )));
     }
-    if body["Healthcheck"]["Test"]
-        .as_array()
-        .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
-    {
-        return Err(ApiError::not_implemented(
-            "health checks (--health-cmd) are not supported yet",
-        ));
-    }
     Ok(())
 }
 
