@@ -21,6 +21,7 @@ fn main() {
         ),
         ("health_checks", health_checks),
         ("compose_waits_for_healthy", compose_waits_for_healthy),
+        ("nothing_silently_ignored", nothing_silently_ignored),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -669,4 +670,74 @@ services:
     );
     compose(&["down"]).ok();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Options hyper does not honour are refused with a 501 naming them, through the Docker CLI;
+/// an `Env` entry without a value is kept in `Config.Env` as Docker keeps it (and unsets the
+/// variable), and links show in inspect as Docker shows them.
+fn nothing_silently_ignored() {
+    let d = daemon();
+    d.docker(&["network", "create", "--subnet", "10.77.0.0/24", "quiet"])
+        .run()
+        .ok();
+    for (flags, named) in [
+        (&["--group-add", "audio"][..], "HostConfig.GroupAdd"),
+        (&["--mac-address", "02:42:ac:11:00:09"][..], "MacAddress"),
+        (
+            &["--network", "quiet", "--ip", "10.77.0.9"][..],
+            "IPAMConfig",
+        ),
+        (&["--log-opt", "max-size=1m"][..], "log options"),
+        (&["--read-only"][..], "HostConfig.ReadonlyRootfs"),
+        (&["--shm-size", "128m"][..], "HostConfig.ShmSize"),
+    ] {
+        let mut args = vec!["create"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox", "true"]);
+        let o = d.docker(&args).run();
+        assert!(o.code != 0 && o.stderr.contains(named), "{flags:?}: {o}");
+        assert!(o.stderr.contains("does not support"), "{o}");
+    }
+    let o = d
+        .docker(&["network", "create", "--internal", "inside"])
+        .run();
+    assert!(o.code != 0 && o.stderr.contains("--internal"), "{o}");
+    d.docker(&["network", "rm", "quiet"]).run().ok();
+    let id = d
+        .docker(&["create", "-e", "HYPER_UNSET_HERE", "busybox", "env"])
+        .run()
+        .ok()
+        .out();
+    let v = d.inspect(&id);
+    let env = v["Config"]["Env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "HYPER_UNSET_HERE"), "{v}");
+    d.docker(&["start", "-a", &id]).run().ok();
+    let out = d.docker(&["logs", &id]).run().ok().out();
+    assert!(
+        !out.contains("HYPER_UNSET_HERE") && out.contains("PATH="),
+        "{out}"
+    );
+    d.docker(&["rm", &id]).run().ok();
+
+    d.docker(&["run", "-d", "--name", "linkdb", "busybox", "sleep", "600"])
+        .run()
+        .ok();
+    d.docker(&[
+        "create",
+        "--name",
+        "linkweb",
+        "--link",
+        "linkdb:data",
+        "busybox",
+        "true",
+    ])
+    .run()
+    .ok();
+    let v = d.inspect("linkweb");
+    assert_eq!(
+        v["HostConfig"]["Links"],
+        serde_json::json!(["/linkdb:/linkweb/data"]),
+        "{v}"
+    );
+    d.docker(&["rm", "-f", "linkweb", "linkdb"]).run().ok();
 }

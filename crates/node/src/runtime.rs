@@ -1654,16 +1654,15 @@ fn command(config: &ContainerConfig, image: &Value) -> Result<(String, Vec<Strin
 /// Fills what the request left empty from the image's config, as Docker does at create.
 fn merge_image_defaults(config: &mut ContainerConfig, image: &Value) {
     let text = |key: &str| image[key].as_str().unwrap_or_default().to_string();
-    let mut env: Vec<String> = image["Env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    merge_env(&mut env, &config.env);
-    config.env = env;
+    // Docker's merge at create: the request's entries, then the image's whose name it does not
+    // give. An entry without `=` stays as asked; it unsets the variable when the process starts.
+    let name = |e: &str| e.split('=').next().unwrap_or_default().to_string();
+    let asked: std::collections::HashSet<String> = config.env.iter().map(|e| name(e)).collect();
+    for e in image["Env"].as_array().into_iter().flatten() {
+        if let Some(e) = e.as_str().filter(|e| !asked.contains(&name(e))) {
+            config.env.push(e.to_string());
+        }
+    }
     if config.working_dir.is_empty() {
         config.working_dir = text("WorkingDir");
     }

@@ -141,7 +141,7 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "VolumesFrom": volumes_from,
             "PortBindings": c.host_config.port_bindings,
             "PublishAllPorts": c.host_config.publish_all_ports,
-            "Links": c.host_config.links,
+            "Links": or_null(json!(legacy_links(c))),
             "Dns": c.host_config.dns,
             "DnsSearch": c.host_config.dns_search,
             "DnsOptions": c.host_config.dns_options,
@@ -209,6 +209,18 @@ fn network_mode(c: &Container) -> String {
 }
 
 /// `NetworkSettings.Networks`: the container's one network, keyed by its name.
+/// `--link db:alias` as Docker's inspect shows it: `/db:/web/alias`.
+fn legacy_links(c: &Container) -> Vec<String> {
+    c.host_config
+        .links
+        .iter()
+        .map(|l| {
+            let (target, alias) = l.split_once(':').unwrap_or((l, l));
+            format!("/{target}:/{}/{alias}", c.name)
+        })
+        .collect()
+}
+
 fn networks(c: &Container) -> Value {
     let Some(ep) = &c.endpoint else {
         return json!({"none": {"NetworkID": "", "IPAddress": "", "MacAddress": ""}});

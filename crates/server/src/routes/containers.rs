@@ -21,66 +21,6 @@ use crate::streams;
 use crate::transport::TenantId;
 use crate::AppState;
 
-/// Refuses what a user can ask for but hyper does not do, naming the option: nothing is
-/// silently ignored.
-fn refuse_unsupported(body: &Value) -> ApiResult<()> {
-    let hc = &body["HostConfig"];
-    let non_empty = |v: &Value| match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    };
-    let refused: [(&str, &str); 10] = [
-        (
-            "Privileged",
-            "--privileged: every container is already root in its own VM",
-        ),
-        ("Devices", "host devices (--device)"),
-        ("CapAdd", "--cap-add"),
-        ("CapDrop", "--cap-drop"),
-        (
-            "CpuShares",
-            "--cpu-shares: choose a size with --size instead",
-        ),
-        ("CpusetCpus", "--cpuset-cpus"),
-        ("SecurityOpt", "--security-opt"),
-        ("Sysctls", "--sysctl"),
-        ("Tmpfs", "--tmpfs"),
-        ("Init", "--init"),
-    ];
-    for (field, what) in refused {
-        if non_empty(&hc[field]) {
-            return Err(ApiError::not_implemented(format!(
-                "hyper does not support {what} (HostConfig.{field})"
-            )));
-        }
-    }
-    for mode in [
-        "PidMode",
-        "IpcMode",
-        "UTSMode",
-        "UsernsMode",
-        "CgroupnsMode",
-    ] {
-        let value = hc[mode].as_str().unwrap_or("");
-        if !matches!(value, "" | "private" | "shareable") {
-            return Err(ApiError::not_implemented(format!(
-                "hyper does not support {mode}={value}"
-            )));
-        }
-    }
-    let log_type = hc["LogConfig"]["Type"].as_str().unwrap_or("");
-    if !matches!(log_type, "" | "json-file") {
-        return Err(ApiError::not_implemented(format!(
-            "hyper does not support the log driver {log_type:?}"
-        )));
-    }
-    Ok(())
-}
-
 /// Docker's `--memory` and `--cpus` (compose's `mem_limit`, `cpus`) choose the smallest Hyper
 /// size that holds them, recorded as the size label (inspect shows it). Beside an explicit
 /// size they would be ambiguous: refused.
@@ -120,6 +60,12 @@ fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>>
     if matches!(hc.network_mode.as_str(), "" | "default") {
         hc.network_mode = name.clone();
     }
+    // Links given per network (compose sends them so) are the container's links.
+    for link in config["Links"].as_array().into_iter().flatten() {
+        if let Some(link) = link.as_str() {
+            hc.links.push(link.to_string());
+        }
+    }
     Ok(config["Aliases"]
         .as_array()
         .map(|a| {
@@ -137,7 +83,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let raw: Value = super::json_body(&body, "JSON body")?;
-    refuse_unsupported(&raw)?;
+    super::unsupported::refuse_unsupported(&raw)?;
     let config: ContainerConfig = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
     if config.image.is_empty() {

@@ -14,6 +14,7 @@ pub mod services;
 pub mod sg;
 pub mod snapshots;
 pub mod system;
+pub mod unsupported;
 pub mod usage;
 pub mod volume_init;
 pub mod volumes;

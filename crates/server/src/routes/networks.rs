@@ -95,6 +95,50 @@ pub async fn inspect(
     Ok(Json(network_json(&n, &app.runtime.list(&tenant))))
 }
 
+/// What `network create` may ask for that a tenant network does not do, named in a 501.
+fn refuse_unsupported_network_options(raw: &Value) -> ApiResult<()> {
+    let set = |v: &Value| match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Number(_) => true,
+    };
+    for (field, what) in [
+        ("Internal", "--internal: a tenant network always reaches out through its gateway; use security groups to restrict traffic"),
+        ("Options", "driver options (--opt)"),
+        ("Ingress", "--ingress (swarm)"),
+        ("ConfigOnly", "--config-only"),
+        ("ConfigFrom", "--config-from"),
+    ] {
+        if set(&raw[field]) {
+            return Err(ApiError::not_implemented(format!(
+                "hyper does not support {what} (NetworkCreateRequest.{field})"
+            )));
+        }
+    }
+    if set(&raw["IPAM"]["Options"])
+        || raw["IPAM"]["Driver"]
+            .as_str()
+            .is_some_and(|d| d != "default" && !d.is_empty())
+    {
+        return Err(ApiError::not_implemented(
+            "hyper does not support IPAM drivers or their options: a network takes --subnet only",
+        ));
+    }
+    for config in raw["IPAM"]["Config"].as_array().into_iter().flatten() {
+        for field in ["IPRange", "AuxiliaryAddresses"] {
+            if set(&config[field]) {
+                return Err(ApiError::not_implemented(format!(
+                    "hyper does not support IPAM.Config.{field}: a network takes --subnet only"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn create(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
@@ -114,6 +158,7 @@ pub async fn create(
     if raw["EnableIPv6"].as_bool() == Some(true) {
         return Err(ApiError::not_implemented("hyper networks are IPv4 only"));
     }
+    refuse_unsupported_network_options(&raw)?;
     let configs = raw["IPAM"]["Config"]
         .as_array()
         .cloned()
