@@ -192,33 +192,44 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
     }
     // The stock Docker CLI and docker-py cannot sign: a client certificate of our CA, or a
     // tenant token in X-Hyper-Token (set through the Docker client's HttpHeaders), let them in.
+    // Both are looked up in the store on every request, not once per connection, so a
+    // revoked or expired one is refused at once on a kept-alive connection too.
     let by_cert = match req.extensions().get::<PeerCert>() {
         Some(PeerCert(Err(why))) => {
             let message =
                 format!("client certificate refused: not issued by this cloud's CA ({why})");
-            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            return closing(ApiError::new(StatusCode::UNAUTHORIZED, message));
         }
-        Some(PeerCert(Ok(fingerprint))) => match accounts.tenant_of_cert(fingerprint) {
-            Some(tenant) => Some(tenant),
-            None => {
-                let message = "client certificate refused: unknown or revoked";
-                return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        Some(PeerCert(Ok(fingerprint))) => match accounts.check_cert(fingerprint) {
+            Ok(tenant) => Some(tenant),
+            Err(why) => {
+                let message = format!(
+                    "client certificate refused: {}",
+                    why.as_deref().unwrap_or("unknown to this cloud")
+                );
+                return closing(ApiError::new(StatusCode::UNAUTHORIZED, message));
             }
         },
         None => None,
     };
-    let by_token = req
+    let token = req
         .headers()
         .get("x-hyper-token")
-        .and_then(|t| t.to_str().ok())
-        .and_then(|t| accounts.tenant_of_token(t));
+        .map(|t| t.to_str().unwrap_or_default().to_string());
+    let by_token = match (&by_cert, token) {
+        (None, Some(token)) => match accounts.check_token(&token) {
+            Ok(tenant) => Some(tenant),
+            Err(why) => {
+                let message = why.unwrap_or_else(|| "unknown token".into());
+                return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            }
+        },
+        _ => None,
+    };
     if let Some(tenant) = by_cert.or(by_token) {
         let mut req = req;
         req.extensions_mut().insert(TenantId(tenant));
         return next.run(req).await;
-    }
-    if req.headers().contains_key("x-hyper-token") {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unknown or revoked token").into_response();
     }
     let (mut parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
@@ -246,6 +257,9 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
                 return ApiError::new(StatusCode::UNAUTHORIZED, "unknown access key")
                     .into_response();
             };
+            if let Some(why) = accounts.key_refusal(&access, &key) {
+                return ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+            }
             parts.extensions.insert(TenantId(key.tenant));
             next.run(Request::from_parts(parts, Body::from(body))).await
         }
@@ -254,6 +268,16 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
             ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
     }
+}
+
+/// A refusal that also ends the connection: its certificate will not get better on it.
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 #[cfg(test)]
