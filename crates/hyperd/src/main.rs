@@ -117,6 +117,11 @@ struct DaemonArgs {
     /// Pulls, logins and archive loads the operator asks for on the unix socket are not limited.
     #[arg(long = "allow-fetch")]
     allow_fetch: Vec<ipnet::IpNet>,
+    /// How long tokens and client certificates work when issued without `--expires` (e.g.
+    /// 90d, 24h). Those stored by an earlier hyperd, which had no expiry, get it from its first
+    /// start. Access keys expire only when asked to (`tenant create NAME --expires 30d`).
+    #[arg(long, default_value = "90d", value_parser = parse_ttl, env = "HYPERD_CREDENTIAL_TTL")]
+    credential_ttl: chrono::TimeDelta,
     /// The subnet of every tenant's default network (tenants may share it: each has its own L2).
     #[arg(long, default_value = "172.16.0.0/16")]
     default_subnet: ipnet::Ipv4Net,
@@ -151,22 +156,47 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant (or add a key to one) and print its access and secret key.
-    Create { name: String },
+    Create {
+        name: String,
+        /// The key stops working after this long (e.g. 30d, 12h); default: never.
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
     /// Issue a client certificate for the stock Docker CLI (`docker --tlsverify`): writes
     /// ca.pem, cert.pem and key.pem into DIR (use it as DOCKER_CERT_PATH).
     Cert {
         name: String,
         #[arg(long)]
         out: PathBuf,
+        /// The certificate stops working after this long (e.g. 30d); default: the daemon's
+        /// --credential-ttl (90d).
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
     },
-    /// Issue a token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders).
-    Token { name: String },
-    /// List a tenant's access keys.
+    /// Issue a token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders);
+    /// prints the token on stdout, its id and expiry on stderr.
+    Token {
+        name: String,
+        /// The token stops working after this long (e.g. 24h); default: the daemon's
+        /// --credential-ttl (90d).
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
+    /// List a tenant's credentials (access keys, tokens, client certificates): kind, id,
+    /// created, expires, state. Never their secrets.
+    #[command(visible_alias = "credentials")]
     Keys { name: String },
-    /// Revoke an access key; it stops working at once.
-    Revoke { access_key: String },
-    /// Issue a new key pair for the tenant and revoke all its others.
-    Rotate { name: String },
+    /// Revoke a credential by its id (an access key, tok-..., crt-..., as `keys` lists them);
+    /// it stops working at once, on connections already open too.
+    Revoke { id: String },
+    /// Issue a new key pair for the tenant and revoke all its other keys, tokens and
+    /// certificates.
+    Rotate {
+        name: String,
+        /// The new key stops working after this long; default: never.
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
     /// Show or change a tenant's quotas (defaults: 10 containers, 2 FIPs, 5 services, 40
     /// volumes, 1000 GB of volumes, 40 snapshots).
     Quota {
@@ -201,8 +231,8 @@ fn main() {
         match cli.command {
             Some(Command::Tenant {
                 socket,
-                command: TenantCommand::Create { name },
-            }) => tenant_create(&cli.data_root, &socket, &name).await,
+                command: TenantCommand::Create { name, expires },
+            }) => tenant_create(&cli.data_root, &socket, &name, expires).await,
             Some(Command::Tenant {
                 socket,
                 command:
@@ -234,6 +264,11 @@ fn main() {
         eprintln!("hyperd: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `--expires`/`--credential-ttl`: the daemon's own parser, so both ends agree.
+fn parse_ttl(text: &str) -> Result<chrono::TimeDelta, String> {
+    server::credentials::parse_ttl(text)
 }
 
 /// The sealing key lives beside the store, never in it.
@@ -296,27 +331,38 @@ async fn tenant_create(
     data_root: &std::path::Path,
     socket: &std::path::Path,
     name: &str,
+    expires: Option<chrono::TimeDelta>,
 ) -> anyhow::Result<()> {
     let path = format!("/admin/tenants/{name}");
-    let (access, secret) = match admin_client::post(socket, &path, serde_json::json!({})).await? {
+    let (access, secret) = match admin_client::post(socket, &path, lifetime(expires)).await? {
         Some(reply) => (
             reply["AccessKey"].as_str().unwrap_or_default().to_string(),
             reply["SecretKey"].as_str().unwrap_or_default().to_string(),
         ),
-        None => accounts(data_root, open_store(data_root)?)?.create_tenant(name)?,
+        None => accounts(data_root, open_store(data_root)?)?.create_tenant(name, expires)?,
     };
     println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
     Ok(())
 }
 
+/// The body of an issuing request: the lifetime asked for, in seconds, or none (the default).
+fn lifetime(expires: Option<chrono::TimeDelta>) -> serde_json::Value {
+    match expires {
+        Some(ttl) => serde_json::json!({"Expires": format!("{}s", ttl.num_seconds())}),
+        None => serde_json::json!({}),
+    }
+}
+
 /// The tenant operations that need the running daemon.
 async fn tenant_admin(socket: &std::path::Path, command: TenantCommand) -> anyhow::Result<()> {
     use hyper::Method;
+    let call = |method: Method, path: String, body: serde_json::Value| async move {
+        admin_client::require(socket, method, &path, body).await
+    };
     match command {
-        TenantCommand::Cert { name, out } => {
-            let reply =
-                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}/cert"))
-                    .await?;
+        TenantCommand::Cert { name, out, expires } => {
+            let path = format!("/admin/tenants/{name}/cert");
+            let reply = call(Method::POST, path, lifetime(expires)).await?;
             std::fs::create_dir_all(&out)?;
             for (file, field) in [("ca.pem", "CA"), ("cert.pem", "Cert"), ("key.pem", "Key")] {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -332,67 +378,92 @@ async fn tenant_admin(socket: &std::path::Path, command: TenantCommand) -> anyho
                 )?;
             }
             println!(
-                "wrote ca.pem, cert.pem and key.pem for tenant {name} to {}",
-                out.display()
+                "wrote ca.pem, cert.pem and key.pem for tenant {name} to {} (certificate {}, \
+                 expires {})",
+                out.display(),
+                reply["Id"].as_str().unwrap_or_default(),
+                reply["Expires"].as_str().unwrap_or("never"),
             );
             println!(
                 "use: DOCKER_CERT_PATH={} docker --tlsverify -H tcp://HOST:PORT ...",
                 out.display()
             );
         }
-        TenantCommand::Token { name } => {
-            let reply = admin_client::require(
-                socket,
-                Method::POST,
-                &format!("/admin/tenants/{name}/token"),
-            )
-            .await?;
+        TenantCommand::Token { name, expires } => {
+            let path = format!("/admin/tenants/{name}/token");
+            let reply = call(Method::POST, path, lifetime(expires)).await?;
             println!("{}", reply["Token"].as_str().unwrap_or_default());
+            eprintln!(
+                "token {} for tenant {name}, expires {}",
+                reply["Id"].as_str().unwrap_or_default(),
+                reply["Expires"].as_str().unwrap_or("never")
+            );
         }
         TenantCommand::Keys { name } => {
-            let reply =
-                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
-                    .await?;
-            for key in reply["AccessKeys"].as_array().into_iter().flatten() {
-                println!("{}", key.as_str().unwrap_or_default());
-            }
+            let path = format!("/admin/tenants/{name}/credentials");
+            let reply = call(Method::GET, path, serde_json::json!({})).await?;
+            print!("{}", credentials_table(&reply["Credentials"]));
         }
-        TenantCommand::Revoke { access_key } => {
-            admin_client::require(
-                socket,
-                Method::POST,
-                &format!("/admin/keys/{access_key}/revoke"),
-            )
-            .await?;
-            println!("revoked {access_key}");
-        }
-        TenantCommand::Rotate { name } => {
-            let old =
-                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
-                    .await?;
-            let new =
-                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}"))
-                    .await?;
-            for key in old["AccessKeys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|k| k.as_str())
-            {
-                admin_client::require(socket, Method::POST, &format!("/admin/keys/{key}/revoke"))
-                    .await?;
+        TenantCommand::Revoke { id } => {
+            if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                anyhow::bail!(
+                    "invalid credential id {id:?}: give an access key, tok-... or crt-..., as \
+                     `hyperd tenant keys NAME` lists them"
+                );
             }
+            let path = format!("/admin/credentials/{id}/revoke");
+            let reply = call(Method::POST, path, serde_json::json!({})).await?;
+            println!(
+                "revoked {id} of tenant {}",
+                reply["Tenant"].as_str().unwrap_or_default()
+            );
+        }
+        TenantCommand::Rotate { name, expires } => {
+            let path = format!("/admin/tenants/{name}/rotate");
+            let new = call(Method::POST, path, lifetime(expires)).await?;
             println!(
                 "tenant:     {name}\naccess key: {}\nsecret key: {}",
                 new["AccessKey"].as_str().unwrap_or_default(),
                 new["SecretKey"].as_str().unwrap_or_default()
             );
+            for id in new["Revoked"].as_array().into_iter().flatten() {
+                eprintln!("revoked {}", id.as_str().unwrap_or_default());
+            }
         }
         TenantCommand::Create { .. } | TenantCommand::Quota { .. } => {
             unreachable!("handled with an offline fallback")
         }
     }
     Ok(())
+}
+
+/// `KIND ID CREATED EXPIRES STATE`, one credential a line, oldest first.
+fn credentials_table(list: &serde_json::Value) -> String {
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or("never".to_string(), |t| {
+                t.to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            })
+    };
+    let mut out = format!(
+        "{:<6} {:<22} {:<20} {:<20} {}\n",
+        "KIND", "ID", "CREATED", "EXPIRES", "STATE"
+    );
+    for c in list.as_array().into_iter().flatten() {
+        let mut state = c["State"].as_str().unwrap_or_default().to_string();
+        if !c["Revoked"].is_null() {
+            state = format!("{state} {}", time(&c["Revoked"]));
+        }
+        out += &format!(
+            "{:<6} {:<22} {:<20} {:<20} {state}\n",
+            c["Kind"].as_str().unwrap_or_default(),
+            c["Id"].as_str().unwrap_or_default(),
+            time(&c["Created"]),
+            time(&c["Expires"]),
+        );
+    }
+    out
 }
 
 /// The volume backends this node offers and the operator's volume settings.
@@ -471,7 +542,16 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let host = setup::check_host(&data_root, &args)?;
     let store = open_store(&data_root)?;
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
-    let accounts = accounts(&data_root, store.clone())?;
+    let accounts = accounts(&data_root, store.clone())?.with_default_ttl(args.credential_ttl);
+    let migrated = accounts
+        .migrate_legacy()
+        .context("give earlier tokens and certificates an expiry")?;
+    if migrated > 0 {
+        tracing::info!(
+            "{migrated} tokens and client certificates of an earlier hyperd now expire in {}d",
+            args.credential_ttl.num_days()
+        );
+    }
 
     let hosts = if args.hosts.is_empty() {
         vec![

@@ -174,7 +174,10 @@ pub fn cert_id(fingerprint: &str) -> String {
 /// Where an id's record lives: the store prefix that holds it (one record) and its kind.
 fn locate(id: &str) -> Result<(Kind, String), AccountError> {
     let hex_part = |rest: &str| {
-        rest.len() == ID_HEX && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        rest.len() == ID_HEX
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if let Some(rest) = id.strip_prefix("tok-") {
         if hex_part(rest) {

@@ -289,5 +289,12 @@ mod tests {
             setup.check_client(&pem_certs(&other).unwrap()).is_err(),
             "a certificate of another CA"
         );
+        // An expired one of ours is passed on to the store's record, which says since when.
+        let past = crate::credentials::Lifetime::issued(
+            chrono::Utc::now() - chrono::TimeDelta::days(2),
+            Some(chrono::TimeDelta::days(1)),
+        );
+        let (old, _, old_fp) = again.issue_client_cert("t1", &past).unwrap();
+        assert_eq!(setup.check_client(&pem_certs(&old).unwrap()), Ok(old_fp));
     }
 }

@@ -49,14 +49,23 @@ fn refusals_name_the_credential_and_how_to_replace_it() {
     let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
         .unwrap()
         .to_utc();
-    let why = refusal(Kind::Token, "tok-0123456789abcdef", "t1", State::Expired(at)).unwrap();
+    let why = refusal(
+        Kind::Token,
+        "tok-0123456789abcdef",
+        "t1",
+        State::Expired(at),
+    )
+    .unwrap();
     assert_eq!(
         why,
         "token tok-0123456789abcdef expired on 2026-01-02T03:04:05Z; issue a new one with \
          `hyperd tenant token t1`"
     );
     let why = refusal(Kind::Cert, "crt-x", "t1", State::Revoked(at)).unwrap();
-    assert!(why.starts_with("client certificate crt-x was revoked on"), "{why}");
+    assert!(
+        why.starts_with("client certificate crt-x was revoked on"),
+        "{why}"
+    );
     assert_eq!(refusal(Kind::Key, "AK", "t1", State::Active), None);
 }
 
@@ -114,7 +123,9 @@ fn rotation_revokes_every_other_credential_of_the_tenant_only() {
     let (other_key, _) = a.create_tenant("t2", None).unwrap();
     let (token, _, _) = a.create_token("t1", None).unwrap();
     let (other_token, _, _) = a.create_token("t2", None).unwrap();
-    let cert = a.record_cert("t1", &"ab".repeat(32), a.cert_lifetime(None)).unwrap();
+    let cert = a
+        .record_cert("t1", &"ab".repeat(32), a.cert_lifetime(None))
+        .unwrap();
     let (new_key, _, revoked) = a.rotate("t1", Some(TimeDelta::days(1))).unwrap();
     assert_eq!(revoked.len(), 3, "{revoked:?}");
     assert!(revoked.contains(&old_key) && revoked.contains(&cert));
@@ -150,9 +161,13 @@ fn records_of_the_previous_version_load() {
     }));
     a.store.put("/keys/OLDKEY", old_key).unwrap();
     let hash = crate::accounts::token_hash("hyt_old");
-    a.store.put(&format!("/tokens/{hash}"), b"t1".to_vec()).unwrap();
+    a.store
+        .put(&format!("/tokens/{hash}"), b"t1".to_vec())
+        .unwrap();
     let fp = "cd".repeat(32);
-    a.store.put(&format!("/certs/{fp}"), b"t1".to_vec()).unwrap();
+    a.store
+        .put(&format!("/certs/{fp}"), b"t1".to_vec())
+        .unwrap();
 
     assert_eq!(a.secret("OLDKEY").as_deref(), Some("secret"));
     let key = a.key("OLDKEY").unwrap();

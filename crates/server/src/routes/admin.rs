@@ -193,7 +193,9 @@ fn account_error(e: crate::accounts::AccountError) -> ApiError {
     use crate::accounts::AccountError::*;
     match e {
         InvalidName(_) | InvalidId(_) => ApiError::bad_request(e.to_string()),
-        NoSuchTenant(_) | NoSuchCredential(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        NoSuchTenant(_) | NoSuchCredential(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
         Store(s) => ApiError::from(s),
     }
 }
