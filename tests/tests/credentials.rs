@@ -208,12 +208,15 @@ fn rotate_refuses_an_open_connection() {
     assert_eq!(conn.get("/v1.44/containers/json").0, 200);
     assert_eq!(conn.get("/v1.44/info").0, 200, "keep-alive");
 
-    let o = admin(d, &["rotate", "rott"]).ok();
+    let rotation = admin(d, &["rotate", "rott"]).ok();
     for id in ids_of(d, "rott", "cert")
         .iter()
         .chain(&ids_of(d, "rott", "token"))
     {
-        assert!(o.stderr.contains(id.as_str()), "{id} not revoked: {o}");
+        assert!(
+            rotation.stderr.contains(id.as_str()),
+            "{id} not revoked: {rotation}"
+        );
     }
     let (status, body) = conn.get("/v1.44/containers/json");
     assert_eq!(status, 401, "the open connection: {body}");
@@ -231,10 +234,11 @@ fn rotate_refuses_an_open_connection() {
         "{o}"
     );
     let field = |k: &str| {
-        o.stdout
+        rotation
+            .stdout
             .lines()
             .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {k} in {o}"))
+            .unwrap_or_else(|| panic!("no {k} in {rotation}"))
     };
     let new_cfg = d.data.join("rott-new");
     std::fs::create_dir_all(&new_cfg).unwrap();
