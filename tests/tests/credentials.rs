@@ -26,6 +26,10 @@ fn main() {
             "keys_expire_and_admin_is_the_operators",
             keys_expire_and_admin_is_the_operators,
         ),
+        (
+            "streams_end_with_their_credential",
+            streams_end_with_their_credential,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -205,8 +209,8 @@ fn rotate_refuses_an_open_connection() {
     let o = tls_docker(d, &certs, &["ps"]);
     assert_eq!(o.code, 0, "{o}");
     let mut conn = HttpsConn::open(d, &certs);
-    assert_eq!(conn.get("/v1.44/containers/json").0, 200);
-    assert_eq!(conn.get("/v1.44/info").0, 200, "keep-alive");
+    assert_eq!(conn.get("/v1.44/containers/json").unwrap().0, 200);
+    assert_eq!(conn.get("/v1.44/info").unwrap().0, 200, "keep-alive");
 
     let rotation = admin(d, &["rotate", "rott"]).ok();
     for id in ids_of(d, "rott", "cert")
@@ -218,10 +222,7 @@ fn rotate_refuses_an_open_connection() {
             "{id} not revoked: {rotation}"
         );
     }
-    let (status, body) = conn.get("/v1.44/containers/json");
-    assert_eq!(status, 401, "the open connection: {body}");
-    assert!(body.contains("was revoked on"), "{body}");
-    assert!(conn.closed(), "the refused connection stays open");
+    conn.assert_refused("/v1.44/containers/json", "was revoked on");
 
     let o = tls_docker(d, &certs, &["ps"]);
     assert!(o.code != 0 && o.stderr.contains("was revoked on"), "{o}");
@@ -305,15 +306,12 @@ fn certificate_expires_and_is_revoked_by_id() {
     assert!(line.ends_with("active"), "{line}");
     assert!(tls_docker(d, &certs, &["ps"]).code == 0);
     let mut conn = HttpsConn::open(d, &certs);
-    assert_eq!(conn.get("/v1.44/containers/json").0, 200);
+    assert_eq!(conn.get("/v1.44/containers/json").unwrap().0, 200);
     admin(d, &["revoke", &id]).ok();
-    let (status, body) = conn.get("/v1.44/containers/json");
-    assert_eq!(status, 401, "{body}");
-    assert!(
-        body.contains(&format!("client certificate {id} was revoked on")),
-        "{body}"
+    conn.assert_refused(
+        "/v1.44/containers/json",
+        &format!("client certificate {id} was revoked on"),
     );
-    assert!(conn.closed(), "the refused connection stays open");
     let o = tls_docker(d, &certs, &["ps"]);
     assert!(o.code != 0 && o.stderr.contains("was revoked on"), "{o}");
     // The listing shows both, and no key material.
@@ -412,31 +410,108 @@ fn keys_expire_and_admin_is_the_operators() {
     assert!(!listing.stdout.contains(&secret), "{listing}");
 }
 
+/// A request already admitted ends when its credential goes: a `GET /events` stream let in by a
+/// token is cut when the token is revoked, and `docker --tlsverify events` ends when the
+/// tenant is rotated.
+fn streams_end_with_their_credential() {
+    let d = daemon();
+    d.new_tenant("strt");
+    let token = admin(d, &["token", "strt"]).ok().out();
+    let id = ids_of(d, "strt", "token").pop().unwrap();
+    let mut conn = HttpsConn::connect(d, None);
+    let status = conn
+        .send("/v1.44/events", &format!("X-Hyper-Token: {token}\r\n"))
+        .unwrap();
+    assert_eq!(status, 200);
+    conn.skip_headers();
+    admin(d, &["revoke", &id]).ok();
+    assert!(conn.closed(), "the event stream outlived its token");
+
+    let certs = d.data.join("strt-certs");
+    admin(d, &["cert", "strt", "--out", certs.to_str().unwrap()]).ok();
+    let printed = d.data.join("strt-events.out");
+    let host = d.tcp_host();
+    let mut events = std::process::Command::new(docker_bin())
+        .args([
+            "--tlsverify",
+            "-H",
+            &host,
+            "events",
+            "--format",
+            "{{.Type}} {{.Action}}",
+        ])
+        .env("DOCKER_CERT_PATH", &certs)
+        .env("DOCKER_CONFIG", d.data.join("docker-config"))
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream is up once it shows an event of the tenant.
+    tls_docker(d, &certs, &["volume", "create", "strtv"]);
+    wait_for("docker events to show the volume", secs(60.0), || {
+        let text = std::fs::read_to_string(&printed).unwrap_or_default();
+        match text.contains("volume create") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    });
+    admin(d, &["rotate", "strt"]).ok();
+    let exited = wait_for("docker events to end", secs(60.0), || {
+        events
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "still running".to_string())
+    });
+    let mut stderr = String::new();
+    events
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!exited.success(), "docker events: {exited} {stderr}");
+    let fresh = d.data.join("strt-fresh");
+    admin(d, &["cert", "strt", "--out", fresh.to_str().unwrap()]).ok();
+    let o = tls_docker(d, &fresh, &["volume", "rm", "strtv"]);
+    assert_eq!(o.code, 0, "{o}");
+}
+
 /// An HTTPS/1.1 client holding one connection, with a client certificate.
 struct HttpsConn {
     io: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
 }
 
 impl HttpsConn {
+    /// A connection presenting the client certificate in `certs`.
     fn open(d: &Daemon, certs: &Path) -> HttpsConn {
+        Self::connect(d, Some(certs))
+    }
+
+    /// A connection checking the server against the daemon's CA, with a client certificate or
+    /// none.
+    fn connect(d: &Daemon, certs: Option<&Path>) -> HttpsConn {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        for ca in CertificateDer::pem_file_iter(d.data.join("tls").join("ca.pem")).unwrap() {
             roots.add(ca.unwrap()).unwrap();
         }
-        let chain = CertificateDer::pem_file_iter(certs.join("cert.pem"))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(certs.join("key.pem")).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
+            .with_root_certificates(roots);
+        let config = match certs {
+            Some(certs) => {
+                let chain = CertificateDer::pem_file_iter(certs.join("cert.pem"))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = PrivateKeyDer::from_pem_file(certs.join("key.pem")).unwrap();
+                config.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => config.with_no_client_auth(),
+        };
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let tcp = TcpStream::connect(("127.0.0.1", d.tcp_port)).unwrap();
@@ -446,21 +521,35 @@ impl HttpsConn {
         }
     }
 
-    /// GET `path` on this connection: (status, body).
-    fn get(&mut self, path: &str) -> (u16, String) {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-        self.io.get_mut().write_all(request.as_bytes()).unwrap();
+    /// GET `path` on this connection: (status, body), or how the connection failed.
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        let code = self.send(path, "")?;
+        Ok((code, self.read_body()?))
+    }
+
+    /// Sends GET `path` with `headers` (each ending in CRLF) and reads the status line; the
+    /// headers are left to read.
+    fn send(&mut self, path: &str, headers: &str) -> std::io::Result<u16> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n");
+        self.io.get_mut().write_all(request.as_bytes())?;
         let mut status = String::new();
-        self.io.read_line(&mut status).unwrap();
+        if self.io.read_line(&mut status)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let code: u16 = status
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no HTTP status line: {status:?}"));
+        Ok(code)
+    }
+
+    /// Reads the headers and the body of a response whose status line was read.
+    fn read_body(&mut self) -> std::io::Result<String> {
         let (mut length, mut chunked) = (0usize, false);
         loop {
             let mut line = String::new();
-            self.io.read_line(&mut line).unwrap();
+            self.io.read_line(&mut line)?;
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -476,10 +565,10 @@ impl HttpsConn {
         if chunked {
             loop {
                 let mut size = String::new();
-                self.io.read_line(&mut size).unwrap();
+                self.io.read_line(&mut size)?;
                 let n = usize::from_str_radix(size.trim(), 16).unwrap();
                 let mut chunk = vec![0; n + 2];
-                self.io.read_exact(&mut chunk).unwrap();
+                self.io.read_exact(&mut chunk)?;
                 body.extend_from_slice(&chunk[..n]);
                 if n == 0 {
                     break;
@@ -487,18 +576,47 @@ impl HttpsConn {
             }
         } else {
             body.resize(length, 0);
-            self.io.read_exact(&mut body).unwrap();
+            self.io.read_exact(&mut body)?;
         }
-        (code, String::from_utf8_lossy(&body).into_owned())
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// Whether the server has closed the connection (end of stream or a reset).
+    /// The next request on this connection is refused: its credential's guard has cut the
+    /// connection already, or the request gets a 401 saying it was revoked and the
+    /// connection is closed after it.
+    fn assert_refused(&mut self, path: &str, because: &str) {
+        match self.get(path) {
+            Err(_) => {}
+            Ok((401, body)) => {
+                assert!(body.contains(because), "{body}");
+                assert!(self.closed(), "the refused connection stays open");
+            }
+            Ok((status, body)) => panic!("a request on the open connection got {status}: {body}"),
+        }
+    }
+
+    /// Reads the headers of a response whose status line was read, leaving its body.
+    fn skip_headers(&mut self) {
+        loop {
+            let mut line = String::new();
+            self.io.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Whether the server closes the connection (end of stream or a reset) before the read
+    /// timeout; what it still sends before is skipped.
     fn closed(&mut self) -> bool {
         use std::io::ErrorKind::{TimedOut, WouldBlock};
-        let mut byte = [0u8; 1];
-        match self.io.read(&mut byte) {
-            Ok(n) => n == 0,
-            Err(e) => !matches!(e.kind(), WouldBlock | TimedOut),
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.io.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return !matches!(e.kind(), WouldBlock | TimedOut),
+            }
         }
     }
 }

@@ -643,6 +643,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             .to_string(),
     };
     let state_runtime = state.runtime.clone();
+    let guards = server::revocation::Guards::start(state.accounts.clone());
     let app = server::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -658,6 +659,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         servers.push(tokio::spawn(server::serve(
             listener,
             app.clone(),
+            guards.clone(),
             shutdown_rx.clone(),
         )));
     }

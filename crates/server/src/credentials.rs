@@ -210,15 +210,23 @@ fn parse_record(value: &[u8]) -> Option<(Record, bool)> {
     Some((legacy, true))
 }
 
+/// A credential that let a request in: its tenant, and what a connection watches it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub tenant: String,
+    pub store_key: String,
+    pub expires: Option<DateTime<Utc>>,
+}
+
 impl Accounts {
     /// The tenant a bearer token acts for, or why it is refused (`None` in the error: unknown).
-    pub fn check_token(&self, token: &str) -> Result<String, Option<String>> {
+    pub fn check_token(&self, token: &str) -> Result<Admission, Option<String>> {
         let hash = crate::accounts::token_hash(token);
         self.check_record(Kind::Token, &format!("/tokens/{hash}"), &token_id(&hash))
     }
 
     /// The tenant of a client certificate of our CA, or why it is refused.
-    pub fn check_cert(&self, fingerprint: &str) -> Result<String, Option<String>> {
+    pub fn check_cert(&self, fingerprint: &str) -> Result<Admission, Option<String>> {
         self.check_record(
             Kind::Cert,
             &format!("/certs/{fingerprint}"),
@@ -226,13 +234,33 @@ impl Accounts {
         )
     }
 
-    fn check_record(&self, kind: Kind, key: &str, id: &str) -> Result<String, Option<String>> {
+    fn check_record(&self, kind: Kind, key: &str, id: &str) -> Result<Admission, Option<String>> {
         let kv = self.store.get(key).ok().flatten().ok_or(None)?;
         let (record, _) = parse_record(&kv.value).ok_or(None)?;
         match refusal(kind, id, &record.tenant, record.life.state(Utc::now())) {
-            None => Ok(record.tenant),
+            None => Ok(Admission {
+                tenant: record.tenant,
+                store_key: key.to_string(),
+                expires: record.life.expires,
+            }),
             Some(why) => Err(Some(why)),
         }
+    }
+
+    /// Whether the credential stored at `store_key` still works (a connection it admitted
+    /// requests on is cut when not).
+    pub fn is_active(&self, store_key: &str) -> bool {
+        let Ok(Some(kv)) = self.store.get(store_key) else {
+            return false;
+        };
+        let life = if store_key.starts_with("/keys/") {
+            serde_json::from_slice::<Key>(&kv.value)
+                .map(|k| k.life)
+                .ok()
+        } else {
+            parse_record(&kv.value).map(|(r, _)| r.life)
+        };
+        life.is_some_and(|l| l.state(Utc::now()) == State::Active)
     }
 
     /// Why a key whose signature matched is refused, if it is.

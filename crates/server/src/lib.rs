@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod credentials;
 mod docker_json;
 pub mod error;
+pub mod revocation;
 mod routes;
 pub mod seal;
 mod streams;

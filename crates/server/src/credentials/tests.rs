@@ -94,7 +94,9 @@ fn tokens_are_stored_hashed_with_an_id_and_expiry() {
     a.create_tenant("t1", None).unwrap();
     let (token, id, record) = a.create_token("t1", None).unwrap();
     assert_eq!(record.life.expires, Some(record.life.created + DEFAULT_TTL));
-    assert_eq!(a.check_token(&token), Ok("t1".to_string()));
+    let admitted = a.check_token(&token).unwrap();
+    assert_eq!(admitted.tenant, "t1");
+    assert!(a.is_active(&admitted.store_key));
     for kv in a.store.range("/").unwrap() {
         let text = String::from_utf8_lossy(&kv.value);
         assert!(!text.contains(&token) && !kv.key.contains(&token), "{kv:?}");
@@ -108,6 +110,7 @@ fn tokens_are_stored_hashed_with_an_id_and_expiry() {
     assert_eq!(a.revoke(&id).unwrap(), "t1");
     let why = a.check_token(&token).unwrap_err().unwrap();
     assert!(why.contains(&id) && why.contains("revoked"), "{why}");
+    assert!(!a.is_active(&admitted.store_key));
     assert_eq!(a.check_token("hyt_other"), Err(None));
     assert!(matches!(
         a.revoke("tok-ffffffffffffffff"),
@@ -137,7 +140,7 @@ fn rotation_revokes_every_other_credential_of_the_tenant_only() {
     assert_eq!(a.key_refusal(&new_key, &key), None);
     assert!(key.life.expires.is_some());
     // The other tenant keeps all it had.
-    assert_eq!(a.check_token(&other_token), Ok("t2".to_string()));
+    assert_eq!(a.check_token(&other_token).unwrap().tenant, "t2");
     let key = a.key(&other_key).unwrap();
     assert_eq!(a.key_refusal(&other_key, &key), None);
     assert!(matches!(
@@ -173,12 +176,13 @@ fn records_of_the_previous_version_load() {
     let key = a.key("OLDKEY").unwrap();
     assert_eq!(key.life.expires, None);
     assert_eq!(a.key_refusal("OLDKEY", &key), None);
-    assert_eq!(a.check_token("hyt_old"), Ok("t1".to_string()));
+    assert_eq!(a.check_token("hyt_old").unwrap().tenant, "t1");
 
     assert_eq!(a.migrate_legacy().unwrap(), 2);
     assert_eq!(a.migrate_legacy().unwrap(), 0, "once");
-    assert_eq!(a.check_token("hyt_old"), Ok("t1".to_string()));
-    assert_eq!(a.check_cert(&fp), Ok("t1".to_string()));
+    assert_eq!(a.check_token("hyt_old").unwrap().tenant, "t1");
+    assert_eq!(a.check_cert(&fp).unwrap().tenant, "t1");
+    assert!(a.is_active("/keys/OLDKEY"));
     let listed = a.credentials_of("t1").unwrap();
     assert_eq!(listed.len(), 3);
     for c in listed.iter().filter(|c| c.kind != Kind::Key) {
@@ -188,6 +192,7 @@ fn records_of_the_previous_version_load() {
     assert!(a.check_cert(&fp).is_err());
     a.revoke("OLDKEY").unwrap();
     assert!(a.key_refusal("OLDKEY", &a.key("OLDKEY").unwrap()).is_some());
+    assert!(!a.is_active("/keys/OLDKEY"));
 }
 
 fn json_of(v: &serde_json::Value) -> Vec<u8> {
