@@ -30,6 +30,10 @@ fn main() {
             "streams_end_with_their_credential",
             streams_end_with_their_credential,
         ),
+        (
+            "exec_session_ends_with_its_certificate",
+            exec_session_ends_with_its_certificate,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -473,6 +477,54 @@ fn streams_end_with_their_credential() {
     let fresh = d.data.join("strt-fresh");
     admin(d, &["cert", "strt", "--out", fresh.to_str().unwrap()]).ok();
     let o = tls_docker(d, &fresh, &["volume", "rm", "strtv"]);
+    assert_eq!(o.code, 0, "{o}");
+}
+
+/// A hijacked stream (`docker exec -i`, in a real VM) is cut when the certificate that
+/// opened it is revoked: the session was echoing, and ends without being asked to.
+fn exec_session_ends_with_its_certificate() {
+    let d = daemon();
+    d.new_tenant("exet");
+    let certs = d.data.join("exet-certs");
+    admin(d, &["cert", "exet", "--out", certs.to_str().unwrap()]).ok();
+    let docker = |args: &[&str]| {
+        let o = tls_docker(d, &certs, args);
+        assert_eq!(o.code, 0, "{o}");
+        o
+    };
+    docker(&["load", "-i", busybox_tar().to_str().unwrap()]);
+    let id = docker(&["run", "-d", "busybox", "sleep", "600"]).out();
+    let host = d.tcp_host();
+    let mut session = std::process::Command::new(docker_bin())
+        .args(["--tlsverify", "-H", &host, "exec", "-i", &id, "cat"])
+        .env("DOCKER_CERT_PATH", &certs)
+        .env("DOCKER_CONFIG", d.data.join("docker-config"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    stdin.write_all(b"echoed\n").unwrap();
+    let mut out = BufReader::new(session.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "echoed\n", "the session works before the revocation");
+
+    let cert = ids_of(d, "exet", "cert").pop().unwrap();
+    admin(d, &["revoke", &cert]).ok();
+    let exited = wait_for("docker exec to end", secs(60.0), || {
+        session
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(!exited.success(), "docker exec ended well: {exited}");
+    drop(stdin);
+
+    let fresh = d.data.join("exet-fresh");
+    admin(d, &["cert", "exet", "--out", fresh.to_str().unwrap()]).ok();
+    let o = tls_docker(d, &fresh, &["rm", "-f", &id]);
     assert_eq!(o.code, 0, "{o}");
 }
 
