@@ -494,6 +494,8 @@ fn exec_session_ends_with_its_certificate() {
     };
     docker(&["load", "-i", busybox_tar().to_str().unwrap()]);
     let id = docker(&["run", "-d", "busybox", "sleep", "600"]).out();
+    // The harness's teardown removes the default tenant's containers only.
+    let _remove = RemoveWithFreshCert { d, id: id.clone() };
     let host = d.tcp_host();
     let mut session = std::process::Command::new(docker_bin())
         .args(["--tlsverify", "-H", &host, "exec", "-i", &id, "cat"])
@@ -521,11 +523,23 @@ fn exec_session_ends_with_its_certificate() {
     });
     assert!(!exited.success(), "docker exec ended well: {exited}");
     drop(stdin);
+}
 
-    let fresh = d.data.join("exet-fresh");
-    admin(d, &["cert", "exet", "--out", fresh.to_str().unwrap()]).ok();
-    let o = tls_docker(d, &fresh, &["rm", "-f", &id]);
-    assert_eq!(o.code, 0, "{o}");
+/// Removes tenant exet's container, also when the test fails, with a certificate of its own.
+struct RemoveWithFreshCert<'a> {
+    d: &'a Daemon,
+    id: String,
+}
+
+impl Drop for RemoveWithFreshCert<'_> {
+    fn drop(&mut self) {
+        let fresh = self.d.data.join("exet-fresh");
+        admin(self.d, &["cert", "exet", "--out", fresh.to_str().unwrap()]);
+        let o = tls_docker(self.d, &fresh, &["rm", "-f", &self.id]);
+        if o.code != 0 && !std::thread::panicking() {
+            panic!("{o}");
+        }
+    }
 }
 
 /// An HTTPS/1.1 client holding one connection, with a client certificate.
