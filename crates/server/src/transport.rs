@@ -309,7 +309,8 @@ async fn admit(mut req: Request, admission: Admission, next: Next) -> Response {
     next.run(req).await
 }
 
-/// A refusal that also ends the connection: its certificate will not get better on it.
+/// A refusal that also ends the connection: retrying on it cannot succeed (its certificate
+/// stays the same).
 fn closing(error: ApiError) -> Response {
     let mut response = error.into_response();
     response.headers_mut().insert(
