@@ -43,7 +43,9 @@ fn daemon() -> &'static Daemon {
     static D: OnceLock<Arc<Daemon>> = OnceLock::new();
     D.get_or_init(|| {
         let opts = DaemonOpts {
-            extra_args: vec!["--templates".into(), "off".into()],
+            extra_args: ["--templates", "off", "--credential-ttl", "30d"]
+                .map(String::from)
+                .to_vec(),
             ..DaemonOpts::default()
         };
         Daemon::start("cr", opts)
@@ -145,7 +147,16 @@ fn token_revoked_then_expired() {
         !listing.stdout.contains(&token[4..]),
         "the listing shows the token: {listing}"
     );
-    assert!(listed(d, "tokt", &id).ends_with("active"), "{listing}");
+    let line = listed(d, "tokt", &id);
+    assert!(line.ends_with("active"), "{listing}");
+    // Issued without --expires: the daemon's --credential-ttl.
+    let dates: Vec<chrono::DateTime<chrono::Utc>> = line
+        .split_whitespace()
+        .skip(2)
+        .take(2)
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(dates[1] - dates[0], chrono::TimeDelta::days(30), "{line}");
 
     let o = admin(d, &["revoke", &id]).ok();
     assert!(o.stdout.contains("tokt"), "{o}");

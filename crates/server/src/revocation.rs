@@ -212,6 +212,22 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_connection_watches_each_credential_once_and_a_bounded_number() {
+        let admitted = Admitted::default();
+        let soon = Utc::now() + chrono::TimeDelta::minutes(1);
+        assert!(admitted.admit("/keys/A", None));
+        assert!(admitted.admit("/keys/A", None));
+        assert!(admitted.admit("/tokens/b", Some(soon)));
+        assert_eq!(admitted.keys(), ["/keys/A", "/tokens/b"]);
+        assert_eq!(admitted.next_expiry(), Some(soon));
+        for i in 2..MAX_PER_CONNECTION {
+            assert!(admitted.admit(&format!("/tokens/{i}"), None), "test[{i}]");
+        }
+        assert!(!admitted.admit("/tokens/one-too-many", None));
+        assert!(admitted.admit("/keys/A", None), "a known one is still fine");
+    }
+
     /// A severed socket fails the read it was blocked in, and every write after.
     #[tokio::test]
     async fn severing_wakes_a_blocked_reader() {
