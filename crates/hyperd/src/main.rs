@@ -389,6 +389,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             args.credential_ttl.num_days()
         );
     }
+    tokio::spawn(accounts.clone().forget_stale_forever());
 
     let hosts = if args.hosts.is_empty() {
         vec![

@@ -12,6 +12,10 @@
 //! and certificates stored as a bare tenant name are rewritten by [`Accounts::migrate_legacy`]
 //! at start as issued then, expiring after the default lifetime, so they keep working for that
 //! long and then stop like any other.
+//!
+//! A credential revoked or expired for [`FORGET_AFTER`] is forgotten: its record is deleted
+//! (so short-lived tokens issued by automation do not pile up), and it is then refused as
+//! unknown.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +27,8 @@ use crate::accounts::{AccountError, Accounts, Key};
 pub const DEFAULT_TTL: TimeDelta = TimeDelta::days(90);
 /// The longest lifetime one may ask for.
 pub const MAX_TTL: TimeDelta = TimeDelta::days(3650);
+/// Revoked and expired credentials stay listed this long, then their records go.
+pub const FORGET_AFTER: TimeDelta = TimeDelta::days(30);
 /// Hex digits of the hash that make a token's or certificate's id.
 const ID_HEX: usize = 16;
 
@@ -379,6 +385,47 @@ impl Accounts {
             }
         }
         Ok((access, secret, revoked))
+    }
+
+    /// Deletes the records of credentials revoked or expired more than [`FORGET_AFTER`]
+    /// before `now`. Returns how many.
+    pub fn forget_stale(&self, now: DateTime<Utc>) -> Result<usize, AccountError> {
+        let mut n = 0;
+        for prefix in ["/keys/", "/tokens/", "/certs/"] {
+            for kv in self.store.range(prefix)? {
+                let life = match prefix {
+                    "/keys/" => serde_json::from_slice::<Key>(&kv.value)
+                        .ok()
+                        .map(|k| k.life),
+                    _ => parse_record(&kv.value).map(|(r, _)| r.life),
+                };
+                let ended = match life.map(|l| l.state(now)) {
+                    Some(State::Revoked(at) | State::Expired(at)) => at,
+                    _ => continue,
+                };
+                if now - ended > FORGET_AFTER {
+                    self.store.txn(
+                        Txn::new()
+                            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                            .then(Op::Delete(kv.key)),
+                    )?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// [`Accounts::forget_stale`] now and then every day.
+    pub async fn forget_stale_forever(self) {
+        loop {
+            match self.forget_stale(Utc::now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("forgot {n} credentials revoked or expired long ago"),
+                Err(e) => tracing::warn!("forgetting old credentials: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(86400)).await;
+        }
     }
 
     /// Rewrites tokens and certificates stored by the previous version (a bare tenant name)

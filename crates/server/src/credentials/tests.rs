@@ -198,3 +198,28 @@ fn records_of_the_previous_version_load() {
 fn json_of(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap()
 }
+
+#[test]
+fn credentials_ended_long_ago_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = accounts(dir.path());
+    let (key, _) = a.create_tenant("t1", None).unwrap();
+    let (old_token, old_id, _) = a.create_token("t1", Some(TimeDelta::hours(1))).unwrap();
+    let (revoked_token, revoked_id, _) = a.create_token("t1", None).unwrap();
+    a.revoke(&revoked_id).unwrap();
+    let now = Utc::now();
+    assert_eq!(a.forget_stale(now).unwrap(), 0, "nothing ended 30 days ago");
+    let later = now + FORGET_AFTER + TimeDelta::days(1);
+    // By then the one-hour token has expired and the other is long revoked; the key works.
+    assert_eq!(a.forget_stale(later).unwrap(), 2);
+    let ids: Vec<String> = a
+        .credentials_of("t1")
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, [key]);
+    assert!(!ids.contains(&old_id));
+    assert_eq!(a.check_token(&old_token), Err(None));
+    assert_eq!(a.check_token(&revoked_token), Err(None));
+}
