@@ -22,15 +22,14 @@ pub async fn require(
     socket: &Path,
     method: hyper::Method,
     path: &str,
+    body: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    call(socket, method, path, serde_json::json!({}))
-        .await?
-        .with_context(|| {
-            format!(
-                "hyperd is not running (nothing answers on {})",
-                socket.display()
-            )
-        })
+    call(socket, method, path, body).await?.with_context(|| {
+        format!(
+            "hyperd is not running (nothing answers on {})",
+            socket.display()
+        )
+    })
 }
 
 async fn call(

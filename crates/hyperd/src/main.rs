@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod setup;
+mod tenant;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +118,11 @@ struct DaemonArgs {
     /// Pulls, logins and archive loads the operator asks for on the unix socket are not limited.
     #[arg(long = "allow-fetch")]
     allow_fetch: Vec<ipnet::IpNet>,
+    /// How long tokens and client certificates work when issued without `--expires` (e.g.
+    /// 90d, 24h). Those stored by an earlier hyperd, which had no expiry, get it from its first
+    /// start. Access keys expire only when asked to (`tenant create NAME --expires 30d`).
+    #[arg(long, default_value = "90d", value_parser = parse_ttl, env = "HYPERD_CREDENTIAL_TTL")]
+    credential_ttl: chrono::TimeDelta,
     /// The subnet of every tenant's default network (tenants may share it: each has its own L2).
     #[arg(long, default_value = "172.16.0.0/16")]
     default_subnet: ipnet::Ipv4Net,
@@ -151,22 +157,47 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant (or add a key to one) and print its access and secret key.
-    Create { name: String },
+    Create {
+        name: String,
+        /// The key stops working after this long (e.g. 30d, 12h); default: never.
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
     /// Issue a client certificate for the stock Docker CLI (`docker --tlsverify`): writes
     /// ca.pem, cert.pem and key.pem into DIR (use it as DOCKER_CERT_PATH).
     Cert {
         name: String,
         #[arg(long)]
         out: PathBuf,
+        /// The certificate stops working after this long (e.g. 30d); default: the daemon's
+        /// --credential-ttl (90d).
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
     },
-    /// Issue a token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders).
-    Token { name: String },
-    /// List a tenant's access keys.
+    /// Issue a token for clients that cannot sign (docker-py, the Docker CLI's HttpHeaders);
+    /// prints the token on stdout, its id and expiry on stderr.
+    Token {
+        name: String,
+        /// The token stops working after this long (e.g. 24h); default: the daemon's
+        /// --credential-ttl (90d).
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
+    /// List a tenant's credentials (access keys, tokens, client certificates): kind, id,
+    /// created, expires, state. Never their secrets.
+    #[command(visible_alias = "credentials")]
     Keys { name: String },
-    /// Revoke an access key; it stops working at once.
-    Revoke { access_key: String },
-    /// Issue a new key pair for the tenant and revoke all its others.
-    Rotate { name: String },
+    /// Revoke a credential by its id (an access key, tok-..., crt-..., as `keys` lists them);
+    /// it stops working at once, on connections already open too.
+    Revoke { id: String },
+    /// Issue a new key pair for the tenant and revoke all its other keys, tokens and
+    /// certificates.
+    Rotate {
+        name: String,
+        /// The new key stops working after this long; default: never.
+        #[arg(long, value_parser = parse_ttl)]
+        expires: Option<chrono::TimeDelta>,
+    },
     /// Show or change a tenant's quotas (defaults: 10 containers, 2 FIPs, 5 services, 40
     /// volumes, 1000 GB of volumes, 40 snapshots).
     Quota {
@@ -201,8 +232,8 @@ fn main() {
         match cli.command {
             Some(Command::Tenant {
                 socket,
-                command: TenantCommand::Create { name },
-            }) => tenant_create(&cli.data_root, &socket, &name).await,
+                command: TenantCommand::Create { name, expires },
+            }) => tenant::tenant_create(&cli.data_root, &socket, &name, expires).await,
             Some(Command::Tenant {
                 socket,
                 command:
@@ -224,9 +255,11 @@ fn main() {
                     volume_gb,
                     snapshots,
                 };
-                tenant_quota(&cli.data_root, &socket, &name, change).await
+                tenant::tenant_quota(&cli.data_root, &socket, &name, change).await
             }
-            Some(Command::Tenant { socket, command }) => tenant_admin(&socket, command).await,
+            Some(Command::Tenant { socket, command }) => {
+                tenant::tenant_admin(&socket, command).await
+            }
             None => run(cli.data_root, cli.daemon).await,
         }
     });
@@ -234,6 +267,11 @@ fn main() {
         eprintln!("hyperd: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `--expires`/`--credential-ttl`: the daemon's own parser, so both ends agree.
+fn parse_ttl(text: &str) -> Result<chrono::TimeDelta, String> {
+    server::credentials::parse_ttl(text)
 }
 
 /// The sealing key lives beside the store, never in it.
@@ -292,109 +330,6 @@ fn open_store(data_root: &std::path::Path) -> anyhow::Result<Arc<dyn store::Stor
     Ok(Arc::new(store))
 }
 
-async fn tenant_create(
-    data_root: &std::path::Path,
-    socket: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<()> {
-    let path = format!("/admin/tenants/{name}");
-    let (access, secret) = match admin_client::post(socket, &path, serde_json::json!({})).await? {
-        Some(reply) => (
-            reply["AccessKey"].as_str().unwrap_or_default().to_string(),
-            reply["SecretKey"].as_str().unwrap_or_default().to_string(),
-        ),
-        None => accounts(data_root, open_store(data_root)?)?.create_tenant(name)?,
-    };
-    println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
-    Ok(())
-}
-
-/// The tenant operations that need the running daemon.
-async fn tenant_admin(socket: &std::path::Path, command: TenantCommand) -> anyhow::Result<()> {
-    use hyper::Method;
-    match command {
-        TenantCommand::Cert { name, out } => {
-            let reply =
-                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}/cert"))
-                    .await?;
-            std::fs::create_dir_all(&out)?;
-            for (file, field) in [("ca.pem", "CA"), ("cert.pem", "Cert"), ("key.pem", "Key")] {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(out.join(file))?;
-                std::io::Write::write_all(
-                    &mut f,
-                    reply[field].as_str().unwrap_or_default().as_bytes(),
-                )?;
-            }
-            println!(
-                "wrote ca.pem, cert.pem and key.pem for tenant {name} to {}",
-                out.display()
-            );
-            println!(
-                "use: DOCKER_CERT_PATH={} docker --tlsverify -H tcp://HOST:PORT ...",
-                out.display()
-            );
-        }
-        TenantCommand::Token { name } => {
-            let reply = admin_client::require(
-                socket,
-                Method::POST,
-                &format!("/admin/tenants/{name}/token"),
-            )
-            .await?;
-            println!("{}", reply["Token"].as_str().unwrap_or_default());
-        }
-        TenantCommand::Keys { name } => {
-            let reply =
-                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
-                    .await?;
-            for key in reply["AccessKeys"].as_array().into_iter().flatten() {
-                println!("{}", key.as_str().unwrap_or_default());
-            }
-        }
-        TenantCommand::Revoke { access_key } => {
-            admin_client::require(
-                socket,
-                Method::POST,
-                &format!("/admin/keys/{access_key}/revoke"),
-            )
-            .await?;
-            println!("revoked {access_key}");
-        }
-        TenantCommand::Rotate { name } => {
-            let old =
-                admin_client::require(socket, Method::GET, &format!("/admin/tenants/{name}/keys"))
-                    .await?;
-            let new =
-                admin_client::require(socket, Method::POST, &format!("/admin/tenants/{name}"))
-                    .await?;
-            for key in old["AccessKeys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|k| k.as_str())
-            {
-                admin_client::require(socket, Method::POST, &format!("/admin/keys/{key}/revoke"))
-                    .await?;
-            }
-            println!(
-                "tenant:     {name}\naccess key: {}\nsecret key: {}",
-                new["AccessKey"].as_str().unwrap_or_default(),
-                new["SecretKey"].as_str().unwrap_or_default()
-            );
-        }
-        TenantCommand::Create { .. } | TenantCommand::Quota { .. } => {
-            unreachable!("handled with an offline fallback")
-        }
-    }
-    Ok(())
-}
-
 /// The volume backends this node offers and the operator's volume settings.
 fn volumes(
     data_root: &std::path::Path,
@@ -440,38 +375,21 @@ fn volumes(
     Ok(volumes)
 }
 
-async fn tenant_quota(
-    data_root: &std::path::Path,
-    socket: &std::path::Path,
-    name: &str,
-    change: node::quota::QuotaChange,
-) -> anyhow::Result<()> {
-    let body = serde_json::to_value(change)?;
-    let quotas: node::quota::Quotas =
-        match admin_client::post(socket, &format!("/admin/tenants/{name}/quota"), body).await? {
-            Some(reply) => serde_json::from_value(reply)?,
-            None => {
-                let store = open_store(data_root)?;
-                if !accounts(data_root, store.clone())?.tenant_exists(name)? {
-                    anyhow::bail!(
-                        "no tenant {name:?}: create it with `hyperd tenant create {name}`"
-                    );
-                }
-                let mut quotas = node::quota::load(store.as_ref(), name)?;
-                change.apply(&mut quotas);
-                store.put(&node::quota::quotas_key(name), serde_json::to_vec(&quotas)?)?;
-                quotas
-            }
-        };
-    println!("tenant {name}: {quotas}");
-    Ok(())
-}
-
 async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let host = setup::check_host(&data_root, &args)?;
     let store = open_store(&data_root)?;
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
-    let accounts = accounts(&data_root, store.clone())?;
+    let accounts = accounts(&data_root, store.clone())?.with_default_ttl(args.credential_ttl);
+    let migrated = accounts
+        .migrate_legacy()
+        .context("give earlier tokens and certificates an expiry")?;
+    if migrated > 0 {
+        tracing::info!(
+            "{migrated} tokens and client certificates of an earlier hyperd now expire in {}d",
+            args.credential_ttl.num_days()
+        );
+    }
+    tokio::spawn(accounts.clone().forget_stale_forever());
 
     let hosts = if args.hosts.is_empty() {
         vec![
@@ -563,6 +481,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             .to_string(),
     };
     let state_runtime = state.runtime.clone();
+    let guards = server::revocation::Guards::start(state.accounts.clone());
     let app = server::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -578,6 +497,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         servers.push(tokio::spawn(server::serve(
             listener,
             app.clone(),
+            guards.clone(),
             shutdown_rx.clone(),
         )));
     }

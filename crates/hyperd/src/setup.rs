@@ -186,7 +186,7 @@ pub fn default_tenant(
     if accounts.tenant_exists(server::accounts::DEFAULT_TENANT)? {
         return Ok(());
     }
-    let (access, secret) = accounts.create_tenant(server::accounts::DEFAULT_TENANT)?;
+    let (access, secret) = accounts.create_tenant(server::accounts::DEFAULT_TENANT, None)?;
     let Some(endpoint) = hosts.iter().find(|h| h.starts_with("tcp://")) else {
         return Ok(());
     };

@@ -1,15 +1,17 @@
 //! Tenants and their API keys, kept in the store.
 //!
 //! Keys: `/tenants/<name>` -> `Tenant`, `/keys/<access key>` -> `Key` (its secret sealed, see
-//! `seal`), `/certs/<fingerprint>` and `/tokens/<sha256>` -> tenant.
+//! `seal`), `/certs/<fingerprint>` and `/tokens/<sha256>` -> `credentials::Record`. How long
+//! each works and how it is revoked: `credentials`.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use store::{Compare, Op, Store, Txn};
 
+use crate::credentials::{cert_id, token_id, Lifetime, Record, DEFAULT_TTL};
 use crate::seal::Sealer;
 
 pub const DEFAULT_TENANT: &str = "default";
@@ -25,29 +27,51 @@ pub struct Key {
     pub tenant: String,
     /// The HMAC secret, sealed with the key outside the store.
     pub sealed_secret: String,
-    pub created: DateTime<Utc>,
+    #[serde(flatten)]
+    pub life: Lifetime,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     #[error("invalid tenant name {0:?}: use 1-63 lowercase letters, digits and dashes")]
     InvalidName(String),
+    #[error("no tenant {0:?}")]
+    NoSuchTenant(String),
+    #[error(
+        "invalid credential id {0:?}: give an access key, a token id (tok-...) or a certificate \
+         id (crt-...), as `hyperd tenant keys NAME` lists them"
+    )]
+    InvalidId(String),
+    #[error("no credential {0}")]
+    NoSuchCredential(String),
     #[error("store")]
     Store(#[from] store::StoreError),
 }
 
 #[derive(Clone)]
 pub struct Accounts {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
+    /// How long tokens and certificates work when not told.
+    pub(crate) default_ttl: TimeDelta,
 }
 
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>) -> Self {
-        Self { store, sealer }
+        Self {
+            store,
+            sealer,
+            default_ttl: DEFAULT_TTL,
+        }
     }
 
-    /// The secret of an access key, for checking a signature.
+    pub fn with_default_ttl(mut self, ttl: TimeDelta) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The secret of an access key, for checking a signature (whatever the key's state: a
+    /// revoked or expired key is refused once the caller has proved to hold it).
     pub fn secret(&self, access: &str) -> Option<String> {
         let key = self.key(access)?;
         match self.sealer.open(&key.sealed_secret) {
@@ -59,8 +83,13 @@ impl Accounts {
         }
     }
 
-    /// Creates the tenant if needed and issues a new key pair for it.
-    pub fn create_tenant(&self, name: &str) -> Result<(String, String), AccountError> {
+    /// Creates the tenant if needed and issues a new key pair for it, expiring after `ttl`
+    /// (`None`: never).
+    pub fn create_tenant(
+        &self,
+        name: &str,
+        ttl: Option<TimeDelta>,
+    ) -> Result<(String, String), AccountError> {
         let valid = !name.is_empty()
             && name.len() <= 63
             && name
@@ -80,7 +109,7 @@ impl Accounts {
         let key = Key {
             tenant: name.into(),
             sealed_secret: self.sealer.seal(&secret),
-            created: Utc::now(),
+            life: Lifetime::issued(Utc::now(), ttl),
         };
         let tenant_key = format!("/tenants/{name}");
         self.store.txn(
@@ -111,62 +140,46 @@ impl Accounts {
         serde_json::from_slice(&kv.value).ok()
     }
 
-    /// Every key of the tenant (access keys only; secrets never leave the store).
-    pub fn keys_of(&self, tenant: &str) -> Result<Vec<String>, AccountError> {
-        Ok(self
-            .store
-            .range("/keys/")?
-            .into_iter()
-            .filter_map(|kv| {
-                let key: Key = serde_json::from_slice(&kv.value).ok()?;
-                (key.tenant == tenant).then(|| kv.key.trim_start_matches("/keys/").to_string())
-            })
-            .collect())
+    /// Remembers a client certificate (by fingerprint) as the tenant's, for `life` (which
+    /// matches the certificate's own validity). Returns its id.
+    pub fn record_cert(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        life: Lifetime,
+    ) -> Result<String, AccountError> {
+        self.put_record(&format!("/certs/{fingerprint}"), tenant, life)?;
+        Ok(cert_id(fingerprint))
     }
 
-    /// Revokes an access key at once; returns whether it existed.
-    pub fn revoke_key(&self, access: &str) -> Result<bool, AccountError> {
-        let existed = self.store.get(&format!("/keys/{access}"))?.is_some();
-        self.store.delete(&format!("/keys/{access}"))?;
-        Ok(existed)
+    /// The lifetime of a certificate issued now for `ttl` (`None`: the default).
+    pub fn cert_lifetime(&self, ttl: Option<TimeDelta>) -> Lifetime {
+        Lifetime::issued(Utc::now(), Some(ttl.unwrap_or(self.default_ttl)))
     }
 
-    /// Remembers a client certificate (by fingerprint) as the tenant's.
-    pub fn record_cert(&self, tenant: &str, fingerprint: &str) -> Result<(), AccountError> {
-        self.store
-            .put(&format!("/certs/{fingerprint}"), tenant.as_bytes().to_vec())?;
-        Ok(())
-    }
-
-    pub fn tenant_of_cert(&self, fingerprint: &str) -> Option<String> {
-        let kv = self.store.get(&format!("/certs/{fingerprint}")).ok()??;
-        Some(String::from_utf8_lossy(&kv.value).to_string())
-    }
-
-    /// A bearer token for clients that cannot sign. Only its hash is stored: unlike an HMAC
-    /// secret, a token is only ever compared.
-    pub fn create_token(&self, tenant: &str) -> Result<String, AccountError> {
+    /// A bearer token for clients that cannot sign, working for `ttl` (`None`: the default).
+    /// Only its hash is stored: unlike an HMAC secret, a token is only ever compared. Returns
+    /// the token, its id and record.
+    pub fn create_token(
+        &self,
+        tenant: &str,
+        ttl: Option<TimeDelta>,
+    ) -> Result<(String, String, Record), AccountError> {
         let token = format!(
             "hyt_{}",
             Alphanumeric.sample_string(&mut rand::thread_rng(), 40)
         );
-        self.store.put(
-            &format!("/tokens/{}", token_hash(&token)),
-            tenant.as_bytes().to_vec(),
+        let hash = token_hash(&token);
+        let record = self.put_record(
+            &format!("/tokens/{hash}"),
+            tenant,
+            Lifetime::issued(Utc::now(), Some(ttl.unwrap_or(self.default_ttl))),
         )?;
-        Ok(token)
-    }
-
-    pub fn tenant_of_token(&self, token: &str) -> Option<String> {
-        let kv = self
-            .store
-            .get(&format!("/tokens/{}", token_hash(token)))
-            .ok()??;
-        Some(String::from_utf8_lossy(&kv.value).to_string())
+        Ok((token, token_id(&hash), record))
     }
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }

@@ -2,8 +2,10 @@
 //! request.
 
 pub mod accounts;
+pub mod credentials;
 mod docker_json;
 pub mod error;
+pub mod revocation;
 mod routes;
 pub mod seal;
 mod streams;
@@ -50,8 +52,12 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/tenants/{name}/quota", post(admin::set_quota))
         .route("/admin/tenants/{name}/cert", post(admin::issue_cert))
         .route("/admin/tenants/{name}/token", post(admin::issue_token))
-        .route("/admin/tenants/{name}/keys", get(admin::list_keys))
-        .route("/admin/keys/{access}/revoke", post(admin::revoke_key))
+        .route(
+            "/admin/tenants/{name}/credentials",
+            get(admin::list_credentials),
+        )
+        .route("/admin/tenants/{name}/rotate", post(admin::rotate))
+        .route("/admin/credentials/{id}/revoke", post(admin::revoke))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
         .route(

@@ -2,8 +2,9 @@
 //! `DATA/tls/`, made at first start: it signs the server's certificate and, per tenant, the
 //! client certificates the stock Docker CLI presents with `--tlsverify` (clients that sign
 //! their requests, like Hyper's CLI, need no certificate: one is asked for, not required).
-//! A client certificate is known by the SHA-256 of its DER, recorded with its tenant in the
-//! store, so revoking one is deleting a key.
+//! A client certificate is known by the SHA-256 of its DER, recorded with its tenant and
+//! lifetime in the store, and checked there on every request (see `credentials`): revoking
+//! one is marking its record, and takes effect on connections already open.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,9 +119,21 @@ impl Authority {
         self.ca_cert.pem()
     }
 
-    /// A client certificate for `tenant`: (cert PEM, key PEM, fingerprint).
-    pub fn issue_client_cert(&self, tenant: &str) -> anyhow::Result<(String, String, String)> {
+    /// A client certificate for `tenant`, valid from `life.created` (less a few minutes of
+    /// clock skew) to `life.expires`: (cert PEM, key PEM, fingerprint).
+    pub fn issue_client_cert(
+        &self,
+        tenant: &str,
+        life: &crate::credentials::Lifetime,
+    ) -> anyhow::Result<(String, String, String)> {
+        let at = |t: chrono::DateTime<chrono::Utc>| {
+            time::OffsetDateTime::from_unix_timestamp(t.timestamp()).context("certificate date")
+        };
         let mut params = CertificateParams::default();
+        params.not_before = at(life.created - chrono::TimeDelta::minutes(5))?;
+        if let Some(expires) = life.expires {
+            params.not_after = at(expires)?;
+        }
         params.distinguished_name.push(DnType::CommonName, tenant);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate()?;
@@ -165,13 +178,23 @@ pub struct TlsSetup {
 }
 
 impl TlsSetup {
-    /// `Ok(fingerprint)` for a certificate of our CA, `Err(reason)` otherwise.
+    /// `Ok(fingerprint)` for a certificate of our CA, `Err(reason)` otherwise. An expired one
+    /// is passed on: its record in the store says since when, which makes the clearer refusal
+    /// (and only certificates we issued have a record: the fingerprint covers the whole DER).
     pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<String, String> {
+        use rustls::CertificateError::{Expired, ExpiredContext};
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
-        self.client_verifier
+        match self
+            .client_verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .map(|_| fingerprint(leaf))
-            .map_err(|e| e.to_string())
+        {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(Expired))
+            | Err(rustls::Error::InvalidCertificate(ExpiredContext { .. })) => {
+                Ok(fingerprint(leaf))
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -237,7 +260,11 @@ mod tests {
         let ca_pem = first.ca_pem();
         drop(first);
         let again = Authority::load_or_create(dir.path()).unwrap();
-        let (cert, _key, fp) = again.issue_client_cert("t1").unwrap();
+        let life = crate::credentials::Lifetime::issued(
+            chrono::Utc::now(),
+            Some(chrono::TimeDelta::days(1)),
+        );
+        let (cert, _key, fp) = again.issue_client_cert("t1", &life).unwrap();
         assert_eq!(fp.len(), 64);
         // The client certificate verifies against the CA written at first start.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -256,11 +283,18 @@ mod tests {
         let foreign = tempfile::tempdir().unwrap();
         let (other, _, _) = Authority::load_or_create(foreign.path())
             .unwrap()
-            .issue_client_cert("t1")
+            .issue_client_cert("t1", &life)
             .unwrap();
         assert!(
             setup.check_client(&pem_certs(&other).unwrap()).is_err(),
             "a certificate of another CA"
         );
+        // An expired one of ours is passed on to the store's record, which says since when.
+        let past = crate::credentials::Lifetime::issued(
+            chrono::Utc::now() - chrono::TimeDelta::days(2),
+            Some(chrono::TimeDelta::days(1)),
+        );
+        let (old, _, old_fp) = again.issue_client_cert("t1", &past).unwrap();
+        assert_eq!(setup.check_client(&pem_certs(&old).unwrap()), Ok(old_fp));
     }
 }

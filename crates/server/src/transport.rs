@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::accounts::{Accounts, DEFAULT_TENANT};
+use crate::credentials::Admission;
 use crate::error::ApiError;
+use crate::revocation::Admitted;
 
 /// How the request reached us. The unix socket is root-only, like docker.sock, and acts as the
 /// default tenant; TCP peers prove who they are with a signature.
@@ -93,8 +95,14 @@ fn strip_version(uri: &Uri) -> Option<Uri> {
 }
 
 /// Serves one listener until `shutdown` flips. Each connection gets HTTP/1.1 with upgrades
-/// (the hijacked streams of attach and exec).
-pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receiver<bool>) {
+/// (the hijacked streams of attach and exec); a TCP one is cut by `guards` when a credential
+/// that admitted its requests stops working.
+pub async fn serve(
+    listener: Listener,
+    app: Router,
+    guards: crate::revocation::Guards,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -104,6 +112,7 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
             },
         };
         let app = app.clone();
+        let guards = guards.clone();
         let tls = match &listener {
             Listener::Tls(_, setup) => Some(setup.clone()),
             _ => None,
@@ -138,9 +147,17 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
                     }
                 }
             };
+            let (io, admitted): (Box<dyn Io>, _) = match peer {
+                Peer::Unix => (io, None),
+                Peer::Tcp => {
+                    let (io, admitted) = guards.guard(io);
+                    (Box::new(io), Some(admitted))
+                }
+            };
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let cert = cert.clone();
+                let admitted = admitted.clone();
                 async move {
                     let mut req = req.map(Body::new);
                     let sent = req.uri().clone();
@@ -151,6 +168,9 @@ pub async fn serve(listener: Listener, app: Router, mut shutdown: watch::Receive
                     req.extensions_mut().insert(peer);
                     if let Some(cert) = cert {
                         req.extensions_mut().insert(cert);
+                    }
+                    if let Some(admitted) = admitted {
+                        req.extensions_mut().insert(admitted);
                     }
                     Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {}))
                 }
@@ -192,35 +212,44 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
     }
     // The stock Docker CLI and docker-py cannot sign: a client certificate of our CA, or a
     // tenant token in X-Hyper-Token (set through the Docker client's HttpHeaders), let them in.
+    // Both are looked up in the store on every request, not once per connection, so a
+    // revoked or expired one is refused at once on a kept-alive connection too.
     let by_cert = match req.extensions().get::<PeerCert>() {
         Some(PeerCert(Err(why))) => {
             let message =
                 format!("client certificate refused: not issued by this cloud's CA ({why})");
-            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            return closing(ApiError::new(StatusCode::UNAUTHORIZED, message));
         }
-        Some(PeerCert(Ok(fingerprint))) => match accounts.tenant_of_cert(fingerprint) {
-            Some(tenant) => Some(tenant),
-            None => {
-                let message = "client certificate refused: unknown or revoked";
-                return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        Some(PeerCert(Ok(fingerprint))) => match accounts.check_cert(fingerprint) {
+            Ok(admission) => Some(admission),
+            Err(why) => {
+                let message = format!(
+                    "client certificate refused: {}",
+                    why.as_deref().unwrap_or("unknown to this cloud")
+                );
+                return closing(ApiError::new(StatusCode::UNAUTHORIZED, message));
             }
         },
         None => None,
     };
-    let by_token = req
+    let token = req
         .headers()
         .get("x-hyper-token")
-        .and_then(|t| t.to_str().ok())
-        .and_then(|t| accounts.tenant_of_token(t));
-    if let Some(tenant) = by_cert.or(by_token) {
-        let mut req = req;
-        req.extensions_mut().insert(TenantId(tenant));
-        return next.run(req).await;
+        .map(|t| t.to_str().unwrap_or_default().to_string());
+    let by_token = match (&by_cert, token) {
+        (None, Some(token)) => match accounts.check_token(&token) {
+            Ok(admission) => Some(admission),
+            Err(why) => {
+                let message = why.unwrap_or_else(|| "unknown token".into());
+                return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            }
+        },
+        _ => None,
+    };
+    if let Some(admission) = by_cert.or(by_token) {
+        return admit(req, admission, next).await;
     }
-    if req.headers().contains_key("x-hyper-token") {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unknown or revoked token").into_response();
-    }
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -246,14 +275,49 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
                 return ApiError::new(StatusCode::UNAUTHORIZED, "unknown access key")
                     .into_response();
             };
-            parts.extensions.insert(TenantId(key.tenant));
-            next.run(Request::from_parts(parts, Body::from(body))).await
+            if let Some(why) = accounts.key_refusal(&access, &key) {
+                return ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+            }
+            let admission = Admission {
+                tenant: key.tenant,
+                store_key: format!("/keys/{access}"),
+                expires: key.life.expires,
+            };
+            admit(
+                Request::from_parts(parts, Body::from(body)),
+                admission,
+                next,
+            )
+            .await
         }
         Err(e) => {
             tracing::info!("refused a request to {}: {e}", parts.uri.path());
             ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
     }
+}
+
+/// Runs a request its credential let in, and has the connection watch that credential.
+async fn admit(mut req: Request, admission: Admission, next: Next) -> Response {
+    if let Some(admitted) = req.extensions().get::<Admitted>() {
+        if !admitted.admit(&admission.store_key, admission.expires) {
+            let message = "this connection has used too many credentials: open a new one";
+            return closing(ApiError::bad_request(message));
+        }
+    }
+    req.extensions_mut().insert(TenantId(admission.tenant));
+    next.run(req).await
+}
+
+/// A refusal that also ends the connection: retrying on it cannot succeed (its certificate
+/// stays the same).
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 #[cfg(test)]
