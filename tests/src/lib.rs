@@ -1053,6 +1053,87 @@ impl Ceph {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A real dockerd, the peer compatibility tests compare with
+
+/// Debian's dockerd, started once per test binary on first use in this process's private network
+/// namespace (no bridge, no iptables rules: it touches nothing outside), with busybox loaded.
+pub struct Dockerd {
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    pub fn get() -> &'static Dockerd {
+        static D: OnceLock<Dockerd> = OnceLock::new();
+        D.get_or_init(|| {
+            let dir = short_tmp("dockerd");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
+            let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+            let host = format!("unix://{}", path("sock"));
+            let child = Command::new("dockerd")
+                .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
+                .args(["--pidfile", &path("pid"), "-H", &host])
+                .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("dockerd (Debian's docker.io) runs");
+            let pid = child.id() as i32;
+            at_teardown(move || {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let mut child = child;
+                let _ = child.wait();
+            });
+            let d = Dockerd { dir };
+            wait_for("dockerd to answer", secs(60.0), || {
+                let o = d.docker(&["version"]).run();
+                if o.code == 0 {
+                    Ok(())
+                } else {
+                    Err(o.to_string())
+                }
+            });
+            d.docker(&["load", "-i", busybox_tar().to_str().unwrap()])
+                .timeout(120.0)
+                .run()
+                .ok();
+            d
+        })
+    }
+
+    /// The stock Docker CLI against this dockerd.
+    pub fn docker(&self, args: &[&str]) -> Cmd {
+        let mut a = vec![
+            "-H".to_string(),
+            format!("unix://{}", self.dir.join("sock").display()),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Cmd::new(docker_bin(), &a)
+    }
+
+    /// `GET path` on its API, as JSON.
+    pub fn get_json(&self, path: &str) -> Value {
+        let sock = self.dir.join("sock");
+        let o = Cmd::new(
+            "curl",
+            &[
+                "-sf",
+                "--unix-socket",
+                sock.to_str().unwrap(),
+                &format!("http://docker{path}"),
+            ],
+        )
+        .run()
+        .ok();
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{path}: {e}: {o}"))
+    }
+}
+
 /// Name, passed, duration.
 type TestResult = (&'static str, bool, Duration);
 

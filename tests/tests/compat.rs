@@ -22,6 +22,10 @@ fn main() {
         ("health_checks", health_checks),
         ("compose_waits_for_healthy", compose_waits_for_healthy),
         ("nothing_silently_ignored", nothing_silently_ignored),
+        (
+            "inspect_info_version_match_dockerd",
+            inspect_info_version_match_dockerd,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -740,4 +744,147 @@ fn nothing_silently_ignored() {
         "{v}"
     );
     d.docker(&["rm", "-f", "linkweb", "linkdb"]).run().ok();
+}
+
+/// Maps whose keys are the user's or the host's data (labels, network names, ports,
+/// runtimes...): their values are compared with each other, not their keys.
+const DATA_KEYED: &[&str] = &[
+    "Labels",
+    "Networks",
+    "Ports",
+    "ExposedPorts",
+    "Volumes",
+    "PortBindings",
+    "Options",
+    "Runtimes",
+    "IndexConfigs",
+    "Details",
+    "DriverOpts",
+    "Config.Volumes",
+    "Annotations",
+];
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Every key Docker's answer has that ours lacks, and every value whose type differs (a null
+/// on either side says nothing about the type).
+fn differences(
+    path: &str,
+    docker: &serde_json::Value,
+    ours: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value::*;
+    match (docker, ours) {
+        (Null, _) | (_, Null) => {}
+        (Object(d), Object(o)) if DATA_KEYED.iter().any(|k| path.ends_with(k)) => {
+            if let (Some(dv), Some(ov)) = (d.values().next(), o.values().next()) {
+                differences(&format!("{path}.*"), dv, ov, out);
+            }
+        }
+        (Object(d), Object(o)) => {
+            for (k, dv) in d {
+                match o.get(k) {
+                    None => out.push(format!("{path}.{k} is missing")),
+                    Some(ov) => differences(&format!("{path}.{k}"), dv, ov, out),
+                }
+            }
+        }
+        (Array(d), Array(o)) => {
+            if let (Some(dv), Some(ov)) = (d.first(), o.first()) {
+                differences(&format!("{path}[0]"), dv, ov, out);
+            }
+        }
+        (d, o) if kind(d) != kind(o) => out.push(format!(
+            "{path} is a {} in Docker, a {} here",
+            kind(d),
+            kind(o)
+        )),
+        _ => {}
+    }
+}
+
+/// The same container created on a real dockerd and on hyperd: inspect has every key Docker's
+/// has, with the same types, and so do `info` and `version`. No host path of the node shows.
+fn inspect_info_version_match_dockerd() {
+    let d = daemon();
+    let docker = Dockerd::get();
+    let args = [
+        "create",
+        "--network",
+        "none",
+        "-e",
+        "A=1",
+        "-e",
+        "UNSET",
+        "-l",
+        "x=y",
+        "--restart",
+        "on-failure:2",
+        "--health-cmd",
+        "true",
+        "-v",
+        "/data",
+        "-w",
+        "/tmp",
+        "busybox",
+        "sleep",
+        "60",
+    ];
+    let theirs = docker.docker(&args).run().ok().out();
+    let ours = d.docker(&args).run().ok().out();
+    docker.docker(&["start", &theirs]).run().ok();
+    d.docker(&["start", &ours]).run().ok();
+    let mut problems = Vec::new();
+    let ours_json = |path: &str| {
+        let o = d.api("GET", path, &[]);
+        let (body, _) = o.stdout.rsplit_once('\n').unwrap();
+        serde_json::from_str::<serde_json::Value>(body).unwrap()
+    };
+    let inspect = ours_json(&format!("/containers/{ours}/json"));
+    for (what, path_theirs, path_ours) in [
+        (
+            "inspect",
+            format!("/containers/{theirs}/json"),
+            format!("/containers/{ours}/json"),
+        ),
+        ("info", "/info".to_string(), "/info".to_string()),
+        ("version", "/version".to_string(), "/version".to_string()),
+    ] {
+        differences(
+            what,
+            &docker.get_json(&path_theirs),
+            &ours_json(&path_ours),
+            &mut problems,
+        );
+    }
+    docker.docker(&["rm", "-f", &theirs]).run().ok();
+    d.docker(&["rm", "-f", &ours]).run().ok();
+    assert!(
+        problems.is_empty(),
+        "{} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    let text = inspect.to_string();
+    for host_path in ["/tmp/hy-", "/var/lib/hyper", "/run/hyper"] {
+        assert!(
+            !text.contains(host_path),
+            "inspect shows a node path: {text}"
+        );
+    }
+    assert!(inspect["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "UNSET"));
 }

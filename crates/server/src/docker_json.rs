@@ -82,7 +82,9 @@ pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
     })
 }
 
-pub fn inspect(c: &Container, log_path: &str) -> Value {
+/// `GET /containers/{id}/json`. Paths of the node (its log file) stay empty: tenants read logs
+/// through the API.
+pub fn inspect(c: &Container) -> Value {
     let s = &c.state;
     // Docker says null for what was not asked.
     let or_null = |v: Value| match &v {
@@ -121,7 +123,7 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
-        "LogPath": log_path,
+        "LogPath": "",
         "Name": format!("/{}", c.name),
         "RestartCount": c.restart_count,
         "Driver": "qcow2",
@@ -147,6 +149,11 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
             "DnsOptions": c.host_config.dns_options,
             "ExtraHosts": c.host_config.extra_hosts,
             "Privileged": false,
+            "VolumeDriver": c.host_config.volume_driver,
+            "ConsoleSize": [0, 0],
+            "ContainerIDFile": "",
+            "Isolation": "",
+            "Memory": 0, "NanoCpus": 0,
         },
         "GraphDriver": {"Name": "qcow2", "Data": null},
         "Mounts": mounts(c),
@@ -176,6 +183,25 @@ pub fn inspect(c: &Container, log_path: &str) -> Value {
     });
     if let Some(check) = &c.config.healthcheck {
         inspect["Config"]["Healthcheck"] = json!(check);
+    }
+    inspect["Config"]["OnBuild"] = Value::Null;
+    // What Docker reports of the resource controls and host namespaces hyper refuses: their
+    // zero values (each VM is the boundary; its size is its resources).
+    let zero = json!({
+        "BlkioDeviceReadBps": [], "BlkioDeviceReadIOps": [], "BlkioDeviceWriteBps": [],
+        "BlkioDeviceWriteIOps": [], "BlkioWeight": 0, "BlkioWeightDevice": [], "CapAdd": null,
+        "CapDrop": null, "Cgroup": "", "CgroupParent": "", "CgroupnsMode": "private",
+        "CpuCount": 0, "CpuPercent": 0, "CpuPeriod": 0, "CpuQuota": 0, "CpuRealtimePeriod": 0,
+        "CpuRealtimeRuntime": 0, "CpuShares": 0, "CpusetCpus": "", "CpusetMems": "",
+        "DeviceCgroupRules": null, "DeviceRequests": null, "Devices": [], "GroupAdd": null,
+        "IOMaximumBandwidth": 0, "IOMaximumIOps": 0, "IpcMode": "private", "KernelMemory": 0,
+        "KernelMemoryTCP": 0, "MaskedPaths": null, "MemoryReservation": 0, "MemorySwap": 0,
+        "MemorySwappiness": null, "OomKillDisable": false, "OomScoreAdj": 0, "PidMode": "",
+        "PidsLimit": null, "ReadonlyPaths": null, "ReadonlyRootfs": false, "SecurityOpt": null,
+        "ShmSize": 0, "UTSMode": "", "Ulimits": [], "UsernsMode": "",
+    });
+    for (k, v) in zero.as_object().into_iter().flatten() {
+        inspect["HostConfig"][k] = v.clone();
     }
     inspect
 }
@@ -223,7 +249,11 @@ fn legacy_links(c: &Container) -> Vec<String> {
 
 fn networks(c: &Container) -> Value {
     let Some(ep) = &c.endpoint else {
-        return json!({"none": {"NetworkID": "", "IPAddress": "", "MacAddress": ""}});
+        return json!({"none": {
+            "IPAMConfig": null, "Links": null, "Aliases": null, "NetworkID": "", "EndpointID": "",
+            "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": null,
+        }});
     };
     let mut aliases = ep.aliases.clone();
     aliases.push(c.short_id().to_string());
@@ -241,6 +271,7 @@ fn networks(c: &Container) -> Value {
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,
         "DNSNames": [c.name.clone(), c.short_id().to_string()],
+        "DriverOpts": null,
     }})
 }
 
@@ -275,6 +306,10 @@ fn network_settings(c: &Container) -> Value {
     json!({
         "Bridge": "", "SandboxID": "", "SandboxKey": "",
         "HairpinMode": false,
+        "EndpointID": if ep.is_some() { c.id.as_str() } else { "" },
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+        "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
         "Ports": ports(c),
         "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
         "IPPrefixLen": ep.map(|e| e.prefix_len).unwrap_or(0),

@@ -1,6 +1,9 @@
 //! The api role: Docker's Engine API (and Hyper's extensions) over HTTP, for one tenant per
 //! request.
 
+// serde_json::json! of Docker's larger objects (inspect, info) nests deeper than the default.
+#![recursion_limit = "256"]
+
 pub mod accounts;
 pub mod credentials;
 mod docker_json;

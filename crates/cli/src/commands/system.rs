@@ -83,7 +83,6 @@ pub fn render_info(v: &Value) -> String {
     for (label, key) in [
         ("Name", "Name"),
         ("ID", "ID"),
-        ("Docker Root Dir", "DockerRootDir"),
         ("Tenant", "Tenant"),
         ("Templates", "Templates"),
         ("Standby VMs", "StandbyVMs"),

@@ -184,8 +184,7 @@ pub async fn inspect(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let c = app.runtime.get(&tenant, &id)?;
-    let log = app.runtime.dir(&c.id).join("ctr.log");
-    Ok(Json(docker_json::inspect(&c, &log.display().to_string())))
+    Ok(Json(docker_json::inspect(&c)))
 }
 
 pub async fn start(

@@ -109,7 +109,7 @@ pub async fn info(
             }
         }
     };
-    Ok(Json(json!({
+    let mut info = json!({
         "ID": app.node_id,
         "Name": app.node_name,
         "Containers": containers.len(),
@@ -127,14 +127,15 @@ pub async fn info(
         "Architecture": std::env::consts::ARCH,
         "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "MemTotal": node::host::memory_bytes(),
-        "DockerRootDir": cfg.data_root,
+        // No path of the node: tenants learn nothing of its layout.
+        "DockerRootDir": "",
         "ServerVersion": env!("CARGO_PKG_VERSION"),
-        "Runtimes": {"hyper": {"path": cfg.qemu}},
+        "Runtimes": {"hyper": {"path": file_name(&cfg.qemu)}},
         "DefaultRuntime": "hyper",
         "Isolation": "",
         "SecurityOptions": ["name=microvm"],
         "Tenant": tenant,
-        "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": cfg.kernel, "Initrd": cfg.initrd},
+        "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": file_name(&cfg.kernel)},
         "Templates": templates,
         "StandbyVMs": standby.map_or_else(
             || "off".to_string(),
@@ -149,5 +150,33 @@ pub async fn info(
         "StandbyVMsReady": standby.map(|s| s.0),
         "StandbyVMsTarget": standby.map(|s| s.1),
         "Warnings": [],
-    })))
+    });
+    // Docker's keys for what a VM cloud has no counterpart of, with Docker's zero values.
+    let docker_zero = json!({
+        "Debug": false, "ExperimentalBuild": false, "LiveRestoreEnabled": true,
+        "MemoryLimit": true, "SwapLimit": false, "KernelMemory": false, "KernelMemoryTCP": false,
+        "CpuCfsPeriod": false, "CpuCfsQuota": false, "CPUShares": false, "CPUSet": false,
+        "PidsLimit": false, "OomKillDisable": false, "IPv4Forwarding": true,
+        "BridgeNfIptables": true, "BridgeNfIp6tables": false, "CgroupVersion": "",
+        "NFd": 0, "NGoroutines": 0, "NEventsListener": 0, "SystemTime": crate::docker_json::time(Some(chrono::Utc::now())),
+        "OSVersion": "", "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
+            "InsecureRegistryCIDRs": [], "IndexConfigs": {}, "Mirrors": []},
+        "GenericResources": null, "HttpProxy": "", "HttpsProxy": "", "NoProxy": "", "Labels": [],
+        "Plugins": {"Volume": ["local", "rbd"], "Network": ["bridge", "null"], "Authorization": null, "Log": ["json-file"]},
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
+        "InitBinary": "", "ContainerdCommit": {"ID": "", "Expected": ""},
+        "RuncCommit": {"ID": "", "Expected": ""}, "InitCommit": {"ID": "", "Expected": ""},
+    });
+    for (k, v) in docker_zero.as_object().into_iter().flatten() {
+        info[k] = v.clone();
+    }
+    Ok(Json(info))
+}
+
+/// A binary's or image's name without the node's directories.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
