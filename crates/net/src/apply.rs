@@ -7,9 +7,9 @@ use std::process::Command;
 
 use crate::conntrack;
 use crate::error::NetError;
+use crate::exec::{command_in_netns, run};
 use crate::guard::{render_guard, GUARD_TABLE};
 use crate::installed::{installed_tables, Tables, NODE_TABLE, TENANT_TABLES};
-use crate::exec::{command_in_netns, run};
 use crate::iproute::{ip, ip_ignoring_absent, routes_with_proto};
 use crate::model::{NodeNet, TenantNetns};
 use crate::ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};

@@ -128,7 +128,9 @@ pub fn node_fip_routes(tenants: &[&TenantNetns], node: &Installed) -> Vec<Drift>
                 && r.dev.as_deref() == Some(*host_if)
         });
         if !present {
-            drifts.push(Drift::RouteMissing(format!("{fip} via {peer} dev {host_if}")));
+            drifts.push(Drift::RouteMissing(format!(
+                "{fip} via {peer} dev {host_if}"
+            )));
         }
     }
     for route in &node.routes {
@@ -271,7 +273,10 @@ mod tests {
         );
         assert_eq!(
             texts(&tenant_links(&t, &node, None)),
-            ["link hv-0 is missing", "namespace /data/net/t0/netns is gone"]
+            [
+                "link hv-0 is missing",
+                "namespace /data/net/t0/netns is gone"
+            ]
         );
     }
 
@@ -299,8 +304,14 @@ mod tests {
     #[test]
     fn tables_missing_or_changed_since_their_apply() {
         let applied: Tables = [
-            ("inet hyper".to_string(), "table inet hyper {\n}\n".to_string()),
-            ("bridge hyper".to_string(), "table bridge hyper {\n}\n".to_string()),
+            (
+                "inet hyper".to_string(),
+                "table inet hyper {\n}\n".to_string(),
+            ),
+            (
+                "bridge hyper".to_string(),
+                "table bridge hyper {\n}\n".to_string(),
+            ),
         ]
         .into();
         assert_eq!(tables(&applied, &applied), []);
@@ -310,7 +321,10 @@ mod tests {
             "bridge hyper".into(),
             "table bridge hyper {\n\tchain x {\n\t}\n}\n".into(),
         );
-        now.insert("inet someone-else".into(), "table inet someone-else {\n}\n".into());
+        now.insert(
+            "inet someone-else".into(),
+            "table inet someone-else {\n}\n".into(),
+        );
         assert_eq!(
             texts(&tables(&applied, &now)),
             [

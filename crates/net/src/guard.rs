@@ -11,7 +11,6 @@
 //! addresses). Nothing a tenant needs arrives there: its DNS server and balancer live in its
 //! own namespace, and published ports and floating IPs are forwarded, not delivered.
 
-
 use crate::model::TRANSIT_PREFIX;
 use crate::ruleset::{chain, quoted, replace_named_table};
 

@@ -24,13 +24,13 @@ pub mod tap;
 pub use apply::{
     apply_node_rules, apply_tenant_rules, install_guard, remove_node_rules, FIP_ROUTE_PROTO,
 };
+pub use error::NetError;
+pub use exec::{command_in_netns, in_netns, run_in_netns};
 pub use guard::{render_guard, GUARD_TABLE};
 pub use installed::{
     installed_in_tenant, installed_on_node, Installed, LinkState, RouteState, Tables, NODE_TABLE,
     TENANT_TABLES,
 };
-pub use error::NetError;
-pub use exec::{command_in_netns, in_netns, run_in_netns};
 pub use links::{destroy_netns, ensure_netns, netns_inputs};
 pub use model::*;
 pub use netns::{create_netns, remove_netns};

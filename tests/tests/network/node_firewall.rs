@@ -213,7 +213,11 @@ pub fn guard_outlives_hyperds_tables() {
     );
     let before = service.accepted();
     prober.two_more_tries();
-    assert_eq!(service.accepted(), before, "the node is open after the repair");
+    assert_eq!(
+        service.accepted(),
+        before,
+        "the node is open after the repair"
+    );
     d.hyper(&["rm", "-f", &prober.id]).timeout(60.0).run().ok();
 }
 
@@ -239,14 +243,28 @@ pub fn drifted_links_are_repaired() {
     };
     assert_eq!(answers().trim(), &id[..12]);
     let tap = format!("tap{}", &id[..12]);
-    let fip_route = || in_ns(&node, "ip", &["route", "show", "proto", "213"]).ok().stdout;
+    let fip_route = || {
+        in_ns(&node, "ip", &["route", "show", "proto", "213"])
+            .ok()
+            .stdout
+    };
     assert!(fip_route().contains(&fip), "{}", fip_route());
 
     {
         let _frozen = Frozen::new(d);
-        in_ns(&node, "ip", &["route", "del", &format!("{fip}/32"), "proto", "213"]).ok();
+        in_ns(
+            &node,
+            "ip",
+            &["route", "del", &format!("{fip}/32"), "proto", "213"],
+        )
+        .ok();
         in_ns(&node, "ip", &["link", "set", "hv-0", "down"]).ok();
-        in_ns(&tenant, "ip", &["addr", "del", "172.16.0.1/16", "dev", "br0"]).ok();
+        in_ns(
+            &tenant,
+            "ip",
+            &["addr", "del", "172.16.0.1/16", "dev", "br0"],
+        )
+        .ok();
         in_ns(&tenant, "ip", &["link", "set", &tap, "nomaster"]).ok();
         in_ns(&tenant, "ip", &["route", "del", "default"]).ok();
         in_ns(&tenant, "nft", &["delete", "table", "bridge", "hyper"]).ok();

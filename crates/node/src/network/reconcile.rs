@@ -109,7 +109,8 @@ fn install_guard_locked(state: &mut SyncState) -> Result<()> {
 /// Whether the syncs applied the tenant's namespace and rules as `model` has them.
 fn applied(state: &SyncState, tenant: &str, model: &net::TenantNetns) -> bool {
     state.links.get(tenant) == Some(&net::netns_inputs(model))
-        && state.tenant_rules.get(tenant).map(|a| &a.input) == Some(&net::render_tenant_rules(model))
+        && state.tenant_rules.get(tenant).map(|a| &a.input)
+            == Some(&net::render_tenant_rules(model))
 }
 
 /// What drifted in the tenant's namespace and its link since the syncs applied `model`
