@@ -7,7 +7,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use e2e::*;
 
@@ -35,6 +35,12 @@ fn daemon() -> &'static Daemon {
             .ip(&["addr", "add", &format!("{NODE_ADDRESS}/32"), "dev", "lo"]);
         d
     })
+}
+
+/// The daemon to one test at a time: each freezes it and breaks its network.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `PROGRAM ARGS` inside the network namespace at `ns`.
@@ -159,6 +165,7 @@ fn wait_for_log(d: &Daemon, needle: &str) {
 /// node's own addresses: the guard holds (and without it too the node would be open, so the
 /// probe does probe). Once hyperd runs again, its reconciler puts both tables back and says so.
 pub fn guard_outlives_hyperds_tables() {
+    let _alone = exclusive();
     let d = daemon();
     let node = d.node.path();
     let mut service = NodeService::start(d);
@@ -224,6 +231,7 @@ pub fn guard_outlives_hyperds_tables() {
 /// Links, addresses, routes and the tenant's tables removed by hand come back: the published
 /// port answers again, and the log names each repair.
 pub fn drifted_links_are_repaired() {
+    let _alone = exclusive();
     let d = daemon();
     let (node, tenant) = (d.node.path(), tenant_ns(d));
     let id = d

@@ -66,11 +66,14 @@ impl Networks {
         }
         let models = self.transit_models()?;
         for (tenant, model) in &models {
-            let drifts = tenant_drift(state, tenant, model, &node)?;
-            if !drifts.is_empty() {
-                report(&format!("tenant {tenant} ({})", model.name), &drifts);
-                state.links.remove(tenant);
-                state.tenant_rules.remove(tenant);
+            match tenant_drift(state, tenant, model, &node) {
+                Ok(drifts) if drifts.is_empty() => {}
+                Ok(drifts) => {
+                    report(&format!("tenant {tenant} ({})", model.name), &drifts);
+                    state.links.remove(tenant);
+                    state.tenant_rules.remove(tenant);
+                }
+                Err(e) => tracing::error!("reading back the network of tenant {tenant}: {e}"),
             }
         }
         if let Some(applied) = &state.node {
