@@ -3,7 +3,7 @@
 //!
 //! The syncs skip what they applied last ([`super::SyncState`]), so a table deleted by hand, a
 //! link or address removed, a route gone would stay gone until the store next changed. A pass
-//! reads the kernel back (three processes per namespace), names every difference at warn and
+//! reads the kernel back (four processes per namespace), names every difference at warn and
 //! forgets the parts that drifted, then syncs every tenant whose state is not what the store
 //! says, which puts back what drifted and applies any change a failed sync left behind.
 
