@@ -6,6 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use e2e::*;
 
+#[path = "network/node_firewall.rs"]
+mod node_firewall;
+
 fn main() {
     let tests: &[(&'static str, TestFn)] = &[
         ("names_links_and_ports", names_links_and_ports),
@@ -15,6 +18,14 @@ fn main() {
         ("data_path_outlives_hyperd", data_path_outlives_hyperd),
         ("compose_project", compose_project),
         ("unknown_names_are_nxdomain", unknown_names_are_nxdomain),
+        (
+            "guard_outlives_hyperds_tables",
+            node_firewall::guard_outlives_hyperds_tables,
+        ),
+        (
+            "drifted_links_are_repaired",
+            node_firewall::drifted_links_are_repaired,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }

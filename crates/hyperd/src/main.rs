@@ -139,6 +139,16 @@ struct DaemonArgs {
     /// transit links, node rules, floating IP routes, published ports. Default: hyperd's own.
     #[arg(long)]
     node_netns: Option<PathBuf>,
+    /// How often, in seconds (1 to 30), the node's tenant networks (namespaces, links,
+    /// addresses, routes, nftables tables) are checked against the store; what drifted is put
+    /// back and logged.
+    #[arg(
+        long,
+        default_value_t = node::network::DEFAULT_RECONCILE_INTERVAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=30),
+        env = "HYPERD_NET_RECONCILE_INTERVAL"
+    )]
+    net_reconcile_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -441,6 +451,12 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         },
         volumes(&data_root, &args, store.clone())?,
     );
+    // Before any tenant link is rebuilt: tenants stay off the node whatever becomes of the
+    // tables hyperd re-renders.
+    runtime
+        .with_networks(|n| n.install_guard())
+        .await
+        .context("install the node's guard against tenant links")?;
     runtime
         .recover()
         .await
@@ -484,6 +500,11 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let guards = server::revocation::Guards::start(state.accounts.clone());
     let app = server::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let reconciler = tokio::spawn(node::network::reconcile_forever(
+        state_runtime.clone(),
+        std::time::Duration::from_secs(args.net_reconcile_interval),
+        shutdown_rx.clone(),
+    ));
     let mut servers = Vec::new();
     let mut sockets = Vec::new();
     for addr in &hosts {
@@ -527,6 +548,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     for s in servers {
         let _ = s.await;
     }
+    let _ = reconciler.await;
     // Standby VMs belong to no container, and idle tenant namespaces carry no traffic: they
     // go with hyperd.
     state_runtime.close_standby().await;

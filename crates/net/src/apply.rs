@@ -8,6 +8,8 @@ use std::process::Command;
 use crate::conntrack;
 use crate::error::NetError;
 use crate::exec::{command_in_netns, run};
+use crate::guard::{render_guard, GUARD_TABLE};
+use crate::installed::{installed_tables, Tables, NODE_TABLE, TENANT_TABLES};
 use crate::iproute::{ip, ip_ignoring_absent, routes_with_proto};
 use crate::model::{NodeNet, TenantNetns};
 use crate::ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};
@@ -18,33 +20,44 @@ pub const FIP_ROUTE_PROTO: u8 = 213;
 
 /// Replaces the tenant netns' tables, then forgets the tracked connections of `flush_conntrack_for`
 /// (the endpoints whose security groups, ports or FIP changed, and the detached FIP of a service,
-/// which ends only the flows that came through it) so the change reaches them at once.
+/// which ends only the flows that came through it) so the change reaches them at once. Returns
+/// the tables as the kernel now lists them (see [`crate::drift::tables`]).
 pub fn apply_tenant_rules(
     t: &TenantNetns,
     flush_conntrack_for: &[Ipv4Addr],
-) -> Result<(), NetError> {
+) -> Result<Tables, NetError> {
     t.validate()?;
     nft(
         Some(&t.netns_path),
         &format!("apply rules of tenant netns {}", t.name),
         &render_tenant_rules(t),
     )?;
-    conntrack::forget(&t.netns_path, flush_conntrack_for)
+    conntrack::forget(&t.netns_path, flush_conntrack_for)?;
+    installed_tables(Some(&t.netns_path), &TENANT_TABLES)
 }
 
-/// Replaces the node's table (caller's netns) and makes the FIP routes exactly those of `tenants`.
-pub fn apply_node_rules(node: &NodeNet, tenants: &[&TenantNetns]) -> Result<(), NetError> {
+/// Replaces the node's table (caller's netns) and makes the FIP routes exactly those of
+/// `tenants`. Returns the table as the kernel now lists it.
+pub fn apply_node_rules(node: &NodeNet, tenants: &[&TenantNetns]) -> Result<Tables, NetError> {
     for t in tenants {
         t.validate()?;
     }
     nft(None, "apply node rules", &render_node_rules(node, tenants))?;
-    sync_fip_routes(tenants)
+    sync_fip_routes(tenants)?;
+    installed_tables(None, &[NODE_TABLE])
 }
 
-/// Removes the node's table and every FIP route.
+/// Removes the node's table and every FIP route (the guard stays).
 pub fn remove_node_rules() -> Result<(), NetError> {
     nft(None, "remove node rules", &render_node_removal())?;
     sync_fip_routes(&[])
+}
+
+/// Installs (or puts back) the node's guard in the caller's netns (see [`crate::guard`]).
+/// Returns it as the kernel lists it.
+pub fn install_guard() -> Result<Tables, NetError> {
+    nft(None, "install the node's guard", &render_guard())?;
+    installed_tables(None, &[GUARD_TABLE])
 }
 
 fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(), NetError> {

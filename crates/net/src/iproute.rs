@@ -37,7 +37,10 @@ pub(crate) fn ip_ignoring_absent(
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(command: &str, text: &str) -> Result<T, NetError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    command: &str,
+    text: &str,
+) -> Result<T, NetError> {
     // `ip -j` prints nothing at all (not `[]`) for some empty listings.
     let text = if text.trim().is_empty() { "[]" } else { text };
     serde_json::from_str(text).map_err(|e| NetError::Parse {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::error::NetError;
 use crate::exec::in_netns;
+use crate::installed;
 use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addrs};
 use crate::model::{gateway_mac, mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
@@ -12,7 +13,8 @@ use crate::sysctl;
 
 /// Makes the tenant netns match `t`: namespace, `lo`, sysctls, transit link with its default
 /// route, and exactly the bridges of `t` (others are deleted) with their gateway and service
-/// addresses. Taps are not touched beyond that.
+/// addresses. Taps of `t` that exist are put back on their bridge if they left it (a bridge
+/// deleted and made again has no ports); they are not touched beyond that.
 /// Runs in the caller's namespace as the node's.
 pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
     t.validate()?;
@@ -21,7 +23,8 @@ pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
     ip(Some(ns), "bring up lo", &["link", "set", "lo", "up"])?;
     in_netns(ns, tenant_sysctls)??;
     ensure_transit(ns, &t.transit)?;
-    sync_bridges(ns, &t.bridges)
+    sync_bridges(ns, &t.bridges)?;
+    reattach_taps(ns, &t.bridges)
 }
 
 /// What [`ensure_netns`] builds the namespace from: `t` without what is plugged into its
@@ -163,6 +166,22 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
         addrs.extend(bridge.services.iter().map(|s| format!("{}/32", s.ip)));
         sync_ipv4_addrs(Some(ns), name, &addrs)?;
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;
+    }
+    Ok(())
+}
+
+fn reattach_taps(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
+    let links = installed::links(Some(ns))?;
+    for bridge in bridges {
+        for endpoint in &bridge.endpoints {
+            let detached = links.iter().any(|l| {
+                l.name == endpoint.tap && l.master.as_deref() != Some(bridge.ifname.as_str())
+            });
+            if detached {
+                let args = ["link", "set", &endpoint.tap, "master", &bridge.ifname];
+                ip(Some(ns), "put tap back on its bridge", &args)?;
+            }
+        }
     }
     Ok(())
 }

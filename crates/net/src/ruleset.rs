@@ -35,9 +35,15 @@ pub fn render_node_removal() -> String {
 }
 
 fn replace_table(out: &mut String, family: &str, body: &str) {
+    replace_named_table(out, family, "hyper", body);
+}
+
+/// Adds (so that the delete cannot fail), deletes and defines the table in one transaction: the
+/// kernel holds either the old table whole or the new one whole, never none.
+pub(crate) fn replace_named_table(out: &mut String, family: &str, name: &str, body: &str) {
     writeln!(
         out,
-        "add table {family} hyper\ndelete table {family} hyper\ntable {family} hyper {{\n{body}}}"
+        "add table {family} {name}\ndelete table {family} {name}\ntable {family} {name} {{\n{body}}}"
     )
     .unwrap();
 }
@@ -51,7 +57,7 @@ fn set_of<T: Display>(items: impl IntoIterator<Item = T>) -> String {
     }
 }
 
-fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{name}\"")
 }
 
@@ -78,7 +84,7 @@ fn service_dports(service: &ServiceVip) -> Vec<String> {
         .collect()
 }
 
-fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
+pub(crate) fn chain(out: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
     writeln!(out, "\tchain {name} {{").unwrap();
     if let Some(hook) = hook {
         writeln!(out, "\t\t{hook}").unwrap();

@@ -14,6 +14,7 @@ mod guest_files;
 pub mod ipam;
 pub mod lb;
 mod ports;
+mod reconcile;
 pub mod records;
 pub mod sg;
 
@@ -31,6 +32,7 @@ use crate::model::{Container, Endpoint, PublishedPort};
 use crate::services::{ServiceRecord, SERVICE_LABEL};
 use crate::shim_link::NetworkSpec;
 use crate::{Result, RuntimeError};
+pub use reconcile::{reconcile_forever, DEFAULT_RECONCILE_INTERVAL};
 pub use records::{NetworkRecord, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone)]
@@ -64,7 +66,8 @@ pub struct Networks {
 /// What the syncs of this hyperd have put in place. The store stays the truth: hyperd applies
 /// everything at start (this is empty then), and a sync skips only a step whose input is the
 /// very one it applied last (each `ip` or `nft` run costs a process, and a start or a removal
-/// ran a dozen of them).
+/// ran a dozen of them). The reconciler ([`reconcile`]) checks that the kernel still holds
+/// what is recorded here and forgets what it does not, so the next sync puts it back.
 #[derive(Default)]
 struct SyncState {
     /// Tenants whose namespace is up with nothing in it, and since when (see [`LINGER`]).
@@ -72,9 +75,17 @@ struct SyncState {
     /// Per tenant: what its namespace was last built from (`net::netns_inputs`).
     links: HashMap<String, net::TenantNetns>,
     /// Per tenant: the ruleset last loaded into its namespace.
-    tenant_rules: HashMap<String, String>,
+    tenant_rules: HashMap<String, Applied>,
     /// The node's ruleset and FIP routes as last applied.
-    node: Option<String>,
+    node: Option<Applied>,
+    /// The node's guard as installed (`None`: not yet).
+    guard: Option<net::Tables>,
+}
+
+/// A ruleset as rendered, and its tables as the kernel listed them right after.
+struct Applied {
+    input: String,
+    installed: net::Tables,
 }
 
 impl SyncState {
@@ -735,10 +746,15 @@ impl Networks {
             state.links.insert(tenant.to_string(), links);
         }
         let rules = net::render_tenant_rules(&model);
-        if state.tenant_rules.get(tenant) != Some(&rules) || !flush.is_empty() {
+        let applied = state.tenant_rules.get(tenant).map(|a| &a.input);
+        if applied != Some(&rules) || !flush.is_empty() {
             state.tenant_rules.remove(tenant);
-            net::apply_tenant_rules(&model, flush).map_err(net_err)?;
-            state.tenant_rules.insert(tenant.to_string(), rules);
+            let installed = net::apply_tenant_rules(&model, flush).map_err(net_err)?;
+            let applied = Applied {
+                input: rules,
+                installed,
+            };
+            state.tenant_rules.insert(tenant.to_string(), applied);
         }
         let networks = records::list_networks(self.store(), tenant)?;
         let zones: Vec<dns::Zone> = networks
@@ -769,36 +785,51 @@ impl Networks {
         lb::sync(&self.cfg.lb_binary, &dir, &model.netns_path, &balanced)
     }
 
-    fn sync_node_locked(&self, state: &mut SyncState) -> Result<()> {
-        let mut models = Vec::new();
-        for (tenant, index) in records::tenants_with_transit(self.store())? {
-            models.push(self.tenant_model(&tenant, index)?);
+    /// The tenants holding a transit link, each with its namespace as the `net` crate
+    /// realises it.
+    fn transit_models(&self) -> Result<Vec<(String, net::TenantNetns)>> {
+        records::tenants_with_transit(self.store())?
+            .into_iter()
+            .map(|(tenant, index)| Ok((tenant.clone(), self.tenant_model(&tenant, index)?)))
+            .collect()
+    }
+
+    /// What the node gets: its ruleset and the FIP routes (most container changes leave both
+    /// as they were), or nothing at all when no tenant has a link. The table is the same for
+    /// no tenants and for tenants without published ports: the input says which it is.
+    fn node_input(&self, models: &[(String, net::TenantNetns)]) -> String {
+        if models.is_empty() {
+            return "removed".to_string();
         }
-        // What the node gets: its ruleset and the FIP routes (most container changes leave
-        // both as they were).
-        let refs: Vec<&net::TenantNetns> = models.iter().collect();
-        let input = format!(
+        let refs: Vec<&net::TenantNetns> = models.iter().map(|(_, m)| m).collect();
+        format!(
             "{}\n{:?}",
             net::render_node_rules(&self.node, &refs),
             net::fip_routes(&refs)
-        );
-        if state.node.as_ref() == Some(&input) {
+        )
+    }
+
+    fn sync_node_locked(&self, state: &mut SyncState) -> Result<()> {
+        let models = self.transit_models()?;
+        let input = self.node_input(&models);
+        if state.node.as_ref().map(|a| &a.input) == Some(&input) {
             return Ok(());
         }
         state.node = None;
-        if models.is_empty() {
+        let installed = if models.is_empty() {
             net::remove_node_rules().map_err(net_err)?;
+            net::Tables::new()
         } else {
-            net::apply_node_rules(&self.node, &refs).map_err(net_err)?;
-        }
-        state.node = Some(input);
+            let refs: Vec<&net::TenantNetns> = models.iter().map(|(_, m)| m).collect();
+            net::apply_node_rules(&self.node, &refs).map_err(net_err)?
+        };
+        state.node = Some(Applied { input, installed });
         Ok(())
     }
 
-    /// At hyperd's start: rebuild every tenant's namespace, rules and DNS from the store
-    /// (a no-op for what survived; a repair for what did not).
-    pub fn recover(&self) -> Result<()> {
-        let tenants: Vec<String> = self
+    /// Every tenant with containers or a transit link: those whose network may be owed.
+    fn tenants(&self) -> Result<Vec<String>> {
+        Ok(self
             .store()
             .range("/containers/")?
             .iter()
@@ -810,7 +841,13 @@ impl Networks {
             )
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .collect();
+            .collect())
+    }
+
+    /// At hyperd's start: rebuild every tenant's namespace, rules and DNS from the store
+    /// (a no-op for what survived; a repair for what did not).
+    pub fn recover(&self) -> Result<()> {
+        let tenants = self.tenants()?;
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;
         self.in_node(|| {
