@@ -117,6 +117,8 @@ pub struct ExecConfig {
     pub attach_stdin: bool,
     pub attach_stdout: bool,
     pub attach_stderr: bool,
+    /// Docker's spelling, checked by the API; empty for the default.
+    pub detach_keys: String,
 }
 
 #[derive(Debug, Clone)]
@@ -1322,13 +1324,9 @@ impl Runtime {
     }
 
     /// Starts an exec session; the stream carries its output frames, the last of which (stream
-    /// byte 255) holds the exit code, to be passed to `exec_finished`.
-    pub async fn exec_start(
-        &self,
-        tenant: &str,
-        id: &str,
-        tty: Option<bool>,
-    ) -> Result<BufReader<UnixStream>> {
+    /// byte 255) holds the exit code, to be passed to `exec_finished`. A terminal is the exec
+    /// create's choice, as Docker's: a start only says how the client streams.
+    pub async fn exec_start(&self, tenant: &str, id: &str) -> Result<BufReader<UnixStream>> {
         let info = self.exec_inspect(tenant, id)?;
         if info.running || info.exit_code.is_some() {
             return Err(RuntimeError::Conflict(format!(
@@ -1340,7 +1338,7 @@ impl Runtime {
         let cfg = &info.config;
         let mut env = c.config.env.clone();
         merge_env(&mut env, &cfg.env);
-        let tty = tty.unwrap_or(cfg.tty);
+        let tty = cfg.tty;
         let request = json!({
             "op": "exec", "exec_id": id, "args": cfg.cmd, "env": env,
             "cwd": if cfg.working_dir.is_empty() { effective_workdir(&c) } else { cfg.working_dir.clone() },

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod credentials;
+mod detach_keys;
 mod docker_json;
 pub mod error;
 pub mod revocation;

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::detach_keys::Escape;
 use crate::error::ApiError;
 
 /// The stream byte of the supervisor's last exec frame, which carries `{"exit_code": N}`.
@@ -49,35 +50,96 @@ pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade)
 /// is done. `on_end` gets the exit code when the supervisor sent one (exec) *before* the
 /// client's stream is closed: a client that asks for the exit code as soon as the stream ends
 /// (`docker exec` inspects the exec then) must find it recorded.
+///
+/// With `detach` (a TTY session with stdin), the detach keys end the client's session at once
+/// while the process runs on: its stdin stays open and its output is drained to its end.
+/// `replay` (attach's `logs=1`) goes to the client first.
 pub async fn pump(
     upgraded: hyper::upgrade::Upgraded,
     shim: BufReader<UnixStream>,
-    tty: bool,
-    stdin: bool,
-    on_end: impl FnOnce(Option<i64>),
+    session: Session,
+    on_end: impl FnOnce(Option<i64>) + Send + 'static,
 ) {
+    let Session {
+        tty,
+        stdin,
+        detach,
+        replay,
+    } = session;
     let client = TokioIo::new(upgraded);
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    if client_wr.write_all(&replay).await.is_err() {
+        return on_end(None);
+    }
     let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
-    let input = async move {
-        if stdin {
-            let _ = tokio::io::copy(&mut client_rd, &mut shim_wr).await;
-        } else {
-            // Drain and ignore; a client closing its side must not end the output.
-            let mut sink = [0u8; 1024];
-            while matches!(client_rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        }
-        // End of the client's input is end of the process's stdin.
-        let _ = shim_wr.shutdown().await;
-        std::future::pending::<()>().await;
-    };
+    let input = copy_input(&mut client_rd, &mut shim_wr, stdin, detach);
     let output = forward_frames(&mut shim_rd, &mut client_wr, tty);
     let code = tokio::select! {
         code = output => code,
-        _ = input => None,
+        () = input => {
+            // Detached: the client goes now, the process carries on unwatched.
+            let _ = client_wr.shutdown().await;
+            drop(client_wr);
+            let code = forward_frames(&mut shim_rd, &mut tokio::io::sink(), tty).await;
+            drop(shim_wr);
+            on_end(code);
+            return;
+        }
     };
     on_end(code);
     let _ = client_wr.shutdown().await;
+}
+
+/// How a client's session goes.
+#[derive(Default)]
+pub struct Session {
+    /// Raw output (a terminal) rather than Docker's multiplexed frames.
+    pub tty: bool,
+    /// The client's input goes to the process.
+    pub stdin: bool,
+    pub detach: Option<Escape>,
+    pub replay: Vec<u8>,
+}
+
+/// Answers a hijacked request with `data` alone (attach's `logs=1&stream=0`).
+pub async fn send_and_close(upgraded: hyper::upgrade::Upgraded, data: &[u8]) {
+    let mut client = TokioIo::new(upgraded);
+    let _ = client.write_all(data).await;
+    let _ = client.shutdown().await;
+}
+
+/// The client's input to the process until the detach keys (then it returns); the end of the
+/// client's input is the end of the process's stdin (then it waits for ever).
+async fn copy_input(
+    client: &mut (impl AsyncRead + Unpin),
+    process: &mut (impl AsyncWrite + Unpin),
+    stdin: bool,
+    mut detach: Option<Escape>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match client.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Without stdin the input is drained and ignored; a client closing its side must not
+        // end the output.
+        if !stdin {
+            continue;
+        }
+        let (pass, detached) = match &mut detach {
+            Some(escape) => escape.feed(&buf[..n]),
+            None => (buf[..n].to_vec(), false),
+        };
+        if !pass.is_empty() && process.write_all(&pass).await.is_err() {
+            break;
+        }
+        if detached {
+            return;
+        }
+    }
+    let _ = process.shutdown().await;
+    std::future::pending::<()>().await;
 }
 
 async fn forward_frames(

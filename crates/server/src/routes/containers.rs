@@ -481,19 +481,50 @@ pub async fn attach(
         flag(&q, "stdout", false),
         flag(&q, "stderr", false),
     );
-    if !flag(&q, "stream", false) && !flag(&q, "logs", false) {
+    let (logs, stream) = (flag(&q, "logs", false), flag(&q, "stream", false));
+    if !stream && !logs {
         return Err(ApiError::bad_request("attach needs stream=1 or logs=1"));
     }
+    let detach = (c.config.tty && stdin)
+        .then(|| crate::detach_keys::parse(q.get("detachKeys").map_or("", String::as_str)))
+        .transpose()?
+        .map(crate::detach_keys::Escape::new);
+    // The log so far, as the stream would have carried it.
+    let past: Vec<u8> = match logs {
+        false => Vec::new(),
+        true => LogReader::new(&app.runtime.dir(&c.id))
+            .read_all()
+            .into_iter()
+            .filter(|l| (l.stream == 1 && stdout) || (l.stream == 2 && stderr))
+            .flat_map(|l| match c.config.tty {
+                true => l.text,
+                false => streams::frame(l.stream, &l.text),
+            })
+            .collect(),
+    };
     // Placed before the 101 goes out: the client starts the container right after it.
-    let shim = app.runtime.attach(&tenant, &id, stdin, stdout, stderr)?;
+    let shim = match stream {
+        true => Some(app.runtime.attach(&tenant, &id, stdin, stdout, stderr)?),
+        false => None,
+    };
     let (response, upgrade) = streams::hijack(&mut req)?;
     tokio::spawn(async move {
-        let shim = shim.await;
         let Ok(upgraded) = upgrade.await else { return };
+        let Some(shim) = shim else {
+            streams::send_and_close(upgraded, &past).await;
+            return;
+        };
+        let shim = shim.await;
         // When the container failed to start, the start request reports why; the attached
         // stream just ends.
         if let Ok(shim) = shim {
-            streams::pump(upgraded, shim, c.config.tty, stdin, |_| {}).await;
+            let session = streams::Session {
+                tty: c.config.tty,
+                stdin,
+                detach,
+                replay: past,
+            };
+            streams::pump(upgraded, shim, session, |_| {}).await;
         }
     });
     Ok(response)

@@ -27,6 +27,7 @@ struct ExecCreate {
     attach_stdout: bool,
     attach_stderr: bool,
     privileged: bool,
+    detach_keys: String,
 }
 
 pub async fn create(
@@ -41,6 +42,7 @@ pub async fn create(
             "hyper does not support privileged exec",
         ));
     }
+    crate::detach_keys::parse(&req.detach_keys)?;
     let config = ExecConfig {
         cmd: req.cmd,
         env: req.env.unwrap_or_default(),
@@ -50,6 +52,7 @@ pub async fn create(
         attach_stdin: req.attach_stdin,
         attach_stdout: req.attach_stdout,
         attach_stderr: req.attach_stderr,
+        detach_keys: req.detach_keys,
     };
     let exec_id = app.runtime.exec_create(&tenant, &id, config)?;
     Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))))
@@ -85,7 +88,7 @@ pub async fn start(
     let (response, upgrade) = match hijacked {
         Some(pair) if !start.detach => pair,
         _ if start.detach => {
-            let shim = app.runtime.exec_start(&tenant, &id, Some(tty)).await?;
+            let shim = app.runtime.exec_start(&tenant, &id).await?;
             let runtime = app.runtime.clone();
             // Nobody reads the output: drain it to the exit frame so the exit code is recorded.
             tokio::spawn(async move {
@@ -100,11 +103,21 @@ pub async fn start(
             ))
         }
     };
-    let shim = app.runtime.exec_start(&tenant, &id, Some(tty)).await?;
+    let shim = app.runtime.exec_start(&tenant, &id).await?;
     let runtime = app.runtime.clone();
+    let detach = (info.config.tty && info.config.attach_stdin)
+        .then(|| crate::detach_keys::parse(&info.config.detach_keys))
+        .transpose()?
+        .map(crate::detach_keys::Escape::new);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        streams::pump(upgraded, shim, tty, info.config.attach_stdin, |code| {
+        let session = streams::Session {
+            tty,
+            stdin: info.config.attach_stdin,
+            detach,
+            replay: Vec::new(),
+        };
+        streams::pump(upgraded, shim, session, move |code| {
             runtime.exec_finished(&id, code.unwrap_or(-1))
         })
         .await;
@@ -148,7 +161,7 @@ pub async fn inspect(
         "OpenStdout": e.config.attach_stdout,
         "CanRemove": false,
         "ContainerID": e.container_id,
-        "DetachKeys": "",
+        "DetachKeys": e.config.detach_keys,
         "Pid": e.pid,
     })))
 }
