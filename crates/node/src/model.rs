@@ -156,6 +156,9 @@ pub struct State {
     pub finished_at: Option<DateTime<Utc>>,
     /// Set when the user stopped it: `unless-stopped` and `always` then leave it alone.
     pub stopped_by_user: bool,
+    /// Its VM is stopped (`docker pause`); only meaningful while it runs.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +194,18 @@ impl Container {
     }
     pub fn is_running(&self) -> bool {
         matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+    /// Running with its VM stopped (`docker pause`).
+    pub fn is_paused(&self) -> bool {
+        self.is_running() && self.state.paused
+    }
+    /// Docker's state word (`State.Status`, the `status` filter): "paused" for a paused one.
+    pub fn docker_state(&self) -> &'static str {
+        if self.is_paused() {
+            "paused"
+        } else {
+            self.state.status.as_str()
+        }
     }
 }
 

@@ -32,6 +32,8 @@ use crate::{sizes, validate, Result, RuntimeError};
 /// A restart policy applies only to a container that ran at least this long (Hyper's rule).
 const RESTART_MIN_RUN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
+mod exec_events;
+mod pause;
 mod volume_init;
 mod volume_ops;
 
@@ -772,6 +774,7 @@ impl Runtime {
             c.state.finished_at = Some(finished_at);
             c.state.oom_killed = state.oom_killed;
             c.state.error = state.error.clone();
+            c.state.paused = false;
         }) {
             Ok(c) => c,
             Err(e) => {
@@ -834,6 +837,8 @@ impl Runtime {
             if running {
                 self.rehold_volumes(&entry);
                 entry.attach_gate.lock().expect("poisoned").vm_up = true;
+                // Paused or not, as the VM is now.
+                self.sync_paused(&entry).await;
                 // The monitor reads state.json if the shim is gone, so it covers both cases.
                 self.spawn_monitor(entry);
             }
@@ -929,7 +934,15 @@ impl Runtime {
         }
         let mut lifecycle = entry.lifecycle.subscribe();
         let seen = lifecycle.borrow().exits;
-        shim_link::request(&self.dir(&c.id), json!({"op": "signal", "signal": signal})).await?;
+        let resume = Self::signal_resumes(&c, signal);
+        shim_link::request(
+            &self.dir(&c.id),
+            json!({"op": "signal", "signal": signal, "resume": resume}),
+        )
+        .await?;
+        if resume {
+            self.update(&entry, |c| c.state.paused = false)?;
+        }
         self.events.emit(
             tenant,
             Event::container(&c, "kill", &[("signal", signal.to_string())]),
@@ -1217,6 +1230,7 @@ impl Runtime {
     {
         let entry = self.entry(tenant, reference)?;
         let c = entry.snapshot();
+        Self::not_paused(&c, "attach")?;
         let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
         let (tx, rx) = oneshot::channel();
         let direct = {
@@ -1246,6 +1260,7 @@ impl Runtime {
                 c.id
             )));
         }
+        Self::not_paused(&c, "exec")?;
         if config.cmd.is_empty() {
             return Err(RuntimeError::Invalid("No exec command specified".into()));
         }
@@ -1266,15 +1281,11 @@ impl Runtime {
             exit_code: None,
             pid: 0,
         };
-        let action = format!("exec_create: {}", info.config.cmd.join(" "));
+        self.emit_exec_event(&c, &info, "exec_create");
         self.execs
             .lock()
             .expect("poisoned")
             .insert(id.clone(), info);
-        self.events.emit(
-            tenant,
-            Event::container(&c, &action, &[("execID", id.clone())]),
-        );
         Ok(id)
     }
 
@@ -1309,6 +1320,7 @@ impl Runtime {
                 c.id
             )));
         }
+        Self::not_paused(&c, "exec")?;
         let cfg = &info.config;
         let mut env = c.config.env.clone();
         merge_env(&mut env, &cfg.env);
@@ -1324,14 +1336,19 @@ impl Runtime {
             e.running = true;
             e.pid = reply["pid"].as_i64().unwrap_or(0);
         }
+        self.emit_exec_event(&c, &info, "exec_start");
         Ok(stream)
     }
 
     pub fn exec_finished(&self, id: &str, exit_code: i64) {
-        if let Some(e) = self.execs.lock().expect("poisoned").get_mut(id) {
+        let info = {
+            let mut execs = self.execs.lock().expect("poisoned");
+            let Some(e) = execs.get_mut(id) else { return };
             e.running = false;
             e.exit_code = Some(exit_code);
-        }
+            e.clone()
+        };
+        self.emit_exec_die(&info, exit_code);
     }
 
     pub async fn resize(
