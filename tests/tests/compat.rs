@@ -312,6 +312,11 @@ fn pause_stops_the_whole_vm() {
             "{o}"
         );
     }
+    let o = d.docker(&["attach", &id]).run();
+    assert!(o.code != 0 && o.stderr.contains("paused"), "{o}");
+    // Stats still answer: a frozen VM uses no CPU.
+    let o = d.docker(&["stats", "--no-stream", "--format", "{{.CPUPerc}}", &id]);
+    assert_eq!(o.run().ok().out(), "0.00%");
     let o = d.api("POST", &format!("/v1.44/containers/{id}/pause"), &[]);
     assert!(o.stdout.ends_with("409") && o.stdout.contains("is already paused"), "{o}");
     assert_eq!(pause_events(), ["pause", "unpause", "pause"]);
@@ -395,6 +400,17 @@ fn stats_cpu_figures() {
         p if p.iter().all(|p| *p <= 5.0) => Ok(()),
         p => Err(format!("{p:?}")),
     });
+    // A stream's first line already has a sample of a second before as its precpu (not zeros,
+    // which would show the VM's whole life, boot included).
+    let sock = d.sock.to_string_lossy().into_owned();
+    let url = format!("http://hyper/v1.44/containers/{idle}/stats");
+    let o = Cmd::new("curl", &["-sN", "--max-time", "10", "--unix-socket", &sock, &url]).run();
+    let first: serde_json::Value = serde_json::from_str(o.stdout.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {o}"));
+    let n = |s: &str, k: &str| first[s][k].as_f64().unwrap_or(0.0);
+    let busy_ns = |s: &str| first[s]["cpu_usage"]["total_usage"].as_f64().unwrap_or(0.0);
+    let system = n("cpu_stats", "system_cpu_usage") - n("precpu_stats", "system_cpu_usage");
+    let percent = (busy_ns("cpu_stats") - busy_ns("precpu_stats")) / system * 100.0;
+    assert!(n("precpu_stats", "system_cpu_usage") > 0.0 && percent <= 5.0, "{first}");
     d.docker(&["rm", "-f", &busy, &idle]).run().ok();
 }
 
