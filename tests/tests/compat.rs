@@ -264,7 +264,9 @@ fn pause_stops_the_whole_vm() {
         let until = format!("{:.3}", chrono::Utc::now().timestamp_micros() as f64 / 1e6);
         let filter = format!("container={id}");
         let format = ["--format", "{{.Action}}"];
-        let args = ["events", "--since", "0", "--until", &until, "--filter", &filter];
+        let args = [
+            "events", "--since", "0", "--until", &until, "--filter", &filter,
+        ];
         let o = d.docker(&[&args[..], &format].concat()).run().ok();
         o.stdout
             .lines()
@@ -279,7 +281,11 @@ fn pause_stops_the_whole_vm() {
         })
     };
     grown(0);
-    for (client, cmd) in [("docker", "pause"), ("hyper", "unpause"), ("hyper", "pause")] {
+    for (client, cmd) in [
+        ("docker", "pause"),
+        ("hyper", "unpause"),
+        ("hyper", "pause"),
+    ] {
         let o = match client {
             "hyper" => d.hyper(&[cmd, &id]).run(),
             _ => d.docker(&[cmd, &id]).run(),
@@ -293,8 +299,20 @@ fn pause_stops_the_whole_vm() {
     assert_eq!(state(&d.inspect(&id)), r#""paused" true true"#);
     let filter = format!("id={id}");
     for ps in [
-        d.docker(&["ps", "--filter", &filter, "--format", "{{.Status}} {{.State}}"]),
-        d.hyper(&["ps", "--filter", &filter, "--format", "{{.Status}} {{.State}}"]),
+        d.docker(&[
+            "ps",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Status}} {{.State}}",
+        ]),
+        d.hyper(&[
+            "ps",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Status}} {{.State}}",
+        ]),
     ] {
         let o = ps.run().ok().out();
         assert!(o.ends_with("(Paused) paused"), "{o}");
@@ -307,8 +325,9 @@ fn pause_stops_the_whole_vm() {
         let o = exec.run();
         assert!(
             o.code != 0
-                && o.stderr
-                    .contains(&format!("Container {id} is paused, unpause the container before exec")),
+                && o.stderr.contains(&format!(
+                    "Container {id} is paused, unpause the container before exec"
+                )),
             "{o}"
         );
     }
@@ -318,10 +337,17 @@ fn pause_stops_the_whole_vm() {
     let o = d.docker(&["stats", "--no-stream", "--format", "{{.CPUPerc}}", &id]);
     assert_eq!(o.run().ok().out(), "0.00%");
     let o = d.api("POST", &format!("/v1.44/containers/{id}/pause"), &[]);
-    assert!(o.stdout.ends_with("409") && o.stdout.contains("is already paused"), "{o}");
+    assert!(
+        o.stdout.ends_with("409") && o.stdout.contains("is already paused"),
+        "{o}"
+    );
     assert_eq!(pause_events(), ["pause", "unpause", "pause"]);
     d.restart();
-    assert_eq!(state(&d.inspect(&id)), r#""paused" true true"#, "after a restart");
+    assert_eq!(
+        state(&d.inspect(&id)),
+        r#""paused" true true"#,
+        "after a restart"
+    );
     assert_eq!(lines(), before, "the counter went on while paused");
 
     // Resumed behind hyperd's back (QEMU's own monitor): inspect tells the truth.
@@ -383,12 +409,17 @@ fn stats_cpu_figures() {
             .ok()
             .out();
         let hyper = d.hyper(&["stats", "--no-stream", id]).run().ok().out();
-        let hyper = hyper.lines().nth(1).and_then(|l| l.split_whitespace().nth(2));
+        let hyper = hyper
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(2));
         [Some(docker.as_str()), hyper]
             .iter()
             .map(|p| {
                 let p = p.unwrap_or_default();
-                p.trim_end_matches('%').parse().unwrap_or_else(|_| panic!("{p:?}"))
+                p.trim_end_matches('%')
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{p:?}"))
             })
             .collect()
     };
@@ -404,13 +435,21 @@ fn stats_cpu_figures() {
     // which would show the VM's whole life, boot included).
     let sock = d.sock.to_string_lossy().into_owned();
     let url = format!("http://hyper/v1.44/containers/{idle}/stats");
-    let o = Cmd::new("curl", &["-sN", "--max-time", "10", "--unix-socket", &sock, &url]).run();
-    let first: serde_json::Value = serde_json::from_str(o.stdout.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {o}"));
+    let o = Cmd::new(
+        "curl",
+        &["-sN", "--max-time", "10", "--unix-socket", &sock, &url],
+    )
+    .run();
+    let first: serde_json::Value = serde_json::from_str(o.stdout.lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {o}"));
     let n = |s: &str, k: &str| first[s][k].as_f64().unwrap_or(0.0);
     let busy_ns = |s: &str| first[s]["cpu_usage"]["total_usage"].as_f64().unwrap_or(0.0);
     let system = n("cpu_stats", "system_cpu_usage") - n("precpu_stats", "system_cpu_usage");
     let percent = (busy_ns("cpu_stats") - busy_ns("precpu_stats")) / system * 100.0;
-    assert!(n("precpu_stats", "system_cpu_usage") > 0.0 && percent <= 5.0, "{first}");
+    assert!(
+        n("precpu_stats", "system_cpu_usage") > 0.0 && percent <= 5.0,
+        "{first}"
+    );
     d.docker(&["rm", "-f", &busy, &idle]).run().ok();
 }
 
@@ -419,7 +458,11 @@ fn stats_cpu_figures() {
 /// times.
 fn exec_events_replay() {
     let d = daemon();
-    let id = d.hyper(&["run", "-d", "busybox", "sleep", "600"]).run().ok().out();
+    let id = d
+        .hyper(&["run", "-d", "busybox", "sleep", "600"])
+        .run()
+        .ok()
+        .out();
     d.docker(&["exec", &id, "sh", "-c", "exit 3"]).run().code(3);
     let until = format!("{:.3}", chrono::Utc::now().timestamp_micros() as f64 / 1e6);
     let filter = format!("container={id}");
@@ -432,19 +475,31 @@ fn exec_events_replay() {
         };
         let until: &'static str = until.clone().leak();
         [
-            d.docker(&args(["--since", "0", "--until", until])).run().ok(),
-            d.hyper(&args(["--since", "1h", "--until", "0s"])).run().ok(),
+            d.docker(&args(["--since", "0", "--until", until]))
+                .run()
+                .ok(),
+            d.hyper(&args(["--since", "1h", "--until", "0s"]))
+                .run()
+                .ok(),
         ]
     };
     for o in replays(&["--format", "{{.Action}}"]) {
         let got: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("exec")).collect();
-        let want = ["exec_create: sh -c exit 3", "exec_start: sh -c exit 3", "exec_die"];
+        let want = [
+            "exec_create: sh -c exit 3",
+            "exec_start: sh -c exit 3",
+            "exec_die",
+        ];
         assert_eq!(got, want, "{o}");
     }
-    let exit_code = ["--filter", "event=exec_die", "--format", "{{.Actor.Attributes.exitCode}}"];
+    let exit_code = [
+        "--filter",
+        "event=exec_die",
+        "--format",
+        "{{.Actor.Attributes.exitCode}}",
+    ];
     for o in replays(&exit_code) {
         assert_eq!(o.out(), "3", "{o}");
     }
     d.hyper(&["rm", "-f", &id]).run().ok();
 }
-

@@ -9,7 +9,9 @@ use crate::model::Container;
 /// `exec_create: sh -c date`: Docker's action, with its trailing space when there are no
 /// arguments (`exec_create: ls `).
 fn action(kind: &str, cmd: &[String]) -> String {
-    let (entrypoint, args) = cmd.split_first().map_or(("", &[][..]), |(e, a)| (e.as_str(), a));
+    let (entrypoint, args) = cmd
+        .split_first()
+        .map_or(("", &[][..]), |(e, a)| (e.as_str(), a));
     format!("{kind}: {entrypoint} {}", args.join(" "))
 }
 

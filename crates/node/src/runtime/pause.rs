@@ -54,8 +54,7 @@ impl Runtime {
         shim_link::request(&self.dir(&c.id), json!({ "op": op })).await?;
         let c = self.update(&entry, |c| c.state.paused = paused)?;
         let action = if paused { "pause" } else { "unpause" };
-        self.events
-            .emit(tenant, Event::container(&c, action, &[]));
+        self.events.emit(tenant, Event::container(&c, action, &[]));
         Ok(())
     }
 

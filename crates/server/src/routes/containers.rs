@@ -604,7 +604,10 @@ pub async fn top(
         // The guest's process table is frozen with the rest of the VM.
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("Container {} is paused, unpause the container before top", c.id),
+            format!(
+                "Container {} is paused, unpause the container before top",
+                c.id
+            ),
         ));
     }
     let reply = app

@@ -209,7 +209,10 @@ mod tests {
     /// Docker's CLI formula on what `stats_json` would send.
     fn percent(cur: &Sample, pre: &Sample) -> f64 {
         let p = cur.precpu(pre);
-        let (dc, ds) = (cur.cpu_ns as f64 - p.cpu_ns as f64, cur.system_ns as f64 - p.system_ns as f64);
+        let (dc, ds) = (
+            cur.cpu_ns as f64 - p.cpu_ns as f64,
+            cur.system_ns as f64 - p.system_ns as f64,
+        );
         if dc > 0.0 && ds > 0.0 {
             dc / ds * cur.online_cpus as f64 * 100.0
         } else {
@@ -222,8 +225,15 @@ mod tests {
         let t = Utc::now();
         let s = |cpu, system, cpus| Sample::from_guest(&guest(cpu, system, cpus), 2, 1 << 30, t);
         let cur = s(u64::MAX, 100, 1000);
-        assert_eq!((cur.cpu_ns, cur.online_cpus), (100, 2), "busy within total, cpus within the size");
-        assert_eq!((cur.memory_usage, cur.memory_limit, cur.pids), (1 << 30, 1 << 30, MAX_PIDS));
+        assert_eq!(
+            (cur.cpu_ns, cur.online_cpus),
+            (100, 2),
+            "busy within total, cpus within the size"
+        );
+        assert_eq!(
+            (cur.memory_usage, cur.memory_limit, cur.pids),
+            (1 << 30, 1 << 30, MAX_PIDS)
+        );
         let cases = [
             // (pre, cur, expected %): half of one of 2 CPUs' worth of time busy.
             ((100, 1000), (600, 2000), 100.0),
