@@ -364,7 +364,14 @@ fn pause_stops_the_whole_vm() {
     let o = d.docker(&["pause", &id]).run();
     assert!(o.code != 0 && o.stderr.contains("is not running"), "{o}");
     assert_eq!(pause_events(), ["pause"], "since the restart");
-    d.docker(&["rm", &id]).run().ok();
+    // So do kill and rm -f.
+    d.docker(&["start", &id]).run().ok();
+    d.hyper(&["pause", &id]).run().ok();
+    d.docker(&["kill", &id]).run().ok();
+    assert_eq!(state(&d.inspect(&id)), r#""exited" false false"#);
+    d.docker(&["start", &id]).run().ok();
+    d.hyper(&["pause", &id]).run().ok();
+    d.docker(&["rm", "-f", &id]).run().ok();
 }
 
 /// `cont` on QEMU's monitor socket, as an operator might.
