@@ -364,8 +364,23 @@ fn pause_stops_the_whole_vm() {
     let o = d.docker(&["pause", &id]).run();
     assert!(o.code != 0 && o.stderr.contains("is not running"), "{o}");
     assert_eq!(pause_events(), ["pause"], "since the restart");
-    // So do kill and rm -f.
+    // After an unpause the guest's clock is the host's again (it stood still while paused).
     d.docker(&["start", &id]).run().ok();
+    d.hyper(&["pause", &id]).run().ok();
+    std::thread::sleep(secs(5.0));
+    d.hyper(&["unpause", &id]).run().ok();
+    let host = || chrono::Utc::now().timestamp();
+    let (before, guest, after) = (
+        host(),
+        d.docker(&["exec", &id, "date", "+%s"]).run().ok().out(),
+        host(),
+    );
+    let guest: i64 = guest.parse().unwrap();
+    assert!(
+        guest >= before - 1 && guest <= after + 1,
+        "{before} {guest} {after}"
+    );
+    // So do kill and rm -f.
     d.hyper(&["pause", &id]).run().ok();
     d.docker(&["kill", &id]).run().ok();
     assert_eq!(state(&d.inspect(&id)), r#""exited" false false"#);

@@ -3,12 +3,15 @@
 //! `cont`. The truth is QEMU's run state (`query-status`): the recorded `paused` follows it on
 //! every `State` request, so a VM resumed or stopped behind the shim's back is reported as it is.
 //!
+//! QEMU's `stop` stops the guest's clock too: on resume the agent is sent the host's time.
+//!
 //! While paused the agent cannot answer: requests to it fail at once ("container is paused"),
 //! except `Stats`, which repeats the last sample (a paused VM uses no CPU), and signals, which
 //! wait in the port until the VM runs again.
 
 use std::time::Duration;
 
+use agent_proto::{Frame, HostMsg};
 use serde_json::json;
 use vm::Qmp;
 
@@ -34,6 +37,9 @@ pub(super) async fn set_paused(shim: &Shim, paused: bool) -> Response {
         Ok(Ok(_)) => {
             let st = shim.update(|s| s.paused = paused);
             slog!("{}", if paused { "VM paused" } else { "VM resumed" });
+            if !paused {
+                set_guest_clock(shim);
+            }
             Response::with_state(st)
         }
         Ok(Err(e)) => Response::err(format!(
@@ -62,12 +68,22 @@ pub(super) async fn current(shim: &Shim) -> State {
         Ok(Ok(v)) => match v.get("running").and_then(|r| r.as_bool()) {
             Some(running) if running == st.paused => {
                 slog!("the VM is {} (changed outside the shim)", run_word(running));
+                if running {
+                    set_guest_clock(shim);
+                }
                 shim.update(|s| s.paused = !running)
             }
             _ => st,
         },
         _ => st,
     }
+}
+
+/// The guest's clock stood still while the VM was stopped: give it the host's.
+fn set_guest_clock(shim: &Shim) {
+    shim.send(Frame::host(&HostMsg::SetClock {
+        realtime_ns: crate::identity::realtime_ns(),
+    }));
 }
 
 fn run_word(running: bool) -> &'static str {
