@@ -298,22 +298,14 @@ fn pause_stops_the_whole_vm() {
     };
     assert_eq!(state(&d.inspect(&id)), r#""paused" true true"#);
     let filter = format!("id={id}");
-    for ps in [
-        d.docker(&[
-            "ps",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Status}} {{.State}}",
-        ]),
-        d.hyper(&[
-            "ps",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Status}} {{.State}}",
-        ]),
-    ] {
+    let ps = [
+        "ps",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Status}} {{.State}}",
+    ];
+    for ps in [d.docker(&ps), d.hyper(&ps)] {
         let o = ps.run().ok().out();
         assert!(o.ends_with("(Paused) paused"), "{o}");
     }
@@ -380,7 +372,7 @@ fn pause_stops_the_whole_vm() {
         guest >= before - 1 && guest <= after + 1,
         "{before} {guest} {after}"
     );
-    // So do kill and rm -f.
+    // Kill and rm -f of a paused container work too.
     d.hyper(&["pause", &id]).run().ok();
     d.docker(&["kill", &id]).run().ok();
     assert_eq!(state(&d.inspect(&id)), r#""exited" false false"#);
