@@ -825,6 +825,7 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     let explicit = !a.containers.is_empty();
     loop {
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
         let names: Vec<String> = if explicit {
             a.containers.clone()
         } else {
@@ -838,9 +839,20 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
         let mut tw = TabWriter::new();
         tw.line("CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tNET I/O\tBLOCK I/O\tPIDS");
         let mut failed = false;
-        for name in &names {
-            let req = ApiRequest::get(cpath(name, "/stats")).query("stream", "false");
-            match client.json::<Value>(req).await {
+        // All at once: each answer takes a second (two samples, a second apart).
+        let asked: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let client = client.clone();
+                let req = ApiRequest::get(cpath(name, "/stats")).query("stream", "false");
+                tokio::spawn(async move { client.json::<Value>(req).await })
+            })
+            .collect();
+        for (name, asked) in names.iter().zip(asked) {
+            let answer = asked
+                .await
+                .map_err(|e| CliError::Msg(format!("stats of {name}: {e}")))?;
+            match answer {
                 Ok(s) => {
                     let id = s["id"].as_str().unwrap_or(name);
                     let id = if a.no_trunc {
@@ -863,7 +875,7 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
         }
         print!("\x1b[2J\x1b[H");
         tw.flush()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep_until(next).await;
     }
 }
 
