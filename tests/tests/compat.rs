@@ -247,17 +247,23 @@ fn unserved_routes_answer() {
 }
 
 /// `pause` stops the whole VM (issue 15): inspect and ps say paused, a counter inside stops
-/// counting, exec is refused with Docker's 409, it stays paused across a hyperd restart,
-/// inspect follows the VM when it is resumed behind hyperd's back, unpause and stop work, and
-/// the events say pause and unpause.
+/// counting, exec and attach are refused, it stays paused across a hyperd restart, inspect
+/// follows the VM when it is resumed behind hyperd's back, the guest's clock is right after an
+/// unpause, stop, kill and rm -f work, and the events say pause and unpause.
 fn pause_stops_the_whole_vm() {
     let d = daemon();
     let counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
-    let id = d
-        .docker(&["run", "-d", "busybox", "sh", "-c", counter])
-        .run()
-        .ok()
-        .out();
+    // Protected: termination protection does not cover pause.
+    let run = [
+        "run",
+        "-d",
+        "--protection=true",
+        "busybox",
+        "sh",
+        "-c",
+        counter,
+    ];
+    let id = d.hyper(&run).run().ok().out();
     let lines = || d.docker(&["logs", &id]).run().ok().stdout.lines().count();
     // What `docker events` replays of pause and unpause (hyperd keeps its events in memory).
     let pause_events = || {
@@ -350,6 +356,7 @@ fn pause_stops_the_whole_vm() {
     grown(before);
 
     // A paused container stops (Docker unpauses it to deliver the signal).
+    d.hyper(&["update", "--protection=false", &id]).run().ok();
     d.docker(&["pause", &id]).run().ok();
     d.docker(&["stop", "-t", "5", &id]).run().ok();
     assert_eq!(state(&d.inspect(&id)), r#""exited" false false"#);
