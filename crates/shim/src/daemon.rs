@@ -1399,6 +1399,9 @@ async fn start(shim: &Arc<Shim>) -> Response {
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {
+        // A process that exits at once (`true`) has its `Started` sent before its exit is
+        // recorded: when both are there, the start is what happened first.
+        biased;
         r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
             Ok(Ok(m)) => m,
             _ => {
