@@ -479,6 +479,9 @@ pub enum HostMsg {
     },
     /// Resource usage.
     Stats { req_id: u64 },
+    /// Set the guest's CLOCK_REALTIME to the host's (ns since the epoch), sent after the VM was
+    /// resumed from a pause: its clock stood still meanwhile. No answer.
+    SetClock { realtime_ns: u64 },
     /// sync() and power off the VM.
     Shutdown,
     /// Freeze (FIFREEZE) the file systems mounted at these container paths, so that the host

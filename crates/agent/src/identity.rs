@@ -19,7 +19,7 @@ pub fn renew(realtime_ns: u64, entropy: &[u8]) {
 }
 
 /// Set CLOCK_REALTIME to `ns` since the epoch (0: leave it).
-fn set_clock(ns: u64) {
+pub fn set_clock(ns: u64) {
     if ns == 0 {
         return;
     }

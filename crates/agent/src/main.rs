@@ -349,6 +349,7 @@ fn handle(
                 )));
             });
         }
+        HostMsg::SetClock { realtime_ns } => identity::set_clock(realtime_ns),
         HostMsg::Shutdown => unreachable!("handled by the loop"),
     }
 }

@@ -117,6 +117,10 @@ pub enum Cmd {
     Restart(containers::StopArgs),
     /// Kill one or more running containers
     Kill(containers::KillArgs),
+    /// Pause all processes within one or more containers (their VMs stop)
+    Pause(containers::PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(containers::PauseArgs),
     /// Remove one or more containers
     Rm(containers::RmArgs),
     /// List containers
@@ -199,6 +203,8 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Stop(a) => containers::stop(ctx, a, "stop").await,
         Cmd::Restart(a) => containers::stop(ctx, a, "restart").await,
         Cmd::Kill(a) => containers::kill(ctx, a).await,
+        Cmd::Pause(a) => containers::pause(ctx, a, "pause").await,
+        Cmd::Unpause(a) => containers::pause(ctx, a, "unpause").await,
         Cmd::Rm(a) => containers::rm(ctx, a).await,
         Cmd::Ps(a) => containers::ps(ctx, a).await,
         Cmd::Inspect(a) => containers::inspect(ctx, a).await,

@@ -200,6 +200,9 @@ pub struct State {
     /// While it runs with a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Its VM is stopped (`docker pause`); only meaningful while it runs.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,6 +238,18 @@ impl Container {
     }
     pub fn is_running(&self) -> bool {
         matches!(self.state.status, Status::Running | Status::Restarting)
+    }
+    /// Running with its VM stopped (`docker pause`).
+    pub fn is_paused(&self) -> bool {
+        self.is_running() && self.state.paused
+    }
+    /// Docker's state word (`State.Status`, the `status` filter): "paused" for a paused one.
+    pub fn docker_state(&self) -> &'static str {
+        if self.is_paused() {
+            "paused"
+        } else {
+            self.state.status.as_str()
+        }
     }
 }
 

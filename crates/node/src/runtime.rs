@@ -29,7 +29,9 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
+mod exec_events;
 mod health;
+mod pause;
 mod restart;
 mod volume_init;
 mod volume_ops;
@@ -786,6 +788,7 @@ impl Runtime {
             if restart::wanted(c) {
                 c.state.status = Status::Restarting;
             }
+            c.state.paused = false;
         }) {
             Ok(c) => c,
             Err(e) => {
@@ -840,6 +843,8 @@ impl Runtime {
                 Status::Running => {
                     self.rehold_volumes(&entry);
                     entry.attach_gate.lock().expect("poisoned").vm_up = true;
+                    // Paused or not, as the VM is now.
+                    self.sync_paused(&entry).await;
                     running.push(entry);
                 }
                 Status::Restarting => restarting.push(entry),
@@ -965,7 +970,15 @@ impl Runtime {
         }
         let mut lifecycle = entry.lifecycle.subscribe();
         let seen = lifecycle.borrow().exits;
-        shim_link::request(&self.dir(&c.id), json!({"op": "signal", "signal": signal})).await?;
+        let resume = Self::signal_resumes(&c, signal);
+        shim_link::request(
+            &self.dir(&c.id),
+            json!({"op": "signal", "signal": signal, "resume": resume}),
+        )
+        .await?;
+        if resume {
+            self.update(&entry, |c| c.state.paused = false)?;
+        }
         self.events.emit(
             tenant,
             Event::container(&c, "kill", &[("signal", signal.to_string())]),
@@ -1257,6 +1270,7 @@ impl Runtime {
     {
         let entry = self.entry(tenant, reference)?;
         let c = entry.snapshot();
+        Self::not_paused(&c, "attach")?;
         let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
         let (tx, rx) = oneshot::channel();
         let direct = {
@@ -1281,6 +1295,7 @@ impl Runtime {
     pub fn exec_create(&self, tenant: &str, reference: &str, config: ExecConfig) -> Result<String> {
         let c = self.get(tenant, reference)?;
         require_running(&c)?;
+        Self::not_paused(&c, "exec")?;
         if config.cmd.is_empty() {
             return Err(RuntimeError::Invalid("No exec command specified".into()));
         }
@@ -1301,15 +1316,11 @@ impl Runtime {
             exit_code: None,
             pid: 0,
         };
-        let action = format!("exec_create: {}", info.config.cmd.join(" "));
+        self.emit_exec_event(&c, &info, "exec_create");
         self.execs
             .lock()
             .expect("poisoned")
             .insert(id.clone(), info);
-        self.events.emit(
-            tenant,
-            Event::container(&c, &action, &[("execID", id.clone())]),
-        );
         Ok(id)
     }
 
@@ -1335,6 +1346,7 @@ impl Runtime {
         }
         let c = self.get(tenant, &info.container_id)?;
         require_running(&c)?;
+        Self::not_paused(&c, "exec")?;
         let cfg = &info.config;
         let mut env = c.config.env.clone();
         merge_env(&mut env, &cfg.env);
@@ -1350,14 +1362,19 @@ impl Runtime {
             e.running = true;
             e.pid = reply["pid"].as_i64().unwrap_or(0);
         }
+        self.emit_exec_event(&c, &info, "exec_start");
         Ok(stream)
     }
 
     pub fn exec_finished(&self, id: &str, exit_code: i64) {
-        if let Some(e) = self.execs.lock().expect("poisoned").get_mut(id) {
+        let info = {
+            let mut execs = self.execs.lock().expect("poisoned");
+            let Some(e) = execs.get_mut(id) else { return };
             e.running = false;
             e.exit_code = Some(exit_code);
-        }
+            e.clone()
+        };
+        self.emit_exec_die(&info, exit_code);
     }
 
     pub async fn resize(

@@ -11,9 +11,14 @@ pub fn time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| ZERO_TIME.into())
 }
 
-/// "Up 3 seconds", "Exited (0) 2 minutes ago", "Created": the STATUS column of `docker ps`.
+/// "Up 3 seconds", "Up 3 seconds (Paused)", "Exited (0) 2 minutes ago", "Created": the STATUS
+/// column of `docker ps`.
 pub fn status_text(c: &Container, now: DateTime<Utc>) -> String {
     match c.state.status {
+        Status::Running if c.is_paused() => format!(
+            "Up {} (Paused)",
+            human_duration(now - c.state.started_at.unwrap_or(now))
+        ),
         Status::Running => format!(
             "Up {}{}",
             human_duration(now - c.state.started_at.unwrap_or(now)),
@@ -74,7 +79,7 @@ pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
         "Created": c.created.timestamp(),
         "Ports": list_ports(c),
         "Labels": c.config.labels,
-        "State": c.state.status.as_str(),
+        "State": c.docker_state(),
         "Status": status_text(c, now),
         "HostConfig": {"NetworkMode": network_mode(c)},
         "NetworkSettings": {"Networks": networks(c)},
@@ -98,9 +103,9 @@ pub fn inspect(c: &Container) -> Value {
     let anonymous = or_null(json!(c.config.volumes));
     let running = c.is_running();
     let mut state = json!({
-        "Status": s.status.as_str(),
+        "Status": c.docker_state(),
         "Running": running,
-        "Paused": false,
+        "Paused": c.is_paused(),
         "Restarting": s.status == Status::Restarting,
         "OOMKilled": s.oom_killed,
         "Dead": s.status == Status::Dead,

@@ -42,7 +42,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     use routes::{
         admin, containers as c, df, events, exec, fallback, fips, images, networks, prune,
-        services, sg, snapshots, system, usage, volume_init, volumes,
+        services, sg, snapshots, stats, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -119,6 +119,8 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/stop", post(c::stop))
         .route("/containers/{id}/restart", post(c::restart))
         .route("/containers/{id}/kill", post(c::kill))
+        .route("/containers/{id}/pause", post(c::pause))
+        .route("/containers/{id}/unpause", post(c::unpause))
         .route("/containers/{id}/rename", post(c::rename))
         .route("/containers/{id}/update", post(c::update))
         .route("/containers/{id}/wait", post(c::wait))
@@ -126,7 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/attach", post(c::attach))
         .route("/containers/{id}/resize", post(c::resize))
         .route("/containers/{id}/top", get(c::top))
-        .route("/containers/{id}/stats", get(c::stats))
+        .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/containers/{id}", axum::routing::delete(c::remove))
         .route("/exec/{id}/start", post(exec::start))

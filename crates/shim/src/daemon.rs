@@ -125,6 +125,7 @@ macro_rules! guest_log {
 }
 
 mod guest;
+mod run_state;
 
 use guest::{excerpt, Expect, MainStream, Window};
 
@@ -174,6 +175,8 @@ struct Inner {
     next_req: u64,
     stdin_held: bool,
     finishing: bool,
+    /// The last stats the guest sent: what a paused VM reports (it uses no CPU meanwhile).
+    last_stats: Option<crate::Stats>,
 }
 
 struct Shim {
@@ -200,6 +203,8 @@ struct Shim {
     qemu_pid: u32,
     qemu_gone: watch::Receiver<Option<String>>,
     log: Mutex<LogWriter>,
+    /// Serialises pause, resume and run-state queries (`run_state`).
+    run_state: tokio::sync::Mutex<()>,
 }
 
 impl Shim {
@@ -275,6 +280,7 @@ impl Shim {
             s.finished_at = Some(now());
             s.exit_code = Some(exit_code);
             s.oom_killed = oom;
+            s.paused = false;
             if !error.is_empty() {
                 s.error = error;
             }
@@ -681,6 +687,7 @@ async fn serve(
         qemu_pid,
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
+        run_state: tokio::sync::Mutex::new(()),
     });
     shim.save(&shim.state());
 
@@ -1127,7 +1134,12 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
         Err(e) => return reply(&mut s, &Response::err(format!("bad request: {e}"))).await,
     };
     match req {
-        Request::State => reply(&mut s, &Response::with_state(shim.state())).await,
+        Request::State => {
+            let st = run_state::current(&shim).await;
+            reply(&mut s, &Response::with_state(st)).await
+        }
+        Request::Pause => reply(&mut s, &run_state::set_paused(&shim, true).await).await,
+        Request::Resume => reply(&mut s, &run_state::set_paused(&shim, false).await).await,
         Request::Claim { .. } => {
             reply(
                 &mut s,
@@ -1155,10 +1167,17 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             shim.finish(137, false, "the VM was shut down".into());
             reply(&mut s, &Response::with_state(shim.state())).await
         }
-        Request::Signal { signal, exec_id } => {
+        Request::Signal {
+            signal,
+            exec_id,
+            resume,
+        } => {
             let r = match stream_of(&shim, exec_id.as_deref()) {
                 Ok(stream) => {
                     shim.send(Frame::host(&HostMsg::Signal { stream, signal }));
+                    if resume {
+                        run_state::resume_if_paused(&shim).await;
+                    }
                     Response::ok()
                 }
                 Err(e) => Response::err(e),
@@ -1223,6 +1242,14 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
         Request::Stats => {
             // Display only (`docker stats`): nothing the guest reports here is billed. Metering
             // uses the shim's own clock (`started_at`, `finished_at` in state.json).
+            if let Some(last) = paused_stats(&shim) {
+                let r = Response {
+                    ok: true,
+                    stats: Some(last),
+                    ..Default::default()
+                };
+                return reply(&mut s, &r).await;
+            }
             let r = match ask(&shim, Expect::Stats, |req_id| HostMsg::Stats { req_id }).await {
                 Ok(GuestMsg::StatsReply {
                     memory_usage,
@@ -1232,18 +1259,22 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                     online_cpus,
                     pids,
                     ..
-                }) => Response {
-                    ok: true,
-                    stats: Some(crate::Stats {
+                }) => {
+                    let stats = crate::Stats {
                         memory_usage,
                         memory_limit,
                         cpu_total_ns,
                         system_cpu_ns,
                         online_cpus,
                         pids,
-                    }),
-                    ..Default::default()
-                },
+                    };
+                    shim.inner.lock().unwrap().last_stats = Some(stats.clone());
+                    Response {
+                        ok: true,
+                        stats: Some(stats),
+                        ..Default::default()
+                    }
+                }
                 Ok(GuestMsg::Error { message, .. }) => Response::err(message),
                 Ok(_) => Response::err("unexpected reply from the guest agent"),
                 Err(e) => Response::err(e),
@@ -1300,6 +1331,13 @@ fn stream_of(shim: &Shim, exec_id: Option<&str>) -> Result<u32, String> {
     }
 }
 
+/// While the VM is paused: the last stats the guest sent (zeros when it sent none).
+fn paused_stats(shim: &Shim) -> Option<crate::Stats> {
+    let inner = shim.inner.lock().unwrap();
+    (inner.state.status == Status::Running && inner.state.paused)
+        .then(|| inner.last_stats.clone().unwrap_or_default())
+}
+
 /// Send the request `msg` builds and wait for the guest's reply of kind `expect` (or `Error`).
 async fn ask(
     shim: &Shim,
@@ -1314,6 +1352,9 @@ async fn ask(
         }
         if inner.agent_gone {
             return Err("the guest agent connection is gone".into());
+        }
+        if inner.state.paused {
+            return Err("container is paused".into());
         }
         let id = inner.next_req;
         inner.next_req += 1;
@@ -1358,6 +1399,9 @@ async fn start(shim: &Arc<Shim>) -> Response {
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {
+        // A process that exits at once (`true`) has its `Started` sent before its exit is
+        // recorded: when both are there, the start is what happened first.
+        biased;
         r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
             Ok(Ok(m)) => m,
             _ => {
@@ -1420,6 +1464,8 @@ async fn stop(shim: &Arc<Shim>, signal: i32, timeout_secs: u64) -> State {
         stream: MAIN_STREAM,
         signal,
     }));
+    // A paused VM gets the signal once it runs again (as Docker unpauses to stop).
+    run_state::resume_if_paused(shim).await;
     let t = Duration::from_secs(timeout_secs);
     if tokio::time::timeout(t, ex.wait_for(|s| s.is_some()))
         .await

@@ -206,6 +206,9 @@ pub struct State {
     pub oom_killed: bool,
     #[serde(default)]
     pub error: String,
+    /// The VM is stopped (QEMU's run state, read again on every `State` request).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl State {
@@ -266,6 +269,10 @@ pub enum Request {
         signal: i32,
         #[serde(default)]
         exec_id: Option<String>,
+        /// Resume a paused VM once the signal is queued, so it is delivered (Docker does this
+        /// for the stop signal and SIGKILL).
+        #[serde(default)]
+        resume: bool,
     },
     Resize {
         width: u16,
@@ -286,6 +293,10 @@ pub enum Request {
         ps_args: String,
     },
     Stats,
+    /// Freeze the whole VM (`docker pause`): QMP `stop`.
+    Pause,
+    /// Undo `Pause`: QMP `cont`.
+    Resume,
     Shutdown,
     /// Freeze the file systems of these volume targets in the guest (see `HostMsg::Freeze`).
     Freeze {
@@ -391,6 +402,7 @@ mod tests {
                 Request::Signal {
                     signal: 9,
                     exec_id: None,
+                    resume: false,
                 },
             ),
             (
@@ -401,6 +413,8 @@ mod tests {
                     stderr: false,
                 },
             ),
+            (r#"{"op":"pause"}"#, Request::Pause),
+            (r#"{"op":"resume"}"#, Request::Resume),
             (
                 r#"{"op":"top","ps_args":""}"#,
                 Request::Top {

@@ -590,6 +590,7 @@ fn hostile_guest_is_contained() {
             .request(&Request::Signal {
                 signal: 10,
                 exec_id: None,
+                resume: false,
             })
             .await
             .unwrap();

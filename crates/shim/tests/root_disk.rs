@@ -76,6 +76,7 @@ fn fill_then_trim(dir: &Path) -> (u64, u64) {
         Request::Signal {
             signal: nix::sys::signal::Signal::SIGUSR1 as i32,
             exec_id: None,
+            resume: false,
         },
     );
     assert!(resp.ok, "{resp:?}");

@@ -264,13 +264,12 @@ impl Hypervisor for Qemu {
                 &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
             ]);
         }
-        // Control socket and incoming migration for template boots.
-        if !matches!(boot, Boot::Cold { .. }) {
-            push(&[
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
-            ]);
-        }
+        // Control socket, for every boot (a cold-booted VM is paused and resumed through it
+        // too); incoming migration for template restores.
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
+        ]);
         if matches!(boot, Boot::Restore { .. } | Boot::Standby { .. }) {
             push(&["-incoming", "defer"]);
         }
@@ -415,7 +414,11 @@ mod tests {
                 },
             )
             .unwrap();
-        assert!(!cold.iter().any(|a| a == "-qmp" || a == "-incoming"));
+        assert!(!cold.iter().any(|a| a == "-incoming"));
+        assert_eq!(
+            value_of(&cold, "-qmp"),
+            ["unix:/d/c/abc/qmp.sock,server=on,wait=off"]
+        );
         assert_eq!(
             value_of(&save, "-object"),
             ["memory-backend-file,id=ram,size=512M,mem-path=/d/templates/k/ram,share=on"]

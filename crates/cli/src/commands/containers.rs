@@ -57,6 +57,13 @@ pub struct KillArgs {
     pub containers: Vec<String>,
 }
 
+/// `pause` and `unpause`.
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub containers: Vec<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL)
@@ -297,6 +304,14 @@ pub async fn kill(ctx: &Ctx, a: KillArgs) -> Result<i32, CliError> {
     .await
 }
 
+/// `pause` or `unpause` (`action`) each container: its whole VM stops or runs again.
+pub async fn pause(ctx: &Ctx, a: PauseArgs, action: &str) -> Result<i32, CliError> {
+    call_each(ctx, &a.containers, |name| {
+        ApiRequest::post(cpath(name, &format!("/{action}")))
+    })
+    .await
+}
+
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32, CliError> {
     call_each(ctx, &a.containers, |name| {
         ApiRequest::delete(cpath(name, ""))
@@ -526,10 +541,16 @@ pub fn print_inspect(found: &[Value], template: Option<&Template>) -> Result<(),
 }
 
 /// `--since`/`--until`: relative durations ("42m", "1h30m", "10s") become unix seconds before
-/// `now`; RFC 3339 times become unix seconds; anything else (unix seconds) is passed through.
+/// `now` (with nanoseconds, as Docker's CLI sends them: `--until 0s` is now, not the start of
+/// this second); RFC 3339 times become unix seconds; anything else (unix seconds) is passed
+/// through.
 pub fn parse_time_arg(s: &str, now: DateTime<Utc>) -> String {
     if let Some(d) = parse_go_duration(s) {
-        return (now - d).timestamp().to_string();
+        let t = now - d;
+        return match t.timestamp_subsec_nanos() {
+            0 => t.timestamp().to_string(),
+            n => format!("{}.{n:09}", t.timestamp()),
+        };
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return t.timestamp().to_string();
@@ -748,7 +769,9 @@ pub fn stats_row(id: &str, name: &str, s: &Value) -> Vec<String> {
                 .as_array()
                 .map_or(1.0, |a| a.len().max(1) as f64)
         });
-    let cpu_pct = if cpu_delta > 0.0 && sys_delta > 0.0 {
+    // Docker's formula; a busy share above 1 of the total (counters from a hostile guest, or
+    // from another VM) is no figure to show.
+    let cpu_pct = if cpu_delta > 0.0 && sys_delta > 0.0 && cpu_delta <= sys_delta {
         cpu_delta / sys_delta * ncpu * 100.0
     } else {
         0.0
@@ -802,6 +825,7 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
     let explicit = !a.containers.is_empty();
     loop {
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
         let names: Vec<String> = if explicit {
             a.containers.clone()
         } else {
@@ -815,9 +839,20 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
         let mut tw = TabWriter::new();
         tw.line("CONTAINER ID\tNAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tNET I/O\tBLOCK I/O\tPIDS");
         let mut failed = false;
-        for name in &names {
-            let req = ApiRequest::get(cpath(name, "/stats")).query("stream", "false");
-            match client.json::<Value>(req).await {
+        // All at once: each answer takes a second (two samples, a second apart).
+        let asked: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let client = client.clone();
+                let req = ApiRequest::get(cpath(name, "/stats")).query("stream", "false");
+                tokio::spawn(async move { client.json::<Value>(req).await })
+            })
+            .collect();
+        for (name, asked) in names.iter().zip(asked) {
+            let answer = asked
+                .await
+                .map_err(|e| CliError::Msg(format!("stats of {name}: {e}")))?;
+            match answer {
                 Ok(s) => {
                     let id = s["id"].as_str().unwrap_or(name);
                     let id = if a.no_trunc {
@@ -840,7 +875,7 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<i32, CliError> {
         }
         print!("\x1b[2J\x1b[H");
         tw.flush()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -991,7 +1026,8 @@ mod tests {
         let cases = [
             ("10m", "9400"),
             ("1h30m", "4600"),
-            ("1.5s", "9998"),
+            ("1.5s", "9998.500000000"),
+            ("0s", "10000"),
             ("1970-01-01T00:00:10Z", "10"),
             ("1234", "1234"),
         ];

@@ -13,10 +13,10 @@ use crate::CliError;
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
-    /// Show events created since this time (RFC 3339 or Unix seconds)
+    /// Show events created since this time (RFC 3339, Unix seconds, or relative: 1h, 10m)
     #[arg(long)]
     pub since: Option<String>,
-    /// Stream events until this time (RFC 3339 or Unix seconds)
+    /// Stream events until this time (RFC 3339, Unix seconds, or relative: 10m, 0s)
     #[arg(long)]
     pub until: Option<String>,
     /// Filter output based on conditions provided (container=, image=, event=, label=, type=)
@@ -62,9 +62,12 @@ pub async fn events(ctx: &Ctx, a: EventsArgs) -> Result<i32, CliError> {
             .or_default()
             .push(v.to_string());
     }
+    // Relative times are taken from now, here, as Docker's CLI does.
+    let now = chrono::Utc::now();
+    let time = |t: Option<String>| t.map(|t| super::containers::parse_time_arg(&t, now));
     let mut req = ApiRequest::get("/events")
-        .query_opt("since", a.since)
-        .query_opt("until", a.until);
+        .query_opt("since", time(a.since))
+        .query_opt("until", time(a.until));
     if !filters.is_empty() {
         req = req.query("filters", serde_json::to_string(&filters).expect("json"));
     }

@@ -225,6 +225,10 @@ impl Runtime {
             if tokio::time::timeout(wait, ended).await.is_ok() {
                 return;
             }
+            // A paused VM answers nothing: no probe, no verdict, until it runs again.
+            if entry.snapshot().state.paused {
+                continue;
+            }
             let probe = self.probe(&c, &command, timeout).await;
             let in_start_period = probe.start - started < start_period;
             // The run may have ended while the probe ran: its verdict is not this run's.

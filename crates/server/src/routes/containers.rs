@@ -1,6 +1,5 @@
 //! `/containers/...`: create, list, inspect, lifecycle, logs, attach, top, stats.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -8,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use node::logs::LogReader;
 use node::model::{Container, ContainerConfig, HostConfig, RestartPolicy};
 use node::WaitCondition;
@@ -126,7 +125,7 @@ fn matches_filters(c: &Container, filters: &serde_json::Map<String, Value>) -> A
         };
         let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
         let ok = match key.as_str() {
-            "status" => any(&|v| v == c.state.status.as_str()),
+            "status" => any(&|v| v == c.docker_state()),
             "name" => any(&|v| c.name.contains(v.trim_start_matches('/'))),
             "id" => any(&|v| c.id.starts_with(v)),
             "ancestor" => any(&|v| {
@@ -183,7 +182,7 @@ pub async fn inspect(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let c = app.runtime.get(&tenant, &id)?;
+    let c = app.runtime.get_current(&tenant, &id).await?;
     Ok(Json(docker_json::inspect(&c)))
 }
 
@@ -222,6 +221,24 @@ pub async fn restart(
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
     app.runtime.restart(&tenant, &id, int(&q, "t")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.runtime.pause(&tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn unpause(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.runtime.unpause(&tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -550,6 +567,17 @@ pub async fn top(
     Query(q): Query<Params>,
 ) -> ApiResult<Json<Value>> {
     let ps_args = q.get("ps_args").cloned().unwrap_or_default();
+    let c = app.runtime.get(&tenant, &id)?;
+    if c.is_paused() {
+        // The guest's process table is frozen with the rest of the VM.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Container {} is paused, unpause the container before top",
+                c.id
+            ),
+        ));
+    }
     let reply = app
         .runtime
         .query(&tenant, &id, json!({"op": "top", "ps_args": ps_args}))
@@ -557,84 +585,4 @@ pub async fn top(
     Ok(Json(
         json!({"Titles": reply["titles"], "Processes": reply["processes"]}),
     ))
-}
-
-fn stats_json(c: &Container, now: DateTime<Utc>, cur: &Value, pre: &Value) -> Value {
-    let cpu = |s: &Value| {
-        json!({
-            "cpu_usage": {"total_usage": s["cpu_total_ns"].as_u64().unwrap_or(0), "usage_in_kernelmode": 0, "usage_in_usermode": 0},
-            "system_cpu_usage": s["system_cpu_ns"].as_u64().unwrap_or(0),
-            "online_cpus": s["online_cpus"].as_u64().unwrap_or(0),
-            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
-        })
-    };
-    json!({
-        "read": docker_json::time(Some(now)),
-        "preread": docker_json::time(None),
-        "name": format!("/{}", c.name),
-        "id": c.id,
-        "pids_stats": {"current": cur["pids"].as_u64().unwrap_or(0)},
-        "num_procs": 0,
-        "cpu_stats": cpu(cur),
-        "precpu_stats": cpu(pre),
-        "memory_stats": {"usage": cur["memory_usage"].as_u64().unwrap_or(0), "limit": cur["memory_limit"].as_u64().unwrap_or(0), "stats": {}},
-        "blkio_stats": {},
-        "networks": {},
-    })
-}
-
-pub async fn stats(
-    State(app): State<AppState>,
-    Extension(TenantId(tenant)): Extension<TenantId>,
-    Path(id): Path<String>,
-    Query(q): Query<Params>,
-) -> ApiResult<Response> {
-    let c = app.runtime.get(&tenant, &id)?;
-    let stream = flag(&q, "stream", true);
-    let one_shot = flag(&q, "one-shot", false);
-    let sample = |rt: Arc<node::Runtime>, tenant: String, id: String| async move {
-        rt.query(&tenant, &id, json!({"op": "stats"}))
-            .await
-            .map(|r| r["stats"].clone())
-    };
-    let first = if c.is_running() {
-        sample(app.runtime.clone(), tenant.clone(), id.clone()).await?
-    } else {
-        json!({})
-    };
-    if !stream {
-        let (pre, cur) = if one_shot || !c.is_running() {
-            (json!({}), first)
-        } else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let second = sample(app.runtime.clone(), tenant, id)
-                .await
-                .unwrap_or_else(|_| first.clone());
-            (first, second)
-        };
-        return Ok(Json(stats_json(&c, Utc::now(), &cur, &pre)).into_response());
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let runtime = app.runtime.clone();
-    tokio::spawn(async move {
-        let mut pre = json!({});
-        let mut cur = first;
-        loop {
-            let line = stats_json(&c, Utc::now(), &cur, &pre).to_string() + "\n";
-            if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            pre = cur;
-            cur = match sample(runtime.clone(), tenant.clone(), id.clone()).await {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        }
-    });
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(tokio_stream_from(rx)),
-    )
-        .into_response())
 }

@@ -64,7 +64,11 @@ fn feed(
     tenant: String,
     q: &Params,
 ) -> ApiResult<tokio::sync::mpsc::Receiver<Event>> {
-    let since = time_param(q, "since")?;
+    // Docker reads `since=0` as the epoch (replay all that is retained), not as "no since".
+    let since = match q.get("since").map(String::as_str) {
+        Some("0") => chrono::DateTime::from_timestamp(0, 0),
+        _ => time_param(q, "since")?,
+    };
     let until = time_param(q, "until")?;
     let filters = Filters::parse(q)?;
     let (kept, mut live) = app.runtime.events.subscribe(&tenant);

@@ -13,6 +13,7 @@ pub mod prune;
 pub mod services;
 pub mod sg;
 pub mod snapshots;
+pub mod stats;
 pub mod system;
 pub mod unsupported;
 pub mod usage;
