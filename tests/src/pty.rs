@@ -18,7 +18,13 @@ pub struct PtyOut {
 /// Runs `cmd` with stdin/stdout/stderr on a new pty (its controlling terminal, 80x24). Once
 /// `wait_for` appears in the output (or at once when empty) types `input`, then waits for the
 /// command to exit within `timeout`. Panics with the output so far on timeout.
-pub fn run_on_pty(mut cmd: Command, wait_for: &str, input: &str, timeout: Duration) -> PtyOut {
+pub fn run_on_pty(cmd: Command, wait_for: &str, input: &str, timeout: Duration) -> PtyOut {
+    run_on_pty_steps(cmd, &[(wait_for, input)], timeout)
+}
+
+/// As [`run_on_pty`], with several steps: each waits for its text to appear after what the
+/// previous step typed (at once when empty), then types its input.
+pub fn run_on_pty_steps(mut cmd: Command, steps: &[(&str, &str)], timeout: Duration) -> PtyOut {
     let winsize = nix::pty::Winsize {
         ws_row: 24,
         ws_col: 80,
@@ -61,12 +67,20 @@ pub fn run_on_pty(mut cmd: Command, wait_for: &str, input: &str, timeout: Durati
     let text = |o: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&o.lock().unwrap()).into_owned();
     let end = Instant::now() + timeout;
     let mut writer = std::fs::File::from(master);
-    let mut typed = false;
+    let (mut step, mut seen_from) = (0, 0);
     let status = loop {
-        if !typed && (wait_for.is_empty() || text(&out).contains(wait_for)) {
-            writer.write_all(input.as_bytes()).expect("type on the pty");
-            typed = true;
+        if let Some((wait_for, input)) = steps.get(step) {
+            let (seen, len) = {
+                let out = out.lock().unwrap();
+                let since = String::from_utf8_lossy(&out[seen_from.min(out.len())..]).into_owned();
+                (wait_for.is_empty() || since.contains(wait_for), out.len())
+            };
+            if seen {
+                writer.write_all(input.as_bytes()).expect("type on the pty");
+                (step, seen_from) = (step + 1, len);
+            }
         }
+        let typed = format!("{step} of {} steps", steps.len());
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }

@@ -24,6 +24,14 @@ fn main() {
         ),
         ("health_checks", health_checks),
         ("compose_waits_for_healthy", compose_waits_for_healthy),
+        (
+            "detach_keys_leave_processes_running",
+            detach_keys_leave_processes_running,
+        ),
+        (
+            "attach_logs_and_exec_terminals",
+            attach_logs_and_exec_terminals,
+        ),
         ("nothing_silently_ignored", nothing_silently_ignored),
         (
             "inspect_info_version_match_dockerd",
@@ -897,7 +905,9 @@ fn inspect_info_version_match_dockerd() {
 /// follows the VM when it is resumed behind hyperd's back, the guest's clock is right after an
 /// unpause, stop, kill and rm -f work, and the events say pause and unpause.
 fn pause_stops_the_whole_vm() {
-    let d = daemon();
+    // Its own hyperd: the test restarts it, which the shared one's other tests must not see.
+    let dd = Daemon::start("pz", DaemonOpts::default());
+    let d: &Daemon = &dd;
     let counter = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
     // Protected: termination protection does not cover pause.
     let run = [
@@ -1169,4 +1179,156 @@ fn exec_events_replay() {
         assert_eq!(o.out(), "3", "{o}");
     }
     d.hyper(&["rm", "-f", &id]).run().ok();
+}
+
+/// A client CLI on a terminal: the stock Docker CLI or ours, on the test daemon.
+fn on_terminal(d: &Daemon, client: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(match client {
+        "docker" => docker_bin(),
+        _ => hyper_bin(),
+    });
+    cmd.args(["-H", &d.unix_host()])
+        .args(args)
+        .env("HYPER_CONFIG", d.data.join("noconfig"))
+        .env("DOCKER_CONFIG", d.data.join("noconfig"))
+        .env("TERM", "xterm");
+    cmd
+}
+
+/// The detach keys (ctrl-p,ctrl-q by default, `--detach-keys` else) end an attach or an exec
+/// session on a terminal while the process runs on, with both CLIs: what was typed before
+/// them ran, and the shell left behind is still there.
+fn detach_keys_leave_processes_running() {
+    let d = daemon();
+    // A shell on a terminal, and beside it a loop saying "ready" every second: an attached
+    // client sees it once its terminal is raw (in cooked mode ctrl-q is flow control).
+    let id = d
+        .docker(&[
+            "run",
+            "-dit",
+            "busybox",
+            "sh",
+            "-c",
+            "while sleep 1; do echo ready; done & exec sh",
+        ])
+        .run()
+        .ok()
+        .out();
+    let shells = || {
+        d.docker(&["exec", &id, "pidof", "sh"])
+            .run()
+            .ok()
+            .stdout
+            .split_whitespace()
+            .count()
+    };
+    for client in ["docker", "hyper"] {
+        let t = e2e::pty::run_on_pty(
+            on_terminal(d, client, &["attach", &id]),
+            "ready",
+            &format!("touch /attached-{client}\r\x10\x11"),
+            secs(60.0),
+        );
+        // Docker's CLI says it read the escape sequence and exits 1 (it does so with dockerd).
+        let docker_detached = client == "docker" && t.output.contains("read escape sequence");
+        assert!(
+            t.code == 0 || docker_detached,
+            "{client} attach; terminal:\n{}",
+            t.output
+        );
+        wait_for("the command typed before detaching", secs(20.0), || {
+            let o = d
+                .docker(&["exec", &id, "ls", &format!("/attached-{client}")])
+                .run();
+            if o.code == 0 {
+                Ok(())
+            } else {
+                Err(o.to_string())
+            }
+        });
+        assert_eq!(d.inspect(&id)["State"]["Running"], true, "{client}");
+    }
+    for (client, keys, typed) in [("docker", "ctrl-a,x", "\x01x"), ("hyper", "ctrl-e", "\x05")] {
+        let before = shells();
+        let t = e2e::pty::run_on_pty(
+            on_terminal(
+                d,
+                client,
+                &["exec", "-it", "--detach-keys", keys, &id, "sh"],
+            ),
+            "#",
+            &format!("touch /by-{client}\r{typed}"),
+            secs(60.0),
+        );
+        let docker_detached = client == "docker" && t.output.contains("read escape sequence");
+        assert!(
+            t.code == 0 || docker_detached,
+            "{client} exec; terminal:\n{}",
+            t.output
+        );
+        wait_for("the command typed before detaching", secs(20.0), || {
+            let o = d
+                .docker(&["exec", &id, "ls", &format!("/by-{client}")])
+                .run();
+            if o.code == 0 {
+                Ok(())
+            } else {
+                Err(o.to_string())
+            }
+        });
+        assert_eq!(shells(), before + 1, "{client}: the detached shell runs on");
+    }
+    let o = d
+        .hyper(&["exec", "-it", "--detach-keys", "ctrl-é", &id, "true"])
+        .run();
+    assert!(o.code != 0 && o.stderr.contains("detach keys"), "{o}");
+    d.docker(&["rm", "-f", &id]).run().ok();
+}
+
+/// docker-py: `attach(logs=True, stream=False)` returns the log so far and ends; an exec
+/// created with a terminal has one even when started without (the start's `Tty` only says
+/// how to stream), as Docker's.
+fn attach_logs_and_exec_terminals() {
+    let d = daemon();
+    let id = d
+        .docker(&[
+            "run",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two >&2; exec sleep 600",
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for("the log", secs(30.0), || {
+        let o = d.docker(&["logs", &id]).run().ok();
+        if o.stderr.contains("two") {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
+    });
+    let script = format!(
+        r#"
+import docker
+c = docker.APIClient(base_url="{host}", version="1.44")
+print(repr(c.attach("{id}", stdout=True, stderr=True, stream=False, logs=True)))
+e = c.exec_create("{id}", ["tty"], tty=True)
+print(c.exec_start(e["Id"], tty=False).decode().strip())
+"#,
+        host = d.unix_host(),
+    );
+    let o = Cmd::new("python3", &["-c", &script])
+        .timeout(60.0)
+        .run()
+        .ok();
+    let mut lines = o.stdout.lines();
+    assert_eq!(lines.next(), Some("b'one\\ntwo\\n'"), "{o}");
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("/dev/pts/")),
+        "{o}"
+    );
+    d.docker(&["rm", "-f", &id]).run().ok();
 }

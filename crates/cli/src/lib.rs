@@ -23,6 +23,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod detach;
 pub mod format;
 pub mod stream;
 pub mod table;

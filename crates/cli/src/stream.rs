@@ -163,18 +163,48 @@ pub async fn copy_body(mut body: hyper::body::Incoming, tty: bool) -> Result<(),
     Ok(())
 }
 
+/// How an attached session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The daemon closed the output: the process is done (or its stream was).
+    Closed,
+    /// The user typed the detach keys: the process runs on.
+    Detached,
+}
+
 /// Runs an attached session on a hijacked connection: our stdin goes up (if `stdin`), with a
 /// write-side shutdown on EOF so the process sees EOF; output comes down until the daemon
-/// closes it, which ends the session.
-pub async fn pump<S>(io: S, tty: bool, stdin: bool) -> Result<(), StreamError>
+/// closes it, which ends the session. With `detach` (the detach keys of a TTY session), typing
+/// them is noticed, so that the session's end counts as leaving it.
+pub async fn pump<S>(
+    io: S,
+    tty: bool,
+    stdin: bool,
+    detach: Option<Vec<u8>>,
+) -> Result<Ended, StreamError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
+    let detached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = detached.clone();
     let input = stdin.then(|| {
         tokio::spawn(async move {
             let mut input = tokio::io::stdin();
-            let _ = tokio::io::copy(&mut input, &mut wr).await;
+            let mut watch = detach.map(crate::detach::Watch::new);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if watch.as_mut().is_some_and(|w| w.seen_in(&buf[..n])) {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if wr.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
             let _ = wr.shutdown().await;
             wr
         })
@@ -183,7 +213,11 @@ where
     if let Some(task) = input {
         task.abort();
     }
-    result
+    result?;
+    Ok(match detached.load(std::sync::atomic::Ordering::SeqCst) {
+        true => Ended::Detached,
+        false => Ended::Closed,
+    })
 }
 
 /// Puts stdin in raw mode while alive; dropping it restores the previous settings.

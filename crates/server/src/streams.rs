@@ -65,6 +65,7 @@ pub async fn pump(
         stdin,
         detach,
         replay,
+        wait_for_exit,
     } = session;
     let client = TokioIo::new(upgraded);
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
@@ -72,15 +73,19 @@ pub async fn pump(
         return on_end(None);
     }
     let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
-    let input = copy_input(&mut client_rd, &mut shim_wr, stdin, detach);
+    let input = copy_input(&mut client_rd, &mut shim_wr, stdin, tty, detach);
     let output = forward_frames(&mut shim_rd, &mut client_wr, tty);
     let code = tokio::select! {
         code = output => code,
         () = input => {
-            // Detached: the client goes now, the process carries on unwatched.
+            // Detached (or a terminal's input ended): the client goes now, the process
+            // carries on unwatched; an exec's output is drained to learn its exit code.
             let _ = client_wr.shutdown().await;
             drop(client_wr);
-            let code = forward_frames(&mut shim_rd, &mut tokio::io::sink(), tty).await;
+            let code = match wait_for_exit {
+                true => forward_frames(&mut shim_rd, &mut tokio::io::sink(), tty).await,
+                false => None,
+            };
             drop(shim_wr);
             on_end(code);
             return;
@@ -99,6 +104,8 @@ pub struct Session {
     pub stdin: bool,
     pub detach: Option<Escape>,
     pub replay: Vec<u8>,
+    /// After a detach, follow the process to its exit code (an exec's), rather than let go.
+    pub wait_for_exit: bool,
 }
 
 /// Answers a hijacked request with `data` alone (attach's `logs=1&stream=0`).
@@ -108,12 +115,15 @@ pub async fn send_and_close(upgraded: hyper::upgrade::Upgraded, data: &[u8]) {
     let _ = client.shutdown().await;
 }
 
-/// The client's input to the process until the detach keys (then it returns); the end of the
-/// client's input is the end of the process's stdin (then it waits for ever).
+/// The client's input to the process until the detach keys (then it returns). The end of the
+/// client's input ends a terminal session the same way (Docker's rule: the process keeps its
+/// stdin, as after the keys, which the Docker CLI itself watches for and does not send);
+/// otherwise it is the end of the process's stdin (then this waits for ever).
 async fn copy_input(
     client: &mut (impl AsyncRead + Unpin),
     process: &mut (impl AsyncWrite + Unpin),
     stdin: bool,
+    tty: bool,
     mut detach: Option<Escape>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -137,6 +147,9 @@ async fn copy_input(
         if detached {
             return;
         }
+    }
+    if stdin && tty {
+        return;
     }
     let _ = process.shutdown().await;
     std::future::pending::<()>().await;

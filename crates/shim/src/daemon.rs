@@ -1537,8 +1537,11 @@ async fn attach(
                 }
             }
             // Half-close of the attach that holds stdin = stdin EOF (internals.md), after the
-            // data (same queue).
-            shim.send_data(Frame::stdin_eof(MAIN_STREAM)).await;
+            // data (same queue); not on a terminal, whose session just ends (Docker's rule: a
+            // client that detaches leaves the process its stdin).
+            if !shim.spec.process.tty {
+                shim.send_data(Frame::stdin_eof(MAIN_STREAM)).await;
+            }
             shim.inner.lock().unwrap().stdin_held = false;
         })
     });
@@ -1576,6 +1579,7 @@ async fn exec(
     process: agent_proto::ProcessSpec,
     want_stdin: bool,
 ) -> Result<()> {
+    let tty = process.tty;
     let (etx, mut erx) = mpsc::unbounded_channel();
     let (stx, srx) = oneshot::channel();
     let stream = {
@@ -1658,7 +1662,10 @@ async fn exec(
                     }
                 }
             }
-            shim.send_data(Frame::stdin_eof(stream)).await;
+            // As for attach: a terminal session's end leaves the process its stdin.
+            if !tty {
+                shim.send_data(Frame::stdin_eof(stream)).await;
+            }
         })
     });
     let mut client_gone = false;

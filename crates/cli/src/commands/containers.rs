@@ -32,6 +32,9 @@ pub struct StartArgs {
     /// Attach container's STDIN
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    pub detach_keys: Option<String>,
     #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
@@ -150,6 +153,9 @@ pub struct AttachArgs {
     /// Proxy all received signals to the process
     #[arg(long = "sig-proxy", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub sig_proxy: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    pub detach_keys: Option<String>,
     pub container: String,
 }
 
@@ -237,18 +243,21 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<i32, CliError> {
     let info = inspect_container(&client, name).await?;
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = a.interactive && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    let keys = crate::detach::keys(a.detach_keys.as_deref(), &ctx.file).map_err(CliError::Msg)?;
     let req = ApiRequest::post(cpath(name, "/attach"))
         .flag("stream", true)
         .flag("stdin", stdin)
         .flag("stdout", true)
-        .flag("stderr", true);
+        .flag("stderr", true)
+        .query("detachKeys", &keys);
     let conn = client.hijack(req).await?;
     let raw = if tty && stdin {
         RawTerminal::enable()?
     } else {
         None
     };
-    let io = tokio::spawn(stream::pump(conn, tty, stdin));
+    let detach = (tty && stdin).then(|| crate::detach::sequence(&keys).unwrap_or_default());
+    let io = tokio::spawn(stream::pump(conn, tty, stdin, detach));
     let status = wait_exit(&client, name, "next-exit").await;
     if let Err(e) = client.call(ApiRequest::post(cpath(name, "/start"))).await {
         io.abort();
@@ -257,6 +266,9 @@ pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<i32, CliError> {
     let resize = (tty && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| stream::monitor_tty_size(client.clone(), cpath(name, "/resize")));
     let io_result = io.await;
+    if let Ok(Ok(stream::Ended::Detached)) = io_result {
+        return Ok(0);
+    }
     let code = status.await.unwrap_or(125);
     drop(raw);
     if let Some(r) = resize {
@@ -621,11 +633,13 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> Result<i32, CliError> {
     }
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    let keys = crate::detach::keys(a.detach_keys.as_deref(), &ctx.file).map_err(CliError::Msg)?;
     let req = ApiRequest::post(cpath(&a.container, "/attach"))
         .flag("stream", true)
         .flag("stdin", stdin)
         .flag("stdout", true)
-        .flag("stderr", true);
+        .flag("stderr", true)
+        .query("detachKeys", &keys);
     let conn = client.hijack(req).await?;
     let raw = if tty && stdin {
         RawTerminal::enable()?
@@ -634,12 +648,15 @@ pub async fn attach(ctx: &Ctx, a: AttachArgs) -> Result<i32, CliError> {
     };
     let resize = (tty && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| stream::monitor_tty_size(client.clone(), cpath(&a.container, "/resize")));
-    let result = stream::pump(conn, tty, stdin).await;
+    let detach = (tty && stdin).then(|| crate::detach::sequence(&keys).unwrap_or_default());
+    let result = stream::pump(conn, tty, stdin, detach).await;
     drop(raw);
     if let Some(r) = resize {
         r.abort();
     }
-    result?;
+    if result? == stream::Ended::Detached {
+        return Ok(0);
+    }
     // The session ended: report the container's exit code, as docker does.
     let status = wait_exit(&client, &a.container, "not-running").await;
     Ok(status.await.unwrap_or(0))

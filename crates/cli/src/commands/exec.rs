@@ -31,6 +31,9 @@ pub struct ExecArgs {
     /// Give extended privileges to the command
     #[arg(long)]
     pub privileged: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    pub detach_keys: Option<String>,
     pub container: String,
     #[arg(
         required = true,
@@ -66,8 +69,11 @@ pub fn exec_body(a: &ExecArgs) -> Value {
 
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
+    let keys = crate::detach::keys(a.detach_keys.as_deref(), &ctx.file).map_err(CliError::Msg)?;
+    let mut body = exec_body(&a);
+    body["DetachKeys"] = json!(keys);
     let created: Value = client
-        .json(ApiRequest::post(format!("/containers/{}/exec", a.container)).json(&exec_body(&a)))
+        .json(ApiRequest::post(format!("/containers/{}/exec", a.container)).json(&body))
         .await?;
     let id = created["Id"]
         .as_str()
@@ -90,12 +96,18 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, CliError> {
     };
     let resize = (a.tty && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .then(|| stream::monitor_tty_size(client.clone(), format!("/exec/{id}/resize")));
-    let result = stream::pump(conn, a.tty, a.interactive).await;
+    let detach = (a.tty && a.interactive)
+        .then(|| crate::detach::sequence(&keys))
+        .transpose()
+        .map_err(CliError::Msg)?;
+    let result = stream::pump(conn, a.tty, a.interactive, detach).await;
     drop(raw);
     if let Some(r) = resize {
         r.abort();
     }
-    result?;
+    if result? == stream::Ended::Detached {
+        return Ok(0);
+    }
     let info: Value = client
         .json(ApiRequest::get(format!("/exec/{id}/json")))
         .await?;

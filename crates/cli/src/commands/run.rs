@@ -145,6 +145,9 @@ pub struct RunArgs {
     /// Proxy received signals to the process
     #[arg(long = "sig-proxy", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub sig_proxy: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    pub detach_keys: Option<String>,
     #[command(flatten)]
     pub opts: ContainerOptions,
 }
@@ -681,11 +684,14 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
         return Ok(0);
     }
 
+    let keys =
+        crate::detach::keys(args.detach_keys.as_deref(), &ctx.file).map_err(CliError::Msg)?;
     let attach_req = ApiRequest::post(format!("/containers/{id}/attach"))
         .flag("stream", true)
         .flag("stdin", o.interactive)
         .flag("stdout", true)
-        .flag("stderr", true);
+        .flag("stderr", true)
+        .query("detachKeys", &keys);
     let conn = client
         .hijack(attach_req)
         .await
@@ -695,7 +701,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
     } else {
         None
     };
-    let io_task = tokio::spawn(stream::pump(conn, o.tty, o.interactive));
+    let detach =
+        (o.tty && o.interactive).then(|| crate::detach::sequence(&keys).unwrap_or_default());
+    let io_task = tokio::spawn(stream::pump(conn, o.tty, o.interactive, detach));
 
     let condition = if o.rm { "removed" } else { "next-exit" };
     let status = wait_exit(&client, &id, condition).await;
@@ -721,6 +729,13 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, CliError> {
     let proxy = (args.sig_proxy && !o.tty).then(|| proxy_signals(client.clone(), id.clone()));
 
     let io_result = io_task.await;
+    if let Ok(Ok(stream::Ended::Detached)) = io_result {
+        drop(raw);
+        for t in [resize, proxy].into_iter().flatten() {
+            t.abort();
+        }
+        return Ok(0);
+    }
     let code = status.await.unwrap_or(125);
     drop(raw);
     for t in [resize, proxy].into_iter().flatten() {

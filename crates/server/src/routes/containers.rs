@@ -527,6 +527,12 @@ pub async fn attach(
     let (response, upgrade) = streams::hijack(&mut req)?;
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
+        if !past.is_empty() {
+            // Clients that read the 101 through a buffered reader and then the raw socket
+            // (docker-py) lose what arrives with it: the log goes out a moment later, as
+            // dockerd's does once it has read the log file.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let Some(shim) = shim else {
             streams::send_and_close(upgraded, &past).await;
             return;
@@ -540,6 +546,7 @@ pub async fn attach(
                 stdin,
                 detach,
                 replay: past,
+                wait_for_exit: false,
             };
             streams::pump(upgraded, shim, session, |_| {}).await;
         }

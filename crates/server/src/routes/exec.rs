@@ -116,6 +116,7 @@ pub async fn start(
             stdin: info.config.attach_stdin,
             detach,
             replay: Vec::new(),
+            wait_for_exit: true,
         };
         streams::pump(upgraded, shim, session, move |code| {
             runtime.exec_finished(&id, code.unwrap_or(-1))
