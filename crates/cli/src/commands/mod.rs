@@ -6,6 +6,7 @@ pub mod containers;
 pub mod events;
 pub mod exec;
 pub mod health;
+pub mod image_transfer;
 pub mod fip;
 pub mod images;
 pub mod mounts;

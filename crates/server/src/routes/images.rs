@@ -1,4 +1,5 @@
-//! `/images/...`: list, inspect, history, tag, remove, load. Image names may contain slashes
+//! `/images/...`: list, inspect, history, tag, remove, load (save and push have their own
+//! files). Image names may contain slashes
 //! (`localhost:5000/team/app:v1`), so the per-image routes share one wildcard and are told
 //! apart by their last segment.
 
@@ -168,6 +169,7 @@ pub async fn by_name(
             let body: Vec<Value> = report.into_iter().map(|(k, v)| json!({ k: v })).collect();
             Ok(Json(Value::Array(body)).into_response())
         }
+        (Method::GET, "get") => super::image_save::save(&app, &tenant, &[name]).await,
         (_, "push") => Err(ApiError::not_implemented("image push is not supported")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
