@@ -34,6 +34,7 @@ pub mod login;
 pub mod policy;
 pub mod pull;
 
+pub mod push;
 mod save;
 pub mod source;
 mod unpack;
