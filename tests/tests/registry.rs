@@ -746,7 +746,11 @@ fn save_load_round_trip() {
         "no config blob named by the image ID: {members:?}"
     );
     let manifest: Value = serde_json::from_str(&tar_member(&ours, "manifest.json")).unwrap();
-    assert_eq!(manifest[0]["RepoTags"], json!(["busybox:latest"]), "{manifest}");
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        json!(["busybox:latest"]),
+        "{manifest}"
+    );
     assert_eq!(manifest[0]["Config"], format!("blobs/sha256/{hex}"));
 
     // The stock docker CLI (GET /images/{name}/get) gets the same bytes; two names of one
@@ -778,7 +782,11 @@ fn save_load_round_trip() {
         let o = hyper(&b, &["save", "-o", refused.to_str().unwrap(), name]);
         assert_ne!(o.code, 0, "t5 saved A's image {name}: {o}");
         assert!(o.stderr.contains("No such image"), "{o}");
-        assert!(!refused.exists(), "a failed save left {}", refused.display());
+        assert!(
+            !refused.exists(),
+            "a failed save left {}",
+            refused.display()
+        );
     }
 
     // Loaded by that tenant: the same image ID and tag; its own save is byte for byte ours.
@@ -874,9 +882,18 @@ fn push_then_pull_from_another_tenant() {
     // gunzips to the diff ID hyper stores.
     assert_eq!(manifest["config"]["digest"], json!(id), "{manifest}");
     let layers: Vec<String> = serde_json::from_str(
-        &hyper(&a, &["image", "inspect", "-f", "{{json .RootFS.Layers}}", "busybox"])
-            .ok()
-            .out(),
+        &hyper(
+            &a,
+            &[
+                "image",
+                "inspect",
+                "-f",
+                "{{json .RootFS.Layers}}",
+                "busybox",
+            ],
+        )
+        .ok()
+        .out(),
     )
     .unwrap();
     let blobs = manifest["layers"].as_array().unwrap();
@@ -929,7 +946,11 @@ fn push_then_pull_from_another_tenant() {
     assert!(o.stdout.contains("Login Succeeded"), "{o}");
     let docker_target = format!("{}/docker/bb:v2", reg.private);
     d.docker(&["tag", "busybox", &docker_target]).run().ok();
-    let o = d.docker(&["push", &docker_target]).timeout(180.0).run().ok();
+    let o = d
+        .docker(&["push", &docker_target])
+        .timeout(180.0)
+        .run()
+        .ok();
     let (digest, _) = registry_manifest(&reg.private, "docker/bb", "v2");
     assert!(o.stdout.contains(&format!("v2: digest: {digest}")), "{o}");
     d.docker(&["rmi", &docker_target]).run().ok();
@@ -975,7 +996,10 @@ fn pull_of_a_present_image() {
     let o = hyper(&["pull", &image]).ok();
     assert!(o.stdout.contains("Downloaded newer image"), "{o}");
     let before = blob_gets(&reg, "open");
-    assert!(before >= 3, "the access log shows no blob fetches: {before}");
+    assert!(
+        before >= 3,
+        "the access log shows no blob fetches: {before}"
+    );
     let o = hyper(&["pull", &image]).ok();
     assert!(
         o.stdout
@@ -983,13 +1007,21 @@ fn pull_of_a_present_image() {
         "{o}"
     );
     assert!(!o.stdout.contains("Pull complete"), "{o}");
-    assert_eq!(blob_gets(&reg, "open"), before, "an up-to-date pull fetched blobs");
+    assert_eq!(
+        blob_gets(&reg, "open"),
+        before,
+        "an up-to-date pull fetched blobs"
+    );
     // The stock docker CLI (another tenant: the operator's) says the same once it has it.
     let o = d.docker(&["pull", &image]).timeout(120.0).run().ok();
     assert!(o.stdout.contains("Downloaded newer image"), "{o}");
     let o = d.docker(&["pull", &image]).timeout(120.0).run().ok();
     assert!(o.stdout.contains("Image is up to date"), "{o}");
-    assert_eq!(blob_gets(&reg, "open"), before, "a pull of a stored image fetched blobs");
+    assert_eq!(
+        blob_gets(&reg, "open"),
+        before,
+        "a pull of a stored image fetched blobs"
+    );
 
     // The registry down: pull fails (hyper and docker CLIs), the image is still there, and
     // run uses it without asking the registry.

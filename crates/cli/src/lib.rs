@@ -32,8 +32,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, events, exec, fip, image_transfer, images, network, run, service, sg,
-    snapshot, system, usage, volume, Ctx,
+    config as config_cmd, containers, events, exec, fip, image_transfer, images, network, run,
+    service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]

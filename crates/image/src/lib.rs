@@ -29,8 +29,8 @@ mod disk;
 mod error;
 pub mod fetch;
 mod layer;
-mod manifest;
 pub mod login;
+mod manifest;
 pub mod policy;
 pub mod pull;
 

@@ -51,8 +51,12 @@ impl Flavor {
 
 /// The manifest of an image with `config` and `layers` (bottom first), as bytes.
 pub(crate) fn manifest(flavor: Flavor, config: &Blob, layers: &[Blob]) -> Vec<u8> {
-    let desc = |media: &str, b: &Blob| json!({"mediaType": media, "digest": b.digest, "size": b.size});
-    let layers: Vec<_> = layers.iter().map(|l| desc(flavor.layer_type(), l)).collect();
+    let desc =
+        |media: &str, b: &Blob| json!({"mediaType": media, "digest": b.digest, "size": b.size});
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| desc(flavor.layer_type(), l))
+        .collect();
     serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": flavor.media_type(),
@@ -130,7 +134,10 @@ mod tests {
         for (i, (input, want)) in cases.iter().enumerate() {
             assert_eq!(qualified(input), *want, "test[{i}]");
         }
-        assert_eq!(split_tag("127.0.0.1:5000/a:v1"), Some(("127.0.0.1:5000/a", "v1")));
+        assert_eq!(
+            split_tag("127.0.0.1:5000/a:v1"),
+            Some(("127.0.0.1:5000/a", "v1"))
+        );
         assert_eq!(split_tag("127.0.0.1:5000/a"), None);
     }
 }

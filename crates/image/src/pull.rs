@@ -418,7 +418,10 @@ impl Puller {
         let info = self.store.get(digest).ok()?;
         (info.id == digest
             && info.layers.len() == layers
-            && info.layers.iter().all(|d| self.store.layer_path(d).exists()))
+            && info
+                .layers
+                .iter()
+                .all(|d| self.store.layer_path(d).exists()))
         .then_some(info)
     }
 
@@ -469,9 +472,9 @@ impl Puller {
             Some(config) => store.add_pulled(&config, &diff_ids, repo_tags),
             None => store.get(&id),
         })
-            .await
-            .map_err(|e| ImageError::BadArchive(format!("commit task: {e}")))?
-            .map_err(PullError::from)
+        .await
+        .map_err(|e| ImageError::BadArchive(format!("commit task: {e}")))?
+        .map_err(PullError::from)
     }
 
     fn lock_for(&self, diff_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -805,7 +808,10 @@ impl Session {
             "https"
         };
         let base = format!("{scheme}://{registry}/v2/");
-        let context = format!("{} {shown}: reaching the registry {registry}", access.doing());
+        let context = format!(
+            "{} {shown}: reaching the registry {registry}",
+            access.doing()
+        );
         let net = net_error(&context);
         let http = Http::new(reach).map_err(&net)?;
         let ping = Http::send(http.get(&base).map_err(&net)?)
@@ -861,12 +867,10 @@ impl Session {
         )
         .await
         .map_err(|e| match e {
-            PullError::Unauthorized(why) => {
-                PullError::Unauthorized(format!(
-                    "{} access denied for {shown}: {why}",
-                    self.access.verb()
-                ))
-            }
+            PullError::Unauthorized(why) => PullError::Unauthorized(format!(
+                "{} access denied for {shown}: {why}",
+                self.access.verb()
+            )),
             other => other,
         })
     }

@@ -328,7 +328,9 @@ impl Puller {
         let store = self.store().clone();
         let id = image_id.to_string();
         let (info, config) = tokio::task::spawn_blocking(move || {
-            store.get(&id).and_then(|i| Ok((i.clone(), store.config_blob(&i.id)?)))
+            store
+                .get(&id)
+                .and_then(|i| Ok((i.clone(), store.config_blob(&i.id)?)))
         })
         .await
         .map_err(|e| ImageError::BadArchive(format!("push task: {e}")))??;
@@ -408,7 +410,11 @@ mod tests {
         assert_eq!(first, second);
         assert_eq!(a.size, first.len() as u64);
         assert_eq!(a.digest, crate::test_utils::digest(&first));
-        assert!(a.size < layer.len() as u64 / 10, "not compressed: {}", a.size);
+        assert!(
+            a.size < layer.len() as u64 / 10,
+            "not compressed: {}",
+            a.size
+        );
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(&first[..])
             .read_to_end(&mut back)

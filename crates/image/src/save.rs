@@ -154,15 +154,18 @@ impl ImageStore {
         }
         let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index});
         w.file("index.json", &serde_json::to_vec(&index).expect("JSON"))?;
-        w.file("manifest.json", &serde_json::to_vec(&docker_manifest).expect("JSON"))?;
+        w.file(
+            "manifest.json",
+            &serde_json::to_vec(&docker_manifest).expect("JSON"),
+        )?;
         w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         if !repositories.is_empty() {
-            w.file("repositories", &serde_json::to_vec(&repositories).expect("JSON"))?;
+            w.file(
+                "repositories",
+                &serde_json::to_vec(&repositories).expect("JSON"),
+            )?;
         }
-        let mut out = w
-            .tar
-            .into_inner()
-            .ctx(|| "finishing the archive".into())?;
+        let mut out = w.tar.into_inner().ctx(|| "finishing the archive".into())?;
         out.flush().ctx(|| "finishing the archive".into())
     }
 }
@@ -181,7 +184,13 @@ mod tests {
         let base = Layer::new().file("bin/sh", b"shell", 0o755, 0, 0).finish();
         let top = Layer::new().file("etc/app", b"app", 0o644, 0, 0).finish();
         let one = store
-            .load_archive(&docker_save(&[base.clone()], &[base.clone()], "one:v1")[..])
+            .load_archive(
+                &docker_save(
+                    std::slice::from_ref(&base),
+                    std::slice::from_ref(&base),
+                    "one:v1",
+                )[..],
+            )
             .unwrap();
         let two = store
             .load_archive(&docker_save(&[base.clone(), top.clone()], &[base, top], "me/two:v2")[..])
@@ -197,7 +206,10 @@ mod tests {
             let name = e.path().unwrap().display().to_string();
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
-            assert!(out.insert(name.clone(), data).is_none(), "{name} written twice");
+            assert!(
+                out.insert(name.clone(), data).is_none(),
+                "{name} written twice"
+            );
         }
         out
     }
@@ -232,18 +244,29 @@ mod tests {
         }
         let manifest: serde_json::Value = serde_json::from_slice(&m["manifest.json"]).unwrap();
         assert_eq!(manifest[0]["Config"], blob_name(&one));
-        assert_eq!(manifest[1]["RepoTags"], json!(["me/two:v2", "me/two:latest"]));
+        assert_eq!(
+            manifest[1]["RepoTags"],
+            json!(["me/two:v2", "me/two:latest"])
+        );
         assert_eq!(manifest[1]["Layers"].as_array().unwrap().len(), 2);
         let index: serde_json::Value = serde_json::from_slice(&m["index.json"]).unwrap();
         let names: Vec<&str> = index["manifests"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| d["annotations"]["io.containerd.image.name"].as_str().unwrap())
+            .map(|d| {
+                d["annotations"]["io.containerd.image.name"]
+                    .as_str()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(
             names,
-            ["docker.io/library/one:v1", "docker.io/me/two:v2", "docker.io/me/two:latest"]
+            [
+                "docker.io/library/one:v1",
+                "docker.io/me/two:v2",
+                "docker.io/me/two:latest"
+            ]
         );
         let repos: serde_json::Value = serde_json::from_slice(&m["repositories"]).unwrap();
         assert!(repos["me/two"]["latest"].is_string(), "{repos}");
@@ -279,7 +302,10 @@ mod tests {
             .unwrap()
             .load_archive(&archive[..])
             .unwrap();
-        assert_eq!((loaded[0].id.as_str(), loaded[0].repo_tags.len()), (one.as_str(), 0));
+        assert_eq!(
+            (loaded[0].id.as_str(), loaded[0].repo_tags.len()),
+            (one.as_str(), 0)
+        );
     }
 
     #[test]
@@ -288,10 +314,19 @@ mod tests {
         let store = ImageStore::open(dir.0.join("s")).unwrap();
         let layer = Layer::new().file("a", b"a", 0o644, 0, 0).finish();
         let loaded = store
-            .load_archive(&docker_save(&[layer.clone()], &[layer.clone()], "x:1")[..])
+            .load_archive(
+                &docker_save(
+                    std::slice::from_ref(&layer),
+                    std::slice::from_ref(&layer),
+                    "x:1",
+                )[..],
+            )
             .unwrap();
         assert_eq!(store.config_blob(&loaded[0].id).unwrap(), config(&[layer]));
         store.remove(&loaded[0].id).unwrap();
-        assert!(std::fs::read_dir(dir.0.join("s/configs")).unwrap().next().is_none());
+        assert!(std::fs::read_dir(dir.0.join("s/configs"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

@@ -1094,7 +1094,9 @@ async fn push_with_a_token_then_pull_back_elsewhere() {
     )
     .await;
     let a = node();
-    let (info, _) = pull(&a, &format!("{}/t/push-src:v1", reg.open)).await.unwrap();
+    let (info, _) = pull(&a, &format!("{}/t/push-src:v1", reg.open))
+        .await
+        .unwrap();
     assert_eq!(info.id, id);
     let repository = format!("{}/t/pushed", reg.token);
     let creds = Credentials {
@@ -1123,8 +1125,14 @@ async fn push_with_a_token_then_pull_back_elsewhere() {
         .await
         .unwrap();
     let s = statuses(&events);
-    assert_eq!(s.iter().filter(|s| s.ends_with(": Pushed")).count(), 2, "{s:?}");
-    assert!(events.iter().any(|p| p.status == "Pushing" && p.total.is_some()));
+    assert_eq!(
+        s.iter().filter(|s| s.ends_with(": Pushed")).count(),
+        2,
+        "{s:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|p| p.status == "Pushing" && p.total.is_some()));
     assert!(
         reg.tokens.requests()[before..].iter().any(|r| r
             .query
@@ -1159,7 +1167,9 @@ async fn push_with_a_token_then_pull_back_elsewhere() {
         .unwrap();
     let s = statuses(&events);
     assert_eq!(
-        s.iter().filter(|s| s.ends_with(": Layer already exists")).count(),
+        s.iter()
+            .filter(|s| s.ends_with(": Layer already exists"))
+            .count(),
         2,
         "{s:?}"
     );

@@ -37,8 +37,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, df, events, exec, fallback, fips, image_save, images, networks, prune,
-        services, sg, snapshots, system, usage, volume_init, volumes,
+        admin, containers as c, df, events, exec, fallback, fips, image_save, images, networks,
+        prune, services, sg, snapshots, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))

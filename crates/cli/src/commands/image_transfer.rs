@@ -97,9 +97,7 @@ pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<i32, CliError> {
         None => split_tag(&a.image),
     };
     if a.all_tags && !tag.is_empty() {
-        return Err(CliError::Msg(
-            "tag can't be used with --all-tags/-a".into(),
-        ));
+        return Err(CliError::Msg("tag can't be used with --all-tags/-a".into()));
     }
     let tag = match (a.all_tags, tag) {
         (true, _) => "",

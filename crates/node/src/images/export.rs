@@ -87,7 +87,12 @@ impl Images {
     /// What `docker push NAME[:TAG]` sends: `(name:tag, image ID)` of the tag, or of every tag
     /// of the repository when no tag is given (`docker push --all-tags`). 404 with Docker's
     /// words when the tenant has none.
-    pub fn push_targets(&self, tenant: &str, name: &str, tag: &str) -> Result<Vec<(String, String)>> {
+    pub fn push_targets(
+        &self,
+        tenant: &str,
+        name: &str,
+        tag: &str,
+    ) -> Result<Vec<(String, String)>> {
         let missing = |what: &str| {
             RuntimeError::NotFound(format!(
                 "An image does not exist locally with the tag: {what}"

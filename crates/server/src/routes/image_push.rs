@@ -38,8 +38,7 @@ pub(crate) async fn push(
         .and_then(|h| h.to_str().ok())
         .and_then(image::pull::decode_registry_auth);
     // The tenant's tags are familiar names (`busybox:latest`); the registry needs the full one.
-    let repository = image::pull::parse_reference(name, None)
-        .map_err(pull_error)?;
+    let repository = image::pull::parse_reference(name, None).map_err(pull_error)?;
     let repository = format!("{}/{}", repository.registry(), repository.repository());
     let session = images
         .puller()
