@@ -37,8 +37,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, df, events, exec, fallback, fips, image_save, images, networks,
-        prune, services, sg, snapshots, system, usage, volume_init, volumes,
+        admin, containers as c, df, events, exec, fallback, fips, images, networks, prune,
+        services, sg, snapshots, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -132,7 +132,6 @@ pub fn router(state: AppState) -> Router {
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/create", post(images::create))
-        .route("/images/get", get(image_save::save_many))
         .route(
             "/images/{*rest}",
             get(images::by_name)

@@ -8,13 +8,11 @@
 use std::io::{self, Write};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 
 use crate::error::{ApiError, ApiResult};
-use crate::transport::TenantId;
 use crate::AppState;
 
 /// Chunks in flight between the writer and the connection (64 KiB each).
@@ -38,11 +36,13 @@ impl Write for ToBody {
 }
 
 /// `GET /images/get?names=..` (repeated).
-pub async fn save_many(
-    State(app): State<AppState>,
-    Extension(TenantId(tenant)): Extension<TenantId>,
-    Query(q): Query<Vec<(String, String)>>,
+pub(crate) async fn save_many(
+    app: &AppState,
+    tenant: &str,
+    uri: &axum::http::Uri,
 ) -> ApiResult<Response> {
+    let Query(q) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let names: Vec<String> = q
         .into_iter()
         .filter(|(k, _)| k == "names")
@@ -53,7 +53,7 @@ pub async fn save_many(
             "names is required: GET /images/get?names=IMAGE[&names=IMAGE...]",
         ));
     }
-    save(&app, &tenant, &names).await
+    save(app, tenant, &names).await
 }
 
 /// The archive of `names` for `tenant`.

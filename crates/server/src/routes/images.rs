@@ -170,6 +170,11 @@ pub async fn by_name(
             Ok(Json(Value::Array(body)).into_response())
         }
         (Method::GET, "get") => super::image_save::save(&app, &tenant, &[name]).await,
+        // `GET /images/get?names=..`: here rather than a route of its own, so `DELETE
+        // /images/get` still removes an image named `get`.
+        (Method::GET, "") if name == "get" => {
+            super::image_save::save_many(&app, &tenant, req.uri()).await
+        }
         (Method::POST, "push") => {
             let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
             super::image_push::push(&app, &tenant, peer, &name, &q, req.headers()).await
