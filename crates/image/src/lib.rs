@@ -13,6 +13,8 @@
 //! - `images/<hex>.json`: [`ImageInfo`] by image ID (the sha256 of the config blob);
 //! - `configs/<hex>.json`: the config blob itself, byte for byte (its sha256 is the image ID,
 //!   so `save` and `push` hand it on unchanged);
+//! - `pushed/<hex>.json`: the gzip blob a push made of layer `<hex>` (digest and size), so
+//!   the next push asks the registry for it before compressing the layer again;
 //! - `disks/<hex>.ext4`: root disks;
 //! - `tmp/`: work in progress (mode 0700, emptied by [`ImageStore::open`]).
 //!
@@ -117,7 +119,7 @@ fn full_hex(id: &str) -> Option<&str> {
 impl ImageStore {
     /// Opens (creating if needed) the store at `root` and clears leftovers of interrupted work.
     pub fn open(root: PathBuf) -> Result<ImageStore> {
-        for sub in ["layers", "images", "configs", "disks"] {
+        for sub in ["layers", "images", "configs", "pushed", "disks"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
         }
@@ -465,6 +467,10 @@ impl ImageStore {
             let path = e.ctx(|| format!("reading {}", dir.display()))?.path();
             if !used.contains(&path) {
                 fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+                if let Some(name) = path.file_stem() {
+                    let pushed = self.pushed_path(&name.to_string_lossy());
+                    let _ = fs::remove_file(pushed);
+                }
             }
         }
         Ok(())

@@ -3,10 +3,12 @@
 //! Two steps, as for pulls, so the API can answer with a status before it streams:
 //! - [`Puller::push_session`] pings the registry and authorizes for `pull,push` on the
 //!   repository (anonymous, basic, or the bearer-token flow; see [`pull`](crate::pull)), through
-//!   the caller's [`Reach`]: a tenant's push goes only where its pulls may go.
+//!   the caller's [`Reach`](crate::fetch::Reach): a tenant's push goes only where its pulls may go.
 //! - [`Puller::push`] uploads one tag: each layer is gzipped from the stored tar into a temp
 //!   file (gzip with fixed settings and no name or time, so the same layer always gives the
-//!   same blob and a second push finds it), `HEAD`ed and, if the registry lacks it, uploaded
+//!   same blob and a second push finds it; the blob's digest is remembered, so a layer pushed
+//!   before is looked for in the registry before it is compressed again), `HEAD`ed and, if
+//!   the registry lacks it, uploaded
 //!   (`POST /blobs/uploads/`, then one `PUT <Location>?digest=` with the whole blob streamed
 //!   from the file); then the config blob, byte for byte as pulled or loaded (its digest is
 //!   the image ID), and last a Docker v2 schema 2 manifest `PUT` under the tag.
@@ -97,7 +99,27 @@ fn gzip_blob(src: impl Read, dest: impl Write) -> io::Result<Blob> {
 }
 
 impl ImageStore {
-    /// The gzip blob of the stored layer `diff_id`, in a temp file of this store.
+    pub(crate) fn pushed_path(&self, hex: &str) -> PathBuf {
+        self.root.join("pushed").join(format!("{hex}.json"))
+    }
+
+    /// The gzip blob an earlier push made of layer `diff_id`, if any (Docker keeps the same
+    /// map, so a layer a registry has is not compressed again to be found there).
+    fn pushed_blob(&self, diff_id: &str) -> Option<Blob> {
+        let hex = crate::full_hex(diff_id)?;
+        let raw = std::fs::read(self.pushed_path(hex)).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        let digest = v["digest"]
+            .as_str()
+            .filter(|d| crate::full_hex(d).is_some())?;
+        Some(Blob {
+            digest: digest.to_string(),
+            size: v["size"].as_u64()?,
+        })
+    }
+
+    /// The gzip blob of the stored layer `diff_id`, in a temp file of this store; remembered
+    /// for [`ImageStore::pushed_blob`].
     fn gzip_layer(&self, diff_id: &str) -> crate::Result<(TempPath, Blob)> {
         let src = self.layer_path(diff_id);
         let tmp = self.temp("push");
@@ -109,6 +131,10 @@ impl ImageStore {
             io::BufWriter::with_capacity(1 << 16, out),
         )
         .ctx(|| format!("compressing layer {diff_id}"))?;
+        if let Some(hex) = crate::full_hex(diff_id) {
+            let record = serde_json::json!({"digest": blob.digest, "size": blob.size});
+            self.write_atomic(&self.pushed_path(hex), record.to_string().as_bytes())?;
+        }
         Ok((tmp, blob))
     }
 }
@@ -340,6 +366,13 @@ impl Puller {
         let mut layers = Vec::new();
         for diff_id in &info.layers {
             let id = short(diff_id);
+            if let Some(blob) = self.store().pushed_blob(diff_id) {
+                if s.session.has_blob(&blob.digest, &shown).await? {
+                    send(&id, "Layer already exists");
+                    layers.push(blob);
+                    continue;
+                }
+            }
             let store = self.store().clone();
             let d = diff_id.clone();
             let (tmp, blob) = tokio::task::spawn_blocking(move || store.gzip_layer(&d))

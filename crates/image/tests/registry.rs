@@ -1130,6 +1130,11 @@ async fn push_with_a_token_then_pull_back_elsewhere() {
         2,
         "{s:?}"
     );
+    // Each layer's gzip blob is remembered, to be looked for before compressing it again.
+    let remembered = std::fs::read_dir(a._dir.path().join("images/pushed"))
+        .unwrap()
+        .count();
+    assert_eq!(remembered, 2);
     assert!(events
         .iter()
         .any(|p| p.status == "Pushing" && p.total.is_some()));
