@@ -16,6 +16,15 @@
 //! sees what answered on a port (a server there answers with a secret); failures of allowed
 //! hosts are worded generically. The operator's unix socket is not limited.
 //!
+//! `save_load_round_trip`: `hyper save`/`docker save` write Docker's tarball, the same bytes
+//! for the same image; it loads into another tenant as the same image ID; a tenant cannot save
+//! another's image (by name or ID). `push_then_pull_from_another_tenant`: `hyper push` and
+//! `docker push` to the basic-auth registry (refused without credentials), the registry's
+//! blobs checked against the image, a second push uploads nothing, another tenant pulls the
+//! same image ID back; a push to an address the policy refuses connects nowhere.
+//! `pull_of_a_present_image`: "Image is up to date" and no blob GET in the registry's access
+//! log; registry down: pull fails, run uses the present image.
+//!
 //! Run: `scripts/build && cargo test -p e2e --test registry`. Needs docker-registry, htpasswd,
 //! curl, sha256sum, gzip, tar and a static /usr/bin/busybox (busybox-static).
 
@@ -38,6 +47,12 @@ fn main() {
             "tenant_input_reaches_only_allowed_addresses",
             tenant_input_reaches_only_allowed_addresses,
         ),
+        ("save_load_round_trip", save_load_round_trip),
+        (
+            "push_then_pull_from_another_tenant",
+            push_then_pull_from_another_tenant,
+        ),
+        ("pull_of_a_present_image", pull_of_a_present_image),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -65,12 +80,19 @@ struct Registry {
     children: Vec<Child>,
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
+impl Registry {
+    /// Stops the registry processes (the registry becomes unreachable).
+    fn stop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -103,7 +125,7 @@ fn start_registry() -> Registry {
         ("private", reg.private.clone(), true),
     ] {
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
         if auth {
@@ -683,4 +705,337 @@ fn tenant_input_reaches_only_allowed_addresses() {
     assert!(!o.stderr.contains("refused: address"), "{o}");
     assert!(!o.stderr.contains(SECRET), "{o}");
     assert!(hits() > 0, "the operator's pull did not reach the server");
+}
+
+/// The members of a tar file, by name.
+fn tar_members(path: &Path) -> Vec<String> {
+    let o = Cmd::new("tar", &["-tf", path.to_str().unwrap()]).run().ok();
+    o.stdout.lines().map(str::to_string).collect()
+}
+
+/// One member of a tar file, as text.
+fn tar_member(path: &Path, name: &str) -> String {
+    Cmd::new("tar", &["-xOf", path.to_str().unwrap(), name])
+        .run()
+        .ok()
+        .stdout
+}
+
+/// `hyper save` and `docker save` write Docker's tarball, it loads back (into another tenant
+/// too) as the same image, and a tenant saves only its own images.
+fn save_load_round_trip() {
+    let d = daemon();
+    let work = short_tmp("save");
+    std::fs::create_dir_all(&work).unwrap();
+    let a = d.client_dir.clone();
+    let hyper = |dir: &Path, args: &[&str]| d.hyper_tcp(dir, args).timeout(120.0).run();
+    let id = hyper(&a, &["image", "inspect", "-f", "{{.Id}}", "busybox"])
+        .ok()
+        .out();
+
+    // hyper save: Docker's layout (manifest.json, repositories, OCI index and blobs).
+    let ours = work.join("ours.tar");
+    hyper(&a, &["save", "-o", ours.to_str().unwrap(), "busybox"]).ok();
+    let members = tar_members(&ours);
+    for m in ["manifest.json", "index.json", "oci-layout", "repositories"] {
+        assert!(members.iter().any(|x| x == m), "no {m}: {members:?}");
+    }
+    let hex = id.strip_prefix("sha256:").unwrap();
+    assert!(
+        members.iter().any(|x| x == &format!("blobs/sha256/{hex}")),
+        "no config blob named by the image ID: {members:?}"
+    );
+    let manifest: Value = serde_json::from_str(&tar_member(&ours, "manifest.json")).unwrap();
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        json!(["busybox:latest"]),
+        "{manifest}"
+    );
+    assert_eq!(manifest[0]["Config"], format!("blobs/sha256/{hex}"));
+
+    // The stock docker CLI (GET /images/{name}/get) gets the same bytes; two names of one
+    // image (GET /images/get?names=..&names=..) make one entry.
+    let theirs = work.join("theirs.tar");
+    d.docker(&["save", "-o", theirs.to_str().unwrap(), "busybox"])
+        .run()
+        .ok();
+    assert_eq!(sha256(&ours), sha256(&theirs), "docker save differs");
+    let both = work.join("both.tar");
+    hyper(
+        &a,
+        &["save", "-o", both.to_str().unwrap(), "busybox", &id[7..19]],
+    )
+    .ok();
+    let manifest: Value = serde_json::from_str(&tar_member(&both, "manifest.json")).unwrap();
+    assert_eq!(manifest.as_array().unwrap().len(), 1, "{manifest}");
+    let o = d.api(
+        "GET",
+        "/v1.44/images/get?names=busybox&names=nosuchimage",
+        &["-o", "/dev/null"],
+    );
+    assert!(o.stdout.ends_with("404"), "{o}");
+
+    // Another tenant has none of it, by name or ID, and no file is left by the failure.
+    let b = second_tenant(d, "t5");
+    let refused = work.join("refused.tar");
+    for name in ["busybox", id.as_str()] {
+        let o = hyper(&b, &["save", "-o", refused.to_str().unwrap(), name]);
+        assert_ne!(o.code, 0, "t5 saved A's image {name}: {o}");
+        assert!(o.stderr.contains("No such image"), "{o}");
+        assert!(
+            !refused.exists(),
+            "a failed save left {}",
+            refused.display()
+        );
+    }
+
+    // Loaded by that tenant: the same image ID and tag; its own save is byte for byte ours.
+    let o = hyper(&b, &["load", "-i", ours.to_str().unwrap()]).ok();
+    assert!(o.stdout.contains("Loaded image: busybox:latest"), "{o}");
+    let got = hyper(&b, &["image", "inspect", "-f", "{{.Id}}", "busybox"])
+        .ok()
+        .out();
+    assert_eq!(got, id);
+    let again = work.join("again.tar");
+    hyper(&b, &["save", "-o", again.to_str().unwrap(), "busybox"]).ok();
+    assert_eq!(sha256(&again), sha256(&ours));
+    // docker load of the docker save output, through the same daemon.
+    d.docker(&["load", "-i", theirs.to_str().unwrap()])
+        .run()
+        .ok();
+    let got = d
+        .docker(&["image", "inspect", "-f", "{{.Id}}", "busybox"])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(got, id);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The digest the registry stores `reference` (`registry/repo:tag`) under, fetched with curl
+/// as `user:password`, and the manifest itself.
+fn registry_manifest(registry: &str, repo: &str, tag: &str) -> (String, Value) {
+    let auth = format!("{USER}:{PASSWORD}");
+    let o = curl(&[
+        "-u",
+        &auth,
+        "-H",
+        "Accept: application/vnd.docker.distribution.manifest.v2+json",
+        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+    ])
+    .ok();
+    let digest = format!("sha256:{}", hex_sha256(o.stdout.as_bytes()));
+    (digest, serde_json::from_str(&o.stdout).unwrap())
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    let o = Cmd::new("sha256sum", &["-"]).stdin(data).run().ok();
+    o.stdout.split_whitespace().next().unwrap().to_string()
+}
+
+/// `hyper push` and `docker push` upload a tenant's image to a registry behind basic auth; the
+/// registry holds exactly the image (config blob = image ID, gunzipped layers = diff IDs);
+/// another tenant pulls it back as the same image; a second push finds every layer there;
+/// an unknown image, missing credentials and an address the policy refuses fail clearly.
+fn push_then_pull_from_another_tenant() {
+    let reg = start_registry();
+    let d = daemon();
+    let a = d.client_dir.clone();
+    let hyper = |dir: &Path, args: &[&str]| d.hyper_tcp(dir, args).timeout(180.0).run();
+    let id = hyper(&a, &["image", "inspect", "-f", "{{.Id}}", "busybox"])
+        .ok()
+        .out();
+    let target = format!("{}/pushed/bb:v1", reg.private);
+
+    // Unknown image: 404 before anything is sent.
+    let o = hyper(&a, &["push", &format!("{}/nothing/here:v1", reg.private)]);
+    assert_ne!(o.code, 0, "{o}");
+    assert!(
+        o.stderr
+            .contains("An image does not exist locally with the tag"),
+        "{o}"
+    );
+    hyper(&a, &["tag", "busybox", &target]).ok();
+    // No credentials: the registry refuses, and the stream says so.
+    let o = hyper(&a, &["push", &target]);
+    assert_ne!(o.code, 0, "pushed without credentials: {o}");
+    assert!(
+        o.stderr.contains("push access denied") && o.stderr.to_lowercase().contains("unauthorized"),
+        "{o}"
+    );
+
+    hyper(&a, &["login", "-u", USER, "-p", PASSWORD, &reg.private]).ok();
+    let o = hyper(&a, &["push", &target]).ok();
+    assert!(
+        o.stdout.contains(&format!(
+            "The push refers to repository [{}/pushed/bb]",
+            reg.private
+        )) && o.stdout.contains(": Pushed"),
+        "{o}"
+    );
+    let (digest, manifest) = registry_manifest(&reg.private, "pushed/bb", "v1");
+    assert!(
+        o.stdout.contains(&format!("v1: digest: {digest} size: ")),
+        "{o}"
+    );
+    // What the registry holds is the image: its config blob is the image ID, and each layer
+    // gunzips to the diff ID hyper stores.
+    assert_eq!(manifest["config"]["digest"], json!(id), "{manifest}");
+    let layers: Vec<String> = serde_json::from_str(
+        &hyper(
+            &a,
+            &[
+                "image",
+                "inspect",
+                "-f",
+                "{{json .RootFS.Layers}}",
+                "busybox",
+            ],
+        )
+        .ok()
+        .out(),
+    )
+    .unwrap();
+    let blobs = manifest["layers"].as_array().unwrap();
+    assert_eq!(blobs.len(), layers.len(), "{manifest}");
+    let work = reg.dir.join("check");
+    std::fs::create_dir_all(&work).unwrap();
+    for (i, (blob, diff_id)) in blobs.iter().zip(&layers).enumerate() {
+        let gz = work.join(format!("l{i}.gz"));
+        let url = format!(
+            "http://{}/v2/pushed/bb/blobs/{}",
+            reg.private,
+            blob["digest"].as_str().unwrap()
+        );
+        let auth = format!("{USER}:{PASSWORD}");
+        curl(&["-L", "-u", &auth, "-o", gz.to_str().unwrap(), &url]).ok();
+        assert_eq!(sha256(&gz), blob["digest"].as_str().unwrap());
+        Cmd::new("gunzip", &["-f", gz.to_str().unwrap()]).run().ok();
+        assert_eq!(&sha256(&work.join(format!("l{i}"))), diff_id, "layer {i}");
+    }
+
+    // Again: every layer is found in the registry, nothing is uploaded.
+    let o = hyper(&a, &["push", &target]).ok();
+    assert!(o.stdout.contains("Layer already exists"), "{o}");
+    assert!(!o.stdout.contains(": Pushed"), "{o}");
+
+    // Another tenant pulls it back (after its own login) as the same image.
+    let b = second_tenant(d, "t6");
+    let o = hyper(&b, &["pull", &target]);
+    assert_ne!(o.code, 0, "t6 pulled without credentials: {o}");
+    hyper(&b, &["login", "-u", USER, "-p", PASSWORD, &reg.private]).ok();
+    let o = hyper(&b, &["pull", &target]).ok();
+    assert!(o.stdout.contains(&format!("Digest: {digest}")), "{o}");
+    let got = hyper(&b, &["image", "inspect", "-f", "{{.Id}}", &target])
+        .ok()
+        .out();
+    assert_eq!(got, id);
+    // t6 cannot push A's tags: they are not its own.
+    let o = hyper(&b, &["push", &format!("{}/pushed/bb:other", reg.private)]);
+    assert!(
+        o.code != 0 && o.stderr.contains("An image does not exist locally"),
+        "{o}"
+    );
+
+    // The stock docker CLI: docker login, docker tag, docker push.
+    let o = d
+        .docker(&["login", "-u", USER, "--password-stdin", &reg.private])
+        .stdin(format!("{PASSWORD}\n").as_bytes())
+        .run()
+        .ok();
+    assert!(o.stdout.contains("Login Succeeded"), "{o}");
+    let docker_target = format!("{}/docker/bb:v2", reg.private);
+    d.docker(&["tag", "busybox", &docker_target]).run().ok();
+    let o = d
+        .docker(&["push", &docker_target])
+        .timeout(180.0)
+        .run()
+        .ok();
+    let (digest, _) = registry_manifest(&reg.private, "docker/bb", "v2");
+    assert!(o.stdout.contains(&format!("v2: digest: {digest}")), "{o}");
+    d.docker(&["rmi", &docker_target]).run().ok();
+
+    // A registry where the operator's policy does not let tenants go: refused before any
+    // connection, with the flag that would allow it (as for a pull).
+    let (port, hits) = secret_server("127.0.0.2");
+    let refused_target = format!("127.0.0.2:{port}/x:v1");
+    hyper(&a, &["tag", "busybox", &refused_target]).ok();
+    let o = hyper(&a, &["push", &refused_target]);
+    assert_ne!(o.code, 0, "{o}");
+    assert!(
+        o.stderr.contains("refused: address 127.0.0.2 (loopback) is not allowed; the operator can allow it with --allow-fetch 127.0.0.2/32"),
+        "{o}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    for t in [&refused_target, &target] {
+        hyper(&a, &["rmi", t]).ok();
+    }
+    hyper(&a, &["logout", &reg.private]).ok();
+}
+
+/// Lines of a registry's log that fetched a blob (GET .../blobs/...).
+fn blob_gets(reg: &Registry, which: &str) -> usize {
+    std::fs::read_to_string(reg.dir.join(format!("{which}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("GET /v2/") && l.contains("/blobs/"))
+        .count()
+}
+
+/// A pull of an image the tenant has: with the registry up, "Image is up to date" and no blob
+/// fetched (the registry's access log says so); with it down, the pull fails as Docker's does
+/// (it always asks the registry) and the image stays; `run` never pulls a present image.
+fn pull_of_a_present_image() {
+    let mut reg = start_registry();
+    push_image(&reg);
+    let d = daemon();
+    let t = second_tenant(d, "t7");
+    let hyper = |args: &[&str]| d.hyper_tcp(&t, args).timeout(120.0).run();
+    let image = format!("{}/{REPO}:v1", reg.open);
+
+    let o = hyper(&["pull", &image]).ok();
+    assert!(o.stdout.contains("Downloaded newer image"), "{o}");
+    let before = blob_gets(&reg, "open");
+    assert!(
+        before >= 3,
+        "the access log shows no blob fetches: {before}"
+    );
+    let o = hyper(&["pull", &image]).ok();
+    assert!(
+        o.stdout
+            .contains(&format!("Status: Image is up to date for {image}")),
+        "{o}"
+    );
+    assert!(!o.stdout.contains("Pull complete"), "{o}");
+    assert_eq!(
+        blob_gets(&reg, "open"),
+        before,
+        "an up-to-date pull fetched blobs"
+    );
+    // The stock docker CLI (another tenant: the operator's) says the same once it has it.
+    let o = d.docker(&["pull", &image]).timeout(120.0).run().ok();
+    assert!(o.stdout.contains("Downloaded newer image"), "{o}");
+    let o = d.docker(&["pull", &image]).timeout(120.0).run().ok();
+    assert!(o.stdout.contains("Image is up to date"), "{o}");
+    assert_eq!(
+        blob_gets(&reg, "open"),
+        before,
+        "a pull of a stored image fetched blobs"
+    );
+
+    // The registry down: pull fails (hyper and docker CLIs), the image is still there, and
+    // run uses it without asking the registry.
+    reg.stop();
+    let o = hyper(&["pull", &image]);
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("connection refused"), "{o}");
+    let o = d.docker(&["pull", &image]).timeout(120.0).run();
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("connection refused"), "{o}");
+    hyper(&["image", "inspect", &image]).ok();
+    let o = hyper(&["run", "--rm", &image, "cat", "/etc/layer2"]).ok();
+    assert_eq!(o.out(), "two", "{o}");
+    assert!(!o.stderr.contains("Unable to find image"), "{o}");
+    hyper(&["rmi", &image]).ok();
+    d.docker(&["rmi", &image]).run().ok();
 }

@@ -33,8 +33,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, events, exec, fip, images, network, run, service, sg,
-    snapshot, system, usage, volume, Ctx,
+    config as config_cmd, containers, events, exec, fip, image_transfer, images, network, run,
+    service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +162,10 @@ pub enum Cmd {
     History(images::HistoryArgs),
     /// Download an image from a registry
     Pull(images::PullArgs),
+    /// Upload an image to a registry
+    Push(image_transfer::PushArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(image_transfer::SaveArgs),
     /// Display system-wide information
     Info(system::InfoArgs),
     /// Show the Hyper version information
@@ -225,6 +229,8 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Load(a) => images::load(ctx, a).await,
         Cmd::History(a) => images::history(ctx, a).await,
         Cmd::Pull(a) => images::pull(ctx, a).await,
+        Cmd::Push(a) => image_transfer::push(ctx, a).await,
+        Cmd::Save(a) => image_transfer::save(ctx, a).await,
         Cmd::Info(a) => system::info(ctx, a).await,
         Cmd::Version(a) => system::version(ctx, a).await,
         Cmd::Login(a) => system::login(ctx, a).await,

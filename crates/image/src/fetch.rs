@@ -256,6 +256,15 @@ impl Http {
     /// A GET of `url` (`http(s)://` only), refused at once if its host is an address the
     /// policy refuses.
     pub(crate) fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, NetError> {
+        self.request(reqwest::Method::GET, url)
+    }
+
+    /// A request of any method (a push's HEAD, POST, PUT), checked as [`Http::get`].
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::RequestBuilder, NetError> {
         let parsed = Url::parse(url).map_err(|_| NetError::Failed("not a valid URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(NetError::Failed(
@@ -265,7 +274,7 @@ impl Http {
         if let Some(policy) = &self.policy {
             check_literal(&parsed, policy).map_err(NetError::Blocked)?;
         }
-        Ok(self.client.get(parsed))
+        Ok(self.client.request(method, parsed))
     }
 
     /// Sends `req`, sorting a failure into a [`NetError`].

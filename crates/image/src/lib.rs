@@ -11,6 +11,10 @@
 //! On-disk layout under the store root (`DATA/images`):
 //! - `layers/<hex>.tar`: uncompressed layer tars by diff ID, shared between images;
 //! - `images/<hex>.json`: [`ImageInfo`] by image ID (the sha256 of the config blob);
+//! - `configs/<hex>.json`: the config blob itself, byte for byte (its sha256 is the image ID,
+//!   so `save` and `push` hand it on unchanged);
+//! - `pushed/<hex>.json`: the gzip blob a push made of layer `<hex>` (digest and size), so
+//!   the next push asks the registry for it before compressing the layer again;
 //! - `disks/<hex>.ext4`: root disks;
 //! - `tmp/`: work in progress (mode 0700, emptied by [`ImageStore::open`]).
 //!
@@ -28,8 +32,12 @@ mod error;
 pub mod fetch;
 mod layer;
 pub mod login;
+mod manifest;
 pub mod policy;
 pub mod pull;
+
+pub mod push;
+mod save;
 pub mod source;
 mod unpack;
 
@@ -49,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use error::IoContext;
 pub use error::{ImageError, Result};
+pub use save::SaveItem;
 
 /// An image as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +119,7 @@ fn full_hex(id: &str) -> Option<&str> {
 impl ImageStore {
     /// Opens (creating if needed) the store at `root` and clears leftovers of interrupted work.
     pub fn open(root: PathBuf) -> Result<ImageStore> {
-        for sub in ["layers", "images", "disks"] {
+        for sub in ["layers", "images", "configs", "pushed", "disks"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
         }
@@ -154,6 +163,31 @@ impl ImageStore {
     /// it) to copy for each container: `disks/<hex>.overlay.qcow2`, removed with the image.
     pub fn overlay_template(&self, id: &str) -> Result<PathBuf> {
         Ok(overlay_template_of(&self.disk_path(&self.resolve(id)?)))
+    }
+
+    fn config_path(&self, hex: &str) -> PathBuf {
+        self.root.join("configs").join(format!("{hex}.json"))
+    }
+
+    /// The config blob of image `id`, exactly as it was pulled or loaded. An image stored
+    /// before hyper kept config blobs is rebuilt from its record if that gives the same
+    /// digest, and refused otherwise.
+    pub fn config_blob(&self, id: &str) -> Result<Vec<u8>> {
+        let hex = self.resolve(id)?;
+        match fs::read(self.config_path(&hex)) {
+            Ok(raw) => return Ok(raw),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx(|| format!("reading the config of sha256:{hex}")),
+        }
+        let info = self.read_info(&hex)?;
+        let raw = serde_json::to_vec(&info.config).expect("a JSON value serializes");
+        if archive::sha256_digest(&raw) == info.id {
+            return Ok(raw);
+        }
+        Err(ImageError::BadArchive(format!(
+            "image {} was stored before hyper kept config blobs: pull or load it again",
+            info.id
+        )))
     }
 
     fn disk_path(&self, hex: &str) -> PathBuf {
@@ -250,12 +284,12 @@ impl ImageStore {
                 layers: diff_ids,
                 created,
             };
-            staged.push((info, layers));
+            staged.push((info, layers, spec.config));
         }
 
         let _guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for (mut info, layers) in staged {
+        for (mut info, layers, raw_config) in staged {
             for (tmp, diff_id) in layers {
                 let dest = self.layer_path(&diff_id);
                 if !dest.exists() {
@@ -270,6 +304,7 @@ impl ImageStore {
                     }
                 }
             }
+            self.write_atomic(&self.config_path(&hex), &raw_config)?;
             let json = serde_json::to_vec_pretty(&info).expect("ImageInfo serializes");
             self.write_atomic(&self.image_path(&hex), &json)?;
             tracing::info!(id = %info.id, tags = ?info.repo_tags, "loaded image");
@@ -322,6 +357,7 @@ impl ImageStore {
                 }
             }
         }
+        self.write_atomic(&self.config_path(&hex), config_blob)?;
         let json = serde_json::to_vec_pretty(&info).expect("ImageInfo serializes");
         self.write_atomic(&self.image_path(&hex), &json)?;
         tracing::info!(id = %info.id, tags = ?info.repo_tags, "pulled image");
@@ -414,7 +450,7 @@ impl ImageStore {
             Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
         }
         let disk = self.disk_path(&hex);
-        for file in [overlay_template_of(&disk), disk] {
+        for file in [overlay_template_of(&disk), disk, self.config_path(&hex)] {
             if let Err(e) = fs::remove_file(&file) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(e).ctx(|| format!("removing {}", file.display()));
@@ -431,6 +467,10 @@ impl ImageStore {
             let path = e.ctx(|| format!("reading {}", dir.display()))?.path();
             if !used.contains(&path) {
                 fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+                if let Some(name) = path.file_stem() {
+                    let pushed = self.pushed_path(&name.to_string_lossy());
+                    let _ = fs::remove_file(pushed);
+                }
             }
         }
         Ok(())

@@ -172,7 +172,9 @@ pub struct Resolved {
     reference: Reference,
     layers: Vec<Descriptor>,
     diff_ids: Vec<String>,
-    config: Vec<u8>,
+    /// The config blob; `None` for an image the store already held, whose config was not
+    /// fetched.
+    config: Option<Vec<u8>>,
     /// `registry/repository` as written by the user's registry (`docker.io/library/busybox`).
     pub name: String,
     /// The tag pulled, if the reference named one rather than a digest.
@@ -215,7 +217,7 @@ fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn short(digest: &str) -> String {
+pub(crate) fn short(digest: &str) -> String {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     hex.chars().take(12).collect()
 }
@@ -269,7 +271,7 @@ impl Puller {
     ) -> Result<Resolved, PullError> {
         let name = format!("{}/{}", reference.registry(), reference.repository());
         let shown = reference.whole();
-        let session = Session::open(self, &reference, creds, reach, &shown).await?;
+        let session = Session::open(self, &reference, creds, reach, &shown, Access::Pull).await?;
 
         let top = reference
             .digest()
@@ -334,6 +336,32 @@ impl Puller {
                 config_desc.size
             )));
         }
+        for l in &layers {
+            if full_hex(&l.digest).is_none() {
+                return Err(PullError::Unsupported(format!(
+                    "{shown}: the manifest names a layer by a digest that is not sha256"
+                )));
+            }
+        }
+        // An image the store holds whole (the config's digest is its ID) needs no blob at all:
+        // Docker does not fetch anything of an image it has either.
+        if let Some(info) = self.stored(&config_desc.digest, layers.len()) {
+            return Ok(Resolved {
+                session,
+                tag: reference
+                    .tag()
+                    .map(str::to_string)
+                    .filter(|_| reference.digest().is_none()),
+                reference,
+                layers,
+                diff_ids: info.layers,
+                config: None,
+                name,
+                manifest_digest,
+                image_id: info.id,
+                present: true,
+            });
+        }
         let resp = session.blob(&config_desc.digest, &shown, "config").await?;
         let config = read_capped(resp, MAX_JSON_BLOB)
             .await
@@ -364,13 +392,6 @@ impl Puller {
             ))
             .into());
         }
-        for l in &layers {
-            if full_hex(&l.digest).is_none() {
-                return Err(PullError::Unsupported(format!(
-                    "{shown}: the manifest names a layer by a digest that is not sha256"
-                )));
-            }
-        }
         let image_id = crate::archive::sha256_digest(&config);
         let present = self.store.get(&image_id).is_ok()
             && diff_ids.iter().all(|d| self.store.layer_path(d).exists());
@@ -383,12 +404,25 @@ impl Puller {
             reference,
             layers,
             diff_ids,
-            config,
+            config: Some(config),
             name,
             manifest_digest,
             image_id,
             present,
         })
+    }
+
+    /// The stored image whose config has `digest`, if the store holds it whole with
+    /// `layers` layers.
+    fn stored(&self, digest: &str, layers: usize) -> Option<ImageInfo> {
+        let info = self.store.get(digest).ok()?;
+        (info.id == digest
+            && info.layers.len() == layers
+            && info
+                .layers
+                .iter()
+                .all(|d| self.store.layer_path(d).exists()))
+        .then_some(info)
     }
 
     /// Downloads the missing layers of `r` and records the image (with `repo_tags`) in the store.
@@ -433,10 +467,14 @@ impl Puller {
         let store = self.store.clone();
         let config = r.config.clone();
         let diff_ids = r.diff_ids.clone();
-        tokio::task::spawn_blocking(move || store.add_pulled(&config, &diff_ids, repo_tags))
-            .await
-            .map_err(|e| ImageError::BadArchive(format!("commit task: {e}")))?
-            .map_err(PullError::from)
+        let id = r.image_id.clone();
+        tokio::task::spawn_blocking(move || match config {
+            Some(config) => store.add_pulled(&config, &diff_ids, repo_tags),
+            None => store.get(&id),
+        })
+        .await
+        .map_err(|e| ImageError::BadArchive(format!("commit task: {e}")))?
+        .map_err(PullError::from)
     }
 
     fn lock_for(&self, diff_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -630,10 +668,10 @@ const ERROR_CODES: &[&str] = &[
 ];
 
 /// Largest error answer read for its codes.
-const MAX_ERROR_ANSWER: usize = 64 << 10;
+pub(crate) const MAX_ERROR_ANSWER: usize = 64 << 10;
 
 /// The known error codes of an error answer's `{"errors": [{"code": ..}]}`.
-fn error_codes(body: &[u8]) -> Vec<&'static str> {
+pub(crate) fn error_codes(body: &[u8]) -> Vec<&'static str> {
     #[derive(Deserialize)]
     struct Envelope {
         #[serde(default)]
@@ -658,7 +696,7 @@ fn error_codes(body: &[u8]) -> Vec<&'static str> {
     out
 }
 
-fn code_words(code: &str) -> String {
+pub(crate) fn code_words(code: &str) -> String {
     code.to_ascii_lowercase().replace('_', " ")
 }
 
@@ -699,9 +737,39 @@ async fn answered(resp: reqwest::Response, shown: &str, what: &str) -> PullError
     }
 }
 
+/// What a session may do in its repository: the scope of the tokens it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        }
+    }
+
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "push",
+        }
+    }
+
+    fn doing(self) -> &'static str {
+        match self {
+            Access::Pull => "pulling",
+            Access::Push => "pushing",
+        }
+    }
+}
+
 /// How requests to the registry are authorized.
 #[derive(Clone)]
-enum Auth {
+pub(crate) enum Auth {
     None,
     Basic(Credentials),
     Bearer(String),
@@ -709,27 +777,29 @@ enum Auth {
 
 /// One repository of one registry as one caller reaches it: the caller's HTTP client, the
 /// registry's base URL and the authorization it asked for.
-struct Session {
-    http: Http,
+pub(crate) struct Session {
+    pub(crate) http: Http,
     /// `http(s)://host[:port]/v2/`.
-    base: String,
+    pub(crate) base: String,
     /// `host[:port]` of the registry's API.
     registry: String,
-    repository: String,
+    pub(crate) repository: String,
+    access: Access,
     creds: Option<Credentials>,
     /// The Bearer challenge, kept to ask for a new token when one expires mid-pull.
     challenge: Option<Challenge>,
-    auth: RwLock<Auth>,
+    pub(crate) auth: RwLock<Auth>,
 }
 
 impl Session {
     /// Pings the registry (`GET /v2/`) and authorizes as its challenge asks.
-    async fn open(
+    pub(crate) async fn open(
         puller: &Puller,
         reference: &Reference,
         creds: Option<&Credentials>,
         reach: &Reach,
         shown: &str,
+        access: Access,
     ) -> Result<Session, PullError> {
         let registry = reference.resolve_registry().to_string();
         let scheme = if puller.is_insecure(&registry) {
@@ -738,7 +808,10 @@ impl Session {
             "https"
         };
         let base = format!("{scheme}://{registry}/v2/");
-        let context = format!("pulling {shown}: reaching the registry {registry}");
+        let context = format!(
+            "{} {shown}: reaching the registry {registry}",
+            access.doing()
+        );
         let net = net_error(&context);
         let http = Http::new(reach).map_err(&net)?;
         let ping = Http::send(http.get(&base).map_err(&net)?)
@@ -759,6 +832,7 @@ impl Session {
             base,
             registry,
             repository: reference.repository().to_string(),
+            access,
             creds,
             challenge: None,
             auth: RwLock::new(Auth::None),
@@ -779,10 +853,11 @@ impl Session {
         Ok(session)
     }
 
-    /// A token for pulling from the repository, from the token server of the challenge.
-    async fn token(&self, shown: &str) -> Result<String, PullError> {
+    /// A token for the session's access to the repository, from the token server of the
+    /// challenge.
+    pub(crate) async fn token(&self, shown: &str) -> Result<String, PullError> {
         let challenge = self.challenge.as_ref().expect("a bearer challenge");
-        let scope = format!("repository:{}:pull", self.repository);
+        let scope = format!("repository:{}:{}", self.repository, self.access.scope());
         fetch_token(
             &self.http,
             &self.registry,
@@ -792,9 +867,10 @@ impl Session {
         )
         .await
         .map_err(|e| match e {
-            PullError::Unauthorized(why) => {
-                PullError::Unauthorized(format!("pull access denied for {shown}: {why}"))
-            }
+            PullError::Unauthorized(why) => PullError::Unauthorized(format!(
+                "{} access denied for {shown}: {why}",
+                self.access.verb()
+            )),
             other => other,
         })
     }

@@ -225,7 +225,9 @@ impl TokenServer {
                 .map(|(u, p)| (u.to_string(), p.to_string()))?;
             Some((u, p))
         });
-        // pull (only) on every repository the scopes name.
+        // On every repository the scopes name: what was asked for to the right user (pull
+        // and push), pull only to anyone else.
+        let trusted_user = matches!(&basic, Some((u, p)) if u == USER && p == PASSWORD);
         let access: Vec<serde_json::Value> = query
             .iter()
             .filter(|(k, _)| k == "scope")
@@ -233,8 +235,12 @@ impl TokenServer {
             .filter_map(|scope| {
                 let mut parts = scope.splitn(3, ':');
                 let (kind, name) = (parts.next()?, parts.next()?);
+                let actions: Vec<&str> = match parts.next() {
+                    Some(asked) if trusted_user => asked.split(',').collect(),
+                    _ => vec!["pull"],
+                };
                 (kind == "repository")
-                    .then(|| json!({"type": "repository", "name": name, "actions": ["pull"]}))
+                    .then(|| json!({"type": "repository", "name": name, "actions": actions}))
             })
             .collect();
         let (status, body) = match &basic {
@@ -1052,4 +1058,125 @@ async fn login_checks_credentials() {
         .login(&reg.private, &creds(USER, PASSWORD), &Reach::Operator)
         .await
         .unwrap();
+}
+
+// ---- pushing ----
+
+async fn push_as(
+    n: &Node,
+    repository: &str,
+    tag: &str,
+    id: &str,
+    creds: Option<&Credentials>,
+) -> Result<(image::push::Pushed, Vec<Progress>), PullError> {
+    let session = n.puller.push_session(repository, creds, &tenant()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pushed = n.puller.push(&session, tag, id, &tx).await;
+    drop(tx);
+    let mut events = Vec::new();
+    while let Some(p) = rx.recv().await {
+        events.push(p);
+    }
+    Ok((pushed?, events))
+}
+
+#[tokio::test]
+async fn push_with_a_token_then_pull_back_elsewhere() {
+    let reg = registry();
+    let l1 = simple_layer("pushed-bottom");
+    let l2 = Layer::new().file("top", b"pushed-top").finish();
+    let (_, _, id) = push(
+        "t/push-src",
+        Some("v1"),
+        &[l1, (l2.clone(), l2)],
+        Kind::Oci,
+        "amd64",
+    )
+    .await;
+    let a = node();
+    let (info, _) = pull(&a, &format!("{}/t/push-src:v1", reg.open))
+        .await
+        .unwrap();
+    assert_eq!(info.id, id);
+    let repository = format!("{}/t/pushed", reg.token);
+    let creds = Credentials {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    };
+
+    // Anonymous: the token server grants nothing, the registry refuses the upload.
+    let e = push_as(&a, &repository, "v1", &id, None).await.unwrap_err();
+    assert!(
+        matches!(&e, PullError::Unauthorized(m) if m.contains("push access denied")),
+        "{e:?}"
+    );
+    // A token the registry cannot verify.
+    let forged = Credentials {
+        username: FORGER.into(),
+        password: "x".into(),
+    };
+    let e = push_as(&a, &repository, "v1", &id, Some(&forged))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized(_)), "{e:?}");
+
+    let before = reg.tokens.requests().len();
+    let (pushed, events) = push_as(&a, &repository, "v1", &id, Some(&creds))
+        .await
+        .unwrap();
+    let s = statuses(&events);
+    assert_eq!(
+        s.iter().filter(|s| s.ends_with(": Pushed")).count(),
+        2,
+        "{s:?}"
+    );
+    // Each layer's gzip blob is remembered, to be looked for before compressing it again.
+    let remembered = std::fs::read_dir(a._dir.path().join("images/pushed"))
+        .unwrap()
+        .count();
+    assert_eq!(remembered, 2);
+    assert!(events
+        .iter()
+        .any(|p| p.status == "Pushing" && p.total.is_some()));
+    assert!(
+        reg.tokens.requests()[before..].iter().any(|r| r
+            .query
+            .iter()
+            .any(|(k, v)| k == "scope" && v == "repository:t/pushed:pull,push")),
+        "no push scope asked for"
+    );
+
+    // A fresh node pulls it back: the same image, the same files.
+    let b = node();
+    let (got, _) = pull_with(&b, &format!("{repository}:v1"), Some(&creds))
+        .await
+        .unwrap();
+    assert_eq!(got.id, id);
+    assert_eq!(got.layers, info.layers);
+    assert_eq!(disk_file(&b, &id, "/id").as_deref(), Some("pushed-bottom"));
+    assert_eq!(disk_file(&b, &id, "/top").as_deref(), Some("pushed-top"));
+    let r = b
+        .puller
+        .resolve(
+            parse_reference(&format!("{repository}:v1"), None).unwrap(),
+            Some(&creds),
+            &tenant(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.manifest_digest, pushed.digest);
+
+    // Again, under another tag: every blob is there already.
+    let (_, events) = push_as(&a, &repository, "v2", &id, Some(&creds))
+        .await
+        .unwrap();
+    let s = statuses(&events);
+    assert_eq!(
+        s.iter()
+            .filter(|s| s.ends_with(": Layer already exists"))
+            .count(),
+        2,
+        "{s:?}"
+    );
+    assert!(!s.iter().any(|s| s.ends_with(": Pushed")), "{s:?}");
 }

@@ -9,6 +9,8 @@
 //! credentials, so a private image one tenant pulled is not usable by another until the registry
 //! has accepted the other's credentials.
 
+mod export;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

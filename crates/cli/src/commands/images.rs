@@ -124,6 +124,10 @@ pub enum ImageCmd {
     Tag(TagArgs),
     /// Show the history of an image
     History(HistoryArgs),
+    /// Upload an image to a registry
+    Push(super::image_transfer::PushArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(super::image_transfer::SaveArgs),
 }
 
 pub async fn image_cmd(ctx: &Ctx, c: ImageCmd) -> Result<i32, CliError> {
@@ -135,6 +139,8 @@ pub async fn image_cmd(ctx: &Ctx, c: ImageCmd) -> Result<i32, CliError> {
         ImageCmd::Load(a) => load(ctx, a).await,
         ImageCmd::Tag(a) => tag(ctx, a).await,
         ImageCmd::History(a) => history(ctx, a).await,
+        ImageCmd::Push(a) => super::image_transfer::push(ctx, a).await,
+        ImageCmd::Save(a) => super::image_transfer::save(ctx, a).await,
     }
 }
 
@@ -284,7 +290,7 @@ impl Bars {
 
 /// Reads a JSON-lines progress response: progress bars on a terminal, docker's plain lines
 /// otherwise, nothing but errors when `quiet`.
-async fn follow_progress(
+pub(crate) async fn follow_progress(
     resp: hyper::Response<hyper::body::Incoming>,
     to_stderr: bool,
     quiet: bool,

@@ -1,4 +1,5 @@
-//! `/images/...`: list, inspect, history, tag, remove, load. Image names may contain slashes
+//! `/images/...`: list, inspect, history, tag, remove, load (save and push have their own
+//! files). Image names may contain slashes
 //! (`localhost:5000/team/app:v1`), so the per-image routes share one wildcard and are told
 //! apart by their last segment.
 
@@ -29,7 +30,7 @@ use crate::AppState;
 /// tenant), who could connect anywhere anyway: it keeps reaching loopback registries as
 /// before (setup scripts, the e2e harness). `--insecure-registry` only means plain HTTP; it
 /// exempts nothing from the policy.
-fn reach(app: &AppState, peer: Peer) -> image::fetch::Reach {
+pub(crate) fn reach(app: &AppState, peer: Peer) -> image::fetch::Reach {
     match peer {
         Peer::Unix => image::fetch::Reach::Operator,
         Peer::Tcp => app.runtime.images.tenant_reach(),
@@ -168,7 +169,16 @@ pub async fn by_name(
             let body: Vec<Value> = report.into_iter().map(|(k, v)| json!({ k: v })).collect();
             Ok(Json(Value::Array(body)).into_response())
         }
-        (_, "push") => Err(ApiError::not_implemented("image push is not supported")),
+        (Method::GET, "get") => super::image_save::save(&app, &tenant, &[name]).await,
+        // `GET /images/get?names=..`: here rather than a route of its own, so `DELETE
+        // /images/get` still removes an image named `get`.
+        (Method::GET, "") if name == "get" => {
+            super::image_save::save_many(&app, &tenant, req.uri()).await
+        }
+        (Method::POST, "push") => {
+            let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
+            super::image_push::push(&app, &tenant, peer, &name, &q, req.headers()).await
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("page not found: {rest}"),
@@ -344,17 +354,7 @@ pub async fn create(
     let forward = line_tx.clone();
     tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
-            let mut v = json!({"status": p.status});
-            if let Some(id) = p.id {
-                v["id"] = json!(id);
-            }
-            if let Some(current) = p.current {
-                v["progressDetail"] = json!({"current": current, "total": p.total});
-                v["progress"] = json!(progress_bar(current, p.total));
-            } else {
-                v["progressDetail"] = json!({});
-            }
-            let _ = forward.send(v);
+            let _ = forward.send(progress_json(p));
         }
     });
     tokio::spawn(async move {
@@ -390,6 +390,21 @@ pub async fn create(
         .into_response())
 }
 
+/// One progress event as Docker's JSON message.
+pub(crate) fn progress_json(p: image::pull::Progress) -> Value {
+    let mut v = json!({"status": p.status});
+    if let Some(id) = p.id {
+        v["id"] = json!(id);
+    }
+    if let Some(current) = p.current {
+        v["progressDetail"] = json!({"current": current, "total": p.total});
+        v["progress"] = json!(progress_bar(current, p.total));
+    } else {
+        v["progressDetail"] = json!({});
+    }
+    v
+}
+
 fn server_error_chain(e: &dyn std::error::Error) -> String {
     crate::error::error_chain(e)
 }
@@ -423,7 +438,7 @@ fn progress_bar(current: u64, total: Option<u64>) -> String {
 }
 
 /// Where a failed pull lands on the wire: the caller's mistakes are 400/401/404.
-fn pull_error(e: image::pull::PullError) -> ApiError {
+pub(crate) fn pull_error(e: image::pull::PullError) -> ApiError {
     use image::pull::PullError as P;
     let status = match &e {
         P::InvalidReference(_) => StatusCode::BAD_REQUEST,

@@ -7,6 +7,8 @@ pub mod events;
 pub mod exec;
 pub mod fallback;
 pub mod fips;
+pub mod image_push;
+pub mod image_save;
 pub mod images;
 pub mod networks;
 pub mod prune;
