@@ -29,7 +29,8 @@
 //! # Streams
 //!
 //! Stream 0 is the main container process (started by [`HostMsg::Start`]); stream N > 0 is an
-//! exec session whose id the host allocates in [`HostMsg::Exec`]. Stream ids are not reused
+//! exec session whose id the host allocates in [`HostMsg::Exec`], or an archive stream
+//! (`docker cp`, [`HostMsg::Archive`]), which behaves as one. Stream ids are not reused
 //! within one VM's life.
 //!
 //! # Flow control
@@ -414,6 +415,144 @@ pub fn volume_serial(slot: u8) -> String {
     format!("hyper-vol{slot}")
 }
 
+/// What an archive stream (`docker cp`) does; see [`HostMsg::Archive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveOp {
+    /// Only the stat line.
+    Stat,
+    /// The stat line, then a tar of the path.
+    Get,
+    /// The stat line of the directory, then extract the tar read from stdin into it.
+    Put,
+    /// The stat line of `/`, then a tar of the container's root file system alone (Docker's
+    /// `export`: the volumes mounted in it are left out, their mount points kept empty).
+    Export,
+    /// The stat line of `/`, then one [`FileMeta`] JSON line per entry of the root file system
+    /// alone (for Docker's `changes`, compared with the image's on the host).
+    Manifest,
+}
+
+/// What `changes` compares of one file: a line of a manifest (the guest's, or the one the host
+/// makes of an image's tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileMeta {
+    /// Absolute, e.g. "/etc/passwd".
+    pub path: String,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub link: String,
+}
+
+impl FileMeta {
+    /// `path`'s metadata (not following a symlink).
+    pub fn of(path: &str, md: &std::fs::Metadata, link: String) -> FileMeta {
+        use std::os::unix::fs::MetadataExt;
+        FileMeta {
+            path: path.to_string(),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: md.mtime(),
+            link,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & 0o170000 == 0o040000
+    }
+
+    /// Docker's test for a changed file: type, permissions, owners, and for a non-directory
+    /// its size, modification time (seconds) and link target too.
+    pub fn changed_from(&self, before: &FileMeta) -> bool {
+        self.mode != before.mode
+            || self.uid != before.uid
+            || self.gid != before.gid
+            || (!self.is_dir()
+                && (self.size != before.size
+                    || self.mtime != before.mtime
+                    || self.link != before.link))
+    }
+}
+
+/// Walk the tree at `root` on its own file system (mount points below it are listed, not
+/// entered), calling `f` with each entry's path relative to `root` as an absolute path
+/// ("/etc/passwd") and its metadata. Never follows a symlink.
+pub fn walk_tree(
+    root: &std::path::Path,
+    f: &mut dyn FnMut(FileMeta) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(root)?.dev();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut names: Vec<_> = std::fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for name in names.into_iter().rev() {
+            let path = dir.join(&name);
+            let child = format!("{rel}/{}", name.to_string_lossy());
+            let md = std::fs::symlink_metadata(&path)?;
+            let link = if md.file_type().is_symlink() {
+                std::fs::read_link(&path)?.to_string_lossy().into_owned()
+            } else {
+                String::new()
+            };
+            f(FileMeta::of(&child, &md, link))?;
+            if md.is_dir() && md.dev() == dev {
+                stack.push((path, child));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An archive stream's request: the path is resolved inside the container's root (a helper
+/// chrooted there), so neither `..` nor a symlink leaves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRequest {
+    pub op: ArchiveOp,
+    /// Path in the container (relative paths are taken from `/`, as Docker does).
+    pub path: String,
+    /// Put: refuse to replace a directory with a non-directory or the other way round.
+    #[serde(default)]
+    pub no_overwrite_dir_non_dir: bool,
+    /// Put: own every extracted entry by this user (resolved against the container's
+    /// `/etc/passwd` and `/etc/group`, as a process's `user`) instead of the tar's owners.
+    #[serde(default)]
+    pub chown_user: String,
+}
+
+/// The first line an archive stream writes on stdout (JSON, then `\n`): what the path is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathStat {
+    pub name: String,
+    pub size: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub mtime_secs: i64,
+    pub mtime_nsecs: u32,
+    /// For a symlink: its target resolved inside the container's root, else "".
+    pub link_target: String,
+}
+
+/// Exit codes of an archive stream that the host maps to Docker's statuses.
+pub const ARCHIVE_NOT_FOUND: i32 = 2;
+pub const ARCHIVE_NOT_A_DIRECTORY: i32 = 20;
+pub const ARCHIVE_INVALID: i32 = 22;
+/// Largest stat line an archive stream may write.
+pub const MAX_STAT_LINE: usize = 16 * 1024;
+
 /// Host -> guest control messages.
 // `Start` is much larger than the rest; messages are built one at a time, so boxing would buy
 // nothing but indirection.
@@ -482,6 +621,23 @@ pub enum HostMsg {
     /// Set the guest's CLOCK_REALTIME to the host's (ns since the epoch), sent after the VM was
     /// resumed from a pause: its clock stood still meanwhile. No answer.
     SetClock { realtime_ns: u64 },
+    /// Start an archive stream (`docker cp`) on `stream` (> 0, allocated by the host), in
+    /// the container's root as mounted in the agent (volumes included). It behaves as an exec
+    /// session: `Started`/`StartFailed`, stdout (the stat line, then for `Get` the tar), stdin
+    /// (for `Put` the tar), stderr (an error text), and `Exited` with 0 or an `ARCHIVE_*`
+    /// code.
+    Archive {
+        stream: u32,
+        request: ArchiveRequest,
+    },
+    /// A helper VM for a stopped container: mount its root disk and volumes as `Start` would,
+    /// but start no process (archive streams follow). Answered with `Done` (or `Error`).
+    Mount {
+        req_id: u64,
+        root_device: String,
+        #[serde(default)]
+        volumes: Vec<VolumeMount>,
+    },
     /// sync() and power off the VM.
     Shutdown,
     /// Freeze (FIFREEZE) the file systems mounted at these container paths, so that the host
@@ -638,6 +794,20 @@ mod tests {
                 ps_args: "-ef".into(),
             },
             HostMsg::Stats { req_id: 8 },
+            HostMsg::Archive {
+                stream: 4,
+                request: ArchiveRequest {
+                    op: ArchiveOp::Put,
+                    path: "/tmp".into(),
+                    no_overwrite_dir_non_dir: true,
+                    chown_user: "1000:1000".into(),
+                },
+            },
+            HostMsg::Mount {
+                req_id: 11,
+                root_device: "/dev/vda".into(),
+                volumes: vec![],
+            },
             HostMsg::Shutdown,
         ];
         for (i, m) in host.iter().enumerate() {

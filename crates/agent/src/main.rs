@@ -6,6 +6,7 @@
 //! decision 8). `Start` brings up the network (`network`), then the root disk (`rootfs`) and the
 //! volumes (`volumes`), then the process. The protocol is in the `agent-proto` crate.
 
+mod archive;
 mod etc;
 mod identity;
 mod init;
@@ -25,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::{Frame, GuestMsg, HostMsg, Kind, ProcessSpec, VolumeMount, PROTOCOL_VERSION};
+use agent_proto::{Frame, GuestMsg, HostMsg, Kind, VolumeMount, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::init::log;
@@ -59,6 +60,9 @@ enum Event {
 }
 
 fn main() {
+    if std::env::args().next().as_deref() == Some(archive::HELPER_ARG0) {
+        archive::helper_main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         init::init_pid1();
@@ -95,6 +99,8 @@ async fn run(port: std::fs::File) {
     let mut streams: HashMap<u32, Handle> = HashMap::new();
     let mut main_pid: Option<i32> = None;
     let mut started = false;
+    // The container's root is mounted (by `Start` or `Mount`): archive streams may run.
+    let root = RootState::default();
     loop {
         tokio::select! {
             f = frames.recv() => {
@@ -114,7 +120,7 @@ async fn run(port: std::fs::File) {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             return;
                         }
-                        Ok(m) => handle(m, &out, &ev_tx, &mut streams, main_pid, &mut started, &freezer),
+                        Ok(m) => handle(m, &out, &ev_tx, &mut streams, main_pid, &mut started, &freezer, &root),
                         Err(e) => {
                             log!("bad control message: {e}");
                             let _ = out.send(Frame::guest(&GuestMsg::Error { req_id: 0, message: e.to_string() }));
@@ -161,6 +167,21 @@ async fn run(port: std::fs::File) {
     }
 }
 
+/// Whether the container's root is mounted in the agent's namespace (set once, by the set-up
+/// of `Start` or by `Mount`).
+#[derive(Clone, Default)]
+struct RootState(Arc<std::sync::atomic::AtomicBool>);
+
+impl RootState {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn mounted(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn handle(
     m: HostMsg,
     out: &mpsc::UnboundedSender<Frame>,
@@ -169,6 +190,7 @@ fn handle(
     main_pid: Option<i32>,
     started: &mut bool,
     freezer: &Freezer,
+    root: &RootState,
 ) {
     let reply = |g: GuestMsg| {
         let _ = out.send(Frame::guest(&g));
@@ -202,20 +224,24 @@ fn handle(
             *started = true;
             // Identity first, before any disk or process: the clock and the random pool.
             identity::renew(realtime_ns, &entropy);
+            let setup = Setup {
+                root: rootfs::Target {
+                    device: root_device,
+                    hostname,
+                    machine_id,
+                    network,
+                },
+                volumes,
+                freezer: freezer.clone(),
+            };
+            let root = root.clone();
             start_stream(
                 0,
-                process,
-                Some(Setup {
-                    root: rootfs::Target {
-                        device: root_device,
-                        hostname,
-                        machine_id,
-                        network,
-                    },
-                    volumes,
-                    freezer: freezer.clone(),
-                }),
-                Target::Main,
+                move || {
+                    set_up(&setup)?;
+                    root.set();
+                    process::spawn(&process, Target::Main)
+                },
                 out,
                 ev,
                 streams,
@@ -240,13 +266,51 @@ fn handle(
             }
             start_stream(
                 stream,
-                process,
-                None,
-                Target::Exec { main_pid },
+                move || process::spawn(&process, Target::Exec { main_pid }),
                 out,
                 ev,
                 streams,
             );
+        }
+        HostMsg::Archive { stream, request } => {
+            let refused = if !root.mounted() {
+                Some("the container's file system is not mounted".to_string())
+            } else if stream == 0 || streams.contains_key(&stream) {
+                Some(format!("stream {stream} in use"))
+            } else {
+                None
+            };
+            if let Some(error) = refused {
+                reply(GuestMsg::StartFailed {
+                    stream,
+                    error,
+                    exit_code: 126,
+                });
+                return;
+            }
+            start_stream(stream, move || archive::spawn(&request), out, ev, streams);
+        }
+        HostMsg::Mount {
+            req_id,
+            root_device,
+            volumes,
+        } => {
+            if *started {
+                reply(GuestMsg::Error {
+                    req_id,
+                    message: "a container has started here".into(),
+                });
+                return;
+            }
+            *started = true;
+            let (out, root, freezer) = (out.clone(), root.clone(), freezer.clone());
+            tokio::task::spawn_blocking(move || {
+                let r = mount_only(&root_device, &volumes, &freezer);
+                if r.is_ok() {
+                    root.set();
+                }
+                let _ = out.send(Frame::guest(&done_or_error(req_id, r)));
+            });
         }
         HostMsg::Signal { stream, signal } => {
             let Some(pid) = streams.get(&stream).and_then(|h| h.pid) else {
@@ -387,11 +451,31 @@ fn set_up(s: &Setup) -> Result<(), process::SpawnError> {
     Ok(())
 }
 
+/// The root disk and the volumes, without a process: a helper VM for a stopped container's
+/// archive streams. Blocking.
+fn mount_only(
+    device: &str,
+    volumes: &[VolumeMount],
+    freezer: &Freezer,
+) -> Result<(), process::SpawnError> {
+    rootfs::mount_root(device).map_err(|e| process::SpawnError {
+        message: error_chain(&e),
+        exit_code: 126,
+    })?;
+    let mounted = volumes::mount_all(Path::new(rootfs::ROOTFS), volumes).map_err(|e| {
+        process::SpawnError {
+            message: error_chain(&e),
+            exit_code: 126,
+        }
+    })?;
+    freezer.adopt(mounted);
+    Ok(())
+}
+
+/// Run `spawn` (blocking: set-up and fork) for `stream` and bridge the process it starts.
 fn start_stream(
     stream: u32,
-    spec: ProcessSpec,
-    setup: Option<Setup>,
-    target: Target,
+    spawn: impl FnOnce() -> Result<process::Spawned, process::SpawnError> + Send + 'static,
     out: &mpsc::UnboundedSender<Frame>,
     ev: &mpsc::UnboundedSender<Event>,
     streams: &mut HashMap<u32, Handle>,
@@ -413,15 +497,10 @@ fn start_stream(
         let oom_before = process::oom_kills();
         let res = tokio::task::spawn_blocking(move || {
             let t0 = std::time::Instant::now();
-            if let Some(setup) = setup {
-                set_up(&setup)?;
-            }
-            let t1 = t0.elapsed();
-            let r = process::spawn(&spec, target);
+            let r = spawn();
             log!(
-                "stream {stream}: set-up {} ms, spawn {} ms",
-                t1.as_millis(),
-                (t0.elapsed() - t1).as_millis()
+                "stream {stream}: set-up and spawn {} ms",
+                t0.elapsed().as_millis()
             );
             r
         })

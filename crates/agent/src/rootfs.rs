@@ -44,36 +44,10 @@ pub struct Target {
 }
 
 pub fn prepare(t: &Target) -> Result<(), RootfsError> {
-    let device = if t.device.is_empty() {
-        "/dev/vda"
-    } else {
-        t.device.as_str()
-    };
     let hostname = t.hostname.as_str();
     let t0 = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(device).exists() {
-        if Instant::now() > deadline {
-            return Err(RootfsError::NoDevice(device.to_string()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // A guest restored from a template probed the template's placeholder (zeros, same size)
-    // at boot, and a standby rehearsed on its scratch disk: whatever the block layer read of
-    // those is still cached and must not be taken for the container's blocks.
-    forget_cached_blocks(Path::new(device))
-        .map_err(|e| RootfsError::Flush(device.to_string(), e))?;
-    let t_device = t0.elapsed();
-    let _ = std::fs::create_dir_all(ROOTFS);
-    mount(
-        Some(device),
-        ROOTFS,
-        Some("ext4"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
-    let t_mount = t0.elapsed();
+    let (t_device, t_mount) = mount_device(&t.device)?;
+    let device = device_or_default(&t.device);
     if let Err(e) = grow(device, Path::new(ROOTFS)) {
         log!("growing {device}: {e} (carrying on)");
     }
@@ -98,6 +72,50 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
         (t_grow - t_mount).as_millis()
     );
     Ok(())
+}
+
+/// Only mount the root disk at [`ROOTFS`], changing nothing on it (a helper VM that serves a
+/// stopped container's archive streams).
+pub fn mount_root(device: &str) -> Result<(), RootfsError> {
+    mount_device(device).map(|_| ())
+}
+
+fn device_or_default(device: &str) -> &str {
+    if device.is_empty() {
+        "/dev/vda"
+    } else {
+        device
+    }
+}
+
+/// Wait for the device, forget its cached blocks and mount it: the times at which the device
+/// was ready and mounted.
+fn mount_device(device: &str) -> Result<(Duration, Duration), RootfsError> {
+    let device = device_or_default(device);
+    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(device).exists() {
+        if Instant::now() > deadline {
+            return Err(RootfsError::NoDevice(device.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A guest restored from a template probed the template's placeholder (zeros, same size)
+    // at boot, and a standby rehearsed on its scratch disk: whatever the block layer read of
+    // those is still cached and must not be taken for the container's blocks.
+    forget_cached_blocks(Path::new(device))
+        .map_err(|e| RootfsError::Flush(device.to_string(), e))?;
+    let t_device = t0.elapsed();
+    let _ = std::fs::create_dir_all(ROOTFS);
+    mount(
+        Some(device),
+        ROOTFS,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    Ok((t_device, t0.elapsed()))
 }
 
 /// `/etc/hosts` and `/etc/resolv.conf` for the container's network (`None`: no network, the

@@ -33,8 +33,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, events, exec, fip, image_transfer, images, network, run,
-    service, sg, snapshot, system, usage, volume, Ctx,
+    config as config_cmd, containers, cp, events, exec, export, fip, image_transfer, images,
+    network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,12 @@ pub enum Cmd {
     Update(containers::UpdateArgs),
     /// Display the running processes of a container
     Top(containers::TopArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(cp::CpArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(export::ExportArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(export::DiffArgs),
     /// Display a live stream of container(s) resource usage statistics
     Stats(containers::StatsArgs),
     /// List port mappings or a specific mapping for the container
@@ -220,6 +226,9 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Rename(a) => containers::rename(ctx, a).await,
         Cmd::Update(a) => containers::update(ctx, a).await,
         Cmd::Top(a) => containers::top(ctx, a).await,
+        Cmd::Cp(a) => cp::cp(ctx, a).await,
+        Cmd::Export(a) => export::export(ctx, a).await,
+        Cmd::Diff(a) => export::diff(ctx, a).await,
         Cmd::Stats(a) => containers::stats(ctx, a).await,
         Cmd::Port(a) => containers::port(ctx, a).await,
         Cmd::Images(a) => images::images(ctx, a).await,

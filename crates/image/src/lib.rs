@@ -450,7 +450,7 @@ impl ImageStore {
             Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
         }
         let disk = self.disk_path(&hex);
-        for file in [overlay_template_of(&disk), disk, self.config_path(&hex)] {
+        for file in [overlay_template_of(&disk), manifest_of(&disk), disk, self.config_path(&hex)] {
             if let Err(e) = fs::remove_file(&file) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(e).ctx(|| format!("removing {}", file.display()));
@@ -522,6 +522,41 @@ impl ImageStore {
         tracing::info!(id = %info.id, disk = %disk.display(), "built root disk");
         Ok(disk)
     }
+}
+
+impl ImageStore {
+    /// The manifest of image `id`'s file tree (one `agent_proto::FileMeta` JSON line per entry,
+    /// what the root disk holds but `/lost+found`), made on first use from the layers.
+    pub fn manifest(&self, id: &str) -> Result<PathBuf> {
+        let hex = self.resolve(id)?;
+        let path = manifest_of(&self.disk_path(&hex));
+        if path.exists() {
+            return Ok(path);
+        }
+        let info = self.read_info(&hex)?;
+        let tree = self.temp("tree");
+        fs::create_dir(tree.path()).ctx(|| format!("creating {}", tree.path().display()))?;
+        let layers: Vec<(PathBuf, String)> = info
+            .layers
+            .iter()
+            .map(|l| (self.layer_path(l), l.clone()))
+            .collect();
+        unpack::unpack_layers(&layers, tree.path())?;
+        let mut lines = Vec::new();
+        agent_proto::walk_tree(tree.path(), &mut |meta| {
+            serde_json::to_writer(&mut lines, &meta).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+            Ok(())
+        })
+        .ctx(|| format!("listing {}", tree.path().display()))?;
+        drop(tree);
+        self.write_atomic(&path, &lines)?;
+        Ok(path)
+    }
+}
+
+fn manifest_of(disk: &Path) -> PathBuf {
+    disk.with_extension("manifest")
 }
 
 fn overlay_template_of(disk: &Path) -> PathBuf {

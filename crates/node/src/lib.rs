@@ -17,7 +17,10 @@ pub mod standby;
 pub mod validate;
 pub mod volumes;
 
-pub use runtime::{ExecConfig, ExecInfo, InitAnswer, Runtime, RuntimeConfig, WaitCondition};
+pub use runtime::{
+    Archive, ArchiveOp, ArchiveRequest, ExecConfig, ExecInfo, InitAnswer, PathStat, Runtime,
+    RuntimeConfig, WaitCondition,
+};
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -29,10 +29,12 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
+mod archive;
 mod exec_events;
 mod health;
 mod pause;
 mod restart;
+pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 mod volume_init;
 mod volume_ops;
 
@@ -87,6 +89,8 @@ struct AttachGate {
 struct Entry {
     record: Mutex<Container>,
     ops: tokio::sync::Mutex<()>,
+    /// Held by a helper VM that has the stopped container's disk (`archive`).
+    disk: Arc<tokio::sync::Mutex<()>>,
     lifecycle: watch::Sender<Lifecycle>,
     attach_gate: Mutex<AttachGate>,
     /// The last back-off of its restart policy (zero until it restarts).
@@ -98,6 +102,7 @@ impl Entry {
         Arc::new(Self {
             record: Mutex::new(c),
             ops: tokio::sync::Mutex::new(()),
+            disk: Arc::new(tokio::sync::Mutex::new(())),
             lifecycle: watch::channel(Lifecycle::default()).0,
             attach_gate: Mutex::new(AttachGate::default()),
             restart_backoff: Mutex::new(Duration::ZERO),
@@ -601,6 +606,7 @@ impl Runtime {
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
         // No standby refill while this start is in flight (see `standby::QUIET`).
         let _starting = self.standby.as_ref().map(|pool| pool.starting());
+        let _disk = archive::disk_for_start(entry).await?;
         let c = entry.snapshot();
         if c.state.status == Status::Running {
             return Err(RuntimeError::NotModified(format!(
@@ -839,6 +845,7 @@ impl Runtime {
                 .lock()
                 .expect("poisoned")
                 .insert(c.id.clone(), entry.clone());
+            archive::remove_leftover(&archive::helper_dir(&self.dir(&c.id))).await;
             match c.state.status {
                 Status::Running => {
                     self.rehold_volumes(&entry);
@@ -1036,6 +1043,7 @@ impl Runtime {
     ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
         let _op = entry.ops.lock().await;
+        let _disk = archive::disk_for_start(&entry).await?;
         let c = entry.snapshot();
         if entry.lifecycle.borrow().removed {
             return Ok(());
@@ -1541,6 +1549,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
         template_dir: cfg.template_dir.clone(),
         network: None,
         standby: false,
+        helper: false,
         volumes: Vec::new(),
     }
 }

@@ -41,7 +41,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, containers as c, df, events, exec, fallback, fips, images, networks, prune,
+        admin, archive, containers as c, df, events, exec, fallback, fips, images, networks, prune,
         services, sg, snapshots, stats, system, usage, volume_init, volumes,
     };
     let api = Router::new()
@@ -128,6 +128,12 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/attach", post(c::attach))
         .route("/containers/{id}/resize", post(c::resize))
         .route("/containers/{id}/top", get(c::top))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::head).put(archive::put),
+        )
+        .route("/containers/{id}/export", get(archive::export))
+        .route("/containers/{id}/changes", get(archive::changes))
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/containers/{id}", axum::routing::delete(c::remove))

@@ -125,6 +125,7 @@ macro_rules! guest_log {
 }
 
 mod guest;
+mod helper;
 mod run_state;
 
 use guest::{excerpt, Expect, MainStream, Window};
@@ -729,6 +730,9 @@ async fn serve(
     // Connections being served.
     let (conns, mut conns_rx) = watch::channel(0usize);
     let conns = Arc::new(conns);
+    if shim.spec.helper {
+        tokio::spawn(helper::end_when_idle(shim.clone(), conns_rx.clone()));
+    }
     {
         let shim = shim.clone();
         let conns = conns.clone();
@@ -1162,6 +1166,12 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             let st = stop(&shim, signal, timeout_secs).await;
             reply(&mut s, &Response::with_state(st)).await
         }
+        Request::Shutdown if shim.spec.helper => {
+            // The serving loop's own end follows: the guest syncs what archive streams wrote,
+            // then QEMU goes.
+            shim.finish(0, false, String::new());
+            reply(&mut s, &Response::with_state(shim.state())).await
+        }
         Request::Shutdown => {
             shim.kill_qemu();
             shim.finish(137, false, "the VM was shut down".into());
@@ -1307,9 +1317,55 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                 tty_width,
                 tty_height,
             };
-            exec(shim, s, exec_id, process, stdin).await
+            exec(
+                shim,
+                s,
+                Some(exec_id),
+                |stream| HostMsg::Exec { stream, process },
+                stdin,
+                tty,
+            )
+            .await
+        }
+        Request::Archive { request } => {
+            let put = request.op == agent_proto::ArchiveOp::Put;
+            exec(
+                shim,
+                s,
+                None,
+                |stream| HostMsg::Archive { stream, request },
+                put,
+                false,
+            )
+            .await
+        }
+        Request::Mount => {
+            let r = mount(&shim).await;
+            reply(&mut s, &r).await
         }
     }
+}
+
+/// A helper VM's one job before its archive streams: the container's disks, no process.
+async fn mount(shim: &Arc<Shim>) -> Response {
+    if !shim.spec.helper {
+        return Response::err("only a helper VM mounts without starting");
+    }
+    if shim.state().status != Status::Ready {
+        return Response::err("the helper VM is not ready to mount");
+    }
+    let r = ask_when(shim, Status::Ready, Expect::Done, |req_id| HostMsg::Mount {
+        req_id,
+        root_device: "/dev/vda".into(),
+        volumes: crate::volumes::mounts(&shim.spec),
+    })
+    .await;
+    let r = crate::volumes::done(r);
+    if r.ok {
+        // Archive streams run only on a running VM.
+        shim.update(|s| s.status = Status::Running);
+    }
+    r
 }
 
 fn stream_of(shim: &Shim, exec_id: Option<&str>) -> Result<u32, String> {
@@ -1344,11 +1400,24 @@ async fn ask(
     expect: Expect,
     msg: impl FnOnce(u64) -> HostMsg,
 ) -> Result<GuestMsg, String> {
+    ask_when(shim, Status::Running, expect, msg).await
+}
+
+/// `ask`, of a VM in `status` (a helper VM mounts while `Ready`).
+async fn ask_when(
+    shim: &Shim,
+    status: Status,
+    expect: Expect,
+    msg: impl FnOnce(u64) -> HostMsg,
+) -> Result<GuestMsg, String> {
     let (tx, rx) = oneshot::channel();
     let req_id = {
         let mut inner = shim.inner.lock().unwrap();
-        if inner.state.status != Status::Running {
-            return Err("container is not running".into());
+        if inner.state.status != status {
+            return Err(match status {
+                Status::Running => "container is not running".into(),
+                other => format!("the VM is not {other:?}").to_lowercase(),
+            });
         }
         if inner.agent_gone {
             return Err("the guest agent connection is gone".into());
@@ -1398,9 +1467,9 @@ async fn start(shim: &Arc<Shim>) -> Response {
         volumes: crate::volumes::mounts(&shim.spec),
     }));
     let mut ex = shim.exited.subscribe();
+    // `Started` reaches `rx` before a quick process's `Exited` ends the VM: look at it first,
+    // or a process that exits at once would be reported as a VM that died while starting.
     let msg = tokio::select! {
-        // A process that exits at once (`true`) has its `Started` sent before its exit is
-        // recorded: when both are there, the start is what happened first.
         biased;
         r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
             Ok(Ok(m)) => m,
@@ -1572,14 +1641,17 @@ async fn attach(
     Ok(())
 }
 
+/// An exec session, or any stream that behaves as one (an archive stream): `msg` is what
+/// starts it on the stream allocated here. `exec_id` names an exec for `signal`/`resize`.
+/// On a terminal (`tty`), the end of the client's input is not the end of the process's.
 async fn exec(
     shim: Arc<Shim>,
     mut s: UnixStream,
-    exec_id: String,
-    process: agent_proto::ProcessSpec,
+    exec_id: Option<String>,
+    msg: impl FnOnce(u32) -> HostMsg,
     want_stdin: bool,
+    tty: bool,
 ) -> Result<()> {
-    let tty = process.tty;
     let (etx, mut erx) = mpsc::unbounded_channel();
     let (stx, srx) = oneshot::channel();
     let stream = {
@@ -1588,8 +1660,11 @@ async fn exec(
             Err("container is not running".to_string())
         } else if inner.agent_gone {
             Err("the guest agent connection is gone".to_string())
-        } else if inner.exec_ids.contains_key(&exec_id) {
-            Err(format!("exec {exec_id} is already running"))
+        } else if let Some(id) = exec_id
+            .as_ref()
+            .filter(|id| inner.exec_ids.contains_key(*id))
+        {
+            Err(format!("exec {id} is already running"))
         } else {
             let id = inner.next_stream;
             inner.next_stream += 1;
@@ -1601,7 +1676,9 @@ async fn exec(
                     window: Window::default(),
                 },
             );
-            inner.exec_ids.insert(exec_id.clone(), id);
+            if let Some(exec_id) = &exec_id {
+                inner.exec_ids.insert(exec_id.clone(), id);
+            }
             inner.starting.insert(id, stx);
             Ok(id)
         }
@@ -1610,7 +1687,7 @@ async fn exec(
         Ok(id) => id,
         Err(e) => return reply(&mut s, &Response::err(e)).await,
     };
-    shim.send(Frame::host(&HostMsg::Exec { stream, process }));
+    shim.send(Frame::host(&msg(stream)));
     let started = tokio::time::timeout(Duration::from_secs(30), srx).await;
     let (pid, failed) = match started {
         Ok(Ok(GuestMsg::Started { pid, .. })) => (pid, None),
@@ -1634,7 +1711,9 @@ async fn exec(
         {
             let mut inner = shim.inner.lock().unwrap();
             inner.execs.remove(&stream);
-            inner.exec_ids.remove(&exec_id);
+            if let Some(exec_id) = &exec_id {
+                inner.exec_ids.remove(exec_id);
+            }
             inner.starting.remove(&stream);
         }
         let msg = format!("{error}\n");

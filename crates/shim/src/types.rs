@@ -49,6 +49,11 @@ pub struct Spec {
     /// attaches the container's volumes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
+    /// A short-lived VM that serves a stopped container's archive streams (`Mount`, then
+    /// `Archive`): its disk is the container's, its state file is its own, and `Shutdown`
+    /// syncs the guest's disks before QEMU goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub helper: bool,
     /// Volumes, each in its own slot of the device layout (at most
     /// [`agent_proto::VOLUME_SLOTS`], slots distinct); the slots not listed hold an empty
     /// placeholder.
@@ -298,6 +303,16 @@ pub enum Request {
     /// Undo `Pause`: QMP `cont`.
     Resume,
     Shutdown,
+    /// An archive stream (`docker cp`, see `HostMsg::Archive`): answered like `Exec` (a reply
+    /// line, then Docker multiplexed frames: stdout, stderr, and the exit frame); for `put`
+    /// the connection's further bytes are its stdin (the tar), ended by shutting down the
+    /// write half.
+    Archive {
+        request: agent_proto::ArchiveRequest,
+    },
+    /// A helper VM (`Spec::helper`): mount the container's root disk and volumes, start no
+    /// process; archive streams may follow.
+    Mount,
     /// Freeze the file systems of these volume targets in the guest (see `HostMsg::Freeze`).
     Freeze {
         targets: Vec<String>,

@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod containers;
+pub mod cp;
 pub mod events;
 pub mod exec;
+pub mod export;
 pub mod fip;
 pub mod health;
 pub mod image_transfer;

@@ -1,6 +1,7 @@
 //! The HTTP API, one file per group of Docker endpoints.
 
 pub mod admin;
+pub mod archive;
 pub mod containers;
 pub mod df;
 pub mod events;
