@@ -705,6 +705,15 @@ async fn serve(
             );
         });
     }
+    // A VM paused by a full host disk (`crate::disk_full`).
+    {
+        let shim = shim.clone();
+        let gone = gone_rx.clone();
+        tokio::spawn(crate::disk_full::watch(dir.clone(), gone, move |full| {
+            slog!("the VM is {}", if full { "paused: the host disk is full" } else { "running again" });
+            shim.update(|s| s.disk_full = full);
+        }));
+    }
     // SIGTERM to the shim = shutdown.
     {
         let shim = shim.clone();

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod disk_full;
 mod identity;
 pub mod log;
 pub mod nic;

@@ -206,6 +206,10 @@ pub struct State {
     pub oom_killed: bool,
     #[serde(default)]
     pub error: String,
+    /// QEMU paused the VM because a disk write failed for lack of space on the host; it
+    /// resumes when there is room again (`crate::disk_full`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
 }
 
 impl State {
