@@ -1367,6 +1367,10 @@ async fn start(shim: &Arc<Shim>) -> Response {
     }));
     let mut ex = shim.exited.subscribe();
     let msg = tokio::select! {
+        // A process that starts and exits at once has both ready: its `Started` comes first
+        // (unbiased, select! would pick one at random and report a start that happened as
+        // failed).
+        biased;
         r = tokio::time::timeout(Duration::from_secs(60), rx) => match r {
             Ok(Ok(m)) => m,
             _ => {
