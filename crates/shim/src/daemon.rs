@@ -613,6 +613,10 @@ fn claim(
     if want != template_key {
         bail!("the container needs template {want}, this standby VM has {template_key}");
     }
+    // Its memory may come from a file written since it was restored (`crate::integrity`).
+    if !crate::template::unchanged_since_built(&templates, template_key) {
+        bail!("the template {template_key} this standby VM was restored from has changed since: not claiming it");
+    }
     crate::volumes::check(&spec)?;
     crate::volumes::check_claimable(standby_dir, &spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod daemon;
 pub mod disk_full;
+pub mod integrity;
 mod identity;
 pub mod log;
 pub mod nic;
