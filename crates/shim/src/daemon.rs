@@ -712,8 +712,8 @@ async fn serve(
     // A VM paused by a full host disk (`crate::disk_full`).
     {
         let shim = shim.clone();
-        let gone = gone_rx.clone();
-        tokio::spawn(crate::disk_full::watch(dir.clone(), gone, move |full| {
+        let (gone, files) = (gone_rx.clone(), crate::disk_full::disk_files(&shim.spec));
+        tokio::spawn(crate::disk_full::watch(dir.clone(), files, gone, move |full| {
             slog!("the VM is {}", if full { "paused: the host disk is full" } else { "running again" });
             shim.update(|s| s.disk_full = full);
         }));

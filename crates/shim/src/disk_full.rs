@@ -6,8 +6,8 @@
 //! system stays consistent: what it was told was written is written, and what was not yet
 //! acknowledged is retried. [`watch`] polls QEMU's run state and reports each change (so that
 //! `state.json`, hence `docker inspect`, says why the container is paused), and resumes the VM
-//! once the file system holding its directory has [`RESUME_FREE_BYTES`] free; a VM still short
-//! of room just pauses again.
+//! once each file system holding its disks (its root disk, its local volumes: [`disk_files`])
+//! has [`RESUME_FREE_BYTES`] free; a VM still short of room just pauses again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,10 +26,21 @@ pub const RESUME_FREE_BYTES: u64 = 64 << 20;
 /// How often QEMU's run state is read.
 const POLL: Duration = Duration::from_secs(2);
 
-/// Watch the VM whose QMP socket is in `dir` until `gone` says QEMU exited: `on_change(true)`
-/// when QEMU paused it for a failed write, `on_change(false)` when it runs again.
+/// The files of `spec`'s disks on the host: its root disk and its local volumes.
+pub fn disk_files(spec: &crate::Spec) -> Vec<PathBuf> {
+    let volumes = spec.volumes.iter().filter_map(|v| match &v.disk {
+        crate::VolumeDisk::Local { path } => Some(path.clone()),
+        crate::VolumeDisk::Rbd { .. } => None,
+    });
+    std::iter::once(spec.root_disk.clone()).chain(volumes).collect()
+}
+
+/// Watch the VM whose QMP socket is in `dir`, with its disks in `files`, until `gone` says QEMU
+/// exited: `on_change(true)` when QEMU paused it for a failed write, `on_change(false)` when it
+/// runs again.
 pub async fn watch(
     dir: PathBuf,
+    files: Vec<PathBuf>,
     mut gone: watch::Receiver<Option<String>>,
     on_change: impl Fn(bool) + Send + 'static,
 ) {
@@ -39,8 +50,8 @@ pub async fn watch(
             _ = tokio::time::sleep(POLL) => {}
             _ = gone.wait_for(|g| g.is_some()) => return,
         }
-        let d = dir.clone();
-        let Ok(Ok(now_paused)) = tokio::task::spawn_blocking(move || check(&d)).await else {
+        let (d, f) = (dir.clone(), files.clone());
+        let Ok(Ok(now_paused)) = tokio::task::spawn_blocking(move || check(&d, &f)).await else {
             continue;
         };
         if now_paused != paused {
@@ -50,14 +61,19 @@ pub async fn watch(
     }
 }
 
-/// Whether the VM is paused for a failed write (`io-error`); if it is and there is room again,
-/// resume it (and report it still paused: the next poll sees whether it stayed running).
-fn check(dir: &Path) -> anyhow::Result<bool> {
+/// Whether the VM is paused for a failed write (`io-error`); if it is and there is room again
+/// for each of its disk `files`, resume it (and report it still paused: the next poll sees
+/// whether it stayed running).
+fn check(dir: &Path, files: &[PathBuf]) -> anyhow::Result<bool> {
     let mut qmp = Qmp::connect(&dir.join(vm::QMP_SOCK), Duration::from_secs(2))?;
     if qmp.status()? != "io-error" {
         return Ok(false);
     }
-    if space(dir)?.0 >= RESUME_FREE_BYTES {
+    let room = |f: &PathBuf| {
+        let on = f.parent().unwrap_or(f);
+        space(on).is_ok_and(|(free, _)| free >= RESUME_FREE_BYTES)
+    };
+    if files.iter().all(room) {
         qmp.execute("cont", json!({}))?;
     }
     Ok(true)
