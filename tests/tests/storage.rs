@@ -9,9 +9,18 @@ use e2e::*;
 
 fn main() {
     let tests: &[(&'static str, TestFn)] = &[
-        ("storage_quota_counts_real_use", storage_quota_counts_real_use),
-        ("the_reserve_refuses_new_things", the_reserve_refuses_new_things),
-        ("a_full_disk_pauses_the_vm_clean", a_full_disk_pauses_the_vm_clean),
+        (
+            "storage_quota_counts_real_use",
+            storage_quota_counts_real_use,
+        ),
+        (
+            "the_reserve_refuses_new_things",
+            the_reserve_refuses_new_things,
+        ),
+        (
+            "a_full_disk_pauses_the_vm_clean",
+            a_full_disk_pauses_the_vm_clean,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -101,7 +110,10 @@ fn storage_quota_counts_real_use() {
         (40 << 20..(1 << 30)).contains(&grew),
         "40 MiB written: the root disks grew by {grew} bytes"
     );
-    assert_eq!(usage("Total"), usage("Containers") + usage("Volumes") + usage("Images"));
+    assert_eq!(
+        usage("Total"),
+        usage("Containers") + usage("Volumes") + usage("Images")
+    );
 
     // At its quota, the tenant gets nothing new: no container, volume or image.
     let q = d.tenant_admin(&["quota", "default", "--storage-gb", "0"]);
@@ -121,7 +133,11 @@ fn storage_quota_counts_real_use() {
             "{args:?}: {o}"
         );
     }
-    let api = d.api("POST", "/v1.44/volumes/create", &["-d", "{\"Name\":\"over\"}"]);
+    let api = d.api(
+        "POST",
+        "/v1.44/volumes/create",
+        &["-d", "{\"Name\":\"over\"}"],
+    );
     assert!(api.stdout.ends_with("\n403"), "{api}");
     // A tenant under its quota again is served again.
     d.tenant_admin(&["quota", "default", "--storage-gb", "200"]);
@@ -147,7 +163,11 @@ fn the_reserve_refuses_new_things() {
             "{args:?}: {o}"
         );
     }
-    let api = d.api("POST", "/v1.44/volumes/create", &["-d", "{\"Name\":\"short\"}"]);
+    let api = d.api(
+        "POST",
+        "/v1.44/volumes/create",
+        &["-d", "{\"Name\":\"short\"}"],
+    );
     assert!(api.stdout.ends_with("\n507"), "{api}");
     drop(filler);
     let o = d
@@ -182,14 +202,20 @@ fn a_full_disk_pauses_the_vm_clean() {
             .ok()
             .out()
     };
-    wait_for("the VM paused for lack of disk", secs(300.0), || {
-        match state("Status").as_str() {
+    wait_for(
+        "the VM paused for lack of disk",
+        secs(300.0),
+        || match state("Status").as_str() {
             "paused" => Ok(()),
             s => Err(format!("{s}: {}", d.hyper(&["logs", &id]).run().stdout)),
-        }
-    });
+        },
+    );
     assert_eq!(state("Paused"), "true");
-    assert!(state("Error").contains("ran out of disk space"), "{}", state("Error"));
+    assert!(
+        state("Error").contains("ran out of disk space"),
+        "{}",
+        state("Error")
+    );
     // It stays paused while the disk is full.
     std::thread::sleep(secs(5.0));
     assert_eq!(state("Status"), "paused");

@@ -713,10 +713,22 @@ async fn serve(
     {
         let shim = shim.clone();
         let (gone, files) = (gone_rx.clone(), crate::disk_full::disk_files(&shim.spec));
-        tokio::spawn(crate::disk_full::watch(dir.clone(), files, gone, move |full| {
-            slog!("the VM is {}", if full { "paused: the host disk is full" } else { "running again" });
-            shim.update(|s| s.disk_full = full);
-        }));
+        tokio::spawn(crate::disk_full::watch(
+            dir.clone(),
+            files,
+            gone,
+            move |full| {
+                slog!(
+                    "the VM is {}",
+                    if full {
+                        "paused: the host disk is full"
+                    } else {
+                        "running again"
+                    }
+                );
+                shim.update(|s| s.disk_full = full);
+            },
+        ));
     }
     // SIGTERM to the shim = shutdown.
     {

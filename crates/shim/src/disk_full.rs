@@ -32,7 +32,9 @@ pub fn disk_files(spec: &crate::Spec) -> Vec<PathBuf> {
         crate::VolumeDisk::Local { path } => Some(path.clone()),
         crate::VolumeDisk::Rbd { .. } => None,
     });
-    std::iter::once(spec.root_disk.clone()).chain(volumes).collect()
+    std::iter::once(spec.root_disk.clone())
+        .chain(volumes)
+        .collect()
 }
 
 /// Watch the VM whose QMP socket is in `dir`, with its disks in `files`, until `gone` says QEMU

@@ -11,8 +11,8 @@
 pub mod client;
 pub mod daemon;
 pub mod disk_full;
-pub mod integrity;
 mod identity;
+pub mod integrity;
 pub mod log;
 pub mod nic;
 mod qcow2;

@@ -255,7 +255,11 @@ fn intact(t: &Template) -> bool {
             false
         }
         Err(e) => {
-            eprintln!("template {}: hashing {}: {e}", t.dir.display(), file.display());
+            eprintln!(
+                "template {}: hashing {}: {e}",
+                t.dir.display(),
+                file.display()
+            );
             false
         }
     };

@@ -211,7 +211,17 @@ fn a_full_host_disk_pauses_the_vm_in_every_boot() {
     busybox_rootfs(
         &rootfs,
         &[
-            "sh", "echo", "cat", "head", "yes", "sync", "sha256sum", "wc", "dmesg", "grep", "true",
+            "sh",
+            "echo",
+            "cat",
+            "head",
+            "yes",
+            "sync",
+            "sha256sum",
+            "wc",
+            "dmesg",
+            "grep",
+            "true",
             "sleep",
         ],
     );
@@ -262,7 +272,10 @@ fn a_full_host_disk_pauses_the_vm_in_every_boot() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(!ctr_output(&dir).contains("size="), "{boot}: finished on a full disk?");
+        assert!(
+            !ctr_output(&dir).contains("size="),
+            "{boot}: finished on a full disk?"
+        );
         // Room again: it resumes by itself, and every byte it wrote is there.
         small.grow(400);
         let end = Instant::now() + Duration::from_secs_f64(180.0 * scale());
@@ -281,7 +294,11 @@ fn a_full_host_disk_pauses_the_vm_in_every_boot() {
             "{boot}: {out}"
         );
         assert!(out.contains("ioerrors=0"), "{boot}: {out}\n{}", shim_log());
-        assert!(shim_log().contains("running again"), "{boot}: {}", shim_log());
+        assert!(
+            shim_log().contains("running again"),
+            "{boot}: {}",
+            shim_log()
+        );
         assert!(
             !shim::State::load(&dir).unwrap().disk_full,
             "{boot}: still marked paused"

@@ -188,10 +188,8 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     }
     let t1 = shim::template::ensure(&s1, &templates, true)
         .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
-    let rebuilt: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(t1.dir.join(shim::template::META)).unwrap(),
-    )
-    .unwrap();
+    let rebuilt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t1.dir.join(shim::template::META)).unwrap()).unwrap();
     assert_ne!(rebuilt["ram_sha256"], "0".repeat(64), "not rebuilt");
     // A template whose RAM file was written after it was built is never restored.
     assert!(shim::template::find(&s1, &templates).unwrap().is_some());

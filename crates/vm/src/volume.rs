@@ -544,7 +544,8 @@ mod tests {
         assert_eq!(v[2].as_ref().unwrap().backing.fds(), &[] as &[i32]);
         // Same device as any other slot.
         assert!(a.contains(
-            &"virtio-blk-device,drive=vol2,serial=hyper-vol2,write-cache=on,werror=enospc".to_string()
+            &"virtio-blk-device,drive=vol2,serial=hyper-vol2,write-cache=on,werror=enospc"
+                .to_string()
         ));
     }
 

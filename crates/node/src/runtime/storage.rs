@@ -40,10 +40,15 @@ impl std::str::FromStr for DiskReserve {
 
     /// `5%`, `2G`, `512M`, or bytes.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("invalid disk reserve {s:?}: give a percentage (5%) or a size (2G, 512M)");
+        let bad =
+            || format!("invalid disk reserve {s:?}: give a percentage (5%) or a size (2G, 512M)");
         if let Some(p) = s.strip_suffix('%') {
             let p: u8 = p.parse().map_err(|_| bad())?;
-            return if p < 100 { Ok(DiskReserve::Percent(p)) } else { Err(bad()) };
+            return if p < 100 {
+                Ok(DiskReserve::Percent(p))
+            } else {
+                Err(bad())
+            };
         }
         let (n, unit) = match s.char_indices().last() {
             Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
@@ -106,7 +111,9 @@ impl Runtime {
             .map(|v| allocated(&self.volume_file(&v.id)))
             .sum();
         let images = self.images.list(tenant)?.iter().map(|i| i.info.size).sum();
-        let quota = quota::load(self.store.as_ref(), tenant)?.storage_gb.saturating_mul(GB);
+        let quota = quota::load(self.store.as_ref(), tenant)?
+            .storage_gb
+            .saturating_mul(GB);
         Ok(StorageUsage {
             containers,
             volumes,

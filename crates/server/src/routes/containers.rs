@@ -187,7 +187,11 @@ pub async fn inspect(
     let log = app.runtime.dir(&c.id).join("ctr.log");
     let mut v = docker_json::inspect(&c, &log.display().to_string());
     // A VM paused by a full host disk (`shim::disk_full`) says so.
-    if let Some(why) = app.runtime.paused_for_disk(&c.id).filter(|_| c.is_running()) {
+    if let Some(why) = app
+        .runtime
+        .paused_for_disk(&c.id)
+        .filter(|_| c.is_running())
+    {
         v["State"]["Status"] = json!("paused");
         v["State"]["Paused"] = json!(true);
         v["State"]["Error"] = json!(why);
