@@ -426,6 +426,9 @@ pub struct DaemonOpts {
     /// Variables of the kit's environment for hyperd (such as `HYPERD_STANDBY_VMS`) left out,
     /// so that hyperd's own default applies.
     pub env_remove: Vec<&'static str>,
+    /// The data root on an ext4 file system of this many MiB of its own (a loop-mounted image,
+    /// unmounted and removed at teardown), to fill it up.
+    pub data_fs_mib: Option<u64>,
 }
 
 /// A hyperd this test binary started, on its own data root, listening on a unix socket and a
@@ -475,6 +478,9 @@ impl Daemon {
     /// and loads the busybox image.
     pub fn start(tag: &str, opts: DaemonOpts) -> Arc<Daemon> {
         let data = short_tmp(tag);
+        if let Some(mib) = opts.data_fs_mib {
+            mount_small_fs(&data, mib);
+        }
         let kdir = kernel_dir();
         // A directory of links, not a link to the cache: hyperd writes the initramfs next to
         // the kernel, and daemons starting at once must not race on one file.
@@ -968,6 +974,30 @@ fn reap_stale_roots() {
         eprintln!("e2e: removed a stale data root {}", e.path().display());
         let _ = std::fs::remove_dir_all(e.path());
     }
+}
+
+/// An ext4 file system of `mib` MiB mounted on `at` (made here), from a sparse image beside
+/// it; unmounted and removed at teardown.
+fn mount_small_fs(at: &Path, mib: u64) {
+    let image = at.with_extension("fs.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(mib << 20))
+        .unwrap();
+    std::fs::create_dir_all(at).unwrap();
+    Cmd::new("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()])
+        .run()
+        .ok();
+    Cmd::new(
+        "mount",
+        &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
+    )
+    .run()
+    .ok();
+    let at = at.to_path_buf();
+    at_teardown(move || {
+        let _ = Cmd::new("umount", &[at.to_str().unwrap()]).run();
+        let _ = std::fs::remove_file(&image);
+    });
 }
 
 /// The hyperd shared by the tests that neither kill nor reconfigure it.

@@ -84,6 +84,11 @@ struct DaemonArgs {
     /// How long, in seconds, the standby pool stays sized for a burst of starts.
     #[arg(long, default_value_t = node::standby::DEFAULT_HOLD.as_secs(), env = "HYPERD_STANDBY_VMS_HOLD")]
     standby_vms_hold: u64,
+    /// Free space kept on the data root, a percentage of its file system (5%) or a size (2G,
+    /// 512M): below it new containers, volumes and images are refused (507). (A VM whose disk
+    /// write fails for lack of space pauses until there is room, whatever the reserve.)
+    #[arg(long, default_value = "5%", env = "HYPERD_DISK_RESERVE")]
+    disk_reserve: node::DiskReserve,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     /// Plain HTTP only: tenants still reach it only if --allow-fetch allows its address.
     #[arg(long = "insecure-registry")]
@@ -209,7 +214,7 @@ enum TenantCommand {
         expires: Option<chrono::TimeDelta>,
     },
     /// Show or change a tenant's quotas (defaults: 10 containers, 2 FIPs, 5 services, 40
-    /// volumes, 1000 GB of volumes, 40 snapshots).
+    /// volumes, 1000 GB of volumes, 40 snapshots, 200 GB of storage).
     Quota {
         name: String,
         #[arg(long)]
@@ -225,6 +230,11 @@ enum TenantCommand {
         volume_gb: Option<u64>,
         #[arg(long)]
         snapshots: Option<u64>,
+        /// GB of the node's disk the tenant's root disks, volumes and images really take
+        /// (allocated, not nominal sizes); past it, new containers, volumes and images are
+        /// refused.
+        #[arg(long)]
+        storage_gb: Option<u64>,
     },
 }
 
@@ -255,6 +265,7 @@ fn main() {
                         volumes,
                         volume_gb,
                         snapshots,
+                        storage_gb,
                     },
             }) => {
                 let change = node::quota::QuotaChange {
@@ -264,6 +275,7 @@ fn main() {
                     volumes,
                     volume_gb,
                     snapshots,
+                    storage_gb,
                 };
                 tenant::tenant_quota(&cli.data_root, &socket, &name, change).await
             }
@@ -431,6 +443,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             log_max_files: 3,
             template_dir: template_dir.clone(),
             standby: standby_sizing(&args, host.accel),
+            disk_reserve: args.disk_reserve,
             net: node::network::NetConfig {
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),

@@ -18,8 +18,8 @@ pub mod validate;
 pub mod volumes;
 
 pub use runtime::{
-    Archive, ArchiveOp, ArchiveRequest, ExecConfig, ExecInfo, InitAnswer, PathStat, Runtime,
-    RuntimeConfig, WaitCondition,
+    Archive, ArchiveOp, ArchiveRequest, DiskReserve, ExecConfig, ExecInfo, InitAnswer, PathStat,
+    Runtime, RuntimeConfig, StorageUsage, WaitCondition,
 };
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
@@ -37,6 +37,9 @@ pub enum RuntimeError {
     /// 403: over a quota
     #[error("{0}")]
     Quota(String),
+    /// 507: the node is short of disk space
+    #[error("{0}")]
+    NoSpace(String),
     /// 501: asked for something hyper does not do (yet)
     #[error("{0}")]
     Unsupported(String),

@@ -18,6 +18,9 @@ pub struct Quotas {
     /// GB of volumes, all together.
     pub volume_gb: u64,
     pub snapshots: u64,
+    /// GB (10^9 bytes) of the node's disk the tenant's root disks, volumes and images really
+    /// take (allocated blocks, not their nominal sizes): see `Runtime::check_storage`.
+    pub storage_gb: u64,
 }
 
 impl Default for Quotas {
@@ -29,6 +32,7 @@ impl Default for Quotas {
             volumes: 40,
             volume_gb: 1000,
             snapshots: 40,
+            storage_gb: 200,
         }
     }
 }
@@ -44,6 +48,7 @@ pub struct QuotaChange {
     pub volumes: Option<u64>,
     pub volume_gb: Option<u64>,
     pub snapshots: Option<u64>,
+    pub storage_gb: Option<u64>,
 }
 
 impl QuotaChange {
@@ -55,6 +60,7 @@ impl QuotaChange {
         set(&mut q.volumes, self.volumes);
         set(&mut q.volume_gb, self.volume_gb);
         set(&mut q.snapshots, self.snapshots);
+        set(&mut q.storage_gb, self.storage_gb);
     }
 }
 
@@ -62,8 +68,14 @@ impl std::fmt::Display for Quotas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} containers, {} floating IPs, {} services, {} volumes, {} GB of volumes, {} snapshots",
-            self.containers, self.fips, self.services, self.volumes, self.volume_gb, self.snapshots
+            "{} containers, {} floating IPs, {} services, {} volumes, {} GB of volumes, {} snapshots, {} GB of storage",
+            self.containers,
+            self.fips,
+            self.services,
+            self.volumes,
+            self.volume_gb,
+            self.snapshots,
+            self.storage_gb
         )
     }
 }

@@ -35,6 +35,8 @@ mod health;
 mod pause;
 mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
+mod storage;
+pub use storage::{DiskReserve, StorageUsage};
 mod volume_init;
 mod volume_ops;
 
@@ -61,6 +63,8 @@ pub struct RuntimeConfig {
     /// floor of 0: none).
     pub standby: crate::standby::Sizing,
     pub net: NetConfig,
+    /// Free space kept on the data root (`storage`).
+    pub disk_reserve: DiskReserve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +353,7 @@ impl Runtime {
             None => validate::random_name(),
         };
         validate::env(&config.env)?;
+        self.check_storage(tenant)?;
         if let Some(v) = config.labels.get(PROTECTION_LABEL) {
             if !matches!(v.as_str(), "true" | "false") {
                 return Err(RuntimeError::Invalid(format!(

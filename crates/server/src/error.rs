@@ -35,6 +35,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Conflict(_) => StatusCode::CONFLICT,
             RuntimeError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             RuntimeError::Quota(_) => StatusCode::FORBIDDEN,
+            RuntimeError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             RuntimeError::NotModified(_) => StatusCode::NOT_MODIFIED,
             RuntimeError::Image(img) if img.to_string().contains("No such image") => {
                 StatusCode::NOT_FOUND

@@ -620,6 +620,10 @@ fn claim(
     if want != template_key {
         bail!("the container needs template {want}, this standby VM has {template_key}");
     }
+    // Its memory may come from a file written since it was restored (`crate::integrity`).
+    if !crate::template::unchanged_since_built(&templates, template_key) {
+        bail!("the template {template_key} this standby VM was restored from has changed since: not claiming it");
+    }
     crate::volumes::check(&spec)?;
     crate::volumes::check_claimable(standby_dir, &spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);
@@ -712,6 +716,27 @@ async fn serve(
                 format!("the VM exited unexpectedly (qemu: {desc})"),
             );
         });
+    }
+    // A VM paused by a full host disk (`crate::disk_full`).
+    {
+        let shim = shim.clone();
+        let (gone, files) = (gone_rx.clone(), crate::disk_full::disk_files(&shim.spec));
+        tokio::spawn(crate::disk_full::watch(
+            dir.clone(),
+            files,
+            gone,
+            move |full| {
+                slog!(
+                    "the VM is {}",
+                    if full {
+                        "paused: the host disk is full"
+                    } else {
+                        "running again"
+                    }
+                );
+                shim.update(|s| s.disk_full = full);
+            },
+        ));
     }
     // SIGTERM to the shim = shutdown.
     {

@@ -10,7 +10,9 @@
 
 pub mod client;
 pub mod daemon;
+pub mod disk_full;
 mod identity;
+pub mod integrity;
 pub mod log;
 pub mod nic;
 mod qcow2;

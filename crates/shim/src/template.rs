@@ -45,8 +45,9 @@ use crate::Spec;
 
 /// Bumped whenever the device layout, the VM's CPU model or the template format changes (2: the
 /// NIC; 3: the block driver probes a placeholder of the root disk's size at boot; 4: ARAT under
-/// TCG; 5: no option ROM, restores without a kernel; 6: the volume slots).
-pub const LAYOUT_VERSION: u32 = 6;
+/// TCG; 5: no option ROM, restores without a kernel; 6: the volume slots; 7: the disks pause
+/// the VM on ENOSPC, `vm::ON_WRITE_ERROR`).
+pub const LAYOUT_VERSION: u32 = 7;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.
@@ -74,19 +75,19 @@ pub struct Meta {
     pub initrd_sha256: String,
     /// Seconds from spawning the template VM to its state being on disk.
     pub build_secs: f64,
-    /// The RAM file's ctime (`sec.nsec`) once the template was complete. Every restored QEMU
-    /// holds the file open read-write (QEMU 7.2 cannot map a read-only file privately), so a
-    /// QEMU taken over by its guest could write to it. ctime cannot be set from userspace and
-    /// moves on any write: a template whose RAM file's ctime differs is treated as tampered
-    /// with, never restored, and rebuilt.
+    /// The RAM file's ctime (`sec.nsec`) once the template was complete (see
+    /// `crate::integrity`: a template whose RAM file's ctime differs is never restored).
     #[serde(default)]
     pub ram_ctime: String,
+    /// `crate::integrity::digest` of the RAM and the state files once the template was
+    /// complete, checked before every restore.
+    #[serde(default)]
+    pub ram_sha256: String,
+    #[serde(default)]
+    pub state_sha256: String,
 }
 
-fn ctime_of(p: &Path) -> Option<String> {
-    let md = std::fs::metadata(p).ok()?;
-    Some(format!("{}.{:09}", md.ctime(), md.ctime_nsec()))
-}
+use crate::integrity::ctime_of;
 
 /// A complete template ready to restore.
 #[derive(Debug, Clone)]
@@ -207,6 +208,8 @@ pub fn identify(spec: &Spec, templates: &Path) -> Result<Meta> {
         initrd_sha256,
         build_secs: 0.0,
         ram_ctime: String::new(),
+        ram_sha256: String::new(),
+        state_sha256: String::new(),
     })
 }
 
@@ -238,6 +241,53 @@ fn load(dir: &Path) -> Option<Template> {
     })
 }
 
+/// Whether `t`'s RAM and state files hold what they held when it was built (their digests: see
+/// `crate::integrity`; `load` has checked the RAM file's ctime). Reads the files' data.
+fn intact(t: &Template) -> bool {
+    let check = |file: PathBuf, want: &str| match crate::integrity::digest(&file) {
+        Ok(d) if d == want => true,
+        Ok(d) => {
+            eprintln!(
+                "template {}: {} changed after it was built (sha256 {d}, recorded {want}); not using it",
+                t.dir.display(),
+                file.display()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "template {}: hashing {}: {e}",
+                t.dir.display(),
+                file.display()
+            );
+            false
+        }
+    };
+    let t0 = Instant::now();
+    let ok = check(t.ram(), &t.meta.ram_sha256) && check(t.state(), &t.meta.state_sha256);
+    if ok {
+        eprintln!(
+            "template {}: verified in {:.3}s",
+            t.meta.key,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    ok
+}
+
+/// Remove a template that is not intact (under its build lock): VMs restored from it keep their
+/// mappings; the next one restores from a new file.
+fn retire(t: &Template) {
+    eprintln!("retiring template {}: it is rebuilt", t.dir.display());
+    let _ = std::fs::remove_dir_all(&t.dir);
+}
+
+/// Whether the template `key` under `templates` still has the RAM file it had when built
+/// (its ctime: a stat), for a claim of a standby restored from it earlier.
+pub fn unchanged_since_built(templates: &Path, key: &str) -> bool {
+    load(&templates.join(key)).is_some()
+}
+
 /// Every complete template under `templates` (for `hyper info`, pruning).
 pub fn list(templates: &Path) -> Vec<Template> {
     let Ok(rd) = std::fs::read_dir(templates) else {
@@ -266,7 +316,7 @@ pub fn ensure(spec: &Spec, templates: &Path, wait: bool) -> Result<Template, Ens
         .with_context(|| format!("creating {}", templates.display()))?;
     let want = identify(spec, templates)?;
     let dir = templates.join(&want.key);
-    if let Some(t) = load(&dir) {
+    if let Some(t) = load(&dir).filter(intact) {
         return Ok(t);
     }
     let lock =
@@ -285,7 +335,10 @@ pub fn ensure(spec: &Spec, templates: &Path, wait: bool) -> Result<Template, Ens
     }
     // Someone may have finished it while we waited.
     if let Some(t) = load(&dir) {
-        return Ok(t);
+        if intact(&t) {
+            return Ok(t);
+        }
+        retire(&t);
     }
     let t = build(spec, templates, want)?;
     prune(templates, &t);
@@ -432,6 +485,9 @@ fn build(spec: &Spec, templates: &Path, mut meta: Meta) -> Result<Template> {
     let ram = dir.join(RAM);
     let _ = std::fs::set_permissions(&ram, std::os::unix::fs::PermissionsExt::from_mode(0o444));
     meta.ram_ctime = ctime_of(&ram).context("stat the template's RAM file")?;
+    meta.ram_sha256 = crate::integrity::digest(&ram).context("hashing the template's RAM")?;
+    meta.state_sha256 =
+        crate::integrity::digest(&dir.join(STATE)).context("hashing the template's state")?;
     meta.build_secs = t0.elapsed().as_secs_f64();
     let mut f = File::create(dir.join(META))?;
     f.write_all(&serde_json::to_vec_pretty(&meta)?)?;

@@ -214,6 +214,10 @@ pub struct State {
     /// The VM is stopped (QEMU's run state, read again on every `State` request).
     #[serde(default)]
     pub paused: bool,
+    /// QEMU paused the VM because a disk write failed for lack of space on the host; it
+    /// resumes when there is room again (`crate::disk_full`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
 }
 
 impl State {

@@ -8,6 +8,9 @@
 //! - What a container deletes and trims frees the host's blocks: ~100 MiB written to the root
 //!   and synced grow the container's `root.qcow2` by as much; deleted and `fstrim`med, they are
 //!   given back (the guest's discards pass through every block node down to the file).
+//! - A VM whose write finds the host's file system full is paused, not handed an I/O error
+//!   (`vm::ON_WRITE_ERROR`); with room again it resumes by itself (`shim::disk_full`) and all
+//!   it wrote is on its disk, intact.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -155,5 +158,154 @@ fn deleted_and_trimmed_files_free_the_overlay_in_every_boot() {
             *after + FILL_MIB * MIB * 9 / 10 <= *full,
             "{boot}: the trim did not free the overlay's blocks (bytes full, after): {seen:?}"
         );
+    }
+}
+
+/// Writes [`BIG_MIB`] of a known stream to the root, syncs, then checks the file against the
+/// same stream made again and counts the kernel's I/O error lines.
+const BIG_MIB: u64 = 120;
+
+fn write_and_check_script() -> String {
+    let bytes = BIG_MIB * MIB;
+    format!(
+        "yes hyper-disk-full | head -c {bytes} > /big && sync && a=$(sha256sum < /big) && \
+         b=$(yes hyper-disk-full | head -c {bytes} | sha256sum) && \
+         echo size=$(wc -c < /big) same=$([ \"$a\" = \"$b\" ] && echo yes || echo no) && \
+         echo ioerrors=$(dmesg | grep -ciE 'i/o error|ext4-fs error')"
+    )
+}
+
+/// A tmpfs mounted on its path, unmounted (lazily: a VM may still hold it) when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    /// A tmpfs of `mib` MiB on `at` (made here).
+    fn mount(at: &Path, mib: u64) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        sh(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at));
+        SmallFs(at.to_path_buf())
+    }
+
+    fn grow(&self, mib: u64) {
+        sh(std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_host_disk_pauses_the_vm_in_every_boot() {
+    let (f, _g) = need_vm!();
+    // A root file system with room for the writes (the host's disk will not have it).
+    let rootfs = f.work.join("rootfs-disk-full");
+    busybox_rootfs(
+        &rootfs,
+        &[
+            "sh",
+            "echo",
+            "cat",
+            "head",
+            "yes",
+            "sync",
+            "sha256sum",
+            "wc",
+            "dmesg",
+            "grep",
+            "true",
+            "sleep",
+        ],
+    );
+    std::fs::write(rootfs.join("etc/machine-id"), "").unwrap();
+    let disk = f.work.join("base-disk-full.ext4");
+    ext4_image(&rootfs, &disk, "256M");
+    let script = write_and_check_script();
+    let mut cold = spec(&f, "cold", &disk, "WHO=c", &script);
+    cold.template_dir = None;
+    let restored = spec(&f, "restored", &disk, "WHO=r", &script);
+    let claimed = spec(&f, "claimed", &disk, "WHO=s", &script);
+    shim::template::ensure(&restored, &f.work.join("templates"), true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+
+    for boot in ["cold", "restored", "claimed"] {
+        // The overlay on a file system with less room than the writes take.
+        let small = SmallFs::mount(&f.work.join(format!("small-{boot}")), 48);
+        let root = small.0.join("root.qcow2");
+        overlay(&disk, &root);
+        let mut s = match boot {
+            "cold" => cold.clone(),
+            "restored" => restored.clone(),
+            _ => claimed.clone(),
+        };
+        s.root_disk = root;
+        let dir = container_dir(&f, boot, &disk, s.clone());
+        // `container_dir` made its own overlay: the spec names the small one.
+        std::fs::write(dir.join("spec.json"), serde_json::to_vec(&s).unwrap()).unwrap();
+        if boot == "claimed" {
+            let standby = standby(&f, "standby-p", &restored);
+            wait_paused(&standby);
+            let resp = claim(&standby, &dir);
+            assert!(resp.ok, "claim: {resp:?}");
+        } else {
+            launch(&dir);
+        }
+        let shim_log = || std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+        let resp = ask(&dir, Request::Start);
+        assert!(resp.ok, "{resp:?}\n{}", shim_log());
+        // The host disk fills: the VM is paused (and says so), the guest sees no error.
+        let end = Instant::now() + Duration::from_secs_f64(180.0 * scale());
+        while !shim::State::load(&dir).is_ok_and(|s| s.disk_full) {
+            assert!(
+                Instant::now() < end,
+                "{boot}: the VM was not paused:\n{}\n{}",
+                ctr_output(&dir),
+                shim_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            !ctr_output(&dir).contains("size="),
+            "{boot}: finished on a full disk?"
+        );
+        // Room again: it resumes by itself, and every byte it wrote is there.
+        small.grow(400);
+        let end = Instant::now() + Duration::from_secs_f64(180.0 * scale());
+        while !ctr_output(&dir).contains("ioerrors=") {
+            assert!(
+                Instant::now() < end,
+                "{boot}: the container did not finish:\n{}\n{}",
+                ctr_output(&dir),
+                shim_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = ctr_output(&dir);
+        assert!(
+            out.contains(&format!("size={} same=yes", BIG_MIB * MIB)),
+            "{boot}: {out}"
+        );
+        assert!(out.contains("ioerrors=0"), "{boot}: {out}\n{}", shim_log());
+        assert!(
+            shim_log().contains("running again"),
+            "{boot}: {}",
+            shim_log()
+        );
+        assert!(
+            !shim::State::load(&dir).unwrap().disk_full,
+            "{boot}: still marked paused"
+        );
+        wait_shim_gone(&dir);
+        drop(small);
+        eprintln!("{boot}: paused on a full host disk, resumed, data intact");
     }
 }

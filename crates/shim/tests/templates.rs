@@ -9,7 +9,8 @@
 //! - A template whose inputs changed (kernel command line here; kernel, initramfs and QEMU are
 //!   content-hashed into the key, see the unit tests) is rebuilt, never used, and the stale one
 //!   removed.
-//! - A template whose RAM file was written to after it was built is not used.
+//! - A template whose RAM file was written to after it was built is not used; one whose
+//!   content differs from its recorded digest is retired and rebuilt.
 //! - A template that fails to restore falls back to a cold boot, and the container still runs.
 //! - A volume (an ext4 file) is the container's in a cold boot, a restore and a claimed standby:
 //!   the guest sees it in its slot (serial) with its own size, the container reads what the host
@@ -176,6 +177,20 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     let s1 = spec(&f, "old", &disk, "WHO=s", "echo marker=$(cat /marker)");
     let t1 = shim::template::ensure(&s1, &templates, true)
         .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    // A template whose content is not what it was built with (its recorded digest differs,
+    // as when the RAM file changed in a way its ctime does not show) is retired and rebuilt.
+    {
+        let meta = t1.dir.join(shim::template::META);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        m["ram_sha256"] = "0".repeat(64).into();
+        std::fs::write(&meta, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+    let t1 = shim::template::ensure(&s1, &templates, true)
+        .unwrap_or_else(|e| panic!("template: {}", chain(&e)));
+    let rebuilt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t1.dir.join(shim::template::META)).unwrap()).unwrap();
+    assert_ne!(rebuilt["ram_sha256"], "0".repeat(64), "not rebuilt");
     // A template whose RAM file was written after it was built is never restored.
     assert!(shim::template::find(&s1, &templates).unwrap().is_some());
     {
@@ -209,9 +224,16 @@ fn stale_template_is_rebuilt_and_broken_one_falls_back() {
     assert!(!t1.dir.exists(), "the stale template is still there");
     assert_eq!(fields(&r.output)["marker"], "disk-s");
 
-    // A template that cannot be restored (its device state truncated): cold boot, and the
-    // container runs all the same.
+    // A template that cannot be restored (its device state truncated, and recorded so: a
+    // changed one would be rebuilt, see above): cold boot, and the container runs all the same.
     std::fs::write(t2.state(), b"QEVM").unwrap();
+    {
+        let meta = t2.dir.join(shim::template::META);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        m["state_sha256"] = shim::integrity::digest(&t2.state()).unwrap().into();
+        std::fs::write(&meta, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
     let r = run(&f, "fallback", &disk, s2);
     assert!(r.shim_log.contains("booting cold"), "{}", r.shim_log);
     assert!(r.shim_log.contains("(cold boot)"), "{}", r.shim_log);

@@ -47,6 +47,14 @@ pub const CONSOLE_LOG: &str = "console.log";
 /// QMP control socket (template boots only).
 pub const QMP_SOCK: &str = "qmp.sock";
 
+/// What every disk device (the root slot and the volume slots, in every boot) does when a
+/// write fails on the host: on ENOSPC the VM pauses (QMP status `io-error`) and retries the
+/// write when resumed, rather than the guest seeing an I/O error and its file system going
+/// read-only or worse; any other error is reported to the guest (waiting would not cure a
+/// failing disk). A device property, not a node's, so it holds whatever node a claim puts
+/// behind the slot, and is the same in a template and the VMs restored from it.
+pub const ON_WRITE_ERROR: &str = "werror=enospc";
+
 /// Name of the virtio-serial port the agent opens in the guest
 /// (`/sys/class/virtio-ports/vportNpM/name`).
 pub const AGENT_PORT_NAME: &str = "agent";

@@ -107,7 +107,10 @@ pub(crate) fn args(boot: &Boot, root: &str) -> Vec<String> {
             &format!("id=root,file={root},format=qcow2,if=none,cache=writeback,discard=unmap"),
         ]),
     }
-    push(&["-device", "virtio-blk-device,drive=root"]);
+    push(&[
+        "-device",
+        &format!("virtio-blk-device,drive=root,{}", crate::ON_WRITE_ERROR),
+    ]);
     a
 }
 
@@ -192,7 +195,10 @@ pub(crate) mod tests {
             for (node, discard) in nodes {
                 assert_eq!(discard, "unmap", "test[{i}]: node {node}");
             }
-            assert_eq!(a.last().unwrap(), "virtio-blk-device,drive=root");
+            assert_eq!(
+                a.last().unwrap(),
+                "virtio-blk-device,drive=root,werror=enospc"
+            );
         }
         // What a claim adds and reopens.
         for (i, node) in [

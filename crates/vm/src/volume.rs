@@ -332,9 +332,10 @@ pub(crate) fn args(volumes: &Volumes) -> Result<Vec<String>, VmError> {
         a.push("-device".to_string());
         // write-cache=on: write-back whatever the backend's default (the guest flushes).
         a.push(format!(
-            "virtio-blk-device,drive={},serial={},write-cache=on",
+            "virtio-blk-device,drive={},serial={},write-cache=on,{}",
             slot_node(slot),
-            volume_serial(slot)
+            volume_serial(slot),
+            crate::ON_WRITE_ERROR
         ));
     }
     Ok(a)
@@ -447,11 +448,11 @@ mod tests {
         );
         assert_eq!(
             a[3],
-            "virtio-blk-device,drive=vol0,serial=hyper-vol0,write-cache=on"
+            "virtio-blk-device,drive=vol0,serial=hyper-vol0,write-cache=on,werror=enospc"
         );
         assert_eq!(
             a[15],
-            "virtio-blk-device,drive=vol3,serial=hyper-vol3,write-cache=on"
+            "virtio-blk-device,drive=vol3,serial=hyper-vol3,write-cache=on,werror=enospc"
         );
     }
 
@@ -543,7 +544,8 @@ mod tests {
         assert_eq!(v[2].as_ref().unwrap().backing.fds(), &[] as &[i32]);
         // Same device as any other slot.
         assert!(a.contains(
-            &"virtio-blk-device,drive=vol2,serial=hyper-vol2,write-cache=on".to_string()
+            &"virtio-blk-device,drive=vol2,serial=hyper-vol2,write-cache=on,werror=enospc"
+                .to_string()
         ));
     }
 

@@ -120,6 +120,10 @@ impl Runtime {
     }
 
     pub async fn create_volume(&self, tenant: &str, req: CreateRequest) -> Result<(Volume, bool)> {
+        // A create of a volume that exists returns it, taking no more space.
+        if req.name.is_empty() || self.volumes.get(tenant, &req.name).is_err() {
+            self.check_storage(tenant)?;
+        }
         let volumes = self.volumes.clone();
         let t = tenant.to_string();
         let (volume, new) = tokio::task::spawn_blocking(move || volumes.create(&t, req, None))

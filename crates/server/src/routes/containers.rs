@@ -183,7 +183,18 @@ pub async fn inspect(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let c = app.runtime.get_current(&tenant, &id).await?;
-    Ok(Json(docker_json::inspect(&c)))
+    let mut v = docker_json::inspect(&c);
+    // A VM paused by a full host disk (`shim::disk_full`) says so.
+    if let Some(why) = app
+        .runtime
+        .paused_for_disk(&c.id)
+        .filter(|_| c.is_running())
+    {
+        v["State"]["Status"] = json!("paused");
+        v["State"]["Paused"] = json!(true);
+        v["State"]["Error"] = json!(why);
+    }
+    Ok(Json(v))
 }
 
 pub async fn start(

@@ -199,6 +199,7 @@ pub async fn load(
     Query(q): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
+    app.runtime.check_storage(&tenant)?;
     let spool_err = |e| ApiError::from(node::RuntimeError::io("spool the archive")(e));
     let spool = tempfile::NamedTempFile::new_in(app.runtime.config().data_root.join("tmp"))
         .map_err(spool_err)?;
@@ -324,6 +325,7 @@ pub async fn create(
             "importing a root filesystem (fromSrc) is not supported: use `hyper load -i FILE`",
         ));
     }
+    app.runtime.check_storage(&tenant)?;
     let image = q
         .get("fromImage")
         .filter(|i| !i.is_empty())

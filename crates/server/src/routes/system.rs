@@ -135,6 +135,9 @@ pub async fn info(
         "Isolation": "",
         "SecurityOptions": ["name=microvm"],
         "Tenant": tenant,
+        // What the tenant's root disks, volumes and images take of the node's disk, and its
+        // `storage_gb` quota, in bytes.
+        "StorageUsage": app.runtime.storage_usage(&tenant)?,
         "Hypervisor": {"Name": "qemu", "Accelerator": cfg.accel, "Kernel": file_name(&cfg.kernel)},
         "Templates": templates,
         "StandbyVMs": standby.map_or_else(

@@ -64,17 +64,23 @@ pub(super) async fn current(shim: &Shim) -> State {
         q.execute("query-status", json!({}))
     })
     .await;
-    match running {
-        Ok(Ok(v)) => match v.get("running").and_then(|r| r.as_bool()) {
-            Some(running) if running == st.paused => {
-                slog!("the VM is {} (changed outside the shim)", run_word(running));
-                if running {
-                    set_guest_clock(shim);
-                }
-                shim.update(|s| s.paused = !running)
+    let Ok(Ok(v)) = running else { return st };
+    // QEMU stopped the VM itself for a write that failed on a full host disk: that is no
+    // `docker pause` but `disk_full` (resumed by `crate::disk_full::watch`, or by an unpause).
+    let disk_full = v.get("status").and_then(|s| s.as_str()) == Some("io-error");
+    let st = if disk_full != st.disk_full {
+        shim.update(|s| s.disk_full = disk_full)
+    } else {
+        st
+    };
+    match v.get("running").and_then(|r| r.as_bool()) {
+        Some(running) if !disk_full && running == st.paused => {
+            slog!("the VM is {} (changed outside the shim)", run_word(running));
+            if running {
+                set_guest_clock(shim);
             }
-            _ => st,
-        },
+            shim.update(|s| s.paused = !running)
+        }
         _ => st,
     }
 }

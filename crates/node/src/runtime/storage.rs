@@ -1,0 +1,188 @@
+//! The node's disk (issue 17, finding 5): what each tenant really takes of it, against its
+//! `storage_gb` quota, and the free-space reserve on the data root.
+//!
+//! A tenant's use is what its things take on the host: its containers' root overlays and its
+//! local volumes by their allocated blocks (a root disk is 10 GB to its guest and a few MB on
+//! the host until it writes), and its images by their size. Both checks gate new allocations
+//! (a container's create, a volume's create, a pull, a load): they refuse what would start
+//! from a tenant already at its quota, or a node short of its reserve. A container that keeps
+//! writing is not stopped by them: its use shows in `GET /info` (`StorageUsage`), and a host
+//! disk that fills up pauses the VMs whose writes fail (`shim::disk_full`) rather than
+//! corrupting their disks.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Runtime;
+use crate::{quota, Result, RuntimeError};
+
+/// 10^9: quotas are in GB as volumes' sizes are.
+const GB: u64 = 1_000_000_000;
+
+/// The free space hyperd keeps on its data root: a new container or volume below it is
+/// refused (507).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskReserve {
+    Bytes(u64),
+    /// Percent of the file system's size.
+    Percent(u8),
+}
+
+impl Default for DiskReserve {
+    fn default() -> Self {
+        DiskReserve::Percent(5)
+    }
+}
+
+impl std::str::FromStr for DiskReserve {
+    type Err = String;
+
+    /// `5%`, `2G`, `512M`, or bytes.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad =
+            || format!("invalid disk reserve {s:?}: give a percentage (5%) or a size (2G, 512M)");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u8 = p.parse().map_err(|_| bad())?;
+            return if p < 100 {
+                Ok(DiskReserve::Percent(p))
+            } else {
+                Err(bad())
+            };
+        }
+        let (n, unit) = match s.char_indices().last() {
+            Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
+            Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+            _ => (s, 1),
+        };
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        n.checked_mul(unit).map(DiskReserve::Bytes).ok_or_else(bad)
+    }
+}
+
+impl DiskReserve {
+    /// Bytes kept free on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            DiskReserve::Bytes(b) => b,
+            DiskReserve::Percent(p) => total / 100 * u64::from(p),
+        }
+    }
+}
+
+/// What a tenant takes of the node's disk, in bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StorageUsage {
+    /// Root overlays, allocated.
+    pub containers: u64,
+    /// Local volumes, allocated.
+    pub volumes: u64,
+    /// Images, by size.
+    pub images: u64,
+    pub total: u64,
+    /// The tenant's `storage_gb`, in bytes.
+    pub quota: u64,
+}
+
+/// Bytes a file takes on its file system (0 when it is gone).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / GB as f64)
+}
+
+impl Runtime {
+    /// What `tenant` takes of this node's disk now.
+    pub fn storage_usage(&self, tenant: &str) -> Result<StorageUsage> {
+        let containers = self
+            .list(tenant)
+            .iter()
+            .map(|c| allocated(&self.dir(&c.id).join("root.qcow2")))
+            .sum();
+        let volumes = self
+            .volumes
+            .list(tenant)?
+            .iter()
+            .filter(|v| v.driver == "local")
+            .map(|v| allocated(&self.volume_file(&v.id)))
+            .sum();
+        let images = self.images.list(tenant)?.iter().map(|i| i.info.size).sum();
+        let quota = quota::load(self.store.as_ref(), tenant)?
+            .storage_gb
+            .saturating_mul(GB);
+        Ok(StorageUsage {
+            containers,
+            volumes,
+            images,
+            total: containers + volumes + images,
+            quota,
+        })
+    }
+
+    fn volume_file(&self, id: &str) -> std::path::PathBuf {
+        self.cfg.data_root.join(format!("volumes/local/{id}.img"))
+    }
+
+    /// Refuse a new allocation for `tenant` (a container, a volume, an image) when the tenant is
+    /// at its storage quota (403, as every quota) or the data root is below its free-space
+    /// reserve (507).
+    pub fn check_storage(&self, tenant: &str) -> Result<()> {
+        let (free, total) = shim::disk_full::space(&self.cfg.data_root)
+            .map_err(RuntimeError::io("reading the data root's free space"))?;
+        let reserve = self.cfg.disk_reserve.bytes(total);
+        if free < reserve {
+            return Err(RuntimeError::NoSpace(format!(
+                "this node is short of disk space ({} free, it keeps {} in reserve): nothing new can be \
+                 stored on it until space is freed; remove unused containers, volumes or images, or ask \
+                 the operator",
+                human(free),
+                human(reserve)
+            )));
+        }
+        let u = self.storage_usage(tenant)?;
+        if u.total >= u.quota {
+            return Err(RuntimeError::Quota(format!(
+                "storage quota exceeded: your containers' disks, volumes and images take {} of the \
+                 {} GB of storage per account (containers {}, volumes {}, images {}); remove some, \
+                 or ask the operator to raise the quota",
+                human(u.total),
+                u.quota / GB,
+                human(u.containers),
+                human(u.volumes),
+                human(u.images)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Why the running container `id` is paused if its VM waits for disk space
+    /// (`shim::disk_full`).
+    pub fn paused_for_disk(&self, id: &str) -> Option<&'static str> {
+        crate::shim_link::read_state(&self.dir(id))
+            .filter(|s| s.disk_full)
+            .map(|_| shim::disk_full::MESSAGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_parse_as_percentages_or_sizes() {
+        let p = |s: &str| s.parse::<DiskReserve>();
+        assert_eq!(p("5%"), Ok(DiskReserve::Percent(5)));
+        assert_eq!(p("2G"), Ok(DiskReserve::Bytes(2 << 30)));
+        assert_eq!(p("512m"), Ok(DiskReserve::Bytes(512 << 20)));
+        assert_eq!(p("4096"), Ok(DiskReserve::Bytes(4096)));
+        for bad in ["", "100%", "x%", "G", "-1G", "99999999999999999999G"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        assert_eq!(DiskReserve::Percent(5).bytes(1000), 50);
+        assert_eq!(DiskReserve::Bytes(7).bytes(1000), 7);
+    }
+}
