@@ -2,7 +2,8 @@
 //! the guest agent, with the stock Docker CLI, `hyper cp` and curl; on running containers (a
 //! volume included) and on stopped ones (served by a short-lived helper VM that must not be
 //! left behind); ownership and modes kept; `..` and symlinks kept inside the container's root;
-//! 404s for missing paths and for another tenant's container; a big file with its checksum.
+//! 404s for missing paths and for another tenant's container; a big file with its checksum;
+//! `commit` of a running and of a stopped container, run as images of their own.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ fn main() {
         ("export_running_and_stopped", export_running_and_stopped),
         ("diff_running_and_stopped", diff_running_and_stopped),
         ("start_waits_for_a_copy", start_waits_for_a_copy),
+        ("commit_running_and_stopped", commit_running_and_stopped),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -699,4 +701,127 @@ fn start_waits_for_a_copy() {
     assert_eq!(hash(&copied), hash(&sum));
     assert_eq!(hash(&exec(d, "cpwait", "sha256sum /big")), hash(&sum));
     d.hyper(&["rm", "-f", "cpwait"]).run().ok();
+}
+
+/// `commit` of a running container (its processes stopped for the copy, then going on) with
+/// the Docker CLI and of a stopped one with `hyper commit`: the new image runs with the files
+/// added, changed and deleted, the container's settings and the `--change`s; it is one layer
+/// over its parent's; a bad change is a 400 naming it; another tenant sees neither the
+/// container nor the image.
+fn commit_running_and_stopped() {
+    let d = main_daemon();
+    d.hyper(&[
+        "run", "-d", "--name", "cmt", "-e", "FOO=bar", "busybox", "sleep", "3600",
+    ])
+    .timeout(120.0)
+    .run()
+    .ok();
+    exec(
+        d,
+        "cmt",
+        "mkdir -p /srv && echo made > /srv/new && chmod 600 /srv/new && chown 7:8 /srv/new \
+         && rm /bin/ls && echo extra >> /etc/passwd && sync",
+    );
+    let id = d
+        .docker(&[
+            "commit",
+            "--change",
+            r#"CMD ["cat", "/srv/new"]"#,
+            "--change",
+            "ENV MODE=committed",
+            "-m",
+            "first commit",
+            "-a",
+            "tester",
+            "cmt",
+            "committed:v1",
+        ])
+        .timeout(300.0)
+        .run()
+        .ok()
+        .out();
+    assert!(id.starts_with("sha256:"), "{id}");
+    // The container went on running: its processes were continued after the copy.
+    assert_eq!(exec(d, "cmt", "echo alive"), "alive");
+    assert_eq!(
+        d.hyper(&["run", "--rm", "committed:v1"])
+            .timeout(120.0)
+            .run()
+            .ok()
+            .out(),
+        "made"
+    );
+    assert_eq!(
+        d.hyper(&[
+            "run",
+            "--rm",
+            "committed:v1",
+            "sh",
+            "-c",
+            "test -e /bin/ls || echo ls gone; echo $FOO $MODE; stat -c '%a %u:%g' /srv/new; \
+             tail -n1 /etc/passwd",
+        ])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .out(),
+        "ls gone\nbar committed\n600 7:8\nextra"
+    );
+    let inspect = |image: &str, f: &str| {
+        d.docker(&["image", "inspect", "-f", f, image])
+            .run()
+            .ok()
+            .out()
+    };
+    assert_eq!(inspect("committed:v1", "{{.Author}}"), "tester");
+    let layers = |image: &str| {
+        inspect(image, "{{len .RootFS.Layers}}")
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(layers("committed:v1"), layers("busybox") + 1);
+
+    // Stopped, with hyper's own CLI: read by a helper VM, gone after.
+    d.hyper(&["stop", "-t", "1", "cmt"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    d.hyper(&["commit", "--change", "WORKDIR /srv", "cmt", "committed:v2"])
+        .timeout(300.0)
+        .run()
+        .ok();
+    assert_eq!(
+        d.hyper(&["run", "--rm", "committed:v2", "sh", "-c", "pwd; cat new"])
+            .timeout(120.0)
+            .run()
+            .ok()
+            .out(),
+        "/srv\nmade"
+    );
+
+    // Refusals: a change that is no config instruction, an unknown container.
+    let o = d
+        .docker(&["commit", "--change", "RUN make", "cmt", "bad:one"])
+        .timeout(120.0)
+        .run();
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("RUN is not a valid change command"),
+        "{o}"
+    );
+    let o = d.api("POST", "/v1.44/commit?container=nosuch&repo=x", &[]);
+    assert!(o.stdout.ends_with("404"), "{o}");
+
+    // Another tenant: no such container, no such image.
+    let (other, _) = d.new_tenant("cmtother");
+    let o = d.hyper_tcp(&other, &["commit", "cmt", "theirs:v1"]).run();
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("No such container"), "{o}");
+    let o = d
+        .hyper_tcp(&other, &["image", "inspect", "committed:v1"])
+        .run();
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("No such image"), "{o}");
+    d.hyper(&["rm", "-f", "cmt"]).run().ok();
+    d.hyper(&["rmi", "committed:v1", "committed:v2"]).run().ok();
 }

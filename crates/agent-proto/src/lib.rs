@@ -530,6 +530,10 @@ pub struct ArchiveRequest {
     /// `/etc/passwd` and `/etc/group`, as a process's `user`) instead of the tar's owners.
     #[serde(default)]
     pub chown_user: String,
+    /// Export and Manifest: stop every process of the guest but the agent (`SIGSTOP`) while
+    /// the file system is read, and continue them after (`docker commit --pause`, the default).
+    #[serde(default)]
+    pub freeze: bool,
 }
 
 /// The first line an archive stream writes on stdout (JSON, then `\n`): what the path is.
@@ -801,6 +805,7 @@ mod tests {
                     path: "/tmp".into(),
                     no_overwrite_dir_non_dir: true,
                     chown_user: "1000:1000".into(),
+                    freeze: false,
                 },
             },
             HostMsg::Mount {

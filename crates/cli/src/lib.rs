@@ -33,8 +33,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config as config_cmd, containers, cp, events, exec, export, fip, image_transfer, images,
-    network, run, service, sg, snapshot, system, usage, volume, Ctx,
+    commit, config as config_cmd, containers, cp, events, exec, export, fip, image_transfer,
+    images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +145,8 @@ pub enum Cmd {
     Top(containers::TopArgs),
     /// Copy files/folders between a container and the local filesystem
     Cp(cp::CpArgs),
+    /// Create a new image from a container's changes
+    Commit(commit::CommitArgs),
     /// Export a container's filesystem as a tar archive
     Export(export::ExportArgs),
     /// Inspect changes to files or directories on a container's filesystem
@@ -227,6 +229,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Update(a) => containers::update(ctx, a).await,
         Cmd::Top(a) => containers::top(ctx, a).await,
         Cmd::Cp(a) => cp::cp(ctx, a).await,
+        Cmd::Commit(a) => commit::commit(ctx, a).await,
         Cmd::Export(a) => export::export(ctx, a).await,
         Cmd::Diff(a) => export::diff(ctx, a).await,
         Cmd::Stats(a) => containers::stats(ctx, a).await,

@@ -27,6 +27,7 @@
 //! addresses a tenant-supplied URL may reach.
 
 mod archive;
+mod commit;
 mod disk;
 mod error;
 pub mod fetch;
@@ -55,6 +56,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use commit::LayerScratch;
 use error::IoContext;
 pub use error::{ImageError, Result};
 pub use save::SaveItem;
@@ -450,7 +452,12 @@ impl ImageStore {
             Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
         }
         let disk = self.disk_path(&hex);
-        for file in [overlay_template_of(&disk), manifest_of(&disk), disk, self.config_path(&hex)] {
+        for file in [
+            overlay_template_of(&disk),
+            manifest_of(&disk),
+            disk,
+            self.config_path(&hex),
+        ] {
             if let Err(e) = fs::remove_file(&file) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(e).ctx(|| format!("removing {}", file.display()));

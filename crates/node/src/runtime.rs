@@ -30,11 +30,13 @@ use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
 mod archive;
+mod commit;
 mod exec_events;
 mod health;
 mod pause;
 mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
+pub use commit::CommitRequest;
 mod storage;
 pub use storage::{DiskReserve, StorageUsage};
 mod volume_init;

@@ -41,8 +41,8 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, archive, containers as c, df, events, exec, fallback, fips, images, networks, prune,
-        services, sg, snapshots, stats, system, usage, volume_init, volumes,
+        admin, archive, commit, containers as c, df, events, exec, fallback, fips, images,
+        networks, prune, services, sg, snapshots, stats, system, usage, volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             get(archive::get).head(archive::head).put(archive::put),
         )
         .route("/containers/{id}/export", get(archive::export))
+        .route("/commit", post(commit::commit))
         .route("/containers/{id}/changes", get(archive::changes))
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/exec", post(exec::create))

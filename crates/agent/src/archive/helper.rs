@@ -59,12 +59,32 @@ fn run() -> Result<(), Failure> {
     let path = clean(&req.path);
     let follow = follows_last(&req.path);
     let (name, top) = names(&req.path, &path);
+    let _frozen = (req.freeze && matches!(req.op, ArchiveOp::Export | ArchiveOp::Manifest))
+        .then(Frozen::start);
     match req.op {
         ArchiveOp::Stat => write_stat(&mut io::stdout().lock(), &stat(&path, name, follow)?),
         ArchiveOp::Get => get(&path, name, &top, follow, false),
         ArchiveOp::Export => get(Path::new("/"), "/".into(), "", false, true),
         ArchiveOp::Manifest => manifest(),
         ArchiveOp::Put => put(&path, name, &req),
+    }
+}
+
+/// The guest's processes stopped while the file system is read: `kill(-1, ...)` reaches every
+/// process but init (the agent) and the caller (this helper). Continued when dropped, so also
+/// when the read fails.
+struct Frozen;
+
+impl Frozen {
+    fn start() -> Frozen {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGSTOP);
+        Frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGCONT);
     }
 }
 

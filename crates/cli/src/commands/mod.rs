@@ -1,6 +1,7 @@
 //! One module per command group; each exposes its clap arguments and an async `run`-style
 //! function returning the process exit code.
 
+pub mod commit;
 pub mod config;
 pub mod containers;
 pub mod cp;

@@ -29,7 +29,7 @@ use super::{
 use crate::model::Container;
 use crate::{shim_link, sizes, Result, RuntimeError};
 
-mod changes;
+pub(super) mod changes;
 
 /// How long `start` or `rm` waits for a copy that holds a stopped container's disk.
 pub(super) const DISK_WAIT: Duration = Duration::from_secs(60);
@@ -457,6 +457,7 @@ impl Runtime {
         self: &Arc<Self>,
         tenant: &str,
         reference: &str,
+        freeze: bool,
     ) -> Result<Vec<(String, changes::Kind)>> {
         let c = self.get(tenant, reference)?;
         let content = self.images.content().clone();
@@ -479,6 +480,7 @@ impl Runtime {
             path: "/".into(),
             no_overwrite_dir_non_dir: false,
             chown_user: String::new(),
+            freeze,
         };
         let mut a = self.archive(tenant, reference, request).await?;
         let (mut buf, mut entries) = (Vec::new(), 0usize);

@@ -97,6 +97,7 @@ fn request(op: ArchiveOp, path: String) -> ArchiveRequest {
         path,
         no_overwrite_dir_non_dir: false,
         chown_user: String::new(),
+        freeze: false,
     }
 }
 
@@ -166,7 +167,7 @@ pub async fn changes(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    let changes = app.runtime.changes(&tenant, &id).await?;
+    let changes = app.runtime.changes(&tenant, &id, false).await?;
     let list: Vec<_> = changes
         .into_iter()
         .map(|(path, kind)| json!({"Path": path, "Kind": kind}))
@@ -246,6 +247,7 @@ where
         path,
         no_overwrite_dir_non_dir: flag(q, "noOverwriteDirNonDir", false),
         chown_user,
+        freeze: false,
     };
     let a = open(app, tenant, id, archive).await?;
     a.upload(body).await?;

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod commit;
 pub mod containers;
 pub mod df;
 pub mod events;

@@ -10,9 +10,9 @@ use agent_proto::FileMeta;
 
 /// 0 modified, 1 added, 2 deleted.
 pub type Kind = u8;
-const MODIFIED: Kind = 0;
-const ADDED: Kind = 1;
-const DELETED: Kind = 2;
+pub const MODIFIED: Kind = 0;
+pub const ADDED: Kind = 1;
+pub const DELETED: Kind = 2;
 
 /// Paths the VM's start writes or makes (Docker's init layer), and what mkfs adds: never
 /// reported.
