@@ -9,7 +9,7 @@
 //! - a writer on a volume (`--restart always`) that writes blocks, syncs them, records each
 //!   block's checksum and then acknowledges it on its stdout.
 //!
-//! Every 5 to 12 s a fault from: `kill -9` of hyperd (started again on the same data root, as
+//! Every 6 to 14 s a fault from: `kill -9` of hyperd (started again on the same data root, as
 //! an operator's supervisor would), of a random `hyper-shim`, of a random QEMU, of the tenant's
 //! `hyper-lb` or `hyper-dns`, and `nft flush table` of one of hyperd's tables (in the node's or
 //! the tenant's namespace, both inside the test's own). After each fault the run waits until
@@ -145,6 +145,10 @@ struct Chaos {
     /// (container id, seen from, seen until): running while the store agreed with the
     /// processes.
     seen_running: Mutex<Vec<Sighting>>,
+    /// The name of the container an API call of the churn is changing, and the names of the
+    /// containers seen so far by short id.
+    busy: Mutex<Option<String>>,
+    names: Mutex<BTreeMap<String, String>>,
 }
 
 /// A process of a container: pid, binary ("qemu", "shim" or other), the container's short id.
@@ -278,8 +282,8 @@ fn tenant_ns(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Every container as the API lists it: (full id, state).
-fn api_containers(d: &Daemon) -> Result<Vec<(String, String)>, String> {
+/// Every container as the API lists it: (full id, state, name).
+fn api_containers(d: &Daemon) -> Result<Vec<(String, String, String)>, String> {
     let sock = d.sock.to_string_lossy().into_owned();
     let o = Cmd::new(
         "curl",
@@ -305,6 +309,11 @@ fn api_containers(d: &Daemon) -> Result<Vec<(String, String)>, String> {
             (
                 c["Id"].as_str().unwrap_or("").to_string(),
                 c["State"].as_str().unwrap_or("").to_string(),
+                c["Names"][0]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string(),
             )
         })
         .collect())
@@ -313,7 +322,8 @@ fn api_containers(d: &Daemon) -> Result<Vec<(String, String)>, String> {
 impl Chaos {
     /// Healthy: hyperd answers; every container the store calls running has its QEMU and shim,
     /// and every QEMU or shim and container directory belongs to a container the store holds
-    /// and does not call exited; the tenant's balancer and DNS run; our nftables tables hold
+    /// and does not call exited (the container a call of the churn is changing aside: it is
+    /// in between until the call returns); the tenant's balancer and DNS run; our nftables tables hold
     /// rules again; and four requests in a row through the service's FIP are answered. The
     /// containers seen running are recorded for the billing check.
     fn health(&self) -> Result<(), String> {
@@ -330,10 +340,23 @@ impl Chaos {
         let after = Utc::now();
         let by12: BTreeMap<&str, &str> = list
             .iter()
-            .map(|(id, st)| (&id[..12.min(id.len())], st.as_str()))
+            .map(|(id, st, _)| (&id[..12.min(id.len())], st.as_str()))
             .collect();
-        for (id, st) in &list {
-            if st == "running" {
+        // The container an API call of the churn is changing right now is in between.
+        let busy = {
+            let mut names = self.names.lock().unwrap();
+            for (id, _, name) in &list {
+                names.insert(id[..12.min(id.len())].to_string(), name.clone());
+            }
+            let busy = self.busy.lock().unwrap().clone();
+            names
+                .iter()
+                .filter(|(_, n)| Some(*n) == busy.as_ref())
+                .map(|(id, _)| id.clone())
+                .collect::<BTreeSet<String>>()
+        };
+        for (id, st, _) in &list {
+            if st == "running" && !busy.contains(&id[..12]) {
                 let id12 = &id[..12];
                 for kind in ["qemu", "shim"] {
                     if !procs.iter().any(|p| p.id12 == id12 && p.kind == kind) {
@@ -342,7 +365,7 @@ impl Chaos {
                 }
             }
         }
-        for p in &procs {
+        for p in procs.iter().filter(|p| !busy.contains(&p.id12)) {
             match by12.get(p.id12.as_str()) {
                 None => {
                     return Err(format!(
@@ -366,7 +389,7 @@ impl Chaos {
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !by12.contains_key(n.as_str()) {
+            if !by12.contains_key(n.as_str()) && !busy.contains(&n) {
                 return Err(format!("container directory {n} of no container"));
             }
         }
@@ -390,7 +413,7 @@ impl Chaos {
             Ok::<(), String>(())
         })?;
         let mut seen = self.seen_running.lock().unwrap();
-        for (id, st) in &list {
+        for (id, st, _) in &list {
             if st == "running" {
                 seen.push((id.clone(), before, after));
             }
@@ -576,6 +599,8 @@ fn chaos() {
         daemons: Vec::new(),
         tables: Vec::new(),
         seen_running: Mutex::default(),
+        busy: Mutex::default(),
+        names: Mutex::default(),
     };
     wait_for("the service to answer through its FIP", secs(180.0), || {
         let addr = format!("{}:80", cx.fip);
@@ -633,24 +658,30 @@ fn chaos() {
     let api_log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let churned = Arc::new(Mutex::new(0usize));
     let churn = {
-        let (stop, log, d, churned) = (stop.clone(), api_log.clone(), d.clone(), churned.clone());
+        let (stop, log, cx, churned) = (stop.clone(), api_log.clone(), cx.clone(), churned.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let name = format!("churn{n}");
-                let h = |args: &[&str]| d.hyper(args).timeout(90.0).run();
-                if attempt(&log, "run", || {
-                    h(&["run", "-d", "--name", &name, "busybox", "sleep", "3600"])
-                })
+                let op = |what: &str, args: &[&str]| {
+                    *cx.busy.lock().unwrap() = Some(name.clone());
+                    let r = attempt(&log, what, || cx.d.hyper(args).timeout(90.0).run());
+                    *cx.busy.lock().unwrap() = None;
+                    r
+                };
+                if op(
+                    "run",
+                    &["run", "-d", "--name", &name, "busybox", "sleep", "3600"],
+                )
                 .is_some()
                 {
                     std::thread::sleep(Duration::from_secs(2));
-                    attempt(&log, "stop", || h(&["stop", "-t", "1", &name]));
-                    attempt(&log, "start", || h(&["start", &name]));
+                    op("stop", &["stop", "-t", "1", &name]);
+                    op("start", &["start", &name]);
                     std::thread::sleep(Duration::from_secs(2));
                 }
-                if attempt(&log, "rm", || h(&["rm", "-f", &name])).is_some() {
+                if op("rm", &["rm", "-f", &name]).is_some() {
                     *churned.lock().unwrap() += 1;
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -667,7 +698,7 @@ fn chaos() {
     let mut round: Vec<FaultKind> = Vec::new();
     while started.elapsed() < run_for {
         // The gap: containers seen running now count for the billing check too.
-        let gap_end = Instant::now() + rng.secs(5.0, 12.0);
+        let gap_end = Instant::now() + rng.secs(6.0, 14.0);
         while Instant::now() < gap_end {
             let _ = cx.health();
             std::thread::sleep(
