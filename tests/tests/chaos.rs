@@ -322,10 +322,10 @@ fn api_containers(d: &Daemon) -> Result<Vec<(String, String, String)>, String> {
 impl Chaos {
     /// Healthy: hyperd answers; every container the store calls running has its QEMU and shim,
     /// and every QEMU or shim and container directory belongs to a container the store holds
-    /// and does not call exited (the container a call of the churn is changing aside: it is
-    /// in between until the call returns); the tenant's balancer and DNS run; our nftables tables hold
-    /// rules again; and four requests in a row through the service's FIP are answered. The
-    /// containers seen running are recorded for the billing check.
+    /// and does not call exited (the container a call of the churn is changing aside: it is in
+    /// between until the call returns); the tenant's balancer and DNS run; our nftables tables
+    /// hold rules again; and four requests in a row through the service's FIP are answered.
+    /// The containers seen running are recorded for the billing check.
     fn health(&self) -> Result<(), String> {
         self.health_with(false)
     }
