@@ -864,6 +864,20 @@ impl Runtime {
                 Status::Restarting => restarting.push(entry),
                 _ => {}
             }
+            if c.state.status != Status::Running {
+                // A start (or a restart by policy) cut short by hyperd's death leaves a
+                // supervisor and its VM that no record counts as running: unbilled, holding
+                // the container's disk, and in the way of its next start. The start failed
+                // for its client; end what it left.
+                let killed = kill_processes_in(&self.dir(&c.id));
+                if killed > 0 {
+                    tracing::warn!(
+                        container = %c.id,
+                        status = c.state.status.as_str(),
+                        "killed {killed} processes of a start that hyperd's restart cut short"
+                    );
+                }
+            }
         }
         // Directories no record claims are leftovers of a crash during create or rm.
         if let Ok(dirs) = std::fs::read_dir(self.cfg.data_root.join("c")) {

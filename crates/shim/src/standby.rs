@@ -204,7 +204,9 @@ pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
 /// Move the container's files into the standby's directory, then the standby's directory over
 /// the container's (empty by then), so everything the VM holds (QEMU's chroot, the agent's and
 /// QEMU's sockets, the console, shim.sock, the shim's log) is the container's. The container's
-/// earlier `console.log` and `shim.log` (from a previous run) give way to this VM's.
+/// earlier `console.log` and `shim.log` (from a previous run) give way to this VM's, and so do
+/// what a previous run's VM left that the standby has too (its `qemu-modules` directory: a
+/// second start of a container claimed no standby while that directory was in the way).
 pub fn move_into(standby: &Path, container: &Path) -> Result<()> {
     let entries =
         std::fs::read_dir(container).with_context(|| format!("reading {}", container.display()))?;
@@ -214,7 +216,13 @@ pub fn move_into(standby: &Path, container: &Path) -> Result<()> {
         let from = e.path();
         let to = standby.join(&name);
         if name == paths::CONSOLE_LOG || name == paths::SHIM_LOG || to.exists() {
-            std::fs::remove_file(&from).with_context(|| format!("removing {}", from.display()))?;
+            // A directory itself, not a link to one: a copy the VM made (never a mount).
+            let removed = if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&from)
+            } else {
+                std::fs::remove_file(&from)
+            };
+            removed.with_context(|| format!("removing {}", from.display()))?;
         } else {
             std::fs::rename(&from, &to)
                 .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
@@ -262,6 +270,11 @@ mod tests {
         ] {
             std::fs::write(d.join(f), text).unwrap();
         }
+        // A previous run's VM left its module directory; the standby has its own.
+        for (d, text) in [(&s, "standby module"), (&c, "old module")] {
+            std::fs::create_dir_all(d.join("qemu-modules")).unwrap();
+            std::fs::write(d.join("qemu-modules/block-rbd.so"), text).unwrap();
+        }
         move_into(&s, &c).unwrap();
         assert!(!s.exists());
         let read = |f: &str| std::fs::read_to_string(c.join(f)).unwrap();
@@ -270,6 +283,7 @@ mod tests {
         assert_eq!(read("spec.json"), "{}");
         assert_eq!(read("root.qcow2"), "disk");
         assert_eq!(read("ctr.log"), "earlier output");
+        assert_eq!(read("qemu-modules/block-rbd.so"), "standby module");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
