@@ -29,6 +29,7 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
+mod confine;
 mod health;
 mod restart;
 mod volume_init;
@@ -57,6 +58,8 @@ pub struct RuntimeConfig {
     /// floor of 0: none).
     pub standby: crate::standby::Sizing,
     pub net: NetConfig,
+    /// Where VMs get their CPU and memory limits (`None`: they run unconfined).
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,7 +643,11 @@ impl Runtime {
             return Err(RuntimeError::io("write spec.json")(e));
         }
 
-        if let Err(e) = self.bring_up_vm(&spec, &dir).await {
+        let up = match self.bring_up_vm(&spec, &dir).await {
+            Ok(()) => self.confine_vm(&c, &dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = up {
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), 128);
             self.fail_pending_attaches(entry, &e.to_string());
@@ -653,6 +660,7 @@ impl Runtime {
                 .map_or(128, i64::from);
             let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
             wait_for_supervisor_exit(&dir).await;
+            self.release_cgroup(&c);
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), code);
             self.fail_pending_attaches(entry, &e.to_string());
@@ -760,6 +768,7 @@ impl Runtime {
         // The exit counts once the VM is gone too: a `start` right after `stop` must not find
         // the old QEMU still holding the disk.
         wait_for_supervisor_exit(&dir).await;
+        self.release_cgroup(&entry.snapshot());
         self.release_volumes(&entry.snapshot());
         let mut state = shim_link::read_state(&dir).unwrap_or_default();
         if state.status != ShimStatus::Exited {
@@ -1061,6 +1070,7 @@ impl Runtime {
         }
         let dir = self.dir(&c.id);
         wait_for_supervisor_exit(&dir).await;
+        self.release_cgroup(&c);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}", dir.display());
         }
@@ -1558,15 +1568,20 @@ fn kill_orphaned_vm(dir: &Path) {
     }
 }
 
-/// SIGKILL every live process of `dir` (see [`runs_in`]); how many were found.
-pub(crate) fn kill_processes_in(dir: &Path) -> usize {
-    let pids: Vec<i32> = std::fs::read_dir("/proc")
+/// Every live process of `dir` (see [`runs_in`]).
+pub(crate) fn processes_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|&pid| process_running(pid) && runs_in(pid, dir))
-        .collect();
+        .collect()
+}
+
+/// SIGKILL every live process of `dir` (see [`runs_in`]); how many were found.
+pub(crate) fn kill_processes_in(dir: &Path) -> usize {
+    let pids = processes_in(dir);
     for &pid in &pids {
         // SAFETY: plain kill(2) of a process whose command line, root or cwd is `dir`.
         unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::ApiError;
+use crate::limits::StreamSlot;
 
 /// The stream byte of the supervisor's last exec frame, which carries `{"exit_code": N}`.
 const EXIT_FRAME: u8 = 255;
@@ -26,14 +27,24 @@ pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Answers `101 UPGRADED` and hands back the future of the raw connection.
-pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
+/// Answers `101 UPGRADED` and hands back the future of the raw connection, with the tenant's
+/// stream slot (`crate::limits`) to hold for as long as the stream is open.
+pub fn hijack(
+    req: &mut Request,
+) -> Result<
+    (
+        Response,
+        impl std::future::Future<Output = Option<(hyper::upgrade::Upgraded, Option<StreamSlot>)>>,
+    ),
+    ApiError,
+> {
     let wants_upgrade = req.headers().get(header::UPGRADE).is_some();
     if !wants_upgrade {
         return Err(ApiError::bad_request(
             "this endpoint needs a hijacked connection: send Connection: Upgrade, Upgrade: tcp",
         ));
     }
+    let slot = req.extensions_mut().remove::<StreamSlot>();
     let on_upgrade = hyper::upgrade::on(req);
     let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -42,7 +53,8 @@ pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade)
         .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
         .body(Body::empty())
         .expect("valid response");
-    Ok((response, on_upgrade))
+    let upgraded = async move { on_upgrade.await.ok().map(|io| (io, slot)) };
+    Ok((response, upgraded))
 }
 
 /// Copies client input to the supervisor and its frames back to the client until the process

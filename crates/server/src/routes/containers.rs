@@ -489,7 +489,9 @@ pub async fn attach(
     let (response, upgrade) = streams::hijack(&mut req)?;
     tokio::spawn(async move {
         let shim = shim.await;
-        let Ok(upgraded) = upgrade.await else { return };
+        let Some((upgraded, _slot)) = upgrade.await else {
+            return;
+        };
         // When the container failed to start, the start request reports why; the attached
         // stream just ends.
         if let Ok(shim) = shim {

@@ -103,7 +103,9 @@ pub async fn start(
     let shim = app.runtime.exec_start(&tenant, &id, Some(tty)).await?;
     let runtime = app.runtime.clone();
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
+        let Some((upgraded, _slot)) = upgrade.await else {
+            return;
+        };
         streams::pump(upgraded, shim, tty, info.config.attach_stdin, |code| {
             runtime.exec_finished(&id, code.unwrap_or(-1))
         })

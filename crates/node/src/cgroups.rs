@@ -1,0 +1,421 @@
+//! Control groups for VMs: each container's QEMU (and its supervisor) runs in a group of its
+//! own, with a CPU quota and a memory limit from its size, inside a group per tenant whose CPU
+//! and I/O weights are all equal, so a tenant with many busy VMs gets no more of the node than
+//! one with a single VM when both want it.
+//!
+//! The tree, below hyperd's own group in each hierarchy (as a daemon given a delegated
+//! subtree does): `hyper-vms/tenant-<name>/<container id>`. cgroup v2 is used when its
+//! hierarchy has the cpu and memory controllers; else the v1 `cpu` and `memory` hierarchies
+//! (and `blkio` when it has a weight). Groups outlive hyperd (a restarted hyperd finds its
+//! running VMs in them) and go when their VM has exited.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::sizes::{Size, KERNEL_RESERVE_MIB};
+
+/// The group under hyperd's own that holds the tenants' groups.
+const BASE: &str = "hyper-vms";
+/// CFS period, in microseconds, of every VM's quota.
+const PERIOD_US: u64 = 100_000;
+/// What a VM may use beyond its vCPUs, in hundredths of a CPU: TCG translates code and QEMU
+/// runs its I/O on threads of their own.
+const CPU_MARGIN_PERCENT: u64 = 25;
+/// QEMU's own memory beyond the guest's (its code, TCG's translation cache, buffers), with room
+/// to spare: the limit is against a runaway, not a tight fit.
+const QEMU_OVERHEAD_MIB: u64 = 256;
+
+/// What a VM of a size may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmLimits {
+    /// CPU time per period, in microseconds.
+    pub cpu_quota_us: u64,
+    pub cpu_period_us: u64,
+    pub memory_bytes: u64,
+}
+
+impl VmLimits {
+    pub fn for_size(size: &Size) -> Self {
+        let percent = u64::from(size.vcpus) * 100 + CPU_MARGIN_PERCENT;
+        Self {
+            cpu_quota_us: PERIOD_US * percent / 100,
+            cpu_period_us: PERIOD_US,
+            memory_bytes: (size.memory_mib + KERNEL_RESERVE_MIB + QEMU_OVERHEAD_MIB) << 20,
+        }
+    }
+}
+
+/// `--vm-cgroups`: whether VMs are put in groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// When the node has usable cgroups; else VMs run unconfined, with a warning at startup.
+    Auto,
+    /// Refuse to start without usable cgroups.
+    On,
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "on" => Ok(Mode::On),
+            "off" => Ok(Mode::Off),
+            _ => Err(format!("{s:?}: use auto, on or off")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    /// The base group in the unified hierarchy; `io` when its io controller is there.
+    V2 { base: PathBuf, io: bool },
+    /// The base group in each v1 hierarchy; `blkio` when that one has a weight.
+    V1 {
+        cpu: PathBuf,
+        memory: PathBuf,
+        blkio: Option<PathBuf>,
+    },
+}
+
+/// The node's VM groups, as found at startup.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+}
+
+impl Cgroups {
+    /// Finds the hierarchies this process is in and makes the base group in them; why not when
+    /// that cannot be done.
+    pub fn detect() -> Result<Self, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let mounts = parse_mounts(&mounts);
+        let own = parse_own(&own);
+        if let Some(cgroups) = v2(&mounts, &own)? {
+            return Ok(cgroups);
+        }
+        let base_in = |controller: &str| -> Option<PathBuf> {
+            let mount = mounts
+                .iter()
+                .find(|m| m.v1_controllers.iter().any(|c| c == controller))?;
+            let path = own
+                .iter()
+                .find(|(controllers, _)| controllers.iter().any(|c| c == controller))
+                .map_or("/", |(_, p)| p.as_str());
+            Some(join(&mount.path, path).join(BASE))
+        };
+        let (Some(cpu), Some(memory)) = (base_in("cpu"), base_in("memory")) else {
+            return Err(
+                "the node has neither cgroup v2 with the cpu and memory controllers nor the \
+                 cgroup v1 cpu and memory hierarchies"
+                    .into(),
+            );
+        };
+        let blkio = base_in("blkio").filter(|b| b.parent().is_some_and(has_blkio_weight));
+        for dir in [Some(&cpu), Some(&memory), blkio.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        Ok(Self {
+            layout: Layout::V1 { cpu, memory, blkio },
+        })
+    }
+
+    /// One line for the log: which hierarchy and where.
+    pub fn describe(&self) -> String {
+        match &self.layout {
+            Layout::V2 { base, io } => format!(
+                "cgroup v2 at {} (cpu, memory{})",
+                base.display(),
+                if *io { ", io" } else { "" }
+            ),
+            Layout::V1 { cpu, memory, blkio } => format!(
+                "cgroup v1 at {} and {}{}",
+                cpu.display(),
+                memory.display(),
+                match blkio {
+                    Some(b) => format!(" and {}", b.display()),
+                    None => " (no I/O weights: the v1 blkio hierarchy has none here)".into(),
+                }
+            ),
+        }
+    }
+
+    /// Puts `pids` (a VM's supervisor and QEMU) in the group of container `id` of `tenant`,
+    /// made with the limits of `size` if it is not there yet.
+    pub fn confine(&self, tenant: &str, id: &str, size: &Size, pids: &[i32]) -> io::Result<()> {
+        let limits = VmLimits::for_size(size);
+        let cpu_max = format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us);
+        match &self.layout {
+            Layout::V2 { base, io } => {
+                let controllers = if *io {
+                    "+cpu +memory +io"
+                } else {
+                    "+cpu +memory"
+                };
+                let tenant_dir = base.join(tenant_group(tenant));
+                make_group(&tenant_dir)?;
+                write(&tenant_dir, "cpu.weight", "100")?;
+                if *io {
+                    write(&tenant_dir, "io.weight", "default 100")?;
+                }
+                write(&tenant_dir, "cgroup.subtree_control", controllers)?;
+                let dir = tenant_dir.join(id);
+                make_group(&dir)?;
+                write(&dir, "cpu.max", &cpu_max)?;
+                write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
+                write(&dir, "memory.swap.max", "0").or_else(ignore_missing)?;
+                move_into(&dir, pids)
+            }
+            Layout::V1 { cpu, memory, blkio } => {
+                let group = |base: &Path| {
+                    let tenant_dir = base.join(tenant_group(tenant));
+                    make_group(&tenant_dir)?;
+                    let dir = tenant_dir.join(id);
+                    make_group(&dir)?;
+                    Ok::<_, io::Error>((tenant_dir, dir))
+                };
+                let (tenant_cpu, cpu_dir) = group(cpu)?;
+                write(&tenant_cpu, "cpu.shares", "1024")?;
+                write(&cpu_dir, "cpu.cfs_period_us", &PERIOD_US.to_string())?;
+                write(
+                    &cpu_dir,
+                    "cpu.cfs_quota_us",
+                    &limits.cpu_quota_us.to_string(),
+                )?;
+                let (_, memory_dir) = group(memory)?;
+                write(
+                    &memory_dir,
+                    "memory.limit_in_bytes",
+                    &limits.memory_bytes.to_string(),
+                )?;
+                let mut dirs = vec![cpu_dir, memory_dir];
+                if let Some(blkio) = blkio {
+                    let (tenant_blkio, blkio_dir) = group(blkio)?;
+                    write(&tenant_blkio, "blkio.weight", "500")?;
+                    dirs.push(blkio_dir);
+                }
+                dirs.iter().try_for_each(|d| move_into(d, pids))
+            }
+        }
+    }
+
+    /// Removes the group of container `id` (its VM has exited), and its tenant's when that was
+    /// the last. A group that still has processes stays, with a warning.
+    pub fn release(&self, tenant: &str, id: &str) {
+        for base in self.bases() {
+            let tenant_dir = base.join(tenant_group(tenant));
+            let dir = tenant_dir.join(id);
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("removing the cgroup {}: {e}", dir.display());
+                    continue;
+                }
+            }
+            // Another VM of the tenant keeps it busy: fine.
+            let _ = std::fs::remove_dir(&tenant_dir);
+        }
+    }
+
+    fn bases(&self) -> Vec<&Path> {
+        match &self.layout {
+            Layout::V2 { base, .. } => vec![base],
+            Layout::V1 { cpu, memory, blkio } => [Some(cpu), Some(memory), blkio.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(PathBuf::as_path)
+                .collect(),
+        }
+    }
+}
+
+fn tenant_group(tenant: &str) -> String {
+    // Tenant names are lowercase letters, digits and dashes: a safe path component.
+    format!("tenant-{tenant}")
+}
+
+/// The unified hierarchy when it has the cpu and memory controllers, with the base group made
+/// and those controllers enabled down to it.
+fn v2(mounts: &[Mount], own: &[(Vec<String>, String)]) -> Result<Option<Cgroups>, String> {
+    let Some(mount) = mounts.iter().find(|m| m.v2) else {
+        return Ok(None);
+    };
+    let controllers =
+        std::fs::read_to_string(mount.path.join("cgroup.controllers")).unwrap_or_default();
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if !has("cpu") || !has("memory") {
+        return Ok(None);
+    }
+    let io = has("io");
+    let path = own
+        .iter()
+        .find(|(controllers, _)| controllers.is_empty())
+        .map_or("/", |(_, p)| p.as_str());
+    let own_dir = join(&mount.path, path);
+    let base = own_dir.join(BASE);
+    let enable = if io {
+        "+cpu +memory +io"
+    } else {
+        "+cpu +memory"
+    };
+    // cgroup v2 lets a group with processes of its own (hyperd's, unless it is the root)
+    // hand no controller down: hyperd needs a group delegated to it, such as a systemd unit's
+    // with Delegate=yes and hyperd moved to a leaf of it.
+    write(&own_dir, "cgroup.subtree_control", enable).map_err(|e| {
+        format!(
+            "enabling the cpu and memory controllers below hyperd's cgroup {}: {e} (run \
+             hyperd in a cgroup delegated to it, without other processes)",
+            own_dir.display()
+        )
+    })?;
+    make_group(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+    write(&base, "cgroup.subtree_control", enable)
+        .map_err(|e| format!("enabling controllers in {}: {e}", base.display()))?;
+    Ok(Some(Cgroups {
+        layout: Layout::V2 { base, io },
+    }))
+}
+
+fn has_blkio_weight(dir: &Path) -> bool {
+    dir.join("blkio.weight").exists()
+}
+
+struct Mount {
+    path: PathBuf,
+    v2: bool,
+    v1_controllers: Vec<String>,
+}
+
+/// cgroup mounts of /proc/self/mountinfo: `ID PARENT MAJ:MIN ROOT POINT OPTS... - TYPE SRC SUPER`.
+fn parse_mounts(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let options = right.nth(1).unwrap_or_default();
+            let path = PathBuf::from(point);
+            match fstype {
+                "cgroup2" => Some(Mount {
+                    path,
+                    v2: true,
+                    v1_controllers: Vec::new(),
+                }),
+                "cgroup" => Some(Mount {
+                    path,
+                    v2: false,
+                    v1_controllers: options.split(',').map(str::to_string).collect(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// /proc/self/cgroup: `N:controllers:path`, controllers empty for the unified hierarchy.
+fn parse_own(cgroup: &str) -> Vec<(Vec<String>, String)> {
+    cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            let controllers = parts.next()?;
+            let path = parts.next()?;
+            let controllers = controllers
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            Some((controllers, path.to_string()))
+        })
+        .collect()
+}
+
+fn join(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+fn make_group(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    std::fs::write(dir.join(file), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    match e.kind() {
+        io::ErrorKind::NotFound => Ok(()),
+        _ => Err(e),
+    }
+}
+
+fn move_into(dir: &Path, pids: &[i32]) -> io::Result<()> {
+    for pid in pids {
+        match write(dir, "cgroup.procs", &pid.to_string()) {
+            // It exited meanwhile: nothing to confine.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_follow_the_size() {
+        let cases = [
+            ("s4", 125_000, (512 + 40 + 256) << 20),
+            ("m2", 225_000, (2048 + 40 + 256) << 20),
+            ("l3", 825_000, (16384 + 40 + 256) << 20),
+        ];
+        for (i, (size, quota, memory)) in cases.into_iter().enumerate() {
+            let l = VmLimits::for_size(&crate::sizes::lookup(size).unwrap());
+            assert_eq!(l.cpu_quota_us, quota, "test[{i}]");
+            assert_eq!(l.cpu_period_us, 100_000, "test[{i}]");
+            assert_eq!(l.memory_bytes, memory, "test[{i}]");
+        }
+    }
+
+    #[test]
+    fn mounts_and_own_groups_are_parsed() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+31 25 0:27 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+32 25 0:28 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+33 25 0:29 / /proc rw - proc proc rw";
+        let m = parse_mounts(mountinfo);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].path, Path::new("/sys/fs/cgroup/cpu"));
+        assert!(m[0].v1_controllers.contains(&"cpu".to_string()));
+        assert!(m[2].v2);
+        let own = parse_own("4:memory:/process_api/ab\n1:cpu,cpuacct:/\n0::/\n");
+        assert_eq!(
+            own[0],
+            (vec!["memory".to_string()], "/process_api/ab".into())
+        );
+        assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
+        assert_eq!(own[2], (vec![], "/".into()));
+        assert_eq!(
+            join(Path::new("/sys/fs/cgroup/memory"), "/process_api/ab"),
+            Path::new("/sys/fs/cgroup/memory/process_api/ab")
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! Noisy neighbours (issue 17, item 8): a tenant whose containers all spin leaves another
+//! tenant's `run` and `exec` working, each VM's QEMU sits in a cgroup of its container with a
+//! CPU quota and memory limit from its size (gone with the container), and each tenant's API
+//! calls and streams over TCP are rate-limited apart from every other tenant's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use e2e::*;
+
+fn main() {
+    let tests: &[(&'static str, TestFn)] = &[
+        (
+            "busy_tenant_leaves_another_responsive",
+            busy_tenant_leaves_another_responsive,
+        ),
+        (
+            "api_rate_and_streams_are_per_tenant",
+            api_rate_and_streams_are_per_tenant,
+        ),
+    ];
+    std::process::exit(run_tests(tests));
+}
+
+const BURST: usize = 30;
+const MAX_STREAMS: usize = 3;
+
+/// One hyperd for the file: VMs in cgroups (refusing to start without), and tight API limits.
+fn daemon() -> &'static Daemon {
+    static D: OnceLock<Arc<Daemon>> = OnceLock::new();
+    D.get_or_init(|| {
+        let opts = DaemonOpts {
+            extra_args: [
+                "--vm-cgroups",
+                "on",
+                "--api-rate",
+                "2",
+                "--api-burst",
+                &BURST.to_string(),
+                "--max-streams",
+                &MAX_STREAMS.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..DaemonOpts::default()
+        };
+        Daemon::start("lim", opts)
+    })
+}
+
+/// A tenant with busybox loaded: its client config directory.
+fn tenant_with_busybox(d: &Daemon, name: &str) -> PathBuf {
+    let (cfg, _) = d.new_tenant(name);
+    d.hyper_tcp(&cfg, &["load", "-i", busybox_tar().to_str().unwrap()])
+        .timeout(120.0)
+        .run()
+        .ok();
+    cfg
+}
+
+/// How long `run --rm busybox true` and `exec CTR true` of `cfg`'s tenant took.
+fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> (Duration, Duration) {
+    let run = d
+        .hyper_tcp(cfg, &["run", "--rm", "busybox", "true"])
+        .timeout(300.0)
+        .run()
+        .ok();
+    let exec = d
+        .hyper_tcp(cfg, &["exec", ctr, "true"])
+        .timeout(300.0)
+        .run()
+        .ok();
+    (run.took, exec.took)
+}
+
+/// The cgroup directories `pid` is in, in the hierarchies with a cpu or memory controller.
+fn groups_of(pid: &str) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts: Vec<(String, bool, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?.to_string();
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let options = right.nth(1).unwrap_or_default().to_string();
+            matches!(fstype, "cgroup" | "cgroup2").then_some((point, fstype == "cgroup2", options))
+        })
+        .collect();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let mount = mounts.iter().find(|(_, v2, options)| {
+            if controllers.is_empty() {
+                *v2
+            } else {
+                controllers
+                    .split(',')
+                    .all(|c| options.split(',').any(|o| o == c))
+                    && !*v2
+            }
+        });
+        let Some((point, ..)) = mount else { continue };
+        let dir = Path::new(point).join(path.trim_start_matches('/'));
+        let limits = [
+            "cpu.max",
+            "cpu.cfs_quota_us",
+            "memory.max",
+            "memory.limit_in_bytes",
+        ];
+        if limits.iter().any(|f| dir.join(f).exists()) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Checks the groups of container `id`'s QEMU and supervisor and returns them.
+fn check_groups(d: &Daemon, tenant: &str, id: &str) -> Vec<PathBuf> {
+    let procs = container_processes(d, id);
+    let qemu = procs
+        .iter()
+        .find(|p| p.contains("qemu-system"))
+        .unwrap_or_else(|| panic!("no QEMU of {id}: {procs:?}"));
+    let qemu_pid = qemu.split_whitespace().next().unwrap();
+    let dirs = groups_of(qemu_pid);
+    assert!(
+        !dirs.is_empty(),
+        "QEMU {qemu_pid} of {id} is in no cpu/memory cgroup"
+    );
+    let want_tail = format!("hyper-vms/tenant-{tenant}/{id}");
+    let mut cpu_seen = false;
+    let mut memory_seen = false;
+    // s4: 1 vCPU and 512 MiB; a quarter CPU and the kernel's and QEMU's memory on top.
+    let memory = ((512u64 + 40 + 256) << 20).to_string();
+    for dir in &dirs {
+        assert!(
+            dir.ends_with(&want_tail),
+            "QEMU of {id} is in {}, not its own group",
+            dir.display()
+        );
+        if let Some(max) = read(dir, "cpu.max") {
+            assert_eq!(max, "125000 100000", "{}", dir.display());
+            cpu_seen = true;
+        }
+        if let Some(quota) = read(dir, "cpu.cfs_quota_us") {
+            assert_eq!(quota, "125000", "{}", dir.display());
+            assert_eq!(read(dir, "cpu.cfs_period_us").unwrap(), "100000");
+            cpu_seen = true;
+        }
+        if let Some(max) = read(dir, "memory.max").or_else(|| read(dir, "memory.limit_in_bytes")) {
+            assert_eq!(max, memory, "{}", dir.display());
+            memory_seen = true;
+        }
+        // The supervisor goes with its VM.
+        let members = read(dir, "cgroup.procs").unwrap();
+        for p in &procs {
+            let pid = p.split_whitespace().next().unwrap();
+            assert!(
+                members.lines().any(|m| m == pid),
+                "{p} is not in {}: {members}",
+                dir.display()
+            );
+        }
+    }
+    assert!(
+        cpu_seen && memory_seen,
+        "no CPU or memory limit for {id}: {dirs:?}"
+    );
+    dirs
+}
+
+fn id_of(d: &Daemon, cfg: &Path, name: &str) -> String {
+    d.hyper_tcp(cfg, &["inspect", "--format", "{{.Id}}", name])
+        .run()
+        .ok()
+        .out()
+}
+
+/// Tenant `busy` fills its quota of containers with busy loops; tenant `calm` still runs and
+/// execs, and prints how long that took without and with the busy tenant (the figure of the
+/// README; not asserted). Each busy VM is in its own group with its size's limits, across a
+/// hyperd restart, and the groups go with the containers.
+fn busy_tenant_leaves_another_responsive() {
+    let d = daemon();
+    let calm = tenant_with_busybox(d, "calm");
+    let busy = tenant_with_busybox(d, "busy");
+    const BUSY_VMS: usize = 3;
+    d.tenant_admin(&["quota", "busy", "--containers", &BUSY_VMS.to_string()]);
+
+    d.hyper_tcp(
+        &calm,
+        &[
+            "run", "-d", "--name", "sleeper", "busybox", "sleep", "100000",
+        ],
+    )
+    .timeout(300.0)
+    .run()
+    .ok();
+    let sleeper = id_of(d, &calm, "sleeper");
+    let calm_groups = check_groups(d, "calm", &sleeper);
+    let quiet = [
+        run_and_exec(d, &calm, "sleeper"),
+        run_and_exec(d, &calm, "sleeper"),
+    ];
+
+    let mut spinning = Vec::new();
+    for i in 0..BUSY_VMS {
+        let name = format!("spin{i}");
+        d.hyper_tcp(
+            &busy,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "busybox",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ],
+        )
+        .timeout(300.0)
+        .run()
+        .ok();
+        spinning.push(id_of(d, &busy, &name));
+    }
+    let o = d
+        .hyper_tcp(&busy, &["run", "-d", "busybox", "true"])
+        .timeout(60.0)
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("quota"),
+        "a 4th container: {o}"
+    );
+    let busy_groups: Vec<Vec<PathBuf>> = spinning
+        .iter()
+        .map(|id| check_groups(d, "busy", id))
+        .collect();
+    // Let the loops run a while before measuring.
+    std::thread::sleep(secs(5.0));
+    let loaded = [
+        run_and_exec(d, &calm, "sleeper"),
+        run_and_exec(d, &calm, "sleeper"),
+    ];
+    let usage: Vec<String> = busy_groups
+        .iter()
+        .filter_map(|dirs| {
+            dirs.iter().find_map(|dir| {
+                read(dir, "cpuacct.usage")
+                    .map(|ns| format!("{:.1}s", ns.parse::<f64>().unwrap_or(0.0) / 1e9))
+                    .or_else(|| {
+                        read(dir, "cpu.stat").and_then(|s| s.lines().next().map(String::from))
+                    })
+            })
+        })
+        .collect();
+    let figure = |label: &str, runs: &[(Duration, Duration)]| {
+        let show = |f: fn(&(Duration, Duration)) -> Duration| {
+            runs.iter()
+                .map(|r| format!("{:.2}s", f(r).as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "limits figure: tenant calm, {label}: run --rm busybox true: {}; exec true: {}",
+            show(|r| r.0),
+            show(|r| r.1)
+        );
+    };
+    figure("busy tenant idle", &quiet);
+    figure(&format!("busy tenant spinning in {BUSY_VMS} VMs"), &loaded);
+    println!("limits figure: CPU the spinning VMs used so far: {usage:?}");
+
+    // A restarted hyperd finds the VMs in their groups and removes the groups with them.
+    d.restart();
+    assert_eq!(check_groups(d, "busy", &spinning[0]), busy_groups[0]);
+    for id in &spinning {
+        d.hyper_tcp(&busy, &["rm", "-f", id])
+            .timeout(120.0)
+            .run()
+            .ok();
+    }
+    d.hyper_tcp(&calm, &["rm", "-f", "sleeper"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    for dir in busy_groups.iter().chain([&calm_groups]).flatten() {
+        assert!(!dir.exists(), "{} outlived its container", dir.display());
+        let tenant_dir = dir.parent().unwrap();
+        assert!(
+            !tenant_dir.exists(),
+            "{} outlived its tenant's VMs",
+            tenant_dir.display()
+        );
+    }
+}
+
+/// `n` requests of `path` over TLS with tenant token `token`, by one curl: each one's status
+/// and headers (and body).
+fn curl_statuses(d: &Daemon, token: &str, path: &str, n: usize) -> Vec<(String, String)> {
+    let ca = d.data.join("tls").join("ca.pem");
+    let url = format!("https://127.0.0.1:{}{path}", d.tcp_port);
+    let header = format!("X-Hyper-Token: {token}");
+    let mut a = vec![
+        "-s",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        &header,
+        "-D",
+        "-",
+        "-w",
+        "\nSTATUS %{http_code}\n",
+    ];
+    for _ in 0..n {
+        a.push(&url);
+    }
+    let o = Cmd::new("curl", &a).timeout(120.0).run().ok();
+    let mut out = Vec::new();
+    let mut headers = String::new();
+    for line in o.stdout.lines() {
+        match line.strip_prefix("STATUS ") {
+            Some(code) => out.push((code.to_string(), std::mem::take(&mut headers))),
+            None => headers.push_str(&format!("{line}\n")),
+        }
+    }
+    assert_eq!(out.len(), n, "{o}");
+    out
+}
+
+fn token(d: &Daemon, tenant: &str) -> String {
+    d.new_tenant(tenant);
+    d.tenant_admin(&["token", tenant]).out()
+}
+
+/// Held-open `GET /events` of a tenant.
+fn open_events(d: &Daemon, token: &str) -> Child {
+    let ca = d.data.join("tls").join("ca.pem");
+    Command::new("curl")
+        .args(["-s", "-N", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("X-Hyper-Token: {token}")])
+        .arg(format!("https://127.0.0.1:{}/v1.44/events", d.tcp_port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn curl")
+}
+
+/// A tenant's burst beyond `--api-burst` gets 429 with Retry-After and Docker's message while
+/// another tenant, and the operator's unix socket, carry on; streams beyond `--max-streams`
+/// get 429 until one closes.
+fn api_rate_and_streams_are_per_tenant() {
+    let d = daemon();
+    let greedy = token(d, "greedy");
+    let other = token(d, "other");
+
+    let answers = curl_statuses(d, &greedy, "/v1.44/containers/json", BURST + 10);
+    let ok = answers.iter().filter(|(s, _)| s == "200").count();
+    let refused: Vec<&(String, String)> = answers.iter().filter(|(s, _)| s == "429").collect();
+    assert!(
+        ok >= BURST && ok < BURST + 10 && ok + refused.len() == BURST + 10,
+        "statuses: {:?}",
+        answers.iter().map(|a| &a.0).collect::<Vec<_>>()
+    );
+    let headers = refused[0].1.to_ascii_lowercase();
+    assert!(headers.contains("retry-after: "), "{headers}");
+    println!(
+        "limits figure: {} of {} back-to-back requests of one tenant answered, {} refused with 429",
+        ok,
+        BURST + 10,
+        refused.len()
+    );
+    let body = {
+        let ca = d.data.join("tls").join("ca.pem");
+        let url = format!("https://127.0.0.1:{}/v1.44/containers/json", d.tcp_port);
+        let header = format!("X-Hyper-Token: {greedy}");
+        Cmd::new(
+            "curl",
+            &["-s", "--cacert", ca.to_str().unwrap(), "-H", &header, &url],
+        )
+        .run()
+        .ok()
+        .json()
+    };
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too many requests"), "{body}");
+
+    // Another tenant is not held up by the first one's bucket.
+    let answers = curl_statuses(d, &other, "/v1.44/containers/json", 5);
+    assert!(answers.iter().all(|(s, _)| s == "200"), "{answers:?}");
+    // Nor is the operator on the unix socket, however fast.
+    for i in 0..(BURST + 10) {
+        let o = d.api("GET", "/v1.44/containers/json", &[]);
+        assert!(o.stdout.ends_with("\n200"), "unix request {i}: {o}");
+    }
+
+    // Streams: MAX_STREAMS held-open event streams of one tenant, then the next is refused.
+    let streamer = token(d, "streamer");
+    let mut held: Vec<Child> = (0..MAX_STREAMS)
+        .map(|_| open_events(d, &streamer))
+        .collect();
+    wait_for("the stream limit to refuse one more", secs(30.0), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, headers) = curl_statuses(d, &streamer, "/v1.44/events?until=1", 1).remove(0);
+        if status == "429" && headers.to_ascii_lowercase().contains("retry-after") {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    });
+    // Another tenant's stream is not refused.
+    let (status, _) = curl_statuses(d, &other, "/v1.44/events?until=1", 1).remove(0);
+    assert_eq!(status, "200");
+    for c in &mut held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    wait_for("a closed stream to free its slot", secs(30.0), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, _) = curl_statuses(d, &streamer, "/v1.44/events?until=1", 1).remove(0);
+        if status == "200" {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    });
+}
