@@ -150,6 +150,14 @@ impl Cgroups {
     /// Puts `pids` (a VM's supervisor and QEMU) in the group of container `id` of `tenant`,
     /// made with the limits of `size` if it is not there yet.
     pub fn confine(&self, tenant: &str, id: &str, size: &Size, pids: &[i32]) -> io::Result<()> {
+        self.prepare(tenant, id, size)?
+            .iter()
+            .try_for_each(|dir| move_into(dir, pids))
+    }
+
+    /// The group of container `id` of `tenant` with the limits of `size`, made if missing: its
+    /// directory in each hierarchy.
+    pub fn prepare(&self, tenant: &str, id: &str, size: &Size) -> io::Result<Vec<PathBuf>> {
         let limits = VmLimits::for_size(size);
         let cpu_max = format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us);
         match &self.layout {
@@ -171,7 +179,7 @@ impl Cgroups {
                 write(&dir, "cpu.max", &cpu_max)?;
                 write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
                 write(&dir, "memory.swap.max", "0").or_else(ignore_missing)?;
-                move_into(&dir, pids)
+                Ok(vec![dir])
             }
             Layout::V1 { cpu, memory, blkio } => {
                 let group = |base: &Path| {
@@ -201,7 +209,7 @@ impl Cgroups {
                     write(&tenant_blkio, "blkio.weight", "500")?;
                     dirs.push(blkio_dir);
                 }
-                dirs.iter().try_for_each(|d| move_into(d, pids))
+                Ok(dirs)
             }
         }
     }

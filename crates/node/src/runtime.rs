@@ -643,7 +643,7 @@ impl Runtime {
             return Err(RuntimeError::io("write spec.json")(e));
         }
 
-        let up = match self.bring_up_vm(&spec, &dir).await {
+        let up = match self.bring_up_vm(&c, &spec, &dir).await {
             Ok(()) => self.confine_vm(&c, &dir).await,
             Err(e) => Err(e),
         };
@@ -690,9 +690,9 @@ impl Runtime {
 
     /// A supervisor and its VM for the container in `dir`: a standby claimed when one fits,
     /// else a new one (restored from the template or booted cold).
-    async fn bring_up_vm(&self, spec: &ShimSpec, dir: &Path) -> Result<()> {
+    async fn bring_up_vm(&self, c: &Container, spec: &ShimSpec, dir: &Path) -> Result<()> {
         let Some(pool) = &self.standby else {
-            return self.launch_shim(dir).await;
+            return self.launch_shim(c, dir).await;
         };
         let claimed = match pool.take(spec) {
             Some(standby) => pool.claim(&standby, dir).await.is_ok(),
@@ -701,14 +701,15 @@ impl Runtime {
         let up = if claimed {
             Ok(())
         } else {
-            self.launch_shim(dir).await
+            self.launch_shim(c, dir).await
         };
         pool.fill();
         up
     }
 
-    async fn launch_shim(&self, dir: &Path) -> Result<()> {
-        launch_supervisor(&self.cfg.shim_binary, dir).await
+    async fn launch_shim(&self, c: &Container, dir: &Path) -> Result<()> {
+        let cgroup = self.cgroup_entries(c)?;
+        launch_supervisor(&self.cfg.shim_binary, dir, &cgroup).await
     }
 
     fn record_start_failure(&self, entry: &Entry, error: &str, exit_code: i64) {
@@ -1436,17 +1437,40 @@ async fn wait_for_supervisor_exit(dir: &Path) {
 }
 
 /// `hyper-shim --dir DIR`: returns once the VM of `dir`'s spec is up under its supervisor.
-pub(crate) async fn launch_supervisor(shim_binary: &Path, dir: &Path) -> Result<()> {
+/// The supervisor (and so its QEMU) first enters the cgroups whose open `cgroup.procs` files
+/// are in `cgroup`.
+pub(crate) async fn launch_supervisor(
+    shim_binary: &Path,
+    dir: &Path,
+    cgroup: &[std::fs::File],
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
     // The shim daemonizes: its stderr goes to a file so no pipe outlives the launcher.
     let err_path = dir.join("launch.err");
     let err_file =
         std::fs::File::create(&err_path).map_err(RuntimeError::io("create launch.err"))?;
-    let status = tokio::process::Command::new(shim_binary)
+    let mut command = tokio::process::Command::new(shim_binary);
+    command
         .arg("--dir")
         .arg(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(err_file)
+        .stderr(err_file);
+    let procs: Vec<i32> = cgroup.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: between fork and exec the child only calls write(2), which is async-signal-safe,
+    // on descriptors the parent keeps open until the child has been spawned.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &procs {
+                // "0": the writing process itself.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = command
         .status()
         .await
         .map_err(RuntimeError::io(format!("run {}", shim_binary.display())))?;

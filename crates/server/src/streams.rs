@@ -27,14 +27,17 @@ pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Answers `101 UPGRADED` and hands back the future of the raw connection, with the tenant's
-/// stream slot (`crate::limits`) to hold for as long as the stream is open.
+/// A client's raw connection, with the tenant's stream slot (`crate::limits`) to hold for as
+/// long as the stream is open.
+pub type Hijacked = (hyper::upgrade::Upgraded, Option<StreamSlot>);
+
+/// Answers `101 UPGRADED` and hands back the future of the raw connection.
 pub fn hijack(
     req: &mut Request,
 ) -> Result<
     (
         Response,
-        impl std::future::Future<Output = Option<(hyper::upgrade::Upgraded, Option<StreamSlot>)>>,
+        impl std::future::Future<Output = Option<Hijacked>>,
     ),
     ApiError,
 > {

@@ -1,8 +1,9 @@
-//! Hooks of the VM lifecycle into the node's cgroups (`crate::cgroups`): a VM joins its
-//! container's group once it is up (a claimed standby was booted before anyone owned it) and
-//! the group goes once the VM has exited.
+//! Hooks of the VM lifecycle into the node's cgroups (`crate::cgroups`): a new supervisor
+//! enters its container's group before it starts QEMU, a claimed standby (booted before anyone
+//! owned it) is moved there once claimed, and the group goes once the VM has exited.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -28,6 +29,27 @@ impl Runtime {
         Err(RuntimeError::Internal(format!(
             "putting the VM in its cgroup: {e}"
         )))
+    }
+
+    /// The `cgroup.procs` files of `c`'s group, opened for a new supervisor to write itself
+    /// into before it starts its VM (see [`super::launch_supervisor`]).
+    pub(super) fn cgroup_entries(&self, c: &Container) -> Result<Vec<File>> {
+        let Some(cgroups) = &self.cfg.cgroups else {
+            return Ok(Vec::new());
+        };
+        let size = sizes::lookup(&c.size)?;
+        let open = |dir: PathBuf| {
+            let procs = dir.join("cgroup.procs");
+            OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| format!("{}: {e}", procs.display()))
+        };
+        cgroups
+            .prepare(&c.tenant, &c.id, &size)
+            .map_err(|e| e.to_string())
+            .and_then(|dirs| dirs.into_iter().map(open).collect())
+            .map_err(|e| RuntimeError::Internal(format!("making the VM's cgroup: {e}")))
     }
 
     /// After the VM of `c` has exited.
