@@ -60,19 +60,18 @@ fn tenant_with_busybox(d: &Daemon, name: &str) -> PathBuf {
     cfg
 }
 
-/// How long `run --rm busybox true` and `exec CTR true` of `cfg`'s tenant took.
-fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> (Duration, Duration) {
-    let run = d
-        .hyper_tcp(cfg, &["run", "--rm", "busybox", "true"])
-        .timeout(300.0)
-        .run()
-        .ok();
-    let exec = d
-        .hyper_tcp(cfg, &["exec", ctr, "true"])
-        .timeout(300.0)
-        .run()
-        .ok();
-    (run.took, exec.took)
+/// A fixed amount of CPU work for a guest: how long it takes shows the CPU share its VM gets.
+const CPU_WORK: &str = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done";
+
+/// How long `run --rm busybox true`, `exec CTR true` and `exec CTR sh -c CPU_WORK` of `cfg`'s
+/// tenant took.
+fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> [Duration; 3] {
+    let commands: [&[&str]; 3] = [
+        &["run", "--rm", "busybox", "true"],
+        &["exec", ctr, "true"],
+        &["exec", ctr, "sh", "-c", CPU_WORK],
+    ];
+    commands.map(|args| d.hyper_tcp(cfg, args).timeout(600.0).run().ok().took)
 }
 
 /// The cgroup directories `pid` is in, in the hierarchies with a cpu or memory controller.
@@ -276,17 +275,19 @@ fn busy_tenant_leaves_another_responsive() {
         run_and_exec(d, &calm, "sleeper"),
         run_and_exec(d, &calm, "sleeper"),
     ];
-    let figure = |label: &str, runs: &[(Duration, Duration)]| {
-        let show = |f: fn(&(Duration, Duration)) -> Duration| {
+    let figure = |label: &str, runs: &[[Duration; 3]]| {
+        let show = |i: usize| {
             runs.iter()
-                .map(|r| format!("{:.2}s", f(r).as_secs_f64()))
+                .map(|r| format!("{:.2}s", r[i].as_secs_f64()))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         println!(
-            "limits figure: tenant calm, {label}: run --rm busybox true: {}; exec true: {}",
-            show(|r| r.0),
-            show(|r| r.1)
+            "limits figure: tenant calm, {label}: run --rm busybox true: {}; exec true: {}; \
+             exec of a 100000-step shell loop: {}",
+            show(0),
+            show(1),
+            show(2)
         );
     };
     figure("busy tenant idle", &quiet);

@@ -847,11 +847,15 @@ impl Runtime {
             match c.state.status {
                 Status::Running => {
                     self.rehold_volumes(&entry);
+                    self.adopt_cgroup(&c);
                     entry.attach_gate.lock().expect("poisoned").vm_up = true;
                     running.push(entry);
                 }
-                Status::Restarting => restarting.push(entry),
-                _ => {}
+                Status::Restarting => {
+                    self.release_cgroup(&c);
+                    restarting.push(entry)
+                }
+                _ => self.release_cgroup(&c),
             }
         }
         // Directories no record claims are leftovers of a crash during create or rm.

@@ -52,7 +52,28 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(format!("making the VM's cgroup: {e}")))
     }
 
-    /// After the VM of `c` has exited.
+    /// At recovery, for a running `c`: its VM is in its group already, unless an earlier
+    /// hyperd ran without cgroups; then it joins now. A failure leaves it running, with a
+    /// warning.
+    pub(super) fn adopt_cgroup(&self, c: &Container) {
+        let Some(cgroups) = &self.cfg.cgroups else {
+            return;
+        };
+        let confined = sizes::lookup(&c.size)
+            .map_err(|e| e.to_string())
+            .and_then(|size| {
+                let pids = processes_in(&self.dir(&c.id));
+                cgroups
+                    .confine(&c.tenant, &c.id, &size, &pids)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = confined {
+            tracing::warn!("the VM of {} runs outside its cgroup: {e}", c.id);
+        }
+    }
+
+    /// After the VM of `c` has exited (or at recovery, for a VM that is not running: a crash
+    /// may have left its group).
     pub(super) fn release_cgroup(&self, c: &Container) {
         if let Some(cgroups) = &self.cfg.cgroups {
             cgroups.release(&c.tenant, &c.id);
