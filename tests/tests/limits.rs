@@ -76,46 +76,16 @@ fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> [Duration; 3] {
 
 /// The cgroup directories `pid` is in, in the hierarchies with a cpu or memory controller.
 fn groups_of(pid: &str) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mounts: Vec<(String, bool, String)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?.to_string();
-            let mut right = right.split(' ');
-            let fstype = right.next()?;
-            let options = right.nth(1).unwrap_or_default().to_string();
-            matches!(fstype, "cgroup" | "cgroup2").then_some((point, fstype == "cgroup2", options))
-        })
-        .collect();
-    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let mut dirs = Vec::new();
-    for line in own.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
-        let mount = mounts.iter().find(|(_, v2, options)| {
-            if controllers.is_empty() {
-                *v2
-            } else {
-                controllers
-                    .split(',')
-                    .all(|c| options.split(',').any(|o| o == c))
-                    && !*v2
-            }
-        });
-        let Some((point, ..)) = mount else { continue };
-        let dir = Path::new(point).join(path.trim_start_matches('/'));
-        let limits = [
-            "cpu.max",
-            "cpu.cfs_quota_us",
-            "memory.max",
-            "memory.limit_in_bytes",
-        ];
-        if limits.iter().any(|f| dir.join(f).exists()) {
-            dirs.push(dir);
-        }
-    }
-    dirs
+    let limits = [
+        "cpu.max",
+        "cpu.cfs_quota_us",
+        "memory.max",
+        "memory.limit_in_bytes",
+    ];
+    cgroup_dirs(pid)
+        .into_iter()
+        .filter(|dir| limits.iter().any(|f| dir.join(f).exists()))
+        .collect()
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
@@ -138,14 +108,19 @@ fn check_groups(d: &Daemon, tenant: &str, id: &str, memory_mib: u64) -> Vec<Path
         !dirs.is_empty(),
         "QEMU {qemu_pid} of {id} is in no cpu/memory cgroup"
     );
-    let want_tail = format!("hyper-vms/tenant-{tenant}/{id}");
+    let want_tail = format!("tenant-{tenant}/{id}");
     let mut cpu_seen = false;
     let mut memory_seen = false;
     // A quarter CPU beyond the vCPU, the kernel's and QEMU's memory beyond the size's.
     let memory = ((memory_mib + 40 + 256) << 20).to_string();
     for dir in &dirs {
+        let base = dir
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name);
         assert!(
-            dir.ends_with(&want_tail),
+            dir.ends_with(&want_tail)
+                && base.is_some_and(|b| b.to_string_lossy().starts_with("hyper-")),
             "QEMU of {id} is in {}, not its own group",
             dir.display()
         );

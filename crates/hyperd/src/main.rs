@@ -173,12 +173,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 /// The node's VM cgroups as `--vm-cgroups` asks.
-fn vm_cgroups(mode: node::cgroups::Mode) -> anyhow::Result<Option<node::cgroups::Cgroups>> {
+fn vm_cgroups(
+    mode: node::cgroups::Mode,
+    node_id: &str,
+) -> anyhow::Result<Option<node::cgroups::Cgroups>> {
     use node::cgroups::{Cgroups, Mode};
     if mode == Mode::Off {
         return Ok(None);
     }
-    match Cgroups::detect() {
+    match Cgroups::detect(node_id) {
         Ok(cgroups) => {
             tracing::info!("VM limits: {}", cgroups.describe());
             Ok(Some(cgroups))
@@ -481,7 +484,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
                 lb_binary: host.lb,
                 node_netns: args.node_netns.clone(),
             },
-            cgroups: vm_cgroups(args.vm_cgroups)?,
+            cgroups: vm_cgroups(args.vm_cgroups, &setup::node_id(&data_root)?)?,
         },
         store.clone(),
         {
@@ -599,6 +602,9 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     // go with hyperd.
     state_runtime.close_standby().await;
     state_runtime.reap_all_idle_networks().await;
+    if let Some(cgroups) = &state_runtime.config().cgroups {
+        cgroups.close();
+    }
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }

@@ -4,7 +4,8 @@
 //! one with a single VM when both want it.
 //!
 //! The tree, below hyperd's own group in each hierarchy (as a daemon given a delegated
-//! subtree does): `hyper-vms/tenant-<name>/<container id>`. cgroup v2 is used when its
+//! subtree does): `hyper-<node>/tenant-<name>/<container id>`, `<node>` from the node's id so
+//! that hyperds of several data roots on one machine (tests) keep apart. cgroup v2 is used when its
 //! hierarchy has the cpu and memory controllers; else the v1 `cpu` and `memory` hierarchies
 //! (and `blkio` when it has a weight). Groups outlive hyperd (a restarted hyperd finds its
 //! running VMs in them) and go when their VM has exited.
@@ -14,8 +15,6 @@ use std::path::{Path, PathBuf};
 
 use crate::sizes::{Size, KERNEL_RESERVE_MIB};
 
-/// The group under hyperd's own that holds the tenants' groups.
-const BASE: &str = "hyper-vms";
 /// CFS period, in microseconds, of every VM's quota.
 const PERIOD_US: u64 = 100_000;
 /// What a VM may use beyond its vCPUs, in hundredths of a CPU: TCG translates code and QEMU
@@ -86,16 +85,17 @@ pub struct Cgroups {
 }
 
 impl Cgroups {
-    /// Finds the hierarchies this process is in and makes the base group in them; why not when
-    /// that cannot be done.
-    pub fn detect() -> Result<Self, String> {
+    /// Finds the hierarchies this process is in and makes the base group of node `node` in
+    /// them; why not when that cannot be done.
+    pub fn detect(node: &str) -> Result<Self, String> {
+        let base_name = format!("hyper-{}", &node[..node.len().min(12)]);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let mounts = parse_mounts(&mounts);
         let own = parse_own(&own);
-        if let Some(cgroups) = v2(&mounts, &own)? {
+        if let Some(cgroups) = v2(&mounts, &own, &base_name)? {
             return Ok(cgroups);
         }
         let base_in = |controller: &str| -> Option<PathBuf> {
@@ -106,7 +106,7 @@ impl Cgroups {
                 .iter()
                 .find(|(controllers, _)| controllers.iter().any(|c| c == controller))
                 .map_or("/", |(_, p)| p.as_str());
-            Some(join(&mount.path, path).join(BASE))
+            Some(join(&mount.path, path).join(&base_name))
         };
         let (Some(cpu), Some(memory)) = (base_in("cpu"), base_in("memory")) else {
             return Err(
@@ -167,6 +167,9 @@ impl Cgroups {
                 } else {
                     "+cpu +memory"
                 };
+                // Another hyperd's stop may have removed an empty base.
+                make_group(base)?;
+                write(base, "cgroup.subtree_control", controllers)?;
                 let tenant_dir = base.join(tenant_group(tenant));
                 make_group(&tenant_dir)?;
                 write(&tenant_dir, "cpu.weight", "100")?;
@@ -183,6 +186,8 @@ impl Cgroups {
             }
             Layout::V1 { cpu, memory, blkio } => {
                 let group = |base: &Path| {
+                    // Another hyperd's stop may have removed an empty base.
+                    make_group(base)?;
                     let tenant_dir = base.join(tenant_group(tenant));
                     make_group(&tenant_dir)?;
                     let dir = tenant_dir.join(id);
@@ -233,6 +238,14 @@ impl Cgroups {
         }
     }
 
+    /// At hyperd's stop: the base group goes when no VM is left in it (they carry on across a
+    /// restart, and keep it then).
+    pub fn close(&self) {
+        for base in self.bases() {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+
     fn bases(&self) -> Vec<&Path> {
         match &self.layout {
             Layout::V2 { base, .. } => vec![base],
@@ -252,7 +265,11 @@ fn tenant_group(tenant: &str) -> String {
 
 /// The unified hierarchy when it has the cpu and memory controllers, with the base group made
 /// and those controllers enabled down to it.
-fn v2(mounts: &[Mount], own: &[(Vec<String>, String)]) -> Result<Option<Cgroups>, String> {
+fn v2(
+    mounts: &[Mount],
+    own: &[(Vec<String>, String)],
+    base_name: &str,
+) -> Result<Option<Cgroups>, String> {
     let Some(mount) = mounts.iter().find(|m| m.v2) else {
         return Ok(None);
     };
@@ -268,7 +285,7 @@ fn v2(mounts: &[Mount], own: &[(Vec<String>, String)]) -> Result<Option<Cgroups>
         .find(|(controllers, _)| controllers.is_empty())
         .map_or("/", |(_, p)| p.as_str());
     let own_dir = join(&mount.path, path);
-    let base = own_dir.join(BASE);
+    let base = own_dir.join(base_name);
     let enable = if io {
         "+cpu +memory +io"
     } else {
