@@ -220,22 +220,26 @@ impl Cgroups {
     }
 
     /// Removes the group of container `id` (its VM has exited), and its tenant's when that was
-    /// the last. A group that still has processes stays, with a warning.
-    pub fn release(&self, tenant: &str, id: &str) {
+    /// the last. Busy (`EBUSY`) while a process is still in it: a VM killed a moment ago
+    /// takes a while to exit, so the caller tries again.
+    pub fn release(&self, tenant: &str, id: &str) -> io::Result<()> {
         for base in self.bases() {
             let tenant_dir = base.join(tenant_group(tenant));
             let dir = tenant_dir.join(id);
             match std::fs::remove_dir(&dir) {
-                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    tracing::warn!("removing the cgroup {}: {e}", dir.display());
-                    continue;
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("removing the cgroup {}: {e}", dir.display()),
+                    ))
                 }
+                Ok(()) => {}
             }
             // Another VM of the tenant keeps it busy: fine.
             let _ = std::fs::remove_dir(&tenant_dir);
         }
+        Ok(())
     }
 
     /// At hyperd's stop: the base group goes when no VM is left in it (they carry on across a

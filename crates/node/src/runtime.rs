@@ -660,7 +660,7 @@ impl Runtime {
                 .map_or(128, i64::from);
             let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
             wait_for_supervisor_exit(&dir).await;
-            self.release_cgroup(&c);
+            self.release_cgroup(&c).await;
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), code);
             self.fail_pending_attaches(entry, &e.to_string());
@@ -769,7 +769,7 @@ impl Runtime {
         // The exit counts once the VM is gone too: a `start` right after `stop` must not find
         // the old QEMU still holding the disk.
         wait_for_supervisor_exit(&dir).await;
-        self.release_cgroup(&entry.snapshot());
+        self.release_cgroup(&entry.snapshot()).await;
         self.release_volumes(&entry.snapshot());
         let mut state = shim_link::read_state(&dir).unwrap_or_default();
         if state.status != ShimStatus::Exited {
@@ -852,10 +852,10 @@ impl Runtime {
                     running.push(entry);
                 }
                 Status::Restarting => {
-                    self.release_cgroup(&c);
+                    self.release_cgroup(&c).await;
                     restarting.push(entry)
                 }
-                _ => self.release_cgroup(&c),
+                _ => self.release_cgroup(&c).await,
             }
         }
         // Directories no record claims are leftovers of a crash during create or rm.
@@ -1075,7 +1075,7 @@ impl Runtime {
         }
         let dir = self.dir(&c.id);
         wait_for_supervisor_exit(&dir).await;
-        self.release_cgroup(&c);
+        self.release_cgroup(&c).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}", dir.display());
         }

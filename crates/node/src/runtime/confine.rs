@@ -3,9 +3,12 @@
 //! owned it) is moved there once claimed, and the group goes once the VM has exited.
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::{processes_in, wait_for_supervisor_exit, Runtime};
 use crate::model::Container;
@@ -25,7 +28,7 @@ impl Runtime {
         };
         let _ = shim_link::request(dir, json!({"op": "shutdown"})).await;
         wait_for_supervisor_exit(dir).await;
-        self.release_cgroup(c);
+        self.release_cgroup(c).await;
         Err(RuntimeError::Internal(format!(
             "putting the VM in its cgroup: {e}"
         )))
@@ -74,9 +77,22 @@ impl Runtime {
 
     /// After the VM of `c` has exited (or at recovery, for a VM that is not running: a crash
     /// may have left its group).
-    pub(super) fn release_cgroup(&self, c: &Container) {
-        if let Some(cgroups) = &self.cfg.cgroups {
-            cgroups.release(&c.tenant, &c.id);
+    pub(super) async fn release_cgroup(&self, c: &Container) {
+        let Some(cgroups) = &self.cfg.cgroups else {
+            return;
+        };
+        // A VM just killed (its supervisor died) leaves its group once the kernel has torn it
+        // down.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match cgroups.release(&c.tenant, &c.id) {
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy && Instant::now() < deadline => {
+                    tracing::debug!("{e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return tracing::warn!("{e}"),
+                Ok(()) => return,
+            }
         }
     }
 }
