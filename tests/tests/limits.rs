@@ -74,18 +74,38 @@ fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> [Duration; 3] {
     commands.map(|args| d.hyper_tcp(cfg, args).timeout(600.0).run().ok().took)
 }
 
-/// The cgroup directories `pid` is in, in the hierarchies with a cpu or memory controller.
+/// The cgroup directories `pid` is in, in the hierarchies with a cpu, memory or I/O
+/// controller.
 fn groups_of(pid: &str) -> Vec<PathBuf> {
     let limits = [
         "cpu.max",
         "cpu.cfs_quota_us",
         "memory.max",
         "memory.limit_in_bytes",
+        "io.max",
+        "blkio.throttle.read_bps_device",
     ];
     cgroup_dirs(pid)
         .into_iter()
         .filter(|dir| limits.iter().any(|f| dir.join(f).exists()))
         .collect()
+}
+
+/// The whole disk (`major:minor`) under the data root, where VMs' disks are files: what their
+/// I/O limits name. None when the filesystem has no block device.
+fn data_disk(d: &Daemon) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(&d.data).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if major == 0 || !sys.exists() {
+        return None;
+    }
+    if !sys.join("partition").exists() {
+        return Some(format!("{major}:{minor}"));
+    }
+    let part = std::fs::canonicalize(&sys).unwrap();
+    read(part.parent().unwrap(), "dev")
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
@@ -95,7 +115,8 @@ fn read(dir: &Path, file: &str) -> Option<String> {
 }
 
 /// Checks the groups of container `id` (of one vCPU and `memory_mib`) for its QEMU and
-/// supervisor, and returns them.
+/// supervisor, and returns them. Its disk I/O is limited when the data root is on a disk and
+/// the node has a hierarchy that throttles.
 fn check_groups(d: &Daemon, tenant: &str, id: &str, memory_mib: u64) -> Vec<PathBuf> {
     let procs = container_processes(d, id);
     let qemu = procs
@@ -111,6 +132,9 @@ fn check_groups(d: &Daemon, tenant: &str, id: &str, memory_mib: u64) -> Vec<Path
     let want_tail = format!("tenant-{tenant}/{id}");
     let mut cpu_seen = false;
     let mut memory_seen = false;
+    let disk = data_disk(d);
+    // 64 MiB/s and 2000 operations per second each way for one vCPU.
+    let (bps, iops) = (64u64 << 20, 2000);
     // A quarter CPU beyond the vCPU, the kernel's and QEMU's memory beyond the size's.
     let memory = ((memory_mib + 40 + 256) << 20).to_string();
     for dir in &dirs {
@@ -136,6 +160,23 @@ fn check_groups(d: &Daemon, tenant: &str, id: &str, memory_mib: u64) -> Vec<Path
         if let Some(max) = read(dir, "memory.max").or_else(|| read(dir, "memory.limit_in_bytes")) {
             assert_eq!(max, memory, "{}", dir.display());
             memory_seen = true;
+        }
+        if let (Some(disk), Some(max)) = (&disk, read(dir, "io.max")) {
+            let want = format!("{disk} rbps={bps} wbps={bps} riops={iops} wiops={iops}");
+            assert!(max.lines().any(|l| l == want), "{}: {max}", dir.display());
+        }
+        if let Some(disk) = &disk {
+            for (file, want) in [
+                ("blkio.throttle.read_bps_device", bps),
+                ("blkio.throttle.write_bps_device", bps),
+                ("blkio.throttle.read_iops_device", iops),
+                ("blkio.throttle.write_iops_device", iops),
+            ] {
+                if let Some(max) = read(dir, file) {
+                    let want = format!("{disk} {want}");
+                    assert!(max.lines().any(|l| l == want), "{}/{file}: {max}", dir.display());
+                }
+            }
         }
         // The supervisor goes with its VM.
         let members = read(dir, "cgroup.procs").unwrap();
@@ -267,7 +308,8 @@ fn busy_tenant_leaves_another_responsive() {
     };
     figure("busy tenant idle", &quiet);
     figure(&format!("busy tenant spinning in {BUSY_VMS} VMs"), &loaded);
-    // How often the quota held each spinning VM back (cpu.stat of v1 and v2).
+    // How often the quota held each spinning VM back (cpu.stat of v1 and v2), and the disk
+    // I/O its group was charged with (io.stat, blkio.throttle.io_service_bytes).
     for (id, dirs) in spinning.iter().zip(&busy_groups) {
         if let Some(stat) = dirs.iter().find_map(|dir| read(dir, "cpu.stat")) {
             println!(
@@ -276,7 +318,18 @@ fn busy_tenant_leaves_another_responsive() {
                 stat.replace('\n', " ")
             );
         }
+        let io = ["io.stat", "blkio.throttle.io_service_bytes"];
+        if let Some(stat) = dirs.iter().find_map(|dir| io.iter().find_map(|f| read(dir, f))) {
+            println!(
+                "limits figure: disk I/O of {} (limit on {}): {}",
+                &id[..12],
+                data_disk(d).as_deref().unwrap_or("no disk"),
+                stat.replace('\n', " ")
+            );
+        }
     }
+
+    reads_from_the_disk_are_limited(d, &calm, &sleeper, &calm_groups);
 
     // A restarted hyperd finds the VMs in their groups and removes the groups with them.
     d.restart();
@@ -300,6 +353,91 @@ fn busy_tenant_leaves_another_responsive() {
             tenant_dir.display()
         );
     }
+}
+
+/// Bytes read from `disk` charged to a group: v1's `blkio.throttle.io_service_bytes`
+/// (`M:m Read N`), v2's `io.stat` (`M:m rbytes=N ...`).
+fn bytes_read(dirs: &[PathBuf], disk: &str) -> Option<u64> {
+    dirs.iter().find_map(|dir| {
+        if let Some(stat) = read(dir, "blkio.throttle.io_service_bytes") {
+            let want = format!("{disk} Read ");
+            return stat
+                .lines()
+                .find_map(|l| l.strip_prefix(&want)?.parse().ok())
+                .or(Some(0));
+        }
+        let stat = read(dir, "io.stat")?;
+        let line = stat.lines().find(|l| l.starts_with(&format!("{disk} ")));
+        Some(line.map_or(0, |l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("rbytes=")?.parse().ok())
+                .unwrap_or(0)
+        }))
+    })
+}
+
+/// A VM reading its disk past the host's page cache reads through its group's limit: the
+/// bytes are charged to the group (asserted) and the rate is printed beside the host's own
+/// read of the same file. Only where the data root is on a disk and the node throttles.
+fn reads_from_the_disk_are_limited(d: &Daemon, cfg: &Path, id: &str, dirs: &[PathBuf]) {
+    let Some(disk) = data_disk(d) else {
+        println!("limits figure: no disk I/O limit: the data root is on no block device");
+        return;
+    };
+    let Some(before) = bytes_read(dirs, &disk) else {
+        println!("limits figure: no disk I/O limit: no io or blkio group for the VM");
+        return;
+    };
+    const MIB: u64 = 128;
+    let write = format!("dd if=/dev/zero of=/big bs=1M count={MIB} && sync");
+    d.hyper_tcp(cfg, &["exec", "sleeper", "sh", "-c", &write])
+        .timeout(600.0)
+        .run()
+        .ok();
+    // The guest's data is on the host's disk now (its sync flushed QEMU's writes): drop the
+    // host's cached pages of the VM's disk so that the guest's reads reach the device.
+    let root = d.cdir(id).join("root.qcow2");
+    let root = root.to_str().unwrap();
+    Cmd::new("dd", &[&format!("of={root}"), "oflag=nocache", "conv=notrunc,fdatasync", "count=0"])
+        .run()
+        .ok();
+    Cmd::new("dd", &[&format!("if={root}"), "iflag=nocache", "count=0"])
+        .run()
+        .ok();
+    let guest = d
+        .hyper_tcp(
+            cfg,
+            &["exec", "sleeper", "dd", "if=/big", "of=/dev/null", "bs=1M", "iflag=direct"],
+        )
+        .timeout(600.0)
+        .run()
+        .ok()
+        .took;
+    let charged = bytes_read(dirs, &disk).unwrap() - before;
+    // Most of it at least: the host's page cache may have kept a few pages.
+    assert!(
+        charged >= MIB << 19,
+        "the VM's group was charged {charged} bytes read from {disk} for a {MIB} MiB read"
+    );
+    let host = Cmd::new(
+        "dd",
+        &[&format!("if={root}"), "of=/dev/null", "bs=1M", "iflag=direct"],
+    )
+    .run()
+    .ok()
+    .took;
+    let size = std::fs::metadata(root).unwrap().len() as f64 / f64::from(1 << 20);
+    d.hyper_tcp(cfg, &["exec", "sleeper", "rm", "/big"]).run().ok();
+    println!(
+        "limits figure: disk reads past the page cache: the VM read {MIB} MiB in {:.2}s \
+         ({:.0} MiB/s, limit 64 MiB/s on {disk}; {} MiB charged to its group); the host read \
+         its {size:.0} MiB disk file in {:.2}s ({:.0} MiB/s)",
+        guest.as_secs_f64(),
+        MIB as f64 / guest.as_secs_f64(),
+        charged >> 20,
+        host.as_secs_f64(),
+        size / host.as_secs_f64()
+    );
 }
 
 /// `n` requests of `path` over TLS with tenant token `token`, by one curl: each one's status

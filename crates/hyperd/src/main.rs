@@ -5,7 +5,7 @@ mod admin_client;
 mod setup;
 mod tenant;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -149,9 +149,10 @@ struct DaemonArgs {
         env = "HYPERD_NET_RECONCILE_INTERVAL"
     )]
     net_reconcile_interval: u64,
-    /// Put each VM in a cgroup with CPU and memory limits from its size, in a group per tenant
-    /// with equal CPU weights: auto (when the node has cgroup v2 or the v1 cpu and memory
-    /// hierarchies; else a warning and no limits), on (refuse to start without) or off.
+    /// Put each VM in a cgroup with CPU, memory and disk I/O limits from its size, in a group
+    /// per tenant with equal CPU weights: auto (when the node has cgroup v2 or the v1 cpu and
+    /// memory hierarchies; else a warning and no limits), on (refuse to start without) or off.
+    /// Disk I/O is limited on the block device under the data root, when there is one.
     #[arg(long, default_value = "auto", env = "HYPERD_VM_CGROUPS")]
     vm_cgroups: node::cgroups::Mode,
     /// API requests per second each tenant may make over TCP (the unix socket is not limited).
@@ -176,19 +177,20 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 fn vm_cgroups(
     mode: node::cgroups::Mode,
     node_id: &str,
+    data_root: &Path,
 ) -> anyhow::Result<Option<node::cgroups::Cgroups>> {
     use node::cgroups::{Cgroups, Mode};
     if mode == Mode::Off {
         return Ok(None);
     }
-    match Cgroups::detect(node_id) {
+    match Cgroups::detect(node_id, data_root) {
         Ok(cgroups) => {
             tracing::info!("VM limits: {}", cgroups.describe());
             Ok(Some(cgroups))
         }
         Err(why) if mode == Mode::On => anyhow::bail!("--vm-cgroups on: {why}"),
         Err(why) => {
-            tracing::warn!("VMs run without CPU and memory limits: {why}");
+            tracing::warn!("VMs run without CPU, memory and I/O limits: {why}");
             Ok(None)
         }
     }
@@ -484,7 +486,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
                 lb_binary: host.lb,
                 node_netns: args.node_netns.clone(),
             },
-            cgroups: vm_cgroups(args.vm_cgroups, &setup::node_id(&data_root)?)?,
+            cgroups: vm_cgroups(args.vm_cgroups, &setup::node_id(&data_root)?, &data_root)?,
         },
         store.clone(),
         {

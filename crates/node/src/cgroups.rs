@@ -1,7 +1,15 @@
 //! Control groups for VMs: each container's QEMU (and its supervisor) runs in a group of its
 //! own, with a CPU quota and a memory limit from its size, inside a group per tenant whose CPU
 //! and I/O weights are all equal, so a tenant with many busy VMs gets no more of the node than
-//! one with a single VM when both want it.
+//! one with a single VM when both want it. A VM's disk I/O (its root disk and volumes, files
+//! under the data root) is capped too, in bytes and operations per second from its size, on
+//! the block device that holds the data root: `io.max` on cgroup v2, the `blkio.throttle.*`
+//! files on v1. The kernel throttles I/O where it meets that device, so the cap holds what
+//! reaches the disk: reads the page cache does not answer, and writes as they are written back
+//! (on v1 only QEMU's direct writes: v1 charges write-back to the root group). A data root on
+//! a filesystem with no block device under it (tmpfs, overlayfs, btrfs's anonymous devices, a
+//! network filesystem) leaves nothing to throttle: VMs get CPU and memory limits only, and
+//! [`Cgroups::describe`] says why.
 //!
 //! The tree, below hyperd's own group in each hierarchy (as a daemon given a delegated
 //! subtree does): `hyper-<node>/tenant-<name>/<container id>`, `<node>` from the node's id so
@@ -23,6 +31,11 @@ const CPU_MARGIN_PERCENT: u64 = 25;
 /// QEMU's own memory beyond the guest's (its code, TCG's translation cache, buffers), with room
 /// to spare: the limit is against a runaway, not a tight fit.
 const QEMU_OVERHEAD_MIB: u64 = 256;
+/// Disk bandwidth per vCPU, each way: a single-vCPU VM can still boot and unpack an image at a
+/// disk's pace without one tenant's `dd` taking the whole device.
+const IO_BPS_PER_VCPU: u64 = 64 << 20;
+/// Disk operations per second per vCPU, each way.
+const IO_IOPS_PER_VCPU: u64 = 2_000;
 
 /// What a VM of a size may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +44,10 @@ pub struct VmLimits {
     pub cpu_quota_us: u64,
     pub cpu_period_us: u64,
     pub memory_bytes: u64,
+    /// Disk bytes per second, read and write each.
+    pub io_bps: u64,
+    /// Disk operations per second, read and write each.
+    pub io_iops: u64,
 }
 
 impl VmLimits {
@@ -40,6 +57,8 @@ impl VmLimits {
             cpu_quota_us: PERIOD_US * percent / 100,
             cpu_period_us: PERIOD_US,
             memory_bytes: (size.memory_mib + KERNEL_RESERVE_MIB + QEMU_OVERHEAD_MIB) << 20,
+            io_bps: u64::from(size.vcpus) * IO_BPS_PER_VCPU,
+            io_iops: u64::from(size.vcpus) * IO_IOPS_PER_VCPU,
         }
     }
 }
@@ -70,24 +89,37 @@ impl std::str::FromStr for Mode {
 enum Layout {
     /// The base group in the unified hierarchy; `io` when its io controller is there.
     V2 { base: PathBuf, io: bool },
-    /// The base group in each v1 hierarchy; `blkio` when that one has a weight.
+    /// The base group in each v1 hierarchy; `blkio` when that hierarchy is mounted.
     V1 {
         cpu: PathBuf,
         memory: PathBuf,
-        blkio: Option<PathBuf>,
+        blkio: Option<Blkio>,
     },
+}
+
+#[derive(Debug, Clone)]
+struct Blkio {
+    base: PathBuf,
+    /// `blkio.weight` is there (CFQ or BFQ kernels; not with blk-mq's other schedulers).
+    weight: bool,
+    /// The `blkio.throttle.*` files are there.
+    throttle: bool,
 }
 
 /// The node's VM groups, as found at startup.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     layout: Layout,
+    /// The whole disk (`major:minor`) that holds the data root, or why there is none.
+    disk: Result<String, String>,
 }
 
 impl Cgroups {
     /// Finds the hierarchies this process is in and makes the base group of node `node` in
-    /// them; why not when that cannot be done.
-    pub fn detect(node: &str) -> Result<Self, String> {
+    /// them, and the disk under `data_root` (VMs' disks are files there); why not when that
+    /// cannot be done.
+    pub fn detect(node: &str, data_root: &Path) -> Result<Self, String> {
+        let disk = disk_of(data_root, Path::new("/sys/dev/block"));
         let base_name = format!("hyper-{}", &node[..node.len().min(12)]);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
@@ -95,8 +127,8 @@ impl Cgroups {
             .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let mounts = parse_mounts(&mounts);
         let own = parse_own(&own);
-        if let Some(cgroups) = v2(&mounts, &own, &base_name)? {
-            return Ok(cgroups);
+        if let Some(layout) = v2(&mounts, &own, &base_name)? {
+            return Ok(Self { layout, disk });
         }
         let base_in = |controller: &str| -> Option<PathBuf> {
             let mount = mounts
@@ -115,8 +147,15 @@ impl Cgroups {
                     .into(),
             );
         };
-        let blkio = base_in("blkio").filter(|b| b.parent().is_some_and(has_blkio_weight));
-        for dir in [Some(&cpu), Some(&memory), blkio.as_ref()]
+        let blkio = base_in("blkio").map(|base| {
+            let parent = base.parent().unwrap_or(&base);
+            Blkio {
+                weight: parent.join("blkio.weight").exists(),
+                throttle: parent.join("blkio.throttle.read_bps_device").exists(),
+                base,
+            }
+        });
+        for dir in [Some(&cpu), Some(&memory), blkio.as_ref().map(|b| &b.base)]
             .into_iter()
             .flatten()
         {
@@ -124,27 +163,52 @@ impl Cgroups {
         }
         Ok(Self {
             layout: Layout::V1 { cpu, memory, blkio },
+            disk,
         })
     }
 
-    /// One line for the log: which hierarchy and where.
+    /// One line for the log: which hierarchy and where, and whether and why not disk I/O is
+    /// limited.
     pub fn describe(&self) -> String {
-        match &self.layout {
-            Layout::V2 { base, io } => format!(
-                "cgroup v2 at {} (cpu, memory{})",
-                base.display(),
-                if *io { ", io" } else { "" }
+        let io = match (&self.layout, &self.disk) {
+            (_, Err(why)) => format!("no disk I/O limits: {why}"),
+            (Layout::V2 { io: false, .. }, _) => {
+                "no disk I/O limits: the io controller is not in the unified hierarchy".into()
+            }
+            (Layout::V1 { blkio: None, .. }, _) => {
+                "no disk I/O limits: no v1 blkio hierarchy".into()
+            }
+            (Layout::V1 { blkio: Some(b), .. }, _) if !b.throttle => {
+                "no disk I/O limits: the v1 blkio hierarchy has no throttle files".into()
+            }
+            (Layout::V2 { .. }, Ok(disk)) => format!("disk I/O limits on {disk} (io.max)"),
+            (Layout::V1 { .. }, Ok(disk)) => format!(
+                "disk I/O limits on {disk} (blkio.throttle; v1 cannot throttle buffered writes \
+                 as they are written back)"
             ),
+        };
+        match &self.layout {
+            Layout::V2 { base, .. } => format!("cgroup v2 at {}; {io}", base.display()),
             Layout::V1 { cpu, memory, blkio } => format!(
-                "cgroup v1 at {} and {}{}",
+                "cgroup v1 at {} and {}{}; {io}{}",
                 cpu.display(),
                 memory.display(),
                 match blkio {
-                    Some(b) => format!(" and {}", b.display()),
-                    None => " (no I/O weights: the v1 blkio hierarchy has none here)".into(),
+                    Some(b) => format!(" and {}", b.base.display()),
+                    None => String::new(),
+                },
+                match blkio {
+                    Some(b) if !b.weight => "; no per-tenant I/O weights (the blkio hierarchy has \
+                                             no blkio.weight with this kernel's I/O scheduler)",
+                    _ => "",
                 }
             ),
         }
+    }
+
+    /// The disk whose I/O the VMs' groups limit (`major:minor`), if any.
+    pub fn io_disk(&self) -> Option<&str> {
+        self.disk.as_deref().ok()
     }
 
     /// Puts `pids` (a VM's supervisor and QEMU) in the group of container `id` of `tenant`,
@@ -174,7 +238,8 @@ impl Cgroups {
                 make_group(&tenant_dir)?;
                 write(&tenant_dir, "cpu.weight", "100")?;
                 if *io {
-                    write(&tenant_dir, "io.weight", "default 100")?;
+                    // io.weight is there with the iocost controller only.
+                    write(&tenant_dir, "io.weight", "default 100").or_else(ignore_missing)?;
                 }
                 write(&tenant_dir, "cgroup.subtree_control", controllers)?;
                 let dir = tenant_dir.join(id);
@@ -182,6 +247,11 @@ impl Cgroups {
                 write(&dir, "cpu.max", &cpu_max)?;
                 write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
                 write(&dir, "memory.swap.max", "0").or_else(ignore_missing)?;
+                if let (true, Ok(disk)) = (io, &self.disk) {
+                    let (bps, iops) = (limits.io_bps, limits.io_iops);
+                    let max = format!("{disk} rbps={bps} wbps={bps} riops={iops} wiops={iops}");
+                    write(&dir, "io.max", &max)?;
+                }
                 Ok(vec![dir])
             }
             Layout::V1 { cpu, memory, blkio } => {
@@ -210,8 +280,18 @@ impl Cgroups {
                 )?;
                 let mut dirs = vec![cpu_dir, memory_dir];
                 if let Some(blkio) = blkio {
-                    let (tenant_blkio, blkio_dir) = group(blkio)?;
-                    write(&tenant_blkio, "blkio.weight", "500")?;
+                    let (tenant_blkio, blkio_dir) = group(&blkio.base)?;
+                    if blkio.weight {
+                        write(&tenant_blkio, "blkio.weight", "500")?;
+                    }
+                    if let (true, Ok(disk)) = (blkio.throttle, &self.disk) {
+                        let bps = format!("{disk} {}", limits.io_bps);
+                        let iops = format!("{disk} {}", limits.io_iops);
+                        for way in ["read", "write"] {
+                            write(&blkio_dir, &format!("blkio.throttle.{way}_bps_device"), &bps)?;
+                            write(&blkio_dir, &format!("blkio.throttle.{way}_iops_device"), &iops)?;
+                        }
+                    }
                     dirs.push(blkio_dir);
                 }
                 Ok(dirs)
@@ -253,7 +333,7 @@ impl Cgroups {
     fn bases(&self) -> Vec<&Path> {
         match &self.layout {
             Layout::V2 { base, .. } => vec![base],
-            Layout::V1 { cpu, memory, blkio } => [Some(cpu), Some(memory), blkio.as_ref()]
+            Layout::V1 { cpu, memory, blkio } => [Some(cpu), Some(memory), blkio.as_ref().map(|b| &b.base)]
                 .into_iter()
                 .flatten()
                 .map(PathBuf::as_path)
@@ -273,7 +353,7 @@ fn v2(
     mounts: &[Mount],
     own: &[(Vec<String>, String)],
     base_name: &str,
-) -> Result<Option<Cgroups>, String> {
+) -> Result<Option<Layout>, String> {
     let Some(mount) = mounts.iter().find(|m| m.v2) else {
         return Ok(None);
     };
@@ -308,13 +388,41 @@ fn v2(
     make_group(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
     write(&base, "cgroup.subtree_control", enable)
         .map_err(|e| format!("enabling controllers in {}: {e}", base.display()))?;
-    Ok(Some(Cgroups {
-        layout: Layout::V2 { base, io },
-    }))
+    Ok(Some(Layout::V2 { base, io }))
 }
 
-fn has_blkio_weight(dir: &Path) -> bool {
-    dir.join("blkio.weight").exists()
+/// The whole disk (`major:minor`) under the filesystem of `path`, looked up in `sys_block`
+/// (/sys/dev/block): the kernel throttles whole disks only, so a partition gives its disk. Why
+/// not when the filesystem has no block device.
+fn disk_of(path: &Path, sys_block: &Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let no_disk = || {
+        format!(
+            "{} is on device {major}:{minor}, which is no block device (tmpfs, overlayfs, \
+             btrfs, a network filesystem?)",
+            path.display()
+        )
+    };
+    if major == 0 {
+        return Err(no_disk());
+    }
+    let sys = sys_block.join(format!("{major}:{minor}"));
+    if !sys.exists() {
+        return Err(no_disk());
+    }
+    if !sys.join("partition").exists() {
+        return Ok(format!("{major}:{minor}"));
+    }
+    // /sys/dev/block/M:m links to .../block/DISK/PART: the disk is the parent.
+    let part = std::fs::canonicalize(&sys).map_err(|e| format!("{}: {e}", sys.display()))?;
+    let disk = part.parent().map(|d| d.join("dev")).unwrap_or_default();
+    std::fs::read_to_string(&disk)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("the disk of partition {major}:{minor}: {}: {e}", disk.display()))
 }
 
 struct Mount {
@@ -411,16 +519,50 @@ mod tests {
     #[test]
     fn limits_follow_the_size() {
         let cases = [
-            ("s4", 125_000, (512 + 40 + 256) << 20),
-            ("m2", 225_000, (2048 + 40 + 256) << 20),
-            ("l3", 825_000, (16384 + 40 + 256) << 20),
+            ("s4", 125_000, (512 + 40 + 256) << 20, 1),
+            ("m2", 225_000, (2048 + 40 + 256) << 20, 2),
+            ("l3", 825_000, (16384 + 40 + 256) << 20, 8),
         ];
-        for (i, (size, quota, memory)) in cases.into_iter().enumerate() {
+        for (i, (size, quota, memory, vcpus)) in cases.into_iter().enumerate() {
             let l = VmLimits::for_size(&crate::sizes::lookup(size).unwrap());
             assert_eq!(l.cpu_quota_us, quota, "test[{i}]");
             assert_eq!(l.cpu_period_us, 100_000, "test[{i}]");
             assert_eq!(l.memory_bytes, memory, "test[{i}]");
+            assert_eq!(l.io_bps, vcpus * (64 << 20), "test[{i}]");
+            assert_eq!(l.io_iops, vcpus * 2000, "test[{i}]");
         }
+    }
+
+    /// A fake /sys/dev/block with disk 8:0 and its partition 8:1, and a file standing for the
+    /// data root on each.
+    #[test]
+    fn the_disk_under_a_path_is_found() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = std::env::temp_dir().join(format!("hyper-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        // The real device of the temp directory, as a disk or as a partition of disk 8:0.
+        let dev = std::fs::metadata(std::env::temp_dir()).unwrap().dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let sys = tmp.join("sys");
+        let block = tmp.join("block/sda");
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::create_dir_all(block.join("sda1")).unwrap();
+        std::fs::write(block.join("dev"), "8:0\n").unwrap();
+        let here = format!("{major}:{minor}");
+        if major == 0 {
+            let why = disk_of(&tmp, &sys).unwrap_err();
+            assert!(why.contains("no block device"), "{why}");
+        } else {
+            // Not in the table: no block device known to the kernel.
+            assert!(disk_of(&tmp, &sys).unwrap_err().contains("no block device"));
+            std::os::unix::fs::symlink(&block, sys.join(&here)).unwrap();
+            assert_eq!(disk_of(&tmp, &sys).unwrap(), here);
+            std::fs::remove_file(sys.join(&here)).unwrap();
+            std::fs::write(block.join("sda1/partition"), "1\n").unwrap();
+            std::os::unix::fs::symlink(block.join("sda1"), sys.join(&here)).unwrap();
+            assert_eq!(disk_of(&tmp, &sys).unwrap(), "8:0");
+        }
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
