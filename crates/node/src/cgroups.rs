@@ -6,7 +6,8 @@
 //! the block device that holds the data root: `io.max` on cgroup v2, the `blkio.throttle.*`
 //! files on v1. The kernel throttles I/O where it meets that device, so the cap holds what
 //! reaches the disk: reads the page cache does not answer, and writes as they are written back
-//! (on v1 only QEMU's direct writes: v1 charges write-back to the root group). A data root on
+//! (on v1 only what QEMU writes back itself, on a guest's flush: v1 charges the flusher
+//! threads' write-back to the root group). A data root on
 //! a filesystem with no block device under it (tmpfs, overlayfs, btrfs's anonymous devices, a
 //! network filesystem) leaves nothing to throttle: VMs get CPU and memory limits only, and
 //! [`Cgroups::describe`] says why.
@@ -36,6 +37,9 @@ const QEMU_OVERHEAD_MIB: u64 = 256;
 const IO_BPS_PER_VCPU: u64 = 64 << 20;
 /// Disk operations per second per vCPU, each way.
 const IO_IOPS_PER_VCPU: u64 = 2_000;
+
+const NO_BLKIO_WEIGHT: &str = "; no per-tenant I/O weights (the blkio hierarchy has no \
+                               blkio.weight with this kernel's I/O scheduler)";
 
 /// What a VM of a size may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +187,8 @@ impl Cgroups {
             }
             (Layout::V2 { .. }, Ok(disk)) => format!("disk I/O limits on {disk} (io.max)"),
             (Layout::V1 { .. }, Ok(disk)) => format!(
-                "disk I/O limits on {disk} (blkio.throttle; v1 cannot throttle buffered writes \
-                 as they are written back)"
+                "disk I/O limits on {disk} (blkio.throttle; v1 leaves the flusher threads' \
+                 write-back of QEMU's buffered writes unthrottled)"
             ),
         };
         match &self.layout {
@@ -198,8 +202,7 @@ impl Cgroups {
                     None => String::new(),
                 },
                 match blkio {
-                    Some(b) if !b.weight => "; no per-tenant I/O weights (the blkio hierarchy has \
-                                             no blkio.weight with this kernel's I/O scheduler)",
+                    Some(b) if !b.weight => NO_BLKIO_WEIGHT,
                     _ => "",
                 }
             ),
@@ -288,8 +291,16 @@ impl Cgroups {
                         let bps = format!("{disk} {}", limits.io_bps);
                         let iops = format!("{disk} {}", limits.io_iops);
                         for way in ["read", "write"] {
-                            write(&blkio_dir, &format!("blkio.throttle.{way}_bps_device"), &bps)?;
-                            write(&blkio_dir, &format!("blkio.throttle.{way}_iops_device"), &iops)?;
+                            write(
+                                &blkio_dir,
+                                &format!("blkio.throttle.{way}_bps_device"),
+                                &bps,
+                            )?;
+                            write(
+                                &blkio_dir,
+                                &format!("blkio.throttle.{way}_iops_device"),
+                                &iops,
+                            )?;
                         }
                     }
                     dirs.push(blkio_dir);
@@ -333,11 +344,13 @@ impl Cgroups {
     fn bases(&self) -> Vec<&Path> {
         match &self.layout {
             Layout::V2 { base, .. } => vec![base],
-            Layout::V1 { cpu, memory, blkio } => [Some(cpu), Some(memory), blkio.as_ref().map(|b| &b.base)]
-                .into_iter()
-                .flatten()
-                .map(PathBuf::as_path)
-                .collect(),
+            Layout::V1 { cpu, memory, blkio } => {
+                [Some(cpu), Some(memory), blkio.as_ref().map(|b| &b.base)]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path)
+                    .collect()
+            }
         }
     }
 }
@@ -422,7 +435,12 @@ fn disk_of(path: &Path, sys_block: &Path) -> Result<String, String> {
     let disk = part.parent().map(|d| d.join("dev")).unwrap_or_default();
     std::fs::read_to_string(&disk)
         .map(|s| s.trim().to_string())
-        .map_err(|e| format!("the disk of partition {major}:{minor}: {}: {e}", disk.display()))
+        .map_err(|e| {
+            format!(
+                "the disk of partition {major}:{minor}: {}: {e}",
+                disk.display()
+            )
+        })
 }
 
 struct Mount {
