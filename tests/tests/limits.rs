@@ -20,6 +20,7 @@ fn main() {
             "api_rate_and_streams_are_per_tenant",
             api_rate_and_streams_are_per_tenant,
         ),
+        ("unconfined_for_comparison", unconfined_for_comparison),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -231,6 +232,96 @@ fn id_of(d: &Daemon, cfg: &Path, name: &str) -> String {
         .out()
 }
 
+/// Prints how long tenant calm's `run_and_exec`s took, as the README quotes them.
+fn figure(label: &str, runs: &[[Duration; 3]]) {
+    let show = |i: usize| {
+        runs.iter()
+            .map(|r| format!("{:.2}s", r[i].as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "limits figure: tenant calm, {label}: run --rm busybox true: {}; exec true: {}; \
+         exec of a 100000-step shell loop: {}",
+        show(0),
+        show(1),
+        show(2)
+    );
+}
+
+/// Runs `n` containers of `cfg`'s tenant spinning in a shell loop, named `spinN`: their IDs.
+fn spin(d: &Daemon, cfg: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let name = format!("spin{i}");
+            let run = [
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "busybox",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ];
+            d.hyper_tcp(cfg, &run).timeout(300.0).run().ok();
+            id_of(d, cfg, &name)
+        })
+        .collect()
+}
+
+/// The same measure on a hyperd with `--vm-cgroups off`, for comparison (printed, not
+/// asserted); the flag leaves VMs out of any group of hyperd's.
+fn unconfined_for_comparison() {
+    let d = Daemon::start(
+        "lof",
+        DaemonOpts {
+            extra_args: ["--vm-cgroups", "off"].map(String::from).to_vec(),
+            ..DaemonOpts::default()
+        },
+    );
+    let calm = tenant_with_busybox(&d, "calm");
+    let busy = tenant_with_busybox(&d, "busy");
+    let run = [
+        "run", "-d", "--name", "sleeper", "busybox", "sleep", "100000",
+    ];
+    d.hyper_tcp(&calm, &run).timeout(300.0).run().ok();
+    let sleeper = id_of(&d, &calm, "sleeper");
+    let procs = container_processes(&d, &sleeper);
+    let qemu = procs.iter().find(|p| p.contains("qemu-system")).unwrap();
+    let qemu_pid = qemu.split_whitespace().next().unwrap();
+    for dir in groups_of(qemu_pid) {
+        assert!(
+            !dir.to_string_lossy().contains("/hyper-"),
+            "--vm-cgroups off, yet QEMU is in {}",
+            dir.display()
+        );
+    }
+    let quiet = [
+        run_and_exec(&d, &calm, "sleeper"),
+        run_and_exec(&d, &calm, "sleeper"),
+    ];
+    let spinning = spin(&d, &busy, 3);
+    std::thread::sleep(secs(5.0));
+    let loaded = [
+        run_and_exec(&d, &calm, "sleeper"),
+        run_and_exec(&d, &calm, "sleeper"),
+    ];
+    figure("--vm-cgroups off, busy tenant idle", &quiet);
+    figure("--vm-cgroups off, busy tenant spinning in 3 VMs", &loaded);
+    for id in &spinning {
+        d.hyper_tcp(&busy, &["rm", "-f", id])
+            .timeout(120.0)
+            .run()
+            .ok();
+    }
+    d.hyper_tcp(&calm, &["rm", "-f", "sleeper"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    d.stop();
+}
+
 /// Tenant `busy` fills its quota of containers with busy loops; tenant `calm` still runs and
 /// execs, and prints how long that took without and with the busy tenant (the figure of the
 /// README; not asserted). Each busy VM is in its own group with its size's limits, across a
@@ -295,21 +386,6 @@ fn busy_tenant_leaves_another_responsive() {
         run_and_exec(d, &calm, "sleeper"),
         run_and_exec(d, &calm, "sleeper"),
     ];
-    let figure = |label: &str, runs: &[[Duration; 3]]| {
-        let show = |i: usize| {
-            runs.iter()
-                .map(|r| format!("{:.2}s", r[i].as_secs_f64()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "limits figure: tenant calm, {label}: run --rm busybox true: {}; exec true: {}; \
-             exec of a 100000-step shell loop: {}",
-            show(0),
-            show(1),
-            show(2)
-        );
-    };
     figure("busy tenant idle", &quiet);
     figure(&format!("busy tenant spinning in {BUSY_VMS} VMs"), &loaded);
     // How often the quota held each spinning VM back (cpu.stat of v1 and v2), and the disk
