@@ -65,14 +65,28 @@ fn tenant_with_busybox(d: &Daemon, name: &str) -> PathBuf {
 const CPU_WORK: &str = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done";
 
 /// How long `run --rm busybox true`, `exec CTR true` and `exec CTR sh -c CPU_WORK` of `cfg`'s
-/// tenant took.
-fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> [Duration; 3] {
+/// tenant took. Each must succeed.
+fn run_and_exec(d: &Daemon, cfg: &Path, ctr: &str) -> [Timing; 3] {
+    timings(d, cfg, ctr).map(|t| Ok(t.unwrap_or_else(|e| panic!("{e}"))))
+}
+
+/// Each command's time, or how it failed.
+type Timing = Result<Duration, String>;
+
+/// As `run_and_exec`, with failures recorded rather than fatal.
+fn timings(d: &Daemon, cfg: &Path, ctr: &str) -> [Timing; 3] {
     let commands: [&[&str]; 3] = [
         &["run", "--rm", "busybox", "true"],
         &["exec", ctr, "true"],
         &["exec", ctr, "sh", "-c", CPU_WORK],
     ];
-    commands.map(|args| d.hyper_tcp(cfg, args).timeout(600.0).run().ok().took)
+    commands.map(|args| {
+        let o = d.hyper_tcp(cfg, args).timeout(600.0).run();
+        match o.code {
+            0 => Ok(o.took),
+            _ => Err(format!("`hyper {}`: {}", args.join(" "), o.stderr.trim())),
+        }
+    })
 }
 
 /// The cgroup directories `pid` is in, in the hierarchies with a cpu, memory or I/O
@@ -233,10 +247,13 @@ fn id_of(d: &Daemon, cfg: &Path, name: &str) -> String {
 }
 
 /// Prints how long tenant calm's `run_and_exec`s took, as the README quotes them.
-fn figure(label: &str, runs: &[[Duration; 3]]) {
+fn figure(label: &str, runs: &[[Timing; 3]]) {
     let show = |i: usize| {
         runs.iter()
-            .map(|r| format!("{:.2}s", r[i].as_secs_f64()))
+            .map(|r| match &r[i] {
+                Ok(t) => format!("{:.2}s", t.as_secs_f64()),
+                Err(e) => format!("failed ({})", e.lines().next().unwrap_or_default()),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -297,16 +314,13 @@ fn unconfined_for_comparison() {
             dir.display()
         );
     }
-    let quiet = [
-        run_and_exec(&d, &calm, "sleeper"),
-        run_and_exec(&d, &calm, "sleeper"),
-    ];
+    // A start can fail here under load (seen once: "the VM exited while starting", the shim's
+    // start racing the exit of a VM whose `true` was done): recorded in the figure, not fatal,
+    // as this test measures rather than checks.
+    let quiet = [timings(&d, &calm, "sleeper"), timings(&d, &calm, "sleeper")];
     let spinning = spin(&d, &busy, 3);
     std::thread::sleep(secs(5.0));
-    let loaded = [
-        run_and_exec(&d, &calm, "sleeper"),
-        run_and_exec(&d, &calm, "sleeper"),
-    ];
+    let loaded = [timings(&d, &calm, "sleeper"), timings(&d, &calm, "sleeper")];
     figure("--vm-cgroups off, busy tenant idle", &quiet);
     figure("--vm-cgroups off, busy tenant spinning in 3 VMs", &loaded);
     for id in &spinning {

@@ -253,7 +253,7 @@ impl Cgroups {
                 if let (true, Ok(disk)) = (io, &self.disk) {
                     let (bps, iops) = (limits.io_bps, limits.io_iops);
                     let max = format!("{disk} rbps={bps} wbps={bps} riops={iops} wiops={iops}");
-                    write(&dir, "io.max", &max)?;
+                    warn_io(id, write(&dir, "io.max", &max));
                 }
                 Ok(vec![dir])
             }
@@ -290,18 +290,12 @@ impl Cgroups {
                     if let (true, Ok(disk)) = (blkio.throttle, &self.disk) {
                         let bps = format!("{disk} {}", limits.io_bps);
                         let iops = format!("{disk} {}", limits.io_iops);
-                        for way in ["read", "write"] {
-                            write(
-                                &blkio_dir,
-                                &format!("blkio.throttle.{way}_bps_device"),
-                                &bps,
-                            )?;
-                            write(
-                                &blkio_dir,
-                                &format!("blkio.throttle.{way}_iops_device"),
-                                &iops,
-                            )?;
-                        }
+                        let throttle = ["read", "write"].into_iter().try_for_each(|way| {
+                            let file = |what| format!("blkio.throttle.{way}_{what}_device");
+                            write(&blkio_dir, &file("bps"), &bps)?;
+                            write(&blkio_dir, &file("iops"), &iops)
+                        });
+                        warn_io(id, throttle);
                     }
                     dirs.push(blkio_dir);
                 }
@@ -510,6 +504,14 @@ fn make_group(dir: &Path) -> io::Result<()> {
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
     std::fs::write(dir.join(file), value)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+}
+
+/// A disk the kernel will not throttle (some virtual devices) costs the VM its I/O limit, not
+/// its start.
+fn warn_io(id: &str, written: io::Result<()>) {
+    if let Err(e) = written {
+        tracing::warn!("the VM of {id} runs without disk I/O limits: {e}");
+    }
 }
 
 fn ignore_missing(e: io::Error) -> io::Result<()> {
