@@ -7,16 +7,15 @@
 //! files on v1. The kernel throttles I/O where it meets that device, so the cap holds what
 //! reaches the disk: reads the page cache does not answer, and writes as they are written back
 //! (on v1 only what QEMU writes back itself, on a guest's flush: v1 charges the flusher
-//! threads' write-back to the root group). A data root on
-//! a filesystem with no block device under it (tmpfs, overlayfs, btrfs's anonymous devices, a
-//! network filesystem) leaves nothing to throttle: VMs get CPU and memory limits only, and
-//! [`Cgroups::describe`] says why.
+//! threads' write-back to the root group). A data root on a filesystem with no block device
+//! under it (tmpfs, overlayfs, btrfs's anonymous devices, a network filesystem) leaves nothing
+//! to throttle: VMs get CPU and memory limits only, and [`Cgroups::describe`] says why.
 //!
 //! The tree, below hyperd's own group in each hierarchy (as a daemon given a delegated
 //! subtree does): `hyper-<node>/tenant-<name>/<container id>`, `<node>` from the node's id so
 //! that hyperds of several data roots on one machine (tests) keep apart. cgroup v2 is used when its
 //! hierarchy has the cpu and memory controllers; else the v1 `cpu` and `memory` hierarchies
-//! (and `blkio` when it has a weight). Groups outlive hyperd (a restarted hyperd finds its
+//! (and `blkio`, for its throttle files and, with CFQ or BFQ, its weights). Groups outlive hyperd (a restarted hyperd finds its
 //! running VMs in them) and go when their VM has exited.
 
 use std::io;
