@@ -914,7 +914,57 @@ pub fn leftovers(data: &Path) -> Vec<String> {
             l.push(format!("mount left: {m}"));
         }
     }
+    // VM cgroups: a stopped hyperd's base group (`hyper-NODE` below its own, which is this
+    // process's) goes with its last VM.
+    if let Ok(node) = std::fs::read_to_string(data.join("node-id")) {
+        let node = node.trim();
+        let base = format!("hyper-{}", &node[..node.len().min(12)]);
+        for dir in cgroup_dirs("self") {
+            if dir.join(&base).exists() {
+                l.push(format!("cgroup left: {}", dir.join(&base).display()));
+            }
+        }
+    }
     l
+}
+
+/// The cgroup directories process `pid` (or `self`) is in, one per mounted hierarchy.
+pub fn cgroup_dirs(pid: &str) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // (mount point, cgroup2, super options)
+    let mounts: Vec<(String, bool, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?.to_string();
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let options = right.nth(1).unwrap_or_default().to_string();
+            matches!(fstype, "cgroup" | "cgroup2").then_some((point, fstype == "cgroup2", options))
+        })
+        .collect();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let mount = mounts.iter().find(|(_, v2, options)| {
+            if controllers.is_empty() {
+                *v2
+            } else {
+                !*v2 && controllers
+                    .split(',')
+                    .all(|c| options.split(',').any(|o| o == c))
+            }
+        });
+        if let Some((point, ..)) = mount {
+            dirs.push(Path::new(point).join(path.trim_start_matches('/')));
+        }
+    }
+    dirs
 }
 
 /// QEMU/shim processes of one container (its directory is in their command lines).

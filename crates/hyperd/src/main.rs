@@ -5,7 +5,7 @@ mod admin_client;
 mod setup;
 mod tenant;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -154,6 +154,51 @@ struct DaemonArgs {
         env = "HYPERD_NET_RECONCILE_INTERVAL"
     )]
     net_reconcile_interval: u64,
+    /// Put each VM in a cgroup with CPU, memory and disk I/O limits from its size, in a group
+    /// per tenant with equal CPU weights: auto (when the node has cgroup v2 or the v1 cpu and
+    /// memory hierarchies; else a warning and no limits), on (refuse to start without) or off.
+    /// Disk I/O is limited on the block device under the data root, when there is one.
+    #[arg(long, default_value = "auto", env = "HYPERD_VM_CGROUPS")]
+    vm_cgroups: node::cgroups::Mode,
+    /// API requests per second each tenant may make over TCP (the unix socket is not limited).
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
+    api_rate: f64,
+    /// API requests a tenant may make at once before `--api-rate` applies.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    api_burst: u32,
+    /// Streams (attach, exec, logs -f, events, stats) each tenant may keep open over TCP.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_streams: u64,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?}: give requests per second, a number above 0")),
+    }
+}
+
+/// The node's VM cgroups as `--vm-cgroups` asks.
+fn vm_cgroups(
+    mode: node::cgroups::Mode,
+    node_id: &str,
+    data_root: &Path,
+) -> anyhow::Result<Option<node::cgroups::Cgroups>> {
+    use node::cgroups::{Cgroups, Mode};
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    match Cgroups::detect(node_id, data_root) {
+        Ok(cgroups) => {
+            tracing::info!("VM limits: {}", cgroups.describe());
+            Ok(Some(cgroups))
+        }
+        Err(why) if mode == Mode::On => anyhow::bail!("--vm-cgroups on: {why}"),
+        Err(why) => {
+            tracing::warn!("VMs run without CPU, memory and I/O limits: {why}");
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -454,6 +499,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
                 lb_binary: host.lb,
                 node_netns: args.node_netns.clone(),
             },
+            cgroups: vm_cgroups(args.vm_cgroups, &setup::node_id(&data_root)?, &data_root)?,
         },
         store.clone(),
         {
@@ -508,6 +554,11 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
             .to_string(),
+        limiter: Arc::new(server::limits::Limiter::new(server::limits::ApiLimits {
+            rate: args.api_rate,
+            burst: args.api_burst,
+            max_streams: args.max_streams as usize,
+        })),
     };
     let state_runtime = state.runtime.clone();
     let guards = server::revocation::Guards::start(state.accounts.clone());
@@ -566,6 +617,9 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     // go with hyperd.
     state_runtime.close_standby().await;
     state_runtime.reap_all_idle_networks().await;
+    if let Some(cgroups) = &state_runtime.config().cgroups {
+        cgroups.close();
+    }
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }

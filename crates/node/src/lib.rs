@@ -1,6 +1,7 @@
 //! The node role: runs a tenant's containers on this host, one microVM each, through the per-VM
 //! supervisor (`hyper-shim`), and keeps their records in the store.
 
+pub mod cgroups;
 pub mod events;
 pub mod host;
 pub mod images;

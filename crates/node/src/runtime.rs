@@ -31,6 +31,7 @@ use crate::{sizes, validate, Result, RuntimeError};
 
 mod archive;
 mod commit;
+mod confine;
 mod exec_events;
 mod health;
 mod pause;
@@ -67,6 +68,8 @@ pub struct RuntimeConfig {
     pub net: NetConfig,
     /// Free space kept on the data root (`storage`).
     pub disk_reserve: DiskReserve,
+    /// Where VMs get their CPU and memory limits (`None`: they run unconfined).
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -657,7 +660,11 @@ impl Runtime {
             return Err(RuntimeError::io("write spec.json")(e));
         }
 
-        if let Err(e) = self.bring_up_vm(&spec, &dir).await {
+        let up = match self.bring_up_vm(&c, &spec, &dir).await {
+            Ok(()) => self.confine_vm(&c, &dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = up {
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), 128);
             self.fail_pending_attaches(entry, &e.to_string());
@@ -670,6 +677,7 @@ impl Runtime {
                 .map_or(128, i64::from);
             let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
             wait_for_supervisor_exit(&dir).await;
+            self.release_cgroup(&c).await;
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), code);
             self.fail_pending_attaches(entry, &e.to_string());
@@ -699,9 +707,9 @@ impl Runtime {
 
     /// A supervisor and its VM for the container in `dir`: a standby claimed when one fits,
     /// else a new one (restored from the template or booted cold).
-    async fn bring_up_vm(&self, spec: &ShimSpec, dir: &Path) -> Result<()> {
+    async fn bring_up_vm(&self, c: &Container, spec: &ShimSpec, dir: &Path) -> Result<()> {
         let Some(pool) = &self.standby else {
-            return self.launch_shim(dir).await;
+            return self.launch_shim(c, dir).await;
         };
         let claimed = match pool.take(spec) {
             Some(standby) => pool.claim(&standby, dir).await.is_ok(),
@@ -710,14 +718,15 @@ impl Runtime {
         let up = if claimed {
             Ok(())
         } else {
-            self.launch_shim(dir).await
+            self.launch_shim(c, dir).await
         };
         pool.fill();
         up
     }
 
-    async fn launch_shim(&self, dir: &Path) -> Result<()> {
-        launch_supervisor(&self.cfg.shim_binary, dir).await
+    async fn launch_shim(&self, c: &Container, dir: &Path) -> Result<()> {
+        let cgroup = self.cgroup_entries(c)?;
+        launch_supervisor(&self.cfg.shim_binary, dir, &cgroup).await
     }
 
     fn record_start_failure(&self, entry: &Entry, error: &str, exit_code: i64) {
@@ -777,6 +786,7 @@ impl Runtime {
         // The exit counts once the VM is gone too: a `start` right after `stop` must not find
         // the old QEMU still holding the disk.
         wait_for_supervisor_exit(&dir).await;
+        self.release_cgroup(&entry.snapshot()).await;
         self.release_volumes(&entry.snapshot());
         let mut state = shim_link::read_state(&dir).unwrap_or_default();
         if state.status != ShimStatus::Exited {
@@ -856,13 +866,17 @@ impl Runtime {
             match c.state.status {
                 Status::Running => {
                     self.rehold_volumes(&entry);
+                    self.adopt_cgroup(&c);
                     entry.attach_gate.lock().expect("poisoned").vm_up = true;
                     // Paused or not, as the VM is now.
                     self.sync_paused(&entry).await;
                     running.push(entry);
                 }
-                Status::Restarting => restarting.push(entry),
-                _ => {}
+                Status::Restarting => {
+                    self.release_cgroup(&c).await;
+                    restarting.push(entry)
+                }
+                _ => self.release_cgroup(&c).await,
             }
             if c.state.status != Status::Running {
                 // A start (or a restart by policy) cut short by hyperd's death leaves a
@@ -1105,6 +1119,7 @@ impl Runtime {
         }
         let dir = self.dir(&c.id);
         wait_for_supervisor_exit(&dir).await;
+        self.release_cgroup(&c).await;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!("removing {}: {e}", dir.display());
         }
@@ -1470,17 +1485,40 @@ async fn wait_for_supervisor_exit(dir: &Path) {
 }
 
 /// `hyper-shim --dir DIR`: returns once the VM of `dir`'s spec is up under its supervisor.
-pub(crate) async fn launch_supervisor(shim_binary: &Path, dir: &Path) -> Result<()> {
+/// The supervisor (and so its QEMU) first enters the cgroups whose open `cgroup.procs` files
+/// are in `cgroup`.
+pub(crate) async fn launch_supervisor(
+    shim_binary: &Path,
+    dir: &Path,
+    cgroup: &[std::fs::File],
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
     // The shim daemonizes: its stderr goes to a file so no pipe outlives the launcher.
     let err_path = dir.join("launch.err");
     let err_file =
         std::fs::File::create(&err_path).map_err(RuntimeError::io("create launch.err"))?;
-    let status = tokio::process::Command::new(shim_binary)
+    let mut command = tokio::process::Command::new(shim_binary);
+    command
         .arg("--dir")
         .arg(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(err_file)
+        .stderr(err_file);
+    let procs: Vec<i32> = cgroup.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: between fork and exec the child only calls write(2), which is async-signal-safe,
+    // on descriptors the parent keeps open until the child has been spawned.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &procs {
+                // "0": the writing process itself.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = command
         .status()
         .await
         .map_err(RuntimeError::io(format!("run {}", shim_binary.display())))?;
@@ -1603,15 +1641,20 @@ fn kill_orphaned_vm(dir: &Path) {
     }
 }
 
-/// SIGKILL every live process of `dir` (see [`runs_in`]); how many were found.
-pub(crate) fn kill_processes_in(dir: &Path) -> usize {
-    let pids: Vec<i32> = std::fs::read_dir("/proc")
+/// Every live process of `dir` (see [`runs_in`]).
+pub(crate) fn processes_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|&pid| process_running(pid) && runs_in(pid, dir))
-        .collect();
+        .collect()
+}
+
+/// SIGKILL every live process of `dir` (see [`runs_in`]); how many were found.
+pub(crate) fn kill_processes_in(dir: &Path) -> usize {
+    let pids = processes_in(dir);
     for &pid in &pids {
         // SAFETY: plain kill(2) of a process whose command line, root or cwd is `dir`.
         unsafe { libc::kill(pid, libc::SIGKILL) };

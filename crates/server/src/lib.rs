@@ -9,6 +9,7 @@ pub mod credentials;
 mod detach_keys;
 mod docker_json;
 pub mod error;
+pub mod limits;
 pub mod revocation;
 mod routes;
 pub mod seal;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub tls: Option<Arc<tls::Authority>>,
     pub node_id: String,
     pub node_name: String,
+    /// Per-tenant request and stream limits of the TCP API.
+    pub limiter: Arc<limits::Limiter>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -157,7 +160,12 @@ pub fn router(state: AppState) -> Router {
         "/volumes/upload/{session}/{volume}",
         post(volume_init::upload),
     );
+    // Layers run last added first: the tenant is known before its limits are checked.
     api.layer(axum::middleware::from_fn_with_state(
+        state.limiter.clone(),
+        limits::limit,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
         state.accounts.clone(),
         transport::authenticate,
     ))

@@ -15,6 +15,7 @@ use tokio::net::UnixStream;
 
 use crate::detach_keys::Escape;
 use crate::error::ApiError;
+use crate::limits::StreamSlot;
 
 /// The stream byte of the supervisor's last exec frame, which carries `{"exit_code": N}`.
 const EXIT_FRAME: u8 = 255;
@@ -27,14 +28,27 @@ pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A client's raw connection, with the tenant's stream slot (`crate::limits`) to hold for as
+/// long as the stream is open.
+pub type Hijacked = (hyper::upgrade::Upgraded, Option<StreamSlot>);
+
 /// Answers `101 UPGRADED` and hands back the future of the raw connection.
-pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade), ApiError> {
+pub fn hijack(
+    req: &mut Request,
+) -> Result<
+    (
+        Response,
+        impl std::future::Future<Output = Option<Hijacked>>,
+    ),
+    ApiError,
+> {
     let wants_upgrade = req.headers().get(header::UPGRADE).is_some();
     if !wants_upgrade {
         return Err(ApiError::bad_request(
             "this endpoint needs a hijacked connection: send Connection: Upgrade, Upgrade: tcp",
         ));
     }
+    let slot = req.extensions_mut().remove::<StreamSlot>();
     let on_upgrade = hyper::upgrade::on(req);
     let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -43,7 +57,8 @@ pub fn hijack(req: &mut Request) -> Result<(Response, hyper::upgrade::OnUpgrade)
         .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
         .body(Body::empty())
         .expect("valid response");
-    Ok((response, on_upgrade))
+    let upgraded = async move { on_upgrade.await.ok().map(|io| (io, slot)) };
+    Ok((response, upgraded))
 }
 
 /// Copies client input to the supervisor and its frames back to the client until the process

@@ -369,7 +369,9 @@ impl HelperVm {
                 &serde_json::to_vec_pretty(&spec).expect("json"),
             )
             .map_err(RuntimeError::io("write spec.json"))?;
-            launch_supervisor(&runtime.cfg.shim_binary, &dir).await?;
+            // The container's own group: a helper VM is no way around the tenant's limits.
+            let cgroup = runtime.cgroup_entries(&c)?;
+            launch_supervisor(&runtime.cfg.shim_binary, &dir, &cgroup).await?;
             shim_link::request(&dir, json!({"op": "mount"})).await?;
             Ok::<_, RuntimeError>(())
         }
@@ -392,6 +394,7 @@ impl HelperVm {
         let disk = self.disk.take();
         stop(&self.dir).await;
         self.runtime.release_volumes(&self.container);
+        self.runtime.release_cgroup(&self.container).await;
         drop(disk);
     }
 }
@@ -410,6 +413,7 @@ impl Drop for HelperVm {
         let done = async move {
             stop(&dir).await;
             runtime.release_volumes(&c);
+            runtime.release_cgroup(&c).await;
             drop(disk);
         };
         match tokio::runtime::Handle::try_current() {

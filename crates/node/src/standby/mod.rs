@@ -193,7 +193,7 @@ impl StandbyPool {
             dir.join(shim::paths::SPEC),
             serde_json::to_vec_pretty(&spec)?,
         )?;
-        if let Err(e) = crate::runtime::launch_supervisor(&self.shim_binary, &dir).await {
+        if let Err(e) = crate::runtime::launch_supervisor(&self.shim_binary, &dir, &[]).await {
             discard(&dir).await;
             anyhow::bail!("a standby VM: {e}");
         }

@@ -537,7 +537,9 @@ pub async fn attach(
     };
     let (response, upgrade) = streams::hijack(&mut req)?;
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
+        let Some((upgraded, _slot)) = upgrade.await else {
+            return;
+        };
         if !past.is_empty() {
             // Clients that read the 101 through a buffered reader and then the raw socket
             // (docker-py) lose what arrives with it: the log goes out a moment later, as

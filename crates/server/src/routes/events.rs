@@ -139,10 +139,13 @@ pub async fn events_ws(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
     Query(q): Query<Params>,
+    slot: Option<Extension<crate::limits::StreamSlot>>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let mut rx = feed(&app, tenant, &q)?;
     Ok(ws.on_upgrade(move |mut socket| async move {
+        // The tenant's stream slot, held while the socket is open.
+        let _slot = slot;
         loop {
             tokio::select! {
                 event = rx.recv() => match event {

@@ -110,7 +110,9 @@ pub async fn start(
         .transpose()?
         .map(crate::detach_keys::Escape::new);
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
+        let Some((upgraded, _slot)) = upgrade.await else {
+            return;
+        };
         let session = streams::Session {
             tty,
             stdin: info.config.attach_stdin,
