@@ -370,7 +370,7 @@ impl HelperVm {
             )
             .map_err(RuntimeError::io("write spec.json"))?;
             // The container's own group: a helper VM is no way around the tenant's limits.
-            let cgroup = runtime.cgroup_entries(&c)?;
+            let cgroup = runtime.cgroup_entries(c)?;
             launch_supervisor(&runtime.cfg.shim_binary, &dir, &cgroup).await?;
             shim_link::request(&dir, json!({"op": "mount"})).await?;
             Ok::<_, RuntimeError>(())
