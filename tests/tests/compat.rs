@@ -24,6 +24,7 @@ fn main() {
         ),
         ("health_checks", health_checks),
         ("compose_waits_for_healthy", compose_waits_for_healthy),
+        ("compose_exec_on_a_terminal", compose_exec_on_a_terminal),
         (
             "detach_keys_leave_processes_running",
             detach_keys_leave_processes_running,
@@ -684,6 +685,64 @@ services:
         "{events}"
     );
     compose(&["down"]).ok();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `docker-compose exec` on a terminal: a shell that answers what is typed, and nothing typed
+/// that was not (no NUL reaching the terminal's input, which the shell would echo as `^@`).
+fn compose_exec_on_a_terminal() {
+    let d = daemon();
+    let dir = short_tmp("cx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        "version: \"2.4\"\nservices:\n  box:\n    image: busybox\n    command: sleep 600\n",
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let mut a = vec!["-p", "cx", "-f", file.to_str().unwrap()];
+        a.extend_from_slice(args);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    Cmd::new(
+        "docker-compose",
+        &compose(&["up", "-d"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .env("DOCKER_HOST", d.unix_host())
+    .timeout(180.0)
+    .run()
+    .ok();
+    let mut cmd = std::process::Command::new("docker-compose");
+    cmd.args(compose(&["exec", "box", "sh"]))
+        .env("DOCKER_HOST", d.unix_host())
+        .env("DOCKER_CONFIG", d.data.join("noconfig"))
+        .env("TERM", "xterm");
+    let t = e2e::pty::run_on_pty_steps(
+        cmd,
+        &[("#", "echo hi-$((40+2))\r"), ("hi-42", "exit\r")],
+        secs(120.0),
+    );
+    assert_eq!(t.code, 0, "terminal:\n{}", t.output);
+    assert!(
+        !t.output.contains("^@") && !t.output.contains('\0'),
+        "a stray byte reached the terminal:\n{:?}",
+        t.output
+    );
+    Cmd::new(
+        "docker-compose",
+        &compose(&["down"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .env("DOCKER_HOST", d.unix_host())
+    .timeout(180.0)
+    .run()
+    .ok();
     let _ = std::fs::remove_dir_all(dir);
 }
 
