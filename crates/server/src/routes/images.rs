@@ -196,7 +196,7 @@ pub async fn load(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
     Extension(peer): Extension<Peer>,
-    Query(q): Query<Params>,
+    Query(_): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
     app.runtime.check_storage(&tenant)?;
@@ -224,7 +224,8 @@ pub async fn load(
             None => file.write_all(&chunk).map_err(spool_err)?,
         }
     }
-    let mut quiet = flag(&q, "quiet", false);
+    // `quiet` only hides progress, which a load here has none of: the "Loaded image" lines go
+    // out either way, as dockerd's do.
     if let Some(raw) = json_body {
         let req: Value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request(format!("invalid load request: {e}")))?;
@@ -232,7 +233,6 @@ pub async fn load(
             .as_str()
             .filter(|u| !u.is_empty())
             .ok_or_else(|| ApiError::bad_request("a JSON load request needs fromSrc (a URL)"))?;
-        quiet |= req["quiet"].as_bool().unwrap_or(false);
         image::fetch::download(url, spool.path(), MAX_REMOTE_ARCHIVE, &reach(&app, peer))
             .await
             .map_err(fetch_error)?;
@@ -244,15 +244,7 @@ pub async fn load(
         .await?;
     let body: String = lines
         .iter()
-        .map(|l| {
-            if quiet {
-                json!({"stream": ""})
-            } else {
-                json!({"stream": format!("{l}\n")})
-            }
-            .to_string()
-                + "\n"
-        })
+        .map(|l| json!({"stream": format!("{l}\n")}).to_string() + "\n")
         .collect();
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
