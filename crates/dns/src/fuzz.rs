@@ -52,7 +52,8 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|l| [vec![l.len() as u8], l].concat()),
         prop::collection::vec(any::<u8>(), 0..70).prop_map(|l| [vec![l.len() as u8], l].concat()),
         // A length byte with the label-type bits set (0x40, 0x80: reserved; 0xC0: pointer).
-        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(t, l)| [vec![t], l].concat()),
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..4))
+            .prop_map(|(t, l)| [vec![t], l].concat()),
     ];
     let end = prop_oneof![
         3 => Just(vec![0u8]),
@@ -60,7 +61,8 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
         1 => (0u16..64).prop_map(|off| (0xC000 | off).to_be_bytes().to_vec()),
         1 => Just(vec![]),
     ];
-    (prop::collection::vec(label, 0..6), end).prop_map(|(labels, end)| [labels.concat(), end].concat())
+    (prop::collection::vec(label, 0..6), end)
+        .prop_map(|(labels, end)| [labels.concat(), end].concat())
 }
 
 fn record_type() -> impl Strategy<Value = u16> {
@@ -75,16 +77,19 @@ fn record_type() -> impl Strategy<Value = u16> {
 fn packet() -> impl Strategy<Value = Vec<u8>> {
     let question = (name(), record_type(), prop_oneof![Just(1u16), any::<u16>()])
         .prop_map(|(n, t, c)| [n, t.to_be_bytes().to_vec(), c.to_be_bytes().to_vec()].concat());
-    let opt = (any::<u16>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..16)).prop_map(
-        |(size, ttl, rdata)| {
+    let opt = (
+        any::<u16>(),
+        any::<u32>(),
+        prop::collection::vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(size, ttl, rdata)| {
             let mut v = vec![0u8, 0, 41];
             v.extend_from_slice(&size.to_be_bytes());
             v.extend_from_slice(&ttl.to_be_bytes());
             v.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
             v.extend_from_slice(&rdata);
             v
-        },
-    );
+        });
     (
         any::<u16>(),
         prop_oneof![3 => Just(0x0100u16), 1 => any::<u16>()],
@@ -95,12 +100,7 @@ fn packet() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
     )
         .prop_map(|(id, flags, questions, opt, counts, tail, flips)| {
-            let counts = counts.unwrap_or([
-                questions.len() as u16,
-                0,
-                0,
-                u16::from(opt.is_some()),
-            ]);
+            let counts = counts.unwrap_or([questions.len() as u16, 0, 0, u16::from(opt.is_some())]);
             let mut v = id.to_be_bytes().to_vec();
             v.extend_from_slice(&flags.to_be_bytes());
             for c in counts {
