@@ -2,6 +2,8 @@
 //! supervisor (`hyper-shim`), and keeps their records in the store.
 
 pub mod events;
+#[cfg(test)]
+mod fuzz_inputs;
 pub mod host;
 pub mod images;
 pub mod logs;

@@ -29,6 +29,8 @@ use crate::standby::StandbyPool;
 use crate::volumes::Volumes;
 use crate::{sizes, validate, Result, RuntimeError};
 
+#[cfg(test)]
+mod fuzz;
 mod health;
 mod restart;
 mod volume_init;
