@@ -361,6 +361,12 @@ pub fn verify(
                 "header {present} is present but not in SignedHeaders"
             )));
         }
+        // Only one value is signed: a second one could be added on the way unnoticed.
+        if headers.get_all(present.as_str()).iter().nth(1).is_some() {
+            return Err(AuthError::Malformed(format!(
+                "header {present} is sent more than once; a signed header takes one value"
+            )));
+        }
     }
     let signed = signed_values(headers, &auth.signed_headers).map_err(|name| {
         AuthError::Malformed(format!("signed header {name} is missing or not ASCII"))
@@ -401,5 +407,7 @@ pub fn verify(
     Ok(auth.access_key.to_string())
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -258,6 +258,25 @@ fn rejections() {
     }
 }
 
+/// Found by `fuzz::fuzz_sign_then_verify`: only the first value of a header is signed, so a
+/// second `Content-MD5` (or `X-Hyper-*`) value added after signing went through unnoticed.
+#[test]
+fn refuses_a_signed_header_sent_twice() {
+    let (method, uri, mut headers, body, now) = signed_post();
+    assert_eq!(
+        verify(&method, &uri, &headers, &body, now, lookup),
+        Ok("ak".into())
+    );
+    headers.append(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    let err = verify(&method, &uri, &headers, &body, now, lookup).unwrap_err();
+    assert_eq!(
+        err,
+        AuthError::Malformed(
+            "header content-type is sent more than once; a signed header takes one value".into()
+        )
+    );
+}
+
 #[test]
 fn wrong_secret() {
     let (m, u, h, b, now) = signed_post();

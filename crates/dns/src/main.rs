@@ -49,6 +49,8 @@
 mod answer;
 mod config;
 mod forward;
+#[cfg(test)]
+mod fuzz;
 mod handler;
 mod listener;
 mod listeners;

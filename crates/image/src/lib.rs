@@ -43,6 +43,8 @@ pub mod source;
 mod unpack;
 
 #[cfg(test)]
+mod fuzz_unpack;
+#[cfg(test)]
 mod test_utils;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,8 @@
 
 pub mod cgroups;
 pub mod events;
+#[cfg(test)]
+mod fuzz_inputs;
 pub mod host;
 pub mod images;
 pub mod logs;

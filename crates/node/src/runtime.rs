@@ -33,6 +33,8 @@ mod archive;
 mod commit;
 mod confine;
 mod exec_events;
+#[cfg(test)]
+mod fuzz;
 mod health;
 mod pause;
 mod restart;

@@ -35,8 +35,8 @@ const HEADER: u64 = 512;
 /// the entry named: paths with `..` or absolute ones, entries below a symlink or a file of the
 /// archive, device nodes, fifos and sparse files (a volume source is files, and a device node
 /// has no business on the host), and archives that are not tar at all. `limit_bytes` (the
-/// volume's size) bounds the file bytes plus [`ENTRY_OVERHEAD`] per entry, checked before each
-/// entry is written. On error `tree` may hold part of the content.
+/// volume's size) bounds the file bytes plus [`ENTRY_OVERHEAD`] per entry (and per directory
+/// an entry's path makes on its way), checked before each entry is written. On error `tree` may hold part of the content.
 pub fn unpack_upload(tar: &Path, tree: &Path, limit_bytes: u64) -> Result<u64, SourceError> {
     let reader = crate::layer::open_decompressed(tar)?;
     let mut archive = tar::Archive::new(reader);
@@ -60,7 +60,7 @@ pub fn unpack_upload(tar: &Path, tree: &Path, limit_bytes: u64) -> Result<u64, S
         }
         let said = std::mem::take(&mut pending);
         budget.charge(ENTRY_OVERHEAD.saturating_add(entry.size()))?;
-        write_entry(&mut unpacker, &mut entry, said)?;
+        write_entry(&mut unpacker, tree, &mut entry, said, &mut budget)?;
     }
     if seen == 0 {
         return Err(SourceError::NotTar);
@@ -211,14 +211,17 @@ fn bytes_path(bytes: &[u8]) -> Result<PathBuf, SourceError> {
 /// Writes one entry, with what its extension headers said taking precedence over its own.
 fn write_entry(
     unpacker: &mut Unpacker,
+    tree: &Path,
     entry: &mut RawEntry,
     said: Pending,
+    budget: &mut Budget,
 ) -> Result<(), SourceError> {
     let raw_path = match &said.path {
         Some(p) => bytes_path(p)?,
         None => bytes_path(&entry.path_bytes())?,
     };
     let rel = entry_path(&raw_path)?;
+    budget.charge(ENTRY_OVERHEAD.saturating_mul(missing_parents(tree, &rel)))?;
     if said.size.is_some_and(|s| s != entry.size()) {
         return Err(bad(format!(
             "{}: a pax size that overrides the header's is not supported",
@@ -255,6 +258,25 @@ fn write_entry(
     };
     unpacker.create(&node, entry, "upload")?;
     Ok(())
+}
+
+/// The directories writing `rel` makes on its way (its parents not there yet): each takes an
+/// entry's room as much as one the archive names, so each is charged like one. Otherwise one
+/// entry named `a/a/a/...` would make thousands of directories for the price of one.
+fn missing_parents(tree: &Path, rel: &Path) -> u64 {
+    let parents: Vec<_> = rel
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .collect();
+    let mut cur = tree.to_path_buf();
+    for (i, c) in parents.iter().enumerate() {
+        cur.push(c);
+        if std::fs::symlink_metadata(&cur).is_err() {
+            return (parents.len() - i) as u64;
+        }
+    }
+    0
 }
 
 /// What an entry of type `kind` makes, or why it is refused.

@@ -10,6 +10,8 @@
 mod daemon;
 mod dns;
 pub mod fips;
+#[cfg(test)]
+mod fuzz;
 mod guest_files;
 pub mod ipam;
 pub mod lb;

@@ -20,6 +20,9 @@ use crate::streams;
 use crate::transport::TenantId;
 use crate::AppState;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Docker's `--memory` and `--cpus` (compose's `mem_limit`, `cpus`) choose the smallest Hyper
 /// size that holds them, recorded as the size label (inspect shows it). Beside an explicit
 /// size they would be ambiguous: refused.
@@ -75,15 +78,12 @@ fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>>
         .unwrap_or_default())
 }
 
-pub async fn create(
-    State(app): State<AppState>,
-    Extension(TenantId(tenant)): Extension<TenantId>,
-    Query(q): Query<Params>,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let raw: Value = super::json_body(&body, "JSON body")?;
+/// A create's body as the runtime takes it: config, host config and network aliases; what
+/// hyper does not do refused first (501), then what does not parse (400).
+fn create_request(body: &[u8]) -> ApiResult<(ContainerConfig, HostConfig, Vec<String>)> {
+    let raw: Value = super::json_body(body, "JSON body")?;
     super::unsupported::refuse_unsupported(&raw)?;
-    let config: ContainerConfig = serde_json::from_value(raw.clone())
+    let mut config: ContainerConfig = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
     if config.image.is_empty() {
         return Err(ApiError::bad_request("no image given"));
@@ -94,8 +94,17 @@ pub async fn create(
             .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?,
     };
     let aliases = endpoint_request(&raw, &mut host_config)?;
-    let mut config = config;
     size_from_resources(&raw["HostConfig"], &mut config)?;
+    Ok((config, host_config, aliases))
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Query(q): Query<Params>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (config, host_config, aliases) = create_request(&body)?;
     let c = app
         .runtime
         .create(

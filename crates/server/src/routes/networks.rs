@@ -1,10 +1,13 @@
 //! `/networks`: Docker's network API over the tenant's networks (enough for `docker network`
 //! and for compose's project network). Each container has one network, chosen at create.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use ipnet::Ipv4Net;
 use node::network::NetworkRecord;
 use serde_json::{json, Value};
 
@@ -12,6 +15,9 @@ use super::{filter_values, Params};
 use crate::error::{ApiError, ApiResult};
 use crate::transport::TenantId;
 use crate::AppState;
+
+#[cfg(test)]
+mod fuzz;
 
 fn network_json(n: &NetworkRecord, containers: &[node::model::Container]) -> Value {
     let members: serde_json::Map<String, Value> = containers
@@ -139,38 +145,91 @@ fn refuse_unsupported_network_options(raw: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn create(
-    State(app): State<AppState>,
-    Extension(TenantId(tenant)): Extension<TenantId>,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let raw: Value = super::json_body(&body, "network config")?;
-    let name = raw["Name"].as_str().unwrap_or("").to_string();
+/// What a `network create` asks for, once checked: nothing else in its body is acted on.
+#[derive(Debug)]
+pub(crate) struct NetworkRequest {
+    pub name: String,
+    pub subnet: Option<Ipv4Net>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A field of the wrong JSON type is refused (Docker's JSON decoding refuses it too), never
+/// read as absent: a `Subnet` of 10 or `Labels` of numbers would otherwise be dropped unseen.
+fn typed<'a, T>(
+    raw: &'a Value,
+    field: &str,
+    what: &str,
+    get: impl Fn(&'a Value) -> Option<T>,
+) -> ApiResult<Option<T>> {
+    match raw {
+        Value::Null => Ok(None),
+        v => get(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{field} must be {what}, not {v}"))),
+    }
+}
+
+/// The checks a network create's body goes through before the runtime sees it.
+pub(crate) fn create_request(body: &[u8]) -> ApiResult<NetworkRequest> {
+    let raw: Value = super::json_body(body, "network config")?;
+    if !raw.is_object() {
+        return Err(ApiError::bad_request(
+            "the network config must be a JSON object",
+        ));
+    }
+    let name = typed(&raw["Name"], "Name", "a string", Value::as_str)?.unwrap_or("");
     if name.is_empty() {
         return Err(ApiError::bad_request("the network needs a name"));
     }
-    let driver = raw["Driver"].as_str().unwrap_or("");
+    let driver = typed(&raw["Driver"], "Driver", "a string", Value::as_str)?.unwrap_or("");
     if !matches!(driver, "" | "bridge") {
         return Err(ApiError::not_implemented(format!(
             "hyper does not support the network driver {driver:?}; tenant networks are bridges"
         )));
     }
-    if raw["EnableIPv6"].as_bool() == Some(true) {
+    if typed(
+        &raw["EnableIPv6"],
+        "EnableIPv6",
+        "a boolean",
+        Value::as_bool,
+    )? == Some(true)
+    {
         return Err(ApiError::not_implemented("hyper networks are IPv4 only"));
     }
     refuse_unsupported_network_options(&raw)?;
-    let configs = raw["IPAM"]["Config"]
-        .as_array()
+    let configs = typed(&raw["IPAM"], "IPAM", "an object", Value::as_object)?
+        .map(|ipam| {
+            typed(
+                ipam.get("Config").unwrap_or(&Value::Null),
+                "IPAM.Config",
+                "an array",
+                Value::as_array,
+            )
+        })
+        .transpose()?
+        .flatten()
         .cloned()
         .unwrap_or_default();
     if configs.len() > 1 {
         return Err(ApiError::not_implemented("a network has one subnet"));
     }
-    let subnet = match configs.first().and_then(|c| c["Subnet"].as_str()) {
+    let config = configs.first().unwrap_or(&Value::Null);
+    typed(config, "IPAM.Config[0]", "an object", Value::as_object)?;
+    let subnet = match typed(
+        &config["Subnet"],
+        "IPAM.Config[0].Subnet",
+        "a string",
+        Value::as_str,
+    )? {
         Some(s) => Some(node::network::ipam::parse_subnet(s).map_err(ApiError::bad_request)?),
         None => None,
     };
-    if let Some(gw) = configs.first().and_then(|c| c["Gateway"].as_str()) {
+    if let Some(gw) = typed(
+        &config["Gateway"],
+        "IPAM.Config[0].Gateway",
+        "a string",
+        Value::as_str,
+    )? {
         let expected = subnet.map(node::network::ipam::gateway_of);
         if expected.map(|e| e.to_string()) != Some(gw.to_string()) {
             return Err(ApiError::bad_request(format!(
@@ -178,7 +237,29 @@ pub async fn create(
             )));
         }
     }
-    let labels = serde_json::from_value(raw["Labels"].clone()).unwrap_or_default();
+    let labels = match &raw["Labels"] {
+        Value::Null => BTreeMap::new(),
+        l => serde_json::from_value(l.clone()).map_err(|_| {
+            ApiError::bad_request(format!("Labels must be an object of strings, not {l}"))
+        })?,
+    };
+    Ok(NetworkRequest {
+        name: name.to_string(),
+        subnet,
+        labels,
+    })
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let NetworkRequest {
+        name,
+        subnet,
+        labels,
+    } = create_request(&body)?;
     let n = app
         .runtime
         .with_networks(move |n| n.create_network(&tenant, &name, subnet, labels))

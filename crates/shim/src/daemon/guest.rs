@@ -636,6 +636,9 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

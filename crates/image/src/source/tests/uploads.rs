@@ -70,6 +70,21 @@ fn upload_reads_long_names_and_pax_records() {
     assert!(!w.tree().join("short").exists());
 }
 
+/// Found by `fuzz_unpack::fuzz_unpack_upload`: the directories an entry's path makes on its
+/// way were not charged, so one entry `d/d/.../f` made a tree many times the volume's size.
+#[test]
+fn upload_charges_the_directories_a_path_makes() {
+    let w = Work::new("up-deep");
+    let deep = format!("{}f", "d/".repeat(45));
+    let tar = Layer::new().file(&deep, b"", 0o644, 0, 0).finish();
+    // The header, the file and one of its 45 directories fit; the other 44 do not.
+    let err = w.unpack(&tar, 512 + 2 * ENTRY_OVERHEAD).unwrap_err();
+    assert!(matches!(err, SourceError::TooLarge { .. }), "{err}");
+    let w = Work::new("up-deep-fits");
+    let size = w.unpack(&tar, 512 + 46 * ENTRY_OVERHEAD).unwrap();
+    assert_eq!(size, 46 * ENTRY_OVERHEAD);
+}
+
 /// A tar whose only entry is a pax header of `n` bytes, then a file.
 fn huge_pax(n: usize) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
