@@ -54,6 +54,7 @@ impl ImageStore {
             config,
             size: parent.size + got.size,
             layers: diff_ids,
+            parent: parent.id.clone(),
         };
         let _guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let dest = self.layer_path(&got.diff_id);

@@ -78,6 +78,9 @@ pub struct ImageInfo {
     pub layers: Vec<String>,
     /// The config's `created` time.
     pub created: Option<String>,
+    /// The image a `commit` made this one from (Docker's `Parent`); empty for pulls and loads.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent: String,
 }
 
 /// A path under `tmp/` removed when dropped, unless kept.
@@ -287,6 +290,7 @@ impl ImageStore {
                 size,
                 layers: diff_ids,
                 created,
+                parent: String::new(),
             };
             staged.push((info, layers, spec.config));
         }
@@ -346,6 +350,7 @@ impl ImageStore {
             size,
             layers: diff_ids.to_vec(),
             created,
+            parent: String::new(),
         };
         let _guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         for d in diff_ids {

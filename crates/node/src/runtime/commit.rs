@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_proto::{ArchiveOp, ArchiveRequest};
 use chrono::{SecondsFormat, Utc};
@@ -64,25 +65,16 @@ impl Runtime {
         let config = image_config(&c, &parent.config, &req)?;
         let freeze = req.pause && c.is_running();
 
-        let changed = self.changes(tenant, reference, freeze).await?;
         let content = self.images.content().clone();
-        let export = content.commit_scratch();
-        let request = ArchiveRequest {
-            op: ArchiveOp::Export,
-            path: "/".into(),
-            no_overwrite_dir_non_dir: false,
-            chown_user: String::new(),
-            freeze,
+        let (changed, export) = match self.read_files(tenant, reference, freeze, &content).await {
+            // The container ended while its files were read through its VM (Docker reads them
+            // wherever they are): read them again, from the stopped file system.
+            Err(e) if c.is_running() => match self.until_stopped(tenant, reference).await {
+                true => self.read_files(tenant, reference, false, &content).await?,
+                false => return Err(e),
+            },
+            r => r?,
         };
-        let mut a = self.archive(tenant, reference, request).await?;
-        let mut file = std::fs::File::create(export.path())
-            .map_err(RuntimeError::io("create the commit's export file"))?;
-        while let Some(chunk) = a.next_chunk().await? {
-            file.write_all(&chunk)
-                .map_err(RuntimeError::io("write the commit's export file"))?;
-        }
-        a.close().await;
-        drop(file);
 
         let parent_id = parent.id.clone();
         let info = tokio::task::spawn_blocking(move || -> Result<image::ImageInfo> {
@@ -103,6 +95,45 @@ impl Runtime {
             Event::container(&c, "commit", &[("comment", req.comment.clone())]),
         );
         Ok(info.id)
+    }
+
+    /// The container's changes against its image, and a tar of its root file system.
+    async fn read_files(
+        self: &Arc<Self>,
+        tenant: &str,
+        reference: &str,
+        freeze: bool,
+        content: &image::ImageStore,
+    ) -> Result<(Vec<(String, Kind)>, image::LayerScratch)> {
+        let changed = self.changes(tenant, reference, freeze).await?;
+        let export = content.commit_scratch();
+        let request = ArchiveRequest {
+            op: ArchiveOp::Export,
+            path: "/".into(),
+            no_overwrite_dir_non_dir: false,
+            chown_user: String::new(),
+            freeze,
+        };
+        let mut a = self.archive(tenant, reference, request).await?;
+        let mut file = std::fs::File::create(export.path())
+            .map_err(RuntimeError::io("create the commit's export file"))?;
+        while let Some(chunk) = a.next_chunk().await? {
+            file.write_all(&chunk)
+                .map_err(RuntimeError::io("write the commit's export file"))?;
+        }
+        a.close().await;
+        Ok((changed, export))
+    }
+
+    /// Whether the container is (or within a few seconds is) no longer running.
+    async fn until_stopped(&self, tenant: &str, reference: &str) -> bool {
+        for _ in 0..100 {
+            match self.get(tenant, reference) {
+                Ok(c) if c.is_running() => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return true,
+            }
+        }
+        false
     }
 }
 
@@ -153,8 +184,12 @@ fn image_config(c: &Container, parent: &Value, req: &CommitRequest) -> Result<Va
         entry["author"] = json!(req.author);
         image["author"] = json!(req.author);
     }
+    if let Some(image) = image.as_object_mut() {
+        image.remove("comment");
+    }
     if !req.comment.is_empty() {
         entry["comment"] = json!(req.comment);
+        image["comment"] = json!(req.comment);
     }
     history.push(entry);
     image["history"] = json!(history);

@@ -49,7 +49,7 @@ fn created_unix(v: &ImageView) -> i64 {
 pub(crate) fn summary(v: &ImageView) -> Value {
     json!({
         "Id": v.info.id,
-        "ParentId": "",
+        "ParentId": v.info.parent,
         "RepoTags": v.tenant.tags,
         "RepoDigests": v.tenant.digests,
         "Created": created_unix(v),
@@ -67,7 +67,7 @@ fn inspect_json(v: &ImageView) -> Value {
         "Id": v.info.id,
         "RepoTags": v.tenant.tags,
         "RepoDigests": v.tenant.digests,
-        "Parent": "",
+        "Parent": v.info.parent,
         "Comment": cfg["comment"].as_str().unwrap_or(""),
         "Created": v.info.created.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
         "DockerVersion": cfg["docker_version"].as_str().unwrap_or(""),
