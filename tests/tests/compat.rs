@@ -627,6 +627,15 @@ fn health_checks() {
     }
 }
 
+/// `docker-compose -p PROJECT -f FILE ARGS...` against the daemon.
+fn compose(d: &Daemon, project: &str, file: &std::path::Path, args: &[&str]) -> Cmd {
+    let mut a = vec!["-p", project, "-f", file.to_str().unwrap()];
+    a.extend_from_slice(args);
+    Cmd::new("docker-compose", &a)
+        .env("DOCKER_HOST", d.unix_host())
+        .timeout(180.0)
+}
+
 /// docker-compose's `depends_on: condition: service_healthy` starts the dependent service only
 /// once the other's health check passed.
 fn compose_waits_for_healthy() {
@@ -655,15 +664,7 @@ services:
     )
     .unwrap();
     let since = chrono::Utc::now().timestamp() - 1;
-    let compose = |args: &[&str]| {
-        let mut a = vec!["-p", "hp", "-f", file.to_str().unwrap()];
-        a.extend_from_slice(args);
-        Cmd::new("docker-compose", &a)
-            .env("DOCKER_HOST", d.unix_host())
-            .timeout(180.0)
-            .run()
-    };
-    compose(&["up", "-d"]).ok();
+    compose(d, "hp", &file, &["up", "-d"]).run().ok();
     let until = (chrono::Utc::now().timestamp() + 1).to_string();
     let events = d
         .docker(&[
@@ -684,7 +685,7 @@ services:
         matches!((healthy, web), (Some(h), Some(w)) if h < w),
         "{events}"
     );
-    compose(&["down"]).ok();
+    compose(d, "hp", &file, &["down"]).run().ok();
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -700,27 +701,20 @@ fn compose_exec_on_a_terminal() {
         "version: \"2.4\"\nservices:\n  box:\n    image: busybox\n    command: sleep 600\n",
     )
     .unwrap();
-    let compose = |args: &[&str]| {
-        let mut a = vec!["-p", "cx", "-f", file.to_str().unwrap()];
-        a.extend_from_slice(args);
-        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-    Cmd::new(
-        "docker-compose",
-        &compose(&["up", "-d"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    )
-    .env("DOCKER_HOST", d.unix_host())
-    .timeout(180.0)
-    .run()
-    .ok();
+    compose(d, "cx", &file, &["up", "-d"]).run().ok();
     let mut cmd = std::process::Command::new("docker-compose");
-    cmd.args(compose(&["exec", "box", "sh"]))
-        .env("DOCKER_HOST", d.unix_host())
-        .env("DOCKER_CONFIG", d.data.join("noconfig"))
-        .env("TERM", "xterm");
+    cmd.args([
+        "-p",
+        "cx",
+        "-f",
+        file.to_str().unwrap(),
+        "exec",
+        "box",
+        "sh",
+    ])
+    .env("DOCKER_HOST", d.unix_host())
+    .env("DOCKER_CONFIG", d.data.join("noconfig"))
+    .env("TERM", "xterm");
     let t = e2e::pty::run_on_pty_steps(
         cmd,
         &[("#", "echo hi-$((40+2))\r"), ("hi-42", "exit\r")],
@@ -732,17 +726,7 @@ fn compose_exec_on_a_terminal() {
         "a stray byte reached the terminal:\n{:?}",
         t.output
     );
-    Cmd::new(
-        "docker-compose",
-        &compose(&["down"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    )
-    .env("DOCKER_HOST", d.unix_host())
-    .timeout(180.0)
-    .run()
-    .ok();
+    compose(d, "cx", &file, &["down"]).run().ok();
     let _ = std::fs::remove_dir_all(dir);
 }
 
