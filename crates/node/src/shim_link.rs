@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::RuntimeError;
@@ -23,6 +23,10 @@ pub fn parse_time(t: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
 }
+
+/// The longest reply line read from a supervisor: what it relays of a guest is capped well
+/// below this, so a longer line is a broken supervisor, not something to buffer.
+const MAX_REPLY: u64 = 8 << 20;
 
 /// Sends one request and reads the reply line. Returns the reply and, for streaming operations,
 /// the connection positioned at the first frame.
@@ -43,10 +47,16 @@ pub async fn call(
         .await
         .map_err(RuntimeError::ShimGone)?;
     let mut reply = String::new();
-    stream
+    (&mut stream)
+        .take(MAX_REPLY)
         .read_line(&mut reply)
         .await
         .map_err(RuntimeError::ShimGone)?;
+    if reply.len() as u64 >= MAX_REPLY && !reply.ends_with('\n') {
+        return Err(RuntimeError::Internal(format!(
+            "the VM supervisor's reply is over {MAX_REPLY} bytes"
+        )));
+    }
     if reply.is_empty() {
         return Err(RuntimeError::ShimGone(std::io::Error::other(
             "the VM supervisor closed the connection",
