@@ -3,7 +3,8 @@
 //! volume included) and on stopped ones (served by a short-lived helper VM that must not be
 //! left behind); ownership and modes kept; `..` and symlinks kept inside the container's root;
 //! 404s for missing paths and for another tenant's container; a big file with its checksum;
-//! `commit` of a running and of a stopped container, run as images of their own.
+//! `commit` of a running and of a stopped container, and `import` of an export, run as images
+//! of their own.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ fn main() {
         ("diff_running_and_stopped", diff_running_and_stopped),
         ("start_waits_for_a_copy", start_waits_for_a_copy),
         ("commit_running_and_stopped", commit_running_and_stopped),
+        ("import_an_export", import_an_export),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -824,4 +826,121 @@ fn commit_running_and_stopped() {
     assert!(o.stderr.contains("No such image"), "{o}");
     d.hyper(&["rm", "-f", "cmt"]).run().ok();
     d.hyper(&["rmi", "committed:v1", "committed:v2"]).run().ok();
+}
+
+/// `import` (`POST /images/create?fromSrc=-`) of a container's export, with the Docker CLI and
+/// `hyper import` on stdin: one-layer images that run with the exported files and the
+/// `--change`s; what is not a tar is refused and stores nothing; another tenant sees neither.
+fn import_an_export() {
+    let d = main_daemon();
+    let dir = scratch(d, "import");
+    d.hyper(&["run", "-d", "--name", "imp", "busybox", "sleep", "3600"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    exec(d, "imp", "echo from-export > /marker");
+    let tar = dir.join("export.tar");
+    docker_sh(d, &format!("docker export imp > {}", tar.display())).ok();
+    let id = d
+        .docker(&[
+            "import",
+            "-c",
+            r#"CMD ["cat", "/marker"]"#,
+            "-m",
+            "from an export",
+            tar.to_str().unwrap(),
+            "imported:v1",
+        ])
+        .timeout(300.0)
+        .run()
+        .ok()
+        .out();
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(
+        d.hyper(&["run", "--rm", "imported:v1"])
+            .timeout(120.0)
+            .run()
+            .ok()
+            .out(),
+        "from-export"
+    );
+    let inspect = |f: &str| {
+        d.docker(&["image", "inspect", "-f", f, "imported:v1"])
+            .run()
+            .ok()
+            .out()
+    };
+    assert_eq!(
+        inspect("{{len .RootFS.Layers}} {{.Comment}}"),
+        "1 from an export"
+    );
+
+    let bytes = std::fs::read(&tar).unwrap();
+    d.hyper(&["import", "-c", "ENV X=1", "-", "imported:v2"])
+        .stdin(&bytes)
+        .timeout(300.0)
+        .run()
+        .ok();
+    assert_eq!(
+        d.hyper(&[
+            "run",
+            "--rm",
+            "imported:v2",
+            "sh",
+            "-c",
+            "echo $X; cat /marker"
+        ])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .out(),
+        "1\nfrom-export"
+    );
+
+    let images = || d.hyper(&["images", "-q"]).run().ok().stdout;
+    let before = images();
+    let o = d
+        .hyper(&["import", "-", "notatar:v1"])
+        .stdin(b"this is no tar archive")
+        .run();
+    assert_ne!(o.code, 0, "{o}");
+    assert_eq!(images(), before);
+
+    let (other, _) = d.new_tenant("impother");
+    let o = d
+        .hyper_tcp(&other, &["image", "inspect", "imported:v1"])
+        .run();
+    assert!(o.code != 0 && o.stderr.contains("No such image"), "{o}");
+    // The same image content, named by this tenant and loaded untagged by the other: the other
+    // learns no name of this tenant's.
+    let named = dir.join("named.tar");
+    Cmd::new(
+        workspace_root()
+            .join("scripts/make-busybox-image")
+            .to_str()
+            .unwrap(),
+        &[named.to_str().unwrap(), "private/name:v1"],
+    )
+    .run()
+    .ok();
+    d.hyper(&["load", "-i", named.to_str().unwrap()]).run().ok();
+    let untagged = dir.join("untagged.tar");
+    let id = d
+        .hyper(&["image", "inspect", "-f", "{{.Id}}", "private/name:v1"])
+        .run()
+        .ok()
+        .out();
+    d.hyper(&["save", "-o", untagged.to_str().unwrap(), &id])
+        .run()
+        .ok();
+    let o = d
+        .hyper_tcp(&other, &["load", "-i", untagged.to_str().unwrap()])
+        .run()
+        .ok();
+    assert_eq!(o.out(), format!("Loaded image ID: {id}"));
+    let listed = d.hyper_tcp(&other, &["images"]).run().ok().stdout;
+    assert!(!listed.contains("private/name"), "{listed}");
+    d.hyper(&["rmi", "private/name:v1"]).run().ok();
+    d.hyper(&["rm", "-f", "imp"]).run().ok();
+    d.hyper(&["rmi", "imported:v1", "imported:v2"]).run().ok();
 }

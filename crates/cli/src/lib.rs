@@ -166,6 +166,8 @@ pub enum Cmd {
     Tag(images::TagArgs),
     /// Load an image from a tar archive, a URL or STDIN
     Load(images::LoadArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(commit::ImportArgs),
     /// Show the history of an image
     History(images::HistoryArgs),
     /// Download an image from a registry
@@ -239,6 +241,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Rmi(a) => images::rmi(ctx, a).await,
         Cmd::Tag(a) => images::tag(ctx, a).await,
         Cmd::Load(a) => images::load(ctx, a).await,
+        Cmd::Import(a) => commit::import(ctx, a).await,
         Cmd::History(a) => images::history(ctx, a).await,
         Cmd::Pull(a) => images::pull(ctx, a).await,
         Cmd::Push(a) => image_transfer::push(ctx, a).await,

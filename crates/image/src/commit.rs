@@ -23,22 +23,23 @@ impl ImageStore {
         LayerScratch(self.temp("commit-layer"))
     }
 
-    /// Stores the image made of `parent`'s layers and the layer tar at `layer_tar`, with
+    /// Stores the image made of `parent`'s layers (none for `docker import`) and the layer tar
+    /// at `layer_tar` (plain, gzip or zstd), with
     /// `config` (an image config: its `rootfs.diff_ids` and `created` are set here). The layer
     /// is checked as a loaded one is (names and links inside the root, links to something),
     /// so a guest's tar is never trusted.
     pub fn commit(
         &self,
-        parent: &str,
+        parent: Option<&str>,
         layer_tar: &Path,
         mut config: serde_json::Value,
     ) -> Result<ImageInfo> {
-        let parent = self.get(parent)?;
+        let parent = parent.map(|p| self.get(p)).transpose()?;
         let work = self.temp("commit");
         let got = layer::ingest(layer_tar, work.path(), "the container's changes")?;
         let mut layers: Vec<_> = parent
-            .layers
             .iter()
+            .flat_map(|p| &p.layers)
             .map(|d| (self.layer_path(d), d.clone()))
             .collect();
         layers.push((work.path().to_path_buf(), got.diff_id.clone()));
@@ -52,9 +53,9 @@ impl ImageStore {
             repo_tags: vec![],
             created: config["created"].as_str().map(str::to_string),
             config,
-            size: parent.size + got.size,
+            size: parent.as_ref().map_or(0, |p| p.size) + got.size,
             layers: diff_ids,
-            parent: parent.id.clone(),
+            parent: parent.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
         };
         let _guard = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let dest = self.layer_path(&got.diff_id);
@@ -65,7 +66,7 @@ impl ImageStore {
         self.write_atomic(&self.config_path(&hex), &blob)?;
         let json = serde_json::to_vec_pretty(&info).expect("ImageInfo serializes");
         self.write_atomic(&self.image_path(&hex), &json)?;
-        tracing::info!(id = %info.id, parent = %parent.id, "committed image");
+        tracing::info!(id = %info.id, parent = %info.parent, "committed image");
         Ok(info)
     }
 }

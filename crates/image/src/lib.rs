@@ -305,6 +305,9 @@ impl ImageStore {
                 }
             }
             let hex = full_hex(&info.id).expect("computed digest").to_string();
+            // The caller gets the names this archive gives: the store's merged list holds
+            // names other loads (other tenants') gave the same image.
+            let named = info.repo_tags.clone();
             if let Ok(old) = self.read_info(&hex) {
                 for t in old.repo_tags {
                     if !info.repo_tags.contains(&t) {
@@ -315,7 +318,8 @@ impl ImageStore {
             self.write_atomic(&self.config_path(&hex), &raw_config)?;
             let json = serde_json::to_vec_pretty(&info).expect("ImageInfo serializes");
             self.write_atomic(&self.image_path(&hex), &json)?;
-            tracing::info!(id = %info.id, tags = ?info.repo_tags, "loaded image");
+            tracing::info!(id = %info.id, tags = ?named, "loaded image");
+            info.repo_tags = named;
             out.push(info);
         }
         Ok(out)

@@ -122,6 +122,9 @@ pub struct HostConfig {
     /// `--volume-driver`: the driver of the volumes this create makes (named ones made on
     /// first use, anonymous ones) when `--mount` names none.
     pub volume_driver: String,
+    /// "" or "default" (a VM per container is hyper's only isolation), shown as asked.
+    #[serde(deserialize_with = "null_as_default")]
+    pub isolation: String,
     /// `--volumes-from CTR[:ro|rw]`.
     #[serde(deserialize_with = "null_as_default")]
     pub volumes_from: Vec<String>,

@@ -157,7 +157,7 @@ pub fn inspect(c: &Container) -> Value {
             "VolumeDriver": c.host_config.volume_driver,
             "ConsoleSize": [0, 0],
             "ContainerIDFile": "",
-            "Isolation": "",
+            "Isolation": c.host_config.isolation,
             "Memory": 0, "NanoCpus": 0,
         },
         "GraphDriver": {"Name": "qcow2", "Data": null},

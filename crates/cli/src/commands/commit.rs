@@ -1,4 +1,5 @@
-//! `hyper commit`: a container's file system and settings as a new image (`POST /commit`).
+//! `hyper commit` (a container's file system and settings as a new image, `POST /commit`) and
+//! `hyper import` (a root file system tar as one, `POST /images/create?fromSrc=`).
 
 use clap::Args;
 use serde_json::Value;
@@ -33,11 +34,7 @@ pub async fn commit(ctx: &Ctx, a: CommitArgs) -> Result<i32, CliError> {
         .query_opt("author", a.author.as_ref())
         .query_opt("comment", a.message.as_ref());
     if let Some(reference) = &a.repository {
-        // A colon after the last slash starts the tag (`registry:5000/app` has none).
-        let (repo, tag) = match reference.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-            _ => (reference.as_str(), ""),
-        };
+        let (repo, tag) = split_reference(reference);
         req = req.query("repo", repo).query("tag", tag);
     }
     for change in &a.changes {
@@ -46,4 +43,56 @@ pub async fn commit(ctx: &Ctx, a: CommitArgs) -> Result<i32, CliError> {
     let answer: Value = ctx.client()?.json(req).await?;
     println!("{}", answer["Id"].as_str().unwrap_or_default());
     Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Apply Dockerfile instruction to the created image
+    #[arg(short = 'c', long = "change")]
+    pub changes: Vec<String>,
+    /// Set commit message for imported image
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// file|URL|- (a root file system tar, plain or compressed)
+    pub source: String,
+    /// REPOSITORY[:TAG]
+    pub repository: Option<String>,
+}
+
+/// `hyper import`: a root file system tar as a new image (`POST /images/create?fromSrc=`);
+/// a URL is fetched by the daemon, a file or stdin sent as the body.
+pub async fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32, CliError> {
+    let remote = super::images::is_url(&a.source);
+    let mut req = ApiRequest::post("/images/create")
+        .query("fromSrc", if remote { a.source.as_str() } else { "-" })
+        .query_opt("message", a.message.as_ref());
+    if let Some(reference) = &a.repository {
+        let (repo, tag) = split_reference(reference);
+        req = req.query("repo", repo).query("tag", tag);
+    }
+    for change in &a.changes {
+        req = req.query("changes", change);
+    }
+    if !remote {
+        let data = if a.source == "-" {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+            v
+        } else {
+            std::fs::read(&a.source)
+                .map_err(|e| CliError::Msg(format!("open {}: {e}", a.source)))?
+        };
+        req = req.body(data.into(), "application/x-tar");
+    }
+    let answer: Value = ctx.client()?.json(req).await?;
+    println!("{}", answer["status"].as_str().unwrap_or_default());
+    Ok(0)
+}
+
+/// `repo[:tag]`: a colon after the last slash starts the tag (`registry:5000/app` has none).
+fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, ""),
+    }
 }

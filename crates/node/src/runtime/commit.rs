@@ -80,7 +80,7 @@ impl Runtime {
         let info = tokio::task::spawn_blocking(move || -> Result<image::ImageInfo> {
             let layer = content.commit_scratch();
             diff_layer(export.path(), &changed, layer.path())?;
-            Ok(content.commit(&parent_id, layer.path(), config)?)
+            Ok(content.commit(Some(&parent_id), layer.path(), config)?)
         })
         .await
         .map_err(|e| RuntimeError::Internal(e.to_string()))??;
@@ -94,6 +94,42 @@ impl Runtime {
             tenant,
             Event::container(&c, "commit", &[("comment", req.comment.clone())]),
         );
+        Ok(info.id)
+    }
+
+    /// `docker import`: the tar at `tar` (a root file system, plain, gzip or zstd) as a new
+    /// one-layer image of `tenant`, its config from `--change` instructions; returns its ID.
+    pub async fn import_image(
+        self: &Arc<Self>,
+        tenant: &str,
+        tar: std::path::PathBuf,
+        tag: Option<String>,
+        instructions: Vec<String>,
+        message: String,
+    ) -> Result<String> {
+        self.check_storage(tenant)?;
+        let mut config = serde_json::Map::new();
+        changes::apply(&mut config, &instructions)?;
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
+        let comment = if message.is_empty() {
+            "Imported from -".to_string()
+        } else {
+            message
+        };
+        let image = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": now,
+            "comment": comment,
+            "config": config,
+            "history": [{"created": now, "created_by": "", "comment": comment}],
+        });
+        let content = self.images.content().clone();
+        let info = tokio::task::spawn_blocking(move || content.commit(None, &tar, image))
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        let tags: Vec<String> = tag.iter().map(|t| crate::images::normalize(t)).collect();
+        self.images.add(tenant, &info.id, &tags)?;
         Ok(info.id)
     }
 

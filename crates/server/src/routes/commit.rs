@@ -11,11 +11,55 @@ use crate::transport::TenantId;
 use crate::AppState;
 
 /// The query's value of `name` (its last, as Go's `Form.Get` would give the first: one is sent).
-fn one<'a>(q: &'a [(String, String)], name: &str) -> &'a str {
+pub(crate) fn one<'a>(q: &'a [(String, String)], name: &str) -> &'a str {
     q.iter()
         .rev()
         .find(|(k, _)| k == name)
         .map_or("", |(_, v)| v.as_str())
+}
+
+/// `repo:tag` from the query's `repo` and `tag` (`latest` when no tag), none without `repo`.
+pub(crate) fn new_image_name(q: &[(String, String)]) -> ApiResult<Option<String>> {
+    let (mut repo, mut tag_name) = (one(q, "repo"), one(q, "tag"));
+    // The Docker CLI sends `repo=name:tag` and no tag (a colon after the last slash is a tag's).
+    if tag_name.is_empty() {
+        if let Some((name, tag)) = repo.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            (repo, tag_name) = (name, tag);
+        }
+    }
+    let repo_ok = repo
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/:-".contains(&b));
+    let tag_ok = tag_name.len() <= 128
+        && tag_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !tag_name.starts_with(['.', '-']);
+    if !repo_ok || !tag_ok {
+        return Err(ApiError::bad_request(format!(
+            "invalid reference format: {repo}:{tag_name} (a repository is lowercase letters, \
+             digits and . _ / - ; a tag letters, digits and _ . -)"
+        )));
+    }
+    Ok(match (repo, tag_name) {
+        ("", "") => None,
+        ("", _) => {
+            return Err(ApiError::bad_request(
+                "a tag needs a repository: give repo as well",
+            ))
+        }
+        (repo, "") => Some(format!("{repo}:latest")),
+        (repo, tag) => Some(format!("{repo}:{tag}")),
+    })
+}
+
+/// The `changes` Dockerfile instructions: Docker's builder reads each value as Dockerfile
+/// lines, one per value or several in one.
+pub(crate) fn instructions(q: &[(String, String)]) -> Vec<String> {
+    q.iter()
+        .filter(|(k, _)| k == "changes")
+        .flat_map(|(_, v)| v.lines().map(str::to_string))
+        .collect()
 }
 
 pub async fn commit(
@@ -30,38 +74,8 @@ pub async fn commit(
             "missing container: name the container to commit (?container=NAME)",
         ));
     }
-    let repo = one(&q, "repo");
-    let tag = match (repo, one(&q, "tag")) {
-        ("", "") => None,
-        ("", _) => {
-            return Err(ApiError::bad_request(
-                "a tag needs a repository: give repo as well",
-            ))
-        }
-        (repo, "") => Some(format!("{repo}:latest")),
-        (repo, tag) => Some(format!("{repo}:{tag}")),
-    };
-    let repo_ok = repo
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/:-".contains(&b));
-    let tag_name = one(&q, "tag");
-    let tag_ok = tag_name.len() <= 128
-        && tag_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && !tag_name.starts_with(['.', '-']);
-    if !repo_ok || !tag_ok {
-        return Err(ApiError::bad_request(format!(
-            "invalid reference format: {repo}:{tag_name} (a repository is lowercase letters, \
-             digits and . _ / - ; a tag letters, digits and _ . -)"
-        )));
-    }
-    // Docker's builder reads each value as Dockerfile lines: one per value, or several in one.
-    let changes = q
-        .iter()
-        .filter(|(k, _)| k == "changes")
-        .flat_map(|(_, v)| v.lines().map(str::to_string))
-        .collect();
+    let tag = new_image_name(&q)?;
+    let changes = instructions(&q);
     let config = match serde_json::from_slice::<Value>(&body) {
         _ if body.iter().all(u8::is_ascii_whitespace) => None,
         Ok(Value::Null) => None,

@@ -23,6 +23,11 @@ pub async fn not_served(uri: Uri, body: Body) -> ApiError {
             "This node is not a swarm manager. hyper runs no swarm: use hyper's services (`hyper service create`) for replicated, load-balanced containers.",
         );
     }
+    if under(&"/build") {
+        return ApiError::not_implemented(
+            "hyper does not build images: build with docker elsewhere and push to a registry you then pull from, or `hyper load -i` the archive `docker save` writes",
+        );
+    }
     if under(&"/plugins") {
         return ApiError::not_implemented(
             "hyper does not support Docker plugins: volumes, networks and logs are built in",

@@ -187,7 +187,7 @@ pub async fn by_name(
 }
 
 /// Largest archive `POST /images/load {"fromSrc": URL}` downloads.
-const MAX_REMOTE_ARCHIVE: u64 = 16 << 30;
+pub(crate) const MAX_REMOTE_ARCHIVE: u64 = 16 << 30;
 
 /// `POST /images/load`: a `docker save` or OCI archive as the body, or Hyper's
 /// `{"fromSrc": "http(s)://...", "quiet": bool}` naming one to download (the first byte tells:
@@ -242,19 +242,20 @@ pub async fn load(
         .images
         .load(&tenant, spool.path().to_path_buf())
         .await?;
-    let body: String = lines
-        .iter()
-        .map(|l| json!({"stream": format!("{l}\n")}).to_string() + "\n")
-        .collect();
+    // A stream, so chunked as dockerd's: clients (docker-py) read a response of known length
+    // as a single JSON document.
+    let messages = lines.into_iter().map(|l| {
+        Ok::<_, std::convert::Infallible>(json!({"stream": format!("{l}\n")}).to_string() + "\n")
+    });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
+        Body::from_stream(futures_util::stream::iter(messages)),
     )
         .into_response())
 }
 
 /// A failed download of a `fromSrc` archive: the URL is the caller's (400), our disk is ours.
-fn fetch_error(e: image::fetch::FetchError) -> ApiError {
+pub(crate) fn fetch_error(e: image::fetch::FetchError) -> ApiError {
     use image::fetch::FetchError as F;
     let status = match &e {
         F::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -310,12 +311,12 @@ pub async fn create(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Extension(peer): Extension<Peer>,
     Query(q): Query<Params>,
+    Query(all): Query<Vec<(String, String)>>,
     headers: axum::http::HeaderMap,
+    body: Body,
 ) -> ApiResult<Response> {
     if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::not_implemented(
-            "importing a root filesystem (fromSrc) is not supported: use `hyper load -i FILE`",
-        ));
+        return super::import::import(app, tenant, peer, all, body).await;
     }
     app.runtime.check_storage(&tenant)?;
     let image = q

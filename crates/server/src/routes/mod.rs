@@ -12,6 +12,7 @@ pub mod fips;
 pub mod image_push;
 pub mod image_save;
 pub mod images;
+pub mod import;
 pub mod networks;
 pub mod prune;
 pub mod services;

@@ -183,6 +183,26 @@ pub fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         }
     }
     let log_type = hc["LogConfig"]["Type"].as_str().unwrap_or("");
+    // Docker's own drivers; any other name is no driver at all, as dockerd says.
+    const DRIVERS: [&str; 12] = [
+        "none",
+        "local",
+        "syslog",
+        "journald",
+        "gelf",
+        "fluentd",
+        "awslogs",
+        "splunk",
+        "etwlogs",
+        "gcplogs",
+        "logentries",
+        "json-file",
+    ];
+    if !log_type.is_empty() && !DRIVERS.contains(&log_type) {
+        return Err(ApiError::bad_request(format!(
+            "logger: no log driver named '{log_type}' is registered"
+        )));
+    }
     if !matches!(log_type, "" | "json-file") {
         return Err(ApiError::not_implemented(format!(
             "hyper does not support the log driver {log_type:?}: logs are kept as json-file, read them with `logs`"
