@@ -1360,6 +1360,9 @@ c = docker.APIClient(base_url="{host}", version="1.44")
 print(repr(c.attach("{id}", stdout=True, stderr=True, stream=False, logs=True)))
 e = c.exec_create("{id}", ["tty"], tty=True)
 print(c.exec_start(e["Id"], tty=False).decode().strip())
+for tty in [True, False] * 3:
+    e = c.exec_create("{id}", ["echo", "at once"], tty=tty)
+    print(repr(c.exec_start(e["Id"])))
 "#,
         host = d.unix_host(),
     );
@@ -1371,6 +1374,13 @@ print(c.exec_start(e["Id"], tty=False).decode().strip())
     assert_eq!(lines.next(), Some("b'one\\ntwo\\n'"), "{o}");
     assert!(
         lines.next().is_some_and(|l| l.starts_with("/dev/pts/")),
+        "{o}"
+    );
+    // What an exec prints at once reaches docker-py, which reads past the 101 with a buffer.
+    let at_once: Vec<&str> = lines.collect();
+    assert_eq!(
+        at_once,
+        [r"b'at once\r\n'", r"b'at once\n'"].repeat(3),
         "{o}"
     );
     d.docker(&["rm", "-f", &id]).run().ok();

@@ -32,6 +32,20 @@ pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
 /// long as the stream is open.
 pub type Hijacked = (hyper::upgrade::Upgraded, Option<StreamSlot>);
 
+/// How long output waits after a 101 for clients that read the 101 through a buffered reader
+/// and then the raw socket (docker-py): bytes that arrive with the 101 land in that buffer
+/// and are lost to them.
+pub const AFTER_101: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether the client is one that loses what arrives with a 101 (docker-py; the Docker CLI
+/// reads on from the same buffer).
+pub fn loses_bytes_after_101(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("docker-sdk-python"))
+}
+
 /// Answers `101 UPGRADED` and hands back the future of the raw connection.
 pub fn hijack(
     req: &mut Request,

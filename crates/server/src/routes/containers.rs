@@ -550,10 +550,9 @@ pub async fn attach(
             return;
         };
         if !past.is_empty() {
-            // Clients that read the 101 through a buffered reader and then the raw socket
-            // (docker-py) lose what arrives with it: the log goes out a moment later, as
-            // dockerd's does once it has read the log file.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The log goes out a moment later, as dockerd's does once it has read the log
+            // file (see `streams::AFTER_101`).
+            tokio::time::sleep(streams::AFTER_101).await;
         }
         let Some(shim) = shim else {
             streams::send_and_close(upgraded, &past).await;

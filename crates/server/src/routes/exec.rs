@@ -71,6 +71,7 @@ pub async fn start(
     Path(id): Path<String>,
     mut req: Request,
 ) -> ApiResult<Response> {
+    let loses_bytes_after_101 = streams::loses_bytes_after_101(req.headers());
     let hijacked = match req.headers().contains_key(axum::http::header::UPGRADE) {
         true => Some(streams::hijack(&mut req)?),
         false => None,
@@ -113,6 +114,10 @@ pub async fn start(
         let Some((upgraded, _slot)) = upgrade.await else {
             return;
         };
+        if loses_bytes_after_101 {
+            // What the process printed at once would arrive with the 101 and be lost.
+            tokio::time::sleep(streams::AFTER_101).await;
+        }
         let session = streams::Session {
             tty,
             stdin: info.config.attach_stdin,
