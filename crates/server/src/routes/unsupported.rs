@@ -145,13 +145,12 @@ fn unset(field: &str, value: &Value) -> bool {
 }
 
 fn refuse(place: &str, field: &str) -> ApiError {
-    let what = REASONS
-        .iter()
-        .find(|(f, _)| *f == field)
-        .map_or_else(String::new, |(_, why)| format!("{why}; "));
-    ApiError::not_implemented(format!(
-        "hyper does not support {what}{place}.{field} must be left unset"
-    ))
+    ApiError::not_implemented(match REASONS.iter().find(|(f, _)| *f == field) {
+        Some((_, why)) => {
+            format!("hyper does not support {why}; {place}.{field} must be left unset")
+        }
+        None => format!("hyper does not support {place}.{field}: leave it unset"),
+    })
 }
 
 fn check_fields(place: &str, object: &Value, handled: &[&str]) -> ApiResult<()> {
