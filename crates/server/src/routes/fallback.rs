@@ -7,14 +7,20 @@ use axum::http::{StatusCode, Uri};
 
 use crate::error::ApiError;
 
-/// Reads (and drops) at most this much of an unserved request's body.
-const DRAIN_LIMIT: usize = 16 << 20;
+/// Reads (and drops) at most this much of an unserved or refused request's body.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads and drops a request's body before it is refused, so that the client, still sending
+/// it, reads the refusal instead of a broken pipe.
+pub async fn drain(body: Body) {
+    let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+}
 
 /// Swarm mode's endpoints: a Docker engine outside a swarm answers them with 503.
 const SWARM_PREFIXES: &[&str] = &["/swarm", "/nodes", "/tasks", "/secrets", "/configs"];
 
 pub async fn not_served(uri: Uri, body: Body) -> ApiError {
-    let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+    drain(body).await;
     let path = uri.path();
     let under = |prefix: &&str| path == *prefix || path.starts_with(&format!("{prefix}/"));
     if SWARM_PREFIXES.iter().any(under) {

@@ -199,7 +199,10 @@ pub async fn load(
     Query(_): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
-    app.runtime.check_storage(&tenant)?;
+    if let Err(e) = app.runtime.check_storage(&tenant) {
+        super::fallback::drain(body).await;
+        return Err(e.into());
+    }
     let spool_err = |e| ApiError::from(node::RuntimeError::io("spool the archive")(e));
     let spool = tempfile::NamedTempFile::new_in(app.runtime.config().data_root.join("tmp"))
         .map_err(spool_err)?;

@@ -21,8 +21,17 @@ pub async fn import(
     q: Vec<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let tag = new_image_name(&q)?;
-    app.runtime.check_storage(&tenant)?;
+    let refused = new_image_name(&q).and_then(|tag| {
+        app.runtime.check_storage(&tenant)?;
+        Ok(tag)
+    });
+    let tag = match refused {
+        Ok(tag) => tag,
+        Err(e) => {
+            super::fallback::drain(body).await;
+            return Err(e);
+        }
+    };
     let spool_err = |e| ApiError::from(node::RuntimeError::io("spool the import")(e));
     let spool = tempfile::NamedTempFile::new_in(app.runtime.config().data_root.join("tmp"))
         .map_err(spool_err)?;
