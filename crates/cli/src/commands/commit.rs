@@ -28,18 +28,12 @@ pub struct CommitArgs {
 }
 
 pub async fn commit(ctx: &Ctx, a: CommitArgs) -> Result<i32, CliError> {
-    let mut req = ApiRequest::post("/commit")
+    let req = ApiRequest::post("/commit")
         .query("container", &a.container)
         .query("pause", a.pause)
         .query_opt("author", a.author.as_ref())
         .query_opt("comment", a.message.as_ref());
-    if let Some(reference) = &a.repository {
-        let (repo, tag) = split_reference(reference);
-        req = req.query("repo", repo).query("tag", tag);
-    }
-    for change in &a.changes {
-        req = req.query("changes", change);
-    }
+    let req = named(req, a.repository.as_deref(), &a.changes);
     let answer: Value = ctx.client()?.json(req).await?;
     println!("{}", answer["Id"].as_str().unwrap_or_default());
     Ok(0)
@@ -63,16 +57,11 @@ pub struct ImportArgs {
 /// a URL is fetched by the daemon, a file or stdin sent as the body.
 pub async fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32, CliError> {
     let remote = super::images::is_url(&a.source);
-    let mut req = ApiRequest::post("/images/create")
+    let req = ApiRequest::post("/images/create")
         .query("fromSrc", if remote { a.source.as_str() } else { "-" })
         .query_opt("message", a.message.as_ref());
-    if let Some(reference) = &a.repository {
-        let (repo, tag) = split_reference(reference);
-        req = req.query("repo", repo).query("tag", tag);
-    }
-    for change in &a.changes {
-        req = req.query("changes", change);
-    }
+    let req = named(req, a.repository.as_deref(), &a.changes);
+    let mut req = req;
     if !remote {
         let data = if a.source == "-" {
             let mut v = Vec::new();
@@ -89,10 +78,15 @@ pub async fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// `repo[:tag]`: a colon after the last slash starts the tag (`registry:5000/app` has none).
-fn split_reference(reference: &str) -> (&str, &str) {
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (reference, ""),
+/// The new image's `repo` and `tag` (from `REPOSITORY[:TAG]`) and its `--change`s, as commit
+/// and import send them.
+fn named(mut req: ApiRequest, repository: Option<&str>, changes: &[String]) -> ApiRequest {
+    if let Some(reference) = repository {
+        let (repo, tag) = super::images::split_tag(reference);
+        req = req.query("repo", repo).query("tag", tag);
     }
+    for change in changes {
+        req = req.query("changes", change);
+    }
+    req
 }

@@ -452,7 +452,7 @@ pub(super) async fn disk_for_start(entry: &super::Entry) -> Result<OwnedMutexGua
 }
 
 /// Most entries a guest's manifest may list.
-const MAX_MANIFEST_ENTRIES: usize = 4_000_000;
+pub(super) const MAX_MANIFEST_ENTRIES: u64 = 4_000_000;
 
 impl Runtime {
     /// Docker's `changes`: the container's root file system against its image's, by path
@@ -487,7 +487,7 @@ impl Runtime {
             freeze,
         };
         let mut a = self.archive(tenant, reference, request).await?;
-        let (mut buf, mut entries) = (Vec::new(), 0usize);
+        let (mut buf, mut entries) = (Vec::new(), 0u64);
         while let Some(chunk) = a.next_chunk().await? {
             buf.extend_from_slice(&chunk);
             let mut start = 0;

@@ -17,6 +17,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::archive::changes::{Kind, DELETED};
+use super::archive::MAX_MANIFEST_ENTRIES;
 use super::Runtime;
 use crate::events::Event;
 use crate::model::Container;
@@ -36,6 +37,10 @@ pub struct CommitRequest {
     /// The request body's config: its fields replace the container's.
     pub config: Option<serde_json::Map<String, Value>>,
 }
+
+/// The most of a guest's export a commit spools: its root disk's size, and a tar header
+/// (1 KiB with a long name) for each entry `changes` lets it list.
+const MAX_EXPORT_BYTES: u64 = crate::metering::ROOT_DISK_BYTES + (MAX_MANIFEST_ENTRIES << 10);
 
 /// Body fields a commit may set (the image config's); any other is refused, not dropped.
 const BODY_FIELDS: [&str; 10] = [
@@ -153,7 +158,18 @@ impl Runtime {
         let mut a = self.archive(tenant, reference, request).await?;
         let mut file = std::fs::File::create(export.path())
             .map_err(RuntimeError::io("create the commit's export file"))?;
+        let mut written = 0u64;
         while let Some(chunk) = a.next_chunk().await? {
+            // The guest says what its files are: it gets no more of the node's disk than its
+            // root disk could hold, with a tar header for each entry it may have.
+            written += chunk.len() as u64;
+            if written > MAX_EXPORT_BYTES {
+                a.close().await;
+                return Err(RuntimeError::Invalid(format!(
+                    "the container's file system came to more than {MAX_EXPORT_BYTES} bytes: \
+                     more than its root disk holds"
+                )));
+            }
             file.write_all(&chunk)
                 .map_err(RuntimeError::io("write the commit's export file"))?;
         }

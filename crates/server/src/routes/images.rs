@@ -318,6 +318,14 @@ pub async fn create(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
+        if !matches!(p.as_str(), "linux/amd64" | "amd64" | "linux") {
+            super::fallback::drain(body).await;
+            return Err(ApiError::bad_request(format!(
+                "platform {p} is not supported: hyper runs linux/amd64"
+            )));
+        }
+    }
     if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
         return super::import::import(app, tenant, peer, all, body).await;
     }
@@ -326,13 +334,6 @@ pub async fn create(
         .get("fromImage")
         .filter(|i| !i.is_empty())
         .ok_or_else(|| ApiError::bad_request("fromImage is required"))?;
-    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
-        if !matches!(p.as_str(), "linux/amd64" | "amd64" | "linux") {
-            return Err(ApiError::bad_request(format!(
-                "platform {p} is not supported: hyper runs linux/amd64"
-            )));
-        }
-    }
     let reference = image::pull::parse_reference(image, q.get("tag").map(String::as_str))
         .map_err(pull_error)?;
     let creds = headers
