@@ -34,6 +34,11 @@ fn main() {
             attach_logs_and_exec_terminals,
         ),
         ("nothing_silently_ignored", nothing_silently_ignored),
+        ("links_as_dockerd_keeps_them", links_as_dockerd_keeps_them),
+        (
+            "a_broken_load_errs_in_its_stream",
+            a_broken_load_errs_in_its_stream,
+        ),
         (
             "inspect_info_version_match_dockerd",
             inspect_info_version_match_dockerd,
@@ -1363,6 +1368,17 @@ print(c.exec_start(e["Id"], tty=False).decode().strip())
 for tty in [True, False] * 3:
     e = c.exec_create("{id}", ["echo", "at once"], tty=tty)
     print(repr(c.exec_start(e["Id"])))
+# A terminal's lines arrive whole, as dockerd's reads give them.
+e = c.exec_create("{id}", ["sh", "-c", "echo hello out; sleep 1; echo hello err >&2"], tty=True)
+print(repr(list(c.exec_start(e["Id"], stream=True))))
+# The config file's detach keys (docker-py sends them as `detachKeys` in the exec's body).
+c._general_configs["detachKeys"] = "ctrl-p"
+e = c.exec_create("{id}", "cat", stdin=True, tty=True, stdout=True)
+s = c.exec_start(e["Id"], tty=True, socket=True)._sock
+s.sendall(b"\x10")
+s.settimeout(20)
+print(repr(s.recv(128)))
+print(c.exec_inspect(e["Id"])["Running"])
 "#,
         host = d.unix_host(),
     );
@@ -1377,11 +1393,202 @@ for tty in [True, False] * 3:
         "{o}"
     );
     // What an exec prints at once reaches docker-py, which reads past the 101 with a buffer.
-    let at_once: Vec<&str> = lines.collect();
+    let at_once: Vec<&str> = lines.by_ref().take(6).collect();
     assert_eq!(
         at_once,
         [r"b'at once\r\n'", r"b'at once\n'"].repeat(3),
         "{o}"
     );
+    assert_eq!(
+        lines.next(),
+        Some(r"[b'hello out\r\n', b'hello err\r\n']"),
+        "{o}"
+    );
+    // Detached: the connection ends, the process goes on.
+    assert_eq!(lines.next(), Some("b''"), "{o}");
+    assert_eq!(lines.next(), Some("True"), "{o}");
     d.docker(&["rm", "-f", &id]).run().ok();
+}
+
+/// Names `name` resolves to inside container `c`, from its network's DNS; empty if none.
+fn resolves(d: &Daemon, c: &str, name: &str) -> String {
+    let o = d
+        .docker(&[
+            "exec",
+            c,
+            "sh",
+            "-c",
+            &format!(
+                "nslookup {name} 2>/dev/null | sed -n '/^Name:/,$p' | grep -o '[0-9.]*$' || true"
+            ),
+        ])
+        .run()
+        .ok();
+    o.out()
+}
+
+/// Links as dockerd keeps them: on a user network a link is a name only its container
+/// resolves, to a target that may come later; the target lists the link's name; a legacy
+/// link is removed with `DELETE /containers/PARENT/ALIAS?link=1`; inspect shows the aliases
+/// asked for (null when none) and the DNS names.
+fn links_as_dockerd_keeps_them() {
+    let d = daemon();
+    d.docker(&["network", "create", "lnk"]).run().ok();
+    // The target does not exist yet: dockerd accepts this on a user network.
+    let c1 = d
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "lnk-c1",
+            "--network",
+            "lnk",
+            "--link",
+            "lnk-up:bar",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .run()
+        .ok()
+        .out();
+    let ins = d.inspect(&c1);
+    let ep = &ins["NetworkSettings"]["Networks"]["lnk"];
+    assert_eq!(ep["Links"], serde_json::json!(["lnk-up:bar"]), "{ins}");
+    assert!(ep["Aliases"].is_null(), "{ep}");
+    assert_eq!(
+        ep["DNSNames"],
+        serde_json::json!(["lnk-c1", &c1[..12]]),
+        "{ep}"
+    );
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "lnk-up",
+        "--network",
+        "lnk",
+        "busybox",
+        "sleep",
+        "600",
+    ])
+    .run()
+    .ok();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "lnk-c3",
+        "--network",
+        "lnk",
+        "busybox",
+        "sleep",
+        "600",
+    ])
+    .run()
+    .ok();
+    let up_ip = d.inspect("lnk-up")["NetworkSettings"]["Networks"]["lnk"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(
+        "lnk-c1 to resolve its link",
+        secs(30.0),
+        || match resolves(d, "lnk-c1", "bar") {
+            ip if ip == up_ip => Ok(()),
+            other => Err(other),
+        },
+    );
+    // The alias is lnk-c1's alone.
+    assert_eq!(resolves(d, "lnk-c3", "bar"), "");
+    assert_eq!(resolves(d, "lnk-c3", "lnk-up"), up_ip);
+
+    // The link's name is listed with its target, as dockerd lists it.
+    let names_of = |name: &str| -> Vec<String> {
+        let o = d.api("GET", "/v1.44/containers/json", &[]);
+        let body = o.stdout.rsplit_once('\n').unwrap().0;
+        let list: serde_json::Value = serde_json::from_str(body).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["Names"][0] == format!("/{name}"))
+            .map(|c| serde_json::from_value(c["Names"].clone()).unwrap())
+            .unwrap_or_default()
+    };
+    assert_eq!(names_of("lnk-up"), ["/lnk-up", "/lnk-c1/bar"]);
+    // Removed, the link is gone from the list, from inspect and from lnk-c1's DNS.
+    let o = d.api("DELETE", "/v1.44/containers/lnk-c1/bar?link=1", &[]);
+    assert!(o.stdout.ends_with("\n204"), "{o}");
+    assert_eq!(names_of("lnk-up"), ["/lnk-up"]);
+    let links = d.inspect("lnk-c1")["HostConfig"]["Links"].to_string();
+    assert!(!links.contains("bar"), "{links}");
+    wait_for(
+        "the removed link to stop resolving",
+        secs(30.0),
+        || match resolves(d, "lnk-c1", "bar") {
+            ip if ip.is_empty() => Ok(()),
+            other => Err(other),
+        },
+    );
+    // A link that is not there, a container's own name, and a path without `link`.
+    let o = d.api("DELETE", "/v1.44/containers/lnk-c1/bar?link=1", &[]);
+    assert!(
+        o.stdout.contains("has no link named bar") && o.stdout.ends_with("\n404"),
+        "{o}"
+    );
+    let o = d.api("DELETE", "/v1.44/containers/lnk-c1?link=1", &[]);
+    assert!(
+        o.stdout.contains("cannot remove the default link name") && o.stdout.ends_with("\n409"),
+        "{o}"
+    );
+    let o = d.api("DELETE", "/v1.44/containers/lnk-c1/bar", &[]);
+    assert!(o.stdout.ends_with("\n404"), "{o}");
+    assert!(d.inspect("lnk-c1")["State"]["Running"] == true);
+
+    // On the default network a link's target must exist, as with dockerd.
+    let o = d
+        .docker(&["create", "--link", "lnk-none:x", "busybox", "true"])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("could not get container for lnk-none"),
+        "{o}"
+    );
+    d.docker(&["rm", "-f", "lnk-c1", "lnk-up", "lnk-c3"])
+        .run()
+        .ok();
+    d.docker(&["network", "rm", "lnk"]).run().ok();
+}
+
+/// A broken archive is read, then answered as dockerd answers it: 200, with the error in the
+/// stream (docker-py raises ImageLoadError from it); the CLI still fails with the reason.
+fn a_broken_load_errs_in_its_stream() {
+    let d = daemon();
+    let o = d.api(
+        "POST",
+        "/v1.44/images/load",
+        &[
+            "-H",
+            "Content-Type: application/x-tar",
+            "--data-binary",
+            "not a tar archive",
+        ],
+    );
+    assert!(o.stdout.ends_with("\n200"), "{o}");
+    let body = o.stdout.rsplit_once('\n').unwrap().0;
+    let message: serde_json::Value = serde_json::from_str(body.lines().last().unwrap()).unwrap();
+    assert!(
+        message["errorDetail"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+            && message["error"] == message["errorDetail"]["message"],
+        "{o}"
+    );
+    let junk = short_tmp("junk").with_extension("tar");
+    std::fs::write(&junk, "not a tar archive").unwrap();
+    let o = d.hyper(&["load", "-i", junk.to_str().unwrap()]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains(message["error"].as_str().unwrap()),
+        "{o}"
+    );
+    let _ = std::fs::remove_file(junk);
 }

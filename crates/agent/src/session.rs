@@ -105,12 +105,32 @@ pub fn resize(master: &Fd, width: u16, height: u16) {
     }
 }
 
+/// How long a pty's output waits for the rest of what the process wrote. The terminal layer
+/// hands a line over in pieces (the text, then the "\r\n" it makes of "\n"); sent apart,
+/// clients that read by chunk (docker-py) see a line split in two, which dockerd's slower
+/// reads hide.
+const PTY_GATHER: Duration = Duration::from_millis(5);
+
+/// Reads what else is ready on `fd` into `buf` without waiting, after `got` bytes; the total.
+fn gather(fd: &Fd, buf: &mut [u8], mut got: usize) -> usize {
+    while got < buf.len() {
+        match nix::unistd::read(fd.raw(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break, // EAGAIN, or EIO once the process is gone: the next read says
+        }
+    }
+    got
+}
+
 async fn pump_output(
     fd: Arc<Fd>,
     kind: Kind,
     stream: u32,
     credit: Arc<Credit>,
     out: mpsc::UnboundedSender<Frame>,
+    is_pty: bool,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -133,10 +153,17 @@ async fn pump_output(
                 continue;
             }
         };
-        credit.refund(n - got);
         if got == 0 {
+            credit.refund(n);
             return; // EOF
         }
+        let got = if is_pty && got < n {
+            tokio::time::sleep(PTY_GATHER).await;
+            gather(&fd, &mut buf[..n], got)
+        } else {
+            got
+        };
+        credit.refund(n - got);
         if out
             .send(Frame::new(kind, stream, buf[..got].to_vec()))
             .is_err()
@@ -189,6 +216,7 @@ pub async fn run(
             stream,
             credit.clone(),
             out.clone(),
+            true,
         )));
         stdin_task = Some(tokio::spawn(pump_stdin(m, stream, stdin_rx, out.clone())));
     } else {
@@ -200,6 +228,7 @@ pub async fn run(
                     stream,
                     credit.clone(),
                     out.clone(),
+                    false,
                 )));
             }
         }

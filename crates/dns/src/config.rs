@@ -27,6 +27,10 @@ pub struct NetworkConfig {
     /// Container name, alias or short id -> its addresses on this network.
     #[serde(default)]
     pub records: BTreeMap<String, Vec<IpAddr>>,
+    /// Names only one client resolves: client address -> name -> addresses (a container's
+    /// links on a user-defined network).
+    #[serde(default)]
+    pub links: BTreeMap<IpAddr, BTreeMap<String, Vec<IpAddr>>>,
 }
 
 impl Config {

@@ -18,6 +18,9 @@ use crate::handler::{respond, Transport};
 use crate::network::Network;
 use crate::records::Records;
 
+/// The client every fuzzed query comes from: it has names of its own.
+const CLIENT: &str = "172.16.0.2";
+
 fn network() -> Network {
     let mut configured = BTreeMap::new();
     configured.insert("web".to_string(), vec!["172.16.0.2".parse().unwrap()]);
@@ -29,8 +32,11 @@ fn network() -> Network {
     );
     configured.insert("v6".to_string(), vec!["fd00::2".parse().unwrap()]);
     let upstream: Arc<[SocketAddr]> = Arc::new([]);
+    let mut linked = BTreeMap::new();
+    linked.insert("alias".to_string(), vec!["172.16.0.3".parse().unwrap()]);
     Network {
         records: Records::new(&configured),
+        client_records: [(CLIENT.parse().unwrap(), Records::new(&linked))].into(),
         upstream,
     }
 }
@@ -132,7 +138,7 @@ proptest! {
     fn fuzz_dns_packet(bytes in packet(), tcp in any::<bool>()) {
         let network = network();
         let transport = if tcp { Transport::Tcp } else { Transport::Udp };
-        let reply = runtime().block_on(respond(&bytes, &network, transport));
+        let reply = runtime().block_on(respond(&bytes, &network, CLIENT.parse().unwrap(), transport));
         let request = Message::from_vec(&bytes);
         let Some(reply) = reply else {
             prop_assert!(

@@ -1,6 +1,8 @@
 //! One query in, one response out: local answers, relayed answers, or an error code (NXDOMAIN
 //! for the tenant's own names it does not have, see `answer::is_tenant_name`).
 
+use std::net::IpAddr;
+
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 
 use crate::answer::{is_tenant_name, local_answers, response, udp_limit};
@@ -17,6 +19,7 @@ pub enum Transport {
 pub async fn respond(
     request_bytes: &[u8],
     network: &Network,
+    client: IpAddr,
     transport: Transport,
 ) -> Option<Vec<u8>> {
     let request = Message::from_vec(request_bytes).ok()?;
@@ -26,7 +29,11 @@ pub async fn respond(
     let reply = if request.metadata.op_code != OpCode::Query {
         response(&request, ResponseCode::NotImp, vec![])
     } else if let Some(query) = request.queries.first() {
-        match local_answers(&network.records, query) {
+        let own = network
+            .client_records
+            .get(&client)
+            .and_then(|records| local_answers(records, query));
+        match own.or_else(|| local_answers(&network.records, query)) {
             Some(answers) => response(&request, ResponseCode::NoError, answers),
             None if is_tenant_name(query) => response(&request, ResponseCode::NXDomain, vec![]),
             None => {

@@ -1,7 +1,7 @@
 //! One listen address: a UDP socket and a TCP listener on it, answering from the network they
 //! are given, which a reload swaps without touching the sockets.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, network: watch::Receiver<Arc<Network>
         let network = network.borrow().clone();
         let socket = socket.clone();
         in_flight.spawn(async move {
-            if let Some(reply) = respond(&request, &network, Transport::Udp).await {
+            if let Some(reply) = respond(&request, &network, client.ip(), Transport::Udp).await {
                 if let Err(err) = socket.send_to(&reply, client).await {
                     tracing::debug!(%client, %err, "udp send failed");
                 }
@@ -79,8 +79,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, network: watch::Receiver<Arc<Network>
 async fn serve_tcp(listener: TcpListener, network: watch::Receiver<Arc<Network>>) {
     let mut connections = JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Typically out of descriptors: give connections a moment to close.
                 tracing::warn!(%err, "tcp accept failed");
@@ -90,16 +90,20 @@ async fn serve_tcp(listener: TcpListener, network: watch::Receiver<Arc<Network>>
         };
         while connections.try_join_next().is_some() {}
         if connections.len() < MAX_TCP_CONNECTIONS {
-            connections.spawn(serve_connection(stream, network.clone()));
+            connections.spawn(serve_connection(stream, client.ip(), network.clone()));
         }
     }
 }
 
 /// RFC 7766: length-prefixed messages, several per connection, answered in order.
-async fn serve_connection(mut stream: TcpStream, network: watch::Receiver<Arc<Network>>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    client: IpAddr,
+    network: watch::Receiver<Arc<Network>>,
+) {
     while let Ok(Ok(request)) = timeout(TCP_IDLE_TIMEOUT, read_frame(&mut stream)).await {
         let current = network.borrow().clone();
-        if let Some(reply) = respond(&request, &current, Transport::Tcp).await {
+        if let Some(reply) = respond(&request, &current, client, Transport::Tcp).await {
             if write_frame(&mut stream, &reply).await.is_err() {
                 return;
             }

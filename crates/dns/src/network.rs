@@ -1,5 +1,6 @@
 //! What a listener answers from: its network's records and the shared upstream servers.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use crate::records::Records;
 
 pub struct Network {
     pub records: Records,
+    /// Names of one client's own, looked up before the network's.
+    pub client_records: HashMap<IpAddr, Records>,
     pub upstream: Arc<[SocketAddr]>,
 }
 
@@ -15,6 +18,11 @@ impl Network {
     pub fn new(config: &NetworkConfig, upstream: Arc<[SocketAddr]>) -> Self {
         Self {
             records: Records::new(&config.records),
+            client_records: config
+                .links
+                .iter()
+                .map(|(client, names)| (*client, Records::new(names)))
+                .collect(),
             upstream,
         }
     }

@@ -48,6 +48,27 @@ fn each_network_answers_its_own_names_only() {
 }
 
 #[test]
+fn a_link_alias_resolves_for_its_own_client_only() {
+    let config = json!({ "networks": [
+        { "listen": "127.0.0.53", "records": { "web": ["10.1.0.2"], "upstream": ["10.1.0.7"] },
+          "links": { "127.0.0.1": { "bar": ["10.1.0.7"], "web": ["10.1.0.7"] } } } ] });
+    let server = Server::start(&config, free_port());
+    let a = server.at("127.0.0.53");
+    let from = |source: &str, name: &str| {
+        try_udp_from(source.parse().unwrap(), a, name, RecordType::A).expect("a reply")
+    };
+    assert_eq!(addresses(&from("127.0.0.1", "bar.")), [ip("10.1.0.7")]);
+    // A client's own name comes before the network's.
+    assert_eq!(addresses(&from("127.0.0.1", "web.")), [ip("10.1.0.7")]);
+    // Another client has no such name, and sees the network's.
+    let other = from("127.0.0.9", "bar.");
+    assert_eq!(other.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(addresses(&from("127.0.0.9", "web.")), [ip("10.1.0.2")]);
+    let tcp = ask_tcp(a, "bar.", RecordType::A);
+    assert_eq!(addresses(&tcp), [ip("10.1.0.7")]);
+}
+
+#[test]
 fn names_match_exactly_in_any_case() {
     let server = Server::start(&two_networks(), free_port());
     let a = server.at("127.0.0.53");

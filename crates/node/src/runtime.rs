@@ -1176,6 +1176,25 @@ impl Runtime {
         Ok(())
     }
 
+    /// Docker's legacy link removal (`DELETE /containers/PARENT/ALIAS?link=1`): `parent` no
+    /// longer links anything under `alias`. Its /etc/hosts, written at start, keeps the line
+    /// until the next start, as with dockerd; the network's DNS drops the alias at once.
+    pub async fn remove_link(&self, tenant: &str, parent: &str, alias: &str) -> Result<()> {
+        let entry = self.entry(tenant, parent)?;
+        let c = entry.snapshot();
+        let is_alias = |l: &String| crate::network::parse_link(l).1 == alias;
+        if !c.host_config.links.iter().any(is_alias) {
+            return Err(RuntimeError::NotFound(format!(
+                "container {} has no link named {alias}",
+                c.name
+            )));
+        }
+        self.update(&entry, |c| c.host_config.links.retain(|l| !is_alias(l)))?;
+        let tenant = tenant.to_string();
+        self.with_networks(move |n| n.sync_tenant(&tenant, &[]))
+            .await
+    }
+
     /// `docker update`: the restart policy, and Hyper's protection label.
     pub fn update_config(
         &self,

@@ -69,6 +69,24 @@ fn command_line(c: &Container) -> String {
         .join(" ")
 }
 
+/// Docker lists a linked container under each link's name too (`/web/db` for `web`'s
+/// `--link db`): container id -> those names.
+pub fn link_names(all: &[Container]) -> std::collections::HashMap<String, Vec<String>> {
+    let mut names: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for parent in all {
+        for link in &parent.host_config.links {
+            let (target, alias) = node::network::parse_link(link);
+            if let Some(t) = all.iter().find(|t| t.name == target || t.id == target) {
+                names
+                    .entry(t.id.clone())
+                    .or_default()
+                    .push(format!("/{}/{alias}", parent.name));
+            }
+        }
+    }
+    names
+}
+
 pub fn list_item(c: &Container, now: DateTime<Utc>) -> Value {
     json!({
         "Id": c.id,
@@ -260,8 +278,15 @@ fn networks(c: &Container) -> Value {
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": null,
         }});
     };
-    let mut aliases = ep.aliases.clone();
-    aliases.push(c.short_id().to_string());
+    // As dockerd since API 1.45: Aliases are the ones asked for; the short ID is among the
+    // DNS names (it still resolves) and not listed as an alias.
+    let aliases = if ep.aliases.is_empty() {
+        Value::Null
+    } else {
+        json!(ep.aliases)
+    };
+    let mut dns_names = vec![c.name.clone(), c.short_id().to_string()];
+    dns_names.extend(ep.aliases.iter().cloned());
     json!({ ep.network_name.clone(): {
         "IPAMConfig": null,
         "Links": if c.host_config.links.is_empty() { Value::Null } else { json!(c.host_config.links) },
@@ -275,7 +300,7 @@ fn networks(c: &Container) -> Value {
         "IPv6Gateway": "",
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,
-        "DNSNames": [c.name.clone(), c.short_id().to_string()],
+        "DNSNames": dns_names,
         "DriverOpts": null,
     }})
 }

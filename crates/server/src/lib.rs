@@ -141,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/containers/{id}", axum::routing::delete(c::remove))
+        .route(
+            "/containers/{parent}/{alias}",
+            axum::routing::delete(c::remove_link),
+        )
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
         .route("/exec/{id}/json", get(exec::inspect))

@@ -93,8 +93,18 @@ pub fn ask_udp(server: SocketAddr, name: &str, kind: RecordType) -> Message {
 }
 
 pub fn try_udp(server: SocketAddr, name: &str, kind: RecordType) -> Option<Message> {
+    try_udp_from(Ipv4Addr::LOCALHOST, server, name, kind)
+}
+
+/// One query over UDP sent from `source` (a loopback address).
+pub fn try_udp_from(
+    source: Ipv4Addr,
+    server: SocketAddr,
+    name: &str,
+    kind: RecordType,
+) -> Option<Message> {
     let query = query_message(name, kind);
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let socket = UdpSocket::bind((source, 0)).unwrap();
     socket.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
     socket.connect(server).unwrap();
     socket.send(&query.to_vec().unwrap()).unwrap();

@@ -1,6 +1,7 @@
 //! The tenant namespace's DNS server (`hyper-dns`, a [`TenantDaemon`]): every network's names,
 //! answered on its gateway.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -12,10 +13,15 @@ use crate::model::Container;
 use crate::services::ServiceRecord;
 use crate::Result;
 
+type Names = BTreeMap<String, Vec<Ipv4Addr>>;
+
 /// One network's names: container names, short ids and aliases, answered on its gateway.
 pub struct Zone {
     pub listen: Ipv4Addr,
-    pub records: std::collections::BTreeMap<String, Vec<Ipv4Addr>>,
+    pub records: Names,
+    /// Names only one container resolves, by its address: its links' aliases, as dockerd's
+    /// embedded DNS answers a link on a user-defined network.
+    pub links: BTreeMap<Ipv4Addr, Names>,
 }
 
 impl Zone {
@@ -24,7 +30,7 @@ impl Zone {
         containers: &[Container],
         services: &[ServiceRecord],
     ) -> Zone {
-        let mut records: std::collections::BTreeMap<String, Vec<Ipv4Addr>> = Default::default();
+        let mut records = Names::new();
         for c in containers {
             let Some(ep) = c.endpoint.as_ref().filter(|e| e.network_id == n.id) else {
                 continue;
@@ -45,8 +51,39 @@ impl Zone {
         Zone {
             listen: n.gateway,
             records,
+            links: link_aliases(n, containers),
         }
     }
+}
+
+/// Each container's links on network `n` whose target is on it too: client address -> alias
+/// -> the target's address.
+fn link_aliases(n: &NetworkRecord, containers: &[Container]) -> BTreeMap<Ipv4Addr, Names> {
+    let on_network = |c: &Container| {
+        c.endpoint
+            .as_ref()
+            .filter(|e| e.network_id == n.id)
+            .map(|e| e.ip)
+    };
+    let mut out = BTreeMap::new();
+    for c in containers {
+        let Some(client) = on_network(c) else {
+            continue;
+        };
+        for link in &c.host_config.links {
+            let (target, alias) = super::parse_link(link);
+            let found = containers
+                .iter()
+                .find(|t| t.name == target || t.id == target)
+                .and_then(on_network);
+            if let Some(ip) = found {
+                out.entry(client)
+                    .or_insert_with(Names::new)
+                    .insert(alias.to_ascii_lowercase(), vec![ip]);
+            }
+        }
+    }
+    out
 }
 
 /// The node's own resolvers, for names outside the tenant. Loopback resolvers (a local stub)
@@ -64,7 +101,7 @@ fn upstream() -> Vec<String> {
 /// The tenant's DNS server, serving `zones`.
 pub fn sync(binary: &Path, dir: &Path, netns: &Path, zones: &[Zone]) -> Result<()> {
     let config = json!({
-        "networks": zones.iter().map(|z| json!({"listen": z.listen, "records": z.records})).collect::<Vec<_>>(),
+        "networks": zones.iter().map(|z| json!({"listen": z.listen, "records": z.records, "links": z.links})).collect::<Vec<_>>(),
         "upstream": upstream(),
     });
     daemon(binary, dir).sync(&config, netns)

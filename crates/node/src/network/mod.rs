@@ -13,6 +13,7 @@ pub mod fips;
 #[cfg(test)]
 mod fuzz;
 mod guest_files;
+pub use guest_files::parse_link;
 pub mod ipam;
 pub mod lb;
 mod ports;
@@ -396,7 +397,8 @@ impl Networks {
     }
 
     /// Checks `--link` targets at create: each must be a container of the tenant on the same
-    /// network.
+    /// network. On a network of the tenant's own making a link is, as with dockerd, a name
+    /// only this container resolves (see `dns::Zone`), and its target may come later.
     pub fn check_links(&self, c: &Container) -> Result<()> {
         if c.host_config.links.is_empty() {
             return Ok(());
@@ -406,17 +408,22 @@ impl Networks {
                 "conflicting options: --link needs a network (not --network none)".into(),
             ));
         };
+        let on_user_network = ep.network_name != DEFAULT_NETWORK;
         let containers = self.containers(&c.tenant)?;
         for l in &c.host_config.links {
             let (target, _) = guest_files::parse_link(l);
-            let t = containers
+            let found = containers
                 .iter()
-                .find(|t| t.name == target || t.id == target)
-                .ok_or_else(|| {
-                    RuntimeError::Invalid(format!(
+                .find(|t| t.name == target || t.id == target);
+            let t = match found {
+                Some(t) => t,
+                None if on_user_network => continue,
+                None => {
+                    return Err(RuntimeError::Invalid(format!(
                         "could not get container for {target}: no such container"
-                    ))
-                })?;
+                    )))
+                }
+            };
             if t.endpoint.as_ref().map(|e| &e.network_id) != Some(&ep.network_id) {
                 return Err(RuntimeError::Invalid(format!(
                     "cannot link to {target}: it is not on network {}",

@@ -62,9 +62,10 @@ fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>>
     if matches!(hc.network_mode.as_str(), "" | "default") {
         hc.network_mode = name.clone();
     }
-    // Links given per network (compose sends them so) are the container's links.
+    // Links given per network (compose sends them so) are the container's links; the Docker
+    // CLI sends each in both places.
     for link in config["Links"].as_array().into_iter().flatten() {
-        if let Some(link) = link.as_str() {
+        if let Some(link) = link.as_str().filter(|l| !hc.links.iter().any(|h| h == l)) {
             hc.links.push(link.to_string());
         }
     }
@@ -172,13 +173,19 @@ pub async fn list(
     let limit = int(&q, "limit")?.filter(|l| *l > 0);
     let now = Utc::now();
     let mut out = Vec::new();
-    for c in app.runtime.list(&tenant) {
+    let containers = app.runtime.list(&tenant);
+    let link_names = docker_json::link_names(&containers);
+    for c in containers {
         if (!all && limit.is_none() && !c.is_running() && !filters.contains_key("status"))
             || !matches_filters(&c, &filters)?
         {
             continue;
         }
-        out.push(docker_json::list_item(&c, now));
+        let mut item = docker_json::list_item(&c, now);
+        if let (Some(names), Some(extra)) = (item["Names"].as_array_mut(), link_names.get(&c.id)) {
+            names.extend(extra.iter().map(|n| json!(n)));
+        }
+        out.push(item);
         if limit.is_some_and(|l| out.len() as i64 >= l) {
             break;
         }
@@ -399,11 +406,32 @@ pub async fn remove(
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
     if flag(&q, "link", false) {
-        return Err(ApiError::not_implemented("links are not supported yet"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict, cannot remove the default link name of the container",
+        ));
     }
     app.runtime
         .remove(&tenant, &id, flag(&q, "force", false), flag(&q, "v", false))
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /containers/PARENT/ALIAS?link=1`: removes a legacy link; without `link` the path
+/// names no container.
+pub async fn remove_link(
+    State(app): State<AppState>,
+    Extension(TenantId(tenant)): Extension<TenantId>,
+    Path((parent, alias)): Path<(String, String)>,
+    Query(q): Query<Params>,
+) -> ApiResult<StatusCode> {
+    if !flag(&q, "link", false) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No such container: {parent}/{alias}"),
+        ));
+    }
+    app.runtime.remove_link(&tenant, &parent, &alias).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -27,6 +27,8 @@ struct ExecCreate {
     attach_stdout: bool,
     attach_stderr: bool,
     privileged: bool,
+    /// dockerd decodes JSON case-blind, and docker-py sends this key as `detachKeys`.
+    #[serde(alias = "detachKeys")]
     detach_keys: String,
 }
 

@@ -240,16 +240,28 @@ pub async fn load(
             .await
             .map_err(fetch_error)?;
     }
-    let lines = app
+    // As dockerd's: once the archive is read, the answer is a 200 stream and what went wrong
+    // with the archive is its error message (docker-py raises ImageLoadError from it).
+    let messages: Vec<Value> = match app
         .runtime
         .images
         .load(&tenant, spool.path().to_path_buf())
-        .await?;
+        .await
+    {
+        Ok(lines) => lines
+            .into_iter()
+            .map(|l| json!({"stream": format!("{l}\n")}))
+            .collect(),
+        Err(e) => {
+            let message = ApiError::from(e).message;
+            vec![json!({"errorDetail": {"message": message}, "error": message})]
+        }
+    };
     // A stream, so chunked as dockerd's: clients (docker-py) read a response of known length
     // as a single JSON document.
-    let messages = lines.into_iter().map(|l| {
-        Ok::<_, std::convert::Infallible>(json!({"stream": format!("{l}\n")}).to_string() + "\n")
-    });
+    let messages = messages
+        .into_iter()
+        .map(|m| Ok::<_, std::convert::Infallible>(m.to_string() + "\n"));
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         Body::from_stream(futures_util::stream::iter(messages)),
