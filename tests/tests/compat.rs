@@ -35,6 +35,7 @@ fn main() {
         ),
         ("nothing_silently_ignored", nothing_silently_ignored),
         ("links_as_dockerd_keeps_them", links_as_dockerd_keeps_them),
+        ("tmpfs_in_the_vms_memory", tmpfs_in_the_vms_memory),
         (
             "a_broken_load_errs_in_its_stream",
             a_broken_load_errs_in_its_stream,
@@ -1591,4 +1592,104 @@ fn a_broken_load_errs_in_its_stream() {
         "{o}"
     );
     let _ = std::fs::remove_file(junk);
+}
+
+/// `--tmpfs` and `--mount type=tmpfs`: a tmpfs in the VM's memory with Docker's defaults
+/// (noexec, nosuid, nodev, mode 1777) and the options asked for; options hyper does not
+/// honour, and sizes beyond the container's memory, are refused naming them.
+fn tmpfs_in_the_vms_memory() {
+    let d = daemon();
+    let script = "grep ' /run/t ' /proc/mounts; stat -c %a /run/t; df -k /run/t | tail -1; \
+                  cp /bin/busybox /run/t/true; /run/t/true && echo ran || echo refused; \
+                  grep ' /x ' /proc/mounts; df -k /x | tail -1; stat -c %a /x";
+    let o = d
+        .docker(&[
+            "run",
+            "--rm",
+            "--tmpfs",
+            "/run/t:size=8m,mode=1770",
+            "--mount",
+            "type=tmpfs,destination=/x,tmpfs-size=1048576,tmpfs-mode=0700,readonly",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .timeout(120.0)
+        .run()
+        .ok();
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(lines.len() == 7, "{o}");
+    let opts = |line: &str| line.split(' ').nth(3).unwrap_or("").to_string();
+    assert!(lines[0].starts_with("tmpfs /run/t tmpfs "), "{o}");
+    for flag in ["rw", "nosuid", "nodev", "noexec"] {
+        assert!(opts(lines[0]).split(',').any(|f| f == flag), "{flag}: {o}");
+    }
+    assert_eq!(lines[1], "1770", "{o}");
+    assert_eq!(lines[2].split_whitespace().nth(1), Some("8192"), "{o}");
+    assert_eq!(lines[3], "refused", "noexec: {o}");
+    assert!(lines[4].starts_with("tmpfs /x tmpfs ro,"), "{o}");
+    assert_eq!(lines[5].split_whitespace().nth(1), Some("1024"), "{o}");
+    assert_eq!(lines[6], "700", "{o}");
+
+    // `exec` lifts noexec; inspect shows what was asked.
+    let id = d
+        .docker(&[
+            "create",
+            "--tmpfs",
+            "/run/t:exec",
+            "busybox",
+            "sh",
+            "-c",
+            "cp /bin/busybox /run/t/echo && /run/t/echo ran",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(
+        d.inspect(&id)["HostConfig"]["Tmpfs"],
+        serde_json::json!({"/run/t": "exec"})
+    );
+    let o = d.docker(&["start", "-a", &id]).timeout(120.0).run().ok();
+    assert_eq!(o.stdout.trim(), "ran", "{o}");
+    d.docker(&["rm", &id]).run().ok();
+
+    for (args, code, says) in [
+        (
+            vec!["--tmpfs", "/t:uid=1000"],
+            501,
+            "tmpfs option \"uid=1000\" on /t is not supported",
+        ),
+        (
+            vec!["--tmpfs", "/t:size=64g"],
+            400,
+            "does not fit in the container's memory",
+        ),
+        (
+            vec!["--tmpfs", "/t", "-v", "/t"],
+            400,
+            "Duplicate mount point: /t",
+        ),
+    ] {
+        let mut a = vec!["create"];
+        a.extend(args);
+        a.extend(["busybox", "true"]);
+        let o = d.docker(&a).run();
+        assert!(o.code != 0 && o.stderr.contains(says), "{a:?}: {o}");
+        let body =
+            serde_json::json!({"Image": "busybox", "HostConfig": {"Tmpfs": {"/t": "uid=1000"}}});
+        if code == 501 {
+            let api = d.api(
+                "POST",
+                "/v1.44/containers/create",
+                &[
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    &body.to_string(),
+                ],
+            );
+            assert!(api.stdout.ends_with("\n501"), "{api}");
+        }
+    }
 }

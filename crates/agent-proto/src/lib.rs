@@ -403,6 +403,24 @@ pub struct VolumeMount {
     pub size_bytes: u64,
 }
 
+/// A tmpfs the agent mounts into the container at `Start` (Docker's `--tmpfs` and `--mount
+/// type=tmpfs`), in the guest's memory. The host checks the target and the options; the agent
+/// still resolves the target inside the container's root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TmpfsMount {
+    /// Absolute path in the container, e.g. "/run".
+    pub target: String,
+    /// Size limit in bytes (0: the kernel's default, half the guest's memory).
+    pub size_bytes: u64,
+    /// Permission bits of the tmpfs's root, e.g. 0o1777.
+    pub mode: u32,
+    pub read_only: bool,
+    pub noexec: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+}
+
 /// How long the agent keeps file systems frozen without a `Thaw` (a host that died mid-snapshot
 /// must not leave the container's writes blocked for ever).
 pub const FREEZE_MAX_SECS: u64 = 30;
@@ -603,6 +621,9 @@ pub enum HostMsg {
         /// Volumes mounted after the root, in this order.
         #[serde(default)]
         volumes: Vec<VolumeMount>,
+        /// Tmpfs mounts, after the volumes, in this order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tmpfs: Vec<TmpfsMount>,
     },
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
@@ -770,6 +791,15 @@ mod tests {
                     read_only: true,
                     copy_up: false,
                     size_bytes: 10 << 30,
+                }],
+                tmpfs: vec![TmpfsMount {
+                    target: "/run".into(),
+                    size_bytes: 64 << 20,
+                    mode: 0o1777,
+                    read_only: false,
+                    noexec: true,
+                    nosuid: true,
+                    nodev: true,
                 }],
             },
             HostMsg::Freeze {

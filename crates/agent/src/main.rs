@@ -17,6 +17,7 @@ mod process;
 mod rehearse;
 mod rootfs;
 mod session;
+mod tmpfs;
 mod top;
 mod user;
 mod volumes;
@@ -212,6 +213,7 @@ fn handle(
             machine_id,
             network,
             volumes,
+            tmpfs,
         } => {
             if *started {
                 reply(GuestMsg::StartFailed {
@@ -232,6 +234,7 @@ fn handle(
                     network,
                 },
                 volumes,
+                tmpfs,
                 freezer: freezer.clone(),
             };
             let root = root.clone();
@@ -433,11 +436,12 @@ fn done_or_error<E: std::error::Error>(req_id: u64, r: Result<(), E>) -> GuestMs
 struct Setup {
     root: rootfs::Target,
     volumes: Vec<VolumeMount>,
+    tmpfs: Vec<agent_proto::TmpfsMount>,
     /// Takes the volumes over once they are mounted (for `Freeze` and `Thaw`).
     freezer: Freezer,
 }
 
-/// The network, the root disk, then the volumes on it. Blocking.
+/// The network, the root disk, then the volumes and tmpfs mounts on it. Blocking.
 fn set_up(s: &Setup) -> Result<(), process::SpawnError> {
     let failed = |e: &dyn std::error::Error| process::SpawnError {
         message: error_chain(e),
@@ -448,6 +452,7 @@ fn set_up(s: &Setup) -> Result<(), process::SpawnError> {
     let mounted =
         volumes::mount_all(Path::new(rootfs::ROOTFS), &s.volumes).map_err(|e| failed(&e))?;
     s.freezer.adopt(mounted);
+    tmpfs::mount_all(Path::new(rootfs::ROOTFS), &s.tmpfs).map_err(|e| failed(&e))?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod services;
 pub mod shim_link;
 pub mod sizes;
 pub mod standby;
+pub mod tmpfs;
 pub mod validate;
 pub mod volumes;
 

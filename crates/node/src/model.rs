@@ -128,6 +128,9 @@ pub struct HostConfig {
     /// `--volumes-from CTR[:ro|rw]`.
     #[serde(deserialize_with = "null_as_default")]
     pub volumes_from: Vec<String>,
+    /// `--tmpfs /path[:options]`: path -> Docker's option string (see `crate::tmpfs`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub tmpfs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

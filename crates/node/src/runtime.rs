@@ -373,7 +373,7 @@ impl Runtime {
             .get(sizes::SIZE_LABEL)
             .cloned()
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
-        sizes::lookup(&size)?;
+        crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
         restart::check_policy(&host_config)?;
         if let Some(sig) = &config.stop_signal {
             validate::signal(sig)?;
@@ -644,6 +644,7 @@ impl Runtime {
         };
         let mut process = process_spec(&c);
         merge_env(&mut process.env, &link_env);
+        let tmpfs = crate::tmpfs::plan(&c.host_config, size.vm_memory_mib())?;
         let volumes = self.hold_volumes(&c)?;
         let spec = ShimSpec {
             id: c.id.clone(),
@@ -652,6 +653,7 @@ impl Runtime {
             process,
             network,
             volumes,
+            tmpfs,
             ..vm_spec(&self.cfg, size)
         };
         if let Err(e) = write_private(
@@ -1631,6 +1633,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
         standby: false,
         helper: false,
         volumes: Vec::new(),
+        tmpfs: Vec::new(),
     }
 }
 

@@ -208,6 +208,9 @@ pub fn inspect(c: &Container) -> Value {
         inspect["Config"]["Healthcheck"] = json!(check);
     }
     inspect["Config"]["OnBuild"] = Value::Null;
+    if !c.host_config.tmpfs.is_empty() {
+        inspect["HostConfig"]["Tmpfs"] = json!(c.host_config.tmpfs);
+    }
     // What Docker reports of the resource controls and host namespaces hyper refuses: their
     // zero values (each VM is the boundary; its size is its resources).
     let zero = json!({

@@ -1490,6 +1490,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         machine_id: hex::encode(crate::identity::host_random(16)),
         network: shim.spec.network.as_ref().map(|n| n.to_agent()),
         volumes: crate::volumes::mounts(&shim.spec),
+        tmpfs: shim.spec.tmpfs.clone(),
     }));
     let mut ex = shim.exited.subscribe();
     // `Started` reaches `rx` before a quick process's `Exited` ends the VM: look at it first,

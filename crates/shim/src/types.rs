@@ -59,6 +59,9 @@ pub struct Spec {
     /// placeholder.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
+    /// Tmpfs mounts the agent makes in the guest's memory at `Start`, after the volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<agent_proto::TmpfsMount>,
 }
 
 /// One volume of the container: where its disk is and how the agent mounts it.

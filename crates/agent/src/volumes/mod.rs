@@ -14,7 +14,7 @@
 
 mod copy;
 mod freeze;
-mod target;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

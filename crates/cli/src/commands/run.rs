@@ -117,6 +117,9 @@ pub struct ContainerOptions {
     /// Add a custom host-to-IP mapping (host:ip)
     #[arg(long = "add-host")]
     pub add_hosts: Vec<String>,
+    /// Mount a tmpfs directory (/path[:size=64m,mode=1770,exec,...]), in the VM's memory
+    #[arg(long = "tmpfs")]
+    pub tmpfs: Vec<String>,
     /// Add a host device to the container
     #[arg(long = "device")]
     pub devices: Vec<String>,
@@ -422,6 +425,18 @@ pub fn create_body(
     }
     if !o.volumes_from.is_empty() {
         h.insert("VolumesFrom".into(), json!(o.volumes_from));
+    }
+    if !o.tmpfs.is_empty() {
+        // As the Docker CLI sends it: path -> options.
+        let tmpfs: serde_json::Map<String, Value> = o
+            .tmpfs
+            .iter()
+            .map(|t| {
+                let (path, options) = t.split_once(':').unwrap_or((t, ""));
+                (path.to_string(), json!(options))
+            })
+            .collect();
+        h.insert("Tmpfs".into(), Value::Object(tmpfs));
     }
     if !bindings.is_empty() {
         h.insert("PortBindings".into(), Value::Object(bindings));

@@ -41,14 +41,37 @@ impl Runtime {
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default()
         };
+        // A tmpfs takes its path from the image's VOLUMEs; any other mount there is a duplicate.
+        let tmpfs: Vec<String> = crate::tmpfs::plan(host_config, u64::MAX >> 20)?
+            .into_iter()
+            .map(|t| t.target)
+            .collect();
+        let not_tmpfs = |paths: Vec<String>| -> Vec<String> {
+            paths
+                .into_iter()
+                .filter(|p| request::check_destination(p).map_or(true, |p| !tmpfs.contains(&p)))
+                .collect()
+        };
+        let volume_mounts: Vec<_> = host_config
+            .mounts
+            .iter()
+            .filter(|m| m.kind != "tmpfs")
+            .cloned()
+            .collect();
         let wanted = request::collect(
             &host_config.binds,
-            &host_config.mounts,
+            &volume_mounts,
             from_others,
             &config.volumes.keys().cloned().collect::<Vec<_>>(),
-            &keys(&image_config["Volumes"]),
+            &not_tmpfs(keys(&image_config["Volumes"])),
             noauto,
         )?;
+        if let Some(w) = wanted.iter().find(|w| tmpfs.contains(&w.destination)) {
+            return Err(crate::RuntimeError::Invalid(format!(
+                "Duplicate mount point: {}",
+                w.destination
+            )));
+        }
         let mut mounts = Vec::new();
         let mut made = Vec::new();
         for mut w in wanted {

@@ -25,6 +25,17 @@ pub struct MountSpec {
     pub read_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_options: Option<VolumeOptions>,
+    /// For `Type: tmpfs` (see `crate::tmpfs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<TmpfsOptions>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TmpfsOptions {
+    pub size_bytes: i64,
+    /// Permission bits (Docker sends the number, e.g. 448 for 0700).
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -309,6 +320,7 @@ mod tests {
                 no_copy: true,
                 ..Default::default()
             }),
+            tmpfs_options: None,
         }];
         let w = collect(
             &binds,

@@ -46,6 +46,7 @@ const HOST_CONFIG_HANDLED: &[&str] = &[
     "VolumeDriver",
     "VolumesFrom",
     "Mounts",
+    "Tmpfs",
     "Dns",
     "DnsOptions",
     "DnsSearch",
@@ -99,7 +100,6 @@ const REASONS: &[(&str, &str)] = &[
     ("MemorySwap", "--memory-swap: a VM's memory is its size"),
     ("SecurityOpt", "--security-opt"),
     ("Sysctls", "--sysctl"),
-    ("Tmpfs", "--tmpfs: use a volume"),
     (
         "Init",
         "--init: the guest agent is the container's init already",
