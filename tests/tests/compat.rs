@@ -36,6 +36,7 @@ fn main() {
         ("nothing_silently_ignored", nothing_silently_ignored),
         ("links_as_dockerd_keeps_them", links_as_dockerd_keeps_them),
         ("tmpfs_in_the_vms_memory", tmpfs_in_the_vms_memory),
+        ("log_options_rotate_logs", log_options_rotate_logs),
         (
             "a_broken_load_errs_in_its_stream",
             a_broken_load_errs_in_its_stream,
@@ -751,7 +752,10 @@ fn nothing_silently_ignored() {
             &["--network", "quiet", "--ip", "10.77.0.9"][..],
             "IPAMConfig",
         ),
-        (&["--log-opt", "max-size=1m"][..], "log options"),
+        (
+            &["--log-opt", "compress=true"][..],
+            "log option \"compress\"",
+        ),
         (&["--read-only"][..], "HostConfig.ReadonlyRootfs"),
         (&["--shm-size", "128m"][..], "HostConfig.ShmSize"),
     ] {
@@ -1692,4 +1696,47 @@ fn tmpfs_in_the_vms_memory() {
             assert!(api.stdout.ends_with("\n501"), "{api}");
         }
     }
+}
+
+/// `--log-opt max-size/max-file` rotate a container's json-file log as dockerd's do; beyond
+/// what the operator lets one container keep, they are refused.
+fn log_options_rotate_logs() {
+    let d = daemon();
+    let id = d
+        .docker(&[
+            "run", "-d", "--log-opt", "max-size=1k", "--log-opt", "max-file=2", "busybox", "sh",
+            "-c", "i=0; while [ $i -lt 200 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done",
+        ])
+        .run()
+        .ok()
+        .out();
+    d.wait_status(&id, "exited", 120.0);
+    assert_eq!(
+        d.inspect(&id)["HostConfig"]["LogConfig"],
+        serde_json::json!({"Type": "json-file", "Config": {"max-file": "2", "max-size": "1k"}})
+    );
+    let logs = d.docker(&["logs", &id]).run().ok().out();
+    assert!(
+        logs.ends_with("line-199-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("line-0-"),
+        "the oldest lines are rotated away: {logs}"
+    );
+    let files: Vec<String> = std::fs::read_dir(d.cdir(&id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ctr.log"))
+        .collect();
+    assert!(files.len() <= 2, "{files:?}");
+    d.docker(&["rm", &id]).run().ok();
+    let o = d
+        .docker(&["create", "--log-opt", "max-size=1g", "busybox", "true"])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("per container are kept here"),
+        "{o}"
+    );
 }

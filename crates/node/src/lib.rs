@@ -7,6 +7,7 @@ pub mod events;
 mod fuzz_inputs;
 pub mod host;
 pub mod images;
+pub mod log_options;
 pub mod logs;
 pub mod metering;
 pub mod model;

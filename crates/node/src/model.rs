@@ -128,9 +128,22 @@ pub struct HostConfig {
     /// `--volumes-from CTR[:ro|rw]`.
     #[serde(deserialize_with = "null_as_default")]
     pub volumes_from: Vec<String>,
+    /// The log driver (json-file, the only one) and its options (see `crate::log_options`).
+    #[serde(deserialize_with = "null_as_default")]
+    pub log_config: LogConfig,
     /// `--tmpfs /path[:options]`: path -> Docker's option string (see `crate::tmpfs`).
     #[serde(deserialize_with = "null_as_default")]
     pub tmpfs: std::collections::BTreeMap<String, String>,
+}
+
+/// Docker's `HostConfig.LogConfig`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LogConfig {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

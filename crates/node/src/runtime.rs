@@ -374,6 +374,7 @@ impl Runtime {
             .cloned()
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
         crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
+        crate::log_options::limits(&host_config.log_config, self.log_limits())?;
         restart::check_policy(&host_config)?;
         if let Some(sig) = &config.stop_signal {
             validate::signal(sig)?;
@@ -646,6 +647,7 @@ impl Runtime {
         merge_env(&mut process.env, &link_env);
         let tmpfs = crate::tmpfs::plan(&c.host_config, size.vm_memory_mib())?;
         let volumes = self.hold_volumes(&c)?;
+        let logs = crate::log_options::limits(&c.host_config.log_config, self.log_limits())?;
         let spec = ShimSpec {
             id: c.id.clone(),
             root_disk: dir.join("root.qcow2"),
@@ -654,6 +656,8 @@ impl Runtime {
             network,
             volumes,
             tmpfs,
+            log_max_bytes: logs.max_bytes,
+            log_max_files: logs.max_files,
             ..vm_spec(&self.cfg, size)
         };
         if let Err(e) = write_private(
@@ -1176,6 +1180,14 @@ impl Runtime {
             Event::container(&renamed, "rename", &[("oldName", format!("/{}", c.name))]),
         );
         Ok(())
+    }
+
+    /// What the operator lets one container's logs take.
+    fn log_limits(&self) -> crate::log_options::Limits {
+        crate::log_options::Limits {
+            max_bytes: self.cfg.log_max_bytes,
+            max_files: self.cfg.log_max_files,
+        }
     }
 
     /// Docker's legacy link removal (`DELETE /containers/PARENT/ALIAS?link=1`): `parent` no

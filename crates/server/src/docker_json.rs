@@ -159,7 +159,7 @@ pub fn inspect(c: &Container) -> Value {
             "AutoRemove": c.host_config.auto_remove,
             "RestartPolicy": c.host_config.restart_policy,
             "NetworkMode": network_mode(c),
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": {"Type": "json-file", "Config": c.host_config.log_config.config},
             "Runtime": "hyper",
             "Binds": binds,
             "Mounts": host_mounts,

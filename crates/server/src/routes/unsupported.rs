@@ -207,11 +207,6 @@ pub fn refuse_unsupported(body: &Value) -> ApiResult<()> {
             "hyper does not support the log driver {log_type:?}: logs are kept as json-file, read them with `logs`"
         )));
     }
-    if !unset("Config", &hc["LogConfig"]["Config"]) {
-        return Err(ApiError::not_implemented(
-            "hyper does not support log options (--log-opt, HostConfig.LogConfig.Config): logs are rotated by hyperd",
-        ));
-    }
     for endpoint in body["NetworkingConfig"]["EndpointsConfig"]
         .as_object()
         .into_iter()
@@ -261,8 +256,8 @@ mod tests {
                 "EndpointSettings.IPAMConfig",
             ),
             (
-                json!({"HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}}}}),
-                "--log-opt",
+                json!({"HostConfig": {"LogConfig": {"Type": "syslog", "Config": {}}}}),
+                "log driver \"syslog\"",
             ),
         ] {
             let e = refuse_unsupported(&body).unwrap_err();
