@@ -37,6 +37,7 @@ fn main() {
         ("links_as_dockerd_keeps_them", links_as_dockerd_keeps_them),
         ("tmpfs_in_the_vms_memory", tmpfs_in_the_vms_memory),
         ("log_options_rotate_logs", log_options_rotate_logs),
+        ("group_add_for_every_process", group_add_for_every_process),
         (
             "a_broken_load_errs_in_its_stream",
             a_broken_load_errs_in_its_stream,
@@ -746,7 +747,10 @@ fn nothing_silently_ignored() {
         .run()
         .ok();
     for (flags, named) in [
-        (&["--group-add", "audio"][..], "HostConfig.GroupAdd"),
+        (
+            &["--sysctl", "net.ipv4.ip_forward=1"][..],
+            "HostConfig.Sysctls",
+        ),
         (&["--mac-address", "02:42:ac:11:00:09"][..], "MacAddress"),
         (
             &["--network", "quiet", "--ip", "10.77.0.9"][..],
@@ -1737,6 +1741,56 @@ fn log_options_rotate_logs() {
         .run();
     assert!(
         o.code != 0 && o.stderr.contains("per container are kept here"),
+        "{o}"
+    );
+}
+
+/// `--group-add` by number and by the image's group name, for the main process and its execs;
+/// a name the image does not have fails the start as dockerd's does.
+fn group_add_for_every_process() {
+    let d = daemon();
+    let id = d
+        .docker(&[
+            "run",
+            "-d",
+            "--group-add",
+            "1001",
+            "--group-add",
+            "nogroup",
+            "busybox",
+            "sh",
+            "-c",
+            "id -G; exec sleep 600",
+        ])
+        .run()
+        .ok()
+        .out();
+    wait_for("the main process's groups", secs(30.0), || {
+        match d.docker(&["logs", &id]).run().ok().out() {
+            out if out == "0 1001 65534" => Ok(()),
+            out => Err(out),
+        }
+    });
+    let o = d.docker(&["exec", &id, "id", "-G"]).run().ok();
+    assert_eq!(o.out(), "0 1001 65534", "{o}");
+    assert_eq!(
+        d.inspect(&id)["HostConfig"]["GroupAdd"],
+        serde_json::json!(["1001", "nogroup"])
+    );
+    d.docker(&["rm", "-f", &id]).run().ok();
+    let o = d
+        .docker(&["run", "--rm", "--group-add", "audio", "busybox", "true"])
+        .timeout(120.0)
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("unable to find group audio"),
+        "{o}"
+    );
+    let o = d
+        .docker(&["create", "--group-add", "a:b", "busybox", "true"])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("invalid --group-add \"a:b\""),
         "{o}"
     );
 }

@@ -361,6 +361,10 @@ pub struct ProcessSpec {
     pub open_stdin: bool,
     pub tty_width: u16,
     pub tty_height: u16,
+    /// Further supplementary groups (Docker's `--group-add`): numbers, or names from the
+    /// image's /etc/group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
 }
 
 /// The container's network, applied by the agent at `Start`.
@@ -751,6 +755,7 @@ mod tests {
             open_stdin: true,
             tty_width: 80,
             tty_height: 24,
+            group_add: vec!["audio".into(), "1001".into()],
         }
     }
 

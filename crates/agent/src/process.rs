@@ -207,7 +207,7 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
         Target::Exec { main_pid } => PathBuf::from(format!("/proc/{main_pid}/root")),
     };
     let prog = spec.args.first().map(String::as_str).unwrap_or("");
-    let ident = user::resolve_in_root(&root, &spec.user)
+    let ident = user::resolve_in_root(&root, &spec.user, &spec.group_add)
         .map_err(|e| SpawnError::new(e.to_string(), 126))?;
     let env = build_env(&spec.env, &ident.home, spec.tty);
     let path_var = env

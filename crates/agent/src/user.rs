@@ -150,11 +150,43 @@ pub fn resolve(
     })
 }
 
-/// Resolve `user` against `<root>/etc/passwd` and `<root>/etc/group` (missing files are empty).
-pub fn resolve_in_root(root: &Path, user: &str) -> Result<Identity, UserError> {
+/// Resolve `user` against `<root>/etc/passwd` and `<root>/etc/group` (missing files are empty),
+/// with the groups of `group_add` added to its supplementary ones.
+pub fn resolve_in_root(
+    root: &Path,
+    user: &str,
+    group_add: &[String],
+) -> Result<Identity, UserError> {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
-    resolve(user, &parse_passwd(&passwd), &parse_group(&group))
+    let groups = parse_group(&group);
+    let mut ident = resolve(user, &parse_passwd(&passwd), &groups)?;
+    add_groups(&mut ident, group_add, &groups)?;
+    Ok(ident)
+}
+
+/// Docker's `--group-add`: each a number, or a name the image's /etc/group has.
+pub fn add_groups(
+    ident: &mut Identity,
+    group_add: &[String],
+    groups: &[GroupEntry],
+) -> Result<(), UserError> {
+    for g in group_add {
+        let gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                groups
+                    .iter()
+                    .find(|e| &e.name == g)
+                    .ok_or_else(|| UserError::NoGroup(g.clone()))?
+                    .gid
+            }
+        };
+        if !ident.groups.contains(&gid) {
+            ident.groups.push(gid);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,6 +225,23 @@ mod tests {
         for (i, (user, want)) in cases.into_iter().enumerate() {
             assert_eq!(resolve(user, &p, &g), want, "test[{i}] user={user:?}");
         }
+    }
+
+    #[test]
+    fn added_groups_by_number_or_name() {
+        let g = parse_group(GROUP);
+        let mut ident = resolve("app", &parse_passwd(PASSWD), &g).unwrap();
+        add_groups(
+            &mut ident,
+            &["1001".into(), "wheel".into(), "root".into()],
+            &g,
+        )
+        .unwrap();
+        assert_eq!(ident.groups, [1000, 10, 50, 1001, 0]);
+        assert_eq!(
+            add_groups(&mut ident, &["audio".into()], &g),
+            Err(UserError::NoGroup("audio".into()))
+        );
     }
 
     #[test]

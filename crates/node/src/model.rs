@@ -128,6 +128,9 @@ pub struct HostConfig {
     /// `--volumes-from CTR[:ro|rw]`.
     #[serde(deserialize_with = "null_as_default")]
     pub volumes_from: Vec<String>,
+    /// `--group-add`: further groups of the container's processes, numbers or names.
+    #[serde(deserialize_with = "strings_or_numbers")]
+    pub group_add: Vec<String>,
     /// The log driver (json-file, the only one) and its options (see `crate::log_options`).
     #[serde(deserialize_with = "null_as_default")]
     pub log_config: LogConfig,
@@ -276,6 +279,24 @@ fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
     d: D,
 ) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `GroupAdd` as docker-py sends it too: numbers among the strings; `null` is none.
+fn strings_or_numbers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Text(String),
+        Number(u32),
+    }
+    let items = Option::<Vec<Item>>::deserialize(d)?.unwrap_or_default();
+    Ok(items
+        .into_iter()
+        .map(|i| match i {
+            Item::Text(t) => t,
+            Item::Number(n) => n.to_string(),
+        })
+        .collect())
 }
 
 /// Docker accepts `"Cmd": "echo hi"` as well as a list; a string is run through a shell.

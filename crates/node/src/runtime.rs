@@ -375,6 +375,15 @@ impl Runtime {
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
         crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
         crate::log_options::limits(&host_config.log_config, self.log_limits())?;
+        if let Some(g) = host_config
+            .group_add
+            .iter()
+            .find(|g| g.is_empty() || g.contains([':', '\0', '\n', ' ']))
+        {
+            return Err(RuntimeError::Invalid(format!(
+                "invalid --group-add {g:?}: give a group name or number"
+            )));
+        }
         restart::check_policy(&host_config)?;
         if let Some(sig) = &config.stop_signal {
             validate::signal(sig)?;
@@ -1847,6 +1856,7 @@ fn process_spec(c: &Container) -> ProcessSpec {
         stdin_once: c.config.stdin_once,
         tty_width: 0,
         tty_height: 0,
+        group_add: c.host_config.group_add.clone(),
     }
 }
 

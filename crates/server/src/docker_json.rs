@@ -219,7 +219,7 @@ pub fn inspect(c: &Container) -> Value {
         "CapDrop": null, "Cgroup": "", "CgroupParent": "", "CgroupnsMode": "private",
         "CpuCount": 0, "CpuPercent": 0, "CpuPeriod": 0, "CpuQuota": 0, "CpuRealtimePeriod": 0,
         "CpuRealtimeRuntime": 0, "CpuShares": 0, "CpusetCpus": "", "CpusetMems": "",
-        "DeviceCgroupRules": null, "DeviceRequests": null, "Devices": [], "GroupAdd": null,
+        "DeviceCgroupRules": null, "DeviceRequests": null, "Devices": [],
         "IOMaximumBandwidth": 0, "IOMaximumIOps": 0, "IpcMode": "private", "KernelMemory": 0,
         "KernelMemoryTCP": 0, "MaskedPaths": null, "MemoryReservation": 0, "MemorySwap": 0,
         "MemorySwappiness": null, "OomKillDisable": false, "OomScoreAdj": 0, "PidMode": "",
@@ -229,6 +229,7 @@ pub fn inspect(c: &Container) -> Value {
     for (k, v) in zero.as_object().into_iter().flatten() {
         inspect["HostConfig"][k] = v.clone();
     }
+    inspect["HostConfig"]["GroupAdd"] = or_null(json!(c.host_config.group_add));
     inspect
 }
 

@@ -1341,6 +1341,7 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
                 open_stdin: stdin,
                 tty_width,
                 tty_height,
+                group_add: shim.spec.process.group_add.clone(),
             };
             exec(
                 shim,

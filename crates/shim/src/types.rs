@@ -161,6 +161,9 @@ pub struct ProcessSpec {
     pub stdin_once: bool,
     pub tty_width: u16,
     pub tty_height: u16,
+    /// Docker's `--group-add`, for the main process and every exec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
 }
 
 impl ProcessSpec {
@@ -174,6 +177,7 @@ impl ProcessSpec {
             open_stdin: self.open_stdin,
             tty_width: self.tty_width,
             tty_height: self.tty_height,
+            group_add: self.group_add.clone(),
         }
     }
 }

@@ -204,7 +204,7 @@ fn put(path: &Path, name: String, req: &ArchiveRequest) -> Result<(), Failure> {
     let owner = if req.chown_user.is_empty() {
         None
     } else {
-        let id = crate::user::resolve_in_root(Path::new("/"), &req.chown_user)
+        let id = crate::user::resolve_in_root(Path::new("/"), &req.chown_user, &[])
             .map_err(|e| fail(ARCHIVE_INVALID, format!("the owner for the copy: {e}")))?;
         Some((id.uid, id.gid))
     };

@@ -47,6 +47,7 @@ const HOST_CONFIG_HANDLED: &[&str] = &[
     "VolumesFrom",
     "Mounts",
     "Tmpfs",
+    "GroupAdd",
     "Dns",
     "DnsOptions",
     "DnsSearch",
@@ -103,10 +104,6 @@ const REASONS: &[(&str, &str)] = &[
     (
         "Init",
         "--init: the guest agent is the container's init already",
-    ),
-    (
-        "GroupAdd",
-        "--group-add: set the groups in the image, or run as a user that has them",
     ),
     ("ReadonlyRootfs", "--read-only"),
     ("ShmSize", "--shm-size"),
@@ -240,8 +237,8 @@ mod tests {
         assert!(refuse_unsupported(&docker_cli_defaults).is_ok());
         for (body, named) in [
             (
-                json!({"HostConfig": {"GroupAdd": ["audio"]}}),
-                "HostConfig.GroupAdd",
+                json!({"HostConfig": {"Sysctls": {"net.ipv4.ip_forward": "1"}}}),
+                "HostConfig.Sysctls",
             ),
             (
                 json!({"MacAddress": "02:42:ac:11:00:02"}),
