@@ -38,6 +38,7 @@ fn main() {
         ("tmpfs_in_the_vms_memory", tmpfs_in_the_vms_memory),
         ("log_options_rotate_logs", log_options_rotate_logs),
         ("group_add_for_every_process", group_add_for_every_process),
+        ("network_connect_before_start", network_connect_before_start),
         (
             "a_broken_load_errs_in_its_stream",
             a_broken_load_errs_in_its_stream,
@@ -1793,4 +1794,63 @@ fn group_add_for_every_process() {
         o.code != 0 && o.stderr.contains("invalid --group-add \"a:b\""),
         "{o}"
     );
+}
+
+/// `network disconnect`/`connect` of a container that has not started (it has no VM yet, so
+/// its one interface is not fixed; docker-compose v1 reconnects each container it creates so):
+/// it leaves its network and joins another with aliases; once started, its interface stays.
+fn network_connect_before_start() {
+    let d = daemon();
+    d.docker(&["network", "create", "ncb"]).run().ok();
+    let id = d
+        .docker(&["create", "--name", "ncb-c", "busybox", "sleep", "600"])
+        .run()
+        .ok()
+        .out();
+    d.docker(&["network", "disconnect", "bridge", "ncb-c"])
+        .run()
+        .ok();
+    let nets = d.inspect(&id)["NetworkSettings"]["Networks"].clone();
+    assert!(nets.get("bridge").is_none(), "{nets}");
+    d.docker(&["network", "connect", "--alias", "thealias", "ncb", "ncb-c"])
+        .run()
+        .ok();
+    let ep = d.inspect(&id)["NetworkSettings"]["Networks"]["ncb"].clone();
+    assert_eq!(ep["Aliases"], serde_json::json!(["thealias"]), "{ep}");
+    d.docker(&["start", &id]).run().ok();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "ncb-other",
+        "--network",
+        "ncb",
+        "busybox",
+        "sleep",
+        "600",
+    ])
+    .run()
+    .ok();
+    let ip = ep["IPAddress"].as_str().unwrap().to_string();
+    wait_for("the alias to resolve", secs(30.0), || {
+        match resolves(d, "ncb-other", "thealias") {
+            got if got == ip => Ok(()),
+            got => Err(got),
+        }
+    });
+    // Started, its interface is fixed.
+    let o = d.docker(&["network", "disconnect", "ncb", "ncb-c"]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("keep their network interface for life"),
+        "{o}"
+    );
+    let o = d.docker(&["network", "connect", "bridge", "ncb-c"]).run();
+    assert!(o.code != 0 && o.stderr.contains("ncb-c has started"), "{o}");
+    let o = d.docker(&["network", "connect", "ncb", "ncb-c"]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("already exists in network ncb"),
+        "{o}"
+    );
+    d.docker(&["rm", "-f", "ncb-c", "ncb-other"]).run().ok();
+    d.docker(&["network", "rm", "ncb"]).run().ok();
 }

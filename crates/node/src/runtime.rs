@@ -36,6 +36,7 @@ mod exec_events;
 #[cfg(test)]
 mod fuzz;
 mod health;
+mod network_ops;
 mod pause;
 mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};

@@ -303,9 +303,9 @@ async fn membership(
     Ok((c, n, on_it))
 }
 
-/// A container's network is fixed at create (one VM, one interface): connecting it to the
-/// network it is on is refused as Docker refuses a duplicate endpoint, anything else with what
-/// to do instead.
+/// A container's one interface is fixed once its VM has started: connecting it to the network
+/// it is on is refused as Docker refuses a duplicate endpoint; a container that has never
+/// started and has no network joins this one (see `Runtime::connect_created`).
 pub async fn connect(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
@@ -322,10 +322,27 @@ pub async fn connect(
             ),
         ));
     }
-    Err(ApiError::not_implemented(format!(
-        "hyper containers have one network interface, chosen at create: recreate {} with --network {}",
-        c.name, n.name
-    )))
+    let raw: Value = super::json_body(&body, "connect request")?;
+    let config = &raw["EndpointConfig"];
+    super::unsupported::refuse_unsupported_endpoint(config)?;
+    let strings = |key: &str| -> Vec<String> {
+        config[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    app.runtime
+        .connect_created(
+            &tenant,
+            &c.id,
+            &n.name,
+            strings("Aliases"),
+            strings("Links"),
+        )
+        .await?;
+    Ok(StatusCode::OK)
 }
 
 pub async fn disconnect(
@@ -336,10 +353,8 @@ pub async fn disconnect(
 ) -> ApiResult<StatusCode> {
     let (c, n, on_it) = membership(&app, &tenant, id, &body, "disconnect request").await?;
     if on_it {
-        return Err(ApiError::not_implemented(format!(
-            "hyper containers keep their network interface for life: remove {} instead",
-            c.name
-        )));
+        app.runtime.disconnect_created(&tenant, &c.id).await?;
+        return Ok(StatusCode::OK);
     }
     Err(ApiError::new(
         StatusCode::FORBIDDEN,

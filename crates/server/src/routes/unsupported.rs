@@ -209,13 +209,18 @@ pub fn refuse_unsupported(body: &Value) -> ApiResult<()> {
         .into_iter()
         .flat_map(|e| e.values())
     {
-        check_fields(
-            "EndpointSettings",
-            endpoint,
-            &["Aliases", "Links", "NetworkID"],
-        )?;
+        refuse_unsupported_endpoint(endpoint)?;
     }
     Ok(())
+}
+
+/// An `EndpointSettings` (at create, or in a network connect): what hyper does not do, 501.
+pub fn refuse_unsupported_endpoint(endpoint: &Value) -> ApiResult<()> {
+    check_fields(
+        "EndpointSettings",
+        endpoint,
+        &["Aliases", "Links", "NetworkID"],
+    )
 }
 
 #[cfg(test)]
