@@ -37,6 +37,7 @@ mod exec_events;
 mod fuzz;
 mod health;
 mod pause;
+mod precheck;
 mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 pub use commit::CommitRequest;
