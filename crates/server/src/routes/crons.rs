@@ -367,6 +367,15 @@ fn since_param(v: &str) -> ApiResult<Option<DateTime<Utc>>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(Some(t.with_timezone(&Utc)));
     }
+    // Docker's forms without a zone (Hyper's client passes `--since` as typed): UTC here.
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, format) {
+            return Ok(Some(t.and_utc()));
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()));
+    }
     if let Some(d) = go_duration(v) {
         return Ok(Some(crons::clock::get().now() - d));
     }
@@ -417,5 +426,36 @@ mod tests {
         );
         assert!(since_param("2030-01-01T00:00:00Z").unwrap().is_some());
         assert!(since_param("yesterday").is_err());
+        // As Hyper's client sends it (tests/fixtures/hypercli/cron-history-2.json).
+        assert_eq!(
+            since_param("2026-12-04T00:00:00").unwrap(),
+            DateTime::from_timestamp(1_796_342_400, 0)
+        );
+        assert_eq!(
+            since_param("2026-12-04").unwrap(),
+            DateTime::from_timestamp(1_796_342_400, 0)
+        );
+    }
+
+    /// The `Config`/`HostConfig`/`NetConfig` Hyper's client sends pass the container create's
+    /// checks as they are (every key, zero values included).
+    #[test]
+    fn hypers_container_config_passes_the_create_checks() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/hypercli");
+        for name in ["cron-create-2.json", "cron-create-4.json", "cron-create-6.json"] {
+            let f: Value =
+                serde_json::from_slice(&std::fs::read(format!("{dir}/{name}")).unwrap()).unwrap();
+            let body = &f["body"];
+            let mut create = body["Config"].clone();
+            create["HostConfig"] = body["HostConfig"].clone();
+            create["NetworkingConfig"] = body["NetConfig"].clone();
+            let (config, hc, aliases) =
+                super::super::containers::create_request(&serde_json::to_vec(&create).unwrap())
+                    .unwrap_or_else(|e| panic!("{name}: {}", e.message));
+            assert!(config.tty, "{name}");
+            assert_eq!(config.image, "busybox", "{name}");
+            assert_eq!(hc.network_mode, "bridge", "{name}");
+            assert!(aliases.is_empty(), "{name}");
+        }
     }
 }
