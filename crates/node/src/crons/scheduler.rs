@@ -469,7 +469,12 @@ impl Scheduler {
             r.status = if code == 0 { "success" } else { "error" }.into();
             r.exit_code = Some(code);
             r.logs = logs.clone();
-            r.message = message.clone();
+            // A note from when it was fired (missed runs) stays after the exit code.
+            r.message = if r.message.is_empty() {
+                message.clone()
+            } else {
+                format!("{message} ({})", r.message)
+            };
             r.container_id = c.id.clone();
         })?;
         if !keep {
