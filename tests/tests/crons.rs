@@ -224,7 +224,9 @@ fn cron_runs_overlap_policies_and_restart() {
         .ok()
         .out();
     assert_eq!(
-        chrono::DateTime::parse_from_rfc3339(&next).unwrap().timestamp(),
+        chrono::DateTime::parse_from_rfc3339(&next)
+            .unwrap()
+            .timestamp(),
         a,
         "NextRun of ok"
     );
@@ -255,7 +257,11 @@ fn cron_runs_overlap_policies_and_restart() {
     assert!(field(f, "Message").starts_with("exit code 3"), "{f}");
     assert!(field(f, "Logs").contains("failing"), "{f}");
     wait_for("the runs' containers to go", secs(60.0), || {
-        let left = [run_containers(d, "ok", false), run_containers(d, "fail", false)].concat();
+        let left = [
+            run_containers(d, "ok", false),
+            run_containers(d, "fail", false),
+        ]
+        .concat();
         if left.is_empty() {
             Ok(())
         } else {
@@ -266,7 +272,10 @@ fn cron_runs_overlap_policies_and_restart() {
     let o = d.hyper(&["cron", "history", "ok"]).run().ok();
     assert_eq!(o.stdout.matches(" done ").count(), 2, "{o}");
     let o = d.hyper(&["cron", "history", "fail"]).run().ok();
-    assert!(o.stdout.contains("failed") && o.stdout.contains("exit code 3"), "{o}");
+    assert!(
+        o.stdout.contains("failed") && o.stdout.contains("exit code 3"),
+        "{o}"
+    );
     let o = d.hyper(&["cron", "history", "--logs", "fail"]).run().ok();
     assert!(o.stdout.contains("failing"), "{o}");
     let counts = |name: &str| {
@@ -283,7 +292,10 @@ fn cron_runs_overlap_policies_and_restart() {
     };
     assert_eq!((counts("ok"), counts("fail")), ("2 0".into(), "0 1".into()));
     let o = d.hyper(&["cron", "ls"]).run().ok();
-    assert!(o.stdout.contains("ok") && o.stdout.contains("echo hello-cron"), "{o}");
+    assert!(
+        o.stdout.contains("ok") && o.stdout.contains("echo hello-cron"),
+        "{o}"
+    );
 
     // 2. Overlapping runs: forbid skips, replace kills the old run, allow runs both.
     let b = clock.slot(2, 5);
@@ -365,14 +377,19 @@ fn cron_runs_overlap_policies_and_restart() {
     d.hyper(&["cron", "rm", "replace", "forbid", "allow"])
         .run()
         .ok();
-    wait_for("the removed cron's run to go", secs(60.0), || {
-        match run_containers(d, "replace", false) {
+    wait_for(
+        "the removed cron's run to go",
+        secs(60.0),
+        || match run_containers(d, "replace", false) {
             left if left.is_empty() => Ok(()),
             left => Err(format!("{left:?}")),
-        }
-    });
+        },
+    );
     let o = d.hyper(&["cron", "history", "replace"]).run();
-    assert!(o.code != 0 && o.stderr.contains("No such cron: replace"), "{o}");
+    assert!(
+        o.code != 0 && o.stderr.contains("No such cron: replace"),
+        "{o}"
+    );
 
     // 3. hyperd killed while a run runs and while runs fall due: the history stays, the
     // running run is taken up again and not started twice, the missed runs follow their
@@ -386,7 +403,10 @@ fn cron_runs_overlap_policies_and_restart() {
     wait_for("the long run to run", secs(60.0 * 3.0), || {
         let h = history(d, "long");
         match h.first() {
-            Some(r) if field(r, "Status") == "running" && run_containers(d, "long", true).len() == 1 => {
+            Some(r)
+                if field(r, "Status") == "running"
+                    && run_containers(d, "long", true).len() == 1 =>
+            {
                 Ok(())
             }
             _ => Err(serde_json::to_string(&h).unwrap()),
@@ -400,9 +420,18 @@ fn cron_runs_overlap_policies_and_restart() {
         &["--missed", "run-once"],
         &["echo", "missed-run"],
     );
-    cron_create(d, "skip", &at(&[m]), &["--missed", "skip"], &["echo", "missed-run"]);
+    cron_create(
+        d,
+        "skip",
+        &at(&[m]),
+        &["--missed", "skip"],
+        &["echo", "missed-run"],
+    );
     d.kill9();
-    clock.wait_until(m + 30, "the missed runs' minute to pass while hyperd is down");
+    clock.wait_until(
+        m + 30,
+        "the missed runs' minute to pass while hyperd is down",
+    );
     d.restart();
 
     let h = wait_finished(d, "long", 1, 120.0);
@@ -514,50 +543,122 @@ fn cron_tenancy_keys_and_refusals() {
 
     // Keys: another tenant's, or a wrong secret, are refused; one's own are checked and kept
     // as the access key only.
-    let e = create_fails(d, &cfg_a, &refs(&with(&["--access-key", &ak_b, "--secret-key", &sk_b])));
-    assert!(e.contains(&format!("AccessKey {ak_b} is not a key of your account")), "{e}");
-    let e = create_fails(d, &cfg_a, &refs(&with(&["--access-key", &ak_a, "--secret-key", "wrong"])));
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &refs(&with(&["--access-key", &ak_b, "--secret-key", &sk_b])),
+    );
+    assert!(
+        e.contains(&format!("AccessKey {ak_b} is not a key of your account")),
+        "{e}"
+    );
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &refs(&with(&["--access-key", &ak_a, "--secret-key", "wrong"])),
+    );
     assert!(e.contains("SecretKey does not match"), "{e}");
-    let e = create_fails(d, &cfg_a, &refs(&with(&["--access-key", "NOSUCHKEY", "--secret-key", "x"])));
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &refs(&with(&["--access-key", "NOSUCHKEY", "--secret-key", "x"])),
+    );
     assert!(e.contains("is not a key of your account"), "{e}");
     let o = d
-        .hyper_tcp(&cfg_a, &refs(&[vec!["cron".into(), "create".into()], with(&["--access-key", &ak_a, "--secret-key", &sk_a])].concat()))
+        .hyper_tcp(
+            &cfg_a,
+            &refs(
+                &[
+                    vec!["cron".into(), "create".into()],
+                    with(&["--access-key", &ak_a, "--secret-key", &sk_a]),
+                ]
+                .concat(),
+            ),
+        )
         .run()
         .ok();
     assert!(o.stdout.contains("Cron mine is created."), "{o}");
-    let v = d.hyper_tcp(&cfg_a, &["cron", "inspect", "mine"]).run().ok().json()[0].clone();
-    assert_eq!((field(&v, "AccessKey"), field(&v, "SecretKey")), (ak_a.as_str(), ""));
+    let v = d
+        .hyper_tcp(&cfg_a, &["cron", "inspect", "mine"])
+        .run()
+        .ok()
+        .json()[0]
+        .clone();
+    assert_eq!(
+        (field(&v, "AccessKey"), field(&v, "SecretKey")),
+        (ak_a.as_str(), "")
+    );
     assert_eq!(field(&v, "Owner"), "crona");
-    assert!(!v.to_string().contains(&sk_a), "the secret is given back: {v}");
+    assert!(
+        !v.to_string().contains(&sk_a),
+        "the secret is given back: {v}"
+    );
     let e = create_fails(d, &cfg_a, &refs(&with(&[])));
     assert!(e.contains("a cron named mine already exists"), "{e}");
 
     // Another tenant neither sees nor touches it.
-    assert_eq!(d.hyper_tcp(&cfg_b, &["cron", "ls", "-q"]).run().ok().out(), "");
-    for cmd in [vec!["cron", "inspect", "mine"], vec!["cron", "history", "mine"], vec!["cron", "rm", "mine"]] {
+    assert_eq!(
+        d.hyper_tcp(&cfg_b, &["cron", "ls", "-q"]).run().ok().out(),
+        ""
+    );
+    for cmd in [
+        vec!["cron", "inspect", "mine"],
+        vec!["cron", "history", "mine"],
+        vec!["cron", "rm", "mine"],
+    ] {
         let o = d.hyper_tcp(&cfg_b, &cmd).run();
-        assert!(o.code != 0 && o.stderr.contains("No such cron: mine"), "{o}");
+        assert!(
+            o.code != 0 && o.stderr.contains("No such cron: mine"),
+            "{o}"
+        );
     }
-    assert_eq!(d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(), "mine");
+    assert_eq!(
+        d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(),
+        "mine"
+    );
     // ... and may use the same name for its own.
-    d.hyper_tcp(&cfg_b, &refs(&[vec!["cron".into(), "create".into()], with(&[])].concat()))
-        .run()
-        .ok();
+    d.hyper_tcp(
+        &cfg_b,
+        &refs(&[vec!["cron".into(), "create".into()], with(&[])].concat()),
+    )
+    .run()
+    .ok();
     d.hyper_tcp(&cfg_b, &["cron", "rm", "mine"]).run().ok();
-    assert_eq!(d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(), "mine");
+    assert_eq!(
+        d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(),
+        "mine"
+    );
 
     // Mail: refused, not ignored.
-    let e = create_fails(d, &cfg_a, &refs(&named("m2", &["--mailto", "ops@example.com"])));
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &refs(&named("m2", &["--mailto", "ops@example.com"])),
+    );
     assert!(e.contains("mail notifications are not supported"), "{e}");
     let e = create_fails(d, &cfg_a, &refs(&named("m2", &["--mail", "always"])));
     assert!(e.contains("mail policy \"always\""), "{e}");
 
     // Schedules: refused with what is wrong.
     for (args, want) in [
-        (vec!["--name", "sched", "--minute", "61"], "invalid schedule \"61 0 * * *\": minute 61 is out of range 0-59"),
-        (vec!["--name", "sched", "--minute", "5", "--week", "fri-mon"], "day of week range \"fri-mon\" goes backwards"),
-        (vec!["--name", "sched", "--schedule", "* * *"], "a schedule has 5 fields"),
-        (vec!["--name", "sched", "--minute", "0", "--dom", "31", "--month", "feb"], "never fires"),
+        (
+            vec!["--name", "sched", "--minute", "61"],
+            "invalid schedule \"61 0 * * *\": minute 61 is out of range 0-59",
+        ),
+        (
+            vec!["--name", "sched", "--minute", "5", "--week", "fri-mon"],
+            "day of week range \"fri-mon\" goes backwards",
+        ),
+        (
+            vec!["--name", "sched", "--schedule", "* * *"],
+            "a schedule has 5 fields",
+        ),
+        (
+            vec![
+                "--name", "sched", "--minute", "0", "--dom", "31", "--month", "feb",
+            ],
+            "never fires",
+        ),
     ] {
         let mut a = args.clone();
         a.extend(["busybox", "true"]);
@@ -568,13 +669,49 @@ fn cron_tenancy_keys_and_refusals() {
     assert!(e.contains("must specify at least one schedule"), "{e}");
 
     // Container options: the create's checks, and what a cron run cannot be.
-    let e = create_fails(d, &cfg_a, &["--name", "sched", "--minute", "1", "--restart", "always", "busybox"]);
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &[
+            "--name",
+            "sched",
+            "--minute",
+            "1",
+            "--restart",
+            "always",
+            "busybox",
+        ],
+    );
     assert!(e.contains("a cron run must end"), "{e}");
-    let e = create_fails(d, &cfg_a, &["--name", "sched", "--minute", "1", "--size", "x9", "busybox"]);
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &[
+            "--name", "sched", "--minute", "1", "--size", "x9", "busybox",
+        ],
+    );
     assert!(e.contains("x9"), "{e}");
-    let e = create_fails(d, &cfg_a, &["--name", "sched", "--minute", "1", "--container-name", "job", "--concurrency", "allow", "busybox"]);
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &[
+            "--name",
+            "sched",
+            "--minute",
+            "1",
+            "--container-name",
+            "job",
+            "--concurrency",
+            "allow",
+            "busybox",
+        ],
+    );
     assert!(e.contains("two runs cannot overlap"), "{e}");
-    let e = create_fails(d, &cfg_a, &["--name", "sched", "--minute", "1", "nosuch/image:1"]);
+    let e = create_fails(
+        d,
+        &cfg_a,
+        &["--name", "sched", "--minute", "1", "nosuch/image:1"],
+    );
     assert!(!e.is_empty(), "{e}");
     // 501 for what hyperd does not honour, over the wire.
     let body = json!({"Schedule": "1 * * * *", "Config": {"Image": "busybox"},
@@ -582,21 +719,38 @@ fn cron_tenancy_keys_and_refusals() {
     let o = d.api(
         "POST",
         "/v1.23/crons/create?name=priv",
-        &["-H", "Content-Type: application/json", "--data-binary", &body.to_string()],
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+        ],
     );
     let (v, status) = body_status(&o);
     assert_eq!(status, 501, "{o}");
-    assert!(v["message"].as_str().unwrap_or("").contains("privileged"), "{o}");
-    let body = json!({"Schedule": "1 * * * *", "Config": {"Image": "busybox"}, "Tags": {"zone": "a"}});
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("privileged"),
+        "{o}"
+    );
+    let body =
+        json!({"Schedule": "1 * * * *", "Config": {"Image": "busybox"}, "Tags": {"zone": "a"}});
     let o = d.api(
         "POST",
         "/v1.23/crons/create?name=tags",
-        &["-H", "Content-Type: application/json", "--data-binary", &body.to_string()],
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+        ],
     );
     assert_eq!(body_status(&o).1, 501, "{o}");
 
     d.hyper_tcp(&cfg_a, &["cron", "rm", "mine"]).run().ok();
-    assert_eq!(d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(), "");
+    assert_eq!(
+        d.hyper_tcp(&cfg_a, &["cron", "ls", "-q"]).run().ok().out(),
+        ""
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,7 +790,16 @@ fn replay(d: &Daemon, f: &Value, change: impl FnOnce(&mut Value)) -> (Value, u16
 
 /// What Hyper's client decodes a `Cron` into: each key with its Go type.
 fn assert_go_cron(v: &Value) {
-    for k in ["Name", "Schedule", "AccessKey", "SecretKey", "ContainerName", "Owner", "OwnerEmail", "MailPolicy"] {
+    for k in [
+        "Name",
+        "Schedule",
+        "AccessKey",
+        "SecretKey",
+        "ContainerName",
+        "Owner",
+        "OwnerEmail",
+        "MailPolicy",
+    ] {
         assert!(v[k].is_string(), "{k} in {v}");
     }
     for k in ["Config", "HostConfig", "NetConfig"] {
@@ -651,15 +814,27 @@ fn assert_go_cron(v: &Value) {
             "{k} in {v}"
         );
     }
-    assert!(v["Disabled"].is_boolean() && (v["Tags"].is_null() || v["Tags"].is_object()), "{v}");
-    assert!(v["Config"]["Cmd"].is_array() || v["Config"]["Cmd"].is_null(), "{v}");
+    assert!(
+        v["Disabled"].is_boolean() && (v["Tags"].is_null() || v["Tags"].is_object()),
+        "{v}"
+    );
+    assert!(
+        v["Config"]["Cmd"].is_array() || v["Config"]["Cmd"].is_null(),
+        "{v}"
+    );
 }
 
 fn hypers_cron_requests_replayed() {
     let d = api_daemon();
     let cfg: Value =
         serde_json::from_slice(&std::fs::read(d.client_dir.join("config.json")).unwrap()).unwrap();
-    let cloud = cfg["clouds"].as_object().unwrap().values().next().unwrap().clone();
+    let cloud = cfg["clouds"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
     let (ak, sk) = (
         cloud["accesskey"].as_str().unwrap().to_string(),
         cloud["secretkey"].as_str().unwrap().to_string(),
@@ -669,7 +844,11 @@ fn hypers_cron_requests_replayed() {
     let (v, status, o) = replay(d, &fixture("cron-create-2"), |_| {});
     assert_eq!(status, 201, "{o}");
     assert_go_cron(&v);
-    assert_eq!((field(&v, "Name"), field(&v, "Schedule")), ("nightly", "30 2 * * 1-5"), "{v}");
+    assert_eq!(
+        (field(&v, "Name"), field(&v, "Schedule")),
+        ("nightly", "30 2 * * 1-5"),
+        "{v}"
+    );
     // `--access-key AK --secret-key SK`: the unix socket acts as the default tenant, whose
     // keys these are.
     let f = fixture("cron-create-4");
@@ -685,18 +864,27 @@ fn hypers_cron_requests_replayed() {
         b["SecretKey"] = json!("whatever");
     });
     assert_eq!(status, 403, "{o}");
-    assert!(field(&v, "message").contains("not a key of your account"), "{o}");
+    assert!(
+        field(&v, "message").contains("not a key of your account"),
+        "{o}"
+    );
     // `--mailto ops@example.com --mail on-success`: refused, saying why.
     let full = fixture("cron-create-6");
     let (v, status, o) = replay(d, &full, |_| {});
     assert_eq!(status, 501, "{o}");
-    assert!(field(&v, "message").contains("mail notifications are not supported"), "{o}");
+    assert!(
+        field(&v, "message").contains("mail notifications are not supported"),
+        "{o}"
+    );
     // The same without mail (and without its security group, which this daemon lacks): taken,
     // with every container option Hyper's client put in it.
     let (v, status, o) = replay(d, &full, |b| {
         b["OwnerEmail"] = json!("");
         b["MailPolicy"] = json!("on-failure");
-        b["Config"]["Labels"].as_object_mut().unwrap().remove("sh_hyper_sg_web");
+        b["Config"]["Labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sh_hyper_sg_web");
         b["Config"]["Labels"]["sh_hyper_cron_concurrency"] = json!("replace");
     });
     assert_eq!(status, 201, "{o}");
@@ -708,7 +896,12 @@ fn hypers_cron_requests_replayed() {
     // `cron ls`: a bare array of Crons.
     let (v, status, o) = replay(d, &fixture("cron-ls-1"), |_| {});
     assert_eq!(status, 200, "{o}");
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| field(c, "Name")).collect();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| field(c, "Name"))
+        .collect();
     assert_eq!(names, ["every5", "full", "nightly"], "{o}");
     v.as_array().unwrap().iter().for_each(assert_go_cron);
     // `cron inspect nightly`

@@ -35,7 +35,9 @@ pub fn install(args: &ClockArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--clock-speed: {e}"))?;
     tracing::warn!(
         "crons run by a TEST clock: {start} at {}, x{}",
-        anchor.map(|a| a.to_rfc3339()).unwrap_or_else(|| "start".into()),
+        anchor
+            .map(|a| a.to_rfc3339())
+            .unwrap_or_else(|| "start".into()),
         args.clock_speed
     );
     node::crons::clock::set(clock);

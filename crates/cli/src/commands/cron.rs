@@ -213,7 +213,11 @@ pub fn create_body(
         Some(s) => s.clone(),
         None => {
             let fields = [&a.minute, &a.hour, &a.dom, &a.month, &a.week];
-            if fields.iter().map(|f| f.as_str()).eq(["0", "0", "*", "*", "*"]) {
+            if fields
+                .iter()
+                .map(|f| f.as_str())
+                .eq(["0", "0", "*", "*", "*"])
+            {
                 return Err(
                     "must specify at least one schedule (--minute, --hour, --dom, --month, \
                      --week or --schedule)"
@@ -491,8 +495,25 @@ mod tests {
     #[test]
     fn hypers_body_with_every_key() {
         let b = body(&[
-            "--name", "job", "--minute", "*/5", "--hour", "1-3", "-e", "A=1", "-l", "x=y",
-            "--size", "s2", "--sg", "web", "-h", "box.example.com", "busybox", "echo", "hi",
+            "--name",
+            "job",
+            "--minute",
+            "*/5",
+            "--hour",
+            "1-3",
+            "-e",
+            "A=1",
+            "-l",
+            "x=y",
+            "--size",
+            "s2",
+            "--sg",
+            "web",
+            "-h",
+            "box.example.com",
+            "busybox",
+            "echo",
+            "hi",
         ])
         .unwrap();
         assert_eq!(b["Schedule"], "*/5 1-3 * * *");
@@ -523,8 +544,15 @@ mod tests {
     #[test]
     fn schedules_policies_and_refusals() {
         let b = body(&[
-            "--name", "j", "--schedule", "0 3 * * mon", "--concurrency", "replace", "--missed",
-            "skip", "busybox",
+            "--name",
+            "j",
+            "--schedule",
+            "0 3 * * mon",
+            "--concurrency",
+            "replace",
+            "--missed",
+            "skip",
+            "busybox",
         ])
         .unwrap();
         assert_eq!(b["Schedule"], "0 3 * * mon");
@@ -533,26 +561,66 @@ mod tests {
         assert!(body(&["--name", "j", "busybox"])
             .unwrap_err()
             .contains("at least one schedule"));
-        assert!(body(&["--name", "j", "--minute", "5", "--access-key", "AK", "busybox"])
-            .unwrap_err()
-            .contains("together"));
-        assert!(parse(&["create", "--name", "j", "--schedule", "* * * * *", "--minute", "1", "busybox"]).is_err());
-        assert!(parse(&["create", "--name", "j", "--concurrency", "sometimes", "busybox"]).is_err());
+        assert!(body(&[
+            "--name",
+            "j",
+            "--minute",
+            "5",
+            "--access-key",
+            "AK",
+            "busybox"
+        ])
+        .unwrap_err()
+        .contains("together"));
+        assert!(parse(&[
+            "create",
+            "--name",
+            "j",
+            "--schedule",
+            "* * * * *",
+            "--minute",
+            "1",
+            "busybox"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "create",
+            "--name",
+            "j",
+            "--concurrency",
+            "sometimes",
+            "busybox"
+        ])
+        .is_err());
         assert!(parse(&["create", "--minute", "1", "busybox"]).is_err());
     }
 
     #[test]
     fn history_rows_like_hypers() {
-        let r = history_row(&json!({"Container": "c1", "StartedAt": 1893456000, "FinishedAt": 0,
-                                    "Status": "running", "Message": "", "Scheduled": 1893456000}));
-        assert_eq!((r["Status"].as_str(), r["End"].as_str()), (Some("-"), Some("-")));
-        assert_eq!(r["Start"], "2030-01-01 00:00:00 UTC");
-        let r = history_row(&json!({"Container": "c1", "StartedAt": 1, "FinishedAt": 2, "Status": "success"}));
-        assert_eq!(r["Status"], "done");
-        let r = history_row(&json!({"Container": "", "StartedAt": 1, "FinishedAt": 2, "Status": "error"}));
-        assert_eq!((r["Status"].as_str(), r["Container"].as_str()), (Some("failed"), Some("-")));
+        let r = history_row(
+            &json!({"Container": "c1", "StartedAt": 1893456000, "FinishedAt": 0,
+                                    "Status": "running", "Message": "", "Scheduled": 1893456000}),
+        );
         assert_eq!(
-            filters_json(&["name=a".into(), "image=busybox".into()]).unwrap().unwrap(),
+            (r["Status"].as_str(), r["End"].as_str()),
+            (Some("-"), Some("-"))
+        );
+        assert_eq!(r["Start"], "2030-01-01 00:00:00 UTC");
+        let r = history_row(
+            &json!({"Container": "c1", "StartedAt": 1, "FinishedAt": 2, "Status": "success"}),
+        );
+        assert_eq!(r["Status"], "done");
+        let r = history_row(
+            &json!({"Container": "", "StartedAt": 1, "FinishedAt": 2, "Status": "error"}),
+        );
+        assert_eq!(
+            (r["Status"].as_str(), r["Container"].as_str()),
+            (Some("failed"), Some("-"))
+        );
+        assert_eq!(
+            filters_json(&["name=a".into(), "image=busybox".into()])
+                .unwrap()
+                .unwrap(),
             r#"{"image":{"busybox":true},"name":{"a":true}}"#
         );
         assert!(filters_json(&["name".into()]).is_err());

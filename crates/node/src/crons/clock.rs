@@ -41,7 +41,9 @@ impl Clock {
         speed: f64,
     ) -> Result<Self, String> {
         if !(speed.is_finite() && (0.001..=10_000.0).contains(&speed)) {
-            return Err(format!("clock speed {speed}: give a number from 0.001 to 10000"));
+            return Err(format!(
+                "clock speed {speed}: give a number from 0.001 to 10000"
+            ));
         }
         Ok(Self {
             start,
@@ -96,7 +98,10 @@ mod tests {
         assert!(now >= start + TimeDelta::seconds(60), "{now}");
         assert!(now < start + TimeDelta::seconds(120), "{now}");
         let wait = c.real_until(start + TimeDelta::seconds(600));
-        assert!(wait > Duration::from_secs(80) && wait <= Duration::from_secs(90), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
         assert!(Clock::virtual_clock(start, None, 0.0).is_err());
         assert!(Clock::real().is_real());
     }

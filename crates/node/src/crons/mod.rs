@@ -32,7 +32,8 @@ pub use schedule::Schedule;
 pub const MAX_CRONS: usize = 100;
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| RuntimeError::Internal(format!("bad cron record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| RuntimeError::Internal(format!("bad cron record: {e}")))
 }
 
 fn not_found(name: &str) -> RuntimeError {
@@ -99,10 +100,7 @@ fn validate(rt: &Runtime, tenant: &str, spec: &CronSpec) -> Result<()> {
                 .into(),
         );
     }
-    if matches!(
-        hc.restart_policy.name.as_str(),
-        "always" | "unless-stopped"
-    ) {
+    if matches!(hc.restart_policy.name.as_str(), "always" | "unless-stopped") {
         return bad(format!(
             "restart policy {}: a cron run must end; use no or on-failure[:N]",
             hc.restart_policy.name
@@ -138,7 +136,11 @@ pub fn create(rt: &Arc<Runtime>, tenant: &str, spec: CronSpec) -> Result<CronRec
     let record = CronRecord {
         tenant: tenant.into(),
         name: spec.name,
-        schedule: spec.schedule.split_whitespace().collect::<Vec<_>>().join(" "),
+        schedule: spec
+            .schedule
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
         access_key: spec.access_key,
         container_name: spec.container_name,
         mail_policy: spec.mail_policy,

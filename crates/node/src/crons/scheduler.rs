@@ -40,7 +40,11 @@ struct Scheduler {
 }
 
 /// Runs the scheduler until `shutdown` turns true.
-pub async fn run_forever(rt: Arc<Runtime>, key_active: KeyCheck, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_forever(
+    rt: Arc<Runtime>,
+    key_active: KeyCheck,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let clock = clock::get();
     let s = Arc::new(Scheduler {
         rt,
@@ -89,7 +93,8 @@ fn parse_run_key(key: &str) -> Option<(String, String, i64)> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| RuntimeError::Internal(format!("bad cron record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| RuntimeError::Internal(format!("bad cron record: {e}")))
 }
 
 /// The container name of a run: the cron's `ContainerName`, or the cron's name and due time.
@@ -127,7 +132,13 @@ fn output(rt: &Runtime, id: &str) -> (String, String) {
 
 impl Scheduler {
     async fn tick(self: Arc<Self>) -> Result<()> {
-        let open: Vec<String> = self.open.lock().expect("poisoned").iter().cloned().collect();
+        let open: Vec<String> = self
+            .open
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect();
         for key in open {
             if let Err(e) = self.check_run(&key).await {
                 tracing::warn!("crons: run {key}: {}", crate::error_chain(&e));
@@ -168,7 +179,12 @@ impl Scheduler {
             .collect()
     }
 
-    async fn fire_due(self: Arc<Self>, cron: &CronRecord, rev: u64, now: DateTime<Utc>) -> Result<()> {
+    async fn fire_due(
+        self: Arc<Self>,
+        cron: &CronRecord,
+        rev: u64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let schedule: Schedule = cron
             .schedule
             .parse()
@@ -198,9 +214,7 @@ impl Scheduler {
                 );
                 return self.record_skipped(cron, rev, latest, now, msg);
             }
-            note = format!(
-                " (run once for {count} due time(s) missed while hyperd was down)"
-            );
+            note = format!(" (run once for {count} due time(s) missed while hyperd was down)");
         } else if count > 1 {
             note = format!(" ({} earlier due time(s) passed meanwhile)", count - 1);
         }
@@ -237,7 +251,11 @@ impl Scheduler {
             container: container_name(cron, latest),
             container_id: String::new(),
             exit_code: None,
-            message: note.trim().trim_start_matches('(').trim_end_matches(')').to_string(),
+            message: note
+                .trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .to_string(),
             logs: String::new(),
         };
         let Some(key) = self.record_run(cron, rev, &run)? else {
@@ -317,7 +335,11 @@ impl Scheduler {
         let excess = runs.len().saturating_sub(HISTORY_LIMIT);
         let open = self.open.lock().expect("poisoned").clone();
         let mut txn = Txn::new();
-        for kv in runs.iter().filter(|kv| !open.contains(&kv.key)).take(excess) {
+        for kv in runs
+            .iter()
+            .filter(|kv| !open.contains(&kv.key))
+            .take(excess)
+        {
             txn = txn.then(Op::Delete(kv.key.clone()));
         }
         if excess > 0 {
@@ -350,9 +372,7 @@ impl Scheduler {
             }
         }
         let mut config = cron.config.clone();
-        config
-            .labels
-            .insert(CRON_LABEL.into(), cron.name.clone());
+        config.labels.insert(CRON_LABEL.into(), cron.name.clone());
         config
             .labels
             .insert(RUN_LABEL.into(), due.timestamp().to_string());
@@ -553,11 +573,17 @@ impl Scheduler {
             } else {
                 cron.error_count += 1;
             }
-            cron.last_run = Some(cron.last_run.map_or(run.started_at, |t| t.max(run.started_at)));
+            cron.last_run = Some(
+                cron.last_run
+                    .map_or(run.started_at, |t| t.max(run.started_at)),
+            );
             let done = self.rt.store().txn(
                 Txn::new()
                     .when(Compare::ModRevision(ck.clone(), kv.mod_revision))
-                    .then(Op::Put(ck.clone(), serde_json::to_vec(&cron).expect("json"))),
+                    .then(Op::Put(
+                        ck.clone(),
+                        serde_json::to_vec(&cron).expect("json"),
+                    )),
             )?;
             if done.succeeded {
                 tracing::info!(tenant, cron = name, due = %run.scheduled, status = %run.status, "{}", run.message);

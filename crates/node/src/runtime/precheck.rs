@@ -2,9 +2,9 @@
 //! container spec to create it later (a cron's runs): refused when the spec is recorded, not
 //! at every run.
 
+use super::health;
 use super::{command, merge_image_defaults, restart, Runtime, PROTECTION_LABEL};
 use crate::model::{ContainerConfig, HostConfig};
-use super::health;
 use crate::{sizes, validate, Result, RuntimeError};
 
 impl Runtime {

@@ -139,9 +139,9 @@ fn policy<T>(
             )))
         }
     };
-    parse(chosen).map(Some).ok_or_else(|| {
-        ApiError::bad_request(format!("invalid {key} {chosen:?}: use {choices}"))
-    })
+    parse(chosen)
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {key} {chosen:?}: use {choices}")))
 }
 
 fn spec_from(app: &AppState, tenant: &str, name: &str, raw: &Value) -> ApiResult<CronSpec> {
@@ -193,11 +193,7 @@ fn spec_from(app: &AppState, tenant: &str, name: &str, raw: &Value) -> ApiResult
     };
     let raw_config = match body.get("Config") {
         Some(c @ Value::Object(_)) => c.clone(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "a cron needs a Config with an Image",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("a cron needs a Config with an Image")),
     };
     let object_or_null = |key: &str| match body.get(key) {
         None | Some(Value::Null) => Ok(Value::Null),
@@ -206,7 +202,8 @@ fn spec_from(app: &AppState, tenant: &str, name: &str, raw: &Value) -> ApiResult
             "invalid cron: {key} must be an object, not {v}"
         ))),
     };
-    let (raw_host_config, raw_net_config) = (object_or_null("HostConfig")?, object_or_null("NetConfig")?);
+    let (raw_host_config, raw_net_config) =
+        (object_or_null("HostConfig")?, object_or_null("NetConfig")?);
     // A container create's body, through the create's own checks.
     let mut create = raw_config.clone();
     create["HostConfig"] = raw_host_config.clone();
@@ -270,16 +267,19 @@ pub async fn create(
 fn matches(r: &CronRecord, filters: &Map<String, Value>) -> ApiResult<bool> {
     for (key, values) in filters {
         let values: Vec<String> = match values {
-            Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             Value::Object(o) => o.keys().cloned().collect(),
             _ => vec![],
         };
         let ok = match key.as_str() {
             "name" => values.iter().any(|v| r.name.contains(v.as_str())),
-            "image" => values.iter().any(|v| {
-                node::images::normalize(v) == node::images::normalize(&r.config.image)
-            }),
-            "container-name" => values.iter().any(|v| *v == r.container_name),
+            "image" => values
+                .iter()
+                .any(|v| node::images::normalize(v) == node::images::normalize(&r.config.image)),
+            "container-name" => values.contains(&r.container_name),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "invalid filter '{other}': use name, image or container-name"
@@ -342,7 +342,9 @@ fn go_duration(s: &str) -> Option<TimeDelta> {
             .filter(|&n| n > 0)?;
         let value: f64 = rest[..n].parse().ok()?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..u] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -368,7 +370,11 @@ fn since_param(v: &str) -> ApiResult<Option<DateTime<Utc>>> {
         return Ok(Some(t.with_timezone(&Utc)));
     }
     // Docker's forms without a zone (Hyper's client passes `--since` as typed): UTC here.
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, format) {
             return Ok(Some(t.and_utc()));
         }
@@ -391,12 +397,13 @@ pub async fn history(
     Query(q): Query<Params>,
 ) -> ApiResult<Json<Value>> {
     let since = since_param(q.get("since").map(String::as_str).unwrap_or(""))?;
-    let tail = match q.get("tail").map(String::as_str).unwrap_or("all") {
-        "" | "all" => None,
-        t => Some(t.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(format!("invalid tail {t:?}: a number or all"))
-        })?),
-    };
+    let tail =
+        match q.get("tail").map(String::as_str).unwrap_or("all") {
+            "" | "all" => None,
+            t => Some(t.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("invalid tail {t:?}: a number or all"))
+            })?),
+        };
     let runs: Vec<_> = crons::history(&app.runtime, &tenant, &name)?
         .into_iter()
         .filter(|r| since.is_none_or(|s| r.started_at >= s))
@@ -442,7 +449,11 @@ mod tests {
     #[test]
     fn hypers_container_config_passes_the_create_checks() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/hypercli");
-        for name in ["cron-create-2.json", "cron-create-4.json", "cron-create-6.json"] {
+        for name in [
+            "cron-create-2.json",
+            "cron-create-4.json",
+            "cron-create-6.json",
+        ] {
             let f: Value =
                 serde_json::from_slice(&std::fs::read(format!("{dir}/{name}")).unwrap()).unwrap();
             let body = &f["body"];
