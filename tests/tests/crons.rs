@@ -209,7 +209,7 @@ fn cron_runs_overlap_policies_and_restart() {
     let d: &Daemon = &dd;
 
     // 1. Runs at their minutes; output and exit code in the history; containers removed.
-    let a = clock.slot(2, 2);
+    let a = clock.slot(2, 3);
     cron_create(d, "ok", &at(&[a, a + 120]), &[], &["echo", "hello-cron"]);
     cron_create(
         d,
@@ -217,6 +217,14 @@ fn cron_runs_overlap_policies_and_restart() {
         &at(&[a + 60]),
         &[],
         &["sh", "-c", "echo failing >&2; exit 3"],
+    );
+    // With a container name, every run's container has it and the last one is kept.
+    cron_create(
+        d,
+        "named",
+        &at(&[a + 60, a + 180]),
+        &["--container-name", "nightly-job"],
+        &["sh", "-c", "echo named-run $HOSTNAME"],
     );
     let next = d
         .hyper(&["cron", "inspect", "-f", "{{.NextRun}}", "ok"])
@@ -268,6 +276,23 @@ fn cron_runs_overlap_policies_and_restart() {
             Err(format!("{left:?}"))
         }
     });
+    let named = wait_finished(d, "named", 2, 120.0);
+    assert_eq!(scheduled(&named), [a + 60, a + 180], "{named:?}");
+    assert!(
+        named.iter().all(|r| field(r, "Container") == "nightly-job"),
+        "{named:?}"
+    );
+    assert!(
+        named.iter().all(|r| field(r, "Status") == "success"),
+        "{named:?}"
+    );
+    let kept = d.wait_status("nightly-job", "exited", 30.0);
+    assert_eq!(kept["Id"], named[1]["ContainerId"], "{kept}");
+    assert_ne!(named[0]["ContainerId"], named[1]["ContainerId"]);
+    assert_eq!(run_containers(d, "named", false).len(), 1);
+    let o = d.hyper(&["logs", "nightly-job"]).run().ok();
+    assert!(o.stdout.contains("named-run"), "{o}");
+
     // What the CLI shows: Hyper's words for the statuses, and the counts.
     let o = d.hyper(&["cron", "history", "ok"]).run().ok();
     assert_eq!(o.stdout.matches(" done ").count(), 2, "{o}");
@@ -461,7 +486,7 @@ fn cron_runs_overlap_policies_and_restart() {
     assert_eq!(history(d, "once").len(), 1);
     assert_eq!(history(d, "skip").len(), 1);
 
-    d.hyper(&["cron", "rm", "ok", "fail", "long", "once", "skip"])
+    d.hyper(&["cron", "rm", "ok", "fail", "named", "long", "once", "skip"])
         .run()
         .ok();
     assert_eq!(d.hyper(&["cron", "ls", "-q"]).run().ok().out(), "");
