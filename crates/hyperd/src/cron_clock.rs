@@ -43,3 +43,36 @@ pub fn install(args: &ClockArgs) -> anyhow::Result<()> {
     node::crons::clock::set(clock);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        clock: ClockArgs,
+    }
+
+    #[test]
+    fn flags_need_a_start() {
+        let t = T::try_parse_from(["hyperd"]).unwrap();
+        assert!(t.clock.clock_start.is_none());
+        assert!(T::try_parse_from(["hyperd", "--clock-speed", "10"]).is_err());
+        assert!(T::try_parse_from(["hyperd", "--clock-anchor", "1"]).is_err());
+        let t = T::try_parse_from([
+            "hyperd",
+            "--clock-start",
+            "2030-01-01T00:00:00Z",
+            "--clock-anchor",
+            "1796342400.5",
+            "--clock-speed",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(t.clock.clock_speed, 10.0);
+        assert!(T::try_parse_from(["hyperd", "--clock-start", "tomorrow"]).is_err());
+    }
+}
