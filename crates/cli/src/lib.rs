@@ -33,7 +33,7 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    commit, config as config_cmd, containers, cp, events, exec, export, fip, image_transfer,
+    commit, config as config_cmd, containers, cp, cron, events, exec, export, fip, image_transfer,
     images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
@@ -202,6 +202,9 @@ pub enum Cmd {
     /// Manage services (load-balanced groups of containers)
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage cron jobs (containers run on a schedule)
+    #[command(subcommand)]
+    Cron(cron::CronCmd),
     /// Manage volumes
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
@@ -257,6 +260,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Fip(c) => fip::fip_cmd(ctx, c).await,
         Cmd::Sg(c) => sg::sg_cmd(ctx, c).await,
         Cmd::Service(c) => service::service_cmd(ctx, c).await,
+        Cmd::Cron(c) => cron::cron_cmd(ctx, c).await,
         Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
         Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
     }

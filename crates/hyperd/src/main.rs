@@ -2,6 +2,7 @@
 //! on the embedded store.
 
 mod admin_client;
+mod cron_clock;
 mod setup;
 mod tenant;
 
@@ -169,6 +170,8 @@ struct DaemonArgs {
     /// Streams (attach, exec, logs -f, events, stats) each tenant may keep open over TCP.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_streams: u64,
+    #[command(flatten)]
+    cron_clock: cron_clock::ClockArgs,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -561,12 +564,20 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         })),
     };
     let state_runtime = state.runtime.clone();
+    let cron_accounts = state.accounts.clone();
     let guards = server::revocation::Guards::start(state.accounts.clone());
     let app = server::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let reconciler = tokio::spawn(node::network::reconcile_forever(
         state_runtime.clone(),
         std::time::Duration::from_secs(args.net_reconcile_interval),
+        shutdown_rx.clone(),
+    ));
+    // Crons: fire due runs by the cron clock, finish ended ones; a run's key must still work.
+    cron_clock::install(&args.cron_clock)?;
+    let crons = tokio::spawn(node::crons::scheduler::run_forever(
+        state_runtime.clone(),
+        Arc::new(move |access: &str| cron_accounts.is_active(&format!("/keys/{access}"))),
         shutdown_rx.clone(),
     ));
     let mut servers = Vec::new();
@@ -613,6 +624,7 @@ async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         let _ = s.await;
     }
     let _ = reconciler.await;
+    let _ = crons.await;
     // Standby VMs belong to no container, and idle tenant namespaces carry no traffic: they
     // go with hyperd.
     state_runtime.close_standby().await;

@@ -2,6 +2,7 @@
 //! supervisor (`hyper-shim`), and keeps their records in the store.
 
 pub mod cgroups;
+pub mod crons;
 pub mod events;
 #[cfg(test)]
 mod fuzz_inputs;

@@ -38,6 +38,7 @@ mod fuzz;
 mod health;
 mod network_ops;
 mod pause;
+mod precheck;
 mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 pub use commit::CommitRequest;

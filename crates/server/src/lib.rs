@@ -44,7 +44,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, archive, commit, containers as c, df, events, exec, fallback, fips, images,
+        admin, archive, commit, containers as c, crons, df, events, exec, fallback, fips, images,
         networks, prune, services, sg, snapshots, stats, system, usage, volume_init, volumes,
     };
     let api = Router::new()
@@ -86,6 +86,10 @@ pub fn router(state: AppState) -> Router {
             get(services::inspect).delete(services::remove),
         )
         .route("/services/{name}/update", post(services::update))
+        .route("/crons", get(crons::list))
+        .route("/crons/create", post(crons::create))
+        .route("/crons/{name}", get(crons::inspect).delete(crons::remove))
+        .route("/crons/{name}/history", get(crons::history))
         .route("/sg", get(sg::list))
         .route(
             "/sg/{name}",

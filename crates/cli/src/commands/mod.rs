@@ -5,6 +5,7 @@ pub mod commit;
 pub mod config;
 pub mod containers;
 pub mod cp;
+pub mod cron;
 pub mod events;
 pub mod exec;
 pub mod export;

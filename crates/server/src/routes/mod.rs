@@ -4,6 +4,7 @@ pub mod admin;
 pub mod archive;
 pub mod commit;
 pub mod containers;
+pub mod crons;
 pub mod df;
 pub mod events;
 pub mod exec;
