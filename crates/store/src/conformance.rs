@@ -416,4 +416,57 @@ mod etcd {
     }
 
     all_tests!(store);
+
+    /// etcd lost and back: calls in between fail naming etcd (no hang), the same store works
+    /// again afterwards, and a watch picks up where it was, losing nothing.
+    #[test]
+    fn outage_is_an_error_and_watches_resume() {
+        let (mut server, s) = store();
+        let start = s.revision().unwrap() + 1;
+        let mut w = s.watch("/x/");
+        let mut from = s.watch_from("/x/", start).unwrap();
+        let r1 = put_rev(&s, "/x/1", b"1");
+        assert_eq!(next(&mut w, "the first put").revision(), r1);
+        server.kill();
+        let e = s.put("/x/2", b"2".to_vec()).unwrap_err().to_string();
+        assert!(e.contains("etcd at 127.0.0.1:"), "{e}");
+        server.restart();
+        let mut r2 = None;
+        for _ in 0..100 {
+            match s.put("/x/2", b"2".to_vec()) {
+                Ok(r) => {
+                    r2 = Some(r);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let r2 = r2.expect("the store works again once etcd is back");
+        let e = next(&mut w, "the put after the outage");
+        assert_eq!((e.key(), e.revision()), ("/x/2", r2));
+        for (key, rev) in [("/x/1", r1), ("/x/2", r2)] {
+            let e = next(&mut from, key);
+            assert_eq!((e.key(), e.revision()), (key, rev));
+        }
+    }
+
+    /// A store URL names where and under what: a bad one is refused before any connection.
+    #[test]
+    fn urls() {
+        use crate::etcd_store::parse_url;
+        assert_eq!(
+            parse_url("etcd://a:1,b:2/ns/").unwrap(),
+            (
+                vec!["a:1".to_string(), "b:2".to_string()],
+                "/ns".to_string()
+            )
+        );
+        assert_eq!(parse_url("etcd://a:1").unwrap().1, "/hyper");
+        for bad in ["etcd://", "etcd://a", "http://a:1", "etcd://a:1/"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        // Nothing listens on port 1: opening fails at once, saying where.
+        let e = crate::EtcdStore::open("etcd://127.0.0.1:1").err().unwrap();
+        assert!(e.to_string().contains("etcd://127.0.0.1:1/hyper"), "{e}");
+    }
 }

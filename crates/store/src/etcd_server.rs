@@ -16,7 +16,9 @@ pub const INSTALL_HINT: &str =
 pub struct EtcdServer {
     child: Child,
     dir: PathBuf,
+    bin: PathBuf,
     client_port: u16,
+    peer_port: u16,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -62,33 +64,34 @@ impl EtcdServer {
             free_port().map_err(|e| e.to_string())?,
             free_port().map_err(|e| e.to_string())?,
         );
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .arg("--name")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .arg("--initial-cluster")
-            .arg(format!("test={peer}"))
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start {}: {e} ({INSTALL_HINT}?)", bin.display()))?;
+        let child = spawn(&bin, &dir, client_port, peer_port)?;
         let mut server = EtcdServer {
             child,
             dir,
+            bin,
             client_port,
+            peer_port,
         };
         server.wait_healthy()?;
         Ok(server)
+    }
+
+    /// Stops etcd (SIGKILL: as a crash would), keeping its data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports and data, and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        match spawn(&self.bin, &self.dir, self.client_port, self.peer_port) {
+            Ok(child) => self.child = child,
+            Err(e) => panic!("{e}"),
+        }
+        if let Err(e) = self.wait_healthy() {
+            panic!("{e}");
+        }
     }
 
     fn wait_healthy(&mut self) -> Result<(), String> {
@@ -131,6 +134,33 @@ impl EtcdServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
     }
+}
+
+fn spawn(bin: &Path, dir: &Path, client_port: u16, peer_port: u16) -> Result<Child, String> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .arg("--name")
+        .arg("test")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .arg("--initial-cluster")
+        .arg(format!("test={peer}"))
+        .args(["--logger", "zap", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start {}: {e} ({INSTALL_HINT}?)", bin.display()))
 }
 
 /// etcd's `/health` (served over HTTP/1 on the client port) says it has a leader.
