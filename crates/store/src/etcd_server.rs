@@ -82,6 +82,10 @@ impl EtcdServer {
         let _ = self.child.wait();
     }
 
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Starts it again on the same ports and data, and waits until it is healthy.
     pub fn restart(&mut self) {
         self.kill();

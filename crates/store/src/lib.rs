@@ -30,7 +30,9 @@ use std::collections::VecDeque;
 #[cfg(feature = "etcd")]
 pub use etcd_store::EtcdStore;
 pub use redb_store::RedbStore;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
+#[cfg(feature = "etcd")]
+use tokio::sync::mpsc;
 
 /// A key and its value, with etcd's revision bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +174,7 @@ enum Source {
     /// The embedded store's in-process fan-out of every change.
     Broadcast(broadcast::Receiver<Event>),
     /// A backend's own task feeding this watch (etcd's watch stream).
+    #[cfg(feature = "etcd")]
     Channel(mpsc::Receiver<Event>),
 }
 
@@ -207,6 +210,7 @@ impl Watch {
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
+                #[cfg(feature = "etcd")]
                 Source::Channel(rx) => rx.recv().await?,
             };
             if event.key().starts_with(&self.prefix) {
