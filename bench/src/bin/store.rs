@@ -200,6 +200,8 @@ impl Hyperd {
             .arg(root.join("client"))
             // Cold boots, no pool: nothing in the background takes the CPU the timings need.
             .args(["--templates", "off", "--standby-vms", "0"])
+            // A bench host is not a production node: a small reserve, so a tight disk still runs.
+            .args(["--disk-reserve", "1G"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join("hyperd.log"))?)
             .spawn()
