@@ -468,5 +468,9 @@ mod etcd {
         // Nothing listens on port 1: opening fails at once, saying where.
         let e = crate::EtcdStore::open("etcd://127.0.0.1:1").err().unwrap();
         assert!(e.to_string().contains("etcd://127.0.0.1:1/hyper"), "{e}");
+        // The same from async code (hyperd opens its store there): an error, not a panic.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let e = rt.block_on(async { crate::EtcdStore::open("etcd://127.0.0.1:1").err() });
+        assert!(e.is_some());
     }
 }

@@ -50,8 +50,20 @@ pub struct EtcdStore {
     namespace: String,
     /// `HOST:PORT,...`, for messages.
     endpoints: String,
-    /// The client's runtime; an `Option` only so that `drop` can let it go without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: ClientRuntime,
+}
+
+/// The client's runtime. Dropping a tokio runtime blocks until its tasks end, which panics
+/// inside another runtime (hyperd opens and drops stores from async code): this one is let go
+/// in the background.
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// `etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]`: the endpoints and the namespace.
@@ -95,19 +107,26 @@ impl EtcdStore {
             path: format!("etcd://{joined}{namespace}"),
             source: e,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| open_error(Box::new(e)))?;
+        if !namespace.starts_with('/') {
+            return Err(open_error(
+                format!("the namespace {namespace:?} does not begin with '/'").into(),
+            ));
+        }
+        let runtime = ClientRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("etcd")
+                .enable_all()
+                .build()
+                .map_err(|e| open_error(Box::new(e)))?,
+        ));
         let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_require_leader(true);
-        let connected = run_on(&runtime, async move {
+        let connected = run_on(runtime.0.as_ref().expect("just built"), async move {
             let mut client = Client::connect(urls, Some(options)).await?;
             // Connecting is lazy: one request tells whether etcd is there.
             client.status().await?;
@@ -119,12 +138,13 @@ impl EtcdStore {
             client: connected,
             namespace: namespace.to_string(),
             endpoints: joined,
-            runtime: Some(runtime),
+            runtime,
         })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime
+            .0
             .as_ref()
             .expect("the runtime lives as long as the store")
     }
@@ -284,15 +304,6 @@ impl EtcdStore {
             }
         }
         Watch::channel(prefix, rx)
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks until its tasks end, which panics inside another runtime.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
