@@ -450,6 +450,30 @@ mod etcd {
         }
     }
 
+    /// A watch from a revision etcd has compacted away starts at the oldest one it kept (as
+    /// a redb watch from before its log does), logging what was skipped.
+    #[test]
+    fn watch_from_a_compacted_revision_skips_to_what_is_left() {
+        let (server, s) = store();
+        let r1 = put_rev(&s, "/k/1", b"1");
+        put_rev(&s, "/k/2", b"2");
+        let r3 = put_rev(&s, "/k/3", b"3");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let url = format!("http://{}", server.endpoint());
+            let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+            c.compact(r3 as i64, None).await.unwrap();
+        });
+        let mut w = s.watch_from("/k/", r1).unwrap();
+        let e = next(&mut w, "the oldest change kept");
+        assert_eq!((e.key(), e.revision()), ("/k/3", r3));
+        let r4 = put_rev(&s, "/k/4", b"4");
+        assert_eq!(next(&mut w, "a live change").revision(), r4);
+    }
+
     /// A store URL names where and under what: a bad one is refused before any connection.
     #[test]
     fn urls() {

@@ -378,4 +378,17 @@ mod tests {
             }
         );
     }
+
+    #[tokio::test]
+    async fn watch_from_before_the_log_starts_at_its_oldest_revision() {
+        let (_d, s) = store();
+        s.put("/k/1", vec![1]).unwrap();
+        let r2 = s.put("/k/2", vec![2]).unwrap();
+        // Revision 1 falls out of the log, as it does HISTORY revisions later.
+        let write = s.db.begin_write().unwrap();
+        write.open_table(LOG).unwrap().remove(1).unwrap();
+        write.commit().unwrap();
+        let mut w = s.watch_from("/k/", 1).unwrap();
+        assert_eq!(w.next().await.unwrap().revision(), r2);
+    }
 }
