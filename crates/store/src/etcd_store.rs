@@ -435,8 +435,10 @@ struct Pump {
 
 impl Pump {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST;
         loop {
+            let from = self.next;
             match self.stream().await {
                 // The reader is gone.
                 None => return,
@@ -446,7 +448,12 @@ impl Pump {
                 _ = self.tx.closed() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // A stream that got somewhere before it broke starts the back-off over.
+            backoff = if self.next != from {
+                FIRST
+            } else {
+                (backoff * 2).min(Duration::from_secs(5))
+            };
         }
     }
 
