@@ -2,8 +2,9 @@
 //!
 //! - **Keys** live under a namespace (`/hyper` unless told otherwise), so one etcd can serve
 //!   several things: the store's key `/quotas/t1` is etcd's `/hyper/quotas/t1`. Store keys
-//!   begin with `/` (all of Hyper's do; others are refused), and a prefix that does not
-//!   matches nothing, so nothing outside the namespace is ever read, written or watched.
+//!   begin with `/` (all of Hyper's do; others are refused), a prefix that does not matches
+//!   nothing, and the empty prefix is `NAMESPACE/`: nothing outside the namespace (not even
+//!   `/hyper2/...`) is ever read, written or watched.
 //! - **Revisions** are etcd's own, passed through: etcd has one revision for the whole cluster,
 //!   so they only grow, as redb's do, but start above 1 and have gaps where other namespaces
 //!   wrote. A transaction that changes nothing keeps the revision (as redb's do).
