@@ -4,6 +4,7 @@
 mod admin_client;
 mod cron_clock;
 mod setup;
+mod store_backend;
 mod tenant;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,11 @@ struct Cli {
         env = "HYPERD_DATA_ROOT"
     )]
     data_root: PathBuf,
+    /// The state store: `redb` (embedded, in DATA/store.redb) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]` (Debian's etcd-server; keys under
+    /// NAMESPACE, default /hyper, so one etcd can hold several).
+    #[arg(long, global = true, default_value = "redb", env = "HYPERD_STORE")]
+    store: String,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -301,7 +307,7 @@ fn main() {
             Some(Command::Tenant {
                 socket,
                 command: TenantCommand::Create { name, expires },
-            }) => tenant::tenant_create(&cli.data_root, &socket, &name, expires).await,
+            }) => tenant::tenant_create(&cli.data_root, &cli.store, &socket, &name, expires).await,
             Some(Command::Tenant {
                 socket,
                 command:
@@ -325,12 +331,12 @@ fn main() {
                     snapshots,
                     storage_gb,
                 };
-                tenant::tenant_quota(&cli.data_root, &socket, &name, change).await
+                tenant::tenant_quota(&cli.data_root, &cli.store, &socket, &name, change).await
             }
             Some(Command::Tenant { socket, command }) => {
                 tenant::tenant_admin(&socket, command).await
             }
-            None => run(cli.data_root, cli.daemon).await,
+            None => run(cli.data_root, &cli.store, cli.daemon).await,
         }
     });
     if let Err(e) = result {
@@ -392,12 +398,10 @@ fn is_loopback(addr: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn open_store(data_root: &std::path::Path) -> anyhow::Result<Arc<dyn store::Store>> {
+fn open_store(data_root: &std::path::Path, store: &str) -> anyhow::Result<Arc<dyn store::Store>> {
     std::fs::create_dir_all(data_root)
         .with_context(|| format!("create {}", data_root.display()))?;
-    let store = store::RedbStore::open(&data_root.join("store.redb"))
-        .context("open the state store (is another hyperd running on this data root?)")?;
-    Ok(Arc::new(store))
+    store_backend::open(data_root, store)
 }
 
 /// The volume backends this node offers and the operator's volume settings.
@@ -445,9 +449,9 @@ fn volumes(
     Ok(volumes)
 }
 
-async fn run(data_root: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Result<()> {
     let host = setup::check_host(&data_root, &args)?;
-    let store = open_store(&data_root)?;
+    let store = open_store(&data_root, store)?;
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
     let accounts = accounts(&data_root, store.clone())?.with_default_ttl(args.credential_ttl);
     let migrated = accounts

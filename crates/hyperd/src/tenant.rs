@@ -5,6 +5,7 @@ use crate::{accounts, admin_client, open_store, TenantCommand};
 
 pub async fn tenant_create(
     data_root: &std::path::Path,
+    store: &str,
     socket: &std::path::Path,
     name: &str,
     expires: Option<chrono::TimeDelta>,
@@ -15,7 +16,7 @@ pub async fn tenant_create(
             reply["AccessKey"].as_str().unwrap_or_default().to_string(),
             reply["SecretKey"].as_str().unwrap_or_default().to_string(),
         ),
-        None => accounts(data_root, open_store(data_root)?)?.create_tenant(name, expires)?,
+        None => accounts(data_root, open_store(data_root, store)?)?.create_tenant(name, expires)?,
     };
     println!("tenant:     {name}\naccess key: {access}\nsecret key: {secret}");
     Ok(())
@@ -144,6 +145,7 @@ fn credentials_table(list: &serde_json::Value) -> String {
 
 pub async fn tenant_quota(
     data_root: &std::path::Path,
+    store: &str,
     socket: &std::path::Path,
     name: &str,
     change: node::quota::QuotaChange,
@@ -153,7 +155,7 @@ pub async fn tenant_quota(
         match admin_client::post(socket, &format!("/admin/tenants/{name}/quota"), body).await? {
             Some(reply) => serde_json::from_value(reply)?,
             None => {
-                let store = open_store(data_root)?;
+                let store = open_store(data_root, store)?;
                 if !accounts(data_root, store.clone())?.tenant_exists(name)? {
                     anyhow::bail!(
                         "no tenant {name:?}: create it with `hyperd tenant create {name}`"

@@ -3,11 +3,36 @@
 //!
 //! Every write bumps one store-wide revision; each key remembers the revision of its creation
 //! and of its last change, which is what `Compare` tests against.
+//!
+//! What every backend guarantees (`conformance.rs` checks both against the same tests):
+//! - A transaction that changes something (a put, or a delete of a key that exists) moves the
+//!   revision forward, and every key it writes gets that revision as its `mod_revision`; one
+//!   that changes nothing (a failed compare without `otherwise` ops, deletes of absent keys)
+//!   leaves it where it was and reports the current one.
+//! - Revisions only grow, but callers must not count on their values: redb's start at 1 and
+//!   have no gaps; etcd's are the cluster's (a fresh etcd is already at 1, and every other
+//!   writer of that etcd, in another namespace too, moves them). Compare them, store them,
+//!   watch from them; never do arithmetic on them.
+//! - A watch delivers every change under its prefix in revision order, and within one
+//!   transaction in the order of its ops (a prefix delete: its keys in key order).
+//!
+//! Backends: [`RedbStore`] (embedded, one file) and, with the `etcd` feature, `EtcdStore`.
 
+#[cfg(test)]
+mod conformance;
+pub mod etcd_server;
+#[cfg(feature = "etcd")]
+mod etcd_store;
 mod redb_store;
 
+use std::collections::VecDeque;
+
+#[cfg(feature = "etcd")]
+pub use etcd_store::EtcdStore;
 pub use redb_store::RedbStore;
 use tokio::sync::broadcast;
+#[cfg(feature = "etcd")]
+use tokio::sync::mpsc;
 
 /// A key and its value, with etcd's revision bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +101,23 @@ pub enum Event {
     Delete { key: String, revision: u64 },
 }
 
+impl Event {
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(kv) => &kv.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the transaction that made this change.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Event::Put(kv) => kv.mod_revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store backend failed: {0}")]
@@ -99,8 +141,14 @@ pub trait Store: Send + Sync {
     fn txn(&self, txn: Txn) -> Result<TxnResult>;
     /// The revision of the last write.
     fn revision(&self) -> Result<u64>;
-    /// Changes from now on under `prefix`.
+    /// Changes from now on under `prefix`: every write that returns after this call is seen.
     fn watch(&self, prefix: &str) -> Watch;
+    /// Changes under `prefix` from `revision` on (inclusive), those already made first, in
+    /// order, then live ones: a reader lists at revision R, then watches from R + 1, and misses
+    /// nothing. History is kept for a while only (redb: the last [`REDB_HISTORY`] revisions;
+    /// etcd: until the operator compacts it): a watch from before what is left starts at the
+    /// oldest change still known, as one that fell behind does.
+    fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch>;
 
     fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {
         Ok(self
@@ -112,29 +160,61 @@ pub trait Store: Send + Sync {
     }
 }
 
+pub use redb_store::HISTORY as REDB_HISTORY;
+
 /// A stream of events under one prefix.
 pub struct Watch {
     prefix: String,
-    rx: broadcast::Receiver<Event>,
+    /// Changes made before the watch began (a watch from a revision), delivered first.
+    backlog: VecDeque<Event>,
+    source: Source,
+}
+
+enum Source {
+    /// The embedded store's in-process fan-out of every change.
+    Broadcast(broadcast::Receiver<Event>),
+    /// A backend's own task feeding this watch (etcd's watch stream).
+    #[cfg(feature = "etcd")]
+    Channel(mpsc::Receiver<Event>),
 }
 
 impl Watch {
+    fn broadcast(prefix: &str, backlog: VecDeque<Event>, rx: broadcast::Receiver<Event>) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            backlog,
+            source: Source::Broadcast(rx),
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    fn channel(prefix: &str, rx: mpsc::Receiver<Event>) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            backlog: VecDeque::new(),
+            source: Source::Channel(rx),
+        }
+    }
+
     /// The next event under the prefix; `None` when the store is gone. A watcher that fell
-    /// behind by more than the channel holds skips ahead, like an etcd watch that was compacted.
+    /// behind by more than the backend keeps (redb: 4096 events in memory; etcd: its history
+    /// until compacted) skips ahead: re-read what it needs with `range` then.
     pub async fn next(&mut self) -> Option<Event> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Some(event);
+        }
         loop {
-            match self.rx.recv().await {
-                Ok(event) => {
-                    let key = match &event {
-                        Event::Put(kv) => &kv.key,
-                        Event::Delete { key, .. } => key,
-                    };
-                    if key.starts_with(&self.prefix) {
-                        return Some(event);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+            let event = match &mut self.source {
+                Source::Broadcast(rx) => match rx.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                #[cfg(feature = "etcd")]
+                Source::Channel(rx) => rx.recv().await?,
+            };
+            if event.key().starts_with(&self.prefix) {
+                return Some(event);
             }
         }
     }

@@ -1,7 +1,11 @@
 //! The embedded backend: one redb file. Values are stored with their revisions prefixed
 //! (create, mod: 16 bytes little-endian) so a single table serves get, range and compare.
+//! A second table keeps the changes of the last [`HISTORY`] revisions for watches from a
+//! revision; live watchers get changes from an in-process broadcast.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
@@ -10,11 +14,18 @@ use crate::{Compare, Event, KeyValue, Op, Result, Store, StoreError, Txn, TxnRes
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The changes of each revision (see `encode_events`).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const REVISION: &str = "revision";
+/// Revisions whose changes are kept for `watch_from`.
+pub const HISTORY: u64 = 10_000;
 
 pub struct RedbStore {
     db: Database,
     events: broadcast::Sender<Event>,
+    /// Held by a writer from its start until its events are sent, so that watchers get
+    /// revisions in order and `watch_from` joins the history to the live changes seamlessly.
+    writing: Mutex<()>,
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -40,6 +51,53 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
     }
 }
 
+/// One revision's changes: per event a tag (0 put, 1 delete), the key's length (u32 LE) and
+/// the key, and for a put its create revision (u64 LE), the value's length and the value.
+fn encode_events(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in events {
+        let key = event.key().as_bytes();
+        out.push(u8::from(matches!(event, Event::Delete { .. })));
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        if let Event::Put(kv) = event {
+            out.extend_from_slice(&kv.create_revision.to_le_bytes());
+            out.extend_from_slice(&(kv.value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&kv.value);
+        }
+    }
+    out
+}
+
+fn decode_events(revision: u64, mut raw: &[u8]) -> Option<Vec<Event>> {
+    fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (raw.get(..n)?, raw.get(n..)?);
+        *raw = rest;
+        Some(head)
+    }
+    fn u32_at(raw: &mut &[u8]) -> Option<u32> {
+        Some(u32::from_le_bytes(take(raw, 4)?.try_into().ok()?))
+    }
+    let mut events = Vec::new();
+    while let Some(tag) = take(&mut raw, 1) {
+        let len = u32_at(&mut raw)? as usize;
+        let key = String::from_utf8(take(&mut raw, len)?.to_vec()).ok()?;
+        events.push(if tag[0] == 0 {
+            let create = u64::from_le_bytes(take(&mut raw, 8)?.try_into().ok()?);
+            let len = u32_at(&mut raw)? as usize;
+            Event::Put(KeyValue {
+                key,
+                value: take(&mut raw, len)?.to_vec(),
+                create_revision: create,
+                mod_revision: revision,
+            })
+        } else {
+            Event::Delete { key, revision }
+        });
+    }
+    Some(events)
+}
+
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
@@ -50,10 +108,15 @@ impl RedbStore {
         {
             write.open_table(KV).map_err(backend)?;
             write.open_table(META).map_err(backend)?;
+            write.open_table(LOG).map_err(backend)?;
         }
         write.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
-        Ok(Self { db, events })
+        Ok(Self {
+            db,
+            events,
+            writing: Mutex::new(()),
+        })
     }
 }
 
@@ -80,6 +143,7 @@ impl Store for RedbStore {
     }
 
     fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let write = self.db.begin_write().map_err(backend)?;
         let mut events = Vec::new();
         let (succeeded, revision) = {
@@ -113,7 +177,8 @@ impl Store for RedbStore {
             } else {
                 &txn.failure
             };
-            let revision = if ops.is_empty() { current } else { current + 1 };
+            // The revision the writes get; it becomes the store's only if something changed.
+            let revision = current + 1;
             for op in ops {
                 match op {
                     Op::Put(key, value) => {
@@ -154,12 +219,25 @@ impl Store for RedbStore {
                     }
                 }
             }
-            if revision != current {
+            if events.is_empty() {
+                (succeeded, current)
+            } else {
                 meta.insert(REVISION, revision).map_err(backend)?;
+                let mut log = write.open_table(LOG).map_err(backend)?;
+                log.insert(revision, encode_events(&events).as_slice())
+                    .map_err(backend)?;
+                // One revision in, the oldest one out: the log keeps HISTORY revisions.
+                if let Some(old) = revision.checked_sub(HISTORY) {
+                    log.remove(old).map_err(backend)?;
+                }
+                (succeeded, revision)
             }
-            (succeeded, revision)
         };
-        write.commit().map_err(backend)?;
+        if events.is_empty() {
+            write.abort().map_err(backend)?;
+        } else {
+            write.commit().map_err(backend)?;
+        }
         for event in events {
             // Nobody listening is fine.
             let _ = self.events.send(event);
@@ -181,10 +259,25 @@ impl Store for RedbStore {
     }
 
     fn watch(&self, prefix: &str) -> Watch {
-        Watch {
-            prefix: prefix.to_string(),
-            rx: self.events.subscribe(),
+        Watch::broadcast(prefix, VecDeque::new(), self.events.subscribe())
+    }
+
+    fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch> {
+        // No write in between: what the log holds now and what the broadcast sends from now
+        // on meet exactly.
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.events.subscribe();
+        let read = self.db.begin_read().map_err(backend)?;
+        let log = read.open_table(LOG).map_err(backend)?;
+        let mut backlog = VecDeque::new();
+        for entry in log.range(revision..).map_err(backend)? {
+            let (rev, raw) = entry.map_err(backend)?;
+            let events = decode_events(rev.value(), raw.value()).ok_or_else(|| {
+                StoreError::Backend(format!("revision {} in the log is unreadable", rev.value()))
+            })?;
+            backlog.extend(events.into_iter().filter(|e| e.key().starts_with(prefix)));
         }
+        Ok(Watch::broadcast(prefix, backlog, rx))
     }
 }
 
@@ -284,5 +377,18 @@ mod tests {
                 revision: 3
             }
         );
+    }
+
+    #[tokio::test]
+    async fn watch_from_before_the_log_starts_at_its_oldest_revision() {
+        let (_d, s) = store();
+        s.put("/k/1", vec![1]).unwrap();
+        let r2 = s.put("/k/2", vec![2]).unwrap();
+        // Revision 1 falls out of the log, as it does HISTORY revisions later.
+        let write = s.db.begin_write().unwrap();
+        write.open_table(LOG).unwrap().remove(1).unwrap();
+        write.commit().unwrap();
+        let mut w = s.watch_from("/k/", 1).unwrap();
+        assert_eq!(w.next().await.unwrap().revision(), r2);
     }
 }
