@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod events;
+pub mod funcs;
 #[cfg(test)]
 mod fuzz_inputs;
 pub mod host;
