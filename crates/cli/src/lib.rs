@@ -33,7 +33,7 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    commit, config as config_cmd, containers, cp, events, exec, export, fip, image_transfer,
+    commit, config as config_cmd, containers, cp, events, exec, export, fip, func, image_transfer,
     images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
@@ -208,6 +208,9 @@ pub enum Cmd {
     /// Manage volume snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Manage serverless functions
+    #[command(subcommand)]
+    Func(func::FuncCmd),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -259,6 +262,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Service(c) => service::service_cmd(ctx, c).await,
         Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
         Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
+        Cmd::Func(c) => func::func_cmd(ctx, c).await,
     }
 }
 

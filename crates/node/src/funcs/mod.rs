@@ -96,7 +96,7 @@ fn decode(bytes: &[u8]) -> Result<FuncRecord> {
 }
 
 fn not_found(name: &str) -> RuntimeError {
-    RuntimeError::NotFound(format!("function {name} not found"))
+    RuntimeError::NotFound(format!("No such function: {name}"))
 }
 
 impl Funcs {
@@ -424,8 +424,9 @@ impl Funcs {
             let _ = calls::save(store.as_ref(), &tenant, &c);
         })
         .await;
-        self.release(&qkey, true);
+        // Ended (VM gone) before the next call gets the slot: the log shows them in order.
         call.finished = Some(Utc::now());
+        self.release(&qkey, true);
         call.container.clear();
         call.exit_code = outcome.exit_code;
         call.timed_out = outcome.timed_out;
