@@ -352,9 +352,15 @@ impl Funcs {
         let this = self.clone();
         let (f, pending) = (f.clone(), call.clone());
         tokio::spawn(async move {
-            let ended = this.carry_out(&f, pending, payload, turn, cancel_rx).await;
+            let (ended, container) = this.carry_out(&f, pending, payload, turn, cancel_rx).await;
             let id = ended.0.id.clone();
+            // The answer first; then the VM goes, and only then may the next call have the
+            // slot (a call holds its resources until its VM is gone).
             let _ = done_tx.send(Some(ended));
+            if let Some(container) = container {
+                run::remove(&this.rt, &f.tenant, &container).await;
+                this.release(&(f.tenant.clone(), f.name.clone()), true);
+            }
             this.live.lock().expect("poisoned").remove(&id);
         });
         Ok((call, done_rx))
@@ -386,7 +392,7 @@ impl Funcs {
         payload: Vec<u8>,
         turn: Option<oneshot::Receiver<()>>,
         mut cancel: watch::Receiver<Option<&'static str>>,
-    ) -> Ended {
+    ) -> (Ended, Option<String>) {
         let qkey = (f.tenant.clone(), f.name.clone());
         if let Some(turn) = turn {
             let got = tokio::select! {
@@ -401,7 +407,7 @@ impl Funcs {
                 let why = (*cancel.borrow()).unwrap_or(REMOVED);
                 call.message = format!("the call was cancelled: {why}");
                 self.record_end(f, &call, &[]);
-                return Arc::new((call, Vec::new()));
+                return (Arc::new((call, Vec::new())), None);
             }
         }
         call.status = CallStatus::Running;
@@ -424,9 +430,7 @@ impl Funcs {
             let _ = calls::save(store.as_ref(), &tenant, &c);
         })
         .await;
-        // Ended (VM gone) before the next call gets the slot: the log shows them in order.
         call.finished = Some(Utc::now());
-        self.release(&qkey, true);
         call.container.clear();
         call.exit_code = outcome.exit_code;
         call.timed_out = outcome.timed_out;
@@ -439,7 +443,14 @@ impl Funcs {
         };
         call.message = outcome.error;
         self.record_end(f, &call, &outcome.stdout);
-        Arc::new((call, outcome.stdout))
+        match outcome.container {
+            Some(c) => (Arc::new((call, outcome.stdout)), Some(c)),
+            None => {
+                // No VM to wait for: the slot is free now.
+                self.release(&qkey, true);
+                (Arc::new((call, outcome.stdout)), None)
+            }
+        }
     }
 
     fn record_end(&self, f: &FuncRecord, call: &CallRecord, output: &[u8]) {
@@ -527,21 +538,15 @@ impl Funcs {
     /// As hyperd stops: every call in flight ends now (marked failed by the next start's
     /// recovery if it cannot record its end first) and its VM goes.
     pub async fn close(&self) {
-        let waits: Vec<_> = {
-            let live = self.live.lock().expect("poisoned");
-            live.values()
-                .map(|l| {
-                    l.cancel.send_replace(Some("hyperd stopped"));
-                    l.done.clone()
-                })
-                .collect()
-        };
-        for mut done in waits {
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(30),
-                done.wait_for(Option::is_some),
-            )
-            .await;
+        for l in self.live.lock().expect("poisoned").values() {
+            l.cancel.send_replace(Some("hyperd stopped"));
+        }
+        // A call leaves the live set once its VM is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.live.lock().expect("poisoned").is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct Outcome {
     /// Why it failed (empty: it ran and exited 0).
     pub error: String,
     pub timed_out: bool,
+    /// The call's container, still to be removed (its process has ended, or been killed by a
+    /// timeout or a cancel: the removal takes its VM down).
+    pub container: Option<String>,
 }
 
 /// The container a call of `f` runs in.
@@ -74,7 +77,8 @@ fn container_name(func: &str, call_id: &str) -> String {
     format!("{base}-call-{}", &call_id[..8.min(call_id.len())])
 }
 
-/// Runs call `call_id` of `f` with `payload` as stdin. `started` is told the container's id
+/// Runs call `call_id` of `f` with `payload` as stdin; the container is left for the caller
+/// to [`remove`] once it has answered (`Outcome::container`). `started` is told the container's id
 /// once its process runs. `cancel` given a reason ends the call at once (the function was
 /// removed, hyperd is stopping).
 pub async fn run(
@@ -184,7 +188,7 @@ pub async fn run(
         }
         Err(false) => outcome.error = cancelled(&cancel),
     }
-    remove(rt, tenant, &c.id).await;
+    outcome.container = Some(c.id.clone());
     outcome.stdout = buffers.stdout;
     outcome.stderr = buffers.stderr;
     outcome
