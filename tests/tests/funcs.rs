@@ -673,7 +673,17 @@ fn hypers_own_requests_replayed() {
 
 fn restart_daemon() -> &'static Daemon {
     static D: OnceLock<Arc<Daemon>> = OnceLock::new();
-    D.get_or_init(|| Daemon::start("fr", DaemonOpts::default()))
+    // With the listener Hyper's client needs: port 443 (this test binary has a network
+    // namespace of its own, so the port is free and nothing else sees it).
+    D.get_or_init(|| {
+        Daemon::start(
+            "fr",
+            DaemonOpts {
+                extra_args: vec!["-H".into(), "tcp://127.0.0.1:443".into()],
+                ..DaemonOpts::default()
+            },
+        )
+    })
 }
 
 fn a_restart_fails_the_call_in_flight() {
@@ -683,6 +693,15 @@ fn a_restart_fails_the_call_in_flight() {
     ])
     .run()
     .ok();
+    // The function endpoint on port 443 of HYPER_FUNC_ENDPOINT, over TLS, as Hyper's client
+    // reaches it.
+    let o = d
+        .hyper(&["func", "status", "long"])
+        .env("HYPER_FUNC_ENDPOINT", "127.0.0.1")
+        .env("HYPER_TLSCACERT", d.data.join("tls/ca.pem"))
+        .run()
+        .ok();
+    assert!(o.stdout.starts_with("TOTAL"), "{o}");
     let o = d.hyper(&["func", "call", "long"]).run().ok();
     let call = o.out().strip_prefix("CallId: ").unwrap().to_string();
     let id = wait_for("the call's container", secs(60.0), || {
