@@ -329,7 +329,7 @@ pub fn log(
         .filter(|c| call.is_none_or(|id| c.id == id))
         .flat_map(|c| events(&c).into_iter().map(move |e| (e, c.clone())))
         .collect();
-    out.sort_by(|a, b| (a.0.time, a.0.order).cmp(&(b.0.time, b.0.order)));
+    out.sort_by_key(|a| (a.0.time, a.0.order));
     if let Some(n) = tail {
         let skip = out.len().saturating_sub(n);
         out.drain(..skip);

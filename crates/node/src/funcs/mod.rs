@@ -550,3 +550,41 @@ impl Funcs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_lets_calls_run_in_order_up_to_the_limit() {
+        let mut q = Queue {
+            limit: 1,
+            running: 1,
+            ..Queue::default()
+        };
+        let (a_tx, mut a) = oneshot::channel();
+        let (b_tx, b) = oneshot::channel();
+        let (c_tx, mut c) = oneshot::channel();
+        q.waiting.extend([a_tx, b_tx, c_tx]);
+        q.dispatch();
+        assert!(a.try_recv().is_err(), "no room yet");
+        // The first ends: the next in line runs, not the others.
+        q.running -= 1;
+        q.dispatch();
+        assert!(a.try_recv().is_ok());
+        assert_eq!((q.running, q.waiting.len()), (1, 2));
+        // A waiter that went away passes its turn on.
+        drop(b);
+        q.running -= 1;
+        q.dispatch();
+        assert!(c.try_recv().is_ok());
+        assert_eq!((q.running, q.waiting.len()), (1, 0));
+        // A higher limit lets more run at once.
+        let (d_tx, mut d) = oneshot::channel();
+        q.waiting.push_back(d_tx);
+        q.limit = 2;
+        q.dispatch();
+        assert!(d.try_recv().is_ok());
+        assert_eq!(q.running, 2);
+    }
+}

@@ -47,8 +47,8 @@ fn refuse(e: impl Into<ApiError>) -> Response {
     text(e.status, e.message)
 }
 
-fn authorize(app: &AppState, name: &str, uuid: &str) -> Result<FuncRecord, Response> {
-    app.funcs.authorize(name, uuid).map_err(refuse)
+fn authorize(app: &AppState, name: &str, uuid: &str) -> Result<FuncRecord, ApiError> {
+    Ok(app.funcs.authorize(name, uuid)?)
 }
 
 /// A call's result as the endpoint answers it.
@@ -86,7 +86,7 @@ fn result(ended: &Ended) -> Response {
 async fn take_call(app: &AppState, name: &str, uuid: &str, req: Request, sync: bool) -> Response {
     let f = match authorize(app, name, uuid) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return refuse(e),
     };
     let payload = match axum::body::to_bytes(req.into_body(), calls::MAX_PAYLOAD).await {
         Ok(b) => b.to_vec(),
@@ -140,7 +140,7 @@ pub async fn call_sync(
 async fn output_of(app: &AppState, name: &str, uuid: &str, call: &str, wait: bool) -> Response {
     let f = match authorize(app, name, uuid) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return refuse(e),
     };
     match app.funcs.ended(&f, call, wait).await {
         Ok(Some(ended)) => result(&ended),
@@ -176,7 +176,7 @@ pub async fn status(
 ) -> Response {
     let f = match authorize(&app, &name, &uuid) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return refuse(e),
     };
     if super::flag(&q, "list", false) {
         return text(
@@ -191,14 +191,11 @@ pub async fn status(
 }
 
 /// `tail`: a count or `all`.
-fn tail(q: &Params) -> Result<Option<usize>, Response> {
+fn tail(q: &Params) -> Result<Option<usize>, ApiError> {
     match q.get("tail").map(String::as_str) {
         None | Some("") | Some("all") => Ok(None),
         Some(n) => n.parse().map(Some).map_err(|_| {
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("invalid tail {n:?}: give a number of lines or all"),
-            )
+            ApiError::bad_request(format!("invalid tail {n:?}: give a number of lines or all"))
         }),
     }
 }
@@ -211,11 +208,11 @@ pub async fn logs(
 ) -> Response {
     let f = match authorize(&app, &name, &uuid) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return refuse(e),
     };
     let tail = match tail(&q) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return refuse(e),
     };
     let call = q.get("callid").filter(|c| !c.is_empty()).cloned();
     let follow = super::flag(&q, "follow", false);

@@ -93,11 +93,7 @@ pub async fn list(
                 .as_ref()
                 .is_none_or(|n| n.iter().any(|n| f.name.contains(n.as_str())))
         })
-        .filter(|f| {
-            images
-                .as_ref()
-                .is_none_or(|i| i.iter().any(|i| *i == f.spec.image))
-        })
+        .filter(|f| images.as_ref().is_none_or(|i| i.contains(&f.spec.image)))
         .map(record::to_json)
         .collect();
     Ok(Json(Value::Array(out)))
