@@ -21,6 +21,10 @@ fn main() {
             the_concurrency_limit_queues_calls,
         ),
         ("a_timeout_kills_the_vm", a_timeout_kills_the_vm),
+        (
+            "a_full_queue_refuses_and_rm_ends_calls",
+            a_full_queue_refuses_and_rm_ends_calls,
+        ),
         ("the_uuid_is_the_only_key", the_uuid_is_the_only_key),
         ("bad_input_is_refused", bad_input_is_refused),
         ("hypers_own_requests_replayed", hypers_own_requests_replayed),
@@ -320,6 +324,59 @@ fn a_timeout_kills_the_vm() {
         "{logs}"
     );
     d.hyper(&["func", "rm", "slow"]).run().ok();
+}
+
+/// Calls that may wait for a slot (node::funcs::MAX_PENDING).
+const MAX_PENDING: usize = 64;
+
+fn a_full_queue_refuses_and_rm_ends_calls() {
+    let d = d();
+    d.hyper(&[
+        "func",
+        "create",
+        "--name",
+        "busy",
+        "--max-concurrency",
+        "1",
+        "busybox",
+        "sleep",
+        "600",
+    ])
+    .run()
+    .ok();
+    let u = uuid(d, "busy");
+    let path = format!("/call/busy/{u}");
+    let (body, code) = endpoint(d, "POST", &path, &[]);
+    assert_eq!(code, 202, "{body}");
+    let id = wait_for("the first call's VM", secs(60.0), || {
+        match (
+            call_containers(d, "busy").first(),
+            status(d, "busy")["Running"],
+        ) {
+            (Some(id), 1) => Ok(id.clone()),
+            (_, r) => Err(format!("{r} running")),
+        }
+    });
+    // The queue takes MAX_PENDING more, in order, then says no.
+    for i in 0..MAX_PENDING {
+        let (body, code) = endpoint(d, "POST", &path, &[]);
+        assert_eq!(code, 202, "call {i}: {body}");
+    }
+    let (body, code) = endpoint(d, "POST", &path, &[]);
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("64 waiting"), "{body}");
+    let st = status(d, "busy");
+    assert_eq!(
+        (st["Running"], st["Pending"]),
+        (1, MAX_PENDING as u64),
+        "{st:?}"
+    );
+    // Only one VM runs for all of them.
+    assert_eq!(call_containers(d, "busy").len(), 1);
+    // Removing the function ends its calls: the running one's VM is gone when rm returns.
+    d.hyper(&["func", "rm", "busy"]).timeout(120.0).run().ok();
+    assert!(call_containers(d, "busy").is_empty());
+    nothing_left_of(d, &[id]);
 }
 
 fn the_uuid_is_the_only_key() {
