@@ -254,6 +254,17 @@ fn the_concurrency_limit_queues_calls() {
                 _ => Err(format!("{st:?}")),
             }
         });
+        // Following the second call's log: it ends by itself once that call has.
+        let follow = d
+            .hyper(&["func", "logs", "-f", "--callid", &second, "one"])
+            .timeout(120.0)
+            .run()
+            .ok();
+        assert!(
+            follow.stdout.contains(&format!("[FINISHED] CallId: {second}")),
+            "{follow}"
+        );
+        assert!(!follow.stdout.contains(&first), "{follow}");
         for (id, want) in [(&first, "first"), (&second, "second")] {
             let o = d
                 .hyper(&["func", "get", "--wait", id])

@@ -304,22 +304,26 @@ async fn follow_log(
     if done_with(&sent) {
         return;
     }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let change = tokio::select! {
-            c = changes.recv() => c,
+            c = changes.recv() => Some(c),
             _ = tx.closed() => return,
+            // Now and then, whether the function is still there.
+            _ = tick.tick() => None,
         };
         let ids: Vec<String> = match change {
-            Ok(c) if c.tenant == f.tenant && c.func == f.name => vec![c.call],
-            Ok(_) => continue,
+            None => Vec::new(),
+            Some(Ok(c)) if c.tenant == f.tenant && c.func == f.name => vec![c.call],
+            Some(Ok(_)) => continue,
             // Fell behind: look at every call again.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+            Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                 match calls::list(funcs.store_ref(), &f.tenant, &f.name) {
                     Ok(all) => all.into_iter().map(|c| c.id).collect(),
                     Err(_) => return,
                 }
             }
-            Err(_) => return,
+            Some(Err(_)) => return,
         };
         // The function is gone (or is another of the same name): the log ends.
         if funcs
