@@ -261,7 +261,9 @@ fn the_concurrency_limit_queues_calls() {
             .run()
             .ok();
         assert!(
-            follow.stdout.contains(&format!("[FINISHED] CallId: {second}")),
+            follow
+                .stdout
+                .contains(&format!("[FINISHED] CallId: {second}")),
             "{follow}"
         );
         assert!(!follow.stdout.contains(&first), "{follow}");
@@ -770,6 +772,20 @@ fn a_restart_fails_the_call_in_flight() {
         .run()
         .ok();
     assert!(o.stdout.starts_with("TOTAL"), "{o}");
+    // A result from before the restart.
+    d.hyper(&[
+        "func", "create", "--name", "kept", "busybox", "echo", "kept",
+    ])
+    .run()
+    .ok();
+    let o = d.hyper(&["func", "call", "kept"]).run().ok();
+    let kept = o.out().strip_prefix("CallId: ").unwrap().to_string();
+    let o = d
+        .hyper(&["func", "get", "--wait", &kept])
+        .timeout(120.0)
+        .run()
+        .ok();
+    assert_eq!(o.stdout, "kept\n");
     let o = d.hyper(&["func", "call", "long"]).run().ok();
     let call = o.out().strip_prefix("CallId: ").unwrap().to_string();
     let id = wait_for("the call's container", secs(60.0), || {
@@ -791,5 +807,8 @@ fn a_restart_fails_the_call_in_flight() {
     );
     assert!(call_containers(d, "long").is_empty());
     nothing_left_of(d, &[id]);
-    d.hyper(&["func", "rm", "long"]).run().ok();
+    // Results survive the restart.
+    let o = d.hyper(&["func", "get", &kept]).run().ok();
+    assert_eq!(o.stdout, "kept\n");
+    d.hyper(&["func", "rm", "long", "kept"]).run().ok();
 }

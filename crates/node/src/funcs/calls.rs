@@ -351,6 +351,64 @@ mod tests {
     }
 
     #[test]
+    fn ended_calls_are_kept_counted_and_forgotten_with_their_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::RedbStore::open(&dir.path().join("db")).unwrap();
+        let f = super::super::record::FuncRecord {
+            tenant: "t".into(),
+            name: "f".into(),
+            uuid: "u".into(),
+            created: Utc::now(),
+            timeout_secs: 1,
+            max_concurrency: 1,
+            spec: Default::default(),
+        };
+        store
+            .put(
+                &super::super::record::key("t", "f"),
+                serde_json::to_vec(&f).unwrap(),
+            )
+            .unwrap();
+        let mut first = None;
+        for i in 0..KEEP_CALLS + 3 {
+            let mut c = CallRecord::new("f", b"in");
+            c.status = if i % 2 == 0 {
+                CallStatus::Finished
+            } else {
+                CallStatus::Failed
+            };
+            save(&store, "t", &c).unwrap();
+            finish(&store, "t", &c, format!("out{i}").as_bytes()).unwrap();
+            first.get_or_insert(c.id.clone());
+        }
+        let pending = CallRecord::new("f", b"later");
+        save(&store, "t", &pending).unwrap();
+        let kept = list(&store, "t", "f").unwrap();
+        // The oldest ended calls went, outputs with them; the pending one stays.
+        assert_eq!(kept.len(), KEEP_CALLS + 1);
+        let first = first.unwrap();
+        assert!(kept.iter().all(|c| c.id != first));
+        assert!(output(&store, "t", "f", &first).unwrap().is_empty());
+        let last = &kept[KEEP_CALLS - 1];
+        assert_eq!(
+            output(&store, "t", "f", &last.id).unwrap(),
+            format!("out{}", KEEP_CALLS + 2).as_bytes()
+        );
+        let st = status(&store, "t", "f").unwrap();
+        assert_eq!(st["Total"], KEEP_CALLS as u64 + 4);
+        assert_eq!(st["Pending"], 1);
+        assert_eq!(st["Finished"], 52);
+        assert_eq!(st["Failed"], 51);
+        let mut txn = store::Txn::new();
+        for op in forget_all("t", "f") {
+            txn = txn.then(op);
+        }
+        store.txn(txn).unwrap();
+        assert!(list(&store, "t", "f").unwrap().is_empty());
+        assert_eq!(status(&store, "t", "f").unwrap()["Total"], 0);
+    }
+
+    #[test]
     fn events_follow_the_call() {
         let mut c = CallRecord::new("f", b"in");
         assert_eq!(events(&c).len(), 1);
