@@ -256,6 +256,9 @@ pub async fn logs(
             let Some((upgraded, _slot)) = upgrade.await else {
                 return;
             };
+            // Hyper's client reads the 101 through a buffered reader it then drops (Go's
+            // `httputil.ClientConn.Hijack`): what arrives with the 101 would be lost to it.
+            tokio::time::sleep(crate::streams::AFTER_101).await;
             let mut io = TokioIo::new(upgraded);
             let mut rx = rx;
             while let Some(chunk) = rx.recv().await {
