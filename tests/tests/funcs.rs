@@ -631,8 +631,10 @@ fn hijacked_get(d: &Daemon, path: &str) -> (String, u16) {
 
 fn hypers_own_requests_replayed() {
     let d = d();
-    const OLD_UUID: &str = "4bd0275f-eebd-4089-80d8-c9fc9a1b4929";
-    const OLD_CALL: &str = "933dcab3-958d-4b33-9c70-582f7d2cdd4c";
+    // The UUID and call id of the capture session, to be swapped for this run's.
+    let old_uuid = captured("func-call-2").path["/call/echo1/".len()..].to_string();
+    let old_call = captured("func-get-1").path["/v1.23/funcs/call/".len()..].to_string();
+    let (old_uuid, old_call) = (old_uuid.as_str(), old_call.as_str());
     let (body, code) = replay(d, "func-create-2", &[]);
     assert_eq!(code, 201, "{body}");
     let f: Value = serde_json::from_str(&body).unwrap();
@@ -674,7 +676,7 @@ fn hypers_own_requests_replayed() {
     );
     assert_eq!(f["Config"]["Env"], serde_json::json!(["A=1"]));
     let u = f["UUID"].as_str().unwrap().to_string();
-    let swap = [(OLD_UUID, u.as_str())];
+    let swap = [(old_uuid, u.as_str())];
     let (body, code) = replay(d, "func-call-2", &swap);
     assert_eq!(code, 202, "{body}");
     let call: Value = serde_json::from_str(&body).unwrap();
@@ -683,7 +685,7 @@ fn hypers_own_requests_replayed() {
     assert_eq!((code, body.as_str()), (200, "hello sync\n"));
     let (body, code) = replay(d, "func-call-6", &swap);
     assert_eq!((code, body.as_str()), (200, ""));
-    let swap = [(OLD_UUID, u.as_str()), (OLD_CALL, call.as_str())];
+    let swap = [(old_uuid, u.as_str()), (old_call, call.as_str())];
     let f: Value = serde_json::from_str(&replay(d, "func-get-1", &swap).0).unwrap();
     assert_eq!(f["Name"], "echo1");
     assert_eq!(
