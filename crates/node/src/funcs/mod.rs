@@ -68,9 +68,20 @@ impl Queue {
     }
 }
 
+/// A function's queue and calls are its own, not those of another of the same name made after
+/// it was removed: keyed on tenant, name and creation time.
+type QKey = (String, String, i64);
+
+fn qkey(f: &FuncRecord) -> QKey {
+    (
+        f.tenant.clone(),
+        f.name.clone(),
+        f.created.timestamp_nanos_opt().unwrap_or_default(),
+    )
+}
+
 struct Live {
-    tenant: String,
-    func: String,
+    qkey: QKey,
     cancel: watch::Sender<Option<&'static str>>,
     done: watch::Receiver<Option<Ended>>,
 }
@@ -85,7 +96,7 @@ pub struct CallChange {
 
 pub struct Funcs {
     rt: Arc<Runtime>,
-    queues: Mutex<HashMap<(String, String), Queue>>,
+    queues: Mutex<HashMap<QKey, Queue>>,
     live: Mutex<HashMap<String, Live>>,
     changes: broadcast::Sender<CallChange>,
 }
@@ -227,7 +238,7 @@ impl Funcs {
             )?;
             if done.succeeded {
                 let mut queues = self.queues.lock().expect("poisoned");
-                if let Some(q) = queues.get_mut(&(tenant.to_string(), name.to_string())) {
+                if let Some(q) = queues.get_mut(&qkey(&r)) {
                     q.limit = r.max_concurrency as usize;
                     q.dispatch();
                 }
@@ -241,6 +252,7 @@ impl Funcs {
     pub async fn remove(&self, tenant: &str, name: &str) -> Result<()> {
         let key = record::key(tenant, name);
         let kv = self.store().get(&key)?.ok_or_else(|| not_found(name))?;
+        let r = decode(&kv.value)?;
         let mut txn = Txn::new()
             .when(Compare::ModRevision(key.clone(), kv.mod_revision))
             .then(Op::Delete(key));
@@ -255,7 +267,7 @@ impl Funcs {
         let waits: Vec<watch::Receiver<Option<Ended>>> = {
             let live = self.live.lock().expect("poisoned");
             live.values()
-                .filter(|l| l.tenant == tenant && l.func == name)
+                .filter(|l| l.qkey == qkey(&r))
                 .map(|l| {
                     l.cancel.send_replace(Some(REMOVED));
                     l.done.clone()
@@ -275,10 +287,7 @@ impl Funcs {
                 run::remove(&self.rt, tenant, &c.id).await;
             }
         }
-        self.queues
-            .lock()
-            .expect("poisoned")
-            .remove(&(tenant.to_string(), name.to_string()));
+        self.queues.lock().expect("poisoned").remove(&qkey(&r));
         Ok(())
     }
 
@@ -312,12 +321,12 @@ impl Funcs {
         f: &FuncRecord,
         payload: Vec<u8>,
     ) -> std::result::Result<(CallRecord, watch::Receiver<Option<Ended>>), CallError> {
-        let qkey = (f.tenant.clone(), f.name.clone());
+        let key = qkey(f);
         let call = CallRecord::new(&f.name, &payload);
         // The queue is decided first: a refused call leaves no record.
         let turn = {
             let mut queues = self.queues.lock().expect("poisoned");
-            let q = queues.entry(qkey.clone()).or_default();
+            let q = queues.entry(key.clone()).or_default();
             q.limit = f.max_concurrency as usize;
             if q.running < q.limit {
                 q.running += 1;
@@ -334,7 +343,7 @@ impl Funcs {
             }
         };
         if let Err(e) = calls::save(self.store(), &f.tenant, &call) {
-            self.release(&qkey, turn.is_none());
+            self.release(&key, turn.is_none());
             return Err(e.into());
         }
         let (cancel_tx, cancel_rx) = watch::channel(None);
@@ -342,8 +351,7 @@ impl Funcs {
         self.live.lock().expect("poisoned").insert(
             call.id.clone(),
             Live {
-                tenant: f.tenant.clone(),
-                func: f.name.clone(),
+                qkey: key,
                 cancel: cancel_tx,
                 done: done_rx.clone(),
             },
@@ -359,16 +367,16 @@ impl Funcs {
             let _ = done_tx.send(Some(ended));
             if let Some(container) = container {
                 run::remove(&this.rt, &f.tenant, &container).await;
-                this.release(&(f.tenant.clone(), f.name.clone()), true);
+                this.release(&qkey(&f), true);
             }
             this.live.lock().expect("poisoned").remove(&id);
         });
         Ok((call, done_rx))
     }
 
-    fn release(&self, qkey: &(String, String), had_slot: bool) {
+    fn release(&self, key: &QKey, had_slot: bool) {
         let mut queues = self.queues.lock().expect("poisoned");
-        if let Some(q) = queues.get_mut(qkey) {
+        if let Some(q) = queues.get_mut(key) {
             if had_slot {
                 q.running = q.running.saturating_sub(1);
             }
@@ -393,7 +401,7 @@ impl Funcs {
         turn: Option<oneshot::Receiver<()>>,
         mut cancel: watch::Receiver<Option<&'static str>>,
     ) -> (Ended, Option<String>) {
-        let qkey = (f.tenant.clone(), f.name.clone());
+        let key = qkey(f);
         if let Some(turn) = turn {
             let got = tokio::select! {
                 t = turn => t.is_ok(),
@@ -401,7 +409,7 @@ impl Funcs {
             };
             if !got {
                 // Our turn may have been given as we were cancelled: pass it on.
-                self.release(&qkey, false);
+                self.release(&key, false);
                 call.status = CallStatus::Failed;
                 call.finished = Some(Utc::now());
                 let why = (*cancel.borrow()).unwrap_or(REMOVED);
@@ -447,7 +455,7 @@ impl Funcs {
             Some(c) => (Arc::new((call, outcome.stdout)), Some(c)),
             None => {
                 // No VM to wait for: the slot is free now.
-                self.release(&qkey, true);
+                self.release(&key, true);
                 (Arc::new((call, outcome.stdout)), None)
             }
         }
@@ -472,7 +480,7 @@ impl Funcs {
         let live = {
             let live = self.live.lock().expect("poisoned");
             live.get(call)
-                .filter(|l| l.tenant == f.tenant && l.func == f.name)
+                .filter(|l| l.qkey == qkey(f))
                 .map(|l| l.done.clone())
         };
         if let (Some(mut done), true) = (live, wait) {
