@@ -33,8 +33,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    commit, config as config_cmd, containers, cp, cron, events, exec, export, fip, image_transfer,
-    images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
+    commit, config as config_cmd, containers, cp, cron, events, exec, export, fip, func,
+    image_transfer, images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +211,9 @@ pub enum Cmd {
     /// Manage volume snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Manage serverless functions
+    #[command(subcommand)]
+    Func(func::FuncCmd),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -263,6 +266,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Cron(c) => cron::cron_cmd(ctx, c).await,
         Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
         Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
+        Cmd::Func(c) => func::func_cmd(ctx, c).await,
     }
 }
 

@@ -201,6 +201,8 @@ pub struct ApiRequest {
     pub headers: HeaderMap,
     /// Whether the version prefix goes in front of `path` (not for URLs the daemon hands out).
     pub versioned: bool,
+    /// Whether a TCP request is signed (not on the function endpoint, whose URL is the secret).
+    pub signed: bool,
 }
 
 impl ApiRequest {
@@ -212,6 +214,7 @@ impl ApiRequest {
             body: Bytes::new(),
             headers: HeaderMap::new(),
             versioned: true,
+            signed: true,
         }
     }
     pub fn get(path: impl Into<String>) -> Self {
@@ -261,6 +264,12 @@ impl ApiRequest {
     /// `path` is a whole path the daemon gave us (an upload URL's), sent without our prefix.
     pub fn unversioned(mut self) -> Self {
         self.versioned = false;
+        self
+    }
+
+    /// Sent without a signature (the function endpoint's paths).
+    pub fn unsigned(mut self) -> Self {
+        self.signed = false;
         self
     }
 
@@ -335,7 +344,8 @@ impl Client {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         // Unix sockets are local and trusted; everything over the network is signed.
-        if let (Endpoint::Tcp { .. }, Some(creds)) = (&self.endpoint, &self.creds) {
+        if let (Endpoint::Tcp { .. }, Some(creds), true) = (&self.endpoint, &self.creds, req.signed)
+        {
             auth::sign(
                 creds,
                 &req.method,

@@ -552,7 +552,14 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     };
     let ca = tls.as_ref().map(|_| data_root.join("tls").join("ca.pem"));
     setup::default_tenant(&accounts, &hosts, args.client_config_dir.clone(), ca)?;
+    // Functions: calls a restart cut short are recorded as failed, their VMs removed.
+    let funcs = node::funcs::Funcs::new(runtime.clone());
+    funcs
+        .recover()
+        .await
+        .context("recover function calls from the store")?;
     let state = server::AppState {
+        funcs: funcs.clone(),
         runtime,
         accounts,
         tls,
@@ -624,6 +631,8 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
         let _ = t.await;
     }
     let _ = shutdown_tx.send(true);
+    // A call's stdio lives in hyperd: calls in flight end (and their VMs go) with it.
+    funcs.close().await;
     for s in servers {
         let _ = s.await;
     }

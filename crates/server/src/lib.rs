@@ -40,12 +40,29 @@ pub struct AppState {
     pub node_name: String,
     /// Per-tenant request and stream limits of the TCP API.
     pub limiter: Arc<limits::Limiter>,
+    /// Serverless functions: their queues and calls in flight.
+    pub funcs: Arc<node::funcs::Funcs>,
+}
+
+/// The function endpoint's unsigned paths (`routes::func_endpoint`): the function's UUID in
+/// the path is the credential.
+fn func_endpoint_routes() -> Router<AppState> {
+    use routes::func_endpoint as fe;
+    Router::new()
+        .route("/call/{name}/{uuid}", post(fe::call))
+        .route("/call/{name}/{uuid}/sync", post(fe::call_sync))
+        .route("/output/{name}/{uuid}/{call}", get(fe::output))
+        .route("/output/{name}/{uuid}/{call}/wait", get(fe::output_wait))
+        .route("/logs/{name}/{uuid}", get(fe::logs))
+        .route("/logs/{name}/{uuid}/", get(fe::logs))
+        .route("/status/{name}/{uuid}", get(fe::status))
 }
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, archive, commit, containers as c, crons, df, events, exec, fallback, fips, images,
-        networks, prune, services, sg, snapshots, stats, system, usage, volume_init, volumes,
+        admin, archive, commit, containers as c, crons, df, events, exec, fallback, fips, funcs,
+        images, networks, prune, services, sg, snapshots, stats, system, usage, volume_init,
+        volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -79,6 +96,13 @@ pub fn router(state: AppState) -> Router {
         .route("/fips/attach", post(fips::attach))
         .route("/fips/detach", post(fips::detach))
         .route("/fips/name", post(fips::name))
+        .route("/funcs", get(funcs::list))
+        .route("/funcs/create", post(funcs::create))
+        .route(
+            "/funcs/{name}",
+            get(funcs::inspect).put(funcs::update).delete(funcs::remove),
+        )
+        .route("/funcs/call/{call}", get(funcs::by_call))
         .route("/services", get(services::list))
         .route("/services/create", post(services::create))
         .route(
@@ -178,5 +202,6 @@ pub fn router(state: AppState) -> Router {
         transport::authenticate,
     ))
     .merge(uploads)
+    .merge(func_endpoint_routes())
     .with_state(state)
 }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod exec;
 pub mod export;
 pub mod fip;
+pub mod func;
 pub mod health;
 pub mod image_transfer;
 pub mod images;

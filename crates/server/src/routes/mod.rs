@@ -10,6 +10,8 @@ pub mod events;
 pub mod exec;
 pub mod fallback;
 pub mod fips;
+pub mod func_endpoint;
+pub mod funcs;
 pub mod image_push;
 pub mod image_save;
 pub mod images;
