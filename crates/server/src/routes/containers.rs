@@ -80,7 +80,7 @@ fn endpoint_request(body: &Value, hc: &mut HostConfig) -> ApiResult<Vec<String>>
 
 /// A create's body as the runtime takes it: config, host config and network aliases; what
 /// hyper does not do refused first (501), then what does not parse (400).
-fn create_request(body: &[u8]) -> ApiResult<(ContainerConfig, HostConfig, Vec<String>)> {
+pub(crate) fn create_request(body: &[u8]) -> ApiResult<(ContainerConfig, HostConfig, Vec<String>)> {
     let raw: Value = super::json_body(body, "JSON body")?;
     super::unsupported::refuse_unsupported(&raw)?;
     let mut config: ContainerConfig = serde_json::from_value(raw.clone())
