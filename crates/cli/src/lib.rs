@@ -33,8 +33,8 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    commit, config as config_cmd, containers, cp, events, exec, export, fip, image_transfer,
-    images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
+    commit, compose, config as config_cmd, containers, cp, events, exec, export, fip,
+    image_transfer, images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +208,8 @@ pub enum Cmd {
     /// Manage volume snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Define and run multi-container applications, kept in the cloud
+    Compose(compose::ComposeArgs),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -259,6 +261,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Service(c) => service::service_cmd(ctx, c).await,
         Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
         Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
+        Cmd::Compose(a) => compose::compose_cmd(ctx, a).await,
     }
 }
 
