@@ -129,7 +129,7 @@ services:
 volumes:
   data:
     driver_opts:
-      size: "1"
+      size: "10"
 "#;
 
 /// A project with links, a published port, a floating IP, a security group, noauto_volume
@@ -179,7 +179,13 @@ fn project_lifecycle() {
     let db_host = db["Config"]["Hostname"].as_str().unwrap().to_string();
     for name in ["db", "database"] {
         let o = d
-            .hyper(&["exec", "shop-web-1", "wget", "-qO-", &format!("http://{name}/hostname")])
+            .hyper(&[
+                "exec",
+                "shop-web-1",
+                "wget",
+                "-qO-",
+                &format!("http://{name}/hostname"),
+            ])
             .timeout(60.0)
             .run()
             .ok();
@@ -200,14 +206,30 @@ fn project_lifecycle() {
 
     // ps shows it; another tenant sees nothing and cannot take it down.
     let ps = compose(d, &f, "shop", &["ps"], &[]).ok();
-    assert!(ps.stdout.contains("shop-web-1") && ps.stdout.contains("18090->80/tcp"), "{ps}");
-    assert!(ps.stdout.lines().any(|l| l.starts_with("shop-db-1") && l.contains(" Up")), "{ps}");
+    assert!(
+        ps.stdout.contains("shop-web-1") && ps.stdout.contains("18090->80/tcp"),
+        "{ps}"
+    );
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.starts_with("shop-db-1") && l.contains(" Up")),
+        "{ps}"
+    );
     let (other, _) = d.new_tenant("ccother");
-    let o = d.hyper_tcp(&other, &["compose", "-p", "shop", "ps", "-q"]).run().ok();
+    let o = d
+        .hyper_tcp(&other, &["compose", "-p", "shop", "ps", "-q"])
+        .run()
+        .ok();
     assert_eq!(o.out(), "", "{o}");
-    let o = d.hyper_tcp(&other, &["compose", "-p", "shop", "stop"]).run();
+    let o = d
+        .hyper_tcp(&other, &["compose", "-p", "shop", "stop"])
+        .run();
     assert!(o.code != 0 && o.stderr.contains("no such project"), "{o}");
-    let o = d.hyper_tcp(&other, &["compose", "-p", "shop", "down", "-v"]).run().ok();
+    let o = d
+        .hyper_tcp(&other, &["compose", "-p", "shop", "down", "-v"])
+        .run()
+        .ok();
     assert!(!o.stderr.contains("shop-"), "{o}");
     assert_eq!(project_containers(d, "shop").len(), 2);
 
@@ -216,7 +238,10 @@ fn project_lifecycle() {
     assert!(o.stderr.contains("shop-db-2"), "{o}");
     let list = project_containers(d, "shop");
     assert_eq!(list.len(), 3, "{list:?}");
-    assert_eq!(d.inspect("shop-db-2")["Config"]["Labels"]["sh.hyper.compose.container-number"], "2");
+    assert_eq!(
+        d.inspect("shop-db-2")["Config"]["Labels"]["sh.hyper.compose.container-number"],
+        "2"
+    );
     let ids = list.clone();
 
     // An unchanged project's up changes nothing.
@@ -239,7 +264,9 @@ fn project_lifecycle() {
     assert_eq!(o.out(), "kept");
     let ls = d.hyper(&["fip", "ls"]).run().ok();
     assert!(
-        ls.stdout.lines().any(|l| l.contains(&fip) && l.contains("shop-web-1")),
+        ls.stdout
+            .lines()
+            .any(|l| l.contains(&fip) && l.contains("shop-web-1")),
         "{ls}"
     );
     let new_host = d.inspect("shop-web-1")["Config"]["Hostname"]
@@ -258,7 +285,14 @@ fn project_lifecycle() {
     compose(d, &f, "shop", &["scale", "db=1"], &[]).ok();
     let before = project_containers(d, "shop");
     assert_eq!(before.len(), 2, "{before:?}");
-    compose(d, &f, "shop", &["up", "-d", "--force-recreate"], &[("GREETING", "two")]).ok();
+    compose(
+        d,
+        &f,
+        "shop",
+        &["up", "-d", "--force-recreate"],
+        &[("GREETING", "two")],
+    )
+    .ok();
     let after = project_containers(d, "shop");
     for name in ["shop-db-1", "shop-web-1"] {
         assert_ne!(id_in(&after, name), id_in(&before, name), "{name}");
@@ -286,7 +320,12 @@ fn hyper_post(d: &Daemon, path_and_query: &str, body: &str) -> (String, u16) {
     let o = d.api(
         "POST",
         &format!("/v1.23{path_and_query}"),
-        &["-H", "Content-Type: application/json", "--data-binary", body],
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ],
     );
     let (text, code) = o.stdout.trim_end().rsplit_once('\n').unwrap_or(("", ""));
     (text.to_string(), code.parse().unwrap_or(0))
@@ -324,10 +363,19 @@ fn hyper_client_requests() {
         "auths": {"https://index.docker.io/v1/": {"username": "u", "password": "p", "email": "", "serveraddress": "https://index.docker.io/v1/"}}
     })
     .to_string();
-    let (text, code) = hyper_post(d, "/compose/create?project=Raw_Proj&services=a%7D%7Bb", &body);
+    let (text, code) = hyper_post(
+        d,
+        "/compose/create?project=Raw_Proj&services=a%7D%7Bb",
+        &body,
+    );
     assert_eq!(code, 200, "{text}");
     let lines = stream_ok(&text);
-    assert!(lines.iter().any(|l| l["id"] == "rawproj-a-1" || l["id"] == "raw_proj-a-1"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["id"] == "rawproj-a-1" || l["id"] == "raw_proj-a-1"),
+        "{text}"
+    );
     // b (and a, which it links to) were created; c was not named.
     let filters = json!({"label": {"sh.hyper.compose.project=raw_proj": true, "sh.hyper.compose.service=b": true}});
     let o = d.api(
@@ -342,23 +390,40 @@ fn hyper_client_requests() {
     let all = project_containers(d, "raw_proj");
     let names: Vec<&str> = all.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(names, ["raw-bee", "raw_proj-a-1"], "{all:?}");
-    assert_eq!(d.inspect("raw_proj-a-1")["Config"]["Labels"]["sh_hyper_instancetype"], "s2");
+    assert_eq!(
+        d.inspect("raw_proj-a-1")["Config"]["Labels"]["sh_hyper_instancetype"],
+        "s2"
+    );
     // The credentials went to no store: they appear nowhere under the data root's store.
     let store = std::fs::read(d.data.join("store.redb")).unwrap_or_default();
     assert!(!String::from_utf8_lossy(&store).contains("\"password\""));
     // An unchanged create is a no-op; stop of a created project is one too.
-    let (text, code) = hyper_post(d, "/compose/create?project=Raw_Proj&services=a%7D%7Bb", &body);
+    let (text, code) = hyper_post(
+        d,
+        "/compose/create?project=Raw_Proj&services=a%7D%7Bb",
+        &body,
+    );
     assert_eq!(code, 200);
-    assert!(text.contains("Up-to-date") && !text.contains("\"Created\""), "{text}");
+    assert!(
+        text.contains("Up-to-date") && !text.contains("\"Created\""),
+        "{text}"
+    );
     let (text, code) = hyper_post(d, "/compose/stop?project=Raw_Proj&seconds=10", "");
     assert_eq!(code, 200, "{text}");
     stream_ok(&text);
     let (text, code) = hyper_post(d, "/compose/rm?project=Raw_Proj&services=b&rmvol=true", "");
     assert_eq!(code, 200, "{text}");
     stream_ok(&text);
-    let names: Vec<String> = project_containers(d, "raw_proj").into_iter().map(|(n, _, _)| n).collect();
+    let names: Vec<String> = project_containers(d, "raw_proj")
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
     assert_eq!(names, ["raw_proj-a-1"]);
-    let (text, code) = hyper_post(d, "/compose/down?project=Raw_Proj&rmvol=true&rmorphans=true", "");
+    let (text, code) = hyper_post(
+        d,
+        "/compose/down?project=Raw_Proj&rmvol=true&rmorphans=true",
+        "",
+    );
     assert_eq!(code, 200, "{text}");
     stream_ok(&text);
     assert!(project_containers(d, "raw_proj").is_empty());
@@ -384,11 +449,27 @@ fn refusals() {
         hyper_post(d, "/compose/up?project=bad", &body)
     };
     let cases: &[(Value, u16, &str)] = &[
-        (json!({"image": "busybox", "cap_add": ["NET_ADMIN"]}), 400, "\"cap_add\""),
-        (json!({"image": "busybox", "external_links": ["x"]}), 400, "\"external_links\""),
+        (
+            json!({"image": "busybox", "cap_add": ["NET_ADMIN"]}),
+            400,
+            "\"cap_add\"",
+        ),
+        (
+            json!({"image": "busybox", "external_links": ["x"]}),
+            400,
+            "\"external_links\"",
+        ),
         (json!({"image": "busybox", "fip": "auto"}), 400, "auto"),
-        (json!({"image": "busybox", "fip": "203.0.113.7"}), 400, "not allocated to you"),
-        (json!({"image": "busybox", "volumes": ["/srv:/data"]}), 501, "host bind mounts are not supported"),
+        (
+            json!({"image": "busybox", "fip": "203.0.113.7"}),
+            400,
+            "not allocated to you",
+        ),
+        (
+            json!({"image": "busybox", "volumes": ["/srv:/data"]}),
+            501,
+            "host bind mounts are not supported",
+        ),
         (json!({"image": "busybox", "size": "huge"}), 400, "huge"),
     ];
     for (i, (svc, status, needle)) in cases.iter().enumerate() {
@@ -441,7 +522,12 @@ fn captured_fixtures() {
         let o = d.api(
             v["method"].as_str().unwrap_or("POST"),
             path,
-            &["-H", "Content-Type: application/json", "--data-binary", &body],
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ],
         );
         let (text, code) = o.stdout.trim_end().rsplit_once('\n').unwrap_or(("", ""));
         assert!(code.starts_with('2'), "{}: {code} {text}", f.display());

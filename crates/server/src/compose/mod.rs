@@ -285,7 +285,10 @@ impl Scope {
     }
 
     /// Replaces `old` by a container of the service's current config, under the same name,
-    /// with the old one's volumes and floating IP.
+    /// with the old one's volumes and floating IP. The service's config was checked before
+    /// (the request's 4xx), so what can still fail here is what the ordinary create refuses
+    /// at that moment (a host port another container took meanwhile, a quota); the old
+    /// container is gone then, its volumes and floating IP stay the tenant's.
     async fn recreate(
         &self,
         svc: &Service,
@@ -317,31 +320,17 @@ impl Scope {
             })
             .map(|m| (m.volume.clone(), m.destination.clone()))
             .collect();
-        let aside = format!("{}_{}", &old.id[..12], old.name);
-        rt.rename(&self.tenant, &old.id, &aside)
+        // The old container goes first: it holds the name and the published host ports
+        // even while stopped. Its volumes stay (named ones by name, anonymous ones handed
+        // over below).
+        rt.remove(&self.tenant, &old.id, true, false)
             .await
-            .map_err(msg)?;
+            .map_err(|e| format!("removing {}: {}", old.name, msg(e)))?;
         let at = Placement {
             kept_volumes: &kept,
             ..*at
         };
-        let new = match self.create_container(svc, &old.name, &at).await {
-            Ok(c) => c,
-            Err(e) => {
-                // Put the old one back as it was.
-                let _ = rt.rename(&self.tenant, &old.id, &old.name).await;
-                if let Some(ip) = &fip {
-                    let _ = self.attach_fip(old, ip, out).await;
-                }
-                if was_running {
-                    let _ = rt.start(&self.tenant, &old.id).await;
-                }
-                return Err(e);
-            }
-        };
-        rt.remove(&self.tenant, &old.id, true, false)
-            .await
-            .map_err(msg)?;
+        let new = self.create_container(svc, &old.name, &at).await?;
         if let Some(ip) = &fip {
             self.attach_fip(&new, ip, out).await?;
         }
