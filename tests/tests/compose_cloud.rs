@@ -493,44 +493,241 @@ fn refusals() {
     assert!(o.code != 0 && o.stderr.contains("\"cap_add\""), "{o}");
 }
 
-/// Requests captured from Hyper's own client (tests/fixtures/hypercli/compose-*.json, each
-/// `{"method","path","body"}`), replayed over the unix socket: each is answered as the
-/// client expects (2xx, no errorDetail in the stream).
-fn captured_fixtures() {
-    let dir = workspace_root().join("tests/fixtures/hypercli");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("no fixtures in {}", dir.display());
-        return;
+/// A hyperd of its own for the replay (its `down --rmi all` removes the tenant's busybox),
+/// with the capture's floating IP pool.
+fn fixture_daemon() -> &'static Daemon {
+    static D: OnceLock<Arc<Daemon>> = OnceLock::new();
+    D.get_or_init(|| {
+        Daemon::start(
+            "cf",
+            DaemonOpts {
+                extra_args: vec!["--fip-pool".into(), "198.51.100.0/28".into()],
+                ..DaemonOpts::default()
+            },
+        )
+    })
+}
+
+/// Sends one captured request (tests/fixtures/hypercli/NAME.json) as it was sent, on the unix
+/// socket; the answer's body and status.
+fn replay(d: &Daemon, name: &str) -> (String, u16) {
+    let f = workspace_root().join(format!("tests/fixtures/hypercli/{name}.json"));
+    let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    let body = match &v["body"] {
+        Value::String(s) => s.clone(),
+        b => b.to_string(),
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("compose-"))
-        })
-        .collect();
-    files.sort();
-    let d = daemon();
-    for f in files {
-        let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-        let path = v["path"].as_str().unwrap();
-        let body = match &v["body"] {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            b => b.to_string(),
-        };
-        let o = d.api(
-            v["method"].as_str().unwrap_or("POST"),
-            path,
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &body,
-            ],
+    let mut extra: Vec<String> = Vec::new();
+    for h in ["Content-Type", "User-Agent", "Transfer-Encoding"] {
+        if let Some(val) = v["headers"][h].as_str() {
+            extra.push("-H".into());
+            extra.push(format!("{h}: {val}"));
+        }
+    }
+    if v["method"] != "GET" {
+        extra.push("--data-binary".into());
+        extra.push(body);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let o = d.api(
+        v["method"].as_str().unwrap(),
+        v["path"].as_str().unwrap(),
+        &extra,
+    );
+    let (text, code) = o.stdout.trim_end().rsplit_once('\n').unwrap_or(("", ""));
+    (text.to_string(), code.parse().unwrap_or(0))
+}
+
+/// A captured `/compose/*` request replayed: 200 and a stream without an error.
+fn replay_ok(d: &Daemon, name: &str) -> Vec<Value> {
+    let (text, code) = replay(d, name);
+    assert_eq!(code, 200, "{name}: {text}");
+    stream_ok(&text)
+}
+
+fn states(d: &Daemon, project: &str) -> Vec<(String, String)> {
+    project_containers(d, project)
+        .into_iter()
+        .map(|(n, _, s)| (n, s))
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The requests Hyper's own client sent (captured, tests/fixtures/hypercli), replayed in the
+/// order a user would run them, each checked against what the user would then see.
+fn captured_fixtures() {
+    let d = fixture_daemon();
+    // What the capture's tenant held: the security group `web`, FIPs .1 and .2.
+    let dir = ProjectDir::new("cfx");
+    let rules = dir.dir.join("web.yaml");
+    std::fs::write(&rules, "name: web\nrules:\n  - direction: ingress\n    protocol: tcp\n    port_range_min: 80\n    port_range_max: 80\n    remote_ip_prefix: 0.0.0.0/0\n  - direction: egress\n").unwrap();
+    d.hyper(&["sg", "create", "-f", rules.to_str().unwrap(), "web"])
+        .run()
+        .ok();
+    let fips = d.hyper(&["fip", "allocate", "2"]).run().ok().out();
+    assert!(
+        fips.contains("198.51.100.1") && fips.contains("198.51.100.2"),
+        "{fips}"
+    );
+
+    // A version 1 file (capv1).
+    replay_ok(d, "compose-up-29");
+    assert_eq!(states(d, "capv1"), pairs(&[("capv1-app-1", "running")]));
+    assert_eq!(
+        d.inspect("capv1-app-1")["Config"]["Labels"]["sh_hyper_instancetype"],
+        "s1"
+    );
+
+    // capdemo: container_name, a named volume, links, ports, env, labels, size, FIP, SG.
+    replay_ok(d, "compose-up-2");
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "running")])
+    );
+    let web = d.inspect("capdemo-web-1");
+    let env = web["Config"]["Env"].to_string();
+    assert!(
+        env.contains("WEB_THEME=dark") && env.contains("GREETING=hello"),
+        "{env}"
+    );
+    assert_eq!(web["Config"]["Labels"]["sh_hyper_sg_web"], "yes");
+    assert_eq!(web["Config"]["WorkingDir"], "/srv");
+    assert_eq!(
+        d.hyper(&["port", "capdemo-web-1", "80"]).run().ok().out(),
+        "0.0.0.0:8080"
+    );
+    let ls = d.hyper(&["fip", "ls"]).run().ok();
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.contains("198.51.100.1") && l.contains("capdemo-web-1")),
+        "{ls}"
+    );
+    let o = d
+        .hyper(&[
+            "exec",
+            "capdemo-web-1",
+            "sh",
+            "-c",
+            "nc database 5432 </dev/null",
+        ])
+        .timeout(60.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "db");
+    // compose ps's label queries, per service.
+    for (fixture, name) in [
+        ("compose-ps-1", "/capdemo-db"),
+        ("compose-ps-2", "/capdemo-web-1"),
+    ] {
+        let (text, code) = replay(d, fixture);
+        assert_eq!(code, 200, "{text}");
+        let list: Value = serde_json::from_str(&text).unwrap();
+        let names: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["Names"][0].as_str().unwrap())
+            .collect();
+        assert_eq!(names, [name], "{fixture}");
+    }
+    let ids = project_containers(d, "capdemo");
+
+    // Nothing changed: --no-recreate, one service, create: the same containers.
+    for f in ["compose-up-6", "compose-up-8", "compose-create-1"] {
+        replay_ok(d, f);
+        assert_eq!(project_containers(d, "capdemo"), ids, "{f}");
+    }
+    // create --force-recreate web: a new web, created, not started; start db web starts it.
+    replay_ok(d, "compose-create-2");
+    let now = project_containers(d, "capdemo");
+    assert_eq!(id_in(&now, "capdemo-db"), id_in(&ids, "capdemo-db"));
+    assert_ne!(id_in(&now, "capdemo-web-1"), id_in(&ids, "capdemo-web-1"));
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "created")])
+    );
+    replay_ok(d, "compose-start-2");
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "running")])
+    );
+    // stop -t 3 web, stop, start, kill db web, rm web.
+    replay_ok(d, "compose-stop-2");
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "exited")])
+    );
+    replay_ok(d, "compose-stop-1");
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "exited"), ("capdemo-web-1", "exited")])
+    );
+    replay_ok(d, "compose-start-1");
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "running")])
+    );
+    replay_ok(d, "compose-kill-2");
+    let s = states(d, "capdemo");
+    assert!(s.iter().all(|(_, st)| st == "exited"), "{s:?}");
+    replay_ok(d, "compose-rm-2");
+    assert_eq!(states(d, "capdemo"), pairs(&[("capdemo-db", "exited")]));
+    // up --force-recreate: db anew, web again, the FIP back on web.
+    let before = project_containers(d, "capdemo");
+    replay_ok(d, "compose-up-4");
+    let now = project_containers(d, "capdemo");
+    assert_ne!(id_in(&now, "capdemo-db"), id_in(&before, "capdemo-db"));
+    assert_eq!(
+        states(d, "capdemo"),
+        pairs(&[("capdemo-db", "running"), ("capdemo-web-1", "running")])
+    );
+    let ls = d.hyper(&["fip", "ls"]).run().ok();
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.contains("198.51.100.1") && l.contains("capdemo-web-1")),
+        "{ls}"
+    );
+    // kill, rm -v, down --remove-orphans --rmi local, down -v --rmi all.
+    replay_ok(d, "compose-kill-1");
+    replay_ok(d, "compose-rm-1");
+    assert!(states(d, "capdemo").is_empty());
+    let vols = d.hyper(&["volume", "ls", "-q"]).run().ok();
+    assert!(vols.stdout.contains("capdemo_dbdata"), "{vols}");
+    replay_ok(d, "compose-down-2");
+    let nets = d
+        .hyper(&["network", "ls", "--format", "{{.Name}}"])
+        .run()
+        .ok();
+    assert!(!nets.stdout.contains("capdemo_default"), "{nets}");
+    replay_ok(d, "compose-down-1");
+    let vols = d.hyper(&["volume", "ls", "-q"]).run().ok();
+    assert!(!vols.stdout.contains("capdemo"), "{vols}");
+    // capv1 still runs: another project is another project.
+    assert_eq!(states(d, "capv1"), pairs(&[("capv1-app-1", "running")]));
+
+    // capauto: fip: auto as the client resolved it (the two free FIPs).
+    replay_ok(d, "compose-up-27");
+    let ls = d.hyper(&["fip", "ls"]).run().ok();
+    for (ip, c) in [
+        ("198.51.100.1", "capauto-a-1"),
+        ("198.51.100.2", "capauto-b-1"),
+    ] {
+        assert!(
+            ls.stdout.lines().any(|l| l.contains(ip) && l.contains(c)),
+            "{ls}"
         );
-        let (text, code) = o.stdout.trim_end().rsplit_once('\n').unwrap_or(("", ""));
-        assert!(code.starts_with('2'), "{}: {code} {text}", f.display());
-        stream_ok(text);
+    }
+    for p in ["capauto", "capv1"] {
+        let (text, code) = hyper_post(d, &format!("/compose/down?project={p}&rmvol=true"), "");
+        assert_eq!(code, 200, "{text}");
+        stream_ok(&text);
+        assert!(states(d, p).is_empty());
     }
 }

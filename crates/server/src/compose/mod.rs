@@ -479,7 +479,10 @@ impl Scope {
             } else {
                 for old in mine {
                     let changed = label(&old, spec::HASH_LABEL) != svc.hash;
-                    if force || (changed && !no_recreate) {
+                    // Forced for the services named (all when none); what they depend
+                    // on follows its config hash.
+                    let forced = force && (wanted.is_empty() || wanted.contains(name));
+                    if forced || (changed && !no_recreate) {
                         let at = Placement {
                             project: &self.project,
                             network: &network,
@@ -725,7 +728,26 @@ impl Scope {
             Err(e) => return Err(format!("removing network {net}: {}", msg(e))),
         }
         if rmvol {
-            for real in rec.iter().flat_map(|r| r.volumes.values()) {
+            // The project's volumes: from its record, and by label (a `down` without `-v`
+            // has forgotten the record, not the volumes).
+            let mut vols: Vec<String> = rec
+                .iter()
+                .flat_map(|r| r.volumes.values().cloned())
+                .collect();
+            for v in self
+                .app
+                .runtime
+                .volumes
+                .list(&self.tenant)
+                .unwrap_or_default()
+            {
+                if v.labels.get(spec::PROJECT_LABEL) == Some(&self.project)
+                    && !vols.contains(&v.name)
+                {
+                    vols.push(v.name);
+                }
+            }
+            for real in &vols {
                 match self
                     .app
                     .runtime

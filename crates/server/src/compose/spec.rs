@@ -523,7 +523,7 @@ pub fn parse_service(name: &str, raw: &Value) -> Result<Service, ApiError> {
     }
     for v in strings(name, "volumes", get("volumes"))? {
         if !v.contains(':') {
-            node::volumes::request::parse_bind(&format!("x:{v}"))
+            node::volumes::request::parse_bind(&format!("anonymous:{v}"))
                 .map_err(|e| bad(format!("service {name}: {e}")))?;
             s.anonymous_volumes.push(v);
             continue;
@@ -896,7 +896,7 @@ mod tests {
                 "db": {"image": "busybox", "command": ["httpd", "-f"], "external_links": null,
                        "expose": ["80"], "size": "s1", "noauto_volume": true},
                 "web": {"image": "busybox", "links": ["db:data"], "depends_on": ["db"],
-                        "ports": ["8080:80"], "volumes": ["data:/data"], "external_links": null,
+                        "ports": ["8080:80"], "volumes": ["data:/data", "/srv/cache"], "external_links": null,
                         "environment": ["A=1"], "fip": "198.51.100.2", "security_groups": ["web"],
                         "restart": "on-failure:3", "labels": {"x": "y"}}
             }},
@@ -926,6 +926,7 @@ mod tests {
             kept_volumes: &[],
         });
         assert_eq!(b["HostConfig"]["Binds"], json!(["shop_data:/data"]));
+        assert_eq!(b["Volumes"], json!({"/srv/cache": {}}));
         assert_eq!(b["HostConfig"]["Links"], json!(["shop-db-1:data"]));
         assert_eq!(
             b["HostConfig"]["PortBindings"]["80/tcp"],
