@@ -13,6 +13,7 @@ fn main() {
         ("project_lifecycle", project_lifecycle),
         ("hyper_client_requests", hyper_client_requests),
         ("refusals", refusals),
+        ("health_run_logs_config", health_run_logs_config),
         ("captured_fixtures", captured_fixtures),
     ];
     std::process::exit(run_tests(tests));
@@ -360,7 +361,7 @@ fn hyper_client_requests() {
         }},
         "VolumeConfigs": null,
         "NetworkConfigs": null,
-        "auths": {"https://index.docker.io/v1/": {"username": "u", "password": "p", "email": "", "serveraddress": "https://index.docker.io/v1/"}}
+        "auths": {"https://index.docker.io/v1/": {"username": "u", "password": "pw-never-stored-7f3a", "email": "", "serveraddress": "https://index.docker.io/v1/"}}
     })
     .to_string();
     let (text, code) = hyper_post(
@@ -396,7 +397,8 @@ fn hyper_client_requests() {
     );
     // The credentials went to no store: they appear nowhere under the data root's store.
     let store = std::fs::read(d.data.join("store.redb")).unwrap_or_default();
-    assert!(!String::from_utf8_lossy(&store).contains("\"password\""));
+    assert!(!store.is_empty());
+    assert!(!String::from_utf8_lossy(&store).contains("pw-never-stored-7f3a"));
     // An unchanged create is a no-op; stop of a created project is one too.
     let (text, code) = hyper_post(
         d,
@@ -730,4 +732,82 @@ fn captured_fixtures() {
         stream_ok(&text);
         assert!(states(d, p).is_empty());
     }
+}
+
+/// `depends_on` with `condition: service_healthy` waits for the health check; `config` shows
+/// the interpolated project; `run` runs a one-off command of a service; `logs` prefixes each
+/// line with its container; `restart` stops and starts.
+fn health_run_logs_config() {
+    let d = daemon();
+    let p = ProjectDir::new("cch");
+    p.write(
+        r#"version: "2.4"
+services:
+  db:
+    image: busybox
+    command: sleep 1000
+    healthcheck:
+      test: ["CMD-SHELL", "test -e /tmp/ready || touch /tmp/ready; true"]
+      interval: 1s
+      retries: 3
+  app:
+    image: busybox
+    command: sh -c 'echo hello-from-$${HOSTNAME%%.*}-${WHO:-nobody}; sleep 1000'
+    depends_on:
+      db:
+        condition: service_healthy
+"#,
+    );
+    let f = p.file();
+    let o = compose(d, &f, "hc", &["config"], &[("WHO", "tester")]).ok();
+    assert!(
+        o.stdout.contains("hello-from-$${HOSTNAME%%.*}-tester")
+            || o.stdout.contains("hello-from-${HOSTNAME%%.*}-tester"),
+        "{o}"
+    );
+    let o = compose(d, &f, "hc", &["config", "--services"], &[]).ok();
+    assert_eq!(o.stdout, "app\ndb\n");
+
+    let o = compose(d, &f, "hc", &["up", "-d"], &[("WHO", "tester")]).ok();
+    let healthy = o.stderr.find("db: Healthy").expect("db waited for");
+    let app_started = o
+        .stderr
+        .find("Starting hc-app-1 ... done")
+        .expect("app started");
+    assert!(healthy < app_started, "{o}");
+    assert_eq!(d.inspect("hc-db-1")["State"]["Health"]["Status"], "healthy");
+
+    let o = wait_for("app's output in compose logs", secs(60.0), || {
+        let o = compose(d, &f, "hc", &["logs", "app"], &[]).ok();
+        if o.stdout.contains("| hello-from-") {
+            Ok(o)
+        } else {
+            Err(o.to_string())
+        }
+    });
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with("hc-app-1") && l.ends_with("-tester")),
+        "{o}"
+    );
+
+    let o = compose(
+        d,
+        &f,
+        "hc",
+        &["run", "--rm", "--no-deps", "app", "echo", "one-off"],
+        &[],
+    )
+    .ok();
+    assert_eq!(o.stdout.trim(), "one-off", "{o}");
+    assert_eq!(project_containers(d, "hc").len(), 2);
+
+    let before = id_in(&project_containers(d, "hc"), "hc-app-1");
+    compose(d, &f, "hc", &["restart", "-t", "1", "app"], &[]).ok();
+    let now = project_containers(d, "hc");
+    assert_eq!(id_in(&now, "hc-app-1"), before);
+    assert!(now.iter().all(|(_, _, s)| s == "running"), "{now:?}");
+    compose(d, &f, "hc", &["down"], &[]).ok();
+    assert!(project_containers(d, "hc").is_empty());
 }
