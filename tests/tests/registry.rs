@@ -1085,4 +1085,12 @@ fn compose_pulls_with_the_users_auths() {
     assert!(o.stdout.contains(&format!("{}/{REPO}", reg.private)), "{o}");
     compose(&["down"]).ok();
     let _ = std::fs::remove_dir_all(&dir);
+
+    // `hyper pull a b`: each image in turn; one that fails makes the exit status 1, the
+    // others are pulled all the same.
+    let missing = format!("{}/{REPO}:nosuchtag", reg.private);
+    let o = d.hyper_tcp(&t, &["pull", &missing, &image]).timeout(120.0).run();
+    assert_eq!(o.code, 1, "{o}");
+    assert!(o.stderr.contains(&format!("Error pulling {missing}")), "{o}");
+    assert!(o.stdout.contains(&image) && !o.stdout.contains(&missing), "{o}");
 }
