@@ -473,6 +473,11 @@ fn refusals() {
             "host bind mounts are not supported",
         ),
         (json!({"image": "busybox", "size": "huge"}), 400, "huge"),
+        (
+            json!({"image": "busybox", "security_groups": ["nosuchsg"]}),
+            400,
+            "security group nosuchsg not found",
+        ),
     ];
     for (i, (svc, status, needle)) in cases.iter().enumerate() {
         let (text, code) = post(svc.clone());
@@ -483,6 +488,14 @@ fn refusals() {
             .to_string();
         assert!(text.contains(needle), "test[{i}]: {text}");
     }
+    let body = json!({"ServiceConfigs": {"M": {"s": {"image": "busybox"}}},
+                      "VolumeConfigs": {"v": {"Driver": "hyper", "DriverOpts": {"size": "1"}, "External": false}}});
+    let (text, code) = hyper_post(d, "/compose/up?project=bad", &body.to_string());
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("volume v: volume size 1 GB is out of range"),
+        "{text}"
+    );
     assert!(project_containers(d, "bad").is_empty());
     let nets = d.hyper(&["network", "ls"]).run().ok();
     assert!(!nets.stdout.contains("bad_default"), "{nets}");

@@ -1089,8 +1089,17 @@ fn compose_pulls_with_the_users_auths() {
     // `hyper pull a b`: each image in turn; one that fails makes the exit status 1, the
     // others are pulled all the same.
     let missing = format!("{}/{REPO}:nosuchtag", reg.private);
-    let o = d.hyper_tcp(&t, &["pull", &missing, &image]).timeout(120.0).run();
+    let o = d
+        .hyper_tcp(&t, &["pull", &missing, &image])
+        .timeout(120.0)
+        .run();
     assert_eq!(o.code, 1, "{o}");
-    assert!(o.stderr.contains(&format!("Error pulling {missing}")), "{o}");
-    assert!(o.stdout.contains(&image) && !o.stdout.contains(&missing), "{o}");
+    assert!(
+        o.stderr.contains(&format!("Error pulling {missing}")),
+        "{o}"
+    );
+    assert!(
+        o.stdout.contains(&image) && !o.stdout.contains(&missing),
+        "{o}"
+    );
 }

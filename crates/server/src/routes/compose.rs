@@ -113,6 +113,28 @@ async fn up_or_create(
             Some(_) => {}
         }
     }
+    // Security groups must exist, and volume sizes be ones a volume can have: refused now,
+    // before anything is made, rather than half-way through the stream.
+    let store = s.app.runtime.store().clone();
+    for svc in project.services.values() {
+        for g in &svc.security_groups {
+            node::network::sg::get(store.as_ref(), &s.tenant, g).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "service {}: {e}: create it with hyper sg create",
+                    svc.name
+                ))
+            })?;
+        }
+    }
+    for (name, v) in &project.volumes {
+        if !v.external && !v.driver_opts.contains_key("snapshot") {
+            s.app
+                .runtime
+                .volumes
+                .requested_size(&v.driver_opts, None)
+                .map_err(|e| ApiError::bad_request(format!("volume {name}: {e}")))?;
+        }
+    }
     Ok(stream(move |out| async move {
         s.up(project, &wanted, force, no_recreate, start, &out)
             .await
