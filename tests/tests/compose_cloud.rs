@@ -299,6 +299,18 @@ fn project_lifecycle() {
         assert_ne!(id_in(&after, name), id_in(&before, name), "{name}");
     }
 
+    // fip taken out of the file: web is recreated without it; the FIP stays the tenant's.
+    p.write(&PROJECT_FILE.replace("    fip: FIP\n", ""));
+    let o = compose(d, &f, "shop", &["up", "-d"], &[("GREETING", "two")]).ok();
+    assert!(o.stderr.contains("Recreating shop-web-1 ... done"), "{o}");
+    let ls = d.hyper(&["fip", "ls"]).run().ok();
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.contains(&fip) && !l.contains("shop-web-1")),
+        "{ls}"
+    );
+
     // down -v: no containers, volume or network left; the FIP stays the tenant's, free.
     let o = compose(d, &f, "shop", &["down", "-v"], &[]).ok();
     assert!(o.stderr.contains("Removing network shop_default"), "{o}");

@@ -294,6 +294,7 @@ impl Scope {
         svc: &Service,
         old: &Container,
         at: &Placement<'_>,
+        prev_fip: Option<&str>,
         out: &Out,
     ) -> Result<Container, Failure> {
         let rt = &self.app.runtime;
@@ -305,10 +306,17 @@ impl Scope {
                 Err(e) => return Err(format!("stopping {}: {}", old.name, msg(e))),
             }
         }
-        let fip = self.fip_holder_of(old).await?;
-        if fip.is_some() {
+        let held = self.fip_holder_of(old).await?;
+        if held.is_some() {
             self.detach_fip(old).await;
         }
+        // The floating IP goes to the successor when the service still names it, or when the
+        // user attached it by hand (the project never named it); one the file no longer
+        // names stays the tenant's, detached.
+        let fip = held.filter(|ip| match svc.fip {
+            Some(want) => want.to_string() == *ip,
+            None => prev_fip != Some(ip.as_str()),
+        });
         // The anonymous volumes (`-v /path`, the image's VOLUMEs) go to the new container.
         let kept: Vec<(String, String)> = old
             .mounts
@@ -430,6 +438,11 @@ impl Scope {
         rec.network = network.clone();
         let volume_names = self.ensure_volumes(&p, &mut rec, out).await?;
         rec.order = full_order;
+        let prev_fips: BTreeMap<String, Option<String>> = rec
+            .services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fip.clone()))
+            .collect();
         for name in &order {
             let s = &p.services[name];
             rec.services.insert(
@@ -491,7 +504,8 @@ impl Scope {
                             link_targets: &link_targets,
                             kept_volumes: &[],
                         };
-                        current.push(self.recreate(svc, &old, &at, out).await?);
+                        let prev = prev_fips.get(name).cloned().flatten();
+                        current.push(self.recreate(svc, &old, &at, prev.as_deref(), out).await?);
                     } else {
                         out.line(&old.name, "Up-to-date");
                         current.push(old);
