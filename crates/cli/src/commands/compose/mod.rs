@@ -597,3 +597,76 @@ pub async fn compose_cmd(ctx: &Ctx, a: ComposeArgs) -> Result<i32, CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Cmd};
+
+    fn compose(args: &[&str]) -> ComposeArgs {
+        let mut a = vec!["hyper", "compose"];
+        a.extend_from_slice(args);
+        match Cli::try_parse_from(a).unwrap().cmd {
+            Cmd::Compose(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn project_flags_before_and_after_the_subcommand() {
+        let c = compose(&["-f", "a.yml", "-p", "shop", "up", "-d", "web"]);
+        assert_eq!(c.opts.file.as_deref(), Some(std::path::Path::new("a.yml")));
+        let ComposeCmd::Up(u) = c.cmd else { panic!() };
+        assert!(u.detach);
+        assert_eq!(u.services, ["web"]);
+        // Hyper's CLI takes them after the subcommand.
+        let c = compose(&["up", "-f", "b.yml", "-p", "Cap_Demo.2", "-d"]);
+        let ComposeCmd::Up(u) = c.cmd else { panic!() };
+        assert_eq!(u.opts.project.as_deref(), Some("Cap_Demo.2"));
+        // logs -f follows; rm -f forces.
+        let ComposeCmd::Logs(l) = compose(&["logs", "-f", "web"]).cmd else {
+            panic!()
+        };
+        assert!(l.follow);
+        let ComposeCmd::Rm(r) = compose(&["rm", "-f", "-v"]).cmd else {
+            panic!()
+        };
+        assert!(r.force && r.volumes);
+        assert!(Cli::try_parse_from([
+            "hyper",
+            "compose",
+            "up",
+            "--force-recreate",
+            "--no-recreate"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["hyper", "compose", "down", "--rmi", "some"]).is_err());
+        let ComposeCmd::Run(r) = compose(&["run", "--rm", "web", "sh", "-c", "echo hi"]).cmd else {
+            panic!()
+        };
+        assert_eq!(r.command, ["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn pull_takes_several_images() {
+        let Cmd::Pull(p) = Cli::try_parse_from(["hyper", "pull", "wordpress", "mysql"])
+            .unwrap()
+            .cmd
+        else {
+            panic!()
+        };
+        assert_eq!(p.images, ["wordpress", "mysql"]);
+        assert!(Cli::try_parse_from(["hyper", "pull"]).is_err());
+    }
+
+    #[test]
+    fn services_joined_as_hypers_client_joins_them() {
+        let r = request("up", "shop", &["db".into(), "web".into()]);
+        assert_eq!(
+            r.path_and_query_with("/v1.23"),
+            "/v1.23/compose/up?project=shop&services=db%7D%7Bweb"
+        );
+    }
+}
