@@ -665,6 +665,9 @@ fn captured_fixtures() {
     }
     let ids = project_containers(d, "capdemo");
 
+    // The project is hyperd's, in its store: it outlives a kill -9 of hyperd.
+    d.restart();
+
     // Nothing changed: --no-recreate, one service, create: the same containers.
     for f in ["compose-up-6", "compose-up-8", "compose-create-1"] {
         replay_ok(d, f);
