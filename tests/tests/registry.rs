@@ -53,6 +53,10 @@ fn main() {
             push_then_pull_from_another_tenant,
         ),
         ("pull_of_a_present_image", pull_of_a_present_image),
+        (
+            "compose_pulls_with_the_users_auths",
+            compose_pulls_with_the_users_auths,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -1039,4 +1043,63 @@ fn pull_of_a_present_image() {
     assert!(!o.stderr.contains("Unable to find image"), "{o}");
     hyper(&["rmi", &image]).ok();
     d.docker(&["rmi", &image]).run().ok();
+}
+
+/// `hyper compose up` of a project whose image is private: hyperd pulls it with the `auths`
+/// the CLI posts (the user's logins, as Hyper's client sends them), and without a login the
+/// registry's refusal ends the stream.
+fn compose_pulls_with_the_users_auths() {
+    let reg = start_registry();
+    push_image(&reg);
+    let d = daemon();
+    let t = second_tenant(d, "compo");
+    let image = format!("{}/{REPO}:v1", reg.private);
+    let dir = short_tmp("rcmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!("version: '2'\nservices:\n  app:\n    image: {image}\n    command: [ls, /data]\n"),
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let mut a = vec!["compose", "-f", file.to_str().unwrap(), "-p", "rc"];
+        a.extend_from_slice(args);
+        d.hyper_tcp(&t, &a).timeout(180.0).run()
+    };
+    let o = compose(&["up", "-d"]);
+    assert_ne!(o.code, 0, "{o}");
+    let err = o.stderr.to_lowercase();
+    assert!(
+        err.contains("unauthorized") || err.contains("denied"),
+        "{o}"
+    );
+    d.hyper_tcp(&t, &["login", "-u", USER, "--password-stdin", &reg.private])
+        .stdin(format!("{PASSWORD}\n").as_bytes())
+        .run()
+        .ok();
+    let o = compose(&["up", "-d"]).ok();
+    assert!(o.stderr.contains(&format!("Pulling {image}")), "{o}");
+    assert!(o.stderr.contains("Starting rc-app-1 ... done"), "{o}");
+    let o = d.hyper_tcp(&t, &["images"]).run().ok();
+    assert!(o.stdout.contains(&format!("{}/{REPO}", reg.private)), "{o}");
+    compose(&["down"]).ok();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // `hyper pull a b`: each image in turn; one that fails makes the exit status 1, the
+    // others are pulled all the same.
+    let missing = format!("{}/{REPO}:nosuchtag", reg.private);
+    let o = d
+        .hyper_tcp(&t, &["pull", &missing, &image])
+        .timeout(120.0)
+        .run();
+    assert_eq!(o.code, 1, "{o}");
+    assert!(
+        o.stderr.contains(&format!("Error pulling {missing}")),
+        "{o}"
+    );
+    assert!(
+        o.stdout.contains(&image) && !o.stdout.contains(&missing),
+        "{o}"
+    );
 }

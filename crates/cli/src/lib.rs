@@ -33,7 +33,7 @@ pub mod transport;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    commit, config as config_cmd, containers, cp, cron, events, exec, export, fip, func,
+    commit, compose, config as config_cmd, containers, cp, cron, events, exec, export, fip, func,
     image_transfer, images, network, run, service, sg, snapshot, system, usage, volume, Ctx,
 };
 
@@ -214,6 +214,8 @@ pub enum Cmd {
     /// Manage serverless functions
     #[command(subcommand)]
     Func(func::FuncCmd),
+    /// Define and run multi-container applications, kept in the cloud
+    Compose(compose::ComposeArgs),
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
@@ -267,6 +269,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, CliError> {
         Cmd::Volume(c) => volume::volume_cmd(ctx, c).await,
         Cmd::Snapshot(c) => snapshot::snapshot_cmd(ctx, c).await,
         Cmd::Func(c) => func::func_cmd(ctx, c).await,
+        Cmd::Compose(a) => compose::compose_cmd(ctx, a).await,
     }
 }
 

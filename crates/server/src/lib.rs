@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 pub mod accounts;
+mod compose;
 pub mod credentials;
 mod detach_keys;
 mod docker_json;
@@ -60,8 +61,8 @@ fn func_endpoint_routes() -> Router<AppState> {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, archive, commit, containers as c, crons, df, events, exec, fallback, fips, funcs,
-        images, networks, prune, services, sg, snapshots, stats, system, usage, volume_init,
+        admin, archive, commit, compose, containers as c, crons, df, events, exec, fallback, fips,
+        funcs, images, networks, prune, services, sg, snapshots, stats, system, usage, volume_init,
         volumes,
     };
     let api = Router::new()
@@ -140,6 +141,13 @@ pub fn router(state: AppState) -> Router {
             "/snapshots/{id}",
             get(snapshots::inspect).delete(snapshots::remove),
         )
+        .route("/compose/up", post(compose::up))
+        .route("/compose/create", post(compose::create))
+        .route("/compose/start", post(compose::start))
+        .route("/compose/stop", post(compose::stop))
+        .route("/compose/kill", post(compose::kill))
+        .route("/compose/rm", post(compose::rm))
+        .route("/compose/down", post(compose::down))
         .route("/containers/prune", post(prune::containers))
         .route("/networks/prune", post(prune::networks))
         .route("/build/prune", post(prune::build_cache))

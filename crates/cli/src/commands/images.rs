@@ -104,7 +104,9 @@ pub struct PullArgs {
     /// Suppress verbose output
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    pub image: String,
+    /// One or more images (`hyper pull wordpress mysql`)
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -375,14 +377,30 @@ async fn pull_image_quiet(
     follow_progress(resp, to_stderr, quiet).await
 }
 
+/// `pull IMAGE...`: each image in turn, as docker pulls one; exit status 1 if any failed.
 pub async fn pull(ctx: &Ctx, a: PullArgs) -> Result<i32, CliError> {
     let client = ctx.client()?;
-    let auth = registry_auth_header(ctx, &a.image);
-    pull_image_quiet(&client, &a.image, auth, false, a.quiet).await?;
-    let (name, tag) = pull_params(&a.image);
+    if a.images.len() == 1 {
+        pull_one(ctx, &client, &a.images[0], a.quiet).await?;
+        return Ok(0);
+    }
+    let mut status = 0;
+    for image in &a.images {
+        if let Err(e) = pull_one(ctx, &client, image, a.quiet).await {
+            eprintln!("Error pulling {image}: {}", crate::error_chain(&e));
+            status = 1;
+        }
+    }
+    Ok(status)
+}
+
+async fn pull_one(ctx: &Ctx, client: &Client, image: &str, quiet: bool) -> Result<(), CliError> {
+    let auth = registry_auth_header(ctx, image);
+    pull_image_quiet(client, image, auth, false, quiet).await?;
+    let (name, tag) = pull_params(image);
     let sep = if tag.starts_with("sha256:") { '@' } else { ':' };
     println!("{name}{sep}{tag}");
-    Ok(0)
+    Ok(())
 }
 
 pub fn images_header() -> Value {

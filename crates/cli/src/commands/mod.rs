@@ -2,6 +2,7 @@
 //! function returning the process exit code.
 
 pub mod commit;
+pub mod compose;
 pub mod config;
 pub mod containers;
 pub mod cp;

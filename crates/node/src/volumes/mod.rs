@@ -151,7 +151,7 @@ impl Volumes {
     }
 
     /// The size a create asks for, checked against the operator's range.
-    fn requested_size(
+    pub fn requested_size(
         &self,
         opts: &BTreeMap<String, String>,
         from: Option<&Snapshot>,

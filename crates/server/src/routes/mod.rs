@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod archive;
 pub mod commit;
+pub mod compose;
 pub mod containers;
 pub mod crons;
 pub mod df;
