@@ -9,10 +9,8 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::{for_each, print_rows, Ctx};
-use crate::commands::containers::print_inspect;
 use crate::commands::images::{pull_image, registry_auth_header};
 use crate::commands::run::{self, with_default_tag, ContainerOptions};
-use crate::format::Template;
 use crate::transport::ApiRequest;
 use crate::CliError;
 
@@ -409,24 +407,10 @@ pub async fn cron_cmd(ctx: &Ctx, c: CronCmd) -> Result<i32, CliError> {
             Ok(0)
         }
         CronCmd::Inspect(a) => {
-            let client = ctx.client()?;
-            let template = a.format.as_deref().map(Template::parse).transpose()?;
-            let mut found = Vec::new();
-            let mut errors = Vec::new();
-            for name in &a.crons {
-                match client
-                    .json::<Value>(ApiRequest::get(format!("/crons/{name}")))
-                    .await
-                {
-                    Ok(v) => found.push(v),
-                    Err(e) => errors.push(crate::error_chain(&e)),
-                }
-            }
-            print_inspect(&found, template.as_ref())?;
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            Ok(i32::from(!errors.is_empty()))
+            super::inspect_each(ctx, a.format.as_deref(), &a.crons, |name| {
+                format!("/crons/{name}")
+            })
+            .await
         }
         CronCmd::History(a) => {
             let req = ApiRequest::get(format!("/crons/{}/history", a.cron))

@@ -7,9 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use super::{for_each, print_rows, Ctx};
-use crate::commands::containers::print_inspect;
 use crate::commands::run::{env_list, label_map};
-use crate::format::Template;
 use crate::transport::ApiRequest;
 use crate::CliError;
 
@@ -367,24 +365,10 @@ async fn update_one(ctx: &Ctx, name: &str, change: Value) -> Result<i32, CliErro
 
 /// Like docker: the services found as one JSON array, then an error line per missing one.
 async fn inspect(ctx: &Ctx, a: ServiceInspectArgs) -> Result<i32, CliError> {
-    let client = ctx.client()?;
-    let template = a.format.as_deref().map(Template::parse).transpose()?;
-    let mut found = Vec::new();
-    let mut errors = Vec::new();
-    for name in &a.services {
-        match client
-            .json::<Value>(ApiRequest::get(format!("/services/{name}")))
-            .await
-        {
-            Ok(v) => found.push(v),
-            Err(e) => errors.push(crate::error_chain(&e)),
-        }
-    }
-    print_inspect(&found, template.as_ref())?;
-    for e in &errors {
-        eprintln!("{e}");
-    }
-    Ok(i32::from(!errors.is_empty()))
+    super::inspect_each(ctx, a.format.as_deref(), &a.services, |name| {
+        format!("/services/{name}")
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -392,6 +376,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::format::Template;
     use crate::table::TabWriter;
 
     #[derive(Parser)]
