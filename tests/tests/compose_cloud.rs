@@ -90,8 +90,10 @@ fn project_containers(d: &Daemon, project: &str) -> Vec<(String, String, String)
         .lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
+            // Untruncated, Names lists the links to a container too (`db,web/database`).
+            let name = it.next()?.split(',').find(|n| !n.contains('/'))?;
             Some((
-                it.next()?.to_string(),
+                name.to_string(),
                 it.next()?.to_string(),
                 it.next()?.to_string(),
             ))
