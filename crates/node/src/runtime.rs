@@ -375,7 +375,7 @@ impl Runtime {
             .get(sizes::SIZE_LABEL)
             .cloned()
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
-        crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
+        let tmpfs = crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
         crate::log_options::limits(&host_config.log_config, self.log_limits())?;
         if let Some(g) = host_config
             .group_add
@@ -418,7 +418,7 @@ impl Runtime {
         )?;
 
         let (mounts, new_volumes) = self
-            .plan_mounts(tenant, &config, &host_config, &image_config)
+            .plan_mounts(tenant, &config, &host_config, &image_config, &tmpfs)
             .await?;
         let id = random_id();
         if config.hostname.is_empty() {

@@ -27,6 +27,7 @@ impl Runtime {
         config: &ContainerConfig,
         host_config: &HostConfig,
         image_config: &Value,
+        tmpfs: &[agent_proto::TmpfsMount],
     ) -> Result<(Vec<Mount>, Vec<Volume>)> {
         let noauto = config
             .labels
@@ -42,14 +43,11 @@ impl Runtime {
                 .unwrap_or_default()
         };
         // A tmpfs takes its path from the image's VOLUMEs; any other mount there is a duplicate.
-        let tmpfs: Vec<String> = crate::tmpfs::plan(host_config, u64::MAX >> 20)?
-            .into_iter()
-            .map(|t| t.target)
-            .collect();
+        let is_tmpfs = |path: &str| tmpfs.iter().any(|t| t.target == path);
         let not_tmpfs = |paths: Vec<String>| -> Vec<String> {
             paths
                 .into_iter()
-                .filter(|p| request::check_destination(p).map_or(true, |p| !tmpfs.contains(&p)))
+                .filter(|p| request::check_destination(p).map_or(true, |p| !is_tmpfs(&p)))
                 .collect()
         };
         let volume_mounts: Vec<_> = host_config
@@ -66,7 +64,7 @@ impl Runtime {
             &not_tmpfs(keys(&image_config["Volumes"])),
             noauto,
         )?;
-        if let Some(w) = wanted.iter().find(|w| tmpfs.contains(&w.destination)) {
+        if let Some(w) = wanted.iter().find(|w| is_tmpfs(&w.destination)) {
             return Err(crate::RuntimeError::Invalid(format!(
                 "Duplicate mount point: {}",
                 w.destination
