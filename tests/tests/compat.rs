@@ -1744,6 +1744,22 @@ fn log_options_rotate_logs() {
         o.code != 0 && o.stderr.contains("per container are kept here"),
         "{o}"
     );
+    // Each rotation renames every kept file: their number is bounded.
+    let o = d
+        .docker(&[
+            "create",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=1000",
+            "busybox",
+            "true",
+        ])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("a whole number from 1 to 100"),
+        "{o}"
+    );
 }
 
 /// `--group-add` by number and by the image's group name, for the main process and its execs;

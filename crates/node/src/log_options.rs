@@ -6,6 +6,11 @@
 use crate::model::LogConfig;
 use crate::{Result, RuntimeError};
 
+/// Each rotation renames every kept file, and a line may rotate a tiny file: bounds on both keep
+/// a tenant's chatter from costing the node a rename storm (`shim::log`).
+const MAX_FILES: u32 = 100;
+const MIN_FILE_BYTES: u64 = 1 << 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_bytes: u64,
@@ -25,10 +30,10 @@ pub fn limits(config: &LogConfig, operator: Limits) -> Result<Limits> {
                 max_files = value
                     .parse::<u32>()
                     .ok()
-                    .filter(|n| *n >= 1)
+                    .filter(|n| (1..=MAX_FILES).contains(n))
                     .ok_or_else(|| {
                         RuntimeError::Invalid(format!(
-                            "invalid max-file {value:?}: a whole number of at least 1"
+                            "invalid max-file {value:?}: a whole number from 1 to {MAX_FILES}"
                         ))
                     })?
             }
@@ -42,6 +47,11 @@ pub fn limits(config: &LogConfig, operator: Limits) -> Result<Limits> {
     let Some(max_bytes) = max_bytes else {
         return Ok(operator);
     };
+    if max_bytes < MIN_FILE_BYTES {
+        return Err(RuntimeError::Invalid(format!(
+            "invalid max-size of {max_bytes} bytes: at least 1k"
+        )));
+    }
     let allowed = operator.max_bytes * u64::from(operator.max_files);
     if max_bytes.saturating_mul(u64::from(max_files)) > allowed {
         return Err(RuntimeError::Invalid(format!(
