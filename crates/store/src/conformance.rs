@@ -364,6 +364,79 @@ pub fn calls_from_inside_async_runtimes(s: &S) {
     assert_eq!(s.get("/async/current").unwrap().unwrap().mod_revision, got);
 }
 
+/// Polls `cond` every 100 ms for up to 30 s (leases end on the backend's clock).
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 30 s");
+}
+
+/// A leased key lives while its lease is renewed, and goes (a delete event) once it is not;
+/// a put under the ended lease is refused and writes nothing.
+pub fn lease_keys_go_when_it_is_not_renewed(s: &S) {
+    let lease = s.lease_grant(Duration::from_secs(3)).unwrap();
+    let mut w = s.watch("/l/");
+    s.txn(Txn::new().then(Op::PutLeased("/l/a".into(), b"1".to_vec(), lease)))
+        .unwrap();
+    put_rev(s, "/l/plain", b"p");
+    // Renewed well within its time to live, for longer than it: still there.
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(s.lease_keep_alive(lease).unwrap());
+    }
+    assert_eq!(value(s, "/l/a"), Some(b"1".to_vec()));
+    eventually("the unrenewed lease's key to go", || {
+        value(s, "/l/a").is_none()
+    });
+    assert!(!s.lease_keep_alive(lease).unwrap());
+    assert_eq!(value(s, "/l/plain"), Some(b"p".to_vec()));
+    let seen: Vec<_> = (0..3)
+        .map(|i| shape(&next(&mut w, &format!("event {i}"))))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("put", "/l/a".into(), b"1".to_vec()),
+            ("put", "/l/plain".into(), b"p".to_vec()),
+            ("delete", "/l/a".into(), vec![]),
+        ]
+    );
+    let late = Txn::new().then(Op::PutLeased("/l/b".into(), b"2".to_vec(), lease));
+    assert!(s.txn(late).is_err());
+    assert_eq!(value(s, "/l/b"), None);
+}
+
+/// Revoking deletes the lease's keys at once (not one put since without it), and revoking
+/// again, or renewing, finds it gone.
+pub fn lease_revoke_deletes_its_keys(s: &S) {
+    let lease = s.lease_grant(Duration::from_secs(60)).unwrap();
+    let other = s.lease_grant(Duration::from_secs(60)).unwrap();
+    s.txn(
+        Txn::new()
+            .then(Op::PutLeased("/v/a".into(), b"1".to_vec(), lease))
+            .then(Op::PutLeased("/v/b".into(), b"1".to_vec(), lease))
+            .then(Op::PutLeased("/v/c".into(), b"1".to_vec(), other)),
+    )
+    .unwrap();
+    // Put again without the lease: no longer the lease's.
+    put_rev(s, "/v/b", b"2");
+    s.lease_revoke(lease).unwrap();
+    let left: Vec<String> = s
+        .range("/v/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(left, ["/v/b", "/v/c"]);
+    s.lease_revoke(lease).unwrap();
+    assert!(!s.lease_keep_alive(lease).unwrap());
+    assert!(s.lease_keep_alive(other).unwrap());
+}
+
 /// Generates one `#[test]` per suite function, for one backend's fixture.
 macro_rules! suite {
     ($fixture:ident: $($name:ident),* $(,)?) => {
@@ -382,7 +455,8 @@ macro_rules! all_tests {
         suite!($fixture: get_put_delete, range_is_by_prefix_in_key_order, txn_compare_and_swap,
             txn_ops_apply_in_order, racing_quota_counter, revisions_are_monotone,
             watch_from_a_revision_replays_then_follows, watch_follows_from_now,
-            watch_order_under_concurrent_writers, calls_from_inside_async_runtimes);
+            watch_order_under_concurrent_writers, calls_from_inside_async_runtimes,
+            lease_keys_go_when_it_is_not_renewed, lease_revoke_deletes_its_keys);
     };
 }
 
@@ -396,6 +470,30 @@ mod redb {
     }
 
     all_tests!(store);
+
+    /// Leases end with the process that held them: the next open deletes their keys.
+    #[test]
+    fn an_earlier_process_leased_keys_are_gone_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = crate::RedbStore::open(&path).unwrap();
+            let lease = s.lease_grant(Duration::from_secs(60)).unwrap();
+            s.txn(Txn::new().then(Op::PutLeased("/n/a".into(), b"1".to_vec(), lease)))
+                .unwrap();
+            s.put("/n/b", b"1".to_vec()).unwrap();
+        }
+        // The sweeper thread lets go of the file within a sweep.
+        std::thread::sleep(Duration::from_millis(500));
+        let s = crate::RedbStore::open(&path).unwrap();
+        let left: Vec<String> = s
+            .range("/n/")
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(left, ["/n/b"]);
+    }
 }
 
 #[cfg(feature = "etcd")]

@@ -31,11 +31,13 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, Txn as EtcdTxn, TxnOp, WatchOptions,
+    GetOptions, PutOptions, Txn as EtcdTxn, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 
-use crate::{Compare, Event, KeyValue, Op, Result, Store, StoreError, Txn, TxnResult, Watch};
+use crate::{
+    Compare, Event, KeyValue, LeaseId, Op, Result, Store, StoreError, Txn, TxnResult, Watch,
+};
 
 /// How long one request may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -240,16 +242,16 @@ impl EtcdStore {
     /// One branch's ops as etcd takes them: see the module's doc.
     fn ops(&self, ops: &[Op]) -> Result<Vec<TxnOp>> {
         enum Net {
-            Put(String, Vec<u8>),
+            Put(String, Vec<u8>, Option<i64>),
             Delete(String),
             DeletePrefix(String),
         }
         let mut net: Vec<Net> = Vec::new();
         for op in ops {
             match op {
-                Op::Put(k, _) | Op::Delete(k) => {
+                Op::Put(k, _) | Op::PutLeased(k, _, _) | Op::Delete(k) => {
                     let key = self.key(k)?;
-                    if matches!(op, Op::Put(..)) {
+                    if !matches!(op, Op::Delete(..)) {
                         if let Some(Net::DeletePrefix(p)) = net.iter().find(
                             |n| matches!(n, Net::DeletePrefix(p) if key.starts_with(p.as_str())),
                         ) {
@@ -259,9 +261,10 @@ impl EtcdStore {
                             )));
                         }
                     }
-                    net.retain(|n| !matches!(n, Net::Put(x, _) | Net::Delete(x) if *x == key));
+                    net.retain(|n| !matches!(n, Net::Put(x, ..) | Net::Delete(x) if *x == key));
                     net.push(match op {
-                        Op::Put(_, v) => Net::Put(key, v.clone()),
+                        Op::Put(_, v) => Net::Put(key, v.clone(), None),
+                        Op::PutLeased(_, v, lease) => Net::Put(key, v.clone(), Some(lease.0)),
                         _ => Net::Delete(key),
                     });
                 }
@@ -270,7 +273,7 @@ impl EtcdStore {
                         continue;
                     };
                     // An earlier put it covers ends deleted anyway.
-                    net.retain(|n| !matches!(n, Net::Put(x, _) if x.starts_with(prefix.as_str())));
+                    net.retain(|n| !matches!(n, Net::Put(x, ..) if x.starts_with(prefix.as_str())));
                     net.push(Net::DeletePrefix(prefix));
                 }
             }
@@ -278,7 +281,9 @@ impl EtcdStore {
         Ok(net
             .into_iter()
             .map(|n| match n {
-                Net::Put(k, v) => TxnOp::put(k, v, None),
+                Net::Put(k, v, lease) => {
+                    TxnOp::put(k, v, lease.map(|id| PutOptions::new().with_lease(id)))
+                }
                 Net::Delete(k) => TxnOp::delete(k, None),
                 Net::DeletePrefix(p) => TxnOp::delete(p, Some(DeleteOptions::new().with_prefix())),
             })
@@ -420,6 +425,44 @@ impl Store for EtcdStore {
     fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch> {
         // etcd reads 0 as "from now"; ours means "from the beginning".
         Ok(self.spawn_watch(prefix, Some(to_i64(revision.max(1)))))
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let mut lease = self.client.lease_client();
+        let ttl = ttl.as_secs().max(2) as i64;
+        let resp = self.call("lease grant", async move { lease.grant(ttl, None).await })?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    fn lease_keep_alive(&self, id: LeaseId) -> Result<bool> {
+        let mut lease = self.client.lease_client();
+        // Opening a keep-alive stream sends one renewal and reads its answer: that is all.
+        self.call("lease keep-alive", async move {
+            match lease.keep_alive(id.0).await {
+                Ok(_) => Ok(true),
+                // etcd-client's words for a TTL of 0: etcd no longer has the lease.
+                Err(etcd_client::Error::LeaseKeepAliveError(e)) if e == "lease not found" => {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn lease_revoke(&self, id: LeaseId) -> Result<()> {
+        let mut lease = self.client.lease_client();
+        match run_on(self.runtime(), async move { lease.revoke(id.0).await }) {
+            Some(Ok(_)) => Ok(()),
+            // Already gone: what revoking wanted.
+            Some(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => {
+                Ok(())
+            }
+            Some(Err(e)) => Err(self.error("lease revoke", e)),
+            None => Err(StoreError::Backend(format!(
+                "etcd at {}: lease revoke: the client's runtime stopped",
+                self.endpoints
+            ))),
+        }
     }
 }
 

@@ -58,9 +58,17 @@ pub enum Compare {
 #[derive(Debug, Clone)]
 pub enum Op {
     Put(String, Vec<u8>),
+    /// A put whose key lives as long as the lease: deleted (a delete event) when the lease
+    /// expires or is revoked. A later plain `Put` of the key detaches it from the lease.
+    PutLeased(String, Vec<u8>, LeaseId),
     Delete(String),
     DeletePrefix(String),
 }
+
+/// A lease (etcd's): keys put under it ([`Op::PutLeased`]) go when its holder stops renewing it
+/// within its time to live, or revokes it. How a node says it is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
 
 /// All-or-nothing: when every compare holds, `success` is applied, else `failure`.
 #[derive(Debug, Clone, Default)]
@@ -149,6 +157,14 @@ pub trait Store: Send + Sync {
     /// etcd: until the operator compacts it): a watch from before what is left starts at the
     /// oldest change still known, as one that fell behind does.
     fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch>;
+
+    /// A new lease that lives `ttl` (whole seconds, at least 2: etcd's floor) unless renewed.
+    fn lease_grant(&self, ttl: std::time::Duration) -> Result<LeaseId>;
+    /// Renews the lease for its whole time to live again. `false`: it has expired or was
+    /// revoked, and its keys are gone.
+    fn lease_keep_alive(&self, lease: LeaseId) -> Result<bool>;
+    /// Ends the lease now, deleting its keys; an unknown or expired lease is no error.
+    fn lease_revoke(&self, lease: LeaseId) -> Result<()>;
 
     fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {
         Ok(self

@@ -2,17 +2,26 @@
 //! (create, mod: 16 bytes little-endian) so a single table serves get, range and compare.
 //! A second table keeps the changes of the last [`HISTORY`] revisions for watches from a
 //! revision; live watchers get changes from an in-process broadcast.
+//!
+//! Leases live in this process only: they end with it. Leased keys are also listed in a table
+//! of their own, so that the next open deletes those an earlier process left (its leases
+//! ended with it). A sweeper thread ends expired leases.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use crate::{Compare, Event, KeyValue, Op, Result, Store, StoreError, Txn, TxnResult, Watch};
+use crate::{
+    Compare, Event, KeyValue, LeaseId, Op, Result, Store, StoreError, Txn, TxnResult, Watch,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Leased keys and their lease.
+const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The changes of each revision (see `encode_events`).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -20,12 +29,35 @@ const REVISION: &str = "revision";
 /// Revisions whose changes are kept for `watch_from`.
 pub const HISTORY: u64 = 10_000;
 
+/// The shortest lease, as etcd's.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// How often the sweeper looks for expired leases.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
 pub struct RedbStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     db: Database,
     events: broadcast::Sender<Event>,
     /// Held by a writer from its start until its events are sent, so that watchers get
     /// revisions in order and `watch_from` joins the history to the live changes seamlessly.
     writing: Mutex<()>,
+    leases: Mutex<Leases>,
+}
+
+#[derive(Default)]
+struct Leases {
+    last_id: i64,
+    live: HashMap<i64, Lease>,
+    /// Each leased key's lease.
+    owner: HashMap<String, i64>,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -109,18 +141,160 @@ impl RedbStore {
             write.open_table(KV).map_err(backend)?;
             write.open_table(META).map_err(backend)?;
             write.open_table(LOG).map_err(backend)?;
+            write.open_table(LEASED).map_err(backend)?;
         }
         write.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
-        Ok(Self {
+        let shared = Arc::new(Shared {
             db,
             events,
             writing: Mutex::new(()),
-        })
+            leases: Mutex::default(),
+        });
+        // The leases of an earlier process ended with it.
+        let left: Vec<Op> = {
+            let read = shared.db.begin_read().map_err(backend)?;
+            let leased = read.open_table(LEASED).map_err(backend)?;
+            let mut keys = Vec::new();
+            for entry in leased.iter().map_err(backend)? {
+                keys.push(Op::Delete(entry.map_err(backend)?.0.value().to_string()));
+            }
+            keys
+        };
+        if !left.is_empty() {
+            let writing = shared.writing();
+            shared.txn_locked(
+                &writing,
+                Txn {
+                    success: left,
+                    ..Txn::default()
+                },
+            )?;
+        }
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("redb-leases".into())
+            .spawn(move || sweep(weak))
+            .map_err(backend)?;
+        Ok(Self { shared })
+    }
+}
+
+/// Ends expired leases until the store is dropped.
+fn sweep(shared: Weak<Shared>) {
+    loop {
+        std::thread::sleep(SWEEP_EVERY);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let expired: Vec<i64> = {
+            let leases = shared.leases();
+            let now = Instant::now();
+            leases
+                .live
+                .iter()
+                .filter(|(_, l)| l.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in expired {
+            if let Err(e) = shared.end_lease(id) {
+                tracing::warn!("ending expired lease {id}: {e}");
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the lease and deletes its keys, in one transaction.
+    fn end_lease(&self, id: i64) -> Result<()> {
+        let writing = self.writing();
+        let keys: Vec<Op> = {
+            let mut leases = self.leases();
+            if leases.live.remove(&id).is_none() {
+                return Ok(());
+            }
+            leases
+                .owner
+                .iter()
+                .filter(|(_, lease)| **lease == id)
+                .map(|(key, _)| Op::Delete(key.clone()))
+                .collect()
+        };
+        self.txn_locked(
+            &writing,
+            Txn {
+                success: keys,
+                ..Txn::default()
+            },
+        )?;
+        Ok(())
     }
 }
 
 impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.shared.get(key)
+    }
+
+    fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        self.shared.range(prefix)
+    }
+
+    fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let writing = self.shared.writing();
+        self.shared.txn_locked(&writing, txn)
+    }
+
+    fn revision(&self) -> Result<u64> {
+        self.shared.revision()
+    }
+
+    fn watch(&self, prefix: &str) -> Watch {
+        Watch::broadcast(prefix, VecDeque::new(), self.shared.events.subscribe())
+    }
+
+    fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch> {
+        self.shared.watch_from(prefix, revision)
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let mut leases = self.shared.leases();
+        leases.last_id += 1;
+        let id = leases.last_id;
+        let ttl = Duration::from_secs(ttl.max(MIN_LEASE_TTL).as_secs());
+        let deadline = Instant::now() + ttl;
+        leases.live.insert(id, Lease { ttl, deadline });
+        Ok(LeaseId(id))
+    }
+
+    fn lease_keep_alive(&self, lease: LeaseId) -> Result<bool> {
+        let mut leases = self.shared.leases();
+        let now = Instant::now();
+        match leases.live.get_mut(&lease.0) {
+            Some(l) if l.deadline > now => {
+                l.deadline = now + l.ttl;
+                Ok(true)
+            }
+            // Expired and not swept yet: gone all the same.
+            _ => Ok(false),
+        }
+    }
+
+    fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.shared.end_lease(lease.0)
+    }
+}
+
+impl Shared {
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let read = self.db.begin_read().map_err(backend)?;
         let table = read.open_table(KV).map_err(backend)?;
@@ -142,9 +316,13 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+    /// A transaction, under the writers' lock (`_writing`).
+    fn txn_locked(&self, _writing: &MutexGuard<'_, ()>, txn: Txn) -> Result<TxnResult> {
         let write = self.db.begin_write().map_err(backend)?;
+        // Leased keys written (with their lease) and keys no longer leased, for `leases`
+        // once committed.
+        let mut leased: Vec<(String, i64)> = Vec::new();
+        let mut unleased: Vec<String> = Vec::new();
         let mut events = Vec::new();
         let (succeeded, revision) = {
             let mut table = write.open_table(KV).map_err(backend)?;
@@ -179,9 +357,10 @@ impl Store for RedbStore {
             };
             // The revision the writes get; it becomes the store's only if something changed.
             let revision = current + 1;
+            let mut leased_table = write.open_table(LEASED).map_err(backend)?;
             for op in ops {
                 match op {
-                    Op::Put(key, value) => {
+                    Op::Put(key, value) | Op::PutLeased(key, value, _) => {
                         let create = table
                             .get(key.as_str())
                             .map_err(backend)?
@@ -190,6 +369,25 @@ impl Store for RedbStore {
                         table
                             .insert(key.as_str(), encode(create, revision, value).as_slice())
                             .map_err(backend)?;
+                        if let Op::PutLeased(_, _, lease) = op {
+                            if !self.leases().live.contains_key(&lease.0) {
+                                // Dropping `write` aborts it: nothing of this transaction stays.
+                                return Err(StoreError::Backend(format!(
+                                    "lease {} not found (expired or revoked)",
+                                    lease.0
+                                )));
+                            }
+                            leased_table
+                                .insert(key.as_str(), lease.0)
+                                .map_err(backend)?;
+                            leased.push((key.clone(), lease.0));
+                        } else if leased_table
+                            .remove(key.as_str())
+                            .map_err(backend)?
+                            .is_some()
+                        {
+                            unleased.push(key.clone());
+                        }
                         events.push(Event::Put(KeyValue {
                             key: key.clone(),
                             value: value.clone(),
@@ -199,6 +397,13 @@ impl Store for RedbStore {
                     }
                     Op::Delete(key) => {
                         if table.remove(key.as_str()).map_err(backend)?.is_some() {
+                            if leased_table
+                                .remove(key.as_str())
+                                .map_err(backend)?
+                                .is_some()
+                            {
+                                unleased.push(key.clone());
+                            }
                             events.push(Event::Delete {
                                 key: key.clone(),
                                 revision,
@@ -214,6 +419,13 @@ impl Store for RedbStore {
                             .collect();
                         for key in keys {
                             table.remove(key.as_str()).map_err(backend)?;
+                            if leased_table
+                                .remove(key.as_str())
+                                .map_err(backend)?
+                                .is_some()
+                            {
+                                unleased.push(key.clone());
+                            }
                             events.push(Event::Delete { key, revision });
                         }
                     }
@@ -237,6 +449,11 @@ impl Store for RedbStore {
             write.abort().map_err(backend)?;
         } else {
             write.commit().map_err(backend)?;
+            let mut leases = self.leases();
+            for key in unleased {
+                leases.owner.remove(&key);
+            }
+            leases.owner.extend(leased);
         }
         for event in events {
             // Nobody listening is fine.
@@ -258,14 +475,10 @@ impl Store for RedbStore {
             .unwrap_or(0))
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        Watch::broadcast(prefix, VecDeque::new(), self.events.subscribe())
-    }
-
     fn watch_from(&self, prefix: &str, revision: u64) -> Result<Watch> {
         // No write in between: what the log holds now and what the broadcast sends from now
         // on meet exactly.
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.writing();
         let rx = self.events.subscribe();
         let read = self.db.begin_read().map_err(backend)?;
         let log = read.open_table(LOG).map_err(backend)?;
@@ -385,7 +598,7 @@ mod tests {
         s.put("/k/1", vec![1]).unwrap();
         let r2 = s.put("/k/2", vec![2]).unwrap();
         // Revision 1 falls out of the log, as it does HISTORY revisions later.
-        let write = s.db.begin_write().unwrap();
+        let write = s.shared.db.begin_write().unwrap();
         write.open_table(LOG).unwrap().remove(1).unwrap();
         write.commit().unwrap();
         let mut w = s.watch_from("/k/", 1).unwrap();
