@@ -905,7 +905,11 @@ fn inspect_info_version_match_dockerd() {
     };
     let inspect = ours_json(&format!("/containers/{ours}/json"));
     for (what, recording, path) in [
-        ("inspect", "inspect.json", format!("/containers/{ours}/json")),
+        (
+            "inspect",
+            "inspect.json",
+            format!("/containers/{ours}/json"),
+        ),
         ("info", "info.json", "/info".to_string()),
         ("version", "version.json", "/version".to_string()),
     ] {

@@ -1,7 +1,8 @@
 //! hyperd on etcd (`--store etcd://`, issue 18's first brick): a real etcd (Debian's
 //! etcd-server) on loopback, started here and stopped after the daemon; containers run, the
 //! state lives in etcd and survives a hyperd restart, and an etcd outage is a clear error that
-//! ends when etcd is back, without restarting hyperd.
+//! ends when etcd is back, without restarting hyperd. Nodes join a fleet on etcd under a lease
+//! (issue 18's membership): listed up or down, drained, removed, one name per node.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -9,7 +10,13 @@ use e2e::*;
 use store::etcd_server::EtcdServer;
 
 fn main() {
-    let tests: &[(&'static str, TestFn)] = &[("hyperd_runs_on_etcd", hyperd_runs_on_etcd)];
+    let tests: &[(&'static str, TestFn)] = &[
+        ("hyperd_runs_on_etcd", hyperd_runs_on_etcd),
+        (
+            "nodes_join_the_fleet_under_a_lease",
+            nodes_join_the_fleet_under_a_lease,
+        ),
+    ];
     std::process::exit(run_tests(tests));
 }
 
@@ -116,4 +123,170 @@ fn hyperd_runs_on_etcd() {
     assert_eq!(volumes, "v1");
     d.hyper(&["rm", "-f", "kept"]).timeout(60.0).run().ok();
     d.hyper(&["volume", "rm", "v1"]).run().ok();
+}
+
+/// `hyperd node ARGS` against a daemon's socket.
+fn node_cmd(d: &Daemon, args: &[&str]) -> Out {
+    let sock = d.sock.to_str().unwrap();
+    let mut a = vec!["node", "--socket", sock];
+    a.extend_from_slice(args);
+    Cmd::new(hyperd_bin(), &a).timeout(30.0).run()
+}
+
+/// `hyperd node ls` as name -> (status, availability).
+fn nodes(d: &Daemon) -> Vec<(String, String, String)> {
+    let o = node_cmd(d, &["ls"]).ok();
+    let mut lines = o.stdout.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("NAME") && header.contains("AVAILABILITY"),
+        "{o}"
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+fn row(name: &str, status: &str, availability: &str) -> (String, String, String) {
+    (name.into(), status.into(), availability.into())
+}
+
+/// Two hyperds join one fleet on their own etcd: each lists both, `hyper info` adds them up;
+/// a name is one node's (another hyperd taking it is refused, the node itself restarted
+/// takes it back); a node that stops is down at once, one killed is down once its lease runs
+/// out; drain and activate; an up node is not removed, a down one is.
+fn nodes_join_the_fleet_under_a_lease() {
+    // An etcd of its own (the other test takes its etcd down on purpose), stopped once the
+    // daemons are.
+    let etcd = EtcdServer::start();
+    let url = format!("etcd://{}/fleet", etcd.endpoint());
+    at_teardown(move || drop(etcd));
+    let node = |name: &str, address: &str| {
+        Daemon::start(
+            name,
+            DaemonOpts {
+                extra_args: [
+                    "--cluster",
+                    &url,
+                    "--node-name",
+                    name,
+                    "--node-address",
+                    address,
+                    "--node-lease",
+                    "3",
+                    "--templates",
+                    "off",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ..Default::default()
+            },
+        )
+    };
+    let n1 = node("n1", "192.0.2.1");
+    let n2 = node("n2", "192.0.2.2");
+    let both = [row("n1", "ready", "active"), row("n2", "ready", "active")];
+    assert_eq!(nodes(&n1), both);
+    assert_eq!(nodes(&n2), both, "every node answers the same");
+    let inspect = node_cmd(&n1, &["inspect", "n2"]).ok();
+    let inspect: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(inspect[0]["Address"], "192.0.2.2");
+    assert!(inspect[0]["Cpus"].as_u64().unwrap() >= 1);
+    let fleet = |d: &Daemon| -> serde_json::Value {
+        let o = d.hyper(&["info", "--format", "{{json .Fleet}}"]).run().ok();
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let f = fleet(&n1);
+    assert_eq!(
+        (f["Nodes"].as_u64(), f["NodesReady"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let one_node_cpus = inspect[0]["Cpus"].as_u64().unwrap();
+    assert_eq!(f["Cpus"].as_u64(), Some(2 * one_node_cpus));
+    let text = n1.hyper(&["info"]).run().ok().stdout;
+    assert!(text.contains("Fleet: 2 of 2 nodes ready"), "{text}");
+
+    // Stopped, n2 is down at once; its name is still its own: another hyperd (here on n2's
+    // own data root, so with n2's node id, asking for n1's name) is refused before it does
+    // anything.
+    n2.stop();
+    assert_eq!(
+        nodes(&n1),
+        [row("n1", "ready", "active"), row("n2", "down", "active")]
+    );
+    let data = n2.data.to_str().unwrap();
+    let sock = format!("unix://{data}/other.sock");
+    let o = Cmd::new(
+        hyperd_bin(),
+        &[
+            "--data-root",
+            data,
+            "-H",
+            &sock,
+            "--agent",
+            agent_bin().to_str().unwrap(),
+            "--node-netns",
+            n2.node.path().to_str().unwrap(),
+            "--templates",
+            "off",
+            "--cluster",
+            &url,
+            "--node-name",
+            "n1",
+        ],
+    )
+    .timeout(60.0)
+    .run();
+    assert_eq!(o.code, 1, "{o}");
+    assert!(
+        o.stderr
+            .contains("node name n1 is in use by another hyperd"),
+        "{o}"
+    );
+    // n2 back on its data root: its name again.
+    n2.restart();
+    assert_eq!(nodes(&n1), both);
+
+    // Killed, n2 stays up for the fleet until its lease (3 s) runs out.
+    n2.kill9();
+    wait_for("the killed node's lease to run out", secs(60.0), || {
+        let now = nodes(&n1);
+        (now[1].1 == "down").then_some(()).ok_or(format!("{now:?}"))
+    });
+    let f = fleet(&n1);
+    assert_eq!(
+        (f["Nodes"].as_u64(), f["NodesReady"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // Drained: still up, out of the capacity; then back.
+    node_cmd(&n1, &["drain", "n1"]).ok();
+    assert_eq!(nodes(&n1)[0], row("n1", "ready", "drain"));
+    let f = fleet(&n1);
+    assert_eq!(
+        (f["NodesDraining"].as_u64(), f["Cpus"].as_u64()),
+        (Some(1), Some(0))
+    );
+    node_cmd(&n1, &["activate", "n1"]).ok();
+    assert_eq!(nodes(&n1)[0], row("n1", "ready", "active"));
+
+    // An up node is not removed; a down one is; an unknown one is not found.
+    let o = node_cmd(&n1, &["rm", "n1"]);
+    assert!(o.code != 0 && o.stderr.contains("node n1 is up"), "{o}");
+    node_cmd(&n1, &["rm", "n2"]).ok();
+    assert_eq!(nodes(&n1), [row("n1", "ready", "active")]);
+    let o = node_cmd(&n1, &["inspect", "n2"]);
+    assert!(o.code != 0 && o.stderr.contains("No such node: n2"), "{o}");
+
+    // Killed and started again before its lease ran out, n1 takes its own name back at once.
+    n1.restart();
+    assert_eq!(nodes(&n1), [row("n1", "ready", "active")]);
+    n1.stop();
+    // A killed hyperd leaves its cgroups for its next start to adopt: start and stop n2 so
+    // that it takes them down.
+    n2.restart();
+    n2.stop();
 }

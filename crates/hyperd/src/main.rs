@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod cron_clock;
+mod fleet;
 mod setup;
 mod store_backend;
 mod tenant;
@@ -33,6 +34,10 @@ struct Cli {
     /// NAMESPACE, default /hyper, so one etcd can hold several).
     #[arg(long, global = true, default_value = "redb", env = "HYPERD_STORE")]
     store: String,
+    /// Join a fleet whose state is in this etcd: `etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]`
+    /// (the same as `--store` with an etcd URL).
+    #[arg(long, global = true, env = "HYPERD_CLUSTER", conflicts_with = "store")]
+    cluster: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -178,6 +183,8 @@ struct DaemonArgs {
     max_streams: u64,
     #[command(flatten)]
     cron_clock: cron_clock::ClockArgs,
+    #[command(flatten)]
+    node: fleet::NodeArgs,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -212,6 +219,15 @@ fn vm_cgroups(
 
 #[derive(Subcommand)]
 enum Command {
+    /// The fleet's nodes, as the running daemon sees them in the store: ls, inspect, drain,
+    /// activate, rm.
+    Node {
+        /// The running daemon's unix socket.
+        #[arg(long, default_value = "/var/run/hyper.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: fleet::NodeCommand,
+    },
     /// Manage tenants (accounts): through the running daemon's unix socket when it is up,
     /// on the store directly when it is not.
     Tenant {
@@ -300,10 +316,20 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(cluster) = cli.cluster.take() {
+        if !cluster.starts_with("etcd://") {
+            eprintln!(
+                "hyperd: --cluster {cluster:?}: give etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]"
+            );
+            std::process::exit(2);
+        }
+        cli.store = cluster;
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
+            Some(Command::Node { socket, command }) => fleet::node_command(&socket, command).await,
             Some(Command::Tenant {
                 socket,
                 command: TenantCommand::Create { name, expires },
@@ -452,6 +478,11 @@ fn volumes(
 async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Result<()> {
     let host = setup::check_host(&data_root, &args)?;
     let store = open_store(&data_root, store)?;
+    // Before anything of the store is acted on: a name another node holds stops us here.
+    let record = fleet::node_record(&args.node, &data_root, host.accel)?;
+    let membership = node::fleet::Membership::join(store.clone(), record, args.node.lease())
+        .context("join the fleet")?;
+    tokio::spawn(membership.clone().renew_forever());
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
     let accounts = accounts(&data_root, store.clone())?.with_default_ttl(args.credential_ttl);
     let migrated = accounts
@@ -564,10 +595,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
         accounts,
         tls,
         node_id: setup::node_id(&data_root)?,
-        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        node_name: membership.name().to_string(),
         limiter: Arc::new(server::limits::Limiter::new(server::limits::ApiLimits {
             rate: args.api_rate,
             burst: args.api_burst,
@@ -648,5 +676,6 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
+    membership.leave();
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod cgroups;
 pub mod crons;
 pub mod events;
+pub mod fleet;
 pub mod funcs;
 #[cfg(test)]
 mod fuzz_inputs;

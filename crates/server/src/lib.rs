@@ -62,8 +62,8 @@ fn func_endpoint_routes() -> Router<AppState> {
 pub fn router(state: AppState) -> Router {
     use routes::{
         admin, archive, commit, compose, containers as c, crons, df, events, exec, fallback, fips,
-        funcs, images, networks, prune, services, sg, snapshots, stats, system, usage, volume_init,
-        volumes,
+        funcs, images, networks, nodes, prune, services, sg, snapshots, stats, system, usage,
+        volume_init, volumes,
     };
     let api = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
@@ -83,6 +83,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/tenants/{name}/rotate", post(admin::rotate))
         .route("/admin/credentials/{id}/revoke", post(admin::revoke))
+        .route("/admin/nodes", get(nodes::list))
+        .route(
+            "/admin/nodes/{name}",
+            get(nodes::inspect).delete(nodes::remove),
+        )
+        .route("/admin/nodes/{name}/drain", post(nodes::drain))
+        .route("/admin/nodes/{name}/activate", post(nodes::activate))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
         .route(

@@ -91,6 +91,22 @@ pub fn render_info(v: &Value) -> String {
             line(label, field(v, key));
         }
     }
+    let fleet = &v["Fleet"];
+    if let Some(ready) = fleet["NodesReady"].as_u64() {
+        let draining = match fleet["NodesDraining"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(", {n} draining"),
+        };
+        let memory = bytes_size(fleet["MemoryBytes"].as_f64().unwrap_or(0.0));
+        line(
+            "Fleet",
+            format!(
+                "{ready} of {} nodes ready{draining}: {} CPUs, {memory}",
+                fleet["Nodes"].as_u64().unwrap_or(0),
+                fleet["Cpus"].as_u64().unwrap_or(0)
+            ),
+        );
+    }
     s
 }
 

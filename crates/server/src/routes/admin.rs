@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::transport::Peer;
 use crate::AppState;
 
-fn operator_only(peer: Peer) -> ApiResult<()> {
+pub(crate) fn operator_only(peer: Peer) -> ApiResult<()> {
     match peer {
         Peer::Unix => Ok(()),
         Peer::Tcp => Err(ApiError::new(StatusCode::NOT_FOUND, "page not found")),

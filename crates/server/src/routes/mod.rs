@@ -18,6 +18,7 @@ pub mod image_save;
 pub mod images;
 pub mod import;
 pub mod networks;
+pub mod nodes;
 pub mod prune;
 pub mod services;
 pub mod sg;

@@ -109,6 +109,8 @@ pub async fn info(
             }
         }
     };
+    // The fleet as one host: how many nodes and what they hold together (never which nodes).
+    let fleet = node::fleet::capacity(&node::fleet::list(&**app.runtime.store())?);
     let mut info = json!({
         "ID": app.node_id,
         "Name": app.node_name,
@@ -152,6 +154,7 @@ pub async fn info(
         ),
         "StandbyVMsReady": standby.map(|s| s.0),
         "StandbyVMsTarget": standby.map(|s| s.1),
+        "Fleet": fleet,
         "Warnings": [],
     });
     // Docker's keys for what a VM cloud has no counterpart of, with Docker's zero values.

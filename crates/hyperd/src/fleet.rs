@@ -1,0 +1,166 @@
+//! hyperd's side of fleet membership: the node flags, this node's record, and the operator's
+//! `hyperd node ...` commands (through the running daemon's unix socket).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use node::fleet::{Availability, NodeRecord};
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// This node's name in the fleet (default: the host name).
+    #[arg(long = "node-name", env = "HYPERD_NODE_NAME")]
+    name: Option<String>,
+    /// The IPv4 address other nodes reach this one at (the fleet's network).
+    #[arg(long = "node-address", env = "HYPERD_NODE_ADDRESS")]
+    address: Option<Ipv4Addr>,
+    /// Seconds this node stays up for the fleet without renewing its lease: past it, the node
+    /// is down.
+    #[arg(
+        long = "node-lease",
+        default_value_t = node::fleet::DEFAULT_LEASE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(2..=300),
+        env = "HYPERD_NODE_LEASE"
+    )]
+    lease_secs: u64,
+}
+
+impl NodeArgs {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+/// This node as it registers: its name, address and what it can hold.
+pub fn node_record(
+    args: &NodeArgs,
+    data_root: &Path,
+    accel: vm::Accel,
+) -> anyhow::Result<NodeRecord> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name (or give --node-name)")?
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    node::fleet::validate_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    let memory_bytes = node::host::memory_bytes();
+    let disk = nix::sys::statvfs::statvfs(data_root)
+        .with_context(|| format!("free space under {}", data_root.display()))?;
+    let now = chrono::Utc::now();
+    Ok(NodeRecord {
+        name,
+        id: crate::setup::node_id(data_root)?,
+        address: args.address,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        memory_bytes,
+        disk_free_bytes: disk.blocks_available() as u64 * disk.fragment_size() as u64,
+        sizes: node::sizes::SIZES
+            .iter()
+            .filter(|s| s.memory_mib << 20 <= memory_bytes)
+            .map(|s| s.name.to_string())
+            .collect(),
+        accel: accel.as_str().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        joined: now,
+        started: now,
+        availability: Availability::Active,
+    })
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List the fleet's nodes: up (ready) or down, active or drained.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show nodes in full, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Take a node out of placement: nothing new goes there; what runs there stays.
+    Drain { name: String },
+    /// Put a drained node back into placement.
+    Activate { name: String },
+    /// Forget a node that is down (its name may then be taken by another).
+    Rm { name: String },
+}
+
+pub async fn node_command(socket: &PathBuf, command: NodeCommand) -> anyhow::Result<()> {
+    use crate::admin_client::require;
+    use hyper::Method;
+    let none = serde_json::Value::Null;
+    match command {
+        NodeCommand::Ls => {
+            let nodes = require(socket, Method::GET, "/admin/nodes", none).await?;
+            print!("{}", table(nodes.as_array().map_or(&[][..], Vec::as_slice)));
+        }
+        NodeCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in names {
+                let path = format!("/admin/nodes/{name}");
+                out.push(require(socket, Method::GET, &path, none.clone()).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        NodeCommand::Drain { name } => {
+            let path = format!("/admin/nodes/{name}/drain");
+            require(socket, Method::POST, &path, none).await?;
+            println!("{name}");
+        }
+        NodeCommand::Activate { name } => {
+            let path = format!("/admin/nodes/{name}/activate");
+            require(socket, Method::POST, &path, none).await?;
+            println!("{name}");
+        }
+        NodeCommand::Rm { name } => {
+            let path = format!("/admin/nodes/{name}");
+            require(socket, Method::DELETE, &path, none).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+/// `node ls`'s table.
+fn table(nodes: &[serde_json::Value]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATUS".into(),
+        "AVAILABILITY".into(),
+        "ADDRESS".into(),
+        "CPUS".into(),
+        "MEMORY".into(),
+        "VERSION".into(),
+    ]];
+    for n in nodes {
+        let text = |k: &str| n[k].as_str().unwrap_or("").to_string();
+        rows.push([
+            text("Name"),
+            text("State"),
+            text("Availability"),
+            n["Address"].as_str().unwrap_or("-").to_string(),
+            n["Cpus"].to_string(),
+            format!("{} GiB", n["MemoryBytes"].as_u64().unwrap_or(0) >> 30),
+            text("Version"),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
