@@ -42,10 +42,10 @@ pub fn node_record(
 ) -> anyhow::Result<NodeRecord> {
     let name = match &args.name {
         Some(name) => name.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .context("read the host name (or give --node-name)")?
-            .trim()
-            .to_ascii_lowercase(),
+        None => name_from_host(
+            &std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("read the host name (or give --node-name)")?,
+        ),
     };
     node::fleet::validate_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
     let memory_bytes = node::host::memory_bytes();
@@ -70,6 +70,26 @@ pub fn node_record(
         started: now,
         availability: Availability::Active,
     })
+}
+
+/// A node name from the host name: lowercase, other characters as '-', at most 63.
+fn name_from_host(host: &str) -> String {
+    let name: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '-' => c,
+            _ => '-',
+        })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "node".to_string()
+    } else {
+        name
+    }
 }
 
 #[derive(Subcommand)]
@@ -163,4 +183,24 @@ fn table(nodes: &[serde_json::Value]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_host_name_makes_a_valid_node_name() {
+        for (host, name) in [
+            ("web-1\n", "web-1"),
+            ("CI_Runner.local", "ci-runner.local"),
+            ("_x", "x"),
+            ("", "node"),
+            ("___", "node"),
+        ] {
+            assert_eq!(name_from_host(host), name);
+            assert!(node::fleet::validate_name(name).is_ok(), "{name}");
+        }
+        assert_eq!(name_from_host(&"h".repeat(80)).len(), 63);
+    }
 }
