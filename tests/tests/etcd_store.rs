@@ -16,6 +16,10 @@ fn main() {
             "nodes_join_the_fleet_under_a_lease",
             nodes_join_the_fleet_under_a_lease,
         ),
+        (
+            "nodes_share_a_namespace_each_running_its_own",
+            nodes_share_a_namespace_each_running_its_own,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -125,6 +129,87 @@ fn hyperd_runs_on_etcd() {
     d.hyper(&["volume", "rm", "v1"]).run().ok();
 }
 
+/// An etcd of this test's own (the first test takes its etcd down on purpose), stopped once
+/// the daemons are: the URL of `namespace` in it.
+fn own_etcd(namespace: &str) -> String {
+    let etcd = EtcdServer::start();
+    let url = format!("etcd://{}/{namespace}", etcd.endpoint());
+    at_teardown(move || drop(etcd));
+    url
+}
+
+/// A node of a fleet on `url`, with a short lease and no templates (cold boots: no template
+/// build competing for the cores).
+fn fleet_node(url: &str, name: &str) -> std::sync::Arc<Daemon> {
+    Daemon::start(
+        name,
+        DaemonOpts {
+            extra_args: [
+                "--cluster",
+                url,
+                "--node-name",
+                name,
+                "--node-lease",
+                "3",
+                "--templates",
+                "off",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Two nodes on one namespace, one tenant: each runs the containers made through it and
+/// answers for them; names and addresses are the fleet's (no two alike); a node restarted
+/// adopts its own containers and leaves the other node's alone.
+fn nodes_share_a_namespace_each_running_its_own() {
+    let url = own_etcd("shared");
+    let n1 = fleet_node(&url, "s1");
+    let n2 = fleet_node(&url, "s2");
+    let run = |d: &Daemon, name: &str| {
+        d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
+            .timeout(180.0)
+            .run()
+    };
+    let a = run(&n1, "ca").ok().out();
+    let b = run(&n2, "cb").ok().out();
+    // A name is the tenant's, whichever node was asked.
+    let o = run(&n2, "ca");
+    assert!(o.code != 0 && o.stderr.contains("already in use"), "{o}");
+    let ps = |d: &Daemon| d.hyper(&["ps", "-q", "--no-trunc"]).run().ok().out();
+    assert_eq!(ps(&n1), a);
+    assert_eq!(ps(&n2), b);
+    let o = n1.hyper(&["logs", "cb"]).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("runs on another node"),
+        "{o}"
+    );
+    let ip = |d: &Daemon, name: &str| {
+        d.inspect(name)["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ip_a, ip_b) = (ip(&n1, "ca"), ip(&n2, "cb"));
+    assert!(!ip_a.is_empty() && ip_a != ip_b, "{ip_a} {ip_b}");
+
+    // n1 killed and started again: its container adopted, n2's untouched.
+    n1.restart();
+    assert_eq!(ps(&n1), a);
+    let running = |d: &Daemon, name: &str| d.inspect(name)["State"]["Running"] == true;
+    assert!(running(&n1, "ca") && running(&n2, "cb"));
+    let o = n2
+        .hyper(&["exec", "cb", "echo", "still here"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "still here");
+    n1.hyper(&["rm", "-f", "ca"]).timeout(60.0).run().ok();
+    n2.hyper(&["rm", "-f", "cb"]).timeout(60.0).run().ok();
+}
+
 /// `hyperd node ARGS` against a daemon's socket.
 fn node_cmd(d: &Daemon, args: &[&str]) -> Out {
     let sock = d.sock.to_str().unwrap();
@@ -159,11 +244,7 @@ fn row(name: &str, status: &str, availability: &str) -> (String, String, String)
 /// takes it back); a node that stops is down at once, one killed is down once its lease runs
 /// out; drain and activate; an up node is not removed, a down one is.
 fn nodes_join_the_fleet_under_a_lease() {
-    // An etcd of its own (the other test takes its etcd down on purpose), stopped once the
-    // daemons are.
-    let etcd = EtcdServer::start();
-    let url = format!("etcd://{}/fleet", etcd.endpoint());
-    at_teardown(move || drop(etcd));
+    let url = own_etcd("fleet");
     let node = |name: &str, address: &str| {
         Daemon::start(
             name,

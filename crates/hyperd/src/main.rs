@@ -513,6 +513,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     let template_spec = default_size_spec(&host, &args);
     let runtime = node::Runtime::new(
         node::RuntimeConfig {
+            node_name: membership.name().to_string(),
             data_root: data_root.clone(),
             qemu: host.qemu,
             accel: host.accel.as_str().to_string(),
@@ -528,6 +529,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             standby: standby_sizing(&args, host.accel),
             disk_reserve: args.disk_reserve,
             net: node::network::NetConfig {
+                node_name: membership.name().to_string(),
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),
                 mtu: args.mtu,

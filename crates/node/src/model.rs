@@ -252,6 +252,10 @@ pub struct Container {
     /// Its volumes, in slot order (decided at create).
     #[serde(default)]
     pub mounts: Vec<crate::volumes::Mount>,
+    /// The fleet node that runs it (`--node-name`). Empty in records from before the fleet:
+    /// the first node to recover them adopts them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 impl Container {

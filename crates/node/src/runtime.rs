@@ -51,6 +51,8 @@ pub use volume_init::InitAnswer;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    /// This node's name in the fleet: it runs the containers whose records carry it.
+    pub node_name: String,
     pub data_root: PathBuf,
     pub qemu: PathBuf,
     pub accel: String,
@@ -303,6 +305,11 @@ impl Runtime {
             if let Some(e) = entries.get(&id) {
                 return Ok(e.clone());
             }
+            if self.store.get(&container_key(tenant, &id))?.is_some() {
+                return Err(RuntimeError::NotFound(format!(
+                    "No such container on this node: {reference} (it runs on another node of the fleet; ask that node's API)"
+                )));
+            }
         }
         if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(not_found());
@@ -440,6 +447,7 @@ impl Runtime {
             restart_count: 0,
             endpoint: None,
             mounts,
+            node: self.cfg.node_name.clone(),
         };
         let recorded = self
             .networks
@@ -874,8 +882,16 @@ impl Runtime {
         let mut running = Vec::new();
         let mut restarting = Vec::new();
         for kv in self.store.range("/containers/")? {
-            let c: Container = serde_json::from_slice(&kv.value).map_err(internal)?;
+            let mut c: Container = serde_json::from_slice(&kv.value).map_err(internal)?;
+            // Whoever runs it, its directory here (if any) is not a leftover.
             known.insert(c.id[..12].to_string());
+            if c.node.is_empty() {
+                c.node = self.cfg.node_name.clone();
+                self.save(&c)?;
+            } else if c.node != self.cfg.node_name {
+                // Another node's: it runs it and answers for it.
+                continue;
+            }
             let entry = Entry::new(c.clone());
             self.entries
                 .lock()

@@ -158,6 +158,7 @@ pub fn create(rt: &Arc<Runtime>, tenant: &str, spec: CronSpec) -> Result<CronRec
         success_count: 0,
         error_count: 0,
         last_run: None,
+        node: rt.config().node_name.clone(),
     };
     let k = key(tenant, &record.name);
     let done = rt.store().txn(

@@ -123,6 +123,10 @@ pub struct CronRecord {
     pub success_count: u64,
     pub error_count: u64,
     pub last_run: Option<DateTime<Utc>>,
+    /// The fleet node whose scheduler fires it (and runs its containers); empty in records
+    /// from before the fleet, fired by any node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 /// One due time of a cron and what became of it.

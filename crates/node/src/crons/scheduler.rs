@@ -58,7 +58,9 @@ pub async fn run_forever(
         Ok(kvs) => {
             let mut open = s.open.lock().expect("poisoned");
             for kv in kvs {
-                if serde_json::from_slice::<RunRecord>(&kv.value).is_ok_and(|r| r.is_open()) {
+                if serde_json::from_slice::<RunRecord>(&kv.value).is_ok_and(|r| r.is_open())
+                    && s.runs_here(&kv.key)
+                {
                     open.insert(kv.key);
                 }
             }
@@ -153,7 +155,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            if cron.disabled {
+            if cron.disabled || !self.is_local(&cron) {
                 continue;
             }
             if let Err(e) = self.clone().fire_due(&cron, kv.mod_revision, now).await {
@@ -166,6 +168,23 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node's scheduler fires the cron (another node's fires its own).
+    fn is_local(&self, cron: &CronRecord) -> bool {
+        cron.node.is_empty() || cron.node == self.rt.config().node_name
+    }
+
+    /// Whether the run under `key` is of a cron this node fires (a run whose cron is gone is
+    /// anyone's to clean up).
+    fn runs_here(&self, key: &str) -> bool {
+        let Some((tenant, name, _)) = parse_run_key(key) else {
+            return true;
+        };
+        match self.rt.store().get(&record::key(&tenant, &name)) {
+            Ok(Some(kv)) => decode::<CronRecord>(&kv.value).is_ok_and(|c| self.is_local(&c)),
+            _ => true,
+        }
     }
 
     fn open_runs_of(&self, cron: &CronRecord) -> Vec<String> {

@@ -40,6 +40,9 @@ pub use records::{NetworkRecord, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
+    /// This node's name in the fleet: its containers get taps here, its transit links are its
+    /// own.
+    pub node_name: String,
     /// `DATA/net`: one directory per tenant namespace (its mount point, DNS config and pid).
     pub state_dir: PathBuf,
     /// The subnet of every tenant's default network.
@@ -527,6 +530,12 @@ impl Networks {
 
     // ---- the kernel side ----
 
+    /// Whether this node runs the container (and so holds its tap, FIP and published ports).
+    fn is_local(&self, c: &Container) -> bool {
+        c.node == self.cfg.node_name || c.node.is_empty()
+    }
+
+    /// The tenant's containers on every node (names, links and security groups span nodes).
     fn containers(&self, tenant: &str) -> Result<Vec<Container>> {
         self.store()
             .range(&format!("/containers/{tenant}/"))?
@@ -585,9 +594,11 @@ impl Networks {
 
     /// The tenant's transit index, when its namespace exists (or should).
     fn existing_transit(&self, tenant: &str) -> Result<Option<u32>> {
-        Ok(records::tenants_with_transit(self.store())?
-            .into_iter()
-            .find_map(|(t, index)| (t == tenant).then_some(index)))
+        Ok(
+            records::tenants_with_transit(self.store(), &self.cfg.node_name)?
+                .into_iter()
+                .find_map(|(t, index)| (t == tenant).then_some(index)),
+        )
     }
 
     fn tenant_dir(&self, index: u32) -> PathBuf {
@@ -595,7 +606,12 @@ impl Networks {
     }
 
     fn netns_path(&self, tenant: &str) -> Result<PathBuf> {
-        let index = records::transit_index(self.store(), tenant, self.transit_slots())?;
+        let index = records::transit_index(
+            self.store(),
+            &self.cfg.node_name,
+            tenant,
+            self.transit_slots(),
+        )?;
         Ok(self.tenant_dir(index).join("netns"))
     }
 
@@ -615,6 +631,7 @@ impl Networks {
         for n in &networks {
             let endpoints = containers
                 .iter()
+                .filter(|c| self.is_local(c))
                 .filter_map(|c| Some((c, c.endpoint.as_ref()?)))
                 .filter(|(_, ep)| ep.network_id == n.id)
                 .map(|(c, ep)| net::Endpoint {
@@ -719,11 +736,19 @@ impl Networks {
     ) -> Result<()> {
         let containers = self.containers(tenant)?;
         let services = self.services(tenant)?;
-        let in_use = containers.iter().any(|c| c.endpoint.is_some()) || !services.is_empty();
+        let in_use = containers
+            .iter()
+            .any(|c| self.is_local(c) && c.endpoint.is_some())
+            || !services.is_empty();
         let index = match self.existing_transit(tenant)? {
             Some(index) => index,
             None if !in_use => return Ok(()),
-            None => records::transit_index(self.store(), tenant, self.transit_slots())?,
+            None => records::transit_index(
+                self.store(),
+                &self.cfg.node_name,
+                tenant,
+                self.transit_slots(),
+            )?,
         };
         let model = self.tenant_model(tenant, index)?;
         let dir = self.tenant_dir(index);
@@ -741,7 +766,7 @@ impl Networks {
             lb::daemon(&self.cfg.lb_binary, &dir).stop();
             net::destroy_netns(&model).map_err(net_err)?;
             let _ = std::fs::remove_dir_all(&dir);
-            return records::release_transit(self.store(), tenant, index);
+            return records::release_transit(self.store(), &self.cfg.node_name, tenant, index);
         }
         std::fs::create_dir_all(&dir)
             .map_err(RuntimeError::io(format!("create {}", dir.display())))?;
@@ -797,7 +822,7 @@ impl Networks {
     /// The tenants holding a transit link, each with its namespace as the `net` crate
     /// realises it.
     fn transit_models(&self) -> Result<Vec<(String, net::TenantNetns)>> {
-        records::tenants_with_transit(self.store())?
+        records::tenants_with_transit(self.store(), &self.cfg.node_name)?
             .into_iter()
             .map(|(tenant, index)| Ok((tenant.clone(), self.tenant_model(&tenant, index)?)))
             .collect()
@@ -836,15 +861,19 @@ impl Networks {
         Ok(())
     }
 
-    /// Every tenant with containers or a transit link: those whose network may be owed.
+    /// Every tenant with containers on this node or a transit link here: those whose network
+    /// may be owed.
     fn tenants(&self) -> Result<Vec<String>> {
         Ok(self
             .store()
             .range("/containers/")?
             .iter()
+            .filter(|kv| {
+                serde_json::from_slice::<Container>(&kv.value).is_ok_and(|c| self.is_local(&c))
+            })
             .filter_map(|kv| kv.key.split('/').nth(2).map(String::from))
             .chain(
-                records::tenants_with_transit(self.store())?
+                records::tenants_with_transit(self.store(), &self.cfg.node_name)?
                     .into_iter()
                     .map(|(t, _)| t),
             )
@@ -856,6 +885,7 @@ impl Networks {
     /// At hyperd's start: rebuild every tenant's namespace, rules and DNS from the store
     /// (a no-op for what survived; a repair for what did not).
     pub fn recover(&self) -> Result<()> {
+        records::adopt_legacy_transit(self.store(), &self.cfg.node_name)?;
         let tenants = self.tenants()?;
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;

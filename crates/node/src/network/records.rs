@@ -5,8 +5,9 @@
 //!   -> id.
 //! - `/ipam/{tenant}/{network}/{ip}` -> container id: one key per used address.
 //! - `/hostports/{proto}/{port}` -> `{tenant}/{container}`: host ports are unique per node.
-//! - `/transit/{tenant}` -> index, `/transit-index/{index}` -> tenant: the tenant's link to
-//!   the node (its /31 in the transit range).
+//! - `/transit/{node}/{tenant}` -> index, `/transit-index/{node}/{index}` -> tenant: the
+//!   tenant's link to that node (its /31 in the node's transit range). Records from before
+//!   the fleet (`/transit/{tenant}`) are adopted by the first node that starts.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -241,9 +242,9 @@ fn port_free_on_node(proto: &str, host_ip: Option<Ipv4Addr>, port: u16) -> bool 
     }
 }
 
-/// The tenant's transit index, claimed on first use.
-pub fn transit_index(store: &dyn Store, tenant: &str, max: u32) -> Result<u32> {
-    let key = format!("/transit/{tenant}");
+/// The tenant's transit index on `node`, claimed on first use.
+pub fn transit_index(store: &dyn Store, node: &str, tenant: &str, max: u32) -> Result<u32> {
+    let key = format!("/transit/{node}/{tenant}");
     loop {
         if let Some(kv) = store.get(&key)? {
             return String::from_utf8_lossy(&kv.value)
@@ -251,14 +252,14 @@ pub fn transit_index(store: &dyn Store, tenant: &str, max: u32) -> Result<u32> {
                 .map_err(|e| RuntimeError::Internal(format!("bad transit index: {e}")));
         }
         let used: BTreeSet<u32> = store
-            .range("/transit-index/")?
+            .range(&format!("/transit-index/{node}/"))?
             .iter()
             .filter_map(|kv| kv.key.rsplit('/').next()?.parse().ok())
             .collect();
         let index = (0..max).find(|i| !used.contains(i)).ok_or_else(|| {
             RuntimeError::Internal("the node's transit range is exhausted".into())
         })?;
-        let ikey = format!("/transit-index/{index}");
+        let ikey = format!("/transit-index/{node}/{index}");
         let r = store.txn(
             Txn::new()
                 .when(Compare::Absent(key.clone()))
@@ -272,24 +273,53 @@ pub fn transit_index(store: &dyn Store, tenant: &str, max: u32) -> Result<u32> {
     }
 }
 
-/// Tenants holding a transit index (their namespaces exist or should).
-pub fn tenants_with_transit(store: &dyn Store) -> Result<Vec<(String, u32)>> {
+/// Tenants holding a transit index on `node` (their namespaces there exist or should).
+pub fn tenants_with_transit(store: &dyn Store, node: &str) -> Result<Vec<(String, u32)>> {
+    let prefix = format!("/transit/{node}/");
     Ok(store
-        .range("/transit/")?
+        .range(&prefix)?
         .iter()
         .filter_map(|kv| {
-            let tenant = kv.key.strip_prefix("/transit/")?.to_string();
+            let tenant = kv.key.strip_prefix(&prefix)?.to_string();
             let index = String::from_utf8_lossy(&kv.value).parse().ok()?;
             Some((tenant, index))
         })
         .collect())
 }
 
-pub fn release_transit(store: &dyn Store, tenant: &str, index: u32) -> Result<()> {
+pub fn release_transit(store: &dyn Store, node: &str, tenant: &str, index: u32) -> Result<()> {
     store.txn(
         Txn::new()
-            .then(Op::Delete(format!("/transit/{tenant}")))
-            .then(Op::Delete(format!("/transit-index/{index}"))),
+            .then(Op::Delete(format!("/transit/{node}/{tenant}")))
+            .then(Op::Delete(format!("/transit-index/{node}/{index}"))),
     )?;
+    Ok(())
+}
+
+/// Gives `node` the transit records of a hyperd from before the fleet (`/transit/{tenant}`,
+/// `/transit-index/{index}`): it was the only node, so they were this one's.
+pub fn adopt_legacy_transit(store: &dyn Store, node: &str) -> Result<()> {
+    let legacy = |prefix: &str| -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(store
+            .range(prefix)?
+            .into_iter()
+            .filter(|kv| !kv.key[prefix.len()..].contains('/'))
+            .map(|kv| (kv.key[prefix.len()..].to_string(), kv.value))
+            .collect())
+    };
+    let mut txn = Txn::new();
+    for (prefix, rest) in [
+        ("/transit/", legacy("/transit/")?),
+        ("/transit-index/", legacy("/transit-index/")?),
+    ] {
+        for (name, value) in rest {
+            txn = txn
+                .then(Op::Delete(format!("{prefix}{name}")))
+                .then(Op::Put(format!("{prefix}{node}/{name}"), value));
+        }
+    }
+    if !txn.success.is_empty() {
+        store.txn(txn)?;
+    }
     Ok(())
 }

@@ -112,6 +112,7 @@ pub async fn create(
         status: "starting".into(),
         message: String::new(),
         draining: Vec::new(),
+        node: rt.config().node_name.clone(),
     };
     let key = record::key(tenant, &record.spec.name);
     let claimed = loop {
@@ -328,7 +329,12 @@ pub async fn reconcile_forever(rt: Arc<Runtime>) {
             .collect();
         for tenant in tenants {
             let services = list(&rt, &tenant).unwrap_or_default();
-            for r in services {
+            let node = &rt.config().node_name;
+            // Another node's reconciler keeps its own services.
+            for r in services
+                .into_iter()
+                .filter(|r| r.node.is_empty() || r.node == *node)
+            {
                 if let Err(e) = reconcile_once(&rt, r).await {
                     tracing::warn!("reconciling a service of {tenant}: {e}");
                 }

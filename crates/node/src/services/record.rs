@@ -96,6 +96,10 @@ pub struct ServiceRecord {
     /// Replicas being taken out of the balancer before they stop (scale down, rolling update).
     #[serde(default)]
     pub draining: Vec<String>,
+    /// The fleet node whose reconciler keeps it (and runs its replicas); empty in records from
+    /// before the fleet, kept by any node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 pub fn key(tenant: &str, name: &str) -> String {

@@ -198,6 +198,7 @@ fn container() -> Container {
         restart_count: 0,
         endpoint: None,
         mounts: vec![],
+        node: String::new(),
     }
 }
 
