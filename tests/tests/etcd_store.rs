@@ -290,43 +290,64 @@ fn nodes_join_the_fleet_under_a_lease() {
     let text = n1.hyper(&["info"]).run().ok().stdout;
     assert!(text.contains("Fleet: 2 of 2 nodes ready"), "{text}");
 
-    // Stopped, n2 is down at once; its name is still its own: another hyperd (here on n2's
-    // own data root, so with n2's node id, asking for n1's name) is refused before it does
-    // anything.
+    // Stopped, n2 is down at once. A hyperd on another data root asking for n1's name (up)
+    // or n2's (down, but still n2's) is refused before it does anything; so is n2's data root
+    // asked to be another node (its containers carry its name).
     n2.stop();
     assert_eq!(
         nodes(&n1),
         [row("n1", "ready", "active"), row("n2", "down", "active")]
     );
-    let data = n2.data.to_str().unwrap();
-    let sock = format!("unix://{data}/other.sock");
-    let o = Cmd::new(
-        hyperd_bin(),
-        &[
-            "--data-root",
-            data,
-            "-H",
-            &sock,
-            "--agent",
-            agent_bin().to_str().unwrap(),
-            "--node-netns",
-            n2.node.path().to_str().unwrap(),
-            "--templates",
-            "off",
-            "--cluster",
-            &url,
-            "--node-name",
+    let other = short_tmp("n3");
+    let kernel = other.join("kernel");
+    std::fs::create_dir_all(&kernel).unwrap();
+    for f in ["vmlinuz", "modules", "version"] {
+        std::os::unix::fs::symlink(kernel_dir().join(f).canonicalize().unwrap(), kernel.join(f))
+            .unwrap();
+    }
+    let hyperd_as = |data: &std::path::Path, name: &str| {
+        let data = data.to_str().unwrap();
+        let sock = format!("unix://{data}/other.sock");
+        Cmd::new(
+            hyperd_bin(),
+            &[
+                "--data-root",
+                data,
+                "-H",
+                &sock,
+                "--agent",
+                agent_bin().to_str().unwrap(),
+                "--node-netns",
+                n2.node.path().to_str().unwrap(),
+                "--templates",
+                "off",
+                "--cluster",
+                &url,
+                "--node-name",
+                name,
+            ],
+        )
+        .timeout(60.0)
+        .run()
+    };
+    for (data, name, why) in [
+        (
+            other.as_path(),
             "n1",
-        ],
-    )
-    .timeout(60.0)
-    .run();
-    assert_eq!(o.code, 1, "{o}");
-    assert!(
-        o.stderr
-            .contains("node name n1 is in use by another hyperd"),
-        "{o}"
-    );
+            "node name n1 is in use by another hyperd",
+        ),
+        (
+            other.as_path(),
+            "n2",
+            "node name n2 belongs to another node",
+        ),
+        (n2.data.as_path(), "n1", "this data root is node n2"),
+    ] {
+        let o = hyperd_as(data, name);
+        assert_eq!(o.code, 1, "{o}");
+        assert!(o.stderr.contains(why), "{o}");
+    }
+    std::fs::remove_dir_all(&other).unwrap();
     // n2 back on its data root: its name again.
     n2.restart();
     assert_eq!(nodes(&n1), both);

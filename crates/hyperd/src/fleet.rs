@@ -40,14 +40,7 @@ pub fn node_record(
     data_root: &Path,
     accel: vm::Accel,
 ) -> anyhow::Result<NodeRecord> {
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => name_from_host(
-            &std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .context("read the host name (or give --node-name)")?,
-        ),
-    };
-    node::fleet::validate_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    let name = node_name(args.name.as_deref(), data_root)?;
     let memory_bytes = node::host::memory_bytes();
     let disk = nix::sys::statvfs::statvfs(data_root)
         .with_context(|| format!("free space under {}", data_root.display()))?;
@@ -70,6 +63,36 @@ pub fn node_record(
         started: now,
         availability: Availability::Active,
     })
+}
+
+/// The data root's node name: kept in `DATA/node-name` from its first start (the host name
+/// then, unless `--node-name` said otherwise), since its containers carry it: a host renamed
+/// later keeps its containers. A different `--node-name` on a data root that has one is
+/// refused.
+fn node_name(asked: Option<&str>, data_root: &Path) -> anyhow::Result<String> {
+    let path = data_root.join("node-name");
+    let kept = std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let name = match (kept, asked) {
+        (Some(kept), Some(asked)) if kept != asked => anyhow::bail!(
+            "--node-name {asked}: this data root is node {kept} (its containers carry that name); start it as {kept}"
+        ),
+        (Some(kept), _) => kept,
+        (None, Some(asked)) => asked.to_string(),
+        (None, None) => name_from_host(
+            &std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("read the host name (or give --node-name)")?,
+        ),
+    };
+    node::fleet::validate_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    Ok(name)
+}
+
+/// Keeps the name the node joined under (see [`node_name`]).
+pub fn remember_name(data_root: &Path, name: &str) -> anyhow::Result<()> {
+    let path = data_root.join("node-name");
+    std::fs::write(&path, name).with_context(|| format!("write {}", path.display()))
 }
 
 /// A node name from the host name: lowercase, other characters as '-', at most 63.
@@ -188,6 +211,18 @@ fn table(nodes: &[serde_json::Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_root_keeps_its_node_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(node_name(Some("n1"), dir.path()).unwrap(), "n1");
+        remember_name(dir.path(), "n1").unwrap();
+        assert_eq!(node_name(None, dir.path()).unwrap(), "n1");
+        assert_eq!(node_name(Some("n1"), dir.path()).unwrap(), "n1");
+        let e = node_name(Some("n2"), dir.path()).unwrap_err().to_string();
+        assert!(e.contains("this data root is node n1"), "{e}");
+        assert!(node_name(Some("Bad Name"), tempfile::tempdir().unwrap().path()).is_err());
+    }
 
     #[test]
     fn any_host_name_makes_a_valid_node_name() {

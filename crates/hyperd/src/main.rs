@@ -482,6 +482,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     let record = fleet::node_record(&args.node, &data_root, host.accel)?;
     let membership = node::fleet::Membership::join(store.clone(), record, args.node.lease())
         .context("join the fleet")?;
+    fleet::remember_name(&data_root, membership.name())?;
     tokio::spawn(membership.clone().renew_forever());
     let images = Arc::new(image::ImageStore::open(data_root.join("images"))?);
     let accounts = accounts(&data_root, store.clone())?.with_default_ttl(args.credential_ttl);
