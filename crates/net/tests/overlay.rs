@@ -179,6 +179,8 @@ fn forged_frames_from_the_underlay_are_dropped() {
     fleet.attach_guest(&one_b, &one_b.bridges[0], &b1);
     let inbox = in_netns(&g_a1, || UdpSocket::bind("0.0.0.0:7777")).unwrap().unwrap();
     inbox.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // a1 has spoken: its node's bridge knows its MAC behind its tap.
+    assert!(pings(&g_a1, b1.ip));
 
     // Packets a forger on the underlay sends to node A, here from node B's address.
     let gateway_mac = [0x0a, 0x48, 172, 16, 0, 1];
@@ -218,8 +220,9 @@ fn forged_frames_from_the_underlay_are_dropped() {
         Command::new("bridge").args(["fdb", "show", "br", "br0"]),
     )
     .unwrap();
-    let a1_entry = fdb.lines().find(|l| l.starts_with(&mac(a1.mac))).unwrap_or("");
-    assert!(a1_entry.contains("dev tap000000000001"), "{fdb}");
+    let a1_entries: Vec<&str> = fdb.lines().filter(|l| l.starts_with(&mac(a1.mac))).collect();
+    assert_eq!(a1_entries.len(), 1, "{fdb}");
+    assert!(a1_entries[0].contains("dev tap000000000001"), "{fdb}");
     assert!(pings(&g_a1, b1.ip));
     fleet.on_node(A, || destroy_netns(&one_a).unwrap());
     fleet.on_node(B, || destroy_netns(&one_b).unwrap());
