@@ -15,10 +15,19 @@ pub enum Drift {
     NetnsGone(PathBuf),
     LinkMissing(String),
     LinkDown(String),
-    AddressMissing { link: String, addr: String },
-    AddressStray { link: String, addr: String },
+    AddressMissing {
+        link: String,
+        addr: String,
+    },
+    AddressStray {
+        link: String,
+        addr: String,
+    },
     BridgeStray(String),
-    TapDetached { tap: String, bridge: String },
+    TapDetached {
+        tap: String,
+        bridge: String,
+    },
     RouteMissing(String),
     RouteStray(String),
     TableMissing(String),
@@ -26,11 +35,27 @@ pub enum Drift {
     /// A VXLAN port no overlay asks for.
     LinkStray(String),
     /// A VXLAN port that is not as its overlay says.
-    LinkChanged { link: String, detail: String },
-    FdbMissing { link: String, entry: String },
-    FdbStray { link: String, entry: String },
-    NeighbourMissing { dev: String, ip: String, mac: String },
-    NeighbourStray { dev: String, ip: String },
+    LinkChanged {
+        link: String,
+        detail: String,
+    },
+    FdbMissing {
+        link: String,
+        entry: String,
+    },
+    FdbStray {
+        link: String,
+        entry: String,
+    },
+    NeighbourMissing {
+        dev: String,
+        ip: String,
+        mac: String,
+    },
+    NeighbourStray {
+        dev: String,
+        ip: String,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -56,7 +81,9 @@ impl fmt::Display for Drift {
             Drift::NeighbourMissing { dev, ip, mac } => {
                 write!(f, "{dev} lacks overlay neighbour {ip} at {mac}")
             }
-            Drift::NeighbourStray { dev, ip } => write!(f, "{dev} has stray overlay neighbour {ip}"),
+            Drift::NeighbourStray { dev, ip } => {
+                write!(f, "{dev} has stray overlay neighbour {ip}")
+            }
         }
     }
 }

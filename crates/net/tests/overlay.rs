@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use net::drift;
 use net::{
-    apply_overlays, apply_tenant_rules, destroy_netns, ensure_netns, in_netns,
-    installed_overlays, run_in_netns, Direction, Endpoint, Overlay, OverlayState,
-    RemoteEndpoint, Remote, Rule, RuleProto, TenantNetns,
+    apply_overlays, apply_tenant_rules, destroy_netns, ensure_netns, in_netns, installed_overlays,
+    run_in_netns, Direction, Endpoint, Overlay, OverlayState, Remote, RemoteEndpoint, Rule,
+    RuleProto, TenantNetns,
 };
 use support::fleet::{Fleet, Forged, Node};
 use support::*;
@@ -62,7 +62,11 @@ fn pings_sized(netns: &Path, target: Ipv4Addr, size: usize) -> bool {
 /// The MAC that answers ARP for `target`, if any.
 fn arping(netns: &Path, target: Ipv4Addr) -> Option<String> {
     let target = target.to_string();
-    let out = busybox(netns, &["arping", "-c", "1", "-w", "1", "-I", "eth0", &target]).ok()?;
+    let out = busybox(
+        netns,
+        &["arping", "-c", "1", "-w", "1", "-I", "eth0", &target],
+    )
+    .ok()?;
     let start = out.find('[')? + 1;
     Some(out[start..start + 17].to_string())
 }
@@ -108,12 +112,22 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
     let x = endpoint(4, "172.16.0.4");
     let y = endpoint(5, "172.16.0.3");
     let subnet = "172.16.0.0/16";
-    let one_a = fleet.tenant(A, "one", 0, vec![bridge("br0", subnet, vec![a1.clone(), a3.clone()])]);
+    let one_a = fleet.tenant(
+        A,
+        "one",
+        0,
+        vec![bridge("br0", subnet, vec![a1.clone(), a3.clone()])],
+    );
     let one_b = fleet.tenant(B, "one", 0, vec![bridge("br0", subnet, vec![b1.clone()])]);
     let two_a = fleet.tenant(A, "two", 1, vec![bridge("br0", subnet, vec![x.clone()])]);
     let two_c = fleet.tenant(C, "two", 0, vec![bridge("br0", subnet, vec![y.clone()])]);
     up(&fleet, A, &one_a, &[overlay(100, a, vec![remote(&b1, b)])]);
-    up(&fleet, B, &one_b, &[overlay(100, b, vec![remote(&a1, a), remote(&a3, a)])]);
+    up(
+        &fleet,
+        B,
+        &one_b,
+        &[overlay(100, b, vec![remote(&a1, a), remote(&a3, a)])],
+    );
     up(&fleet, A, &two_a, &[overlay(200, a, vec![remote(&y, c)])]);
     up(&fleet, C, &two_c, &[overlay(200, c, vec![remote(&x, a)])]);
     let g_a1 = fleet.attach_guest(&one_a, &one_a.bridges[0], &a1);
@@ -130,11 +144,20 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
 
     // Across nodes as on one bridge, full-size frames included.
     assert!(pings(&g_a1, b1.ip));
-    assert!(pings_sized(&g_a1, b1.ip, 1422), "a 1450-byte packet crosses whole");
+    assert!(
+        pings_sized(&g_a1, b1.ip, 1422),
+        "a 1450-byte packet crosses whole"
+    );
     let mut conn = connect(&g_a1, b1.ip, 80).expect("a1 reaches b1");
     assert_eq!(conn.greeting, "hello 172.16.0.2");
-    assert!(conn.echoes(&"x".repeat(20_000)), "full-size TCP segments cross");
-    assert_eq!(connect(&g_b1, a1.ip, 80).unwrap().greeting, "hello 172.16.0.3");
+    assert!(
+        conn.echoes(&"x".repeat(20_000)),
+        "full-size TCP segments cross"
+    );
+    assert_eq!(
+        connect(&g_b1, a1.ip, 80).unwrap().greeting,
+        "hello 172.16.0.3"
+    );
 
     // b1's groups, enforced on its node for a peer on another: a3 and port 81 stay out.
     assert!(connect(&g_a3, b1.ip, 80).is_none());
@@ -153,7 +176,10 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
     assert!(pings(&g_a1, b1.ip));
 
     // Tenant two has its own network on its own VNI: the same address is y there, b1 is not.
-    assert_eq!(connect(&g_x, y.ip, 82).unwrap().greeting, "hello 172.16.0.4");
+    assert_eq!(
+        connect(&g_x, y.ip, 82).unwrap().greeting,
+        "hello 172.16.0.4"
+    );
     assert!(connect(&g_x, b1.ip, 80).is_none());
     assert!(connect(&g_x, a1.ip, 80).is_none());
     assert!(!pings(&g_x, a1.ip));
@@ -171,14 +197,28 @@ fn forged_frames_from_the_underlay_are_dropped() {
     let (a, b) = (&fleet.nodes[A], &fleet.nodes[B]);
     let a1 = endpoint(1, "172.16.0.2");
     let b1 = endpoint(2, "172.16.0.3");
-    let one_a = fleet.tenant(A, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])]);
-    let one_b = fleet.tenant(B, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])]);
+    let one_a = fleet.tenant(
+        A,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])],
+    );
+    let one_b = fleet.tenant(
+        B,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])],
+    );
     up(&fleet, A, &one_a, &[overlay(100, a, vec![remote(&b1, b)])]);
     up(&fleet, B, &one_b, &[overlay(100, b, vec![remote(&a1, a)])]);
     let g_a1 = fleet.attach_guest(&one_a, &one_a.bridges[0], &a1);
     fleet.attach_guest(&one_b, &one_b.bridges[0], &b1);
-    let inbox = in_netns(&g_a1, || UdpSocket::bind("0.0.0.0:7777")).unwrap().unwrap();
-    inbox.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let inbox = in_netns(&g_a1, || UdpSocket::bind("0.0.0.0:7777"))
+        .unwrap()
+        .unwrap();
+    inbox
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     // a1 has spoken: its node's bridge knows its MAC behind its tap.
     assert!(pings(&g_a1, b1.ip));
 
@@ -194,11 +234,43 @@ fn forged_frames_from_the_underlay_are_dropped() {
     };
     let sends: Vec<(&str, Forged)> = vec![
         ("honest-first", Forged { ..honest }),
-        ("other mac", Forged { src_mac: [2, 0x66, 0, 0, 0, 1], ..honest }),
-        ("other ip", Forged { src_ip: "172.16.0.99".parse().unwrap(), ..honest }),
-        ("a1 itself", Forged { src_mac: a1.mac, src_ip: a1.ip, ..honest }),
-        ("the gateway", Forged { src_mac: gateway_mac, src_ip: "172.16.0.1".parse().unwrap(), ..honest }),
-        ("routed by the gateway", Forged { dst_mac: gateway_mac, ..honest }),
+        (
+            "other mac",
+            Forged {
+                src_mac: [2, 0x66, 0, 0, 0, 1],
+                ..honest
+            },
+        ),
+        (
+            "other ip",
+            Forged {
+                src_ip: "172.16.0.99".parse().unwrap(),
+                ..honest
+            },
+        ),
+        (
+            "a1 itself",
+            Forged {
+                src_mac: a1.mac,
+                src_ip: a1.ip,
+                ..honest
+            },
+        ),
+        (
+            "the gateway",
+            Forged {
+                src_mac: gateway_mac,
+                src_ip: "172.16.0.1".parse().unwrap(),
+                ..honest
+            },
+        ),
+        (
+            "routed by the gateway",
+            Forged {
+                dst_mac: gateway_mac,
+                ..honest
+            },
+        ),
         ("honest-last", Forged { ..honest }),
     ];
     for (label, forged) in &sends {
@@ -220,7 +292,10 @@ fn forged_frames_from_the_underlay_are_dropped() {
         Command::new("bridge").args(["fdb", "show", "br", "br0"]),
     )
     .unwrap();
-    let a1_entries: Vec<&str> = fdb.lines().filter(|l| l.starts_with(&mac(a1.mac))).collect();
+    let a1_entries: Vec<&str> = fdb
+        .lines()
+        .filter(|l| l.starts_with(&mac(a1.mac)))
+        .collect();
     assert_eq!(a1_entries.len(), 1, "{fdb}");
     assert!(a1_entries[0].contains("dev tap000000000001"), "{fdb}");
     assert!(pings(&g_a1, b1.ip));
@@ -234,8 +309,18 @@ fn nothing_floods_and_arp_stays_home() {
     let (a, b) = (&fleet.nodes[A], &fleet.nodes[B]);
     let a1 = endpoint(1, "172.16.0.2");
     let b1 = endpoint(2, "172.16.0.3");
-    let one_a = fleet.tenant(A, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])]);
-    let one_b = fleet.tenant(B, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])]);
+    let one_a = fleet.tenant(
+        A,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])],
+    );
+    let one_b = fleet.tenant(
+        B,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])],
+    );
     up(&fleet, A, &one_a, &[overlay(100, a, vec![remote(&b1, b)])]);
     up(&fleet, B, &one_b, &[overlay(100, b, vec![remote(&a1, a)])]);
     let g_a1 = fleet.attach_guest(&one_a, &one_a.bridges[0], &a1);
@@ -246,7 +331,15 @@ fn nothing_floods_and_arp_stays_home() {
     assert!(!pings(&g_a1, "172.16.0.77".parse().unwrap()));
     ip(
         &g_a1,
-        &["neigh", "replace", "172.16.0.78", "lladdr", "02:48:59:00:00:78", "dev", "eth0"],
+        &[
+            "neigh",
+            "replace",
+            "172.16.0.78",
+            "lladdr",
+            "02:48:59:00:00:78",
+            "dev",
+            "eth0",
+        ],
     );
     assert!(!pings(&g_a1, "172.16.0.78".parse().unwrap()));
     let _ = busybox(&g_a1, &["ping", "-c", "1", "-W", "1", "224.0.0.1"]);
@@ -267,7 +360,11 @@ fn nothing_floods_and_arp_stays_home() {
 }
 
 fn vxlan_sockets(node: &Node) -> String {
-    run_in_netns(&node.netns, Command::new("ss").args(["-Hnlu", "sport", "=", ":4789"])).unwrap()
+    run_in_netns(
+        &node.netns,
+        Command::new("ss").args(["-Hnlu", "sport", "=", ":4789"]),
+    )
+    .unwrap()
 }
 
 fn ifindex(t: &TenantNetns, link: &str) -> String {
@@ -284,33 +381,57 @@ fn reapplying_changes_nothing_drift_is_repaired_and_removal_leaves_nothing() {
     let (a, b) = (&fleet.nodes[A], &fleet.nodes[B]);
     let a1 = endpoint(1, "172.16.0.2");
     let b1 = endpoint(2, "172.16.0.3");
-    let one_a = fleet.tenant(A, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])]);
-    let one_b = fleet.tenant(B, "one", 0, vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])]);
+    let one_a = fleet.tenant(
+        A,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![a1.clone()])],
+    );
+    let one_b = fleet.tenant(
+        B,
+        "one",
+        0,
+        vec![bridge("br0", "172.16.0.0/16", vec![b1.clone()])],
+    );
     let mut ov_a = overlay(100, a, vec![remote(&b1, b)]);
     let ov_b = overlay(100, b, vec![remote(&a1, a)]);
 
     // Before its namespace exists: refused, nothing made.
-    let err = fleet.on_node(A, || apply_overlays(&one_a, &[ov_a.clone()])).unwrap_err();
+    let err = fleet
+        .on_node(A, || apply_overlays(&one_a, &[ov_a.clone()]))
+        .unwrap_err();
     assert!(err.to_string().contains("ensure_netns first"), "{err}");
     let applied = up(&fleet, A, &one_a, &[ov_a.clone()]);
-    up(&fleet, B, &one_b, &[ov_b.clone()]);
+    up(&fleet, B, &one_b, &[ov_b]);
     assert_eq!(applied.keys().collect::<Vec<_>>(), ["bridge hyper-overlay"]);
     let g_a1 = fleet.attach_guest(&one_a, &one_a.bridges[0], &a1);
     let g_b1 = fleet.attach_guest(&one_b, &one_b.bridges[0], &b1);
     let _server = Server::start(&g_b1, 80);
     let mut conn = connect(&g_a1, b1.ip, 80).unwrap();
     let vxlan = ip(&one_a.netns_path, &["-d", "link", "show", "dev", "vx100"]);
-    for expected in ["mtu 1450", "master br0", "vxlan id 100 local 203.0.113.10", "dstport 4789", "nolearning"] {
+    for expected in [
+        "mtu 1450",
+        "master br0",
+        "vxlan id 100 local 203.0.113.10",
+        "dstport 4789",
+        "nolearning",
+    ] {
         assert!(vxlan.contains(expected), "{expected} in {vxlan}");
     }
-    assert!(vxlan_sockets(a).contains(":4789"), "the socket is in the node's namespace");
+    assert!(
+        vxlan_sockets(a).contains(":4789"),
+        "the socket is in the node's namespace"
+    );
     assert_eq!(ip(&a.netns, &["-br", "link", "show", "type", "vxlan"]), "");
 
     // Again: same state, same device, the open connection untouched, no drift.
     let state = fleet.on_node(A, || installed_overlays(&one_a).unwrap().unwrap());
     let index = ifindex(&one_a, "vx100");
     for _ in 0..2 {
-        assert_eq!(fleet.on_node(A, || apply_overlays(&one_a, &[ov_a.clone()]).unwrap()), applied);
+        assert_eq!(
+            fleet.on_node(A, || apply_overlays(&one_a, &[ov_a.clone()]).unwrap()),
+            applied
+        );
     }
     let again = fleet.on_node(A, || installed_overlays(&one_a).unwrap().unwrap());
     assert_eq!(again, state);
@@ -325,7 +446,17 @@ fn reapplying_changes_nothing_drift_is_repaired_and_removal_leaves_nothing() {
         run_in_netns(&ns, Command::new("bridge").args(args)).unwrap();
     };
     bridge_tool(&["fdb", "del", &mac(b1.mac), "dev", "vx100", "self"]);
-    bridge_tool(&["fdb", "append", "00:00:00:00:00:00", "dev", "vx100", "dst", "203.0.113.99", "self", "permanent"]);
+    bridge_tool(&[
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx100",
+        "dst",
+        "203.0.113.99",
+        "self",
+        "permanent",
+    ]);
     bridge_tool(&["link", "set", "dev", "vx100", "learning", "on"]);
     ip(&ns, &["neigh", "del", "172.16.0.3", "dev", "br0"]);
     let broken = fleet.on_node(A, || installed_overlays(&one_a).unwrap().unwrap());
@@ -352,7 +483,11 @@ fn reapplying_changes_nothing_drift_is_repaired_and_removal_leaves_nothing() {
     ov_a.remotes.clear();
     fleet.on_node(A, || apply_overlays(&one_a, &[ov_a.clone()]).unwrap());
     let without = fleet.on_node(A, || installed_overlays(&one_a).unwrap().unwrap());
-    assert_eq!((without.fdb.len(), without.neighbours.len()), (0, 0), "{without:?}");
+    assert_eq!(
+        (without.fdb.len(), without.neighbours.len()),
+        (0, 0),
+        "{without:?}"
+    );
     assert!(!pings(&g_a1, b1.ip));
 
     // The overlay goes: no device, no table, no socket left on node A.

@@ -17,8 +17,8 @@ mod state;
 
 use std::path::Path;
 
-use crate::error::NetError;
 use crate::apply::nft;
+use crate::error::NetError;
 use crate::installed::{installed_tables, Tables};
 use crate::iproute::{bridge, ip};
 use crate::model::TenantNetns;
@@ -49,7 +49,11 @@ pub fn apply_overlays(t: &TenantNetns, overlays: &[Overlay]) -> Result<Tables, N
         )));
     }
     if !overlays.is_empty() {
-        nft(Some(ns), "apply overlay rules", &render_overlay_rules(t, overlays))?;
+        nft(
+            Some(ns),
+            "apply overlay rules",
+            &render_overlay_rules(t, overlays),
+        )?;
     }
     for step in plan(t, overlays, &state::read(ns)?) {
         for cmd in &step.cmds {
@@ -57,7 +61,11 @@ pub fn apply_overlays(t: &TenantNetns, overlays: &[Overlay]) -> Result<Tables, N
         }
     }
     if overlays.is_empty() {
-        nft(Some(ns), "remove overlay rules", &rules::render_overlay_removal())?;
+        nft(
+            Some(ns),
+            "remove overlay rules",
+            &rules::render_overlay_removal(),
+        )?;
     }
     installed_tables(Some(ns), &[OVERLAY_TABLE])
 }

@@ -85,7 +85,10 @@ pub(crate) fn validate(t: &TenantNetns, overlays: &[Overlay]) -> Result<(), NetE
             return invalid(format!("bridge {} has two overlays", o.bridge));
         }
         if !is_underlay_unicast(o.local_ip) {
-            return invalid(format!("vni {vni}: bad local underlay address {}", o.local_ip));
+            return invalid(format!(
+                "vni {vni}: bad local underlay address {}",
+                o.local_ip
+            ));
         }
         validate_remotes(bridge, o)?;
     }
@@ -102,8 +105,7 @@ fn validate_remotes(bridge: &Bridge, o: &Overlay) -> Result<(), NetError> {
         if r.mac[0] & 1 == 1 || r.mac == [0; 6] {
             return invalid(format!("remote MAC {mac} is not a unicast address"));
         }
-        if r.mac == gateway_mac(bridge.gateway) || bridge.endpoints.iter().any(|e| e.mac == r.mac)
-        {
+        if r.mac == gateway_mac(bridge.gateway) || bridge.endpoints.iter().any(|e| e.mac == r.mac) {
             return invalid(format!("remote MAC {mac} is one of this node's"));
         }
         if !bridge.subnet.contains(&ip) || ip == bridge.gateway {
@@ -187,15 +189,26 @@ mod tests {
     #[test]
     fn remotes_that_could_pass_for_this_node_are_refused() {
         let t = tenant();
-        let cases: Vec<(&str, fn(&mut Overlay))> = vec![
-            ("local endpoint's MAC", |o| o.remotes[0].mac = [2, 0, 0, 0, 0, 2]),
-            ("gateway MAC", |o| o.remotes[0].mac = [0x0a, 0x48, 172, 16, 0, 1]),
-            ("multicast MAC", |o| o.remotes[0].mac = [1, 0, 0x5e, 0, 0, 1]),
+        type Break = fn(&mut Overlay);
+        let cases: Vec<(&str, Break)> = vec![
+            ("local endpoint's MAC", |o| {
+                o.remotes[0].mac = [2, 0, 0, 0, 0, 2]
+            }),
+            ("gateway MAC", |o| {
+                o.remotes[0].mac = [0x0a, 0x48, 172, 16, 0, 1]
+            }),
+            ("multicast MAC", |o| {
+                o.remotes[0].mac = [1, 0, 0x5e, 0, 0, 1]
+            }),
             ("local endpoint's IP", |o| {
                 o.remotes[0].ip = Ipv4Addr::new(172, 16, 0, 2)
             }),
-            ("service VIP", |o| o.remotes[0].ip = Ipv4Addr::new(172, 16, 0, 10)),
-            ("gateway", |o| o.remotes[0].ip = Ipv4Addr::new(172, 16, 0, 1)),
+            ("service VIP", |o| {
+                o.remotes[0].ip = Ipv4Addr::new(172, 16, 0, 10)
+            }),
+            ("gateway", |o| {
+                o.remotes[0].ip = Ipv4Addr::new(172, 16, 0, 1)
+            }),
             ("outside the subnet", |o| {
                 o.remotes[0].ip = Ipv4Addr::new(10, 0, 0, 3)
             }),

@@ -82,7 +82,11 @@ pub(crate) fn plan(t: &TenantNetns, overlays: &[Overlay], state: &OverlayState) 
         let fresh = plan_link(&t.netns_path, o, bridge, state, &mut steps);
         let installed: Vec<&FdbEntry> = match fresh {
             true => Vec::new(),
-            false => state.fdb.iter().filter(|e| e.link == o.link_name()).collect(),
+            false => state
+                .fdb
+                .iter()
+                .filter(|e| e.link == o.link_name())
+                .collect(),
         };
         plan_fdb(o, &installed, &mut steps);
     }
@@ -105,7 +109,10 @@ fn plan_link(
         let mut cmds = Vec::new();
         let drift = match wrong_tunnel {
             Some(detail) => {
-                cmds.push(ip("remove vxlan link to recreate it", &["link", "del", &name]));
+                cmds.push(ip(
+                    "remove vxlan link to recreate it",
+                    &["link", "del", &name],
+                ));
                 Drift::LinkChanged { link: name, detail }
             }
             None => Drift::LinkMissing(name),
@@ -115,9 +122,8 @@ fn plan_link(
         return true;
     }
     let link = existing.expect("checked above");
-    let attached = link.master.as_deref() == Some(bridge.ifname.as_str())
-        && link.up
-        && link.mtu == bridge.mtu;
+    let attached =
+        link.master.as_deref() == Some(bridge.ifname.as_str()) && link.up && link.mtu == bridge.mtu;
     if !attached {
         let detail = format!(
             "should be an up port of {} with mtu {} (master {:?}, up {}, mtu {})",
@@ -170,8 +176,22 @@ fn create(ns: &Path, o: &Overlay, bridge: &Bridge) -> Cmd {
         VXLAN_PORT.to_string(),
     );
     let args = [
-        "link", "add", &name, "netns", &ns, "mtu", &mtu, "type", "vxlan", "id", &vni, "local",
-        &local, "dstport", &port, "nolearning",
+        "link",
+        "add",
+        &name,
+        "netns",
+        &ns,
+        "mtu",
+        &mtu,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        &local,
+        "dstport",
+        &port,
+        "nolearning",
     ];
     Cmd {
         in_tenant: false,
@@ -183,7 +203,16 @@ fn attach(o: &Overlay, bridge: &Bridge) -> Cmd {
     let (name, mtu) = (o.link_name(), bridge.mtu.to_string());
     ip(
         "put vxlan link on its bridge",
-        &["link", "set", &name, "master", &bridge.ifname, "mtu", &mtu, "up"],
+        &[
+            "link",
+            "set",
+            &name,
+            "master",
+            &bridge.ifname,
+            "mtu",
+            &mtu,
+            "up",
+        ],
     )
 }
 
@@ -316,8 +345,17 @@ fn plan_neighbours(overlays: &[Overlay], installed: &[Neighbour], steps: &mut Ve
             cmds: vec![ip(
                 "add neighbour",
                 &[
-                    "neigh", "replace", &missing.ip, "lladdr", mac, "dev", &missing.dev, "nud",
-                    "permanent", "proto", &proto,
+                    "neigh",
+                    "replace",
+                    &missing.ip,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    &missing.dev,
+                    "nud",
+                    "permanent",
+                    "proto",
+                    &proto,
                 ],
             )],
         });

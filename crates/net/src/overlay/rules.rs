@@ -27,7 +27,10 @@ pub fn render_overlay_rules(t: &TenantNetns, overlays: &[Overlay]) -> String {
     if !dispatch.is_empty() {
         prerouting.push(format!("iifname vmap {{ {} }}", dispatch.join(", ")));
     }
-    prerouting.push(format!("iifname {} drop", quoted(&format!("{VXLAN_PREFIX}*"))));
+    prerouting.push(format!(
+        "iifname {} drop",
+        quoted(&format!("{VXLAN_PREFIX}*"))
+    ));
     let mut body = String::new();
     chain(
         &mut body,

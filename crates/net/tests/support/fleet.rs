@@ -50,14 +50,19 @@ impl Fleet {
             ip(
                 &fleet.dc,
                 &[
-                    "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns",
-                    &node_arg,
+                    "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", &node_arg,
                 ],
             );
             ip(&fleet.dc, &["link", "set", &port, "master", "dc0", "up"]);
             ip(
                 &node.netns,
-                &["addr", "add", &format!("{}/24", node.underlay), "dev", "ul0"],
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", node.underlay),
+                    "dev",
+                    "ul0",
+                ],
             );
             ip(&node.netns, &["link", "set", "ul0", "up"]);
             counters.push_str(&format!(
