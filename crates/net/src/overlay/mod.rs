@@ -32,8 +32,10 @@ pub use state::{
 };
 
 /// Makes the overlays of the tenant namespace exactly `overlays` (none: every VXLAN port,
-/// entry and the overlay's table go). Changes only what differs, so applying the same again
-/// runs nothing but the read-back. The filter goes in before a port or endpoint is added and
+/// entry and the overlay's table go). Links and entries change only where they differ, so
+/// applying the same again touches no device or entry (the table is replaced with the same in
+/// one transaction, as every apply of the crate does). The filter goes in before a port or
+/// endpoint is added and
 /// comes out after one is removed, so the overlay never carries what the filter does not know.
 /// Returns the overlay's table as the kernel lists it (see [`crate::drift::tables`]); empty
 /// without overlays.
