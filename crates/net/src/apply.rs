@@ -60,7 +60,7 @@ pub fn install_guard() -> Result<Tables, NetError> {
     installed_tables(None, &[GUARD_TABLE])
 }
 
-fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(), NetError> {
+pub(crate) fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(), NetError> {
     let mut cmd = Command::new("nft");
     cmd.args(["-f", "-"]);
     let cmd = match netns {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::installed::{Installed, Tables};
 use crate::model::{TenantNetns, TENANT_UPLINK};
+use crate::overlay::{plan, Overlay, OverlayState};
 use crate::ruleset::fip_routes;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,14 +15,47 @@ pub enum Drift {
     NetnsGone(PathBuf),
     LinkMissing(String),
     LinkDown(String),
-    AddressMissing { link: String, addr: String },
-    AddressStray { link: String, addr: String },
+    AddressMissing {
+        link: String,
+        addr: String,
+    },
+    AddressStray {
+        link: String,
+        addr: String,
+    },
     BridgeStray(String),
-    TapDetached { tap: String, bridge: String },
+    TapDetached {
+        tap: String,
+        bridge: String,
+    },
     RouteMissing(String),
     RouteStray(String),
     TableMissing(String),
     TableChanged(String),
+    /// A VXLAN port no overlay asks for.
+    LinkStray(String),
+    /// A VXLAN port that is not as its overlay says.
+    LinkChanged {
+        link: String,
+        detail: String,
+    },
+    FdbMissing {
+        link: String,
+        entry: String,
+    },
+    FdbStray {
+        link: String,
+        entry: String,
+    },
+    NeighbourMissing {
+        dev: String,
+        ip: String,
+        mac: String,
+    },
+    NeighbourStray {
+        dev: String,
+        ip: String,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -38,6 +72,18 @@ impl fmt::Display for Drift {
             Drift::RouteStray(route) => write!(f, "stray route {route}"),
             Drift::TableMissing(table) => write!(f, "nftables table {table} is missing"),
             Drift::TableChanged(table) => write!(f, "nftables table {table} was changed"),
+            Drift::LinkStray(link) => write!(f, "stray link {link}"),
+            Drift::LinkChanged { link, detail } => write!(f, "link {link} {detail}"),
+            Drift::FdbMissing { link, entry } => write!(f, "{link} lacks forwarding entry {entry}"),
+            Drift::FdbStray { link, entry } => {
+                write!(f, "{link} has stray forwarding entry {entry}")
+            }
+            Drift::NeighbourMissing { dev, ip, mac } => {
+                write!(f, "{dev} lacks overlay neighbour {ip} at {mac}")
+            }
+            Drift::NeighbourStray { dev, ip } => {
+                write!(f, "{dev} has stray overlay neighbour {ip}")
+            }
         }
     }
 }
@@ -140,6 +186,16 @@ pub fn node_fip_routes(tenants: &[&TenantNetns], node: &Installed) -> Vec<Drift>
         }
     }
     drifts
+}
+
+/// The overlays of `t` against what its namespace holds ([`crate::installed_overlays`]): the
+/// same comparison [`crate::apply_overlays`] acts on. Their table is held against its listing
+/// after the apply with [`tables`].
+pub fn overlays(t: &TenantNetns, overlays: &[Overlay], installed: &OverlayState) -> Vec<Drift> {
+    plan(t, overlays, installed)
+        .into_iter()
+        .map(|step| step.drift)
+        .collect()
 }
 
 /// Each table of `applied` (as listed right after it was applied) against the same table now.

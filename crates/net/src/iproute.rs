@@ -10,7 +10,21 @@ use crate::exec::{command_in_netns, run};
 
 /// Runs `ip ARGS` in the namespace at `netns`, or in the caller's namespace when `None`.
 pub(crate) fn ip(netns: Option<&Path>, what: &str, args: &[&str]) -> Result<String, NetError> {
-    let mut cmd = Command::new("ip");
+    iproute2("ip", netns, what, args)
+}
+
+/// Runs `bridge ARGS` (forwarding entries, port flags), like [`ip`].
+pub(crate) fn bridge(netns: Option<&Path>, what: &str, args: &[&str]) -> Result<String, NetError> {
+    iproute2("bridge", netns, what, args)
+}
+
+fn iproute2(
+    program: &str,
+    netns: Option<&Path>,
+    what: &str,
+    args: &[&str],
+) -> Result<String, NetError> {
+    let mut cmd = Command::new(program);
     cmd.args(args);
     match netns {
         Some(path) => run(what, command_in_netns(path, &mut cmd)?, None),

@@ -4,7 +4,8 @@
 //! rebuild it from its store at any time by calling the same idempotent functions again, and
 //! read it back ([`installed_on_node`], [`installed_in_tenant`]) to find what drifted
 //! ([`drift`]). A guard table ([`install_guard`]) keeps tenants off the node whatever
-//! becomes of the rest.
+//! becomes of the rest. A tenant network spans nodes through a VXLAN overlay
+//! ([`apply_overlays`], docs/overlay.md).
 
 mod apply;
 mod conntrack;
@@ -17,6 +18,7 @@ mod iproute;
 mod links;
 mod model;
 mod netns;
+mod overlay;
 mod ruleset;
 mod sysctl;
 pub mod tap;
@@ -34,4 +36,9 @@ pub use installed::{
 pub use links::{destroy_netns, ensure_netns, netns_inputs};
 pub use model::*;
 pub use netns::{create_netns, remove_netns};
+pub use overlay::{
+    apply_overlays, installed_overlays, remove_overlays, render_overlay_rules, BridgePort,
+    FdbEntry, FdbKind, Neighbour, Overlay, OverlayState, RemoteEndpoint, VxlanLink,
+    OVERLAY_NEIGH_PROTO, OVERLAY_TABLE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_PREFIX,
+};
 pub use ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};

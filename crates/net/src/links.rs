@@ -9,6 +9,7 @@ use crate::installed;
 use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addrs};
 use crate::model::{gateway_mac, mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
+use crate::overlay::remove_overlays;
 use crate::sysctl;
 
 /// Makes the tenant netns match `t`: namespace, `lo`, sysctls, transit link with its default
@@ -39,8 +40,12 @@ pub fn netns_inputs(t: &TenantNetns) -> TenantNetns {
     inputs
 }
 
-/// Removes the transit link and the namespace file. Tolerates any part being gone already.
+/// Removes the overlays, the transit link and the namespace file. Tolerates any part being gone
+/// already.
 pub fn destroy_netns(t: &TenantNetns) -> Result<(), NetError> {
+    // Not left to die with the namespace: that waits for its last user, and meanwhile the
+    // VXLAN ports would hold their VNIs on the node and keep taking in frames.
+    remove_overlays(t)?;
     ip_ignoring_absent(
         None,
         "remove transit link",

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -100,75 +102,85 @@ impl Sandbox {
         bridge: &Bridge,
         endpoint: &Endpoint,
     ) -> PathBuf {
-        let guest = self
-            .dir
-            .join(format!("guest-{}-{}", tenant.name, endpoint.tap));
-        create_netns(&guest).unwrap();
+        let guest = attach_guest_in(&self.dir, tenant, bridge, endpoint);
         self.extra.push(guest.clone());
-        let tns = &tenant.netns_path;
-        let guest_arg = guest.to_string_lossy().into_owned();
-        let mtu = bridge.mtu.to_string();
-        ip(
-            tns,
-            &[
-                "link",
-                "add",
-                &endpoint.tap,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &guest_arg,
-            ],
-        );
-        ip(
-            tns,
-            &[
-                "link",
-                "set",
-                &endpoint.tap,
-                "master",
-                &bridge.ifname,
-                "mtu",
-                &mtu,
-                "up",
-            ],
-        );
-        let mac = endpoint
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ip(&guest, &["link", "set", "lo", "up"]);
-        ip(
-            &guest,
-            &["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"],
-        );
-        ip(
-            &guest,
-            &[
-                "addr",
-                "add",
-                &format!("{}/{}", endpoint.ip, bridge.subnet.prefix_len()),
-                "dev",
-                "eth0",
-            ],
-        );
-        ip(
-            &guest,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &bridge.gateway.to_string(),
-            ],
-        );
         guest
     }
+}
+
+/// A guest netns for `endpoint` at a path inside `dir`, joined to `bridge` of the tenant netns
+/// by a veth named like the endpoint's tap.
+pub fn attach_guest_in(
+    dir: &Path,
+    tenant: &TenantNetns,
+    bridge: &Bridge,
+    endpoint: &Endpoint,
+) -> PathBuf {
+    let guest = dir.join(format!("guest-{}-{}", tenant.name, endpoint.tap));
+    create_netns(&guest).unwrap();
+    let tns = &tenant.netns_path;
+    let guest_arg = guest.to_string_lossy().into_owned();
+    let mtu = bridge.mtu.to_string();
+    ip(
+        tns,
+        &[
+            "link",
+            "add",
+            &endpoint.tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &guest_arg,
+        ],
+    );
+    ip(
+        tns,
+        &[
+            "link",
+            "set",
+            &endpoint.tap,
+            "master",
+            &bridge.ifname,
+            "mtu",
+            &mtu,
+            "up",
+        ],
+    );
+    let mac = endpoint
+        .mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ip(&guest, &["link", "set", "lo", "up"]);
+    ip(
+        &guest,
+        &["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"],
+    );
+    ip(
+        &guest,
+        &[
+            "addr",
+            "add",
+            &format!("{}/{}", endpoint.ip, bridge.subnet.prefix_len()),
+            "dev",
+            "eth0",
+        ],
+    );
+    ip(
+        &guest,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &bridge.gateway.to_string(),
+        ],
+    );
+    guest
 }
 
 impl Drop for Sandbox {
