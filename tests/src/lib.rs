@@ -367,6 +367,18 @@ impl Netns {
         ns
     }
 
+    /// Joins two nodes' namespaces by a veth (`dc0` in each) standing for the datacenter's
+    /// network, with `a_ip` and `b_ip` (/24) on its ends. The link goes with the namespaces.
+    pub fn datacenter_link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
+        a.ip(&[
+            "link", "add", "dc0", "type", "veth", "peer", "name", "dc0", "netns", &b.name,
+        ]);
+        for (ns, ip) in [(a, a_ip), (b, b_ip)] {
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "dc0"]);
+            ns.ip(&["link", "set", "dc0", "up"]);
+        }
+    }
+
     /// `ip -n NAME ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
         let mut a = vec!["-n", self.name.as_str()];

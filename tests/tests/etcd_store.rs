@@ -20,6 +20,7 @@ fn main() {
             "nodes_share_a_namespace_each_running_its_own",
             nodes_share_a_namespace_each_running_its_own,
         ),
+        ("a_tenant_network_spans_nodes", a_tenant_network_spans_nodes),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -139,35 +140,110 @@ fn own_etcd(namespace: &str) -> String {
 }
 
 /// A node of a fleet on `url`, with a short lease and no templates (cold boots: no template
-/// build competing for the cores).
-fn fleet_node(url: &str, name: &str) -> std::sync::Arc<Daemon> {
+/// build competing for the cores); with `address`, on the fleet's network.
+fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Daemon> {
+    let mut extra_args: Vec<String> = [
+        "--cluster",
+        url,
+        "--node-name",
+        name,
+        "--node-lease",
+        "3",
+        "--templates",
+        "off",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(a) = address {
+        extra_args.extend(["--node-address".to_string(), a.to_string()]);
+    }
     Daemon::start(
         name,
         DaemonOpts {
-            extra_args: [
-                "--cluster",
-                url,
-                "--node-name",
-                name,
-                "--node-lease",
-                "3",
-                "--templates",
-                "off",
-            ]
-            .map(String::from)
-            .to_vec(),
+            extra_args,
             ..Default::default()
         },
     )
 }
 
-/// Two nodes on one namespace, one tenant: each runs the containers made through it and
-/// answers for them; names and addresses are the fleet's (no two alike); a node restarted
+/// Containers of one tenant on two nodes are on one L2 network through VXLAN between the
+/// nodes (joined by a veth standing for the datacenter): each reaches the other by address
+/// and by name; a node down (its hyperd killed, its lease run out) is out of the overlay until
+/// it is back; removed, a container is no longer reached.
+fn a_tenant_network_spans_nodes() {
+    let url = own_etcd("overlay");
+    let n1 = fleet_node(&url, "o1", Some("198.51.100.1"));
+    let n2 = fleet_node(&url, "o2", Some("198.51.100.2"));
+    Netns::datacenter_link(&n1.node, "198.51.100.1", &n2.node, "198.51.100.2");
+    let run = |d: &Daemon, name: &str| {
+        d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
+            .timeout(180.0)
+            .run()
+            .ok();
+    };
+    run(&n1, "oa");
+    run(&n2, "ob");
+    let ip = |d: &Daemon, name: &str| {
+        d.inspect(name)["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ip_a, ip_b) = (ip(&n1, "oa"), ip(&n2, "ob"));
+    let reaches = |d: &Daemon, from: &str, to: &str| {
+        d.hyper(&["exec", from, "ping", "-c", "1", "-W", "2", to])
+            .timeout(60.0)
+            .run()
+    };
+    for (d, from, to) in [
+        (&n1, "oa", ip_b.as_str()),
+        (&n2, "ob", ip_a.as_str()),
+        (&n1, "oa", "ob"),
+    ] {
+        wait_for(
+            &format!("{from} to reach {to} on the other node"),
+            secs(60.0),
+            || {
+                let o = reaches(d, from, to);
+                (o.code == 0).then_some(()).ok_or(o.to_string())
+            },
+        );
+    }
+    let o = n1
+        .hyper(&["exec", "oa", "nslookup", "ob"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    assert!(o.stdout.contains(&ip_b), "{o}");
+    // n2's hyperd killed: its VM runs on, but once n2 is down for the fleet, n1 sends nothing
+    // there; n2 back, the overlay is too.
+    n2.kill9();
+    wait_for("the down node to leave the overlay", secs(60.0), || {
+        let o = reaches(&n1, "oa", &ip_b);
+        (o.code != 0).then_some(()).ok_or(o.to_string())
+    });
+    n2.restart();
+    wait_for("the node back in the overlay", secs(60.0), || {
+        let o = reaches(&n1, "oa", &ip_b);
+        (o.code == 0).then_some(()).ok_or(o.to_string())
+    });
+    n2.hyper(&["rm", "-f", "ob"]).timeout(60.0).run().ok();
+    wait_for(
+        "the removed container to be out of reach",
+        secs(60.0),
+        || {
+            let o = reaches(&n1, "oa", &ip_b);
+            (o.code != 0).then_some(()).ok_or(o.to_string())
+        },
+    );
+    n1.hyper(&["rm", "-f", "oa"]).timeout(60.0).run().ok();
+}
+
 /// adopts its own containers and leaves the other node's alone.
 fn nodes_share_a_namespace_each_running_its_own() {
     let url = own_etcd("shared");
-    let n1 = fleet_node(&url, "s1");
-    let n2 = fleet_node(&url, "s2");
+    let n1 = fleet_node(&url, "s1", None);
+    let n2 = fleet_node(&url, "s2", None);
     let run = |d: &Daemon, name: &str| {
         d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
             .timeout(180.0)

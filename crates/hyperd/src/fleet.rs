@@ -2,7 +2,7 @@
 //! `hyperd node ...` commands (through the running daemon's unix socket).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +31,10 @@ pub struct NodeArgs {
 impl NodeArgs {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.address
     }
 }
 
@@ -133,7 +137,7 @@ pub enum NodeCommand {
     Rm { name: String },
 }
 
-pub async fn node_command(socket: &PathBuf, command: NodeCommand) -> anyhow::Result<()> {
+pub async fn node_command(socket: &Path, command: NodeCommand) -> anyhow::Result<()> {
     use crate::admin_client::require;
     use hyper::Method;
     let none = serde_json::Value::Null;

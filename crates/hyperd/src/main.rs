@@ -531,6 +531,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             disk_reserve: args.disk_reserve,
             net: node::network::NetConfig {
                 node_name: membership.name().to_string(),
+                node_address: args.node.address(),
                 state_dir: data_root.join("net"),
                 default_subnet: args.default_subnet.trunc(),
                 mtu: args.mtu,
@@ -566,6 +567,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     // Services: keep every one at its replica count, from the store.
     tokio::spawn(node::services::reconcile_forever(runtime.clone()));
     tokio::spawn(runtime.clone().reap_idle_networks_forever());
+    tokio::spawn(node::network::follow_other_nodes_forever(runtime.clone()));
 
     let tls = if args.insecure_http {
         if let Some(addr) = hosts

@@ -16,6 +16,7 @@ mod guest_files;
 pub use guest_files::parse_link;
 pub mod ipam;
 pub mod lb;
+mod peers;
 mod ports;
 mod reconcile;
 pub mod records;
@@ -35,6 +36,7 @@ use crate::model::{Container, Endpoint, PublishedPort};
 use crate::services::{ServiceRecord, SERVICE_LABEL};
 use crate::shim_link::NetworkSpec;
 use crate::{Result, RuntimeError};
+pub use peers::follow_other_nodes_forever;
 pub use reconcile::{reconcile_forever, DEFAULT_RECONCILE_INTERVAL};
 pub use records::{NetworkRecord, DEFAULT_NETWORK};
 
@@ -43,6 +45,9 @@ pub struct NetConfig {
     /// This node's name in the fleet: its containers get taps here, its transit links are its
     /// own.
     pub node_name: String,
+    /// This node's address on the fleet's network (`--node-address`): tenant networks reach
+    /// other nodes through VXLAN from it. `None`: no overlay (one node).
+    pub node_address: Option<Ipv4Addr>,
     /// `DATA/net`: one directory per tenant namespace (its mount point, DNS config and pid).
     pub state_dir: PathBuf,
     /// The subnet of every tenant's default network.
@@ -86,6 +91,8 @@ struct SyncState {
     node: Option<Applied>,
     /// The node's guard as installed (`None`: not yet).
     guard: Option<net::Tables>,
+    /// Per tenant: the overlays last applied to its namespace.
+    overlays: HashMap<String, Vec<net::Overlay>>,
 }
 
 /// A ruleset as rendered, and its tables as the kernel listed them right after.
@@ -99,6 +106,7 @@ impl SyncState {
         self.idle.remove(tenant);
         self.links.remove(tenant);
         self.tenant_rules.remove(tenant);
+        self.overlays.remove(tenant);
     }
 }
 
@@ -204,6 +212,7 @@ impl Networks {
             bridge: String::new(),
             created: Utc::now(),
             labels,
+            vni: 0,
         };
         records::create_network(self.store(), record, &self.reserved())
     }
@@ -530,6 +539,52 @@ impl Networks {
 
     // ---- the kernel side ----
 
+    /// The tenant's networks as they span nodes: for each with endpoints on other nodes that
+    /// are up and have an address, those endpoints and their nodes (see docs/overlay.md).
+    /// None without `--node-address`.
+    fn overlays(
+        &self,
+        containers: &[Container],
+        networks: &[NetworkRecord],
+    ) -> Result<Vec<net::Overlay>> {
+        let Some(local_ip) = self.cfg.node_address else {
+            return Ok(Vec::new());
+        };
+        let remote: Vec<&Container> = containers.iter().filter(|c| !self.is_local(c)).collect();
+        if remote.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: HashMap<String, Ipv4Addr> = crate::fleet::list(self.store())?
+            .into_iter()
+            .filter(|n| n.state == crate::fleet::NodeState::Ready)
+            .filter_map(|n| Some((n.record.name, n.record.address?)))
+            .collect();
+        let mut overlays = Vec::new();
+        for n in networks {
+            let remotes: Vec<net::RemoteEndpoint> = remote
+                .iter()
+                .filter_map(|c| {
+                    let ep = c.endpoint.as_ref().filter(|ep| ep.network_id == n.id)?;
+                    Some(net::RemoteEndpoint {
+                        mac: parse_mac(&ep.mac),
+                        ip: ep.ip,
+                        node_ip: *nodes.get(&c.node)?,
+                    })
+                })
+                .collect();
+            if remotes.is_empty() {
+                continue;
+            }
+            overlays.push(net::Overlay {
+                bridge: n.bridge.clone(),
+                vni: records::vni_of(self.store(), n)?,
+                local_ip,
+                remotes,
+            });
+        }
+        Ok(overlays)
+    }
+
     /// Whether this node runs the container (and so holds its tap, FIP and published ports).
     fn is_local(&self, c: &Container) -> bool {
         c.node == self.cfg.node_name || c.node.is_empty()
@@ -791,6 +846,12 @@ impl Networks {
             state.tenant_rules.insert(tenant.to_string(), applied);
         }
         let networks = records::list_networks(self.store(), tenant)?;
+        let overlays = self.overlays(&containers, &networks)?;
+        if state.overlays.get(tenant) != Some(&overlays) {
+            state.overlays.remove(tenant);
+            net::apply_overlays(&model, &overlays).map_err(net_err)?;
+            state.overlays.insert(tenant.to_string(), overlays);
+        }
         let zones: Vec<dns::Zone> = networks
             .iter()
             .map(|n| dns::Zone::of_network(n, &containers, &services))
@@ -886,6 +947,12 @@ impl Networks {
     /// (a no-op for what survived; a repair for what did not).
     pub fn recover(&self) -> Result<()> {
         records::adopt_legacy_transit(self.store(), &self.cfg.node_name)?;
+        self.sync_all()
+    }
+
+    /// Syncs every tenant whose network this node owes (a node of the fleet came or went:
+    /// the overlays' peers change).
+    pub fn sync_all(&self) -> Result<()> {
         let tenants = self.tenants()?;
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;

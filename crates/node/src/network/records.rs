@@ -4,6 +4,7 @@
 //! - `/networks/{tenant}/{id}`: a tenant network ([`NetworkRecord`]); `/netnames/{tenant}/{name}`
 //!   -> id.
 //! - `/ipam/{tenant}/{network}/{ip}` -> container id: one key per used address.
+//! - `/vni-last` -> the last VXLAN id given to a network (ids are never reused).
 //! - `/hostports/{proto}/{port}` -> `{tenant}/{container}`: host ports are unique per node.
 //! - `/transit/{node}/{tenant}` -> index, `/transit-index/{node}/{index}` -> tenant: the
 //!   tenant's link to that node (its /31 in the node's transit range). Records from before
@@ -36,6 +37,9 @@ pub struct NetworkRecord {
     pub created: DateTime<Utc>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Its VXLAN id across nodes, unique in the fleet; 0 until it first spans two nodes.
+    #[serde(default)]
+    pub vni: u32,
 }
 
 fn network_key(tenant: &str, id: &str) -> String {
@@ -322,4 +326,61 @@ pub fn adopt_legacy_transit(store: &dyn Store, node: &str) -> Result<()> {
         store.txn(txn)?;
     }
     Ok(())
+}
+
+/// The highest VXLAN id (24 bits).
+const VNI_MAX: u32 = (1 << 24) - 1;
+
+/// The network's VXLAN id, given on first use: the next after `/vni-last`, in the same
+/// transaction that writes it into the network's record (two nodes asking at once agree).
+pub fn vni_of(store: &dyn Store, network: &NetworkRecord) -> Result<u32> {
+    if network.vni != 0 {
+        return Ok(network.vni);
+    }
+    let key = network_key(&network.tenant, &network.id);
+    loop {
+        let Some(kv) = store.get(&key)? else {
+            return Err(RuntimeError::NotFound(format!(
+                "network {} is gone",
+                network.name
+            )));
+        };
+        let mut record: NetworkRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| RuntimeError::Internal(format!("bad network record: {e}")))?;
+        if record.vni != 0 {
+            return Ok(record.vni);
+        }
+        let last = store.get("/vni-last")?;
+        let (next, last_unchanged) = match &last {
+            Some(l) => {
+                let n: u32 = String::from_utf8_lossy(&l.value)
+                    .parse()
+                    .map_err(|e| RuntimeError::Internal(format!("bad /vni-last: {e}")))?;
+                (
+                    n + 1,
+                    Compare::ModRevision("/vni-last".into(), l.mod_revision),
+                )
+            }
+            None => (1, Compare::Absent("/vni-last".into())),
+        };
+        if next > VNI_MAX {
+            return Err(RuntimeError::Conflict(
+                "the fleet has given out every VXLAN id".into(),
+            ));
+        }
+        record.vni = next;
+        let done = store.txn(
+            Txn::new()
+                .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+                .when(last_unchanged)
+                .then(Op::Put(
+                    key.clone(),
+                    serde_json::to_vec(&record).expect("json"),
+                ))
+                .then(Op::Put("/vni-last".into(), next.to_string().into_bytes())),
+        )?;
+        if done.succeeded {
+            return Ok(next);
+        }
+    }
 }

@@ -29,30 +29,33 @@ pub async fn inspect(
 }
 
 pub async fn drain(
-    State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
+    state: State<AppState>,
+    peer: Extension<Peer>,
+    name: Path<String>,
 ) -> ApiResult<Json<NodeStatus>> {
-    operator_only(peer)?;
-    let store = app.runtime.store();
-    Ok(Json(fleet::set_availability(
-        &**store,
-        &name,
-        Availability::Drain,
-    )?))
+    set_availability(state, peer, name, Availability::Drain)
 }
 
 pub async fn activate(
+    state: State<AppState>,
+    peer: Extension<Peer>,
+    name: Path<String>,
+) -> ApiResult<Json<NodeStatus>> {
+    set_availability(state, peer, name, Availability::Active)
+}
+
+fn set_availability(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     Path(name): Path<String>,
+    availability: Availability,
 ) -> ApiResult<Json<NodeStatus>> {
     operator_only(peer)?;
     let store = app.runtime.store();
     Ok(Json(fleet::set_availability(
         &**store,
         &name,
-        Availability::Active,
+        availability,
     )?))
 }
 
