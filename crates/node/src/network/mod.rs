@@ -847,7 +847,8 @@ impl Networks {
         }
         let networks = records::list_networks(self.store(), tenant)?;
         let overlays = self.overlays(&containers, &networks)?;
-        if state.overlays.get(tenant) != Some(&overlays) {
+        // One node (no --node-address) has no overlay to read back or apply.
+        if self.cfg.node_address.is_some() && state.overlays.get(tenant) != Some(&overlays) {
             state.overlays.remove(tenant);
             net::apply_overlays(&model, &overlays).map_err(net_err)?;
             state.overlays.insert(tenant.to_string(), overlays);
