@@ -31,6 +31,10 @@ fn main() {
         ("standby_pool_follows_bursts", standby_pool_follows_bursts),
         ("standby_floor_default", standby_floor_default),
         (
+            "standby_pool_within_its_memory_bound",
+            standby_pool_within_its_memory_bound,
+        ),
+        (
             "root_disk_gives_back_trimmed_blocks",
             root_disk_gives_back_trimmed_blocks,
         ),
@@ -1421,7 +1425,66 @@ fn standby_floor_default() {
     wait_for("the default floor of standbys ready", secs(120.0), || {
         standby_pool_is(d, want, want)
     });
-    assert_eq!(d.info_field("StandbyVMs"), text);
+    // What they cost, as measured: "3 of 3 ready, 180 MiB".
+    let (count, cost) = d
+        .info_field("StandbyVMs")
+        .split_once(", ")
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap_or_default();
+    let (count_text, grows) = text.split_once(" (").map_or((text, ""), |(a, b)| (a, b));
+    assert_eq!(count, count_text);
+    let memory: u64 = d.info_field("StandbyVMsMemory").parse().unwrap();
+    assert!(
+        memory > 0 && cost.starts_with(&format!("{} MiB", memory >> 20)),
+        "{cost}"
+    );
+    assert!(
+        grows.is_empty() || cost.ends_with(&format!("({grows}")),
+        "{cost}"
+    );
+}
+
+/// `--standby-memory-max`: the pool stops growing short of the bound (the ready standbys'
+/// PSS, as measured), below the count it was asked for, and `hyper info` says so.
+fn standby_pool_within_its_memory_bound() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let dd = Daemon::start(
+        "sm",
+        DaemonOpts {
+            extra_args: [
+                "--standby-vms",
+                "3",
+                "--standby-vms-max",
+                "3",
+                "--standby-memory-max",
+                "64M",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env_remove: vec!["HYPERD_STANDBY_VMS", "HYPERD_STANDBY_VMS_MAX"],
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    wait_for("a standby ready", secs(180.0), || {
+        match d.info_field("StandbyVMsReady").as_str() {
+            "0" => Err(d.info_field("StandbyVMs")),
+            _ => Ok(()),
+        }
+    });
+    // Another launch, if the bound allowed one, would follow at once: give it the time a
+    // launch takes, then the pool must have stopped short of its target.
+    std::thread::sleep(secs(20.0));
+    // (A standby's PSS under TCG is well over a third of 64 MiB: its translation buffer.)
+    let ready: u64 = d.info_field("StandbyVMsReady").parse().unwrap();
+    assert!(ready < 3, "{}", d.info_field("StandbyVMs"));
+    assert!(
+        d.info_field("StandbyVMs").contains("of at most 64 MiB"),
+        "{}",
+        d.info_field("StandbyVMs")
+    );
 }
 
 /// Whether `d`'s pool has `ready` standbys (in `hyper info` and as directories) of `target`.

@@ -93,6 +93,11 @@ struct DaemonArgs {
     /// Default: as many as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
     #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
     standby_vms_max: Option<usize>,
+    /// The most host memory the ready standby VMs may take together, as measured (PSS of their
+    /// QEMUs and supervisors), e.g. 2G or 512M: the pool stops growing short of it. Default:
+    /// no bound but `--standby-vms-max`.
+    #[arg(long, env = "HYPERD_STANDBY_MEMORY_MAX", value_parser = parse_memory)]
+    standby_memory_max: Option<u64>,
     /// How long, in seconds, the standby pool stays sized for a burst of starts.
     #[arg(long, default_value_t = node::standby::DEFAULT_HOLD.as_secs(), env = "HYPERD_STANDBY_VMS_HOLD")]
     standby_vms_hold: u64,
@@ -185,6 +190,25 @@ struct DaemonArgs {
     cron_clock: cron_clock::ClockArgs,
     #[command(flatten)]
     node: fleet::NodeArgs,
+}
+
+/// A memory size: `2G`, `512M` or bytes, at least 64M (one standby).
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?}: give a size such as 2G or 512M, at least 64M");
+    let (n, unit) = match s.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        _ => (s, 1),
+    };
+    let bytes = n
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(bad)?;
+    if bytes < 64 << 20 {
+        return Err(bad());
+    }
+    Ok(bytes)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -396,6 +420,7 @@ fn standby_sizing(args: &DaemonArgs, accel: vm::Accel) -> node::standby::Sizing 
             .unwrap_or_else(|| node::standby::default_floor(accel == vm::Accel::Kvm, ceiling)),
         ceiling,
         hold: std::time::Duration::from_secs(args.standby_vms_hold),
+        memory_max: args.standby_memory_max,
     }
 }
 

@@ -9,9 +9,21 @@ pub fn memory_bytes() -> u64 {
 }
 
 fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    let kib: u64 = meminfo
+    kib_field(meminfo, "MemTotal:")
+}
+
+/// A process's proportional share of the memory it maps (`Pss` of `/proc/PID/smaps_rollup`)
+/// in bytes; `None` when it is gone.
+pub fn pss_bytes(pid: i32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    kib_field(&rollup, "Pss:")
+}
+
+/// The `NAME: N kB` line's N, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let kib: u64 = text
         .lines()
-        .find(|l| l.starts_with("MemTotal:"))?
+        .find(|l| l.starts_with(name))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -26,5 +38,12 @@ mod tests {
         let m = "MemFree:  10 kB\nMemTotal:       24683292 kB\n";
         assert_eq!(super::parse_mem_total(m), Some(24683292 * 1024));
         assert_eq!(super::parse_mem_total("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_pss() {
+        let pss = super::pss_bytes(std::process::id() as i32).unwrap();
+        assert!(pss > 0 && pss % 1024 == 0, "{pss}");
+        assert_eq!(super::pss_bytes(-1), None);
     }
 }

@@ -36,6 +36,8 @@ pub struct StandbyPool {
     floor: usize,
     /// The most the pool grows to for bursts.
     ceiling: usize,
+    /// The most memory the ready standbys may take (see [`Sizing::memory_max`]).
+    memory_max: Option<u64>,
     /// Starts that fit the pool, for its size.
     demand: Mutex<Demand>,
     /// How often the pool is brought to its target when no start asks.
@@ -66,6 +68,9 @@ pub struct Sizing {
     pub floor: usize,
     /// The most it grows to for a burst (`--standby-vms-max`).
     pub ceiling: usize,
+    /// The most host memory (PSS of the standbys' QEMUs and supervisors, as measured) the
+    /// ready standbys may take (`--standby-memory-max`); `None`: no bound but the ceiling.
+    pub memory_max: Option<u64>,
     /// How long it stays sized for a burst (`--standby-vms-hold`).
     pub hold: Duration,
 }
@@ -97,6 +102,7 @@ impl StandbyPool {
             spec,
             floor: sizing.floor,
             ceiling: sizing.ceiling.max(sizing.floor),
+            memory_max: sizing.memory_max,
             demand: Mutex::new(Demand::new(sizing.hold)),
             upkeep: UPKEEP.min(sizing.hold / 4).max(Duration::from_secs(1)),
             ready: Mutex::default(),
@@ -122,6 +128,39 @@ impl StandbyPool {
     /// The most standbys the pool grows to.
     pub fn ceiling(&self) -> usize {
         self.ceiling
+    }
+
+    /// What the ready standbys take of the host's memory now: the PSS of their processes
+    /// (QEMU and supervisor; pages shared with the template and each other are split).
+    pub fn memory(&self) -> u64 {
+        let ready: Vec<PathBuf> = self
+            .ready
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        ready
+            .iter()
+            .flat_map(|dir| crate::runtime::processes_in(dir))
+            .filter_map(crate::host::pss_bytes)
+            .sum()
+    }
+
+    /// The operator's bound on [`Self::memory`], if any.
+    pub fn memory_max(&self) -> Option<u64> {
+        self.memory_max
+    }
+
+    /// Whether one more standby fits the memory bound, reckoned at the average of the ready
+    /// ones (or [`STANDBY_FOOTPRINT`] before there is one).
+    fn has_memory_for_one_more(&self) -> bool {
+        let Some(max) = self.memory_max else {
+            return true;
+        };
+        let (used, n) = (self.memory(), self.ready_count() as u64);
+        let each = if n > 0 { used / n } else { STANDBY_FOOTPRINT };
+        used + each <= max
     }
 
     /// Marks a start in flight until the guard is dropped.
@@ -164,7 +203,10 @@ impl StandbyPool {
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            while pool.ready_count() < pool.target() && !pool.closed.load(Ordering::SeqCst) {
+            while pool.ready_count() < pool.target()
+                && !pool.closed.load(Ordering::SeqCst)
+                && pool.has_memory_for_one_more()
+            {
                 // Let starts in flight finish first, and the machine settle.
                 if pool.starting.load(Ordering::SeqCst) > 0
                     || pool.last_start.lock().expect("poisoned").elapsed() < QUIET

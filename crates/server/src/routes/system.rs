@@ -76,6 +76,12 @@ pub async fn info(
         .standby
         .as_ref()
         .map(|pool| (pool.ready_count(), pool.target(), pool.ceiling()));
+    // What the ready standbys cost the host, as measured, and the operator's bound on it.
+    let standby_memory = app
+        .runtime
+        .standby
+        .as_ref()
+        .map(|pool| (pool.memory(), pool.memory_max()));
     // VM templates: in use or not, how many are ready (a complete one has meta.json, written
     // last) and the age of the newest.
     let templates = match &cfg.template_dir {
@@ -145,13 +151,21 @@ pub async fn info(
         "StandbyVMs": standby.map_or_else(
             || "off".to_string(),
             |(ready, target, ceiling)| {
+                let (used, max) = standby_memory.unwrap_or_default();
+                let mib = |b: u64| b >> 20;
+                let memory = match max {
+                    Some(max) => format!("{} MiB of at most {} MiB", mib(used), mib(max)),
+                    None => format!("{} MiB", mib(used)),
+                };
                 if target < ceiling {
-                    format!("{ready} of {target} ready (grows to {ceiling} for bursts of starts)")
+                    format!("{ready} of {target} ready, {memory} (grows to {ceiling} for bursts of starts)")
                 } else {
-                    format!("{ready} of {target} ready")
+                    format!("{ready} of {target} ready, {memory}")
                 }
             },
         ),
+        "StandbyVMsMemory": standby_memory.map(|m| m.0),
+        "StandbyVMsMemoryMax": standby_memory.and_then(|m| m.1),
         "StandbyVMsReady": standby.map(|s| s.0),
         "StandbyVMsTarget": standby.map(|s| s.1),
         "Fleet": fleet,
