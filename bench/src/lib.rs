@@ -502,3 +502,30 @@ pub fn ensure_package(probe: &[&str], package: &str) -> anyhow::Result<()> {
     anyhow::ensure!(st.success(), "apt-get install {package} failed");
     Ok(())
 }
+
+/// An exited busybox container's record as hyperd stores it, for benches that fill a store;
+/// its node is left empty, so the hyperd that recovers it adopts it.
+pub fn exited_container(id: String, tenant: &str, name: String) -> node::model::Container {
+    use node::model::{Container, State, Status};
+    Container {
+        id,
+        tenant: tenant.into(),
+        name,
+        created: chrono::Utc::now(),
+        image: "busybox".into(),
+        image_id: "sha256:0".into(),
+        path: "true".into(),
+        args: vec![],
+        config: Default::default(),
+        host_config: Default::default(),
+        size: "s4".into(),
+        state: State {
+            status: Status::Exited,
+            ..State::default()
+        },
+        restart_count: 0,
+        endpoint: None,
+        mounts: Vec::new(),
+        node: String::new(),
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hmac::Mac;
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use node::model::{Container, State, Status};
+use node::model::Container;
 use store::{Op, Store, Txn};
 
 const SIGNATURE_ROUNDS: u32 = 20_000;
@@ -70,26 +70,7 @@ fn signatures() {
 
 fn record(tenant: &str, n: usize) -> Container {
     let id = format!("{:0>64}", format!("{n:x}{}", tenant.len()));
-    Container {
-        id,
-        tenant: tenant.into(),
-        name: format!("{tenant}-{n}"),
-        created: chrono::Utc::now(),
-        image: "busybox".into(),
-        image_id: "sha256:0".into(),
-        path: "true".into(),
-        args: vec![],
-        config: Default::default(),
-        host_config: Default::default(),
-        size: "s4".into(),
-        state: State {
-            status: Status::Exited,
-            ..State::default()
-        },
-        restart_count: 0,
-        endpoint: None,
-        mounts: Vec::new(),
-    }
+    bench::exited_container(id, tenant, format!("{tenant}-{n}"))
 }
 
 fn fill_store(path: &Path) -> anyhow::Result<()> {

@@ -62,6 +62,10 @@ struct Args {
     /// `rm -f`, for hyper (templates) and docker; 0 skips it.
     #[arg(long, default_value_t = 20)]
     parallel: usize,
+    /// Seconds over which the host CPU of the first burst's idle VMs (QEMU and supervisor) is
+    /// measured; 0 skips it.
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
 }
 
 /// Appended to the guest kernel command line in the breakdown pass: the kernel's own messages
@@ -1290,9 +1294,35 @@ struct Parallel {
     kinds: Vec<String>,
     /// hyper: per VM (QEMU Rss, QEMU Pss, shim Rss, shim Pss) in KiB.
     mem: Vec<(f64, f64, f64, f64)>,
+    /// hyper: per idle VM, the host CPU its QEMU and supervisor took, in % of one core.
+    idle_cpu: Vec<f64>,
 }
 
-fn hyper_parallel(env: &Env, n: usize) -> Result<Parallel> {
+/// CPU time (user + system) a process has taken, in clock ticks, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Per VM (its QEMU and supervisor pids), the share of one core they took over `secs`.
+fn idle_cpu(vms: &[Vec<u32>], secs: u64) -> Vec<f64> {
+    let ticks = |pids: &Vec<u32>| pids.iter().filter_map(|&p| cpu_ticks(p)).sum::<u64>();
+    let before: Vec<u64> = vms.iter().map(ticks).collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    vms.iter()
+        .zip(before)
+        .map(|(pids, b)| (ticks(pids).saturating_sub(b)) as f64 / hz / secs as f64 * 100.0)
+        .collect()
+}
+
+/// `idle_secs`: how long to measure the idle VMs' CPU (0: not).
+fn hyper_parallel(env: &Env, n: usize, idle_secs: u64) -> Result<Parallel> {
     let cmds = (0..n)
         .map(|_| {
             let mut c = env.hyper();
@@ -1307,6 +1337,7 @@ fn hyper_parallel(env: &Env, n: usize) -> Result<Parallel> {
         start,
         ..Default::default()
     };
+    let mut vm_pids = Vec::new();
     for id in &ids {
         let d = env.data.join("c").join(id.get(..12).unwrap_or(id));
         p.kinds.push(
@@ -1323,7 +1354,11 @@ fn hyper_parallel(env: &Env, n: usize) -> Result<Parallel> {
         if let Some((qr, qp)) = q.filter(|&q| is_qemu(q)).and_then(rollup) {
             let (sr, sp) = shim.and_then(rollup).unwrap_or((f64::NAN, f64::NAN));
             p.mem.push((qr, qp, sr, sp));
+            vm_pids.push(q.into_iter().chain(shim).collect::<Vec<u32>>());
         }
+    }
+    if idle_secs > 0 {
+        p.idle_cpu = idle_cpu(&vm_pids, idle_secs);
     }
     let cmds = ids
         .iter()
@@ -1557,7 +1592,7 @@ fn run(args: &Args) -> Result<()> {
     if args.parallel > 0 {
         progress(&format!("{} at once: hyper", args.parallel));
         pool_first = wait_standby_full(&env);
-        match hyper_parallel(&env, args.parallel) {
+        match hyper_parallel(&env, args.parallel, args.idle_secs) {
             Ok(p) => hyper_par = Some(p),
             Err(e) => {
                 par_note += &format!("hyper: {e:#}. ");
@@ -1568,7 +1603,7 @@ fn run(args: &Args) -> Result<()> {
         // ceiling to the burst's size).
         progress(", hyper again once its pool refilled");
         pool_again = wait_standby_full(&env);
-        match hyper_parallel(&env, args.parallel) {
+        match hyper_parallel(&env, args.parallel, 0) {
             Ok(p) => hyper_par_pool = Some(p),
             Err(e) => {
                 par_note += &format!("hyper, second burst: {e:#}. ");
@@ -1822,6 +1857,17 @@ fn run(args: &Args) -> Result<()> {
             let per: Vec<f64> = qp.iter().zip(&sp).map(|(a, b)| a + b).collect();
             mrow("QEMU + shim PSS", &per);
             println!("  aim: under 64 MiB per idle VM; PSS charges each VM its share of pages it shares (the template's RAM file, QEMU's code)");
+            if !p.idle_cpu.is_empty() {
+                let cpu = &p.idle_cpu;
+                println!(
+                    "host CPU per idle VM over {} s (QEMU + shim), % of a core: median {:.3}, min {:.3}, max {:.3}; aim at most 0.2 (median ÷ 0.2 = {:.2})",
+                    args.idle_secs,
+                    median(cpu).unwrap_or(f64::NAN),
+                    min(cpu).unwrap_or(f64::NAN),
+                    cpu.iter().copied().fold(f64::NAN, f64::max),
+                    median(cpu).unwrap_or(f64::NAN) / 0.2
+                );
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use node::model::{Container, State, Status};
+use node::model::Container;
 use store::etcd_server::EtcdServer;
 use store::{Compare, Op, Store, Txn};
 
@@ -113,26 +113,7 @@ fn store_rounds(s: &dyn Store) -> anyhow::Result<(f64, f64)> {
 }
 
 fn record(n: usize) -> Container {
-    Container {
-        id: format!("{n:0>64x}"),
-        tenant: "default".into(),
-        name: format!("c{n}"),
-        created: chrono::Utc::now(),
-        image: "busybox".into(),
-        image_id: "sha256:0".into(),
-        path: "true".into(),
-        args: vec![],
-        config: Default::default(),
-        host_config: Default::default(),
-        size: "s4".into(),
-        state: State {
-            status: Status::Exited,
-            ..State::default()
-        },
-        restart_count: 0,
-        endpoint: None,
-        mounts: Vec::new(),
-    }
+    bench::exited_container(format!("{n:0>64x}"), "default", format!("c{n}"))
 }
 
 /// The tenant's containers, as hyperd stores them; 50 a transaction (etcd's default limit is

@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn this_process_has_a_pss() {
         let pss = super::pss_bytes(std::process::id() as i32).unwrap();
-        assert!(pss > 0 && pss % 1024 == 0, "{pss}");
+        assert!(pss > 0 && pss.is_multiple_of(1024), "{pss}");
         assert_eq!(super::pss_bytes(-1), None);
     }
 }

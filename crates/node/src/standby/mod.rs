@@ -159,7 +159,7 @@ impl StandbyPool {
             return true;
         };
         let (used, n) = (self.memory(), self.ready_count() as u64);
-        let each = if n > 0 { used / n } else { STANDBY_FOOTPRINT };
+        let each = used.checked_div(n).unwrap_or(STANDBY_FOOTPRINT);
         used + each <= max
     }
 
