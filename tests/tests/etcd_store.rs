@@ -139,8 +139,9 @@ fn own_etcd(namespace: &str) -> String {
     url
 }
 
-/// A node of a fleet on `url`, with a short lease and no templates (cold boots: no template
-/// build competing for the cores); with `address`, on the fleet's network.
+/// A node of a fleet on `url`, with a short lease (5 s, renewed every 1.7 s: margin for a
+/// loaded machine) and no templates (cold boots: no template build competing for the cores);
+/// with `address`, on the fleet's network.
 fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Daemon> {
     let mut extra_args: Vec<String> = [
         "--cluster",
@@ -148,7 +149,7 @@ fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Da
         "--node-name",
         name,
         "--node-lease",
-        "3",
+        "5",
         "--templates",
         "off",
     ]
@@ -333,7 +334,7 @@ fn nodes_join_the_fleet_under_a_lease() {
                     "--node-address",
                     address,
                     "--node-lease",
-                    "3",
+                    "5",
                     "--templates",
                     "off",
                 ]
@@ -428,7 +429,7 @@ fn nodes_join_the_fleet_under_a_lease() {
     n2.restart();
     assert_eq!(nodes(&n1), both);
 
-    // Killed, n2 stays up for the fleet until its lease (3 s) runs out.
+    // Killed, n2 stays up for the fleet until its lease (5 s) runs out.
     n2.kill9();
     wait_for("the killed node's lease to run out", secs(60.0), || {
         let now = nodes(&n1);
