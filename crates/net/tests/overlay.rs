@@ -54,6 +54,12 @@ fn busybox(netns: &Path, args: &[&str]) -> Result<String, net::NetError> {
 
 /// A ping of `size` payload bytes; the guest's MTU is the bridge's, so 1422 fills a 1450-byte
 /// IPv4 packet exactly (Linux sets DF on it: nothing on the way may fragment it).
+/// Whether `target` answers a ping within ten tries of a second: the first packet after a
+/// change may wait on the underlay's ARP (an entry that failed while a link was down, say).
+fn pings_soon(netns: &Path, target: Ipv4Addr) -> bool {
+    (0..10).any(|_| pings(netns, target))
+}
+
 fn pings_sized(netns: &Path, target: Ipv4Addr, size: usize) -> bool {
     let (target, size) = (target.to_string(), size.to_string());
     busybox(netns, &["ping", "-c", "1", "-W", "1", "-s", &size, &target]).is_ok()
@@ -143,7 +149,7 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
     ];
 
     // Across nodes as on one bridge, full-size frames included.
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
     assert!(
         pings_sized(&g_a1, b1.ip, 1422),
         "a 1450-byte packet crosses whole"
@@ -162,7 +168,7 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
     // b1's groups, enforced on its node for a peer on another: a3 and port 81 stay out.
     assert!(connect(&g_a3, b1.ip, 80).is_none());
     assert!(connect(&g_a1, b1.ip, 81).is_none());
-    assert!(pings(&g_a3, b1.ip));
+    assert!(pings_soon(&g_a3, b1.ip));
 
     // ARP for a remote endpoint is answered on this node: with node B cut off the underlay,
     // a1 still learns b1's MAC, and x (tenant two) learns y's for the same address.
@@ -173,7 +179,7 @@ fn a_network_across_nodes_works_as_on_one_node_and_stays_its_tenants() {
     assert_eq!(arping(&g_a1, "172.16.0.99".parse().unwrap()), None);
     assert!(!pings(&g_a1, b1.ip), "b1's node is cut off");
     ip(&b.netns, &["link", "set", "ul0", "up"]);
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
 
     // Tenant two has its own network on its own VNI: the same address is y there, b1 is not.
     assert_eq!(
@@ -220,7 +226,7 @@ fn forged_frames_from_the_underlay_are_dropped() {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     // a1 has spoken: its node's bridge knows its MAC behind its tap.
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
 
     // Packets a forger on the underlay sends to node A, here from node B's address.
     let gateway_mac = [0x0a, 0x48, 172, 16, 0, 1];
@@ -298,7 +304,7 @@ fn forged_frames_from_the_underlay_are_dropped() {
         .collect();
     assert_eq!(a1_entries.len(), 1, "{fdb}");
     assert!(a1_entries[0].contains("dev tap000000000001"), "{fdb}");
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
     fleet.on_node(A, || destroy_netns(&one_a).unwrap());
     fleet.on_node(B, || destroy_netns(&one_b).unwrap());
 }
@@ -352,7 +358,7 @@ fn nothing_floods_and_arp_stays_home() {
     );
 
     // What is for b1 goes to node B, and only there (the counters do count).
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
     assert!(fleet.vxlan_packets_to(B) > before.0);
     assert_eq!(fleet.vxlan_packets_to(C), 0);
     fleet.on_node(A, || destroy_netns(&one_a).unwrap());
@@ -477,7 +483,7 @@ fn reapplying_changes_nothing_drift_is_repaired_and_removal_leaves_nothing() {
     fleet.on_node(A, || apply_overlays(&one_a, &[ov_a.clone()]).unwrap());
     let repaired = fleet.on_node(A, || installed_overlays(&one_a).unwrap().unwrap());
     assert_eq!(drift::overlays(&one_a, &[ov_a.clone()], &repaired), []);
-    assert!(pings(&g_a1, b1.ip));
+    assert!(pings_soon(&g_a1, b1.ip));
 
     // b1 leaves the network: its entries go, and so does the way to it.
     ov_a.remotes.clear();
