@@ -195,16 +195,7 @@ struct DaemonArgs {
 /// A memory size: `2G`, `512M` or bytes, at least 64M (one standby).
 fn parse_memory(s: &str) -> Result<u64, String> {
     let bad = || format!("{s:?}: give a size such as 2G or 512M, at least 64M");
-    let (n, unit) = match s.char_indices().last() {
-        Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        _ => (s, 1),
-    };
-    let bytes = n
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(bad)?;
+    let bytes = node::parse_size(s).ok_or_else(bad)?;
     if bytes < 64 << 20 {
         return Err(bad());
     }

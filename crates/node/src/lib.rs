@@ -26,8 +26,8 @@ pub mod validate;
 pub mod volumes;
 
 pub use runtime::{
-    Archive, ArchiveOp, ArchiveRequest, CommitRequest, DiskReserve, ExecConfig, ExecInfo,
-    InitAnswer, PathStat, Runtime, RuntimeConfig, StorageUsage, WaitCondition,
+    parse_size, Archive, ArchiveOp, ArchiveRequest, CommitRequest, DiskReserve, ExecConfig,
+    ExecInfo, InitAnswer, PathStat, Runtime, RuntimeConfig, StorageUsage, WaitCondition,
 };
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.

@@ -43,7 +43,7 @@ mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 pub use commit::CommitRequest;
 mod storage;
-pub use storage::{DiskReserve, StorageUsage};
+pub use storage::{parse_size, DiskReserve, StorageUsage};
 mod volume_init;
 mod volume_ops;
 

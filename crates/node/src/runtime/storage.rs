@@ -50,14 +50,19 @@ impl std::str::FromStr for DiskReserve {
                 Err(bad())
             };
         }
-        let (n, unit) = match s.char_indices().last() {
-            Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
-            Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-            _ => (s, 1),
-        };
-        let n: u64 = n.parse().map_err(|_| bad())?;
-        n.checked_mul(unit).map(DiskReserve::Bytes).ok_or_else(bad)
+        parse_size(s).map(DiskReserve::Bytes).ok_or_else(bad)
     }
+}
+
+/// An operator's size: `2G`, `512M` (either case) or bytes; `None` when it is none of them or
+/// does not fit in a u64.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (n, unit) = match s.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        _ => (s, 1),
+    };
+    n.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 impl DiskReserve {
