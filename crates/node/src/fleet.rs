@@ -91,6 +91,12 @@ pub struct NodeStatus {
     pub state: NodeState,
 }
 
+/// Whether `node` runs what a record carrying `owner` describes (a container, a service, a
+/// cron): its own, or one from before the fleet (no owner), which any node takes.
+pub fn runs_here(owner: &str, node: &str) -> bool {
+    owner.is_empty() || owner == node
+}
+
 /// Checks a node name: DNS-label-like, as host names are.
 pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()

@@ -172,7 +172,7 @@ impl Scheduler {
 
     /// Whether this node's scheduler fires the cron (another node's fires its own).
     fn is_local(&self, cron: &CronRecord) -> bool {
-        cron.node.is_empty() || cron.node == self.rt.config().node_name
+        crate::fleet::runs_here(&cron.node, &self.rt.config().node_name)
     }
 
     /// Whether the run under `key` is of a cron this node fires (a run whose cron is gone is

@@ -587,7 +587,7 @@ impl Networks {
 
     /// Whether this node runs the container (and so holds its tap, FIP and published ports).
     fn is_local(&self, c: &Container) -> bool {
-        c.node == self.cfg.node_name || c.node.is_empty()
+        crate::fleet::runs_here(&c.node, &self.cfg.node_name)
     }
 
     /// The tenant's containers on every node (names, links and security groups span nodes).

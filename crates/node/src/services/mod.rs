@@ -333,7 +333,7 @@ pub async fn reconcile_forever(rt: Arc<Runtime>) {
             // Another node's reconciler keeps its own services.
             for r in services
                 .into_iter()
-                .filter(|r| r.node.is_empty() || r.node == *node)
+                .filter(|r| crate::fleet::runs_here(&r.node, node))
             {
                 if let Err(e) = reconcile_once(&rt, r).await {
                     tracing::warn!("reconciling a service of {tenant}: {e}");
