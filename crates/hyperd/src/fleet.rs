@@ -15,7 +15,7 @@ pub struct NodeArgs {
     #[arg(long = "node-name", env = "HYPERD_NODE_NAME")]
     name: Option<String>,
     /// The IPv4 address other nodes reach this one at (the fleet's network).
-    #[arg(long = "node-address", env = "HYPERD_NODE_ADDRESS")]
+    #[arg(long = "node-address", env = "HYPERD_NODE_ADDRESS", value_parser = parse_node_address)]
     address: Option<Ipv4Addr>,
     /// Seconds this node stays up for the fleet without renewing its lease: past it, the node
     /// is down.
@@ -26,6 +26,20 @@ pub struct NodeArgs {
         env = "HYPERD_NODE_LEASE"
     )]
     lease_secs: u64,
+}
+
+/// An address other nodes can send to: not 0.0.0.0, loopback, multicast or broadcast (the
+/// overlay would refuse it at every sync; refused here, at start).
+fn parse_node_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?}: give this node's IPv4 address on the fleet's network"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!(
+            "{ip}: other nodes cannot reach this node there; give its address on the fleet's network"
+        ));
+    }
+    Ok(ip)
 }
 
 impl NodeArgs {
@@ -226,6 +240,24 @@ mod tests {
         let e = node_name(Some("n2"), dir.path()).unwrap_err().to_string();
         assert!(e.contains("this data root is node n1"), "{e}");
         assert!(node_name(Some("Bad Name"), tempfile::tempdir().unwrap().path()).is_err());
+    }
+
+    #[test]
+    fn a_node_address_is_one_other_nodes_can_reach() {
+        assert_eq!(
+            parse_node_address("10.0.0.11"),
+            Ok(Ipv4Addr::new(10, 0, 0, 11))
+        );
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "node1",
+            "",
+        ] {
+            assert!(parse_node_address(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
