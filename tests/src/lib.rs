@@ -1036,6 +1036,31 @@ fn reap_stale_roots() {
         eprintln!("e2e: removed a stale data root {}", e.path().display());
         let _ = std::fs::remove_dir_all(e.path());
     }
+    reap_stale_namespaces();
+}
+
+/// Network namespaces an earlier test process made (`Netns::new` names them `hy-TAG-PID`) and
+/// could not delete because it was killed: deleted when that process is gone.
+fn reap_stale_namespaces() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("hy-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        eprintln!("e2e: removed a stale network namespace {name}");
+        Netns { name }.delete();
+    }
 }
 
 /// An ext4 file system of `mib` MiB mounted on `at` (made here), from a sparse image beside
