@@ -441,6 +441,9 @@ pub struct DaemonOpts {
     /// The data root on an ext4 file system of this many MiB of its own (a loop-mounted image,
     /// unmounted and removed at teardown), to fill it up.
     pub data_fs_mib: Option<u64>,
+    /// Another node's data root whose fleet secrets (the sealing key and the TLS CA) this one
+    /// starts with, as an operator copies them to each node of a fleet.
+    pub secrets_from: Option<PathBuf>,
 }
 
 /// A hyperd this test binary started, on its own data root, listening on a unix socket and a
@@ -502,6 +505,12 @@ impl Daemon {
             std::os::unix::fs::symlink(kdir.join(f).canonicalize().unwrap(), k.join(f)).unwrap();
         }
         std::fs::write(data.join("owner.pid"), std::process::id().to_string()).unwrap();
+        if let Some(from) = &opts.secrets_from {
+            std::fs::create_dir_all(data.join("tls")).unwrap();
+            for f in ["seal.key", "tls/ca.pem", "tls/ca-key.pem"] {
+                std::fs::copy(from.join(f), data.join(f)).unwrap();
+            }
+        }
         let node_tag = data
             .file_name()
             .unwrap()
@@ -582,13 +591,16 @@ impl Daemon {
             &format!("hyperd on {} to answer", self.data.display()),
             secs(60.0),
             || {
-                if let Some(c) = self.child.lock().unwrap().as_mut() {
-                    if let Ok(Some(st)) = c.try_wait() {
-                        panic!(
-                            "hyperd exited ({st}) while starting:\n{}",
-                            self.log_tail(40)
-                        );
-                    }
+                // The lock is let go before a panic: teardown takes it again.
+                let exited = match self.child.lock().unwrap().as_mut() {
+                    Some(c) => c.try_wait().ok().flatten(),
+                    None => None,
+                };
+                if let Some(st) = exited {
+                    panic!(
+                        "hyperd exited ({st}) while starting:\n{}",
+                        self.log_tail(40)
+                    );
                 }
                 let o = self.hyper(&["version"]).timeout(10.0).run();
                 if o.code == 0 {

@@ -141,8 +141,13 @@ fn own_etcd(namespace: &str) -> String {
 
 /// A node of a fleet on `url`, with a short lease (5 s, renewed every 1.7 s: margin for a
 /// loaded machine) and no templates (cold boots: no template build competing for the cores);
-/// with `address`, on the fleet's network.
-fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Daemon> {
+/// with `address`, on the fleet's network; with `first`, sharing that node's fleet secrets.
+fn fleet_node(
+    url: &str,
+    name: &str,
+    address: Option<&str>,
+    first: Option<&Daemon>,
+) -> std::sync::Arc<Daemon> {
     let mut extra_args: Vec<String> = [
         "--cluster",
         url,
@@ -162,6 +167,7 @@ fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Da
         name,
         DaemonOpts {
             extra_args,
+            secrets_from: first.map(|d| d.data.clone()),
             ..Default::default()
         },
     )
@@ -173,11 +179,12 @@ fn fleet_node(url: &str, name: &str, address: Option<&str>) -> std::sync::Arc<Da
 /// it is back; removed, a container is no longer reached.
 fn a_tenant_network_spans_nodes() {
     let url = own_etcd("overlay");
-    let n1 = fleet_node(&url, "o1", Some("198.51.100.1"));
-    let n2 = fleet_node(&url, "o2", Some("198.51.100.2"));
+    let n1 = fleet_node(&url, "o1", Some("198.51.100.1"), None);
+    let n2 = fleet_node(&url, "o2", Some("198.51.100.2"), Some(&n1));
     Netns::datacenter_link(&n1.node, "198.51.100.1", &n2.node, "198.51.100.2");
     let run = |d: &Daemon, name: &str| {
-        d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
+        let script = format!("echo {name} starts; exec sleep 600");
+        d.hyper(&["run", "-d", "--name", name, "busybox", "sh", "-c", &script])
             .timeout(180.0)
             .run()
             .ok();
@@ -216,6 +223,70 @@ fn a_tenant_network_spans_nodes() {
         .run()
         .ok();
     assert!(o.stdout.contains(&ip_b), "{o}");
+
+    // One API: either node answers for both containers; what the other runs goes to it,
+    // hijacked streams (exec) included.
+    let ps = |d: &Daemon| {
+        let out = d.hyper(&["ps", "--format", "{{.Names}}"]).run().ok().out();
+        let mut names: Vec<String> = out.lines().map(String::from).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(ps(&n1), ["oa", "ob"]);
+    assert_eq!(ps(&n2), ["oa", "ob"]);
+    assert_eq!(n1.inspect("ob")["Id"], n2.inspect("ob")["Id"]);
+    let o = n1
+        .hyper(&["exec", "-i", "ob", "sh", "-c", "cat; hostname"])
+        .stdin(b"through o1\n")
+        .timeout(60.0)
+        .run()
+        .ok();
+    let hostname = n2.inspect("ob")["Config"]["Hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(o.out(), format!("through o1\n{hostname}"));
+    let o = n1.hyper(&["logs", "ob"]).timeout(60.0).run().ok();
+    assert_eq!(o.out(), "ob starts");
+    let o = n1
+        .hyper(&["exec", "ob", "sh", "-c", "exit 3"])
+        .timeout(60.0)
+        .run();
+    assert_eq!(
+        o.code, 3,
+        "an exec's exit code comes back through the other node: {o}"
+    );
+
+    // The fleet listener takes nothing but another node's signed requests.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    for (header, why) in [
+        (String::new(), "no node signature"),
+        (
+            format!("x-hyper-fleet: o1 {now} default 00ff"),
+            "does not verify",
+        ),
+    ] {
+        let mut args = vec![
+            "netns",
+            "exec",
+            &n1.node.name,
+            "curl",
+            "-sk",
+            "-w",
+            " %{http_code}",
+        ];
+        if !header.is_empty() {
+            args.extend(["-H", &header]);
+        }
+        args.push("https://198.51.100.2:2377/containers/json");
+        let o = Cmd::new("ip", &args).timeout(30.0).run().ok();
+        assert!(o.stdout.ends_with(" 401") && o.stdout.contains(why), "{o}");
+    }
+
     // n2's hyperd killed: its VM runs on, but once n2 is down for the fleet, n1 sends nothing
     // there; n2 back, the overlay is too.
     n2.kill9();
@@ -223,6 +294,11 @@ fn a_tenant_network_spans_nodes() {
         let o = reaches(&n1, "oa", &ip_b);
         (o.code != 0).then_some(()).ok_or(o.to_string())
     });
+    let o = n1.hyper(&["logs", "ob"]).timeout(60.0).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("node o2, which is down"),
+        "{o}"
+    );
     n2.restart();
     wait_for("the node back in the overlay", secs(60.0), || {
         let o = reaches(&n1, "oa", &ip_b);
@@ -240,11 +316,14 @@ fn a_tenant_network_spans_nodes() {
     n1.hyper(&["rm", "-f", "oa"]).timeout(60.0).run().ok();
 }
 
-/// adopts its own containers and leaves the other node's alone.
+/// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on
+/// every node, either node lists both containers, a request about the other's container says
+/// where it runs, and a node restarted adopts its own containers and leaves the other node's
+/// alone.
 fn nodes_share_a_namespace_each_running_its_own() {
     let url = own_etcd("shared");
-    let n1 = fleet_node(&url, "s1", None);
-    let n2 = fleet_node(&url, "s2", None);
+    let n1 = fleet_node(&url, "s1", None, None);
+    let n2 = fleet_node(&url, "s2", None, None);
     let run = |d: &Daemon, name: &str| {
         d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
             .timeout(180.0)
@@ -255,9 +334,17 @@ fn nodes_share_a_namespace_each_running_its_own() {
     // A name is the tenant's, whichever node was asked.
     let o = run(&n2, "ca");
     assert!(o.code != 0 && o.stderr.contains("already in use"), "{o}");
-    let ps = |d: &Daemon| d.hyper(&["ps", "-q", "--no-trunc"]).run().ok().out();
-    assert_eq!(ps(&n1), a);
-    assert_eq!(ps(&n2), b);
+    // Either node lists both: the fleet's containers are one list.
+    let ps = |d: &Daemon| {
+        let out = d.hyper(&["ps", "-q", "--no-trunc"]).run().ok().out();
+        let mut ids: Vec<String> = out.lines().map(String::from).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(ps(&n1), both);
+    assert_eq!(ps(&n2), both);
     let o = n1.hyper(&["logs", "cb"]).run();
     assert!(
         o.code != 0 && o.stderr.contains("runs on another node"),
@@ -274,7 +361,7 @@ fn nodes_share_a_namespace_each_running_its_own() {
 
     // n1 killed and started again: its container adopted, n2's untouched.
     n1.restart();
-    assert_eq!(ps(&n1), a);
+    assert_eq!(ps(&n1), both);
     let running = |d: &Daemon, name: &str| d.inspect(name)["State"]["Running"] == true;
     assert!(running(&n1, "ca") && running(&n2, "cb"));
     let o = n2

@@ -3,11 +3,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use node::fleet::{Availability, NodeRecord};
+use server::fleet_link::FleetLink;
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
@@ -26,6 +28,14 @@ pub struct NodeArgs {
         env = "HYPERD_NODE_LEASE"
     )]
     lease_secs: u64,
+    /// The port of this node's fleet listener on --node-address, where other nodes pass it
+    /// the requests for what it runs.
+    #[arg(
+        long = "node-port",
+        default_value_t = server::fleet_link::DEFAULT_PORT,
+        env = "HYPERD_NODE_PORT"
+    )]
+    port: u16,
 }
 
 /// An address other nodes can send to: not 0.0.0.0, loopback, multicast or broadcast (the
@@ -52,6 +62,43 @@ impl NodeArgs {
     }
 }
 
+/// This node's part of the one API of the fleet: the link other nodes' requests go through,
+/// and the listener on `--node-address` that takes theirs (`server::fleet_link`). `None` for
+/// a node off the fleet's network.
+pub fn link(
+    args: &NodeArgs,
+    name: &str,
+    accounts: &server::Accounts,
+    tls: Option<&server::tls::Authority>,
+    node_netns: Option<&Path>,
+    store: Arc<dyn store::Store>,
+) -> anyhow::Result<Option<(Arc<FleetLink>, server::Listener)>> {
+    let Some(address) = args.address else {
+        return Ok(None);
+    };
+    let Some(tls) = tls else {
+        anyhow::bail!(
+            "--node-address: nodes talk to each other over TLS; a fleet node cannot run with --insecure-http"
+        );
+    };
+    let link = Arc::new(FleetLink::new(
+        name.to_string(),
+        accounts.fleet_key(),
+        tls.node_client_config()?,
+        node_netns.map(Path::to_path_buf),
+        store,
+    ));
+    let port = args.port;
+    let socket = node::network::in_netns_of(node_netns, || listen_free(address, port))
+        .with_context(|| format!("listen for other nodes on {address}:{port} (--node-port)"))?;
+    let listener = server::Listener::Node(
+        tokio::net::TcpListener::from_std(socket)?,
+        tls.node_server_setup(address)?,
+        link.clone(),
+    );
+    Ok(Some((link, listener)))
+}
+
 /// This node as it registers: its name, address and what it can hold.
 pub fn node_record(
     args: &NodeArgs,
@@ -67,6 +114,7 @@ pub fn node_record(
         name,
         id: crate::setup::node_id(data_root)?,
         address: args.address,
+        api_port: args.address.map(|_| args.port),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
         memory_bytes,
         disk_free_bytes: disk.blocks_available() as u64 * disk.fragment_size() as u64,
@@ -81,6 +129,25 @@ pub fn node_record(
         started: now,
         availability: Availability::Active,
     })
+}
+
+/// A listening socket on `address:port` that may be bound before the address is up (a node
+/// may start before its network is).
+fn listen_free(address: Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{self as s, sockopt};
+    use std::os::fd::AsRawFd;
+    let fd = s::socket(
+        s::AddressFamily::Inet,
+        s::SockType::Stream,
+        s::SockFlag::SOCK_CLOEXEC | s::SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    s::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    s::setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    let at = std::net::SocketAddrV4::new(address, port);
+    s::bind(fd.as_raw_fd(), &s::SockaddrIn::from(at))?;
+    s::listen(&fd, s::Backlog::new(128)?)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// The data root's node name: kept in `DATA/node-name` from its first start (the host name

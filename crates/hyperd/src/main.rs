@@ -605,6 +605,14 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     let ca = tls.as_ref().map(|_| data_root.join("tls").join("ca.pem"));
     setup::default_tenant(&accounts, &hosts, args.client_config_dir.clone(), ca)?;
     // Functions: calls a restart cut short are recorded as failed, their VMs removed.
+    let fleet_link = fleet::link(
+        &args.node,
+        membership.name(),
+        &accounts,
+        tls.as_deref(),
+        args.node_netns.as_deref(),
+        store.clone(),
+    )?;
     let funcs = node::funcs::Funcs::new(runtime.clone());
     funcs
         .recover()
@@ -612,6 +620,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
         .context("recover function calls from the store")?;
     let state = server::AppState {
         funcs: funcs.clone(),
+        fleet: fleet_link.as_ref().map(|(link, _)| link.clone()),
         runtime,
         accounts,
         tls,
@@ -650,6 +659,15 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             sockets.push(path.clone());
         }
         tracing::info!("API listening on {addr}");
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            app.clone(),
+            guards.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some((_, listener)) = fleet_link {
+        tracing::info!("listening for other nodes of the fleet");
         servers.push(tokio::spawn(server::serve(
             listener,
             app.clone(),

@@ -50,6 +50,9 @@ pub struct NodeRecord {
     pub id: String,
     /// Where other nodes reach it (the fleet's network).
     pub address: Option<Ipv4Addr>,
+    /// The port of its fleet listener there, where other nodes pass it requests.
+    #[serde(default)]
+    pub api_port: Option<u16>,
     pub cpus: u64,
     pub memory_bytes: u64,
     /// Free bytes under its data root when it registered.
@@ -378,6 +381,7 @@ mod tests {
             name: name.into(),
             id: id.into(),
             address: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            api_port: None,
             cpus: 2,
             memory_bytes: 4 << 30,
             disk_free_bytes: 10 << 30,

@@ -350,6 +350,56 @@ impl Runtime {
         out
     }
 
+    /// The tenant's containers on every node of the fleet: this node's from memory, the
+    /// others' as their nodes last recorded them in the store.
+    pub fn list_fleet(&self, tenant: &str) -> Result<Vec<Container>> {
+        let mut out = self.list(tenant);
+        for kv in self.store.range(&container_key(tenant, ""))? {
+            let Ok(c) = serde_json::from_slice::<Container>(&kv.value) else {
+                continue;
+            };
+            if c.tenant == tenant && !crate::fleet::runs_here(&c.node, &self.cfg.node_name) {
+                out.push(c);
+            }
+        }
+        out.sort_by_key(|c| std::cmp::Reverse(c.created));
+        Ok(out)
+    }
+
+    /// The node that runs the tenant's container `reference` when it is another node (by
+    /// name, full id or unique id prefix); `None` when it runs here or is nobody's.
+    pub fn home_elsewhere(&self, tenant: &str, reference: &str) -> Result<Option<String>> {
+        match self.entry(tenant, reference) {
+            Err(RuntimeError::NotFound(_)) => {}
+            _ => return Ok(None),
+        }
+        let bare = reference.strip_prefix('/').unwrap_or(reference);
+        let records = match self.store.get(&name_key(tenant, bare))? {
+            Some(kv) => {
+                let id = String::from_utf8_lossy(&kv.value).to_string();
+                self.store
+                    .get(&container_key(tenant, &id))?
+                    .into_iter()
+                    .collect()
+            }
+            None if !bare.is_empty() && bare.chars().all(|c| c.is_ascii_hexdigit()) => {
+                self.store.range(&container_key(tenant, bare))?
+            }
+            None => Vec::new(),
+        };
+        let [kv] = records.as_slice() else {
+            return Ok(None);
+        };
+        let c: Container = serde_json::from_slice(&kv.value)
+            .map_err(|e| RuntimeError::Internal(format!("container record: {e}")))?;
+        Ok((!crate::fleet::runs_here(&c.node, &self.cfg.node_name)).then_some(c.node))
+    }
+
+    /// Whether this node holds the tenant's exec `id`.
+    pub fn has_exec(&self, tenant: &str, id: &str) -> bool {
+        self.exec_inspect(tenant, id).is_ok()
+    }
+
     pub fn image_in_use(&self, tenant: &str, image_id: &str) -> bool {
         self.list(tenant).iter().any(|c| c.image_id == image_id)
     }

@@ -65,6 +65,11 @@ impl Accounts {
         }
     }
 
+    /// The key nodes of one fleet sign the requests they pass each other with.
+    pub fn fleet_key(&self) -> ring::hmac::Key {
+        self.sealer.fleet_key()
+    }
+
     pub fn with_default_ttl(mut self, ttl: TimeDelta) -> Self {
         self.default_ttl = ttl;
         self

@@ -10,6 +10,7 @@ pub mod credentials;
 mod detach_keys;
 mod docker_json;
 pub mod error;
+pub mod fleet_link;
 pub mod limits;
 pub mod revocation;
 mod routes;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub limiter: Arc<limits::Limiter>,
     /// Serverless functions: their queues and calls in flight.
     pub funcs: Arc<node::funcs::Funcs>,
+    /// Other nodes of the fleet, which answer for what they run; `None` on one machine.
+    pub fleet: Option<Arc<fleet_link::FleetLink>>,
 }
 
 /// The function endpoint's unsigned paths (`routes::func_endpoint`): the function's UUID in
@@ -207,8 +210,13 @@ pub fn router(state: AppState) -> Router {
         "/volumes/upload/{session}/{volume}",
         post(volume_init::upload),
     );
-    // Layers run last added first: the tenant is known before its limits are checked.
+    // Layers run last added first: the tenant is known before its limits are checked, and
+    // both before a request goes to the node that runs what it is about.
     api.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        fleet_link::to_home_node,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
         state.limiter.clone(),
         limits::limit,
     ))

@@ -154,7 +154,8 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, mut req: Request, next: 
     let Some(TenantId(tenant)) = req.extensions().get::<TenantId>().cloned() else {
         return next.run(req).await;
     };
-    if peer == Peer::Unix {
+    // Unix: the operator's; Node: counted by the node the client talked to.
+    if peer != Peer::Tcp {
         return next.run(req).await;
     }
     let limits = limiter.limits;

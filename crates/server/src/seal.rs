@@ -10,6 +10,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 pub struct Sealer {
     key: LessSafeKey,
+    /// What nodes sign the requests they pass to each other with (`crate::fleet_link`):
+    /// derived from the sealing key, which every node of a fleet has.
+    fleet_key: ring::hmac::Key,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +60,19 @@ impl Sealer {
 
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes).ok()?;
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes),
+            b"hyper fleet requests v1",
+        );
         Some(Self {
             key: LessSafeKey::new(key),
+            fleet_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
         })
+    }
+
+    /// The key nodes of one fleet share for signing requests to each other.
+    pub fn fleet_key(&self) -> ring::hmac::Key {
+        self.fleet_key.clone()
     }
 
     /// hex(nonce || ciphertext || tag)

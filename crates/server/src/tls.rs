@@ -143,10 +143,47 @@ impl Authority {
 
     /// The server side: our certificate; client certificates are asked for but not required.
     pub fn server_setup(&self) -> anyhow::Result<TlsSetup> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> =
             pem_certs(&std::fs::read_to_string(self.dir.join("server.pem"))?)?;
         let key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("server-key.pem"))?)?;
+        self.setup_with(chain, &key)
+    }
+
+    /// The fleet listener's side (`crate::fleet_link`): a certificate for this node's address
+    /// on the fleet's network, made at each start by the CA every node of the fleet shares.
+    pub fn node_server_setup(&self, address: std::net::Ipv4Addr) -> anyhow::Result<TlsSetup> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(address.into()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hyperd node");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        self.setup_with(vec![cert.der().clone()], &key)
+    }
+
+    /// What a node trusts when it calls another: certificates of the fleet's CA.
+    pub fn node_client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone())?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn setup_with(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: &KeyPair,
+    ) -> anyhow::Result<TlsSetup> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_cert.der().clone())?;

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,11 +22,13 @@ use crate::error::ApiError;
 use crate::revocation::Admitted;
 
 /// How the request reached us. The unix socket is root-only, like docker.sock, and acts as the
-/// default tenant; TCP peers prove who they are with a signature.
+/// default tenant; TCP peers prove who they are with a signature; another node of the fleet
+/// passes on a tenant's request, signed with the fleet's key (`crate::fleet_link`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     Unix,
     Tcp,
+    Node,
 }
 
 /// The tenant a request acts for.
@@ -45,6 +48,12 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
     Tls(TcpListener, crate::tls::TlsSetup),
+    /// The fleet listener: other nodes only.
+    Node(
+        TcpListener,
+        crate::tls::TlsSetup,
+        Arc<crate::fleet_link::FleetLink>,
+    ),
 }
 
 impl Listener {
@@ -114,7 +123,11 @@ pub async fn serve(
         let app = app.clone();
         let guards = guards.clone();
         let tls = match &listener {
-            Listener::Tls(_, setup) => Some(setup.clone()),
+            Listener::Tls(_, setup) | Listener::Node(_, setup, _) => Some(setup.clone()),
+            _ => None,
+        };
+        let fleet = match &listener {
+            Listener::Node(_, _, link) => Some(link.clone()),
             _ => None,
         };
         tokio::spawn(async move {
@@ -148,7 +161,7 @@ pub async fn serve(
                 }
             };
             let (io, admitted): (Box<dyn Io>, _) = match peer {
-                Peer::Unix => (io, None),
+                Peer::Unix | Peer::Node => (io, None),
                 Peer::Tcp => {
                     let (io, admitted) = guards.guard(io);
                     (Box::new(io), Some(admitted))
@@ -158,8 +171,19 @@ pub async fn serve(
                 let app = app.clone();
                 let cert = cert.clone();
                 let admitted = admitted.clone();
+                let fleet = fleet.clone();
                 async move {
                     let mut req = req.map(Body::new);
+                    if let Some(link) = fleet {
+                        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        match link.verify(req.headers(), req.method(), target) {
+                            Ok(tenant) => req.extensions_mut().insert(TenantId(tenant)),
+                            Err(why) => {
+                                let refusal = ApiError::new(StatusCode::UNAUTHORIZED, why);
+                                return Ok(closing(refusal));
+                            }
+                        };
+                    }
                     let sent = req.uri().clone();
                     if let Some(stripped) = strip_version(&sent) {
                         *req.uri_mut() = stripped;
@@ -196,6 +220,11 @@ async fn accept(listener: &Listener) -> std::io::Result<(Box<dyn Io>, Peer)> {
             s.set_nodelay(true)?;
             (Box::new(s), Peer::Tcp)
         }
+        Listener::Node(l, _, _) => {
+            let (s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            (Box::new(s), Peer::Node)
+        }
     })
 }
 
@@ -208,6 +237,10 @@ pub async fn authenticate(State(accounts): State<Accounts>, req: Request, next: 
     if peer == Peer::Unix {
         let mut req = req;
         req.extensions_mut().insert(TenantId(DEFAULT_TENANT.into()));
+        return next.run(req).await;
+    }
+    // The fleet listener let it in on a node signature, which named the tenant.
+    if peer == Peer::Node && req.extensions().get::<TenantId>().is_some() {
         return next.run(req).await;
     }
     // The stock Docker CLI and docker-py cannot sign: a client certificate of our CA, or a

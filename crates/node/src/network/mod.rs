@@ -37,6 +37,18 @@ use crate::services::{ServiceRecord, SERVICE_LABEL};
 use crate::shim_link::NetworkSpec;
 use crate::{Result, RuntimeError};
 pub use peers::follow_other_nodes_forever;
+
+/// Runs `f` in the network namespace at `path` (`None`: the caller's), as sockets made for
+/// the node's network must be.
+pub fn in_netns_of<R: Send>(
+    path: Option<&std::path::Path>,
+    f: impl FnOnce() -> std::io::Result<R> + Send,
+) -> std::io::Result<R> {
+    match path {
+        None => f(),
+        Some(path) => net::in_netns(path, f).map_err(std::io::Error::other)?,
+    }
+}
 pub use reconcile::{reconcile_forever, DEFAULT_RECONCILE_INTERVAL};
 pub use records::{NetworkRecord, DEFAULT_NETWORK};
 

@@ -15,7 +15,7 @@ use crate::AppState;
 pub(crate) fn operator_only(peer: Peer) -> ApiResult<()> {
     match peer {
         Peer::Unix => Ok(()),
-        Peer::Tcp => Err(ApiError::new(StatusCode::NOT_FOUND, "page not found")),
+        Peer::Tcp | Peer::Node => Err(ApiError::new(StatusCode::NOT_FOUND, "page not found")),
     }
 }
 

@@ -173,7 +173,7 @@ pub async fn list(
     let limit = int(&q, "limit")?.filter(|l| *l > 0);
     let now = Utc::now();
     let mut out = Vec::new();
-    let containers = app.runtime.list(&tenant);
+    let containers = app.runtime.list_fleet(&tenant)?;
     let link_names = docker_json::link_names(&containers);
     for c in containers {
         if (!all && limit.is_none() && !c.is_running() && !filters.contains_key("status"))

@@ -33,7 +33,7 @@ use crate::AppState;
 pub(crate) fn reach(app: &AppState, peer: Peer) -> image::fetch::Reach {
     match peer {
         Peer::Unix => image::fetch::Reach::Operator,
-        Peer::Tcp => app.runtime.images.tenant_reach(),
+        Peer::Tcp | Peer::Node => app.runtime.images.tenant_reach(),
     }
 }
 
