@@ -21,6 +21,10 @@ fn main() {
             nodes_share_a_namespace_each_running_its_own,
         ),
         ("a_tenant_network_spans_nodes", a_tenant_network_spans_nodes),
+        (
+            "placement_fills_the_fleet_and_refuses_past_it",
+            placement_fills_the_fleet_and_refuses_past_it,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -141,12 +145,14 @@ fn own_etcd(namespace: &str) -> String {
 
 /// A node of a fleet on `url`, with a short lease (5 s, renewed every 1.7 s: margin for a
 /// loaded machine) and no templates (cold boots: no template build competing for the cores);
-/// with `address`, on the fleet's network; with `first`, sharing that node's fleet secrets.
+/// with `address`, on the fleet's network; with `first`, sharing that node's fleet secrets;
+/// `more` flags.
 fn fleet_node(
     url: &str,
     name: &str,
     address: Option<&str>,
     first: Option<&Daemon>,
+    more: &[&str],
 ) -> std::sync::Arc<Daemon> {
     let mut extra_args: Vec<String> = [
         "--cluster",
@@ -163,6 +169,7 @@ fn fleet_node(
     if let Some(a) = address {
         extra_args.extend(["--node-address".to_string(), a.to_string()]);
     }
+    extra_args.extend(more.iter().map(|s| s.to_string()));
     Daemon::start(
         name,
         DaemonOpts {
@@ -179,8 +186,8 @@ fn fleet_node(
 /// it is back; removed, a container is no longer reached.
 fn a_tenant_network_spans_nodes() {
     let url = own_etcd("overlay");
-    let n1 = fleet_node(&url, "o1", Some("198.51.100.1"), None);
-    let n2 = fleet_node(&url, "o2", Some("198.51.100.2"), Some(&n1));
+    let n1 = fleet_node(&url, "o1", Some("198.51.100.1"), None, &[]);
+    let n2 = fleet_node(&url, "o2", Some("198.51.100.2"), Some(&n1), &[]);
     Netns::datacenter_link(&n1.node, "198.51.100.1", &n2.node, "198.51.100.2");
     let run = |d: &Daemon, name: &str| {
         let script = format!("echo {name} starts; exec sleep 600");
@@ -316,14 +323,80 @@ fn a_tenant_network_spans_nodes() {
     n1.hyper(&["rm", "-f", "oa"]).timeout(60.0).run().ok();
 }
 
+/// Containers go where memory is free: two nodes that each hold two s1 containers take four
+/// created through one of them, two each; a fifth is refused with a clear error, and leaves
+/// nothing behind; room made on one node is used again.
+fn placement_fills_the_fleet_and_refuses_past_it() {
+    let url = own_etcd("placement");
+    // Two s1 VMs' memory (64 MiB and the kernel's 40 each).
+    let memory = ["--node-memory", "208M"];
+    let n1 = fleet_node(&url, "p1", Some("198.51.100.11"), None, &memory);
+    let n2 = fleet_node(&url, "p2", Some("198.51.100.12"), Some(&n1), &memory);
+    Netns::datacenter_link(&n1.node, "198.51.100.11", &n2.node, "198.51.100.12");
+    let run = |name: &str| {
+        n1.hyper(&[
+            "run", "-d", "--size", "s1", "--name", name, "busybox", "sleep", "600",
+        ])
+        .timeout(180.0)
+        .run()
+    };
+    let node_of = |name: &str| {
+        n1.inspect(name)["Node"]["Name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for name in ["w1", "w2", "w3", "w4"] {
+        run(name).ok();
+    }
+    let mut placed: Vec<String> = ["w1", "w2", "w3", "w4"].map(node_of).to_vec();
+    placed.sort();
+    assert_eq!(placed, ["p1", "p1", "p2", "p2"]);
+    let o = run("w5");
+    assert!(
+        o.code != 0 && o.stderr.contains("no room for a s1 container"),
+        "{o}"
+    );
+    let o = n1
+        .hyper(&[
+            "run", "-d", "--size", "m1", "--name", "big", "busybox", "true",
+        ])
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("no room for a m1 container"),
+        "{o}"
+    );
+    let all = n2
+        .hyper(&["ps", "-a", "--format", "{{.Names}}"])
+        .run()
+        .ok()
+        .out();
+    assert_eq!(
+        all.lines().count(),
+        4,
+        "nothing left of the refused ones: {all}"
+    );
+    // Room made on p2 (removed through p1) takes the next one there.
+    let on_p2 = ["w1", "w2", "w3", "w4"]
+        .into_iter()
+        .find(|n| node_of(n) == "p2")
+        .unwrap();
+    n1.hyper(&["rm", "-f", on_p2]).timeout(60.0).run().ok();
+    run("w5").ok();
+    assert_eq!(node_of("w5"), "p2");
+    for name in ["w1", "w2", "w3", "w4", "w5"] {
+        n1.hyper(&["rm", "-f", name]).timeout(60.0).run();
+    }
+}
+
 /// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on
 /// every node, either node lists both containers, a request about the other's container says
 /// where it runs, and a node restarted adopts its own containers and leaves the other node's
 /// alone.
 fn nodes_share_a_namespace_each_running_its_own() {
     let url = own_etcd("shared");
-    let n1 = fleet_node(&url, "s1", None, None);
-    let n2 = fleet_node(&url, "s2", None, None);
+    let n1 = fleet_node(&url, "s1", None, None, &[]);
+    let n2 = fleet_node(&url, "s2", None, None, &[]);
     let run = |d: &Daemon, name: &str| {
         d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"])
             .timeout(180.0)

@@ -36,6 +36,11 @@ pub struct NodeArgs {
         env = "HYPERD_NODE_PORT"
     )]
     port: u16,
+    /// Memory this node offers containers, e.g. 16G (default: all of the host's): the
+    /// containers placed here never book more (each its size's memory, from create until it
+    /// stops).
+    #[arg(long = "node-memory", env = "HYPERD_NODE_MEMORY", value_parser = crate::parse_memory)]
+    memory: Option<u64>,
 }
 
 /// An address other nodes can send to: not 0.0.0.0, loopback, multicast or broadcast (the
@@ -59,6 +64,11 @@ impl NodeArgs {
 
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.address
+    }
+
+    /// Memory the node's containers may book, in bytes.
+    pub fn memory(&self) -> u64 {
+        self.memory.unwrap_or_else(node::host::memory_bytes)
     }
 }
 
@@ -106,7 +116,7 @@ pub fn node_record(
     accel: vm::Accel,
 ) -> anyhow::Result<NodeRecord> {
     let name = node_name(args.name.as_deref(), data_root)?;
-    let memory_bytes = node::host::memory_bytes();
+    let memory_bytes = args.memory();
     let disk = nix::sys::statvfs::statvfs(data_root)
         .with_context(|| format!("free space under {}", data_root.display()))?;
     let now = chrono::Utc::now();
@@ -120,7 +130,7 @@ pub fn node_record(
         disk_free_bytes: disk.blocks_available() as u64 * disk.fragment_size() as u64,
         sizes: node::sizes::SIZES
             .iter()
-            .filter(|s| s.memory_mib << 20 <= memory_bytes)
+            .filter(|s| s.vm_memory_mib() << 20 <= memory_bytes)
             .map(|s| s.name.to_string())
             .collect(),
         accel: accel.as_str().to_string(),

@@ -545,6 +545,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             template_dir: template_dir.clone(),
             standby: standby_sizing(&args, host.accel),
             disk_reserve: args.disk_reserve,
+            memory_capacity: args.node.memory(),
             net: node::network::NetConfig {
                 node_name: membership.name().to_string(),
                 node_address: args.node.address(),

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod metering;
 pub mod model;
 pub mod network;
+pub mod placement;
 pub mod quota;
 mod runtime;
 pub mod services;
@@ -48,6 +49,9 @@ pub enum RuntimeError {
     /// 507: the node is short of disk space
     #[error("{0}")]
     NoSpace(String),
+    /// 503: the node (or the fleet) has no memory left for a container of that size
+    #[error("{0}")]
+    NoRoom(String),
     /// 501: asked for something hyper does not do (yet)
     #[error("{0}")]
     Unsupported(String),

@@ -74,6 +74,8 @@ pub struct RuntimeConfig {
     pub net: NetConfig,
     /// Free space kept on the data root (`storage`).
     pub disk_reserve: DiskReserve,
+    /// Memory this node's containers may book together (`crate::placement`), in bytes.
+    pub memory_capacity: u64,
     /// Where VMs get their CPU and memory limits (`None`: they run unconfined).
     pub cgroups: Option<crate::cgroups::Cgroups>,
 }
@@ -165,6 +167,20 @@ pub struct Runtime {
     pub volumes: Arc<Volumes>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     execs: Mutex<HashMap<String, ExecInfo>>,
+    /// Memory held by creates and starts in flight, on top of what containers book.
+    room: Arc<Mutex<u64>>,
+}
+
+/// Memory a create or start holds until its container books it (or it fails).
+struct RoomHold {
+    room: Arc<Mutex<u64>>,
+    bytes: u64,
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        *self.room.lock().expect("poisoned") -= self.bytes;
+    }
 }
 
 fn container_key(tenant: &str, id: &str) -> String {
@@ -210,6 +226,7 @@ impl Runtime {
             events: EventBus::new(1000),
             entries: Mutex::default(),
             execs: Mutex::default(),
+            room: Arc::default(),
         })
     }
 
@@ -404,6 +421,49 @@ impl Runtime {
         self.list(tenant).iter().any(|c| c.image_id == image_id)
     }
 
+    /// Holds the memory of a container of `size` (`except`: the one starting, whose own
+    /// booking does not count), or refuses: this node never books more than its capacity.
+    fn hold_room(&self, size: &str, except: Option<&str>) -> Result<RoomHold> {
+        let need = crate::placement::memory_of(size);
+        let mut held = self.room.lock().expect("poisoned");
+        let booked: u64 = self
+            .entries
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .map(|(_, e)| e.snapshot())
+            .filter(crate::placement::books_memory)
+            .map(|c| crate::placement::memory_of(&c.size))
+            .sum();
+        let capacity = self.cfg.memory_capacity;
+        if booked + *held + need > capacity {
+            return Err(RuntimeError::NoRoom(format!(
+                "no room on node {} for a {size} container ({} MiB of memory): its containers hold {} of its {} MiB; stop or remove some, or choose a smaller size",
+                self.cfg.node_name,
+                need >> 20,
+                (booked + *held) >> 20,
+                capacity >> 20
+            )));
+        }
+        *held += need;
+        Ok(RoomHold {
+            room: self.room.clone(),
+            bytes: need,
+        })
+    }
+
+    /// Memory booked on each node of the fleet, from the store's records of every tenant.
+    pub fn booked_by_node(&self) -> Result<HashMap<String, u64>> {
+        let records: Vec<Container> = self
+            .store
+            .range("/containers/")?
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        Ok(crate::placement::booked_by_node(&records))
+    }
+
     // ---- create ----
 
     pub async fn create(
@@ -433,6 +493,7 @@ impl Runtime {
             .cloned()
             .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_string());
         let tmpfs = crate::tmpfs::plan(&host_config, sizes::lookup(&size)?.vm_memory_mib())?;
+        let _room = self.hold_room(&size, None)?;
         crate::log_options::limits(&host_config.log_config, self.log_limits())?;
         if let Some(g) = host_config
             .group_add
@@ -670,6 +731,7 @@ impl Runtime {
                     c.name
                 )));
             }
+            let _room = self.hold_room(&c.size, Some(&c.id))?;
             self.reset_restart_policy(&entry)?;
             self.start_locked(&entry).await
         };

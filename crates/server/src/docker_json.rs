@@ -230,6 +230,10 @@ pub fn inspect(c: &Container) -> Value {
         inspect["HostConfig"][k] = v.clone();
     }
     inspect["HostConfig"]["GroupAdd"] = or_null(json!(c.host_config.group_add));
+    // The node that runs it, as Docker's classic Swarm showed it.
+    if !c.node.is_empty() {
+        inspect["Node"] = json!({"Name": c.node});
+    }
     inspect
 }
 

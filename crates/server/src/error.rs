@@ -36,6 +36,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             RuntimeError::Quota(_) => StatusCode::FORBIDDEN,
             RuntimeError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            RuntimeError::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::NotModified(_) => StatusCode::NOT_MODIFIED,
             RuntimeError::Image(img) if img.to_string().contains("No such image") => {
                 StatusCode::NOT_FOUND

@@ -182,6 +182,49 @@ impl FleetLink {
         Ok(resp.map(Body::new))
     }
 
+    /// Places a new container of `size` (the create request `target` with `body`) on the
+    /// node with the most memory free for it: `None` when that is this node (or when no other
+    /// node took it: this node's own check then has the last word), else that node's answer.
+    /// A node that has filled up meanwhile, or lacks the image, passes it on to the next.
+    pub async fn place_elsewhere(
+        &self,
+        runtime: &node::Runtime,
+        tenant: &str,
+        size: &str,
+        target: &str,
+        body: &bytes::Bytes,
+    ) -> Result<Option<Response>, ApiError> {
+        let nodes = node::fleet::list(self.store.as_ref())?;
+        let booked = runtime.booked_by_node()?;
+        let order = node::placement::order(&nodes, &booked, size, &self.node);
+        if order.is_empty() {
+            let why = node::placement::no_room(&nodes, &booked, size);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        for name in order {
+            if name == self.node {
+                return Ok(None);
+            }
+            let Some(node) = nodes.iter().find(|n| n.record.name == name) else {
+                continue;
+            };
+            let req = Request::post(target)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.clone()))
+                .expect("a valid request");
+            match self.send(&node.record, tenant, req).await {
+                Ok(resp)
+                    if matches!(
+                        resp.status(),
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND
+                    ) => {}
+                Ok(resp) => return Ok(Some(resp)),
+                Err(why) => tracing::warn!("placing a container on node {name}: {why}"),
+            }
+        }
+        Ok(None)
+    }
+
     /// The node holding the tenant's exec `id`, asked of every other node.
     async fn find_exec(&self, tenant: &str, id: &str) -> Option<NodeRecord> {
         for node in self.others() {

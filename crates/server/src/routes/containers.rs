@@ -17,7 +17,7 @@ use super::{flag, int, Params};
 use crate::docker_json;
 use crate::error::{ApiError, ApiResult};
 use crate::streams;
-use crate::transport::TenantId;
+use crate::transport::{Peer, TenantId};
 use crate::AppState;
 
 #[cfg(test)]
@@ -102,10 +102,30 @@ pub(crate) fn create_request(body: &[u8]) -> ApiResult<(ContainerConfig, HostCon
 pub async fn create(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
     Query(q): Query<Params>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let (config, host_config, aliases) = create_request(&body)?;
+    // In a fleet, the container goes where there is room (a node passing on a create has
+    // placed it here already). One with volumes stays with them, on the node asked.
+    let with_volumes = !host_config.binds.is_empty()
+        || !host_config.mounts.is_empty()
+        || !host_config.volumes_from.is_empty();
+    if let (Some(link), Peer::Tcp | Peer::Unix, false) = (&app.fleet, peer, with_volumes) {
+        let size = config
+            .labels
+            .get(node::sizes::SIZE_LABEL)
+            .map_or(node::sizes::DEFAULT_SIZE, String::as_str);
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(placed) = link
+            .place_elsewhere(&app.runtime, &tenant, size, target, &body)
+            .await?
+        {
+            return Ok(placed);
+        }
+    }
     let c = app
         .runtime
         .create(
@@ -119,7 +139,8 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(json!({"Id": c.id, "Warnings": []})),
-    ))
+    )
+        .into_response())
 }
 
 /// Docker's `filters` query: `{"status":["running"],"name":["web"],...}`.
