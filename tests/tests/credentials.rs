@@ -446,12 +446,22 @@ fn streams_end_with_their_credential() {
     admin(d, &["cert", "strt", "--out", certs.to_str().unwrap()]).ok();
     let printed = d.data.join("strt-events.out");
     let host = d.tcp_host();
+    // From before the volume is made: the event counts even if it comes before the stream
+    // is up.
+    let since = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1)
+    .to_string();
     let mut events = std::process::Command::new(docker_bin())
         .args([
             "--tlsverify",
             "-H",
             &host,
             "events",
+            "--since",
+            &since,
             "--format",
             "{{.Type}} {{.Action}}",
         ])
