@@ -230,6 +230,13 @@ fn a_tenant_network_spans_nodes() {
         .run()
         .ok();
     assert!(o.stdout.contains(&ip_b), "{o}");
+    // Tenants stay off the fleet's nodes: the node's guard drops what they send to another
+    // node's address (which the node's masquerade would otherwise carry there).
+    let o = n1
+        .hyper(&["exec", "oa", "ping", "-c", "1", "-W", "2", "198.51.100.2"])
+        .timeout(60.0)
+        .run();
+    assert_ne!(o.code, 0, "a container reached another node: {o}");
 
     // One API: either node answers for both containers; what the other runs goes to it,
     // hijacked streams (exec) included.

@@ -55,8 +55,8 @@ pub fn remove_node_rules() -> Result<(), NetError> {
 
 /// Installs (or puts back) the node's guard in the caller's netns (see [`crate::guard`]).
 /// Returns it as the kernel lists it.
-pub fn install_guard() -> Result<Tables, NetError> {
-    nft(None, "install the node's guard", &render_guard())?;
+pub fn install_guard(fleet: &[std::net::Ipv4Addr]) -> Result<Tables, NetError> {
+    nft(None, "install the node's guard", &render_guard(fleet))?;
     installed_tables(None, &[GUARD_TABLE])
 }
 

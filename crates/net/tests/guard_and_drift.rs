@@ -50,7 +50,7 @@ fn the_guard_alone_keeps_guests_off_the_node() {
         )],
     );
     sandbox.on_node(|| {
-        install_guard().unwrap();
+        install_guard(&[]).unwrap();
         ensure_netns(&t).unwrap();
         apply_tenant_rules(&t, &[]).unwrap();
         apply_node_rules(&sandbox.net, &[&t]).unwrap();

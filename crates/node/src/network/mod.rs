@@ -103,6 +103,8 @@ struct SyncState {
     node: Option<Applied>,
     /// The node's guard as installed (`None`: not yet).
     guard: Option<net::Tables>,
+    /// The fleet's node addresses the installed guard was rendered with.
+    guard_fleet: Vec<Ipv4Addr>,
     /// Per tenant: the overlays last applied to its namespace.
     overlays: HashMap<String, Vec<net::Overlay>>,
 }
@@ -597,6 +599,22 @@ impl Networks {
         Ok(overlays)
     }
 
+    /// The addresses of the fleet's nodes, this one's included, whether up or down (a node
+    /// coming back is let in at once); none off a fleet's network.
+    fn fleet_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let Some(own) = self.cfg.node_address else {
+            return Ok(Vec::new());
+        };
+        let mut addresses: Vec<Ipv4Addr> = crate::fleet::list(self.store())?
+            .into_iter()
+            .filter_map(|n| n.record.address)
+            .chain([own])
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
     /// Whether this node runs the container (and so holds its tap, FIP and published ports).
     fn is_local(&self, c: &Container) -> bool {
         crate::fleet::runs_here(&c.node, &self.cfg.node_name)
@@ -970,6 +988,7 @@ impl Networks {
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;
         self.in_node(|| {
+            self.follow_fleet_in_guard_locked(state)?;
             for t in &tenants {
                 if let Err(e) = self.sync_tenant_locked(t, &[], state, false) {
                     tracing::error!("rebuilding the network of tenant {t}: {e}");

@@ -7,6 +7,7 @@
 //! forgets the parts that drifted, then syncs every tenant whose state is not what the store
 //! says, which puts back what drifted and applies any change a failed sync left behind.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +41,19 @@ impl Networks {
     /// Installs the node's guard (`net::install_guard`): at hyperd's start, before any tenant
     /// link is built or rebuilt.
     pub fn install_guard(&self) -> Result<()> {
+        let fleet = self.fleet_addresses()?;
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;
-        self.in_node(|| install_guard_locked(state))
+        self.in_node(|| install_guard_locked(state, fleet))
+    }
+
+    /// The guard again when the fleet's node addresses changed since it was installed.
+    pub(super) fn follow_fleet_in_guard_locked(&self, state: &mut SyncState) -> Result<()> {
+        let fleet = self.fleet_addresses()?;
+        if state.guard_fleet != fleet {
+            install_guard_locked(state, fleet)?;
+        }
+        Ok(())
     }
 
     /// One pass of the reconciler: repairs what drifted from what was applied (logging each
@@ -62,8 +73,10 @@ impl Networks {
         };
         if !drifts.is_empty() {
             report("the node's guard", &drifts);
-            install_guard_locked(state)?;
+            let fleet = state.guard_fleet.clone();
+            install_guard_locked(state, fleet)?;
         }
+        self.follow_fleet_in_guard_locked(state)?;
         let models = self.transit_models()?;
         for (tenant, model) in &models {
             match tenant_drift(state, tenant, model, &node) {
@@ -103,9 +116,10 @@ impl Networks {
     }
 }
 
-fn install_guard_locked(state: &mut SyncState) -> Result<()> {
+fn install_guard_locked(state: &mut SyncState, fleet: Vec<Ipv4Addr>) -> Result<()> {
     state.guard = None;
-    state.guard = Some(net::install_guard().map_err(net_err)?);
+    state.guard = Some(net::install_guard(&fleet).map_err(net_err)?);
+    state.guard_fleet = fleet;
     Ok(())
 }
 
