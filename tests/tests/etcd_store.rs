@@ -383,14 +383,36 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
         4,
         "nothing left of the refused ones: {all}"
     );
-    // Room made on p2 (removed through p1) takes the next one there.
-    let on_p2 = ["w1", "w2", "w3", "w4"]
-        .into_iter()
-        .find(|n| node_of(n) == "p2")
-        .unwrap();
-    n1.hyper(&["rm", "-f", on_p2]).timeout(60.0).run().ok();
-    run("w5").ok();
+    // Room made on p2 (removed through p1) takes the next one there, of an image only p1
+    // had (committed there): p1 copies it to p2.
+    let on = |node: &str| {
+        ["w1", "w2", "w3", "w4"]
+            .into_iter()
+            .find(|n| node_of(n) == node)
+            .unwrap()
+    };
+    n1.hyper(&["exec", on("p1"), "sh", "-c", "echo made-on-p1 > /marker"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    n1.hyper(&["commit", on("p1"), "mine:v1"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    n1.hyper(&["rm", "-f", on("p2")]).timeout(60.0).run().ok();
+    n1.hyper(&[
+        "run", "-d", "--size", "s1", "--name", "w5", "mine:v1", "sleep", "600",
+    ])
+    .timeout(180.0)
+    .run()
+    .ok();
     assert_eq!(node_of("w5"), "p2");
+    let o = n1
+        .hyper(&["exec", "w5", "cat", "/marker"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "made-on-p1");
     for name in ["w1", "w2", "w3", "w4", "w5"] {
         n1.hyper(&["rm", "-f", name]).timeout(60.0).run();
     }

@@ -275,7 +275,12 @@ impl Images {
             }
         };
         let tenant_image = self.record(tenant, &id)?.ok_or_else(not_found)?;
-        let info = self.content.get(&id)?;
+        // In a fleet the tenant's tags are every node's, the content only where it was
+        // pulled, loaded or copied: elsewhere the image is not there.
+        let info = self.content.get(&id).map_err(|e| match e {
+            image::ImageError::NotFound(_) => not_found(),
+            e => e.into(),
+        })?;
         Ok(ImageView {
             tenant: tenant_image,
             info,

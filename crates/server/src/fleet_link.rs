@@ -188,14 +188,14 @@ impl FleetLink {
     /// A node that has filled up meanwhile, or lacks the image, passes it on to the next.
     pub async fn place_elsewhere(
         &self,
-        runtime: &node::Runtime,
+        app: &AppState,
         tenant: &str,
-        size: &str,
+        (size, image): (&str, &str),
         target: &str,
         body: &bytes::Bytes,
     ) -> Result<Option<Response>, ApiError> {
         let nodes = node::fleet::list(self.store.as_ref())?;
-        let booked = runtime.booked_by_node()?;
+        let booked = app.runtime.booked_by_node()?;
         let order = node::placement::order(&nodes, &booked, size, &self.node);
         if order.is_empty() {
             let why = node::placement::no_room(&nodes, &booked, size);
@@ -208,6 +208,7 @@ impl FleetLink {
             let Some(node) = nodes.iter().find(|n| n.record.name == name) else {
                 continue;
             };
+            self.bring_image(app, &node.record, tenant, image).await;
             let req = Request::post(target)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(body.clone()))
@@ -225,6 +226,50 @@ impl FleetLink {
         Ok(None)
     }
 
+    /// Copies the tenant's `image` to `record`'s node when it lacks it and this node has it
+    /// (this node's `docker save` of it into that node's `load`), so a container placed there
+    /// runs the same image. Failing that, the node's create says the image is missing and
+    /// placement moves on.
+    async fn bring_image(&self, app: &AppState, record: &NodeRecord, tenant: &str, image: &str) {
+        let path = format!("/images/{}/json", escape(image));
+        let probe = Request::get(path)
+            .body(Body::empty())
+            .expect("a valid request");
+        match self.send(record, tenant, probe).await {
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {}
+            _ => return,
+        }
+        if app.runtime.images.resolve(tenant, image).is_err() {
+            return;
+        }
+        let Ok(uri) = format!("/images/get?names={}", escape(image)).parse() else {
+            return;
+        };
+        let saved = match crate::routes::image_save::save_many(app, tenant, &uri).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!("saving {image} for node {}: {}", record.name, e.message);
+                return;
+            }
+        };
+        let load = Request::post("/images/load?quiet=1")
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(saved.into_body())
+            .expect("a valid request");
+        let loaded = match self.send(record, tenant, load).await {
+            // The load ends with its answer's body.
+            Ok(resp) => http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        match loaded {
+            Ok(()) => tracing::info!("copied image {image} of {tenant} to node {}", record.name),
+            Err(why) => tracing::warn!("copying image {image} to node {}: {why}", record.name),
+        }
+    }
+
     /// The node holding the tenant's exec `id`, asked of every other node.
     async fn find_exec(&self, tenant: &str, id: &str) -> Option<NodeRecord> {
         for node in self.others() {
@@ -239,6 +284,18 @@ impl FleetLink {
         }
         None
     }
+}
+
+/// `text` for a URL path segment or query value.
+fn escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn signed_text(from: &str, at: i64, tenant: &str, method: &Method, target: &str) -> String {

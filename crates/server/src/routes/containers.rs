@@ -120,7 +120,7 @@ pub async fn create(
             .map_or(node::sizes::DEFAULT_SIZE, String::as_str);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         if let Some(placed) = link
-            .place_elsewhere(&app.runtime, &tenant, size, target, &body)
+            .place_elsewhere(&app, &tenant, (size, &config.image), target, &body)
             .await?
         {
             return Ok(placed);
