@@ -527,5 +527,6 @@ pub fn exited_container(id: String, tenant: &str, name: String) -> node::model::
         endpoint: None,
         mounts: Vec::new(),
         node: String::new(),
+        lost: None,
     }
 }

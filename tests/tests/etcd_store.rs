@@ -25,6 +25,10 @@ fn main() {
             "placement_fills_the_fleet_and_refuses_past_it",
             placement_fills_the_fleet_and_refuses_past_it,
         ),
+        (
+            "a_lost_nodes_containers_stop_for_good",
+            a_lost_nodes_containers_stop_for_good,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -416,6 +420,87 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
     for name in ["w1", "w2", "w3", "w4", "w5"] {
         n1.hyper(&["rm", "-f", name]).timeout(60.0).run();
     }
+}
+
+/// A node frozen past its lease and `--node-lost-after` is declared lost: its running
+/// container is stopped for good in the store (any node shows why, and will not start it),
+/// its run billed no further; when the node resumes it stops its copy, which its restart
+/// policy does not bring back; then it is removed like any other.
+fn a_lost_nodes_containers_stop_for_good() {
+    let url = own_etcd("loss");
+    let lost_after = ["--node-lost-after", "3"];
+    let n1 = fleet_node(&url, "l1", Some("198.51.100.31"), None, &lost_after);
+    let n2 = fleet_node(&url, "l2", Some("198.51.100.32"), Some(&n1), &lost_after);
+    Netns::datacenter_link(&n1.node, "198.51.100.31", &n2.node, "198.51.100.32");
+    let id = n2
+        .hyper(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "--name",
+            "lx",
+            "busybox",
+            "sleep",
+            "600",
+        ])
+        .timeout(180.0)
+        .run()
+        .ok()
+        .out();
+    assert_eq!(n1.inspect("lx")["Node"]["Name"], "l2");
+    let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
+    assert!(!processes_mentioning(&copy).is_empty(), "the VM runs on l2");
+
+    // l2's hyperd frozen (its VM runs on): past its lease and 3 s more, l1 declares it lost.
+    let pid = n2.pid().unwrap() as i32;
+    // SAFETY: kill(2) of the hyperd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    struct Thaw(i32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            // SAFETY: as above; the hyperd must run again for the teardown.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let thaw = Thaw(pid);
+    // (Until then l1 passes requests on to l2, which does not answer.)
+    wait_for("l1 to declare l2 lost", secs(90.0), || {
+        let o = n1
+            .hyper(&["inspect", "-f", "{{.State.Status}} {{.State.Error}}", "lx"])
+            .timeout(30.0)
+            .run();
+        (o.out() == "exited node l2 was lost")
+            .then_some(())
+            .ok_or(o.to_string())
+    });
+    let o = n1
+        .hyper(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])
+        .run()
+        .ok();
+    assert!(o.stdout.contains("lx Exited (137)"), "{o}");
+    let o = n1.hyper(&["start", "lx"]).timeout(60.0).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("its node l2 was lost"),
+        "{o}"
+    );
+
+    // l2 resumes: it stops its copy for good.
+    drop(thaw);
+    wait_for("l2 to stop its lost copy", secs(60.0), || {
+        let left = processes_mentioning(&copy);
+        left.is_empty().then_some(()).ok_or(left.join("\n"))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        processes_mentioning(&copy).is_empty(),
+        "its restart policy brought it back"
+    );
+    let state = n2.inspect("lx")["State"].clone();
+    assert_eq!(state["Running"], false, "{state}");
+    n1.hyper(&["rm", "lx"]).timeout(60.0).run().ok();
+    let o = n2.hyper(&["ps", "-aq"]).run().ok();
+    assert_eq!(o.out(), "", "removed everywhere");
 }
 
 /// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on

@@ -41,6 +41,16 @@ pub struct NodeArgs {
     /// stops).
     #[arg(long = "node-memory", env = "HYPERD_NODE_MEMORY", value_parser = crate::parse_memory)]
     memory: Option<u64>,
+    /// Seconds a node of the fleet may be down before it is declared lost: its running
+    /// containers are then stopped for good (billed no further, removable through any node)
+    /// and stopped on it if it comes back.
+    #[arg(
+        long = "node-lost-after",
+        default_value_t = node::losses::DEFAULT_LOST_AFTER.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86400),
+        env = "HYPERD_NODE_LOST_AFTER"
+    )]
+    lost_after_secs: u64,
 }
 
 /// An address other nodes can send to: not 0.0.0.0, loopback, multicast or broadcast (the
@@ -64,6 +74,10 @@ impl NodeArgs {
 
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.address
+    }
+
+    pub fn lost_after(&self) -> Duration {
+        Duration::from_secs(self.lost_after_secs)
     }
 
     /// Memory the node's containers may book, in bytes.

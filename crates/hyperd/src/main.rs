@@ -585,6 +585,10 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     tokio::spawn(node::services::reconcile_forever(runtime.clone()));
     tokio::spawn(runtime.clone().reap_idle_networks_forever());
     tokio::spawn(node::network::follow_other_nodes_forever(runtime.clone()));
+    tokio::spawn(node::losses::follow_forever(
+        runtime.clone(),
+        args.node.lost_after(),
+    ));
 
     let tls = if args.insecure_http {
         if let Some(addr) = hosts

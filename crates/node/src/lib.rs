@@ -12,6 +12,7 @@ pub mod host;
 pub mod images;
 pub mod log_options;
 pub mod logs;
+pub mod losses;
 pub mod metering;
 pub mod model;
 pub mod network;

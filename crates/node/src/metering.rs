@@ -219,10 +219,31 @@ impl Meter {
 
     /// Closes the container's open segment (if any) at `end`.
     pub fn close_segment(&self, tenant: &str, container: &str, end: DateTime<Utc>) -> Result<()> {
+        self.close_where(tenant, container, end, |_| true)
+    }
+
+    /// Closes the container's open segments of `kind` (a lost node's run, not its disk).
+    pub fn close_segments_of_kind(
+        &self,
+        tenant: &str,
+        container: &str,
+        kind: Kind,
+        end: DateTime<Utc>,
+    ) -> Result<()> {
+        self.close_where(tenant, container, end, |seg| seg.kind == kind)
+    }
+
+    fn close_where(
+        &self,
+        tenant: &str,
+        container: &str,
+        end: DateTime<Utc>,
+        which: impl Fn(&Segment) -> bool,
+    ) -> Result<()> {
         for kv in self.store.range(&format!("/usage/{tenant}/{container}/"))? {
             let mut seg: Segment = serde_json::from_slice(&kv.value)
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?;
-            if seg.end.is_none() {
+            if seg.end.is_none() && which(&seg) {
                 seg.end = Some(end.max(seg.start));
                 self.store
                     .put(&kv.key, serde_json::to_vec(&seg).expect("json"))?;

@@ -256,6 +256,10 @@ pub struct Container {
     /// the first node to recover them adopts them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
+    /// When the fleet declared its node lost (`crate::losses`): it is stopped for good there,
+    /// whatever that node says when it comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<DateTime<Utc>>,
 }
 
 impl Container {

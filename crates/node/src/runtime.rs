@@ -36,6 +36,7 @@ mod exec_events;
 #[cfg(test)]
 mod fuzz;
 mod health;
+mod losses;
 mod network_ops;
 mod pause;
 mod precheck;
@@ -296,10 +297,18 @@ impl Runtime {
     }
 
     fn save(&self, c: &Container) -> Result<()> {
-        self.store.put(
-            &container_key(&c.tenant, &c.id),
-            serde_json::to_vec(c).expect("json"),
-        )?;
+        let key = container_key(&c.tenant, &c.id);
+        let value = serde_json::to_vec(c).expect("json");
+        if c.lost.is_some() {
+            // A lost container's record may have been removed through another node while
+            // this one was away: its copy's last writes must not bring it back.
+            let txn = Txn::new()
+                .when(Compare::Absent(key.clone()))
+                .otherwise(Op::Put(key, value));
+            self.store.txn(txn)?;
+        } else {
+            self.store.put(&key, value)?;
+        }
         Ok(())
     }
 
@@ -390,9 +399,9 @@ impl Runtime {
         Ok(out)
     }
 
-    /// The node that runs the tenant's container `reference` when it is another node (by
-    /// name, full id or unique id prefix); `None` when it runs here or is nobody's.
-    pub fn home_elsewhere(&self, tenant: &str, reference: &str) -> Result<Option<String>> {
+    /// The record of the tenant's container `reference` (by name, full id or unique id
+    /// prefix) when another node runs it; `None` when it runs here or is nobody's.
+    pub fn home_elsewhere(&self, tenant: &str, reference: &str) -> Result<Option<Container>> {
         match self.entry(tenant, reference) {
             Err(RuntimeError::NotFound(_)) => {}
             _ => return Ok(None),
@@ -416,7 +425,7 @@ impl Runtime {
         };
         let c: Container = serde_json::from_slice(&kv.value)
             .map_err(|e| RuntimeError::Internal(format!("container record: {e}")))?;
-        Ok((!crate::fleet::runs_here(&c.node, &self.cfg.node_name)).then_some(c.node))
+        Ok((!crate::fleet::runs_here(&c.node, &self.cfg.node_name)).then_some(c))
     }
 
     /// Whether this node holds the tenant's exec `id`.
@@ -566,6 +575,7 @@ impl Runtime {
             endpoint: None,
             mounts,
             node: self.cfg.node_name.clone(),
+            lost: None,
         };
         let recorded = self
             .networks

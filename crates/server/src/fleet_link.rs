@@ -126,9 +126,12 @@ impl FleetLink {
         })
         .map_err(|e| format!("connect to node {} at {addr}: {e}", record.name))?;
         let name = rustls::pki_types::ServerName::IpAddress(ip.into());
-        tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+        // A node whose hyperd is frozen still accepts connections (its kernel does): the
+        // handshake is where it shows.
+        let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp);
+        tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
+            .map_err(|_| format!("node {} at {addr} does not answer", record.name))?
             .map_err(|e| format!("TLS to node {} at {addr}: {e}", record.name))
     }
 
@@ -369,10 +372,13 @@ pub async fn to_home_node(State(app): State<AppState>, req: Request, next: Next)
     let Some(TenantId(tenant)) = req.extensions().get::<TenantId>().cloned() else {
         return next.run(req).await;
     };
+    let mut record = None;
     let home = match about(req.uri().path()) {
         Some(About::Container(reference)) => match app.runtime.home_elsewhere(&tenant, reference) {
-            Ok(Some(name)) => {
-                node::fleet::get(link.store.as_ref(), &name).map_err(|e| e.to_string())
+            Ok(Some(c)) => {
+                let home = node::fleet::get(link.store.as_ref(), &c.node);
+                record = Some(c);
+                home.map_err(|e| e.to_string())
             }
             _ => return next.run(req).await,
         },
@@ -389,6 +395,10 @@ pub async fn to_home_node(State(app): State<AppState>, req: Request, next: Next)
     };
     let node = match home {
         Ok(node) if node.state == NodeState::Ready => node,
+        Ok(_) if record.as_ref().is_some_and(|c| c.lost.is_some()) => {
+            let lost = record.expect("checked");
+            return answer_for_lost(&app, &tenant, &lost, &req);
+        }
         Ok(node) => {
             let message = format!(
                 "the container runs on node {}, which is down: try again when it is back",
@@ -403,6 +413,31 @@ pub async fn to_home_node(State(app): State<AppState>, req: Request, next: Next)
         Err(why) => {
             tracing::warn!("passing a request to node {}: {why}", node.record.name);
             ApiError::new(StatusCode::BAD_GATEWAY, why).into_response()
+        }
+    }
+}
+
+/// What a node answers for a container of a lost node that is still away: its inspect and
+/// its removal (both from its record); anything else waits for that node.
+fn answer_for_lost(
+    app: &AppState,
+    tenant: &str,
+    c: &node::model::Container,
+    req: &Request,
+) -> Response {
+    let action = req.uri().path().splitn(4, '/').nth(3);
+    match (req.method(), action) {
+        (&Method::GET, Some("json")) => axum::Json(crate::docker_json::inspect(c)).into_response(),
+        (&Method::DELETE, None) => match app.runtime.remove_lost(tenant, &c.id) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        },
+        _ => {
+            let message = format!(
+                "container {} is stopped: its node {} was lost ({}); inspect or remove it",
+                c.name, c.node, c.state.error
+            );
+            ApiError::new(StatusCode::CONFLICT, message).into_response()
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) fn next_delay(previous: Duration, ran: TimeDelta) -> Duration {
 /// Whether the policy brings the container back after the exit recorded in it.
 pub(super) fn wanted(c: &Container) -> bool {
     let p = &c.host_config.restart_policy;
-    if c.state.stopped_by_user || c.host_config.auto_remove {
+    if c.state.stopped_by_user || c.host_config.auto_remove || c.lost.is_some() {
         return false;
     }
     match p.name.as_str() {

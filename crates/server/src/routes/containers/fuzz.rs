@@ -199,6 +199,7 @@ fn container() -> Container {
         endpoint: None,
         mounts: vec![],
         node: String::new(),
+        lost: None,
     }
 }
 

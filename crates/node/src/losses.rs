@@ -1,0 +1,68 @@
+//! Node loss: a node down (its lease gone) for longer than `--node-lost-after` is declared
+//! lost by the first node up, by name, so that nodes do not race to: what ran there is stopped
+//! for good in the store and billed no further ([`Runtime::declare_lost`]). A node that comes
+//! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fleet::NodeState;
+use crate::Runtime;
+
+/// How long a node may be down before it is declared lost, unless told otherwise: long enough
+/// for a hyperd to restart without its containers being given up.
+pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(30);
+
+/// Declares lost nodes and stops this node's lost copies, every second, for as long as hyperd
+/// runs. Nothing to do for a node alone.
+pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
+    let me = rt.config().node_name.clone();
+    let mut down_since: HashMap<String, Instant> = HashMap::new();
+    let mut declared: HashSet<String> = HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(nodes) = crate::fleet::list(rt.store().as_ref()) else {
+            continue;
+        };
+        if nodes.iter().all(|n| n.record.name == me) {
+            continue;
+        }
+        if let Err(e) = rt.stop_lost_copies() {
+            tracing::warn!("stopping copies of lost containers: {e}");
+        }
+        for n in &nodes {
+            let name = n.record.name.clone();
+            if n.state == NodeState::Ready {
+                down_since.remove(&name);
+                declared.remove(&name);
+            } else {
+                down_since.entry(name).or_insert_with(Instant::now);
+            }
+        }
+        down_since.retain(|name, _| nodes.iter().any(|n| &n.record.name == name));
+        let declarer = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| n.record.name.as_str())
+            .min();
+        if declarer != Some(me.as_str()) {
+            continue;
+        }
+        for (name, since) in &down_since {
+            if since.elapsed() < lost_after || declared.contains(name) {
+                continue;
+            }
+            match rt.declare_lost(name) {
+                Ok(count) => {
+                    tracing::warn!(
+                        "node {name} is lost (down for {}s): {count} of its containers stopped for good",
+                        since.elapsed().as_secs()
+                    );
+                    declared.insert(name.clone());
+                }
+                Err(e) => tracing::warn!("declaring node {name} lost: {e}"),
+            }
+        }
+    }
+}

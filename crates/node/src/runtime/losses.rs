@@ -1,0 +1,120 @@
+//! A lost node's containers (`crate::losses` declares the loss): stopped for good in the
+//! store, billed no further, stopped on that node when it comes back, and removable through
+//! any node while it is away.
+
+use chrono::Utc;
+use store::{Compare, Op, Txn};
+
+use super::{container_key, kill_processes_in, Runtime};
+use crate::events::Event;
+use crate::metering::Kind;
+use crate::model::{Container, Status};
+use crate::{Result, RuntimeError};
+
+impl Runtime {
+    /// Marks what ran on `node` as stopped by its loss: each running container's record says
+    /// so (exited, 137, the reason), and its run is billed no further. Returns how many.
+    pub fn declare_lost(&self, node: &str) -> Result<usize> {
+        let now = Utc::now();
+        let mut declared = 0;
+        for kv in self.store.range("/containers/")? {
+            let Ok(mut c) = serde_json::from_slice::<Container>(&kv.value) else {
+                continue;
+            };
+            let active = matches!(c.state.status, Status::Running | Status::Restarting);
+            if c.node != node || c.lost.is_some() || !active {
+                continue;
+            }
+            c.lost = Some(now);
+            c.state.status = Status::Exited;
+            c.state.exit_code = 137;
+            c.state.error = format!("node {node} was lost");
+            c.state.finished_at = Some(now);
+            c.state.paused = false;
+            c.state.health = None;
+            // Only if its node has not written it since: a node that is back answers for it.
+            let txn = Txn::new()
+                .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                .then(Op::Put(
+                    kv.key.clone(),
+                    serde_json::to_vec(&c).expect("json"),
+                ));
+            if !self.store.txn(txn)?.succeeded {
+                continue;
+            }
+            self.meter
+                .close_segments_of_kind(&c.tenant, &c.id, Kind::Container, now)?;
+            self.events.emit(
+                &c.tenant,
+                Event::container(&c, "die", &[("reason", c.state.error.clone())]),
+            );
+            declared += 1;
+        }
+        Ok(declared)
+    }
+
+    /// Stops this node's copies of containers the fleet declared lost while this node was
+    /// away (frozen, or cut off): their records say so, and win.
+    pub fn stop_lost_copies(&self) -> Result<()> {
+        let entries: Vec<_> = self
+            .entries
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for entry in entries {
+            let mine = entry.snapshot();
+            if mine.lost.is_some() || !mine.is_running() {
+                continue;
+            }
+            let recorded = match self.store.get(&container_key(&mine.tenant, &mine.id))? {
+                Some(kv) => match serde_json::from_slice::<Container>(&kv.value) {
+                    Ok(c) if c.lost.is_some() => Some(c),
+                    _ => continue,
+                },
+                // Removed through another node once declared lost, while this one was away
+                // (a removal here takes the entry first).
+                None if mine.node == self.cfg.node_name => None,
+                None => continue,
+            };
+            tracing::warn!(
+                container = %mine.id,
+                "the fleet declared this node lost while it was away: stopping its copy"
+            );
+            // The record as the fleet left it, then the VM gone: the exit the monitor sees
+            // keeps the loss (and no restart policy brings it back); a removed one stays gone.
+            let gone = recorded.is_none();
+            *entry.record.lock().expect("poisoned") = recorded.unwrap_or_else(|| Container {
+                lost: Some(Utc::now()),
+                ..mine.clone()
+            });
+            kill_processes_in(&self.dir(&mine.id));
+            if gone {
+                self.entries.lock().expect("poisoned").remove(&mine.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the record of a lost container whose node is away (its disk goes with that
+    /// node): its name, address and place in the quota are free again.
+    pub fn remove_lost(&self, tenant: &str, id: &str) -> Result<()> {
+        let Some(kv) = self.store.get(&container_key(tenant, id))? else {
+            return Err(RuntimeError::NotFound(format!("No such container: {id}")));
+        };
+        let c: Container = serde_json::from_slice(&kv.value)
+            .map_err(|e| RuntimeError::Internal(format!("container record: {e}")))?;
+        if c.lost.is_none() {
+            return Err(RuntimeError::Conflict(format!(
+                "container {} runs on node {}, which is down: it can be removed once the fleet declares that node lost",
+                c.name, c.node
+            )));
+        }
+        let _ = self.networks.release_endpoint(&c);
+        self.release_records(&c)?;
+        self.events
+            .emit(tenant, Event::container(&c, "destroy", &[]));
+        Ok(())
+    }
+}
