@@ -451,6 +451,45 @@ fn a_lost_nodes_containers_stop_for_good() {
     assert_eq!(n1.inspect("lx")["Node"]["Name"], "l2");
     let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
     assert!(!processes_mentioning(&copy).is_empty(), "the VM runs on l2");
+    // A service kept by l2, with its replicas there.
+    let serve = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
+    n2.hyper(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--service-port",
+        "80",
+        "--protocol",
+        "http",
+        "--health-check-interval",
+        "1",
+        "--health-check-rise",
+        "1",
+        "busybox",
+        "sh",
+        "-c",
+        serve,
+    ])
+    .run()
+    .ok();
+    let running_replicas = |d: &Daemon| {
+        let v = d.hyper(&["service", "inspect", "web"]).run().ok().json()[0].clone();
+        let running = v["Containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["State"] == "running")
+            .count();
+        (v["Status"] == "running" && running == 2)
+            .then_some(())
+            .ok_or(v.to_string())
+    };
+    wait_for("web to run 2 replicas on l2", secs(180.0), || {
+        running_replicas(&n2)
+    });
 
     // l2's hyperd frozen (its VM runs on): past its lease and 3 s more, l1 declares it lost.
     let pid = n2.pid().unwrap() as i32;
@@ -484,6 +523,16 @@ fn a_lost_nodes_containers_stop_for_good() {
         o.code != 0 && o.stderr.contains("its node l2 was lost"),
         "{o}"
     );
+    // l1 took the service over: its replicas run there now, and it answers.
+    wait_for("web to run 2 replicas on l1", secs(180.0), || {
+        running_replicas(&n1)
+    });
+    let o = n1
+        .hyper(&["run", "--rm", "busybox", "wget", "-qO-", "http://web/"])
+        .timeout(180.0)
+        .run()
+        .ok();
+    assert!(!o.out().is_empty(), "{o}");
 
     // l2 resumes: it stops its copy for good.
     drop(thaw);
@@ -499,7 +548,7 @@ fn a_lost_nodes_containers_stop_for_good() {
     let state = n2.inspect("lx")["State"].clone();
     assert_eq!(state["Running"], false, "{state}");
     n1.hyper(&["rm", "lx"]).timeout(60.0).run().ok();
-    let o = n2.hyper(&["ps", "-aq"]).run().ok();
+    let o = n2.hyper(&["ps", "-aq", "--filter", "name=lx"]).run().ok();
     assert_eq!(o.out(), "", "removed everywhere");
 }
 

@@ -1,7 +1,9 @@
 //! Node loss: a node down (its lease gone) for longer than `--node-lost-after` is declared
 //! lost by the first node up, by name, so that nodes do not race to: what ran there is stopped
 //! for good in the store and billed no further ([`Runtime::declare_lost`]). A node that comes
-//! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]).
+//! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]). The
+//! declaring node takes over the lost node's services (`services::adopt_from`): their lost
+//! replicas go, and its reconciler starts new ones.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
         if nodes.iter().all(|n| n.record.name == me) {
             continue;
         }
-        if let Err(e) = rt.stop_lost_copies() {
+        if let Err(e) = rt.stop_lost_copies().await {
             tracing::warn!("stopping copies of lost containers: {e}");
         }
         for n in &nodes {
@@ -53,10 +55,13 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
             if since.elapsed() < lost_after || declared.contains(name) {
                 continue;
             }
-            match rt.declare_lost(name) {
-                Ok(count) => {
+            let declaring = rt
+                .declare_lost(name)
+                .and_then(|count| Ok((count, crate::services::adopt_from(&rt, name)?)));
+            match declaring {
+                Ok((count, services)) => {
                     tracing::warn!(
-                        "node {name} is lost (down for {}s): {count} of its containers stopped for good",
+                        "node {name} is lost (down for {}s): {count} of its containers stopped for good, {services} of its services taken over",
                         since.elapsed().as_secs()
                     );
                     declared.insert(name.clone());

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use store::{Compare, Op, Txn};
 
-use super::{container_key, kill_processes_in, Runtime};
+use super::{container_key, kill_processes_in, processes_in, Runtime};
 use crate::events::Event;
 use crate::metering::Kind;
 use crate::model::{Container, Status};
@@ -49,13 +49,17 @@ impl Runtime {
                 Event::container(&c, "die", &[("reason", c.state.error.clone())]),
             );
             declared += 1;
+            // A service's replica is replaced by whoever keeps the service now: it goes.
+            if c.config.labels.contains_key(crate::services::SERVICE_LABEL) {
+                self.remove_lost(&c.tenant, &c.id)?;
+            }
         }
         Ok(declared)
     }
 
     /// Stops this node's copies of containers the fleet declared lost while this node was
     /// away (frozen, or cut off): their records say so, and win.
-    pub fn stop_lost_copies(&self) -> Result<()> {
+    pub async fn stop_lost_copies(&self) -> Result<()> {
         let entries: Vec<_> = self
             .entries
             .lock()
@@ -89,9 +93,22 @@ impl Runtime {
                 lost: Some(Utc::now()),
                 ..mine.clone()
             });
-            kill_processes_in(&self.dir(&mine.id));
+            let dir = self.dir(&mine.id);
+            kill_processes_in(&dir);
             if gone {
+                // Nothing of it is left to keep: its entry, its limits, then its disk once
+                // its processes are gone.
                 self.entries.lock().expect("poisoned").remove(&mine.id);
+                self.release_cgroup(&mine).await;
+                for _ in 0..50 {
+                    if processes_in(&dir).is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("removing {}: {e}", dir.display());
+                }
             }
         }
         Ok(())
