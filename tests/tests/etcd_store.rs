@@ -253,6 +253,23 @@ fn a_tenant_network_spans_nodes() {
     assert_eq!(ps(&n1), ["oa", "ob"]);
     assert_eq!(ps(&n2), ["oa", "ob"]);
     assert_eq!(n1.inspect("ob")["Id"], n2.inspect("ob")["Id"]);
+    // Events are the fleet's: o1's stream has ob's start on o2.
+    let o = n1
+        .hyper(&[
+            "events",
+            "--since",
+            "10m",
+            "--until",
+            "0s",
+            "--filter",
+            "container=ob",
+            "--format",
+            "{{.Action}}",
+        ])
+        .timeout(60.0)
+        .run()
+        .ok();
+    assert!(o.stdout.lines().any(|l| l == "start"), "{o}");
     let o = n1
         .hyper(&["exec", "-i", "ob", "sh", "-c", "cat; hostname"])
         .stdin(b"through o1\n")

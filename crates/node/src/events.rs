@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::model::Container;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Actor {
     #[serde(rename = "ID")]
     pub id: String,
@@ -21,7 +21,7 @@ pub struct Actor {
 }
 
 /// Docker's event message (both the old `status/id/from` fields and the newer ones).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     #[serde(rename = "Type")]
     pub kind: String,

@@ -13,7 +13,7 @@ use node::events::Event;
 
 use super::{filter_values, time_param, Params};
 use crate::error::ApiResult;
-use crate::transport::TenantId;
+use crate::transport::{Peer, TenantId};
 use crate::AppState;
 
 /// Docker's event filters; every given key must match, any of its values.
@@ -61,8 +61,8 @@ impl Filters {
 /// receiver goes away.
 fn feed(
     app: &AppState,
-    tenant: String,
-    q: &Params,
+    (tenant, peer): (String, Peer),
+    (q, query): (&Params, Option<&str>),
 ) -> ApiResult<tokio::sync::mpsc::Receiver<Event>> {
     // Docker reads `since=0` as the epoch (replay all that is retained), not as "no since".
     let since = match q.get("since").map(String::as_str) {
@@ -73,6 +73,11 @@ fn feed(
     let filters = Filters::parse(q)?;
     let (kept, mut live) = app.runtime.events.subscribe(&tenant);
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    // In a fleet, the other nodes' events of the tenant too (a node passing on a stream
+    // answers with its own only).
+    if let (Some(link), Peer::Tcp | Peer::Unix) = (&app.fleet, peer) {
+        link.events_from_others(&tenant, query.unwrap_or(""), tx.clone());
+    }
     tokio::spawn(async move {
         let in_window = |e: &Event| {
             since.is_none_or(|s| e.time_nano >= s.timestamp_nanos_opt().unwrap_or(0))
@@ -117,9 +122,11 @@ fn feed(
 pub async fn events(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
     Query(q): Query<Params>,
 ) -> ApiResult<Response> {
-    let rx = feed(&app, tenant, &q)?;
+    let rx = feed(&app, (tenant, peer), (&q, uri.query()))?;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let e = rx.recv().await?;
         let line = Bytes::from(serde_json::to_string(&e).expect("json") + "\n");
@@ -138,11 +145,13 @@ pub async fn events(
 pub async fn events_ws(
     State(app): State<AppState>,
     Extension(TenantId(tenant)): Extension<TenantId>,
+    Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
     Query(q): Query<Params>,
     slot: Option<Extension<crate::limits::StreamSlot>>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let mut rx = feed(&app, tenant, &q)?;
+    let mut rx = feed(&app, (tenant, peer), (&q, uri.query()))?;
     Ok(ws.on_upgrade(move |mut socket| async move {
         // The tenant's stream slot, held while the socket is open.
         let _slot = slot;
