@@ -440,34 +440,42 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
 }
 
 /// A node frozen past its lease and `--node-lost-after` is declared lost: its running
-/// container is stopped for good in the store (any node shows why, and will not start it),
-/// its run billed no further; when the node resumes it stops its copy, which its restart
-/// policy does not bring back; then it is removed like any other.
+/// containers are stopped for good in the store (any node shows why, and will not start one),
+/// their runs billed no further; one with a restart policy starts again on the other node
+/// under its name, and the lost node's service is taken over there; when the node resumes it
+/// stops its copies, which their restart policies do not bring back.
 fn a_lost_nodes_containers_stop_for_good() {
     let url = own_etcd("loss");
-    let lost_after = ["--node-lost-after", "3"];
-    let n1 = fleet_node(&url, "l1", Some("198.51.100.31"), None, &lost_after);
-    let n2 = fleet_node(&url, "l2", Some("198.51.100.32"), Some(&n1), &lost_after);
+    // l1 offers less memory than l2: what is created goes to l2.
+    let n1 = fleet_node(
+        &url,
+        "l1",
+        Some("198.51.100.31"),
+        None,
+        &["--node-lost-after", "3", "--node-memory", "4G"],
+    );
+    let n2 = fleet_node(
+        &url,
+        "l2",
+        Some("198.51.100.32"),
+        Some(&n1),
+        &["--node-lost-after", "3"],
+    );
     Netns::datacenter_link(&n1.node, "198.51.100.31", &n2.node, "198.51.100.32");
-    let id = n2
-        .hyper(&[
-            "run",
-            "-d",
-            "--restart",
-            "always",
-            "--name",
-            "lx",
-            "busybox",
-            "sleep",
-            "600",
-        ])
-        .timeout(180.0)
-        .run()
-        .ok()
-        .out();
-    assert_eq!(n1.inspect("lx")["Node"]["Name"], "l2");
-    let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
-    assert!(!processes_mentioning(&copy).is_empty(), "the VM runs on l2");
+    let run = |more: &[&str]| {
+        let mut argv = vec!["run", "-d"];
+        argv.extend_from_slice(more);
+        argv.extend(["busybox", "sleep", "600"]);
+        n2.hyper(&argv).timeout(180.0).run().ok().out()
+    };
+    let copies = [
+        run(&["--name", "lx"]),
+        run(&["--name", "lr", "--restart", "always"]),
+    ]
+    .map(|id| format!("{}/c/{}", n2.data.display(), &id[..12]));
+    for name in ["lx", "lr"] {
+        assert_eq!(n1.inspect(name)["Node"]["Name"], "l2");
+    }
     // A service kept by l2, with its replicas there.
     let serve = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
     n2.hyper(&[
@@ -508,7 +516,7 @@ fn a_lost_nodes_containers_stop_for_good() {
         running_replicas(&n2)
     });
 
-    // l2's hyperd frozen (its VM runs on): past its lease and 3 s more, l1 declares it lost.
+    // l2's hyperd frozen (its VMs run on): past its lease and 3 s more, l1 declares it lost.
     let pid = n2.pid().unwrap() as i32;
     // SAFETY: kill(2) of the hyperd this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -521,12 +529,13 @@ fn a_lost_nodes_containers_stop_for_good() {
     }
     let thaw = Thaw(pid);
     // (Until then l1 passes requests on to l2, which does not answer.)
+    let status = "{{.State.Status}} {{.State.Error}} {{.Node.Name}}";
     wait_for("l1 to declare l2 lost", secs(90.0), || {
         let o = n1
-            .hyper(&["inspect", "-f", "{{.State.Status}} {{.State.Error}}", "lx"])
+            .hyper(&["inspect", "-f", status, "lx"])
             .timeout(30.0)
             .run();
-        (o.out() == "exited node l2 was lost")
+        (o.out() == "exited node l2 was lost l2")
             .then_some(())
             .ok_or(o.to_string())
     });
@@ -540,6 +549,16 @@ fn a_lost_nodes_containers_stop_for_good() {
         o.code != 0 && o.stderr.contains("its node l2 was lost"),
         "{o}"
     );
+    // lr's restart policy brings it back on l1, under its name.
+    wait_for("lr to run on l1", secs(180.0), || {
+        let o = n1
+            .hyper(&["inspect", "-f", status, "lr"])
+            .timeout(30.0)
+            .run();
+        (o.out() == "running  l1")
+            .then_some(())
+            .ok_or(o.to_string())
+    });
     // l1 took the service over: its replicas run there now, and it answers.
     wait_for("web to run 2 replicas on l1", secs(180.0), || {
         running_replicas(&n1)
@@ -551,19 +570,22 @@ fn a_lost_nodes_containers_stop_for_good() {
         .ok();
     assert!(!o.out().is_empty(), "{o}");
 
-    // l2 resumes: it stops its copy for good.
+    // l2 resumes: it stops its copies for good.
     drop(thaw);
-    wait_for("l2 to stop its lost copy", secs(60.0), || {
-        let left = processes_mentioning(&copy);
-        left.is_empty().then_some(()).ok_or(left.join("\n"))
-    });
+    for copy in &copies {
+        wait_for("l2 to stop its lost copies", secs(60.0), || {
+            let left = processes_mentioning(copy);
+            left.is_empty().then_some(()).ok_or(left.join("\n"))
+        });
+    }
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert!(
-        processes_mentioning(&copy).is_empty(),
-        "its restart policy brought it back"
-    );
-    let state = n2.inspect("lx")["State"].clone();
-    assert_eq!(state["Running"], false, "{state}");
+    for copy in &copies {
+        assert!(
+            processes_mentioning(copy).is_empty(),
+            "a restart policy brought {copy} back"
+        );
+    }
+    assert_eq!(n2.inspect("lx")["State"]["Running"], false);
     n1.hyper(&["rm", "lx"]).timeout(60.0).run().ok();
     let o = n2.hyper(&["ps", "-aq", "--filter", "name=lx"]).run().ok();
     assert_eq!(o.out(), "", "removed everywhere");

@@ -3,7 +3,8 @@
 //! for good in the store and billed no further ([`Runtime::declare_lost`]). A node that comes
 //! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]). The
 //! declaring node takes over the lost node's services (`services::adopt_from`): their lost
-//! replicas go, and its reconciler starts new ones.
+//! replicas go, and its reconciler starts new ones; and it starts again the lost containers
+//! whose restart policy asks for it ([`Runtime::start_lost_here`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,16 +58,30 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
             }
             let declaring = rt
                 .declare_lost(name)
-                .and_then(|count| Ok((count, crate::services::adopt_from(&rt, name)?)));
-            match declaring {
-                Ok((count, services)) => {
-                    tracing::warn!(
-                        "node {name} is lost (down for {}s): {count} of its containers stopped for good, {services} of its services taken over",
-                        since.elapsed().as_secs()
-                    );
-                    declared.insert(name.clone());
+                .and_then(|lost| Ok((lost, crate::services::adopt_from(&rt, name)?)));
+            let (lost, services) = match declaring {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!("declaring node {name} lost: {e}");
+                    continue;
                 }
-                Err(e) => tracing::warn!("declaring node {name} lost: {e}"),
+            };
+            tracing::warn!(
+                "node {name} is lost (down for {}s): {} of its containers stopped for good, {services} of its services taken over",
+                since.elapsed().as_secs(),
+                lost.len()
+            );
+            declared.insert(name.clone());
+            for c in &lost {
+                match rt.start_lost_here(c).await {
+                    Ok(Some(new)) => tracing::warn!(
+                        "container {} of lost node {name} started here by its restart policy, as {}",
+                        c.name,
+                        new.id
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("starting container {} of lost node {name} here: {e}", c.name),
+                }
             }
         }
     }

@@ -2,6 +2,8 @@
 //! store, billed no further, stopped on that node when it comes back, and removable through
 //! any node while it is away.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use store::{Compare, Op, Txn};
 
@@ -13,10 +15,10 @@ use crate::{Result, RuntimeError};
 
 impl Runtime {
     /// Marks what ran on `node` as stopped by its loss: each running container's record says
-    /// so (exited, 137, the reason), and its run is billed no further. Returns how many.
-    pub fn declare_lost(&self, node: &str) -> Result<usize> {
+    /// so (exited, 137, the reason), and its run is billed no further. Returns them.
+    pub fn declare_lost(&self, node: &str) -> Result<Vec<Container>> {
         let now = Utc::now();
-        let mut declared = 0;
+        let mut declared = Vec::new();
         for kv in self.store.range("/containers/")? {
             let Ok(mut c) = serde_json::from_slice::<Container>(&kv.value) else {
                 continue;
@@ -48,13 +50,58 @@ impl Runtime {
                 &c.tenant,
                 Event::container(&c, "die", &[("reason", c.state.error.clone())]),
             );
-            declared += 1;
             // A service's replica is replaced by whoever keeps the service now: it goes.
             if c.config.labels.contains_key(crate::services::SERVICE_LABEL) {
                 self.remove_lost(&c.tenant, &c.id)?;
             }
+            declared.push(c);
         }
         Ok(declared)
+    }
+
+    /// Starts a lost container again on this node when its restart policy asks for it and
+    /// nothing of it is bound to the lost node (no volumes): a new container under the same
+    /// name, configuration and aliases. `None` when it stays lost (no policy, volumes, a
+    /// service's replica, or no room or image for it here).
+    pub async fn start_lost_here(self: &Arc<Self>, lost: &Container) -> Result<Option<Container>> {
+        let wanted = super::restart::wanted(&Container {
+            lost: None,
+            ..lost.clone()
+        });
+        let replica = lost
+            .config
+            .labels
+            .contains_key(crate::services::SERVICE_LABEL);
+        if !wanted || replica || !lost.mounts.is_empty() {
+            return Ok(None);
+        }
+        // What would fail the create is checked before the lost record goes.
+        if self
+            .images
+            .resolve(&lost.tenant, &lost.config.image)
+            .is_err()
+            || self.hold_room(&lost.size, None).is_err()
+        {
+            tracing::warn!(container = %lost.id, "a lost container stays lost: no image or no room for it here");
+            return Ok(None);
+        }
+        self.remove_lost(&lost.tenant, &lost.id)?;
+        let aliases = lost
+            .endpoint
+            .as_ref()
+            .map(|e| e.aliases.clone())
+            .unwrap_or_default();
+        let c = self
+            .create(
+                &lost.tenant,
+                Some(&lost.name),
+                lost.config.clone(),
+                lost.host_config.clone(),
+                aliases,
+            )
+            .await?;
+        self.start(&lost.tenant, &c.id).await?;
+        Ok(Some(c))
     }
 
     /// Stops this node's copies of containers the fleet declared lost while this node was
