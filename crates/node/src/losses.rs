@@ -2,8 +2,8 @@
 //! lost by the first node up, by name, so that nodes do not race to: what ran there is stopped
 //! for good in the store and billed no further ([`Runtime::declare_lost`]). A node that comes
 //! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]). The
-//! declaring node takes over the lost node's services (`services::adopt_from`): their lost
-//! replicas go, and its reconciler starts new ones; and it starts again the lost containers
+//! declaring node takes over the lost node's services and crons ([`adopt`]): the services'
+//! lost replicas go, and its reconciler starts new ones; and it starts again the lost containers
 //! whose restart policy asks for it ([`Runtime::start_lost_here`]).
 
 use std::collections::{HashMap, HashSet};
@@ -56,9 +56,10 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
             if since.elapsed() < lost_after || declared.contains(name) {
                 continue;
             }
-            let declaring = rt
-                .declare_lost(name)
-                .and_then(|lost| Ok((lost, crate::services::adopt_from(&rt, name)?)));
+            let declaring = rt.declare_lost(name).and_then(|lost| {
+                let kept = adopt(&rt, "/services/", name)? + adopt(&rt, "/crons/", name)?;
+                Ok((lost, kept))
+            });
             let (lost, services) = match declaring {
                 Ok(done) => done,
                 Err(e) => {
@@ -67,7 +68,7 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
                 }
             };
             tracing::warn!(
-                "node {name} is lost (down for {}s): {} of its containers stopped for good, {services} of its services taken over",
+                "node {name} is lost (down for {}s): {} of its containers stopped for good, {services} of its services and crons taken over",
                 since.elapsed().as_secs(),
                 lost.len()
             );
@@ -85,4 +86,31 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
             }
         }
     }
+}
+
+/// Takes over the records under `prefix` (services, crons) that the `lost` node kept: this
+/// node reconciles or fires them from now on. Returns how many.
+fn adopt(rt: &Runtime, prefix: &str, lost: &str) -> crate::Result<usize> {
+    let me = &rt.config().node_name;
+    let mut adopted = 0;
+    for kv in rt.store().range(prefix)? {
+        let Ok(mut record) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+            continue;
+        };
+        if record.get("node").and_then(|n| n.as_str()) != Some(lost) {
+            continue;
+        }
+        record["node"] = serde_json::Value::from(me.as_str());
+        let txn = store::Txn::new()
+            .when(store::Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(store::Op::Put(
+                kv.key.clone(),
+                record.to_string().into_bytes(),
+            ));
+        if rt.store().txn(txn)?.succeeded {
+            tracing::warn!("{}: taken over from lost node {lost}", kv.key);
+            adopted += 1;
+        }
+    }
+    Ok(adopted)
 }

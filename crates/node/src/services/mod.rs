@@ -37,35 +37,6 @@ pub fn list(rt: &Runtime, tenant: &str) -> Result<Vec<ServiceRecord>> {
         .collect()
 }
 
-/// Takes over the services a lost node kept (`crate::losses`): this node's reconciler keeps
-/// them at their replica count from now on. Returns how many.
-pub fn adopt_from(rt: &Runtime, lost: &str) -> Result<usize> {
-    let me = rt.config().node_name.clone();
-    let mut adopted = 0;
-    for kv in rt.store().range("/services/")? {
-        let Ok(mut r) = decode(&kv.value) else {
-            continue;
-        };
-        if r.node != lost {
-            continue;
-        }
-        r.node = me.clone();
-        let value = serde_json::to_vec(&r).expect("json");
-        let txn = Txn::new()
-            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
-            .then(Op::Put(kv.key.clone(), value));
-        if rt.store().txn(txn)?.succeeded {
-            tracing::warn!(
-                "service {} of {}: taken over from lost node {lost}",
-                r.spec.name,
-                r.tenant
-            );
-            adopted += 1;
-        }
-    }
-    Ok(adopted)
-}
-
 pub fn get(rt: &Runtime, tenant: &str, name: &str) -> Result<ServiceRecord> {
     let kv = rt
         .store()
