@@ -25,6 +25,16 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
 }
 
 /// Median (mean of the middle two for an even count) of the present values.
+/// Seconds from `time -p`'s `real 1.23`.
+pub fn real_seconds(stderr: &str) -> Option<f64> {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("real "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn median(xs: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {

@@ -50,16 +50,6 @@ fn node(url: &str, name: &str, address: &str, first: Option<&Daemon>) -> std::sy
     ))
 }
 
-/// Seconds from `time -p`'s `real 1.23`.
-fn real_seconds(stderr: &str) -> Option<f64> {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("real "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 fn main() {
     let args = <Args as clap::Parser>::parse();
     assert!(args.runs >= 1, "--runs must be at least 1");
@@ -117,7 +107,7 @@ fn main() {
             .timeout(f64::from(FETCH_TIMEOUT) + 60.0)
             .run()
             .ok();
-        real_seconds(&o.stderr).unwrap_or_else(|| panic!("no timing in {o}"))
+        bench::real_seconds(&o.stderr).unwrap_or_else(|| panic!("no timing in {o}"))
     };
     let count = "wget -qO- http://sink:5001/big | wc -c";
     for client in ["near", "far"] {

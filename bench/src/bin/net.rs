@@ -65,16 +65,6 @@ fn timed_fetch(prefix: &[&str], url: &str) -> f64 {
     took
 }
 
-/// Seconds from `time -p`'s `real 1.23`.
-fn real_seconds(stderr: &str) -> Option<f64> {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("real "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 fn median(xs: &[f64]) -> f64 {
     bench::median(xs).expect("at least one run")
 }
@@ -266,7 +256,7 @@ fn main() {
             .timeout(f64::from(FETCH_TIMEOUT) + 60.0)
             .run()
             .ok();
-        let c = real_seconds(&o.stderr).unwrap_or_else(|| panic!("no timing in {o}"));
+        let c = bench::real_seconds(&o.stderr).unwrap_or_else(|| panic!("no timing in {o}"));
         let v = timed_fetch(&["ip", "netns", "exec", &inet], &fip_url);
         eprintln!(
             "run {run}{}: floor {f:.2}s, container->container {c:.2}s, via floating IP {v:.2}s",
