@@ -374,7 +374,24 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
             .unwrap()
             .to_string()
     };
-    for name in ["w1", "w2", "w3", "w4"] {
+    run("w1").ok();
+    // p2 has more room now: a foreground run through p1 goes there, its output and exit
+    // code back through p1.
+    let o = n1
+        .hyper(&[
+            "run",
+            "--rm",
+            "--size",
+            "s1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo across; exit 4",
+        ])
+        .timeout(180.0)
+        .run();
+    assert_eq!((o.code, o.stdout.trim()), (4, "across"), "{o}");
+    for name in ["w2", "w3", "w4"] {
         run(name).ok();
     }
     let mut placed: Vec<String> = ["w1", "w2", "w3", "w4"].map(node_of).to_vec();
