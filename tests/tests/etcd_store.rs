@@ -292,6 +292,30 @@ fn a_tenant_network_spans_nodes() {
         "an exec's exit code comes back through the other node: {o}"
     );
 
+    // A local volume lives on the node that made it: a container using it runs there,
+    // whichever node is asked.
+    n1.hyper(&["volume", "create", "data1"]).run().ok();
+    n1.hyper(&[
+        "run",
+        "--rm",
+        "-v",
+        "data1:/d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /d/f",
+    ])
+    .timeout(180.0)
+    .run()
+    .ok();
+    let o = n2
+        .hyper(&["run", "--rm", "-v", "data1:/d", "busybox", "cat", "/d/f"])
+        .timeout(180.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "kept");
+    n1.hyper(&["volume", "rm", "data1"]).run().ok();
+
     // The fleet listener takes nothing but another node's signed requests.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -567,7 +567,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             images.set_tenant_policy(image::policy::AddressPolicy::new(args.allow_fetch.clone()));
             images
         },
-        volumes(&data_root, &args, store.clone())?,
+        volumes(&data_root, &args, store.clone())?.on_node(membership.name()),
     );
     // Before any tenant link is rebuilt: tenants stay off the node whatever becomes of the
     // tables hyperd re-renders.

@@ -229,6 +229,38 @@ impl FleetLink {
         Ok(None)
     }
 
+    /// Sends a create (`target`, `body`) to the node `name` that holds what the container
+    /// needs (its local volumes): that node's answer, or `None` when it is this one.
+    pub async fn create_on(
+        &self,
+        app: &AppState,
+        tenant: &str,
+        name: &str,
+        image: &str,
+        target: &str,
+        body: &bytes::Bytes,
+    ) -> Result<Option<Response>, ApiError> {
+        if name == self.node {
+            return Ok(None);
+        }
+        let node = node::fleet::get(self.store.as_ref(), name)?;
+        if node.state != NodeState::Ready {
+            let why = format!(
+                "the container's volumes are on node {name}, which is down: try again when it is back"
+            );
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        self.bring_image(app, &node.record, tenant, image).await;
+        let req = Request::post(target)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .expect("a valid request");
+        self.send(&node.record, tenant, req)
+            .await
+            .map(Some)
+            .map_err(|why| ApiError::new(StatusCode::BAD_GATEWAY, why))
+    }
+
     /// Copies the tenant's `image` to `record`'s node when it lacks it and this node has it
     /// (this node's `docker save` of it into that node's `load`), so a container placed there
     /// runs the same image. Failing that, the node's create says the image is missing and

@@ -76,6 +76,8 @@ pub struct Volumes {
     pub fetch_policy: image::policy::AddressPolicy,
     /// Volume (tenant, name) -> the container holding it while that container runs.
     holders: Mutex<HashMap<(String, String), String>>,
+    /// This node's name: the home of the local volumes made here.
+    node: String,
 }
 
 impl Volumes {
@@ -103,7 +105,14 @@ impl Volumes {
             uploads,
             fetch_policy,
             holders: Mutex::default(),
+            node: String::new(),
         })
+    }
+
+    /// Local volumes made here are known to live on `node`.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = node.to_string();
+        self
     }
 
     fn drivers(&self) -> String {
@@ -247,6 +256,10 @@ impl Volumes {
             created: Utc::now(),
             // Docker's rule: a volume created without a name is anonymous (`prune` takes it).
             anonymous: req.anonymous || req.name.is_empty(),
+            node: match backend.name() {
+                "local" => self.node.clone(),
+                _ => String::new(),
+            },
         };
         let made = match &from {
             Some(s) => backend.create_from_snapshot(&volume.id, &s.id, volume.bytes()),

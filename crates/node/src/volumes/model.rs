@@ -33,6 +33,10 @@ pub struct Volume {
     /// `rm -v` and `run --rm` remove it with the container.
     #[serde(default)]
     pub anonymous: bool,
+    /// The node whose disk holds it (a `local` volume in a fleet): containers that use it
+    /// run there. Empty for shared storage (`rbd`) and in records from before the fleet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 impl Volume {

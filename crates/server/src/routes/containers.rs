@@ -109,20 +109,29 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let (config, host_config, aliases) = create_request(&body)?;
     // In a fleet, the container goes where there is room (a node passing on a create has
-    // placed it here already). One with volumes stays with them, on the node asked.
-    let with_volumes = !host_config.binds.is_empty()
-        || !host_config.mounts.is_empty()
-        || !host_config.volumes_from.is_empty();
-    if let (Some(link), Peer::Tcp | Peer::Unix, false) = (&app.fleet, peer, with_volumes) {
-        let size = config
-            .labels
-            .get(node::sizes::SIZE_LABEL)
-            .map_or(node::sizes::DEFAULT_SIZE, String::as_str);
+    // placed it here already); one with volumes goes where they are: a local volume's node,
+    // or the node asked when they are shared (rbd).
+    if let (Some(link), Peer::Tcp | Peer::Unix) = (&app.fleet, peer) {
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Some(placed) = link
-            .place_elsewhere(&app, &tenant, (size, &config.image), target, &body)
-            .await?
-        {
+        let with_volumes = !host_config.binds.is_empty()
+            || !host_config.mounts.is_empty()
+            || !host_config.volumes_from.is_empty();
+        let placed = match volumes_home(&app, &tenant, &host_config) {
+            Some(node) => {
+                link.create_on(&app, &tenant, &node, &config.image, target, &body)
+                    .await?
+            }
+            None if with_volumes => None,
+            None => {
+                let size = config
+                    .labels
+                    .get(node::sizes::SIZE_LABEL)
+                    .map_or(node::sizes::DEFAULT_SIZE, String::as_str);
+                link.place_elsewhere(&app, &tenant, (size, &config.image), target, &body)
+                    .await?
+            }
+        };
+        if let Some(placed) = placed {
             return Ok(placed);
         }
     }
@@ -141,6 +150,36 @@ pub async fn create(
         Json(json!({"Id": c.id, "Warnings": []})),
     )
         .into_response())
+}
+
+/// The node a new container must run on for its volumes: that of a local volume it mounts
+/// (named in `-v NAME:/path` or a volume mount), or of the container it takes volumes from.
+fn volumes_home(app: &AppState, tenant: &str, hc: &HostConfig) -> Option<String> {
+    let named = hc
+        .binds
+        .iter()
+        .filter_map(|b| b.split(':').next())
+        .chain(
+            hc.mounts
+                .iter()
+                .filter(|m| m.kind == "volume")
+                .map(|m| m.source.as_str()),
+        )
+        .filter(|name| !name.is_empty() && !name.starts_with('/'));
+    let of_volumes = named
+        .filter_map(|name| app.runtime.volumes.get(tenant, name).ok())
+        .map(|v| v.node)
+        .find(|node| !node.is_empty());
+    of_volumes.or_else(|| {
+        hc.volumes_from.iter().find_map(|from| {
+            let reference = from.split(':').next().unwrap_or(from);
+            app.runtime
+                .home_elsewhere(tenant, reference)
+                .ok()
+                .flatten()
+                .map(|c| c.node)
+        })
+    })
 }
 
 /// Docker's `filters` query: `{"status":["running"],"name":["web"],...}`.
