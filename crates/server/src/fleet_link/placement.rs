@@ -1,0 +1,146 @@
+//! Where a new container is created: the node with the most room for it, or the one that
+//! holds its local volumes; the image goes along when that node lacks it.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use http::{header, StatusCode};
+use node::fleet::{NodeRecord, NodeState};
+
+use super::FleetLink;
+use crate::error::ApiError;
+use crate::AppState;
+
+impl FleetLink {
+    /// Places a new container of `size` (the create request `target` with `body`) on the
+    /// node with the most memory free for it: `None` when that is this node (or when no other
+    /// node took it: this node's own check then has the last word), else that node's answer.
+    /// A node that has filled up meanwhile, or lacks the image, passes it on to the next.
+    pub async fn place_elsewhere(
+        &self,
+        app: &AppState,
+        tenant: &str,
+        (size, image): (&str, &str),
+        target: &str,
+        body: &bytes::Bytes,
+    ) -> Result<Option<Response>, ApiError> {
+        let nodes = node::fleet::list(self.store.as_ref())?;
+        let booked = app.runtime.booked_by_node()?;
+        let order = node::placement::order(&nodes, &booked, size, &self.node);
+        if order.is_empty() {
+            let why = node::placement::no_room(&nodes, &booked, size);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        for name in order {
+            if name == self.node {
+                return Ok(None);
+            }
+            let Some(node) = nodes.iter().find(|n| n.record.name == name) else {
+                continue;
+            };
+            self.bring_image(app, &node.record, tenant, image).await;
+            let req = Request::post(target)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.clone()))
+                .expect("a valid request");
+            match self.send(&node.record, tenant, req).await {
+                Ok(resp)
+                    if matches!(
+                        resp.status(),
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND
+                    ) => {}
+                Ok(resp) => return Ok(Some(resp)),
+                Err(why) => tracing::warn!("placing a container on node {name}: {why}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends a create (`target`, `body`) to the node `name` that holds what the container
+    /// needs (its local volumes): that node's answer, or `None` when it is this one.
+    pub async fn create_on(
+        &self,
+        app: &AppState,
+        tenant: &str,
+        name: &str,
+        image: &str,
+        target: &str,
+        body: &bytes::Bytes,
+    ) -> Result<Option<Response>, ApiError> {
+        if name == self.node {
+            return Ok(None);
+        }
+        let node = node::fleet::get(self.store.as_ref(), name)?;
+        if node.state != NodeState::Ready {
+            let why = format!(
+                "the container's volumes are on node {name}, which is down: try again when it is back"
+            );
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        self.bring_image(app, &node.record, tenant, image).await;
+        let req = Request::post(target)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .expect("a valid request");
+        self.send(&node.record, tenant, req)
+            .await
+            .map(Some)
+            .map_err(|why| ApiError::new(StatusCode::BAD_GATEWAY, why))
+    }
+
+    /// Copies the tenant's `image` to `record`'s node when it lacks it and this node has it
+    /// (this node's `docker save` of it into that node's `load`), so a container placed there
+    /// runs the same image. Failing that, the node's create says the image is missing and
+    /// placement moves on.
+    async fn bring_image(&self, app: &AppState, record: &NodeRecord, tenant: &str, image: &str) {
+        let path = format!("/images/{}/json", escape(image));
+        let probe = Request::get(path)
+            .body(Body::empty())
+            .expect("a valid request");
+        match self.send(record, tenant, probe).await {
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {}
+            _ => return,
+        }
+        if app.runtime.images.resolve(tenant, image).is_err() {
+            return;
+        }
+        let Ok(uri) = format!("/images/get?names={}", escape(image)).parse() else {
+            return;
+        };
+        let saved = match crate::routes::image_save::save_many(app, tenant, &uri).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!("saving {image} for node {}: {}", record.name, e.message);
+                return;
+            }
+        };
+        let load = Request::post("/images/load?quiet=1")
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(saved.into_body())
+            .expect("a valid request");
+        let loaded = match self.send(record, tenant, load).await {
+            // The load ends with its answer's body.
+            Ok(resp) => http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        match loaded {
+            Ok(()) => tracing::info!("copied image {image} of {tenant} to node {}", record.name),
+            Err(why) => tracing::warn!("copying image {image} to node {}: {why}", record.name),
+        }
+    }
+}
+
+/// `text` for a URL path segment or query value.
+fn escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
