@@ -688,6 +688,29 @@ fn nodes_share_a_namespace_each_running_its_own() {
     assert_eq!(o.out(), "still here");
     n1.hyper(&["rm", "-f", "ca"]).timeout(60.0).run().ok();
     n2.hyper(&["rm", "-f", "cb"]).timeout(60.0).run().ok();
+
+    // Two nodes racing to create past the tenant's quota leave exactly the quota.
+    n1.tenant_admin(&["quota", "default", "--containers", "3"]);
+    let node = |i: usize| if i % 2 == 0 { &n1 } else { &n2 };
+    let creates: Vec<Out> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let d = node(i);
+                s.spawn(move || d.hyper(&["create", "busybox", "true"]).timeout(120.0).run())
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let made = creates.iter().filter(|o| o.code == 0).count();
+    assert_eq!(made, 3, "{creates:?}");
+    for o in creates.iter().filter(|o| o.code != 0) {
+        assert!(o.stderr.contains("quota"), "{o}");
+    }
+    let all = n2.hyper(&["ps", "-aq"]).run().ok().out();
+    assert_eq!(all.lines().count(), 3, "{all}");
+    for (i, o) in creates.iter().enumerate().filter(|(_, o)| o.code == 0) {
+        node(i).hyper(&["rm", o.stdout.trim()]).run().ok();
+    }
 }
 
 /// `hyperd node ARGS` against a daemon's socket.
