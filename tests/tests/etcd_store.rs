@@ -292,6 +292,27 @@ fn a_tenant_network_spans_nodes() {
         "an exec's exit code comes back through the other node: {o}"
     );
 
+    // An image only o1 has (committed there) runs through o2, which takes it there first.
+    n1.hyper(&["commit", "oa", "onlyon1:v1"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    let o = n2
+        .hyper(&["run", "--rm", "onlyon1:v1", "echo", "from-o1"])
+        .timeout(180.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), "from-o1");
+    let here = n2
+        .hyper(&["images", "--format", "{{.Repository}}"])
+        .run()
+        .ok()
+        .out();
+    assert!(
+        here.lines().any(|l| l == "onlyon1"),
+        "o2 has it now: {here}"
+    );
+
     // A local volume lives on the node that made it: a container using it runs there,
     // whichever node is asked.
     n1.hyper(&["volume", "create", "data1"]).run().ok();

@@ -88,35 +88,21 @@ impl FleetLink {
             .map_err(|why| ApiError::new(StatusCode::BAD_GATEWAY, why))
     }
 
-    /// Copies the tenant's `image` to `record`'s node when it lacks it and this node has it
-    /// (this node's `docker save` of it into that node's `load`), so a container placed there
-    /// runs the same image. Failing that, the node's create says the image is missing and
-    /// placement moves on.
+    /// Copies the tenant's `image` to `record`'s node (this one included) when it lacks it:
+    /// a `docker save` of it from this node, or else from another node that has it, into
+    /// that node's `load`, so a container placed there runs the same image. Failing that,
+    /// the node's create says the image is missing (and placement moves on).
     async fn bring_image(&self, app: &AppState, record: &NodeRecord, tenant: &str, image: &str) {
-        let path = format!("/images/{}/json", escape(image));
-        let probe = Request::get(path)
-            .body(Body::empty())
-            .expect("a valid request");
-        match self.send(record, tenant, probe).await {
-            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {}
-            _ => return,
-        }
-        if app.runtime.images.resolve(tenant, image).is_err() {
+        if self.has_image(record, tenant, image).await {
             return;
         }
-        let Ok(uri) = format!("/images/get?names={}", escape(image)).parse() else {
-            return;
-        };
-        let saved = match crate::routes::image_save::save_many(app, tenant, &uri).await {
-            Ok(saved) => saved,
-            Err(e) => {
-                tracing::warn!("saving {image} for node {}: {}", record.name, e.message);
-                return;
-            }
+        let saved = match self.saved_image(app, record, tenant, image).await {
+            Some(body) => body,
+            None => return,
         };
         let load = Request::post("/images/load?quiet=1")
             .header(header::CONTENT_TYPE, "application/x-tar")
-            .body(saved.into_body())
+            .body(saved)
             .expect("a valid request");
         let loaded = match self.send(record, tenant, load).await {
             // The load ends with its answer's body.
@@ -130,6 +116,69 @@ impl FleetLink {
             Ok(()) => tracing::info!("copied image {image} of {tenant} to node {}", record.name),
             Err(why) => tracing::warn!("copying image {image} to node {}: {why}", record.name),
         }
+    }
+
+    /// [`Self::bring_image`] to this node, when it lacks the image.
+    pub async fn bring_image_here(&self, app: &AppState, tenant: &str, image: &str) {
+        if app.runtime.images.resolve(tenant, image).is_ok() {
+            return;
+        }
+        if let Ok(me) = node::fleet::get(self.store.as_ref(), &self.node) {
+            self.bring_image(app, &me.record, tenant, image).await;
+        }
+    }
+
+    /// Whether `record`'s node has the tenant's `image` (a failed probe counts as yes: the
+    /// create there says what is wrong).
+    async fn has_image(&self, record: &NodeRecord, tenant: &str, image: &str) -> bool {
+        let path = format!("/images/{}/json", escape(image));
+        let probe = Request::get(path)
+            .body(Body::empty())
+            .expect("a valid request");
+        !matches!(
+            self.send(record, tenant, probe).await,
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND
+        )
+    }
+
+    /// A `docker save` stream of the tenant's `image` from this node if it has it, else from
+    /// another node (not `to`) that does.
+    async fn saved_image(
+        &self,
+        app: &AppState,
+        to: &NodeRecord,
+        tenant: &str,
+        image: &str,
+    ) -> Option<Body> {
+        let target = format!("/images/get?names={}", escape(image));
+        if to.name != self.node && app.runtime.images.resolve(tenant, image).is_ok() {
+            let uri = target.parse().ok()?;
+            return match crate::routes::image_save::save_many(app, tenant, &uri).await {
+                Ok(saved) => Some(saved.into_body()),
+                Err(e) => {
+                    tracing::warn!("saving {image} for node {}: {}", to.name, e.message);
+                    None
+                }
+            };
+        }
+        for node in self.others() {
+            if node.record.name == to.name || !self.has_image(&node.record, tenant, image).await {
+                continue;
+            }
+            let req = Request::get(&target)
+                .body(Body::empty())
+                .expect("a valid request");
+            match self.send(&node.record, tenant, req).await {
+                Ok(resp) if resp.status().is_success() => return Some(resp.into_body()),
+                Ok(resp) => tracing::warn!(
+                    "saving {image} on node {}: {}",
+                    node.record.name,
+                    resp.status()
+                ),
+                Err(why) => tracing::warn!("saving {image} on node {}: {why}", node.record.name),
+            }
+        }
+        None
     }
 }
 

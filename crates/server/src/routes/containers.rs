@@ -134,6 +134,8 @@ pub async fn create(
         if let Some(placed) = placed {
             return Ok(placed);
         }
+        // Here, then: with the image, if another node has it.
+        link.bring_image_here(&app, &tenant, &config.image).await;
     }
     let c = app
         .runtime
