@@ -712,7 +712,7 @@ fn nodes_share_a_namespace_each_running_its_own() {
 
     // Two nodes racing to create past the tenant's quota leave exactly the quota.
     n1.tenant_admin(&["quota", "default", "--containers", "3"]);
-    let node = |i: usize| if i % 2 == 0 { &n1 } else { &n2 };
+    let node = |i: usize| if i.is_multiple_of(2) { &n1 } else { &n2 };
     let creates: Vec<Out> = std::thread::scope(|s| {
         let racers: Vec<_> = (0..6)
             .map(|i| {
