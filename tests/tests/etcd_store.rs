@@ -466,6 +466,11 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
         4,
         "nothing left of the refused ones: {all}"
     );
+    let info = n2.hyper(&["info"]).run().ok().stdout;
+    assert!(
+        info.contains("Fleet: 2 of 2 nodes ready: ") && info.contains("(0B free)"),
+        "{info}"
+    );
     // Room made on p2 (removed through p1) takes the next one there, of an image only p1
     // had (committed there): p1 copies it to p2.
     let on = |node: &str| {

@@ -346,10 +346,13 @@ pub struct Capacity {
     pub nodes_draining: usize,
     pub cpus: u64,
     pub memory_bytes: u64,
+    /// Of `memory_bytes`, what containers have not booked (`crate::placement`).
+    pub memory_free_bytes: u64,
 }
 
-/// The fleet's capacity: nodes up and active count in the totals.
-pub fn capacity(nodes: &[NodeStatus]) -> Capacity {
+/// The fleet's capacity: nodes up and active count in the totals; `booked`: memory booked
+/// on each node.
+pub fn capacity(nodes: &[NodeStatus], booked: &std::collections::HashMap<String, u64>) -> Capacity {
     let mut c = Capacity {
         nodes: nodes.len(),
         ..Capacity::default()
@@ -362,6 +365,8 @@ pub fn capacity(nodes: &[NodeStatus]) -> Capacity {
         }
         c.cpus += n.record.cpus;
         c.memory_bytes += n.record.memory_bytes;
+        let used = booked.get(&n.record.name).copied().unwrap_or(0);
+        c.memory_free_bytes += n.record.memory_bytes.saturating_sub(used);
     }
     c
 }
@@ -457,14 +462,16 @@ mod tests {
             status("b", NodeState::Ready, Availability::Drain),
             status("c", NodeState::Down, Availability::Active),
         ];
+        let booked = [("a".to_string(), 1 << 30), ("b".to_string(), 1 << 30)].into();
         assert_eq!(
-            capacity(&nodes),
+            capacity(&nodes, &booked),
             Capacity {
                 nodes: 3,
                 nodes_ready: 2,
                 nodes_draining: 1,
                 cpus: 2,
                 memory_bytes: 4 << 30,
+                memory_free_bytes: 3 << 30,
             }
         );
     }

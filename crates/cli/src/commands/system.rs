@@ -98,10 +98,11 @@ pub fn render_info(v: &Value) -> String {
             n => format!(", {n} draining"),
         };
         let memory = bytes_size(fleet["MemoryBytes"].as_f64().unwrap_or(0.0));
+        let free = bytes_size(fleet["MemoryFreeBytes"].as_f64().unwrap_or(0.0));
         line(
             "Fleet",
             format!(
-                "{ready} of {} nodes ready{draining}: {} CPUs, {memory}",
+                "{ready} of {} nodes ready{draining}: {} CPUs, {memory} ({free} free)",
                 fleet["Nodes"].as_u64().unwrap_or(0),
                 fleet["Cpus"].as_u64().unwrap_or(0)
             ),

@@ -116,7 +116,10 @@ pub async fn info(
         }
     };
     // The fleet as one host: how many nodes and what they hold together (never which nodes).
-    let fleet = node::fleet::capacity(&node::fleet::list(&**app.runtime.store())?);
+    let fleet = node::fleet::capacity(
+        &node::fleet::list(&**app.runtime.store())?,
+        &app.runtime.booked_by_node()?,
+    );
     let mut info = json!({
         "ID": app.node_id,
         "Name": app.node_name,
