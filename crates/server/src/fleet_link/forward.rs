@@ -80,7 +80,8 @@ pub async fn to_home_node(State(app): State<AppState>, req: Request, next: Next)
     };
     let node = match home {
         Ok(node) if node.state == NodeState::Ready => node,
-        Ok(_) if record.as_ref().is_some_and(|c| c.lost.is_some()) => {
+        // Down, or removed from the fleet by the operator since.
+        _ if record.as_ref().is_some_and(|c| c.lost.is_some()) => {
             let lost = record.expect("checked");
             return answer_for_lost(&app, &tenant, &lost, &req);
         }
