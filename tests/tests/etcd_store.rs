@@ -252,6 +252,16 @@ fn a_tenant_network_spans_nodes() {
     };
     assert_eq!(ps(&n1), ["oa", "ob"]);
     assert_eq!(ps(&n2), ["oa", "ob"]);
+    let counts = |d: &Daemon| {
+        let v = d
+            .hyper(&["info", "--format", "{{json .}}"])
+            .run()
+            .ok()
+            .json();
+        (v["Containers"].clone(), v["ContainersRunning"].clone())
+    };
+    assert_eq!(counts(&n1), (2.into(), 2.into()), "info counts the fleet's");
+    assert_eq!(counts(&n2), counts(&n1));
     assert_eq!(n1.inspect("ob")["Id"], n2.inspect("ob")["Id"]);
     // Events are the fleet's: o1's stream has ob's start on o2.
     let o = n1

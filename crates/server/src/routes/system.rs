@@ -67,7 +67,8 @@ pub async fn info(
     State(app): State<AppState>,
     axum::extract::Extension(TenantId(tenant)): Extension<TenantId>,
 ) -> ApiResult<Json<Value>> {
-    let containers = app.runtime.list(&tenant);
+    // The tenant's containers on every node: any node answers the same.
+    let containers = app.runtime.list_fleet(&tenant)?;
     let running = containers.iter().filter(|c| c.is_running()).count();
     let images = app.runtime.images.list(&tenant)?.len();
     let cfg = app.runtime.config();
