@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use http::{header, StatusCode};
 use node::fleet::{NodeRecord, NodeState};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::FleetLink;
 use crate::error::ApiError;
@@ -182,14 +183,14 @@ impl FleetLink {
     }
 }
 
-/// `text` for a URL path segment or query value.
+/// Everything but RFC 3986's unreserved characters is escaped: `text` is safe in a path
+/// segment or a query value.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(text, COMPONENT).to_string()
 }
