@@ -448,9 +448,14 @@ impl Runtime {
             .expect("poisoned")
             .iter()
             .filter(|(id, _)| Some(id.as_str()) != except)
-            .map(|(_, e)| e.snapshot())
-            .filter(crate::placement::books_memory)
-            .map(|c| crate::placement::memory_of(&c.size))
+            .map(|(_, e)| {
+                let c = e.record.lock().expect("poisoned");
+                if crate::placement::books_memory(&c) {
+                    crate::placement::memory_of(&c.size)
+                } else {
+                    0
+                }
+            })
             .sum();
         let capacity = self.cfg.memory_capacity;
         if booked + *held + need > capacity {
