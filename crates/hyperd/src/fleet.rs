@@ -33,6 +33,8 @@ pub struct NodeArgs {
     #[arg(
         long = "node-port",
         default_value_t = server::fleet_link::DEFAULT_PORT,
+        // 0 would listen on a port the other nodes are never told.
+        value_parser = clap::value_parser!(u16).range(1..),
         env = "HYPERD_NODE_PORT"
     )]
     port: u16,
