@@ -191,7 +191,7 @@ async fn a_backend_killed_mid_run_costs_no_request() {
     let fresh = tokio::spawn(hammer(listen, false, Duration::from_secs(3)));
     let kept = tokio::spawn(hammer(listen, true, Duration::from_secs(3)));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    backends[1].kill();
+    backends[1].kill_and_wait().await;
     let served_at_kill = backends[1].served.load(Ordering::SeqCst);
     lb.wait_health("web", &["b"], false).await;
 

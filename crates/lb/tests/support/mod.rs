@@ -205,6 +205,14 @@ impl TestBackend {
     pub fn kill(&self) {
         self.tasks.lock().unwrap().abort_all();
     }
+
+    /// [`Self::kill`], then waits until every task has ended: a request a connection task was
+    /// serving on another thread as it was aborted is counted (or not) by then.
+    pub async fn kill_and_wait(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 impl Drop for TestBackend {
