@@ -4,6 +4,7 @@
 //! ends when etcd is back, without restarting hyperd. Nodes join a fleet on etcd under a lease
 //! (issue 18's membership): listed up or down, drained, removed, one name per node.
 
+use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
 use e2e::*;
@@ -519,8 +520,9 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
 /// A node frozen past its lease and `--node-lost-after` is declared lost: its running
 /// containers are stopped for good in the store (any node shows why, and will not start one),
 /// their runs billed no further; one with a restart policy starts again on the other node
-/// under its name, and the lost node's service is taken over there; when the node resumes it
-/// stops its copies, which their restart policies do not bring back.
+/// under its name, and the lost node's service is taken over there (its replicas, first spread
+/// over both nodes and each reached through either node's balancer, all run there now); when
+/// the node resumes it stops its copies, which their restart policies do not bring back.
 fn a_lost_nodes_containers_stop_for_good() {
     let url = own_etcd("loss");
     // l1 offers less memory than l2: what is created goes to l2.
@@ -553,7 +555,7 @@ fn a_lost_nodes_containers_stop_for_good() {
     for name in ["lx", "lr"] {
         assert_eq!(n1.inspect(name)["Node"]["Name"], "l2");
     }
-    // A service kept by l2, with its replicas there.
+    // A service kept by l2.
     let serve = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
     n2.hyper(&[
         "service",
@@ -589,9 +591,43 @@ fn a_lost_nodes_containers_stop_for_good() {
             .then_some(())
             .ok_or(v.to_string())
     };
-    wait_for("web to run 2 replicas on l2", secs(180.0), || {
+    wait_for("web to run 2 replicas", secs(180.0), || {
         running_replicas(&n2)
     });
+    // They are spread, one on each node, and each node's balancer reaches both: a client on
+    // either node (pinned there by a local volume made through it) is answered by both.
+    let replicas = n1.hyper(&["service", "inspect", "web"]).run().ok().json()[0]["Containers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let on: BTreeSet<&str> = replicas
+        .iter()
+        .map(|c| c["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(on, BTreeSet::from(["l1", "l2"]), "{replicas:?}");
+    let hostnames: BTreeSet<String> = replicas
+        .iter()
+        .map(|c| {
+            let id = c["Id"].as_str().unwrap();
+            n1.inspect(id)["Config"]["Hostname"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (d, volume) in [(&n1, "pin-l1"), (&n2, "pin-l2")] {
+        d.hyper(&["volume", "create", volume]).run().ok();
+        let mount = format!("{volume}:/pin");
+        let asks = "for i in 1 2 3 4 5 6; do wget -qO- http://web/; done";
+        let o = d
+            .hyper(&["run", "--rm", "-v", &mount, "busybox", "sh", "-c", asks])
+            .timeout(180.0)
+            .run()
+            .ok();
+        let answers: BTreeSet<String> = o.stdout.lines().map(String::from).collect();
+        assert_eq!(answers, hostnames, "through {volume}'s node: {o}");
+        d.hyper(&["volume", "rm", volume]).run().ok();
+    }
 
     // l2's hyperd frozen (its VMs run on): past its lease and 3 s more, l1 declares it lost.
     let pid = n2.pid().unwrap() as i32;

@@ -637,6 +637,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
             max_streams: args.max_streams as usize,
         })),
     };
+    server::fleet_link::reach_other_nodes(&state);
     let state_runtime = state.runtime.clone();
     let cron_accounts = state.accounts.clone();
     let guards = server::revocation::Guards::start(state.accounts.clone());

@@ -1,12 +1,12 @@
 //! One replica behind a service: its address, health and load.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{BackendConfig, HealthConfig};
 use crate::upstream::IdleConnections;
@@ -33,6 +33,7 @@ struct HealthRecord {
 pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
+    pub source: Option<IpAddr>,
     /// Open TCP connections (tcp, https) or requests in flight (http, httpsTerm).
     active: AtomicUsize,
     health: Mutex<HealthRecord>,
@@ -52,6 +53,7 @@ impl Backend {
         Self {
             id: config.id.clone(),
             addr: config.addr,
+            source: config.source,
             active: AtomicUsize::new(0),
             health: Mutex::new(HealthRecord {
                 state: Health::Unknown,
@@ -123,9 +125,17 @@ impl Backend {
         Some(next)
     }
 
-    /// A TCP connection to the backend, without Nagle (we relay, we don't batch).
+    /// A TCP connection to the backend (from its source address, if it has one), without
+    /// Nagle (we relay, we don't batch).
     pub async fn connect(&self) -> std::io::Result<TcpStream> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(source) = self.source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(self.addr))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -158,7 +168,25 @@ mod tests {
         Backend::new(&BackendConfig {
             id: "a".into(),
             addr: "127.0.0.1:1".parse().unwrap(),
+            source: None,
         })
+    }
+
+    #[tokio::test]
+    async fn connections_leave_from_the_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let from = |source: Option<&str>| {
+            Backend::new(&BackendConfig {
+                id: "a".into(),
+                addr: listener.local_addr().unwrap(),
+                source: source.map(|s| s.parse().unwrap()),
+            })
+        };
+        for (source, seen) in [(Some("127.0.0.2"), "127.0.0.2"), (None, "127.0.0.1")] {
+            let _stream = from(source).connect().await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer.ip().to_string(), seen);
+        }
     }
 
     fn rules() -> HealthConfig {

@@ -2,7 +2,7 @@
 //! protocol, balancing policy, health check and backends.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,6 +100,10 @@ pub struct BackendConfig {
     /// The replica's container id, the key of the status file.
     pub id: String,
     pub addr: SocketAddr,
+    /// The address connections to it leave from (a replica on another node of the fleet is
+    /// reached from this node's own address on the network); none: the kernel's choice.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
 }
 
 impl Config {

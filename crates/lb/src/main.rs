@@ -20,7 +20,8 @@
 //!     "algorithm": "roundrobin" | "leastconn" | "source", "session_affinity": false,
 //!     "tls_cert": "/path/web.pem",
 //!     "health": { "interval_secs": 3, "fall": 3, "rise": 2, "http_path": "/" },
-//!     "backends": [ { "id": "3f2a9c1b7e4d", "addr": "172.16.0.5:8080" } ] } ] }
+//!     "backends": [ { "id": "3f2a9c1b7e4d", "addr": "172.16.0.5:8080",
+//!                     "source": "172.16.0.3" } ] } ] }
 //! ```
 //! `SIGHUP` re-reads it and applies it without dropping a connection: a service kept on the
 //! same address keeps its socket and takes the new settings; a removed service (or one moved

@@ -51,9 +51,11 @@ impl Pool {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         let mut old: Vec<Member> = std::mem::take(&mut *members);
         for config in wanted {
-            let kept = old
-                .iter()
-                .position(|m| m.backend.id == config.id && m.backend.addr == config.addr);
+            let kept = old.iter().position(|m| {
+                m.backend.id == config.id
+                    && m.backend.addr == config.addr
+                    && m.backend.source == config.source
+            });
             let member = match kept {
                 Some(index) => old.swap_remove(index),
                 None => {
@@ -167,6 +169,7 @@ mod tests {
             .map(|(i, id)| BackendConfig {
                 id: id.to_string(),
                 addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                source: None,
             })
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -275,10 +278,12 @@ mod tests {
             BackendConfig {
                 id: "a".into(),
                 addr: a.addr,
+                source: None,
             },
             BackendConfig {
                 id: "c".into(),
                 addr: "127.0.0.1:2000".parse().unwrap(),
+                source: None,
             },
         ];
         pool.set_backends(&wanted, |_| tokio::spawn(async {}));

@@ -115,9 +115,7 @@ pub fn tenant_links(t: &TenantNetns, node: &Installed, inside: Option<&Installed
         )));
     }
     for bridge in &t.bridges {
-        let mut addrs = vec![format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len())];
-        addrs.extend(bridge.services.iter().map(|s| format!("{}/32", s.ip)));
-        drifts.extend(link(inside, &bridge.ifname, &addrs));
+        drifts.extend(link(inside, &bridge.ifname, &bridge.addresses()));
         for endpoint in &bridge.endpoints {
             let Some(tap) = inside.link(&endpoint.tap) else {
                 continue;
@@ -232,6 +230,8 @@ mod tests {
                 subnet: "172.16.0.0/16".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints: vec![Endpoint {
                     tap: "tap0123456789ab".into(),
                     mac: [2, 0x42, 172, 16, 0, 2],
@@ -256,6 +256,7 @@ mod tests {
             master: master.map(String::from),
             kind: Some(kind.into()),
             ipv4: ipv4.iter().map(|a| a.to_string()).collect(),
+            mac: String::new(),
         }
     }
 

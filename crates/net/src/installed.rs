@@ -44,6 +44,8 @@ pub struct LinkState {
     pub kind: Option<String>,
     /// IPv4 addresses in CIDR form (`10.0.0.1/24`).
     pub ipv4: Vec<String>,
+    /// Its MAC (`0a:48:ac:10:00:01`).
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,6 +114,8 @@ struct RawLink {
     #[serde(default)]
     flags: Vec<String>,
     master: Option<String>,
+    #[serde(default)]
+    address: String,
     linkinfo: Option<RawLinkInfo>,
     #[serde(default)]
     addr_info: Vec<RawAddr>,
@@ -144,6 +148,7 @@ pub(crate) fn links(netns: Option<&Path>) -> Result<Vec<LinkState>, NetError> {
                 .filter(|a| a.family == "inet")
                 .map(|a| format!("{}/{}", a.local, a.prefixlen))
                 .collect(),
+            mac: l.address,
             name: l.ifname,
         })
         .collect())

@@ -7,7 +7,7 @@ use crate::error::NetError;
 use crate::exec::in_netns;
 use crate::installed;
 use crate::iproute::{ip, ip_ignoring_absent, link_exists, link_names, sync_ipv4_addrs};
-use crate::model::{gateway_mac, mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
+use crate::model::{mac_text, Bridge, TenantNetns, Transit, TENANT_UPLINK};
 use crate::netns::{create_netns, remove_netns};
 use crate::overlay::remove_overlays;
 use crate::sysctl;
@@ -137,6 +137,7 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
             ip_ignoring_absent(Some(ns), "remove bridge", &["link", "del", &stale])?;
         }
     }
+    let installed = installed::links(Some(ns))?;
     for bridge in bridges {
         let name = bridge.ifname.as_str();
         if !link_exists(Some(ns), name)? {
@@ -157,19 +158,21 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
             ];
             ip(Some(ns), "create bridge", &args)?;
         }
-        let (mtu, mac) = (
-            bridge.mtu.to_string(),
-            mac_text(&gateway_mac(bridge.gateway)),
-        );
+        let (mtu, mac) = (bridge.mtu.to_string(), mac_text(&bridge.mac()));
+        ip(
+            Some(ns),
+            "set bridge mtu",
+            &["link", "set", name, "mtu", &mtu],
+        )?;
         // A set address stays put; an unset one follows the lowest port MAC as taps come and go,
-        // and the guests' ARP entries for the gateway would go stale.
-        let args = ["link", "set", name, "mtu", &mtu, "address", &mac];
-        ip(Some(ns), "set bridge mtu and address", &args)?;
-        // Service VIPs are /32s of the bridge (no subnet route of their own): the netns answers
-        // ARP for them and the balancer binds them. Removed services lose theirs here.
-        let mut addrs = vec![format!("{}/{}", bridge.gateway, bridge.subnet.prefix_len())];
-        addrs.extend(bridge.services.iter().map(|s| format!("{}/32", s.ip)));
-        sync_ipv4_addrs(Some(ns), name, &addrs)?;
+        // and the guests' ARP entries for the gateway would go stale. Set only when it differs:
+        // setting it, even to the same, flushes the bridge's neighbours, the overlay's too.
+        let current = installed.iter().find(|l| l.name == name).map(|l| &l.mac);
+        if current != Some(&mac) {
+            let args = ["link", "set", name, "address", &mac];
+            ip(Some(ns), "set bridge address", &args)?;
+        }
+        sync_ipv4_addrs(Some(ns), name, &bridge.addresses())?;
         ip(Some(ns), "bring up bridge", &["link", "set", name, "up"])?;
     }
     Ok(())
@@ -212,6 +215,8 @@ mod tests {
                 subnet: "172.16.0.0/16".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: crate::model::DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints: vec![],
                 services: vec![],
             }],

@@ -45,6 +45,14 @@ pub struct Bridge {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// This node's own address on the network, in a fleet whose tenant has services: a /32
+    /// of the bridge, whose MAC is then this node's own ([`node_mac`]) instead of the
+    /// gateway's, so that the balancer reaches replicas on other nodes from it and their
+    /// answers come back here. `None`: one node, or nothing to balance.
+    pub node_ip: Option<Ipv4Addr>,
+    /// The other nodes' own addresses on the network: their balancers' connections to this
+    /// node's replicas pass the replicas' security groups, as this node's balancer's do.
+    pub peer_node_ips: Vec<Ipv4Addr>,
     pub endpoints: Vec<Endpoint>,
     /// Load-balanced services with their address on this network.
     pub services: Vec<ServiceVip>,
@@ -149,6 +157,30 @@ pub fn gateway_mac(gateway: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x48, a, b, c, d]
 }
 
+/// The MAC of a bridge that has a node address ([`Bridge::node_ip`]): `0a:4e:` then that
+/// address, unique on the network as the address is.
+pub fn node_mac(node_ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = node_ip.octets();
+    [0x0a, 0x4e, a, b, c, d]
+}
+
+impl Bridge {
+    /// The bridge's MAC: the gateway's, or with a node address this node's own.
+    pub fn mac(&self) -> [u8; 6] {
+        self.node_ip.map_or(gateway_mac(self.gateway), node_mac)
+    }
+
+    /// The bridge's addresses: the gateway's with the subnet's prefix; the service VIPs and the
+    /// node's own address as /32s (no subnet route of their own: the namespace answers ARP for
+    /// them and the balancer binds them).
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        let mut addrs = vec![format!("{}/{}", self.gateway, self.subnet.prefix_len())];
+        addrs.extend(self.services.iter().map(|s| format!("{}/32", s.ip)));
+        addrs.extend(self.node_ip.map(|ip| format!("{ip}/32")));
+        addrs
+    }
+}
+
 pub(crate) fn mac_text(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -197,6 +229,17 @@ impl TenantNetns {
             }
             for endpoint in &bridge.endpoints {
                 check_ifname(&endpoint.tap)?;
+            }
+            if let Some(ip) = bridge.node_ip {
+                let taken = ip == bridge.gateway
+                    || bridge.services.iter().any(|s| s.ip == ip)
+                    || bridge.endpoints.iter().any(|e| e.ip == ip);
+                if !bridge.subnet.contains(&ip) || taken {
+                    return Err(NetError::Invalid(format!(
+                        "node address {ip} must be a free address of {} on {}",
+                        bridge.subnet, bridge.ifname
+                    )));
+                }
             }
             for service in &bridge.services {
                 if !bridge.subnet.contains(&service.ip) || service.ip == bridge.gateway {
@@ -251,6 +294,8 @@ mod tests {
                 subnet: "172.16.0.0/24".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints: vec![],
                 services: vec![ServiceVip {
                     ip: Ipv4Addr::new(172, 16, 0, 10),
@@ -263,6 +308,45 @@ mod tests {
         for bad in [Ipv4Addr::new(172, 16, 0, 1), Ipv4Addr::new(172, 16, 1, 10)] {
             t.bridges[0].services[0].ip = bad;
             assert!(t.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_node_address_is_a_free_address_and_gives_the_bridge_its_own_mac() {
+        let mut b = Bridge {
+            ifname: "br0".into(),
+            subnet: "172.16.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+            mtu: DEFAULT_MTU,
+            node_ip: None,
+            peer_node_ips: vec![],
+            endpoints: vec![],
+            services: vec![ServiceVip {
+                ip: Ipv4Addr::new(172, 16, 0, 10),
+                ports: vec![(Proto::Tcp, 80)],
+                fip: None,
+            }],
+        };
+        assert_eq!(b.mac(), gateway_mac(b.gateway));
+        let mut t = TenantNetns {
+            name: "t".into(),
+            netns_path: "/nowhere".into(),
+            transit: transit_for(
+                &NodeNet {
+                    transit_cidr: "100.127.0.0/16".parse().unwrap(),
+                },
+                0,
+            )
+            .unwrap(),
+            bridges: vec![],
+        };
+        b.node_ip = Some(Ipv4Addr::new(172, 16, 0, 3));
+        assert_eq!(b.mac(), [0x0a, 0x4e, 172, 16, 0, 3]);
+        t.bridges = vec![b.clone()];
+        assert!(t.validate().is_ok());
+        for taken in [[172, 16, 0, 1], [172, 16, 0, 10], [172, 16, 1, 3]] {
+            t.bridges[0].node_ip = Some(Ipv4Addr::from(taken));
+            assert!(t.validate().is_err(), "{taken:?}");
         }
     }
 

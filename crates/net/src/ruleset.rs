@@ -235,6 +235,16 @@ fn tenant_forward(t: &TenantNetns) -> Vec<String> {
             ));
         }
     }
+    // Other nodes' balancers reach this node's replicas as the local one does (local output,
+    // which no group filters); the overlay's filter takes their addresses only from their own
+    // nodes' MACs, and no guest here can send from them (its tap holds it to its own).
+    for bridge in t.bridges.iter().filter(|b| !b.peer_node_ips.is_empty()) {
+        rules.push(format!(
+            "iifname {} ip saddr {} accept",
+            quoted(&bridge.ifname),
+            set_of(&bridge.peer_node_ips)
+        ));
+    }
     rules.push("ip saddr vmap @sg_egress".to_string());
     rules.push("ip daddr vmap @sg_ingress".to_string());
     rules
@@ -534,6 +544,8 @@ mod tests {
                     subnet: "172.16.0.0/16".parse().unwrap(),
                     gateway: Ipv4Addr::new(172, 16, 0, 1),
                     mtu: 1450,
+                    node_ip: None,
+                    peer_node_ips: vec![],
                     endpoints: vec![
                         endpoint(
                             "tapaaaaaaaaaaaa",
@@ -554,6 +566,8 @@ mod tests {
                     subnet: "10.9.0.0/24".parse().unwrap(),
                     gateway: Ipv4Addr::new(10, 9, 0, 1),
                     mtu: 1450,
+                    node_ip: None,
+                    peer_node_ips: vec![],
                     endpoints: vec![],
                     services: vec![ServiceVip {
                         ip: Ipv4Addr::new(10, 9, 0, 10),
@@ -576,6 +590,23 @@ mod tests {
             .take_while(|l| *l != "}")
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn other_nodes_balancers_pass_the_groups_of_replicas_here() {
+        let mut t = tenant();
+        let forward = |t: &TenantNetns| lines_of_chain(&render_tenant_rules(t), "forward");
+        assert!(!forward(&t).iter().any(|l| l.contains("saddr 172.16.0.3")));
+        t.bridges[0].peer_node_ips =
+            vec![Ipv4Addr::new(172, 16, 0, 3), Ipv4Addr::new(172, 16, 0, 4)];
+        let rules = forward(&t);
+        let accept = "iifname \"br0\" ip saddr { 172.16.0.3, 172.16.0.4 } accept";
+        let at = rules.iter().position(|l| l == accept).expect("the accept");
+        let groups = rules
+            .iter()
+            .position(|l| l == "ip daddr vmap @sg_ingress")
+            .unwrap();
+        assert!(at < groups, "{rules:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod losses;
 pub mod metering;
 pub mod model;
 pub mod network;
+pub mod other_nodes;
 pub mod placement;
 pub mod quota;
 mod runtime;

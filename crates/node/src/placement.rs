@@ -57,6 +57,16 @@ pub fn order(
         .collect()
 }
 
+/// The node for a service's next replica: of the nodes with room for it (`order`, best first),
+/// the one that runs the fewest of its replicas (`running`, by node), so that losing a node
+/// loses as few as can be; `None` when no node has room.
+pub fn spread(order: &[String], running: &HashMap<String, usize>) -> Option<String> {
+    order
+        .iter()
+        .min_by_key(|node| running.get(*node).copied().unwrap_or(0))
+        .cloned()
+}
+
 /// The refusal when no node can take a container of `size`.
 pub fn no_room(nodes: &[NodeStatus], booked: &HashMap<String, u64>, size: &str) -> String {
     let most_free = nodes
@@ -105,6 +115,22 @@ mod tests {
             },
             state,
         }
+    }
+
+    #[test]
+    fn replicas_go_to_the_node_with_the_fewest_then_the_best() {
+        let order: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let running = |counts: &[(&str, usize)]| {
+            counts
+                .iter()
+                .map(|(n, c)| (n.to_string(), *c))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(spread(&order, &running(&[])).as_deref(), Some("a"));
+        assert_eq!(spread(&order, &running(&[("a", 1)])).as_deref(), Some("b"));
+        let two_each_but_c = running(&[("a", 2), ("b", 2), ("c", 1), ("gone", 0)]);
+        assert_eq!(spread(&order, &two_each_but_c).as_deref(), Some("c"));
+        assert_eq!(spread(&[], &running(&[])), None);
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct Runtime {
     execs: Mutex<HashMap<String, ExecInfo>>,
     /// Memory held by creates and starts in flight, on top of what containers book.
     room: Arc<Mutex<u64>>,
+    /// The fleet's other nodes, as the server reaches them (unset on one machine).
+    other_nodes: std::sync::OnceLock<Arc<dyn crate::other_nodes::OtherNodes>>,
 }
 
 /// Memory a create or start holds until its container books it (or it fails).
@@ -228,7 +230,17 @@ impl Runtime {
             entries: Mutex::default(),
             execs: Mutex::default(),
             room: Arc::default(),
+            other_nodes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// How this node reaches the fleet's other nodes (set once, by the server).
+    pub fn set_other_nodes(&self, link: Arc<dyn crate::other_nodes::OtherNodes>) {
+        let _ = self.other_nodes.set(link);
+    }
+
+    pub fn other_nodes(&self) -> Option<&Arc<dyn crate::other_nodes::OtherNodes>> {
+        self.other_nodes.get()
     }
 
     /// Take down tenant namespaces that stayed unused for `network::LINGER`, forever.
@@ -757,6 +769,16 @@ impl Runtime {
             self.reset_restart_policy(&entry)?;
             self.start_locked(&entry).await
         };
+        if let Ok(c) = &started {
+            if c.config.labels.contains_key(crate::services::SERVICE_LABEL) {
+                // This node's balancers take a replica once it runs, one another node's
+                // reconciler started here included.
+                let t = tenant.to_string();
+                if let Err(e) = self.with_networks(move |n| n.sync_tenant(&t, &[])).await {
+                    tracing::warn!("adding replica {} to the balancers: {e}", c.name);
+                }
+            }
+        }
         if let Err(e) = &started {
             let c = entry.snapshot();
             // `--rm` covers a container that never ran, as Docker's does.

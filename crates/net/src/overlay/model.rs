@@ -105,7 +105,8 @@ fn validate_remotes(bridge: &Bridge, o: &Overlay) -> Result<(), NetError> {
         if r.mac[0] & 1 == 1 || r.mac == [0; 6] {
             return invalid(format!("remote MAC {mac} is not a unicast address"));
         }
-        if r.mac == gateway_mac(bridge.gateway) || bridge.endpoints.iter().any(|e| e.mac == r.mac) {
+        let ours = r.mac == gateway_mac(bridge.gateway) || r.mac == bridge.mac();
+        if ours || bridge.endpoints.iter().any(|e| e.mac == r.mac) {
             return invalid(format!("remote MAC {mac} is one of this node's"));
         }
         if !bridge.subnet.contains(&ip) || ip == bridge.gateway {
@@ -114,7 +115,9 @@ fn validate_remotes(bridge: &Bridge, o: &Overlay) -> Result<(), NetError> {
                 bridge.subnet
             ));
         }
-        if bridge.endpoints.iter().any(|e| e.ip == ip) || bridge.services.iter().any(|s| s.ip == ip)
+        if bridge.endpoints.iter().any(|e| e.ip == ip)
+            || bridge.services.iter().any(|s| s.ip == ip)
+            || bridge.node_ip == Some(ip)
         {
             return invalid(format!("remote address {ip} is one of this node's"));
         }
@@ -150,6 +153,8 @@ mod tests {
                 subnet: "172.16.0.0/16".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints: vec![Endpoint {
                     tap: "tap000000000001".into(),
                     mac: [2, 0, 0, 0, 0, 2],

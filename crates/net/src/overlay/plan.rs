@@ -384,6 +384,8 @@ mod tests {
                 subnet: "172.16.0.0/16".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints: vec![],
                 services: vec![],
             }],

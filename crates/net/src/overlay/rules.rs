@@ -62,12 +62,17 @@ fn filter_chain(o: &Overlay) -> String {
 }
 
 fn filter_rules(t: &TenantNetns, o: &Overlay) -> Vec<String> {
+    // This node's endpoints, and the bridge itself when it has a node address (the balancer's
+    // connections to replicas on other nodes are answered to it).
     let local: Vec<String> = t
         .bridges
         .iter()
         .filter(|b| b.ifname == o.bridge)
-        .flat_map(|b| &b.endpoints)
-        .map(|e| mac_text(&e.mac))
+        .flat_map(|b| {
+            let own = b.node_ip.map(|_| b.mac());
+            b.endpoints.iter().map(|e| e.mac).chain(own)
+        })
+        .map(|mac| mac_text(&mac))
         .collect();
     let mut rules = Vec::new();
     if !local.is_empty() && !o.remotes.is_empty() {
@@ -128,6 +133,8 @@ mod tests {
                 subnet: "172.16.0.0/16".parse().unwrap(),
                 gateway: Ipv4Addr::new(172, 16, 0, 1),
                 mtu: DEFAULT_MTU,
+                node_ip: None,
+                peer_node_ips: vec![],
                 endpoints,
                 services: vec![],
             }],
@@ -177,6 +184,17 @@ mod tests {
                 "}",
                 "}",
             ]
+        );
+    }
+
+    #[test]
+    fn a_bridge_with_a_node_address_takes_answers_to_it() {
+        let mut t = tenant(&[]);
+        t.bridges[0].node_ip = Some(Ipv4Addr::new(172, 16, 0, 9));
+        let text = render_overlay_rules(&t, &[overlay(&[(3, 3)])]);
+        assert!(
+            lines(&text).contains(&"ether daddr != { 0a:4e:ac:10:00:09 } drop"),
+            "{text}"
         );
     }
 

@@ -208,6 +208,8 @@ pub fn bridge(ifname: &str, subnet: &str, endpoints: Vec<Endpoint>) -> Bridge {
         subnet,
         gateway,
         mtu: net::DEFAULT_MTU,
+        node_ip: None,
+        peer_node_ips: vec![],
         endpoints,
         services: Vec::new(),
     }

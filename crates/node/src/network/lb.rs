@@ -17,6 +17,8 @@ use crate::{Result, RuntimeError};
 pub struct Backend {
     pub id: String,
     pub addr: (Ipv4Addr, u16),
+    /// Where the balancer's connections to it leave from (`None`: the kernel's choice).
+    pub source: Option<Ipv4Addr>,
 }
 
 pub fn daemon<'a>(binary: &'a Path, dir: &'a Path) -> TenantDaemon<'a> {
@@ -54,7 +56,7 @@ pub fn sync(
                 "rise": s.health_check_rise,
                 "http_path": s.health_check_path,
             },
-            "backends": backends.iter().map(|b| json!({"id": b.id, "addr": format!("{}:{}", b.addr.0, b.addr.1)})).collect::<Vec<_>>(),
+            "backends": backends.iter().map(|b| json!({"id": b.id, "addr": format!("{}:{}", b.addr.0, b.addr.1), "source": b.source})).collect::<Vec<_>>(),
         });
         if s.protocol == "httpsTerm" {
             let pem = dir.join(format!("lb-{}.pem", s.name));

@@ -105,8 +105,9 @@ struct SyncState {
     guard: Option<net::Tables>,
     /// The fleet's node addresses the installed guard was rendered with.
     guard_fleet: Vec<Ipv4Addr>,
-    /// Per tenant: the overlays last applied to its namespace.
-    overlays: HashMap<String, Vec<net::Overlay>>,
+    /// Per tenant: the overlays last applied to its namespace, with the receiving filter they
+    /// were rendered into (it also depends on the local endpoints).
+    overlays: HashMap<String, (Vec<net::Overlay>, String)>,
 }
 
 /// A ruleset as rendered, and its tables as the kernel listed them right after.
@@ -554,8 +555,9 @@ impl Networks {
     // ---- the kernel side ----
 
     /// The tenant's networks as they span nodes: for each with endpoints on other nodes that
-    /// are up and have an address, those endpoints and their nodes (see docs/overlay.md).
-    /// None without `--node-address`.
+    /// are up and have an address (their containers, and their own addresses on the default
+    /// network that their balancers use), those endpoints and their nodes (see
+    /// docs/overlay.md). None without `--node-address`.
     fn overlays(
         &self,
         containers: &[Container],
@@ -564,7 +566,27 @@ impl Networks {
         let Some(local_ip) = self.cfg.node_address else {
             return Ok(Vec::new());
         };
-        let remote: Vec<&Container> = containers.iter().filter(|c| !self.is_local(c)).collect();
+        // (network, MAC, address, node) of every endpoint on another node.
+        let mut remote: Vec<(&str, [u8; 6], Ipv4Addr, String)> = containers
+            .iter()
+            .filter(|c| !self.is_local(c))
+            .filter_map(|c| {
+                let ep = c.endpoint.as_ref()?;
+                Some((
+                    ep.network_id.as_str(),
+                    parse_mac(&ep.mac),
+                    ep.ip,
+                    c.node.clone(),
+                ))
+            })
+            .collect();
+        for n in networks.iter().filter(|n| n.name == DEFAULT_NETWORK) {
+            for (node, ip) in records::node_addresses(self.store(), n)? {
+                if !crate::fleet::runs_here(&node, &self.cfg.node_name) {
+                    remote.push((n.id.as_str(), net::node_mac(ip), ip, node));
+                }
+            }
+        }
         if remote.is_empty() {
             return Ok(Vec::new());
         }
@@ -577,12 +599,12 @@ impl Networks {
         for n in networks {
             let remotes: Vec<net::RemoteEndpoint> = remote
                 .iter()
-                .filter_map(|c| {
-                    let ep = c.endpoint.as_ref().filter(|ep| ep.network_id == n.id)?;
+                .filter(|(network, ..)| *network == n.id)
+                .filter_map(|(_, mac, ip, node)| {
                     Some(net::RemoteEndpoint {
-                        mac: parse_mac(&ep.mac),
-                        ip: ep.ip,
-                        node_ip: *nodes.get(&c.node)?,
+                        mac: *mac,
+                        ip: *ip,
+                        node_ip: *nodes.get(node)?,
                     })
                 })
                 .collect();
@@ -597,6 +619,35 @@ impl Networks {
             });
         }
         Ok(overlays)
+    }
+
+    /// In a fleet, this node holds an address of its own on the tenant's default network
+    /// while the tenant has services: its balancer reaches replicas on other nodes from it.
+    /// Given back when the services are gone.
+    fn hold_node_address(&self, tenant: &str, services: &[ServiceRecord]) -> Result<()> {
+        if self.cfg.node_address.is_none() {
+            return Ok(());
+        }
+        let network = match records::find_network(self.store(), tenant, DEFAULT_NETWORK) {
+            Err(RuntimeError::NotFound(_)) => return Ok(()),
+            other => other?,
+        };
+        if services.is_empty() {
+            records::release_node_ip(self.store(), &network, &self.cfg.node_name)
+        } else {
+            records::claim_node_ip(self.store(), &network, &self.cfg.node_name).map(|_| ())
+        }
+    }
+
+    /// This node's own address on network `n` and the other nodes' (see
+    /// [`Networks::hold_node_address`]).
+    fn node_addresses(&self, n: &NetworkRecord) -> Result<(Option<Ipv4Addr>, Vec<Ipv4Addr>)> {
+        if self.cfg.node_address.is_none() || n.name != DEFAULT_NETWORK {
+            return Ok((None, Vec::new()));
+        }
+        let mut all = records::node_addresses(self.store(), n)?;
+        let own = all.remove(&self.cfg.node_name);
+        Ok((own, all.into_values().collect()))
     }
 
     /// The addresses of the fleet's nodes, this one's included, whether up or down (a node
@@ -753,11 +804,14 @@ impl Networks {
                         .map(|f| f.ip),
                 })
                 .collect();
+            let (node_ip, peer_node_ips) = self.node_addresses(n)?;
             bridges.push(net::Bridge {
                 ifname: n.bridge.clone(),
                 subnet: n.subnet,
                 gateway: n.gateway,
                 mtu: self.cfg.mtu,
+                node_ip,
+                peer_node_ips,
                 endpoints,
                 services: vips,
             });
@@ -835,6 +889,7 @@ impl Networks {
                 self.transit_slots(),
             )?,
         };
+        self.hold_node_address(tenant, &services)?;
         let model = self.tenant_model(tenant, index)?;
         let dir = self.tenant_dir(index);
         if in_use {
@@ -878,16 +933,26 @@ impl Networks {
         let networks = records::list_networks(self.store(), tenant)?;
         let overlays = self.overlays(&containers, &networks)?;
         // One node (no --node-address) has no overlay to read back or apply.
-        if self.cfg.node_address.is_some() && state.overlays.get(tenant) != Some(&overlays) {
-            state.overlays.remove(tenant);
-            net::apply_overlays(&model, &overlays).map_err(net_err)?;
-            state.overlays.insert(tenant.to_string(), overlays);
+        if self.cfg.node_address.is_some() {
+            let rules = net::render_overlay_rules(&model, &overlays);
+            let applied = (overlays, rules);
+            if state.overlays.get(tenant) != Some(&applied) {
+                state.overlays.remove(tenant);
+                net::apply_overlays(&model, &applied.0).map_err(net_err)?;
+                state.overlays.insert(tenant.to_string(), applied);
+            }
         }
         let zones: Vec<dns::Zone> = networks
             .iter()
             .map(|n| dns::Zone::of_network(n, &containers, &services))
             .collect();
         dns::sync(&self.cfg.dns_binary, &dir, &model.netns_path, &zones)?;
+        // Replicas on other nodes are reached from this node's own address on the network;
+        // without one they are out of reach.
+        let own_address = |network: &str| {
+            let n = networks.iter().find(|n| n.id == network)?;
+            model.bridges.iter().find(|b| b.ifname == n.bridge)?.node_ip
+        };
         let balanced: Vec<(ServiceRecord, Vec<lb::Backend>)> = services
             .into_iter()
             .map(|svc| {
@@ -899,9 +964,14 @@ impl Networks {
                             && !svc.draining.contains(&c.id)
                     })
                     .filter_map(|c| {
+                        let source = match self.is_local(c) {
+                            true => None,
+                            false => Some(own_address(&svc.network_id)?),
+                        };
                         Some(lb::Backend {
                             id: c.short_id().to_string(),
                             addr: (c.endpoint.as_ref()?.ip, svc.spec.container_port),
+                            source,
                         })
                     })
                     .collect();

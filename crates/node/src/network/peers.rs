@@ -1,6 +1,7 @@
 //! Other nodes' containers in this node's tenant networks: a container another node starts,
-//! moves or removes changes the VXLAN peers (and the DNS names) of its tenant here, and a node
-//! going down or coming up changes the peers of every tenant. The node's own changes go
+//! moves or removes changes the VXLAN peers (and the DNS names) of its tenant here, as does
+//! another node's own address on a network (its balancer's), and a node going down or coming
+//! up changes the peers of every tenant. The node's own changes go
 //! through its own syncs.
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub async fn follow_other_nodes_forever(runtime: Arc<Runtime>) {
     let node = runtime.config().node_name.clone();
     let mut containers = runtime.store().watch("/containers/");
     let mut nodes = runtime.store().watch("/nodes-alive/");
+    let mut addresses = runtime.store().watch("/ipam/");
+    let own_claim = format!("node:{node}");
     loop {
         let synced = tokio::select! {
             Some(change) = containers.next() => {
@@ -32,6 +35,19 @@ pub async fn follow_other_nodes_forever(runtime: Arc<Runtime>) {
                 runtime.with_networks(move |n| n.sync_tenant(&tenant, &[])).await
             }
             Some(_) = nodes.next() => runtime.with_networks(|n| n.sync_all()).await,
+            // Another node's own address on a network (its balancer's) came or went; a
+            // removal does not say whose, so any is followed.
+            Some(change) = addresses.next() => {
+                let Some(tenant) = change.key().split('/').nth(2).map(String::from) else {
+                    continue;
+                };
+                if let store::Event::Put(kv) = &change {
+                    if !kv.value.starts_with(b"node:") || kv.value == own_claim.as_bytes() {
+                        continue;
+                    }
+                }
+                runtime.with_networks(move |n| n.sync_tenant(&tenant, &[])).await
+            }
             else => return,
         };
         if let Err(e) = synced {

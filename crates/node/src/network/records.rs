@@ -10,7 +10,7 @@
 //!   tenant's link to that node (its /31 in the node's transit range). Records from before
 //!   the fleet (`/transit/{tenant}`) are adopted by the first node that starts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
@@ -202,6 +202,40 @@ pub fn claim_ip(store: &dyn Store, n: &NetworkRecord, container: &str) -> Result
 
 pub fn release_ip(store: &dyn Store, tenant: &str, network: &str, ip: Ipv4Addr) -> Result<()> {
     store.delete(&format!("{}{ip}", ipam_prefix(tenant, network)))?;
+    Ok(())
+}
+
+/// What an address a node holds on a network is recorded for: `node:NAME` (container ids are
+/// hex, services' `service:NAME`).
+const NODE_OWNER: &str = "node:";
+
+/// The nodes' own addresses on `n` (where their balancers reach replicas from), by node.
+pub fn node_addresses(store: &dyn Store, n: &NetworkRecord) -> Result<BTreeMap<String, Ipv4Addr>> {
+    Ok(store
+        .range(&ipam_prefix(&n.tenant, &n.id))?
+        .iter()
+        .filter_map(|kv| {
+            let node = std::str::from_utf8(&kv.value)
+                .ok()?
+                .strip_prefix(NODE_OWNER)?;
+            Some((node.to_string(), kv.key.rsplit('/').next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+/// `node`'s own address on `n`, claimed the first time it is asked for.
+pub fn claim_node_ip(store: &dyn Store, n: &NetworkRecord, node: &str) -> Result<Ipv4Addr> {
+    match node_addresses(store, n)?.remove(node) {
+        Some(ip) => Ok(ip),
+        None => claim_ip(store, n, &format!("{NODE_OWNER}{node}")),
+    }
+}
+
+/// Gives `node`'s own address on `n` back, if it holds one.
+pub fn release_node_ip(store: &dyn Store, n: &NetworkRecord, node: &str) -> Result<()> {
+    if let Some(ip) = node_addresses(store, n)?.remove(node) {
+        release_ip(store, &n.tenant, &n.id, ip)?;
+    }
     Ok(())
 }
 

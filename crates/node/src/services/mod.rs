@@ -72,15 +72,15 @@ fn modify(
     }
 }
 
-/// The service's replicas, oldest first.
-pub fn replicas(rt: &Runtime, tenant: &str, name: &str) -> Vec<Container> {
+/// The service's replicas on every node, oldest first.
+pub fn replicas(rt: &Runtime, tenant: &str, name: &str) -> Result<Vec<Container>> {
     let mut v: Vec<Container> = rt
-        .list(tenant)
+        .list_fleet(tenant)?
         .into_iter()
         .filter(|c| c.config.labels.get(SERVICE_LABEL).map(String::as_str) == Some(name))
         .collect();
     v.sort_by_key(|c| c.created);
-    v
+    Ok(v)
 }
 
 /// `POST /services/create`: records the service (within the quota, its name unique), claims
@@ -171,7 +171,7 @@ pub async fn update(
             ));
         }
         // Scaling down must not take a protected replica.
-        let current = self::replicas(rt, tenant, name);
+        let current = self::replicas(rt, tenant, name)?;
         let removable = current
             .iter()
             .filter(|c| !crate::runtime::is_protected(c))
@@ -211,14 +211,14 @@ pub async fn update(
     Ok(r)
 }
 
-fn replicas_of(rt: &Runtime, r: &ServiceRecord) -> Vec<Container> {
+fn replicas_of(rt: &Runtime, r: &ServiceRecord) -> Result<Vec<Container>> {
     replicas(rt, &r.tenant, &r.spec.name)
 }
 
 /// `DELETE /services/{name}`: the balancer stops serving it; its replicas go too unless `keep`.
 pub async fn remove(rt: &Arc<Runtime>, tenant: &str, name: &str, keep: bool) -> Result<()> {
     let r = get(rt, tenant, name)?;
-    let members = replicas_of(rt, &r);
+    let members = replicas_of(rt, &r)?;
     if !keep {
         if let Some(p) = members.iter().find(|c| crate::runtime::is_protected(c)) {
             return Err(RuntimeError::Conflict(format!(
@@ -253,7 +253,7 @@ pub async fn remove(rt: &Arc<Runtime>, tenant: &str, name: &str, keep: bool) -> 
     .await?;
     if !keep {
         for c in members {
-            rt.remove(tenant, &c.id, true, true).await?;
+            remove_replica(rt, &c).await?;
         }
     }
     rt.events
@@ -299,7 +299,7 @@ pub fn to_json(
     rt: &Runtime,
     r: &ServiceRecord,
     fip: Option<std::net::Ipv4Addr>,
-) -> serde_json::Value {
+) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(&r.spec).expect("json");
     v["SSLCert"] = serde_json::json!(if r.spec.ssl_cert.is_empty() {
         ""
@@ -310,11 +310,11 @@ pub fn to_json(
     v["FIP"] = serde_json::json!(fip.map(|f| f.to_string()).unwrap_or_default());
     v["Status"] = serde_json::json!(r.status);
     v["Message"] = serde_json::json!(r.message);
-    v["Containers"] = serde_json::json!(replicas_of(rt, r)
+    v["Containers"] = serde_json::json!(replicas_of(rt, r)?
         .iter()
-        .map(|c| serde_json::json!({"Id": c.id, "Name": c.name, "State": c.state.status.as_str(), "Generation": c.config.labels.get(GENERATION_LABEL)}))
+        .map(|c| serde_json::json!({"Id": c.id, "Name": c.name, "State": c.state.status.as_str(), "Generation": c.config.labels.get(GENERATION_LABEL), "Node": c.node}))
         .collect::<Vec<_>>());
-    v
+    Ok(v)
 }
 
 /// Runs [`reconcile_once`] every second for as long as hyperd runs.
@@ -366,7 +366,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
             .is_some_and(|b| b.healthy)
     };
     let now = Utc::now();
-    let members = replicas_of(rt, &r);
+    let members = replicas_of(rt, &r)?;
 
     // Heal: replicas that stopped (exit, crash, VM killed) or stay unhealthy past the grace.
     let mut live = Vec::new();
@@ -391,7 +391,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
                 "failed its health checks"
             };
             tracing::info!("service {name}: replacing replica {} ({why})", c.name);
-            if let Err(e) = rt.remove(&tenant, &c.id, true, true).await {
+            if let Err(e) = remove_replica(rt, &c).await {
                 // A protected replica stays for its owner to look at; a dead one no longer
                 // counts, so its replacement starts anyway.
                 tracing::warn!("service {name}: keeping replica {}: {e}", c.name);
@@ -424,8 +424,8 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
         });
         let since = c.as_ref().and_then(|c| c.state.started_at).unwrap_or(now);
         if idle || now - since > chrono::TimeDelta::hours(24) {
-            if c.is_some() {
-                rt.remove(&tenant, &id, true, true).await?;
+            if let Some(c) = &c {
+                remove_replica(rt, c).await?;
             }
             modify(rt, &tenant, &name, |r| {
                 r.draining.retain(|d| d != &id);
@@ -468,7 +468,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
                 )
             }
         } else if all_healthy {
-            start_replica(rt, &r).await?;
+            start_replica(rt, &r, &live).await?;
             announce("update");
             (
                 "updating",
@@ -484,7 +484,7 @@ pub async fn reconcile_once(rt: &Arc<Runtime>, mut r: ServiceRecord) -> Result<(
             )
         }
     } else if current.len() < want {
-        start_replica(rt, &r).await?;
+        start_replica(rt, &r, &live).await?;
         announce("scale");
         (
             "updating",
@@ -536,14 +536,68 @@ async fn drain(rt: &Arc<Runtime>, r: &mut ServiceRecord, c: &Container) -> Resul
     rt.with_networks(move |n| n.sync_tenant(&t, &[])).await
 }
 
-async fn start_replica(rt: &Arc<Runtime>, r: &ServiceRecord) -> Result<()> {
+/// Starts a replica on the node with room that runs the fewest of the service's `live` ones
+/// (this one on one machine).
+async fn start_replica(rt: &Arc<Runtime>, r: &ServiceRecord, live: &[Container]) -> Result<()> {
     let (config, hc) = replica_config(r);
     let suffix: String = hex::encode(rand::random::<[u8; 3]>());
     let name = format!("{}-{suffix}", r.spec.name);
-    let c = rt
-        .create(&r.tenant, Some(&name), config, hc, Vec::new())
-        .await?;
-    rt.start(&r.tenant, &c.id).await?;
-    let t = r.tenant.clone();
-    rt.with_networks(move |n| n.sync_tenant(&t, &[])).await
+    let me = &rt.config().node_name;
+    let target = match rt.other_nodes() {
+        Some(other_nodes) => replica_node(rt, r, live)?
+            .filter(|node| node != me)
+            .map(|node| (other_nodes, node)),
+        None => None,
+    };
+    match target {
+        Some((other_nodes, node)) => {
+            tracing::info!(
+                "service {}: starting replica {name} on node {node}",
+                r.spec.name
+            );
+            other_nodes.run(&node, &r.tenant, &name, config, hc).await?
+        }
+        None => {
+            // Its start adds it to this node's balancers.
+            let c = rt
+                .create(&r.tenant, Some(&name), config, hc, Vec::new())
+                .await?;
+            rt.start(&r.tenant, &c.id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the service's next replica goes ([`crate::placement::spread`]).
+fn replica_node(rt: &Runtime, r: &ServiceRecord, live: &[Container]) -> Result<Option<String>> {
+    let size = match r.spec.container_size.as_str() {
+        "" => crate::sizes::DEFAULT_SIZE,
+        size => size,
+    };
+    let me = &rt.config().node_name;
+    let nodes = crate::fleet::list(rt.store().as_ref())?;
+    let order = crate::placement::order(&nodes, &rt.booked_by_node()?, size, me);
+    let mut running = std::collections::HashMap::new();
+    for c in live {
+        let node = if c.node.is_empty() { me } else { &c.node };
+        *running.entry(node.clone()).or_insert(0) += 1;
+    }
+    Ok(crate::placement::spread(&order, &running))
+}
+
+/// Removes a replica wherever it is: here, on its node, or (its node lost) its record.
+async fn remove_replica(rt: &Arc<Runtime>, c: &Container) -> Result<()> {
+    if crate::fleet::runs_here(&c.node, &rt.config().node_name) {
+        return rt.remove(&c.tenant, &c.id, true, true).await;
+    }
+    if c.lost.is_some() {
+        return rt.remove_lost(&c.tenant, &c.id);
+    }
+    match rt.other_nodes() {
+        Some(other_nodes) => other_nodes.remove(&c.node, &c.tenant, &c.id).await,
+        None => Err(RuntimeError::Internal(format!(
+            "replica {} runs on node {}, which this node cannot reach",
+            c.name, c.node
+        ))),
+    }
 }

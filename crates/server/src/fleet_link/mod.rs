@@ -11,9 +11,11 @@
 mod events;
 mod forward;
 mod placement;
+mod replicas;
 mod signature;
 
 pub use forward::to_home_node;
+pub use replicas::reach_other_nodes;
 use signature::{check, signature};
 
 use std::net::SocketAddr;

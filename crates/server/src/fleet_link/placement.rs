@@ -93,7 +93,13 @@ impl FleetLink {
     /// a `docker save` of it from this node, or else from another node that has it, into
     /// that node's `load`, so a container placed there runs the same image. Failing that,
     /// the node's create says the image is missing (and placement moves on).
-    async fn bring_image(&self, app: &AppState, record: &NodeRecord, tenant: &str, image: &str) {
+    pub(super) async fn bring_image(
+        &self,
+        app: &AppState,
+        record: &NodeRecord,
+        tenant: &str,
+        image: &str,
+    ) {
         if self.has_image(record, tenant, image).await {
             return;
         }
@@ -191,6 +197,6 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     utf8_percent_encode(text, COMPONENT).to_string()
 }

@@ -27,7 +27,7 @@ async fn service_json(
                 .map(|f| f.ip))
         })
         .await?;
-    Ok(services::to_json(&app.runtime, r, fip))
+    Ok(services::to_json(&app.runtime, r, fip)?)
 }
 
 pub async fn create(
