@@ -30,6 +30,10 @@ fn main() {
             "a_lost_nodes_containers_stop_for_good",
             a_lost_nodes_containers_stop_for_good,
         ),
+        (
+            "an_rbd_writer_moves_off_a_lost_node_once_fenced",
+            an_rbd_writer_moves_off_a_lost_node_once_fenced,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -702,6 +706,140 @@ fn a_lost_nodes_containers_stop_for_good() {
     n1.hyper(&["rm", "lx"]).timeout(60.0).run().ok();
     let o = n2.hyper(&["ps", "-aq", "--filter", "name=lx"]).run().ok();
     assert_eq!(o.out(), "", "removed everywhere");
+}
+
+/// A container with a restart policy writing to an rbd volume on a node frozen past its lease
+/// (its hyperd stopped; its VM writes on) starts again on the other node with its volume, but
+/// only once the lost node's client is fenced from the storage (blocklisted); when the node
+/// resumes it stops its copy; and every line the writer wrote, through either node, holds its
+/// checksum, in order.
+fn an_rbd_writer_moves_off_a_lost_node_once_fenced() {
+    let ceph = Ceph::get();
+    let url = own_etcd("fence");
+    let conf = ceph.conf().to_string_lossy().into_owned();
+    let rbd = [
+        "--ceph-conf",
+        &conf,
+        "--volume-driver",
+        "rbd",
+        "--node-lost-after",
+        "3",
+    ];
+    // f1 offers less memory than f2: the writer goes to f2.
+    let mut small = rbd.to_vec();
+    small.extend(["--node-memory", "4G"]);
+    let n1 = fleet_node(&url, "f1", Some("198.51.100.51"), None, &small);
+    let n2 = fleet_node(&url, "f2", Some("198.51.100.52"), Some(&n1), &rbd);
+    Netns::datacenter_link(&n1.node, "198.51.100.51", &n2.node, "198.51.100.52");
+    n2.hyper(&["volume", "create", "fdata"]).run().ok();
+    // Each line: its number and that number's md5, counting on from the volume's last line.
+    let writer = "touch /d/log; n=$(wc -l < /d/log); \
+        while :; do n=$((n+1)); echo \"$n $(echo $n | md5sum | cut -c1-32)\" >> /d/log; sync; usleep 200000; done";
+    let id = n2
+        .hyper(&[
+            "run",
+            "-d",
+            "--name",
+            "fw",
+            "--restart",
+            "always",
+            "-v",
+            "fdata:/d",
+            "busybox",
+            "sh",
+            "-c",
+            writer,
+        ])
+        .timeout(180.0)
+        .run()
+        .ok()
+        .out();
+    assert_eq!(n1.inspect("fw")["Node"]["Name"], "f2");
+    let lines = |d: &Daemon| {
+        let o = d
+            .hyper(&["exec", "fw", "wc", "-l", "/d/log"])
+            .timeout(60.0)
+            .run();
+        o.stdout
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    wait_for("the writer's first lines", secs(120.0), || {
+        lines(&n2)
+            .filter(|n| *n >= 5)
+            .map(|_| ())
+            .ok_or("fewer than 5".to_string())
+    });
+    let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
+
+    let pid = n2.pid().unwrap() as i32;
+    // SAFETY: kill(2) of the hyperd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    struct Thaw(i32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            // SAFETY: as above; the hyperd must run again for the teardown.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let thaw = Thaw(pid);
+    let status = "{{.State.Status}} {{.Node.Name}}";
+    wait_for("the writer to run on f1", secs(180.0), || {
+        let o = n1
+            .hyper(&["inspect", "-f", status, "fw"])
+            .timeout(30.0)
+            .run();
+        (o.out() == "running f1").then_some(()).ok_or(o.to_string())
+    });
+    // f2's VM, which still runs, was fenced first.
+    let o = Cmd::new(
+        "ceph",
+        &["-c", &conf, "--id", "admin", "osd", "blocklist", "ls"],
+    )
+    .timeout(60.0)
+    .run()
+    .ok();
+    assert!(o.to_string().contains("listed"), "{o}");
+    assert!(
+        !processes_mentioning(&copy).is_empty(),
+        "f2's copy runs on, fenced"
+    );
+    let moved = lines(&n1).unwrap_or(0);
+    wait_for("the writer to go on through f1", secs(120.0), || {
+        lines(&n1)
+            .filter(|n| *n >= moved + 5)
+            .map(|_| ())
+            .ok_or("no new lines".to_string())
+    });
+
+    // f2 resumes: it stops its copy.
+    drop(thaw);
+    wait_for("f2 to stop its copy", secs(60.0), || {
+        let left = processes_mentioning(&copy);
+        left.is_empty().then_some(()).ok_or(left.join("\n"))
+    });
+    n1.hyper(&["rm", "-f", "fw"]).timeout(60.0).run().ok();
+    let check = "i=0; while read n sum; do i=$((i+1)); \
+        [ \"$n\" = \"$i\" ] || { echo \"line $i says $n\"; exit 1; }; \
+        [ \"$sum\" = \"$(echo $n | md5sum | cut -c1-32)\" ] || { echo \"bad sum on line $n\"; exit 1; }; \
+        done < /d/log; echo $i";
+    let o = n1
+        .hyper(&[
+            "run", "--rm", "-v", "fdata:/d", "busybox", "sh", "-c", check,
+        ])
+        .timeout(300.0)
+        .run()
+        .ok();
+    let checked: u64 = o.out().parse().unwrap_or_else(|_| panic!("{o}"));
+    assert!(
+        checked >= moved + 5,
+        "{checked} lines, {moved} when it moved: {o}"
+    );
+    n1.hyper(&["volume", "rm", "fdata"])
+        .timeout(120.0)
+        .run()
+        .ok();
 }
 
 /// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on

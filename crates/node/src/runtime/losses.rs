@@ -60,9 +60,10 @@ impl Runtime {
     }
 
     /// Starts a lost container again on this node when its restart policy asks for it and
-    /// nothing of it is bound to the lost node (no volumes): a new container under the same
-    /// name, configuration and aliases. `None` when it stays lost (no policy, volumes, a
-    /// service's replica, or no room or image for it here).
+    /// nothing of it is bound to the lost node (its volumes, if any, are named shared ones): a
+    /// new container under the same name, configuration, aliases and volumes, which are fenced
+    /// from the lost node first. `None` when it stays lost (no policy, a local or anonymous
+    /// volume, a service's replica, or no room or image for it here).
     pub async fn start_lost_here(self: &Arc<Self>, lost: &Container) -> Result<Option<Container>> {
         let wanted = super::restart::wanted(&Container {
             lost: None,
@@ -72,9 +73,12 @@ impl Runtime {
             .config
             .labels
             .contains_key(crate::services::SERVICE_LABEL);
-        if !wanted || replica || !lost.mounts.is_empty() {
+        if !wanted || replica {
             return Ok(None);
         }
+        let Some(volumes) = self.movable_volumes(lost) else {
+            return Ok(None);
+        };
         // What would fail the create is checked before the lost record goes.
         if self
             .images
@@ -84,6 +88,11 @@ impl Runtime {
         {
             tracing::warn!(container = %lost.id, "a lost container stays lost: no image or no room for it here");
             return Ok(None);
+        }
+        // Only once the lost node can no longer write to them does another node take them.
+        for v in &volumes {
+            self.volumes.fence(v)?;
+            tracing::info!(container = %lost.id, "volume {} fenced from node {}", v.name, lost.node);
         }
         self.remove_lost(&lost.tenant, &lost.id)?;
         let aliases = lost
@@ -102,6 +111,17 @@ impl Runtime {
             .await?;
         self.start(&lost.tenant, &c.id).await?;
         Ok(Some(c))
+    }
+
+    /// The volumes of `lost`, when every one of them can follow it to this node: a named
+    /// volume on shared storage (not a local one, which stays with its node's disk; not an
+    /// anonymous one, which a new container would not get back).
+    fn movable_volumes(&self, lost: &Container) -> Option<Vec<crate::volumes::Volume>> {
+        lost.mounts
+            .iter()
+            .map(|m| self.volumes.get(&lost.tenant, &m.volume).ok())
+            .map(|v| v.filter(|v| v.node.is_empty() && !v.anonymous && v.driver != "local"))
+            .collect()
     }
 
     /// Stops this node's copies of containers the fleet declared lost while this node was
@@ -146,6 +166,7 @@ impl Runtime {
                 // Nothing of it is left to keep: its entry, its limits, then its disk once
                 // its processes are gone.
                 self.entries.lock().expect("poisoned").remove(&mine.id);
+                self.volumes.release(&mine.id);
                 self.release_cgroup(&mine).await;
                 for _ in 0..50 {
                     if processes_in(&dir).is_empty() {

@@ -38,6 +38,9 @@ pub trait Backend: Send + Sync {
     fn used_bytes(&self, id: &str) -> u64;
     /// Volume and snapshot ids the backend holds, for cleaning up after a crash.
     fn list(&self) -> BackendResult<(Vec<String>, Vec<String>)>;
+    /// Cuts every client that has volume `id` open off from it (the VM of a node the fleet
+    /// lost), so that another node may take it: the storage refuses their writes from then on.
+    fn fence(&self, id: &str) -> BackendResult<()>;
 }
 
 /// `local`: one sparse raw file per volume under `DATA/volumes`, ext4 inside. QEMU opens it
@@ -193,6 +196,12 @@ impl Backend for Local {
 
     fn list(&self) -> BackendResult<(Vec<String>, Vec<String>)> {
         Ok((ids_in(&self.volumes)?, ids_in(&self.snapshots)?))
+    }
+
+    fn fence(&self, id: &str) -> BackendResult<()> {
+        Err(BackendError(format!(
+            "local volume {id} lives on its node's disk: no other node can take it"
+        )))
     }
 }
 

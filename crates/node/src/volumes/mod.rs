@@ -364,6 +364,14 @@ impl Volumes {
             .map_err(|e| RuntimeError::Internal(format!("removing volume {}: {e}", v.name)))
     }
 
+    /// Takes `v` from the clients that still have it open (a lost node's VM): from then on
+    /// the storage refuses their writes, and this node may attach it.
+    pub fn fence(&self, v: &Volume) -> Result<()> {
+        self.backend(v)?
+            .fence(&v.id)
+            .map_err(|e| RuntimeError::Internal(format!("fencing volume {}: {e}", v.name)))
+    }
+
     // ---- holders: one running container per volume ----
 
     pub fn holder(&self, tenant: &str, name: &str) -> Option<String> {

@@ -141,7 +141,8 @@ impl Rbd {
         }
     }
 
-    /// Blocklists every client watching `image` (dead ones, see [`Rbd::remove_image`]).
+    /// Blocklists every client watching `image`: dead ones (see [`Rbd::remove_image`]), or a
+    /// lost node's, whose exclusive lock on the image then passes to the next client.
     fn fence_watchers(&self, image: &str) -> BackendResult<()> {
         let out = self.rbd(&["status", "--format", "json", &self.spec(image)])?;
         let status: serde_json::Value = serde_json::from_str(&out)
@@ -303,6 +304,10 @@ impl Backend for Rbd {
 
     fn remove(&self, id: &str) -> BackendResult<()> {
         self.remove_image(&format!("{VOLUME_PREFIX}{id}"))
+    }
+
+    fn fence(&self, id: &str) -> BackendResult<()> {
+        self.fence_watchers(&format!("{VOLUME_PREFIX}{id}"))
     }
 
     fn remove_snapshot(&self, snapshot: &str) -> BackendResult<()> {
