@@ -10,6 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use e2e::*;
 use store::etcd_server::EtcdServer;
 
+/// The fleet tests' floating IPs (TEST-NET-1).
+const FIP_POOL: &str = "192.0.2.0/29";
+
 fn main() {
     let tests: &[(&'static str, TestFn)] = &[
         ("hyperd_runs_on_etcd", hyperd_runs_on_etcd),
@@ -535,16 +538,28 @@ fn a_lost_nodes_containers_stop_for_good() {
         "l1",
         Some("198.51.100.31"),
         None,
-        &["--node-lost-after", "3", "--node-memory", "4G"],
+        &[
+            "--node-lost-after",
+            "3",
+            "--node-memory",
+            "4G",
+            "--fip-pool",
+            FIP_POOL,
+        ],
     );
     let n2 = fleet_node(
         &url,
         "l2",
         Some("198.51.100.32"),
         Some(&n1),
-        &["--node-lost-after", "3"],
+        &["--node-lost-after", "3", "--fip-pool", FIP_POOL],
     );
     Netns::datacenter_link(&n1.node, "198.51.100.31", &n2.node, "198.51.100.32");
+    // The internet reaches the fleet through l1: its router sends the FIP pool there, and the
+    // datacenter's route back goes through l1 too.
+    let inet = Netns::internet("linet", &n1.node, "hy-inet0", FIP_POOL);
+    n2.node
+        .ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.31"]);
     let run = |more: &[&str]| {
         let mut argv = vec!["run", "-d"];
         argv.extend_from_slice(more);
@@ -556,7 +571,33 @@ fn a_lost_nodes_containers_stop_for_good() {
         run(&["--name", "lr", "--restart", "always"]),
     ]
     .map(|id| format!("{}/c/{}", n2.data.display(), &id[..12]));
-    for name in ["lx", "lr"] {
+    // A FIP on a container with a restart policy, which l2 runs: l1 routes it on to l2.
+    let serve_fip = "mkdir -p /w && echo fip-ok > /w/index.html && exec httpd -f -p 80 -h /w";
+    n2.hyper(&[
+        "run",
+        "-d",
+        "--name",
+        "lf",
+        "--restart",
+        "always",
+        "-p",
+        "8080:80",
+        "busybox",
+        "sh",
+        "-c",
+        serve_fip,
+    ])
+    .timeout(180.0)
+    .run()
+    .ok();
+    let fip = n1.hyper(&["fip", "allocate", "1"]).run().ok().out();
+    n1.hyper(&["fip", "attach", &fip, "lf"]).run().ok();
+    let through_fip = || {
+        inet.run(|| http_get(&format!("{fip}:8080"), "/"))
+            .and_then(|body| (body == "fip-ok\n").then_some(()).ok_or(body))
+    };
+    wait_for("lf through its FIP, by way of l1", secs(60.0), through_fip);
+    for name in ["lx", "lr", "lf"] {
         assert_eq!(n1.inspect(name)["Node"]["Name"], "l2");
     }
     // A service kept by l2.
@@ -676,6 +717,17 @@ fn a_lost_nodes_containers_stop_for_good() {
             .then_some(())
             .ok_or(o.to_string())
     });
+    // lf moved to l1, and its FIP with it.
+    wait_for("lf to run on l1", secs(180.0), || {
+        let o = n1
+            .hyper(&["inspect", "-f", status, "lf"])
+            .timeout(30.0)
+            .run();
+        (o.out() == "running  l1")
+            .then_some(())
+            .ok_or(o.to_string())
+    });
+    wait_for("lf through its FIP on l1", secs(60.0), through_fip);
     // l1 took the service over: its replicas run there now, and it answers.
     wait_for("web to run 2 replicas on l1", secs(180.0), || {
         running_replicas(&n1)

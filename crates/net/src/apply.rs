@@ -12,7 +12,9 @@ use crate::guard::{render_guard, GUARD_TABLE};
 use crate::installed::{installed_tables, Tables, NODE_TABLE, TENANT_TABLES};
 use crate::iproute::{ip, ip_ignoring_absent, routes_with_proto};
 use crate::model::{NodeNet, TenantNetns};
-use crate::ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};
+use crate::ruleset::{
+    fip_routes, render_node_removal, render_node_rules, render_tenant_rules, FipRoute,
+};
 
 /// Route protocol number tagging our FIP routes in the node netns (`ip route show proto 213`),
 /// so stale ones can be found. Unassigned in /etc/iproute2/rt_protos.
@@ -37,13 +39,14 @@ pub fn apply_tenant_rules(
 }
 
 /// Replaces the node's table (caller's netns) and makes the FIP routes exactly those of
-/// `tenants`. Returns the table as the kernel now lists it.
+/// `tenants` and of other nodes (`node.fips_elsewhere`). Returns the table as the kernel now
+/// lists it.
 pub fn apply_node_rules(node: &NodeNet, tenants: &[&TenantNetns]) -> Result<Tables, NetError> {
     for t in tenants {
         t.validate()?;
     }
     nft(None, "apply node rules", &render_node_rules(node, tenants))?;
-    sync_fip_routes(tenants)?;
+    sync_fip_routes(&fip_routes(node, tenants))?;
     installed_tables(None, &[NODE_TABLE])
 }
 
@@ -70,9 +73,8 @@ pub(crate) fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(),
     run(what, cmd, Some(ruleset)).map(drop)
 }
 
-fn sync_fip_routes(tenants: &[&TenantNetns]) -> Result<(), NetError> {
-    let wanted = fip_routes(tenants);
-    let keep: HashSet<String> = wanted.iter().map(|(fip, ..)| fip.to_string()).collect();
+fn sync_fip_routes(wanted: &[FipRoute]) -> Result<(), NetError> {
+    let keep: HashSet<String> = wanted.iter().map(|r| r.fip.to_string()).collect();
     let proto = FIP_ROUTE_PROTO.to_string();
     for stale in routes_with_proto(None, FIP_ROUTE_PROTO)? {
         if !keep.contains(stale.dst.trim_end_matches("/32")) {
@@ -83,15 +85,12 @@ fn sync_fip_routes(tenants: &[&TenantNetns]) -> Result<(), NetError> {
             )?;
         }
     }
-    for (fip, peer, host_if) in wanted {
-        let (dst, via) = (format!("{fip}/32"), peer.to_string());
-        ip(
-            None,
-            "FIP route",
-            &[
-                "route", "replace", &dst, "via", &via, "dev", host_if, "proto", &proto,
-            ],
-        )?;
+    for r in wanted {
+        let (dst, via) = (format!("{}/32", r.fip), r.via.to_string());
+        let mut args = vec!["route", "replace", &dst, "via", &via];
+        args.extend(r.dev.iter().flat_map(|dev| ["dev", *dev]));
+        args.extend(["proto", &proto]);
+        ip(None, "FIP route", &args)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::installed::{Installed, Tables};
-use crate::model::{TenantNetns, TENANT_UPLINK};
+use crate::model::{NodeNet, TenantNetns, TENANT_UPLINK};
 use crate::overlay::{plan, Overlay, OverlayState};
 use crate::ruleset::fip_routes;
 
@@ -160,26 +160,26 @@ fn link(installed: &Installed, name: &str, want: &[String]) -> Vec<Drift> {
     drifts
 }
 
-/// The node's FIP routes (`node.routes`, ours by protocol) against those of `tenants`.
-pub fn node_fip_routes(tenants: &[&TenantNetns], node: &Installed) -> Vec<Drift> {
-    let wanted = fip_routes(tenants);
+/// The node's FIP routes (`node.routes`, ours by protocol) against those of `tenants` and of
+/// other nodes (`net.fips_elsewhere`).
+pub fn node_fip_routes(net: &NodeNet, tenants: &[&TenantNetns], node: &Installed) -> Vec<Drift> {
+    let wanted = fip_routes(net, tenants);
     let mut drifts = Vec::new();
-    for (fip, peer, host_if) in &wanted {
-        let (fip, peer) = (fip.to_string(), peer.to_string());
+    for w in &wanted {
+        let (fip, via) = (w.fip.to_string(), w.via.to_string());
         let present = node.routes.iter().any(|r| {
             r.dst.trim_end_matches("/32") == fip
-                && r.gateway.as_deref() == Some(peer.as_str())
-                && r.dev.as_deref() == Some(*host_if)
+                && r.gateway.as_deref() == Some(via.as_str())
+                && (w.dev.is_none() || r.dev.as_deref() == w.dev)
         });
         if !present {
-            drifts.push(Drift::RouteMissing(format!(
-                "{fip} via {peer} dev {host_if}"
-            )));
+            let dev = w.dev.map(|d| format!(" dev {d}")).unwrap_or_default();
+            drifts.push(Drift::RouteMissing(format!("{fip} via {via}{dev}")));
         }
     }
     for route in &node.routes {
         let dst = route.dst.trim_end_matches("/32");
-        if !wanted.iter().any(|(fip, ..)| fip.to_string() == dst) {
+        if !wanted.iter().any(|w| w.fip.to_string() == dst) {
             drifts.push(Drift::RouteStray(route.dst.clone()));
         }
     }
@@ -290,6 +290,13 @@ mod tests {
         (node, inside)
     }
 
+    fn net() -> NodeNet {
+        NodeNet {
+            transit_cidr: "100.127.0.0/16".parse().unwrap(),
+            fips_elsewhere: vec![],
+        }
+    }
+
     fn texts(drifts: &[Drift]) -> Vec<String> {
         drifts.iter().map(ToString::to_string).collect()
     }
@@ -299,7 +306,7 @@ mod tests {
         let (node, inside) = in_place();
         let t = tenant();
         assert_eq!(tenant_links(&t, &node, Some(&inside)), []);
-        assert_eq!(node_fip_routes(&[&t], &node), []);
+        assert_eq!(node_fip_routes(&net(), &[&t], &node), []);
         // A tap not there yet (its VM is starting) is not a drift either.
         let mut no_tap = inside.clone();
         no_tap.links.retain(|l| l.kind.as_deref() != Some("tun"));
@@ -346,14 +353,14 @@ mod tests {
             route("198.51.100.5", "100.127.0.1", "hv-0"),
         ];
         assert_eq!(
-            texts(&node_fip_routes(&[&t], &node)),
+            texts(&node_fip_routes(&net(), &[&t], &node)),
             [
                 "route 198.51.100.2 via 100.127.0.1 dev hv-0 is missing",
                 "stray route 198.51.100.5",
             ]
         );
         assert_eq!(
-            texts(&node_fip_routes(&[], &node)),
+            texts(&node_fip_routes(&net(), &[], &node)),
             ["stray route 198.51.100.2", "stray route 198.51.100.5"]
         );
     }

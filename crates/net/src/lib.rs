@@ -41,4 +41,6 @@ pub use overlay::{
     FdbEntry, FdbKind, Neighbour, Overlay, OverlayState, RemoteEndpoint, VxlanLink,
     OVERLAY_NEIGH_PROTO, OVERLAY_TABLE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_PREFIX,
 };
-pub use ruleset::{fip_routes, render_node_removal, render_node_rules, render_tenant_rules};
+pub use ruleset::{
+    fip_routes, render_node_removal, render_node_rules, render_tenant_rules, FipRoute,
+};

@@ -19,6 +19,16 @@ const IFNAMSIZ_MAX: usize = 15;
 pub struct NodeNet {
     /// Pool of transit /31s, one per tenant netns on this node (e.g. 100.127.0.0/16).
     pub transit_cidr: Ipv4Net,
+    /// Floating IPs whose containers run on other nodes of the fleet: this node routes each
+    /// to its node over the fleet's network, so that a FIP is reached through any node.
+    pub fips_elsewhere: Vec<FipElsewhere>,
+}
+
+/// A floating IP held on another node, and that node's address on the fleet's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FipElsewhere {
+    pub fip: Ipv4Addr,
+    pub node_ip: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +280,7 @@ mod tests {
     fn transit_links_are_consecutive_slash_31s() {
         let node = NodeNet {
             transit_cidr: "100.127.0.0/16".parse().unwrap(),
+            fips_elsewhere: vec![],
         };
         let t = transit_for(&node, 3).unwrap();
         assert_eq!(t.host_if, "hv-3");
@@ -334,6 +345,7 @@ mod tests {
             transit: transit_for(
                 &NodeNet {
                     transit_cidr: "100.127.0.0/16".parse().unwrap(),
+                    fips_elsewhere: vec![],
                 },
                 0,
             )

@@ -457,23 +457,47 @@ fn node_body(node: &NodeNet, tenants: &[&TenantNetns]) -> String {
     out
 }
 
-/// FIP routes the node must have, endpoints' and services' alike: (FIP, tenant peer address,
-/// node-side transit link).
-pub fn fip_routes<'a>(tenants: &[&'a TenantNetns]) -> Vec<(Ipv4Addr, Ipv4Addr, &'a str)> {
-    tenants
+/// A route of the node's for a floating IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FipRoute<'a> {
+    pub fip: Ipv4Addr,
+    pub via: Ipv4Addr,
+    /// The transit link of the tenant that holds it here; `None`: another node holds it, and
+    /// `via` is that node's address on the fleet's network.
+    pub dev: Option<&'a str>,
+}
+
+/// FIP routes the node must have: to the tenants that hold them here (endpoints' and
+/// services' alike), then to the nodes that hold the others (a FIP held here wins).
+pub fn fip_routes<'a>(node: &NodeNet, tenants: &[&'a TenantNetns]) -> Vec<FipRoute<'a>> {
+    let mut routes: Vec<FipRoute<'a>> = tenants
         .iter()
         .flat_map(|t| {
             let fips = t.endpoints().filter_map(|e| e.fip);
             let fips = fips.chain(t.services().filter_map(|s| s.fip));
-            fips.map(|fip| (fip, t.transit.peer_ip, t.transit.host_if.as_str()))
+            fips.map(|fip| FipRoute {
+                fip,
+                via: t.transit.peer_ip,
+                dev: Some(t.transit.host_if.as_str()),
+            })
         })
-        .collect()
+        .collect();
+    for e in &node.fips_elsewhere {
+        if !routes.iter().any(|r| r.fip == e.fip) {
+            routes.push(FipRoute {
+                fip: e.fip,
+                via: e.node_ip,
+                dev: None,
+            });
+        }
+    }
+    routes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Bridge, PortMapping, ServiceVip, Transit};
+    use crate::model::{Bridge, FipElsewhere, PortMapping, ServiceVip, Transit};
 
     fn endpoint(
         tap: &str,
@@ -763,6 +787,7 @@ mod tests {
         };
         let node = NodeNet {
             transit_cidr: "100.127.0.0/16".parse().unwrap(),
+            fips_elsewhere: vec![],
         };
         let text = render_node_rules(&node, &[&t]);
         let publish = [
@@ -789,12 +814,31 @@ mod tests {
                 "iifname \"hv-*\" drop"
             ]
         );
-        let (peer, host_if) = (Ipv4Addr::new(100, 127, 0, 1), "hv-0");
+        let (peer, host_if) = (Ipv4Addr::new(100, 127, 0, 1), Some("hv-0"));
+        let route = |last: u8, via: Ipv4Addr, dev: Option<&'static str>| FipRoute {
+            fip: Ipv4Addr::new(198, 51, 100, last),
+            via,
+            dev,
+        };
         assert_eq!(
-            fip_routes(&[&t]),
+            fip_routes(&node, &[&t]),
+            [route(7, peer, host_if), route(8, peer, host_if)]
+        );
+        // Another node's FIPs go to that node; one held here stays here.
+        let elsewhere = |last: u8| FipElsewhere {
+            fip: Ipv4Addr::new(198, 51, 100, last),
+            node_ip: Ipv4Addr::new(203, 0, 113, 2),
+        };
+        let fleet = NodeNet {
+            fips_elsewhere: vec![elsewhere(8), elsewhere(9)],
+            ..node.clone()
+        };
+        assert_eq!(
+            fip_routes(&fleet, &[&t]),
             [
-                (Ipv4Addr::new(198, 51, 100, 7), peer, host_if),
-                (Ipv4Addr::new(198, 51, 100, 8), peer, host_if),
+                route(7, peer, host_if),
+                route(8, peer, host_if),
+                route(9, Ipv4Addr::new(203, 0, 113, 2), None)
             ]
         );
     }

@@ -21,7 +21,7 @@ fn drifts(sandbox: &Sandbox, t: &TenantNetns, applied: &net::Tables) -> Vec<Drif
         let node = installed_on_node().unwrap();
         let inside = installed_in_tenant(t).unwrap();
         let mut found = drift::tenant_links(t, &node, inside.as_ref());
-        found.extend(drift::node_fip_routes(&[t], &node));
+        found.extend(drift::node_fip_routes(&sandbox.net, &[t], &node));
         found.extend(drift::tables(applied, &inside.unwrap().tables));
         found
     })

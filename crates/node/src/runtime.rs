@@ -372,6 +372,17 @@ impl Runtime {
         Ok(self.entry(tenant, reference)?.snapshot())
     }
 
+    /// The tenant's container `reference` wherever it runs: this node's, or another node's as
+    /// its record says.
+    pub fn get_anywhere(&self, tenant: &str, reference: &str) -> Result<Container> {
+        match self.get(tenant, reference) {
+            Err(RuntimeError::NotFound(why)) => self
+                .home_elsewhere(tenant, reference)?
+                .ok_or(RuntimeError::NotFound(why)),
+            found => found,
+        }
+    }
+
     pub fn list(&self, tenant: &str) -> Vec<Container> {
         let mut out: Vec<Container> = self
             .entries

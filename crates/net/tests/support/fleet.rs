@@ -88,7 +88,10 @@ impl Fleet {
     /// A tenant netns model for node `i` with transit link `index`, at a path inside the fleet.
     pub fn tenant(&self, i: usize, name: &str, index: u32, bridges: Vec<Bridge>) -> TenantNetns {
         let transit_cidr = "100.127.0.0/16".parse().unwrap();
-        let net = net::NodeNet { transit_cidr };
+        let net = net::NodeNet {
+            transit_cidr,
+            fips_elsewhere: vec![],
+        };
         TenantNetns {
             name: format!("n{i}-{name}"),
             netns_path: self.dir.join(format!("n{i}-tenant-{name}")),

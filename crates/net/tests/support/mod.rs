@@ -49,6 +49,7 @@ impl Sandbox {
             dir,
             net: NodeNet {
                 transit_cidr: "100.127.0.0/16".parse().unwrap(),
+                fips_elsewhere: vec![],
             },
             extra: Vec::new(),
         };

@@ -48,6 +48,15 @@ fn all(store: &dyn Store) -> Result<Vec<(FipRecord, u64)>> {
         .collect()
 }
 
+/// Every tenant's FIPs that are attached to a container.
+pub fn attached_to_containers(store: &dyn Store) -> Result<Vec<FipRecord>> {
+    Ok(all(store)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .filter(|r| !r.container.is_empty())
+        .collect())
+}
+
 pub fn list(store: &dyn Store, tenant: &str) -> Result<Vec<FipRecord>> {
     Ok(all(store)?
         .into_iter()

@@ -80,7 +80,6 @@ pub struct NetConfig {
 pub struct Networks {
     store: Arc<dyn Store>,
     cfg: NetConfig,
-    node: net::NodeNet,
     fip_pool: Vec<Ipv4Addr>,
     /// Serialises syncs: each rebuilds a tenant's whole ruleset from the store.
     sync: Mutex<SyncState>,
@@ -146,13 +145,9 @@ fn is_default(mode: &str) -> bool {
 impl Networks {
     pub fn new(store: Arc<dyn Store>, cfg: NetConfig) -> Self {
         let fip_pool = fips::pool_addresses(&cfg.fip_pool);
-        let node = net::NodeNet {
-            transit_cidr: cfg.transit_cidr,
-        };
         Self {
             store,
             cfg,
-            node,
             fip_pool,
             sync: Mutex::new(SyncState::default()),
         }
@@ -819,7 +814,7 @@ impl Networks {
         Ok(net::TenantNetns {
             name: format!("t{index}"),
             netns_path: self.tenant_dir(index).join("netns"),
-            transit: net::transit_for(&self.node, index).map_err(net_err)?,
+            transit: net::transit_for(&self.node_net_alone(), index).map_err(net_err)?,
             bridges,
         })
     }
@@ -993,31 +988,86 @@ impl Networks {
     /// What the node gets: its ruleset and the FIP routes (most container changes leave both
     /// as they were), or nothing at all when no tenant has a link. The table is the same for
     /// no tenants and for tenants without published ports: the input says which it is.
-    fn node_input(&self, models: &[(String, net::TenantNetns)]) -> String {
-        if models.is_empty() {
+    fn node_input(&self, node: &net::NodeNet, models: &[(String, net::TenantNetns)]) -> String {
+        if models.is_empty() && node.fips_elsewhere.is_empty() {
             return "removed".to_string();
         }
         let refs: Vec<&net::TenantNetns> = models.iter().map(|(_, m)| m).collect();
         format!(
             "{}\n{:?}",
-            net::render_node_rules(&self.node, &refs),
-            net::fip_routes(&refs)
+            net::render_node_rules(node, &refs),
+            net::fip_routes(node, &refs)
         )
+    }
+
+    /// The node's side (transit pool, other nodes' FIPs) as the `net` crate realises it.
+    fn node_net(&self) -> Result<net::NodeNet> {
+        Ok(net::NodeNet {
+            fips_elsewhere: self.fips_elsewhere()?,
+            ..self.node_net_alone()
+        })
+    }
+
+    /// [`Networks::node_net`] without what other nodes hold.
+    fn node_net_alone(&self) -> net::NodeNet {
+        net::NodeNet {
+            transit_cidr: self.cfg.transit_cidr,
+            fips_elsewhere: Vec::new(),
+        }
+    }
+
+    /// The FIPs of containers that other nodes run (up, and not lost), each with the address
+    /// of its node: this node routes them there, so a FIP is reached through any node and
+    /// follows its container when it moves.
+    fn fips_elsewhere(&self) -> Result<Vec<net::FipElsewhere>> {
+        if self.cfg.node_address.is_none() {
+            return Ok(Vec::new());
+        }
+        let held = fips::attached_to_containers(self.store())?;
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: HashMap<String, Ipv4Addr> = crate::fleet::list(self.store())?
+            .into_iter()
+            .filter(|n| n.state == crate::fleet::NodeState::Ready)
+            .filter_map(|n| Some((n.record.name, n.record.address?)))
+            .collect();
+        let mut elsewhere = Vec::new();
+        for f in held {
+            let key = format!("/containers/{}/{}", f.tenant, f.container);
+            let Some(kv) = self.store().get(&key)? else {
+                continue;
+            };
+            let Ok(c) = serde_json::from_slice::<Container>(&kv.value) else {
+                continue;
+            };
+            if self.is_local(&c) || c.lost.is_some() {
+                continue;
+            }
+            if let Some(node_ip) = nodes.get(&c.node) {
+                elsewhere.push(net::FipElsewhere {
+                    fip: f.ip,
+                    node_ip: *node_ip,
+                });
+            }
+        }
+        Ok(elsewhere)
     }
 
     fn sync_node_locked(&self, state: &mut SyncState) -> Result<()> {
         let models = self.transit_models()?;
-        let input = self.node_input(&models);
+        let node = self.node_net()?;
+        let input = self.node_input(&node, &models);
         if state.node.as_ref().map(|a| &a.input) == Some(&input) {
             return Ok(());
         }
         state.node = None;
-        let installed = if models.is_empty() {
+        let installed = if models.is_empty() && node.fips_elsewhere.is_empty() {
             net::remove_node_rules().map_err(net_err)?;
             net::Tables::new()
         } else {
             let refs: Vec<&net::TenantNetns> = models.iter().map(|(_, m)| m).collect();
-            net::apply_node_rules(&self.node, &refs).map_err(net_err)?
+            net::apply_node_rules(&node, &refs).map_err(net_err)?
         };
         state.node = Some(Applied { input, installed });
         Ok(())

@@ -1,7 +1,8 @@
 //! Other nodes' containers in this node's tenant networks: a container another node starts,
 //! moves or removes changes the VXLAN peers (and the DNS names) of its tenant here, as does
 //! another node's own address on a network (its balancer's), and a node going down or coming
-//! up changes the peers of every tenant. The node's own changes go
+//! up changes the peers of every tenant. A floating IP attached anywhere is routed by every
+//! node to the one that runs its container. The node's own changes go
 //! through its own syncs.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub async fn follow_other_nodes_forever(runtime: Arc<Runtime>) {
     let mut containers = runtime.store().watch("/containers/");
     let mut nodes = runtime.store().watch("/nodes-alive/");
     let mut addresses = runtime.store().watch("/ipam/");
+    let mut fips = runtime.store().watch("/fips/");
     let own_claim = format!("node:{node}");
     loop {
         let synced = tokio::select! {
@@ -35,6 +37,18 @@ pub async fn follow_other_nodes_forever(runtime: Arc<Runtime>) {
                 runtime.with_networks(move |n| n.sync_tenant(&tenant, &[])).await
             }
             Some(_) = nodes.next() => runtime.with_networks(|n| n.sync_all()).await,
+            // A FIP attached, detached or released through another node: its container's node
+            // routes and forwards it, the others route it there. A release does not say
+            // whose it was.
+            Some(change) = fips.next() => match &change {
+                store::Event::Put(kv) => {
+                    let Ok(f) = serde_json::from_slice::<super::fips::FipRecord>(&kv.value) else {
+                        continue;
+                    };
+                    runtime.with_networks(move |n| n.sync_tenant(&f.tenant, &[])).await
+                }
+                _ => runtime.with_networks(|n| n.sync_all()).await,
+            },
             // Another node's own address on a network (its balancer's) came or went; a
             // removal does not say whose, so any is followed.
             Some(change) = addresses.next() => {

@@ -90,10 +90,11 @@ impl Networks {
             }
         }
         if let Some(applied) = &state.node {
-            if applied.input == self.node_input(&models) {
+            let node_net = self.node_net()?;
+            if applied.input == self.node_input(&node_net, &models) {
                 let refs: Vec<&net::TenantNetns> = models.iter().map(|(_, m)| m).collect();
                 let mut drifts = net::drift::tables(&applied.installed, &node.tables);
-                drifts.extend(net::drift::node_fip_routes(&refs, &node));
+                drifts.extend(net::drift::node_fip_routes(&node_net, &refs, &node));
                 if !drifts.is_empty() {
                     report("the node", &drifts);
                     state.node = None;

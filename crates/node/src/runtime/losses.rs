@@ -61,8 +61,8 @@ impl Runtime {
 
     /// Starts a lost container again on this node when its restart policy asks for it and
     /// nothing of it is bound to the lost node (its volumes, if any, are named shared ones): a
-    /// new container under the same name, configuration, aliases and volumes, which are fenced
-    /// from the lost node first. `None` when it stays lost (no policy, a local or anonymous
+    /// new container under the same name, configuration, aliases, floating IP and volumes,
+    /// which are fenced from the lost node first. `None` when it stays lost (no policy, a local or anonymous
     /// volume, a service's replica, or no room or image for it here).
     pub async fn start_lost_here(self: &Arc<Self>, lost: &Container) -> Result<Option<Container>> {
         let wanted = super::restart::wanted(&Container {
@@ -94,6 +94,16 @@ impl Runtime {
             self.volumes.fence(v)?;
             tracing::info!(container = %lost.id, "volume {} fenced from node {}", v.name, lost.node);
         }
+        // Its floating IP follows it (the removal of the lost record detaches it).
+        let (tenant, id) = (lost.tenant.clone(), lost.id.clone());
+        let fip = self
+            .with_networks(move |n| {
+                Ok(n.fip_list(&tenant)?
+                    .into_iter()
+                    .find(|f| f.container == id)
+                    .map(|f| f.ip))
+            })
+            .await?;
         self.remove_lost(&lost.tenant, &lost.id)?;
         let aliases = lost
             .endpoint
@@ -109,6 +119,11 @@ impl Runtime {
                 aliases,
             )
             .await?;
+        if let Some(ip) = fip {
+            let new = c.clone();
+            self.with_networks(move |n| n.fip_attach(&new, &ip.to_string()))
+                .await?;
+        }
         self.start(&lost.tenant, &c.id).await?;
         Ok(Some(c))
     }

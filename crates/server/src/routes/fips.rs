@@ -47,7 +47,9 @@ pub async fn attach(
     Query(q): Query<Params>,
 ) -> ApiResult<StatusCode> {
     let ip = param(&q, "ip")?.to_string();
-    let c = app.runtime.get(&tenant, param(&q, "container")?)?;
+    // Another node's container too: the store says which FIP it holds, and its node (which
+    // follows the FIP records) forwards it, the others route it there.
+    let c = app.runtime.get_anywhere(&tenant, param(&q, "container")?)?;
     app.runtime
         .with_networks(move |n| n.fip_attach(&c, &ip))
         .await?;
@@ -59,7 +61,7 @@ pub async fn detach(
     Extension(TenantId(tenant)): Extension<TenantId>,
     Query(q): Query<Params>,
 ) -> ApiResult<Json<Value>> {
-    let c = app.runtime.get(&tenant, param(&q, "container")?)?;
+    let c = app.runtime.get_anywhere(&tenant, param(&q, "container")?)?;
     let ip = app.runtime.with_networks(move |n| n.fip_detach(&c)).await?;
     Ok(Json(json!(ip)))
 }
