@@ -379,6 +379,24 @@ impl Netns {
         }
     }
 
+    /// A namespace standing for the datacenter's network: a bridge that each node's namespace
+    /// joins by a veth (`dc0` there, with its address /24). The links go with the namespace.
+    pub fn datacenter(tag: &str, nodes: &[(&Netns, &str)]) -> Netns {
+        let dc = Netns::new(tag);
+        dc.ip(&["link", "add", "br0", "type", "bridge"]);
+        dc.ip(&["link", "set", "br0", "up"]);
+        for (i, (node, ip)) in nodes.iter().enumerate() {
+            let port = format!("p{i}");
+            dc.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "dc0", "netns", &node.name,
+            ]);
+            dc.ip(&["link", "set", &port, "master", "br0", "up"]);
+            node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "dc0"]);
+            node.ip(&["link", "set", "dc0", "up"]);
+        }
+        dc
+    }
+
     /// `ip -n NAME ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
         let mut a = vec!["-n", self.name.as_str()];

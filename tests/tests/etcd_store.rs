@@ -37,6 +37,10 @@ fn main() {
             "an_rbd_writer_moves_off_a_lost_node_once_fenced",
             an_rbd_writer_moves_off_a_lost_node_once_fenced,
         ),
+        (
+            "a_service_heals_over_three_nodes",
+            a_service_heals_over_three_nodes,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -892,6 +896,164 @@ fn an_rbd_writer_moves_off_a_lost_node_once_fenced() {
         .timeout(120.0)
         .run()
         .ok();
+}
+
+/// A service of 4 replicas on three nodes (joined by a bridge standing for the datacenter)
+/// spreads over all three; a client on one node keeps being answered through the service while
+/// another whole node is killed (hyperd, shims and QEMUs at once), failing only between the
+/// kill and the heal, and the service is back to 4 replicas on the nodes left.
+fn a_service_heals_over_three_nodes() {
+    let url = own_etcd("heal");
+    let addrs = ["198.51.100.61", "198.51.100.62", "198.51.100.63"];
+    let lost = ["--node-lost-after", "3"];
+    let n1 = fleet_node(&url, "h1", Some(addrs[0]), None, &lost);
+    let n2 = fleet_node(&url, "h2", Some(addrs[1]), Some(&n1), &lost);
+    let n3 = fleet_node(&url, "h3", Some(addrs[2]), Some(&n1), &lost);
+    let dc = Netns::datacenter(
+        "hdc",
+        &[
+            (&n1.node, addrs[0]),
+            (&n2.node, addrs[1]),
+            (&n3.node, addrs[2]),
+        ],
+    );
+    // The nodes need it until they are gone.
+    at_teardown(move || drop(dc));
+    let serve = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w";
+    n1.hyper(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--service-port",
+        "80",
+        "--protocol",
+        "http",
+        "--health-check-interval",
+        "1",
+        "--health-check-fall",
+        "2",
+        "--health-check-rise",
+        "1",
+        "busybox",
+        "sh",
+        "-c",
+        serve,
+    ])
+    .run()
+    .ok();
+    // (running, on which nodes) of the service's replicas.
+    let replicas = || {
+        let v = n1.hyper(&["service", "inspect", "web"]).run().ok().json()[0].clone();
+        let mut on: Vec<String> = v["Containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["State"] == "running")
+            .map(|c| c["Node"].as_str().unwrap().to_string())
+            .collect();
+        on.sort();
+        (v["Status"] == "running", on)
+    };
+    let spread = wait_for("web to run 4 replicas", secs(240.0), || match replicas() {
+        (true, on) if on.len() == 4 => Ok(on),
+        other => Err(format!("{other:?}")),
+    });
+    let nodes: BTreeSet<&str> = spread.iter().map(String::as_str).collect();
+    assert_eq!(nodes, BTreeSet::from(["h1", "h2", "h3"]), "{spread:?}");
+
+    // A client on h1 (pinned by a local volume made there) asks four times a second.
+    n1.hyper(&["volume", "create", "pin-h1"]).run().ok();
+    let ask = "while :; do if timeout 3 wget -qO- http://web/ >/dev/null; \
+        then echo \"$(date +%s) ok\"; else echo \"$(date +%s) fail\"; fi; usleep 250000; done";
+    n1.hyper(&[
+        "run",
+        "-d",
+        "--name",
+        "client",
+        "-v",
+        "pin-h1:/p",
+        "busybox",
+        "sh",
+        "-c",
+        ask,
+    ])
+    .timeout(180.0)
+    .run()
+    .ok();
+    let answers = || -> Vec<(i64, bool)> {
+        let o = n1.hyper(&["logs", "client"]).timeout(60.0).run().ok();
+        o.stdout
+            .lines()
+            .filter_map(|l| {
+                let (t, what) = l.split_once(' ')?;
+                Some((t.parse().ok()?, what == "ok"))
+            })
+            .collect()
+    };
+    wait_for("the client's first answers", secs(120.0), || {
+        let ok = answers().iter().filter(|(_, ok)| *ok).count();
+        let o = n1
+            .hyper(&["logs", "--tail", "5", "client"])
+            .timeout(60.0)
+            .run();
+        (ok >= 8).then_some(()).ok_or(format!("{ok} answers: {o}"))
+    });
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+
+    // h3 dies whole.
+    let killed_at = now();
+    n3.kill9();
+    for p in processes_mentioning(&n3.data.to_string_lossy()) {
+        let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
+        // SAFETY: kill(2) of a process of this test's own node.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let healed = wait_for(
+        "web back to 4 replicas on h1 and h2",
+        secs(240.0),
+        || match replicas() {
+            (true, on) if on.len() == 4 && !on.iter().any(|n| n == "h3") => Ok(on),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let healed_at = now();
+    eprintln!(
+        "heal window: {} s, replicas on {healed:?}",
+        healed_at - killed_at
+    );
+    wait_for("the client's answers after the heal", secs(60.0), || {
+        let after = answers()
+            .iter()
+            .filter(|(t, ok)| *ok && *t > healed_at + 2)
+            .count();
+        (after >= 8).then_some(()).ok_or(format!("{after} answers"))
+    });
+    // Guest clocks are read from the RTC: a second of slack either side.
+    let all = answers();
+    let outside: Vec<&(i64, bool)> = all
+        .iter()
+        .filter(|(t, ok)| !ok && (*t < killed_at - 1 || *t > healed_at + 1))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "failures outside [{killed_at}, {healed_at}]: {outside:?}"
+    );
+    n1.hyper(&["rm", "-f", "client"]).timeout(60.0).run().ok();
+    n1.hyper(&["volume", "rm", "pin-h1"]).run().ok();
+    n1.hyper(&["service", "rm", "web"])
+        .timeout(120.0)
+        .run()
+        .ok();
+    // h3 back for an orderly teardown: it stops what the fleet gave up.
+    n3.restart();
 }
 
 /// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on

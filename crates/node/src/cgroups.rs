@@ -326,6 +326,34 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Removes the groups of containers that `claimed` does not know (and their tenants' when
+    /// that leaves them empty); one with a process still in it stays.
+    pub fn remove_unclaimed(&self, claimed: impl Fn(&str) -> bool) {
+        for base in self.bases() {
+            let Ok(tenants) = std::fs::read_dir(base) else {
+                continue;
+            };
+            let tenant_groups = tenants.flatten().filter(|t| {
+                t.path().is_dir() && t.file_name().to_string_lossy().starts_with(TENANT_PREFIX)
+            });
+            for tenant in tenant_groups {
+                let Ok(groups) = std::fs::read_dir(tenant.path()) else {
+                    continue;
+                };
+                for group in groups.flatten().filter(|g| g.path().is_dir()) {
+                    let id = group.file_name().to_string_lossy().to_string();
+                    if !claimed(&id) {
+                        match std::fs::remove_dir(group.path()) {
+                            Ok(()) => tracing::info!("removed leftover VM group {id}"),
+                            Err(e) => tracing::warn!("leftover VM group {id}: {e}"),
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(tenant.path());
+            }
+        }
+    }
+
     /// At hyperd's stop: the base group goes when no VM is left in it (they carry on across a
     /// restart, and keep it then).
     pub fn close(&self) {
@@ -348,9 +376,11 @@ impl Cgroups {
     }
 }
 
+const TENANT_PREFIX: &str = "tenant-";
+
 fn tenant_group(tenant: &str) -> String {
     // Tenant names are lowercase letters, digits and dashes: a safe path component.
-    format!("tenant-{tenant}")
+    format!("{TENANT_PREFIX}{tenant}")
 }
 
 /// The unified hierarchy when it has the cpu and memory controllers, with the base group made

@@ -1106,6 +1106,11 @@ impl Runtime {
                 }
             }
         }
+        // So are the VM groups no record claims (a VM killed with its node, whose record the
+        // fleet removed meanwhile): empty by now, they go.
+        if let Some(cgroups) = &self.cfg.cgroups {
+            cgroups.remove_unclaimed(|id| known.contains(id.get(..12).unwrap_or(id)));
+        }
         if let Err(e) = self.with_networks(|n| n.recover()).await {
             tracing::error!("rebuilding networks: {e}");
         }
