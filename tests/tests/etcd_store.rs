@@ -416,6 +416,32 @@ fn a_tenant_network_spans_nodes() {
         },
     );
     n1.hyper(&["rm", "-f", "oa"]).timeout(60.0).run().ok();
+
+    // A burst through one node spreads: each placement counts those still on their way.
+    let names = ["ob1", "ob2", "ob3", "ob4"];
+    let runs: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let cmd = n1.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "600"]);
+            std::thread::spawn(move || cmd.timeout(180.0).run())
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap().ok();
+    }
+    let on: BTreeSet<String> = names
+        .iter()
+        .map(|name| {
+            n1.inspect(name)["Node"]["Name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(on, BTreeSet::from(["o1".to_string(), "o2".to_string()]));
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names);
+    n1.hyper(&rm).timeout(120.0).run().ok();
 }
 
 /// Containers go where memory is free: two nodes that each hold two s1 containers take four

@@ -11,6 +11,7 @@
 mod events;
 mod forward;
 mod placement;
+pub use placement::Placed;
 mod replicas;
 mod signature;
 
@@ -47,6 +48,9 @@ pub struct FleetLink {
     /// Where connections to other nodes start (the node's network namespace).
     netns: Option<PathBuf>,
     store: Arc<dyn Store>,
+    /// Memory placements gave nodes that their records do not book yet
+    /// ([`placement::Pending`]).
+    pending: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl FleetLink {
@@ -63,6 +67,7 @@ impl FleetLink {
             tls,
             netns,
             store,
+            pending: Arc::default(),
         }
     }
 

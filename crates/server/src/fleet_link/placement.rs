@@ -8,15 +8,79 @@ use http::{header, StatusCode};
 use node::fleet::{NodeRecord, NodeState};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::FleetLink;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// Where [`FleetLink::place_elsewhere`] put a container.
+pub enum Placed {
+    /// Here: create it, holding this until its record books its memory.
+    Here(Pending),
+    /// On another node, whose answer this is.
+    There(Response),
+}
+
+/// Memory a placement gave a node that its records do not book yet (the create is on its
+/// way): the placements that follow count it, so a burst through one node spreads over the
+/// fleet instead of piling onto the node that looked emptiest when it began. Given back when
+/// dropped.
+pub struct Pending {
+    pending: Arc<Mutex<HashMap<String, u64>>>,
+    node: String,
+    bytes: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().expect("poisoned");
+        if let Some(left) = pending.get_mut(&self.node) {
+            *left = left.saturating_sub(self.bytes);
+            if *left == 0 {
+                pending.remove(&self.node);
+            }
+        }
+    }
+}
+
 impl FleetLink {
+    fn pend(pending: &mut HashMap<String, u64>, link: &Self, node: &str, bytes: u64) -> Pending {
+        *pending.entry(node.to_string()).or_default() += bytes;
+        Pending {
+            pending: link.pending.clone(),
+            node: node.to_string(),
+            bytes,
+        }
+    }
+
+    /// The nodes that may take a container of `size`, best first, counting what placements
+    /// in flight gave them; the first one's share held at once, in the same look.
+    fn choose(
+        &self,
+        nodes: &[node::fleet::NodeStatus],
+        mut booked: HashMap<String, u64>,
+        size: &str,
+    ) -> Result<(Vec<String>, Pending), ApiError> {
+        let mut pending = self.pending.lock().expect("poisoned");
+        for (node, bytes) in pending.iter() {
+            *booked.entry(node.clone()).or_default() += bytes;
+        }
+        let order = node::placement::order(nodes, &booked, size, &self.node);
+        let Some(first) = order.first() else {
+            let why = node::placement::no_room(nodes, &booked, size);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        };
+        let held = Self::pend(&mut pending, self, first, node::placement::memory_of(size));
+        Ok((order, held))
+    }
+
     /// Places a new container of `size` (the create request `target` with `body`) on the
-    /// node with the most memory free for it: `None` when that is this node (or when no other
-    /// node took it: this node's own check then has the last word), else that node's answer.
-    /// A node that has filled up meanwhile, or lacks the image, passes it on to the next.
+    /// node with the most memory free for it: [`Placed::Here`] when that is this node (or when
+    /// no other node took it: this node's own check then has the last word), else that node's
+    /// answer. A node that has filled up meanwhile, or lacks the image, passes it on to the
+    /// next.
     pub async fn place_elsewhere(
         &self,
         app: &AppState,
@@ -24,17 +88,17 @@ impl FleetLink {
         (size, image): (&str, &str),
         target: &str,
         body: &bytes::Bytes,
-    ) -> Result<Option<Response>, ApiError> {
+    ) -> Result<Placed, ApiError> {
         let nodes = node::fleet::list(self.store.as_ref())?;
-        let booked = app.runtime.booked_by_node()?;
-        let order = node::placement::order(&nodes, &booked, size, &self.node);
-        if order.is_empty() {
-            let why = node::placement::no_room(&nodes, &booked, size);
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
-        }
-        for name in order {
+        let (order, mut held) = self.choose(&nodes, app.runtime.booked_by_node()?, size)?;
+        let bytes = node::placement::memory_of(size);
+        for (i, name) in order.into_iter().enumerate() {
+            if i > 0 {
+                let mut pending = self.pending.lock().expect("poisoned");
+                held = Self::pend(&mut pending, self, &name, bytes);
+            }
             if name == self.node {
-                return Ok(None);
+                return Ok(Placed::Here(held));
             }
             let Some(node) = nodes.iter().find(|n| n.record.name == name) else {
                 continue;
@@ -50,11 +114,17 @@ impl FleetLink {
                         resp.status(),
                         StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND
                     ) => {}
-                Ok(resp) => return Ok(Some(resp)),
+                Ok(resp) => return Ok(Placed::There(resp)),
                 Err(why) => tracing::warn!("placing a container on node {name}: {why}"),
             }
         }
-        Ok(None)
+        let mut pending = self.pending.lock().expect("poisoned");
+        Ok(Placed::Here(Self::pend(
+            &mut pending,
+            self,
+            &self.node,
+            bytes,
+        )))
     }
 
     /// Sends a create (`target`, `body`) to the node `name` that holds what the container

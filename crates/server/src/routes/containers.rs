@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::{flag, int, Params};
 use crate::docker_json;
 use crate::error::{ApiError, ApiResult};
+use crate::fleet_link::Placed;
 use crate::streams;
 use crate::transport::{Peer, TenantId};
 use crate::AppState;
@@ -111,6 +112,7 @@ pub async fn create(
     // In a fleet, the container goes where there is room (a node passing on a create has
     // placed it here already); one with volumes goes where they are: a local volume's node,
     // or the node asked when they are shared (rbd).
+    let mut placing_here = None;
     if let (Some(link), Peer::Tcp | Peer::Unix) = (&app.fleet, peer) {
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let with_volumes = !host_config.binds.is_empty()
@@ -127,8 +129,18 @@ pub async fn create(
                     .labels
                     .get(node::sizes::SIZE_LABEL)
                     .map_or(node::sizes::DEFAULT_SIZE, String::as_str);
-                link.place_elsewhere(&app, &tenant, (size, &config.image), target, &body)
+                let at = (size, config.image.as_str());
+                match link
+                    .place_elsewhere(&app, &tenant, at, target, &body)
                     .await?
+                {
+                    Placed::There(answer) => Some(answer),
+                    // Held until the create below has booked it.
+                    Placed::Here(pending) => {
+                        placing_here = Some(pending);
+                        None
+                    }
+                }
             }
         };
         if let Some(placed) = placed {
@@ -147,6 +159,8 @@ pub async fn create(
             aliases,
         )
         .await?;
+    // Its record books its memory now.
+    drop(placing_here);
     Ok((
         StatusCode::CREATED,
         Json(json!({"Id": c.id, "Warnings": []})),
