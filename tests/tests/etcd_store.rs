@@ -554,6 +554,23 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
     }
 }
 
+/// `d`'s hyperd stopped (SIGSTOP; its VMs run on) until the guard is dropped.
+fn freeze(d: &Daemon) -> Thaw {
+    let pid = d.pid().unwrap() as i32;
+    // SAFETY: kill(2) of the hyperd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    Thaw(pid)
+}
+
+struct Thaw(i32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        // SAFETY: as above; the hyperd must run again for the teardown.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// A node frozen past its lease and `--node-lost-after` is declared lost: its running
 /// containers are stopped for good in the store (any node shows why, and will not start one),
 /// their runs billed no further; one with a restart policy starts again on the other node
@@ -705,17 +722,7 @@ fn a_lost_nodes_containers_stop_for_good() {
     }
 
     // l2's hyperd frozen (its VMs run on): past its lease and 3 s more, l1 declares it lost.
-    let pid = n2.pid().unwrap() as i32;
-    // SAFETY: kill(2) of the hyperd this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    struct Thaw(i32);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            // SAFETY: as above; the hyperd must run again for the teardown.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let thaw = Thaw(pid);
+    let thaw = freeze(&n2);
     // (Until then l1 passes requests on to l2, which does not answer.)
     let status = "{{.State.Status}} {{.State.Error}} {{.Node.Name}}";
     wait_for("l1 to declare l2 lost", secs(90.0), || {
@@ -855,17 +862,7 @@ fn an_rbd_writer_moves_off_a_lost_node_once_fenced() {
     });
     let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
 
-    let pid = n2.pid().unwrap() as i32;
-    // SAFETY: kill(2) of the hyperd this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    struct Thaw(i32);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            // SAFETY: as above; the hyperd must run again for the teardown.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let thaw = Thaw(pid);
+    let thaw = freeze(&n2);
     let status = "{{.State.Status}} {{.Node.Name}}";
     wait_for("the writer to run on f1", secs(180.0), || {
         let o = n1

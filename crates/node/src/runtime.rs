@@ -776,7 +776,13 @@ impl Runtime {
                     c.name
                 )));
             }
-            let _room = self.hold_room(&c.size, Some(&c.id))?;
+            // A created container books its memory already: only one that stopped needs room
+            // again (and a hold of it beside its booking would count it twice for the other
+            // starts of a burst).
+            let _room = match crate::placement::books_memory(&c) {
+                true => None,
+                false => Some(self.hold_room(&c.size, Some(&c.id))?),
+            };
             self.reset_restart_policy(&entry)?;
             self.start_locked(&entry).await
         };

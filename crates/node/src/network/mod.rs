@@ -585,11 +585,7 @@ impl Networks {
         if remote.is_empty() {
             return Ok(Vec::new());
         }
-        let nodes: HashMap<String, Ipv4Addr> = crate::fleet::list(self.store())?
-            .into_iter()
-            .filter(|n| n.state == crate::fleet::NodeState::Ready)
-            .filter_map(|n| Some((n.record.name, n.record.address?)))
-            .collect();
+        let nodes = self.ready_node_addresses()?;
         let mut overlays = Vec::new();
         for n in networks {
             let remotes: Vec<net::RemoteEndpoint> = remote
@@ -643,6 +639,15 @@ impl Networks {
         let mut all = records::node_addresses(self.store(), n)?;
         let own = all.remove(&self.cfg.node_name);
         Ok((own, all.into_values().collect()))
+    }
+
+    /// The fleet's nodes that are up, by name, with their addresses on its network.
+    fn ready_node_addresses(&self) -> Result<HashMap<String, Ipv4Addr>> {
+        Ok(crate::fleet::list(self.store())?
+            .into_iter()
+            .filter(|n| n.state == crate::fleet::NodeState::Ready)
+            .filter_map(|n| Some((n.record.name, n.record.address?)))
+            .collect())
     }
 
     /// The addresses of the fleet's nodes, this one's included, whether up or down (a node
@@ -1027,11 +1032,7 @@ impl Networks {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let nodes: HashMap<String, Ipv4Addr> = crate::fleet::list(self.store())?
-            .into_iter()
-            .filter(|n| n.state == crate::fleet::NodeState::Ready)
-            .filter_map(|n| Some((n.record.name, n.record.address?)))
-            .collect();
+        let nodes = self.ready_node_addresses()?;
         let mut elsewhere = Vec::new();
         for f in held {
             let key = format!("/containers/{}/{}", f.tenant, f.container);

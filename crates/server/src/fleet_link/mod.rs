@@ -51,6 +51,9 @@ pub struct FleetLink {
     /// Memory placements gave nodes that their records do not book yet
     /// ([`placement::Pending`]).
     pending: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// One copy at a time of an image to a node (`placement::bring_image`), by node, tenant
+    /// and image: a burst placed on a node that lacks the image copies it once.
+    copies: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl FleetLink {
@@ -68,6 +71,7 @@ impl FleetLink {
             netns,
             store,
             pending: Arc::default(),
+            copies: std::sync::Mutex::default(),
         }
     }
 

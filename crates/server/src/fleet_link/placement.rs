@@ -15,6 +15,9 @@ use super::FleetLink;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// How long a placement that finds no room waits for the placements in flight to be booked.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where [`FleetLink::place_elsewhere`] put a container.
 pub enum Placed {
     /// Here: create it, holding this until its record books its memory.
@@ -46,24 +49,36 @@ impl Drop for Pending {
 }
 
 impl FleetLink {
-    fn pend(pending: &mut HashMap<String, u64>, link: &Self, node: &str, bytes: u64) -> Pending {
+    /// Holds `bytes` of `node`'s memory for a placement on its way, in `pending` (the map,
+    /// locked by the caller).
+    fn pend_in(&self, pending: &mut HashMap<String, u64>, node: &str, bytes: u64) -> Pending {
         *pending.entry(node.to_string()).or_default() += bytes;
         Pending {
-            pending: link.pending.clone(),
+            pending: self.pending.clone(),
             node: node.to_string(),
             bytes,
         }
     }
 
+    /// [`Self::pend_in`] with the lock taken and given back here: a [`Pending`] replaced by the
+    /// result is dropped (and takes the lock) after.
+    fn pend(&self, node: &str, bytes: u64) -> Pending {
+        let mut pending = self.pending.lock().expect("poisoned");
+        self.pend_in(&mut pending, node, bytes)
+    }
+
     /// The nodes that may take a container of `size`, best first, counting what placements
-    /// in flight gave them; the first one's share held at once, in the same look.
+    /// in flight gave them; the first one's share held at once, in the same look. The records
+    /// are read under the lock too: a placement's share is given back only after its record
+    /// books it, so none is missed between the two (one may count twice, briefly).
     fn choose(
         &self,
+        app: &AppState,
         nodes: &[node::fleet::NodeStatus],
-        mut booked: HashMap<String, u64>,
         size: &str,
     ) -> Result<(Vec<String>, Pending), ApiError> {
         let mut pending = self.pending.lock().expect("poisoned");
+        let mut booked = app.runtime.booked_by_node()?;
         for (node, bytes) in pending.iter() {
             *booked.entry(node.clone()).or_default() += bytes;
         }
@@ -72,7 +87,7 @@ impl FleetLink {
             let why = node::placement::no_room(nodes, &booked, size);
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
         };
-        let held = Self::pend(&mut pending, self, first, node::placement::memory_of(size));
+        let held = self.pend_in(&mut pending, first, node::placement::memory_of(size));
         Ok((order, held))
     }
 
@@ -90,12 +105,25 @@ impl FleetLink {
         body: &bytes::Bytes,
     ) -> Result<Placed, ApiError> {
         let nodes = node::fleet::list(self.store.as_ref())?;
-        let (order, mut held) = self.choose(&nodes, app.runtime.booked_by_node()?, size)?;
+        // Until the placements in flight are booked by their records, a node can look fuller
+        // than it is (one may count twice): a refusal waits for them first.
+        let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+        let (order, mut held) = loop {
+            match self.choose(app, &nodes, size) {
+                Err(full)
+                    if full.status == StatusCode::SERVICE_UNAVAILABLE
+                        && !self.pending.lock().expect("poisoned").is_empty()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                chosen => break chosen?,
+            }
+        };
         let bytes = node::placement::memory_of(size);
         for (i, name) in order.into_iter().enumerate() {
             if i > 0 {
-                let mut pending = self.pending.lock().expect("poisoned");
-                held = Self::pend(&mut pending, self, &name, bytes);
+                held = self.pend(&name, bytes);
             }
             if name == self.node {
                 return Ok(Placed::Here(held));
@@ -113,18 +141,16 @@ impl FleetLink {
                     if matches!(
                         resp.status(),
                         StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND
-                    ) => {}
+                    ) =>
+                {
+                    tracing::info!("node {name} passed on a placement ({})", resp.status());
+                }
                 Ok(resp) => return Ok(Placed::There(resp)),
                 Err(why) => tracing::warn!("placing a container on node {name}: {why}"),
             }
         }
-        let mut pending = self.pending.lock().expect("poisoned");
-        Ok(Placed::Here(Self::pend(
-            &mut pending,
-            self,
-            &self.node,
-            bytes,
-        )))
+        drop(held);
+        Ok(Placed::Here(self.pend(&self.node, bytes)))
     }
 
     /// Sends a create (`target`, `body`) to the node `name` that holds what the container
@@ -162,7 +188,8 @@ impl FleetLink {
     /// Copies the tenant's `image` to `record`'s node (this one included) when it lacks it:
     /// a `docker save` of it from this node, or else from another node that has it, into
     /// that node's `load`, so a container placed there runs the same image. Failing that,
-    /// the node's create says the image is missing (and placement moves on).
+    /// the node's create says the image is missing (and placement moves on). One copy at a
+    /// time per node and image: the creates placed there meanwhile wait for it, and find it.
     pub(super) async fn bring_image(
         &self,
         app: &AppState,
@@ -170,6 +197,27 @@ impl FleetLink {
         tenant: &str,
         image: &str,
     ) {
+        let key = format!("{}/{tenant}/{image}", record.name);
+        let gate = self
+            .copies
+            .lock()
+            .expect("poisoned")
+            .entry(key)
+            .or_default()
+            .clone();
+        let copying = gate.lock().await;
+        self.copy_image(app, record, tenant, image).await;
+        drop(copying);
+        drop(gate);
+        // Gates nobody waits on go.
+        self.copies
+            .lock()
+            .expect("poisoned")
+            .retain(|_, gate| Arc::strong_count(gate) > 1);
+    }
+
+    /// [`Self::bring_image`], one copy at a time.
+    async fn copy_image(&self, app: &AppState, record: &NodeRecord, tenant: &str, image: &str) {
         if self.has_image(record, tenant, image).await {
             return;
         }
