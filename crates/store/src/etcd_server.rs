@@ -44,9 +44,15 @@ impl EtcdServer {
     /// dir, and waits until it answers `/health`. Panics (a test's loud failure) when etcd is
     /// not installed or does not come up, with its log.
     pub fn start() -> EtcdServer {
-        match Self::try_start() {
-            Ok(s) => s,
-            Err(e) => panic!("{e}"),
+        // A free port can be taken by another process (another test's etcd) between the
+        // look and etcd's bind: new ports then.
+        let mut tries = 0;
+        loop {
+            match Self::try_start() {
+                Ok(s) => return s,
+                Err(e) if e.contains("address already in use") && tries < 5 => tries += 1,
+                Err(e) => panic!("{e}"),
+            }
         }
     }
 
