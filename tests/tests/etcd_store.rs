@@ -253,6 +253,7 @@ fn a_tenant_network_spans_nodes() {
         .timeout(60.0)
         .run();
     assert_ne!(o.code, 0, "a container reached another node: {o}");
+    another_tenant_cannot_reach_or_spoof(&n1, "oa", "ob", &ip_a, &ip_b);
 
     // One API: either node answers for both containers; what the other runs goes to it,
     // hijacked streams (exec) included.
@@ -444,6 +445,91 @@ fn a_tenant_network_spans_nodes() {
     n1.hyper(&rm).timeout(120.0).run().ok();
 }
 
+/// Another tenant on the same nodes, with NET_ADMIN in its guest, gets nothing to `to` (one of
+/// `d`'s tenant's containers, on another node than `from`): not by its address, not with
+/// `from`'s address and MAC taken as its own. Counted where it would land: `to`'s kernel's
+/// echo requests, which `from`'s own pings do raise.
+fn another_tenant_cannot_reach_or_spoof(
+    d: &Daemon,
+    from: &str,
+    to: &str,
+    from_ip: &str,
+    to_ip: &str,
+) {
+    let echoes = || -> u64 {
+        let count = "awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == \"InEchos\") c = i; h = 1 } else print $c }' /proc/net/snmp";
+        let o = d
+            .hyper(&["exec", to, "sh", "-c", count])
+            .timeout(60.0)
+            .run()
+            .ok();
+        o.out()
+            .parse()
+            .unwrap_or_else(|_| panic!("no echo count: {o}"))
+    };
+    let ping_from_owner = |n: &str| {
+        d.hyper(&["exec", from, "ping", "-c", n, "-W", "2", to_ip])
+            .timeout(60.0)
+            .run()
+            .ok();
+    };
+    let before = echoes();
+    ping_from_owner("3");
+    assert!(echoes() >= before + 3, "the count sees the owner's pings");
+
+    let (other, _) = d.new_tenant("spoofer");
+    d.hyper_tcp(&other, &["load", "-i", busybox_tar().to_str().unwrap()])
+        .timeout(120.0)
+        .run()
+        .ok();
+    // A local volume made through `d` keeps the spoofer on `d`'s node, where `from` runs.
+    d.hyper_tcp(&other, &["volume", "create", "spoofpin"])
+        .run()
+        .ok();
+    let from_mac = d.inspect(from)["NetworkSettings"]["MacAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attempts = format!(
+        "ping -c 2 -W 1 {to_ip}; \
+         ip addr add {from_ip}/32 dev eth0; ping -I {from_ip} -c 2 -W 1 {to_ip}; \
+         ip link set eth0 down; ip link set eth0 address {from_mac}; ip link set eth0 up; \
+         ping -I {from_ip} -c 2 -W 1 {to_ip}; ip link show eth0; echo tried"
+    );
+    let before = echoes();
+    let o = d
+        .hyper_tcp(
+            &other,
+            &[
+                "run",
+                "--rm",
+                "--cap-add",
+                "NET_ADMIN",
+                "-v",
+                "spoofpin:/p",
+                "busybox",
+                "sh",
+                "-c",
+                &attempts,
+            ],
+        )
+        .timeout(180.0)
+        .run()
+        .ok();
+    assert!(
+        o.stdout.contains("tried") && o.stdout.contains(&from_mac),
+        "the spoofer's guest took the address and MAC: {o}"
+    );
+    let after = echoes();
+    assert_eq!(after, before, "another tenant's packets reached {to}: {o}");
+    // And the owner's own traffic is undisturbed by the spoofer's claims.
+    ping_from_owner("2");
+    assert!(echoes() >= after + 2, "{from} still reaches {to}");
+    d.hyper_tcp(&other, &["volume", "rm", "spoofpin"])
+        .run()
+        .ok();
+}
+
 /// Containers go where memory is free: two nodes that each hold two s1 containers take four
 /// created through one of them, two each; a fifth is refused with a clear error, and leaves
 /// nothing behind; room made on one node is used again.
@@ -556,18 +642,51 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
 
 /// `d`'s hyperd stopped (SIGSTOP; its VMs run on) until the guard is dropped.
 fn freeze(d: &Daemon) -> Thaw {
-    let pid = d.pid().unwrap() as i32;
-    // SAFETY: kill(2) of the hyperd this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    Thaw(pid)
+    Thaw::stop(vec![d.pid().unwrap() as i32])
 }
 
-struct Thaw(i32);
+/// The whole node stopped (SIGSTOP on its hyperd, shims and QEMUs) until the guard is dropped.
+fn freeze_whole_node(d: &Daemon) -> Thaw {
+    let mut pids = vec![d.pid().unwrap() as i32];
+    pids.extend(node_processes(d));
+    Thaw::stop(pids)
+}
+
+/// The whole node killed: its hyperd, shims and QEMUs with SIGKILL.
+fn kill_whole_node(d: &Daemon) {
+    d.kill9();
+    for pid in node_processes(d) {
+        // SAFETY: kill(2) of a process of this test's own node.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// The processes a node started (its shims and QEMUs name its data root).
+fn node_processes(d: &Daemon) -> Vec<i32> {
+    processes_mentioning(&d.data.to_string_lossy())
+        .iter()
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+struct Thaw(Vec<i32>);
+
+impl Thaw {
+    fn stop(pids: Vec<i32>) -> Thaw {
+        for &pid in &pids {
+            // SAFETY: kill(2) of a process of this test's own node.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        Thaw(pids)
+    }
+}
 
 impl Drop for Thaw {
     fn drop(&mut self) {
-        // SAFETY: as above; the hyperd must run again for the teardown.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
+        for &pid in &self.0 {
+            // SAFETY: as above; the node must run again for the teardown.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
     }
 }
 
@@ -923,8 +1042,9 @@ fn an_rbd_writer_moves_off_a_lost_node_once_fenced() {
 
 /// A service of 4 replicas on three nodes (joined by a bridge standing for the datacenter)
 /// spreads over all three; a client on one node keeps being answered through the service while
-/// another whole node is killed (hyperd, shims and QEMUs at once), failing only between the
-/// kill and the heal, and the service is back to 4 replicas on the nodes left.
+/// another whole node is lost (killed or frozen: hyperd, shims and QEMUs at once), failing only
+/// between the loss and the heal; the service is back to 4 replicas on the nodes left, and the
+/// node, back, runs none of them. `HYPER_FLEET_ROUNDS` (scripts/fleet-chaos) repeats the loss.
 fn a_service_heals_over_three_nodes() {
     let url = own_etcd("heal");
     let addrs = ["198.51.100.61", "198.51.100.62", "198.51.100.63"];
@@ -984,8 +1104,12 @@ fn a_service_heals_over_three_nodes() {
         (true, on) if on.len() == 4 => Ok(on),
         other => Err(format!("{other:?}")),
     });
-    let nodes: BTreeSet<&str> = spread.iter().map(String::as_str).collect();
-    assert_eq!(nodes, BTreeSet::from(["h1", "h2", "h3"]), "{spread:?}");
+    let spread_over: BTreeSet<&str> = spread.iter().map(String::as_str).collect();
+    assert_eq!(
+        spread_over,
+        BTreeSet::from(["h1", "h2", "h3"]),
+        "{spread:?}"
+    );
 
     // A client on h1 (pinned by a local volume made there) asks four times a second.
     n1.hyper(&["volume", "create", "pin-h1"]).run().ok();
@@ -1031,43 +1155,88 @@ fn a_service_heals_over_three_nodes() {
             .as_secs() as i64
     };
 
-    // h3 dies whole.
-    let killed_at = now();
-    n3.kill9();
-    for p in processes_mentioning(&n3.data.to_string_lossy()) {
-        let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
-        // SAFETY: kill(2) of a process of this test's own node.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Each round loses a whole node, h3 and h2 in turn (h1 holds the client): killed (hyperd,
+    // shims and QEMUs with SIGKILL), or, every second round, frozen (SIGSTOP on all of them)
+    // past its lease. The service heals on the two left; the node comes back (restarted, or
+    // resumed, when it stops the copies the fleet gave up) before the next round.
+    let rounds: usize = std::env::var("HYPER_FLEET_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut windows = Vec::new();
+    for round in 1..=rounds {
+        let (victim, name) = if round % 2 == 1 {
+            (&n3, "h3")
+        } else {
+            (&n2, "h2")
+        };
+        let freezing = round % 4 == 0 || round % 4 == 3;
+        let fault = if freezing { "frozen" } else { "killed" };
+        let lost_at = now();
+        let frozen = if freezing {
+            Some(freeze_whole_node(victim))
+        } else {
+            kill_whole_node(victim);
+            None
+        };
+        let healed = wait_for(
+            &format!("web back to 4 replicas without {name}"),
+            secs(240.0),
+            || match replicas() {
+                (true, on) if on.len() == 4 && !on.iter().any(|n| n == name) => Ok(on),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        let healed_at = now();
+        eprintln!(
+            "round {round}: {name} {fault}, heal window {} s, replicas on {healed:?}",
+            healed_at - lost_at
+        );
+        windows.push((lost_at, healed_at));
+        wait_for("the client's answers after the heal", secs(60.0), || {
+            let after = answers()
+                .iter()
+                .filter(|(t, ok)| *ok && *t > healed_at + 2)
+                .count();
+            (after >= 8).then_some(()).ok_or(format!("{after} answers"))
+        });
+        match frozen {
+            Some(thaw) => drop(thaw),
+            None => victim.restart(),
+        }
+        wait_for(&format!("{name} up again"), secs(120.0), || {
+            let rows = nodes(&n1);
+            rows.iter()
+                .any(|(n, status, _)| n == name && status == "up")
+                .then_some(())
+                .ok_or(format!("{rows:?}"))
+        });
+        // Back, the node runs none of the replicas the fleet replaced.
+        wait_for(
+            &format!("{name} to run no stale replica"),
+            secs(120.0),
+            || {
+                let stale = processes_mentioning(&victim.data.to_string_lossy())
+                    .into_iter()
+                    .filter(|p| p.contains("qemu"))
+                    .count();
+                (stale == 0).then_some(()).ok_or(format!("{stale} VMs"))
+            },
+        );
     }
-    let healed = wait_for(
-        "web back to 4 replicas on h1 and h2",
-        secs(240.0),
-        || match replicas() {
-            (true, on) if on.len() == 4 && !on.iter().any(|n| n == "h3") => Ok(on),
-            other => Err(format!("{other:?}")),
-        },
-    );
-    let healed_at = now();
-    eprintln!(
-        "heal window: {} s, replicas on {healed:?}",
-        healed_at - killed_at
-    );
-    wait_for("the client's answers after the heal", secs(60.0), || {
-        let after = answers()
-            .iter()
-            .filter(|(t, ok)| *ok && *t > healed_at + 2)
-            .count();
-        (after >= 8).then_some(()).ok_or(format!("{after} answers"))
-    });
     // Guest clocks are read from the RTC: a second of slack either side.
     let all = answers();
     let outside: Vec<&(i64, bool)> = all
         .iter()
-        .filter(|(t, ok)| !ok && (*t < killed_at - 1 || *t > healed_at + 1))
+        .filter(|(t, ok)| {
+            !ok && !windows
+                .iter()
+                .any(|(from, to)| *t >= from - 1 && *t <= to + 1)
+        })
         .collect();
     assert!(
         outside.is_empty(),
-        "failures outside [{killed_at}, {healed_at}]: {outside:?}"
+        "failures outside the heal windows {windows:?}: {outside:?}"
     );
     n1.hyper(&["rm", "-f", "client"]).timeout(60.0).run().ok();
     n1.hyper(&["volume", "rm", "pin-h1"]).run().ok();
@@ -1075,8 +1244,6 @@ fn a_service_heals_over_three_nodes() {
         .timeout(120.0)
         .run()
         .ok();
-    // h3 back for an orderly teardown: it stops what the fleet gave up.
-    n3.restart();
 }
 
 /// Two nodes on one namespace of etcd, off the fleet's network: a name is the tenant's on

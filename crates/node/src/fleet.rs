@@ -13,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,9 @@ pub struct Membership {
     id: String,
     ttl: Duration,
     lease: Mutex<LeaseId>,
+    /// When this node last became alive for the fleet: joined, or registered again after its
+    /// lease ran out. The fleet can have declared it lost only before then.
+    alive_since: Mutex<Instant>,
 }
 
 impl Membership {
@@ -184,11 +187,18 @@ impl Membership {
             id: record.id,
             ttl,
             lease: Mutex::new(lease),
+            alive_since: Mutex::new(Instant::now()),
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this node became alive for the fleet (joined, or came back after its lease ran
+    /// out) within `window`: only then can a declaration of its loss be news to it.
+    pub fn alive_within(&self, window: Duration) -> bool {
+        self.alive_since.lock().expect("poisoned").elapsed() < window
     }
 
     /// Renews the lease a third of its time to live apart, forever. A lease that ran out (the
@@ -230,6 +240,7 @@ impl Membership {
             )));
         }
         *self.lease.lock().expect("poisoned") = lease;
+        *self.alive_since.lock().expect("poisoned") = Instant::now();
         Ok(())
     }
 

@@ -10,16 +10,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fleet::NodeState;
+use crate::fleet::{Membership, NodeState};
 use crate::Runtime;
 
 /// How long a node may be down before it is declared lost, unless told otherwise: long enough
 /// for a hyperd to restart without its containers being given up.
 pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(30);
 
-/// Declares lost nodes and stops this node's lost copies, every second, for as long as hyperd
-/// runs. Nothing to do for a node alone.
-pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
+/// How long after this node became alive for the fleet (joined, or back after its lease ran
+/// out) it looks for declarations of its loss: a declarer that saw it down may write one a
+/// little after it is back.
+const LOOK_FOR_OWN_LOSS: Duration = Duration::from_secs(30);
+
+/// Declares lost nodes, every second, for as long as hyperd runs, and stops this node's
+/// copies of what was declared lost while it was away. Nothing to do for a node alone.
+pub async fn follow_forever(rt: Arc<Runtime>, membership: Arc<Membership>, lost_after: Duration) {
     let me = rt.config().node_name.clone();
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     let mut declared: HashSet<String> = HashSet::new();
@@ -31,8 +36,10 @@ pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
         if nodes.iter().all(|n| n.record.name == me) {
             continue;
         }
-        if let Err(e) = rt.stop_lost_copies().await {
-            tracing::warn!("stopping copies of lost containers: {e}");
+        if membership.alive_within(LOOK_FOR_OWN_LOSS) {
+            if let Err(e) = rt.stop_lost_copies().await {
+                tracing::warn!("stopping copies of lost containers: {e}");
+            }
         }
         for n in &nodes {
             let name = n.record.name.clone();
