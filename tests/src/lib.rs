@@ -721,6 +721,35 @@ impl Daemon {
         (dir, access)
     }
 
+    /// `hyper service create` of an HTTP service `name` on port 80 of `replicas` busybox
+    /// replicas running `sh -c serve`, health-checked every second (down after 2 failures, up
+    /// after 1), as the service tests and benchmarks use it; not run yet.
+    pub fn http_service(&self, name: &str, replicas: usize, serve: &str) -> Cmd {
+        let replicas = replicas.to_string();
+        self.hyper(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            &replicas,
+            "--service-port",
+            "80",
+            "--protocol",
+            "http",
+            "--health-check-interval",
+            "1",
+            "--health-check-fall",
+            "2",
+            "--health-check-rise",
+            "1",
+            "busybox",
+            "sh",
+            "-c",
+            serve,
+        ])
+    }
+
     /// One field of `hyper info` (`StandbyVMsReady`...).
     pub fn info_field(&self, field: &str) -> String {
         self.hyper(&["info", "--format", &format!("{{{{.{field}}}}}")])

@@ -541,30 +541,7 @@ fn chaos() {
     );
 
     // The workload: the service and its FIP, the volume writer.
-    d.hyper(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ])
-    .run()
-    .ok();
+    d.http_service("web", 2, SERVE).run().ok();
     let inet = Netns::internet("xinet", &d.node, "hy-xinet0", FIP_POOL);
     let fip = d.hyper(&["fip", "allocate", "1"]).run().ok().out();
     d.hyper(&["service", "attach-fip", "--fip", &fip, "web"])

@@ -768,28 +768,7 @@ fn a_lost_nodes_containers_stop_for_good() {
     }
     // A service kept by l2.
     let serve = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
-    n2.hyper(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        serve,
-    ])
-    .run()
-    .ok();
+    n2.http_service("web", 2, serve).run().ok();
     let running_replicas = |d: &Daemon| {
         let v = d.hyper(&["service", "inspect", "web"]).run().ok().json()[0].clone();
         let running = v["Containers"]
@@ -1063,30 +1042,7 @@ fn a_service_heals_over_three_nodes() {
     // The nodes need it until they are gone.
     at_teardown(move || drop(dc));
     let serve = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w";
-    n1.hyper(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        serve,
-    ])
-    .run()
-    .ok();
+    n1.http_service("web", 4, serve).run().ok();
     // (running, on which nodes) of the service's replicas.
     let replicas = || {
         let v = n1.hyper(&["service", "inspect", "web"]).run().ok().json()[0].clone();

@@ -89,30 +89,7 @@ fn http_service_heals_scales_and_rolls() {
     // Its own daemon: this test kills it.
     let dd = Daemon::start("h", DaemonOpts::default());
     let d: &Daemon = &dd;
-    d.hyper(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ])
-    .run()
-    .ok();
+    d.http_service("web", 3, SERVE).run().ok();
     wait_settled(d, "web", 3);
     let v = inspect_service(d, "web");
     assert!(v["IP"].as_str().unwrap().starts_with("172.16."), "{v}");

@@ -269,28 +269,7 @@ fn main() {
 
     let d = e2e_cleanup::daemon(Daemon::start("bs", DaemonOpts::default()));
     let hyper = |argv: &[&str]| d.hyper(argv).timeout(300.0).run().ok();
-    hyper(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ]);
+    d.http_service("web", 3, SERVE).timeout(300.0).run().ok();
     let v = wait_settled(&d);
     let vip = format!("{}:80", v["IP"].as_str().expect("service IP"));
     let netns: PathBuf = d.data.join("net/t0/netns");

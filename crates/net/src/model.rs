@@ -276,6 +276,24 @@ impl TenantNetns {
 mod tests {
     use super::*;
 
+    /// br0 on 172.16.0.0/24 with one service, 172.16.0.10:80/tcp.
+    fn bridge_with_a_service() -> Bridge {
+        Bridge {
+            ifname: "br0".into(),
+            subnet: "172.16.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+            mtu: DEFAULT_MTU,
+            node_ip: None,
+            peer_node_ips: vec![],
+            endpoints: vec![],
+            services: vec![ServiceVip {
+                ip: Ipv4Addr::new(172, 16, 0, 10),
+                ports: vec![(Proto::Tcp, 80)],
+                fip: None,
+            }],
+        }
+    }
+
     #[test]
     fn transit_links_are_consecutive_slash_31s() {
         let node = NodeNet {
@@ -300,20 +318,7 @@ mod tests {
                 host_ip: Ipv4Addr::new(100, 127, 0, 0),
                 peer_ip: Ipv4Addr::new(100, 127, 0, 1),
             },
-            bridges: vec![Bridge {
-                ifname: "br0".into(),
-                subnet: "172.16.0.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(172, 16, 0, 1),
-                mtu: DEFAULT_MTU,
-                node_ip: None,
-                peer_node_ips: vec![],
-                endpoints: vec![],
-                services: vec![ServiceVip {
-                    ip: Ipv4Addr::new(172, 16, 0, 10),
-                    ports: vec![(Proto::Tcp, 80)],
-                    fip: None,
-                }],
-            }],
+            bridges: vec![bridge_with_a_service()],
         };
         assert!(t.validate().is_ok());
         for bad in [Ipv4Addr::new(172, 16, 0, 1), Ipv4Addr::new(172, 16, 1, 10)] {
@@ -324,20 +329,7 @@ mod tests {
 
     #[test]
     fn a_node_address_is_a_free_address_and_gives_the_bridge_its_own_mac() {
-        let mut b = Bridge {
-            ifname: "br0".into(),
-            subnet: "172.16.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 16, 0, 1),
-            mtu: DEFAULT_MTU,
-            node_ip: None,
-            peer_node_ips: vec![],
-            endpoints: vec![],
-            services: vec![ServiceVip {
-                ip: Ipv4Addr::new(172, 16, 0, 10),
-                ports: vec![(Proto::Tcp, 80)],
-                fip: None,
-            }],
-        };
+        let mut b = bridge_with_a_service();
         assert_eq!(b.mac(), gateway_mac(b.gateway));
         let mut t = TenantNetns {
             name: "t".into(),
