@@ -1101,6 +1101,16 @@ impl Runtime {
                 }
             }
         }
+        // Holds of containers that stopped while hyperd was away (or of volumes it was
+        // initialising) end.
+        let held: std::collections::HashSet<String> =
+            running.iter().map(|e| e.snapshot().id).collect();
+        let ended = self.volumes.end_holds_of_node(&self.cfg.node_name, &held)?;
+        if ended > 0 {
+            tracing::info!(
+                "{ended} volumes held by containers that stopped meanwhile are free again"
+            );
+        }
         // Directories no record claims are leftovers of a crash during create or rm.
         if let Ok(dirs) = std::fs::read_dir(self.cfg.data_root.join("c")) {
             for dir in dirs.flatten() {

@@ -56,6 +56,10 @@ impl Runtime {
             }
             declared.push(c);
         }
+        // Its volumes are free for the fleet (one on shared storage is fenced before another
+        // node attaches it).
+        self.volumes
+            .end_holds_of_node(node, &std::collections::HashSet::new())?;
         Ok(declared)
     }
 
@@ -181,7 +185,7 @@ impl Runtime {
                 // Nothing of it is left to keep: its entry, its limits, then its disk once
                 // its processes are gone.
                 self.entries.lock().expect("poisoned").remove(&mine.id);
-                self.volumes.release(&mine.id);
+                self.release_volumes(&mine);
                 self.release_cgroup(&mine).await;
                 for _ in 0..50 {
                     if processes_in(&dir).is_empty() {

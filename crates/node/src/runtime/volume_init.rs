@@ -37,8 +37,8 @@ impl Runtime {
                     "no source given for volume {name}"
                 )));
             }
-            if let Some(holder) = self.volumes.holder(tenant, name) {
-                return Err(crate::volumes::in_use(name, &holder));
+            if let Some(holder) = self.volumes.holder(tenant, name)? {
+                return Err(crate::volumes::in_use(name, &holder.container));
             }
             if is_url(source) {
                 self.populate(&v, |tree| {
@@ -134,7 +134,8 @@ impl Runtime {
             }
             Err(e) => Err(e),
         };
-        self.volumes.release_one(&v.tenant, &v.name, INITIALISING);
+        self.volumes
+            .release(&v.tenant, INITIALISING, std::slice::from_ref(&v.name));
         done
     }
 

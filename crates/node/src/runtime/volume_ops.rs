@@ -250,13 +250,12 @@ impl Runtime {
                 },
             });
         }
-        let names: Vec<String> = c.mounts.iter().map(|m| m.volume.clone()).collect();
-        self.volumes.hold(&c.tenant, &c.id, &names)?;
+        self.volumes.hold(&c.tenant, &c.id, &volume_names(c))?;
         Ok(specs)
     }
 
     pub(super) fn release_volumes(&self, c: &Container) {
-        self.volumes.release(&c.id);
+        self.volumes.release(&c.tenant, &c.id, &volume_names(c));
     }
 
     /// After the container's records are gone: the volumes that go with it (`autoremove`
@@ -290,17 +289,24 @@ impl Runtime {
         force: bool,
     ) -> Result<Snapshot> {
         let v = self.volumes.get(tenant, volume)?;
-        let holder = self.volumes.holder(tenant, volume);
+        let holder = self.volumes.holder(tenant, volume)?;
         let frozen = match &holder {
             None => None,
-            Some(id) if !force => {
+            Some(h) if !force => {
                 return Err(RuntimeError::Conflict(format!(
                     "volume {volume} is in use by container {}: snapshot it with --force (its file system is frozen for the copy)",
-                    &id[..12]
+                    &h.container[..h.container.len().min(12)]
                 )))
             }
-            Some(id) => {
-                let c = self.get(tenant, id)?;
+            Some(h) if h.node != self.cfg.node_name => {
+                return Err(RuntimeError::Conflict(format!(
+                    "volume {volume} is in use by container {} on node {}: stop it to snapshot the volume",
+                    &h.container[..h.container.len().min(12)],
+                    h.node
+                )))
+            }
+            Some(h) => {
+                let c = self.get(tenant, &h.container)?;
                 let targets: Vec<String> = c
                     .mounts
                     .iter()
@@ -343,18 +349,21 @@ impl Runtime {
     }
 
     /// The volume's attachment for `Labels.container` (Hyper's client reads it there).
-    pub fn volume_holder(&self, tenant: &str, name: &str) -> Option<String> {
-        self.volumes.holder(tenant, name)
+    pub fn volume_holder(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        Ok(self.volumes.holder(tenant, name)?.map(|h| h.container))
     }
 
     /// After hyperd restarts, running containers hold their volumes again.
     pub(super) fn rehold_volumes(&self, entry: &Entry) {
         let c = entry.snapshot();
-        let names: Vec<String> = c.mounts.iter().map(|m| m.volume.clone()).collect();
-        if let Err(e) = self.volumes.hold(&c.tenant, &c.id, &names) {
+        if let Err(e) = self.volumes.hold(&c.tenant, &c.id, &volume_names(&c)) {
             tracing::error!("container {} runs with a volume another holds: {e}", c.id);
         }
     }
+}
+
+fn volume_names(c: &Container) -> Vec<String> {
+    c.mounts.iter().map(|m| m.volume.clone()).collect()
 }
 
 fn volume_event(v: &Volume, action: &str) -> crate::events::Event {

@@ -6,14 +6,15 @@
 //! runtime's (`runtime/volume_ops.rs`); this module knows nothing of containers but their ids.
 
 pub mod backend;
+pub mod holds;
 pub mod init;
 pub mod model;
 pub mod rbd;
 pub mod request;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::Utc;
 use store::{Compare, Op, Store, Txn};
@@ -74,8 +75,6 @@ pub struct Volumes {
     pub uploads: init::Uploads,
     /// Where URL sources may be fetched from (the operator's allow list).
     pub fetch_policy: image::policy::AddressPolicy,
-    /// Volume (tenant, name) -> the container holding it while that container runs.
-    holders: Mutex<HashMap<(String, String), String>>,
     /// This node's name: the home of the local volumes made here.
     node: String,
 }
@@ -104,7 +103,6 @@ impl Volumes {
             sizes,
             uploads,
             fetch_policy,
-            holders: Mutex::default(),
             node: String::new(),
         })
     }
@@ -338,8 +336,8 @@ impl Volumes {
     /// Removes the volume's record, counts and blocks. The caller has checked that no
     /// container uses it.
     pub fn remove(&self, v: &Volume) -> Result<()> {
-        if let Some(holder) = self.holder(&v.tenant, &v.name) {
-            return Err(in_use(&v.name, &holder));
+        if let Some(holder) = self.holder(&v.tenant, &v.name)? {
+            return Err(in_use(&v.name, &holder.container));
         }
         loop {
             let count = Counter::read(self.store.as_ref(), &v.tenant, "volumes")?;
@@ -370,50 +368,6 @@ impl Volumes {
         self.backend(v)?
             .fence(&v.id)
             .map_err(|e| RuntimeError::Internal(format!("fencing volume {}: {e}", v.name)))
-    }
-
-    // ---- holders: one running container per volume ----
-
-    pub fn holder(&self, tenant: &str, name: &str) -> Option<String> {
-        self.holders
-            .lock()
-            .expect("poisoned")
-            .get(&(tenant.to_string(), name.to_string()))
-            .cloned()
-    }
-
-    /// Container `container` holds every one of `names`, or none of them: 409 naming the
-    /// container that holds one already.
-    pub fn hold(&self, tenant: &str, container: &str, names: &[String]) -> Result<()> {
-        let mut holders = self.holders.lock().expect("poisoned");
-        for n in names {
-            if let Some(other) = holders.get(&(tenant.to_string(), n.clone())) {
-                if other != container {
-                    return Err(in_use(n, other));
-                }
-            }
-        }
-        for n in names {
-            holders.insert((tenant.to_string(), n.clone()), container.to_string());
-        }
-        Ok(())
-    }
-
-    /// `holder`'s hold on one volume ends.
-    pub fn release_one(&self, tenant: &str, name: &str, holder: &str) {
-        let mut holders = self.holders.lock().expect("poisoned");
-        let key = (tenant.to_string(), name.to_string());
-        if holders.get(&key).is_some_and(|h| h == holder) {
-            holders.remove(&key);
-        }
-    }
-
-    /// Whatever `container` holds is free again.
-    pub fn release(&self, container: &str) {
-        self.holders
-            .lock()
-            .expect("poisoned")
-            .retain(|_, holder| holder != container);
     }
 
     // ---- snapshots ----
@@ -560,4 +514,33 @@ pub fn in_use(volume: &str, container: &str) -> RuntimeError {
         "volume {volume} is in use by container {}: a volume is attached to one running container at a time",
         &container[..container.len().min(12)]
     ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Volumes of node `node` (local backend) on `store`, or on a new store of their own;
+    /// the temp dir holds both.
+    pub(crate) fn volumes_on(
+        node: &str,
+        store: Option<Arc<dyn Store>>,
+    ) -> (tempfile::TempDir, Arc<dyn Store>, Volumes) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store.unwrap_or_else(|| {
+            Arc::new(store::RedbStore::open(&dir.path().join("store.redb")).unwrap())
+        });
+        let local: Arc<dyn Backend> = Arc::new(Local::new(dir.path()).unwrap());
+        let volumes = Volumes::new(
+            store.clone(),
+            vec![local],
+            "local",
+            SizeRange::default(),
+            init::Uploads::new(dir.path()),
+            image::policy::AddressPolicy::new(vec![]),
+        )
+        .unwrap()
+        .on_node(node);
+        (dir, store, volumes)
+    }
 }

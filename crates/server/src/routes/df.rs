@@ -53,7 +53,7 @@ pub async fn df(
         .collect();
     let mut volumes = Vec::new();
     for v in app.runtime.volumes.list(&tenant)? {
-        let holder = app.runtime.volume_holder(&tenant, &v.name);
+        let holder = app.runtime.volume_holder(&tenant, &v.name)?;
         let mut j = volume_json(&v, holder.as_deref(), false);
         j["UsageData"] = json!({
             "Size": app.runtime.volumes.backend(&v)?.used_bytes(&v.id),

@@ -51,9 +51,9 @@ pub fn volume_json(v: &Volume, holder: Option<&str>, hyper_labels: bool) -> Valu
     })
 }
 
-fn present(app: &AppState, v: &Volume, sent: &SentUri) -> Value {
-    let holder = app.runtime.volume_holder(&v.tenant, &v.name);
-    volume_json(v, holder.as_deref(), hyper_client(sent))
+fn present(app: &AppState, v: &Volume, sent: &SentUri) -> ApiResult<Value> {
+    let holder = app.runtime.volume_holder(&v.tenant, &v.name)?;
+    Ok(volume_json(v, holder.as_deref(), hyper_client(sent)))
 }
 
 /// `label` filter values: `key` or `key=value`.
@@ -108,7 +108,7 @@ pub async fn list(
         {
             continue;
         }
-        out.push(present(&app, &v, &sent));
+        out.push(present(&app, &v, &sent)?);
     }
     Ok(Json(json!({"Volumes": out, "Warnings": []})))
 }
@@ -149,7 +149,7 @@ pub async fn create(
         anonymous: false,
     };
     let (v, _) = app.runtime.create_volume(&tenant, req).await?;
-    Ok((StatusCode::CREATED, Json(present(&app, &v, &sent))))
+    Ok((StatusCode::CREATED, Json(present(&app, &v, &sent)?)))
 }
 
 pub async fn inspect(
@@ -159,7 +159,7 @@ pub async fn inspect(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let v = app.runtime.volumes.get(&tenant, &name)?;
-    Ok(Json(present(&app, &v, &sent)))
+    Ok(Json(present(&app, &v, &sent)?))
 }
 
 pub async fn remove(
