@@ -445,10 +445,10 @@ fn a_tenant_network_spans_nodes() {
     n1.hyper(&rm).timeout(120.0).run().ok();
 }
 
-/// Another tenant on the same nodes, with NET_ADMIN in its guest, gets nothing to `to` (one of
-/// `d`'s tenant's containers, on another node than `from`): not by its address, not with
-/// `from`'s address and MAC taken as its own. Counted where it would land: `to`'s kernel's
-/// echo requests, which `from`'s own pings do raise.
+/// Another tenant on the same nodes, root in its guest (which is all its own), gets nothing to
+/// `to` (one of `d`'s tenant's containers, on another node than `from`): not by its address,
+/// not with `from`'s address and MAC taken as its own. Counted where it would land: `to`'s
+/// kernel's echo requests, which `from`'s own pings do raise.
 fn another_tenant_cannot_reach_or_spoof(
     d: &Daemon,
     from: &str,
@@ -503,8 +503,6 @@ fn another_tenant_cannot_reach_or_spoof(
             &[
                 "run",
                 "--rm",
-                "--cap-add",
-                "NET_ADMIN",
                 "-v",
                 "spoofpin:/p",
                 "busybox",
@@ -959,6 +957,20 @@ fn an_rbd_writer_moves_off_a_lost_node_once_fenced() {
             .ok_or("fewer than 5".to_string())
     });
     let copy = format!("{}/c/{}", n2.data.display(), &id[..12]);
+    // The volume is the writer's across the fleet: a container on the other node cannot
+    // attach it too (two VMs mounting one file system would corrupt it).
+    let o = n1
+        .hyper(&[
+            "run", "-d", "--name", "fdup", "-v", "fdata:/d", "busybox", "true",
+        ])
+        .timeout(180.0)
+        .run();
+    assert!(
+        o.code != 0 && o.stderr.contains("volume fdata is in use by container"),
+        "{o}"
+    );
+    assert_eq!(n2.inspect("fdup")["Node"]["Name"], "f1");
+    n1.hyper(&["rm", "-f", "fdup"]).timeout(60.0).run().ok();
 
     let thaw = freeze(&n2);
     let status = "{{.State.Status}} {{.Node.Name}}";

@@ -85,6 +85,11 @@ fn sync_fip_routes(wanted: &[FipRoute]) -> Result<(), NetError> {
             )?;
         }
     }
+    if wanted.iter().any(|r| r.dev.is_none()) {
+        // Passing FIPs on to the nodes that hold them, this node forwards even when no
+        // tenant of its own has set forwarding on yet.
+        crate::sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
     for r in wanted {
         let (dst, via) = (format!("{}/32", r.fip), r.via.to_string());
         let mut args = vec!["route", "replace", &dst, "via", &via];
