@@ -1172,10 +1172,10 @@ fn a_service_heals_over_three_nodes() {
             Some(thaw) => drop(thaw),
             None => victim.restart(),
         }
-        wait_for(&format!("{name} up again"), secs(120.0), || {
+        wait_for(&format!("{name} ready again"), secs(120.0), || {
             let rows = nodes(&n1);
             rows.iter()
-                .any(|(n, status, _)| n == name && status == "up")
+                .any(|(n, status, _)| n == name && status == "ready")
                 .then_some(())
                 .ok_or(format!("{rows:?}"))
         });
