@@ -254,6 +254,34 @@ fn a_tenant_network_spans_nodes() {
         .run();
     assert_ne!(o.code, 0, "a container reached another node: {o}");
     another_tenant_cannot_reach_or_spoof(&n1, "oa", "ob", &ip_a, &ip_b);
+    // Security groups hold across nodes: ob, in a group that lets in TCP 80 alone, is out of
+    // oa's pings, and back in reach once out of it.
+    let rules = n1.data.join("only80.yaml");
+    std::fs::write(
+        &rules,
+        "name: only80\ndescription: web\nrules:\n- direction: ingress\n  protocol: tcp\n  port_range_min: 80\n  port_range_max: 80\n",
+    )
+    .unwrap();
+    n1.hyper(&["sg", "create", "-f", rules.to_str().unwrap(), "only80"])
+        .run()
+        .ok();
+    for (change, reached) in [("--sg-add", false), ("--sg-rm", true)] {
+        n1.hyper(&["update", change, "only80", "ob"])
+            .timeout(60.0)
+            .run()
+            .ok();
+        wait_for(
+            &format!("oa's pings to ob after {change}: reached {reached}"),
+            secs(60.0),
+            || {
+                let o = reaches(&n1, "oa", &ip_b);
+                ((o.code == 0) == reached)
+                    .then_some(())
+                    .ok_or(o.to_string())
+            },
+        );
+    }
+    n1.hyper(&["sg", "rm", "only80"]).run().ok();
 
     // One API: either node answers for both containers; what the other runs goes to it,
     // hijacked streams (exec) included.
