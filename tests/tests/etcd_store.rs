@@ -198,8 +198,9 @@ fn fleet_node(
 
 /// Containers of one tenant on two nodes are on one L2 network through VXLAN between the
 /// nodes (joined by a veth standing for the datacenter): each reaches the other by address
-/// and by name; a node down (its hyperd killed, its lease run out) is out of the overlay until
-/// it is back; removed, a container is no longer reached.
+/// and by name, and another tenant's container neither reaches nor spoofs them; a security
+/// group holds across nodes; a node down (its hyperd killed, its lease run out) is out of the
+/// overlay until it is back; removed, a container is no longer reached.
 fn a_tenant_network_spans_nodes() {
     let url = own_etcd("overlay");
     let n1 = fleet_node(&url, "o1", Some("198.51.100.1"), None, &[]);
