@@ -587,7 +587,6 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     tokio::spawn(node::network::follow_other_nodes_forever(runtime.clone()));
     tokio::spawn(node::losses::follow_forever(
         runtime.clone(),
-        membership.clone(),
         args.node.lost_after(),
     ));
 

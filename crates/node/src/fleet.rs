@@ -6,6 +6,8 @@
 //! - `/nodes/<name>` -> [`NodeRecord`]: what the node is and can hold, and whether the
 //!   operator drained it. Stays when the node goes down, until `hyperd node rm`.
 //! - `/nodes-alive/<name>` -> [`Alive`], under the node's lease: present while it is up.
+//! - `/nodes-lost/<name>` -> when the fleet declared it lost (`crate::losses`), until the node
+//!   has stopped its copies of what ran there.
 //!
 //! A name belongs to one node (its data root's node id): a second hyperd taking a name in use
 //! is refused, and a node restarted on the same data root takes its own name back at once (it
@@ -13,7 +15,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 fn record_key(name: &str) -> String {
     format!("/nodes/{name}")
+}
+pub(crate) fn lost_key(name: &str) -> String {
+    format!("/nodes-lost/{name}")
 }
 fn alive_key(name: &str) -> String {
     format!("/nodes-alive/{name}")
@@ -124,9 +129,6 @@ pub struct Membership {
     id: String,
     ttl: Duration,
     lease: Mutex<LeaseId>,
-    /// When this node last became alive for the fleet: joined, or registered again after its
-    /// lease ran out. The fleet can have declared it lost only before then.
-    alive_since: Mutex<Instant>,
 }
 
 impl Membership {
@@ -187,18 +189,11 @@ impl Membership {
             id: record.id,
             ttl,
             lease: Mutex::new(lease),
-            alive_since: Mutex::new(Instant::now()),
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Whether this node became alive for the fleet (joined, or came back after its lease ran
-    /// out) within `window`: only then can a declaration of its loss be news to it.
-    pub fn alive_within(&self, window: Duration) -> bool {
-        self.alive_since.lock().expect("poisoned").elapsed() < window
     }
 
     /// Renews the lease a third of its time to live apart, forever. A lease that ran out (the
@@ -240,7 +235,6 @@ impl Membership {
             )));
         }
         *self.lease.lock().expect("poisoned") = lease;
-        *self.alive_since.lock().expect("poisoned") = Instant::now();
         Ok(())
     }
 
@@ -337,7 +331,8 @@ pub fn remove(store: &dyn Store, name: &str) -> Result<()> {
     let done = store.txn(
         Txn::new()
             .when(Compare::Absent(alive_key(name)))
-            .then(Op::Delete(record_key(name))),
+            .then(Op::Delete(record_key(name)))
+            .then(Op::Delete(lost_key(name))),
     )?;
     if !done.succeeded {
         return Err(RuntimeError::Conflict(format!(

@@ -1,7 +1,8 @@
 //! Node loss: a node down (its lease gone) for longer than `--node-lost-after` is declared
 //! lost by the first node up, by name, so that nodes do not race to: what ran there is stopped
-//! for good in the store and billed no further ([`Runtime::declare_lost`]). A node that comes
-//! back stops its copies of what was declared lost ([`Runtime::stop_lost_copies`]). The
+//! for good in the store and billed no further ([`Runtime::declare_lost`]), and marked so. A
+//! node that comes back finds the mark and stops its copies of what was declared lost
+//! ([`Runtime::answer_own_loss`]). The
 //! declaring node takes over the lost node's services and crons ([`adopt`]): the services'
 //! lost replicas go, and its reconciler starts new ones; and it starts again the lost containers
 //! whose restart policy asks for it ([`Runtime::start_lost_here`]).
@@ -10,21 +11,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Membership, NodeState};
+use crate::fleet::NodeState;
 use crate::Runtime;
 
 /// How long a node may be down before it is declared lost, unless told otherwise: long enough
 /// for a hyperd to restart without its containers being given up.
 pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(30);
 
-/// How long after this node became alive for the fleet (joined, or back after its lease ran
-/// out) it looks for declarations of its loss: a declarer that saw it down may write one a
-/// little after it is back.
-const LOOK_FOR_OWN_LOSS: Duration = Duration::from_secs(30);
-
 /// Declares lost nodes, every second, for as long as hyperd runs, and stops this node's
 /// copies of what was declared lost while it was away. Nothing to do for a node alone.
-pub async fn follow_forever(rt: Arc<Runtime>, membership: Arc<Membership>, lost_after: Duration) {
+pub async fn follow_forever(rt: Arc<Runtime>, lost_after: Duration) {
     let me = rt.config().node_name.clone();
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     let mut declared: HashSet<String> = HashSet::new();
@@ -36,10 +32,8 @@ pub async fn follow_forever(rt: Arc<Runtime>, membership: Arc<Membership>, lost_
         if nodes.iter().all(|n| n.record.name == me) {
             continue;
         }
-        if membership.alive_within(LOOK_FOR_OWN_LOSS) {
-            if let Err(e) = rt.stop_lost_copies().await {
-                tracing::warn!("stopping copies of lost containers: {e}");
-            }
+        if let Err(e) = rt.answer_own_loss().await {
+            tracing::warn!("stopping copies of lost containers: {e}");
         }
         for n in &nodes {
             let name = n.record.name.clone();
@@ -61,6 +55,13 @@ pub async fn follow_forever(rt: Arc<Runtime>, membership: Arc<Membership>, lost_
         }
         for (name, since) in &down_since {
             if since.elapsed() < lost_after || declared.contains(name) {
+                continue;
+            }
+            // The list is a few seconds old when a loss before this one took long to answer:
+            // a node back meanwhile is not declared.
+            if crate::fleet::get(rt.store().as_ref(), name)
+                .is_ok_and(|n| n.state == NodeState::Ready)
+            {
                 continue;
             }
             let declaring = rt.declare_lost(name).and_then(|lost| {

@@ -107,6 +107,8 @@ struct SyncState {
     /// Per tenant: the overlays last applied to its namespace, with the receiving filter they
     /// were rendered into (it also depends on the local endpoints).
     overlays: HashMap<String, (Vec<net::Overlay>, String)>,
+    /// Per tenant: the floating IP of each local endpoint (by its address) as last applied.
+    fips: HashMap<String, HashMap<Ipv4Addr, Ipv4Addr>>,
 }
 
 /// A ruleset as rendered, and its tables as the kernel listed them right after.
@@ -121,6 +123,7 @@ impl SyncState {
         self.links.remove(tenant);
         self.tenant_rules.remove(tenant);
         self.overlays.remove(tenant);
+        self.fips.remove(tenant);
     }
 }
 
@@ -919,11 +922,29 @@ impl Networks {
             net::ensure_netns(&model).map_err(net_err)?;
             state.links.insert(tenant.to_string(), links);
         }
+        // An endpoint whose FIP went (or changed) forgets its tracked connections, whichever
+        // node the change was made through: the NAT of its flows lives here.
+        let fips: HashMap<Ipv4Addr, Ipv4Addr> = model
+            .bridges
+            .iter()
+            .flat_map(|b| &b.endpoints)
+            .filter_map(|e| Some((e.ip, e.fip?)))
+            .collect();
+        let mut flush = flush.to_vec();
+        if let Some(before) = state.fips.get(tenant) {
+            flush.extend(
+                before
+                    .iter()
+                    .filter(|(ip, fip)| fips.get(ip) != Some(fip))
+                    .map(|(ip, _)| *ip),
+            );
+        }
+        state.fips.insert(tenant.to_string(), fips);
         let rules = net::render_tenant_rules(&model);
         let applied = state.tenant_rules.get(tenant).map(|a| &a.input);
         if applied != Some(&rules) || !flush.is_empty() {
             state.tenant_rules.remove(tenant);
-            let installed = net::apply_tenant_rules(&model, flush).map_err(net_err)?;
+            let installed = net::apply_tenant_rules(&model, &flush).map_err(net_err)?;
             let applied = Applied {
                 input: rules,
                 installed,

@@ -50,16 +50,16 @@ impl Runtime {
                 &c.tenant,
                 Event::container(&c, "die", &[("reason", c.state.error.clone())]),
             );
+            self.free_volumes_of_lost(&c);
             // A service's replica is replaced by whoever keeps the service now: it goes.
             if c.config.labels.contains_key(crate::services::SERVICE_LABEL) {
                 self.remove_lost(&c.tenant, &c.id)?;
             }
             declared.push(c);
         }
-        // Its volumes are free for the fleet (one on shared storage is fenced before another
-        // node attaches it).
-        self.volumes
-            .end_holds_of_node(node, &std::collections::HashSet::new())?;
+        // The node learns of it when it is back, and stops its copies.
+        self.store
+            .put(&crate::fleet::lost_key(node), now.to_rfc3339().into_bytes())?;
         Ok(declared)
     }
 
@@ -93,10 +93,13 @@ impl Runtime {
             tracing::warn!(container = %lost.id, "a lost container stays lost: no image or no room for it here");
             return Ok(None);
         }
-        // Only once the lost node can no longer write to them does another node take them.
+        // The declaration fenced them from the lost node and freed them; one held still (its
+        // fence failed, or another container took it since) stays with its holder.
         for v in &volumes {
-            self.volumes.fence(v)?;
-            tracing::info!(container = %lost.id, "volume {} fenced from node {}", v.name, lost.node);
+            if let Some(h) = self.volumes.holder(&lost.tenant, &v.name)? {
+                tracing::warn!(container = %lost.id, "a lost container stays lost: its volume {} is held by container {} on node {}", v.name, h.container, h.node);
+                return Ok(None);
+            }
         }
         // Its floating IP follows it (the removal of the lost record detaches it).
         let (tenant, id) = (lost.tenant.clone(), lost.id.clone());
@@ -130,6 +133,42 @@ impl Runtime {
         }
         self.start(&lost.tenant, &c.id).await?;
         Ok(Some(c))
+    }
+
+    /// The volumes a declared container held are free for the fleet once its node can no
+    /// longer write to them: one on shared storage is fenced from that node first (a fence
+    /// that fails keeps the hold: better a volume kept than one written from two VMs).
+    fn free_volumes_of_lost(&self, c: &Container) {
+        for m in &c.mounts {
+            let Ok(v) = self.volumes.get(&c.tenant, &m.volume) else {
+                continue;
+            };
+            if v.node.is_empty() && v.driver != "local" {
+                if let Err(e) = self.volumes.fence(&v) {
+                    tracing::error!(container = %c.id, "volume {} stays held: fencing it from node {}: {e}", v.name, c.node);
+                    continue;
+                }
+                tracing::info!(container = %c.id, "volume {} fenced from node {}", v.name, c.node);
+            }
+            self.volumes
+                .release_held_by(&c.tenant, &c.node, &c.id, std::slice::from_ref(&v.name));
+        }
+    }
+
+    /// Stops this node's copies of what the fleet declared lost ([`Self::stop_lost_copies`]),
+    /// then takes back the declaration's mark (unless a newer declaration came meanwhile).
+    pub async fn answer_own_loss(&self) -> Result<()> {
+        let key = crate::fleet::lost_key(&self.cfg.node_name);
+        let Some(mark) = self.store.get(&key)? else {
+            return Ok(());
+        };
+        self.stop_lost_copies().await?;
+        self.store.txn(
+            Txn::new()
+                .when(Compare::ModRevision(key.clone(), mark.mod_revision))
+                .then(Op::Delete(key)),
+        )?;
+        Ok(())
     }
 
     /// The volumes of `lost`, when every one of them can follow it to this node: a named

@@ -3,9 +3,9 @@
 //! transaction for all of a container's volumes:
 //! - `/volume-holders/{tenant}/{volume}` -> `{node}/{container}`.
 //!
-//! A hold ends when its container stops; what a crash or a lost node leaves is ended by
-//! [`Volumes::end_holds_of_node`] (at recovery, for this node; on the declaration of a loss,
-//! for the lost one).
+//! A hold ends when its container stops; a crash's are ended at recovery
+//! ([`Volumes::end_holds_of_node`]), a lost node's container's when the fleet declares it lost
+//! (once the lost node is fenced from a shared volume).
 
 use std::collections::HashSet;
 
@@ -16,7 +16,7 @@ use crate::Result;
 
 const PREFIX: &str = "/volume-holders/";
 
-fn key(tenant: &str, volume: &str) -> String {
+pub(super) fn key(tenant: &str, volume: &str) -> String {
     format!("{PREFIX}{tenant}/{volume}")
 }
 
@@ -80,17 +80,22 @@ impl Volumes {
         }
     }
 
-    /// `container`'s hold on each of `volumes` ends (a hold another has taken meanwhile
-    /// stays).
+    /// The hold of this node's `container` on each of `volumes` ends (a hold another has
+    /// taken meanwhile stays).
     pub fn release(&self, tenant: &str, container: &str, volumes: &[String]) {
-        let mine = Holder {
-            node: self.node.clone(),
+        self.release_held_by(tenant, &self.node, container, volumes)
+    }
+
+    /// [`Self::release`] for a container of any node (one of a lost node's).
+    pub fn release_held_by(&self, tenant: &str, node: &str, container: &str, volumes: &[String]) {
+        let holder = Holder {
+            node: node.to_string(),
             container: container.to_string(),
         };
         for volume in volumes {
             let k = key(tenant, volume);
             let txn = Txn::new()
-                .when(Compare::Value(k.clone(), mine.value()))
+                .when(Compare::Value(k.clone(), holder.value()))
                 .then(Op::Delete(k));
             if let Err(e) = self.store.txn(txn) {
                 tracing::error!("releasing volume {volume} of {container}: {e}");
@@ -99,7 +104,7 @@ impl Volumes {
     }
 
     /// Ends the holds of `node`'s containers but those in `running`: at recovery, what
-    /// stopped while hyperd was away (or was being initialised); for a lost node, all.
+    /// stopped while hyperd was away (or was being initialised).
     pub fn end_holds_of_node(&self, node: &str, running: &HashSet<String>) -> Result<usize> {
         let mut ended = 0;
         for kv in self.store.range(PREFIX)? {
@@ -153,7 +158,11 @@ mod tests {
                 container: "c2".into()
             })
         );
-        // n1 lost (or recovering with nothing running): its holds end, n2's stay.
+        // A lost node's container's hold ends through another node.
+        n2.release_held_by("t", "n1", "c1", &["b".into()]);
+        assert_eq!(n2.holder("t", "b").unwrap(), None);
+        n1.hold("t", "c1", &["b".into()]).unwrap();
+        // n1 recovering with nothing running: its holds end, n2's stay.
         assert_eq!(n2.end_holds_of_node("n1", &HashSet::new()).unwrap(), 1);
         assert_eq!(n2.holder("t", "b").unwrap(), None);
         assert!(n2.holder("t", "a").unwrap().is_some());

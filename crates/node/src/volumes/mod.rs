@@ -336,16 +336,18 @@ impl Volumes {
     /// Removes the volume's record, counts and blocks. The caller has checked that no
     /// container uses it.
     pub fn remove(&self, v: &Volume) -> Result<()> {
-        if let Some(holder) = self.holder(&v.tenant, &v.name)? {
-            return Err(in_use(&v.name, &holder.container));
-        }
         loop {
             let count = Counter::read(self.store.as_ref(), &v.tenant, "volumes")?;
             let gb = Counter::read(self.store.as_ref(), &v.tenant, "volume_gb")?;
+            // Not while a container of any node holds it (checked again in the transaction).
+            if let Some(holder) = self.holder(&v.tenant, &v.name)? {
+                return Err(in_use(&v.name, &holder.container));
+            }
             let done = self.store.txn(
                 Txn::new()
                     .when(count.unchanged())
                     .when(gb.unchanged())
+                    .when(Compare::Absent(holds::key(&v.tenant, &v.name)))
                     .then(count.set(count.value().saturating_sub(1)))
                     .then(gb.set(gb.value().saturating_sub(v.size_gb)))
                     .then(Op::Delete(volume_key(&v.tenant, &v.name))),
