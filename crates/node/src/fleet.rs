@@ -339,6 +339,8 @@ pub fn remove(store: &dyn Store, name: &str) -> Result<()> {
             "node {name} is up: stop its hyperd first (a node is removed once it is down)"
         )));
     }
+    // Its own addresses on tenant networks (its balancers') are free for the others.
+    crate::network::records::release_node_ips_everywhere(store, name)?;
     Ok(())
 }
 

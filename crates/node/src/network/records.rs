@@ -239,6 +239,25 @@ pub fn release_node_ip(store: &dyn Store, n: &NetworkRecord, node: &str) -> Resu
     Ok(())
 }
 
+/// Gives back every address `node` holds on any tenant's network (the node is removed from
+/// the fleet); how many.
+pub fn release_node_ips_everywhere(store: &dyn Store, node: &str) -> Result<usize> {
+    let owner = format!("{NODE_OWNER}{node}");
+    let mut released = 0;
+    for kv in store.range("/ipam/")? {
+        if kv.value != owner.as_bytes() {
+            continue;
+        }
+        let done = store.txn(
+            Txn::new()
+                .when(Compare::Value(kv.key.clone(), kv.value.clone()))
+                .then(Op::Delete(kv.key.clone())),
+        )?;
+        released += usize::from(done.succeeded);
+    }
+    Ok(released)
+}
+
 /// Claims `proto/port` on the node for `owner` (`tenant/container`). A port held by another
 /// container, or bound by a process of the node, is refused as Docker words it.
 pub fn claim_host_port(
@@ -416,5 +435,39 @@ pub fn vni_of(store: &dyn Store, network: &NetworkRecord) -> Result<u32> {
         if done.succeeded {
             return Ok(next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_nodes_addresses_are_given_back_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let network = |tenant: &str| NetworkRecord {
+            id: "n0".into(),
+            tenant: tenant.into(),
+            name: "bridge".into(),
+            subnet: "172.16.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+            bridge: "br0".into(),
+            created: Utc::now(),
+            labels: Default::default(),
+            vni: 0,
+        };
+        let (a, b) = (network("a"), network("b"));
+        let gone = claim_node_ip(&store, &a, "n2").unwrap();
+        claim_node_ip(&store, &b, "n2").unwrap();
+        let kept = claim_node_ip(&store, &a, "n1").unwrap();
+        let container = claim_ip(&store, &a, "c1").unwrap();
+        assert_eq!(release_node_ips_everywhere(&store, "n2").unwrap(), 2);
+        let left = node_addresses(&store, &a).unwrap();
+        assert_eq!(left, BTreeMap::from([("n1".to_string(), kept)]));
+        assert!(node_addresses(&store, &b).unwrap().is_empty());
+        // The next claim may take the freed address; the container keeps its own.
+        assert_eq!(claim_ip(&store, &a, "c2").unwrap(), gone);
+        assert_ne!(container, gone);
     }
 }
