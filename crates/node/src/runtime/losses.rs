@@ -64,10 +64,10 @@ impl Runtime {
     }
 
     /// Starts a lost container again on this node when its restart policy asks for it and
-    /// nothing of it is bound to the lost node (its volumes, if any, are named shared ones): a
-    /// new container under the same name, configuration, aliases, floating IP and volumes,
-    /// which are fenced from the lost node first. `None` when it stays lost (no policy, a local or anonymous
-    /// volume, a service's replica, or no room or image for it here).
+    /// nothing of it is bound to the lost node (its volumes, if any, are named shared ones,
+    /// which the declaration fenced and freed): a new container under the same name,
+    /// configuration, aliases, floating IP and volumes. `None` when it stays lost (no policy, a
+    /// local, anonymous or still held volume, a service's replica, or no room or image here).
     pub async fn start_lost_here(self: &Arc<Self>, lost: &Container) -> Result<Option<Container>> {
         let wanted = super::restart::wanted(&Container {
             lost: None,
@@ -143,7 +143,7 @@ impl Runtime {
             let Ok(v) = self.volumes.get(&c.tenant, &m.volume) else {
                 continue;
             };
-            if v.node.is_empty() && v.driver != "local" {
+            if v.on_shared_storage() {
                 if let Err(e) = self.volumes.fence(&v) {
                     tracing::error!(container = %c.id, "volume {} stays held: fencing it from node {}: {e}", v.name, c.node);
                     continue;
@@ -178,7 +178,7 @@ impl Runtime {
         lost.mounts
             .iter()
             .map(|m| self.volumes.get(&lost.tenant, &m.volume).ok())
-            .map(|v| v.filter(|v| v.node.is_empty() && !v.anonymous && v.driver != "local"))
+            .map(|v| v.filter(|v| v.on_shared_storage() && !v.anonymous))
             .collect()
     }
 

@@ -44,6 +44,12 @@ impl Volume {
         self.size_gb * GB
     }
 
+    /// On storage every node reaches (rbd), not on one node's disk: a container using it can
+    /// run on any node, once the last one to attach it is fenced.
+    pub fn on_shared_storage(&self) -> bool {
+        self.node.is_empty() && self.driver != "local"
+    }
+
     /// Goes with the container that uses it.
     pub fn goes_with_container(&self) -> bool {
         self.anonymous
