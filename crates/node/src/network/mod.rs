@@ -22,7 +22,7 @@ mod reconcile;
 pub mod records;
 pub mod sg;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -470,8 +470,9 @@ impl Networks {
     }
 
     pub fn fip_release(&self, tenant: &str, ip: &str) -> Result<()> {
-        let r = fips::release(self.store(), tenant, ip)?;
-        self.after_fip_change(tenant, &r.container)
+        fips::release(self.store(), tenant, ip)?;
+        // The sync forgets the flows of the endpoint that had it.
+        self.sync_tenant(tenant, &[])
     }
 
     pub fn fip_attach(&self, c: &Container, ip: &str) -> Result<()> {
@@ -482,31 +483,19 @@ impl Networks {
             )));
         }
         fips::attach(self.store(), &c.tenant, ip, container_holder(c))?;
-        self.after_fip_change(&c.tenant, &c.id)
+        self.sync_tenant(&c.tenant, &[])
     }
 
     pub fn fip_detach(&self, c: &Container) -> Result<Ipv4Addr> {
         let ip = fips::detach(self.store(), &c.tenant, container_holder(c))?.ok_or_else(|| {
             RuntimeError::NotFound(format!("container {} has no floating IP", c.name))
         })?;
-        self.after_fip_change(&c.tenant, &c.id)?;
+        self.sync_tenant(&c.tenant, &[])?;
         Ok(ip)
     }
 
     pub fn fip_rename(&self, tenant: &str, ip: &str, name: &str) -> Result<()> {
         fips::rename(self.store(), tenant, ip, name)
-    }
-
-    /// Re-applies the rules and forgets the container's tracked connections, so a detached or
-    /// released address stops carrying even the connections it had.
-    fn after_fip_change(&self, tenant: &str, container: &str) -> Result<()> {
-        let flush: Vec<Ipv4Addr> = self
-            .containers(tenant)?
-            .iter()
-            .filter(|c| c.id == container)
-            .filter_map(|c| c.endpoint.as_ref().map(|e| e.ip))
-            .collect();
-        self.sync_tenant(tenant, &flush)
     }
 
     // ---- security groups ----
@@ -922,8 +911,9 @@ impl Networks {
             net::ensure_netns(&model).map_err(net_err)?;
             state.links.insert(tenant.to_string(), links);
         }
-        // An endpoint whose FIP went (or changed) forgets its tracked connections, whichever
-        // node the change was made through: the NAT of its flows lives here.
+        // An endpoint whose FIP came, went or changed forgets its tracked connections (so a
+        // detached or released address stops carrying even the ones it had), whichever node
+        // the change was made through: the NAT of its flows lives here.
         let fips: HashMap<Ipv4Addr, Ipv4Addr> = model
             .bridges
             .iter()
@@ -932,12 +922,9 @@ impl Networks {
             .collect();
         let mut flush = flush.to_vec();
         if let Some(before) = state.fips.get(tenant) {
-            flush.extend(
-                before
-                    .iter()
-                    .filter(|(ip, fip)| fips.get(ip) != Some(fip))
-                    .map(|(ip, _)| *ip),
-            );
+            let changed = |ip: &Ipv4Addr| before.get(ip) != fips.get(ip);
+            let ips: BTreeSet<Ipv4Addr> = before.keys().chain(fips.keys()).copied().collect();
+            flush.extend(ips.into_iter().filter(changed));
         }
         state.fips.insert(tenant.to_string(), fips);
         let rules = net::render_tenant_rules(&model);
