@@ -1156,10 +1156,13 @@ fn a_service_heals_over_three_nodes() {
     // shims and QEMUs with SIGKILL), or, every second round, frozen (SIGSTOP on all of them)
     // past its lease. The service heals on the two left; the node comes back (restarted, or
     // resumed, when it stops the copies the fleet gave up) before the next round.
-    let rounds: usize = std::env::var("HYPER_FLEET_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let rounds: usize =
+        match std::env::var("HYPER_FLEET_ROUNDS") {
+            Ok(n) => n.parse().ok().filter(|n| *n >= 1).unwrap_or_else(|| {
+                panic!("HYPER_FLEET_ROUNDS={n:?}: give a whole number, 1 or more")
+            }),
+            Err(_) => 1,
+        };
     let mut windows = Vec::new();
     for round in 1..=rounds {
         let (victim, name) = if round % 2 == 1 {
