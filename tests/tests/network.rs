@@ -240,6 +240,13 @@ fn floating_ips() {
         from_internet("/hostname")
     });
     assert_eq!(body.trim(), w);
+    // A container of the same network reaches it through the FIP too (hairpin).
+    let o = sh(
+        d,
+        &[],
+        &format!("timeout 10 wget -qO- http://{fip}:8081/hostname"),
+    );
+    assert_eq!(o.ok().out(), w);
     // An unpublished port is not reachable through the FIP.
     assert!(inet
         .run(|| http_get(&format!("{fip}:80"), "/hostname"))

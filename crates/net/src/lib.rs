@@ -33,7 +33,7 @@ pub use installed::{
     installed_in_tenant, installed_on_node, Installed, LinkState, RouteState, Tables, NODE_TABLE,
     TENANT_TABLES,
 };
-pub use links::{destroy_netns, ensure_netns, netns_inputs};
+pub use links::{destroy_netns, ensure_netns, netns_inputs, NetnsInputs};
 pub use model::*;
 pub use netns::{create_netns, remove_netns};
 pub use overlay::{

@@ -29,15 +29,32 @@ pub fn ensure_netns(t: &TenantNetns) -> Result<(), NetError> {
 }
 
 /// What [`ensure_netns`] builds the namespace from: `t` without what is plugged into its
-/// bridges (the endpoints: taps come and go with every start, and it leaves them alone). A
-/// caller may skip `ensure_netns` while this stays the same, and miss nothing: the bridges'
-/// service addresses are in it, and so is whatever the model gains, unless taken out here.
-pub fn netns_inputs(t: &TenantNetns) -> TenantNetns {
-    let mut inputs = t.clone();
-    for bridge in &mut inputs.bridges {
+/// bridges (the endpoints: taps come and go with every start, and it leaves them alone), but
+/// with which bridges pass bridged frames through the inet hooks (which their endpoints'
+/// security groups decide). A caller may skip `ensure_netns` while this stays the same, and
+/// miss nothing: the bridges' service addresses are in it, and so is whatever the model gains,
+/// unless taken out here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsInputs {
+    netns: TenantNetns,
+    filtering_bridges: Vec<String>,
+}
+
+pub fn netns_inputs(t: &TenantNetns) -> NetnsInputs {
+    let mut netns = t.clone();
+    for bridge in &mut netns.bridges {
         bridge.endpoints.clear();
     }
-    inputs
+    let filtering_bridges = t
+        .bridges
+        .iter()
+        .filter(|b| b.filters_bridged_frames())
+        .map(|b| b.ifname.clone())
+        .collect();
+    NetnsInputs {
+        netns,
+        filtering_bridges,
+    }
 }
 
 /// Removes the overlays, the transit link and the namespace file. Tolerates any part being gone
@@ -56,8 +73,9 @@ pub fn destroy_netns(t: &TenantNetns) -> Result<(), NetError> {
 
 fn tenant_sysctls() -> Result<(), NetError> {
     sysctl::set("net/ipv4/ip_forward", "1")?;
-    // Bridged IPv4 must cross the inet hooks: security groups and conntrack see it there.
-    sysctl::set("net/bridge/bridge-nf-call-iptables", "1")?;
+    // Bridged IPv4 skips the inet hooks unless its bridge asks for them (see
+    // `Bridge::filters_bridged_frames`); routed IPv4 always crosses them.
+    sysctl::set("net/bridge/bridge-nf-call-iptables", "0")?;
     // Tenant networks are IPv4 only; no link-local chatter, and taps inherit `default`.
     sysctl::set("net/ipv6/conf/all/disable_ipv6", "1")?;
     sysctl::set("net/ipv6/conf/default/disable_ipv6", "1")?;
@@ -141,8 +159,7 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
     for bridge in bridges {
         let name = bridge.ifname.as_str();
         if !link_exists(Some(ns), name)? {
-            // No STP and no forward delay: ports forward at once. nf_call_iptables forces the
-            // inet hooks for this bridge whatever the sysctl says.
+            // No STP and no forward delay: ports forward at once.
             let args = [
                 "link",
                 "add",
@@ -153,17 +170,25 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
                 "0",
                 "forward_delay",
                 "0",
-                "nf_call_iptables",
-                "1",
             ];
             ip(Some(ns), "create bridge", &args)?;
         }
         let (mtu, mac) = (bridge.mtu.to_string(), mac_text(&bridge.mac()));
-        ip(
-            Some(ns),
-            "set bridge mtu",
-            &["link", "set", name, "mtu", &mtu],
-        )?;
+        // nf_call_iptables on: this bridge's bridged frames cross the inet hooks, whatever
+        // the namespace's sysctl says; off: neither says so, and they skip them.
+        let filtering = if bridge.filters_bridged_frames() { "1" } else { "0" };
+        let args = [
+            "link",
+            "set",
+            name,
+            "mtu",
+            &mtu,
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            filtering,
+        ];
+        ip(Some(ns), "set bridge mtu and filtering", &args)?;
         // A set address stays put; an unset one follows the lowest port MAC as taps come and go,
         // and the guests' ARP entries for the gateway would go stale. Set only when it differs:
         // setting it, even to the same, flushes the bridge's neighbours, the overlay's too.
@@ -224,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn a_service_address_is_an_input_of_the_namespace_and_a_tap_is_not() {
+    fn a_service_address_and_a_guarded_tap_are_inputs_of_the_namespace_and_a_tap_is_not() {
         let before = tenant();
         let mut with_tap = before.clone();
         with_tap.bridges[0].endpoints.push(Endpoint {
@@ -236,6 +261,10 @@ mod tests {
             security_groups: None,
         });
         assert_eq!(netns_inputs(&with_tap), netns_inputs(&before));
+        // A security group on it is: its bridge's frames must then cross the inet hooks.
+        let mut guarded = with_tap.clone();
+        guarded.bridges[0].endpoints[0].security_groups = Some(vec![]);
+        assert_ne!(netns_inputs(&guarded), netns_inputs(&with_tap));
         // A service taking the address the container had (or any other) is a change the
         // namespace must see: the VIP goes on the bridge.
         let mut with_service = with_tap.clone();

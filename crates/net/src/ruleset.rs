@@ -342,6 +342,16 @@ fn tenant_snat(t: &TenantNetns) -> Vec<String> {
                 .map(|fip| format!("oifname {up} ip saddr {} snat ip to {fip}", e.ip))
         })
         .collect();
+    // A container reaching a FIP or published port of its own network: the answer would go
+    // back across the bridge without the NAT undone (bridged frames skip conntrack), so the
+    // request comes from the gateway instead, as through Docker's hairpin.
+    for bridge in &t.bridges {
+        rules.push(format!(
+            "oifname {} ip saddr {net} ip daddr {net} ct status dnat masquerade",
+            quoted(&bridge.ifname),
+            net = bridge.subnet
+        ));
+    }
     if !t.bridges.is_empty() {
         rules.push(format!(
             "oifname {up} ip saddr {} masquerade",
@@ -729,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_nat_publishes_ports_and_fips_service_fips_first() {
+    fn tenant_nat_publishes_ports_and_fips_service_fips_first_and_hairpins() {
         let text = render_tenant_rules(&tenant());
         assert_eq!(
             lines_of_chain(&text, "prerouting")[1..],
@@ -745,6 +755,8 @@ mod tests {
             lines_of_chain(&text, "postrouting")[1..],
             [
                 "oifname \"up0\" ip saddr 172.16.0.2 snat ip to 198.51.100.7",
+                "oifname \"br0\" ip saddr 172.16.0.0/16 ip daddr 172.16.0.0/16 ct status dnat masquerade",
+                "oifname \"br1\" ip saddr 10.9.0.0/24 ip daddr 10.9.0.0/24 ct status dnat masquerade",
                 "oifname \"up0\" ip saddr { 172.16.0.0/16, 10.9.0.0/24 } masquerade",
             ]
         );

@@ -69,7 +69,18 @@ fn rebuilds_follow_the_model_and_teardown_is_complete() {
         .map(sysctl)
     })
     .unwrap();
-    assert_eq!(tenant_sysctls, ["1", "1", "1"]);
+    assert_eq!(tenant_sysctls, ["1", "0", "1"]);
+    // Bridged frames cross the inet hooks only on a bridge with a guarded endpoint.
+    let filtering = |t: &TenantNetns| {
+        ip(&t.netns_path, &["-d", "link", "show", "br0"]).contains("nf_call_iptables 1")
+    };
+    assert!(!filtering(&t));
+    t.bridges[0].endpoints[0].security_groups = Some(vec![]);
+    sandbox.on_node(|| ensure_netns(&t).unwrap());
+    assert!(filtering(&t));
+    t.bridges[0].endpoints[0].security_groups = None;
+    sandbox.on_node(|| ensure_netns(&t).unwrap());
+    assert!(!filtering(&t));
     assert_eq!(
         sandbox.on_node(|| sysctl("net/ipv4/conf/hv-5/route_localnet")),
         "1"

@@ -95,7 +95,7 @@ struct SyncState {
     /// Tenants whose namespace is up with nothing in it, and since when (see [`LINGER`]).
     idle: HashMap<String, Instant>,
     /// Per tenant: what its namespace was last built from (`net::netns_inputs`).
-    links: HashMap<String, net::TenantNetns>,
+    links: HashMap<String, net::NetnsInputs>,
     /// Per tenant: the ruleset last loaded into its namespace.
     tenant_rules: HashMap<String, Applied>,
     /// The node's ruleset and FIP routes as last applied.
