@@ -736,6 +736,7 @@ async fn serve(
                 );
                 shim.update(|s| s.disk_full = full);
             },
+            |line| slog!("{line}"),
         ));
     }
     // SIGTERM to the shim = shutdown.

@@ -46,8 +46,8 @@ use crate::Spec;
 /// Bumped whenever the device layout, the VM's CPU model or the template format changes (2: the
 /// NIC; 3: the block driver probes a placeholder of the root disk's size at boot; 4: ARAT under
 /// TCG; 5: no option ROM, restores without a kernel; 6: the volume slots; 7: the disks pause
-/// the VM on ENOSPC, `vm::ON_WRITE_ERROR`).
-pub const LAYOUT_VERSION: u32 = 7;
+/// the VM on ENOSPC, `vm::ON_WRITE_ERROR`; 8: no PIT).
+pub const LAYOUT_VERSION: u32 = 8;
 /// Guest RAM file inside a template directory.
 pub const RAM: &str = "ram";
 /// Device state file inside a template directory.

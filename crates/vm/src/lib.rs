@@ -44,8 +44,11 @@ pub use volume::{
 pub const AGENT_SOCK: &str = "agent.sock";
 /// Serial console of the guest, written by the hypervisor.
 pub const CONSOLE_LOG: &str = "console.log";
-/// QMP control socket (template boots only).
+/// QMP control socket: commands, one client at a time.
 pub const QMP_SOCK: &str = "qmp.sock";
+/// A second QMP monitor, kept open by the shim for QEMU's run-state events (`STOP`, `RESUME`),
+/// so that it learns of a VM paused by a full host disk without asking every few seconds.
+pub const QMP_EVENTS_SOCK: &str = "qmp-events.sock";
 
 /// What every disk device (the root slot and the volume slots, in every boot) does when a
 /// write fails on the host: on ENOSPC the VM pauses (QMP status `io-error`) and retries the
@@ -108,6 +111,9 @@ impl VmConfig {
     }
     pub fn qmp_sock(&self) -> PathBuf {
         self.dir.join(QMP_SOCK)
+    }
+    pub fn qmp_events_sock(&self) -> PathBuf {
+        self.dir.join(QMP_EVENTS_SOCK)
     }
 }
 

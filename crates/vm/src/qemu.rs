@@ -177,15 +177,21 @@ impl Hypervisor for Qemu {
         // same, so the device slots match.
         // No option ROMs: qboot boots the kernel from fw_cfg by itself, and a restore, which
         // boots nothing, must present the same RAM blocks as its template (an option ROM is one).
+        // No PIT: the guest keeps time with the TSC and the APIC timer, and the PIT that
+        // firmware left ticking woke QEMU's main loop 36 times a second for nothing, half the
+        // host CPU of an idle VM under TCG (issue 19).
         match boot {
-            Boot::Cold { .. } => push(&["-M", "microvm,rtc=on,x-option-roms=off"]),
+            Boot::Cold { .. } => push(&["-M", "microvm,rtc=on,pit=off,x-option-roms=off"]),
             Boot::TemplateSave { ram } | Boot::Restore { ram, .. } | Boot::Standby { ram, .. } => {
                 let share = if matches!(boot, Boot::TemplateSave { .. }) {
                     "on"
                 } else {
                     "off"
                 };
-                push(&["-M", "microvm,rtc=on,x-option-roms=off,memory-backend=ram"]);
+                push(&[
+                    "-M",
+                    "microvm,rtc=on,pit=off,x-option-roms=off,memory-backend=ram",
+                ]);
                 push(&[
                     "-object",
                     &format!(
@@ -264,13 +270,15 @@ impl Hypervisor for Qemu {
                 &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
             ]);
         }
-        // Control socket in every boot (template saves and restores, claims, and the shim's
-        // watch for a VM paused by a full host disk, see [`crate::ON_WRITE_ERROR`]); incoming
-        // migration for restores.
-        push(&[
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", cfg.qmp_sock().display()),
-        ]);
+        // Control socket in every boot (template saves and restores, claims, pause, the shim's
+        // resume of a VM paused by a full host disk, see [`crate::ON_WRITE_ERROR`]), and the
+        // events monitor beside it; incoming migration for restores.
+        for sock in [cfg.qmp_sock(), cfg.qmp_events_sock()] {
+            push(&[
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", sock.display()),
+            ]);
+        }
         if matches!(boot, Boot::Restore { .. } | Boot::Standby { .. }) {
             push(&["-incoming", "defer"]);
         }
@@ -359,7 +367,10 @@ mod tests {
     #[test]
     fn machine_and_devices() {
         let args = Qemu.args(&cfg(Accel::Tcg)).unwrap();
-        assert_eq!(value_of(&args, "-M"), ["microvm,rtc=on,x-option-roms=off"]);
+        assert_eq!(
+            value_of(&args, "-M"),
+            ["microvm,rtc=on,pit=off,x-option-roms=off"]
+        );
         for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
             assert!(args.iter().any(|a| a == f), "{f}");
         }
@@ -428,11 +439,14 @@ mod tests {
         for a in [&save, &restore] {
             assert_eq!(
                 value_of(a, "-M"),
-                ["microvm,rtc=on,x-option-roms=off,memory-backend=ram"]
+                ["microvm,rtc=on,pit=off,x-option-roms=off,memory-backend=ram"]
             );
             assert_eq!(
                 value_of(a, "-qmp"),
-                ["unix:/d/c/abc/qmp.sock,server=on,wait=off"]
+                [
+                    "unix:/d/c/abc/qmp.sock,server=on,wait=off",
+                    "unix:/d/c/abc/qmp-events.sock,server=on,wait=off"
+                ]
             );
             // Same devices, in the same order, as a cold boot.
             assert_eq!(value_of(a, "-device"), value_of(&cold, "-device"));
