@@ -176,7 +176,11 @@ fn sync_bridges(ns: &Path, bridges: &[Bridge]) -> Result<(), NetError> {
         let (mtu, mac) = (bridge.mtu.to_string(), mac_text(&bridge.mac()));
         // nf_call_iptables on: this bridge's bridged frames cross the inet hooks, whatever
         // the namespace's sysctl says; off: neither says so, and they skip them.
-        let filtering = if bridge.filters_bridged_frames() { "1" } else { "0" };
+        let filtering = if bridge.filters_bridged_frames() {
+            "1"
+        } else {
+            "0"
+        };
         let args = [
             "link",
             "set",
