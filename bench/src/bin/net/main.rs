@@ -3,7 +3,9 @@
 //! - **the VM floor**, the ratios' base: two plain QEMU VMs built like hyper's (same kernel,
 //!   virtio-net, accelerator, size and `vm` crate command line) with their taps on a bare Linux
 //!   bridge (`vm_floor`), so that a ratio shows what hyper's own network costs;
-//! - the veth floor, for context: a veth pair between two namespaces, host processes only.
+//! - the veth floor, for context: a veth pair between two namespaces, host processes only;
+//! - for context too, a host process fetching from the VM floor's server on its bare bridge: the
+//!   floating IP's client is a host process, and this is the like-for-like floor of that path.
 //!
 //! Hyper's paths, each aimed at [`AIM`] of the VM floor or more:
 //! - container to container on the tenant's bridge (VM -> tap -> bridge -> tap -> VM);
@@ -39,6 +41,10 @@ const FIP_POOL: &str = "198.51.100.0/30";
 const FETCH_TIMEOUT: u32 = 600;
 /// The share of the VM floor each of hyper's paths should reach (issue 19).
 const AIM: f64 = 0.9;
+const FIP_ROUTE: &str = "internet -> container via floating IP";
+/// The floor's server VM fetched from by a host process in its namespace, as the floating IP's
+/// client is a host process: the FIP path's like-for-like floor.
+const HOST_CLIENT_FLOOR: &str = "context: host client -> floor VM, bare bridge";
 
 #[derive(clap::Parser)]
 struct Args {
@@ -57,8 +63,8 @@ enum Kind {
     VmFloor,
     /// One of hyper's paths, aimed at [`AIM`] of the VM floor.
     Hyper,
-    /// Context: host processes in two namespaces on a veth pair, no VM.
-    VethFloor,
+    /// Context, with no aim: the veth pair, and a host client of the VM floor's server.
+    Context,
 }
 
 /// One way to a file server: its byte count checked once, then one timed download a round.
@@ -345,6 +351,14 @@ fn print_table(routes: &[Route], mb: u32, runs: usize, took: Duration) {
             each.join(", ")
         );
     }
+    // The floating IP's client is a host process, as is this floor's: the like-for-like ratio.
+    let by_name = |name: &str| routes.iter().find(|r| r.name == name).map(median_mbps);
+    if let (Some(fip), Some(host_floor)) = (by_name(FIP_ROUTE), by_name(HOST_CLIENT_FLOOR)) {
+        println!(
+            "{FIP_ROUTE} ÷ {HOST_CLIENT_FLOOR} (both a host client): {:.3}",
+            fip / host_floor
+        );
+    }
     let met = verdicts.iter().filter(|m| **m).count();
     println!(
         "aim (each of hyper's paths at least {AIM} of the VM floor): met by {met} of {}",
@@ -393,7 +407,7 @@ fn main() {
             "http://sink:5001/big",
         ),
         from_namespace(
-            "internet -> container via floating IP",
+            FIP_ROUTE,
             Kind::Hyper,
             inet,
             format!("http://{fip}:5001/big"),
@@ -405,8 +419,14 @@ fn main() {
             "http://web:5001/big",
         ),
         from_namespace(
+            HOST_CLIENT_FLOOR,
+            Kind::Context,
+            floor.netns().to_string(),
+            floor.server_url(),
+        ),
+        from_namespace(
             "context: veth between two namespaces",
-            Kind::VethFloor,
+            Kind::Context,
             veth_client,
             "http://10.99.0.2:5001/big".into(),
         ),

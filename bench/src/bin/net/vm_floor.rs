@@ -169,6 +169,16 @@ impl VmFloor {
         }
     }
 
+    /// The namespace of the bare bridge, which holds an address on it.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// The server VM's big file, as its client VM fetches it.
+    pub fn server_url(&self) -> String {
+        format!("http://{SERVER_IP}:5001/big")
+    }
+
     /// Waits until the client has seen the server's file ready.
     pub fn wait_ready(&self) {
         e2e::wait_for(
