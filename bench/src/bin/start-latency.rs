@@ -232,13 +232,22 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn poll_until(what: &str, secs: u64, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+fn poll_until(what: &str, secs: u64, f: impl FnMut() -> Result<bool>) -> Result<()> {
+    poll_every(what, secs, Duration::from_millis(100), f)
+}
+
+fn poll_every(
+    what: &str,
+    secs: u64,
+    interval: Duration,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = now() + secs as f64;
     while now() < deadline {
         if f()? {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(interval);
     }
     bail!("timed out after {secs}s waiting for {what}")
 }
@@ -307,7 +316,8 @@ impl Env {
             .spawn()
             .context("start hyperd")?;
         started(|s| s.hyperd = Some(child));
-        poll_until("hyperd to answer", 120, || {
+        // Every 10 ms: the first-start pass times from the spawn to the socket's answer.
+        poll_every("hyperd to answer", 120, Duration::from_millis(10), || {
             let alive = started(|s| {
                 s.hyperd
                     .as_mut()
@@ -1209,6 +1219,18 @@ fn hyper_run_kind(env: &Env, image: &str) -> Result<(f64, f64, Option<String>)> 
     Ok((t_end - t0, settled - t0, kind))
 }
 
+/// A start right after hyperd's own: hyperd started again on the data root that holds its
+/// template (its standby pool empty, as at every start of hyperd), then `hyper run --rm busybox
+/// true` as soon as the socket answers. Returns (seconds from hyperd's spawn until its socket
+/// answered, until that run returned, the run's boot kind).
+fn first_start_after_spawn(env: &Env) -> Result<(f64, f64, Option<String>)> {
+    let t0 = now();
+    env.start_hyperd("", "on")?;
+    let socket = now() - t0;
+    let (run, _, kind) = hyper_run_kind(env, "busybox")?;
+    Ok((socket, socket + run, kind))
+}
+
 /// Run all the commands at once; the time until the last one returned, and each one's stdout.
 /// `each` sees every successful output as soon as it is known (for the clean-up registry).
 fn all_at_once(
@@ -1615,6 +1637,15 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     env.stop_hyperd();
+    // Pass 4: the first start after each of `runs` restarts of hyperd, its template on disk.
+    progress("first start after hyperd's own");
+    let mut first_starts = Vec::new();
+    for i in 0..n {
+        progress(&format!(" {}", i + 1));
+        first_starts.push(first_start_after_spawn(&env)?);
+        env.stop_hyperd();
+    }
+    eprintln!();
     if args.parallel > 0 {
         if let Some(d) = &docker {
             progress(", docker");
@@ -1757,6 +1788,42 @@ fn run(args: &Args) -> Result<()> {
         tm / dm,
         tm / hm,
         tm / fm
+    );
+
+    println!();
+    println!("-- the first start after hyperd's own (hyperd started again, its template on disk, its standby pool empty), seconds from hyperd's spawn --");
+    let column_of = |f: fn(&(f64, f64, Option<String>)) -> f64| -> Vec<f64> {
+        first_starts.iter().map(f).collect()
+    };
+    let (sockets, done) = (column_of(|r| r.0), column_of(|r| r.1));
+    let runs_alone: Vec<f64> = first_starts.iter().map(|r| r.1 - r.0).collect();
+    println!(
+        "{:<52} {:>8} {:>8} {:>5} {:>9}",
+        "", "median", "min", "runs", "÷ docker"
+    );
+    for (name, xs) in [
+        ("hyperd's socket answers", &sockets),
+        ("run --rm busybox true issued then returned", &done),
+        ("  the run alone", &runs_alone),
+    ] {
+        let m = median(xs).unwrap_or(f64::NAN);
+        println!(
+            "{:<52} {} {} {:>5} {:>9.2}",
+            name,
+            fmt(Some(m)),
+            fmt(min(xs)),
+            xs.len(),
+            m / dm
+        );
+    }
+    let kinds: Vec<&str> = first_starts
+        .iter()
+        .map(|r| r.2.as_deref().unwrap_or("?"))
+        .collect();
+    println!(
+        "boot kinds of those runs: {} (aim: from hyperd's spawn to the run's return at or below docker's run, {})",
+        kinds.join(", "),
+        fmt(Some(dm))
     );
 
     if args.parallel > 0 {
