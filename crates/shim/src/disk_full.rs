@@ -56,7 +56,9 @@ pub async fn watch(
     on_change: impl Fn(bool) + Send + 'static,
     log: impl Fn(String) + Send + 'static,
 ) {
-    let mut events = match RunStateEvents::connect(&dir.join(vm::QMP_EVENTS_SOCK)).await {
+    let sock = dir.join(vm::QMP_EVENTS_SOCK);
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, RunStateEvents::connect(&sock)).await;
+    let mut events = match connected.unwrap_or_else(|_| Err(anyhow::anyhow!("no greeting"))) {
         Ok(events) => Some(events),
         Err(e) => {
             log(format!(
@@ -97,6 +99,9 @@ pub async fn watch(
 struct RunStateEvents {
     reader: BufReader<UnixStream>,
 }
+
+/// How long QEMU may take to greet on its events monitor and take the capabilities.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest line taken from QEMU's monitor (its events are a few hundred bytes).
 const MAX_LINE: u64 = 64 << 10;
