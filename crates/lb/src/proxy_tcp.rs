@@ -8,10 +8,6 @@ use tokio::net::TcpStream;
 
 use crate::service::Service;
 
-/// Bytes read at once each way: a bulk transfer then costs an eighth of the system calls
-/// tokio's default 8 KiB buffers do (the service path's throughput, issue 19).
-const BUF_SIZE: usize = 64 * 1024;
-
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, service: Arc<Service>) {
     let mut tried = Vec::new();
     let (backend, mut upstream) = loop {
@@ -30,9 +26,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, service: Arc<Service
     };
     let _active = backend.track();
     let _ = client.set_nodelay(true);
-    let copied =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF_SIZE, BUF_SIZE);
-    if let Err(err) = copied.await {
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(service = %service.name, id = %backend.id, %peer, "connection ended: {err}");
     }
 }
