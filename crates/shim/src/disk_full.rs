@@ -58,7 +58,9 @@ pub async fn watch(
 ) {
     let sock = dir.join(vm::QMP_EVENTS_SOCK);
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, RunStateEvents::connect(&sock)).await;
-    let mut events = match connected.unwrap_or_else(|_| Err(anyhow::anyhow!("no greeting"))) {
+    let mut events = match connected
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no greeting within {CONNECT_TIMEOUT:?}")))
+    {
         Ok(events) => Some(events),
         Err(e) => {
             log(format!(
