@@ -83,6 +83,8 @@ pub struct Networks {
     fip_pool: Vec<Ipv4Addr>,
     /// Serialises syncs: each rebuilds a tenant's whole ruleset from the store.
     sync: Mutex<SyncState>,
+    /// Per tenant: how many syncs were asked for (see [`Networks::sync_tenant`]).
+    sync_requests: Mutex<HashMap<String, u64>>,
 }
 
 /// What the syncs of this hyperd have put in place. The store stays the truth: hyperd applies
@@ -109,6 +111,9 @@ struct SyncState {
     overlays: HashMap<String, (Vec<net::Overlay>, String)>,
     /// Per tenant: the floating IP of each local endpoint (by its address) as last applied.
     fips: HashMap<String, HashMap<Ipv4Addr, Ipv4Addr>>,
+    /// Per tenant: the requests (counted in `Networks::sync_requests`) the last successful
+    /// sync covers: all those made before it began.
+    synced: HashMap<String, u64>,
 }
 
 /// A ruleset as rendered, and its tables as the kernel listed them right after.
@@ -153,6 +158,7 @@ impl Networks {
             cfg,
             fip_pool,
             sync: Mutex::new(SyncState::default()),
+            sync_requests: Mutex::default(),
         }
     }
 
@@ -818,13 +824,31 @@ impl Networks {
 
     /// Makes the kernel match the store for `tenant` (and the node's shared rules), or tears
     /// the tenant's namespace down when none of its containers has a network any more.
+    ///
+    /// Concurrent requests for one tenant share a sync: a sync reads the store after it
+    /// begins, so it covers every request made before that, and a request that finds such a
+    /// sync done (while it waited for the lock) returns at once. A burst of 100 starts or
+    /// removals then costs a few syncs instead of 100 in a row, each rebuilding rules and DNS
+    /// for all the tenant's containers, and another tenant's sync waits behind a few.
     pub fn sync_tenant(&self, tenant: &str, flush: &[Ipv4Addr]) -> Result<()> {
+        let request = {
+            let mut requests = self.sync_requests.lock().expect("poisoned");
+            let n = requests.entry(tenant.to_string()).or_default();
+            *n += 1;
+            *n
+        };
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;
+        if flush.is_empty() && state.synced.get(tenant).is_some_and(|&s| s >= request) {
+            return Ok(());
+        }
+        let covers = self.sync_requests.lock().expect("poisoned")[tenant];
         self.in_node(|| {
             self.sync_tenant_locked(tenant, flush, state, false)?;
             self.sync_node_locked(state)
-        })
+        })?;
+        state.synced.insert(tenant.to_string(), covers);
+        Ok(())
     }
 
     /// Take down the namespaces of tenants idle for [`LINGER`] (every idle one with `all`, as
