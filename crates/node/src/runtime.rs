@@ -810,7 +810,8 @@ impl Runtime {
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
         // No standby refill while this start is in flight (see `standby::QUIET`).
-        let _starting = self.standby.as_ref().map(|pool| pool.starting());
+        let c = entry.snapshot();
+        let _starting = self.standby.as_ref().map(|pool| pool.starting(&c.tenant));
         let _disk = archive::disk_for_start(entry).await?;
         let c = entry.snapshot();
         if c.state.status == Status::Running {
@@ -911,7 +912,7 @@ impl Runtime {
         let Some(pool) = &self.standby else {
             return self.launch_shim(c, dir).await;
         };
-        let claimed = match pool.take(spec) {
+        let claimed = match pool.take(spec, &c.tenant) {
             Some(standby) => pool.claim(&standby, dir).await.is_ok(),
             None => false,
         };
@@ -1300,6 +1301,7 @@ impl Runtime {
         volumes: bool,
     ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
+        let _removing = self.standby.as_ref().map(|pool| pool.removing());
         let _op = entry.ops.lock().await;
         let _disk = archive::disk_for_start(&entry).await?;
         let c = entry.snapshot();
@@ -1890,6 +1892,22 @@ fn kill_orphaned_vm(dir: &Path) {
         // SAFETY: plain kill(2) of a process whose command line names this container's directory.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// The supervisor and QEMU of `dir`, by the pids they recorded there, if they still run in it:
+/// two stats where [`processes_in`] reads every process of the host.
+pub(crate) fn vm_processes(dir: &Path) -> Vec<i32> {
+    let supervisor = std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    let qemu = shim_link::read_state(dir)
+        .and_then(|s| s.qemu_pid)
+        .and_then(|p| i32::try_from(p).ok());
+    [supervisor, qemu]
+        .into_iter()
+        .flatten()
+        .filter(|&pid| process_running(pid) && runs_in(pid, dir))
+        .collect()
 }
 
 /// Every live process of `dir` (see [`runs_in`]).

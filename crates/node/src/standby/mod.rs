@@ -6,7 +6,7 @@
 //!
 //! The pool keeps at least its floor (`--standby-vms`) and grows, up to its ceiling, to the
 //! largest burst of starts seen lately ([`demand`]); once that burst is forgotten, the surplus
-//! is stopped. It refills in the background once no start is in flight (on a small host a
+//! is stopped. It refills in the background once no start or removal is in flight (on a small host a
 //! refill competes with the start it would speed up), and is emptied when hyperd starts
 //! (standbys of an earlier hyperd may come from other inputs) and when it stops (they are not
 //! containers).
@@ -15,7 +15,7 @@ mod demand;
 
 pub use demand::DEFAULT_HOLD;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,9 +45,12 @@ pub struct StandbyPool {
     ready: Mutex<VecDeque<PathBuf>>,
     filling: AtomicBool,
     next: AtomicU64,
-    /// Starts in flight: the pool refills only when this has been zero for [`QUIET`].
+    /// Starts and removals in flight: the pool refills only when this has been zero for
+    /// [`QUIET`].
     starting: AtomicUsize,
-    /// When the last start ended.
+    /// Starts in flight per tenant, for [`Self::take`]'s fair share.
+    starting_by_tenant: Mutex<HashMap<String, usize>>,
+    /// When the last start or removal ended.
     last_start: Mutex<Instant>,
     /// Set as hyperd stops: no more standbys are launched.
     closed: AtomicBool,
@@ -75,14 +78,37 @@ pub struct Sizing {
     pub hold: Duration,
 }
 
-/// Counts a start as in flight while it lives.
-pub struct Starting<'a>(&'a StandbyPool);
+/// Counts a start (of a tenant's) or a removal as in flight while it lives.
+pub struct Starting<'a> {
+    pool: &'a StandbyPool,
+    tenant: Option<String>,
+}
 
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
-        *self.0.last_start.lock().expect("poisoned") = Instant::now();
-        self.0.starting.fetch_sub(1, Ordering::SeqCst);
+        let pool = self.pool;
+        *pool.last_start.lock().expect("poisoned") = Instant::now();
+        pool.starting.fetch_sub(1, Ordering::SeqCst);
+        let Some(tenant) = &self.tenant else {
+            return;
+        };
+        let mut by_tenant = pool.starting_by_tenant.lock().expect("poisoned");
+        if let Some(n) = by_tenant.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                by_tenant.remove(tenant);
+            }
+        }
     }
+}
+
+/// How many standbys a tenant with other starts in flight leaves to the starts of tenants with
+/// none, out of a pool that keeps `target`: a burst of one tenant's (a compose file, a CI
+/// fan-out) must not take the whole pool from another tenant's single start that comes while
+/// it runs, which would then restore a VM of its own, on cores the burst keeps busy. None out
+/// of a pool too small to share (with hardware virtualisation a restore is quick anyway).
+fn held_for_others(target: usize) -> usize {
+    (target / 8).min(2)
 }
 
 impl StandbyPool {
@@ -109,6 +135,7 @@ impl StandbyPool {
             filling: AtomicBool::new(false),
             next: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
+            starting_by_tenant: Mutex::default(),
             last_start: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
         }
@@ -119,10 +146,11 @@ impl StandbyPool {
         self.ready.lock().expect("poisoned").len()
     }
 
-    /// How many standbys the pool keeps now: the largest recent burst, within floor and ceiling.
+    /// How many standbys the pool keeps now: the largest recent burst and the standbys held
+    /// for other tenants during one ([`held_for_others`]), within floor and ceiling.
     pub fn target(&self) -> usize {
         let peak = self.demand.lock().expect("poisoned").peak(Instant::now());
-        peak.clamp(self.floor, self.ceiling)
+        (peak + held_for_others(peak)).clamp(self.floor, self.ceiling)
     }
 
     /// The most standbys the pool grows to.
@@ -142,7 +170,7 @@ impl StandbyPool {
             .collect();
         ready
             .iter()
-            .flat_map(|dir| crate::runtime::processes_in(dir))
+            .flat_map(|dir| crate::runtime::vm_processes(dir))
             .filter_map(crate::host::pss_bytes)
             .sum()
     }
@@ -163,15 +191,36 @@ impl StandbyPool {
         used + each <= max
     }
 
-    /// Marks a start in flight until the guard is dropped.
-    pub fn starting(&self) -> Starting<'_> {
+    /// Marks a start of `tenant`'s in flight until the guard is dropped.
+    pub fn starting(&self, tenant: &str) -> Starting<'_> {
         self.starting.fetch_add(1, Ordering::SeqCst);
-        Starting(self)
+        *self
+            .starting_by_tenant
+            .lock()
+            .expect("poisoned")
+            .entry(tenant.to_string())
+            .or_default() += 1;
+        Starting {
+            pool: self,
+            tenant: Some(tenant.to_string()),
+        }
     }
 
-    /// A ready standby for a container whose VM is `spec`, taken out of the pool. Only the
-    /// size is compared here; the supervisor checks the whole template key when claimed.
-    pub fn take(&self, spec: &ShimSpec) -> Option<PathBuf> {
+    /// Marks a removal in flight until the guard is dropped: the pool refills after it, as
+    /// after a start (a burst of `rm -f` would otherwise share the cores with a refill).
+    pub fn removing(&self) -> Starting<'_> {
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        Starting {
+            pool: self,
+            tenant: None,
+        }
+    }
+
+    /// A ready standby for `tenant`'s container whose VM is `spec`, taken out of the pool;
+    /// none for a tenant with other starts in flight once only the standbys held for other
+    /// tenants are left ([`held_for_others`]). Only the size is compared here; the supervisor
+    /// checks the whole template key when claimed.
+    pub fn take(&self, spec: &ShimSpec, tenant: &str) -> Option<PathBuf> {
         if spec.vcpus != self.spec.vcpus
             || spec.memory_mib != self.spec.memory_mib
             || spec.template_dir != self.spec.template_dir
@@ -179,7 +228,19 @@ impl StandbyPool {
             return None;
         }
         self.demand.lock().expect("poisoned").record(Instant::now());
-        self.ready.lock().expect("poisoned").pop_front()
+        let bursting = self
+            .starting_by_tenant
+            .lock()
+            .expect("poisoned")
+            .get(tenant)
+            .is_some_and(|n| *n > 1);
+        let held = if bursting {
+            held_for_others(self.target())
+        } else {
+            0
+        };
+        let mut ready = self.ready.lock().expect("poisoned");
+        (ready.len() > held).then(|| ready.pop_front()).flatten()
     }
 
     /// Hand the standby in `standby` to the container in `container_dir`. On error the standby
@@ -338,6 +399,39 @@ mod tests {
         assert_eq!(super::default_ceiling(24 << 30), 24);
         assert_eq!(super::default_ceiling(1 << 30), 2);
         assert_eq!(super::default_ceiling(1 << 40), 64);
+    }
+
+    #[test]
+    fn a_bursting_tenant_leaves_the_last_standbys_to_another_tenants_single_start() {
+        use super::{Sizing, StandbyPool};
+        use std::path::{Path, PathBuf};
+        let mut spec: shim::Spec = serde_json::from_value(serde_json::json!({
+            "id": "", "kernel": "k", "initrd": "i", "root_disk": "r",
+            "process": serde_json::to_value(shim::ProcessSpec::default()).unwrap(),
+        }))
+        .unwrap();
+        spec.template_dir = Some("/templates".into());
+        let sizing = Sizing {
+            floor: 24,
+            ceiling: 24,
+            memory_max: None,
+            hold: std::time::Duration::from_secs(60),
+        };
+        let pool = StandbyPool::new(Path::new("/nowhere"), "shim".into(), spec.clone(), &sizing);
+        pool.ready
+            .lock()
+            .unwrap()
+            .extend((0..3).map(|i| PathBuf::from(format!("/nowhere/{i}"))));
+
+        let a = [pool.starting("a"), pool.starting("a")];
+        assert!(pool.take(&spec, "a").is_some(), "3 ready, 2 held for others");
+        assert!(pool.take(&spec, "a").is_none(), "the last 2 are held");
+        let _b = pool.starting("b");
+        assert!(pool.take(&spec, "b").is_some(), "b's single start");
+        drop(a);
+        let _a = pool.starting("a");
+        assert!(pool.take(&spec, "a").is_some(), "a's single start now");
+        assert!(pool.take(&spec, "a").is_none(), "empty");
     }
 
     #[test]
