@@ -4,6 +4,8 @@
 //! Benchmarks here print ratios against a floor measured in the same run (DESIGN, "Testing on
 //! these machines"); they never pass or fail on an absolute time.
 
+pub mod docker_peer;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,18 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
+}
+
+/// The `p`th percentile (nearest rank) of the present values: of 100, the 99th is the
+/// second largest.
+pub fn percentile(xs: &[f64], p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
 }
 
 pub fn min(xs: &[f64]) -> Option<f64> {
@@ -158,6 +172,11 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[f64::NAN]), None);
         assert_eq!(min(&[3.0, f64::NAN, 1.5]), Some(1.5));
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 50.0), Some(50.0));
+        assert_eq!(percentile(&hundred, 99.0), Some(99.0));
+        assert_eq!(percentile(&[2.0, 1.0], 99.0), Some(2.0));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 
     #[test]

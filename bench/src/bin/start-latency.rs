@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bench::docker_peer::Engine;
 use bench::{median, min, now, parse_rfc3339, Tail};
 use clap::Parser;
 use sha2::{Digest, Sha256};
@@ -230,10 +231,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-}
-
-fn poll_until(what: &str, secs: u64, f: impl FnMut() -> Result<bool>) -> Result<()> {
-    poll_every(what, secs, Duration::from_millis(100), f)
 }
 
 fn poll_every(
@@ -978,113 +975,19 @@ fn fmt(x: Option<f64>) -> String {
 // ---------------------------------------------------------------------------------------------
 // docker.
 
-struct Docker {
-    cli: Vec<String>,
-    image: String,
-    extra_run: Vec<String>,
+/// The peer engine, its own dockerd (if it started one) handed to the clean-up registry.
+fn docker_setup(env: &Env) -> Result<Engine, String> {
+    let mut engine = bench::docker_peer::start(&env.repo, &env.data)?;
+    started(|s| {
+        s.dockerd = engine.dockerd.take();
+        s.docker_images.push((engine.cli.clone(), engine.image.clone()));
+    });
+    Ok(engine)
 }
 
-fn docker_setup(env: &Env) -> Result<Docker, String> {
-    let Some(docker) = which("docker") else {
-        return Err("no docker CLI".into());
-    };
-    let docker = docker.to_string_lossy().into_owned();
-    let ping = |cli: &[String]| {
-        Command::new(&cli[0])
-            .args(&cli[1..])
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let mut cli = vec![docker.clone()];
-    let mut extra_run = Vec::new();
-    if !(Path::new("/var/run/docker.sock").exists() && ping(&cli)) {
-        if let Err(e) = bench::ensure_package(&["dockerd", "--version"], "docker.io") {
-            return Err(format!("{e:#}"));
-        }
-        let Some(dockerd) = which("dockerd") else {
-            return Err("dockerd is not installed (Debian's docker.io) and no engine answers at /var/run/docker.sock".into());
-        };
-        // Our own engine on our data root: no bridge, no iptables (touches no host network).
-        let d = env.data.join("d");
-        fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        let sock = format!("unix://{}/docker.sock", d.display());
-        let log = fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(dockerd)
-            .args([
-                "--host",
-                &sock,
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-            ])
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start dockerd: {e}"))?;
-        started(|s| s.dockerd = Some(child));
-        cli = vec![docker, "-H".into(), sock];
-        extra_run = vec!["--network".into(), "none".into()];
-        poll_until("dockerd to answer", 60, || Ok(ping(&cli))).map_err(|e| {
-            format!(
-                "{e}: {}",
-                fs::read_to_string(d.join("dockerd.log"))
-                    .unwrap_or_default()
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            )
-        })?;
-    }
-    // Load the very same busybox, under a tag of our own so an engine's images are left alone.
-    let image = "hyper-bench-busybox:latest".to_string();
-    let tar = env.data.join("busybox-docker.tar");
-    run_ok(
-        Command::new(env.repo.join("scripts/make-busybox-image"))
-            .arg(&tar)
-            .arg(&image),
-        "make-busybox-image",
-    )
-    .map_err(|e| e.to_string())?;
-    run_ok(
-        Command::new(&cli[0])
-            .args(&cli[1..])
-            .arg("load")
-            .arg("-i")
-            .arg(&tar),
-        "docker load",
-    )
-    .map_err(|e| e.to_string())?;
-    started(|s| s.docker_images.push((cli.clone(), image.clone())));
-    Ok(Docker {
-        cli,
-        image,
-        extra_run,
-    })
-}
-
-fn docker_run(d: &Docker) -> Result<f64> {
+fn docker_run(d: &Engine) -> Result<f64> {
     let t0 = now();
-    let out = Command::new(&d.cli[0])
-        .args(&d.cli[1..])
-        .args(["run", "--rm"])
-        .args(&d.extra_run)
-        .args([&d.image, "true"])
-        .stdin(Stdio::null())
-        .output()?;
+    let out = d.run("--rm", &["true"]).stdin(Stdio::null()).output()?;
     let t = now() - t0;
     if !out.status.success() {
         bail!(
@@ -1400,23 +1303,12 @@ fn hyper_parallel(env: &Env, n: usize, idle_secs: u64) -> Result<Parallel> {
     Ok(p)
 }
 
-fn docker_parallel(d: &Docker, n: usize) -> Result<Parallel> {
-    let docker = |args: &[&str]| {
-        let mut c = Command::new(&d.cli[0]);
-        c.args(&d.cli[1..]).args(args);
-        c
-    };
-    let cmds = (0..n)
-        .map(|_| {
-            let mut c = docker(&["run", "-d"]);
-            c.args(&d.extra_run).args([&d.image, "sleep", "600"]);
-            c
-        })
-        .collect();
+fn docker_parallel(d: &Engine, n: usize) -> Result<Parallel> {
+    let cmds = (0..n).map(|_| d.run("-d", &["sleep", "600"])).collect();
     let (start, ids) = all_at_once(cmds, "docker run -d", |id| {
         started(|s| s.docker_containers.push((d.cli.clone(), id.to_string())))
     })?;
-    let cmds = ids.iter().map(|id| docker(&["rm", "-f", id])).collect();
+    let cmds = ids.iter().map(|id| d.command(&["rm", "-f", id])).collect();
     let (rm, _) = all_at_once(cmds, "docker rm -f", |_| {})?;
     started(|s| s.docker_containers.retain(|(_, id)| !ids.contains(id)));
     Ok(Parallel {
