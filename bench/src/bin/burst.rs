@@ -2,7 +2,8 @@
 //! dockerd doing the same in the same run. Prints figures and ratios, never pass/fail.
 //!
 //! One hyperd on its embedded store, its standby pool as on a fresh node of this host (the
-//! floor `--first-pool`, by default what hyperd keeps here by itself) and allowed to grow to N.
+//! floor `--first-pool`, by default what hyperd keeps here by itself) and allowed to grow to the
+//! burst (its ceiling N + 10).
 //! 1. The first burst: N `hyper run -d busybox` CLIs spawned together; the figure is the wall
 //!    time until every CLI returned, with the p50 and p99 of the single starts. Another tenant's
 //!    one `run -d` is issued while the burst is on, and timed beside the same start on a quiet
@@ -15,8 +16,8 @@
 //! Runs in a network namespace of its own; everything it starts is removed on exit
 //! (`bench::e2e_cleanup`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::docker_peer::{self, Engine};
@@ -149,10 +150,13 @@ fn pool_full(d: &Daemon) -> u64 {
 /// One `run -d` as tenant `other`, timed.
 fn other_run(d: &Daemon, other: &std::path::Path, name: &str) -> f64 {
     let t0 = Instant::now();
-    d.hyper_tcp(other, &["run", "-d", "--name", name, "busybox", "sh", "-c", UP])
-        .timeout(900.0)
-        .run()
-        .ok();
+    d.hyper_tcp(
+        other,
+        &["run", "-d", "--name", name, "busybox", "sh", "-c", UP],
+    )
+    .timeout(900.0)
+    .run()
+    .ok();
     t0.elapsed().as_secs_f64()
 }
 
@@ -190,7 +194,10 @@ fn hyper_burst(
     let up_at_once = check_up(&names, |name| d.hyper(&["exec", name, "cat", "/up"]));
     let (rm, failed) = together(names.iter().map(|n| d.hyper(&["rm", "-f", n])).collect());
     must_all_succeed("hyper rm -f", n, &failed);
-    eprintln!("  {all:.2} s; the other tenant's {other_t:.2} s; rm -f {:.2} s", rm.iter().copied().fold(0.0, f64::max));
+    eprintln!(
+        "  {all:.2} s; the other tenant's {other_t:.2} s; rm -f {:.2} s",
+        rm.iter().copied().fold(0.0, f64::max)
+    );
     Burst {
         all,
         each,
@@ -221,7 +228,12 @@ fn docker_burst(engine: &Engine, n: usize) -> Burst {
     let all = t0.elapsed().as_secs_f64();
     must_all_succeed("docker run -d", n, &failed);
     let up_at_once = check_up(&names, |name| docker(engine, &["exec", name, "cat", "/up"]));
-    let (rm, failed) = together(names.iter().map(|n| docker(engine, &["rm", "-f", n])).collect());
+    let (rm, failed) = together(
+        names
+            .iter()
+            .map(|n| docker(engine, &["rm", "-f", n]))
+            .collect(),
+    );
     must_all_succeed("docker rm -f", n, &failed);
     Burst {
         all,
@@ -264,10 +276,13 @@ fn main() {
     ));
     d.tenant_admin(&["quota", "default", "--containers", &(n + 10).to_string()]);
     let (other, _) = d.new_tenant("other");
-    d.hyper_tcp(&other, &["load", "-i", &e2e::busybox_tar().to_string_lossy()])
-        .timeout(120.0)
-        .run()
-        .ok();
+    d.hyper_tcp(
+        &other,
+        &["load", "-i", &e2e::busybox_tar().to_string_lossy()],
+    )
+    .timeout(120.0)
+    .run()
+    .ok();
 
     eprintln!("the other tenant's run on a quiet node");
     pool_full(&d);
