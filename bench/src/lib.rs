@@ -510,6 +510,40 @@ pub mod e2e_cleanup {
     }
 }
 
+/// The first `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Waits until `d`'s standby pool is full (ready = target, up to 20 minutes, asking every
+/// second: `hyper info` measures the pool's memory); returns how many are ready.
+pub fn standby_pool_full(d: &e2e::Daemon) -> u64 {
+    let mut ready = None;
+    e2e::wait_for("the standby pool to fill", e2e::secs(1200.0), || {
+        let v = d
+            .hyper(&["info", "--format", "{{json .}}"])
+            .run()
+            .ok()
+            .json();
+        let (r, target) = (&v["StandbyVMsReady"], &v["StandbyVMsTarget"]);
+        match r.as_u64() {
+            Some(n) if r == target => {
+                ready = Some(n);
+                Ok(())
+            }
+            _ => {
+                std::thread::sleep(std::time::Duration::from_millis(900));
+                Err(format!("{r} of {target} ready"))
+            }
+        }
+    });
+    ready.unwrap_or_default()
+}
+
 /// Installs Debian's `package` with apt-get unless `probe` (a command and its arguments) runs:
 /// the peers a benchmark measures against are not the project's dependencies.
 pub fn ensure_package(probe: &[&str], package: &str) -> anyhow::Result<()> {

@@ -131,22 +131,6 @@ fn must_all_succeed(what: &str, n: usize, failed: &[String]) {
     );
 }
 
-/// Waits until `d`'s standby pool is full; returns how many are ready.
-fn pool_full(d: &Daemon) -> u64 {
-    e2e::wait_for("the standby pool to fill", e2e::secs(1200.0), || {
-        let v = d
-            .hyper(&["info", "--format", "{{json .}}"])
-            .run()
-            .ok()
-            .json();
-        let (ready, target) = (&v["StandbyVMsReady"], &v["StandbyVMsTarget"]);
-        match ready.as_u64() {
-            Some(r) if ready == target => Ok(r),
-            _ => Err(format!("{ready} of {target} ready")),
-        }
-    })
-}
-
 /// One `run -d` as tenant `other`, timed.
 fn other_run(d: &Daemon, other: &std::path::Path, name: &str) -> f64 {
     let t0 = Instant::now();
@@ -167,7 +151,7 @@ fn hyper_burst(
     other: &std::path::Path,
     other_after: f64,
 ) -> Burst {
-    let ready = pool_full(d);
+    let ready = bench::standby_pool_full(d);
     let mib = d
         .info_field("StandbyVMsMemory")
         .parse::<f64>()
@@ -285,7 +269,7 @@ fn main() {
     .ok();
 
     eprintln!("the other tenant's run on a quiet node");
-    pool_full(&d);
+    bench::standby_pool_full(&d);
     let quiet = other_run(&d, &other, "quiet");
     d.hyper_tcp(&other, &["rm", "-f", "quiet"]).run().ok();
 

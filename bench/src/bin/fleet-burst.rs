@@ -49,21 +49,6 @@ fn daemon(name: &str, standbys: usize, more: &[&str], first: Option<&Daemon>) ->
     ))
 }
 
-/// Waits until `d`'s standby pool is full.
-fn pool_full(d: &Daemon) {
-    e2e::wait_for("the standby pool to fill", e2e::secs(900.0), || {
-        let v = d
-            .hyper(&["info", "--format", "{{json .}}"])
-            .run()
-            .ok()
-            .json();
-        let (ready, target) = (&v["StandbyVMsReady"], &v["StandbyVMsTarget"]);
-        (ready.as_u64().is_some() && ready == target)
-            .then_some(())
-            .ok_or(format!("{ready} of {target} ready"))
-    });
-}
-
 /// `n` `run -d` at once through `d`: the seconds until all returned, and how many went to
 /// each node. Each is checked up inside its VM after the figure is taken.
 fn burst(d: &Arc<Daemon>, n: usize, tag: &str) -> (f64, BTreeMap<String, usize>) {
@@ -162,7 +147,7 @@ fn main() {
     );
     b1.tenant_admin(&["quota", "default", "--containers", &quota]);
     for d in [&b1, &b2, &b3] {
-        pool_full(d);
+        bench::standby_pool_full(d);
     }
     let (fleet, placed) = burst(&b1, n, "f");
     eprintln!("fleet: {n} started in {fleet:.1}s, placed {placed:?}");
@@ -171,7 +156,7 @@ fn main() {
     // One node alone.
     let one = daemon("b0", args.standbys, &["--node-memory", ALONE_MEMORY], None);
     one.tenant_admin(&["quota", "default", "--containers", &quota]);
-    pool_full(&one);
+    bench::standby_pool_full(&one);
     let (alone, _) = burst(&one, n, "o");
     eprintln!("one node: {n} started in {alone:.1}s");
     remove_all(&one);
