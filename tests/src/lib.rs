@@ -641,12 +641,25 @@ impl Daemon {
     /// Starts hyperd again on the same data root.
     pub fn restart(&self) {
         self.kill9();
+        self.start_again();
+    }
+
+    /// Starts hyperd on its data root after [`Daemon::terminate`] or [`Daemon::kill9`].
+    pub fn start_again(&self) {
         self.spawn();
         self.wait_ready();
     }
 
-    /// SIGTERM and wait (falls back to SIGKILL).
+    /// SIGTERM and wait (falls back to SIGKILL), then stop the standby VMs hyperd leaves for
+    /// its next start: nothing of this daemon runs afterwards.
     pub fn stop(&self) {
+        self.terminate();
+        stop_standbys(&self.data);
+    }
+
+    /// SIGTERM and wait (falls back to SIGKILL); its ready standby VMs stay, as they do for an
+    /// operator's hyperd.
+    pub fn terminate(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {
             // SAFETY: plain kill(2) on a child we spawned and have not reaped yet.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -949,6 +962,29 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Kills the standby VMs (QEMU and supervisor) a stopped hyperd left under `data`, and removes
+/// their directories.
+pub fn stop_standbys(data: &Path) {
+    let standby = data.join("standby");
+    for p in processes_mentioning(&format!("{}/", standby.display())) {
+        if let Some(pid) = p
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) of a process whose command line names this daemon's standby dir.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&format!("{}/", standby.display())).is_empty()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&standby);
 }
 
 /// QEMU or shim processes of `data`, and container directories under `DATA/c`.

@@ -34,6 +34,7 @@ fn main() {
             "standby_pool_within_its_memory_bound",
             standby_pool_within_its_memory_bound,
         ),
+        ("standbys_outlive_hyperd", standbys_outlive_hyperd),
         (
             "root_disk_gives_back_trimmed_blocks",
             root_disk_gives_back_trimmed_blocks,
@@ -1484,6 +1485,90 @@ fn standby_pool_within_its_memory_bound() {
         d.info_field("StandbyVMs").contains("of at most 64 MiB"),
         "{}",
         d.info_field("StandbyVMs")
+    );
+}
+
+/// Ready standby VMs outlive hyperd, as containers do: the next hyperd on the data root adopts
+/// the very VMs (not new ones) when they fit its pool, and a start claims one; one that does not
+/// fit (its spec differs from what the pool launches now) is stopped and replaced.
+fn standbys_outlive_hyperd() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let dd = Daemon::start(
+        "so",
+        DaemonOpts {
+            extra_args: ["--standby-vms", "1", "--standby-vms-max", "1"]
+                .map(String::from)
+                .to_vec(),
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    let full = || {
+        wait_for("one standby ready", secs(180.0), || {
+            standby_pool_is(d, 1, 1)
+        })
+    };
+    // Each standby's directory and QEMU.
+    let standbys = || -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d.data.join("standby"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let state: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path().join("state.json")).unwrap())
+                        .unwrap();
+                let qemu = state["qemu_pid"].as_u64().unwrap();
+                (e.file_name().to_string_lossy().into_owned(), qemu)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    full();
+    let before = standbys();
+    d.terminate();
+    for (_, qemu) in &before {
+        assert!(
+            std::path::Path::new(&format!("/proc/{qemu}")).exists(),
+            "the standby's QEMU {qemu} went with hyperd"
+        );
+    }
+    d.start_again();
+    full();
+    assert_eq!(standbys(), before, "the same VMs, adopted");
+    assert!(
+        std::fs::read_to_string(&d.log)
+            .unwrap()
+            .contains("1 adopted, 0 stopped"),
+        "{}",
+        d.log_tail(20)
+    );
+    // The first start claims the adopted VM.
+    let (id, log) = d.run_on_the_default_path(&["busybox", "sh", "-c", "echo up; sleep 600"]);
+    wait_log_contains(d, &id, "up", 60.0);
+    d.hyper(&["rm", "-f", &id]).run().ok();
+    assert!(
+        log.contains(&format!("qemu pid {} ", before[0].1)) && log.contains(STANDBY_CLAIMED),
+        "{log}"
+    );
+
+    // A standby whose spec is not what the pool launches now is stopped at the next start.
+    full();
+    let before = standbys();
+    let spec_path = d.data.join("standby").join(&before[0].0).join("spec.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    spec["boot_timeout_secs"] = serde_json::json!(1);
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    d.restart();
+    full();
+    let after = standbys();
+    assert_ne!(after, before, "a new standby, not the one that did not fit");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", before[0].1)).exists(),
+        "the standby that did not fit still runs"
     );
 }
 

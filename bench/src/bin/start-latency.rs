@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bench::docker_peer::Engine;
-use bench::{median, min, now, parse_rfc3339, Tail};
+use bench::{median, min, now, parse_rfc3339, which, Tail};
 use clap::Parser;
 use sha2::{Digest, Sha256};
 use vm::{Accel, Hypervisor, Qemu, VmConfig};
@@ -135,7 +135,7 @@ fn cleanup() {
         }
     }
     if let Some(data) = &s.data {
-        // Containers left by a failed run: through the API first, then by hand.
+        // Containers left by a failed run: through the API first.
         if s.hyperd.is_some() && !s.hyper_cli.is_empty() {
             let ids = Command::new(&s.hyper_cli[0])
                 .args(&s.hyper_cli[1..])
@@ -152,25 +152,31 @@ fn cleanup() {
                 }
             }
         }
-        if let Ok(rd) = fs::read_dir(data.join("c")) {
-            for e in rd.flatten() {
-                let d = e.path();
-                if let Ok(st) = fs::read(d.join("state.json")) {
-                    let v: serde_json::Value = serde_json::from_slice(&st).unwrap_or_default();
-                    if let Some(q) = v["qemu_pid"].as_u64() {
-                        if is_qemu(q as u32) {
-                            kill(q as u32, libc::SIGKILL);
-                        }
+        // Then by hand, once hyperd has stopped, with the standby VMs it leaves for its next
+        // start.
+        if let Some(mut h) = s.hyperd.take() {
+            stop_child(&mut h, 10);
+        }
+        let dirs = ["c", "standby"]
+            .iter()
+            .flat_map(|sub| fs::read_dir(data.join(sub)).into_iter().flatten().flatten());
+        for e in dirs {
+            let d = e.path();
+            if let Ok(st) = fs::read(d.join("state.json")) {
+                let v: serde_json::Value = serde_json::from_slice(&st).unwrap_or_default();
+                if let Some(q) = v["qemu_pid"].as_u64() {
+                    if is_qemu(q as u32) {
+                        kill(q as u32, libc::SIGKILL);
                     }
                 }
-                if let Some(p) = fs::read_to_string(d.join("shim.pid"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
-                {
-                    let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                    if String::from_utf8_lossy(&cmd).contains("hyper-shim") {
-                        kill(p, libc::SIGKILL);
-                    }
+            }
+            if let Some(p) = fs::read_to_string(d.join("shim.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains("hyper-shim") {
+                    kill(p, libc::SIGKILL);
                 }
             }
         }
@@ -223,14 +229,6 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 fn poll_every(
@@ -980,7 +978,8 @@ fn docker_setup(env: &Env) -> Result<Engine, String> {
     let mut engine = bench::docker_peer::start(&env.repo, &env.data)?;
     started(|s| {
         s.dockerd = engine.dockerd.take();
-        s.docker_images.push((engine.cli.clone(), engine.image.clone()));
+        s.docker_images
+            .push((engine.cli.clone(), engine.image.clone()));
     });
     Ok(engine)
 }

@@ -579,8 +579,8 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
         .recover()
         .await
         .context("recover containers from the store")?;
-    // Standbys of an earlier hyperd may come from other inputs: new ones follow the template.
-    runtime.drain_standby().await;
+    // Standbys of an earlier hyperd: those that fit the pool serve the first starts.
+    runtime.adopt_standby().await;
     // Services: keep every one at its replica count, from the store.
     tokio::spawn(node::services::reconcile_forever(runtime.clone()));
     tokio::spawn(runtime.clone().reap_idle_networks_forever());
@@ -711,8 +711,8 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     }
     let _ = reconciler.await;
     let _ = crons.await;
-    // Standby VMs belong to no container, and idle tenant namespaces carry no traffic: they
-    // go with hyperd.
+    // Ready standby VMs stay for the next hyperd; idle tenant namespaces carry no traffic:
+    // they go with hyperd.
     state_runtime.close_standby().await;
     state_runtime.reap_all_idle_networks().await;
     if let Some(cgroups) = &state_runtime.config().cgroups {

@@ -270,18 +270,26 @@ impl Runtime {
         }
     }
 
-    /// Stop every standby VM left by an earlier hyperd (they may come from other inputs).
-    pub async fn drain_standby(&self) {
-        crate::standby::drain(&self.cfg.data_root).await;
+    /// The standby VMs an earlier hyperd left: adopted into the pool when they fit it, else
+    /// stopped (they may come from other inputs; without a pool, all are).
+    pub async fn adopt_standby(&self) {
+        let Some(pool) = &self.standby else {
+            return crate::standby::drain(&self.cfg.data_root).await;
+        };
+        let (adopted, stopped) = pool.adopt().await;
+        if adopted + stopped > 0 {
+            tracing::info!(
+                "standby VMs of an earlier hyperd: {adopted} adopted, {stopped} stopped (not fitting this pool)"
+            );
+        }
     }
 
-    /// As hyperd stops: launch no more standby VMs and stop every one (they belong to no
-    /// container).
+    /// As hyperd stops: launch no more standby VMs, and let the ready ones be (the next hyperd
+    /// adopts them).
     pub async fn close_standby(&self) {
         if let Some(pool) = &self.standby {
             pool.close().await;
         }
-        crate::standby::drain(&self.cfg.data_root).await;
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -6,10 +6,11 @@
 //!
 //! The pool keeps at least its floor (`--standby-vms`) and grows, up to its ceiling, to the
 //! largest burst of starts seen lately ([`demand`]); once that burst is forgotten, the surplus
-//! is stopped. It refills in the background once no start or removal is in flight (on a small host a
-//! refill competes with the start it would speed up), and is emptied when hyperd starts
-//! (standbys of an earlier hyperd may come from other inputs) and when it stops (they are not
-//! containers).
+//! is stopped. It refills in the background once no start or removal is in flight (on a small
+//! host a refill competes with the start it would speed up). Ready standbys outlive hyperd, as
+//! containers do: the next hyperd on the data root adopts those that fit its pool exactly (the
+//! same spec, a supervisor running the same binary) and stops the others, so that its first
+//! starts are claims instead of restores competing with the pool's fill.
 
 mod demand;
 
@@ -323,8 +324,81 @@ impl StandbyPool {
         }
     }
 
-    /// Launch no more standbys, wait for a launch in progress, and forget the ready ones
-    /// (before [`drain`] stops them).
+    /// Take over the standbys an earlier hyperd left in this pool's directory when they fit
+    /// ([`Self::fits`]), up to the ceiling; stop the others. Returns how many were adopted and
+    /// stopped.
+    pub async fn adopt(&self) -> (usize, usize) {
+        let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let n = e.file_name().to_str().and_then(|n| n.parse().ok());
+                (n.unwrap_or(u64::MAX), e.path())
+            })
+            .collect();
+        found.sort();
+        let (mut adopted, mut stopped) = (0, 0);
+        for (n, dir) in found {
+            if n != u64::MAX {
+                self.next.fetch_max(n + 1, Ordering::SeqCst);
+            }
+            let room = self.ready_count() < self.ceiling;
+            if n != u64::MAX && room && self.fits(&dir).await {
+                self.ready.lock().expect("poisoned").push_back(dir);
+                adopted += 1;
+            } else {
+                discard(&dir).await;
+                stopped += 1;
+            }
+        }
+        (adopted, stopped)
+    }
+
+    /// Whether the standby in `dir` is one this pool would launch now: its spec is the pool's
+    /// (but for its name and placeholder disk), its supervisor and QEMU run in `dir`, the
+    /// supervisor is this hyperd's binary (not one replaced since), in this hyperd's mount
+    /// namespace, and answers. Whether its
+    /// VM still fits the template is checked at its claim, as for any standby.
+    async fn fits(&self, dir: &Path) -> bool {
+        let spec = std::fs::read(dir.join(shim::paths::SPEC))
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<ShimSpec>(&raw).ok());
+        let Some(mut spec) = spec else {
+            return false;
+        };
+        spec.id.clone_from(&self.spec.id);
+        spec.root_disk.clone_from(&self.spec.root_disk);
+        if spec != self.spec {
+            return false;
+        }
+        let processes = crate::runtime::vm_processes(dir);
+        let supervisor = std::fs::read_to_string(dir.join(shim::paths::SHIM_PID))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let same_binary = supervisor.is_some_and(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            exe.is_some() && exe == std::fs::canonicalize(&self.shim_binary).ok()
+        });
+        // A claim moves the standby's tap into a tenant namespace by its path under the data
+        // root: a supervisor in another mount namespace (an earlier hyperd started in one of
+        // its own) does not see the namespaces this hyperd mounts there.
+        let same_mounts = supervisor.is_some_and(|pid| {
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            ns.is_some() && ns == std::fs::read_link("/proc/self/ns/mnt").ok()
+        });
+        if processes.len() != 2 || !same_binary || !same_mounts {
+            return false;
+        }
+        let state = shim_link::request(dir, json!({"op": "state"}));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), state).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Launch no more standbys, wait for a launch in progress, and forget the ready ones: they
+    /// stay up for the next hyperd ([`Self::adopt`]).
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         while self.filling.load(Ordering::SeqCst) {
@@ -424,7 +498,10 @@ mod tests {
             .extend((0..3).map(|i| PathBuf::from(format!("/nowhere/{i}"))));
 
         let a = [pool.starting("a"), pool.starting("a")];
-        assert!(pool.take(&spec, "a").is_some(), "3 ready, 2 held for others");
+        assert!(
+            pool.take(&spec, "a").is_some(),
+            "3 ready, 2 held for others"
+        );
         assert!(pool.take(&spec, "a").is_none(), "the last 2 are held");
         let _b = pool.starting("b");
         assert!(pool.take(&spec, "b").is_some(), "b's single start");
