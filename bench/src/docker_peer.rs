@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::which;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +21,8 @@ pub struct Engine {
     pub extra_run: Vec<String>,
     /// Our own dockerd, if one was started: the caller stops it once the image is removed.
     pub dockerd: Option<Child>,
+    /// Our own dockerd's directory, if one was started ([`Engine::start_again`]).
+    own_dir: Option<PathBuf>,
 }
 
 impl Engine {
@@ -29,6 +31,38 @@ impl Engine {
         let mut c = Command::new(&self.cli[0]);
         c.args(&self.cli[1..]).args(args);
         c
+    }
+
+    /// Whether the bench started this engine (and may restart it).
+    pub fn is_own(&self) -> bool {
+        self.own_dir.is_some()
+    }
+
+    /// Our own dockerd started again on its directory (the caller stopped the one before);
+    /// `None` for the host's engine, which is not ours to restart.
+    pub fn start_again(&self) -> Option<Result<Child, String>> {
+        self.own_dir.as_deref().map(spawn_own)
+    }
+
+    /// Asks the engine for its version every `interval` until it answers (60 s at most).
+    pub fn wait_until_it_answers(&self, interval: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answers(&self.cli) {
+            if Instant::now() > deadline {
+                let log = self
+                    .own_dir
+                    .as_ref()
+                    .and_then(|d| fs::read_to_string(d.join("dockerd.log")).ok())
+                    .unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "dockerd did not answer within 60 s: {}",
+                    last.join(" | ")
+                ));
+            }
+            std::thread::sleep(interval);
+        }
+        Ok(())
     }
 
     /// `docker run -d|--rm ...` with this engine's `run` flags and image, then `cmd`.
@@ -59,53 +93,19 @@ pub fn start(repo: &Path, dir: &Path) -> Result<Engine, String> {
         image: "hyper-bench-busybox:latest".into(),
         extra_run: Vec::new(),
         dockerd: None,
+        own_dir: None,
     };
     if !(Path::new("/var/run/docker.sock").exists() && answers(&engine.cli)) {
         crate::ensure_package(&["dockerd", "--version"], "docker.io")
             .map_err(|e| format!("{e:#}"))?;
-        let dockerd = which("dockerd").ok_or(
-            "dockerd is not installed (Debian's docker.io) and no engine answers at /var/run/docker.sock",
-        )?;
         let d = dir.join("d");
-        fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let sock = format!("unix://{}/docker.sock", d.display());
-        let log = fs::File::create(d.join("dockerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(dockerd)
-            .args([
-                "--host",
-                &sock,
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-            ])
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("dockerd.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            // A ^C to the benchmark reaches its clean-up, which stops the engine in order.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start dockerd: {e}"))?;
+        let child = spawn_own(&d)?;
         engine.dockerd = Some(child);
         engine.cli = vec![docker, "-H".into(), sock];
         engine.extra_run = vec!["--network".into(), "none".into()];
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !answers(&engine.cli) {
-            if Instant::now() > deadline {
-                let log = fs::read_to_string(d.join("dockerd.log")).unwrap_or_default();
-                let last: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(format!(
-                    "dockerd did not answer within 60 s: {}",
-                    last.join(" | ")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        engine.own_dir = Some(d);
+        engine.wait_until_it_answers(Duration::from_millis(100))?;
     }
     let tar = dir.join("busybox-docker.tar");
     let made = Command::new(repo.join("scripts/make-busybox-image"))
@@ -126,6 +126,41 @@ pub fn start(repo: &Path, dir: &Path) -> Result<Engine, String> {
         }
     }
     Ok(engine)
+}
+
+/// Debian's dockerd on `d` (its data, sockets and log): no bridge, no iptables.
+fn spawn_own(d: &Path) -> Result<Child, String> {
+    let dockerd = which("dockerd").ok_or(
+        "dockerd is not installed (Debian's docker.io) and no engine answers at /var/run/docker.sock",
+    )?;
+    fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    let sock = format!("unix://{}/docker.sock", d.display());
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("dockerd.log"))
+        .map_err(|e| e.to_string())?;
+    Command::new(dockerd)
+        .args([
+            "--host",
+            &sock,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+        ])
+        .arg("--data-root")
+        .arg(d.join("root"))
+        .arg("--exec-root")
+        .arg(d.join("exec"))
+        .arg("--pidfile")
+        .arg(d.join("dockerd.pid"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        // A ^C to the benchmark reaches its clean-up, which stops the engine in order.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start dockerd: {e}"))
 }
 
 /// Removes the image and stops our own dockerd, if one was started (SIGTERM, then SIGKILL

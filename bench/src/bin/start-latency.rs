@@ -1133,6 +1133,26 @@ fn first_start_after_spawn(env: &Env) -> Result<(f64, f64, Option<String>)> {
     Ok((socket, socket + run, kind))
 }
 
+/// The same for our own dockerd: stopped, started again, `docker run --rm busybox true` as soon
+/// as it answers (polled every 10 ms). Returns (seconds from dockerd's spawn until it
+/// answered, until that run returned).
+fn docker_first_start_after_spawn(d: &Engine) -> Result<(f64, f64)> {
+    if let Some(mut old) = started(|s| s.dockerd.take()) {
+        stop_child(&mut old, 20);
+    }
+    let t0 = now();
+    let child = d
+        .start_again()
+        .context("not our own dockerd")?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    started(|s| s.dockerd = Some(child));
+    d.wait_until_it_answers(Duration::from_millis(10))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let socket = now() - t0;
+    let run = docker_run(d)?;
+    Ok((socket, socket + run))
+}
+
 /// Run all the commands at once; the time until the last one returned, and each one's stdout.
 /// `each` sees every successful output as soon as it is known (for the clean-up registry).
 fn all_at_once(
@@ -1536,6 +1556,22 @@ fn run(args: &Args) -> Result<()> {
         first_starts.push(first_start_after_spawn(&env)?);
         env.stop_hyperd();
     }
+    // The same for our own dockerd, when the bench started one.
+    let mut docker_first_starts = Vec::new();
+    if let Some(d) = docker.as_ref().filter(|d| d.is_own()) {
+        progress(", dockerd's own");
+        for i in 0..n {
+            progress(&format!(" {}", i + 1));
+            match docker_first_start_after_spawn(d) {
+                Ok(r) => docker_first_starts.push(r),
+                Err(e) => {
+                    eprintln!("\ndockerd restarted: {e:#}");
+                    docker_first_starts.clear();
+                    break;
+                }
+            }
+        }
+    }
     eprintln!();
     if args.parallel > 0 {
         if let Some(d) = &docker {
@@ -1682,7 +1718,7 @@ fn run(args: &Args) -> Result<()> {
     );
 
     println!();
-    println!("-- the first start after hyperd's own (hyperd started again, its template on disk, its standby pool empty), seconds from hyperd's spawn --");
+    println!("-- the first start after hyperd's own (hyperd started again, its template on disk, the standbys its predecessor left adopted), seconds from hyperd's spawn --");
     let column_of = |f: fn(&(f64, f64, Option<String>)) -> f64| -> Vec<f64> {
         first_starts.iter().map(f).collect()
     };
@@ -1705,6 +1741,37 @@ fn run(args: &Args) -> Result<()> {
             fmt(min(xs)),
             xs.len(),
             m / dm
+        );
+    }
+    if !docker_first_starts.is_empty() {
+        let docker_done: Vec<f64> = docker_first_starts.iter().map(|r| r.1).collect();
+        let dd = median(&docker_done).unwrap_or(f64::NAN);
+        for (name, xs) in [
+            (
+                "dockerd's socket answers (its own restarted)",
+                docker_first_starts
+                    .iter()
+                    .map(|r| r.0)
+                    .collect::<Vec<f64>>(),
+            ),
+            (
+                "docker run --rm busybox true issued then returned",
+                docker_done,
+            ),
+        ] {
+            let m = median(&xs).unwrap_or(f64::NAN);
+            println!(
+                "{:<52} {} {} {:>5} {:>9.2}",
+                name,
+                fmt(Some(m)),
+                fmt(min(&xs)),
+                xs.len(),
+                m / dm
+            );
+        }
+        println!(
+            "hyper's first start ÷ dockerd's, both from their daemon's spawn: {:.2}",
+            median(&done).unwrap_or(f64::NAN) / dd
         );
     }
     let kinds: Vec<&str> = first_starts
