@@ -358,8 +358,8 @@ impl StandbyPool {
     /// Whether the standby in `dir` is one this pool would launch now: its spec is the pool's
     /// (but for its name and placeholder disk), its supervisor and QEMU run in `dir`, the
     /// supervisor is this hyperd's binary (not one replaced since), in this hyperd's mount
-    /// namespace, and answers. Whether its
-    /// VM still fits the template is checked at its claim, as for any standby.
+    /// namespace, and answers. Whether its VM still fits the template is checked at its claim,
+    /// as for any standby.
     async fn fits(&self, dir: &Path) -> bool {
         let spec = std::fs::read(dir.join(shim::paths::SPEC))
             .ok()
