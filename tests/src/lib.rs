@@ -968,7 +968,8 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
 /// their directories.
 pub fn stop_standbys(data: &Path) {
     let standby = data.join("standby");
-    for p in processes_mentioning(&format!("{}/", standby.display())) {
+    let needle = format!("{}/", standby.display());
+    for p in processes_mentioning(&needle) {
         if let Some(pid) = p
             .split_whitespace()
             .next()
@@ -979,9 +980,7 @@ pub fn stop_standbys(data: &Path) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&format!("{}/", standby.display())).is_empty()
-        && Instant::now() < deadline
-    {
+    while !processes_mentioning(&needle).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&standby);

@@ -818,8 +818,8 @@ impl Runtime {
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
         // No standby refill while this start is in flight (see `standby::QUIET`).
-        let c = entry.snapshot();
-        let _starting = self.standby.as_ref().map(|pool| pool.starting(&c.tenant));
+        let tenant = entry.snapshot().tenant;
+        let _starting = self.standby.as_ref().map(|pool| pool.starting(&tenant));
         let _disk = archive::disk_for_start(entry).await?;
         let c = entry.snapshot();
         if c.state.status == Status::Running {
@@ -1902,8 +1902,8 @@ fn kill_orphaned_vm(dir: &Path) {
     }
 }
 
-/// The supervisor and QEMU of `dir`, by the pids they recorded there, if they still run in it:
-/// two stats where [`processes_in`] reads every process of the host.
+/// The supervisor and QEMU of `dir`, in that order, by the pids they recorded there, if they
+/// still run in it: two stats where [`processes_in`] reads every process of the host.
 pub(crate) fn vm_processes(dir: &Path) -> Vec<i32> {
     let supervisor = std::fs::read_to_string(dir.join("shim.pid"))
         .ok()

@@ -372,22 +372,19 @@ impl StandbyPool {
         if spec != self.spec {
             return false;
         }
-        let processes = crate::runtime::vm_processes(dir);
-        let supervisor = std::fs::read_to_string(dir.join(shim::paths::SHIM_PID))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        let same_binary = supervisor.is_some_and(|pid| {
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-            exe.is_some() && exe == std::fs::canonicalize(&self.shim_binary).ok()
-        });
+        // Both running in `dir`: the supervisor first.
+        let [supervisor, _qemu] = crate::runtime::vm_processes(dir)[..] else {
+            return false;
+        };
+        let exe = std::fs::read_link(format!("/proc/{supervisor}/exe")).ok();
+        let same_binary = exe.is_some() && exe == std::fs::canonicalize(&self.shim_binary).ok();
         // A claim moves the standby's tap into a tenant namespace by its path under the data
         // root: a supervisor in another mount namespace (an earlier hyperd started in one of
         // its own) does not see the namespaces this hyperd mounts there.
-        let same_mounts = supervisor.is_some_and(|pid| {
-            let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-            ns.is_some() && ns == std::fs::read_link("/proc/self/ns/mnt").ok()
-        });
-        if processes.len() != 2 || !same_binary || !same_mounts {
+        let mounts = std::fs::read_link(format!("/proc/{supervisor}/ns/mnt")).ok();
+        let same_mounts =
+            mounts.is_some() && mounts == std::fs::read_link("/proc/self/ns/mnt").ok();
+        if !same_binary || !same_mounts {
             return false;
         }
         let state = shim_link::request(dir, json!({"op": "state"}));
