@@ -27,7 +27,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -130,43 +129,9 @@ pub fn vm_config(
     })
 }
 
-/// SHA-256 of a file's content, memoized under `cache` by its identity and times.
+/// SHA-256 of a file's content, memoized under `cache` (see [`vm::digest::file_sha256`]).
 fn content_hash(cache: &Path, path: &Path) -> Result<String> {
-    let md = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
-    let ident = format!(
-        "{}\n{}:{}:{}:{}.{}:{}.{}",
-        path.display(),
-        md.dev(),
-        md.ino(),
-        md.size(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    );
-    let memo = cache.join(hex::encode(&Sha256::digest(ident.as_bytes())[..16]));
-    if let Ok(h) = std::fs::read_to_string(&memo) {
-        if h.len() == 64 {
-            return Ok(h);
-        }
-    }
-    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let h = hex::encode(hasher.finalize());
-    let _ = std::fs::create_dir_all(cache);
-    let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, &h).is_ok() {
-        let _ = std::fs::rename(&tmp, &memo);
-    }
-    Ok(h)
+    vm::digest::file_sha256(cache, path).with_context(|| format!("hashing {}", path.display()))
 }
 
 /// The template's identity for `spec`: (key, meta without timings).

@@ -21,6 +21,7 @@
 //! modules).
 
 mod accel;
+pub mod digest;
 pub mod ext4;
 pub mod initramfs;
 mod qemu;

@@ -325,8 +325,8 @@ impl StandbyPool {
     }
 
     /// Take over the standbys an earlier hyperd left in this pool's directory when they fit
-    /// ([`Self::fits`]), up to the ceiling; stop the others. Returns how many were adopted and
-    /// stopped.
+    /// ([`Self::matches`] and [`answers`]), up to the ceiling; stop the others. Returns how many
+    /// were adopted and stopped.
     pub async fn adopt(&self) -> (usize, usize) {
         let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
             .into_iter()
@@ -338,13 +338,26 @@ impl StandbyPool {
             })
             .collect();
         found.sort();
-        let (mut adopted, mut stopped) = (0, 0);
-        for (n, dir) in found {
-            if n != u64::MAX {
-                self.next.fetch_max(n + 1, Ordering::SeqCst);
+        // Every supervisor that passes the cheap checks is asked at once: one after another,
+        // 23 took hyperd's start ~45 ms before it served.
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, (n, dir)) in found.iter().enumerate() {
+            if *n == u64::MAX {
+                continue;
             }
-            let room = self.ready_count() < self.ceiling;
-            if n != u64::MAX && room && self.fits(&dir).await {
+            self.next.fetch_max(n + 1, Ordering::SeqCst);
+            if self.matches(dir) {
+                let dir = dir.clone();
+                asked.spawn(async move { (i, answers(&dir).await) });
+            }
+        }
+        let mut fits = vec![false; found.len()];
+        while let Some(Ok((i, answered))) = asked.join_next().await {
+            fits[i] = answered;
+        }
+        let (mut adopted, mut stopped) = (0, 0);
+        for ((_, dir), fits) in found.into_iter().zip(fits) {
+            if fits && self.ready_count() < self.ceiling {
                 self.ready.lock().expect("poisoned").push_back(dir);
                 adopted += 1;
             } else {
@@ -355,12 +368,12 @@ impl StandbyPool {
         (adopted, stopped)
     }
 
-    /// Whether the standby in `dir` is one this pool would launch now: its spec is the pool's
-    /// (but for its name and placeholder disk), its supervisor and QEMU run in `dir`, the
-    /// supervisor is this hyperd's binary (not one replaced since), in this hyperd's mount
-    /// namespace, and answers. Whether its VM still fits the template is checked at its claim,
-    /// as for any standby.
-    async fn fits(&self, dir: &Path) -> bool {
+    /// Whether the standby in `dir` is one this pool would launch now (it fits if it also
+    /// [`answers`]): its spec is the pool's (but for its name and placeholder disk), its
+    /// supervisor and QEMU run in `dir`, the supervisor is this hyperd's binary (not one
+    /// replaced since), in this hyperd's mount namespace. Whether its VM still fits the
+    /// template is checked at its claim, as for any standby.
+    fn matches(&self, dir: &Path) -> bool {
         let spec = std::fs::read(dir.join(shim::paths::SPEC))
             .ok()
             .and_then(|raw| serde_json::from_slice::<ShimSpec>(&raw).ok());
@@ -384,14 +397,7 @@ impl StandbyPool {
         let mounts = std::fs::read_link(format!("/proc/{supervisor}/ns/mnt")).ok();
         let same_mounts =
             mounts.is_some() && mounts == std::fs::read_link("/proc/self/ns/mnt").ok();
-        if !same_binary || !same_mounts {
-            return false;
-        }
-        let state = shim_link::request(dir, json!({"op": "state"}));
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), state).await,
-            Ok(Ok(_))
-        )
+        same_binary && same_mounts
     }
 
     /// Launch no more standbys, wait for a launch in progress, and forget the ready ones: they
@@ -403,6 +409,15 @@ impl StandbyPool {
         }
         self.ready.lock().expect("poisoned").clear();
     }
+}
+
+/// Whether the supervisor of the standby in `dir` answers `state` within 2 s.
+async fn answers(dir: &Path) -> bool {
+    let state = shim_link::request(dir, json!({"op": "state"}));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), state).await,
+        Ok(Ok(_))
+    )
 }
 
 /// What a standby is reckoned to cost the host (QEMU and its supervisor, idle).
