@@ -655,6 +655,7 @@ impl Daemon {
     pub fn stop(&self) {
         self.terminate();
         stop_standbys(&self.data);
+        stop_idle_networks(&self.data);
     }
 
     /// SIGTERM and wait (falls back to SIGKILL); its ready standby VMs stay, as they do for an
@@ -984,6 +985,43 @@ pub fn stop_standbys(data: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&standby);
+}
+
+/// The tenant namespaces a stopped hyperd leaves with no VM on them (it keeps every one for its
+/// next start): their DNS servers and balancers killed, the namespaces unmounted, their
+/// directories removed. Those with a tap (a running container) stay.
+pub fn stop_idle_networks(data: &Path) {
+    for dir in std::fs::read_dir(data.join("net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+    {
+        let netns = dir.join("netns");
+        let net = format!("--net={}", netns.display());
+        let taps = Cmd::new(
+            "nsenter",
+            &[&net, "ip", "-o", "link", "show", "type", "tun"],
+        )
+        .run();
+        if taps.code == 0 && !taps.stdout.trim().is_empty() {
+            continue;
+        }
+        let needle = format!("{}/", dir.display());
+        for p in processes_mentioning(&needle) {
+            if let Some(pid) = p
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) of a process whose command line names this namespace's dir.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// QEMU or shim processes of `data`, and container directories under `DATA/c`.

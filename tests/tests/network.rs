@@ -26,6 +26,10 @@ fn main() {
             "drifted_links_are_repaired",
             node_firewall::drifted_links_are_repaired,
         ),
+        (
+            "idle_network_outlives_hyperd",
+            node_firewall::idle_network_outlives_hyperd,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -178,6 +179,30 @@ fn cleanup() {
                 if String::from_utf8_lossy(&cmd).contains("hyper-shim") {
                     kill(p, libc::SIGKILL);
                 }
+            }
+        }
+        // And the tenant namespaces it leaves: their DNS servers and balancers, their mounts.
+        for e in fs::read_dir(data.join("net"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for daemon in ["dns", "lb"] {
+                if let Some(p) = fs::read_to_string(e.path().join(format!("{daemon}.pid")))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                {
+                    let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmd).contains(&format!("hyper-{daemon}")) {
+                        kill(p, libc::SIGKILL);
+                    }
+                }
+            }
+            if let Ok(path) =
+                std::ffi::CString::new(e.path().join("netns").into_os_string().into_vec())
+            {
+                // SAFETY: umount2 with a NUL-terminated path; a path not mounted is refused.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
             }
         }
     }
@@ -1122,8 +1147,8 @@ fn hyper_run_kind(env: &Env, image: &str) -> Result<(f64, f64, Option<String>)> 
 }
 
 /// A start right after hyperd's own: hyperd started again on the data root that holds its
-/// template (its standby pool empty, as at every start of hyperd), then `hyper run --rm busybox
-/// true` as soon as the socket answers. Returns (seconds from hyperd's spawn until its socket
+/// template (the standby VMs and tenant namespaces its predecessor left taken over), then `hyper
+/// run --rm busybox true` as soon as the socket answers. Returns (seconds from hyperd's spawn until its socket
 /// answered, until that run returned, the run's boot kind).
 fn first_start_after_spawn(env: &Env) -> Result<(f64, f64, Option<String>)> {
     let t0 = now();
@@ -1718,7 +1743,7 @@ fn run(args: &Args) -> Result<()> {
     );
 
     println!();
-    println!("-- the first start after hyperd's own (hyperd started again, its template on disk, the standbys its predecessor left adopted), seconds from hyperd's spawn --");
+    println!("-- the first start after hyperd's own (hyperd started again, its template on disk, the standbys and tenant namespaces its predecessor left taken over), seconds from hyperd's spawn --");
     let column_of = |f: fn(&(f64, f64, Option<String>)) -> f64| -> Vec<f64> {
         first_starts.iter().map(f).collect()
     };

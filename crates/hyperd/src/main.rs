@@ -711,10 +711,9 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     }
     let _ = reconciler.await;
     let _ = crons.await;
-    // Ready standby VMs stay for the next hyperd; idle tenant namespaces carry no traffic:
-    // they go with hyperd.
+    // Ready standby VMs and tenant namespaces (idle ones too) stay for the next hyperd.
     state_runtime.close_standby().await;
-    state_runtime.reap_all_idle_networks().await;
+    state_runtime.hand_over_networks().await;
     if let Some(cgroups) = &state_runtime.config().cgroups {
         cgroups.close();
     }

@@ -35,7 +35,7 @@ pub use installed::{
 };
 pub use links::{destroy_netns, ensure_netns, netns_inputs, NetnsInputs};
 pub use model::*;
-pub use netns::{create_netns, remove_netns};
+pub use netns::{create_netns, is_netns, remove_netns};
 pub use overlay::{
     apply_overlays, installed_overlays, remove_overlays, render_overlay_rules, BridgePort,
     FdbEntry, FdbKind, Neighbour, Overlay, OverlayState, RemoteEndpoint, VxlanLink,

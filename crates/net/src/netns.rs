@@ -16,7 +16,7 @@ use crate::error::NetError;
 const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 
 /// Whether `path` is a mounted network namespace (rather than missing or a leftover empty file).
-pub(crate) fn is_netns(path: &Path) -> bool {
+pub fn is_netns(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
 }
 

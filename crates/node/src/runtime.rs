@@ -247,17 +247,17 @@ impl Runtime {
     pub async fn reap_idle_networks_forever(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
-            if let Err(e) = self.with_networks(|n| n.reap_idle(false)).await {
+            if let Err(e) = self.with_networks(|n| n.reap_idle()).await {
                 tracing::warn!("taking down idle tenant networks: {e}");
             }
         }
     }
 
-    /// As hyperd stops: take down every tenant namespace nothing uses (nothing is lost: no
-    /// container is on it; the next start builds it again).
-    pub async fn reap_all_idle_networks(&self) {
-        if let Err(e) = self.with_networks(|n| n.reap_idle(true)).await {
-            tracing::warn!("taking down idle tenant networks: {e}");
+    /// As hyperd stops: tenant namespaces stay up, and what they were built from goes to the
+    /// next hyperd (`Networks::hand_over`).
+    pub async fn hand_over_networks(&self) {
+        if let Err(e) = self.with_networks(|n| n.hand_over()).await {
+            tracing::warn!("handing tenant networks over to the next hyperd: {e}");
         }
     }
 

@@ -318,3 +318,57 @@ pub fn drifted_links_are_repaired() {
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
     d.hyper(&["fip", "release", &fip]).run().ok();
 }
+
+/// A clean stop leaves the tenant's namespace up, idle or not, and hands what it was built
+/// from to the next hyperd: after the restart the same DNS server serves (nothing was built
+/// again), what was changed by hand meanwhile is repaired by the reconciler, and the network
+/// works.
+pub fn idle_network_outlives_hyperd() {
+    let _x = exclusive();
+    let d = daemon();
+    let serve = ["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"];
+    let run = |name: &str| {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(&serve);
+        d.hyper(&args).timeout(120.0).run().ok().out()
+    };
+    let id = run("idle1");
+    d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
+    let ns = tenant_ns(d);
+    let dns_pid = || std::fs::read_to_string(d.data.join("net/t0/dns.pid")).unwrap_or_default();
+    let before = dns_pid();
+    assert!(!before.is_empty(), "no DNS server for the tenant");
+    d.terminate();
+    let handover = d.data.join("net/t0/applied.json");
+    assert!(handover.exists(), "hyperd handed nothing over");
+    in_ns(&ns, "nft", &["delete", "table", "inet", "hyper"]).ok();
+    d.start_again();
+    assert!(
+        !handover.exists(),
+        "the next hyperd did not take the handover"
+    );
+    assert_eq!(dns_pid(), before, "the tenant's namespace was built again");
+    wait_for("the table deleted meanwhile to be back", secs(30.0), || {
+        let t = tables(&ns);
+        if t.contains("table inet hyper") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    let id = run("idle2");
+    let o = d
+        .hyper(&[
+            "run",
+            "--rm",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://idle2/hostname",
+        ])
+        .timeout(120.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), &id[..12]);
+    d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
+}

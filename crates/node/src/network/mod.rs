@@ -13,6 +13,7 @@ pub mod fips;
 #[cfg(test)]
 mod fuzz;
 mod guest_files;
+mod handover;
 pub use guest_files::parse_link;
 pub mod ipam;
 pub mod lb;
@@ -88,8 +89,8 @@ pub struct Networks {
 }
 
 /// What the syncs of this hyperd have put in place. The store stays the truth: hyperd applies
-/// everything at start (this is empty then), and a sync skips only a step whose input is the
-/// very one it applied last (each `ip` or `nft` run costs a process, and a start or a removal
+/// everything at start (this holds then only what the previous hyperd handed over, see
+/// [`handover`]), and a sync skips only a step whose input is the very one it applied last (each `ip` or `nft` run costs a process, and a start or a removal
 /// ran a dozen of them). The reconciler ([`reconcile`]) checks that the kernel still holds
 /// what is recorded here and forgets what it does not, so the next sync puts it back.
 #[derive(Default)]
@@ -851,15 +852,14 @@ impl Networks {
         Ok(())
     }
 
-    /// Take down the namespaces of tenants idle for [`LINGER`] (every idle one with `all`, as
-    /// hyperd stops: an idle namespace carries no traffic).
-    pub fn reap_idle(&self, all: bool) -> Result<()> {
+    /// Take down the namespaces of tenants idle for [`LINGER`].
+    pub fn reap_idle(&self) -> Result<()> {
         let mut guard = self.sync.lock().expect("poisoned");
         let state: &mut SyncState = &mut guard;
         let due: Vec<String> = state
             .idle
             .iter()
-            .filter(|(_, since)| all || since.elapsed() >= LINGER)
+            .filter(|(_, since)| since.elapsed() >= LINGER)
             .map(|(t, _)| t.clone())
             .collect();
         if due.is_empty() {
@@ -1131,7 +1131,57 @@ impl Networks {
     /// (a no-op for what survived; a repair for what did not).
     pub fn recover(&self) -> Result<()> {
         records::adopt_legacy_transit(self.store(), &self.cfg.node_name)?;
+        self.take_handovers()?;
         self.sync_all()
+    }
+
+    /// As hyperd stops: every tenant namespace stays up, idle ones too (the next hyperd takes
+    /// down those still idle after [`LINGER`]); what each was built from is handed over
+    /// ([`handover`]), so the next hyperd's first sync of it builds nothing again.
+    pub fn hand_over(&self) -> Result<()> {
+        let guard = self.sync.lock().expect("poisoned");
+        for (tenant, index) in records::tenants_with_transit(self.store(), &self.cfg.node_name)? {
+            let (Some(links), Some(rules)) =
+                (guard.links.get(&tenant), guard.tenant_rules.get(&tenant))
+            else {
+                continue;
+            };
+            let handover = handover::Handover {
+                links: handover::links_digest(links),
+                rules: rules.input.clone(),
+                installed: rules.installed.clone(),
+            };
+            let dir = self.tenant_dir(index);
+            if let Err(e) = handover::write(&dir, &handover) {
+                tracing::warn!("handing the network of tenant {tenant} over: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// What the previous hyperd handed over, taken as applied where the namespace is still
+    /// there and its links' inputs are still the same.
+    fn take_handovers(&self) -> Result<()> {
+        let mut guard = self.sync.lock().expect("poisoned");
+        for (tenant, index) in records::tenants_with_transit(self.store(), &self.cfg.node_name)? {
+            let dir = self.tenant_dir(index);
+            let Some(handover) = handover::take(&dir) else {
+                continue;
+            };
+            if !net::is_netns(&dir.join("netns")) {
+                continue;
+            }
+            let links = net::netns_inputs(&self.tenant_model(&tenant, index)?);
+            if handover::links_digest(&links) == handover.links {
+                guard.links.insert(tenant.clone(), links);
+            }
+            let applied = Applied {
+                input: handover.rules,
+                installed: handover.installed,
+            };
+            guard.tenant_rules.insert(tenant, applied);
+        }
+        Ok(())
     }
 
     /// Syncs every tenant whose network this node owes (a node of the fleet came or went:
