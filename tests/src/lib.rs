@@ -965,21 +965,26 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     out
 }
 
-/// Kills the standby VMs (QEMU and supervisor) a stopped hyperd left under `data`, and removes
-/// their directories.
-pub fn stop_standbys(data: &Path) {
-    let standby = data.join("standby");
-    let needle = format!("{}/", standby.display());
-    for p in processes_mentioning(&needle) {
+/// SIGKILL to every process whose command line mentions `needle` (one of our directories).
+fn kill_processes_mentioning(needle: &str) {
+    for p in processes_mentioning(needle) {
         if let Some(pid) = p
             .split_whitespace()
             .next()
             .and_then(|s| s.parse::<i32>().ok())
         {
-            // SAFETY: kill(2) of a process whose command line names this daemon's standby dir.
+            // SAFETY: kill(2) on a pid read from /proc; worst case it is already gone.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// Kills the standby VMs (QEMU and supervisor) a stopped hyperd left under `data`, and removes
+/// their directories.
+pub fn stop_standbys(data: &Path) {
+    let standby = data.join("standby");
+    let needle = format!("{}/", standby.display());
+    kill_processes_mentioning(&needle);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&needle).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -1009,16 +1014,7 @@ pub fn stop_idle_networks(data: &Path) {
             continue;
         }
         let needle = format!("{}/", dir.display());
-        for p in processes_mentioning(&needle) {
-            if let Some(pid) = p
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) of a process whose command line names this namespace's dir.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        kill_processes_mentioning(&needle);
         let _ = nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1149,16 +1145,7 @@ fn reap_stale_roots() {
             continue;
         }
         let root = format!("{}/", e.path().display());
-        for p in processes_mentioning(&root) {
-            if let Some(pid) = p
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on a pid read from /proc; worst case it is already gone.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        kill_processes_mentioning(&root);
         // Tenant namespaces are bind mounts below the root: unmount them first.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
