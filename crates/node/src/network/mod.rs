@@ -90,9 +90,10 @@ pub struct Networks {
 
 /// What the syncs of this hyperd have put in place. The store stays the truth: hyperd applies
 /// everything at start (this holds then only what the previous hyperd handed over, see
-/// [`handover`]), and a sync skips only a step whose input is the very one it applied last (each `ip` or `nft` run costs a process, and a start or a removal
-/// ran a dozen of them). The reconciler ([`reconcile`]) checks that the kernel still holds
-/// what is recorded here and forgets what it does not, so the next sync puts it back.
+/// [`handover`]), and a sync skips only a step whose input is the very one it applied last
+/// (each `ip` or `nft` run costs a process, and a start or a removal ran a dozen of them).
+/// The reconciler ([`reconcile`]) checks that the kernel still holds what is recorded here
+/// and forgets what it does not, so the next sync puts it back.
 #[derive(Default)]
 struct SyncState {
     /// Tenants whose namespace is up with nothing in it, and since when (see [`LINGER`]).
@@ -1171,7 +1172,11 @@ impl Networks {
             if !net::is_netns(&dir.join("netns")) {
                 continue;
             }
-            let links = net::netns_inputs(&self.tenant_model(&tenant, index)?);
+            // A model that cannot be built now is the sync's to report.
+            let Ok(model) = self.tenant_model(&tenant, index) else {
+                continue;
+            };
+            let links = net::netns_inputs(&model);
             if handover::links_digest(&links) == handover.links {
                 guard.links.insert(tenant.clone(), links);
             }
