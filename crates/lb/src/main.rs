@@ -43,7 +43,8 @@
 //! `{"services": {"web": {"backends": {"3f2a9c1b7e4d":
 //!   {"healthy": true, "active": 2, "since": "2024-05-01T12:00:00.000Z"}}}}}`.
 //! `since` is the last health change (or when the backend was added); `active` counts
-//! connections (tcp, https) or requests in flight (http, httpsTerm).
+//! connections (tcp, https) or requests in flight (http, httpsTerm), with the established
+//! connections the kernel balanced to it as last counted.
 //!
 //! # Threads
 //! A two-worker tokio runtime: enough to keep proxying while a TLS handshake computes, few
