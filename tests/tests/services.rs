@@ -414,29 +414,8 @@ fn service_on_a_removed_containers_address() {
     let ip = ip_of(&id);
     h(&["rm", "-f", &id]).ok();
 
-    h(&[
-        "service",
-        "create",
-        "--name",
-        "reuse",
-        "--replicas",
-        "1",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ])
-    .ok();
+    let args = service_create_args("reuse", 1, "http", &[], SERVE);
+    h(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     let inspect = || h(&["service", "inspect", "reuse"]).ok().json()[0].clone();
     assert_eq!(
         inspect()["IP"],
@@ -511,31 +490,8 @@ fn tcp_service_balanced_by_the_kernel() {
     )
     .unwrap();
     h(&["sg", "create", "-f", closed.to_str().unwrap(), "closed"]).ok();
-    h(&[
-        "service",
-        "create",
-        "--name",
-        "kern",
-        "--replicas",
-        "2",
-        "--service-port",
-        "80",
-        "--protocol",
-        "tcp",
-        "--sg",
-        "closed",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ])
-    .ok();
+    let args = service_create_args("kern", 2, "tcp", &["--sg", "closed"], SERVE);
+    h(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     let inspect = || h(&["service", "inspect", "kern"]).ok().json()[0].clone();
     let replica_ips = || -> Vec<String> {
         let v = inspect();
