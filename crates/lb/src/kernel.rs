@@ -9,7 +9,7 @@
 //!
 //! What differs from a copied connection: a backend that refuses is not skipped for another
 //! (its health check takes it out), and a connection's load is read from the kernel's tracked
-//! connections ([`count`]), for the status file and so for the drain of removed replicas.
+//! connections ([`count`]) for the status file.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -77,7 +77,7 @@ impl Balancing {
 
     /// Each kernel-balanced backend's established connections, for the status file.
     pub fn count(&self, services: &Services) {
-        if !self.enabled {
+        if !self.enabled || !services.listening().any(|(listen, s)| takes(listen, s)) {
             return;
         }
         let counts = match count() {
