@@ -352,8 +352,11 @@ impl StandbyPool {
             }
         }
         let mut fits = vec![false; found.len()];
-        while let Some(Ok((i, answered))) = asked.join_next().await {
-            fits[i] = answered;
+        // A task that failed leaves its standby unfit; the others' answers still count.
+        while let Some(joined) = asked.join_next().await {
+            if let Ok((i, answered)) = joined {
+                fits[i] = answered;
+            }
         }
         let (mut adopted, mut stopped) = (0, 0);
         for ((_, dir), fits) in found.into_iter().zip(fits) {
