@@ -40,8 +40,10 @@ fn daemon() -> &'static Daemon {
     })
 }
 
-/// Each replica serves its own hostname (its short id) over HTTP on port 80.
-const SERVE: &str = "mkdir -p /w && hostname > /w/index.html && httpd -f -p 80 -h /w";
+/// Each replica serves its own hostname (its short id) over HTTP on port 80, and
+/// `/cgi-bin/slow?N` answers "N hostname" (on a replica given /w/slow, only after noting N in
+/// /w/started and sleeping 10 minutes).
+const SERVE: &str = r#"mkdir -p /w/cgi-bin && hostname > /w/index.html && printf '%s\n' '#!/bin/sh' 'if [ -e /w/slow ]; then echo "$QUERY_STRING" > /w/started; sleep 600; fi' 'printf "Content-Type: text/plain\r\n\r\n%s %s\n" "$QUERY_STRING" "$(hostname)"' > /w/cgi-bin/slow && chmod +x /w/cgi-bin/slow && httpd -f -p 80 -h /w"#;
 
 fn inspect_service(d: &Daemon, name: &str) -> Value {
     d.hyper(&["service", "inspect", name]).run().ok().json()[0].clone()
@@ -123,9 +125,26 @@ fn http_service_heals_scales_and_rolls() {
     .run()
     .ok();
 
-    // A replica's VM killed from outside hyperd: replaced.
+    // A replica's VM killed from outside hyperd while requests wait for its answers (its tap
+    // goes with it, so nothing ever resets their connections): each is answered by another
+    // replica, and the killed one is replaced.
     let victim = running_replicas(d, "web")[0].clone();
     let id = d.id_of(&victim);
+    d.hyper(&["exec", &victim, "touch", "/w/slow"]).run().ok();
+    d.hyper(&[
+        "run", "-d", "--name", "slowclient", "busybox", "sh", "-c",
+        "i=0; while true; do i=$((i+1)); (wget -qO- http://web/cgi-bin/slow?$i || echo FAIL $i) & sleep 0.3; done",
+    ])
+    .timeout(120.0)
+    .run()
+    .ok();
+    let hung = wait_for("a request to wait on the replica", secs(60.0), || {
+        let o = d.hyper(&["exec", &victim, "cat", "/w/started"]).run();
+        match o.stdout.trim() {
+            n if o.code == 0 && !n.is_empty() => Ok(n.to_string()),
+            _ => Err(o.to_string()),
+        }
+    });
     for p in container_processes(d, &id)
         .iter()
         .filter(|p| p.contains("qemu-system"))
@@ -134,6 +153,26 @@ fn http_service_heals_scales_and_rolls() {
         // SAFETY: kill(2) on a QEMU of this test's daemon.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    let answer = wait_for(
+        &format!("request {hung}, waiting on the killed replica, to be answered"),
+        secs(90.0),
+        || {
+            let o = d.hyper(&["logs", "slowclient"]).run().ok();
+            let answer = o
+                .stdout
+                .lines()
+                .find(|l| l.split_whitespace().find(|w| *w != "FAIL") == Some(hung.as_str()));
+            answer.map(str::to_string).ok_or_else(|| o.to_string())
+        },
+    );
+    assert!(
+        !answer.starts_with("FAIL") && !answer.ends_with(&id[..12]),
+        "request {hung} was not answered by another replica: {answer}"
+    );
+    d.hyper(&["rm", "-f", "slowclient"])
+        .timeout(60.0)
+        .run()
+        .ok();
     wait_for("the killed replica to be replaced", secs(120.0), || {
         let r = running_replicas(d, "web");
         if r.len() == 3 && !r.contains(&victim) {

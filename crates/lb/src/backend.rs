@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{BackendConfig, HealthConfig};
+use crate::peer_liveness;
 use crate::upstream::IdleConnections;
 
 /// A dead replica's address usually refuses at once; this bounds the unreachable case.
@@ -126,7 +127,7 @@ impl Backend {
     }
 
     /// A TCP connection to the backend (from its source address, if it has one), without
-    /// Nagle (we relay, we don't batch).
+    /// Nagle (we relay, we don't batch), ended if the backend vanishes.
     pub async fn connect(&self) -> std::io::Result<TcpStream> {
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -141,6 +142,7 @@ impl Backend {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
+        peer_liveness::watch(&stream)?;
         Ok(stream)
     }
 
@@ -187,6 +189,20 @@ mod tests {
             let (_, peer) = listener.accept().await.unwrap();
             assert_eq!(peer.ip().to_string(), seen);
         }
+    }
+
+    #[tokio::test]
+    async fn backend_connections_are_probed_so_a_vanished_backend_ends_them() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend::new(&BackendConfig {
+            id: "a".into(),
+            addr: listener.local_addr().unwrap(),
+            source: None,
+        });
+        let stream = backend.connect().await.unwrap();
+        assert!(getsockopt(&stream, sockopt::KeepAlive).unwrap());
+        assert!(getsockopt(&stream, sockopt::TcpUserTimeout).unwrap() > 0);
     }
 
     fn rules() -> HealthConfig {

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Protocol;
 use crate::service::Service;
-use crate::{proxy_http, proxy_tcp};
+use crate::{peer_liveness, proxy_http, proxy_tcp};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,9 @@ async fn accept_loop(socket: TcpListener, service: Arc<Service>) {
         match socket.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                if let Err(err) = peer_liveness::watch(&stream) {
+                    tracing::warn!(service = %service.name, %peer, %err, "keepalive not set");
+                }
                 tokio::spawn(serve(stream, peer, service.clone()));
             }
             Err(err) => {

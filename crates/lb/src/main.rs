@@ -50,6 +50,7 @@ mod backend;
 mod config;
 mod health;
 mod listener;
+mod peer_liveness;
 mod pool;
 mod proxy_body;
 mod proxy_http;
