@@ -735,33 +735,11 @@ impl Daemon {
         (dir, access)
     }
 
-    /// `hyper service create` of an HTTP service `name` on port 80 of `replicas` busybox
-    /// replicas running `sh -c serve`, health-checked every second (down after 2 failures, up
-    /// after 1), as the service tests and benchmarks use it; not run yet.
+    /// `hyper service create` of an HTTP service `name` (see [`service_create_args`]); not
+    /// run yet.
     pub fn http_service(&self, name: &str, replicas: usize, serve: &str) -> Cmd {
-        let replicas = replicas.to_string();
-        self.hyper(&[
-            "service",
-            "create",
-            "--name",
-            name,
-            "--replicas",
-            &replicas,
-            "--service-port",
-            "80",
-            "--protocol",
-            "http",
-            "--health-check-interval",
-            "1",
-            "--health-check-fall",
-            "2",
-            "--health-check-rise",
-            "1",
-            "busybox",
-            "sh",
-            "-c",
-            serve,
-        ])
+        let args = service_create_args(name, replicas, "http", &[], serve);
+        self.hyper(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// One field of `hyper info` (`StandbyVMsReady`...).
@@ -963,6 +941,41 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The arguments of `hyper service create` of a `protocol` service `name` on port 80 of
+/// `replicas` busybox replicas running `sh -c serve`, health-checked every second (down after
+/// 2 failures, up after 1), as the service tests and benchmarks use it; `extra` goes before
+/// the image.
+pub fn service_create_args(
+    name: &str,
+    replicas: usize,
+    protocol: &str,
+    extra: &[&str],
+    serve: &str,
+) -> Vec<String> {
+    let replicas = replicas.to_string();
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        name,
+        "--replicas",
+        &replicas,
+        "--service-port",
+        "80",
+        "--protocol",
+        protocol,
+        "--health-check-interval",
+        "1",
+        "--health-check-fall",
+        "2",
+        "--health-check-rise",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["busybox", "sh", "-c", serve]);
+    args.into_iter().map(String::from).collect()
 }
 
 /// SIGKILL to every process whose command line mentions `needle` (one of our directories).

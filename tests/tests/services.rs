@@ -21,6 +21,10 @@ fn main() {
             "service_on_a_removed_containers_address",
             service_on_a_removed_containers_address,
         ),
+        (
+            "tcp_service_balanced_by_the_kernel",
+            tcp_service_balanced_by_the_kernel,
+        ),
     ];
     std::process::exit(run_tests(tests));
 }
@@ -449,29 +453,8 @@ fn service_on_a_removed_containers_address() {
     let ip = ip_of(&id);
     h(&["rm", "-f", &id]).ok();
 
-    h(&[
-        "service",
-        "create",
-        "--name",
-        "reuse",
-        "--replicas",
-        "1",
-        "--service-port",
-        "80",
-        "--protocol",
-        "http",
-        "--health-check-interval",
-        "1",
-        "--health-check-fall",
-        "2",
-        "--health-check-rise",
-        "1",
-        "busybox",
-        "sh",
-        "-c",
-        SERVE,
-    ])
-    .ok();
+    let args = service_create_args("reuse", 1, "http", &[], SERVE);
+    h(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     let inspect = || h(&["service", "inspect", "reuse"]).ok().json()[0].clone();
     assert_eq!(
         inspect()["IP"],
@@ -525,4 +508,100 @@ fn service_on_a_removed_containers_address() {
     .ok();
     assert_eq!(o.out(), hostname("back"), "{o}");
     h(&["rm", "-f", "back"]).ok();
+}
+
+/// A `tcp` service balanced round robin is balanced by the kernel in the tenant's namespace
+/// (the balancer's table holds a DNAT to each healthy replica): connections from a container
+/// reach both replicas, also when the replicas' security group admits nothing (no group
+/// filters a service's connections, copied or DNATed), and a replica taken out is out of the
+/// table. Its own tenant, so that the namespace is this test's alone.
+fn tcp_service_balanced_by_the_kernel() {
+    let d = daemon();
+    let (cfg, _) = d.new_tenant("kernlb");
+    let h = |args: &[&str]| d.hyper_tcp(&cfg, args).timeout(120.0).run();
+    h(&["load", "-i", busybox_tar().to_str().unwrap()]).ok();
+    let dir = short_tmp("klb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let closed = dir.join("closed.yaml");
+    std::fs::write(
+        &closed,
+        "name: closed\ndescription: admits nothing\nrules: []\n",
+    )
+    .unwrap();
+    h(&["sg", "create", "-f", closed.to_str().unwrap(), "closed"]).ok();
+    let args = service_create_args("kern", 2, "tcp", &["--sg", "closed"], SERVE);
+    h(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let inspect = || h(&["service", "inspect", "kern"]).ok().json()[0].clone();
+    // The replicas' addresses (one being replaced meanwhile may not be there yet: left out).
+    let replica_ips = || -> Vec<String> {
+        let v = inspect();
+        v["Containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| {
+                let o = h(&["inspect", c["Name"].as_str()?]);
+                if o.code != 0 {
+                    return None;
+                }
+                let ip = o.json()[0]["NetworkSettings"]["IPAddress"]
+                    .as_str()?
+                    .to_string();
+                (!ip.is_empty()).then_some(ip)
+            })
+            .collect()
+    };
+    // The tenant's namespace: the one whose balancer config names this service.
+    let ns = std::fs::read_dir(d.data.join("net"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p.join("lb.json")).is_ok_and(|c| c.contains("\"kern\"")))
+        .expect("the tenant's namespace")
+        .join("netns");
+    let table = || {
+        let net = format!("--net={}", ns.display());
+        Cmd::new("nsenter", &[&net, "nft", "list", "table", "ip", "hyper-lb"])
+            .run()
+            .stdout
+    };
+    wait_for("both replicas in the kernel's table", secs(180.0), || {
+        let (t, ips) = (table(), replica_ips());
+        if ips.len() == 2 && ips.iter().all(|ip| t.contains(&format!("{ip} . 80"))) {
+            Ok(())
+        } else {
+            Err(format!("{ips:?}\n{t}"))
+        }
+    });
+    let o = h(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do wget -qO- http://kern/; done",
+    ])
+    .ok();
+    let answered: std::collections::BTreeSet<&str> = o.stdout.lines().collect();
+    assert_eq!(answered.len(), 2, "not both replicas answered: {o}");
+
+    // Down to one replica: the other is out of the table, and still answers alone.
+    h(&["service", "scale", "kern=1"]).ok();
+    wait_for(
+        "one replica left in the kernel's table",
+        secs(120.0),
+        || {
+            let (t, ips) = (table(), replica_ips());
+            let rules = t.matches(" . 80").count();
+            if ips.len() == 1 && rules == 1 && t.contains(&format!("{} . 80", ips[0])) {
+                Ok(())
+            } else {
+                Err(format!("{ips:?}\n{t}"))
+            }
+        },
+    );
+    let o = h(&["run", "--rm", "busybox", "wget", "-qO-", "http://kern/"]).ok();
+    assert!(!o.out().is_empty(), "{o}");
+    h(&["service", "rm", "kern"]).ok();
+    h(&["sg", "rm", "closed"]).ok();
 }

@@ -37,6 +37,8 @@ pub struct Backend {
     pub source: Option<IpAddr>,
     /// Open TCP connections (tcp, https) or requests in flight (http, httpsTerm).
     active: AtomicUsize,
+    /// Connections the kernel balanced to it, as last counted (see `crate::kernel`).
+    kernel_active: AtomicUsize,
     health: Mutex<HealthRecord>,
     /// Kept-alive HTTP connections to this backend; closed when the backend is dropped.
     pub idle: IdleConnections,
@@ -56,6 +58,7 @@ impl Backend {
             addr: config.addr,
             source: config.source,
             active: AtomicUsize::new(0),
+            kernel_active: AtomicUsize::new(0),
             health: Mutex::new(HealthRecord {
                 state: Health::Unknown,
                 successes: 0,
@@ -74,6 +77,10 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
+    pub fn set_kernel_active(&self, n: usize) {
+        self.kernel_active.store(n, Ordering::Relaxed);
+    }
+
     /// Counts one connection or request until the returned guard is dropped.
     pub fn track(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -84,7 +91,7 @@ impl Backend {
         let record = self.health();
         Snapshot {
             healthy: record.state == Health::Up,
-            active: self.active(),
+            active: self.active() + self.kernel_active.load(Ordering::Relaxed),
             since: record.since,
         }
     }

@@ -13,6 +13,10 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
+    /// Balance the services that allow it in the kernel (see `crate::kernel`): hyperd sets it
+    /// for the balancer it runs as root in a tenant's namespace.
+    #[serde(default)]
+    pub kernel_balancing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,9 @@
 //!     "backends": [ { "id": "3f2a9c1b7e4d", "addr": "172.16.0.5:8080",
 //!                     "source": "172.16.0.3" } ] } ] }
 //! ```
+//! A top-level `"kernel_balancing": true` (hyperd sets it) has the kernel balance the `tcp`
+//! services that allow it (see `kernel.rs`); the balancer then keeps the table `ip hyper-lb`
+//! of its namespace, and removes it as it stops.
 //! `SIGHUP` re-reads it and applies it without dropping a connection: a service kept on the
 //! same address keeps its socket and takes the new settings; a removed service (or one moved
 //! to another address) stops accepting, its connections finish and kept-alive HTTP clients
@@ -40,7 +43,8 @@
 //! `{"services": {"web": {"backends": {"3f2a9c1b7e4d":
 //!   {"healthy": true, "active": 2, "since": "2024-05-01T12:00:00.000Z"}}}}}`.
 //! `since` is the last health change (or when the backend was added); `active` counts
-//! connections (tcp, https) or requests in flight (http, httpsTerm).
+//! connections (tcp, https) or requests in flight (http, httpsTerm), with the established
+//! connections the kernel balanced to it as last counted.
 //!
 //! # Threads
 //! A two-worker tokio runtime: enough to keep proxying while a TLS handshake computes, few
@@ -49,6 +53,7 @@
 mod backend;
 mod config;
 mod health;
+mod kernel;
 mod listener;
 mod peer_liveness;
 mod pool;
@@ -129,6 +134,8 @@ async fn serve(paths: &Paths, ready: Option<ReadyNotice>) -> anyhow::Result<()> 
     let mut signals = Signals::install()?;
     let mut services = Services::default();
     services.apply(&config).await;
+    let mut kernel = kernel::Balancing::new(config.kernel_balancing);
+    kernel.sync(&services);
     write_status(paths, &services);
     let _pidfile = daemon_kit::serving(&paths.pidfile, ready)?;
 
@@ -140,17 +147,27 @@ async fn serve(paths: &Paths, ready: Option<ReadyNotice>) -> anyhow::Result<()> 
                 match Config::load(&paths.config) {
                     Ok(config) => {
                         services.apply(&config).await;
+                        kernel.set_enabled(config.kernel_balancing);
                         tracing::info!("config reloaded");
                     }
                     Err(err) => tracing::error!("reload failed, keeping the previous config: {err:#}"),
                 }
+                kernel.sync(&services);
                 write_status(paths, &services);
             }
-            _ = health_changed.notified() => write_status(paths, &services),
-            _ = tokio::time::sleep(services.status_interval()) => write_status(paths, &services),
+            _ = health_changed.notified() => {
+                kernel.sync(&services);
+                write_status(paths, &services);
+            }
+            _ = tokio::time::sleep(services.status_interval()) => {
+                kernel.sync(&services);
+                kernel.count(&services);
+                write_status(paths, &services);
+            }
         }
     }
     tracing::info!("stopping");
+    kernel.stop();
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The running services, kept matching the config across reloads.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,13 @@ impl Services {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.running.values().map(|running| &running.service)
+    }
+
+    /// Each listening service with its address.
+    pub fn listening(&self) -> impl Iterator<Item = (SocketAddr, &Arc<Service>)> {
+        self.running
+            .values()
+            .map(|running| (running.listener.address, &running.service))
     }
 
     /// The shortest health check interval, which the status file is rewritten at least as

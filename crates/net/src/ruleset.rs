@@ -5,6 +5,7 @@
 //! Text rather than the JSON API: the rules read like the nft documentation, the tests compare
 //! them line by line, and `nft -f -` reports errors against these very lines.
 
+use std::collections::BTreeSet;
 use std::fmt::{Display, Write};
 use std::net::Ipv4Addr;
 
@@ -243,6 +244,21 @@ fn tenant_forward(t: &TenantNetns) -> Vec<String> {
             "iifname {} ip saddr {} accept",
             quoted(&bridge.ifname),
             set_of(&bridge.peer_node_ips)
+        ));
+    }
+    // A service's connections the balancer left to the kernel (DNAT to a replica, see
+    // hyper-lb) are the balancer's as much as those it copies, which no group filters.
+    for bridge in t.bridges.iter().filter(|b| !b.services.is_empty()) {
+        let br = quoted(&bridge.ifname);
+        rules.push(format!(
+            "iifname {br} oifname {br} ct status dnat ct original ip daddr {} accept",
+            set_of(
+                bridge
+                    .services
+                    .iter()
+                    .map(|s| s.ip)
+                    .collect::<BTreeSet<_>>()
+            )
         ));
     }
     rules.push("ip saddr vmap @sg_egress".to_string());
@@ -694,6 +710,9 @@ mod tests {
                 "iifname \"up0\" ct status & dnat != dnat drop",
                 "iifname \"br0\" oifname \"br1\" drop",
                 "iifname \"br1\" oifname \"br0\" drop",
+                // A service's connections balanced by the kernel, as those the balancer copies.
+                "iifname \"br0\" oifname \"br0\" ct status dnat ct original ip daddr 172.16.0.10 accept",
+                "iifname \"br1\" oifname \"br1\" ct status dnat ct original ip daddr 10.9.0.10 accept",
                 "ip saddr vmap @sg_egress",
                 "ip daddr vmap @sg_ingress",
             ]

@@ -12,7 +12,7 @@
 //! - a client "on the internet" to a container through a floating IP (client namespace -> node
 //!   -> tenant namespace NAT -> tap -> VM);
 //! - container to a service by its name, one replica, `--protocol tcp` (VM -> tap -> bridge ->
-//!   the tenant's balancer, hyper-lb -> bridge -> tap -> VM).
+//!   the tenant namespace's DNAT, kept by its balancer hyper-lb -> bridge -> tap -> VM).
 //!
 //! Each transfer is one HTTP download of a file of zeros, busybox `httpd` serving and busybox
 //! `wget` fetching (the host's busybox for the veth floor, the internet client and in the floor
@@ -413,7 +413,7 @@ fn main() {
             format!("http://{fip}:5001/big"),
         ),
         from_container(
-            "container -> service (hyper-lb, tcp)",
+            "container -> service (tcp, kernel-balanced)",
             &d,
             "src",
             "http://web:5001/big",

@@ -1,6 +1,6 @@
 //! The tenant namespace's load balancer (`hyper-lb`, a [`TenantDaemon`]): one listener per
 //! service on its stable IP, spreading connections over the replicas that are running and not
-//! draining. Its status file (backend health) feeds the service reconciler.
+//! draining (a `tcp` service's, round robin or by source, through the kernel's DNAT). Its status file (backend health) feeds the service reconciler.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -65,7 +65,9 @@ pub fn sync(
         }
         out.push(entry);
     }
-    d.sync(&json!({ "services": out }), netns)
+    // It runs as root in the tenant's namespace: the `tcp` services that allow it are balanced
+    // by the kernel there (DNAT), which the tenant's forward chain lets through.
+    d.sync(&json!({ "services": out, "kernel_balancing": true }), netns)
 }
 
 /// The certificate's key stays readable by root only.
