@@ -5,12 +5,13 @@
 //!   bridge (`vm_floor`), so that a ratio shows what hyper's own network costs;
 //! - the veth floor, for context: a veth pair between two namespaces, host processes only;
 //! - for context too, a host process fetching from the VM floor's server on its bare bridge: the
-//!   floating IP's client is a host process, and this is the like-for-like floor of that path.
+//!   like-for-like floor of a host process fetching through a floating IP (context as well).
 //!
 //! Hyper's paths, each aimed at [`AIM`] of the VM floor or more:
 //! - container to container on the tenant's bridge (VM -> tap -> bridge -> tap -> VM);
-//! - a client "on the internet" to a container through a floating IP (client namespace -> node
-//!   -> tenant namespace NAT -> tap -> VM);
+//! - a client VM "on the internet" (the floor's client, booted alone) to a container through a
+//!   floating IP (VM -> tap -> bridge -> internet namespace -> node -> tenant namespace NAT ->
+//!   tap -> VM);
 //! - container to a service by its name, one replica, `--protocol tcp` (VM -> tap -> bridge ->
 //!   the tenant namespace's DNAT, kept by its balancer hyper-lb -> bridge -> tap -> VM).
 //!
@@ -34,16 +35,16 @@ use std::time::{Duration, Instant};
 
 use bench::e2e_cleanup;
 use e2e::{Cmd, Daemon, DaemonOpts, Netns};
-use vm_floor::VmFloor;
+use vm_floor::ClientVm;
 
 const FIP_POOL: &str = "198.51.100.0/30";
 /// Deadline of one transfer, seconds.
 const FETCH_TIMEOUT: u32 = 600;
 /// The share of the VM floor each of hyper's paths should reach (issue 19).
 const AIM: f64 = 0.9;
-const FIP_ROUTE: &str = "internet -> container via floating IP";
-/// The floor's server VM fetched from by a host process in its namespace, as the floating IP's
-/// client is a host process: the FIP path's like-for-like floor.
+/// A host process on the internet through a floating IP (context), and its like-for-like floor:
+/// the floor's server VM fetched from by a host process in its namespace.
+const FIP_HOST_ROUTE: &str = "context: internet host -> container, FIP";
 const HOST_CLIENT_FLOOR: &str = "context: host client -> floor VM, bare bridge";
 
 #[derive(clap::Parser)]
@@ -148,13 +149,13 @@ fn from_container<'a>(name: &'static str, d: &'a Daemon, client: &'a str, url: &
     }
 }
 
-/// Downloads by the VM floor's client VM, timed inside it with `time -p`.
-fn from_floor_vm(floor: &VmFloor) -> Route<'_> {
+/// Downloads by a client VM (the floor's, or the internet's), timed inside it with `time -p`.
+fn from_client_vm<'a>(name: &'static str, kind: Kind, client: &'a ClientVm) -> Route<'a> {
     Route {
-        name: "VM floor: two plain QEMU VMs, bare bridge",
-        kind: Kind::VmFloor,
-        count: Box::new(|| floor.count()),
-        time: Box::new(|| floor.seconds()),
+        name,
+        kind,
+        count: Box::new(|| client.count()),
+        time: Box::new(|| client.seconds()),
         runs: Vec::new(),
     }
 }
@@ -351,11 +352,11 @@ fn print_table(routes: &[Route], mb: u32, runs: usize, took: Duration) {
             each.join(", ")
         );
     }
-    // The floating IP's client is a host process, as is this floor's: the like-for-like ratio.
+    // A host client through the floating IP against a host client of the floor: like for like.
     let by_name = |name: &str| routes.iter().find(|r| r.name == name).map(median_mbps);
-    if let (Some(fip), Some(host_floor)) = (by_name(FIP_ROUTE), by_name(HOST_CLIENT_FLOOR)) {
+    if let (Some(fip), Some(host_floor)) = (by_name(FIP_HOST_ROUTE), by_name(HOST_CLIENT_FLOOR)) {
         println!(
-            "{FIP_ROUTE} ÷ {HOST_CLIENT_FLOOR} (both a host client): {:.3}",
+            "{FIP_HOST_ROUTE} ÷ {HOST_CLIENT_FLOOR} (both a host client): {:.3}",
             fip / host_floor
         );
     }
@@ -364,7 +365,7 @@ fn print_table(routes: &[Route], mb: u32, runs: usize, took: Duration) {
         "aim (each of hyper's paths at least {AIM} of the VM floor): met by {met} of {}",
         verdicts.len()
     );
-    println!("(MB = 2^20 bytes; each path's byte count checked once before the runs; downloads by a VM (the VM floor, container -> container, container -> service) are timed inside the client VM with `time -p`, the others from the host around `ip netns exec`; {:.0}s in all)", took.as_secs_f64());
+    println!("(MB = 2^20 bytes; each path's byte count checked once before the runs; downloads by a VM (the VM floor, the internet VM, container -> container, container -> service) are timed inside the client VM with `time -p`, the others from the host around `ip netns exec`; {:.0}s in all)", took.as_secs_f64());
 }
 
 fn main() {
@@ -385,32 +386,39 @@ fn main() {
     ));
     let hyper = |argv: &[&str]| d.hyper(argv).timeout(300.0).run().ok();
     // After hyperd's start, which creates the user the QEMUs run as.
-    let floor = VmFloor::boot(mb, FETCH_TIMEOUT);
+    let floor = ClientVm::floor(mb, FETCH_TIMEOUT);
     start_containers(&d, mb);
     let fip = hyper(&["fip", "allocate", "1"]).out();
     hyper(&["fip", "attach", &fip, "sink"]);
-    // The internet: a client namespace routed to the FIP pool through the node.
-    let inet = e2e_cleanup::netns(Netns::internet("binet", &d.node, "hb-inet0", FIP_POOL));
+    // The internet: a client namespace routed to the FIP pool through the node, with a client
+    // VM of its own.
+    let inet = Netns::internet("binet", &d.node, "hb-inet0", FIP_POOL);
+    let fip_client = ClientVm::internet(&inet, &d.node, &fip, FETCH_TIMEOUT);
+    let inet = e2e_cleanup::netns(inet);
     floor.wait_ready();
     wait_containers_ready(&d);
     wait_ready(
         "the container's file server through the floating IP",
         || get_in(&inet, &format!("http://{fip}:5001/ready")),
     );
+    fip_client.wait_ready();
 
     let mut routes = vec![
-        from_floor_vm(&floor),
+        from_client_vm(
+            "VM floor: two plain QEMU VMs, bare bridge",
+            Kind::VmFloor,
+            &floor,
+        ),
         from_container(
             "container -> container (tenant bridge)",
             &d,
             "src",
             "http://sink:5001/big",
         ),
-        from_namespace(
-            FIP_ROUTE,
+        from_client_vm(
+            "internet VM -> container via floating IP",
             Kind::Hyper,
-            inet,
-            format!("http://{fip}:5001/big"),
+            &fip_client,
         ),
         from_container(
             "container -> service (tcp, kernel-balanced)",
@@ -419,10 +427,16 @@ fn main() {
             "http://web:5001/big",
         ),
         from_namespace(
+            FIP_HOST_ROUTE,
+            Kind::Context,
+            inet,
+            format!("http://{fip}:5001/big"),
+        ),
+        from_namespace(
             HOST_CLIENT_FLOOR,
             Kind::Context,
             floor.netns().to_string(),
-            floor.server_url(),
+            ClientVm::floor_server_url(),
         ),
         from_namespace(
             "context: veth between two namespaces",

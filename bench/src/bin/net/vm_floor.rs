@@ -4,6 +4,9 @@
 //! namespace of the bench's own: no nftables, no bridge netfilter, no NAT, no balancer. What two
 //! VMs get on this host, so that hyper's paths divided by it show hyper's own cost.
 //!
+//! The floor's client is also booted alone, "on the internet" ([`ClientVm::internet`]), to fetch
+//! from a container through its floating IP: that path's client is then a VM as the floor's is.
+//!
 //! The guests run the host's busybox (Debian's busybox-static, the binary the test image
 //! carries): `/init` is a shell script ([`INIT`]) that loads the agent's virtio modules in the
 //! agent's order, sets up `eth0` as the agent does (the tenant network's MTU, no IPv6), and then
@@ -28,6 +31,10 @@ const BRIDGE: &str = "br0";
 const BRIDGE_ADDR: &str = "10.98.0.1/24";
 const SERVER_IP: &str = "10.98.0.2";
 const CLIENT_IP: &str = "10.98.0.3";
+/// The internet client's bridge (in the internet namespace, its gateway) and address.
+const INTERNET_BRIDGE_IP: &str = "10.97.0.1";
+const INTERNET_SUBNET: &str = "10.97.0.0/24";
+const INTERNET_CLIENT_IP: &str = "10.97.0.2";
 /// Port of the client's request listener (`nc -ll -p 7000` in [`INIT`]).
 const REQUEST_PORT: &str = "7000";
 /// The console line with which the client says it has seen the server's file ready ([`INIT`]).
@@ -46,7 +53,8 @@ const BARE_BRIDGE_SYSCTLS: &[(&str, &str)] = &[
 
 /// `/init` of both VMs. The kernel hands init the `floor_*` parameters of its command line as
 /// environment variables: `floor_role` (server or client), `floor_ip`, `floor_mtu`, `floor_mb`
-/// (server) and `floor_server` (client). `@MODULES@` is replaced by the modules in load order.
+/// (server), `floor_server` (client) and `floor_gateway` (a client off the server's bridge).
+/// `@MODULES@` is replaced by the modules in load order.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin
@@ -61,6 +69,7 @@ ip link set lo up
 ip link set eth0 mtu "$floor_mtu"
 ip addr add "$floor_ip" dev eth0
 ip link set eth0 up
+[ -n "$floor_gateway" ] && ip route add default via "$floor_gateway"
 if [ "$floor_role" = server ]; then
     # In RAM, as the container's copy sits in its page cache after its dd.
     mount -t tmpfs -o size=$((floor_mb + 1))m srv /srv
@@ -91,15 +100,17 @@ url="http://$floor_server:5001/big"
 } 2>&1 | sed "s/^/floor-fetch $id: /" > /dev/console
 "#;
 
-/// The two VMs, booted; [`VmFloor::wait_ready`] before asking the client anything.
-pub struct VmFloor {
+/// A client VM that downloads its server's file when the bench asks; [`ClientVm::wait_ready`]
+/// before asking it anything.
+pub struct ClientVm {
+    /// The namespace of the client's bridge, from which the bench's requests come.
     netns: String,
-    server: Guest,
-    client: Guest,
+    ip: &'static str,
+    /// The client, then the server when it is a VM of ours (the floor's).
+    guests: Vec<Guest>,
     fetch_timeout: u32,
     requests: Cell<u32>,
 }
-
 /// One floor VM: its QEMU's pid (a child of ours) and directory.
 struct Guest {
     pid: u32,
@@ -124,11 +135,11 @@ impl Guest {
     }
 }
 
-impl VmFloor {
-    /// Boots the server VM (serving `mb` MiB) and the client VM on a bare bridge. Needs the
-    /// `hyper-vm` user, which hyperd creates when it starts.
-    pub fn boot(mb: u32, fetch_timeout: u32) -> VmFloor {
-        let size = node::sizes::lookup(node::sizes::DEFAULT_SIZE).expect("the default size");
+impl ClientVm {
+    /// The VM floor: the server VM (serving `mb` MiB) and its client VM on a bare bridge. Needs
+    /// the `hyper-vm` user, which hyperd creates when it starts.
+    pub fn floor(mb: u32, fetch_timeout: u32) -> ClientVm {
+        let size = default_size();
         let room = size.memory_mib / 2;
         assert!(
             u64::from(mb) <= room,
@@ -139,10 +150,10 @@ impl VmFloor {
         std::fs::create_dir_all(&dir).expect("the VM floor's directory");
         let initrd = build_initramfs(&dir, fetch_timeout);
         let netns = bare_bridge_namespace();
+        add_bare_bridge(&netns, BRIDGE_ADDR);
         let mtu = net::DEFAULT_MTU;
         let server = boot(
             &dir.join("server"),
-            size,
             &initrd,
             &netns,
             "tap-server",
@@ -151,7 +162,6 @@ impl VmFloor {
         );
         let client = boot(
             &dir.join("client"),
-            size,
             &initrd,
             &netns,
             "tap-client",
@@ -160,40 +170,69 @@ impl VmFloor {
                 "floor_role=client floor_ip={CLIENT_IP}/24 floor_mtu={mtu} floor_server={SERVER_IP}"
             ),
         );
-        VmFloor {
+        ClientVm {
             netns,
-            server,
-            client,
+            ip: CLIENT_IP,
+            guests: vec![client, server],
             fetch_timeout,
             requests: Cell::new(0),
         }
     }
 
-    /// The namespace of the bare bridge, which holds an address on it.
+    /// The floor's client VM, alone on a bare bridge in the namespace `internet`
+    /// ([`Netns::internet`], linked to `node`), fetching from `server` (a floating IP) through
+    /// the node: the internet namespace routes for it and the node routes its subnet back.
+    pub fn internet(internet: &Netns, node: &Netns, server: &str, fetch_timeout: u32) -> ClientVm {
+        let dir = e2e_cleanup::path(e2e::short_tmp("bni"));
+        std::fs::create_dir_all(&dir).expect("the internet client's directory");
+        let initrd = build_initramfs(&dir, fetch_timeout);
+        set_bare_bridge_sysctls(internet);
+        internet
+            .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+            .expect("forwarding in the internet namespace");
+        add_bare_bridge(&internet.name, &format!("{INTERNET_BRIDGE_IP}/24"));
+        node.ip(&["route", "add", INTERNET_SUBNET, "via", "203.0.113.2"]);
+        let client = boot(
+            &dir.join("client"),
+            &initrd,
+            &internet.name,
+            "tap-client",
+            [0x02, 0, 10, 97, 0, 2],
+            &format!(
+                "floor_role=client floor_ip={INTERNET_CLIENT_IP}/24 floor_mtu={} floor_server={server} floor_gateway={INTERNET_BRIDGE_IP}",
+                net::DEFAULT_MTU
+            ),
+        );
+        ClientVm {
+            netns: internet.name.clone(),
+            ip: INTERNET_CLIENT_IP,
+            guests: vec![client],
+            fetch_timeout,
+            requests: Cell::new(0),
+        }
+    }
+
+    /// The namespace of the client's bridge, which holds an address on it.
     pub fn netns(&self) -> &str {
         &self.netns
     }
 
-    /// The server VM's big file, as its client VM fetches it.
-    pub fn server_url(&self) -> String {
+    /// The floor's server VM's big file, as its client VM fetches it.
+    pub fn floor_server_url() -> String {
         format!("http://{SERVER_IP}:5001/big")
     }
 
     /// Waits until the client has seen the server's file ready.
     pub fn wait_ready(&self) {
         e2e::wait_for(
-            "the VM floor's client to see the server's file",
+            "a client VM to see its server's file",
             e2e::secs(300.0),
             || {
                 self.check_running();
-                if self.client.console().contains(CLIENT_READY) {
+                if self.guests[0].console().contains(CLIENT_READY) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "{}\n{}",
-                        self.server.diagnostics(),
-                        self.client.diagnostics()
-                    ))
+                    Err(self.diagnostics())
                 }
             },
         );
@@ -206,7 +245,7 @@ impl VmFloor {
             .iter()
             .find_map(|l| l.strip_prefix("bytes "))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no byte count in the floor client's answer {answer:?}"))
+            .unwrap_or_else(|| panic!("no byte count in the client VM's answer {answer:?}"))
     }
 
     /// Seconds of one download, timed inside the client VM with `time -p`.
@@ -214,12 +253,11 @@ impl VmFloor {
         let answer = self.ask("time");
         assert!(
             answer.iter().any(|l| l == "status 0"),
-            "the floor client's download failed: {answer:?}\n{}\n{}",
-            self.client.diagnostics(),
-            self.server.diagnostics()
+            "the client VM's download failed: {answer:?}\n{}",
+            self.diagnostics()
         );
         bench::real_seconds(&answer.join("\n"))
-            .unwrap_or_else(|| panic!("no timing in the floor client's answer {answer:?}"))
+            .unwrap_or_else(|| panic!("no timing in the client VM's answer {answer:?}"))
     }
 
     /// Sends the client request `what` and returns its answer's lines from the console (without
@@ -241,7 +279,7 @@ impl VmFloor {
                 &deadline,
                 "busybox",
                 "nc",
-                CLIENT_IP,
+                self.ip,
                 REQUEST_PORT,
             ],
         )
@@ -250,21 +288,30 @@ impl VmFloor {
         .run()
         .ok();
         e2e::wait_for(
-            &format!("the floor client's answer to request {id} on its console"),
+            &format!("the client VM's answer to request {id} on its console"),
             e2e::secs(30.0),
-            || answer(&self.client.console(), id).ok_or_else(|| self.client.diagnostics()),
+            || answer(&self.guests[0].console(), id).ok_or_else(|| self.diagnostics()),
         )
     }
 
     fn check_running(&self) {
-        for g in [&self.server, &self.client] {
+        for g in &self.guests {
             assert!(
                 !has_exited(g.pid),
-                "a floor VM's QEMU exited: {}",
+                "a client or floor VM's QEMU exited: {}",
                 g.diagnostics()
             );
         }
     }
+
+    fn diagnostics(&self) -> String {
+        let each: Vec<String> = self.guests.iter().map(Guest::diagnostics).collect();
+        each.join("\n")
+    }
+}
+
+fn default_size() -> node::sizes::Size {
+    node::sizes::lookup(node::sizes::DEFAULT_SIZE).expect("the default size")
 }
 
 /// The `floor-fetch ID: ` lines of `console` (without the prefix), once the last of them, the
@@ -337,10 +384,14 @@ fn write_script(path: &Path, text: &str) {
         .expect("make a script of the initramfs executable");
 }
 
-/// A namespace of the bench's own with a bare bridge (no STP, no forward delay, no netfilter)
-/// holding [`BRIDGE_ADDR`]; returns its name.
+/// A namespace of the bench's own for a bare bridge; returns its name.
 fn bare_bridge_namespace() -> String {
     let ns = Netns::new("bfv");
+    set_bare_bridge_sysctls(&ns);
+    e2e_cleanup::netns(ns)
+}
+
+fn set_bare_bridge_sysctls(ns: &Netns) {
     ns.run(|| {
         for (key, value) in BARE_BRIDGE_SYSCTLS {
             let path = Path::new("/proc/sys").join(key);
@@ -349,7 +400,17 @@ fn bare_bridge_namespace() -> String {
             }
         }
     });
-    ns.ip(&[
+}
+
+/// A bare bridge (no STP, no forward delay, no netfilter) [`BRIDGE`] in `netns`, holding
+/// `address`.
+fn add_bare_bridge(netns: &str, address: &str) {
+    let ip = |args: &[&str]| {
+        Cmd::new("ip", &[&["-n", netns][..], args].concat())
+            .run()
+            .ok()
+    };
+    ip(&[
         "link",
         "add",
         BRIDGE,
@@ -362,16 +423,14 @@ fn bare_bridge_namespace() -> String {
         "nf_call_iptables",
         "0",
     ]);
-    ns.ip(&["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
-    ns.ip(&["link", "set", BRIDGE, "up"]);
-    e2e_cleanup::netns(ns)
+    ip(&["addr", "add", address, "dev", BRIDGE]);
+    ip(&["link", "set", BRIDGE, "up"]);
 }
 
-/// Boots one floor VM of `size` in `dir` with its tap `tap_name` on the bridge of `netns`, the guest's MAC
-/// `mac` and `params` on the kernel command line.
+/// Boots one floor VM of the default size in `dir` with its tap `tap_name` on the bridge of
+/// `netns`, the guest's MAC `mac` and `params` on the kernel command line.
 fn boot(
     dir: &Path,
-    size: node::sizes::Size,
     initrd: &Path,
     netns: &str,
     tap_name: &str,
@@ -379,6 +438,7 @@ fn boot(
     params: &str,
 ) -> Guest {
     std::fs::create_dir_all(dir).expect("a floor VM's directory");
+    let size = default_size();
     // The same device set as a container's: an (empty) qcow2 root disk of the root slot's size.
     let root_disk = dir.join("root.qcow2");
     Cmd::new(
