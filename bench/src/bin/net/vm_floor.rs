@@ -150,7 +150,6 @@ impl ClientVm {
         std::fs::create_dir_all(&dir).expect("the VM floor's directory");
         let initrd = build_initramfs(&dir, fetch_timeout);
         let netns = bare_bridge_namespace();
-        add_bare_bridge(&netns, BRIDGE_ADDR);
         let mtu = net::DEFAULT_MTU;
         let server = boot(
             &dir.join("server"),
@@ -190,7 +189,7 @@ impl ClientVm {
         internet
             .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
             .expect("forwarding in the internet namespace");
-        add_bare_bridge(&internet.name, &format!("{INTERNET_BRIDGE_IP}/24"));
+        add_bare_bridge(internet, &format!("{INTERNET_BRIDGE_IP}/24"));
         node.ip(&["route", "add", INTERNET_SUBNET, "via", "203.0.113.2"]);
         let client = boot(
             &dir.join("client"),
@@ -384,10 +383,11 @@ fn write_script(path: &Path, text: &str) {
         .expect("make a script of the initramfs executable");
 }
 
-/// A namespace of the bench's own for a bare bridge; returns its name.
+/// A namespace of the bench's own with a bare bridge holding [`BRIDGE_ADDR`]; returns its name.
 fn bare_bridge_namespace() -> String {
     let ns = Netns::new("bfv");
     set_bare_bridge_sysctls(&ns);
+    add_bare_bridge(&ns, BRIDGE_ADDR);
     e2e_cleanup::netns(ns)
 }
 
@@ -402,15 +402,10 @@ fn set_bare_bridge_sysctls(ns: &Netns) {
     });
 }
 
-/// A bare bridge (no STP, no forward delay, no netfilter) [`BRIDGE`] in `netns`, holding
+/// A bare bridge (no STP, no forward delay, no netfilter) [`BRIDGE`] in `ns`, holding
 /// `address`.
-fn add_bare_bridge(netns: &str, address: &str) {
-    let ip = |args: &[&str]| {
-        Cmd::new("ip", &[&["-n", netns][..], args].concat())
-            .run()
-            .ok()
-    };
-    ip(&[
+fn add_bare_bridge(ns: &Netns, address: &str) {
+    ns.ip(&[
         "link",
         "add",
         BRIDGE,
@@ -423,8 +418,8 @@ fn add_bare_bridge(netns: &str, address: &str) {
         "nf_call_iptables",
         "0",
     ]);
-    ip(&["addr", "add", address, "dev", BRIDGE]);
-    ip(&["link", "set", BRIDGE, "up"]);
+    ns.ip(&["addr", "add", address, "dev", BRIDGE]);
+    ns.ip(&["link", "set", BRIDGE, "up"]);
 }
 
 /// Boots one floor VM of the default size in `dir` with its tap `tap_name` on the bridge of
