@@ -1,6 +1,6 @@
 //! Reading back what is installed in a namespace (links, addresses, routes, our nftables
-//! tables), for [`crate::drift`] to hold against the model. Each namespace costs four
-//! processes: `ip -j addr`, `ip -j route` and `nft list table` for each of our two tables.
+//! tables), for [`crate::drift`] to hold against the model. A tenant's namespace costs three
+//! processes: `ip -j addr`, `ip -j route` and one `nft list ruleset` for its tables.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,18 +85,28 @@ pub fn installed_in_tenant(t: &TenantNetns) -> Result<Option<Installed>, NetErro
     }))
 }
 
-/// The tables named in `names` that exist in the namespace (the caller's when `None`), each
-/// listed on its own: the node's namespace may hold large rulesets of other software.
+/// The tables named in `names` that exist in the namespace (the caller's when `None`). One of
+/// our namespaces holds only tables of ours (and hyper-lb's): its whole ruleset is listed at
+/// once. The node's namespace may hold large rulesets of other software: each table is listed
+/// on its own.
 pub(crate) fn installed_tables(netns: Option<&Path>, names: &[&str]) -> Result<Tables, NetError> {
+    if let Some(path) = netns {
+        let mut cmd = Command::new("nft");
+        cmd.args(["list", "ruleset"]);
+        let listing = run(
+            "list the nftables ruleset",
+            command_in_netns(path, &mut cmd)?,
+            None,
+        )?;
+        let mut tables = split_ruleset(&listing);
+        tables.retain(|name, _| names.contains(&name.as_str()));
+        return Ok(tables);
+    }
     let mut tables = Tables::new();
     for name in names {
         let mut cmd = Command::new("nft");
         cmd.arg("list").arg("table").args(name.split(' '));
-        let cmd = match netns {
-            Some(path) => command_in_netns(path, &mut cmd)?,
-            None => &mut cmd,
-        };
-        match run("list an nftables table", cmd, None) {
+        match run("list an nftables table", &mut cmd, None) {
             Ok(listing) => {
                 tables.insert(name.to_string(), listing);
             }
@@ -106,6 +116,26 @@ pub(crate) fn installed_tables(netns: Option<&Path>, names: &[&str]) -> Result<T
         }
     }
     Ok(tables)
+}
+
+/// A listed ruleset cut into its tables, each as `nft list table` prints it (the ruleset's
+/// listing is theirs one after another).
+fn split_ruleset(listing: &str) -> Tables {
+    let mut tables = Tables::new();
+    let mut current: Option<(String, String)> = None;
+    for line in listing.lines() {
+        if let Some(header) = line.strip_prefix("table ") {
+            tables.extend(current.take());
+            let name = header.trim_end_matches('{').trim().to_string();
+            current = Some((name, String::new()));
+        }
+        if let Some((_, text)) = &mut current {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    tables.extend(current);
+    tables
 }
 
 #[derive(Deserialize)]
@@ -174,4 +204,22 @@ fn routes(netns: Option<&Path>, filter: &[&str]) -> Result<Vec<RouteState>, NetE
             dev: r.dev,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ruleset_splits_into_its_tables_as_each_is_listed() {
+        let inet = "table inet hyper {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tct state established accept\n\t}\n}\n";
+        let bridge = "table bridge hyper {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n";
+        let lb = "table ip hyper-lb {\n}\n";
+        let tables = split_ruleset(&format!("{inet}{bridge}{lb}"));
+        assert_eq!(tables.len(), 3);
+        assert_eq!(tables["inet hyper"], inet);
+        assert_eq!(tables["bridge hyper"], bridge);
+        assert_eq!(tables["ip hyper-lb"], lb);
+        assert!(split_ruleset("").is_empty());
+    }
 }
