@@ -845,7 +845,7 @@ impl Daemon {
         tail(&self.log, n)
     }
 
-    /// hyperd's log and every guest console on this data root.
+    /// hyperd's log, and every guest console and supervisor log on this data root.
     pub fn diagnostics(&self) -> String {
         let mut s = format!(
             "===== hyperd {} (log {})\n{}",
@@ -857,6 +857,8 @@ impl Daemon {
             for e in rd.flatten() {
                 let p = e.path().join("console.log");
                 s += &format!("===== console {}\n{}", p.display(), tail(&p, 25));
+                let p = e.path().join("shim.log");
+                s += &format!("===== {}\n{}", p.display(), tail(&p, 15));
                 let st = e.path().join("state.json");
                 if let Ok(t) = std::fs::read_to_string(&st) {
                     s += &format!("===== {}\n{t}\n", st.display());
