@@ -12,6 +12,10 @@ fn main() {
     let tests: &[(&'static str, TestFn)] = &[
         // Longest first, so the two threads stay busy.
         ("restart_safety", restart_safety),
+        (
+            "a_start_cut_short_by_hyperds_death",
+            a_start_cut_short_by_hyperds_death,
+        ),
         ("container_lifecycle", container_lifecycle),
         ("docker_cli", docker_cli),
         ("stop_and_signals", stop_and_signals),
@@ -799,6 +803,63 @@ fn tcp_auth_and_tenants() {
 
 /// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks
 /// everything up.
+/// hyperd killed while a start is in flight: the next hyperd ends what that start left (a
+/// supervisor and its VM that no record counts as running), and only then removes the VM's
+/// group, which it could not while the VM was in it (it used to wait 10 s for it, and warn).
+fn a_start_cut_short_by_hyperds_death() {
+    let dd = Daemon::start("k", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    // A size the standby pool does not hold, so that the start restores or boots a VM of its
+    // own and is in flight long enough to be caught.
+    let caught = (1..=3).find_map(|attempt| {
+        let name = format!("cut{attempt}");
+        let run = [
+            "run", "-d", "--name", &name, "--size", "s3", "busybox", "sleep", "1000",
+        ];
+        std::thread::scope(|s| {
+            let start = s.spawn(|| d.hyper(&run).timeout(300.0).run());
+            let in_flight = wait_for("the start's VM", secs(120.0), || {
+                let v = d.hyper(&["inspect", &name]).run();
+                if v.code != 0 {
+                    return Err(format!("not created yet: {v}"));
+                }
+                let v = v.json();
+                let (id, status) = (
+                    v[0]["Id"].as_str().unwrap_or_default(),
+                    &v[0]["State"]["Status"],
+                );
+                let vm = container_processes(d, id)
+                    .iter()
+                    .any(|p| p.contains("qemu-system"));
+                match status.as_str() {
+                    Some("created") if vm => Ok(Some(id.to_string())),
+                    Some("created") => Err("no VM yet".into()),
+                    _ => Ok(None),
+                }
+            });
+            if in_flight.is_some() {
+                d.kill9();
+            }
+            let _ = start.join();
+            in_flight
+        })
+    });
+    let id = caught.expect("no start was caught in flight in 3 attempts");
+    d.start_again();
+    wait_for("nothing of the cut start to run", secs(30.0), || {
+        let left = container_processes(d, &id);
+        left.is_empty().then_some(()).ok_or(left.join("; "))
+    });
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        !log.contains(&format!("{id}: Device or resource busy")),
+        "the VM's group was removed before its VM was ended:\n{}",
+        d.log_tail(30)
+    );
+    assert_ne!(d.inspect(&id)["State"]["Status"], "running");
+    d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
+}
+
 fn restart_safety() {
     let dd = Daemon::start("r", DaemonOpts::default());
     let d: &Daemon = &dd;

@@ -1080,6 +1080,21 @@ impl Runtime {
                 .expect("poisoned")
                 .insert(c.id.clone(), entry.clone());
             archive::remove_leftover(&archive::helper_dir(&self.dir(&c.id))).await;
+            if c.state.status != Status::Running {
+                // A start (or a restart by policy) cut short by hyperd's death leaves a
+                // supervisor and its VM that no record counts as running: unbilled, holding
+                // the container's disk, and in the way of its next start. The start failed
+                // for its client; end what it left, before its group goes below (which waits up
+                // to 10 s for the group to be empty).
+                let killed = kill_processes_in(&self.dir(&c.id));
+                if killed > 0 {
+                    tracing::warn!(
+                        container = %c.id,
+                        status = c.state.status.as_str(),
+                        "killed {killed} processes of a start that hyperd's restart cut short"
+                    );
+                }
+            }
             match c.state.status {
                 Status::Running => {
                     self.rehold_volumes(&entry);
@@ -1094,20 +1109,6 @@ impl Runtime {
                     restarting.push(entry)
                 }
                 _ => self.release_cgroup(&c).await,
-            }
-            if c.state.status != Status::Running {
-                // A start (or a restart by policy) cut short by hyperd's death leaves a
-                // supervisor and its VM that no record counts as running: unbilled, holding
-                // the container's disk, and in the way of its next start. The start failed
-                // for its client; end what it left.
-                let killed = kill_processes_in(&self.dir(&c.id));
-                if killed > 0 {
-                    tracing::warn!(
-                        container = %c.id,
-                        status = c.state.status.as_str(),
-                        "killed {killed} processes of a start that hyperd's restart cut short"
-                    );
-                }
             }
         }
         // Holds of containers that stopped while hyperd was away (or of volumes it was
