@@ -801,8 +801,6 @@ fn tcp_auth_and_tenants() {
     assert!(o.stderr.contains("was revoked on"), "{o}");
 }
 
-/// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks
-/// everything up.
 /// hyperd killed while a start is in flight: the next hyperd ends what that start left (a
 /// supervisor and its VM that no record counts as running), and only then removes the VM's
 /// group, which it could not while the VM was in it (it used to wait 10 s for it, and warn).
@@ -860,6 +858,8 @@ fn a_start_cut_short_by_hyperds_death() {
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
 }
 
+/// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks
+/// everything up.
 fn restart_safety() {
     let dd = Daemon::start("r", DaemonOpts::default());
     let d: &Daemon = &dd;
