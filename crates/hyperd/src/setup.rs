@@ -88,6 +88,9 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
     let dns =
         sibling("hyper-dns").context("hyper-dns not found next to hyperd: run scripts/setup")?;
     let lb = sibling("hyper-lb").context("hyper-lb not found next to hyperd: run scripts/setup")?;
+    // The `net` crate starts it itself (it finds it the same way); missing, it would only
+    // show at the first container's start.
+    sibling("hyper-nft").context("hyper-nft not found next to hyperd: run scripts/setup")?;
     let initrd = initramfs(&kernel, &agent, &modules, &kernel_dir)?;
     ensure_user(&args.vm_user)?;
     std::fs::create_dir_all(data_root.join("c"))?;

@@ -3,11 +3,9 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 
 use crate::conntrack;
 use crate::error::NetError;
-use crate::exec::{command_in_netns, run};
 use crate::guard::{render_guard, GUARD_TABLE};
 use crate::installed::{installed_tables, Tables, NODE_TABLE, TENANT_TABLES};
 use crate::iproute::{ip, ip_ignoring_absent, routes_with_proto};
@@ -64,13 +62,7 @@ pub fn install_guard(fleet: &[std::net::Ipv4Addr]) -> Result<Tables, NetError> {
 }
 
 pub(crate) fn nft(netns: Option<&Path>, what: &str, ruleset: &str) -> Result<(), NetError> {
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"]);
-    let cmd = match netns {
-        Some(path) => command_in_netns(path, &mut cmd)?,
-        None => &mut cmd,
-    };
-    run(what, cmd, Some(ruleset)).map(drop)
+    crate::nft::run(netns, what, ruleset).map(drop)
 }
 
 fn sync_fip_routes(wanted: &[FipRoute]) -> Result<(), NetError> {

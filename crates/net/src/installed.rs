@@ -1,20 +1,20 @@
 //! Reading back what is installed in a namespace (links, addresses, routes, our nftables
-//! tables), for [`crate::drift`] to hold against the model. A tenant's namespace costs three
-//! processes: `ip -j addr`, `ip -j route` and one `nft list ruleset` for its tables.
+//! tables), for [`crate::drift`] to hold against the model. A tenant's namespace costs two
+//! processes, `ip -j addr` and `ip -j route`, and one `list ruleset` of our nftables helper for
+//! its tables.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde::Deserialize;
 
 use crate::apply::FIP_ROUTE_PROTO;
 use crate::error::NetError;
-use crate::exec::{command_in_netns, run};
 use crate::guard::GUARD_TABLE;
 use crate::iproute::{ip, parse_json};
 use crate::model::TenantNetns;
 use crate::netns::is_netns;
+use crate::nft;
 
 /// Our tables by name (`inet hyper`), each as `nft list` prints it: the kernel's own rendering,
 /// so what was listed right after an apply is what an untouched table lists later.
@@ -90,23 +90,19 @@ pub fn installed_in_tenant(t: &TenantNetns) -> Result<Option<Installed>, NetErro
 /// once. The node's namespace may hold large rulesets of other software: each table is listed
 /// on its own.
 pub(crate) fn installed_tables(netns: Option<&Path>, names: &[&str]) -> Result<Tables, NetError> {
-    if let Some(path) = netns {
-        let mut cmd = Command::new("nft");
-        cmd.args(["list", "ruleset"]);
-        let listing = run(
-            "list the nftables ruleset",
-            command_in_netns(path, &mut cmd)?,
-            None,
-        )?;
+    if netns.is_some() {
+        let listing = nft::run(netns, "list the nftables ruleset", "list ruleset")?;
         let mut tables = split_ruleset(&listing);
         tables.retain(|name, _| names.contains(&name.as_str()));
         return Ok(tables);
     }
     let mut tables = Tables::new();
     for name in names {
-        let mut cmd = Command::new("nft");
-        cmd.arg("list").arg("table").args(name.split(' '));
-        match run("list an nftables table", &mut cmd, None) {
+        match nft::run(
+            None,
+            "list an nftables table",
+            &format!("list table {name}"),
+        ) {
             Ok(listing) => {
                 tables.insert(name.to_string(), listing);
             }

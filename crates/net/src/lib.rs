@@ -18,6 +18,7 @@ mod iproute;
 mod links;
 mod model;
 mod netns;
+mod nft;
 mod overlay;
 mod ruleset;
 mod sysctl;

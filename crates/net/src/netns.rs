@@ -62,8 +62,10 @@ pub fn create_netns(path: &Path) -> Result<(), NetError> {
 }
 
 /// Unmounts and deletes the namespace file; a namespace already gone (or never made) is fine.
-/// The namespace itself dies with its last user (processes still inside keep it alive).
+/// The namespace itself dies with its last user (processes still inside keep it alive; our
+/// nftables helper's context of it is closed here).
 pub fn remove_netns(path: &Path) -> Result<(), NetError> {
+    crate::nft::forget(path)?;
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
         Err(source) => {
