@@ -102,6 +102,13 @@ fn assert_gone(d: &Daemon, id: &str) {
     );
 }
 
+/// `docker events` from `since` to `until` (unix times), with `args` (filters, format).
+fn docker_events(d: &Daemon, since: &str, until: &str, args: &[&str]) -> Out {
+    let mut all = vec!["events", "--since", since, "--until", until];
+    all.extend_from_slice(args);
+    d.docker(&all).run().ok()
+}
+
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
     let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
     DateTime::parse_from_rfc3339(s)
@@ -886,20 +893,17 @@ fn rm_f_leaves_the_vms_end_behind() {
     d.hyper(&["inspect", "td0"]).run().code(1);
     assert_gone(d, &ids[0]);
     let until = (Utc::now().timestamp() + 1).to_string();
-    let o = d
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
+    let o = docker_events(
+        d,
+        &since,
+        &until,
+        &[
             "--filter",
             "container=td0",
             "--format",
             "{{.Action}} {{.Actor.Attributes.exitCode}}",
-        ])
-        .run()
-        .ok();
+        ],
+    );
     let actions: Vec<&str> = o.stdout.lines().map(str::trim).collect();
     let at = |a: &str| actions.iter().position(|l| l.starts_with(a));
     assert!(
@@ -1360,20 +1364,12 @@ fn events_stream() {
     d.hyper(&["rename", "evt", "evt2"]).run().ok();
     d.hyper(&["rm", "evt2"]).run().ok();
     let until = (Utc::now().timestamp() + 1).to_string();
-    let o = d
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
-            "--filter",
-            "container=evt2",
-            "--format",
-            "{{.Action}}",
-        ])
-        .run()
-        .ok();
+    let o = docker_events(
+        d,
+        &since,
+        &until,
+        &["--filter", "container=evt2", "--format", "{{.Action}}"],
+    );
     let actions: Vec<&str> = o.stdout.lines().map(str::trim).collect();
     assert_eq!(
         actions,
@@ -1399,20 +1395,17 @@ fn events_stream() {
         ["rename", "destroy"],
         "hyper events: {o}"
     );
-    let o = d
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
+    let o = docker_events(
+        d,
+        &since,
+        &until,
+        &[
             "--filter",
             "event=die",
             "--format",
             "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
-        ])
-        .run()
-        .ok();
+        ],
+    );
     assert!(
         o.stdout.lines().any(|l| l.trim() == "evt 3"),
         "the die event with its exit code: {o}"
@@ -1444,18 +1437,7 @@ fn events_stream() {
     assert_eq!(event["Type"], "container");
     d.hyper(&["rm", "wsevt"]).run().ok();
     let _ = ws.close(None);
-    let o = d
-        .docker(&[
-            "events",
-            "--since",
-            &since,
-            "--until",
-            &until,
-            "--format",
-            "{{.Action}}",
-        ])
-        .run()
-        .ok();
+    let o = docker_events(d, &since, &until, &["--format", "{{.Action}}"]);
     let all: Vec<&str> = o.stdout.lines().collect();
     for want in ["create", "start", "die", "rename", "destroy"] {
         assert!(all.contains(&want), "{want} missing from {all:?}");

@@ -49,16 +49,10 @@ pub(crate) fn run(netns: Option<&Path>, what: &str, commands: &str) -> Result<St
 }
 
 /// Closes the helper's context of the namespace at `netns` (going away: an open socket would
-/// keep it alive). Nothing to do when the helper is not running.
-pub(crate) fn forget(netns: &Path) -> Result<(), NetError> {
-    ask(&json!({"forget": netns}), false)
-        .map(drop)
-        .map_err(|e| {
-            NetError::io(
-                format!("close nftables of {}: {PROGRAM}", netns.display()),
-                e,
-            )
-        })
+/// keep it alive). Nothing to do when the helper is not running; one that fails to answer is
+/// ended, and its contexts with it.
+pub(crate) fn forget(netns: &Path) -> std::io::Result<()> {
+    ask(&json!({"forget": netns}), false).map(drop)
 }
 
 /// Sends `request` and reads its answer, starting the helper if `start` (else a helper that is
