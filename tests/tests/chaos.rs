@@ -320,6 +320,30 @@ fn api_containers(d: &Daemon) -> Result<Vec<(String, String, String)>, String> {
 }
 
 impl Chaos {
+    /// Waits, at most `limit`, until no process or directory is left of the containers that
+    /// were called `name`.
+    fn wait_torn_down(&self, name: &str, limit: Duration) {
+        let ids: Vec<String> = {
+            let names = self.names.lock().unwrap();
+            names
+                .iter()
+                .filter(|(_, n)| n.as_str() == name)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let procs = container_procs(&self.d.data);
+            let left = ids.iter().any(|id| {
+                procs.iter().any(|p| &p.id12 == id) || self.d.data.join("c").join(id).exists()
+            });
+            if !left {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Healthy: hyperd answers; every container the store calls running has its QEMU and shim,
     /// and every QEMU or shim and container directory belongs to a container the store holds
     /// and does not call exited (the container a call of the churn is changing aside: it is in
@@ -644,6 +668,12 @@ fn chaos() {
                 let op = |what: &str, args: &[&str]| {
                     *cx.busy.lock().unwrap() = Some(name.clone());
                     let r = attempt(&log, what, || cx.d.hyper(args).timeout(90.0).run());
+                    if what == "rm" && r.is_some() {
+                        // `rm -f` answers once the VM is killed; QEMU's exit, the supervisor's
+                        // and the directory's removal follow: in between until they are done.
+                        // (After a failed `rm` the container is still there, nothing to wait for.)
+                        cx.wait_torn_down(&name, secs(30.0));
+                    }
                     *cx.busy.lock().unwrap() = None;
                     r
                 };

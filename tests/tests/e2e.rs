@@ -17,6 +17,10 @@ fn main() {
             a_start_cut_short_by_hyperds_death,
         ),
         ("container_lifecycle", container_lifecycle),
+        (
+            "rm_f_leaves_the_vms_end_behind",
+            rm_f_leaves_the_vms_end_behind,
+        ),
         ("docker_cli", docker_cli),
         ("stop_and_signals", stop_and_signals),
         ("run_exit_codes", run_exit_codes),
@@ -863,6 +867,59 @@ fn a_start_cut_short_by_hyperds_death() {
     );
     assert_ne!(d.inspect(&id)["State"]["Status"], "running");
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
+}
+
+/// `rm -f` of a running container without volumes answers once its VM is killed, not once
+/// QEMU has exited: the container is gone at once, `die` (137) comes before `destroy` as from
+/// Docker, and its VM, supervisor and directory follow. A hyperd stopped right after such a
+/// removal finishes the VM's teardown before it exits.
+fn rm_f_leaves_the_vms_end_behind() {
+    let dd = Daemon::start("td", DaemonOpts::default());
+    let d: &Daemon = &dd;
+    let since = Utc::now().timestamp().to_string();
+    let ids: Vec<String> = ["td0", "td1"]
+        .iter()
+        .map(|name| {
+            d.hyper(&["run", "-d", "--name", name, "busybox", "sleep", "1000"])
+                .timeout(300.0)
+                .run()
+                .ok()
+                .out()
+        })
+        .collect();
+    d.hyper(&["rm", "-f", "td0"]).timeout(60.0).run().ok();
+    let o = d.hyper(&["ps", "-a"]).run().ok();
+    assert!(!o.stdout.contains("td0"), "{o}");
+    d.hyper(&["inspect", "td0"]).run().code(1);
+    assert_gone(d, &ids[0]);
+    let until = (Utc::now().timestamp() + 1).to_string();
+    let o = docker_events(
+        d,
+        &since,
+        &until,
+        &[
+            "--filter",
+            "container=td0",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.exitCode}}",
+        ],
+    );
+    let actions: Vec<&str> = o.stdout.lines().map(str::trim).collect();
+    let at = |a: &str| actions.iter().position(|l| l.starts_with(a));
+    assert!(
+        matches!((at("die 137"), at("destroy ")), (Some(die), Some(destroy)) if die < destroy),
+        "die (137), then destroy: {o}"
+    );
+    d.hyper(&["rm", "-f", "td1"]).timeout(60.0).run().ok();
+    d.terminate();
+    let left = container_processes(d, &ids[1]);
+    assert!(
+        left.is_empty() && !d.cdir(&ids[1]).exists(),
+        "a stopped hyperd left the removed container's VM {left:?} or directory ({}):\n{}",
+        d.cdir(&ids[1]).exists(),
+        d.log_tail(30)
+    );
+    d.start_again();
 }
 
 /// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks

@@ -711,6 +711,7 @@ async fn run(data_root: PathBuf, store: &str, args: DaemonArgs) -> anyhow::Resul
     }
     let _ = reconciler.await;
     let _ = crons.await;
+    state_runtime.finish_teardowns().await;
     // Ready standby VMs and tenant namespaces (idle ones too) stay for the next hyperd.
     state_runtime.close_standby().await;
     state_runtime.hand_over_networks().await;

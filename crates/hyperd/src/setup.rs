@@ -31,19 +31,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Our own binaries sit next to hyperd (cargo's target dir, or /usr/local/bin), or in
-/// /usr/local/lib/hyper.
-fn sibling(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [
-        dir.join(name),
-        PathBuf::from("/usr/local/lib/hyper").join(name),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
-
 pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
     if data_root.as_os_str().len() > 60 {
         bail!(
@@ -80,17 +67,19 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
             modules.display()
         );
     }
-    let agent = args.agent.clone().or_else(|| sibling("hyper-agent")).context(
+    let agent = args.agent.clone().or_else(|| net::our_binary("hyper-agent")).context(
         "hyper-agent not found next to hyperd or in /usr/local/lib/hyper: run scripts/setup, or pass --agent",
     )?;
-    let shim =
-        sibling("hyper-shim").context("hyper-shim not found next to hyperd: run scripts/setup")?;
-    let dns =
-        sibling("hyper-dns").context("hyper-dns not found next to hyperd: run scripts/setup")?;
-    let lb = sibling("hyper-lb").context("hyper-lb not found next to hyperd: run scripts/setup")?;
+    let shim = net::our_binary("hyper-shim")
+        .context("hyper-shim not found next to hyperd: run scripts/setup")?;
+    let dns = net::our_binary("hyper-dns")
+        .context("hyper-dns not found next to hyperd: run scripts/setup")?;
+    let lb = net::our_binary("hyper-lb")
+        .context("hyper-lb not found next to hyperd: run scripts/setup")?;
     // The `net` crate starts it itself (it finds it the same way); missing, it would only
     // show at the first container's start.
-    sibling("hyper-nft").context("hyper-nft not found next to hyperd: run scripts/setup")?;
+    net::our_binary("hyper-nft")
+        .context("hyper-nft not found next to hyperd: run scripts/setup")?;
     let initrd = initramfs(&kernel, &agent, &modules, &kernel_dir)?;
     ensure_user(&args.vm_user)?;
     std::fs::create_dir_all(data_root.join("c"))?;
@@ -235,7 +224,7 @@ pub fn default_tenant(
 /// Never fails hyperd: a container whose template is missing builds it or boots cold.
 pub async fn build_template(mut spec: serde_json::Value, dir: PathBuf) {
     let t0 = std::time::Instant::now();
-    let Some(shim) = sibling("hyper-shim") else {
+    let Some(shim) = net::our_binary("hyper-shim") else {
         return;
     };
     spec["template_dir"] = serde_json::json!(dir);

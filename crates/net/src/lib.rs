@@ -16,6 +16,7 @@ mod guard;
 mod installed;
 mod iproute;
 mod links;
+mod locate;
 mod model;
 mod netns;
 mod nft;
@@ -35,6 +36,7 @@ pub use installed::{
     TENANT_TABLES,
 };
 pub use links::{destroy_netns, ensure_netns, netns_inputs, NetnsInputs};
+pub use locate::our_binary;
 pub use model::*;
 pub use netns::{create_netns, is_netns, remove_netns};
 pub use overlay::{

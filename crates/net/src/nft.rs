@@ -99,7 +99,7 @@ fn exchange(h: &mut Helper, line: &str) -> std::io::Result<Value> {
 }
 
 fn spawn() -> std::io::Result<Helper> {
-    let program = locate().ok_or_else(|| {
+    let program = crate::our_binary(PROGRAM).ok_or_else(|| {
         std::io::Error::other(format!(
             "{PROGRAM} not found next to this program or in /usr/local/lib/hyper: run scripts/build"
         ))
@@ -120,19 +120,4 @@ fn spawn() -> std::io::Result<Helper> {
         stdin,
         stdout,
     })
-}
-
-/// Next to the running program (hyperd, or a test binary one directory below cargo's
-/// target dir), or in /usr/local/lib/hyper.
-fn locate() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [
-        Some(dir.join(PROGRAM)),
-        dir.parent().map(|d| d.join(PROGRAM)),
-        Some(PathBuf::from("/usr/local/lib/hyper").join(PROGRAM)),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
 }

@@ -18,6 +18,7 @@ pub mod model;
 pub mod network;
 pub mod other_nodes;
 pub mod placement;
+mod priority;
 pub mod quota;
 mod runtime;
 pub mod services;

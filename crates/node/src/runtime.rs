@@ -44,6 +44,7 @@ mod restart;
 pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 pub use commit::CommitRequest;
 mod storage;
+mod teardown;
 pub use storage::{parse_size, DiskReserve, StorageUsage};
 mod volume_init;
 mod volume_ops;
@@ -91,6 +92,9 @@ pub enum WaitCondition {
 #[derive(Debug, Clone, Copy, Default)]
 struct Lifecycle {
     exits: u64,
+    /// A forced removal killed the VM and does not wait for its end: the exit is not recorded
+    /// (the record is going), and the VM's teardown is the removal's ([`teardown`]).
+    removing: bool,
     removed: bool,
 }
 
@@ -172,6 +176,8 @@ pub struct Runtime {
     room: Arc<Mutex<u64>>,
     /// The fleet's other nodes, as the server reaches them (unset on one machine).
     other_nodes: std::sync::OnceLock<Arc<dyn crate::other_nodes::OtherNodes>>,
+    /// Removed containers' VMs still being torn down (see `teardown`).
+    teardowns: teardown::Teardowns,
 }
 
 /// Memory a create or start holds until its container books it (or it fails).
@@ -231,6 +237,7 @@ impl Runtime {
             execs: Mutex::default(),
             room: Arc::default(),
             other_nodes: std::sync::OnceLock::new(),
+            teardowns: teardown::Teardowns::default(),
         })
     }
 
@@ -282,6 +289,12 @@ impl Runtime {
                 "standby VMs of an earlier hyperd: {adopted} adopted, {stopped} stopped (not fitting this pool)"
             );
         }
+    }
+
+    /// As hyperd stops: lets the teardowns of removed containers' VMs finish (a second or so
+    /// each, at most 15 s in all; the next hyperd's recovery removes what is left).
+    pub async fn finish_teardowns(&self) {
+        self.teardowns.finish(Duration::from_secs(15)).await;
     }
 
     /// As hyperd stops: launch no more standby VMs, and let the ready ones be (the next hyperd
@@ -340,6 +353,38 @@ impl Runtime {
         };
         self.save(&snapshot)?;
         Ok(snapshot)
+    }
+
+    /// [`Runtime::update`] of an exit, unless a forced removal took the exit over (see
+    /// [`Runtime::end_unrecorded`]): `None` then, and the record is left to the removal. Saved
+    /// under the record's lock, so that the removal's delete cannot come between the check
+    /// and the save (which would bring the record back).
+    fn update_exit(
+        &self,
+        entry: &Entry,
+        change: impl FnOnce(&mut Container),
+    ) -> Result<Option<Container>> {
+        let mut c = entry.record.lock().expect("poisoned");
+        if entry.lifecycle.borrow().removing {
+            return Ok(None);
+        }
+        change(&mut c);
+        self.save(&c)?;
+        Ok(Some(c.clone()))
+    }
+
+    /// A forced removal has had the VM of `c` killed and answers without waiting for its end:
+    /// the monitor records no exit (the record is going), so the `die` that Docker reports
+    /// before `destroy` is said here.
+    fn end_unrecorded(&self, entry: &Entry, c: &Container) {
+        {
+            let _record = entry.record.lock().expect("poisoned");
+            entry.lifecycle.send_modify(|l| l.removing = true);
+        }
+        self.events.emit(
+            &c.tenant,
+            Event::container(c, "die", &[("exitCode", "137".to_string())]),
+        );
     }
 
     fn entry(&self, tenant: &str, reference: &str) -> Result<Arc<Entry>> {
@@ -1011,7 +1056,7 @@ impl Runtime {
             state.error = "the VM supervisor died; the VM was killed".into();
         }
         let finished_at = shim_link::parse_time(&state.finished_at).unwrap_or_else(Utc::now);
-        let c = match self.update(&entry, |c| {
+        let c = match self.update_exit(&entry, |c| {
             c.state.status = Status::Exited;
             c.state.exit_code = state.exit_code.map_or(137, i64::from);
             c.state.finished_at = Some(finished_at);
@@ -1022,7 +1067,9 @@ impl Runtime {
             }
             c.state.paused = false;
         }) {
-            Ok(c) => c,
+            Ok(Some(c)) => c,
+            // A forced removal took the exit over.
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!("recording the exit of {id}: {e}");
                 return;
@@ -1324,18 +1371,38 @@ impl Runtime {
                 c.id
             )));
         }
+        let mut killed = false;
         if c.state.status == Status::Restarting {
             self.cancel_restart(&entry)?;
         } else if c.is_running() {
             let mut lifecycle = entry.lifecycle.subscribe();
             let seen = lifecycle.borrow().exits;
             let _ = self.update(&entry, |c| c.state.stopped_by_user = true);
-            let _ = shim_link::request(&self.dir(&c.id), json!({"op": "shutdown"})).await;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(30),
-                lifecycle.wait_for(|l| l.exits > seen),
-            )
-            .await;
+            let dir = self.dir(&c.id);
+            // Without volumes (which another container may want once QEMU has closed them)
+            // nothing needs the VM's end: QEMU's exit, mostly the kernel freeing its memory,
+            // comes last, after the answer.
+            let unhurried = c.mounts.is_empty();
+            let qemu = shim_link::read_state(&dir).and_then(|s| s.qemu_pid);
+            if let Some(pid) = qemu.filter(|&p| unhurried && runs_in(p as i32, &dir)) {
+                crate::priority::set(pid, true);
+            }
+            let reply = shim_link::request(&dir, json!({"op": "shutdown"})).await;
+            // Its supervisor has killed it (SIGKILL: no code of it runs again) and recorded the
+            // end.
+            killed = unhurried && shut_down(&reply);
+            if killed {
+                if let Some(pid) = supervisor_pid(&dir).filter(|&p| runs_in(p as i32, &dir)) {
+                    crate::priority::set(pid, true);
+                }
+                self.end_unrecorded(&entry, &c);
+            } else {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    lifecycle.wait_for(|l| l.exits > seen),
+                )
+                .await;
+            }
         }
         self.release_records(&c)?;
         let gone = c.clone();
@@ -1351,11 +1418,15 @@ impl Runtime {
         if let Err(e) = self.meter.close_segment(tenant, &c.id, Utc::now()) {
             tracing::error!("metering the removal of {}: {e}", c.id);
         }
-        let dir = self.dir(&c.id);
-        wait_for_supervisor_exit(&dir).await;
-        self.release_cgroup(&c).await;
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("removing {}: {e}", dir.display());
+        let teardown = teardown::teardown(
+            self.dir(&c.id),
+            self.cfg.cgroups.clone(),
+            c.tenant.clone(),
+            c.id.clone(),
+        );
+        match killed {
+            true => self.teardowns.spawn(teardown),
+            false => teardown.await,
         }
         self.entries.lock().expect("poisoned").remove(&c.id);
         self.execs
@@ -1716,11 +1787,26 @@ impl Runtime {
 
 /// The supervisor powers the VM off after it reports the exit; removing the directory before
 /// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
-async fn wait_for_supervisor_exit(dir: &Path) {
-    let Some(pid) = std::fs::read_to_string(dir.join("shim.pid"))
+/// Whether the supervisor answered a `shutdown` with its VM ended (killed, and the exit
+/// recorded).
+fn shut_down(reply: &Result<Value>) -> bool {
+    reply.as_ref().is_ok_and(|r| {
+        serde_json::from_value::<shim_link::ShimState>(r["state"].clone())
+            .is_ok_and(|s| s.status == ShimStatus::Exited)
+    })
+}
+
+/// The pid the supervisor of `dir` wrote.
+fn supervisor_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("shim.pid"))
+        .ok()?
+        .trim()
+        .parse()
         .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    else {
+}
+
+async fn wait_for_supervisor_exit(dir: &Path) {
+    let Some(pid) = supervisor_pid(dir).map(|p| p as i32) else {
         kill_orphaned_vm(dir);
         return;
     };

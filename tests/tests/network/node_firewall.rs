@@ -243,7 +243,8 @@ pub fn drifted_links_are_repaired() {
     let (node, tenant) = (d.node.path(), tenant_ns(d));
     let id = d
         .hyper(&[
-            "run", "-d", "-p", "18095:80", "busybox", "httpd", "-f", "-p", "80", "-h", "/etc",
+            "run", "-d", "--name", "drifty", "-p", "18095:80", "busybox", "httpd", "-f", "-p",
+            "80", "-h", "/etc",
         ])
         .timeout(120.0)
         .run()
@@ -315,6 +316,31 @@ pub fn drifted_links_are_repaired() {
     in_ns(&node, "ip", &["link", "del", "hv-0"]).ok();
     assert_eq!(answers().trim(), &id[..12]);
     wait_for_log(d, "(t0): link hv-0 is missing");
+
+    // The tenant's DNS server killed, with nothing changed in the store: the reconciler starts
+    // it again and names resolve.
+    let pidfile = d.data.join("net/t0/dns.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: plain kill(2) of the tenant's hyper-dns, read from hyperd's pidfile.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_for_log(d, "is not running; starting it");
+    let o = d
+        .hyper(&[
+            "run",
+            "--rm",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://drifty/hostname",
+        ])
+        .timeout(120.0)
+        .run()
+        .ok();
+    assert_eq!(o.out(), &id[..12]);
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
     d.hyper(&["fip", "release", &fip]).run().ok();
 }

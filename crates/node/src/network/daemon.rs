@@ -39,6 +39,10 @@ impl TenantDaemon<'_> {
             .then_some(pid)
     }
 
+    pub fn is_running(&self) -> bool {
+        self.running_pid().is_some()
+    }
+
     /// Writes the config and makes the daemon serve it.
     pub fn sync(&self, config: &serde_json::Value, netns: &Path) -> Result<()> {
         let path = self.file("json");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use net::drift::Drift;
 use tokio::sync::watch;
 
-use super::{net_err, Networks, SyncState};
+use super::{dns, lb, net_err, Networks, SyncState};
 use crate::{Result, Runtime};
 
 /// How often the reconciler runs unless told otherwise: drift is repaired within this.
@@ -103,7 +103,9 @@ impl Networks {
         }
         for tenant in self.tenants()? {
             let owed = match models.iter().find(|(t, _)| *t == tenant) {
-                Some((_, model)) => !applied(state, &tenant, model),
+                Some((_, model)) => {
+                    !applied(state, &tenant, model) || self.daemon_down(&tenant, model)?
+                }
                 // Containers with a network and no link yet: the sync decides.
                 None => true,
             };
@@ -114,6 +116,31 @@ impl Networks {
             }
         }
         self.sync_node_locked(state)
+    }
+}
+
+impl Networks {
+    /// Whether a helper daemon the tenant's namespace should have (`hyper-dns` always,
+    /// `hyper-lb` with a service) is not running: it crashed or was killed, and only a sync
+    /// starts it again.
+    fn daemon_down(&self, tenant: &str, model: &net::TenantNetns) -> Result<bool> {
+        let Some(dir) = model.netns_path.parent() else {
+            return Ok(false);
+        };
+        let down = |d: super::daemon::TenantDaemon| {
+            let down = !d.is_running();
+            if down {
+                tracing::warn!(
+                    "the {} server of tenant {tenant} is not running; starting it",
+                    d.name
+                );
+            }
+            down
+        };
+        if down(dns::daemon(&self.cfg.dns_binary, dir)) {
+            return Ok(true);
+        }
+        Ok(!self.services(tenant)?.is_empty() && down(lb::daemon(&self.cfg.lb_binary, dir)))
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{processes_in, wait_for_supervisor_exit, Runtime};
+use crate::cgroups::Cgroups;
 use crate::model::Container;
 use crate::{shim_link, sizes, Result, RuntimeError};
 
@@ -78,21 +79,24 @@ impl Runtime {
     /// After the VM of `c` has exited (or at recovery, for a VM that is not running: a crash
     /// may have left its group).
     pub(super) async fn release_cgroup(&self, c: &Container) {
-        let Some(cgroups) = &self.cfg.cgroups else {
-            return;
-        };
-        // A VM just killed (its supervisor died) leaves its group once the kernel has torn it
-        // down.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match cgroups.release(&c.tenant, &c.id) {
-                Err(e) if e.kind() == io::ErrorKind::ResourceBusy && Instant::now() < deadline => {
-                    tracing::debug!("{e}; trying again");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return tracing::warn!("{e}"),
-                Ok(()) => return,
+        if let Some(cgroups) = &self.cfg.cgroups {
+            release_group(cgroups, &c.tenant, &c.id).await;
+        }
+    }
+}
+
+/// Removes the group of container `id` of `tenant`. A VM just killed (its supervisor died)
+/// leaves its group once the kernel has torn it down.
+pub(super) async fn release_group(cgroups: &Cgroups, tenant: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cgroups.release(tenant, id) {
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && Instant::now() < deadline => {
+                tracing::debug!("{e}; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            Err(e) => return tracing::warn!("{e}"),
+            Ok(()) => return,
         }
     }
 }

@@ -48,11 +48,14 @@ pub struct StandbyPool {
     next: AtomicU64,
     /// Starts and removals in flight: the pool refills only when this has been zero for
     /// [`QUIET`].
-    starting: AtomicUsize,
+    starting: Arc<AtomicUsize>,
     /// Starts in flight per tenant, for [`Self::take`]'s fair share.
     starting_by_tenant: Mutex<HashMap<String, usize>>,
     /// When the last start or removal ended.
     last_start: Mutex<Instant>,
+    /// The directory of the standby being launched, if one is: its restore yields the cores to
+    /// starts and removals in flight ([`Self::yield_launch`]).
+    launching: Arc<Mutex<Option<Launch>>>,
     /// Set as hyperd stops: no more standbys are launched.
     closed: AtomicBool,
 }
@@ -79,6 +82,13 @@ pub struct Sizing {
     pub hold: Duration,
 }
 
+/// The standby being launched.
+struct Launch {
+    dir: PathBuf,
+    /// Its processes were put at SCHED_IDLE: they go back once it is ready.
+    yielded: bool,
+}
+
 /// Counts a start (of a tenant's) or a removal as in flight while it lives.
 pub struct Starting<'a> {
     pool: &'a StandbyPool,
@@ -89,7 +99,9 @@ impl Drop for Starting<'_> {
     fn drop(&mut self) {
         let pool = self.pool;
         *pool.last_start.lock().expect("poisoned") = Instant::now();
-        pool.starting.fetch_sub(1, Ordering::SeqCst);
+        if pool.starting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            pool.yield_launch();
+        }
         let Some(tenant) = &self.tenant else {
             return;
         };
@@ -135,9 +147,10 @@ impl StandbyPool {
             ready: Mutex::default(),
             filling: AtomicBool::new(false),
             next: AtomicU64::new(0),
-            starting: AtomicUsize::new(0),
+            starting: Arc::default(),
             starting_by_tenant: Mutex::default(),
             last_start: Mutex::new(Instant::now()),
+            launching: Arc::default(),
             closed: AtomicBool::new(false),
         }
     }
@@ -194,7 +207,9 @@ impl StandbyPool {
 
     /// Marks a start of `tenant`'s in flight until the guard is dropped.
     pub fn starting(&self, tenant: &str) -> Starting<'_> {
-        self.starting.fetch_add(1, Ordering::SeqCst);
+        if self.starting.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.yield_launch();
+        }
         *self
             .starting_by_tenant
             .lock()
@@ -210,7 +225,9 @@ impl StandbyPool {
     /// Marks a removal in flight until the guard is dropped: the pool refills after it, as
     /// after a start (a burst of `rm -f` would otherwise share the cores with a refill).
     pub fn removing(&self) -> Starting<'_> {
-        self.starting.fetch_add(1, Ordering::SeqCst);
+        if self.starting.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.yield_launch();
+        }
         Starting {
             pool: self,
             tenant: None,
@@ -297,12 +314,47 @@ impl StandbyPool {
             dir.join(shim::paths::SPEC),
             serde_json::to_vec_pretty(&spec)?,
         )?;
-        if let Err(e) = crate::runtime::launch_supervisor(&self.shim_binary, &dir, &[]).await {
+        *self.launching.lock().expect("poisoned") = Some(Launch {
+            dir: dir.clone(),
+            yielded: false,
+        });
+        let launched = crate::runtime::launch_supervisor(&self.shim_binary, &dir, &[]).await;
+        let launch = self.launching.lock().expect("poisoned").take();
+        if let Err(e) = launched {
             discard(&dir).await;
             anyhow::bail!("a standby VM: {e}");
         }
+        // Ready and idle: at the normal priority for whoever claims it.
+        if launch.is_some_and(|l| l.yielded) {
+            set_priority(&dir, false);
+        }
         self.ready.lock().expect("poisoned").push_back(dir);
         Ok(())
+    }
+
+    /// As the first start or removal begins, or the last one ends: the standby being launched
+    /// (a restore and a rehearsal, a few hundred ms of CPU under TCG) goes to SCHED_IDLE while
+    /// any is in flight, and back when none is, so that a burst never shares the cores with
+    /// the pool's refill. Off the caller's path (finding the launch's processes reads /proc).
+    /// Each change reads the count as it runs, under the lock the launch's end takes: the last
+    /// one leaves the right policy, and none comes after the launch's own reset.
+    fn yield_launch(&self) {
+        if self.launching.lock().expect("poisoned").is_none() {
+            return;
+        }
+        let (launching, starting) = (self.launching.clone(), self.starting.clone());
+        let apply = move || {
+            let mut launch = launching.lock().expect("poisoned");
+            if let Some(launch) = launch.as_mut() {
+                let background = starting.load(Ordering::SeqCst) > 0;
+                set_priority(&launch.dir, background);
+                launch.yielded |= background;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(apply)),
+            Err(_) => apply(),
+        }
     }
 
     /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the
@@ -461,6 +513,13 @@ pub async fn drain(data_root: &Path) {
 
 /// Stop the standby in `dir` and remove the directory. A standby holds nothing of anyone's:
 /// one that does not answer (still booting, or left by a crashed hyperd) is killed.
+/// Every process of the standby in `dir` at SCHED_IDLE (`background`) or back.
+fn set_priority(dir: &Path, background: bool) {
+    for pid in crate::runtime::processes_in(dir) {
+        crate::priority::set(pid as u32, background);
+    }
+}
+
 async fn discard(dir: &Path) {
     if dir.join(shim::paths::SHIM_SOCK).exists() {
         let _ = tokio::time::timeout(
