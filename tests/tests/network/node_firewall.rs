@@ -60,6 +60,17 @@ fn tenant_ns(d: &Daemon) -> PathBuf {
     d.data.join("net/t0/netns")
 }
 
+/// What a new container on the default network gets from `http://NAME/hostname`: the name
+/// resolved by the tenant's DNS, the container's answer.
+fn hostname_by_name(d: &Daemon, name: &str) -> String {
+    let url = format!("http://{name}/hostname");
+    d.hyper(&["run", "--rm", "busybox", "wget", "-qO-", &url])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .out()
+}
+
 /// hyperd stopped (SIGSTOP) until dropped, also when the test fails.
 struct Frozen(i32);
 
@@ -328,19 +339,7 @@ pub fn drifted_links_are_repaired() {
     // SAFETY: plain kill(2) of the tenant's hyper-dns, read from hyperd's pidfile.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     wait_for_log(d, "is not running; starting it");
-    let o = d
-        .hyper(&[
-            "run",
-            "--rm",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://drifty/hostname",
-        ])
-        .timeout(120.0)
-        .run()
-        .ok();
-    assert_eq!(o.out(), &id[..12]);
+    assert_eq!(hostname_by_name(d, "drifty"), &id[..12]);
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
     d.hyper(&["fip", "release", &fip]).run().ok();
 }
@@ -383,18 +382,6 @@ pub fn idle_network_outlives_hyperd() {
         }
     });
     let id = run("idle2");
-    let o = d
-        .hyper(&[
-            "run",
-            "--rm",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://idle2/hostname",
-        ])
-        .timeout(120.0)
-        .run()
-        .ok();
-    assert_eq!(o.out(), &id[..12]);
+    assert_eq!(hostname_by_name(d, "idle2"), &id[..12]);
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
 }
