@@ -98,7 +98,8 @@ pub fn check_host(data_root: &Path, args: &DaemonArgs) -> anyhow::Result<Host> {
 }
 
 /// The initramfs is keyed on the kernel, the agent and the modules, so a change of any of them
-/// builds a new one and a stale one is never used.
+/// builds a new one and a stale one is never used (`.cpio` since it is no longer gzip'd, so
+/// that a gzip'd one of an earlier build is not taken for it).
 fn initramfs(
     kernel: &Path,
     agent: &Path,
@@ -124,7 +125,7 @@ fn initramfs(
         hash.update(digest.as_bytes());
     }
     let key = &hex::encode(hash.finalize())[..16];
-    let out = out_dir.join(format!("initramfs-{key}.img"));
+    let out = out_dir.join(format!("initramfs-{key}.cpio"));
     if !out.is_file() {
         vm::build_initramfs(agent, modules, &out).context("build the guest initramfs")?;
         tracing::info!("built {}", out.display());
