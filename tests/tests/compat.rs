@@ -273,6 +273,7 @@ fn unserved_routes_answer() {
             "test[{i}]: {v}"
         );
     }
+    std::fs::remove_file(&file).unwrap();
     let o = d.docker(&["node", "ls"]).run();
     assert!(
         o.code != 0 && o.stderr.contains("not a swarm manager"),

@@ -529,6 +529,7 @@ fn tcp_service_balanced_by_the_kernel() {
     )
     .unwrap();
     h(&["sg", "create", "-f", closed.to_str().unwrap(), "closed"]).ok();
+    std::fs::remove_dir_all(&dir).unwrap();
     let args = service_create_args("kern", 2, "tcp", &["--sg", "closed"], SERVE);
     h(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     let inspect = || h(&["service", "inspect", "kern"]).ok().json()[0].clone();
