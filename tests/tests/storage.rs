@@ -248,4 +248,12 @@ fn a_full_disk_pauses_the_vm_clean() {
     assert_eq!(state("Status"), "running");
     assert_eq!(state("Error"), "");
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
+    // `rm -f` answers once the VM is killed and its disk goes with the teardown that follows:
+    // the next test to take the disk measures what is free, so it must be gone first.
+    let dir = d.cdir(&id);
+    wait_for("the removed container's disk to go", secs(60.0), || {
+        (!dir.exists())
+            .then_some(())
+            .ok_or_else(|| format!("{} still there", dir.display()))
+    });
 }
