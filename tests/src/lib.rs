@@ -810,6 +810,26 @@ impl Daemon {
         self.data.join("c").join(&id[..12.min(id.len())])
     }
 
+    /// What is left on the host of the removed container `id`: its QEMU and shim processes and
+    /// its directory. `rm -f` answers once the VM is killed; the rest goes in the background.
+    pub fn teardown_left(&self, id: &str) -> Vec<String> {
+        let dir = self.cdir(id);
+        let mut left = container_processes(self, id);
+        if dir.exists() {
+            left.push(format!("directory {}", dir.display()));
+        }
+        left
+    }
+
+    /// Waits, at most `timeout`, until nothing is left on the host of the removed containers
+    /// `ids` (`teardown_left`).
+    pub fn wait_torn_down(&self, ids: &[String], timeout: Duration) {
+        wait_for("the removed containers to be torn down", timeout, || {
+            let left: Vec<String> = ids.iter().flat_map(|id| self.teardown_left(id)).collect();
+            left.is_empty().then_some(()).ok_or(left.join("; "))
+        });
+    }
+
     /// Full ID of a container (by name or ID), via inspect.
     pub fn id_of(&self, name: &str) -> String {
         let v = self.inspect(name);

@@ -333,11 +333,7 @@ impl Chaos {
         };
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let procs = container_procs(&self.d.data);
-            let left = ids.iter().any(|id| {
-                procs.iter().any(|p| &p.id12 == id) || self.d.data.join("c").join(id).exists()
-            });
-            if !left {
+            if ids.iter().all(|id| self.d.teardown_left(id).is_empty()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -445,17 +445,7 @@ fn busy_tenant_leaves_another_responsive() {
     // `rm -f` answers once the VM is killed; the host's side of it (QEMU's exit, the
     // supervisor, the groups, the directory) follows in the background.
     wait_for("the removed VMs to be torn down", secs(30.0), || {
-        let mut left: Vec<String> = removed
-            .iter()
-            .flat_map(|id| container_processes(d, id))
-            .chain(
-                removed
-                    .iter()
-                    .map(|id| d.cdir(id))
-                    .filter(|c| c.exists())
-                    .map(|c| format!("directory {}", c.display())),
-            )
-            .collect();
+        let mut left: Vec<String> = removed.iter().flat_map(|id| d.teardown_left(id)).collect();
         for dir in busy_groups.iter().chain([&calm_groups]).flatten() {
             let tenant_dir = dir.parent().unwrap();
             left.extend(

@@ -197,7 +197,7 @@ fn the_reserve_refuses_new_things() {
 
 /// A container that writes more than the host disk has left is paused (inspect says why), not
 /// handed I/O errors; once space is freed it resumes by itself, and everything it wrote is on
-/// its disk, intact.
+/// its disk, intact. Removed, its space is free for new things at once.
 fn a_full_disk_pauses_the_vm_clean() {
     let _disk = disk_to_myself();
     let d = daemon();
@@ -247,13 +247,14 @@ fn a_full_disk_pauses_the_vm_clean() {
     assert!(logs.contains("ioerrors=0"), "{logs}");
     assert_eq!(state("Status"), "running");
     assert_eq!(state("Error"), "");
+    // The node short of its reserve again, now for want of the space this container's disk
+    // takes: `rm -f` answers once the VM is killed and deletes the disk in the background, yet
+    // the space is its user's at once (a new allocation waits for the deletion).
+    let filler = Filler::leaving(d, (RESERVE_MIB / 2) << 20);
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
-    // `rm -f` answers once the VM is killed and its disk goes with the teardown that follows:
-    // the next test to take the disk measures what is free, so it must be gone first.
-    let dir = d.cdir(&id);
-    wait_for("the removed container's disk to go", secs(60.0), || {
-        (!dir.exists())
-            .then_some(())
-            .ok_or_else(|| format!("{} still there", dir.display()))
-    });
+    d.hyper(&["volume", "create", "--name", "freed"]).run().ok();
+    d.hyper(&["volume", "rm", "freed"]).run().ok();
+    drop(filler);
+    // The next test to take the disk measures what is free: the disk must be gone first.
+    d.wait_torn_down(&[id], secs(60.0));
 }

@@ -294,7 +294,11 @@ impl Runtime {
     /// As hyperd stops: lets the teardowns of removed containers' VMs finish (a second or so
     /// each, at most 15 s in all; the next hyperd's recovery removes what is left).
     pub async fn finish_teardowns(&self) {
-        self.teardowns.finish(Duration::from_secs(15)).await;
+        if let Err(left) = self.teardowns.finish(Duration::from_secs(15)).await {
+            tracing::warn!(
+                "{left} removed containers' VMs still being torn down; the next start finishes them"
+            );
+        }
     }
 
     /// As hyperd stops: launch no more standby VMs, and let the ready ones be (the next hyperd
@@ -576,7 +580,7 @@ impl Runtime {
             None => validate::random_name(),
         };
         validate::env(&config.env)?;
-        self.check_storage(tenant)?;
+        self.check_storage(tenant).await?;
         if let Some(v) = config.labels.get(PROTECTION_LABEL) {
             if !matches!(v.as_str(), "true" | "false") {
                 return Err(RuntimeError::Invalid(format!(

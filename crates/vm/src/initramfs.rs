@@ -252,9 +252,8 @@ mod tests {
         let b = dir.join("b.img");
         build_initramfs(&agent, &mods, &a).unwrap();
         build_initramfs(&agent, &mods, &b).unwrap();
-        let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        assert_eq!(ba, bb);
-        let raw = ba;
+        let raw = std::fs::read(&a).unwrap();
+        assert_eq!(raw, std::fs::read(&b).unwrap());
         let text = String::from_utf8_lossy(&raw);
         assert!(raw.starts_with(b"070701"));
         assert!(text.contains("init\0"));

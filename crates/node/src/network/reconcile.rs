@@ -117,9 +117,7 @@ impl Networks {
         }
         self.sync_node_locked(state)
     }
-}
 
-impl Networks {
     /// Whether a helper daemon the tenant's namespace should have (`hyper-dns` always,
     /// `hyper-lb` with a service) is not running: it crashed or was killed, and only a sync
     /// starts it again.

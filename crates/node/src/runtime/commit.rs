@@ -65,7 +65,7 @@ impl Runtime {
         req: CommitRequest,
     ) -> Result<String> {
         let c = self.get(tenant, reference)?;
-        self.check_storage(tenant)?;
+        self.check_storage(tenant).await?;
         let parent = self.images.content().get(&c.image_id)?;
         let config = image_config(&c, &parent.config, &req)?;
         let freeze = req.pause && c.is_running();
@@ -112,7 +112,7 @@ impl Runtime {
         instructions: Vec<String>,
         message: String,
     ) -> Result<String> {
-        self.check_storage(tenant)?;
+        self.check_storage(tenant).await?;
         let mut config = serde_json::Map::new();
         changes::apply(&mut config, &instructions)?;
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);

@@ -20,6 +20,9 @@ use crate::{quota, Result, RuntimeError};
 /// 10^9: quotas are in GB as volumes' sizes are.
 const GB: u64 = 1_000_000_000;
 
+/// How long a new allocation on a node short of disk space waits for removals' teardowns.
+const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The free space hyperd keeps on its data root: a new container or volume below it is
 /// refused (507).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +137,21 @@ impl Runtime {
 
     /// Refuse a new allocation for `tenant` (a container, a volume, an image) when the tenant is
     /// at its storage quota (403, as every quota) or the data root is below its free-space
-    /// reserve (507).
-    pub fn check_storage(&self, tenant: &str) -> Result<()> {
-        let (free, total) = shim::disk_full::space(&self.cfg.data_root)
-            .map_err(RuntimeError::io("reading the data root's free space"))?;
+    /// reserve (507). Short of the reserve while removed containers' disks are still being
+    /// deleted (`teardown`), it waits for them first: a removal has already freed that space to
+    /// its user.
+    pub async fn check_storage(&self, tenant: &str) -> Result<()> {
+        let space = || {
+            shim::disk_full::space(&self.cfg.data_root)
+                .map_err(RuntimeError::io("reading the data root's free space"))
+        };
+        let (mut free, total) = space()?;
         let reserve = self.cfg.disk_reserve.bytes(total);
+        if free < reserve && self.teardowns.busy() {
+            // Ones left after the wait are counted as used: the refusal says what is free now.
+            let _ = self.teardowns.finish(TEARDOWN_WAIT).await;
+            free = space()?.0;
+        }
         if free < reserve {
             return Err(RuntimeError::NoSpace(format!(
                 "this node is short of disk space ({} free, it keeps {} in reserve): nothing new can be \

@@ -8,7 +8,8 @@
 //! waited ~0.3 s on average for it. A container with volumes waits: they are free for another
 //! container only once QEMU has closed them. A hyperd that stops waits for the teardowns in
 //! flight; one that crashes leaves directories and groups that the next one's recovery
-//! removes.
+//! removes. A node short of disk space waits for them too before it refuses a new allocation
+//! (`Runtime::check_storage`): the disks they are deleting count as free.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,17 +45,20 @@ impl Teardowns {
         });
     }
 
-    /// Waits, at most `limit`, for the teardowns in flight.
-    pub(super) async fn finish(&self, limit: Duration) {
+    /// Whether any teardown is in flight.
+    pub(super) fn busy(&self) -> bool {
+        *self.in_flight.borrow() > 0
+    }
+
+    /// Waits, at most `limit`, for the teardowns in flight; `Err` holds how many are left.
+    pub(super) async fn finish(&self, limit: Duration) -> Result<(), usize> {
         let mut n = self.in_flight.subscribe();
-        if tokio::time::timeout(limit, n.wait_for(|n| *n == 0))
+        let waited = tokio::time::timeout(limit, n.wait_for(|n| *n == 0))
             .await
-            .is_err()
-        {
-            tracing::warn!(
-                "{} removed containers' VMs still being torn down; the next start finishes them",
-                *n.borrow()
-            );
+            .is_ok();
+        match waited {
+            true => Ok(()),
+            false => Err(*n.borrow()),
         }
     }
 }
@@ -89,8 +93,10 @@ mod tests {
         });
         // One that panics is counted out all the same.
         teardowns.spawn(async { panic!("a teardown that fails") });
-        teardowns.finish(Duration::from_secs(10)).await;
+        assert!(teardowns.busy());
+        assert_eq!(teardowns.finish(Duration::from_secs(10)).await, Ok(()));
         assert!(done.load(Ordering::SeqCst));
+        assert!(!teardowns.busy());
         assert_eq!(*teardowns.in_flight.borrow(), 0);
     }
 }

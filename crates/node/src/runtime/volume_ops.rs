@@ -143,7 +143,7 @@ impl Runtime {
     pub async fn create_volume(&self, tenant: &str, req: CreateRequest) -> Result<(Volume, bool)> {
         // A create of a volume that exists returns it, taking no more space.
         if req.name.is_empty() || self.volumes.get(tenant, &req.name).is_err() {
-            self.check_storage(tenant)?;
+            self.check_storage(tenant).await?;
         }
         let volumes = self.volumes.clone();
         let t = tenant.to_string();

@@ -199,7 +199,7 @@ pub async fn load(
     Query(_): Query<Params>,
     body: Body,
 ) -> ApiResult<Response> {
-    if let Err(e) = app.runtime.check_storage(&tenant) {
+    if let Err(e) = app.runtime.check_storage(&tenant).await {
         super::fallback::drain(body).await;
         return Err(e.into());
     }
@@ -341,7 +341,7 @@ pub async fn create(
     if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
         return super::import::import(app, tenant, peer, all, body).await;
     }
-    app.runtime.check_storage(&tenant)?;
+    app.runtime.check_storage(&tenant).await?;
     let image = q
         .get("fromImage")
         .filter(|i| !i.is_empty())

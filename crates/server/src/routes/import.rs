@@ -21,10 +21,15 @@ pub async fn import(
     q: Vec<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let refused = new_image_name(&q).and_then(|tag| {
-        app.runtime.check_storage(&tenant)?;
-        Ok(tag)
-    });
+    let refused = match new_image_name(&q) {
+        Ok(tag) => app
+            .runtime
+            .check_storage(&tenant)
+            .await
+            .map(|()| tag)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
     let tag = match refused {
         Ok(tag) => tag,
         Err(e) => {
