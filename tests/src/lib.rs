@@ -1181,10 +1181,11 @@ fn reap_stale_roots() {
         }
         let root = format!("{}/", e.path().display());
         kill_processes_mentioning(&root);
-        // Tenant namespaces are bind mounts below the root: unmount them first.
+        // Tenant namespaces are bind mounts below the root, and the root may be a small file
+        // system of its own (`mount_small_fs`): detach them first.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if m.starts_with(&root) {
+            if m.starts_with(&root) || Path::new(m) == e.path() {
                 let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
             }
         }
@@ -1237,7 +1238,9 @@ fn mount_small_fs(at: &Path, mib: u64) {
     .ok();
     let at = at.to_path_buf();
     at_teardown(move || {
-        let _ = Cmd::new("umount", &[at.to_str().unwrap()]).run();
+        // Detached, not unmounted: a VM's QEMU killed just before may still be closing its
+        // files there (the file system goes when it has).
+        let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&image);
     });
 }

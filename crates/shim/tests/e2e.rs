@@ -39,8 +39,7 @@ fn fixture() -> Option<&'static Fixture> {
             return None;
         };
         let (kernel, modules) = kernel_and_modules(Path::new(&kdir));
-        let work = PathBuf::from(format!("/tmp/hs-{}", std::process::id()));
-        std::fs::create_dir_all(&work).unwrap();
+        let work = shared_scratch("hs");
         let initrd = work.join("initrd.img");
         vm::build_initramfs(&agent_binary(), &modules, &initrd).expect("initramfs");
         let rootfs = work.join("rootfs");

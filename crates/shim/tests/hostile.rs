@@ -50,8 +50,7 @@ fn fixture() -> Option<&'static Fixture> {
     F.get_or_init(|| {
         let kdir = std::env::var("HYPER_TEST_KERNEL_DIR").ok()?;
         let (kernel, modules) = kernel_and_modules(Path::new(&kdir));
-        let work = PathBuf::from(format!("/tmp/hs-hostile-{}", std::process::id()));
-        std::fs::create_dir_all(&work).unwrap();
+        let work = shared_scratch("hs-hostile");
         Some(Fixture {
             kernel,
             modules,

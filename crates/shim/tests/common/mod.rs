@@ -14,6 +14,24 @@ pub fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
+/// The scratch directory `/tmp/{name}-{pid}` of a fixture that a test binary's tests share
+/// (a static, never dropped): made now, removed as the binary exits.
+pub fn shared_scratch(name: &str) -> PathBuf {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_dirs() {
+        for dir in DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let dir = PathBuf::from(format!("/tmp/{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    DIRS.lock().unwrap().push(dir.clone());
+    // SAFETY: `remove_dirs` is a plain function that stays valid for the process's life.
+    AT_EXIT.call_once(|| assert_eq!(unsafe { libc::atexit(remove_dirs) }, 0));
+    dir
+}
+
 pub fn kernel_and_modules(kdir: &Path) -> (PathBuf, PathBuf) {
     if kdir.join("vmlinuz").exists() {
         return (kdir.join("vmlinuz"), kdir.join("modules"));
