@@ -70,9 +70,12 @@ pub fn min(xs: &[f64]) -> Option<f64> {
         .min_by(|a, b| a.total_cmp(b))
 }
 
-/// The guest-clock timestamp of a kernel console line, `[    1.234567] text`.
-pub fn kernel_time(line: &str) -> Option<f64> {
-    let rest = line.trim_start().strip_prefix('[')?;
+/// The guest-clock timestamp of a console line: the kernel's `[    1.234567] text` or the
+/// agent's `hyper-agent: [1.234] text` (both CLOCK_MONOTONIC).
+pub fn guest_stamp(line: &str) -> Option<f64> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("hyper-agent: ").unwrap_or(line);
+    let rest = line.strip_prefix('[')?;
     let (ts, _) = rest.split_once(']')?;
     ts.trim().parse().ok()
 }
@@ -145,20 +148,21 @@ impl Tail {
             .map(|(_, l)| l.as_str())
     }
 
-    /// Host time at which the guest's kernel clock read zero: every timestamped line is written
-    /// at or after its timestamp, so the smallest (seen - stamp) is the tightest estimate. Good
-    /// only when the guest clock runs at host speed (TSC-based under TCG with `tsc_early_khz`).
+    /// Host time at which the guest's clock read zero: every timestamped line is written at or
+    /// after its timestamp, so the smallest (seen - stamp) is the tightest estimate. Good only
+    /// when the guest clock runs at host speed (TSC-based under TCG with `tsc_early_khz`) and
+    /// some line reaches the console without a backlog before it (a quiet boot's do).
     pub fn guest_zero(&self) -> Option<f64> {
         min(&self
             .lines
             .iter()
-            .filter_map(|(t, l)| Some(t - kernel_time(l)?))
+            .filter_map(|(t, l)| Some(t - guest_stamp(l)?))
             .collect::<Vec<_>>())
     }
 
     /// Guest-clock time of the first line containing `needle`.
     pub fn guest_time(&self, needle: &str) -> Option<f64> {
-        kernel_time(self.line(needle)?)
+        guest_stamp(self.line(needle)?)
     }
 }
 
@@ -180,12 +184,16 @@ mod tests {
     }
 
     #[test]
-    fn kernel_timestamps() {
+    fn guest_timestamps() {
         assert_eq!(
-            kernel_time("[    1.234567] Run /init as init process"),
+            guest_stamp("[    1.234567] Run /init as init process"),
             Some(1.234567)
         );
-        assert_eq!(kernel_time("hyper-agent: ready"), None);
+        assert_eq!(
+            guest_stamp("hyper-agent: [0.883] started as PID 1"),
+            Some(0.883)
+        );
+        assert_eq!(guest_stamp("hyper-agent: ready"), None);
     }
 
     #[test]

@@ -196,6 +196,8 @@ pub fn leave_rootfs() -> Result<(), SwitchRootError> {
 /// The PID-1 setup: console, modules, leaving the initramfs, filesystems, subreaper.
 pub fn init_pid1() {
     fix_console_fds();
+    // The first line of the agent's own: when the kernel handed over (the start bench's mark).
+    log!("started as PID 1; loading the virtio modules");
     load_modules(Path::new(MODULE_DIR));
     match leave_rootfs() {
         Ok(()) => log!("left the initramfs: the agent's root is its own tmpfs"),
