@@ -70,8 +70,9 @@ pub fn min(xs: &[f64]) -> Option<f64> {
         .min_by(|a, b| a.total_cmp(b))
 }
 
-/// The guest-clock timestamp of a console line: the kernel's `[    1.234567] text` or the
-/// agent's `hyper-agent: [1.234] text` (both CLOCK_MONOTONIC).
+/// The guest-clock timestamp of a console line: the kernel's `[    1.234567] text` (its
+/// `local_clock`) or the agent's `hyper-agent: [1.234] text` (CLOCK_MONOTONIC). Both count
+/// from about the same instant (the TSC's start in the guest kernel), within milliseconds.
 pub fn guest_stamp(line: &str) -> Option<f64> {
     let line = line.trim_start();
     let line = line.strip_prefix("hyper-agent: ").unwrap_or(line);

@@ -1191,6 +1191,7 @@ fn reap_stale_roots() {
         }
         eprintln!("e2e: removed a stale data root {}", e.path().display());
         let _ = std::fs::remove_dir_all(e.path());
+        let _ = std::fs::remove_file(e.path().with_extension("fs.img"));
     }
     reap_stale_namespaces();
 }

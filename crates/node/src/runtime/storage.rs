@@ -20,7 +20,8 @@ use crate::{quota, Result, RuntimeError};
 /// 10^9: quotas are in GB as volumes' sizes are.
 const GB: u64 = 1_000_000_000;
 
-/// How long a new allocation on a node short of disk space waits for removals' teardowns.
+/// How long a new allocation on a node short of disk space waits at most for removals'
+/// teardowns to free enough.
 const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The free space hyperd keeps on its data root: a new container or volume below it is
@@ -147,10 +148,15 @@ impl Runtime {
         };
         let (mut free, total) = space()?;
         let reserve = self.cfg.disk_reserve.bytes(total);
-        if free < reserve && self.teardowns.busy() {
-            // Ones left after the wait are counted as used: the refusal says what is free now.
-            let _ = self.teardowns.finish(TEARDOWN_WAIT).await;
-            free = space()?.0;
+        if free < reserve {
+            let enough = || match space() {
+                Ok((now, _)) => {
+                    free = now;
+                    now >= reserve
+                }
+                Err(_) => false,
+            };
+            self.teardowns.until(TEARDOWN_WAIT, enough).await;
         }
         if free < reserve {
             return Err(RuntimeError::NoSpace(format!(

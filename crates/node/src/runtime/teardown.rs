@@ -45,9 +45,25 @@ impl Teardowns {
         });
     }
 
-    /// Whether any teardown is in flight.
-    pub(super) fn busy(&self) -> bool {
-        *self.in_flight.borrow() > 0
+    /// Waits, at most `limit`, until `enough()` holds or no teardown is left in flight, asking
+    /// again as each one ends; returns its last answer.
+    pub(super) async fn until(&self, limit: Duration, mut enough: impl FnMut() -> bool) -> bool {
+        let mut n = self.in_flight.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if enough() {
+                return true;
+            }
+            if *n.borrow_and_update() == 0 {
+                return false;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, n.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return enough();
+            }
+        }
     }
 
     /// Waits, at most `limit`, for the teardowns in flight; `Err` holds how many are left.
@@ -76,7 +92,7 @@ pub(super) async fn teardown(dir: PathBuf, cgroups: Option<Cgroups>, tenant: Str
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -93,10 +109,32 @@ mod tests {
         });
         // One that panics is counted out all the same.
         teardowns.spawn(async { panic!("a teardown that fails") });
-        assert!(teardowns.busy());
         assert_eq!(teardowns.finish(Duration::from_secs(10)).await, Ok(()));
         assert!(done.load(Ordering::SeqCst));
-        assert!(!teardowns.busy());
         assert_eq!(*teardowns.in_flight.borrow(), 0);
+        assert_eq!(*teardowns.in_flight.borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn until_asks_again_as_each_teardown_ends() {
+        let teardowns = Teardowns::default();
+        let ended = Arc::new(AtomicUsize::new(0));
+        for ms in [100, 300, 5_000] {
+            let ended = ended.clone();
+            teardowns.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Enough once two have ended: it does not wait for the third.
+        let two = || ended.load(Ordering::SeqCst) >= 2;
+        assert!(teardowns.until(Duration::from_secs(10), two).await);
+        assert_eq!(ended.load(Ordering::SeqCst), 2);
+        // Never enough: it gives up at its limit, with one still in flight.
+        assert!(!teardowns.until(Duration::from_millis(200), || false).await);
+        assert_eq!(*teardowns.in_flight.borrow(), 1);
+        // None in flight: it answers at once.
+        let idle = Teardowns::default();
+        assert!(!idle.until(Duration::from_secs(10), || false).await);
     }
 }
