@@ -26,12 +26,18 @@ impl TenantDaemon<'_> {
         self.file("status.json")
     }
 
-    fn running_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.file("pid"))
+    /// The pid in the daemon's pidfile: it writes it once it serves and removes it on a clean
+    /// stop, so one left without its process means a crash, a kill or a reboot.
+    fn recorded_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.file("pid"))
             .ok()?
             .trim()
             .parse()
-            .ok()?;
+            .ok()
+    }
+
+    fn running_pid(&self) -> Option<i32> {
+        let pid = self.recorded_pid()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let binary = self.binary.file_name()?.to_string_lossy().into_owned();
         String::from_utf8_lossy(&cmdline)
@@ -54,6 +60,13 @@ impl TenantDaemon<'_> {
             // SAFETY: kill with a pid read from our pidfile and checked to be our daemon.
             unsafe { libc::kill(pid, libc::SIGHUP) };
             return Ok(());
+        }
+        if let Some(pid) = self.recorded_pid() {
+            tracing::warn!(
+                "the {} server in {} (pid {pid}) is not running; starting it",
+                self.name,
+                self.dir.display()
+            );
         }
         let mut cmd = std::process::Command::new(self.binary);
         cmd.arg("--daemon")

@@ -120,25 +120,18 @@ impl Networks {
 
     /// Whether a helper daemon the tenant's namespace should have (`hyper-dns` always,
     /// `hyper-lb` with a service) is not running: it crashed or was killed, and only a sync
-    /// starts it again.
+    /// starts it again (and says so: the sync that repairs drift may be the one to find it).
     fn daemon_down(&self, tenant: &str, model: &net::TenantNetns) -> Result<bool> {
         let Some(dir) = model.netns_path.parent() else {
             return Ok(false);
         };
-        let down = |d: super::daemon::TenantDaemon| {
-            let down = !d.is_running();
-            if down {
-                tracing::warn!(
-                    "the {} server of tenant {tenant} is not running; starting it",
-                    d.name
-                );
-            }
-            down
-        };
-        if down(dns::daemon(&self.cfg.dns_binary, dir)) {
+        if !dns::daemon(&self.cfg.dns_binary, dir).is_running() {
             return Ok(true);
         }
-        Ok(!self.services(tenant)?.is_empty() && down(lb::daemon(&self.cfg.lb_binary, dir)))
+        Ok(
+            !self.services(tenant)?.is_empty()
+                && !lb::daemon(&self.cfg.lb_binary, dir).is_running(),
+        )
     }
 }
 
