@@ -904,6 +904,7 @@ impl Runtime {
             hostname: c.config.hostname.clone(),
             process,
             network,
+            disposable: c.host_config.auto_remove && volumes.is_empty(),
             volumes,
             tmpfs,
             log_max_bytes: logs.max_bytes,
@@ -1960,6 +1961,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
         network: None,
         standby: false,
         helper: false,
+        disposable: false,
         volumes: Vec::new(),
         tmpfs: Vec::new(),
     }

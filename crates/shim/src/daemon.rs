@@ -788,26 +788,16 @@ async fn serve(
     // Wait for the end of the main process, then power off and clean up.
     let mut ex = shim.exited.subscribe();
     let _ = ex.wait_for(|s| s.is_some()).await;
-    shim.inner.lock().unwrap().shutdown_sent = true;
-    shim.send(Frame::host(&HostMsg::Shutdown));
-    let mut gone = gone_rx.clone();
-    let mut synced = shim.synced.subscribe();
-    // The agent syncs its disks and says so; a guest's own power-off takes a second or more
-    // under TCG, so QEMU is stopped as soon as nothing is left to write.
-    let synced_or_gone = async {
-        tokio::select! {
-            _ = synced.wait_for(|s| *s) => {}
-            _ = gone.wait_for(|g| g.is_some()) => {}
-        }
+    let synced = if shim.spec.disposable && shim.spec.volumes.is_empty() {
+        None
+    } else {
+        Some(sync_guest(&shim, &gone_rx).await)
     };
-    let answered = tokio::time::timeout(Duration::from_secs(5), synced_or_gone)
-        .await
-        .is_ok();
     if gone_rx.borrow().is_none() {
-        if answered {
-            slog!("guest synced: stopping QEMU");
-        } else {
-            slog!("VM did not sync or power off in 5s: killing QEMU");
+        match synced {
+            None => slog!("the container's disk goes with it: stopping QEMU without a sync"),
+            Some(true) => slog!("guest synced: stopping QEMU"),
+            Some(false) => slog!("VM did not sync or power off in 5s: killing QEMU"),
         }
         shim.kill_qemu();
         let mut gone = gone_rx.clone();
@@ -820,6 +810,25 @@ async fn serve(
     }
     slog!("shim exiting");
     Ok(())
+}
+
+/// Asks the agent to sync its disks (`Shutdown`); whether it said so, or the VM went, within 5 s.
+/// A guest's own power-off takes a second or more under TCG, so QEMU is stopped as soon as
+/// nothing is left to write.
+async fn sync_guest(shim: &Shim, gone_rx: &watch::Receiver<Option<String>>) -> bool {
+    shim.inner.lock().unwrap().shutdown_sent = true;
+    shim.send(Frame::host(&HostMsg::Shutdown));
+    let mut gone = gone_rx.clone();
+    let mut synced = shim.synced.subscribe();
+    let synced_or_gone = async {
+        tokio::select! {
+            _ = synced.wait_for(|s| *s) => {}
+            _ = gone.wait_for(|g| g.is_some()) => {}
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), synced_or_gone)
+        .await
+        .is_ok()
 }
 
 /// A VM whose agent has answered `Ready`.

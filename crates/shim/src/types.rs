@@ -54,6 +54,11 @@ pub struct Spec {
     /// syncs the guest's disks before QEMU goes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub helper: bool,
+    /// The container's disk is deleted when its process ends (`--rm`, no volumes): nothing
+    /// reads it again, so its end does not wait for the guest to sync it (tens of ms under
+    /// TCG); QEMU is stopped at once. A spec with volumes is synced all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disposable: bool,
     /// Volumes, each in its own slot of the device layout (at most
     /// [`agent_proto::VOLUME_SLOTS`], slots distinct); the slots not listed hold an empty
     /// placeholder.
