@@ -904,7 +904,7 @@ impl Runtime {
             hostname: c.config.hostname.clone(),
             process,
             network,
-            disposable: c.host_config.auto_remove && volumes.is_empty(),
+            disposable: c.host_config.auto_remove,
             volumes,
             tmpfs,
             log_max_bytes: logs.max_bytes,

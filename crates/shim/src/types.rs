@@ -54,9 +54,9 @@ pub struct Spec {
     /// syncs the guest's disks before QEMU goes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub helper: bool,
-    /// The container's disk is deleted when its process ends (`--rm`, no volumes): nothing
-    /// reads it again, so its end does not wait for the guest to sync it (tens of ms under
-    /// TCG); QEMU is stopped at once. A spec with volumes is synced all the same.
+    /// The container's root disk is deleted when its process ends (`--rm`): nothing reads it
+    /// again, so without volumes its end does not wait for the guest to sync it (tens of ms
+    /// under TCG) and QEMU is stopped at once. With volumes it is synced all the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disposable: bool,
     /// Volumes, each in its own slot of the device layout (at most
