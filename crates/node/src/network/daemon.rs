@@ -95,11 +95,77 @@ impl TenantDaemon<'_> {
         Ok(())
     }
 
-    /// Stops the daemon (its namespace is going away, or it has nothing left to serve).
+    /// Stops the daemon (its namespace is going away, or it has nothing left to serve) and
+    /// waits for it to be gone, so that a `sync` right after starts a new one instead of
+    /// signalling the one still exiting. One that outstays `STOP_GRACE` is killed.
     pub fn stop(&self) {
-        if let Some(pid) = self.running_pid() {
-            // SAFETY: kill with a pid read from our pidfile and checked to be our daemon.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        let Some(pid) = self.running_pid() else {
+            return;
+        };
+        // SAFETY: kill with a pid read from our pidfile and checked to be our daemon.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if wait_gone(pid, STOP_GRACE) {
+            return;
         }
+        tracing::warn!(
+            "the {} server in {} (pid {pid}) did not stop within {STOP_GRACE:?}; killing it",
+            self.name,
+            self.dir.display()
+        );
+        // SAFETY: as above; the pid is still the daemon's (it has not exited).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_gone(pid, STOP_GRACE);
+    }
+}
+
+/// How long a daemon has to exit after SIGTERM (it stops at once; this bounds a stuck one).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `pid` has exited within `limit`. A zombie counts as gone: the daemon is not our
+/// child, and it no longer serves or holds a port.
+fn wait_gone(pid: i32, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the command's closing parenthesis.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        };
+        if gone {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that takes a while to exit after SIGTERM is gone when `stop` returns.
+    #[test]
+    fn stop_waits_for_the_daemon_to_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("trap 'sleep 0.3; exit 0' TERM; while :; do sleep 0.05; done")
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.path().join("lb.pid"), child.id().to_string()).unwrap();
+        // Let the shell set its trap before the signal comes.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let daemon = TenantDaemon {
+            binary: Path::new("/bin/sh"),
+            name: "lb",
+            dir: dir.path(),
+        };
+        daemon.stop();
+        let status = child.try_wait().unwrap();
+        assert!(status.is_some(), "the daemon still runs after stop returned");
     }
 }
