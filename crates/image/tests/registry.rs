@@ -341,8 +341,22 @@ fn spawn_registry(config: &Path, log: &Path, addr: &str) {
     }
 }
 
-/// The registry's directory outlives this process (libtest has no after-all hook): remove those
-/// of earlier runs whose process is gone (their registries died with it, by PDEATHSIG).
+/// Removes the registry's directory as this test binary exits (libtest has no after-all hook).
+fn remove_at_exit(dir: PathBuf) {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if DIR.set(dir).is_ok() {
+        // SAFETY: `remove` is a plain function that stays valid for the process's life.
+        assert_eq!(unsafe { libc::atexit(remove) }, 0);
+    }
+}
+
+/// A test binary killed before its exit leaves its registry's directory: remove those of
+/// earlier runs whose process is gone (their registries died with it, by PDEATHSIG).
 fn reap_stale_dirs() {
     for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
         if !e.file_name().to_string_lossy().starts_with("hyreg") {
@@ -367,6 +381,7 @@ fn registry() -> &'static Registry {
             .unwrap()
             .keep();
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
+        remove_at_exit(dir.clone());
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let out = Command::new("htpasswd")
