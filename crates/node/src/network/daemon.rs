@@ -166,6 +166,9 @@ mod tests {
         };
         daemon.stop();
         let status = child.try_wait().unwrap();
-        assert!(status.is_some(), "the daemon still runs after stop returned");
+        assert!(
+            status.is_some(),
+            "the daemon still runs after stop returned"
+        );
     }
 }
