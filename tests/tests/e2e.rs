@@ -24,6 +24,10 @@ fn main() {
         ("docker_cli", docker_cli),
         ("stop_and_signals", stop_and_signals),
         ("run_exit_codes", run_exit_codes),
+        (
+            "restart_keeps_an_rm_container",
+            restart_keeps_an_rm_container,
+        ),
         ("run_guest_isolation", run_guest_isolation),
         ("logs_and_wait", logs_and_wait),
         ("stdin_pipe", stdin_pipe),
@@ -401,6 +405,45 @@ fn stop_and_signals() {
     for id in ids {
         assert_gone(d, &id);
     }
+}
+
+/// `restart` keeps a `--rm` container and what its disk holds, as Docker's does (its end
+/// skips the guest's sync only when the disk goes with it); its next stop removes it.
+fn restart_keeps_an_rm_container() {
+    let d = main_daemon();
+    let o = d
+        .hyper(&[
+            "run", "-d", "--rm", "--name", "rmkept", "busybox", "sleep", "1000",
+        ])
+        .run()
+        .ok();
+    let id = o.out();
+    d.hyper(&["exec", "rmkept", "sh", "-c", "echo written > /written"])
+        .run()
+        .ok();
+    d.hyper(&["restart", "-t", "1", "rmkept"])
+        .timeout(90.0)
+        .run()
+        .ok();
+    let o = d.hyper(&["exec", "rmkept", "cat", "/written"]).run().ok();
+    assert_eq!(
+        o.out(),
+        "written",
+        "the file written before the restart: {o}"
+    );
+    assert_eq!(d.inspect("rmkept")["State"]["Status"], "running");
+
+    d.hyper(&["stop", "-t", "1", "rmkept"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    wait_for("the stopped --rm container to go", secs(30.0), || {
+        match d.hyper(&["inspect", "rmkept"]).run() {
+            o if o.code == 1 => Ok(()),
+            o => Err(o.to_string()),
+        }
+    });
+    assert_gone(d, &id);
 }
 
 /// Docker's exit codes for `run`.

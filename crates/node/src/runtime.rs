@@ -96,6 +96,9 @@ struct Lifecycle {
     /// (the record is going), and the VM's teardown is the removal's ([`teardown`]).
     removing: bool,
     removed: bool,
+    /// A `restart` is stopping the container: that exit does not remove a `--rm` one (as
+    /// Docker's restart keeps it).
+    restarting: bool,
 }
 
 type AttachSlot = (Value, oneshot::Sender<Result<BufReader<UnixStream>>>);
@@ -1094,7 +1097,7 @@ impl Runtime {
                 .emit(&c.tenant, Event::container(&c, "oom", &[]));
         }
 
-        if c.host_config.auto_remove {
+        if c.host_config.auto_remove && !entry.lifecycle.borrow().restarting {
             if let Err(e) = self.remove_any(&c.tenant, &c.id, true, true).await {
                 tracing::warn!("auto-removing {id}: {e}");
             }
@@ -1219,17 +1222,19 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         unprotected(&entry.snapshot())?;
         let _op = entry.ops.lock().await;
-        self.stop_locked(&entry, timeout, signal).await?;
+        self.stop_locked(&entry, timeout, signal, false).await?;
         self.events
             .emit(tenant, Event::container(&entry.snapshot(), "stop", &[]));
         Ok(())
     }
 
+    /// `keep_disk`: a start follows, so the guest syncs the disk even of a `--rm` container.
     async fn stop_locked(
         &self,
         entry: &Entry,
         timeout: Option<i64>,
         signal: Option<&str>,
+        keep_disk: bool,
     ) -> Result<()> {
         let c = entry.snapshot();
         if !c.is_running() {
@@ -1254,7 +1259,7 @@ impl Runtime {
         let dir = self.dir(&c.id);
         let stop = shim_link::request(
             &dir,
-            json!({"op": "stop", "signal": signal, "timeout_secs": timeout}),
+            json!({"op": "stop", "signal": signal, "timeout_secs": timeout, "keep_disk": keep_disk}),
         );
         if let Err(e) = stop.await {
             if !matches!(e, RuntimeError::ShimGone(_)) {
@@ -1331,7 +1336,10 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         unprotected(&entry.snapshot())?;
         let _op = entry.ops.lock().await;
-        match self.stop_locked(&entry, timeout, None).await {
+        entry.lifecycle.send_modify(|l| l.restarting = true);
+        let stopped = self.stop_locked(&entry, timeout, None, true).await;
+        entry.lifecycle.send_modify(|l| l.restarting = false);
+        match stopped {
             Ok(()) | Err(RuntimeError::NotModified(_)) => {}
             Err(e) => return Err(e),
         }

@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -201,6 +202,9 @@ struct Shim {
     started: watch::Sender<bool>,
     /// True once the agent has synced its disks after `Shutdown`: QEMU can go at once.
     synced: watch::Sender<bool>,
+    /// A stop asked for the disk to be kept (a `restart`): synced even if the spec says
+    /// `disposable`.
+    keep_disk: AtomicBool,
     qemu_pid: u32,
     qemu_gone: watch::Receiver<Option<String>>,
     log: Mutex<LogWriter>,
@@ -689,6 +693,7 @@ async fn serve(
         exited,
         started: watch::channel(false).0,
         synced: watch::channel(false).0,
+        keep_disk: AtomicBool::new(false),
         qemu_pid,
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
@@ -788,7 +793,10 @@ async fn serve(
     // Wait for the end of the main process, then power off and clean up.
     let mut ex = shim.exited.subscribe();
     let _ = ex.wait_for(|s| s.is_some()).await;
-    let synced = if shim.spec.disposable && shim.spec.volumes.is_empty() {
+    let disposable = shim.spec.disposable
+        && shim.spec.volumes.is_empty()
+        && !shim.keep_disk.load(Ordering::SeqCst);
+    let synced = if disposable {
         None
     } else {
         Some(sync_guest(&shim, &gone_rx).await)
@@ -1197,7 +1205,11 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
         Request::Stop {
             signal,
             timeout_secs,
+            keep_disk,
         } => {
+            if keep_disk {
+                shim.keep_disk.store(true, Ordering::SeqCst);
+            }
             let st = stop(&shim, signal, timeout_secs).await;
             reply(&mut s, &Response::with_state(st)).await
         }

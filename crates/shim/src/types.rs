@@ -56,7 +56,8 @@ pub struct Spec {
     pub helper: bool,
     /// The container's root disk is deleted when its process ends (`--rm`): nothing reads it
     /// again, so without volumes its end does not wait for the guest to sync it (tens of ms
-    /// under TCG) and QEMU is stopped at once. With volumes it is synced all the same.
+    /// under TCG) and QEMU is stopped at once. With volumes, or after a stop that keeps the
+    /// disk (`restart`), it is synced all the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disposable: bool,
     /// Volumes, each in its own slot of the device layout (at most
@@ -306,6 +307,10 @@ pub enum Request {
         signal: i32,
         #[serde(default = "ten")]
         timeout_secs: u64,
+        /// A start follows (`restart`): the guest syncs its disk even when the container is
+        /// disposable.
+        #[serde(default)]
+        keep_disk: bool,
     },
     Wait,
     State,
@@ -415,10 +420,11 @@ mod tests {
         let cases = [
             (r#"{"op":"start"}"#, Request::Start),
             (
-                r#"{"op":"stop","signal":15,"timeout_secs":10}"#,
+                r#"{"op":"stop","signal":15,"timeout_secs":10,"keep_disk":true}"#,
                 Request::Stop {
                     signal: 15,
                     timeout_secs: 10,
+                    keep_disk: true,
                 },
             ),
             (
@@ -426,6 +432,7 @@ mod tests {
                 Request::Stop {
                     signal: 15,
                     timeout_secs: 10,
+                    keep_disk: false,
                 },
             ),
             (

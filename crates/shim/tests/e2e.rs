@@ -269,6 +269,7 @@ fn exec_then_stop() {
             .request(&Request::Stop {
                 signal: 15,
                 timeout_secs: 20,
+                keep_disk: false,
             })
             .await
             .unwrap();

@@ -465,6 +465,7 @@ fn container_cannot_reach_the_host_channel() {
             .request(&Request::Stop {
                 signal: 15,
                 timeout_secs: 20,
+                keep_disk: false,
             })
             .await
             .unwrap();

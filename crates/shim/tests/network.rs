@@ -201,6 +201,7 @@ impl Vm {
                 .request(&Request::Stop {
                     signal: 9,
                     timeout_secs: 5,
+                    keep_disk: false,
                 })
                 .await
                 .unwrap();

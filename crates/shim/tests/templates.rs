@@ -361,6 +361,7 @@ fn cold_with_volume(f: &Fixture, disk: &Path, img: &shim::VolumeDisk) -> PathBuf
         Request::Stop {
             signal: 9,
             timeout_secs: 10,
+            keep_disk: false,
         },
     );
     assert_eq!(r.state.unwrap().status, shim::Status::Exited);
