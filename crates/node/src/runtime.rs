@@ -1086,7 +1086,12 @@ impl Runtime {
         if let Err(e) = self.meter.close_segment(&c.tenant, &c.id, finished_at) {
             tracing::error!("metering the exit of {id}: {e}");
         }
-        entry.lifecycle.send_modify(|l| l.exits += 1);
+        // Read with the count that wakes a restart: once woken, it clears the mark.
+        let mut restarting = false;
+        entry.lifecycle.send_modify(|l| {
+            l.exits += 1;
+            restarting = l.restarting;
+        });
         tracing::info!(container = %id, exit_code = c.state.exit_code, "container exited");
         self.events.emit(
             &c.tenant,
@@ -1097,7 +1102,7 @@ impl Runtime {
                 .emit(&c.tenant, Event::container(&c, "oom", &[]));
         }
 
-        if c.host_config.auto_remove && !entry.lifecycle.borrow().restarting {
+        if c.host_config.auto_remove && !restarting {
             if let Err(e) = self.remove_any(&c.tenant, &c.id, true, true).await {
                 tracing::warn!("auto-removing {id}: {e}");
             }
@@ -1335,16 +1340,44 @@ impl Runtime {
     ) -> Result<Container> {
         let entry = self.entry(tenant, reference)?;
         unprotected(&entry.snapshot())?;
+        // In a task of its own: a client that goes away must not leave the container stopped
+        // halfway, or marked as restarting.
+        let (rt, task) = (self.clone(), entry.clone());
+        let restarted = tokio::spawn(async move { rt.restart_entry(&task, timeout).await })
+            .await
+            .map_err(internal)?;
+        let c = entry.snapshot();
+        // A `--rm` container stopped and not started again goes, as after a failed start.
+        let gone = entry.lifecycle.borrow().removed;
+        if restarted.is_err() && c.host_config.auto_remove && !c.is_running() && !gone {
+            if let Err(e) = self.remove_any(tenant, &c.id, true, true).await {
+                tracing::warn!("auto-removing {} after its failed restart: {e}", c.id);
+            }
+        }
+        restarted
+    }
+
+    async fn restart_entry(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        timeout: Option<i64>,
+    ) -> Result<Container> {
         let _op = entry.ops.lock().await;
+        if entry.lifecycle.borrow().removed {
+            return Err(RuntimeError::NotFound(format!(
+                "No such container: {}",
+                entry.snapshot().name
+            )));
+        }
         entry.lifecycle.send_modify(|l| l.restarting = true);
-        let stopped = self.stop_locked(&entry, timeout, None, true).await;
+        let stopped = self.stop_locked(entry, timeout, None, true).await;
         entry.lifecycle.send_modify(|l| l.restarting = false);
         match stopped {
             Ok(()) | Err(RuntimeError::NotModified(_)) => {}
             Err(e) => return Err(e),
         }
-        self.reset_restart_policy(&entry)?;
-        self.start_locked(&entry).await
+        self.reset_restart_policy(entry)?;
+        self.start_locked(entry).await
     }
 
     /// `rm` as the user asks it: refused while the container is protected.
