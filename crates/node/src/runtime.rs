@@ -2011,7 +2011,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
 /// Whether `pid` exists and has not exited. A daemonized supervisor is re-parented to init, and
 /// an init that reaps lazily leaves it a zombie for a second or more after it is done: a zombie
 /// counts as exited (it holds no VM, no disk and no socket).
-fn process_running(pid: i32) -> bool {
+pub(crate) fn process_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may contain any byte.
         Ok(stat) => stat

@@ -121,19 +121,12 @@ impl TenantDaemon<'_> {
 /// How long a daemon has to exit after SIGTERM (it stops at once; this bounds a stuck one).
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether `pid` has exited within `limit`. A zombie counts as gone: the daemon is not our
-/// child, and it no longer serves or holds a port.
+/// Whether `pid` has exited within `limit` (a zombie counts as gone: the daemon is not our
+/// child, and it no longer serves or holds a port).
 fn wait_gone(pid: i32, limit: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state follows the command's closing parenthesis.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-            Err(_) => true,
-        };
-        if gone {
+        if !crate::runtime::process_running(pid) {
             return true;
         }
         if std::time::Instant::now() >= deadline {
