@@ -559,7 +559,8 @@ fn another_tenant_cannot_reach_or_spoof(
 
 /// Containers go where memory is free: two nodes that each hold two s1 containers take four
 /// created through one of them, two each; a fifth is refused with a clear error, and leaves
-/// nothing behind; room made on one node is used again.
+/// nothing behind; room made on one node is used again, and a restart needs room as a start
+/// does.
 fn placement_fills_the_fleet_and_refuses_past_it() {
     let url = own_etcd("placement");
     // Two s1 VMs' memory (64 MiB and the kernel's 40 each).
@@ -662,7 +663,21 @@ fn placement_fills_the_fleet_and_refuses_past_it() {
         .run()
         .ok();
     assert_eq!(o.out(), "made-on-p1");
-    for name in ["w1", "w2", "w3", "w4", "w5"] {
+    // A stopped container's room goes to whoever asks first: a restart then finds none, and
+    // says so, as a start would.
+    n1.hyper(&["stop", "-t", "1", "w5"])
+        .timeout(60.0)
+        .run()
+        .ok();
+    run("w6").ok();
+    assert_eq!(node_of("w6"), "p2");
+    let o = n1.hyper(&["restart", "w5"]).timeout(60.0).run();
+    assert!(
+        o.code != 0 && o.stderr.contains("no room on node p2 for a s1 container"),
+        "{o}"
+    );
+    assert_eq!(n1.inspect("w5")["State"]["Status"], "exited");
+    for name in ["w1", "w2", "w3", "w4", "w5", "w6"] {
         n1.hyper(&["rm", "-f", name]).timeout(60.0).run();
     }
 }

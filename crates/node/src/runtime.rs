@@ -1234,13 +1234,19 @@ impl Runtime {
     }
 
     /// `keep_disk`: a start follows, so the guest syncs the disk even of a `--rm` container.
+    /// Whether the disk was kept: false when such a container's process ended on its own just
+    /// before the stop reached its supervisor, whose disk then went without the guest's sync.
     async fn stop_locked(
         &self,
         entry: &Entry,
         timeout: Option<i64>,
         signal: Option<&str>,
         keep_disk: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        // Counted before the state is read: an exit recorded after the read is counted after
+        // this, and the wait below sees it.
+        let mut lifecycle = entry.lifecycle.subscribe();
+        let seen = lifecycle.borrow().exits;
         let c = entry.snapshot();
         if !c.is_running() {
             return Err(RuntimeError::NotModified(format!(
@@ -1250,7 +1256,7 @@ impl Runtime {
         }
         if c.state.status == Status::Restarting {
             self.cancel_restart(entry)?;
-            return Ok(());
+            return Ok(true);
         }
         let signal = validate::signal(
             signal
@@ -1259,24 +1265,25 @@ impl Runtime {
         )?;
         let timeout = timeout.or(c.config.stop_timeout).unwrap_or(10).max(0);
         self.update(entry, |c| c.state.stopped_by_user = true)?;
-        let mut lifecycle = entry.lifecycle.subscribe();
-        let seen = lifecycle.borrow().exits;
         let dir = self.dir(&c.id);
         let stop = shim_link::request(
             &dir,
             json!({"op": "stop", "signal": signal, "timeout_secs": timeout, "keep_disk": keep_disk}),
         );
-        if let Err(e) = stop.await {
-            if !matches!(e, RuntimeError::ShimGone(_)) {
-                return Err(e);
-            }
-        }
+        // A supervisor already gone had decided alone, and one too old to know `keep_disk`
+        // does not say: a disposable disk counts as gone with them.
+        let disk_kept = match stop.await {
+            Ok(reply) => reply["disk_kept"].as_bool(),
+            Err(RuntimeError::ShimGone(_)) => None,
+            Err(e) => return Err(e),
+        };
         let exited = lifecycle.wait_for(|l| l.exits > seen);
         tokio::time::timeout(Duration::from_secs(30), exited)
             .await
             .map_err(|_| RuntimeError::Internal(format!("container {} did not stop", c.name)))?
             .map_err(internal)?;
-        Ok(())
+        let disposable = c.host_config.auto_remove && c.mounts.is_empty();
+        Ok(disk_kept.unwrap_or(!disposable))
     }
 
     pub async fn kill(&self, tenant: &str, reference: &str, signal: Option<&str>) -> Result<()> {
@@ -1363,19 +1370,32 @@ impl Runtime {
         timeout: Option<i64>,
     ) -> Result<Container> {
         let _op = entry.ops.lock().await;
-        if entry.lifecycle.borrow().removed {
-            return Err(RuntimeError::NotFound(format!(
-                "No such container: {}",
-                entry.snapshot().name
-            )));
+        let gone =
+            || RuntimeError::NotFound(format!("No such container: {}", entry.snapshot().name));
+        // A `--rm` container that ended on its own is on its way out (its disk may have gone
+        // unsynced with its VM): gone, as Docker's would be.
+        let ended_on_its_own = || entry.snapshot().state.status == Status::Exited;
+        let auto_remove = entry.snapshot().host_config.auto_remove;
+        if entry.lifecycle.borrow().removed || (auto_remove && ended_on_its_own()) {
+            return Err(gone());
         }
         entry.lifecycle.send_modify(|l| l.restarting = true);
         let stopped = self.stop_locked(entry, timeout, None, true).await;
         entry.lifecycle.send_modify(|l| l.restarting = false);
-        match stopped {
-            Ok(()) | Err(RuntimeError::NotModified(_)) => {}
+        let kept = match stopped {
+            Ok(kept) => kept,
+            Err(RuntimeError::NotModified(_)) => !ended_on_its_own(),
             Err(e) => return Err(e),
+        };
+        if auto_remove && !kept {
+            return Err(gone());
         }
+        // Stopped, it no longer books its memory: held again as a start holds it.
+        let c = entry.snapshot();
+        let _room = match crate::placement::books_memory(&c) {
+            true => None,
+            false => Some(self.hold_room(&c.size, Some(&c.id))?),
+        };
         self.reset_restart_policy(entry)?;
         self.start_locked(entry).await
     }

@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,10 +124,12 @@ macro_rules! guest_log {
     ($shim:expr, $($t:tt)*) => { $shim.guest_misbehaves(format_args!($($t)*)) };
 }
 
+mod disk_fate;
 mod guest;
 mod helper;
 mod run_state;
 
+use disk_fate::DiskFate;
 use guest::{excerpt, Expect, MainStream, Window};
 
 /// Output of the main process to attachers.
@@ -202,9 +203,8 @@ struct Shim {
     started: watch::Sender<bool>,
     /// True once the agent has synced its disks after `Shutdown`: QEMU can go at once.
     synced: watch::Sender<bool>,
-    /// A stop asked for the disk to be kept (a `restart`): synced even if the spec says
-    /// `disposable`.
-    keep_disk: AtomicBool,
+    /// Whether a `disposable` container's disk is synced at its end: see [`DiskFate`].
+    disk_fate: DiskFate,
     qemu_pid: u32,
     qemu_gone: watch::Receiver<Option<String>>,
     log: Mutex<LogWriter>,
@@ -693,7 +693,7 @@ async fn serve(
         exited,
         started: watch::channel(false).0,
         synced: watch::channel(false).0,
-        keep_disk: AtomicBool::new(false),
+        disk_fate: DiskFate::default(),
         qemu_pid,
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
@@ -793,9 +793,8 @@ async fn serve(
     // Wait for the end of the main process, then power off and clean up.
     let mut ex = shim.exited.subscribe();
     let _ = ex.wait_for(|s| s.is_some()).await;
-    let disposable = shim.spec.disposable
-        && shim.spec.volumes.is_empty()
-        && !shim.keep_disk.load(Ordering::SeqCst);
+    let disposable =
+        shim.spec.disposable && shim.spec.volumes.is_empty() && shim.disk_fate.discard();
     let synced = if disposable {
         None
     } else {
@@ -1207,11 +1206,14 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             timeout_secs,
             keep_disk,
         } => {
-            if keep_disk {
-                shim.keep_disk.store(true, Ordering::SeqCst);
-            }
+            // Decided before the stop: the end it causes must find the disk kept.
+            let disk_kept = keep_disk.then(|| {
+                !(shim.spec.disposable && shim.spec.volumes.is_empty()) || shim.disk_fate.keep()
+            });
             let st = stop(&shim, signal, timeout_secs).await;
-            reply(&mut s, &Response::with_state(st)).await
+            let mut r = Response::with_state(st);
+            r.disk_kept = disk_kept;
+            reply(&mut s, &r).await
         }
         Request::Shutdown if shim.spec.helper => {
             // The serving loop's own end follows: the guest syncs what archive streams wrote,

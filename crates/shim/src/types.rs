@@ -377,6 +377,10 @@ pub struct Response {
     pub processes: Option<Vec<Vec<String>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    /// To a stop that asked `keep_disk`: whether the disk was kept (false: the container's
+    /// process had ended on its own first, and a disposable container's disk went unsynced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_kept: Option<bool>,
 }
 
 impl Response {
@@ -508,6 +512,14 @@ mod tests {
         assert_eq!(r, r#"{"ok":true}"#);
         let r = serde_json::to_string(&Response::err("x")).unwrap();
         assert_eq!(r, r#"{"ok":false,"error":"x"}"#);
+        let r = Response {
+            disk_kept: Some(false),
+            ..Response::ok()
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"ok":true,"disk_kept":false}"#
+        );
         let st = serde_json::to_value(State::default()).unwrap();
         assert_eq!(st["status"], "booting");
         assert!(st["exit_code"].is_null());

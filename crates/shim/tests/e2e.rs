@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 use shim::{Request, ShimClient, State, Status};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -65,6 +65,11 @@ struct Vm {
 
 impl Vm {
     fn new(f: &Fixture, name: &str, args: &[&str]) -> Vm {
+        Vm::new_with(f, name, args, serde_json::json!({}))
+    }
+
+    /// With `extra`'s fields added to the spec.
+    fn new_with(f: &Fixture, name: &str, args: &[&str], extra: serde_json::Value) -> Vm {
         let dir = f.work.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -78,6 +83,10 @@ impl Vm {
             "log_max_bytes": 1048576, "log_max_files": 2, "hostname": name,
             "process": { "args": args, "env": ["PATH=/bin"], "cwd": "/", "user": "root" }
         });
+        let mut spec = spec;
+        for (k, v) in extra.as_object().expect("an object") {
+            spec[k] = v.clone();
+        }
         std::fs::write(
             dir.join("spec.json"),
             serde_json::to_vec_pretty(&spec).unwrap(),
@@ -279,6 +288,106 @@ fn exec_then_stop() {
     });
     vm.assert_gone();
     assert_eq!(vm.state().exit_code, Some(7));
+}
+
+/// A disposable (`--rm`) container's disk: kept, what its processes wrote synced, for a stop
+/// that a start follows (`keep_disk`, a restart); gone unsynced with its VM when the process
+/// ended on its own first. The stop's reply says which, for the restart to know.
+#[test]
+fn a_disposable_disk_is_kept_only_for_a_stop_before_the_end() {
+    let (f, _g) = need_vm!();
+    let disposable = serde_json::json!({ "disposable": true });
+    let main = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let vm = Vm::new_with(f, "keepdisk", &["sh", "-c", main], disposable.clone());
+    rt().block_on(async {
+        let c = vm.client();
+        assert!(
+            c.request(&Request::Start).await.unwrap().ok,
+            "{}",
+            vm.console()
+        );
+        let (resp, mut s) = c
+            .stream(&Request::Exec {
+                exec_id: "w".into(),
+                args: vec!["sh".into(), "-c".into(), "echo kept > /kept".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: String::new(),
+                user: String::new(),
+                tty: false,
+                stdin: false,
+                tty_width: 0,
+                tty_height: 0,
+            })
+            .await
+            .unwrap();
+        assert!(resp.ok, "{resp:?}");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.ends_with(br#"{"exit_code":0}"#), "{got:?}");
+        let resp = c
+            .request(&Request::Stop {
+                signal: 15,
+                timeout_secs: 20,
+                keep_disk: true,
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.disk_kept, Some(true), "{resp:?}");
+    });
+    vm.assert_gone();
+    assert_eq!(file_on_disk(&vm.dir, "/kept").as_deref(), Some("kept\n"));
+
+    let vm = Vm::new_with(f, "losedisk", &["true"], disposable);
+    rt().block_on(async {
+        // Held open, so that the supervisor still answers once its VM is gone.
+        let mut held = tokio::net::UnixStream::connect(vm.dir.join("shim.sock"))
+            .await
+            .unwrap();
+        let c = vm.client();
+        assert!(
+            c.request(&Request::Start).await.unwrap().ok,
+            "{}",
+            vm.console()
+        );
+        let end = deadline(30);
+        while vm.state().status != Status::Exited || qemu_running(&vm.dir) {
+            assert!(Instant::now() < end, "{}", vm.console());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        use tokio::io::AsyncWriteExt;
+        held.write_all(b"{\"op\":\"stop\",\"keep_disk\":true}\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        tokio::io::BufReader::new(held)
+            .read_line(&mut reply)
+            .await
+            .unwrap();
+        let resp: shim::Response = serde_json::from_str(&reply).unwrap();
+        assert_eq!(resp.disk_kept, Some(false), "{reply}");
+    });
+    vm.assert_gone();
+}
+
+/// `path`'s content in the ext4 of the overlay `dir/root.qcow2`, if it is there.
+fn file_on_disk(dir: &Path, path: &str) -> Option<String> {
+    let raw = dir.join("root.raw");
+    let qcow2 = dir.join("root.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow2)
+        .arg(&raw));
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&raw);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
 }
 
 #[test]
