@@ -998,8 +998,22 @@ fn restart_safety() {
         .run()
         .ok()
         .out();
+    // A `--rm` container whose end hyperd recorded but did not get to remove (made so in the
+    // store while no hyperd runs, below) goes once hyperd is back, as dockerd's do at its start.
+    let ended = d
+        .hyper(&["run", "-d", "--name", "ended", "busybox", "true"])
+        .run()
+        .ok()
+        .out();
+    wait_for("ended to exit", secs(60.0), || {
+        match d.inspect("ended")["State"]["Status"].as_str() {
+            Some("exited") => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    });
     d.kill9();
     let killed_at = Utc::now();
+    set_auto_remove(&d.data, &ended);
     let log = d.cdir(&counter).join("ctr.log");
     let lines_at_kill = std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -1079,12 +1093,31 @@ fn restart_safety() {
     let o = d.hyper(&["exec", "counter", "echo", "adopted"]).run().ok();
     assert_eq!(o.out(), "adopted");
 
+    d.hyper(&["inspect", "ended"]).run().code(1);
+    assert_gone(d, &ended);
+
     d.hyper(&["rm", "-f", "counter", "seven"])
         .timeout(60.0)
         .run()
         .ok();
     assert_gone(d, &counter);
     assert_gone(d, &seven);
+}
+
+/// Sets `AutoRemove` in container `id`'s record, in the store of a hyperd that is not running.
+fn set_auto_remove(data: &std::path::Path, id: &str) {
+    use store::Store;
+    let st = store::RedbStore::open(&data.join("store.redb")).expect("open the store");
+    let kv = st
+        .range("/containers/")
+        .expect("range /containers/")
+        .into_iter()
+        .find(|kv| kv.key.ends_with(id))
+        .expect("the container's record");
+    let mut v: serde_json::Value = serde_json::from_slice(&kv.value).expect("record JSON");
+    v["host_config"]["AutoRemove"] = true.into();
+    st.put(&kv.key, serde_json::to_vec(&v).unwrap())
+        .expect("write the record");
 }
 
 /// A guest kernel that panics: `run` fails within the boot timeout with the console's last

@@ -1123,6 +1123,7 @@ impl Runtime {
         let mut known = std::collections::HashSet::new();
         let mut running = Vec::new();
         let mut restarting = Vec::new();
+        let mut ended_rm = Vec::new();
         for kv in self.store.range("/containers/")? {
             let mut c: Container = serde_json::from_slice(&kv.value).map_err(internal)?;
             // Whoever runs it, its directory here (if any) is not a leftover.
@@ -1168,6 +1169,11 @@ impl Runtime {
                     self.release_cgroup(&c).await;
                     restarting.push(entry)
                 }
+                Status::Exited if c.host_config.auto_remove => {
+                    // Its end was recorded and hyperd died before removing it.
+                    self.release_cgroup(&c).await;
+                    ended_rm.push(c);
+                }
                 _ => self.release_cgroup(&c).await,
             }
         }
@@ -1199,6 +1205,15 @@ impl Runtime {
         }
         if let Err(e) = self.with_networks(|n| n.recover()).await {
             tracing::error!("rebuilding networks: {e}");
+        }
+        // With the networks back: `--rm` containers that ended go, as dockerd's do at its start.
+        for c in ended_rm {
+            if let Err(e) = self.remove_any(&c.tenant, &c.id, true, true).await {
+                tracing::warn!(
+                    "auto-removing {}, left ended by hyperd's previous run: {e}",
+                    c.id
+                );
+            }
         }
         // Only now, with the networks back, may an exit lead to a restart by policy.
         for entry in running {
@@ -1270,10 +1285,11 @@ impl Runtime {
             &dir,
             json!({"op": "stop", "signal": signal, "timeout_secs": timeout, "keep_disk": keep_disk}),
         );
-        // A supervisor already gone had decided alone, and one too old to know `keep_disk`
-        // does not say: a disposable disk counts as gone with them.
+        // A supervisor already gone had decided alone: a disposable disk went with it. One
+        // built before the reply said (a running container's, across an upgrade of hyperd)
+        // kept it when asked, or, older still, did not know to: taken as kept.
         let disk_kept = match stop.await {
-            Ok(reply) => reply["disk_kept"].as_bool(),
+            Ok(reply) => Some(reply["disk_kept"].as_bool().unwrap_or(true)),
             Err(RuntimeError::ShimGone(_)) => None,
             Err(e) => return Err(e),
         };
@@ -1348,20 +1364,22 @@ impl Runtime {
         let entry = self.entry(tenant, reference)?;
         unprotected(&entry.snapshot())?;
         // In a task of its own: a client that goes away must not leave the container stopped
-        // halfway, or marked as restarting.
-        let (rt, task) = (self.clone(), entry.clone());
-        let restarted = tokio::spawn(async move { rt.restart_entry(&task, timeout).await })
-            .await
-            .map_err(internal)?;
-        let c = entry.snapshot();
-        // A `--rm` container stopped and not started again goes, as after a failed start.
-        let gone = entry.lifecycle.borrow().removed;
-        if restarted.is_err() && c.host_config.auto_remove && !c.is_running() && !gone {
-            if let Err(e) = self.remove_any(tenant, &c.id, true, true).await {
-                tracing::warn!("auto-removing {} after its failed restart: {e}", c.id);
+        // halfway, marked as restarting, or (`--rm`) neither started again nor removed.
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let restarted = rt.restart_entry(&entry, timeout).await;
+            // A `--rm` container stopped and not started again goes, as after a failed start.
+            let c = entry.snapshot();
+            let gone = entry.lifecycle.borrow().removed;
+            if restarted.is_err() && c.host_config.auto_remove && !c.is_running() && !gone {
+                if let Err(e) = rt.remove_any(&c.tenant, &c.id, true, true).await {
+                    tracing::warn!("auto-removing {} after its failed restart: {e}", c.id);
+                }
             }
-        }
-        restarted
+            restarted
+        })
+        .await
+        .map_err(internal)?
     }
 
     async fn restart_entry(
@@ -1379,6 +1397,13 @@ impl Runtime {
         if entry.lifecycle.borrow().removed || (auto_remove && ended_on_its_own()) {
             return Err(gone());
         }
+        // Its memory stays held through the stop (a node with no room for it refuses while it
+        // still runs); a stopped one needs room again, as for a start.
+        let c = entry.snapshot();
+        let _room = match c.is_running() || !crate::placement::books_memory(&c) {
+            true => Some(self.hold_room(&c.size, Some(&c.id))?),
+            false => None,
+        };
         entry.lifecycle.send_modify(|l| l.restarting = true);
         let stopped = self.stop_locked(entry, timeout, None, true).await;
         entry.lifecycle.send_modify(|l| l.restarting = false);
@@ -1390,12 +1415,6 @@ impl Runtime {
         if auto_remove && !kept {
             return Err(gone());
         }
-        // Stopped, it no longer books its memory: held again as a start holds it.
-        let c = entry.snapshot();
-        let _room = match crate::placement::books_memory(&c) {
-            true => None,
-            false => Some(self.hold_room(&c.size, Some(&c.id))?),
-        };
         self.reset_restart_policy(entry)?;
         self.start_locked(entry).await
     }
