@@ -247,30 +247,13 @@ fn exec_then_stop() {
         if let Ok(ms) = std::env::var("HYPER_TEST_EXEC_DELAY_MS") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
-        let (resp, mut s) = c
-            .stream(&Request::Exec {
-                exec_id: "e1".into(),
-                args: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo out; echo err >&2; exit 3".into(),
-                ],
-                env: vec!["PATH=/bin".into()],
-                cwd: String::new(),
-                user: String::new(),
-                tty: false,
-                stdin: false,
-                tty_width: 0,
-                tty_height: 0,
-            })
-            .await
-            .unwrap();
-        assert!(resp.ok, "{resp:?}");
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = exec_sh(
+            &c,
+            "e1",
+            "echo out; echo err >&2; exit 3",
+            Duration::from_secs(30),
+        )
+        .await;
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
         assert!(got.ends_with(br#"{"exit_code":3}"#), "{text:?}");
@@ -306,26 +289,7 @@ fn a_disposable_disk_is_kept_only_for_a_stop_before_the_end() {
             "{}",
             vm.console()
         );
-        let (resp, mut s) = c
-            .stream(&Request::Exec {
-                exec_id: "w".into(),
-                args: vec!["sh".into(), "-c".into(), "echo kept > /kept".into()],
-                env: vec!["PATH=/bin".into()],
-                cwd: String::new(),
-                user: String::new(),
-                tty: false,
-                stdin: false,
-                tty_width: 0,
-                tty_height: 0,
-            })
-            .await
-            .unwrap();
-        assert!(resp.ok, "{resp:?}");
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = exec_sh(&c, "w", "echo kept > /kept", Duration::from_secs(30)).await;
         assert!(got.ends_with(br#"{"exit_code":0}"#), "{got:?}");
         let resp = c
             .request(&Request::Stop {

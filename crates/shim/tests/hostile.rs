@@ -430,30 +430,13 @@ fn container_cannot_reach_the_host_channel() {
             got.extend_from_slice(&buf[..n]);
         }
         // An exec session (stream 1) tries the same.
-        let (resp, mut s) = c
-            .stream(&Request::Exec {
-                exec_id: "probe".into(),
-                args: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    ". /hostile/probe.sh; probe exec; exit 4".into(),
-                ],
-                env: vec!["PATH=/bin".into()],
-                cwd: String::new(),
-                user: String::new(),
-                tty: false,
-                stdin: false,
-                tty_width: 0,
-                tty_height: 0,
-            })
-            .await
-            .unwrap();
-        assert!(resp.ok, "{resp:?}");
-        let mut exec_out = Vec::new();
-        tokio::time::timeout(secs(60.0), s.read_to_end(&mut exec_out))
-            .await
-            .unwrap()
-            .unwrap();
+        let exec_out = exec_sh(
+            &c,
+            "probe",
+            ". /hostile/probe.sh; probe exec; exit 4",
+            secs(60.0),
+        )
+        .await;
         let exec_text = String::from_utf8_lossy(&exec_out).into_owned();
         check_probe("exec", &demux_stdout(&exec_out));
         assert!(

@@ -137,3 +137,35 @@ pub fn overlay(base: &Path, root: &Path) {
         .arg(root)
         .arg(vm::ROOT_DISK_BYTES.to_string()));
 }
+
+/// Runs `sh -c SCRIPT` in the container as an exec session `exec_id` (PATH=/bin) and reads the
+/// session to its end within `limit`: its multiplexed output, then the exit frame.
+pub async fn exec_sh(
+    c: &shim::ShimClient,
+    exec_id: &str,
+    script: &str,
+    limit: std::time::Duration,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (resp, mut s) = c
+        .stream(&shim::Request::Exec {
+            exec_id: exec_id.into(),
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: String::new(),
+            user: String::new(),
+            tty: false,
+            stdin: false,
+            tty_width: 0,
+            tty_height: 0,
+        })
+        .await
+        .unwrap();
+    assert!(resp.ok, "{resp:?}");
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
