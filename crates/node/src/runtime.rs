@@ -1388,18 +1388,16 @@ impl Runtime {
         timeout: Option<i64>,
     ) -> Result<Container> {
         let _op = entry.ops.lock().await;
-        let gone =
-            || RuntimeError::NotFound(format!("No such container: {}", entry.snapshot().name));
+        let c = entry.snapshot();
+        let gone = || RuntimeError::NotFound(format!("No such container: {}", c.name));
         // A `--rm` container that ended on its own is on its way out (its disk may have gone
         // unsynced with its VM): gone, as Docker's would be.
-        let ended_on_its_own = || entry.snapshot().state.status == Status::Exited;
-        let auto_remove = entry.snapshot().host_config.auto_remove;
-        if entry.lifecycle.borrow().removed || (auto_remove && ended_on_its_own()) {
+        let auto_remove = c.host_config.auto_remove;
+        if entry.lifecycle.borrow().removed || (auto_remove && c.state.status == Status::Exited) {
             return Err(gone());
         }
         // Its memory stays held through the stop (a node with no room for it refuses while it
         // still runs); a stopped one needs room again, as for a start.
-        let c = entry.snapshot();
         let _room = match c.is_running() || !crate::placement::books_memory(&c) {
             true => Some(self.hold_room(&c.size, Some(&c.id))?),
             false => None,
@@ -1409,7 +1407,8 @@ impl Runtime {
         entry.lifecycle.send_modify(|l| l.restarting = false);
         let kept = match stopped {
             Ok(kept) => kept,
-            Err(RuntimeError::NotModified(_)) => !ended_on_its_own(),
+            // Not running when the stop came: it ended on its own meanwhile unless it never ran.
+            Err(RuntimeError::NotModified(_)) => entry.snapshot().state.status != Status::Exited,
             Err(e) => return Err(e),
         };
         if auto_remove && !kept {

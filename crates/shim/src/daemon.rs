@@ -793,8 +793,7 @@ async fn serve(
     // Wait for the end of the main process, then power off and clean up.
     let mut ex = shim.exited.subscribe();
     let _ = ex.wait_for(|s| s.is_some()).await;
-    let disposable =
-        shim.spec.disposable && shim.spec.volumes.is_empty() && shim.disk_fate.discard();
+    let disposable = shim.spec.disk_goes_at_end() && shim.disk_fate.discard();
     let synced = if disposable {
         None
     } else {
@@ -1207,9 +1206,8 @@ async fn handle(shim: Arc<Shim>, mut s: UnixStream) -> Result<()> {
             keep_disk,
         } => {
             // Decided before the stop: the end it causes must find the disk kept.
-            let disk_kept = keep_disk.then(|| {
-                !(shim.spec.disposable && shim.spec.volumes.is_empty()) || shim.disk_fate.keep()
-            });
+            let disk_kept =
+                keep_disk.then(|| !shim.spec.disk_goes_at_end() || shim.disk_fate.keep());
             let st = stop(&shim, signal, timeout_secs).await;
             let mut r = Response::with_state(st);
             r.disk_kept = disk_kept;

@@ -189,6 +189,12 @@ impl ProcessSpec {
 }
 
 impl Spec {
+    /// Whether the disk goes with the container (`disposable`, no volumes): its end need not
+    /// sync it, unless a stop kept it (the supervisor's `DiskFate`).
+    pub fn disk_goes_at_end(&self) -> bool {
+        self.disposable && self.volumes.is_empty()
+    }
+
     pub fn load(dir: &Path) -> io::Result<Spec> {
         let path = dir.join(crate::paths::SPEC);
         let data = std::fs::read(&path)?;
