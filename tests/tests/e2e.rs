@@ -43,6 +43,10 @@ fn main() {
         ("standby_pool_follows_bursts", standby_pool_follows_bursts),
         ("standby_floor_default", standby_floor_default),
         (
+            "standby_prepared_for_an_image",
+            standby_prepared_for_an_image,
+        ),
+        (
             "standby_pool_within_its_memory_bound",
             standby_pool_within_its_memory_bound,
         ),
@@ -1581,6 +1585,157 @@ fn standby_pool_follows_bursts() {
         secs(60.0),
         || pool_is(1, 1),
     );
+}
+
+/// What a claimed standby's log says when it was prepared for the container's image.
+const PREPARED: &str = "standby: prepared for image";
+
+/// After a tenant's first start of an image, the pool prepares a standby for that tenant and
+/// image (its own copy of the image's empty overlay, mounted read-only, the program read ahead):
+/// the next container of that image claims it, runs as its own (its hostname, hosts file, an
+/// empty disk of the image's), and keeps the disk across a stop and a start. Another tenant's
+/// start of the same image, a container something was copied into before its start, and a
+/// restart never get one; removing the image stops it. Its own daemon, so that the pool holds
+/// one generic and one prepared standby.
+fn standby_prepared_for_an_image() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let args = ["--standby-vms", "2", "--standby-vms-max", "2"];
+    let dd = Daemon::start(
+        "pi",
+        DaemonOpts {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    let prepared = |d: &Daemon, n: &str| {
+        wait_for(
+            &format!("{n} standby prepared for the tenant's busybox"),
+            secs(120.0),
+            || match d.info_field("StandbyVMsPrepared") {
+                p if p == n && d.info_field("StandbyVMsReady") == "2" => Ok(()),
+                p => Err(format!("{p} prepared; {}", d.info_field("StandbyVMs"))),
+            },
+        )
+    };
+    let shim_log = |id: &str| std::fs::read_to_string(d.cdir(id).join("shim.log")).unwrap();
+    wait_for("two standbys ready", secs(120.0), || {
+        standby_pool_is(d, 2, 2)
+    });
+    assert_eq!(d.info_field("StandbyVMsPrepared"), "0");
+
+    let a = d
+        .hyper(&[
+            "run",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "echo a > /marker; sleep 600",
+        ])
+        .run()
+        .ok()
+        .out();
+    assert!(!shim_log(&a).contains(PREPARED), "{}", shim_log(&a));
+    prepared(d, "1");
+    let script = "cat /marker 2>&1; echo host $(hostname); grep -c bee /etc/hosts; sleep 600";
+    let b = d
+        .hyper(&[
+            "run",
+            "-d",
+            "--hostname",
+            "bee",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .run()
+        .ok()
+        .out();
+    let log = shim_log(&b);
+    assert!(
+        log.contains(PREPARED) && log.contains(STANDBY_CLAIMED),
+        "{log}"
+    );
+    wait_log_contains(d, &b, "host bee", 60.0);
+    let out = d.hyper(&["logs", &b]).run().ok();
+    assert!(
+        out.stdout.contains("No such file") && !out.stdout.lines().any(|l| l == "a"),
+        "the prepared disk held another container's file: {out}"
+    );
+    assert!(
+        out.stdout.lines().any(|l| l == "1"),
+        "no bee in /etc/hosts: {out}"
+    );
+    // The prepared copy is the container's disk from then on.
+    d.hyper(&["exec", &b, "sh", "-c", "echo b > /b-file && sync"])
+        .run()
+        .ok();
+    d.hyper(&["stop", "-t", "1", &b]).timeout(60.0).run().ok();
+    prepared(d, "1");
+    d.hyper(&["start", &b]).timeout(60.0).run().ok();
+    let o = d.hyper(&["exec", &b, "cat", "/b-file"]).run().ok();
+    assert_eq!(o.out(), "b");
+    assert!(
+        !shim_log(&b).contains(PREPARED),
+        "a restart took a prepared standby"
+    );
+
+    // Never another tenant's, even of the same image.
+    let (dir2, _) = d.new_tenant("t2");
+    d.hyper_tcp(&dir2, &["load", "-i", busybox_tar().to_str().unwrap()])
+        .timeout(120.0)
+        .run()
+        .ok();
+    let info2 = d.hyper_tcp(&dir2, &["info", "-f", "{{json .StandbyVMsPrepared}}"]);
+    assert_eq!(info2.run().ok().out(), "0");
+    let other = d
+        .hyper_tcp(&dir2, &["run", "-d", "busybox", "sleep", "600"])
+        .timeout(120.0)
+        .run()
+        .ok()
+        .out();
+    assert!(!shim_log(&other).contains(PREPARED), "{}", shim_log(&other));
+    assert_eq!(d.info_field("StandbyVMsPrepared"), "1", "taken by t2");
+    d.hyper_tcp(&dir2, &["rm", "-f", &other]).run().ok();
+
+    // A file copied in before the first start: the disk is no longer the image's empty one.
+    let c = d
+        .hyper(&["create", "busybox", "cat", "/copied"])
+        .run()
+        .ok()
+        .out();
+    let file = d.data.join("copied");
+    std::fs::write(&file, "copied in\n").unwrap();
+    d.hyper(&["cp", file.to_str().unwrap(), &format!("{c}:/copied")])
+        .timeout(120.0)
+        .run()
+        .ok();
+    prepared(d, "1");
+    let o = d.hyper(&["start", "-a", &c]).timeout(60.0).run().ok();
+    assert_eq!(o.out(), "copied in");
+    assert!(!shim_log(&c).contains(PREPARED), "{}", shim_log(&c));
+
+    // The image removed: its prepared standby goes, and with it the disk it held open.
+    d.hyper(&["rm", "-f", &a, &b, &c]).run().ok();
+    prepared(d, "1");
+    let prepared_dirs = || {
+        std::fs::read_dir(d.data.join("standby"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("spec.json"))
+                    .is_ok_and(|s| s.contains("prepared_for"))
+            })
+            .count()
+    };
+    assert_eq!(prepared_dirs(), 1);
+    d.hyper(&["rmi", "busybox"]).run().ok();
+    assert_eq!(d.info_field("StandbyVMsPrepared"), "0");
+    assert_eq!(prepared_dirs(), 0);
 }
 
 /// Without `--standby-vms`, a hyperd under TCG keeps its ceiling of standbys ready (there a

@@ -628,6 +628,11 @@ pub enum HostMsg {
         /// Tmpfs mounts, after the volumes, in this order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tmpfs: Vec<TmpfsMount>,
+        /// The root disk behind the slot is the one `PrepareRoot` mounted read-only: the agent
+        /// remounts it read-write instead of mounting it afresh. False (or absent): whatever a
+        /// `PrepareRoot` mounted is unmounted first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        root_mounted: bool,
     },
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
@@ -689,6 +694,17 @@ pub enum HostMsg {
         #[serde(default)]
         realtime_ns: u64,
     },
+    /// To a standby VM prepared for one image, after its rehearsal and before any container has
+    /// it: mount the root disk now behind the slot (a pristine copy of the image's empty
+    /// overlay) read-only, look up `process`'s user and program as a `Start` would, and read
+    /// the program (and its ELF interpreter) into the page cache, at most `preread_max` bytes.
+    /// Nothing is written and no program of the image runs. Answered with `Prepared`.
+    PrepareRoot {
+        root_device: String,
+        /// Only `args[0]`, `PATH` in `env`, `cwd`, `user` and `group_add` are read.
+        process: ProcessSpec,
+        preread_max: u64,
+    },
 }
 
 /// Guest -> host control messages.
@@ -697,6 +713,13 @@ pub enum HostMsg {
 pub enum GuestMsg {
     /// A `Rehearse` is over: `error` is empty when every step worked.
     Rehearsed { millis: u64, error: String },
+    /// A `PrepareRoot` is over: `error` is empty when the root is mounted read-only; `bytes`
+    /// were read ahead.
+    Prepared {
+        millis: u64,
+        bytes: u64,
+        error: String,
+    },
     /// The agent has loaded its modules and opened the port (also the reply to `Hello`).
     Ready {
         version: u32,
@@ -806,6 +829,12 @@ mod tests {
                     nosuid: true,
                     nodev: true,
                 }],
+                root_mounted: true,
+            },
+            HostMsg::PrepareRoot {
+                root_device: "/dev/vda".into(),
+                process: spec(),
+                preread_max: 32 << 20,
             },
             HostMsg::Freeze {
                 req_id: 9,
@@ -858,6 +887,11 @@ mod tests {
         }
         let guest = [
             GuestMsg::Done { req_id: 9 },
+            GuestMsg::Prepared {
+                millis: 12,
+                bytes: 1 << 20,
+                error: String::new(),
+            },
             GuestMsg::Ready {
                 version: 1,
                 kernel_release: "6.1".into(),

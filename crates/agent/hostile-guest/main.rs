@@ -137,6 +137,11 @@ impl Guest {
             millis: 1,
             error: Self::injection(1000),
         });
+        self.msg(&GuestMsg::Prepared {
+            millis: 1,
+            bytes: u64::MAX,
+            error: Self::injection(1000),
+        });
         log!("hostile: junk sent before start");
     }
 

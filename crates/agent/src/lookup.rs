@@ -86,18 +86,26 @@ pub fn find_executable(
 /// Check `path` inside the directory tree `root`, resolving symlinks (absolute ones too) within
 /// `root` with openat2(RESOLVE_IN_ROOT).
 pub fn check_in_root(root: &Path, path: &str) -> Access {
-    let Ok(rootdir) = std::fs::File::open(root) else {
+    let Some(fd) = open_in_root(root, path, libc::O_PATH) else {
         return Access::Missing;
     };
-    let Ok(cpath) = std::ffi::CString::new(path.trim_start_matches('/')) else {
+    let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
         return Access::Missing;
     };
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0 {
+        Access::Executable
+    } else {
+        Access::NotExecutable
+    }
+}
+
+/// Open `path` inside the directory tree `root` with `flags` (and `O_CLOEXEC`), resolving
+/// symlinks (absolute ones too) within `root` with openat2(RESOLVE_IN_ROOT).
+pub fn open_in_root(root: &Path, path: &str, flags: i32) -> Option<OwnedFd> {
+    let rootdir = std::fs::File::open(root).ok()?;
+    let cpath = std::ffi::CString::new(path.trim_start_matches('/')).ok()?;
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
-    let how: [u64; 3] = [
-        (libc::O_PATH | libc::O_CLOEXEC) as u64,
-        0,
-        libc::RESOLVE_IN_ROOT,
-    ];
+    let how: [u64; 3] = [(flags | libc::O_CLOEXEC) as u64, 0, libc::RESOLVE_IN_ROOT];
     // SAFETY: valid dirfd, NUL-terminated path, a properly sized open_how struct.
     let fd = unsafe {
         libc::syscall(
@@ -108,19 +116,8 @@ pub fn check_in_root(root: &Path, path: &str) -> Access {
             std::mem::size_of_val(&how),
         )
     };
-    if fd < 0 {
-        return Access::Missing;
-    }
     // SAFETY: openat2 returned a new fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
-        return Access::Missing;
-    };
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0 {
-        Access::Executable
-    } else {
-        Access::NotExecutable
-    }
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod init;
 mod lookup;
 mod network;
 mod port;
+mod prepare;
 mod process;
 mod rehearse;
 mod rootfs;
@@ -214,6 +215,7 @@ fn handle(
             network,
             volumes,
             tmpfs,
+            root_mounted,
         } => {
             if *started {
                 reply(GuestMsg::StartFailed {
@@ -232,6 +234,7 @@ fn handle(
                     hostname,
                     machine_id,
                     network,
+                    root_mounted,
                 },
                 volumes,
                 tmpfs,
@@ -394,6 +397,36 @@ fn handle(
                         error: String::new(),
                     },
                     Err(error) => GuestMsg::Rehearsed { millis: 0, error },
+                };
+                let _ = out.send(Frame::guest(&msg));
+            });
+        }
+        HostMsg::PrepareRoot {
+            root_device,
+            process,
+            preread_max,
+        } => {
+            if *started {
+                reply(GuestMsg::Prepared {
+                    millis: 0,
+                    bytes: 0,
+                    error: "a container has started here".into(),
+                });
+                return;
+            }
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let msg = match prepare::run(&root_device, &process, preread_max) {
+                    Ok((millis, bytes)) => GuestMsg::Prepared {
+                        millis,
+                        bytes,
+                        error: String::new(),
+                    },
+                    Err(error) => GuestMsg::Prepared {
+                        millis: 0,
+                        bytes: 0,
+                        error,
+                    },
                 };
                 let _ = out.send(Frame::guest(&msg));
             });

@@ -58,6 +58,7 @@ fn prepare_and_spawn(spec: &ProcessSpec, device: &str) -> Result<process::Spawne
         hostname: "scratch".into(),
         machine_id: "0".repeat(32),
         network: Some(scratch_net),
+        root_mounted: false,
     });
     let _ = nix::unistd::sethostname(&hostname);
     prepared.map_err(|e| format!("root: {e}"))?;

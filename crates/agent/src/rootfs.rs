@@ -2,10 +2,12 @@
 //! from a template has the container's disk behind the slot only from then on): drop what the
 //! block layer cached of the device, mount the ext4 root disk, grow it to the device if it is
 //! smaller, set the hostname and the files that carry it and the network (`/etc/hosts`,
-//! `/etc/resolv.conf`).
+//! `/etc/resolv.conf`). A standby prepared for an image ([`mount_read_only`], `PrepareRoot`)
+//! has the root mounted read-only already: `Start` remounts it read-write.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
@@ -26,7 +28,14 @@ pub enum RootfsError {
     Mount(String, #[source] nix::Error),
     #[error("dropping the cached blocks of {0}")]
     Flush(String, #[source] std::io::Error),
+    #[error("remounting {ROOTFS} read-write")]
+    Remount(#[source] nix::Error),
+    #[error("unmounting the root prepared before")]
+    Unmount(#[source] nix::Error),
 }
+
+/// Whether [`mount_read_only`] left a root mounted at [`ROOTFS`] that no `Start` has taken yet.
+static MOUNTED_READ_ONLY: AtomicBool = AtomicBool::new(false);
 
 // EXT4_IOC_RESIZE_FS = _IOW('f', 16, __u64); BLKGETSIZE64 = _IOR(0x12, 114, size_t).
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
@@ -41,12 +50,14 @@ pub struct Target {
     pub machine_id: String,
     /// For `/etc/hosts` and `/etc/resolv.conf` (the interfaces are `network`'s job).
     pub network: Option<NetConfig>,
+    /// The host kept the disk [`mount_read_only`] mounted behind the slot.
+    pub root_mounted: bool,
 }
 
 pub fn prepare(t: &Target) -> Result<(), RootfsError> {
     let hostname = t.hostname.as_str();
     let t0 = Instant::now();
-    let (t_device, t_mount) = mount_device(&t.device)?;
+    let (t_device, t_mount) = mount_or_remount(t)?;
     let device = device_or_default(&t.device);
     if let Err(e) = grow(device, Path::new(ROOTFS)) {
         log!("growing {device}: {e} (carrying on)");
@@ -77,7 +88,37 @@ pub fn prepare(t: &Target) -> Result<(), RootfsError> {
 /// Only mount the root disk at [`ROOTFS`], changing nothing on it (a helper VM that serves a
 /// stopped container's archive streams).
 pub fn mount_root(device: &str) -> Result<(), RootfsError> {
-    mount_device(device).map(|_| ())
+    mount_device(device, MsFlags::empty()).map(|_| ())
+}
+
+/// Mount the root disk at [`ROOTFS`] read-only, ahead of `Start` (a standby prepared for an
+/// image): nothing on it changes until `Start` remounts it read-write.
+pub fn mount_read_only(device: &str) -> Result<(), RootfsError> {
+    mount_device(device, MsFlags::MS_RDONLY)?;
+    MOUNTED_READ_ONLY.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// `Start`'s root: the one [`mount_read_only`] mounted, remounted read-write, when the host
+/// kept that disk; otherwise a fresh mount (whatever was mounted before unmounted first). The
+/// times at which the device was ready and mounted.
+fn mount_or_remount(t: &Target) -> Result<(Duration, Duration), RootfsError> {
+    if MOUNTED_READ_ONLY.swap(false, Ordering::SeqCst) {
+        if t.root_mounted {
+            let t0 = Instant::now();
+            mount(
+                None::<&str>,
+                ROOTFS,
+                None::<&str>,
+                MsFlags::MS_REMOUNT,
+                None::<&str>,
+            )
+            .map_err(RootfsError::Remount)?;
+            return Ok((Duration::ZERO, t0.elapsed()));
+        }
+        nix::mount::umount(ROOTFS).map_err(RootfsError::Unmount)?;
+    }
+    mount_device(&t.device, MsFlags::empty())
 }
 
 fn device_or_default(device: &str) -> &str {
@@ -88,9 +129,9 @@ fn device_or_default(device: &str) -> &str {
     }
 }
 
-/// Wait for the device, forget its cached blocks and mount it: the times at which the device
-/// was ready and mounted.
-fn mount_device(device: &str) -> Result<(Duration, Duration), RootfsError> {
+/// Wait for the device, forget its cached blocks and mount it with `flags`: the times at which
+/// the device was ready and mounted.
+fn mount_device(device: &str, flags: MsFlags) -> Result<(Duration, Duration), RootfsError> {
     let device = device_or_default(device);
     let t0 = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -107,14 +148,8 @@ fn mount_device(device: &str) -> Result<(Duration, Duration), RootfsError> {
         .map_err(|e| RootfsError::Flush(device.to_string(), e))?;
     let t_device = t0.elapsed();
     let _ = std::fs::create_dir_all(ROOTFS);
-    mount(
-        Some(device),
-        ROOTFS,
-        Some("ext4"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    mount(Some(device), ROOTFS, Some("ext4"), flags, None::<&str>)
+        .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
     Ok((t_device, t0.elapsed()))
 }
 

@@ -973,7 +973,8 @@ impl Runtime {
         let Some(pool) = &self.standby else {
             return self.launch_shim(c, dir).await;
         };
-        let claimed = match pool.take(spec, &c.tenant) {
+        let pristine = self.pristine_preparation(c, spec, dir).await;
+        let claimed = match pool.take(spec, &c.tenant, pristine.as_ref()) {
             Some(standby) => pool.claim(&standby, dir).await.is_ok(),
             None => false,
         };
@@ -984,6 +985,52 @@ impl Runtime {
         };
         pool.fill();
         up
+    }
+
+    /// What a standby prepared for `c`'s image is prepared with, if `c`'s root disk (in `dir`)
+    /// is still the image's empty overlay: a container that never ran, into which nothing was
+    /// copied. Only the program's name, its look-up's `PATH`, the working directory and the
+    /// user are kept of its process (the standby's spec holds no other environment).
+    async fn pristine_preparation(
+        &self,
+        c: &Container,
+        spec: &ShimSpec,
+        dir: &Path,
+    ) -> Option<shim::PrepareSpec> {
+        if c.state.started_at.is_some() {
+            return None;
+        }
+        let overlay_template = self.images.content().overlay_template(&c.image_id).ok()?;
+        let (template, disk) = (overlay_template.clone(), dir.join("root.qcow2"));
+        let pristine = tokio::task::spawn_blocking(move || {
+            let read = |p: &Path| std::fs::read(p).ok();
+            read(&template).is_some_and(|t| read(&disk).as_ref() == Some(&t))
+        })
+        .await
+        .unwrap_or(false);
+        if !pristine {
+            return None;
+        }
+        let p = &spec.process;
+        Some(shim::PrepareSpec {
+            tenant: c.tenant.clone(),
+            image_id: c.image_id.clone(),
+            overlay_template,
+            process: ProcessSpec {
+                args: p.args.iter().take(1).cloned().collect(),
+                env: p
+                    .env
+                    .iter()
+                    .filter(|e| e.starts_with("PATH="))
+                    .cloned()
+                    .collect(),
+                cwd: p.cwd.clone(),
+                user: p.user.clone(),
+                group_add: p.group_add.clone(),
+                ..ProcessSpec::default()
+            },
+            preread_max: crate::standby::PREREAD_MAX,
+        })
     }
 
     async fn launch_shim(&self, c: &Container, dir: &Path) -> Result<()> {
@@ -2039,6 +2086,7 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
         template_dir: cfg.template_dir.clone(),
         network: None,
         standby: false,
+        prepared_for: None,
         helper: false,
         disposable: false,
         volumes: Vec::new(),

@@ -210,6 +210,8 @@ struct Shim {
     log: Mutex<LogWriter>,
     /// Serialises pause, resume and run-state queries (`run_state`).
     run_state: tokio::sync::Mutex<()>,
+    /// The root disk is mounted read-only in the guest already (see [`Up`]).
+    root_mounted: bool,
 }
 
 impl Shim {
@@ -451,7 +453,7 @@ async fn standby(
     let restored = t0.elapsed().as_secs_f64();
     match rehearse(&mut up).await {
         Ok(ms) => slog!(
-            "standby: restored from template {} in {restored:.3}s, rehearsed a start in {ms} ms; waiting for a container",
+            "standby: restored from template {} in {restored:.3}s, rehearsed a start in {ms} ms",
             t.meta.key
         ),
         Err(e) => {
@@ -459,6 +461,20 @@ async fn standby(
             bail!("the standby VM's rehearsal failed: {e:#}");
         }
     }
+    if let Some(p) = &spec.prepared_for {
+        match prepare_for_image(&mut up, &standby_dir, p).await {
+            Ok((ms, bytes)) => slog!(
+                "standby: prepared for image {} in {ms} ms ({bytes} bytes read ahead)",
+                p.image_id
+            ),
+            Err(e) => {
+                kill(&up);
+                bail!("preparing the standby VM for image {}: {e:#}", p.image_id);
+            }
+        }
+        up.root_mounted = true;
+    }
+    slog!("standby: waiting for a container");
     state.qemu_pid = Some(up.qemu_pid);
     state.save(&standby_dir)?;
     let listener =
@@ -515,10 +531,12 @@ async fn standby(
                 let claim_started = std::time::Instant::now();
                 let (from, nic) = (standby_dir.clone(), nic.take());
                 let key = t.meta.key.clone();
-                let claimed = tokio::task::spawn_blocking(move || claim(&from, &dir, &key, nic))
-                    .await
-                    .map_err(|e| anyhow!("claim task: {e}"))
-                    .and_then(|r| r);
+                let prepared = up.root_mounted;
+                let claimed =
+                    tokio::task::spawn_blocking(move || claim(&from, &dir, &key, prepared, nic))
+                        .await
+                        .map_err(|e| anyhow!("claim task: {e}"))
+                        .and_then(|r| r);
                 match claimed {
                     Ok(c) => {
                         slog!(
@@ -605,12 +623,66 @@ async fn rehearse(up: &mut Up) -> Result<u64> {
     }
 }
 
+/// Have a standby prepared for an image take its own copy of the image's empty overlay as its
+/// root disk, and its agent mount it read-only and read ahead (see `HostMsg::PrepareRoot`):
+/// the time it took in the guest and the bytes read ahead.
+async fn prepare_for_image(
+    up: &mut Up,
+    standby_dir: &Path,
+    p: &crate::PrepareSpec,
+) -> Result<(u64, u64)> {
+    let disk = crate::standby::prepared_disk(standby_dir);
+    let (template, copy, qmp) = (
+        p.overlay_template.clone(),
+        disk.clone(),
+        standby_dir.join(vm::QMP_SOCK),
+    );
+    tokio::task::spawn_blocking(move || {
+        std::fs::copy(&template, &copy)
+            .with_context(|| format!("copying {}", template.display()))?;
+        crate::standby::attach_root_disk(&qmp, &copy)
+    })
+    .await
+    .map_err(|e| anyhow!("attach task: {e}"))??;
+    agent_proto::write_frame(
+        &mut up.wr,
+        &Frame::host(&HostMsg::PrepareRoot {
+            root_device: "/dev/vda".into(),
+            process: p.process.to_agent(),
+            preread_max: p.preread_max,
+        }),
+    )
+    .await?;
+    let answer = async {
+        loop {
+            let f = agent_proto::read_frame(&mut up.rd).await?;
+            if let Ok(GuestMsg::Prepared {
+                millis,
+                bytes,
+                error,
+            }) = f.guest_msg()
+            {
+                return Ok::<_, std::io::Error>((millis, bytes, error));
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), answer).await {
+        Ok(Ok((millis, bytes, error))) if error.is_empty() => Ok((millis, bytes)),
+        Ok(Ok((_, _, error))) => bail!("{}", excerpt(&error)),
+        Ok(Err(e)) => bail!("agent connection: {e}"),
+        Err(_) => bail!("no answer in 30s"),
+    }
+}
+
 /// Give this standby VM to the container in `container_dir`: its disk, its NIC, then the
-/// directory. Anything that fails leaves the container's directory as it was.
+/// directory. Anything that fails leaves the container's directory as it was. A standby
+/// `prepared` for an image has its own copy of the image's empty overlay mounted already: it
+/// takes a container whose root disk is still byte-equal to that copy, which it then replaces.
 fn claim(
     standby_dir: &Path,
     container_dir: &Path,
     template_key: &str,
+    prepared: bool,
     nic: Option<crate::nic::StandbyNic>,
 ) -> Result<(PathBuf, Spec)> {
     let dir = std::fs::canonicalize(container_dir)
@@ -631,7 +703,11 @@ fn claim(
     crate::volumes::check(&spec)?;
     crate::volumes::check_claimable(standby_dir, &spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);
-    crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
+    if prepared {
+        crate::standby::check_pristine(standby_dir, &dir, &spec.root_disk)?;
+    } else {
+        crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
+    }
     crate::volumes::attach(standby_dir, &spec)?;
     nic.context("the standby's NIC was already given away")?
         .claim(&spec)?;
@@ -657,7 +733,7 @@ async fn serve(
         wr,
         version,
         kernel,
-        ..
+        root_mounted,
     } = up;
     state.qemu_pid = Some(qemu_pid);
     state.save(&dir)?;
@@ -698,6 +774,7 @@ async fn serve(
         qemu_gone: gone_rx.clone(),
         log: Mutex::new(log),
         run_state: tokio::sync::Mutex::new(()),
+        root_mounted,
     });
     shim.save(&shim.state());
 
@@ -845,6 +922,9 @@ struct Up {
     wr: tokio::net::unix::OwnedWriteHalf,
     version: u32,
     kernel: String,
+    /// The root disk behind the slot is mounted read-only in the guest already (a standby
+    /// prepared for its image): `Start` says so.
+    root_mounted: bool,
 }
 
 /// A VM that did not come up (QEMU may still need killing: see `boot_error`).
@@ -1106,6 +1186,7 @@ async fn bring_up(
     };
     match res {
         Ok((version, kernel)) => Ok(Up {
+            root_mounted: false,
             qemu_pid,
             gone: gone_rx,
             rd,
@@ -1514,6 +1595,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         network: shim.spec.network.as_ref().map(|n| n.to_agent()),
         volumes: crate::volumes::mounts(&shim.spec),
         tmpfs: shim.spec.tmpfs.clone(),
+        root_mounted: shim.root_mounted,
     }));
     let mut ex = shim.exited.subscribe();
     // `Started` reaches `rx` before a quick process's `Exited` ends the VM: look at it first,

@@ -201,6 +201,40 @@ pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The root disk of a standby prepared for an image: its own copy of the image's empty
+/// overlay, which becomes the container's `root.qcow2` when claimed ([`move_into`]).
+pub fn prepared_disk(standby_dir: &Path) -> PathBuf {
+    standby_dir.join(ROOT_DISK)
+}
+
+/// The name of a container's root disk in its directory.
+const ROOT_DISK: &str = "root.qcow2";
+
+/// Whether the container whose root disk is `root_disk` may claim the standby in `standby_dir`,
+/// prepared for an image: its disk must be its directory's `root.qcow2` (the standby's copy
+/// takes its place) and still byte-equal to the standby's (never written: the container never
+/// ran, and nothing was copied into it).
+pub fn check_pristine(standby_dir: &Path, container_dir: &Path, root_disk: &Path) -> Result<()> {
+    let in_place = root_disk.file_name() == Some(ROOT_DISK.as_ref())
+        && root_disk
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|p| p == container_dir);
+    if !in_place {
+        bail!(
+            "the container's root disk {} is not its directory's {ROOT_DISK}",
+            root_disk.display()
+        );
+    }
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if read(root_disk)? != read(&prepared_disk(standby_dir))? {
+        bail!(
+            "the container's root disk is not the pristine disk this standby VM was prepared with"
+        );
+    }
+    Ok(())
+}
+
 /// Move the container's files into the standby's directory, then the standby's directory over
 /// the container's (empty by then), so everything the VM holds (QEMU's chroot, the agent's and
 /// QEMU's sockets, the console, shim.sock, the shim's log) is the container's. The container's

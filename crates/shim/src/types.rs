@@ -49,6 +49,12 @@ pub struct Spec {
     /// attaches the container's volumes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
+    /// A standby prepared for one tenant's containers of one image (see `shim::standby`):
+    /// after its rehearsal it takes a copy of the image's empty overlay as its root disk and
+    /// has the agent mount it read-only and read ahead what a start reads. Only a container
+    /// whose root disk is still byte-equal to that copy can claim it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_for: Option<PrepareSpec>,
     /// A short-lived VM that serves a stopped container's archive streams (`Mount`, then
     /// `Archive`): its disk is the container's, its state file is its own, and `Shutdown`
     /// syncs the guest's disks before QEMU goes.
@@ -68,6 +74,22 @@ pub struct Spec {
     /// Tmpfs mounts the agent makes in the guest's memory at `Start`, after the volumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<agent_proto::TmpfsMount>,
+}
+
+/// What a standby is prepared for ([`Spec::prepared_for`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareSpec {
+    /// The tenant whose containers may claim it (hyperd's bookkeeping; the supervisor only
+    /// compares disks).
+    pub tenant: String,
+    /// The image (hyperd's bookkeeping).
+    pub image_id: String,
+    /// The image's empty overlay, copied as the standby's root disk.
+    pub overlay_template: PathBuf,
+    /// The start to walk: only `args[0]`, `PATH`, `cwd`, `user` and `group_add` are used.
+    pub process: ProcessSpec,
+    /// The most bytes of the program and its interpreter read ahead.
+    pub preread_max: u64,
 }
 
 /// One volume of the container: where its disk is and how the agent mounts it.

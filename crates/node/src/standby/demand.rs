@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use shim::PrepareSpec;
+
 /// Starts at most this far apart count as one burst.
 pub const BURST: Duration = Duration::from_secs(10);
 /// How long a burst is remembered by default: the pool stays sized for it this long after it.
@@ -61,6 +63,64 @@ impl Demand {
     }
 }
 
+/// What a standby is prepared for: one tenant's containers of one image.
+pub type Key = (String, String);
+
+/// How many (tenant, image) pairs standbys are prepared for at most: the most recently started.
+pub const MAX_PREPARED_KEYS: usize = 8;
+
+/// The recent pristine starts (first starts of a container whose disk nothing has written) of
+/// each (tenant, image), for standbys prepared for them: as many for a pair as its largest
+/// recent burst, prepared as its latest start asked.
+#[derive(Debug)]
+pub struct Wanted {
+    hold: Duration,
+    /// Most recently started last; at most [`MAX_PREPARED_KEYS`].
+    keys: Vec<(Key, PrepareSpec, Demand)>,
+}
+
+impl Wanted {
+    pub fn new(hold: Duration) -> Self {
+        Self {
+            hold,
+            keys: Vec::new(),
+        }
+    }
+
+    /// A pristine start of `key` at `now`, whose standby would be prepared with `spec`.
+    pub fn record(&mut self, key: Key, spec: PrepareSpec, now: Instant) {
+        let mut demand = match self.keys.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => self.keys.remove(i).2,
+            None => Demand::new(self.hold),
+        };
+        demand.record(now);
+        self.keys.push((key, spec, demand));
+        if self.keys.len() > MAX_PREPARED_KEYS {
+            self.keys.remove(0);
+        }
+    }
+
+    /// Every pair still remembered, most recently started first, with its preparation and its
+    /// largest recent burst (pairs whose bursts are all forgotten are dropped).
+    pub fn now(&mut self, now: Instant) -> Vec<(Key, PrepareSpec, usize)> {
+        let mut out = Vec::new();
+        self.keys.retain_mut(|(key, spec, demand)| {
+            let peak = demand.peak(now);
+            if peak > 0 {
+                out.push((key.clone(), spec.clone(), peak));
+            }
+            peak > 0
+        });
+        out.reverse();
+        out
+    }
+
+    /// No more standbys prepared for `key` (its image was removed, a preparation failed).
+    pub fn forget(&mut self, key: &Key) {
+        self.keys.retain(|(k, _, _)| k != key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +174,56 @@ mod tests {
         }
         assert_eq!(d.peak(t0 + secs(31)), 5);
         assert_eq!(d.peak(t0 + secs(30) + DEFAULT_HOLD - secs(1)), 5);
+    }
+
+    fn prep(image: &str) -> PrepareSpec {
+        PrepareSpec {
+            tenant: "t".into(),
+            image_id: image.into(),
+            overlay_template: format!("/{image}.overlay.qcow2").into(),
+            process: shim::ProcessSpec::default(),
+            preread_max: 1,
+        }
+    }
+
+    fn key(image: &str) -> Key {
+        ("t".into(), image.into())
+    }
+
+    #[test]
+    fn pairs_are_wanted_as_their_bursts_most_recent_first_then_forgotten() {
+        let t0 = Instant::now();
+        let mut w = Wanted::new(DEFAULT_HOLD);
+        for i in 0..5 {
+            w.record(key("a"), prep("a"), t0 + Duration::from_millis(i));
+        }
+        w.record(key("b"), prep("b"), t0 + secs(60));
+        let now = w.now(t0 + secs(61));
+        let got: Vec<(&str, usize)> = now.iter().map(|(k, _, n)| (k.1.as_str(), *n)).collect();
+        assert_eq!(got, [("b", 1), ("a", 5)]);
+        assert_eq!(
+            w.now(t0 + DEFAULT_HOLD + secs(1)).len(),
+            1,
+            "a is forgotten"
+        );
+        w.forget(&key("b"));
+        assert!(w.now(t0 + secs(62)).is_empty());
+    }
+
+    #[test]
+    fn only_the_most_recently_started_pairs_are_kept() {
+        let t0 = Instant::now();
+        let mut w = Wanted::new(DEFAULT_HOLD);
+        for i in 0..MAX_PREPARED_KEYS + 3 {
+            w.record(
+                key(&i.to_string()),
+                prep(&i.to_string()),
+                t0 + secs(i as u64),
+            );
+        }
+        let now = w.now(t0 + secs(100));
+        assert_eq!(now.len(), MAX_PREPARED_KEYS);
+        assert_eq!(now[0].0, key(&(MAX_PREPARED_KEYS + 2).to_string()));
+        assert!(now.iter().all(|(k, _, _)| k != &key("0")));
     }
 }

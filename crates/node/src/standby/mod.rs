@@ -11,6 +11,13 @@
 //! containers do: the next hyperd on the data root adopts those that fit its pool exactly (the
 //! same spec, a supervisor running the same binary) and stops the others, so that its first
 //! starts are claims instead of restores competing with the pool's fill.
+//!
+//! Some standbys are prepared for one tenant's containers of one image (`shim::PrepareSpec`):
+//! as many as that pair's largest recent burst of first starts ([`demand::Wanted`]), each with
+//! its own copy of the image's empty overlay mounted read-only and the program read ahead. A
+//! container of that tenant and image whose disk is still that empty overlay (a first start,
+//! nothing copied in) claims one and skips the mount and the reads; any other start takes a
+//! generic standby. A prepared standby never goes to another tenant, nor to another image.
 
 mod demand;
 
@@ -26,7 +33,7 @@ use serde_json::json;
 use shim::Spec as ShimSpec;
 
 use crate::shim_link;
-use demand::Demand;
+use demand::{Demand, Key, Wanted};
 
 pub struct StandbyPool {
     dir: PathBuf,
@@ -41,9 +48,11 @@ pub struct StandbyPool {
     memory_max: Option<u64>,
     /// Starts that fit the pool, for its size.
     demand: Mutex<Demand>,
+    /// Pristine starts by (tenant, image), for the standbys prepared for them.
+    wanted: Mutex<Wanted>,
     /// How often the pool is brought to its target when no start asks.
     upkeep: Duration,
-    ready: Mutex<VecDeque<PathBuf>>,
+    ready: Mutex<VecDeque<Ready>>,
     filling: AtomicBool,
     next: AtomicU64,
     /// Starts and removals in flight: the pool refills only when this has been zero for
@@ -81,6 +90,16 @@ pub struct Sizing {
     /// How long it stays sized for a burst (`--standby-vms-hold`).
     pub hold: Duration,
 }
+
+/// A ready standby.
+struct Ready {
+    dir: PathBuf,
+    /// The (tenant, image) it is prepared for; `None`: any container may claim it.
+    prepared: Option<Key>,
+}
+
+/// The most a prepared standby reads ahead of its image's program and interpreter.
+pub const PREREAD_MAX: u64 = 16 << 20;
 
 /// The standby being launched.
 struct Launch {
@@ -124,6 +143,12 @@ fn held_for_others(target: usize) -> usize {
     (target / 8).min(2)
 }
 
+/// How many generic standbys a pool that keeps `target` keeps however many are wanted prepared:
+/// those held for other tenants, and at least one for any start.
+fn generic_min(target: usize) -> usize {
+    held_for_others(target).max(1).min(target)
+}
+
 impl StandbyPool {
     /// `spec`: the default size's shim spec with its `template_dir`; `sizing`: how many to keep.
     pub fn new(
@@ -143,6 +168,7 @@ impl StandbyPool {
             ceiling: sizing.ceiling.max(sizing.floor),
             memory_max: sizing.memory_max,
             demand: Mutex::new(Demand::new(sizing.hold)),
+            wanted: Mutex::new(Wanted::new(sizing.hold)),
             upkeep: UPKEEP.min(sizing.hold / 4).max(Duration::from_secs(1)),
             ready: Mutex::default(),
             filling: AtomicBool::new(false),
@@ -158,6 +184,16 @@ impl StandbyPool {
     /// How many standbys are ready now.
     pub fn ready_count(&self) -> usize {
         self.ready.lock().expect("poisoned").len()
+    }
+
+    /// How many ready standbys are prepared for `tenant`'s images.
+    pub fn prepared_for(&self, tenant: &str) -> usize {
+        self.ready
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .filter(|r| r.prepared.as_ref().is_some_and(|(t, _)| t == tenant))
+            .count()
     }
 
     /// How many standbys the pool keeps now: the largest recent burst and the standbys held
@@ -180,7 +216,7 @@ impl StandbyPool {
             .lock()
             .expect("poisoned")
             .iter()
-            .cloned()
+            .map(|r| r.dir.clone())
             .collect();
         ready
             .iter()
@@ -234,18 +270,42 @@ impl StandbyPool {
         }
     }
 
-    /// A ready standby for `tenant`'s container whose VM is `spec`, taken out of the pool;
-    /// none for a tenant with other starts in flight once only the standbys held for other
-    /// tenants are left ([`held_for_others`]). Only the size is compared here; the supervisor
-    /// checks the whole template key when claimed.
-    pub fn take(&self, spec: &ShimSpec, tenant: &str) -> Option<PathBuf> {
+    /// A ready standby for `tenant`'s container whose VM is `spec`, taken out of the pool: one
+    /// prepared for its image if its disk is `pristine` (the preparation its image's standbys
+    /// take) and one is ready, else a generic one; no generic one for a tenant with other
+    /// starts in flight once only the standbys held for other tenants are left
+    /// ([`held_for_others`]). Only the size is compared here; the supervisor checks the whole
+    /// template key, and a prepared standby the disk, when claimed.
+    pub fn take(
+        &self,
+        spec: &ShimSpec,
+        tenant: &str,
+        pristine: Option<&shim::PrepareSpec>,
+    ) -> Option<PathBuf> {
         if spec.vcpus != self.spec.vcpus
             || spec.memory_mib != self.spec.memory_mib
             || spec.template_dir != self.spec.template_dir
         {
             return None;
         }
-        self.demand.lock().expect("poisoned").record(Instant::now());
+        let now = Instant::now();
+        self.demand.lock().expect("poisoned").record(now);
+        let key = pristine.map(|p| {
+            let key = (tenant.to_string(), p.image_id.clone());
+            let mut p = p.clone();
+            p.tenant = tenant.to_string();
+            self.wanted
+                .lock()
+                .expect("poisoned")
+                .record(key.clone(), p, now);
+            key
+        });
+        if let Some(key) = key {
+            let mut ready = self.ready.lock().expect("poisoned");
+            if let Some(i) = ready.iter().position(|r| r.prepared.as_ref() == Some(&key)) {
+                return ready.remove(i).map(|r| r.dir);
+            }
+        }
         let bursting = self
             .starting_by_tenant
             .lock()
@@ -258,7 +318,50 @@ impl StandbyPool {
             0
         };
         let mut ready = self.ready.lock().expect("poisoned");
-        (ready.len() > held).then(|| ready.pop_front()).flatten()
+        let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
+        if generic <= held {
+            return None;
+        }
+        let i = ready.iter().position(|r| r.prepared.is_none())?;
+        ready.remove(i).map(|r| r.dir)
+    }
+
+    /// What the next standby launched is prepared for: the most recently started pair with
+    /// fewer ready than its burst, once the generic ones [`generic_min`] keeps are ready and
+    /// while the pool's target leaves room; `None`: a generic one.
+    fn next_preparation(&self) -> Option<shim::PrepareSpec> {
+        let target = self.target();
+        let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
+        let ready = self.ready.lock().expect("poisoned");
+        let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
+        if generic < generic_min(target) || ready.len() >= target {
+            return None;
+        }
+        wanted.into_iter().find_map(|(key, spec, peak)| {
+            let have = ready
+                .iter()
+                .filter(|r| r.prepared.as_ref() == Some(&key))
+                .count();
+            (have < peak).then_some(spec)
+        })
+    }
+
+    /// No more standbys prepared for `tenant`'s image `image_id` (the tenant removed it): the
+    /// ready ones are stopped, and with them the image's disk they hold open.
+    pub async fn forget(&self, tenant: &str, image_id: &str) {
+        let key = (tenant.to_string(), image_id.to_string());
+        self.wanted.lock().expect("poisoned").forget(&key);
+        let gone: Vec<PathBuf> = {
+            let mut ready = self.ready.lock().expect("poisoned");
+            let (gone, kept) = std::mem::take(&mut *ready)
+                .into_iter()
+                .partition(|r| r.prepared.as_ref() == Some(&key));
+            *ready = kept;
+            gone.into_iter().map(|r: Ready| r.dir).collect()
+        };
+        for dir in gone {
+            discard(&dir).await;
+        }
     }
 
     /// Hand the standby in `standby` to the container in `container_dir`. On error the standby
@@ -293,16 +396,24 @@ impl StandbyPool {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                if let Err(e) = pool.launch_one().await {
+                let preparation = pool.next_preparation();
+                let key = preparation
+                    .as_ref()
+                    .map(|p| (p.tenant.clone(), p.image_id.clone()));
+                if let Err(e) = pool.launch_one(preparation).await {
                     tracing::warn!("no standby VM: {e}");
-                    break;
+                    match key {
+                        // Generic ones instead (its image may be gone).
+                        Some(key) => pool.wanted.lock().expect("poisoned").forget(&key),
+                        None => break,
+                    }
                 }
             }
             pool.filling.store(false, Ordering::SeqCst);
         });
     }
 
-    async fn launch_one(&self) -> anyhow::Result<()> {
+    async fn launch_one(&self, preparation: Option<shim::PrepareSpec>) -> anyhow::Result<()> {
         use anyhow::Context;
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let dir = self.dir.join(n.to_string());
@@ -310,6 +421,10 @@ impl StandbyPool {
         let mut spec = self.spec.clone();
         spec.id = format!("standby-{n}");
         spec.root_disk = dir.join("placeholder");
+        let prepared = preparation
+            .as_ref()
+            .map(|p| (p.tenant.clone(), p.image_id.clone()));
+        spec.prepared_for = preparation;
         std::fs::write(
             dir.join(shim::paths::SPEC),
             serde_json::to_vec_pretty(&spec)?,
@@ -328,7 +443,10 @@ impl StandbyPool {
         if launch.is_some_and(|l| l.yielded) {
             set_priority(&dir, false);
         }
-        self.ready.lock().expect("poisoned").push_back(dir);
+        self.ready
+            .lock()
+            .expect("poisoned")
+            .push_back(Ready { dir, prepared });
         Ok(())
     }
 
@@ -358,22 +476,51 @@ impl StandbyPool {
     }
 
     /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the
-    /// standbys a forgotten burst left beyond the target, and refill (after a failed launch,
-    /// say).
+    /// standbys a forgotten burst left beyond the target (prepared ones beyond their pair's
+    /// burst first), and refill (after a failed launch, say).
     pub async fn keep(self: Arc<Self>) {
         while !self.closed.load(Ordering::SeqCst) {
             tokio::time::sleep(self.upkeep).await;
-            let target = self.target();
-            let surplus: Vec<PathBuf> = {
-                let mut ready = self.ready.lock().expect("poisoned");
-                let keep = ready.len().min(target);
-                ready.drain(keep..).collect()
-            };
-            for dir in surplus {
+            for dir in self.surplus() {
                 discard(&dir).await;
             }
             self.fill();
         }
+    }
+
+    /// The ready standbys the pool keeps no more, taken out of it: those prepared for a pair
+    /// beyond its recent burst, then, beyond the target, generic ones over [`generic_min`],
+    /// then the newest.
+    fn surplus(&self) -> Vec<PathBuf> {
+        let target = self.target();
+        let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
+        let mut ready = self.ready.lock().expect("poisoned");
+        let mut kept: HashMap<Key, usize> = HashMap::new();
+        let mut surplus = Vec::new();
+        ready.retain(|r| {
+            let Some(key) = &r.prepared else {
+                return true;
+            };
+            let peak = wanted
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .map_or(0, |(_, _, n)| *n);
+            let n = kept.entry(key.clone()).or_default();
+            *n += 1;
+            if *n > peak {
+                surplus.push(r.dir.clone());
+            }
+            *n <= peak
+        });
+        while ready.len() > target {
+            let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
+            let i = match ready.iter().rposition(|r| r.prepared.is_none()) {
+                Some(i) if generic > generic_min(target) => i,
+                _ => ready.len() - 1,
+            };
+            surplus.extend(ready.remove(i).map(|r| r.dir));
+        }
+        surplus
     }
 
     /// Take over the standbys an earlier hyperd left in this pool's directory when they fit
@@ -398,12 +545,12 @@ impl StandbyPool {
                 continue;
             }
             self.next.fetch_max(n + 1, Ordering::SeqCst);
-            if self.matches(dir) {
+            if let Some(prepared) = self.matches(dir) {
                 let dir = dir.clone();
-                asked.spawn(async move { (i, answers(&dir).await) });
+                asked.spawn(async move { (i, answers(&dir).await.then_some(prepared)) });
             }
         }
-        let mut fits = vec![false; found.len()];
+        let mut fits = vec![None; found.len()];
         // A task that failed leaves its standby unfit; the others' answers still count.
         while let Some(joined) = asked.join_next().await {
             if let Ok((i, answered)) = joined {
@@ -412,8 +559,21 @@ impl StandbyPool {
         }
         let (mut adopted, mut stopped) = (0, 0);
         for ((_, dir), fits) in found.into_iter().zip(fits) {
-            if fits && self.ready_count() < self.ceiling {
-                self.ready.lock().expect("poisoned").push_back(dir);
+            if let Some(prepared) = fits.filter(|_| self.ready_count() < self.ceiling) {
+                // Wanted as if just started: kept for the hold unless the tenant removes it.
+                let key = prepared.as_ref().map(|p| {
+                    let key = (p.tenant.clone(), p.image_id.clone());
+                    self.wanted.lock().expect("poisoned").record(
+                        key.clone(),
+                        p.clone(),
+                        Instant::now(),
+                    );
+                    key
+                });
+                self.ready
+                    .lock()
+                    .expect("poisoned")
+                    .push_back(Ready { dir, prepared: key });
                 adopted += 1;
             } else {
                 discard(&dir).await;
@@ -424,25 +584,24 @@ impl StandbyPool {
     }
 
     /// Whether the standby in `dir` is one this pool would launch now (it fits if it also
-    /// [`answers`]): its spec is the pool's (but for its name and placeholder disk), its
-    /// supervisor and QEMU run in `dir`, the supervisor is this hyperd's binary (not one
-    /// replaced since), in this hyperd's mount namespace. Whether its VM still fits the
-    /// template is checked at its claim, as for any standby.
-    fn matches(&self, dir: &Path) -> bool {
+    /// [`answers`]), and what it is prepared for: its spec is the pool's (but for its name,
+    /// placeholder disk and preparation), its supervisor and QEMU run in `dir`, the supervisor
+    /// is this hyperd's binary (not one replaced since), in this hyperd's mount namespace.
+    /// Whether its VM still fits the template is checked at its claim, as for any standby.
+    fn matches(&self, dir: &Path) -> Option<Option<shim::PrepareSpec>> {
         let spec = std::fs::read(dir.join(shim::paths::SPEC))
             .ok()
             .and_then(|raw| serde_json::from_slice::<ShimSpec>(&raw).ok());
-        let Some(mut spec) = spec else {
-            return false;
-        };
+        let mut spec = spec?;
         spec.id.clone_from(&self.spec.id);
         spec.root_disk.clone_from(&self.spec.root_disk);
+        let prepared = spec.prepared_for.take();
         if spec != self.spec {
-            return false;
+            return None;
         }
         // Both running in `dir`: the supervisor first.
         let [supervisor, _qemu] = crate::runtime::vm_processes(dir)[..] else {
-            return false;
+            return None;
         };
         let exe = std::fs::read_link(format!("/proc/{supervisor}/exe")).ok();
         let same_binary = exe.is_some() && exe == std::fs::canonicalize(&self.shim_binary).ok();
@@ -452,7 +611,7 @@ impl StandbyPool {
         let mounts = std::fs::read_link(format!("/proc/{supervisor}/ns/mnt")).ok();
         let same_mounts =
             mounts.is_some() && mounts == std::fs::read_link("/proc/self/ns/mnt").ok();
-        same_binary && same_mounts
+        (same_binary && same_mounts).then_some(prepared)
     }
 
     /// Launch no more standbys, wait for a launch in progress, and forget the ready ones: they
@@ -549,9 +708,14 @@ mod tests {
         assert_eq!(super::default_ceiling(1 << 40), 64);
     }
 
-    #[test]
-    fn a_bursting_tenant_leaves_the_last_standbys_to_another_tenants_single_start() {
-        use super::{Sizing, StandbyPool};
+    /// A pool of `floor` (its ceiling too) holding `generic` generic standbys and one prepared
+    /// for each of `prepared`, and the spec its VMs have.
+    fn pool_with(
+        floor: usize,
+        generic: usize,
+        prepared: &[(&str, &str)],
+    ) -> (super::StandbyPool, shim::Spec) {
+        use super::{Ready, Sizing, StandbyPool};
         use std::path::{Path, PathBuf};
         let mut spec: shim::Spec = serde_json::from_value(serde_json::json!({
             "id": "", "kernel": "k", "initrd": "i", "root_disk": "r",
@@ -560,29 +724,104 @@ mod tests {
         .unwrap();
         spec.template_dir = Some("/templates".into());
         let sizing = Sizing {
-            floor: 24,
-            ceiling: 24,
+            floor,
+            ceiling: floor,
             memory_max: None,
             hold: std::time::Duration::from_secs(60),
         };
         let pool = StandbyPool::new(Path::new("/nowhere"), "shim".into(), spec.clone(), &sizing);
-        pool.ready
-            .lock()
-            .unwrap()
-            .extend((0..3).map(|i| PathBuf::from(format!("/nowhere/{i}"))));
+        let generic = (0..generic).map(|i| Ready {
+            dir: PathBuf::from(format!("/nowhere/{i}")),
+            prepared: None,
+        });
+        let prepared = prepared.iter().map(|(tenant, image)| Ready {
+            dir: PathBuf::from(format!("/nowhere/{tenant}-{image}")),
+            prepared: Some((tenant.to_string(), image.to_string())),
+        });
+        pool.ready.lock().unwrap().extend(generic.chain(prepared));
+        (pool, spec)
+    }
 
+    /// What a pristine start of `image` is prepared with.
+    fn pristine(image: &str) -> shim::PrepareSpec {
+        shim::PrepareSpec {
+            tenant: String::new(),
+            image_id: image.into(),
+            overlay_template: "/o".into(),
+            process: shim::ProcessSpec::default(),
+            preread_max: 1,
+        }
+    }
+
+    #[test]
+    fn a_bursting_tenant_leaves_the_last_standbys_to_another_tenants_single_start() {
+        let (pool, spec) = pool_with(24, 3, &[]);
         let a = [pool.starting("a"), pool.starting("a")];
         assert!(
-            pool.take(&spec, "a").is_some(),
+            pool.take(&spec, "a", None).is_some(),
             "3 ready, 2 held for others"
         );
-        assert!(pool.take(&spec, "a").is_none(), "the last 2 are held");
+        assert!(pool.take(&spec, "a", None).is_none(), "the last 2 are held");
         let _b = pool.starting("b");
-        assert!(pool.take(&spec, "b").is_some(), "b's single start");
+        assert!(pool.take(&spec, "b", None).is_some(), "b's single start");
         drop(a);
         let _a = pool.starting("a");
-        assert!(pool.take(&spec, "a").is_some(), "a's single start now");
-        assert!(pool.take(&spec, "a").is_none(), "empty");
+        assert!(pool.take(&spec, "a", None).is_some(), "a's single start now");
+        assert!(pool.take(&spec, "a", None).is_none(), "empty");
+    }
+
+    #[test]
+    fn a_prepared_standby_goes_only_to_a_pristine_start_of_its_tenant_and_image() {
+        let (pool, spec) = pool_with(4, 1, &[("a", "img")]);
+        let path = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
+        // Another tenant's start of the same image, a start of another image, a start whose
+        // disk is not pristine: the generic one, then none.
+        let _b = pool.starting("b");
+        assert_eq!(
+            path(pool.take(&spec, "b", Some(&pristine("img")))).as_deref(),
+            Some("/nowhere/0")
+        );
+        assert_eq!(pool.take(&spec, "b", Some(&pristine("img"))), None);
+        assert_eq!(pool.take(&spec, "a", Some(&pristine("other"))), None);
+        assert_eq!(pool.take(&spec, "a", None), None);
+        assert_eq!(pool.prepared_for("a"), 1);
+        assert_eq!(pool.prepared_for("b"), 0);
+        // Its own, even in a burst that leaves the generic ones to others.
+        let _a = [pool.starting("a"), pool.starting("a")];
+        assert_eq!(
+            path(pool.take(&spec, "a", Some(&pristine("img")))).as_deref(),
+            Some("/nowhere/a-img")
+        );
+    }
+
+    #[test]
+    fn standbys_are_prepared_as_wanted_after_the_generic_minimum_and_forgotten_beyond_it() {
+        let (pool, spec) = pool_with(4, 0, &[]);
+        let _a = pool.starting("a");
+        for _ in 0..3 {
+            pool.take(&spec, "a", Some(&pristine("img")));
+        }
+        // None ready: a generic one first, then as many for `img` as its burst, then generic.
+        assert!(pool.next_preparation().is_none());
+        pool.ready.lock().unwrap().push_back(super::Ready {
+            dir: "/nowhere/g".into(),
+            prepared: None,
+        });
+        for i in 0..3 {
+            let p = pool.next_preparation().expect("one for img");
+            assert_eq!((p.tenant.as_str(), p.image_id.as_str()), ("a", "img"));
+            pool.ready.lock().unwrap().push_back(super::Ready {
+                dir: format!("/nowhere/p{i}").into(),
+                prepared: Some(("a".into(), "img".into())),
+            });
+        }
+        assert!(pool.next_preparation().is_none(), "the pool is full");
+        assert!(pool.surplus().is_empty());
+        // The image removed: its standbys go, generic ones come instead.
+        pool.wanted.lock().unwrap().forget(&("a".into(), "img".into()));
+        assert_eq!(pool.surplus().len(), 3);
+        assert!(pool.next_preparation().is_none());
+        assert_eq!(pool.ready_count(), 1);
     }
 
     #[test]

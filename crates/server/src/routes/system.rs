@@ -77,6 +77,12 @@ pub async fn info(
         .standby
         .as_ref()
         .map(|pool| (pool.ready_count(), pool.target(), pool.ceiling()));
+    // Of those, the ones prepared for this tenant's images (never another tenant's).
+    let standby_prepared = app
+        .runtime
+        .standby
+        .as_ref()
+        .map(|pool| pool.prepared_for(&tenant));
     // What the ready standbys cost the host, as measured, and the operator's bound on it.
     let standby_memory = app
         .runtime
@@ -171,6 +177,7 @@ pub async fn info(
         "StandbyVMsMemory": standby_memory.map(|m| m.0),
         "StandbyVMsMemoryMax": standby_memory.and_then(|m| m.1),
         "StandbyVMsReady": standby.map(|s| s.0),
+        "StandbyVMsPrepared": standby_prepared,
         "StandbyVMsTarget": standby.map(|s| s.1),
         "Fleet": fleet,
         "Warnings": [],

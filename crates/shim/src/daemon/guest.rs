@@ -622,9 +622,9 @@ fn on_control(shim: &Arc<Shim>, msg: GuestMsg) {
             };
             let _ = tx.send(msg);
         }
-        // The second `Ready` answers bring-up's `Hello`; `Rehearsed` belongs to a standby's
-        // rehearsal. Neither changes anything here.
-        GuestMsg::Ready { .. } | GuestMsg::Rehearsed { .. } => {}
+        // The second `Ready` answers bring-up's `Hello`; `Rehearsed` and `Prepared` belong to a
+        // standby's rehearsal and preparation. None changes anything here.
+        GuestMsg::Ready { .. } | GuestMsg::Rehearsed { .. } | GuestMsg::Prepared { .. } => {}
         GuestMsg::Synced => {
             if shim.inner.lock().unwrap().shutdown_sent {
                 shim.synced.send_replace(true);
