@@ -92,8 +92,9 @@ fn interp_of(head: &[u8]) -> Option<(u64, usize)> {
         return None;
     }
     let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
-    let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(head.get(o..o + 8)?.try_into().ok()?));
+    let bytes = |o: usize, n: usize| head.get(o..o.checked_add(n)?);
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes(o, 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes(o, 8)?.try_into().ok()?));
     let phoff = usize::try_from(u64_at(0x20)?).ok()?;
     let (phentsize, phnum) = (usize::from(u16_at(0x36)), usize::from(u16_at(0x38)));
     if phentsize < 56 {
@@ -104,8 +105,8 @@ fn interp_of(head: &[u8]) -> Option<(u64, usize)> {
         if u32_at(ph)? != PT_INTERP {
             return None;
         }
-        let size = usize::try_from(u64_at(ph + 32)?).ok()?;
-        (size > 0 && size <= MAX_INTERP).then_some((u64_at(ph + 8)?, size))
+        let size = usize::try_from(u64_at(ph.checked_add(32)?)?).ok()?;
+        (size > 0 && size <= MAX_INTERP).then_some((u64_at(ph.checked_add(8)?)?, size))
     })
 }
 

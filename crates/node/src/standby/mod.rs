@@ -766,7 +766,10 @@ mod tests {
         assert!(pool.take(&spec, "b", None).is_some(), "b's single start");
         drop(a);
         let _a = pool.starting("a");
-        assert!(pool.take(&spec, "a", None).is_some(), "a's single start now");
+        assert!(
+            pool.take(&spec, "a", None).is_some(),
+            "a's single start now"
+        );
         assert!(pool.take(&spec, "a", None).is_none(), "empty");
     }
 
@@ -818,7 +821,10 @@ mod tests {
         assert!(pool.next_preparation().is_none(), "the pool is full");
         assert!(pool.surplus().is_empty());
         // The image removed: its standbys go, generic ones come instead.
-        pool.wanted.lock().unwrap().forget(&("a".into(), "img".into()));
+        pool.wanted
+            .lock()
+            .unwrap()
+            .forget(&("a".into(), "img".into()));
         assert_eq!(pool.surplus().len(), 3);
         assert!(pool.next_preparation().is_none());
         assert_eq!(pool.ready_count(), 1);
