@@ -9,6 +9,12 @@
 //! directory over the container's, so that QEMU's chroot, the sockets and the logs end up where
 //! every other part expects a container's. From then on it is that container's supervisor like
 //! any other; nothing is ever claimed twice.
+//!
+//! A standby prepared for an image (`Spec::prepared_for`) goes one step further before it
+//! waits: its own copy of the image's empty overlay ([`prepared_disk`]) goes behind the slot and
+//! the agent mounts it read-only and reads ahead (`HostMsg::PrepareRoot`). Its claim attaches no
+//! disk: the container's own must still be byte-equal to that copy ([`check_pristine`]), and the
+//! copy takes its place as the directories merge.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
