@@ -156,7 +156,9 @@ fn hyper_burst(
         .info_field("StandbyVMsMemory")
         .parse::<f64>()
         .map_or(f64::NAN, |b| b / f64::from(1 << 20));
-    let pool = format!("{ready} ({mib:.0} MiB)");
+    // Of the ready ones, those prepared for this tenant's busybox (see the README's standbys).
+    let prepared = d.info_field("StandbyVMsPrepared");
+    let pool = format!("{ready} ({mib:.0} MiB, {prepared} prepared)");
     let names: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
     let cmds = names
         .iter()
