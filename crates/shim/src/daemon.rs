@@ -597,27 +597,41 @@ async fn rehearse(up: &mut Up) -> Result<u64> {
         user: "root".to_string(),
         ..Default::default()
     };
-    agent_proto::write_frame(
-        &mut up.wr,
-        &Frame::host(&HostMsg::Rehearse {
-            process,
-            root_device: "/dev/vda".into(),
-            entropy: crate::identity::host_random(64),
-            realtime_ns: crate::identity::realtime_ns(),
-        }),
-    )
+    let msg = HostMsg::Rehearse {
+        process,
+        root_device: "/dev/vda".into(),
+        entropy: crate::identity::host_random(64),
+        realtime_ns: crate::identity::realtime_ns(),
+    };
+    let (millis, error) = ask_standby_agent(up, msg, |m| match m {
+        GuestMsg::Rehearsed { millis, error } => Some((millis, error)),
+        _ => None,
+    })
     .await?;
-    let answer = async {
+    if !error.is_empty() {
+        bail!("{}", excerpt(&error));
+    }
+    Ok(millis)
+}
+
+/// Send `msg` to a standby's agent and wait, 30 s at most, for the answer `answer` picks out
+/// of what the agent sends.
+async fn ask_standby_agent<T>(
+    up: &mut Up,
+    msg: HostMsg,
+    answer: impl Fn(GuestMsg) -> Option<T>,
+) -> Result<T> {
+    agent_proto::write_frame(&mut up.wr, &Frame::host(&msg)).await?;
+    let answered = async {
         loop {
             let f = agent_proto::read_frame(&mut up.rd).await?;
-            if let Ok(GuestMsg::Rehearsed { millis, error }) = f.guest_msg() {
-                return Ok::<_, std::io::Error>((millis, error));
+            if let Some(a) = f.guest_msg().ok().and_then(&answer) {
+                return Ok::<_, std::io::Error>(a);
             }
         }
     };
-    match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok((millis, error))) if error.is_empty() => Ok(millis),
-        Ok(Ok((_, error))) => bail!("{error}"),
+    match tokio::time::timeout(Duration::from_secs(30), answered).await {
+        Ok(Ok(a)) => Ok(a),
         Ok(Err(e)) => bail!("agent connection: {e}"),
         Err(_) => bail!("no answer in 30s"),
     }
@@ -644,34 +658,24 @@ async fn prepare_for_image(
     })
     .await
     .map_err(|e| anyhow!("attach task: {e}"))??;
-    agent_proto::write_frame(
-        &mut up.wr,
-        &Frame::host(&HostMsg::PrepareRoot {
-            root_device: "/dev/vda".into(),
-            process: p.process.to_agent(),
-            preread_max: p.preread_max,
-        }),
-    )
-    .await?;
-    let answer = async {
-        loop {
-            let f = agent_proto::read_frame(&mut up.rd).await?;
-            if let Ok(GuestMsg::Prepared {
-                millis,
-                bytes,
-                error,
-            }) = f.guest_msg()
-            {
-                return Ok::<_, std::io::Error>((millis, bytes, error));
-            }
-        }
+    let msg = HostMsg::PrepareRoot {
+        root_device: "/dev/vda".into(),
+        process: p.process.to_agent(),
+        preread_max: p.preread_max,
     };
-    match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok((millis, bytes, error))) if error.is_empty() => Ok((millis, bytes)),
-        Ok(Ok((_, _, error))) => bail!("{}", excerpt(&error)),
-        Ok(Err(e)) => bail!("agent connection: {e}"),
-        Err(_) => bail!("no answer in 30s"),
+    let (millis, bytes, error) = ask_standby_agent(up, msg, |m| match m {
+        GuestMsg::Prepared {
+            millis,
+            bytes,
+            error,
+        } => Some((millis, bytes, error)),
+        _ => None,
+    })
+    .await?;
+    if !error.is_empty() {
+        bail!("{}", excerpt(&error));
     }
+    Ok((millis, bytes))
 }
 
 /// Give this standby VM to the container in `container_dir`: its disk, its NIC, then the
