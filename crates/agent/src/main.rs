@@ -301,10 +301,10 @@ fn handle(
             root_device,
             volumes,
         } => {
-            if *started {
+            if *started || rootfs::mounted_read_only() {
                 reply(GuestMsg::Error {
                     req_id,
-                    message: "a container has started here".into(),
+                    message: "a container has started or been prepared for here".into(),
                 });
                 return;
             }
@@ -406,11 +406,18 @@ fn handle(
             process,
             preread_max,
         } => {
-            if *started {
+            let refused = if *started {
+                Some("a container has started here")
+            } else if rootfs::mounted_read_only() {
+                Some("a root is prepared here already")
+            } else {
+                None
+            };
+            if let Some(error) = refused {
                 reply(GuestMsg::Prepared {
                     millis: 0,
                     bytes: 0,
-                    error: "a container has started here".into(),
+                    error: error.into(),
                 });
                 return;
             }

@@ -58,14 +58,18 @@ fn warm(spec: &ProcessSpec, budget: u64) -> u64 {
 }
 
 /// Read the regular file at `path` in `root` into the page cache, at most `left` bytes (taken
-/// off it); its ELF interpreter, if it names one.
+/// off it); its ELF interpreter, if it names one. Anything but a regular file is left unopened
+/// (the image's: a FIFO would block the open, a device node could act on it).
 fn read_ahead(root: &Path, path: &str, left: &mut u64) -> Option<String> {
-    let fd = lookup::open_in_root(root, path, libc::O_RDONLY)?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
+    let located = lookup::open_in_root(root, path, libc::O_PATH)?;
+    let st = nix::sys::stat::fstat(located.as_raw_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
+    // The file just checked, opened for reading through its descriptor (the root is mounted
+    // read-only and nothing else runs: it cannot have been replaced).
+    let file = std::fs::File::open(format!("/proc/self/fd/{}", located.as_raw_fd())).ok()?;
+    let meta = file.metadata().ok()?;
     let len = meta.len().min(*left);
     // SAFETY: readahead on a descriptor we own; it reads into the page cache only.
     unsafe { libc::readahead(file.as_raw_fd(), 0, len as usize) };

@@ -25,7 +25,8 @@ const REHEARSAL_STREAM: u32 = u32::MAX;
 pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
     let t0 = Instant::now();
     let oom_before = process::oom_kills();
-    let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(&spec, &device))
+    let scratch = device.clone();
+    let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(&spec, &scratch))
         .await
         .map_err(|e| e.to_string())??;
     let result = relay_until_exit(spawned, oom_before).await;
@@ -33,6 +34,10 @@ pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
         return Err(format!("unmounting the scratch root: {e}"));
     }
     result?;
+    // The host swaps the disk behind the slot next (a claim, a preparation).
+    tokio::task::spawn_blocking(move || rootfs::wait_released(&device))
+        .await
+        .map_err(|e| e.to_string())??;
     Ok(t0.elapsed().as_millis() as u64)
 }
 

@@ -99,6 +99,33 @@ pub fn mount_read_only(device: &str) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// Whether [`mount_read_only`] left a root mounted that no `Start` has taken yet.
+pub fn mounted_read_only() -> bool {
+    MOUNTED_READ_ONLY.load(Ordering::SeqCst)
+}
+
+/// Wait (at most 5 s) until no ext4 file system of `device` is alive any more: one unmounted in
+/// the agent's namespace may live on a moment in a dying process's, and its last writes must
+/// not reach whatever disk goes behind the slot next.
+pub fn wait_released(device: &str) -> Result<(), String> {
+    let name = Path::new(device_or_default(device))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let alive = Path::new("/sys/fs/ext4").join(name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive.exists() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} still in use 5 s after its unmount",
+                alive.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// `Start`'s root: the one [`mount_read_only`] mounted, remounted read-write, when the host
 /// kept that disk; otherwise a fresh mount (whatever was mounted before unmounted first). The
 /// times at which the device was ready and mounted.

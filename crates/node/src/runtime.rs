@@ -1003,8 +1003,7 @@ impl Runtime {
         let overlay_template = self.images.content().overlay_template(&c.image_id).ok()?;
         let (template, disk) = (overlay_template.clone(), dir.join("root.qcow2"));
         let pristine = tokio::task::spawn_blocking(move || {
-            let read = |p: &Path| std::fs::read(p).ok();
-            read(&template).is_some_and(|t| read(&disk).as_ref() == Some(&t))
+            shim::standby::same_bytes(&template, &disk).unwrap_or(false)
         })
         .await
         .unwrap_or(false);
@@ -2051,7 +2050,7 @@ async fn create_overlay(disk: &Path, overlay: &Path) -> Result<()> {
 
 /// Writes `data` to `path` readable by root alone: a spec may hold a volume's Ceph key, and
 /// the directory is the chroot of a QEMU that runs unprivileged.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -461,12 +461,17 @@ async fn standby(
             bail!("the standby VM's rehearsal failed: {e:#}");
         }
     }
+    // The image disk under a prepared standby's root, as it was opened.
+    let mut prepared = None;
     if let Some(p) = &spec.prepared_for {
         match prepare_for_image(&mut up, &standby_dir, p).await {
-            Ok((ms, bytes)) => slog!(
-                "standby: prepared for image {} in {ms} ms ({bytes} bytes read ahead)",
-                p.image_id
-            ),
+            Ok((ms, bytes, base)) => {
+                slog!(
+                    "standby: prepared for image {} in {ms} ms ({bytes} bytes read ahead)",
+                    p.image_id
+                );
+                prepared = Some(base);
+            }
             Err(e) => {
                 kill(&up);
                 bail!("preparing the standby VM for image {}: {e:#}", p.image_id);
@@ -531,9 +536,9 @@ async fn standby(
                 let claim_started = std::time::Instant::now();
                 let (from, nic) = (standby_dir.clone(), nic.take());
                 let key = t.meta.key.clone();
-                let prepared = up.root_mounted;
+                let base = prepared.take();
                 let claimed =
-                    tokio::task::spawn_blocking(move || claim(&from, &dir, &key, prepared, nic))
+                    tokio::task::spawn_blocking(move || claim(&from, &dir, &key, base, nic))
                         .await
                         .map_err(|e| anyhow!("claim task: {e}"))
                         .and_then(|r| r);
@@ -639,22 +644,23 @@ async fn ask_standby_agent<T>(
 
 /// Have a standby prepared for an image take its own copy of the image's empty overlay as its
 /// root disk, and its agent mount it read-only and read ahead (see `HostMsg::PrepareRoot`):
-/// the time it took in the guest and the bytes read ahead.
+/// the time it took in the guest, the bytes read ahead, and the image disk under it as opened.
 async fn prepare_for_image(
     up: &mut Up,
     standby_dir: &Path,
     p: &crate::PrepareSpec,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, crate::standby::Base)> {
     let disk = crate::standby::prepared_disk(standby_dir);
     let (template, copy, qmp) = (
         p.overlay_template.clone(),
         disk.clone(),
         standby_dir.join(vm::QMP_SOCK),
     );
-    tokio::task::spawn_blocking(move || {
+    let base = tokio::task::spawn_blocking(move || {
         std::fs::copy(&template, &copy)
             .with_context(|| format!("copying {}", template.display()))?;
-        crate::standby::attach_root_disk(&qmp, &copy)
+        crate::standby::attach_root_disk(&qmp, &copy)?
+            .context("the image's empty overlay names no base disk")
     })
     .await
     .map_err(|e| anyhow!("attach task: {e}"))??;
@@ -675,18 +681,19 @@ async fn prepare_for_image(
     if !error.is_empty() {
         bail!("{}", excerpt(&error));
     }
-    Ok((millis, bytes))
+    Ok((millis, bytes, base))
 }
 
 /// Give this standby VM to the container in `container_dir`: its disk, its NIC, then the
 /// directory. Anything that fails leaves the container's directory as it was. A standby
-/// `prepared` for an image has its own copy of the image's empty overlay mounted already: it
-/// takes a container whose root disk is still byte-equal to that copy, which it then replaces.
+/// prepared for an image has its own copy of the image's empty overlay over `prepared` (the
+/// image disk, as opened) mounted already: it takes a container whose root disk is still
+/// byte-equal to that copy, over the same image disk, and the copy replaces it.
 fn claim(
     standby_dir: &Path,
     container_dir: &Path,
     template_key: &str,
-    prepared: bool,
+    prepared: Option<crate::standby::Base>,
     nic: Option<crate::nic::StandbyNic>,
 ) -> Result<(PathBuf, Spec)> {
     let dir = std::fs::canonicalize(container_dir)
@@ -707,10 +714,9 @@ fn claim(
     crate::volumes::check(&spec)?;
     crate::volumes::check_claimable(standby_dir, &spec)?;
     let qmp = standby_dir.join(vm::QMP_SOCK);
-    if prepared {
-        crate::standby::check_pristine(standby_dir, &dir, &spec.root_disk)?;
-    } else {
-        crate::standby::attach_root_disk(&qmp, &spec.root_disk)?;
+    match &prepared {
+        Some(base) => crate::standby::check_pristine(standby_dir, &dir, &spec.root_disk, base)?,
+        None => drop(crate::standby::attach_root_disk(&qmp, &spec.root_disk)?),
     }
     crate::volumes::attach(standby_dir, &spec)?;
     nic.context("the standby's NIC was already given away")?

@@ -18,6 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -176,18 +177,55 @@ pub fn set_running(qmp_sock: &Path, running: bool) -> Result<()> {
 const OVERLAY_FDSET: u32 = 2;
 const BASE_FDSET: u32 = 3;
 
+/// The base (the image's raw disk) under a disk put behind the slot, as it was opened: its path
+/// and which file that path was then.
+#[derive(Debug)]
+pub struct Base {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Base {
+    fn opened(path: PathBuf, file: &File) -> Result<Base> {
+        let meta = file.metadata().context("the base disk's metadata")?;
+        Ok(Base {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether its path still names the file opened: an image removed and pulled again gets a
+    /// new disk of another layout under the same path, and an overlay written over the old
+    /// one would not read right over the new.
+    fn unchanged(&self) -> Result<()> {
+        let now = std::fs::metadata(&self.path)
+            .with_context(|| format!("the image disk {}", self.path.display()))?;
+        if (now.dev(), now.ino()) != (self.dev, self.ino) {
+            bail!(
+                "the image disk {} was made anew since this standby VM was prepared",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Put the container's root disk (a qcow2 overlay over a raw image disk) behind the standby's
 /// root slot (`vm::root::attach`, which opens every node with the guest's discards passed on).
-/// QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors.
-pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
+/// QEMU is chrooted and cannot open paths, so both files go over QMP as descriptors. The base
+/// as opened, if the disk has one.
+pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<Option<Base>> {
     let overlay = OpenOptions::new()
         .read(true)
         .write(true)
         .open(root_disk)
         .with_context(|| format!("opening {}", root_disk.display()))?;
-    let base = crate::template::check_root_disk(&overlay)?
-        .backing_file(&overlay)?
-        .map(|p| File::open(&p).with_context(|| format!("opening {}", p.display())))
+    let base_path = crate::template::check_root_disk(&overlay)?.backing_file(&overlay)?;
+    let base = base_path
+        .as_ref()
+        .map(|p| File::open(p).with_context(|| format!("opening {}", p.display())))
         .transpose()?;
     let mut qmp = Qmp::connect(qmp_sock, Duration::from_secs(5))?;
     qmp.execute_with_fd(
@@ -204,7 +242,10 @@ pub fn attach_root_disk(qmp_sock: &Path, root_disk: &Path) -> Result<()> {
         &fdset(OVERLAY_FDSET),
         base.is_some().then(|| fdset(BASE_FDSET)).as_deref(),
     )?;
-    Ok(())
+    base_path
+        .zip(base.as_ref())
+        .map(|(path, file)| Base::opened(path, file))
+        .transpose()
 }
 
 /// The root disk of a standby prepared for an image: its own copy of the image's empty
@@ -217,10 +258,15 @@ pub fn prepared_disk(standby_dir: &Path) -> PathBuf {
 const ROOT_DISK: &str = "root.qcow2";
 
 /// Whether the container whose root disk is `root_disk` may claim the standby in `standby_dir`,
-/// prepared for an image: its disk must be its directory's `root.qcow2` (the standby's copy
-/// takes its place) and still byte-equal to the standby's (never written: the container never
-/// ran, and nothing was copied into it).
-pub fn check_pristine(standby_dir: &Path, container_dir: &Path, root_disk: &Path) -> Result<()> {
+/// prepared for an image over `base`: its disk must be its directory's `root.qcow2` (the
+/// standby's copy takes its place), still byte-equal to the standby's (never written: the
+/// container never ran, and nothing was copied into it), over the same base file.
+pub fn check_pristine(
+    standby_dir: &Path,
+    container_dir: &Path,
+    root_disk: &Path,
+    base: &Base,
+) -> Result<()> {
     let in_place = root_disk.file_name() == Some(ROOT_DISK.as_ref())
         && root_disk
             .parent()
@@ -232,13 +278,22 @@ pub fn check_pristine(standby_dir: &Path, container_dir: &Path, root_disk: &Path
             root_disk.display()
         );
     }
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    if read(root_disk)? != read(&prepared_disk(standby_dir))? {
+    if !same_bytes(root_disk, &prepared_disk(standby_dir))? {
         bail!(
             "the container's root disk is not the pristine disk this standby VM was prepared with"
         );
     }
-    Ok(())
+    base.unchanged()
+}
+
+/// Whether the files `a` and `b` hold the same bytes (small ones: read whole).
+pub fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    let meta = |p: &Path| std::fs::metadata(p).with_context(|| format!("reading {}", p.display()));
+    if meta(a)?.len() != meta(b)?.len() {
+        return Ok(false);
+    }
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(read(a)? == read(b)?)
 }
 
 /// Move the container's files into the standby's directory, then the standby's directory over

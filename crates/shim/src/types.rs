@@ -92,6 +92,13 @@ pub struct PrepareSpec {
     pub preread_max: u64,
 }
 
+impl PrepareSpec {
+    /// Who may claim a standby prepared so: (tenant, image).
+    pub fn key(&self) -> (String, String) {
+        (self.tenant.clone(), self.image_id.clone())
+    }
+}
+
 /// One volume of the container: where its disk is and how the agent mounts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeSpec {

@@ -68,6 +68,9 @@ pub type Key = (String, String);
 
 /// How many (tenant, image) pairs standbys are prepared for at most: the most recently started.
 pub const MAX_PREPARED_KEYS: usize = 8;
+/// How many of those one tenant's pairs may be: its most recently started images (one tenant
+/// starting many images does not push every other tenant's out).
+pub const MAX_PREPARED_KEYS_PER_TENANT: usize = 2;
 
 /// The recent pristine starts (first starts of a container whose disk nothing has written) of
 /// each (tenant, image), for standbys prepared for them: as many for a pair as its largest
@@ -94,10 +97,21 @@ impl Wanted {
             None => Demand::new(self.hold),
         };
         demand.record(now);
+        let tenant = key.0.clone();
         self.keys.push((key, spec, demand));
+        let of_tenant = self.keys.iter().filter(|(k, _, _)| k.0 == tenant).count();
+        if of_tenant > MAX_PREPARED_KEYS_PER_TENANT {
+            let oldest = self.keys.iter().position(|(k, _, _)| k.0 == tenant);
+            self.keys.remove(oldest.expect("the tenant has pairs"));
+        }
         if self.keys.len() > MAX_PREPARED_KEYS {
             self.keys.remove(0);
         }
+    }
+
+    /// Whether standbys are still prepared for `key`.
+    pub fn has(&self, key: &Key) -> bool {
+        self.keys.iter().any(|(k, _, _)| k == key)
     }
 
     /// Every pair still remembered, most recently started first, with its preparation and its
@@ -214,16 +228,31 @@ mod tests {
     fn only_the_most_recently_started_pairs_are_kept() {
         let t0 = Instant::now();
         let mut w = Wanted::new(DEFAULT_HOLD);
+        // Each of another tenant.
+        let key = |i: usize| (i.to_string(), "img".to_string());
         for i in 0..MAX_PREPARED_KEYS + 3 {
-            w.record(
-                key(&i.to_string()),
-                prep(&i.to_string()),
-                t0 + secs(i as u64),
-            );
+            w.record(key(i), prep("img"), t0 + secs(i as u64));
         }
         let now = w.now(t0 + secs(100));
         assert_eq!(now.len(), MAX_PREPARED_KEYS);
-        assert_eq!(now[0].0, key(&(MAX_PREPARED_KEYS + 2).to_string()));
-        assert!(now.iter().all(|(k, _, _)| k != &key("0")));
+        assert_eq!(now[0].0, key(MAX_PREPARED_KEYS + 2));
+        assert!(now.iter().all(|(k, _, _)| k != &key(0)));
+    }
+
+    #[test]
+    fn one_tenant_keeps_only_its_most_recent_pairs() {
+        let t0 = Instant::now();
+        let mut w = Wanted::new(DEFAULT_HOLD);
+        let other: Key = ("u".into(), "x".into());
+        w.record(other.clone(), prep("x"), t0);
+        for i in 0..5 {
+            w.record(key(&i.to_string()), prep(&i.to_string()), t0 + secs(i));
+        }
+        let now: Vec<Key> = w
+            .now(t0 + secs(10))
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(now, [key("4"), key("3"), other]);
     }
 }

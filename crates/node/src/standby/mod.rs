@@ -13,7 +13,7 @@
 //! starts are claims instead of restores competing with the pool's fill.
 //!
 //! Some standbys are prepared for one tenant's containers of one image (`shim::PrepareSpec`):
-//! as many as that pair's largest recent burst of first starts ([`demand::Wanted`]), each with
+//! up to that pair's largest recent burst of first starts ([`demand::Wanted`]), each with
 //! its own copy of the image's empty overlay mounted read-only and the program read ahead. A
 //! container of that tenant and image whose disk is still that empty overlay (a first start,
 //! nothing copied in) claims one and skips the mount and the reads; any other start takes a
@@ -143,10 +143,11 @@ fn held_for_others(target: usize) -> usize {
     (target / 8).min(2)
 }
 
-/// How many generic standbys a pool that keeps `target` keeps however many are wanted prepared:
-/// those held for other tenants, and at least one for any start.
-fn generic_min(target: usize) -> usize {
-    held_for_others(target).max(1).min(target)
+/// How many generic standbys a pool of `floor` that keeps `target` keeps however many are
+/// wanted prepared: half its floor (a quiet node's starts of other images and tenants), those
+/// held for other tenants during a burst, and at least one.
+fn generic_min(floor: usize, target: usize) -> usize {
+    (floor / 2).max(held_for_others(target)).max(1).min(target)
 }
 
 impl StandbyPool {
@@ -291,14 +292,12 @@ impl StandbyPool {
         let now = Instant::now();
         self.demand.lock().expect("poisoned").record(now);
         let key = pristine.map(|p| {
-            let key = (tenant.to_string(), p.image_id.clone());
-            let mut p = p.clone();
-            p.tenant = tenant.to_string();
+            debug_assert_eq!(p.tenant, tenant, "a preparation of the starting tenant's");
             self.wanted
                 .lock()
                 .expect("poisoned")
-                .record(key.clone(), p, now);
-            key
+                .record(p.key(), p.clone(), now);
+            p.key()
         });
         if let Some(key) = key {
             let mut ready = self.ready.lock().expect("poisoned");
@@ -334,7 +333,7 @@ impl StandbyPool {
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
         let ready = self.ready.lock().expect("poisoned");
         let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
-        if generic < generic_min(target) || ready.len() >= target {
+        if generic < generic_min(self.floor, target) || ready.len() >= target {
             return None;
         }
         wanted.into_iter().find_map(|(key, spec, peak)| {
@@ -348,7 +347,7 @@ impl StandbyPool {
 
     /// No more standbys prepared for `tenant`'s image `image_id` (the tenant removed it): the
     /// ready ones are stopped, and with them the image's disk they hold open.
-    pub async fn forget(&self, tenant: &str, image_id: &str) {
+    pub fn forget(&self, tenant: &str, image_id: &str) {
         let key = (tenant.to_string(), image_id.to_string());
         self.wanted.lock().expect("poisoned").forget(&key);
         let gone: Vec<PathBuf> = {
@@ -359,8 +358,9 @@ impl StandbyPool {
             *ready = kept;
             gone.into_iter().map(|r: Ready| r.dir).collect()
         };
+        // Off the caller's path (`rmi` answers at once): each may take seconds to stop.
         for dir in gone {
-            discard(&dir).await;
+            tokio::spawn(async move { discard(&dir).await });
         }
     }
 
@@ -397,9 +397,7 @@ impl StandbyPool {
                     continue;
                 }
                 let preparation = pool.next_preparation();
-                let key = preparation
-                    .as_ref()
-                    .map(|p| (p.tenant.clone(), p.image_id.clone()));
+                let key = preparation.as_ref().map(shim::PrepareSpec::key);
                 if let Err(e) = pool.launch_one(preparation).await {
                     tracing::warn!("no standby VM: {e}");
                     match key {
@@ -421,13 +419,12 @@ impl StandbyPool {
         let mut spec = self.spec.clone();
         spec.id = format!("standby-{n}");
         spec.root_disk = dir.join("placeholder");
-        let prepared = preparation
-            .as_ref()
-            .map(|p| (p.tenant.clone(), p.image_id.clone()));
+        let prepared = preparation.as_ref().map(shim::PrepareSpec::key);
         spec.prepared_for = preparation;
-        std::fs::write(
-            dir.join(shim::paths::SPEC),
-            serde_json::to_vec_pretty(&spec)?,
+        // Private: a prepared standby's names its tenant, program and user.
+        crate::runtime::write_private(
+            &dir.join(shim::paths::SPEC),
+            &serde_json::to_vec_pretty(&spec)?,
         )?;
         *self.launching.lock().expect("poisoned") = Some(Launch {
             dir: dir.clone(),
@@ -442,6 +439,14 @@ impl StandbyPool {
         // Ready and idle: at the normal priority for whoever claims it.
         if launch.is_some_and(|l| l.yielded) {
             set_priority(&dir, false);
+        }
+        // Its image removed while it was prepared (`forget` did not see it yet).
+        if prepared
+            .as_ref()
+            .is_some_and(|key| !self.wanted.lock().expect("poisoned").has(key))
+        {
+            discard(&dir).await;
+            return Ok(());
         }
         self.ready
             .lock()
@@ -515,7 +520,7 @@ impl StandbyPool {
         while ready.len() > target {
             let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
             let i = match ready.iter().rposition(|r| r.prepared.is_none()) {
-                Some(i) if generic > generic_min(target) => i,
+                Some(i) if generic > generic_min(self.floor, target) => i,
                 _ => ready.len() - 1,
             };
             surplus.extend(ready.remove(i).map(|r| r.dir));
@@ -562,7 +567,7 @@ impl StandbyPool {
             if let Some(prepared) = fits.filter(|_| self.ready_count() < self.ceiling) {
                 // Wanted as if just started: kept for the hold unless the tenant removes it.
                 let key = prepared.as_ref().map(|p| {
-                    let key = (p.tenant.clone(), p.image_id.clone());
+                    let key = p.key();
                     self.wanted.lock().expect("poisoned").record(
                         key.clone(),
                         p.clone(),
@@ -670,8 +675,6 @@ pub async fn drain(data_root: &Path) {
     }
 }
 
-/// Stop the standby in `dir` and remove the directory. A standby holds nothing of anyone's:
-/// one that does not answer (still booting, or left by a crashed hyperd) is killed.
 /// Every process of the standby in `dir` at SCHED_IDLE (`background`) or back.
 fn set_priority(dir: &Path, background: bool) {
     for pid in crate::runtime::processes_in(dir) {
@@ -679,6 +682,9 @@ fn set_priority(dir: &Path, background: bool) {
     }
 }
 
+/// Stop the standby in `dir` and remove the directory. A standby has run nothing of anyone's
+/// (one prepared for an image has read it, for that image's tenant): one that does not answer
+/// (still booting, or left by a crashed hyperd) is killed.
 async fn discard(dir: &Path) {
     if dir.join(shim::paths::SHIM_SOCK).exists() {
         let _ = tokio::time::timeout(
@@ -742,10 +748,10 @@ mod tests {
         (pool, spec)
     }
 
-    /// What a pristine start of `image` is prepared with.
-    fn pristine(image: &str) -> shim::PrepareSpec {
+    /// What a pristine start of `tenant`'s `image` is prepared with.
+    fn pristine(tenant: &str, image: &str) -> shim::PrepareSpec {
         shim::PrepareSpec {
-            tenant: String::new(),
+            tenant: tenant.into(),
             image_id: image.into(),
             overlay_template: "/o".into(),
             process: shim::ProcessSpec::default(),
@@ -781,18 +787,18 @@ mod tests {
         // disk is not pristine: the generic one, then none.
         let _b = pool.starting("b");
         assert_eq!(
-            path(pool.take(&spec, "b", Some(&pristine("img")))).as_deref(),
+            path(pool.take(&spec, "b", Some(&pristine("b", "img")))).as_deref(),
             Some("/nowhere/0")
         );
-        assert_eq!(pool.take(&spec, "b", Some(&pristine("img"))), None);
-        assert_eq!(pool.take(&spec, "a", Some(&pristine("other"))), None);
+        assert_eq!(pool.take(&spec, "b", Some(&pristine("b", "img"))), None);
+        assert_eq!(pool.take(&spec, "a", Some(&pristine("a", "other"))), None);
         assert_eq!(pool.take(&spec, "a", None), None);
         assert_eq!(pool.prepared_for("a"), 1);
         assert_eq!(pool.prepared_for("b"), 0);
         // Its own, even in a burst that leaves the generic ones to others.
         let _a = [pool.starting("a"), pool.starting("a")];
         assert_eq!(
-            path(pool.take(&spec, "a", Some(&pristine("img")))).as_deref(),
+            path(pool.take(&spec, "a", Some(&pristine("a", "img")))).as_deref(),
             Some("/nowhere/a-img")
         );
     }
@@ -802,32 +808,33 @@ mod tests {
         let (pool, spec) = pool_with(4, 0, &[]);
         let _a = pool.starting("a");
         for _ in 0..3 {
-            pool.take(&spec, "a", Some(&pristine("img")));
+            pool.take(&spec, "a", Some(&pristine("a", "img")));
         }
-        // None ready: a generic one first, then as many for `img` as its burst, then generic.
-        assert!(pool.next_preparation().is_none());
-        pool.ready.lock().unwrap().push_back(super::Ready {
-            dir: "/nowhere/g".into(),
-            prepared: None,
-        });
-        for i in 0..3 {
-            let p = pool.next_preparation().expect("one for img");
-            assert_eq!((p.tenant.as_str(), p.image_id.as_str()), ("a", "img"));
+        let push = |dir: &str, prepared: bool| {
             pool.ready.lock().unwrap().push_back(super::Ready {
-                dir: format!("/nowhere/p{i}").into(),
-                prepared: Some(("a".into(), "img".into())),
-            });
+                dir: dir.into(),
+                prepared: prepared.then(|| ("a".into(), "img".into())),
+            })
+        };
+        // Half the floor generic first, then for `img` as many as its burst within the target.
+        for g in ["/g0", "/g1"] {
+            assert!(pool.next_preparation().is_none());
+            push(g, false);
+        }
+        for p in ["/p0", "/p1"] {
+            let prep = pool.next_preparation().expect("one for img");
+            assert_eq!(prep.key(), ("a".into(), "img".into()));
+            push(p, true);
         }
         assert!(pool.next_preparation().is_none(), "the pool is full");
         assert!(pool.surplus().is_empty());
         // The image removed: its standbys go, generic ones come instead.
-        pool.wanted
-            .lock()
-            .unwrap()
-            .forget(&("a".into(), "img".into()));
-        assert_eq!(pool.surplus().len(), 3);
+        let key = ("a".to_string(), "img".to_string());
+        pool.wanted.lock().unwrap().forget(&key);
+        let gone: Vec<std::path::PathBuf> = ["/p0", "/p1"].map(Into::into).into();
+        assert_eq!(pool.surplus(), gone, "no longer wanted");
+        assert_eq!(pool.ready_count(), 2);
         assert!(pool.next_preparation().is_none());
-        assert_eq!(pool.ready_count(), 1);
     }
 
     #[test]

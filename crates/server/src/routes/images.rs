@@ -168,7 +168,7 @@ pub async fn by_name(
             let report = images.remove(&tenant, &name, flag(&q, "force", false), in_use)?;
             let deleted = report.iter().any(|(k, _)| k == "Deleted");
             if let Some(pool) = app.runtime.standby.as_ref().filter(|_| deleted) {
-                pool.forget(&tenant, &view.info.id).await;
+                pool.forget(&tenant, &view.info.id);
             }
             let body: Vec<Value> = report.into_iter().map(|(k, v)| json!({ k: v })).collect();
             Ok(Json(Value::Array(body)).into_response())
