@@ -1735,7 +1735,15 @@ fn standby_prepared_for_an_image() {
     assert_eq!(prepared_dirs(), 1);
     d.hyper(&["rmi", "busybox"]).run().ok();
     assert_eq!(d.info_field("StandbyVMsPrepared"), "0");
-    assert_eq!(prepared_dirs(), 0);
+    // Stopped in the background: `rmi` does not wait for it.
+    wait_for(
+        "the prepared standby stopped",
+        secs(30.0),
+        || match prepared_dirs() {
+            0 => Ok(()),
+            n => Err(format!("{n} prepared standby directories")),
+        },
+    );
 }
 
 /// Without `--standby-vms`, a hyperd under TCG keeps its ceiling of standbys ready (there a
