@@ -15,7 +15,7 @@ use std::time::Instant;
 use agent_proto::ProcessSpec;
 
 use crate::rootfs::{self, ROOTFS};
-use crate::{lookup, process, user};
+use crate::{lookup, process};
 
 /// The longest ELF interpreter path read.
 const MAX_INTERP: usize = 256;
@@ -36,18 +36,11 @@ pub fn run(device: &str, spec: &ProcessSpec, preread_max: u64) -> Result<(u64, u
 /// most `budget` bytes): the bytes read.
 fn warm(spec: &ProcessSpec, budget: u64) -> u64 {
     let root = Path::new(ROOTFS);
-    let Ok(ident) = user::resolve_in_root(root, &spec.user, &spec.group_add) else {
+    let Ok(settled) = process::Settled::in_root(root, spec) else {
         return 0;
     };
-    let env = process::build_env(&spec.env, &ident.home, false);
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map_or(lookup::DEFAULT_PATH, |(_, v)| v.as_str());
-    let prog = spec.args.first().map(String::as_str).unwrap_or("");
-    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
-    let Ok(exe) = lookup::find_executable(prog, path_var, cwd, |p| lookup::check_in_root(root, p))
-    else {
+    let prog = process::program(spec);
+    let Ok(exe) = process::find_program(root, prog, &settled.env, &settled.cwd) else {
         return 0;
     };
     let mut left = budget;
@@ -69,8 +62,7 @@ fn read_ahead(root: &Path, path: &str, left: &mut u64) -> Option<String> {
     // The file just checked, opened for reading through its descriptor (the root is mounted
     // read-only and nothing else runs: it cannot have been replaced).
     let file = std::fs::File::open(format!("/proc/self/fd/{}", located.as_raw_fd())).ok()?;
-    let meta = file.metadata().ok()?;
-    let len = meta.len().min(*left);
+    let len = u64::try_from(st.st_size).ok()?.min(*left);
     // SAFETY: readahead on a descriptor we own; it reads into the page cache only.
     unsafe { libc::readahead(file.as_raw_fd(), 0, len as usize) };
     *left -= len;

@@ -155,6 +155,48 @@ pub fn exec_errno_exit_code(errno: i32) -> i32 {
     }
 }
 
+/// What a start of a process settles before it looks for the program: who it runs as, its
+/// whole environment and its working directory.
+pub struct Settled {
+    pub ident: user::Identity,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+}
+
+impl Settled {
+    /// Those of `spec` in `root`: its user and groups against the root's passwd and group
+    /// files, the environment's defaults, `/` for an empty working directory.
+    pub fn in_root(root: &Path, spec: &ProcessSpec) -> Result<Self, user::UserError> {
+        let ident = user::resolve_in_root(root, &spec.user, &spec.group_add)?;
+        let env = build_env(&spec.env, &ident.home, spec.tty);
+        let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+        Ok(Settled {
+            ident,
+            env,
+            cwd: cwd.to_string(),
+        })
+    }
+}
+
+/// The program `spec` names (empty if none).
+pub fn program(spec: &ProcessSpec) -> &str {
+    spec.args.first().map(String::as_str).unwrap_or("")
+}
+
+/// Where `prog` is in `root`, looked for along the PATH of `env` (a name with a '/' from `cwd`).
+pub fn find_program(
+    root: &Path,
+    prog: &str,
+    env: &[(String, String)],
+    cwd: &str,
+) -> Result<String, LookupError> {
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(lookup::DEFAULT_PATH, |(_, v)| v.as_str());
+    lookup::find_executable(prog, path_var, cwd, |p| lookup::check_in_root(root, p))
+}
+
 /// The full environment: the spec's, plus PATH, HOME (and TERM for a TTY) when missing.
 pub fn build_env(spec_env: &[String], home: &str, tty: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -206,20 +248,8 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
         Target::Main => PathBuf::from(ROOTFS),
         Target::Exec { main_pid } => PathBuf::from(format!("/proc/{main_pid}/root")),
     };
-    let prog = spec.args.first().map(String::as_str).unwrap_or("");
-    let ident = user::resolve_in_root(&root, &spec.user, &spec.group_add)
-        .map_err(|e| SpawnError::new(e.to_string(), 126))?;
-    let env = build_env(&spec.env, &ident.home, spec.tty);
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(lookup::DEFAULT_PATH);
-    let cwd = if spec.cwd.is_empty() {
-        "/".to_string()
-    } else {
-        spec.cwd.clone()
-    };
+    let Settled { ident, env, cwd } =
+        Settled::in_root(&root, spec).map_err(|e| SpawnError::new(e.to_string(), 126))?;
     if matches!(target, Target::Main) {
         // Docker creates a missing working directory.
         let _ = std::fs::create_dir_all(root.join(cwd.trim_start_matches('/')));
@@ -233,7 +263,8 @@ pub fn spawn(spec: &ProcessSpec, target: Target) -> Result<Spawned, SpawnError> 
             126,
         ));
     }
-    let exe = lookup::find_executable(prog, path_var, &cwd, |p| lookup::check_in_root(&root, p))?;
+    let prog = program(spec);
+    let exe = find_program(&root, prog, &env, &cwd)?;
 
     let mut cmd = Command::new(&exe);
     cmd.arg0(prog)
