@@ -46,7 +46,7 @@ const UP: &str = "echo up > /up; exec sleep 100000";
 
 /// A burst books every VM's whole memory, more than this host has; under TCG a guest touches
 /// little of it.
-const NODE_MEMORY: &str = "66G";
+const NODE_MEMORY: u64 = 66 << 30;
 
 /// One burst's figures.
 struct Burst {
@@ -237,9 +237,10 @@ fn main() {
     let _guard = e2e_cleanup::install();
     let t_all = Instant::now();
     let n = args.n;
-    let first_pool = args
-        .first_pool
-        .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes()));
+    let first_pool = args.first_pool.unwrap_or_else(|| {
+        let ceiling = node::standby::default_ceiling(node::host::memory_bytes(), NODE_MEMORY);
+        node::standby::default_floor(vm::Accel::detect() == vm::Accel::Kvm, ceiling)
+    });
 
     // Room for the burst, the other tenant's start and the standbys a pool holds for other
     // tenants while one bursts.
@@ -253,7 +254,7 @@ fn main() {
                 "--standby-vms-max",
                 &ceiling,
                 "--node-memory",
-                NODE_MEMORY,
+                &format!("{}G", NODE_MEMORY >> 30),
             ]
             .map(String::from)
             .to_vec(),

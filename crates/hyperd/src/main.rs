@@ -90,7 +90,10 @@ struct DaemonArgs {
     standby_vms: Option<usize>,
     /// The most standby VMs kept after a burst of starts: the pool grows to the largest burst
     /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this.
-    /// Default: as many as fit in a sixteenth of the host's memory at 64 MiB each (2 to 64).
+    /// Default: one for each container of the default size the node offers memory for
+    /// (`--node-memory`), within a third of the host's memory at 64 MiB each (2 to 128). However
+    /// sized, the pool leaves an eighth of the host's memory available: it stops standbys as
+    /// the host's other work needs it.
     #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
     standby_vms_max: Option<usize>,
     /// The most host memory the ready standby VMs may take together, as measured (PSS of their
@@ -404,7 +407,9 @@ fn accounts(
 fn standby_sizing(args: &DaemonArgs, accel: vm::Accel) -> node::standby::Sizing {
     let ceiling = args
         .standby_vms_max
-        .unwrap_or_else(|| node::standby::default_ceiling(node::host::memory_bytes()));
+        .unwrap_or_else(|| {
+            node::standby::default_ceiling(node::host::memory_bytes(), args.node.memory())
+        });
     node::standby::Sizing {
         floor: args
             .standby_vms

@@ -12,6 +12,12 @@ fn parse_mem_total(meminfo: &str) -> Option<u64> {
     kib_field(meminfo, "MemTotal:")
 }
 
+/// What the host's memory could give new work without swapping (`MemAvailable`) in bytes;
+/// `None` when /proc/meminfo cannot be read.
+pub fn memory_available() -> Option<u64> {
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable:")
+}
+
 /// A process's proportional share of the memory it maps (`Pss` of `/proc/PID/smaps_rollup`)
 /// in bytes; `None` when it is gone.
 pub fn pss_bytes(pid: i32) -> Option<u64> {
@@ -38,6 +44,12 @@ mod tests {
         let m = "MemFree:  10 kB\nMemTotal:       24683292 kB\n";
         assert_eq!(super::parse_mem_total(m), Some(24683292 * 1024));
         assert_eq!(super::parse_mem_total("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn some_memory_is_available_and_never_more_than_the_host_has() {
+        let available = super::memory_available().unwrap();
+        assert!(available > 0 && available <= super::memory_bytes(), "{available}");
     }
 
     #[test]

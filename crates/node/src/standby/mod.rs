@@ -46,6 +46,8 @@ pub struct StandbyPool {
     ceiling: usize,
     /// The most memory the ready standbys may take (see [`Sizing::memory_max`]).
     memory_max: Option<u64>,
+    /// The host's memory kept available ([`HOST_RESERVE_FRACTION`]).
+    host_reserve: u64,
     /// Starts that fit the pool, for its size.
     demand: Mutex<Demand>,
     /// Pristine starts by (tenant, image), for the standbys prepared for them.
@@ -143,6 +145,11 @@ fn held_for_others(target: usize) -> usize {
     (target / 8).min(2)
 }
 
+/// How many of `ready` are generic (prepared for no image).
+fn generic_count(ready: &VecDeque<Ready>) -> usize {
+    ready.iter().filter(|r| r.prepared.is_none()).count()
+}
+
 /// How many generic standbys a pool of `floor` that keeps `target` keeps however many are
 /// wanted prepared: half its floor (a quiet node's starts of other images and tenants), those
 /// held for other tenants during a burst, and at least one.
@@ -168,6 +175,7 @@ impl StandbyPool {
             floor: sizing.floor,
             ceiling: sizing.ceiling.max(sizing.floor),
             memory_max: sizing.memory_max,
+            host_reserve: crate::host::memory_bytes() / HOST_RESERVE_FRACTION,
             demand: Mutex::new(Demand::new(sizing.hold)),
             wanted: Mutex::new(Wanted::new(sizing.hold)),
             upkeep: UPKEEP.min(sizing.hold / 4).max(Duration::from_secs(1)),
@@ -231,9 +239,20 @@ impl StandbyPool {
         self.memory_max
     }
 
-    /// Whether one more standby fits the memory bound, reckoned at the average of the ready
-    /// ones (or [`STANDBY_FOOTPRINT`] before there is one).
+    /// How many standbys the host's memory allows now, `ready` of them ready ([`host_allows`]).
+    fn host_memory_allows(&self, ready: usize) -> usize {
+        crate::host::memory_available()
+            .map_or(usize::MAX, |available| host_allows(ready, available, self.host_reserve))
+    }
+
+    /// Whether one more standby leaves the host its reserve and fits the operator's bound,
+    /// reckoned at the average of the ready ones (or [`STANDBY_FOOTPRINT`] before there is
+    /// one).
     fn has_memory_for_one_more(&self) -> bool {
+        let ready = self.ready_count();
+        if ready >= self.host_memory_allows(ready) {
+            return false;
+        }
         let Some(max) = self.memory_max else {
             return true;
         };
@@ -317,8 +336,7 @@ impl StandbyPool {
             0
         };
         let mut ready = self.ready.lock().expect("poisoned");
-        let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
-        if generic <= held {
+        if generic_count(&ready) <= held {
             return None;
         }
         let i = ready.iter().position(|r| r.prepared.is_none())?;
@@ -332,8 +350,7 @@ impl StandbyPool {
         let target = self.target();
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
         let ready = self.ready.lock().expect("poisoned");
-        let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
-        if generic < generic_min(self.floor, target) || ready.len() >= target {
+        if generic_count(&ready) < generic_min(self.floor, target) || ready.len() >= target {
             return None;
         }
         wanted.into_iter().find_map(|(key, spec, peak)| {
@@ -494,12 +511,21 @@ impl StandbyPool {
     }
 
     /// The ready standbys the pool keeps no more, taken out of it: those prepared for a pair
-    /// beyond its recent burst, then, beyond the target, generic ones over [`generic_min`],
-    /// then the newest.
+    /// beyond its recent burst, then, beyond the target (or what the host's memory allows, if
+    /// fewer), generic ones over [`generic_min`], then the newest.
     fn surplus(&self) -> Vec<PathBuf> {
         let target = self.target();
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
         let mut ready = self.ready.lock().expect("poisoned");
+        let allowed = self.host_memory_allows(ready.len());
+        if allowed < ready.len() {
+            tracing::warn!(
+                "the host's available memory is under the standby pool's reserve ({} MiB): {} standby VMs stop",
+                self.host_reserve >> 20,
+                ready.len() - allowed
+            );
+        }
+        let target = target.min(allowed);
         let mut kept: HashMap<Key, usize> = HashMap::new();
         let mut surplus = Vec::new();
         ready.retain(|r| {
@@ -518,7 +544,7 @@ impl StandbyPool {
             *n <= peak
         });
         while ready.len() > target {
-            let generic = ready.iter().filter(|r| r.prepared.is_none()).count();
+            let generic = generic_count(&ready);
             let i = match ready.iter().rposition(|r| r.prepared.is_none()) {
                 Some(i) if generic > generic_min(self.floor, target) => i,
                 _ => ready.len() - 1,
@@ -639,13 +665,36 @@ async fn answers(dir: &Path) -> bool {
     )
 }
 
-/// What a standby is reckoned to cost the host (QEMU and its supervisor, idle).
+/// What a standby is reckoned to cost the host (QEMU and its supervisor, idle; ~53 MiB of PSS
+/// measured under TCG).
 const STANDBY_FOOTPRINT: u64 = 64 << 20;
 
-/// The default ceiling on a host of `memory` bytes: standbys may take up to a sixteenth of it
-/// (24 on a 24 GiB host), at least 2 and at most 64.
-pub fn default_ceiling(memory: u64) -> usize {
-    ((memory / 16 / STANDBY_FOOTPRINT) as usize).clamp(2, 64)
+/// The default ceiling on a host of `host_memory` bytes that offers containers `node_memory`:
+/// a standby for each container of the default size the node has room for, within a third
+/// of the host's memory; at least 2, at most 128. On a 24 GiB host: 48 when the node offers
+/// all of it (512 MiB a container), 128 when it offers more (an overcommitted node). Idle
+/// standbys cost memory and no CPU, and the pool gives them back as the host's own work needs
+/// the memory ([`HOST_RESERVE_FRACTION`]).
+pub fn default_ceiling(host_memory: u64, node_memory: u64) -> usize {
+    let size = crate::sizes::lookup(crate::sizes::DEFAULT_SIZE).expect("the default size exists");
+    let containers = node_memory / (size.memory_mib << 20);
+    (host_memory / 3 / STANDBY_FOOTPRINT).min(containers).clamp(2, 128) as usize
+}
+
+/// The host's memory the pool leaves available (`MemAvailable`), as a fraction of all of it
+/// (an eighth): it launches no standby that would take the host below it, and stops ready
+/// ones, at its next upkeep, when the host's other work has.
+const HOST_RESERVE_FRACTION: u64 = 8;
+
+/// How many standbys the host's memory allows, `ready` of them ready, `available` bytes of it
+/// available and `reserve` to be kept so, each reckoned at [`STANDBY_FOOTPRINT`]: more while
+/// what is available exceeds the reserve, fewer once it is short of it.
+fn host_allows(ready: usize, available: u64, reserve: u64) -> usize {
+    if available >= reserve {
+        ready.saturating_add(((available - reserve) / STANDBY_FOOTPRINT) as usize)
+    } else {
+        ready.saturating_sub((reserve - available).div_ceil(STANDBY_FOOTPRINT) as usize)
+    }
 }
 
 /// The default floor: with hardware virtualisation a VM restored at its start is quick, and a
@@ -708,10 +757,25 @@ async fn stop_processes_in(dir: &Path) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_default_ceiling_is_a_sixteenth_of_the_host() {
-        assert_eq!(super::default_ceiling(24 << 30), 24);
-        assert_eq!(super::default_ceiling(1 << 30), 2);
-        assert_eq!(super::default_ceiling(1 << 40), 64);
+    fn the_default_ceiling_is_the_containers_the_node_holds_within_a_third_of_the_host() {
+        // 24 GiB offered: 48 containers of 512 MiB; 66 GiB: 132, more than a third of the host.
+        assert_eq!(super::default_ceiling(24 << 30, 24 << 30), 48);
+        assert_eq!(super::default_ceiling(24 << 30, 66 << 30), 128);
+        assert_eq!(super::default_ceiling(12 << 30, 66 << 30), 64);
+        assert_eq!(super::default_ceiling(1 << 30, 1 << 30), 2);
+        assert_eq!(super::default_ceiling(1 << 40, 1 << 40), 128);
+    }
+
+    #[test]
+    fn the_host_allows_standbys_while_its_available_memory_exceeds_the_reserve() {
+        const GIB: u64 = 1 << 30;
+        // 1 GiB over the reserve: 16 more at 64 MiB; exactly at it: none more.
+        assert_eq!(super::host_allows(10, 4 * GIB, 3 * GIB), 26);
+        assert_eq!(super::host_allows(10, 3 * GIB, 3 * GIB), 10);
+        // Short of it by 100 MiB: two fewer; by more than the pool holds: none.
+        assert_eq!(super::host_allows(10, 3 * GIB - (100 << 20), 3 * GIB), 8);
+        assert_eq!(super::host_allows(10, 0, 3 * GIB), 0);
+        assert_eq!(super::host_allows(usize::MAX, 4 * GIB, 3 * GIB), usize::MAX);
     }
 
     /// A pool of `floor` (its ceiling too) holding `generic` generic standbys and one prepared
