@@ -1746,8 +1746,10 @@ fn standby_prepared_for_an_image() {
     );
 }
 
-/// Without `--standby-vms`, a hyperd under TCG keeps its ceiling of standbys ready (there a
-/// fresh restore's start costs several times a claim), one with KVM two.
+/// Without `--standby-vms` and `--standby-vms-max`, a hyperd's pool grows to one standby for
+/// each default-size container its node offers memory for (3 of 512 MiB here), and under TCG
+/// keeps that ceiling ready (there a fresh restore's start costs several times a claim), with
+/// KVM two.
 fn standby_floor_default() {
     if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
         return;
@@ -1755,8 +1757,8 @@ fn standby_floor_default() {
     let dd = Daemon::start(
         "sf",
         DaemonOpts {
-            extra_args: vec!["--standby-vms-max".into(), "3".into()],
-            env_remove: vec!["HYPERD_STANDBY_VMS"],
+            extra_args: vec!["--node-memory".into(), "1536M".into()],
+            env_remove: vec!["HYPERD_STANDBY_VMS", "HYPERD_STANDBY_VMS_MAX"],
             ..DaemonOpts::default()
         },
     );
