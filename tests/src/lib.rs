@@ -546,7 +546,7 @@ impl Daemon {
         });
         registry().lock().unwrap().push(d.clone());
         note_used(&d);
-        d.spawn();
+        d.spawn(&[]);
         d.wait_ready();
         d.hyper(&["load", "-i", busybox_tar().to_str().unwrap()])
             .timeout(120.0)
@@ -562,7 +562,9 @@ impl Daemon {
         format!("tcp://127.0.0.1:{}", self.tcp_port)
     }
 
-    fn spawn(&self) {
+    /// Spawns hyperd with the daemon's flags and `extra` after them (a flag given twice takes
+    /// the last).
+    fn spawn(&self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -592,7 +594,7 @@ impl Daemon {
         if let Some(t) = self.opts.boot_timeout {
             cmd.arg("--boot-timeout").arg(t.to_string());
         }
-        cmd.args(&self.opts.extra_args);
+        cmd.args(&self.opts.extra_args).args(extra);
         for var in &self.opts.env_remove {
             cmd.env_remove(var);
         }
@@ -646,7 +648,12 @@ impl Daemon {
 
     /// Starts hyperd on its data root after [`Daemon::terminate`] or [`Daemon::kill9`].
     pub fn start_again(&self) {
-        self.spawn();
+        self.start_again_with(&[]);
+    }
+
+    /// As [`Daemon::start_again`], with `extra` flags beside the daemon's own.
+    pub fn start_again_with(&self, extra: &[&str]) {
+        self.spawn(extra);
         self.wait_ready();
     }
 

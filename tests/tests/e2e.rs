@@ -47,6 +47,10 @@ fn main() {
             standby_prepared_for_an_image,
         ),
         (
+            "standby_pool_leaves_the_host_its_memory",
+            standby_pool_leaves_the_host_its_memory,
+        ),
+        (
             "standby_pool_within_its_memory_bound",
             standby_pool_within_its_memory_bound,
         ),
@@ -1830,6 +1834,43 @@ fn standby_pool_within_its_memory_bound() {
         "{}",
         d.info_field("StandbyVMs")
     );
+}
+
+/// `--standby-memory-reserve`: the pool leaves that much of the host's memory available. A
+/// hyperd started again with a reserve the host is under (99% of its memory) stops the standby
+/// it adopted at its first upkeep, launches none instead, and says why; a start restores a VM
+/// of its own.
+fn standby_pool_leaves_the_host_its_memory() {
+    if std::env::var("HYPERD_TEMPLATES").as_deref() == Ok("off") {
+        return;
+    }
+    let dd = Daemon::start(
+        "sr",
+        DaemonOpts {
+            // A hold of 4 s: the pool's upkeep every second.
+            extra_args: ["--standby-vms-hold", "4"].map(String::from).to_vec(),
+            ..DaemonOpts::default()
+        },
+    );
+    let d: &Daemon = &dd;
+    wait_for("the pool full", secs(180.0), || standby_pool_is(d, 2, 2));
+    d.terminate();
+    d.start_again_with(&["--standby-memory-reserve", "99%"]);
+    wait_for("the adopted standbys stopped", secs(60.0), || {
+        standby_pool_is(d, 0, 2)
+    });
+    assert!(
+        d.log_tail(200)
+            .contains("the host's available memory is under the standby pool's reserve"),
+        "{}",
+        d.log_tail(40)
+    );
+    // None launched instead: a launch takes seconds, the upkeep asks every second.
+    std::thread::sleep(secs(10.0));
+    standby_pool_is(d, 0, 2).unwrap();
+    let o = d.hyper(&["run", "--rm", "busybox", "echo", "hi"]).run().ok();
+    assert_eq!(o.out(), "hi");
+    standby_pool_is(d, 0, 2).unwrap();
 }
 
 /// Ready standby VMs outlive hyperd, as containers do: the next hyperd on the data root adopts

@@ -92,8 +92,7 @@ struct DaemonArgs {
     /// (starts within 10 s of each other) of the last `--standby-vms-hold`, up to this.
     /// Default: one for each container of the default size the node offers memory for
     /// (`--node-memory`), within a third of the host's memory at 64 MiB each (2 to 128). However
-    /// sized, the pool leaves an eighth of the host's memory available: it stops standbys as
-    /// the host's other work needs it.
+    /// sized, the pool leaves `--standby-memory-reserve` of the host's memory available.
     #[arg(long, env = "HYPERD_STANDBY_VMS_MAX")]
     standby_vms_max: Option<usize>,
     /// The most host memory the ready standby VMs may take together, as measured (PSS of their
@@ -101,6 +100,11 @@ struct DaemonArgs {
     /// no bound but `--standby-vms-max`.
     #[arg(long, env = "HYPERD_STANDBY_MEMORY_MAX", value_parser = parse_memory)]
     standby_memory_max: Option<u64>,
+    /// The host's memory the standby pool leaves available (`MemAvailable`), a percentage of
+    /// it (12%) or a size (2G, 512M): the pool launches no standby that would take the host
+    /// below it, and stops ready ones (within 30 s) when the host's other work has.
+    #[arg(long, default_value = "12%", env = "HYPERD_STANDBY_MEMORY_RESERVE")]
+    standby_memory_reserve: node::Reserve,
     /// How long, in seconds, the standby pool stays sized for a burst of starts.
     #[arg(long, default_value_t = node::standby::DEFAULT_HOLD.as_secs(), env = "HYPERD_STANDBY_VMS_HOLD")]
     standby_vms_hold: u64,
@@ -108,7 +112,7 @@ struct DaemonArgs {
     /// 512M): below it new containers, volumes and images are refused (507). (A VM whose disk
     /// write fails for lack of space pauses until there is room, whatever the reserve.)
     #[arg(long, default_value = "5%", env = "HYPERD_DISK_RESERVE")]
-    disk_reserve: node::DiskReserve,
+    disk_reserve: node::Reserve,
     /// A registry (HOST:PORT) pulled from over plain HTTP (repeatable); loopback ones always are.
     /// Plain HTTP only: tenants still reach it only if --allow-fetch allows its address.
     #[arg(long = "insecure-registry")]
@@ -417,6 +421,7 @@ fn standby_sizing(args: &DaemonArgs, accel: vm::Accel) -> node::standby::Sizing 
         ceiling,
         hold: std::time::Duration::from_secs(args.standby_vms_hold),
         memory_max: args.standby_memory_max,
+        host_reserve: args.standby_memory_reserve,
     }
 }
 

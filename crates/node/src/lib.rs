@@ -20,6 +20,7 @@ pub mod other_nodes;
 pub mod placement;
 mod priority;
 pub mod quota;
+mod reserve;
 mod runtime;
 pub mod services;
 pub mod shim_link;
@@ -30,9 +31,10 @@ pub mod validate;
 pub mod volumes;
 
 pub use runtime::{
-    parse_size, Archive, ArchiveOp, ArchiveRequest, CommitRequest, DiskReserve, ExecConfig,
+    parse_size, Archive, ArchiveOp, ArchiveRequest, CommitRequest, ExecConfig,
     ExecInfo, InitAnswer, PathStat, Runtime, RuntimeConfig, StorageUsage, WaitCondition,
 };
+pub use reserve::Reserve;
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -45,7 +45,7 @@ pub use archive::{Archive, ArchiveOp, ArchiveRequest, PathStat};
 pub use commit::CommitRequest;
 mod storage;
 mod teardown;
-pub use storage::{parse_size, DiskReserve, StorageUsage};
+pub use storage::{parse_size, StorageUsage};
 mod volume_init;
 mod volume_ops;
 
@@ -75,7 +75,7 @@ pub struct RuntimeConfig {
     pub standby: crate::standby::Sizing,
     pub net: NetConfig,
     /// Free space kept on the data root (`storage`).
-    pub disk_reserve: DiskReserve,
+    pub disk_reserve: crate::Reserve,
     /// Memory this node's containers may book together (`crate::placement`), in bytes.
     pub memory_capacity: u64,
     /// Where VMs get their CPU and memory limits (`None`: they run unconfined).

@@ -24,40 +24,6 @@ const GB: u64 = 1_000_000_000;
 /// teardowns to free enough.
 const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The free space hyperd keeps on its data root: a new container or volume below it is
-/// refused (507).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskReserve {
-    Bytes(u64),
-    /// Percent of the file system's size.
-    Percent(u8),
-}
-
-impl Default for DiskReserve {
-    fn default() -> Self {
-        DiskReserve::Percent(5)
-    }
-}
-
-impl std::str::FromStr for DiskReserve {
-    type Err = String;
-
-    /// `5%`, `2G`, `512M`, or bytes.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad =
-            || format!("invalid disk reserve {s:?}: give a percentage (5%) or a size (2G, 512M)");
-        if let Some(p) = s.strip_suffix('%') {
-            let p: u8 = p.parse().map_err(|_| bad())?;
-            return if p < 100 {
-                Ok(DiskReserve::Percent(p))
-            } else {
-                Err(bad())
-            };
-        }
-        parse_size(s).map(DiskReserve::Bytes).ok_or_else(bad)
-    }
-}
-
 /// An operator's size: `2G`, `512M` (either case) or bytes; `None` when it is none of them or
 /// does not fit in a u64.
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -67,16 +33,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     n.parse::<u64>().ok()?.checked_mul(unit)
-}
-
-impl DiskReserve {
-    /// Bytes kept free on a file system of `total` bytes.
-    pub fn bytes(self, total: u64) -> u64 {
-        match self {
-            DiskReserve::Bytes(b) => b,
-            DiskReserve::Percent(p) => total / 100 * u64::from(p),
-        }
-    }
 }
 
 /// What a tenant takes of the node's disk, in bytes.
@@ -189,24 +145,5 @@ impl Runtime {
         crate::shim_link::read_state(&self.dir(id))
             .filter(|s| s.disk_full)
             .map(|_| shim::disk_full::MESSAGE)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserves_parse_as_percentages_or_sizes() {
-        let p = |s: &str| s.parse::<DiskReserve>();
-        assert_eq!(p("5%"), Ok(DiskReserve::Percent(5)));
-        assert_eq!(p("2G"), Ok(DiskReserve::Bytes(2 << 30)));
-        assert_eq!(p("512m"), Ok(DiskReserve::Bytes(512 << 20)));
-        assert_eq!(p("4096"), Ok(DiskReserve::Bytes(4096)));
-        for bad in ["", "100%", "x%", "G", "-1G", "99999999999999999999G"] {
-            assert!(p(bad).is_err(), "{bad}");
-        }
-        assert_eq!(DiskReserve::Percent(5).bytes(1000), 50);
-        assert_eq!(DiskReserve::Bytes(7).bytes(1000), 7);
     }
 }

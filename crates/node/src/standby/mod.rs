@@ -46,7 +46,7 @@ pub struct StandbyPool {
     ceiling: usize,
     /// The most memory the ready standbys may take (see [`Sizing::memory_max`]).
     memory_max: Option<u64>,
-    /// The host's memory kept available ([`HOST_RESERVE_FRACTION`]).
+    /// The host's memory kept available, in bytes ([`Sizing::host_reserve`]).
     host_reserve: u64,
     /// Starts that fit the pool, for its size.
     demand: Mutex<Demand>,
@@ -89,6 +89,10 @@ pub struct Sizing {
     /// The most host memory (PSS of the standbys' QEMUs and supervisors, as measured) the
     /// ready standbys may take (`--standby-memory-max`); `None`: no bound but the ceiling.
     pub memory_max: Option<u64>,
+    /// The host's memory the pool leaves available (`--standby-memory-reserve`): it launches
+    /// no standby that would take the host below it, and stops ready ones, at its next
+    /// upkeep, when the host's other work has.
+    pub host_reserve: crate::Reserve,
     /// How long it stays sized for a burst (`--standby-vms-hold`).
     pub hold: Duration,
 }
@@ -175,7 +179,7 @@ impl StandbyPool {
             floor: sizing.floor,
             ceiling: sizing.ceiling.max(sizing.floor),
             memory_max: sizing.memory_max,
-            host_reserve: crate::host::memory_bytes() / HOST_RESERVE_FRACTION,
+            host_reserve: sizing.host_reserve.bytes(crate::host::memory_bytes()),
             demand: Mutex::new(Demand::new(sizing.hold)),
             wanted: Mutex::new(Wanted::new(sizing.hold)),
             upkeep: UPKEEP.min(sizing.hold / 4).max(Duration::from_secs(1)),
@@ -674,17 +678,12 @@ const STANDBY_FOOTPRINT: u64 = 64 << 20;
 /// of the host's memory; at least 2, at most 128. On a 24 GiB host: 48 when the node offers
 /// all of it (512 MiB a container), 128 when it offers more (an overcommitted node). Idle
 /// standbys cost memory and no CPU, and the pool gives them back as the host's own work needs
-/// the memory ([`HOST_RESERVE_FRACTION`]).
+/// the memory ([`Sizing::host_reserve`]).
 pub fn default_ceiling(host_memory: u64, node_memory: u64) -> usize {
     let size = crate::sizes::lookup(crate::sizes::DEFAULT_SIZE).expect("the default size exists");
     let containers = node_memory / (size.memory_mib << 20);
     (host_memory / 3 / STANDBY_FOOTPRINT).min(containers).clamp(2, 128) as usize
 }
-
-/// The host's memory the pool leaves available (`MemAvailable`), as a fraction of all of it
-/// (an eighth): it launches no standby that would take the host below it, and stops ready
-/// ones, at its next upkeep, when the host's other work has.
-const HOST_RESERVE_FRACTION: u64 = 8;
 
 /// How many standbys the host's memory allows, `ready` of them ready, `available` bytes of it
 /// available and `reserve` to be kept so, each reckoned at [`STANDBY_FOOTPRINT`]: more while
@@ -797,6 +796,7 @@ mod tests {
             floor,
             ceiling: floor,
             memory_max: None,
+            host_reserve: crate::Reserve::Bytes(0),
             hold: std::time::Duration::from_secs(60),
         };
         let pool = StandbyPool::new(Path::new("/nowhere"), "shim".into(), spec.clone(), &sizing);
