@@ -587,7 +587,9 @@ impl Daemon {
             // The tests' hyperds share two cores: a burst in one test would grow the pool to
             // what fits the host's memory, and its refills would slow every other test.
             .env("HYPERD_STANDBY_VMS", STANDBY_VMS.to_string())
-            .env("HYPERD_STANDBY_VMS_MAX", STANDBY_VMS_MAX.to_string());
+            .env("HYPERD_STANDBY_VMS_MAX", STANDBY_VMS_MAX.to_string())
+            // Nor may another test's memory decide how many a test's hyperd keeps.
+            .env("HYPERD_STANDBY_MEMORY_RESERVE", "0");
         if let Some(x) = &self.opts.kernel_cmdline_extra {
             cmd.arg("--kernel-cmdline-extra").arg(x);
         }

@@ -1868,8 +1868,18 @@ fn standby_pool_leaves_the_host_its_memory() {
     // None launched instead: a launch takes seconds, the upkeep asks every second.
     std::thread::sleep(secs(10.0));
     standby_pool_is(d, 0, 2).unwrap();
-    let o = d.hyper(&["run", "--rm", "busybox", "echo", "hi"]).run().ok();
+    let pool = d.info_field("StandbyVMs");
+    assert!(
+        pool.contains(", held back by the host's memory reserve"),
+        "{pool}"
+    );
+    let o = d
+        .hyper(&["run", "--rm", "busybox", "echo", "hi"])
+        .run()
+        .ok();
     assert_eq!(o.out(), "hi");
+    // Nor after the start (a refill follows a start by half a second).
+    std::thread::sleep(secs(3.0));
     standby_pool_is(d, 0, 2).unwrap();
 }
 

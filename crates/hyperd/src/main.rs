@@ -101,8 +101,9 @@ struct DaemonArgs {
     #[arg(long, env = "HYPERD_STANDBY_MEMORY_MAX", value_parser = parse_memory)]
     standby_memory_max: Option<u64>,
     /// The host's memory the standby pool leaves available (`MemAvailable`), a percentage of
-    /// it (12%) or a size (2G, 512M): the pool launches no standby that would take the host
-    /// below it, and stops ready ones (within 30 s) when the host's other work has.
+    /// it (12%) or a size (2G, 512M): the pool launches no standby unless a quarter more than
+    /// that is available, and stops ready ones within 5 s of the host's other work taking it
+    /// below.
     #[arg(long, default_value = "12%", env = "HYPERD_STANDBY_MEMORY_RESERVE")]
     standby_memory_reserve: node::Reserve,
     /// How long, in seconds, the standby pool stays sized for a burst of starts.
@@ -409,11 +410,9 @@ fn accounts(
 
 /// The standby pool's sizing from the flags, with the defaults for this host and accelerator.
 fn standby_sizing(args: &DaemonArgs, accel: vm::Accel) -> node::standby::Sizing {
-    let ceiling = args
-        .standby_vms_max
-        .unwrap_or_else(|| {
-            node::standby::default_ceiling(node::host::memory_bytes(), args.node.memory())
-        });
+    let ceiling = args.standby_vms_max.unwrap_or_else(|| {
+        node::standby::default_ceiling(node::host::memory_bytes(), args.node.memory())
+    });
     node::standby::Sizing {
         floor: args
             .standby_vms

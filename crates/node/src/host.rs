@@ -15,7 +15,10 @@ fn parse_mem_total(meminfo: &str) -> Option<u64> {
 /// What the host's memory could give new work without swapping (`MemAvailable`) in bytes;
 /// `None` when /proc/meminfo cannot be read.
 pub fn memory_available() -> Option<u64> {
-    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable:")
+    kib_field(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
 }
 
 /// A process's proportional share of the memory it maps (`Pss` of `/proc/PID/smaps_rollup`)
@@ -49,7 +52,10 @@ mod tests {
     #[test]
     fn some_memory_is_available_and_never_more_than_the_host_has() {
         let available = super::memory_available().unwrap();
-        assert!(available > 0 && available <= super::memory_bytes(), "{available}");
+        assert!(
+            available > 0 && available <= super::memory_bytes(),
+            "{available}"
+        );
     }
 
     #[test]

@@ -30,11 +30,11 @@ pub mod tmpfs;
 pub mod validate;
 pub mod volumes;
 
-pub use runtime::{
-    parse_size, Archive, ArchiveOp, ArchiveRequest, CommitRequest, ExecConfig,
-    ExecInfo, InitAnswer, PathStat, Runtime, RuntimeConfig, StorageUsage, WaitCondition,
-};
 pub use reserve::Reserve;
+pub use runtime::{
+    parse_size, Archive, ArchiveOp, ArchiveRequest, CommitRequest, ExecConfig, ExecInfo,
+    InitAnswer, PathStat, Runtime, RuntimeConfig, StorageUsage, WaitCondition,
+};
 
 /// Everything the node can refuse or fail at. The API layer maps each kind to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -79,6 +79,13 @@ const QUIET: Duration = Duration::from_millis(500);
 /// How often, at most, the pool is brought to its target when no start asks.
 const UPKEEP: Duration = Duration::from_secs(30);
 
+/// How often the pool checks the host's available memory against its reserve.
+const MEMORY_CHECK: Duration = Duration::from_secs(5);
+
+/// How many ready standbys [`StandbyPool::memory`] measures: they are alike (one template,
+/// one rehearsal, paused), and each measure walks a QEMU's page tables.
+const MEMORY_SAMPLE: usize = 8;
+
 /// How many standbys a pool keeps.
 #[derive(Debug, Clone)]
 pub struct Sizing {
@@ -222,20 +229,22 @@ impl StandbyPool {
     }
 
     /// What the ready standbys take of the host's memory now: the PSS of their processes
-    /// (QEMU and supervisor; pages shared with the template and each other are split).
+    /// (QEMU and supervisor; pages shared with the template and each other are split), of at
+    /// most [`MEMORY_SAMPLE`] of them, scaled to them all.
     pub fn memory(&self) -> u64 {
-        let ready: Vec<PathBuf> = self
-            .ready
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .map(|r| r.dir.clone())
-            .collect();
-        ready
+        let (sample, count): (Vec<PathBuf>, usize) = {
+            let ready = self.ready.lock().expect("poisoned");
+            let sample = ready.iter().take(MEMORY_SAMPLE).map(|r| r.dir.clone());
+            (sample.collect(), ready.len())
+        };
+        let measured: u64 = sample
             .iter()
             .flat_map(|dir| crate::runtime::vm_processes(dir))
             .filter_map(crate::host::pss_bytes)
-            .sum()
+            .sum();
+        measured
+            .checked_div(sample.len() as u64)
+            .map_or(0, |each| each * count as u64)
     }
 
     /// The operator's bound on [`Self::memory`], if any.
@@ -243,10 +252,26 @@ impl StandbyPool {
         self.memory_max
     }
 
-    /// How many standbys the host's memory allows now, `ready` of them ready ([`host_allows`]).
-    fn host_memory_allows(&self, ready: usize) -> usize {
-        crate::host::memory_available()
-            .map_or(usize::MAX, |available| host_allows(ready, available, self.host_reserve))
+    /// How many standbys the host's memory allows now, `ready` of them ready, keeping
+    /// `reserve` bytes of it available ([`host_allows`]).
+    fn host_memory_allows(&self, ready: usize, reserve: u64) -> usize {
+        crate::host::memory_available().map_or(usize::MAX, |available| {
+            host_allows(ready, available, reserve)
+        })
+    }
+
+    /// What a launch leaves available of the host's memory: a quarter over the reserve, so
+    /// that a host whose memory hovers at the reserve does not see standbys stopped and
+    /// launched again at every check.
+    fn launch_reserve(&self) -> u64 {
+        self.host_reserve + self.host_reserve / 4
+    }
+
+    /// Whether the host's memory holds the pool back: fewer ready than its target, and no
+    /// launch allowed by its reserve.
+    pub fn held_back_by_host_memory(&self) -> bool {
+        let ready = self.ready_count();
+        ready < self.target() && self.host_memory_allows(ready, self.launch_reserve()) <= ready
     }
 
     /// Whether one more standby leaves the host its reserve and fits the operator's bound,
@@ -254,14 +279,14 @@ impl StandbyPool {
     /// one).
     fn has_memory_for_one_more(&self) -> bool {
         let ready = self.ready_count();
-        if ready >= self.host_memory_allows(ready) {
+        if ready >= self.host_memory_allows(ready, self.launch_reserve()) {
             return false;
         }
         let Some(max) = self.memory_max else {
             return true;
         };
-        let (used, n) = (self.memory(), self.ready_count() as u64);
-        let each = used.checked_div(n).unwrap_or(STANDBY_FOOTPRINT);
+        let used = self.memory();
+        let each = used.checked_div(ready as u64).unwrap_or(STANDBY_FOOTPRINT);
         used + each <= max
     }
 
@@ -503,14 +528,29 @@ impl StandbyPool {
 
     /// Every [`UPKEEP`] (or a quarter of the hold, if shorter) until the pool closes: stop the
     /// standbys a forgotten burst left beyond the target (prepared ones beyond their pair's
-    /// burst first), and refill (after a failed launch, say).
+    /// burst first), and refill (after a failed launch, say). Every [`MEMORY_CHECK`] in
+    /// between, the same stops if the host's memory is under the reserve.
     pub async fn keep(self: Arc<Self>) {
+        let mut last_upkeep = Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
-            tokio::time::sleep(self.upkeep).await;
-            for dir in self.surplus() {
-                discard(&dir).await;
+            tokio::time::sleep(self.upkeep.min(MEMORY_CHECK)).await;
+            let upkeep = last_upkeep.elapsed() >= self.upkeep;
+            let ready = self.ready_count();
+            if !upkeep && self.host_memory_allows(ready, self.host_reserve) >= ready {
+                continue;
             }
-            self.fill();
+            let stops: Vec<_> = self
+                .surplus()
+                .into_iter()
+                .map(|dir| tokio::spawn(async move { discard(&dir).await }))
+                .collect();
+            for stop in stops {
+                let _ = stop.await;
+            }
+            if upkeep {
+                last_upkeep = Instant::now();
+                self.fill();
+            }
         }
     }
 
@@ -521,14 +561,7 @@ impl StandbyPool {
         let target = self.target();
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
         let mut ready = self.ready.lock().expect("poisoned");
-        let allowed = self.host_memory_allows(ready.len());
-        if allowed < ready.len() {
-            tracing::warn!(
-                "the host's available memory is under the standby pool's reserve ({} MiB): {} standby VMs stop",
-                self.host_reserve >> 20,
-                ready.len() - allowed
-            );
-        }
+        let allowed = self.host_memory_allows(ready.len(), self.host_reserve);
         let target = target.min(allowed);
         let mut kept: HashMap<Key, usize> = HashMap::new();
         let mut surplus = Vec::new();
@@ -554,6 +587,13 @@ impl StandbyPool {
                 _ => ready.len() - 1,
             };
             surplus.extend(ready.remove(i).map(|r| r.dir));
+        }
+        if allowed < ready.len() + surplus.len() {
+            tracing::warn!(
+                "the host's available memory is under the standby pool's reserve ({} MiB): {} standby VMs stop",
+                self.host_reserve >> 20,
+                surplus.len()
+            );
         }
         surplus
     }
@@ -676,13 +716,15 @@ const STANDBY_FOOTPRINT: u64 = 64 << 20;
 /// The default ceiling on a host of `host_memory` bytes that offers containers `node_memory`:
 /// a standby for each container of the default size the node has room for, within a third
 /// of the host's memory; at least 2, at most 128. On a 24 GiB host: 48 when the node offers
-/// all of it (512 MiB a container), 128 when it offers more (an overcommitted node). Idle
+/// all of it (512 MiB a container), 128 when it offers 64 GiB or more (an overcommitted node). Idle
 /// standbys cost memory and no CPU, and the pool gives them back as the host's own work needs
 /// the memory ([`Sizing::host_reserve`]).
 pub fn default_ceiling(host_memory: u64, node_memory: u64) -> usize {
     let size = crate::sizes::lookup(crate::sizes::DEFAULT_SIZE).expect("the default size exists");
     let containers = node_memory / (size.memory_mib << 20);
-    (host_memory / 3 / STANDBY_FOOTPRINT).min(containers).clamp(2, 128) as usize
+    (host_memory / 3 / STANDBY_FOOTPRINT)
+        .min(containers)
+        .clamp(2, 128) as usize
 }
 
 /// How many standbys the host's memory allows, `ready` of them ready, `available` bytes of it

@@ -83,12 +83,12 @@ pub async fn info(
         .standby
         .as_ref()
         .map(|pool| pool.prepared_for(&tenant));
-    // What the ready standbys cost the host, as measured, and the operator's bound on it.
-    let standby_memory = app
-        .runtime
-        .standby
-        .as_ref()
-        .map(|pool| (pool.memory(), pool.memory_max()));
+    // What the ready standbys cost the host, as measured, the operator's bound on it, and
+    // whether the host's memory reserve holds the pool back.
+    let standby_memory = app.runtime.standby.as_ref().map(|pool| {
+        let held_back = pool.held_back_by_host_memory();
+        (pool.memory(), pool.memory_max(), held_back)
+    });
     // VM templates: in use or not, how many are ready (a complete one has meta.json, written
     // last) and the age of the newest.
     let templates = match &cfg.template_dir {
@@ -161,12 +161,15 @@ pub async fn info(
         "StandbyVMs": standby.map_or_else(
             || "off".to_string(),
             |(ready, target, ceiling)| {
-                let (used, max) = standby_memory.unwrap_or_default();
+                let (used, max, held_back) = standby_memory.unwrap_or_default();
                 let mib = |b: u64| b >> 20;
-                let memory = match max {
+                let mut memory = match max {
                     Some(max) => format!("{} MiB of at most {} MiB", mib(used), mib(max)),
                     None => format!("{} MiB", mib(used)),
                 };
+                if held_back {
+                    memory.push_str(", held back by the host's memory reserve");
+                }
                 if target < ceiling {
                     format!("{ready} of {target} ready, {memory} (grows to {ceiling} for bursts of starts)")
                 } else {
