@@ -21,6 +21,7 @@ mod model;
 mod netns;
 mod nft;
 mod overlay;
+mod rtnl;
 mod ruleset;
 mod sysctl;
 pub mod tap;

@@ -14,7 +14,7 @@
 
 use std::ffi::c_int;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// `SIOCBRADDIF` (linux/sockios.h): enslave an interface (by index) to a bridge (by name). Not
@@ -49,8 +49,6 @@ pub enum TapError {
     BadName(String),
     #[error("a private network namespace has no bridge to enslave tap {0} to")]
     BridgeInPrivateNetns(String),
-    #[error("{0}")]
-    Move(String),
     #[error("{what}")]
     Sys {
         what: String,
@@ -74,7 +72,6 @@ pub struct Tap {
 
 impl Tap {
     pub fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.fd.as_fd()
     }
     pub fn raw_fd(&self) -> RawFd {
@@ -177,17 +174,13 @@ impl PrivateTap {
         let target =
             File::open(ns).map_err(sys(format!("opening network namespace {}", ns.display())))?;
         let old = self.tap.name.clone();
-        // `ip` in the private namespace; it opens the target namespace by path.
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["link", "set", "dev", &old, "netns"])
-            .arg(ns)
-            .args(["name", spec.name]);
-        let private = format!("/proc/self/fd/{}", self.netns.as_raw_fd());
-        let moved = crate::exec::command_in_netns(Path::new(&private), &mut cmd)
-            .and_then(|cmd| crate::exec::run(&format!("moving tap {old}"), cmd, None));
-        if let Err(e) = moved {
-            return Err(TapError::Move(e.to_string()));
-        }
+        on_thread_in(Some(&self.netns), || {
+            crate::rtnl::move_link(&old, target.as_fd(), spec.name).map_err(sys(format!(
+                "moving tap {old} to {} as {}",
+                ns.display(),
+                spec.name
+            )))
+        })?;
         on_thread_in(Some(&target), || configure(spec))?;
         Ok(Tap {
             name: spec.name.to_string(),
