@@ -53,8 +53,9 @@ fn move_request(index: u32, netns_fd: u32, name: &str, seq: u32) -> Vec<u8> {
     m.extend(libc::RTM_NEWLINK.to_ne_bytes());
     m.extend(((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
     m.extend(seq.to_ne_bytes());
-    m.extend(0u32.to_ne_bytes()); // port id: the kernel's
-                                  // ifinfomsg: family, padding, type, index, flags, change.
+    // The sender's port id: 0 lets the kernel assign it.
+    m.extend(0u32.to_ne_bytes());
+    // ifinfomsg: family, padding, type, index, flags, change.
     m.extend([libc::AF_UNSPEC as u8, 0]);
     m.extend(0u16.to_ne_bytes());
     m.extend(index.to_ne_bytes());
@@ -103,8 +104,14 @@ mod tests {
             m.len()
         );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWLINK);
+        // Acknowledged: without NLM_F_ACK a success gets no reply, and the wait for it never
+        // ends.
+        let flags = u16::from_ne_bytes([m[6], m[7]]);
+        assert_eq!(flags, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 1);
         assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 7);
         // IFLA_NET_NS_FD 9, then IFLA_IFNAME "tap-ab\0" padded to 8 bytes.
+        assert_eq!(u16::from_ne_bytes([m[32], m[33]]), 8);
         assert_eq!(u16::from_ne_bytes([m[34], m[35]]), libc::IFLA_NET_NS_FD);
         assert_eq!(u32::from_ne_bytes(m[36..40].try_into().unwrap()), 9);
         assert_eq!(u16::from_ne_bytes([m[40], m[41]]), 11);
