@@ -97,8 +97,8 @@ pub struct Sizing {
     /// ready standbys may take (`--standby-memory-max`); `None`: no bound but the ceiling.
     pub memory_max: Option<u64>,
     /// The host's memory the pool leaves available (`--standby-memory-reserve`): it launches
-    /// no standby that would take the host below it, and stops ready ones, at its next
-    /// upkeep, when the host's other work has.
+    /// a standby only while a quarter more is available, and stops ready ones within
+    /// [`MEMORY_CHECK`] of the host's other work taking it below.
     pub host_reserve: crate::Reserve,
     /// How long it stays sized for a burst (`--standby-vms-hold`).
     pub hold: Duration,
@@ -716,9 +716,9 @@ const STANDBY_FOOTPRINT: u64 = 64 << 20;
 /// The default ceiling on a host of `host_memory` bytes that offers containers `node_memory`:
 /// a standby for each container of the default size the node has room for, within a third
 /// of the host's memory; at least 2, at most 128. On a 24 GiB host: 48 when the node offers
-/// all of it (512 MiB a container), 128 when it offers 64 GiB or more (an overcommitted node). Idle
-/// standbys cost memory and no CPU, and the pool gives them back as the host's own work needs
-/// the memory ([`Sizing::host_reserve`]).
+/// all of it (512 MiB a container), 128 when it offers 64 GiB or more (an overcommitted
+/// node). Idle standbys cost memory and no CPU, and the pool gives them back as the host's
+/// own work needs the memory ([`Sizing::host_reserve`]).
 pub fn default_ceiling(host_memory: u64, node_memory: u64) -> usize {
     let size = crate::sizes::lookup(crate::sizes::DEFAULT_SIZE).expect("the default size exists");
     let containers = node_memory / (size.memory_mib << 20);
