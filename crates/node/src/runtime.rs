@@ -578,7 +578,8 @@ impl Runtime {
         host_config: HostConfig,
         aliases: Vec<String>,
     ) -> Result<Container> {
-        let name = match name.filter(|n| !n.is_empty()) {
+        let given = name.filter(|n| !n.is_empty());
+        let name = match given {
             Some(n) => validate::container_name(n)?,
             None => validate::random_name(),
         };
@@ -665,10 +666,13 @@ impl Runtime {
             node: self.cfg.node_name.clone(),
             lost: None,
         };
-        let recorded = self
-            .networks
-            .check_groups(&container)
-            .and_then(|()| self.claim_name_within_quota(&container));
+        let recorded = self.networks.check_groups(&container).and_then(|()| {
+            let first = container.name.clone();
+            claim_some_name(first, given.is_none(), validate::random_name, |name| {
+                container.name = name.to_string();
+                self.claim_name_within_quota(&container)
+            })
+        });
         if let Err(e) = recorded {
             self.remove_volumes_quietly(&new_volumes);
             return Err(e);
@@ -2093,6 +2097,32 @@ fn vm_spec(cfg: &RuntimeConfig, size: sizes::Size) -> ShimSpec {
     }
 }
 
+/// How many names a create without one draws before it gives up: one of the 25,600 is taken by
+/// another container of the tenant now and then (a burst of 100 unnamed creates meets one about
+/// one time in six), and Docker draws again too.
+const NAME_DRAWS: usize = 8;
+
+/// Runs `claim` with the name `first`; a name that was `drawn` (the user gave none) and is
+/// taken makes way for another `draw`, up to [`NAME_DRAWS`] in all. A name the user gave stays
+/// theirs: its conflict is the answer.
+fn claim_some_name(
+    first: String,
+    drawn: bool,
+    mut draw: impl FnMut() -> String,
+    mut claim: impl FnMut(&str) -> Result<()>,
+) -> Result<()> {
+    let (mut name, mut draws) = (first, 1);
+    loop {
+        match claim(&name) {
+            Err(RuntimeError::Conflict(_)) if drawn && draws < NAME_DRAWS => {
+                name = draw();
+                draws += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Whether `pid` exists and has not exited. A daemonized supervisor is re-parented to init, and
 /// an init that reaps lazily leaves it a zombie for a second or more after it is done: a zombie
 /// counts as exited (it holds no VM, no disk and no socket).
@@ -2380,6 +2410,38 @@ mod tests {
             );
         }
         assert!(command(&cfg(&[], &[]), &json!({})).is_err());
+    }
+
+    #[test]
+    fn a_drawn_name_that_is_taken_is_drawn_again() {
+        let taken = |name: &str| match name.starts_with("taken") {
+            true => Err(RuntimeError::Conflict(format!("{name} is in use"))),
+            false => Ok(()),
+        };
+        let draws = |names: &'static [&'static str]| {
+            let mut names = names.iter();
+            move || names.next().expect("a draw too many").to_string()
+        };
+        let mut claimed = Vec::new();
+        let mut claim = |name: &str| {
+            claimed.push(name.to_string());
+            taken(name)
+        };
+        claim_some_name(
+            "taken0".into(),
+            true,
+            draws(&["taken1", "free"]),
+            &mut claim,
+        )
+        .unwrap();
+        assert_eq!(claimed, ["taken0", "taken1", "free"]);
+        // A name the user gave is not replaced.
+        let given = claim_some_name("taken0".into(), false, draws(&[]), taken);
+        assert!(matches!(given, Err(RuntimeError::Conflict(_))), "{given:?}");
+        // Nor drawn forever.
+        const ALL_TAKEN: [&str; NAME_DRAWS] = ["taken"; NAME_DRAWS];
+        let drawn = claim_some_name("taken".into(), true, draws(&ALL_TAKEN), taken);
+        assert!(matches!(drawn, Err(RuntimeError::Conflict(_))), "{drawn:?}");
     }
 
     #[test]
