@@ -26,6 +26,7 @@ pub mod services;
 pub mod shim_link;
 pub mod sizes;
 pub mod standby;
+mod start_turns;
 pub mod tmpfs;
 pub mod validate;
 pub mod volumes;

@@ -181,6 +181,8 @@ pub struct Runtime {
     other_nodes: std::sync::OnceLock<Arc<dyn crate::other_nodes::OtherNodes>>,
     /// Removed containers' VMs still being torn down (see `teardown`).
     teardowns: teardown::Teardowns,
+    /// Starts bringing their VMs up now, and those waiting their turn.
+    start_turns: crate::start_turns::StartTurns,
 }
 
 /// Memory a create or start holds until its container books it (or it fails).
@@ -241,6 +243,7 @@ impl Runtime {
             room: Arc::default(),
             other_nodes: std::sync::OnceLock::new(),
             teardowns: teardown::Teardowns::default(),
+            start_turns: crate::start_turns::StartTurns::for_host(),
         })
     }
 
@@ -926,6 +929,8 @@ impl Runtime {
             return Err(RuntimeError::io("write spec.json")(e));
         }
 
+        // From here the VM's QEMU works flat out until the process runs: a few at a time.
+        let turn = self.start_turns.take(&c.tenant).await;
         let up = match self.bring_up_vm(&c, &spec, &dir).await {
             Ok(()) => self.confine_vm(&c, &dir).await,
             Err(e) => Err(e),
@@ -949,6 +954,7 @@ impl Runtime {
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
         }
+        drop(turn);
         let started_at = shim_link::read_state(&dir)
             .and_then(|s| shim_link::parse_time(&s.started_at))
             .unwrap_or_else(Utc::now);
