@@ -267,11 +267,16 @@ impl StandbyPool {
         self.host_reserve + self.host_reserve / 4
     }
 
+    /// Whether the host's memory leaves room for one more launch beside `ready` standbys.
+    fn host_has_room_for_one_more(&self, ready: usize) -> bool {
+        self.host_memory_allows(ready, self.launch_reserve()) > ready
+    }
+
     /// Whether the host's memory holds the pool back: fewer ready than its target, and no
     /// launch allowed by its reserve.
     pub fn held_back_by_host_memory(&self) -> bool {
         let ready = self.ready_count();
-        ready < self.target() && self.host_memory_allows(ready, self.launch_reserve()) <= ready
+        ready < self.target() && !self.host_has_room_for_one_more(ready)
     }
 
     /// Whether one more standby leaves the host its reserve and fits the operator's bound,
@@ -279,7 +284,7 @@ impl StandbyPool {
     /// one).
     fn has_memory_for_one_more(&self) -> bool {
         let ready = self.ready_count();
-        if ready >= self.host_memory_allows(ready, self.launch_reserve()) {
+        if !self.host_has_room_for_one_more(ready) {
             return false;
         }
         let Some(max) = self.memory_max else {
