@@ -561,7 +561,7 @@ impl StandbyPool {
 
     /// The ready standbys the pool keeps no more, taken out of it: those prepared for a pair
     /// beyond its recent burst, then, beyond the target (or what the host's memory allows, if
-    /// fewer), generic ones over [`generic_min`], then the newest.
+    /// fewer), generic ones over [`generic_min`], then prepared ones, newest first.
     fn surplus(&self) -> Vec<PathBuf> {
         let target = self.target();
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
@@ -586,11 +586,13 @@ impl StandbyPool {
             *n <= peak
         });
         while ready.len() > target {
-            let generic = generic_count(&ready);
-            let i = match ready.iter().rposition(|r| r.prepared.is_none()) {
-                Some(i) if generic > generic_min(self.floor, target) => i,
-                _ => ready.len() - 1,
-            };
+            // The newest generic one while more are kept than the minimum, else the newest
+            // prepared one (the newest of all once none is prepared).
+            let generic_over = generic_count(&ready) > generic_min(self.floor, target);
+            let i = ready
+                .iter()
+                .rposition(|r| r.prepared.is_none() == generic_over)
+                .unwrap_or(ready.len() - 1);
             surplus.extend(ready.remove(i).map(|r| r.dir));
         }
         if allowed < ready.len() + surplus.len() {
@@ -921,12 +923,7 @@ mod tests {
         for _ in 0..3 {
             pool.take(&spec, "a", Some(&pristine("a", "img")));
         }
-        let push = |dir: &str, prepared: bool| {
-            pool.ready.lock().unwrap().push_back(super::Ready {
-                dir: dir.into(),
-                prepared: prepared.then(|| ("a".into(), "img".into())),
-            })
-        };
+        let push = |dir: &str, prepared: bool| push_ready(&pool, dir, prepared);
         // Half the floor generic first, then for `img` as many as its burst within the target.
         for g in ["/g0", "/g1"] {
             assert!(pool.next_preparation().is_none());
@@ -946,6 +943,37 @@ mod tests {
         assert_eq!(pool.surplus(), gone, "no longer wanted");
         assert_eq!(pool.ready_count(), 2);
         assert!(pool.next_preparation().is_none());
+    }
+
+    /// A standby ready in `pool`, generic or prepared for tenant a's `img`.
+    fn push_ready(pool: &super::StandbyPool, dir: &str, prepared: bool) {
+        pool.ready.lock().unwrap().push_back(super::Ready {
+            dir: dir.into(),
+            prepared: prepared.then(|| ("a".into(), "img".into())),
+        })
+    }
+
+    #[test]
+    fn beyond_the_target_prepared_standbys_go_before_the_generic_minimum() {
+        let (pool, spec) = pool_with(4, 0, &[]);
+        let _a = pool.starting("a");
+        for _ in 0..3 {
+            pool.take(&spec, "a", Some(&pristine("a", "img")));
+        }
+        for (dir, prepared) in [
+            ("/g0", false),
+            ("/p0", true),
+            ("/p1", true),
+            ("/p2", true),
+            ("/g1", false),
+        ] {
+            push_ready(&pool, dir, prepared);
+        }
+        // One over the target of 4, at the 2 generic ones the pool keeps: the newest prepared
+        // one goes, not the newest standby.
+        let gone: Vec<std::path::PathBuf> = vec!["/p2".into()];
+        assert_eq!(pool.surplus(), gone);
+        assert_eq!(super::generic_count(&pool.ready.lock().unwrap()), 2);
     }
 
     #[test]
