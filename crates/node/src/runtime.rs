@@ -877,6 +877,7 @@ impl Runtime {
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Container> {
         // No standby refill while this start is in flight (see `standby::QUIET`).
+        let arrived = std::time::Instant::now();
         let tenant = entry.snapshot().tenant;
         let _starting = self.standby.as_ref().map(|pool| pool.starting(&tenant));
         let _disk = archive::disk_for_start(entry).await?;
@@ -931,7 +932,7 @@ impl Runtime {
 
         // From here the VM's QEMU works flat out until the process runs: a few at a time.
         let turn = self.start_turns.take(&c.tenant).await;
-        let up = match self.bring_up_vm(&c, &spec, &dir).await {
+        let up = match self.bring_up_vm(&c, &spec, &dir, arrived).await {
             Ok(()) => self.confine_vm(&c, &dir).await,
             Err(e) => Err(e),
         };
@@ -979,12 +980,20 @@ impl Runtime {
 
     /// A supervisor and its VM for the container in `dir`: a standby claimed when one fits,
     /// else a new one (restored from the template or booted cold).
-    async fn bring_up_vm(&self, c: &Container, spec: &ShimSpec, dir: &Path) -> Result<()> {
+    /// The start `arrived` then (before it waited for its turn): the pool sizes itself to
+    /// bursts of starts as they come.
+    async fn bring_up_vm(
+        &self,
+        c: &Container,
+        spec: &ShimSpec,
+        dir: &Path,
+        arrived: std::time::Instant,
+    ) -> Result<()> {
         let Some(pool) = &self.standby else {
             return self.launch_shim(c, dir).await;
         };
         let pristine = self.pristine_preparation(c, spec, dir).await;
-        let claimed = match pool.take(spec, &c.tenant, pristine.as_ref()) {
+        let claimed = match pool.take(spec, &c.tenant, pristine.as_ref(), arrived) {
             Some(standby) => pool.claim(&standby, dir).await.is_ok(),
             None => false,
         };

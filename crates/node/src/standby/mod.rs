@@ -331,12 +331,15 @@ impl StandbyPool {
     /// take) and one is ready, else a generic one; no generic one for a tenant with other
     /// starts in flight once only the standbys held for other tenants are left
     /// ([`held_for_others`]). Only the size is compared here; the supervisor checks the whole
-    /// template key, and a prepared standby the disk, when claimed.
+    /// template key, and a prepared standby the disk, when claimed. The start counts towards
+    /// the bursts the pool follows as of when it `arrived`: VMs come up a few at a time
+    /// (`crate::start_turns`), and a burst of 100 taken over 15 s is still one burst.
     pub fn take(
         &self,
         spec: &ShimSpec,
         tenant: &str,
         pristine: Option<&shim::PrepareSpec>,
+        arrived: Instant,
     ) -> Option<PathBuf> {
         if spec.vcpus != self.spec.vcpus
             || spec.memory_mib != self.spec.memory_mib
@@ -344,14 +347,13 @@ impl StandbyPool {
         {
             return None;
         }
-        let now = Instant::now();
-        self.demand.lock().expect("poisoned").record(now);
+        self.demand.lock().expect("poisoned").record(arrived);
         let key = pristine.map(|p| {
             debug_assert_eq!(p.tenant, tenant, "a preparation of the starting tenant's");
             self.wanted
                 .lock()
                 .expect("poisoned")
-                .record(p.key(), p.clone(), now);
+                .record(p.key(), p.clone(), arrived);
             p.key()
         });
         if let Some(key) = key {
@@ -806,6 +808,8 @@ async fn stop_processes_in(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     #[test]
     fn the_default_ceiling_is_the_containers_the_node_holds_within_a_third_of_the_host() {
         // 24 GiB offered: 48 containers of 512 MiB; 66 GiB: 132, more than a third of the host.
@@ -879,19 +883,28 @@ mod tests {
         let (pool, spec) = pool_with(24, 3, &[]);
         let a = [pool.starting("a"), pool.starting("a")];
         assert!(
-            pool.take(&spec, "a", None).is_some(),
+            pool.take(&spec, "a", None, Instant::now()).is_some(),
             "3 ready, 2 held for others"
         );
-        assert!(pool.take(&spec, "a", None).is_none(), "the last 2 are held");
+        assert!(
+            pool.take(&spec, "a", None, Instant::now()).is_none(),
+            "the last 2 are held"
+        );
         let _b = pool.starting("b");
-        assert!(pool.take(&spec, "b", None).is_some(), "b's single start");
+        assert!(
+            pool.take(&spec, "b", None, Instant::now()).is_some(),
+            "b's single start"
+        );
         drop(a);
         let _a = pool.starting("a");
         assert!(
-            pool.take(&spec, "a", None).is_some(),
+            pool.take(&spec, "a", None, Instant::now()).is_some(),
             "a's single start now"
         );
-        assert!(pool.take(&spec, "a", None).is_none(), "empty");
+        assert!(
+            pool.take(&spec, "a", None, Instant::now()).is_none(),
+            "empty"
+        );
     }
 
     #[test]
@@ -902,18 +915,24 @@ mod tests {
         // disk is not pristine: the generic one, then none.
         let _b = pool.starting("b");
         assert_eq!(
-            path(pool.take(&spec, "b", Some(&pristine("b", "img")))).as_deref(),
+            path(pool.take(&spec, "b", Some(&pristine("b", "img")), Instant::now())).as_deref(),
             Some("/nowhere/0")
         );
-        assert_eq!(pool.take(&spec, "b", Some(&pristine("b", "img"))), None);
-        assert_eq!(pool.take(&spec, "a", Some(&pristine("a", "other"))), None);
-        assert_eq!(pool.take(&spec, "a", None), None);
+        assert_eq!(
+            pool.take(&spec, "b", Some(&pristine("b", "img")), Instant::now()),
+            None
+        );
+        assert_eq!(
+            pool.take(&spec, "a", Some(&pristine("a", "other")), Instant::now()),
+            None
+        );
+        assert_eq!(pool.take(&spec, "a", None, Instant::now()), None);
         assert_eq!(pool.prepared_for("a"), 1);
         assert_eq!(pool.prepared_for("b"), 0);
         // Its own, even in a burst that leaves the generic ones to others.
         let _a = [pool.starting("a"), pool.starting("a")];
         assert_eq!(
-            path(pool.take(&spec, "a", Some(&pristine("a", "img")))).as_deref(),
+            path(pool.take(&spec, "a", Some(&pristine("a", "img")), Instant::now())).as_deref(),
             Some("/nowhere/a-img")
         );
     }
@@ -923,7 +942,7 @@ mod tests {
         let (pool, spec) = pool_with(4, 0, &[]);
         let _a = pool.starting("a");
         for _ in 0..3 {
-            pool.take(&spec, "a", Some(&pristine("a", "img")));
+            pool.take(&spec, "a", Some(&pristine("a", "img")), Instant::now());
         }
         let push = |dir: &str, prepared: bool| push_ready(&pool, dir, prepared);
         // A quarter of the floor generic first (at least one), then for `img` as many as its
@@ -959,7 +978,7 @@ mod tests {
         let (pool, spec) = pool_with(8, 0, &[]);
         let _a = pool.starting("a");
         for _ in 0..7 {
-            pool.take(&spec, "a", Some(&pristine("a", "img")));
+            pool.take(&spec, "a", Some(&pristine("a", "img")), Instant::now());
         }
         push_ready(&pool, "/g0", false);
         for p in 0..7 {
@@ -971,6 +990,24 @@ mod tests {
         let gone: Vec<std::path::PathBuf> = vec!["/p6".into()];
         assert_eq!(pool.surplus(), gone);
         assert_eq!(super::generic_count(&pool.ready.lock().unwrap()), 2);
+    }
+
+    #[test]
+    fn a_start_counts_towards_bursts_as_of_its_arrival() {
+        use std::time::Duration;
+        let (pool, spec) = pool_with(2, 0, &[]);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Taken now, one after the other, but arrived 11 s apart: no burst.
+        for s in [0, 11, 22] {
+            pool.take(&spec, "a", None, at(s));
+        }
+        assert_eq!(pool.demand.lock().unwrap().peak(at(22)), 1);
+        // Three that arrived together are one, however late they are taken.
+        for _ in 0..3 {
+            pool.take(&spec, "a", None, at(40));
+        }
+        assert_eq!(pool.demand.lock().unwrap().peak(at(45)), 3);
     }
 
     #[test]
