@@ -904,6 +904,10 @@ impl Runtime {
             self.with_networks(move |n| Ok((n.start_spec(&c)?, n.link_env(&c)?)))
                 .await?
         };
+        // From here the VM's QEMU works flat out until the process runs: a few at a time. The
+        // turn is waited for before the volumes are held, which a start dropped while it waits
+        // (its client gone) would leave held.
+        let turn = self.start_turns.take(&c.tenant).await;
         let mut process = process_spec(&c);
         merge_env(&mut process.env, &link_env);
         let tmpfs = crate::tmpfs::plan(&c.host_config, size.vm_memory_mib())?;
@@ -930,20 +934,21 @@ impl Runtime {
             return Err(RuntimeError::io("write spec.json")(e));
         }
 
-        // From here the VM's QEMU works flat out until the process runs: a few at a time.
-        let turn = self.start_turns.take(&c.tenant).await;
         let up = match self.bring_up_vm(&c, &spec, &dir, arrived).await {
             Ok(()) => self.confine_vm(&c, &dir).await,
             Err(e) => Err(e),
         };
         if let Err(e) = up {
+            drop(turn);
             self.release_volumes(&c);
             self.record_start_failure(entry, &e.to_string(), 128);
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
         }
         self.connect_pending_attaches(entry, &dir).await;
-        if let Err(e) = shim_link::request(&dir, json!({"op": "start"})).await {
+        let started = shim_link::request(&dir, json!({"op": "start"})).await;
+        drop(turn);
+        if let Err(e) = started {
             let code = shim_link::read_state(&dir)
                 .and_then(|s| s.exit_code)
                 .map_or(128, i64::from);
@@ -955,7 +960,6 @@ impl Runtime {
             self.fail_pending_attaches(entry, &e.to_string());
             return Err(e);
         }
-        drop(turn);
         let started_at = shim_link::read_state(&dir)
             .and_then(|s| shim_link::parse_time(&s.started_at))
             .unwrap_or_else(Utc::now);

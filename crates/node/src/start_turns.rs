@@ -3,7 +3,8 @@
 //! starts a few at a time: each switch between QEMUs finds the next one's translated code and
 //! caches cold. Measured on 2 cores, 40 claimed standbys: all at once 4.2-5.3 s and 7.8-10.2 s
 //! of host CPU, four at a time 3.5 s and 6.4 s, two at a time 4.0 s and 7.0 s. So at most
-//! [`StartTurns::for_host`] VMs come up at once and the other starts wait their turn.
+//! [`StartTurns::for_host`] starts hold a turn at once (more VMs come up only when one outlasts
+//! its longest hold) and the other starts wait their turn.
 //!
 //! Tenants take turns, so one tenant's burst does not queue another's single start behind all
 //! of it. A turn is held [`HOLD_MAX`] at most: a start that takes longer (a cold boot, a guest
@@ -125,25 +126,30 @@ impl Drop for Waiting {
 pub struct Turn {
     held: Arc<AtomicBool>,
     queue: Arc<Mutex<Queue>>,
-    timer: tokio::task::AbortHandle,
+    /// Gives the turn back after the longest hold (none outside an async runtime).
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl Turn {
     fn new(queue: Arc<Mutex<Queue>>, hold_max: Duration) -> Self {
         let held = Arc::new(AtomicBool::new(true));
         let (h, q) = (held.clone(), queue.clone());
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(hold_max).await;
-            give_back(&h, &q);
-        })
-        .abort_handle();
+        let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(async move {
+                tokio::time::sleep(hold_max).await;
+                give_back(&h, &q);
+            })
+            .abort_handle()
+        });
         Self { held, queue, timer }
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.timer.abort();
+        if let Some(timer) = &self.timer {
+            timer.abort();
+        }
         give_back(&self.held, &self.queue);
     }
 }
@@ -219,7 +225,12 @@ mod tests {
         let mut gone = Box::pin(turns.take("a"));
         assert!(ready_now(gone.as_mut()).is_none());
         let mut next = pin!(turns.take("b"));
+        assert!(ready_now(next.as_mut()).is_none());
         drop(gone);
+        assert!(
+            ready_now(next.as_mut()).is_none(),
+            "a start that went away gave back a turn it never had"
+        );
         drop(first);
         assert!(
             ready_now(next.as_mut()).is_some(),
@@ -234,10 +245,18 @@ mod tests {
         let mut gone = Box::pin(turns.take("a"));
         assert!(ready_now(gone.as_mut()).is_none());
         let mut next = pin!(turns.take("a"));
+        assert!(ready_now(next.as_mut()).is_none());
         // The turn reaches the waiting start, which is dropped before it ran again.
         drop(first);
         drop(gone);
-        assert!(ready_now(next.as_mut()).is_some(), "the turn was lost");
+        let turn = ready_now(next.as_mut()).expect("the turn was lost");
+        let mut after = pin!(turns.take("a"));
+        assert!(
+            ready_now(after.as_mut()).is_none(),
+            "one turn handed on twice"
+        );
+        drop(turn);
+        assert!(ready_now(after.as_mut()).is_some());
     }
 
     #[tokio::test(start_paused = true)]

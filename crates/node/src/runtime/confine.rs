@@ -26,7 +26,14 @@ impl Runtime {
         };
         let size = sizes::lookup(&c.size)?;
         let pids = vm_processes(dir);
-        let Err(e) = cgroups.confine(&c.tenant, &c.id, &size, &pids) else {
+        let confined = match pids.len() {
+            // The supervisor and QEMU: one not found would run outside the group.
+            2 => cgroups
+                .confine(&c.tenant, &c.id, &size, &pids)
+                .map_err(|e| e.to_string()),
+            _ => Err("its supervisor's or QEMU's process was not found".to_string()),
+        };
+        let Err(e) = confined else {
             return Ok(());
         };
         let _ = shim_link::request(dir, json!({"op": "shutdown"})).await;

@@ -33,21 +33,25 @@ impl Demand {
         }
     }
 
-    /// A start at `now`.
-    pub fn record(&mut self, now: Instant) {
+    /// A start that arrived `at`. Starts are recorded nearly in the order they arrived (when
+    /// their VM comes up, tenants taking turns): kept in order of arrival, and counted within
+    /// the [`BURST`] up to the latest arrival.
+    pub fn record(&mut self, at: Instant) {
+        let i = self.recent.partition_point(|t| *t <= at);
+        self.recent.insert(i, at);
+        let latest = *self.recent.back().expect("just recorded");
         while self
             .recent
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= BURST)
+            .is_some_and(|t| latest.duration_since(*t) >= BURST)
         {
             self.recent.pop_front();
         }
-        self.recent.push_back(now);
         let starts = self.recent.len();
         while self.peaks.back().is_some_and(|(_, c)| *c <= starts) {
             self.peaks.pop_back();
         }
-        self.peaks.push_back((now, starts));
+        self.peaks.push_back((latest, starts));
     }
 
     /// The most starts seen within one [`BURST`] during the `hold` before `now`.
@@ -158,6 +162,27 @@ mod tests {
             slow.record(t0 + secs(60 * i));
         }
         assert_eq!(slow.peak(t0 + secs(600)), 1);
+    }
+
+    #[test]
+    fn starts_recorded_out_of_order_count_as_they_arrived() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(DEFAULT_HOLD);
+        // 10 of one tenant's burst at 0 s, another tenant's 10 from 10.5 s, then the rest of
+        // the first burst, taken late: no 10 s held more than 10 of them.
+        for _ in 0..10 {
+            d.record(t0);
+        }
+        for i in 0..10 {
+            d.record(t0 + Duration::from_millis(10_500 + i));
+        }
+        for _ in 0..5 {
+            d.record(t0);
+        }
+        assert_eq!(d.peak(t0 + secs(11)), 10);
+        // A late one within the window counts.
+        d.record(t0 + secs(5));
+        assert_eq!(d.peak(t0 + secs(11)), 11);
     }
 
     #[test]

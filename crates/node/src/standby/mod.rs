@@ -565,7 +565,8 @@ impl StandbyPool {
 
     /// The ready standbys the pool keeps no more, taken out of it: those prepared for a pair
     /// beyond its recent burst, then, beyond the target (or what the host's memory allows, if
-    /// fewer), generic ones over [`generic_min`], then prepared ones, newest first.
+    /// fewer), generic ones over [`generic_min`], then prepared ones, then generic ones again,
+    /// newest first.
     fn surplus(&self) -> Vec<PathBuf> {
         let target = self.target();
         let wanted = self.wanted.lock().expect("poisoned").now(Instant::now());
