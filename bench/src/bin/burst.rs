@@ -39,6 +39,10 @@ struct Args {
     /// Skip dockerd.
     #[arg(long)]
     no_docker: bool,
+    /// One more argument for hyperd (repeatable), e.g.
+    /// `--hyperd-arg=--kernel-cmdline-extra=init_on_alloc=0`, to compare a variant.
+    #[arg(long = "hyperd-arg", allow_hyphen_values = true)]
+    hyperd_args: Vec<String>,
 }
 
 /// What each container runs: the marker is how the bench knows its process ran in the VM.
@@ -257,7 +261,9 @@ fn main() {
                 &format!("{}G", NODE_MEMORY >> 30),
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(args.hyperd_args.iter().cloned())
+            .collect(),
             ..DaemonOpts::default()
         },
     ));
