@@ -920,10 +920,12 @@ fn a_start_cut_short_by_hyperds_death() {
     d.hyper(&["rm", "-f", &id]).timeout(60.0).run().ok();
 }
 
-/// `rm -f` of a running container without volumes answers once its VM is killed, not once
+/// `rm -f` of a running container without volumes answers once its VM is frozen, not once
 /// QEMU has exited: the container is gone at once, `die` (137) comes before `destroy` as from
 /// Docker, and its VM, supervisor and directory follow. A hyperd stopped right after such a
-/// removal finishes the VM's teardown before it exits.
+/// removal finishes the VM's teardown before it exits; one that died after a removal froze a
+/// VM and before the record went ends that VM when it starts again, and the container shows
+/// the exit.
 fn rm_f_leaves_the_vms_end_behind() {
     let dd = Daemon::start("td", DaemonOpts::default());
     let d: &Daemon = &dd;
@@ -971,6 +973,27 @@ fn rm_f_leaves_the_vms_end_behind() {
         d.log_tail(30)
     );
     d.start_again();
+    let cut = d
+        .hyper(&["run", "-d", "--name", "td2", "busybox", "sleep", "1000"])
+        .timeout(300.0)
+        .run()
+        .ok()
+        .out();
+    let state = std::fs::read(d.cdir(&cut).join("state.json")).expect("the VM's state.json");
+    let state: serde_json::Value = serde_json::from_slice(&state).expect("state.json");
+    let qemu = state["qemu_pid"].as_i64().expect("qemu_pid") as i32;
+    // As a removal leaves the VM before its record goes.
+    // SAFETY: plain kill(2) of the QEMU this container's state names.
+    unsafe { libc::kill(qemu, libc::SIGSTOP) };
+    d.kill9();
+    d.start_again();
+    let v = d.wait_status("td2", "exited", 60.0);
+    assert_eq!(v["State"]["ExitCode"], 137, "{v}");
+    wait_for("the frozen VM to go", secs(15.0), || {
+        let left = container_processes(d, &cut);
+        left.is_empty().then_some(()).ok_or(left.join("; "))
+    });
+    d.hyper(&["rm", "td2"]).timeout(60.0).run().ok();
 }
 
 /// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks

@@ -303,6 +303,19 @@ impl Cgroups {
         }
     }
 
+    /// Puts the group of container `id` of `tenant` at idle priority (`cpu.idle`, Linux 5.15+):
+    /// a killed VM's exit then takes only CPU nothing else wants. SCHED_IDLE on its threads
+    /// alone does not do it: the group keeps its full weight against its siblings and hyperd.
+    /// Best effort: an older kernel, or a group already gone, has nothing to change.
+    pub fn background(&self, tenant: &str, id: &str) {
+        let cpu = match &self.layout {
+            Layout::V2 { base, .. } => base,
+            Layout::V1 { cpu, .. } => cpu,
+        };
+        let dir = cpu.join(tenant_group(tenant)).join(id);
+        let _ = write(&dir, "cpu.idle", "1");
+    }
+
     /// Removes the group of container `id` (its VM has exited), and its tenant's when that was
     /// the last. Busy (`EBUSY`) while a process is still in it: a VM killed a moment ago
     /// takes a while to exit, so the caller tries again.

@@ -17,6 +17,7 @@ pub mod metering;
 pub mod model;
 pub mod network;
 pub mod other_nodes;
+mod pidfd;
 pub mod placement;
 mod priority;
 pub mod quota;

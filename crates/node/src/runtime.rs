@@ -23,6 +23,7 @@ use crate::images::Images;
 use crate::metering::{Kind, Meter, Segment, ROOT_DISK_BYTES};
 use crate::model::{Container, ContainerConfig, HostConfig, State, Status};
 use crate::network::{NetConfig, Networks};
+use crate::pidfd::Pidfd;
 use crate::quota::{self, Counter};
 use crate::shim_link::{self, ProcessSpec, ShimSpec, ShimStatus};
 use crate::standby::StandbyPool;
@@ -395,6 +396,19 @@ impl Runtime {
             &c.tenant,
             Event::container(c, "die", &[("exitCode", "137".to_string())]),
         );
+    }
+
+    /// The VM of `c` (QEMU `qemu` and its supervisor) at idle priority: its exit takes only CPU
+    /// nothing else wants. SCHED_IDLE on its threads is not enough in a VM group: the group
+    /// keeps its weight against hyperd and other VMs unless it is idle too.
+    fn background(&self, c: &Container, dir: &Path, qemu: i32) {
+        crate::priority::set(qemu as u32, true);
+        if let Some(pid) = supervisor_pid(dir).filter(|&p| runs_in(p as i32, dir)) {
+            crate::priority::set(pid, true);
+        }
+        if let Some(cgroups) = &self.cfg.cgroups {
+            cgroups.background(&c.tenant, &c.id);
+        }
     }
 
     fn entry(&self, tenant: &str, reference: &str) -> Result<Arc<Entry>> {
@@ -1227,6 +1241,9 @@ impl Runtime {
             }
             match c.state.status {
                 Status::Running => {
+                    // A removal that froze the VM and died with hyperd before the record went
+                    // (see `teardown`): the VM ends, and its monitor records the exit.
+                    kill_if_frozen(&self.dir(&c.id));
                     self.rehold_volumes(&entry);
                     self.adopt_cgroup(&c);
                     entry.attach_gate.lock().expect("poisoned").vm_up = true;
@@ -1511,6 +1528,7 @@ impl Runtime {
     ) -> Result<()> {
         let entry = self.entry(tenant, reference)?;
         let _removing = self.standby.as_ref().map(|pool| pool.removing());
+        let _removal = self.teardowns.removal();
         let _op = entry.ops.lock().await;
         let _disk = archive::disk_for_start(&entry).await?;
         let c = entry.snapshot();
@@ -1524,7 +1542,7 @@ impl Runtime {
                 c.id
             )));
         }
-        let mut killed = false;
+        let mut frozen = None;
         if c.state.status == Status::Restarting {
             self.cancel_restart(&entry)?;
         } else if c.is_running() {
@@ -1533,23 +1551,20 @@ impl Runtime {
             let _ = self.update(&entry, |c| c.state.stopped_by_user = true);
             let dir = self.dir(&c.id);
             // Without volumes (which another container may want once QEMU has closed them)
-            // nothing needs the VM's end: QEMU's exit, mostly the kernel freeing its memory,
-            // comes last, after the answer.
+            // nothing needs the VM's end: it is frozen now and killed after the answer.
             let unhurried = c.mounts.is_empty();
-            let qemu = shim_link::read_state(&dir).and_then(|s| s.qemu_pid);
-            if let Some(pid) = qemu.filter(|&p| unhurried && runs_in(p as i32, &dir)) {
-                crate::priority::set(pid, true);
-            }
-            let reply = shim_link::request(&dir, json!({"op": "shutdown"})).await;
-            // Its supervisor has killed it (SIGKILL: no code of it runs again) and recorded the
-            // end.
-            killed = unhurried && shut_down(&reply);
-            if killed {
-                if let Some(pid) = supervisor_pid(&dir).filter(|&p| runs_in(p as i32, &dir)) {
-                    crate::priority::set(pid, true);
-                }
+            frozen = shim_link::read_state(&dir)
+                .and_then(|s| s.qemu_pid)
+                .filter(|_| unhurried)
+                .and_then(|pid| Pidfd::open(pid as i32))
+                .filter(|qemu| runs_in(qemu.pid(), &dir));
+            if let Some(qemu) = &frozen {
+                // Before the freeze: the monitor must not take the VM's end for a crash.
                 self.end_unrecorded(&entry, &c);
+                qemu.freeze();
+                self.background(&c, &dir, qemu.pid());
             } else {
+                let _ = shim_link::request(&dir, json!({"op": "shutdown"})).await;
                 let _ = tokio::time::timeout(
                     Duration::from_secs(30),
                     lifecycle.wait_for(|l| l.exits > seen),
@@ -1577,9 +1592,15 @@ impl Runtime {
             c.tenant.clone(),
             c.id.clone(),
         );
-        match killed {
-            true => self.teardowns.spawn(teardown),
-            false => teardown.await,
+        match frozen {
+            Some(qemu) => {
+                let kill = self.teardowns.kill_when_quiet(qemu);
+                self.teardowns.spawn(async move {
+                    kill.await;
+                    teardown.await;
+                });
+            }
+            None => teardown.await,
         }
         self.entries.lock().expect("poisoned").remove(&c.id);
         self.execs
@@ -1938,17 +1959,6 @@ impl Runtime {
     }
 }
 
-/// The supervisor powers the VM off after it reports the exit; removing the directory before
-/// it is gone would leave it cleaning up files that no longer exist, or a VM nobody owns.
-/// Whether the supervisor answered a `shutdown` with its VM ended (killed, and the exit
-/// recorded).
-fn shut_down(reply: &Result<Value>) -> bool {
-    reply.as_ref().is_ok_and(|r| {
-        serde_json::from_value::<shim_link::ShimState>(r["state"].clone())
-            .is_ok_and(|s| s.status == ShimStatus::Exited)
-    })
-}
-
 /// The pid the supervisor of `dir` wrote.
 fn supervisor_pid(dir: &Path) -> Option<u32> {
     std::fs::read_to_string(dir.join("shim.pid"))
@@ -2167,6 +2177,25 @@ fn kill_orphaned_vm(dir: &Path) {
         tracing::warn!("killing the VM {pid} its supervisor left behind");
         // SAFETY: plain kill(2) of a process whose command line names this container's directory.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Kills the QEMU of `dir` if it is frozen (stopped by SIGSTOP, which only a removal sends).
+fn kill_if_frozen(dir: &Path) {
+    let Some(pid) = shim_link::read_state(dir).and_then(|s| s.qemu_pid) else {
+        return;
+    };
+    let Some(qemu) = Pidfd::open(pid as i32).filter(|q| runs_in(q.pid(), dir)) else {
+        return;
+    };
+    // The state follows the command, whose parentheses may hold anything: read after the last.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if state == Some('T') {
+        tracing::warn!("killing the VM {pid} a removal cut short by hyperd's end left frozen");
+        qemu.kill();
     }
 }
 
