@@ -4,7 +4,7 @@
 //! A forced removal of a running container without volumes does not wait for it. It freezes
 //! the VM (SIGSTOP: no code of it runs again) and goes on to remove its records, name, address
 //! and network rules. QEMU's exit, mostly the kernel freeing the VM's memory, comes once no
-//! removal is being answered (or [`FREEZE_LIMIT`] after the freeze): with 100 removals at once,
+//! removal has been answered for a moment (or [`FREEZE_LIMIT`] after the freeze): with 100 removals at once,
 //! the exits of the VMs killed first slowed the others' answers by half even at idle priority
 //! (kernel work on the pages they free). A container with volumes waits: they are free for
 //! another container only once QEMU has closed them. A hyperd that stops waits for the
@@ -25,6 +25,9 @@ use crate::pidfd::Pidfd;
 
 /// The longest a removed VM stays frozen, holding its memory, while removals go on.
 const FREEZE_LIMIT: Duration = Duration::from_secs(2);
+/// How long no removal must have been answered before frozen VMs are killed: the CLIs of a
+/// burst of removals reach hyperd over a few hundred milliseconds, with gaps between them.
+const QUIET_FOR: Duration = Duration::from_millis(250);
 
 /// Teardowns running in the background, and the removals being answered.
 #[derive(Default)]
@@ -63,12 +66,24 @@ impl Teardowns {
         Counted::new(&self.removals)
     }
 
-    /// Kills the frozen `qemu` once no removal is being answered, at most [`FREEZE_LIMIT`]
-    /// from now.
+    /// Kills the frozen `qemu` once no removal has been answered for [`QUIET_FOR`], at most
+    /// [`FREEZE_LIMIT`] from now.
     pub(super) fn kill_when_quiet(&self, qemu: Pidfd) -> impl Future<Output = ()> + Send {
         let mut removals = self.removals.subscribe();
+        let quiet = async move {
+            loop {
+                if removals.wait_for(|&n| n == 0).await.is_err() {
+                    return;
+                }
+                // A removal that begins meanwhile starts the wait again.
+                match tokio::time::timeout(QUIET_FOR, removals.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) | Err(_) => return,
+                }
+            }
+        };
         async move {
-            let _ = tokio::time::timeout(FREEZE_LIMIT, removals.wait_for(|&n| n == 0)).await;
+            let _ = tokio::time::timeout(FREEZE_LIMIT, quiet).await;
             qemu.kill();
         }
     }
