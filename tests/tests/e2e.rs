@@ -925,7 +925,7 @@ fn a_start_cut_short_by_hyperds_death() {
 /// Docker, and its VM, supervisor and directory follow. A hyperd stopped right after such a
 /// removal finishes the VM's teardown before it exits; one that died after a removal froze a
 /// VM and before the record went ends that VM when it starts again, and the container shows
-/// the exit.
+/// the exit; one that died after the record went ends the VM and removes its group.
 fn rm_f_leaves_the_vms_end_behind() {
     let dd = Daemon::start("td", DaemonOpts::default());
     let d: &Daemon = &dd;
@@ -994,6 +994,18 @@ fn rm_f_leaves_the_vms_end_behind() {
         left.is_empty().then_some(()).ok_or(left.join("; "))
     });
     d.hyper(&["rm", "td2"]).timeout(60.0).run().ok();
+    // hyperd killed while a removed VM waits frozen for its kill: the next one ends it, and its
+    // group goes (the suite's leftover check looks for groups).
+    let frozen = d
+        .hyper(&["run", "-d", "--name", "td3", "busybox", "sleep", "1000"])
+        .timeout(300.0)
+        .run()
+        .ok()
+        .out();
+    d.hyper(&["rm", "-f", "td3"]).timeout(60.0).run().ok();
+    d.kill9();
+    d.start_again();
+    assert_gone(d, &frozen);
 }
 
 /// kill -9 hyperd: containers carry on, exits are recorded by their shims, a new hyperd picks

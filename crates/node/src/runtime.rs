@@ -1279,6 +1279,9 @@ impl Runtime {
                 let name = dir.file_name().to_string_lossy().to_string();
                 if !known.contains(&name) {
                     let _ = shim_link::request(&dir.path(), json!({"op": "shutdown"})).await;
+                    // A VM a removal froze, killed only now: its group below empties once its
+                    // supervisor has seen it go.
+                    wait_for_supervisor_exit(&dir.path()).await;
                     let _ = std::fs::remove_dir_all(dir.path());
                     tracing::info!("removed leftover container directory {name}");
                 }
