@@ -25,6 +25,11 @@ impl Pidfd {
         self.pid
     }
 
+    /// The descriptor, which turns readable when the process exits.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// SIGSTOP: none of its code runs until it is killed.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);

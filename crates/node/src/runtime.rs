@@ -1556,11 +1556,7 @@ impl Runtime {
             // Without volumes (which another container may want once QEMU has closed them)
             // nothing needs the VM's end: it is frozen now and killed after the answer.
             let unhurried = c.mounts.is_empty();
-            frozen = shim_link::read_state(&dir)
-                .and_then(|s| s.qemu_pid)
-                .filter(|_| unhurried)
-                .and_then(|pid| Pidfd::open(pid as i32))
-                .filter(|qemu| runs_in(qemu.pid(), &dir));
+            frozen = qemu_of(&dir).filter(|_| unhurried);
             if let Some(qemu) = &frozen {
                 // Before the freeze: the monitor must not take the VM's end for a crash.
                 self.end_unrecorded(&entry, &c);
@@ -2050,14 +2046,7 @@ pub(crate) async fn launch_supervisor(
 /// Resolves when process `pid` exits (a pidfd turns readable then, zombie or not), or `None`
 /// when no pidfd can be had for it.
 fn process_exit(pid: i32) -> Option<impl std::future::Future<Output = ()>> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let fd = Pidfd::open(pid)?.into_fd();
     // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same until it is dropped.
     let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?;
     Some(async move {
@@ -2183,14 +2172,18 @@ fn kill_orphaned_vm(dir: &Path) {
     }
 }
 
+/// The live QEMU of the VM in `dir`, by the pid its supervisor recorded there.
+fn qemu_of(dir: &Path) -> Option<Pidfd> {
+    let pid = shim_link::read_state(dir)?.qemu_pid?;
+    Pidfd::open(pid as i32).filter(|qemu| runs_in(qemu.pid(), dir))
+}
+
 /// Kills the QEMU of `dir` if it is frozen (stopped by SIGSTOP, which only a removal sends).
 fn kill_if_frozen(dir: &Path) {
-    let Some(pid) = shim_link::read_state(dir).and_then(|s| s.qemu_pid) else {
+    let Some(qemu) = qemu_of(dir) else {
         return;
     };
-    let Some(qemu) = Pidfd::open(pid as i32).filter(|q| runs_in(q.pid(), dir)) else {
-        return;
-    };
+    let pid = qemu.pid();
     // The state follows the command, whose parentheses may hold anything: read after the last.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat
