@@ -582,6 +582,42 @@ pub const MAX_STAT_LINE: usize = 16 * 1024;
 /// Host -> guest control messages.
 // `Start` is much larger than the rest; messages are built one at a time, so boxing would buy
 // nothing but indirection.
+/// What a `Start` carries (and a `Rehearse`, the same start on a standby's scratch disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartSpec {
+    pub process: ProcessSpec,
+    pub hostname: String,
+    /// The guest device of the root disk, normally "/dev/vda".
+    pub root_device: String,
+    /// Host randomness the agent credits to the kernel's pool and reseeds the CRNG from
+    /// (RNDADDENTROPY + RNDRESEEDCRNG). Empty: leave the pool alone.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
+    /// The host's CLOCK_REALTIME when it sent `Start`, in ns since the epoch (0: leave the
+    /// guest clock alone).
+    #[serde(default)]
+    pub realtime_ns: u64,
+    /// 32 hex digits written to the image's `/etc/machine-id` when the image has that file.
+    #[serde(default)]
+    pub machine_id: String,
+    /// The container's network on the VM's one NIC (`eth0`). `None`: no network (Docker's
+    /// `--network none`), only `lo` comes up. Applied at `Start`, never before: a guest
+    /// restored from a template has the template's MAC until then.
+    #[serde(default)]
+    pub network: Option<NetConfig>,
+    /// Volumes mounted after the root, in this order.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Tmpfs mounts, after the volumes, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// The root disk behind the slot is the one `PrepareRoot` mounted read-only: the agent
+    /// remounts it read-write instead of mounting it afresh. False (or absent): whatever a
+    /// `PrepareRoot` mounted is unmounted first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root_mounted: bool,
+}
+
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -601,39 +637,7 @@ pub enum HostMsg {
     /// process (stream 0). A guest restored from a VM template shares its clock and random
     /// state with every sibling until this message: the agent applies `realtime_ns` and
     /// `entropy` before anything else.
-    Start {
-        process: ProcessSpec,
-        hostname: String,
-        /// The guest device of the root disk, normally "/dev/vda".
-        root_device: String,
-        /// Host randomness the agent credits to the kernel's pool and reseeds the CRNG from
-        /// (RNDADDENTROPY + RNDRESEEDCRNG). Empty: leave the pool alone.
-        #[serde(default)]
-        entropy: Vec<u8>,
-        /// The host's CLOCK_REALTIME when it sent `Start`, in ns since the epoch (0: leave the
-        /// guest clock alone).
-        #[serde(default)]
-        realtime_ns: u64,
-        /// 32 hex digits written to the image's `/etc/machine-id` when the image has that file.
-        #[serde(default)]
-        machine_id: String,
-        /// The container's network on the VM's one NIC (`eth0`). `None`: no network (Docker's
-        /// `--network none`), only `lo` comes up. Applied at `Start`, never before: a guest
-        /// restored from a template has the template's MAC until then.
-        #[serde(default)]
-        network: Option<NetConfig>,
-        /// Volumes mounted after the root, in this order.
-        #[serde(default)]
-        volumes: Vec<VolumeMount>,
-        /// Tmpfs mounts, after the volumes, in this order.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        tmpfs: Vec<TmpfsMount>,
-        /// The root disk behind the slot is the one `PrepareRoot` mounted read-only: the agent
-        /// remounts it read-write instead of mounting it afresh. False (or absent): whatever a
-        /// `PrepareRoot` mounted is unmounted first.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        root_mounted: bool,
-    },
+    Start(StartSpec),
     /// Start an exec session in the running container on `stream` (> 0, allocated by the host).
     Exec { stream: u32, process: ProcessSpec },
     /// Send `signal` to the process of `stream`.
@@ -684,16 +688,10 @@ pub enum HostMsg {
     /// standby's scratch disk (identity, network, mount, spawn `process` in its own namespaces,
     /// relay its output and wait for it, unmount), leaving nothing behind, so that the guest
     /// code a real `Start` runs is warm (under TCG a first run of any code costs its
-    /// translation). Answered with `Rehearsed`.
-    Rehearse {
-        process: ProcessSpec,
-        root_device: String,
-        /// As `Start`'s: applied the same way, so that path is warm too.
-        #[serde(default)]
-        entropy: Vec<u8>,
-        #[serde(default)]
-        realtime_ns: u64,
-    },
+    /// translation), its decoding included: hence a `Start`'s own fields. Volumes and tmpfs
+    /// mounts are not rehearsed, and the hostname and network are the VM's again afterwards.
+    /// Answered with `Rehearsed`.
+    Rehearse(StartSpec),
     /// To a standby VM prepared for one image, after its rehearsal and before any container has
     /// it: mount the root disk now behind the slot (a pristine copy of the image's empty
     /// overlay) read-only, look up `process`'s user and program as a `Start` would, and read
@@ -798,7 +796,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 entropy: vec![1, 2, 3],
             },
-            HostMsg::Start {
+            HostMsg::Start(StartSpec {
                 process: spec(),
                 hostname: "abc".into(),
                 root_device: "/dev/vda".into(),
@@ -830,7 +828,19 @@ mod tests {
                     nodev: true,
                 }],
                 root_mounted: true,
-            },
+            }),
+            HostMsg::Rehearse(StartSpec {
+                process: spec(),
+                hostname: "scratch".into(),
+                root_device: "/dev/vda".into(),
+                entropy: vec![7],
+                realtime_ns: 1,
+                machine_id: "0".repeat(32),
+                network: None,
+                volumes: Vec::new(),
+                tmpfs: Vec::new(),
+                root_mounted: false,
+            }),
             HostMsg::PrepareRoot {
                 root_device: "/dev/vda".into(),
                 process: spec(),
@@ -957,13 +967,13 @@ mod tests {
         )
         .unwrap();
         match m {
-            HostMsg::Start {
+            HostMsg::Start(StartSpec {
                 entropy,
                 realtime_ns,
                 machine_id,
                 network,
                 ..
-            } => assert!(
+            }) => assert!(
                 entropy.is_empty()
                     && realtime_ns == 0
                     && machine_id.is_empty()
@@ -987,7 +997,7 @@ mod tests {
             r#"{"type":"start","process":{},"hostname":"h","root_device":"","network":null}"#,
         )
         .unwrap();
-        assert!(matches!(m, HostMsg::Start { network: None, .. }));
+        assert!(matches!(m, HostMsg::Start(StartSpec { network: None, .. })));
     }
 
     #[test]

@@ -41,20 +41,38 @@ pub const MODULE_DIR: &str = "/lib/modules";
 /// so the steps of a start can be timed from the console.
 macro_rules! log {
     ($($arg:tt)*) => {{
-        eprintln!("hyper-agent: [{:.3}] {}", $crate::init::uptime(), format_args!($($arg)*));
+        eprintln!("hyper-agent: [{}] {}", $crate::init::Uptime::now(), format_args!($($arg)*));
     }};
 }
 pub(crate) use log;
 
-/// CLOCK_MONOTONIC in seconds.
-pub fn uptime() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+/// CLOCK_MONOTONIC, shown as seconds with milliseconds ("12.345"). Integers only: formatting a
+/// float runs the standard library's exact (Dragon4) fallback for some values, code that under
+/// TCG costs a translation the first time each of its branches runs, on a start's path.
+pub struct Uptime {
+    secs: u64,
+    millis: u32,
+}
+
+impl Uptime {
+    pub fn now() -> Uptime {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through a valid pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        Uptime {
+            secs: t.tv_sec.max(0) as u64,
+            millis: (t.tv_nsec.max(0) / 1_000_000) as u32,
+        }
+    }
+}
+
+impl std::fmt::Display for Uptime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.secs, self.millis)
+    }
 }
 
 /// Order the .ko files found in the module dir: the known ones in [`MODULE_ORDER`], then any

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::{Frame, GuestMsg, HostMsg, Kind, VolumeMount, PROTOCOL_VERSION};
+use agent_proto::{Frame, GuestMsg, HostMsg, Kind, StartSpec, VolumeMount, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::init::log;
@@ -205,7 +205,7 @@ fn handle(
             identity::reseed(&entropy);
             let _ = out.send(ready());
         }
-        HostMsg::Start {
+        HostMsg::Start(StartSpec {
             process,
             hostname,
             root_device,
@@ -216,7 +216,7 @@ fn handle(
             volumes,
             tmpfs,
             root_mounted,
-        } => {
+        }) => {
             if *started {
                 reply(GuestMsg::StartFailed {
                     stream: 0,
@@ -374,12 +374,7 @@ fn handle(
                 }));
             });
         }
-        HostMsg::Rehearse {
-            process,
-            root_device,
-            entropy,
-            realtime_ns,
-        } => {
+        HostMsg::Rehearse(spec) => {
             if *started {
                 reply(GuestMsg::Rehearsed {
                     millis: 0,
@@ -387,10 +382,10 @@ fn handle(
                 });
                 return;
             }
-            identity::renew(realtime_ns, &entropy);
+            identity::renew(spec.realtime_ns, &spec.entropy);
             let out = out.clone();
             tokio::spawn(async move {
-                let r = rehearse::run(process, root_device).await;
+                let r = rehearse::run(spec).await;
                 let msg = match r {
                     Ok(millis) => GuestMsg::Rehearsed {
                         millis,

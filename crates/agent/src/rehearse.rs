@@ -7,26 +7,24 @@
 
 use std::time::Instant;
 
-use agent_proto::{GuestMsg, NetConfig, ProcessSpec};
+use agent_proto::{GuestMsg, StartSpec};
 use tokio::sync::mpsc;
 
 use crate::process::{self, Target};
 use crate::session::{self, Credit};
 use crate::{network, rootfs};
 
-/// The MAC eth0 has in a template (QEMU's NIC of every template VM): set again, not changed.
-const SCRATCH_MAC: &str = "02:00:00:00:00:01";
-
 /// The stream number the rehearsal's process gets: never a container's (those count up from 0
 /// on the host's side), and its frames never leave the guest.
 const REHEARSAL_STREAM: u32 = u32::MAX;
 
-/// Run the rehearsal; the time it took, or what failed.
-pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
+/// Run the rehearsal of `spec` (its identity already applied); the time it took, or what
+/// failed.
+pub async fn run(spec: StartSpec) -> Result<u64, String> {
     let t0 = Instant::now();
     let oom_before = process::oom_kills();
-    let scratch = device.clone();
-    let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(&spec, &scratch))
+    let device = spec.root_device.clone();
+    let spawned = tokio::task::spawn_blocking(move || prepare_and_spawn(spec))
         .await
         .map_err(|e| e.to_string())??;
     let result = relay_until_exit(spawned, oom_before).await;
@@ -42,32 +40,29 @@ pub async fn run(spec: ProcessSpec, device: String) -> Result<u64, String> {
 }
 
 /// Network, root and spawn, as a `Start` does them.
-fn prepare_and_spawn(spec: &ProcessSpec, device: &str) -> Result<process::Spawned, String> {
-    // eth0 as a container's, with a link-local address (its tap is in a namespace of its own
-    // until the VM is claimed), then as it was.
-    let scratch_net = NetConfig {
-        mac: SCRATCH_MAC.into(),
-        ip: "169.254.0.2/16".into(),
-        gateway: "169.254.0.1".into(),
-        mtu: 1500,
-        resolv_conf: "nameserver 169.254.0.1\n".into(),
-        hosts: Vec::new(),
-    };
-    network::setup(Some(&scratch_net)).map_err(|e| format!("network: {e}"))?;
+fn prepare_and_spawn(spec: StartSpec) -> Result<process::Spawned, String> {
+    if !spec.volumes.is_empty() || !spec.tmpfs.is_empty() || spec.root_mounted {
+        return Err("a rehearsal mounts nothing but a fresh scratch root".into());
+    }
+    // eth0 as a container's (its tap is in a namespace of its own until the VM is claimed),
+    // then without its address again.
+    network::setup(spec.network.as_ref()).map_err(|e| format!("network: {e}"))?;
     network::reset_nic().map_err(|e| format!("network: {e}"))?;
     // The root as a container's, /etc files written and all; the hostname is the VM's again
-    // afterwards.
+    // afterwards. Mounted read-only first and then remounted read-write: the way of a claim of
+    // a standby prepared for its image (most claims in a burst), and most of a fresh mount's.
     let hostname = nix::unistd::gethostname().map_err(|e| format!("gethostname: {e}"))?;
+    rootfs::mount_read_only(&spec.root_device).map_err(|e| format!("root: {e}"))?;
     let prepared = rootfs::prepare(&rootfs::Target {
-        device: device.to_string(),
-        hostname: "scratch".into(),
-        machine_id: "0".repeat(32),
-        network: Some(scratch_net),
-        root_mounted: false,
+        device: spec.root_device,
+        hostname: spec.hostname,
+        machine_id: spec.machine_id,
+        network: spec.network,
+        root_mounted: true,
     });
     let _ = nix::unistd::sethostname(&hostname);
     prepared.map_err(|e| format!("root: {e}"))?;
-    process::spawn(spec, Target::Main).map_err(|e| format!("spawn: {e}"))
+    process::spawn(&spec.process, Target::Main).map_err(|e| format!("spawn: {e}"))
 }
 
 /// The process's session as a container's (its output pumped, its exit awaited), into a sink

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_proto::{Frame, GuestMsg, HostMsg, MAIN_STREAM, PROTOCOL_VERSION};
+use agent_proto::{Frame, GuestMsg, HostMsg, StartSpec, MAIN_STREAM, PROTOCOL_VERSION};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{SecondsFormat, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -595,19 +595,18 @@ async fn standby(
 
 /// Have the standby's agent rehearse a start on the scratch disk (see `HostMsg::Rehearse`).
 async fn rehearse(up: &mut Up) -> Result<u64> {
-    let process = agent_proto::ProcessSpec {
-        args: vec![crate::standby::SCRATCH_PROGRAM.to_string()],
-        env: vec!["PATH=/bin".to_string()],
-        cwd: "/".to_string(),
-        user: "root".to_string(),
-        ..Default::default()
-    };
-    let msg = HostMsg::Rehearse {
-        process,
+    let msg = HostMsg::Rehearse(StartSpec {
+        process: crate::standby::scratch_process(),
+        hostname: "scratch".into(),
         root_device: "/dev/vda".into(),
         entropy: crate::identity::host_random(64),
         realtime_ns: crate::identity::realtime_ns(),
-    };
+        machine_id: "0".repeat(32),
+        network: Some(crate::standby::scratch_network()),
+        volumes: Vec::new(),
+        tmpfs: Vec::new(),
+        root_mounted: false,
+    });
     let (millis, error) = ask_standby_agent(up, msg, |m| match m {
         GuestMsg::Rehearsed { millis, error } => Some((millis, error)),
         _ => None,
@@ -1595,7 +1594,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         inner.starting.insert(MAIN_STREAM, tx);
     }
     slog!("start requested");
-    shim.send(Frame::host(&HostMsg::Start {
+    shim.send(Frame::host(&HostMsg::Start(StartSpec {
         process: shim.spec.process.to_agent(),
         hostname: shim.spec.hostname.clone(),
         root_device: "/dev/vda".into(),
@@ -1606,7 +1605,7 @@ async fn start(shim: &Arc<Shim>) -> Response {
         volumes: crate::volumes::mounts(&shim.spec),
         tmpfs: shim.spec.tmpfs.clone(),
         root_mounted: shim.root_mounted,
-    }));
+    })));
     let mut ex = shim.exited.subscribe();
     // `Started` reaches `rx` before a quick process's `Exited` ends the VM: look at it first,
     // or a process that exits at once would be reported as a VM that died while starting.

@@ -35,6 +35,47 @@ const OLD_SCRATCH_BASES: &[&str] = &["scratch-root.ext4", "scratch-root-2.ext4"]
 /// The program a standby's rehearsal runs: [`scratch_program`].
 pub const SCRATCH_PROGRAM: &str = "/bin/true";
 
+/// The MAC eth0 has in a template (QEMU's NIC of every template VM): set again, not changed.
+const SCRATCH_MAC: &str = "02:00:00:00:00:01";
+
+/// The process a standby's rehearsal starts: [`SCRATCH_PROGRAM`] as a container's command
+/// would name it, found through the `PATH` and with the environment hyperd gives every
+/// container.
+pub fn scratch_process() -> agent_proto::ProcessSpec {
+    agent_proto::ProcessSpec {
+        args: vec![
+            SCRATCH_PROGRAM
+                .rsplit('/')
+                .next()
+                .unwrap_or(SCRATCH_PROGRAM)
+                .to_string(),
+            "rehearsal".to_string(),
+        ],
+        env: vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            "HOSTNAME=scratch".to_string(),
+        ],
+        cwd: "/".to_string(),
+        user: "root".to_string(),
+        ..Default::default()
+    }
+}
+
+/// The network a standby's rehearsal gives eth0: a link-local address (its tap is in a
+/// namespace of its own until the VM is claimed) and the tenant networks' default MTU, which
+/// differs from the template's, so that the MTU's change is rehearsed and a claim on a default
+/// network finds it set.
+pub fn scratch_network() -> agent_proto::NetConfig {
+    agent_proto::NetConfig {
+        mac: SCRATCH_MAC.into(),
+        ip: "169.254.0.2/16".into(),
+        gateway: "169.254.0.1".into(),
+        mtu: net::DEFAULT_MTU,
+        resolv_conf: "nameserver 169.254.0.1\n".into(),
+        hosts: vec!["169.254.0.3\tpeer".into()],
+    }
+}
+
 /// A standby's scratch disk in `dir`: a qcow2 overlay (written by the rehearsal, gone with the
 /// standby) over a shared, read-only ext4 of the root disk's size holding a tiny root with
 /// [`SCRATCH_PROGRAM`] (built once under `templates`).
