@@ -29,9 +29,13 @@ use vm::Qmp;
 use crate::{paths, Spec};
 
 /// The scratch root every standby rehearses on (see [`scratch_disk`]), in the templates' dir.
-const SCRATCH_BASE: &str = "scratch-root-3.ext4";
+const SCRATCH_BASE: &str = "scratch-root-4.ext4";
 /// Scratch roots of earlier versions, removed when the current one is built.
-const OLD_SCRATCH_BASES: &[&str] = &["scratch-root.ext4", "scratch-root-2.ext4"];
+const OLD_SCRATCH_BASES: &[&str] = &[
+    "scratch-root.ext4",
+    "scratch-root-2.ext4",
+    "scratch-root-3.ext4",
+];
 /// The program a standby's rehearsal runs: [`scratch_program`].
 pub const SCRATCH_PROGRAM: &str = "/bin/true";
 
@@ -139,64 +143,88 @@ fn build_scratch_base(base: &Path) -> Result<()> {
 
 /// Pages of [`scratch_program`]: a program of a real one's size, so that the rehearsal's exec
 /// faults its pages in from the disk (readahead, the page cache) as a container's first exec
-/// does.
+/// does. The last one is its data page.
 const SCRATCH_PROGRAM_PAGES: u32 = 128;
+
+/// Pages of [`scratch_program`]'s code segment (`CODE_PAGES` in `scratch.s`).
+const SCRATCH_CODE_PAGES: u32 = SCRATCH_PROGRAM_PAGES - 1;
 
 /// What [`scratch_program`] writes to its stdout, so that the rehearsal relays output as a
 /// start does.
 pub const SCRATCH_OUTPUT: &[u8] = b"ok\n";
 
-/// A complete static x86-64 Linux program that reads one byte of each page of itself, writes
-/// [`SCRATCH_OUTPUT`] to stdout and exits 0: an ELF header, one loadable segment of
-/// [`SCRATCH_PROGRAM_PAGES`] pages (the code, the text, then zeros), and
-/// `mov esi, BASE; mov ecx, PAGES; 1: mov al, [rsi]; add rsi, 4096; dec ecx; jnz 1b;
-/// mov edi, 1; mov esi, TEXT; mov edx, LEN; mov eax, 1 (write); syscall;
-/// xor edi, edi; mov eax, 60 (exit); syscall`.
+/// The code of [`scratch_program`], position-independent: `scratch.s` beside this file,
+/// assembled (see there).
+const SCRATCH_CODE: &[u8] = &[
+    0x48, 0x8d, 0x35, 0xf9, 0xff, 0xff, 0xff, 0x48, 0x81, 0xe6, 0x00, 0xf0, 0xff, 0xff, 0x4c, 0x8d,
+    0xa6, 0x00, 0xf0, 0x07, 0x00, 0xb9, 0x7f, 0x00, 0x00, 0x00, 0x8a, 0x06, 0x48, 0x81, 0xc6, 0x00,
+    0x10, 0x00, 0x00, 0xff, 0xc9, 0x75, 0xf3, 0x41, 0xc6, 0x04, 0x24, 0x01, 0x41, 0xc6, 0x84, 0x24,
+    0x00, 0x10, 0x00, 0x00, 0x01, 0xb8, 0x0c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05, 0x48, 0x89,
+    0xc3, 0x48, 0x8d, 0xb8, 0x00, 0x10, 0x02, 0x00, 0xb8, 0x0c, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48,
+    0x39, 0xd8, 0x0f, 0x84, 0x04, 0x01, 0x00, 0x00, 0xc6, 0x03, 0x01, 0xbf, 0x02, 0x10, 0x00, 0x00,
+    0x48, 0x8d, 0xb3, 0x00, 0x01, 0x00, 0x00, 0xb8, 0x9e, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d,
+    0xbb, 0x00, 0x02, 0x00, 0x00, 0xb8, 0xda, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d, 0xbb, 0x00,
+    0x04, 0x00, 0x00, 0xbe, 0x20, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x41, 0xba, 0x53, 0x30, 0x05, 0x53,
+    0xb8, 0x4e, 0x01, 0x00, 0x00, 0x0f, 0x05, 0x31, 0xff, 0xbe, 0x03, 0x00, 0x00, 0x00, 0x31, 0xd2,
+    0x4c, 0x8d, 0x93, 0x00, 0x05, 0x00, 0x00, 0xb8, 0x2e, 0x01, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d,
+    0x3d, 0xf5, 0x00, 0x00, 0x00, 0x48, 0x8d, 0xb3, 0x00, 0x10, 0x00, 0x00, 0xba, 0x00, 0x10, 0x00,
+    0x00, 0xb8, 0x59, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d, 0xbb, 0x00, 0x06, 0x00, 0x00, 0xbe,
+    0x08, 0x00, 0x00, 0x00, 0xba, 0x01, 0x00, 0x00, 0x00, 0xb8, 0x3e, 0x01, 0x00, 0x00, 0x0f, 0x05,
+    0x48, 0x8d, 0xbb, 0x00, 0x00, 0x01, 0x00, 0xbe, 0x00, 0x10, 0x00, 0x00, 0xba, 0x01, 0x00, 0x00,
+    0x00, 0xb8, 0x0a, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xbf, 0x10, 0x00, 0x00, 0x00, 0x48, 0x8d, 0xb3,
+    0x00, 0x07, 0x00, 0x00, 0xb8, 0x9d, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xbf, 0x02, 0x00, 0x00, 0x00,
+    0x31, 0xf6, 0x48, 0x8d, 0x93, 0x00, 0x08, 0x00, 0x00, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00, 0xb8,
+    0x0d, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x8d, 0xbb, 0x00, 0x20, 0x00, 0x00, 0xbe, 0x00, 0x10,
+    0x00, 0x00, 0xb8, 0x4f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0xc7, 0x83, 0x08, 0x09, 0x00, 0x00,
+    0xe8, 0x03, 0x00, 0x00, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x31, 0xf6, 0x48, 0x8d, 0x93, 0x00, 0x09,
+    0x00, 0x00, 0x45, 0x31, 0xd2, 0xb8, 0xe6, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x66, 0x00, 0x00,
+    0x00, 0x0f, 0x05, 0xb8, 0x6e, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x31,
+    0xf6, 0xba, 0x0a, 0x00, 0x00, 0x00, 0xb8, 0x48, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x89, 0xc7, 0xb8,
+    0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x35, 0x15, 0x00,
+    0x00, 0x00, 0xba, 0x03, 0x00, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x31, 0xff,
+    0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x6f, 0x6b, 0x0a, 0x2f, 0x70, 0x72, 0x6f, 0x63, 0x2f,
+    0x73, 0x65, 0x6c, 0x66, 0x2f, 0x65, 0x78, 0x65, 0x00,
+];
+
+/// A complete static x86-64 Linux program that walks a C program's first steps, writes
+/// [`SCRATCH_OUTPUT`] to stdout and exits 0 ([`SCRATCH_CODE`]): an ELF header, a loadable code
+/// segment of [`SCRATCH_CODE_PAGES`] pages (the code, then zeros) and a writable data segment
+/// of one page from the file and one of bss.
 pub fn scratch_program() -> Vec<u8> {
-    const BASE: u32 = 0x40_0000;
-    const HEADERS: usize = 64 + 56;
-    /// Bytes of code before the text.
-    const CODE: usize = 5 + 5 + 9 + 4 + 22 + 9;
-    let text_at = BASE + (HEADERS + CODE) as u32;
-    let mov = |opcode: u8, imm: u32| {
-        let mut m = vec![opcode];
-        m.extend_from_slice(&imm.to_le_bytes());
-        m
-    };
-    let mut code = mov(0xbe, BASE);
-    code.extend(mov(0xb9, SCRATCH_PROGRAM_PAGES));
-    code.extend_from_slice(&[0x8a, 0x06, 0x48, 0x81, 0xc6, 0x00, 0x10, 0x00, 0x00]);
-    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xf3]);
-    code.extend(mov(0xbf, 1));
-    code.extend(mov(0xbe, text_at));
-    code.extend(mov(0xba, SCRATCH_OUTPUT.len() as u32));
-    code.extend(mov(0xb8, 1));
-    code.extend_from_slice(&[0x0f, 0x05]);
-    code.extend_from_slice(&[0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05]);
-    debug_assert_eq!(code.len(), CODE);
-    code.extend_from_slice(SCRATCH_OUTPUT);
-    let total = u64::from(SCRATCH_PROGRAM_PAGES) * 4096;
+    const BASE: u64 = 0x40_0000;
+    const PAGE: u64 = 4096;
+    const HEADERS: usize = 64 + 2 * 56;
+    let code_bytes = u64::from(SCRATCH_CODE_PAGES) * PAGE;
+    let total = u64::from(SCRATCH_PROGRAM_PAGES) * PAGE;
     let mut e = Vec::with_capacity(total as usize);
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
     e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&(u64::from(BASE) + HEADERS as u64).to_le_bytes()); // entry: the code
+    e.extend_from_slice(&(BASE + HEADERS as u64).to_le_bytes()); // entry: the code
     e.extend_from_slice(&64u64.to_le_bytes()); // program headers right after this one
     e.extend_from_slice(&0u64.to_le_bytes()); // no section headers
     e.extend_from_slice(&0u32.to_le_bytes());
-    for half in [64u16, 56, 1, 0, 0, 0] {
+    for half in [64u16, 56, 2, 0, 0, 0] {
         e.extend_from_slice(&half.to_le_bytes());
     }
-    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    e.extend_from_slice(&0u64.to_le_bytes());
-    e.extend_from_slice(&u64::from(BASE).to_le_bytes());
-    e.extend_from_slice(&u64::from(BASE).to_le_bytes());
-    e.extend_from_slice(&total.to_le_bytes());
-    e.extend_from_slice(&total.to_le_bytes());
-    e.extend_from_slice(&0x1000u64.to_le_bytes());
-    e.extend_from_slice(&code);
+    // PT_LOAD (type, flags, offset, vaddr, paddr, filesz, memsz, align): the code, R+X; the
+    // data page, R+W, with a page of bss.
+    for (flags, offset, size, memsz) in [
+        (5u32, 0, code_bytes, code_bytes),
+        (6u32, code_bytes, PAGE, 2 * PAGE),
+    ] {
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        e.extend_from_slice(&offset.to_le_bytes());
+        e.extend_from_slice(&(BASE + offset).to_le_bytes());
+        e.extend_from_slice(&(BASE + offset).to_le_bytes());
+        e.extend_from_slice(&size.to_le_bytes());
+        e.extend_from_slice(&memsz.to_le_bytes());
+        e.extend_from_slice(&PAGE.to_le_bytes());
+    }
+    debug_assert_eq!(e.len(), HEADERS);
+    e.extend_from_slice(SCRATCH_CODE);
     e.resize(total as usize, 0);
     e
 }
@@ -376,6 +404,39 @@ pub fn move_into(standby: &Path, container: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `SCRATCH_CODE` is `scratch.s` assembled (GNU as, part of the toolchain that links us).
+    #[test]
+    fn the_scratch_code_is_its_source_assembled() {
+        let dir = std::env::temp_dir().join(format!("standby-as-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scratch.s");
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new(cmd).args(args).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        };
+        let (obj, bin) = (dir.join("scratch.o"), dir.join("scratch.bin"));
+        run(
+            "as",
+            &["--64".as_ref(), "-o".as_ref(), obj.as_os_str(), src.as_os_str()],
+        );
+        run(
+            "objcopy",
+            &[
+                "-O".as_ref(),
+                "binary".as_ref(),
+                "-j".as_ref(),
+                ".text".as_ref(),
+                obj.as_os_str(),
+                bin.as_os_str(),
+            ],
+        );
+        let assembled = std::fs::read(&bin).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(assembled, SCRATCH_CODE);
+        let source = std::fs::read_to_string(&src).unwrap();
+        assert!(source.contains(&format!(".equ CODE_PAGES, {SCRATCH_CODE_PAGES}\n")));
+    }
 
     #[test]
     fn the_scratch_program_reads_its_pages_writes_and_exits_zero() {
