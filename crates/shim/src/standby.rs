@@ -418,7 +418,12 @@ mod tests {
         let (obj, bin) = (dir.join("scratch.o"), dir.join("scratch.bin"));
         run(
             "as",
-            &["--64".as_ref(), "-o".as_ref(), obj.as_os_str(), src.as_os_str()],
+            &[
+                "--64".as_ref(),
+                "-o".as_ref(),
+                obj.as_os_str(),
+                src.as_os_str(),
+            ],
         );
         run(
             "objcopy",
