@@ -89,6 +89,10 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 pub const PORT_NAME: &str = "agent";
 /// Stream id of the container's main process.
 pub const MAIN_STREAM: u32 = 0;
+/// The `PATH` of a container whose image and command name none (Docker's default): hyperd puts
+/// it first in every container's environment, and the agent looks programs up through it when
+/// an environment has no `PATH`.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The exit codes a process can have: 0..=255 (128+N for signal N is within it).
 pub const EXIT_CODES: std::ops::RangeInclusive<i32> = 0..=255;

@@ -5,8 +5,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// Default PATH when the environment has none (Docker's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use agent_proto::DEFAULT_PATH;
 
 /// What is at a path inside the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

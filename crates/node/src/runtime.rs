@@ -2362,7 +2362,7 @@ fn effective_workdir(c: &Container) -> String {
 
 fn process_spec(c: &Container) -> ProcessSpec {
     let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("PATH={}", agent_proto::DEFAULT_PATH),
         format!("HOSTNAME={}", c.config.hostname),
     ];
     if c.config.tty {

@@ -56,7 +56,7 @@ pub fn scratch_process() -> agent_proto::ProcessSpec {
             "rehearsal".to_string(),
         ],
         env: vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            format!("PATH={}", agent_proto::DEFAULT_PATH),
             "HOSTNAME=scratch".to_string(),
         ],
         cwd: "/".to_string(),
