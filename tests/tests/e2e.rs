@@ -1809,15 +1809,21 @@ fn standby_floor_default() {
     wait_for("the default floor of standbys ready", secs(120.0), || {
         standby_pool_is(d, want, want)
     });
-    // What they cost, as measured: "3 of 3 ready, 180 MiB".
-    let (count, cost) = d
-        .info_field("StandbyVMs")
+    // What they cost, as measured: "3 of 3 ready, 180 MiB", and the bytes, from one `info`
+    // (the measure moves between two).
+    let both = d
+        .hyper(&["info", "--format", "{{.StandbyVMs}}|{{.StandbyVMsMemory}}"])
+        .run()
+        .ok()
+        .out();
+    let (pool, memory) = both.split_once('|').unwrap_or_default();
+    let (count, cost) = pool
         .split_once(", ")
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .unwrap_or_default();
     let (count_text, grows) = text.split_once(" (").map_or((text, ""), |(a, b)| (a, b));
     assert_eq!(count, count_text);
-    let memory: u64 = d.info_field("StandbyVMsMemory").parse().unwrap();
+    let memory: u64 = memory.trim().parse().unwrap();
     assert!(
         memory > 0 && cost.starts_with(&format!("{} MiB", memory >> 20)),
         "{cost}"
