@@ -344,7 +344,8 @@ fn a_disposable_disk_is_kept_only_for_a_stop_before_the_end() {
     vm.assert_gone();
 }
 
-/// `path`'s content in the ext4 of the overlay `dir/root.qcow2`, if it is there.
+/// `path`'s content in the ext4 of the overlay `dir/root.qcow2`, if it is there, as the next
+/// mount would see it.
 fn file_on_disk(dir: &Path, path: &str) -> Option<String> {
     let raw = dir.join("root.raw");
     let qcow2 = dir.join("root.qcow2");
@@ -352,6 +353,18 @@ fn file_on_disk(dir: &Path, path: &str) -> Option<String> {
         .args(["convert", "-O", "raw"])
         .arg(&qcow2)
         .arg(&raw));
+    // The guest never unmounts (QEMU is stopped once it synced): what it wrote may still sit
+    // in ext4's journal only, which the next mount replays. debugfs reads without replaying,
+    // so replay it first, as that mount would.
+    let replayed = Command::new("e2fsck")
+        .args(["-E", "journal_only", "-p"])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(
+        replayed.code().is_some_and(|c| c <= 1),
+        "e2fsck: {replayed}"
+    );
     let out = Command::new("debugfs")
         .args(["-R", &format!("cat {path}")])
         .arg(&raw)
