@@ -8,8 +8,9 @@
 //! `Exited`/`Started` for streams the host never opened, replies for requests never made,
 //! output for unknown streams, unknown frame kinds, huge strings (with newlines, to forge shim
 //! log lines), JSON that amplifies when parsed, a flood of small frames while it stops reading
-//! the host's window updates, output beyond the granted window and an oversized length. Each
-//! phase ends with a `hostile: ...` line on the console for the test to wait on.
+//! the host's window updates, output beyond the granted window and an oversized length; told
+//! to sync its disks at its end, it spins instead. Each phase ends with a `hostile: ...` line on
+//! the console for the test to wait on.
 
 #[allow(dead_code)]
 #[path = "../src/init.rs"]
@@ -374,6 +375,19 @@ fn main() {
             HostMsg::Signal { signal: 10, .. } => {
                 g.flood(&reading);
                 g.violate();
+            }
+            // The main process ends when asked; then, told to sync, the guest spins instead,
+            // for ever.
+            HostMsg::Signal { signal: 15, .. } => g.msg(&GuestMsg::Exited {
+                stream: 0,
+                exit_code: 0,
+                oom_killed: false,
+            }),
+            HostMsg::Shutdown => {
+                log!("hostile: spinning instead of syncing");
+                loop {
+                    std::hint::spin_loop();
+                }
             }
             _ => {}
         }

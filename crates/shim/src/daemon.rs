@@ -888,8 +888,15 @@ async fn serve(
     if gone_rx.borrow().is_none() {
         match synced {
             None => slog!("the container's disk goes with it: stopping QEMU without a sync"),
-            Some(true) => slog!("guest synced: stopping QEMU"),
-            Some(false) => slog!("VM did not sync or power off in 5s: killing QEMU"),
+            Some(SyncEnd::Synced) => slog!("guest synced: stopping QEMU"),
+            Some(SyncEnd::CpuBudgetSpent) => slog!(
+                "VM used {}s of CPU without syncing: killing QEMU",
+                SYNC_CPU_BUDGET.as_secs()
+            ),
+            Some(SyncEnd::TimedOut) => slog!(
+                "VM did not sync in {}s: killing QEMU",
+                SYNC_WALL_CEILING.as_secs()
+            ),
         }
         shim.kill_qemu();
         let mut gone = gone_rx.clone();
@@ -904,10 +911,24 @@ async fn serve(
     Ok(())
 }
 
-/// Asks the agent to sync its disks (`Shutdown`); whether it said so, or the VM went, within 5 s.
-/// A guest's own power-off takes a second or more under TCG, so QEMU is stopped as soon as
-/// nothing is left to write.
-async fn sync_guest(shim: &Shim, gone_rx: &watch::Receiver<Option<String>>) -> bool {
+/// What a guest gets to sync its disks at its end: CPU time, as the host counts it for its QEMU,
+/// not wall time, so that a loaded host cannot cut an honest guest's sync short and lose what
+/// it wrote; and a wall-clock ceiling for a guest that neither syncs nor runs.
+const SYNC_CPU_BUDGET: Duration = Duration::from_secs(5);
+const SYNC_WALL_CEILING: Duration = Duration::from_secs(30);
+
+/// How a guest's sync at its end ended.
+enum SyncEnd {
+    /// The agent said it synced, or the VM went.
+    Synced,
+    CpuBudgetSpent,
+    TimedOut,
+}
+
+/// Asks the agent to sync its disks (`Shutdown`) and waits for it, within [`SYNC_CPU_BUDGET`]
+/// and [`SYNC_WALL_CEILING`]. A guest's own power-off takes a second or more under TCG, so QEMU
+/// is stopped as soon as nothing is left to write.
+async fn sync_guest(shim: &Shim, gone_rx: &watch::Receiver<Option<String>>) -> SyncEnd {
     shim.inner.lock().unwrap().shutdown_sent = true;
     shim.send(Frame::host(&HostMsg::Shutdown));
     let mut gone = gone_rx.clone();
@@ -918,9 +939,32 @@ async fn sync_guest(shim: &Shim, gone_rx: &watch::Receiver<Option<String>>) -> b
             _ = gone.wait_for(|g| g.is_some()) => {}
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), synced_or_gone)
-        .await
-        .is_ok()
+    let qemu_cpu = || qemu_cpu_time(shim.qemu_pid);
+    let cpu_at_start = qemu_cpu();
+    let budget_spent = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            match (cpu_at_start, qemu_cpu()) {
+                (Some(start), Some(now)) if now.saturating_sub(start) < SYNC_CPU_BUDGET => {}
+                // A QEMU whose CPU time cannot be read is gone, or going: its end decides.
+                (None, _) | (_, None) => std::future::pending::<()>().await,
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = synced_or_gone => SyncEnd::Synced,
+        _ = budget_spent => SyncEnd::CpuBudgetSpent,
+        _ = tokio::time::sleep(SYNC_WALL_CEILING) => SyncEnd::TimedOut,
+    }
+}
+
+/// The CPU time QEMU (`pid`, our child) has used, all its threads together.
+fn qemu_cpu_time(pid: u32) -> Option<Duration> {
+    let clock = nix::time::clock_getcpuclockid(nix::unistd::Pid::from_raw(pid as i32)).ok()?;
+    let t = nix::time::clock_gettime(clock).ok()?;
+    Some(Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
 }
 
 /// A VM whose agent has answered `Ready`.

@@ -685,3 +685,49 @@ fn hostile_guest_is_contained() {
     );
     clean(&[&vm.dir, &initrd, &rootfs, &base]);
 }
+
+/// A guest told to sync its disks at its end that spins instead is stopped once its QEMU has
+/// used the CPU a sync may take: a guest cannot keep its VM running after its container ended.
+#[test]
+fn a_guest_that_spins_instead_of_syncing_is_stopped() {
+    let (f, _g) = need_vm!();
+    let initrd = f.work.join("spinning-initrd.img");
+    vm::build_initramfs(&hostile_guest_binary(), &f.modules, &initrd).expect("initramfs");
+    let rootfs = f.work.join("spinning-rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let base = f.work.join("spinning.ext4");
+    ext4_image(&rootfs, &base, "16M");
+    let vm = Vm::new(f, "spinning", &initrd, &base, &["true"]);
+    rt().block_on(async {
+        let c = vm.client();
+        let resp = c.request(&Request::Start).await.unwrap();
+        assert!(resp.ok, "{resp:?}\nshim.log:\n{}", vm.shim_log());
+        let resp = c
+            .request(&Request::Stop {
+                signal: 15,
+                timeout_secs: 20,
+                keep_disk: false,
+            })
+            .await
+            .unwrap();
+        let st = resp.state.expect("state in the stop reply");
+        assert_eq!((st.status, st.exit_code), (Status::Exited, Some(0)));
+    });
+    vm.wait_console("hostile: spinning instead of syncing", secs(30.0));
+    let end = Instant::now() + secs(90.0);
+    while vm.dir.join("shim.sock").exists() || qemu_running(&vm.dir) {
+        assert!(
+            Instant::now() < end,
+            "the spinning VM is still there\nshim.log:\n{}",
+            vm.shim_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shim_log = vm.shim_log();
+    assert!(
+        shim_log.contains("VM used 5s of CPU without syncing: killing QEMU"),
+        "{shim_log}"
+    );
+    assert_eq!(vm.state().exit_code, Some(0));
+    clean(&[&vm.dir, &initrd, &rootfs, &base]);
+}
