@@ -2148,14 +2148,15 @@ fn claim_some_name(
 /// an init that reaps lazily leaves it a zombie for a second or more after it is done: a zombie
 /// counts as exited (it holds no VM, no disk and no socket).
 pub(crate) fn process_running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may contain any byte.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
-        Err(_) => false,
-    }
+    process_state(pid).is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T`, `Z` ...), if it exists.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain any byte.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
 }
 
 /// QEMU outlives a supervisor killed with SIGKILL: its parent-death signal is cleared when it
@@ -2183,14 +2184,11 @@ fn kill_if_frozen(dir: &Path) {
     let Some(qemu) = qemu_of(dir) else {
         return;
     };
-    let pid = qemu.pid();
-    // The state follows the command, whose parentheses may hold anything: read after the last.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    if state == Some('T') {
-        tracing::warn!("killing the VM {pid} a removal cut short by hyperd's end left frozen");
+    if process_state(qemu.pid()) == Some('T') {
+        tracing::warn!(
+            "killing the VM {} a removal cut short by hyperd's end left frozen",
+            qemu.pid()
+        );
         qemu.kill();
     }
 }
