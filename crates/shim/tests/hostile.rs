@@ -444,15 +444,7 @@ fn container_cannot_reach_the_host_channel() {
             "the exec's own exit code: {exec_text}"
         );
         assert_eq!(vm.state().status, Status::Running, "{:?}", vm.state());
-        let resp = c
-            .request(&Request::Stop {
-                signal: 15,
-                timeout_secs: 20,
-                keep_disk: false,
-            })
-            .await
-            .unwrap();
-        let st = resp.state.expect("state in stop reply");
+        let st = stop(&c).await;
         assert_eq!(st.exit_code, Some(3), "{st:?}");
         demux_stdout(&got)
     });
@@ -476,6 +468,34 @@ fn container_cannot_reach_the_host_channel() {
 }
 
 /// Remove what a test that passed made (a failed one leaves it to look at).
+/// A VM of the hostile guest, `name`, on an empty root disk; with the files to clean after it.
+fn hostile_vm(f: &Fixture, name: &str) -> (Vm, [PathBuf; 3]) {
+    let initrd = f.work.join(format!("{name}-initrd.img"));
+    vm::build_initramfs(&hostile_guest_binary(), &f.modules, &initrd).expect("initramfs");
+    // The guest never mounts it, but the VM's device layout has a root disk.
+    let rootfs = f.work.join(format!("{name}-rootfs"));
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let base = f.work.join(format!("{name}.ext4"));
+    ext4_image(&rootfs, &base, "16M");
+    (
+        Vm::new(f, name, &initrd, &base, &["true"]),
+        [initrd, rootfs, base],
+    )
+}
+
+/// `stop` with SIGTERM and a 20 s timeout: the state in its reply.
+async fn stop(c: &ShimClient) -> State {
+    let resp = c
+        .request(&Request::Stop {
+            signal: 15,
+            timeout_secs: 20,
+            keep_disk: false,
+        })
+        .await
+        .unwrap();
+    resp.state.expect("state in the stop reply")
+}
+
 fn clean(paths: &[&Path]) {
     for p in paths {
         let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
@@ -486,14 +506,7 @@ fn clean(paths: &[&Path]) {
 fn hostile_guest_is_contained() {
     let (f, _g) = need_vm!();
     let t0 = Instant::now();
-    let initrd = f.work.join("hostile-initrd.img");
-    vm::build_initramfs(&hostile_guest_binary(), &f.modules, &initrd).expect("initramfs");
-    // The guest never mounts it, but the VM's device layout has a root disk.
-    let rootfs = f.work.join("empty-rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let base = f.work.join("empty.ext4");
-    ext4_image(&rootfs, &base, "16M");
-    let vm = Vm::new(f, "hostile", &initrd, &base, &["true"]);
+    let (vm, [initrd, rootfs, base]) = hostile_vm(f, "hostile");
     let pid = vm.shim_pid();
     eprintln!("hostile VM up after {:.1}s", t0.elapsed().as_secs_f64());
 
@@ -691,26 +704,12 @@ fn hostile_guest_is_contained() {
 #[test]
 fn a_guest_that_spins_instead_of_syncing_is_stopped() {
     let (f, _g) = need_vm!();
-    let initrd = f.work.join("spinning-initrd.img");
-    vm::build_initramfs(&hostile_guest_binary(), &f.modules, &initrd).expect("initramfs");
-    let rootfs = f.work.join("spinning-rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let base = f.work.join("spinning.ext4");
-    ext4_image(&rootfs, &base, "16M");
-    let vm = Vm::new(f, "spinning", &initrd, &base, &["true"]);
+    let (vm, [initrd, rootfs, base]) = hostile_vm(f, "spinning");
     rt().block_on(async {
         let c = vm.client();
         let resp = c.request(&Request::Start).await.unwrap();
         assert!(resp.ok, "{resp:?}\nshim.log:\n{}", vm.shim_log());
-        let resp = c
-            .request(&Request::Stop {
-                signal: 15,
-                timeout_secs: 20,
-                keep_disk: false,
-            })
-            .await
-            .unwrap();
-        let st = resp.state.expect("state in the stop reply");
+        let st = stop(&c).await;
         assert_eq!((st.status, st.exit_code), (Status::Exited, Some(0)));
     });
     vm.wait_console("hostile: spinning instead of syncing", secs(30.0));
