@@ -257,15 +257,7 @@ fn exec_then_stop() {
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("out\n") && text.contains("err\n"), "{text:?}");
         assert!(got.ends_with(br#"{"exit_code":3}"#), "{text:?}");
-        let resp = c
-            .request(&Request::Stop {
-                signal: 15,
-                timeout_secs: 20,
-                keep_disk: false,
-            })
-            .await
-            .unwrap();
-        let st = resp.state.expect("state in stop reply");
+        let st = stop(&c).await;
         assert_eq!(st.status, Status::Exited);
         assert_eq!(st.exit_code, Some(7), "{st:?}");
     });

@@ -483,19 +483,6 @@ fn hostile_vm(f: &Fixture, name: &str) -> (Vm, [PathBuf; 3]) {
     )
 }
 
-/// `stop` with SIGTERM and a 20 s timeout: the state in its reply.
-async fn stop(c: &ShimClient) -> State {
-    let resp = c
-        .request(&Request::Stop {
-            signal: 15,
-            timeout_secs: 20,
-            keep_disk: false,
-        })
-        .await
-        .unwrap();
-    resp.state.expect("state in the stop reply")
-}
-
 fn clean(paths: &[&Path]) {
     for p in paths {
         let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));

@@ -169,3 +169,16 @@ pub async fn exec_sh(
         .unwrap();
     got
 }
+
+/// `stop` with SIGTERM and a 20 s timeout, the disk not kept: the state in its reply.
+pub async fn stop(c: &shim::ShimClient) -> shim::State {
+    let resp = c
+        .request(&shim::Request::Stop {
+            signal: 15,
+            timeout_secs: 20,
+            keep_disk: false,
+        })
+        .await
+        .unwrap();
+    resp.state.expect("state in the stop reply")
+}
