@@ -1973,7 +1973,8 @@ async fn wait_for_supervisor_exit(dir: &Path) {
         return;
     };
     let alive = || process_running(pid);
-    let limit = Duration::from_secs(10);
+    // What the supervisor takes at most by itself (the guest's sync, QEMU's end), and a margin.
+    let limit = shim::daemon::END_LIMIT + Duration::from_secs(2);
     if alive() {
         let exited = match process_exit(pid) {
             Some(exit) => tokio::time::timeout(limit, exit).await.is_ok(),

@@ -900,10 +900,10 @@ async fn serve(
         }
         shim.kill_qemu();
         let mut gone = gone_rx.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| g.is_some())).await;
+        let _ = tokio::time::timeout(QEMU_END_WAIT, gone.wait_for(|g| g.is_some())).await;
     }
     // Let handlers that wait for the exit (wait/stop/attach) write their replies.
-    let _ = tokio::time::timeout(Duration::from_secs(3), conns_rx.wait_for(|n| *n == 0)).await;
+    let _ = tokio::time::timeout(REPLIES_WAIT, conns_rx.wait_for(|n| *n == 0)).await;
     for f in [paths::SHIM_SOCK, paths::AGENT_SOCK, paths::SHIM_PID] {
         let _ = std::fs::remove_file(dir.join(f));
     }
@@ -913,9 +913,20 @@ async fn serve(
 
 /// What a guest gets to sync its disks at its end: CPU time, as the host counts it for its QEMU,
 /// not wall time, so that a loaded host cannot cut an honest guest's sync short and lose what
-/// it wrote; and a wall-clock ceiling for a guest that neither syncs nor runs.
-const SYNC_CPU_BUDGET: Duration = Duration::from_secs(5);
-const SYNC_WALL_CEILING: Duration = Duration::from_secs(30);
+/// it wrote (a sync of all a guest may hold dirty takes well under a second of it); and a
+/// wall-clock ceiling for a guest that neither syncs nor runs.
+const SYNC_CPU_BUDGET: Duration = Duration::from_secs(3);
+const SYNC_WALL_CEILING: Duration = Duration::from_secs(10);
+/// How long QEMU, once killed, is waited for.
+const QEMU_END_WAIT: Duration = Duration::from_secs(5);
+/// How long the handlers waiting for the exit get to write their replies.
+const REPLIES_WAIT: Duration = Duration::from_secs(3);
+
+/// The longest a supervisor takes from its main process's end to its own: hyperd waits that
+/// long before it takes the supervisor for stuck.
+pub const END_LIMIT: Duration = Duration::from_secs(
+    SYNC_WALL_CEILING.as_secs() + QEMU_END_WAIT.as_secs() + REPLIES_WAIT.as_secs(),
+);
 
 /// How a guest's sync at its end ended.
 enum SyncEnd {
