@@ -471,7 +471,6 @@ fn container_cannot_reach_the_host_channel() {
     clean(&[&vm.dir, &initrd, &rootfs, &base]);
 }
 
-/// Remove what a test that passed made (a failed one leaves it to look at).
 /// A VM of the hostile guest, `name`, on an empty root disk; with the files to clean after it.
 fn hostile_vm(f: &Fixture, name: &str) -> (Vm, [PathBuf; 3]) {
     let initrd = f.work.join(format!("{name}-initrd.img"));
@@ -487,6 +486,7 @@ fn hostile_vm(f: &Fixture, name: &str) -> (Vm, [PathBuf; 3]) {
     )
 }
 
+/// Remove what a test that passed made (a failed one leaves it to look at).
 fn clean(paths: &[&Path]) {
     for p in paths {
         let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
