@@ -38,6 +38,8 @@ use crate::volumes::Freezer;
 
 /// What the control loop keeps per stream.
 struct Handle {
+    /// Where the stream's frames go: the host, or a rehearsal's sink.
+    out: mpsc::UnboundedSender<Frame>,
     pid: Option<i32>,
     stdin_tx: mpsc::UnboundedSender<Option<Vec<u8>>>,
     credit: Arc<Credit>,
@@ -151,14 +153,15 @@ async fn run(port: std::fs::File) {
                     if stream == agent_proto::MAIN_STREAM {
                         main_pid = Some(pid);
                     }
+                    // The stream's handle is there until its session's task says `Gone`.
                     if let Some(h) = streams.get_mut(&stream) {
                         h.pid = Some(pid);
                         if let (Some(m), Some((w, hgt))) = (master.as_ref(), h.pending_size.take()) {
                             session::resize(m, w, hgt);
                         }
                         h.master = master;
+                        let _ = h.out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
                     }
-                    let _ = out.send(Frame::guest(&GuestMsg::Started { stream, pid }));
                     let _ = recorded.send(());
                 }
                 Event::Gone { stream } => {
@@ -243,11 +246,11 @@ fn handle(
             let root = root.clone();
             start_stream(
                 0,
-                move || {
+                Box::new(move || {
                     set_up(&setup)?;
                     root.set();
                     process::spawn(&process, Target::Main)
-                },
+                }),
                 out,
                 ev,
                 streams,
@@ -272,7 +275,7 @@ fn handle(
             }
             start_stream(
                 stream,
-                move || process::spawn(&process, Target::Exec { main_pid }),
+                Box::new(move || process::spawn(&process, Target::Exec { main_pid })),
                 out,
                 ev,
                 streams,
@@ -294,7 +297,13 @@ fn handle(
                 });
                 return;
             }
-            start_stream(stream, move || archive::spawn(&request), out, ev, streams);
+            start_stream(
+                stream,
+                Box::new(move || archive::spawn(&request)),
+                out,
+                ev,
+                streams,
+            );
         }
         HostMsg::Mount {
             req_id,
@@ -383,18 +392,7 @@ fn handle(
                 return;
             }
             identity::renew(spec.realtime_ns, &spec.entropy);
-            let out = out.clone();
-            tokio::spawn(async move {
-                let r = rehearse::run(spec).await;
-                let msg = match r {
-                    Ok(millis) => GuestMsg::Rehearsed {
-                        millis,
-                        error: String::new(),
-                    },
-                    Err(error) => GuestMsg::Rehearsed { millis: 0, error },
-                };
-                let _ = out.send(Frame::guest(&msg));
-            });
+            rehearse::start(spec, freezer, out, ev, streams);
         }
         HostMsg::PrepareRoot {
             root_device,
@@ -512,10 +510,15 @@ fn mount_only(
     Ok(())
 }
 
-/// Run `spawn` (blocking: set-up and fork) for `stream` and bridge the process it starts.
+/// What starts a stream's process: blocking (set-up and fork).
+type Spawn = Box<dyn FnOnce() -> Result<process::Spawned, process::SpawnError> + Send>;
+
+/// Run `spawn` for `stream` and bridge the process it starts, its frames to `out`. One
+/// function for every kind of stream, not generic over `spawn`: a rehearsal's run of it is
+/// then a claim's, down to the machine code that TCG translates ahead (`rehearse`).
 fn start_stream(
     stream: u32,
-    spawn: impl FnOnce() -> Result<process::Spawned, process::SpawnError> + Send + 'static,
+    spawn: Spawn,
     out: &mpsc::UnboundedSender<Frame>,
     ev: &mpsc::UnboundedSender<Event>,
     streams: &mut HashMap<u32, Handle>,
@@ -525,6 +528,7 @@ fn start_stream(
     streams.insert(
         stream,
         Handle {
+            out: out.clone(),
             pid: None,
             stdin_tx,
             credit: credit.clone(),
