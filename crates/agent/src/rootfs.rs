@@ -20,6 +20,13 @@ use crate::init::log;
 /// Where the container's root disk is mounted in the agent's namespace.
 pub const ROOTFS: &str = "/run/rootfs";
 
+/// The ext4 options of the root and the volumes. Since Linux 5.9 a read-write mount has a
+/// kernel thread read every block group's bitmap ahead (80 for a 10 GiB disk) for the
+/// allocator: under TCG, I/O and CPU that a container's first seconds pay for (a claim of a
+/// standby translated 150 blocks of the kernel less without it), when its allocator reads the
+/// few it needs anyway.
+pub const EXT4_OPTIONS: &str = "no_prefetch_block_bitmaps";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("root device {0} did not appear")]
@@ -138,7 +145,7 @@ fn mount_or_remount(t: &Target) -> Result<(Duration, Duration), RootfsError> {
                 ROOTFS,
                 None::<&str>,
                 MsFlags::MS_REMOUNT,
-                None::<&str>,
+                Some(EXT4_OPTIONS),
             )
             .map_err(RootfsError::Remount)?;
             return Ok((Duration::ZERO, t0.elapsed()));
@@ -175,8 +182,14 @@ fn mount_device(device: &str, flags: MsFlags) -> Result<(Duration, Duration), Ro
         .map_err(|e| RootfsError::Flush(device.to_string(), e))?;
     let t_device = t0.elapsed();
     let _ = std::fs::create_dir_all(ROOTFS);
-    mount(Some(device), ROOTFS, Some("ext4"), flags, None::<&str>)
-        .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
+    mount(
+        Some(device),
+        ROOTFS,
+        Some("ext4"),
+        flags,
+        Some(EXT4_OPTIONS),
+    )
+    .map_err(|e| RootfsError::Mount(device.to_string(), e))?;
     Ok((t_device, t0.elapsed()))
 }
 

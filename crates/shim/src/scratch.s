@@ -1,11 +1,13 @@
 # The code of the standby rehearsal's program (`standby::SCRATCH_CODE`, which holds these bytes):
 # a static program's first steps, so that the kernel paths a container's first exec takes are
 # warm in a standby (under TCG each first run of guest code costs its translation): its pages
-# faulted in from the file, its data page written (copy-on-write) and its bss, the heap grown
-# and split, and the system calls of a static C library's start-up, then "ok" on stdout and
-# exit 0. Position-independent; the ELF around it is built by `standby::scratch_program`, its
-# data segment the page after CODE_PAGES pages of code. After a change, assemble it again and
-# put the bytes in `SCRATCH_CODE` (its unit test compares them):
+# faulted in from the file, its data pages written as a static C library's start-up writes a
+# program's (one written first, one read and then written, both copy-on-write, and the first
+# made read-only again as RELRO is, which splits the segment's mapping; the loader has zeroed
+# the tail of the last), its bss, the heap grown and split, and the system calls of that
+# start-up, then "ok" on stdout and exit 0. Position-independent; the ELF around it is built by
+# `standby::scratch_program`, its data segment the pages after CODE_PAGES pages of code. After a
+# change, assemble it again and put the bytes in `SCRATCH_CODE` (its unit test compares them):
 #   as --64 -o scratch.o scratch.s && objcopy -O binary -j .text scratch.o scratch.bin
 .equ CODE_PAGES, 127
 .intel_syntax noprefix
@@ -13,14 +15,21 @@
 .Lstart:
     lea rsi, [rip + .Lstart]
     and rsi, -4096                  # the first page: the ELF's own
-    lea r12, [rsi + CODE_PAGES*4096] # the data page (file-backed, private)
+    lea r12, [rsi + CODE_PAGES*4096] # the data segment (file-backed, private)
     mov ecx, CODE_PAGES
 1:  mov al, [rsi]                   # read one byte of each code page
     add rsi, 4096
     dec ecx
     jnz 1b
-    mov byte ptr [r12], 1           # write the data page: copy-on-write
-    mov byte ptr [r12 + 4096], 1    # and the bss after it: anonymous
+    mov byte ptr [r12], 1           # write the first data page: copy-on-write
+    mov al, [r12 + 4096]            # read the second, then write it: a copy of a mapped page
+    mov byte ptr [r12 + 4096], al
+    mov byte ptr [r12 + 3*4096], 1  # the bss after the three from the file: anonymous
+    mov rdi, r12                    # mprotect(first data page, PROT_READ), as RELRO
+    mov esi, 4096
+    mov edx, 1
+    mov eax, 10
+    syscall
     mov eax, 12                     # brk(0)
     xor edi, edi
     syscall

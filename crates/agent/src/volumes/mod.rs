@@ -185,7 +185,13 @@ fn mount_ext4(device: &Path, at: &Path, read_only: bool) -> nix::Result<()> {
     } else {
         MsFlags::empty()
     };
-    mount(Some(device), at, Some("ext4"), flags, None::<&str>)
+    mount(
+        Some(device),
+        at,
+        Some("ext4"),
+        flags,
+        Some(crate::rootfs::EXT4_OPTIONS),
+    )
 }
 
 /// Why [`wait_for_disk`] gave up.
