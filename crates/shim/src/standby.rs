@@ -244,11 +244,8 @@ pub fn scratch_program() -> Vec<u8> {
 }
 
 /// How long a standby runs after its rehearsal before it is paused: the guest finishes what
-/// the rehearsal left in the background (its journal commit, the namespaces' teardown), and
-/// its kernel's periodic work comes round once (the freeing of what RCU held back, the load
-/// average, writeback's periods: most every 3 to 5 s), so that a claim does not pay for that
-/// code's translation.
-pub const SETTLE: Duration = Duration::from_secs(6);
+/// the rehearsal left in the background (its journal commit, the namespaces' teardown).
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Pause (`stop`) or resume (`cont`) the standby's guest. A standby waits paused: an idle guest
 /// under TCG still spends ~0.5% of a core on its timers, for every standby kept; a paused one
