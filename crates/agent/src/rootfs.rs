@@ -23,8 +23,8 @@ pub const ROOTFS: &str = "/run/rootfs";
 /// The ext4 options of the root and the volumes. Since Linux 5.9 a read-write mount has a
 /// kernel thread read every block group's bitmap ahead (80 for a 10 GiB disk) for the
 /// allocator: under TCG, I/O and CPU that a container's first seconds pay for (a claim of a
-/// standby translated 150 blocks of the kernel less without it), when its allocator reads the
-/// few it needs anyway.
+/// standby translated about 150 blocks of the kernel fewer without it), when its allocator
+/// reads the few it needs anyway.
 pub const EXT4_OPTIONS: &str = "no_prefetch_block_bitmaps";
 
 #[derive(Debug, thiserror::Error)]
