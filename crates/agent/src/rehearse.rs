@@ -103,25 +103,25 @@ fn set_up_and_spawn(
     process::spawn(process, Target::Main)
 }
 
-/// Wait for the rehearsal's process to end (it must exit with 0), then unmount the scratch
-/// root and wait until the kernel has let go of the disk, which the host swaps next (a claim,
-/// a preparation).
+/// Wait for the rehearsal's process to end, unmount the scratch root, then check that the
+/// process exited with 0 and wait until the kernel has let go of the disk, which the host
+/// swaps next (a claim, a preparation).
 async fn finish(mut frames: mpsc::UnboundedReceiver<Frame>, device: String) -> Result<(), String> {
-    let mut ended = Err("the scratch process was never reaped".to_string());
-    while let Some(frame) = frames.recv().await {
+    let exit_code = loop {
+        let Some(frame) = frames.recv().await else {
+            return Err("the scratch process was never reaped".into());
+        };
         match frame.guest_msg() {
-            Ok(GuestMsg::Exited { exit_code: 0, .. }) => ended = Ok(()),
-            Ok(GuestMsg::Exited { exit_code, .. }) => {
-                ended = Err(format!("the scratch process exited with {exit_code}"));
-            }
-            Ok(GuestMsg::StartFailed { error, .. }) => ended = Err(error),
-            _ => continue,
+            Ok(GuestMsg::Exited { exit_code, .. }) => break exit_code,
+            Ok(GuestMsg::StartFailed { error, .. }) => return Err(error),
+            _ => {}
         }
-        break;
-    }
-    ended?;
+    };
     if let Err(e) = nix::mount::umount(rootfs::ROOTFS) {
         return Err(format!("unmounting the scratch root: {e}"));
+    }
+    if exit_code != 0 {
+        return Err(format!("the scratch process exited with {exit_code}"));
     }
     tokio::task::spawn_blocking(move || rootfs::wait_released(&device))
         .await
